@@ -1,0 +1,245 @@
+//! `Dataplane`: a workload's sidecar in universal mode (VMs, bare metal): where it
+//! listens, which services it serves and which it calls.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{Errors, Spec, at, check_host, check_service_name, idx};
+use crate::target_ref::{SERVICE_TAG, ZONE_TAG, check_tags};
+
+/// The spec of a `Dataplane`.
+///
+/// ```yaml
+/// type: Dataplane
+/// mesh: default
+/// name: backend-vm-1
+/// spec:
+///   address: 10.0.1.15
+///   inbound:
+///     - {port: 20001, servicePort: 8080, service: backend, protocol: http, tags: {version: v2}}
+///   outbound:
+///     - {port: 10001, service: db}
+///   adminPort: 9901
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DataplaneSpec {
+    /// The IP address (or DNS name) at which other proxies in the zone reach this one.
+    pub address: String,
+    /// The address to advertise instead of `address`, when the workload is behind NAT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertised_address: Option<String>,
+    /// The services this workload serves; at least one.
+    #[serde(default)]
+    pub inbound: Vec<Inbound>,
+    /// The services this workload calls, each on a local port.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbound: Vec<Outbound>,
+    /// The port of the proxy's admin endpoint (readiness, config dump), on
+    /// 127.0.0.1. Default 9901.
+    #[serde(default = "default_admin_port")]
+    pub admin_port: u16,
+}
+
+fn default_admin_port() -> u16 {
+    9901
+}
+
+/// A service the workload serves: the proxy listens on `port` and forwards to
+/// `serviceAddress:servicePort`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Inbound {
+    /// The port the proxy listens on for mesh traffic to this service.
+    pub port: u16,
+    /// The port the application listens on. Default: `port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_port: Option<u16>,
+    /// The address the application listens on. Default `127.0.0.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_address: Option<String>,
+    /// The service name, e.g. `backend`. Policies select it with
+    /// `{kind: MeshService, name: backend}`; it is also the tag `causeway.io/service`.
+    pub service: String,
+    /// Extra tags (`version: v2`, `k8s.io/node: n1`) for MeshSubset selection and
+    /// locality affinity. `causeway.io/service` and `causeway.io/zone` are set by
+    /// Causeway and must not be given.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// `tcp`, `http`, `http2` or `grpc`. Default `tcp`.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// Application protocols.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    Default,
+    PartialOrd,
+    Ord,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Opaque TCP.
+    #[default]
+    Tcp,
+    /// HTTP/1.1.
+    Http,
+    /// HTTP/2.
+    Http2,
+    /// gRPC.
+    Grpc,
+}
+
+/// A service the workload calls: the application connects to
+/// `address:port` and the proxy routes to the service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Outbound {
+    /// The local port.
+    pub port: u16,
+    /// The local address. Default `127.0.0.1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// The destination service.
+    pub service: String,
+}
+
+impl Spec for DataplaneSpec {
+    fn check(&self, errors: &mut Errors) {
+        errors.check("spec.address", check_host(&self.address));
+        if let Some(a) = &self.advertised_address {
+            errors.check("spec.advertisedAddress", check_host(a));
+        }
+        if self.inbound.is_empty() {
+            errors.push(
+                "spec.inbound",
+                "needs at least one inbound: the service this workload serves",
+            );
+        }
+        errors.port("spec.adminPort".to_owned(), Some(self.admin_port));
+        let mut ports: BTreeMap<u16, String> = BTreeMap::new();
+        ports.insert(self.admin_port, "spec.adminPort".to_owned());
+        let mut claim = |errors: &mut Errors, port: u16, field: String| {
+            if let Some(first) = ports.get(&port) {
+                errors.push(&field, format!("port {port} is already used by {first}"));
+            } else {
+                ports.insert(port, field);
+            }
+        };
+        for (i, inbound) in self.inbound.iter().enumerate() {
+            let path = idx("spec.inbound", i);
+            errors.port(at(&path, "port"), Some(inbound.port));
+            claim(errors, inbound.port, at(&path, "port"));
+            errors.port(at(&path, "servicePort"), inbound.service_port);
+            if let Some(a) = &inbound.service_address {
+                errors.check(at(&path, "serviceAddress"), check_host(a));
+            }
+            errors.check(at(&path, "service"), check_service_name(&inbound.service));
+            for reserved in [SERVICE_TAG, ZONE_TAG] {
+                if inbound.tags.contains_key(reserved) {
+                    errors.push(
+                        at(&at(&path, "tags"), reserved),
+                        format!("is set by Causeway and must not be given (use the service field for {SERVICE_TAG})"),
+                    );
+                }
+            }
+            check_tags(errors, &at(&path, "tags"), &inbound.tags);
+        }
+        let mut services = BTreeSet::new();
+        for (i, outbound) in self.outbound.iter().enumerate() {
+            let path = idx("spec.outbound", i);
+            errors.port(at(&path, "port"), Some(outbound.port));
+            claim(errors, outbound.port, at(&path, "port"));
+            if let Some(a) = &outbound.address {
+                errors.check(at(&path, "address"), check_host(a));
+            }
+            errors.check(at(&path, "service"), check_service_name(&outbound.service));
+            if !services.insert(&outbound.service) {
+                errors.push(
+                    at(&path, "service"),
+                    format!(
+                        "service {:?} has an earlier outbound already",
+                        outbound.service
+                    ),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::policies::test_util::table;
+
+    #[test]
+    fn validation_table() {
+        table::<DataplaneSpec>(
+            &[
+                json!({"address": "10.0.1.15", "advertisedAddress": "203.0.113.7",
+                       "inbound": [{"port": 20001, "servicePort": 8080, "service": "backend", "protocol": "http", "tags": {"version": "v2"}},
+                                   {"port": 20002, "service": "backend-admin", "serviceAddress": "127.0.0.1", "protocol": "grpc"}],
+                       "outbound": [{"port": 10001, "service": "db"}, {"port": 10002, "address": "127.0.0.2", "service": "redis"}],
+                       "adminPort": 9902}),
+                json!({"address": "backend-1.vms.internal", "inbound": [{"port": 8080, "service": "backend"}]}),
+            ],
+            &[
+                (
+                    json!({"address": "10.0.0.1", "inbound": []}),
+                    &[("spec.inbound", "needs at least one inbound")],
+                ),
+                (
+                    json!({"address": "not an address", "inbound": [{"port": 0, "service": "b c"}]}),
+                    &[
+                        ("spec.address", "must be an IP address or a DNS name"),
+                        ("spec.inbound[0].port", "must be a port between 1 and 65535"),
+                        ("spec.inbound[0].service", "not a valid service name"),
+                    ],
+                ),
+                (
+                    json!({"address": "10.0.0.1", "inbound": [{"port": 9901, "service": "a", "tags": {"causeway.io/service": "b"}}],
+                           "outbound": [{"port": 10001, "service": "db"}, {"port": 10001, "service": "db"}]}),
+                    &[
+                        (
+                            "spec.inbound[0].port",
+                            "port 9901 is already used by spec.adminPort",
+                        ),
+                        (
+                            "spec.inbound[0].tags.causeway.io/service",
+                            "is set by Causeway",
+                        ),
+                        (
+                            "spec.outbound[1].port",
+                            "port 10001 is already used by spec.outbound[0].port",
+                        ),
+                        (
+                            "spec.outbound[1].service",
+                            "service \"db\" has an earlier outbound already",
+                        ),
+                    ],
+                ),
+                (
+                    json!({"address": "10.0.0.1", "inbound": [{"port": 1, "service": "a", "protocol": "udp"}]}),
+                    &[("spec.inbound[0].protocol", "unknown variant `udp`")],
+                ),
+                (
+                    json!({"inbound": [{"port": 1, "service": "a"}]}),
+                    &[("spec.address", "is required")],
+                ),
+            ],
+        );
+    }
+}

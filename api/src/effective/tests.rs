@@ -1,0 +1,653 @@
+//! Matching and merge tables: each case lists the policies, the proxy, and the
+//! expected effective configuration written out in full.
+
+use serde_json::{Value, json};
+
+use super::*;
+
+/// A policy resource; `origin` is `None` for global.
+fn policy(kind: &str, name: &str, origin: Option<&str>, spec: Value) -> Resource {
+    let mut r = Resource::new(kind, Some("default"), name, spec);
+    r.origin = origin.map(str::to_owned);
+    r
+}
+
+/// A proxy in zone `eu` with one inbound `backend` (port 8080, `version: v2`) and
+/// outbounds `db` and `redis`; `db` has the route `slow-report`.
+fn backend_v2() -> Proxy {
+    Proxy {
+        zone: Some("eu".to_owned()),
+        inbounds: vec![ProxyInbound {
+            port: 8080,
+            service: "backend".to_owned(),
+            tags: [("version".to_owned(), "v2".to_owned())].into(),
+        }],
+        outbounds: vec![
+            ProxyOutbound {
+                service: "db".to_owned(),
+                routes: vec!["slow-report".to_owned()],
+            },
+            ProxyOutbound {
+                service: "redis".to_owned(),
+                routes: vec![],
+            },
+        ],
+    }
+}
+
+fn merged(conf: Value, policies: &[&str]) -> Option<Merged> {
+    Some(Merged {
+        conf,
+        policies: policies.iter().map(|p| (*p).to_owned()).collect(),
+    })
+}
+
+fn to(target_ref: Value, default: Value) -> Value {
+    json!({"targetRef": target_ref, "to": [{"targetRef": {"kind": "Mesh"}, "default": default}]})
+}
+
+/// Each top-level targetRef kind: matching ones merge from the least to the most
+/// specific; non-matching ones (another service, another subset) are left out.
+#[test]
+fn every_top_level_kind() {
+    let policies = [
+        policy(
+            "MeshTimeout",
+            "mesh-wide",
+            None,
+            to(
+                json!({"kind": "Mesh"}),
+                json!({"connectTimeout": "5s", "http": {"requestTimeout": "15s"}}),
+            ),
+        ),
+        policy(
+            "MeshTimeout",
+            "subset-v2",
+            None,
+            to(
+                json!({"kind": "MeshSubset", "tags": {"version": "v2"}}),
+                json!({"http": {"requestTimeout": "10s"}}),
+            ),
+        ),
+        policy(
+            "MeshTimeout",
+            "svc-backend",
+            None,
+            json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "db"}, "default": {"connectTimeout": "1s"}}]}),
+        ),
+        policy(
+            "MeshTimeout",
+            "svc-subset",
+            None,
+            json!({"targetRef": {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}},
+            "to": [{"targetRef": {"kind": "MeshService", "name": "db"}, "default": {"http": {"requestTimeout": "3s"}}}]}),
+        ),
+        policy(
+            "MeshTimeout",
+            "other-service",
+            None,
+            to(
+                json!({"kind": "MeshService", "name": "web"}),
+                json!({"connectTimeout": "9s"}),
+            ),
+        ),
+        policy(
+            "MeshTimeout",
+            "subset-v1",
+            None,
+            to(
+                json!({"kind": "MeshSubset", "tags": {"version": "v1"}}),
+                json!({"connectTimeout": "9s"}),
+            ),
+        ),
+        policy(
+            "MeshTimeout",
+            "zone-us",
+            None,
+            to(
+                json!({"kind": "MeshSubset", "tags": {"causeway.io/zone": "us"}}),
+                json!({"connectTimeout": "9s"}),
+            ),
+        ),
+        policy(
+            "MeshTimeout",
+            "zone-eu",
+            None,
+            to(
+                json!({"kind": "MeshSubset", "tags": {"causeway.io/zone": "eu"}}),
+                json!({"idleTimeout": "1m"}),
+            ),
+        ),
+    ];
+    let got = effective("MeshTimeout", &policies, &backend_v2()).unwrap();
+    let want = EffectiveConfig {
+        proxy: None,
+        inbounds: vec![InboundConfig {
+            port: 8080,
+            rules: vec![],
+        }],
+        outbounds: vec![
+            OutboundConfig {
+                service: "db".to_owned(),
+                conf: merged(
+                    json!({"connectTimeout": "1s", "idleTimeout": "1m", "http": {"requestTimeout": "3s"}}),
+                    &[
+                        "mesh-wide",
+                        "zone-eu",
+                        "subset-v2",
+                        "svc-backend",
+                        "svc-subset",
+                    ],
+                ),
+                routes: BTreeMap::new(),
+            },
+            OutboundConfig {
+                service: "redis".to_owned(),
+                conf: merged(
+                    json!({"connectTimeout": "5s", "idleTimeout": "1m", "http": {"requestTimeout": "10s"}}),
+                    &["mesh-wide", "zone-eu", "subset-v2"],
+                ),
+                routes: BTreeMap::new(),
+            },
+        ],
+        ignored: vec![],
+    };
+    assert_eq!(got, want);
+}
+
+/// Conflicts at the same specificity: zone origin beats global (whatever the names);
+/// between equals the smaller name wins; another zone's policy does not apply.
+#[test]
+fn conflicts_origin_then_name() {
+    let svc = json!({"kind": "MeshService", "name": "backend"});
+    let table: Vec<(Vec<Resource>, Value, Vec<&str>)> = vec![
+        (
+            vec![
+                policy(
+                    "MeshTimeout",
+                    "a-global",
+                    Some("global"),
+                    to(svc.clone(), json!({"connectTimeout": "1s"})),
+                ),
+                policy(
+                    "MeshTimeout",
+                    "z-zone",
+                    Some("eu"),
+                    to(svc.clone(), json!({"connectTimeout": "2s"})),
+                ),
+            ],
+            json!({"connectTimeout": "2s"}),
+            vec!["a-global", "z-zone"],
+        ),
+        (
+            vec![
+                policy(
+                    "MeshTimeout",
+                    "bbb",
+                    None,
+                    to(
+                        svc.clone(),
+                        json!({"connectTimeout": "2s", "idleTimeout": "2m"}),
+                    ),
+                ),
+                policy(
+                    "MeshTimeout",
+                    "aaa",
+                    None,
+                    to(svc.clone(), json!({"connectTimeout": "1s"})),
+                ),
+            ],
+            json!({"connectTimeout": "1s", "idleTimeout": "2m"}),
+            vec!["bbb", "aaa"],
+        ),
+        (
+            vec![
+                policy(
+                    "MeshTimeout",
+                    "global",
+                    None,
+                    to(svc.clone(), json!({"connectTimeout": "1s"})),
+                ),
+                policy(
+                    "MeshTimeout",
+                    "us-local",
+                    Some("us"),
+                    to(svc.clone(), json!({"connectTimeout": "9s"})),
+                ),
+            ],
+            json!({"connectTimeout": "1s"}),
+            vec!["global"],
+        ),
+        (
+            // Specificity beats origin: a global MeshService policy wins over a
+            // zone-origin Mesh one.
+            vec![
+                policy(
+                    "MeshTimeout",
+                    "zone-mesh",
+                    Some("eu"),
+                    to(
+                        json!({"kind": "Mesh"}),
+                        json!({"connectTimeout": "9s", "idleTimeout": "9m"}),
+                    ),
+                ),
+                policy(
+                    "MeshTimeout",
+                    "global-svc",
+                    None,
+                    to(svc.clone(), json!({"connectTimeout": "1s"})),
+                ),
+            ],
+            json!({"connectTimeout": "1s", "idleTimeout": "9m"}),
+            vec!["zone-mesh", "global-svc"],
+        ),
+    ];
+    for (policies, conf, names) in table {
+        let got = effective("MeshTimeout", &policies, &backend_v2()).unwrap();
+        assert_eq!(got.outbounds[1].conf, merged(conf, &names), "{policies:?}");
+    }
+}
+
+/// Inside one policy, a `MeshService` `to[]` entry beats a `Mesh` one whatever the
+/// order, and a later entry of the same kind beats an earlier one.
+#[test]
+fn entries_inside_one_policy() {
+    let p = policy(
+        "MeshTimeout",
+        "one",
+        None,
+        json!({"to": [
+        {"targetRef": {"kind": "MeshService", "name": "db"}, "default": {"connectTimeout": "1s"}},
+        {"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "5s", "idleTimeout": "1m"}},
+        {"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "2m"}}]}),
+    );
+    let got = effective("MeshTimeout", &[p], &backend_v2()).unwrap();
+    assert_eq!(
+        got.outbounds[0].conf,
+        merged(
+            json!({"connectTimeout": "1s", "idleTimeout": "2m"}),
+            &["one"]
+        )
+    );
+    assert_eq!(
+        got.outbounds[1].conf,
+        merged(
+            json!({"connectTimeout": "5s", "idleTimeout": "2m"}),
+            &["one"]
+        )
+    );
+}
+
+/// Per-route configuration: the destination's merged configuration plus the entries
+/// that target the route.
+#[test]
+fn per_route() {
+    let policies = [
+        policy(
+            "MeshTimeout",
+            "defaults",
+            None,
+            to(
+                json!({"kind": "Mesh"}),
+                json!({"connectTimeout": "5s", "http": {"requestTimeout": "15s"}}),
+            ),
+        ),
+        policy(
+            "MeshTimeout",
+            "slow-report",
+            None,
+            json!({"targetRef": {"kind": "Mesh"}, "to": [
+            {"targetRef": {"kind": "MeshHTTPRoute", "name": "slow-report"}, "default": {"http": {"requestTimeout": "2m"}}},
+            {"targetRef": {"kind": "MeshHTTPRoute", "name": "unused-route"}, "default": {"http": {"requestTimeout": "1h"}}}]}),
+        ),
+    ];
+    let got = effective("MeshTimeout", &policies, &backend_v2()).unwrap();
+    let db = &got.outbounds[0];
+    assert_eq!(
+        db.conf,
+        merged(
+            json!({"connectTimeout": "5s", "http": {"requestTimeout": "15s"}}),
+            &["defaults"]
+        )
+    );
+    assert_eq!(
+        db.routes,
+        BTreeMap::from([(
+            "slow-report".to_owned(),
+            Merged {
+                conf: json!({"connectTimeout": "5s", "http": {"requestTimeout": "2m"}}),
+                policies: vec!["defaults".to_owned(), "slow-report".to_owned()],
+            }
+        )])
+    );
+    assert!(got.outbounds[1].routes.is_empty());
+}
+
+/// Inbound rules: one per distinct source, most specific first, each holding every
+/// entry whose source covers it.
+#[test]
+fn inbound_rules_by_source() {
+    let policies = [
+        policy(
+            "MeshTrafficPermission",
+            "allow-all",
+            None,
+            json!({"from": [
+            {"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}),
+        ),
+        policy(
+            "MeshTrafficPermission",
+            "backend-callers",
+            None,
+            json!({"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [
+            {"targetRef": {"kind": "MeshSubset", "tags": {"env": "dev"}}, "default": {"action": "Deny"}},
+            {"targetRef": {"kind": "MeshServiceSubset", "name": "web", "tags": {"env": "dev"}}, "default": {"action": "AllowWithShadowDeny"}},
+            {"targetRef": {"kind": "SpiffeId", "name": "spiffe://default/batch"}, "default": {"action": "Deny"}}]}),
+        ),
+        policy(
+            "MeshTrafficPermission",
+            "for-web-only",
+            None,
+            json!({"targetRef": {"kind": "MeshService", "name": "web"}, "from": [
+            {"targetRef": {"kind": "Mesh"}, "default": {"action": "Deny"}}]}),
+        ),
+    ];
+    let got = effective("MeshTrafficPermission", &policies, &backend_v2()).unwrap();
+    let rule = |source: TargetRef, action: &str, names: &[&str]| FromRule {
+        source,
+        conf: json!({"action": action}),
+        policies: names.iter().map(|n| (*n).to_owned()).collect(),
+    };
+    assert_eq!(
+        got.inbounds,
+        vec![InboundConfig {
+            port: 8080,
+            rules: vec![
+                rule(
+                    TargetRef::service_subset("web", [("env", "dev")]),
+                    "AllowWithShadowDeny",
+                    &["allow-all", "backend-callers"]
+                ),
+                // SpiffeId ranks with MeshService, above MeshSubset.
+                rule(
+                    TargetRef {
+                        kind: TargetRefKind::SpiffeId,
+                        name: Some("spiffe://default/batch".into()),
+                        tags: BTreeMap::new()
+                    },
+                    "Deny",
+                    &["allow-all", "backend-callers"],
+                ),
+                rule(
+                    TargetRef::subset([("env", "dev")]),
+                    "Deny",
+                    &["allow-all", "backend-callers"]
+                ),
+                rule(TargetRef::mesh(), "Allow", &["allow-all"]),
+            ],
+        }]
+    );
+    assert_eq!(
+        got.outbounds.iter().map(|o| &o.conf).collect::<Vec<_>>(),
+        vec![&None, &None]
+    );
+}
+
+/// A MeshService-level from entry of a less specific policy loses to a Mesh-level
+/// entry of a more specific policy: the policy's own targetRef ranks first.
+#[test]
+fn top_level_specificity_before_entry_specificity() {
+    let policies = [
+        policy(
+            "MeshTrafficPermission",
+            "mesh-denies-web",
+            None,
+            json!({"from": [
+            {"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"action": "Deny"}}]}),
+        ),
+        policy(
+            "MeshTrafficPermission",
+            "backend-allows",
+            None,
+            json!({"targetRef": {"kind": "MeshService", "name": "backend"}, "from": [
+            {"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}),
+        ),
+    ];
+    let got = effective("MeshTrafficPermission", &policies, &backend_v2()).unwrap();
+    assert_eq!(
+        got.inbounds[0].rules,
+        vec![
+            FromRule {
+                source: TargetRef::service("web"),
+                conf: json!({"action": "Allow"}),
+                policies: vec!["mesh-denies-web".into(), "backend-allows".into()]
+            },
+            FromRule {
+                source: TargetRef::mesh(),
+                conf: json!({"action": "Allow"}),
+                policies: vec!["backend-allows".into()]
+            },
+        ]
+    );
+}
+
+/// MeshHTTPRoute merges rules: equal matches merge their default (the more specific
+/// policy on top), and the more specific policy's rules come first.
+#[test]
+fn http_route_rules_merge() {
+    let api = json!([{"path": {"type": "PathPrefix", "value": "/api"}}]);
+    let policies = [
+        policy(
+            "MeshHTTPRoute",
+            "mesh-routes",
+            None,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "name": "db"}, "rules": [
+            {"matches": api, "default": {"backendRefs": [{"kind": "MeshService", "name": "db", "weight": 1}],
+                                         "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-from", "value": "mesh"}]}}]}},
+            {"default": {"backendRefs": [{"kind": "MeshService", "name": "db"}]}}]}]}),
+        ),
+        policy(
+            "MeshHTTPRoute",
+            "backend-canary",
+            None,
+            json!({"targetRef": {"kind": "MeshService", "name": "backend"}, "to": [{"targetRef": {"kind": "MeshService", "name": "db"}, "rules": [
+            {"matches": [{"headers": [{"name": "x-canary", "value": "1"}]}], "default": {"backendRefs": [{"kind": "MeshServiceSubset", "name": "db", "tags": {"version": "v2"}}]}},
+            {"matches": api, "default": {"backendRefs": [
+                {"kind": "MeshServiceSubset", "name": "db", "tags": {"version": "v1"}, "weight": 90},
+                {"kind": "MeshServiceSubset", "name": "db", "tags": {"version": "v2"}, "weight": 10}]}}]}]}),
+        ),
+    ];
+    let got = effective("MeshHTTPRoute", &policies, &backend_v2()).unwrap();
+    let want = json!({"rules": [
+        {"matches": [{"headers": [{"type": "Exact", "name": "x-canary", "value": "1"}]}],
+         "default": {"backendRefs": [{"kind": "MeshServiceSubset", "name": "db", "tags": {"version": "v2"}}]}},
+        {"matches": api, "default": {
+            "backendRefs": [
+                {"kind": "MeshServiceSubset", "name": "db", "tags": {"version": "v1"}, "weight": 90},
+                {"kind": "MeshServiceSubset", "name": "db", "tags": {"version": "v2"}, "weight": 10}],
+            "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-from", "value": "mesh"}]}}]}},
+        {"default": {"backendRefs": [{"kind": "MeshService", "name": "db"}]}},
+    ]});
+    assert_eq!(
+        got.outbounds[0].conf,
+        merged(want, &["mesh-routes", "backend-canary"])
+    );
+    assert_eq!(got.outbounds[1].conf, None);
+}
+
+/// Top-level `default` (MeshTrace): merged per proxy; lists replace, objects merge.
+#[test]
+fn proxy_level_default() {
+    let policies = [
+        policy(
+            "MeshTrace",
+            "mesh-tracing",
+            None,
+            json!({"default": {
+            "backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel:4317"}}],
+            "sampling": {"overall": 10, "client": 100}}}),
+        ),
+        policy(
+            "MeshTrace",
+            "backend-tracing",
+            None,
+            json!({"targetRef": {"kind": "MeshService", "name": "backend"}, "default": {
+            "sampling": {"overall": "50%"}, "tags": [{"name": "team", "literal": "payments"}]}}),
+        ),
+        policy(
+            "MeshTrace",
+            "web-tracing",
+            None,
+            json!({"targetRef": {"kind": "MeshService", "name": "web"}, "default": {
+            "backends": []}}),
+        ),
+    ];
+    let got = effective("MeshTrace", &policies, &backend_v2()).unwrap();
+    assert_eq!(
+        got.proxy,
+        merged(
+            json!({"backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel:4317"}}],
+                   "sampling": {"overall": 50, "client": 100}, "tags": [{"name": "team", "literal": "payments"}]}),
+            &["mesh-tracing", "backend-tracing"],
+        )
+    );
+}
+
+/// A proxy without inbounds gets only `Mesh`-targeted policies; no policies at all
+/// gives empty configuration.
+#[test]
+fn no_inbounds_and_no_policies() {
+    let proxy = Proxy {
+        zone: None,
+        inbounds: vec![],
+        outbounds: vec![ProxyOutbound {
+            service: "db".into(),
+            routes: vec![],
+        }],
+    };
+    let policies = [
+        policy(
+            "MeshRetry",
+            "all",
+            None,
+            to(
+                json!({"kind": "Mesh"}),
+                json!({"tcp": {"maxConnectAttempt": 3}}),
+            ),
+        ),
+        policy(
+            "MeshRetry",
+            "backend",
+            None,
+            to(
+                json!({"kind": "MeshService", "name": "backend"}),
+                json!({"tcp": {"maxConnectAttempt": 9}}),
+            ),
+        ),
+    ];
+    let got = effective("MeshRetry", &policies, &proxy).unwrap();
+    assert_eq!(
+        got.outbounds[0].conf,
+        merged(json!({"tcp": {"maxConnectAttempt": 3}}), &["all"])
+    );
+    let empty = effective("MeshRetry", &[], &proxy).unwrap();
+    assert_eq!(
+        empty.outbounds,
+        vec![OutboundConfig {
+            service: "db".into(),
+            conf: None,
+            routes: BTreeMap::new()
+        }]
+    );
+}
+
+/// Invalid policies and policies of another kind are reported, not merged; asking for
+/// a kind that is not a policy is an error.
+#[test]
+fn ignored_and_errors() {
+    let policies = [
+        policy(
+            "MeshTimeout",
+            "good",
+            None,
+            to(json!({"kind": "Mesh"}), json!({"connectTimeout": "1s"})),
+        ),
+        policy(
+            "MeshTimeout",
+            "bad",
+            None,
+            to(json!({"kind": "Mesh"}), json!({"connectTimeout": "2h"})),
+        ),
+        policy(
+            "MeshRetry",
+            "retry",
+            None,
+            to(json!({"kind": "Mesh"}), json!({})),
+        ),
+    ];
+    let got = effective("MeshTimeout", &policies, &backend_v2()).unwrap();
+    assert_eq!(
+        got.outbounds[0].conf,
+        merged(json!({"connectTimeout": "1s"}), &["good"])
+    );
+    assert_eq!(
+        got.ignored,
+        vec![
+            IgnoredPolicy {
+                name: "bad".into(),
+                reason: "spec.to[0].default.connectTimeout: must be between 1ms and 1h (got 2h)"
+                    .into()
+            },
+            IgnoredPolicy {
+                name: "retry".into(),
+                reason: "is a MeshRetry, not a MeshTimeout".into()
+            },
+        ]
+    );
+    for kind in ["Mesh", "Zone", "Dataplane", "ZoneIngress", "NoSuchKind"] {
+        assert_eq!(
+            effective(kind, &[], &backend_v2()),
+            Err(NotAPolicyKind { kind: kind.into() })
+        );
+    }
+}
+
+/// Canonical forms merge: `"50%"` and `50`, `90s` and `1m30s` are the same value.
+#[test]
+fn canonical_values() {
+    let policies = [policy(
+        "MeshTimeout",
+        "t",
+        None,
+        to(json!({"kind": "Mesh"}), json!({"idleTimeout": "90s"})),
+    )];
+    let got = effective("MeshTimeout", &policies, &backend_v2()).unwrap();
+    assert_eq!(
+        got.outbounds[0].conf,
+        merged(json!({"idleTimeout": "1m30s"}), &["t"])
+    );
+}
+
+#[test]
+fn from_dataplane() {
+    let spec: DataplaneSpec = crate::validation::decode_spec(&json!({
+        "address": "10.0.0.1",
+        "inbound": [{"port": 8080, "service": "backend", "tags": {"version": "v2"}}],
+        "outbound": [{"port": 10001, "service": "db"}]}))
+    .unwrap();
+    let proxy = Proxy::from_dataplane(&spec, Some("eu"));
+    assert_eq!(proxy.zone.as_deref(), Some("eu"));
+    assert_eq!(proxy.inbounds[0].service, "backend");
+    assert_eq!(
+        proxy.inbounds[0].tags.get("version").map(String::as_str),
+        Some("v2")
+    );
+    assert_eq!(
+        proxy.outbounds,
+        vec![ProxyOutbound {
+            service: "db".into(),
+            routes: vec![]
+        }]
+    );
+}

@@ -1,0 +1,343 @@
+//! `MeshRetry`: retries for HTTP, gRPC and TCP, with backoff and a retry budget.
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Duration;
+use crate::percent::Percent;
+use crate::spec::{Errors, Spec, at, check_status, idx};
+use crate::target_ref::{
+    Conf, PolicyItem, TO_ROUTE_KINDS, TOP_KINDS, TargetRef, check_items, require_some,
+};
+
+/// The spec of a `MeshRetry`.
+///
+/// ```yaml
+/// type: MeshRetry
+/// mesh: default
+/// name: backend-retries
+/// spec:
+///   to:
+///     - targetRef: {kind: MeshService, name: backend}
+///       default:
+///         http:
+///           numRetries: 3
+///           perTryTimeout: 500ms
+///           backOff: {baseInterval: 25ms, maxInterval: 250ms}
+///           retryOn: [5xx, ConnectFailure]
+///           budget: {percent: 20, minRetryConcurrency: 3}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshRetrySpec {
+    /// The proxies whose outgoing requests are retried. Default `{kind: Mesh}`.
+    #[serde(default)]
+    pub target_ref: TargetRef,
+    /// Retry settings by destination service or route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<PolicyItem<RetryConf>>,
+}
+
+/// Retry settings per protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Default)]
+pub struct RetryConf {
+    /// For HTTP traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRetry>,
+    /// For gRPC traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcRetry>,
+    /// For TCP traffic: connection attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<TcpRetry>,
+}
+
+/// HTTP retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Default)]
+pub struct HttpRetry {
+    /// How many times to retry a failed request, 0 to 20. Built-in default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_retries: Option<u32>,
+    /// The timeout of each try, more than 0s and at most 1h. Absent: only the
+    /// request timeout applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// The pause between tries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_off: Option<BackOff>,
+    /// Which failures are retried. Built-in default `[5xx, Reset, ConnectFailure]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<Vec<HttpRetryOn>>,
+    /// Status codes retried when `retryOn` has `RetriableStatusCodes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retriable_status_codes: Option<Vec<u16>>,
+    /// A cap on concurrent retries, so retries cannot multiply an overload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<RetryBudget>,
+}
+
+/// gRPC retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Default)]
+pub struct GrpcRetry {
+    /// How many times to retry a failed call, 0 to 20. Built-in default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_retries: Option<u32>,
+    /// The timeout of each try, more than 0s and at most 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<Duration>,
+    /// The pause between tries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub back_off: Option<BackOff>,
+    /// Which status codes are retried. Built-in default `[Unavailable]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_on: Option<Vec<GrpcRetryOn>>,
+}
+
+/// TCP retries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Default)]
+pub struct TcpRetry {
+    /// How many times to try to connect, 1 to 20. Built-in default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connect_attempt: Option<u32>,
+}
+
+/// Exponential backoff with jitter between tries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Default)]
+pub struct BackOff {
+    /// The first pause, more than 0s and at most 1h. Built-in default `25ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_interval: Option<Duration>,
+    /// The longest pause; at least `baseInterval`. Built-in default ten times
+    /// `baseInterval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval: Option<Duration>,
+}
+
+/// A retry budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Default)]
+pub struct RetryBudget {
+    /// Retries may be at most this share of active requests, 0 to 100. Built-in
+    /// default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<Percent>,
+    /// Retries always allowed at once, whatever the share. Built-in default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retry_concurrency: Option<u32>,
+}
+
+/// HTTP failures that can be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum HttpRetryOn {
+    /// Any 5xx response (also connect failures and resets).
+    #[serde(rename = "5xx")]
+    ServerError,
+    /// 502, 503 or 504.
+    GatewayError,
+    /// The connection was reset or closed before a response.
+    Reset,
+    /// The connection could not be established.
+    ConnectFailure,
+    /// The upstream refused the HTTP/2 stream (REFUSED_STREAM).
+    RefusedStream,
+    /// 409 Conflict.
+    Retriable4xx,
+    /// One of `retriableStatusCodes`.
+    RetriableStatusCodes,
+}
+
+/// gRPC status codes that can be retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum GrpcRetryOn {
+    /// CANCELLED.
+    Cancelled,
+    /// DEADLINE_EXCEEDED.
+    DeadlineExceeded,
+    /// INTERNAL.
+    Internal,
+    /// RESOURCE_EXHAUSTED.
+    ResourceExhausted,
+    /// UNAVAILABLE.
+    Unavailable,
+}
+
+fn check_back_off(errors: &mut Errors, path: &str, b: &BackOff) {
+    let hour = Duration::from_hours(1);
+    errors.positive_duration(at(path, "baseInterval"), b.base_interval, hour);
+    errors.positive_duration(at(path, "maxInterval"), b.max_interval, hour);
+    if let (Some(base), Some(max)) = (b.base_interval, b.max_interval)
+        && max < base
+    {
+        errors.push(
+            at(path, "maxInterval"),
+            format!("must be at least baseInterval ({base}) (got {max})"),
+        );
+    }
+}
+
+impl Conf for RetryConf {
+    fn check(&self, errors: &mut Errors, path: &str) {
+        let hour = Duration::from_hours(1);
+        if let Some(http) = &self.http {
+            let path = at(path, "http");
+            errors.range(at(&path, "numRetries"), http.num_retries, 0, 20);
+            errors.positive_duration(at(&path, "perTryTimeout"), http.per_try_timeout, hour);
+            if let Some(b) = &http.back_off {
+                check_back_off(errors, &at(&path, "backOff"), b);
+            }
+            for (i, code) in http.retriable_status_codes.iter().flatten().enumerate() {
+                errors.check(
+                    idx(&at(&path, "retriableStatusCodes"), i),
+                    check_status(*code),
+                );
+            }
+            let has_codes = http
+                .retriable_status_codes
+                .as_ref()
+                .is_some_and(|c| !c.is_empty());
+            let wants_codes = http
+                .retry_on
+                .iter()
+                .flatten()
+                .any(|r| *r == HttpRetryOn::RetriableStatusCodes);
+            if wants_codes && !has_codes {
+                errors.push(
+                    at(&path, "retriableStatusCodes"),
+                    "is required when retryOn has RetriableStatusCodes",
+                );
+            }
+            if let Some(budget) = &http.budget {
+                errors.percent(
+                    at(&at(&path, "budget"), "percent"),
+                    budget.percent,
+                    0.0,
+                    100.0,
+                );
+            }
+        }
+        if let Some(grpc) = &self.grpc {
+            let path = at(path, "grpc");
+            errors.range(at(&path, "numRetries"), grpc.num_retries, 0, 20);
+            errors.positive_duration(at(&path, "perTryTimeout"), grpc.per_try_timeout, hour);
+            if let Some(b) = &grpc.back_off {
+                check_back_off(errors, &at(&path, "backOff"), b);
+            }
+        }
+        if let Some(tcp) = &self.tcp {
+            errors.range(
+                at(&at(path, "tcp"), "maxConnectAttempt"),
+                tcp.max_connect_attempt,
+                1,
+                20,
+            );
+        }
+    }
+}
+
+impl Spec for MeshRetrySpec {
+    fn check(&self, errors: &mut Errors) {
+        self.target_ref.check(errors, "spec.targetRef", TOP_KINDS);
+        require_some(errors, "spec", &[("to", self.to.len())]);
+        check_items(errors, "spec.to", &self.to, TO_ROUTE_KINDS);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::policies::test_util::table;
+
+    fn to(default: serde_json::Value) -> serde_json::Value {
+        json!({"to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "default": default}]})
+    }
+
+    #[test]
+    fn validation_table() {
+        table::<MeshRetrySpec>(
+            &[to(
+                json!({"http": {"numRetries": 3, "perTryTimeout": "500ms", "backOff": {"baseInterval": "25ms", "maxInterval": "250ms"},
+                                   "retryOn": ["5xx", "ConnectFailure", "RetriableStatusCodes"], "retriableStatusCodes": [429],
+                                   "budget": {"percent": "20%", "minRetryConcurrency": 3}},
+                          "grpc": {"numRetries": 2, "retryOn": ["Unavailable", "DeadlineExceeded"]},
+                          "tcp": {"maxConnectAttempt": 3}}),
+            )],
+            &[
+                (
+                    to(json!({"http": {"numRetries": 50}})),
+                    &[(
+                        "spec.to[0].default.http.numRetries",
+                        "must be between 0 and 20 (got 50)",
+                    )],
+                ),
+                (
+                    to(
+                        json!({"http": {"backOff": {"baseInterval": "1s", "maxInterval": "100ms"}, "perTryTimeout": "0s"}}),
+                    ),
+                    &[
+                        (
+                            "spec.to[0].default.http.perTryTimeout",
+                            "must be more than 0s",
+                        ),
+                        (
+                            "spec.to[0].default.http.backOff.maxInterval",
+                            "must be at least baseInterval (1s) (got 100ms)",
+                        ),
+                    ],
+                ),
+                (
+                    to(json!({"http": {"retryOn": ["5XX"]}})),
+                    &[(
+                        "spec.to[0].default.http.retryOn[0]",
+                        "unknown variant `5XX`",
+                    )],
+                ),
+                (
+                    to(
+                        json!({"http": {"retryOn": ["RetriableStatusCodes"], "budget": {"percent": 101}}, "tcp": {"maxConnectAttempt": 0}}),
+                    ),
+                    &[
+                        (
+                            "spec.to[0].default.http.retriableStatusCodes",
+                            "is required when retryOn has RetriableStatusCodes",
+                        ),
+                        (
+                            "spec.to[0].default.http.budget.percent",
+                            "must be between 0% and 100% (got 101%)",
+                        ),
+                        (
+                            "spec.to[0].default.tcp.maxConnectAttempt",
+                            "must be between 1 and 20 (got 0)",
+                        ),
+                    ],
+                ),
+                (
+                    to(json!({"http": {"retriableStatusCodes": [99]}})),
+                    &[(
+                        "spec.to[0].default.http.retriableStatusCodes[0]",
+                        "between 100 and 599 (got 99)",
+                    )],
+                ),
+                (
+                    json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {}}]}),
+                    &[(
+                        "spec.from",
+                        "unknown field `from`, expected one of: targetRef, to",
+                    )],
+                ),
+            ],
+        );
+    }
+}

@@ -1,0 +1,189 @@
+//! `causeway global-cp`: flags (or a YAML file with the same settings) to a `NodeConfig`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use causeway_global_cp::raft_node::RaftSettings;
+use causeway_global_cp::tls::{CertKey, RaftTls};
+use causeway_global_cp::{Node, NodeConfig};
+use serde::Deserialize;
+
+/// Run one node of the global control plane.
+///
+/// A new three-node cluster on one machine:
+///   causeway global-cp --node-id 1 --data-dir /tmp/cw1 --api-addr 127.0.0.1:7700 --raft-addr 127.0.0.1:7702 \
+///       --peer 2=127.0.0.1:7712 --peer 3=127.0.0.1:7722
+/// (and the same for nodes 2 and 3). When the cluster forms, every node writes
+/// <data-dir>/admin-token and <data-dir>/api-ca.pem for the CLI.
+#[derive(Debug, Default, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub(crate) struct GlobalCpArgs {
+    /// YAML file with these settings (keys as the flag names: node-id, data-dir, peer: [..]).
+    /// Flags given on the command line win.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// This node's id: a positive integer, unique in the cluster.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Directory for the store and the token files.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Policy API address (HTTPS).
+    #[arg(long)]
+    api_addr: Option<SocketAddr>,
+    /// KDS address for zone control planes (served from the zone issue on).
+    #[arg(long)]
+    kds_addr: Option<SocketAddr>,
+    /// Raft transport address.
+    #[arg(long)]
+    raft_addr: Option<SocketAddr>,
+    /// Another member of the initial cluster, as ID=HOST:PORT (its Raft address). Repeat.
+    #[arg(long = "peer", value_name = "ID=ADDR")]
+    peer: Vec<String>,
+    /// Join an existing cluster (after `causeway cluster add-node`) instead of forming one;
+    /// --peer then lists the current members so this node can answer them.
+    #[arg(long)]
+    join: bool,
+    /// Cluster CA (PEM) for mutual TLS between nodes; with --raft-tls-cert and --raft-tls-key.
+    #[arg(long)]
+    raft_tls_ca: Option<PathBuf>,
+    #[arg(long)]
+    raft_tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    raft_tls_key: Option<PathBuf>,
+    /// API certificate and key (PEM); by default one is issued from the cluster's API CA.
+    #[arg(long)]
+    api_cert: Option<PathBuf>,
+    #[arg(long)]
+    api_key: Option<PathBuf>,
+    /// Compact the Raft log past this many entries (default 10000).
+    #[arg(long)]
+    snapshot_threshold: Option<u64>,
+    /// Raft tick in milliseconds (default 50; elections start after 8-16 ticks of silence).
+    #[arg(long)]
+    tick_ms: Option<u64>,
+}
+
+fn parse_peer(s: &str) -> anyhow::Result<(u64, String)> {
+    let (id, addr) = s
+        .split_once('=')
+        .with_context(|| format!("--peer {s:?}: expected ID=HOST:PORT, like 2=127.0.0.1:7712"))?;
+    let id: u64 = id
+        .trim()
+        .parse()
+        .with_context(|| format!("--peer {s:?}: the id must be a positive integer"))?;
+    addr.trim()
+        .parse::<SocketAddr>()
+        .with_context(|| format!("--peer {s:?}: {addr:?} is not HOST:PORT"))?;
+    Ok((id, addr.trim().to_string()))
+}
+
+impl GlobalCpArgs {
+    /// Fills unset flags from the `--config` file.
+    fn merged(self) -> anyhow::Result<GlobalCpArgs> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: GlobalCpArgs =
+            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        Ok(GlobalCpArgs {
+            config: None,
+            node_id: self.node_id.or(file.node_id),
+            data_dir: self.data_dir.or(file.data_dir),
+            api_addr: self.api_addr.or(file.api_addr),
+            kds_addr: self.kds_addr.or(file.kds_addr),
+            raft_addr: self.raft_addr.or(file.raft_addr),
+            peer: if self.peer.is_empty() {
+                file.peer
+            } else {
+                self.peer
+            },
+            join: self.join || file.join,
+            raft_tls_ca: self.raft_tls_ca.or(file.raft_tls_ca),
+            raft_tls_cert: self.raft_tls_cert.or(file.raft_tls_cert),
+            raft_tls_key: self.raft_tls_key.or(file.raft_tls_key),
+            api_cert: self.api_cert.or(file.api_cert),
+            api_key: self.api_key.or(file.api_key),
+            snapshot_threshold: self.snapshot_threshold.or(file.snapshot_threshold),
+            tick_ms: self.tick_ms.or(file.tick_ms),
+        })
+    }
+
+    fn into_config(self) -> anyhow::Result<NodeConfig> {
+        let a = self.merged()?;
+        let node_id = a.node_id.context("--node-id is required")?;
+        let data_dir = a.data_dir.context("--data-dir is required")?;
+        let api_addr = a.api_addr.context("--api-addr is required")?;
+        let raft_addr = a.raft_addr.context("--raft-addr is required")?;
+        let mut peers = BTreeMap::new();
+        for p in &a.peer {
+            let (id, addr) = parse_peer(p)?;
+            if peers.insert(id, addr).is_some() {
+                bail!("--peer: id {id} is given twice");
+            }
+        }
+        let raft_tls = match (a.raft_tls_ca, a.raft_tls_cert, a.raft_tls_key) {
+            (None, None, None) => None,
+            (Some(ca), Some(cert), Some(key)) => Some(RaftTls::load(&ca, &cert, &key)?),
+            _ => bail!("--raft-tls-ca, --raft-tls-cert and --raft-tls-key go together"),
+        };
+        let api_cert = match (a.api_cert, a.api_key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some(CertKey {
+                cert_pem: std::fs::read_to_string(&c)
+                    .with_context(|| format!("reading {}", c.display()))?,
+                key_pem: std::fs::read_to_string(&k)
+                    .with_context(|| format!("reading {}", k.display()))?,
+            }),
+            _ => bail!("--api-cert and --api-key go together"),
+        };
+        let mut raft = RaftSettings::default();
+        if let Some(t) = a.snapshot_threshold {
+            anyhow::ensure!(t >= 10, "--snapshot-threshold must be at least 10");
+            raft.compact_threshold = t;
+            raft.compact_keep = (t / 10).max(1);
+        }
+        if let Some(ms) = a.tick_ms {
+            anyhow::ensure!(
+                (10..=1000).contains(&ms),
+                "--tick-ms must be between 10 and 1000"
+            );
+            raft.tick = Duration::from_millis(ms);
+        }
+        if a.kds_addr.is_some() {
+            tracing::info!("--kds-addr noted; KDS is not served by this version yet");
+        }
+        Ok(NodeConfig {
+            node_id,
+            data_dir,
+            api_addr,
+            raft_addr,
+            peers,
+            join: a.join,
+            raft_tls,
+            api_cert,
+            api_insecure_http: false,
+            raft,
+        })
+    }
+}
+
+pub(crate) async fn run(args: GlobalCpArgs) -> anyhow::Result<()> {
+    let cfg = args.into_config()?;
+    tracing::info!(node = cfg.node_id, api = %cfg.api_addr, raft = %cfg.raft_addr, data_dir = %cfg.data_dir.display(), "starting global control plane node");
+    let node = Node::start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! `causeway`: the one binary of the mesh. Operator commands (`apply`, `get`, `delete`,
+//! `cluster ...`, `config ...`) talk to the global policy API; component subcommands
+//! (`global-cp`) run the libraries. Flags are parsed here, once, and passed down.
+
+mod client;
+mod config;
+mod global_cp;
+mod ops;
+
+use clap::{Parser, Subcommand};
+
+use config::ConnArgs;
+
+/// Causeway: a multi-zone service mesh.
+///
+/// Start a local three-node global control plane (see README), then drive it:
+///   causeway apply -f mesh.yaml
+///   causeway get meshes
+///   causeway cluster status
+#[derive(Parser)]
+#[command(name = "causeway", version, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// Log filter for components (also RUST_LOG), for example `info` or `causeway=debug`.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a global control plane node.
+    GlobalCp(Box<global_cp::GlobalCpArgs>),
+    /// Create or update resources from YAML (several documents separated by ---).
+    Apply(ops::ApplyArgs),
+    /// Show resources: `get meshes`, `get mesh default -o yaml`, `get zones`.
+    Get(ops::GetArgs),
+    /// Delete a resource: `delete mesh default`, `delete meshtrafficpermission allow-all -m default`.
+    Delete(ops::DeleteArgs),
+    /// Inspect and change the Raft cluster of the global control plane.
+    #[command(subcommand)]
+    Cluster(ops::ClusterCmd),
+    /// Manage the CLI's named contexts (address, token, CA).
+    #[command(subcommand)]
+    Config(ops::ConfigCmd),
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
+    let result = runtime.block_on(async move {
+        match cli.cmd {
+            Cmd::GlobalCp(args) => {
+                init_logging(&cli.log);
+                global_cp::run(*args).await
+            }
+            cmd => {
+                // Operator commands stay quiet unless asked: one clear line on error.
+                init_logging(if cli.log == "info" { "warn" } else { &cli.log });
+                match cmd {
+                    Cmd::Apply(a) => ops::apply(&cli.conn, a).await,
+                    Cmd::Get(a) => ops::get(&cli.conn, a).await,
+                    Cmd::Delete(a) => ops::delete(&cli.conn, a).await,
+                    Cmd::Cluster(c) => ops::cluster(&cli.conn, c).await,
+                    Cmd::Config(c) => ops::config(&cli.conn, c).await,
+                    Cmd::GlobalCp(_) => unreachable!("handled above"),
+                }
+            }
+        }
+    });
+    if let Err(e) = result {
+        // One line: the chain of causes, outermost first.
+        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("error: {}", msg.join(": "));
+        std::process::exit(1);
+    }
+}

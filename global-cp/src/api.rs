@@ -1,0 +1,714 @@
+//! The global policy API: REST over axum, TLS by default, bearer-token authentication.
+//!
+//! Writes are validated here, then proposed to Raft (from any node; a follower's proposal
+//! is forwarded to the leader by Raft itself). Reads are linearizable through ReadIndex
+//! unless the caller asks for `?stale=true`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use causeway_api::{FieldError, Resource, ResourceKey, Scope, TypeInfo};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::command::{ApplyError, Command, Member, WriteOutcome};
+use crate::raft_node::{MemberChange, RaftError, RaftHandle};
+use crate::store::{Store, StoreError};
+
+/// Tokens the API accepts; the admin token may write, the read-only token may not.
+#[derive(Clone, Default)]
+pub(crate) struct Tokens {
+    pub(crate) admin: String,
+    pub(crate) readonly: String,
+}
+
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    pub(crate) raft: RaftHandle,
+    pub(crate) store: Store,
+    pub(crate) tokens: watch::Receiver<Option<Arc<Tokens>>>,
+}
+
+/// An API error: status, message and the field errors behind it.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, field: &str, reason: impl Into<String>) -> ApiError {
+        let reason = reason.into();
+        ApiError {
+            status,
+            message: reason.clone(),
+            errors: vec![FieldError {
+                field: field.into(),
+                reason,
+            }],
+        }
+    }
+    fn bad(field: &str, reason: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, field, reason)
+    }
+    fn not_found(what: String) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "name", format!("{what} not found"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({
+            "status": self.status.as_u16(),
+            "message": self.message,
+            "errors": self.errors,
+        });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        tracing::error!(error = %e, "storage error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "",
+            format!("storage error: {e}"),
+        )
+    }
+}
+
+impl From<RaftError> for ApiError {
+    fn from(e: RaftError) -> ApiError {
+        match e {
+            RaftError::Rejected(ApplyError::Conflict { expected, found }) => ApiError::new(
+                StatusCode::CONFLICT,
+                "version",
+                format!(
+                    "version conflict: expected version {expected}, the resource is at {found}; read it again and retry"
+                ),
+            ),
+            RaftError::Rejected(ApplyError::NotFound) => {
+                ApiError::new(StatusCode::NOT_FOUND, "name", "not found")
+            }
+            RaftError::Rejected(e @ ApplyError::MeshMissing(_)) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "mesh", e.to_string())
+            }
+            RaftError::Rejected(e @ ApplyError::MeshNotEmpty(_)) => {
+                ApiError::new(StatusCode::CONFLICT, "name", e.to_string())
+            }
+            e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "", e.to_string()),
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Builds the router.
+pub(crate) fn router(state: ApiState) -> Router {
+    let authed = Router::new()
+        .route("/cluster", get(cluster_status))
+        .route("/cluster/members", post(add_member))
+        .route(
+            "/cluster/members/{id}",
+            axum::routing::delete(remove_member),
+        )
+        .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
+        .route(
+            "/meshes/{mesh}/{plural}/{name}",
+            get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
+        )
+        .route("/{plural}", get(list_global))
+        .route(
+            "/{plural}/{name}",
+            get(get_global).put(put_global).delete(delete_global),
+        )
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/ready", get(ready))
+        .route("/openapi.json", get(openapi))
+        .merge(authed)
+        .with_state(state)
+}
+
+// === auth ===
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let tokens = st.tokens.borrow().clone();
+    let Some(tokens) = tokens else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "",
+            "the cluster has not formed yet",
+        )
+        .into_response();
+    };
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Authorization",
+            "missing bearer token; pass an API token",
+        )
+        .into_response();
+    };
+    let admin = constant_time_eq(presented.as_bytes(), tokens.admin.as_bytes());
+    let readonly = constant_time_eq(presented.as_bytes(), tokens.readonly.as_bytes());
+    if !admin && !readonly {
+        return ApiError::new(StatusCode::UNAUTHORIZED, "Authorization", "invalid token")
+            .into_response();
+    }
+    let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    if write && !admin {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Authorization",
+            "the read-only token cannot change anything; use the admin token",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+// === resources ===
+
+#[derive(Deserialize, Default)]
+struct ReadQuery {
+    #[serde(default)]
+    stale: bool,
+}
+
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    #[serde(default)]
+    stale: bool,
+    /// `key=value,other-key` (has the label).
+    labels: Option<String>,
+    limit: Option<usize>,
+    /// Name of the last item of the previous page.
+    after: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct DeleteQuery {
+    version: Option<u64>,
+}
+
+fn type_for(plural: &str, scope: Scope) -> ApiResult<&'static TypeInfo> {
+    let t = causeway_api::type_by_plural(plural).ok_or_else(|| {
+        let known: Vec<&str> = causeway_api::types().iter().map(|t| t.plural).collect();
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "type",
+            format!(
+                "unknown resource type {plural:?}; known: {}",
+                known.join(", ")
+            ),
+        )
+    })?;
+    if t.scope != scope {
+        let hint = match t.scope {
+            Scope::Global => format!("/{}", t.plural),
+            Scope::Mesh => format!("/meshes/{{mesh}}/{}", t.plural),
+        };
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "type",
+            format!("{} resources live under {hint}", t.kind),
+        ));
+    }
+    Ok(t)
+}
+
+async fn barrier(st: &ApiState, stale: bool) -> ApiResult<()> {
+    if !stale {
+        st.raft.read_barrier().await?;
+    }
+    Ok(())
+}
+
+fn key(t: &TypeInfo, mesh: &str, name: &str) -> ResourceKey {
+    ResourceKey {
+        kind: t.kind.to_string(),
+        mesh: mesh.to_string(),
+        name: name.to_string(),
+    }
+}
+
+async fn do_get(
+    st: &ApiState,
+    t: &TypeInfo,
+    mesh: &str,
+    name: &str,
+    q: ReadQuery,
+) -> ApiResult<Json<Resource>> {
+    barrier(st, q.stale).await?;
+    match st.store.get(&key(t, mesh, name))? {
+        Some(r) => Ok(Json(r)),
+        None => Err(ApiError::not_found(describe(t, mesh, name))),
+    }
+}
+
+fn describe(t: &TypeInfo, mesh: &str, name: &str) -> String {
+    if mesh.is_empty() {
+        format!("{} {name:?}", t.kind)
+    } else {
+        format!("{} {name:?} in mesh {mesh:?}", t.kind)
+    }
+}
+
+fn parse_selector(s: &str) -> ApiResult<Vec<(String, Option<String>)>> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = match part.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim().to_string())),
+            None => (part, None),
+        };
+        if k.is_empty() {
+            return Err(ApiError::bad(
+                "labels",
+                format!("selector term {part:?} has no key; use key=value or key"),
+            ));
+        }
+        out.push((k.to_string(), v));
+    }
+    Ok(out)
+}
+
+async fn do_list(st: &ApiState, t: &TypeInfo, mesh: &str, q: ListQuery) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::bad("limit", "must be between 1 and 1000"));
+    }
+    let selector = parse_selector(q.labels.as_deref().unwrap_or(""))?;
+    barrier(st, q.stale).await?;
+    let page = st
+        .store
+        .list(t.kind, mesh, &selector, q.after.as_deref(), limit)?;
+    Ok(Json(json!({ "items": page.items, "next": page.next })))
+}
+
+fn parse_body(body: &[u8]) -> ApiResult<Resource> {
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::bad("", "the body is not UTF-8"))?;
+    let parsed = if text.trim_start().starts_with('{') {
+        Resource::from_json(body)
+    } else {
+        Resource::from_yaml(text)
+    };
+    parsed.map_err(|e| ApiError::bad("", e.to_string()))
+}
+
+fn expected_version(headers: &HeaderMap, body_version: Option<u64>) -> ApiResult<Option<u64>> {
+    if let Some(v) = headers.get(axum::http::header::IF_MATCH) {
+        let s = v.to_str().unwrap_or("").trim().trim_matches('"');
+        return s.parse().map(Some).map_err(|_| {
+            ApiError::bad(
+                "If-Match",
+                format!("expected a resource version number, got {s:?}"),
+            )
+        });
+    }
+    Ok(body_version)
+}
+
+async fn do_put(
+    st: &ApiState,
+    t: &TypeInfo,
+    mesh: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Response> {
+    let mut r = parse_body(body)?;
+    let mut errors = Vec::new();
+    if r.kind != t.kind {
+        errors.push(FieldError {
+            field: "type".into(),
+            reason: format!("is {:?} but this URL takes {}", r.kind, t.kind),
+        });
+    }
+    if r.name != name {
+        errors.push(FieldError {
+            field: "name".into(),
+            reason: format!("is {:?} but the URL names {name:?}", r.name),
+        });
+    }
+    if t.scope == Scope::Mesh && r.mesh.as_deref() != Some(mesh) {
+        // Mesh may be omitted in the body; the URL says it.
+        if r.mesh.is_none() {
+            r.mesh = Some(mesh.to_string());
+        } else {
+            errors.push(FieldError {
+                field: "mesh".into(),
+                reason: format!(
+                    "is {:?} but the URL names mesh {mesh:?}",
+                    r.mesh.as_deref().unwrap_or("")
+                ),
+            });
+        }
+    }
+    if errors.is_empty() {
+        if let Err(v) = causeway_api::validate(&r) {
+            errors = v.errors;
+        }
+    }
+    if !errors.is_empty() {
+        let message = format!(
+            "invalid {}: {}",
+            describe(t, mesh, name),
+            errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message,
+            errors,
+        });
+    }
+    let expected = expected_version(headers, r.version)?;
+    // Server-set fields are never taken from the client.
+    r.version = None;
+    r.creation_time = None;
+    r.modification_time = None;
+    r.origin = None;
+    let k = r.key();
+    let outcome = st
+        .raft
+        .propose(Command::Put {
+            resource: Box::new(r),
+            expected_version: expected,
+        })
+        .await?;
+    let created = matches!(outcome, WriteOutcome::Written { created: true, .. });
+    let stored = st
+        .store
+        .get(&k)?
+        .ok_or_else(|| ApiError::not_found(describe(t, mesh, name)))?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(stored)).into_response())
+}
+
+async fn do_delete(
+    st: &ApiState,
+    t: &TypeInfo,
+    mesh: &str,
+    name: &str,
+    headers: &HeaderMap,
+    q: DeleteQuery,
+) -> ApiResult<StatusCode> {
+    let expected = expected_version(headers, q.version)?;
+    st.raft
+        .propose(Command::Delete {
+            key: key(t, mesh, name),
+            expected_version: expected,
+        })
+        .await
+        .map_err(|e| match e {
+            RaftError::Rejected(ApplyError::NotFound) => {
+                ApiError::not_found(describe(t, mesh, name))
+            }
+            e => e.into(),
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_global(
+    State(st): State<ApiState>,
+    Path((plural, name)): Path<(String, String)>,
+    Query(q): Query<ReadQuery>,
+) -> ApiResult<Json<Resource>> {
+    let t = type_for(&plural, Scope::Global)?;
+    do_get(&st, t, "", &name, q).await
+}
+
+async fn list_global(
+    State(st): State<ApiState>,
+    Path(plural): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let t = type_for(&plural, Scope::Global)?;
+    do_list(&st, t, "", q).await
+}
+
+async fn put_global(
+    State(st): State<ApiState>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let t = type_for(&plural, Scope::Global)?;
+    do_put(&st, t, "", &name, &headers, &body).await
+}
+
+async fn delete_global(
+    State(st): State<ApiState>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<StatusCode> {
+    let t = type_for(&plural, Scope::Global)?;
+    do_delete(&st, t, "", &name, &headers, q).await
+}
+
+async fn get_in_mesh(
+    State(st): State<ApiState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    Query(q): Query<ReadQuery>,
+) -> ApiResult<Json<Resource>> {
+    let t = type_for(&plural, Scope::Mesh)?;
+    do_get(&st, t, &mesh, &name, q).await
+}
+
+async fn list_in_mesh(
+    State(st): State<ApiState>,
+    Path((mesh, plural)): Path<(String, String)>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let t = type_for(&plural, Scope::Mesh)?;
+    do_list(&st, t, &mesh, q).await
+}
+
+async fn put_in_mesh(
+    State(st): State<ApiState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let t = type_for(&plural, Scope::Mesh)?;
+    do_put(&st, t, &mesh, &name, &headers, &body).await
+}
+
+async fn delete_in_mesh(
+    State(st): State<ApiState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    Query(q): Query<DeleteQuery>,
+) -> ApiResult<StatusCode> {
+    let t = type_for(&plural, Scope::Mesh)?;
+    do_delete(&st, t, &mesh, &name, &headers, q).await
+}
+
+// === cluster ===
+
+async fn ready(State(st): State<ApiState>) -> Response {
+    let v = st.raft.view().borrow().clone();
+    if v.leader_id == 0 {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "", "no leader known")
+            .into_response();
+    }
+    (
+        StatusCode::OK,
+        Json(json!({"ready": true, "leader_id": v.leader_id, "applied_index": v.applied})),
+    )
+        .into_response()
+}
+
+/// The cluster as this node sees it. Lag per member is only known to the leader; a
+/// follower reports `null` there and names the leader to ask.
+async fn cluster_status(State(st): State<ApiState>) -> ApiResult<Json<Value>> {
+    let v = st.raft.view().borrow().clone();
+    let members = st.store.members()?;
+    let mut list = Vec::new();
+    let ids: std::collections::BTreeSet<u64> = v
+        .progress
+        .iter()
+        .map(|p| p.id)
+        .chain(members.keys().copied())
+        .collect();
+    for id in ids {
+        let m = members.get(&id);
+        let p = v.progress.iter().find(|p| p.id == id);
+        let role = match p {
+            None => "removed",
+            Some(p) if !p.voter => "learner",
+            Some(_) if id == v.leader_id => "leader",
+            Some(_) => "follower",
+        };
+        if role == "removed" {
+            continue;
+        }
+        let matched = p.and_then(|p| p.matched);
+        list.push(json!({
+            "id": id,
+            "api_addr": m.map(|m| m.api_addr.as_str()),
+            "raft_addr": m.map(|m| m.raft_addr.as_str()),
+            "role": role,
+            "voter": p.is_some_and(|p| p.voter),
+            "matched_index": matched,
+            "behind": matched.map(|m| v.last_index.saturating_sub(m)),
+        }));
+    }
+    Ok(Json(json!({
+        "served_by": v.id,
+        "leader_id": v.leader_id,
+        "leader_api_addr": members.get(&v.leader_id).map(|m| m.api_addr.clone()),
+        "term": v.term,
+        "commit_index": v.commit,
+        "applied_index": v.applied,
+        "first_log_index": v.first_index,
+        "last_log_index": v.last_index,
+        "role": v.role,
+        "members": list,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    id: u64,
+    raft_addr: String,
+    api_addr: String,
+}
+
+async fn add_member(State(st): State<ApiState>, body: Bytes) -> ApiResult<Json<Value>> {
+    let m: AddMember = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad("", format!("expected {{id, raft_addr, api_addr}}: {e}")))?;
+    if m.id == 0 {
+        return Err(ApiError::bad("id", "must be a positive integer"));
+    }
+    for (field, addr) in [("raft_addr", &m.raft_addr), ("api_addr", &m.api_addr)] {
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ApiError::bad(
+                field,
+                format!("{addr:?} is not an ip:port address"),
+            ));
+        }
+    }
+    let v = st.raft.view().borrow().clone();
+    if v.progress.iter().any(|p| p.id == m.id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "id",
+            format!("node {} is already a member", m.id),
+        ));
+    }
+    st.raft
+        .change_members(MemberChange::Add(Member {
+            id: m.id,
+            raft_addr: m.raft_addr,
+            api_addr: m.api_addr,
+        }))
+        .await?;
+    Ok(Json(json!({"added": m.id})))
+}
+
+async fn remove_member(State(st): State<ApiState>, Path(id): Path<u64>) -> ApiResult<Json<Value>> {
+    let v = st.raft.view().borrow().clone();
+    if !v.progress.iter().any(|p| p.id == id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "id",
+            format!("node {id} is not a member"),
+        ));
+    }
+    if v.progress.len() == 1 {
+        return Err(ApiError::bad("id", "cannot remove the last member"));
+    }
+    st.raft.change_members(MemberChange::Remove(id)).await?;
+    Ok(Json(json!({"removed": id})))
+}
+
+// === OpenAPI ===
+
+async fn openapi() -> Json<Value> {
+    Json(openapi_document())
+}
+
+/// The OpenAPI 3.1 document of this API.
+pub fn openapi_document() -> Value {
+    let mut paths = BTreeMap::new();
+    let err = json!({"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
+    let res = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Resource"}}}});
+    let list = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResourceList"}}}});
+    let list_params = json!([
+        {"name": "labels", "in": "query", "schema": {"type": "string"}, "description": "label selector: key=value,key2 (has key2)"},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
+        {"name": "after", "in": "query", "schema": {"type": "string"}, "description": "the `next` value of the previous page"},
+        {"name": "stale", "in": "query", "schema": {"type": "boolean"}, "description": "read this node's state without a linearizable barrier"}
+    ]);
+    for t in causeway_api::types() {
+        let (base, mesh_param) = match t.scope {
+            Scope::Global => (format!("/{}", t.plural), vec![]),
+            Scope::Mesh => (
+                format!("/meshes/{{mesh}}/{}", t.plural),
+                vec![
+                    json!({"name": "mesh", "in": "path", "required": true, "schema": {"type": "string"}}),
+                ],
+            ),
+        };
+        let mut item_params = mesh_param.clone();
+        item_params.push(
+            json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}}),
+        );
+        let mut lp = mesh_param.clone();
+        lp.extend(list_params.as_array().expect("array").iter().cloned());
+        paths.insert(
+            base.clone(),
+            json!({"get": {"summary": format!("List {} resources", t.kind), "parameters": lp, "responses": {"200": list, "default": err}}}),
+        );
+        paths.insert(
+            format!("{base}/{{name}}"),
+            json!({
+                "parameters": item_params,
+                "get": {"summary": format!("Get a {}", t.kind), "responses": {"200": res, "default": err}},
+                "put": {"summary": format!("Create or replace a {} (optimistic concurrency: a `version` in the body or an If-Match header)", t.kind),
+                        "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Resource"}}, "application/yaml": {}}},
+                        "responses": {"200": res, "201": res, "default": err}},
+                "delete": {"summary": format!("Delete a {}", t.kind), "responses": {"204": {"description": "Deleted"}, "default": err}}
+            }),
+        );
+    }
+    paths.insert("/cluster".into(), json!({"get": {"summary": "Raft cluster status", "responses": {"200": {"description": "status"}}}}));
+    paths.insert("/cluster/members".into(), json!({"post": {"summary": "Add a node", "responses": {"200": {"description": "added"}, "default": err}}}));
+    paths.insert("/cluster/members/{id}".into(), json!({"delete": {"summary": "Remove a node", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "removed"}, "default": err}}}));
+    paths.insert("/ready".into(), json!({"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "ready"}, "503": err}}}));
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Causeway global policy API", "version": env!("CARGO_PKG_VERSION")},
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Resource": {"type": "object", "required": ["type", "name"], "properties": {
+                    "type": {"type": "string", "enum": causeway_api::types().iter().map(|t| t.kind).collect::<Vec<_>>()},
+                    "mesh": {"type": "string"}, "name": {"type": "string"},
+                    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "spec": {"type": "object"},
+                    "version": {"type": "integer", "readOnly": false, "description": "Raft index of the last write; on PUT, the expected version"},
+                    "creationTime": {"type": "string", "format": "date-time", "readOnly": true},
+                    "modificationTime": {"type": "string", "format": "date-time", "readOnly": true},
+                    "origin": {"type": "string", "readOnly": true}
+                }},
+                "ResourceList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Resource"}}, "next": {"type": ["string", "null"]}}},
+                "Error": {"type": "object", "properties": {"status": {"type": "integer"}, "message": {"type": "string"},
+                    "errors": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": "string"}, "reason": {"type": "string"}}}}}}
+            }
+        }
+    })
+}

@@ -1,0 +1,321 @@
+//! The Causeway global control plane: a Raft-replicated policy store (tikv's `raft`
+//! crate over RocksDB) and the global policy API.
+//!
+//! Layout follows raft-rs's split of algorithm and I/O: [`store`] is the durable state
+//! (log, hard state, state machine), [`raft_node`] the Ready loop on its own thread,
+//! `transport` the peer connections, `api` the REST surface. The crate must not hold
+//! policy logic: what a resource means belongs to `causeway-api`.
+
+pub mod command;
+pub mod raft_node;
+pub mod store;
+pub mod tls;
+
+mod api;
+mod transport;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+pub use api::openapi_document;
+use api::{ApiState, Tokens};
+use command::{ClusterSecrets, Command, Member};
+use raft_node::{RaftHandle, RaftSettings};
+use store::Store;
+use tls::{CertKey, RaftTls};
+
+/// Common name of the CA that signs the API's generated certificates.
+const API_CA_NAME: &str = "Causeway API CA";
+
+/// Settings of one global control plane node, parsed once at the binary's edge.
+#[derive(Clone)]
+pub struct NodeConfig {
+    /// This node's Raft id (non-zero, unique in the cluster).
+    pub node_id: u64,
+    /// Where the RocksDB store, the admin token and the API CA are kept.
+    pub data_dir: PathBuf,
+    /// Policy API listen address.
+    pub api_addr: SocketAddr,
+    /// Raft transport listen address.
+    pub raft_addr: SocketAddr,
+    /// The initial cluster's other members: id -> Raft address.
+    pub peers: BTreeMap<u64, String>,
+    /// Join an existing cluster instead of forming one: start empty and wait for the
+    /// leader (after `causeway cluster add-node`) to send a snapshot.
+    pub join: bool,
+    /// Mutual TLS for Raft traffic; `None` runs it in plain TCP (local clusters only).
+    pub raft_tls: Option<RaftTls>,
+    /// The API's certificate; `None` issues one from the cluster's generated API CA.
+    pub api_cert: Option<CertKey>,
+    /// Serve the API over plain HTTP (never in production; tests of TLS itself use it).
+    pub api_insecure_http: bool,
+    pub raft: RaftSettings,
+}
+
+/// Files a node writes into its data dir for the CLI.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+pub const READONLY_TOKEN_FILE: &str = "readonly-token";
+pub const API_CA_FILE: &str = "api-ca.pem";
+
+/// A running node. Dropping it does not stop it; call [`Node::shutdown`].
+pub struct Node {
+    raft: RaftHandle,
+    raft_thread: Option<std::thread::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    api_handle: axum_server::Handle,
+}
+
+impl Node {
+    /// Opens the store, starts Raft, the transport and (once the cluster has formed) the API.
+    pub async fn start(cfg: NodeConfig) -> anyhow::Result<Node> {
+        anyhow::ensure!(cfg.node_id != 0, "--node-id must be a positive integer");
+        anyhow::ensure!(
+            !cfg.peers.contains_key(&cfg.node_id),
+            "--peer lists this node's own id {}",
+            cfg.node_id
+        );
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+        let store = Store::open(&cfg.data_dir.join("db"))?;
+        if store.is_empty() && !cfg.join {
+            let mut voters: Vec<u64> = cfg.peers.keys().copied().collect();
+            voters.push(cfg.node_id);
+            voters.sort();
+            tracing::info!(?voters, "forming a new cluster");
+            store.bootstrap(voters)?;
+        }
+        if cfg.raft_tls.is_none() {
+            tracing::warn!(
+                "Raft traffic between nodes is NOT encrypted or authenticated (no --raft-tls-*). \
+                 Fine on loopback; in production generate certificates with `causeway cluster gen-certs`."
+            );
+        }
+        let raft_listener = tokio::net::TcpListener::bind(cfg.raft_addr)
+            .await
+            .with_context(|| format!("binding the Raft address {}", cfg.raft_addr))?;
+        let rt = tokio::runtime::Handle::current();
+        let peers = cfg.peers.clone();
+        let tls = cfg.raft_tls.clone();
+        let id = cfg.node_id;
+        let (raft, thread) = raft_node::start_with(
+            id,
+            store.clone(),
+            cfg.raft.clone(),
+            raft_node::raft_logger(),
+            |tx| {
+                let mut ob = transport::TcpOutbox::new(rt, id, tx, tls.as_ref())?;
+                for (pid, addr) in &peers {
+                    raft_node::Outbox::set_address(&mut ob, *pid, addr);
+                }
+                Ok::<_, tls::TlsError>(ob)
+            },
+        )?;
+        let mut tasks = Vec::new();
+        let raft_tx = raft.sender();
+        let tls = cfg.raft_tls.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = transport::serve(raft_listener, tls.as_ref(), raft_tx).await {
+                tracing::error!(error = %e, "raft transport stopped");
+            }
+        }));
+
+        let (tokens_tx, tokens_rx) = watch::channel(None);
+        let api_handle = axum_server::Handle::new();
+        tasks.push(tokio::spawn(housekeeping(
+            cfg.clone(),
+            store.clone(),
+            raft.clone(),
+            tokens_tx,
+            api_handle.clone(),
+            tokens_rx,
+        )));
+        Ok(Node {
+            raft,
+            raft_thread: Some(thread),
+            tasks,
+            api_handle,
+        })
+    }
+
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+
+    /// Stops the API, the transport and the Raft thread.
+    pub async fn shutdown(mut self) {
+        self.api_handle
+            .graceful_shutdown(Some(Duration::from_secs(2)));
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.raft.stop();
+        if let Some(t) = self.raft_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+fn generate_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    format!("cw_{}", hex::encode(bytes))
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Background duties of a node: form the cluster (first leader creates the tokens and the
+/// API CA), register this node's addresses, write the token files, start the API.
+async fn housekeeping(
+    cfg: NodeConfig,
+    store: Store,
+    raft: RaftHandle,
+    tokens_tx: watch::Sender<Option<Arc<Tokens>>>,
+    api_handle: axum_server::Handle,
+    tokens_rx: watch::Receiver<Option<Arc<Tokens>>>,
+) {
+    let mut view = raft.view();
+    let me = Member {
+        id: cfg.node_id,
+        raft_addr: cfg.raft_addr.to_string(),
+        api_addr: cfg.api_addr.to_string(),
+    };
+    let mut api_started = false;
+    let mut last_attempt = tokio::time::Instant::now() - Duration::from_secs(10);
+    loop {
+        let v = view.borrow_and_update().clone();
+        let secrets = store.secrets().ok().flatten();
+        if v.leader_id != 0 && last_attempt.elapsed() > Duration::from_millis(500) {
+            if secrets.is_none() && v.leader_id == cfg.node_id {
+                last_attempt = tokio::time::Instant::now();
+                match tls::generate_ca(API_CA_NAME) {
+                    Ok(ca) => {
+                        let s = ClusterSecrets {
+                            admin_token: generate_token(),
+                            readonly_token: generate_token(),
+                            api_ca_cert_pem: ca.cert_pem,
+                            api_ca_key_pem: ca.key_pem,
+                        };
+                        if let Err(e) = raft.propose(Command::InitCluster(s)).await {
+                            tracing::warn!(error = %e, "creating the cluster secrets failed; will retry");
+                        } else {
+                            tracing::info!("cluster formed: admin token and API CA created");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "generating the API CA"),
+                }
+            }
+            let registered = store
+                .members()
+                .ok()
+                .and_then(|m| m.get(&cfg.node_id).cloned());
+            let is_voter = v.progress.iter().any(|p| p.id == cfg.node_id);
+            if registered.as_ref() != Some(&me) && is_voter {
+                last_attempt = tokio::time::Instant::now();
+                if let Err(e) = raft.propose(Command::RegisterMember(me.clone())).await {
+                    tracing::debug!(error = %e, "registering this node's addresses; will retry");
+                }
+            }
+        }
+        if let Some(s) = secrets {
+            let changed = tokens_rx
+                .borrow()
+                .as_ref()
+                .is_none_or(|t| t.admin != s.admin_token);
+            if changed {
+                if let Err(e) = write_secrets(&cfg.data_dir, &s) {
+                    tracing::error!(error = %e, "writing the token files");
+                }
+                tokens_tx.send_replace(Some(Arc::new(Tokens {
+                    admin: s.admin_token.clone(),
+                    readonly: s.readonly_token.clone(),
+                })));
+            }
+            if !api_started {
+                api_started = true;
+                let state = ApiState {
+                    raft: raft.clone(),
+                    store: store.clone(),
+                    tokens: tokens_rx.clone(),
+                };
+                let cfg = cfg.clone();
+                let handle = api_handle.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = serve_api(&cfg, &s, state, handle).await {
+                        tracing::error!(error = %e, "the policy API stopped");
+                        std::process::exit(1);
+                    }
+                });
+            }
+        }
+        // Wake on any Raft change, or every 500 ms to retry.
+        let _ = tokio::time::timeout(Duration::from_millis(500), view.changed()).await;
+    }
+}
+
+fn write_secrets(dir: &Path, s: &ClusterSecrets) -> std::io::Result<()> {
+    write_private(&dir.join(ADMIN_TOKEN_FILE), &format!("{}\n", s.admin_token))?;
+    write_private(
+        &dir.join(READONLY_TOKEN_FILE),
+        &format!("{}\n", s.readonly_token),
+    )?;
+    write_private(&dir.join(API_CA_FILE), &s.api_ca_cert_pem)
+}
+
+async fn serve_api(
+    cfg: &NodeConfig,
+    s: &ClusterSecrets,
+    state: ApiState,
+    handle: axum_server::Handle,
+) -> anyhow::Result<()> {
+    let app = api::router(state);
+    if cfg.api_insecure_http {
+        tracing::warn!(addr = %cfg.api_addr, "policy API on plain HTTP: tokens travel in clear");
+        return Ok(axum_server::bind(cfg.api_addr)
+            .handle(handle)
+            .serve(app.into_make_service())
+            .await?);
+    }
+    let cert = match &cfg.api_cert {
+        Some(c) => c.clone(),
+        None => {
+            let ca = CertKey {
+                cert_pem: s.api_ca_cert_pem.clone(),
+                key_pem: s.api_ca_key_pem.clone(),
+            };
+            tls::issue(
+                &ca,
+                API_CA_NAME,
+                &tls::server_names(&cfg.api_addr.ip().to_string(), &[]),
+                825,
+            )?
+        }
+    };
+    let server = tls::server_config(&cert, None, &[b"h2", b"http/1.1"])?;
+    let rustls_cfg = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server));
+    tracing::info!(addr = %cfg.api_addr, "policy API listening (HTTPS)");
+    axum_server::bind_rustls(cfg.api_addr, rustls_cfg)
+        .handle(handle)
+        .serve(app.into_make_service())
+        .await?;
+    Ok(())
+}

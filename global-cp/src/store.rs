@@ -1,0 +1,832 @@
+//! RocksDB storage of one node: the Raft log and hard state (implementing
+//! [`raft::Storage`]) and the state machine (resources, label index, cluster metadata),
+//! each in its own column family of one database so a Ready is persisted atomically.
+//!
+//! Durability: log entries, hard state and snapshots are written with `sync`; state machine
+//! writes are not, because after a crash the node re-applies the durable log from its last
+//! persisted applied index and applying is deterministic.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use causeway_api::{Resource, ResourceKey};
+use protobuf::Message as _;
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+
+use crate::command::{ApplyError, ClusterSecrets, Command, Member, WriteOutcome};
+
+const CF_LOG: &str = "raft_log";
+const CF_RAFT: &str = "raft_state";
+const CF_RESOURCES: &str = "resources";
+const CF_LABELS: &str = "label_index";
+const CF_META: &str = "sm_meta";
+
+const KEY_HARD_STATE: &[u8] = b"hard_state";
+const KEY_CONF_STATE: &[u8] = b"conf_state";
+const KEY_TRUNCATED: &[u8] = b"truncated";
+const KEY_APPLIED: &[u8] = b"applied";
+const KEY_SECRETS: &[u8] = b"cluster_secrets";
+const KEY_MEMBER_PREFIX: &[u8] = b"member/";
+
+/// Errors of the storage layer. Any of them makes the node stop serving: the data dir is
+/// damaged or the disk failed, and continuing could lose acknowledged writes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb at {path}: {source}")]
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("corrupt {what} in the data dir: {reason}")]
+    Corrupt { what: &'static str, reason: String },
+}
+
+/// The in-memory mirror of the log's bounds, kept so `raft::Storage` calls that Raft makes
+/// constantly (term, first/last index) never touch the disk.
+#[derive(Debug, Default)]
+struct LogState {
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry removed by compaction or covered by a snapshot.
+    truncated_index: u64,
+    truncated_term: u64,
+    /// Terms of entries `truncated_index + 1 ..= last_index`.
+    terms: Vec<u64>,
+}
+
+impl LogState {
+    fn first_index(&self) -> u64 {
+        self.truncated_index + 1
+    }
+    fn last_index(&self) -> u64 {
+        self.truncated_index + self.terms.len() as u64
+    }
+}
+
+/// One node's storage. Cheap to clone; all clones share the database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    log: Arc<RwLock<LogState>>,
+}
+
+/// A page of resources from a list query.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub items: Vec<Resource>,
+    /// Name to pass as `after` to get the next page, if there is one.
+    pub next: Option<String>,
+}
+
+fn u64_key(i: u64) -> [u8; 8] {
+    i.to_be_bytes()
+}
+
+pub(crate) fn resource_key_bytes(key: &ResourceKey) -> Vec<u8> {
+    format!("{}\0{}\0{}", key.kind, key.mesh, key.name).into_bytes()
+}
+
+fn label_key_bytes(key: &ResourceKey, label: &str, value: &str) -> Vec<u8> {
+    format!(
+        "{}\0{}\0{}={}\0{}",
+        key.kind, key.mesh, label, value, key.name
+    )
+    .into_bytes()
+}
+
+fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+fn sync_opts() -> WriteOptions {
+    let mut o = WriteOptions::default();
+    o.set_sync(true);
+    o
+}
+
+fn to_raft_err(e: StoreError) -> raft::Error {
+    raft::Error::Store(StorageError::Other(Box::new(e)))
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        let cfs = [CF_LOG, CF_RAFT, CF_RESOURCES, CF_LABELS, CF_META]
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| StoreError::Open {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let store = Store {
+            db: Arc::new(db),
+            log: Arc::default(),
+        };
+        store.load_log_state()?;
+        Ok(store)
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    fn load_log_state(&self) -> Result<(), StoreError> {
+        let mut st = LogState::default();
+        let raft = self.cf(CF_RAFT);
+        if let Some(b) = self.db.get_cf(raft, KEY_HARD_STATE)? {
+            st.hard_state =
+                HardState::parse_from_bytes(&b).map_err(|e| corrupt("hard state", e))?;
+        }
+        if let Some(b) = self.db.get_cf(raft, KEY_CONF_STATE)? {
+            st.conf_state =
+                ConfState::parse_from_bytes(&b).map_err(|e| corrupt("conf state", e))?;
+        }
+        if let Some(b) = self.db.get_cf(raft, KEY_TRUNCATED)? {
+            let (i, t): (u64, u64) =
+                serde_json::from_slice(&b).map_err(|e| corrupt("truncated state", e))?;
+            st.truncated_index = i;
+            st.truncated_term = t;
+        }
+        let mut expected = st.truncated_index + 1;
+        for item in self.db.iterator_cf(self.cf(CF_LOG), IteratorMode::Start) {
+            let (k, v) = item?;
+            let e = Entry::parse_from_bytes(&v).map_err(|e| corrupt("log entry", e))?;
+            if e.index < expected {
+                continue; // left over from a compaction interrupted by a crash
+            }
+            if e.index != expected || k.as_ref() != u64_key(e.index) {
+                return Err(corrupt("raft log", format!("gap before entry {}", e.index)));
+            }
+            st.terms.push(e.term);
+            expected += 1;
+        }
+        // The commit index is persisted lazily; entries we applied were certainly committed.
+        let applied = self.applied_index()?;
+        if st.hard_state.commit < applied {
+            st.hard_state.commit = applied;
+        }
+        *self.log.write().expect("log lock poisoned") = st;
+        Ok(())
+    }
+
+    /// True when this node has never been part of a cluster (fresh data dir).
+    pub fn is_empty(&self) -> bool {
+        let st = self.log.read().expect("log lock poisoned");
+        st.conf_state.voters.is_empty() && st.conf_state.learners.is_empty() && st.last_index() == 0
+    }
+
+    /// Sets the initial membership of a new cluster (etcd's `initial-cluster`).
+    pub fn bootstrap(&self, voters: Vec<u64>) -> Result<(), StoreError> {
+        let mut cs = ConfState::default();
+        cs.voters = voters;
+        self.db.put_cf_opt(
+            self.cf(CF_RAFT),
+            KEY_CONF_STATE,
+            cs.write_to_bytes().expect("conf state encodes"),
+            &sync_opts(),
+        )?;
+        self.log.write().expect("log lock poisoned").conf_state = cs;
+        Ok(())
+    }
+
+    // === Raft log writes (called from the Raft thread only) ===
+
+    /// Persists new entries and, if given, the hard state, in one synced write.
+    pub fn append(&self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StoreError> {
+        if entries.is_empty() && hs.is_none() {
+            return Ok(());
+        }
+        let mut st = self.log.write().expect("log lock poisoned");
+        let mut batch = WriteBatch::default();
+        let log = self.cf(CF_LOG);
+        if let Some(first) = entries.first() {
+            if first.index <= st.truncated_index {
+                return Err(corrupt(
+                    "append",
+                    format!("entry {} is already compacted", first.index),
+                ));
+            }
+            // Entries past the new ones were overwritten by a new leader: drop them.
+            let last = st.last_index();
+            let new_last = entries.last().map_or(0, |e| e.index);
+            if new_last < last {
+                batch.delete_range_cf(log, u64_key(new_last + 1), u64_key(last + 1));
+            }
+            for e in entries {
+                batch.put_cf(
+                    log,
+                    u64_key(e.index),
+                    e.write_to_bytes().expect("entry encodes"),
+                );
+            }
+        }
+        if let Some(hs) = hs {
+            batch.put_cf(
+                self.cf(CF_RAFT),
+                KEY_HARD_STATE,
+                hs.write_to_bytes().expect("hard state encodes"),
+            );
+        }
+        self.db.write_opt(batch, &sync_opts())?;
+        if let Some(first) = entries.first() {
+            let keep = (first.index - st.truncated_index - 1) as usize;
+            st.terms.truncate(keep);
+            st.terms.extend(entries.iter().map(|e| e.term));
+        }
+        if let Some(hs) = hs {
+            st.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a new commit index. Not synced: see the module comment.
+    pub fn set_commit(&self, commit: u64) -> Result<(), StoreError> {
+        let mut st = self.log.write().expect("log lock poisoned");
+        st.hard_state.commit = commit;
+        self.db.put_cf(
+            self.cf(CF_RAFT),
+            KEY_HARD_STATE,
+            st.hard_state.write_to_bytes().expect("hard state encodes"),
+        )?;
+        Ok(())
+    }
+
+    /// Drops log entries up to and including `index`, which must be applied.
+    pub fn compact(&self, index: u64) -> Result<(), StoreError> {
+        let mut st = self.log.write().expect("log lock poisoned");
+        if index <= st.truncated_index || index > st.last_index() {
+            return Ok(());
+        }
+        let term = st.terms[(index - st.truncated_index - 1) as usize];
+        let mut batch = WriteBatch::default();
+        batch.put_cf(
+            self.cf(CF_RAFT),
+            KEY_TRUNCATED,
+            serde_json::to_vec(&(index, term)).expect("encodes"),
+        );
+        batch.delete_range_cf(self.cf(CF_LOG), u64_key(0), u64_key(index + 1));
+        self.db.write_opt(batch, &sync_opts())?;
+        let n = (index - st.truncated_index) as usize;
+        st.terms.drain(..n);
+        st.truncated_index = index;
+        st.truncated_term = term;
+        Ok(())
+    }
+
+    /// Number of entries currently held in the log.
+    pub fn log_len(&self) -> u64 {
+        self.log.read().expect("log lock poisoned").terms.len() as u64
+    }
+
+    pub fn first_log_index(&self) -> u64 {
+        self.log.read().expect("log lock poisoned").first_index()
+    }
+
+    // === Snapshots ===
+
+    /// Serializes the state machine as of its applied index.
+    pub fn build_snapshot(&self) -> Result<Snapshot, StoreError> {
+        let applied = self.applied_index()?;
+        let st = self.log.read().expect("log lock poisoned");
+        let term = if applied == st.truncated_index {
+            st.truncated_term
+        } else if applied > st.truncated_index && applied <= st.last_index() {
+            st.terms[(applied - st.truncated_index - 1) as usize]
+        } else {
+            return Err(corrupt(
+                "snapshot",
+                format!("applied index {applied} is outside the log"),
+            ));
+        };
+        let conf_state = match self.db.get_cf(self.cf(CF_META), KEY_CONF_STATE)? {
+            Some(b) => ConfState::parse_from_bytes(&b).map_err(|e| corrupt("conf state", e))?,
+            None => st.conf_state.clone(),
+        };
+        drop(st);
+        // One RocksDB snapshot so the dump is consistent even if a write lands meanwhile.
+        let snap = self.db.snapshot();
+        let mut data = Vec::new();
+        for (tag, cf) in [(0u8, CF_RESOURCES), (1u8, CF_META)] {
+            for item in snap.iterator_cf(self.cf(cf), IteratorMode::Start) {
+                let (k, v) = item?;
+                data.push(tag);
+                data.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                data.extend_from_slice(&k);
+                data.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                data.extend_from_slice(&v);
+            }
+        }
+        let mut meta = SnapshotMetadata::default();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(conf_state);
+        let mut s = Snapshot::default();
+        s.set_metadata(meta);
+        s.data = data.into();
+        Ok(s)
+    }
+
+    /// Replaces the whole state (machine and log) with a snapshot from the leader.
+    pub fn apply_snapshot(&self, snap: &Snapshot) -> Result<(), StoreError> {
+        let meta = snap.get_metadata();
+        let mut st = self.log.write().expect("log lock poisoned");
+        let mut batch = WriteBatch::default();
+        for cf in [CF_RESOURCES, CF_LABELS, CF_META, CF_LOG] {
+            let cf = self.cf(cf);
+            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+                let (k, _) = item?;
+                batch.delete_cf(cf, k);
+            }
+        }
+        let data: &[u8] = &snap.data;
+        let mut pos = 0;
+        let read = |pos: &mut usize, n: usize| -> Result<&[u8], StoreError> {
+            let s = data
+                .get(*pos..*pos + n)
+                .ok_or_else(|| corrupt("snapshot", "truncated data"))?;
+            *pos += n;
+            Ok(s)
+        };
+        while pos < data.len() {
+            let tag = read(&mut pos, 1)?[0];
+            let klen = u32::from_be_bytes(read(&mut pos, 4)?.try_into().expect("4 bytes")) as usize;
+            let k = read(&mut pos, klen)?.to_vec();
+            let vlen = u32::from_be_bytes(read(&mut pos, 4)?.try_into().expect("4 bytes")) as usize;
+            let v = read(&mut pos, vlen)?;
+            match tag {
+                0 => {
+                    let r: Resource =
+                        serde_json::from_slice(v).map_err(|e| corrupt("snapshot resource", e))?;
+                    for (lk, lv) in &r.labels {
+                        batch.put_cf(self.cf(CF_LABELS), label_key_bytes(&r.key(), lk, lv), b"");
+                    }
+                    batch.put_cf(self.cf(CF_RESOURCES), k, v);
+                }
+                1 => batch.put_cf(self.cf(CF_META), k, v),
+                t => return Err(corrupt("snapshot", format!("unknown section {t}"))),
+            }
+        }
+        batch.put_cf(self.cf(CF_META), KEY_APPLIED, u64_key(meta.index));
+        let cs = meta
+            .get_conf_state()
+            .write_to_bytes()
+            .expect("conf state encodes");
+        batch.put_cf(self.cf(CF_META), KEY_CONF_STATE, &cs);
+        batch.put_cf(self.cf(CF_RAFT), KEY_CONF_STATE, &cs);
+        batch.put_cf(
+            self.cf(CF_RAFT),
+            KEY_TRUNCATED,
+            serde_json::to_vec(&(meta.index, meta.term)).expect("encodes"),
+        );
+        let mut hs = st.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = meta.index;
+        batch.put_cf(
+            self.cf(CF_RAFT),
+            KEY_HARD_STATE,
+            hs.write_to_bytes().expect("hard state encodes"),
+        );
+        self.db.write_opt(batch, &sync_opts())?;
+        st.hard_state = hs;
+        st.conf_state = meta.get_conf_state().clone();
+        st.truncated_index = meta.index;
+        st.truncated_term = meta.term;
+        st.terms.clear();
+        Ok(())
+    }
+
+    // === State machine ===
+
+    pub fn applied_index(&self) -> Result<u64, StoreError> {
+        Ok(match self.db.get_cf(self.cf(CF_META), KEY_APPLIED)? {
+            Some(b) => u64::from_be_bytes(
+                b.as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("applied index", "not 8 bytes"))?,
+            ),
+            None => 0,
+        })
+    }
+
+    /// Starts a batch of state machine changes; see [`ApplyBatch`].
+    pub fn apply_batch(&self) -> ApplyBatch<'_> {
+        ApplyBatch {
+            store: self,
+            batch: WriteBatch::default(),
+            overlay: HashMap::new(),
+            applied: None,
+            conf_state: None,
+        }
+    }
+
+    pub fn get(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
+        match self
+            .db
+            .get_cf(self.cf(CF_RESOURCES), resource_key_bytes(key))?
+        {
+            Some(b) => Ok(Some(
+                serde_json::from_slice(&b).map_err(|e| corrupt("resource", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Lists resources of `kind` in `mesh` ("" for global types), in name order, matching
+    /// every `(key, value)` of `selector` (a `None` value means "has the label").
+    pub fn list(
+        &self,
+        kind: &str,
+        mesh: &str,
+        selector: &[(String, Option<String>)],
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let prefix = format!("{kind}\0{mesh}\0").into_bytes();
+        let mut start = prefix.clone();
+        if let Some(a) = after {
+            start.extend_from_slice(a.as_bytes());
+            start.push(0); // strictly after `a`
+        }
+        // With an equality selector, walk the (smaller) label index instead of every resource.
+        let eq = selector
+            .iter()
+            .find_map(|(k, v)| v.as_ref().map(|v| (k, v)));
+        let mut page = Page::default();
+        let push = |r: Resource, page: &mut Page| -> bool {
+            if !selector.iter().all(|(k, v)| match v {
+                Some(v) => r.labels.get(k) == Some(v),
+                None => r.labels.contains_key(k),
+            }) {
+                return true;
+            }
+            if page.items.len() == limit {
+                page.next = page.items.last().map(|r| r.name.clone());
+                return false;
+            }
+            page.items.push(r);
+            true
+        };
+        if let Some((lk, lv)) = eq {
+            let lprefix = format!("{kind}\0{mesh}\0{lk}={lv}\0").into_bytes();
+            let mut lstart = lprefix.clone();
+            if let Some(a) = after {
+                lstart.extend_from_slice(a.as_bytes());
+                lstart.push(0);
+            }
+            let it = self.db.iterator_cf(
+                self.cf(CF_LABELS),
+                IteratorMode::From(&lstart, Direction::Forward),
+            );
+            for item in it {
+                let (k, _) = item?;
+                if !k.starts_with(&lprefix) {
+                    break;
+                }
+                let name = String::from_utf8_lossy(&k[lprefix.len()..]).into_owned();
+                let key = ResourceKey {
+                    kind: kind.to_string(),
+                    mesh: mesh.to_string(),
+                    name,
+                };
+                if let Some(r) = self.get(&key)? {
+                    if !push(r, &mut page) {
+                        break;
+                    }
+                }
+            }
+        } else {
+            let it = self.db.iterator_cf(
+                self.cf(CF_RESOURCES),
+                IteratorMode::From(&start, Direction::Forward),
+            );
+            for item in it {
+                let (k, v) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let r: Resource = serde_json::from_slice(&v).map_err(|e| corrupt("resource", e))?;
+                if !push(r, &mut page) {
+                    break;
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// Number of resources in a mesh other than the Mesh itself.
+    fn mesh_has_resources(&self, mesh: &str) -> Result<bool, StoreError> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_RESOURCES), IteratorMode::Start)
+        {
+            let (k, _) = item?;
+            let mut parts = k.split(|b| *b == 0);
+            let _kind = parts.next();
+            if parts.next() == Some(mesh.as_bytes()) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    pub fn secrets(&self) -> Result<Option<ClusterSecrets>, StoreError> {
+        match self.db.get_cf(self.cf(CF_META), KEY_SECRETS)? {
+            Some(b) => Ok(Some(
+                serde_json::from_slice(&b).map_err(|e| corrupt("cluster secrets", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    pub fn members(&self) -> Result<BTreeMap<u64, Member>, StoreError> {
+        let mut out = BTreeMap::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(KEY_MEMBER_PREFIX, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(KEY_MEMBER_PREFIX) {
+                break;
+            }
+            let m: Member = serde_json::from_slice(&v).map_err(|e| corrupt("member", e))?;
+            out.insert(m.id, m);
+        }
+        Ok(out)
+    }
+}
+
+/// State machine changes of one Ready, written in one RocksDB batch. Reads see the
+/// batch's own earlier writes, so several commands in a batch apply as if one by one.
+pub struct ApplyBatch<'a> {
+    store: &'a Store,
+    batch: WriteBatch,
+    overlay: HashMap<Vec<u8>, Option<Resource>>,
+    applied: Option<u64>,
+    conf_state: Option<ConfState>,
+}
+
+impl ApplyBatch<'_> {
+    fn current(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
+        match self.overlay.get(&resource_key_bytes(key)) {
+            Some(r) => Ok(r.clone()),
+            None => self.store.get(key),
+        }
+    }
+
+    fn mesh_exists(&self, mesh: &str) -> Result<bool, StoreError> {
+        let key = ResourceKey {
+            kind: "Mesh".into(),
+            mesh: String::new(),
+            name: mesh.into(),
+        };
+        Ok(self.current(&key)?.is_some())
+    }
+
+    fn write(&mut self, key: &ResourceKey, old: Option<&Resource>, new: Option<Resource>) {
+        let kb = resource_key_bytes(key);
+        let labels = self.store.cf(CF_LABELS);
+        if let Some(old) = old {
+            for (k, v) in &old.labels {
+                self.batch.delete_cf(labels, label_key_bytes(key, k, v));
+            }
+        }
+        match &new {
+            Some(r) => {
+                for (k, v) in &r.labels {
+                    self.batch.put_cf(labels, label_key_bytes(key, k, v), b"");
+                }
+                let json = serde_json::to_vec(r).expect("resources serialize");
+                self.batch.put_cf(self.store.cf(CF_RESOURCES), &kb, json);
+            }
+            None => self.batch.delete_cf(self.store.cf(CF_RESOURCES), &kb),
+        }
+        self.overlay.insert(kb, new);
+    }
+
+    /// Applies one command committed at `index` at wall-clock time `now` (taken from the
+    /// entry, so every node stores the same timestamps).
+    pub fn apply(
+        &mut self,
+        index: u64,
+        now: time::OffsetDateTime,
+        cmd: Command,
+    ) -> Result<Result<WriteOutcome, ApplyError>, StoreError> {
+        self.applied = Some(index);
+        Ok(match cmd {
+            Command::Put {
+                resource,
+                expected_version,
+            } => {
+                let mut r = *resource;
+                let key = r.key();
+                let old = self.current(&key)?;
+                let found = old.as_ref().and_then(|o| o.version).unwrap_or(0);
+                if let Some(expected) = expected_version {
+                    if expected != found {
+                        return Ok(Err(ApplyError::Conflict { expected, found }));
+                    }
+                }
+                if !key.mesh.is_empty() && !self.mesh_exists(&key.mesh)? {
+                    return Ok(Err(ApplyError::MeshMissing(key.mesh)));
+                }
+                r.version = Some(index);
+                r.creation_time = Some(old.as_ref().and_then(|o| o.creation_time).unwrap_or(now));
+                r.modification_time = Some(now);
+                r.origin.get_or_insert_with(|| "global".to_string());
+                let created = old.is_none();
+                self.write(&key, old.as_ref(), Some(r));
+                Ok(WriteOutcome::Written {
+                    version: index,
+                    created,
+                })
+            }
+            Command::Delete {
+                key,
+                expected_version,
+            } => {
+                let Some(old) = self.current(&key)? else {
+                    return Ok(Err(ApplyError::NotFound));
+                };
+                let found = old.version.unwrap_or(0);
+                if let Some(expected) = expected_version {
+                    if expected != found {
+                        return Ok(Err(ApplyError::Conflict { expected, found }));
+                    }
+                }
+                if key.kind == "Mesh" && self.store.mesh_has_resources(&key.name)? {
+                    return Ok(Err(ApplyError::MeshNotEmpty(key.name)));
+                }
+                self.write(&key, Some(&old), None);
+                Ok(WriteOutcome::Deleted)
+            }
+            Command::InitCluster(secrets) => {
+                // Only the first one counts: two leaders racing at formation may both propose.
+                if self.store.secrets()?.is_none() {
+                    self.batch.put_cf(
+                        self.store.cf(CF_META),
+                        KEY_SECRETS,
+                        serde_json::to_vec(&secrets).expect("encodes"),
+                    );
+                }
+                Ok(WriteOutcome::Done)
+            }
+            Command::RegisterMember(m) => {
+                self.put_member(&m);
+                Ok(WriteOutcome::Done)
+            }
+        })
+    }
+
+    pub fn put_member(&mut self, m: &Member) {
+        let mut k = KEY_MEMBER_PREFIX.to_vec();
+        k.extend_from_slice(&u64_key(m.id));
+        self.batch.put_cf(
+            self.store.cf(CF_META),
+            k,
+            serde_json::to_vec(m).expect("encodes"),
+        );
+    }
+
+    pub fn remove_member(&mut self, id: u64) {
+        let mut k = KEY_MEMBER_PREFIX.to_vec();
+        k.extend_from_slice(&u64_key(id));
+        self.batch.delete_cf(self.store.cf(CF_META), k);
+    }
+
+    /// Records a new membership (after a conf change) with the applied index.
+    pub fn set_conf_state(&mut self, index: u64, cs: &ConfState) {
+        self.applied = Some(index);
+        let b = cs.write_to_bytes().expect("conf state encodes");
+        self.batch
+            .put_cf(self.store.cf(CF_META), KEY_CONF_STATE, &b);
+        self.batch
+            .put_cf(self.store.cf(CF_RAFT), KEY_CONF_STATE, &b);
+        self.conf_state = Some(cs.clone());
+    }
+
+    /// Marks an entry without a state change (a leader's empty entry) as applied.
+    pub fn skip(&mut self, index: u64) {
+        self.applied = Some(index);
+    }
+
+    /// Writes the batch and the new applied index.
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        if let Some(i) = self.applied {
+            self.batch
+                .put_cf(self.store.cf(CF_META), KEY_APPLIED, u64_key(i));
+        }
+        self.store.db.write(self.batch)?;
+        if let Some(cs) = self.conf_state {
+            self.store
+                .log
+                .write()
+                .expect("log lock poisoned")
+                .conf_state = cs;
+        }
+        Ok(())
+    }
+}
+
+// === raft::Storage ===
+
+impl raft::Storage for Store {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let st = self.log.read().expect("log lock poisoned");
+        Ok(RaftState::new(st.hard_state.clone(), st.conf_state.clone()))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        {
+            let st = self.log.read().expect("log lock poisoned");
+            if low <= st.truncated_index {
+                return Err(raft::Error::Store(StorageError::Compacted));
+            }
+            if high > st.last_index() + 1 {
+                return Err(raft::Error::Store(StorageError::Unavailable));
+            }
+        }
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        let start = u64_key(low);
+        for item in self.db.iterator_cf(
+            self.cf(CF_LOG),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (_, v) = item.map_err(|e| to_raft_err(e.into()))?;
+            let e =
+                Entry::parse_from_bytes(&v).map_err(|e| to_raft_err(corrupt("log entry", e)))?;
+            if e.index >= high {
+                break;
+            }
+            size += v.len() as u64;
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e);
+        }
+        if out.first().map(|e| e.index) != Some(low) {
+            // Compacted concurrently (we hold no lock while reading).
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let st = self.log.read().expect("log lock poisoned");
+        if idx == st.truncated_index {
+            return Ok(st.truncated_term);
+        }
+        if idx < st.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if idx > st.last_index() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(st.terms[(idx - st.truncated_index - 1) as usize])
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.log.read().expect("log lock poisoned").first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.log.read().expect("log lock poisoned").last_index())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let snap = self.build_snapshot().map_err(to_raft_err)?;
+        if snap.get_metadata().index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(snap)
+    }
+}
+
+#[cfg(test)]
+mod tests;

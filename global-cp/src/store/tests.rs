@@ -1,0 +1,188 @@
+//! The store on a real RocksDB in a temp dir: log bounds, compaction, reopen, snapshots.
+
+use protobuf::Message as _;
+use raft::Storage as _;
+
+use super::*;
+
+fn entry(index: u64, term: u64) -> Entry {
+    let mut e = Entry::default();
+    e.index = index;
+    e.term = term;
+    e.data = format!("e{index}").into_bytes().into();
+    e
+}
+
+#[test]
+fn log_survives_reopen_and_overwrites_conflicting_suffix() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.is_empty());
+        s.bootstrap(vec![1, 2, 3]).unwrap();
+        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        let mut hs = HardState::default();
+        hs.term = 1;
+        hs.vote = 2;
+        s.append(&ents, Some(&hs)).unwrap();
+        // A new leader overwrites 8..10 with a shorter suffix of term 2.
+        s.append(&[entry(8, 2)], None).unwrap();
+        assert_eq!(s.last_index().unwrap(), 8);
+    }
+    let s = Store::open(dir.path()).unwrap();
+    assert!(!s.is_empty());
+    let st = s.initial_state().unwrap();
+    assert_eq!(st.hard_state.vote, 2);
+    assert_eq!(st.conf_state.voters, vec![1, 2, 3]);
+    assert_eq!(
+        s.last_index().unwrap(),
+        8,
+        "the overwritten tail is gone after reopen"
+    );
+    assert_eq!(s.term(8).unwrap(), 2);
+    let got = s
+        .entries(3, 9, None, GetEntriesContext::empty(false))
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![3, 4, 5, 6, 7, 8]
+    );
+    // max_size still returns at least one entry.
+    assert_eq!(
+        s.entries(3, 9, Some(1), GetEntriesContext::empty(false))
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[test]
+fn compaction_keeps_the_term_of_the_last_compacted_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let ents: Vec<Entry> = (1..=20)
+        .map(|i| entry(i, if i < 10 { 1 } else { 3 }))
+        .collect();
+    s.append(&ents, None).unwrap();
+    s.compact(12).unwrap();
+    assert_eq!(s.first_index().unwrap(), 13);
+    assert_eq!(s.term(12).unwrap(), 3);
+    assert!(matches!(
+        s.term(5),
+        Err(raft::Error::Store(StorageError::Compacted))
+    ));
+    assert!(matches!(
+        s.entries(10, 15, None, GetEntriesContext::empty(false)),
+        Err(raft::Error::Store(StorageError::Compacted))
+    ));
+    drop(s);
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        (s.first_index().unwrap(), s.last_index().unwrap()),
+        (13, 20)
+    );
+}
+
+fn mesh(name: &str, labels: &[(&str, &str)]) -> Resource {
+    let mut r =
+        Resource::from_json(format!(r#"{{"type":"Mesh","name":"{name}"}}"#).as_bytes()).unwrap();
+    for (k, v) in labels {
+        r.labels.insert(k.to_string(), v.to_string());
+    }
+    r
+}
+
+fn put(b: &mut ApplyBatch<'_>, index: u64, r: Resource) {
+    let cmd = Command::Put {
+        resource: Box::new(r),
+        expected_version: None,
+    };
+    b.apply(index, time::OffsetDateTime::UNIX_EPOCH, cmd)
+        .unwrap()
+        .unwrap();
+}
+
+#[test]
+fn label_index_follows_updates_and_lists_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.append(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
+        .unwrap();
+    let mut b = s.apply_batch();
+    put(&mut b, 1, mesh("a", &[("team", "x")]));
+    put(&mut b, 2, mesh("b", &[("team", "y")]));
+    put(&mut b, 3, mesh("c", &[("team", "x")]));
+    // Same batch: relabel a; the index must drop the old label.
+    put(&mut b, 4, mesh("a", &[("team", "y")]));
+    b.commit().unwrap();
+    assert_eq!(s.applied_index().unwrap(), 4);
+    let names = |sel: &[(String, Option<String>)]| -> Vec<String> {
+        s.list("Mesh", "", sel, None, 100)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    };
+    assert_eq!(names(&[("team".into(), Some("x".into()))]), vec!["c"]);
+    assert_eq!(names(&[("team".into(), Some("y".into()))]), vec!["a", "b"]);
+    assert_eq!(names(&[("team".into(), None)]), vec!["a", "b", "c"]);
+    let p1 = s.list("Mesh", "", &[], None, 2).unwrap();
+    assert_eq!(p1.items.len(), 2);
+    assert_eq!(p1.next.as_deref(), Some("b"));
+    let p2 = s.list("Mesh", "", &[], p1.next.as_deref(), 2).unwrap();
+    assert_eq!(
+        p2.items.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        vec!["c"]
+    );
+    assert_eq!(p2.next, None);
+    let a = s.get(&mesh("a", &[]).key()).unwrap().unwrap();
+    assert_eq!(a.version, Some(4), "version is the index of the last write");
+}
+
+#[test]
+fn snapshot_round_trips_into_an_empty_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.bootstrap(vec![1]).unwrap();
+    s.append(&(1..=3).map(|i| entry(i, 2)).collect::<Vec<_>>(), None)
+        .unwrap();
+    let mut b = s.apply_batch();
+    put(&mut b, 1, mesh("a", &[("k", "v")]));
+    put(&mut b, 2, mesh("b", &[]));
+    b.apply(
+        3,
+        time::OffsetDateTime::UNIX_EPOCH,
+        Command::RegisterMember(Member {
+            id: 1,
+            raft_addr: "127.0.0.1:1".into(),
+            api_addr: "127.0.0.1:2".into(),
+        }),
+    )
+    .unwrap()
+    .unwrap();
+    b.commit().unwrap();
+    let snap = s.snapshot(3, 2).unwrap();
+    assert_eq!(snap.get_metadata().index, 3);
+    assert_eq!(snap.get_metadata().term, 2);
+    let bytes = snap.write_to_bytes().unwrap();
+
+    let dir2 = tempfile::tempdir().unwrap();
+    let t = Store::open(dir2.path()).unwrap();
+    t.apply_snapshot(&Snapshot::parse_from_bytes(&bytes).unwrap())
+        .unwrap();
+    assert_eq!(t.applied_index().unwrap(), 3);
+    assert_eq!(t.first_index().unwrap(), 4);
+    assert_eq!(t.term(3).unwrap(), 2);
+    assert_eq!(t.initial_state().unwrap().conf_state.voters, vec![1]);
+    assert!(t.get(&mesh("a", &[]).key()).unwrap().is_some());
+    assert_eq!(
+        t.list("Mesh", "", &[("k".into(), Some("v".into()))], None, 10)
+            .unwrap()
+            .items
+            .len(),
+        1,
+        "label index rebuilt"
+    );
+    assert_eq!(t.members().unwrap().len(), 1);
+}

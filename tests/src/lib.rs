@@ -1,0 +1,359 @@
+//! Harness for end-to-end tests: starts real `causeway` processes on free loopback ports in
+//! temporary directories, waits for readiness by polling with a deadline, and kills every
+//! process it started when dropped. Test code only; nothing here ships.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// The `causeway` binary: `$CAUSEWAY_BIN`, or `target/<profile>/causeway` next to the test.
+pub fn causeway_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAUSEWAY_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/debug/deps/<test> -> target/debug/causeway
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("causeway");
+    assert!(
+        bin.exists(),
+        "{} not built; run `cargo build -p causeway-cli` (cargo test --workspace builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// A free loopback address (the OS picks the port).
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
+    l.local_addr().expect("local addr")
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One global control plane node process.
+pub struct GlobalNode {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub api: SocketAddr,
+    pub raft: SocketAddr,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+impl GlobalNode {
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    /// Starts the process with the given initial peers (`id -> raft addr`).
+    pub fn start(&mut self, peers: &[(u64, SocketAddr)], join: bool) -> anyhow::Result<()> {
+        assert!(self.child.is_none(), "node {} already running", self.id);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = Command::new(causeway_bin());
+        cmd.arg("global-cp")
+            .args(["--node-id", &self.id.to_string()])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--api-addr", &self.api.to_string()])
+            .args(["--raft-addr", &self.raft.to_string()])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info,raft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (id, addr) in peers {
+            cmd.args(["--peer", &format!("{id}={addr}")]);
+        }
+        if join {
+            cmd.arg("--join");
+        }
+        self.child = Some(cmd.spawn().context("spawning causeway global-cp")?);
+        Ok(())
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGSTOP / SIGCONT: the process stays alive but silent, like a partitioned host.
+    pub fn pause(&self, paused: bool) {
+        if let Some(c) = &self.child {
+            let sig = if paused { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    pub fn admin_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("admin-token"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    pub fn ca_pem(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.join("api-ca.pem")).ok()
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.api)
+    }
+}
+
+impl Drop for GlobalNode {
+    fn drop(&mut self) {
+        self.pause(false);
+        self.kill();
+    }
+}
+
+/// A cluster of global control plane processes in one temporary directory.
+pub struct GlobalCluster {
+    pub tmp: tempfile::TempDir,
+    pub nodes: Vec<GlobalNode>,
+    http: Option<reqwest::Client>,
+    pub token: String,
+}
+
+impl GlobalCluster {
+    /// Starts `n` nodes forming a new cluster and waits until the API answers on all.
+    pub async fn start(n: u64, extra_args: &[&str]) -> anyhow::Result<GlobalCluster> {
+        let tmp = tempfile::tempdir()?;
+        let mut nodes: Vec<GlobalNode> = (1..=n)
+            .map(|id| GlobalNode {
+                id,
+                dir: tmp.path().join(format!("node-{id}")),
+                api: free_addr(),
+                raft: free_addr(),
+                child: None,
+                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            })
+            .collect();
+        let all: Vec<(u64, SocketAddr)> = nodes.iter().map(|n| (n.id, n.raft)).collect();
+        for node in &mut nodes {
+            let peers: Vec<_> = all
+                .iter()
+                .filter(|(id, _)| *id != node.id)
+                .copied()
+                .collect();
+            node.start(&peers, false)?;
+        }
+        let mut c = GlobalCluster {
+            tmp,
+            nodes,
+            http: None,
+            token: String::new(),
+        };
+        c.wait_formed().await?;
+        Ok(c)
+    }
+
+    async fn wait_formed(&mut self) -> anyhow::Result<()> {
+        let first = &self.nodes[0];
+        let (token, ca) = eventually(
+            "the admin token and CA files",
+            Duration::from_secs(30),
+            || async { Some((first.admin_token()?, first.ca_pem()?)) },
+        )
+        .await
+        .with_context(|| self.logs())?;
+        let tls = causeway_global_cp::tls::client_config(&ca, None)?;
+        self.http = Some(
+            reqwest::Client::builder()
+                .use_preconfigured_tls(tls)
+                .timeout(Duration::from_secs(10))
+                .build()?,
+        );
+        self.token = token;
+        for i in 0..self.nodes.len() {
+            self.wait_ready(i).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until node `i` answers `/ready` with a leader.
+    pub async fn wait_ready(&self, i: usize) -> anyhow::Result<()> {
+        let url = format!("{}/ready", self.nodes[i].url());
+        let http = self.http();
+        eventually(
+            &format!("node {} ready", self.nodes[i].id),
+            Duration::from_secs(30),
+            || {
+                let http = http.clone();
+                let url = url.clone();
+                async move {
+                    http.get(&url)
+                        .send()
+                        .await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                }
+            },
+        )
+        .await
+        .with_context(|| self.logs())?;
+        Ok(())
+    }
+
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone().expect("cluster formed")
+    }
+
+    /// The tail of every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(n.log_path()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            out.push_str(&format!("\n--- node {} log (last lines) ---\n", n.id));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// One API call to node `i` with `token` (None: no Authorization header).
+    pub async fn call_with(
+        &self,
+        i: usize,
+        token: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let mut req = self
+            .http()
+            .request(method, format!("{}{path}", self.nodes[i].url()));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, v))
+    }
+
+    /// One API call to node `i` with the admin token.
+    pub async fn call(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        self.call_with(i, Some(&self.token), method, path, body)
+            .await
+    }
+
+    /// Index of the node that currently leads, as seen by any running node.
+    pub async fn leader(&self) -> anyhow::Result<usize> {
+        eventually("a leader", Duration::from_secs(30), || async {
+            for (i, n) in self.nodes.iter().enumerate() {
+                if !n.is_running() {
+                    continue;
+                }
+                if let Ok((StatusCode::OK, v)) = self.call(i, Method::GET, "/cluster", None).await {
+                    let leader = v["leader_id"].as_u64().unwrap_or(0);
+                    if let Some(li) = self
+                        .nodes
+                        .iter()
+                        .position(|n| n.id == leader && n.is_running())
+                    {
+                        return Some(li);
+                    }
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    /// Runs the CLI with this cluster's connection settings and returns (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let addrs: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.is_running())
+            .map(|n| n.url())
+            .collect();
+        let ca = self.nodes[0].dir.join("api-ca.pem");
+        let out = Command::new(causeway_bin())
+            .args(args)
+            .env("CAUSEWAY_ADDR", addrs.join(","))
+            .env("CAUSEWAY_TOKEN", &self.token)
+            .env("CAUSEWAY_CA_FILE", ca)
+            .env("CAUSEWAY_CONFIG", self.tmp.path().join("cli-config.yaml"))
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// Adds a node process that will join (after `cluster add-node`), not yet started.
+    pub fn new_node(&mut self, id: u64, extra_args: &[&str]) -> usize {
+        self.nodes.push(GlobalNode {
+            id,
+            dir: self.tmp.path().join(format!("node-{id}")),
+            api: free_addr(),
+            raft: free_addr(),
+            child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        });
+        self.nodes.len() - 1
+    }
+
+    /// Peers of node `i` (everyone else's Raft address).
+    pub fn peers_of(&self, i: usize) -> Vec<(u64, SocketAddr)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, n)| (n.id, n.raft))
+            .collect()
+    }
+}

@@ -1,0 +1,217 @@
+//! End to end: membership changes, snapshots for new members, minority partitions, the CLI.
+
+use std::time::Duration;
+
+use causeway_tests::{GlobalCluster, eventually};
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+async fn put_meshes(c: &GlobalCluster, node: usize, prefix: &str, n: usize) {
+    for k in 0..n {
+        let name = format!("{prefix}-{k}");
+        let (s, v) = c
+            .call(
+                node,
+                Method::PUT,
+                &format!("/meshes/{name}"),
+                Some(&json!({"type": "Mesh", "name": name})),
+            )
+            .await
+            .unwrap();
+        assert!(s.is_success(), "{s} {v}");
+    }
+}
+
+async fn stale_count(c: &GlobalCluster, i: usize) -> Option<usize> {
+    let (s, v) = c
+        .call(i, Method::GET, "/meshes?stale=true&limit=1000", None)
+        .await
+        .ok()?;
+    (s == StatusCode::OK).then(|| v["items"].as_array().map_or(0, Vec::len))
+}
+
+/// A node added with `cluster add-node` after the log was compacted starts with an empty
+/// data dir and catches up from a snapshot; a removed node no longer votes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_node_after_compaction_and_remove_node() {
+    let mut c = GlobalCluster::start(3, &["--snapshot-threshold", "20"])
+        .await
+        .unwrap();
+    put_meshes(&c, 0, "before", 60).await;
+    let leader = c.leader().await.unwrap();
+    let (_, v) = c.call(leader, Method::GET, "/cluster", None).await.unwrap();
+    assert!(
+        v["first_log_index"].as_u64().unwrap() > 1,
+        "the log was compacted: {v}"
+    );
+
+    // Add node 4 with the CLI, then start it empty with --join.
+    let i4 = c.new_node(4, &["--snapshot-threshold", "20"]);
+    let (raft4, api4) = (c.nodes[i4].raft.to_string(), c.nodes[i4].api.to_string());
+    let (ok, out, err) = c
+        .cli(&[
+            "cluster",
+            "add-node",
+            "--id",
+            "4",
+            "--raft-addr",
+            &raft4,
+            "--api-addr",
+            &api4,
+        ])
+        .unwrap();
+    assert!(ok, "add-node failed: {out}{err}");
+    assert!(out.contains("--join"), "{out}");
+    let peers = c.peers_of(i4);
+    c.nodes[i4].start(&peers, true).unwrap();
+    c.wait_ready(i4).await.unwrap();
+    eventually(
+        "node 4 caught up from the snapshot",
+        Duration::from_secs(30),
+        || async { (stale_count(&c, i4).await? >= 60).then_some(()) },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}{}", c.logs()));
+    // Its token file came with the snapshot too.
+    assert_eq!(c.nodes[i4].admin_token().as_deref(), Some(c.token.as_str()));
+
+    let (ok, out, err) = c.cli(&["cluster", "status"]).unwrap();
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.contains("leader") || l.contains("follower"))
+            .count(),
+        5,
+        "{out}"
+    ); // header + 4
+
+    // Remove a follower that is not node 4; it must stop counting as a voter.
+    let leader = c.leader().await.unwrap();
+    let gone = (0..3).find(|i| *i != leader).unwrap();
+    let gone_id = c.nodes[gone].id.to_string();
+    let (ok, out, err) = c.cli(&["cluster", "remove-node", &gone_id]).unwrap();
+    assert!(ok, "remove-node failed: {out}{err}");
+    let (_, v) = c.call(leader, Method::GET, "/cluster", None).await.unwrap();
+    let ids: Vec<u64> = v["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_u64().unwrap())
+        .collect();
+    assert!(!ids.contains(&c.nodes[gone].id), "{v}");
+    // With the removed node stopped too, the remaining three still make progress...
+    c.nodes[gone].kill();
+    put_meshes(&c, leader, "after-remove", 5).await;
+    // ...and with one more of them stopped, two of three voters are still a majority.
+    let other = (0..c.nodes.len())
+        .find(|i| *i != leader && *i != gone)
+        .unwrap();
+    c.nodes[other].kill();
+    put_meshes(&c, leader, "two-of-three", 3).await;
+}
+
+/// A leader cut off from the majority (SIGSTOP on the others) cannot acknowledge writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_minority_cannot_acknowledge_writes() {
+    let c = GlobalCluster::start(3, &[]).await.unwrap();
+    put_meshes(&c, 0, "ok", 1).await;
+    let leader = c.leader().await.unwrap();
+    for (i, n) in c.nodes.iter().enumerate() {
+        if i != leader {
+            n.pause(true);
+        }
+    }
+    let (s, v) = c
+        .call(
+            leader,
+            Method::PUT,
+            "/meshes/minority",
+            Some(&json!({"type": "Mesh", "name": "minority"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        s,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a minority acknowledged a write: {v}"
+    );
+    // A linearizable read fails too; a stale read still answers.
+    let (s, _) = c
+        .call(leader, Method::GET, "/meshes/ok", None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, _) = c
+        .call(leader, Method::GET, "/meshes/ok?stale=true", None)
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::OK);
+    for n in &c.nodes {
+        n.pause(false);
+    }
+    // Healed: writes work again, and the unacknowledged write may or may not exist, but the
+    // cluster agrees on it.
+    eventually("writes after healing", Duration::from_secs(30), || async {
+        let (s, _) = c
+            .call(
+                0,
+                Method::PUT,
+                "/meshes/healed",
+                Some(&json!({"type": "Mesh", "name": "healed"})),
+            )
+            .await
+            .ok()?;
+        s.is_success().then_some(())
+    })
+    .await
+    .unwrap();
+}
+
+/// The CLI: apply several documents, get in every format, delete, clear errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_apply_get_delete() {
+    let c = GlobalCluster::start(3, &[]).await.unwrap();
+    let file = c.tmp.path().join("res.yaml");
+    std::fs::write(
+        &file,
+        "type: Mesh\nname: default\nspec:\n  mtls:\n    mode: Strict\n    backend: {type: builtin}\n---\ntype: Zone\nname: zone-a\nlabels: {cloud: aws}\nspec:\n  enabled: true\n",
+    )
+    .unwrap();
+    let (ok, out, err) = c.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("Mesh default created"), "{out}");
+    assert!(out.contains("Zone zone-a created"), "{out}");
+    let (ok, out, _) = c.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
+    assert!(ok && out.contains("Mesh default configured"), "{out}");
+
+    let (ok, out, err) = c.cli(&["get", "meshes"]).unwrap();
+    assert!(ok, "{err}");
+    assert!(out.starts_with("NAME") && out.contains("default"), "{out}");
+    let (ok, out, _) = c.cli(&["get", "mesh", "default", "-o", "yaml"]).unwrap();
+    assert!(
+        ok && out.contains("mode: Strict") && out.contains("version:"),
+        "{out}"
+    );
+    let (ok, out, _) = c
+        .cli(&["get", "zones", "-o", "json", "-l", "cloud=aws"])
+        .unwrap();
+    assert!(ok && out.contains("\"zone-a\""), "{out}");
+
+    // A bad document: one line, the field path, non-zero exit, nothing applied.
+    std::fs::write(
+        &file,
+        "type: Mesh\nname: second\n---\ntype: Mesh\nname: Bad_Name\n",
+    )
+    .unwrap();
+    let (ok, out, err) = c.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
+    assert!(!ok, "{out}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("name"), "{err}");
+    let (ok, _, err) = c.cli(&["get", "mesh", "second"]).unwrap();
+    assert!(!ok && err.contains("404"), "{err}");
+
+    let (ok, out, err) = c.cli(&["delete", "zone", "zone-a"]).unwrap();
+    assert!(ok && out.contains("deleted"), "{out}{err}");
+    let (ok, _, err) = c.cli(&["get", "nonsense"]).unwrap();
+    assert!(!ok && err.contains("unknown resource type"), "{err}");
+}
