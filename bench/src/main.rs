@@ -207,12 +207,10 @@ impl Cluster for Causeway {
                 .bearer_auth(&self.token)
                 .send()
                 .await
+                && let Ok(v) = r.json::<Value>().await
+                && let Some(id) = v["leader_id"].as_u64().filter(|id| *id > 0)
             {
-                if let Ok(v) = r.json::<Value>().await {
-                    if let Some(id) = v["leader_id"].as_u64().filter(|id| *id > 0) {
-                        return Some(id as usize - 1);
-                    }
-                }
+                return Some(id as usize - 1);
             }
         }
         None
@@ -327,13 +325,12 @@ impl Cluster for Etcd {
                 .json(&json!({}))
                 .send()
                 .await
+                && let Ok(v) = r.json::<Value>().await
             {
-                if let Ok(v) = r.json::<Value>().await {
-                    let me = v["header"]["member_id"].as_str().map(str::to_string);
-                    let leader = v["leader"].as_str().map(str::to_string);
-                    if me.is_some() && me == leader {
-                        return Some(i);
-                    }
+                let me = v["header"]["member_id"].as_str().map(str::to_string);
+                let leader = v["leader"].as_str().map(str::to_string);
+                if me.is_some() && me == leader {
+                    return Some(i);
                 }
             }
         }

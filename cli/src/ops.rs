@@ -53,7 +53,7 @@ pub(crate) struct DeleteArgs {
     mesh: String,
     /// Only delete if the resource is still at this version.
     #[arg(long)]
-    version: Option<u64>,
+    if_version: Option<u64>,
 }
 
 #[derive(clap::Subcommand)]
@@ -334,7 +334,7 @@ pub(crate) async fn delete(conn: &ConnArgs, a: DeleteArgs) -> anyhow::Result<()>
     let t = resolve_type(&a.r#type)?;
     let client = Client::new(conn.resolve()?)?;
     let mut path = item_path(t, &a.mesh, &a.name);
-    if let Some(v) = a.version {
+    if let Some(v) = a.if_version {
         path.push_str(&format!("?version={v}"));
     }
     client.request(Method::DELETE, &path, None).await?;
@@ -352,13 +352,13 @@ pub(crate) async fn cluster(conn: &ConnArgs, c: ClusterCmd) -> anyhow::Result<()
         ClusterCmd::Status { output } => {
             let mut v = client.get("/cluster").await?;
             // Only the leader knows every member's lag: ask it when we reached a follower.
-            if v.get("role").and_then(Value::as_str) != Some("leader") {
-                if let Some(addr) = v.get("leader_api_addr").and_then(Value::as_str) {
-                    let mut c2 = resolved.clone();
-                    c2.addrs = vec![format!("https://{addr}")];
-                    if let Ok(lv) = async { Client::new(c2)?.get("/cluster").await }.await {
-                        v = lv;
-                    }
+            if v.get("role").and_then(Value::as_str) != Some("leader")
+                && let Some(addr) = v.get("leader_api_addr").and_then(Value::as_str)
+            {
+                let mut c2 = resolved.clone();
+                c2.addrs = vec![format!("https://{addr}")];
+                if let Ok(lv) = async { Client::new(c2)?.get("/cluster").await }.await {
+                    v = lv;
                 }
             }
             match output {

@@ -365,10 +365,10 @@ async fn do_put(
             });
         }
     }
-    if errors.is_empty() {
-        if let Err(v) = causeway_api::validate(&r) {
-            errors = v.errors;
-        }
+    if errors.is_empty()
+        && let Err(v) = causeway_api::validate(&r)
+    {
+        errors = v.errors;
     }
     if !errors.is_empty() {
         let message = format!(

@@ -466,14 +466,14 @@ impl<O: Outbox> Driver<O> {
             return Ok(());
         }
         let mut ready = self.node.ready();
-        if let Some(ss) = ready.ss() {
-            if ss.leader_id != self.leader {
-                tracing::info!(leader = ss.leader_id, role = ?ss.raft_state, "leader changed");
-                self.leader = ss.leader_id;
-                // Proposals forwarded to the old leader are likely lost; let clients retry now
-                // instead of waiting for the timeout.
-                self.fail_all(RaftError::LeaderChanged);
-            }
+        if let Some(ss) = ready.ss()
+            && ss.leader_id != self.leader
+        {
+            tracing::info!(leader = ss.leader_id, role = ?ss.raft_state, "leader changed");
+            self.leader = ss.leader_id;
+            // Proposals forwarded to the old leader are likely lost; let clients retry now
+            // instead of waiting for the timeout.
+            self.fail_all(RaftError::LeaderChanged);
         }
         if !ready.messages().is_empty() {
             self.outbox.send(ready.take_messages());
@@ -491,10 +491,10 @@ impl<O: Outbox> Driver<O> {
             self.on_meta_change();
         }
         for rs in ready.take_read_states() {
-            if let Ok(b) = <[u8; 8]>::try_from(rs.request_ctx.as_slice()) {
-                if let Some((p, _)) = self.reads.remove(&u64::from_be_bytes(b)) {
-                    self.confirmed_reads.push((rs.index, p.reply));
-                }
+            if let Ok(b) = <[u8; 8]>::try_from(rs.request_ctx.as_slice())
+                && let Some((p, _)) = self.reads.remove(&u64::from_be_bytes(b))
+            {
+                self.confirmed_reads.push((rs.index, p.reply));
             }
         }
         self.apply(ready.take_committed_entries())?;
@@ -541,10 +541,10 @@ impl<O: Outbox> Driver<O> {
                         env.cmd,
                         Command::InitCluster(_) | Command::RegisterMember(_)
                     );
-                    if let Command::RegisterMember(m) = &env.cmd {
-                        if m.id != me {
-                            self.outbox.set_address(m.id, &m.raft_addr);
-                        }
+                    if let Command::RegisterMember(m) = &env.cmd
+                        && m.id != me
+                    {
+                        self.outbox.set_address(m.id, &m.raft_addr);
                     }
                     let at = time::OffsetDateTime::from_unix_timestamp_nanos(
                         env.at_ms as i128 * 1_000_000,

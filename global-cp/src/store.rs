@@ -193,8 +193,10 @@ impl Store {
 
     /// Sets the initial membership of a new cluster (etcd's `initial-cluster`).
     pub fn bootstrap(&self, voters: Vec<u64>) -> Result<(), StoreError> {
-        let mut cs = ConfState::default();
-        cs.voters = voters;
+        let cs = ConfState {
+            voters,
+            ..Default::default()
+        };
         self.db.put_cf_opt(
             self.cf(CF_RAFT),
             KEY_CONF_STATE,
@@ -332,9 +334,11 @@ impl Store {
                 data.extend_from_slice(&v);
             }
         }
-        let mut meta = SnapshotMetadata::default();
-        meta.index = applied;
-        meta.term = term;
+        let mut meta = SnapshotMetadata {
+            index: applied,
+            term,
+            ..Default::default()
+        };
         meta.set_conf_state(conf_state);
         let mut s = Snapshot::default();
         s.set_metadata(meta);
@@ -504,10 +508,10 @@ impl Store {
                     mesh: mesh.to_string(),
                     name,
                 };
-                if let Some(r) = self.get(&key)? {
-                    if !push(r, &mut page) {
-                        break;
-                    }
+                if let Some(r) = self.get(&key)?
+                    && !push(r, &mut page)
+                {
+                    break;
                 }
             }
         } else {
@@ -638,10 +642,10 @@ impl ApplyBatch<'_> {
                 let key = r.key();
                 let old = self.current(&key)?;
                 let found = old.as_ref().and_then(|o| o.version).unwrap_or(0);
-                if let Some(expected) = expected_version {
-                    if expected != found {
-                        return Ok(Err(ApplyError::Conflict { expected, found }));
-                    }
+                if let Some(expected) = expected_version
+                    && expected != found
+                {
+                    return Ok(Err(ApplyError::Conflict { expected, found }));
                 }
                 if !key.mesh.is_empty() && !self.mesh_exists(&key.mesh)? {
                     return Ok(Err(ApplyError::MeshMissing(key.mesh)));
@@ -665,10 +669,10 @@ impl ApplyBatch<'_> {
                     return Ok(Err(ApplyError::NotFound));
                 };
                 let found = old.version.unwrap_or(0);
-                if let Some(expected) = expected_version {
-                    if expected != found {
-                        return Ok(Err(ApplyError::Conflict { expected, found }));
-                    }
+                if let Some(expected) = expected_version
+                    && expected != found
+                {
+                    return Ok(Err(ApplyError::Conflict { expected, found }));
                 }
                 if key.kind == "Mesh" && self.store.mesh_has_resources(&key.name)? {
                     return Ok(Err(ApplyError::MeshNotEmpty(key.name)));

@@ -137,12 +137,12 @@ async fn a_partitioned_minority_cannot_acknowledge_writes() {
     );
     // A linearizable read fails too; a stale read still answers.
     let (s, _) = c
-        .call(leader, Method::GET, "/meshes/ok", None)
+        .call(leader, Method::GET, "/meshes/ok-0", None)
         .await
         .unwrap();
     assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
     let (s, _) = c
-        .call(leader, Method::GET, "/meshes/ok?stale=true", None)
+        .call(leader, Method::GET, "/meshes/ok-0?stale=true", None)
         .await
         .unwrap();
     assert_eq!(s, StatusCode::OK);

@@ -6,11 +6,12 @@ use raft::Storage as _;
 use super::*;
 
 fn entry(index: u64, term: u64) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = format!("e{index}").into_bytes().into();
-    e
+    Entry {
+        index,
+        term,
+        data: format!("e{index}").into_bytes().into(),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -21,9 +22,11 @@ fn log_survives_reopen_and_overwrites_conflicting_suffix() {
         assert!(s.is_empty());
         s.bootstrap(vec![1, 2, 3]).unwrap();
         let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
-        let mut hs = HardState::default();
-        hs.term = 1;
-        hs.vote = 2;
+        let hs = HardState {
+            term: 1,
+            vote: 2,
+            ..Default::default()
+        };
         s.append(&ents, Some(&hs)).unwrap();
         // A new leader overwrites 8..10 with a shorter suffix of term 2.
         s.append(&[entry(8, 2)], None).unwrap();
