@@ -42,6 +42,11 @@ enum Cmd {
     /// Inspect and change the Raft cluster of the global control plane.
     #[command(subcommand)]
     Cluster(ops::ClusterCmd),
+    /// Describe a resource type or one of its fields: `explain MeshTimeout.spec.to`.
+    Explain {
+        /// TYPE or TYPE.field.path (kind or plural, any case).
+        path: String,
+    },
     /// Manage the CLI's named contexts (address, token, CA).
     #[command(subcommand)]
     Config(ops::ConfigCmd),
@@ -76,6 +81,9 @@ fn main() {
                     Cmd::Delete(a) => ops::delete(&cli.conn, a).await,
                     Cmd::Cluster(c) => ops::cluster(&cli.conn, c).await,
                     Cmd::Config(c) => ops::config(&cli.conn, c).await,
+                    Cmd::Explain { path } => causeway_api::explain(&path)
+                        .map(|text| print!("{text}"))
+                        .map_err(anyhow::Error::from),
                     Cmd::GlobalCp(_) => unreachable!("handled above"),
                 }
             }

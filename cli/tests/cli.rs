@@ -70,3 +70,15 @@ fn unknown_types_are_refused_before_any_connection() {
         "{err}"
     );
 }
+
+#[test]
+fn explain_describes_a_field() {
+    let (ok, out, err) = causeway(&["explain", "MeshTimeout.spec.to"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("targetRef") && out.contains("default"),
+        "{out}"
+    );
+    let (ok, _, err) = causeway(&["explain", "MeshTimeout.spec.nope"]);
+    assert!(!ok && err.contains("nope"), "{err}");
+}

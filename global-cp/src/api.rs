@@ -687,7 +687,13 @@ pub fn openapi_document() -> Value {
     paths.insert("/cluster/members".into(), json!({"post": {"summary": "Add a node", "responses": {"200": {"description": "added"}, "default": err}}}));
     paths.insert("/cluster/members/{id}".into(), json!({"delete": {"summary": "Remove a node", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "removed"}, "default": err}}}));
     paths.insert("/ready".into(), json!({"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "ready"}, "503": err}}}));
-    json!({
+    let mut schemas = serde_json::Map::new();
+    for t in causeway_api::types() {
+        if let Some(schema) = causeway_api::schema_for_kind(t.kind) {
+            schemas.insert(t.kind.to_string(), schema);
+        }
+    }
+    let mut doc = json!({
         "openapi": "3.1.0",
         "info": {"title": "Causeway global policy API", "version": env!("CARGO_PKG_VERSION")},
         "security": [{"bearer": []}],
@@ -710,5 +716,10 @@ pub fn openapi_document() -> Value {
                     "errors": {"type": "array", "items": {"type": "object", "properties": {"field": {"type": "string"}, "reason": {"type": "string"}}}}}}
             }
         }
-    })
+    });
+    // One JSON Schema per type, generated from the Rust types in causeway-api.
+    if let Some(Value::Object(m)) = doc.pointer_mut("/components/schemas") {
+        m.extend(schemas);
+    }
+    doc
 }

@@ -129,6 +129,14 @@ async fn writes_through_every_node_are_read_back_from_every_node() {
     let (s, v) = c.call(0, Method::GET, "/openapi.json", None).await.unwrap();
     assert_eq!(s, StatusCode::OK);
     assert!(v["paths"]["/meshes/{name}"]["put"].is_object(), "{v}");
+    assert!(
+        v["paths"]["/meshes/{mesh}/meshtimeouts/{name}"]["put"].is_object(),
+        "every policy type is served"
+    );
+    assert!(
+        v["components"]["schemas"]["MeshTimeout"].is_object(),
+        "per-type JSON Schema"
+    );
     let (_, v) = c.call(0, Method::GET, "/cluster", None).await.unwrap();
     assert_eq!(v["members"].as_array().unwrap().len(), 3, "{v}");
     assert!(v["leader_id"].as_u64().unwrap() > 0);

@@ -215,3 +215,60 @@ async fn cli_apply_get_delete() {
     let (ok, _, err) = c.cli(&["get", "nonsense"]).unwrap();
     assert!(!ok && err.contains("unknown resource type"), "{err}");
 }
+
+/// Raft between nodes in mutual TLS with certificates from `causeway cluster gen-certs`;
+/// without them each node warns that Raft traffic is in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_over_mutual_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(causeway_tests::causeway_bin())
+        .args(["cluster", "gen-certs", "--nodes", "1,2,3", "--out"])
+        .arg(certs.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let key_mode = std::fs::metadata(certs.path().join("node-1-key.pem"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    // Every node's certificate is signed by the one cluster CA; node 1's serves for all here.
+    let p = |f: &str| certs.path().join(f).to_string_lossy().into_owned();
+    let (ca, cert, key) = (p("ca.pem"), p("node-1.pem"), p("node-1-key.pem"));
+    let c = GlobalCluster::start(
+        3,
+        &[
+            "--raft-tls-ca",
+            &ca,
+            "--raft-tls-cert",
+            &cert,
+            "--raft-tls-key",
+            &key,
+        ],
+    )
+    .await
+    .unwrap();
+    put_meshes(&c, 1, "tls", 3).await;
+    for i in 0..3 {
+        let (s, _) = c.call(i, Method::GET, "/meshes/tls-2", None).await.unwrap();
+        assert_eq!(s, StatusCode::OK);
+        let log = std::fs::read_to_string(c.nodes[i].log_path()).unwrap();
+        assert!(
+            !log.contains("NOT encrypted"),
+            "node {} warned although TLS is on",
+            c.nodes[i].id
+        );
+    }
+    // A plain TCP client cannot speak to the Raft port: it is refused at the TLS handshake.
+    let plain = GlobalCluster::start(3, &[]).await.unwrap();
+    let log = std::fs::read_to_string(plain.nodes[0].log_path()).unwrap();
+    assert!(
+        log.contains("NOT encrypted"),
+        "a plaintext cluster must warn"
+    );
+}
