@@ -184,7 +184,14 @@ impl Cluster for Causeway {
     fn client(&self) -> reqwest::Client {
         self.http.clone().expect("started")
     }
-    async fn write(&self, http: &reqwest::Client, url: &str, key: &str, value: &[u8]) -> bool {
+    async fn write(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        key: &str,
+        value: &[u8],
+        timeout: Duration,
+    ) -> bool {
         // A Zone whose description makes the stored value about 256 bytes.
         let desc: String = value
             .iter()
@@ -195,6 +202,7 @@ impl Cluster for Causeway {
         http.put(format!("{url}/zones/{key}"))
             .bearer_auth(&self.token)
             .json(&body)
+            .timeout(timeout)
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
@@ -308,11 +316,19 @@ impl Cluster for Etcd {
     fn client(&self) -> reqwest::Client {
         self.http.clone()
     }
-    async fn write(&self, http: &reqwest::Client, url: &str, key: &str, value: &[u8]) -> bool {
+    async fn write(
+        &self,
+        http: &reqwest::Client,
+        url: &str,
+        key: &str,
+        value: &[u8],
+        timeout: Duration,
+    ) -> bool {
         let b64 = base64::engine::general_purpose::STANDARD;
         let body = json!({"key": b64.encode(format!("/bench/{key}")), "value": b64.encode(value)});
         http.post(format!("{url}/v3/kv/put"))
             .json(&body)
+            .timeout(timeout)
             .send()
             .await
             .is_ok_and(|r| r.status().is_success())
@@ -383,7 +399,9 @@ async fn load<C: Cluster + Sync>(c: &C, clients: usize, secs: u64) -> anyhow::Re
             while Instant::now() < stop {
                 let key = format!("b-{}", KEY_SEQ.fetch_add(1, Ordering::Relaxed));
                 let t = Instant::now();
-                if c.write(&http, &url, &key, &value).await {
+                if c.write(&http, &url, &key, &value, Duration::from_secs(5))
+                    .await
+                {
                     lat.push(t.elapsed());
                 } else {
                     failed += 1;
@@ -464,7 +482,16 @@ async fn failover<C: Cluster + Sync>(c: &C) -> anyhow::Result<Duration> {
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("f-{}", KEY_SEQ.fetch_add(1, Ordering::Relaxed));
                 let sent = Instant::now();
-                if c.write(&http, &urls[target], &key, &value).await {
+                // A short timeout, so a request stuck on the dead leader does not hide recovery.
+                if c.write(
+                    &http,
+                    &urls[target],
+                    &key,
+                    &value,
+                    Duration::from_millis(500),
+                )
+                .await
+                {
                     let killed = *killed_at.lock().expect("lock");
                     if killed.is_some_and(|k| sent >= k) {
                         let now = Instant::now();
@@ -509,6 +536,8 @@ async fn failover<C: Cluster + Sync>(c: &C) -> anyhow::Result<Duration> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
+    // reqwest is built without a default TLS provider; plain-HTTP clients need one too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match Bench::parse() {
         Bench::Global {
             seconds,

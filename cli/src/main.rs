@@ -62,6 +62,8 @@ fn init_logging(filter: &str) {
 
 fn main() {
     let cli = Cli::parse();
+    // reqwest is built without a default TLS provider; even plain-HTTP clients need one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
