@@ -100,6 +100,7 @@ trait Cluster {
         url: &str,
         key: &str,
         value: &[u8],
+        timeout: Duration,
     ) -> impl Future<Output = bool> + Send;
     fn leader(&self) -> impl Future<Output = Option<usize>> + Send;
 }
