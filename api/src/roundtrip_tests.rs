@@ -170,6 +170,27 @@ fn mesh_fault_injection() -> impl Strategy<Value = MeshFaultInjectionSpec> {
         .prop_map(|(target_ref, from)| MeshFaultInjectionSpec { target_ref, from })
 }
 
+fn mesh_tcp_route() -> impl Strategy<Value = MeshTcpRouteSpec> {
+    let backend =
+        (name(), tags(), option::of(0u32..100)).prop_map(|(name, tags, weight)| BackendRef {
+            kind: TargetRefKind::MeshServiceSubset,
+            name,
+            tags,
+            weight,
+        });
+    (top_ref(), name(), vec(backend, 1..3)).prop_map(|(target_ref, service, backends)| {
+        MeshTcpRouteSpec {
+            target_ref,
+            to: vec![PolicyItem {
+                target_ref: TargetRef::service(&service),
+                default: TcpRouteConf {
+                    backend_refs: Some(backends),
+                },
+            }],
+        }
+    })
+}
+
 fn mesh_http_route() -> impl Strategy<Value = MeshHttpRouteSpec> {
     let backend =
         (name(), tags(), option::of(1u32..100)).prop_map(|(name, tags, weight)| BackendRef {
@@ -620,6 +641,9 @@ proptest! {
 
     #[test]
     fn metric_round_trips(spec in mesh_metric()) { round_trips("MeshMetric", &spec)?; }
+
+    #[test]
+    fn tcp_route_round_trips(spec in mesh_tcp_route()) { round_trips("MeshTCPRoute", &spec)?; }
 
     #[test]
     fn zone_ingress_round_trips(spec in zone_ingress()) { round_trips("ZoneIngress", &spec)?; }
