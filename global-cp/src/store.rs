@@ -533,17 +533,23 @@ impl Store {
         Ok(page)
     }
 
-    /// Number of resources in a mesh other than the Mesh itself.
+    /// Whether any mesh-scoped resource lives in `mesh`: one seek per mesh-scoped type.
     fn mesh_has_resources(&self, mesh: &str) -> Result<bool, StoreError> {
-        for item in self
-            .db
-            .iterator_cf(self.cf(CF_RESOURCES), IteratorMode::Start)
+        let cf = self.cf(CF_RESOURCES);
+        for t in causeway_api::types()
+            .iter()
+            .filter(|t| t.scope == causeway_api::Scope::Mesh)
         {
-            let (k, _) = item?;
-            let mut parts = k.split(|b| *b == 0);
-            let _kind = parts.next();
-            if parts.next() == Some(mesh.as_bytes()) {
-                return Ok(true);
+            let prefix = format!("{}\0{mesh}\0", t.kind).into_bytes();
+            if let Some(item) = self
+                .db
+                .iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward))
+                .next()
+            {
+                let (k, _) = item?;
+                if k.starts_with(&prefix) {
+                    return Ok(true);
+                }
             }
         }
         Ok(false)

@@ -189,3 +189,39 @@ fn snapshot_round_trips_into_an_empty_store() {
     );
     assert_eq!(t.members().unwrap().len(), 1);
 }
+
+#[test]
+fn a_mesh_with_resources_cannot_be_deleted_and_policies_need_their_mesh() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let timeout = |mesh: &str| {
+        Resource::from_json(format!(r#"{{"type":"MeshTimeout","mesh":"{mesh}","name":"t","spec":{{"targetRef":{{"kind":"Mesh"}}}}}}"#).as_bytes()).unwrap()
+    };
+    let mut b = s.apply_batch();
+    let cmd = Command::Put {
+        resource: Box::new(timeout("nowhere")),
+        expected_version: None,
+    };
+    assert_eq!(
+        b.apply(1, time::OffsetDateTime::UNIX_EPOCH, cmd).unwrap(),
+        Err(ApplyError::MeshMissing("nowhere".into()))
+    );
+    put(&mut b, 2, mesh("default", &[]));
+    put(&mut b, 3, timeout("default"));
+    b.commit().unwrap();
+    let mut b = s.apply_batch();
+    let del = |name: &str| Command::Delete {
+        key: mesh(name, &[]).key(),
+        expected_version: None,
+    };
+    assert_eq!(
+        b.apply(4, time::OffsetDateTime::UNIX_EPOCH, del("default"))
+            .unwrap(),
+        Err(ApplyError::MeshNotEmpty("default".into()))
+    );
+    b.commit().unwrap();
+    assert!(
+        s.get(&mesh("default", &[]).key()).unwrap().is_some(),
+        "nothing deleted"
+    );
+}
