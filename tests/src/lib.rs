@@ -58,13 +58,14 @@ pub struct GlobalNode {
     pub dir: PathBuf,
     pub api: SocketAddr,
     pub raft: SocketAddr,
-    child: Option<Child>,
+    /// Behind a lock so a test can kill a node while other tasks are mid-request to it.
+    child: std::sync::Mutex<Option<Child>>,
     extra_args: Vec<String>,
 }
 
 impl GlobalNode {
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.child.lock().expect("child lock").is_some()
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -73,7 +74,7 @@ impl GlobalNode {
 
     /// Starts the process with the given initial peers (`id -> raft addr`).
     pub fn start(&mut self, peers: &[(u64, SocketAddr)], join: bool) -> anyhow::Result<()> {
-        assert!(self.child.is_none(), "node {} already running", self.id);
+        assert!(!self.is_running(), "node {} already running", self.id);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -96,13 +97,14 @@ impl GlobalNode {
         if join {
             cmd.arg("--join");
         }
-        self.child = Some(cmd.spawn().context("spawning causeway global-cp")?);
+        *self.child.lock().expect("child lock") =
+            Some(cmd.spawn().context("spawning causeway global-cp")?);
         Ok(())
     }
 
     /// `kill -9`.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().expect("child lock").take() {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -110,7 +112,7 @@ impl GlobalNode {
 
     /// SIGSTOP / SIGCONT: the process stays alive but silent, like a partitioned host.
     pub fn pause(&self, paused: bool) {
-        if let Some(c) = &self.child {
+        if let Some(c) = self.child.lock().expect("child lock").as_ref() {
             let sig = if paused { "-STOP" } else { "-CONT" };
             let _ = Command::new("kill")
                 .args([sig, &c.id().to_string()])
@@ -158,7 +160,7 @@ impl GlobalCluster {
                 dir: tmp.path().join(format!("node-{id}")),
                 api: free_addr(),
                 raft: free_addr(),
-                child: None,
+                child: Default::default(),
                 extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             })
             .collect();
@@ -341,7 +343,7 @@ impl GlobalCluster {
             dir: self.tmp.path().join(format!("node-{id}")),
             api: free_addr(),
             raft: free_addr(),
-            child: None,
+            child: Default::default(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         });
         self.nodes.len() - 1
