@@ -172,7 +172,7 @@ fn mesh_fault_injection() -> impl Strategy<Value = MeshFaultInjectionSpec> {
 
 fn mesh_tcp_route() -> impl Strategy<Value = MeshTcpRouteSpec> {
     let backend =
-        (name(), tags(), option::of(0u32..100)).prop_map(|(name, tags, weight)| BackendRef {
+        (name(), tags(), option::of(1u32..100)).prop_map(|(name, tags, weight)| BackendRef {
             kind: TargetRefKind::MeshServiceSubset,
             name,
             tags,
