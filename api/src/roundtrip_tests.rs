@@ -170,15 +170,19 @@ fn mesh_fault_injection() -> impl Strategy<Value = MeshFaultInjectionSpec> {
         .prop_map(|(target_ref, from)| MeshFaultInjectionSpec { target_ref, from })
 }
 
+/// A weighted subset backend, as HTTP and TCP routes take them (weights >= 1 so a
+/// route always sends somewhere).
+fn backend_ref() -> impl Strategy<Value = BackendRef> {
+    (name(), tags(), option::of(1u32..100)).prop_map(|(name, tags, weight)| BackendRef {
+        kind: TargetRefKind::MeshServiceSubset,
+        name,
+        tags,
+        weight,
+    })
+}
+
 fn mesh_tcp_route() -> impl Strategy<Value = MeshTcpRouteSpec> {
-    let backend =
-        (name(), tags(), option::of(1u32..100)).prop_map(|(name, tags, weight)| BackendRef {
-            kind: TargetRefKind::MeshServiceSubset,
-            name,
-            tags,
-            weight,
-        });
-    (top_ref(), name(), vec(backend, 1..3)).prop_map(|(target_ref, service, backends)| {
+    (top_ref(), name(), vec(backend_ref(), 1..3)).prop_map(|(target_ref, service, backends)| {
         MeshTcpRouteSpec {
             target_ref,
             to: vec![PolicyItem {
@@ -192,13 +196,7 @@ fn mesh_tcp_route() -> impl Strategy<Value = MeshTcpRouteSpec> {
 }
 
 fn mesh_http_route() -> impl Strategy<Value = MeshHttpRouteSpec> {
-    let backend =
-        (name(), tags(), option::of(1u32..100)).prop_map(|(name, tags, weight)| BackendRef {
-            kind: TargetRefKind::MeshServiceSubset,
-            name,
-            tags,
-            weight,
-        });
+    let backend = backend_ref();
     let rule = ("/[a-z]{0,8}", vec(backend, 1..3)).prop_map(|(path, backends)| HttpRouteRule {
         matches: vec![HttpRouteMatch {
             path: Some(PathMatch {
