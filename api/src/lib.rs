@@ -33,6 +33,7 @@
 mod dataplane;
 mod duration;
 mod effective;
+pub mod kds;
 mod merge_patch;
 mod mesh;
 mod path_de;
@@ -49,6 +50,7 @@ mod target_ref;
 mod validation;
 mod zone;
 mod zone_ingress;
+pub mod zone_token;
 
 pub use dataplane::{DataplaneSpec, Inbound, Outbound, Protocol};
 pub use duration::{Duration, DurationError};

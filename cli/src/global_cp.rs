@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use causeway_global_cp::kds::KdsSettings;
 use causeway_global_cp::raft_node::RaftSettings;
 use causeway_global_cp::tls::{CertKey, RaftTls};
 use causeway_global_cp::{Node, NodeConfig};
@@ -35,9 +36,16 @@ pub(crate) struct GlobalCpArgs {
     /// Policy API address (HTTPS).
     #[arg(long)]
     api_addr: Option<SocketAddr>,
-    /// KDS address for zone control planes (served from the zone issue on).
+    /// KDS address (gRPC over TLS) where zone control planes connect.
     #[arg(long)]
     kds_addr: Option<SocketAddr>,
+    /// KDS heartbeat interval; a zone stream silent for three intervals is closed
+    /// (default 5s).
+    #[arg(long)]
+    kds_heartbeat: Option<String>,
+    /// Lifetime of zone certificates, renewed by zones at 70% (default 720h).
+    #[arg(long)]
+    zone_cert_ttl: Option<String>,
     /// Raft transport address.
     #[arg(long)]
     raft_addr: Option<SocketAddr>,
@@ -66,6 +74,12 @@ pub(crate) struct GlobalCpArgs {
     /// Raft tick in milliseconds (default 50; elections start after 8-16 ticks of silence).
     #[arg(long)]
     tick_ms: Option<u64>,
+}
+
+pub(crate) fn parse_duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
+    s.parse::<causeway_api::Duration>()
+        .map(|d| d.as_std())
+        .map_err(|e| anyhow::anyhow!("{flag} {s:?}: {e} (for example 5s, 500ms, 720h)"))
 }
 
 fn parse_peer(s: &str) -> anyhow::Result<(u64, String)> {
@@ -98,6 +112,8 @@ impl GlobalCpArgs {
             data_dir: self.data_dir.or(file.data_dir),
             api_addr: self.api_addr.or(file.api_addr),
             kds_addr: self.kds_addr.or(file.kds_addr),
+            kds_heartbeat: self.kds_heartbeat.or(file.kds_heartbeat),
+            zone_cert_ttl: self.zone_cert_ttl.or(file.zone_cert_ttl),
             raft_addr: self.raft_addr.or(file.raft_addr),
             peer: if self.peer.is_empty() {
                 file.peer
@@ -156,14 +172,31 @@ impl GlobalCpArgs {
             );
             raft.tick = Duration::from_millis(ms);
         }
-        if a.kds_addr.is_some() {
-            tracing::info!("--kds-addr noted; KDS is not served by this version yet");
+        let mut kds = KdsSettings::default();
+        if let Some(h) = &a.kds_heartbeat {
+            let d = parse_duration("--kds-heartbeat", h)?;
+            anyhow::ensure!(
+                d >= Duration::from_millis(100),
+                "--kds-heartbeat must be at least 100ms"
+            );
+            kds.heartbeat = d;
+            kds.status_interval = d;
+        }
+        if let Some(t) = &a.zone_cert_ttl {
+            let d = parse_duration("--zone-cert-ttl", t)?;
+            anyhow::ensure!(
+                d >= Duration::from_secs(60),
+                "--zone-cert-ttl must be at least 1m"
+            );
+            kds.zone_cert_ttl = d;
         }
         Ok(NodeConfig {
             node_id,
             data_dir,
             api_addr,
             raft_addr,
+            kds_addr: a.kds_addr,
+            kds,
             peers,
             join: a.join,
             raft_tls,

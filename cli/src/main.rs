@@ -6,6 +6,8 @@ mod client;
 mod config;
 mod global_cp;
 mod ops;
+mod zone;
+mod zone_cp;
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +35,14 @@ struct Cli {
 enum Cmd {
     /// Run a global control plane node.
     GlobalCp(Box<global_cp::GlobalCpArgs>),
+    /// Run a zone control plane.
+    ZoneCp(Box<zone_cp::ZoneCpArgs>),
+    /// Zone tokens: `zone token create --zone zone-a`.
+    #[command(subcommand)]
+    Zone(zone::ZoneCmd),
+    /// Details of one object: `inspect zone zone-a`.
+    #[command(subcommand)]
+    Inspect(zone::InspectCmd),
     /// Create or update resources from YAML (several documents separated by ---).
     Apply(ops::ApplyArgs),
     /// Show resources: `get meshes`, `get mesh default -o yaml`, `get zones`.
@@ -74,6 +84,10 @@ fn main() {
                 init_logging(&cli.log);
                 global_cp::run(*args).await
             }
+            Cmd::ZoneCp(args) => {
+                init_logging(&cli.log);
+                zone_cp::run(*args).await
+            }
             cmd => {
                 // Operator commands stay quiet unless asked: one clear line on error.
                 init_logging(if cli.log == "info" { "warn" } else { &cli.log });
@@ -86,7 +100,9 @@ fn main() {
                     Cmd::Explain { path } => causeway_api::explain(&path)
                         .map(|text| print!("{text}"))
                         .map_err(anyhow::Error::from),
-                    Cmd::GlobalCp(_) => unreachable!("handled above"),
+                    Cmd::Zone(c) => zone::zone(&cli.conn, c).await,
+                    Cmd::Inspect(c) => zone::inspect(&cli.conn, c).await,
+                    Cmd::GlobalCp(_) | Cmd::ZoneCp(_) => unreachable!("handled above"),
                 }
             }
         }

@@ -200,6 +200,7 @@ fn print_resources(
                 print!("{}", serde_yaml::to_string(it)?);
             }
         }
+        Output::Table if t.kind == "Zone" => print_zones(items),
         Output::Table => {
             let mut rows = vec![match t.scope {
                 Scope::Mesh => vec![
@@ -249,7 +250,49 @@ fn print_resources(
     Ok(())
 }
 
-fn print_table(rows: &[Vec<String>]) {
+/// Zones with their KDS status.
+fn print_zones(items: &[Value]) {
+    let mut rows = vec![
+        [
+            "NAME",
+            "ENABLED",
+            "STATUS",
+            "LAST SEEN",
+            "REVISION",
+            "LAG",
+            "VERSION",
+            "DATAPLANES",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for it in items {
+        let st = it.get("status").cloned().unwrap_or(Value::Null);
+        let s = |v: Option<&Value>| {
+            v.map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .unwrap_or_else(|| "-".into())
+        };
+        let online = st.get("online").and_then(Value::as_bool) == Some(true);
+        let enabled = it.pointer("/spec/enabled").and_then(Value::as_bool) != Some(false);
+        rows.push(vec![
+            s(it.get("name")),
+            enabled.to_string(),
+            if online { "online" } else { "offline" }.into(),
+            s(st.get("lastSeen")),
+            s(st.get("revisionApplied")),
+            s(st.get("lag")),
+            s(st.get("version")),
+            s(st.get("dataplanes")),
+        ]);
+    }
+    print_table(&rows);
+}
+
+pub(crate) fn print_table(rows: &[Vec<String>]) {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {

@@ -23,6 +23,8 @@ use crate::command::{ApplyError, Command, Member, WriteOutcome};
 use crate::raft_node::{MemberChange, RaftError, RaftHandle};
 use crate::store::{Store, StoreError};
 
+mod zones;
+
 /// Tokens the API accepts; the admin token may write, the read-only token may not.
 #[derive(Clone, Default)]
 pub(crate) struct Tokens {
@@ -35,6 +37,10 @@ pub(crate) struct ApiState {
     pub(crate) raft: RaftHandle,
     pub(crate) store: Store,
     pub(crate) tokens: watch::Receiver<Option<Arc<Tokens>>>,
+    /// The KDS service when this node serves zones (for live zone status and dumps).
+    pub(crate) kds: Option<crate::kds::KdsService>,
+    pub(crate) heartbeat: std::time::Duration,
+    pub(crate) status_interval: std::time::Duration,
 }
 
 /// An API error: status, message and the field errors behind it.
@@ -106,6 +112,9 @@ impl From<RaftError> for ApiError {
             RaftError::Rejected(e @ ApplyError::MeshNotEmpty(_)) => {
                 ApiError::new(StatusCode::CONFLICT, "name", e.to_string())
             }
+            RaftError::Rejected(e @ ApplyError::OwnedElsewhere { .. }) => {
+                ApiError::new(StatusCode::CONFLICT, "origin", e.to_string())
+            }
             e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "", e.to_string()),
         }
     }
@@ -122,6 +131,16 @@ pub(crate) fn router(state: ApiState) -> Router {
             "/cluster/members/{id}",
             axum::routing::delete(remove_member),
         )
+        .route("/zones/{name}/token", post(zones::create_token))
+        .route(
+            "/zones/{name}/tokens",
+            get(zones::list_tokens).delete(zones::revoke_all_tokens),
+        )
+        .route(
+            "/zones/{name}/tokens/{id}",
+            axum::routing::delete(zones::revoke_token),
+        )
+        .route("/zones/{name}/config-dump", get(zones::config_dump))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
         .route(
             "/meshes/{mesh}/{plural}/{name}",
@@ -441,9 +460,14 @@ async fn get_global(
     State(st): State<ApiState>,
     Path((plural, name)): Path<(String, String)>,
     Query(q): Query<ReadQuery>,
-) -> ApiResult<Json<Resource>> {
+) -> ApiResult<Json<Value>> {
     let t = type_for(&plural, Scope::Global)?;
-    do_get(&st, t, "", &name, q).await
+    let Json(r) = do_get(&st, t, "", &name, q).await?;
+    let mut v = serde_json::to_value(r).expect("resources serialize");
+    if t.kind == "Zone" {
+        zones::attach_status(&st, std::slice::from_mut(&mut v))?;
+    }
+    Ok(Json(v))
 }
 
 async fn list_global(
@@ -452,7 +476,13 @@ async fn list_global(
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<Value>> {
     let t = type_for(&plural, Scope::Global)?;
-    do_list(&st, t, "", q).await
+    let Json(mut v) = do_list(&st, t, "", q).await?;
+    if t.kind == "Zone"
+        && let Some(items) = v.get_mut("items").and_then(Value::as_array_mut)
+    {
+        zones::attach_status(&st, items)?;
+    }
+    Ok(Json(v))
 }
 
 async fn put_global(

@@ -41,6 +41,74 @@ pub enum Command {
     InitCluster(ClusterSecrets),
     /// A node announces its addresses (the Raft address and the API address).
     RegisterMember(Member),
+    /// A zone token was issued (only its hash is kept).
+    AddZoneToken(ZoneTokenRecord),
+    /// Revokes one token of a zone, or all of them when `id` is `None`.
+    RevokeZoneTokens { zone: String, id: Option<String> },
+    /// A KDS session's report about its zone. A report from an older session than the
+    /// stored one is ignored, so a late "disconnected" never hides a newer connection.
+    ZoneStatus(Box<ZoneStatusRecord>),
+    /// Resources a zone owns, reported over KDS: created or updated ones and deletions.
+    /// Entries that clash with a resource of another origin, or name a missing mesh, are
+    /// refused one by one; the rest apply.
+    ZoneSync {
+        zone: String,
+        upserts: Vec<Resource>,
+        deletes: Vec<ResourceKey>,
+    },
+    /// The root CA of a mesh with builtin mTLS; set once, by the leader.
+    SetMeshCa { mesh: String, ca: MeshCa },
+}
+
+/// A zone token as the cluster remembers it: enough to check and revoke it, never the
+/// token itself.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneTokenRecord {
+    pub zone: String,
+    pub id: String,
+    /// SHA-256 of the token, hex.
+    pub sha256: String,
+    pub created_unix: i64,
+    pub expires_unix: i64,
+}
+
+/// What the global side knows about a zone's KDS session.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ZoneStatusRecord {
+    pub zone: String,
+    pub connected: bool,
+    /// The global node serving the session.
+    pub node: u64,
+    /// Unique per session (random); orders reports together with `connected_unix_ms`.
+    pub session: u64,
+    pub connected_unix_ms: i64,
+    pub last_seen_unix_ms: i64,
+    /// The last global revision the zone acknowledged.
+    pub revision_applied: u64,
+    /// Changes in the last change set it applied (a resume sends only the delta).
+    pub last_set_changes: u64,
+    pub last_set_full: bool,
+    pub version: String,
+    pub dataplanes: u64,
+    pub zone_ingresses: u64,
+    pub connected_proxies: u64,
+    pub last_config_push_unix_ms: i64,
+    pub resources: u64,
+}
+
+/// A mesh's root CA. The key never leaves the global control plane.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MeshCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for MeshCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeshCa { .. }")
+    }
 }
 
 /// Secrets every node of the cluster holds. Written to the data dir of every node.
@@ -50,6 +118,14 @@ pub struct ClusterSecrets {
     pub readonly_token: String,
     pub api_ca_cert_pem: String,
     pub api_ca_key_pem: String,
+    /// HMAC-SHA256 key that signs zone tokens, hex.
+    #[serde(default)]
+    pub zone_token_key: String,
+    /// The CA of zone certificates (KDS client certificates).
+    #[serde(default)]
+    pub zone_ca_cert_pem: String,
+    #[serde(default)]
+    pub zone_ca_key_pem: String,
 }
 
 impl std::fmt::Debug for ClusterSecrets {
@@ -77,6 +153,10 @@ pub enum WriteOutcome {
     },
     Deleted,
     Done,
+    /// A zone's report applied; these entries were refused (key and reason).
+    ZoneSynced {
+        refused: Vec<(ResourceKey, String)>,
+    },
 }
 
 /// Why a committed command changed nothing. Deterministic, so every node agrees.
@@ -90,6 +170,8 @@ pub enum ApplyError {
     MeshMissing(String),
     #[error("mesh {0:?} still holds resources; delete them first")]
     MeshNotEmpty(String),
+    #[error("{key} belongs to {origin}; change it there")]
+    OwnedElsewhere { key: String, origin: String },
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {

@@ -7,12 +7,15 @@
 //! policy logic: what a resource means belongs to `causeway-api`.
 
 pub mod command;
+pub mod kds;
 pub mod raft_node;
 pub mod store;
-pub mod tls;
+/// Certificates and TLS configs (the shared `causeway-pki` crate).
+pub use causeway_pki as tls;
 
 mod api;
 mod transport;
+pub mod zone_token;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -32,6 +35,8 @@ use tls::{CertKey, RaftTls};
 
 /// Common name of the CA that signs the API's generated certificates.
 const API_CA_NAME: &str = "Causeway API CA";
+/// Common name of the CA that signs zone certificates.
+const ZONE_CA_NAME: &str = "Causeway Zone CA";
 
 /// Settings of one global control plane node, parsed once at the binary's edge.
 #[derive(Clone)]
@@ -44,6 +49,9 @@ pub struct NodeConfig {
     pub api_addr: SocketAddr,
     /// Raft transport listen address.
     pub raft_addr: SocketAddr,
+    /// KDS (zone sync, gRPC over TLS) listen address; `None` serves no zones.
+    pub kds_addr: Option<SocketAddr>,
+    pub kds: kds::KdsSettings,
     /// The initial cluster's other members: id -> Raft address.
     pub peers: BTreeMap<u64, String>,
     /// Join an existing cluster instead of forming one: start empty and wait for the
@@ -207,13 +215,18 @@ async fn housekeeping(
         if v.leader_id != 0 && last_attempt.elapsed() > Duration::from_millis(500) {
             if secrets.is_none() && v.leader_id == cfg.node_id {
                 last_attempt = tokio::time::Instant::now();
-                match tls::generate_ca(API_CA_NAME) {
-                    Ok(ca) => {
+                match tls::generate_ca(API_CA_NAME)
+                    .and_then(|api| Ok((api, tls::generate_ca(ZONE_CA_NAME)?)))
+                {
+                    Ok((ca, zone_ca)) => {
                         let s = ClusterSecrets {
                             admin_token: generate_token(),
                             readonly_token: generate_token(),
                             api_ca_cert_pem: ca.cert_pem,
                             api_ca_key_pem: ca.key_pem,
+                            zone_token_key: hex::encode(rand::random::<[u8; 32]>()),
+                            zone_ca_cert_pem: zone_ca.cert_pem,
+                            zone_ca_key_pem: zone_ca.key_pem,
                         };
                         if let Err(e) = raft.propose(Command::InitCluster(s)).await {
                             tracing::warn!(error = %e, "creating the cluster secrets failed; will retry");
@@ -250,12 +263,35 @@ async fn housekeeping(
                     readonly: s.readonly_token.clone(),
                 })));
             }
+            if v.leader_id == cfg.node_id {
+                ensure_mesh_cas(&store, &raft).await;
+            }
             if !api_started {
                 api_started = true;
+                let kds = cfg.kds_addr.map(|addr| {
+                    let svc = kds::KdsService::new(
+                        store.clone(),
+                        raft.clone(),
+                        cfg.node_id,
+                        cfg.kds.clone(),
+                        s.clone(),
+                    );
+                    let (svc2, cfg2, s2) = (svc.clone(), cfg.clone(), s.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = serve_kds(&cfg2, &s2, addr, svc2).await {
+                            tracing::error!(error = %e, "the KDS server stopped");
+                            std::process::exit(1);
+                        }
+                    });
+                    svc
+                });
                 let state = ApiState {
                     raft: raft.clone(),
                     store: store.clone(),
                     tokens: tokens_rx.clone(),
+                    kds,
+                    heartbeat: cfg.kds.heartbeat,
+                    status_interval: cfg.kds.status_interval,
                 };
                 let cfg = cfg.clone();
                 let handle = api_handle.clone();
@@ -279,6 +315,85 @@ fn write_secrets(dir: &Path, s: &ClusterSecrets) -> std::io::Result<()> {
         &format!("{}\n", s.readonly_token),
     )?;
     write_private(&dir.join(API_CA_FILE), &s.api_ca_cert_pem)
+}
+
+/// Generates the root CA of every mesh with builtin mTLS that has none yet (leader only;
+/// the key travels through Raft to the other nodes and never to a zone).
+async fn ensure_mesh_cas(store: &Store, raft: &RaftHandle) {
+    let Ok(page) = store.list("Mesh", "", &[], None, 10_000) else {
+        return;
+    };
+    for mesh in page.items {
+        let Ok(spec) = serde_json::from_value::<causeway_api::MeshSpec>(mesh.spec.clone()) else {
+            continue;
+        };
+        let Some(causeway_api::CaBackend::Builtin(b)) = spec.mtls.map(|m| m.backend) else {
+            continue;
+        };
+        if !matches!(store.mesh_ca(&mesh.name), Ok(None)) {
+            continue;
+        }
+        let validity = b.ca_validity.as_std();
+        match tls::generate_ca_valid(&format!("Causeway mesh {} root CA", mesh.name), validity) {
+            Ok(ca) => {
+                let cmd = Command::SetMeshCa {
+                    mesh: mesh.name.clone(),
+                    ca: command::MeshCa {
+                        cert_pem: ca.cert_pem,
+                        key_pem: ca.key_pem,
+                    },
+                };
+                match raft.propose(cmd).await {
+                    Ok(_) => tracing::info!(mesh = %mesh.name, "created the mesh's root CA"),
+                    Err(e) => tracing::debug!(error = %e, "creating a mesh CA; will retry"),
+                }
+            }
+            Err(e) => tracing::error!(error = %e, mesh = %mesh.name, "generating a mesh CA"),
+        }
+    }
+}
+
+/// Serves KDS over TLS: the node's certificate from the API CA (the CA zone tokens
+/// carry); zone certificates (from the zone CA) are checked when presented and required
+/// by every call except Enroll.
+async fn serve_kds(
+    cfg: &NodeConfig,
+    s: &ClusterSecrets,
+    addr: SocketAddr,
+    svc: kds::KdsService,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        !s.zone_ca_cert_pem.is_empty(),
+        "this cluster has no zone CA (it was formed by an older version); form a new cluster to serve zones"
+    );
+    let ca = CertKey {
+        cert_pem: s.api_ca_cert_pem.clone(),
+        key_pem: s.api_ca_key_pem.clone(),
+    };
+    let cert = tls::issue(
+        &ca,
+        API_CA_NAME,
+        &tls::server_names(&addr.ip().to_string(), &[]),
+        825,
+    )?;
+    let tls_cfg = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            format!("{}{}", cert.cert_pem, s.api_ca_cert_pem),
+            &cert.key_pem,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(&s.zone_ca_cert_pem))
+        .client_auth_optional(true);
+    let server = causeway_api::kds::kds_server::KdsServer::new(svc)
+        .max_decoding_message_size(2 * causeway_api::kds::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(2 * causeway_api::kds::MAX_MESSAGE_BYTES);
+    tracing::info!(%addr, "KDS listening (gRPC over TLS)");
+    tonic::transport::Server::builder()
+        .tls_config(tls_cfg)?
+        .http2_keepalive_interval(Some(cfg.kds.heartbeat))
+        .add_service(server)
+        .serve(addr)
+        .await?;
+    Ok(())
 }
 
 async fn serve_api(

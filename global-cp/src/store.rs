@@ -18,13 +18,19 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 
-use crate::command::{ApplyError, ClusterSecrets, Command, Member, WriteOutcome};
+use crate::command::{
+    ApplyError, ClusterSecrets, Command, Member, MeshCa, WriteOutcome, ZoneStatusRecord,
+    ZoneTokenRecord,
+};
 
 const CF_LOG: &str = "raft_log";
 const CF_RAFT: &str = "raft_state";
 const CF_RESOURCES: &str = "resources";
 const CF_LABELS: &str = "label_index";
 const CF_META: &str = "sm_meta";
+/// Which resources changed at which index, for KDS deltas. Local to each node (not in
+/// snapshots): after installing a snapshot a node keeps changes from its index on.
+const CF_CHANGES: &str = "changelog";
 
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
@@ -32,6 +38,11 @@ const KEY_TRUNCATED: &[u8] = b"truncated";
 const KEY_APPLIED: &[u8] = b"applied";
 const KEY_SECRETS: &[u8] = b"cluster_secrets";
 const KEY_MEMBER_PREFIX: &[u8] = b"member/";
+const KEY_ZONE_TOKEN_PREFIX: &[u8] = b"zone_token/";
+const KEY_ZONE_STATUS_PREFIX: &[u8] = b"zone_status/";
+const KEY_MESH_CA_PREFIX: &[u8] = b"mesh_ca/";
+/// In CF_RAFT: the changelog holds every change after this index.
+const KEY_CHANGES_FLOOR: &[u8] = b"changes_floor";
 
 /// Errors of the storage layer. Any of them makes the node stop serving: the data dir is
 /// damaged or the disk failed, and continuing could lose acknowledged writes.
@@ -75,6 +86,21 @@ impl LogState {
 pub struct Store {
     db: Arc<DB>,
     log: Arc<RwLock<LogState>>,
+    /// Index of the last resource change (the changelog's newest entry or its floor).
+    last_change: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What a zone needs to catch up: the changes after its revision, or a full snapshot.
+#[derive(Debug, Default)]
+pub struct SyncSet {
+    /// The revision (applied index) the set brings the zone to.
+    pub revision: u64,
+    /// A full snapshot: the zone replaces its copy.
+    pub full: bool,
+    /// Created or updated resources, as stored JSON.
+    pub upserts: Vec<Vec<u8>>,
+    /// Deleted resources.
+    pub tombstones: Vec<ResourceKey>,
 }
 
 /// A page of resources from a list query.
@@ -93,12 +119,44 @@ pub(crate) fn resource_key_bytes(key: &ResourceKey) -> Vec<u8> {
     format!("{}\0{}\0{}", key.kind, key.mesh, key.name).into_bytes()
 }
 
+fn parse_resource_key(b: &[u8]) -> Result<ResourceKey, StoreError> {
+    let s = std::str::from_utf8(b).map_err(|e| corrupt("resource key", e))?;
+    let mut parts = s.splitn(3, '\0');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(kind), Some(mesh), Some(name)) => Ok(ResourceKey {
+            kind: kind.into(),
+            mesh: mesh.into(),
+            name: name.into(),
+        }),
+        _ => Err(corrupt("resource key", "expected kind, mesh and name")),
+    }
+}
+
 fn label_key_bytes(key: &ResourceKey, label: &str, value: &str) -> Vec<u8> {
     format!(
         "{}\0{}\0{}={}\0{}",
         key.kind, key.mesh, label, value, key.name
     )
     .into_bytes()
+}
+
+fn u64_from(b: &[u8]) -> Result<u64, StoreError> {
+    Ok(u64::from_be_bytes(
+        b.try_into().map_err(|_| corrupt("index", "not 8 bytes"))?,
+    ))
+}
+
+fn prefixed(prefix: &[u8], rest: &str) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(rest.as_bytes());
+    k
+}
+
+/// Changelog value: 1 byte (0 upsert, 1 delete) then the resource's origin.
+fn change_value(deleted: bool, origin: &str) -> Vec<u8> {
+    let mut v = vec![u8::from(deleted)];
+    v.extend_from_slice(origin.as_bytes());
+    v
 }
 
 fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -125,9 +183,16 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        let cfs = [CF_LOG, CF_RAFT, CF_RESOURCES, CF_LABELS, CF_META]
-            .into_iter()
-            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = [
+            CF_LOG,
+            CF_RAFT,
+            CF_RESOURCES,
+            CF_LABELS,
+            CF_META,
+            CF_CHANGES,
+        ]
+        .into_iter()
+        .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| StoreError::Open {
             path: dir.display().to_string(),
             source,
@@ -135,8 +200,23 @@ impl Store {
         let store = Store {
             db: Arc::new(db),
             log: Arc::default(),
+            last_change: Arc::default(),
         };
         store.load_log_state()?;
+        let last = match store
+            .db
+            .iterator_cf(store.cf(CF_CHANGES), IteratorMode::End)
+            .next()
+        {
+            Some(item) => {
+                let (k, _) = item?;
+                u64_from(&k[..8])?
+            }
+            None => store.changes_floor()?,
+        };
+        store
+            .last_change
+            .store(last, std::sync::atomic::Ordering::SeqCst);
         Ok(store)
     }
 
@@ -351,7 +431,7 @@ impl Store {
         let meta = snap.get_metadata();
         let mut st = self.log.write().expect("log lock poisoned");
         let mut batch = WriteBatch::default();
-        for cf in [CF_RESOURCES, CF_LABELS, CF_META, CF_LOG] {
+        for cf in [CF_RESOURCES, CF_LABELS, CF_META, CF_LOG, CF_CHANGES] {
             let cf = self.cf(cf);
             for item in self.db.iterator_cf(cf, IteratorMode::Start) {
                 let (k, _) = item?;
@@ -387,6 +467,8 @@ impl Store {
             }
         }
         batch.put_cf(self.cf(CF_META), KEY_APPLIED, u64_key(meta.index));
+        // Zones behind this index get a full snapshot; newer changes are logged again.
+        batch.put_cf(self.cf(CF_RAFT), KEY_CHANGES_FLOOR, u64_key(meta.index));
         let cs = meta
             .get_conf_state()
             .write_to_bytes()
@@ -412,6 +494,8 @@ impl Store {
         st.truncated_index = meta.index;
         st.truncated_term = meta.term;
         st.terms.clear();
+        self.last_change
+            .store(meta.index, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
@@ -436,6 +520,7 @@ impl Store {
             overlay: HashMap::new(),
             applied: None,
             conf_state: None,
+            changed: false,
         }
     }
 
@@ -564,6 +649,184 @@ impl Store {
         }
     }
 
+    fn meta_prefix<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        what: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push(serde_json::from_slice(&v).map_err(|e| corrupt(what, e))?);
+        }
+        Ok(out)
+    }
+
+    fn meta_get<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.db.get_cf(self.cf(CF_META), key)? {
+            Some(b) => Ok(Some(
+                serde_json::from_slice(&b).map_err(|e| corrupt(what, e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// The zone tokens issued for `zone` and not revoked (their hashes, never the tokens).
+    pub fn zone_tokens(&self, zone: &str) -> Result<Vec<ZoneTokenRecord>, StoreError> {
+        self.meta_prefix(
+            &prefixed(KEY_ZONE_TOKEN_PREFIX, &format!("{zone}\0")),
+            "zone token",
+        )
+    }
+
+    pub fn zone_token(&self, zone: &str, id: &str) -> Result<Option<ZoneTokenRecord>, StoreError> {
+        self.meta_get(
+            &prefixed(KEY_ZONE_TOKEN_PREFIX, &format!("{zone}\0{id}")),
+            "zone token",
+        )
+    }
+
+    /// What the KDS sessions last reported about each zone.
+    pub fn zone_statuses(&self) -> Result<Vec<ZoneStatusRecord>, StoreError> {
+        self.meta_prefix(KEY_ZONE_STATUS_PREFIX, "zone status")
+    }
+
+    pub fn zone_status(&self, zone: &str) -> Result<Option<ZoneStatusRecord>, StoreError> {
+        self.meta_get(&prefixed(KEY_ZONE_STATUS_PREFIX, zone), "zone status")
+    }
+
+    /// The root CA of `mesh`, if one was generated.
+    pub fn mesh_ca(&self, mesh: &str) -> Result<Option<MeshCa>, StoreError> {
+        self.meta_get(&prefixed(KEY_MESH_CA_PREFIX, mesh), "mesh CA")
+    }
+
+    /// Every resource a zone reported (origin = `zone`). A full scan; KDS calls it once
+    /// per zone connection.
+    pub fn resources_of_origin(&self, zone: &str) -> Result<Vec<Resource>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_RESOURCES), IteratorMode::Start)
+        {
+            let (_, v) = item?;
+            let r: Resource = serde_json::from_slice(&v).map_err(|e| corrupt("resource", e))?;
+            if r.origin.as_deref() == Some(zone) {
+                out.push(r);
+            }
+        }
+        Ok(out)
+    }
+
+    // === Changelog (KDS deltas) ===
+
+    fn changes_floor(&self) -> Result<u64, StoreError> {
+        match self.db.get_cf(self.cf(CF_RAFT), KEY_CHANGES_FLOOR)? {
+            Some(b) => u64_from(&b),
+            None => Ok(0),
+        }
+    }
+
+    /// The index of the newest resource change; cheap, for deciding whether to look.
+    pub fn last_change_index(&self) -> u64 {
+        self.last_change.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The changes after `since` that `include(kind, origin)` selects, read from one
+    /// consistent RocksDB snapshot. A full snapshot when `since` is 0 or older than the
+    /// changelog keeps. A resource changed several times appears once, as its latest state.
+    pub fn changes_since(
+        &self,
+        since: u64,
+        include: &dyn Fn(&str, &str) -> bool,
+    ) -> Result<SyncSet, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct OriginOnly {
+            #[serde(rename = "type")]
+            kind: String,
+            origin: Option<String>,
+        }
+        let snap = self.db.snapshot();
+        let revision = match snap.get_cf(self.cf(CF_META), KEY_APPLIED)? {
+            Some(b) => u64_from(&b)?,
+            None => 0,
+        };
+        let floor = match snap.get_cf(self.cf(CF_RAFT), KEY_CHANGES_FLOOR)? {
+            Some(b) => u64_from(&b)?,
+            None => 0,
+        };
+        let mut set = SyncSet {
+            revision,
+            ..SyncSet::default()
+        };
+        if since == 0 || since < floor {
+            set.full = true;
+            for item in snap.iterator_cf(self.cf(CF_RESOURCES), IteratorMode::Start) {
+                let (_, v) = item?;
+                let o: OriginOnly =
+                    serde_json::from_slice(&v).map_err(|e| corrupt("resource", e))?;
+                if include(&o.kind, o.origin.as_deref().unwrap_or("global")) {
+                    set.upserts.push(v.to_vec());
+                }
+            }
+            return Ok(set);
+        }
+        if since >= revision {
+            return Ok(set);
+        }
+        // Latest change per key, in index order.
+        let mut latest: HashMap<Vec<u8>, (bool, String)> = HashMap::new();
+        let start = u64_key(since + 1);
+        for item in snap.iterator_cf(
+            self.cf(CF_CHANGES),
+            IteratorMode::From(&start, Direction::Forward),
+        ) {
+            let (k, v) = item?;
+            if u64_from(&k[..8])? > revision {
+                break;
+            }
+            let deleted = v.first() == Some(&1);
+            let origin = String::from_utf8_lossy(&v[1..]).into_owned();
+            latest.insert(k[8..].to_vec(), (deleted, origin));
+        }
+        let mut keys: Vec<_> = latest.into_iter().collect();
+        keys.sort();
+        for (kb, (deleted, origin)) in keys {
+            let key = parse_resource_key(&kb)?;
+            if !include(&key.kind, &origin) {
+                continue;
+            }
+            if deleted {
+                set.tombstones.push(key);
+            } else if let Some(v) = snap.get_cf(self.cf(CF_RESOURCES), &kb)? {
+                set.upserts.push(v);
+            }
+        }
+        Ok(set)
+    }
+
+    /// Drops changelog entries up to `index`; zones older than that get full snapshots.
+    pub fn prune_changes(&self, index: u64) -> Result<(), StoreError> {
+        if index <= self.changes_floor()? {
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(CF_CHANGES), u64_key(0), u64_key(index + 1));
+        batch.put_cf(self.cf(CF_RAFT), KEY_CHANGES_FLOOR, u64_key(index));
+        self.db.write(batch)?;
+        Ok(())
+    }
+
     pub fn members(&self) -> Result<BTreeMap<u64, Member>, StoreError> {
         let mut out = BTreeMap::new();
         let it = self.db.iterator_cf(
@@ -590,6 +853,8 @@ pub struct ApplyBatch<'a> {
     overlay: HashMap<Vec<u8>, Option<Resource>>,
     applied: Option<u64>,
     conf_state: Option<ConfState>,
+    /// Whether a resource changed (so KDS sessions should look).
+    changed: bool,
 }
 
 impl ApplyBatch<'_> {
@@ -611,6 +876,20 @@ impl ApplyBatch<'_> {
 
     fn write(&mut self, key: &ResourceKey, old: Option<&Resource>, new: Option<Resource>) {
         let kb = resource_key_bytes(key);
+        let index = self.applied.expect("apply() sets the index before writing");
+        let origin = new
+            .as_ref()
+            .or(old)
+            .and_then(|r| r.origin.as_deref())
+            .unwrap_or("global");
+        let mut ck = u64_key(index).to_vec();
+        ck.extend_from_slice(&kb);
+        self.batch.put_cf(
+            self.store.cf(CF_CHANGES),
+            ck,
+            change_value(new.is_none(), origin),
+        );
+        self.changed = true;
         let labels = self.store.cf(CF_LABELS);
         if let Some(old) = old {
             for (k, v) in &old.labels {
@@ -656,6 +935,14 @@ impl ApplyBatch<'_> {
                 if !key.mesh.is_empty() && !self.mesh_exists(&key.mesh)? {
                     return Ok(Err(ApplyError::MeshMissing(key.mesh)));
                 }
+                if let Some(origin) = old.as_ref().and_then(|o| o.origin.clone())
+                    && origin != "global"
+                {
+                    return Ok(Err(ApplyError::OwnedElsewhere {
+                        key: key.to_string(),
+                        origin: format!("zone {origin:?}"),
+                    }));
+                }
                 r.version = Some(index);
                 r.creation_time = Some(old.as_ref().and_then(|o| o.creation_time).unwrap_or(now));
                 r.modification_time = Some(now);
@@ -683,6 +970,20 @@ impl ApplyBatch<'_> {
                 if key.kind == "Mesh" && self.store.mesh_has_resources(&key.name)? {
                     return Ok(Err(ApplyError::MeshNotEmpty(key.name)));
                 }
+                if let Some(origin) = old.origin.clone()
+                    && origin != "global"
+                {
+                    return Ok(Err(ApplyError::OwnedElsewhere {
+                        key: key.to_string(),
+                        origin: format!("zone {origin:?}"),
+                    }));
+                }
+                if key.kind == "Mesh" {
+                    self.batch.delete_cf(
+                        self.store.cf(CF_META),
+                        prefixed(KEY_MESH_CA_PREFIX, &key.name),
+                    );
+                }
                 self.write(&key, Some(&old), None);
                 Ok(WriteOutcome::Deleted)
             }
@@ -701,7 +1002,100 @@ impl ApplyBatch<'_> {
                 self.put_member(&m);
                 Ok(WriteOutcome::Done)
             }
+            Command::AddZoneToken(t) => {
+                self.put_meta(
+                    prefixed(KEY_ZONE_TOKEN_PREFIX, &format!("{}\0{}", t.zone, t.id)),
+                    &t,
+                );
+                Ok(WriteOutcome::Done)
+            }
+            Command::RevokeZoneTokens { zone, id } => {
+                let ids: Vec<String> = match id {
+                    Some(id) => {
+                        if self.store.zone_token(&zone, &id)?.is_none() {
+                            return Ok(Err(ApplyError::NotFound));
+                        }
+                        vec![id]
+                    }
+                    None => self
+                        .store
+                        .zone_tokens(&zone)?
+                        .into_iter()
+                        .map(|t| t.id)
+                        .collect(),
+                };
+                for id in ids {
+                    self.batch.delete_cf(
+                        self.store.cf(CF_META),
+                        prefixed(KEY_ZONE_TOKEN_PREFIX, &format!("{zone}\0{id}")),
+                    );
+                }
+                Ok(WriteOutcome::Done)
+            }
+            Command::ZoneStatus(st) => {
+                let newer = match self.store.zone_status(&st.zone)? {
+                    Some(cur) => {
+                        cur.session == st.session || st.connected_unix_ms >= cur.connected_unix_ms
+                    }
+                    None => true,
+                };
+                if newer {
+                    self.put_meta(prefixed(KEY_ZONE_STATUS_PREFIX, &st.zone), &*st);
+                }
+                Ok(WriteOutcome::Done)
+            }
+            Command::SetMeshCa { mesh, ca } => {
+                if self.store.mesh_ca(&mesh)?.is_none() && self.mesh_exists(&mesh)? {
+                    self.put_meta(prefixed(KEY_MESH_CA_PREFIX, &mesh), &ca);
+                }
+                Ok(WriteOutcome::Done)
+            }
+            Command::ZoneSync {
+                zone,
+                upserts,
+                deletes,
+            } => {
+                let mut refused = Vec::new();
+                for key in deletes {
+                    match self.current(&key)? {
+                        Some(old) if old.origin.as_deref() == Some(zone.as_str()) => {
+                            self.write(&key, Some(&old), None);
+                        }
+                        _ => {}
+                    }
+                }
+                for mut r in upserts {
+                    let key = r.key();
+                    let old = self.current(&key)?;
+                    if let Some(o) = &old
+                        && o.origin.as_deref() != Some(zone.as_str())
+                    {
+                        let owner = o.origin.as_deref().unwrap_or("global");
+                        refused.push((key, format!("the name is taken by a resource of {owner}")));
+                        continue;
+                    }
+                    if !key.mesh.is_empty() && !self.mesh_exists(&key.mesh)? {
+                        refused.push((key.clone(), format!("mesh {:?} does not exist", key.mesh)));
+                        continue;
+                    }
+                    r.version = Some(index);
+                    r.creation_time =
+                        Some(old.as_ref().and_then(|o| o.creation_time).unwrap_or(now));
+                    r.modification_time = Some(now);
+                    r.origin = Some(zone.clone());
+                    self.write(&key, old.as_ref(), Some(r));
+                }
+                Ok(WriteOutcome::ZoneSynced { refused })
+            }
         })
+    }
+
+    fn put_meta<T: serde::Serialize>(&mut self, key: Vec<u8>, value: &T) {
+        self.batch.put_cf(
+            self.store.cf(CF_META),
+            key,
+            serde_json::to_vec(value).expect("encodes"),
+        );
     }
 
     pub fn put_member(&mut self, m: &Member) {
@@ -743,6 +1137,13 @@ impl ApplyBatch<'_> {
                 .put_cf(self.store.cf(CF_META), KEY_APPLIED, u64_key(i));
         }
         self.store.db.write(self.batch)?;
+        if self.changed
+            && let Some(i) = self.applied
+        {
+            self.store
+                .last_change
+                .fetch_max(i, std::sync::atomic::Ordering::SeqCst);
+        }
         if let Some(cs) = self.conf_state {
             self.store
                 .log

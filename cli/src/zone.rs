@@ -1,0 +1,160 @@
+//! Zone commands: `zone token create|list|revoke` and `inspect zone`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::client::Client;
+use crate::config::ConnArgs;
+
+#[derive(clap::Subcommand)]
+pub(crate) enum ZoneCmd {
+    /// Zone tokens: a zone control plane presents one once to get its certificate.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum TokenCmd {
+    /// Issue a token for a zone. It is printed once (or written to --out); the cluster
+    /// keeps only its hash.
+    Create {
+        #[arg(long)]
+        zone: String,
+        /// How long the token may be used to enroll, e.g. 24h (default 8760h).
+        #[arg(long)]
+        valid_for: Option<String>,
+        /// Write the token to this file (mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// List a zone's tokens (ids and expiry; never the tokens).
+    List {
+        #[arg(long)]
+        zone: String,
+    },
+    /// Revoke one token (--id) or all of a zone's tokens. A zone whose token is revoked
+    /// is refused at its next heartbeat.
+    Revoke {
+        #[arg(long)]
+        zone: String,
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
+    let client = Client::new(conn.resolve()?)?;
+    match c {
+        ZoneCmd::Token(TokenCmd::Create {
+            zone,
+            valid_for,
+            out,
+        }) => {
+            let body = match valid_for {
+                Some(v) => json!({"validFor": v}),
+                None => json!({}),
+            };
+            let (_, v) = client
+                .request(Method::POST, &format!("/zones/{zone}/token"), Some(&body))
+                .await?;
+            let token = v
+                .get("token")
+                .and_then(Value::as_str)
+                .context("the server sent no token")?;
+            let id = v.get("id").and_then(Value::as_str).unwrap_or("");
+            let exp = v.get("expiresAt").and_then(Value::as_str).unwrap_or("");
+            match out {
+                Some(path) => {
+                    write_private(&path, &format!("{token}\n"))
+                        .with_context(|| format!("writing {}", path.display()))?;
+                    eprintln!(
+                        "zone token {id} for zone {zone} written to {} (expires {exp})",
+                        path.display()
+                    );
+                }
+                None => {
+                    eprintln!("zone token {id} for zone {zone} (expires {exp}); shown once:");
+                    println!("{token}");
+                }
+            }
+        }
+        ZoneCmd::Token(TokenCmd::List { zone }) => {
+            let v = client.get(&format!("/zones/{zone}/tokens")).await?;
+            let mut rows = vec![vec!["ID".to_string(), "CREATED".into(), "EXPIRES".into()]];
+            for t in v
+                .get("items")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                let exp = if t.get("expired").and_then(Value::as_bool) == Some(true) {
+                    format!("{} (expired)", s("expiresAt"))
+                } else {
+                    s("expiresAt")
+                };
+                rows.push(vec![s("id"), s("createdAt"), exp]);
+            }
+            crate::ops::print_table(&rows);
+        }
+        ZoneCmd::Token(TokenCmd::Revoke { zone, id }) => {
+            let path = match &id {
+                Some(id) => format!("/zones/{zone}/tokens/{id}"),
+                None => format!("/zones/{zone}/tokens"),
+            };
+            client.request(Method::DELETE, &path, None).await?;
+            match id {
+                Some(id) => eprintln!("revoked token {id} of zone {zone}"),
+                None => eprintln!("revoked every token of zone {zone}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum InspectCmd {
+    /// A zone's status (online, last seen, revision, lag, dataplanes), its tokens, and
+    /// with --config-dump what the zone itself reports over KDS.
+    Zone {
+        name: String,
+        #[arg(long)]
+        config_dump: bool,
+    },
+}
+
+pub(crate) async fn inspect(conn: &ConnArgs, c: InspectCmd) -> anyhow::Result<()> {
+    let client = Client::new(conn.resolve()?)?;
+    match c {
+        InspectCmd::Zone { name, config_dump } => {
+            let zone = client.get(&format!("/zones/{name}")).await?;
+            let tokens = client.get(&format!("/zones/{name}/tokens")).await?;
+            let mut out = json!({
+                "zone": name,
+                "spec": zone.get("spec"),
+                "status": zone.get("status"),
+                "tokens": tokens.get("items"),
+            });
+            if config_dump {
+                out["configDump"] = client.get(&format!("/zones/{name}/config-dump")).await?;
+            }
+            print!("{}", serde_yaml::to_string(&out)?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! `causeway zone-cp`: runs a zone control plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use causeway_zone_cp::{Zone, ZoneConfig};
+
+/// Run a zone control plane: syncs policy from the global control plane over KDS,
+/// keeps it in a local store (served through restarts even without global) and
+/// serves the zone's API.
+///
+/// First start: `causeway zone-cp --zone zone-a --global https://127.0.0.1:7701
+///   --token-file zone-a.token --data-dir /var/lib/causeway/zone-a --api-addr 127.0.0.1:7710`
+/// The zone's admin token and API CA are then in the data dir.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ZoneCpArgs {
+    /// The zone's name (a DNS label); must match the token's.
+    #[arg(long)]
+    zone: String,
+    /// KDS address of a global node, `https://HOST:PORT`. Repeat, or separate with
+    /// commas, to list several; the zone fails over between them.
+    #[arg(long = "global", value_delimiter = ',', required = true)]
+    global: Vec<String>,
+    /// File with the zone token from `causeway zone token create` (needed until the
+    /// zone has enrolled; its certificate is used afterwards).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Directory for the store, the zone certificate and the API credentials.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Zone API address (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:7710")]
+    api_addr: SocketAddr,
+    /// Where dataplanes will fetch their config (DDS; served once the dataplane lands).
+    #[arg(long)]
+    dds_addr: Option<SocketAddr>,
+    /// KDS heartbeat interval (default 5s); a silent stream is re-opened after three.
+    #[arg(long, default_value = "5s")]
+    kds_heartbeat: String,
+    /// Longest wait between reconnect attempts (default 10s; jittered).
+    #[arg(long, default_value = "10s")]
+    reconnect_max: String,
+}
+
+pub(crate) async fn run(a: ZoneCpArgs) -> anyhow::Result<()> {
+    let token = match &a.token_file {
+        Some(p) => Some(
+            crate::config::read_trimmed(p)
+                .with_context(|| format!("reading --token-file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let heartbeat = crate::global_cp::parse_duration("--kds-heartbeat", &a.kds_heartbeat)?;
+    anyhow::ensure!(
+        heartbeat >= Duration::from_millis(100),
+        "--kds-heartbeat must be at least 100ms"
+    );
+    let backoff_max = crate::global_cp::parse_duration("--reconnect-max", &a.reconnect_max)?;
+    let mut globals = Vec::new();
+    for g in a.global.iter().map(|g| g.trim()).filter(|g| !g.is_empty()) {
+        let g = if g.contains("://") {
+            g.to_string()
+        } else {
+            format!("https://{g}")
+        };
+        anyhow::ensure!(
+            g.starts_with("https://"),
+            "--global {g:?}: KDS runs over TLS; use https://HOST:PORT"
+        );
+        globals.push(g);
+    }
+    let cfg = ZoneConfig {
+        zone: a.zone,
+        globals,
+        token,
+        data_dir: a.data_dir,
+        api_addr: a.api_addr,
+        dds_addr: a.dds_addr,
+        heartbeat,
+        backoff_max: backoff_max.max(Duration::from_millis(200)),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    tracing::info!(zone = %cfg.zone, globals = ?cfg.globals, api = %cfg.api_addr, data_dir = %cfg.data_dir.display(), "starting zone control plane");
+    let zone = Zone::start(cfg).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    zone.shutdown().await;
+    Ok(())
+}

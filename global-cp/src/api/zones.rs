@@ -1,0 +1,275 @@
+//! Zone endpoints: token issuance and revocation, zone status (attached to `GET /zones`)
+//! and config dumps over the zone's KDS stream.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{ApiError, ApiResult, ApiState};
+use crate::command::{Command, ZoneStatusRecord, ZoneTokenRecord};
+use crate::raft_node::RaftError;
+use crate::zone_token::{self, ZoneTokenClaims};
+
+/// Default lifetime of a zone token: long enough to set a zone up and re-enroll it if
+/// its data dir is lost; revoke it to cut the zone off.
+const DEFAULT_TOKEN_VALIDITY: &str = "8760h";
+
+fn check_zone_name(name: &str) -> ApiResult<()> {
+    if let Some(e) = causeway_api::validate_name("name", name).into_iter().next() {
+        return Err(ApiError::bad("name", e.reason));
+    }
+    Ok(())
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct CreateToken {
+    /// Go-style duration, e.g. `24h`.
+    valid_for: Option<String>,
+}
+
+/// `POST /zones/{name}/token`: issues a token, shown once.
+pub(super) async fn create_token(
+    State(st): State<ApiState>,
+    Path(zone): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check_zone_name(&zone)?;
+    let req: CreateToken = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateToken::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?
+    };
+    let valid_for: causeway_api::Duration = req
+        .valid_for
+        .as_deref()
+        .unwrap_or(DEFAULT_TOKEN_VALIDITY)
+        .parse()
+        .map_err(|e: causeway_api::DurationError| ApiError::bad("validFor", e.to_string()))?;
+    if valid_for.as_std().as_secs() < 60 {
+        return Err(ApiError::bad("validFor", "must be at least 1m"));
+    }
+    let secrets = st.store.secrets()?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "",
+            "the cluster has not formed yet",
+        )
+    })?;
+    let key = hex::decode(&secrets.zone_token_key)
+        .ok()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "",
+                "this cluster has no zone token key (formed by an older version)",
+            )
+        })?;
+    let now = now_unix();
+    let claims = ZoneTokenClaims {
+        zone: zone.clone(),
+        id: hex::encode(rand::random::<[u8; 8]>()),
+        iat: now,
+        exp: now + valid_for.as_std().as_secs() as i64,
+        ca: secrets.api_ca_cert_pem.clone(),
+    };
+    let token = zone_token::create(&key, &claims);
+    st.raft
+        .propose(Command::AddZoneToken(ZoneTokenRecord {
+            zone: zone.clone(),
+            id: claims.id.clone(),
+            sha256: zone_token::hash(&token),
+            created_unix: now,
+            expires_unix: claims.exp,
+        }))
+        .await?;
+    tracing::info!(zone = %zone, token_id = %claims.id, "issued a zone token");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "zone": zone,
+            "id": claims.id,
+            "expiresAt": rfc3339(claims.exp),
+            "token": token,
+        })),
+    )
+        .into_response())
+}
+
+/// `GET /zones/{name}/tokens`: the zone's tokens (ids and expiry, never the tokens).
+pub(super) async fn list_tokens(
+    State(st): State<ApiState>,
+    Path(zone): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_zone_name(&zone)?;
+    st.raft.read_barrier().await?;
+    let items: Vec<Value> = st
+        .store
+        .zone_tokens(&zone)?
+        .into_iter()
+        .map(|t| {
+            json!({
+                "id": t.id,
+                "createdAt": rfc3339(t.created_unix),
+                "expiresAt": rfc3339(t.expires_unix),
+                "expired": t.expires_unix <= now_unix(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "items": items })))
+}
+
+async fn revoke(st: &ApiState, zone: String, id: Option<String>) -> ApiResult<StatusCode> {
+    check_zone_name(&zone)?;
+    st.raft
+        .propose(Command::RevokeZoneTokens {
+            zone: zone.clone(),
+            id: id.clone(),
+        })
+        .await
+        .map_err(|e| match e {
+            RaftError::Rejected(crate::command::ApplyError::NotFound) => {
+                ApiError::not_found(format!(
+                    "token {:?} of zone {zone:?}",
+                    id.clone().unwrap_or_default()
+                ))
+            }
+            e => e.into(),
+        })?;
+    tracing::info!(zone = %zone, token_id = ?id, "revoked zone token(s)");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /zones/{name}/tokens/{id}`.
+pub(super) async fn revoke_token(
+    State(st): State<ApiState>,
+    Path((zone, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    revoke(&st, zone, Some(id)).await
+}
+
+/// `DELETE /zones/{name}/tokens`: revokes every token of the zone.
+pub(super) async fn revoke_all_tokens(
+    State(st): State<ApiState>,
+    Path(zone): Path<String>,
+) -> ApiResult<StatusCode> {
+    revoke(&st, zone, None).await
+}
+
+/// Adds `status` to each Zone item: the freshest of this node's live session and the
+/// replicated report.
+pub(super) fn attach_status(st: &ApiState, items: &mut [Value]) -> ApiResult<()> {
+    let mut statuses: std::collections::HashMap<String, ZoneStatusRecord> = st
+        .store
+        .zone_statuses()?
+        .into_iter()
+        .map(|s| (s.zone.clone(), s))
+        .collect();
+    if let Some(kds) = &st.kds {
+        for (zone, live) in kds.live_statuses() {
+            statuses.insert(zone, live);
+        }
+    }
+    let last_change = st.store.last_change_index();
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    // A report older than this means the session (or its node) is gone.
+    let fresh_ms = (st.status_interval.max(st.heartbeat) * 3).as_millis() as i64;
+    for item in items {
+        let Some(name) = item.get("name").and_then(Value::as_str).map(str::to_string) else {
+            continue;
+        };
+        let status = match statuses.get(&name) {
+            Some(s) => {
+                let online = s.connected && now_ms - s.last_seen_unix_ms <= fresh_ms;
+                json!({
+                    "online": online,
+                    "connectedTo": if online { json!(s.node) } else { Value::Null },
+                    "lastSeen": rfc3339(s.last_seen_unix_ms / 1000),
+                    "connectedSince": rfc3339(s.connected_unix_ms / 1000),
+                    "revisionApplied": s.revision_applied,
+                    "lag": last_change.saturating_sub(s.revision_applied),
+                    "lastSync": {"changes": s.last_set_changes, "full": s.last_set_full},
+                    "version": s.version,
+                    "dataplanes": s.dataplanes,
+                    "zoneIngresses": s.zone_ingresses,
+                    "connectedProxies": s.connected_proxies,
+                    "resources": s.resources,
+                    "lastConfigPush": if s.last_config_push_unix_ms > 0 {
+                        json!(rfc3339(s.last_config_push_unix_ms / 1000))
+                    } else {
+                        Value::Null
+                    },
+                })
+            }
+            None => json!({"online": false}),
+        };
+        if let Some(obj) = item.as_object_mut() {
+            obj.insert("status".into(), status);
+        }
+    }
+    Ok(())
+}
+
+/// `GET /zones/{name}/config-dump`: asks the zone over its KDS stream. When another node
+/// serves the zone, says which.
+pub(super) async fn config_dump(
+    State(st): State<ApiState>,
+    Path(zone): Path<String>,
+) -> ApiResult<Response> {
+    check_zone_name(&zone)?;
+    if let Some(kds) = &st.kds
+        && let Some(result) = kds.config_dump(&zone).await
+    {
+        return match result {
+            Ok(json) => Ok((
+                StatusCode::OK,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                json,
+            )
+                .into_response()),
+            Err(e) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "", e)),
+        };
+    }
+    let status = st.store.zone_status(&zone)?;
+    match status {
+        Some(s) if s.connected => {
+            let members = st.store.members()?;
+            let api = members
+                .get(&s.node)
+                .map(|m| m.api_addr.clone())
+                .unwrap_or_default();
+            Err(ApiError::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "",
+                format!(
+                    "zone {zone:?} is connected to global node {} (API {api}); ask that node",
+                    s.node
+                ),
+            ))
+        }
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "name",
+            format!("zone {zone:?} is not connected"),
+        )),
+    }
+}

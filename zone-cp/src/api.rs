@@ -1,0 +1,537 @@
+//! The zone's REST API: the same read API as global (same paths, shapes and errors) for
+//! what the zone holds, writes for zone-owned resources (dataplanes, ingresses,
+//! zone-origin policies; the registration endpoint of dataplanes), `/status` and
+//! `/sync` (wait until a global revision is applied). HTTPS from a CA generated in the
+//! data dir, bearer tokens like global's.
+
+use std::net::TcpListener;
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use causeway_api::{FieldError, Resource, ResourceKey, Scope, TypeInfo};
+use causeway_pki::CertKey;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::Shared;
+use crate::store::LocalWriteError;
+
+const API_CA_NAME: &str = "Causeway Zone API CA";
+
+/// The API's tokens, created on first start and kept in the data dir.
+#[derive(Clone)]
+pub(crate) struct Tokens {
+    admin: String,
+    readonly: String,
+}
+
+fn write_private(path: &FsPath, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn read_or_create(
+    path: &FsPath,
+    make: impl FnOnce() -> anyhow::Result<String>,
+) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let s = make()?;
+            write_private(path, &s)?;
+            Ok(s)
+        }
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
+/// Loads (or creates on first start) the API tokens and the API CA.
+pub(crate) fn local_credentials(dir: &FsPath) -> anyhow::Result<(Tokens, CertKey)> {
+    let token = || Ok(format!("cw_{}\n", hex::encode(rand::random::<[u8; 32]>())));
+    let admin = read_or_create(&dir.join(crate::ADMIN_TOKEN_FILE), token)?;
+    let readonly = read_or_create(&dir.join(crate::READONLY_TOKEN_FILE), token)?;
+    let key_path = dir.join("api-ca-key.pem");
+    let ca = if key_path.exists() {
+        CertKey {
+            cert_pem: std::fs::read_to_string(dir.join(crate::API_CA_FILE))?,
+            key_pem: std::fs::read_to_string(&key_path)?,
+        }
+    } else {
+        let ca = causeway_pki::generate_ca(API_CA_NAME)?;
+        write_private(&key_path, &ca.key_pem)?;
+        write_private(&dir.join(crate::API_CA_FILE), &ca.cert_pem)?;
+        ca
+    };
+    Ok((
+        Tokens {
+            admin: admin.trim().to_string(),
+            readonly: readonly.trim().to_string(),
+        },
+        ca,
+    ))
+}
+
+#[derive(Clone)]
+struct ApiState {
+    shared: Arc<Shared>,
+    tokens: Tokens,
+}
+
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    field: String,
+    message: String,
+    errors: Vec<FieldError>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, field: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            field: field.into(),
+            message: message.into(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let errors = if self.errors.is_empty() {
+            vec![FieldError {
+                field: self.field,
+                reason: self.message.clone(),
+            }]
+        } else {
+            self.errors
+        };
+        let body =
+            json!({"status": self.status.as_u16(), "message": self.message, "errors": errors});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        tracing::error!(error = %e, "zone store error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string())
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    tokens: Tokens,
+    ca: CertKey,
+    listener: TcpListener,
+    handle: axum_server::Handle,
+) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let cert = causeway_pki::issue(
+        &ca,
+        API_CA_NAME,
+        &causeway_pki::server_names(&addr.ip().to_string(), &[]),
+        825,
+    )?;
+    let server = causeway_pki::server_config(&cert, None, &[b"h2", b"http/1.1"])?;
+    let state = ApiState { shared, tokens };
+    let authed = Router::new()
+        .route("/status", get(status))
+        .route("/sync", get(wait_sync))
+        .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
+        .route(
+            "/meshes/{mesh}/{plural}/{name}",
+            get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
+        )
+        .route("/{plural}", get(list_global))
+        .route(
+            "/{plural}/{name}",
+            get(get_global).put(write_global).delete(write_global),
+        )
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    let app = Router::new()
+        .route("/ready", get(ready))
+        .merge(authed)
+        .with_state(state);
+    tracing::info!(%addr, "zone API listening (HTTPS)");
+    axum_server::from_tcp_rustls(
+        listener,
+        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server)),
+    )
+    .handle(handle)
+    .serve(app.into_make_service())
+    .await?;
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    let admin = constant_time_eq(presented.as_bytes(), st.tokens.admin.as_bytes());
+    let readonly = constant_time_eq(presented.as_bytes(), st.tokens.readonly.as_bytes());
+    if !admin && !readonly {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "Authorization",
+            "missing or invalid bearer token; use the zone's admin-token",
+        )
+        .into_response();
+    }
+    if !matches!(*req.method(), Method::GET | Method::HEAD) && !admin {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Authorization",
+            "the read-only token cannot change anything",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+pub(crate) fn status_json(shared: &Shared) -> Value {
+    let s = shared.status.lock().expect("status lock");
+    let counts = shared.counts();
+    let identity = shared.store.identity().ok().flatten();
+    json!({
+        "zone": shared.cfg.zone,
+        "connected": s.connected_to.is_some(),
+        "global": s.connected_to,
+        "revision": *shared.revision.borrow(),
+        "resources": counts.resources,
+        "dataplanes": counts.dataplanes,
+        "zoneIngresses": counts.zone_ingresses,
+        "lastSync": s.syncs.back(),
+        "syncs": s.syncs,
+        "refused": s.refused,
+        "certificateNotAfter": identity.map(|i| i.not_after),
+        "intermediates": shared.store.intermediates().unwrap_or_default().iter().map(|i| json!({"mesh": i.mesh, "notAfter": i.not_after})).collect::<Vec<_>>(),
+    })
+}
+
+async fn ready(State(st): State<ApiState>) -> Json<Value> {
+    let connected = st
+        .shared
+        .status
+        .lock()
+        .expect("status lock")
+        .connected_to
+        .is_some();
+    Json(json!({"ready": true, "revision": *st.shared.revision.borrow(), "connected": connected}))
+}
+
+async fn status(State(st): State<ApiState>) -> Json<Value> {
+    Json(status_json(&st.shared))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SyncQuery {
+    revision: u64,
+    timeout_ms: Option<u64>,
+}
+
+/// `GET /sync?revision=R`: returns once the zone applied global revision R (or later).
+async fn wait_sync(
+    State(st): State<ApiState>,
+    Query(q): Query<SyncQuery>,
+) -> ApiResult<Json<Value>> {
+    let mut rx = st.shared.revision.subscribe();
+    let wait = Duration::from_millis(q.timeout_ms.unwrap_or(10_000).min(60_000));
+    let reached = tokio::time::timeout(wait, rx.wait_for(|r| *r >= q.revision)).await;
+    match reached {
+        Ok(Ok(r)) => Ok(Json(json!({"revision": *r}))),
+        _ => Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "revision",
+            format!(
+                "revision {} not applied within {wait:?} (at {})",
+                q.revision,
+                *st.shared.revision.borrow()
+            ),
+        )),
+    }
+}
+
+fn type_for(plural: &str, scope: Scope) -> ApiResult<&'static TypeInfo> {
+    let t = causeway_api::type_by_plural(plural).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "type",
+            format!("unknown resource type {plural:?}"),
+        )
+    })?;
+    if t.scope != scope {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "type",
+            match t.scope {
+                Scope::Global => format!("{} resources live under /{}", t.kind, t.plural),
+                Scope::Mesh => format!(
+                    "{} resources live under /meshes/{{mesh}}/{}",
+                    t.kind, t.plural
+                ),
+            },
+        ));
+    }
+    Ok(t)
+}
+
+fn describe(t: &TypeInfo, mesh: &str, name: &str) -> String {
+    if mesh.is_empty() {
+        format!("{} {name:?}", t.kind)
+    } else {
+        format!("{} {name:?} in mesh {mesh:?}", t.kind)
+    }
+}
+
+fn key(t: &TypeInfo, mesh: &str, name: &str) -> ResourceKey {
+    ResourceKey {
+        kind: t.kind.into(),
+        mesh: mesh.into(),
+        name: name.into(),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ListQuery {
+    labels: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+fn do_get(st: &ApiState, t: &TypeInfo, mesh: &str, name: &str) -> ApiResult<Json<Resource>> {
+    st.shared
+        .store
+        .get(&key(t, mesh, name))?
+        .map(Json)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "name",
+                format!("{} not found in this zone", describe(t, mesh, name)),
+            )
+        })
+}
+
+fn do_list(st: &ApiState, t: &TypeInfo, mesh: &str, q: ListQuery) -> ApiResult<Json<Value>> {
+    let limit = q.limit.unwrap_or(100);
+    if limit == 0 || limit > 1000 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "limit",
+            "must be between 1 and 1000",
+        ));
+    }
+    let selector: Vec<(String, Option<String>)> = q
+        .labels
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
+            None => (p.to_string(), None),
+        })
+        .collect();
+    let keep = |r: &Resource| {
+        selector.iter().all(|(k, v)| match v {
+            Some(v) => r.labels.get(k) == Some(v),
+            None => r.labels.contains_key(k),
+        })
+    };
+    let (items, next) = st
+        .shared
+        .store
+        .list(t.kind, mesh, q.after.as_deref(), keep, limit)?;
+    Ok(Json(json!({"items": items, "next": next})))
+}
+
+async fn get_global(
+    State(st): State<ApiState>,
+    Path((plural, name)): Path<(String, String)>,
+) -> ApiResult<Json<Resource>> {
+    let t = type_for(&plural, Scope::Global)?;
+    do_get(&st, t, "", &name)
+}
+
+async fn list_global(
+    State(st): State<ApiState>,
+    Path(plural): Path<String>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let t = type_for(&plural, Scope::Global)?;
+    do_list(&st, t, "", q)
+}
+
+async fn write_global(Path((plural, _)): Path<(String, String)>) -> ApiError {
+    let kind = causeway_api::type_by_plural(&plural).map_or(plural.as_str(), |t| t.kind);
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "type",
+        format!("{kind} resources are global: change them on the global control plane"),
+    )
+}
+
+async fn get_in_mesh(
+    State(st): State<ApiState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+) -> ApiResult<Json<Resource>> {
+    let t = type_for(&plural, Scope::Mesh)?;
+    do_get(&st, t, &mesh, &name)
+}
+
+async fn list_in_mesh(
+    State(st): State<ApiState>,
+    Path((mesh, plural)): Path<(String, String)>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Value>> {
+    let t = type_for(&plural, Scope::Mesh)?;
+    do_list(&st, t, &mesh, q)
+}
+
+fn local_error(t: &TypeInfo, mesh: &str, name: &str, e: LocalWriteError) -> ApiError {
+    match e {
+        LocalWriteError::NotOwned { origin } => ApiError::new(
+            StatusCode::CONFLICT,
+            "origin",
+            format!(
+                "{} belongs to {origin}; change it {}",
+                describe(t, mesh, name),
+                if origin == "global" {
+                    "on the global control plane"
+                } else {
+                    "in that zone"
+                }
+            ),
+        ),
+        LocalWriteError::MeshMissing(m) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "mesh",
+            format!("mesh {m:?} does not exist in this zone (meshes come from global)"),
+        ),
+        LocalWriteError::NotFound => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "name",
+            format!("{} not found in this zone", describe(t, mesh, name)),
+        ),
+        LocalWriteError::Store(e) => e.into(),
+    }
+}
+
+/// `PUT /meshes/{mesh}/{plural}/{name}`: creates or replaces a zone-owned resource
+/// (dataplanes register here) and reports it to global.
+async fn put_in_mesh(
+    State(st): State<ApiState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let t = type_for(&plural, Scope::Mesh)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "", "the body is not UTF-8"))?;
+    let mut r = if text.trim_start().starts_with('{') {
+        Resource::from_json(&body)
+    } else {
+        Resource::from_yaml(text)
+    }
+    .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "", e.to_string()))?;
+    let mut errors = Vec::new();
+    if r.kind != t.kind {
+        errors.push(FieldError {
+            field: "type".into(),
+            reason: format!("is {:?} but this URL takes {}", r.kind, t.kind),
+        });
+    }
+    if r.name != name {
+        errors.push(FieldError {
+            field: "name".into(),
+            reason: format!("is {:?} but the URL names {name:?}", r.name),
+        });
+    }
+    match &r.mesh {
+        None => r.mesh = Some(mesh.clone()),
+        Some(m) if *m != mesh => errors.push(FieldError {
+            field: "mesh".into(),
+            reason: format!("is {m:?} but the URL names mesh {mesh:?}"),
+        }),
+        Some(_) => {}
+    }
+    if errors.is_empty()
+        && let Err(v) = causeway_api::validate(&r)
+    {
+        errors = v.errors;
+    }
+    if !errors.is_empty() {
+        let message = format!(
+            "invalid {}: {}",
+            describe(t, &mesh, &name),
+            errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.reason))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        return Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            field: String::new(),
+            message,
+            errors,
+        });
+    }
+    let zone = st.shared.cfg.zone.clone();
+    let (stored, created) = st
+        .shared
+        .store
+        .put_local(&zone, r, time::OffsetDateTime::now_utc())
+        .map_err(|e| local_error(t, &mesh, &name, e))?;
+    st.shared.local_change(stored.key(), Some(stored.clone()));
+    let code = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((code, Json(stored)).into_response())
+}
+
+async fn delete_in_mesh(
+    State(st): State<ApiState>,
+    Path((mesh, plural, name)): Path<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let t = type_for(&plural, Scope::Mesh)?;
+    let k = key(t, &mesh, &name);
+    st.shared
+        .store
+        .delete_local(&st.shared.cfg.zone, &k)
+        .map_err(|e| local_error(t, &mesh, &name, e))?;
+    st.shared.local_change(k, None);
+    Ok(StatusCode::NO_CONTENT)
+}

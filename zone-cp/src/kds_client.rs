@@ -1,0 +1,451 @@
+//! The KDS client: enrolls with the zone token once, then keeps one sync stream to a
+//! global node. It applies global's change sets atomically, reports the zone's own
+//! resources (all of them on each connect, then changes), answers config dumps, renews
+//! its certificate and fetches intermediate mesh CAs. Reconnects rotate through the
+//! global addresses and back off with jitter.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use causeway_api::kds::kds_client::KdsClient;
+use causeway_api::kds::{
+    Ack, Change, EnrollRequest, GlobalMessage, Heartbeat, Hello, IntermediateRequest, RenewRequest,
+    ZoneChangeSet, ZoneInsight, ZoneMessage, change, global_message, zone_message,
+};
+use causeway_api::{Resource, ResourceKey};
+use futures::StreamExt as _;
+use prost::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::Shared;
+use crate::store::{Identity, Intermediate, due_for_renewal};
+
+/// Renew certificates once this share of their lifetime has passed.
+const RENEW_AT_PERCENT: i64 = 70;
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// One applied change set, for `/status`, tests and the benchmark.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncRecord {
+    pub revision: u64,
+    pub full: bool,
+    /// Resources and tombstones in the set.
+    pub changes: usize,
+    /// Encoded bytes of the set's messages.
+    pub bytes: usize,
+    pub at_unix_ms: i64,
+}
+
+/// Runs until the process stops: connect, sync, back off, reconnect.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(200);
+    let mut attempt = 0usize;
+    loop {
+        let addr = shared.cfg.globals[attempt % shared.cfg.globals.len()].clone();
+        attempt += 1;
+        let started = Instant::now();
+        match session(&shared, &addr).await {
+            Ok(()) => tracing::info!(global = %addr, "KDS stream ended; reconnecting"),
+            Err(e) => tracing::warn!(global = %addr, error = %e, "KDS session failed; retrying"),
+        }
+        shared.set_connected(None);
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(200);
+        }
+        // Full jitter: spread zones out after a global outage.
+        let wait = backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5);
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(shared.cfg.backoff_max);
+    }
+}
+
+fn endpoint(shared: &Shared, addr: &str, ca_pem: &str) -> anyhow::Result<Endpoint> {
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+    Ok(Endpoint::from_shared(addr.to_string())
+        .map_err(|e| anyhow::anyhow!("--global {addr:?}: {e}"))?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(shared.cfg.heartbeat)
+        .keep_alive_timeout(shared.cfg.heartbeat * 3)
+        .keep_alive_while_idle(true))
+}
+
+async fn channel(
+    shared: &Shared,
+    addr: &str,
+    ca_pem: &str,
+    id: Option<&Identity>,
+) -> anyhow::Result<Channel> {
+    let mut ep = endpoint(shared, addr, ca_pem)?;
+    if let Some(id) = id {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .identity(tonic::transport::Identity::from_pem(
+                &id.cert_pem,
+                &id.key_pem,
+            ));
+        ep = ep.tls_config(tls)?;
+    }
+    Ok(tokio::time::timeout(Duration::from_secs(10), ep.connect())
+        .await
+        .map_err(|_| anyhow::anyhow!("connecting to {addr} timed out"))??)
+}
+
+fn client(ch: Channel) -> KdsClient<Channel> {
+    KdsClient::new(ch)
+        .max_decoding_message_size(2 * causeway_api::kds::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(2 * causeway_api::kds::MAX_MESSAGE_BYTES)
+}
+
+/// The zone's identity, enrolling with the token when it has none.
+async fn identity(shared: &Shared, addr: &str) -> anyhow::Result<Identity> {
+    if let Some(id) = shared.store.identity()? {
+        return Ok(id);
+    }
+    let token = shared.cfg.token.as_deref().ok_or_else(|| {
+        anyhow::anyhow!("this zone has not enrolled yet; pass --token-file with a zone token")
+    })?;
+    let claims = causeway_api::zone_token::peek(token)?;
+    anyhow::ensure!(
+        claims.zone == shared.cfg.zone,
+        "the token is for zone {:?}, but this is zone {:?}",
+        claims.zone,
+        shared.cfg.zone
+    );
+    let csr = causeway_pki::generate_csr(&shared.cfg.zone)?;
+    let ch = channel(shared, addr, &claims.ca, None).await?;
+    let resp = client(ch)
+        .enroll(EnrollRequest {
+            token: token.trim().to_string(),
+            csr_pem: csr.csr_pem,
+            zone: shared.cfg.zone.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("enrollment refused: {}", s.message()))?
+        .into_inner();
+    let info = causeway_pki::cert_info(&resp.cert_pem)?;
+    let id = Identity {
+        cert_pem: resp.cert_pem,
+        key_pem: csr.key_pem,
+        global_ca_pem: claims.ca,
+        not_before: info.not_before,
+        not_after: info.not_after,
+    };
+    shared.store.set_identity(&id)?;
+    tracing::info!(zone = %shared.cfg.zone, not_after = id.not_after, "enrolled with the global control plane");
+    Ok(id)
+}
+
+async fn renew(shared: &Shared, addr: &str, id: &Identity) -> anyhow::Result<Identity> {
+    let csr = causeway_pki::generate_csr(&shared.cfg.zone)?;
+    let ch = channel(shared, addr, &id.global_ca_pem, Some(id)).await?;
+    let resp = client(ch)
+        .renew(RenewRequest {
+            csr_pem: csr.csr_pem,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("renewal refused: {}", s.message()))?
+        .into_inner();
+    let info = causeway_pki::cert_info(&resp.cert_pem)?;
+    let new = Identity {
+        cert_pem: resp.cert_pem,
+        key_pem: csr.key_pem,
+        global_ca_pem: id.global_ca_pem.clone(),
+        not_before: info.not_before,
+        not_after: info.not_after,
+    };
+    shared.store.set_identity(&new)?;
+    tracing::info!(not_after = new.not_after, "renewed the zone certificate");
+    Ok(new)
+}
+
+fn upsert(r: &Resource) -> Change {
+    Change {
+        change: Some(change::Change::Upsert(
+            serde_json::to_vec(r).expect("resources serialize"),
+        )),
+    }
+}
+
+/// State of one connected stream.
+struct Stream {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<ZoneMessage>,
+    incoming: Vec<Change>,
+    incoming_full: bool,
+    incoming_bytes: usize,
+    seq: u64,
+    /// Meshes whose intermediate CA was requested: the key waiting for its certificate.
+    csr_keys: HashMap<String, (String, Instant)>,
+}
+
+impl Stream {
+    async fn send(&self, msg: zone_message::Msg) -> anyhow::Result<()> {
+        self.tx
+            .send(ZoneMessage { msg: Some(msg) })
+            .await
+            .map_err(|_| anyhow::anyhow!("the stream closed"))
+    }
+
+    /// Reports owned resources: everything (`full`) or the given changes, chunked.
+    async fn report(&mut self, full: bool, changes: Vec<Change>) -> anyhow::Result<()> {
+        let chunks = causeway_api::kds::chunk_changes(changes);
+        let n = chunks.len();
+        self.seq += 1;
+        for (i, changes) in chunks.into_iter().enumerate() {
+            self.send(zone_message::Msg::Resources(ZoneChangeSet {
+                seq: self.seq,
+                full,
+                last: i + 1 == n,
+                changes,
+            }))
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn insight(&self) -> anyhow::Result<()> {
+        let counts = self.shared.counts();
+        self.send(zone_message::Msg::Insight(ZoneInsight {
+            version: self.shared.cfg.version.clone(),
+            dataplanes: counts.dataplanes,
+            zone_ingresses: counts.zone_ingresses,
+            connected_proxies: 0,
+            last_config_push_unix_ms: 0,
+            resources: counts.resources,
+        }))
+        .await
+    }
+
+    async fn handle(&mut self, m: GlobalMessage) -> anyhow::Result<()> {
+        let bytes = m.encoded_len();
+        let Some(msg) = m.msg else { return Ok(()) };
+        match msg {
+            global_message::Msg::Changes(set) => {
+                if self.incoming.is_empty() && self.incoming_bytes == 0 {
+                    self.incoming_full = set.full;
+                }
+                self.incoming_bytes += bytes;
+                self.incoming.extend(set.changes);
+                if set.last {
+                    self.apply(set.revision).await?;
+                }
+            }
+            global_message::Msg::Heartbeat(_) => {}
+            global_message::Msg::ZoneAck(a) => {
+                if !a.refused.is_empty() {
+                    tracing::warn!(refused = ?a.refused, "global refused some of this zone's resources");
+                }
+                self.shared.status.lock().expect("status lock").refused = a.refused;
+            }
+            global_message::Msg::ConfigDumpRequest(r) => {
+                let json = self.shared.config_dump();
+                self.send(zone_message::Msg::ConfigDump(
+                    causeway_api::kds::ConfigDump { id: r.id, json },
+                ))
+                .await?;
+            }
+            global_message::Msg::Intermediate(ca) => {
+                let Some((key_pem, _)) = self.csr_keys.remove(&ca.mesh) else {
+                    return Ok(());
+                };
+                if !ca.error.is_empty() {
+                    tracing::info!(mesh = %ca.mesh, reason = %ca.error, "no intermediate CA yet; will retry");
+                    return Ok(());
+                }
+                let info = causeway_pki::cert_info(&ca.cert_pem)?;
+                self.shared.store.set_intermediate(&Intermediate {
+                    mesh: ca.mesh.clone(),
+                    cert_pem: ca.cert_pem,
+                    key_pem,
+                    root_pem: ca.root_pem,
+                    not_before: info.not_before,
+                    not_after: info.not_after,
+                })?;
+                tracing::info!(mesh = %ca.mesh, not_after = info.not_after, "stored the zone's intermediate CA");
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the collected change set atomically and acknowledges it.
+    async fn apply(&mut self, revision: u64) -> anyhow::Result<()> {
+        let changes = std::mem::take(&mut self.incoming);
+        let bytes = std::mem::take(&mut self.incoming_bytes);
+        let full = self.incoming_full;
+        let mut upserts = Vec::new();
+        let mut tombstones = Vec::new();
+        for c in changes {
+            match c.change {
+                Some(change::Change::Upsert(json)) => upserts.push(Resource::from_json(&json)?),
+                Some(change::Change::Tombstone(k)) => tombstones.push(ResourceKey::from(k)),
+                None => {}
+            }
+        }
+        let shared = self.shared.clone();
+        let n = tokio::task::spawn_blocking(move || {
+            shared
+                .store
+                .apply_set(&shared.cfg.zone, revision, full, &upserts, &tombstones)
+        })
+        .await
+        .expect("apply does not panic")?;
+        self.shared.applied(SyncRecord {
+            revision,
+            full,
+            changes: n,
+            bytes,
+            at_unix_ms: now_ms(),
+        });
+        tracing::debug!(revision, full, changes = n, bytes, "applied a change set");
+        self.send(zone_message::Msg::Ack(Ack {
+            revision,
+            applied_changes: n as u64,
+        }))
+        .await?;
+        self.request_intermediates().await
+    }
+
+    /// Asks for an intermediate CA for every mesh with mTLS that lacks a fresh one.
+    async fn request_intermediates(&mut self) -> anyhow::Result<()> {
+        let meshes = self
+            .shared
+            .store
+            .list(
+                "Mesh",
+                "",
+                None,
+                |m| m.spec.get("mtls").is_some(),
+                usize::MAX,
+            )?
+            .0;
+        let now = now_unix();
+        for m in meshes {
+            if let Some((_, asked)) = self.csr_keys.get(&m.name)
+                && asked.elapsed() < Duration::from_secs(30)
+            {
+                continue;
+            }
+            let fresh = self.shared.store.intermediate(&m.name)?.is_some_and(|i| {
+                !due_for_renewal(i.not_before, i.not_after, now, RENEW_AT_PERCENT)
+            });
+            if fresh {
+                continue;
+            }
+            let csr = causeway_pki::generate_csr(&format!("{} {}", m.name, self.shared.cfg.zone))?;
+            self.csr_keys
+                .insert(m.name.clone(), (csr.key_pem, Instant::now()));
+            self.send(zone_message::Msg::IntermediateRequest(
+                IntermediateRequest {
+                    mesh: m.name.clone(),
+                    csr_pem: csr.csr_pem,
+                },
+            ))
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// One connection: identity, stream, sync until the stream breaks.
+async fn session(shared: &Arc<Shared>, addr: &str) -> anyhow::Result<()> {
+    let mut id = identity(shared, addr).await?;
+    if due_for_renewal(id.not_before, id.not_after, now_unix(), RENEW_AT_PERCENT) {
+        id = renew(shared, addr, &id).await?;
+    }
+    let ch = channel(shared, addr, &id.global_ca_pem, Some(&id)).await?;
+    let (tx, rx) = mpsc::channel(16);
+    let since = shared.store.revision()?;
+    tx.send(ZoneMessage {
+        msg: Some(zone_message::Msg::Hello(Hello {
+            zone: shared.cfg.zone.clone(),
+            last_revision: since,
+            version: shared.cfg.version.clone(),
+        })),
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("stream closed"))?;
+    let mut inbound = client(ch)
+        .sync(ReceiverStream::new(rx))
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    shared.set_connected(Some(addr.to_string()));
+    tracing::info!(global = %addr, since, "KDS stream open");
+    let mut st = Stream {
+        shared: shared.clone(),
+        tx,
+        incoming: Vec::new(),
+        incoming_full: false,
+        incoming_bytes: 0,
+        seq: 0,
+        csr_keys: HashMap::new(),
+    };
+    // Everything the zone owns, then what it has; changes follow as they happen.
+    shared.take_local_changes();
+    let owned: Vec<Change> = shared
+        .store
+        .owned(&shared.cfg.zone)?
+        .iter()
+        .map(upsert)
+        .collect();
+    st.report(true, owned).await?;
+    st.insight().await?;
+    st.request_intermediates().await?;
+    let hb = shared.cfg.heartbeat;
+    let mut tick = tokio::time::interval(hb);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_rx = Instant::now();
+    loop {
+        tokio::select! {
+            msg = inbound.next() => match msg {
+                Some(Ok(m)) => {
+                    last_rx = Instant::now();
+                    st.handle(m).await?;
+                }
+                Some(Err(s)) => anyhow::bail!("global closed the stream: {}", s.message()),
+                None => return Ok(()),
+            },
+            _ = shared.local_changed.notified() => {
+                let changes: Vec<Change> = shared
+                    .take_local_changes()
+                    .into_iter()
+                    .map(|(k, r)| match r {
+                        Some(r) => upsert(&r),
+                        None => Change { change: Some(change::Change::Tombstone((&k).into())) },
+                    })
+                    .collect();
+                if !changes.is_empty() {
+                    st.report(false, changes).await?;
+                    st.insight().await?;
+                }
+            }
+            _ = tick.tick() => {
+                if last_rx.elapsed() > hb * 3 {
+                    anyhow::bail!("no message from global within three heartbeats ({:?}); reconnecting", hb * 3);
+                }
+                st.send(zone_message::Msg::Heartbeat(Heartbeat { sent_unix_ms: now_ms() })).await?;
+                st.insight().await?;
+                if due_for_renewal(id.not_before, id.not_after, now_unix(), RENEW_AT_PERCENT) {
+                    // Reconnect with a renewed certificate.
+                    return Ok(());
+                }
+                st.request_intermediates().await?;
+            }
+        }
+    }
+}
+
+/// Local changes waiting to be reported, latest per key (`None`: deleted).
+pub(crate) type LocalChanges = BTreeMap<ResourceKey, Option<Resource>>;

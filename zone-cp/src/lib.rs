@@ -1,0 +1,218 @@
+//! The Causeway zone control plane: one per zone. It keeps a local RocksDB copy of what
+//! the global control plane sends over KDS (meshes, policies, other zones' ingresses),
+//! holds what the zone owns (its dataplanes, ingresses and zone-origin policies) and
+//! reports that up, and serves the same read API as global for its zone. It keeps
+//! serving its last known state when global is unreachable, across restarts.
+//!
+//! It must never change a global resource: writes here are zone-owned only. Layout:
+//! [`store`] the durable state, `kds_client` the stream to global, `api` the REST surface.
+
+mod api;
+mod kds_client;
+pub mod store;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use causeway_api::{Resource, ResourceKey};
+use tokio::sync::{Notify, watch};
+
+pub use kds_client::SyncRecord;
+use store::{Counts, Store};
+
+/// Settings of a zone control plane, parsed once at the binary's edge.
+#[derive(Clone)]
+pub struct ZoneConfig {
+    /// The zone's name (a DNS label); must match its token.
+    pub zone: String,
+    /// KDS addresses of global nodes (`https://host:port`); any of them will do.
+    pub globals: Vec<String>,
+    /// The zone token; needed until the zone has enrolled (then its certificate is used).
+    pub token: Option<String>,
+    pub data_dir: PathBuf,
+    /// Read API (HTTPS) listen address.
+    pub api_addr: SocketAddr,
+    /// Where dataplanes and ingresses will fetch their config (DDS, with the dataplane).
+    pub dds_addr: Option<SocketAddr>,
+    /// KDS heartbeat interval; a stream silent for three is re-opened.
+    pub heartbeat: Duration,
+    /// Longest wait between reconnect attempts.
+    pub backoff_max: Duration,
+    /// Reported to global.
+    pub version: String,
+}
+
+impl std::fmt::Debug for ZoneConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZoneConfig")
+            .field("zone", &self.zone)
+            .field("globals", &self.globals)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("data_dir", &self.data_dir)
+            .field("api_addr", &self.api_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Files the zone control plane writes into its data dir for the CLI.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+pub const READONLY_TOKEN_FILE: &str = "readonly-token";
+pub const API_CA_FILE: &str = "api-ca.pem";
+
+/// Sync state shown at `/status`.
+#[derive(Debug, Default)]
+pub(crate) struct SyncStatus {
+    pub(crate) connected_to: Option<String>,
+    pub(crate) connected_since_ms: i64,
+    /// The last change sets applied, newest last.
+    pub(crate) syncs: VecDeque<SyncRecord>,
+    pub(crate) refused: Vec<String>,
+}
+
+/// State shared by the KDS client and the API.
+pub(crate) struct Shared {
+    pub(crate) cfg: ZoneConfig,
+    pub(crate) store: Store,
+    pub(crate) revision: watch::Sender<u64>,
+    pub(crate) status: Mutex<SyncStatus>,
+    local: Mutex<kds_client::LocalChanges>,
+    pub(crate) local_changed: Notify,
+}
+
+impl Shared {
+    pub(crate) fn set_connected(&self, to: Option<String>) {
+        let mut s = self.status.lock().expect("status lock");
+        s.connected_since_ms = if to.is_some() {
+            (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+        } else {
+            0
+        };
+        s.connected_to = to;
+    }
+
+    pub(crate) fn applied(&self, rec: SyncRecord) {
+        let revision = rec.revision;
+        {
+            let mut s = self.status.lock().expect("status lock");
+            s.syncs.push_back(rec);
+            while s.syncs.len() > 50 {
+                s.syncs.pop_front();
+            }
+        }
+        self.revision.send_replace(revision);
+    }
+
+    /// Records a local change for the KDS client to report.
+    pub(crate) fn local_change(&self, key: ResourceKey, r: Option<Resource>) {
+        self.local.lock().expect("local lock").insert(key, r);
+        self.local_changed.notify_one();
+    }
+
+    pub(crate) fn take_local_changes(&self) -> kds_client::LocalChanges {
+        std::mem::take(&mut *self.local.lock().expect("local lock"))
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        self.store.counts(&self.cfg.zone).unwrap_or_default()
+    }
+
+    /// The zone's state as JSON, for `GET /zones/{name}/config-dump` on global.
+    pub(crate) fn config_dump(&self) -> Vec<u8> {
+        let status = api::status_json(self);
+        let owned = self.store.owned(&self.cfg.zone).unwrap_or_default();
+        let intermediates: Vec<_> = self
+            .store
+            .intermediates()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|i| serde_json::json!({"mesh": i.mesh, "certPem": i.cert_pem, "notAfter": i.not_after}))
+            .collect();
+        serde_json::to_vec(&serde_json::json!({
+            "status": status,
+            "owned": owned,
+            "intermediates": intermediates,
+        }))
+        .expect("dump serializes")
+    }
+}
+
+/// A running zone control plane.
+pub struct Zone {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    api_handle: axum_server::Handle,
+}
+
+impl Zone {
+    /// Opens the store, starts the API (serving whatever is stored) and the KDS client.
+    pub async fn start(cfg: ZoneConfig) -> anyhow::Result<Zone> {
+        if let Some(e) = causeway_api::validate_name("--zone", &cfg.zone)
+            .into_iter()
+            .next()
+        {
+            anyhow::bail!("--zone {:?}: {}", cfg.zone, e.reason);
+        }
+        anyhow::ensure!(
+            !cfg.globals.is_empty(),
+            "--global is required (a KDS address of the global control plane)"
+        );
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+        let store = Store::open(&cfg.data_dir.join("db"))?;
+        if store.identity()?.is_none() {
+            let token = cfg.token.as_deref().context(
+                "this zone has not enrolled yet: pass --token-file with a token from `causeway zone token create`",
+            )?;
+            let claims = causeway_api::zone_token::peek(token)
+                .context("the --token-file does not hold a zone token")?;
+            anyhow::ensure!(
+                claims.zone == cfg.zone,
+                "the token is for zone {:?}, but --zone is {:?}",
+                claims.zone,
+                cfg.zone
+            );
+        }
+        if cfg.dds_addr.is_some() {
+            tracing::info!(
+                "--dds-addr noted; dataplanes register through the zone API until DDS lands"
+            );
+        }
+        let revision = store.revision()?;
+        let (revision_tx, _) = watch::channel(revision);
+        let shared = Arc::new(Shared {
+            cfg: cfg.clone(),
+            store,
+            revision: revision_tx,
+            status: Mutex::default(),
+            local: Mutex::default(),
+            local_changed: Notify::new(),
+        });
+        let api_handle = axum_server::Handle::new();
+        let (tokens, ca) = api::local_credentials(&cfg.data_dir)?;
+        let mut tasks = Vec::new();
+        let (s, h) = (shared.clone(), api_handle.clone());
+        let listener = std::net::TcpListener::bind(cfg.api_addr)
+            .with_context(|| format!("binding the zone API address {}", cfg.api_addr))?;
+        listener.set_nonblocking(true)?;
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = api::serve(s, tokens, ca, listener, h).await {
+                tracing::error!(error = %e, "the zone API stopped");
+                std::process::exit(1);
+            }
+        }));
+        tracing::info!(zone = %cfg.zone, revision, api = %cfg.api_addr, "zone control plane serving its stored state");
+        tasks.push(tokio::spawn(kds_client::run(shared)));
+        Ok(Zone { tasks, api_handle })
+    }
+
+    pub async fn shutdown(mut self) {
+        self.api_handle
+            .graceful_shutdown(Some(Duration::from_secs(2)));
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}

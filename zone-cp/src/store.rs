@@ -1,0 +1,485 @@
+//! The zone's RocksDB store: what it received from global (applied atomically per change
+//! set, together with the revision), what it owns (its dataplanes, ingresses and
+//! zone-origin policies), its zone certificate and its intermediate mesh CAs. A restart
+//! serves all of it without global.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use causeway_api::{Resource, ResourceKey};
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
+use serde::{Deserialize, Serialize};
+
+const CF_RESOURCES: &str = "resources";
+const CF_META: &str = "meta";
+const KEY_REVISION: &[u8] = b"revision";
+const KEY_LOCAL_SEQ: &[u8] = b"local_seq";
+const KEY_IDENTITY: &[u8] = b"identity";
+const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("opening the zone store at {path}: {source}")]
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("zone store: {0}")]
+    Db(#[from] rocksdb::Error),
+    #[error("zone store holds a corrupt {what}: {reason}")]
+    Corrupt { what: &'static str, reason: String },
+}
+
+fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// The zone's KDS identity: its certificate, key, the zone CA and the CA that signs the
+/// global control plane's certificates.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub global_ca_pem: String,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The zone's intermediate CA of one mesh (signs workload certificates).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Intermediate {
+    pub mesh: String,
+    /// Intermediate certificate followed by the mesh root.
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub root_pem: String,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl std::fmt::Debug for Intermediate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Intermediate")
+            .field("mesh", &self.mesh)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// True once `now` is past `at_percent` of the lifetime `[not_before, not_after]`.
+pub fn due_for_renewal(not_before: i64, not_after: i64, now: i64, at_percent: i64) -> bool {
+    now >= not_before + (not_after - not_before) * at_percent / 100
+}
+
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+}
+
+fn key_bytes(k: &ResourceKey) -> Vec<u8> {
+    format!("{}\0{}\0{}", k.kind, k.mesh, k.name).into_bytes()
+}
+
+fn u64_value(v: Option<Vec<u8>>) -> Result<u64, StoreError> {
+    match v {
+        Some(b) => Ok(u64::from_be_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| corrupt("counter", "not 8 bytes"))?,
+        )),
+        None => Ok(0),
+    }
+}
+
+/// Resource counts reported to global.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Counts {
+    pub resources: u64,
+    pub dataplanes: u64,
+    pub zone_ingresses: u64,
+}
+
+/// Outcome of a local write.
+#[derive(Debug)]
+pub enum LocalWriteError {
+    /// The name belongs to a global resource (or another zone's).
+    NotOwned {
+        origin: String,
+    },
+    MeshMissing(String),
+    NotFound,
+    Store(StoreError),
+}
+
+impl From<StoreError> for LocalWriteError {
+    fn from(e: StoreError) -> Self {
+        LocalWriteError::Store(e)
+    }
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        let cfs = [CF_RESOURCES, CF_META]
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| StoreError::Open {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+
+    fn meta_json<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.db.get_cf(self.cf(CF_META), key)? {
+            Some(b) => Ok(Some(
+                serde_json::from_slice(&b).map_err(|e| corrupt(what, e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// The last global revision applied (0: never synced).
+    pub fn revision(&self) -> Result<u64, StoreError> {
+        u64_value(self.db.get_cf(self.cf(CF_META), KEY_REVISION)?)
+    }
+
+    /// Applies one change set from global atomically, with its revision. A full set
+    /// replaces every resource the zone does not own. Returns the number of changes.
+    pub fn apply_set(
+        &self,
+        zone: &str,
+        revision: u64,
+        full: bool,
+        upserts: &[Resource],
+        tombstones: &[ResourceKey],
+    ) -> Result<usize, StoreError> {
+        let cf = self.cf(CF_RESOURCES);
+        let mut batch = WriteBatch::default();
+        if full {
+            for item in self.db.iterator_cf(cf, IteratorMode::Start) {
+                let (k, v) = item?;
+                let r: Resource = serde_json::from_slice(&v).map_err(|e| corrupt("resource", e))?;
+                if r.origin.as_deref() != Some(zone) {
+                    batch.delete_cf(cf, k);
+                }
+            }
+        }
+        for r in upserts {
+            batch.put_cf(
+                cf,
+                key_bytes(&r.key()),
+                serde_json::to_vec(r).expect("resources serialize"),
+            );
+        }
+        for k in tombstones {
+            // Never drop what the zone owns on the word of a tombstone.
+            if let Some(cur) = self.get(k)?
+                && cur.origin.as_deref() == Some(zone)
+            {
+                continue;
+            }
+            batch.delete_cf(cf, key_bytes(k));
+        }
+        batch.put_cf(self.cf(CF_META), KEY_REVISION, revision.to_be_bytes());
+        self.db.write(batch)?;
+        Ok(upserts.len() + tombstones.len())
+    }
+
+    pub fn get(&self, key: &ResourceKey) -> Result<Option<Resource>, StoreError> {
+        match self.db.get_cf(self.cf(CF_RESOURCES), key_bytes(key))? {
+            Some(b) => Ok(Some(
+                serde_json::from_slice(&b).map_err(|e| corrupt("resource", e))?,
+            )),
+            None => Ok(None),
+        }
+    }
+
+    /// Resources of `kind` in `mesh` ("" for global types) in name order, after `after`.
+    pub fn list(
+        &self,
+        kind: &str,
+        mesh: &str,
+        after: Option<&str>,
+        mut keep: impl FnMut(&Resource) -> bool,
+        limit: usize,
+    ) -> Result<(Vec<Resource>, Option<String>), StoreError> {
+        let prefix = format!("{kind}\0{mesh}\0").into_bytes();
+        let mut start = prefix.clone();
+        if let Some(a) = after {
+            start.extend_from_slice(a.as_bytes());
+            start.push(0);
+        }
+        let mut items = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_RESOURCES),
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let r: Resource = serde_json::from_slice(&v).map_err(|e| corrupt("resource", e))?;
+            if !keep(&r) {
+                continue;
+            }
+            if items.len() == limit {
+                let next = items.last().map(|r: &Resource| r.name.clone());
+                return Ok((items, next));
+            }
+            items.push(r);
+        }
+        Ok((items, None))
+    }
+
+    /// Every resource, for counts and dumps.
+    pub fn all(&self) -> Result<Vec<Resource>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_RESOURCES), IteratorMode::Start)
+        {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(&v).map_err(|e| corrupt("resource", e))?);
+        }
+        Ok(out)
+    }
+
+    /// Counts for insight: all resources, dataplanes, and the zone's own ingresses.
+    /// Reads keys only, except for the (few) ingresses.
+    pub fn counts(&self, zone: &str) -> Result<Counts, StoreError> {
+        let mut c = Counts::default();
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_RESOURCES), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            c.resources += 1;
+            if k.starts_with(b"Dataplane\0") {
+                c.dataplanes += 1;
+            } else if k.starts_with(b"ZoneIngress\0") {
+                let r: Resource = serde_json::from_slice(&v).map_err(|e| corrupt("resource", e))?;
+                if r.origin.as_deref() == Some(zone) {
+                    c.zone_ingresses += 1;
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    /// The resources the zone owns.
+    pub fn owned(&self, zone: &str) -> Result<Vec<Resource>, StoreError> {
+        Ok(self
+            .all()?
+            .into_iter()
+            .filter(|r| r.origin.as_deref() == Some(zone))
+            .collect())
+    }
+
+    /// Creates or replaces a zone-owned resource; global ones cannot be changed here.
+    pub fn put_local(
+        &self,
+        zone: &str,
+        mut r: Resource,
+        now: time::OffsetDateTime,
+    ) -> Result<(Resource, bool), LocalWriteError> {
+        let key = r.key();
+        let old = self.get(&key)?;
+        if let Some(o) = &old
+            && o.origin.as_deref() != Some(zone)
+        {
+            return Err(LocalWriteError::NotOwned {
+                origin: o.origin.clone().unwrap_or_else(|| "global".into()),
+            });
+        }
+        if !key.mesh.is_empty() {
+            let mesh = ResourceKey {
+                kind: "Mesh".into(),
+                mesh: String::new(),
+                name: key.mesh.clone(),
+            };
+            if self.get(&mesh)?.is_none() {
+                return Err(LocalWriteError::MeshMissing(key.mesh));
+            }
+        }
+        let seq = u64_value(
+            self.db
+                .get_cf(self.cf(CF_META), KEY_LOCAL_SEQ)
+                .map_err(StoreError::from)?,
+        )? + 1;
+        r.version = Some(seq);
+        r.creation_time = Some(old.as_ref().and_then(|o| o.creation_time).unwrap_or(now));
+        r.modification_time = Some(now);
+        r.origin = Some(zone.to_string());
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_META), KEY_LOCAL_SEQ, seq.to_be_bytes());
+        batch.put_cf(
+            self.cf(CF_RESOURCES),
+            key_bytes(&key),
+            serde_json::to_vec(&r).expect("resources serialize"),
+        );
+        self.db.write(batch).map_err(StoreError::from)?;
+        Ok((r, old.is_none()))
+    }
+
+    /// Deletes a zone-owned resource.
+    pub fn delete_local(&self, zone: &str, key: &ResourceKey) -> Result<(), LocalWriteError> {
+        match self.get(key)? {
+            None => Err(LocalWriteError::NotFound),
+            Some(o) if o.origin.as_deref() != Some(zone) => Err(LocalWriteError::NotOwned {
+                origin: o.origin.unwrap_or_else(|| "global".into()),
+            }),
+            Some(_) => {
+                self.db
+                    .delete_cf(self.cf(CF_RESOURCES), key_bytes(key))
+                    .map_err(StoreError::from)?;
+                Ok(())
+            }
+        }
+    }
+
+    pub fn identity(&self) -> Result<Option<Identity>, StoreError> {
+        self.meta_json(KEY_IDENTITY, "zone identity")
+    }
+
+    pub fn set_identity(&self, id: &Identity) -> Result<(), StoreError> {
+        self.db.put_cf(
+            self.cf(CF_META),
+            KEY_IDENTITY,
+            serde_json::to_vec(id).expect("encodes"),
+        )?;
+        Ok(())
+    }
+
+    pub fn intermediate(&self, mesh: &str) -> Result<Option<Intermediate>, StoreError> {
+        let mut k = KEY_INTERMEDIATE_PREFIX.to_vec();
+        k.extend_from_slice(mesh.as_bytes());
+        self.meta_json(&k, "intermediate CA")
+    }
+
+    pub fn set_intermediate(&self, i: &Intermediate) -> Result<(), StoreError> {
+        let mut k = KEY_INTERMEDIATE_PREFIX.to_vec();
+        k.extend_from_slice(i.mesh.as_bytes());
+        self.db
+            .put_cf(self.cf(CF_META), k, serde_json::to_vec(i).expect("encodes"))?;
+        Ok(())
+    }
+
+    pub fn intermediates(&self) -> Result<Vec<Intermediate>, StoreError> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(KEY_INTERMEDIATE_PREFIX, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(KEY_INTERMEDIATE_PREFIX) {
+                break;
+            }
+            out.push(serde_json::from_slice(&v).map_err(|e| corrupt("intermediate CA", e))?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(kind: &str, mesh: &str, name: &str, origin: &str) -> Resource {
+        Resource {
+            kind: kind.into(),
+            mesh: (!mesh.is_empty()).then(|| mesh.to_string()),
+            name: name.into(),
+            labels: Default::default(),
+            spec: serde_json::json!({}),
+            version: Some(1),
+            creation_time: None,
+            modification_time: None,
+            origin: Some(origin.into()),
+        }
+    }
+
+    #[test]
+    fn full_set_replaces_global_resources_and_keeps_owned_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mesh = res("Mesh", "", "default", "global");
+        let old = res("MeshTimeout", "default", "old", "global");
+        s.apply_set("zone-a", 5, true, &[mesh.clone(), old.clone()], &[])
+            .unwrap();
+        let (mine, created) = s
+            .put_local(
+                "zone-a",
+                res("Dataplane", "default", "web-1", "x"),
+                time::OffsetDateTime::now_utc(),
+            )
+            .unwrap();
+        assert!(created);
+        assert_eq!(mine.origin.as_deref(), Some("zone-a"));
+        let new = res("MeshRetry", "default", "new", "global");
+        s.apply_set("zone-a", 9, true, &[mesh, new.clone()], &[])
+            .unwrap();
+        assert_eq!(s.revision().unwrap(), 9);
+        assert!(
+            s.get(&old.key()).unwrap().is_none(),
+            "dropped by the full set"
+        );
+        assert!(s.get(&new.key()).unwrap().is_some());
+        assert!(
+            s.get(&mine.key()).unwrap().is_some(),
+            "owned resources stay"
+        );
+        // A tombstone never removes an owned resource; it does remove global ones.
+        s.apply_set("zone-a", 10, false, &[], &[mine.key(), new.key()])
+            .unwrap();
+        assert!(s.get(&mine.key()).unwrap().is_some());
+        assert!(s.get(&new.key()).unwrap().is_none());
+        // Global resources cannot be written locally.
+        let mesh_key = ResourceKey {
+            kind: "Mesh".into(),
+            mesh: String::new(),
+            name: "default".into(),
+        };
+        assert!(matches!(
+            s.delete_local("zone-a", &mesh_key),
+            Err(LocalWriteError::NotOwned { .. })
+        ));
+        // Reopen: everything is still there.
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.revision().unwrap(), 10);
+        assert_eq!(s.owned("zone-a").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn renewal_point() {
+        assert!(!due_for_renewal(0, 100, 69, 70));
+        assert!(due_for_renewal(0, 100, 70, 70));
+    }
+}
