@@ -58,6 +58,8 @@ pub struct GlobalNode {
     pub dir: PathBuf,
     pub api: SocketAddr,
     pub raft: SocketAddr,
+    /// KDS address (zones connect here).
+    pub kds: SocketAddr,
     /// Behind a lock so a test can kill a node while other tasks are mid-request to it.
     child: std::sync::Mutex<Option<Child>>,
     extra_args: Vec<String>,
@@ -86,6 +88,7 @@ impl GlobalNode {
             .arg(&self.dir)
             .args(["--api-addr", &self.api.to_string()])
             .args(["--raft-addr", &self.raft.to_string()])
+            .args(["--kds-addr", &self.kds.to_string()])
             .args(&self.extra_args)
             .env("RUST_LOG", "info,raft=warn")
             .stdin(Stdio::null())
@@ -133,6 +136,10 @@ impl GlobalNode {
     pub fn url(&self) -> String {
         format!("https://{}", self.api)
     }
+
+    pub fn kds_url(&self) -> String {
+        format!("https://{}", self.kds)
+    }
 }
 
 impl Drop for GlobalNode {
@@ -160,6 +167,7 @@ impl GlobalCluster {
                 dir: tmp.path().join(format!("node-{id}")),
                 api: free_addr(),
                 raft: free_addr(),
+                kds: free_addr(),
                 child: Default::default(),
                 extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
             })
@@ -343,6 +351,7 @@ impl GlobalCluster {
             dir: self.tmp.path().join(format!("node-{id}")),
             api: free_addr(),
             raft: free_addr(),
+            kds: free_addr(),
             child: Default::default(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         });
@@ -356,6 +365,244 @@ impl GlobalCluster {
             .enumerate()
             .filter(|(j, _)| *j != i)
             .map(|(_, n)| (n.id, n.raft))
+            .collect()
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One zone control plane process.
+pub struct ZoneCp {
+    pub name: String,
+    pub dir: PathBuf,
+    pub api: SocketAddr,
+    /// KDS addresses of global nodes, in the order the zone tries them.
+    pub globals: Vec<String>,
+    pub token_file: PathBuf,
+    child: std::sync::Mutex<Option<Child>>,
+    extra_args: Vec<String>,
+    http: std::sync::Mutex<Option<(reqwest::Client, String)>>,
+}
+
+impl ZoneCp {
+    /// A zone (not started) with a token issued by `cluster`, under the cluster's temp dir.
+    pub async fn new(
+        cluster: &GlobalCluster,
+        name: &str,
+        globals: Vec<String>,
+        extra_args: &[&str],
+    ) -> anyhow::Result<ZoneCp> {
+        let token_file = cluster
+            .tmp
+            .path()
+            .join(format!("{name}-{}.token", rand_suffix()));
+        let (status, v) = cluster
+            .call_retry(
+                Method::POST,
+                &format!("/zones/{name}/token"),
+                Some(&serde_json::json!({})),
+            )
+            .await?;
+        anyhow::ensure!(status == StatusCode::CREATED, "token create: {status} {v}");
+        std::fs::write(&token_file, v["token"].as_str().context("token")?)?;
+        let api = free_addr();
+        Ok(ZoneCp {
+            name: name.to_string(),
+            dir: cluster
+                .tmp
+                .path()
+                .join(format!("zone-{name}-{}", api.port())),
+            api,
+            globals,
+            token_file,
+            child: Default::default(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            http: Default::default(),
+        })
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.with_extension("log")
+    }
+
+    pub fn logs(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        let mut out = format!("\n--- zone {} log (last lines) ---\n", self.name);
+        for l in tail.into_iter().rev() {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn start(&self) -> anyhow::Result<()> {
+        let mut child = self.child.lock().expect("child lock");
+        assert!(child.is_none(), "zone {} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())?;
+        let mut cmd = Command::new(causeway_bin());
+        cmd.arg("zone-cp")
+            .args(["--zone", &self.name])
+            .arg("--token-file")
+            .arg(&self.token_file)
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args(["--api-addr", &self.api.to_string()])
+            .args(["--kds-heartbeat", "500ms", "--reconnect-max", "1s"])
+            .args(&self.extra_args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for g in &self.globals {
+            cmd.args(["--global", g]);
+        }
+        *child = Some(cmd.spawn().context("spawning causeway zone-cp")?);
+        Ok(())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.lock().expect("child lock").is_some()
+    }
+
+    /// `kill -9`.
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().expect("child lock").take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    async fn client(&self) -> anyhow::Result<(reqwest::Client, String)> {
+        if let Some(c) = self.http.lock().expect("http lock").clone() {
+            return Ok(c);
+        }
+        let (token, ca) = eventually(
+            &format!("zone {} credentials", self.name),
+            Duration::from_secs(30),
+            || async {
+                let t = std::fs::read_to_string(self.dir.join("admin-token")).ok()?;
+                let ca = std::fs::read_to_string(self.dir.join("api-ca.pem")).ok()?;
+                Some((t.trim().to_string(), ca))
+            },
+        )
+        .await
+        .with_context(|| self.logs())?;
+        let tls = causeway_global_cp::tls::client_config(&ca, None)?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(10))
+            .build()?;
+        *self.http.lock().expect("http lock") = Some((http.clone(), token.clone()));
+        Ok((http, token))
+    }
+
+    /// One call to the zone's API with its admin token.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let (http, token) = self.client().await?;
+        let mut req = http
+            .request(method, format!("https://{}{path}", self.api))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, v))
+    }
+
+    /// The zone's `/status`.
+    pub async fn status(&self) -> anyhow::Result<Value> {
+        let (s, v) = self.call(Method::GET, "/status", None).await?;
+        anyhow::ensure!(s == StatusCode::OK, "status: {s} {v}");
+        Ok(v)
+    }
+
+    /// Waits until the zone holds `path` with a 200 (or, with `present = false`, a 404).
+    pub async fn wait_for(
+        &self,
+        path: &str,
+        present: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let want = if present {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        };
+        eventually(
+            &format!(
+                "{path} {} in zone {}",
+                if present { "present" } else { "gone" },
+                self.name
+            ),
+            timeout,
+            || async {
+                match self.call(Method::GET, path, None).await {
+                    Ok((s, v)) if s == want => Some(v),
+                    _ => None,
+                }
+            },
+        )
+        .await
+        .with_context(|| self.logs())
+    }
+}
+
+impl Drop for ZoneCp {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl GlobalCluster {
+    /// Calls any running node, retrying 503s and unreachable nodes for up to 15 s.
+    pub async fn call_retry(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(StatusCode, Value)> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut i = 0;
+        loop {
+            let idx = i % self.nodes.len();
+            i += 1;
+            if !self.nodes[idx].is_running() {
+                continue;
+            }
+            match self.call(idx, method.clone(), path, body).await {
+                Ok((StatusCode::SERVICE_UNAVAILABLE, _)) | Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// KDS URLs of all nodes, starting with node `first`.
+    pub fn kds_urls_from(&self, first: usize) -> Vec<String> {
+        let n = self.nodes.len();
+        (0..n)
+            .map(|k| self.nodes[(first + k) % n].kds_url())
             .collect()
     }
 }

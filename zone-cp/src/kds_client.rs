@@ -44,6 +44,8 @@ pub struct SyncRecord {
     pub changes: usize,
     /// Encoded bytes of the set's messages.
     pub bytes: usize,
+    /// Messages (chunks) the set came in.
+    pub messages: usize,
     pub at_unix_ms: i64,
 }
 
@@ -185,6 +187,7 @@ struct Stream {
     incoming: Vec<Change>,
     incoming_full: bool,
     incoming_bytes: usize,
+    incoming_messages: usize,
     seq: u64,
     /// Meshes whose intermediate CA was requested: the key waiting for its certificate.
     csr_keys: HashMap<String, (String, Instant)>,
@@ -233,10 +236,11 @@ impl Stream {
         let Some(msg) = m.msg else { return Ok(()) };
         match msg {
             global_message::Msg::Changes(set) => {
-                if self.incoming.is_empty() && self.incoming_bytes == 0 {
+                if self.incoming_messages == 0 {
                     self.incoming_full = set.full;
                 }
                 self.incoming_bytes += bytes;
+                self.incoming_messages += 1;
                 self.incoming.extend(set.changes);
                 if set.last {
                     self.apply(set.revision).await?;
@@ -283,6 +287,7 @@ impl Stream {
     async fn apply(&mut self, revision: u64) -> anyhow::Result<()> {
         let changes = std::mem::take(&mut self.incoming);
         let bytes = std::mem::take(&mut self.incoming_bytes);
+        let messages = std::mem::take(&mut self.incoming_messages);
         let full = self.incoming_full;
         let mut upserts = Vec::new();
         let mut tombstones = Vec::new();
@@ -306,9 +311,17 @@ impl Stream {
             full,
             changes: n,
             bytes,
+            messages,
             at_unix_ms: now_ms(),
         });
-        tracing::debug!(revision, full, changes = n, bytes, "applied a change set");
+        tracing::debug!(
+            revision,
+            full,
+            changes = n,
+            bytes,
+            messages,
+            "applied a change set"
+        );
         self.send(zone_message::Msg::Ack(Ack {
             revision,
             applied_changes: n as u64,
@@ -389,6 +402,7 @@ async fn session(shared: &Arc<Shared>, addr: &str) -> anyhow::Result<()> {
         incoming: Vec::new(),
         incoming_full: false,
         incoming_bytes: 0,
+        incoming_messages: 0,
         seq: 0,
         csr_keys: HashMap::new(),
     };

@@ -1,0 +1,454 @@
+//! End to end: three global nodes and zone control planes as real processes on loopback,
+//! syncing over KDS (gRPC over TLS, zone certificates from zone tokens).
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use causeway_tests::{GlobalCluster, ZoneCp, eventually};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const SYNC: Duration = Duration::from_secs(30);
+
+fn timeout_policy(name: &str, connect: &str) -> Value {
+    json!({
+        "type": "MeshTimeout", "mesh": "default", "name": name,
+        "spec": {"targetRef": {"kind": "Mesh"},
+                 "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": connect}}]}
+    })
+}
+
+async fn put(c: &GlobalCluster, path: &str, body: &Value) -> anyhow::Result<u64> {
+    let (s, v) = c.call_retry(Method::PUT, path, Some(body)).await?;
+    anyhow::ensure!(s.is_success(), "PUT {path}: {s} {v}");
+    v["version"].as_u64().context("version")
+}
+
+async fn delete(c: &GlobalCluster, path: &str) -> anyhow::Result<()> {
+    let (s, v) = c.call_retry(Method::DELETE, path, None).await?;
+    anyhow::ensure!(s == StatusCode::NO_CONTENT, "DELETE {path}: {s} {v}");
+    Ok(())
+}
+
+async fn mesh(c: &GlobalCluster) -> anyhow::Result<u64> {
+    put(
+        c,
+        "/meshes/default",
+        &json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"mode": "Strict"}}}),
+    )
+    .await
+}
+
+async fn cluster() -> anyhow::Result<GlobalCluster> {
+    GlobalCluster::start(3, &["--kds-heartbeat", "500ms"]).await
+}
+
+/// The zone list on global, by name.
+async fn zones(c: &GlobalCluster) -> anyhow::Result<std::collections::HashMap<String, Value>> {
+    let (s, v) = c.call_retry(Method::GET, "/zones", None).await?;
+    anyhow::ensure!(s == StatusCode::OK, "{s} {v}");
+    Ok(v["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|z| (z["name"].as_str().unwrap_or("").to_string(), z))
+        .collect())
+}
+
+async fn wait_revision(z: &ZoneCp, revision: u64) -> anyhow::Result<()> {
+    eventually(
+        &format!("zone {} at revision {revision}", z.name),
+        SYNC,
+        || async {
+            let s = z.status().await.ok()?;
+            (s["revision"].as_u64()? >= revision).then_some(())
+        },
+    )
+    .await
+    .with_context(|| z.logs())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    mesh(&c).await?;
+    let mut zs = Vec::new();
+    for (i, name) in ["zone-a", "zone-b", "zone-c"].iter().enumerate() {
+        // Each zone starts at a different global node.
+        let z = ZoneCp::new(&c, name, c.kds_urls_from(i), &[]).await?;
+        z.start()?;
+        zs.push(z);
+    }
+    let v = put(
+        &c,
+        "/meshes/default/meshtimeouts/t1",
+        &timeout_policy("t1", "2s"),
+    )
+    .await?;
+    for z in &zs {
+        let got = z
+            .wait_for("/meshes/default/meshtimeouts/t1", true, SYNC)
+            .await?;
+        assert_eq!(got["spec"]["to"][0]["default"]["connectTimeout"], "2s");
+        assert_eq!(got["version"], v, "the zone holds global's version");
+        assert_eq!(got["origin"], "global");
+    }
+    // An update and a deletion propagate.
+    put(
+        &c,
+        "/meshes/default/meshtimeouts/t1",
+        &timeout_policy("t1", "9s"),
+    )
+    .await?;
+    put(
+        &c,
+        "/meshes/default/meshtimeouts/t2",
+        &timeout_policy("t2", "1s"),
+    )
+    .await?;
+    for z in &zs {
+        eventually("t1 updated", SYNC, || async {
+            let (_, v) = z
+                .call(Method::GET, "/meshes/default/meshtimeouts/t1", None)
+                .await
+                .ok()?;
+            (v["spec"]["to"][0]["default"]["connectTimeout"] == "9s").then_some(())
+        })
+        .await?;
+        z.wait_for("/meshes/default/meshtimeouts/t2", true, SYNC)
+            .await?;
+    }
+    delete(&c, "/meshes/default/meshtimeouts/t2").await?;
+    for z in &zs {
+        z.wait_for("/meshes/default/meshtimeouts/t2", false, SYNC)
+            .await?;
+        // Global resources are read-only in a zone.
+        let (s, v) = z
+            .call(Method::DELETE, "/meshes/default/meshtimeouts/t1", None)
+            .await?;
+        assert_eq!(s, StatusCode::CONFLICT, "{v}");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("global control plane"),
+            "{v}"
+        );
+    }
+
+    // Each zone gets its own intermediate CA for the mTLS mesh, signed by the mesh root.
+    for z in &zs {
+        eventually("an intermediate CA", SYNC, || async {
+            let s = z.status().await.ok()?;
+            (s["intermediates"][0]["mesh"] == "default").then_some(())
+        })
+        .await
+        .with_context(|| z.logs())?;
+    }
+
+    // A dataplane registered in zone-a appears on global with the zone as origin.
+    let dp = causeway_api::Resource::from_yaml(include_str!("../../examples/dataplane.yaml"))?;
+    let path = format!("/meshes/default/dataplanes/{}", dp.name);
+    let (s, v) = zs[0]
+        .call(Method::PUT, &path, Some(&serde_json::to_value(&dp)?))
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let on_global = eventually("the dataplane on global", SYNC, || async {
+        match c.call_retry(Method::GET, &path, None).await {
+            Ok((StatusCode::OK, v)) => Some(v),
+            _ => None,
+        }
+    })
+    .await
+    .with_context(|| zs[0].logs())?;
+    assert_eq!(on_global["origin"], "zone-a");
+    // Global refuses to change what a zone owns.
+    let (s, v) = c.call_retry(Method::DELETE, &path, None).await?;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    // Other zones do not receive zone-a's dataplanes.
+    let (s, _) = zs[1].call(Method::GET, &path, None).await?;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    // GET /zones: all three online, caught up, zone-a with one dataplane.
+    eventually("zone status on global", SYNC, || async {
+        let zones = zones(&c).await.ok()?;
+        let all = ["zone-a", "zone-b", "zone-c"].iter().all(|n| {
+            let st = &zones
+                .get(*n)
+                .map(|z| z["status"].clone())
+                .unwrap_or_default();
+            st["online"] == true && st["lag"] == 0 && st["version"] != ""
+        });
+        let dp = zones.get("zone-a")?["status"]["dataplanes"] == 1;
+        (all && dp).then_some(())
+    })
+    .await
+    .with_context(|| c.logs())?;
+    let (ok, out, err) = c.cli(&["get", "zones"])?;
+    assert!(ok, "{err}");
+    assert_eq!(out.matches("online").count(), 3, "{out}");
+    let (ok, out, err) = c.cli(&["inspect", "zone", "zone-a"])?;
+    assert!(ok, "{err}");
+    assert!(out.contains("online: true"), "{out}");
+
+    // A zone deletes its dataplane: gone from global too.
+    let (s, _) = zs[0].call(Method::DELETE, &path, None).await?;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    eventually("the dataplane gone from global", SYNC, || async {
+        matches!(
+            c.call_retry(Method::GET, &path, None).await,
+            Ok((StatusCode::NOT_FOUND, _))
+        )
+        .then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_resumes_with_only_the_delta_and_serves_without_global() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    mesh(&c).await?;
+    for i in 0..20 {
+        put(
+            &c,
+            &format!("/meshes/default/meshtimeouts/p{i}"),
+            &timeout_policy(&format!("p{i}"), "1s"),
+        )
+        .await?;
+    }
+    let z = ZoneCp::new(&c, "zone-a", c.kds_urls_from(0), &[]).await?;
+    z.start()?;
+    let first = put(
+        &c,
+        "/meshes/default/meshtimeouts/marker",
+        &timeout_policy("marker", "1s"),
+    )
+    .await?;
+    wait_revision(&z, first).await?;
+    let st = z.status().await?;
+    assert!(
+        st["syncs"][0]["full"].as_bool().unwrap(),
+        "first sync is full: {st}"
+    );
+    assert!(st["resources"].as_u64().unwrap() >= 22, "{st}");
+
+    // Kill the zone; change six things while it is down.
+    z.kill();
+    put(
+        &c,
+        "/meshes/default/meshtimeouts/p0",
+        &timeout_policy("p0", "5s"),
+    )
+    .await?;
+    put(
+        &c,
+        "/meshes/default/meshtimeouts/p1",
+        &timeout_policy("p1", "5s"),
+    )
+    .await?;
+    put(
+        &c,
+        "/meshes/default/meshtimeouts/new",
+        &timeout_policy("new", "5s"),
+    )
+    .await?;
+    delete(&c, "/meshes/default/meshtimeouts/p2").await?;
+    delete(&c, "/meshes/default/meshtimeouts/p3").await?;
+    let last = put(
+        &c,
+        "/meshes/default/meshtimeouts/p4",
+        &timeout_policy("p4", "5s"),
+    )
+    .await?;
+    z.start()?;
+    wait_revision(&z, last).await?;
+    let st = z.status().await?;
+    let resume = &st["lastSync"];
+    assert_eq!(resume["full"], false, "a resume is a delta: {st}");
+    assert_eq!(
+        resume["changes"], 6,
+        "exactly the six changes, not the full set: {st}"
+    );
+    z.wait_for("/meshes/default/meshtimeouts/p2", false, SYNC)
+        .await?;
+    z.wait_for("/meshes/default/meshtimeouts/new", true, SYNC)
+        .await?;
+    // Global reports the same.
+    eventually("global sees the delta resume", SYNC, || async {
+        let zones = zones(&c).await.ok()?;
+        let s = &zones.get("zone-a")?["status"];
+        (s["lastSync"]["changes"] == 6 && s["lastSync"]["full"] == false).then_some(())
+    })
+    .await?;
+
+    // Global goes away entirely; the zone keeps serving, even through a restart.
+    for n in &c.nodes {
+        n.kill();
+    }
+    z.kill();
+    z.start()?;
+    let got = z
+        .wait_for("/meshes/default/meshtimeouts/p0", true, SYNC)
+        .await?;
+    assert_eq!(got["spec"]["to"][0]["default"]["connectTimeout"], "5s");
+    let st = z.status().await?;
+    assert_eq!(st["connected"], false);
+    assert!(st["revision"].as_u64().unwrap() >= last);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zones_follow_a_new_leader_and_revoked_zones_are_refused() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    mesh(&c).await?;
+    let leader = c.leader().await?;
+    // Both zones start at the leader.
+    let a = ZoneCp::new(&c, "zone-a", c.kds_urls_from(leader), &[]).await?;
+    let b = ZoneCp::new(&c, "zone-b", c.kds_urls_from(leader), &[]).await?;
+    a.start()?;
+    b.start()?;
+    let v = put(
+        &c,
+        "/meshes/default/meshtimeouts/before",
+        &timeout_policy("before", "1s"),
+    )
+    .await?;
+    wait_revision(&a, v).await?;
+    wait_revision(&b, v).await?;
+
+    c.nodes[leader].kill();
+    let v = put(
+        &c,
+        "/meshes/default/meshtimeouts/after",
+        &timeout_policy("after", "1s"),
+    )
+    .await?;
+    a.wait_for("/meshes/default/meshtimeouts/after", true, SYNC)
+        .await?;
+    b.wait_for("/meshes/default/meshtimeouts/after", true, SYNC)
+        .await?;
+    wait_revision(&a, v).await?;
+    for z in [&a, &b] {
+        let st = z.status().await?;
+        assert_ne!(
+            st["global"],
+            c.nodes[leader].kds_url(),
+            "moved off the dead node: {st}"
+        );
+    }
+
+    // Revoke zone-b's tokens: it is cut off and the global side logs who it refused.
+    let (s, v) = c
+        .call_retry(Method::DELETE, "/zones/zone-b/tokens", None)
+        .await?;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    eventually("zone-b disconnected", SYNC, || async {
+        let st = b.status().await.ok()?;
+        (st["connected"] == false).then_some(())
+    })
+    .await?;
+    put(
+        &c,
+        "/meshes/default/meshtimeouts/later",
+        &timeout_policy("later", "1s"),
+    )
+    .await?;
+    a.wait_for("/meshes/default/meshtimeouts/later", true, SYNC)
+        .await?;
+    let (s, _) = b
+        .call(Method::GET, "/meshes/default/meshtimeouts/later", None)
+        .await?;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a revoked zone gets nothing new");
+    eventually("the refusal in a global log", SYNC, || async {
+        c.nodes
+            .iter()
+            .any(|n| {
+                std::fs::read_to_string(n.log_path())
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| {
+                        l.contains("refused a zone control plane")
+                            && l.contains("zone-b")
+                            && l.contains("revoked")
+                    })
+            })
+            .then_some(())
+    })
+    .await?;
+    // A fresh zone-b (new data dir) cannot enroll with the revoked token either.
+    let b2 = ZoneCp::new(&c, "zone-b", c.kds_urls_from(0), &[]).await?;
+    let (s, _) = c
+        .call_retry(Method::DELETE, "/zones/zone-b/tokens", None)
+        .await?;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    b2.start()?;
+    eventually("the enrollment refusal in zone-b's log", SYNC, || async {
+        std::fs::read_to_string(b2.log_path())
+            .ok()?
+            .contains("enrollment refused")
+            .then_some(())
+    })
+    .await?;
+
+    // Disabling zone-a refuses it too.
+    put(
+        &c,
+        "/zones/zone-a",
+        &json!({"type": "Zone", "name": "zone-a", "spec": {"enabled": false}}),
+    )
+    .await?;
+    eventually("zone-a disconnected", SYNC, || async {
+        let st = a.status().await.ok()?;
+        (st["connected"] == false).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_full_sync_arrives_in_chunks() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    mesh(&c).await?;
+    // ~10 MiB of policy: more than one message may carry (8 MiB is the decode limit).
+    let blob = "x".repeat(60);
+    let mut tasks = tokio::task::JoinSet::new();
+    let c = std::sync::Arc::new(c);
+    for w in 0..8 {
+        let c = c.clone();
+        let blob = blob.clone();
+        tasks.spawn(async move {
+            for i in 0..90 {
+                let name = format!("big-{w}-{i}");
+                let mut p = timeout_policy(&name, "1s");
+                // Many labels make each resource large (~14 KiB).
+                let labels: serde_json::Map<String, Value> = (0..200)
+                    .map(|k| (format!("k{k}"), Value::String(blob.clone())))
+                    .collect();
+                p["labels"] = Value::Object(labels);
+                put(&c, &format!("/meshes/default/meshtimeouts/{name}"), &p).await?;
+            }
+            anyhow::Ok(())
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    let last = put(
+        &c,
+        "/meshes/default/meshtimeouts/last",
+        &timeout_policy("last", "1s"),
+    )
+    .await?;
+    let z = ZoneCp::new(&c, "zone-a", c.kds_urls_from(1), &[]).await?;
+    z.start()?;
+    wait_revision(&z, last).await?;
+    let st = z.status().await?;
+    let full = &st["syncs"][0];
+    assert_eq!(full["full"], true, "{st}");
+    assert!(full["changes"].as_u64().unwrap() >= 721, "{st}");
+    assert!(full["bytes"].as_u64().unwrap() > 8 << 20, "{st}");
+    assert!(full["messages"].as_u64().unwrap() >= 8, "chunked: {st}");
+    Ok(())
+}
