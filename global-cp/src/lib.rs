@@ -35,6 +35,10 @@ use tls::{CertKey, RaftTls};
 
 /// Common name of the CA that signs the API's generated certificates.
 const API_CA_NAME: &str = "Causeway API CA";
+/// Resource changes each node keeps for KDS deltas; a zone further behind gets a full
+/// snapshot instead.
+const CHANGELOG_RETENTION: u64 = 100_000;
+
 /// Common name of the CA that signs zone certificates.
 const ZONE_CA_NAME: &str = "Causeway Zone CA";
 
@@ -265,6 +269,12 @@ async fn housekeeping(
             }
             if v.leader_id == cfg.node_id {
                 ensure_mesh_cas(&store, &raft).await;
+            }
+            let keep_from = store
+                .last_change_index()
+                .saturating_sub(CHANGELOG_RETENTION);
+            if let Err(e) = store.prune_changes(keep_from) {
+                tracing::warn!(error = %e, "pruning the KDS changelog");
             }
             if !api_started {
                 api_started = true;

@@ -188,6 +188,10 @@ fn snapshot_round_trips_into_an_empty_store() {
         "label index rebuilt"
     );
     assert_eq!(t.members().unwrap().len(), 1);
+    // A zone older than the snapshot gets a full set from this node; a current one a delta.
+    let all = |_: &str, _: &str| true;
+    assert!(t.changes_since(1, &all).unwrap().full);
+    assert!(!t.changes_since(3, &all).unwrap().full);
 }
 
 #[test]
@@ -224,4 +228,194 @@ fn a_mesh_with_resources_cannot_be_deleted_and_policies_need_their_mesh() {
         s.get(&mesh("default", &[]).key()).unwrap().is_some(),
         "nothing deleted"
     );
+}
+
+fn policy(name: &str) -> Resource {
+    Resource::from_json(
+        format!(r#"{{"type":"MeshTimeout","mesh":"m","name":"{name}","spec":{{"targetRef":{{"kind":"Mesh"}}}}}}"#)
+            .as_bytes(),
+    )
+    .unwrap()
+}
+
+fn names(set: &SyncSet) -> Vec<String> {
+    set.upserts
+        .iter()
+        .map(|b| serde_json::from_slice::<Resource>(b).unwrap().name)
+        .collect()
+}
+
+const EPOCH: time::OffsetDateTime = time::OffsetDateTime::UNIX_EPOCH;
+
+#[test]
+fn changes_since_gives_the_latest_state_of_each_changed_resource() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let all = |_: &str, _: &str| true;
+    let mut b = s.apply_batch();
+    put(&mut b, 1, mesh("m", &[]));
+    put(&mut b, 2, policy("a"));
+    put(&mut b, 3, policy("b"));
+    put(&mut b, 4, policy("c"));
+    b.commit().unwrap();
+    assert_eq!(s.last_change_index(), 4);
+
+    // A zone that never synced gets everything, as a full set.
+    let full = s.changes_since(0, &all).unwrap();
+    assert!(full.full);
+    assert_eq!(full.revision, 4);
+    assert_eq!(names(&full), vec!["m", "a", "b", "c"]);
+
+    // After revision 4: a changed twice (sent once, latest), b deleted, d created.
+    let mut b2 = s.apply_batch();
+    let mut a2 = policy("a");
+    a2.labels.insert("v".into(), "2".into());
+    put(&mut b2, 5, policy("a"));
+    put(&mut b2, 6, a2);
+    b2.apply(
+        7,
+        EPOCH,
+        Command::Delete {
+            key: policy("b").key(),
+            expected_version: None,
+        },
+    )
+    .unwrap()
+    .unwrap();
+    put(&mut b2, 8, policy("d"));
+    b2.commit().unwrap();
+    let d = s.changes_since(4, &all).unwrap();
+    assert!(!d.full);
+    assert_eq!(d.revision, 8);
+    assert_eq!(names(&d), vec!["a", "d"]);
+    let a: Resource = serde_json::from_slice(&d.upserts[0]).unwrap();
+    assert_eq!(a.labels.get("v").map(String::as_str), Some("2"));
+    assert_eq!(a.version, Some(6));
+    assert_eq!(d.tombstones, vec![policy("b").key()]);
+    // Nothing new after the latest revision.
+    let none = s.changes_since(8, &all).unwrap();
+    assert!(!none.full && none.upserts.is_empty() && none.tombstones.is_empty());
+
+    // Once the changelog is pruned past a zone's revision, it gets a full set again.
+    s.prune_changes(6).unwrap();
+    assert!(s.changes_since(4, &all).unwrap().full);
+    let after_prune = s.changes_since(6, &all).unwrap();
+    assert!(!after_prune.full);
+    assert_eq!(after_prune.tombstones.len(), 1);
+    // The changelog survives a reopen.
+    drop(s);
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.last_change_index(), 8);
+    assert_eq!(names(&s.changes_since(6, &all).unwrap()), vec!["d"]);
+}
+
+#[test]
+fn zone_reports_never_overwrite_global_or_other_zones_resources() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let mut b = s.apply_batch();
+    put(&mut b, 1, mesh("m", &[]));
+    put(&mut b, 2, policy("global-one"));
+    let out = b
+        .apply(
+            3,
+            EPOCH,
+            Command::ZoneSync {
+                zone: "zone-a".into(),
+                upserts: vec![policy("global-one"), policy("mine")],
+                deletes: vec![],
+            },
+        )
+        .unwrap()
+        .unwrap();
+    b.commit().unwrap();
+    let WriteOutcome::ZoneSynced { refused } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, policy("global-one").key());
+    let mine = s.get(&policy("mine").key()).unwrap().unwrap();
+    assert_eq!(mine.origin.as_deref(), Some("zone-a"));
+    assert_eq!(
+        s.get(&policy("global-one").key())
+            .unwrap()
+            .unwrap()
+            .origin
+            .as_deref(),
+        Some("global")
+    );
+    // Another zone can neither take nor delete zone-a's resource; global cannot change it.
+    let mut b = s.apply_batch();
+    let out = b
+        .apply(
+            4,
+            EPOCH,
+            Command::ZoneSync {
+                zone: "zone-b".into(),
+                upserts: vec![policy("mine")],
+                deletes: vec![policy("mine").key()],
+            },
+        )
+        .unwrap()
+        .unwrap();
+    let put_global = b
+        .apply(
+            5,
+            EPOCH,
+            Command::Put {
+                resource: Box::new(policy("mine")),
+                expected_version: None,
+            },
+        )
+        .unwrap();
+    b.commit().unwrap();
+    assert!(matches!(out, WriteOutcome::ZoneSynced { refused } if refused.len() == 1));
+    assert!(matches!(put_global, Err(ApplyError::OwnedElsewhere { .. })));
+    assert_eq!(
+        s.get(&policy("mine").key())
+            .unwrap()
+            .unwrap()
+            .origin
+            .as_deref(),
+        Some("zone-a")
+    );
+    // The changelog records origins, so a filter can keep zone-a's resource from zones.
+    let to_zone_b = s
+        .changes_since(2, &|kind, origin| {
+            crate::kds::sent_to_zone("zone-b", kind, origin)
+        })
+        .unwrap();
+    assert!(
+        names(&to_zone_b).is_empty(),
+        "zone-a's policy is not sent to zone-b"
+    );
+}
+
+#[test]
+fn zone_status_from_an_older_session_is_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let st = |session: u64, connected_ms: i64, connected: bool| {
+        Command::ZoneStatus(Box::new(ZoneStatusRecord {
+            zone: "z".into(),
+            session,
+            connected_unix_ms: connected_ms,
+            connected,
+            ..Default::default()
+        }))
+    };
+    let mut b = s.apply_batch();
+    b.apply(1, EPOCH, st(1, 100, true)).unwrap().unwrap();
+    b.commit().unwrap();
+    let mut b = s.apply_batch();
+    // The zone reconnected elsewhere (session 2), then session 1's late "disconnected".
+    b.apply(2, EPOCH, st(2, 200, true)).unwrap().unwrap();
+    b.commit().unwrap();
+    let mut b = s.apply_batch();
+    b.apply(3, EPOCH, st(1, 100, false)).unwrap().unwrap();
+    b.commit().unwrap();
+    let cur = s.zone_status("z").unwrap().unwrap();
+    assert_eq!((cur.session, cur.connected), (2, true));
+    // Zone status is not a resource change: no KDS wake-ups for it.
+    assert_eq!(s.last_change_index(), 0);
 }
