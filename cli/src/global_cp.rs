@@ -185,8 +185,8 @@ impl GlobalCpArgs {
         if let Some(t) = &a.zone_cert_ttl {
             let d = parse_duration("--zone-cert-ttl", t)?;
             anyhow::ensure!(
-                d >= Duration::from_secs(60),
-                "--zone-cert-ttl must be at least 1m"
+                d >= Duration::from_secs(5),
+                "--zone-cert-ttl must be at least 5s"
             );
             kds.zone_cert_ttl = d;
         }

@@ -335,6 +335,8 @@ struct Session {
     next_dump: u64,
     /// Revision and kind (full or delta) of the last change set sent.
     last_sent: (u64, bool),
+    /// When the zone's status was last written through Raft.
+    last_status: Instant,
 }
 
 /// Why a session ended.
@@ -384,7 +386,6 @@ impl Session {
         let mut tick = tokio::time::interval(settings.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rx = Instant::now();
-        let mut last_status = Instant::now();
         let mut first = true;
         loop {
             if first || self.kds.inner.store.last_change_index() > since {
@@ -437,8 +438,8 @@ impl Session {
                     }
                     self.kds.check_allowed(&self.zone, &self.token_id, self.peer).map_err(End::Refused)?;
                     self.send(global_message::Msg::Heartbeat(Heartbeat { sent_unix_ms: now_ms() })).await?;
-                    if last_status.elapsed() >= settings.status_interval {
-                        last_status = Instant::now();
+                    if self.last_status.elapsed() >= settings.status_interval {
+                        self.last_status = Instant::now();
                         self.kds.propose_status(self.status.clone());
                     }
                 }
@@ -464,6 +465,13 @@ impl Session {
                 self.status.last_set_changes = applied_changes;
                 if revision == self.last_sent.0 {
                     self.status.last_set_full = self.last_sent.1;
+                }
+                // Progress shows on every node within a second, not only at the next
+                // status interval; at most one write per second per zone.
+                let min_gap = Duration::from_secs(1).min(self.kds.inner.settings.status_interval);
+                if self.last_status.elapsed() >= min_gap {
+                    self.last_status = Instant::now();
+                    self.kds.propose_status(self.status.clone());
                 }
             }
             zone_message::Msg::Insight(i) => {
@@ -743,6 +751,10 @@ impl Kds for KdsService {
                 pending_dumps: HashMap::new(),
                 next_dump: 0,
                 last_sent: (0, false),
+                // The first acknowledgement (initial sync done) is recorded at once.
+                last_status: Instant::now()
+                    .checked_sub(Duration::from_secs(60))
+                    .unwrap_or_else(Instant::now),
             };
             session.register(dump_tx);
             kds.propose_status(session.status.clone());

@@ -192,6 +192,63 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
     assert!(ok, "{err}");
     assert!(out.contains("online: true"), "{out}");
 
+    // Any global node answers a config dump, asking the zone over its stream (forwarded
+    // to the node that serves the zone when needed).
+    for i in 0..c.nodes.len() {
+        let (s, v) = c
+            .call(i, Method::GET, "/zones/zone-a/config-dump", None)
+            .await?;
+        assert_eq!(s, StatusCode::OK, "node {i}: {v}");
+        assert_eq!(v["status"]["zone"], "zone-a", "{v}");
+        assert_eq!(v["owned"][0]["name"], dp.name.as_str(), "{v}");
+    }
+
+    // A zone-origin policy is reported up, and not sent to other zones.
+    let mut retry = timeout_policy("zone-b-local", "3s");
+    retry["type"] = json!("MeshTimeout");
+    let (s, v) = zs[1]
+        .call(
+            Method::PUT,
+            "/meshes/default/meshtimeouts/zone-b-local",
+            Some(&retry),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let got = eventually("zone-b's policy on global", SYNC, || async {
+        match c
+            .call_retry(
+                Method::GET,
+                "/meshes/default/meshtimeouts/zone-b-local",
+                None,
+            )
+            .await
+        {
+            Ok((StatusCode::OK, v)) => Some(v),
+            _ => None,
+        }
+    })
+    .await?;
+    assert_eq!(got["origin"], "zone-b");
+    let marker = put(
+        &c,
+        "/meshes/default/meshtimeouts/marker",
+        &timeout_policy("marker", "1s"),
+    )
+    .await?;
+    wait_revision(&zs[0], marker).await?;
+    let (s, _) = zs[0]
+        .call(
+            Method::GET,
+            "/meshes/default/meshtimeouts/zone-b-local",
+            None,
+        )
+        .await?;
+    assert_eq!(
+        s,
+        StatusCode::NOT_FOUND,
+        "zone-b's policy stays out of zone-a"
+    );
+
     // A zone deletes its dataplane: gone from global too.
     let (s, _) = zs[0].call(Method::DELETE, &path, None).await?;
     assert_eq!(s, StatusCode::NO_CONTENT);
@@ -450,5 +507,42 @@ async fn a_large_full_sync_arrives_in_chunks() -> anyhow::Result<()> {
     assert!(full["changes"].as_u64().unwrap() >= 721, "{st}");
     assert!(full["bytes"].as_u64().unwrap() > 8 << 20, "{st}");
     assert!(full["messages"].as_u64().unwrap() >= 8, "chunked: {st}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_certificates_are_renewed_before_expiry() -> anyhow::Result<()> {
+    let c = GlobalCluster::start(3, &["--kds-heartbeat", "500ms", "--zone-cert-ttl", "6s"]).await?;
+    mesh(&c).await?;
+    let z = ZoneCp::new(&c, "zone-a", c.kds_urls_from(0), &[]).await?;
+    z.start()?;
+    let v = put(
+        &c,
+        "/meshes/default/meshtimeouts/a",
+        &timeout_policy("a", "1s"),
+    )
+    .await?;
+    wait_revision(&z, v).await?;
+    let first = z.status().await?["certificateNotAfter"]
+        .as_i64()
+        .context("not after")?;
+    // Renewed at 70% of 6 s, well before expiry, and the zone keeps syncing.
+    eventually("a renewed certificate", SYNC, || async {
+        let s = z.status().await.ok()?;
+        (s["certificateNotAfter"].as_i64()? > first).then_some(())
+    })
+    .await
+    .with_context(|| z.logs())?;
+    for round in 0..2 {
+        let v = put(
+            &c,
+            "/meshes/default/meshtimeouts/b",
+            &timeout_policy("b", &format!("{}s", round + 2)),
+        )
+        .await?;
+        wait_revision(&z, v).await?;
+    }
+    let log = std::fs::read_to_string(z.log_path())?;
+    assert!(log.contains("renewed the zone certificate"), "{log}");
     Ok(())
 }

@@ -230,46 +230,91 @@ pub(super) fn attach_status(st: &ApiState, items: &mut [Value]) -> ApiResult<()>
 }
 
 /// `GET /zones/{name}/config-dump`: asks the zone over its KDS stream. When another node
-/// serves the zone, says which.
+/// serves the zone, forwards the request there (once; a forwarded request is not
+/// forwarded again).
 pub(super) async fn config_dump(
     State(st): State<ApiState>,
     Path(zone): Path<String>,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     check_zone_name(&zone)?;
     if let Some(kds) = &st.kds
         && let Some(result) = kds.config_dump(&zone).await
     {
         return match result {
-            Ok(json) => Ok((
-                StatusCode::OK,
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                json,
-            )
-                .into_response()),
+            Ok(json) => Ok(json_bytes(json)),
             Err(e) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "", e)),
         };
     }
-    let status = st.store.zone_status(&zone)?;
-    match status {
-        Some(s) if s.connected => {
-            let members = st.store.members()?;
-            let api = members
-                .get(&s.node)
-                .map(|m| m.api_addr.clone())
-                .unwrap_or_default();
-            Err(ApiError::new(
-                StatusCode::MISDIRECTED_REQUEST,
-                "",
-                format!(
-                    "zone {zone:?} is connected to global node {} (API {api}); ask that node",
-                    s.node
-                ),
-            ))
-        }
-        _ => Err(ApiError::new(
+    let not_connected = || {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             "name",
-            format!("zone {zone:?} is not connected"),
+            format!("zone {zone:?} is not connected to any global node"),
+        )
+    };
+    let status = st.store.zone_status(&zone)?.ok_or_else(not_connected)?;
+    let forwarded = headers.contains_key(FORWARDED_HEADER);
+    if !status.connected || forwarded {
+        return Err(not_connected());
+    }
+    let node = st
+        .store
+        .members()?
+        .get(&status.node)
+        .cloned()
+        .ok_or_else(not_connected)?;
+    let secrets = st.store.secrets()?.ok_or_else(not_connected)?;
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let url = format!("https://{}/zones/{zone}/config-dump", node.api_addr);
+    let forward = async {
+        let tls = causeway_pki::client_config(&secrets.api_ca_cert_pem, None)
+            .map_err(|e| e.to_string())?;
+        let http = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(std::time::Duration::from_secs(15))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let resp = http
+            .get(&url)
+            .header(axum::http::header::AUTHORIZATION, auth)
+            .header(FORWARDED_HEADER, "1")
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let ok = resp.status().is_success();
+        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        if ok {
+            Ok(body.to_vec())
+        } else {
+            Err(String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    match forward.await {
+        Ok(json) => Ok(json_bytes(json)),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "",
+            format!(
+                "zone {zone:?} is served by global node {} ({}), which did not answer: {e}",
+                status.node, node.api_addr
+            ),
         )),
     }
+}
+
+/// Marks a config-dump request one node forwarded to another.
+const FORWARDED_HEADER: &str = "x-causeway-forwarded";
+
+fn json_bytes(json: Vec<u8>) -> Response {
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json,
+    )
+        .into_response()
 }
