@@ -546,3 +546,52 @@ async fn zone_certificates_are_renewed_before_expiry() -> anyhow::Result<()> {
     assert!(log.contains("renewed the zone certificate"), "{log}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_leaves_a_silent_global_node_for_another() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    mesh(&c).await?;
+    let z = ZoneCp::new(&c, "zone-a", c.kds_urls_from(0), &[]).await?;
+    z.start()?;
+    let v = put(
+        &c,
+        "/meshes/default/meshtimeouts/a",
+        &timeout_policy("a", "1s"),
+    )
+    .await?;
+    wait_revision(&z, v).await?;
+    assert_eq!(z.status().await?["global"], c.nodes[0].kds_url());
+    // SIGSTOP: the TCP connection stays open but nothing flows. Only the heartbeat
+    // deadline can tell; the zone must give up on the node and use another.
+    c.nodes[0].pause(true);
+    let result = async {
+        let v = eventually("a write through the other nodes", SYNC, || async {
+            for i in 1..c.nodes.len() {
+                if let Ok((s, v)) = c
+                    .call(
+                        i,
+                        Method::PUT,
+                        "/meshes/default/meshtimeouts/b",
+                        Some(&timeout_policy("b", "1s")),
+                    )
+                    .await
+                    && s.is_success()
+                {
+                    return v["version"].as_u64();
+                }
+            }
+            None
+        })
+        .await?;
+        wait_revision(&z, v).await?;
+        let st = z.status().await?;
+        anyhow::ensure!(
+            st["global"] != c.nodes[0].kds_url(),
+            "still on the silent node: {st}"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    c.nodes[0].pause(false);
+    result.with_context(|| z.logs())
+}
