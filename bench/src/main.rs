@@ -4,6 +4,10 @@
 //! `causeway-bench global`: 256-byte writes to a three-node global control plane and to a
 //! three-member etcd cluster (Debian's etcd-server) at 1, 16 and 64 concurrent clients, and
 //! the write-unavailability window after `kill -9` of the leader.
+//!
+//! `causeway-bench zones`: a three-node global control plane and N zone control planes:
+//! write-to-every-zone propagation latency, a new zone's initial sync time and memory after
+//! a bulk policy load, and the bytes of a delta resume after `kill -9` against the full sync.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -14,6 +18,8 @@ use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use clap::Parser;
 use serde_json::{Value, json};
+
+mod zones;
 
 #[derive(Parser)]
 #[command(about = "Causeway benchmarks against peers, measured in the same run")]
@@ -32,6 +38,21 @@ enum Bench {
         /// Leader kills per system for the failover window.
         #[arg(long, default_value = "3")]
         kills: usize,
+    },
+    /// Policy propagation to zone control planes, a new zone's initial sync, delta resume.
+    Zones {
+        /// Zone control planes connected during the propagation measurement.
+        #[arg(long, default_value = "10")]
+        zones: usize,
+        /// Sequential policy writes whose propagation to every zone is timed.
+        #[arg(long, default_value = "1000")]
+        writes: usize,
+        /// Policies written before a new zone takes its initial (full) sync.
+        #[arg(long, default_value = "10000")]
+        policies: usize,
+        /// Policy updates made while that zone is killed, before it resumes.
+        #[arg(long, default_value = "100")]
+        changes: usize,
     },
 }
 
@@ -546,6 +567,12 @@ async fn main() -> anyhow::Result<()> {
             runs,
             kills,
         } => global(seconds, &clients, runs, kills).await,
+        Bench::Zones {
+            zones,
+            writes,
+            policies,
+            changes,
+        } => zones::zones(zones, writes, policies, changes).await,
     }
 }
 

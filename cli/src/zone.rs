@@ -68,7 +68,7 @@ pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
             let exp = v.get("expiresAt").and_then(Value::as_str).unwrap_or("");
             match out {
                 Some(path) => {
-                    write_private(&path, &format!("{token}\n"))
+                    causeway_global_cp::tls::write_private(&path, &format!("{token}\n"))
                         .with_context(|| format!("writing {}", path.display()))?;
                     eprintln!(
                         "zone token {id} for zone {zone} written to {} (expires {exp})",
@@ -113,18 +113,6 @@ pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(contents.as_bytes())
 }
 
 #[derive(clap::Subcommand)]

@@ -19,6 +19,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
+use causeway_pki::constant_time_eq;
+
 use crate::command::{ApplyError, Command, Member, WriteOutcome};
 use crate::raft_node::{MemberChange, RaftError, RaftHandle};
 use crate::store::{Store, StoreError};
@@ -160,10 +162,6 @@ pub(crate) fn router(state: ApiState) -> Router {
 }
 
 // === auth ===
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response {
     let tokens = st.tokens.borrow().clone();

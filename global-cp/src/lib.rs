@@ -178,23 +178,6 @@ fn generate_token() -> String {
     format!("cw_{}", hex::encode(bytes))
 }
 
-fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    use std::os::unix::fs::PermissionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 /// Background duties of a node: form the cluster (first leader creates the tokens and the
 /// API CA), register this node's addresses, write the token files, start the API.
 async fn housekeeping(
@@ -319,12 +302,12 @@ async fn housekeeping(
 }
 
 fn write_secrets(dir: &Path, s: &ClusterSecrets) -> std::io::Result<()> {
-    write_private(&dir.join(ADMIN_TOKEN_FILE), &format!("{}\n", s.admin_token))?;
-    write_private(
+    tls::write_private(&dir.join(ADMIN_TOKEN_FILE), &format!("{}\n", s.admin_token))?;
+    tls::write_private(
         &dir.join(READONLY_TOKEN_FILE),
         &format!("{}\n", s.readonly_token),
     )?;
-    write_private(&dir.join(API_CA_FILE), &s.api_ca_cert_pem)
+    tls::write_private(&dir.join(API_CA_FILE), &s.api_ca_cert_pem)
 }
 
 /// Generates the root CA of every mesh with builtin mTLS that has none yet (leader only;

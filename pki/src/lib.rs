@@ -253,6 +253,32 @@ pub fn generate_raft_certs(nodes: &[u64]) -> Result<(CertKey, Vec<(u64, CertKey)
     Ok((ca, out))
 }
 
+// === Secret files and tokens ===
+
+/// Writes `contents` to `path` with mode 0600, atomically (a temp file renamed over it):
+/// for keys and tokens, which must never be readable by other users.
+pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Compares secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 // === CSRs, intermediate CAs and certificate inspection ===
 
 /// A freshly generated key and a certificate signing request for it. The key stays with

@@ -52,6 +52,19 @@ where
     }
 }
 
+/// Sends a request; returns the status and the JSON body (Null when empty).
+pub async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<(StatusCode, Value)> {
+    let resp = req.send().await?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    let v = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    Ok((status, v))
+}
+
 /// One global control plane node process.
 pub struct GlobalNode {
     pub id: u64,
@@ -275,15 +288,7 @@ impl GlobalCluster {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Ok((status, v))
+        send(req).await
     }
 
     /// One API call to node `i` with the admin token.
@@ -518,15 +523,7 @@ impl ZoneCp {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        let v = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
-        Ok((status, v))
+        send(req).await
     }
 
     /// The zone's `/status`.

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use causeway_api::{FieldError, Resource, ResourceKey, Scope, TypeInfo};
-use causeway_pki::CertKey;
+use causeway_pki::{CertKey, constant_time_eq, write_private};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -31,21 +31,6 @@ const API_CA_NAME: &str = "Causeway Zone API CA";
 pub(crate) struct Tokens {
     admin: String,
     readonly: String,
-}
-
-fn write_private(path: &FsPath, contents: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 fn read_or_create(
@@ -182,10 +167,6 @@ pub(crate) async fn serve(
     .serve(app.into_make_service())
     .await?;
     Ok(())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response {
