@@ -39,6 +39,7 @@ mod mesh;
 mod path_de;
 mod percent;
 mod policies;
+pub mod proxy_config;
 mod registry;
 mod resource;
 #[cfg(test)]
@@ -112,6 +113,7 @@ pub use policies::mesh_traffic_permission::{
 pub use registry::{Scope, TypeInfo, type_by_plural, type_info, types};
 pub use resource::{ParseError, Resource, ResourceKey};
 pub use schema::{ExplainError, explain, schema_for_kind};
+pub use spec::check_service_name;
 pub use target_ref::{PolicyItem, SERVICE_TAG, TargetRef, TargetRefKind, ZONE_TAG};
 pub use validation::{
     FieldError, ValidationErrors, decode_spec, validate, validate_dns_subdomain,

@@ -175,7 +175,8 @@ impl Errors {
 
 /// Checks a service name: 1 to 253 characters of letters, digits, `.`, `_` and `-`,
 /// starting and ending with a letter or digit (`backend`, `web_default_svc_80`).
-pub(crate) fn check_service_name(name: &str) -> Result<(), String> {
+/// Checks a service name (the value of `causeway.io/service`); the error says the rule.
+pub fn check_service_name(name: &str) -> Result<(), String> {
     let rule =
         "use 1-253 letters, digits, '.', '_' and '-', starting and ending with a letter or digit";
     if name.is_empty() {

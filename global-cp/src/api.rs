@@ -143,6 +143,10 @@ pub(crate) fn router(state: ApiState) -> Router {
             axum::routing::delete(zones::revoke_token),
         )
         .route("/zones/{name}/config-dump", get(zones::config_dump))
+        .route(
+            "/meshes/{mesh}/dataplane-token",
+            post(zones::create_dataplane_token),
+        )
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
         .route(
             "/meshes/{mesh}/{plural}/{name}",

@@ -126,6 +126,9 @@ pub struct ClusterSecrets {
     pub zone_ca_cert_pem: String,
     #[serde(default)]
     pub zone_ca_key_pem: String,
+    /// Ed25519 key (PKCS#8, hex) that signs dataplane tokens; zones get its public half.
+    #[serde(default)]
+    pub dataplane_token_key: String,
 }
 
 impl std::fmt::Debug for ClusterSecrets {

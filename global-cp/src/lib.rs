@@ -202,10 +202,15 @@ async fn housekeeping(
         if v.leader_id != 0 && last_attempt.elapsed() > Duration::from_millis(500) {
             if secrets.is_none() && v.leader_id == cfg.node_id {
                 last_attempt = tokio::time::Instant::now();
-                match tls::generate_ca(API_CA_NAME)
+                let generated = tls::generate_ca(API_CA_NAME)
                     .and_then(|api| Ok((api, tls::generate_ca(ZONE_CA_NAME)?)))
-                {
-                    Ok((ca, zone_ca)) => {
+                    .map_err(|e| e.to_string())
+                    .and_then(|(api, zone)| {
+                        let dp = tls::dataplane_token::generate_key().map_err(|e| e.to_string())?;
+                        Ok((api, zone, dp))
+                    });
+                match generated {
+                    Ok((ca, zone_ca, dataplane_token_key)) => {
                         let s = ClusterSecrets {
                             admin_token: generate_token(),
                             readonly_token: generate_token(),
@@ -214,6 +219,7 @@ async fn housekeeping(
                             zone_token_key: hex::encode(rand::random::<[u8; 32]>()),
                             zone_ca_cert_pem: zone_ca.cert_pem,
                             zone_ca_key_pem: zone_ca.key_pem,
+                            dataplane_token_key,
                         };
                         if let Err(e) = raft.propose(Command::InitCluster(s)).await {
                             tracing::warn!(error = %e, "creating the cluster secrets failed; will retry");
@@ -221,7 +227,7 @@ async fn housekeeping(
                             tracing::info!("cluster formed: admin token and API CA created");
                         }
                     }
-                    Err(e) => tracing::error!(error = %e, "generating the API CA"),
+                    Err(e) => tracing::error!(error = %e, "generating the cluster's CAs and keys"),
                 }
             }
             let registered = store

@@ -2,7 +2,11 @@
 //! planes: generated CAs, server and client certificates, the mutual TLS of the Raft
 //! transport, and CSR signing (zone certificates, zones' intermediate mesh CAs). A crate
 //! of its own because both control planes need it and neither should depend on the
-//! other. It only builds certificates and configs; it opens no sockets.
+//! other. It only builds certificates and configs; it opens no sockets. It also holds
+//! the dataplane tokens ([`dataplane_token`]): the global control plane signs them and
+//! every zone verifies them, so both need the format.
+
+pub mod dataplane_token;
 
 use std::net::IpAddr;
 use std::path::Path;

@@ -9,6 +9,7 @@
 
 mod api;
 mod kds_client;
+pub mod proxy_config;
 pub mod store;
 
 use std::collections::VecDeque;

@@ -1,5 +1,5 @@
 //! Zone endpoints: token issuance and revocation, zone status (attached to `GET /zones`)
-//! and config dumps over the zone's KDS stream.
+//! and config dumps over the zone's KDS stream; dataplane token issuance.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -317,4 +317,78 @@ fn json_bytes(json: Vec<u8>) -> Response {
         json,
     )
         .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct CreateDataplaneToken {
+    service: String,
+    /// Go-style duration; default 8760h.
+    valid_for: Option<String>,
+}
+
+/// `POST /meshes/{mesh}/dataplane-token`: a token bound to the mesh and one service,
+/// with which a sidecar gets its workload certificate from its zone.
+pub(super) async fn create_dataplane_token(
+    State(st): State<ApiState>,
+    Path(mesh): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: CreateDataplaneToken =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?;
+    causeway_api::check_service_name(&req.service).map_err(|e| ApiError::bad("service", e))?;
+    let valid_for: causeway_api::Duration = req
+        .valid_for
+        .as_deref()
+        .unwrap_or(DEFAULT_TOKEN_VALIDITY)
+        .parse()
+        .map_err(|e: causeway_api::DurationError| ApiError::bad("validFor", e.to_string()))?;
+    if valid_for.as_std().as_secs() < 60 {
+        return Err(ApiError::bad("validFor", "must be at least 1m"));
+    }
+    st.raft.read_barrier().await?;
+    let mesh_key = causeway_api::ResourceKey {
+        kind: "Mesh".into(),
+        mesh: String::new(),
+        name: mesh.clone(),
+    };
+    if st.store.get(&mesh_key)?.is_none() {
+        return Err(ApiError::not_found(format!("mesh {mesh:?}")));
+    }
+    let secrets = st.store.secrets()?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "",
+            "the cluster has not formed yet",
+        )
+    })?;
+    if secrets.dataplane_token_key.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "",
+            "this cluster has no dataplane token key (formed by an older version)",
+        ));
+    }
+    let now = now_unix();
+    let claims = causeway_pki::dataplane_token::DataplaneTokenClaims {
+        mesh: mesh.clone(),
+        service: req.service.clone(),
+        id: hex::encode(rand::random::<[u8; 8]>()),
+        iat: now,
+        exp: now + valid_for.as_std().as_secs() as i64,
+    };
+    let token = causeway_pki::dataplane_token::create(&secrets.dataplane_token_key, &claims)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string()))?;
+    tracing::info!(mesh = %mesh, service = %req.service, token_id = %claims.id, "issued a dataplane token");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "mesh": mesh,
+            "service": req.service,
+            "id": claims.id,
+            "expiresAt": rfc3339(claims.exp),
+            "token": token,
+        })),
+    )
+        .into_response())
 }

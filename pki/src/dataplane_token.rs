@@ -1,0 +1,135 @@
+//! Dataplane tokens: `cwd1.<claims>.<signature>`, base64url JSON claims signed with the
+//! cluster's Ed25519 key. A token is bound to one mesh and one service: a zone control
+//! plane signs a workload certificate only for the service its token names. Zones hold
+//! the public key only (sent over KDS), so a zone can verify tokens but never mint one.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+
+const PREFIX: &str = "cwd1";
+
+/// What a dataplane token grants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataplaneTokenClaims {
+    pub mesh: String,
+    pub service: String,
+    /// Random id, for listing and revoking.
+    pub id: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DataplaneTokenError {
+    #[error("not a dataplane token (expected cwd1.<claims>.<signature>)")]
+    Malformed,
+    #[error(
+        "the dataplane token's signature does not verify (issued by another cluster, or altered)"
+    )]
+    BadSignature,
+    #[error("the dataplane token expired at {0} (Unix seconds); create a new one")]
+    Expired(i64),
+    #[error("the signing key is unusable: {0}")]
+    Key(String),
+}
+
+/// A new Ed25519 signing key (PKCS#8 DER, hex) for the cluster.
+pub fn generate_key() -> Result<String, DataplaneTokenError> {
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| DataplaneTokenError::Key("generating an Ed25519 key".into()))?;
+    Ok(hex::encode(pkcs8.as_ref()))
+}
+
+fn key_pair(key_hex: &str) -> Result<Ed25519KeyPair, DataplaneTokenError> {
+    let der = hex::decode(key_hex).map_err(|e| DataplaneTokenError::Key(e.to_string()))?;
+    Ed25519KeyPair::from_pkcs8(&der).map_err(|e| DataplaneTokenError::Key(e.to_string()))
+}
+
+/// The public half of a signing key, hex: what zones verify with.
+pub fn public_key(key_hex: &str) -> Result<String, DataplaneTokenError> {
+    Ok(hex::encode(key_pair(key_hex)?.public_key().as_ref()))
+}
+
+/// Signs `claims` with the cluster key.
+pub fn create(key_hex: &str, claims: &DataplaneTokenClaims) -> Result<String, DataplaneTokenError> {
+    let kp = key_pair(key_hex)?;
+    let payload = B64.encode(serde_json::to_vec(claims).expect("claims encode"));
+    let sig = B64.encode(kp.sign(payload.as_bytes()).as_ref());
+    Ok(format!("{PREFIX}.{payload}.{sig}"))
+}
+
+/// Checks a token against the public key (hex) at `now` (Unix seconds).
+pub fn verify(
+    public_key_hex: &str,
+    token: &str,
+    now: i64,
+) -> Result<DataplaneTokenClaims, DataplaneTokenError> {
+    let token = token.trim();
+    let mut parts = token.split('.');
+    let (Some(PREFIX), Some(payload), Some(sig), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(DataplaneTokenError::Malformed);
+    };
+    let sig = B64
+        .decode(sig)
+        .map_err(|_| DataplaneTokenError::Malformed)?;
+    let pk = hex::decode(public_key_hex).map_err(|e| DataplaneTokenError::Key(e.to_string()))?;
+    UnparsedPublicKey::new(&ED25519, pk)
+        .verify(payload.as_bytes(), &sig)
+        .map_err(|_| DataplaneTokenError::BadSignature)?;
+    let claims: DataplaneTokenClaims = B64
+        .decode(payload)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or(DataplaneTokenError::Malformed)?;
+    if now >= claims.exp {
+        return Err(DataplaneTokenError::Expired(claims.exp));
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bound_to_mesh_and_service_and_unforgeable() {
+        let key = generate_key().unwrap();
+        let public = public_key(&key).unwrap();
+        let claims = DataplaneTokenClaims {
+            mesh: "default".into(),
+            service: "backend".into(),
+            id: "1".into(),
+            iat: 10,
+            exp: 100,
+        };
+        let t = create(&key, &claims).unwrap();
+        assert_eq!(verify(&public, &t, 50), Ok(claims.clone()));
+        assert_eq!(
+            verify(&public, &t, 100),
+            Err(DataplaneTokenError::Expired(100))
+        );
+        // Another cluster's key does not verify it.
+        let other = public_key(&generate_key().unwrap()).unwrap();
+        assert_eq!(
+            verify(&other, &t, 50),
+            Err(DataplaneTokenError::BadSignature)
+        );
+        // Changing the service in the claims breaks the signature.
+        let mut forged = claims;
+        forged.service = "db".into();
+        let payload = B64.encode(serde_json::to_vec(&forged).unwrap());
+        let sig = t.rsplit_once('.').unwrap().1;
+        assert_eq!(
+            verify(&public, &format!("cwd1.{payload}.{sig}"), 50),
+            Err(DataplaneTokenError::BadSignature)
+        );
+        for bad in ["", "cwd1.a", "cwz1.a.b", "cwd1.a.b.c"] {
+            assert!(verify(&public, bad, 50).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! Computes a sidecar's [`ProxyConfig`] from the resource model: a pure function of the
+//! mesh's resources as the zone holds them. Golden-file tests in `testdata/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use causeway_api::proxy_config::{
+    Endpoint, EndpointGroup, InboundListener, OutboundListener, PermissionRule, ProxyConfig,
+    SourceMatch, ingress_sni, spiffe_id,
+};
+use causeway_api::{
+    Action, DataplaneSpec, FailoverToType, LoadBalancerType, LoadBalancingConf, MeshSpec, MtlsMode,
+    Protocol, Proxy, Resource, SERVICE_TAG, TargetRefKind, ZONE_TAG, ZoneIngressSpec,
+};
+use sha2::Digest as _;
+
+/// What a zone holds of one mesh: the inputs of every proxy config in it.
+#[derive(Debug, Default, Clone)]
+pub struct MeshInputs {
+    pub zone: String,
+    pub mesh: Option<Resource>,
+    /// This zone's dataplanes in the mesh.
+    pub dataplanes: Vec<Resource>,
+    /// Zone ingresses of the mesh (this zone's and others').
+    pub ingresses: Vec<Resource>,
+    /// Zone resources (a disabled zone gets no traffic).
+    pub zones: Vec<Resource>,
+    /// The mesh's policies.
+    pub policies: Vec<Resource>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ComputeError {
+    #[error("mesh {0:?} is not known in this zone (yet)")]
+    NoMesh(String),
+    #[error("{what} is invalid: {reason}")]
+    Invalid { what: String, reason: String },
+}
+
+fn decode<T: serde::de::DeserializeOwned>(r: &Resource) -> Result<T, ComputeError> {
+    serde_json::from_value(r.spec.clone()).map_err(|e| ComputeError::Invalid {
+        what: r.key().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn policies_of(inputs: &MeshInputs, kind: &str) -> Vec<Resource> {
+    inputs
+        .policies
+        .iter()
+        .filter(|p| p.kind == kind)
+        .cloned()
+        .collect()
+}
+
+/// The proxy config of `dataplane` (a Dataplane resource of the mesh).
+pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig, ComputeError> {
+    let mesh_name = dataplane.mesh.clone().unwrap_or_default();
+    let mesh = inputs
+        .mesh
+        .as_ref()
+        .ok_or_else(|| ComputeError::NoMesh(mesh_name.clone()))?;
+    let mesh_spec: MeshSpec = decode(mesh)?;
+    let spec: DataplaneSpec = decode(dataplane)?;
+    let trust_domain = mesh_spec.trust_domain_or(&mesh_name).to_string();
+    let mtls = mesh_spec.mtls.as_ref().map_or(MtlsMode::Off, |m| m.mode);
+    let proxy = Proxy::from_dataplane(&spec, Some(&inputs.zone));
+
+    let permissions = causeway_api::effective(
+        "MeshTrafficPermission",
+        &policies_of(inputs, "MeshTrafficPermission"),
+        &proxy,
+    )
+    .expect("MeshTrafficPermission is a policy kind");
+    let inbounds = spec
+        .inbound
+        .iter()
+        .enumerate()
+        .map(|(i, ib)| {
+            let rules = permissions
+                .inbounds
+                .get(i)
+                .map(|c| c.rules.as_slice())
+                .unwrap_or_default();
+            let mut tags = ib.tags.clone();
+            tags.insert(SERVICE_TAG.into(), ib.service.clone());
+            tags.insert(ZONE_TAG.into(), inputs.zone.clone());
+            InboundListener {
+                port: ib.port,
+                service: ib.service.clone(),
+                app_address: ib
+                    .service_address
+                    .clone()
+                    .unwrap_or_else(|| "127.0.0.1".into()),
+                app_port: ib.service_port.unwrap_or(ib.port),
+                protocol: ib.protocol,
+                tags,
+                permissions: rules
+                    .iter()
+                    .filter_map(|r| permission(&trust_domain, r))
+                    .collect(),
+                default_action: if mtls == MtlsMode::Off {
+                    Action::Allow
+                } else {
+                    Action::Deny
+                },
+            }
+        })
+        .collect();
+
+    let balancing = causeway_api::effective(
+        "MeshLoadBalancingStrategy",
+        &policies_of(inputs, "MeshLoadBalancingStrategy"),
+        &proxy,
+    )
+    .expect("MeshLoadBalancingStrategy is a policy kind");
+    let outbounds = spec
+        .outbound
+        .iter()
+        .enumerate()
+        .map(|(i, ob)| {
+            let conf: LoadBalancingConf = balancing
+                .outbounds
+                .get(i)
+                .and_then(|o| o.conf.as_ref())
+                .and_then(|m| serde_json::from_value(m.conf.clone()).ok())
+                .unwrap_or_default();
+            OutboundListener {
+                port: ob.port,
+                address: ob.address.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                service: ob.service.clone(),
+                protocol: destination_protocol(inputs, &ob.service),
+                identity: (mtls != MtlsMode::Off).then(|| spiffe_id(&trust_domain, &ob.service)),
+                load_balancer: conf
+                    .load_balancer
+                    .as_ref()
+                    .map_or(LoadBalancerType::PeakEwma, |lb| lb.kind),
+                groups: endpoint_groups(inputs, &mesh_name, &mesh_spec, &ob.service, &conf),
+            }
+        })
+        .collect();
+
+    let mut config = ProxyConfig {
+        version: String::new(),
+        mesh: mesh_name,
+        dataplane: dataplane.name.clone(),
+        zone: inputs.zone.clone(),
+        mtls,
+        identity: spec
+            .inbound
+            .first()
+            .map(|ib| spiffe_id(&trust_domain, &ib.service)),
+        inbounds,
+        outbounds,
+    };
+    let body = serde_json::to_vec(&config).expect("configs serialize");
+    config.version = hex::encode(&sha2::Sha256::digest(&body)[..8]);
+    Ok(config)
+}
+
+/// One MeshTrafficPermission rule in terms a sidecar can check from a certificate.
+/// Tag-based sources cannot be proven by an identity: an Allow for them is dropped (never
+/// grant what cannot be checked), a Deny for a service subset denies the whole service.
+fn permission(trust_domain: &str, r: &causeway_api::FromRule) -> Option<PermissionRule> {
+    let action: Action = serde_json::from_value(r.conf.get("action")?.clone()).ok()?;
+    let source = match r.source.kind {
+        TargetRefKind::Mesh => SourceMatch::Any,
+        TargetRefKind::SpiffeId => SourceMatch::Spiffe {
+            id: r.source.name.clone()?,
+        },
+        TargetRefKind::MeshService => SourceMatch::Spiffe {
+            id: spiffe_id(trust_domain, r.source.name.as_deref()?),
+        },
+        TargetRefKind::MeshServiceSubset if action == Action::Deny => SourceMatch::Spiffe {
+            id: spiffe_id(trust_domain, r.source.name.as_deref()?),
+        },
+        _ => return None,
+    };
+    Some(PermissionRule {
+        source,
+        action,
+        policies: r.policies.clone(),
+    })
+}
+
+/// The protocol a service's inbounds declare here (HTTP if any does), else TCP.
+fn destination_protocol(inputs: &MeshInputs, service: &str) -> Protocol {
+    inputs
+        .dataplanes
+        .iter()
+        .filter_map(|d| decode::<DataplaneSpec>(d).ok())
+        .flat_map(|s| s.inbound)
+        .filter(|ib| ib.service == service)
+        .map(|ib| ib.protocol)
+        .max()
+        .unwrap_or(Protocol::Tcp)
+}
+
+fn zone_enabled(inputs: &MeshInputs, zone: &str) -> bool {
+    !inputs
+        .zones
+        .iter()
+        .any(|z| z.name == zone && z.spec.get("enabled").and_then(|v| v.as_bool()) == Some(false))
+}
+
+/// Endpoints of `service`: this zone's group first, then other zones' (through their
+/// ingresses) in the failover order of the effective MeshLoadBalancingStrategy.
+fn endpoint_groups(
+    inputs: &MeshInputs,
+    mesh: &str,
+    mesh_spec: &MeshSpec,
+    service: &str,
+    conf: &LoadBalancingConf,
+) -> Vec<EndpointGroup> {
+    let mut local = Vec::new();
+    for d in &inputs.dataplanes {
+        let Ok(s) = decode::<DataplaneSpec>(d) else {
+            continue;
+        };
+        for ib in s.inbound.iter().filter(|ib| ib.service == service) {
+            let mut tags = ib.tags.clone();
+            tags.insert(SERVICE_TAG.into(), service.into());
+            tags.insert(ZONE_TAG.into(), inputs.zone.clone());
+            local.push(Endpoint {
+                address: s
+                    .advertised_address
+                    .clone()
+                    .unwrap_or_else(|| s.address.clone()),
+                port: ib.port,
+                weight: 1,
+                sni: None,
+                tags,
+            });
+        }
+    }
+    local.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+    let mut remote: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
+    if mesh_spec.cross_zone {
+        for ing in &inputs.ingresses {
+            let Ok(s) = decode::<ZoneIngressSpec>(ing) else {
+                continue;
+            };
+            let zone = s
+                .zone
+                .clone()
+                .or_else(|| ing.origin.clone())
+                .unwrap_or_default();
+            if zone == inputs.zone || zone.is_empty() || !zone_enabled(inputs, &zone) {
+                continue;
+            }
+            for av in s
+                .available_services
+                .iter()
+                .filter(|a| a.service == service && a.instances > 0)
+            {
+                let mut tags = av.tags.clone();
+                tags.insert(SERVICE_TAG.into(), service.into());
+                tags.insert(ZONE_TAG.into(), zone.clone());
+                remote.entry(zone.clone()).or_default().push(Endpoint {
+                    address: s
+                        .advertised_address
+                        .clone()
+                        .unwrap_or_else(|| s.address.clone()),
+                    port: s.advertised_port.unwrap_or(s.port),
+                    weight: av.instances,
+                    sni: Some(ingress_sni(service, mesh)),
+                    tags,
+                });
+            }
+        }
+    }
+    let locality = conf.locality_awareness.as_ref();
+    if locality.and_then(|l| l.disabled) == Some(true) {
+        // No locality: one group of everything.
+        let mut all = local;
+        all.extend(remote.into_values().flatten());
+        return vec![EndpointGroup {
+            zone: "*".into(),
+            endpoints: all,
+        }];
+    }
+    let mut groups = Vec::new();
+    if !local.is_empty() {
+        groups.push(EndpointGroup {
+            zone: inputs.zone.clone(),
+            endpoints: local,
+        });
+    }
+    let failover = locality
+        .and_then(|l| l.cross_zone.as_ref())
+        .map(|c| c.failover.as_slice())
+        .unwrap_or_default();
+    let mut order: Vec<String> = Vec::new();
+    if failover.is_empty() {
+        order.extend(remote.keys().cloned());
+    }
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    for f in failover {
+        if let Some(from) = &f.from
+            && !from.zones.iter().any(|z| *z == inputs.zone)
+        {
+            continue;
+        }
+        match f.to.kind {
+            FailoverToType::None => break,
+            FailoverToType::Only => order.extend(f.to.zones.iter().cloned()),
+            FailoverToType::Any => order.extend(remote.keys().cloned()),
+            FailoverToType::AnyExcept => {
+                order.extend(remote.keys().filter(|z| !f.to.zones.contains(z)).cloned())
+            }
+        }
+    }
+    for zone in order {
+        if !seen.insert(zone.clone()) {
+            continue;
+        }
+        if let Some(endpoints) = remote.remove(&zone) {
+            groups.push(EndpointGroup { zone, endpoints });
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests;
