@@ -3,7 +3,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let fds = protox::compile(["kds.proto"], ["proto"])?;
+    let fds = protox::compile(["kds.proto", "dds.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_transport(false)
         .compile_fds(fds)?;

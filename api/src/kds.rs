@@ -6,6 +6,12 @@
 
 tonic::include_proto!("causeway.kds.v1");
 
+/// DDS messages and service stubs (`proto/dds.proto`): zone control plane <-> sidecar.
+pub mod dds {
+    #![allow(unreachable_pub, missing_docs, clippy::all)]
+    tonic::include_proto!("causeway.dds.v1");
+}
+
 /// Upper bound on the encoded size of one KDS message. Senders chunk below it; receivers
 /// accept up to twice it.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;

@@ -33,7 +33,8 @@ pub(crate) struct ZoneCpArgs {
     /// Zone API address (HTTPS).
     #[arg(long, default_value = "127.0.0.1:7710")]
     api_addr: SocketAddr,
-    /// Where dataplanes will fetch their config (DDS; served once the dataplane lands).
+    /// DDS address (gRPC over TLS, the zone API's CA) where sidecars get their
+    /// certificate and config; without it the zone serves no sidecars.
     #[arg(long)]
     dds_addr: Option<SocketAddr>,
     /// KDS heartbeat interval (default 5s); a silent stream is re-opened after three.

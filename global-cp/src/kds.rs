@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use causeway_api::kds::kds_server::Kds;
 use causeway_api::kds::{
     Ack, Change, ChangeSet, ConfigDumpRequest, EnrollRequest, EnrollResponse, GlobalMessage,
-    Heartbeat, IntermediateCa, IntermediateRequest, RenewRequest, ZoneAck, ZoneChangeSet,
+    Heartbeat, IntermediateCa, IntermediateRequest, RenewRequest, Trust, ZoneAck, ZoneChangeSet,
     ZoneMessage, change, global_message, zone_message,
 };
 use causeway_api::{Resource, ResourceKey};
@@ -387,6 +387,14 @@ impl Session {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rx = Instant::now();
         let mut first = true;
+        if let Ok(pk) =
+            causeway_pki::dataplane_token::public_key(&self.kds.inner.secrets.dataplane_token_key)
+        {
+            self.send(global_message::Msg::Trust(Trust {
+                dataplane_token_public_key: pk,
+            }))
+            .await?;
+        }
         loop {
             if first || self.kds.inner.store.last_change_index() > since {
                 first = false;

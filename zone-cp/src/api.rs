@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use crate::Shared;
 use crate::store::LocalWriteError;
 
-const API_CA_NAME: &str = "Causeway Zone API CA";
+pub(crate) const API_CA_NAME: &str = "Causeway Zone API CA";
 
 /// The API's tokens, created on first start and kept in the data dir.
 #[derive(Clone)]
@@ -214,6 +214,7 @@ pub(crate) fn status_json(shared: &Shared) -> Value {
         "syncs": s.syncs,
         "refused": s.refused,
         "certificateNotAfter": identity.map(|i| i.not_after),
+        "proxies": shared.proxies.lock().expect("proxies lock").values().cloned().collect::<Vec<_>>(),
         "intermediates": shared.store.intermediates().unwrap_or_default().iter().map(|i| json!({"mesh": i.mesh, "notAfter": i.not_after})).collect::<Vec<_>>(),
     })
 }

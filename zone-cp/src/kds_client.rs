@@ -224,8 +224,8 @@ impl Stream {
             version: self.shared.cfg.version.clone(),
             dataplanes: counts.dataplanes,
             zone_ingresses: counts.zone_ingresses,
-            connected_proxies: 0,
-            last_config_push_unix_ms: 0,
+            connected_proxies: self.shared.connected_proxies(),
+            last_config_push_unix_ms: self.shared.last_push_ms(),
             resources: counts.resources,
         }))
         .await
@@ -247,6 +247,15 @@ impl Stream {
                 }
             }
             global_message::Msg::Heartbeat(_) => {}
+            global_message::Msg::Trust(t) => {
+                if self.shared.store.dataplane_token_public_key()?.as_deref()
+                    != Some(t.dataplane_token_public_key.as_str())
+                {
+                    self.shared
+                        .store
+                        .set_dataplane_token_public_key(&t.dataplane_token_public_key)?;
+                }
+            }
             global_message::Msg::ZoneAck(a) => {
                 if !a.refused.is_empty() {
                     tracing::warn!(refused = ?a.refused, "global refused some of this zone's resources");

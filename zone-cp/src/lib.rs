@@ -8,13 +8,15 @@
 //! [`store`] the durable state, `kds_client` the stream to global, `api` the REST surface.
 
 mod api;
+mod dds;
 mod kds_client;
 pub mod proxy_config;
 pub mod store;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -82,6 +84,12 @@ pub(crate) struct Shared {
     pub(crate) status: Mutex<SyncStatus>,
     local: Mutex<kds_client::LocalChanges>,
     pub(crate) local_changed: Notify,
+    /// Bumped on every change of the stored state; proxies' configs follow it.
+    pub(crate) state: watch::Sender<u64>,
+    pub(crate) inputs_cache: Mutex<HashMap<String, (u64, Arc<proxy_config::MeshInputs>)>>,
+    /// Proxies connected over DDS.
+    pub(crate) proxies: Mutex<dds::Proxies>,
+    last_push_ms: AtomicI64,
 }
 
 impl Shared {
@@ -105,12 +113,28 @@ impl Shared {
             }
         }
         self.revision.send_replace(revision);
+        self.state.send_modify(|v| *v += 1);
+    }
+
+    /// A config was pushed to a proxy just now.
+    pub(crate) fn touch_push(&self) {
+        let ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        self.last_push_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_push_ms(&self) -> i64 {
+        self.last_push_ms.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn connected_proxies(&self) -> u64 {
+        self.proxies.lock().expect("proxies lock").len() as u64
     }
 
     /// Records a local change for the KDS client to report.
     pub(crate) fn local_change(&self, key: ResourceKey, r: Option<Resource>) {
         self.local.lock().expect("local lock").insert(key, r);
         self.local_changed.notify_one();
+        self.state.send_modify(|v| *v += 1);
     }
 
     pub(crate) fn take_local_changes(&self) -> kds_client::LocalChanges {
@@ -190,9 +214,14 @@ impl Zone {
             status: Mutex::default(),
             local: Mutex::default(),
             local_changed: Notify::new(),
+            state: watch::channel(0).0,
+            inputs_cache: Mutex::default(),
+            proxies: Mutex::default(),
+            last_push_ms: AtomicI64::new(0),
         });
         let api_handle = axum_server::Handle::new();
         let (tokens, ca) = api::local_credentials(&cfg.data_dir)?;
+        let ca_for_dds = ca.clone();
         let mut tasks = Vec::new();
         let (s, h) = (shared.clone(), api_handle.clone());
         let listener = std::net::TcpListener::bind(cfg.api_addr)
@@ -204,6 +233,15 @@ impl Zone {
                 std::process::exit(1);
             }
         }));
+        if let Some(addr) = cfg.dds_addr {
+            let (s, ca) = (shared.clone(), ca_for_dds);
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = dds::serve(s, ca, addr).await {
+                    tracing::error!(error = %e, "the DDS server stopped");
+                    std::process::exit(1);
+                }
+            }));
+        }
         tracing::info!(zone = %cfg.zone, revision, api = %cfg.api_addr, "zone control plane serving its stored state");
         tasks.push(tokio::spawn(kds_client::run(shared)));
         Ok(Zone { tasks, api_handle })

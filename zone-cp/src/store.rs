@@ -16,6 +16,7 @@ const KEY_REVISION: &[u8] = b"revision";
 const KEY_LOCAL_SEQ: &[u8] = b"local_seq";
 const KEY_IDENTITY: &[u8] = b"identity";
 const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
+const KEY_TRUST: &[u8] = b"trust";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -372,6 +373,20 @@ impl Store {
             self.cf(CF_META),
             KEY_IDENTITY,
             serde_json::to_vec(id).expect("encodes"),
+        )?;
+        Ok(())
+    }
+
+    /// The public key that verifies dataplane tokens (hex), as global last sent it.
+    pub fn dataplane_token_public_key(&self) -> Result<Option<String>, StoreError> {
+        self.meta_json(KEY_TRUST, "trust")
+    }
+
+    pub fn set_dataplane_token_public_key(&self, key: &str) -> Result<(), StoreError> {
+        self.db.put_cf(
+            self.cf(CF_META),
+            KEY_TRUST,
+            serde_json::to_vec(key).expect("encodes"),
         )?;
         Ok(())
     }

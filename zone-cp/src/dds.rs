@@ -1,0 +1,406 @@
+//! The DDS server: where sidecars get their certificate (from a CSR and a dataplane
+//! token) and, over one stream each, register their Dataplane and receive their
+//! [`ProxyConfig`](causeway_api::proxy_config::ProxyConfig) again whenever an input
+//! changes. Configs are recomputed on every change of the zone's state, but sent only
+//! to the proxies whose config actually changed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use causeway_api::kds::dds::dds_server::{Dds, DdsServer};
+use causeway_api::kds::dds::{
+    ConfigSnapshot, ControlMessage, ProxyMessage, SignRequest, SignResponse, control_message,
+    proxy_message,
+};
+use causeway_api::{DataplaneSpec, MeshSpec, Resource, ResourceKey};
+use causeway_pki::dataplane_token::{self, DataplaneTokenClaims};
+use causeway_pki::{CertKey, Profile};
+use futures::StreamExt as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::Shared;
+use crate::proxy_config::{self, MeshInputs};
+use crate::store::LocalWriteError;
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// What the zone knows about a connected proxy, for `/status` and insight.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ProxyStatus {
+    pub(crate) mesh: String,
+    pub(crate) dataplane: String,
+    pub(crate) service: String,
+    /// Unique per stream, so an old stream's end does not unregister a newer one.
+    #[serde(skip)]
+    pub(crate) stream: u64,
+    pub(crate) connected_unix_ms: i64,
+    pub(crate) sent_version: Option<String>,
+    pub(crate) acked_version: Option<String>,
+    pub(crate) nack: Option<String>,
+    pub(crate) last_push_unix_ms: i64,
+}
+
+#[derive(Clone)]
+pub(crate) struct DdsService {
+    shared: Arc<Shared>,
+}
+
+impl DdsService {
+    fn verify(&self, token: &str) -> Result<DataplaneTokenClaims, Status> {
+        let key = self
+            .shared
+            .store
+            .dataplane_token_public_key()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| {
+                Status::unavailable(
+                    "this zone has not received the dataplane token key from global yet; retry",
+                )
+            })?;
+        dataplane_token::verify(&key, token, now_unix()).map_err(|e| {
+            tracing::warn!(reason = %e, "refused a dataplane token");
+            Status::unauthenticated(e.to_string())
+        })
+    }
+
+    fn mesh_spec(&self, mesh: &str) -> Result<MeshSpec, Status> {
+        let key = ResourceKey {
+            kind: "Mesh".into(),
+            mesh: String::new(),
+            name: mesh.into(),
+        };
+        let m = self
+            .shared
+            .store
+            .get(&key)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found(format!("mesh {mesh:?} is not known in this zone")))?;
+        serde_json::from_value(m.spec).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// The mesh's resources as this zone holds them, cached per state version.
+pub(crate) fn mesh_inputs(shared: &Shared, mesh: &str) -> Result<Arc<MeshInputs>, Status> {
+    let version = *shared.state.borrow();
+    if let Some((v, inputs)) = shared.inputs_cache.lock().expect("cache lock").get(mesh)
+        && *v == version
+    {
+        return Ok(inputs.clone());
+    }
+    let store = &shared.store;
+    let err = |e: crate::store::StoreError| Status::internal(e.to_string());
+    let all = |kind: &str, m: &str| {
+        store
+            .list(kind, m, None, |_| true, usize::MAX)
+            .map(|(items, _)| items)
+    };
+    let mut inputs = MeshInputs {
+        zone: shared.cfg.zone.clone(),
+        mesh: store
+            .get(&ResourceKey {
+                kind: "Mesh".into(),
+                mesh: String::new(),
+                name: mesh.into(),
+            })
+            .map_err(err)?,
+        dataplanes: all("Dataplane", mesh).map_err(err)?,
+        ingresses: all("ZoneIngress", mesh).map_err(err)?,
+        zones: all("Zone", "").map_err(err)?,
+        policies: Vec::new(),
+    };
+    for t in causeway_api::types() {
+        if t.scope == causeway_api::Scope::Mesh && !matches!(t.kind, "Dataplane" | "ZoneIngress") {
+            inputs.policies.extend(all(t.kind, mesh).map_err(err)?);
+        }
+    }
+    let inputs = Arc::new(inputs);
+    shared
+        .inputs_cache
+        .lock()
+        .expect("cache lock")
+        .insert(mesh.to_string(), (version, inputs.clone()));
+    Ok(inputs)
+}
+
+fn first_cert(pem: &str) -> String {
+    const END: &str = "-----END CERTIFICATE-----";
+    match pem.find(END) {
+        Some(i) => format!("{}\n", &pem[..i + END.len()]),
+        None => pem.to_string(),
+    }
+}
+
+#[tonic::async_trait]
+impl Dds for DdsService {
+    async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
+        let r = req.into_inner();
+        let claims = self.verify(&r.token)?;
+        let spec = self.mesh_spec(&claims.mesh)?;
+        if spec.mtls.is_none() {
+            return Err(Status::failed_precondition(format!(
+                "mesh {:?} has no mTLS; there is no certificate to issue",
+                claims.mesh
+            )));
+        }
+        let inter = self
+            .shared
+            .store
+            .intermediate(&claims.mesh)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| {
+                Status::unavailable(format!(
+                    "this zone has no intermediate CA for mesh {:?} yet; retry",
+                    claims.mesh
+                ))
+            })?;
+        let ca = CertKey {
+            cert_pem: first_cert(&inter.cert_pem),
+            key_pem: inter.key_pem.clone(),
+        };
+        let id = causeway_api::proxy_config::spiffe_id(
+            spec.trust_domain_or(&claims.mesh),
+            &claims.service,
+        );
+        let ttl = spec.certificate_ttl.as_std();
+        let leaf = causeway_pki::sign_csr(
+            &ca,
+            &r.csr_pem,
+            &Profile::Leaf {
+                common_name: claims.service.clone(),
+                names: vec![id.clone()],
+            },
+            ttl,
+        )
+        .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+        let info = causeway_pki::cert_info(&leaf).map_err(|e| Status::internal(e.to_string()))?;
+        let life = (info.not_after - info.not_before) as f64;
+        let renew_at = info.not_before + (life * spec.certificate_renew_at.fraction()) as i64;
+        tracing::debug!(%id, not_after = info.not_after, "issued a workload certificate");
+        Ok(Response::new(SignResponse {
+            cert_chain_pem: format!("{leaf}{}", ca.cert_pem),
+            trust_bundle_pem: inter.root_pem.clone(),
+            not_before: info.not_before,
+            not_after: info.not_after,
+            renew_at,
+        }))
+    }
+
+    type StreamStream = ReceiverStream<Result<ControlMessage, Status>>;
+
+    async fn stream(
+        &self,
+        req: Request<Streaming<ProxyMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.next()).await {
+            Ok(Some(Ok(ProxyMessage {
+                msg: Some(proxy_message::Msg::Hello(h)),
+            }))) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a ProxyHello",
+                ));
+            }
+        };
+        let claims = self.verify(&hello.token)?;
+        let dp = Resource::from_json(&hello.dataplane_json)
+            .map_err(|e| Status::invalid_argument(format!("dataplane: {e}")))?;
+        check_dataplane(&dp, &claims)?;
+        let zone = self.shared.cfg.zone.clone();
+        let (stored, _) = self
+            .shared
+            .store
+            .put_local(&zone, dp, time::OffsetDateTime::now_utc())
+            .map_err(|e| match e {
+                LocalWriteError::NotOwned { origin } => {
+                    Status::already_exists(format!("a Dataplane of that name belongs to {origin}"))
+                }
+                LocalWriteError::MeshMissing(m) => {
+                    Status::not_found(format!("mesh {m:?} is not known in this zone"))
+                }
+                e => Status::internal(format!("{e:?}")),
+            })?;
+        let key = stored.key();
+        self.shared.local_change(key.clone(), Some(stored.clone()));
+        let stream_id: u64 = rand::random();
+        self.shared.proxies.lock().expect("proxies lock").insert(
+            key.clone(),
+            ProxyStatus {
+                mesh: claims.mesh.clone(),
+                dataplane: key.name.clone(),
+                service: claims.service.clone(),
+                stream: stream_id,
+                connected_unix_ms: now_ms(),
+                sent_version: None,
+                acked_version: None,
+                nack: None,
+                last_push_unix_ms: 0,
+            },
+        );
+        tracing::info!(dataplane = %key, "proxy connected");
+        let (tx, rx) = mpsc::channel(4);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let end = serve_proxy(&shared, &key, stream_id, inbound, &tx).await;
+            if let Err(st) = end {
+                let _ = tx.send(Err(st)).await;
+            }
+            let ours = {
+                let mut proxies = shared.proxies.lock().expect("proxies lock");
+                match proxies.get(&key) {
+                    Some(p) if p.stream == stream_id => proxies.remove(&key).is_some(),
+                    _ => false,
+                }
+            };
+            if ours {
+                // The proxy is gone: its endpoints leave every config.
+                if shared.store.delete_local(&shared.cfg.zone, &key).is_ok() {
+                    shared.local_change(key.clone(), None);
+                }
+            }
+            tracing::info!(dataplane = %key, "proxy disconnected");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A token for service A can never register a dataplane of service B.
+fn check_dataplane(dp: &Resource, claims: &DataplaneTokenClaims) -> Result<(), Status> {
+    if dp.kind != "Dataplane" {
+        return Err(Status::invalid_argument(
+            "dataplane: type must be Dataplane",
+        ));
+    }
+    if dp.mesh.as_deref() != Some(claims.mesh.as_str()) {
+        return Err(Status::permission_denied(format!(
+            "the token is for mesh {:?}, the Dataplane is in {:?}",
+            claims.mesh,
+            dp.mesh.as_deref().unwrap_or("")
+        )));
+    }
+    causeway_api::validate(dp).map_err(|e| Status::invalid_argument(format!("dataplane: {e}")))?;
+    let spec: DataplaneSpec = serde_json::from_value(dp.spec.clone())
+        .map_err(|e| Status::invalid_argument(format!("dataplane: {e}")))?;
+    if let Some(other) = spec.inbound.iter().find(|i| i.service != claims.service) {
+        return Err(Status::permission_denied(format!(
+            "the token is for service {:?}; it cannot register an inbound of {:?}",
+            claims.service, other.service
+        )));
+    }
+    Ok(())
+}
+
+/// Sends the proxy its config whenever it changes, until the stream ends.
+async fn serve_proxy(
+    shared: &Arc<Shared>,
+    key: &ResourceKey,
+    stream_id: u64,
+    mut inbound: Streaming<ProxyMessage>,
+    tx: &mpsc::Sender<Result<ControlMessage, Status>>,
+) -> Result<(), Status> {
+    let mut changes = shared.state.subscribe();
+    let mut sent: Option<String> = None;
+    loop {
+        changes.borrow_and_update();
+        let dp = shared
+            .store
+            .get(key)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found("the Dataplane was removed"))?;
+        let inputs = mesh_inputs(shared, &key.mesh)?;
+        match proxy_config::compute(&inputs, &dp) {
+            Ok(cfg) if sent.as_deref() != Some(cfg.version.as_str()) => {
+                let json = serde_json::to_vec(&cfg).expect("configs serialize");
+                tx.send(Ok(ControlMessage {
+                    msg: Some(control_message::Msg::Config(ConfigSnapshot {
+                        version: cfg.version.clone(),
+                        json,
+                    })),
+                }))
+                .await
+                .map_err(|_| Status::cancelled("proxy gone"))?;
+                update(shared, key, stream_id, |p| {
+                    p.sent_version = Some(cfg.version.clone());
+                    p.last_push_unix_ms = now_ms();
+                });
+                shared.touch_push();
+                sent = Some(cfg.version);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(dataplane = %key, error = %e, "cannot compute the proxy's config yet")
+            }
+        }
+        tokio::select! {
+            c = changes.changed() => {
+                if c.is_err() {
+                    return Ok(());
+                }
+            }
+            msg = inbound.next() => match msg {
+                Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Ack(a)) })) => {
+                    update(shared, key, stream_id, |p| {
+                        p.acked_version = Some(a.version);
+                        p.nack = None;
+                    });
+                }
+                Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Nack(n)) })) => {
+                    tracing::warn!(dataplane = %key, version = %n.version, reason = %n.reason, "proxy rejected its config");
+                    update(shared, key, stream_id, |p| p.nack = Some(n.reason));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Ok(()),
+            },
+        }
+    }
+}
+
+fn update(shared: &Shared, key: &ResourceKey, stream_id: u64, f: impl FnOnce(&mut ProxyStatus)) {
+    let mut proxies = shared.proxies.lock().expect("proxies lock");
+    if let Some(p) = proxies.get_mut(key)
+        && p.stream == stream_id
+    {
+        f(p);
+    }
+}
+
+/// Serves DDS over TLS with the zone API's CA.
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    ca: CertKey,
+    addr: SocketAddr,
+) -> anyhow::Result<()> {
+    let cert = causeway_pki::issue(
+        &ca,
+        crate::api::API_CA_NAME,
+        &causeway_pki::server_names(&addr.ip().to_string(), &[]),
+        825,
+    )?;
+    let tls =
+        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+            format!("{}{}", cert.cert_pem, ca.cert_pem),
+            &cert.key_pem,
+        ));
+    tracing::info!(%addr, "DDS listening (gRPC over TLS)");
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(DdsServer::new(DdsService { shared }))
+        .serve(addr)
+        .await?;
+    Ok(())
+}
+
+/// Proxies connected right now, by Dataplane.
+pub(crate) type Proxies = HashMap<ResourceKey, ProxyStatus>;
