@@ -19,6 +19,8 @@ pub struct ProxyConfig {
     /// The Dataplane's name.
     pub dataplane: String,
     pub zone: String,
+    /// The Dataplane's address: where inbound listeners bind.
+    pub address: String,
     /// mTLS mode of the mesh; `Off` also when the mesh has no mTLS.
     pub mtls: MtlsMode,
     /// The proxy's identity (`spiffe://<trust-domain>/<service>` of its first inbound);

@@ -4,6 +4,7 @@
 
 mod client;
 mod config;
+mod demo_app;
 mod global_cp;
 mod ops;
 mod zone;
@@ -40,6 +41,11 @@ enum Cmd {
     /// Zone tokens: `zone token create --zone zone-a`.
     #[command(subcommand)]
     Zone(zone::ZoneCmd),
+    /// Run a sidecar (`dataplane --cp ... --token-file ... --dataplane-file ...`), or
+    /// `dataplane token create --mesh M --service S`.
+    Dataplane(Box<zone::DataplaneCmd>),
+    /// A small HTTP (or TCP echo) workload for tests and demos.
+    DemoApp(demo_app::DemoAppArgs),
     /// Details of one object: `inspect zone zone-a`.
     #[command(subcommand)]
     Inspect(zone::InspectCmd),
@@ -88,6 +94,17 @@ fn main() {
                 init_logging(&cli.log);
                 zone_cp::run(*args).await
             }
+            Cmd::DemoApp(a) => {
+                init_logging(&cli.log);
+                demo_app::run(a).await
+            }
+            Cmd::Dataplane(d) if d.cmd.is_none() => {
+                init_logging(&cli.log);
+                match d.run {
+                    Some(args) => causeway_dataplane::cli::run(args).await,
+                    None => Err(anyhow::anyhow!("causeway dataplane needs --cp, --cp-ca-file, --token-file and --dataplane-file (or a subcommand: token)")),
+                }
+            }
             cmd => {
                 // Operator commands stay quiet unless asked: one clear line on error.
                 init_logging(if cli.log == "info" { "warn" } else { &cli.log });
@@ -102,7 +119,13 @@ fn main() {
                         .map_err(anyhow::Error::from),
                     Cmd::Zone(c) => zone::zone(&cli.conn, c).await,
                     Cmd::Inspect(c) => zone::inspect(&cli.conn, c).await,
-                    Cmd::GlobalCp(_) | Cmd::ZoneCp(_) => unreachable!("handled above"),
+                    Cmd::Dataplane(d) => match d.cmd {
+                        Some(zone::DataplaneSub::Token(t)) => zone::dataplane_token(&cli.conn, t).await,
+                        None => unreachable!("handled above"),
+                    },
+                    Cmd::GlobalCp(_) | Cmd::ZoneCp(_) | Cmd::DemoApp(_) => {
+                        unreachable!("handled above")
+                    }
                 }
             }
         }

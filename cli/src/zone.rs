@@ -146,3 +146,75 @@ pub(crate) async fn inspect(conn: &ConnArgs, c: InspectCmd) -> anyhow::Result<()
     }
     Ok(())
 }
+
+/// `causeway dataplane`: run a sidecar, or manage dataplane tokens.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct DataplaneCmd {
+    #[command(subcommand)]
+    pub(crate) cmd: Option<DataplaneSub>,
+    #[command(flatten)]
+    pub(crate) run: Option<causeway_dataplane::cli::Args>,
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum DataplaneSub {
+    /// Dataplane tokens: bound to one mesh and one service.
+    #[command(subcommand)]
+    Token(DataplaneTokenCmd),
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum DataplaneTokenCmd {
+    /// Issue a token with which a sidecar of SERVICE in MESH gets its certificate.
+    Create {
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[arg(long)]
+        service: String,
+        /// How long the token is valid, e.g. 24h (default 8760h).
+        #[arg(long)]
+        valid_for: Option<String>,
+        /// Write the token to this file (mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub(crate) async fn dataplane_token(conn: &ConnArgs, c: DataplaneTokenCmd) -> anyhow::Result<()> {
+    let client = Client::new(conn.resolve()?)?;
+    let DataplaneTokenCmd::Create {
+        mesh,
+        service,
+        valid_for,
+        out,
+    } = c;
+    let mut body = json!({ "service": service });
+    if let Some(v) = valid_for {
+        body["validFor"] = json!(v);
+    }
+    let (_, v) = client
+        .request(
+            Method::POST,
+            &format!("/meshes/{mesh}/dataplane-token"),
+            Some(&body),
+        )
+        .await?;
+    let token = v
+        .get("token")
+        .and_then(Value::as_str)
+        .context("the server sent no token")?;
+    let exp = v.get("expiresAt").and_then(Value::as_str).unwrap_or("");
+    match out {
+        Some(path) => {
+            causeway_global_cp::tls::write_private(&path, &format!("{token}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!(
+                "dataplane token for {service} in mesh {mesh} written to {} (expires {exp})",
+                path.display()
+            );
+        }
+        None => println!("{token}"),
+    }
+    Ok(())
+}

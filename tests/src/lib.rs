@@ -603,3 +603,86 @@ impl GlobalCluster {
             .collect()
     }
 }
+
+/// Any `causeway` subcommand as a process (sidecars, demo apps), killed on drop.
+pub struct Proc {
+    pub name: String,
+    pub log: PathBuf,
+    args: Vec<String>,
+    child: std::sync::Mutex<Option<Child>>,
+}
+
+impl Proc {
+    /// Starts `causeway <args>`, logging to `<dir>/<name>.log`.
+    pub fn start(dir: &Path, name: &str, args: &[String]) -> anyhow::Result<Proc> {
+        let p = Proc {
+            name: name.to_string(),
+            log: dir.join(format!("{name}.log")),
+            args: args.to_vec(),
+            child: Default::default(),
+        };
+        p.restart()?;
+        Ok(p)
+    }
+
+    /// Starts it again (after `kill`), with the same arguments.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(causeway_bin())
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawning causeway {}", self.args.join(" ")))?;
+        *self.child.lock().expect("child lock") = Some(child);
+        Ok(())
+    }
+
+    pub fn kill(&self) {
+        if let Some(mut c) = self.child.lock().expect("child lock").take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit (up to `timeout`).
+    pub fn terminate(&self, timeout: Duration) -> anyhow::Result<()> {
+        let Some(mut c) = self.child.lock().expect("child lock").take() else {
+            return Ok(());
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if c.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        bail!("{} did not exit within {timeout:?} of SIGTERM", self.name)
+    }
+
+    pub fn logs(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        let mut out = format!("\n--- {} log (last lines) ---\n", self.name);
+        for l in tail.into_iter().rev() {
+            out.push_str(l);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

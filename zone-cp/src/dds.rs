@@ -184,8 +184,10 @@ impl Dds for DdsService {
         )
         .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
         let info = causeway_pki::cert_info(&leaf).map_err(|e| Status::internal(e.to_string()))?;
-        let life = (info.not_after - info.not_before) as f64;
-        let renew_at = info.not_before + (life * spec.certificate_renew_at.fraction()) as i64;
+        // From the issue time: not_before is backdated for clock skew.
+        let issued = now_unix();
+        let renew_at = issued
+            + ((info.not_after - issued) as f64 * spec.certificate_renew_at.fraction()) as i64;
         tracing::debug!(%id, not_after = info.not_after, "issued a workload certificate");
         Ok(Response::new(SignResponse {
             cert_chain_pem: format!("{leaf}{}", ca.cert_pem),

@@ -144,6 +144,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         mesh: mesh_name,
         dataplane: dataplane.name.clone(),
         zone: inputs.zone.clone(),
+        address: spec.address.clone(),
         mtls,
         identity: spec
             .inbound

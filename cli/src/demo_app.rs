@@ -1,0 +1,61 @@
+//! `causeway demo-app`: a small workload for tests and the quickstart. HTTP mode answers
+//! every request with JSON naming its service, zone and instance (and the caller's
+//! identity the sidecar passed on); TCP mode echoes bytes back.
+
+use std::net::SocketAddr;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct DemoAppArgs {
+    /// Where to listen (`--addr` is the CLI's global API address flag).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The service name it reports.
+    #[arg(long, default_value = "demo")]
+    service: String,
+    /// The zone it reports.
+    #[arg(long, default_value = "")]
+    zone: String,
+    /// The instance name it reports (default: the listen address).
+    #[arg(long)]
+    instance: Option<String>,
+    /// Echo raw TCP instead of serving HTTP.
+    #[arg(long)]
+    tcp: bool,
+}
+
+pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(a.listen).await?;
+    tracing::info!(addr = %a.listen, service = %a.service, tcp = a.tcp, "demo app listening");
+    if a.tcp {
+        loop {
+            let (mut s, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    }
+    let instance = a.instance.clone().unwrap_or_else(|| a.listen.to_string());
+    let me = json!({"service": a.service, "zone": a.zone, "instance": instance});
+    let app = axum::Router::new().fallback(echo).with_state(me);
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn echo(State(me): State<Value>, req: Request) -> Json<Value> {
+    let peer = req
+        .headers()
+        .get("x-causeway-peer")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let mut out = me;
+    out["method"] = json!(req.method().as_str());
+    out["path"] = json!(req.uri().path());
+    out["peer"] = json!(peer);
+    Json(out)
+}

@@ -1,0 +1,70 @@
+//! The admin listener: `/ready` (config, and certificate when mTLS is on), `/config`
+//! (the current ProxyConfig with the certificate's identity and expiry; no keys),
+//! `/metrics` (Prometheus).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde_json::json;
+
+use crate::proxy::Proxy;
+
+pub(crate) async fn serve(
+    proxy: Arc<Proxy>,
+    addr: SocketAddr,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let app = Router::new()
+        .route("/ready", get(ready))
+        .route("/config", get(config))
+        .route("/metrics", get(metrics))
+        .with_state(proxy);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the admin address {addr}: {e}"))?;
+    tracing::info!(%addr, "admin listening");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin listener stopped");
+        }
+    }))
+}
+
+async fn ready(State(p): State<Arc<Proxy>>) -> impl IntoResponse {
+    let cfg = p.config.borrow().clone();
+    let id = p.identity.borrow().clone();
+    match cfg {
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no config from the control plane yet\n",
+        ),
+        Some(c) if c.mtls != causeway_api::MtlsMode::Off && id.is_none() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no workload certificate yet\n",
+        ),
+        Some(_) => (StatusCode::OK, "ready\n"),
+    }
+}
+
+async fn config(State(p): State<Arc<Proxy>>) -> impl IntoResponse {
+    let cfg = p.config.borrow().clone();
+    let id = p.identity.borrow().clone();
+    axum::Json(json!({
+        "config": cfg.as_deref(),
+        "certificate": id.map(|i| json!({"identity": i.id, "notAfter": i.not_after, "renewAt": i.renew_at})),
+    }))
+}
+
+async fn metrics(State(p): State<Arc<Proxy>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        p.metrics.render(),
+    )
+}

@@ -1,0 +1,112 @@
+//! Command-line arguments of the sidecar, shared by `causeway-dataplane` and
+//! `causeway dataplane`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use crate::{ControlPlane, DataplaneConfig};
+
+/// Run a sidecar: gets its certificate and config from the zone control plane and
+/// proxies the workload's traffic.
+///
+/// causeway dataplane --cp https://127.0.0.1:7711 --cp-ca-file zone/api-ca.pem
+///   --token-file web.token --dataplane-file web.yaml
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The zone control plane's DDS address, `https://HOST:PORT`.
+    #[arg(long)]
+    pub cp: String,
+    /// The CA of the zone control plane's certificate (`<zone data dir>/api-ca.pem`).
+    #[arg(long)]
+    pub cp_ca_file: PathBuf,
+    /// The dataplane token (`causeway dataplane token create --mesh M --service S`).
+    #[arg(long)]
+    pub token_file: PathBuf,
+    /// The Dataplane resource (YAML or JSON) this sidecar registers.
+    #[arg(long)]
+    pub dataplane_file: PathBuf,
+    /// Admin listener (`/ready`, `/config`, `/metrics`); default 127.0.0.1:<spec.adminPort>.
+    #[arg(long)]
+    pub admin_addr: Option<SocketAddr>,
+    /// How long SIGTERM waits for open connections.
+    #[arg(long, default_value = "10")]
+    pub drain_seconds: u64,
+}
+
+fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+/// Parses the files and runs until SIGTERM or Ctrl-C.
+pub async fn run(a: Args) -> anyhow::Result<()> {
+    let text = read(&a.dataplane_file, "--dataplane-file")?;
+    let dataplane = if text.trim_start().starts_with('{') {
+        causeway_api::Resource::from_json(text.as_bytes())
+    } else {
+        causeway_api::Resource::from_yaml(&text)
+    }
+    .with_context(|| format!("parsing {}", a.dataplane_file.display()))?;
+    let cp = ControlPlane {
+        addr: if a.cp.contains("://") {
+            a.cp.clone()
+        } else {
+            format!("https://{}", a.cp)
+        },
+        ca_pem: read(&a.cp_ca_file, "--cp-ca-file")?,
+        token: read(&a.token_file, "--token-file")?.trim().to_string(),
+    };
+    let cfg = DataplaneConfig {
+        cp,
+        dataplane,
+        admin_addr: a.admin_addr,
+        drain: Duration::from_secs(a.drain_seconds),
+    };
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = stop_tx.send(true);
+    });
+    crate::run(cfg, stop).await
+}
+
+#[derive(clap::Parser)]
+#[command(name = "causeway-dataplane", version)]
+struct Standalone {
+    #[command(flatten)]
+    args: Args,
+    /// Log filter (also RUST_LOG).
+    #[arg(long, default_value = "info")]
+    log: String,
+}
+
+/// Entry point of the standalone binary.
+pub fn main() {
+    use clap::Parser as _;
+    let cli = Standalone::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let filter = std::env::var("RUST_LOG").unwrap_or(cli.log);
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the tokio runtime");
+    if let Err(e) = rt.block_on(run(cli.args)) {
+        let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+        eprintln!("error: {}", msg.join(": "));
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,163 @@
+//! The connection to the zone control plane: certificate signing (renewed before expiry)
+//! and the DDS stream that delivers configs. Both retry with backoff forever; the proxy
+//! keeps running on its last config and certificate meanwhile.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use causeway_api::kds::dds::dds_client::DdsClient;
+use causeway_api::kds::dds::{
+    ProxyAck, ProxyHello, ProxyMessage, ProxyNack, SignRequest, control_message, proxy_message,
+};
+use causeway_api::proxy_config::ProxyConfig;
+use futures::StreamExt as _;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+
+use crate::identity::Identity;
+
+/// Where the zone control plane is and how to talk to it.
+#[derive(Clone)]
+pub struct ControlPlane {
+    /// `https://host:port` of the zone's DDS.
+    pub addr: String,
+    /// The zone API CA (the zone's `api-ca.pem`).
+    pub ca_pem: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl ControlPlane {
+    async fn channel(&self) -> anyhow::Result<Channel> {
+        let ep = Endpoint::from_shared(self.addr.clone())
+            .map_err(|e| anyhow::anyhow!("--cp {:?}: {e}", self.addr))?
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem)))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Ok(tokio::time::timeout(Duration::from_secs(10), ep.connect())
+            .await
+            .map_err(|_| anyhow::anyhow!("connecting to {} timed out", self.addr))??)
+    }
+
+    /// Asks for a certificate for a fresh key.
+    pub async fn sign(&self) -> anyhow::Result<Identity> {
+        let csr = causeway_pki::generate_csr("causeway-dataplane")?;
+        let resp = DdsClient::new(self.channel().await?)
+            .sign(SignRequest {
+                token: self.token.clone(),
+                csr_pem: csr.csr_pem,
+            })
+            .await
+            .map_err(|s| anyhow::anyhow!("certificate refused: {}", s.message()))?
+            .into_inner();
+        Identity::new(
+            &resp.cert_chain_pem,
+            &csr.key_pem,
+            &resp.trust_bundle_pem,
+            resp.renew_at,
+        )
+    }
+
+    /// Keeps the identity fresh: signs one now (retrying), then renews at each
+    /// certificate's renewal point. Existing connections keep their session; new ones
+    /// use the new certificate.
+    pub async fn keep_identity(self, tx: watch::Sender<Option<Arc<Identity>>>) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.sign().await {
+                Ok(id) => {
+                    tracing::info!(id = %id.id, not_after = id.not_after, renew_at = id.renew_at, "workload certificate issued");
+                    let wait = (id.renew_at - now_unix()).max(1) as u64;
+                    tx.send_replace(Some(Arc::new(id)));
+                    backoff = Duration::from_millis(200);
+                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "getting a workload certificate; retrying");
+                    tokio::time::sleep(backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    }
+
+    /// Registers the dataplane and follows its config, reconnecting forever.
+    pub async fn follow_config(
+        self,
+        dataplane_json: Vec<u8>,
+        tx: watch::Sender<Option<Arc<ProxyConfig>>>,
+    ) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let started = std::time::Instant::now();
+            match self.stream_once(&dataplane_json, &tx).await {
+                Ok(()) => tracing::info!("DDS stream ended; reconnecting"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "DDS stream failed; keeping the last config and retrying")
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(200);
+            }
+            tokio::time::sleep(backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn stream_once(
+        &self,
+        dataplane_json: &[u8],
+        tx: &watch::Sender<Option<Arc<ProxyConfig>>>,
+    ) -> anyhow::Result<()> {
+        let (up, rx) = mpsc::channel(4);
+        up.send(ProxyMessage {
+            msg: Some(proxy_message::Msg::Hello(ProxyHello {
+                token: self.token.clone(),
+                dataplane_json: dataplane_json.to_vec(),
+            })),
+        })
+        .await?;
+        let mut down = DdsClient::new(self.channel().await?)
+            .stream(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+            .into_inner();
+        while let Some(msg) = down.next().await {
+            let msg = msg.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+            let Some(control_message::Msg::Config(snap)) = msg.msg else {
+                continue;
+            };
+            let reply = match serde_json::from_slice::<ProxyConfig>(&snap.json) {
+                Ok(cfg) => {
+                    tracing::info!(version = %cfg.version, "new config");
+                    tx.send_replace(Some(Arc::new(cfg)));
+                    proxy_message::Msg::Ack(ProxyAck {
+                        version: snap.version,
+                    })
+                }
+                Err(e) => {
+                    tracing::warn!(version = %snap.version, error = %e, "rejected a config");
+                    proxy_message::Msg::Nack(ProxyNack {
+                        version: snap.version,
+                        reason: e.to_string(),
+                    })
+                }
+            };
+            up.send(ProxyMessage { msg: Some(reply) }).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+//! HTTP between sidecars: one multiplexed HTTP/2 connection per endpoint, over mTLS
+//! (ALPN `h2`), reused by every request from the application, so a new application
+//! connection costs no handshake.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt as _;
+use http_body_util::combinators::BoxBody;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use tokio::net::TcpStream;
+
+/// The body type that crosses the proxy.
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Boxes any hyper body.
+pub(crate) fn boxed<B>(b: B) -> Body
+where
+    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+{
+    b.boxed()
+}
+
+/// A short text body (errors the proxy itself returns).
+pub(crate) fn text(status: http::StatusCode, msg: impl Into<String>) -> http::Response<Body> {
+    let body = http_body_util::Full::new(Bytes::from(msg.into()))
+        .map_err(|never| match never {})
+        .boxed();
+    http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header("x-causeway-proxy", "1")
+        .body(body)
+        .expect("static response parts are valid")
+}
+
+/// One endpoint's pooled connection.
+#[derive(Default)]
+pub(crate) struct Pool {
+    sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+}
+
+/// How to reach an endpoint.
+pub(crate) struct Dial {
+    pub(crate) addr: String,
+    pub(crate) port: u16,
+    /// mTLS client config (checks the destination's identity); `None` for plaintext.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// SNI: the destination's name, which an ingress routes on.
+    pub(crate) sni: String,
+}
+
+/// A TCP (and TLS) connection to an endpoint.
+pub(crate) async fn connect(dial: &Dial) -> std::io::Result<Box<dyn crate::proxy::Stream>> {
+    let tcp = tokio::time::timeout(
+        Duration::from_secs(5),
+        TcpStream::connect((dial.addr.as_str(), dial.port)),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    tcp.set_nodelay(true)?;
+    match &dial.tls {
+        None => Ok(Box::new(tcp)),
+        Some(cfg) => {
+            let name = ServerName::try_from(dial.sni.clone())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            let tls = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp),
+            )
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+            })??;
+            Ok(Box::new(tls))
+        }
+    }
+}
+
+impl Pool {
+    /// The pooled sender, connecting when there is none or it closed.
+    pub(crate) async fn sender(&self, dial: &Dial) -> std::io::Result<SendRequest<Body>> {
+        let mut g = self.sender.lock().await;
+        if let Some(s) = g.as_ref()
+            && !s.is_closed()
+        {
+            return Ok(s.clone());
+        }
+        let io = connect(dial).await?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .adaptive_window(true)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection closed");
+            }
+        });
+        *g = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Forgets the connection (after an error), so the next request dials again.
+    pub(crate) async fn reset(&self) {
+        *self.sender.lock().await = None;
+    }
+}
+
+/// Headers that describe one hop, not the request (RFC 9110 7.6.1).
+pub(crate) fn strip_hop_by_hop(h: &mut http::HeaderMap) {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+    ] {
+        // gRPC needs "te: trailers" end to end over HTTP/2.
+        if name == "te" && h.get(name).is_some_and(|v| v == "trailers") {
+            continue;
+        }
+        h.remove(name);
+    }
+}

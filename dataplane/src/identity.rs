@@ -1,0 +1,190 @@
+//! The sidecar's workload identity: a key generated here, a certificate for
+//! `spiffe://<trust-domain>/<service>` signed by the zone, and the rustls configs built
+//! from them. Peers are verified against the mesh root and by SPIFFE id, not by DNS name.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+
+/// ALPN of sidecar-to-sidecar HTTP (multiplexed HTTP/2 over mTLS).
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN of sidecar-to-sidecar opaque TCP.
+pub const ALPN_TCP: &[u8] = b"causeway-tcp";
+
+/// A certificate and what trusts it.
+pub struct Identity {
+    /// This proxy's SPIFFE id.
+    pub id: String,
+    pub not_after: i64,
+    pub renew_at: i64,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    anchors: Arc<Vec<rustls::pki_types::TrustAnchor<'static>>>,
+    /// Inbound: client certificates required, chained to the mesh root.
+    pub server: Arc<ServerConfig>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("id", &self.id)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    causeway_pki::provider()
+}
+
+impl Identity {
+    /// Builds the identity from the zone's answer: chain (leaf first), key, mesh root.
+    pub fn new(
+        chain_pem: &str,
+        key_pem: &str,
+        trust_bundle_pem: &str,
+        renew_at: i64,
+    ) -> anyhow::Result<Identity> {
+        let chain = causeway_pki::certs(chain_pem, "workload certificate")?;
+        let key = causeway_pki::key(key_pem, "workload key")?;
+        let info = causeway_pki::cert_info_der(&chain[0])?;
+        let id = info
+            .uris
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("the workload certificate has no SPIFFE id"))?;
+        let mut roots = RootCertStore::empty();
+        let mut anchors = Vec::new();
+        for c in causeway_pki::certs(trust_bundle_pem, "mesh trust bundle")? {
+            anchors.push(webpki::anchor_from_trusted_cert(&c)?.to_owned());
+            roots.add(c)?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| anyhow::anyhow!("client verifier: {e}"))?;
+        let mut server = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key.clone_key())?;
+        server.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_TCP.to_vec(), b"http/1.1".to_vec()];
+        Ok(Identity {
+            id,
+            not_after: info.not_after,
+            renew_at,
+            chain,
+            key,
+            anchors: Arc::new(anchors),
+            server: Arc::new(server),
+        })
+    }
+
+    /// Outbound: presents this identity and accepts only a server whose certificate
+    /// chains to the mesh root and names `expected` (a SPIFFE id).
+    pub fn client_config(&self, expected: &str, alpn: &[u8]) -> anyhow::Result<Arc<ClientConfig>> {
+        let verifier = SpiffeVerifier {
+            anchors: self.anchors.clone(),
+            expected: expected.to_string(),
+            provider: provider(),
+        };
+        let mut cfg = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(cfg))
+    }
+}
+
+/// The SPIFFE id in a peer's leaf certificate.
+pub fn peer_id(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
+    let leaf = certs?.first()?;
+    causeway_pki::cert_info_der(leaf)
+        .ok()?
+        .uris
+        .into_iter()
+        .next()
+}
+
+/// Verifies a server by chain to the mesh root and by SPIFFE id (the SNI names the
+/// destination for ingresses; it is not what is trusted).
+#[derive(Debug)]
+struct SpiffeVerifier {
+    anchors: Arc<Vec<rustls::pki_types::TrustAnchor<'static>>>,
+    expected: String,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for SpiffeVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let cert = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(|e| rustls::Error::General(format!("peer certificate: {e}")))?;
+        cert.verify_for_usage(
+            self.provider.signature_verification_algorithms.all,
+            &self.anchors,
+            intermediates,
+            now,
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| {
+            rustls::Error::General(format!(
+                "peer certificate does not chain to the mesh root: {e}"
+            ))
+        })?;
+        let id = peer_id(Some(std::slice::from_ref(end_entity)));
+        if id.as_deref() != Some(self.expected.as_str()) {
+            return Err(rustls::Error::General(format!(
+                "peer identity {} is not the expected {}",
+                id.as_deref().unwrap_or("(none)"),
+                self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}

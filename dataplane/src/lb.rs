@@ -1,0 +1,247 @@
+//! Endpoint selection for one destination: priority groups (this zone first, then the
+//! failover order), passive health (consecutive connect failures eject an endpoint for a
+//! growing while), and the balancer the MeshLoadBalancingStrategy names: power of two
+//! choices over peak-EWMA latency (default), least request, round robin or random.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use causeway_api::LoadBalancerType;
+use causeway_api::proxy_config::{Endpoint, EndpointGroup};
+
+use crate::http::Pool;
+
+/// How fast peak-EWMA forgets (linkerd2-proxy's default decay).
+const EWMA_DECAY: Duration = Duration::from_secs(10);
+/// Latency assumed for an endpoint without samples yet.
+const DEFAULT_RTT: Duration = Duration::from_millis(1);
+
+/// One endpoint with its load, latency estimate, health and connection pool.
+pub(crate) struct EndpointState {
+    pub(crate) endpoint: Endpoint,
+    pub(crate) active: AtomicU64,
+    ewma: Mutex<(f64, Instant)>,
+    failures: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+    /// Pooled multiplexed connection (HTTP).
+    pub(crate) pool: Pool,
+}
+
+impl EndpointState {
+    fn new(endpoint: Endpoint) -> EndpointState {
+        EndpointState {
+            endpoint,
+            active: AtomicU64::new(0),
+            ewma: Mutex::new((DEFAULT_RTT.as_nanos() as f64, Instant::now())),
+            failures: AtomicU32::new(0),
+            ejected_until: Mutex::new(None),
+            pool: Pool::default(),
+        }
+    }
+
+    pub(crate) fn key(&self) -> (String, u16) {
+        (self.endpoint.address.clone(), self.endpoint.port)
+    }
+
+    fn healthy(&self, now: Instant) -> bool {
+        self.ejected_until
+            .lock()
+            .expect("eject lock")
+            .is_none_or(|t| now >= t)
+    }
+
+    /// Records a latency sample: peaks count at once, lower values decay in.
+    pub(crate) fn observe(&self, rtt: Duration) {
+        let sample = rtt.as_nanos() as f64;
+        let mut g = self.ewma.lock().expect("ewma lock");
+        let now = Instant::now();
+        let elapsed = now.duration_since(g.1).as_secs_f64();
+        let w = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
+        g.0 = if sample > g.0 {
+            sample
+        } else {
+            g.0 * w + sample * (1.0 - w)
+        };
+        g.1 = now;
+    }
+
+    /// A connection worked: the endpoint is healthy again.
+    pub(crate) fn succeeded(&self) {
+        if self.failures.swap(0, Ordering::Relaxed) > 0 {
+            *self.ejected_until.lock().expect("eject lock") = None;
+        }
+    }
+
+    /// A connection failed: eject for 1 s, 2 s, 4 s ... up to 30 s.
+    pub(crate) fn failed(&self) {
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let backoff = Duration::from_secs(1 << (n - 1).min(5)).min(Duration::from_secs(30));
+        *self.ejected_until.lock().expect("eject lock") = Some(Instant::now() + backoff);
+        tracing::info!(endpoint = %format!("{}:{}", self.endpoint.address, self.endpoint.port), failures = n, ?backoff, "endpoint ejected");
+    }
+
+    fn cost(&self, kind: LoadBalancerType) -> f64 {
+        let active = self.active.load(Ordering::Relaxed) as f64;
+        let weight = f64::from(self.endpoint.weight.max(1));
+        match kind {
+            LoadBalancerType::LeastRequest => active / weight,
+            _ => self.ewma.lock().expect("ewma lock").0 * (active + 1.0) / weight,
+        }
+    }
+}
+
+/// The endpoints of one destination.
+pub(crate) struct Balancer {
+    kind: LoadBalancerType,
+    groups: Vec<(String, Vec<Arc<EndpointState>>)>,
+    next: AtomicUsize,
+}
+
+impl Balancer {
+    /// Builds a balancer, reusing the state (stats, pools) of endpoints `old` had.
+    pub(crate) fn new(
+        kind: LoadBalancerType,
+        groups: &[EndpointGroup],
+        old: Option<&Balancer>,
+    ) -> Balancer {
+        let find = |e: &Endpoint| {
+            old.and_then(|o| {
+                o.groups
+                    .iter()
+                    .flat_map(|(_, es)| es.iter())
+                    .find(|s| s.endpoint == *e)
+                    .cloned()
+            })
+        };
+        Balancer {
+            kind,
+            groups: groups
+                .iter()
+                .map(|g| {
+                    (
+                        g.zone.clone(),
+                        g.endpoints
+                            .iter()
+                            .map(|e| {
+                                find(e).unwrap_or_else(|| Arc::new(EndpointState::new(e.clone())))
+                            })
+                            .collect(),
+                    )
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Picks an endpoint from the first group with a healthy one, skipping `exclude`.
+    /// When every endpoint is ejected, tries them anyway (better a retry than nothing).
+    pub(crate) fn pick(&self, exclude: &[(String, u16)]) -> Option<Arc<EndpointState>> {
+        let now = Instant::now();
+        for (_, group) in &self.groups {
+            let healthy: Vec<&Arc<EndpointState>> = group
+                .iter()
+                .filter(|e| e.healthy(now) && !exclude.contains(&e.key()))
+                .collect();
+            if let Some(e) = self.choose(&healthy) {
+                return Some(e.clone());
+            }
+        }
+        let all: Vec<&Arc<EndpointState>> = self
+            .groups
+            .iter()
+            .flat_map(|(_, g)| g.iter())
+            .filter(|e| !exclude.contains(&e.key()))
+            .collect();
+        self.choose(&all).cloned()
+    }
+
+    fn choose<'a>(&self, c: &[&'a Arc<EndpointState>]) -> Option<&'a Arc<EndpointState>> {
+        match c.len() {
+            0 => None,
+            1 => Some(c[0]),
+            n => match self.kind {
+                LoadBalancerType::RoundRobin => {
+                    Some(c[self.next.fetch_add(1, Ordering::Relaxed) % n])
+                }
+                LoadBalancerType::Random | LoadBalancerType::RingHash => {
+                    Some(c[rand::random_range(0..n)])
+                }
+                kind => {
+                    let a = rand::random_range(0..n);
+                    let mut b = rand::random_range(0..n - 1);
+                    if b >= a {
+                        b += 1;
+                    }
+                    Some(if c[a].cost(kind) <= c[b].cost(kind) {
+                        c[a]
+                    } else {
+                        c[b]
+                    })
+                }
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(addr: &str) -> Endpoint {
+        Endpoint {
+            address: addr.into(),
+            port: 1,
+            weight: 1,
+            sni: None,
+            tags: Default::default(),
+        }
+    }
+
+    fn groups() -> Vec<EndpointGroup> {
+        vec![
+            EndpointGroup {
+                zone: "a".into(),
+                endpoints: vec![ep("a1"), ep("a2")],
+            },
+            EndpointGroup {
+                zone: "b".into(),
+                endpoints: vec![ep("b1")],
+            },
+        ]
+    }
+
+    #[test]
+    fn local_zone_first_then_failover_when_ejected() {
+        let b = Balancer::new(LoadBalancerType::RoundRobin, &groups(), None);
+        for _ in 0..10 {
+            assert!(b.pick(&[]).unwrap().endpoint.address.starts_with('a'));
+        }
+        for e in &b.groups[0].1 {
+            e.failed();
+        }
+        assert_eq!(b.pick(&[]).unwrap().endpoint.address, "b1");
+        b.groups[0].1[0].succeeded();
+        assert_eq!(b.pick(&[]).unwrap().endpoint.address, "a1");
+    }
+
+    #[test]
+    fn peak_ewma_prefers_the_fast_endpoint_and_state_survives_rebuilds() {
+        let b = Balancer::new(LoadBalancerType::PeakEwma, &groups(), None);
+        b.groups[0].1[0].observe(Duration::from_millis(50));
+        b.groups[0].1[1].observe(Duration::from_micros(200));
+        let fast = (0..100)
+            .filter(|_| b.pick(&[]).unwrap().endpoint.address == "a2")
+            .count();
+        assert_eq!(fast, 100, "with two endpoints P2C always compares both");
+        let rebuilt = Balancer::new(LoadBalancerType::PeakEwma, &groups(), Some(&b));
+        assert!(Arc::ptr_eq(&rebuilt.groups[0].1[0], &b.groups[0].1[0]));
+        assert_eq!(rebuilt.pick(&[]).unwrap().endpoint.address, "a2");
+        // Excluding the fast one (a retry) gives the other.
+        assert_eq!(
+            rebuilt.pick(&[("a2".into(), 1)]).unwrap().endpoint.address,
+            "a1"
+        );
+    }
+}

@@ -1,0 +1,95 @@
+//! The Causeway sidecar. It runs beside one workload: gets a workload certificate from its
+//! zone control plane (key generated here, CSR plus dataplane token), registers its
+//! Dataplane over DDS and follows its ProxyConfig, terminates and originates mutual TLS,
+//! authorizes callers by SPIFFE id, and proxies TCP, HTTP/1.1, HTTP/2 and gRPC. It keeps
+//! serving its last config and certificate when the control plane is away.
+//!
+//! Lean on purpose: no storage, no control-plane code. `cp` talks to the zone,
+//! `identity` holds certificates and TLS configs, `proxy` the listeners, `lb` endpoint
+//! choice, `http` the pooled connections between sidecars, `admin` the admin listener.
+
+mod admin;
+pub mod cli;
+pub mod cp;
+mod http;
+pub mod identity;
+mod lb;
+mod metrics;
+mod proxy;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use causeway_api::{DataplaneSpec, Resource};
+use tokio::sync::watch;
+
+pub use cp::ControlPlane;
+
+/// Settings of a sidecar, parsed once at the binary's edge.
+#[derive(Debug, Clone)]
+pub struct DataplaneConfig {
+    pub cp: ControlPlane,
+    /// The Dataplane resource this sidecar registers.
+    pub dataplane: Resource,
+    /// Admin listener; default `127.0.0.1:<spec.adminPort>`.
+    pub admin_addr: Option<SocketAddr>,
+    /// How long SIGTERM waits for open connections to finish.
+    pub drain: Duration,
+}
+
+/// Runs the sidecar until `stop` turns true, then drains.
+pub async fn run(cfg: DataplaneConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    causeway_api::validate(&cfg.dataplane)
+        .map_err(|e| anyhow::anyhow!("the Dataplane is invalid: {e}"))?;
+    anyhow::ensure!(
+        cfg.dataplane.kind == "Dataplane",
+        "the dataplane file must hold a Dataplane, not a {}",
+        cfg.dataplane.kind
+    );
+    let spec: DataplaneSpec = serde_json::from_value(cfg.dataplane.spec.clone())?;
+    let admin_addr = cfg
+        .admin_addr
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], spec.admin_port)));
+    let (config_tx, config_rx) = watch::channel(None);
+    let (identity_tx, identity_rx) = watch::channel(None);
+    let proxy = proxy::Proxy::new(config_rx, identity_rx);
+    let json = serde_json::to_vec(&cfg.dataplane)?;
+    let mut tasks = vec![
+        tokio::spawn(cfg.cp.clone().follow_config(json, config_tx)),
+        tokio::spawn(proxy::run_listeners(proxy.clone(), stop.clone())),
+    ];
+    // The certificate is needed only with mTLS; ask for it once the config says so.
+    let (p, c) = (proxy.clone(), cfg.cp.clone());
+    tasks.push(tokio::spawn(async move {
+        let mut config = p.config.clone();
+        loop {
+            let wants = config
+                .borrow_and_update()
+                .as_ref()
+                .is_some_and(|c| c.mtls != causeway_api::MtlsMode::Off);
+            if wants {
+                c.keep_identity(identity_tx).await;
+                return;
+            }
+            if config.changed().await.is_err() {
+                return;
+            }
+        }
+    }));
+    let admin = admin::serve(proxy.clone(), admin_addr).await?;
+    tasks.push(admin);
+    let _ = stop.wait_for(|s| *s).await;
+    tracing::info!(drain = ?cfg.drain, "draining");
+    for t in &tasks {
+        t.abort();
+    }
+    let deadline = Instant::now() + cfg.drain;
+    while proxy.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(open = proxy.active.load(Ordering::Relaxed), "stopped");
+    let _ = Arc::strong_count(&proxy);
+    Ok(())
+}

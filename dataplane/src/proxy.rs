@@ -1,0 +1,631 @@
+//! Listeners and the traffic through them. Inbound: terminate mTLS, authorize the caller's
+//! SPIFFE id against the current permissions, forward to the application. Outbound: take
+//! the application's connection or request, pick an endpoint, originate mTLS that checks
+//! the destination's identity. Every decision reads the latest config, so a policy change
+//! applies to the next request without restarting anything.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use causeway_api::proxy_config::{
+    InboundListener, OutboundListener, ProxyConfig, SourceMatch, ingress_sni,
+};
+use causeway_api::{Action, MtlsMode, Protocol};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::http::{Body, Dial, boxed, strip_hop_by_hop, text};
+use crate::identity::{ALPN_H2, ALPN_TCP, Identity, peer_id};
+use crate::lb::{Balancer, EndpointState};
+use crate::metrics::Metrics;
+
+/// A connection the proxy can read and write.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+/// Attempts per outbound request or connection when endpoints refuse connections.
+const CONNECT_ATTEMPTS: usize = 3;
+
+/// The running proxy: the latest config and identity, balancers, metrics.
+pub(crate) struct Proxy {
+    pub(crate) config: watch::Receiver<Option<Arc<ProxyConfig>>>,
+    pub(crate) identity: watch::Receiver<Option<Arc<Identity>>>,
+    pub(crate) metrics: Arc<Metrics>,
+    balancers: Mutex<HashMap<u16, Arc<Balancer>>>,
+    client_configs: Mutex<HashMap<(String, &'static [u8]), (usize, Arc<rustls::ClientConfig>)>>,
+    app_h1: Client<HttpConnector, Body>,
+    app_h2: Client<HttpConnector, Body>,
+    /// Connections in flight, for draining.
+    pub(crate) active: AtomicU64,
+}
+
+/// Counts a connection as active while alive.
+struct ActiveGuard(Arc<Proxy>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn service_of(spiffe: &str) -> &str {
+    spiffe.rsplit('/').next().unwrap_or(spiffe)
+}
+
+/// Whether the current permissions let `peer` in; `Err` carries the reason.
+pub(crate) fn authorize(
+    ib: &InboundListener,
+    mtls: MtlsMode,
+    peer: Option<&str>,
+) -> Result<(), String> {
+    let Some(peer) = peer else {
+        return if mtls == MtlsMode::Strict {
+            Err("mutual TLS is required".into())
+        } else {
+            Ok(())
+        };
+    };
+    for rule in &ib.permissions {
+        let hit = match &rule.source {
+            SourceMatch::Any => true,
+            SourceMatch::Spiffe { id } => id == peer,
+        };
+        if hit {
+            return match rule.action {
+                Action::Allow | Action::AllowWithShadowDeny => Ok(()),
+                Action::Deny => Err(format!(
+                    "{peer} may not call {} (denied by MeshTrafficPermission {})",
+                    ib.service,
+                    rule.policies.join(", ")
+                )),
+            };
+        }
+    }
+    match ib.default_action {
+        Action::Deny => Err(format!(
+            "{peer} may not call {}: no MeshTrafficPermission allows it",
+            ib.service
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl Proxy {
+    pub(crate) fn new(
+        config: watch::Receiver<Option<Arc<ProxyConfig>>>,
+        identity: watch::Receiver<Option<Arc<Identity>>>,
+    ) -> Arc<Proxy> {
+        let mut h1 = HttpConnector::new();
+        h1.set_nodelay(true);
+        let app_h1 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(h1.clone());
+        let app_h2 = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(h1);
+        Arc::new(Proxy {
+            config,
+            identity,
+            metrics: Arc::default(),
+            balancers: Mutex::default(),
+            client_configs: Mutex::default(),
+            app_h1,
+            app_h2,
+            active: AtomicU64::new(0),
+        })
+    }
+
+    fn current(&self) -> Option<Arc<ProxyConfig>> {
+        self.config.borrow().clone()
+    }
+
+    fn guard(self: &Arc<Self>) -> ActiveGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(self.clone())
+    }
+
+    fn balancer(&self, ob: &OutboundListener) -> Arc<Balancer> {
+        let mut map = self.balancers.lock().expect("balancers lock");
+        map.entry(ob.port)
+            .or_insert_with(|| Arc::new(Balancer::new(ob.load_balancer, &ob.groups, None)))
+            .clone()
+    }
+
+    /// Rebuilds balancers from a new config, keeping endpoint state.
+    pub(crate) fn update_balancers(&self, cfg: &ProxyConfig) {
+        let mut map = self.balancers.lock().expect("balancers lock");
+        let mut next = HashMap::new();
+        for ob in &cfg.outbounds {
+            let b = Balancer::new(
+                ob.load_balancer,
+                &ob.groups,
+                map.get(&ob.port).map(|b| &**b),
+            );
+            next.insert(ob.port, Arc::new(b));
+        }
+        *map = next;
+    }
+
+    fn client_config(
+        &self,
+        expected: &str,
+        alpn: &'static [u8],
+    ) -> Option<Arc<rustls::ClientConfig>> {
+        let id = self.identity.borrow().clone()?;
+        let tag = Arc::as_ptr(&id) as usize;
+        let mut map = self.client_configs.lock().expect("client configs lock");
+        if let Some((t, c)) = map.get(&(expected.to_string(), alpn))
+            && *t == tag
+        {
+            return Some(c.clone());
+        }
+        let c = id.client_config(expected, alpn).ok()?;
+        map.insert((expected.to_string(), alpn), (tag, c.clone()));
+        Some(c)
+    }
+
+    fn dial(
+        &self,
+        cfg: &ProxyConfig,
+        ob: &OutboundListener,
+        ep: &EndpointState,
+        alpn: &'static [u8],
+    ) -> Option<Dial> {
+        let tls = match (cfg.mtls, &ob.identity) {
+            (MtlsMode::Off, _) | (_, None) => None,
+            (_, Some(expected)) => Some(self.client_config(expected, alpn)?),
+        };
+        Some(Dial {
+            addr: ep.endpoint.address.clone(),
+            port: ep.endpoint.port,
+            tls,
+            sni: ep
+                .endpoint
+                .sni
+                .clone()
+                .unwrap_or_else(|| ingress_sni(&ob.service, &cfg.mesh)),
+        })
+    }
+}
+
+// === listeners ===
+
+/// Keeps one listener per inbound and outbound of the current config.
+pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
+    let mut config = proxy.config.clone();
+    let mut running: HashMap<(bool, String, u16), tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        let cfg = config.borrow_and_update().clone();
+        if let Some(cfg) = cfg {
+            proxy.update_balancers(&cfg);
+            let mut want: Vec<(bool, String, u16)> = cfg
+                .inbounds
+                .iter()
+                .map(|i| (true, cfg.address.clone(), i.port))
+                .collect();
+            want.extend(
+                cfg.outbounds
+                    .iter()
+                    .map(|o| (false, o.address.clone(), o.port)),
+            );
+            running.retain(|k, task| {
+                let keep = want.contains(k) && !task.is_finished();
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for k in want {
+                if running.contains_key(&k) {
+                    continue;
+                }
+                let (p, key) = (proxy.clone(), k.clone());
+                running.insert(k, tokio::spawn(async move { listen(p, key).await }));
+            }
+        }
+        tokio::select! {
+            c = config.changed() => if c.is_err() { break },
+            _ = stop.changed() => break,
+            // Retry listeners that failed to bind.
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    for (_, t) in running {
+        t.abort();
+    }
+}
+
+async fn listen(proxy: Arc<Proxy>, (inbound, addr, port): (bool, String, u16)) {
+    let listener = match TcpListener::bind((addr.as_str(), port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, port, inbound, error = %e, "cannot listen; will retry");
+            return;
+        }
+    };
+    tracing::info!(%addr, port, direction = if inbound { "inbound" } else { "outbound" }, "listening");
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let p = proxy.clone();
+        tokio::spawn(async move {
+            let _g = p.guard();
+            let r = if inbound {
+                inbound_conn(&p, port, tcp, peer).await
+            } else {
+                outbound_conn(&p, port, tcp).await
+            };
+            if let Err(e) = r {
+                tracing::debug!(port, inbound, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+// === inbound ===
+
+async fn inbound_conn(
+    proxy: &Arc<Proxy>,
+    port: u16,
+    tcp: TcpStream,
+    _from: SocketAddr,
+) -> anyhow::Result<()> {
+    let cfg = proxy
+        .current()
+        .ok_or_else(|| anyhow::anyhow!("no config yet"))?;
+    let ib = cfg
+        .inbounds
+        .iter()
+        .find(|i| i.port == port)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no inbound on port {port}"))?;
+    let tls = match cfg.mtls {
+        MtlsMode::Off => false,
+        MtlsMode::Strict => true,
+        MtlsMode::Permissive => {
+            let mut b = [0u8; 1];
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.peek(&mut b)).await??;
+            n == 1 && b[0] == 0x16
+        }
+    };
+    let (stream, peer): (Box<dyn Stream>, Option<String>) = if tls {
+        let id = proxy
+            .identity
+            .borrow()
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no workload certificate yet"))?;
+        let s = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_rustls::TlsAcceptor::from(id.server.clone()).accept(tcp),
+        )
+        .await??;
+        let peer = peer_id(s.get_ref().1.peer_certificates());
+        (Box::new(s), peer)
+    } else {
+        (Box::new(tcp), None)
+    };
+    if ib.protocol == Protocol::Tcp {
+        if let Err(reason) = authorize(&ib, cfg.mtls, peer.as_deref()) {
+            tracing::info!(service = %ib.service, %reason, "TCP connection denied");
+            proxy.metrics.denied(
+                "inbound",
+                &ib.service,
+                peer.as_deref().map(service_of).unwrap_or(""),
+            );
+            return Ok(());
+        }
+        let app = TcpStream::connect((ib.app_address.as_str(), ib.app_port)).await?;
+        app.set_nodelay(true)?;
+        return pipe(
+            proxy,
+            "inbound",
+            &ib.service,
+            peer.as_deref().map(service_of).unwrap_or(""),
+            stream,
+            app,
+        )
+        .await;
+    }
+    let p = proxy.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let p = p.clone();
+        let peer = peer.clone();
+        async move {
+            Ok::<_, std::convert::Infallible>(inbound_request(&p, port, peer.as_deref(), req).await)
+        }
+    });
+    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn inbound_request(
+    proxy: &Proxy,
+    port: u16,
+    peer: Option<&str>,
+    req: http::Request<Incoming>,
+) -> http::Response<Body> {
+    let started = Instant::now();
+    let Some(cfg) = proxy.current() else {
+        return text(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "causeway: no config yet\n",
+        );
+    };
+    let Some(ib) = cfg.inbounds.iter().find(|i| i.port == port) else {
+        return text(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "causeway: inbound removed\n",
+        );
+    };
+    let source = peer.map(service_of).unwrap_or("");
+    if let Err(reason) = authorize(ib, cfg.mtls, peer) {
+        proxy
+            .metrics
+            .request("inbound", &ib.service, source, 403, started.elapsed());
+        return text(http::StatusCode::FORBIDDEN, format!("causeway: {reason}\n"));
+    }
+    let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| ib.service.clone());
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = match format!("http://{}:{}{path}", ib.app_address, ib.app_port).parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return text(
+                http::StatusCode::BAD_REQUEST,
+                "causeway: bad request path\n",
+            );
+        }
+    };
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(p) = peer
+        && let Ok(v) = http::HeaderValue::from_str(p)
+    {
+        parts.headers.insert("x-causeway-peer", v);
+    }
+    let h2 = matches!(ib.protocol, Protocol::Http2 | Protocol::Grpc);
+    let resp = if h2 {
+        parts.version = http::Version::HTTP_2;
+        proxy
+            .app_h2
+            .request(http::Request::from_parts(parts, boxed(body)))
+            .await
+    } else {
+        parts.version = http::Version::HTTP_11;
+        if let Ok(v) = http::HeaderValue::from_str(&authority) {
+            parts.headers.insert(http::header::HOST, v);
+        }
+        proxy
+            .app_h1
+            .request(http::Request::from_parts(parts, boxed(body)))
+            .await
+    };
+    match resp {
+        Ok(r) => {
+            let (mut parts, body) = r.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            proxy.metrics.request(
+                "inbound",
+                &ib.service,
+                source,
+                parts.status.as_u16(),
+                started.elapsed(),
+            );
+            http::Response::from_parts(parts, boxed(body))
+        }
+        Err(e) => {
+            proxy
+                .metrics
+                .request("inbound", &ib.service, source, 502, started.elapsed());
+            text(
+                http::StatusCode::BAD_GATEWAY,
+                format!("causeway: the application did not answer: {e}\n"),
+            )
+        }
+    }
+}
+
+// === outbound ===
+
+async fn outbound_conn(proxy: &Arc<Proxy>, port: u16, tcp: TcpStream) -> anyhow::Result<()> {
+    let cfg = proxy
+        .current()
+        .ok_or_else(|| anyhow::anyhow!("no config yet"))?;
+    let ob = cfg
+        .outbounds
+        .iter()
+        .find(|o| o.port == port)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no outbound on port {port}"))?;
+    let own = cfg
+        .inbounds
+        .first()
+        .map(|i| i.service.clone())
+        .unwrap_or_default();
+    if ob.protocol == Protocol::Tcp {
+        let b = proxy.balancer(&ob);
+        let mut tried = Vec::new();
+        for _ in 0..CONNECT_ATTEMPTS {
+            let Some(ep) = b.pick(&tried) else { break };
+            tried.push(ep.key());
+            let Some(dial) = proxy.dial(&cfg, &ob, &ep, ALPN_TCP) else {
+                anyhow::bail!("no workload certificate yet");
+            };
+            match crate::http::connect(&dial).await {
+                Ok(up) => {
+                    ep.succeeded();
+                    ep.active.fetch_add(1, Ordering::Relaxed);
+                    let r = pipe(proxy, "outbound", &ob.service, &own, tcp, up).await;
+                    ep.active.fetch_sub(1, Ordering::Relaxed);
+                    return r;
+                }
+                Err(e) => {
+                    tracing::info!(service = %ob.service, endpoint = %format!("{}:{}", dial.addr, dial.port), error = %e, "connect failed");
+                    ep.failed();
+                }
+            }
+        }
+        anyhow::bail!("no endpoint of {} accepted a connection", ob.service);
+    }
+    let p = proxy.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let p = p.clone();
+        async move { Ok::<_, std::convert::Infallible>(outbound_request(&p, port, req).await) }
+    });
+    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(tcp), svc)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn outbound_request(
+    proxy: &Proxy,
+    port: u16,
+    req: http::Request<Incoming>,
+) -> http::Response<Body> {
+    let started = Instant::now();
+    let Some(cfg) = proxy.current() else {
+        return text(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "causeway: no config yet\n",
+        );
+    };
+    let Some(ob) = cfg.outbounds.iter().find(|o| o.port == port) else {
+        return text(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "causeway: outbound removed\n",
+        );
+    };
+    let own = cfg
+        .inbounds
+        .first()
+        .map(|i| i.service.as_str())
+        .unwrap_or("");
+    let (mut parts, body) = req.into_parts();
+    let authority = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_else(|| ob.service.clone());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    parts.uri = match format!("http://{authority}{path}").parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return text(
+                http::StatusCode::BAD_REQUEST,
+                "causeway: bad request target\n",
+            );
+        }
+    };
+    parts.version = http::Version::HTTP_2;
+    parts.headers.remove(http::header::HOST);
+    strip_hop_by_hop(&mut parts.headers);
+    let b = proxy.balancer(ob);
+    let mut tried = Vec::new();
+    let mut last_err = String::from("no endpoints");
+    for _ in 0..CONNECT_ATTEMPTS {
+        let Some(ep) = b.pick(&tried) else { break };
+        tried.push(ep.key());
+        let Some(dial) = proxy.dial(&cfg, ob, &ep, ALPN_H2) else {
+            return text(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "causeway: no workload certificate yet\n",
+            );
+        };
+        let sender = match ep.pool.sender(&dial).await {
+            Ok(s) => s,
+            Err(e) => {
+                // Nothing was sent: safe to try another endpoint.
+                last_err = e.to_string();
+                ep.failed();
+                continue;
+            }
+        };
+        ep.succeeded();
+        ep.active.fetch_add(1, Ordering::Relaxed);
+        let t0 = Instant::now();
+        let mut sender = sender;
+        let result = sender
+            .send_request(http::Request::from_parts(parts, boxed(body)))
+            .await;
+        ep.active.fetch_sub(1, Ordering::Relaxed);
+        return match result {
+            Ok(r) => {
+                ep.observe(t0.elapsed());
+                let (parts, body) = r.into_parts();
+                proxy.metrics.request(
+                    "outbound",
+                    &ob.service,
+                    own,
+                    parts.status.as_u16(),
+                    started.elapsed(),
+                );
+                http::Response::from_parts(parts, body.map_err(|e| e).boxed())
+            }
+            Err(e) => {
+                ep.pool.reset().await;
+                proxy
+                    .metrics
+                    .request("outbound", &ob.service, own, 502, started.elapsed());
+                text(
+                    http::StatusCode::BAD_GATEWAY,
+                    format!("causeway: {} failed: {e}\n", ob.service),
+                )
+            }
+        };
+    }
+    proxy
+        .metrics
+        .request("outbound", &ob.service, own, 503, started.elapsed());
+    text(
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "causeway: no endpoint of {} is reachable ({last_err})\n",
+            ob.service
+        ),
+    )
+}
+
+/// Copies both ways until both sides close; counts bytes.
+async fn pipe(
+    proxy: &Proxy,
+    direction: &'static str,
+    service: &str,
+    peer: &str,
+    mut a: impl Stream,
+    mut b: impl Stream,
+) -> anyhow::Result<()> {
+    let r = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+    let (rx, tx) = r.as_ref().map(|(x, y)| (*x, *y)).unwrap_or_default();
+    proxy.metrics.tcp(direction, service, peer, rx, tx);
+    r.map(|_| ()).map_err(Into::into)
+}

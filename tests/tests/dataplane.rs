@@ -1,0 +1,597 @@
+//! End to end: sidecars (`causeway dataplane`) in front of demo apps, configured by a
+//! zone control plane over DDS, traffic over mutual TLS between them.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use causeway_tests::{GlobalCluster, Proc, ZoneCp, eventually, free_addr};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct Fixture {
+    c: GlobalCluster,
+    zone: ZoneCp,
+    dds: SocketAddr,
+    dir: PathBuf,
+}
+
+fn plain_http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client")
+}
+
+async fn put(c: &GlobalCluster, path: &str, body: &Value) -> anyhow::Result<()> {
+    let (s, v) = c.call_retry(Method::PUT, path, Some(body)).await?;
+    anyhow::ensure!(s.is_success(), "PUT {path}: {s} {v}");
+    Ok(())
+}
+
+fn allow(name: &str, from: &str, to: &str, action: &str) -> Value {
+    json!({"type": "MeshTrafficPermission", "mesh": "default", "name": name,
+           "spec": {"targetRef": {"kind": "MeshService", "name": to},
+                    "from": [{"targetRef": {"kind": "MeshService", "name": from},
+                              "default": {"action": action}}]}})
+}
+
+impl Fixture {
+    async fn new(mesh_spec: Value) -> anyhow::Result<Fixture> {
+        let c = GlobalCluster::start(1, &["--kds-heartbeat", "500ms"]).await?;
+        put(
+            &c,
+            "/meshes/default",
+            &json!({"type": "Mesh", "name": "default", "spec": mesh_spec}),
+        )
+        .await?;
+        let dds = free_addr();
+        let zone = ZoneCp::new(
+            &c,
+            "zone-a",
+            c.kds_urls_from(0),
+            &["--dds-addr", &dds.to_string()],
+        )
+        .await?;
+        zone.start()?;
+        let needs_ca = mesh_spec_has_mtls(&c).await;
+        eventually("the zone's intermediate CA", WAIT, || async {
+            let s = zone.status().await.ok()?;
+            (!needs_ca || s["intermediates"][0]["mesh"] == "default").then_some(())
+        })
+        .await
+        .with_context(|| zone.logs())?;
+        let dir = c.tmp.path().to_path_buf();
+        Ok(Fixture { c, zone, dds, dir })
+    }
+
+    async fn token(&self, service: &str) -> anyhow::Result<PathBuf> {
+        let (s, v) = self
+            .c
+            .call_retry(
+                Method::POST,
+                "/meshes/default/dataplane-token",
+                Some(&json!({"service": service})),
+            )
+            .await?;
+        anyhow::ensure!(s == StatusCode::CREATED, "{s} {v}");
+        let path = self
+            .dir
+            .join(format!("{service}-{}.token", free_addr().port()));
+        std::fs::write(&path, v["token"].as_str().context("token")?)?;
+        Ok(path)
+    }
+
+    fn app(
+        &self,
+        name: &str,
+        service: &str,
+        listen: SocketAddr,
+        tcp: bool,
+    ) -> anyhow::Result<Proc> {
+        let mut args: Vec<String> = [
+            "demo-app",
+            "--listen",
+            &listen.to_string(),
+            "--service",
+            service,
+            "--zone",
+            "zone-a",
+            "--instance",
+            name,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if tcp {
+            args.push("--tcp".into());
+        }
+        Proc::start(&self.dir, name, &args)
+    }
+
+    /// Starts a sidecar for `dataplane` (a Dataplane resource); returns it and its admin address.
+    async fn sidecar(&self, service: &str, dataplane: Value) -> anyhow::Result<(Proc, SocketAddr)> {
+        let name = dataplane["name"].as_str().context("name")?.to_string();
+        let admin = free_addr();
+        let file = self.dir.join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec(&dataplane)?)?;
+        let token = self.token(service).await?;
+        let args: Vec<String> = vec![
+            "dataplane".into(),
+            "--cp".into(),
+            format!("https://{}", self.dds),
+            "--cp-ca-file".into(),
+            self.zone.dir.join("api-ca.pem").display().to_string(),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--dataplane-file".into(),
+            file.display().to_string(),
+            "--admin-addr".into(),
+            admin.to_string(),
+            "--drain-seconds".into(),
+            "5".into(),
+        ];
+        let p = Proc::start(&self.dir, &format!("sidecar-{name}"), &args)?;
+        let http = plain_http();
+        eventually(&format!("sidecar {name} ready"), WAIT, || async {
+            let r = http
+                .get(format!("http://{admin}/ready"))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await
+        .with_context(|| p.logs())?;
+        Ok((p, admin))
+    }
+}
+
+async fn mesh_spec_has_mtls(c: &GlobalCluster) -> bool {
+    matches!(c.call_retry(Method::GET, "/meshes/default", None).await, Ok((_, v)) if v["spec"]["mtls"].is_object())
+}
+
+fn dataplane(
+    name: &str,
+    service: &str,
+    inbound: u16,
+    app: u16,
+    protocol: &str,
+    outbound: &[(u16, &str)],
+) -> Value {
+    json!({"type": "Dataplane", "mesh": "default", "name": name, "spec": {
+        "address": "127.0.0.1",
+        "inbound": [{"port": inbound, "servicePort": app, "service": service, "protocol": protocol}],
+        "outbound": outbound.iter().map(|(p, s)| json!({"port": p, "service": s})).collect::<Vec<_>>(),
+    }})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_and_tcp_over_mtls_with_permissions_enforced_by_identity() -> anyhow::Result<()> {
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    put(
+        &fx.c,
+        "/meshes/default/meshtrafficpermissions/web-to-backend",
+        &allow("web-to-backend", "web", "backend", "Allow"),
+    )
+    .await?;
+    put(
+        &fx.c,
+        "/meshes/default/meshtrafficpermissions/web-to-echo",
+        &allow("web-to-echo", "web", "echo", "Allow"),
+    )
+    .await?;
+    let (backend_app, echo_app) = (free_addr(), free_addr());
+    let _a = fx.app("backend-app", "backend", backend_app, false)?;
+    let _e = fx.app("echo-app", "echo", echo_app, true)?;
+    let (b_in, e_in, h2_in) = (free_addr().port(), free_addr().port(), free_addr().port());
+    let h2_app = free_addr();
+    let _h2 = fx.app("api-app", "api", h2_app, false)?;
+    put(
+        &fx.c,
+        "/meshes/default/meshtrafficpermissions/web-to-api",
+        &allow("web-to-api", "web", "api", "Allow"),
+    )
+    .await?;
+    let (_bs, _) = fx
+        .sidecar(
+            "backend",
+            dataplane(
+                "backend-1",
+                "backend",
+                b_in,
+                backend_app.port(),
+                "http",
+                &[],
+            ),
+        )
+        .await?;
+    let (_es, _) = fx
+        .sidecar(
+            "echo",
+            dataplane("echo-1", "echo", e_in, echo_app.port(), "tcp", &[]),
+        )
+        .await?;
+    let (_hs, _) = fx
+        .sidecar(
+            "api",
+            dataplane("api-1", "api", h2_in, h2_app.port(), "http2", &[]),
+        )
+        .await?;
+    let (to_backend, to_echo, to_api) =
+        (free_addr().port(), free_addr().port(), free_addr().port());
+    let (_ws, web_admin) = fx
+        .sidecar(
+            "web",
+            dataplane(
+                "web-1",
+                "web",
+                free_addr().port(),
+                free_addr().port(),
+                "http",
+                &[(to_backend, "backend"), (to_echo, "echo"), (to_api, "api")],
+            ),
+        )
+        .await?;
+    let http = plain_http();
+
+    // HTTP/1.1 from the app, HTTP/2 over mTLS between sidecars; the backend sees web's identity.
+    let v: Value = eventually("a call through both sidecars", WAIT, || async {
+        let r = http
+            .get(format!("http://127.0.0.1:{to_backend}/hello"))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    })
+    .await?;
+    assert_eq!(v["service"], "backend");
+    assert_eq!(v["path"], "/hello");
+    assert_eq!(
+        v["peer"], "spiffe://default/web",
+        "the backend's sidecar passed on the verified identity"
+    );
+    let v: Value = http
+        .post(format!("http://127.0.0.1:{to_backend}/post"))
+        .body("x".repeat(100_000))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(v["method"], "POST");
+
+    // HTTP/2 to an h2c application.
+    let v: Value = http
+        .get(format!("http://127.0.0.1:{to_api}/h2"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(v["service"], "api");
+
+    // TCP passthrough: bytes echo back through both sidecars.
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", to_echo)).await?;
+        s.write_all(b"ping over mtls").await?;
+        let mut buf = [0u8; 14];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await??;
+        assert_eq!(&buf, b"ping over mtls");
+    }
+
+    // The inbound port refuses a plaintext client...
+    let r = http.get(format!("http://127.0.0.1:{b_in}/")).send().await;
+    assert!(r.is_err(), "plaintext to an mTLS inbound must fail: {r:?}");
+    // ...and a TLS client without a mesh certificate.
+    {
+        let ca = causeway_global_cp::tls::generate_ca("not the mesh").unwrap();
+        let tls = causeway_global_cp::tls::client_config(&ca.cert_pem, None)?;
+        let c = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        assert!(
+            c.get(format!("https://127.0.0.1:{b_in}/"))
+                .send()
+                .await
+                .is_err()
+        );
+    }
+
+    // Allow -> Deny takes effect within a second, without restarting anything.
+    put(
+        &fx.c,
+        "/meshes/default/meshtrafficpermissions/web-to-backend",
+        &allow("web-to-backend", "web", "backend", "Deny"),
+    )
+    .await?;
+    let t0 = Instant::now();
+    let denied = eventually("the deny to apply", WAIT, || async {
+        let r = http
+            .get(format!("http://127.0.0.1:{to_backend}/again"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == StatusCode::FORBIDDEN).then_some(r)
+    })
+    .await?;
+    let took = t0.elapsed();
+    let body = denied.text().await?;
+    assert!(
+        body.contains("spiffe://default/web") && body.contains("web-to-backend"),
+        "{body}"
+    );
+    assert!(took < Duration::from_secs(1), "deny took {took:?}");
+
+    // Metrics count both outcomes by service and peer.
+    let m = http
+        .get(format!("http://{web_admin}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(m.contains("causeway_requests_total{direction=\"outbound\",service=\"backend\",peer=\"web\",status_class=\"2xx\"}"), "{m}");
+    assert!(m.contains("status_class=\"4xx\"}"), "{m}");
+    let cfg: Value = http
+        .get(format!("http://{web_admin}/config"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(cfg["certificate"]["identity"], "spiffe://default/web");
+    assert!(cfg["config"]["outbounds"].as_array().unwrap().len() == 3);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_come_and_go_and_traffic_survives_the_zone_control_plane() -> anyhow::Result<()> {
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    put(&fx.c, "/meshes/default/meshtrafficpermissions/all", &json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "all",
+        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}})).await?;
+    let (app1, app2) = (free_addr(), free_addr());
+    let _a1 = fx.app("b1", "backend", app1, false)?;
+    let _a2 = fx.app("b2", "backend", app2, false)?;
+    let (s1, _) = fx
+        .sidecar(
+            "backend",
+            dataplane(
+                "backend-1",
+                "backend",
+                free_addr().port(),
+                app1.port(),
+                "http",
+                &[],
+            ),
+        )
+        .await?;
+    let (_s2, _) = fx
+        .sidecar(
+            "backend",
+            dataplane(
+                "backend-2",
+                "backend",
+                free_addr().port(),
+                app2.port(),
+                "http",
+                &[],
+            ),
+        )
+        .await?;
+    let out = free_addr().port();
+    let (_ws, _) = fx
+        .sidecar(
+            "web",
+            dataplane(
+                "web-1",
+                "web",
+                free_addr().port(),
+                free_addr().port(),
+                "http",
+                &[(out, "backend")],
+            ),
+        )
+        .await?;
+    let http = plain_http();
+    let url = format!("http://127.0.0.1:{out}/");
+    // Both instances get traffic.
+    let seen = eventually("both backends answering", WAIT, || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            seen.insert(v["instance"].as_str()?.to_string());
+        }
+        (seen.len() == 2).then_some(seen)
+    })
+    .await?;
+    assert_eq!(seen.len(), 2);
+
+    // kill -9 one backend sidecar: it is taken out of rotation, no request fails for long.
+    s1.kill();
+    eventually("only b2 answering", WAIT, || async {
+        for _ in 0..20 {
+            let r = http.get(&url).send().await.ok()?;
+            if !r.status().is_success() {
+                return None;
+            }
+            let v: Value = r.json().await.ok()?;
+            if v["instance"] != "b2" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+
+    // The zone control plane goes away: the sidecars keep their config and certificates.
+    fx.zone.kill();
+    for _ in 0..20 {
+        let r = http.get(&url).send().await?;
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "traffic while the zone control plane is down"
+        );
+    }
+    // It comes back; the sidecars reconnect and re-register.
+    fx.zone.start()?;
+    eventually("web-1 registered again", WAIT, || async {
+        let (s, _) = fx
+            .zone
+            .call(Method::GET, "/meshes/default/dataplanes/web-1", None)
+            .await
+            .ok()?;
+        (s == StatusCode::OK).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_rotate_under_traffic_without_failed_requests() -> anyhow::Result<()> {
+    // 1-minute certificates renewed at 10%: a new certificate every 6 seconds.
+    let fx = Fixture::new(
+        json!({"mtls": {"mode": "Strict"}, "certificateTtl": "1m", "certificateRenewAt": "10%"}),
+    )
+    .await?;
+    put(
+        &fx.c,
+        "/meshes/default/meshtrafficpermissions/web-to-backend",
+        &allow("web-to-backend", "web", "backend", "Allow"),
+    )
+    .await?;
+    let app = free_addr();
+    let _a = fx.app("b1", "backend", app, false)?;
+    let (_bs, b_admin) = fx
+        .sidecar(
+            "backend",
+            dataplane(
+                "backend-1",
+                "backend",
+                free_addr().port(),
+                app.port(),
+                "http",
+                &[],
+            ),
+        )
+        .await?;
+    let out = free_addr().port();
+    let (_ws, w_admin) = fx
+        .sidecar(
+            "web",
+            dataplane(
+                "web-1",
+                "web",
+                free_addr().port(),
+                free_addr().port(),
+                "http",
+                &[(out, "backend")],
+            ),
+        )
+        .await?;
+    let http = plain_http();
+    let url = format!("http://127.0.0.1:{out}/");
+    eventually("first call", WAIT, || async {
+        http.get(&url)
+            .send()
+            .await
+            .ok()?
+            .status()
+            .is_success()
+            .then_some(())
+    })
+    .await?;
+    let not_after = |admin: SocketAddr| {
+        let http = http.clone();
+        async move {
+            let v: Value = http
+                .get(format!("http://{admin}/config"))
+                .send()
+                .await?
+                .json()
+                .await?;
+            v["certificate"]["notAfter"].as_i64().context("notAfter")
+        }
+    };
+    let (w0, b0) = (not_after(w_admin).await?, not_after(b_admin).await?);
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let mut requests = 0;
+    while Instant::now() < deadline {
+        let r = http.get(&url).send().await?;
+        assert_eq!(
+            r.status(),
+            StatusCode::OK,
+            "request {requests} failed during rotation"
+        );
+        requests += 1;
+        if not_after(w_admin).await? > w0 && not_after(b_admin).await? > b0 && requests > 50 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        not_after(w_admin).await? > w0,
+        "web's certificate was renewed"
+    );
+    assert!(
+        not_after(b_admin).await? > b0,
+        "backend's certificate was renewed"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_for_one_service_cannot_serve_another() -> anyhow::Result<()> {
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let token = fx.token("web").await?;
+    let file = fx.dir.join("evil.json");
+    std::fs::write(
+        &file,
+        serde_json::to_vec(&dataplane(
+            "evil",
+            "backend",
+            free_addr().port(),
+            1,
+            "http",
+            &[],
+        ))?,
+    )?;
+    let p = Proc::start(
+        &fx.dir,
+        "evil",
+        &[
+            "dataplane".into(),
+            "--cp".into(),
+            format!("https://{}", fx.dds),
+            "--cp-ca-file".into(),
+            fx.zone.dir.join("api-ca.pem").display().to_string(),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--dataplane-file".into(),
+            file.display().to_string(),
+            "--admin-addr".into(),
+            free_addr().to_string(),
+        ],
+    )?;
+    eventually("the refusal", WAIT, || async {
+        let log = std::fs::read_to_string(&p.log).ok()?;
+        log.contains("the token is for service \\\"web\\\"")
+            .then_some(())
+            .or_else(|| log.contains("the token is for service").then_some(()))
+    })
+    .await
+    .with_context(|| p.logs())?;
+    let (s, _) = fx
+        .zone
+        .call(Method::GET, "/meshes/default/dataplanes/evil", None)
+        .await?;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing registered");
+    Ok(())
+}
