@@ -46,6 +46,10 @@ pub(crate) struct GlobalCpArgs {
     /// Lifetime of zone certificates, renewed by zones at 70% (default 720h).
     #[arg(long)]
     zone_cert_ttl: Option<String>,
+    /// Key that encrypts the mesh CA keys in the store (32 bytes, hex); the same file on
+    /// every node. `causeway cluster gen-certs` writes one (secrets.key).
+    #[arg(long)]
+    secrets_key_file: Option<PathBuf>,
     /// Raft transport address.
     #[arg(long)]
     raft_addr: Option<SocketAddr>,
@@ -114,6 +118,7 @@ impl GlobalCpArgs {
             kds_addr: self.kds_addr.or(file.kds_addr),
             kds_heartbeat: self.kds_heartbeat.or(file.kds_heartbeat),
             zone_cert_ttl: self.zone_cert_ttl.or(file.zone_cert_ttl),
+            secrets_key_file: self.secrets_key_file.or(file.secrets_key_file),
             raft_addr: self.raft_addr.or(file.raft_addr),
             peer: if self.peer.is_empty() {
                 file.peer
@@ -197,6 +202,12 @@ impl GlobalCpArgs {
             raft_addr,
             kds_addr: a.kds_addr,
             kds,
+            secrets_key: match &a.secrets_key_file {
+                Some(p) => Some(std::sync::Arc::new(
+                    causeway_global_cp::sealing::Sealer::from_file(p)?,
+                )),
+                None => None,
+            },
             peers,
             join: a.join,
             raft_tls,

@@ -506,8 +506,15 @@ fn gen_certs(nodes: &[u64], out: &std::path::Path) -> anyhow::Result<()> {
         std::fs::write(&k, &ck.key_pem)?;
         std::fs::set_permissions(&k, std::fs::Permissions::from_mode(0o600))?;
     }
+    let secrets = out.join("secrets.key");
+    if !secrets.exists() {
+        causeway_global_cp::tls::write_private(
+            &secrets,
+            &causeway_global_cp::sealing::Sealer::generate_key_file(),
+        )?;
+    }
     println!(
-        "wrote {}/ca.pem and node-<id>.pem/node-<id>-key.pem for nodes {nodes:?}; start each node with\n  --raft-tls-ca {0}/ca.pem --raft-tls-cert {0}/node-<id>.pem --raft-tls-key {0}/node-<id>-key.pem",
+        "wrote {}/ca.pem, node-<id>.pem/node-<id>-key.pem for nodes {nodes:?} and secrets.key; start each node with\n  --raft-tls-ca {0}/ca.pem --raft-tls-cert {0}/node-<id>.pem --raft-tls-key {0}/node-<id>-key.pem --secrets-key-file {0}/secrets.key",
         out.display()
     );
     Ok(())

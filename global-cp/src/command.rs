@@ -98,7 +98,8 @@ pub struct ZoneStatusRecord {
     pub resources: u64,
 }
 
-/// A mesh's root CA. The key never leaves the global control plane.
+/// A mesh's root CA. The key never leaves the global control plane, and is sealed
+/// (`sealed-v1:...`, see [`crate::sealing`]) when the nodes have a secrets key.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MeshCa {
     pub cert_pem: String,

@@ -71,6 +71,7 @@ struct Inner {
     node_id: u64,
     settings: KdsSettings,
     secrets: ClusterSecrets,
+    sealer: Option<Arc<crate::sealing::Sealer>>,
     sessions: Mutex<HashMap<String, LiveSession>>,
 }
 
@@ -120,6 +121,7 @@ impl KdsService {
         node_id: u64,
         settings: KdsSettings,
         secrets: ClusterSecrets,
+        sealer: Option<Arc<crate::sealing::Sealer>>,
     ) -> KdsService {
         KdsService {
             inner: Arc::new(Inner {
@@ -128,6 +130,7 @@ impl KdsService {
                 node_id,
                 settings,
                 secrets,
+                sealer,
                 sessions: Mutex::default(),
             }),
         }
@@ -520,9 +523,19 @@ impl Session {
             }
             Err(e) => return fail(format!("storage: {e}")),
         };
+        let key_pem = match crate::sealing::reveal(&ca.key_pem, self.kds.inner.sealer.as_deref()) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(mesh = %r.mesh, error = %e, "cannot use the mesh CA key");
+                return fail(format!(
+                    "the global node cannot use mesh {:?}'s CA key: {e}",
+                    r.mesh
+                ));
+            }
+        };
         let root = CertKey {
             cert_pem: ca.cert_pem.clone(),
-            key_pem: ca.key_pem,
+            key_pem,
         };
         // Never outlive the root.
         let root_left = causeway_pki::cert_info(&root.cert_pem)

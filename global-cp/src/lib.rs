@@ -9,6 +9,7 @@
 pub mod command;
 pub mod kds;
 pub mod raft_node;
+pub mod sealing;
 pub mod store;
 /// Certificates and TLS configs (the shared `causeway-pki` crate).
 pub use causeway_pki as tls;
@@ -56,6 +57,9 @@ pub struct NodeConfig {
     /// KDS (zone sync, gRPC over TLS) listen address; `None` serves no zones.
     pub kds_addr: Option<SocketAddr>,
     pub kds: kds::KdsSettings,
+    /// Key-encryption key for the mesh CA keys in the store; `None` stores them in clear
+    /// (with a warning).
+    pub secrets_key: Option<Arc<sealing::Sealer>>,
     /// The initial cluster's other members: id -> Raft address.
     pub peers: BTreeMap<u64, String>,
     /// Join an existing cluster instead of forming one: start empty and wait for the
@@ -257,7 +261,7 @@ async fn housekeeping(
                 })));
             }
             if v.leader_id == cfg.node_id {
-                ensure_mesh_cas(&store, &raft).await;
+                ensure_mesh_cas(&store, &raft, cfg.secrets_key.as_deref()).await;
             }
             let keep_from = store
                 .last_change_index()
@@ -274,6 +278,7 @@ async fn housekeeping(
                         cfg.node_id,
                         cfg.kds.clone(),
                         s.clone(),
+                        cfg.secrets_key.clone(),
                     );
                     let (svc2, cfg2, s2) = (svc.clone(), cfg.clone(), s.clone());
                     tokio::spawn(async move {
@@ -318,7 +323,7 @@ fn write_secrets(dir: &Path, s: &ClusterSecrets) -> std::io::Result<()> {
 
 /// Generates the root CA of every mesh with builtin mTLS that has none yet (leader only;
 /// the key travels through Raft to the other nodes and never to a zone).
-async fn ensure_mesh_cas(store: &Store, raft: &RaftHandle) {
+async fn ensure_mesh_cas(store: &Store, raft: &RaftHandle, sealer: Option<&sealing::Sealer>) {
     let Ok(page) = store.list("Mesh", "", &[], None, 10_000) else {
         return;
     };
@@ -339,7 +344,13 @@ async fn ensure_mesh_cas(store: &Store, raft: &RaftHandle) {
                     mesh: mesh.name.clone(),
                     ca: command::MeshCa {
                         cert_pem: ca.cert_pem,
-                        key_pem: ca.key_pem,
+                        key_pem: match sealer {
+                            Some(s) => s.seal(&ca.key_pem),
+                            None => {
+                                tracing::warn!(mesh = %mesh.name, "storing the mesh CA key UNENCRYPTED: start the global nodes with --secrets-key-file (see `causeway cluster gen-certs`)");
+                                ca.key_pem
+                            }
+                        },
                     },
                 };
                 match raft.propose(cmd).await {

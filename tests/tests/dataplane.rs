@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Fixture {
+    _keys: tempfile::TempDir,
     c: GlobalCluster,
     zone: ZoneCp,
     dds: SocketAddr,
@@ -43,7 +44,16 @@ fn allow(name: &str, from: &str, to: &str, action: &str) -> Value {
 
 impl Fixture {
     async fn new(mesh_spec: Value) -> anyhow::Result<Fixture> {
-        let c = GlobalCluster::start(1, &["--kds-heartbeat", "500ms"]).await?;
+        // Mesh CA keys sealed at rest under a secrets key, as in production.
+        let keys = tempfile::tempdir()?;
+        let key_file = keys.path().join("secrets.key");
+        std::fs::write(&key_file, "11".repeat(32))?;
+        let key_arg = key_file.display().to_string();
+        let c = GlobalCluster::start(
+            1,
+            &["--kds-heartbeat", "500ms", "--secrets-key-file", &key_arg],
+        )
+        .await?;
         put(
             &c,
             "/meshes/default",
@@ -67,7 +77,13 @@ impl Fixture {
         .await
         .with_context(|| zone.logs())?;
         let dir = c.tmp.path().to_path_buf();
-        Ok(Fixture { c, zone, dds, dir })
+        Ok(Fixture {
+            _keys: keys,
+            c,
+            zone,
+            dds,
+            dir,
+        })
     }
 
     async fn token(&self, service: &str) -> anyhow::Result<PathBuf> {

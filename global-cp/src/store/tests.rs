@@ -419,3 +419,39 @@ fn zone_status_from_an_older_session_is_ignored() {
     // Zone status is not a resource change: no KDS wake-ups for it.
     assert_eq!(s.last_change_index(), 0);
 }
+
+#[test]
+fn a_sealed_mesh_ca_key_is_stored_sealed_and_opens_only_with_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let sealer = crate::sealing::Sealer::new(&[3u8; 32]).unwrap();
+    let key_pem = "-----BEGIN PRIVATE KEY-----\nsecret\n-----END PRIVATE KEY-----\n";
+    let mut b = s.apply_batch();
+    put(&mut b, 1, mesh("m", &[]));
+    b.apply(
+        2,
+        EPOCH,
+        Command::SetMeshCa {
+            mesh: "m".into(),
+            ca: MeshCa {
+                cert_pem: "cert".into(),
+                key_pem: sealer.seal(key_pem),
+            },
+        },
+    )
+    .unwrap()
+    .unwrap();
+    b.commit().unwrap();
+    let stored = s.mesh_ca("m").unwrap().unwrap();
+    assert!(!stored.key_pem.contains("PRIVATE KEY"));
+    assert_eq!(
+        crate::sealing::reveal(&stored.key_pem, Some(&sealer)).unwrap(),
+        key_pem
+    );
+    assert!(crate::sealing::reveal(&stored.key_pem, None).is_err());
+    // Nothing in the state machine holds the key in clear.
+    for item in s.db.iterator_cf(s.cf(CF_META), IteratorMode::Start) {
+        let (_, v) = item.unwrap();
+        assert!(!String::from_utf8_lossy(&v).contains("secret"));
+    }
+}
