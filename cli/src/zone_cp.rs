@@ -40,6 +40,10 @@ pub(crate) struct ZoneCpArgs {
     /// KDS heartbeat interval (default 5s); a silent stream is re-opened after three.
     #[arg(long, default_value = "5s")]
     kds_heartbeat: String,
+    /// After a restart, how long sidecars have to reconnect before the Dataplanes they
+    /// had registered are removed.
+    #[arg(long, default_value = "30s")]
+    dataplane_grace: String,
     /// Longest wait between reconnect attempts (default 10s; jittered).
     #[arg(long, default_value = "10s")]
     reconnect_max: String,
@@ -82,6 +86,7 @@ pub(crate) async fn run(a: ZoneCpArgs) -> anyhow::Result<()> {
         heartbeat,
         backoff_max: backoff_max.max(Duration::from_millis(200)),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        dataplane_grace: crate::global_cp::parse_duration("--dataplane-grace", &a.dataplane_grace)?,
     };
     tracing::info!(zone = %cfg.zone, globals = ?cfg.globals, api = %cfg.api_addr, data_dir = %cfg.data_dir.display(), "starting zone control plane");
     let zone = Zone::start(cfg).await?;

@@ -65,7 +65,7 @@ impl Fixture {
             &c,
             "zone-a",
             c.kds_urls_from(0),
-            &["--dds-addr", &dds.to_string()],
+            &["--dds-addr", &dds.to_string(), "--dataplane-grace", "3s"],
         )
         .await?;
         zone.start()?;
@@ -456,8 +456,29 @@ async fn endpoints_come_and_go_and_traffic_survives_the_zone_control_plane() -> 
             "traffic while the zone control plane is down"
         );
     }
-    // It comes back; the sidecars reconnect and re-register.
+    // A sidecar dies while the zone is down: after the restart's grace period its
+    // Dataplane goes; the live ones reconnect and stay.
+    let gone_app = free_addr();
+    let _a3 = fx.app("b3", "backend", gone_app, false)?;
     fx.zone.start()?;
+    let dp3 = dataplane(
+        "backend-3",
+        "backend",
+        free_addr().port(),
+        gone_app.port(),
+        "http",
+        &[],
+    );
+    let (s3, _) = fx.sidecar("backend", dp3).await?;
+    fx.zone.kill();
+    s3.kill();
+    fx.zone.start()?;
+    let path3 = "/meshes/default/dataplanes/backend-3";
+    let (s, v) = eventually("the zone API back", WAIT, || async {
+        fx.zone.call(Method::GET, path3, None).await.ok()
+    })
+    .await?;
+    assert_eq!(s, StatusCode::OK, "kept until the grace period ends: {v}");
     eventually("web-1 registered again", WAIT, || async {
         let (s, _) = fx
             .zone
@@ -467,6 +488,17 @@ async fn endpoints_come_and_go_and_traffic_survives_the_zone_control_plane() -> 
         (s == StatusCode::OK).then_some(())
     })
     .await?;
+    eventually("backend-3 removed after the grace period", WAIT, || async {
+        let (s, _) = fx.zone.call(Method::GET, path3, None).await.ok()?;
+        (s == StatusCode::NOT_FOUND).then_some(())
+    })
+    .await
+    .with_context(|| fx.zone.logs())?;
+    let (s, _) = fx
+        .zone
+        .call(Method::GET, "/meshes/default/dataplanes/backend-2", None)
+        .await?;
+    assert_eq!(s, StatusCode::OK, "a live sidecar's Dataplane stays");
     Ok(())
 }
 

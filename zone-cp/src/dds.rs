@@ -234,6 +234,7 @@ impl Dds for DdsService {
                 e => Status::internal(format!("{e:?}")),
             })?;
         let key = stored.key();
+        let _ = self.shared.store.set_stream_registered(&key, true);
         self.shared.local_change(key.clone(), Some(stored.clone()));
         let stream_id: u64 = rand::random();
         self.shared.proxies.lock().expect("proxies lock").insert(
@@ -267,13 +268,38 @@ impl Dds for DdsService {
             };
             if ours {
                 // The proxy is gone: its endpoints leave every config.
-                if shared.store.delete_local(&shared.cfg.zone, &key).is_ok() {
-                    shared.local_change(key.clone(), None);
-                }
+                forget(&shared, &key);
             }
             tracing::info!(dataplane = %key, "proxy disconnected");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn forget(shared: &Shared, key: &ResourceKey) {
+    if shared.store.delete_local(&shared.cfg.zone, key).is_ok() {
+        shared.local_change(key.clone(), None);
+    }
+    let _ = shared.store.set_stream_registered(key, false);
+}
+
+/// After a restart: Dataplanes whose sidecars registered them before it and have not
+/// come back within `grace` died meanwhile; remove them so no config routes to them.
+pub(crate) async fn forget_absent_after(shared: Arc<Shared>, grace: Duration) {
+    tokio::time::sleep(grace).await;
+    let Ok(keys) = shared.store.stream_registered() else {
+        return;
+    };
+    for key in keys {
+        let live = shared
+            .proxies
+            .lock()
+            .expect("proxies lock")
+            .contains_key(&key);
+        if !live {
+            tracing::info!(dataplane = %key, "its sidecar did not come back after the restart; removing it");
+            forget(&shared, &key);
+        }
     }
 }
 

@@ -47,6 +47,9 @@ pub struct ZoneConfig {
     pub backoff_max: Duration,
     /// Reported to global.
     pub version: String,
+    /// After a restart, how long sidecars have to reconnect before the Dataplanes they
+    /// registered are removed.
+    pub dataplane_grace: Duration,
 }
 
 impl std::fmt::Debug for ZoneConfig {
@@ -234,6 +237,10 @@ impl Zone {
             }
         }));
         if let Some(addr) = cfg.dds_addr {
+            tasks.push(tokio::spawn(dds::forget_absent_after(
+                shared.clone(),
+                cfg.dataplane_grace,
+            )));
             let (s, ca) = (shared.clone(), ca_for_dds);
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = dds::serve(s, ca, addr).await {

@@ -17,6 +17,8 @@ const KEY_LOCAL_SEQ: &[u8] = b"local_seq";
 const KEY_IDENTITY: &[u8] = b"identity";
 const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
 const KEY_TRUST: &[u8] = b"trust";
+/// Dataplanes registered by a sidecar's DDS stream (removed when it goes away).
+const KEY_LIVE_PREFIX: &[u8] = b"dds_registered/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -375,6 +377,43 @@ impl Store {
             serde_json::to_vec(id).expect("encodes"),
         )?;
         Ok(())
+    }
+
+    /// Marks (or unmarks) a Dataplane as registered by a live sidecar stream.
+    pub fn set_stream_registered(&self, key: &ResourceKey, on: bool) -> Result<(), StoreError> {
+        let mut k = KEY_LIVE_PREFIX.to_vec();
+        k.extend_from_slice(&key_bytes(key));
+        if on {
+            self.db.put_cf(self.cf(CF_META), k, b"")?;
+        } else {
+            self.db.delete_cf(self.cf(CF_META), k)?;
+        }
+        Ok(())
+    }
+
+    /// Dataplanes registered by sidecar streams, for the clean-up after a restart.
+    pub fn stream_registered(&self) -> Result<Vec<ResourceKey>, StoreError> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(KEY_LIVE_PREFIX, Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item?;
+            if !k.starts_with(KEY_LIVE_PREFIX) {
+                break;
+            }
+            let s = String::from_utf8_lossy(&k[KEY_LIVE_PREFIX.len()..]).into_owned();
+            let mut p = s.splitn(3, '\0');
+            if let (Some(kind), Some(mesh), Some(name)) = (p.next(), p.next(), p.next()) {
+                out.push(ResourceKey {
+                    kind: kind.into(),
+                    mesh: mesh.into(),
+                    name: name.into(),
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// The public key that verifies dataplane tokens (hex), as global last sent it.
