@@ -643,3 +643,114 @@ async fn a_token_for_one_service_cannot_serve_another() -> anyhow::Result<()> {
     assert_eq!(s, StatusCode::NOT_FOUND, "nothing registered");
     Ok(())
 }
+
+/// A gRPC service for the test: the DDS service definition, answering Sign with an echo.
+struct EchoGrpc;
+
+#[tonic::async_trait]
+impl causeway_api::kds::dds::dds_server::Dds for EchoGrpc {
+    async fn sign(
+        &self,
+        req: tonic::Request<causeway_api::kds::dds::SignRequest>,
+    ) -> Result<tonic::Response<causeway_api::kds::dds::SignResponse>, tonic::Status> {
+        let r = req.into_inner();
+        if r.token == "fail" {
+            return Err(tonic::Status::permission_denied("told to fail"));
+        }
+        Ok(tonic::Response::new(causeway_api::kds::dds::SignResponse {
+            cert_chain_pem: format!("echo:{}", r.token),
+            ..Default::default()
+        }))
+    }
+
+    type StreamStream = tokio_stream::wrappers::ReceiverStream<
+        Result<causeway_api::kds::dds::ControlMessage, tonic::Status>,
+    >;
+
+    async fn stream(
+        &self,
+        _req: tonic::Request<tonic::Streaming<causeway_api::kds::dds::ProxyMessage>>,
+    ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()> {
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    put(
+        &fx.c,
+        "/meshes/default/meshtrafficpermissions/web-to-grpc",
+        &allow("web-to-grpc", "web", "signer", "Allow"),
+    )
+    .await?;
+    let app = free_addr();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(causeway_api::kds::dds::dds_server::DdsServer::new(EchoGrpc))
+            .serve(app),
+    );
+    let (_gs, _) = fx
+        .sidecar(
+            "signer",
+            dataplane(
+                "signer-1",
+                "signer",
+                free_addr().port(),
+                app.port(),
+                "grpc",
+                &[],
+            ),
+        )
+        .await?;
+    let out = free_addr().port();
+    let (_ws, _) = fx
+        .sidecar(
+            "web",
+            dataplane(
+                "web-1",
+                "web",
+                free_addr().port(),
+                free_addr().port(),
+                "http",
+                &[(out, "signer")],
+            ),
+        )
+        .await?;
+    let mut client = eventually("a gRPC channel through the sidecar", WAIT, || async {
+        let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{out}"))
+            .ok()?
+            .connect()
+            .await
+            .ok()?;
+        let mut c = causeway_api::kds::dds::dds_client::DdsClient::new(ch);
+        c.sign(causeway_api::kds::dds::SignRequest {
+            token: "probe".into(),
+            csr_pem: String::new(),
+        })
+        .await
+        .ok()?;
+        Some(c)
+    })
+    .await?;
+    let r = client
+        .sign(causeway_api::kds::dds::SignRequest {
+            token: "hello".into(),
+            csr_pem: String::new(),
+        })
+        .await?
+        .into_inner();
+    assert_eq!(r.cert_chain_pem, "echo:hello");
+    // A gRPC error status travels back in the trailers.
+    let e = client
+        .sign(causeway_api::kds::dds::SignRequest {
+            token: "fail".into(),
+            csr_pem: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied);
+    assert_eq!(e.message(), "told to fail");
+    server.abort();
+    Ok(())
+}
