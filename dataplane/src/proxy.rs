@@ -28,6 +28,9 @@ use crate::identity::{ALPN_H2, ALPN_TCP, Identity, peer_id};
 use crate::lb::{Balancer, EndpointState};
 use crate::metrics::Metrics;
 
+/// A client config and the identity (by address) it was built from.
+type CachedClientConfig = (usize, Arc<rustls::ClientConfig>);
+
 /// A connection the proxy can read and write.
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
@@ -41,7 +44,7 @@ pub(crate) struct Proxy {
     pub(crate) identity: watch::Receiver<Option<Arc<Identity>>>,
     pub(crate) metrics: Arc<Metrics>,
     balancers: Mutex<HashMap<u16, Arc<Balancer>>>,
-    client_configs: Mutex<HashMap<(String, &'static [u8]), (usize, Arc<rustls::ClientConfig>)>>,
+    client_configs: Mutex<HashMap<(String, &'static [u8]), CachedClientConfig>>,
     app_h1: Client<HttpConnector, Body>,
     app_h2: Client<HttpConnector, Body>,
     /// Connections in flight, for draining.

@@ -297,7 +297,7 @@ fn endpoint_groups(
     let mut seen: BTreeSet<String> = BTreeSet::new();
     for f in failover {
         if let Some(from) = &f.from
-            && !from.zones.iter().any(|z| *z == inputs.zone)
+            && !from.zones.contains(&inputs.zone)
         {
             continue;
         }
