@@ -28,6 +28,10 @@ pub struct ProxyConfig {
     pub identity: Option<String>,
     pub inbounds: Vec<InboundListener>,
     pub outbounds: Vec<OutboundListener>,
+    /// Revoked intermediate CAs of the mesh (SHA-256 of the DER, hex): a peer whose chain
+    /// contains one is refused, in every zone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_cas: Vec<String>,
 }
 
 /// Traffic to a service this proxy fronts.

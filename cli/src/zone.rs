@@ -14,6 +14,13 @@ pub(crate) enum ZoneCmd {
     /// Zone tokens: a zone control plane presents one once to get its certificate.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Revoke every intermediate CA issued to a zone: sidecars in every zone stop
+    /// trusting its workloads' certificates. Disable the zone too to keep it from
+    /// getting a new one.
+    RevokeCa {
+        #[arg(long)]
+        zone: String,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -48,6 +55,13 @@ pub(crate) enum TokenCmd {
 pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
     let client = Client::new(conn.resolve()?)?;
     match c {
+        ZoneCmd::RevokeCa { zone } => {
+            let (_, v) = client
+                .request(Method::POST, &format!("/zones/{zone}/revoke-ca"), None)
+                .await?;
+            let n = v["revoked"].as_array().map_or(0, Vec::len);
+            eprintln!("revoked {n} intermediate CA(s) of zone {zone}");
+        }
         ZoneCmd::Token(TokenCmd::Create {
             zone,
             valid_for,

@@ -55,7 +55,7 @@ async fn config(State(p): State<Arc<Proxy>>) -> impl IntoResponse {
     let id = p.identity.borrow().clone();
     axum::Json(json!({
         "config": cfg.as_deref(),
-        "certificate": id.map(|i| json!({"identity": i.id, "notAfter": i.not_after, "renewAt": i.renew_at})),
+        "certificate": id.map(|i| json!({"identity": i.id, "notAfter": i.not_after, "renewAt": i.renew_at, "issuerSha256": i.issuer_sha256})),
     }))
 }
 

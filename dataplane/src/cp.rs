@@ -53,7 +53,7 @@ impl ControlPlane {
     }
 
     /// Asks for a certificate for a fresh key.
-    pub async fn sign(&self) -> anyhow::Result<Identity> {
+    pub async fn sign(&self, revoked: crate::identity::Revoked) -> anyhow::Result<Identity> {
         let csr = causeway_pki::generate_csr("causeway-dataplane")?;
         let resp = DdsClient::new(self.channel().await?)
             .sign(SignRequest {
@@ -68,22 +68,34 @@ impl ControlPlane {
             &csr.key_pem,
             &resp.trust_bundle_pem,
             resp.renew_at,
+            revoked,
         )
     }
 
     /// Keeps the identity fresh: signs one now (retrying), then renews at each
-    /// certificate's renewal point. Existing connections keep their session; new ones
-    /// use the new certificate.
-    pub async fn keep_identity(self, tx: watch::Sender<Option<Arc<Identity>>>) {
+    /// certificate's renewal point, or at once when `renew_now` fires (its CA was
+    /// revoked). Existing connections keep their session; new ones use the new
+    /// certificate.
+    pub async fn keep_identity(
+        self,
+        tx: watch::Sender<Option<Arc<Identity>>>,
+        revoked: crate::identity::Revoked,
+        renew_now: Arc<tokio::sync::Notify>,
+    ) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.sign().await {
+            match self.sign(revoked.clone()).await {
                 Ok(id) => {
                     tracing::info!(id = %id.id, not_after = id.not_after, renew_at = id.renew_at, "workload certificate issued");
                     let wait = (id.renew_at - now_unix()).max(1) as u64;
                     tx.send_replace(Some(Arc::new(id)));
                     backoff = Duration::from_millis(200);
-                    tokio::time::sleep(Duration::from_secs(wait)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+                        _ = renew_now.notified() => {
+                            tracing::warn!("renewing the workload certificate now: its CA was revoked");
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "getting a workload certificate; retrying");

@@ -2,11 +2,13 @@
 //! `spiffe://<trust-domain>/<service>` signed by the zone, and the rustls configs built
 //! from them. Peers are verified against the mesh root and by SPIFFE id, not by DNS name.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 /// ALPN of sidecar-to-sidecar HTTP (multiplexed HTTP/2 over mTLS).
@@ -14,12 +16,30 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// ALPN of sidecar-to-sidecar opaque TCP.
 pub const ALPN_TCP: &[u8] = b"causeway-tcp";
 
+/// Revoked intermediate CAs (SHA-256 of the DER, hex), shared with every verifier so a
+/// revocation applies to the next handshake.
+pub type Revoked = Arc<RwLock<HashSet<String>>>;
+
+/// The first of `cas` that is revoked, if any.
+pub fn revoked_among(cas: &[CertificateDer<'_>], revoked: &Revoked) -> Option<String> {
+    let set = revoked.read().expect("revoked lock");
+    if set.is_empty() {
+        return None;
+    }
+    cas.iter()
+        .map(|c| causeway_pki::sha256_hex(c))
+        .find(|h| set.contains(h))
+}
+
 /// A certificate and what trusts it.
 pub struct Identity {
     /// This proxy's SPIFFE id.
     pub id: String,
     pub not_after: i64,
     pub renew_at: i64,
+    /// SHA-256 of the issuing (zone intermediate) CA, hex.
+    pub issuer_sha256: Option<String>,
+    revoked: Revoked,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     anchors: Arc<Vec<rustls::pki_types::TrustAnchor<'static>>>,
@@ -47,6 +67,7 @@ impl Identity {
         key_pem: &str,
         trust_bundle_pem: &str,
         renew_at: i64,
+        revoked: Revoked,
     ) -> anyhow::Result<Identity> {
         let chain = causeway_pki::certs(chain_pem, "workload certificate")?;
         let key = causeway_pki::key(key_pem, "workload key")?;
@@ -62,9 +83,13 @@ impl Identity {
             anchors.push(webpki::anchor_from_trusted_cert(&c)?.to_owned());
             roots.add(c)?;
         }
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| anyhow::anyhow!("client verifier: {e}"))?;
+        let verifier = Arc::new(RevocationAware {
+            inner: webpki,
+            revoked: revoked.clone(),
+        });
         let mut server = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
@@ -74,6 +99,8 @@ impl Identity {
             id,
             not_after: info.not_after,
             renew_at,
+            issuer_sha256: chain.get(1).map(|c| causeway_pki::sha256_hex(c)),
+            revoked,
             chain,
             key,
             anchors: Arc::new(anchors),
@@ -88,6 +115,7 @@ impl Identity {
             anchors: self.anchors.clone(),
             expected: expected.to_string(),
             provider: provider(),
+            revoked: self.revoked.clone(),
         };
         let mut cfg = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
@@ -116,6 +144,7 @@ struct SpiffeVerifier {
     anchors: Arc<Vec<rustls::pki_types::TrustAnchor<'static>>>,
     expected: String,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    revoked: Revoked,
 }
 
 impl ServerCertVerifier for SpiffeVerifier {
@@ -143,6 +172,11 @@ impl ServerCertVerifier for SpiffeVerifier {
                 "peer certificate does not chain to the mesh root: {e}"
             ))
         })?;
+        if let Some(ca) = revoked_among(intermediates, &self.revoked) {
+            return Err(rustls::Error::General(format!(
+                "the peer's CA {ca} is revoked"
+            )));
+        }
         let id = peer_id(Some(std::slice::from_ref(end_entity)));
         if id.as_deref() != Some(self.expected.as_str()) {
             return Err(rustls::Error::General(format!(
@@ -186,5 +220,65 @@ impl ServerCertVerifier for SpiffeVerifier {
         self.provider
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// Client certificates: webpki's checks, then the revocation list.
+#[derive(Debug)]
+struct RevocationAware {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Revoked,
+}
+
+impl ClientCertVerifier for RevocationAware {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if let Some(ca) = revoked_among(intermediates, &self.revoked) {
+            return Err(rustls::Error::General(format!(
+                "the peer's CA {ca} is revoked"
+            )));
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }

@@ -135,6 +135,15 @@ impl Balancer {
         }
     }
 
+    /// Drops every pooled connection (after a trust change).
+    pub(crate) async fn reset_pools(&self) {
+        for (_, g) in &self.groups {
+            for e in g {
+                e.pool.reset().await;
+            }
+        }
+    }
+
     /// Picks an endpoint from the first group with a healthy one, skipping `exclude`.
     /// When every endpoint is ejected, tries them anyway (better a retry than nothing).
     pub(crate) fn pick(&self, exclude: &[(String, u16)]) -> Option<Arc<EndpointState>> {

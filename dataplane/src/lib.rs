@@ -70,7 +70,8 @@ pub async fn run(cfg: DataplaneConfig, mut stop: watch::Receiver<bool>) -> anyho
                 .as_ref()
                 .is_some_and(|c| c.mtls != causeway_api::MtlsMode::Off);
             if wants {
-                c.keep_identity(identity_tx).await;
+                c.keep_identity(identity_tx, p.revoked.clone(), p.renew_now.clone())
+                    .await;
                 return;
             }
             if config.changed().await.is_err() {

@@ -24,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::http::{Body, Dial, boxed, strip_hop_by_hop, text};
-use crate::identity::{ALPN_H2, ALPN_TCP, Identity, peer_id};
+use crate::identity::{ALPN_H2, ALPN_TCP, Identity, Revoked, peer_id};
 use crate::lb::{Balancer, EndpointState};
 use crate::metrics::Metrics;
 
@@ -49,6 +49,10 @@ pub(crate) struct Proxy {
     app_h2: Client<HttpConnector, Body>,
     /// Connections in flight, for draining.
     pub(crate) active: AtomicU64,
+    /// Revoked CAs of the mesh, from the config; every verifier reads it.
+    pub(crate) revoked: Revoked,
+    /// Fired when this proxy's own CA is revoked: renew the certificate now.
+    pub(crate) renew_now: Arc<tokio::sync::Notify>,
 }
 
 /// Counts a connection as active while alive.
@@ -124,6 +128,8 @@ impl Proxy {
             app_h1,
             app_h2,
             active: AtomicU64::new(0),
+            revoked: Revoked::default(),
+            renew_now: Arc::default(),
         })
     }
 
@@ -141,6 +147,41 @@ impl Proxy {
         map.entry(ob.port)
             .or_insert_with(|| Arc::new(Balancer::new(ob.load_balancer, &ob.groups, None)))
             .clone()
+    }
+
+    /// Applies a new revocation list: pooled connections are dropped so every peer is
+    /// verified again, and a revoked own CA triggers an immediate renewal.
+    async fn update_revoked(&self, cfg: &ProxyConfig) {
+        let new: std::collections::HashSet<String> = cfg.revoked_cas.iter().cloned().collect();
+        {
+            let mut cur = self.revoked.write().expect("revoked lock");
+            if *cur == new {
+                return;
+            }
+            *cur = new.clone();
+        }
+        tracing::warn!(
+            revoked = new.len(),
+            "the mesh's revoked CAs changed; re-verifying peers"
+        );
+        let balancers: Vec<Arc<Balancer>> = self
+            .balancers
+            .lock()
+            .expect("balancers lock")
+            .values()
+            .cloned()
+            .collect();
+        for b in balancers {
+            b.reset_pools().await;
+        }
+        let own = self
+            .identity
+            .borrow()
+            .as_ref()
+            .and_then(|i| i.issuer_sha256.clone());
+        if own.is_some_and(|o| new.contains(&o)) {
+            self.renew_now.notify_one();
+        }
     }
 
     /// Rebuilds balancers from a new config, keeping endpoint state.
@@ -210,6 +251,7 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
         let cfg = config.borrow_and_update().clone();
         if let Some(cfg) = cfg {
             proxy.update_balancers(&cfg);
+            proxy.update_revoked(&cfg).await;
             let mut want: Vec<(bool, String, u16)> = cfg
                 .inbounds
                 .iter()
@@ -302,7 +344,7 @@ async fn inbound_conn(
             n == 1 && b[0] == 0x16
         }
     };
-    let (stream, peer): (Box<dyn Stream>, Option<String>) = if tls {
+    let (stream, peer, peer_cas): (Box<dyn Stream>, Option<String>, Vec<String>) = if tls {
         let id = proxy
             .identity
             .borrow()
@@ -313,10 +355,19 @@ async fn inbound_conn(
             tokio_rustls::TlsAcceptor::from(id.server.clone()).accept(tcp),
         )
         .await??;
-        let peer = peer_id(s.get_ref().1.peer_certificates());
-        (Box::new(s), peer)
+        let certs = s.get_ref().1.peer_certificates();
+        let peer = peer_id(certs);
+        let cas = certs
+            .map(|c| {
+                c.iter()
+                    .skip(1)
+                    .map(|c| causeway_pki::sha256_hex(c))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (Box::new(s), peer, cas)
     } else {
-        (Box::new(tcp), None)
+        (Box::new(tcp), None, Vec::new())
     };
     if ib.protocol == Protocol::Tcp {
         if let Err(reason) = authorize(&ib, cfg.mtls, peer.as_deref()) {
@@ -341,11 +392,15 @@ async fn inbound_conn(
         .await;
     }
     let p = proxy.clone();
+    let peer_cas = Arc::new(peer_cas);
     let svc = hyper::service::service_fn(move |req| {
         let p = p.clone();
         let peer = peer.clone();
+        let cas = peer_cas.clone();
         async move {
-            Ok::<_, std::convert::Infallible>(inbound_request(&p, port, peer.as_deref(), req).await)
+            Ok::<_, std::convert::Infallible>(
+                inbound_request(&p, port, peer.as_deref(), &cas, req).await,
+            )
         }
     });
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -358,9 +413,21 @@ async fn inbound_request(
     proxy: &Proxy,
     port: u16,
     peer: Option<&str>,
+    peer_cas: &[String],
     req: http::Request<Incoming>,
 ) -> http::Response<Body> {
     let started = Instant::now();
+    // A connection made before its CA was revoked is cut off at the next request.
+    let revoked = {
+        let set = proxy.revoked.read().expect("revoked lock");
+        peer_cas.iter().any(|c| set.contains(c))
+    };
+    if revoked {
+        return text(
+            http::StatusCode::FORBIDDEN,
+            "causeway: the caller's certificate authority was revoked\n",
+        );
+    }
     let Some(cfg) = proxy.current() else {
         return text(
             http::StatusCode::SERVICE_UNAVAILABLE,

@@ -143,6 +143,7 @@ pub(crate) fn router(state: ApiState) -> Router {
             axum::routing::delete(zones::revoke_token),
         )
         .route("/zones/{name}/config-dump", get(zones::config_dump))
+        .route("/zones/{name}/revoke-ca", post(zones::revoke_ca))
         .route(
             "/meshes/{mesh}/dataplane-token",
             post(zones::create_dataplane_token),

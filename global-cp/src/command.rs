@@ -58,6 +58,22 @@ pub enum Command {
     },
     /// The root CA of a mesh with builtin mTLS; set once, by the leader.
     SetMeshCa { mesh: String, ca: MeshCa },
+    /// An intermediate CA was issued to a zone (recorded so it can be revoked).
+    RecordIntermediate(IntermediateRecord),
+    /// Revokes every intermediate CA issued to a zone: no sidecar trusts them any more.
+    RevokeIntermediates { zone: String },
+}
+
+/// An intermediate CA issued to a zone for a mesh.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IntermediateRecord {
+    pub mesh: String,
+    pub zone: String,
+    /// SHA-256 of the certificate (DER), hex: how sidecars recognise it.
+    pub sha256: String,
+    pub not_after: i64,
+    pub revoked: bool,
 }
 
 /// A zone token as the cluster remembers it: enough to check and revoke it, never the

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use causeway_api::kds::kds_server::Kds;
 use causeway_api::kds::{
     Ack, Change, ChangeSet, ConfigDumpRequest, EnrollRequest, EnrollResponse, GlobalMessage,
-    Heartbeat, IntermediateCa, IntermediateRequest, RenewRequest, Trust, ZoneAck, ZoneChangeSet,
-    ZoneMessage, change, global_message, zone_message,
+    Heartbeat, IntermediateCa, IntermediateRequest, RenewRequest, RevokedCa, Trust, ZoneAck,
+    ZoneChangeSet, ZoneMessage, change, global_message, zone_message,
 };
 use causeway_api::{Resource, ResourceKey};
 use causeway_pki::{CertKey, Profile};
@@ -390,15 +390,14 @@ impl Session {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_rx = Instant::now();
         let mut first = true;
-        if let Ok(pk) =
-            causeway_pki::dataplane_token::public_key(&self.kds.inner.secrets.dataplane_token_key)
-        {
-            self.send(global_message::Msg::Trust(Trust {
-                dataplane_token_public_key: pk,
-            }))
-            .await?;
-        }
+        let mut sent_trust: Option<Trust> = None;
         loop {
+            // Trust first, and again whenever it changes (a revocation).
+            let trust = self.trust();
+            if sent_trust.as_ref() != Some(&trust) {
+                self.send(global_message::Msg::Trust(trust.clone())).await?;
+                sent_trust = Some(trust);
+            }
             if first || self.kds.inner.store.last_change_index() > since {
                 first = false;
                 let store = self.kds.inner.store.clone();
@@ -495,7 +494,16 @@ impl Session {
             }
             zone_message::Msg::Resources(set) => self.zone_resources(set).await?,
             zone_message::Msg::IntermediateRequest(r) => {
-                let reply = self.intermediate(r);
+                let mut reply = self.intermediate(r);
+                if reply.error.is_empty()
+                    && let Err(e) = self.record_intermediate(&reply).await
+                {
+                    reply = IntermediateCa {
+                        mesh: reply.mesh,
+                        error: format!("recording the intermediate CA: {e}; retry"),
+                        ..Default::default()
+                    };
+                }
                 self.send(global_message::Msg::Intermediate(reply)).await?;
             }
             zone_message::Msg::ConfigDump(d) => {
@@ -505,6 +513,51 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// What the zone must trust and distrust: the dataplane token key, revoked CAs.
+    fn trust(&self) -> Trust {
+        let revoked_cas = self
+            .kds
+            .inner
+            .store
+            .intermediates()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.revoked)
+            .map(|r| RevokedCa {
+                mesh: r.mesh,
+                sha256: r.sha256,
+            })
+            .collect();
+        Trust {
+            dataplane_token_public_key: causeway_pki::dataplane_token::public_key(
+                &self.kds.inner.secrets.dataplane_token_key,
+            )
+            .unwrap_or_default(),
+            revoked_cas,
+        }
+    }
+
+    /// Records an issued intermediate through Raft, so it can be revoked.
+    async fn record_intermediate(&self, ca: &IntermediateCa) -> Result<(), String> {
+        let der = causeway_pki::certs(&ca.cert_pem, "intermediate")
+            .map_err(|e| e.to_string())?
+            .remove(0);
+        let rec = crate::command::IntermediateRecord {
+            mesh: ca.mesh.clone(),
+            zone: self.zone.clone(),
+            sha256: causeway_pki::sha256_hex(&der),
+            not_after: ca.not_after,
+            revoked: false,
+        };
+        self.kds
+            .inner
+            .raft
+            .propose(Command::RecordIntermediate(rec))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     fn intermediate(&self, r: IntermediateRequest) -> IntermediateCa {

@@ -19,8 +19,8 @@ use rocksdb::{
 };
 
 use crate::command::{
-    ApplyError, ClusterSecrets, Command, Member, MeshCa, WriteOutcome, ZoneStatusRecord,
-    ZoneTokenRecord,
+    ApplyError, ClusterSecrets, Command, IntermediateRecord, Member, MeshCa, WriteOutcome,
+    ZoneStatusRecord, ZoneTokenRecord,
 };
 
 const CF_LOG: &str = "raft_log";
@@ -41,6 +41,7 @@ const KEY_MEMBER_PREFIX: &[u8] = b"member/";
 const KEY_ZONE_TOKEN_PREFIX: &[u8] = b"zone_token/";
 const KEY_ZONE_STATUS_PREFIX: &[u8] = b"zone_status/";
 const KEY_MESH_CA_PREFIX: &[u8] = b"mesh_ca/";
+const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
 /// In CF_RAFT: the changelog holds every change after this index.
 const KEY_CHANGES_FLOOR: &[u8] = b"changes_floor";
 
@@ -706,6 +707,11 @@ impl Store {
         self.meta_get(&prefixed(KEY_ZONE_STATUS_PREFIX, zone), "zone status")
     }
 
+    /// Every intermediate CA issued to zones (revoked ones included).
+    pub fn intermediates(&self) -> Result<Vec<IntermediateRecord>, StoreError> {
+        self.meta_prefix(KEY_INTERMEDIATE_PREFIX, "intermediate")
+    }
+
     /// The root CA of `mesh`, if one was generated.
     pub fn mesh_ca(&self, mesh: &str) -> Result<Option<MeshCa>, StoreError> {
         self.meta_get(&prefixed(KEY_MESH_CA_PREFIX, mesh), "mesh CA")
@@ -1047,6 +1053,27 @@ impl ApplyBatch<'_> {
             Command::SetMeshCa { mesh, ca } => {
                 if self.store.mesh_ca(&mesh)?.is_none() && self.mesh_exists(&mesh)? {
                     self.put_meta(prefixed(KEY_MESH_CA_PREFIX, &mesh), &ca);
+                }
+                Ok(WriteOutcome::Done)
+            }
+            Command::RecordIntermediate(r) => {
+                let k = prefixed(
+                    KEY_INTERMEDIATE_PREFIX,
+                    &format!("{}\0{}\0{}", r.mesh, r.zone, r.sha256),
+                );
+                self.put_meta(k, &r);
+                Ok(WriteOutcome::Done)
+            }
+            Command::RevokeIntermediates { zone } => {
+                for mut r in self.store.intermediates()? {
+                    if r.zone == zone && !r.revoked {
+                        r.revoked = true;
+                        let k = prefixed(
+                            KEY_INTERMEDIATE_PREFIX,
+                            &format!("{}\0{}\0{}", r.mesh, r.zone, r.sha256),
+                        );
+                        self.put_meta(k, &r);
+                    }
                 }
                 Ok(WriteOutcome::Done)
             }

@@ -28,10 +28,30 @@ pub fn causeway_bin() -> PathBuf {
     bin
 }
 
-/// A free loopback address (the OS picks the port).
+/// A free loopback address for a process to bind. Picked below Linux's ephemeral range
+/// (32768+), so an outgoing connection of any process cannot take it between this check
+/// and the bind; random, so parallel tests rarely pick the same one.
 pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
-    l.local_addr().expect("local addr")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    if NEXT.load(Ordering::Relaxed) == 0 {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let seed = ((std::process::id() ^ nanos) % 16000) as u16;
+        let _ = NEXT.compare_exchange(0, 12000 + seed, Ordering::Relaxed, Ordering::Relaxed);
+    }
+    for _ in 0..20000 {
+        let mut port = NEXT.fetch_add(1, Ordering::Relaxed);
+        if !(12000..32000).contains(&port) {
+            port = 12000 + port % 20000;
+            NEXT.store(port + 1, Ordering::Relaxed);
+        }
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("local addr");
+        }
+    }
+    panic!("no free port between 12000 and 32000")
 }
 
 /// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout`.

@@ -754,3 +754,179 @@ async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()>
     server.abort();
     Ok(())
 }
+
+/// TEST ONLY: accepts any server certificate (the test checks the server's side of a
+/// revocation, with a client holding a certificate under the revoked CA).
+#[derive(Debug)]
+struct AcceptAnyServerForTest(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerForTest {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
+-> anyhow::Result<()> {
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    put(
+        &fx.c,
+        "/meshes/default/meshtrafficpermissions/web-to-backend",
+        &allow("web-to-backend", "web", "backend", "Allow"),
+    )
+    .await?;
+    let app = free_addr();
+    let _a = fx.app("b1", "backend", app, false)?;
+    let b_in = free_addr().port();
+    let (_bs, _) = fx
+        .sidecar(
+            "backend",
+            dataplane("backend-1", "backend", b_in, app.port(), "http", &[]),
+        )
+        .await?;
+    let out = free_addr().port();
+    let (_ws, w_admin) = fx
+        .sidecar(
+            "web",
+            dataplane(
+                "web-1",
+                "web",
+                free_addr().port(),
+                free_addr().port(),
+                "http",
+                &[(out, "backend")],
+            ),
+        )
+        .await?;
+    let http = plain_http();
+    eventually("a first call", WAIT, || async {
+        http.get(format!("http://127.0.0.1:{out}/"))
+            .send()
+            .await
+            .ok()?
+            .status()
+            .is_success()
+            .then_some(())
+    })
+    .await?;
+
+    // A "web" certificate under the zone's current intermediate, held by the test.
+    let token = std::fs::read_to_string(fx.token("web").await?)?;
+    let csr = causeway_pki::generate_csr("test")?;
+    let ca_pem = std::fs::read_to_string(fx.zone.dir.join("api-ca.pem"))?;
+    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", fx.dds))?
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
+        )?
+        .connect()
+        .await?;
+    let signed = causeway_api::kds::dds::dds_client::DdsClient::new(ch)
+        .sign(causeway_api::kds::dds::SignRequest {
+            token,
+            csr_pem: csr.csr_pem,
+        })
+        .await?
+        .into_inner();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnyServerForTest(provider)))
+        .with_client_auth_cert(
+            causeway_pki::certs(&signed.cert_chain_pem, "chain")?,
+            causeway_pki::key(&csr.key_pem, "key")?,
+        )?;
+    let holder = || {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls.clone())
+            .timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(0)
+            .build()
+    };
+    let url = format!("https://127.0.0.1:{b_in}/direct");
+    let r = holder()?.get(&url).send().await?;
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "the certificate works before the revocation"
+    );
+    let old_issuer = {
+        let v: Value = http
+            .get(format!("http://{w_admin}/config"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        v["certificate"]["issuerSha256"]
+            .as_str()
+            .context("issuer")?
+            .to_string()
+    };
+
+    let (s, v) =
+        fx.c.call_retry(Method::POST, "/zones/zone-a/revoke-ca", None)
+            .await?;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["revoked"][0]["sha256"], old_issuer.as_str(), "{v}");
+
+    // The backend's sidecar no longer accepts a certificate under the revoked CA.
+    eventually("the revoked certificate refused", WAIT, || async {
+        match holder().ok()?.get(&url).send().await {
+            Ok(r) if r.status().is_success() => None,
+            _ => Some(()),
+        }
+    })
+    .await?;
+    // The zone got a new intermediate; the sidecars renewed at once and talk again.
+    eventually("web on a new CA, calls working", WAIT, || async {
+        let v: Value = http
+            .get(format!("http://{w_admin}/config"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let issuer = v["certificate"]["issuerSha256"].as_str()?;
+        if issuer == old_issuer || v["config"]["revokedCas"][0] != old_issuer.as_str() {
+            return None;
+        }
+        http.get(format!("http://127.0.0.1:{out}/"))
+            .send()
+            .await
+            .ok()?
+            .status()
+            .is_success()
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}

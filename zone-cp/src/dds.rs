@@ -118,6 +118,13 @@ pub(crate) fn mesh_inputs(shared: &Shared, mesh: &str) -> Result<Arc<MeshInputs>
         ingresses: all("ZoneIngress", mesh).map_err(err)?,
         zones: all("Zone", "").map_err(err)?,
         policies: Vec::new(),
+        revoked_cas: store
+            .revoked_cas()
+            .map_err(err)?
+            .into_iter()
+            .filter(|(m, _)| m == mesh)
+            .map(|(_, sha)| sha)
+            .collect(),
     };
     for t in causeway_api::types() {
         if t.scope == causeway_api::Scope::Mesh && !matches!(t.kind, "Dataplane" | "ZoneIngress") {

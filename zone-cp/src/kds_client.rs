@@ -248,12 +248,31 @@ impl Stream {
             }
             global_message::Msg::Heartbeat(_) => {}
             global_message::Msg::Trust(t) => {
-                if self.shared.store.dataplane_token_public_key()?.as_deref()
+                let store = &self.shared.store;
+                if store.dataplane_token_public_key()?.as_deref()
                     != Some(t.dataplane_token_public_key.as_str())
                 {
-                    self.shared
-                        .store
-                        .set_dataplane_token_public_key(&t.dataplane_token_public_key)?;
+                    store.set_dataplane_token_public_key(&t.dataplane_token_public_key)?;
+                }
+                let revoked: Vec<(String, String)> = t
+                    .revoked_cas
+                    .into_iter()
+                    .map(|r| (r.mesh, r.sha256))
+                    .collect();
+                if store.revoked_cas()? != revoked {
+                    store.set_revoked_cas(&revoked)?;
+                    // A revoked intermediate of this zone is dropped; a new one is asked for.
+                    for i in store.intermediates()? {
+                        let der = causeway_pki::certs(&i.cert_pem, "intermediate")?.remove(0);
+                        let sha = causeway_pki::sha256_hex(&der);
+                        if revoked.iter().any(|(m, s)| *m == i.mesh && *s == sha) {
+                            tracing::warn!(mesh = %i.mesh, "this zone's intermediate CA was revoked; asking for a new one");
+                            store.delete_intermediate(&i.mesh)?;
+                            self.csr_keys.remove(&i.mesh);
+                        }
+                    }
+                    self.shared.state.send_modify(|v| *v += 1);
+                    self.request_intermediates().await?;
                 }
             }
             global_message::Msg::ZoneAck(a) => {

@@ -26,6 +26,8 @@ pub struct MeshInputs {
     pub zones: Vec<Resource>,
     /// The mesh's policies.
     pub policies: Vec<Resource>,
+    /// Revoked intermediate CAs of the mesh (SHA-256 hex).
+    pub revoked_cas: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -152,6 +154,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
             .map(|ib| spiffe_id(&trust_domain, &ib.service)),
         inbounds,
         outbounds,
+        revoked_cas: inputs.revoked_cas.clone(),
     };
     let body = serde_json::to_vec(&config).expect("configs serialize");
     config.version = hex::encode(&sha2::Sha256::digest(&body)[..8]);

@@ -17,6 +17,7 @@ const KEY_LOCAL_SEQ: &[u8] = b"local_seq";
 const KEY_IDENTITY: &[u8] = b"identity";
 const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
 const KEY_TRUST: &[u8] = b"trust";
+const KEY_REVOKED_CAS: &[u8] = b"revoked_cas";
 /// Dataplanes registered by a sidecar's DDS stream (removed when it goes away).
 const KEY_LIVE_PREFIX: &[u8] = b"dds_registered/";
 
@@ -414,6 +415,29 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Revoked intermediate CAs as (mesh, SHA-256 hex), as global last sent them.
+    pub fn revoked_cas(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .meta_json(KEY_REVOKED_CAS, "revoked CAs")?
+            .unwrap_or_default())
+    }
+
+    pub fn set_revoked_cas(&self, cas: &[(String, String)]) -> Result<(), StoreError> {
+        self.db.put_cf(
+            self.cf(CF_META),
+            KEY_REVOKED_CAS,
+            serde_json::to_vec(cas).expect("encodes"),
+        )?;
+        Ok(())
+    }
+
+    pub fn delete_intermediate(&self, mesh: &str) -> Result<(), StoreError> {
+        let mut k = KEY_INTERMEDIATE_PREFIX.to_vec();
+        k.extend_from_slice(mesh.as_bytes());
+        self.db.delete_cf(self.cf(CF_META), k)?;
+        Ok(())
     }
 
     /// The public key that verifies dataplane tokens (hex), as global last sent it.

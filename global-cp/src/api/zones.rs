@@ -392,3 +392,25 @@ pub(super) async fn create_dataplane_token(
     )
         .into_response())
 }
+
+/// `POST /zones/{name}/revoke-ca`: revokes every intermediate CA issued to the zone. Every
+/// sidecar, in every zone, stops trusting certificates under them; the zone needs a new
+/// intermediate (refused while it is disabled) and its sidecars new certificates.
+pub(super) async fn revoke_ca(
+    State(st): State<ApiState>,
+    Path(zone): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_zone_name(&zone)?;
+    st.raft
+        .propose(Command::RevokeIntermediates { zone: zone.clone() })
+        .await?;
+    let revoked: Vec<Value> = st
+        .store
+        .intermediates()?
+        .into_iter()
+        .filter(|r| r.zone == zone && r.revoked)
+        .map(|r| json!({"mesh": r.mesh, "sha256": r.sha256}))
+        .collect();
+    tracing::warn!(zone = %zone, count = revoked.len(), "revoked the zone's intermediate CAs");
+    Ok(Json(json!({ "zone": zone, "revoked": revoked })))
+}
