@@ -44,6 +44,9 @@ enum Cmd {
     /// Run a sidecar (`dataplane --cp ... --token-file ... --dataplane-file ...`), or
     /// `dataplane token create --mesh M --service S`.
     Dataplane(Box<zone::DataplaneCmd>),
+    /// Mesh secrets, such as a provided CA's key: `secret set ca-key --from-file key.pem`.
+    #[command(subcommand)]
+    Secret(zone::SecretCmd),
     /// A small HTTP (or TCP echo) workload for tests and demos.
     DemoApp(demo_app::DemoAppArgs),
     /// Details of one object: `inspect zone zone-a`.
@@ -119,6 +122,7 @@ fn main() {
                         .map_err(anyhow::Error::from),
                     Cmd::Zone(c) => zone::zone(&cli.conn, c).await,
                     Cmd::Inspect(c) => zone::inspect(&cli.conn, c).await,
+                    Cmd::Secret(c) => zone::secret(&cli.conn, c).await,
                     Cmd::Dataplane(d) => match d.cmd {
                         Some(zone::DataplaneSub::Token(t)) => zone::dataplane_token(&cli.conn, t).await,
                         None => unreachable!("handled above"),

@@ -232,3 +232,66 @@ pub(crate) async fn dataplane_token(conn: &ConnArgs, c: DataplaneTokenCmd) -> an
     }
     Ok(())
 }
+
+/// `causeway secret`: mesh secrets (a provided CA's key). Values are write-only.
+#[derive(clap::Subcommand)]
+pub(crate) enum SecretCmd {
+    /// Store a secret from a file: `secret set ca-key --from-file ca-key.pem`.
+    Set {
+        name: String,
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[arg(long)]
+        from_file: PathBuf,
+    },
+    /// List a mesh's secret names.
+    List {
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+    },
+    /// Delete a secret.
+    Delete {
+        name: String,
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+    },
+}
+
+pub(crate) async fn secret(conn: &ConnArgs, c: SecretCmd) -> anyhow::Result<()> {
+    let client = Client::new(conn.resolve()?)?;
+    match c {
+        SecretCmd::Set {
+            name,
+            mesh,
+            from_file,
+        } => {
+            let value = std::fs::read_to_string(&from_file)
+                .with_context(|| format!("reading {}", from_file.display()))?;
+            client
+                .request(
+                    Method::PUT,
+                    &format!("/meshes/{mesh}/secrets/{name}"),
+                    Some(&Value::String(value)),
+                )
+                .await?;
+            eprintln!("secret {name} stored in mesh {mesh}");
+        }
+        SecretCmd::List { mesh } => {
+            let v = client.get(&format!("/meshes/{mesh}/secrets")).await?;
+            for s in v["items"].as_array().into_iter().flatten() {
+                println!("{}", s["name"].as_str().unwrap_or(""));
+            }
+        }
+        SecretCmd::Delete { name, mesh } => {
+            client
+                .request(
+                    Method::DELETE,
+                    &format!("/meshes/{mesh}/secrets/{name}"),
+                    None,
+                )
+                .await?;
+            eprintln!("secret {name} deleted from mesh {mesh}");
+        }
+    }
+    Ok(())
+}

@@ -43,6 +43,8 @@ pub(crate) struct ApiState {
     pub(crate) kds: Option<crate::kds::KdsService>,
     pub(crate) heartbeat: std::time::Duration,
     pub(crate) status_interval: std::time::Duration,
+    /// Seals secrets (provided CA keys) at rest.
+    pub(crate) sealer: Option<Arc<crate::sealing::Sealer>>,
 }
 
 /// An API error: status, message and the field errors behind it.
@@ -144,6 +146,11 @@ pub(crate) fn router(state: ApiState) -> Router {
         )
         .route("/zones/{name}/config-dump", get(zones::config_dump))
         .route("/zones/{name}/revoke-ca", post(zones::revoke_ca))
+        .route("/meshes/{mesh}/secrets", get(zones::list_secrets))
+        .route(
+            "/meshes/{mesh}/secrets/{name}",
+            axum::routing::put(zones::put_secret).delete(zones::delete_secret),
+        )
         .route(
             "/meshes/{mesh}/dataplane-token",
             post(zones::create_dataplane_token),

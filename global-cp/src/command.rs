@@ -44,7 +44,10 @@ pub enum Command {
     /// A zone token was issued (only its hash is kept).
     AddZoneToken(ZoneTokenRecord),
     /// Revokes one token of a zone, or all of them when `id` is `None`.
-    RevokeZoneTokens { zone: String, id: Option<String> },
+    RevokeZoneTokens {
+        zone: String,
+        id: Option<String>,
+    },
     /// A KDS session's report about its zone. A report from an older session than the
     /// stored one is ignored, so a late "disconnected" never hides a newer connection.
     ZoneStatus(Box<ZoneStatusRecord>),
@@ -56,12 +59,30 @@ pub enum Command {
         upserts: Vec<Resource>,
         deletes: Vec<ResourceKey>,
     },
-    /// The root CA of a mesh with builtin mTLS; set once, by the leader.
-    SetMeshCa { mesh: String, ca: MeshCa },
+    /// The root CA of a mesh; set once for a builtin CA (`replace` false), replaced when
+    /// a provided CA changes (`replace` true). Proposed by the leader.
+    SetMeshCa {
+        mesh: String,
+        ca: MeshCa,
+        #[serde(default)]
+        replace: bool,
+    },
+    /// A secret of a mesh (a provided CA's key): sealed when the nodes have a secrets key.
+    PutSecret {
+        mesh: String,
+        name: String,
+        value: String,
+    },
+    DeleteSecret {
+        mesh: String,
+        name: String,
+    },
     /// An intermediate CA was issued to a zone (recorded so it can be revoked).
     RecordIntermediate(IntermediateRecord),
     /// Revokes every intermediate CA issued to a zone: no sidecar trusts them any more.
-    RevokeIntermediates { zone: String },
+    RevokeIntermediates {
+        zone: String,
+    },
 }
 
 /// An intermediate CA issued to a zone for a mesh.

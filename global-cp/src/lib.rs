@@ -296,6 +296,7 @@ async fn housekeeping(
                     kds,
                     heartbeat: cfg.kds.heartbeat,
                     status_interval: cfg.kds.status_interval,
+                    sealer: cfg.secrets_key.clone(),
                 };
                 let cfg = cfg.clone();
                 let handle = api_handle.clone();
@@ -331,8 +332,13 @@ async fn ensure_mesh_cas(store: &Store, raft: &RaftHandle, sealer: Option<&seali
         let Ok(spec) = serde_json::from_value::<causeway_api::MeshSpec>(mesh.spec.clone()) else {
             continue;
         };
-        let Some(causeway_api::CaBackend::Builtin(b)) = spec.mtls.map(|m| m.backend) else {
-            continue;
+        let b = match spec.mtls.map(|m| m.backend) {
+            Some(causeway_api::CaBackend::Builtin(b)) => b,
+            Some(causeway_api::CaBackend::Provided(p)) => {
+                ensure_provided_ca(store, raft, sealer, &mesh.name, &p).await;
+                continue;
+            }
+            None => continue,
         };
         if !matches!(store.mesh_ca(&mesh.name), Ok(None)) {
             continue;
@@ -341,6 +347,7 @@ async fn ensure_mesh_cas(store: &Store, raft: &RaftHandle, sealer: Option<&seali
         match tls::generate_ca_valid(&format!("Causeway mesh {} root CA", mesh.name), validity) {
             Ok(ca) => {
                 let cmd = Command::SetMeshCa {
+                    replace: false,
                     mesh: mesh.name.clone(),
                     ca: command::MeshCa {
                         cert_pem: ca.cert_pem,
@@ -360,6 +367,50 @@ async fn ensure_mesh_cas(store: &Store, raft: &RaftHandle, sealer: Option<&seali
             }
             Err(e) => tracing::error!(error = %e, mesh = %mesh.name, "generating a mesh CA"),
         }
+    }
+}
+
+/// Installs a provided CA (the user's certificate, its key from a mesh secret) when it
+/// is not the mesh's CA yet. A missing secret or a key that does not match the
+/// certificate is reported in the log and retried.
+async fn ensure_provided_ca(
+    store: &Store,
+    raft: &RaftHandle,
+    sealer: Option<&sealing::Sealer>,
+    mesh: &str,
+    p: &causeway_api::ProvidedCa,
+) {
+    if let Ok(Some(cur)) = store.mesh_ca(mesh)
+        && cur.cert_pem == p.cert_pem
+    {
+        return;
+    }
+    let Ok(Some(stored)) = store.secret(mesh, &p.key_secret_ref) else {
+        tracing::debug!(mesh, secret = %p.key_secret_ref, "the provided CA's key secret does not exist yet");
+        return;
+    };
+    let key = match sealing::reveal(&stored, sealer) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(mesh, error = %e, "cannot read the provided CA's key");
+            return;
+        }
+    };
+    if !tls::key_matches_cert(&p.cert_pem, &key) {
+        tracing::warn!(mesh, secret = %p.key_secret_ref, "the provided CA's key does not match its certificate");
+        return;
+    }
+    let cmd = Command::SetMeshCa {
+        mesh: mesh.to_string(),
+        ca: command::MeshCa {
+            cert_pem: p.cert_pem.clone(),
+            key_pem: stored,
+        },
+        replace: true,
+    };
+    match raft.propose(cmd).await {
+        Ok(_) => tracing::info!(mesh, "installed the provided mesh CA"),
+        Err(e) => tracing::debug!(error = %e, "installing a provided mesh CA; will retry"),
     }
 }
 

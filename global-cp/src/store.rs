@@ -42,6 +42,7 @@ const KEY_ZONE_TOKEN_PREFIX: &[u8] = b"zone_token/";
 const KEY_ZONE_STATUS_PREFIX: &[u8] = b"zone_status/";
 const KEY_MESH_CA_PREFIX: &[u8] = b"mesh_ca/";
 const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
+const KEY_SECRET_PREFIX: &[u8] = b"secret/";
 /// In CF_RAFT: the changelog holds every change after this index.
 const KEY_CHANGES_FLOOR: &[u8] = b"changes_floor";
 
@@ -707,6 +708,32 @@ impl Store {
         self.meta_get(&prefixed(KEY_ZONE_STATUS_PREFIX, zone), "zone status")
     }
 
+    /// A mesh secret's stored value (sealed when the nodes have a secrets key).
+    pub fn secret(&self, mesh: &str, name: &str) -> Result<Option<String>, StoreError> {
+        self.meta_get(
+            &prefixed(KEY_SECRET_PREFIX, &format!("{mesh}\0{name}")),
+            "secret",
+        )
+    }
+
+    /// The names of a mesh's secrets (never their values).
+    pub fn secret_names(&self, mesh: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = prefixed(KEY_SECRET_PREFIX, &format!("{mesh}\0"));
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(&prefix, Direction::Forward),
+        );
+        for item in it {
+            let (k, _) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push(String::from_utf8_lossy(&k[prefix.len()..]).into_owned());
+        }
+        Ok(out)
+    }
+
     /// Every intermediate CA issued to zones (revoked ones included).
     pub fn intermediates(&self) -> Result<Vec<IntermediateRecord>, StoreError> {
         self.meta_prefix(KEY_INTERMEDIATE_PREFIX, "intermediate")
@@ -1050,10 +1077,28 @@ impl ApplyBatch<'_> {
                 }
                 Ok(WriteOutcome::Done)
             }
-            Command::SetMeshCa { mesh, ca } => {
-                if self.store.mesh_ca(&mesh)?.is_none() && self.mesh_exists(&mesh)? {
+            Command::SetMeshCa { mesh, ca, replace } => {
+                if (replace || self.store.mesh_ca(&mesh)?.is_none()) && self.mesh_exists(&mesh)? {
                     self.put_meta(prefixed(KEY_MESH_CA_PREFIX, &mesh), &ca);
                 }
+                Ok(WriteOutcome::Done)
+            }
+            Command::PutSecret { mesh, name, value } => {
+                if !self.mesh_exists(&mesh)? {
+                    return Ok(Err(ApplyError::MeshMissing(mesh)));
+                }
+                self.put_meta(
+                    prefixed(KEY_SECRET_PREFIX, &format!("{mesh}\0{name}")),
+                    &value,
+                );
+                Ok(WriteOutcome::Done)
+            }
+            Command::DeleteSecret { mesh, name } => {
+                let k = prefixed(KEY_SECRET_PREFIX, &format!("{mesh}\0{name}"));
+                if self.store.db.get_cf(self.store.cf(CF_META), &k)?.is_none() {
+                    return Ok(Err(ApplyError::NotFound));
+                }
+                self.batch.delete_cf(self.store.cf(CF_META), k);
                 Ok(WriteOutcome::Done)
             }
             Command::RecordIntermediate(r) => {

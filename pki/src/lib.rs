@@ -278,6 +278,22 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Whether `key_pem` is the private key of the first certificate in `cert_pem`.
+pub fn key_matches_cert(cert_pem: &str, key_pem: &str) -> bool {
+    use x509_parser::prelude::*;
+    let Ok(key) = KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Ok(mut certs) = certs(cert_pem, "certificate") else {
+        return false;
+    };
+    let der = certs.remove(0);
+    let Ok((_, cert)) = X509Certificate::from_der(&der) else {
+        return false;
+    };
+    cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+}
+
 /// SHA-256 of bytes (a certificate's DER), hex: how CAs are named in revocation lists.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, bytes);
@@ -468,6 +484,15 @@ mod tests {
         };
         server_config(&server, Some(&ca.cert_pem), &[]).unwrap();
         client_config(&ca.cert_pem, Some(&server)).unwrap();
+    }
+
+    #[test]
+    fn a_key_matches_only_its_certificate() {
+        let a = generate_ca("a").unwrap();
+        let b = generate_ca("b").unwrap();
+        assert!(key_matches_cert(&a.cert_pem, &a.key_pem));
+        assert!(!key_matches_cert(&a.cert_pem, &b.key_pem));
+        assert!(!key_matches_cert("junk", &a.key_pem));
     }
 
     #[test]

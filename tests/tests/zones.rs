@@ -595,3 +595,56 @@ async fn a_zone_leaves_a_silent_global_node_for_another() -> anyhow::Result<()> 
     c.nodes[0].pause(false);
     result.with_context(|| z.logs())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provided_mesh_ca_signs_the_zones_intermediates() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    let ca = causeway_global_cp::tls::generate_ca("Example Corp mesh root")?;
+    put(
+        &c,
+        "/meshes/default",
+        &json!({"type": "Mesh", "name": "default", "spec": {}}),
+    )
+    .await?;
+    // The key goes in a mesh secret (write-only); the Mesh names it.
+    let (s, v) = c
+        .call_retry(
+            Method::PUT,
+            "/meshes/default/secrets/root-key",
+            Some(&json!(ca.key_pem)),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    let (s, v) = c
+        .call_retry(Method::GET, "/meshes/default/secrets", None)
+        .await?;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["items"][0]["name"], "root-key", "{v}");
+    assert!(
+        !v.to_string().contains("PRIVATE KEY"),
+        "values are never returned: {v}"
+    );
+    put(
+        &c,
+        "/meshes/default",
+        &json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"mode": "Strict",
+            "backend": {"type": "provided", "certPem": ca.cert_pem, "keySecretRef": "root-key"}}}}),
+    )
+    .await?;
+    let z = ZoneCp::new(&c, "zone-a", c.kds_urls_from(0), &[]).await?;
+    z.start()?;
+    eventually("an intermediate under the provided root", SYNC, || async {
+        let (s, v) = c
+            .call_retry(Method::GET, "/zones/zone-a/config-dump", None)
+            .await
+            .ok()?;
+        if s != StatusCode::OK {
+            return None;
+        }
+        let chain = v["intermediates"][0]["certPem"].as_str()?;
+        chain.ends_with(ca.cert_pem.as_str()).then_some(())
+    })
+    .await
+    .with_context(|| z.logs())?;
+    Ok(())
+}

@@ -414,3 +414,82 @@ pub(super) async fn revoke_ca(
     tracing::warn!(zone = %zone, count = revoked.len(), "revoked the zone's intermediate CAs");
     Ok(Json(json!({ "zone": zone, "revoked": revoked })))
 }
+
+/// `PUT /meshes/{mesh}/secrets/{name}`: stores a secret (the body, e.g. a provided CA's
+/// PEM key), sealed when the nodes have a secrets key. Never returned by the API.
+pub(super) async fn put_secret(
+    State(st): State<ApiState>,
+    Path((mesh, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    check_secret_name(&name)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad("", "the secret must be UTF-8 text (PEM)"))?;
+    // Raw text, or a JSON string (what JSON clients send).
+    let decoded: String;
+    let value = if text.trim_start().starts_with('"') {
+        decoded = serde_json::from_str(text).map_err(|e| ApiError::bad("", e.to_string()))?;
+        decoded.as_str()
+    } else {
+        text
+    };
+    if value.trim().is_empty() {
+        return Err(ApiError::bad("", "the secret is empty"));
+    }
+    let stored = match &st.sealer {
+        Some(s) => s.seal(value),
+        None => {
+            tracing::warn!(mesh = %mesh, secret = %name, "storing a secret UNENCRYPTED: start the global nodes with --secrets-key-file");
+            value.to_string()
+        }
+    };
+    st.raft
+        .propose(Command::PutSecret {
+            mesh: mesh.clone(),
+            name: name.clone(),
+            value: stored,
+        })
+        .await?;
+    tracing::info!(mesh = %mesh, secret = %name, "stored a secret");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /meshes/{mesh}/secrets/{name}`.
+pub(super) async fn delete_secret(
+    State(st): State<ApiState>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    check_secret_name(&name)?;
+    st.raft
+        .propose(Command::DeleteSecret {
+            mesh: mesh.clone(),
+            name: name.clone(),
+        })
+        .await
+        .map_err(|e| match e {
+            RaftError::Rejected(crate::command::ApplyError::NotFound) => {
+                ApiError::not_found(format!("secret {name:?} in mesh {mesh:?}"))
+            }
+            e => e.into(),
+        })?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /meshes/{mesh}/secrets`: the names only.
+pub(super) async fn list_secrets(
+    State(st): State<ApiState>,
+    Path(mesh): Path<String>,
+) -> ApiResult<Json<Value>> {
+    st.raft.read_barrier().await?;
+    let names = st.store.secret_names(&mesh)?;
+    Ok(Json(
+        json!({ "items": names.into_iter().map(|n| json!({"name": n})).collect::<Vec<_>>() }),
+    ))
+}
+
+fn check_secret_name(name: &str) -> ApiResult<()> {
+    if let Some(e) = causeway_api::validate_name("name", name).into_iter().next() {
+        return Err(ApiError::bad("name", e.reason));
+    }
+    Ok(())
+}

@@ -432,6 +432,7 @@ fn a_sealed_mesh_ca_key_is_stored_sealed_and_opens_only_with_the_key() {
         2,
         EPOCH,
         Command::SetMeshCa {
+            replace: false,
             mesh: "m".into(),
             ca: MeshCa {
                 cert_pem: "cert".into(),
