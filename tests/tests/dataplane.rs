@@ -930,3 +930,75 @@ async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
     .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_connections_then_exits() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    put(
+        &fx.c,
+        "/meshes/default/meshtrafficpermissions/web-to-echo",
+        &allow("web-to-echo", "web", "echo", "Allow"),
+    )
+    .await?;
+    let app = free_addr();
+    let _e = fx.app("echo-app", "echo", app, true)?;
+    let (_es, _) = fx
+        .sidecar(
+            "echo",
+            dataplane("echo-1", "echo", free_addr().port(), app.port(), "tcp", &[]),
+        )
+        .await?;
+    let out = free_addr().port();
+    let (web, _) = fx
+        .sidecar(
+            "web",
+            dataplane(
+                "web-1",
+                "web",
+                free_addr().port(),
+                free_addr().port(),
+                "http",
+                &[(out, "echo")],
+            ),
+        )
+        .await?;
+    let mut open = eventually("a TCP connection through the sidecars", WAIT, || async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", out))
+            .await
+            .ok()?;
+        s.write_all(b"1").await.ok()?;
+        let mut b = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut b))
+            .await
+            .ok()?
+            .ok()?;
+        Some(s)
+    })
+    .await?;
+    // SIGTERM: the open connection keeps working while new ones are refused.
+    let term = std::thread::spawn(move || web.terminate(Duration::from_secs(20)).map(|_| web));
+    let refused = eventually("new connections refused", WAIT, || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", out))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    open.write_all(b"still here").await?;
+    let mut buf = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(5), open.read_exact(&mut buf)).await??;
+    assert_eq!(&buf, b"still here", "an open connection survives the drain");
+    refused?;
+    drop(open);
+    // Once the last connection closes, the process exits (well before --drain-seconds 5).
+    let t0 = Instant::now();
+    let web = term.join().expect("terminate thread")?;
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "exited {:?} after the last connection closed",
+        t0.elapsed()
+    );
+    drop(web);
+    Ok(())
+}
