@@ -37,10 +37,34 @@ pub(crate) fn text(status: http::StatusCode, msg: impl Into<String>) -> http::Re
         .expect("static response parts are valid")
 }
 
-/// One endpoint's pooled connection.
+/// Multiplexed connections kept per endpoint. Each HTTP/2 connection is driven by one
+/// task, so more than one lets both cores work; requests alternate between them.
+const CONNECTIONS_PER_ENDPOINT: usize = 2;
+
+/// One endpoint's pooled connections.
 #[derive(Default)]
 pub(crate) struct Pool {
-    sender: tokio::sync::Mutex<Option<SendRequest<Body>>>,
+    slots: [Slot; CONNECTIONS_PER_ENDPOINT],
+    next: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Default)]
+struct Slot {
+    /// The live connection: the fast path takes no async lock.
+    sender: std::sync::Mutex<Option<SendRequest<Body>>>,
+    /// Held while dialing, so concurrent requests wait for one dial.
+    dialing: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn live(&self) -> Option<SendRequest<Body>> {
+        self.sender
+            .lock()
+            .expect("pool lock")
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
 }
 
 /// How to reach an endpoint.
@@ -81,13 +105,17 @@ pub(crate) async fn connect(dial: &Dial) -> std::io::Result<Box<dyn crate::proxy
 }
 
 impl Pool {
-    /// The pooled sender, connecting when there is none or it closed.
+    /// A pooled sender, connecting when its slot has none or it closed.
     pub(crate) async fn sender(&self, dial: &Dial) -> std::io::Result<SendRequest<Body>> {
-        let mut g = self.sender.lock().await;
-        if let Some(s) = g.as_ref()
-            && !s.is_closed()
-        {
-            return Ok(s.clone());
+        let i =
+            self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % CONNECTIONS_PER_ENDPOINT;
+        let slot = &self.slots[i];
+        if let Some(s) = slot.live() {
+            return Ok(s);
+        }
+        let _dialing = slot.dialing.lock().await;
+        if let Some(s) = slot.live() {
+            return Ok(s);
         }
         let io = connect(dial).await?;
         let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
@@ -102,13 +130,16 @@ impl Pool {
                 tracing::debug!(error = %e, "upstream HTTP/2 connection closed");
             }
         });
-        *g = Some(sender.clone());
+        *slot.sender.lock().expect("pool lock") = Some(sender.clone());
         Ok(sender)
     }
 
-    /// Forgets the connection (after an error), so the next request dials again.
-    pub(crate) async fn reset(&self) {
-        *self.sender.lock().await = None;
+    /// Forgets the connections (after an error or a trust change), so the next
+    /// requests dial again.
+    pub(crate) fn reset(&self) {
+        for s in &self.slots {
+            *s.sender.lock().expect("pool lock") = None;
+        }
     }
 }
 

@@ -139,7 +139,7 @@ impl Balancer {
     pub(crate) async fn reset_pools(&self) {
         for (_, g) in &self.groups {
             for e in g {
-                e.pool.reset().await;
+                e.pool.reset();
             }
         }
     }

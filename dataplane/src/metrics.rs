@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Latency histogram bounds, seconds.
@@ -11,13 +12,37 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
 ];
 
-#[derive(Default, Clone)]
-struct Http {
-    by_class: BTreeMap<&'static str, u64>,
-    buckets: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// Counters of one (direction, service, peer): atomics, so recording a request takes
+/// no lock and allocates nothing. Connections look their handle up once.
+#[derive(Default)]
+pub(crate) struct HttpStats {
+    by_class: [AtomicU64; 5],
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
 }
+
+impl HttpStats {
+    pub(crate) fn record(&self, status: u16, took: Duration) {
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
+        };
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let s = took.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 #[derive(Default, Clone)]
 struct Tcp {
@@ -30,44 +55,23 @@ struct Tcp {
 /// Counters of one proxy.
 #[derive(Default)]
 pub(crate) struct Metrics {
-    http: Mutex<BTreeMap<(&'static str, String, String), Http>>,
+    http: Mutex<BTreeMap<(&'static str, String, String), Arc<HttpStats>>>,
     tcp: Mutex<BTreeMap<(&'static str, String, String), Tcp>>,
 }
 
-fn class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
-}
-
 impl Metrics {
-    /// One HTTP request: `service` is this proxy's (inbound) or the destination (outbound);
-    /// `peer` the other side's service.
-    pub(crate) fn request(
+    /// The counters of HTTP requests in `direction` for `service` (this proxy's for
+    /// inbound, the destination for outbound) and `peer` (the other side's service).
+    pub(crate) fn http(
         &self,
         direction: &'static str,
         service: &str,
         peer: &str,
-        status: u16,
-        took: Duration,
-    ) {
+    ) -> Arc<HttpStats> {
         let mut m = self.http.lock().expect("metrics lock");
-        let h = m
-            .entry((direction, service.to_string(), peer.to_string()))
-            .or_default();
-        *h.by_class.entry(class(status)).or_default() += 1;
-        let s = took.as_secs_f64();
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if s <= *b {
-                h.buckets[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += s;
+        m.entry((direction, service.to_string(), peer.to_string()))
+            .or_default()
+            .clone()
     }
 
     pub(crate) fn tcp(&self, direction: &'static str, service: &str, peer: &str, rx: u64, tx: u64) {
@@ -96,38 +100,38 @@ impl Metrics {
             |d: &str, s: &str, p: &str| format!("direction=\"{d}\",service=\"{s}\",peer=\"{p}\"");
         out.push_str("# TYPE causeway_requests_total counter\n");
         for ((d, s, p), h) in &http {
-            for (c, n) in &h.by_class {
-                let _ = writeln!(
-                    out,
-                    "causeway_requests_total{{{},status_class=\"{c}\"}} {n}",
-                    labels(d, s, p)
-                );
+            for (i, c) in CLASSES.iter().enumerate() {
+                let n = h.by_class[i].load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "causeway_requests_total{{{},status_class=\"{c}\"}} {n}",
+                        labels(d, s, p)
+                    );
+                }
             }
         }
         out.push_str("# TYPE causeway_request_duration_seconds histogram\n");
         for ((d, s, p), h) in &http {
             let l = labels(d, s, p);
+            let mut cumulative = 0;
             for (i, b) in BUCKETS.iter().enumerate() {
+                cumulative += h.buckets[i].load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,
-                    "causeway_request_duration_seconds_bucket{{{l},le=\"{b}\"}} {}",
-                    h.buckets[i]
+                    "causeway_request_duration_seconds_bucket{{{l},le=\"{b}\"}} {cumulative}"
                 );
             }
+            let count = h.count.load(Ordering::Relaxed);
+            let sum = h.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
             let _ = writeln!(
                 out,
-                "causeway_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}",
-                h.count
+                "causeway_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {count}"
             );
+            let _ = writeln!(out, "causeway_request_duration_seconds_sum{{{l}}} {sum}");
             let _ = writeln!(
                 out,
-                "causeway_request_duration_seconds_sum{{{l}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "causeway_request_duration_seconds_count{{{l}}} {}",
-                h.count
+                "causeway_request_duration_seconds_count{{{l}}} {count}"
             );
         }
         out.push_str("# TYPE causeway_tcp_connections_total counter\n");
@@ -161,14 +165,9 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::default();
-        m.request("inbound", "web", "frontend", 200, Duration::from_millis(3));
-        m.request(
-            "inbound",
-            "web",
-            "frontend",
-            403,
-            Duration::from_micros(100),
-        );
+        let h = m.http("inbound", "web", "frontend");
+        h.record(200, Duration::from_millis(3));
+        h.record(403, Duration::from_micros(100));
         m.tcp("outbound", "db", "web", 10, 20);
         let t = m.render();
         assert!(t.contains("causeway_requests_total{direction=\"inbound\",service=\"web\",peer=\"frontend\",status_class=\"2xx\"} 1"), "{t}");

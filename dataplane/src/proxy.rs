@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use crate::http::{Body, Dial, boxed, strip_hop_by_hop, text};
 use crate::identity::{ALPN_H2, ALPN_TCP, Identity, Revoked, peer_id};
 use crate::lb::{Balancer, EndpointState};
-use crate::metrics::Metrics;
+use crate::metrics::{HttpStats, Metrics};
 
 /// A client config and the identity (by address) it was built from.
 type CachedClientConfig = (usize, Arc<rustls::ClientConfig>);
@@ -393,13 +393,19 @@ async fn inbound_conn(
     }
     let p = proxy.clone();
     let peer_cas = Arc::new(peer_cas);
+    let stats = proxy.metrics.http(
+        "inbound",
+        &ib.service,
+        peer.as_deref().map(service_of).unwrap_or(""),
+    );
     let svc = hyper::service::service_fn(move |req| {
         let p = p.clone();
         let peer = peer.clone();
         let cas = peer_cas.clone();
+        let stats = stats.clone();
         async move {
             Ok::<_, std::convert::Infallible>(
-                inbound_request(&p, port, peer.as_deref(), &cas, req).await,
+                inbound_request(&p, port, peer.as_deref(), &cas, &stats, req).await,
             )
         }
     });
@@ -414,6 +420,7 @@ async fn inbound_request(
     port: u16,
     peer: Option<&str>,
     peer_cas: &[String],
+    stats: &HttpStats,
     req: http::Request<Incoming>,
 ) -> http::Response<Body> {
     let started = Instant::now();
@@ -440,11 +447,8 @@ async fn inbound_request(
             "causeway: inbound removed\n",
         );
     };
-    let source = peer.map(service_of).unwrap_or("");
     if let Err(reason) = authorize(ib, cfg.mtls, peer) {
-        proxy
-            .metrics
-            .request("inbound", &ib.service, source, 403, started.elapsed());
+        stats.record(403, started.elapsed());
         return text(http::StatusCode::FORBIDDEN, format!("causeway: {reason}\n"));
     }
     let (mut parts, body) = req.into_parts();
@@ -497,19 +501,11 @@ async fn inbound_request(
         Ok(r) => {
             let (mut parts, body) = r.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            proxy.metrics.request(
-                "inbound",
-                &ib.service,
-                source,
-                parts.status.as_u16(),
-                started.elapsed(),
-            );
+            stats.record(parts.status.as_u16(), started.elapsed());
             http::Response::from_parts(parts, boxed(body))
         }
         Err(e) => {
-            proxy
-                .metrics
-                .request("inbound", &ib.service, source, 502, started.elapsed());
+            stats.record(502, started.elapsed());
             text(
                 http::StatusCode::BAD_GATEWAY,
                 format!("causeway: the application did not answer: {e}\n"),
@@ -561,9 +557,11 @@ async fn outbound_conn(proxy: &Arc<Proxy>, port: u16, tcp: TcpStream) -> anyhow:
         anyhow::bail!("no endpoint of {} accepted a connection", ob.service);
     }
     let p = proxy.clone();
+    let stats = proxy.metrics.http("outbound", &ob.service, &own);
     let svc = hyper::service::service_fn(move |req| {
         let p = p.clone();
-        async move { Ok::<_, std::convert::Infallible>(outbound_request(&p, port, req).await) }
+        let stats = stats.clone();
+        async move { Ok::<_, std::convert::Infallible>(outbound_request(&p, port, &stats, req).await) }
     });
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(tcp), svc)
@@ -574,6 +572,7 @@ async fn outbound_conn(proxy: &Arc<Proxy>, port: u16, tcp: TcpStream) -> anyhow:
 async fn outbound_request(
     proxy: &Proxy,
     port: u16,
+    stats: &HttpStats,
     req: http::Request<Incoming>,
 ) -> http::Response<Body> {
     let started = Instant::now();
@@ -589,11 +588,6 @@ async fn outbound_request(
             "causeway: outbound removed\n",
         );
     };
-    let own = cfg
-        .inbounds
-        .first()
-        .map(|i| i.service.as_str())
-        .unwrap_or("");
     let (mut parts, body) = req.into_parts();
     let authority = parts
         .headers
@@ -652,20 +646,12 @@ async fn outbound_request(
             Ok(r) => {
                 ep.observe(t0.elapsed());
                 let (parts, body) = r.into_parts();
-                proxy.metrics.request(
-                    "outbound",
-                    &ob.service,
-                    own,
-                    parts.status.as_u16(),
-                    started.elapsed(),
-                );
+                stats.record(parts.status.as_u16(), started.elapsed());
                 http::Response::from_parts(parts, body.map_err(|e| e).boxed())
             }
             Err(e) => {
-                ep.pool.reset().await;
-                proxy
-                    .metrics
-                    .request("outbound", &ob.service, own, 502, started.elapsed());
+                ep.pool.reset();
+                stats.record(502, started.elapsed());
                 text(
                     http::StatusCode::BAD_GATEWAY,
                     format!("causeway: {} failed: {e}\n", ob.service),
@@ -673,9 +659,7 @@ async fn outbound_request(
             }
         };
     }
-    proxy
-        .metrics
-        .request("outbound", &ob.service, own, 503, started.elapsed());
+    stats.record(503, started.elapsed());
     text(
         http::StatusCode::SERVICE_UNAVAILABLE,
         format!(
