@@ -83,10 +83,16 @@ fn main() {
     let cli = Cli::parse();
     // reqwest is built without a default TLS provider; even plain-HTTP clients need one.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("starting the tokio runtime");
+    // A sidecar picks its own threads (--concurrency); everything else uses the default.
+    let runtime = match &cli.cmd {
+        Cmd::Dataplane(d) if d.cmd.is_none() && d.run.is_some() => {
+            causeway_dataplane::cli::runtime(d.run.as_ref().expect("checked above"))
+        }
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("starting the tokio runtime");
     let result = runtime.block_on(async move {
         match cli.cmd {
             Cmd::GlobalCp(args) => {

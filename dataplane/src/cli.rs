@@ -34,6 +34,24 @@ pub struct Args {
     /// How long SIGTERM waits for open connections.
     #[arg(long, default_value = "10")]
     pub drain_seconds: u64,
+    /// Worker threads. 1 (the default) runs the proxy on a single thread, like a
+    /// sidecar should: no cross-thread wake-ups, and the least memory.
+    #[arg(long, default_value = "1")]
+    pub concurrency: usize,
+}
+
+/// The runtime a sidecar with these arguments runs on.
+pub fn runtime(a: &Args) -> std::io::Result<tokio::runtime::Runtime> {
+    if a.concurrency <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.concurrency)
+            .enable_all()
+            .build()
+    }
 }
 
 fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
@@ -100,10 +118,7 @@ pub fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("starting the tokio runtime");
+    let rt = runtime(&cli.args).expect("starting the tokio runtime");
     if let Err(e) = rt.block_on(run(cli.args)) {
         let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!("error: {}", msg.join(": "));
