@@ -8,6 +8,10 @@
 //! `causeway-bench zones`: a three-node global control plane and N zone control planes:
 //! write-to-every-zone propagation latency, a new zone's initial sync time and memory after
 //! a bulk policy load, and the bytes of a delta resume after `kill -9` against the full sync.
+//!
+//! `causeway-bench sidecar`: HTTP/1.1 to nginx direct, through two Causeway sidecars (mTLS)
+//! and through an haproxy mTLS pair: wrk throughput, p50/p90/p99 at a fixed rate (h2load),
+//! proxy CPU seconds and peak RSS, against the sidecar goals.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -19,6 +23,7 @@ use base64::Engine as _;
 use clap::Parser;
 use serde_json::{Value, json};
 
+mod sidecar;
 mod zones;
 
 #[derive(Parser)]
@@ -53,6 +58,29 @@ enum Bench {
         /// Policy updates made while that zone is killed, before it resumes.
         #[arg(long, default_value = "100")]
         changes: usize,
+    },
+    /// HTTP through two sidecars (mTLS) vs direct to nginx vs an haproxy mTLS pair.
+    Sidecar {
+        /// Seconds per measurement (each of wrk and h2load).
+        #[arg(long, default_value = "10")]
+        seconds: u64,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value = "3")]
+        runs: usize,
+        /// Fixed request rate (req/s) of the latency measurement.
+        #[arg(long, default_value = "1000")]
+        rate: u64,
+        /// wrk connections for the throughput measurement.
+        #[arg(long, default_value = "50")]
+        connections: u64,
+        /// The sidecar binary; default: the lean `causeway-dataplane` next to this bench
+        /// when built (`cargo build --release -p causeway-dataplane`), else `causeway
+        /// dataplane`.
+        #[arg(long)]
+        sidecar_bin: Option<PathBuf>,
+        /// Extra argument for both sidecars (repeat it), e.g. `--sidecar-arg=--concurrency=2`.
+        #[arg(long, allow_hyphen_values = true)]
+        sidecar_arg: Vec<String>,
     },
 }
 
@@ -573,6 +601,21 @@ async fn main() -> anyhow::Result<()> {
             policies,
             changes,
         } => zones::zones(zones, writes, policies, changes).await,
+        Bench::Sidecar {
+            seconds,
+            runs,
+            rate,
+            connections,
+            sidecar_bin,
+            sidecar_arg,
+        } => {
+            let lean = std::env::current_exe()?.with_file_name("causeway-dataplane");
+            let sc = sidecar::SidecarCmd {
+                bin: sidecar_bin.or_else(|| lean.exists().then_some(lean)),
+                args: sidecar_arg,
+            };
+            sidecar::sidecar(seconds, runs, rate, connections, sc).await
+        }
     }
 }
 

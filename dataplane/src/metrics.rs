@@ -42,6 +42,9 @@ impl HttpStats {
     }
 }
 
+/// (direction, service, peer).
+type Labels = (&'static str, String, String);
+
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 #[derive(Default, Clone)]
@@ -55,8 +58,8 @@ struct Tcp {
 /// Counters of one proxy.
 #[derive(Default)]
 pub(crate) struct Metrics {
-    http: Mutex<BTreeMap<(&'static str, String, String), Arc<HttpStats>>>,
-    tcp: Mutex<BTreeMap<(&'static str, String, String), Tcp>>,
+    http: Mutex<BTreeMap<Labels, Arc<HttpStats>>>,
+    tcp: Mutex<BTreeMap<Labels, Tcp>>,
 }
 
 impl Metrics {

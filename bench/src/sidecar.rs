@@ -1,0 +1,1138 @@
+//! `causeway-bench sidecar`: the same HTTP/1.1 load (`GET /` answered by nginx) over three
+//! paths on loopback, in one run: (a) straight to nginx, (b) through two Causeway sidecars
+//! (`causeway dataplane`, mTLS between them, configured by a global and a zone control
+//! plane), (c) through two haproxy processes doing mTLS origination and termination (the
+//! HTTP-mode pair of the reference baseline). For each: wrk closed-loop throughput, latency
+//! percentiles at a fixed rate from h2load's per-request log, CPU seconds of each proxy
+//! process during the wrk run and its peak RSS. Prints medians, ratios and the goals.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::{bin, free_port, median, percentile};
+
+/// Longest wait for anything to start or become ready.
+const READY: Duration = Duration::from_secs(60);
+/// h2load connections for the fixed-rate measurement (the rate is split over them).
+const H2LOAD_CLIENTS: u64 = 10;
+/// wrk threads (as in the baseline).
+const WRK_THREADS: u64 = 2;
+/// Goals from the issue.
+const GOAL_THROUGHPUT_VS_HAPROXY: f64 = 1.2;
+const GOAL_RSS_MIB: f64 = 20.0;
+
+// The reference baseline configs (shared/reference/baseline), verbatim but for the
+// placeholders: 127.0.0.1:8080 (nginx), :9180 (haproxy outbound), :9543 (haproxy inbound),
+// CERTS_DIR and RUN_DIR are replaced with this run's ports and folders.
+const NGINX_CONF: &str = r#"worker_processes 1;
+pid RUN_DIR/nginx-backend.pid;
+error_log RUN_DIR/nginx-backend-error.log warn;
+daemon off;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  client_body_temp_path RUN_DIR/cb; proxy_temp_path RUN_DIR/p;
+  fastcgi_temp_path RUN_DIR/f; uwsgi_temp_path RUN_DIR/u; scgi_temp_path RUN_DIR/s;
+  server { listen 127.0.0.1:8080 backlog=4096; location / { default_type text/plain; return 200 "ok\n"; } }
+}
+"#;
+
+const HAP_CLIENT_HTTP: &str = r#"global
+  nbthread 1
+  maxconn 4000
+  log stderr format short local0 err
+defaults
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  maxconn 4000
+  mode http
+  option http-keep-alive
+  http-reuse always
+frontend outbound
+  bind 127.0.0.1:9180
+  default_backend to_server_sidecar
+backend to_server_sidecar
+  server peer 127.0.0.1:9543 ssl crt CERTS_DIR/client.pem ca-file CERTS_DIR/ca.crt verify required verifyhost server-sidecar sni str(server-sidecar) alpn http/1.1
+"#;
+
+const HAP_SERVER_HTTP: &str = r#"global
+  nbthread 1
+  maxconn 4000
+  log stderr format short local0 err
+defaults
+  timeout connect 2s
+  timeout client 60s
+  timeout server 60s
+  maxconn 4000
+  mode http
+  option http-keep-alive
+  http-reuse always
+frontend inbound_mtls
+  bind 127.0.0.1:9543 ssl crt CERTS_DIR/server.pem ca-file CERTS_DIR/ca.crt verify required alpn http/1.1
+  default_backend app
+backend app
+  server app 127.0.0.1:8080
+"#;
+
+/// Fills the baseline placeholders.
+struct Ports {
+    nginx: u16,
+    hap_out: u16,
+    hap_in: u16,
+}
+
+fn fill(template: &str, p: &Ports, certs: &Path, run: &Path) -> String {
+    template
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{}", p.nginx))
+        .replace("127.0.0.1:9180", &format!("127.0.0.1:{}", p.hap_out))
+        .replace("127.0.0.1:9543", &format!("127.0.0.1:{}", p.hap_in))
+        .replace("CERTS_DIR", &certs.display().to_string())
+        .replace("RUN_DIR", &run.display().to_string())
+}
+
+// === processes ===
+
+/// A process this benchmark started, logging to a file, stopped on drop.
+struct Svc {
+    name: String,
+    log: PathBuf,
+    child: Option<Child>,
+    /// SIGTERM first and wait (nginx: the master then stops its worker), SIGKILL after 5 s.
+    graceful: bool,
+}
+
+impl Svc {
+    fn spawn(dir: &Path, name: &str, cmd: &mut Command, graceful: bool) -> anyhow::Result<Svc> {
+        let log = dir.join(format!("{name}.log"));
+        let f = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone()?)
+            .stderr(f)
+            .spawn()
+            .with_context(|| format!("starting {name} ({:?})", cmd.get_program()))?;
+        Ok(Svc {
+            name: name.to_string(),
+            log,
+            child: Some(child),
+            graceful,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Fails (with the log) if the process has exited.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(c) = self.child.as_mut()
+            && let Some(status) = c.try_wait()?
+        {
+            bail!("{} exited ({status}){}", self.name, self.logs());
+        }
+        Ok(())
+    }
+
+    fn logs(&self) -> String {
+        tail(&self.log, 20)
+    }
+}
+
+impl Drop for Svc {
+    fn drop(&mut self) {
+        let Some(mut c) = self.child.take() else {
+            return;
+        };
+        if self.graceful && matches!(c.try_wait(), Ok(None)) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if matches!(c.try_wait(), Ok(Some(_)) | Err(_)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// The last `n` lines of a log file, for error messages.
+fn tail(path: &Path, n: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    format!(
+        "\n--- {} (last lines) ---\n{}",
+        path.display(),
+        lines[from..].join("\n")
+    )
+}
+
+/// A tool from Debian, by name; the error names the package.
+fn tool(name: &str, package: &str) -> anyhow::Result<PathBuf> {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {name}"))
+        .output()?;
+    let p = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if p.is_empty() {
+        bail!("{name} not found: apt-get install -y {package}");
+    }
+    Ok(p.into())
+}
+
+/// First line a command prints (stdout or stderr), for the header.
+fn version(cmd: &Path, arg: &str) -> String {
+    Command::new(cmd)
+        .arg(arg)
+        .output()
+        .ok()
+        .and_then(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).to_string();
+            s.push_str(&String::from_utf8_lossy(&o.stderr));
+            s.lines().next().map(|l| l.trim().to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// User plus system CPU time of a process (all its threads), in seconds.
+fn cpu_seconds(pid: u32, ticks_per_sec: f64) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name may hold spaces; fields restart after its closing parenthesis
+    // with field 3 (state), so utime (14) and stime (15) are at 11 and 12.
+    let rest = stat
+        .rsplit_once(')')
+        .with_context(|| format!("/proc/{pid}/stat: {stat}"))?
+        .1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    anyhow::ensure!(f.len() > 12, "/proc/{pid}/stat: too few fields");
+    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
+    Ok(ticks as f64 / ticks_per_sec)
+}
+
+/// Peak resident set size (VmHWM) of a process, in bytes.
+fn peak_rss(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .with_context(|| format!("no VmHWM in /proc/{pid}/status"))?;
+    let kb: u64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+// === readiness ===
+
+/// Polls `url` until it answers 200 (and `body`, if given), failing early when one of
+/// `watch` exits, or at `deadline` with their logs.
+async fn wait_ok(
+    http: &reqwest::Client,
+    url: &str,
+    body: Option<&str>,
+    deadline: Instant,
+    watch: &mut [&mut Svc],
+) -> anyhow::Result<()> {
+    loop {
+        let last = match http.get(url).timeout(Duration::from_secs(2)).send().await {
+            Ok(r) => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                if status == StatusCode::OK && body.is_none_or(|b| b == text) {
+                    return Ok(());
+                }
+                format!("{status} {}", text.trim())
+            }
+            Err(e) => e.to_string(),
+        };
+        for s in watch.iter_mut() {
+            s.check_running()?;
+        }
+        if Instant::now() >= deadline {
+            let logs: String = watch.iter().map(|s| s.logs()).collect();
+            bail!("{url} not ready: {last}{logs}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits for a file with content (credentials a control plane writes at start).
+async fn wait_file(path: &Path, deadline: Instant, owner: &mut Svc) -> anyhow::Result<String> {
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.trim().is_empty()
+        {
+            return Ok(s);
+        }
+        owner.check_running()?;
+        if Instant::now() >= deadline {
+            bail!("{} not written{}", path.display(), owner.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One API call with a bearer token, retrying 503s and connection errors until `deadline`;
+/// other failures end it.
+async fn api(
+    http: &reqwest::Client,
+    method: Method,
+    url: &str,
+    token: &str,
+    body: Option<&Value>,
+    deadline: Instant,
+) -> anyhow::Result<Value> {
+    loop {
+        let mut req = http
+            .request(method.clone(), url)
+            .bearer_auth(token)
+            .timeout(Duration::from_secs(5));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let failure = match req.send().await {
+            Ok(r) => {
+                let status = r.status();
+                let text = r.text().await.unwrap_or_default();
+                let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+                if status.is_success() {
+                    return Ok(v);
+                }
+                if status != StatusCode::SERVICE_UNAVAILABLE {
+                    bail!("{method} {url}: {status} {v}");
+                }
+                format!("{status} {v}")
+            }
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() >= deadline {
+            bail!("{method} {url}: {failure}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn https_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+    let tls = causeway_global_cp::tls::client_config(ca_pem, None)?;
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()?)
+}
+
+// === the three paths ===
+
+/// nginx, the backend of every path.
+async fn start_nginx(
+    dir: &Path,
+    p: &Ports,
+    http: &reqwest::Client,
+    nginx: &Path,
+) -> anyhow::Result<Svc> {
+    let run = dir.join("nginx");
+    std::fs::create_dir_all(&run)?;
+    let conf = run.join("nginx.conf");
+    std::fs::write(&conf, fill(NGINX_CONF, p, dir, &run))?;
+    let mut svc = Svc::spawn(
+        dir,
+        "nginx",
+        Command::new(nginx)
+            .arg("-e")
+            .arg(run.join("nginx-backend-error.log"))
+            .arg("-c")
+            .arg(&conf),
+        true,
+    )?;
+    let url = format!("http://127.0.0.1:{}/", p.nginx);
+    wait_ok(
+        http,
+        &url,
+        Some("ok\n"),
+        Instant::now() + READY,
+        &mut [&mut svc],
+    )
+    .await?;
+    Ok(svc)
+}
+
+/// CA, server certificate (SAN DNS:server-sidecar) and client certificate, as the
+/// baseline's haproxy pair expects them: `ca.crt`, `server.pem` and `client.pem` (cert + key).
+fn write_certs(certs: &Path) -> anyhow::Result<()> {
+    use causeway_global_cp::tls;
+    std::fs::create_dir_all(certs)?;
+    const CA: &str = "causeway-bench haproxy CA";
+    let ca = tls::generate_ca(CA)?;
+    let server = tls::issue(&ca, CA, &["server-sidecar".to_string()], 30)?;
+    let client = tls::issue(&ca, CA, &["client-sidecar".to_string()], 30)?;
+    std::fs::write(certs.join("ca.crt"), &ca.cert_pem)?;
+    std::fs::write(
+        certs.join("server.pem"),
+        format!("{}{}", server.cert_pem, server.key_pem),
+    )?;
+    std::fs::write(
+        certs.join("client.pem"),
+        format!("{}{}", client.cert_pem, client.key_pem),
+    )?;
+    Ok(())
+}
+
+/// The haproxy pair: outbound (originates mTLS) -> inbound (terminates it) -> nginx.
+async fn start_haproxy(
+    dir: &Path,
+    p: &Ports,
+    http: &reqwest::Client,
+    haproxy: &Path,
+) -> anyhow::Result<(Svc, Svc)> {
+    let certs = dir.join("certs");
+    write_certs(&certs)?;
+    let run = dir.join("haproxy");
+    std::fs::create_dir_all(&run)?;
+    let start = |name: &str, template: &str| -> anyhow::Result<Svc> {
+        let cfg = run.join(format!("{name}.cfg"));
+        std::fs::write(&cfg, fill(template, p, &certs, &run))?;
+        Svc::spawn(
+            dir,
+            name,
+            Command::new(haproxy).arg("-db").arg("-f").arg(&cfg),
+            false,
+        )
+    };
+    let mut server = start("hap-server-sidecar-http", HAP_SERVER_HTTP)?;
+    let mut client = start("hap-client-sidecar-http", HAP_CLIENT_HTTP)?;
+    let url = format!("http://127.0.0.1:{}/", p.hap_out);
+    wait_ok(
+        http,
+        &url,
+        Some("ok\n"),
+        Instant::now() + READY,
+        &mut [&mut client, &mut server],
+    )
+    .await?;
+    Ok((client, server))
+}
+
+/// A one-node global control plane, a zone, and the two sidecars with their tokens.
+struct CausewayMesh {
+    // Field order is drop order: sidecars first, then the zone, then global.
+    web: Svc,
+    backend: Svc,
+    _zone: Svc,
+    _global: Svc,
+    /// The web sidecar's outbound port for `backend`.
+    outbound: u16,
+}
+
+/// How to run a sidecar: `causeway dataplane` by default, or a standalone
+/// `causeway-dataplane` binary; plus extra arguments (such as `--concurrency 2`).
+pub(crate) struct SidecarCmd {
+    pub(crate) bin: Option<PathBuf>,
+    pub(crate) args: Vec<String>,
+}
+
+impl SidecarCmd {
+    fn command(&self) -> anyhow::Result<Command> {
+        Ok(match &self.bin {
+            Some(b) => Command::new(b),
+            None => {
+                let mut c = Command::new(bin("causeway")?);
+                c.arg("dataplane");
+                c
+            }
+        })
+    }
+
+    fn describe(&self) -> anyhow::Result<String> {
+        let mut s = match &self.bin {
+            Some(b) => b.display().to_string(),
+            None => format!("{} dataplane", bin("causeway")?.display()),
+        };
+        for a in &self.args {
+            s.push(' ');
+            s.push_str(a);
+        }
+        Ok(s)
+    }
+}
+
+async fn start_causeway(
+    dir: &Path,
+    nginx_port: u16,
+    plain: &reqwest::Client,
+    sc: &SidecarCmd,
+) -> anyhow::Result<CausewayMesh> {
+    let causeway = bin("causeway")?;
+    let deadline = Instant::now() + READY;
+    let (api_port, raft, kds) = (free_port(), free_port(), free_port());
+    let gdir = dir.join("global");
+    let mut global = Svc::spawn(
+        dir,
+        "global-cp",
+        Command::new(&causeway)
+            .args(["global-cp", "--node-id", "1"])
+            .arg("--data-dir")
+            .arg(&gdir)
+            .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
+            .args(["--raft-addr", &format!("127.0.0.1:{raft}")])
+            .args(["--kds-addr", &format!("127.0.0.1:{kds}")])
+            .env("RUST_LOG", "warn"),
+        false,
+    )?;
+    let token = wait_file(&gdir.join("admin-token"), deadline, &mut global)
+        .await?
+        .trim()
+        .to_string();
+    let ca = wait_file(&gdir.join("api-ca.pem"), deadline, &mut global).await?;
+    let g = https_client(&ca)?;
+    let gurl = format!("https://127.0.0.1:{api_port}");
+    wait_ok(
+        &g,
+        &format!("{gurl}/ready"),
+        None,
+        deadline,
+        &mut [&mut global],
+    )
+    .await?;
+
+    let put = |path: &str, v: Value| {
+        let (g, url, token) = (&g, format!("{gurl}{path}"), &token);
+        async move { api(g, Method::PUT, &url, token, Some(&v), deadline).await }
+    };
+    put(
+        "/meshes/default",
+        json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"mode": "Strict"}}}),
+    )
+    .await?;
+    put(
+        "/meshes/default/meshtrafficpermissions/web-to-backend",
+        json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "web-to-backend",
+               "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+                        "from": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                                  "default": {"action": "Allow"}}]}}),
+    )
+    .await?;
+
+    // The zone, with DDS for the sidecars.
+    let v = api(
+        &g,
+        Method::POST,
+        &format!("{gurl}/zones/zone-a/token"),
+        &token,
+        Some(&json!({})),
+        deadline,
+    )
+    .await?;
+    let zone_token = dir.join("zone-a.token");
+    std::fs::write(&zone_token, v["token"].as_str().context("no zone token")?)?;
+    let (zapi, dds) = (free_port(), free_port());
+    let zdir = dir.join("zone-a");
+    let mut zone = Svc::spawn(
+        dir,
+        "zone-cp",
+        Command::new(&causeway)
+            .args(["zone-cp", "--zone", "zone-a"])
+            .args(["--global", &format!("https://127.0.0.1:{kds}")])
+            .arg("--token-file")
+            .arg(&zone_token)
+            .arg("--data-dir")
+            .arg(&zdir)
+            .args(["--api-addr", &format!("127.0.0.1:{zapi}")])
+            .args(["--dds-addr", &format!("127.0.0.1:{dds}")])
+            .env("RUST_LOG", "warn"),
+        false,
+    )?;
+    let ztoken = wait_file(&zdir.join("admin-token"), deadline, &mut zone)
+        .await?
+        .trim()
+        .to_string();
+    let zca = wait_file(&zdir.join("api-ca.pem"), deadline, &mut zone).await?;
+    let z = https_client(&zca)?;
+    // The zone's intermediate mesh CA, so the sidecars get certificates at once.
+    loop {
+        let st = api(
+            &z,
+            Method::GET,
+            &format!("https://127.0.0.1:{zapi}/status"),
+            &ztoken,
+            None,
+            deadline,
+        )
+        .await
+        .unwrap_or(Value::Null);
+        if st["intermediates"][0]["mesh"] == "default" {
+            break;
+        }
+        zone.check_running()?;
+        if Instant::now() >= deadline {
+            bail!(
+                "zone-a has no intermediate CA for mesh default: {st}{}",
+                zone.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The sidecars.
+    let outbound = free_port();
+    let sidecar = |service: &'static str, inbound: Value, outbound: Value| {
+        let (g, gurl, token) = (&g, &gurl, &token);
+        let zca_file = zdir.join("api-ca.pem");
+        async move {
+            let v = api(
+                g,
+                Method::POST,
+                &format!("{gurl}/meshes/default/dataplane-token"),
+                token,
+                Some(&json!({"service": service})),
+                deadline,
+            )
+            .await?;
+            let token_file = dir.join(format!("{service}.token"));
+            std::fs::write(
+                &token_file,
+                v["token"].as_str().context("no dataplane token")?,
+            )?;
+            let dp = json!({"type": "Dataplane", "mesh": "default", "name": format!("{service}-1"),
+                            "spec": {"address": "127.0.0.1", "inbound": [inbound], "outbound": outbound}});
+            let dp_file = dir.join(format!("{service}-dp.json"));
+            std::fs::write(&dp_file, serde_json::to_vec(&dp)?)?;
+            let admin = free_port();
+            let svc = Svc::spawn(
+                dir,
+                &format!("sidecar-{service}"),
+                sc.command()?
+                    .args(["--cp", &format!("https://127.0.0.1:{dds}")])
+                    .arg("--cp-ca-file")
+                    .arg(&zca_file)
+                    .arg("--token-file")
+                    .arg(&token_file)
+                    .arg("--dataplane-file")
+                    .arg(&dp_file)
+                    .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+                    .args(["--drain-seconds", "1"])
+                    .args(&sc.args)
+                    .env("RUST_LOG", "warn"),
+                false,
+            )?;
+            anyhow::Ok((svc, admin))
+        }
+    };
+    let (mut backend, backend_admin) = sidecar(
+        "backend",
+        json!({"port": free_port(), "servicePort": nginx_port, "service": "backend", "protocol": "http"}),
+        json!([]),
+    )
+    .await?;
+    let (mut web, web_admin) = sidecar(
+        "web",
+        json!({"port": free_port(), "servicePort": free_port(), "service": "web", "protocol": "http"}),
+        json!([{"port": outbound, "service": "backend"}]),
+    )
+    .await?;
+    for admin in [backend_admin, web_admin] {
+        wait_ok(
+            plain,
+            &format!("http://127.0.0.1:{admin}/ready"),
+            None,
+            deadline,
+            &mut [&mut web, &mut backend, &mut zone],
+        )
+        .await?;
+    }
+    // Ready sidecars may not know each other yet: wait for the whole path.
+    wait_ok(
+        plain,
+        &format!("http://127.0.0.1:{outbound}/"),
+        Some("ok\n"),
+        deadline,
+        &mut [&mut web, &mut backend, &mut zone],
+    )
+    .await?;
+    Ok(CausewayMesh {
+        web,
+        backend,
+        _zone: zone,
+        _global: global,
+        outbound,
+    })
+}
+
+// === load ===
+
+/// Runs a load tool to completion (killed on timeout or drop); returns what it printed.
+async fn run_tool(
+    dir: &Path,
+    name: &str,
+    cmd: &mut Command,
+    limit: Duration,
+) -> anyhow::Result<String> {
+    let mut svc = Svc::spawn(dir, name, cmd, false)?;
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = svc.child.as_mut().context("spawned")?.try_wait()? {
+            break s;
+        }
+        if Instant::now() >= deadline {
+            bail!("{name} still running after {limit:?}{}", svc.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let out = std::fs::read_to_string(&svc.log)?;
+    anyhow::ensure!(status.success(), "{name} failed ({status}){}", svc.logs());
+    Ok(out)
+}
+
+struct Wrk {
+    rps: f64,
+    requests: u64,
+    /// Non-2xx/3xx answers and socket errors, if any.
+    errors: Option<String>,
+}
+
+fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
+    let mut rps = None;
+    let mut requests = None;
+    let mut errors = Vec::new();
+    for l in out.lines().map(str::trim) {
+        if let Some(v) = l.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse().ok();
+        } else if let Some((n, _)) = l.split_once(" requests in ") {
+            requests = n.trim().parse().ok();
+        } else if l.starts_with("Non-2xx") || l.starts_with("Socket errors") {
+            errors.push(l.to_string());
+        }
+    }
+    Ok(Wrk {
+        rps: rps.with_context(|| format!("no Requests/sec in wrk's output:\n{out}"))?,
+        requests: requests.with_context(|| format!("no request count in wrk's output:\n{out}"))?,
+        errors: (!errors.is_empty()).then(|| errors.join("; ")),
+    })
+}
+
+struct Fixed {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    /// Answers per second actually completed.
+    achieved: f64,
+    /// Requests that failed or did not answer 200.
+    failed: usize,
+}
+
+/// Latency percentiles (ms) from h2load's per-request log: start (µs since the epoch),
+/// status (-1 on failure), µs to the end of the response.
+fn parse_h2load_log(log: &str, seconds: u64) -> anyhow::Result<Fixed> {
+    let mut ok = Vec::new();
+    let mut failed = 0;
+    for l in log.lines() {
+        let f: Vec<&str> = l.split('\t').collect();
+        if f.len() < 3 {
+            continue;
+        }
+        match (f[1].trim(), f[2].trim().parse::<u64>()) {
+            ("200", Ok(us)) => ok.push(Duration::from_micros(us)),
+            _ => failed += 1,
+        }
+    }
+    anyhow::ensure!(!ok.is_empty(), "h2load logged no successful request");
+    ok.sort();
+    Ok(Fixed {
+        p50: percentile(&ok, 0.5),
+        p90: percentile(&ok, 0.9),
+        p99: percentile(&ok, 0.99),
+        achieved: ok.len() as f64 / seconds as f64,
+        failed,
+    })
+}
+
+/// One path under test.
+struct Route {
+    label: &'static str,
+    url: String,
+    /// Proxy processes whose CPU and memory are measured: (name, pid).
+    procs: Vec<(&'static str, u32)>,
+}
+
+/// One run of one path.
+struct Sample {
+    wrk: Wrk,
+    fixed: Fixed,
+    /// CPU seconds of each proxy process during the wrk run.
+    cpu: Vec<f64>,
+    /// VmHWM of each proxy process after the run.
+    peak: Vec<u64>,
+}
+
+struct Tools {
+    wrk: PathBuf,
+    h2load: PathBuf,
+    ticks: f64,
+}
+
+async fn measure(
+    dir: &Path,
+    t: &Tools,
+    p: &Route,
+    seconds: u64,
+    rate: u64,
+    connections: u64,
+) -> anyhow::Result<Sample> {
+    let cpu_before: Vec<f64> = p
+        .procs
+        .iter()
+        .map(|(_, pid)| cpu_seconds(*pid, t.ticks))
+        .collect::<anyhow::Result<_>>()?;
+    let out = run_tool(
+        dir,
+        "wrk",
+        Command::new(&t.wrk)
+            .args(["-t", &WRK_THREADS.to_string()])
+            .args(["-c", &connections.to_string()])
+            .args(["-d", &format!("{seconds}s")])
+            .arg("--latency")
+            .arg(&p.url),
+        Duration::from_secs(seconds + 30),
+    )
+    .await?;
+    let cpu: Vec<f64> = p
+        .procs
+        .iter()
+        .zip(&cpu_before)
+        .map(|((_, pid), before)| Ok(cpu_seconds(*pid, t.ticks)? - before))
+        .collect::<anyhow::Result<_>>()?;
+    let wrk = parse_wrk(&out)?;
+
+    let log = dir.join("h2load-requests.tsv");
+    let _ = std::fs::remove_file(&log);
+    let per_client = rate as f64 / H2LOAD_CLIENTS as f64;
+    run_tool(
+        dir,
+        "h2load",
+        Command::new(&t.h2load)
+            .arg("--h1")
+            .args(["-c", &H2LOAD_CLIENTS.to_string()])
+            .arg(format!("--rps={per_client}"))
+            .args(["-D", &seconds.to_string()])
+            .arg(format!("--log-file={}", log.display()))
+            .arg(&p.url),
+        Duration::from_secs(seconds + 30),
+    )
+    .await?;
+    let fixed = parse_h2load_log(&std::fs::read_to_string(&log)?, seconds)?;
+    let peak = p
+        .procs
+        .iter()
+        .map(|(_, pid)| peak_rss(*pid))
+        .collect::<anyhow::Result<_>>()?;
+    Ok(Sample {
+        wrk,
+        fixed,
+        cpu,
+        peak,
+    })
+}
+
+// === the benchmark ===
+
+pub(crate) async fn sidecar(
+    seconds: u64,
+    runs: usize,
+    rate: u64,
+    connections: u64,
+    sc: SidecarCmd,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        seconds >= 1 && runs >= 1,
+        "--seconds and --runs must be >= 1"
+    );
+    anyhow::ensure!(
+        rate >= H2LOAD_CLIENTS,
+        "--rate must be at least {H2LOAD_CLIENTS} (h2load runs {H2LOAD_CLIENTS} connections)"
+    );
+    anyhow::ensure!(
+        connections >= WRK_THREADS,
+        "--connections must be >= {WRK_THREADS}"
+    );
+    // Stop cleanly on Ctrl-C: dropping the future kills every process and the temp dir.
+    tokio::select! {
+        r = bench(seconds, runs, rate, connections, &sc) => r,
+        _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+    }
+}
+
+async fn bench(
+    seconds: u64,
+    runs: usize,
+    rate: u64,
+    connections: u64,
+    sc: &SidecarCmd,
+) -> anyhow::Result<()> {
+    let t = Tools {
+        wrk: tool("wrk", "wrk")?,
+        h2load: tool("h2load", "nghttp2-client")?,
+        ticks: clock_ticks(),
+    };
+    let nginx = tool("nginx", "nginx")?;
+    let haproxy = tool("haproxy", "haproxy")?;
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    let plain = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let ports = Ports {
+        nginx: free_port(),
+        hap_out: free_port(),
+        hap_in: free_port(),
+    };
+
+    println!(
+        "HTTP/1.1 GET / -> nginx `return 200 \"ok\\n\"` on loopback, {} CPUs; medians of {runs} run(s)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "  throughput: wrk -t{WRK_THREADS} -c{connections} -d{seconds}s; latency: h2load --h1 -c{H2LOAD_CLIENTS} --rps={} -D {seconds} ({rate} req/s, from its per-request log)",
+        rate as f64 / H2LOAD_CLIENTS as f64
+    );
+    println!(
+        "  {} | {} | sidecar: {}",
+        version(&nginx, "-v"),
+        version(&haproxy, "-v")
+            .split(" - ")
+            .next()
+            .unwrap_or_default(),
+        sc.describe()?
+    );
+
+    let _nginx = start_nginx(dir, &ports, &plain, &nginx).await?;
+    let (hap_client, hap_server) = start_haproxy(dir, &ports, &plain, &haproxy).await?;
+    let mesh = start_causeway(dir, ports.nginx, &plain, sc).await?;
+
+    let paths = [
+        Route {
+            label: "(a) direct to nginx",
+            url: format!("http://127.0.0.1:{}/", ports.nginx),
+            procs: vec![],
+        },
+        Route {
+            label: "(b) causeway sidecars",
+            url: format!("http://127.0.0.1:{}/", mesh.outbound),
+            procs: vec![("web", mesh.web.pid()), ("backend", mesh.backend.pid())],
+        },
+        Route {
+            label: "(c) haproxy pair",
+            url: format!("http://127.0.0.1:{}/", ports.hap_out),
+            procs: vec![("out", hap_client.pid()), ("in", hap_server.pid())],
+        },
+    ];
+
+    // Warm-up: connections between proxies, allocator pools, caches.
+    for p in &paths {
+        run_tool(
+            dir,
+            "wrk-warmup",
+            Command::new(&t.wrk)
+                .args(["-t", &WRK_THREADS.to_string()])
+                .args(["-c", &connections.to_string()])
+                .args(["-d", "1s"])
+                .arg(&p.url),
+            Duration::from_secs(30),
+        )
+        .await?;
+    }
+
+    let mut samples: Vec<Vec<Sample>> = paths.iter().map(|_| Vec::new()).collect();
+    for run in 0..runs {
+        // Rotate the order so no path always runs first (or right after another).
+        for k in 0..paths.len() {
+            let i = (run + k) % paths.len();
+            let p = &paths[i];
+            eprintln!("run {}/{runs}: {}", run + 1, p.label);
+            let s = measure(dir, &t, p, seconds, rate, connections).await?;
+            if let Some(e) = &s.wrk.errors {
+                eprintln!("  wrk errors on {}: {e}", p.label);
+            }
+            if s.fixed.failed > 0 {
+                eprintln!(
+                    "  h2load: {} failed or non-200 requests on {}",
+                    s.fixed.failed, p.label
+                );
+            }
+            if (s.fixed.achieved - rate as f64).abs() > rate as f64 * 0.05 {
+                eprintln!(
+                    "  h2load completed {:.0} req/s on {}, not {rate}",
+                    s.fixed.achieved, p.label
+                );
+            }
+            samples[i].push(s);
+        }
+    }
+
+    // Medians.
+    struct Summary {
+        rps: f64,
+        requests: f64,
+        p50: f64,
+        p90: f64,
+        p99: f64,
+        cpu: Vec<f64>,
+        peak: Vec<u64>,
+        runs_rps: Vec<f64>,
+        errors: usize,
+    }
+    let sum: Vec<Summary> = paths
+        .iter()
+        .zip(&samples)
+        .map(|(p, ss)| {
+            let m = |f: &dyn Fn(&Sample) -> f64| median(ss.iter().map(f).collect());
+            Summary {
+                rps: m(&|s| s.wrk.rps),
+                requests: m(&|s| s.wrk.requests as f64),
+                p50: m(&|s| s.fixed.p50),
+                p90: m(&|s| s.fixed.p90),
+                p99: m(&|s| s.fixed.p99),
+                cpu: (0..p.procs.len()).map(|k| m(&|s| s.cpu[k])).collect(),
+                // Peak over the whole benchmark (VmHWM only grows).
+                peak: (0..p.procs.len())
+                    .map(|k| ss.iter().map(|s| s.peak[k]).max().unwrap_or(0))
+                    .collect(),
+                runs_rps: ss.iter().map(|s| s.wrk.rps).collect(),
+                errors: ss
+                    .iter()
+                    .filter(|s| s.wrk.errors.is_some() || s.fixed.failed > 0)
+                    .count(),
+            }
+        })
+        .collect();
+
+    println!();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<22} {:>9} {:>7} {:>7} {:>7}  {:<26} {:>10}  peak RSS MiB",
+        "path", "req/s", "p50 ms", "p90 ms", "p99 ms", "proxy CPU s during wrk", "CPU us/req",
+    );
+    for (p, s) in paths.iter().zip(&sum) {
+        let (cpu, per_req, rss) = if p.procs.is_empty() {
+            ("-".to_string(), "-".to_string(), "-".to_string())
+        } else {
+            let names = p.procs.iter().map(|(n, _)| *n);
+            let cpu: Vec<String> = names
+                .clone()
+                .zip(&s.cpu)
+                .map(|(n, c)| format!("{n} {c:.2}"))
+                .collect();
+            let rss: Vec<String> = names
+                .zip(&s.peak)
+                .map(|(n, b)| format!("{n} {:.1}", mib(*b)))
+                .collect();
+            let total: f64 = s.cpu.iter().sum();
+            (
+                cpu.join(" + "),
+                format!("{:.1}", total * 1e6 / s.requests.max(1.0)),
+                rss.join(", "),
+            )
+        };
+        let _ = writeln!(
+            out,
+            "{:<22} {:>9.0} {:>7.3} {:>7.3} {:>7.3}  {cpu:<26} {per_req:>10}  {rss}",
+            p.label, s.rps, s.p50, s.p90, s.p99
+        );
+    }
+    print!("{out}");
+    let runs_line: Vec<String> = paths
+        .iter()
+        .zip(&sum)
+        .map(|(p, s)| {
+            let v: Vec<String> = s.runs_rps.iter().map(|r| format!("{r:.0}")).collect();
+            format!("{} {}", &p.label[..3], v.join("/"))
+        })
+        .collect();
+    println!("req/s per run: {}", runs_line.join("; "));
+    for (p, s) in paths.iter().zip(&sum) {
+        if s.errors > 0 {
+            println!(
+                "WARNING: {} had errors in {} run(s) (see above)",
+                p.label, s.errors
+            );
+        }
+    }
+
+    // Ratios and goals.
+    let (a, b, c) = (&sum[0], &sum[1], &sum[2]);
+    let added_b = b.p50 - a.p50;
+    let added_c = c.p50 - a.p50;
+    let worst_rss = b.peak.iter().copied().max().unwrap_or(0);
+    let rows: Vec<(String, String, String, Option<bool>)> = vec![
+        (
+            "throughput (b)/(a): causeway vs direct".into(),
+            format!("{:.2}x", b.rps / a.rps),
+            String::new(),
+            None,
+        ),
+        (
+            "throughput (b)/(c): causeway vs haproxy".into(),
+            format!("{:.2}x", b.rps / c.rps),
+            format!(">= {GOAL_THROUGHPUT_VS_HAPROXY}x"),
+            Some(b.rps / c.rps >= GOAL_THROUGHPUT_VS_HAPROXY),
+        ),
+        (
+            format!("added p50 at {rate} req/s: causeway / haproxy"),
+            format!("{added_b:.3} / {added_c:.3} ms"),
+            "causeway <= haproxy".into(),
+            Some(added_b <= added_c),
+        ),
+        (
+            "peak RSS per sidecar (web, backend)".into(),
+            format!("{:.1}, {:.1} MiB", mib(b.peak[0]), mib(b.peak[1])),
+            format!("< {GOAL_RSS_MIB} MiB"),
+            Some(mib(worst_rss) < GOAL_RSS_MIB),
+        ),
+    ];
+    println!();
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let wv = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
+    let wg = rows.iter().map(|r| r.2.len()).max().unwrap_or(0).max(4);
+    let line = |f: &str, v: &str, g: &str, m: &str| {
+        println!("{}", format!("{f:<w$}  {v:<wv$}  {g:<wg$}  {m}").trim_end());
+    };
+    line("figure", "value", "goal", "");
+    for (f, v, g, met) in &rows {
+        let m = match met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "",
+        };
+        line(f, v, g, m);
+    }
+    Ok(())
+}
