@@ -6,6 +6,7 @@
 //! percentiles at a fixed rate from h2load's per-request log, CPU seconds of each proxy
 //! process during the wrk run and its peak RSS. Prints medians, ratios and the goals.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -239,6 +240,69 @@ fn peak_rss(pid: u32) -> anyhow::Result<u64> {
         .trim()
         .parse()?;
     Ok(kb * 1024)
+}
+
+/// Every process's parent, CPU ticks and name, from /proc (unreadable ones skipped).
+fn all_processes() -> HashMap<u32, (u32, u64, String)> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some((head, rest)), Some(open)) = (stat.rsplit_once(')'), stat.find('(')) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        if f.len() > 12
+            && let (Ok(ppid), Ok(u), Ok(s)) =
+                (f[1].parse(), f[11].parse::<u64>(), f[12].parse::<u64>())
+        {
+            out.insert(pid, (ppid, u + s, head[open + 1..].to_string()));
+        }
+    }
+    out
+}
+
+/// CPU seconds that processes outside this benchmark's process tree used between two
+/// snapshots, and the busiest of them. The machine may be shared (builds, tests); a
+/// measurement they disturb is flagged rather than silently reported.
+fn foreign_cpu(
+    before: &HashMap<u32, (u32, u64, String)>,
+    after: &HashMap<u32, (u32, u64, String)>,
+    ticks_per_sec: f64,
+) -> (f64, String) {
+    let me = std::process::id();
+    let ours = |mut pid: u32| {
+        for _ in 0..64 {
+            if pid == me {
+                return true;
+            }
+            match after.get(&pid) {
+                Some((ppid, _, _)) if *ppid != 0 => pid = *ppid,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let mut total = 0u64;
+    let mut top = (0u64, String::new());
+    for (pid, (_, t, name)) in after {
+        if ours(*pid) {
+            continue;
+        }
+        let d = t.saturating_sub(before.get(pid).map_or(0, |b| b.1));
+        total += d;
+        if d > top.0 {
+            top = (d, name.clone());
+        }
+    }
+    (total as f64 / ticks_per_sec, top.1)
 }
 
 fn clock_ticks() -> f64 {
@@ -791,6 +855,8 @@ struct Sample {
     cpu: Vec<f64>,
     /// VmHWM of each proxy process after the run.
     peak: Vec<u64>,
+    /// CPU seconds used by processes outside the benchmark meanwhile, and the busiest.
+    foreign: (f64, String),
 }
 
 struct Tools {
@@ -807,6 +873,7 @@ async fn measure(
     rate: u64,
     connections: u64,
 ) -> anyhow::Result<Sample> {
+    let everyone = all_processes();
     let cpu_before: Vec<f64> = p
         .procs
         .iter()
@@ -854,11 +921,13 @@ async fn measure(
         .iter()
         .map(|(_, pid)| peak_rss(*pid))
         .collect::<anyhow::Result<_>>()?;
+    let foreign = foreign_cpu(&everyone, &all_processes(), t.ticks);
     Ok(Sample {
         wrk,
         fixed,
         cpu,
         peak,
+        foreign,
     })
 }
 
@@ -993,6 +1062,13 @@ async fn bench(
                     s.fixed.achieved, p.label
                 );
             }
+            // 5% of one CPU over both measurements.
+            if s.foreign.0 > 0.05 * 2.0 * seconds as f64 {
+                eprintln!(
+                    "  other processes used {:.1} CPU-s meanwhile (busiest: {}): this run is disturbed",
+                    s.foreign.0, s.foreign.1
+                );
+            }
             samples[i].push(s);
         }
     }
@@ -1008,6 +1084,7 @@ async fn bench(
         peak: Vec<u64>,
         runs_rps: Vec<f64>,
         errors: usize,
+        disturbed: usize,
     }
     let sum: Vec<Summary> = paths
         .iter()
@@ -1029,6 +1106,10 @@ async fn bench(
                 errors: ss
                     .iter()
                     .filter(|s| s.wrk.errors.is_some() || s.fixed.failed > 0)
+                    .count(),
+                disturbed: ss
+                    .iter()
+                    .filter(|s| s.foreign.0 > 0.05 * 2.0 * seconds as f64)
                     .count(),
             }
         })
@@ -1083,6 +1164,12 @@ async fn bench(
             println!(
                 "WARNING: {} had errors in {} run(s) (see above)",
                 p.label, s.errors
+            );
+        }
+        if s.disturbed > 0 {
+            println!(
+                "WARNING: {}: other processes used over 5% of a CPU in {} of {runs} run(s); figures are unreliable",
+                p.label, s.disturbed
             );
         }
     }
