@@ -71,6 +71,8 @@ struct Inner {
     node_id: u64,
     settings: KdsSettings,
     secrets: ClusterSecrets,
+    /// The public half of the dataplane token key, derived once.
+    dataplane_token_public_key: String,
     sealer: Option<Arc<crate::sealing::Sealer>>,
     sessions: Mutex<HashMap<String, LiveSession>>,
 }
@@ -129,6 +131,10 @@ impl KdsService {
                 raft,
                 node_id,
                 settings,
+                dataplane_token_public_key: causeway_pki::dataplane_token::public_key(
+                    &secrets.dataplane_token_key,
+                )
+                .unwrap_or_default(),
                 secrets,
                 sealer,
                 sessions: Mutex::default(),
@@ -531,10 +537,7 @@ impl Session {
             })
             .collect();
         Trust {
-            dataplane_token_public_key: causeway_pki::dataplane_token::public_key(
-                &self.kds.inner.secrets.dataplane_token_key,
-            )
-            .unwrap_or_default(),
+            dataplane_token_public_key: self.kds.inner.dataplane_token_public_key.clone(),
             revoked_cas,
         }
     }

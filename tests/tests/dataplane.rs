@@ -130,6 +130,22 @@ impl Fixture {
         Proc::start(&self.dir, name, &args)
     }
 
+    /// A "web" sidecar with one outbound to `service`: the sidecar, its admin address
+    /// and the outbound port.
+    async fn web_calling(&self, service: &str) -> anyhow::Result<(Proc, SocketAddr, u16)> {
+        let out = free_addr().port();
+        let dp = dataplane(
+            "web-1",
+            "web",
+            free_addr().port(),
+            free_addr().port(),
+            "http",
+            &[(out, service)],
+        );
+        let (p, admin) = self.sidecar("web", dp).await?;
+        Ok((p, admin, out))
+    }
+
     /// Starts a sidecar for `dataplane` (a Dataplane resource); returns it and its admin address.
     async fn sidecar(&self, service: &str, dataplane: Value) -> anyhow::Result<(Proc, SocketAddr)> {
         let name = dataplane["name"].as_str().context("name")?.to_string();
@@ -401,20 +417,7 @@ async fn endpoints_come_and_go_and_traffic_survives_the_zone_control_plane() -> 
             ),
         )
         .await?;
-    let out = free_addr().port();
-    let (_ws, _) = fx
-        .sidecar(
-            "web",
-            dataplane(
-                "web-1",
-                "web",
-                free_addr().port(),
-                free_addr().port(),
-                "http",
-                &[(out, "backend")],
-            ),
-        )
-        .await?;
+    let (_ws, _, out) = fx.web_calling("backend").await?;
     let http = plain_http();
     let url = format!("http://127.0.0.1:{out}/");
     // Both instances get traffic.
@@ -530,20 +533,7 @@ async fn certificates_rotate_under_traffic_without_failed_requests() -> anyhow::
             ),
         )
         .await?;
-    let out = free_addr().port();
-    let (_ws, w_admin) = fx
-        .sidecar(
-            "web",
-            dataplane(
-                "web-1",
-                "web",
-                free_addr().port(),
-                free_addr().port(),
-                "http",
-                &[(out, "backend")],
-            ),
-        )
-        .await?;
+    let (_ws, w_admin, out) = fx.web_calling("backend").await?;
     let http = plain_http();
     let url = format!("http://127.0.0.1:{out}/");
     eventually("first call", WAIT, || async {
@@ -703,20 +693,7 @@ async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()>
             ),
         )
         .await?;
-    let out = free_addr().port();
-    let (_ws, _) = fx
-        .sidecar(
-            "web",
-            dataplane(
-                "web-1",
-                "web",
-                free_addr().port(),
-                free_addr().port(),
-                "http",
-                &[(out, "signer")],
-            ),
-        )
-        .await?;
+    let (_ws, _, out) = fx.web_calling("signer").await?;
     let mut client = eventually("a gRPC channel through the sidecar", WAIT, || async {
         let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{out}"))
             .ok()?
@@ -811,20 +788,7 @@ async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
             dataplane("backend-1", "backend", b_in, app.port(), "http", &[]),
         )
         .await?;
-    let out = free_addr().port();
-    let (_ws, w_admin) = fx
-        .sidecar(
-            "web",
-            dataplane(
-                "web-1",
-                "web",
-                free_addr().port(),
-                free_addr().port(),
-                "http",
-                &[(out, "backend")],
-            ),
-        )
-        .await?;
+    let (_ws, w_admin, out) = fx.web_calling("backend").await?;
     let http = plain_http();
     eventually("a first call", WAIT, || async {
         http.get(format!("http://127.0.0.1:{out}/"))
@@ -949,20 +913,7 @@ async fn sigterm_drains_open_connections_then_exits() -> anyhow::Result<()> {
             dataplane("echo-1", "echo", free_addr().port(), app.port(), "tcp", &[]),
         )
         .await?;
-    let out = free_addr().port();
-    let (web, _) = fx
-        .sidecar(
-            "web",
-            dataplane(
-                "web-1",
-                "web",
-                free_addr().port(),
-                free_addr().port(),
-                "http",
-                &[(out, "echo")],
-            ),
-        )
-        .await?;
+    let (web, _, out) = fx.web_calling("echo").await?;
     let mut open = eventually("a TCP connection through the sidecars", WAIT, || async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", out))
             .await

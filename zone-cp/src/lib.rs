@@ -73,7 +73,6 @@ pub const API_CA_FILE: &str = "api-ca.pem";
 #[derive(Debug, Default)]
 pub(crate) struct SyncStatus {
     pub(crate) connected_to: Option<String>,
-    pub(crate) connected_since_ms: i64,
     /// The last change sets applied, newest last.
     pub(crate) syncs: VecDeque<SyncRecord>,
     pub(crate) refused: Vec<String>,
@@ -98,11 +97,6 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn set_connected(&self, to: Option<String>) {
         let mut s = self.status.lock().expect("status lock");
-        s.connected_since_ms = if to.is_some() {
-            (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
-        } else {
-            0
-        };
         s.connected_to = to;
     }
 
