@@ -44,6 +44,9 @@ enum Cmd {
     /// Run a sidecar (`dataplane --cp ... --token-file ... --dataplane-file ...`), or
     /// `dataplane token create --mesh M --service S`.
     Dataplane(Box<zone::DataplaneCmd>),
+    /// Run a zone ingress (`ingress --cp ... --token-file ... --name ... --listen ...`),
+    /// or `ingress token create --zone Z`.
+    Ingress(Box<zone::IngressCmd>),
     /// Mesh secrets, such as a provided CA's key: `secret set ca-key --from-file key.pem`.
     #[command(subcommand)]
     Secret(zone::SecretCmd),
@@ -107,6 +110,13 @@ fn main() {
                 init_logging(&cli.log);
                 demo_app::run(a).await
             }
+            Cmd::Ingress(i) if i.cmd.is_none() => {
+                init_logging(&cli.log);
+                match i.run {
+                    Some(args) => causeway_ingress::cli::run(args).await,
+                    None => Err(anyhow::anyhow!("causeway ingress needs --cp, --cp-ca-file, --token-file, --name and --listen (or a subcommand: token)")),
+                }
+            }
             Cmd::Dataplane(d) if d.cmd.is_none() => {
                 init_logging(&cli.log);
                 match d.run {
@@ -131,6 +141,10 @@ fn main() {
                     Cmd::Secret(c) => zone::secret(&cli.conn, c).await,
                     Cmd::Dataplane(d) => match d.cmd {
                         Some(zone::DataplaneSub::Token(t)) => zone::dataplane_token(&cli.conn, t).await,
+                        None => unreachable!("handled above"),
+                    },
+                    Cmd::Ingress(i) => match i.cmd {
+                        Some(zone::IngressSub::Token(t)) => zone::ingress_token(&cli.conn, t).await,
                         None => unreachable!("handled above"),
                     },
                     Cmd::GlobalCp(_) | Cmd::ZoneCp(_) | Cmd::DemoApp(_) => {

@@ -9,6 +9,37 @@ use anyhow::Context as _;
 
 use crate::{ControlPlane, DataplaneConfig};
 
+/// How to reach the zone control plane; shared by sidecars and ingresses.
+#[derive(Debug, clap::Args)]
+pub struct ControlPlaneArgs {
+    /// The zone control plane's DDS address, `https://HOST:PORT`.
+    #[arg(long)]
+    pub cp: String,
+    /// The CA of the zone control plane's certificate (`<zone data dir>/api-ca.pem`).
+    #[arg(long)]
+    pub cp_ca_file: PathBuf,
+    /// The token: a dataplane token (`causeway dataplane token create --mesh M --service
+    /// S`) for a sidecar, an ingress token (`causeway ingress token create --zone Z`) for
+    /// an ingress.
+    #[arg(long)]
+    pub token_file: PathBuf,
+}
+
+impl ControlPlaneArgs {
+    /// Reads the files.
+    pub fn resolve(&self) -> anyhow::Result<ControlPlane> {
+        Ok(ControlPlane {
+            addr: if self.cp.contains("://") {
+                self.cp.clone()
+            } else {
+                format!("https://{}", self.cp)
+            },
+            ca_pem: read(&self.cp_ca_file, "--cp-ca-file")?,
+            token: read(&self.token_file, "--token-file")?.trim().to_string(),
+        })
+    }
+}
+
 /// Run a sidecar: gets its certificate and config from the zone control plane and
 /// proxies the workload's traffic.
 ///
@@ -16,15 +47,8 @@ use crate::{ControlPlane, DataplaneConfig};
 ///   --token-file web.token --dataplane-file web.yaml
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The zone control plane's DDS address, `https://HOST:PORT`.
-    #[arg(long)]
-    pub cp: String,
-    /// The CA of the zone control plane's certificate (`<zone data dir>/api-ca.pem`).
-    #[arg(long)]
-    pub cp_ca_file: PathBuf,
-    /// The dataplane token (`causeway dataplane token create --mesh M --service S`).
-    #[arg(long)]
-    pub token_file: PathBuf,
+    #[command(flatten)]
+    pub cp: ControlPlaneArgs,
     /// The Dataplane resource (YAML or JSON) this sidecar registers.
     #[arg(long)]
     pub dataplane_file: PathBuf,
@@ -67,21 +91,18 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         causeway_api::Resource::from_yaml(&text)
     }
     .with_context(|| format!("parsing {}", a.dataplane_file.display()))?;
-    let cp = ControlPlane {
-        addr: if a.cp.contains("://") {
-            a.cp.clone()
-        } else {
-            format!("https://{}", a.cp)
-        },
-        ca_pem: read(&a.cp_ca_file, "--cp-ca-file")?,
-        token: read(&a.token_file, "--token-file")?.trim().to_string(),
-    };
+    let cp = a.cp.resolve()?;
     let cfg = DataplaneConfig {
         cp,
         dataplane,
         admin_addr: a.admin_addr,
         drain: Duration::from_secs(a.drain_seconds),
     };
+    crate::run(cfg, stop_on_signal()).await
+}
+
+/// Turns true on SIGTERM or Ctrl-C: the start of a graceful drain.
+pub fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut term =
@@ -95,7 +116,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
         let _ = stop_tx.send(true);
     });
-    crate::run(cfg, stop).await
+    stop
 }
 
 #[derive(clap::Parser)]
@@ -112,14 +133,24 @@ struct Standalone {
 pub fn main() {
     use clap::Parser as _;
     let cli = Standalone::parse();
+    init_standalone(cli.log);
+    let rt = runtime(&cli.args).expect("starting the tokio runtime");
+    exit_on_error(rt.block_on(run(cli.args)));
+}
+
+/// What a lean binary sets up before its runtime: the TLS provider and logging to stderr.
+pub fn init_standalone(log: String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter = std::env::var("RUST_LOG").unwrap_or(cli.log);
+    let filter = std::env::var("RUST_LOG").unwrap_or(log);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = runtime(&cli.args).expect("starting the tokio runtime");
-    if let Err(e) = rt.block_on(run(cli.args)) {
+}
+
+/// Prints an error's chain of causes on one line and exits 1.
+pub fn exit_on_error(result: anyhow::Result<()>) {
+    if let Err(e) = result {
         let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!("error: {}", msg.join(": "));
         std::process::exit(1);

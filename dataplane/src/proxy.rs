@@ -536,7 +536,7 @@ async fn outbound_conn(proxy: &Arc<Proxy>, port: u16, tcp: TcpStream) -> anyhow:
         let mut tried = Vec::new();
         for _ in 0..CONNECT_ATTEMPTS {
             let Some(ep) = b.pick(&tried) else { break };
-            tried.push(ep.key());
+            tried.push(ep.clone());
             let Some(dial) = proxy.dial(&cfg, &ob, &ep, ALPN_TCP) else {
                 anyhow::bail!("no workload certificate yet");
             };
@@ -618,7 +618,7 @@ async fn outbound_request(
     let mut last_err = String::from("no endpoints");
     for _ in 0..CONNECT_ATTEMPTS {
         let Some(ep) = b.pick(&tried) else { break };
-        tried.push(ep.key());
+        tried.push(ep.clone());
         let Some(dial) = proxy.dial(&cfg, ob, &ep, ALPN_H2) else {
             return text(
                 http::StatusCode::SERVICE_UNAVAILABLE,
