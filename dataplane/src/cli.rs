@@ -9,35 +9,23 @@ use anyhow::Context as _;
 
 use crate::{ControlPlane, DataplaneConfig};
 
-/// How to reach the zone control plane; shared by sidecars and ingresses.
-#[derive(Debug, clap::Args)]
-pub struct ControlPlaneArgs {
-    /// The zone control plane's DDS address, `https://HOST:PORT`.
-    #[arg(long)]
-    pub cp: String,
-    /// The CA of the zone control plane's certificate (`<zone data dir>/api-ca.pem`).
-    #[arg(long)]
-    pub cp_ca_file: PathBuf,
-    /// The token: a dataplane token (`causeway dataplane token create --mesh M --service
-    /// S`) for a sidecar, an ingress token (`causeway ingress token create --zone Z`) for
-    /// an ingress.
-    #[arg(long)]
-    pub token_file: PathBuf,
-}
-
-impl ControlPlaneArgs {
-    /// Reads the files.
-    pub fn resolve(&self) -> anyhow::Result<ControlPlane> {
-        Ok(ControlPlane {
-            addr: if self.cp.contains("://") {
-                self.cp.clone()
-            } else {
-                format!("https://{}", self.cp)
-            },
-            ca_pem: read(&self.cp_ca_file, "--cp-ca-file")?,
-            token: read(&self.token_file, "--token-file")?.trim().to_string(),
-        })
-    }
+/// The zone control plane as the `--cp`, `--cp-ca-file` and `--token-file` flags of a
+/// sidecar or an ingress name it. (Flags, not a flattened struct: clap cannot tell
+/// whether an `Option` of nested flattened arguments is present.)
+pub fn control_plane(
+    cp: &str,
+    cp_ca_file: &PathBuf,
+    token_file: &PathBuf,
+) -> anyhow::Result<ControlPlane> {
+    Ok(ControlPlane {
+        addr: if cp.contains("://") {
+            cp.to_string()
+        } else {
+            format!("https://{cp}")
+        },
+        ca_pem: read(cp_ca_file, "--cp-ca-file")?,
+        token: read(token_file, "--token-file")?.trim().to_string(),
+    })
 }
 
 /// Run a sidecar: gets its certificate and config from the zone control plane and
@@ -47,8 +35,15 @@ impl ControlPlaneArgs {
 ///   --token-file web.token --dataplane-file web.yaml
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    pub cp: ControlPlaneArgs,
+    /// The zone control plane's DDS address, `https://HOST:PORT`.
+    #[arg(long)]
+    pub cp: String,
+    /// The CA of the zone control plane's certificate (`<zone data dir>/api-ca.pem`).
+    #[arg(long)]
+    pub cp_ca_file: PathBuf,
+    /// The dataplane token (`causeway dataplane token create --mesh M --service S`).
+    #[arg(long)]
+    pub token_file: PathBuf,
     /// The Dataplane resource (YAML or JSON) this sidecar registers.
     #[arg(long)]
     pub dataplane_file: PathBuf,
@@ -91,7 +86,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         causeway_api::Resource::from_yaml(&text)
     }
     .with_context(|| format!("parsing {}", a.dataplane_file.display()))?;
-    let cp = a.cp.resolve()?;
+    let cp = control_plane(&a.cp, &a.cp_ca_file, &a.token_file)?;
     let cfg = DataplaneConfig {
         cp,
         dataplane,

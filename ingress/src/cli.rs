@@ -2,9 +2,10 @@
 //! `causeway ingress`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use causeway_dataplane::cli::{ControlPlaneArgs, exit_on_error, init_standalone, stop_on_signal};
+use causeway_dataplane::cli::{control_plane, exit_on_error, init_standalone, stop_on_signal};
 use serde_json::json;
 
 use crate::IngressSettings;
@@ -17,8 +18,15 @@ use crate::IngressSettings;
 ///   --advertise ingress.zone-b.example.com:443
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    #[command(flatten)]
-    pub cp: ControlPlaneArgs,
+    /// The zone control plane's DDS address, `https://HOST:PORT`.
+    #[arg(long)]
+    pub cp: String,
+    /// The CA of the zone control plane's certificate (`<zone data dir>/api-ca.pem`).
+    #[arg(long)]
+    pub cp_ca_file: PathBuf,
+    /// The ingress token (`causeway ingress token create --zone Z`).
+    #[arg(long)]
+    pub token_file: PathBuf,
     /// The mesh whose traffic it carries.
     #[arg(short = 'm', long, default_value = "default")]
     pub mesh: String,
@@ -76,7 +84,7 @@ impl Args {
 /// Runs until SIGTERM or Ctrl-C.
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let cfg = IngressSettings {
-        cp: a.cp.resolve()?,
+        cp: control_plane(&a.cp, &a.cp_ca_file, &a.token_file)?,
         ingress: a.zone_ingress()?,
         listen: a.listen,
         admin_addr: a.admin_addr,
