@@ -7,6 +7,7 @@ mod config;
 mod demo_app;
 mod global_cp;
 mod ops;
+mod up;
 mod zone;
 mod zone_cp;
 
@@ -55,6 +56,9 @@ enum Cmd {
     /// Details of one object: `inspect zone zone-a`.
     #[command(subcommand)]
     Inspect(zone::InspectCmd),
+    /// Start a whole mesh on loopback (3 global nodes, two zones with ingresses, demo
+    /// services with sidecars) and print what to try; Ctrl-C stops it.
+    Up(up::UpArgs),
     /// Create or update resources from YAML (several documents separated by ---).
     Apply(ops::ApplyArgs),
     /// Show resources: `get meshes`, `get mesh default -o yaml`, `get zones`.
@@ -106,6 +110,10 @@ fn main() {
                 init_logging(&cli.log);
                 zone_cp::run(*args).await
             }
+            Cmd::Up(a) => {
+                init_logging(if cli.log == "info" { "warn" } else { &cli.log });
+                up::run(a).await
+            }
             Cmd::DemoApp(a) => {
                 init_logging(&cli.log);
                 demo_app::run(a).await
@@ -147,7 +155,7 @@ fn main() {
                         Some(zone::IngressSub::Token(t)) => zone::ingress_token(&cli.conn, t).await,
                         None => unreachable!("handled above"),
                     },
-                    Cmd::GlobalCp(_) | Cmd::ZoneCp(_) | Cmd::DemoApp(_) => {
+                    Cmd::GlobalCp(_) | Cmd::ZoneCp(_) | Cmd::DemoApp(_) | Cmd::Up(_) => {
                         unreachable!("handled above")
                     }
                 }
