@@ -348,6 +348,16 @@ impl GlobalCluster {
 
     /// Runs the CLI with this cluster's connection settings and returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let out = self.cli_command(args).output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// The CLI with this cluster's connection settings, not started.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
         let addrs: Vec<String> = self
             .nodes
             .iter()
@@ -355,18 +365,13 @@ impl GlobalCluster {
             .map(|n| n.url())
             .collect();
         let ca = self.nodes[0].dir.join("api-ca.pem");
-        let out = Command::new(causeway_bin())
-            .args(args)
+        let mut cmd = Command::new(causeway_bin());
+        cmd.args(args)
             .env("CAUSEWAY_ADDR", addrs.join(","))
             .env("CAUSEWAY_TOKEN", &self.token)
             .env("CAUSEWAY_CA_FILE", ca)
-            .env("CAUSEWAY_CONFIG", self.tmp.path().join("cli-config.yaml"))
-            .output()?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+            .env("CAUSEWAY_CONFIG", self.tmp.path().join("cli-config.yaml"));
+        cmd
     }
 
     /// Adds a node process that will join (after `cluster add-node`), not yet started.

@@ -28,6 +28,8 @@ pub struct MeshInputs {
     pub policies: Vec<Resource>,
     /// Revoked intermediate CAs of the mesh (SHA-256 hex).
     pub revoked_cas: Vec<String>,
+    /// Zones a failover drill takes out of the mesh right now.
+    pub drilled_zones: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -260,7 +262,11 @@ fn endpoint_groups(
                 .clone()
                 .or_else(|| ing.origin.clone())
                 .unwrap_or_default();
-            if zone == inputs.zone || zone.is_empty() || !zone_enabled(inputs, &zone) {
+            if zone == inputs.zone
+                || zone.is_empty()
+                || !zone_enabled(inputs, &zone)
+                || inputs.drilled_zones.contains(&zone)
+            {
                 continue;
             }
             let address = s
