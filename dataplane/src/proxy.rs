@@ -145,7 +145,14 @@ impl Proxy {
     fn balancer(&self, ob: &OutboundListener) -> Arc<Balancer> {
         let mut map = self.balancers.lock().expect("balancers lock");
         map.entry(ob.port)
-            .or_insert_with(|| Arc::new(Balancer::new(ob.load_balancer, &ob.groups, None)))
+            .or_insert_with(|| {
+                Arc::new(Balancer::new(
+                    ob.load_balancer,
+                    ob.failover_threshold,
+                    &ob.groups,
+                    None,
+                ))
+            })
             .clone()
     }
 
@@ -191,6 +198,7 @@ impl Proxy {
         for ob in &cfg.outbounds {
             let b = Balancer::new(
                 ob.load_balancer,
+                ob.failover_threshold,
                 &ob.groups,
                 map.get(&ob.port).map(|b| &**b),
             );

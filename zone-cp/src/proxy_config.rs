@@ -139,6 +139,12 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                     .as_ref()
                     .map_or(LoadBalancerType::PeakEwma, |lb| lb.kind),
                 groups: endpoint_groups(inputs, &mesh_name, &mesh_spec, &ob.service, &conf),
+                failover_threshold: conf
+                    .locality_awareness
+                    .as_ref()
+                    .and_then(|l| l.cross_zone.as_ref())
+                    .and_then(|c| c.failover_threshold.as_ref())
+                    .map_or(50.0, |t| t.percentage.fraction() * 100.0),
             }
         })
         .collect();
