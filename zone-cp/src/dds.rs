@@ -181,7 +181,7 @@ pub(crate) fn sign_workload(
     }
     let inter = shared
         .store
-        .intermediate(&mesh)
+        .intermediate(mesh)
         .map_err(|e| Status::internal(e.to_string()))?
         .ok_or_else(|| {
             Status::unavailable(format!(
@@ -193,7 +193,7 @@ pub(crate) fn sign_workload(
         cert_pem: first_cert(&inter.cert_pem),
         key_pem: inter.key_pem.clone(),
     };
-    let id = causeway_api::proxy_config::spiffe_id(spec.trust_domain_or(&mesh), service);
+    let id = causeway_api::proxy_config::spiffe_id(spec.trust_domain_or(mesh), service);
     let ttl = spec.certificate_ttl.as_std();
     let leaf = causeway_pki::sign_csr(
         &ca,
