@@ -8,7 +8,7 @@
 //! `identity` holds certificates and TLS configs, `proxy` the listeners, `lb` endpoint
 //! choice, `http` the pooled connections between sidecars, `admin` the admin listener.
 
-mod admin;
+pub mod admin;
 pub mod cli;
 pub mod cp;
 mod http;

@@ -235,49 +235,15 @@ async fn metric(http: &reqwest::Client, admin: SocketAddr, series: &str) -> f64 
         .unwrap_or(0.0)
 }
 
-/// A TLS client that accepts any server: enough to test what the ingress lets through.
-#[derive(Debug)]
-struct AcceptAnyServerForTest(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerForTest {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A TLS handshake with `sni` to `addr`: the server's certificate chain, or the error.
 async fn handshake(addr: SocketAddr, sni: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyServerForTest(provider)))
+        .with_custom_certificate_verifier(Arc::new(causeway_tests::AcceptAnyServerForTest(
+            provider,
+        )))
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from(sni.to_string())?;
@@ -491,14 +457,7 @@ async fn calls_stay_local_fail_over_to_another_zone_at_once_and_a_disabled_zone_
 
     // Wait until zone-b is known to web as the failover group, then: all calls local.
     eventually("zone-b in web's config", WAIT, || async {
-        let cfg: Value = http
-            .get(format!("http://{web_admin}/config"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let cfg = config_of(&http, web_admin).await?;
         let groups = &cfg["config"]["outbounds"][0]["groups"];
         (groups[0]["zone"] == "zone-a" && groups[1]["zone"] == "zone-b").then_some(())
     })
@@ -624,14 +583,7 @@ async fn a_zone_down_drill_moves_traffic_away_and_back_and_reports_it() -> anyho
     // While it runs: zone-b's ingress refuses, zone-b's endpoints leave zone-a's configs,
     // and every call is answered in zone-a.
     eventually("zone-b down", WAIT, || async {
-        let cfg: Value = http
-            .get(format!("http://{web_admin}/config"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let cfg = config_of(&http, web_admin).await?;
         (zone_b_groups(&cfg) == 0).then_some(())
     })
     .await?;
@@ -656,14 +608,7 @@ async fn a_zone_down_drill_moves_traffic_away_and_back_and_reports_it() -> anyho
     }
     // It ends by itself: zone-b is back.
     eventually("zone-b back", WAIT, || async {
-        let cfg: Value = http
-            .get(format!("http://{web_admin}/config"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let cfg = config_of(&http, web_admin).await?;
         (zone_b_groups(&cfg) > 0).then_some(())
     })
     .await?;
@@ -729,14 +674,7 @@ async fn a_zone_down_drill_moves_traffic_away_and_back_and_reports_it() -> anyho
     ])?;
     assert!(ok, "{err}");
     eventually("zone-b down again", WAIT, || async {
-        let cfg: Value = http
-            .get(format!("http://{web_admin}/config"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let cfg = config_of(&http, web_admin).await?;
         (zone_b_groups(&cfg) == 0).then_some(())
     })
     .await?;
@@ -746,14 +684,7 @@ async fn a_zone_down_drill_moves_traffic_away_and_back_and_reports_it() -> anyho
         "{stopped}{err}"
     );
     eventually("zone-b back after the stop", WAIT, || async {
-        let cfg: Value = http
-            .get(format!("http://{web_admin}/config"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let cfg = config_of(&http, web_admin).await?;
         (zone_b_groups(&cfg) > 0).then_some(())
     })
     .await?;
@@ -770,4 +701,15 @@ async fn a_zone_down_drill_moves_traffic_away_and_back_and_reports_it() -> anyho
         "{err}"
     );
     Ok(())
+}
+
+/// A sidecar's or ingress's `/config`.
+async fn config_of(http: &reqwest::Client, admin: SocketAddr) -> Option<Value> {
+    http.get(format!("http://{admin}/config"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
 }

@@ -456,19 +456,7 @@ async fn serve_ingress(
                 }
                 if sent.as_deref() != Some(cfg.version.as_str()) {
                     let json = serde_json::to_vec(&cfg).expect("configs serialize");
-                    tx.send(Ok(ControlMessage {
-                        msg: Some(control_message::Msg::Config(ConfigSnapshot {
-                            version: cfg.version.clone(),
-                            json,
-                        })),
-                    }))
-                    .await
-                    .map_err(|_| Status::cancelled("ingress gone"))?;
-                    update(shared, key, stream_id, |p| {
-                        p.sent_version = Some(cfg.version.clone());
-                        p.last_push_unix_ms = now_ms();
-                    });
-                    shared.touch_push();
+                    push(shared, key, stream_id, tx, &cfg.version, json).await?;
                     sent = Some(cfg.version);
                 }
             }
@@ -476,26 +464,8 @@ async fn serve_ingress(
                 tracing::warn!(ingress = %key, error = %e, "cannot compute the ingress's config yet")
             }
         }
-        tokio::select! {
-            c = changes.changed() => {
-                if c.is_err() {
-                    return Ok(());
-                }
-            }
-            msg = inbound.next() => match msg {
-                Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Ack(a)) })) => {
-                    update(shared, key, stream_id, |p| {
-                        p.acked_version = Some(a.version);
-                        p.nack = None;
-                    });
-                }
-                Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Nack(n)) })) => {
-                    tracing::warn!(ingress = %key, version = %n.version, reason = %n.reason, "ingress rejected its config");
-                    update(shared, key, stream_id, |p| p.nack = Some(n.reason));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return Ok(()),
-            },
+        if !next_event(shared, key, stream_id, &mut changes, &mut inbound).await {
+            return Ok(());
         }
     }
 }
@@ -574,19 +544,7 @@ async fn serve_proxy(
         match proxy_config::compute(&inputs, &dp) {
             Ok(cfg) if sent.as_deref() != Some(cfg.version.as_str()) => {
                 let json = serde_json::to_vec(&cfg).expect("configs serialize");
-                tx.send(Ok(ControlMessage {
-                    msg: Some(control_message::Msg::Config(ConfigSnapshot {
-                        version: cfg.version.clone(),
-                        json,
-                    })),
-                }))
-                .await
-                .map_err(|_| Status::cancelled("proxy gone"))?;
-                update(shared, key, stream_id, |p| {
-                    p.sent_version = Some(cfg.version.clone());
-                    p.last_push_unix_ms = now_ms();
-                });
-                shared.touch_push();
+                push(shared, key, stream_id, tx, &cfg.version, json).await?;
                 sent = Some(cfg.version);
             }
             Ok(_) => {}
@@ -594,27 +552,64 @@ async fn serve_proxy(
                 tracing::warn!(dataplane = %key, error = %e, "cannot compute the proxy's config yet")
             }
         }
-        tokio::select! {
-            c = changes.changed() => {
-                if c.is_err() {
-                    return Ok(());
-                }
-            }
-            msg = inbound.next() => match msg {
-                Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Ack(a)) })) => {
-                    update(shared, key, stream_id, |p| {
-                        p.acked_version = Some(a.version);
-                        p.nack = None;
-                    });
-                }
-                Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Nack(n)) })) => {
-                    tracing::warn!(dataplane = %key, version = %n.version, reason = %n.reason, "proxy rejected its config");
-                    update(shared, key, stream_id, |p| p.nack = Some(n.reason));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return Ok(()),
-            },
+        if !next_event(shared, key, stream_id, &mut changes, &mut inbound).await {
+            return Ok(());
         }
+    }
+}
+
+/// Sends a config snapshot down a stream and records it.
+async fn push(
+    shared: &Shared,
+    key: &ResourceKey,
+    stream_id: u64,
+    tx: &mpsc::Sender<Result<ControlMessage, Status>>,
+    version: &str,
+    json: Vec<u8>,
+) -> Result<(), Status> {
+    tx.send(Ok(ControlMessage {
+        msg: Some(control_message::Msg::Config(ConfigSnapshot {
+            version: version.to_string(),
+            json,
+        })),
+    }))
+    .await
+    .map_err(|_| Status::cancelled("the proxy is gone"))?;
+    update(shared, key, stream_id, |p| {
+        p.sent_version = Some(version.to_string());
+        p.last_push_unix_ms = now_ms();
+    });
+    shared.touch_push();
+    Ok(())
+}
+
+/// Waits for a state change (true) or records the proxy's ACK or NACK (true); false
+/// when either side ended.
+async fn next_event(
+    shared: &Shared,
+    key: &ResourceKey,
+    stream_id: u64,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    inbound: &mut Streaming<ProxyMessage>,
+) -> bool {
+    tokio::select! {
+        c = changes.changed() => c.is_ok(),
+        msg = inbound.next() => match msg {
+            Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Ack(a)) })) => {
+                update(shared, key, stream_id, |p| {
+                    p.acked_version = Some(a.version);
+                    p.nack = None;
+                });
+                true
+            }
+            Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Nack(n)) })) => {
+                tracing::warn!(proxy = %key, version = %n.version, reason = %n.reason, "a proxy rejected its config");
+                update(shared, key, stream_id, |p| p.nack = Some(n.reason));
+                true
+            }
+            Some(Ok(_)) => true,
+            Some(Err(_)) | None => false,
+        },
     }
 }
 
