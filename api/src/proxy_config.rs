@@ -122,6 +122,10 @@ pub struct Endpoint {
     /// the ingress routes on without terminating TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sni: Option<String>,
+    /// Reach it over QUIC (the remote ingress accepts it): one QUIC connection per
+    /// ingress carries every connection to it as a stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quic: bool,
     pub tags: BTreeMap<String, String>,
 }
 

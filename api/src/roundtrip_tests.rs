@@ -521,6 +521,7 @@ fn zone_ingress() -> impl Strategy<Value = ZoneIngressSpec> {
                 })
                 .collect(),
             admin_port: 9901,
+            quic: false,
         })
 }
 

@@ -47,6 +47,10 @@ pub struct ZoneIngressSpec {
     /// The port of the ingress's admin endpoint, on 127.0.0.1. Default 9901.
     #[serde(default = "default_admin_port")]
     pub admin_port: u16,
+    /// Whether it also accepts QUIC (UDP, on the same port): sidecars of other zones
+    /// then carry their connections to this zone as streams of one QUIC connection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub quic: bool,
 }
 
 fn default_admin_port() -> u16 {

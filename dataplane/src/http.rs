@@ -75,10 +75,22 @@ pub(crate) struct Dial {
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     /// SNI: the destination's name, which an ingress routes on.
     pub(crate) sni: String,
+    /// Through another zone's ingress over QUIC (a stream of its shared connection).
+    pub(crate) quic: bool,
 }
 
 /// A TCP (and TLS) connection to an endpoint.
 pub(crate) async fn connect(dial: &Dial) -> std::io::Result<Box<dyn crate::proxy::Stream>> {
+    if dial.quic {
+        let addr = tokio::net::lookup_host((dial.addr.as_str(), dial.port))
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("{} has no address", dial.addr)))?;
+        let stream = tokio::time::timeout(Duration::from_secs(5), crate::quic::open(addr))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "QUIC timed out"))??;
+        return tls_over(dial, stream).await;
+    }
     let tcp = tokio::time::timeout(
         Duration::from_secs(5),
         TcpStream::connect((dial.addr.as_str(), dial.port)),
@@ -86,6 +98,14 @@ pub(crate) async fn connect(dial: &Dial) -> std::io::Result<Box<dyn crate::proxy
     .await
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     tcp.set_nodelay(true)?;
+    tls_over(dial, tcp).await
+}
+
+/// The mesh's mTLS over `io` when the dial has it.
+async fn tls_over<S: crate::proxy::Stream>(
+    dial: &Dial,
+    tcp: S,
+) -> std::io::Result<Box<dyn crate::proxy::Stream>> {
     match &dial.tls {
         None => Ok(Box::new(tcp)),
         Some(cfg) => {

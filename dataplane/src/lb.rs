@@ -213,6 +213,7 @@ mod tests {
             port: 1,
             weight: 1,
             sni: None,
+            quic: false,
             tags: Default::default(),
         }
     }

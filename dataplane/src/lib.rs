@@ -16,6 +16,7 @@ pub mod identity;
 mod lb;
 mod metrics;
 mod proxy;
+pub mod quic;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

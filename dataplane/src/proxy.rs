@@ -245,6 +245,7 @@ impl Proxy {
                 .sni
                 .clone()
                 .unwrap_or_else(|| ingress_sni(&ob.service, &cfg.mesh)),
+            quic: ep.endpoint.quic,
         })
     }
 }

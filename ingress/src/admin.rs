@@ -62,6 +62,11 @@ async fn metrics(State(i): State<Arc<Ingress>>) -> impl IntoResponse {
     }
     let _ = writeln!(
         out,
+        "# HELP causeway_ingress_quic_streams_total Streams accepted over QUIC.\n# TYPE causeway_ingress_quic_streams_total counter\ncauseway_ingress_quic_streams_total {}",
+        get(&m.quic_streams)
+    );
+    let _ = writeln!(
+        out,
         "# HELP causeway_ingress_active_connections Connections open now.\n# TYPE causeway_ingress_active_connections gauge\ncauseway_ingress_active_connections {}",
         get(&i.active)
     );

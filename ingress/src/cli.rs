@@ -46,6 +46,10 @@ pub struct Args {
     /// How long SIGTERM waits for open connections.
     #[arg(long, default_value = "10")]
     pub drain_seconds: u64,
+    /// Also accept QUIC (UDP, same port): other zones' sidecars then carry their
+    /// connections here as streams of one QUIC connection each.
+    #[arg(long)]
+    pub quic: bool,
 }
 
 impl Args {
@@ -55,6 +59,7 @@ impl Args {
             "address": self.listen.ip().to_string(),
             "port": self.listen.port(),
             "adminPort": self.admin_addr.port(),
+            "quic": self.quic,
         });
         match &self.advertise {
             Some(a) => {
@@ -89,6 +94,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         listen: a.listen,
         admin_addr: a.admin_addr,
         drain: Duration::from_secs(a.drain_seconds),
+        quic: a.quic,
     };
     crate::run(cfg, stop_on_signal()).await
 }

@@ -12,6 +12,7 @@
 
 mod admin;
 pub mod cli;
+mod quic;
 mod route;
 mod sni;
 
@@ -38,6 +39,8 @@ pub struct IngressSettings {
     pub admin_addr: SocketAddr,
     /// How long SIGTERM waits for open connections.
     pub drain: Duration,
+    /// Also accept QUIC on the same port (UDP).
+    pub quic: bool,
 }
 
 /// Connection outcomes, for `/metrics`.
@@ -51,6 +54,8 @@ pub(crate) struct Metrics {
     pub(crate) upstream_failed: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
     pub(crate) bytes_out: AtomicU64,
+    /// Streams accepted over QUIC (each also counted by outcome above).
+    pub(crate) quic_streams: AtomicU64,
 }
 
 /// The running ingress, shared by its connections.
@@ -94,6 +99,9 @@ pub async fn run(cfg: IngressSettings, mut stop: watch::Receiver<bool>) -> anyho
         ),
         tokio::spawn(route::accept_loop(ingress.clone(), listener)),
     ];
+    if cfg.quic {
+        tasks.push(quic::serve(ingress.clone(), cfg.listen)?);
+    }
     tasks.push(admin::serve(ingress.clone(), cfg.admin_addr).await?);
     let _ = stop.wait_for(|s| *s).await;
     tracing::info!(drain = ?cfg.drain, "draining");

@@ -40,7 +40,11 @@ pub(crate) async fn accept_loop(ingress: Arc<Ingress>, listener: TcpListener) {
     }
 }
 
-async fn handle(ingress: &Ingress, mut sock: TcpStream, peer: std::net::SocketAddr) {
+/// Routes one connection (a TCP connection, or a QUIC stream) by its SNI.
+pub(crate) async fn handle<S>(ingress: &Ingress, mut sock: S, peer: std::net::SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let m = &ingress.metrics;
     let (sni, hello) = match tokio::time::timeout(HELLO_TIMEOUT, read_client_hello(&mut sock)).await
     {

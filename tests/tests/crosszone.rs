@@ -178,6 +178,16 @@ impl Mesh {
         zone: &str,
         name: &str,
     ) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
+        self.ingress_with(zone, name, &[]).await
+    }
+
+    /// An ingress for `zone` with extra flags (`--quic`).
+    async fn ingress_with(
+        &self,
+        zone: &str,
+        name: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
         let token = self
             .token(&format!("/zones/{zone}/ingress-token"), json!({}))
             .await?;
@@ -192,6 +202,7 @@ impl Mesh {
             "--admin-addr".into(),
             admin.to_string(),
         ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
         let p = Proc::start(&self.dir, name, &args)?;
         ready(&format!("ingress {name}"), admin, &p).await?;
         Ok((p, listen, admin))
@@ -712,4 +723,89 @@ async fn config_of(http: &reqwest::Client, admin: SocketAddr) -> Option<Value> {
         .json()
         .await
         .ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quic_cross_zone_connections_are_streams_of_one_connection_with_mtls_inside()
+-> anyhow::Result<()> {
+    let m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    let (b1_app, p1) = m.app("zone-b", "b1", "backend")?;
+    let (_b2, p2) = m.app("zone-b", "b2", "backend")?;
+    let _s1 = m
+        .sidecar("zone-b", "backend-1", "backend", Some(p1), &[])
+        .await?;
+    let _s2 = m
+        .sidecar("zone-b", "backend-2", "backend", Some(p2), &[])
+        .await?;
+    let (_ib, _, ib_admin) = m
+        .ingress_with("zone-b", "zone-b-ingress", &["--quic"])
+        .await?;
+    let (web, web_admin, outs) = m
+        .sidecar("zone-a", "web-1", "web", None, &["backend"])
+        .await?;
+    let http = plain_http();
+    let cfg = eventually(
+        "zone-b's endpoints over QUIC in web's config",
+        WAIT,
+        || async {
+            let cfg = config_of(&http, web_admin).await?;
+            let eps = cfg["config"]["outbounds"][0]["groups"][0]["endpoints"]
+                .as_array()?
+                .clone();
+            (eps.len() == 2 && eps.iter().all(|e| e["quic"] == true)).then_some(cfg)
+        },
+    )
+    .await
+    .with_context(|| web.logs())?;
+    assert_eq!(cfg["config"]["outbounds"][0]["groups"][0]["zone"], "zone-b");
+    // Per request over both remote endpoints, the backend's sidecar seeing web's identity.
+    let seen = eventually("both zone-b backends over QUIC", WAIT, || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let v = call(&http, outs[0]).await?;
+            assert_eq!(v["peer"], "spiffe://default/web", "{v}");
+            seen.insert(v["instance"].as_str()?.to_string());
+        }
+        (seen.len() == 2).then_some(seen)
+    })
+    .await
+    .with_context(|| web.logs())?;
+    assert_eq!(seen.len(), 2);
+    let streams = metric(&http, ib_admin, "causeway_ingress_quic_streams_total").await;
+    let forwarded = metric(
+        &http,
+        ib_admin,
+        "causeway_ingress_connections_total{result=\"forwarded\"}",
+    )
+    .await;
+    assert!(
+        streams >= 2.0,
+        "one stream per remote endpoint at least: {streams}"
+    );
+    assert_eq!(
+        forwarded, streams,
+        "every connection to zone-b came as a QUIC stream"
+    );
+    assert!(
+        web.logs()
+            .matches("QUIC connection to another zone's ingress")
+            .count()
+            == 1,
+        "one QUIC connection for the zone: {}",
+        web.logs()
+    );
+
+    // A remote endpoint whose app dies is ejected over QUIC too: the other answers.
+    b1_app.kill();
+    eventually("only b2 answering", WAIT, || async {
+        for _ in 0..10 {
+            let v = call(&http, outs[0]).await?;
+            if v["instance"] != "b2" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    Ok(())
 }

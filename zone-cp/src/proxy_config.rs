@@ -247,6 +247,7 @@ fn endpoint_groups(
                 port: ib.port,
                 weight: 1,
                 sni: None,
+                quic: false,
                 tags,
             });
         }
@@ -296,6 +297,7 @@ fn endpoint_groups(
                         port,
                         weight: av.instances,
                         sni: Some(ingress_sni(service, mesh)),
+                        quic: s.quic,
                         tags,
                     });
                     continue;
@@ -308,6 +310,7 @@ fn endpoint_groups(
                         port,
                         weight: 1,
                         sni: Some(endpoint_sni(id, service, mesh)),
+                        quic: s.quic,
                         tags: tags.clone(),
                     });
                 }
