@@ -9,6 +9,10 @@
 //! write-to-every-zone propagation latency, a new zone's initial sync time and memory after
 //! a bulk policy load, and the bytes of a delta resume after `kill -9` against the full sync.
 //!
+//! `causeway-bench crosszone`: new connections from zone-a to a TCP echo in zone-b through
+//! the sidecars and zone-b's ingress, over TCP and over QUIC, against direct: connections
+//! per second and setup latency.
+//!
 //! `causeway-bench sidecar`: HTTP/1.1 to nginx direct, through two Causeway sidecars (mTLS)
 //! and through an haproxy mTLS pair: wrk throughput, p50/p90/p99 at a fixed rate (h2load),
 //! proxy CPU seconds and peak RSS, against the sidecar goals.
@@ -23,6 +27,7 @@ use base64::Engine as _;
 use clap::Parser;
 use serde_json::{Value, json};
 
+mod crosszone;
 mod sidecar;
 mod zones;
 
@@ -58,6 +63,18 @@ enum Bench {
         /// Policy updates made while that zone is killed, before it resumes.
         #[arg(long, default_value = "100")]
         changes: usize,
+    },
+    /// New cross-zone connections through the ingress over TCP vs QUIC vs direct.
+    Crosszone {
+        /// Seconds per throughput measurement (latency takes half as long).
+        #[arg(long, default_value = "5")]
+        seconds: u64,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value = "3")]
+        runs: usize,
+        /// Concurrent clients of the throughput measurement.
+        #[arg(long, default_value = "16")]
+        clients: usize,
     },
     /// HTTP through two sidecars (mTLS) vs direct to nginx vs an haproxy mTLS pair.
     Sidecar {
@@ -601,6 +618,11 @@ async fn main() -> anyhow::Result<()> {
             policies,
             changes,
         } => zones::zones(zones, writes, policies, changes).await,
+        Bench::Crosszone {
+            seconds,
+            runs,
+            clients,
+        } => crosszone::crosszone(seconds, runs, clients).await,
         Bench::Sidecar {
             seconds,
             runs,

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::{bin, free_port, median, percentile};
 
 /// Longest wait for anything to start or become ready.
-const READY: Duration = Duration::from_secs(60);
+pub(crate) const READY: Duration = Duration::from_secs(60);
 /// h2load connections for the fixed-rate measurement (the rate is split over them).
 const H2LOAD_CLIENTS: u64 = 10;
 /// wrk threads (as in the baseline).
@@ -103,7 +103,7 @@ fn fill(template: &str, p: &Ports, certs: &Path, run: &Path) -> String {
 // === processes ===
 
 /// A process this benchmark started, logging to a file, stopped on drop.
-struct Svc {
+pub(crate) struct Svc {
     name: String,
     log: PathBuf,
     child: Option<Child>,
@@ -112,7 +112,12 @@ struct Svc {
 }
 
 impl Svc {
-    fn spawn(dir: &Path, name: &str, cmd: &mut Command, graceful: bool) -> anyhow::Result<Svc> {
+    pub(crate) fn spawn(
+        dir: &Path,
+        name: &str,
+        cmd: &mut Command,
+        graceful: bool,
+    ) -> anyhow::Result<Svc> {
         let log = dir.join(format!("{name}.log"));
         let f = std::fs::File::create(&log)?;
         let child = cmd
@@ -134,7 +139,7 @@ impl Svc {
     }
 
     /// Fails (with the log) if the process has exited.
-    fn check_running(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_running(&mut self) -> anyhow::Result<()> {
         if let Some(c) = self.child.as_mut()
             && let Some(status) = c.try_wait()?
         {
@@ -143,7 +148,7 @@ impl Svc {
         Ok(())
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         tail(&self.log, 20)
     }
 }
@@ -173,7 +178,7 @@ impl Drop for Svc {
 }
 
 /// The last `n` lines of a log file, for error messages.
-fn tail(path: &Path, n: usize) -> String {
+pub(crate) fn tail(path: &Path, n: usize) -> String {
     let log = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
     let from = lines.len().saturating_sub(n);
@@ -322,7 +327,7 @@ fn mib(b: u64) -> f64 {
 
 /// Polls `url` until it answers 200 (and `body`, if given), failing early when one of
 /// `watch` exits, or at `deadline` with their logs.
-async fn wait_ok(
+pub(crate) async fn wait_ok(
     http: &reqwest::Client,
     url: &str,
     body: Option<&str>,
@@ -353,7 +358,11 @@ async fn wait_ok(
 }
 
 /// Waits for a file with content (credentials a control plane writes at start).
-async fn wait_file(path: &Path, deadline: Instant, owner: &mut Svc) -> anyhow::Result<String> {
+pub(crate) async fn wait_file(
+    path: &Path,
+    deadline: Instant,
+    owner: &mut Svc,
+) -> anyhow::Result<String> {
     loop {
         if let Ok(s) = std::fs::read_to_string(path)
             && !s.trim().is_empty()
@@ -370,7 +379,7 @@ async fn wait_file(path: &Path, deadline: Instant, owner: &mut Svc) -> anyhow::R
 
 /// One API call with a bearer token, retrying 503s and connection errors until `deadline`;
 /// other failures end it.
-async fn api(
+pub(crate) async fn api(
     http: &reqwest::Client,
     method: Method,
     url: &str,
@@ -408,7 +417,7 @@ async fn api(
     }
 }
 
-fn https_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
+pub(crate) fn https_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
     let tls = causeway_global_cp::tls::client_config(ca_pem, None)?;
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)

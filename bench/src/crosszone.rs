@@ -1,0 +1,390 @@
+//! `causeway-bench crosszone`: new connections from zone-a to a TCP echo service in
+//! zone-b, through zone-a's sidecar and zone-b's ingress and sidecar (mTLS end to end),
+//! with the ingress on plain TCP and then on QUIC, against connecting to the echo
+//! directly. Each connection: connect, send 64 bytes, read them back, close. Reports
+//! connections per second with N concurrent clients and the setup latency (connect to
+//! echo) with one client, as medians of the runs.
+//!
+//! Everything runs on loopback, where a round trip costs microseconds: QUIC's saving (no
+//! TCP and outer handshake per connection to the ingress, one shared connection) shows
+//! here as CPU per connection, not as round trips.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+use crate::sidecar::{READY, Svc, api, https_client, wait_file};
+use crate::{bin, free_port, median};
+
+/// One connection's work: connect, echo 64 bytes, close.
+async fn one(port: u16) -> anyhow::Result<Duration> {
+    let t0 = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.set_nodelay(true)?;
+    let msg = [7u8; 64];
+    s.write_all(&msg).await?;
+    let mut back = [0u8; 64];
+    s.read_exact(&mut back).await?;
+    anyhow::ensure!(back == msg, "the echo differs");
+    Ok(t0.elapsed())
+}
+
+struct Result {
+    conns_per_sec: f64,
+    failed: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+/// `clients` loops of new connections for `seconds`; latency from a separate 1-client run.
+async fn measure(port: u16, clients: usize, seconds: u64) -> anyhow::Result<Result> {
+    // Throughput.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (done, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match tokio::time::timeout(Duration::from_secs(5), one(port)).await {
+                    Ok(Ok(_)) => done.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }));
+    }
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let conns_per_sec = done.load(Ordering::Relaxed) as f64 / t0.elapsed().as_secs_f64();
+    // Latency, one at a time.
+    let mut lat = Vec::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(seconds.div_ceil(2)) {
+        if let Ok(Ok(d)) = tokio::time::timeout(Duration::from_secs(5), one(port)).await {
+            lat.push(d);
+        }
+    }
+    lat.sort();
+    Ok(Result {
+        conns_per_sec,
+        failed: failed.load(Ordering::Relaxed),
+        p50_ms: crate::percentile(&lat, 0.5),
+        p99_ms: crate::percentile(&lat, 0.99),
+    })
+}
+
+/// The mesh: global, zones a and b, echo in zone-b, a caller sidecar in zone-a.
+struct Mesh {
+    // Drop order: sidecars, ingress, zones, global.
+    web: Svc,
+    _echo_sidecar: Svc,
+    ingress: Option<Svc>,
+    _echo: Svc,
+    _zones: Vec<Svc>,
+    _global: Svc,
+    outbound: u16,
+    echo_port: u16,
+    web_admin: u16,
+    ingress_args: Vec<String>,
+}
+
+async fn start(dir: &Path) -> anyhow::Result<Mesh> {
+    let causeway = bin("causeway")?;
+    let deadline = Instant::now() + READY;
+    let (api_port, raft, kds) = (free_port(), free_port(), free_port());
+    let gdir = dir.join("global");
+    let mut global = Svc::spawn(
+        dir,
+        "global-cp",
+        Command::new(&causeway)
+            .args(["global-cp", "--node-id", "1"])
+            .arg("--data-dir")
+            .arg(&gdir)
+            .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
+            .args(["--raft-addr", &format!("127.0.0.1:{raft}")])
+            .args(["--kds-addr", &format!("127.0.0.1:{kds}")])
+            .env("RUST_LOG", "warn"),
+        false,
+    )?;
+    let token = wait_file(&gdir.join("admin-token"), deadline, &mut global)
+        .await?
+        .trim()
+        .to_string();
+    let ca = wait_file(&gdir.join("api-ca.pem"), deadline, &mut global).await?;
+    let g = https_client(&ca)?;
+    let gurl = format!("https://127.0.0.1:{api_port}");
+    let call = |method: Method, path: String, v: Option<Value>| {
+        let (g, url, token) = (&g, format!("{gurl}{path}"), &token);
+        async move { api(g, method, &url, token, v.as_ref(), deadline).await }
+    };
+    call(
+        Method::PUT,
+        "/meshes/default".into(),
+        Some(json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"mode": "Strict"}}})),
+    )
+    .await?;
+    call(Method::PUT, "/meshes/default/meshtrafficpermissions/web-to-echo".into(), Some(json!({
+        "type": "MeshTrafficPermission", "mesh": "default", "name": "web-to-echo",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "echo"},
+                 "from": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"action": "Allow"}}]}}))).await?;
+
+    let mut zones = Vec::new();
+    let mut dds = Vec::new();
+    for zone in ["zone-a", "zone-b"] {
+        let v = call(
+            Method::POST,
+            format!("/zones/{zone}/token"),
+            Some(json!({})),
+        )
+        .await?;
+        let token_file = dir.join(format!("{zone}.token"));
+        std::fs::write(&token_file, v["token"].as_str().context("no zone token")?)?;
+        let port = free_port();
+        zones.push(Svc::spawn(
+            dir,
+            zone,
+            Command::new(&causeway)
+                .args(["zone-cp", "--zone", zone])
+                .args(["--global", &format!("https://127.0.0.1:{kds}")])
+                .arg("--token-file")
+                .arg(&token_file)
+                .arg("--data-dir")
+                .arg(dir.join(zone))
+                .args(["--api-addr", &format!("127.0.0.1:{}", free_port())])
+                .args(["--dds-addr", &format!("127.0.0.1:{port}")])
+                .env("RUST_LOG", "warn"),
+            false,
+        )?);
+        dds.push(port);
+    }
+    let cp_args = |i: usize, token: &Path| -> Vec<String> {
+        let zone = ["zone-a", "zone-b"][i];
+        vec![
+            "--cp".into(),
+            format!("https://127.0.0.1:{}", dds[i]),
+            "--cp-ca-file".into(),
+            dir.join(zone).join("api-ca.pem").display().to_string(),
+            "--token-file".into(),
+            token.display().to_string(),
+        ]
+    };
+    for (i, z) in zones.iter_mut().enumerate() {
+        wait_file(
+            &dir.join(["zone-a", "zone-b"][i]).join("api-ca.pem"),
+            deadline,
+            z,
+        )
+        .await?;
+    }
+
+    // zone-b: the echo app, its sidecar, the ingress.
+    let echo_port = free_port();
+    let echo = Svc::spawn(
+        dir,
+        "echo",
+        Command::new(&causeway).args([
+            "demo-app",
+            "--tcp",
+            "--listen",
+            &format!("127.0.0.1:{echo_port}"),
+        ]),
+        false,
+    )?;
+    let sidecar = |name: &str, zone: usize, service: &str, dp: Value| {
+        let call = &call;
+        let (name, service) = (name.to_string(), service.to_string());
+        let cp_args = &cp_args;
+        let causeway = &causeway;
+        async move {
+            let v = call(
+                Method::POST,
+                "/meshes/default/dataplane-token".into(),
+                Some(json!({"service": service})),
+            )
+            .await?;
+            let token_file = dir.join(format!("{name}.token"));
+            std::fs::write(&token_file, v["token"].as_str().context("no token")?)?;
+            let dp_file = dir.join(format!("{name}.json"));
+            std::fs::write(&dp_file, serde_json::to_vec(&dp)?)?;
+            let admin = free_port();
+            let svc = Svc::spawn(
+                dir,
+                &name,
+                Command::new(causeway)
+                    .arg("dataplane")
+                    .args(cp_args(zone, &token_file))
+                    .arg("--dataplane-file")
+                    .arg(&dp_file)
+                    .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+                    .env("RUST_LOG", "warn"),
+                false,
+            )?;
+            anyhow::Ok((svc, admin))
+        }
+    };
+    let (echo_sidecar, _) = sidecar(
+        "echo-1",
+        1,
+        "echo",
+        json!({"type": "Dataplane", "mesh": "default", "name": "echo-1", "spec": {"address": "127.0.0.1",
+               "inbound": [{"port": free_port(), "servicePort": echo_port, "service": "echo", "protocol": "tcp"}]}}),
+    )
+    .await?;
+    let v = call(
+        Method::POST,
+        "/zones/zone-b/ingress-token".into(),
+        Some(json!({})),
+    )
+    .await?;
+    let ingress_token = dir.join("ingress.token");
+    std::fs::write(&ingress_token, v["token"].as_str().context("no token")?)?;
+    let mut ingress_args = vec!["ingress".to_string()];
+    ingress_args.extend(cp_args(1, &ingress_token));
+    ingress_args.extend([
+        "--name".into(),
+        "zone-b-ingress".into(),
+        "--listen".into(),
+        format!("127.0.0.1:{}", free_port()),
+        "--admin-addr".into(),
+        format!("127.0.0.1:{}", free_port()),
+    ]);
+    let ingress = Svc::spawn(
+        dir,
+        "ingress-tcp",
+        Command::new(&causeway)
+            .args(&ingress_args)
+            .env("RUST_LOG", "warn"),
+        false,
+    )?;
+    // zone-a: the caller.
+    let outbound = free_port();
+    let (web, web_admin) = sidecar(
+        "web-1",
+        0,
+        "web",
+        json!({"type": "Dataplane", "mesh": "default", "name": "web-1", "spec": {"address": "127.0.0.1",
+               "inbound": [{"port": free_port(), "service": "web", "protocol": "tcp"}],
+               "outbound": [{"port": outbound, "service": "echo"}]}}),
+    )
+    .await?;
+    let mut mesh = Mesh {
+        web,
+        _echo_sidecar: echo_sidecar,
+        ingress: Some(ingress),
+        _echo: echo,
+        _zones: zones,
+        _global: global,
+        outbound,
+        echo_port,
+        web_admin,
+        ingress_args,
+    };
+    mesh.wait_path(false).await?;
+    Ok(mesh)
+}
+
+impl Mesh {
+    /// Waits until zone-a's sidecar reaches echo through the ingress (over QUIC or not).
+    async fn wait_path(&mut self, quic: bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY;
+        let plain = reqwest::Client::new();
+        loop {
+            let cfg: Value = match plain
+                .get(format!("http://127.0.0.1:{}/config", self.web_admin))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            let eps = &cfg["config"]["outbounds"][0]["groups"][0]["endpoints"];
+            let ready = eps
+                .as_array()
+                .is_some_and(|e| !e.is_empty() && e.iter().all(|e| (e["quic"] == true) == quic));
+            if ready && one(self.outbound).await.is_ok() {
+                return Ok(());
+            }
+            self.web.check_running()?;
+            if Instant::now() >= deadline {
+                bail!(
+                    "zone-a never reached echo in zone-b (quic: {quic}): {cfg}{}",
+                    self.web.logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Restarts zone-b's ingress with QUIC on.
+    async fn switch_to_quic(&mut self, dir: &Path) -> anyhow::Result<()> {
+        self.ingress = None;
+        let mut args = self.ingress_args.clone();
+        args.push("--quic".into());
+        self.ingress = Some(Svc::spawn(
+            dir,
+            "ingress-quic",
+            Command::new(bin("causeway")?)
+                .args(&args)
+                .env("RUST_LOG", "warn"),
+            false,
+        )?);
+        self.wait_path(true).await
+    }
+}
+
+pub(crate) async fn crosszone(seconds: u64, runs: usize, clients: usize) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path();
+    println!(
+        "crosszone: new connections zone-a -> echo in zone-b (64-byte echo each), {clients} clients for throughput, 1 for latency, {seconds} s, {runs} runs, medians"
+    );
+    let mut mesh = start(dir).await?;
+    // Same process, alternating, so drift hits every path alike.
+    let mut direct = Vec::new();
+    let mut tcp = Vec::new();
+    for _ in 0..runs {
+        direct.push(measure(mesh.echo_port, clients, seconds).await?);
+        tcp.push(measure(mesh.outbound, clients, seconds).await?);
+    }
+    mesh.switch_to_quic(dir).await?;
+    let mut quic = Vec::new();
+    for _ in 0..runs {
+        quic.push(measure(mesh.outbound, clients, seconds).await?);
+    }
+    let row = |name: &str, r: &[Result]| {
+        let cps = median(r.iter().map(|x| x.conns_per_sec).collect());
+        let p50 = median(r.iter().map(|x| x.p50_ms).collect());
+        let p99 = median(r.iter().map(|x| x.p99_ms).collect());
+        let failed: u64 = r.iter().map(|x| x.failed).sum();
+        println!(
+            "  {name:<28} {cps:>9.0} conn/s   setup p50 {p50:>6.3} ms   p99 {p99:>6.3} ms   failed {failed}"
+        );
+        (cps, p50)
+    };
+    println!();
+    let (d_cps, d_p50) = row("direct (no mesh)", &direct);
+    let (t_cps, t_p50) = row("cross-zone, ingress TCP", &tcp);
+    let (q_cps, q_p50) = row("cross-zone, ingress QUIC", &quic);
+    println!();
+    println!(
+        "  QUIC vs TCP: {:.2}x connections/s, setup p50 {:.2}x; vs direct: TCP {:.2}x, QUIC {:.2}x conn/s (added p50 TCP +{:.3} ms, QUIC +{:.3} ms)",
+        q_cps / t_cps,
+        q_p50 / t_p50,
+        t_cps / d_cps,
+        q_cps / d_cps,
+        t_p50 - d_p50,
+        q_p50 - d_p50
+    );
+    Ok(())
+}
