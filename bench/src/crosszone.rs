@@ -5,9 +5,10 @@
 //! connections per second with N concurrent clients and the setup latency (connect to
 //! echo) with one client, as medians of the runs.
 //!
-//! Everything runs on loopback, where a round trip costs microseconds: QUIC's saving (no
-//! TCP and outer handshake per connection to the ingress, one shared connection) shows
-//! here as CPU per connection, not as round trips.
+//! Between the zones runs a user-space link adding `--rtt-ms` to every round trip (TCP
+//! and UDP alike), as between regions: a new connection over TCP pays a TCP handshake to
+//! the ingress, then the inner TLS and the echo; over QUIC the stream opens on the shared
+//! connection without a round trip. With `--rtt-ms 0` everything is plain loopback.
 
 use std::path::Path;
 use std::process::Command;
@@ -97,9 +98,10 @@ struct Mesh {
     echo_port: u16,
     web_admin: u16,
     ingress_args: Vec<String>,
+    _link: Vec<tokio::task::JoinHandle<()>>,
 }
 
-async fn start(dir: &Path) -> anyhow::Result<Mesh> {
+async fn start(dir: &Path, rtt: Duration) -> anyhow::Result<Mesh> {
     let causeway = bin("causeway")?;
     let deadline = Instant::now() + READY;
     let (api_port, raft, kds) = (free_port(), free_port(), free_port());
@@ -251,14 +253,22 @@ async fn start(dir: &Path) -> anyhow::Result<Mesh> {
     std::fs::write(&ingress_token, v["token"].as_str().context("no token")?)?;
     let mut ingress_args = vec!["ingress".to_string()];
     ingress_args.extend(cp_args(1, &ingress_token));
+    let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     ingress_args.extend([
         "--name".into(),
         "zone-b-ingress".into(),
         "--listen".into(),
-        format!("127.0.0.1:{}", free_port()),
+        listen.to_string(),
         "--admin-addr".into(),
         format!("127.0.0.1:{}", free_port()),
     ]);
+    let mut link = Vec::new();
+    if !rtt.is_zero() {
+        // Other zones reach the ingress through the delayed link.
+        let front = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+        link = crate::delay::spawn(front, listen, rtt).await?;
+        ingress_args.extend(["--advertise".into(), front.to_string()]);
+    }
     let ingress = Svc::spawn(
         dir,
         "ingress-tcp",
@@ -289,6 +299,7 @@ async fn start(dir: &Path) -> anyhow::Result<Mesh> {
         echo_port,
         web_admin,
         ingress_args,
+        _link: link,
     };
     mesh.wait_path(false).await?;
     Ok(mesh)
@@ -343,13 +354,18 @@ impl Mesh {
     }
 }
 
-pub(crate) async fn crosszone(seconds: u64, runs: usize, clients: usize) -> anyhow::Result<()> {
+pub(crate) async fn crosszone(
+    seconds: u64,
+    runs: usize,
+    clients: usize,
+    rtt_ms: u64,
+) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = tmp.path();
     println!(
-        "crosszone: new connections zone-a -> echo in zone-b (64-byte echo each), {clients} clients for throughput, 1 for latency, {seconds} s, {runs} runs, medians"
+        "crosszone: new connections zone-a -> echo in zone-b (64-byte echo each), {rtt_ms} ms round trip between the zones, {clients} clients for throughput, 1 for latency, {seconds} s, {runs} runs, medians"
     );
-    let mut mesh = start(dir).await?;
+    let mut mesh = start(dir, Duration::from_millis(rtt_ms)).await?;
     // Same process, alternating, so drift hits every path alike.
     let mut direct = Vec::new();
     let mut tcp = Vec::new();

@@ -28,6 +28,7 @@ use clap::Parser;
 use serde_json::{Value, json};
 
 mod crosszone;
+mod delay;
 mod sidecar;
 mod zones;
 
@@ -75,6 +76,9 @@ enum Bench {
         /// Concurrent clients of the throughput measurement.
         #[arg(long, default_value = "16")]
         clients: usize,
+        /// Round trip added between the zones (user space, TCP and UDP), milliseconds.
+        #[arg(long, default_value = "10")]
+        rtt_ms: u64,
     },
     /// HTTP through two sidecars (mTLS) vs direct to nginx vs an haproxy mTLS pair.
     Sidecar {
@@ -622,7 +626,8 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             runs,
             clients,
-        } => crosszone::crosszone(seconds, runs, clients).await,
+            rtt_ms,
+        } => crosszone::crosszone(seconds, runs, clients, rtt_ms).await,
         Bench::Sidecar {
             seconds,
             runs,
