@@ -20,13 +20,13 @@ pub mod value;
 pub use server::{Defaults, serve};
 
 /// Messages and services of tfplugin6 (generated).
-#[allow(unreachable_pub, clippy::all, rust_2018_idioms)]
+#[allow(unreachable_pub, dead_code, clippy::all, rust_2018_idioms)]
 pub(crate) mod proto {
     tonic::include_proto!("tfplugin6");
 }
 
 /// go-plugin's controller service (generated).
-#[allow(unreachable_pub, clippy::all, rust_2018_idioms)]
+#[allow(unreachable_pub, dead_code, clippy::all, rust_2018_idioms)]
 pub(crate) mod plugin {
     tonic::include_proto!("plugin");
 }

@@ -399,7 +399,6 @@ impl Provider for ProviderService {
             new_state: encode(&state),
             diagnostics,
             private: req.private,
-            deferred: None,
         }))
     }
 
@@ -423,7 +422,6 @@ impl Provider for ProviderService {
             planned_private: req.prior_private,
             diagnostics: diags(plan.diags),
             legacy_type_system: false,
-            deferred: None,
         }))
     }
 
@@ -474,7 +472,6 @@ impl Provider for ProviderService {
         Ok(Response::new(import_resource_state::Response {
             imported_resources,
             diagnostics,
-            deferred: None,
         }))
     }
 
@@ -506,7 +503,6 @@ impl Provider for ProviderService {
         Ok(Response::new(read_data_source::Response {
             state: encode(&state),
             diagnostics,
-            deferred: None,
         }))
     }
 
