@@ -4,7 +4,7 @@
 //!
 //! It speaks Terraform's plugin protocol 6 itself, on tonic (the `tf-provider` crate would
 //! bring a second major version of tonic, prost and rcgen into the workspace): a gRPC
-//! server behind go-plugin's handshake with mutual TLS ([`serve`]), values in cty's
+//! server behind go-plugin's handshake over TLS ([`serve`]), values in cty's
 //! MessagePack ([`value`]), schemas generated from the resource model's JSON Schema
 //! ([`schema`]), and plan/apply/read/import per resource ([`resources`]).
 //!

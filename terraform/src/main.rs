@@ -6,6 +6,15 @@ use causeway_terraform::{Defaults, serve};
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+    // Terraform shows the plugin's stderr in its own log (TF_LOG); tokens are never logged.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAUSEWAY_PROVIDER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let defaults = Defaults {
         addr: env("CAUSEWAY_ADDR"),
         token: env("CAUSEWAY_TOKEN"),

@@ -192,6 +192,13 @@ fn shape(root: &Json, node: &Json, depth: usize) -> Shape {
     if depth > 16 {
         return Shape::Json;
     }
+    // A `$ref` with sibling properties (an internally tagged variant: its tag beside the
+    // referenced struct) is the union of both.
+    if node.get("$ref").is_some() && node.get("properties").is_some() {
+        let mut merged = resolve(root, node).clone();
+        merge_object(&mut merged, node);
+        return shape(root, &merged, depth + 1);
+    }
     let node = resolve(root, node);
     if let Some(variants) = node
         .get("anyOf")
@@ -200,8 +207,7 @@ fn shape(root: &Json, node: &Json, depth: usize) -> Shape {
     {
         let variants: Vec<&Json> = variants
             .iter()
-            .map(|v| resolve(root, v))
-            .filter(|v| v.get("type").and_then(Json::as_str) != Some("null"))
+            .filter(|v| resolve(root, v).get("type").and_then(Json::as_str) != Some("null"))
             .collect();
         if variants.len() == 1 {
             return shape(root, variants[0], depth + 1);
@@ -302,6 +308,30 @@ fn shape(root: &Json, node: &Json, depth: usize) -> Shape {
             Shape::Scalar(TfType::String, Coerce::NumberOrString)
         }
         _ => Shape::Json,
+    }
+}
+
+/// Adds `extra`'s properties and required fields to the object schema `into`.
+fn merge_object(into: &mut Json, extra: &Json) {
+    let Some(obj) = into.as_object_mut() else { return };
+    obj.insert("type".into(), json!("object"));
+    obj.entry("properties").or_insert_with(|| json!({}));
+    if let (Some(Json::Object(p)), Some(Json::Object(e))) =
+        (obj.get_mut("properties"), extra.get("properties"))
+    {
+        for (k, v) in e {
+            p.insert(k.clone(), v.clone());
+        }
+    }
+    if let Some(Json::Array(req)) = extra.get("required") {
+        let r = obj.entry("required").or_insert_with(|| json!([]));
+        if let Some(r) = r.as_array_mut() {
+            for x in req {
+                if !r.contains(x) {
+                    r.push(x.clone());
+                }
+            }
+        }
     }
 }
 

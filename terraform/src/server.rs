@@ -1,6 +1,6 @@
 //! The plugin server: go-plugin's handshake (magic cookie, a line on stdout naming the
-//! address and our certificate, mutual TLS with the certificate Terraform passed in
-//! `PLUGIN_CLIENT_CERT`), and the tfplugin6 `Provider` service, which decodes values and
+//! address and our certificate, TLS that Terraform verifies against that certificate (it
+//! `PLUGIN_CLIENT_CERT`; see [`serve`] for why only our side is verified), and the tfplugin6 `Provider` service, which decodes values and
 //! hands each call to [`crate::resources`].
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use std::sync::RwLock;
 
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::client::{Client, Connection};
@@ -33,7 +33,7 @@ pub struct Defaults {
     pub ca_cert: Option<String>,
     /// `TF_PLUGIN_MAGIC_COOKIE`, set by Terraform.
     pub magic_cookie: Option<String>,
-    /// `PLUGIN_CLIENT_CERT`: the certificate Terraform will present (PEM).
+    /// `PLUGIN_CLIENT_CERT`: Terraform's certificate (PEM); set when it wants TLS.
     pub client_cert: Option<String>,
 }
 
@@ -51,7 +51,8 @@ pub async fn serve(defaults: Defaults) -> anyhow::Result<()> {
 
     let mut builder = tonic::transport::Server::builder();
     let mut cert_b64 = String::new();
-    if let Some(client_pem) = &defaults.client_cert {
+    // Terraform asks for TLS by passing its own certificate.
+    if defaults.client_cert.is_some() {
         let key = rcgen::KeyPair::generate().context("generating the plugin key")?;
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()])?;
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -67,9 +68,12 @@ pub async fn serve(defaults: Defaults) -> anyhow::Result<()> {
         ];
         let cert = params.self_signed(&key).context("self-signing the plugin certificate")?;
         cert_b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(cert.der());
-        let tls = ServerTlsConfig::new()
-            .identity(Identity::from_pem(cert.pem(), key.serialize_pem()))
-            .client_ca_root(Certificate::from_pem(client_pem));
+        // Terraform pins this certificate, so it talks to us and nobody else. The other
+        // way round is not checked: go-plugin signs Terraform's certificate with ECDSA
+        // P-521, which ring (our only crypto provider) cannot verify. Like the
+        // `tf-provider` crate, we rely on the listener being on loopback only.
+        let tls =
+            ServerTlsConfig::new().identity(Identity::from_pem(cert.pem(), key.serialize_pem()));
         builder = builder.tls_config(tls).context("TLS configuration")?;
     }
 
@@ -531,5 +535,26 @@ impl Provider for ProviderService {
         Ok(Response::new(stop_provider::Response {
             error: String::new(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+
+    /// Terraform (gRPC-go) takes messages of up to 4 MiB by default.
+    #[tokio::test]
+    async fn the_schema_fits_in_a_grpc_message() {
+        let svc = ProviderService::new(Defaults::default());
+        let resp = svc
+            .get_provider_schema(Request::new(get_provider_schema::Request {}))
+            .await
+            .unwrap()
+            .into_inner();
+        let len = resp.encoded_len();
+        assert!(len < 4 << 20, "schema is {len} bytes");
+        assert!(resp.resource_schemas.contains_key("causeway_mesh_http_route"));
     }
 }
