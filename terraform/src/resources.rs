@@ -9,6 +9,11 @@
 //! - one-shot tokens (`causeway_dataplane_token`, `causeway_ingress_token`): issued on
 //!   create, shown once, replaced when an input changes.
 //!
+//! The server-set `version` of a resource travels in the values handled here as the
+//! attribute `version`, but Terraform keeps it in the resource's private state (see
+//! `server.rs`): it changes with every write, and as an attribute it would add a
+//! "known after apply" line to every plan.
+//!
 //! Rules that hold for all: a change of identity (`type`, `mesh`, `name`) replaces; other
 //! changes update in place with the version read last as the expected version, so a
 //! change made by someone else in between fails with a conflict instead of being
@@ -123,7 +128,6 @@ pub fn resources() -> Vec<ResourceDef> {
             "Its name, a DNS label. Changing it replaces the resource.",
         ));
         schema.attrs.push(labels_attr());
-        schema.attrs.push(version_attr());
         if zone {
             schema.attrs.extend([
                 Attr::new("token_rotation", TfType::String, Mode::Optional,
@@ -156,7 +160,6 @@ pub fn resources() -> Vec<ResourceDef> {
                 Attr::new("name", TfType::String, Mode::Required, "Its name. Changing it replaces the resource."),
                 labels_attr(),
                 Attr::new("spec", TfType::String, Mode::Required, "The spec as YAML or JSON, e.g. `yamlencode({...})` or `file(\"timeout.yaml\")`."),
-                version_attr(),
             ],
             blocks: vec![],
         },
@@ -400,9 +403,6 @@ pub fn plan(def: &ResourceDef, prior: &Value, proposed: &Value, config: &Value) 
         Kind::Object { .. } | Kind::Generic => {
             let mesh = proposed.get("mesh").clone();
             let name = proposed.get("name").clone();
-            if creating || !same_inputs(def, prior, proposed, ZONE_TOKEN_INPUTS) {
-                p.set("version", Value::Unknown);
-            }
             let id = match (&def.kind, &mesh, &name) {
                 (Kind::Generic, Value::String(m), Value::String(n)) => match proposed.get("type") {
                     Value::String(t) => Value::string(format!("{t}/{m}/{n}")),
@@ -443,7 +443,7 @@ pub fn plan(def: &ResourceDef, prior: &Value, proposed: &Value, config: &Value) 
 
 /// The API's validation, run on the configuration when it is fully known.
 fn validate_config(def: &ResourceDef, config: &Value) -> Diags {
-    if config.has_unknown() {
+    if config.has_unknown() || !matches!(def.kind, Kind::Object { .. } | Kind::Generic) {
         return vec![];
     }
     match build(def, config) {
@@ -632,7 +632,19 @@ async fn apply_object(
     let (r, path) = build(def, planned).map_err(keep)?;
     let what = describe(&r.kind, r.mesh.as_deref().unwrap_or(""), &r.name);
     let mut state = planned.clone();
-    let changed = prior.is_null() || !same_inputs(def, prior, planned, ZONE_TOKEN_INPUTS);
+    let mut changed = prior.is_null() || !same_inputs(def, prior, planned, ZONE_TOKEN_INPUTS);
+    // A `causeway_policy` spec respelled (after an import, say) but meaning the same is
+    // not written again.
+    if changed
+        && !prior.is_null()
+        && let (Kind::Generic, Ok((before, _))) = (&def.kind, build(def, prior))
+        && let Some(info) = causeway_api::type_info(&r.kind)
+    {
+        changed = before.key() != r.key()
+            || before.labels != r.labels
+            || !same_spec(info, &before.spec, &r.spec);
+    }
+    state.set("version", prior.get("version").clone());
     if changed {
         let body = serde_json::to_value(&r).expect("a resource serializes");
         // On create, version 0 means "must not exist yet": never take over a resource

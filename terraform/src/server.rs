@@ -267,6 +267,32 @@ fn diags(ds: Vec<Diag>) -> Vec<Diagnostic> {
         .collect()
 }
 
+/// A resource value with its version from private state (`{"version": N}`).
+fn with_version(mut v: Value, private: &[u8]) -> Value {
+    let version = serde_json::from_slice::<serde_json::Value>(private)
+        .ok()
+        .and_then(|p| p.get("version").and_then(serde_json::Value::as_u64));
+    if let Some(n) = version
+        && !v.is_null()
+    {
+        v.set("version", Value::Number(n.into()));
+    }
+    v
+}
+
+/// Splits the version out of a resource value, into private state.
+fn split_version(mut v: Value) -> (Value, Vec<u8>) {
+    let version = match &mut v {
+        Value::Map(m) => m.remove("version"),
+        _ => None,
+    };
+    let private = match version {
+        Some(Value::Number(n)) => serde_json::json!({ "version": n }).to_string().into_bytes(),
+        _ => vec![],
+    };
+    (v, private)
+}
+
 fn schema_of(b: &Block) -> Option<Schema> {
     Some(Schema {
         version: 0,
@@ -390,7 +416,7 @@ impl Provider for ProviderService {
     ) -> Result<Response<read_resource::Response>, Status> {
         let req = req.into_inner();
         let def = self.resource(&req.type_name)?;
-        let prior = decode(&req.current_state)?;
+        let prior = with_version(decode(&req.current_state)?, &req.private);
         let result = match self.client() {
             Ok(c) => crate::resources::read(&c, def, &prior).await.map_err(diags),
             Err(d) => Err(d),
@@ -399,10 +425,11 @@ impl Provider for ProviderService {
             Ok(s) => (s, vec![]),
             Err(d) => (prior, d),
         };
+        let (state, private) = split_version(state);
         Ok(Response::new(read_resource::Response {
             new_state: encode(&state),
             diagnostics,
-            private: req.private,
+            private,
         }))
     }
 
@@ -417,7 +444,7 @@ impl Provider for ProviderService {
         let config = decode(&req.config)?;
         let plan = crate::resources::plan(def, &prior, &proposed, &config);
         Ok(Response::new(plan_resource_change::Response {
-            planned_state: encode(&plan.planned),
+            planned_state: encode(&split_version(plan.planned).0),
             requires_replace: plan
                 .requires_replace
                 .iter()
@@ -435,7 +462,8 @@ impl Provider for ProviderService {
     ) -> Result<Response<apply_resource_change::Response>, Status> {
         let req = req.into_inner();
         let def = self.resource(&req.type_name)?;
-        let prior = decode(&req.prior_state)?;
+        // The version read last, which the write must still find.
+        let prior = with_version(decode(&req.prior_state)?, &req.planned_private);
         let planned = decode(&req.planned_state)?;
         let (state, diagnostics) = match self.client() {
             Ok(c) => match crate::resources::apply(&c, def, &prior, &planned).await {
@@ -444,9 +472,10 @@ impl Provider for ProviderService {
             },
             Err(d) => (prior, d),
         };
+        let (state, private) = split_version(state);
         Ok(Response::new(apply_resource_change::Response {
             new_state: encode(&state),
-            private: req.planned_private,
+            private,
             diagnostics,
             legacy_type_system: false,
         }))
@@ -463,14 +492,17 @@ impl Provider for ProviderService {
             Err(d) => Err(d),
         };
         let (imported_resources, diagnostics) = match result {
-            Ok(state) => (
-                vec![import_resource_state::ImportedResource {
-                    type_name: req.type_name.clone(),
-                    state: encode(&state),
-                    private: vec![],
-                }],
-                vec![],
-            ),
+            Ok(state) => {
+                let (state, private) = split_version(state);
+                (
+                    vec![import_resource_state::ImportedResource {
+                        type_name: req.type_name.clone(),
+                        state: encode(&state),
+                        private,
+                    }],
+                    vec![],
+                )
+            }
             Err(d) => (vec![], d),
         };
         Ok(Response::new(import_resource_state::Response {
