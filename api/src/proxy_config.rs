@@ -120,6 +120,39 @@ pub fn ingress_sni(service: &str, mesh: &str) -> String {
     format!("{service}.{mesh}.causeway")
 }
 
+/// The SNI that names one endpoint (`id` from the ingress's available services) of
+/// `service` in `mesh` behind another zone's ingress.
+pub fn endpoint_sni(id: &str, service: &str, mesh: &str) -> String {
+    format!("{id}.{service}.{mesh}.causeway")
+}
+
+/// The configuration of one zone ingress: which SNI goes where. Computed by its zone
+/// control plane from the zone's dataplanes, streamed over DDS like a [`ProxyConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressConfig {
+    /// Content hash: equal versions mean equal configs.
+    pub version: String,
+    pub mesh: String,
+    pub zone: String,
+    /// The ZoneIngress's name.
+    pub name: String,
+    /// Set while the ingress must refuse all traffic (a failover drill on its zone), with
+    /// the reason it logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusing: Option<String>,
+    /// SNI -> the local endpoints (sidecar inbounds, which terminate the mTLS) it reaches.
+    pub routes: BTreeMap<String, Vec<IngressTarget>>,
+}
+
+/// A local endpoint an ingress forwards to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressTarget {
+    pub address: String,
+    pub port: u16,
+}
+
 /// The SPIFFE id of `service` in a mesh with `trust_domain`.
 pub fn spiffe_id(trust_domain: &str, service: &str) -> String {
     format!("spiffe://{trust_domain}/{service}")

@@ -516,6 +516,8 @@ fn zone_ingress() -> impl Strategy<Value = ZoneIngressSpec> {
                     service,
                     tags: BTreeMap::new(),
                     instances,
+                    protocol: None,
+                    endpoints: Vec::new(),
                 })
                 .collect(),
             admin_port: 9901,

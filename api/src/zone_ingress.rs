@@ -64,6 +64,15 @@ pub struct AvailableService {
     pub tags: BTreeMap<String, String>,
     /// How many healthy endpoints it has in the zone.
     pub instances: u32,
+    /// The protocol its endpoints declare (HTTP if any does), so other zones' sidecars
+    /// proxy it as such.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<crate::Protocol>,
+    /// Opaque ids of its endpoints: a sidecar in another zone names one in its SNI
+    /// (`<id>.<service>.<mesh>.causeway`) to balance requests per endpoint rather than
+    /// per ingress connection.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<String>,
 }
 
 impl Spec for ZoneIngressSpec {
@@ -99,6 +108,19 @@ impl Spec for ZoneIngressSpec {
             let path = idx("spec.availableServices", i);
             errors.check(at(&path, "service"), check_service_name(&s.service));
             check_tags(errors, &at(&path, "tags"), &s.tags);
+            for (j, id) in s.endpoints.iter().enumerate() {
+                if id.is_empty()
+                    || id.len() > 32
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                {
+                    errors.push(
+                        idx(&at(&path, "endpoints"), j),
+                        "an endpoint id is 1-32 lowercase letters and digits",
+                    );
+                }
+            }
         }
     }
 }

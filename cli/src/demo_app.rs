@@ -25,6 +25,16 @@ pub(crate) struct DemoAppArgs {
     /// Echo raw TCP instead of serving HTTP.
     #[arg(long)]
     tcp: bool,
+    /// Call this URL on every request (through the sidecar's outbound, say) and include
+    /// its answer: a frontend in front of a backend. Its failure answers 502.
+    #[arg(long)]
+    call: Option<String>,
+}
+
+#[derive(Clone)]
+struct App {
+    me: Value,
+    call: Option<(reqwest::Client, String)>,
 }
 
 pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
@@ -41,21 +51,50 @@ pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
     }
     let instance = a.instance.clone().unwrap_or_else(|| a.listen.to_string());
     let me = json!({"service": a.service, "zone": a.zone, "instance": instance});
-    let app = axum::Router::new().fallback(echo).with_state(me);
+    let call = match a.call {
+        Some(url) => Some((
+            reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(5))
+                .build()?,
+            url,
+        )),
+        None => None,
+    };
+    let app = axum::Router::new()
+        .fallback(echo)
+        .with_state(App { me, call });
     axum::serve(listener, app).await?;
     Ok(())
 }
 
-async fn echo(State(me): State<Value>, req: Request) -> Json<Value> {
+async fn echo(State(app): State<App>, req: Request) -> (axum::http::StatusCode, Json<Value>) {
     let peer = req
         .headers()
         .get("x-causeway-peer")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let mut out = me;
+    let mut out = app.me;
     out["method"] = json!(req.method().as_str());
     out["path"] = json!(req.uri().path());
     out["peer"] = json!(peer);
-    Json(out)
+    let mut status = axum::http::StatusCode::OK;
+    if let Some((client, url)) = &app.call {
+        out["upstream"] = match client.get(url).send().await {
+            Ok(r) => {
+                let code = r.status();
+                let text = r.text().await.unwrap_or_default();
+                if !code.is_success() {
+                    status = axum::http::StatusCode::BAD_GATEWAY;
+                }
+                serde_json::from_str(&text)
+                    .unwrap_or_else(|_| json!({"status": code.as_u16(), "body": text.trim()}))
+            }
+            Err(e) => {
+                status = axum::http::StatusCode::BAD_GATEWAY;
+                json!({"error": e.to_string()})
+            }
+        };
+    }
+    (status, Json(out))
 }

@@ -7,6 +7,7 @@ mod config;
 mod demo_app;
 mod global_cp;
 mod ops;
+mod up;
 mod zone;
 mod zone_cp;
 
@@ -44,6 +45,9 @@ enum Cmd {
     /// Run a sidecar (`dataplane --cp ... --token-file ... --dataplane-file ...`), or
     /// `dataplane token create --mesh M --service S`.
     Dataplane(Box<zone::DataplaneCmd>),
+    /// Run a zone ingress (`ingress --cp ... --token-file ... --name ... --listen ...`),
+    /// or `ingress token create --zone Z`.
+    Ingress(Box<zone::IngressCmd>),
     /// Mesh secrets, such as a provided CA's key: `secret set ca-key --from-file key.pem`.
     #[command(subcommand)]
     Secret(zone::SecretCmd),
@@ -52,6 +56,9 @@ enum Cmd {
     /// Details of one object: `inspect zone zone-a`.
     #[command(subcommand)]
     Inspect(zone::InspectCmd),
+    /// Start a whole mesh on loopback (3 global nodes, two zones with ingresses, demo
+    /// services with sidecars) and print what to try; Ctrl-C stops it.
+    Up(up::UpArgs),
     /// Create or update resources from YAML (several documents separated by ---).
     Apply(ops::ApplyArgs),
     /// Show resources: `get meshes`, `get mesh default -o yaml`, `get zones`.
@@ -103,9 +110,20 @@ fn main() {
                 init_logging(&cli.log);
                 zone_cp::run(*args).await
             }
+            Cmd::Up(a) => {
+                init_logging(if cli.log == "info" { "warn" } else { &cli.log });
+                up::run(a).await
+            }
             Cmd::DemoApp(a) => {
                 init_logging(&cli.log);
                 demo_app::run(a).await
+            }
+            Cmd::Ingress(i) if i.cmd.is_none() => {
+                init_logging(&cli.log);
+                match i.run {
+                    Some(args) => causeway_ingress::cli::run(args).await,
+                    None => Err(anyhow::anyhow!("causeway ingress needs --cp, --cp-ca-file, --token-file, --name and --listen (or a subcommand: token)")),
+                }
             }
             Cmd::Dataplane(d) if d.cmd.is_none() => {
                 init_logging(&cli.log);
@@ -133,7 +151,11 @@ fn main() {
                         Some(zone::DataplaneSub::Token(t)) => zone::dataplane_token(&cli.conn, t).await,
                         None => unreachable!("handled above"),
                     },
-                    Cmd::GlobalCp(_) | Cmd::ZoneCp(_) | Cmd::DemoApp(_) => {
+                    Cmd::Ingress(i) => match i.cmd {
+                        Some(zone::IngressSub::Token(t)) => zone::ingress_token(&cli.conn, t).await,
+                        None => unreachable!("handled above"),
+                    },
+                    Cmd::GlobalCp(_) | Cmd::ZoneCp(_) | Cmd::DemoApp(_) | Cmd::Up(_) => {
                         unreachable!("handled above")
                     }
                 }

@@ -214,6 +214,15 @@ pub(crate) async fn dataplane_token(conn: &ConnArgs, c: DataplaneTokenCmd) -> an
             Some(&body),
         )
         .await?;
+    print_token(
+        &v,
+        out,
+        &format!("dataplane token for {service} in mesh {mesh}"),
+    )
+}
+
+/// Prints a token the API issued, or writes it to `out` (mode 0600).
+fn print_token(v: &Value, out: Option<PathBuf>, what: &str) -> anyhow::Result<()> {
     let token = v
         .get("token")
         .and_then(Value::as_str)
@@ -223,14 +232,64 @@ pub(crate) async fn dataplane_token(conn: &ConnArgs, c: DataplaneTokenCmd) -> an
         Some(path) => {
             causeway_global_cp::tls::write_private(&path, &format!("{token}\n"))
                 .with_context(|| format!("writing {}", path.display()))?;
-            eprintln!(
-                "dataplane token for {service} in mesh {mesh} written to {} (expires {exp})",
-                path.display()
-            );
+            eprintln!("{what} written to {} (expires {exp})", path.display());
         }
         None => println!("{token}"),
     }
     Ok(())
+}
+
+/// `causeway ingress`: run a zone ingress, or issue ingress tokens.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub(crate) struct IngressCmd {
+    #[command(subcommand)]
+    pub(crate) cmd: Option<IngressSub>,
+    #[command(flatten)]
+    pub(crate) run: Option<causeway_ingress::cli::Args>,
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum IngressSub {
+    /// Ingress tokens: bound to one zone, they register a ZoneIngress there.
+    #[command(subcommand)]
+    Token(IngressTokenCmd),
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum IngressTokenCmd {
+    /// Issue a token with which an ingress registers in ZONE.
+    Create {
+        #[arg(long)]
+        zone: String,
+        /// How long the token is valid, e.g. 24h (default 8760h).
+        #[arg(long)]
+        valid_for: Option<String>,
+        /// Write the token to this file (mode 0600) instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+pub(crate) async fn ingress_token(conn: &ConnArgs, c: IngressTokenCmd) -> anyhow::Result<()> {
+    let client = Client::new(conn.resolve()?)?;
+    let IngressTokenCmd::Create {
+        zone,
+        valid_for,
+        out,
+    } = c;
+    let body = match valid_for {
+        Some(v) => json!({ "validFor": v }),
+        None => json!({}),
+    };
+    let (_, v) = client
+        .request(
+            Method::POST,
+            &format!("/zones/{zone}/ingress-token"),
+            Some(&body),
+        )
+        .await?;
+    print_token(&v, out, &format!("ingress token for zone {zone}"))
 }
 
 /// `causeway secret`: mesh secrets (a provided CA's key). Values are write-only.

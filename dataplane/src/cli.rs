@@ -9,6 +9,25 @@ use anyhow::Context as _;
 
 use crate::{ControlPlane, DataplaneConfig};
 
+/// The zone control plane as the `--cp`, `--cp-ca-file` and `--token-file` flags of a
+/// sidecar or an ingress name it. (Flags, not a flattened struct: clap cannot tell
+/// whether an `Option` of nested flattened arguments is present.)
+pub fn control_plane(
+    cp: &str,
+    cp_ca_file: &PathBuf,
+    token_file: &PathBuf,
+) -> anyhow::Result<ControlPlane> {
+    Ok(ControlPlane {
+        addr: if cp.contains("://") {
+            cp.to_string()
+        } else {
+            format!("https://{cp}")
+        },
+        ca_pem: read(cp_ca_file, "--cp-ca-file")?,
+        token: read(token_file, "--token-file")?.trim().to_string(),
+    })
+}
+
 /// Run a sidecar: gets its certificate and config from the zone control plane and
 /// proxies the workload's traffic.
 ///
@@ -67,21 +86,18 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         causeway_api::Resource::from_yaml(&text)
     }
     .with_context(|| format!("parsing {}", a.dataplane_file.display()))?;
-    let cp = ControlPlane {
-        addr: if a.cp.contains("://") {
-            a.cp.clone()
-        } else {
-            format!("https://{}", a.cp)
-        },
-        ca_pem: read(&a.cp_ca_file, "--cp-ca-file")?,
-        token: read(&a.token_file, "--token-file")?.trim().to_string(),
-    };
+    let cp = control_plane(&a.cp, &a.cp_ca_file, &a.token_file)?;
     let cfg = DataplaneConfig {
         cp,
         dataplane,
         admin_addr: a.admin_addr,
         drain: Duration::from_secs(a.drain_seconds),
     };
+    crate::run(cfg, stop_on_signal()).await
+}
+
+/// Turns true on SIGTERM or Ctrl-C: the start of a graceful drain.
+pub fn stop_on_signal() -> tokio::sync::watch::Receiver<bool> {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         let mut term =
@@ -95,7 +111,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         }
         let _ = stop_tx.send(true);
     });
-    crate::run(cfg, stop).await
+    stop
 }
 
 #[derive(clap::Parser)]
@@ -112,14 +128,24 @@ struct Standalone {
 pub fn main() {
     use clap::Parser as _;
     let cli = Standalone::parse();
+    init_standalone(cli.log);
+    let rt = runtime(&cli.args).expect("starting the tokio runtime");
+    exit_on_error(rt.block_on(run(cli.args)));
+}
+
+/// What a lean binary sets up before its runtime: the TLS provider and logging to stderr.
+pub fn init_standalone(log: String) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter = std::env::var("RUST_LOG").unwrap_or(cli.log);
+    let filter = std::env::var("RUST_LOG").unwrap_or(log);
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = runtime(&cli.args).expect("starting the tokio runtime");
-    if let Err(e) = rt.block_on(run(cli.args)) {
+}
+
+/// Prints an error's chain of causes on one line and exits 1.
+pub fn exit_on_error(result: anyhow::Result<()>) {
+    if let Err(e) = result {
         let msg: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!("error: {}", msg.join(": "));
         std::process::exit(1);

@@ -9,7 +9,6 @@ use causeway_api::kds::dds::dds_client::DdsClient;
 use causeway_api::kds::dds::{
     ProxyAck, ProxyHello, ProxyMessage, ProxyNack, SignRequest, control_message, proxy_message,
 };
-use causeway_api::proxy_config::ProxyConfig;
 use futures::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -106,16 +105,18 @@ impl ControlPlane {
         }
     }
 
-    /// Registers the dataplane and follows its config, reconnecting forever.
-    pub async fn follow_config(
+    /// Registers the dataplane (or ingress) and follows its config, reconnecting forever.
+    pub async fn follow_config<T>(
         self,
-        dataplane_json: Vec<u8>,
-        tx: watch::Sender<Option<Arc<ProxyConfig>>>,
-    ) {
+        registration: Registration,
+        tx: watch::Sender<Option<Arc<T>>>,
+    ) where
+        T: serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
         let mut backoff = Duration::from_millis(200);
         loop {
             let started = std::time::Instant::now();
-            match self.stream_once(&dataplane_json, &tx).await {
+            match self.stream_once(&registration, &tx).await {
                 Ok(()) => tracing::info!("DDS stream ended; reconnecting"),
                 Err(e) => {
                     tracing::warn!(error = %e, "DDS stream failed; keeping the last config and retrying")
@@ -129,32 +130,43 @@ impl ControlPlane {
         }
     }
 
-    async fn stream_once(
+    async fn stream_once<T>(
         &self,
-        dataplane_json: &[u8],
-        tx: &watch::Sender<Option<Arc<ProxyConfig>>>,
-    ) -> anyhow::Result<()> {
+        registration: &Registration,
+        tx: &watch::Sender<Option<Arc<T>>>,
+    ) -> anyhow::Result<()>
+    where
+        T: serde::de::DeserializeOwned,
+    {
         let (up, rx) = mpsc::channel(4);
+        let mut hello = ProxyHello {
+            token: self.token.clone(),
+            ..ProxyHello::default()
+        };
+        match registration {
+            Registration::Dataplane(json) => hello.dataplane_json = json.clone(),
+            Registration::Ingress(json) => hello.ingress_json = json.clone(),
+        }
         up.send(ProxyMessage {
-            msg: Some(proxy_message::Msg::Hello(ProxyHello {
-                token: self.token.clone(),
-                dataplane_json: dataplane_json.to_vec(),
-            })),
+            msg: Some(proxy_message::Msg::Hello(hello)),
         })
         .await?;
-        let mut down = DdsClient::new(self.channel().await?)
-            .stream(ReceiverStream::new(rx))
-            .await
-            .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-            .into_inner();
+        let mut client = DdsClient::new(self.channel().await?);
+        let up_stream = ReceiverStream::new(rx);
+        let mut down = match registration {
+            Registration::Dataplane(_) => client.stream(up_stream).await,
+            Registration::Ingress(_) => client.ingress_stream(up_stream).await,
+        }
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
         while let Some(msg) = down.next().await {
             let msg = msg.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
             let Some(control_message::Msg::Config(snap)) = msg.msg else {
                 continue;
             };
-            let reply = match serde_json::from_slice::<ProxyConfig>(&snap.json) {
+            let reply = match serde_json::from_slice::<T>(&snap.json) {
                 Ok(cfg) => {
-                    tracing::info!(version = %cfg.version, "new config");
+                    tracing::info!(version = %snap.version, "new config");
                     tx.send_replace(Some(Arc::new(cfg)));
                     proxy_message::Msg::Ack(ProxyAck {
                         version: snap.version,
@@ -172,4 +184,13 @@ impl ControlPlane {
         }
         Ok(())
     }
+}
+
+/// What a DDS stream registers, as JSON of the resource.
+#[derive(Debug, Clone)]
+pub enum Registration {
+    /// A sidecar's Dataplane; configs are `ProxyConfig`s.
+    Dataplane(Vec<u8>),
+    /// A zone ingress's ZoneIngress; configs are `IngressConfig`s.
+    Ingress(Vec<u8>),
 }

@@ -41,10 +41,6 @@ impl EndpointState {
         }
     }
 
-    pub(crate) fn key(&self) -> (String, u16) {
-        (self.endpoint.address.clone(), self.endpoint.port)
-    }
-
     fn healthy(&self, now: Instant) -> bool {
         self.ejected_until
             .lock()
@@ -79,7 +75,7 @@ impl EndpointState {
         let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let backoff = Duration::from_secs(1 << (n - 1).min(5)).min(Duration::from_secs(30));
         *self.ejected_until.lock().expect("eject lock") = Some(Instant::now() + backoff);
-        tracing::info!(endpoint = %format!("{}:{}", self.endpoint.address, self.endpoint.port), failures = n, ?backoff, "endpoint ejected");
+        tracing::info!(endpoint = %format!("{}:{}", self.endpoint.address, self.endpoint.port), sni = self.endpoint.sni.as_deref().unwrap_or(""), failures = n, ?backoff, "endpoint ejected");
     }
 
     fn cost(&self, kind: LoadBalancerType) -> f64 {
@@ -146,12 +142,13 @@ impl Balancer {
 
     /// Picks an endpoint from the first group with a healthy one, skipping `exclude`.
     /// When every endpoint is ejected, tries them anyway (better a retry than nothing).
-    pub(crate) fn pick(&self, exclude: &[(String, u16)]) -> Option<Arc<EndpointState>> {
+    pub(crate) fn pick(&self, exclude: &[Arc<EndpointState>]) -> Option<Arc<EndpointState>> {
         let now = Instant::now();
+        let excluded = |e: &Arc<EndpointState>| exclude.iter().any(|x| Arc::ptr_eq(x, e));
         for (_, group) in &self.groups {
             let healthy: Vec<&Arc<EndpointState>> = group
                 .iter()
-                .filter(|e| e.healthy(now) && !exclude.contains(&e.key()))
+                .filter(|e| e.healthy(now) && !excluded(e))
                 .collect();
             if let Some(e) = self.choose(&healthy) {
                 return Some(e.clone());
@@ -161,7 +158,7 @@ impl Balancer {
             .groups
             .iter()
             .flat_map(|(_, g)| g.iter())
-            .filter(|e| !exclude.contains(&e.key()))
+            .filter(|e| !excluded(e))
             .collect();
         self.choose(&all).cloned()
     }
@@ -249,7 +246,11 @@ mod tests {
         assert_eq!(rebuilt.pick(&[]).unwrap().endpoint.address, "a2");
         // Excluding the fast one (a retry) gives the other.
         assert_eq!(
-            rebuilt.pick(&[("a2".into(), 1)]).unwrap().endpoint.address,
+            rebuilt
+                .pick(&[rebuilt.groups[0].1[1].clone()])
+                .unwrap()
+                .endpoint
+                .address,
             "a1"
         );
     }

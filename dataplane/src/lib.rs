@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use causeway_api::{DataplaneSpec, Resource};
 use tokio::sync::watch;
 
-pub use cp::ControlPlane;
+pub use cp::{ControlPlane, Registration};
 
 /// Settings of a sidecar, parsed once at the binary's edge.
 #[derive(Debug, Clone)]
@@ -57,7 +57,11 @@ pub async fn run(cfg: DataplaneConfig, mut stop: watch::Receiver<bool>) -> anyho
     let proxy = proxy::Proxy::new(config_rx, identity_rx);
     let json = serde_json::to_vec(&cfg.dataplane)?;
     let mut tasks = vec![
-        tokio::spawn(cfg.cp.clone().follow_config(json, config_tx)),
+        tokio::spawn(
+            cfg.cp
+                .clone()
+                .follow_config(cp::Registration::Dataplane(json), config_tx),
+        ),
         tokio::spawn(proxy::run_listeners(proxy.clone(), stop.clone())),
     ];
     // The certificate is needed only with mTLS; ask for it once the config says so.

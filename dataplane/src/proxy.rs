@@ -504,6 +504,19 @@ async fn inbound_request(
             stats.record(parts.status.as_u16(), started.elapsed());
             http::Response::from_parts(parts, boxed(body))
         }
+        Err(e) if e.is_connect() => {
+            // The request never reached the app: callers may count this endpoint down.
+            stats.record(503, started.elapsed());
+            let mut r = text(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("causeway: the application is not reachable: {e}\n"),
+            );
+            r.headers_mut().insert(
+                APP_UNAVAILABLE,
+                http::HeaderValue::from_static("application"),
+            );
+            r
+        }
         Err(e) => {
             stats.record(502, started.elapsed());
             text(
@@ -513,6 +526,10 @@ async fn inbound_request(
         }
     }
 }
+
+/// Set by an inbound sidecar on a 503 when its application refused the connection:
+/// evidence for the caller's outlier detection that this endpoint is down.
+const APP_UNAVAILABLE: http::HeaderName = http::HeaderName::from_static("x-causeway-unavailable");
 
 // === outbound ===
 
@@ -536,7 +553,7 @@ async fn outbound_conn(proxy: &Arc<Proxy>, port: u16, tcp: TcpStream) -> anyhow:
         let mut tried = Vec::new();
         for _ in 0..CONNECT_ATTEMPTS {
             let Some(ep) = b.pick(&tried) else { break };
-            tried.push(ep.key());
+            tried.push(ep.clone());
             let Some(dial) = proxy.dial(&cfg, &ob, &ep, ALPN_TCP) else {
                 anyhow::bail!("no workload certificate yet");
             };
@@ -618,7 +635,7 @@ async fn outbound_request(
     let mut last_err = String::from("no endpoints");
     for _ in 0..CONNECT_ATTEMPTS {
         let Some(ep) = b.pick(&tried) else { break };
-        tried.push(ep.key());
+        tried.push(ep.clone());
         let Some(dial) = proxy.dial(&cfg, ob, &ep, ALPN_H2) else {
             return text(
                 http::StatusCode::SERVICE_UNAVAILABLE,
@@ -645,6 +662,13 @@ async fn outbound_request(
         return match result {
             Ok(r) => {
                 ep.observe(t0.elapsed());
+                if r.status() == http::StatusCode::SERVICE_UNAVAILABLE
+                    && r.headers().contains_key(APP_UNAVAILABLE)
+                {
+                    // Its app is down: eject it so the next requests go elsewhere
+                    // (another endpoint, or the next zone).
+                    ep.failed();
+                }
                 let (parts, body) = r.into_parts();
                 stats.record(parts.status.as_u16(), started.elapsed());
                 http::Response::from_parts(parts, body.map_err(|e| e).boxed())

@@ -144,6 +144,10 @@ pub(crate) fn router(state: ApiState) -> Router {
             "/zones/{name}/tokens/{id}",
             axum::routing::delete(zones::revoke_token),
         )
+        .route(
+            "/zones/{name}/ingress-token",
+            post(zones::create_ingress_token),
+        )
         .route("/zones/{name}/config-dump", get(zones::config_dump))
         .route("/zones/{name}/revoke-ca", post(zones::revoke_ca))
         .route("/meshes/{mesh}/secrets", get(zones::list_secrets))

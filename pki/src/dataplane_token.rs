@@ -1,14 +1,17 @@
-//! Dataplane tokens: `cwd1.<claims>.<signature>`, base64url JSON claims signed with the
-//! cluster's Ed25519 key. A token is bound to one mesh and one service: a zone control
-//! plane signs a workload certificate only for the service its token names. Zones hold
-//! the public key only (sent over KDS), so a zone can verify tokens but never mint one.
+//! Dataplane and ingress tokens: `cwd1.<claims>.<signature>` and `cwi1.<claims>.<signature>`,
+//! base64url JSON claims signed with the cluster's Ed25519 key. A dataplane token is bound
+//! to one mesh and one service: a zone control plane signs a workload certificate only for
+//! the service its token names. An ingress token is bound to one zone and grants no
+//! certificate at all: an ingress forwards TLS it cannot read. Zones hold the public key
+//! only (sent over KDS), so a zone can verify tokens but never mint one.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair as _, UnparsedPublicKey};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 const PREFIX: &str = "cwd1";
+const INGRESS_PREFIX: &str = "cwi1";
 
 /// What a dataplane token grants.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -21,15 +24,23 @@ pub struct DataplaneTokenClaims {
     pub exp: i64,
 }
 
+/// What an ingress token grants: registering a ZoneIngress in one zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressTokenClaims {
+    pub zone: String,
+    /// Random id, for logs.
+    pub id: String,
+    pub iat: i64,
+    pub exp: i64,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DataplaneTokenError {
-    #[error("not a dataplane token (expected cwd1.<claims>.<signature>)")]
-    Malformed,
-    #[error(
-        "the dataplane token's signature does not verify (issued by another cluster, or altered)"
-    )]
+    #[error("not a {0} token (expected {1}.<claims>.<signature>)")]
+    Malformed(&'static str, &'static str),
+    #[error("the token's signature does not verify (issued by another cluster, or altered)")]
     BadSignature,
-    #[error("the dataplane token expired at {0} (Unix seconds); create a new one")]
+    #[error("the token expired at {0} (Unix seconds); create a new one")]
     Expired(i64),
     #[error("the signing key is unusable: {0}")]
     Key(String),
@@ -53,43 +64,86 @@ pub fn public_key(key_hex: &str) -> Result<String, DataplaneTokenError> {
     Ok(hex::encode(key_pair(key_hex)?.public_key().as_ref()))
 }
 
-/// Signs `claims` with the cluster key.
+/// Signs dataplane `claims` with the cluster key.
 pub fn create(key_hex: &str, claims: &DataplaneTokenClaims) -> Result<String, DataplaneTokenError> {
-    let kp = key_pair(key_hex)?;
-    let payload = B64.encode(serde_json::to_vec(claims).expect("claims encode"));
-    let sig = B64.encode(kp.sign(payload.as_bytes()).as_ref());
-    Ok(format!("{PREFIX}.{payload}.{sig}"))
+    sign(PREFIX, key_hex, claims)
 }
 
-/// Checks a token against the public key (hex) at `now` (Unix seconds).
+/// Checks a dataplane token against the public key (hex) at `now` (Unix seconds).
 pub fn verify(
     public_key_hex: &str,
     token: &str,
     now: i64,
 ) -> Result<DataplaneTokenClaims, DataplaneTokenError> {
-    let token = token.trim();
-    let mut parts = token.split('.');
-    let (Some(PREFIX), Some(payload), Some(sig), None) =
+    let claims: DataplaneTokenClaims = check(("dataplane", PREFIX), public_key_hex, token)?;
+    not_expired(claims.exp, now)?;
+    Ok(claims)
+}
+
+/// Signs ingress `claims` with the cluster key.
+pub fn create_ingress(
+    key_hex: &str,
+    claims: &IngressTokenClaims,
+) -> Result<String, DataplaneTokenError> {
+    sign(INGRESS_PREFIX, key_hex, claims)
+}
+
+/// Checks an ingress token against the public key (hex) at `now` (Unix seconds).
+pub fn verify_ingress(
+    public_key_hex: &str,
+    token: &str,
+    now: i64,
+) -> Result<IngressTokenClaims, DataplaneTokenError> {
+    let claims: IngressTokenClaims = check(("ingress", INGRESS_PREFIX), public_key_hex, token)?;
+    not_expired(claims.exp, now)?;
+    Ok(claims)
+}
+
+fn sign<T: Serialize>(
+    prefix: &str,
+    key_hex: &str,
+    claims: &T,
+) -> Result<String, DataplaneTokenError> {
+    let kp = key_pair(key_hex)?;
+    let payload = B64.encode(serde_json::to_vec(claims).expect("claims encode"));
+    let signed = format!("{prefix}.{payload}");
+    let sig = B64.encode(kp.sign(signed.as_bytes()).as_ref());
+    Ok(format!("{signed}.{sig}"))
+}
+
+/// Verifies the signature (over prefix and claims, so one kind of token never passes as
+/// the other), then decodes.
+fn check<T: DeserializeOwned>(
+    (kind, prefix): (&'static str, &'static str),
+    public_key_hex: &str,
+    token: &str,
+) -> Result<T, DataplaneTokenError> {
+    let malformed = DataplaneTokenError::Malformed(kind, prefix);
+    let mut parts = token.trim().split('.');
+    let (Some(p), Some(payload), Some(sig), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(DataplaneTokenError::Malformed);
+        return Err(malformed);
     };
-    let sig = B64
-        .decode(sig)
-        .map_err(|_| DataplaneTokenError::Malformed)?;
+    if p != prefix {
+        return Err(malformed);
+    }
+    let sig = B64.decode(sig).map_err(|_| malformed.clone())?;
     let pk = hex::decode(public_key_hex).map_err(|e| DataplaneTokenError::Key(e.to_string()))?;
     UnparsedPublicKey::new(&ED25519, pk)
-        .verify(payload.as_bytes(), &sig)
+        .verify(format!("{prefix}.{payload}").as_bytes(), &sig)
         .map_err(|_| DataplaneTokenError::BadSignature)?;
-    let claims: DataplaneTokenClaims = B64
-        .decode(payload)
+    B64.decode(payload)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or(DataplaneTokenError::Malformed)?;
-    if now >= claims.exp {
-        return Err(DataplaneTokenError::Expired(claims.exp));
+        .ok_or(malformed)
+}
+
+fn not_expired(exp: i64, now: i64) -> Result<(), DataplaneTokenError> {
+    if now >= exp {
+        return Err(DataplaneTokenError::Expired(exp));
     }
-    Ok(claims)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -131,5 +185,46 @@ mod tests {
         for bad in ["", "cwd1.a", "cwz1.a.b", "cwd1.a.b.c"] {
             assert!(verify(&public, bad, 50).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn ingress_tokens_are_bound_to_a_zone_and_never_pass_as_dataplane_tokens() {
+        let key = generate_key().unwrap();
+        let public = public_key(&key).unwrap();
+        let claims = IngressTokenClaims {
+            zone: "zone-b".into(),
+            id: "1".into(),
+            iat: 10,
+            exp: 100,
+        };
+        let t = create_ingress(&key, &claims).unwrap();
+        assert!(t.starts_with("cwi1."));
+        assert_eq!(verify_ingress(&public, &t, 50), Ok(claims));
+        assert_eq!(
+            verify_ingress(&public, &t, 100),
+            Err(DataplaneTokenError::Expired(100))
+        );
+        // Same key, other kind: refused both ways, even with the prefix swapped.
+        assert!(matches!(
+            verify(&public, &t, 50),
+            Err(DataplaneTokenError::Malformed(..))
+        ));
+        let swapped = t.replacen("cwi1", "cwd1", 1);
+        assert_eq!(
+            verify(&public, &swapped, 50),
+            Err(DataplaneTokenError::BadSignature)
+        );
+        let dp = create(
+            &key,
+            &DataplaneTokenClaims {
+                mesh: "m".into(),
+                service: "s".into(),
+                id: "2".into(),
+                iat: 10,
+                exp: 100,
+            },
+        )
+        .unwrap();
+        assert!(verify_ingress(&public, &dp, 50).is_err());
     }
 }

@@ -15,7 +15,7 @@ use causeway_api::kds::dds::{
     proxy_message,
 };
 use causeway_api::{DataplaneSpec, MeshSpec, Resource, ResourceKey};
-use causeway_pki::dataplane_token::{self, DataplaneTokenClaims};
+use causeway_pki::dataplane_token::{self, DataplaneTokenClaims, IngressTokenClaims};
 use causeway_pki::{CertKey, Profile};
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
@@ -41,6 +41,9 @@ pub(crate) struct ProxyStatus {
     pub(crate) mesh: String,
     pub(crate) dataplane: String,
     pub(crate) service: String,
+    /// A zone ingress rather than a sidecar (`dataplane` is then the ZoneIngress's name).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub(crate) ingress: bool,
     /// Unique per stream, so an old stream's end does not unregister a newer one.
     #[serde(skip)]
     pub(crate) stream: u64,
@@ -72,6 +75,31 @@ impl DdsService {
             tracing::warn!(reason = %e, "refused a dataplane token");
             Status::unauthenticated(e.to_string())
         })
+    }
+
+    fn verify_ingress(&self, token: &str) -> Result<IngressTokenClaims, Status> {
+        let key = self
+            .shared
+            .store
+            .dataplane_token_public_key()
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| {
+                Status::unavailable(
+                    "this zone has not received the token key from global yet; retry",
+                )
+            })?;
+        let claims = dataplane_token::verify_ingress(&key, token, now_unix()).map_err(|e| {
+            tracing::warn!(reason = %e, "refused an ingress token");
+            Status::unauthenticated(e.to_string())
+        })?;
+        if claims.zone != self.shared.cfg.zone {
+            tracing::warn!(token_zone = %claims.zone, "refused an ingress token of another zone");
+            return Err(Status::permission_denied(format!(
+                "the ingress token is for zone {:?}; this is zone {:?}",
+                claims.zone, self.shared.cfg.zone
+            )));
+        }
+        Ok(claims)
     }
 
     fn mesh_spec(&self, mesh: &str) -> Result<MeshSpec, Status> {
@@ -226,23 +254,7 @@ impl Dds for DdsService {
         let dp = Resource::from_json(&hello.dataplane_json)
             .map_err(|e| Status::invalid_argument(format!("dataplane: {e}")))?;
         check_dataplane(&dp, &claims)?;
-        let zone = self.shared.cfg.zone.clone();
-        let (stored, _) = self
-            .shared
-            .store
-            .put_local(&zone, dp, time::OffsetDateTime::now_utc())
-            .map_err(|e| match e {
-                LocalWriteError::NotOwned { origin } => {
-                    Status::already_exists(format!("a Dataplane of that name belongs to {origin}"))
-                }
-                LocalWriteError::MeshMissing(m) => {
-                    Status::not_found(format!("mesh {m:?} is not known in this zone"))
-                }
-                e => Status::internal(format!("{e:?}")),
-            })?;
-        let key = stored.key();
-        let _ = self.shared.store.set_stream_registered(&key, true);
-        self.shared.local_change(key.clone(), Some(stored.clone()));
+        let key = register(&self.shared, dp)?.key();
         let stream_id: u64 = rand::random();
         self.shared.proxies.lock().expect("proxies lock").insert(
             key.clone(),
@@ -250,6 +262,7 @@ impl Dds for DdsService {
                 mesh: claims.mesh.clone(),
                 dataplane: key.name.clone(),
                 service: claims.service.clone(),
+                ingress: false,
                 stream: stream_id,
                 connected_unix_ms: now_ms(),
                 sent_version: None,
@@ -266,20 +279,203 @@ impl Dds for DdsService {
             if let Err(st) = end {
                 let _ = tx.send(Err(st)).await;
             }
-            let ours = {
-                let mut proxies = shared.proxies.lock().expect("proxies lock");
-                match proxies.get(&key) {
-                    Some(p) if p.stream == stream_id => proxies.remove(&key).is_some(),
-                    _ => false,
-                }
-            };
-            if ours {
-                // The proxy is gone: its endpoints leave every config.
-                forget(&shared, &key);
-            }
+            unregister(&shared, &key, stream_id);
             tracing::info!(dataplane = %key, "proxy disconnected");
         });
         Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type IngressStreamStream = ReceiverStream<Result<ControlMessage, Status>>;
+
+    async fn ingress_stream(
+        &self,
+        req: Request<Streaming<ProxyMessage>>,
+    ) -> Result<Response<Self::IngressStreamStream>, Status> {
+        let peer = req.remote_addr();
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.next()).await {
+            Ok(Some(Ok(ProxyMessage {
+                msg: Some(proxy_message::Msg::Hello(h)),
+            }))) => h,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be a ProxyHello",
+                ));
+            }
+        };
+        let claims = self.verify_ingress(&hello.token)?;
+        let r = Resource::from_json(&hello.ingress_json)
+            .map_err(|e| Status::invalid_argument(format!("ingress: {e}")))?;
+        let r = check_ingress(&r, &self.shared.cfg.zone)?;
+        let key = register(&self.shared, r)?.key();
+        let stream_id: u64 = rand::random();
+        self.shared.proxies.lock().expect("proxies lock").insert(
+            key.clone(),
+            ProxyStatus {
+                mesh: key.mesh.clone(),
+                dataplane: key.name.clone(),
+                service: String::new(),
+                ingress: true,
+                stream: stream_id,
+                connected_unix_ms: now_ms(),
+                sent_version: None,
+                acked_version: None,
+                nack: None,
+                last_push_unix_ms: 0,
+            },
+        );
+        tracing::info!(ingress = %key, token_id = %claims.id, ?peer, "zone ingress connected");
+        let (tx, rx) = mpsc::channel(4);
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            let end = serve_ingress(&shared, &key, stream_id, inbound, &tx).await;
+            if let Err(st) = end {
+                let _ = tx.send(Err(st)).await;
+            }
+            unregister(&shared, &key, stream_id);
+            tracing::info!(ingress = %key, "zone ingress disconnected");
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// A ZoneIngress as the zone registers it: validated, in this zone, and with the
+/// services it offers left to the zone to fill in.
+fn check_ingress(r: &Resource, zone: &str) -> Result<Resource, Status> {
+    if r.kind != "ZoneIngress" {
+        return Err(Status::invalid_argument(
+            "ingress: type must be ZoneIngress",
+        ));
+    }
+    let mut r = r.clone();
+    let mut spec: causeway_api::ZoneIngressSpec = serde_json::from_value(r.spec.clone())
+        .map_err(|e| Status::invalid_argument(format!("ingress: {e}")))?;
+    if let Some(z) = &spec.zone
+        && z != zone
+    {
+        return Err(Status::permission_denied(format!(
+            "the ZoneIngress says zone {z:?}; this is zone {zone:?}"
+        )));
+    }
+    spec.zone = Some(zone.to_string());
+    spec.available_services.clear();
+    r.spec = serde_json::to_value(&spec).expect("specs serialize");
+    causeway_api::validate(&r).map_err(|e| Status::invalid_argument(format!("ingress: {e}")))?;
+    Ok(r)
+}
+
+/// Registers `r` (a Dataplane or ZoneIngress) as owned by this zone for as long as its
+/// stream lives.
+fn register(shared: &Shared, r: Resource) -> Result<Resource, Status> {
+    let zone = shared.cfg.zone.clone();
+    let kind = r.kind.clone();
+    let (stored, _) = shared
+        .store
+        .put_local(&zone, r, time::OffsetDateTime::now_utc())
+        .map_err(|e| match e {
+            LocalWriteError::NotOwned { origin } => {
+                Status::already_exists(format!("a {kind} of that name belongs to {origin}"))
+            }
+            LocalWriteError::MeshMissing(m) => {
+                Status::not_found(format!("mesh {m:?} is not known in this zone"))
+            }
+            e => Status::internal(format!("{e:?}")),
+        })?;
+    let key = stored.key();
+    let _ = shared.store.set_stream_registered(&key, true);
+    shared.local_change(key, Some(stored.clone()));
+    Ok(stored)
+}
+
+/// Ends a stream's registration, unless a newer stream took it over.
+fn unregister(shared: &Shared, key: &ResourceKey, stream_id: u64) {
+    let ours = {
+        let mut proxies = shared.proxies.lock().expect("proxies lock");
+        match proxies.get(key) {
+            Some(p) if p.stream == stream_id => proxies.remove(key).is_some(),
+            _ => false,
+        }
+    };
+    if ours {
+        // Gone: its endpoints leave every config.
+        forget(shared, key);
+    }
+}
+
+/// Sends the ingress its routes whenever they change, and keeps the services its
+/// ZoneIngress offers other zones up to date, until the stream ends.
+async fn serve_ingress(
+    shared: &Arc<Shared>,
+    key: &ResourceKey,
+    stream_id: u64,
+    mut inbound: Streaming<ProxyMessage>,
+    tx: &mpsc::Sender<Result<ControlMessage, Status>>,
+) -> Result<(), Status> {
+    let mut changes = shared.state.subscribe();
+    let mut sent: Option<String> = None;
+    loop {
+        changes.borrow_and_update();
+        let current = shared
+            .store
+            .get(key)
+            .map_err(|e| Status::internal(e.to_string()))?
+            .ok_or_else(|| Status::not_found("the ZoneIngress was removed"))?;
+        let inputs = mesh_inputs(shared, &key.mesh)?;
+        match crate::ingress::compute(&inputs, &key.mesh, &key.name, None) {
+            Ok((cfg, available)) => {
+                let mut spec: causeway_api::ZoneIngressSpec =
+                    serde_json::from_value(current.spec.clone())
+                        .map_err(|e| Status::internal(e.to_string()))?;
+                if spec.available_services != available {
+                    // Reported to global, and from there to other zones.
+                    spec.available_services = available;
+                    let mut r = current.clone();
+                    r.spec = serde_json::to_value(&spec).expect("specs serialize");
+                    register(shared, r)?;
+                }
+                if sent.as_deref() != Some(cfg.version.as_str()) {
+                    let json = serde_json::to_vec(&cfg).expect("configs serialize");
+                    tx.send(Ok(ControlMessage {
+                        msg: Some(control_message::Msg::Config(ConfigSnapshot {
+                            version: cfg.version.clone(),
+                            json,
+                        })),
+                    }))
+                    .await
+                    .map_err(|_| Status::cancelled("ingress gone"))?;
+                    update(shared, key, stream_id, |p| {
+                        p.sent_version = Some(cfg.version.clone());
+                        p.last_push_unix_ms = now_ms();
+                    });
+                    shared.touch_push();
+                    sent = Some(cfg.version);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(ingress = %key, error = %e, "cannot compute the ingress's config yet")
+            }
+        }
+        tokio::select! {
+            c = changes.changed() => {
+                if c.is_err() {
+                    return Ok(());
+                }
+            }
+            msg = inbound.next() => match msg {
+                Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Ack(a)) })) => {
+                    update(shared, key, stream_id, |p| {
+                        p.acked_version = Some(a.version);
+                        p.nack = None;
+                    });
+                }
+                Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Nack(n)) })) => {
+                    tracing::warn!(ingress = %key, version = %n.version, reason = %n.reason, "ingress rejected its config");
+                    update(shared, key, stream_id, |p| p.nack = Some(n.reason));
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Ok(()),
+            },
+        }
     }
 }
 

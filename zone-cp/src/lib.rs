@@ -9,6 +9,7 @@
 
 mod api;
 mod dds;
+pub mod ingress;
 mod kds_client;
 pub mod proxy_config;
 pub mod store;

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use causeway_api::proxy_config::{
     Endpoint, EndpointGroup, InboundListener, OutboundListener, PermissionRule, ProxyConfig,
-    SourceMatch, ingress_sni, spiffe_id,
+    SourceMatch, endpoint_sni, ingress_sni, spiffe_id,
 };
 use causeway_api::{
     Action, DataplaneSpec, FailoverToType, LoadBalancerType, LoadBalancingConf, MeshSpec, MtlsMode,
@@ -38,7 +38,7 @@ pub enum ComputeError {
     Invalid { what: String, reason: String },
 }
 
-fn decode<T: serde::de::DeserializeOwned>(r: &Resource) -> Result<T, ComputeError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(r: &Resource) -> Result<T, ComputeError> {
     serde_json::from_value(r.spec.clone()).map_err(|e| ComputeError::Invalid {
         what: r.key().to_string(),
         reason: e.to_string(),
@@ -186,17 +186,24 @@ fn permission(trust_domain: &str, r: &causeway_api::FromRule) -> Option<Permissi
     })
 }
 
-/// The protocol a service's inbounds declare here (HTTP if any does), else TCP.
+/// The protocol a service's inbounds declare here or in other zones (as their ingresses
+/// report it); HTTP if any says so, else TCP.
 fn destination_protocol(inputs: &MeshInputs, service: &str) -> Protocol {
-    inputs
+    let local = inputs
         .dataplanes
         .iter()
         .filter_map(|d| decode::<DataplaneSpec>(d).ok())
         .flat_map(|s| s.inbound)
         .filter(|ib| ib.service == service)
-        .map(|ib| ib.protocol)
-        .max()
-        .unwrap_or(Protocol::Tcp)
+        .map(|ib| ib.protocol);
+    let remote = inputs
+        .ingresses
+        .iter()
+        .filter_map(|i| decode::<ZoneIngressSpec>(i).ok())
+        .flat_map(|s| s.available_services)
+        .filter(|a| a.service == service)
+        .filter_map(|a| a.protocol);
+    local.chain(remote).max().unwrap_or(Protocol::Tcp)
 }
 
 fn zone_enabled(inputs: &MeshInputs, zone: &str) -> bool {
@@ -238,7 +245,12 @@ fn endpoint_groups(
     }
     local.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
     let mut remote: BTreeMap<String, Vec<Endpoint>> = BTreeMap::new();
-    if mesh_spec.cross_zone {
+    // Ingresses route on the SNI of the mesh's mTLS: without it, no cross-zone traffic.
+    let mtls = mesh_spec
+        .mtls
+        .as_ref()
+        .is_some_and(|m| m.mode != MtlsMode::Off);
+    if mesh_spec.cross_zone && mtls {
         for ing in &inputs.ingresses {
             let Ok(s) = decode::<ZoneIngressSpec>(ing) else {
                 continue;
@@ -251,6 +263,11 @@ fn endpoint_groups(
             if zone == inputs.zone || zone.is_empty() || !zone_enabled(inputs, &zone) {
                 continue;
             }
+            let address = s
+                .advertised_address
+                .clone()
+                .unwrap_or_else(|| s.address.clone());
+            let port = s.advertised_port.unwrap_or(s.port);
             for av in s
                 .available_services
                 .iter()
@@ -259,16 +276,29 @@ fn endpoint_groups(
                 let mut tags = av.tags.clone();
                 tags.insert(SERVICE_TAG.into(), service.into());
                 tags.insert(ZONE_TAG.into(), zone.clone());
-                remote.entry(zone.clone()).or_default().push(Endpoint {
-                    address: s
-                        .advertised_address
-                        .clone()
-                        .unwrap_or_else(|| s.address.clone()),
-                    port: s.advertised_port.unwrap_or(s.port),
-                    weight: av.instances,
-                    sni: Some(ingress_sni(service, mesh)),
-                    tags,
-                });
+                let group = remote.entry(zone.clone()).or_default();
+                if av.endpoints.is_empty() {
+                    // An ingress that does not name endpoints: one weighted entry.
+                    group.push(Endpoint {
+                        address: address.clone(),
+                        port,
+                        weight: av.instances,
+                        sni: Some(ingress_sni(service, mesh)),
+                        tags,
+                    });
+                    continue;
+                }
+                // One entry per remote endpoint (through this ingress), so requests are
+                // balanced per endpoint and a dead one is ejected alone.
+                for id in &av.endpoints {
+                    group.push(Endpoint {
+                        address: address.clone(),
+                        port,
+                        weight: 1,
+                        sni: Some(endpoint_sni(id, service, mesh)),
+                        tags: tags.clone(),
+                    });
+                }
             }
         }
     }

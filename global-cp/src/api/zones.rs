@@ -39,6 +39,37 @@ fn rfc3339(unix: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A token's `validFor`: a Go-style duration of at least a minute, default a year.
+fn token_validity(valid_for: Option<&str>) -> ApiResult<causeway_api::Duration> {
+    let d: causeway_api::Duration = valid_for
+        .unwrap_or(DEFAULT_TOKEN_VALIDITY)
+        .parse()
+        .map_err(|e: causeway_api::DurationError| ApiError::bad("validFor", e.to_string()))?;
+    if d.as_std().as_secs() < 60 {
+        return Err(ApiError::bad("validFor", "must be at least 1m"));
+    }
+    Ok(d)
+}
+
+/// The key that signs dataplane and ingress tokens.
+fn token_signing_key(st: &ApiState) -> ApiResult<String> {
+    let secrets = st.store.secrets()?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "",
+            "the cluster has not formed yet",
+        )
+    })?;
+    if secrets.dataplane_token_key.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "",
+            "this cluster has no dataplane token key (formed by an older version)",
+        ));
+    }
+    Ok(secrets.dataplane_token_key)
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct CreateToken {
@@ -58,15 +89,7 @@ pub(super) async fn create_token(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?
     };
-    let valid_for: causeway_api::Duration = req
-        .valid_for
-        .as_deref()
-        .unwrap_or(DEFAULT_TOKEN_VALIDITY)
-        .parse()
-        .map_err(|e: causeway_api::DurationError| ApiError::bad("validFor", e.to_string()))?;
-    if valid_for.as_std().as_secs() < 60 {
-        return Err(ApiError::bad("validFor", "must be at least 1m"));
-    }
+    let valid_for = token_validity(req.valid_for.as_deref())?;
     let secrets = st.store.secrets()?.ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -337,15 +360,7 @@ pub(super) async fn create_dataplane_token(
     let req: CreateDataplaneToken =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?;
     causeway_api::check_service_name(&req.service).map_err(|e| ApiError::bad("service", e))?;
-    let valid_for: causeway_api::Duration = req
-        .valid_for
-        .as_deref()
-        .unwrap_or(DEFAULT_TOKEN_VALIDITY)
-        .parse()
-        .map_err(|e: causeway_api::DurationError| ApiError::bad("validFor", e.to_string()))?;
-    if valid_for.as_std().as_secs() < 60 {
-        return Err(ApiError::bad("validFor", "must be at least 1m"));
-    }
+    let valid_for = token_validity(req.valid_for.as_deref())?;
     st.raft.read_barrier().await?;
     let mesh_key = causeway_api::ResourceKey {
         kind: "Mesh".into(),
@@ -355,20 +370,7 @@ pub(super) async fn create_dataplane_token(
     if st.store.get(&mesh_key)?.is_none() {
         return Err(ApiError::not_found(format!("mesh {mesh:?}")));
     }
-    let secrets = st.store.secrets()?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "",
-            "the cluster has not formed yet",
-        )
-    })?;
-    if secrets.dataplane_token_key.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "",
-            "this cluster has no dataplane token key (formed by an older version)",
-        ));
-    }
+    let signing_key = token_signing_key(&st)?;
     let now = now_unix();
     let claims = causeway_pki::dataplane_token::DataplaneTokenClaims {
         mesh: mesh.clone(),
@@ -377,7 +379,7 @@ pub(super) async fn create_dataplane_token(
         iat: now,
         exp: now + valid_for.as_std().as_secs() as i64,
     };
-    let token = causeway_pki::dataplane_token::create(&secrets.dataplane_token_key, &claims)
+    let token = causeway_pki::dataplane_token::create(&signing_key, &claims)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string()))?;
     tracing::info!(mesh = %mesh, service = %req.service, token_id = %claims.id, "issued a dataplane token");
     Ok((
@@ -385,6 +387,43 @@ pub(super) async fn create_dataplane_token(
         Json(json!({
             "mesh": mesh,
             "service": req.service,
+            "id": claims.id,
+            "expiresAt": rfc3339(claims.exp),
+            "token": token,
+        })),
+    )
+        .into_response())
+}
+
+/// `POST /zones/{name}/ingress-token`: a token with which a zone ingress registers in
+/// that zone. It grants no certificate: an ingress forwards TLS it cannot decrypt.
+pub(super) async fn create_ingress_token(
+    State(st): State<ApiState>,
+    Path(zone): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check_zone_name(&zone)?;
+    let req: CreateToken = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateToken::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?
+    };
+    let valid_for = token_validity(req.valid_for.as_deref())?;
+    let signing_key = token_signing_key(&st)?;
+    let now = now_unix();
+    let claims = causeway_pki::dataplane_token::IngressTokenClaims {
+        zone: zone.clone(),
+        id: hex::encode(rand::random::<[u8; 8]>()),
+        iat: now,
+        exp: now + valid_for.as_std().as_secs() as i64,
+    };
+    let token = causeway_pki::dataplane_token::create_ingress(&signing_key, &claims)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string()))?;
+    tracing::info!(zone = %zone, token_id = %claims.id, "issued an ingress token");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "zone": zone,
             "id": claims.id,
             "expiresAt": rfc3339(claims.exp),
             "token": token,

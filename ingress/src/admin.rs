@@ -1,0 +1,89 @@
+//! The admin listener: `/ready` (a config from the zone control plane), `/config` (the
+//! current routes), `/metrics` (Prometheus).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::Ingress;
+
+pub(crate) async fn serve(
+    ingress: Arc<Ingress>,
+    addr: SocketAddr,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let app = Router::new()
+        .route("/ready", get(ready))
+        .route("/config", get(config))
+        .route("/metrics", get(metrics))
+        .with_state(ingress);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the admin address {addr}: {e}"))?;
+    tracing::info!(%addr, "admin listening");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin listener stopped");
+        }
+    }))
+}
+
+async fn ready(State(i): State<Arc<Ingress>>) -> impl IntoResponse {
+    match i.config.borrow().as_deref() {
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no config from the zone control plane yet\n",
+        ),
+        Some(_) => (StatusCode::OK, "ready\n"),
+    }
+}
+
+async fn config(State(i): State<Arc<Ingress>>) -> impl IntoResponse {
+    let cfg = i.config.borrow().clone();
+    axum::Json(serde_json::json!({ "config": cfg.as_deref() }))
+}
+
+async fn metrics(State(i): State<Arc<Ingress>>) -> impl IntoResponse {
+    let m = &i.metrics;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let mut out = String::new();
+    out.push_str("# HELP causeway_ingress_connections_total Connections from other zones, by outcome.\n# TYPE causeway_ingress_connections_total counter\n");
+    for (result, c) in [
+        ("forwarded", &m.forwarded),
+        ("refused_unknown_sni", &m.refused_unknown_sni),
+        ("refused_not_tls", &m.refused_not_tls),
+        ("refused_drill", &m.refused_drill),
+        ("refused_no_config", &m.refused_no_config),
+        ("upstream_failed", &m.upstream_failed),
+    ] {
+        let _ = writeln!(
+            out,
+            "causeway_ingress_connections_total{{result=\"{result}\"}} {}",
+            get(c)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP causeway_ingress_active_connections Connections open now.\n# TYPE causeway_ingress_active_connections gauge\ncauseway_ingress_active_connections {}",
+        get(&i.active)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP causeway_ingress_bytes_total Bytes forwarded, by direction.\n# TYPE causeway_ingress_bytes_total counter\ncauseway_ingress_bytes_total{{direction=\"in\"}} {}\ncauseway_ingress_bytes_total{{direction=\"out\"}} {}",
+        get(&m.bytes_in),
+        get(&m.bytes_out)
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        out,
+    )
+}

@@ -1,0 +1,109 @@
+//! The Causeway zone ingress: the door of a zone for traffic from other zones. It
+//! registers its ZoneIngress with the zone control plane (with a zone-scoped ingress
+//! token) and follows an [`IngressConfig`] over DDS: which TLS SNI reaches which local
+//! sidecars. Each connection is routed by the SNI of its ClientHello and then spliced
+//! byte for byte; the ingress holds no key or certificate of the mesh, so the mTLS stays
+//! end to end between the calling sidecar and the called one. Unknown SNI, no SNI, or a
+//! zone under a failover drill: the connection is closed.
+//!
+//! Several ingresses per zone share the load: each registers its own ZoneIngress and
+//! sidecars in other zones balance over all of them. It keeps routing on its last config
+//! when the zone control plane is away.
+
+mod admin;
+pub mod cli;
+mod route;
+mod sni;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use causeway_api::Resource;
+use causeway_api::proxy_config::IngressConfig;
+use causeway_dataplane::{ControlPlane, Registration};
+use tokio::sync::watch;
+
+/// Settings of an ingress, parsed once at the binary's edge.
+#[derive(Debug, Clone)]
+pub struct IngressSettings {
+    pub cp: ControlPlane,
+    /// The ZoneIngress this ingress registers.
+    pub ingress: Resource,
+    /// Where it accepts other zones' connections.
+    pub listen: SocketAddr,
+    /// `/ready`, `/config`, `/metrics`.
+    pub admin_addr: SocketAddr,
+    /// How long SIGTERM waits for open connections.
+    pub drain: Duration,
+}
+
+/// Connection outcomes, for `/metrics`.
+#[derive(Default)]
+pub(crate) struct Metrics {
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) refused_unknown_sni: AtomicU64,
+    pub(crate) refused_not_tls: AtomicU64,
+    pub(crate) refused_drill: AtomicU64,
+    pub(crate) refused_no_config: AtomicU64,
+    pub(crate) upstream_failed: AtomicU64,
+    pub(crate) bytes_in: AtomicU64,
+    pub(crate) bytes_out: AtomicU64,
+}
+
+/// The running ingress, shared by its connections.
+pub(crate) struct Ingress {
+    pub(crate) config: watch::Receiver<Option<Arc<IngressConfig>>>,
+    /// Round-robin position over a service's endpoints.
+    pub(crate) next: AtomicUsize,
+    /// Endpoints that refused a connection lately, until when.
+    pub(crate) ejected: Mutex<HashMap<(String, u16), Instant>>,
+    pub(crate) active: AtomicU64,
+    pub(crate) metrics: Metrics,
+}
+
+/// Runs the ingress until `stop` turns true, then drains.
+pub async fn run(cfg: IngressSettings, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        cfg.ingress.kind == "ZoneIngress",
+        "the ingress must register a ZoneIngress, not a {}",
+        cfg.ingress.kind
+    );
+    causeway_api::validate(&cfg.ingress)
+        .map_err(|e| anyhow::anyhow!("the ZoneIngress is invalid: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding --listen {}: {e}", cfg.listen))?;
+    tracing::info!(addr = %cfg.listen, "ingress listening (TLS routed by SNI, not terminated)");
+    let (config_tx, config_rx) = watch::channel(None);
+    let ingress = Arc::new(Ingress {
+        config: config_rx,
+        next: AtomicUsize::new(0),
+        ejected: Mutex::new(HashMap::new()),
+        active: AtomicU64::new(0),
+        metrics: Metrics::default(),
+    });
+    let json = serde_json::to_vec(&cfg.ingress)?;
+    let mut tasks = vec![
+        tokio::spawn(
+            cfg.cp
+                .clone()
+                .follow_config(Registration::Ingress(json), config_tx),
+        ),
+        tokio::spawn(route::accept_loop(ingress.clone(), listener)),
+    ];
+    tasks.push(admin::serve(ingress.clone(), cfg.admin_addr).await?);
+    let _ = stop.wait_for(|s| *s).await;
+    tracing::info!(drain = ?cfg.drain, "draining");
+    for t in &tasks {
+        t.abort();
+    }
+    let deadline = Instant::now() + cfg.drain;
+    while ingress.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::info!(open = ingress.active.load(Ordering::Relaxed), "stopped");
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! Accepts other zones' connections, routes each by SNI to a local endpoint and splices
+//! the bytes both ways.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use causeway_api::proxy_config::IngressTarget;
+use tokio::io::AsyncWriteExt as _;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::Ingress;
+use crate::sni::{NoSni, read_client_hello};
+
+/// How long a peer may take to send its ClientHello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long connecting to a local endpoint may take before the next is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an endpoint that refused a connection is skipped.
+const EJECT_FOR: Duration = Duration::from_secs(2);
+
+pub(crate) async fn accept_loop(ingress: Arc<Ingress>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                let _ = sock.set_nodelay(true);
+                let ingress = ingress.clone();
+                tokio::spawn(async move {
+                    ingress.active.fetch_add(1, Ordering::Relaxed);
+                    handle(&ingress, sock, peer).await;
+                    ingress.active.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: do not spin.
+                tracing::warn!(error = %e, "accepting a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(ingress: &Ingress, mut sock: TcpStream, peer: std::net::SocketAddr) {
+    let m = &ingress.metrics;
+    let (sni, hello) = match tokio::time::timeout(HELLO_TIMEOUT, read_client_hello(&mut sock)).await
+    {
+        Ok(Ok(v)) => v,
+        Ok(Err(NoSni::Closed)) => return,
+        Ok(Err(NoSni::Missing)) => {
+            m.refused_not_tls.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "refused a connection without SNI");
+            return;
+        }
+        Ok(Err(NoSni::NotTls(e))) => {
+            m.refused_not_tls.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, error = %e, "refused a connection that is not TLS");
+            return;
+        }
+        Err(_) => {
+            m.refused_not_tls.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, "no ClientHello in time");
+            return;
+        }
+    };
+    let Some(cfg) = ingress.config.borrow().clone() else {
+        m.refused_no_config.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, %sni, "refused: no config from the zone control plane yet");
+        return;
+    };
+    if let Some(reason) = &cfg.refusing {
+        m.refused_drill.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, %sni, %reason, "refused");
+        return;
+    }
+    let Some(targets) = cfg.routes.get(&sni) else {
+        m.refused_unknown_sni.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%peer, %sni, "refused a connection for a destination this ingress does not serve");
+        return;
+    };
+    let Some(mut upstream) = connect(ingress, targets).await else {
+        m.upstream_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%peer, %sni, "no local endpoint accepted the connection");
+        return;
+    };
+    m.forwarded.fetch_add(1, Ordering::Relaxed);
+    if upstream.write_all(&hello).await.is_err() {
+        return;
+    }
+    m.bytes_in.fetch_add(hello.len() as u64, Ordering::Relaxed);
+    if let Ok((to_upstream, to_peer)) =
+        tokio::io::copy_bidirectional(&mut sock, &mut upstream).await
+    {
+        m.bytes_in.fetch_add(to_upstream, Ordering::Relaxed);
+        m.bytes_out.fetch_add(to_peer, Ordering::Relaxed);
+    }
+}
+
+/// Connects to one of `targets`: round robin, skipping endpoints that refused lately
+/// (unless all did), trying the next on failure.
+async fn connect(ingress: &Ingress, targets: &[IngressTarget]) -> Option<TcpStream> {
+    if targets.is_empty() {
+        return None;
+    }
+    let start = ingress.next.fetch_add(1, Ordering::Relaxed);
+    let now = Instant::now();
+    let mut order: Vec<&IngressTarget> = (0..targets.len())
+        .map(|i| &targets[(start + i) % targets.len()])
+        .collect();
+    {
+        let ejected = ingress.ejected.lock().expect("eject lock");
+        // Healthy first, ejected last: stable partition keeps the round robin.
+        order.sort_by_key(|t| {
+            ejected
+                .get(&(t.address.clone(), t.port))
+                .is_some_and(|until| *until > now)
+        });
+    }
+    for t in order {
+        let addr = (t.address.as_str(), t.port);
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                ingress
+                    .ejected
+                    .lock()
+                    .expect("eject lock")
+                    .remove(&(t.address.clone(), t.port));
+                return Some(s);
+            }
+            Ok(Err(e)) => {
+                tracing::info!(endpoint = %format!("{}:{}", t.address, t.port), error = %e, "local endpoint refused; trying the next");
+            }
+            Err(_) => {
+                tracing::info!(endpoint = %format!("{}:{}", t.address, t.port), "connecting to a local endpoint timed out; trying the next");
+            }
+        }
+        ingress
+            .ejected
+            .lock()
+            .expect("eject lock")
+            .insert((t.address.clone(), t.port), Instant::now() + EJECT_FOR);
+    }
+    None
+}

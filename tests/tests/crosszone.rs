@@ -1,0 +1,564 @@
+//! End to end across zones: a global control plane, zones `zone-a` and `zone-b` each with
+//! a zone control plane and an ingress (`causeway ingress`), demo apps behind sidecars.
+//! Calls cross zones through the destination zone's ingress with mTLS end to end.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use causeway_tests::{GlobalCluster, Proc, ZoneCp, eventually, free_addr};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn plain_http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client")
+}
+
+async fn put(c: &GlobalCluster, path: &str, body: &Value) -> anyhow::Result<()> {
+    let (s, v) = c.call_retry(Method::PUT, path, Some(body)).await?;
+    anyhow::ensure!(s.is_success(), "PUT {path}: {s} {v}");
+    Ok(())
+}
+
+struct Zone {
+    cp: ZoneCp,
+    dds: SocketAddr,
+}
+
+struct Mesh {
+    c: GlobalCluster,
+    zones: Vec<Zone>,
+    dir: PathBuf,
+}
+
+impl Mesh {
+    /// One global node, a Strict-mTLS mesh that allows all traffic, and `zones`.
+    async fn new(zones: &[&str]) -> anyhow::Result<Mesh> {
+        let c = GlobalCluster::start(1, &["--kds-heartbeat", "500ms"]).await?;
+        put(
+            &c,
+            "/meshes/default",
+            &json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"mode": "Strict"}}}),
+        )
+        .await?;
+        put(&c, "/meshes/default/meshtrafficpermissions/all", &json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "all",
+            "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}})).await?;
+        let mut out = Vec::new();
+        for name in zones {
+            let dds = free_addr();
+            let cp = ZoneCp::new(
+                &c,
+                name,
+                c.kds_urls_from(0),
+                &["--dds-addr", &dds.to_string()],
+            )
+            .await?;
+            cp.start()?;
+            out.push(Zone { cp, dds });
+        }
+        for z in &out {
+            eventually("the zone's intermediate CA", WAIT, || async {
+                let s = z.cp.status().await.ok()?;
+                (s["intermediates"][0]["mesh"] == "default").then_some(())
+            })
+            .await
+            .with_context(|| z.cp.logs())?;
+        }
+        let dir = c.tmp.path().to_path_buf();
+        Ok(Mesh { c, zones: out, dir })
+    }
+
+    fn zone(&self, name: &str) -> &Zone {
+        self.zones
+            .iter()
+            .find(|z| z.cp.name == name)
+            .expect("a zone of the fixture")
+    }
+
+    async fn token(&self, path: &str, body: Value) -> anyhow::Result<PathBuf> {
+        let (s, v) = self.c.call_retry(Method::POST, path, Some(&body)).await?;
+        anyhow::ensure!(s == StatusCode::CREATED, "{s} {v}");
+        let file = self.dir.join(format!("{}.token", free_addr().port()));
+        std::fs::write(&file, v["token"].as_str().context("token")?)?;
+        Ok(file)
+    }
+
+    fn cp_args(&self, zone: &str, token: &std::path::Path) -> Vec<String> {
+        let z = self.zone(zone);
+        vec![
+            "--cp".into(),
+            format!("https://{}", z.dds),
+            "--cp-ca-file".into(),
+            z.cp.dir.join("api-ca.pem").display().to_string(),
+            "--token-file".into(),
+            token.display().to_string(),
+        ]
+    }
+
+    /// A demo app reporting `instance` in `zone`.
+    fn app(&self, zone: &str, instance: &str, service: &str) -> anyhow::Result<(Proc, u16)> {
+        let listen = free_addr();
+        let args: Vec<String> = [
+            "demo-app",
+            "--listen",
+            &listen.to_string(),
+            "--service",
+            service,
+            "--zone",
+            zone,
+            "--instance",
+            instance,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        Ok((Proc::start(&self.dir, instance, &args)?, listen.port()))
+    }
+
+    /// A sidecar in `zone` for `name` (inbound of `service` to `app_port` when given,
+    /// outbounds to `calls`); returns it, its admin address and its outbound ports.
+    async fn sidecar(
+        &self,
+        zone: &str,
+        name: &str,
+        service: &str,
+        app_port: Option<u16>,
+        calls: &[&str],
+    ) -> anyhow::Result<(Proc, SocketAddr, Vec<u16>)> {
+        let outs: Vec<u16> = calls.iter().map(|_| free_addr().port()).collect();
+        let inbound: Vec<Value> = app_port
+            .map(|p| json!({"port": free_addr().port(), "servicePort": p, "service": service, "protocol": "http"}))
+            .into_iter()
+            .collect();
+        let inbound = if inbound.is_empty() {
+            // A caller only: its identity comes from an inbound that nothing calls.
+            vec![json!({"port": free_addr().port(), "service": service, "protocol": "http"})]
+        } else {
+            inbound
+        };
+        let dp = json!({"type": "Dataplane", "mesh": "default", "name": name, "spec": {
+            "address": "127.0.0.1",
+            "inbound": inbound,
+            "outbound": calls.iter().zip(&outs).map(|(s, p)| json!({"port": p, "service": s})).collect::<Vec<_>>(),
+        }});
+        let file = self.dir.join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec(&dp)?)?;
+        let token = self
+            .token(
+                "/meshes/default/dataplane-token",
+                json!({"service": service}),
+            )
+            .await?;
+        let admin = free_addr();
+        let mut args = vec!["dataplane".to_string()];
+        args.extend(self.cp_args(zone, &token));
+        args.extend([
+            "--dataplane-file".into(),
+            file.display().to_string(),
+            "--admin-addr".into(),
+            admin.to_string(),
+        ]);
+        let p = Proc::start(&self.dir, &format!("sidecar-{name}"), &args)?;
+        ready(&format!("sidecar {name}"), admin, &p).await?;
+        Ok((p, admin, outs))
+    }
+
+    /// An ingress for `zone`; returns it, its listen and admin addresses.
+    async fn ingress(
+        &self,
+        zone: &str,
+        name: &str,
+    ) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
+        let token = self
+            .token(&format!("/zones/{zone}/ingress-token"), json!({}))
+            .await?;
+        let (listen, admin) = (free_addr(), free_addr());
+        let mut args = vec!["ingress".to_string()];
+        args.extend(self.cp_args(zone, &token));
+        args.extend([
+            "--name".into(),
+            name.into(),
+            "--listen".into(),
+            listen.to_string(),
+            "--admin-addr".into(),
+            admin.to_string(),
+        ]);
+        let p = Proc::start(&self.dir, name, &args)?;
+        ready(&format!("ingress {name}"), admin, &p).await?;
+        Ok((p, listen, admin))
+    }
+}
+
+async fn ready(what: &str, admin: SocketAddr, p: &Proc) -> anyhow::Result<()> {
+    let http = plain_http();
+    eventually(&format!("{what} ready"), WAIT, || async {
+        let r = http
+            .get(format!("http://{admin}/ready"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await
+    .with_context(|| p.logs())
+}
+
+/// One call through an outbound port: the demo app's answer.
+async fn call(http: &reqwest::Client, port: u16) -> Option<Value> {
+    let r = http
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    r.json().await.ok()
+}
+
+async fn metric(http: &reqwest::Client, admin: SocketAddr, series: &str) -> f64 {
+    let text = match http.get(format!("http://{admin}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A TLS client that accepts any server: enough to test what the ingress lets through.
+#[derive(Debug)]
+struct AcceptAnyServerForTest(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerForTest {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A TLS handshake with `sni` to `addr`: the server's certificate chain, or the error.
+async fn handshake(addr: SocketAddr, sni: &str) -> anyhow::Result<Vec<Vec<u8>>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServerForTest(provider)))
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string())?;
+    let tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
+    )
+    .await??;
+    Ok(tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.to_vec())
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_crosses_zones_through_the_ingress_with_mtls_end_to_end() -> anyhow::Result<()> {
+    let m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    // backend only in zone-b, two instances; two ingresses there share the load.
+    let (_b1, p1) = m.app("zone-b", "b1", "backend")?;
+    let (_b2, p2) = m.app("zone-b", "b2", "backend")?;
+    let _s1 = m
+        .sidecar("zone-b", "backend-1", "backend", Some(p1), &[])
+        .await?;
+    let _s2 = m
+        .sidecar("zone-b", "backend-2", "backend", Some(p2), &[])
+        .await?;
+    let (_i1, ing1, admin1) = m.ingress("zone-b", "zone-b-ingress-1").await?;
+    let (_i2, _ing2, admin2) = m.ingress("zone-b", "zone-b-ingress-2").await?;
+    let (_web, _, outs) = m
+        .sidecar("zone-a", "web-1", "web", None, &["backend"])
+        .await?;
+    let http = plain_http();
+
+    // zone-a's web reaches both zone-b instances, per request, through both ingresses,
+    // and the backend's sidecar saw web's own identity: the TLS went end to end.
+    let seen = eventually("both zone-b backends answering in zone-a", WAIT, || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let v = call(&http, outs[0]).await?;
+            assert_eq!(v["zone"], "zone-b");
+            assert_eq!(v["peer"], "spiffe://default/web", "{v}");
+            seen.insert(v["instance"].as_str()?.to_string());
+        }
+        (seen.len() == 2).then_some(seen)
+    })
+    .await
+    .with_context(|| m.zone("zone-a").cp.logs())?;
+    assert_eq!(seen.len(), 2);
+    for admin in [admin1, admin2] {
+        let n = metric(
+            &http,
+            admin,
+            "causeway_ingress_connections_total{result=\"forwarded\"}",
+        )
+        .await;
+        assert!(
+            n >= 1.0,
+            "every ingress carries some of the traffic ({admin}: {n})"
+        );
+    }
+
+    // The ZoneIngress on global lists what zone-b offers, with endpoint ids.
+    let (s, v) =
+        m.c.call_retry(
+            Method::GET,
+            "/meshes/default/zoneingresses/zone-b-ingress-1",
+            None,
+        )
+        .await?;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["origin"], "zone-b");
+    let offered = &v["spec"]["availableServices"][0];
+    assert_eq!(offered["service"], "backend");
+    assert_eq!(offered["instances"], 2);
+    assert_eq!(offered["endpoints"].as_array().map(Vec::len), Some(2));
+
+    // The ingress does not terminate TLS: a handshake through it meets the backend
+    // sidecar's own certificate (for spiffe://default/backend), which the ingress never had.
+    let chain = handshake(ing1, "backend.default.causeway").await?;
+    let leaf = causeway_pki::cert_info_der(&chain[0])?;
+    assert!(
+        leaf.uris.iter().any(|u| u == "spiffe://default/backend"),
+        "the certificate behind the ingress is the backend's: {:?}",
+        leaf.uris
+    );
+    let (_, cfg) = {
+        let r = http.get(format!("http://{admin1}/config")).send().await?;
+        (r.status(), r.text().await?)
+    };
+    assert!(
+        !cfg.contains("PRIVATE KEY") && !cfg.contains("CERTIFICATE"),
+        "{cfg}"
+    );
+
+    // What the ingress does not serve is refused: an unknown SNI, no TLS at all.
+    let refused_before = metric(
+        &http,
+        admin1,
+        "causeway_ingress_connections_total{result=\"refused_unknown_sni\"}",
+    )
+    .await;
+    assert!(handshake(ing1, "db.default.causeway").await.is_err());
+    assert!(
+        handshake(ing1, "backend.other-mesh.causeway")
+            .await
+            .is_err()
+    );
+    let refused = metric(
+        &http,
+        admin1,
+        "causeway_ingress_connections_total{result=\"refused_unknown_sni\"}",
+    )
+    .await;
+    assert_eq!(refused - refused_before, 2.0);
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut s = tokio::net::TcpStream::connect(ing1).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n")
+            .await?;
+        let mut buf = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+        assert_eq!(
+            n, 0,
+            "plain HTTP gets nothing back, the connection is closed"
+        );
+    }
+
+    // An ingress token grants no workload certificate.
+    let token = m.token("/zones/zone-b/ingress-token", json!({})).await?;
+    let err = sign_with(&m, "zone-b", &std::fs::read_to_string(&token)?).await;
+    assert!(
+        err.as_ref().is_err_and(|e| e.contains("dataplane token")),
+        "{err:?}"
+    );
+    // And an ingress token for zone-b cannot register an ingress in zone-a.
+    let args = {
+        let mut a = vec!["ingress".to_string()];
+        a.extend(m.cp_args("zone-a", &token));
+        a.extend([
+            "--name".into(),
+            "sneaky".into(),
+            "--listen".into(),
+            free_addr().to_string(),
+            "--admin-addr".into(),
+            free_addr().to_string(),
+        ]);
+        a
+    };
+    let sneaky = Proc::start(&m.dir, "sneaky-ingress", &args)?;
+    eventually("the zone-a refusal in the ingress's log", WAIT, || async {
+        sneaky
+            .logs()
+            .contains("the ingress token is for zone \"zone-b\"")
+            .then_some(())
+    })
+    .await
+    .with_context(|| sneaky.logs())?;
+    Ok(())
+}
+
+/// Asks `zone` for a workload certificate with `token`: the zone's refusal, if any.
+async fn sign_with(m: &Mesh, zone: &str, token: &str) -> Result<(), String> {
+    use causeway_api::kds::dds::SignRequest;
+    use causeway_api::kds::dds::dds_client::DdsClient;
+    let z = m.zone(zone);
+    let ca = std::fs::read_to_string(z.cp.dir.join("api-ca.pem")).map_err(|e| e.to_string())?;
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", z.dds))
+        .map_err(|e| e.to_string())?
+        .tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+        )
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let csr = causeway_pki::generate_csr("x").map_err(|e| e.to_string())?;
+    DdsClient::new(channel)
+        .sign(SignRequest {
+            token: token.to_string(),
+            csr_pem: csr.csr_pem,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|s| s.message().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_stay_local_fail_over_to_another_zone_at_once_and_a_disabled_zone_is_out()
+-> anyhow::Result<()> {
+    let m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    let (local_app, pa) = m.app("zone-a", "a1", "backend")?;
+    let (_bb, pb) = m.app("zone-b", "b1", "backend")?;
+    let _local = m
+        .sidecar("zone-a", "backend-a", "backend", Some(pa), &[])
+        .await?;
+    let _remote = m
+        .sidecar("zone-b", "backend-b", "backend", Some(pb), &[])
+        .await?;
+    let _ia = m.ingress("zone-a", "zone-a-ingress").await?;
+    let _ib = m.ingress("zone-b", "zone-b-ingress").await?;
+    let (web, web_admin, outs) = m
+        .sidecar("zone-a", "web-1", "web", None, &["backend"])
+        .await?;
+    let http = plain_http();
+    let out = outs[0];
+
+    // Wait until zone-b is known to web as the failover group, then: all calls local.
+    eventually("zone-b in web's config", WAIT, || async {
+        let cfg: Value = http
+            .get(format!("http://{web_admin}/config"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let groups = &cfg["config"]["outbounds"][0]["groups"];
+        (groups[0]["zone"] == "zone-a" && groups[1]["zone"] == "zone-b").then_some(())
+    })
+    .await
+    .with_context(|| web.logs())?;
+    for _ in 0..30 {
+        let v = call(&http, out).await.context("a local call")?;
+        assert_eq!(
+            v["zone"], "zone-a",
+            "with a healthy local endpoint, calls stay local"
+        );
+    }
+
+    // kill -9 zone-a's backend (the app; its sidecar lives on and still registers the
+    // endpoint): traffic moves to zone-b on the data plane's evidence alone.
+    local_app.kill();
+    let killed = Instant::now();
+    let mut failed = 0;
+    let moved = loop {
+        match call(&http, out).await {
+            Some(v) if v["zone"] == "zone-b" => break killed.elapsed(),
+            Some(_) => {}
+            None => failed += 1,
+        }
+        anyhow::ensure!(killed.elapsed() < WAIT, "traffic never moved to zone-b");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    eprintln!("failover to zone-b: {moved:?}, {failed} failed requests");
+    assert!(moved < Duration::from_secs(1), "failover took {moved:?}");
+    assert!(failed <= 3, "{failed} requests failed during failover");
+    for _ in 0..20 {
+        let v = call(&http, out).await.context("a call after failover")?;
+        assert_eq!(v["zone"], "zone-b");
+    }
+
+    // zone-b disabled: its endpoints leave zone-a's configs, calls get no answer.
+    put(
+        &m.c,
+        "/zones/zone-b",
+        &json!({"type": "Zone", "name": "zone-b", "spec": {"enabled": false}}),
+    )
+    .await?;
+    eventually(
+        "zone-b's endpoints gone from web's config",
+        WAIT,
+        || async {
+            let cfg: Value = http
+                .get(format!("http://{web_admin}/config"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let groups = cfg["config"]["outbounds"][0]["groups"].as_array()?.clone();
+            groups.iter().all(|g| g["zone"] != "zone-b").then_some(())
+        },
+    )
+    .await?;
+    let r = http.get(format!("http://127.0.0.1:{out}/")).send().await?;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! Zone ingresses: what each one routes, and what it offers other zones. Both are a
+//! pure function of the zone's dataplanes in the mesh, like proxy configs.
+//!
+//! An ingress never terminates the mesh's mTLS: it routes a connection by the SNI of its
+//! ClientHello to a sidecar inbound, which terminates it. `service.mesh.causeway` reaches
+//! any endpoint of the service; `<id>.service.mesh.causeway` one endpoint, so sidecars in
+//! other zones can balance requests per endpoint rather than per ingress connection.
+
+use std::collections::BTreeMap;
+
+use causeway_api::proxy_config::{IngressConfig, IngressTarget, endpoint_sni, ingress_sni};
+use causeway_api::{AvailableService, DataplaneSpec, Protocol};
+use sha2::Digest as _;
+
+use crate::proxy_config::{ComputeError, MeshInputs, decode};
+
+/// The opaque id of a local endpoint in SNI: stable for the same address and port,
+/// revealing neither.
+pub fn endpoint_id(address: &str, port: u16) -> String {
+    let digest = sha2::Sha256::digest(format!("{address}:{port}").as_bytes());
+    format!("e{}", &hex::encode(&digest[..6]))
+}
+
+/// The routes of ingress `name` and the services it offers other zones.
+pub fn compute(
+    inputs: &MeshInputs,
+    mesh: &str,
+    name: &str,
+    refusing: Option<String>,
+) -> Result<(IngressConfig, Vec<AvailableService>), ComputeError> {
+    if inputs.mesh.is_none() {
+        return Err(ComputeError::NoMesh(mesh.to_string()));
+    }
+    // service -> (protocol, endpoints)
+    let mut services: BTreeMap<String, (Protocol, Vec<IngressTarget>)> = BTreeMap::new();
+    for d in &inputs.dataplanes {
+        let Ok(s) = decode::<DataplaneSpec>(d) else {
+            continue;
+        };
+        let address = s.advertised_address.clone().unwrap_or(s.address.clone());
+        for ib in &s.inbound {
+            let e = services.entry(ib.service.clone()).or_default();
+            e.0 = e.0.max(ib.protocol);
+            e.1.push(IngressTarget {
+                address: address.clone(),
+                port: ib.port,
+            });
+        }
+    }
+    let mut routes = BTreeMap::new();
+    let mut available = Vec::new();
+    for (service, (protocol, mut targets)) in services {
+        targets.sort();
+        targets.dedup();
+        let mut ids = Vec::with_capacity(targets.len());
+        for t in &targets {
+            let id = endpoint_id(&t.address, t.port);
+            routes.insert(endpoint_sni(&id, &service, mesh), vec![t.clone()]);
+            ids.push(id);
+        }
+        ids.sort();
+        available.push(AvailableService {
+            service: service.clone(),
+            tags: BTreeMap::new(),
+            instances: targets.len() as u32,
+            protocol: Some(protocol),
+            endpoints: ids,
+        });
+        routes.insert(ingress_sni(&service, mesh), targets);
+    }
+    let mut config = IngressConfig {
+        version: String::new(),
+        mesh: mesh.to_string(),
+        zone: inputs.zone.clone(),
+        name: name.to_string(),
+        refusing,
+        routes,
+    };
+    let body = serde_json::to_vec(&config).expect("configs serialize");
+    config.version = hex::encode(&sha2::Sha256::digest(&body)[..8]);
+    Ok((config, available))
+}
+
+#[cfg(test)]
+mod tests {
+    use causeway_api::Resource;
+    use serde_json::json;
+
+    use super::*;
+
+    fn dataplane(name: &str, address: &str, inbounds: serde_json::Value) -> Resource {
+        Resource::from_json(
+            json!({"type": "Dataplane", "mesh": "default", "name": name,
+                   "spec": {"address": address, "inbound": inbounds}})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn inputs(dataplanes: Vec<Resource>) -> MeshInputs {
+        MeshInputs {
+            zone: "zone-b".into(),
+            mesh: Some(
+                Resource::from_json(br#"{"type":"Mesh","name":"default","spec":{}}"#).unwrap(),
+            ),
+            dataplanes,
+            ..MeshInputs::default()
+        }
+    }
+
+    #[test]
+    fn routes_each_service_and_each_endpoint_and_offers_them() {
+        let i = inputs(vec![
+            dataplane(
+                "backend-1",
+                "10.0.0.1",
+                json!([{"port": 8001, "service": "backend", "protocol": "http"}]),
+            ),
+            dataplane(
+                "backend-2",
+                "10.0.0.2",
+                json!([{"port": 8001, "service": "backend"}]),
+            ),
+            dataplane("db-1", "10.0.0.3", json!([{"port": 5432, "service": "db"}])),
+        ]);
+        let (cfg, available) = compute(&i, "default", "ingress-1", None).unwrap();
+        let t = |a: &str, p| IngressTarget {
+            address: a.into(),
+            port: p,
+        };
+        assert_eq!(
+            cfg.routes["backend.default.causeway"],
+            vec![t("10.0.0.1", 8001), t("10.0.0.2", 8001)]
+        );
+        let id = endpoint_id("10.0.0.2", 8001);
+        assert_eq!(
+            cfg.routes[&format!("{id}.backend.default.causeway")],
+            vec![t("10.0.0.2", 8001)]
+        );
+        assert_eq!(cfg.routes.len(), 5, "{:?}", cfg.routes.keys());
+        assert_eq!(available.len(), 2);
+        assert_eq!(available[0].service, "backend");
+        assert_eq!(available[0].instances, 2);
+        assert_eq!(available[0].protocol, Some(Protocol::Http));
+        assert!(available[0].endpoints.contains(&id));
+        assert_eq!(available[1].protocol, Some(Protocol::Tcp));
+        // The ids are valid in a ZoneIngress and stable.
+        assert_eq!(id, endpoint_id("10.0.0.2", 8001));
+        assert_ne!(id, endpoint_id("10.0.0.2", 8002));
+        // Same inputs, same version; a refusal changes it.
+        assert_eq!(
+            compute(&i, "default", "ingress-1", None).unwrap().0.version,
+            cfg.version
+        );
+        let refusing = compute(&i, "default", "ingress-1", Some("drill".into()))
+            .unwrap()
+            .0;
+        assert_ne!(refusing.version, cfg.version);
+    }
+
+    #[test]
+    fn no_mesh_no_config() {
+        let mut i = inputs(vec![]);
+        i.mesh = None;
+        assert!(compute(&i, "default", "ingress-1", None).is_err());
+    }
+}
