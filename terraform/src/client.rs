@@ -77,7 +77,9 @@ impl std::fmt::Display for CallError {
 impl Client {
     pub fn new(conn: Connection) -> Result<Client, String> {
         if conn.addrs.is_empty() {
-            return Err("no API address: set `address` in the provider block or CAUSEWAY_ADDR".into());
+            return Err(
+                "no API address: set `address` in the provider block or CAUSEWAY_ADDR".into(),
+            );
         }
         let mut b = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
@@ -93,7 +95,9 @@ impl Client {
         Ok(Client {
             addrs: conn.addrs,
             token: conn.token,
-            http: b.build().map_err(|e| format!("building the HTTP client: {e}"))?,
+            http: b
+                .build()
+                .map_err(|e| format!("building the HTTP client: {e}"))?,
         })
     }
 

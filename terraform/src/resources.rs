@@ -463,23 +463,29 @@ fn validate_config(def: &ResourceDef, config: &Value) -> Diags {
 fn build(def: &ResourceDef, v: &Value) -> Result<(Resource, String), Diags> {
     let (kind, info, spec_json) = match &def.kind {
         Kind::Object { info, spec, .. } => {
-            let spec_json = tf_to_json(spec, v, &[]).map_err(|e| {
-                vec![Diag::new(format!("invalid value: {}", e.reason)).at(e.path)]
-            })?;
+            let spec_json = tf_to_json(spec, v, &[])
+                .map_err(|e| vec![Diag::new(format!("invalid value: {}", e.reason)).at(e.path)])?;
             (info.kind.to_owned(), *info, spec_json)
         }
         Kind::Generic => {
             let kind = str_attr(v, "type");
             let info = causeway_api::type_info(&kind).ok_or_else(|| {
                 let known: Vec<&str> = causeway_api::types().iter().map(|t| t.kind).collect();
-                vec![Diag::new(format!("unknown type {kind:?}; known: {}", known.join(", ")))
-                    .at(vec![Step::Attr("type".into())])]
+                vec![
+                    Diag::new(format!(
+                        "unknown type {kind:?}; known: {}",
+                        known.join(", ")
+                    ))
+                    .at(vec![Step::Attr("type".into())]),
+                ]
             })?;
             let text = str_attr(v, "spec");
             let spec_json: Json = serde_yaml::from_str::<Option<Json>>(&text)
                 .map_err(|e| {
-                    vec![Diag::new(format!("spec is not YAML or JSON: {e}"))
-                        .at(vec![Step::Attr("spec".into())])]
+                    vec![
+                        Diag::new(format!("spec is not YAML or JSON: {e}"))
+                            .at(vec![Step::Attr("spec".into())]),
+                    ]
                 })?
                 .unwrap_or_else(|| json!({}));
             (kind, info, spec_json)
@@ -544,8 +550,8 @@ fn state_from_remote(def: &ResourceDef, remote: &Json, prior: &Value) -> Value {
                 .ok()
                 .flatten()
                 .unwrap_or_else(|| json!({}));
-            let keep = !prior.is_null()
-                && info.is_some_and(|i| same_spec(i, &prior_spec, &remote_spec));
+            let keep =
+                !prior.is_null() && info.is_some_and(|i| same_spec(i, &prior_spec, &remote_spec));
             let spec = if keep {
                 prior.get("spec").clone()
             } else {
@@ -671,14 +677,26 @@ async fn apply_object(
         // What exists if issuing fails: the zone, without a token (the next plan issues one).
         let mut tokenless = state.clone();
         for n in ZONE_TOKEN_OUTPUTS {
-            tokenless.set(n, if prior.is_null() { Value::Null } else { prior.get(n).clone() });
+            tokenless.set(
+                n,
+                if prior.is_null() {
+                    Value::Null
+                } else {
+                    prior.get(n).clone()
+                },
+            );
         }
         let mut body = json!({});
         if let Some(v) = planned.get("token_valid_for").as_str() {
             body["validFor"] = json!(v);
         }
         let (_, issued) = client
-            .call(Method::POST, &format!("/zones/{}/token", r.name), Some(&body), None)
+            .call(
+                Method::POST,
+                &format!("/zones/{}/token", r.name),
+                Some(&body),
+                None,
+            )
             .await
             .map_err(|e| {
                 let mut d = call_diags(&e, &format!("issuing a token for {what}"), None);
@@ -689,8 +707,14 @@ async fn apply_object(
                 }
                 (tokenless.clone(), d)
             })?;
-        state.set("token", Value::opt_string(issued.get("token").and_then(Json::as_str)));
-        state.set("token_id", Value::opt_string(issued.get("id").and_then(Json::as_str)));
+        state.set(
+            "token",
+            Value::opt_string(issued.get("token").and_then(Json::as_str)),
+        );
+        state.set(
+            "token_id",
+            Value::opt_string(issued.get("id").and_then(Json::as_str)),
+        );
         state.set(
             "token_expires_at",
             Value::opt_string(issued.get("expiresAt").and_then(Json::as_str)),
@@ -713,7 +737,9 @@ async fn apply_object(
 
 /// A version conflict explained in Terraform's terms; other errors on their attributes.
 fn conflict_or(e: CallError, what: &str, spec: Option<&Block>) -> Diags {
-    if e.status() == Some(StatusCode::CONFLICT) && e.field_errors().iter().any(|(f, _)| f == "version") {
+    if e.status() == Some(StatusCode::CONFLICT)
+        && e.field_errors().iter().any(|(f, _)| f == "version")
+    {
         return vec![Diag::new(format!("{what} was changed by someone else since Terraform read it"))
             .detail(format!(
                 "{}. Nothing was overwritten. Run `terraform plan` again to see the change and decide.",
@@ -734,7 +760,11 @@ async fn issue_token(client: &Client, def: &ResourceDef, planned: &Value) -> Res
             (
                 format!("/meshes/{}/dataplane-token", str_attr(planned, "mesh")),
                 "a dataplane token".into(),
-                &[("service", "service"), ("validFor", "valid_for"), ("name", "mesh")],
+                &[
+                    ("service", "service"),
+                    ("validFor", "valid_for"),
+                    ("name", "mesh"),
+                ],
             )
         }
         _ => (
@@ -758,8 +788,14 @@ async fn issue_token(client: &Client, def: &ResourceDef, planned: &Value) -> Res
             d
         })?;
     let mut state = planned.clone();
-    state.set("id", Value::opt_string(issued.get("id").and_then(Json::as_str)));
-    state.set("token", Value::opt_string(issued.get("token").and_then(Json::as_str)));
+    state.set(
+        "id",
+        Value::opt_string(issued.get("id").and_then(Json::as_str)),
+    );
+    state.set(
+        "token",
+        Value::opt_string(issued.get("token").and_then(Json::as_str)),
+    );
     state.set(
         "expires_at",
         Value::opt_string(issued.get("expiresAt").and_then(Json::as_str)),
@@ -776,7 +812,11 @@ pub async fn read(client: &Client, def: &ResourceDef, prior: &Value) -> Result<V
         Kind::Object { zone, .. } => {
             let (r, path) = build(def, prior)?;
             let what = describe(&r.kind, r.mesh.as_deref().unwrap_or(""), &r.name);
-            let Some(remote) = client.get(&path).await.map_err(|e| call_diags(&e, &what, None))? else {
+            let Some(remote) = client
+                .get(&path)
+                .await
+                .map_err(|e| call_diags(&e, &what, None))?
+            else {
                 return Ok(Value::Null);
             };
             let mut state = state_from_remote(def, &remote, prior);
@@ -792,7 +832,10 @@ pub async fn read(client: &Client, def: &ResourceDef, prior: &Value) -> Result<V
                     .and_then(Json::as_array)
                     .into_iter()
                     .flatten()
-                    .any(|t| t.get("id").and_then(Json::as_str) == Some(id) && t.get("expired") != Some(&json!(true)));
+                    .any(|t| {
+                        t.get("id").and_then(Json::as_str) == Some(id)
+                            && t.get("expired") != Some(&json!(true))
+                    });
                 if !alive {
                     for n in ZONE_TOKEN_OUTPUTS {
                         state.set(n, Value::Null);
@@ -804,7 +847,11 @@ pub async fn read(client: &Client, def: &ResourceDef, prior: &Value) -> Result<V
         Kind::Generic => {
             let (r, path) = build(def, prior)?;
             let what = describe(&r.kind, r.mesh.as_deref().unwrap_or(""), &r.name);
-            match client.get(&path).await.map_err(|e| call_diags(&e, &what, None))? {
+            match client
+                .get(&path)
+                .await
+                .map_err(|e| call_diags(&e, &what, None))?
+            {
                 None => Ok(Value::Null),
                 Some(remote) => Ok(state_from_remote(def, &remote, prior)),
             }
@@ -817,9 +864,7 @@ pub async fn read(client: &Client, def: &ResourceDef, prior: &Value) -> Result<V
 pub async fn import(client: &Client, def: &ResourceDef, id: &str) -> Result<Value, Diags> {
     let parts: Vec<&str> = id.split('/').collect();
     let (info, mesh, name, hint) = match &def.kind {
-        Kind::Object { info, .. } if info.scope == Scope::Global => {
-            (*info, "", parts[0], "NAME")
-        }
+        Kind::Object { info, .. } if info.scope == Scope::Global => (*info, "", parts[0], "NAME"),
         Kind::Object { info, .. } => match parts.as_slice() {
             [m, n] => (*info, *m, *n, "MESH/NAME"),
             _ => (*info, "", "", "MESH/NAME"),
@@ -827,9 +872,17 @@ pub async fn import(client: &Client, def: &ResourceDef, id: &str) -> Result<Valu
         Kind::Generic => match parts.as_slice() {
             [t, m, n] => match causeway_api::type_info(t) {
                 Some(info) => (info, *m, *n, "TYPE/MESH/NAME"),
-                None => return Err(vec![Diag::new(format!("unknown type {t:?} in import id {id:?}"))]),
+                None => {
+                    return Err(vec![Diag::new(format!(
+                        "unknown type {t:?} in import id {id:?}"
+                    ))]);
+                }
             },
-            _ => return Err(vec![Diag::new(format!("import id {id:?} is not TYPE/MESH/NAME, e.g. MeshTimeout/default/backend"))]),
+            _ => {
+                return Err(vec![Diag::new(format!(
+                    "import id {id:?} is not TYPE/MESH/NAME, e.g. MeshTimeout/default/backend"
+                ))]);
+            }
         },
         Kind::DataplaneToken | Kind::IngressToken => {
             return Err(vec![Diag::new(format!("{} cannot be imported", def.name)).detail(
@@ -845,7 +898,11 @@ pub async fn import(client: &Client, def: &ResourceDef, id: &str) -> Result<Valu
         .get(&api_path(info, mesh, name))
         .await
         .map_err(|e| call_diags(&e, &what, None))?
-        .ok_or_else(|| vec![Diag::new(format!("{what} does not exist; nothing to import"))])?;
+        .ok_or_else(|| {
+            vec![Diag::new(format!(
+                "{what} does not exist; nothing to import"
+            ))]
+        })?;
     let mut state = state_from_remote(def, &remote, &Value::Null);
     // Every attribute present, null when unset, as Terraform expects of a state.
     for a in &def.schema.attrs {
@@ -878,7 +935,11 @@ pub fn data_sources() -> Vec<DataSourceDef> {
                 attrs: vec![
                     s("name", Mode::Required, "The mesh."),
                     labels_out(),
-                    s("spec_json", Mode::Computed, "Its spec as JSON (`jsondecode` it)."),
+                    s(
+                        "spec_json",
+                        Mode::Computed,
+                        "Its spec as JSON (`jsondecode` it).",
+                    ),
                     version_attr(),
                 ],
                 blocks: vec![],
@@ -888,7 +949,12 @@ pub fn data_sources() -> Vec<DataSourceDef> {
             name: "causeway_meshes".into(),
             schema: Block {
                 description: "The names of every mesh.".into(),
-                attrs: vec![Attr::new("names", TfType::List(Box::new(TfType::String)), Mode::Computed, "Mesh names, sorted.")],
+                attrs: vec![Attr::new(
+                    "names",
+                    TfType::List(Box::new(TfType::String)),
+                    Mode::Computed,
+                    "Mesh names, sorted.",
+                )],
                 blocks: vec![],
             },
         },
@@ -898,9 +964,23 @@ pub fn data_sources() -> Vec<DataSourceDef> {
                 description: "One zone, with its live state.".into(),
                 attrs: vec![
                     s("name", Mode::Required, "The zone."),
-                    Attr::new("enabled", TfType::Bool, Mode::Computed, "Whether the zone may connect."),
-                    Attr::new("online", TfType::Bool, Mode::Computed, "Whether its zone control plane is connected now."),
-                    s("status_json", Mode::Computed, "The full status the API reports, as JSON."),
+                    Attr::new(
+                        "enabled",
+                        TfType::Bool,
+                        Mode::Computed,
+                        "Whether the zone may connect.",
+                    ),
+                    Attr::new(
+                        "online",
+                        TfType::Bool,
+                        Mode::Computed,
+                        "Whether its zone control plane is connected now.",
+                    ),
+                    s(
+                        "status_json",
+                        Mode::Computed,
+                        "The full status the API reports, as JSON.",
+                    ),
                     version_attr(),
                 ],
                 blocks: vec![],
@@ -910,7 +990,12 @@ pub fn data_sources() -> Vec<DataSourceDef> {
             name: "causeway_zones".into(),
             schema: Block {
                 description: "Every zone and whether it is online.".into(),
-                attrs: vec![Attr::new("zones", TfType::List(Box::new(zone_obj)), Mode::Computed, "`{name, enabled, online}` per zone, by name.")],
+                attrs: vec![Attr::new(
+                    "zones",
+                    TfType::List(Box::new(zone_obj)),
+                    Mode::Computed,
+                    "`{name, enabled, online}` per zone, by name.",
+                )],
                 blocks: vec![],
             },
         },
@@ -935,9 +1020,18 @@ pub fn data_sources() -> Vec<DataSourceDef> {
             schema: Block {
                 description: "The names of the policies of one kind in a mesh.".into(),
                 attrs: vec![
-                    s("type", Mode::Required, "The kind, e.g. `MeshTrafficPermission`."),
+                    s(
+                        "type",
+                        Mode::Required,
+                        "The kind, e.g. `MeshTrafficPermission`.",
+                    ),
                     s("mesh", Mode::Required, "The mesh."),
-                    Attr::new("names", TfType::List(Box::new(TfType::String)), Mode::Computed, "Policy names, sorted."),
+                    Attr::new(
+                        "names",
+                        TfType::List(Box::new(TfType::String)),
+                        Mode::Computed,
+                        "Policy names, sorted.",
+                    ),
                 ],
                 blocks: vec![],
             },
@@ -946,7 +1040,12 @@ pub fn data_sources() -> Vec<DataSourceDef> {
 }
 
 fn labels_out() -> Attr {
-    Attr::new("labels", TfType::Map(Box::new(TfType::String)), Mode::Computed, "Labels.")
+    Attr::new(
+        "labels",
+        TfType::Map(Box::new(TfType::String)),
+        Mode::Computed,
+        "Labels.",
+    )
 }
 
 async fn list_all(client: &Client, base: &str) -> Result<Vec<Json>, Diags> {
@@ -962,7 +1061,12 @@ async fn list_all(client: &Client, base: &str) -> Result<Vec<Json>, Diags> {
             .await
             .map_err(|e| call_diags(&e, &format!("listing {base}"), None))?
             .unwrap_or(Json::Null);
-        items.extend(page.get("items").and_then(Json::as_array).cloned().unwrap_or_default());
+        items.extend(
+            page.get("items")
+                .and_then(Json::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        );
         match page.get("next").and_then(Json::as_str) {
             Some(n) if !n.is_empty() => after = Some(n.to_owned()),
             _ => return Ok(items),
@@ -980,7 +1084,11 @@ fn names(items: &[Json]) -> Value {
 }
 
 /// Reads a data source.
-pub async fn read_data(client: &Client, def: &DataSourceDef, config: &Value) -> Result<Value, Diags> {
+pub async fn read_data(
+    client: &Client,
+    def: &DataSourceDef,
+    config: &Value,
+) -> Result<Value, Diags> {
     let mut state = config.clone();
     let not_found = |what: String| vec![Diag::new(format!("{what} does not exist"))];
     let fail = |what: &str| {
@@ -991,9 +1099,19 @@ pub async fn read_data(client: &Client, def: &DataSourceDef, config: &Value) -> 
         "causeway_mesh" => {
             let name = str_attr(config, "name");
             let what = describe("Mesh", "", &name);
-            let r = client.get(&format!("/meshes/{name}")).await.map_err(fail(&what))?.ok_or_else(|| not_found(what.clone()))?;
-            state.set("labels", crate::value::from_json(r.get("labels").unwrap_or(&json!({}))));
-            state.set("spec_json", Value::string(r.get("spec").unwrap_or(&json!({})).to_string()));
+            let r = client
+                .get(&format!("/meshes/{name}"))
+                .await
+                .map_err(fail(&what))?
+                .ok_or_else(|| not_found(what.clone()))?;
+            state.set(
+                "labels",
+                crate::value::from_json(r.get("labels").unwrap_or(&json!({}))),
+            );
+            state.set(
+                "spec_json",
+                Value::string(r.get("spec").unwrap_or(&json!({})).to_string()),
+            );
             state.set("version", version_of(&r));
         }
         "causeway_meshes" => {
@@ -1002,22 +1120,64 @@ pub async fn read_data(client: &Client, def: &DataSourceDef, config: &Value) -> 
         "causeway_zone" => {
             let name = str_attr(config, "name");
             let what = describe("Zone", "", &name);
-            let r = client.get(&format!("/zones/{name}")).await.map_err(fail(&what))?.ok_or_else(|| not_found(what.clone()))?;
-            state.set("enabled", Value::Bool(r.pointer("/spec/enabled").and_then(Json::as_bool).unwrap_or(true)));
-            state.set("online", Value::Bool(r.pointer("/status/online").and_then(Json::as_bool).unwrap_or(false)));
-            state.set("status_json", Value::string(r.get("status").unwrap_or(&json!({})).to_string()));
+            let r = client
+                .get(&format!("/zones/{name}"))
+                .await
+                .map_err(fail(&what))?
+                .ok_or_else(|| not_found(what.clone()))?;
+            state.set(
+                "enabled",
+                Value::Bool(
+                    r.pointer("/spec/enabled")
+                        .and_then(Json::as_bool)
+                        .unwrap_or(true),
+                ),
+            );
+            state.set(
+                "online",
+                Value::Bool(
+                    r.pointer("/status/online")
+                        .and_then(Json::as_bool)
+                        .unwrap_or(false),
+                ),
+            );
+            state.set(
+                "status_json",
+                Value::string(r.get("status").unwrap_or(&json!({})).to_string()),
+            );
             state.set("version", version_of(&r));
         }
         "causeway_zones" => {
             let mut zones = list_all(client, "/zones").await?;
-            zones.sort_by(|a, b| a.get("name").and_then(Json::as_str).cmp(&b.get("name").and_then(Json::as_str)));
+            zones.sort_by(|a, b| {
+                a.get("name")
+                    .and_then(Json::as_str)
+                    .cmp(&b.get("name").and_then(Json::as_str))
+            });
             let list = zones
                 .iter()
                 .map(|z| {
                     Value::Map(BTreeMap::from([
-                        ("name".into(), Value::opt_string(z.get("name").and_then(Json::as_str))),
-                        ("enabled".into(), Value::Bool(z.pointer("/spec/enabled").and_then(Json::as_bool).unwrap_or(true))),
-                        ("online".into(), Value::Bool(z.pointer("/status/online").and_then(Json::as_bool).unwrap_or(false))),
+                        (
+                            "name".into(),
+                            Value::opt_string(z.get("name").and_then(Json::as_str)),
+                        ),
+                        (
+                            "enabled".into(),
+                            Value::Bool(
+                                z.pointer("/spec/enabled")
+                                    .and_then(Json::as_bool)
+                                    .unwrap_or(true),
+                            ),
+                        ),
+                        (
+                            "online".into(),
+                            Value::Bool(
+                                z.pointer("/status/online")
+                                    .and_then(Json::as_bool)
+                                    .unwrap_or(false),
+                            ),
+                        ),
                     ]))
                 })
                 .collect();
@@ -1026,20 +1186,35 @@ pub async fn read_data(client: &Client, def: &DataSourceDef, config: &Value) -> 
         "causeway_policy" | "causeway_policies" => {
             let kind = str_attr(config, "type");
             let mesh = str_attr(config, "mesh");
-            let info = causeway_api::type_info(&kind).filter(|t| t.scope == Scope::Mesh).ok_or_else(|| {
-                vec![Diag::new(format!("{kind:?} is not a policy kind")).at(vec![Step::Attr("type".into())])]
-            })?;
+            let info = causeway_api::type_info(&kind)
+                .filter(|t| t.scope == Scope::Mesh)
+                .ok_or_else(|| {
+                    vec![
+                        Diag::new(format!("{kind:?} is not a policy kind"))
+                            .at(vec![Step::Attr("type".into())]),
+                    ]
+                })?;
             if def.name == "causeway_policies" {
                 let items = list_all(client, &format!("/meshes/{mesh}/{}", info.plural)).await?;
                 state.set("names", names(&items));
             } else {
                 let name = str_attr(config, "name");
                 let what = describe(&kind, &mesh, &name);
-                let r = client.get(&api_path(info, &mesh, &name)).await.map_err(fail(&what))?.ok_or_else(|| not_found(what.clone()))?;
+                let r = client
+                    .get(&api_path(info, &mesh, &name))
+                    .await
+                    .map_err(fail(&what))?
+                    .ok_or_else(|| not_found(what.clone()))?;
                 let spec = r.get("spec").cloned().unwrap_or_else(|| json!({}));
-                state.set("labels", crate::value::from_json(r.get("labels").unwrap_or(&json!({}))));
+                state.set(
+                    "labels",
+                    crate::value::from_json(r.get("labels").unwrap_or(&json!({}))),
+                );
                 state.set("spec_json", Value::string(spec.to_string()));
-                state.set("spec_yaml", Value::string(serde_yaml::to_string(&spec).unwrap_or_default()));
+                state.set(
+                    "spec_yaml",
+                    Value::string(serde_yaml::to_string(&spec).unwrap_or_default()),
+                );
                 state.set("version", version_of(&r));
             }
         }

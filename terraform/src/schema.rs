@@ -41,8 +41,10 @@ impl TfType {
             TfType::List(t) => json!(["list", t.to_json()]),
             TfType::Map(t) => json!(["map", t.to_json()]),
             TfType::Object(attrs) => {
-                let m: Map<String, Json> =
-                    attrs.iter().map(|(k, t)| (k.clone(), t.to_json())).collect();
+                let m: Map<String, Json> = attrs
+                    .iter()
+                    .map(|(k, t)| (k.clone(), t.to_json()))
+                    .collect();
                 json!(["object", m])
             }
         }
@@ -132,7 +134,8 @@ pub fn snake_case(s: &str) -> String {
     let mut out = String::new();
     for (i, &c) in chars.iter().enumerate() {
         if c.is_ascii_uppercase() {
-            let prev_lower = i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
+            let prev_lower =
+                i > 0 && (chars[i - 1].is_ascii_lowercase() || chars[i - 1].is_ascii_digit());
             let next_lower = chars.get(i + 1).is_some_and(|n| n.is_ascii_lowercase());
             let prev_upper = i > 0 && chars[i - 1].is_ascii_uppercase();
             if i > 0 && (prev_lower || (prev_upper && next_lower)) {
@@ -304,7 +307,11 @@ fn shape(root: &Json, node: &Json, depth: usize) -> Shape {
                 }
             }
         }
-        _ if types.len() > 1 && types.iter().all(|t| matches!(*t, "string" | "integer" | "number")) => {
+        _ if types.len() > 1
+            && types
+                .iter()
+                .all(|t| matches!(*t, "string" | "integer" | "number")) =>
+        {
             Shape::Scalar(TfType::String, Coerce::NumberOrString)
         }
         _ => Shape::Json,
@@ -313,7 +320,9 @@ fn shape(root: &Json, node: &Json, depth: usize) -> Shape {
 
 /// Adds `extra`'s properties and required fields to the object schema `into`.
 fn merge_object(into: &mut Json, extra: &Json) {
-    let Some(obj) = into.as_object_mut() else { return };
+    let Some(obj) = into.as_object_mut() else {
+        return;
+    };
     obj.insert("type".into(), json!("object"));
     obj.entry("properties").or_insert_with(|| json!({}));
     if let (Some(Json::Object(p)), Some(Json::Object(e))) =
@@ -371,8 +380,12 @@ fn object_block(root: &Json, node: &Json, props: &Map<String, Json>, depth: usiz
         };
         match shape(root, prop, depth + 1) {
             Shape::Scalar(t, c) => block.attrs.push(attr(t, c)),
-            Shape::ListOfScalars(t) => block.attrs.push(attr(TfType::List(Box::new(t)), Coerce::None)),
-            Shape::MapOfScalars(t) => block.attrs.push(attr(TfType::Map(Box::new(t)), Coerce::None)),
+            Shape::ListOfScalars(t) => block
+                .attrs
+                .push(attr(TfType::List(Box::new(t)), Coerce::None)),
+            Shape::MapOfScalars(t) => block
+                .attrs
+                .push(attr(TfType::Map(Box::new(t)), Coerce::None)),
             Shape::Json => block.attrs.push(attr(TfType::String, Coerce::Json)),
             Shape::Object(mut b) => {
                 if b.description.is_empty() {
@@ -534,7 +547,11 @@ pub fn tf_to_json(b: &Block, v: &Value, path: &[Step]) -> Result<Json, ConvertEr
                 }
                 let mut arr = Vec::new();
                 for (i, item) in items.iter().enumerate() {
-                    arr.push(tf_to_json(&nb.block, item, &with(&here, Step::Index(i as i64)))?);
+                    arr.push(tf_to_json(
+                        &nb.block,
+                        item,
+                        &with(&here, Step::Index(i as i64)),
+                    )?);
                 }
                 out.insert(nb.json.clone(), Json::Array(arr));
             }
@@ -629,7 +646,11 @@ pub fn api_path_to_tf(spec_block: &Block, field: &str) -> Vec<Step> {
                 }
             }
             block = &nb.block;
-        } else if let Some(a) = block.attrs.iter().find(|a| a.json.as_deref() == Some(name.as_str())) {
+        } else if let Some(a) = block
+            .attrs
+            .iter()
+            .find(|a| a.json.as_deref() == Some(name.as_str()))
+        {
             out.push(Step::Attr(a.name.clone()));
             match (&a.ty, it.next()) {
                 (TfType::List(_), Some(Step::Index(i))) => out.push(Step::Index(i)),
@@ -672,12 +693,27 @@ mod tests {
         let b = timeout_block();
         let to = b.blocks.iter().find(|nb| nb.name == "to").unwrap();
         assert_eq!(to.nesting, Nesting::List);
-        let tr = to.block.blocks.iter().find(|nb| nb.name == "target_ref").unwrap();
+        let tr = to
+            .block
+            .blocks
+            .iter()
+            .find(|nb| nb.name == "target_ref")
+            .unwrap();
         assert_eq!(tr.nesting, Nesting::Single);
         let kind = tr.block.attrs.iter().find(|a| a.name == "kind").unwrap();
         assert_eq!(kind.mode, Mode::Required);
-        let default = to.block.blocks.iter().find(|nb| nb.name == "default").unwrap();
-        let ct = default.block.attrs.iter().find(|a| a.name == "connect_timeout").unwrap();
+        let default = to
+            .block
+            .blocks
+            .iter()
+            .find(|nb| nb.name == "default")
+            .unwrap();
+        let ct = default
+            .block
+            .attrs
+            .iter()
+            .find(|a| a.name == "connect_timeout")
+            .unwrap();
         assert_eq!(ct.ty, TfType::String);
         assert!(!ct.description.is_empty());
     }
@@ -689,7 +725,9 @@ mod tests {
             {"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "2s", "http": {"requestTimeout": "5s"}}}]});
         let tf = json_to_tf(&b, &spec);
         assert_eq!(tf.get("to").clone(), {
-            let Value::List(items) = tf.get("to") else { panic!() };
+            let Value::List(items) = tf.get("to") else {
+                panic!()
+            };
             Value::List(items.clone())
         });
         assert_eq!(tf_to_json(&b, &tf, &[]).unwrap(), spec);

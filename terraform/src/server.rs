@@ -66,7 +66,9 @@ pub async fn serve(defaults: Defaults) -> anyhow::Result<()> {
             rcgen::ExtendedKeyUsagePurpose::ServerAuth,
             rcgen::ExtendedKeyUsagePurpose::ClientAuth,
         ];
-        let cert = params.self_signed(&key).context("self-signing the plugin certificate")?;
+        let cert = params
+            .self_signed(&key)
+            .context("self-signing the plugin certificate")?;
         cert_b64 = base64::engine::general_purpose::STANDARD_NO_PAD.encode(cert.der());
         // Terraform pins this certificate, so it talks to us and nobody else. The other
         // way round is not checked: go-plugin signs Terraform's certificate with ECDSA
@@ -202,14 +204,31 @@ fn provider_schema() -> Block {
     Block {
         description: "Causeway's global control plane.".into(),
         attrs: vec![
-            Attr::new("address", TfType::String, Mode::Optional,
-                "API address(es) of the global control plane, comma-separated (`https://127.0.0.1:5681`). Default: CAUSEWAY_ADDR."),
-            Attr::new("token", TfType::String, Mode::Optional,
-                "Admin API token. Default: CAUSEWAY_TOKEN.").sensitive(),
-            Attr::new("ca_cert", TfType::String, Mode::Optional,
-                "PEM of the CA that signed the API certificate."),
-            Attr::new("ca_cert_file", TfType::String, Mode::Optional,
-                "Path of that PEM file. Default: CAUSEWAY_CA_CERT (or CAUSEWAY_CA_FILE)."),
+            Attr::new(
+                "address",
+                TfType::String,
+                Mode::Optional,
+                "API address(es) of the global control plane, comma-separated (`https://127.0.0.1:5681`). Default: CAUSEWAY_ADDR.",
+            ),
+            Attr::new(
+                "token",
+                TfType::String,
+                Mode::Optional,
+                "Admin API token. Default: CAUSEWAY_TOKEN.",
+            )
+            .sensitive(),
+            Attr::new(
+                "ca_cert",
+                TfType::String,
+                Mode::Optional,
+                "PEM of the CA that signed the API certificate.",
+            ),
+            Attr::new(
+                "ca_cert_file",
+                TfType::String,
+                Mode::Optional,
+                "Path of that PEM file. Default: CAUSEWAY_CA_CERT (or CAUSEWAY_CA_FILE).",
+            ),
         ],
         blocks: vec![],
     }
@@ -314,12 +333,16 @@ impl Provider for ProviderService {
             data_sources: self
                 .data_sources
                 .keys()
-                .map(|n| get_metadata::DataSourceMetadata { type_name: n.clone() })
+                .map(|n| get_metadata::DataSourceMetadata {
+                    type_name: n.clone(),
+                })
                 .collect(),
             resources: self
                 .resources
                 .keys()
-                .map(|n| get_metadata::ResourceMetadata { type_name: n.clone() })
+                .map(|n| get_metadata::ResourceMetadata {
+                    type_name: n.clone(),
+                })
                 .collect(),
             functions: vec![],
         }))
@@ -381,7 +404,11 @@ impl Provider for ProviderService {
         req: Request<upgrade_resource_state::Request>,
     ) -> Result<Response<upgrade_resource_state::Response>, Status> {
         // Schema version 0 only: the stored JSON is the state as it is.
-        let raw = req.into_inner().raw_state.map(|r| r.json).unwrap_or_default();
+        let raw = req
+            .into_inner()
+            .raw_state
+            .map(|r| r.json)
+            .unwrap_or_default();
         let state = if raw.is_empty() {
             Value::Null
         } else {
@@ -488,7 +515,9 @@ impl Provider for ProviderService {
         let req = req.into_inner();
         let def = self.resource(&req.type_name)?;
         let result = match self.client() {
-            Ok(c) => crate::resources::import(&c, def, &req.id).await.map_err(diags),
+            Ok(c) => crate::resources::import(&c, def, &req.id)
+                .await
+                .map_err(diags),
             Err(d) => Err(d),
         };
         let (imported_resources, diagnostics) = match result {
@@ -529,7 +558,9 @@ impl Provider for ProviderService {
             .ok_or_else(|| Status::not_found(format!("no data source {}", req.type_name)))?;
         let config = decode(&req.config)?;
         let result = match self.client() {
-            Ok(c) => crate::resources::read_data(&c, def, &config).await.map_err(diags),
+            Ok(c) => crate::resources::read_data(&c, def, &config)
+                .await
+                .map_err(diags),
             Err(d) => Err(d),
         };
         let (state, diagnostics) = match result {
@@ -556,7 +587,9 @@ impl Provider for ProviderService {
         &self,
         _: Request<call_function::Request>,
     ) -> Result<Response<call_function::Response>, Status> {
-        Err(Status::unimplemented("the causeway provider has no functions"))
+        Err(Status::unimplemented(
+            "the causeway provider has no functions",
+        ))
     }
 
     async fn stop_provider(
@@ -587,6 +620,9 @@ mod tests {
             .into_inner();
         let len = resp.encoded_len();
         assert!(len < 4 << 20, "schema is {len} bytes");
-        assert!(resp.resource_schemas.contains_key("causeway_mesh_http_route"));
+        assert!(
+            resp.resource_schemas
+                .contains_key("causeway_mesh_http_route")
+        );
     }
 }

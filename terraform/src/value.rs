@@ -112,7 +112,10 @@ impl Reader<'_> {
     }
 
     fn uint(&mut self, n: usize) -> Result<u64, DecodeError> {
-        Ok(self.take(n)?.iter().fold(0u64, |acc, b| acc << 8 | *b as u64))
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, b| acc << 8 | *b as u64))
     }
 
     fn value(&mut self, depth: usize) -> Result<Value, DecodeError> {

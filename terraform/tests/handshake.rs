@@ -17,7 +17,10 @@ fn refuses_to_run_by_hand() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Terraform plugin"), "{stderr}");
-    assert!(out.stdout.is_empty(), "printed a handshake without the cookie");
+    assert!(
+        out.stdout.is_empty(),
+        "printed a handshake without the cookie"
+    );
 }
 
 #[test]
@@ -37,7 +40,12 @@ fn prints_the_handshake_and_listens_on_loopback() {
     let connected = parts
         .get(3)
         .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-        .map(|a| (a.ip().is_loopback(), std::net::TcpStream::connect(a).is_ok()));
+        .map(|a| {
+            (
+                a.ip().is_loopback(),
+                std::net::TcpStream::connect(a).is_ok(),
+            )
+        });
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(parts.len(), 6, "{line}");

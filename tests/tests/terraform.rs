@@ -21,7 +21,11 @@ use serde_json::{Value, json};
 fn terraform_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CAUSEWAY_TERRAFORM") {
         let p = PathBuf::from(p);
-        assert!(p.is_file(), "CAUSEWAY_TERRAFORM={} does not exist", p.display());
+        assert!(
+            p.is_file(),
+            "CAUSEWAY_TERRAFORM={} does not exist",
+            p.display()
+        );
         return p;
     }
     let found = std::env::var_os("PATH").and_then(|path| {
@@ -82,7 +86,10 @@ impl Tf {
         std::fs::write(&ca, cluster.nodes[0].ca_pem().context("CA")?)?;
         let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
         let env = vec![
-            ("TF_CLI_CONFIG_FILE".into(), cli_config.display().to_string()),
+            (
+                "TF_CLI_CONFIG_FILE".into(),
+                cli_config.display().to_string(),
+            ),
             ("TF_IN_AUTOMATION".into(), "1".into()),
             ("TF_INPUT".into(), "0".into()),
             ("CHECKPOINT_DISABLE".into(), "1".into()),
@@ -146,7 +153,12 @@ impl Tf {
         match r.code {
             Some(0) => Ok((false, r.stdout)),
             Some(2) => Ok((true, r.stdout)),
-            _ => bail!("terraform plan failed ({:?}):\n{}\n{}", r.code, r.stdout, r.stderr),
+            _ => bail!(
+                "terraform plan failed ({:?}):\n{}\n{}",
+                r.code,
+                r.stdout,
+                r.stderr
+            ),
         }
     }
 }
@@ -285,6 +297,11 @@ resource "causeway_dataplane_token" "web" {
   service = "web"
 }
 
+resource "causeway_ingress_token" "east" {
+  zone      = causeway_zone.east.name
+  valid_for = "24h"
+}
+
 data "causeway_zones" "all" {
   depends_on = [causeway_zone.east]
 }
@@ -300,6 +317,11 @@ output "zone_token_id" {
 
 output "dataplane_token" {
   value     = causeway_dataplane_token.web.token
+  sensitive = true
+}
+
+output "ingress_token" {
+  value     = causeway_ingress_token.east.token
   sensitive = true
 }
 
@@ -329,22 +351,43 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
 
     // Apply creates everything, in the API, with tokens as (sensitive) outputs.
     let out = tf.apply().await?;
-    assert!(out.contains("Apply complete! Resources: 7 added"), "{out}");
+    assert!(out.contains("Apply complete! Resources: 8 added"), "{out}");
     let timeout = get(&cluster, TIMEOUT).await?.context("timeout created")?;
     assert_eq!(timeout["spec"]["to"][0]["default"]["connectTimeout"], "2s");
     assert!(get(&cluster, "/meshes/tf").await?.is_some());
     assert!(get(&cluster, "/zones/east").await?.is_some());
-    assert!(get(&cluster, "/meshes/tf/meshretries/backend-retry").await?.is_some());
-    assert!(get(&cluster, "/meshes/tf/meshhttproutes/web-route").await?.is_some());
+    assert!(
+        get(&cluster, "/meshes/tf/meshretries/backend-retry")
+            .await?
+            .is_some()
+    );
+    assert!(
+        get(&cluster, "/meshes/tf/meshhttproutes/web-route")
+            .await?
+            .is_some()
+    );
     let token = tf.ok(&["output", "-raw", "zone_token"]).await?;
     assert!(token.len() > 40, "zone token: {} chars", token.len());
     assert!(!out.contains(&token), "a token was printed by apply");
     let token_id = tf.ok(&["output", "-raw", "zone_token_id"]).await?;
     assert_eq!(zone_token_ids(&cluster).await?, vec![token_id.clone()]);
-    assert!(!tf.ok(&["output", "-raw", "dataplane_token"]).await?.is_empty());
+    assert!(
+        !tf.ok(&["output", "-raw", "dataplane_token"])
+            .await?
+            .is_empty()
+    );
+    let ingress = tf.ok(&["output", "-raw", "ingress_token"]).await?;
+    assert!(
+        ingress.starts_with("cwi1."),
+        "ingress token {}...",
+        &ingress[..5.min(ingress.len())]
+    );
     let zones = tf.ok(&["output", "-json", "zones"]).await?;
     let zones: Value = serde_json::from_str(&zones)?;
-    assert_eq!(zones, json!([{"name": "east", "enabled": true, "online": false}]));
+    assert_eq!(
+        zones,
+        json!([{"name": "east", "enabled": true, "online": false}])
+    );
 
     // Nothing changed: the plan is empty.
     let (changes, plan) = tf.plan().await?;
@@ -354,7 +397,10 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
     tf.write("terraform.tfvars", "timeout = \"3s\"\n");
     let (changes, plan) = tf.plan().await?;
     assert!(changes);
-    assert!(plan.contains("0 to add, 1 to change, 0 to destroy"), "{plan}");
+    assert!(
+        plan.contains("0 to add, 1 to change, 0 to destroy"),
+        "{plan}"
+    );
     assert_eq!(
         changed_lines(&plan),
         vec![r#"~ connect_timeout = "2s" -> "3s""#],
@@ -367,13 +413,27 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
     assert_ne!(after["version"], before);
 
     // A new name replaces the resource.
-    tf.write("terraform.tfvars", "timeout = \"3s\"\nroute_name = \"web-route-2\"\n");
+    tf.write(
+        "terraform.tfvars",
+        "timeout = \"3s\"\nroute_name = \"web-route-2\"\n",
+    );
     let (_, plan) = tf.plan().await?;
-    assert!(plan.contains("1 to add, 0 to change, 1 to destroy"), "{plan}");
+    assert!(
+        plan.contains("1 to add, 0 to change, 1 to destroy"),
+        "{plan}"
+    );
     assert!(plan.contains("forces replacement"), "{plan}");
     tf.apply().await?;
-    assert!(get(&cluster, "/meshes/tf/meshhttproutes/web-route").await?.is_none());
-    assert!(get(&cluster, "/meshes/tf/meshhttproutes/web-route-2").await?.is_some());
+    assert!(
+        get(&cluster, "/meshes/tf/meshhttproutes/web-route")
+            .await?
+            .is_none()
+    );
+    assert!(
+        get(&cluster, "/meshes/tf/meshhttproutes/web-route-2")
+            .await?
+            .is_some()
+    );
 
     // Drift: a change made outside Terraform shows in the plan, and apply reverts it.
     let mut drifted = get(&cluster, TIMEOUT).await?.context("timeout")?;
@@ -394,13 +454,20 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
     let (status, _) = cluster.call(0, Method::DELETE, PERMISSION, None).await?;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let (_, plan) = tf.plan().await?;
-    assert!(plan.contains("1 to add, 0 to change, 0 to destroy"), "{plan}");
+    assert!(
+        plan.contains("1 to add, 0 to change, 0 to destroy"),
+        "{plan}"
+    );
     tf.apply().await?;
     assert!(get(&cluster, PERMISSION).await?.is_some());
 
     // Optimistic concurrency: a saved plan does not overwrite a change made after it.
-    tf.write("terraform.tfvars", "timeout = \"4s\"\nroute_name = \"web-route-2\"\n");
-    tf.ok(&["plan", "-out=saved.plan", "-input=false", "-no-color"]).await?;
+    tf.write(
+        "terraform.tfvars",
+        "timeout = \"4s\"\nroute_name = \"web-route-2\"\n",
+    );
+    tf.ok(&["plan", "-out=saved.plan", "-input=false", "-no-color"])
+        .await?;
     let mut concurrent = get(&cluster, TIMEOUT).await?.context("timeout")?;
     concurrent["spec"]["to"][0]["default"]["connectTimeout"] = json!("7s");
     put(&cluster, TIMEOUT, &concurrent).await?;
@@ -427,16 +494,37 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
     ] {
         tf.ok(&["state", "rm", addr]).await?;
     }
-    tf.ok(&["import", "-input=false", "-no-color", "causeway_mesh.m", "tf"])
-        .await?;
-    tf.ok(&["import", "-input=false", "-no-color", "causeway_mesh_timeout.t", "tf/backend-timeouts"])
-        .await?;
-    tf.ok(&["import", "-input=false", "-no-color", "causeway_policy.retry", "MeshRetry/tf/backend-retry"])
-        .await?;
+    tf.ok(&[
+        "import",
+        "-input=false",
+        "-no-color",
+        "causeway_mesh.m",
+        "tf",
+    ])
+    .await?;
+    tf.ok(&[
+        "import",
+        "-input=false",
+        "-no-color",
+        "causeway_mesh_timeout.t",
+        "tf/backend-timeouts",
+    ])
+    .await?;
+    tf.ok(&[
+        "import",
+        "-input=false",
+        "-no-color",
+        "causeway_policy.retry",
+        "MeshRetry/tf/backend-retry",
+    ])
+    .await?;
     // The typed resources plan clean. A `causeway_policy` spec reads back in the API's
     // YAML, which `yamlencode` spells differently: one in-place update that writes nothing.
     let (_, plan) = tf.plan().await?;
-    assert!(plan.contains("0 to add, 1 to change, 0 to destroy"), "{plan}");
+    assert!(
+        plan.contains("0 to add, 1 to change, 0 to destroy"),
+        "{plan}"
+    );
     assert!(
         plan.contains("causeway_policy.retry will be updated in-place"),
         "{plan}"
@@ -444,7 +532,10 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
     let retry = "/meshes/tf/meshretries/backend-retry";
     let before = get(&cluster, retry).await?.context("retry")?["version"].clone();
     tf.apply().await?;
-    assert_eq!(get(&cluster, retry).await?.context("retry")?["version"], before);
+    assert_eq!(
+        get(&cluster, retry).await?.context("retry")?["version"],
+        before
+    );
     let (changes, plan) = tf.plan().await?;
     assert!(!changes, "a plan after import has changes:\n{plan}");
 
@@ -473,7 +564,11 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
         r.stderr
     );
     // Terraform quotes the offending line: the attribute the error is on.
-    assert!(r.stderr.contains("connect_timeout = var.timeout"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("connect_timeout = var.timeout"),
+        "{}",
+        r.stderr
+    );
     let t = get(&cluster, TIMEOUT).await?.context("timeout")?;
     assert_eq!(t["spec"]["to"][0]["default"]["connectTimeout"], "4s");
 
@@ -485,7 +580,10 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
     let out = tf
         .ok(&["destroy", "-auto-approve", "-input=false", "-no-color"])
         .await?;
-    assert!(out.contains("Destroy complete! Resources: 7 destroyed"), "{out}");
+    assert!(
+        out.contains("Destroy complete! Resources: 8 destroyed"),
+        "{out}"
+    );
     assert!(get(&cluster, "/meshes/tf").await?.is_none());
     assert!(get(&cluster, "/zones/east").await?.is_none());
     assert!(get(&cluster, TIMEOUT).await?.is_none());
@@ -500,7 +598,10 @@ async fn multi_zone_example_applies_and_destroys() -> anyhow::Result<()> {
     let cluster = GlobalCluster::start(1, &[]).await?;
     let tf = Tf::new(&cluster)?;
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../terraform/examples/multi-zone");
-    tf.write("main.tf", &std::fs::read_to_string(example.join("main.tf"))?);
+    tf.write(
+        "main.tf",
+        &std::fs::read_to_string(example.join("main.tf"))?,
+    );
 
     let out = tf.apply().await?;
     assert!(out.contains("Apply complete!"), "{out}");
@@ -512,28 +613,53 @@ async fn multi_zone_example_applies_and_destroys() -> anyhow::Result<()> {
         .filter_map(|z| z["name"].as_str())
         .collect();
     names.sort();
-    assert_eq!(names, ["aws-eu-west-1", "azure-westeurope", "gcp-europe-west4"]);
+    assert_eq!(
+        names,
+        ["aws-eu-west-1", "azure-westeurope", "gcp-europe-west4"]
+    );
     let tokens: Value = serde_json::from_str(&tf.ok(&["output", "-json", "zone_tokens"]).await?)?;
     assert_eq!(tokens.as_object().map(|m| m.len()), Some(3), "{tokens}");
     let mesh = get(&cluster, "/meshes/shop").await?.context("mesh")?;
     assert_eq!(mesh["spec"]["mtls"]["mode"], "Strict");
-    let lb = get(&cluster, "/meshes/shop/meshloadbalancingstrategies/backend-locality")
-        .await?
-        .context("failover policy")?;
+    let lb = get(
+        &cluster,
+        "/meshes/shop/meshloadbalancingstrategies/backend-locality",
+    )
+    .await?
+    .context("failover policy")?;
     let failover = &lb["spec"]["to"][0]["default"]["localityAwareness"]["crossZone"]["failover"];
-    assert_eq!(failover[0]["to"]["zones"], json!(["gcp-europe-west4", "azure-westeurope"]));
-    assert!(get(&cluster, "/meshes/shop/meshhttproutes/backend-canary").await?.is_some());
+    assert_eq!(
+        failover[0]["to"]["zones"],
+        json!(["gcp-europe-west4", "azure-westeurope"])
+    );
     assert!(
-        get(&cluster, "/meshes/shop/meshtrafficpermissions/backend-from-web")
+        get(&cluster, "/meshes/shop/meshhttproutes/backend-canary")
             .await?
             .is_some()
     );
+    assert!(
+        get(
+            &cluster,
+            "/meshes/shop/meshtrafficpermissions/backend-from-web"
+        )
+        .await?
+        .is_some()
+    );
     let (changes, plan) = tf.plan().await?;
-    assert!(!changes, "the example plans changes right after apply:\n{plan}");
+    assert!(
+        !changes,
+        "the example plans changes right after apply:\n{plan}"
+    );
 
     tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color"])
         .await?;
-    assert_eq!(get(&cluster, "/zones").await?.context("zones")?["items"], json!([]));
-    assert_eq!(get(&cluster, "/meshes").await?.context("meshes")?["items"], json!([]));
+    assert_eq!(
+        get(&cluster, "/zones").await?.context("zones")?["items"],
+        json!([])
+    );
+    assert_eq!(
+        get(&cluster, "/meshes").await?.context("meshes")?["items"],
+        json!([])
+    );
     Ok(())
 }

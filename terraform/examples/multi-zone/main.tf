@@ -10,7 +10,8 @@ terraform {
   }
 }
 
-# Address, token and CA come from CAUSEWAY_ADDR, CAUSEWAY_TOKEN and CAUSEWAY_CA_CERT.
+# Address, token and CA come from CAUSEWAY_ADDR, CAUSEWAY_TOKEN and CAUSEWAY_CA_FILE
+# (or CAUSEWAY_CA_CERT), as `causeway up` prints them.
 provider "causeway" {}
 
 variable "mesh" {
