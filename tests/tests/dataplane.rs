@@ -663,6 +663,15 @@ impl causeway_api::kds::dds::dds_server::Dds for EchoGrpc {
     ) -> Result<tonic::Response<Self::StreamStream>, tonic::Status> {
         Err(tonic::Status::unimplemented("not in this test"))
     }
+
+    type IngressStreamStream = Self::StreamStream;
+
+    async fn ingress_stream(
+        &self,
+        _req: tonic::Request<tonic::Streaming<causeway_api::kds::dds::ProxyMessage>>,
+    ) -> Result<tonic::Response<Self::IngressStreamStream>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in this test"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
