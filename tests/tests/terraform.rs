@@ -330,6 +330,50 @@ output "zones" {
 }
 "#;
 
+/// Reads with data sources only, from a second working directory.
+const READER: &str = r#"
+terraform {
+  required_providers {
+    causeway = { source = "causeway/causeway" }
+  }
+}
+
+provider "causeway" {}
+
+data "causeway_policy" "t" {
+  type = "MeshTimeout"
+  mesh = "tf"
+  name = "backend-timeouts"
+}
+
+data "causeway_policies" "permissions" {
+  type = "MeshTrafficPermission"
+  mesh = "tf"
+}
+
+data "causeway_zone" "east" {
+  name = "east"
+}
+
+data "causeway_meshes" "all" {}
+
+output "timeout_spec" {
+  value = jsondecode(data.causeway_policy.t.spec_json)
+}
+
+output "permissions" {
+  value = data.causeway_policies.permissions.names
+}
+
+output "east_online" {
+  value = data.causeway_zone.east.online
+}
+
+output "meshes" {
+  value = data.causeway_meshes.all.names
+}
+"#;
+
 const TIMEOUT: &str = "/meshes/tf/meshtimeouts/backend-timeouts";
 const PERMISSION: &str = "/meshes/tf/meshtrafficpermissions/backend-from-web";
 
@@ -382,6 +426,24 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
         "ingress token {}...",
         &ingress[..5.min(ingress.len())]
     );
+    // Data sources, from another working directory.
+    let reader = Tf::new(&cluster)?;
+    reader.write("main.tf", READER);
+    reader.apply().await?;
+    let spec: Value =
+        serde_json::from_str(&reader.ok(&["output", "-json", "timeout_spec"]).await?)?;
+    assert_eq!(spec["to"][0]["default"]["connectTimeout"], "2s", "{spec}");
+    let permissions = reader.ok(&["output", "-json", "permissions"]).await?;
+    assert_eq!(
+        serde_json::from_str::<Value>(&permissions)?,
+        json!(["backend-from-web"])
+    );
+    assert_eq!(
+        reader.ok(&["output", "-raw", "east_online"]).await?,
+        "false"
+    );
+    let meshes = reader.ok(&["output", "-json", "meshes"]).await?;
+    assert_eq!(serde_json::from_str::<Value>(&meshes)?, json!(["tf"]));
     let zones = tf.ok(&["output", "-json", "zones"]).await?;
     let zones: Value = serde_json::from_str(&zones)?;
     assert_eq!(
