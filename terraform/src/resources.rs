@@ -469,16 +469,22 @@ fn build(def: &ResourceDef, v: &Value) -> Result<(Resource, String), Diags> {
         }
         Kind::Generic => {
             let kind = str_attr(v, "type");
-            let info = causeway_api::type_info(&kind).ok_or_else(|| {
-                let known: Vec<&str> = causeway_api::types().iter().map(|t| t.kind).collect();
-                vec![
-                    Diag::new(format!(
-                        "unknown type {kind:?}; known: {}",
-                        known.join(", ")
-                    ))
-                    .at(vec![Step::Attr("type".into())]),
-                ]
-            })?;
+            let info = causeway_api::type_info(&kind)
+                .filter(|t| t.scope == Scope::Mesh)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = causeway_api::types()
+                        .iter()
+                        .filter(|t| t.scope == Scope::Mesh)
+                        .map(|t| t.kind)
+                        .collect();
+                    vec![
+                        Diag::new(format!(
+                            "{kind:?} is not a kind of resource in a mesh; known: {}",
+                            known.join(", ")
+                        ))
+                        .at(vec![Step::Attr("type".into())]),
+                    ]
+                })?;
             let text = str_attr(v, "spec");
             let spec_json: Json = serde_yaml::from_str::<Option<Json>>(&text)
                 .map_err(|e| {
