@@ -447,8 +447,10 @@ pub fn to_proto(b: &Block) -> crate::proto::schema::Block {
                     Nesting::Single => schema::nested_block::NestingMode::Single,
                     Nesting::List => schema::nested_block::NestingMode::List,
                 } as i32,
+                // No bounds: a single block is optional (Terraform requires min = max
+                // for it), repeated blocks are validated by the API.
                 min_items: 0,
-                max_items: if nb.nesting == Nesting::Single { 1 } else { 0 },
+                max_items: 0,
             })
             .collect(),
         description: b.description.clone(),
