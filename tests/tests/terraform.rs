@@ -713,6 +713,25 @@ async fn multi_zone_example_applies_and_destroys() -> anyhow::Result<()> {
         "the example plans changes right after apply:\n{plan}"
     );
 
+    // What the README promises: change a policy in HCL, see a one-line plan.
+    let main = std::fs::read_to_string(example.join("main.tf"))?;
+    assert!(main.contains("connect_timeout = \"2s\""));
+    tf.write(
+        "main.tf",
+        &main.replace("connect_timeout = \"2s\"", "connect_timeout = \"3s\""),
+    );
+    let (_, plan) = tf.plan().await?;
+    assert!(
+        plan.contains("0 to add, 1 to change, 0 to destroy"),
+        "{plan}"
+    );
+    assert_eq!(
+        changed_lines(&plan),
+        vec![r#"~ connect_timeout = "2s" -> "3s""#],
+        "{plan}"
+    );
+    tf.apply().await?;
+
     tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color"])
         .await?;
     assert_eq!(
