@@ -1228,3 +1228,126 @@ pub async fn read_data(
     }
     Ok(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(name: &str) -> ResourceDef {
+        resources()
+            .into_iter()
+            .find(|r| r.name == name)
+            .expect("registered")
+    }
+
+    /// A `causeway_mesh_timeout` value with `connect_timeout`.
+    fn timeout(d: &ResourceDef, name: &str, connect: &str) -> Value {
+        let Kind::Object { spec, .. } = &d.kind else {
+            unreachable!()
+        };
+        let mut v = json_to_tf(
+            spec,
+            &json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": connect}}]}),
+        );
+        for a in &d.schema.attrs {
+            if a.json.is_none() {
+                v.set(&a.name, Value::Null);
+            }
+        }
+        v.set("mesh", Value::string("default"));
+        v.set("name", Value::string(name));
+        v
+    }
+
+    #[test]
+    fn plans() {
+        let d = def("causeway_mesh_timeout");
+        let mut prior = timeout(&d, "t", "2s");
+        prior.set("id", Value::string("default/t"));
+
+        // Create: the id is known from the config.
+        let p = plan(
+            &d,
+            &Value::Null,
+            &timeout(&d, "t", "2s"),
+            &timeout(&d, "t", "2s"),
+        );
+        assert!(p.diags.is_empty() && p.requires_replace.is_empty());
+        assert_eq!(p.planned.get("id").as_str(), Some("default/t"));
+
+        // No change: the prior state, nothing to replace.
+        let mut same = timeout(&d, "t", "2s");
+        same.set("id", Value::string("default/t"));
+        let p = plan(&d, &prior, &same, &timeout(&d, "t", "2s"));
+        assert_eq!(p.planned, prior);
+        assert!(p.requires_replace.is_empty());
+
+        // A spec change updates in place; a new name replaces.
+        let p = plan(&d, &prior, &timeout(&d, "t", "3s"), &timeout(&d, "t", "3s"));
+        assert!(p.requires_replace.is_empty());
+        let p = plan(&d, &prior, &timeout(&d, "u", "2s"), &timeout(&d, "u", "2s"));
+        assert_eq!(p.requires_replace, vec![vec![Step::Attr("name".into())]]);
+
+        // A value the API rejects fails at plan, on its attribute.
+        let bad = timeout(&d, "t", "soon");
+        let p = plan(&d, &prior, &bad, &bad);
+        assert_eq!(p.diags.len(), 1, "{:?}", p.diags);
+        assert_eq!(
+            p.diags[0].path,
+            [
+                Step::Attr("to".into()),
+                Step::Index(0),
+                Step::Attr("default".into()),
+                Step::Attr("connect_timeout".into())
+            ]
+        );
+        assert!(
+            p.diags[0]
+                .summary
+                .contains("spec.to[0].default.connectTimeout")
+        );
+    }
+
+    #[test]
+    fn a_new_token_input_replaces_the_token() {
+        let d = def("causeway_dataplane_token");
+        let mut prior = Value::Map(BTreeMap::new());
+        for (k, v) in [
+            ("mesh", "default"),
+            ("service", "web"),
+            ("id", "1"),
+            ("token", "t"),
+        ] {
+            prior.set(k, Value::string(v));
+        }
+        prior.set("valid_for", Value::Null);
+        prior.set("expires_at", Value::string("2030-01-01T00:00:00Z"));
+        let mut proposed = prior.clone();
+        proposed.set("service", Value::string("api"));
+        let p = plan(&d, &prior, &proposed, &proposed);
+        assert_eq!(p.requires_replace, vec![vec![Step::Attr("service".into())]]);
+    }
+
+    /// Reading back a spec the API stored in canonical form keeps the user's spelling, so
+    /// an unchanged configuration plans nothing; a real change shows.
+    #[test]
+    fn reads_keep_the_spelling_of_an_equal_spec() {
+        let d = def("causeway_mesh_timeout");
+        let prior = timeout(&d, "t", "90s");
+        let remote = |connect: &str| {
+            json!({"type": "MeshTimeout", "mesh": "default", "name": "t", "version": 7,
+                   "spec": {"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": connect}}]}})
+        };
+        let connect = |v: &Value| {
+            let Value::List(to) = v.get("to") else {
+                panic!("to is a list")
+            };
+            to[0].get("default").get("connect_timeout").clone()
+        };
+        let same = state_from_remote(&d, &remote("1m30s"), &prior);
+        assert_eq!(connect(&same), Value::string("90s"));
+        assert_eq!(same.get("version"), &Value::Number(7.into()));
+        let changed = state_from_remote(&d, &remote("2m"), &prior);
+        assert_eq!(connect(&changed), Value::string("2m"));
+    }
+}

@@ -726,12 +726,13 @@ mod tests {
         let spec = json!({"targetRef": {"kind": "MeshService", "name": "web"}, "to": [
             {"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "2s", "http": {"requestTimeout": "5s"}}}]});
         let tf = json_to_tf(&b, &spec);
-        assert_eq!(tf.get("to").clone(), {
-            let Value::List(items) = tf.get("to") else {
-                panic!()
-            };
-            Value::List(items.clone())
-        });
+        let Value::List(to) = tf.get("to") else {
+            panic!("`to` is a list of blocks: {tf:?}")
+        };
+        assert_eq!(to.len(), 1);
+        // Every attribute is present, null when unset.
+        assert_eq!(tf.get("target_ref").get("tags"), &Value::Null);
+        assert!(matches!(tf.get("target_ref"), Value::Map(m) if m.contains_key("tags")));
         assert_eq!(tf_to_json(&b, &tf, &[]).unwrap(), spec);
     }
 
