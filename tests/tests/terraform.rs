@@ -634,11 +634,50 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
     let t = get(&cluster, TIMEOUT).await?.context("timeout")?;
     assert_eq!(t["spec"]["to"][0]["default"]["connectTimeout"], "4s");
 
-    // Destroy leaves nothing behind, zone tokens included.
+    // Errors the API returns at apply land on their attribute too, and create nothing.
     tf.write(
         "terraform.tfvars",
         "timeout = \"4s\"\nroute_name = \"web-route-2\"\nrotation = \"2\"\n",
     );
+    tf.write(
+        "bad.tf",
+        r#"
+resource "causeway_mesh_timeout" "orphan" {
+  mesh = "no-such-mesh"
+  name = "orphan"
+  to {
+    target_ref { kind = "Mesh" }
+    default { connect_timeout = "1s" }
+  }
+}
+
+resource "causeway_dataplane_token" "short" {
+  mesh      = causeway_mesh.m.name
+  service   = "web"
+  valid_for = "30s"
+}
+"#,
+    );
+    let r = tf
+        .run(&["apply", "-auto-approve", "-input=false", "-no-color"])
+        .await;
+    assert!(!r.ok, "{}", r.stdout);
+    assert!(r.stderr.contains("no-such-mesh"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains(r#"mesh = "no-such-mesh""#),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("must be at least 1m"), "{}", r.stderr);
+    assert!(r.stderr.contains(r#"valid_for = "30s""#), "{}", r.stderr);
+    assert!(
+        get(&cluster, "/meshes/no-such-mesh/meshtimeouts/orphan")
+            .await?
+            .is_none()
+    );
+    std::fs::remove_file(tf.dir.path().join("bad.tf"))?;
+
+    // Destroy leaves nothing behind, zone tokens included.
     let out = tf
         .ok(&["destroy", "-auto-approve", "-input=false", "-no-color"])
         .await?;
