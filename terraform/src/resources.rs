@@ -324,14 +324,19 @@ fn prior_version(v: &Value) -> Option<u64> {
     }
 }
 
-/// Diagnostics for a failed API call, each field error on its attribute.
-fn call_diags(e: &CallError, what: &str, spec: Option<&Block>) -> Diags {
+/// Diagnostics for a failed API call, each field error on its attribute: a spec field
+/// through `spec`'s names, an API field named in `renames` (`validFor` -> `valid_for`) on
+/// that attribute.
+fn call_diags(e: &CallError, what: &str, spec: Option<&Block>, renames: &[(&str, &str)]) -> Diags {
     let fields = e.field_errors();
     let placed: Diags = fields
         .iter()
         .filter(|(f, _)| !f.is_empty())
         .map(|(field, reason)| {
-            let path = api_path_to_tf(spec.unwrap_or(&Block::default()), field);
+            let path = match renames.iter().find(|(api, _)| api == field) {
+                Some((_, tf)) => vec![Step::Attr((*tf).into())],
+                None => api_path_to_tf(spec.unwrap_or(&Block::default()), field),
+            };
             Diag::new(format!("{what}: {field}: {reason}"))
                 .detail(format!("The Causeway API rejected {what}: {}", e.message()))
                 .at(path)
@@ -634,7 +639,7 @@ async fn apply_object(
                 Err(e) => {
                     return Err((
                         Value::Null,
-                        call_diags(&e, &format!("revoking the tokens of {what}"), None),
+                        call_diags(&e, &format!("revoking the tokens of {what}"), None, &[]),
                     ));
                 }
             }
@@ -705,12 +710,12 @@ async fn apply_object(
             )
             .await
             .map_err(|e| {
-                let mut d = call_diags(&e, &format!("issuing a token for {what}"), None);
-                for x in &mut d {
-                    if x.summary.contains(": validFor: ") {
-                        x.path = vec![Step::Attr("token_valid_for".into())];
-                    }
-                }
+                let d = call_diags(
+                    &e,
+                    &format!("issuing a token for {what}"),
+                    None,
+                    &[("validFor", "token_valid_for")],
+                );
                 (tokenless.clone(), d)
             })?;
         state.set(
@@ -732,7 +737,12 @@ async fn apply_object(
                 Ok(_) => {}
                 Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => {}
                 Err(e) => {
-                    let d = call_diags(&e, &format!("revoking the previous token of {what}"), None);
+                    let d = call_diags(
+                        &e,
+                        &format!("revoking the previous token of {what}"),
+                        None,
+                        &[],
+                    );
                     return Err((state, d));
                 }
             }
@@ -752,7 +762,7 @@ fn conflict_or(e: CallError, what: &str, spec: Option<&Block>) -> Diags {
                 e.message()
             ))];
     }
-    call_diags(&e, what, spec)
+    call_diags(&e, what, spec, &[])
 }
 
 async fn issue_token(client: &Client, def: &ResourceDef, planned: &Value) -> Result<Value, Diags> {
@@ -782,17 +792,7 @@ async fn issue_token(client: &Client, def: &ResourceDef, planned: &Value) -> Res
     let (_, issued) = client
         .call(Method::POST, &path, Some(&body), None)
         .await
-        .map_err(|e| {
-            let mut d = call_diags(&e, &format!("issuing {what}"), None);
-            for x in &mut d {
-                if let [Step::Attr(f)] = x.path.as_slice()
-                    && let Some((_, tf)) = fields.iter().find(|(api, _)| api == f)
-                {
-                    x.path = vec![Step::Attr((*tf).into())];
-                }
-            }
-            d
-        })?;
+        .map_err(|e| call_diags(&e, &format!("issuing {what}"), None, fields))?;
     let mut state = planned.clone();
     state.set(
         "id",
@@ -821,7 +821,7 @@ pub async fn read(client: &Client, def: &ResourceDef, prior: &Value) -> Result<V
             let Some(remote) = client
                 .get(&path)
                 .await
-                .map_err(|e| call_diags(&e, &what, None))?
+                .map_err(|e| call_diags(&e, &what, None, &[]))?
             else {
                 return Ok(Value::Null);
             };
@@ -831,7 +831,7 @@ pub async fn read(client: &Client, def: &ResourceDef, prior: &Value) -> Result<V
                 let tokens = client
                     .get(&format!("/zones/{}/tokens", r.name))
                     .await
-                    .map_err(|e| call_diags(&e, &what, None))?
+                    .map_err(|e| call_diags(&e, &what, None, &[]))?
                     .unwrap_or(Json::Null);
                 let alive = tokens
                     .get("items")
@@ -856,7 +856,7 @@ pub async fn read(client: &Client, def: &ResourceDef, prior: &Value) -> Result<V
             match client
                 .get(&path)
                 .await
-                .map_err(|e| call_diags(&e, &what, None))?
+                .map_err(|e| call_diags(&e, &what, None, &[]))?
             {
                 None => Ok(Value::Null),
                 Some(remote) => Ok(state_from_remote(def, &remote, prior)),
@@ -903,7 +903,7 @@ pub async fn import(client: &Client, def: &ResourceDef, id: &str) -> Result<Valu
     let remote = client
         .get(&api_path(info, mesh, name))
         .await
-        .map_err(|e| call_diags(&e, &what, None))?
+        .map_err(|e| call_diags(&e, &what, None, &[]))?
         .ok_or_else(|| {
             vec![Diag::new(format!(
                 "{what} does not exist; nothing to import"
@@ -1065,7 +1065,7 @@ async fn list_all(client: &Client, base: &str) -> Result<Vec<Json>, Diags> {
         let page = client
             .get(&path)
             .await
-            .map_err(|e| call_diags(&e, &format!("listing {base}"), None))?
+            .map_err(|e| call_diags(&e, &format!("listing {base}"), None, &[]))?
             .unwrap_or(Json::Null);
         items.extend(
             page.get("items")
@@ -1099,7 +1099,7 @@ pub async fn read_data(
     let not_found = |what: String| vec![Diag::new(format!("{what} does not exist"))];
     let fail = |what: &str| {
         let what = what.to_owned();
-        move |e: CallError| call_diags(&e, &what, None)
+        move |e: CallError| call_diags(&e, &what, None, &[])
     };
     match def.name.as_str() {
         "causeway_mesh" => {

@@ -630,7 +630,9 @@ pub fn api_path_to_tf(spec_block: &Block, field: &str) -> Vec<Step> {
             }
             return out;
         }
-        Some(Step::Attr(first)) if !first.is_empty() => {
+        // Envelope fields are attributes of the same name; others (`Authorization`,
+        // `origin`) are about no attribute.
+        Some(Step::Attr(first)) if matches!(first.as_str(), "name" | "mesh" | "type") => {
             out.push(Step::Attr(first));
             return out;
         }
