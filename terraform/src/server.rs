@@ -1,7 +1,8 @@
-//! The plugin server: go-plugin's handshake (magic cookie, a line on stdout naming the
-//! address and our certificate, TLS that Terraform verifies against that certificate (it
-//! `PLUGIN_CLIENT_CERT`; see [`serve`] for why only our side is verified), and the tfplugin6 `Provider` service, which decodes values and
-//! hands each call to [`crate::resources`].
+//! The plugin server: go-plugin's handshake (the magic cookie; a line on stdout with our
+//! address and a fresh self-signed certificate, which Terraform then pins for TLS; see
+//! [`serve`] for why Terraform's own certificate is not checked in turn), and the
+//! tfplugin6 `Provider` service, which decodes values and hands each call to
+//! [`crate::resources`].
 
 use std::collections::HashMap;
 use std::sync::RwLock;
