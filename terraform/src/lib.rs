@@ -6,12 +6,14 @@
 //! bring a second major version of tonic, prost and rcgen into the workspace): a gRPC
 //! server behind go-plugin's handshake over TLS ([`serve`]), values in cty's
 //! MessagePack ([`value`]), schemas generated from the resource model's JSON Schema
-//! ([`schema`]), and plan/apply/read/import per resource ([`resources`]).
+//! ([`schema`]), plan/apply/read/import per resource ([`resources`]) and the data
+//! sources ([`data_sources`]).
 //!
 //! It depends on `causeway-api` for the model and its validation, and on nothing
 //! server-side; it must never log tokens (they are sensitive attributes).
 
 mod client;
+pub mod data_sources;
 pub mod resources;
 pub mod schema;
 mod server;

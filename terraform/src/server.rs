@@ -13,10 +13,11 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::client::{Client, Connection};
+use crate::data_sources::DataSourceDef;
 use crate::plugin::grpc_controller_server::{GrpcController, GrpcControllerServer};
 use crate::proto::provider_server::{Provider, ProviderServer};
 use crate::proto::*;
-use crate::resources::{DataSourceDef, Diag, ResourceDef};
+use crate::resources::{Diag, ResourceDef};
 use crate::schema::{Attr, Block, Mode, Step, TfType, to_proto};
 use crate::value::{self, Value};
 
@@ -129,7 +130,7 @@ impl ProviderService {
                 .into_iter()
                 .map(|r| (r.name.clone(), r))
                 .collect(),
-            data_sources: crate::resources::data_sources()
+            data_sources: crate::data_sources::data_sources()
                 .into_iter()
                 .map(|d| (d.name.clone(), d))
                 .collect(),
@@ -559,7 +560,7 @@ impl Provider for ProviderService {
             .ok_or_else(|| Status::not_found(format!("no data source {}", req.type_name)))?;
         let config = decode(&req.config)?;
         let result = match self.client() {
-            Ok(c) => crate::resources::read_data(&c, def, &config)
+            Ok(c) => crate::data_sources::read_data(&c, def, &config)
                 .await
                 .map_err(diags),
             Err(d) => Err(d),
