@@ -389,6 +389,7 @@ async fn zone_token_ids(c: &GlobalCluster) -> anyhow::Result<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
+    terraform_bin(); // fail before starting anything when there is none
     let cluster = GlobalCluster::start(1, &[]).await?;
     let tf = Tf::new(&cluster)?;
     tf.write("main.tf", BASE);
@@ -696,6 +697,7 @@ resource "causeway_dataplane_token" "short" {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_zone_example_applies_and_destroys() -> anyhow::Result<()> {
+    terraform_bin(); // fail before starting anything when there is none
     let cluster = GlobalCluster::start(1, &[]).await?;
     let tf = Tf::new(&cluster)?;
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../terraform/examples/multi-zone");
