@@ -723,17 +723,14 @@ async fn apply_object(
                 );
                 (tokenless.clone(), d)
             })?;
-        state.set(
-            "token",
-            Value::opt_string(issued.get("token").and_then(Json::as_str)),
-        );
-        state.set(
-            "token_id",
-            Value::opt_string(issued.get("id").and_then(Json::as_str)),
-        );
-        state.set(
-            "token_expires_at",
-            Value::opt_string(issued.get("expiresAt").and_then(Json::as_str)),
+        copy_issued(
+            &mut state,
+            &issued,
+            &[
+                ("token", "token"),
+                ("id", "token_id"),
+                ("expiresAt", "token_expires_at"),
+            ],
         );
         // Rotation: the previous token stops working once the new one exists.
         if let Some(old) = prior.get("token_id").as_str() {
@@ -799,19 +796,26 @@ async fn issue_token(client: &Client, def: &ResourceDef, planned: &Value) -> Res
         .await
         .map_err(|e| call_diags(&e, &format!("issuing {what}"), None, fields))?;
     let mut state = planned.clone();
-    state.set(
-        "id",
-        Value::opt_string(issued.get("id").and_then(Json::as_str)),
-    );
-    state.set(
-        "token",
-        Value::opt_string(issued.get("token").and_then(Json::as_str)),
-    );
-    state.set(
-        "expires_at",
-        Value::opt_string(issued.get("expiresAt").and_then(Json::as_str)),
+    copy_issued(
+        &mut state,
+        &issued,
+        &[
+            ("id", "id"),
+            ("token", "token"),
+            ("expiresAt", "expires_at"),
+        ],
     );
     Ok(state)
+}
+
+/// Copies fields of an issued token (`{id, expiresAt, token}`) into attributes.
+fn copy_issued(state: &mut Value, issued: &Json, fields: &[(&str, &str)]) {
+    for (api, attr) in fields {
+        state.set(
+            attr,
+            Value::opt_string(issued.get(*api).and_then(Json::as_str)),
+        );
+    }
 }
 
 // === read and import ===
