@@ -57,6 +57,9 @@ fn provider_dir() -> PathBuf {
     dir
 }
 
+/// How long one Terraform command may take (they take seconds).
+const TERRAFORM_DEADLINE: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// A Terraform working directory wired to a cluster: its own CLI config (dev_overrides),
 /// data dir and environment.
 struct Tf {
@@ -105,24 +108,44 @@ impl Tf {
         std::fs::write(self.dir.path().join(name), hcl).expect("write HCL");
     }
 
+    /// Runs Terraform in this directory; a run that outlasts [`TERRAFORM_DEADLINE`] is
+    /// killed and fails the test. Output goes to files, so a full pipe never stalls it.
     async fn run(&self, args: &[&str]) -> Run {
+        let out_path = self.dir.path().join("terraform.stdout");
+        let err_path = self.dir.path().join("terraform.stderr");
         let mut cmd = Command::new(terraform_bin());
         cmd.args(args)
             .current_dir(self.dir.path())
             .env("HOME", self.dir.path())
-            .env_remove("TF_LOG");
+            .env_remove("TF_LOG")
+            .stdout(std::fs::File::create(&out_path).expect("stdout file"))
+            .stderr(std::fs::File::create(&err_path).expect("stderr file"));
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let out = tokio::task::spawn_blocking(move || cmd.output())
-            .await
-            .expect("join")
-            .expect("run terraform");
+        let what = format!("terraform {}", args.join(" "));
+        let status = tokio::task::spawn_blocking(move || {
+            let mut child = cmd.spawn().expect("start terraform");
+            let started = std::time::Instant::now();
+            loop {
+                if let Some(status) = child.try_wait().expect("wait for terraform") {
+                    return status;
+                }
+                if started.elapsed() > TERRAFORM_DEADLINE {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("{what} still running after {TERRAFORM_DEADLINE:?}");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+        .await
+        .expect("terraform runner");
         Run {
-            ok: out.status.success(),
-            code: out.status.code(),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            ok: status.success(),
+            code: status.code(),
+            stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
         }
     }
 
