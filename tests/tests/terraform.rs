@@ -636,6 +636,43 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
     assert_eq!(zone_token_ids(&cluster).await?, vec![new_id]);
     assert_ne!(tf.ok(&["output", "-raw", "zone_token"]).await?, token);
 
+    // A zone imports too; its token cannot be read back, so the next apply issues one.
+    tf.ok(&["state", "rm", "causeway_zone.east"]).await?;
+    tf.ok(&[
+        "import",
+        "-input=false",
+        "-no-color",
+        "causeway_zone.east",
+        "east",
+    ])
+    .await?;
+    let (_, plan) = tf.plan().await?;
+    assert!(
+        plan.contains("0 to add, 1 to change, 0 to destroy"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("causeway_zone.east will be updated in-place"),
+        "{plan}"
+    );
+    tf.apply().await?;
+    assert_eq!(zone_token_ids(&cluster).await?.len(), 2);
+
+    // Tokens cannot be imported (the API shows one only when issuing it), and say so.
+    tf.ok(&["state", "rm", "causeway_dataplane_token.web"])
+        .await?;
+    let r = tf
+        .run(&[
+            "import",
+            "-input=false",
+            "-no-color",
+            "causeway_dataplane_token.web",
+            "x",
+        ])
+        .await;
+    assert!(!r.ok);
+    assert!(r.stderr.contains("cannot be imported"), "{}", r.stderr);
+
     // A value the API rejects fails at plan, on its attribute, with the API's reason,
     // and changes nothing.
     tf.write(
