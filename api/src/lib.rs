@@ -31,6 +31,7 @@
 //! module each, with their validation tables.
 
 mod dataplane;
+mod drill;
 mod duration;
 mod effective;
 pub mod kds;
@@ -54,6 +55,7 @@ mod zone_ingress;
 pub mod zone_token;
 
 pub use dataplane::{DataplaneSpec, Inbound, Outbound, Protocol};
+pub use drill::{DRILL_COOLDOWN, DRILL_WARMUP, DrillReportSpec, DrillSpec, DrillType, PhaseStats};
 pub use duration::{Duration, DurationError};
 pub use effective::{
     EffectiveConfig, FromRule, IgnoredPolicy, InboundConfig, Merged, NotAPolicyKind,

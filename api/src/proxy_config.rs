@@ -87,8 +87,18 @@ pub struct OutboundListener {
     pub identity: Option<String>,
     pub load_balancer: LoadBalancerType,
     /// Endpoints in priority order: this zone's first, then other zones in failover
-    /// order. The proxy uses the first non-empty group of healthy endpoints.
+    /// order. The proxy uses the first group whose healthy share is at least
+    /// `failoverThreshold`; below it, that group's healthy endpoints and the next
+    /// group's share the traffic.
     pub groups: Vec<EndpointGroup>,
+    /// Percent of a group's endpoints that must be healthy for it to take all traffic
+    /// (MeshLoadBalancingStrategy `crossZone.failoverThreshold`, default 50).
+    #[serde(default = "default_failover_threshold")]
+    pub failover_threshold: f64,
+}
+
+fn default_failover_threshold() -> f64 {
+    50.0
 }
 
 /// Endpoints of equal priority.

@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use crate::dataplane::DataplaneSpec;
+use crate::drill::{DrillReportSpec, DrillSpec};
 use crate::mesh::MeshSpec;
 use crate::policies::mesh_access_log::MeshAccessLogSpec;
 use crate::policies::mesh_circuit_breaker::MeshCircuitBreakerSpec;
@@ -71,6 +72,7 @@ impl TypeInfo {
 static TYPES: &[TypeInfo] = &[
     TypeInfo::of::<MeshSpec>("Mesh", "meshes", Scope::Global),
     TypeInfo::of::<ZoneSpec>("Zone", "zones", Scope::Global),
+    TypeInfo::of::<DrillSpec>("Drill", "drills", Scope::Global),
     TypeInfo::of::<DataplaneSpec>("Dataplane", "dataplanes", Scope::Mesh),
     TypeInfo::of::<ZoneIngressSpec>("ZoneIngress", "zoneingresses", Scope::Mesh),
     TypeInfo::of::<MeshTrafficPermissionSpec>(
@@ -102,6 +104,7 @@ static TYPES: &[TypeInfo] = &[
     TypeInfo::of::<MeshAccessLogSpec>("MeshAccessLog", "meshaccesslogs", Scope::Mesh),
     TypeInfo::of::<MeshTraceSpec>("MeshTrace", "meshtraces", Scope::Mesh),
     TypeInfo::of::<MeshMetricSpec>("MeshMetric", "meshmetrics", Scope::Mesh),
+    TypeInfo::of::<DrillReportSpec>("DrillReport", "drillreports", Scope::Mesh),
 ];
 
 /// All known types, in registry order.
@@ -140,6 +143,7 @@ mod tests {
             [
                 "Mesh",
                 "Zone",
+                "Drill",
                 "Dataplane",
                 "ZoneIngress",
                 "MeshTrafficPermission",
@@ -155,9 +159,10 @@ mod tests {
                 "MeshAccessLog",
                 "MeshTrace",
                 "MeshMetric",
+                "DrillReport",
             ]
         );
-        for t in &TYPES[2..] {
+        for t in &TYPES[3..] {
             assert_eq!(t.scope, Scope::Mesh, "{}", t.kind);
             // The URL plural is the English plural of the lowercase kind.
             let lower = t.kind.to_ascii_lowercase();

@@ -5,6 +5,7 @@
 mod client;
 mod config;
 mod demo_app;
+mod drill;
 mod global_cp;
 mod ops;
 mod up;
@@ -59,6 +60,10 @@ enum Cmd {
     /// Start a whole mesh on loopback (3 global nodes, two zones with ingresses, demo
     /// services with sidecars) and print what to try; Ctrl-C stops it.
     Up(up::UpArgs),
+    /// Failover drills: `drill zone-down --zone zone-b --probe backend`, `drill list`,
+    /// `drill stop`.
+    #[command(subcommand)]
+    Drill(drill::DrillCmd),
     /// Create or update resources from YAML (several documents separated by ---).
     Apply(ops::ApplyArgs),
     /// Show resources: `get meshes`, `get mesh default -o yaml`, `get zones`.
@@ -136,6 +141,7 @@ fn main() {
                 // Operator commands stay quiet unless asked: one clear line on error.
                 init_logging(if cli.log == "info" { "warn" } else { &cli.log });
                 match cmd {
+                    Cmd::Drill(c) => drill::drill(&cli.conn, c).await,
                     Cmd::Apply(a) => ops::apply(&cli.conn, a).await,
                     Cmd::Get(a) => ops::get(&cli.conn, a).await,
                     Cmd::Delete(a) => ops::delete(&cli.conn, a).await,

@@ -559,8 +559,10 @@ pub(crate) async fn run(a: UpArgs) -> anyhow::Result<()> {
         "  causeway apply -f {} && for i in 1 2 3 4; do curl -s {frontend}; echo; done",
         spread.display()
     );
-    println!("  # 3. see the zones, then take zone-b out and watch calls stay in zone-a");
-    println!("  causeway get zones");
+    println!(
+        "  # 3. rehearse zone-b going down: zone-a's probe reports how traffic moved and what it cost"
+    );
+    println!("  causeway drill zone-down --zone zone-b --probe backend --duration 30s");
     println!();
     println!("Ctrl-C stops everything `up` started.");
 

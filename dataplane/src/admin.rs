@@ -23,6 +23,14 @@ pub(crate) async fn serve(
         .route("/config", get(config))
         .route("/metrics", get(metrics))
         .with_state(proxy);
+    serve_router(app, addr).await
+}
+
+/// Binds `addr` (failing with the address in the message) and serves `app` on it.
+pub async fn serve_router(
+    app: Router,
+    addr: SocketAddr,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding the admin address {addr}: {e}"))?;

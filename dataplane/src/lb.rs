@@ -91,6 +91,8 @@ impl EndpointState {
 /// The endpoints of one destination.
 pub(crate) struct Balancer {
     kind: LoadBalancerType,
+    /// Fraction of a group that must be healthy for it to take all traffic.
+    threshold: f64,
     groups: Vec<(String, Vec<Arc<EndpointState>>)>,
     next: AtomicUsize,
 }
@@ -99,6 +101,7 @@ impl Balancer {
     /// Builds a balancer, reusing the state (stats, pools) of endpoints `old` had.
     pub(crate) fn new(
         kind: LoadBalancerType,
+        threshold_percent: f64,
         groups: &[EndpointGroup],
         old: Option<&Balancer>,
     ) -> Balancer {
@@ -113,6 +116,7 @@ impl Balancer {
         };
         Balancer {
             kind,
+            threshold: (threshold_percent / 100.0).clamp(0.0, 1.0),
             groups: groups
                 .iter()
                 .map(|g| {
@@ -140,19 +144,27 @@ impl Balancer {
         }
     }
 
-    /// Picks an endpoint from the first group with a healthy one, skipping `exclude`.
-    /// When every endpoint is ejected, tries them anyway (better a retry than nothing).
+    /// Picks an endpoint, skipping `exclude`: from the first group whose healthy share
+    /// meets the threshold; a group below it shares the traffic with the next ones
+    /// (healthy endpoints only) until one meets it. When every endpoint is ejected,
+    /// tries them anyway (better a retry than nothing).
     pub(crate) fn pick(&self, exclude: &[Arc<EndpointState>]) -> Option<Arc<EndpointState>> {
         let now = Instant::now();
         let excluded = |e: &Arc<EndpointState>| exclude.iter().any(|x| Arc::ptr_eq(x, e));
+        let mut candidates: Vec<&Arc<EndpointState>> = Vec::new();
         for (_, group) in &self.groups {
-            let healthy: Vec<&Arc<EndpointState>> = group
-                .iter()
-                .filter(|e| e.healthy(now) && !excluded(e))
-                .collect();
-            if let Some(e) = self.choose(&healthy) {
-                return Some(e.clone());
+            let before = candidates.len();
+            candidates.extend(group.iter().filter(|e| e.healthy(now) && !excluded(e)));
+            let healthy = candidates.len() - before;
+            if !group.is_empty()
+                && healthy as f64 >= self.threshold * group.len() as f64
+                && healthy > 0
+            {
+                break;
             }
+        }
+        if let Some(e) = self.choose(&candidates) {
+            return Some(e.clone());
         }
         let all: Vec<&Arc<EndpointState>> = self
             .groups
@@ -220,7 +232,7 @@ mod tests {
 
     #[test]
     fn local_zone_first_then_failover_when_ejected() {
-        let b = Balancer::new(LoadBalancerType::RoundRobin, &groups(), None);
+        let b = Balancer::new(LoadBalancerType::RoundRobin, 50.0, &groups(), None);
         for _ in 0..10 {
             assert!(b.pick(&[]).unwrap().endpoint.address.starts_with('a'));
         }
@@ -233,15 +245,44 @@ mod tests {
     }
 
     #[test]
+    fn below_the_threshold_the_next_zone_shares_the_traffic() {
+        let three = vec![
+            EndpointGroup {
+                zone: "a".into(),
+                endpoints: vec![ep("a1"), ep("a2"), ep("a3")],
+            },
+            EndpointGroup {
+                zone: "b".into(),
+                endpoints: vec![ep("b1")],
+            },
+        ];
+        let picks = |b: &Balancer| -> std::collections::BTreeSet<String> {
+            (0..50)
+                .map(|_| b.pick(&[]).unwrap().endpoint.address.clone())
+                .collect()
+        };
+        let b = Balancer::new(LoadBalancerType::RoundRobin, 50.0, &three, None);
+        b.groups[0].1[0].failed();
+        // 2 of 3 healthy (67% >= 50%): zone a alone.
+        assert_eq!(picks(&b), ["a2", "a3"].map(String::from).into());
+        b.groups[0].1[1].failed();
+        // 1 of 3 (33% < 50%): a3 and zone b share.
+        assert_eq!(picks(&b), ["a3", "b1"].map(String::from).into());
+        // With a 30% threshold, a3 alone suffices.
+        let low = Balancer::new(LoadBalancerType::RoundRobin, 30.0, &three, Some(&b));
+        assert_eq!(picks(&low), ["a3"].map(String::from).into());
+    }
+
+    #[test]
     fn peak_ewma_prefers_the_fast_endpoint_and_state_survives_rebuilds() {
-        let b = Balancer::new(LoadBalancerType::PeakEwma, &groups(), None);
+        let b = Balancer::new(LoadBalancerType::PeakEwma, 50.0, &groups(), None);
         b.groups[0].1[0].observe(Duration::from_millis(50));
         b.groups[0].1[1].observe(Duration::from_micros(200));
         let fast = (0..100)
             .filter(|_| b.pick(&[]).unwrap().endpoint.address == "a2")
             .count();
         assert_eq!(fast, 100, "with two endpoints P2C always compares both");
-        let rebuilt = Balancer::new(LoadBalancerType::PeakEwma, &groups(), Some(&b));
+        let rebuilt = Balancer::new(LoadBalancerType::PeakEwma, 50.0, &groups(), Some(&b));
         assert!(Arc::ptr_eq(&rebuilt.groups[0].1[0], &b.groups[0].1[0]));
         assert_eq!(rebuilt.pick(&[]).unwrap().endpoint.address, "a2");
         // Excluding the fast one (a retry) gives the other.

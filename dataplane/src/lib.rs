@@ -8,7 +8,7 @@
 //! `identity` holds certificates and TLS configs, `proxy` the listeners, `lb` endpoint
 //! choice, `http` the pooled connections between sidecars, `admin` the admin listener.
 
-mod admin;
+pub mod admin;
 pub mod cli;
 pub mod cp;
 mod http;
@@ -38,6 +38,21 @@ pub struct DataplaneConfig {
     /// How long SIGTERM waits for open connections to finish.
     pub drain: Duration,
 }
+
+/// Proxies for a config and identity the caller provides, without a control-plane
+/// connection: what a zone control plane runs in-process to probe a service the way
+/// sidecars reach it (failover drills). Runs until `stop` turns true.
+pub async fn run_embedded(
+    config: watch::Receiver<Option<Arc<causeway_api::proxy_config::ProxyConfig>>>,
+    identity: watch::Receiver<Option<Arc<identity::Identity>>>,
+    stop: watch::Receiver<bool>,
+) {
+    proxy::run_listeners(proxy::Proxy::new(config, identity), stop).await;
+}
+
+/// The request header a drill probe sends, and the response header naming the zone that
+/// answered it.
+pub const PROBE_HEADERS: (&str, &str) = ("x-causeway-probe", "x-causeway-zone");
 
 /// Runs the sidecar until `stop` turns true, then drains.
 pub async fn run(cfg: DataplaneConfig, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {

@@ -145,7 +145,14 @@ impl Proxy {
     fn balancer(&self, ob: &OutboundListener) -> Arc<Balancer> {
         let mut map = self.balancers.lock().expect("balancers lock");
         map.entry(ob.port)
-            .or_insert_with(|| Arc::new(Balancer::new(ob.load_balancer, &ob.groups, None)))
+            .or_insert_with(|| {
+                Arc::new(Balancer::new(
+                    ob.load_balancer,
+                    ob.failover_threshold,
+                    &ob.groups,
+                    None,
+                ))
+            })
             .clone()
     }
 
@@ -191,6 +198,7 @@ impl Proxy {
         for ob in &cfg.outbounds {
             let b = Balancer::new(
                 ob.load_balancer,
+                ob.failover_threshold,
                 &ob.groups,
                 map.get(&ob.port).map(|b| &**b),
             );
@@ -527,6 +535,13 @@ async fn inbound_request(
     }
 }
 
+/// Sent by a failover drill's probe to its own outbound: answer with
+/// [`ANSWERED_FROM_ZONE`].
+pub(crate) const PROBE: http::HeaderName = http::HeaderName::from_static("x-causeway-probe");
+/// The zone of the endpoint that answered a probe's request.
+pub(crate) const ANSWERED_FROM_ZONE: http::HeaderName =
+    http::HeaderName::from_static("x-causeway-zone");
+
 /// Set by an inbound sidecar on a 503 when its application refused the connection:
 /// evidence for the caller's outlier detection that this endpoint is down.
 const APP_UNAVAILABLE: http::HeaderName = http::HeaderName::from_static("x-causeway-unavailable");
@@ -630,6 +645,8 @@ async fn outbound_request(
     parts.version = http::Version::HTTP_2;
     parts.headers.remove(http::header::HOST);
     strip_hop_by_hop(&mut parts.headers);
+    // A drill probe asks which zone answered; the header does not travel upstream.
+    let probe = parts.headers.remove(PROBE).is_some();
     let b = proxy.balancer(ob);
     let mut tried = Vec::new();
     let mut last_err = String::from("no endpoints");
@@ -669,7 +686,13 @@ async fn outbound_request(
                     // (another endpoint, or the next zone).
                     ep.failed();
                 }
-                let (parts, body) = r.into_parts();
+                let (mut parts, body) = r.into_parts();
+                if probe
+                    && let Some(zone) = ep.endpoint.tags.get(causeway_api::ZONE_TAG)
+                    && let Ok(v) = http::HeaderValue::from_str(zone)
+                {
+                    parts.headers.insert(ANSWERED_FROM_ZONE, v);
+                }
                 stats.record(parts.status.as_u16(), started.elapsed());
                 http::Response::from_parts(parts, body.map_err(|e| e).boxed())
             }

@@ -23,15 +23,7 @@ pub(crate) async fn serve(
         .route("/config", get(config))
         .route("/metrics", get(metrics))
         .with_state(ingress);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding the admin address {addr}: {e}"))?;
-    tracing::info!(%addr, "admin listening");
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "admin listener stopped");
-        }
-    }))
+    causeway_dataplane::admin::serve_router(app, addr).await
 }
 
 async fn ready(State(i): State<Arc<Ingress>>) -> impl IntoResponse {

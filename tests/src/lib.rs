@@ -348,6 +348,16 @@ impl GlobalCluster {
 
     /// Runs the CLI with this cluster's connection settings and returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let out = self.cli_command(args).output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// The CLI with this cluster's connection settings, not started.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
         let addrs: Vec<String> = self
             .nodes
             .iter()
@@ -355,18 +365,13 @@ impl GlobalCluster {
             .map(|n| n.url())
             .collect();
         let ca = self.nodes[0].dir.join("api-ca.pem");
-        let out = Command::new(causeway_bin())
-            .args(args)
+        let mut cmd = Command::new(causeway_bin());
+        cmd.args(args)
             .env("CAUSEWAY_ADDR", addrs.join(","))
             .env("CAUSEWAY_TOKEN", &self.token)
             .env("CAUSEWAY_CA_FILE", ca)
-            .env("CAUSEWAY_CONFIG", self.tmp.path().join("cli-config.yaml"))
-            .output()?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+            .env("CAUSEWAY_CONFIG", self.tmp.path().join("cli-config.yaml"));
+        cmd
     }
 
     /// Adds a node process that will join (after `cluster add-node`), not yet started.
@@ -704,5 +709,42 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// TEST ONLY: a TLS client verifier that accepts any server certificate, for tests of
+/// what the server side does (a revocation, an ingress that must not terminate TLS).
+#[derive(Debug)]
+pub struct AcceptAnyServerForTest(pub std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerForTest {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &rustls::pki_types::CertificateDer<'_>,
+        d: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

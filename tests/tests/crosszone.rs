@@ -235,49 +235,15 @@ async fn metric(http: &reqwest::Client, admin: SocketAddr, series: &str) -> f64 
         .unwrap_or(0.0)
 }
 
-/// A TLS client that accepts any server: enough to test what the ingress lets through.
-#[derive(Debug)]
-struct AcceptAnyServerForTest(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerForTest {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A TLS handshake with `sni` to `addr`: the server's certificate chain, or the error.
 async fn handshake(addr: SocketAddr, sni: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyServerForTest(provider)))
+        .with_custom_certificate_verifier(Arc::new(causeway_tests::AcceptAnyServerForTest(
+            provider,
+        )))
         .with_no_client_auth();
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from(sni.to_string())?;
@@ -491,14 +457,7 @@ async fn calls_stay_local_fail_over_to_another_zone_at_once_and_a_disabled_zone_
 
     // Wait until zone-b is known to web as the failover group, then: all calls local.
     eventually("zone-b in web's config", WAIT, || async {
-        let cfg: Value = http
-            .get(format!("http://{web_admin}/config"))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
+        let cfg = config_of(&http, web_admin).await?;
         let groups = &cfg["config"]["outbounds"][0]["groups"];
         (groups[0]["zone"] == "zone-a" && groups[1]["zone"] == "zone-b").then_some(())
     })
@@ -561,4 +520,196 @@ async fn calls_stay_local_fail_over_to_another_zone_at_once_and_a_disabled_zone_
     let r = http.get(format!("http://127.0.0.1:{out}/")).send().await?;
     assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_down_drill_moves_traffic_away_and_back_and_reports_it() -> anyhow::Result<()> {
+    let m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    let (_ba, pa) = m.app("zone-a", "a1", "backend")?;
+    let (_bb, pb) = m.app("zone-b", "b1", "backend")?;
+    let _sa = m
+        .sidecar("zone-a", "backend-a", "backend", Some(pa), &[])
+        .await?;
+    let _sb = m
+        .sidecar("zone-b", "backend-b", "backend", Some(pb), &[])
+        .await?;
+    let _ia = m.ingress("zone-a", "zone-a-ingress").await?;
+    let (_ib, ing_b, ing_b_admin) = m.ingress("zone-b", "zone-b-ingress").await?;
+    // Calls to backend spread over both zones, so zone-b's loss has something to move.
+    put(&m.c, "/meshes/default/meshloadbalancingstrategies/spread", &json!({
+        "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "spread",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {"loadBalancer": {"type": "RoundRobin"}, "localityAwareness": {"disabled": true}}}]}})).await?;
+    let (_web, web_admin, outs) = m
+        .sidecar("zone-a", "web-1", "web", None, &["backend"])
+        .await?;
+    let http = plain_http();
+    eventually("backend answering from both zones", WAIT, || async {
+        let mut zones = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            zones.insert(call(&http, outs[0]).await?["zone"].as_str()?.to_string());
+        }
+        (zones.len() == 2).then_some(())
+    })
+    .await?;
+
+    // The drill, followed live by the CLI as an operator would.
+    let mut cmd = m.c.cli_command(&[
+        "drill",
+        "zone-down",
+        "--zone",
+        "zone-b",
+        "--probe",
+        "backend",
+        "--duration",
+        "4s",
+        "--name",
+        "b-down",
+    ]);
+    let follower = std::thread::spawn(move || cmd.output());
+    let zone_b_groups = |cfg: &Value| {
+        cfg["config"]["outbounds"][0]["groups"]
+            .as_array()
+            .map_or(0, |g| {
+                g.iter()
+                    .filter(|g| {
+                        g["endpoints"].as_array().is_some_and(|e| {
+                            e.iter().any(|e| e["tags"]["causeway.io/zone"] == "zone-b")
+                        })
+                    })
+                    .count()
+            })
+    };
+    // While it runs: zone-b's ingress refuses, zone-b's endpoints leave zone-a's configs,
+    // and every call is answered in zone-a.
+    eventually("zone-b down", WAIT, || async {
+        let cfg = config_of(&http, web_admin).await?;
+        (zone_b_groups(&cfg) == 0).then_some(())
+    })
+    .await?;
+    assert!(
+        handshake(ing_b, "backend.default.causeway").await.is_err(),
+        "zone-b's ingress refuses during the drill"
+    );
+    assert!(
+        metric(
+            &http,
+            ing_b_admin,
+            "causeway_ingress_connections_total{result=\"refused_drill\"}"
+        )
+        .await
+            >= 1.0
+    );
+    for _ in 0..10 {
+        let v = call(&http, outs[0])
+            .await
+            .context("a call during the drill")?;
+        assert_eq!(v["zone"], "zone-a");
+    }
+    // It ends by itself: zone-b is back.
+    eventually("zone-b back", WAIT, || async {
+        let cfg = config_of(&http, web_admin).await?;
+        (zone_b_groups(&cfg) > 0).then_some(())
+    })
+    .await?;
+    assert!(handshake(ing_b, "backend.default.causeway").await.is_ok());
+
+    let out = follower.join().expect("the follower thread")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{stdout}");
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("report of drill b-down"), "{stdout}");
+    assert!(stdout.contains("from zone-a (done)"), "{stdout}");
+    assert!(stdout.contains("traffic moved after"), "{stdout}");
+
+    // The report on global says what the probe in zone-a saw.
+    let (s, v) =
+        m.c.call_retry(
+            Method::GET,
+            "/meshes/default/drillreports/b-down-zone-a",
+            None,
+        )
+        .await?;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let r = &v["spec"];
+    assert_eq!(v["origin"], "zone-a");
+    assert_eq!(r["state"], "done", "{r}");
+    assert_eq!(r["drilledZoneServedBefore"], true, "{r}");
+    assert!(r["before"]["zones"]["zone-b"].as_u64() > Some(0), "{r}");
+    assert!(
+        r["during"]["zones"].get("zone-b").is_none(),
+        "nothing answered from zone-b while it was down: {r}"
+    );
+    assert!(r["during"]["requests"].as_u64() >= Some(20), "{r}");
+    let moved = r["movedAfterMs"].as_u64().context("moved")?;
+    assert!(moved <= 1000, "traffic moved within a second: {r}");
+    assert!(r["failedDuringMove"].as_u64() <= Some(5), "{r}");
+    assert!(
+        r["recoveredAfterMs"].as_u64().is_some(),
+        "zone-b answered again after the drill: {r}"
+    );
+    assert!(r["after"]["zones"]["zone-b"].as_u64() > Some(0), "{r}");
+
+    // `drill list` shows it ended, with the report; `drill stop` ends another early.
+    let (ok, list, err) = m.c.cli(&["drill", "list"])?;
+    assert!(ok, "{err}");
+    assert!(
+        list.contains("b-down: ZoneDown of zone-b") && list.contains("ended"),
+        "{list}"
+    );
+    let (ok, _, err) = m.c.cli(&[
+        "drill",
+        "zone-down",
+        "--zone",
+        "zone-b",
+        "--duration",
+        "10m",
+        "--name",
+        "long",
+        "--detach",
+    ])?;
+    assert!(ok, "{err}");
+    eventually("zone-b down again", WAIT, || async {
+        let cfg = config_of(&http, web_admin).await?;
+        (zone_b_groups(&cfg) == 0).then_some(())
+    })
+    .await?;
+    let (ok, stopped, err) = m.c.cli(&["drill", "stop", "long"])?;
+    assert!(
+        ok && stopped.contains("drill long stopped"),
+        "{stopped}{err}"
+    );
+    eventually("zone-b back after the stop", WAIT, || async {
+        let cfg = config_of(&http, web_admin).await?;
+        (zone_b_groups(&cfg) > 0).then_some(())
+    })
+    .await?;
+    let (_, list, _) = m.c.cli(&["drill", "list"])?;
+    assert!(
+        list.contains("long: ZoneDown of zone-b") && list.contains("stopped"),
+        "{list}"
+    );
+    // A drill of an unknown zone is refused with the reason.
+    let (ok, _, err) =
+        m.c.cli(&["drill", "zone-down", "--zone", "nowhere", "--detach"])?;
+    assert!(
+        !ok && err.contains("zone \"nowhere\" is not known"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// A sidecar's or ingress's `/config`.
+async fn config_of(http: &reqwest::Client, admin: SocketAddr) -> Option<Value> {
+    http.get(format!("http://{admin}/config"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
 }

@@ -741,43 +741,6 @@ async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()>
     Ok(())
 }
 
-/// TEST ONLY: accepts any server certificate (the test checks the server's side of a
-/// revocation, with a client holding a certificate under the revoked CA).
-#[derive(Debug)]
-struct AcceptAnyServerForTest(std::sync::Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerForTest {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
 -> anyhow::Result<()> {
@@ -832,7 +795,9 @@ async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
     let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AcceptAnyServerForTest(provider)))
+        .with_custom_certificate_verifier(std::sync::Arc::new(
+            causeway_tests::AcceptAnyServerForTest(provider),
+        ))
         .with_client_auth_cert(
             causeway_pki::certs(&signed.cert_chain_pem, "chain")?,
             causeway_pki::key(&csr.key_pem, "key")?,

@@ -101,21 +101,6 @@ impl DdsService {
         }
         Ok(claims)
     }
-
-    fn mesh_spec(&self, mesh: &str) -> Result<MeshSpec, Status> {
-        let key = ResourceKey {
-            kind: "Mesh".into(),
-            mesh: String::new(),
-            name: mesh.into(),
-        };
-        let m = self
-            .shared
-            .store
-            .get(&key)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| Status::not_found(format!("mesh {mesh:?} is not known in this zone")))?;
-        serde_json::from_value(m.spec).map_err(|e| Status::internal(e.to_string()))
-    }
 }
 
 /// The mesh's resources as this zone holds them, cached per state version.
@@ -153,12 +138,22 @@ pub(crate) fn mesh_inputs(shared: &Shared, mesh: &str) -> Result<Arc<MeshInputs>
             .filter(|(m, _)| m == mesh)
             .map(|(_, sha)| sha)
             .collect(),
+        drilled_zones: Vec::new(),
     };
     for t in causeway_api::types() {
-        if t.scope == causeway_api::Scope::Mesh && !matches!(t.kind, "Dataplane" | "ZoneIngress") {
+        if t.scope == causeway_api::Scope::Mesh
+            && !matches!(t.kind, "Dataplane" | "ZoneIngress" | "DrillReport")
+        {
             inputs.policies.extend(all(t.kind, mesh).map_err(err)?);
         }
     }
+    let now = time::OffsetDateTime::now_utc();
+    inputs.drilled_zones = crate::drill::drills(store)
+        .map_err(err)?
+        .into_iter()
+        .filter(|(_, d)| d.mesh == mesh && d.active_at(now))
+        .map(|(_, d)| d.zone)
+        .collect();
     let inputs = Arc::new(inputs);
     shared
         .inputs_cache
@@ -166,6 +161,77 @@ pub(crate) fn mesh_inputs(shared: &Shared, mesh: &str) -> Result<Arc<MeshInputs>
         .expect("cache lock")
         .insert(mesh.to_string(), (version, inputs.clone()));
     Ok(inputs)
+}
+
+/// A workload certificate for `service` in `mesh` from a CSR, signed by this zone's
+/// intermediate CA of the mesh: for sidecars (after their token is checked) and for
+/// the zone's own drill probes.
+pub(crate) fn sign_workload(
+    shared: &Shared,
+    mesh: &str,
+    service: &str,
+    csr_pem: &str,
+) -> Result<SignResponse, Status> {
+    let spec = mesh_spec(shared, mesh)?;
+    if spec.mtls.is_none() {
+        return Err(Status::failed_precondition(format!(
+            "mesh {:?} has no mTLS; there is no certificate to issue",
+            mesh
+        )));
+    }
+    let inter = shared
+        .store
+        .intermediate(mesh)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .ok_or_else(|| {
+            Status::unavailable(format!(
+                "this zone has no intermediate CA for mesh {:?} yet; retry",
+                mesh
+            ))
+        })?;
+    let ca = CertKey {
+        cert_pem: first_cert(&inter.cert_pem),
+        key_pem: inter.key_pem.clone(),
+    };
+    let id = causeway_api::proxy_config::spiffe_id(spec.trust_domain_or(mesh), service);
+    let ttl = spec.certificate_ttl.as_std();
+    let leaf = causeway_pki::sign_csr(
+        &ca,
+        csr_pem,
+        &Profile::Leaf {
+            common_name: service.to_string(),
+            names: vec![id.clone()],
+        },
+        ttl,
+    )
+    .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+    let info = causeway_pki::cert_info(&leaf).map_err(|e| Status::internal(e.to_string()))?;
+    // From the issue time: not_before is backdated for clock skew.
+    let issued = now_unix();
+    let renew_at =
+        issued + ((info.not_after - issued) as f64 * spec.certificate_renew_at.fraction()) as i64;
+    tracing::debug!(%id, not_after = info.not_after, "issued a workload certificate");
+    Ok(SignResponse {
+        cert_chain_pem: format!("{leaf}{}", ca.cert_pem),
+        trust_bundle_pem: inter.root_pem.clone(),
+        not_before: info.not_before,
+        not_after: info.not_after,
+        renew_at,
+    })
+}
+
+fn mesh_spec(shared: &Shared, mesh: &str) -> Result<MeshSpec, Status> {
+    let key = ResourceKey {
+        kind: "Mesh".into(),
+        mesh: String::new(),
+        name: mesh.into(),
+    };
+    let m = shared
+        .store
+        .get(&key)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .ok_or_else(|| Status::not_found(format!("mesh {mesh:?} is not known in this zone")))?;
+    serde_json::from_value(m.spec).map_err(|e| Status::internal(e.to_string()))
 }
 
 fn first_cert(pem: &str) -> String {
@@ -181,56 +247,7 @@ impl Dds for DdsService {
     async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         let r = req.into_inner();
         let claims = self.verify(&r.token)?;
-        let spec = self.mesh_spec(&claims.mesh)?;
-        if spec.mtls.is_none() {
-            return Err(Status::failed_precondition(format!(
-                "mesh {:?} has no mTLS; there is no certificate to issue",
-                claims.mesh
-            )));
-        }
-        let inter = self
-            .shared
-            .store
-            .intermediate(&claims.mesh)
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| {
-                Status::unavailable(format!(
-                    "this zone has no intermediate CA for mesh {:?} yet; retry",
-                    claims.mesh
-                ))
-            })?;
-        let ca = CertKey {
-            cert_pem: first_cert(&inter.cert_pem),
-            key_pem: inter.key_pem.clone(),
-        };
-        let id = causeway_api::proxy_config::spiffe_id(
-            spec.trust_domain_or(&claims.mesh),
-            &claims.service,
-        );
-        let ttl = spec.certificate_ttl.as_std();
-        let leaf = causeway_pki::sign_csr(
-            &ca,
-            &r.csr_pem,
-            &Profile::Leaf {
-                common_name: claims.service.clone(),
-                names: vec![id.clone()],
-            },
-            ttl,
-        )
-        .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
-        let info = causeway_pki::cert_info(&leaf).map_err(|e| Status::internal(e.to_string()))?;
-        // From the issue time: not_before is backdated for clock skew.
-        let issued = now_unix();
-        let renew_at = issued
-            + ((info.not_after - issued) as f64 * spec.certificate_renew_at.fraction()) as i64;
-        tracing::debug!(%id, not_after = info.not_after, "issued a workload certificate");
-        Ok(Response::new(SignResponse {
-            cert_chain_pem: format!("{leaf}{}", ca.cert_pem),
-            trust_bundle_pem: inter.root_pem.clone(),
-            not_before: info.not_before,
-            not_after: info.not_after,
-            renew_at,
-        }))
+        sign_workload(&self.shared, &claims.mesh, &claims.service, &r.csr_pem).map(Response::new)
     }
 
     type StreamStream = ReceiverStream<Result<ControlMessage, Status>>;
@@ -421,7 +438,11 @@ async fn serve_ingress(
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found("the ZoneIngress was removed"))?;
         let inputs = mesh_inputs(shared, &key.mesh)?;
-        match crate::ingress::compute(&inputs, &key.mesh, &key.name, None) {
+        let refusing = inputs
+            .drilled_zones
+            .contains(&shared.cfg.zone)
+            .then(|| format!("a failover drill takes zone {} down", shared.cfg.zone));
+        match crate::ingress::compute(&inputs, &key.mesh, &key.name, refusing) {
             Ok((cfg, available)) => {
                 let mut spec: causeway_api::ZoneIngressSpec =
                     serde_json::from_value(current.spec.clone())
@@ -435,19 +456,7 @@ async fn serve_ingress(
                 }
                 if sent.as_deref() != Some(cfg.version.as_str()) {
                     let json = serde_json::to_vec(&cfg).expect("configs serialize");
-                    tx.send(Ok(ControlMessage {
-                        msg: Some(control_message::Msg::Config(ConfigSnapshot {
-                            version: cfg.version.clone(),
-                            json,
-                        })),
-                    }))
-                    .await
-                    .map_err(|_| Status::cancelled("ingress gone"))?;
-                    update(shared, key, stream_id, |p| {
-                        p.sent_version = Some(cfg.version.clone());
-                        p.last_push_unix_ms = now_ms();
-                    });
-                    shared.touch_push();
+                    push(shared, key, stream_id, tx, &cfg.version, json).await?;
                     sent = Some(cfg.version);
                 }
             }
@@ -455,26 +464,8 @@ async fn serve_ingress(
                 tracing::warn!(ingress = %key, error = %e, "cannot compute the ingress's config yet")
             }
         }
-        tokio::select! {
-            c = changes.changed() => {
-                if c.is_err() {
-                    return Ok(());
-                }
-            }
-            msg = inbound.next() => match msg {
-                Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Ack(a)) })) => {
-                    update(shared, key, stream_id, |p| {
-                        p.acked_version = Some(a.version);
-                        p.nack = None;
-                    });
-                }
-                Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Nack(n)) })) => {
-                    tracing::warn!(ingress = %key, version = %n.version, reason = %n.reason, "ingress rejected its config");
-                    update(shared, key, stream_id, |p| p.nack = Some(n.reason));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return Ok(()),
-            },
+        if !next_event(shared, key, stream_id, &mut changes, &mut inbound).await {
+            return Ok(());
         }
     }
 }
@@ -553,19 +544,7 @@ async fn serve_proxy(
         match proxy_config::compute(&inputs, &dp) {
             Ok(cfg) if sent.as_deref() != Some(cfg.version.as_str()) => {
                 let json = serde_json::to_vec(&cfg).expect("configs serialize");
-                tx.send(Ok(ControlMessage {
-                    msg: Some(control_message::Msg::Config(ConfigSnapshot {
-                        version: cfg.version.clone(),
-                        json,
-                    })),
-                }))
-                .await
-                .map_err(|_| Status::cancelled("proxy gone"))?;
-                update(shared, key, stream_id, |p| {
-                    p.sent_version = Some(cfg.version.clone());
-                    p.last_push_unix_ms = now_ms();
-                });
-                shared.touch_push();
+                push(shared, key, stream_id, tx, &cfg.version, json).await?;
                 sent = Some(cfg.version);
             }
             Ok(_) => {}
@@ -573,27 +552,64 @@ async fn serve_proxy(
                 tracing::warn!(dataplane = %key, error = %e, "cannot compute the proxy's config yet")
             }
         }
-        tokio::select! {
-            c = changes.changed() => {
-                if c.is_err() {
-                    return Ok(());
-                }
-            }
-            msg = inbound.next() => match msg {
-                Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Ack(a)) })) => {
-                    update(shared, key, stream_id, |p| {
-                        p.acked_version = Some(a.version);
-                        p.nack = None;
-                    });
-                }
-                Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Nack(n)) })) => {
-                    tracing::warn!(dataplane = %key, version = %n.version, reason = %n.reason, "proxy rejected its config");
-                    update(shared, key, stream_id, |p| p.nack = Some(n.reason));
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return Ok(()),
-            },
+        if !next_event(shared, key, stream_id, &mut changes, &mut inbound).await {
+            return Ok(());
         }
+    }
+}
+
+/// Sends a config snapshot down a stream and records it.
+async fn push(
+    shared: &Shared,
+    key: &ResourceKey,
+    stream_id: u64,
+    tx: &mpsc::Sender<Result<ControlMessage, Status>>,
+    version: &str,
+    json: Vec<u8>,
+) -> Result<(), Status> {
+    tx.send(Ok(ControlMessage {
+        msg: Some(control_message::Msg::Config(ConfigSnapshot {
+            version: version.to_string(),
+            json,
+        })),
+    }))
+    .await
+    .map_err(|_| Status::cancelled("the proxy is gone"))?;
+    update(shared, key, stream_id, |p| {
+        p.sent_version = Some(version.to_string());
+        p.last_push_unix_ms = now_ms();
+    });
+    shared.touch_push();
+    Ok(())
+}
+
+/// Waits for a state change (true) or records the proxy's ACK or NACK (true); false
+/// when either side ended.
+async fn next_event(
+    shared: &Shared,
+    key: &ResourceKey,
+    stream_id: u64,
+    changes: &mut tokio::sync::watch::Receiver<u64>,
+    inbound: &mut Streaming<ProxyMessage>,
+) -> bool {
+    tokio::select! {
+        c = changes.changed() => c.is_ok(),
+        msg = inbound.next() => match msg {
+            Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Ack(a)) })) => {
+                update(shared, key, stream_id, |p| {
+                    p.acked_version = Some(a.version);
+                    p.nack = None;
+                });
+                true
+            }
+            Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Nack(n)) })) => {
+                tracing::warn!(proxy = %key, version = %n.version, reason = %n.reason, "a proxy rejected its config");
+                update(shared, key, stream_id, |p| p.nack = Some(n.reason));
+                true
+            }
+            Some(Ok(_)) => true,
+            Some(Err(_)) | None => false,
+        },
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod api;
 mod dds;
+mod drill;
 pub mod ingress;
 mod kds_client;
 pub mod proxy_config;
@@ -245,6 +246,7 @@ impl Zone {
             }));
         }
         tracing::info!(zone = %cfg.zone, revision, api = %cfg.api_addr, "zone control plane serving its stored state");
+        tasks.push(tokio::spawn(drill::run(shared.clone())));
         tasks.push(tokio::spawn(kds_client::run(shared)));
         Ok(Zone { tasks, api_handle })
     }

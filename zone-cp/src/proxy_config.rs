@@ -28,6 +28,8 @@ pub struct MeshInputs {
     pub policies: Vec<Resource>,
     /// Revoked intermediate CAs of the mesh (SHA-256 hex).
     pub revoked_cas: Vec<String>,
+    /// Zones a failover drill takes out of the mesh right now.
+    pub drilled_zones: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -137,6 +139,12 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                     .as_ref()
                     .map_or(LoadBalancerType::PeakEwma, |lb| lb.kind),
                 groups: endpoint_groups(inputs, &mesh_name, &mesh_spec, &ob.service, &conf),
+                failover_threshold: conf
+                    .locality_awareness
+                    .as_ref()
+                    .and_then(|l| l.cross_zone.as_ref())
+                    .and_then(|c| c.failover_threshold.as_ref())
+                    .map_or(50.0, |t| t.percentage.fraction() * 100.0),
             }
         })
         .collect();
@@ -260,7 +268,11 @@ fn endpoint_groups(
                 .clone()
                 .or_else(|| ing.origin.clone())
                 .unwrap_or_default();
-            if zone == inputs.zone || zone.is_empty() || !zone_enabled(inputs, &zone) {
+            if zone == inputs.zone
+                || zone.is_empty()
+                || !zone_enabled(inputs, &zone)
+                || inputs.drilled_zones.contains(&zone)
+            {
                 continue;
             }
             let address = s

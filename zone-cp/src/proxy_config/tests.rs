@@ -109,3 +109,24 @@ fn no_mesh_is_an_error_not_a_panic() {
         Err(ComputeError::NoMesh("default".into()))
     );
 }
+
+#[test]
+fn a_drilled_zone_leaves_every_config_like_a_disabled_one() {
+    let mut inputs = inputs("cross-zone-failover", "zone-a");
+    let dp = inputs
+        .dataplanes
+        .iter()
+        .find(|d| d.name == "web-1")
+        .unwrap()
+        .clone();
+    let zones = |inputs: &MeshInputs| -> Vec<String> {
+        compute(inputs, &dp).unwrap().outbounds[1]
+            .groups
+            .iter()
+            .map(|g| g.zone.clone())
+            .collect()
+    };
+    assert_eq!(zones(&inputs), ["zone-c", "zone-b"]);
+    inputs.drilled_zones = vec!["zone-c".into()];
+    assert_eq!(zones(&inputs), ["zone-b"]);
+}
