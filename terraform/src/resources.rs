@@ -94,8 +94,12 @@ pub struct ResourceDef {
 pub fn resources() -> Vec<ResourceDef> {
     let mut out = Vec::new();
     for info in causeway_api::types() {
-        // Dataplanes and zone ingresses are registered by their zones, not by users.
-        if matches!(info.kind, "Dataplane" | "ZoneIngress") {
+        // Not configuration: dataplanes, zone ingresses and drill reports are written by
+        // zones; a drill is a rehearsal with a fixed window, started with `causeway drill`.
+        if matches!(
+            info.kind,
+            "Dataplane" | "ZoneIngress" | "Drill" | "DrillReport"
+        ) {
             continue;
         }
         let spec = block_from_json_schema(&(info.spec_schema)());
