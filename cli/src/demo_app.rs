@@ -78,6 +78,10 @@ async fn echo(State(app): State<App>, req: Request) -> (axum::http::StatusCode, 
     out["method"] = json!(req.method().as_str());
     out["path"] = json!(req.uri().path());
     out["peer"] = json!(peer);
+    // Read the whole body before answering, like a real handler: answering early and
+    // closing would cut off a client still sending.
+    let body = axum::body::to_bytes(req.into_body(), 64 << 20).await;
+    out["bodyBytes"] = json!(body.map_or(0, |b| b.len()));
     let mut status = axum::http::StatusCode::OK;
     if let Some((client, url)) = &app.call {
         out["upstream"] = match client.get(url).send().await {

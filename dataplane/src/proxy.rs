@@ -528,9 +528,10 @@ async fn inbound_request(
         }
         Err(e) => {
             stats.record(502, started.elapsed());
+            let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
             text(
                 http::StatusCode::BAD_GATEWAY,
-                format!("causeway: the application did not answer: {e}\n"),
+                format!("causeway: the application did not answer: {e}{cause}\n"),
             )
         }
     }

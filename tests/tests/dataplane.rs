@@ -291,33 +291,50 @@ async fn http_and_tcp_over_mtls_with_permissions_enforced_by_identity() -> anyho
         v["peer"], "spiffe://default/web",
         "the backend's sidecar passed on the verified identity"
     );
-    let v: Value = http
+    let r = http
         .post(format!("http://127.0.0.1:{to_backend}/post"))
         .body("x".repeat(100_000))
         .send()
-        .await?
-        .json()
         .await?;
+    let (status, text) = (r.status(), r.text().await?);
+    let v: Value = serde_json::from_str(&text).with_context(|| format!("{status} {text}"))?;
     assert_eq!(v["method"], "POST");
+    assert_eq!(
+        v["bodyBytes"], 100_000,
+        "the whole body crossed both sidecars"
+    );
 
-    // HTTP/2 to an h2c application.
-    let v: Value = http
-        .get(format!("http://127.0.0.1:{to_api}/h2"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    // HTTP/2 to an h2c application (polled: the demo apps start in the background).
+    let v: Value = eventually("a call to the h2c app", WAIT, || async {
+        let r = http
+            .get(format!("http://127.0.0.1:{to_api}/h2"))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        r.json().await.ok()
+    })
+    .await?;
     assert_eq!(v["service"], "api");
 
     // TCP passthrough: bytes echo back through both sidecars.
-    {
+    let echoed = eventually("an echo through both sidecars", WAIT, || async {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", to_echo)).await?;
-        s.write_all(b"ping over mtls").await?;
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", to_echo))
+            .await
+            .ok()?;
+        s.write_all(b"ping over mtls").await.ok()?;
         let mut buf = [0u8; 14];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await??;
-        assert_eq!(&buf, b"ping over mtls");
-    }
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(buf)
+    })
+    .await?;
+    assert_eq!(&echoed, b"ping over mtls");
 
     // The inbound port refuses a plaintext client...
     let r = http.get(format!("http://127.0.0.1:{b_in}/")).send().await;
