@@ -38,6 +38,8 @@ struct Mesh {
     c: GlobalCluster,
     zones: Vec<Zone>,
     dir: PathBuf,
+    /// Ingresses accept QUIC (and other zones' sidecars use it).
+    quic: bool,
 }
 
 impl Mesh {
@@ -74,7 +76,12 @@ impl Mesh {
             .with_context(|| z.cp.logs())?;
         }
         let dir = c.tmp.path().to_path_buf();
-        Ok(Mesh { c, zones: out, dir })
+        Ok(Mesh {
+            c,
+            zones: out,
+            dir,
+            quic: false,
+        })
     }
 
     fn zone(&self, name: &str) -> &Zone {
@@ -178,7 +185,8 @@ impl Mesh {
         zone: &str,
         name: &str,
     ) -> anyhow::Result<(Proc, SocketAddr, SocketAddr)> {
-        self.ingress_with(zone, name, &[]).await
+        let extra: &[&str] = if self.quic { &["--quic"] } else { &[] };
+        self.ingress_with(zone, name, extra).await
     }
 
     /// An ingress for `zone` with extra flags (`--quic`).
@@ -449,7 +457,18 @@ async fn sign_with(m: &Mesh, zone: &str, token: &str) -> Result<(), String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_stay_local_fail_over_to_another_zone_at_once_and_a_disabled_zone_is_out()
 -> anyhow::Result<()> {
-    let m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    failover(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quic_calls_stay_local_fail_over_at_once_and_a_disabled_zone_is_out()
+-> anyhow::Result<()> {
+    failover(true).await
+}
+
+async fn failover(quic: bool) -> anyhow::Result<()> {
+    let mut m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    m.quic = quic;
     let (local_app, pa) = m.app("zone-a", "a1", "backend")?;
     let (_bb, pb) = m.app("zone-b", "b1", "backend")?;
     let _local = m
@@ -459,7 +478,7 @@ async fn calls_stay_local_fail_over_to_another_zone_at_once_and_a_disabled_zone_
         .sidecar("zone-b", "backend-b", "backend", Some(pb), &[])
         .await?;
     let _ia = m.ingress("zone-a", "zone-a-ingress").await?;
-    let _ib = m.ingress("zone-b", "zone-b-ingress").await?;
+    let (_ib, _, ib_admin) = m.ingress("zone-b", "zone-b-ingress").await?;
     let (web, web_admin, outs) = m
         .sidecar("zone-a", "web-1", "web", None, &["backend"])
         .await?;
@@ -470,7 +489,10 @@ async fn calls_stay_local_fail_over_to_another_zone_at_once_and_a_disabled_zone_
     eventually("zone-b in web's config", WAIT, || async {
         let cfg = config_of(&http, web_admin).await?;
         let groups = &cfg["config"]["outbounds"][0]["groups"];
-        (groups[0]["zone"] == "zone-a" && groups[1]["zone"] == "zone-b").then_some(())
+        (groups[0]["zone"] == "zone-a"
+            && groups[1]["zone"] == "zone-b"
+            && groups[1]["endpoints"][0]["quic"].as_bool().unwrap_or(false) == quic)
+            .then_some(())
     })
     .await
     .with_context(|| web.logs())?;
@@ -503,6 +525,12 @@ async fn calls_stay_local_fail_over_to_another_zone_at_once_and_a_disabled_zone_
         let v = call(&http, out).await.context("a call after failover")?;
         assert_eq!(v["zone"], "zone-b");
     }
+    let streams = metric(&http, ib_admin, "causeway_ingress_quic_streams_total").await;
+    assert_eq!(
+        streams > 0.0,
+        quic,
+        "zone-b reached over QUIC iff its ingress offers it"
+    );
 
     // zone-b disabled: its endpoints leave zone-a's configs, calls get no answer.
     put(
@@ -535,7 +563,17 @@ async fn calls_stay_local_fail_over_to_another_zone_at_once_and_a_disabled_zone_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zone_down_drill_moves_traffic_away_and_back_and_reports_it() -> anyhow::Result<()> {
-    let m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    drill(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quic_a_zone_down_drill_moves_traffic_away_and_back() -> anyhow::Result<()> {
+    drill(true).await
+}
+
+async fn drill(quic: bool) -> anyhow::Result<()> {
+    let mut m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    m.quic = quic;
     let (_ba, pa) = m.app("zone-a", "a1", "backend")?;
     let (_bb, pb) = m.app("zone-b", "b1", "backend")?;
     let _sa = m
@@ -672,6 +710,33 @@ async fn a_zone_down_drill_moves_traffic_away_and_back_and_reports_it() -> anyho
         list.contains("b-down: ZoneDown of zone-b") && list.contains("ended"),
         "{list}"
     );
+    // A detached drill (the CLI gone at once) ends by itself at its expiry.
+    let (ok, _, err) = m.c.cli(&[
+        "drill",
+        "zone-down",
+        "--zone",
+        "zone-b",
+        "--duration",
+        "2s",
+        "--name",
+        "short",
+        "--detach",
+    ])?;
+    assert!(ok, "{err}");
+    eventually("zone-b down by the detached drill", WAIT, || async {
+        let cfg = config_of(&http, web_admin).await?;
+        (zone_b_groups(&cfg) == 0).then_some(())
+    })
+    .await?;
+    eventually(
+        "zone-b back at the detached drill's expiry",
+        WAIT,
+        || async {
+            let cfg = config_of(&http, web_admin).await?;
+            (zone_b_groups(&cfg) > 0).then_some(())
+        },
+    )
+    .await?;
     let (ok, _, err) = m.c.cli(&[
         "drill",
         "zone-down",
