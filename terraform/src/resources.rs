@@ -903,11 +903,7 @@ pub async fn import(client: &Client, def: &ResourceDef, id: &str) -> Result<Valu
                 ))]);
             }
         },
-        Kind::DataplaneToken | Kind::IngressToken => {
-            return Err(vec![Diag::new(format!("{} cannot be imported", def.name)).detail(
-                "The API shows a token only once, when it is issued; declare the resource and apply to issue a new one.",
-            )]);
-        }
+        Kind::DataplaneToken | Kind::IngressToken => return import_token(def, id),
     };
     if name.is_empty() || (info.scope == Scope::Global && parts.len() != 1) {
         return Err(vec![Diag::new(format!("import id {id:?} is not {hint}"))]);
@@ -932,9 +928,96 @@ pub async fn import(client: &Client, def: &ResourceDef, id: &str) -> Result<Valu
     Ok(state)
 }
 
+/// Imports a token by its value: the API shows a token only once, so only whoever holds
+/// it can hand it to Terraform. Its claims (readable without a key) fill the attributes;
+/// `valid_for` is left unset when the lifetime is the default.
+fn import_token(def: &ResourceDef, token: &str) -> Result<Value, Diags> {
+    use base64::Engine as _;
+    let (prefix, kind, inputs): (&str, &str, &[&str]) = match def.kind {
+        Kind::DataplaneToken => ("cwd1", "dataplane", &["mesh", "service"]),
+        _ => ("cwi1", "ingress", &["zone"]),
+    };
+    let bad = || {
+        vec![
+            Diag::new(format!("the import id is not a token of kind {kind} ({prefix})")).detail(format!(
+                "Import a token by its value: `terraform import {}.NAME {prefix}.…` (the API shows a token only when it issues it).",
+                def.name
+            )),
+        ]
+    };
+    let token = token.trim();
+    let parts: Vec<&str> = token.split('.').collect();
+    if parts.len() != 3 || parts[0] != prefix {
+        return Err(bad());
+    }
+    let claims: Json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts[1])
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(bad)?;
+    let mut state = Value::Map(Default::default());
+    for a in &def.schema.attrs {
+        state.set(&a.name, Value::Null);
+    }
+    for input in inputs {
+        let v = claims.get(*input).and_then(Json::as_str).ok_or_else(bad)?;
+        state.set(input, Value::string(v));
+    }
+    state.set(
+        "id",
+        Value::opt_string(claims.get("id").and_then(Json::as_str)),
+    );
+    state.set("token", Value::string(token));
+    let (iat, exp) = (
+        claims.get("iat").and_then(Json::as_i64).ok_or_else(bad)?,
+        claims.get("exp").and_then(Json::as_i64).ok_or_else(bad)?,
+    );
+    if let Ok(t) = time::OffsetDateTime::from_unix_timestamp(exp)
+        && let Ok(s) = t.format(&time::format_description::well_known::Rfc3339)
+    {
+        state.set("expires_at", Value::string(s));
+    }
+    let lifetime = exp - iat;
+    if lifetime != 8760 * 3600 {
+        let text = if lifetime % 3600 == 0 {
+            format!("{}h", lifetime / 3600)
+        } else if lifetime % 60 == 0 {
+            format!("{}m", lifetime / 60)
+        } else {
+            format!("{lifetime}s")
+        };
+        state.set("valid_for", Value::string(text));
+    }
+    Ok(state)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_token_is_imported_by_its_value() {
+        use base64::Engine as _;
+        let claims = json!({"mesh": "default", "service": "web", "id": "ab12", "iat": 1_000_000, "exp": 1_000_000 + 24 * 3600});
+        let token = format!(
+            "cwd1.{}.sig",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(&claims).unwrap())
+        );
+        let s = import_token(&def("causeway_dataplane_token"), &token).unwrap();
+        assert_eq!(s.get("service").as_str(), Some("web"));
+        assert_eq!(s.get("mesh").as_str(), Some("default"));
+        assert_eq!(s.get("id").as_str(), Some("ab12"));
+        assert_eq!(s.get("valid_for").as_str(), Some("24h"));
+        assert_eq!(s.get("token").as_str(), Some(token.as_str()));
+        // The other kind, or anything else, is refused with the way to do it.
+        let e = import_token(&def("causeway_ingress_token"), &token).unwrap_err();
+        assert!(
+            format!("{e:?}").contains("not a token of kind ingress"),
+            "{e:?}"
+        );
+        assert!(import_token(&def("causeway_dataplane_token"), "web").is_err());
+    }
 
     fn def(name: &str) -> ResourceDef {
         resources()

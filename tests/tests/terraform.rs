@@ -658,7 +658,27 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
     tf.apply().await?;
     assert_eq!(zone_token_ids(&cluster).await?.len(), 2);
 
-    // Tokens cannot be imported (the API shows one only when issuing it), and say so.
+    // Tokens import by their value (the API shows one only when issuing it): the plan
+    // stays clean, and anything else is refused with the way to do it.
+    let dp_token = tf.ok(&["output", "-raw", "dataplane_token"]).await?;
+    let ingress_token = tf.ok(&["output", "-raw", "ingress_token"]).await?;
+    for (addr, token) in [
+        ("causeway_dataplane_token.web", &dp_token),
+        ("causeway_ingress_token.east", &ingress_token),
+    ] {
+        tf.ok(&["state", "rm", addr]).await?;
+        tf.ok(&["import", "-input=false", "-no-color", addr, token])
+            .await?;
+    }
+    let (changes, plan) = tf.plan().await?;
+    assert!(
+        !changes,
+        "a plan after importing the tokens has changes:\n{plan}"
+    );
+    assert_eq!(
+        tf.ok(&["output", "-raw", "dataplane_token"]).await?,
+        dp_token
+    );
     tf.ok(&["state", "rm", "causeway_dataplane_token.web"])
         .await?;
     let r = tf
@@ -667,11 +687,23 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
             "-input=false",
             "-no-color",
             "causeway_dataplane_token.web",
-            "x",
+            &ingress_token,
         ])
         .await;
     assert!(!r.ok);
-    assert!(r.stderr.contains("cannot be imported"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("Import a token by its value"),
+        "{}",
+        r.stderr
+    );
+    tf.ok(&[
+        "import",
+        "-input=false",
+        "-no-color",
+        "causeway_dataplane_token.web",
+        &dp_token,
+    ])
+    .await?;
 
     // A value the API rejects fails at plan, on its attribute, with the API's reason,
     // and changes nothing.
