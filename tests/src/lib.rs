@@ -54,6 +54,23 @@ pub fn free_addr() -> SocketAddr {
     panic!("no free port between 12000 and 32000")
 }
 
+/// A plain-HTTP client for sidecar admin and outbound ports: no pooling, 5 s timeout.
+pub fn plain_http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("http client")
+}
+
+/// `PUT` a resource through the cluster's API, failing on anything but success.
+pub async fn put(c: &GlobalCluster, path: &str, body: &Value) -> anyhow::Result<()> {
+    let (s, v) = c.call_retry(Method::PUT, path, Some(body)).await?;
+    anyhow::ensure!(s.is_success(), "PUT {path}: {s} {v}");
+    Ok(())
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
 where

@@ -8,26 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use causeway_tests::{GlobalCluster, Proc, ZoneCp, eventually, free_addr};
+use causeway_tests::{GlobalCluster, Proc, ZoneCp, eventually, free_addr, plain_http, put};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn plain_http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("http client")
-}
-
-async fn put(c: &GlobalCluster, path: &str, body: &Value) -> anyhow::Result<()> {
-    let (s, v) = c.call_retry(Method::PUT, path, Some(body)).await?;
-    anyhow::ensure!(s.is_success(), "PUT {path}: {s} {v}");
-    Ok(())
-}
 
 struct Zone {
     cp: ZoneCp,
@@ -616,26 +601,9 @@ async fn drill(quic: bool) -> anyhow::Result<()> {
         "b-down",
     ]);
     let follower = std::thread::spawn(move || cmd.output());
-    let zone_b_groups = |cfg: &Value| {
-        cfg["config"]["outbounds"][0]["groups"]
-            .as_array()
-            .map_or(0, |g| {
-                g.iter()
-                    .filter(|g| {
-                        g["endpoints"].as_array().is_some_and(|e| {
-                            e.iter().any(|e| e["tags"]["causeway.io/zone"] == "zone-b")
-                        })
-                    })
-                    .count()
-            })
-    };
     // While it runs: zone-b's ingress refuses, zone-b's endpoints leave zone-a's configs,
     // and every call is answered in zone-a.
-    eventually("zone-b down", WAIT, || async {
-        let cfg = config_of(&http, web_admin).await?;
-        (zone_b_groups(&cfg) == 0).then_some(())
-    })
-    .await?;
+    zone_b_in_configs(&http, web_admin, false, "zone-b down").await?;
     assert!(
         handshake(ing_b, "backend.default.causeway").await.is_err(),
         "zone-b's ingress refuses during the drill"
@@ -656,11 +624,7 @@ async fn drill(quic: bool) -> anyhow::Result<()> {
         assert_eq!(v["zone"], "zone-a");
     }
     // It ends by itself: zone-b is back.
-    eventually("zone-b back", WAIT, || async {
-        let cfg = config_of(&http, web_admin).await?;
-        (zone_b_groups(&cfg) > 0).then_some(())
-    })
-    .await?;
+    zone_b_in_configs(&http, web_admin, true, "zone-b back").await?;
     assert!(handshake(ing_b, "backend.default.causeway").await.is_ok());
 
     let out = follower.join().expect("the follower thread")?;
@@ -723,18 +687,12 @@ async fn drill(quic: bool) -> anyhow::Result<()> {
         "--detach",
     ])?;
     assert!(ok, "{err}");
-    eventually("zone-b down by the detached drill", WAIT, || async {
-        let cfg = config_of(&http, web_admin).await?;
-        (zone_b_groups(&cfg) == 0).then_some(())
-    })
-    .await?;
-    eventually(
+    zone_b_in_configs(&http, web_admin, false, "zone-b down by the detached drill").await?;
+    zone_b_in_configs(
+        &http,
+        web_admin,
+        true,
         "zone-b back at the detached drill's expiry",
-        WAIT,
-        || async {
-            let cfg = config_of(&http, web_admin).await?;
-            (zone_b_groups(&cfg) > 0).then_some(())
-        },
     )
     .await?;
     let (ok, _, err) = m.c.cli(&[
@@ -749,21 +707,13 @@ async fn drill(quic: bool) -> anyhow::Result<()> {
         "--detach",
     ])?;
     assert!(ok, "{err}");
-    eventually("zone-b down again", WAIT, || async {
-        let cfg = config_of(&http, web_admin).await?;
-        (zone_b_groups(&cfg) == 0).then_some(())
-    })
-    .await?;
+    zone_b_in_configs(&http, web_admin, false, "zone-b down again").await?;
     let (ok, stopped, err) = m.c.cli(&["drill", "stop", "long"])?;
     assert!(
         ok && stopped.contains("drill long stopped"),
         "{stopped}{err}"
     );
-    eventually("zone-b back after the stop", WAIT, || async {
-        let cfg = config_of(&http, web_admin).await?;
-        (zone_b_groups(&cfg) > 0).then_some(())
-    })
-    .await?;
+    zone_b_in_configs(&http, web_admin, true, "zone-b back after the stop").await?;
     let (_, list, _) = m.c.cli(&["drill", "list"])?;
     assert!(
         list.contains("long: ZoneDown of zone-b") && list.contains("stopped"),
@@ -873,4 +823,33 @@ async fn over_quic_cross_zone_connections_are_streams_of_one_connection_with_mtl
     })
     .await?;
     Ok(())
+}
+
+/// How many endpoint groups of web's outbound hold zone-b endpoints.
+fn zone_b_groups(cfg: &Value) -> usize {
+    cfg["config"]["outbounds"][0]["groups"]
+        .as_array()
+        .map_or(0, |g| {
+            g.iter()
+                .filter(|g| {
+                    g["endpoints"].as_array().is_some_and(|e| {
+                        e.iter().any(|e| e["tags"]["causeway.io/zone"] == "zone-b")
+                    })
+                })
+                .count()
+        })
+}
+
+/// Waits until zone-b's endpoints are in (or out of) the sidecar's config at `admin`.
+async fn zone_b_in_configs(
+    http: &reqwest::Client,
+    admin: SocketAddr,
+    present: bool,
+    what: &str,
+) -> anyhow::Result<()> {
+    eventually(what, WAIT, || async {
+        let cfg = config_of(http, admin).await?;
+        ((zone_b_groups(&cfg) > 0) == present).then_some(())
+    })
+    .await
 }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use causeway_tests::{GlobalCluster, Proc, ZoneCp, eventually, free_addr};
+use causeway_tests::{GlobalCluster, Proc, ZoneCp, eventually, free_addr, plain_http, put};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -18,21 +18,6 @@ struct Fixture {
     zone: ZoneCp,
     dds: SocketAddr,
     dir: PathBuf,
-}
-
-fn plain_http() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .pool_max_idle_per_host(0)
-        .build()
-        .expect("http client")
-}
-
-async fn put(c: &GlobalCluster, path: &str, body: &Value) -> anyhow::Result<()> {
-    let (s, v) = c.call_retry(Method::PUT, path, Some(body)).await?;
-    anyhow::ensure!(s.is_success(), "PUT {path}: {s} {v}");
-    Ok(())
 }
 
 fn allow(name: &str, from: &str, to: &str, action: &str) -> Value {

@@ -127,7 +127,8 @@ pub(crate) struct Sample {
 
 /// Probes `d.probe` from this zone through an in-process sidecar, writing its report
 /// every second and a final one after the cool-down.
-async fn probe(shared: Arc<Shared>, name: String, d: DrillSpec) {
+async fn probe(shared: Arc<Shared>, name: String, mut d: DrillSpec) {
+    let mut drill_changes = shared.state.subscribe();
     let service = d.probe.clone().unwrap_or_default();
     let mut report = DrillReportSpec {
         drill: name.clone(),
@@ -223,11 +224,17 @@ async fn probe(shared: Arc<Shared>, name: String, d: DrillSpec) {
         Err(e) => fail(&mut report, e.to_string()),
         Ok(client) => loop {
             tick.tick().await;
-            // The drill may have been stopped early: follow its current end.
-            let d = drills(&shared.store)
-                .ok()
-                .and_then(|all| all.into_iter().find(|(n, _)| *n == name))
-                .map_or(d.clone(), |(_, d)| d);
+            // The drill may have been stopped early: follow its current end, read again
+            // only when the zone's state changed.
+            if drill_changes.has_changed().unwrap_or(false) {
+                drill_changes.borrow_and_update();
+                if let Some((_, now_d)) = drills(&shared.store)
+                    .ok()
+                    .and_then(|all| all.into_iter().find(|(n, _)| *n == name))
+                {
+                    d = now_d;
+                }
+            }
             let now = OffsetDateTime::now_utc();
             if now >= d.probe_window().1 {
                 report = summarize(&report, &d, &samples);
