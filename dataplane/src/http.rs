@@ -125,11 +125,20 @@ async fn tls_over<S: crate::proxy::Stream>(
 }
 
 impl Pool {
-    /// A pooled sender, connecting when its slot has none or it closed.
-    pub(crate) async fn sender(&self, dial: &Dial) -> std::io::Result<SendRequest<Body>> {
+    fn slot(&self) -> &Slot {
         let i =
             self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % CONNECTIONS_PER_ENDPOINT;
-        let slot = &self.slots[i];
+        &self.slots[i]
+    }
+
+    /// A live pooled sender, if its slot has one: the fast path, which needs no dial.
+    pub(crate) fn live(&self) -> Option<SendRequest<Body>> {
+        self.slot().live()
+    }
+
+    /// A pooled sender, connecting when its slot has none or it closed.
+    pub(crate) async fn sender(&self, dial: &Dial) -> std::io::Result<SendRequest<Body>> {
+        let slot = self.slot();
         if let Some(s) = slot.live() {
             return Ok(s);
         }

@@ -9,6 +9,7 @@
 //! choice, `http` the pooled connections between sidecars, `admin` the admin listener.
 
 pub mod admin;
+mod app;
 pub mod cli;
 pub mod cp;
 mod http;

@@ -16,13 +16,12 @@ use causeway_api::proxy_config::{
 use causeway_api::{Action, MtlsMode, Protocol};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
+use crate::app::{App, AppError};
 use crate::http::{Body, Dial, boxed, strip_hop_by_hop, text};
 use crate::identity::{ALPN_H2, ALPN_TCP, Identity, Revoked, peer_id};
 use crate::lb::{Balancer, EndpointState};
@@ -45,8 +44,8 @@ pub(crate) struct Proxy {
     pub(crate) metrics: Arc<Metrics>,
     balancers: Mutex<HashMap<u16, Arc<Balancer>>>,
     client_configs: Mutex<HashMap<(String, &'static [u8]), CachedClientConfig>>,
-    app_h1: Client<HttpConnector, Body>,
-    app_h2: Client<HttpConnector, Body>,
+    /// Connections to the application, per inbound port.
+    apps: Mutex<HashMap<u16, Arc<App>>>,
     /// Connections in flight, for draining.
     pub(crate) active: AtomicU64,
     /// Revoked CAs of the mesh, from the config; every verifier reads it.
@@ -111,22 +110,13 @@ impl Proxy {
         config: watch::Receiver<Option<Arc<ProxyConfig>>>,
         identity: watch::Receiver<Option<Arc<Identity>>>,
     ) -> Arc<Proxy> {
-        let mut h1 = HttpConnector::new();
-        h1.set_nodelay(true);
-        let app_h1 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(h1.clone());
-        let app_h2 = Client::builder(TokioExecutor::new())
-            .http2_only(true)
-            .build(h1);
         Arc::new(Proxy {
             config,
             identity,
             metrics: Arc::default(),
             balancers: Mutex::default(),
             client_configs: Mutex::default(),
-            app_h1,
-            app_h2,
+            apps: Mutex::default(),
             active: AtomicU64::new(0),
             revoked: Revoked::default(),
             renew_now: Arc::default(),
@@ -140,6 +130,19 @@ impl Proxy {
     fn guard(self: &Arc<Self>) -> ActiveGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(self.clone())
+    }
+
+    /// The connections to an inbound's application (new ones when its address changed).
+    fn app(&self, ib: &InboundListener) -> Arc<App> {
+        let mut map = self.apps.lock().expect("apps lock");
+        match map.get(&ib.port) {
+            Some(app) if app.is(&ib.app_address, ib.app_port) => app.clone(),
+            _ => {
+                let app = App::new(&ib.app_address, ib.app_port);
+                map.insert(ib.port, app.clone());
+                app
+            }
+        }
     }
 
     fn balancer(&self, ob: &OutboundListener) -> Arc<Balancer> {
@@ -400,23 +403,25 @@ async fn inbound_conn(
         )
         .await;
     }
-    let p = proxy.clone();
-    let peer_cas = Arc::new(peer_cas);
     let stats = proxy.metrics.http(
         "inbound",
         &ib.service,
         peer.as_deref().map(service_of).unwrap_or(""),
     );
+    let conn = Arc::new(InboundConn {
+        proxy: proxy.clone(),
+        port,
+        peer_header: peer
+            .as_deref()
+            .and_then(|p| http::HeaderValue::from_str(p).ok()),
+        peer,
+        peer_cas,
+        stats,
+        app: Mutex::new(proxy.app(&ib)),
+    });
     let svc = hyper::service::service_fn(move |req| {
-        let p = p.clone();
-        let peer = peer.clone();
-        let cas = peer_cas.clone();
-        let stats = stats.clone();
-        async move {
-            Ok::<_, std::convert::Infallible>(
-                inbound_request(&p, port, peer.as_deref(), &cas, &stats, req).await,
-            )
-        }
+        let conn = conn.clone();
+        async move { Ok::<_, std::convert::Infallible>(inbound_request(&conn, req).await) }
     });
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), svc)
@@ -424,19 +429,27 @@ async fn inbound_conn(
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-async fn inbound_request(
-    proxy: &Proxy,
+/// What every request of one inbound connection shares.
+struct InboundConn {
+    proxy: Arc<Proxy>,
     port: u16,
-    peer: Option<&str>,
-    peer_cas: &[String],
-    stats: &HttpStats,
-    req: http::Request<Incoming>,
-) -> http::Response<Body> {
+    /// The caller's SPIFFE id, and as the header the app receives.
+    peer: Option<String>,
+    peer_header: Option<http::HeaderValue>,
+    /// The caller's CA chain (SHA-256), checked against revocations at each request.
+    peer_cas: Vec<String>,
+    stats: Arc<HttpStats>,
+    app: Mutex<Arc<App>>,
+}
+
+async fn inbound_request(conn: &InboundConn, req: http::Request<Incoming>) -> http::Response<Body> {
     let started = Instant::now();
+    let proxy = &conn.proxy;
+    let stats = &conn.stats;
     // A connection made before its CA was revoked is cut off at the next request.
     let revoked = {
         let set = proxy.revoked.read().expect("revoked lock");
-        peer_cas.iter().any(|c| set.contains(c))
+        !set.is_empty() && conn.peer_cas.iter().any(|c| set.contains(c))
     };
     if revoked {
         return text(
@@ -450,60 +463,86 @@ async fn inbound_request(
             "causeway: no config yet\n",
         );
     };
-    let Some(ib) = cfg.inbounds.iter().find(|i| i.port == port) else {
+    let Some(ib) = cfg.inbounds.iter().find(|i| i.port == conn.port) else {
         return text(
             http::StatusCode::SERVICE_UNAVAILABLE,
             "causeway: inbound removed\n",
         );
     };
-    if let Err(reason) = authorize(ib, cfg.mtls, peer) {
+    if let Err(reason) = authorize(ib, cfg.mtls, conn.peer.as_deref()) {
         stats.record(403, started.elapsed());
         return text(http::StatusCode::FORBIDDEN, format!("causeway: {reason}\n"));
     }
-    let (mut parts, body) = req.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
-        .unwrap_or_else(|| ib.service.clone());
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = match format!("http://{}:{}{path}", ib.app_address, ib.app_port).parse() {
-        Ok(u) => u,
-        Err(_) => {
-            return text(
-                http::StatusCode::BAD_REQUEST,
-                "causeway: bad request path\n",
-            );
+    let app = {
+        let mut app = conn.app.lock().expect("app lock");
+        if !app.is(&ib.app_address, ib.app_port) {
+            *app = proxy.app(ib);
         }
+        app.clone()
     };
+    let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    if let Some(p) = peer
-        && let Ok(v) = http::HeaderValue::from_str(p)
-    {
-        parts.headers.insert("x-causeway-peer", v);
+    if let Some(v) = &conn.peer_header {
+        parts.headers.insert("x-causeway-peer", v.clone());
     }
     let h2 = matches!(ib.protocol, Protocol::Http2 | Protocol::Grpc);
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    let authority = uri.authority.take();
     let resp = if h2 {
+        // HTTP/2 names the target in full; the caller's authority travels on.
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(match authority {
+            Some(a) => a,
+            None => match http::uri::Authority::try_from(
+                format!("{}:{}", ib.app_address, ib.app_port).as_str(),
+            ) {
+                Ok(a) => a,
+                Err(_) => {
+                    return text(
+                        http::StatusCode::BAD_REQUEST,
+                        "causeway: bad application address\n",
+                    );
+                }
+            },
+        });
         parts.version = http::Version::HTTP_2;
-        proxy
-            .app_h2
-            .request(http::Request::from_parts(parts, boxed(body)))
+        parts.uri = match http::Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(_) => {
+                return text(
+                    http::StatusCode::BAD_REQUEST,
+                    "causeway: bad request target\n",
+                );
+            }
+        };
+        app.send_http2(http::Request::from_parts(parts, boxed(body)))
             .await
     } else {
-        parts.version = http::Version::HTTP_11;
-        if let Ok(v) = http::HeaderValue::from_str(&authority) {
+        // HTTP/1.1 to the app: origin-form target, the authority in Host.
+        uri.scheme = None;
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        if let Some(a) = authority
+            && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+        {
+            parts.headers.insert(http::header::HOST, v);
+        } else if !parts.headers.contains_key(http::header::HOST)
+            && let Ok(v) = http::HeaderValue::from_str(&ib.service)
+        {
             parts.headers.insert(http::header::HOST, v);
         }
-        proxy
-            .app_h1
-            .request(http::Request::from_parts(parts, boxed(body)))
+        parts.version = http::Version::HTTP_11;
+        parts.uri = match http::Uri::from_parts(uri) {
+            Ok(u) => u,
+            Err(_) => {
+                return text(
+                    http::StatusCode::BAD_REQUEST,
+                    "causeway: bad request target\n",
+                );
+            }
+        };
+        app.send_http1(http::Request::from_parts(parts, boxed(body)))
             .await
     };
     match resp {
@@ -511,9 +550,9 @@ async fn inbound_request(
             let (mut parts, body) = r.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             stats.record(parts.status.as_u16(), started.elapsed());
-            http::Response::from_parts(parts, boxed(body))
+            http::Response::from_parts(parts, body)
         }
-        Err(e) if e.is_connect() => {
+        Err(e @ AppError::Connect(_)) => {
             // The request never reached the app: callers may count this endpoint down.
             stats.record(503, started.elapsed());
             let mut r = text(
@@ -528,10 +567,9 @@ async fn inbound_request(
         }
         Err(e) => {
             stats.record(502, started.elapsed());
-            let cause = std::error::Error::source(&e).map_or(String::new(), |c| format!(": {c}"));
             text(
                 http::StatusCode::BAD_GATEWAY,
-                format!("causeway: the application did not answer: {e}{cause}\n"),
+                format!("causeway: the application did not answer: {e}\n"),
             )
         }
     }
@@ -623,19 +661,24 @@ async fn outbound_request(
         );
     };
     let (mut parts, body) = req.into_parts();
-    let authority = parts
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
-        .unwrap_or_else(|| ob.service.clone());
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    parts.uri = match format!("http://{authority}{path}").parse() {
+    // HTTP/2 upstream: an absolute target, its authority from Host (HTTP/1.1 callers).
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    if let Some(host) = parts.headers.get(http::header::HOST) {
+        match http::uri::Authority::try_from(host.as_bytes()) {
+            Ok(a) => uri.authority = Some(a),
+            Err(_) => {
+                return text(http::StatusCode::BAD_REQUEST, "causeway: bad Host header\n");
+            }
+        }
+    }
+    if uri.authority.is_none() {
+        uri.authority = http::uri::Authority::try_from(ob.service.as_str()).ok();
+    }
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    parts.uri = match http::Uri::from_parts(uri) {
         Ok(u) => u,
         Err(_) => {
             return text(
@@ -655,19 +698,24 @@ async fn outbound_request(
     for _ in 0..CONNECT_ATTEMPTS {
         let Some(ep) = b.pick(&tried) else { break };
         tried.push(ep.clone());
-        let Some(dial) = proxy.dial(&cfg, ob, &ep, ALPN_H2) else {
-            return text(
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                "causeway: no workload certificate yet\n",
-            );
-        };
-        let sender = match ep.pool.sender(&dial).await {
-            Ok(s) => s,
-            Err(e) => {
-                // Nothing was sent: safe to try another endpoint.
-                last_err = e.to_string();
-                ep.failed();
-                continue;
+        let sender = match ep.pool.live() {
+            Some(s) => s,
+            None => {
+                let Some(dial) = proxy.dial(&cfg, ob, &ep, ALPN_H2) else {
+                    return text(
+                        http::StatusCode::SERVICE_UNAVAILABLE,
+                        "causeway: no workload certificate yet\n",
+                    );
+                };
+                match ep.pool.sender(&dial).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Nothing was sent: safe to try another endpoint.
+                        last_err = e.to_string();
+                        ep.failed();
+                        continue;
+                    }
+                }
             }
         };
         ep.succeeded();

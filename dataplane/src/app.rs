@@ -1,0 +1,342 @@
+//! Connections from an inbound to its local application: keep-alive HTTP/1.1
+//! connections reused one request at a time, or one multiplexed HTTP/2 connection.
+//!
+//! A connection goes back to the pool when its response body has been read to the end;
+//! a response dropped half-read takes its connection with it (the app may still be
+//! writing), so a reused connection never carries leftovers of an earlier exchange.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::http::{Body, Dial, Pool};
+
+/// Idle HTTP/1.1 connections kept per application; more are closed when they finish.
+const MAX_IDLE: usize = 256;
+/// An idle connection older than this is closed rather than reused (apps close theirs
+/// after a while too, and a reused one that the app just closed costs a retry).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The pools of one application address.
+pub(crate) struct App {
+    address: String,
+    port: u16,
+    idle: Mutex<Vec<(Instant, http1::SendRequest<Body>)>>,
+    h2: Pool,
+}
+
+/// Why a request did not reach the application, or broke on the way.
+pub(crate) enum AppError {
+    /// Nothing was sent: the application refused or could not be reached.
+    Connect(std::io::Error),
+    /// The exchange failed after the request was (maybe) sent.
+    Exchange(hyper::Error),
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppError::Connect(e) => write!(f, "connecting: {e}"),
+            AppError::Exchange(e) => match std::error::Error::source(e) {
+                Some(cause) => write!(f, "{e}: {cause}"),
+                None => write!(f, "{e}"),
+            },
+        }
+    }
+}
+
+impl App {
+    pub(crate) fn new(address: &str, port: u16) -> Arc<App> {
+        Arc::new(App {
+            address: address.to_string(),
+            port,
+            idle: Mutex::default(),
+            h2: Pool::default(),
+        })
+    }
+
+    /// Whether this pool reaches `address:port`.
+    pub(crate) fn is(&self, address: &str, port: u16) -> bool {
+        self.port == port && self.address == address
+    }
+
+    /// Sends an HTTP/1.1 request (origin-form target) on an idle connection or a new
+    /// one. A request that an idle connection could not take (the app had closed it)
+    /// is sent again on a new connection.
+    pub(crate) async fn send_http1(
+        self: &Arc<Self>,
+        mut req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, AppError> {
+        while let Some(mut sender) = self.checkout() {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.pooled(sender, resp)),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(AppError::Exchange(e.into_error())),
+                },
+            }
+        }
+        let mut sender = self.dial().await.map_err(AppError::Connect)?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(self.pooled(sender, resp)),
+            Err(e) => Err(AppError::Exchange(e)),
+        }
+    }
+
+    /// Sends an HTTP/2 request (absolute target) on the app's multiplexed connection.
+    pub(crate) async fn send_http2(
+        &self,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Body>, AppError> {
+        let dial = Dial {
+            addr: self.address.clone(),
+            port: self.port,
+            tls: None,
+            sni: String::new(),
+            quic: false,
+        };
+        let mut sender = self.h2.sender(&dial).await.map_err(AppError::Connect)?;
+        match sender.send_request(req).await {
+            Ok(resp) => Ok(resp.map(crate::http::boxed)),
+            Err(e) => {
+                self.h2.reset();
+                Err(AppError::Exchange(e))
+            }
+        }
+    }
+
+    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().expect("app pool lock");
+        while let Some((since, sender)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, sender: http1::SendRequest<Body>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("app pool lock");
+        if idle.len() < MAX_IDLE {
+            idle.push((Instant::now(), sender));
+        }
+    }
+
+    async fn dial(&self) -> std::io::Result<http1::SendRequest<Body>> {
+        let tcp = tokio::time::timeout(
+            Duration::from_secs(5),
+            TcpStream::connect((self.address.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        tcp.set_nodelay(true)?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(tcp))
+            .await
+            .map_err(std::io::Error::other)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "application connection closed");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn pooled(
+        self: &Arc<Self>,
+        sender: http1::SendRequest<Body>,
+        resp: http::Response<Incoming>,
+    ) -> http::Response<Body> {
+        resp.map(|body| {
+            crate::http::boxed(PooledBody {
+                body,
+                back: Some((sender, self.clone())),
+            })
+        })
+    }
+}
+
+/// A response body that returns its connection to the pool once read to the end.
+struct PooledBody {
+    body: Incoming,
+    back: Option<(http1::SendRequest<Body>, Arc<App>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((sender, app)) = self.back.take() {
+            app.checkin(sender);
+        }
+    }
+}
+
+impl hyper::body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Err(_))) => self.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // An empty body may never be polled: its exchange is complete all the same.
+        if self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::{BodyExt as _, Empty};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A keep-alive HTTP/1.1 app on loopback that counts its connections and answers
+    /// each request with `body`; `close_after` requests per connection, then it closes
+    /// without saying so (as an app's idle timeout does).
+    async fn app(body: &'static str, close_after: usize) -> (u16, Arc<AtomicUsize>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for _ in 0..close_after {
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            let mut b = [0u8; 1024];
+                            match s.read(&mut b).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&b[..n]),
+                            }
+                        }
+                        let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                        buf.drain(..end);
+                        let resp = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(resp.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (port, conns)
+    }
+
+    fn get() -> http::Request<Body> {
+        http::Request::builder()
+            .uri("/")
+            .header(http::header::HOST, "app")
+            .body(crate::http::boxed(Empty::new().map_err(|n| match n {})))
+            .unwrap()
+    }
+
+    async fn call(app: &Arc<App>) -> String {
+        let resp = match app.send_http1(get()).await {
+            Ok(r) => r,
+            Err(e) => panic!("request failed: {e}"),
+        };
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(body.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_connection_read_to_the_end_is_reused() {
+        let (port, conns) = app("hello", usize::MAX).await;
+        let pool = App::new("127.0.0.1", port);
+        for _ in 0..20 {
+            assert_eq!(call(&pool).await, "hello");
+        }
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            1,
+            "one connection for 20 calls"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_half_read_does_not_come_back() {
+        let big: &'static str = Box::leak("x".repeat(1 << 20).into_boxed_str());
+        let (port, conns) = app(big, usize::MAX).await;
+        let pool = App::new("127.0.0.1", port);
+        let Ok(resp) = pool.send_http1(get()).await else {
+            panic!("request failed")
+        };
+        let mut body = resp.into_body();
+        // Read one frame of the megabyte, then give up on the rest.
+        assert!(body.frame().await.is_some());
+        drop(body);
+        assert_eq!(call(&pool).await.len(), 1 << 20);
+        assert_eq!(
+            conns.load(Ordering::SeqCst),
+            2,
+            "the half-read one was not reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_app_closed_is_replaced_without_failing_the_request() {
+        let (port, conns) = app("ok", 1).await;
+        let pool = App::new("127.0.0.1", port);
+        for _ in 0..5 {
+            assert_eq!(call(&pool).await, "ok");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn an_app_that_is_not_listening_is_a_connect_error() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let pool = App::new("127.0.0.1", port);
+        assert!(matches!(
+            pool.send_http1(get()).await,
+            Err(AppError::Connect(_))
+        ));
+    }
+}
