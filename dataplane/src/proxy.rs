@@ -697,7 +697,6 @@ async fn outbound_request(
     let mut last_err = String::from("no endpoints");
     for _ in 0..CONNECT_ATTEMPTS {
         let Some(ep) = b.pick(&tried) else { break };
-        tried.push(ep.clone());
         let sender = match ep.pool.live() {
             Some(s) => s,
             None => {
@@ -713,6 +712,7 @@ async fn outbound_request(
                         // Nothing was sent: safe to try another endpoint.
                         last_err = e.to_string();
                         ep.failed();
+                        tried.push(ep);
                         continue;
                     }
                 }
