@@ -86,7 +86,8 @@ impl App {
                 },
             }
         }
-        let mut sender = self.dial().await.map_err(AppError::Connect)?;
+        // Boxed: the cold path's future would otherwise make every request's future large.
+        let mut sender = Box::pin(self.dial()).await.map_err(AppError::Connect)?;
         match sender.send_request(req).await {
             Ok(resp) => Ok(self.pooled(sender, resp)),
             Err(e) => Err(AppError::Exchange(e)),
@@ -98,14 +99,22 @@ impl App {
         &self,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, AppError> {
-        let dial = Dial {
-            addr: self.address.clone(),
-            port: self.port,
-            tls: None,
-            sni: String::new(),
-            quic: false,
+        let mut sender = match self.h2.live() {
+            Some(s) => s,
+            None => {
+                let dial = Dial {
+                    addr: self.address.clone(),
+                    port: self.port,
+                    tls: None,
+                    sni: String::new(),
+                    quic: false,
+                };
+                // Boxed: the dial's future would otherwise make every request's large.
+                Box::pin(self.h2.sender(&dial))
+                    .await
+                    .map_err(AppError::Connect)?
+            }
         };
-        let mut sender = self.h2.sender(&dial).await.map_err(AppError::Connect)?;
         match sender.send_request(req).await {
             Ok(resp) => Ok(resp.map(crate::http::boxed)),
             Err(e) => {

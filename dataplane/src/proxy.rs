@@ -706,7 +706,8 @@ async fn outbound_request(
                         "causeway: no workload certificate yet\n",
                     );
                 };
-                match ep.pool.sender(&dial).await {
+                // Boxed: a dial's future is large, and requests rarely need one.
+                match Box::pin(ep.pool.sender(&dial)).await {
                     Ok(s) => s,
                     Err(e) => {
                         // Nothing was sent: safe to try another endpoint.
