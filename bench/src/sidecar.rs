@@ -274,6 +274,21 @@ fn all_processes() -> HashMap<u32, (u32, u64, String)> {
     out
 }
 
+/// The machine's steal time in ticks (the 8th figure of /proc/stat's `cpu` line): CPU a
+/// virtual machine's hypervisor gave to its neighbours. No process shows it, yet it slows
+/// every process measured.
+fn parse_steal(proc_stat: &str) -> Option<u64> {
+    let line = proc_stat.lines().find(|l| l.starts_with("cpu "))?;
+    line.split_whitespace().nth(8)?.parse().ok()
+}
+
+fn steal_ticks() -> u64 {
+    std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| parse_steal(&s))
+        .unwrap_or(0)
+}
+
 /// CPU seconds that processes outside this benchmark's process tree used between two
 /// snapshots, and the busiest of them. The machine may be shared (builds, tests); a
 /// measurement they disturb is flagged rather than silently reported.
@@ -866,6 +881,15 @@ struct Sample {
     peak: Vec<u64>,
     /// CPU seconds used by processes outside the benchmark meanwhile, and the busiest.
     foreign: (f64, String),
+    /// CPU seconds the hypervisor took from this machine meanwhile.
+    steal: f64,
+}
+
+impl Sample {
+    /// Whether others took over 5% of one CPU over both measurements.
+    fn disturbed(&self, seconds: u64) -> bool {
+        self.foreign.0 + self.steal > 0.05 * 2.0 * seconds as f64
+    }
 }
 
 struct Tools {
@@ -883,6 +907,7 @@ async fn measure(
     connections: u64,
 ) -> anyhow::Result<Sample> {
     let everyone = all_processes();
+    let steal_before = steal_ticks();
     let cpu_before: Vec<f64> = p
         .procs
         .iter()
@@ -931,12 +956,14 @@ async fn measure(
         .map(|(_, pid)| peak_rss(*pid))
         .collect::<anyhow::Result<_>>()?;
     let foreign = foreign_cpu(&everyone, &all_processes(), t.ticks);
+    let steal = steal_ticks().saturating_sub(steal_before) as f64 / t.ticks;
     Ok(Sample {
         wrk,
         fixed,
         cpu,
         peak,
         foreign,
+        steal,
     })
 }
 
@@ -1071,11 +1098,16 @@ async fn bench(
                     s.fixed.achieved, p.label
                 );
             }
-            // 5% of one CPU over both measurements.
-            if s.foreign.0 > 0.05 * 2.0 * seconds as f64 {
+            if s.disturbed(seconds) {
                 eprintln!(
-                    "  other processes used {:.1} CPU-s meanwhile (busiest: {}): this run is disturbed",
-                    s.foreign.0, s.foreign.1
+                    "  other processes used {:.1} CPU-s (busiest: {}) and the hypervisor took {:.1} CPU-s (steal) meanwhile: this run is disturbed",
+                    s.foreign.0,
+                    if s.foreign.1.is_empty() {
+                        "none"
+                    } else {
+                        &s.foreign.1
+                    },
+                    s.steal
                 );
             }
             samples[i].push(s);
@@ -1116,10 +1148,7 @@ async fn bench(
                     .iter()
                     .filter(|s| s.wrk.errors.is_some() || s.fixed.failed > 0)
                     .count(),
-                disturbed: ss
-                    .iter()
-                    .filter(|s| s.foreign.0 > 0.05 * 2.0 * seconds as f64)
-                    .count(),
+                disturbed: ss.iter().filter(|s| s.disturbed(seconds)).count(),
             }
         })
         .collect();
@@ -1177,7 +1206,7 @@ async fn bench(
         }
         if s.disturbed > 0 {
             println!(
-                "WARNING: {}: other processes used over 5% of a CPU in {} of {runs} run(s); figures are unreliable",
+                "WARNING: {}: other processes or the hypervisor (steal) took over 5% of a CPU in {} of {runs} run(s); figures are unreliable",
                 p.label, s.disturbed
             );
         }
@@ -1231,4 +1260,15 @@ async fn bench(
         line(f, v, g, m);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn steal_is_the_eighth_figure_of_the_cpu_line() {
+        let stat = "cpu  5311104 435367 536416 1252331 38281 0 57454 82334 0 0\n\
+                    cpu0 1 2 3 4 5 6 7 8 0 0\n";
+        assert_eq!(super::parse_steal(stat), Some(82334));
+        assert_eq!(super::parse_steal("intr 1 2 3\n"), None);
+    }
 }
