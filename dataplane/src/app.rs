@@ -14,7 +14,6 @@ use bytes::Bytes;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use crate::http::{Body, Dial, Pool};
 
@@ -145,13 +144,7 @@ impl App {
     }
 
     async fn dial(&self) -> std::io::Result<http1::SendRequest<Body>> {
-        let tcp = tokio::time::timeout(
-            Duration::from_secs(5),
-            TcpStream::connect((self.address.as_str(), self.port)),
-        )
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-        tcp.set_nodelay(true)?;
+        let tcp = crate::http::tcp_connect(&self.address, self.port).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(tcp))
             .await

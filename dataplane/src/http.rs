@@ -91,14 +91,17 @@ pub(crate) async fn connect(dial: &Dial) -> std::io::Result<Box<dyn crate::proxy
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "QUIC timed out"))??;
         return tls_over(dial, stream).await;
     }
-    let tcp = tokio::time::timeout(
-        Duration::from_secs(5),
-        TcpStream::connect((dial.addr.as_str(), dial.port)),
-    )
-    .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    tcp.set_nodelay(true)?;
+    let tcp = tcp_connect(&dial.addr, dial.port).await?;
     tls_over(dial, tcp).await
+}
+
+/// A TCP connection with a 5 s connect timeout and Nagle off (requests are small).
+pub(crate) async fn tcp_connect(addr: &str, port: u16) -> std::io::Result<TcpStream> {
+    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect((addr, port)))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    tcp.set_nodelay(true)?;
+    Ok(tcp)
 }
 
 /// The mesh's mTLS over `io` when the dial has it.

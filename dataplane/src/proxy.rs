@@ -488,7 +488,7 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Incoming>) -> ht
     let h2 = matches!(ib.protocol, Protocol::Http2 | Protocol::Grpc);
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     let authority = uri.authority.take();
-    let resp = if h2 {
+    if h2 {
         // HTTP/2 names the target in full; the caller's authority travels on.
         uri.scheme = Some(http::uri::Scheme::HTTP);
         uri.authority = Some(match authority {
@@ -506,17 +506,6 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Incoming>) -> ht
             },
         });
         parts.version = http::Version::HTTP_2;
-        parts.uri = match http::Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(_) => {
-                return text(
-                    http::StatusCode::BAD_REQUEST,
-                    "causeway: bad request target\n",
-                );
-            }
-        };
-        app.send_http2(http::Request::from_parts(parts, boxed(body)))
-            .await
     } else {
         // HTTP/1.1 to the app: origin-form target, the authority in Host.
         uri.scheme = None;
@@ -533,17 +522,21 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Incoming>) -> ht
             parts.headers.insert(http::header::HOST, v);
         }
         parts.version = http::Version::HTTP_11;
-        parts.uri = match http::Uri::from_parts(uri) {
-            Ok(u) => u,
-            Err(_) => {
-                return text(
-                    http::StatusCode::BAD_REQUEST,
-                    "causeway: bad request target\n",
-                );
-            }
-        };
-        app.send_http1(http::Request::from_parts(parts, boxed(body)))
-            .await
+    }
+    parts.uri = match http::Uri::from_parts(uri) {
+        Ok(u) => u,
+        Err(_) => {
+            return text(
+                http::StatusCode::BAD_REQUEST,
+                "causeway: bad request target\n",
+            );
+        }
+    };
+    let req = http::Request::from_parts(parts, boxed(body));
+    let resp = if h2 {
+        app.send_http2(req).await
+    } else {
+        app.send_http1(req).await
     };
     match resp {
         Ok(r) => {
