@@ -36,14 +36,14 @@ pub(crate) enum AppError {
     /// Nothing was sent: the application refused or could not be reached.
     Connect(std::io::Error),
     /// The exchange failed after the request was (maybe) sent.
-    Exchange(hyper::Error),
+    Exchange(crate::http::BoxError),
 }
 
 impl std::fmt::Display for AppError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AppError::Connect(e) => write!(f, "connecting: {e}"),
-            AppError::Exchange(e) => match std::error::Error::source(e) {
+            AppError::Exchange(e) => match e.source() {
                 Some(cause) => write!(f, "{e}: {cause}"),
                 None => write!(f, "{e}"),
             },
@@ -81,7 +81,7 @@ impl App {
                 Ok(resp) => return Ok(self.pooled(sender, resp)),
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
-                    None => return Err(AppError::Exchange(e.into_error())),
+                    None => return Err(AppError::Exchange(e.into_error().into())),
                 },
             }
         }
@@ -89,7 +89,7 @@ impl App {
         let mut sender = Box::pin(self.dial()).await.map_err(AppError::Connect)?;
         match sender.send_request(req).await {
             Ok(resp) => Ok(self.pooled(sender, resp)),
-            Err(e) => Err(AppError::Exchange(e)),
+            Err(e) => Err(AppError::Exchange(e.into())),
         }
     }
 
@@ -98,9 +98,16 @@ impl App {
         &self,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, AppError> {
-        let mut sender = match self.h2.live() {
-            Some(s) => s,
+        let ready = match self.h2.live() {
+            Some(s) => s.ready().await.ok(),
+            None => None,
+        };
+        let ready = match ready {
+            Some(r) => r,
+            // No connection yet, or the one pooled closed: dial (once) without failing
+            // the request, since nothing was sent.
             None => {
+                self.h2.reset();
                 let dial = Dial {
                     addr: self.address.clone(),
                     port: self.port,
@@ -109,18 +116,19 @@ impl App {
                     quic: false,
                 };
                 // Boxed: the dial's future would otherwise make every request's large.
-                Box::pin(self.h2.sender(&dial))
+                let sender = Box::pin(self.h2.sender(&dial))
                     .await
-                    .map_err(AppError::Connect)?
+                    .map_err(AppError::Connect)?;
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| AppError::Exchange(e.into()))?
             }
         };
-        match sender.send_request(req).await {
-            Ok(resp) => Ok(resp.map(crate::http::boxed)),
-            Err(e) => {
-                self.h2.reset();
-                Err(AppError::Exchange(e))
-            }
-        }
+        ready.send(req).await.map_err(|e| {
+            self.h2.reset();
+            AppError::Exchange(e.into())
+        })
     }
 
     fn checkout(&self) -> Option<http1::SendRequest<Body>> {

@@ -8,27 +8,29 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt as _;
 use http_body_util::combinators::BoxBody;
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-/// The body type that crosses the proxy.
-pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
+use crate::http2::H2Sender;
 
-/// Boxes any hyper body.
+/// Any error a body or an exchange can end with.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type that crosses the proxy.
+pub(crate) type Body = BoxBody<Bytes, BoxError>;
+
+/// Boxes any body.
 pub(crate) fn boxed<B>(b: B) -> Body
 where
-    B: hyper::body::Body<Data = Bytes, Error = hyper::Error> + Send + Sync + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
 {
-    b.boxed()
+    b.map_err(Into::into).boxed()
 }
 
 /// A short text body (errors the proxy itself returns).
 pub(crate) fn text(status: http::StatusCode, msg: impl Into<String>) -> http::Response<Body> {
-    let body = http_body_util::Full::new(Bytes::from(msg.into()))
-        .map_err(|never| match never {})
-        .boxed();
+    let body = boxed(http_body_util::Full::new(Bytes::from(msg.into())));
     http::Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
@@ -51,13 +53,13 @@ pub(crate) struct Pool {
 #[derive(Default)]
 struct Slot {
     /// The live connection: the fast path takes no async lock.
-    sender: std::sync::Mutex<Option<SendRequest<Body>>>,
+    sender: std::sync::Mutex<Option<H2Sender>>,
     /// Held while dialing, so concurrent requests wait for one dial.
     dialing: tokio::sync::Mutex<()>,
 }
 
 impl Slot {
-    fn live(&self) -> Option<SendRequest<Body>> {
+    fn live(&self) -> Option<H2Sender> {
         self.sender
             .lock()
             .expect("pool lock")
@@ -135,12 +137,12 @@ impl Pool {
     }
 
     /// A live pooled sender, if its slot has one: the fast path, which needs no dial.
-    pub(crate) fn live(&self) -> Option<SendRequest<Body>> {
+    pub(crate) fn live(&self) -> Option<H2Sender> {
         self.slot().live()
     }
 
     /// A pooled sender, connecting when its slot has none or it closed.
-    pub(crate) async fn sender(&self, dial: &Dial) -> std::io::Result<SendRequest<Body>> {
+    pub(crate) async fn sender(&self, dial: &Dial) -> std::io::Result<H2Sender> {
         let slot = self.slot();
         if let Some(s) = slot.live() {
             return Ok(s);
@@ -149,19 +151,7 @@ impl Pool {
         if let Some(s) = slot.live() {
             return Ok(s);
         }
-        let io = connect(dial).await?;
-        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(1 << 20)
-            .initial_connection_window_size(4 << 20)
-            .adaptive_window(true)
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection closed");
-            }
-        });
+        let sender = H2Sender::handshake(connect(dial).await?).await?;
         *slot.sender.lock().expect("pool lock") = Some(sender.clone());
         Ok(sender)
     }
@@ -177,18 +167,67 @@ impl Pool {
 
 /// Headers that describe one hop, not the request (RFC 9110 7.6.1).
 pub(crate) fn strip_hop_by_hop(h: &mut http::HeaderMap) {
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-        "te",
-    ] {
-        // gRPC needs "te: trailers" end to end over HTTP/2.
-        if name == "te" && h.get(name).is_some_and(|v| v == "trailers") {
-            continue;
-        }
+    use http::header::{CONNECTION, TE, TRANSFER_ENCODING, UPGRADE};
+    const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
+    // One pass over the names (comparisons, no hashing): most messages carry none of
+    // them, or only `connection`.
+    let found: Vec<http::HeaderName> = h
+        .keys()
+        .filter(|n| {
+            *n == CONNECTION
+                || *n == TRANSFER_ENCODING
+                || *n == UPGRADE
+                || *n == KEEP_ALIVE
+                || *n == PROXY_CONNECTION
+                // gRPC needs "te: trailers" end to end over HTTP/2.
+                || (*n == TE && h.get(TE).is_some_and(|v| v != "trailers"))
+        })
+        .cloned()
+        .collect();
+    for name in found {
         h.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_hop_by_hop;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_and_the_rest_stays() {
+        let mut h = headers(&[
+            ("connection", "keep-alive"),
+            ("connection", "upgrade"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "close"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("te", "gzip"),
+            ("content-type", "text/plain"),
+            ("x-request-id", "7"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["content-type", "x-request-id"]);
+    }
+
+    #[test]
+    fn te_trailers_travels_for_grpc() {
+        let mut h = headers(&[("te", "trailers"), ("content-type", "application/grpc")]);
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+        let mut none = http::HeaderMap::new();
+        strip_hop_by_hop(&mut none);
+        assert!(none.is_empty());
     }
 }

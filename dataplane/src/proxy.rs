@@ -14,7 +14,6 @@ use causeway_api::proxy_config::{
     InboundListener, OutboundListener, ProxyConfig, SourceMatch, ingress_sni,
 };
 use causeway_api::{Action, MtlsMode, Protocol};
-use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -356,7 +355,8 @@ async fn inbound_conn(
             n == 1 && b[0] == 0x16
         }
     };
-    let (stream, peer, peer_cas): (Box<dyn Stream>, Option<String>, Vec<String>) = if tls {
+    let (stream, peer, peer_cas, h2): (Box<dyn Stream>, Option<String>, Vec<String>, bool) = if tls
+    {
         let id = proxy
             .identity
             .borrow()
@@ -367,6 +367,7 @@ async fn inbound_conn(
             tokio_rustls::TlsAcceptor::from(id.server.clone()).accept(tcp),
         )
         .await??;
+        let h2 = s.get_ref().1.alpn_protocol() == Some(ALPN_H2);
         let certs = s.get_ref().1.peer_certificates();
         let peer = peer_id(certs);
         let cas = certs
@@ -377,9 +378,9 @@ async fn inbound_conn(
                     .collect()
             })
             .unwrap_or_default();
-        (Box::new(s), peer, cas)
+        (Box::new(s), peer, cas, h2)
     } else {
-        (Box::new(tcp), None, Vec::new())
+        (Box::new(tcp), None, Vec::new(), false)
     };
     if ib.protocol == Protocol::Tcp {
         if let Err(reason) = authorize(&ib, cfg.mtls, peer.as_deref()) {
@@ -419,9 +420,22 @@ async fn inbound_conn(
         stats,
         app: Mutex::new(proxy.app(&ib)),
     });
-    let svc = hyper::service::service_fn(move |req| {
+    if h2 {
+        // Another sidecar: HTTP/2, negotiated in the mTLS handshake.
+        return crate::http2::serve(stream, move |req| {
+            let conn = conn.clone();
+            async move { inbound_request(&conn, req).await }
+        })
+        .await
+        .map_err(Into::into);
+    }
+    // Plaintext (mTLS off or permissive), or a TLS caller that chose HTTP/1.1.
+    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
         let conn = conn.clone();
-        async move { Ok::<_, std::convert::Infallible>(inbound_request(&conn, req).await) }
+        async move {
+            let req = req.map(boxed);
+            Ok::<_, std::convert::Infallible>(inbound_request(&conn, req).await)
+        }
     });
     hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), svc)
@@ -442,7 +456,7 @@ struct InboundConn {
     app: Mutex<Arc<App>>,
 }
 
-async fn inbound_request(conn: &InboundConn, req: http::Request<Incoming>) -> http::Response<Body> {
+async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::Response<Body> {
     let started = Instant::now();
     let proxy = &conn.proxy;
     let stats = &conn.stats;
@@ -532,11 +546,13 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Incoming>) -> ht
             );
         }
     };
-    let req = http::Request::from_parts(parts, boxed(body));
+    let req = http::Request::from_parts(parts, body);
+    // Boxed: the exchange's state is most of this future's size, and hyper moves the
+    // future (into a task of its own per HTTP/2 stream) before polling it.
     let resp = if h2 {
-        app.send_http2(req).await
+        Box::pin(app.send_http2(req)).await
     } else {
-        app.send_http1(req).await
+        Box::pin(app.send_http1(req)).await
     };
     match resp {
         Ok(r) => {
@@ -712,12 +728,21 @@ async fn outbound_request(
                 }
             }
         };
+        let ready = match sender.ready().await {
+            Ok(r) => r,
+            Err(e) => {
+                // The pooled connection closed or is going away (its peer drains):
+                // nothing was sent, so dial again.
+                last_err = e.to_string();
+                ep.pool.reset();
+                continue;
+            }
+        };
         ep.succeeded();
         ep.active.fetch_add(1, Ordering::Relaxed);
         let t0 = Instant::now();
-        let mut sender = sender;
-        let result = sender
-            .send_request(http::Request::from_parts(parts, boxed(body)))
+        let result = ready
+            .send(http::Request::from_parts(parts, boxed(body)))
             .await;
         ep.active.fetch_sub(1, Ordering::Relaxed);
         return match result {
@@ -738,7 +763,7 @@ async fn outbound_request(
                     parts.headers.insert(ANSWERED_FROM_ZONE, v);
                 }
                 stats.record(parts.status.as_u16(), started.elapsed());
-                http::Response::from_parts(parts, body.map_err(|e| e).boxed())
+                http::Response::from_parts(parts, body)
             }
             Err(e) => {
                 ep.pool.reset();
