@@ -98,7 +98,8 @@ impl App {
         &self,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, AppError> {
-        let ready = match self.h2.live() {
+        let slot = self.h2.slot();
+        let ready = match slot.live() {
             Some(s) => s.ready().await.ok(),
             None => None,
         };
@@ -107,7 +108,7 @@ impl App {
             // No connection yet, or the one pooled closed: dial (once) without failing
             // the request, since nothing was sent.
             None => {
-                self.h2.reset();
+                slot.forget();
                 let dial = Dial {
                     addr: self.address.clone(),
                     port: self.port,
@@ -116,7 +117,7 @@ impl App {
                     quic: false,
                 };
                 // Boxed: the dial's future would otherwise make every request's large.
-                let sender = Box::pin(self.h2.sender(&dial))
+                let sender = Box::pin(slot.sender(&dial))
                     .await
                     .map_err(AppError::Connect)?;
                 sender
@@ -126,7 +127,7 @@ impl App {
             }
         };
         ready.send(req).await.map_err(|e| {
-            self.h2.reset();
+            slot.forget();
             AppError::Exchange(e.into())
         })
     }

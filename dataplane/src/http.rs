@@ -50,8 +50,9 @@ pub(crate) struct Pool {
     next: std::sync::atomic::AtomicUsize,
 }
 
+/// One pooled connection of an endpoint.
 #[derive(Default)]
-struct Slot {
+pub(crate) struct Slot {
     /// The live connection: the fast path takes no async lock.
     sender: std::sync::Mutex<Option<H2Sender>>,
     /// Held while dialing, so concurrent requests wait for one dial.
@@ -59,13 +60,33 @@ struct Slot {
 }
 
 impl Slot {
-    fn live(&self) -> Option<H2Sender> {
+    /// The live connection, if any: the fast path, which needs no dial.
+    pub(crate) fn live(&self) -> Option<H2Sender> {
         self.sender
             .lock()
             .expect("pool lock")
             .as_ref()
             .filter(|s| !s.is_closed())
             .cloned()
+    }
+
+    /// Forgets this slot's connection (it failed), so the next request dials again.
+    pub(crate) fn forget(&self) {
+        *self.sender.lock().expect("pool lock") = None;
+    }
+
+    /// The live connection, or a new one when there is none or it closed.
+    pub(crate) async fn sender(&self, dial: &Dial) -> std::io::Result<H2Sender> {
+        if let Some(s) = self.live() {
+            return Ok(s);
+        }
+        let _dialing = self.dialing.lock().await;
+        if let Some(s) = self.live() {
+            return Ok(s);
+        }
+        let sender = H2Sender::handshake(connect(dial).await?).await?;
+        *self.sender.lock().expect("pool lock") = Some(sender.clone());
+        Ok(sender)
     }
 }
 
@@ -130,37 +151,18 @@ async fn tls_over<S: crate::proxy::Stream>(
 }
 
 impl Pool {
-    fn slot(&self) -> &Slot {
+    /// The slot for the next request: requests alternate between the connections.
+    pub(crate) fn slot(&self) -> &Slot {
         let i =
             self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % CONNECTIONS_PER_ENDPOINT;
         &self.slots[i]
-    }
-
-    /// A live pooled sender, if its slot has one: the fast path, which needs no dial.
-    pub(crate) fn live(&self) -> Option<H2Sender> {
-        self.slot().live()
-    }
-
-    /// A pooled sender, connecting when its slot has none or it closed.
-    pub(crate) async fn sender(&self, dial: &Dial) -> std::io::Result<H2Sender> {
-        let slot = self.slot();
-        if let Some(s) = slot.live() {
-            return Ok(s);
-        }
-        let _dialing = slot.dialing.lock().await;
-        if let Some(s) = slot.live() {
-            return Ok(s);
-        }
-        let sender = H2Sender::handshake(connect(dial).await?).await?;
-        *slot.sender.lock().expect("pool lock") = Some(sender.clone());
-        Ok(sender)
     }
 
     /// Forgets the connections (after an error or a trust change), so the next
     /// requests dial again.
     pub(crate) fn reset(&self) {
         for s in &self.slots {
-            *s.sender.lock().expect("pool lock") = None;
+            s.forget();
         }
     }
 }

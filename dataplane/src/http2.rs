@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
 
@@ -104,13 +105,15 @@ impl ReadyH2 {
     }
 }
 
-/// Serves HTTP/2 on `io`: each request is answered by `handle` on a task of its own,
-/// which then sends the response body.
+/// Serves HTTP/2 on `io`: each request is answered by `handle`, then its response body
+/// sent. The requests in flight run inside the connection's task (no task spawned per
+/// request): the connection is polled right after them, so what they queued is flushed
+/// in the same turn.
 pub(crate) async fn serve<S, F, Fut>(io: S, handle: F) -> Result<(), h2::Error>
 where
     S: Stream,
     F: Fn(http::Request<Body>) -> Fut,
-    Fut: Future<Output = http::Response<Body>> + Send + 'static,
+    Fut: Future<Output = http::Response<Body>>,
 {
     let mut conn = h2::server::Builder::new()
         .initial_window_size(STREAM_WINDOW)
@@ -118,23 +121,31 @@ where
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .handshake::<_, Bytes>(io)
         .await?;
-    while let Some(accepted) = conn.accept().await {
-        let (req, respond) = accepted?;
-        let length = content_length(req.headers());
-        let answer = handle(req.map(|recv| {
-            boxed(RecvBody {
-                recv,
-                data_done: false,
-                length,
-                _cancel: None,
-            })
-        }));
-        tokio::spawn(async move {
-            let resp = answer.await;
-            respond_with(resp, respond).await;
-        });
-    }
-    Ok(())
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    std::future::poll_fn(|cx| {
+        loop {
+            while let Poll::Ready(Some(())) = in_flight.poll_next_unpin(cx) {}
+            match conn.poll_accept(cx) {
+                Poll::Ready(Some(Ok((req, respond)))) => {
+                    let length = content_length(req.headers());
+                    let answer = handle(req.map(|recv| {
+                        boxed(RecvBody {
+                            recv,
+                            data_done: false,
+                            length,
+                            _cancel: None,
+                        })
+                    }));
+                    in_flight.push(async move { respond_with(answer.await, respond).await });
+                }
+                // The connection closed (or failed): what is still in flight goes with it.
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    })
+    .await
 }
 
 async fn respond_with(resp: http::Response<Body>, mut respond: h2::server::SendResponse<Bytes>) {
@@ -296,7 +307,7 @@ mod tests {
     /// A client connected to `serve(handle)` over an in-memory pipe.
     async fn pair<F, Fut>(handle: F) -> H2Sender
     where
-        F: Fn(http::Request<Body>) -> Fut + Send + 'static,
+        F: Fn(http::Request<Body>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = http::Response<Body>> + Send + 'static,
     {
         let (client, server) = tokio::io::duplex(64 * 1024);

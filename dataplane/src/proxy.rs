@@ -706,7 +706,8 @@ async fn outbound_request(
     let mut last_err = String::from("no endpoints");
     for _ in 0..CONNECT_ATTEMPTS {
         let Some(ep) = b.pick(&tried) else { break };
-        let sender = match ep.pool.live() {
+        let slot = ep.pool.slot();
+        let sender = match slot.live() {
             Some(s) => s,
             None => {
                 let Some(dial) = proxy.dial(&cfg, ob, &ep, ALPN_H2) else {
@@ -716,7 +717,7 @@ async fn outbound_request(
                     );
                 };
                 // Boxed: a dial's future is large, and requests rarely need one.
-                match Box::pin(ep.pool.sender(&dial)).await {
+                match Box::pin(slot.sender(&dial)).await {
                     Ok(s) => s,
                     Err(e) => {
                         // Nothing was sent: safe to try another endpoint.
