@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
 
@@ -87,7 +87,7 @@ impl ReadyH2 {
             .send_request(http::Request::from_parts(parts, ()), eos)?;
         let cancel = (!eos).then(|| {
             let (cancel, cancelled) = tokio::sync::oneshot::channel::<()>();
-            tokio::spawn(send_body(body, tx, async move {
+            tokio::spawn(send_body(None, body, tx, async move {
                 let _ = cancelled.await;
             }));
             cancel
@@ -129,6 +129,10 @@ where
                 Poll::Ready(Some(Ok((req, respond)))) => {
                     let length = content_length(req.headers());
                     let answer = handle(req.map(|recv| {
+                        if recv.is_end_stream() {
+                            // No body (a GET): nothing to read, and no allocation.
+                            return boxed(http_body_util::Empty::new());
+                        }
                         boxed(RecvBody {
                             recv,
                             data_done: false,
@@ -148,26 +152,69 @@ where
     .await
 }
 
+/// A body up to this size that is already read in full goes out right behind its
+/// response head, without waiting for flow control (h2 queues it until the window
+/// allows): the usual small answer costs no flow-control round on the proxy's side.
+const SMALL_BODY: usize = 16 * 1024;
+
 async fn respond_with(resp: http::Response<Body>, mut respond: h2::server::SendResponse<Bytes>) {
-    let (parts, body) = resp.into_parts();
-    let eos = body.is_end_stream();
-    match respond.send_response(http::Response::from_parts(parts, ()), eos) {
-        Ok(tx) if !eos => send_body(body, tx, std::future::pending()).await,
-        Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, "sending a response head failed"),
+    let (parts, mut body) = resp.into_parts();
+    let head = http::Response::from_parts(parts, ());
+    if body.is_end_stream() {
+        if let Err(e) = respond.send_response(head, true) {
+            tracing::debug!(error = %e, "sending a response head failed");
+        }
+        return;
     }
+    // What the body has ready now, without waiting.
+    let ready = body.frame().now_or_never();
+    let mut tx = match respond.send_response(head, matches!(ready, Some(None))) {
+        Ok(tx) => tx,
+        Err(e) => {
+            tracing::debug!(error = %e, "sending a response head failed");
+            return;
+        }
+    };
+    let first = match ready {
+        None => None,
+        Some(None) => return,
+        Some(Some(Err(e))) => {
+            tracing::debug!(error = %e, "response body failed");
+            tx.send_reset(h2::Reason::INTERNAL_ERROR);
+            return;
+        }
+        Some(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) if body.is_end_stream() && data.len() <= SMALL_BODY => {
+                let _ = tx.send_data(data, true);
+                return;
+            }
+            Ok(data) => Some(data),
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let _ = tx.send_trailers(trailers);
+                }
+                return;
+            }
+        },
+    };
+    send_body(first, body, tx, std::future::pending()).await;
 }
 
-/// Sends a body on its stream, as the peer's flow control allows, until the body ends,
-/// the peer resets the stream, or `cancelled` resolves (the stream is then reset).
+/// Sends a body on its stream (`first`: data already read from it), as the peer's flow
+/// control allows, until the body ends, the peer resets the stream, or `cancelled`
+/// resolves (the stream is then reset).
 async fn send_body(
+    mut first: Option<Bytes>,
     mut body: Body,
     mut tx: h2::SendStream<Bytes>,
     cancelled: impl Future<Output = ()>,
 ) {
     let mut cancelled = std::pin::pin!(cancelled);
     loop {
-        let frame = tokio::select! {
+        let frame = if let Some(data) = first.take() {
+            Some(Ok(Frame::data(data)))
+        } else {
+            tokio::select! {
             biased;
             f = body.frame() => f,
             () = &mut cancelled => {
@@ -177,6 +224,7 @@ async fn send_body(
             r = std::future::poll_fn(|cx| tx.poll_reset(cx)) => {
                 tracing::debug!(reason = ?r, "stream reset by the peer");
                 return;
+            }
             }
         };
         let mut data = match frame {
@@ -352,6 +400,47 @@ mod tests {
         let got = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(got.len(), big.len());
         assert_eq!(got, big);
+    }
+
+    #[tokio::test]
+    async fn ready_small_bodies_empty_bodies_and_trailers_only_answers_arrive_whole() {
+        let sender = pair(|req: http::Request<Body>| async move {
+            match req.uri().path() {
+                "/small" => http::Response::new(boxed(Full::new(Bytes::from_static(b"ok\n")))),
+                "/empty" => http::Response::builder()
+                    .status(204)
+                    .body(boxed(http_body_util::Empty::<Bytes>::new()))
+                    .unwrap(),
+                _ => {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("5"));
+                    let frames =
+                        futures::stream::iter([Ok::<_, BoxError>(Frame::trailers(trailers))]);
+                    http::Response::new(boxed(StreamBody::new(frames)))
+                }
+            }
+        })
+        .await;
+        let get = |path: &'static str| {
+            let sender = sender.clone();
+            async move {
+                let req = http::Request::builder()
+                    .uri(format!("http://backend{path}"))
+                    .body(boxed(http_body_util::Empty::<Bytes>::new()))
+                    .unwrap();
+                let resp = sender.ready().await.unwrap().send(req).await.unwrap();
+                let status = resp.status();
+                (status, resp.into_body().collect().await.unwrap())
+            }
+        };
+        let (status, small) = get("/small").await;
+        assert_eq!(status, 200);
+        assert_eq!(small.to_bytes(), "ok\n");
+        let (status, empty) = get("/empty").await;
+        assert_eq!(status, 204);
+        assert!(empty.to_bytes().is_empty());
+        let (_, trailers_only) = get("/grpc").await;
+        assert_eq!(trailers_only.trailers().unwrap()["grpc-status"], "5");
     }
 
     #[tokio::test]
