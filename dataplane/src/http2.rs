@@ -197,7 +197,9 @@ async fn respond_with(resp: http::Response<Body>, mut respond: h2::server::SendR
             }
         },
     };
-    send_body(first, body, tx, std::future::pending()).await;
+    // Boxed: a body that streams is the rare case; its state would make every
+    // request's future larger (it is moved into the connection's set of requests).
+    Box::pin(send_body(first, body, tx, std::future::pending())).await;
 }
 
 /// Sends a body on its stream (`first`: data already read from it), as the peer's flow

@@ -456,8 +456,15 @@ struct InboundConn {
     app: Mutex<Arc<App>>,
 }
 
-async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::Response<Body> {
-    let started = Instant::now();
+/// Authorizes a request and shapes it for the application. Not async: its locals
+/// (the request's parts, the config) then stay out of the request's future, which is
+/// moved whole when the connection takes it in.
+#[allow(clippy::result_large_err)]
+fn inbound_prepare(
+    conn: &InboundConn,
+    req: http::Request<Body>,
+    started: Instant,
+) -> Result<(Arc<App>, http::Request<Body>, bool), http::Response<Body>> {
     let proxy = &conn.proxy;
     let stats = &conn.stats;
     // A connection made before its CA was revoked is cut off at the next request.
@@ -466,26 +473,29 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
         !set.is_empty() && conn.peer_cas.iter().any(|c| set.contains(c))
     };
     if revoked {
-        return text(
+        return Err(text(
             http::StatusCode::FORBIDDEN,
             "causeway: the caller's certificate authority was revoked\n",
-        );
+        ));
     }
     let Some(cfg) = proxy.current() else {
-        return text(
+        return Err(text(
             http::StatusCode::SERVICE_UNAVAILABLE,
             "causeway: no config yet\n",
-        );
+        ));
     };
     let Some(ib) = cfg.inbounds.iter().find(|i| i.port == conn.port) else {
-        return text(
+        return Err(text(
             http::StatusCode::SERVICE_UNAVAILABLE,
             "causeway: inbound removed\n",
-        );
+        ));
     };
     if let Err(reason) = authorize(ib, cfg.mtls, conn.peer.as_deref()) {
         stats.record(403, started.elapsed());
-        return text(http::StatusCode::FORBIDDEN, format!("causeway: {reason}\n"));
+        return Err(text(
+            http::StatusCode::FORBIDDEN,
+            format!("causeway: {reason}\n"),
+        ));
     }
     let app = {
         let mut app = conn.app.lock().expect("app lock");
@@ -512,10 +522,10 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
             ) {
                 Ok(a) => a,
                 Err(_) => {
-                    return text(
+                    return Err(text(
                         http::StatusCode::BAD_REQUEST,
                         "causeway: bad application address\n",
-                    );
+                    ));
                 }
             },
         });
@@ -540,15 +550,24 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
     parts.uri = match http::Uri::from_parts(uri) {
         Ok(u) => u,
         Err(_) => {
-            return text(
+            return Err(text(
                 http::StatusCode::BAD_REQUEST,
                 "causeway: bad request target\n",
-            );
+            ));
         }
     };
-    let req = http::Request::from_parts(parts, body);
-    // Boxed: the exchange's state is most of this future's size, and hyper moves the
-    // future (into a task of its own per HTTP/2 stream) before polling it.
+    Ok((app, http::Request::from_parts(parts, body), h2))
+}
+
+async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::Response<Body> {
+    let started = Instant::now();
+    let stats = &conn.stats;
+    let (app, req, h2) = match inbound_prepare(conn, req, started) {
+        Ok(prepared) => prepared,
+        Err(answer) => return answer,
+    };
+    // Boxed: the exchange's state would be most of this future's size, and the
+    // connection moves the future (into its set of requests) before polling it.
     let resp = if h2 {
         Box::pin(app.send_http2(req)).await
     } else {
