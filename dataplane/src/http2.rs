@@ -19,7 +19,7 @@ use futures::{FutureExt as _, StreamExt as _};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
 
-use crate::http::{Body, boxed};
+use crate::http::{Body, BoxError, boxed};
 use crate::proxy::Stream;
 
 /// Stream and connection flow-control windows, both directions. Large: a slow reader
@@ -176,45 +176,35 @@ async fn respond_with(resp: http::Response<Body>, mut respond: h2::server::SendR
         }
     };
     let first = match ready {
-        None => None,
+        // The body ended with the head.
         Some(None) => return,
-        Some(Some(Err(e))) => {
-            tracing::debug!(error = %e, "response body failed");
-            tx.send_reset(h2::Reason::INTERNAL_ERROR);
+        Some(Some(Ok(frame)))
+            if body.is_end_stream() && frame.data_ref().is_some_and(|d| d.len() <= SMALL_BODY) =>
+        {
+            let _ = tx.send_data(frame.into_data().unwrap_or_default(), true);
             return;
         }
-        Some(Some(Ok(frame))) => match frame.into_data() {
-            Ok(data) if body.is_end_stream() && data.len() <= SMALL_BODY => {
-                let _ = tx.send_data(data, true);
-                return;
-            }
-            Ok(data) => Some(data),
-            Err(frame) => {
-                if let Ok(trailers) = frame.into_trailers() {
-                    let _ = tx.send_trailers(trailers);
-                }
-                return;
-            }
-        },
+        // Anything else (nothing yet, more to come, trailers, an error): as it comes.
+        other => other,
     };
     // Boxed: a body that streams is the rare case; its state would make every
     // request's future larger (it is moved into the connection's set of requests).
     Box::pin(send_body(first, body, tx, std::future::pending())).await;
 }
 
-/// Sends a body on its stream (`first`: data already read from it), as the peer's flow
-/// control allows, until the body ends, the peer resets the stream, or `cancelled`
+/// Sends a body on its stream (`first`: what a poll of it already gave), as the peer's
+/// flow control allows, until the body ends, the peer resets the stream, or `cancelled`
 /// resolves (the stream is then reset).
 async fn send_body(
-    mut first: Option<Bytes>,
+    mut first: Option<Option<Result<Frame<Bytes>, BoxError>>>,
     mut body: Body,
     mut tx: h2::SendStream<Bytes>,
     cancelled: impl Future<Output = ()>,
 ) {
     let mut cancelled = std::pin::pin!(cancelled);
     loop {
-        let frame = if let Some(data) = first.take() {
-            Some(Ok(Frame::data(data)))
+        let frame = if let Some(polled) = first.take() {
+            polled
         } else {
             tokio::select! {
             biased;
@@ -380,8 +370,6 @@ mod tests {
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
         (tx, boxed(StreamBody::new(stream)))
     }
-
-    type BoxError = crate::http::BoxError;
 
     /// Echoes the request body back as it arrives, with the request's trailers.
     async fn echo(req: http::Request<Body>) -> http::Response<Body> {

@@ -754,7 +754,7 @@ async fn outbound_request(
                 // The pooled connection closed or is going away (its peer drains):
                 // nothing was sent, so dial again.
                 last_err = e.to_string();
-                ep.pool.reset();
+                slot.forget();
                 continue;
             }
         };
