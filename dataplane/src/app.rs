@@ -1,21 +1,16 @@
 //! Connections from an inbound to its local application: keep-alive HTTP/1.1
-//! connections reused one request at a time, or one multiplexed HTTP/2 connection.
+//! connections reused one request at a time ([`crate::http1`]), or one multiplexed
+//! HTTP/2 connection.
 //!
-//! A connection goes back to the pool when its response body has been read to the end;
-//! a response dropped half-read takes its connection with it (the app may still be
-//! writing), so a reused connection never carries leftovers of an earlier exchange.
+//! A connection goes back to the pool when its exchange went through whole; a response
+//! dropped half-read takes its connection with it (the app may still be writing), so a
+//! reused connection never carries leftovers of an earlier exchange.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use hyper::body::{Body as _, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
-
 use crate::http::{Body, Dial, Pool};
+use crate::http1::{self, Conn, SendError};
 
 /// Idle HTTP/1.1 connections kept per application; more are closed when they finish.
 const MAX_IDLE: usize = 256;
@@ -27,7 +22,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct App {
     address: String,
     port: u16,
-    idle: Mutex<Vec<(Instant, http1::SendRequest<Body>)>>,
+    idle: Mutex<Vec<(Instant, Conn)>>,
     h2: Pool,
 }
 
@@ -67,30 +62,28 @@ impl App {
     }
 
     /// Sends an HTTP/1.1 request (origin-form target) on an idle connection or a new
-    /// one. A request that an idle connection could not take (the app had closed it)
-    /// is sent again on a new connection.
+    /// one. An idempotent request that an idle connection could not take (the app had
+    /// closed it) is sent again on another connection.
     pub(crate) async fn send_http1(
         self: &Arc<Self>,
-        mut req: http::Request<Body>,
+        req: http::Request<Body>,
     ) -> Result<http::Response<Body>, AppError> {
-        while let Some(mut sender) = self.checkout() {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.pooled(sender, resp)),
-                Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
-                    None => return Err(AppError::Exchange(e.into_error().into())),
-                },
+        let mut req = http1::Request::encode(req).map_err(|e| AppError::Exchange(e.into()))?;
+        while let Some(conn) = self.checkout() {
+            match conn.send(&mut req, self.clone()).await {
+                Ok(resp) => return Ok(resp),
+                Err(SendError::Closed) if req.replayable => continue,
+                Err(e) => return Err(AppError::Exchange(e.into())),
             }
         }
         // Boxed: the cold path's future would otherwise make every request's future large.
-        let mut sender = Box::pin(self.dial()).await.map_err(AppError::Connect)?;
-        match sender.send_request(req).await {
-            Ok(resp) => Ok(self.pooled(sender, resp)),
-            Err(e) => Err(AppError::Exchange(e.into())),
-        }
+        let conn = Box::pin(crate::http::tcp_connect(&self.address, self.port))
+            .await
+            .map_err(AppError::Connect)?;
+        Conn::new(conn)
+            .send(&mut req, self.clone())
+            .await
+            .map_err(|e| AppError::Exchange(e.into()))
     }
 
     /// Sends an HTTP/2 request (absolute target) on the app's multiplexed connection.
@@ -132,99 +125,22 @@ impl App {
         })
     }
 
-    fn checkout(&self) -> Option<http1::SendRequest<Body>> {
+    fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().expect("app pool lock");
-        while let Some((since, sender)) = idle.pop() {
-            if !sender.is_closed() && since.elapsed() < IDLE_TIMEOUT {
-                return Some(sender);
+        while let Some((since, conn)) = idle.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && !conn.is_closed() {
+                return Some(conn);
             }
         }
         None
     }
+}
 
-    fn checkin(&self, sender: http1::SendRequest<Body>) {
-        if sender.is_closed() {
-            return;
-        }
+impl http1::Checkin for App {
+    fn checkin(&self, conn: Conn) {
         let mut idle = self.idle.lock().expect("app pool lock");
         if idle.len() < MAX_IDLE {
-            idle.push((Instant::now(), sender));
-        }
-    }
-
-    async fn dial(&self) -> std::io::Result<http1::SendRequest<Body>> {
-        let tcp = crate::http::tcp_connect(&self.address, self.port).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(std::io::Error::other)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "application connection closed");
-            }
-        });
-        Ok(sender)
-    }
-
-    fn pooled(
-        self: &Arc<Self>,
-        sender: http1::SendRequest<Body>,
-        resp: http::Response<Incoming>,
-    ) -> http::Response<Body> {
-        resp.map(|body| {
-            crate::http::boxed(PooledBody {
-                body,
-                back: Some((sender, self.clone())),
-            })
-        })
-    }
-}
-
-/// A response body that returns its connection to the pool once read to the end.
-struct PooledBody {
-    body: Incoming,
-    back: Option<(http1::SendRequest<Body>, Arc<App>)>,
-}
-
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some((sender, app)) = self.back.take() {
-            app.checkin(sender);
-        }
-    }
-}
-
-impl hyper::body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Err(_))) => self.back = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // An empty body may never be polled: its exchange is complete all the same.
-        if self.body.is_end_stream() {
-            self.release();
+            idle.push((Instant::now(), conn));
         }
     }
 }

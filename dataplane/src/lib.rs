@@ -13,6 +13,7 @@ mod app;
 pub mod cli;
 pub mod cp;
 mod http;
+mod http1;
 mod http2;
 pub mod identity;
 mod lb;
