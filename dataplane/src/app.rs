@@ -149,6 +149,7 @@ impl http1::Checkin for App {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use bytes::Bytes;
     use http_body_util::{BodyExt as _, Empty};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     use tokio::net::TcpListener;
@@ -252,6 +253,97 @@ mod tests {
             assert_eq!(call(&pool).await, "ok");
         }
         assert_eq!(conns.load(Ordering::SeqCst), 5);
+    }
+
+    /// An h2c app on loopback that answers each request with its connection's number
+    /// and counts the requests of each connection. With `drain_first`, the first
+    /// connection answers its first request with a body that stays open, then says
+    /// GOAWAY, as a draining sidecar or app does: it takes no new stream, yet stays up
+    /// for the one in flight.
+    async fn h2_app(drain_first: bool) -> (u16, Arc<Mutex<Vec<usize>>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        let counts = Arc::new(Mutex::new(Vec::new()));
+        let counted = counts.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = l.accept().await.unwrap();
+                let counts = counted.clone();
+                tokio::spawn(async move {
+                    let index = {
+                        let mut c = counts.lock().unwrap();
+                        c.push(0);
+                        c.len() - 1
+                    };
+                    let mut conn = h2::server::handshake(s).await.unwrap();
+                    let mut open = Vec::new();
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        let served = {
+                            let mut c = counts.lock().unwrap();
+                            c[index] += 1;
+                            c[index]
+                        };
+                        let mut body = respond
+                            .send_response(http::Response::new(()), false)
+                            .unwrap();
+                        let drain = drain_first && index == 0 && served == 1;
+                        body.send_data(Bytes::from(index.to_string()), !drain)
+                            .unwrap();
+                        if drain {
+                            open.push(body);
+                            conn.graceful_shutdown();
+                        }
+                    }
+                });
+            }
+        });
+        (port, counts)
+    }
+
+    fn get_h2(app: &App) -> http::Request<Body> {
+        http::Request::builder()
+            .uri(format!("http://127.0.0.1:{}/", app.port))
+            .body(crate::http::boxed(Empty::new().map_err(|n| match n {})))
+            .unwrap()
+    }
+
+    /// The number of the app's connection that answered.
+    async fn call_h2(app: &Arc<App>) -> usize {
+        let resp = match app.send_http2(get_h2(app)).await {
+            Ok(r) => r,
+            Err(e) => panic!("request failed: {e}"),
+        };
+        assert_eq!(resp.status(), 200);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        std::str::from_utf8(&body).unwrap().parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn http2_requests_alternate_over_the_pooled_connections_each_dialed_once() {
+        let (port, counts) = h2_app(false).await;
+        let pool = App::new("127.0.0.1", port);
+        for _ in 0..20 {
+            call_h2(&pool).await;
+        }
+        assert_eq!(*counts.lock().unwrap(), [10, 10]);
+    }
+
+    #[tokio::test]
+    async fn an_http2_connection_going_away_is_replaced_without_failing_a_request() {
+        let (port, counts) = h2_app(true).await;
+        let pool = App::new("127.0.0.1", port);
+        // The first answer keeps its connection up after the app's GOAWAY.
+        let Ok(first) = pool.send_http2(get_h2(&pool)).await else {
+            panic!("first request failed")
+        };
+        let mut first = first.into_body();
+        assert!(first.frame().await.is_some());
+        // Requests go on without a failure, to a connection dialed anew.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while call_h2(&pool).await < 2 {
+            assert!(Instant::now() < deadline, "no new connection: {counts:?}");
+        }
+        drop(first);
     }
 
     #[tokio::test]

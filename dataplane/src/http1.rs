@@ -477,7 +477,11 @@ fn parse_head(
         || status == http::StatusCode::NOT_MODIFIED
     {
         Framing::Done
-    } else if let Some(te) = map.get_all(http::header::TRANSFER_ENCODING).iter().next_back() {
+    } else if let Some(te) = map
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
         let last = te.to_str().unwrap_or("").rsplit(',').next().unwrap_or("");
         if last.trim().eq_ignore_ascii_case("chunked") {
             Framing::Chunked(Chunk::Size)
