@@ -9,7 +9,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::http::{Body, Dial, Pool};
+use crate::http::{Body, Dial, NotReady, Pool};
 use crate::http1::{self, Conn, SendError};
 
 /// Idle HTTP/1.1 connections kept per application; more are closed when they finish.
@@ -92,33 +92,19 @@ impl App {
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, AppError> {
         let slot = self.h2.slot();
-        let ready = match slot.live() {
-            Some(s) => s.ready().await.ok(),
-            None => None,
+        let dial = || {
+            Some(Dial {
+                addr: self.address.clone(),
+                port: self.port,
+                tls: None,
+                sni: String::new(),
+                quic: false,
+            })
         };
-        let ready = match ready {
-            Some(r) => r,
-            // No connection yet, or the one pooled closed: dial (once) without failing
-            // the request, since nothing was sent.
-            None => {
-                slot.forget();
-                let dial = Dial {
-                    addr: self.address.clone(),
-                    port: self.port,
-                    tls: None,
-                    sni: String::new(),
-                    quic: false,
-                };
-                // Boxed: the dial's future would otherwise make every request's large.
-                let sender = Box::pin(slot.sender(&dial))
-                    .await
-                    .map_err(AppError::Connect)?;
-                sender
-                    .ready()
-                    .await
-                    .map_err(|e| AppError::Exchange(e.into()))?
-            }
-        };
+        let ready = slot.ready(dial).await.map_err(|e| match e {
+            NotReady::Failed(e) => AppError::Connect(e),
+            NotReady::NoDial => AppError::Connect(std::io::Error::other("no address")),
+        })?;
         ready.send(req).await.map_err(|e| {
             slot.forget();
             AppError::Exchange(e.into())

@@ -11,7 +11,7 @@ use http_body_util::combinators::BoxBody;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-use crate::http2::H2Sender;
+use crate::http2::{H2Sender, ReadyH2};
 
 /// Any error a body or an exchange can end with.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -75,8 +75,32 @@ impl Slot {
         *self.sender.lock().expect("pool lock") = None;
     }
 
+    /// A connection of this slot ready for one more request: the pooled one, or a new
+    /// one when there is none, or it closed or is going away (its peer drains). `dial`
+    /// is called only to dial.
+    pub(crate) async fn ready(
+        &self,
+        dial: impl FnOnce() -> Option<Dial>,
+    ) -> Result<ReadyH2, NotReady> {
+        if let Some(s) = self.live()
+            && let Ok(r) = s.ready().await
+        {
+            return Ok(r);
+        }
+        self.forget();
+        let dial = dial().ok_or(NotReady::NoDial)?;
+        // Boxed: a dial's future is large, and requests rarely need one.
+        let sender = Box::pin(self.sender(&dial))
+            .await
+            .map_err(NotReady::Failed)?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| NotReady::Failed(std::io::Error::other(e)))
+    }
+
     /// The live connection, or a new one when there is none or it closed.
-    pub(crate) async fn sender(&self, dial: &Dial) -> std::io::Result<H2Sender> {
+    async fn sender(&self, dial: &Dial) -> std::io::Result<H2Sender> {
         if let Some(s) = self.live() {
             return Ok(s);
         }
@@ -88,6 +112,14 @@ impl Slot {
         *self.sender.lock().expect("pool lock") = Some(sender.clone());
         Ok(sender)
     }
+}
+
+/// Why a slot gave no connection for a request. Nothing was sent either way.
+pub(crate) enum NotReady {
+    /// No way to dial yet (no workload certificate).
+    NoDial,
+    /// The dial failed, or the new connection took no stream.
+    Failed(std::io::Error),
 }
 
 /// How to reach an endpoint.

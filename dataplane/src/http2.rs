@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use futures::future::FusedFuture as _;
 use futures::{FutureExt as _, StreamExt as _};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as _, Frame, SizeHint};
@@ -108,8 +109,14 @@ impl ReadyH2 {
 /// Serves HTTP/2 on `io`: each request is answered by `handle`, then its response body
 /// sent. The requests in flight run inside the connection's task (no task spawned per
 /// request): the connection is polled right after them, so what they queued is flushed
-/// in the same turn.
-pub(crate) async fn serve<S, F, Fut>(io: S, handle: F) -> Result<(), h2::Error>
+/// in the same turn. When `drain` completes, the connection says GOAWAY: the peer opens
+/// no new stream on it (a sidecar dials another endpoint), the streams in flight finish,
+/// then it closes.
+pub(crate) async fn serve<S, F, Fut>(
+    io: S,
+    handle: F,
+    drain: impl Future<Output = ()>,
+) -> Result<(), h2::Error>
 where
     S: Stream,
     F: Fn(http::Request<Body>) -> Fut,
@@ -122,7 +129,11 @@ where
         .handshake::<_, Bytes>(io)
         .await?;
     let mut in_flight = futures::stream::FuturesUnordered::new();
+    let mut drain = std::pin::pin!(drain.fuse());
     std::future::poll_fn(|cx| {
+        if !drain.is_terminated() && drain.as_mut().poll(cx).is_ready() {
+            conn.graceful_shutdown();
+        }
         loop {
             while let Poll::Ready(Some(())) = in_flight.poll_next_unpin(cx) {}
             match conn.poll_accept(cx) {
@@ -352,7 +363,7 @@ mod tests {
     {
         let (client, server) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
-            let _ = serve(server, handle).await;
+            let _ = serve(server, handle, std::future::pending()).await;
         });
         H2Sender::handshake(client).await.unwrap()
     }
@@ -520,5 +531,48 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(sender.ready().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn draining_says_goaway_finishes_the_streams_in_flight_then_closes() {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let (drain, drained) = tokio::sync::oneshot::channel::<()>();
+        let (ended_tx, ended) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let r = serve(server, echo, async {
+                let _ = drained.await;
+            })
+            .await;
+            let _ = ended_tx.send(r.is_ok());
+        });
+        let sender = H2Sender::handshake(client).await.unwrap();
+        // A request in flight: its body (and so the echoed answer) still streaming.
+        let (tx, body) = channel_body();
+        let resp = sender
+            .clone()
+            .ready()
+            .await
+            .unwrap()
+            .send(request(body))
+            .await
+            .unwrap();
+        drain.send(()).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sender.clone().ready().await.is_ok() {
+            assert!(std::time::Instant::now() < deadline, "no GOAWAY seen");
+            tokio::task::yield_now().await;
+        }
+        // The request in flight still goes through whole.
+        tx.send(Ok(Frame::data(Bytes::from_static(b"after the GOAWAY"))))
+            .await
+            .unwrap();
+        drop(tx);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"after the GOAWAY");
+        let ended = tokio::time::timeout(Duration::from_secs(5), ended).await;
+        assert!(
+            matches!(ended, Ok(Ok(true))),
+            "the connection closed cleanly"
+        );
     }
 }

@@ -109,6 +109,7 @@ pub async fn run(cfg: DataplaneConfig, mut stop: watch::Receiver<bool>) -> anyho
     for t in &tasks {
         t.abort();
     }
+    proxy.drain();
     let deadline = Instant::now() + cfg.drain;
     while proxy.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::app::{App, AppError};
-use crate::http::{Body, Dial, boxed, strip_hop_by_hop, text};
+use crate::http::{Body, Dial, NotReady, boxed, strip_hop_by_hop, text};
 use crate::identity::{ALPN_H2, ALPN_TCP, Identity, Revoked, peer_id};
 use crate::lb::{Balancer, EndpointState};
 use crate::metrics::{HttpStats, Metrics};
@@ -51,6 +51,8 @@ pub(crate) struct Proxy {
     pub(crate) revoked: Revoked,
     /// Fired when this proxy's own CA is revoked: renew the certificate now.
     pub(crate) renew_now: Arc<tokio::sync::Notify>,
+    /// Turns true at SIGTERM: inbound connections say they are going away.
+    draining: watch::Sender<bool>,
 }
 
 /// Counts a connection as active while alive.
@@ -119,7 +121,22 @@ impl Proxy {
             active: AtomicU64::new(0),
             revoked: Revoked::default(),
             renew_now: Arc::default(),
+            draining: watch::Sender::new(false),
         })
+    }
+
+    /// Starts the drain: every inbound HTTP connection asks its peer to go elsewhere
+    /// (HTTP/2 GOAWAY; HTTP/1.1 closes after the request in flight).
+    pub(crate) fn drain(&self) {
+        self.draining.send_replace(true);
+    }
+
+    /// Completes when the drain starts.
+    fn drained(&self) -> impl Future<Output = ()> + use<> {
+        let mut rx = self.draining.subscribe();
+        async move {
+            let _ = rx.wait_for(|d| *d).await;
+        }
     }
 
     fn current(&self) -> Option<Arc<ProxyConfig>> {
@@ -422,10 +439,15 @@ async fn inbound_conn(
     });
     if h2 {
         // Another sidecar: HTTP/2, negotiated in the mTLS handshake.
-        return crate::http2::serve(stream, move |req| {
-            let conn = conn.clone();
-            async move { inbound_request(&conn, req).await }
-        })
+        let drained = proxy.drained();
+        return crate::http2::serve(
+            stream,
+            move |req| {
+                let conn = conn.clone();
+                async move { inbound_request(&conn, req).await }
+            },
+            drained,
+        )
         .await
         .map_err(Into::into);
     }
@@ -437,10 +459,14 @@ async fn inbound_conn(
             Ok::<_, std::convert::Infallible>(inbound_request(&conn, req).await)
         }
     });
-    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(stream), svc)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+    let drained = proxy.drained();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), svc));
+    tokio::select! {
+        r = served.as_mut() => return r.map_err(|e| anyhow::anyhow!("{e}")),
+        () = drained => served.as_mut().graceful_shutdown(),
+    }
+    served.await.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// What every request of one inbound connection shares.
@@ -725,36 +751,24 @@ async fn outbound_request(
     let mut last_err = String::from("no endpoints");
     for _ in 0..CONNECT_ATTEMPTS {
         let Some(ep) = b.pick(&tried) else { break };
-        let slot = ep.pool.slot();
-        let sender = match slot.live() {
-            Some(s) => s,
-            None => {
-                let Some(dial) = proxy.dial(&cfg, ob, &ep, ALPN_H2) else {
-                    return text(
-                        http::StatusCode::SERVICE_UNAVAILABLE,
-                        "causeway: no workload certificate yet\n",
-                    );
-                };
-                // Boxed: a dial's future is large, and requests rarely need one.
-                match Box::pin(slot.sender(&dial)).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // Nothing was sent: safe to try another endpoint.
-                        last_err = e.to_string();
-                        ep.failed();
-                        tried.push(ep);
-                        continue;
-                    }
-                }
-            }
-        };
-        let ready = match sender.ready().await {
+        let ready = match ep
+            .pool
+            .slot()
+            .ready(|| proxy.dial(&cfg, ob, &ep, ALPN_H2))
+            .await
+        {
             Ok(r) => r,
-            Err(e) => {
-                // The pooled connection closed or is going away (its peer drains):
-                // nothing was sent, so dial again.
+            Err(NotReady::NoDial) => {
+                return text(
+                    http::StatusCode::SERVICE_UNAVAILABLE,
+                    "causeway: no workload certificate yet\n",
+                );
+            }
+            Err(NotReady::Failed(e)) => {
+                // Nothing was sent: safe to try another endpoint.
                 last_err = e.to_string();
-                slot.forget();
+                ep.failed();
+                tried.push(ep);
                 continue;
             }
         };

@@ -929,3 +929,97 @@ async fn sigterm_drains_open_connections_then_exits() -> anyhow::Result<()> {
     drop(web);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_sidecar_sends_callers_elsewhere_without_a_failed_request() -> anyhow::Result<()>
+{
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    put(
+        &fx.c,
+        "/meshes/default/meshtrafficpermissions/web-to-backend",
+        &allow("web-to-backend", "web", "backend", "Allow"),
+    )
+    .await?;
+    let (app1, app2) = (free_addr(), free_addr());
+    let _a1 = fx.app("b1", "backend", app1, false)?;
+    let _a2 = fx.app("b2", "backend", app2, false)?;
+    let mut backends = Vec::new();
+    for (name, app) in [("backend-1", app1), ("backend-2", app2)] {
+        let dp = dataplane(name, "backend", free_addr().port(), app.port(), "http", &[]);
+        backends.push(fx.sidecar("backend", dp).await?.0);
+    }
+    let (_ws, _, out) = fx.web_calling("backend").await?;
+    let http = plain_http();
+    let url = format!("http://127.0.0.1:{out}/");
+    eventually("both backends answering", WAIT, || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..40 {
+            let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            seen.insert(v["instance"].as_str()?.to_string());
+        }
+        (seen.len() == 2).then_some(())
+    })
+    .await?;
+
+    // Four callers keep requests in flight throughout.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (http, url, stop) = (http.clone(), url.clone(), stop.clone());
+        callers.spawn(async move {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status() == StatusCode::OK => ok += 1,
+                    Ok(r) => failed.push(format!(
+                        "{}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed)
+        });
+    }
+    // With the zone control plane down, nobody tells web that backend-1 is going: only
+    // backend-1 itself can. SIGTERM its sidecar: its callers hear GOAWAY, finish what is
+    // in flight and go elsewhere, so it exits as soon as they have; a caller's pooled
+    // connection that heard nothing would hold it for the whole drain (--drain-seconds 5).
+    fx.zone.kill();
+    let s1 = backends.remove(0);
+    let t0 = Instant::now();
+    let exited = tokio::task::spawn_blocking(move || s1.terminate(Duration::from_secs(20))).await?;
+    let drain_took = t0.elapsed();
+    exited?;
+    // Traffic goes on, to backend-2.
+    eventually("only b2 answering", WAIT, || async {
+        for _ in 0..20 {
+            let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            if v["instance"] != "b2" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    while let Some(r) = callers.join_next().await {
+        let (o, f) = r?;
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok + failed.len()
+    );
+    assert!(ok > 40, "traffic flowed throughout: {ok} requests");
+    assert!(
+        drain_took < Duration::from_secs(4),
+        "the sidecar exited {drain_took:?} after SIGTERM: its callers' connections did not close"
+    );
+    Ok(())
+}
