@@ -6,6 +6,7 @@
 //! dropped half-read takes its connection with it (the app may still be writing), so a
 //! reused connection never carries leftovers of an earlier exchange.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +23,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct App {
     address: String,
     port: u16,
-    idle: Mutex<Vec<(Instant, Conn)>>,
+    /// Oldest first: checkin pushes at the back, checkout takes the freshest from it.
+    idle: Mutex<VecDeque<(Instant, Conn)>>,
     h2: Pool,
 }
 
@@ -30,6 +32,9 @@ pub(crate) struct App {
 pub(crate) enum AppError {
     /// Nothing was sent: the application refused or could not be reached.
     Connect(std::io::Error),
+    /// Nothing was sent: the request cannot go to the application as it is (kind
+    /// `Unsupported`: a method the application's protocol cannot carry).
+    Request(std::io::Error),
     /// The exchange failed after the request was (maybe) sent.
     Exchange(crate::http::BoxError),
 }
@@ -38,6 +43,7 @@ impl std::fmt::Display for AppError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AppError::Connect(e) => write!(f, "connecting: {e}"),
+            AppError::Request(e) => write!(f, "{e}"),
             AppError::Exchange(e) => match e.source() {
                 Some(cause) => write!(f, "{e}: {cause}"),
                 None => write!(f, "{e}"),
@@ -63,16 +69,16 @@ impl App {
 
     /// Sends an HTTP/1.1 request (origin-form target) on an idle connection or a new
     /// one. An idempotent request that an idle connection could not take (the app had
-    /// closed it) is sent again on another connection.
+    /// closed it, and no byte of an answer came) is sent again, once, on a new connection.
     pub(crate) async fn send_http1(
         self: &Arc<Self>,
         req: http::Request<Body>,
     ) -> Result<http::Response<Body>, AppError> {
-        let mut req = http1::Request::encode(req).map_err(|e| AppError::Exchange(e.into()))?;
-        while let Some(conn) = self.checkout() {
+        let mut req = http1::Request::encode(req).map_err(AppError::Request)?;
+        if let Some(conn) = self.checkout() {
             match conn.send(&mut req, self.clone()).await {
                 Ok(resp) => return Ok(resp),
-                Err(SendError::Closed) if req.replayable => continue,
+                Err(SendError::Closed) if req.replayable => {}
                 Err(e) => return Err(AppError::Exchange(e.into())),
             }
         }
@@ -113,7 +119,7 @@ impl App {
 
     fn checkout(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().expect("app pool lock");
-        while let Some((since, conn)) = idle.pop() {
+        while let Some((since, conn)) = idle.pop_back() {
             if since.elapsed() < IDLE_TIMEOUT && !conn.is_closed() {
                 return Some(conn);
             }
@@ -125,8 +131,16 @@ impl App {
 impl http1::Checkin for App {
     fn checkin(&self, conn: Conn) {
         let mut idle = self.idle.lock().expect("app pool lock");
+        // Close what has idled too long (the app has likely closed it: a socket
+        // kept would sit in CLOSE_WAIT) before keeping this one.
+        while idle
+            .front()
+            .is_some_and(|(since, _)| since.elapsed() >= IDLE_TIMEOUT)
+        {
+            idle.pop_front();
+        }
         if idle.len() < MAX_IDLE {
-            idle.push((Instant::now(), conn));
+            idle.push_back((Instant::now(), conn));
         }
     }
 }

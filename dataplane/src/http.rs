@@ -82,21 +82,32 @@ impl Slot {
         &self,
         dial: impl FnOnce() -> Option<Dial>,
     ) -> Result<ReadyH2, NotReady> {
-        if let Some(s) = self.live()
-            && let Ok(r) = s.ready().await
-        {
-            return Ok(r);
+        if let Some(s) = self.live() {
+            let id = s.id();
+            match s.ready().await {
+                Ok(r) => return Ok(r),
+                Err(_) => self.forget_if(id),
+            }
         }
-        self.forget();
         let dial = dial().ok_or(NotReady::NoDial)?;
         // Boxed: a dial's future is large, and requests rarely need one.
         let sender = Box::pin(self.sender(&dial))
             .await
             .map_err(NotReady::Failed)?;
-        sender
-            .ready()
-            .await
-            .map_err(|e| NotReady::Failed(std::io::Error::other(e)))
+        let id = sender.id();
+        sender.ready().await.map_err(|e| {
+            self.forget_if(id);
+            NotReady::Failed(std::io::Error::other(e))
+        })
+    }
+
+    /// Forgets the connection `id` if the slot still holds it: a request that saw it
+    /// fail must not drop a newer one another request just dialed.
+    fn forget_if(&self, id: usize) {
+        let mut sender = self.sender.lock().expect("pool lock");
+        if sender.as_ref().is_some_and(|s| s.id() == id) {
+            *sender = None;
+        }
     }
 
     /// The live connection, or a new one when there is none or it closed.

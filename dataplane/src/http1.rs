@@ -112,11 +112,21 @@ impl Conn {
         write_all(&self.io, &req.head).await.map_err(closed_or)?;
         let writer = req.rest.take().map(|(body, framing)| {
             let io = self.io.clone();
-            tokio::spawn(async move { write_body(&io, body, framing).await })
+            tokio::spawn(async move {
+                let written = write_body(&io, body, framing).await;
+                if written.is_err() {
+                    // The app waits for the rest of a body that will not come: end the
+                    // connection, so the app stops waiting and our reader sees the end.
+                    let _ = socket2::SockRef::from(&*io).shutdown(std::net::Shutdown::Both);
+                }
+                written
+            })
         });
         let guard = AbortOnDrop(writer);
+        // Whether any byte of an answer came: only before that may the request be retried.
+        let mut answered = false;
         let (parts, framing, keep_alive) = loop {
-            let (parts, framing, keep_alive) = self.read_head(no_body).await?;
+            let (parts, framing, keep_alive) = self.read_head(no_body, &mut answered).await?;
             // 1xx are interim answers; the final one follows (101 would switch protocols,
             // and the inbound never forwards `upgrade`).
             if parts.status.is_informational() {
@@ -142,8 +152,9 @@ impl Conn {
     async fn read_head(
         &mut self,
         no_body: bool,
+        read_any: &mut bool,
     ) -> Result<(http::response::Parts, Framing, bool), SendError> {
-        let mut read_any = !self.buf.is_empty();
+        *read_any |= !self.buf.is_empty();
         loop {
             if !self.buf.is_empty() {
                 if let Some(head) = parse_head(&mut self.buf, no_body)? {
@@ -157,20 +168,20 @@ impl Conn {
             let n = std::future::poll_fn(|cx| read_some(&self.io, &mut self.buf, cx))
                 .await
                 .map_err(|e| {
-                    if read_any {
+                    if *read_any {
                         SendError::Io(e)
                     } else {
                         closed_or(e)
                     }
                 })?;
             if n == 0 {
-                return Err(if read_any {
+                return Err(if *read_any {
                     SendError::Io(invalid("the application closed mid-response"))
                 } else {
                     SendError::Closed
                 });
             }
-            read_any = true;
+            *read_any = true;
         }
     }
 }
@@ -207,12 +218,16 @@ impl Request {
         for (name, value) in &parts.headers {
             put_header(&mut head, name.as_str(), value.as_bytes());
         }
+        if parts.method == http::Method::CONNECT {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "CONNECT is not forwarded to an HTTP/1.1 application",
+            ));
+        }
         let declared = match parts.headers.get(http::header::CONTENT_LENGTH) {
             None => None,
             Some(v) => Some(
-                v.to_str()
-                    .ok()
-                    .and_then(|s| s.trim().parse::<u64>().ok())
+                parse_length(v.as_bytes())
                     .ok_or_else(|| invalid("bad content-length in the request"))?,
             ),
         };
@@ -293,6 +308,30 @@ impl Request {
     }
 }
 
+/// A content-length value: digits only (no sign, no spaces inside), as RFC 9110 8.6 has it.
+fn parse_length(v: &[u8]) -> Option<u64> {
+    let v = v.trim_ascii();
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Fields a trailer section must not carry (RFC 9110 6.5.1): framing and routing, which
+/// a recipient would otherwise take as if they came in the head.
+fn allowed_in_trailers(name: &http::HeaderName) -> bool {
+    use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, TE, TRAILER, TRANSFER_ENCODING};
+    ![
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        HOST,
+        TE,
+        TRAILER,
+        CONTENT_TYPE,
+    ]
+    .contains(name)
+}
+
 fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(b": ");
@@ -358,7 +397,9 @@ async fn write_body(io: &TcpStream, mut body: Body, framing: BodyFraming) -> io:
                 if let (Ok(trailers), BodyFraming::Chunked) = (frame.into_trailers(), framing) {
                     let mut end = b"0\r\n".to_vec();
                     for (name, value) in &trailers {
-                        put_header(&mut end, name.as_str(), value.as_bytes());
+                        if allowed_in_trailers(name) {
+                            put_header(&mut end, name.as_str(), value.as_bytes());
+                        }
                     }
                     end.extend_from_slice(b"\r\n");
                     return write_all(io, &end).await;
@@ -477,27 +518,35 @@ fn parse_head(
         || status == http::StatusCode::NOT_MODIFIED
     {
         Framing::Done
-    } else if let Some(te) = map
+    } else if let Some(chunked) = map
         .get_all(http::header::TRANSFER_ENCODING)
         .iter()
         .next_back()
+        .map(|te| {
+            let last = te.to_str().unwrap_or("").rsplit(',').next().unwrap_or("");
+            last.trim().eq_ignore_ascii_case("chunked")
+        })
     {
-        let last = te.to_str().unwrap_or("").rsplit(',').next().unwrap_or("");
-        if last.trim().eq_ignore_ascii_case("chunked") {
+        // Both framings named, or a transfer coding from an HTTP/1.0 app: the coding
+        // frames this response (the length must not travel on), and the connection
+        // ends with it, as RFC 9112 6.3 asks.
+        if map.remove(http::header::CONTENT_LENGTH).is_some() || http10 || !chunked {
+            keep_alive = false;
+        }
+        if chunked {
             Framing::Chunked(Chunk::Size)
         } else {
-            keep_alive = false;
             Framing::Close
         }
     } else if map.contains_key(http::header::CONTENT_LENGTH) {
         let mut lengths = map
             .get_all(http::header::CONTENT_LENGTH)
             .iter()
-            .flat_map(|v| v.to_str().unwrap_or("x").split(','))
-            .map(|s| s.trim().parse::<u64>());
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(parse_length);
         let first = lengths.next();
         match first {
-            Some(Ok(n)) if lengths.all(|l| l == Ok(n)) => Framing::Length(n),
+            Some(Some(n)) if lengths.all(|l| l == Some(n)) => Framing::Length(n),
             _ => return Err(invalid("bad content-length in the response")),
         }
     } else {
@@ -632,22 +681,9 @@ impl ResponseBody {
                     self.framing = Framing::Chunked(Chunk::Size);
                     continue;
                 }
-                Framing::Chunked(Chunk::Size) => {
-                    if let Some(end) = find_crlf(buf) {
-                        let line = &buf[..end];
-                        let digits = line
-                            .iter()
-                            .position(|b| !b.is_ascii_hexdigit())
-                            .unwrap_or(line.len());
-                        let size = std::str::from_utf8(&line[..digits])
-                            .ok()
-                            .and_then(|s| u64::from_str_radix(s, 16).ok())
-                            .ok_or_else(|| invalid("bad chunk size"));
-                        let size = match size {
-                            Ok(s) => s,
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                        };
-                        buf.advance(end + 2);
+                Framing::Chunked(Chunk::Size) => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((len, size))) => {
+                        buf.advance(len);
                         self.framing = Framing::Chunked(if size == 0 {
                             Chunk::Trailers
                         } else {
@@ -655,10 +691,9 @@ impl ResponseBody {
                         });
                         continue;
                     }
-                    if buf.len() > 1024 {
-                        return Poll::Ready(Some(Err(invalid("bad chunk size line"))));
-                    }
-                }
+                    Ok(httparse::Status::Partial) if buf.len() <= 1024 => {}
+                    _ => return Poll::Ready(Some(Err(invalid("bad chunk size line")))),
+                },
                 Framing::Chunked(Chunk::Trailers) => {
                     if buf.starts_with(b"\r\n") {
                         buf.advance(2);
@@ -676,7 +711,9 @@ impl ResponseBody {
                                 ) else {
                                     return Poll::Ready(Some(Err(invalid("bad trailer"))));
                                 };
-                                trailers.append(name, value);
+                                if allowed_in_trailers(&name) {
+                                    trailers.append(name, value);
+                                }
                             }
                             buf.advance(len);
                             self.release();
@@ -706,10 +743,6 @@ impl ResponseBody {
             }
         }
     }
-}
-
-fn find_crlf(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\r\n")
 }
 
 impl hyper::body::Body for ResponseBody {
@@ -921,7 +954,7 @@ mod tests {
         let mut app = scripted(vec![
             answer(
                 b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
-                  5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\ngrpc-status: 0\r\n\r\n",
+                  5;ext=1\r\nhello\r\n7\r\n, world\r\n0\r\ngrpc-status: 0\r\ncontent-length: 1\r\n\r\n",
             ),
             answer(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"),
         ])
@@ -929,7 +962,12 @@ mod tests {
         let (status, body, trailers) = call(&app.pool, request("GET", empty())).await;
         assert_eq!(status, 200);
         assert_eq!(body, "hello, world");
-        assert_eq!(trailers.unwrap()["grpc-status"], "0");
+        let trailers = trailers.unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(
+            !trailers.contains_key("content-length"),
+            "framing fields never come from trailers: {trailers:?}"
+        );
         assert_eq!(call(&app.pool, request("GET", empty())).await.1, "ok");
         assert_eq!(
             app.conns.load(Ordering::SeqCst),
@@ -1063,6 +1101,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: lots\r\n\r\nok",
             b"NOT HTTP AT ALL\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
         ] {
             let app = scripted(vec![answer(bad)]).await;
             match app.pool.send_http1(request("GET", empty())).await {
@@ -1082,5 +1121,127 @@ mod tests {
             Err(e) => panic!("{e}"),
         };
         assert!(resp.into_body().collect().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_bad_chunk_size_is_an_error() {
+        let app = scripted(vec![answer(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5garbage\r\nhello\r\n0\r\n\r\n",
+        )])
+        .await;
+        let resp = match app.pool.send_http1(request("GET", empty())).await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(resp.into_body().collect().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn both_framings_named_the_coding_wins_the_length_goes_and_so_does_the_connection() {
+        let app = scripted(vec![
+            answer(
+                b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n\
+                  5\r\nhello\r\n0\r\n\r\n",
+            ),
+            answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
+        ])
+        .await;
+        let resp = match app.pool.send_http1(request("GET", empty())).await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(!resp.headers().contains_key("content-length"));
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"hello");
+        assert_eq!(call(&app.pool, request("GET", empty())).await.1, "ok");
+        assert_eq!(app.conns.load(Ordering::SeqCst), 2, "not reused");
+    }
+
+    #[tokio::test]
+    async fn a_request_body_that_fails_midway_ends_the_exchange_instead_of_hanging_it() {
+        let app = scripted(vec![answer(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+        )])
+        .await;
+        // 100 bytes announced, 5 sent, then the caller's stream breaks.
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(4);
+        let stream = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut req = request("PUT", crate::http::boxed(stream));
+        req.headers_mut().insert(
+            http::header::CONTENT_LENGTH,
+            http::HeaderValue::from_static("100"),
+        );
+        let pool = app.pool.clone();
+        let sent = tokio::spawn(async move { pool.send_http1(req).await.map(|_| ()) });
+        tx.send(Ok(Frame::data(Bytes::from_static(b"start"))))
+            .await
+            .unwrap();
+        tx.send(Err("the caller reset its stream".into()))
+            .await
+            .unwrap();
+        let result = tokio::time::timeout(Duration::from_secs(10), sent)
+            .await
+            .expect("the exchange ended")
+            .unwrap();
+        assert!(matches!(result, Err(AppError::Exchange(_))));
+    }
+
+    #[tokio::test]
+    async fn a_request_the_app_drops_unanswered_is_sent_again_once_at_most() {
+        let ok = || answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok");
+        let dropped = || Answer {
+            close: true,
+            ..answer(b"")
+        };
+        let mut app = scripted(vec![
+            ok(),
+            ok(),
+            ok(),
+            dropped(),
+            dropped(),
+            dropped(),
+            dropped(),
+        ])
+        .await;
+        // Three idle connections in the pool.
+        let calls: Vec<_> = (0..3)
+            .map(|_| {
+                let pool = app.pool.clone();
+                tokio::spawn(async move { call(&pool, request("GET", empty())).await })
+            })
+            .collect();
+        for c in calls {
+            assert_eq!(c.await.unwrap().1, "ok");
+        }
+        for _ in 0..3 {
+            app.seen.recv().await.unwrap();
+        }
+        // The app takes the request and closes without answering (as a crashing
+        // handler does): sent on an idle connection, again on a new one, then given up.
+        assert!(matches!(
+            app.pool.send_http1(request("GET", empty())).await,
+            Err(AppError::Exchange(_))
+        ));
+        let mut seen = 0;
+        while app.seen.try_recv().is_ok() {
+            seen += 1;
+        }
+        assert_eq!(seen, 2, "the request reached the app twice, not more");
+    }
+
+    #[tokio::test]
+    async fn connect_is_refused_before_anything_is_sent() {
+        let app = scripted(vec![]).await;
+        let connect = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri("app:443")
+            .body(empty())
+            .unwrap();
+        match app.pool.send_http1(connect).await {
+            Err(AppError::Request(e)) => assert_eq!(e.kind(), io::ErrorKind::Unsupported),
+            Err(e) => panic!("{e}"),
+            Ok(r) => panic!("answered {}", r.status()),
+        }
+        assert_eq!(app.conns.load(Ordering::SeqCst), 0);
     }
 }

@@ -63,6 +63,11 @@ impl H2Sender {
         self.closed.load(Ordering::Relaxed)
     }
 
+    /// Which connection this is (clones share it).
+    pub(crate) fn id(&self) -> usize {
+        Arc::as_ptr(&self.closed) as usize
+    }
+
     /// Waits until the connection takes a new stream. An error (the connection closed,
     /// or is going away) means nothing was sent.
     pub(crate) async fn ready(self) -> Result<ReadyH2, h2::Error> {

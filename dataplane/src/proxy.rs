@@ -274,7 +274,7 @@ impl Proxy {
 /// Keeps one listener per inbound and outbound of the current config.
 pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
     let mut config = proxy.config.clone();
-    let mut running: HashMap<(bool, String, u16), tokio::task::JoinHandle<()>> = HashMap::new();
+    let mut running = Listeners(HashMap::new());
     loop {
         let cfg = config.borrow_and_update().clone();
         if let Some(cfg) = cfg {
@@ -290,7 +290,7 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
                     .iter()
                     .map(|o| (false, o.address.clone(), o.port)),
             );
-            running.retain(|k, task| {
+            running.0.retain(|k, task| {
                 let keep = want.contains(k) && !task.is_finished();
                 if !keep {
                     task.abort();
@@ -298,11 +298,13 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
                 keep
             });
             for k in want {
-                if running.contains_key(&k) {
+                if running.0.contains_key(&k) {
                     continue;
                 }
                 let (p, key) = (proxy.clone(), k.clone());
-                running.insert(k, tokio::spawn(async move { listen(p, key).await }));
+                running
+                    .0
+                    .insert(k, tokio::spawn(async move { listen(p, key).await }));
             }
         }
         tokio::select! {
@@ -312,8 +314,17 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
         }
     }
-    for (_, t) in running {
-        t.abort();
+}
+
+/// The listener tasks, stopped when dropped: also when the task keeping them is
+/// aborted at drain, so a draining sidecar refuses new connections at once.
+struct Listeners(HashMap<(bool, String, u16), tokio::task::JoinHandle<()>>);
+
+impl Drop for Listeners {
+    fn drop(&mut self) {
+        for t in self.0.values() {
+            t.abort();
+        }
     }
 }
 
@@ -605,6 +616,15 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
             strip_hop_by_hop(&mut parts.headers);
             stats.record(parts.status.as_u16(), started.elapsed());
             http::Response::from_parts(parts, body)
+        }
+        Err(AppError::Request(e)) => {
+            let status = if e.kind() == std::io::ErrorKind::Unsupported {
+                http::StatusCode::NOT_IMPLEMENTED
+            } else {
+                http::StatusCode::BAD_REQUEST
+            };
+            stats.record(status.as_u16(), started.elapsed());
+            text(status, format!("causeway: {e}\n"))
         }
         Err(e @ AppError::Connect(_)) => {
             // The request never reached the app: callers may count this endpoint down.
