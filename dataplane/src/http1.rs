@@ -927,17 +927,22 @@ mod tests {
         crate::http::boxed(Empty::new().map_err(|n| match n {}))
     }
 
+    /// The answer's head; the test fails if there is none within a deadline.
+    async fn send(pool: &Arc<App>, req: http::Request<Body>) -> http::Response<Body> {
+        let resp = tokio::time::timeout(Duration::from_secs(10), pool.send_http1(req))
+            .await
+            .expect("an answer");
+        match resp {
+            Ok(r) => r,
+            Err(e) => panic!("request failed: {e}"),
+        }
+    }
+
     async fn call(
         pool: &Arc<App>,
         req: http::Request<Body>,
     ) -> (http::StatusCode, String, Option<http::HeaderMap>) {
-        let resp = tokio::time::timeout(Duration::from_secs(10), pool.send_http1(req))
-            .await
-            .expect("an answer");
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => panic!("request failed: {e}"),
-        };
+        let resp = send(pool, req).await;
         let status = resp.status();
         // A deadline, so a body that never ends fails the test instead of hanging it.
         let body = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
@@ -1116,10 +1121,7 @@ mod tests {
             ..answer(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort")
         }])
         .await;
-        let resp = match app.pool.send_http1(request("GET", empty())).await {
-            Ok(r) => r,
-            Err(e) => panic!("{e}"),
-        };
+        let resp = send(&app.pool, request("GET", empty())).await;
         assert!(resp.into_body().collect().await.is_err());
     }
 
@@ -1129,10 +1131,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5garbage\r\nhello\r\n0\r\n\r\n",
         )])
         .await;
-        let resp = match app.pool.send_http1(request("GET", empty())).await {
-            Ok(r) => r,
-            Err(e) => panic!("{e}"),
-        };
+        let resp = send(&app.pool, request("GET", empty())).await;
         assert!(resp.into_body().collect().await.is_err());
     }
 
@@ -1146,10 +1145,7 @@ mod tests {
             answer(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"),
         ])
         .await;
-        let resp = match app.pool.send_http1(request("GET", empty())).await {
-            Ok(r) => r,
-            Err(e) => panic!("{e}"),
-        };
+        let resp = send(&app.pool, request("GET", empty())).await;
         assert!(!resp.headers().contains_key("content-length"));
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], b"hello");
