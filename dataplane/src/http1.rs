@@ -25,7 +25,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::http::{Body, BoxError};
+use crate::http::Body;
 
 /// The most a response head (or a trailer section) may take.
 const MAX_HEAD: usize = 64 * 1024;
@@ -110,10 +110,10 @@ impl Conn {
     ) -> Result<http::Response<Body>, SendError> {
         let no_body = req.no_body;
         write_all(&self.io, &req.head).await.map_err(closed_or)?;
-        let writer = req.rest.take().map(|(body, framing)| {
+        let writer = req.rest.take().map(|rest| {
             let io = self.io.clone();
             tokio::spawn(async move {
-                let written = write_body(&io, body, framing).await;
+                let written = write_body(&io, rest).await;
                 if written.is_err() {
                     // The app waits for the rest of a body that will not come: end the
                     // connection, so the app stops waiting and our reader sees the end.
@@ -190,7 +190,7 @@ impl Conn {
 /// the body still to stream otherwise.
 pub(crate) struct Request {
     head: Vec<u8>,
-    rest: Option<(Body, BodyFraming)>,
+    rest: Option<Streamed>,
     /// A HEAD request: its response has no body whatever its headers say.
     no_body: bool,
     /// Whether the request may be sent again after a connection closed under it:
@@ -291,17 +291,13 @@ impl Request {
             }
         };
         head.extend_from_slice(b"\r\n");
-        let first = first.flatten().and_then(Result::ok);
-        let body = match first {
-            Some(f) => crate::http::boxed(Prepend {
-                first: Some(f),
-                rest: body,
-            }),
-            None => body,
-        };
         Ok(Request {
             head,
-            rest: Some((body, framing)),
+            rest: Some(Streamed {
+                first: first.flatten().and_then(Result::ok),
+                body,
+                framing,
+            }),
             no_body,
             replayable: false,
         })
@@ -339,39 +335,36 @@ fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// A body whose first frame was already taken.
-struct Prepend {
+/// A request body to stream: the frame already taken while encoding, then the rest.
+struct Streamed {
     first: Option<Frame<Bytes>>,
-    rest: Body,
-}
-
-impl hyper::body::Body for Prepend {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.first.take() {
-            Some(f) => Poll::Ready(Some(Ok(f))),
-            None => Pin::new(&mut self.rest).poll_frame(cx),
-        }
-    }
+    body: Body,
+    framing: BodyFraming,
 }
 
 /// How a streamed request body is delimited.
 #[derive(Clone, Copy)]
-pub(crate) enum BodyFraming {
+enum BodyFraming {
     Length(u64),
     Chunked,
 }
 
 /// Streams a request body; an error leaves the connection unusable.
-async fn write_body(io: &TcpStream, mut body: Body, framing: BodyFraming) -> io::Result<()> {
+async fn write_body(io: &TcpStream, rest: Streamed) -> io::Result<()> {
+    let Streamed {
+        mut first,
+        mut body,
+        framing,
+    } = rest;
     let mut sent = 0u64;
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(io::Error::other)?;
+    loop {
+        let frame = match first.take() {
+            Some(f) => f,
+            None => match body.frame().await {
+                Some(f) => f.map_err(io::Error::other)?,
+                None => break,
+            },
+        };
         match frame.into_data() {
             Ok(data) => {
                 if data.is_empty() {
@@ -651,9 +644,7 @@ impl ResponseBody {
                     return Poll::Ready(None);
                 }
                 Framing::Length(left) if !buf.is_empty() => {
-                    let n = (*left).min(buf.len() as u64) as usize;
-                    *left -= n as u64;
-                    let data = buf.split_to(n).freeze();
+                    let data = take_up_to(buf, left);
                     if *left == 0 {
                         self.release();
                     }
@@ -664,9 +655,7 @@ impl ResponseBody {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 Framing::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
-                    let n = (*left).min(buf.len() as u64) as usize;
-                    *left -= n as u64;
-                    let data = buf.split_to(n).freeze();
+                    let data = take_up_to(buf, left);
                     if *left == 0 {
                         self.framing = Framing::Chunked(Chunk::DataEnd);
                         self.settle();
@@ -745,6 +734,13 @@ impl ResponseBody {
     }
 }
 
+/// The buffered bytes of a body, up to the `left` still to come (which it counts down).
+fn take_up_to(buf: &mut BytesMut, left: &mut u64) -> Bytes {
+    let n = (*left).min(buf.len() as u64) as usize;
+    *left -= n as u64;
+    buf.split_to(n).freeze()
+}
+
 impl hyper::body::Body for ResponseBody {
     type Data = Bytes;
     type Error = io::Error;
@@ -789,6 +785,7 @@ mod tests {
 
     use super::*;
     use crate::app::{App, AppError};
+    use crate::http::BoxError;
 
     /// What the scripted app does with one request.
     struct Answer {
@@ -1063,6 +1060,8 @@ mod tests {
         }
         let mut trailers = http::HeaderMap::new();
         trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+        // Framing fields never travel as trailers.
+        trailers.insert("content-length", http::HeaderValue::from_static("99"));
         tx.send(Ok(Frame::trailers(trailers))).await.unwrap();
         drop(tx);
         assert_eq!(call.await.unwrap().1, "ok");

@@ -131,6 +131,12 @@ impl Fixture {
         Ok((p, admin, out))
     }
 
+    /// Puts the MeshTrafficPermission `name`: `action` for `from` calling `to`.
+    async fn permit(&self, name: &str, from: &str, to: &str, action: &str) -> anyhow::Result<()> {
+        let path = format!("/meshes/default/meshtrafficpermissions/{name}");
+        put(&self.c, &path, &allow(name, from, to, action)).await
+    }
+
     /// Starts a sidecar for `dataplane` (a Dataplane resource); returns it and its admin address.
     async fn sidecar(&self, service: &str, dataplane: Value) -> anyhow::Result<(Proc, SocketAddr)> {
         let name = dataplane["name"].as_str().context("name")?.to_string();
@@ -191,30 +197,16 @@ fn dataplane(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_and_tcp_over_mtls_with_permissions_enforced_by_identity() -> anyhow::Result<()> {
     let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
-    put(
-        &fx.c,
-        "/meshes/default/meshtrafficpermissions/web-to-backend",
-        &allow("web-to-backend", "web", "backend", "Allow"),
-    )
-    .await?;
-    put(
-        &fx.c,
-        "/meshes/default/meshtrafficpermissions/web-to-echo",
-        &allow("web-to-echo", "web", "echo", "Allow"),
-    )
-    .await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
+    fx.permit("web-to-echo", "web", "echo", "Allow").await?;
     let (backend_app, echo_app) = (free_addr(), free_addr());
     let _a = fx.app("backend-app", "backend", backend_app, false)?;
     let _e = fx.app("echo-app", "echo", echo_app, true)?;
     let (b_in, e_in, h2_in) = (free_addr().port(), free_addr().port(), free_addr().port());
     let h2_app = free_addr();
     let _h2 = fx.app("api-app", "api", h2_app, false)?;
-    put(
-        &fx.c,
-        "/meshes/default/meshtrafficpermissions/web-to-api",
-        &allow("web-to-api", "web", "api", "Allow"),
-    )
-    .await?;
+    fx.permit("web-to-api", "web", "api", "Allow").await?;
     let (_bs, _) = fx
         .sidecar(
             "backend",
@@ -341,12 +333,8 @@ async fn http_and_tcp_over_mtls_with_permissions_enforced_by_identity() -> anyho
     }
 
     // Allow -> Deny takes effect within a second, without restarting anything.
-    put(
-        &fx.c,
-        "/meshes/default/meshtrafficpermissions/web-to-backend",
-        &allow("web-to-backend", "web", "backend", "Deny"),
-    )
-    .await?;
+    fx.permit("web-to-backend", "web", "backend", "Deny")
+        .await?;
     let t0 = Instant::now();
     let denied = eventually("the deny to apply", WAIT, || async {
         let r = http
@@ -514,12 +502,8 @@ async fn certificates_rotate_under_traffic_without_failed_requests() -> anyhow::
         json!({"mtls": {"mode": "Strict"}, "certificateTtl": "1m", "certificateRenewAt": "10%"}),
     )
     .await?;
-    put(
-        &fx.c,
-        "/meshes/default/meshtrafficpermissions/web-to-backend",
-        &allow("web-to-backend", "web", "backend", "Allow"),
-    )
-    .await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
     let app = free_addr();
     let _a = fx.app("b1", "backend", app, false)?;
     let (_bs, b_admin) = fx
@@ -679,12 +663,7 @@ impl causeway_api::kds::dds::dds_server::Dds for EchoGrpc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()> {
     let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
-    put(
-        &fx.c,
-        "/meshes/default/meshtrafficpermissions/web-to-grpc",
-        &allow("web-to-grpc", "web", "signer", "Allow"),
-    )
-    .await?;
+    fx.permit("web-to-grpc", "web", "signer", "Allow").await?;
     let app = free_addr();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -747,12 +726,8 @@ async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()>
 async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
 -> anyhow::Result<()> {
     let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
-    put(
-        &fx.c,
-        "/meshes/default/meshtrafficpermissions/web-to-backend",
-        &allow("web-to-backend", "web", "backend", "Allow"),
-    )
-    .await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
     let app = free_addr();
     let _a = fx.app("b1", "backend", app, false)?;
     let b_in = free_addr().port();
@@ -875,12 +850,7 @@ async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
 async fn sigterm_drains_open_connections_then_exits() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
-    put(
-        &fx.c,
-        "/meshes/default/meshtrafficpermissions/web-to-echo",
-        &allow("web-to-echo", "web", "echo", "Allow"),
-    )
-    .await?;
+    fx.permit("web-to-echo", "web", "echo", "Allow").await?;
     let app = free_addr();
     let _e = fx.app("echo-app", "echo", app, true)?;
     let (_es, _) = fx
@@ -934,12 +904,8 @@ async fn sigterm_drains_open_connections_then_exits() -> anyhow::Result<()> {
 async fn a_draining_sidecar_sends_callers_elsewhere_without_a_failed_request() -> anyhow::Result<()>
 {
     let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
-    put(
-        &fx.c,
-        "/meshes/default/meshtrafficpermissions/web-to-backend",
-        &allow("web-to-backend", "web", "backend", "Allow"),
-    )
-    .await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
     let (app1, app2) = (free_addr(), free_addr());
     let _a1 = fx.app("b1", "backend", app1, false)?;
     let _a2 = fx.app("b2", "backend", app2, false)?;
