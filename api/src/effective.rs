@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::dataplane::DataplaneSpec;
 use crate::merge_patch::merge_patch;
-use crate::registry::{Scope, type_info};
+use crate::registry::type_info;
 use crate::resource::Resource;
 use crate::target_ref::{SERVICE_TAG, TargetRef, TargetRefKind, ZONE_TAG};
 
@@ -174,9 +174,6 @@ struct Entry<'a> {
     payload: &'a Value,
 }
 
-/// Kinds that are resources but not policies.
-const NOT_POLICIES: &[&str] = &["Dataplane", "ZoneIngress"];
-
 /// The effective configuration of `kind` for `proxy`, from `policies` (all policies of
 /// that kind in the proxy's mesh). Pure: no I/O, and the same inputs always give the
 /// same output.
@@ -229,7 +226,7 @@ pub fn effective(
     proxy: &Proxy,
 ) -> Result<EffectiveConfig, NotAPolicyKind> {
     let info = type_info(kind)
-        .filter(|t| t.scope == Scope::Mesh && !NOT_POLICIES.contains(&t.kind))
+        .filter(|t| t.is_policy())
         .ok_or_else(|| NotAPolicyKind {
             kind: kind.to_owned(),
         })?;

@@ -34,6 +34,7 @@ mod dataplane;
 mod drill;
 mod duration;
 mod effective;
+mod enforcement;
 pub mod kds;
 mod merge_patch;
 mod mesh;
@@ -61,6 +62,7 @@ pub use effective::{
     EffectiveConfig, FromRule, IgnoredPolicy, InboundConfig, Merged, NotAPolicyKind,
     OutboundConfig, Proxy, ProxyInbound, ProxyOutbound, effective,
 };
+pub use enforcement::{Enforcement, FieldWarning, Unenforced, WriteResponse, warnings};
 pub use merge_patch::merge_patch;
 pub use mesh::{BuiltinCa, CaBackend, KeyType, MeshSpec, Mtls, MtlsMode, ProvidedCa};
 pub use percent::Percent;
@@ -112,7 +114,7 @@ pub use policies::mesh_trace::{
 pub use policies::mesh_traffic_permission::{
     Action, MeshTrafficPermissionSpec, TrafficPermissionConf,
 };
-pub use registry::{Scope, TypeInfo, type_by_plural, type_info, types};
+pub use registry::{Role, Scope, SyncDirection, TypeInfo, type_by_plural, type_info, types};
 pub use resource::{ParseError, Resource, ResourceKey};
 pub use schema::{ExplainError, explain, schema_for_kind};
 pub use spec::check_service_name;

@@ -1,9 +1,13 @@
-//! The known resource types: name, URL plural, scope and spec validation.
+//! The known resource types: name, URL plural, scope, role, sync direction, spec
+//! validation, and for policies what the proxies enforce. Every other place (policy
+//! matching, the zone's DDS inputs, KDS, Terraform, the warnings a write gets) asks
+//! this table; nothing keeps a list of its own.
 
 use serde_json::Value;
 
 use crate::dataplane::DataplaneSpec;
 use crate::drill::{DrillReportSpec, DrillSpec};
+use crate::enforcement::{Enforcement, Unenforced};
 use crate::mesh::MeshSpec;
 use crate::policies::mesh_access_log::MeshAccessLogSpec;
 use crate::policies::mesh_circuit_breaker::MeshCircuitBreakerSpec;
@@ -32,6 +36,33 @@ pub enum Scope {
     Mesh,
 }
 
+/// What a type is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Settings of the mesh or the fleet (Mesh, Zone).
+    Config,
+    /// A policy: a `targetRef` and the `to`/`from`/`rules` the proxies act on, with what
+    /// of it they enforce.
+    Policy(Enforcement),
+    /// Written by a zone about what runs there (Dataplane, ZoneIngress, DrillReport).
+    ZoneReported,
+    /// A rehearsal with a window of its own (Drill), started with `causeway drill`.
+    Operation,
+}
+
+/// Which way a type's resources travel between the global and the zone control planes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncDirection {
+    /// Written at global, sent to every zone. Policies may also be written in a zone
+    /// (zone-local), which reports them up.
+    GlobalToZones,
+    /// Written by a zone and reported up; other zones do not get them.
+    ZoneToGlobal,
+    /// Written by a zone, reported up, and sent on to every other zone (a zone ingress:
+    /// how the other zones reach this one).
+    ZoneToGlobalToZones,
+}
+
 /// What the API knows about one resource type.
 #[derive(Debug, Clone, Copy)]
 pub struct TypeInfo {
@@ -41,6 +72,10 @@ pub struct TypeInfo {
     pub plural: &'static str,
     /// Whether its resources belong to a mesh.
     pub scope: Scope,
+    /// What it is for; for a policy, what of it the proxies enforce.
+    pub role: Role,
+    /// Which way it syncs.
+    pub sync: SyncDirection,
     /// Checks a spec of this type; the error paths start at the resource root
     /// (`spec.…`). Returns every problem found, or nothing when the spec is valid.
     pub validate_spec: fn(&Value) -> Vec<FieldError>,
@@ -55,56 +90,175 @@ pub struct TypeInfo {
 
 impl TypeInfo {
     /// The entry of a type whose spec is `T`.
-    const fn of<T: Spec>(kind: &'static str, plural: &'static str, scope: Scope) -> TypeInfo {
+    const fn of<T: Spec>(
+        kind: &'static str,
+        plural: &'static str,
+        scope: Scope,
+        role: Role,
+        sync: SyncDirection,
+    ) -> TypeInfo {
         TypeInfo {
             kind,
             plural,
             scope,
+            role,
+            sync,
             validate_spec: validate_spec_of::<T>,
             canonical_spec: canonical_spec_of::<T>,
             spec_schema: spec_schema_of::<T>,
         }
     }
+
+    /// A mesh-scoped policy written at global (or in a zone), synced down.
+    const fn policy<T: Spec>(
+        kind: &'static str,
+        plural: &'static str,
+        enforced: Enforcement,
+    ) -> TypeInfo {
+        TypeInfo::of::<T>(
+            kind,
+            plural,
+            Scope::Mesh,
+            Role::Policy(enforced),
+            SyncDirection::GlobalToZones,
+        )
+    }
+
+    /// Whether it is a policy (matched and merged by [`crate::effective`]).
+    pub fn is_policy(&self) -> bool {
+        matches!(self.role, Role::Policy(_))
+    }
+
+    /// Whether users configure it through the API, the CLI and Terraform (config and
+    /// policies), rather than zones reporting it or `causeway drill` starting it.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self.role, Role::Config | Role::Policy(_))
+    }
+
+    /// Whether a zone may write resources of this type itself and report them up.
+    pub fn zone_may_write(&self) -> bool {
+        matches!(self.role, Role::Policy(_) | Role::ZoneReported)
+    }
 }
+
+/// MeshTrafficPermission: sources the proxies cannot prove from a certificate yet.
+const TRAFFIC_PERMISSION_UNENFORCED: &[Unenforced] = &[
+    Unenforced {
+        path: "from[].targetRef.kind=MeshSubset",
+        reason: "callers are identified by service (their certificate carries no tags yet), so a rule for callers by tags is dropped.",
+    },
+    Unenforced {
+        path: "from[].targetRef.kind=MeshServiceSubset",
+        reason: "callers are identified by service (their certificate carries no tags yet): an Allow is dropped, a Deny denies the whole service.",
+    },
+    Unenforced {
+        path: "from[].default.action=AllowWithShadowDeny",
+        reason: "acts as Allow; what it would deny is neither logged nor counted yet.",
+    },
+];
+
+/// MeshLoadBalancingStrategy: the balancers and settings the proxies lack so far.
+const LOAD_BALANCING_UNENFORCED: &[Unenforced] = &[
+    Unenforced {
+        path: "to[].default.loadBalancer.type=RingHash",
+        reason: "endpoints are picked at random; no key sticks to an endpoint yet.",
+    },
+    Unenforced {
+        path: "to[].default.loadBalancer.ringHash",
+        reason: "there is no ring-hash balancer yet.",
+    },
+    Unenforced {
+        path: "to[].default.loadBalancer.leastRequest",
+        reason: "least-request always compares 2 endpoints picked at random; choiceCount is not read yet.",
+    },
+    Unenforced {
+        path: "to[].default.loadBalancer.peakEwma",
+        reason: "peak-EWMA always decays over 10s; decayTime is not read yet.",
+    },
+    Unenforced {
+        path: "to[].default.localityAwareness.localZone",
+        reason: "endpoints of the local zone are not weighted by affinity tags yet.",
+    },
+];
 
 /// Every type, one line each. Adding a type: write its module (spec struct plus
 /// `validate_spec`) and add its line here.
 static TYPES: &[TypeInfo] = &[
-    TypeInfo::of::<MeshSpec>("Mesh", "meshes", Scope::Global),
-    TypeInfo::of::<ZoneSpec>("Zone", "zones", Scope::Global),
-    TypeInfo::of::<DrillSpec>("Drill", "drills", Scope::Global),
-    TypeInfo::of::<DataplaneSpec>("Dataplane", "dataplanes", Scope::Mesh),
-    TypeInfo::of::<ZoneIngressSpec>("ZoneIngress", "zoneingresses", Scope::Mesh),
-    TypeInfo::of::<MeshTrafficPermissionSpec>(
+    TypeInfo::of::<MeshSpec>(
+        "Mesh",
+        "meshes",
+        Scope::Global,
+        Role::Config,
+        SyncDirection::GlobalToZones,
+    ),
+    TypeInfo::of::<ZoneSpec>(
+        "Zone",
+        "zones",
+        Scope::Global,
+        Role::Config,
+        SyncDirection::GlobalToZones,
+    ),
+    TypeInfo::of::<DrillSpec>(
+        "Drill",
+        "drills",
+        Scope::Global,
+        Role::Operation,
+        SyncDirection::GlobalToZones,
+    ),
+    TypeInfo::of::<DataplaneSpec>(
+        "Dataplane",
+        "dataplanes",
+        Scope::Mesh,
+        Role::ZoneReported,
+        SyncDirection::ZoneToGlobal,
+    ),
+    TypeInfo::of::<ZoneIngressSpec>(
+        "ZoneIngress",
+        "zoneingresses",
+        Scope::Mesh,
+        Role::ZoneReported,
+        SyncDirection::ZoneToGlobalToZones,
+    ),
+    TypeInfo::policy::<MeshTrafficPermissionSpec>(
         "MeshTrafficPermission",
         "meshtrafficpermissions",
-        Scope::Mesh,
+        Enforcement::Partial(TRAFFIC_PERMISSION_UNENFORCED),
     ),
-    TypeInfo::of::<MeshHttpRouteSpec>("MeshHTTPRoute", "meshhttproutes", Scope::Mesh),
-    TypeInfo::of::<MeshTcpRouteSpec>("MeshTCPRoute", "meshtcproutes", Scope::Mesh),
-    TypeInfo::of::<MeshTimeoutSpec>("MeshTimeout", "meshtimeouts", Scope::Mesh),
-    TypeInfo::of::<MeshRetrySpec>("MeshRetry", "meshretries", Scope::Mesh),
-    TypeInfo::of::<MeshCircuitBreakerSpec>(
+    TypeInfo::policy::<MeshHttpRouteSpec>("MeshHTTPRoute", "meshhttproutes", Enforcement::NotYet),
+    TypeInfo::policy::<MeshTcpRouteSpec>("MeshTCPRoute", "meshtcproutes", Enforcement::NotYet),
+    TypeInfo::policy::<MeshTimeoutSpec>("MeshTimeout", "meshtimeouts", Enforcement::NotYet),
+    TypeInfo::policy::<MeshRetrySpec>("MeshRetry", "meshretries", Enforcement::NotYet),
+    TypeInfo::policy::<MeshCircuitBreakerSpec>(
         "MeshCircuitBreaker",
         "meshcircuitbreakers",
-        Scope::Mesh,
+        Enforcement::NotYet,
     ),
-    TypeInfo::of::<MeshHealthCheckSpec>("MeshHealthCheck", "meshhealthchecks", Scope::Mesh),
-    TypeInfo::of::<MeshFaultInjectionSpec>(
+    TypeInfo::policy::<MeshHealthCheckSpec>(
+        "MeshHealthCheck",
+        "meshhealthchecks",
+        Enforcement::NotYet,
+    ),
+    TypeInfo::policy::<MeshFaultInjectionSpec>(
         "MeshFaultInjection",
         "meshfaultinjections",
-        Scope::Mesh,
+        Enforcement::NotYet,
     ),
-    TypeInfo::of::<MeshRateLimitSpec>("MeshRateLimit", "meshratelimits", Scope::Mesh),
-    TypeInfo::of::<MeshLoadBalancingStrategySpec>(
+    TypeInfo::policy::<MeshRateLimitSpec>("MeshRateLimit", "meshratelimits", Enforcement::NotYet),
+    TypeInfo::policy::<MeshLoadBalancingStrategySpec>(
         "MeshLoadBalancingStrategy",
         "meshloadbalancingstrategies",
-        Scope::Mesh,
+        Enforcement::Partial(LOAD_BALANCING_UNENFORCED),
     ),
-    TypeInfo::of::<MeshAccessLogSpec>("MeshAccessLog", "meshaccesslogs", Scope::Mesh),
-    TypeInfo::of::<MeshTraceSpec>("MeshTrace", "meshtraces", Scope::Mesh),
-    TypeInfo::of::<MeshMetricSpec>("MeshMetric", "meshmetrics", Scope::Mesh),
-    TypeInfo::of::<DrillReportSpec>("DrillReport", "drillreports", Scope::Mesh),
+    TypeInfo::policy::<MeshAccessLogSpec>("MeshAccessLog", "meshaccesslogs", Enforcement::NotYet),
+    TypeInfo::policy::<MeshTraceSpec>("MeshTrace", "meshtraces", Enforcement::NotYet),
+    TypeInfo::policy::<MeshMetricSpec>("MeshMetric", "meshmetrics", Enforcement::NotYet),
+    TypeInfo::of::<DrillReportSpec>(
+        "DrillReport",
+        "drillreports",
+        Scope::Mesh,
+        Role::ZoneReported,
+        SyncDirection::ZoneToGlobal,
+    ),
 ];
 
 /// All known types, in registry order.
@@ -174,6 +328,60 @@ mod tests {
                 format!("{lower}s")
             };
             assert_eq!(t.plural, plural, "{}", t.kind);
+        }
+    }
+
+    /// Each type's role and sync direction, pinned: KDS, DDS, Terraform and policy
+    /// matching all decide by them.
+    #[test]
+    fn roles_and_sync_directions() {
+        let described: Vec<(&str, &str, SyncDirection)> = TYPES
+            .iter()
+            .map(|t| {
+                let role = match t.role {
+                    Role::Config => "config",
+                    Role::Policy(_) => "policy",
+                    Role::ZoneReported => "zone-reported",
+                    Role::Operation => "operation",
+                };
+                (t.kind, role, t.sync)
+            })
+            .collect();
+        use SyncDirection::*;
+        let mut want = vec![
+            ("Mesh", "config", GlobalToZones),
+            ("Zone", "config", GlobalToZones),
+            ("Drill", "operation", GlobalToZones),
+            ("Dataplane", "zone-reported", ZoneToGlobal),
+            ("ZoneIngress", "zone-reported", ZoneToGlobalToZones),
+        ];
+        for kind in &described[5..18] {
+            want.push((kind.0, "policy", GlobalToZones));
+        }
+        want.push(("DrillReport", "zone-reported", ZoneToGlobal));
+        assert_eq!(described, want);
+        assert_eq!(TYPES.iter().filter(|t| t.is_policy()).count(), 13);
+        let configured: Vec<&str> = TYPES
+            .iter()
+            .filter(|t| !t.is_configuration())
+            .map(|t| t.kind)
+            .collect();
+        assert_eq!(
+            configured,
+            ["Drill", "Dataplane", "ZoneIngress", "DrillReport"]
+        );
+        for t in TYPES {
+            // Zones write policies (zone-local) and what they report, nothing else.
+            assert_eq!(
+                t.zone_may_write(),
+                t.is_policy() || t.role == Role::ZoneReported,
+                "{}",
+                t.kind
+            );
+            // Only policies are mesh-scoped among the types users configure.
+            if t.is_policy() {
+                assert_eq!(t.scope, Scope::Mesh, "{}", t.kind);
+            }
         }
     }
 

@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use serde_json::{Map, Value, json};
 
-use crate::registry::{Scope, TypeInfo, type_by_plural, type_info, types};
+use crate::enforcement::{Enforcement, Unenforced, unenforced_at};
+use crate::registry::{Role, Scope, TypeInfo, type_by_plural, type_info, types};
 
 /// The JSON Schema (draft 2020-12) of a whole resource of type `kind`: the envelope
 /// (`type`, `mesh`, `name`, `labels`, server-set fields) with the type's `spec`. `None`
@@ -183,6 +184,7 @@ pub fn explain(kind_and_path: &str) -> Result<String, ExplainError> {
             type_label(&root, node)
         );
     }
+    push_enforcement(&mut out, info, &path);
     out.push('\n');
     if let Some(description) = description_of(&root, node) {
         out.push_str("DESCRIPTION:\n");
@@ -213,7 +215,20 @@ pub fn explain(kind_and_path: &str) -> Result<String, ExplainError> {
             } else {
                 ""
             };
-            let _ = writeln!(out, "  {name}\t<{}>{marker}", type_label(&root, child));
+            let mut child_path = path.clone();
+            child_path.push(name.as_str());
+            let enforced = match unenforced_at(info.kind, &child_path).as_slice() {
+                [] => "",
+                [only] if !only.path.contains('=') && only_at(only, &child_path) => {
+                    " -not enforced yet-"
+                }
+                _ => " -partly enforced-",
+            };
+            let _ = writeln!(
+                out,
+                "  {name}\t<{}>{marker}{enforced}",
+                type_label(&root, child)
+            );
             if let Some(description) = description_of(&root, child) {
                 push_indented(&mut out, &first_paragraph(&description), 4);
             }
@@ -221,6 +236,48 @@ pub fn explain(kind_and_path: &str) -> Result<String, ExplainError> {
         }
     }
     Ok(out.trim_end().to_owned() + "\n")
+}
+
+/// The `ENFORCED:` line of a policy (and of a field in one): whether the proxies act on
+/// it, and what of it they do not enforce yet.
+fn push_enforcement(out: &mut String, info: &TypeInfo, path: &[&str]) {
+    let Role::Policy(enforcement) = info.role else {
+        return;
+    };
+    if !path.is_empty() && path[0] != "spec" {
+        return;
+    }
+    match enforcement {
+        Enforcement::Full => out.push_str("ENFORCED: yes\n"),
+        Enforcement::NotYet => {
+            let _ = writeln!(
+                out,
+                "ENFORCED: no: the proxies do not enforce {} yet (it is stored and synced to every zone, with no effect on traffic)",
+                info.kind
+            );
+        }
+        Enforcement::Partial(_) => {
+            let marks = unenforced_at(info.kind, if path.is_empty() { &["spec"] } else { path });
+            if marks.is_empty() {
+                out.push_str("ENFORCED: yes\n");
+                return;
+            }
+            out.push_str("ENFORCED: partly; not yet:\n");
+            for m in marks {
+                let _ = writeln!(out, "    spec.{}: {}", m.path, m.reason);
+            }
+        }
+    }
+}
+
+/// Whether a mark names exactly `path` (`spec.to.default.x` for `to[].default.x`).
+fn only_at(mark: &Unenforced, path: &[&str]) -> bool {
+    let keys: Vec<&str> = mark
+        .path
+        .split('.')
+        .map(|k| k.strip_suffix("[]").unwrap_or(k))
+        .collect();
+    path.len() == keys.len() + 1 && path[1..] == keys[..]
 }
 
 /// Replaces each `oneOf` of objects (a union tagged by `type`, like a CA backend) with

@@ -173,8 +173,22 @@ pub(crate) async fn apply(conn: &ConnArgs, a: ApplyArgs) -> anyhow::Result<()> {
             ),
             None => println!("{} {} {verb} (version {version})", t.kind, r.name),
         }
+        print_warnings(&stored);
     }
     Ok(())
+}
+
+/// Prints the `warnings` of a write's answer (parts of it the proxies do not enforce
+/// yet) on standard error, one per line, like kubectl's.
+fn print_warnings(answer: &Value) {
+    let Ok(warnings) = serde_json::from_value::<Vec<causeway_api::FieldWarning>>(
+        answer.get("warnings").cloned().unwrap_or(Value::Null),
+    ) else {
+        return;
+    };
+    for w in warnings {
+        eprintln!("Warning: {w}");
+    }
 }
 
 fn print_resources(

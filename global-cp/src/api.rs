@@ -420,6 +420,9 @@ async fn do_put(
         });
     }
     let expected = expected_version(headers, r.version)?;
+    // Accepted, but the parts the proxies do not enforce yet are said so: no silent
+    // no-ops.
+    let warnings = causeway_api::warnings(&r);
     // Server-set fields are never taken from the client.
     r.version = None;
     r.creation_time = None;
@@ -443,7 +446,11 @@ async fn do_put(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(stored)).into_response())
+    let body = causeway_api::WriteResponse {
+        resource: &stored,
+        warnings: &warnings,
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 async fn do_delete(
@@ -689,6 +696,7 @@ pub fn openapi_document() -> Value {
     let err = json!({"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}});
     let res = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Resource"}}}});
     let list = json!({"content": {"application/json": {"schema": {"$ref": "#/components/schemas/ResourceList"}}}});
+    let written = json!({"description": "The resource as stored, with `warnings` when the proxies do not enforce all of it yet", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/WrittenResource"}}}});
     let list_params = json!([
         {"name": "labels", "in": "query", "schema": {"type": "string"}, "description": "label selector: key=value,key2 (has key2)"},
         {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}},
@@ -722,7 +730,7 @@ pub fn openapi_document() -> Value {
                 "get": {"summary": format!("Get a {}", t.kind), "responses": {"200": res, "default": err}},
                 "put": {"summary": format!("Create or replace a {} (optimistic concurrency: a `version` in the body or an If-Match header)", t.kind),
                         "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Resource"}}, "application/yaml": {}}},
-                        "responses": {"200": res, "201": res, "default": err}},
+                        "responses": {"200": written, "201": written, "default": err}},
                 "delete": {"summary": format!("Delete a {}", t.kind), "responses": {"204": {"description": "Deleted"}, "default": err}}
             }),
         );
@@ -754,6 +762,10 @@ pub fn openapi_document() -> Value {
                     "creationTime": {"type": "string", "format": "date-time", "readOnly": true},
                     "modificationTime": {"type": "string", "format": "date-time", "readOnly": true},
                     "origin": {"type": "string", "readOnly": true}
+                }},
+                "WrittenResource": {"allOf": [{"$ref": "#/components/schemas/Resource"}], "properties": {
+                    "warnings": {"type": "array", "description": "The parts of the resource the proxies do not enforce yet (no effect on traffic); absent when there are none",
+                        "items": {"type": "object", "properties": {"field": {"type": "string"}, "reason": {"type": "string"}}}}
                 }},
                 "ResourceList": {"type": "object", "properties": {"items": {"type": "array", "items": {"$ref": "#/components/schemas/Resource"}}, "next": {"type": ["string", "null"]}}},
                 "Error": {"type": "object", "properties": {"status": {"type": "integer"}, "message": {"type": "string"},

@@ -94,12 +94,15 @@ fn now_ms() -> i64 {
 /// What a zone receives from global: global-origin resources, and the ingresses other
 /// zones report. Its own resources and other zones' dataplanes and policies stay put.
 pub fn sent_to_zone(zone: &str, kind: &str, origin: &str) -> bool {
-    origin == "global" || (kind == "ZoneIngress" && origin != zone)
+    origin == "global"
+        || (origin != zone
+            && causeway_api::type_info(kind)
+                .is_some_and(|t| t.sync == causeway_api::SyncDirection::ZoneToGlobalToZones))
 }
 
 /// Resource types a zone may own and report up.
 fn zone_may_own(kind: &str) -> bool {
-    causeway_api::type_info(kind).is_some_and(|t| t.scope == causeway_api::Scope::Mesh)
+    causeway_api::type_info(kind).is_some_and(|t| t.zone_may_write())
 }
 
 /// Parses the zone and token id out of a zone certificate.

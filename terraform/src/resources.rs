@@ -41,12 +41,14 @@ pub const ENVELOPE: &[&str] = &["id", "name", "mesh", "labels", "version"];
 const ZONE_TOKEN_INPUTS: &[&str] = &["token_rotation", "token_valid_for"];
 const ZONE_TOKEN_OUTPUTS: &[&str] = &["token", "token_id", "token_expires_at"];
 
-/// A problem to show the user, on an attribute when `path` is not empty.
+/// A problem to show the user, on an attribute when `path` is not empty: an error, or a
+/// warning that lets the run go on.
 #[derive(Debug, Clone)]
 pub struct Diag {
     pub summary: String,
     pub detail: String,
     pub path: Vec<Step>,
+    pub warning: bool,
 }
 
 impl Diag {
@@ -55,6 +57,15 @@ impl Diag {
             summary: summary.into(),
             detail: String::new(),
             path: vec![],
+            warning: false,
+        }
+    }
+
+    /// A warning: shown, and the plan or apply goes on.
+    pub(crate) fn warning(summary: impl Into<String>) -> Diag {
+        Diag {
+            warning: true,
+            ..Diag::new(summary)
         }
     }
 
@@ -96,10 +107,7 @@ pub fn resources() -> Vec<ResourceDef> {
     for info in causeway_api::types() {
         // Not configuration: dataplanes, zone ingresses and drill reports are written by
         // zones; a drill is a rehearsal with a fixed window, started with `causeway drill`.
-        if matches!(
-            info.kind,
-            "Dataplane" | "ZoneIngress" | "Drill" | "DrillReport"
-        ) {
+        if !info.is_configuration() {
             continue;
         }
         let spec = block_from_json_schema(&(info.spec_schema)());
@@ -358,6 +366,16 @@ pub(crate) fn call_diags(
     }
 }
 
+/// The attribute an API field path (`spec.to[0].default`) is on: through the typed spec
+/// block, or `spec` itself for `causeway_policy`.
+fn attribute_of(spec_block: Option<&Block>, field: &str) -> Vec<Step> {
+    match spec_block {
+        Some(b) => api_path_to_tf(b, field),
+        None if field.starts_with("spec") => vec![Step::Attr("spec".into())],
+        None => api_path_to_tf(&Block::default(), field),
+    }
+}
+
 fn validation_diags(r: &Resource, spec_block: Option<&Block>, what: &str) -> Diags {
     match causeway_api::validate(r) {
         Ok(()) => vec![],
@@ -365,18 +383,31 @@ fn validation_diags(r: &Resource, spec_block: Option<&Block>, what: &str) -> Dia
             .errors
             .iter()
             .map(|e| {
-                let path = match spec_block {
-                    Some(b) => api_path_to_tf(b, &e.field),
-                    // causeway_policy: a spec problem is on `spec`.
-                    None if e.field.starts_with("spec") => vec![Step::Attr("spec".into())],
-                    None => api_path_to_tf(&Block::default(), &e.field),
-                };
                 Diag::new(format!("{what}: {}: {}", e.field, e.reason))
                     .detail("The Causeway API would reject this (same validation as the server).")
-                    .at(path)
+                    .at(attribute_of(spec_block, &e.field))
             })
             .collect(),
     }
+}
+
+/// Warnings for the parts of a valid resource the proxies do not enforce yet (the same
+/// ones the API answers a write with): no silent no-ops.
+fn enforcement_diags(r: &Resource, spec_block: Option<&Block>, what: &str) -> Diags {
+    causeway_api::warnings(r)
+        .iter()
+        .map(|w| {
+            // `type` (the whole kind) is on the resource, not an attribute.
+            let path = if w.field.starts_with("spec") {
+                attribute_of(spec_block, &w.field)
+            } else {
+                vec![]
+            };
+            Diag::warning(format!("{what}: {}: {}", w.field, w.reason))
+                .detail("Causeway accepts and stores it, but it has no effect on traffic yet.")
+                .at(path)
+        })
+        .collect()
 }
 
 // === plan ===
@@ -397,7 +428,8 @@ pub fn plan(def: &ResourceDef, prior: &Value, proposed: &Value, config: &Value) 
     if proposed.is_null() {
         return out;
     }
-    out.diags = validate_config(def, config);
+    // Warned at write time: when the resource is created or changed.
+    out.diags = validate_config(def, config, prior.is_null() || prior != proposed);
     let identity: &[&str] = match &def.kind {
         Kind::Object { .. } => &["mesh", "name"],
         Kind::Generic => &["type", "mesh", "name"],
@@ -455,8 +487,9 @@ pub fn plan(def: &ResourceDef, prior: &Value, proposed: &Value, config: &Value) 
     out
 }
 
-/// The API's validation, run on the configuration when it is fully known.
-fn validate_config(def: &ResourceDef, config: &Value) -> Diags {
+/// The API's validation, run on the configuration when it is fully known; when it
+/// passes and `writing`, the warnings the write would get.
+fn validate_config(def: &ResourceDef, config: &Value, writing: bool) -> Diags {
     if config.has_unknown() || !matches!(def.kind, Kind::Object { .. } | Kind::Generic) {
         return vec![];
     }
@@ -467,7 +500,12 @@ fn validate_config(def: &ResourceDef, config: &Value) -> Diags {
                 Kind::Object { spec, .. } => Some(spec),
                 _ => None,
             };
-            validation_diags(&r, spec, &what)
+            let errors = validation_diags(&r, spec, &what);
+            if errors.is_empty() && writing {
+                enforcement_diags(&r, spec, &what)
+            } else {
+                errors
+            }
         }
         Err(d) => d,
     }
@@ -1058,7 +1096,8 @@ mod tests {
             &timeout(&d, "t", "2s"),
             &timeout(&d, "t", "2s"),
         );
-        assert!(p.diags.is_empty() && p.requires_replace.is_empty());
+        // (Warnings, if the proxies do not enforce all of it, are not errors.)
+        assert!(p.diags.iter().all(|d| d.warning) && p.requires_replace.is_empty());
         assert_eq!(p.planned.get("id").as_str(), Some("default/t"));
 
         // No change: the prior state, nothing to replace.
@@ -1092,6 +1131,60 @@ mod tests {
                 .summary
                 .contains("spec.to[0].default.connectTimeout")
         );
+    }
+
+    /// A plan that writes a policy the proxies do not fully enforce warns, on the
+    /// attribute; the run goes on. An unchanged resource or an enforced one does not.
+    #[test]
+    fn a_write_of_what_the_proxies_ignore_warns_at_plan() {
+        let d = def("causeway_mesh_traffic_permission");
+        let Kind::Object { spec, .. } = &d.kind else {
+            unreachable!()
+        };
+        let permission = |action: &str| {
+            let mut v = json_to_tf(
+                spec,
+                &json!({"targetRef": {"kind": "Mesh"},
+                        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": action}}]}),
+            );
+            for a in &d.schema.attrs {
+                if a.json.is_none() {
+                    v.set(&a.name, Value::Null);
+                }
+            }
+            v.set("mesh", Value::string("default"));
+            v.set("name", Value::string("p"));
+            v
+        };
+        let shadow = permission("AllowWithShadowDeny");
+        let p = plan(&d, &Value::Null, &shadow, &shadow);
+        assert_eq!(p.diags.len(), 1, "{:?}", p.diags);
+        assert!(p.diags[0].warning);
+        assert_eq!(
+            p.diags[0].path,
+            [
+                Step::Attr("from".into()),
+                Step::Index(0),
+                Step::Attr("default".into()),
+                Step::Attr("action".into())
+            ]
+        );
+        assert!(
+            p.diags[0]
+                .summary
+                .contains("spec.from[0].default.action: not enforced by the proxies yet"),
+            "{:?}",
+            p.diags[0]
+        );
+
+        let mut prior = p.planned.clone();
+        prior.set("id", Value::string("default/p"));
+        let p = plan(&d, &prior, &prior, &shadow);
+        assert!(p.diags.is_empty(), "unchanged: {:?}", p.diags);
+
+        let allow = permission("Allow");
+        let p = plan(&d, &Value::Null, &allow, &allow);
+        assert!(p.diags.is_empty(), "enforced: {:?}", p.diags);
     }
 
     #[test]

@@ -280,7 +280,11 @@ fn path_proto(path: &[Step]) -> Option<AttributePath> {
 fn diags(ds: Vec<Diag>) -> Vec<Diagnostic> {
     ds.into_iter()
         .map(|d| Diagnostic {
-            severity: diagnostic::Severity::Error as i32,
+            severity: if d.warning {
+                diagnostic::Severity::Warning
+            } else {
+                diagnostic::Severity::Error
+            } as i32,
             summary: d.summary,
             detail: d.detail,
             attribute: path_proto(&d.path),

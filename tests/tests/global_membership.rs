@@ -216,6 +216,114 @@ async fn cli_apply_get_delete() {
     assert!(!ok && err.contains("unknown resource type"), "{err}");
 }
 
+/// No silent no-ops: a policy the proxies do not enforce (or not all of) is accepted, and
+/// the write says so, field by field, in the API's answer and in `causeway apply`;
+/// `causeway explain` says it too. An enforced policy gets no warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
+    let c = GlobalCluster::start(1, &[]).await.unwrap();
+    let (s, _) = c
+        .call(
+            0,
+            Method::PUT,
+            "/meshes/default",
+            Some(&json!({"type": "Mesh", "name": "default"})),
+        )
+        .await
+        .unwrap();
+    assert!(s.is_success(), "{s}");
+
+    // The API: `warnings` with the field and the reason, and the write is done.
+    let fault = json!({"type": "MeshFaultInjection", "mesh": "default", "name": "abort-all",
+        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
+            "default": {"http": [{"abort": {"httpStatus": 500, "percentage": 100}}]}}]}});
+    let (s, body) = c
+        .call(
+            0,
+            Method::PUT,
+            "/meshes/default/meshfaultinjections/abort-all",
+            Some(&fault),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert!(body["version"].as_u64().is_some(), "{body}");
+    let warnings = body["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{body}");
+    assert_eq!(warnings[0]["field"], "type");
+    assert!(
+        warnings[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("MeshFaultInjection is not enforced by the proxies yet"),
+        "{body}"
+    );
+    let (s, stored) = c
+        .call(
+            0,
+            Method::GET,
+            "/meshes/default/meshfaultinjections/abort-all",
+            None,
+        )
+        .await
+        .unwrap();
+    assert!(
+        s.is_success() && stored.get("warnings").is_none(),
+        "{stored}"
+    );
+
+    let allow = json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "allow",
+        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
+            "default": {"action": "Allow"}}]}});
+    let (s, body) = c
+        .call(
+            0,
+            Method::PUT,
+            "/meshes/default/meshtrafficpermissions/allow",
+            Some(&allow),
+        )
+        .await
+        .unwrap();
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    assert!(body.get("warnings").is_none(), "{body}");
+
+    // The CLI prints each warning on standard error, and the apply succeeds.
+    let file = c.tmp.path().join("policies.yaml");
+    std::fs::write(
+        &file,
+        "type: MeshTrafficPermission\nmesh: default\nname: by-tags\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n  - targetRef: {kind: MeshSubset, tags: {version: v2}}\n    default: {action: Deny}\n---\ntype: MeshRateLimit\nmesh: default\nname: limit\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {local: {http: {requestRate: {num: 10, interval: 1s}}}}\n",
+    )
+    .unwrap();
+    let (ok, out, err) = c.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("MeshTrafficPermission by-tags in mesh default created"),
+        "{out}"
+    );
+    assert!(
+        out.contains("MeshRateLimit limit in mesh default created"),
+        "{out}"
+    );
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with(
+            "Warning: spec.from[1].targetRef.kind: not enforced by the proxies yet: callers are identified by service"
+        ),
+        "{err}"
+    );
+    assert!(
+        lines[1].starts_with("Warning: type: MeshRateLimit is not enforced by the proxies yet"),
+        "{err}"
+    );
+
+    let (ok, out, _) = c.cli(&["explain", "MeshRateLimit"]).unwrap();
+    assert!(
+        ok && out.contains("ENFORCED: no: the proxies do not enforce MeshRateLimit yet"),
+        "{out}"
+    );
+}
+
 /// Raft between nodes in mutual TLS with certificates from `causeway cluster gen-certs`;
 /// without them each node warns that Raft traffic is in clear.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

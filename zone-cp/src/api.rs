@@ -489,6 +489,7 @@ async fn put_in_mesh(
             errors,
         });
     }
+    let warnings = causeway_api::warnings(&r);
     let zone = st.shared.cfg.zone.clone();
     let (stored, created) = st
         .shared
@@ -501,7 +502,11 @@ async fn put_in_mesh(
     } else {
         StatusCode::OK
     };
-    Ok((code, Json(stored)).into_response())
+    let body = causeway_api::WriteResponse {
+        resource: &stored,
+        warnings: &warnings,
+    };
+    Ok((code, Json(body)).into_response())
 }
 
 async fn delete_in_mesh(

@@ -140,12 +140,8 @@ pub(crate) fn mesh_inputs(shared: &Shared, mesh: &str) -> Result<Arc<MeshInputs>
             .collect(),
         drilled_zones: Vec::new(),
     };
-    for t in causeway_api::types() {
-        if t.scope == causeway_api::Scope::Mesh
-            && !matches!(t.kind, "Dataplane" | "ZoneIngress" | "DrillReport")
-        {
-            inputs.policies.extend(all(t.kind, mesh).map_err(err)?);
-        }
+    for t in causeway_api::types().iter().filter(|t| t.is_policy()) {
+        inputs.policies.extend(all(t.kind, mesh).map_err(err)?);
     }
     let now = time::OffsetDateTime::now_utc();
     inputs.drilled_zones = crate::drill::drills(store)

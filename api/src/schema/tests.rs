@@ -132,12 +132,49 @@ fn explain_table() {
             "MeshLoadBalancingStrategy.spec.to.default.localityAwareness.crossZone.failover.to.type",
             &["VALUES:", "    AnyExcept"],
         ),
+        // What the proxies enforce, from the registry.
+        (
+            "MeshFaultInjection",
+            &["ENFORCED: no: the proxies do not enforce MeshFaultInjection yet"],
+        ),
+        (
+            "MeshTrafficPermission",
+            &[
+                "ENFORCED: partly; not yet:\n    spec.from[].targetRef.kind=MeshSubset: callers are identified by service",
+                "    spec.from[].default.action=AllowWithShadowDeny: acts as Allow",
+                "  spec\t<Object> -partly enforced-",
+            ],
+        ),
+        ("MeshTrafficPermission.spec.targetRef", &["ENFORCED: yes\n"]),
+        (
+            "MeshLoadBalancingStrategy.spec.to.default.loadBalancer",
+            &[
+                "  ringHash\t<Object> -not enforced yet-",
+                "  peakEwma\t<Object> -not enforced yet-",
+                "  type\t<string> -required- -partly enforced-",
+            ],
+        ),
+        (
+            "MeshLoadBalancingStrategy.spec.to.default.loadBalancer.ringHash.hashPolicies",
+            &[
+                "ENFORCED: partly; not yet:\n    spec.to[].default.loadBalancer.ringHash: there is no ring-hash balancer yet.",
+            ],
+        ),
     ];
     for (query, wants) in table {
         let text = explain(query).unwrap_or_else(|e| panic!("{query}: {e}"));
         for want in *wants {
             assert!(text.contains(want), "{query}: {want:?} not in\n{text}");
         }
+    }
+}
+
+/// Types that are not policies have nothing to enforce, and say nothing about it.
+#[test]
+fn explain_says_nothing_of_enforcement_for_other_types() {
+    for query in ["Mesh", "Zone.spec", "Dataplane", "MeshTimeout.name"] {
+        let text = explain(query).unwrap();
+        assert!(!text.contains("ENFORCED"), "{query}:\n{text}");
     }
 }
 

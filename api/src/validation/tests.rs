@@ -10,6 +10,8 @@ fn registry() -> Vec<TypeInfo> {
         kind: "TestPolicy",
         plural: "testpolicies",
         scope: Scope::Mesh,
+        role: crate::Role::Policy(crate::Enforcement::Full),
+        sync: crate::SyncDirection::GlobalToZones,
         validate_spec: |_| vec![],
         canonical_spec: |spec| Ok(spec.clone()),
         spec_schema: || serde_json::json!({}),
