@@ -1,4 +1,9 @@
 //! `MeshTimeout`: connection, idle, request and stream timeouts.
+//!
+//! Field names follow Kuma's MeshTimeout (`connectionTimeout`, `idleTimeout`,
+//! `http.requestTimeout`, ...). The connect timeout was first named `connectTimeout`
+//! here; that name is still accepted (a serde alias, listed as deprecated in the JSON
+//! Schema) and is written back as `connectionTimeout`.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -19,7 +24,7 @@ use crate::target_ref::{
 ///   targetRef: {kind: MeshService, name: backend}
 ///   to:
 ///     - targetRef: {kind: MeshService, name: db}
-///       default: {connectTimeout: 2s, http: {requestTimeout: 5s}}
+///       default: {connectionTimeout: 2s, http: {requestTimeout: 5s}}
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -39,14 +44,22 @@ pub struct MeshTimeoutSpec {
 /// policy set, or the built-in default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(transform = accept_old_connect_timeout_name)]
 #[derive(Default)]
 pub struct TimeoutConf {
-    /// How long to wait for a TCP (and TLS) connection to be established. From 1ms to
-    /// 1h. Built-in default `5s`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// How long to wait for a connection to an endpoint to be established: the TCP
+    /// connect, then the TLS handshake (or the QUIC stream through an ingress). From
+    /// 1ms to 1h. Built-in default `5s`. Formerly `connectTimeout`, still accepted.
+    // The Rust name stays `connect_timeout`: code that builds this struct keeps compiling.
+    #[serde(
+        default,
+        rename = "connectionTimeout",
+        alias = "connectTimeout",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub connect_timeout: Option<Duration>,
-    /// How long a connection may be idle (no bytes either way) before it is closed.
-    /// `0s` disables it; at most 24h. Built-in default `1h`.
+    /// How long a connection may be idle (no bytes either way; for HTTP, no request in
+    /// flight) before it is closed. `0s` disables it; at most 24h. Built-in default `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
     /// HTTP-level timeouts; ignored for TCP traffic.
@@ -59,23 +72,30 @@ pub struct TimeoutConf {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[derive(Default)]
 pub struct HttpTimeouts {
-    /// How long a whole request may take, from the first byte sent until the end of the
-    /// response. `0s` disables it; at most 24h. Built-in default `15s`.
+    /// How long a whole request may take to be answered: from the moment the proxy has
+    /// the request's head until the response's head arrives (a streaming response
+    /// body is then bounded by `streamIdleTimeout` and `maxStreamDuration`). Past it,
+    /// the caller gets 504 and the upstream request is cancelled. `0s` disables it; at
+    /// most 24h. Built-in default `15s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_timeout: Option<Duration>,
-    /// How long an HTTP/2 or gRPC stream may be idle. `0s` disables it; at most 24h.
-    /// Built-in default `30m`.
+    /// How long a response body may send nothing before the stream is reset. `0s`
+    /// disables it; at most 24h. Built-in default `30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_idle_timeout: Option<Duration>,
-    /// How long a stream may live in total. `0s` disables it; at most 24h.
+    /// How long a stream (a request and its whole response) may live in total: 504 if
+    /// the response's head has not come by then, otherwise the stream is reset. `0s`
+    /// (the built-in default) disables it; at most 24h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_stream_duration: Option<Duration>,
-    /// How long a connection may live in total before it is drained. `0s` disables it;
-    /// at most 24h.
+    /// How long an inbound connection may live in total before it is drained (HTTP/2
+    /// GOAWAY; HTTP/1.1 closes after the request in flight). `0s` (the built-in
+    /// default) disables it; at most 24h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connection_duration: Option<Duration>,
-    /// How long to wait for the request headers after a connection is accepted
-    /// (inbound). `0s` disables it; at most 1h.
+    /// How long an inbound HTTP/1.1 connection may take to send a request's headers
+    /// (HTTP/2 from other sidecars is not covered). `0s` (the built-in default)
+    /// disables it; at most 1h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_headers_timeout: Option<Duration>,
 }
@@ -84,7 +104,7 @@ impl Conf for TimeoutConf {
     fn check(&self, errors: &mut Errors, path: &str) {
         let day = Duration::from_hours(24);
         errors.duration(
-            at(path, "connectTimeout"),
+            at(path, "connectionTimeout"),
             self.connect_timeout,
             Duration::from_millis(1),
             Duration::from_hours(1),
@@ -114,6 +134,25 @@ impl Conf for TimeoutConf {
     }
 }
 
+/// The schema names the old `connectTimeout` too (deprecated), so what the decoder
+/// accepts the schema-driven checks (shape errors, `explain`) accept as well.
+fn accept_old_connect_timeout_name(schema: &mut schemars::Schema) {
+    let Some(properties) = schema.get_mut("properties").and_then(|p| p.as_object_mut()) else {
+        return;
+    };
+    if let Some(mut old) = properties.get("connectionTimeout").cloned() {
+        if let Some(o) = old.as_object_mut() {
+            o.insert(
+                "description".into(),
+                "Deprecated name of `connectionTimeout`; written back as `connectionTimeout`."
+                    .into(),
+            );
+            o.insert("deprecated".into(), true.into());
+        }
+        properties.insert("connectTimeout".into(), old);
+    }
+}
+
 impl Spec for MeshTimeoutSpec {
     fn check(&self, errors: &mut Errors) {
         self.target_ref.check(errors, "spec.targetRef", TOP_KINDS);
@@ -140,7 +179,9 @@ mod tests {
             &[
                 json!({"targetRef": {"kind": "MeshService", "name": "backend"},
                        "to": [{"targetRef": {"kind": "MeshService", "name": "db"},
-                               "default": {"connectTimeout": "2s", "http": {"requestTimeout": "5s"}}}]}),
+                               "default": {"connectionTimeout": "2s", "http": {"requestTimeout": "5s"}}}]}),
+                // The old name of the connect timeout still decodes.
+                json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "2s"}}]}),
                 json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "0s"}}],
                        "to": [{"targetRef": {"kind": "MeshHTTPRoute", "name": "slow-report"},
                                "default": {"http": {"requestTimeout": "1m", "streamIdleTimeout": "0"}}}]}),
@@ -154,11 +195,11 @@ mod tests {
                     )],
                 ),
                 (
-                    json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "0s", "idleTimeout": "1d"}}]}),
+                    json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "0s", "idleTimeout": "1d"}}]}),
                     &[("spec.to[0].default.idleTimeout", "invalid duration \"1d\"")],
                 ),
                 (
-                    json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "0s"}}],
+                    json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "0s"}}],
                            "from": [{"targetRef": {"kind": "MeshHTTPRoute", "name": "r"}, "default": {}}]}),
                     &[
                         (
@@ -166,23 +207,36 @@ mod tests {
                             "kind MeshHTTPRoute is not allowed here",
                         ),
                         (
-                            "spec.to[0].default.connectTimeout",
+                            "spec.to[0].default.connectionTimeout",
                             "must be between 1ms and 1h (got 0s)",
                         ),
                     ],
                 ),
                 (
-                    json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "1s"}}]}),
+                    // A range error under the old name is reported under the canonical one.
+                    json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "2h"}}]}),
                     &[(
                         "spec.to[0].default.connectionTimeout",
-                        "unknown field `connectionTimeout`",
+                        "must be between 1ms and 1h (got 2h)",
+                    )],
+                ),
+                (
+                    // Both names at once: one field given twice.
+                    json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "1s", "connectionTimeout": "2s"}}]}),
+                    &[("spec.to[0].default", "duplicate field `connectionTimeout`")],
+                ),
+                (
+                    json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeOut": "1s"}}]}),
+                    &[(
+                        "spec.to[0].default.connectionTimeOut",
+                        "unknown field `connectionTimeOut`",
                     )],
                 ),
                 (
                     // Shape errors in several places are all reported, the decoder's
-                    // first.
+                    // first; the old name is no shape error.
                     json!({"form": [], "to": [
-                        {"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "1s"}},
+                        {"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "1s", "idleTimout": "1s"}},
                         {"targetRef": {"kind": "Meshh"}, "default": {"http": {"requestTimeout": 5}}}]}),
                     &[
                         (
@@ -190,8 +244,8 @@ mod tests {
                             "unknown field `form`, expected one of: targetRef, from, to",
                         ),
                         (
-                            "spec.to[0].default.connectionTimeout",
-                            "unknown field `connectionTimeout`",
+                            "spec.to[0].default.idleTimout",
+                            "unknown field `idleTimout`",
                         ),
                         (
                             "spec.to[1].default.http.requestTimeout",
@@ -215,6 +269,24 @@ mod tests {
                     )],
                 ),
             ],
+        );
+    }
+
+    #[test]
+    fn the_old_connect_timeout_name_is_written_back_as_connection_timeout() {
+        let old =
+            json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "90s"}}]});
+        let canonical = crate::spec::canonical_spec_of::<MeshTimeoutSpec>(&old).unwrap();
+        assert_eq!(
+            canonical["to"][0]["default"],
+            json!({"connectionTimeout": "1m30s"})
+        );
+        let schema = crate::spec::spec_schema_of::<MeshTimeoutSpec>();
+        let conf = &schema["$defs"]["TimeoutConf"]["properties"];
+        assert_eq!(conf["connectTimeout"]["deprecated"], true, "{conf:#}");
+        assert!(
+            conf["connectionTimeout"]["deprecated"].is_null(),
+            "{conf:#}"
         );
     }
 }
