@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Action, LoadBalancerType, MtlsMode, Protocol};
+use crate::{Action, Duration, LoadBalancerType, MtlsMode, Protocol};
 
 /// The configuration of one sidecar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +51,10 @@ pub struct InboundListener {
     /// What happens to callers no rule matches: `Deny` with mTLS (deny by default),
     /// `Allow` without (no identities to check).
     pub default_action: Action,
+    /// Timeouts for every caller: the MeshTimeout `from[]` entries whose source is
+    /// `Mesh`, merged (per-caller entries are not applied yet).
+    #[serde(default)]
+    pub timeouts: Timeouts,
 }
 
 /// One MeshTrafficPermission rule after merging.
@@ -95,10 +99,64 @@ pub struct OutboundListener {
     /// (MeshLoadBalancingStrategy `crossZone.failoverThreshold`, default 50).
     #[serde(default = "default_failover_threshold")]
     pub failover_threshold: f64,
+    /// Timeouts for traffic to this destination: the MeshTimeout `to[]` entries for it,
+    /// merged.
+    #[serde(default)]
+    pub timeouts: Timeouts,
 }
 
 fn default_failover_threshold() -> f64 {
     50.0
+}
+
+/// The timeouts a listener enforces, from the effective MeshTimeout over the built-in
+/// defaults. [`Duration::ZERO`] turns a timeout off (the policy's `0s`).
+///
+/// The defaults, as Kuma's: connect 5s, idle 1h, request 15s, stream idle 30m, and no
+/// maximum stream duration, connection duration or request-headers timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Timeouts {
+    /// Each dial to an endpoint (TCP connect, then the TLS handshake; a QUIC stream
+    /// through an ingress) and, inbound, to the application. Never zero (the policy
+    /// allows 1ms to 1h). Default 5s.
+    pub connect: Duration,
+    /// A connection with no bytes either way (TCP) or no request in flight (HTTP) for
+    /// this long is closed. Default 1h.
+    pub idle: Duration,
+    /// From the request's head in hand until the response's head: past it, 504 and
+    /// the upstream request is cancelled. Default 15s.
+    pub request: Duration,
+    /// A response body that sends nothing for this long is ended with an error (the
+    /// stream is reset). Default 30m.
+    pub stream_idle: Duration,
+    /// The whole exchange, request to the end of the response: 504 before the
+    /// response's head, a reset stream after. Default off.
+    pub max_stream_duration: Duration,
+    /// Inbound connections older than this are drained. Default off.
+    pub max_connection_duration: Duration,
+    /// Inbound HTTP/1.1: how long a caller may take to send a request's headers.
+    /// Default off.
+    pub request_headers: Duration,
+}
+
+impl Timeouts {
+    /// The built-in defaults (no MeshTimeout at all).
+    pub const DEFAULT: Timeouts = Timeouts {
+        connect: Duration::from_secs(5),
+        idle: Duration::from_hours(1),
+        request: Duration::from_secs(15),
+        stream_idle: Duration::from_mins(30),
+        max_stream_duration: Duration::ZERO,
+        max_connection_duration: Duration::ZERO,
+        request_headers: Duration::ZERO,
+    };
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts::DEFAULT
+    }
 }
 
 /// Endpoints of equal priority.

@@ -1,5 +1,11 @@
 //! Computes a sidecar's [`ProxyConfig`] from the resource model: a pure function of the
 //! mesh's resources as the zone holds them. Golden-file tests in `testdata/`.
+//!
+//! One configurer per policy, in a submodule named after it (`mesh_timeout`), with its
+//! golden cases in `testdata/<policy>/`: it turns the policy's effective configuration
+//! into the config's fields.
+
+mod mesh_timeout;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -68,6 +74,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     let trust_domain = mesh_spec.trust_domain_or(&mesh_name).to_string();
     let mtls = mesh_spec.mtls.as_ref().map_or(MtlsMode::Off, |m| m.mode);
     let proxy = Proxy::from_dataplane(&spec, Some(&inputs.zone));
+    let timeouts = mesh_timeout::configure(&policies_of(inputs, "MeshTimeout"), &proxy)?;
 
     let permissions = causeway_api::effective(
         "MeshTrafficPermission",
@@ -107,6 +114,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 } else {
                     Action::Deny
                 },
+                timeouts: timeouts.inbounds[i],
             }
         })
         .collect();
@@ -145,6 +153,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                     .and_then(|l| l.cross_zone.as_ref())
                     .and_then(|c| c.failover_threshold.as_ref())
                     .map_or(50.0, |t| t.percentage.fraction() * 100.0),
+                timeouts: timeouts.outbounds[i],
             }
         })
         .collect();

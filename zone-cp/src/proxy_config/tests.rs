@@ -17,7 +17,7 @@ const CASES: &[(&str, &str, &str)] = &[
     ("cross-zone-off", "zone-a", "web-1"),
 ];
 
-fn inputs(case: &str, zone: &str) -> MeshInputs {
+pub(super) fn inputs(case: &str, zone: &str) -> MeshInputs {
     let path = format!("{}/testdata/{case}.input.yaml", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let mut inputs = MeshInputs {
@@ -37,18 +37,21 @@ fn inputs(case: &str, zone: &str) -> MeshInputs {
     inputs
 }
 
-#[test]
-fn golden_configs() {
+/// Computes each case's config, renders it with `render` and compares it with
+/// `testdata/<case>.golden.yaml` (rewritten with `UPDATE_GOLDEN=1`). Every mismatch is
+/// reported at once.
+pub(super) fn check_goldens(cases: &[(&str, &str, &str)], render: impl Fn(&ProxyConfig) -> String) {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut failed = Vec::new();
-    for (case, zone, dp) in CASES {
+    for (case, zone, dp) in cases {
         let inputs = inputs(case, zone);
         let dataplane = inputs
             .dataplanes
             .iter()
             .find(|d| d.name == *dp)
             .unwrap_or_else(|| panic!("{case}: no dataplane {dp}"));
-        let got = serde_yaml::to_string(&compute(&inputs, dataplane).unwrap()).unwrap();
+        let config = compute(&inputs, dataplane).unwrap_or_else(|e| panic!("{case}: {e}"));
+        let got = render(&config);
         let path = format!("{}/testdata/{case}.golden.yaml", env!("CARGO_MANIFEST_DIR"));
         if update {
             std::fs::write(&path, &got).unwrap();
@@ -64,6 +67,11 @@ fn golden_configs() {
         "golden mismatch (UPDATE_GOLDEN=1 to accept):\n{}",
         failed.join("\n")
     );
+}
+
+#[test]
+fn golden_configs() {
+    check_goldens(CASES, |config| serde_yaml::to_string(config).unwrap());
 }
 
 #[test]

@@ -1,0 +1,256 @@
+//! The MeshTimeout configurer: the effective MeshTimeout of a proxy, decoded once into
+//! [`TimeoutConf`], laid over the built-in [`Timeouts::DEFAULT`] for each listener.
+//!
+//! - Outbound: the destination's merged `to[]` configuration (`Mesh` and
+//!   `MeshService <destination>` entries). `to[]` entries for a `MeshHTTPRoute` are not
+//!   applied (the sidecar has no per-route timeouts yet).
+//! - Inbound: the merged `from[]` rule whose source is `Mesh`, which holds exactly the
+//!   entries that apply to every caller. Rules for one caller (`MeshService`,
+//!   `MeshSubset`, `SpiffeId` sources) are not applied yet.
+//!
+//! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`],
+//! never replaced by the defaults.
+
+use causeway_api::proxy_config::Timeouts;
+use causeway_api::{EffectiveConfig, Merged, Proxy, Resource, TargetRefKind, TimeoutConf};
+
+use super::ComputeError;
+
+/// The timeouts of each listener of a proxy, in the proxy's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListenerTimeouts {
+    pub(crate) inbounds: Vec<Timeouts>,
+    pub(crate) outbounds: Vec<Timeouts>,
+}
+
+/// The timeouts of `proxy`'s listeners from the mesh's MeshTimeout `policies`.
+pub(crate) fn configure(
+    policies: &[Resource],
+    proxy: &Proxy,
+) -> Result<ListenerTimeouts, ComputeError> {
+    let effective = causeway_api::effective("MeshTimeout", policies, proxy)
+        .expect("MeshTimeout is a policy kind");
+    from_effective(&effective, proxy)
+}
+
+/// [`configure`] from the effective configuration already computed.
+pub(crate) fn from_effective(
+    effective: &EffectiveConfig,
+    proxy: &Proxy,
+) -> Result<ListenerTimeouts, ComputeError> {
+    let inbounds = proxy
+        .inbounds
+        .iter()
+        .enumerate()
+        .map(|(i, ib)| {
+            let every_caller = effective.inbounds.get(i).and_then(|c| {
+                c.rules
+                    .iter()
+                    .find(|r| r.source.kind == TargetRefKind::Mesh)
+            });
+            match every_caller {
+                None => Ok(Timeouts::DEFAULT),
+                Some(rule) => {
+                    let what = || {
+                        format!(
+                            "the merged MeshTimeout from[] of inbound {} ({}) (policies {})",
+                            ib.port,
+                            ib.service,
+                            rule.policies.join(", ")
+                        )
+                    };
+                    decode(&rule.conf, what).map(|c| over_defaults(&c))
+                }
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let outbounds = proxy
+        .outbounds
+        .iter()
+        .enumerate()
+        .map(
+            |(i, ob)| match effective.outbounds.get(i).and_then(|o| o.conf.as_ref()) {
+                None => Ok(Timeouts::DEFAULT),
+                Some(Merged { conf, policies }) => {
+                    let what = || {
+                        format!(
+                            "the merged MeshTimeout to[] for {} (policies {})",
+                            ob.service,
+                            policies.join(", ")
+                        )
+                    };
+                    decode(conf, what).map(|c| over_defaults(&c))
+                }
+            },
+        )
+        .collect::<Result<_, _>>()?;
+    Ok(ListenerTimeouts {
+        inbounds,
+        outbounds,
+    })
+}
+
+fn decode(
+    conf: &serde_json::Value,
+    what: impl FnOnce() -> String,
+) -> Result<TimeoutConf, ComputeError> {
+    serde_json::from_value(conf.clone()).map_err(|e| ComputeError::Invalid {
+        what: what(),
+        reason: e.to_string(),
+    })
+}
+
+/// The fields `conf` sets, over the built-in defaults.
+fn over_defaults(conf: &TimeoutConf) -> Timeouts {
+    let mut t = Timeouts::DEFAULT;
+    let set = |field: &mut causeway_api::Duration, v: Option<causeway_api::Duration>| {
+        if let Some(v) = v {
+            *field = v;
+        }
+    };
+    set(&mut t.connect, conf.connect_timeout);
+    set(&mut t.idle, conf.idle_timeout);
+    if let Some(http) = &conf.http {
+        set(&mut t.request, http.request_timeout);
+        set(&mut t.stream_idle, http.stream_idle_timeout);
+        set(&mut t.max_stream_duration, http.max_stream_duration);
+        set(&mut t.max_connection_duration, http.max_connection_duration);
+        set(&mut t.request_headers, http.request_headers_timeout);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use causeway_api::{
+        Duration, FromRule, InboundConfig, OutboundConfig, ProxyInbound, ProxyOutbound, TargetRef,
+    };
+    use serde_json::json;
+
+    use super::*;
+    use crate::proxy_config::tests::check_goldens;
+
+    /// Golden cases under `testdata/mesh_timeout/`: (case, zone, dataplane). The golden
+    /// holds each listener's timeouts as `compute` puts them in the config.
+    const CASES: &[(&str, &str, &str)] = &[
+        // No MeshTimeout: every listener gets the built-in defaults.
+        ("mesh_timeout/defaults", "zone-a", "web-1"),
+        // A Mesh-wide policy sets some fields; the others keep their defaults.
+        ("mesh_timeout/mesh-wide", "zone-a", "web-1"),
+        // A MeshService-specific entry merges over the Mesh-wide one, for its
+        // destination only.
+        ("mesh_timeout/service-override", "zone-a", "web-1"),
+        // Inbound: `from[]` with a Mesh source applies; a per-caller one does not.
+        ("mesh_timeout/inbound-from-mesh", "zone-a", "backend-1"),
+    ];
+
+    /// What the golden files show of a config: each listener's timeouts.
+    #[derive(serde::Serialize)]
+    struct View<'a> {
+        inbounds: Vec<Listener<'a>>,
+        outbounds: Vec<Listener<'a>>,
+    }
+
+    #[derive(serde::Serialize)]
+    struct Listener<'a> {
+        port: u16,
+        service: &'a str,
+        timeouts: &'a Timeouts,
+    }
+
+    #[test]
+    fn golden_timeouts() {
+        check_goldens(CASES, |config| {
+            let view = View {
+                inbounds: config
+                    .inbounds
+                    .iter()
+                    .map(|l| Listener {
+                        port: l.port,
+                        service: &l.service,
+                        timeouts: &l.timeouts,
+                    })
+                    .collect(),
+                outbounds: config
+                    .outbounds
+                    .iter()
+                    .map(|l| Listener {
+                        port: l.port,
+                        service: &l.service,
+                        timeouts: &l.timeouts,
+                    })
+                    .collect(),
+            };
+            serde_yaml::to_string(&view).expect("YAML")
+        });
+    }
+
+    fn proxy() -> Proxy {
+        Proxy {
+            zone: Some("zone-a".into()),
+            inbounds: vec![ProxyInbound {
+                port: 8080,
+                service: "backend".into(),
+                tags: Default::default(),
+            }],
+            outbounds: vec![ProxyOutbound {
+                service: "db".into(),
+                routes: vec![],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_merged_conf_that_does_not_decode_is_an_error_not_the_defaults() {
+        let bad = Merged {
+            conf: json!({"connectionTimeout": "soon"}),
+            policies: vec!["a".into(), "b".into()],
+        };
+        let effective = EffectiveConfig {
+            outbounds: vec![OutboundConfig {
+                service: "db".into(),
+                conf: Some(bad.clone()),
+                routes: Default::default(),
+            }],
+            ..Default::default()
+        };
+        let err = from_effective(&effective, &proxy()).unwrap_err();
+        let ComputeError::Invalid { what, reason } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(what, "the merged MeshTimeout to[] for db (policies a, b)");
+        assert!(reason.contains("soon"), "{reason}");
+
+        let effective = EffectiveConfig {
+            inbounds: vec![InboundConfig {
+                port: 8080,
+                rules: vec![FromRule {
+                    source: TargetRef::mesh(),
+                    conf: json!({"http": {"requestTimeout": 5}}),
+                    policies: vec!["c".into()],
+                }],
+            }],
+            ..Default::default()
+        };
+        let err = from_effective(&effective, &proxy()).unwrap_err();
+        assert!(
+            err.to_string().starts_with(
+                "the merged MeshTimeout from[] of inbound 8080 (backend) (policies c) is invalid"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn zero_turns_a_timeout_off_and_absent_fields_keep_their_default() {
+        let conf: TimeoutConf =
+            serde_json::from_value(json!({"idleTimeout": "0s", "http": {"requestTimeout": "0s", "maxStreamDuration": "1m"}}))
+                .unwrap();
+        let t = over_defaults(&conf);
+        assert_eq!(t.idle, Duration::ZERO);
+        assert_eq!(t.request, Duration::ZERO);
+        assert_eq!(t.max_stream_duration, Duration::from_mins(1));
+        assert_eq!(t.connect, Timeouts::DEFAULT.connect);
+        assert_eq!(t.stream_idle, Timeouts::DEFAULT.stream_idle);
+    }
+}
