@@ -214,6 +214,25 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
         )
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{v}");
+    // A zone-local write of what the proxies do not enforce yet says so, as global does.
+    let fault = json!({"type": "MeshFaultInjection", "mesh": "default", "name": "zone-b-fault",
+        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
+            "default": {"http": [{"abort": {"httpStatus": 503, "percentage": 50}}]}}]}});
+    let (s, written) = zs[1]
+        .call(
+            Method::PUT,
+            "/meshes/default/meshfaultinjections/zone-b-fault",
+            Some(&fault),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{written}");
+    assert_eq!(written["warnings"][0]["field"], "type", "{written}");
+    assert!(
+        written["warnings"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("MeshFaultInjection is not enforced")),
+        "{written}"
+    );
     let got = eventually("zone-b's policy on global", SYNC, || async {
         match c
             .call_retry(
