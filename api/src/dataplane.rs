@@ -18,7 +18,7 @@ use crate::target_ref::{SERVICE_TAG, ZONE_TAG, check_tags};
 /// spec:
 ///   address: 10.0.1.15
 ///   inbound:
-///     - {port: 20001, servicePort: 8080, service: backend, protocol: http, tags: {version: v2}}
+///     - {name: http, port: 20001, servicePort: 8080, service: backend, protocol: http, tags: {version: v2}}
 ///   outbound:
 ///     - {port: 10001, service: db}
 ///   adminPort: 9901
@@ -52,6 +52,12 @@ fn default_admin_port() -> u16 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Inbound {
+    /// The inbound's name, unique in the Dataplane (a DNS label that is not only
+    /// digits, like `http` or `admin-api`). Policies pick one inbound with
+    /// `targetRef: {kind: Dataplane, sectionName: <name>}` (or the port as a decimal
+    /// string).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The port the proxy listens on for mesh traffic to this service.
     pub port: u16,
     /// The port the application listens on. Default: `port`.
@@ -137,8 +143,22 @@ impl Spec for DataplaneSpec {
                 ports.insert(port, field);
             }
         };
+        let mut names = BTreeMap::new();
         for (i, inbound) in self.inbound.iter().enumerate() {
             let path = idx("spec.inbound", i);
+            if let Some(name) = &inbound.name {
+                let field = at(&path, "name");
+                if let Some(e) = crate::validation::validate_name("", name) {
+                    errors.push(field, e.reason);
+                } else if name.chars().all(|c| c.is_ascii_digit()) {
+                    errors.push(
+                        field,
+                        format!("{name:?} is only digits, which sectionName reads as a port; give the inbound a name with a letter"),
+                    );
+                } else if let Some(first) = names.insert(name.clone(), field.clone()) {
+                    errors.push(field, format!("{name:?} is already the name of {first}"));
+                }
+            }
             errors.port(at(&path, "port"), Some(inbound.port));
             claim(errors, inbound.port, at(&path, "port"));
             errors.port(at(&path, "servicePort"), inbound.service_port);
@@ -190,7 +210,7 @@ mod tests {
         table::<DataplaneSpec>(
             &[
                 json!({"address": "10.0.1.15", "advertisedAddress": "203.0.113.7",
-                       "inbound": [{"port": 20001, "servicePort": 8080, "service": "backend", "protocol": "http", "tags": {"version": "v2"}},
+                       "inbound": [{"name": "http", "port": 20001, "servicePort": 8080, "service": "backend", "protocol": "http", "tags": {"version": "v2"}},
                                    {"port": 20002, "service": "backend-admin", "serviceAddress": "127.0.0.1", "protocol": "grpc"}],
                        "outbound": [{"port": 10001, "service": "db"}, {"port": 10002, "address": "127.0.0.2", "service": "redis"}],
                        "adminPort": 9902}),
@@ -238,6 +258,21 @@ mod tests {
                 (
                     json!({"inbound": [{"port": 1, "service": "a"}]}),
                     &[("spec.address", "is required")],
+                ),
+                (
+                    json!({"address": "10.0.0.1", "inbound": [
+                        {"name": "http", "port": 1, "service": "a"},
+                        {"name": "http", "port": 2, "service": "b"},
+                        {"name": "8080", "port": 3, "service": "c"},
+                        {"name": "Admin", "port": 4, "service": "d"}]}),
+                    &[
+                        (
+                            "spec.inbound[1].name",
+                            "\"http\" is already the name of spec.inbound[0].name",
+                        ),
+                        ("spec.inbound[2].name", "is only digits"),
+                        ("spec.inbound[3].name", "not a valid DNS label"),
+                    ],
                 ),
             ],
         );

@@ -21,6 +21,11 @@ use crate::target_ref::{SERVICE_TAG, TargetRef, TargetRefKind, ZONE_TAG};
 /// A proxy as policy matching sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Proxy {
+    /// The name of its Dataplane resource, for `targetRef: {kind: Dataplane, name}`;
+    /// empty when unknown (then no Dataplane-by-name policy applies).
+    pub name: String,
+    /// The labels of its Dataplane resource, for `targetRef: {kind: Dataplane, labels}`.
+    pub labels: BTreeMap<String, String>,
     /// The zone it runs in; `None` when zones do not matter (a single-zone test).
     pub zone: Option<String>,
     /// The services it serves.
@@ -32,6 +37,8 @@ pub struct Proxy {
 /// One inbound of a [`Proxy`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ProxyInbound {
+    /// Its name in the Dataplane, if it has one, for `sectionName`.
+    pub name: Option<String>,
     /// The port it listens on.
     pub port: u16,
     /// Its service.
@@ -50,14 +57,19 @@ pub struct ProxyOutbound {
 }
 
 impl Proxy {
-    /// The proxy of a Dataplane in `zone`, with no routes on its outbounds.
+    /// The proxy of a Dataplane in `zone`, with no routes on its outbounds. Give it
+    /// the Dataplane's name and labels with [`Proxy::named`], or policies that target
+    /// `kind: Dataplane` will not match it.
     pub fn from_dataplane(spec: &DataplaneSpec, zone: Option<&str>) -> Proxy {
         Proxy {
+            name: String::new(),
+            labels: BTreeMap::new(),
             zone: zone.map(str::to_owned),
             inbounds: spec
                 .inbound
                 .iter()
                 .map(|i| ProxyInbound {
+                    name: i.name.clone(),
                     port: i.port,
                     service: i.service.clone(),
                     tags: i.tags.clone(),
@@ -72,6 +84,50 @@ impl Proxy {
                 })
                 .collect(),
         }
+    }
+
+    /// This proxy with its Dataplane resource's name and labels:
+    /// `Proxy::from_dataplane(&spec, zone).named(&r.name, &r.labels)`.
+    pub fn named(mut self, name: &str, labels: &BTreeMap<String, String>) -> Proxy {
+        self.name = name.to_owned();
+        self.labels = labels.clone();
+        self
+    }
+
+    /// Whether a top-level `targetRef` selects this proxy's `inbound`.
+    fn selects_inbound(&self, tr: &TargetRef, inbound: &ProxyInbound) -> bool {
+        match tr.kind {
+            TargetRefKind::Mesh => true,
+            TargetRefKind::Dataplane => {
+                self.selects_dataplane(tr)
+                    && tr.section_name.as_deref().is_none_or(|section| {
+                        inbound.name.as_deref() == Some(section)
+                            || section == inbound.port.to_string()
+                    })
+            }
+            _ => tr.matches_tags(&self.inbound_tags(inbound)),
+        }
+    }
+
+    /// Whether a top-level `targetRef` selects this proxy as a client (for `to[]` and a
+    /// top-level `default`): `Mesh`, a `Dataplane` reference that names or labels it
+    /// (its `sectionName` does not matter here), or any kind that selects one of its
+    /// inbounds.
+    fn selects_client(&self, tr: &TargetRef) -> bool {
+        match tr.kind {
+            TargetRefKind::Mesh => true,
+            TargetRefKind::Dataplane => self.selects_dataplane(tr),
+            _ => self
+                .inbounds
+                .iter()
+                .any(|inbound| self.selects_inbound(tr, inbound)),
+        }
+    }
+
+    /// Whether the Dataplane's name and labels are what a `Dataplane` reference asks.
+    fn selects_dataplane(&self, tr: &TargetRef) -> bool {
+        tr.name.as_deref().is_none_or(|name| name == self.name)
+            && tr.labels.iter().all(|(k, v)| self.labels.get(k) == Some(v))
     }
 
     fn inbound_tags(&self, inbound: &ProxyInbound) -> BTreeMap<String, String> {
@@ -181,12 +237,19 @@ struct Entry<'a> {
 /// # Rules
 ///
 /// - A policy applies to an inbound when its top-level `targetRef` matches the
-///   inbound's tags (its own tags plus `causeway.io/service` and `causeway.io/zone`).
-///   It applies to the proxy as a client (`to[]`, top-level `default`) when its
-///   `targetRef` is `Mesh` or matches any of the proxy's inbounds.
+///   inbound's tags (its own tags plus `causeway.io/service` and `causeway.io/zone`),
+///   or, for `kind: Dataplane`, when the proxy's Dataplane has the given `name` and all
+///   the given `labels` (the Dataplane resource's labels) and, with `sectionName`, the
+///   inbound is that one (its `name`, or its port as a decimal string). It applies to
+///   the proxy as a client (`to[]`, top-level `default`) when its `targetRef` is
+///   `Mesh`, a `Dataplane` reference that names or labels the proxy (whatever its
+///   `sectionName`), or matches any of the proxy's inbounds. `proxyTypes` is
+///   validated to include `Sidecar`, so it never narrows anything here.
 /// - A zone-origin policy (`origin` is a zone name) applies only to proxies in that zone.
 /// - Priority, lowest first: top-level `targetRef` kind (`Mesh` < `MeshSubset` <
-///   `MeshService` < `MeshServiceSubset`), then origin (global < zone), then name
+///   `MeshService` < `MeshServiceSubset` < `Dataplane` by labels (or neither name nor
+///   labels) < `Dataplane` by name; with `sectionName`, a reference ranks above the
+///   same one without it, below the next kind), then origin (global < zone), then name
 ///   (the lexicographically smaller name wins, so it is applied last). Inside a policy,
 ///   a more specific `to[]`/`from[]` `targetRef` wins over a less specific one, then
 ///   the later entry over the earlier.
@@ -194,30 +257,40 @@ struct Entry<'a> {
 ///   lowest priority first: objects merge field by field, lists and scalars replace.
 ///   They are merged in canonical form (`90s` is `1m30s`, `"50%"` is `50`), so the
 ///   result decodes with the kind's typed `*Conf` struct.
+/// - Top-level `rules[]` (Kuma 2.9+) are inbound entries for every caller: each counts
+///   as a `from[]` entry `{targetRef: {kind: Mesh}, default}` of its policy, after the
+///   policy's own `from[]` entries. MeshTrafficPermission's `rules` (callers by SPIFFE
+///   id: `allow`, `deny`, `allowWithShadowDeny`) arrive the same way, in the `Mesh`
+///   source's rule; their lists are concatenated across policies rather than replaced
+///   (a duplicate matcher is kept once), so no policy can drop another's `deny`.
 /// - Inbound (`from[]`): one rule per distinct source `targetRef`, holding every entry
 ///   whose source covers it (`Mesh` covers all; `MeshSubset` tags cover any set with
 ///   those tags), most specific source first (more tags first; `SpiffeId` ranks with
 ///   `MeshService`). A caller gets the first rule that matches it.
 /// - Outbound (`to[]`): `Mesh` and `MeshService <destination>` entries give the
-///   destination's configuration; `MeshHTTPRoute <route>` entries add to it for that
+///   destination's configuration (a `MeshService` named by `name`, or by the labels
+///   `kuma.io/display-name`/`causeway.io/service`; a `sectionName` or `namespace` on it
+///   does not narrow anything yet); `MeshHTTPRoute <route>` entries add to it for that
 ///   route. `MeshHTTPRoute` policies merge their `rules` instead: rules with equal
 ///   `matches` merge their `default`, and the rules of higher-priority policies come
-///   first (in their own order).
+///   first (in their own order). A MeshTCPRoute's one rule (`to[].rules[0].default`)
+///   merges with the `default` form of other MeshTCPRoutes.
 ///
 /// ```
 /// use causeway_api::{Proxy, ProxyInbound, ProxyOutbound, Resource, effective};
 /// use serde_json::json;
 ///
 /// let policy = Resource::from_yaml(
-///     "type: MeshTimeout\nmesh: default\nname: t\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectTimeout: 2s}\n",
+///     "type: MeshTimeout\nmesh: default\nname: t\nspec:\n  to:\n  - targetRef: {kind: Mesh}\n    default: {connectionTimeout: 2s}\n",
 /// )?;
 /// let proxy = Proxy {
 ///     zone: None,
-///     inbounds: vec![ProxyInbound { port: 8080, service: "web".into(), tags: Default::default() }],
+///     inbounds: vec![ProxyInbound { port: 8080, service: "web".into(), ..Default::default() }],
 ///     outbounds: vec![ProxyOutbound { service: "backend".into(), routes: vec![] }],
+///     ..Default::default()
 /// };
 /// let eff = effective("MeshTimeout", &[policy], &proxy).unwrap();
-/// assert_eq!(eff.outbounds[0].conf.as_ref().unwrap().conf, json!({"connectTimeout": "2s"}));
+/// assert_eq!(eff.outbounds[0].conf.as_ref().unwrap().conf, json!({"connectionTimeout": "2s"}));
 /// # Ok::<(), causeway_api::ParseError>(())
 /// ```
 pub fn effective(
@@ -270,7 +343,7 @@ pub fn effective(
         });
     }
     decoded.sort_by(|a, b| {
-        let key = |p: &Policy<'_>| (rank(p.target_ref.kind), p.zone_origin);
+        let key = |p: &Policy<'_>| (rank_top(&p.target_ref), p.zone_origin);
         key(a)
             .cmp(&key(b))
             .then_with(|| Reverse(a.name).cmp(&Reverse(b.name)))
@@ -278,14 +351,7 @@ pub fn effective(
     let policies = decoded;
 
     let as_client: Vec<usize> = (0..policies.len())
-        .filter(|&i| {
-            let tr = &policies[i].target_ref;
-            tr.kind == TargetRefKind::Mesh
-                || proxy
-                    .inbounds
-                    .iter()
-                    .any(|inbound| tr.matches_tags(&proxy.inbound_tags(inbound)))
-        })
+        .filter(|&i| proxy.selects_client(&policies[i].target_ref))
         .collect();
 
     // Top-level `default`.
@@ -301,15 +367,14 @@ pub fn effective(
         })
         .collect();
     if !top.is_empty() {
-        out.proxy = Some(merge(&policies, &top));
+        out.proxy = Some(merge(&policies, &top, info.kind));
     }
 
     // Inbounds.
     for inbound in &proxy.inbounds {
-        let tags = proxy.inbound_tags(inbound);
-        let applicable =
-            (0..policies.len()).filter(|&p| policies[p].target_ref.matches_tags(&tags));
-        let entries = entries_of(&policies, applicable, "from");
+        let applicable = (0..policies.len())
+            .filter(|&p| proxy.selects_inbound(&policies[p].target_ref, inbound));
+        let entries = inbound_entries_of(&policies, applicable);
         let mut sources: Vec<&TargetRef> = Vec::new();
         for e in &entries {
             if !sources.contains(&&e.target_ref) {
@@ -330,7 +395,7 @@ pub fn effective(
                     .iter()
                     .filter(|e| e.target_ref.covers(source))
                     .collect();
-                let merged = merge_refs(&policies, &covering);
+                let merged = merge_refs(&policies, &covering, info.kind);
                 FromRule {
                     source: source.clone(),
                     conf: merged.conf,
@@ -352,7 +417,7 @@ pub fn effective(
             .filter(|e| match e.target_ref.kind {
                 TargetRefKind::Mesh => true,
                 TargetRefKind::MeshService => {
-                    e.target_ref.name.as_deref() == Some(&outbound.service)
+                    e.target_ref.service_name() == Some(&outbound.service)
                 }
                 _ => false,
             })
@@ -369,27 +434,118 @@ pub fn effective(
             if !route_level.is_empty() {
                 let all: Vec<&Entry<'_>> =
                     service_level.iter().chain(&route_level).copied().collect();
-                routes.insert(route.clone(), merge_refs(&policies, &all));
+                routes.insert(route.clone(), merge_refs(&policies, &all, info.kind));
             }
         }
         out.outbounds.push(OutboundConfig {
             service: outbound.service.clone(),
-            conf: (!service_level.is_empty()).then(|| merge_refs(&policies, &service_level)),
+            conf: (!service_level.is_empty())
+                .then(|| merge_refs(&policies, &service_level, info.kind)),
             routes,
         });
     }
     Ok(out)
 }
 
-/// How specific a `targetRef` kind is.
+/// How specific a `targetRef` kind is, for `to[]`/`from[]` entries.
 fn rank(kind: TargetRefKind) -> u8 {
     match kind {
         TargetRefKind::Mesh => 0,
         TargetRefKind::MeshSubset => 1,
         TargetRefKind::MeshService | TargetRefKind::SpiffeId => 2,
         TargetRefKind::MeshServiceSubset => 3,
-        TargetRefKind::MeshHttpRoute => 4,
+        TargetRefKind::Dataplane => 4,
+        TargetRefKind::MeshHttpRoute => 5,
+        // Refused by validation; never seen here.
+        TargetRefKind::MeshGateway
+        | TargetRefKind::MeshExternalService
+        | TargetRefKind::MeshMultiZoneService => 6,
     }
+}
+
+/// How specific a top-level `targetRef` is (Kuma's order): `Mesh` < `MeshSubset` <
+/// `MeshService` < `MeshServiceSubset` < `Dataplane` by labels < `Dataplane` by name;
+/// a `sectionName` makes a reference more specific than the same without it.
+fn rank_top(tr: &TargetRef) -> u8 {
+    let base = match tr.kind {
+        TargetRefKind::Dataplane if tr.name.is_some() => 5,
+        TargetRefKind::Dataplane => 4,
+        kind => rank(kind).min(3),
+    };
+    base * 2 + u8::from(tr.section_name.is_some())
+}
+
+/// The inbound entries of the given policies: `from[]` entries, then top-level
+/// `rules[]` entries as `Mesh`-source entries whose payload is the rule's `default`.
+fn inbound_entries_of<'a>(
+    policies: &'a [Policy<'a>],
+    which: impl Iterator<Item = usize> + Clone,
+) -> Vec<Entry<'a>> {
+    let mut entries = entries_of(policies, which.clone(), "from");
+    for p in which {
+        let Some(Value::Array(rules)) = policies[p].spec.get("rules") else {
+            continue;
+        };
+        let from_len = match policies[p].spec.get("from") {
+            Some(Value::Array(items)) => items.len(),
+            _ => 0,
+        };
+        for (i, rule) in rules.iter().enumerate() {
+            let Some(default) = rule.get("default") else {
+                continue;
+            };
+            entries.push(Entry {
+                policy: p,
+                target_ref: TargetRef::mesh(),
+                index: from_len + i,
+                payload: default,
+            });
+        }
+    }
+    entries.sort_by_key(|e| {
+        (
+            e.policy,
+            rank(e.target_ref.kind),
+            e.target_ref.canonical_tags().len(),
+            e.index,
+        )
+    });
+    entries
+}
+
+/// Lists that add up across policies instead of replacing each other, per kind:
+/// MeshTrafficPermission's SPIFFE matchers.
+fn appended_lists(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "MeshTrafficPermission" => &["allow", "deny", "allowWithShadowDeny"],
+        _ => &[],
+    }
+}
+
+/// Merges `patch` into `conf` as JSON merge-patch, except that the top-level lists
+/// named in `append` are concatenated (without repeating an item).
+fn merge_appending(conf: &mut Value, patch: &Value, append: &[&str]) {
+    if append.is_empty() {
+        merge_patch(conf, patch);
+        return;
+    }
+    let mut patch = patch.clone();
+    if let (Value::Object(conf_map), Value::Object(patch_map)) = (&*conf, &mut patch) {
+        for key in append {
+            if let (Some(Value::Array(old)), Some(Value::Array(new))) =
+                (conf_map.get(*key), patch_map.get(*key))
+            {
+                let mut all = old.clone();
+                for item in new {
+                    if !all.contains(item) {
+                        all.push(item.clone());
+                    }
+                }
+                patch_map.insert((*key).to_owned(), Value::Array(all));
+            }
+        }
+    }
+    merge_patch(conf, &patch);
 }
 
 /// The entries of `section` (`to` or `from`) of the given policies, in priority order.
@@ -431,13 +587,13 @@ fn entries_of<'a>(
     entries
 }
 
-fn merge(policies: &[Policy<'_>], entries: &[Entry<'_>]) -> Merged {
+fn merge(policies: &[Policy<'_>], entries: &[Entry<'_>], kind: &str) -> Merged {
     let refs: Vec<&Entry<'_>> = entries.iter().collect();
-    merge_refs(policies, &refs)
+    merge_refs(policies, &refs, kind)
 }
 
 /// Merges entries already in priority order (lowest first).
-fn merge_refs(policies: &[Policy<'_>], entries: &[&Entry<'_>]) -> Merged {
+fn merge_refs(policies: &[Policy<'_>], entries: &[&Entry<'_>], kind: &str) -> Merged {
     let mut names: Vec<String> = Vec::new();
     for e in entries {
         let name = policies[e.policy].name;
@@ -458,7 +614,7 @@ fn merge_refs(policies: &[Policy<'_>], entries: &[&Entry<'_>]) -> Merged {
                 Some(e.payload)
             };
             if let Some(patch) = patch {
-                merge_patch(&mut conf, patch);
+                merge_appending(&mut conf, patch, appended_lists(kind));
             }
         }
         conf
@@ -476,8 +632,16 @@ fn merge_rules(entries: &[&Entry<'_>]) -> Value {
     let mut rules: Vec<(Value, Value, (usize, usize))> = Vec::new();
     let empty = Value::Array(Vec::new());
     for (priority, e) in entries.iter().enumerate() {
-        let Some(Value::Array(items)) = e.payload.get("rules") else {
-            continue;
+        // An entry with a `default` instead of rules (MeshTCPRoute's older form) is one
+        // rule that matches everything.
+        let single;
+        let items = match (e.payload.get("rules"), e.payload.get("default")) {
+            (Some(Value::Array(items)), _) => items,
+            (None, Some(default)) => {
+                single = vec![serde_json::json!({ "default": default })];
+                &single
+            }
+            _ => continue,
         };
         for (position, rule) in items.iter().enumerate() {
             let matches = rule.get("matches").unwrap_or(&empty).clone();

@@ -97,6 +97,7 @@ pub use policies::mesh_metric::{
     OtelMetricBackend, Profile, ProfileName, Profiles, PrometheusBackend, Selector, SelectorType,
     SidecarMetrics,
 };
+pub use policies::mesh_metric::{PrometheusTls, PrometheusTlsMode};
 pub use policies::mesh_rate_limit::{
     HttpRateLimit, LocalRateLimit, MeshRateLimitSpec, OnRateLimit, Rate, RateLimitConf,
     ResponseHeaders, TcpRateLimit,
@@ -105,6 +106,7 @@ pub use policies::mesh_retry::{
     BackOff, GrpcRetry, GrpcRetryOn, HttpRetry, HttpRetryOn, MeshRetrySpec, RetryBudget, RetryConf,
     TcpRetry,
 };
+pub use policies::mesh_tcp_route::TcpRouteTo;
 pub use policies::mesh_tcp_route::{MeshTcpRouteSpec, TcpRouteConf};
 pub use policies::mesh_timeout::{HttpTimeouts, MeshTimeoutSpec, TimeoutConf};
 pub use policies::mesh_trace::{
@@ -114,10 +116,14 @@ pub use policies::mesh_trace::{
 pub use policies::mesh_traffic_permission::{
     Action, MeshTrafficPermissionSpec, TrafficPermissionConf,
 };
+pub use policies::mesh_traffic_permission::{
+    SpiffeIdMatch, SpiffeMatch, SpiffeMatchType, SpiffeRulesConf,
+};
 pub use registry::{Role, Scope, SyncDirection, TypeInfo, type_by_plural, type_info, types};
 pub use resource::{ParseError, Resource, ResourceKey};
 pub use schema::{ExplainError, explain, schema_for_kind};
 pub use spec::check_service_name;
+pub use target_ref::{DISPLAY_NAME_LABEL, ProxyType, Rule, SERVICE_LABELS};
 pub use target_ref::{PolicyItem, SERVICE_TAG, TargetRef, TargetRefKind, ZONE_TAG};
 pub use validation::{
     FieldError, ValidationErrors, decode_spec, validate, validate_dns_subdomain,

@@ -37,12 +37,14 @@ fn top_ref() -> impl Strategy<Value = TargetRef> {
         tags().prop_map(|tags| TargetRef {
             kind: TargetRefKind::MeshSubset,
             name: None,
-            tags
+            tags,
+            ..TargetRef::mesh()
         }),
         (name(), tags()).prop_map(|(n, tags)| TargetRef {
             kind: TargetRefKind::MeshServiceSubset,
             name: Some(n),
-            tags
+            tags,
+            ..TargetRef::mesh()
         }),
     ]
 }
@@ -93,6 +95,7 @@ fn mesh_timeout() -> impl Strategy<Value = MeshTimeoutSpec> {
         .prop_map(|(target_ref, from, to)| MeshTimeoutSpec {
             target_ref,
             from,
+            rules: vec![],
             to,
         })
 }
@@ -140,7 +143,11 @@ fn mesh_traffic_permission() -> impl Strategy<Value = MeshTrafficPermissionSpec>
             1..4,
         ),
     )
-        .prop_map(|(target_ref, from)| MeshTrafficPermissionSpec { target_ref, from })
+        .prop_map(|(target_ref, from)| MeshTrafficPermissionSpec {
+            target_ref,
+            from,
+            rules: vec![],
+        })
 }
 
 fn mesh_fault_injection() -> impl Strategy<Value = MeshFaultInjectionSpec> {
@@ -167,7 +174,11 @@ fn mesh_fault_injection() -> impl Strategy<Value = MeshFaultInjectionSpec> {
             1..3,
         ),
     )
-        .prop_map(|(target_ref, from)| MeshFaultInjectionSpec { target_ref, from })
+        .prop_map(|(target_ref, from)| MeshFaultInjectionSpec {
+            target_ref,
+            from,
+            rules: vec![],
+        })
 }
 
 /// A weighted subset backend, as HTTP and TCP routes take them (weights >= 1 so a
@@ -175,8 +186,11 @@ fn mesh_fault_injection() -> impl Strategy<Value = MeshFaultInjectionSpec> {
 fn backend_ref() -> impl Strategy<Value = BackendRef> {
     (name(), tags(), option::of(1u32..100)).prop_map(|(name, tags, weight)| BackendRef {
         kind: TargetRefKind::MeshServiceSubset,
-        name,
+        name: Some(name),
+        labels: Default::default(),
         tags,
+        port: None,
+        namespace: None,
         weight,
     })
 }
@@ -185,11 +199,12 @@ fn mesh_tcp_route() -> impl Strategy<Value = MeshTcpRouteSpec> {
     (top_ref(), name(), vec(backend_ref(), 1..3)).prop_map(|(target_ref, service, backends)| {
         MeshTcpRouteSpec {
             target_ref,
-            to: vec![PolicyItem {
+            to: vec![TcpRouteTo {
                 target_ref: TargetRef::service(&service),
-                default: TcpRouteConf {
+                default: Some(TcpRouteConf {
                     backend_refs: Some(backends),
-                },
+                }),
+                rules: vec![],
             }],
         }
     })
@@ -215,6 +230,7 @@ fn mesh_http_route() -> impl Strategy<Value = MeshHttpRouteSpec> {
         target_ref,
         to: vec![HttpRouteTo {
             target_ref: TargetRef::service(&service),
+            hostnames: vec![],
             rules: vec![rule],
         }],
     })
@@ -282,6 +298,7 @@ fn mesh_trace() -> impl Strategy<Value = MeshTraceSpec> {
                     open_telemetry: Some(OtelTraceBackend {
                         endpoint: format!("{host}:4317"),
                     }),
+                    datadog: None,
                 }]),
                 propagation: Some(vec![Propagation::W3c]),
                 sampling: Some(Sampling {
@@ -318,6 +335,7 @@ fn dataplane() -> impl Strategy<Value = DataplaneSpec> {
                 address: std::net::Ipv4Addr::from(ip).to_string(),
                 advertised_address: None,
                 inbound: vec![Inbound {
+                    name: None,
                     port: 20_000 + port,
                     service_port: Some(port),
                     service_address: None,
@@ -373,6 +391,7 @@ fn mesh_circuit_breaker() -> impl Strategy<Value = MeshCircuitBreakerSpec> {
         .prop_map(|(target_ref, from, to)| MeshCircuitBreakerSpec {
             target_ref,
             from,
+            rules: vec![],
             to,
         })
 }
@@ -418,8 +437,12 @@ fn mesh_rate_limit() -> impl Strategy<Value = MeshRateLimitSpec> {
             }),
         },
     );
-    (top_ref(), vec(item(top_ref(), conf), 1..3))
-        .prop_map(|(target_ref, from)| MeshRateLimitSpec { target_ref, from })
+    (top_ref(), vec(item(top_ref(), conf), 1..3)).prop_map(|(target_ref, from)| MeshRateLimitSpec {
+        target_ref,
+        from,
+        rules: vec![],
+        to: vec![],
+    })
 }
 
 fn mesh_access_log() -> impl Strategy<Value = MeshAccessLogSpec> {
@@ -456,6 +479,7 @@ fn mesh_access_log() -> impl Strategy<Value = MeshAccessLogSpec> {
     (top_ref(), vec(item(to_ref(), conf), 1..3)).prop_map(|(target_ref, to)| MeshAccessLogSpec {
         target_ref,
         from: vec![],
+        rules: vec![],
         to,
     })
 }
@@ -487,6 +511,7 @@ fn mesh_metric() -> impl Strategy<Value = MeshMetricSpec> {
                         port: Some(5670),
                         path,
                         mtls: None,
+                        tls: None,
                     }),
                     open_telemetry: None,
                 }]),
@@ -557,6 +582,7 @@ fn timeout_policies() -> impl Strategy<Value = Vec<Resource>> {
                 let spec = MeshTimeoutSpec {
                     target_ref,
                     from: vec![],
+                    rules: vec![],
                     to,
                 };
                 let mut r = Resource::new(
@@ -655,11 +681,12 @@ proptest! {
         let (policies, shuffled) = policies;
         let proxy = Proxy {
             zone: Some("eu".into()),
-            inbounds: vec![ProxyInbound { port: 8080, service: "backend".into(), tags: [("version".to_owned(), "v2".to_owned())].into() }],
+            inbounds: vec![ProxyInbound { port: 8080, service: "backend".into(), tags: [("version".to_owned(), "v2".to_owned())].into(), ..Default::default() }],
             outbounds: vec![
                 ProxyOutbound { service: "db".into(), routes: vec![] },
                 ProxyOutbound { service: "redis".into(), routes: vec![] },
             ],
+            ..Default::default()
         };
         let a = effective("MeshTimeout", &policies, &proxy).expect("MeshTimeout is a policy");
         let b = effective("MeshTimeout", &shuffled, &proxy).expect("MeshTimeout is a policy");

@@ -237,7 +237,7 @@ mod tests {
         let want = [
             (
                 "spec.targetRef.nmae",
-                "unknown field `nmae`, expected one of: kind, name, tags",
+                "unknown field `nmae`, expected one of: kind, labels, name, namespace, proxyTypes, sectionName, tags",
             ),
             (
                 "spec.to[0].default.connectTimeout",

@@ -15,14 +15,24 @@ pub const SERVICE_TAG: &str = "causeway.io/service";
 /// The tag that every inbound carries implicitly: the zone it runs in.
 pub const ZONE_TAG: &str = "causeway.io/zone";
 
-/// A reference to a set of proxies or peers, Kuma-style.
+/// A reference to a set of proxies or peers, Kuma-style (the older tag forms and
+/// Kuma 2.9+'s `Dataplane`, `labels` and `sectionName` forms).
 ///
 /// ```yaml
 /// targetRef: {kind: Mesh}
+/// targetRef: {kind: Mesh, proxyTypes: [Sidecar]}
 /// targetRef: {kind: MeshService, name: backend}
 /// targetRef: {kind: MeshSubset, tags: {version: v2}}
 /// targetRef: {kind: MeshServiceSubset, name: backend, tags: {version: v2}}
+/// targetRef: {kind: Dataplane, labels: {app: backend}, sectionName: http}  # top level
+/// targetRef: {kind: Dataplane, name: backend-vm-1}                         # top level
+/// targetRef: {kind: MeshService, labels: {kuma.io/display-name: backend}}  # to[]
 /// ```
+///
+/// A destination service (a `MeshService` in `to[]` or `from[]`) has two labels:
+/// `kuma.io/display-name: <service>` and `causeway.io/service: <service>`, so Kuma's
+/// `labels: {kuma.io/display-name: backend}` names the service `backend`. No other label
+/// can ever match a service, so other keys are refused.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
 )]
@@ -44,7 +54,43 @@ pub struct TargetRef {
     /// `causeway.io/service` and `causeway.io/zone`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Labels the referenced resource must all have. `Dataplane` (top level): labels of
+    /// the Dataplane resource. `MeshService` (in `to[]`/`from[]`): instead of `name`,
+    /// `kuma.io/display-name: <service>` or `causeway.io/service: <service>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// One part of the referenced resource. `Dataplane`: one inbound, by its `name` or
+    /// its port as a decimal string (`"8080"`). `MeshService` in `to[]`: a port of the
+    /// destination by name (accepted; not enforced yet: the whole service is meant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    /// The Kubernetes namespace of the referenced resource (Kuma's Kubernetes form).
+    /// Accepted with `name` for `Dataplane` and `MeshService`; not enforced yet:
+    /// Causeway's names are unique in a mesh, so it narrows nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Top level only: which kinds of proxy are selected, `Sidecar` and/or `Gateway`.
+    /// Absent: every proxy. Causeway has only sidecars, so a list must contain
+    /// `Sidecar` (a `Gateway` alongside it selects nothing more).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub proxy_types: Vec<ProxyType>,
 }
+
+/// A kind of proxy, for `proxyTypes`.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+pub enum ProxyType {
+    /// A workload's sidecar: every Causeway proxy.
+    Sidecar,
+    /// A Kuma gateway proxy; Causeway has none.
+    Gateway,
+}
+
+/// The label every destination service has, Kuma's name for it.
+pub const DISPLAY_NAME_LABEL: &str = "kuma.io/display-name";
+/// The label keys a destination service has (each with the service name as value).
+pub const SERVICE_LABELS: &[&str] = &[DISPLAY_NAME_LABEL, SERVICE_TAG];
 
 /// The kinds of [`TargetRef`], from least to most specific.
 #[derive(
@@ -64,6 +110,34 @@ pub enum TargetRefKind {
     MeshHttpRoute,
     /// One workload identity, `spiffe://<trust-domain>/<service>`.
     SpiffeId,
+    /// Top level only: Dataplane proxies, by `name` or by the resource's `labels`,
+    /// optionally one inbound (`sectionName`).
+    Dataplane,
+    /// Kuma's built-in gateway. Refused: Causeway has no gateways yet.
+    MeshGateway,
+    /// Kuma's external service. Refused: Causeway has no external services yet.
+    MeshExternalService,
+    /// Kuma's multi-zone service. Refused: Causeway has no multi-zone services yet
+    /// (every service spans zones already: use MeshService).
+    MeshMultiZoneService,
+}
+
+impl TargetRefKind {
+    /// Why Causeway refuses this kind everywhere, for Kuma kinds it has no counterpart of.
+    pub(crate) fn unsupported(self) -> Option<&'static str> {
+        match self {
+            TargetRefKind::MeshGateway => Some(
+                "MeshGateway: Causeway has no gateways yet; target the sidecars (Mesh, Dataplane, MeshService)",
+            ),
+            TargetRefKind::MeshExternalService => Some(
+                "MeshExternalService: Causeway has no external services yet; only services in the mesh can be referenced",
+            ),
+            TargetRefKind::MeshMultiZoneService => Some(
+                "MeshMultiZoneService: Causeway has no multi-zone services yet; a MeshService already spans every zone, so reference it instead",
+            ),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for TargetRefKind {
@@ -75,6 +149,10 @@ impl fmt::Display for TargetRefKind {
             TargetRefKind::MeshServiceSubset => "MeshServiceSubset",
             TargetRefKind::MeshHttpRoute => "MeshHTTPRoute",
             TargetRefKind::SpiffeId => "SpiffeId",
+            TargetRefKind::Dataplane => "Dataplane",
+            TargetRefKind::MeshGateway => "MeshGateway",
+            TargetRefKind::MeshExternalService => "MeshExternalService",
+            TargetRefKind::MeshMultiZoneService => "MeshMultiZoneService",
         })
     }
 }
@@ -85,15 +163,23 @@ impl Default for TargetRef {
     }
 }
 
-/// Kinds a policy's top-level `targetRef` may have.
+/// Kinds a policy's top-level `targetRef` may have. `Dataplane` is allowed only here, so
+/// a position whose kinds include it is the top level (where `proxyTypes` and a
+/// Dataplane's `labels` and `sectionName` are allowed).
 pub(crate) const TOP_KINDS: &[TargetRefKind] = &[
     TargetRefKind::Mesh,
     TargetRefKind::MeshSubset,
     TargetRefKind::MeshService,
     TargetRefKind::MeshServiceSubset,
+    TargetRefKind::Dataplane,
 ];
 /// Kinds a `from[]` entry may have.
-pub(crate) const FROM_KINDS: &[TargetRefKind] = TOP_KINDS;
+pub(crate) const FROM_KINDS: &[TargetRefKind] = &[
+    TargetRefKind::Mesh,
+    TargetRefKind::MeshSubset,
+    TargetRefKind::MeshService,
+    TargetRefKind::MeshServiceSubset,
+];
 /// Kinds a `to[]` entry may have.
 pub(crate) const TO_KINDS: &[TargetRefKind] = &[TargetRefKind::Mesh, TargetRefKind::MeshService];
 /// Kinds a `to[]` entry may have in policies that can configure one route.
@@ -110,6 +196,10 @@ impl TargetRef {
             kind: TargetRefKind::Mesh,
             name: None,
             tags: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            section_name: None,
+            namespace: None,
+            proxy_types: Vec::new(),
         }
     }
 
@@ -118,7 +208,7 @@ impl TargetRef {
         TargetRef {
             kind: TargetRefKind::MeshService,
             name: Some(name.to_owned()),
-            tags: BTreeMap::new(),
+            ..TargetRef::mesh()
         }
     }
 
@@ -126,11 +216,11 @@ impl TargetRef {
     pub fn subset<'a>(tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> TargetRef {
         TargetRef {
             kind: TargetRefKind::MeshSubset,
-            name: None,
             tags: tags
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
+            ..TargetRef::mesh()
         }
     }
 
@@ -146,17 +236,57 @@ impl TargetRef {
         }
     }
 
+    /// `{kind: Dataplane, labels}`: the proxies whose Dataplane has these labels.
+    pub fn dataplane_labels<'a>(labels: impl IntoIterator<Item = (&'a str, &'a str)>) -> TargetRef {
+        TargetRef {
+            kind: TargetRefKind::Dataplane,
+            labels: labels
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            ..TargetRef::mesh()
+        }
+    }
+
+    /// `{kind: Dataplane, name}`: the proxy of one Dataplane.
+    pub fn dataplane_named(name: &str) -> TargetRef {
+        TargetRef {
+            kind: TargetRefKind::Dataplane,
+            name: Some(name.to_owned()),
+            ..TargetRef::mesh()
+        }
+    }
+
+    /// The service a `MeshService`/`MeshServiceSubset` reference names: its `name`, or
+    /// the value of its `kuma.io/display-name` (or `causeway.io/service`) label.
+    pub fn service_name(&self) -> Option<&str> {
+        match self.kind {
+            TargetRefKind::MeshService | TargetRefKind::MeshServiceSubset => {
+                self.name.as_deref().or_else(|| {
+                    SERVICE_LABELS
+                        .iter()
+                        .find_map(|key| self.labels.get(*key).map(String::as_str))
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// The tags a peer must have to be in this set, with the service folded in as
     /// `causeway.io/service` (and a SPIFFE id as `causeway.io/spiffe-id`). `A` covers
     /// `B` (every member of `B` is in `A`) when `A`'s tags are a subset of `B`'s.
     pub(crate) fn canonical_tags(&self) -> BTreeMap<String, String> {
         let mut tags = self.tags.clone();
-        match (self.kind, &self.name) {
-            (TargetRefKind::MeshService | TargetRefKind::MeshServiceSubset, Some(name)) => {
-                tags.insert(SERVICE_TAG.to_owned(), name.clone());
+        match self.kind {
+            TargetRefKind::MeshService | TargetRefKind::MeshServiceSubset => {
+                if let Some(name) = self.service_name() {
+                    tags.insert(SERVICE_TAG.to_owned(), name.to_owned());
+                }
             }
-            (TargetRefKind::SpiffeId, Some(name)) => {
-                tags.insert("causeway.io/spiffe-id".to_owned(), name.clone());
+            TargetRefKind::SpiffeId => {
+                if let Some(name) = &self.name {
+                    tags.insert("causeway.io/spiffe-id".to_owned(), name.clone());
+                }
             }
             _ => {}
         }
@@ -175,62 +305,210 @@ impl TargetRef {
         self.matches_tags(&other.canonical_tags())
     }
 
-    /// Checks this reference at `path`, allowing only `allowed` kinds.
+    /// Checks this reference at `path`, allowing only `allowed` kinds. A position whose
+    /// kinds include `Dataplane` is the top level.
     pub(crate) fn check(&self, errors: &mut Errors, path: &str, allowed: &[TargetRefKind]) {
+        let top = allowed.contains(&TargetRefKind::Dataplane);
+        if let Some(reason) = self.kind.unsupported() {
+            errors.push(at(path, "kind"), reason);
+            return;
+        }
         if !allowed.contains(&self.kind) {
             let allowed: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+            let why = match self.kind {
+                TargetRefKind::MeshHttpRoute if top => {
+                    " (a top-level MeshHTTPRoute targets the proxies that use a route; Causeway has no route-level top targets yet: target the proxies and put the route in to[])"
+                }
+                TargetRefKind::Dataplane => " (Dataplane selects proxies: top level only)",
+                _ => "",
+            };
             errors.push(
                 at(path, "kind"),
                 format!(
-                    "kind {} is not allowed here; use one of: {}",
+                    "kind {} is not allowed here; use one of: {}{why}",
                     self.kind,
                     allowed.join(", ")
                 ),
             );
         }
-        let (needs_name, needs_tags) = match self.kind {
-            TargetRefKind::Mesh => (false, false),
-            TargetRefKind::MeshSubset => (false, true),
+        // What each kind takes: (name, tags, labels, sectionName, namespace).
+        #[derive(PartialEq)]
+        enum Takes {
+            No,
+            Optional,
+            Required,
+        }
+        use Takes::*;
+        let service_by_labels = self.kind == TargetRefKind::MeshService && !top;
+        let (name, tags) = match self.kind {
+            TargetRefKind::Mesh => (No, No),
+            TargetRefKind::MeshSubset => (No, Required),
+            TargetRefKind::MeshService if service_by_labels && !self.labels.is_empty() => (No, No),
             TargetRefKind::MeshService | TargetRefKind::MeshHttpRoute | TargetRefKind::SpiffeId => {
-                (true, false)
+                (Required, No)
             }
-            TargetRefKind::MeshServiceSubset => (true, true),
+            TargetRefKind::MeshServiceSubset => (Required, Required),
+            TargetRefKind::Dataplane => (Optional, No),
+            TargetRefKind::MeshGateway
+            | TargetRefKind::MeshExternalService
+            | TargetRefKind::MeshMultiZoneService => unreachable!("refused above"),
         };
-        match (&self.name, needs_name) {
-            (Some(_), false) => errors.push(
+        let labels_allowed = self.kind == TargetRefKind::Dataplane || service_by_labels;
+        let section_allowed = (self.kind == TargetRefKind::Dataplane && top) || service_by_labels;
+        let namespace_allowed = matches!(
+            self.kind,
+            TargetRefKind::Dataplane | TargetRefKind::MeshService
+        );
+        match (&self.name, name) {
+            (Some(_), No) if service_by_labels => errors.push(
+                at(path, "name"),
+                "set name or labels, not both: each names the service",
+            ),
+            (Some(_), No) => errors.push(
                 at(path, "name"),
                 format!("must not be set for kind {}", self.kind),
             ),
-            (None, true) => errors.push(
+            (None, Required) if service_by_labels => errors.push(
+                at(path, "name"),
+                "is required for kind MeshService, unless labels name the service (kuma.io/display-name: <service>)",
+            ),
+            (None, Required) => errors.push(
                 at(path, "name"),
                 format!("is required for kind {}", self.kind),
             ),
-            (Some(name), true) => {
+            (Some(name), Required | Optional) => {
                 let result = match self.kind {
                     TargetRefKind::SpiffeId => check_spiffe_id(name),
-                    TargetRefKind::MeshHttpRoute => {
+                    TargetRefKind::MeshHttpRoute | TargetRefKind::Dataplane => {
                         crate::validation::validate_name("", name).map_or(Ok(()), |e| Err(e.reason))
                     }
                     _ => check_service_name(name),
                 };
                 errors.check(at(path, "name"), result);
             }
-            (None, false) => {}
+            (None, _) => {}
         }
-        if needs_tags && self.tags.is_empty() {
+        if tags == Required && self.tags.is_empty() {
             errors.push(
                 at(path, "tags"),
                 format!("must have at least one tag for kind {}", self.kind),
             );
         }
-        if !needs_tags && !self.tags.is_empty() {
+        if tags == No && !self.tags.is_empty() {
+            let hint = if self.kind == TargetRefKind::Dataplane {
+                "; use labels (the Dataplane's labels)"
+            } else {
+                ""
+            };
             errors.push(
                 at(path, "tags"),
-                format!("must not be set for kind {}", self.kind),
+                format!("must not be set for kind {}{hint}", self.kind),
             );
         }
         check_tags(errors, &at(path, "tags"), &self.tags);
+        if !self.labels.is_empty() {
+            if !labels_allowed {
+                errors.push(
+                    at(path, "labels"),
+                    format!("must not be set for kind {} here", self.kind),
+                );
+            } else if service_by_labels {
+                check_service_labels(errors, &at(path, "labels"), &self.labels);
+            } else {
+                if self.name.is_some() {
+                    errors.push(
+                        at(path, "labels"),
+                        "set name or labels, not both: a name already picks one Dataplane",
+                    );
+                }
+                check_tags(errors, &at(path, "labels"), &self.labels);
+            }
+        }
+        if let Some(section) = &self.section_name {
+            if !section_allowed {
+                errors.push(
+                    at(path, "sectionName"),
+                    format!(
+                        "must not be set for kind {} here; sectionName picks one inbound of a top-level Dataplane, or one port of a MeshService in to[]",
+                        self.kind
+                    ),
+                );
+            } else {
+                errors.check(at(path, "sectionName"), check_section_name(section));
+            }
+        }
+        if let Some(namespace) = &self.namespace {
+            if !namespace_allowed || self.name.is_none() {
+                errors.push(
+                    at(path, "namespace"),
+                    "is allowed only with the name of a Dataplane or a MeshService",
+                );
+            } else if let Some(e) = crate::validation::validate_name("", namespace) {
+                errors.push(at(path, "namespace"), e.reason);
+            }
+        }
+        if !self.proxy_types.is_empty() {
+            if !top {
+                errors.push(
+                    at(path, "proxyTypes"),
+                    "is allowed only in the top-level targetRef",
+                );
+            } else if !self.proxy_types.contains(&ProxyType::Sidecar) {
+                errors.push(
+                    at(path, "proxyTypes"),
+                    "[Gateway] selects only gateway proxies: Causeway has no gateways yet, so this policy would apply to nothing; add Sidecar or leave proxyTypes out",
+                );
+            }
+        }
     }
+}
+
+/// Checks the labels of a `MeshService` reference: only the labels a service has, with
+/// one service name.
+pub(crate) fn check_service_labels(
+    errors: &mut Errors,
+    path: &str,
+    labels: &BTreeMap<String, String>,
+) {
+    for (key, value) in labels {
+        let field = at(path, key);
+        if !SERVICE_LABELS.contains(&key.as_str()) {
+            errors.push(
+                field,
+                format!(
+                    "a service has only the labels {}, each with the service name as value; {key:?} would match no service",
+                    SERVICE_LABELS.join(" and ")
+                ),
+            );
+        } else {
+            errors.check(field, check_service_name(value));
+        }
+    }
+    let names: std::collections::BTreeSet<&String> = labels
+        .iter()
+        .filter(|(k, _)| SERVICE_LABELS.contains(&k.as_str()))
+        .map(|(_, v)| v)
+        .collect();
+    if names.len() > 1 {
+        errors.push(
+            path,
+            "the labels name different services, so they would match none",
+        );
+    }
+}
+
+/// Checks a `sectionName`: a DNS label (an inbound's or port's name) or a port number.
+fn check_section_name(section: &str) -> Result<(), String> {
+    if let Ok(port) = section.parse::<u16>() {
+        return if port == 0 {
+            Err("port 0 is not a port; use 1 to 65535 or an inbound's name".to_owned())
+        } else {
+            Ok(())
+        };
+    }
+    crate::validation::validate_name("", section).map_or(Ok(()), |e| {
+        Err(format!("{}; or give a port number like \"8080\"", e.reason))
+    })
 }
 
 impl fmt::Display for TargetRef {
@@ -242,6 +520,17 @@ impl fmt::Display for TargetRef {
         if !self.tags.is_empty() {
             let tags: Vec<String> = self.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
             write!(f, " {{{}}}", tags.join(","))?;
+        }
+        if !self.labels.is_empty() {
+            let labels: Vec<String> = self
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            write!(f, " labels {{{}}}", labels.join(","))?;
+        }
+        if let Some(section) = &self.section_name {
+            write!(f, " section {section}")?;
         }
         Ok(())
     }
@@ -283,6 +572,30 @@ pub struct PolicyItem<C> {
     /// The configuration. When several entries match, their `default` sections are
     /// merged as JSON merge-patch, from the least to the most specific.
     pub default: C,
+}
+
+/// One entry of a policy's top-level `rules` (Kuma 2.9+): configuration for all traffic
+/// the selected proxies receive, whoever sends it. Matching treats it as a `from[]`
+/// entry with `targetRef: {kind: Mesh}`; with a top-level `sectionName`, only that
+/// inbound gets it.
+///
+/// ```yaml
+/// rules:
+///   - default: {connectionTimeout: 10s}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Rule<C> {
+    /// The configuration. Several rules (of one or several policies) merge their
+    /// `default` sections as JSON merge-patch, in priority order.
+    pub default: C,
+}
+
+/// Checks top-level `rules` at `path` (`spec.rules`): each entry's `default`.
+pub(crate) fn check_rules<C: Conf>(errors: &mut Errors, path: &str, rules: &[Rule<C>]) {
+    for (i, rule) in rules.iter().enumerate() {
+        rule.default.check(errors, &at(&idx(path, i), "default"));
+    }
 }
 
 /// A configuration section that can check itself at a path.
@@ -391,7 +704,7 @@ mod tests {
                 TargetRef {
                     kind: TargetRefKind::SpiffeId,
                     name: Some("backend".into()),
-                    tags: BTreeMap::new(),
+                    ..TargetRef::mesh()
                 },
                 &[TargetRefKind::SpiffeId],
                 "spec.targetRef.name",
@@ -404,6 +717,255 @@ mod tests {
             assert_eq!(got[0].0, field, "{tr}");
             assert!(got[0].1.contains(reason), "{tr}: {}", got[0].1);
         }
+    }
+
+    /// Kuma 2.9+ forms: Dataplane at the top level, services by labels, sectionName,
+    /// namespace, proxyTypes; and the Kuma kinds Causeway refuses, with their reasons.
+    #[test]
+    fn kuma_forms_table() {
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let by_labels = |pairs: &[(&str, &str)]| TargetRef {
+            kind: TargetRefKind::MeshService,
+            labels: labels(pairs),
+            ..TargetRef::mesh()
+        };
+        let good: &[(TargetRef, &[TargetRefKind])] = &[
+            (TargetRef::dataplane_labels([("app", "backend")]), TOP_KINDS),
+            (TargetRef::dataplane_named("backend-1"), TOP_KINDS),
+            (
+                TargetRef {
+                    kind: TargetRefKind::Dataplane,
+                    ..TargetRef::mesh()
+                },
+                TOP_KINDS,
+            ),
+            (
+                TargetRef {
+                    section_name: Some("http".into()),
+                    ..TargetRef::dataplane_labels([("app", "backend")])
+                },
+                TOP_KINDS,
+            ),
+            (
+                TargetRef {
+                    section_name: Some("8080".into()),
+                    namespace: Some("kuma-demo".into()),
+                    ..TargetRef::dataplane_named("backend-1")
+                },
+                TOP_KINDS,
+            ),
+            (
+                TargetRef {
+                    proxy_types: vec![ProxyType::Sidecar, ProxyType::Gateway],
+                    ..TargetRef::mesh()
+                },
+                TOP_KINDS,
+            ),
+            (by_labels(&[(DISPLAY_NAME_LABEL, "backend")]), TO_KINDS),
+            (
+                by_labels(&[(DISPLAY_NAME_LABEL, "backend"), (SERVICE_TAG, "backend")]),
+                TO_KINDS,
+            ),
+            (
+                TargetRef {
+                    section_name: Some("http".into()),
+                    namespace: Some("kuma-demo".into()),
+                    ..TargetRef::service("backend")
+                },
+                TO_KINDS,
+            ),
+        ];
+        for (tr, allowed) in good {
+            assert_eq!(errs(tr, allowed), vec![], "{tr}");
+        }
+        let bad: Vec<(TargetRef, &[TargetRefKind], &str, &str)> = vec![
+            (
+                TargetRef::dataplane_labels([("app", "web")]),
+                TO_KINDS,
+                "spec.targetRef.kind",
+                "(Dataplane selects proxies: top level only)",
+            ),
+            (
+                TargetRef {
+                    labels: labels(&[("app", "web")]),
+                    ..TargetRef::dataplane_named("web-1")
+                },
+                TOP_KINDS,
+                "spec.targetRef.labels",
+                "set name or labels, not both",
+            ),
+            (
+                TargetRef {
+                    tags: labels(&[("app", "web")]),
+                    kind: TargetRefKind::Dataplane,
+                    ..TargetRef::mesh()
+                },
+                TOP_KINDS,
+                "spec.targetRef.tags",
+                "must not be set for kind Dataplane; use labels",
+            ),
+            (
+                TargetRef {
+                    section_name: Some("Admin API".into()),
+                    ..TargetRef::dataplane_labels([("app", "web")])
+                },
+                TOP_KINDS,
+                "spec.targetRef.sectionName",
+                "not a valid DNS label",
+            ),
+            (
+                TargetRef {
+                    section_name: Some("0".into()),
+                    ..TargetRef::dataplane_labels([("app", "web")])
+                },
+                TOP_KINDS,
+                "spec.targetRef.sectionName",
+                "port 0 is not a port",
+            ),
+            (
+                TargetRef {
+                    section_name: Some("http".into()),
+                    ..TargetRef::service("web")
+                },
+                TOP_KINDS,
+                "spec.targetRef.sectionName",
+                "must not be set for kind MeshService here",
+            ),
+            (
+                TargetRef {
+                    labels: labels(&[("app", "web")]),
+                    ..TargetRef::service("web")
+                },
+                TOP_KINDS,
+                "spec.targetRef.labels",
+                "must not be set for kind MeshService here",
+            ),
+            (
+                by_labels(&[("app", "backend")]),
+                TO_KINDS,
+                "spec.targetRef.labels.app",
+                "a service has only the labels kuma.io/display-name and causeway.io/service",
+            ),
+            (
+                by_labels(&[(DISPLAY_NAME_LABEL, "a"), (SERVICE_TAG, "b")]),
+                TO_KINDS,
+                "spec.targetRef.labels",
+                "the labels name different services",
+            ),
+            (
+                TargetRef {
+                    name: Some("backend".into()),
+                    ..by_labels(&[(DISPLAY_NAME_LABEL, "backend")])
+                },
+                TO_KINDS,
+                "spec.targetRef.name",
+                "set name or labels, not both",
+            ),
+            (
+                TargetRef {
+                    name: None,
+                    ..TargetRef::service("x")
+                },
+                TO_KINDS,
+                "spec.targetRef.name",
+                "unless labels name the service",
+            ),
+            (
+                TargetRef {
+                    namespace: Some("kuma-demo".into()),
+                    ..TargetRef::mesh()
+                },
+                TOP_KINDS,
+                "spec.targetRef.namespace",
+                "only with the name of a Dataplane or a MeshService",
+            ),
+            (
+                TargetRef {
+                    proxy_types: vec![ProxyType::Gateway],
+                    ..TargetRef::mesh()
+                },
+                TOP_KINDS,
+                "spec.targetRef.proxyTypes",
+                "Causeway has no gateways yet",
+            ),
+            (
+                TargetRef {
+                    proxy_types: vec![ProxyType::Sidecar],
+                    ..TargetRef::mesh()
+                },
+                TO_KINDS,
+                "spec.targetRef.proxyTypes",
+                "only in the top-level targetRef",
+            ),
+            (
+                TargetRef {
+                    kind: TargetRefKind::MeshGateway,
+                    name: Some("edge".into()),
+                    tags: labels(&[("port", "http-8080")]),
+                    ..TargetRef::mesh()
+                },
+                TOP_KINDS,
+                "spec.targetRef.kind",
+                "MeshGateway: Causeway has no gateways yet",
+            ),
+            (
+                TargetRef {
+                    kind: TargetRefKind::MeshExternalService,
+                    name: Some("httpbin".into()),
+                    ..TargetRef::mesh()
+                },
+                TO_KINDS,
+                "spec.targetRef.kind",
+                "MeshExternalService: Causeway has no external services yet",
+            ),
+            (
+                TargetRef {
+                    kind: TargetRefKind::MeshMultiZoneService,
+                    labels: labels(&[(DISPLAY_NAME_LABEL, "backend")]),
+                    ..TargetRef::mesh()
+                },
+                TO_KINDS,
+                "spec.targetRef.kind",
+                "MeshMultiZoneService: Causeway has no multi-zone services yet",
+            ),
+            (
+                TargetRef {
+                    kind: TargetRefKind::MeshHttpRoute,
+                    name: Some("r".into()),
+                    ..TargetRef::mesh()
+                },
+                TOP_KINDS,
+                "spec.targetRef.kind",
+                "Causeway has no route-level top targets yet",
+            ),
+        ];
+        for (tr, allowed, field, reason) in bad {
+            let got = errs(&tr, allowed);
+            assert_eq!(got.len(), 1, "{tr}: {got:?}");
+            assert_eq!(got[0].0, field, "{tr}");
+            assert!(got[0].1.contains(reason), "{tr}: {}", got[0].1);
+        }
+    }
+
+    #[test]
+    fn service_by_labels_is_the_named_service() {
+        let by_labels = TargetRef {
+            kind: TargetRefKind::MeshService,
+            labels: [(DISPLAY_NAME_LABEL.to_owned(), "backend".to_owned())].into(),
+            ..TargetRef::mesh()
+        };
+        assert_eq!(by_labels.service_name(), Some("backend"));
+        assert_eq!(
+            by_labels.canonical_tags(),
+            TargetRef::service("backend").canonical_tags()
+        );
+        assert!(by_labels.covers(&TargetRef::service("backend")));
+        assert_eq!(TargetRef::dataplane_named("b").service_name(), None);
     }
 
     #[test]

@@ -16,8 +16,11 @@ fn policy(kind: &str, name: &str, origin: Option<&str>, spec: Value) -> Resource
 /// outbounds `db` and `redis`; `db` has the route `slow-report`.
 fn backend_v2() -> Proxy {
     Proxy {
+        name: "backend-1".to_owned(),
+        labels: [("app".to_owned(), "backend".to_owned())].into(),
         zone: Some("eu".to_owned()),
         inbounds: vec![ProxyInbound {
+            name: Some("http".to_owned()),
             port: 8080,
             service: "backend".to_owned(),
             tags: [("version".to_owned(), "v2".to_owned())].into(),
@@ -57,7 +60,7 @@ fn every_top_level_kind() {
             None,
             to(
                 json!({"kind": "Mesh"}),
-                json!({"connectTimeout": "5s", "http": {"requestTimeout": "15s"}}),
+                json!({"connectionTimeout": "5s", "http": {"requestTimeout": "15s"}}),
             ),
         ),
         policy(
@@ -74,7 +77,7 @@ fn every_top_level_kind() {
             "svc-backend",
             None,
             json!({"targetRef": {"kind": "MeshService", "name": "backend"},
-            "to": [{"targetRef": {"kind": "MeshService", "name": "db"}, "default": {"connectTimeout": "1s"}}]}),
+            "to": [{"targetRef": {"kind": "MeshService", "name": "db"}, "default": {"connectionTimeout": "1s"}}]}),
         ),
         policy(
             "MeshTimeout",
@@ -89,7 +92,7 @@ fn every_top_level_kind() {
             None,
             to(
                 json!({"kind": "MeshService", "name": "web"}),
-                json!({"connectTimeout": "9s"}),
+                json!({"connectionTimeout": "9s"}),
             ),
         ),
         policy(
@@ -98,7 +101,7 @@ fn every_top_level_kind() {
             None,
             to(
                 json!({"kind": "MeshSubset", "tags": {"version": "v1"}}),
-                json!({"connectTimeout": "9s"}),
+                json!({"connectionTimeout": "9s"}),
             ),
         ),
         policy(
@@ -107,7 +110,7 @@ fn every_top_level_kind() {
             None,
             to(
                 json!({"kind": "MeshSubset", "tags": {"causeway.io/zone": "us"}}),
-                json!({"connectTimeout": "9s"}),
+                json!({"connectionTimeout": "9s"}),
             ),
         ),
         policy(
@@ -131,7 +134,7 @@ fn every_top_level_kind() {
             OutboundConfig {
                 service: "db".to_owned(),
                 conf: merged(
-                    json!({"connectTimeout": "1s", "idleTimeout": "1m", "http": {"requestTimeout": "3s"}}),
+                    json!({"connectionTimeout": "1s", "idleTimeout": "1m", "http": {"requestTimeout": "3s"}}),
                     &[
                         "mesh-wide",
                         "zone-eu",
@@ -145,7 +148,7 @@ fn every_top_level_kind() {
             OutboundConfig {
                 service: "redis".to_owned(),
                 conf: merged(
-                    json!({"connectTimeout": "5s", "idleTimeout": "1m", "http": {"requestTimeout": "10s"}}),
+                    json!({"connectionTimeout": "5s", "idleTimeout": "1m", "http": {"requestTimeout": "10s"}}),
                     &["mesh-wide", "zone-eu", "subset-v2"],
                 ),
                 routes: BTreeMap::new(),
@@ -168,16 +171,16 @@ fn conflicts_origin_then_name() {
                     "MeshTimeout",
                     "a-global",
                     Some("global"),
-                    to(svc.clone(), json!({"connectTimeout": "1s"})),
+                    to(svc.clone(), json!({"connectionTimeout": "1s"})),
                 ),
                 policy(
                     "MeshTimeout",
                     "z-zone",
                     Some("eu"),
-                    to(svc.clone(), json!({"connectTimeout": "2s"})),
+                    to(svc.clone(), json!({"connectionTimeout": "2s"})),
                 ),
             ],
-            json!({"connectTimeout": "2s"}),
+            json!({"connectionTimeout": "2s"}),
             vec!["a-global", "z-zone"],
         ),
         (
@@ -188,17 +191,17 @@ fn conflicts_origin_then_name() {
                     None,
                     to(
                         svc.clone(),
-                        json!({"connectTimeout": "2s", "idleTimeout": "2m"}),
+                        json!({"connectionTimeout": "2s", "idleTimeout": "2m"}),
                     ),
                 ),
                 policy(
                     "MeshTimeout",
                     "aaa",
                     None,
-                    to(svc.clone(), json!({"connectTimeout": "1s"})),
+                    to(svc.clone(), json!({"connectionTimeout": "1s"})),
                 ),
             ],
-            json!({"connectTimeout": "1s", "idleTimeout": "2m"}),
+            json!({"connectionTimeout": "1s", "idleTimeout": "2m"}),
             vec!["bbb", "aaa"],
         ),
         (
@@ -207,16 +210,16 @@ fn conflicts_origin_then_name() {
                     "MeshTimeout",
                     "global",
                     None,
-                    to(svc.clone(), json!({"connectTimeout": "1s"})),
+                    to(svc.clone(), json!({"connectionTimeout": "1s"})),
                 ),
                 policy(
                     "MeshTimeout",
                     "us-local",
                     Some("us"),
-                    to(svc.clone(), json!({"connectTimeout": "9s"})),
+                    to(svc.clone(), json!({"connectionTimeout": "9s"})),
                 ),
             ],
-            json!({"connectTimeout": "1s"}),
+            json!({"connectionTimeout": "1s"}),
             vec!["global"],
         ),
         (
@@ -229,17 +232,17 @@ fn conflicts_origin_then_name() {
                     Some("eu"),
                     to(
                         json!({"kind": "Mesh"}),
-                        json!({"connectTimeout": "9s", "idleTimeout": "9m"}),
+                        json!({"connectionTimeout": "9s", "idleTimeout": "9m"}),
                     ),
                 ),
                 policy(
                     "MeshTimeout",
                     "global-svc",
                     None,
-                    to(svc.clone(), json!({"connectTimeout": "1s"})),
+                    to(svc.clone(), json!({"connectionTimeout": "1s"})),
                 ),
             ],
-            json!({"connectTimeout": "1s", "idleTimeout": "9m"}),
+            json!({"connectionTimeout": "1s", "idleTimeout": "9m"}),
             vec!["zone-mesh", "global-svc"],
         ),
     ];
@@ -258,22 +261,22 @@ fn entries_inside_one_policy() {
         "one",
         None,
         json!({"to": [
-        {"targetRef": {"kind": "MeshService", "name": "db"}, "default": {"connectTimeout": "1s"}},
-        {"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "5s", "idleTimeout": "1m"}},
+        {"targetRef": {"kind": "MeshService", "name": "db"}, "default": {"connectionTimeout": "1s"}},
+        {"targetRef": {"kind": "Mesh"}, "default": {"connectionTimeout": "5s", "idleTimeout": "1m"}},
         {"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "2m"}}]}),
     );
     let got = effective("MeshTimeout", &[p], &backend_v2()).unwrap();
     assert_eq!(
         got.outbounds[0].conf,
         merged(
-            json!({"connectTimeout": "1s", "idleTimeout": "2m"}),
+            json!({"connectionTimeout": "1s", "idleTimeout": "2m"}),
             &["one"]
         )
     );
     assert_eq!(
         got.outbounds[1].conf,
         merged(
-            json!({"connectTimeout": "5s", "idleTimeout": "2m"}),
+            json!({"connectionTimeout": "5s", "idleTimeout": "2m"}),
             &["one"]
         )
     );
@@ -290,7 +293,7 @@ fn per_route() {
             None,
             to(
                 json!({"kind": "Mesh"}),
-                json!({"connectTimeout": "5s", "http": {"requestTimeout": "15s"}}),
+                json!({"connectionTimeout": "5s", "http": {"requestTimeout": "15s"}}),
             ),
         ),
         policy(
@@ -307,7 +310,7 @@ fn per_route() {
     assert_eq!(
         db.conf,
         merged(
-            json!({"connectTimeout": "5s", "http": {"requestTimeout": "15s"}}),
+            json!({"connectionTimeout": "5s", "http": {"requestTimeout": "15s"}}),
             &["defaults"]
         )
     );
@@ -316,7 +319,7 @@ fn per_route() {
         BTreeMap::from([(
             "slow-report".to_owned(),
             Merged {
-                conf: json!({"connectTimeout": "5s", "http": {"requestTimeout": "2m"}}),
+                conf: json!({"connectionTimeout": "5s", "http": {"requestTimeout": "2m"}}),
                 policies: vec!["defaults".to_owned(), "slow-report".to_owned()],
             }
         )])
@@ -374,7 +377,7 @@ fn inbound_rules_by_source() {
                     TargetRef {
                         kind: TargetRefKind::SpiffeId,
                         name: Some("spiffe://default/batch".into()),
-                        tags: BTreeMap::new()
+                        ..TargetRef::mesh()
                     },
                     "Deny",
                     &["allow-all", "backend-callers"],
@@ -525,6 +528,7 @@ fn no_inbounds_and_no_policies() {
             service: "db".into(),
             routes: vec![],
         }],
+        ..Default::default()
     };
     let policies = [
         policy(
@@ -571,13 +575,13 @@ fn ignored_and_errors() {
             "MeshTimeout",
             "good",
             None,
-            to(json!({"kind": "Mesh"}), json!({"connectTimeout": "1s"})),
+            to(json!({"kind": "Mesh"}), json!({"connectionTimeout": "1s"})),
         ),
         policy(
             "MeshTimeout",
             "bad",
             None,
-            to(json!({"kind": "Mesh"}), json!({"connectTimeout": "2h"})),
+            to(json!({"kind": "Mesh"}), json!({"connectionTimeout": "2h"})),
         ),
         policy(
             "MeshRetry",
@@ -589,14 +593,14 @@ fn ignored_and_errors() {
     let got = effective("MeshTimeout", &policies, &backend_v2()).unwrap();
     assert_eq!(
         got.outbounds[0].conf,
-        merged(json!({"connectTimeout": "1s"}), &["good"])
+        merged(json!({"connectionTimeout": "1s"}), &["good"])
     );
     assert_eq!(
         got.ignored,
         vec![
             IgnoredPolicy {
                 name: "bad".into(),
-                reason: "spec.to[0].default.connectTimeout: must be between 1ms and 1h (got 2h)"
+                reason: "spec.to[0].default.connectionTimeout: must be between 1ms and 1h (got 2h)"
                     .into()
             },
             IgnoredPolicy {

@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{Errors, Spec, at, check_host_port, idx};
 use crate::target_ref::{
-    Conf, FROM_KINDS, PolicyItem, TO_KINDS, TOP_KINDS, TargetRef, check_items, require_some,
+    Conf, FROM_KINDS, PolicyItem, Rule, TO_KINDS, TOP_KINDS, TargetRef, check_items, check_rules,
+    require_some,
 };
 
 /// The spec of a `MeshAccessLog`.
@@ -31,6 +32,10 @@ pub struct MeshAccessLogSpec {
     /// Logging of traffic the proxies receive, by source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<PolicyItem<AccessLogConf>>,
+    /// Logging of all traffic the proxies receive (Kuma 2.9+ `rules`; each acts as a
+    /// `from[]` entry for `{kind: Mesh}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule<AccessLogConf>>,
     /// Logging of traffic the proxies send, by destination.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<PolicyItem<AccessLogConf>>,
@@ -233,8 +238,13 @@ impl Spec for MeshAccessLogSpec {
         require_some(
             errors,
             "spec",
-            &[("from", self.from.len()), ("to", self.to.len())],
+            &[
+                ("rules", self.rules.len()),
+                ("from", self.from.len()),
+                ("to", self.to.len()),
+            ],
         );
+        check_rules(errors, "spec.rules", &self.rules);
         check_items(errors, "spec.from", &self.from, FROM_KINDS);
         check_items(errors, "spec.to", &self.to, TO_KINDS);
     }

@@ -7,7 +7,8 @@ use crate::duration::Duration;
 use crate::percent::Percent;
 use crate::spec::{Errors, Spec, at};
 use crate::target_ref::{
-    Conf, FROM_KINDS, PolicyItem, TO_KINDS, TOP_KINDS, TargetRef, check_items, require_some,
+    Conf, FROM_KINDS, PolicyItem, Rule, TO_KINDS, TOP_KINDS, TargetRef, check_items, check_rules,
+    require_some,
 };
 
 /// The spec of a `MeshCircuitBreaker`.
@@ -36,6 +37,10 @@ pub struct MeshCircuitBreakerSpec {
     /// Limits on traffic the proxies receive, by source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<PolicyItem<CircuitBreakerConf>>,
+    /// Limits on all traffic the proxies receive (Kuma 2.9+ `rules`; each acts as a
+    /// `from[]` entry for `{kind: Mesh}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule<CircuitBreakerConf>>,
     /// Limits and outlier detection for traffic the proxies send, by destination.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<PolicyItem<CircuitBreakerConf>>,
@@ -245,8 +250,13 @@ impl Spec for MeshCircuitBreakerSpec {
         require_some(
             errors,
             "spec",
-            &[("from", self.from.len()), ("to", self.to.len())],
+            &[
+                ("rules", self.rules.len()),
+                ("from", self.from.len()),
+                ("to", self.to.len()),
+            ],
         );
+        check_rules(errors, "spec.rules", &self.rules);
         check_items(errors, "spec.from", &self.from, FROM_KINDS);
         check_items(errors, "spec.to", &self.to, TO_KINDS);
     }

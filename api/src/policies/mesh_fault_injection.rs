@@ -7,7 +7,8 @@ use crate::duration::Duration;
 use crate::percent::Percent;
 use crate::spec::{Errors, Spec, at, check_status, idx};
 use crate::target_ref::{
-    Conf, FROM_KINDS, PolicyItem, TOP_KINDS, TargetRef, check_items, require_some,
+    Conf, FROM_KINDS, PolicyItem, Rule, TOP_KINDS, TargetRef, check_items, check_rules,
+    require_some,
 };
 
 /// The spec of a `MeshFaultInjection`: faults injected into requests the proxies
@@ -35,6 +36,10 @@ pub struct MeshFaultInjectionSpec {
     /// Faults by source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<PolicyItem<FaultInjectionConf>>,
+    /// Faults for all requests the proxies receive (Kuma 2.9+ `rules`; each acts as a
+    /// `from[]` entry for `{kind: Mesh}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule<FaultInjectionConf>>,
 }
 
 /// The faults for one source.
@@ -88,7 +93,8 @@ pub struct Delay {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ResponseBandwidth {
-    /// The rate: a number and `kbps`, `Mbps` or `Gbps` (`100kbps`, `1Mbps`).
+    /// The rate: a number and `kbps`, `Mbps` or `Gbps` (`100kbps`, `1Mbps`; Kuma's
+    /// `50mbps` and `1gbps` are the same units).
     pub limit: String,
     /// The share of requests that get it, 0 to 100.
     pub percentage: Percent,
@@ -97,7 +103,14 @@ pub struct ResponseBandwidth {
 /// Parses a bandwidth like `100kbps` into kilobits per second.
 pub(crate) fn parse_bandwidth(limit: &str) -> Result<u64, String> {
     let hint = "use a whole number and kbps, Mbps or Gbps, like 100kbps or 1Mbps";
-    let units = [("kbps", 1u64), ("Mbps", 1_000), ("Gbps", 1_000_000)];
+    // Kuma's docs also write the units in lower case (`50mbps`).
+    let units = [
+        ("kbps", 1u64),
+        ("Mbps", 1_000),
+        ("mbps", 1_000),
+        ("Gbps", 1_000_000),
+        ("gbps", 1_000_000),
+    ];
     for (unit, factor) in units {
         if let Some(n) = limit.strip_suffix(unit) {
             return match n.parse::<u64>() {
@@ -148,7 +161,12 @@ impl Conf for FaultInjectionConf {
 impl Spec for MeshFaultInjectionSpec {
     fn check(&self, errors: &mut Errors) {
         self.target_ref.check(errors, "spec.targetRef", TOP_KINDS);
-        require_some(errors, "spec", &[("from", self.from.len())]);
+        require_some(
+            errors,
+            "spec",
+            &[("rules", self.rules.len()), ("from", self.from.len())],
+        );
+        check_rules(errors, "spec.rules", &self.rules);
         check_items(errors, "spec.from", &self.from, FROM_KINDS);
     }
 }
@@ -168,9 +186,13 @@ mod tests {
     #[test]
     fn validation_table() {
         table::<MeshFaultInjectionSpec>(
-            &[from(json!({"http": [
+            &[
+                from(json!({"http": [
                 {"abort": {"httpStatus": 503, "percentage": 10}},
-                {"delay": {"value": "2s", "percentage": "5%"}, "responseBandwidth": {"limit": "1Mbps", "percentage": 50.5}}]}))],
+                {"delay": {"value": "2s", "percentage": "5%"}, "responseBandwidth": {"limit": "1Mbps", "percentage": 50.5}}]})),
+                json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+                       "rules": [{"default": {"http": [{"responseBandwidth": {"limit": "50mbps", "percentage": 50}}]}}]}),
+            ],
             &[
                 (
                     from(json!({"http": [{"abort": {"httpStatus": 600, "percentage": 200}}]})),

@@ -7,7 +7,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::percent::Percent;
 use crate::spec::{Errors, Spec, at, check_header_name, check_host, check_service_name, idx};
-use crate::target_ref::{TOP_KINDS, TargetRef, TargetRefKind, check_tags, require_some};
+use crate::target_ref::{
+    SERVICE_LABELS, TOP_KINDS, TargetRef, TargetRefKind, check_service_labels, check_tags,
+    require_some,
+};
 
 /// The spec of a `MeshHTTPRoute`.
 ///
@@ -43,6 +46,10 @@ pub struct MeshHttpRouteSpec {
 pub struct HttpRouteTo {
     /// The destination service (`kind: MeshService`).
     pub target_ref: TargetRef,
+    /// Kuma's hostnames, which only gateways match on. Refused: Causeway has no
+    /// gateways yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
     /// The rules, tried in order of how specific their matches are. Rules with equal
     /// `matches` in several policies merge their `default` sections.
     pub rules: Vec<HttpRouteRule>,
@@ -193,20 +200,50 @@ pub struct HttpRouteConf {
 }
 
 /// A weighted backend: a service or a subset of one.
+///
+/// ```yaml
+/// - {kind: MeshService, name: backend-v2, weight: 10}
+/// - {kind: MeshService, labels: {kuma.io/display-name: backend-v2}, port: 8080}  # Kuma 2.9+
+/// - {kind: MeshServiceSubset, name: backend, tags: {version: v2}}
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackendRef {
     /// `MeshService` or `MeshServiceSubset`.
     pub kind: TargetRefKind,
-    /// The service name.
-    pub name: String,
+    /// The service name. A `MeshService` may name it by `labels` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// For `MeshService`, instead of `name`: `kuma.io/display-name: <service>` (or
+    /// `causeway.io/service: <service>`), the labels every service has.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub labels: std::collections::BTreeMap<String, String>,
     /// For `MeshServiceSubset`: the tags the backend's proxies must have.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub tags: std::collections::BTreeMap<String, String>,
+    /// The destination port (Kuma 2.9+). Accepted; not enforced yet: the service's
+    /// inbound port is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// The Kubernetes namespace (Kuma's Kubernetes form), with `name`. Accepted; not
+    /// enforced yet: service names are unique in a mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
     /// The share of requests relative to the other backends' weights. Default 1; 0
     /// sends none (a blue-green standby).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
+}
+
+impl BackendRef {
+    /// The backend's service: `name`, or the service its labels name.
+    pub fn service_name(&self) -> Option<&str> {
+        self.name.as_deref().or_else(|| {
+            SERVICE_LABELS
+                .iter()
+                .find_map(|key| self.labels.get(*key).map(String::as_str))
+        })
+    }
 }
 
 /// One filter, selected by `type`; the field of that type must be set and no other.
@@ -325,7 +362,8 @@ pub struct UrlRewrite {
     pub path: Option<PathModifier>,
 }
 
-/// A path change.
+/// A path change: `{type, value}`, or Kuma's `{type: ReplaceFullPath, replaceFullPath}`
+/// and `{type: ReplacePrefixMatch, replacePrefixMatch}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PathModifier {
@@ -333,8 +371,56 @@ pub struct PathModifier {
     /// match matched).
     #[serde(rename = "type")]
     pub kind: PathModifierType,
-    /// The new path or prefix; starts with `/`.
-    pub value: String,
+    /// The new path or prefix; starts with `/`. Give it here, or in the field named
+    /// after the type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Kuma's field for `ReplaceFullPath`: the new path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_full_path: Option<String>,
+    /// Kuma's field for `ReplacePrefixMatch`: the new prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_prefix_match: Option<String>,
+}
+
+impl PathModifier {
+    /// The new path or prefix, whichever field holds it.
+    pub fn new_value(&self) -> Option<&str> {
+        self.value.as_deref().or(match self.kind {
+            PathModifierType::ReplaceFullPath => self.replace_full_path.as_deref(),
+            PathModifierType::ReplacePrefixMatch => self.replace_prefix_match.as_deref(),
+        })
+    }
+}
+
+fn check_path_modifier(errors: &mut Errors, path: &str, p: &PathModifier) {
+    let (own, other) = match p.kind {
+        PathModifierType::ReplaceFullPath => (
+            ("replaceFullPath", &p.replace_full_path),
+            ("replacePrefixMatch", &p.replace_prefix_match),
+        ),
+        PathModifierType::ReplacePrefixMatch => (
+            ("replacePrefixMatch", &p.replace_prefix_match),
+            ("replaceFullPath", &p.replace_full_path),
+        ),
+    };
+    if other.1.is_some() {
+        errors.push(
+            at(path, other.0),
+            format!("must not be set for type {:?}; use {}", p.kind, own.0),
+        );
+    }
+    match (&p.value, own.1) {
+        (Some(_), Some(_)) => {
+            errors.push(at(path, own.0), format!("set value or {}, not both", own.0))
+        }
+        (None, None) => errors.push(
+            at(path, "value"),
+            format!("is required (or {}) for type {:?}", own.0, p.kind),
+        ),
+        (Some(v), None) => check_path_value(errors, at(path, "value"), v),
+        (None, Some(v)) => check_path_value(errors, at(path, own.0), v),
+    }
 }
 
 /// Path change types.
@@ -376,6 +462,10 @@ pub(crate) fn check_backend_refs(errors: &mut Errors, path: &str, refs: &[Backen
 }
 
 fn check_backend_ref(errors: &mut Errors, path: &str, r: &BackendRef) {
+    if let Some(reason) = r.kind.unsupported() {
+        errors.push(at(path, "kind"), reason);
+        return;
+    }
     if !BACKEND_KINDS.contains(&r.kind) {
         errors.push(
             at(path, "kind"),
@@ -385,7 +475,30 @@ fn check_backend_ref(errors: &mut Errors, path: &str, r: &BackendRef) {
             ),
         );
     }
-    errors.check(at(path, "name"), check_service_name(&r.name));
+    match (&r.name, r.labels.is_empty()) {
+        (Some(_), false) => errors.push(
+            at(path, "labels"),
+            "set name or labels, not both: each names the service",
+        ),
+        (None, true) => errors.push(
+            at(path, "name"),
+            "is required, unless labels name the service (kuma.io/display-name: <service>)",
+        ),
+        (Some(name), true) => errors.check(at(path, "name"), check_service_name(name)),
+        (None, false) if r.kind == TargetRefKind::MeshServiceSubset => errors.push(
+            at(path, "labels"),
+            "must not be set for kind MeshServiceSubset; use name and tags",
+        ),
+        (None, false) => check_service_labels(errors, &at(path, "labels"), &r.labels),
+    }
+    errors.port(at(path, "port"), r.port);
+    if let Some(namespace) = &r.namespace {
+        if r.name.is_none() {
+            errors.push(at(path, "namespace"), "is allowed only with name");
+        } else if let Some(e) = crate::validation::validate_name("", namespace) {
+            errors.push(at(path, "namespace"), e.reason);
+        }
+    }
     match (r.kind, r.tags.is_empty()) {
         (TargetRefKind::MeshServiceSubset, true) => {
             errors.push(
@@ -473,7 +586,7 @@ fn check_filter(errors: &mut Errors, path: &str, f: &HttpFilter) {
         }
         errors.port(at(&path, "port"), r.port);
         if let Some(p) = &r.path {
-            check_path_value(errors, at(&at(&path, "path"), "value"), &p.value);
+            check_path_modifier(errors, &at(&path, "path"), p);
         }
         if let Some(code) = r.status_code
             && ![301, 302, 303, 307, 308].contains(&code)
@@ -490,7 +603,7 @@ fn check_filter(errors: &mut Errors, path: &str, f: &HttpFilter) {
             errors.check(at(&path, "hostname"), check_host(host));
         }
         if let Some(p) = &r.path {
-            check_path_value(errors, at(&at(&path, "path"), "value"), &p.value);
+            check_path_modifier(errors, &at(&path, "path"), p);
         }
         if r.hostname.is_none() && r.path.is_none() {
             errors.push(path, "needs hostname or path");
@@ -553,6 +666,12 @@ impl Spec for MeshHttpRouteSpec {
                 &at(&path, "targetRef"),
                 &[TargetRefKind::MeshService],
             );
+            if !to.hostnames.is_empty() {
+                errors.push(
+                    at(&path, "hostnames"),
+                    "hostnames are matched only by gateways, and Causeway has no gateways yet; a sidecar routes by destination service",
+                );
+            }
             if to.rules.is_empty() {
                 errors.push(at(&path, "rules"), "needs at least one rule");
             }

@@ -177,6 +177,33 @@ pub struct PrometheusBackend {
     /// Built-in default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<bool>,
+    /// Kuma's form of the same choice: `{mode: Disabled}` (plain HTTP) or
+    /// `{mode: ActiveMTLSBackend}` (the mesh's mTLS, like `mtls: true`).
+    /// `ProvidedTLS` is refused: Causeway cannot serve the endpoint with a certificate
+    /// of your own yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<PrometheusTls>,
+}
+
+/// How the Prometheus endpoint is served (Kuma's `tls`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PrometheusTls {
+    /// `Disabled`, `ActiveMTLSBackend` or `ProvidedTLS` (refused).
+    pub mode: PrometheusTlsMode,
+}
+
+/// TLS modes of the Prometheus endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum PrometheusTlsMode {
+    /// Plain HTTP.
+    Disabled,
+    /// A certificate you provide. Refused: Causeway has no such certificates yet.
+    #[serde(rename = "ProvidedTLS")]
+    ProvidedTls,
+    /// The mesh's mTLS.
+    #[serde(rename = "ActiveMTLSBackend")]
+    ActiveMtlsBackend,
 }
 
 /// An OpenTelemetry collector.
@@ -255,6 +282,25 @@ impl Spec for MeshMetricSpec {
                     errors.push(&path, "only one Prometheus backend is allowed");
                 }
                 errors.port(at(&at(&path, "prometheus"), "port"), p.port);
+                if let Some(tls) = &p.tls {
+                    let field = at(&at(&at(&path, "prometheus"), "tls"), "mode");
+                    let as_mtls = match tls.mode {
+                        PrometheusTlsMode::Disabled => Some(false),
+                        PrometheusTlsMode::ActiveMtlsBackend => Some(true),
+                        PrometheusTlsMode::ProvidedTls => {
+                            errors.push(
+                                field.clone(),
+                                "ProvidedTLS: Causeway has no certificates of your own for the Prometheus endpoint yet; use ActiveMTLSBackend (the mesh's mTLS) or Disabled",
+                            );
+                            None
+                        }
+                    };
+                    if let (Some(want), Some(mtls)) = (as_mtls, p.mtls)
+                        && want != mtls
+                    {
+                        errors.push(field, format!("contradicts mtls: {mtls}; set one of them"));
+                    }
+                }
                 check_path(errors, at(&at(&path, "prometheus"), "path"), &p.path);
             }
             if let Some(o) = &b.open_telemetry {

@@ -7,7 +7,8 @@ use crate::duration::Duration;
 use crate::policies::mesh_http_route::Header;
 use crate::spec::{Errors, Spec, at, check_header_name, idx};
 use crate::target_ref::{
-    Conf, FROM_KINDS, PolicyItem, TOP_KINDS, TargetRef, check_items, require_some,
+    Conf, FROM_KINDS, PolicyItem, Rule, TOP_KINDS, TargetRef, check_items, check_rules,
+    require_some,
 };
 
 /// The spec of a `MeshRateLimit`: limits on what the proxies accept, by source. Each
@@ -38,6 +39,14 @@ pub struct MeshRateLimitSpec {
     /// Limits by source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<PolicyItem<RateLimitConf>>,
+    /// Limits on all traffic the proxies receive (Kuma 2.9+ `rules`; each acts as a
+    /// `from[]` entry for `{kind: Mesh}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule<RateLimitConf>>,
+    /// Kuma's `to[]` limits traffic to a MeshExternalService or through a gateway;
+    /// Causeway has neither yet, so any entry is refused with that reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to: Vec<PolicyItem<RateLimitConf>>,
 }
 
 /// Rate limits.
@@ -184,7 +193,28 @@ impl Conf for RateLimitConf {
 impl Spec for MeshRateLimitSpec {
     fn check(&self, errors: &mut Errors) {
         self.target_ref.check(errors, "spec.targetRef", TOP_KINDS);
-        require_some(errors, "spec", &[("from", self.from.len())]);
+        require_some(
+            errors,
+            "spec",
+            &[
+                ("rules", self.rules.len()),
+                ("from", self.from.len()),
+                ("to", self.to.len()),
+            ],
+        );
+        check_rules(errors, "spec.rules", &self.rules);
+        for (i, item) in self.to.iter().enumerate() {
+            let path = crate::spec::idx("spec.to", i);
+            if item.target_ref.kind == crate::target_ref::TargetRefKind::MeshExternalService {
+                item.target_ref
+                    .check(errors, &crate::spec::at(&path, "targetRef"), &[]);
+            } else {
+                errors.push(
+                    path,
+                    "to[] limits traffic to external services or through gateways, and Causeway has no external services or gateways yet; limit what a service receives with rules or from",
+                );
+            }
+        }
         check_items(errors, "spec.from", &self.from, FROM_KINDS);
     }
 }

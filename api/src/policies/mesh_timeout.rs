@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Duration;
 use crate::spec::{Errors, Spec, at};
 use crate::target_ref::{
-    Conf, FROM_KINDS, PolicyItem, TO_ROUTE_KINDS, TOP_KINDS, TargetRef, check_items, require_some,
+    Conf, FROM_KINDS, PolicyItem, Rule, TO_ROUTE_KINDS, TOP_KINDS, TargetRef, check_items,
+    check_rules, require_some,
 };
 
 /// The spec of a `MeshTimeout`.
@@ -35,6 +36,10 @@ pub struct MeshTimeoutSpec {
     /// Timeouts for traffic the proxies receive, by source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<PolicyItem<TimeoutConf>>,
+    /// Timeouts for all traffic the proxies receive (Kuma 2.9+ `rules`; each acts as a
+    /// `from[]` entry for `{kind: Mesh}`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule<TimeoutConf>>,
     /// Timeouts for traffic the proxies send, by destination service or route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub to: Vec<PolicyItem<TimeoutConf>>,
@@ -159,8 +164,13 @@ impl Spec for MeshTimeoutSpec {
         require_some(
             errors,
             "spec",
-            &[("from", self.from.len()), ("to", self.to.len())],
+            &[
+                ("rules", self.rules.len()),
+                ("from", self.from.len()),
+                ("to", self.to.len()),
+            ],
         );
+        check_rules(errors, "spec.rules", &self.rules);
         check_items(errors, "spec.from", &self.from, FROM_KINDS);
         check_items(errors, "spec.to", &self.to, TO_ROUTE_KINDS);
     }
@@ -182,6 +192,9 @@ mod tests {
                                "default": {"connectionTimeout": "2s", "http": {"requestTimeout": "5s"}}}]}),
                 // The old name of the connect timeout still decodes.
                 json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "2s"}}]}),
+                // Kuma 2.9+: inbound rules for one inbound of labelled Dataplanes.
+                json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}, "sectionName": "http"},
+                       "rules": [{"default": {"connectionTimeout": "10s", "http": {"requestTimeout": "30s"}}}]}),
                 json!({"from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "0s"}}],
                        "to": [{"targetRef": {"kind": "MeshHTTPRoute", "name": "slow-report"},
                                "default": {"http": {"requestTimeout": "1m", "streamIdleTimeout": "0"}}}]}),
@@ -241,7 +254,7 @@ mod tests {
                     &[
                         (
                             "spec.form",
-                            "unknown field `form`, expected one of: targetRef, from, to",
+                            "unknown field `form`, expected one of: targetRef, from, rules, to",
                         ),
                         (
                             "spec.to[0].default.idleTimout",
@@ -259,7 +272,29 @@ mod tests {
                 ),
                 (
                     json!({"targetRef": {"kind": "Mesh"}}),
-                    &[("spec", "needs at least one entry in from or to")],
+                    &[("spec", "needs at least one entry in rules or from or to")],
+                ),
+                (
+                    json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}, "sectionName": "-bad"},
+                           "rules": [{"default": {"http": {"requestTimeout": "25h"}}}, {"defaults": {}}]}),
+                    &[
+                        (
+                            "spec.rules[1].defaults",
+                            "unknown field `defaults`, expected one of: default",
+                        ),
+                        ("spec.rules[1].default", "is required"),
+                    ],
+                ),
+                (
+                    json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}, "sectionName": "-bad"},
+                           "rules": [{"default": {"http": {"requestTimeout": "25h"}}}]}),
+                    &[
+                        ("spec.targetRef.sectionName", "not a valid DNS label"),
+                        (
+                            "spec.rules[0].default.http.requestTimeout",
+                            "must be between 0s and 24h (got 25h)",
+                        ),
+                    ],
                 ),
                 (
                     json!({"to": [{"targetRef": {"kind": "MeshSubset", "tags": {"a": "b"}}, "default": {}}]}),

@@ -68,6 +68,9 @@ pub struct TraceBackend {
     /// For `OpenTelemetry`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_telemetry: Option<OtelTraceBackend>,
+    /// Kuma's Datadog backend settings. Refused: Causeway has no Datadog backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub datadog: Option<serde_json::Value>,
 }
 
 /// Tracing backend types.
@@ -77,6 +80,8 @@ pub enum TraceBackendType {
     Zipkin,
     /// An OpenTelemetry collector (OTLP/gRPC).
     OpenTelemetry,
+    /// Kuma's Datadog agent backend. Refused: Causeway has no Datadog tracing backend.
+    Datadog,
 }
 
 /// A Zipkin collector.
@@ -167,6 +172,13 @@ impl Spec for MeshTraceSpec {
             }
             for (i, b) in backends.iter().enumerate() {
                 let path = idx(&at(path, "backends"), i);
+                if b.kind == TraceBackendType::Datadog || b.datadog.is_some() {
+                    errors.push(
+                        at(&path, "type"),
+                        "Datadog: Causeway has no Datadog tracing backend; send spans with OpenTelemetry (the Datadog agent accepts OTLP) or Zipkin",
+                    );
+                    continue;
+                }
                 match (b.kind, &b.zipkin, &b.open_telemetry) {
                     (TraceBackendType::Zipkin, None, _) => {
                         errors.push(at(&path, "zipkin"), "is required for type Zipkin")

@@ -3,9 +3,10 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{Errors, Spec};
+use crate::spec::{Errors, Spec, at, idx};
 use crate::target_ref::{
-    Conf, PolicyItem, TOP_KINDS, TargetRef, TargetRefKind, check_items, require_some,
+    Conf, PolicyItem, Rule, TOP_KINDS, TargetRef, TargetRefKind, check_items, check_rules,
+    require_some,
 };
 
 /// The spec of a `MeshTrafficPermission`. Sources are matched by service, tags or
@@ -34,6 +35,127 @@ pub struct MeshTrafficPermissionSpec {
     /// `MeshServiceSubset` or `SpiffeId` (`spiffe://<trust-domain>/<service>`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<PolicyItem<TrafficPermissionConf>>,
+    /// Kuma 2.12+'s form: callers matched by SPIFFE id, for all inbound traffic of the
+    /// selected proxies (each rule acts as a `from[]` entry for `{kind: Mesh}`). A caller
+    /// that matches a `deny` entry is denied; otherwise one that matches an `allow` or
+    /// `allowWithShadowDeny` entry is allowed. The lists of all matching policies add
+    /// up (a more specific policy cannot drop a `deny`). Not enforced by the sidecars
+    /// yet: they do not match SPIFFE ids by prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule<SpiffeRulesConf>>,
+}
+
+/// Callers by SPIFFE id (MeshTrafficPermission `rules[].default`).
+///
+/// ```yaml
+/// default:
+///   deny: [{spiffeID: {type: Prefix, value: spiffe://default.zone-1.mesh.local/ns/legacy/sa}}]
+///   allow: [{spiffeID: {type: Prefix, value: spiffe://default.zone-1.mesh.local}}]
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SpiffeRulesConf {
+    /// Callers always allowed, unless a `deny` matches them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<SpiffeMatch>>,
+    /// Callers always denied, whatever else matches them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deny: Option<Vec<SpiffeMatch>>,
+    /// Callers allowed, and logged as if denied (to try a `deny` out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_with_shadow_deny: Option<Vec<SpiffeMatch>>,
+}
+
+/// One matcher of [`SpiffeRulesConf`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpiffeMatch {
+    /// The identity to match.
+    #[serde(rename = "spiffeID")]
+    pub spiffe_id: SpiffeIdMatch,
+}
+
+/// A match on a caller's SPIFFE id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SpiffeIdMatch {
+    /// `Exact` (the whole id) or `Prefix` (the id starts with `value`; a prefix of whole
+    /// path segments, like `spiffe://td/ns/legacy`).
+    #[serde(rename = "type")]
+    pub kind: SpiffeMatchType,
+    /// A SPIFFE id or a prefix of one: `spiffe://<trust-domain>` then optional path
+    /// segments, in Causeway's form (`spiffe://<trust-domain>/<service>`) or Kuma's
+    /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`).
+    pub value: String,
+}
+
+/// How a SPIFFE id is matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum SpiffeMatchType {
+    /// The whole id.
+    Exact,
+    /// The id starts with the value.
+    Prefix,
+}
+
+impl Conf for SpiffeRulesConf {
+    fn check(&self, errors: &mut Errors, path: &str) {
+        let lists = [
+            ("allow", &self.allow),
+            ("deny", &self.deny),
+            ("allowWithShadowDeny", &self.allow_with_shadow_deny),
+        ];
+        if lists
+            .iter()
+            .all(|(_, l)| l.as_ref().is_none_or(Vec::is_empty))
+        {
+            errors.push(
+                path,
+                "needs at least one entry in allow, deny or allowWithShadowDeny",
+            );
+        }
+        for (name, list) in lists {
+            for (i, m) in list.iter().flatten().enumerate() {
+                let field = at(&at(&idx(&at(path, name), i), "spiffeID"), "value");
+                errors.check(field, check_spiffe_match(&m.spiffe_id));
+            }
+        }
+    }
+}
+
+/// Checks a SPIFFE id (or prefix): `spiffe://`, a trust domain that is a DNS subdomain,
+/// then path segments of unreserved characters, none empty.
+fn check_spiffe_match(m: &SpiffeIdMatch) -> Result<(), String> {
+    let hint = "use spiffe://<trust-domain>[/<path>], like spiffe://default.zone-1.mesh.local/ns/legacy/sa/client";
+    let Some(rest) = m.value.strip_prefix("spiffe://") else {
+        return Err(format!("{:?} is not a SPIFFE id; {hint}", m.value));
+    };
+    let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
+    crate::validation::validate_dns_subdomain(domain)
+        .map_err(|reason| format!("{:?}: the trust domain {reason}", m.value))?;
+    if m.kind == SpiffeMatchType::Exact && path.is_empty() {
+        return Err(format!(
+            "{:?} has no path, so no workload has this id exactly; use type Prefix to match the whole trust domain",
+            m.value
+        ));
+    }
+    if !path.is_empty() {
+        for segment in path.split('/') {
+            if segment.is_empty() {
+                return Err(format!("{:?} has an empty path segment; {hint}", m.value));
+            }
+            if let Some(c) = segment
+                .chars()
+                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+            {
+                return Err(format!(
+                    "{:?} has {c:?} in its path; use letters, digits, '.', '_' and '-'",
+                    m.value
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The decision for one source.
@@ -71,7 +193,12 @@ impl Conf for TrafficPermissionConf {
 impl Spec for MeshTrafficPermissionSpec {
     fn check(&self, errors: &mut Errors) {
         self.target_ref.check(errors, "spec.targetRef", TOP_KINDS);
-        require_some(errors, "spec", &[("from", self.from.len())]);
+        require_some(
+            errors,
+            "spec",
+            &[("rules", self.rules.len()), ("from", self.from.len())],
+        );
+        check_rules(errors, "spec.rules", &self.rules);
         check_items(errors, "spec.from", &self.from, FROM_KINDS);
     }
 }
@@ -91,6 +218,13 @@ mod tests {
                        "from": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"action": "Allow"}},
                                 {"targetRef": {"kind": "SpiffeId", "name": "spiffe://default/batch"}, "default": {"action": "AllowWithShadowDeny"}},
                                 {"targetRef": {"kind": "MeshSubset", "tags": {"env": "dev"}}, "default": {"action": "Deny"}}]}),
+                // Kuma 2.12+: callers by SPIFFE id, Kuma's and Causeway's id forms.
+                json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}, "sectionName": "admin"},
+                       "rules": [{"default": {
+                           "deny": [{"spiffeID": {"type": "Prefix", "value": "spiffe://default.zone-1.mesh.local/ns/legacy/sa"}}],
+                           "allow": [{"spiffeID": {"type": "Prefix", "value": "spiffe://default.zone-1.mesh.local"}},
+                                     {"spiffeID": {"type": "Exact", "value": "spiffe://default/web"}}],
+                           "allowWithShadowDeny": [{"spiffeID": {"type": "Exact", "value": "spiffe://td/ns/kuma-demo/sa/frontend"}}]}}]}),
             ],
             &[
                 (
@@ -103,13 +237,50 @@ mod tests {
                 ),
                 (
                     json!({"from": []}),
-                    &[("spec", "needs at least one entry in from")],
+                    &[("spec", "needs at least one entry in rules or from")],
                 ),
                 (
                     json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}),
                     &[(
                         "spec.to",
-                        "unknown field `to`, expected one of: targetRef, from",
+                        "unknown field `to`, expected one of: targetRef, from, rules",
+                    )],
+                ),
+                (
+                    json!({"rules": [
+                        {"default": {}},
+                        {"default": {"allow": [{"spiffeID": {"type": "Prefix", "value": "https://x"}}],
+                                     "deny": [{"spiffeID": {"type": "Exact", "value": "spiffe://td.mesh.local"}},
+                                              {"spiffeID": {"type": "Prefix", "value": "spiffe://Bad_Domain/ns"}}],
+                                     "allowWithShadowDeny": [{"spiffeID": {"type": "Prefix", "value": "spiffe://td//ns"}}]}}]}),
+                    &[
+                        (
+                            "spec.rules[0].default",
+                            "needs at least one entry in allow, deny or allowWithShadowDeny",
+                        ),
+                        (
+                            "spec.rules[1].default.allow[0].spiffeID.value",
+                            "is not a SPIFFE id",
+                        ),
+                        (
+                            "spec.rules[1].default.deny[0].spiffeID.value",
+                            "has no path, so no workload has this id exactly",
+                        ),
+                        (
+                            "spec.rules[1].default.deny[1].spiffeID.value",
+                            "the trust domain",
+                        ),
+                        (
+                            "spec.rules[1].default.allowWithShadowDeny[0].spiffeID.value",
+                            "empty path segment",
+                        ),
+                    ],
+                ),
+                (
+                    json!({"rules": [{"default": {"allow": [{"spiffeID": {"type": "Regex", "value": "spiffe://td"}}]}}]}),
+                    &[(
+                        "spec.rules[0].default.allow[0].spiffeID.type",
+                        "unknown variant `Regex`",
                     )],
                 ),
                 (

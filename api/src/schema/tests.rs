@@ -188,7 +188,7 @@ fn explain_errors() {
     let err = explain("MeshTimeout.spec.too").unwrap_err();
     assert_eq!(
         err.to_string(),
-        "MeshTimeout.spec has no field \"too\"; its fields are: from, targetRef, to"
+        "MeshTimeout.spec has no field \"too\"; its fields are: from, rules, targetRef, to"
     );
     let err = explain("MeshTimeout.spec.to.default.connectTimeout.x").unwrap_err();
     assert!(err.to_string().contains("it has no fields"), "{err}");
