@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::error::ProxyError;
 use crate::http::{Body, Dial, NotReady, Pool};
 use crate::http1::{self, Conn, SendError};
 
@@ -52,6 +53,19 @@ impl std::fmt::Display for AppError {
     }
 }
 
+impl From<AppError> for ProxyError {
+    fn from(e: AppError) -> ProxyError {
+        match e {
+            AppError::Request(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                ProxyError::NotImplemented(e)
+            }
+            AppError::Request(e) => ProxyError::AppBadRequest(e),
+            e @ AppError::Connect(_) => ProxyError::AppUnreachable(e.to_string()),
+            e @ AppError::Exchange(_) => ProxyError::AppFailed(e.to_string()),
+        }
+    }
+}
+
 impl App {
     pub(crate) fn new(address: &str, port: u16) -> Arc<App> {
         Arc::new(App {
@@ -73,6 +87,7 @@ impl App {
     pub(crate) async fn send_http1(
         self: &Arc<Self>,
         req: http::Request<Body>,
+        connect_timeout: Duration,
     ) -> Result<http::Response<Body>, AppError> {
         let mut req = http1::Request::encode(req).map_err(AppError::Request)?;
         if let Some(conn) = self.checkout() {
@@ -83,9 +98,13 @@ impl App {
             }
         }
         // Boxed: the cold path's future would otherwise make every request's future large.
-        let conn = Box::pin(crate::http::tcp_connect(&self.address, self.port))
-            .await
-            .map_err(AppError::Connect)?;
+        let conn = Box::pin(crate::http::tcp_connect(
+            &self.address,
+            self.port,
+            connect_timeout,
+        ))
+        .await
+        .map_err(AppError::Connect)?;
         Conn::new(conn)
             .send(&mut req, self.clone())
             .await
@@ -96,6 +115,7 @@ impl App {
     pub(crate) async fn send_http2(
         &self,
         req: http::Request<Body>,
+        connect_timeout: Duration,
     ) -> Result<http::Response<Body>, AppError> {
         let slot = self.h2.slot();
         let dial = || {
@@ -105,6 +125,7 @@ impl App {
                 tls: None,
                 sni: String::new(),
                 quic: false,
+                connect_timeout,
             })
         };
         let ready = slot.ready(dial).await.map_err(|e| match e {
@@ -156,6 +177,8 @@ mod tests {
 
     use super::*;
 
+    const CONNECT: Duration = Duration::from_secs(5);
+
     /// A keep-alive HTTP/1.1 app on loopback that counts its connections and answers
     /// each request with `body`; `close_after` requests per connection, then it closes
     /// without saying so (as an app's idle timeout does).
@@ -203,7 +226,7 @@ mod tests {
     }
 
     async fn call(app: &Arc<App>) -> String {
-        let resp = match app.send_http1(get()).await {
+        let resp = match app.send_http1(get(), CONNECT).await {
             Ok(r) => r,
             Err(e) => panic!("request failed: {e}"),
         };
@@ -230,7 +253,7 @@ mod tests {
         let big: &'static str = Box::leak("x".repeat(1 << 20).into_boxed_str());
         let (port, conns) = app(big, usize::MAX).await;
         let pool = App::new("127.0.0.1", port);
-        let Ok(resp) = pool.send_http1(get()).await else {
+        let Ok(resp) = pool.send_http1(get(), CONNECT).await else {
             panic!("request failed")
         };
         let mut body = resp.into_body();
@@ -309,7 +332,7 @@ mod tests {
 
     /// The number of the app's connection that answered.
     async fn call_h2(app: &Arc<App>) -> usize {
-        let resp = match app.send_http2(get_h2(app)).await {
+        let resp = match app.send_http2(get_h2(app), CONNECT).await {
             Ok(r) => r,
             Err(e) => panic!("request failed: {e}"),
         };
@@ -333,7 +356,7 @@ mod tests {
         let (port, counts) = h2_app(true).await;
         let pool = App::new("127.0.0.1", port);
         // The first answer keeps its connection up after the app's GOAWAY.
-        let Ok(first) = pool.send_http2(get_h2(&pool)).await else {
+        let Ok(first) = pool.send_http2(get_h2(&pool), CONNECT).await else {
             panic!("first request failed")
         };
         let mut first = first.into_body();
@@ -354,7 +377,7 @@ mod tests {
         };
         let pool = App::new("127.0.0.1", port);
         assert!(matches!(
-            pool.send_http1(get()).await,
+            pool.send_http1(get(), CONNECT).await,
             Err(AppError::Connect(_))
         ));
     }

@@ -28,7 +28,7 @@ where
     b.map_err(Into::into).boxed()
 }
 
-/// A short text body (errors the proxy itself returns).
+/// A short text body (the answers the proxy gives itself: see [`crate::error`]).
 pub(crate) fn text(status: http::StatusCode, msg: impl Into<String>) -> http::Response<Body> {
     let body = boxed(http_body_util::Full::new(Bytes::from(msg.into())));
     http::Response::builder()
@@ -143,29 +143,58 @@ pub(crate) struct Dial {
     pub(crate) sni: String,
     /// Through another zone's ingress over QUIC (a stream of its shared connection).
     pub(crate) quic: bool,
+    /// The whole dial's limit (MeshTimeout `connectionTimeout`).
+    pub(crate) connect_timeout: Duration,
 }
 
-/// A TCP (and TLS) connection to an endpoint.
+/// A connection to an endpoint: TCP (or a QUIC stream through an ingress), then TLS
+/// when the dial has it, all within the dial's connect timeout. A timeout is an error
+/// of kind `TimedOut`, which callers count as the endpoint failing, like a refusal.
 pub(crate) async fn connect(dial: &Dial) -> std::io::Result<Box<dyn crate::proxy::Stream>> {
+    tokio::time::timeout(dial.connect_timeout, connect_now(dial))
+        .await
+        .map_err(|_| {
+            timed_out(format!(
+                "connecting to {}:{} timed out after {}",
+                dial.addr,
+                dial.port,
+                crate::timeout::show(dial.connect_timeout)
+            ))
+        })?
+}
+
+async fn connect_now(dial: &Dial) -> std::io::Result<Box<dyn crate::proxy::Stream>> {
     if dial.quic {
         let addr = tokio::net::lookup_host((dial.addr.as_str(), dial.port))
             .await?
             .next()
             .ok_or_else(|| std::io::Error::other(format!("{} has no address", dial.addr)))?;
-        let stream = tokio::time::timeout(Duration::from_secs(5), crate::quic::open(addr))
-            .await
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "QUIC timed out"))??;
+        let stream = crate::quic::open(addr).await?;
         return tls_over(dial, stream).await;
     }
-    let tcp = tcp_connect(&dial.addr, dial.port).await?;
+    let tcp = TcpStream::connect((dial.addr.as_str(), dial.port)).await?;
+    tcp.set_nodelay(true)?;
     tls_over(dial, tcp).await
 }
 
-/// A TCP connection with a 5 s connect timeout and Nagle off (requests are small).
-pub(crate) async fn tcp_connect(addr: &str, port: u16) -> std::io::Result<TcpStream> {
-    let tcp = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect((addr, port)))
+fn timed_out(msg: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, msg)
+}
+
+/// A TCP connection within `timeout`, Nagle off (requests are small).
+pub(crate) async fn tcp_connect(
+    addr: &str,
+    port: u16,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let tcp = tokio::time::timeout(timeout, TcpStream::connect((addr, port)))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+        .map_err(|_| {
+            timed_out(format!(
+                "connecting to {addr}:{port} timed out after {}",
+                crate::timeout::show(timeout)
+            ))
+        })??;
     tcp.set_nodelay(true)?;
     Ok(tcp)
 }
@@ -180,14 +209,9 @@ async fn tls_over<S: crate::proxy::Stream>(
         Some(cfg) => {
             let name = ServerName::try_from(dial.sni.clone())
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-            let tls = tokio::time::timeout(
-                Duration::from_secs(5),
-                tokio_rustls::TlsConnector::from(cfg.clone()).connect(name, tcp),
-            )
-            .await
-            .map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
-            })??;
+            let tls = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, tcp)
+                .await?;
             Ok(Box::new(tls))
         }
     }

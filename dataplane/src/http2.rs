@@ -116,7 +116,8 @@ impl ReadyH2 {
 /// request): the connection is polled right after them, so what they queued is flushed
 /// in the same turn. When `drain` completes, the connection says GOAWAY: the peer opens
 /// no new stream on it (a sidecar dials another endpoint), the streams in flight finish,
-/// then it closes.
+/// then it closes. A request whose stream the peer resets before it is answered is
+/// dropped (cancelled).
 pub(crate) async fn serve<S, F, Fut>(
     io: S,
     handle: F,
@@ -156,7 +157,23 @@ where
                             _cancel: None,
                         })
                     }));
-                    in_flight.push(async move { respond_with(answer.await, respond).await });
+                    in_flight.push(async move {
+                        let mut respond = respond;
+                        let mut answer = std::pin::pin!(answer);
+                        // A caller that resets the stream gave up on it (its request
+                        // timed out, say): the request is dropped with whatever it sent
+                        // on, so the application sees the cancel too.
+                        let answered = std::future::poll_fn(|cx| {
+                            if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+                                return Poll::Ready(Some(r));
+                            }
+                            respond.poll_reset(cx).map(|_| None)
+                        })
+                        .await;
+                        if let Some(resp) = answered {
+                            respond_with(resp, respond).await;
+                        }
+                    });
                 }
                 // The connection closed (or failed): what is still in flight goes with it.
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),

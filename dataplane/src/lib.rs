@@ -6,12 +6,14 @@
 //!
 //! Lean on purpose: no storage, no control-plane code. `cp` talks to the zone,
 //! `identity` holds certificates and TLS configs, `proxy` the listeners, `lb` endpoint
-//! choice, `http` the pooled connections between sidecars, `admin` the admin listener.
+//! choice, `http` the pooled connections between sidecars, `timeout` MeshTimeout's
+//! limits, `error` the answers the proxy gives itself, `admin` the admin listener.
 
 pub mod admin;
 mod app;
 pub mod cli;
 pub mod cp;
+mod error;
 mod http;
 mod http1;
 mod http2;
@@ -20,6 +22,7 @@ mod lb;
 mod metrics;
 mod proxy;
 pub mod quic;
+mod timeout;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

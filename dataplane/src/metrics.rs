@@ -1,11 +1,14 @@
 //! Prometheus metrics: requests by direction, service, peer service and status class,
-//! latency histograms, TCP bytes and connections.
+//! the proxy's own answers by cause (the `x-causeway-error` label), latency histograms,
+//! TCP bytes and connections.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use crate::error::{LABELS, ProxyError};
 
 /// Latency histogram bounds, seconds.
 const BUCKETS: [f64; 12] = [
@@ -20,6 +23,8 @@ pub(crate) struct HttpStats {
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_ns: AtomicU64,
+    /// The proxy's own answers, by [`ProxyError::index`].
+    errors: [AtomicU64; LABELS.len()],
 }
 
 impl HttpStats {
@@ -39,6 +44,11 @@ impl HttpStats {
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_ns
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts an answer the proxy gave itself (also recorded as a request).
+    pub(crate) fn error(&self, e: &ProxyError) {
+        self.errors[e.index()].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -137,6 +147,19 @@ impl Metrics {
                 "causeway_request_duration_seconds_count{{{l}}} {count}"
             );
         }
+        out.push_str("# TYPE causeway_proxy_errors_total counter\n");
+        for ((d, s, p), h) in &http {
+            for (i, label) in LABELS.iter().enumerate() {
+                let n = h.errors[i].load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "causeway_proxy_errors_total{{{},error=\"{label}\"}} {n}",
+                        labels(d, s, p)
+                    );
+                }
+            }
+        }
         out.push_str("# TYPE causeway_tcp_connections_total counter\n");
         for ((d, s, p), t) in &tcp {
             let l = labels(d, s, p);
@@ -171,11 +194,13 @@ mod tests {
         let h = m.http("inbound", "web", "frontend");
         h.record(200, Duration::from_millis(3));
         h.record(403, Duration::from_micros(100));
+        h.error(&ProxyError::Denied("no".into()));
         m.tcp("outbound", "db", "web", 10, 20);
         let t = m.render();
         assert!(t.contains("causeway_requests_total{direction=\"inbound\",service=\"web\",peer=\"frontend\",status_class=\"2xx\"} 1"), "{t}");
         assert!(t.contains("status_class=\"4xx\"} 1"), "{t}");
         assert!(t.contains("le=\"0.005\"} 2"), "{t}");
+        assert!(t.contains("causeway_proxy_errors_total{direction=\"inbound\",service=\"web\",peer=\"frontend\",error=\"denied\"} 1"), "{t}");
         assert!(t.contains("le=\"0.001\"} 1"), "{t}");
         assert!(t.contains("causeway_tcp_bytes_total{direction=\"outbound\",service=\"db\",peer=\"web\",flow=\"sent\"} 20"), "{t}");
     }

@@ -20,11 +20,13 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::app::{App, AppError};
-use crate::http::{Body, Dial, NotReady, boxed, strip_hop_by_hop, text};
+use crate::app::App;
+use crate::error::{APP_UNAVAILABLE, ProxyError};
+use crate::http::{Body, Dial, NotReady, boxed, strip_hop_by_hop};
 use crate::identity::{ALPN_H2, ALPN_TCP, Identity, Revoked, peer_id};
 use crate::lb::{Balancer, EndpointState};
 use crate::metrics::{HttpStats, Metrics};
+use crate::timeout::{self, Exchange};
 
 /// A client config and the identity (by address) it was built from.
 type CachedClientConfig = (usize, Arc<rustls::ClientConfig>);
@@ -53,6 +55,35 @@ pub(crate) struct Proxy {
     pub(crate) renew_now: Arc<tokio::sync::Notify>,
     /// Turns true at SIGTERM: inbound connections say they are going away.
     draining: watch::Sender<bool>,
+}
+
+/// Counts a request as in flight on an endpoint while alive; one that ends unanswered
+/// (its request timed out and was dropped) still feeds the endpoint's latency, so a slow
+/// endpoint is avoided.
+struct InFlight<'a> {
+    ep: &'a EndpointState,
+    started: Instant,
+    answered: bool,
+}
+
+impl<'a> InFlight<'a> {
+    fn new(ep: &'a EndpointState) -> InFlight<'a> {
+        ep.active.fetch_add(1, Ordering::Relaxed);
+        InFlight {
+            ep,
+            started: Instant::now(),
+            answered: false,
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.ep.active.fetch_sub(1, Ordering::Relaxed);
+        if !self.answered {
+            self.ep.observe(self.started.elapsed());
+        }
+    }
 }
 
 /// Counts a connection as active while alive.
@@ -265,6 +296,7 @@ impl Proxy {
                 .clone()
                 .unwrap_or_else(|| ingress_sni(&ob.service, &cfg.mesh)),
             quic: ep.endpoint.quic,
+            connect_timeout: ob.timeouts.connect.as_std(),
         })
     }
 }
@@ -420,8 +452,9 @@ async fn inbound_conn(
             );
             return Ok(());
         }
-        let app = TcpStream::connect((ib.app_address.as_str(), ib.app_port)).await?;
-        app.set_nodelay(true)?;
+        let app =
+            crate::http::tcp_connect(&ib.app_address, ib.app_port, ib.timeouts.connect.as_std())
+                .await?;
         return pipe(
             proxy,
             "inbound",
@@ -429,6 +462,7 @@ async fn inbound_conn(
             peer.as_deref().map(service_of).unwrap_or(""),
             stream,
             app,
+            timeout::on(ib.timeouts.idle),
         )
         .await;
     }
@@ -448,36 +482,53 @@ async fn inbound_conn(
         stats,
         app: Mutex::new(proxy.app(&ib)),
     });
-    if h2 {
-        // Another sidecar: HTTP/2, negotiated in the mTLS handshake.
-        let drained = proxy.drained();
-        return crate::http2::serve(
-            stream,
-            move |req| {
-                let conn = conn.clone();
-                async move { inbound_request(&conn, req).await }
-            },
-            drained,
-        )
-        .await
-        .map_err(Into::into);
-    }
-    // Plaintext (mTLS off or permissive), or a TLS caller that chose HTTP/1.1.
-    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let conn = conn.clone();
-        async move {
-            let req = req.map(boxed);
-            Ok::<_, std::convert::Infallible>(inbound_request(&conn, req).await)
+    // Idle: no byte either way for that long closes the connection. Age: past it, the
+    // connection drains like at SIGTERM.
+    let idle = timeout::on(ib.timeouts.idle);
+    let (stream, clock) = timeout::watch(stream, idle);
+    let drain = timeout::drained_or_aged(
+        proxy.drained(),
+        timeout::on(ib.timeouts.max_connection_duration),
+    );
+    let served = async move {
+        if h2 {
+            // Another sidecar: HTTP/2, negotiated in the mTLS handshake.
+            return crate::http2::serve(
+                stream,
+                move |req| {
+                    let conn = conn.clone();
+                    async move { inbound_request(&conn, req).await }
+                },
+                drain,
+            )
+            .await
+            .map_err(Into::into);
         }
-    });
-    let drained = proxy.drained();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), svc));
-    tokio::select! {
-        r = served.as_mut() => return r.map_err(|e| anyhow::anyhow!("{e}")),
-        () = drained => served.as_mut().graceful_shutdown(),
-    }
-    served.await.map_err(|e| anyhow::anyhow!("{e}"))
+        // Plaintext (mTLS off or permissive), or a TLS caller that chose HTTP/1.1.
+        let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            let conn = conn.clone();
+            async move {
+                let req = req.map(boxed);
+                Ok::<_, std::convert::Infallible>(inbound_request(&conn, req).await)
+            }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        if let Some(d) = timeout::on(ib.timeouts.request_headers) {
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(d);
+        }
+        let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), svc));
+        tokio::select! {
+            r = served.as_mut() => return r.map_err(|e| anyhow::anyhow!("{e}")),
+            () = drain => served.as_mut().graceful_shutdown(),
+        }
+        served.await.map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    timeout::unless_idle(served, clock.as_deref(), idle)
+        .await
+        .unwrap_or(Ok(()))
 }
 
 /// What every request of one inbound connection shares.
@@ -493,47 +544,40 @@ struct InboundConn {
     app: Mutex<Arc<App>>,
 }
 
+/// A request authorized and shaped for the application, and how to send it.
+struct Prepared {
+    app: Arc<App>,
+    req: http::Request<Body>,
+    /// The application speaks HTTP/2 (`http2`, `grpc`), else HTTP/1.1.
+    h2: bool,
+    exchange: Exchange,
+    connect_timeout: Duration,
+}
+
 /// Authorizes a request and shapes it for the application. Not async: its locals
 /// (the request's parts, the config) then stay out of the request's future, which is
 /// moved whole when the connection takes it in.
-#[allow(clippy::result_large_err)]
 fn inbound_prepare(
     conn: &InboundConn,
     req: http::Request<Body>,
     started: Instant,
-) -> Result<(Arc<App>, http::Request<Body>, bool), http::Response<Body>> {
+) -> Result<Prepared, ProxyError> {
     let proxy = &conn.proxy;
-    let stats = &conn.stats;
     // A connection made before its CA was revoked is cut off at the next request.
     let revoked = {
         let set = proxy.revoked.read().expect("revoked lock");
         !set.is_empty() && conn.peer_cas.iter().any(|c| set.contains(c))
     };
     if revoked {
-        return Err(text(
-            http::StatusCode::FORBIDDEN,
-            "causeway: the caller's certificate authority was revoked\n",
-        ));
+        return Err(ProxyError::CaRevoked);
     }
-    let Some(cfg) = proxy.current() else {
-        return Err(text(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "causeway: no config yet\n",
-        ));
-    };
-    let Some(ib) = cfg.inbounds.iter().find(|i| i.port == conn.port) else {
-        return Err(text(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "causeway: inbound removed\n",
-        ));
-    };
-    if let Err(reason) = authorize(ib, cfg.mtls, conn.peer.as_deref()) {
-        stats.record(403, started.elapsed());
-        return Err(text(
-            http::StatusCode::FORBIDDEN,
-            format!("causeway: {reason}\n"),
-        ));
-    }
+    let cfg = proxy.current().ok_or(ProxyError::NoConfig)?;
+    let ib = cfg
+        .inbounds
+        .iter()
+        .find(|i| i.port == conn.port)
+        .ok_or(ProxyError::ListenerRemoved("inbound"))?;
+    authorize(ib, cfg.mtls, conn.peer.as_deref()).map_err(ProxyError::Denied)?;
     let app = {
         let mut app = conn.app.lock().expect("app lock");
         if !app.is(&ib.app_address, ib.app_port) {
@@ -554,17 +598,10 @@ fn inbound_prepare(
         uri.scheme = Some(http::uri::Scheme::HTTP);
         uri.authority = Some(match authority {
             Some(a) => a,
-            None => match http::uri::Authority::try_from(
+            None => http::uri::Authority::try_from(
                 format!("{}:{}", ib.app_address, ib.app_port).as_str(),
-            ) {
-                Ok(a) => a,
-                Err(_) => {
-                    return Err(text(
-                        http::StatusCode::BAD_REQUEST,
-                        "causeway: bad application address\n",
-                    ));
-                }
-            },
+            )
+            .map_err(|_| ProxyError::BadRequest("bad application address"))?,
         });
         parts.version = http::Version::HTTP_2;
     } else {
@@ -584,69 +621,65 @@ fn inbound_prepare(
         }
         parts.version = http::Version::HTTP_11;
     }
-    parts.uri = match http::Uri::from_parts(uri) {
-        Ok(u) => u,
-        Err(_) => {
-            return Err(text(
-                http::StatusCode::BAD_REQUEST,
-                "causeway: bad request target\n",
-            ));
-        }
-    };
-    Ok((app, http::Request::from_parts(parts, body), h2))
+    parts.uri =
+        http::Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("bad request target"))?;
+    Ok(Prepared {
+        app,
+        req: http::Request::from_parts(parts, body),
+        h2,
+        exchange: Exchange::start(&ib.timeouts, started),
+        connect_timeout: ib.timeouts.connect.as_std(),
+    })
 }
 
 async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::Response<Body> {
     let started = Instant::now();
     let stats = &conn.stats;
-    let (app, req, h2) = match inbound_prepare(conn, req, started) {
+    let Prepared {
+        app,
+        req,
+        h2,
+        exchange,
+        connect_timeout,
+    } = match inbound_prepare(conn, req, started) {
         Ok(prepared) => prepared,
-        Err(answer) => return answer,
+        Err(e) => return answer_error(stats, started, e),
     };
     // Boxed: the exchange's state would be most of this future's size, and the
-    // connection moves the future (into its set of requests) before polling it.
+    // connection moves the future (into its set of requests) before polling it. The
+    // request timeout's timer lives in the same box.
     let resp = if h2 {
-        Box::pin(app.send_http2(req)).await
+        Box::pin(exchange.head(async {
+            app.send_http2(req, connect_timeout)
+                .await
+                .map_err(ProxyError::from)
+        }))
+        .await
     } else {
-        Box::pin(app.send_http1(req)).await
+        Box::pin(exchange.head(async {
+            app.send_http1(req, connect_timeout)
+                .await
+                .map_err(ProxyError::from)
+        }))
+        .await
     };
     match resp {
         Ok(r) => {
             let (mut parts, body) = r.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             stats.record(parts.status.as_u16(), started.elapsed());
-            http::Response::from_parts(parts, body)
+            http::Response::from_parts(parts, exchange.body(body))
         }
-        Err(AppError::Request(e)) => {
-            let status = if e.kind() == std::io::ErrorKind::Unsupported {
-                http::StatusCode::NOT_IMPLEMENTED
-            } else {
-                http::StatusCode::BAD_REQUEST
-            };
-            stats.record(status.as_u16(), started.elapsed());
-            text(status, format!("causeway: {e}\n"))
-        }
-        Err(e @ AppError::Connect(_)) => {
-            // The request never reached the app: callers may count this endpoint down.
-            stats.record(503, started.elapsed());
-            let mut r = text(
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                format!("causeway: the application is not reachable: {e}\n"),
-            );
-            r.headers_mut().insert(
-                APP_UNAVAILABLE,
-                http::HeaderValue::from_static("application"),
-            );
-            r
-        }
-        Err(e) => {
-            stats.record(502, started.elapsed());
-            text(
-                http::StatusCode::BAD_GATEWAY,
-                format!("causeway: the application did not answer: {e}\n"),
-            )
-        }
+        Err(e) => answer_error(stats, started, e),
     }
+}
+
+/// The proxy's own answer for `e`, counted in `stats`.
+fn answer_error(stats: &HttpStats, started: Instant, e: ProxyError) -> http::Response<Body> {
+    stats.error(&e);
+    let r = e.into_response();
+    stats.record(r.status().as_u16(), started.elapsed());
+    r
 }
 
 /// Sent by a failover drill's probe to its own outbound: answer with
@@ -655,10 +688,6 @@ pub(crate) const PROBE: http::HeaderName = http::HeaderName::from_static("x-caus
 /// The zone of the endpoint that answered a probe's request.
 pub(crate) const ANSWERED_FROM_ZONE: http::HeaderName =
     http::HeaderName::from_static("x-causeway-zone");
-
-/// Set by an inbound sidecar on a 503 when its application refused the connection:
-/// evidence for the caller's outlier detection that this endpoint is down.
-const APP_UNAVAILABLE: http::HeaderName = http::HeaderName::from_static("x-causeway-unavailable");
 
 // === outbound ===
 
@@ -689,12 +718,13 @@ async fn outbound_conn(proxy: &Arc<Proxy>, port: u16, tcp: TcpStream) -> anyhow:
             match crate::http::connect(&dial).await {
                 Ok(up) => {
                     ep.succeeded();
-                    ep.active.fetch_add(1, Ordering::Relaxed);
-                    let r = pipe(proxy, "outbound", &ob.service, &own, tcp, up).await;
-                    ep.active.fetch_sub(1, Ordering::Relaxed);
-                    return r;
+                    let mut in_flight = InFlight::new(&ep);
+                    in_flight.answered = true;
+                    let idle = timeout::on(ob.timeouts.idle);
+                    return pipe(proxy, "outbound", &ob.service, &own, tcp, up, idle).await;
                 }
                 Err(e) => {
+                    // A refusal and a connect timeout alike count against the endpoint.
                     tracing::info!(service = %ob.service, endpoint = %format!("{}:{}", dial.addr, dial.port), error = %e, "connect failed");
                     ep.failed();
                 }
@@ -709,10 +739,19 @@ async fn outbound_conn(proxy: &Arc<Proxy>, port: u16, tcp: TcpStream) -> anyhow:
         let stats = stats.clone();
         async move { Ok::<_, std::convert::Infallible>(outbound_request(&p, port, &stats, req).await) }
     });
-    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(tcp), svc)
+    // Idle: no byte either way between the application and us for that long closes the
+    // connection.
+    let idle = timeout::on(ob.timeouts.idle);
+    let (io, clock) = timeout::watch(tcp, idle);
+    let served = async move {
+        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), svc)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    timeout::unless_idle(served, clock.as_deref(), idle)
         .await
-        .map_err(|e| anyhow::anyhow!("{e}"))
+        .unwrap_or(Ok(()))
 }
 
 async fn outbound_request(
@@ -723,17 +762,12 @@ async fn outbound_request(
 ) -> http::Response<Body> {
     let started = Instant::now();
     let Some(cfg) = proxy.current() else {
-        return text(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "causeway: no config yet\n",
-        );
+        return answer_error(stats, started, ProxyError::NoConfig);
     };
     let Some(ob) = cfg.outbounds.iter().find(|o| o.port == port) else {
-        return text(
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "causeway: outbound removed\n",
-        );
+        return answer_error(stats, started, ProxyError::ListenerRemoved("outbound"));
     };
+    let exchange = Exchange::start(&ob.timeouts, started);
     let (mut parts, body) = req.into_parts();
     // HTTP/2 upstream: an absolute target, its authority from Host (HTTP/1.1 callers).
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -741,7 +775,7 @@ async fn outbound_request(
         match http::uri::Authority::try_from(host.as_bytes()) {
             Ok(a) => uri.authority = Some(a),
             Err(_) => {
-                return text(http::StatusCode::BAD_REQUEST, "causeway: bad Host header\n");
+                return answer_error(stats, started, ProxyError::BadRequest("bad Host header"));
             }
         }
     }
@@ -755,10 +789,7 @@ async fn outbound_request(
     parts.uri = match http::Uri::from_parts(uri) {
         Ok(u) => u,
         Err(_) => {
-            return text(
-                http::StatusCode::BAD_REQUEST,
-                "causeway: bad request target\n",
-            );
+            return answer_error(stats, started, ProxyError::BadRequest("bad request target"));
         }
     };
     parts.version = http::Version::HTTP_2;
@@ -766,6 +797,29 @@ async fn outbound_request(
     strip_hop_by_hop(&mut parts.headers);
     // A drill probe asks which zone answered; the header does not travel upstream.
     let probe = parts.headers.remove(PROBE).is_some();
+    let req = http::Request::from_parts(parts, boxed(body));
+    match exchange
+        .head(outbound_exchange(proxy, &cfg, ob, req, probe))
+        .await
+    {
+        Ok(r) => {
+            let (parts, body) = r.into_parts();
+            stats.record(parts.status.as_u16(), started.elapsed());
+            http::Response::from_parts(parts, exchange.body(body))
+        }
+        Err(e) => answer_error(stats, started, e),
+    }
+}
+
+/// Picks an endpoint and sends the request to it, up to its response's head: another
+/// endpoint when a dial fails (nothing was sent then).
+async fn outbound_exchange(
+    proxy: &Proxy,
+    cfg: &ProxyConfig,
+    ob: &OutboundListener,
+    req: http::Request<Body>,
+    probe: bool,
+) -> Result<http::Response<Body>, ProxyError> {
     let b = proxy.balancer(ob);
     let mut tried = Vec::new();
     let mut last_err = String::from("no endpoints");
@@ -774,18 +828,14 @@ async fn outbound_request(
         let ready = match ep
             .pool
             .slot()
-            .ready(|| proxy.dial(&cfg, ob, &ep, ALPN_H2))
+            .ready(|| proxy.dial(cfg, ob, &ep, ALPN_H2))
             .await
         {
             Ok(r) => r,
-            Err(NotReady::NoDial) => {
-                return text(
-                    http::StatusCode::SERVICE_UNAVAILABLE,
-                    "causeway: no workload certificate yet\n",
-                );
-            }
+            Err(NotReady::NoDial) => return Err(ProxyError::NoCertificate),
             Err(NotReady::Failed(e)) => {
-                // Nothing was sent: safe to try another endpoint.
+                // Nothing was sent: safe to try another endpoint. A refusal and a
+                // connect timeout alike count against the endpoint.
                 last_err = e.to_string();
                 ep.failed();
                 tried.push(ep);
@@ -793,15 +843,12 @@ async fn outbound_request(
             }
         };
         ep.succeeded();
-        ep.active.fetch_add(1, Ordering::Relaxed);
-        let t0 = Instant::now();
-        let result = ready
-            .send(http::Request::from_parts(parts, boxed(body)))
-            .await;
-        ep.active.fetch_sub(1, Ordering::Relaxed);
+        let mut in_flight = InFlight::new(&ep);
+        let result = ready.send(req).await;
+        in_flight.answered = true;
         return match result {
             Ok(r) => {
-                ep.observe(t0.elapsed());
+                ep.observe(in_flight.started.elapsed());
                 if r.status() == http::StatusCode::SERVICE_UNAVAILABLE
                     && r.headers().contains_key(APP_UNAVAILABLE)
                 {
@@ -816,40 +863,35 @@ async fn outbound_request(
                 {
                     parts.headers.insert(ANSWERED_FROM_ZONE, v);
                 }
-                stats.record(parts.status.as_u16(), started.elapsed());
-                http::Response::from_parts(parts, body)
+                Ok(http::Response::from_parts(parts, body))
             }
             Err(e) => {
                 ep.pool.reset();
-                stats.record(502, started.elapsed());
-                text(
-                    http::StatusCode::BAD_GATEWAY,
-                    format!("causeway: {} failed: {e}\n", ob.service),
-                )
+                Err(ProxyError::Upstream {
+                    service: ob.service.clone(),
+                    error: Box::new(e),
+                })
             }
         };
     }
-    stats.record(503, started.elapsed());
-    text(
-        http::StatusCode::SERVICE_UNAVAILABLE,
-        format!(
-            "causeway: no endpoint of {} is reachable ({last_err})\n",
-            ob.service
-        ),
-    )
+    Err(ProxyError::NoEndpoint {
+        service: ob.service.clone(),
+        reason: last_err,
+    })
 }
 
-/// Copies both ways until both sides close; counts bytes.
+/// Copies both ways until both sides close, or until no byte moved either way for
+/// `idle` (both are closed then); counts bytes.
 async fn pipe(
     proxy: &Proxy,
     direction: &'static str,
     service: &str,
     peer: &str,
-    mut a: impl Stream,
-    mut b: impl Stream,
+    a: impl Stream,
+    b: impl Stream,
+    idle: Option<Duration>,
 ) -> anyhow::Result<()> {
-    let r = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-    let (rx, tx) = r.as_ref().map(|(x, y)| (*x, *y)).unwrap_or_default();
+    let (rx, tx, r) = timeout::copy_until_idle(a, b, idle).await;
     proxy.metrics.tcp(direction, service, peer, rx, tx);
-    r.map(|_| ()).map_err(Into::into)
+    r.map_err(Into::into)
 }

@@ -989,3 +989,154 @@ async fn a_draining_sidecar_sends_callers_elsewhere_without_a_failed_request() -
     );
     Ok(())
 }
+
+/// An HTTP/1.1 application in the test process: `/slow` answers after `delay`, any other
+/// path at once. Each connection that closes while a slow answer is still due is
+/// reported on the channel: the caller gave up and the cancel reached the application.
+async fn slow_app(
+    delay: Duration,
+) -> anyhow::Result<(SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>)> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = free_addr();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let (cancelled_tx, cancelled) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let cancelled_tx = cancelled_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut b = [0u8; 4096];
+                        match s.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                        continue;
+                    };
+                    let slow = buf.starts_with(b"GET /slow");
+                    buf.drain(..end + 4);
+                    if slow {
+                        let mut b = [0u8; 1];
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            _ = s.read(&mut b) => {
+                                let _ = cancelled_tx.send(());
+                                return;
+                            }
+                        }
+                    }
+                    let body: &[u8] = if slow { b"slow\n" } else { b"fast\n" };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+                        body.len()
+                    );
+                    if s.write_all(&[head.as_bytes(), body].concat())
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok((addr, cancelled))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_timeout_cuts_a_slow_answer_with_504_and_the_application_sees_the_cancel()
+-> anyhow::Result<()> {
+    const SLOW: Duration = Duration::from_secs(3);
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-slow", "web", "slow", "Allow").await?;
+    let (app, mut cancelled) = slow_app(SLOW).await?;
+    let dp = dataplane(
+        "slow-1",
+        "slow",
+        free_addr().port(),
+        app.port(),
+        "http",
+        &[],
+    );
+    let (_ss, _) = fx.sidecar("slow", dp).await?;
+    let (_ws, web_admin, out) = fx.web_calling("slow").await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .pool_max_idle_per_host(0)
+        .build()?;
+    eventually("a fast answer through both sidecars", WAIT, || async {
+        let r = http
+            .get(format!("http://127.0.0.1:{out}/fast"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == StatusCode::OK).then_some(())
+    })
+    .await?;
+
+    // Without a MeshTimeout the built-in request timeout (15s) lets the slow answer through.
+    let t0 = Instant::now();
+    let r = http
+        .get(format!("http://127.0.0.1:{out}/slow"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await?, "slow\n");
+    assert!(t0.elapsed() >= SLOW, "answered after {:?}", t0.elapsed());
+
+    // A MeshTimeout for calls to slow, through the global API.
+    put(
+        &fx.c,
+        "/meshes/default/meshtimeouts/slow-timeout",
+        &json!({"type": "MeshTimeout", "mesh": "default", "name": "slow-timeout",
+                "spec": {"targetRef": {"kind": "Mesh"},
+                         "to": [{"targetRef": {"kind": "MeshService", "name": "slow"},
+                                 "default": {"http": {"requestTimeout": "500ms"}}}]}}),
+    )
+    .await?;
+    eventually("web's sidecar has the request timeout", WAIT, || async {
+        let cfg: Value = http
+            .get(format!("http://{web_admin}/config"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (cfg["config"]["outbounds"][0]["timeouts"]["request"] == "500ms").then_some(())
+    })
+    .await?;
+    let t0 = Instant::now();
+    let r = http
+        .get(format!("http://127.0.0.1:{out}/slow"))
+        .send()
+        .await?;
+    let took = t0.elapsed();
+    let (status, error) = (r.status(), r.headers().get("x-causeway-error").cloned());
+    let body = r.text().await?;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(
+        error.as_ref().and_then(|v| v.to_str().ok()),
+        Some("request-timeout"),
+        "{body}"
+    );
+    assert!(body.contains("500ms"), "{body}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "the 504 came after {took:?}"
+    );
+    // The cancel crossed the mesh: web's sidecar reset the HTTP/2 stream, slow's
+    // sidecar dropped the request and closed its connection to the application.
+    tokio::time::timeout(Duration::from_secs(2), cancelled.recv())
+        .await
+        .context("the application's connection was not closed before its answer was due")?
+        .context("the slow app stopped")?;
+    // Other requests to slow go on.
+    let r = http
+        .get(format!("http://127.0.0.1:{out}/fast"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    Ok(())
+}
