@@ -655,3 +655,368 @@ fn from_dataplane() {
         }]
     );
 }
+
+#[test]
+fn from_dataplane_named() {
+    let spec: DataplaneSpec = crate::validation::decode_spec(&json!({
+        "address": "10.0.0.1",
+        "inbound": [{"name": "http", "port": 8080, "service": "backend"}]}))
+    .unwrap();
+    let labels: BTreeMap<String, String> = [("app".to_owned(), "backend".to_owned())].into();
+    let proxy = Proxy::from_dataplane(&spec, None).named("backend-1", &labels);
+    assert_eq!(proxy.name, "backend-1");
+    assert_eq!(proxy.labels, labels);
+    assert_eq!(proxy.inbounds[0].name.as_deref(), Some("http"));
+}
+
+/// Dataplane `backend-1` (labels `app: backend`, `team: core`) in zone `eu` with the
+/// inbounds `http` (8080, service `backend`) and an unnamed one (9090, service
+/// `backend-admin`), calling `db`.
+fn two_inbounds() -> Proxy {
+    Proxy {
+        name: "backend-1".to_owned(),
+        labels: [
+            ("app".to_owned(), "backend".to_owned()),
+            ("team".to_owned(), "core".to_owned()),
+        ]
+        .into(),
+        zone: Some("eu".to_owned()),
+        inbounds: vec![
+            ProxyInbound {
+                name: Some("http".to_owned()),
+                port: 8080,
+                service: "backend".to_owned(),
+                tags: BTreeMap::new(),
+            },
+            ProxyInbound {
+                name: None,
+                port: 9090,
+                service: "backend-admin".to_owned(),
+                tags: BTreeMap::new(),
+            },
+        ],
+        outbounds: vec![ProxyOutbound {
+            service: "db".to_owned(),
+            routes: vec![],
+        }],
+    }
+}
+
+/// `kind: Dataplane` matches by the Dataplane's name and labels, and ranks above every
+/// older kind: Mesh < MeshSubset < MeshService < MeshServiceSubset < Dataplane by labels
+/// < Dataplane by name. Non-matching names and labels are left out.
+#[test]
+fn dataplane_targets_match_and_rank() {
+    let idle = |target_ref: Value, idle: &str| to(target_ref, json!({"idleTimeout": idle}));
+    let policies = [
+        policy(
+            "MeshTimeout",
+            "g-by-name",
+            None,
+            idle(json!({"kind": "Dataplane", "name": "backend-1"}), "6s"),
+        ),
+        policy(
+            "MeshTimeout",
+            "a-mesh",
+            None,
+            idle(json!({"kind": "Mesh"}), "1s"),
+        ),
+        policy(
+            "MeshTimeout",
+            "f-by-labels",
+            None,
+            idle(
+                json!({"kind": "Dataplane", "labels": {"app": "backend"}}),
+                "5s",
+            ),
+        ),
+        policy(
+            "MeshTimeout",
+            "d-service",
+            None,
+            idle(json!({"kind": "MeshService", "name": "backend"}), "3s"),
+        ),
+        policy(
+            "MeshTimeout",
+            "c-subset",
+            None,
+            idle(
+                json!({"kind": "MeshSubset", "tags": {"causeway.io/zone": "eu"}}),
+                "2s",
+            ),
+        ),
+        policy(
+            "MeshTimeout",
+            "e-service-subset",
+            None,
+            idle(
+                json!({"kind": "MeshServiceSubset", "name": "backend", "tags": {"causeway.io/zone": "eu"}}),
+                "4s",
+            ),
+        ),
+        policy(
+            "MeshTimeout",
+            "x-other-name",
+            None,
+            idle(json!({"kind": "Dataplane", "name": "backend-2"}), "9s"),
+        ),
+        policy(
+            "MeshTimeout",
+            "x-other-labels",
+            None,
+            idle(
+                json!({"kind": "Dataplane", "labels": {"app": "backend", "team": "edge"}}),
+                "9s",
+            ),
+        ),
+    ];
+    let got = effective("MeshTimeout", &policies, &two_inbounds()).unwrap();
+    assert_eq!(
+        got.outbounds[0].conf,
+        merged(
+            json!({"idleTimeout": "6s"}),
+            &[
+                "a-mesh",
+                "c-subset",
+                "d-service",
+                "e-service-subset",
+                "f-by-labels",
+                "g-by-name"
+            ]
+        )
+    );
+    // Without the by-name policy, the by-labels one is the most specific.
+    let got = effective("MeshTimeout", &policies[1..], &two_inbounds()).unwrap();
+    assert_eq!(
+        got.outbounds[0].conf.as_ref().map(|m| &m.conf),
+        Some(&json!({"idleTimeout": "5s"}))
+    );
+    // A proxy without name and labels (Proxy::from_dataplane without named) matches
+    // no Dataplane target.
+    let anonymous = Proxy {
+        name: String::new(),
+        labels: BTreeMap::new(),
+        ..two_inbounds()
+    };
+    let got = effective("MeshTimeout", &policies, &anonymous).unwrap();
+    assert_eq!(
+        got.outbounds[0].conf.as_ref().map(|m| m.policies.clone()),
+        Some(vec![
+            "a-mesh".to_owned(),
+            "c-subset".to_owned(),
+            "d-service".to_owned(),
+            "e-service-subset".to_owned()
+        ])
+    );
+}
+
+/// Top-level `rules` are inbound entries for every caller (a `Mesh` source);
+/// `sectionName` narrows a policy's inbound entries to one inbound (by name or port)
+/// and makes it more specific than the same target without it.
+#[test]
+fn rules_and_section_name() {
+    let rules = |target_ref: Value, default: Value| json!({"targetRef": target_ref, "rules": [{"default": default}]});
+    let policies = [
+        policy(
+            "MeshTimeout",
+            "all-inbounds",
+            None,
+            rules(
+                json!({"kind": "Dataplane", "labels": {"app": "backend"}}),
+                json!({"idleTimeout": "1h", "http": {"requestTimeout": "30s"}}),
+            ),
+        ),
+        policy(
+            "MeshTimeout",
+            "http-only",
+            None,
+            rules(
+                json!({"kind": "Dataplane", "labels": {"app": "backend"}, "sectionName": "http"}),
+                json!({"http": {"requestTimeout": "5s"}}),
+            ),
+        ),
+        policy(
+            "MeshTimeout",
+            "admin-by-port",
+            None,
+            rules(
+                json!({"kind": "Dataplane", "name": "backend-1", "sectionName": "9090"}),
+                json!({"idleTimeout": "1m"}),
+            ),
+        ),
+        policy(
+            "MeshTimeout",
+            "from-web",
+            None,
+            json!({"targetRef": {"kind": "MeshService", "name": "backend"},
+                   "from": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"idleTimeout": "2h"}}]}),
+        ),
+    ];
+    let got = effective("MeshTimeout", &policies, &two_inbounds()).unwrap();
+    let rule = |source: TargetRef, conf: Value, names: &[&str]| FromRule {
+        source,
+        conf,
+        policies: names.iter().map(|n| (*n).to_owned()).collect(),
+    };
+    assert_eq!(
+        got.inbounds,
+        vec![
+            InboundConfig {
+                port: 8080,
+                rules: vec![
+                    // The Dataplane policies' rules (Mesh source) cover web too, and
+                    // their top-level targets outrank from-web's MeshService.
+                    rule(
+                        TargetRef::service("web"),
+                        json!({"idleTimeout": "1h", "http": {"requestTimeout": "5s"}}),
+                        &["from-web", "all-inbounds", "http-only"],
+                    ),
+                    rule(
+                        TargetRef::mesh(),
+                        json!({"idleTimeout": "1h", "http": {"requestTimeout": "5s"}}),
+                        &["all-inbounds", "http-only"],
+                    ),
+                ],
+            },
+            InboundConfig {
+                port: 9090,
+                rules: vec![rule(
+                    TargetRef::mesh(),
+                    json!({"idleTimeout": "1m", "http": {"requestTimeout": "30s"}}),
+                    &["all-inbounds", "admin-by-port"],
+                )],
+            },
+        ]
+    );
+    // The section does not matter on the client side: the proxy calls db either way.
+    assert_eq!(got.outbounds[0].conf, None);
+}
+
+/// A `to[]` MeshService named by labels (`kuma.io/display-name` or
+/// `causeway.io/service`) is the destination of that name.
+#[test]
+fn to_service_by_labels() {
+    let policies = [
+        policy(
+            "MeshTimeout",
+            "by-display-name",
+            None,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "labels": {"kuma.io/display-name": "db"}},
+                           "default": {"idleTimeout": "1m"}}]}),
+        ),
+        policy(
+            "MeshTimeout",
+            "by-service-label",
+            None,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "labels": {"causeway.io/service": "db"}, "sectionName": "postgres"},
+                           "default": {"http": {"requestTimeout": "2s"}}}]}),
+        ),
+        policy(
+            "MeshTimeout",
+            "other-service",
+            None,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "labels": {"kuma.io/display-name": "redis"}},
+                           "default": {"idleTimeout": "9m"}}]}),
+        ),
+    ];
+    let got = effective("MeshTimeout", &policies, &two_inbounds()).unwrap();
+    assert_eq!(
+        got.outbounds[0].conf,
+        merged(
+            json!({"idleTimeout": "1m", "http": {"requestTimeout": "2s"}}),
+            &["by-service-label", "by-display-name"]
+        )
+    );
+}
+
+/// MeshTrafficPermission's SPIFFE lists add up across policies (a more specific policy
+/// cannot drop a less specific one's `deny`), and sit beside `from[]` decisions in the
+/// `Mesh` source's rule.
+#[test]
+fn traffic_permission_spiffe_rules_append() {
+    let m = |kind: &str, value: &str| json!({"spiffeID": {"type": kind, "value": value}});
+    let policies = [
+        policy(
+            "MeshTrafficPermission",
+            "mesh-wide",
+            None,
+            json!({"targetRef": {"kind": "Mesh"}, "rules": [{"default": {
+                "deny": [m("Prefix", "spiffe://td/ns/legacy")],
+                "allow": [m("Prefix", "spiffe://td")]}}]}),
+        ),
+        policy(
+            "MeshTrafficPermission",
+            "backend-owner",
+            None,
+            json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}}, "rules": [{"default": {
+                "allow": [m("Prefix", "spiffe://td"), m("Exact", "spiffe://td/ns/legacy/sa/batch")],
+                "allowWithShadowDeny": [m("Prefix", "spiffe://td/ns/test")]}}],
+                "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}),
+        ),
+    ];
+    let got = effective("MeshTrafficPermission", &policies, &two_inbounds()).unwrap();
+    assert_eq!(
+        got.inbounds[0].rules,
+        vec![FromRule {
+            source: TargetRef::mesh(),
+            conf: json!({
+                "action": "Allow",
+                "deny": [m("Prefix", "spiffe://td/ns/legacy")],
+                "allow": [m("Prefix", "spiffe://td"), m("Exact", "spiffe://td/ns/legacy/sa/batch")],
+                "allowWithShadowDeny": [m("Prefix", "spiffe://td/ns/test")]}),
+            policies: vec!["mesh-wide".to_owned(), "backend-owner".to_owned()],
+        }]
+    );
+    // Other kinds keep merge-patch: a list replaces the one before it.
+    let policies = [
+        policy(
+            "MeshAccessLog",
+            "a",
+            None,
+            json!({"rules": [{"default": {"backends": [{"type": "File", "file": {"path": "/a"}}]}}]}),
+        ),
+        policy(
+            "MeshAccessLog",
+            "b",
+            None,
+            json!({"targetRef": {"kind": "Dataplane", "name": "backend-1"},
+                   "rules": [{"default": {"backends": [{"type": "File", "file": {"path": "/b"}}]}}]}),
+        ),
+    ];
+    let got = effective("MeshAccessLog", &policies, &two_inbounds()).unwrap();
+    assert_eq!(
+        got.inbounds[0].rules[0].conf,
+        json!({"backends": [{"type": "File", "file": {"path": "/b"}}]})
+    );
+}
+
+/// A MeshTCPRoute's Kuma form (`to[].rules[0].default`) merges with the older
+/// `to[].default` form of another policy into one rule.
+#[test]
+fn tcp_route_rules_and_default_merge() {
+    let backend = |name: &str| json!({"backendRefs": [{"kind": "MeshService", "name": name}]});
+    let policies = [
+        policy(
+            "MeshTCPRoute",
+            "old-form",
+            None,
+            json!({"to": [{"targetRef": {"kind": "MeshService", "name": "db"}, "default": backend("db-v1")}]}),
+        ),
+        policy(
+            "MeshTCPRoute",
+            "kuma-form",
+            None,
+            json!({"targetRef": {"kind": "Dataplane", "name": "backend-1"},
+                   "to": [{"targetRef": {"kind": "MeshService", "labels": {"kuma.io/display-name": "db"}},
+                           "rules": [{"default": backend("db-v2")}]}]}),
+        ),
+    ];
+    let got = effective("MeshTCPRoute", &policies, &two_inbounds()).unwrap();
+    assert_eq!(
+        got.outbounds[0].conf,
+        merged(
+            json!({"rules": [{"default": backend("db-v2")}]}),
+            &["old-form", "kuma-form"]
+        )
+    );
+}
