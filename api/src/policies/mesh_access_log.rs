@@ -329,4 +329,22 @@ mod tests {
             ],
         );
     }
+
+    /// Kuma 2.9+ `rules`: the access log of all inbound traffic.
+    #[test]
+    fn rules_table() {
+        table::<MeshAccessLogSpec>(
+            &[
+                json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+                     "rules": [{"default": {"backends": [{"type": "File", "file": {"path": "/dev/stdout"}}]}}]}),
+            ],
+            &[(
+                json!({"rules": [{"default": {"backends": [{"type": "File"}]}}]}),
+                &[(
+                    "spec.rules[0].default.backends[0].file",
+                    "is required for type File",
+                )],
+            )],
+        );
+    }
 }

@@ -345,4 +345,23 @@ mod tests {
             ],
         );
     }
+
+    /// Kuma 2.9+ `rules`: limits and outlier detection for all inbound traffic.
+    #[test]
+    fn rules_table() {
+        table::<MeshCircuitBreakerSpec>(
+            &[
+                json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "web"}},
+                     "rules": [{"default": {"outlierDetection": {"interval": "5s", "maxEjectionPercent": 20,
+                                                                 "detectors": {"totalFailures": {"consecutive": 10}}}}}]}),
+            ],
+            &[(
+                json!({"rules": [{"default": {"outlierDetection": {"maxEjectionPercent": 120}}}]}),
+                &[(
+                    "spec.rules[0].default.outlierDetection.maxEjectionPercent",
+                    "must be between 0% and 100%",
+                )],
+            )],
+        );
+    }
 }

@@ -812,4 +812,102 @@ mod tests {
             ],
         );
     }
+
+    /// Kuma 2.9+ forms: backends by labels with a port, Kuma's path-modifier fields; and
+    /// what Causeway refuses (gateway hostnames, external services).
+    #[test]
+    fn kuma_forms_table() {
+        let to = |rules: serde_json::Value| {
+            json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "frontend"}},
+            "to": [{"targetRef": {"kind": "MeshService", "labels": {"kuma.io/display-name": "backend"}}, "rules": rules}]})
+        };
+        table::<MeshHttpRouteSpec>(
+            &[to(json!([
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/orders"}}],
+                 "default": {"backendRefs": [{"kind": "MeshService", "labels": {"kuma.io/display-name": "orders"}, "port": 8080}]}},
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+                 "default": {"filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}}]}},
+                {"default": {"filters": [{"type": "RequestRedirect", "requestRedirect": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"}}}],
+                             "backendRefs": [{"kind": "MeshService", "name": "backend", "namespace": "kuma-demo", "port": 3001}]}}
+            ]))],
+            &[
+                (
+                    to(json!([{"default": {"backendRefs": [
+                        {"kind": "MeshService", "name": "a", "labels": {"kuma.io/display-name": "a"}},
+                        {"kind": "MeshService", "labels": {"app": "a"}, "port": 0},
+                        {"kind": "MeshServiceSubset", "labels": {"kuma.io/display-name": "a"}, "tags": {"v": "1"}},
+                        {"kind": "MeshService"},
+                        {"kind": "MeshExternalService", "name": "httpbin"},
+                        {"kind": "MeshService", "labels": {"kuma.io/display-name": "a"}, "namespace": "ns"}]}}])),
+                    &[
+                        (
+                            "spec.to[0].rules[0].default.backendRefs[0].labels",
+                            "set name or labels, not both",
+                        ),
+                        (
+                            "spec.to[0].rules[0].default.backendRefs[1].labels.app",
+                            "a service has only the labels",
+                        ),
+                        (
+                            "spec.to[0].rules[0].default.backendRefs[1].port",
+                            "must be a port between 1 and 65535",
+                        ),
+                        (
+                            "spec.to[0].rules[0].default.backendRefs[2].labels",
+                            "must not be set for kind MeshServiceSubset",
+                        ),
+                        (
+                            "spec.to[0].rules[0].default.backendRefs[3].name",
+                            "unless labels name the service",
+                        ),
+                        (
+                            "spec.to[0].rules[0].default.backendRefs[4].kind",
+                            "MeshExternalService: Causeway has no external services yet",
+                        ),
+                        (
+                            "spec.to[0].rules[0].default.backendRefs[5].namespace",
+                            "is allowed only with name",
+                        ),
+                    ],
+                ),
+                (
+                    to(json!([{"default": {"filters": [
+                        {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replaceFullPath": "/x"}}},
+                        {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "value": "/a", "replaceFullPath": "/b"}}},
+                        {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "b"}}}]}}])),
+                    &[
+                        (
+                            "spec.to[0].rules[0].default.filters[0].urlRewrite.path.replaceFullPath",
+                            "must not be set for type ReplacePrefixMatch; use replacePrefixMatch",
+                        ),
+                        (
+                            "spec.to[0].rules[0].default.filters[0].urlRewrite.path.value",
+                            "is required (or replacePrefixMatch)",
+                        ),
+                        (
+                            "spec.to[0].rules[0].default.filters[1].urlRewrite.path.replaceFullPath",
+                            "set value or replaceFullPath, not both",
+                        ),
+                        (
+                            "spec.to[0].rules[0].default.filters[2].urlRewrite.path.replaceFullPath",
+                            "must start with '/'",
+                        ),
+                    ],
+                ),
+                (
+                    json!({"targetRef": {"kind": "MeshGateway", "name": "edge", "tags": {"port": "http-8080"}},
+                           "to": [{"targetRef": {"kind": "Mesh"}, "hostnames": ["example.com"],
+                                   "rules": [{"default": {}}]}]}),
+                    &[
+                        (
+                            "spec.targetRef.kind",
+                            "MeshGateway: Causeway has no gateways yet",
+                        ),
+                        ("spec.to[0].targetRef.kind", "kind Mesh is not allowed here"),
+                        ("spec.to[0].hostnames", "Causeway has no gateways yet"),
+                    ],
+                ),
+            ],
+        );
+    }
 }

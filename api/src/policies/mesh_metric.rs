@@ -383,4 +383,36 @@ mod tests {
             ],
         );
     }
+
+    /// Kuma's `prometheus.tls.mode`: Disabled and ActiveMTLSBackend are `mtls` false and
+    /// true; ProvidedTLS is refused with the reason.
+    #[test]
+    fn prometheus_tls_table() {
+        let tls = |mode: &str, mtls: Option<bool>| {
+            let mut p = json!({"port": 5670, "tls": {"mode": mode}});
+            if let Some(m) = mtls {
+                p["mtls"] = m.into();
+            }
+            json!({"default": {"backends": [{"type": "Prometheus", "prometheus": p}]}})
+        };
+        table::<MeshMetricSpec>(
+            &[tls("Disabled", None), tls("ActiveMTLSBackend", Some(true))],
+            &[
+                (
+                    tls("ProvidedTLS", None),
+                    &[(
+                        "spec.default.backends[0].prometheus.tls.mode",
+                        "Causeway has no certificates of your own",
+                    )],
+                ),
+                (
+                    tls("Disabled", Some(true)),
+                    &[(
+                        "spec.default.backends[0].prometheus.tls.mode",
+                        "contradicts mtls: true",
+                    )],
+                ),
+            ],
+        );
+    }
 }

@@ -293,4 +293,39 @@ mod tests {
             ],
         );
     }
+
+    /// Kuma 2.9+ `rules`; `to[]` (external services, gateways) is refused with why.
+    #[test]
+    fn kuma_forms_table() {
+        table::<MeshRateLimitSpec>(
+            &[
+                json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}, "sectionName": "http"},
+                     "rules": [{"default": {"local": {"http": {"requestRate": {"num": 5, "interval": "10s"},
+                                                              "onRateLimit": {"status": 423}}}}}]}),
+            ],
+            &[
+                (
+                    json!({"rules": [{"default": {"local": {"http": {"requestRate": {"num": 1, "interval": "1s"}, "onRateLimit": {"status": 99}}}}}]}),
+                    &[(
+                        "spec.rules[0].default.local.http.onRateLimit.status",
+                        "must be between 400 and 599 (got 99)",
+                    )],
+                ),
+                (
+                    json!({"to": [{"targetRef": {"kind": "MeshExternalService", "name": "httpbin"}, "default": {}},
+                                  {"targetRef": {"kind": "Mesh"}, "default": {}}]}),
+                    &[
+                        (
+                            "spec.to[0].targetRef.kind",
+                            "MeshExternalService: Causeway has no external services yet",
+                        ),
+                        (
+                            "spec.to[1]",
+                            "Causeway has no external services or gateways yet",
+                        ),
+                    ],
+                ),
+            ],
+        );
+    }
 }

@@ -309,4 +309,22 @@ mod tests {
             ],
         );
     }
+
+    /// Kuma's Datadog backend is refused with the reason, not an unknown variant.
+    #[test]
+    fn datadog_is_refused_with_a_reason() {
+        table::<MeshTraceSpec>(
+            &[
+                json!({"targetRef": {"kind": "Dataplane", "labels": {"app": "backend"}},
+                     "default": {"backends": [{"type": "Zipkin", "zipkin": {"url": "http://jaeger:9411/api/v2/spans"}}]}}),
+            ],
+            &[(
+                json!({"default": {"backends": [{"type": "Datadog", "datadog": {"url": "http://127.0.0.1:8126", "splitService": true}}]}}),
+                &[(
+                    "spec.default.backends[0].type",
+                    "Datadog: Causeway has no Datadog tracing backend",
+                )],
+            )],
+        );
+    }
 }
