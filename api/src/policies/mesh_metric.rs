@@ -103,7 +103,7 @@ pub enum ProfileName {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Selector {
-    /// `Exact`, `Prefix` or `Regex`.
+    /// `Exact`, `Prefix`, `Contains` or `Regex`.
     #[serde(rename = "type")]
     pub kind: SelectorType,
     /// The name, prefix or expression.
@@ -118,6 +118,8 @@ pub enum SelectorType {
     Exact,
     /// A prefix of the name.
     Prefix,
+    /// A part of the name (Kuma 2.9+).
+    Contains,
     /// A regular expression (RE2).
     Regex,
 }
@@ -329,7 +331,7 @@ mod tests {
         table::<MeshMetricSpec>(
             &[
                 json!({"targetRef": {"kind": "Mesh"}, "default": {
-                    "sidecar": {"profiles": {"appendProfiles": [{"name": "Basic"}], "include": [{"type": "Regex", "match": "^tcp_"}], "exclude": [{"type": "Prefix", "match": "http_"}]}, "includeUnused": false},
+                    "sidecar": {"profiles": {"appendProfiles": [{"name": "Basic"}], "include": [{"type": "Regex", "match": "^tcp_"}, {"type": "Contains", "match": "upstream_rq"}], "exclude": [{"type": "Prefix", "match": "http_"}]}, "includeUnused": false},
                     "applications": [{"name": "backend", "path": "/metrics", "port": 8080}],
                     "backends": [{"type": "Prometheus", "prometheus": {"port": 5670, "path": "/metrics"}},
                                  {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel-collector:4317", "refreshInterval": "30s"}}]}}),

@@ -1,5 +1,7 @@
 //! `MeshRetry`: retries for HTTP, gRPC and TCP, with backoff and a retry budget.
 
+use std::fmt;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -137,30 +139,154 @@ pub struct RetryBudget {
     pub min_retry_concurrency: Option<u32>,
 }
 
-/// HTTP failures that can be retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+/// HTTP failures that can be retried; in YAML a string: a name below, or an HTTP
+/// status code as a string (`"503"`, Kuma's form of `RetriableStatusCodes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum HttpRetryOn {
-    /// Any 5xx response (also connect failures and resets).
-    #[serde(rename = "5xx")]
+    /// `5xx` (also Kuma's `5XX`): any 5xx response (also connect failures and resets).
     ServerError,
-    /// 502, 503 or 504.
+    /// `GatewayError`: 502, 503 or 504.
     GatewayError,
-    /// The connection was reset or closed before a response.
+    /// `Reset`: the connection was reset or closed before a response.
     Reset,
-    /// The connection could not be established.
+    /// `ConnectFailure`: the connection could not be established.
     ConnectFailure,
-    /// The upstream refused the HTTP/2 stream (REFUSED_STREAM).
+    /// `RefusedStream`: the upstream refused the HTTP/2 stream (REFUSED_STREAM).
     RefusedStream,
-    /// 409 Conflict.
+    /// `Retriable4xx`: 409 Conflict.
     Retriable4xx,
-    /// One of `retriableStatusCodes`.
+    /// `RetriableStatusCodes`: one of `retriableStatusCodes`.
     RetriableStatusCodes,
+    /// `"503"`: this status code (Kuma's form).
+    Status(u16),
+    /// `HttpMethodGet`, `HttpMethodPost`, ...: Kuma's condition on the request method
+    /// (retry only requests with one of the listed methods).
+    Method(crate::policies::mesh_http_route::Method),
+}
+
+/// Kuma's retry conditions that name Envoy internals Causeway has no counterpart of.
+const HTTP_RETRY_ON_REFUSED: &[(&str, &str)] = &[
+    (
+        "EnvoyRatelimited",
+        "EnvoyRatelimited: Causeway's proxies are not Envoy and set no x-envoy-ratelimited header; retry on \"429\" instead",
+    ),
+    (
+        "Http3PostConnectFailure",
+        "Http3PostConnectFailure: Causeway has no HTTP/3 between proxies yet",
+    ),
+];
+
+const HTTP_RETRY_ON_NAMES: &[(&str, HttpRetryOn)] = &[
+    ("5xx", HttpRetryOn::ServerError),
+    ("GatewayError", HttpRetryOn::GatewayError),
+    ("Reset", HttpRetryOn::Reset),
+    ("ConnectFailure", HttpRetryOn::ConnectFailure),
+    ("RefusedStream", HttpRetryOn::RefusedStream),
+    ("Retriable4xx", HttpRetryOn::Retriable4xx),
+    ("RetriableStatusCodes", HttpRetryOn::RetriableStatusCodes),
+];
+
+impl std::str::FromStr for HttpRetryOn {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use crate::policies::mesh_http_route::Method;
+        if s == "5XX" {
+            return Ok(HttpRetryOn::ServerError);
+        }
+        if let Some((_, on)) = HTTP_RETRY_ON_NAMES.iter().find(|(name, _)| *name == s) {
+            return Ok(*on);
+        }
+        if let Some((_, reason)) = HTTP_RETRY_ON_REFUSED.iter().find(|(name, _)| *name == s) {
+            return Err((*reason).to_owned());
+        }
+        if s.len() == 3 && s.bytes().all(|b| b.is_ascii_digit()) {
+            let code: u16 = s
+                .parse()
+                .map_err(|_| format!("{s:?} is not a status code"))?;
+            check_status(code)?;
+            return Ok(HttpRetryOn::Status(code));
+        }
+        if let Some(method) = s.strip_prefix("HttpMethod") {
+            let method: Result<Method, _> =
+                serde_json::from_value(serde_json::Value::String(method.to_ascii_uppercase()));
+            if let Ok(method) = method {
+                return Ok(HttpRetryOn::Method(method));
+            }
+        }
+        let names: Vec<&str> = HTTP_RETRY_ON_NAMES.iter().map(|(n, _)| *n).collect();
+        Err(format!(
+            "unknown retry condition {s:?}; use one of {}, HttpMethodGet (or another method), or a status code like \"503\"",
+            names.join(", ")
+        ))
+    }
+}
+
+impl fmt::Display for HttpRetryOn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HttpRetryOn::Status(code) => write!(f, "{code}"),
+            HttpRetryOn::Method(method) => {
+                let upper = serde_json::to_value(method)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let mut chars = upper.chars();
+                let first = chars.next().map(|c| c.to_string()).unwrap_or_default();
+                write!(
+                    f,
+                    "HttpMethod{first}{}",
+                    chars.as_str().to_ascii_lowercase()
+                )
+            }
+            named => {
+                let name = HTTP_RETRY_ON_NAMES
+                    .iter()
+                    .find(|(_, on)| on == named)
+                    .map(|(n, _)| *n)
+                    .expect("every named condition is in HTTP_RETRY_ON_NAMES");
+                f.write_str(name)
+            }
+        }
+    }
+}
+
+impl Serialize for HttpRetryOn {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpRetryOn {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(deserializer)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl JsonSchema for HttpRetryOn {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HttpRetryOn".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A retry condition: 5xx (or 5XX), GatewayError, Reset, ConnectFailure, RefusedStream, Retriable4xx, RetriableStatusCodes, HttpMethodGet (or another method), or a status code as a string like \"503\".",
+            "examples": ["5xx", "ConnectFailure", "503", "HttpMethodGet"]
+        })
+    }
 }
 
 /// gRPC status codes that can be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum GrpcRetryOn {
-    /// CANCELLED.
+    /// CANCELLED (Kuma spells it `Canceled`).
+    #[serde(alias = "Canceled")]
     Cancelled,
     /// DEADLINE_EXCEEDED.
     DeadlineExceeded,
@@ -267,13 +393,20 @@ mod tests {
     #[test]
     fn validation_table() {
         table::<MeshRetrySpec>(
-            &[to(
-                json!({"http": {"numRetries": 3, "perTryTimeout": "500ms", "backOff": {"baseInterval": "25ms", "maxInterval": "250ms"},
+            &[
+                to(
+                    json!({"http": {"numRetries": 3, "perTryTimeout": "500ms", "backOff": {"baseInterval": "25ms", "maxInterval": "250ms"},
                                    "retryOn": ["5xx", "ConnectFailure", "RetriableStatusCodes"], "retriableStatusCodes": [429],
                                    "budget": {"percent": "20%", "minRetryConcurrency": 3}},
                           "grpc": {"numRetries": 2, "retryOn": ["Unavailable", "DeadlineExceeded"]},
                           "tcp": {"maxConnectAttempt": 3}}),
-            )],
+                ),
+                // Kuma's conditions: 5XX, status codes as strings, request methods, Canceled.
+                to(
+                    json!({"http": {"retryOn": ["5XX", "GatewayError", "Reset", "Retriable4xx", "429", "503", "HttpMethodGet", "HttpMethodPost"]},
+                      "grpc": {"retryOn": ["Canceled", "ResourceExhausted"]}}),
+                ),
+            ],
             &[
                 (
                     to(json!({"http": {"numRetries": 50}})),
@@ -298,10 +431,24 @@ mod tests {
                     ],
                 ),
                 (
-                    to(json!({"http": {"retryOn": ["5XX"]}})),
+                    to(json!({"http": {"retryOn": ["5XY"]}})),
                     &[(
                         "spec.to[0].default.http.retryOn[0]",
-                        "unknown variant `5XX`",
+                        "unknown retry condition \"5XY\"; use one of 5xx, GatewayError",
+                    )],
+                ),
+                (
+                    to(json!({"http": {"retryOn": ["EnvoyRatelimited"]}})),
+                    &[(
+                        "spec.to[0].default.http.retryOn[0]",
+                        "Causeway's proxies are not Envoy",
+                    )],
+                ),
+                (
+                    to(json!({"http": {"retryOn": ["099"]}})),
+                    &[(
+                        "spec.to[0].default.http.retryOn[0]",
+                        "must be an HTTP status code between 100 and 599 (got 99)",
                     )],
                 ),
                 (
