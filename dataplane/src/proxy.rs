@@ -895,3 +895,6 @@ async fn pipe(
     proxy.metrics.tcp(direction, service, peer, rx, tx);
     r.map_err(Into::into)
 }
+
+#[cfg(test)]
+mod tests;
