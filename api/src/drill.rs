@@ -20,9 +20,22 @@ const MAX_DRILL: time::Duration = time::Duration::hours(24);
 /// What a drill rehearses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum DrillType {
-    /// The zone is down for everyone else: its ingresses refuse traffic and its
-    /// endpoints leave other zones' configs. Its own workloads keep running.
+    /// The zone is down for everyone else (how, see [`DrillMode`]). Its own workloads
+    /// keep running.
     ZoneDown,
+}
+
+/// How a drilled zone goes down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum DrillMode {
+    /// An orderly exit: the zone's ingresses refuse connections and its endpoints leave
+    /// the other zones' configs, so their sidecars stop sending there at once.
+    #[default]
+    Drain,
+    /// A dead network: the zone's ingresses silently stop answering (no refusal, no
+    /// reset; connections in flight stall), and the control plane tells the other zones
+    /// nothing. Their sidecars must find out from the data plane alone.
+    Blackhole,
 }
 
 /// The spec of a `Drill`: a rehearsal of a zone failure with a fixed window. Zones act
@@ -47,6 +60,9 @@ pub struct DrillSpec {
     pub kind: DrillType,
     /// The zone taken out.
     pub zone: String,
+    /// How it goes down: `Drain` (default) or `Blackhole`.
+    #[serde(default, skip_serializing_if = "is_drain")]
+    pub mode: DrillMode,
     /// The mesh whose traffic is drilled (and probed). Default `default`.
     #[serde(default = "default_mesh")]
     pub mesh: String,
@@ -70,6 +86,10 @@ pub struct DrillSpec {
     )]
     #[schemars(with = "Option<String>")]
     pub stopped_at: Option<OffsetDateTime>,
+}
+
+fn is_drain(mode: &DrillMode) -> bool {
+    *mode == DrillMode::Drain
 }
 
 fn default_mesh() -> String {
@@ -158,11 +178,11 @@ pub struct DrillReportSpec {
     pub after: PhaseStats,
     /// Whether the drilled zone answered any of the probe's requests before the drill.
     pub drilled_zone_served_before: bool,
-    /// From the start of the drill until the last request that failed or still reached
-    /// the drilled zone: how long traffic took to move. 0 when nothing had to move.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Time to detect the outage: from the start of the drill until the last request
+    /// that failed or still reached the drilled zone, after which traffic had moved. 0
+    /// when nothing had to move.
     pub moved_after_ms: Option<u64>,
-    /// Requests that failed while traffic moved.
+    /// Requests that failed while the outage was being detected.
     pub failed_during_move: u64,
     /// From the end of the drill until the drilled zone answered again (when it did
     /// before), milliseconds.
@@ -196,6 +216,8 @@ mod tests {
             &[
                 json!({"type": "ZoneDown", "zone": "zone-b", "probe": "backend",
                        "startsAt": "2026-11-22T10:00:05Z", "endsAt": "2026-11-22T10:01:05Z"}),
+                json!({"type": "ZoneDown", "zone": "zone-b", "mode": "Blackhole",
+                       "startsAt": "2026-11-22T10:00:05Z", "endsAt": "2026-11-22T10:01:05Z"}),
                 json!({"type": "ZoneDown", "zone": "zone-b", "mesh": "payments",
                        "startsAt": "2026-11-22T10:00:05Z", "endsAt": "2026-11-22T10:01:05Z",
                        "stoppedAt": "2026-11-22T10:00:30Z"}),
@@ -212,6 +234,13 @@ mod tests {
                 (
                     json!({"type": "ZoneDown", "zone": "zone-b", "startsAt": "2026-11-22T10:00:05Z", "endsAt": "2026-11-24T10:00:05Z"}),
                     &[("spec.endsAt", "at most 24h")],
+                ),
+                (
+                    json!({"type": "ZoneDown", "zone": "zone-b", "mode": "Unplug", "startsAt": "2026-11-22T10:00:05Z", "endsAt": "2026-11-22T10:01:05Z"}),
+                    &[(
+                        "spec.mode",
+                        "unknown variant `Unplug`, expected `Drain` or `Blackhole`",
+                    )],
                 ),
                 (
                     json!({"type": "RegionDown", "zone": "zone-b", "startsAt": "2026-11-22T10:00:05Z", "endsAt": "2026-11-22T10:01:05Z"}),
@@ -233,6 +262,7 @@ mod tests {
         let mut d = DrillSpec {
             kind: DrillType::ZoneDown,
             zone: "zone-b".into(),
+            mode: DrillMode::Drain,
             mesh: "default".into(),
             probe: None,
             starts_at: t("2026-11-22T10:00:00Z"),

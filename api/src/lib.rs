@@ -56,7 +56,9 @@ mod zone_ingress;
 pub mod zone_token;
 
 pub use dataplane::{DataplaneSpec, Inbound, Outbound, Protocol};
-pub use drill::{DRILL_COOLDOWN, DRILL_WARMUP, DrillReportSpec, DrillSpec, DrillType, PhaseStats};
+pub use drill::{
+    DRILL_COOLDOWN, DRILL_WARMUP, DrillMode, DrillReportSpec, DrillSpec, DrillType, PhaseStats,
+};
 pub use duration::{Duration, DurationError};
 pub use effective::{
     EffectiveConfig, FromRule, IgnoredPolicy, InboundConfig, Merged, NotAPolicyKind,

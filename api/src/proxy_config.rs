@@ -213,6 +213,11 @@ pub struct IngressConfig {
     /// the reason it logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refusing: Option<String>,
+    /// With `refusing`: refuse as a dead network would, silently (a blackhole drill). New
+    /// connections get no answer, connections in flight stall; nothing is closed or
+    /// reset until it ends.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub silent: bool,
     /// SNI -> the local endpoints (sidecar inbounds, which terminate the mTLS) it reaches.
     pub routes: BTreeMap<String, Vec<IngressTarget>>,
 }

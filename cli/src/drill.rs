@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use causeway_api::{DRILL_COOLDOWN, DRILL_WARMUP, DrillReportSpec, DrillSpec, PhaseStats};
+use causeway_api::{
+    DRILL_COOLDOWN, DRILL_WARMUP, DrillMode, DrillReportSpec, DrillSpec, PhaseStats,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -16,13 +18,20 @@ use crate::config::ConnArgs;
 
 #[derive(clap::Subcommand)]
 pub(crate) enum DrillCmd {
-    /// Take a zone down for everyone else for a while: its ingresses refuse traffic and
-    /// its endpoints leave other zones' configs. With --probe, every other zone sends
-    /// steady requests to that service and reports how traffic moved and what it cost.
+    /// Take a zone down for everyone else for a while. With --probe, every other zone
+    /// sends steady requests to that service and reports how long the outage took to
+    /// detect, how traffic moved, and what it cost.
     ZoneDown {
         /// The zone to take down.
         #[arg(long)]
         zone: String,
+        /// How the zone goes down. `drain`: an orderly exit (its ingresses refuse
+        /// connections and its endpoints leave other zones' configs at once).
+        /// `blackhole`: a dead network (its ingresses silently stop answering, no
+        /// refusal or reset, and the control plane tells other zones nothing: their
+        /// sidecars must detect the outage from the data plane).
+        #[arg(long, value_enum, default_value_t = Mode::Drain)]
+        mode: Mode,
         #[arg(short = 'm', long, default_value = "default")]
         mesh: String,
         /// How long the zone stays down (it comes back by itself then).
@@ -42,6 +51,13 @@ pub(crate) enum DrillCmd {
     Stop { name: Option<String> },
     /// Drills, running and past, with what their probes saw.
     List,
+}
+
+/// `--mode` of `causeway drill zone-down`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub(crate) enum Mode {
+    Drain,
+    Blackhole,
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {
@@ -140,7 +156,7 @@ fn render(r: &DrillReportSpec) -> String {
         )
     };
     format!(
-        "  from {zone} ({state}):\n    traffic moved after  {moved}\n    requests (failed)    before {} ({})   during {} ({})   after {} ({})\n    latency p50/p99      before {}   during {}   after {}\n    answered by          before {}   during {}   after {}\n    recovered after      {}\n",
+        "  from {zone} ({state}):\n    detected, moved in   {moved}\n    requests (failed)    before {} ({})   during {} ({})   after {} ({})\n    latency p50/p99      before {}   during {}   after {}\n    answered by          before {}   during {}   after {}\n    recovered after      {}\n",
         r.before.requests,
         r.before.failed,
         r.during.requests,
@@ -164,6 +180,7 @@ pub(crate) async fn drill(conn: &ConnArgs, cmd: DrillCmd) -> anyhow::Result<()> 
     match cmd {
         DrillCmd::ZoneDown {
             zone,
+            mode,
             mesh,
             duration,
             probe,
@@ -196,14 +213,22 @@ pub(crate) async fn drill(conn: &ConnArgs, cmd: DrillCmd) -> anyhow::Result<()> 
             };
             let ends_at = starts_at + duration.as_std();
             let name = name.unwrap_or_else(|| format!("{zone}-down-{}", now.unix_timestamp()));
+            let mode = match mode {
+                Mode::Drain => DrillMode::Drain,
+                Mode::Blackhole => DrillMode::Blackhole,
+            };
             let body = json!({"type": "Drill", "name": name, "spec": {
-                "type": "ZoneDown", "zone": zone, "mesh": mesh, "probe": probe,
+                "type": "ZoneDown", "zone": zone, "mode": mode, "mesh": mesh, "probe": probe,
                 "startsAt": rfc3339(starts_at), "endsAt": rfc3339(ends_at)}});
             client
                 .request(Method::PUT, &format!("/drills/{name}"), Some(&body))
                 .await?;
+            let how = match mode {
+                DrillMode::Drain => "down",
+                DrillMode::Blackhole => "blackholed (silent)",
+            };
             println!(
-                "drill {name}: {zone} down from {} to {} UTC ({duration}); it ends by itself, `causeway drill stop {name}` ends it early",
+                "drill {name}: {zone} {how} from {} to {} UTC ({duration}); it ends by itself, `causeway drill stop {name}` ends it early",
                 hms(starts_at),
                 hms(ends_at)
             );
@@ -252,8 +277,9 @@ pub(crate) async fn drill(conn: &ConnArgs, cmd: DrillCmd) -> anyhow::Result<()> 
             }
             for (name, d) in all {
                 println!(
-                    "{name}: {:?} of {} in mesh {}, {} UTC - {} UTC, {}{}",
+                    "{name}: {:?} ({:?}) of {} in mesh {}, {} UTC - {} UTC, {}{}",
                     d.kind,
+                    d.mode,
                     d.zone,
                     d.mesh,
                     rfc3339(d.starts_at),
@@ -364,7 +390,7 @@ mod tests {
         r.during.zones.insert("zone-a".into(), 8);
         let text = render(&r);
         assert!(
-            text.contains("traffic moved after  0.12 s (2 requests failed during the move)"),
+            text.contains("detected, moved in   0.12 s (2 requests failed during the move)"),
             "{text}"
         );
         assert!(text.contains("recovered after      0.80 s"), "{text}");

@@ -4,7 +4,10 @@
 //! sidecars. Each connection is routed by the SNI of its ClientHello and then spliced
 //! byte for byte; the ingress holds no key or certificate of the mesh, so the mTLS stays
 //! end to end between the calling sidecar and the called one. Unknown SNI, no SNI, or a
-//! zone under a failover drill: the connection is closed.
+//! zone under a failover drill: the connection is closed. Under a blackhole drill the
+//! ingress goes silent instead, as a dead network would: it stops accepting (TCP) and
+//! drops every datagram (QUIC), connections in flight stall untouched, and when the
+//! drill ends the stalled connections are closed and traffic is served again.
 //!
 //! Several ingresses per zone share the load: each registers its own ZoneIngress and
 //! sidecars in other zones balance over all of them. It keeps routing on its last config
@@ -56,6 +59,9 @@ pub(crate) struct Metrics {
     pub(crate) bytes_out: AtomicU64,
     /// Streams accepted over QUIC (each also counted by outcome above).
     pub(crate) quic_streams: AtomicU64,
+    /// Connections that stalled (then closed) because a blackhole drill silenced the
+    /// ingress.
+    pub(crate) stalled_drill: AtomicU64,
 }
 
 /// The running ingress, shared by its connections.
@@ -67,6 +73,28 @@ pub(crate) struct Ingress {
     pub(crate) ejected: Mutex<HashMap<(String, u16), Instant>>,
     pub(crate) active: AtomicU64,
     pub(crate) metrics: Metrics,
+}
+
+fn is_silent(config: &Option<Arc<IngressConfig>>) -> bool {
+    config
+        .as_ref()
+        .is_some_and(|c| c.silent && c.refusing.is_some())
+}
+
+impl Ingress {
+    /// Whether a blackhole drill silences the ingress now.
+    pub(crate) fn silent(&self) -> bool {
+        is_silent(&self.config.borrow())
+    }
+
+    /// Completes when the ingress is (`true`) or is not (`false`) silent; at once if it
+    /// already is. Never, once the config can no longer change.
+    pub(crate) async fn until_silent(&self, silent: bool) {
+        let mut config = self.config.clone();
+        if config.wait_for(|c| is_silent(c) == silent).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// Runs the ingress until `stop` turns true, then drains.

@@ -21,7 +21,14 @@ const EJECT_FOR: Duration = Duration::from_secs(2);
 
 pub(crate) async fn accept_loop(ingress: Arc<Ingress>, listener: TcpListener) {
     loop {
-        match listener.accept().await {
+        // Silenced by a blackhole drill: accept nothing. Callers' connections wait in the
+        // kernel's backlog unanswered, as they would behind a dead network.
+        ingress.until_silent(false).await;
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = ingress.until_silent(true) => continue,
+        };
+        match accepted {
             Ok((sock, peer)) => {
                 let _ = sock.set_nodelay(true);
                 let ingress = ingress.clone();
@@ -40,8 +47,29 @@ pub(crate) async fn accept_loop(ingress: Arc<Ingress>, listener: TcpListener) {
     }
 }
 
-/// Routes one connection (a TCP connection, or a QUIC stream) by its SNI.
-pub(crate) async fn handle<S>(ingress: &Ingress, mut sock: S, peer: std::net::SocketAddr)
+/// Routes one connection (a TCP connection, or a QUIC stream) by its SNI. When a
+/// blackhole drill silences the ingress, the connection stalls: it is held open, nothing
+/// read or written, until the drill ends, and then closed.
+pub(crate) async fn handle<S>(ingress: &Ingress, sock: S, peer: std::net::SocketAddr)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut work = std::pin::pin!(route(ingress, sock, peer));
+    tokio::select! {
+        // Silence first: a connection must not be refused (closed) once it starts.
+        biased;
+        () = ingress.until_silent(true) => {}
+        () = &mut work => return,
+    }
+    ingress
+        .metrics
+        .stalled_drill
+        .fetch_add(1, Ordering::Relaxed);
+    // `work` stays alive but is not polled: its sockets stay open and silent.
+    ingress.until_silent(false).await;
+}
+
+async fn route<S>(ingress: &Ingress, mut sock: S, peer: std::net::SocketAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {

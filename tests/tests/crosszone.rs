@@ -637,7 +637,7 @@ async fn drill(quic: bool) -> anyhow::Result<()> {
     );
     assert!(stdout.contains("report of drill b-down"), "{stdout}");
     assert!(stdout.contains("from zone-a (done)"), "{stdout}");
-    assert!(stdout.contains("traffic moved after"), "{stdout}");
+    assert!(stdout.contains("detected, moved in"), "{stdout}");
 
     // The report on global says what the probe in zone-a saw.
     let (s, v) =
@@ -671,7 +671,7 @@ async fn drill(quic: bool) -> anyhow::Result<()> {
     let (ok, list, err) = m.c.cli(&["drill", "list"])?;
     assert!(ok, "{err}");
     assert!(
-        list.contains("b-down: ZoneDown of zone-b") && list.contains("ended"),
+        list.contains("b-down: ZoneDown (Drain) of zone-b") && list.contains("ended"),
         "{list}"
     );
     // A detached drill (the CLI gone at once) ends by itself at its expiry.
@@ -716,7 +716,7 @@ async fn drill(quic: bool) -> anyhow::Result<()> {
     zone_b_in_configs(&http, web_admin, true, "zone-b back after the stop").await?;
     let (_, list, _) = m.c.cli(&["drill", "list"])?;
     assert!(
-        list.contains("long: ZoneDown of zone-b") && list.contains("stopped"),
+        list.contains("long: ZoneDown (Drain) of zone-b") && list.contains("stopped"),
         "{list}"
     );
     // A drill of an unknown zone is refused with the reason.
@@ -726,6 +726,136 @@ async fn drill(quic: bool) -> anyhow::Result<()> {
         !ok && err.contains("zone \"nowhere\" is not known"),
         "{err}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blackhole_drill_silences_the_zone_without_a_word_from_the_control_plane()
+-> anyhow::Result<()> {
+    blackhole(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quic_a_blackhole_drill_silences_the_zone_without_a_word_from_the_control_plane()
+-> anyhow::Result<()> {
+    blackhole(true).await
+}
+
+/// Whether `addr` answers nothing within a second and a half: a TCP connection is taken
+/// (the kernel's backlog) but no TLS ServerHello, refusal or close comes back.
+async fn tcp_silent(addr: SocketAddr) -> bool {
+    tokio::time::timeout(
+        Duration::from_millis(1500),
+        handshake(addr, "backend.default.causeway"),
+    )
+    .await
+    .is_err()
+}
+
+/// Whether a QUIC handshake with `addr` gets no answer at all (not even a refusal)
+/// within a second and a half.
+async fn quic_silent(addr: SocketAddr) -> anyhow::Result<bool> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(causeway_tests::AcceptAnyServerForTest(
+            provider,
+        )))
+        .with_no_client_auth();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    )));
+    let connecting = endpoint.connect(addr, "ingress.causeway")?;
+    // Any answer (a connection, or a close for the unknown ALPN) means it is not silent.
+    let silent = tokio::time::timeout(Duration::from_millis(1500), connecting)
+        .await
+        .is_err();
+    endpoint.close(0u32.into(), b"");
+    Ok(silent)
+}
+
+/// A blackhole drill: zone-b's ingress goes silent (no refusal, no reset, over TCP and
+/// QUIC) while the control plane tells zone-a nothing (zone-b's endpoints stay in its
+/// configs); at the end the ingress answers again and zone-b serves again.
+async fn blackhole(quic: bool) -> anyhow::Result<()> {
+    let mut m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    m.quic = quic;
+    let (_bb, pb) = m.app("zone-b", "b1", "backend")?;
+    let _sb = m
+        .sidecar("zone-b", "backend-b", "backend", Some(pb), &[])
+        .await?;
+    let _ia = m.ingress("zone-a", "zone-a-ingress").await?;
+    let (_ib, ing_b, ing_b_admin) = m.ingress("zone-b", "zone-b-ingress").await?;
+    let (_web, web_admin, outs) = m
+        .sidecar("zone-a", "web-1", "web", None, &["backend"])
+        .await?;
+    let http = plain_http();
+    eventually("backend answering from zone-b", WAIT, || async {
+        (call(&http, outs[0]).await?["zone"] == "zone-b").then_some(())
+    })
+    .await?;
+    assert!(!tcp_silent(ing_b).await, "zone-b's ingress answers before");
+    if quic {
+        assert!(!quic_silent(ing_b).await?, "QUIC answers before");
+    }
+
+    let (ok, out, err) = m.c.cli(&[
+        "drill",
+        "zone-down",
+        "--zone",
+        "zone-b",
+        "--mode",
+        "blackhole",
+        "--duration",
+        "8s",
+        "--name",
+        "b-dark",
+        "--detach",
+    ])?;
+    assert!(ok, "{err}");
+    assert!(out.contains("zone-b blackholed (silent)"), "{out}");
+    eventually("zone-b's ingress silent", WAIT, || async {
+        tcp_silent(ing_b).await.then_some(())
+    })
+    .await?;
+    if quic {
+        assert!(quic_silent(ing_b).await?, "QUIC silent during the drill");
+    }
+    // Silent, not refusing: the ingress counted no refusal.
+    assert_eq!(
+        metric(
+            &http,
+            ing_b_admin,
+            "causeway_ingress_connections_total{result=\"refused_drill\"}"
+        )
+        .await,
+        0.0
+    );
+    // The control plane says nothing: zone-b is still in zone-a's sidecar's config.
+    let cfg = config_of(&http, web_admin).await.context("web's config")?;
+    assert!(zone_b_groups(&cfg) > 0, "zone-b left the config: {cfg}");
+    let (_, list, _) = m.c.cli(&["drill", "list"])?;
+    assert!(
+        list.contains("b-dark: ZoneDown (Blackhole) of zone-b"),
+        "{list}"
+    );
+
+    // It ends by itself: the ingress answers again, and zone-b serves zone-a again.
+    eventually("zone-b's ingress answering again", WAIT, || async {
+        (!tcp_silent(ing_b).await).then_some(())
+    })
+    .await?;
+    if quic {
+        assert!(!quic_silent(ing_b).await?, "QUIC answers after the drill");
+    }
+    eventually(
+        "backend answering from zone-b after the drill",
+        WAIT,
+        || async { (call(&http, outs[0]).await?["zone"] == "zone-b").then_some(()) },
+    )
+    .await?;
     Ok(())
 }
 

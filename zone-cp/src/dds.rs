@@ -14,7 +14,7 @@ use causeway_api::kds::dds::{
     ConfigSnapshot, ControlMessage, ProxyMessage, SignRequest, SignResponse, control_message,
     proxy_message,
 };
-use causeway_api::{DataplaneSpec, MeshSpec, Resource, ResourceKey};
+use causeway_api::{DataplaneSpec, DrillMode, MeshSpec, Resource, ResourceKey};
 use causeway_pki::dataplane_token::{self, DataplaneTokenClaims, IngressTokenClaims};
 use causeway_pki::{CertKey, Profile};
 use futures::StreamExt as _;
@@ -139,17 +139,22 @@ pub(crate) fn mesh_inputs(shared: &Shared, mesh: &str) -> Result<Arc<MeshInputs>
             .map(|(_, sha)| sha)
             .collect(),
         drilled_zones: Vec::new(),
+        blackholed_zones: Vec::new(),
     };
     for t in causeway_api::types().iter().filter(|t| t.is_policy()) {
         inputs.policies.extend(all(t.kind, mesh).map_err(err)?);
     }
     let now = time::OffsetDateTime::now_utc();
-    inputs.drilled_zones = crate::drill::drills(store)
-        .map_err(err)?
-        .into_iter()
-        .filter(|(_, d)| d.mesh == mesh && d.active_at(now))
-        .map(|(_, d)| d.zone)
-        .collect();
+    // A drained zone leaves every config; a blackholed one stays in them (other zones
+    // hear nothing from the control plane), and only its own ingresses go silent.
+    for (_, d) in crate::drill::drills(store).map_err(err)? {
+        if d.mesh == mesh && d.active_at(now) {
+            match d.mode {
+                DrillMode::Drain => inputs.drilled_zones.push(d.zone),
+                DrillMode::Blackhole => inputs.blackholed_zones.push(d.zone),
+            }
+        }
+    }
     let inputs = Arc::new(inputs);
     shared
         .inputs_cache
@@ -434,11 +439,21 @@ async fn serve_ingress(
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found("the ZoneIngress was removed"))?;
         let inputs = mesh_inputs(shared, &key.mesh)?;
-        let refusing = inputs
-            .drilled_zones
-            .contains(&shared.cfg.zone)
-            .then(|| format!("a failover drill takes zone {} down", shared.cfg.zone));
-        match crate::ingress::compute(&inputs, &key.mesh, &key.name, refusing) {
+        let zone = &shared.cfg.zone;
+        let refusal = if inputs.drilled_zones.contains(zone) {
+            Some(crate::ingress::Refusal {
+                reason: format!("a failover drill takes zone {zone} down"),
+                silent: false,
+            })
+        } else if inputs.blackholed_zones.contains(zone) {
+            Some(crate::ingress::Refusal {
+                reason: format!("a blackhole drill takes zone {zone} off the network"),
+                silent: true,
+            })
+        } else {
+            None
+        };
+        match crate::ingress::compute(&inputs, &key.mesh, &key.name, refusal) {
             Ok((cfg, available)) => {
                 let mut spec: causeway_api::ZoneIngressSpec =
                     serde_json::from_value(current.spec.clone())

@@ -1,9 +1,12 @@
 //! Failover drills in a zone. A `Drill` comes from global over KDS; the zone acts on it
 //! by its own clock, so a drill ends at its expiry even if nobody is watching:
 //!
-//! - the drilled zone's ingresses refuse traffic while it runs (see `dds::serve_ingress`);
-//! - every other zone drops the drilled zone's endpoints from its configs (`drilled_zones`
-//!   in the mesh inputs), like a disabled zone;
+//! - in `Drain` mode, the drilled zone's ingresses refuse traffic while it runs (see
+//!   `dds::serve_ingress`) and every other zone drops the drilled zone's endpoints from
+//!   its configs (`drilled_zones` in the mesh inputs), like a disabled zone;
+//! - in `Blackhole` mode, the drilled zone's ingresses go silent (no answer, no refusal)
+//!   and nothing else changes: other zones keep its endpoints and must detect the
+//!   outage from the data plane, which is what the drill measures;
 //! - every other zone probes the drill's service from a few seconds before until a few
 //!   seconds after, through an in-process sidecar (`causeway_dataplane::run_embedded`)
 //!   with its own workload certificate, so the probe reaches the service exactly as the
@@ -401,6 +404,7 @@ mod tests {
         DrillSpec {
             kind: causeway_api::DrillType::ZoneDown,
             zone: "zone-b".into(),
+            mode: causeway_api::DrillMode::Drain,
             mesh: "default".into(),
             probe: Some("backend".into()),
             starts_at: at(10.0),

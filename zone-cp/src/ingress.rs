@@ -21,12 +21,21 @@ pub fn endpoint_id(address: &str, port: u16) -> String {
     format!("e{}", &hex::encode(&digest[..6]))
 }
 
+/// Why, and how, an ingress refuses all traffic (a failover drill on its zone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What it logs.
+    pub reason: String,
+    /// As a dead network: no answer at all (a blackhole drill), rather than closing.
+    pub silent: bool,
+}
+
 /// The routes of ingress `name` and the services it offers other zones.
 pub fn compute(
     inputs: &MeshInputs,
     mesh: &str,
     name: &str,
-    refusing: Option<String>,
+    refusal: Option<Refusal>,
 ) -> Result<(IngressConfig, Vec<AvailableService>), ComputeError> {
     if inputs.mesh.is_none() {
         return Err(ComputeError::NoMesh(mesh.to_string()));
@@ -73,7 +82,8 @@ pub fn compute(
         mesh: mesh.to_string(),
         zone: inputs.zone.clone(),
         name: name.to_string(),
-        refusing,
+        silent: refusal.as_ref().is_some_and(|r| r.silent),
+        refusing: refusal.map(|r| r.reason),
         routes,
     };
     let body = serde_json::to_vec(&config).expect("configs serialize");
@@ -153,10 +163,22 @@ mod tests {
             compute(&i, "default", "ingress-1", None).unwrap().0.version,
             cfg.version
         );
-        let refusing = compute(&i, "default", "ingress-1", Some("drill".into()))
+        let refusal = |silent| Refusal {
+            reason: "drill".into(),
+            silent,
+        };
+        let refusing = compute(&i, "default", "ingress-1", Some(refusal(false)))
             .unwrap()
             .0;
         assert_ne!(refusing.version, cfg.version);
+        assert_eq!(refusing.refusing.as_deref(), Some("drill"));
+        assert!(!refusing.silent);
+        // A blackhole drill: refusing, silently.
+        let silent = compute(&i, "default", "ingress-1", Some(refusal(true)))
+            .unwrap()
+            .0;
+        assert!(silent.silent && silent.refusing.is_some());
+        assert_ne!(silent.version, refusing.version);
     }
 
     #[test]

@@ -34,8 +34,12 @@ pub struct MeshInputs {
     pub policies: Vec<Resource>,
     /// Revoked intermediate CAs of the mesh (SHA-256 hex).
     pub revoked_cas: Vec<String>,
-    /// Zones a failover drill takes out of the mesh right now.
+    /// Zones a failover drill takes out of the mesh right now (drain mode: they leave
+    /// every config).
     pub drilled_zones: Vec<String>,
+    /// Zones a blackhole drill takes off the network right now: they stay in every
+    /// config, and only their own ingresses change (they go silent).
+    pub blackholed_zones: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
