@@ -259,7 +259,9 @@ struct Entry<'a> {
 ///   result decodes with the kind's typed `*Conf` struct.
 /// - Top-level `rules[]` (Kuma 2.9+) are inbound entries for every caller: each counts
 ///   as a `from[]` entry `{targetRef: {kind: Mesh}, default}` of its policy, after the
-///   policy's own `from[]` entries. MeshTrafficPermission's `rules` (callers by SPIFFE
+///   policy's own `from[]` entries. A rule with `matches` (MeshFaultInjection's callers
+///   by SPIFFE id) is left out: callers are not matched by SPIFFE id yet (the registry
+///   marks it not enforced). MeshTrafficPermission's `rules` (callers by SPIFFE
 ///   id: `allow`, `deny`, `allowWithShadowDeny`) arrive the same way, in the `Mesh`
 ///   source's rule; their lists are concatenated across policies rather than replaced
 ///   (a duplicate matcher is kept once), so no policy can drop another's `deny`.
@@ -491,6 +493,14 @@ fn inbound_entries_of<'a>(
             _ => 0,
         };
         for (i, rule) in rules.iter().enumerate() {
+            // A rule for some callers only (MeshFaultInjection's `matches`, by SPIFFE id)
+            // is left out: callers are not matched by SPIFFE id yet.
+            if rule
+                .get("matches")
+                .is_some_and(|m| m != &Value::Array(Vec::new()))
+            {
+                continue;
+            }
             let Some(default) = rule.get("default") else {
                 continue;
             };

@@ -125,7 +125,7 @@ pub use registry::{Role, Scope, SyncDirection, TypeInfo, type_by_plural, type_in
 pub use resource::{ParseError, Resource, ResourceKey};
 pub use schema::{ExplainError, explain, schema_for_kind};
 pub use spec::check_service_name;
-pub use target_ref::{DISPLAY_NAME_LABEL, ProxyType, Rule, SERVICE_LABELS};
+pub use target_ref::{DISPLAY_NAME_LABEL, MatchedRule, ProxyType, Rule, SERVICE_LABELS};
 pub use target_ref::{PolicyItem, SERVICE_TAG, TargetRef, TargetRefKind, ZONE_TAG};
 pub use validation::{
     FieldError, ValidationErrors, decode_spec, validate, validate_dns_subdomain,

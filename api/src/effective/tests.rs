@@ -1020,3 +1020,27 @@ fn tcp_route_rules_and_default_merge() {
         )
     );
 }
+
+/// MeshFaultInjection rules with `matches` (callers by SPIFFE id) are left out; rules
+/// without apply to every caller.
+#[test]
+fn matched_rules_are_left_out() {
+    let policies = [policy(
+        "MeshFaultInjection",
+        "faults",
+        None,
+        json!({"rules": [
+            {"matches": [{"spiffeID": {"type": "Exact", "value": "spiffe://td/ns/demo/sa/frontend"}}],
+             "default": {"http": [{"abort": {"httpStatus": 500, "percentage": 10}}]}},
+            {"default": {"http": [{"delay": {"value": "1s", "percentage": 5}}]}}]}),
+    )];
+    let got = effective("MeshFaultInjection", &policies, &two_inbounds()).unwrap();
+    assert_eq!(
+        got.inbounds[0].rules,
+        vec![FromRule {
+            source: TargetRef::mesh(),
+            conf: json!({"http": [{"delay": {"value": "1s", "percentage": 5}}]}),
+            policies: vec!["faults".to_owned()],
+        }]
+    );
+}

@@ -7,8 +7,8 @@ use crate::duration::Duration;
 use crate::percent::Percent;
 use crate::spec::{Errors, Spec, at, check_status, idx};
 use crate::target_ref::{
-    Conf, FROM_KINDS, PolicyItem, Rule, TOP_KINDS, TargetRef, check_items, check_rules,
-    require_some,
+    Conf, FROM_KINDS, MatchedRule, PolicyItem, TOP_KINDS, TargetRef, check_items,
+    check_matched_rules, require_some,
 };
 
 /// The spec of a `MeshFaultInjection`: faults injected into requests the proxies
@@ -36,10 +36,11 @@ pub struct MeshFaultInjectionSpec {
     /// Faults by source.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<PolicyItem<FaultInjectionConf>>,
-    /// Faults for all requests the proxies receive (Kuma 2.9+ `rules`; each acts as a
-    /// `from[]` entry for `{kind: Mesh}`).
+    /// Faults for requests the proxies receive (Kuma 2.13+ `rules`): a rule without
+    /// `matches` acts as a `from[]` entry for `{kind: Mesh}`; one with `matches` (callers
+    /// by SPIFFE id) is accepted but not applied yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub rules: Vec<Rule<FaultInjectionConf>>,
+    pub rules: Vec<MatchedRule<FaultInjectionConf>>,
 }
 
 /// The faults for one source.
@@ -166,7 +167,7 @@ impl Spec for MeshFaultInjectionSpec {
             "spec",
             &[("rules", self.rules.len()), ("from", self.from.len())],
         );
-        check_rules(errors, "spec.rules", &self.rules);
+        check_matched_rules(errors, "spec.rules", &self.rules);
         check_items(errors, "spec.from", &self.from, FROM_KINDS);
     }
 }
@@ -194,6 +195,13 @@ mod tests {
                        "rules": [{"default": {"http": [{"responseBandwidth": {"limit": "50mbps", "percentage": 50}}]}}]}),
             ],
             &[
+                (
+                    json!({"rules": [{"matches": [{"spiffeID": {"type": "Prefix", "value": "frontend"}}], "default": {}}]}),
+                    &[(
+                        "spec.rules[0].matches[0].spiffeID.value",
+                        "is not a SPIFFE id",
+                    )],
+                ),
                 (
                     from(json!({"http": [{"abort": {"httpStatus": 600, "percentage": 200}}]})),
                     &[

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::spec::{Errors, Spec, at, idx};
 use crate::target_ref::{
     Conf, PolicyItem, Rule, TOP_KINDS, TargetRef, TargetRefKind, check_items, check_rules,
-    require_some,
+    check_spiffe_match, require_some,
 };
+pub use crate::target_ref::{SpiffeIdMatch, SpiffeMatch, SpiffeMatchType};
 
 /// The spec of a `MeshTrafficPermission`. Sources are matched by service, tags or
 /// SPIFFE id; a source that no entry matches is denied when mTLS is `Strict`.
@@ -66,38 +67,6 @@ pub struct SpiffeRulesConf {
     pub allow_with_shadow_deny: Option<Vec<SpiffeMatch>>,
 }
 
-/// One matcher of [`SpiffeRulesConf`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SpiffeMatch {
-    /// The identity to match.
-    #[serde(rename = "spiffeID")]
-    pub spiffe_id: SpiffeIdMatch,
-}
-
-/// A match on a caller's SPIFFE id.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SpiffeIdMatch {
-    /// `Exact` (the whole id) or `Prefix` (the id starts with `value`; a prefix of whole
-    /// path segments, like `spiffe://td/ns/legacy`).
-    #[serde(rename = "type")]
-    pub kind: SpiffeMatchType,
-    /// A SPIFFE id or a prefix of one: `spiffe://<trust-domain>` then optional path
-    /// segments, in Causeway's form (`spiffe://<trust-domain>/<service>`) or Kuma's
-    /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`).
-    pub value: String,
-}
-
-/// How a SPIFFE id is matched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-pub enum SpiffeMatchType {
-    /// The whole id.
-    Exact,
-    /// The id starts with the value.
-    Prefix,
-}
-
 impl Conf for SpiffeRulesConf {
     fn check(&self, errors: &mut Errors, path: &str) {
         let lists = [
@@ -121,41 +90,6 @@ impl Conf for SpiffeRulesConf {
             }
         }
     }
-}
-
-/// Checks a SPIFFE id (or prefix): `spiffe://`, a trust domain that is a DNS subdomain,
-/// then path segments of unreserved characters, none empty.
-fn check_spiffe_match(m: &SpiffeIdMatch) -> Result<(), String> {
-    let hint = "use spiffe://<trust-domain>[/<path>], like spiffe://default.zone-1.mesh.local/ns/legacy/sa/client";
-    let Some(rest) = m.value.strip_prefix("spiffe://") else {
-        return Err(format!("{:?} is not a SPIFFE id; {hint}", m.value));
-    };
-    let (domain, path) = rest.split_once('/').unwrap_or((rest, ""));
-    crate::validation::validate_dns_subdomain(domain)
-        .map_err(|reason| format!("{:?}: the trust domain {reason}", m.value))?;
-    if m.kind == SpiffeMatchType::Exact && path.is_empty() {
-        return Err(format!(
-            "{:?} has no path, so no workload has this id exactly; use type Prefix to match the whole trust domain",
-            m.value
-        ));
-    }
-    if !path.is_empty() {
-        for segment in path.split('/') {
-            if segment.is_empty() {
-                return Err(format!("{:?} has an empty path segment; {hint}", m.value));
-            }
-            if let Some(c) = segment
-                .chars()
-                .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-            {
-                return Err(format!(
-                    "{:?} has {c:?} in its path; use letters, digits, '.', '_' and '-'",
-                    m.value
-                ));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// The decision for one source.
