@@ -191,12 +191,13 @@ mod tests {
             inbounds: vec![ProxyInbound {
                 port: 8080,
                 service: "backend".into(),
-                tags: Default::default(),
+                ..Default::default()
             }],
             outbounds: vec![ProxyOutbound {
                 service: "db".into(),
-                routes: vec![],
+                ..Default::default()
             }],
+            ..Default::default()
         }
     }
 
