@@ -482,53 +482,50 @@ async fn inbound_conn(
         stats,
         app: Mutex::new(proxy.app(&ib)),
     });
-    // Idle: no byte either way for that long closes the connection. Age: past it, the
-    // connection drains like at SIGTERM.
+    // Idle (no byte either way for that long) and age: past either, the connection
+    // drains like at SIGTERM.
     let idle = timeout::on(ib.timeouts.idle);
     let (stream, clock) = timeout::watch(stream, idle);
-    let drain = timeout::drained_or_aged(
+    let drain = timeout::drain_when(
         proxy.drained(),
         timeout::on(ib.timeouts.max_connection_duration),
+        clock,
+        idle,
     );
-    let served = async move {
-        if h2 {
-            // Another sidecar: HTTP/2, negotiated in the mTLS handshake.
-            return crate::http2::serve(
-                stream,
-                move |req| {
-                    let conn = conn.clone();
-                    async move { inbound_request(&conn, req).await }
-                },
-                drain,
-            )
-            .await
-            .map_err(Into::into);
-        }
-        // Plaintext (mTLS off or permissive), or a TLS caller that chose HTTP/1.1.
-        let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-            let conn = conn.clone();
-            async move {
-                let req = req.map(boxed);
-                Ok::<_, std::convert::Infallible>(inbound_request(&conn, req).await)
-            }
-        });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        if let Some(d) = timeout::on(ib.timeouts.request_headers) {
-            builder
-                .http1()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(d);
-        }
-        let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), svc));
-        tokio::select! {
-            r = served.as_mut() => return r.map_err(|e| anyhow::anyhow!("{e}")),
-            () = drain => served.as_mut().graceful_shutdown(),
-        }
-        served.await.map_err(|e| anyhow::anyhow!("{e}"))
-    };
-    timeout::unless_idle(served, clock.as_deref(), idle)
+    if h2 {
+        // Another sidecar: HTTP/2, negotiated in the mTLS handshake.
+        return crate::http2::serve(
+            stream,
+            move |req| {
+                let conn = conn.clone();
+                async move { inbound_request(&conn, req).await }
+            },
+            drain,
+        )
         .await
-        .unwrap_or(Ok(()))
+        .map_err(Into::into);
+    }
+    // Plaintext (mTLS off or permissive), or a TLS caller that chose HTTP/1.1.
+    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let conn = conn.clone();
+        async move {
+            let req = req.map(boxed);
+            Ok::<_, std::convert::Infallible>(inbound_request(&conn, req).await)
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    if let Some(d) = timeout::on(ib.timeouts.request_headers) {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(d);
+    }
+    let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), svc));
+    tokio::select! {
+        r = served.as_mut() => return r.map_err(|e| anyhow::anyhow!("{e}")),
+        () = drain => served.as_mut().graceful_shutdown(),
+    }
+    served.await.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// What every request of one inbound connection shares.
@@ -739,19 +736,18 @@ async fn outbound_conn(proxy: &Arc<Proxy>, port: u16, tcp: TcpStream) -> anyhow:
         let stats = stats.clone();
         async move { Ok::<_, std::convert::Infallible>(outbound_request(&p, port, &stats, req).await) }
     });
-    // Idle: no byte either way between the application and us for that long closes the
-    // connection.
+    // Idle: no byte either way between the application and us for that long drains the
+    // connection (closes it, or GOAWAY for an HTTP/2 application).
     let idle = timeout::on(ob.timeouts.idle);
     let (io, clock) = timeout::watch(tcp, idle);
-    let served = async move {
-        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection(TokioIo::new(io), svc)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    };
-    timeout::unless_idle(served, clock.as_deref(), idle)
-        .await
-        .unwrap_or(Ok(()))
+    let drain = timeout::drain_when(std::future::pending(), None, clock, idle);
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(io), svc));
+    tokio::select! {
+        r = served.as_mut() => return r.map_err(|e| anyhow::anyhow!("{e}")),
+        () = drain => served.as_mut().graceful_shutdown(),
+    }
+    served.await.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 async fn outbound_request(

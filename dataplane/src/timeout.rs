@@ -352,7 +352,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 /// Runs `conn` (a connection's whole life) until it ends, or until its clock says it
 /// has been idle for `idle`: then `conn` is dropped, which closes the connection, and
 /// `None` is returned.
-pub(crate) async fn unless_idle<F: Future>(
+async fn unless_idle<F: Future>(
     conn: F,
     clock: Option<&IdleClock>,
     idle: Option<Duration>,
@@ -395,11 +395,16 @@ where
     (a.read, a.written, result)
 }
 
-/// Completes when `drained` does, or when a connection that started now reaches
-/// `max_age`: the moment to drain it.
-pub(crate) fn drained_or_aged(
+/// When to drain an HTTP connection that starts now: when `drained` completes (SIGTERM),
+/// when the connection reaches `max_age`, or when no byte moved on it for `idle` (its
+/// clock from [`watch`]). Draining an idle connection closes it at once (HTTP/1.1) or
+/// after a GOAWAY (HTTP/2), so a client that sends a request just then is told to go
+/// elsewhere rather than seeing its connection cut.
+pub(crate) fn drain_when(
     drained: impl Future<Output = ()>,
     max_age: Option<Duration>,
+    clock: Option<Arc<IdleClock>>,
+    idle: Option<Duration>,
 ) -> impl Future<Output = ()> {
     let aged = async move {
         match max_age {
@@ -407,10 +412,17 @@ pub(crate) fn drained_or_aged(
             None => std::future::pending().await,
         }
     };
+    let idled = async move {
+        match (clock, idle) {
+            (Some(clock), Some(idle)) => clock.idle_for(idle).await,
+            _ => std::future::pending().await,
+        }
+    };
     async move {
         tokio::select! {
             () = drained => {}
             () = aged => {}
+            () = idled => {}
         }
     }
 }
