@@ -428,4 +428,4 @@ pub(crate) fn drain_when(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

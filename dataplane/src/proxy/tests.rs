@@ -47,12 +47,16 @@ fn outbound(port: u16, timeouts: Timeouts) -> OutboundListener {
 }
 
 /// Runs a proxy with these listeners until the returned sender is dropped, and waits
-/// until `port` accepts connections.
+/// until each of them accepts connections.
 async fn proxy_with(
     inbounds: Vec<InboundListener>,
     outbounds: Vec<OutboundListener>,
-    port: u16,
 ) -> watch::Sender<bool> {
+    let ports: Vec<u16> = inbounds
+        .iter()
+        .map(|l| l.port)
+        .chain(outbounds.iter().map(|l| l.port))
+        .collect();
     let cfg = ProxyConfig {
         version: "test".into(),
         mesh: "default".into(),
@@ -74,9 +78,11 @@ async fn proxy_with(
         run_listeners(proxy, stop).await;
     });
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "port {port} never listened");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for port in ports {
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "port {port} never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
     stop_tx
 }
@@ -103,7 +109,7 @@ async fn an_application_connection_idle_past_the_idle_timeout_is_closed() {
     let port = free_port();
     let mut t = Timeouts::DEFAULT;
     t.idle = causeway_api::Duration::from_millis(300);
-    let _proxy = proxy_with(vec![], vec![outbound(port, t)], port).await;
+    let _proxy = proxy_with(vec![], vec![outbound(port, t)]).await;
     let mut app = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     app.write_all(b"GET / HTTP/1.1\r\nhost: backend\r\n\r\n")
         .await
@@ -125,7 +131,7 @@ async fn an_inbound_caller_slow_to_send_its_request_headers_is_cut_off() {
     let port = free_port();
     let mut t = Timeouts::DEFAULT;
     t.request_headers = causeway_api::Duration::from_millis(300);
-    let _proxy = proxy_with(vec![inbound(port, free_port(), t)], vec![], port).await;
+    let _proxy = proxy_with(vec![inbound(port, free_port(), t)], vec![]).await;
     let mut caller = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let started = Instant::now();
     caller.write_all(b"GET / HTTP/1.1\r\nhost: ").await.unwrap();
@@ -167,7 +173,7 @@ async fn an_inbound_connection_past_its_maximum_duration_is_drained() {
     let port = free_port();
     let mut t = Timeouts::DEFAULT;
     t.max_connection_duration = causeway_api::Duration::from_millis(400);
-    let _proxy = proxy_with(vec![inbound(port, ok_app().await, t)], vec![], port).await;
+    let _proxy = proxy_with(vec![inbound(port, ok_app().await, t)], vec![]).await;
     let mut caller = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     let connected = Instant::now();
     caller
@@ -191,7 +197,7 @@ async fn an_inbound_connection_is_kept_while_requests_come_and_closed_once_idle(
     let port = free_port();
     let mut t = Timeouts::DEFAULT;
     t.idle = causeway_api::Duration::from_millis(800);
-    let _proxy = proxy_with(vec![inbound(port, ok_app().await, t)], vec![], port).await;
+    let _proxy = proxy_with(vec![inbound(port, ok_app().await, t)], vec![]).await;
     let mut caller = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     // A request every 200 ms for two idle timeouts: the connection stays.
     for _ in 0..8 {
@@ -213,4 +219,49 @@ async fn an_inbound_connection_is_kept_while_requests_come_and_closed_once_idle(
     let quiet = Instant::now();
     read_to_close(&mut caller, Duration::from_secs(3)).await;
     assert!(quiet.elapsed() >= Duration::from_millis(550));
+}
+
+#[tokio::test]
+async fn a_dial_that_times_out_ejects_the_endpoint_and_requests_go_to_another() {
+    let mut held = Vec::new();
+    let (_full, dead) = crate::timeout::tests::full_listener(&mut held);
+    let (in_port, out_port) = (free_port(), free_port());
+    let endpoint = |port: u16| causeway_api::proxy_config::Endpoint {
+        address: "127.0.0.1".into(),
+        port,
+        weight: 1,
+        sni: None,
+        quic: false,
+        tags: Default::default(),
+    };
+    let mut t = Timeouts::DEFAULT;
+    t.connect = causeway_api::Duration::from_millis(300);
+    let mut ob = outbound(out_port, t);
+    ob.groups = vec![causeway_api::proxy_config::EndpointGroup {
+        zone: "zone-a".into(),
+        // A dead endpoint (its dials hang) and this proxy's own inbound.
+        endpoints: vec![endpoint(dead.port()), endpoint(in_port)],
+    }];
+    let app = ok_app().await;
+    let _proxy = proxy_with(vec![inbound(in_port, app, Timeouts::DEFAULT)], vec![ob]).await;
+    // Round robin would send every other request to the dead endpoint; once a dial to
+    // it times out it is ejected, so at most one request waits for that dial.
+    let mut waited = 0;
+    for _ in 0..6 {
+        let t0 = Instant::now();
+        let mut caller = TcpStream::connect(("127.0.0.1", out_port)).await.unwrap();
+        caller
+            .write_all(b"GET / HTTP/1.1\r\nhost: backend\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_to_close(&mut caller, Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        if t0.elapsed() >= Duration::from_millis(300) {
+            waited += 1;
+        }
+    }
+    assert!(
+        waited <= 1,
+        "{waited} requests waited for a dial to the dead endpoint"
+    );
 }

@@ -157,7 +157,9 @@ async fn the_maximum_stream_duration_cuts_a_request_before_its_request_timeout()
 
 /// A listener on loopback whose accept queue is full: a new connection's SYN is dropped,
 /// so a dial to it neither succeeds nor fails until it times out.
-fn full_listener(held: &mut Vec<std::net::TcpStream>) -> (socket2::Socket, std::net::SocketAddr) {
+pub(crate) fn full_listener(
+    held: &mut Vec<std::net::TcpStream>,
+) -> (socket2::Socket, std::net::SocketAddr) {
     let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     s.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
         .unwrap();
