@@ -514,6 +514,8 @@ async fn inbound_conn(
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper counts from when the connection waits for a request (not from its first
+    // byte, as Envoy does): a keep-alive connection idle that long is closed too.
     if let Some(d) = timeout::on(ib.timeouts.request_headers) {
         builder
             .http1()
