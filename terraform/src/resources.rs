@@ -1066,13 +1066,19 @@ mod tests {
 
     /// A `causeway_mesh_timeout` value with `connect_timeout`.
     fn timeout(d: &ResourceDef, name: &str, connect: &str) -> Value {
+        object(
+            d,
+            name,
+            &json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": connect}}]}),
+        )
+    }
+
+    /// A value of the typed resource `d`: `name` in mesh `default`, with `spec`.
+    fn object(d: &ResourceDef, name: &str, spec_json: &serde_json::Value) -> Value {
         let Kind::Object { spec, .. } = &d.kind else {
             unreachable!()
         };
-        let mut v = json_to_tf(
-            spec,
-            &json!({"to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": connect}}]}),
-        );
+        let mut v = json_to_tf(spec, spec_json);
         for a in &d.schema.attrs {
             if a.json.is_none() {
                 v.set(&a.name, Value::Null);
@@ -1138,23 +1144,13 @@ mod tests {
     #[test]
     fn a_write_of_what_the_proxies_ignore_warns_at_plan() {
         let d = def("causeway_mesh_traffic_permission");
-        let Kind::Object { spec, .. } = &d.kind else {
-            unreachable!()
-        };
         let permission = |action: &str| {
-            let mut v = json_to_tf(
-                spec,
+            object(
+                &d,
+                "p",
                 &json!({"targetRef": {"kind": "Mesh"},
                         "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": action}}]}),
-            );
-            for a in &d.schema.attrs {
-                if a.json.is_none() {
-                    v.set(&a.name, Value::Null);
-                }
-            }
-            v.set("mesh", Value::string("default"));
-            v.set("name", Value::string("p"));
-            v
+            )
         };
         let shadow = permission("AllowWithShadowDeny");
         let p = plan(&d, &Value::Null, &shadow, &shadow);
