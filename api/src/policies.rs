@@ -15,6 +15,30 @@ pub(crate) mod mesh_timeout;
 pub(crate) mod mesh_trace;
 pub(crate) mod mesh_traffic_permission;
 
+use crate::spec::{Errors, at, check_host_port};
+
+/// Checks an OpenTelemetry backend's collector at `path` (`...openTelemetry`): an
+/// inline `endpoint` (`host:port`) is required; Kuma 2.14's `backendRef` to a
+/// MeshOpenTelemetryBackend is refused with the reason.
+pub(crate) fn check_otel_endpoint(
+    errors: &mut Errors,
+    path: &str,
+    endpoint: &Option<String>,
+    backend_ref: &Option<serde_json::Value>,
+) {
+    if backend_ref.is_some() {
+        errors.push(
+            at(path, "backendRef"),
+            "MeshOpenTelemetryBackend: Causeway has no MeshOpenTelemetryBackend yet; give the collector inline as endpoint: <host>:<port>",
+        );
+        return;
+    }
+    match endpoint {
+        Some(endpoint) => errors.check(at(path, "endpoint"), check_host_port(endpoint)),
+        None => errors.push(at(path, "endpoint"), "is required"),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod test_util {
     use serde_json::Value;

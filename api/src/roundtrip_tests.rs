@@ -296,7 +296,8 @@ fn mesh_trace() -> impl Strategy<Value = MeshTraceSpec> {
                     kind: TraceBackendType::OpenTelemetry,
                     zipkin: None,
                     open_telemetry: Some(OtelTraceBackend {
-                        endpoint: format!("{host}:4317"),
+                        endpoint: Some(format!("{host}:4317")),
+                        backend_ref: None,
                     }),
                     datadog: None,
                 }]),

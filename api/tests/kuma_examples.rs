@@ -23,6 +23,18 @@ const EXPECTED_REFUSALS: &[(&str, &str)] = &[
     ("datadog-tracing", "Causeway has no Datadog tracing backend"),
     ("gateway-tracing", "Causeway has no gateways yet"),
     (
+        "otel-tracing-backend-ref",
+        "Causeway has no MeshOpenTelemetryBackend yet",
+    ),
+    (
+        "log-otel-backend-ref",
+        "Causeway has no MeshOpenTelemetryBackend yet",
+    ),
+    (
+        "metrics-otel-backend-ref",
+        "Causeway has no MeshOpenTelemetryBackend yet",
+    ),
+    (
         "metrics-prometheus-provided-tls",
         "Causeway has no certificates of your own",
     ),

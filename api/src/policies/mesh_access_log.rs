@@ -107,8 +107,13 @@ pub struct TcpBackend {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OtelLogBackend {
-    /// `host:port` of the collector's OTLP/gRPC endpoint.
-    pub endpoint: String,
+    /// `host:port` of the collector's OTLP/gRPC endpoint. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Kuma 2.14's reference to a MeshOpenTelemetryBackend. Refused: Causeway has no
+    /// MeshOpenTelemetryBackend yet; give the collector as `endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_ref: Option<serde_json::Value>,
     /// Attributes added to every record; values may use `%COMMAND%` operators.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<KeyValue>,
@@ -223,7 +228,12 @@ impl Conf for AccessLogConf {
             }
             if let Some(otel) = &b.open_telemetry {
                 let path = at(&path, "openTelemetry");
-                errors.check(at(&path, "endpoint"), check_host_port(&otel.endpoint));
+                crate::policies::check_otel_endpoint(
+                    errors,
+                    &path,
+                    &otel.endpoint,
+                    &otel.backend_ref,
+                );
                 for (j, kv) in otel.attributes.iter().enumerate() {
                     errors.non_empty(at(&idx(&at(&path, "attributes"), j), "key"), &kv.key);
                 }

@@ -4,7 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
-use crate::spec::{Errors, Spec, at, check_host_port, idx};
+use crate::spec::{Errors, Spec, at, idx};
 use crate::target_ref::{TOP_KINDS, TargetRef};
 
 /// The spec of a `MeshMetric`. It applies to whole proxies, so it has a top-level
@@ -212,8 +212,13 @@ pub enum PrometheusTlsMode {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OtelMetricBackend {
-    /// `host:port` of the collector's OTLP/gRPC endpoint.
-    pub endpoint: String,
+    /// `host:port` of the collector's OTLP/gRPC endpoint. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Kuma 2.14's reference to a MeshOpenTelemetryBackend. Refused: Causeway has no
+    /// MeshOpenTelemetryBackend yet; give the collector as `endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_ref: Option<serde_json::Value>,
     /// How often metrics are pushed, from 1s to 1h. Built-in default `1m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_interval: Option<Duration>,
@@ -307,7 +312,7 @@ impl Spec for MeshMetricSpec {
             }
             if let Some(o) = &b.open_telemetry {
                 let path = at(&path, "openTelemetry");
-                errors.check(at(&path, "endpoint"), check_host_port(&o.endpoint));
+                crate::policies::check_otel_endpoint(errors, &path, &o.endpoint, &o.backend_ref);
                 errors.duration(
                     at(&path, "refreshInterval"),
                     o.refresh_interval,

@@ -4,7 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::percent::Percent;
-use crate::spec::{Errors, Spec, at, check_header_name, check_host_port, idx};
+use crate::spec::{Errors, Spec, at, check_header_name, idx};
 use crate::target_ref::{TOP_KINDS, TargetRef};
 
 /// The spec of a `MeshTrace`. It applies to whole proxies, so it has a top-level
@@ -103,8 +103,13 @@ pub struct ZipkinBackend {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OtelTraceBackend {
-    /// `host:port` of the collector's OTLP/gRPC endpoint.
-    pub endpoint: String,
+    /// `host:port` of the collector's OTLP/gRPC endpoint. Required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Kuma 2.14's reference to a MeshOpenTelemetryBackend. Refused: Causeway has no
+    /// MeshOpenTelemetryBackend yet; give the collector as `endpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_ref: Option<serde_json::Value>,
 }
 
 /// Trace context formats.
@@ -212,9 +217,11 @@ impl Spec for MeshTraceSpec {
                     );
                 }
                 if let Some(o) = &b.open_telemetry {
-                    errors.check(
-                        at(&at(&path, "openTelemetry"), "endpoint"),
-                        check_host_port(&o.endpoint),
+                    crate::policies::check_otel_endpoint(
+                        errors,
+                        &at(&path, "openTelemetry"),
+                        &o.endpoint,
+                        &o.backend_ref,
                     );
                 }
             }
@@ -325,6 +332,34 @@ mod tests {
                     "Datadog: Causeway has no Datadog tracing backend",
                 )],
             )],
+        );
+    }
+
+    /// Kuma 2.14's `backendRef` to a MeshOpenTelemetryBackend is refused with the
+    /// reason; without it, the inline endpoint is required.
+    #[test]
+    fn otel_backend_ref_is_refused_with_a_reason() {
+        let otel = |o: serde_json::Value| json!({"default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": o}]}});
+        table::<MeshTraceSpec>(
+            &[otel(json!({"endpoint": "otel-collector:4317"}))],
+            &[
+                (
+                    otel(
+                        json!({"backendRef": {"kind": "MeshOpenTelemetryBackend", "labels": {"kuma.io/display-name": "otel"}}}),
+                    ),
+                    &[(
+                        "spec.default.backends[0].openTelemetry.backendRef",
+                        "MeshOpenTelemetryBackend: Causeway has no MeshOpenTelemetryBackend yet",
+                    )],
+                ),
+                (
+                    otel(json!({})),
+                    &[(
+                        "spec.default.backends[0].openTelemetry.endpoint",
+                        "is required",
+                    )],
+                ),
+            ],
         );
     }
 }
