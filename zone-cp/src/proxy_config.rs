@@ -77,7 +77,9 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     let spec: DataplaneSpec = decode(dataplane)?;
     let trust_domain = mesh_spec.trust_domain_or(&mesh_name).to_string();
     let mtls = mesh_spec.mtls.as_ref().map_or(MtlsMode::Off, |m| m.mode);
-    let proxy = Proxy::from_dataplane(&spec, Some(&inputs.zone));
+    // Named and labelled, for policies that target Dataplanes (Kuma's current form).
+    let proxy =
+        Proxy::from_dataplane(&spec, Some(&inputs.zone)).named(&dataplane.name, &dataplane.labels);
     let timeouts = mesh_timeout::configure(&policies_of(inputs, "MeshTimeout"), &proxy)?;
 
     let permissions = causeway_api::effective(

@@ -142,6 +142,9 @@ mod tests {
         ("mesh_timeout/service-override", "zone-a", "web-1"),
         // Inbound: `from[]` with a Mesh source applies; a per-caller one does not.
         ("mesh_timeout/inbound-from-mesh", "zone-a", "backend-1"),
+        // Kuma's current form: a Dataplane target by labels, inbound `rules`, and a
+        // destination by its MeshService labels.
+        ("mesh_timeout/kuma-dataplane-rules", "zone-a", "web-1"),
     ];
 
     /// What the golden files show of a config: each listener's timeouts.

@@ -31,7 +31,10 @@ pub(super) fn inputs(case: &str, zone: &str) -> MeshInputs {
             "Zone" => inputs.zones.push(r),
             "Dataplane" => inputs.dataplanes.push(r),
             "ZoneIngress" => inputs.ingresses.push(r),
-            _ => inputs.policies.push(r),
+            kind if causeway_api::type_info(kind).is_some_and(|t| t.is_policy()) => {
+                inputs.policies.push(r)
+            }
+            kind => panic!("{path}: a {kind} is not an input of a proxy config"),
         }
     }
     inputs
