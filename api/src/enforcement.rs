@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::registry::{Role, type_info};
+use crate::registry::{COMMON_UNENFORCED, Role, type_info};
 use crate::resource::Resource;
 
 /// How much of a policy kind the proxies enforce.
@@ -92,9 +92,9 @@ pub fn warnings(r: &Resource) -> Vec<FieldWarning> {
                 info.kind
             ),
         }],
-        Enforcement::Partial(parts) => {
+        Enforcement::Full | Enforcement::Partial(_) => {
             let mut out = Vec::new();
-            for part in parts {
+            for part in unenforced_parts(enforcement, true) {
                 for field in matches(&r.spec, part.path) {
                     out.push(FieldWarning {
                         field,
@@ -107,14 +107,30 @@ pub fn warnings(r: &Resource) -> Vec<FieldWarning> {
     }
 }
 
-/// The unenforced part of `kind` at `path` (dotted, from `spec`, list items without an
-/// index: `spec.to.default.http`), or under it. For `explain`.
-pub(crate) fn unenforced_at(kind: &str, path: &[&str]) -> Vec<&'static Unenforced> {
-    let Some(Role::Policy(Enforcement::Partial(parts))) = type_info(kind).map(|t| t.role) else {
+/// What of an enforced (fully or partly) policy kind the proxies ignore: its own marks,
+/// and with `common` the fields every kind accepts and none acts on yet.
+fn unenforced_parts(
+    enforcement: Enforcement,
+    common: bool,
+) -> impl Iterator<Item = &'static Unenforced> {
+    let own: &'static [Unenforced] = match enforcement {
+        Enforcement::Partial(parts) => parts,
+        Enforcement::Full | Enforcement::NotYet => &[],
+    };
+    let common: &'static [Unenforced] = if common { COMMON_UNENFORCED } else { &[] };
+    own.iter().chain(common)
+}
+
+/// The unenforced parts of `kind` at `path` (dotted, from `spec`, list items without an
+/// index: `spec.to.default.http`), or under it; the common ones too with `common`. For
+/// `explain`.
+pub(crate) fn unenforced_at(kind: &str, path: &[&str], common: bool) -> Vec<&'static Unenforced> {
+    let Some(Role::Policy(enforcement @ (Enforcement::Full | Enforcement::Partial(_)))) =
+        type_info(kind).map(|t| t.role)
+    else {
         return Vec::new();
     };
-    parts
-        .iter()
+    unenforced_parts(enforcement, common)
         .filter(|p| {
             let keys = pattern_keys(p.path);
             // The pattern lies at or under `path`, or `path` lies under the pattern.
@@ -261,15 +277,22 @@ mod tests {
     }
 
     /// Every pattern in the registry names a field that exists in its kind's schema, so
-    /// a renamed field cannot leave a mark that never matches.
+    /// a renamed field cannot leave a mark that never matches; a common one exists in
+    /// every policy kind that has its section.
     #[test]
     fn every_unenforced_mark_names_a_real_field() {
         for t in types() {
-            let Role::Policy(Enforcement::Partial(parts)) = t.role else {
+            let Role::Policy(enforcement) = t.role else {
                 continue;
             };
-            assert!(!parts.is_empty(), "{}: Partial with nothing listed", t.kind);
-            for part in parts {
+            if let Enforcement::Partial(parts) = enforcement {
+                assert!(!parts.is_empty(), "{}: Partial with nothing listed", t.kind);
+            }
+            let has_section = |path: &str| {
+                let section = pattern_keys(path)[0];
+                crate::explain(&format!("{}.spec.{section}", t.kind)).is_ok()
+            };
+            for part in unenforced_parts(enforcement, true).filter(|p| has_section(p.path)) {
                 let mut path = format!("{}.spec", t.kind);
                 for key in pattern_keys(part.path) {
                     path.push('.');
@@ -283,12 +306,33 @@ mod tests {
 
     #[test]
     fn explain_finds_marks_at_and_under_a_path() {
-        let at = |p: &[&str]| unenforced_at("MeshTrafficPermission", p).len();
-        assert_eq!(at(&["spec"]), 3);
+        let at = |p: &[&str]| unenforced_at("MeshTrafficPermission", p, false).len();
+        assert_eq!(at(&["spec"]), 4);
         assert_eq!(at(&["spec", "from"]), 3);
         assert_eq!(at(&["spec", "from", "default", "action"]), 1);
         assert_eq!(at(&["spec", "targetRef"]), 0);
         assert_eq!(at(&[]), 0);
-        assert!(unenforced_at("Mesh", &["spec"]).is_empty());
+        assert!(unenforced_at("Mesh", &["spec"], true).is_empty());
+        // The common marks, when asked for.
+        let common = unenforced_at("MeshTrafficPermission", &["spec", "targetRef"], true);
+        assert_eq!(common.len(), 1);
+        assert_eq!(common[0].path, "targetRef.namespace");
+    }
+
+    /// Fields Kuma documents that no kind acts on yet warn in every enforced kind.
+    #[test]
+    fn the_common_marks_warn_in_every_enforced_kind() {
+        let got = warned(
+            "type: MeshTimeout\nmesh: default\nname: t\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: MeshService, name: backend, namespace: kuma-demo, sectionName: http}\n    default: {connectionTimeout: 2s}\n",
+        );
+        let fields: Vec<&str> = got.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.to[0].targetRef.namespace",
+                "spec.to[0].targetRef.sectionName"
+            ],
+            "{got:#?}"
+        );
     }
 }

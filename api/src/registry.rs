@@ -141,6 +141,43 @@ impl TypeInfo {
     }
 }
 
+/// Fields of Kuma's current API that every policy accepts and no proxy acts on yet;
+/// they warn in every kind the proxies enforce (fully or in part).
+pub(crate) const COMMON_UNENFORCED: &[Unenforced] = &[
+    Unenforced {
+        path: "targetRef.namespace",
+        reason: "zones here have no namespaces: proxies are matched by the rest of the targetRef alone.",
+    },
+    Unenforced {
+        path: "to[].targetRef.namespace",
+        reason: "zones here have no namespaces: the destination is matched by its name or labels alone.",
+    },
+    Unenforced {
+        path: "to[].targetRef.sectionName",
+        reason: "a destination is not split by port yet: the entry applies to all of the service's traffic.",
+    },
+];
+
+/// MeshTimeout: what is not applied per route or per caller yet.
+const TIMEOUT_UNENFORCED: &[Unenforced] = &[
+    Unenforced {
+        path: "to[].targetRef.kind=MeshHTTPRoute",
+        reason: "per-route timeouts are not applied yet (routes are not enforced): the destination's timeouts apply to all of its requests.",
+    },
+    Unenforced {
+        path: "from[].targetRef.kind=MeshService",
+        reason: "per-caller inbound timeouts are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
+    },
+    Unenforced {
+        path: "from[].targetRef.kind=MeshSubset",
+        reason: "per-caller inbound timeouts are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
+    },
+    Unenforced {
+        path: "from[].targetRef.kind=MeshServiceSubset",
+        reason: "per-caller inbound timeouts are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
+    },
+];
+
 /// MeshTrafficPermission: sources the proxies cannot prove from a certificate yet.
 const TRAFFIC_PERMISSION_UNENFORCED: &[Unenforced] = &[
     Unenforced {
@@ -154,6 +191,10 @@ const TRAFFIC_PERMISSION_UNENFORCED: &[Unenforced] = &[
     Unenforced {
         path: "from[].default.action=AllowWithShadowDeny",
         reason: "acts as Allow; what it would deny is neither logged nor counted yet.",
+    },
+    Unenforced {
+        path: "rules",
+        reason: "the sidecar does not match callers by SPIFFE id lists (allow, deny, allowWithShadowDeny) yet: these rules have no effect; use from[] with an action.",
     },
 ];
 
@@ -226,7 +267,11 @@ static TYPES: &[TypeInfo] = &[
     ),
     TypeInfo::policy::<MeshHttpRouteSpec>("MeshHTTPRoute", "meshhttproutes", Enforcement::NotYet),
     TypeInfo::policy::<MeshTcpRouteSpec>("MeshTCPRoute", "meshtcproutes", Enforcement::NotYet),
-    TypeInfo::policy::<MeshTimeoutSpec>("MeshTimeout", "meshtimeouts", Enforcement::NotYet),
+    TypeInfo::policy::<MeshTimeoutSpec>(
+        "MeshTimeout",
+        "meshtimeouts",
+        Enforcement::Partial(TIMEOUT_UNENFORCED),
+    ),
     TypeInfo::policy::<MeshRetrySpec>("MeshRetry", "meshretries", Enforcement::NotYet),
     TypeInfo::policy::<MeshCircuitBreakerSpec>(
         "MeshCircuitBreaker",

@@ -217,7 +217,7 @@ pub fn explain(kind_and_path: &str) -> Result<String, ExplainError> {
             };
             let mut child_path = path.clone();
             child_path.push(name.as_str());
-            let enforced = match unenforced_at(info.kind, &child_path).as_slice() {
+            let enforced = match unenforced_at(info.kind, &child_path, true).as_slice() {
                 [] => "",
                 [only] if !only.path.contains('=') && only_at(only, &child_path) => {
                     " -not enforced yet-"
@@ -248,7 +248,6 @@ fn push_enforcement(out: &mut String, info: &TypeInfo, path: &[&str]) {
         return;
     }
     match enforcement {
-        Enforcement::Full => out.push_str("ENFORCED: yes\n"),
         Enforcement::NotYet => {
             let _ = writeln!(
                 out,
@@ -256,8 +255,14 @@ fn push_enforcement(out: &mut String, info: &TypeInfo, path: &[&str]) {
                 info.kind
             );
         }
-        Enforcement::Partial(_) => {
-            let marks = unenforced_at(info.kind, if path.is_empty() { &["spec"] } else { path });
+        Enforcement::Full | Enforcement::Partial(_) => {
+            // The kind's summary names its own gaps; a field also the common ones
+            // (`namespace`, ...), which every kind shares.
+            let marks = if path.len() <= 1 {
+                unenforced_at(info.kind, &["spec"], false)
+            } else {
+                unenforced_at(info.kind, path, true)
+            };
             if marks.is_empty() {
                 out.push_str("ENFORCED: yes\n");
                 return;

@@ -145,7 +145,27 @@ fn explain_table() {
                 "  spec\t<Object> -partly enforced-",
             ],
         ),
-        ("MeshTrafficPermission.spec.targetRef", &["ENFORCED: yes\n"]),
+        (
+            "MeshTrafficPermission.spec.targetRef",
+            &[
+                "ENFORCED: partly; not yet:\n    spec.targetRef.namespace: zones here have no namespaces",
+            ],
+        ),
+        (
+            "MeshTrafficPermission.spec.targetRef.kind",
+            &["ENFORCED: yes\n"],
+        ),
+        (
+            "MeshTimeout",
+            &[
+                "ENFORCED: partly; not yet:\n    spec.to[].targetRef.kind=MeshHTTPRoute: per-route timeouts",
+                "  spec\t<Object> -partly enforced-",
+            ],
+        ),
+        (
+            "MeshTimeout.spec.to.default.http.requestTimeout",
+            &["ENFORCED: yes\n"],
+        ),
         (
             "MeshLoadBalancingStrategy.spec.to.default.loadBalancer",
             &[
