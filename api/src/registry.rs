@@ -176,6 +176,14 @@ const TIMEOUT_UNENFORCED: &[Unenforced] = &[
         path: "from[].targetRef.kind=MeshServiceSubset",
         reason: "per-caller inbound timeouts are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
     },
+    Unenforced {
+        path: "to[].default.http.maxConnectionDuration",
+        reason: "connections to a destination are not aged out yet; it applies to inbound connections (from[] or rules).",
+    },
+    Unenforced {
+        path: "to[].default.http.requestHeadersTimeout",
+        reason: "it bounds how long an inbound caller takes to send its request headers, so it applies in from[] or rules only (as in Kuma).",
+    },
 ];
 
 /// MeshTrafficPermission: sources the proxies cannot prove from a certificate yet.
