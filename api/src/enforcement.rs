@@ -84,7 +84,6 @@ pub fn warnings(r: &Resource) -> Vec<FieldWarning> {
         return Vec::new();
     };
     match enforcement {
-        Enforcement::Full => Vec::new(),
         Enforcement::NotYet => vec![FieldWarning {
             field: "type".into(),
             reason: format!(

@@ -102,6 +102,12 @@ enum Bench {
         /// Extra argument for both sidecars (repeat it), e.g. `--sidecar-arg=--concurrency=2`.
         #[arg(long, allow_hyphen_values = true)]
         sidecar_arg: Vec<String>,
+        /// Also apply a realistic set of resilience policies to the sidecar pair (a
+        /// MeshTimeout with explicit values; retry, circuit breaking and health checks
+        /// join it as the proxies enforce them). Without it: a traffic permission and the
+        /// built-in default timeouts.
+        #[arg(long)]
+        policies: bool,
     },
 }
 
@@ -635,11 +641,13 @@ async fn main() -> anyhow::Result<()> {
             connections,
             sidecar_bin,
             sidecar_arg,
+            policies,
         } => {
             let lean = std::env::current_exe()?.with_file_name("causeway-dataplane");
             let sc = sidecar::SidecarCmd {
                 bin: sidecar_bin.or_else(|| lean.exists().then_some(lean)),
                 args: sidecar_arg,
+                policies,
             };
             sidecar::sidecar(seconds, runs, rate, connections, sc).await
         }

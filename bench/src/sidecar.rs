@@ -546,6 +546,24 @@ struct CausewayMesh {
 pub(crate) struct SidecarCmd {
     pub(crate) bin: Option<PathBuf>,
     pub(crate) args: Vec<String>,
+    /// Apply [`RESILIENCE_POLICIES`] too.
+    pub(crate) policies: bool,
+}
+
+/// `--policies`: the resilience policies a production mesh would have on this pair, as
+/// far as the proxies enforce them (the sidecars' timeouts run with or without it: the
+/// built-in defaults apply when no policy is written).
+fn resilience_policies() -> Vec<(&'static str, Value)> {
+    vec![(
+        "/meshes/default/meshtimeouts/web-and-backend",
+        json!({"type": "MeshTimeout", "mesh": "default", "name": "web-and-backend",
+               "spec": {"targetRef": {"kind": "Mesh"},
+                        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                                "default": {"connectionTimeout": "2s", "idleTimeout": "30m",
+                                            "http": {"requestTimeout": "5s", "streamIdleTimeout": "1m"}}}],
+                        "rules": [{"default": {"idleTimeout": "30m",
+                                               "http": {"requestTimeout": "10s", "requestHeadersTimeout": "5s"}}}]}}),
+    )]
 }
 
 impl SidecarCmd {
@@ -568,6 +586,17 @@ impl SidecarCmd {
         for a in &self.args {
             s.push(' ');
             s.push_str(a);
+        }
+        if self.policies {
+            let policies = resilience_policies();
+            let kinds: Vec<&str> = policies
+                .iter()
+                .filter_map(|(_, p)| p["type"].as_str())
+                .collect();
+            s.push_str(&format!(
+                "; policies: MeshTrafficPermission, {} (retry, circuit breaking and health checks are not enforced yet)",
+                kinds.join(", ")
+            ));
         }
         Ok(s)
     }
@@ -629,6 +658,11 @@ async fn start_causeway(
                                   "default": {"action": "Allow"}}]}}),
     )
     .await?;
+    if sc.policies {
+        for (path, policy) in resilience_policies() {
+            put(path, policy).await?;
+        }
+    }
 
     // The zone, with DDS for the sidecars.
     let v = api(
