@@ -83,18 +83,22 @@ pub fn warnings(r: &Resource) -> Vec<FieldWarning> {
     let Role::Policy(enforcement) = info.role else {
         return Vec::new();
     };
+    warnings_of(info.kind, enforcement, &r.spec)
+}
+
+/// The warnings of a `kind` policy whose proxies enforce `enforcement`, for `spec`.
+fn warnings_of(kind: &str, enforcement: Enforcement, spec: &Value) -> Vec<FieldWarning> {
     match enforcement {
         Enforcement::NotYet => vec![FieldWarning {
             field: "type".into(),
             reason: format!(
-                "{} is not enforced by the proxies yet: it is stored and synced to every zone, but has no effect on traffic",
-                info.kind
+                "{kind} is not enforced by the proxies yet: it is stored and synced to every zone, but has no effect on traffic"
             ),
         }],
         Enforcement::Full | Enforcement::Partial(_) => {
             let mut out = Vec::new();
             for part in unenforced_parts(enforcement, true) {
-                for field in matches(&r.spec, part.path) {
+                for field in matches(spec, part.path) {
                     out.push(FieldWarning {
                         field,
                         reason: format!("not enforced by the proxies yet: {}", part.reason),
@@ -316,6 +320,16 @@ mod tests {
         let common = unenforced_at("MeshTrafficPermission", &["spec", "targetRef"], true);
         assert_eq!(common.len(), 1);
         assert_eq!(common[0].path, "targetRef.namespace");
+    }
+
+    /// A kind enforced in full still warns at the common fields, and only there.
+    #[test]
+    fn a_fully_enforced_kind_warns_at_the_common_fields_only() {
+        let spec = json!({"targetRef": {"kind": "Mesh", "namespace": "demo"},
+                          "to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "default": {}}]});
+        let got = warnings_of("MeshRetry", Enforcement::Full, &spec);
+        let fields: Vec<&str> = got.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(fields, ["spec.targetRef.namespace"]);
     }
 
     /// Fields Kuma documents that no kind acts on yet warn in every enforced kind.
