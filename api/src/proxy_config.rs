@@ -75,6 +75,25 @@ pub enum SourceMatch {
     Any,
     /// Callers whose identity is this SPIFFE id.
     Spiffe { id: String },
+    /// Callers whose identity starts with these whole path segments
+    /// (`spiffe://td/ns/legacy` covers `spiffe://td/ns/legacy/sa/x`, not
+    /// `spiffe://td/ns/legacy-2`).
+    SpiffePrefix { prefix: String },
+}
+
+impl SourceMatch {
+    /// Whether a caller with SPIFFE id `peer` is covered.
+    pub fn matches(&self, peer: &str) -> bool {
+        match self {
+            SourceMatch::Any => true,
+            SourceMatch::Spiffe { id } => id == peer,
+            SourceMatch::SpiffePrefix { prefix } => {
+                peer.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                    rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/')
+                })
+            }
+        }
+    }
 }
 
 /// A destination this proxy's application calls on a local port.
@@ -233,4 +252,29 @@ pub struct IngressTarget {
 /// The SPIFFE id of `service` in a mesh with `trust_domain`.
 pub fn spiffe_id(trust_domain: &str, service: &str) -> String {
     format!("spiffe://{trust_domain}/{service}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spiffe_prefix_covers_whole_path_segments() {
+        let p = |prefix: &str| SourceMatch::SpiffePrefix {
+            prefix: prefix.into(),
+        };
+        let legacy = p("spiffe://td/ns/legacy");
+        assert!(legacy.matches("spiffe://td/ns/legacy"));
+        assert!(legacy.matches("spiffe://td/ns/legacy/sa/client"));
+        assert!(!legacy.matches("spiffe://td/ns/legacy-2/sa/client"));
+        assert!(!legacy.matches("spiffe://td/ns"));
+        assert!(p("spiffe://td/").matches("spiffe://td/web"));
+        assert!(p("spiffe://td").matches("spiffe://td/web"));
+        assert!(!p("spiffe://td").matches("spiffe://td2/web"));
+        let exact = SourceMatch::Spiffe {
+            id: "spiffe://td/web".into(),
+        };
+        assert!(exact.matches("spiffe://td/web") && !exact.matches("spiffe://td/web/x"));
+        assert!(SourceMatch::Any.matches("spiffe://anything/at-all"));
+    }
 }

@@ -201,8 +201,8 @@ const TRAFFIC_PERMISSION_UNENFORCED: &[Unenforced] = &[
         reason: "acts as Allow; what it would deny is neither logged nor counted yet.",
     },
     Unenforced {
-        path: "rules",
-        reason: "the sidecar does not match callers by SPIFFE id lists (allow, deny, allowWithShadowDeny) yet: these rules have no effect; use from[] with an action.",
+        path: "rules[].default.allowWithShadowDeny",
+        reason: "acts as allow; what it would deny is neither logged nor counted yet.",
     },
 ];
 

@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use causeway_api::proxy_config::{
-    InboundListener, OutboundListener, ProxyConfig, SourceMatch, ingress_sni,
-};
+use causeway_api::proxy_config::{InboundListener, OutboundListener, ProxyConfig, ingress_sni};
 use causeway_api::{Action, MtlsMode, Protocol};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -113,11 +111,7 @@ pub(crate) fn authorize(
         };
     };
     for rule in &ib.permissions {
-        let hit = match &rule.source {
-            SourceMatch::Any => true,
-            SourceMatch::Spiffe { id } => id == peer,
-        };
-        if hit {
+        if rule.source.matches(peer) {
             return match rule.action {
                 Action::Allow | Action::AllowWithShadowDeny => Ok(()),
                 Action::Deny => Err(format!(

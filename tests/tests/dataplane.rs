@@ -1140,3 +1140,70 @@ async fn a_mesh_timeout_cuts_a_slow_answer_with_504_and_the_application_sees_the
     assert_eq!(r.status(), StatusCode::OK);
     Ok(())
 }
+
+/// Kuma's MeshTrafficPermission rules by SPIFFE id, enforced by the sidecar: an allow of
+/// the whole trust domain by prefix lets web in; an exact deny of web, in another policy,
+/// wins over it at once; removing the deny lets web in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spiffe_rules_allow_by_prefix_and_a_deny_wins() -> anyhow::Result<()> {
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let rules = |name: &str, list: &str, kind: &str, value: &str| {
+        json!({"type": "MeshTrafficPermission", "mesh": "default", "name": name,
+               "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+                        "rules": [{"default": {list: [{"spiffeID": {"type": kind, "value": value}}]}}]}})
+    };
+    put(
+        &fx.c,
+        "/meshes/default/meshtrafficpermissions/trust-domain",
+        &rules("trust-domain", "allow", "Prefix", "spiffe://default"),
+    )
+    .await?;
+    let backend_app = free_addr();
+    let _a = fx.app("backend-app", "backend", backend_app, false)?;
+    let port = free_addr().port();
+    let (_bs, _) = fx
+        .sidecar(
+            "backend",
+            dataplane(
+                "backend-1",
+                "backend",
+                port,
+                backend_app.port(),
+                "http",
+                &[],
+            ),
+        )
+        .await?;
+    let (_ws, _, out) = fx.web_calling("backend").await?;
+    let http = plain_http();
+    let status = || async {
+        http.get(format!("http://127.0.0.1:{out}/"))
+            .send()
+            .await
+            .ok()
+            .map(|r| r.status())
+    };
+    eventually("web allowed by the trust domain's prefix", WAIT, || async {
+        (status().await? == StatusCode::OK).then_some(())
+    })
+    .await?;
+
+    let deny = "/meshes/default/meshtrafficpermissions/no-web";
+    put(
+        &fx.c,
+        deny,
+        &rules("no-web", "deny", "Exact", "spiffe://default/web"),
+    )
+    .await?;
+    eventually("web denied by the exact deny", WAIT, || async {
+        (status().await? == StatusCode::FORBIDDEN).then_some(())
+    })
+    .await?;
+    let (s, _) = fx.c.call_retry(Method::DELETE, deny, None).await?;
+    assert!(s.is_success(), "{s}");
+    eventually("web allowed again", WAIT, || async {
+        (status().await? == StatusCode::OK).then_some(())
+    })
+    .await?;
+    Ok(())
+}

@@ -6,16 +6,17 @@
 //! into the config's fields.
 
 mod mesh_timeout;
+mod mesh_traffic_permission;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use causeway_api::proxy_config::{
-    Endpoint, EndpointGroup, InboundListener, OutboundListener, PermissionRule, ProxyConfig,
-    SourceMatch, endpoint_sni, ingress_sni, spiffe_id,
+    Endpoint, EndpointGroup, InboundListener, OutboundListener, ProxyConfig, endpoint_sni,
+    ingress_sni, spiffe_id,
 };
 use causeway_api::{
     Action, DataplaneSpec, FailoverToType, LoadBalancerType, LoadBalancingConf, MeshSpec, MtlsMode,
-    Protocol, Proxy, Resource, SERVICE_TAG, TargetRefKind, ZONE_TAG, ZoneIngressSpec,
+    Protocol, Proxy, Resource, SERVICE_TAG, ZONE_TAG, ZoneIngressSpec,
 };
 use sha2::Digest as _;
 
@@ -98,10 +99,15 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 .get(i)
                 .map(|c| c.rules.as_slice())
                 .unwrap_or_default();
+            let permissions = mesh_traffic_permission::configure(
+                &trust_domain,
+                &format!("{} ({})", ib.port, ib.service),
+                rules,
+            )?;
             let mut tags = ib.tags.clone();
             tags.insert(SERVICE_TAG.into(), ib.service.clone());
             tags.insert(ZONE_TAG.into(), inputs.zone.clone());
-            InboundListener {
+            Ok(InboundListener {
                 port: ib.port,
                 service: ib.service.clone(),
                 app_address: ib
@@ -111,19 +117,16 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 app_port: ib.service_port.unwrap_or(ib.port),
                 protocol: ib.protocol,
                 tags,
-                permissions: rules
-                    .iter()
-                    .filter_map(|r| permission(&trust_domain, r))
-                    .collect(),
+                permissions,
                 default_action: if mtls == MtlsMode::Off {
                     Action::Allow
                 } else {
                     Action::Deny
                 },
                 timeouts: timeouts.inbounds[i],
-            }
+            })
         })
-        .collect();
+        .collect::<Result<_, ComputeError>>()?;
 
     let balancing = causeway_api::effective(
         "MeshLoadBalancingStrategy",
@@ -182,31 +185,6 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     let body = serde_json::to_vec(&config).expect("configs serialize");
     config.version = hex::encode(&sha2::Sha256::digest(&body)[..8]);
     Ok(config)
-}
-
-/// One MeshTrafficPermission rule in terms a sidecar can check from a certificate.
-/// Tag-based sources cannot be proven by an identity: an Allow for them is dropped (never
-/// grant what cannot be checked), a Deny for a service subset denies the whole service.
-fn permission(trust_domain: &str, r: &causeway_api::FromRule) -> Option<PermissionRule> {
-    let action: Action = serde_json::from_value(r.conf.get("action")?.clone()).ok()?;
-    let source = match r.source.kind {
-        TargetRefKind::Mesh => SourceMatch::Any,
-        TargetRefKind::SpiffeId => SourceMatch::Spiffe {
-            id: r.source.name.clone()?,
-        },
-        TargetRefKind::MeshService => SourceMatch::Spiffe {
-            id: spiffe_id(trust_domain, r.source.name.as_deref()?),
-        },
-        TargetRefKind::MeshServiceSubset if action == Action::Deny => SourceMatch::Spiffe {
-            id: spiffe_id(trust_domain, r.source.name.as_deref()?),
-        },
-        _ => return None,
-    };
-    Some(PermissionRule {
-        source,
-        action,
-        policies: r.policies.clone(),
-    })
 }
 
 /// The protocol a service's inbounds declare here or in other zones (as their ingresses

@@ -40,8 +40,8 @@ pub struct MeshTrafficPermissionSpec {
     /// selected proxies (each rule acts as a `from[]` entry for `{kind: Mesh}`). A caller
     /// that matches a `deny` entry is denied; otherwise one that matches an `allow` or
     /// `allowWithShadowDeny` entry is allowed. The lists of all matching policies add
-    /// up (a more specific policy cannot drop a `deny`). Not enforced by the sidecars
-    /// yet: they do not match SPIFFE ids by prefix.
+    /// up (a more specific policy cannot drop a `deny`), and the sidecar checks every
+    /// `deny` before any other rule.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule<SpiffeRulesConf>>,
 }
