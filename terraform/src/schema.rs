@@ -83,6 +83,8 @@ pub struct Attr {
     pub sensitive: bool,
     pub description: String,
     pub coerce: Coerce,
+    /// An older name still accepted (`connect_timeout`): Terraform warns where it is used.
+    pub deprecated: bool,
 }
 
 impl Attr {
@@ -96,6 +98,7 @@ impl Attr {
             sensitive: false,
             description: description.to_owned(),
             coerce: Coerce::None,
+            deprecated: false,
         }
     }
 
@@ -377,6 +380,7 @@ fn object_block(root: &Json, node: &Json, props: &Map<String, Json>, depth: usiz
             sensitive: false,
             description: desc.clone(),
             coerce,
+            deprecated: prop.get("deprecated").and_then(Json::as_bool) == Some(true),
         };
         match shape(root, prop, depth + 1) {
             Shape::Scalar(t, c) => block.attrs.push(attr(t, c)),
@@ -434,7 +438,7 @@ pub fn to_proto(b: &Block) -> crate::proto::schema::Block {
                 computed: matches!(a.mode, Mode::Computed | Mode::OptionalComputed),
                 sensitive: a.sensitive,
                 description_kind: crate::proto::StringKind::Markdown as i32,
-                deprecated: false,
+                deprecated: a.deprecated,
             })
             .collect(),
         block_types: b
@@ -720,6 +724,21 @@ mod tests {
             .unwrap();
         assert_eq!(ct.ty, TfType::String);
         assert!(!ct.description.is_empty());
+        // The older name is still accepted, and Terraform warns where it is used.
+        assert!(ct.deprecated);
+        let current = default
+            .block
+            .attrs
+            .iter()
+            .find(|a| a.name == "connection_timeout")
+            .unwrap();
+        assert!(!current.deprecated);
+        assert!(
+            to_proto(&default.block)
+                .attributes
+                .iter()
+                .any(|a| a.name == "connect_timeout" && a.deprecated)
+        );
     }
 
     #[test]

@@ -863,10 +863,10 @@ async fn multi_zone_example_applies_and_destroys() -> anyhow::Result<()> {
 
     // What the README promises: change a policy in HCL, see a one-line plan.
     let main = std::fs::read_to_string(example.join("main.tf"))?;
-    assert!(main.contains("connect_timeout = \"2s\""));
+    assert!(main.contains("connection_timeout = \"2s\""));
     tf.write(
         "main.tf",
-        &main.replace("connect_timeout = \"2s\"", "connect_timeout = \"3s\""),
+        &main.replace("connection_timeout = \"2s\"", "connection_timeout = \"3s\""),
     );
     let (_, plan) = tf.plan().await?;
     assert!(
@@ -875,7 +875,7 @@ async fn multi_zone_example_applies_and_destroys() -> anyhow::Result<()> {
     );
     assert_eq!(
         changed_lines(&plan),
-        vec![r#"~ connect_timeout = "2s" -> "3s""#],
+        vec![r#"~ connection_timeout = "2s" -> "3s""#],
         "{plan}"
     );
     tf.apply().await?;

@@ -182,7 +182,7 @@ resource "causeway_mesh_timeout" "backend" {
       name = "backend"
     }
     default {
-      connect_timeout = "2s"
+      connection_timeout = "2s"
       http {
         request_timeout = "5s"
       }
