@@ -71,17 +71,40 @@ impl Slot {
     }
 
     /// Forgets this slot's connection (it failed), so the next request dials again.
-    pub(crate) fn forget(&self) {
-        *self.sender.lock().expect("pool lock") = None;
+    /// Whether it was dropped for its silent peer.
+    pub(crate) fn forget(&self) -> bool {
+        self.sender
+            .lock()
+            .expect("pool lock")
+            .take()
+            .is_some_and(|s| s.is_dead())
+    }
+
+    /// The pooled connection's id when it was dropped for its silent peer.
+    fn dead(&self) -> Option<usize> {
+        self.sender
+            .lock()
+            .expect("pool lock")
+            .as_ref()
+            .filter(|s| s.is_dead())
+            .map(H2Sender::id)
     }
 
     /// A connection of this slot ready for one more request: the pooled one, or a new
     /// one when there is none, or it closed or is going away (its peer drains). `dial`
     /// is called only to dial.
+    ///
+    /// A pooled connection dropped because its peer went silent (no PONG: see
+    /// [`crate::http2`]) is forgotten and reported once as `Failed`, so the caller counts
+    /// the endpoint as failing and tries another, rather than dialing the silent peer.
     pub(crate) async fn ready(
         &self,
         dial: impl FnOnce() -> Option<Dial>,
     ) -> Result<ReadyH2, NotReady> {
+        if let Some(id) = self.dead() {
+            self.forget_if(id);
+            return Err(NotReady::Failed(silent()));
+        }
         if let Some(s) = self.live() {
             let id = s.id();
             match s.ready().await {
@@ -174,7 +197,16 @@ async fn connect_now(dial: &Dial) -> std::io::Result<Box<dyn crate::proxy::Strea
     }
     let tcp = TcpStream::connect((dial.addr.as_str(), dial.port)).await?;
     tcp.set_nodelay(true)?;
+    tcp_keepalive(&tcp)?;
     tls_over(dial, tcp).await
+}
+
+/// The error of a pooled connection dropped for its silent peer.
+fn silent() -> std::io::Error {
+    timed_out(format!(
+        "the peer answered no HTTP/2 PING within {}",
+        crate::timeout::show(crate::http2::PING_TIMEOUT)
+    ))
 }
 
 fn timed_out(msg: String) -> std::io::Error {
@@ -196,7 +228,27 @@ pub(crate) async fn tcp_connect(
             ))
         })??;
     tcp.set_nodelay(true)?;
+    tcp_keepalive(&tcp)?;
     Ok(tcp)
+}
+
+/// TCP keepalive: the first probe after this long without a byte either way.
+pub(crate) const TCP_KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+/// Then a probe every this long...
+pub(crate) const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(2);
+/// ... and the connection fails after this many unanswered: a silent peer of a plain
+/// TCP pipe is found within 10 s + 3 x 2 s = 16 s of the last byte.
+pub(crate) const TCP_KEEPALIVE_PROBES: u32 = 3;
+
+/// Turns TCP keepalive on (the safety net under plain TCP pipes; HTTP/2 connections
+/// have PINGs, which see a silent peer sooner): every connection the sidecar dials or
+/// accepts.
+pub(crate) fn tcp_keepalive(tcp: &TcpStream) -> std::io::Result<()> {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE_IDLE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_PROBES);
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&ka)
 }
 
 /// The mesh's mTLS over `io` when the dial has it.
@@ -225,12 +277,20 @@ impl Pool {
         &self.slots[i]
     }
 
+    /// Whether a connection of it is open.
+    pub(crate) fn has_live(&self) -> bool {
+        self.slots.iter().any(|s| s.live().is_some())
+    }
+
     /// Forgets the connections (after an error or a trust change), so the next
-    /// requests dial again.
-    pub(crate) fn reset(&self) {
+    /// requests dial again. Whether one of them was dropped for its silent peer (the
+    /// endpoint then counts as failing).
+    pub(crate) fn reset(&self) -> bool {
+        let mut dead = false;
         for s in &self.slots {
-            s.forget();
+            dead |= s.forget();
         }
+        dead
     }
 }
 
@@ -261,7 +321,129 @@ pub(crate) fn strip_hop_by_hop(h: &mut http::HeaderMap) {
 
 #[cfg(test)]
 mod tests {
-    use super::strip_hop_by_hop;
+    use std::time::{Duration, Instant};
+
+    use super::{Dial, NotReady, Slot, strip_hop_by_hop};
+
+    /// An HTTP/2 server on loopback whose first connection answers one request and then
+    /// freezes (holds the socket, never reads or answers again: a SIGSTOPped peer or a
+    /// blackholed zone); later connections answer everything, `/slow` after 3 s.
+    async fn freezing_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    let mut answered = 0;
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        if n == 0 && answered == 1 {
+                            let _frozen = (conn, req, respond);
+                            std::future::pending::<()>().await;
+                            return;
+                        }
+                        answered += 1;
+                        let slow = req.uri().path() == "/slow";
+                        tokio::spawn(async move {
+                            if slow {
+                                tokio::time::sleep(Duration::from_secs(3)).await;
+                            }
+                            let _ = respond.send_response(http::Response::new(()), true);
+                        });
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn dial(addr: std::net::SocketAddr) -> Option<Dial> {
+        Some(Dial {
+            addr: addr.ip().to_string(),
+            port: addr.port(),
+            tls: None,
+            sni: String::new(),
+            quic: false,
+            connect_timeout: Duration::from_secs(2),
+        })
+    }
+
+    async fn get(slot: &Slot, addr: std::net::SocketAddr, path: &str) -> Result<u16, String> {
+        let ready = match slot.ready(|| dial(addr)).await {
+            Ok(r) => r,
+            Err(NotReady::NoDial) => return Err("no dial".into()),
+            Err(NotReady::Failed(e)) => return Err(format!("not ready: {e}")),
+        };
+        let req = http::Request::builder()
+            .uri(format!("http://backend{path}"))
+            .body(super::boxed(http_body_util::Empty::<bytes::Bytes>::new()))
+            .unwrap();
+        match ready.send(req).await {
+            Ok(r) => Ok(r.status().as_u16()),
+            Err(e) => Err(format!("failed: {e}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_to_a_peer_gone_silent_fails_within_the_ping_timeout_and_the_next_redials() {
+        let addr = freezing_server().await;
+        let slot = Slot::default();
+        assert_eq!(get(&slot, addr, "/").await, Ok(200));
+        // The peer freezes on this one: it fails once a PING goes unanswered, long
+        // before any request timeout.
+        let started = Instant::now();
+        let r = tokio::time::timeout(Duration::from_secs(10), get(&slot, addr, "/"))
+            .await
+            .expect("a request in flight to a silent peer fails, not hangs");
+        let took = started.elapsed();
+        assert!(r.is_err(), "{r:?}");
+        assert!(
+            took < Duration::from_millis(3500),
+            "detected after {took:?}"
+        );
+        eprintln!("silent peer detected after {took:?}");
+        // The next request learns the endpoint failed (the caller ejects it and tries
+        // another) ...
+        let r = get(&slot, addr, "/").await;
+        assert!(r.as_ref().is_err_and(|e| e.contains("PING")), "{r:?}");
+        // ... and the one after dials a new connection, which answers.
+        assert_eq!(get(&slot, addr, "/").await, Ok(200));
+    }
+
+    #[tokio::test]
+    async fn a_slow_answer_from_a_live_peer_is_not_taken_for_silence() {
+        let addr = freezing_server().await;
+        let slot = Slot::default();
+        // Connection 0 freezes on its second request: use it up first.
+        assert_eq!(get(&slot, addr, "/").await, Ok(200));
+        for _ in 0..2 {
+            let _ = tokio::time::timeout(Duration::from_secs(10), get(&slot, addr, "/")).await;
+        }
+        // Three seconds of pings answered while the response is pending.
+        assert_eq!(get(&slot, addr, "/slow").await, Ok(200));
+        assert_eq!(get(&slot, addr, "/").await, Ok(200));
+    }
+
+    #[tokio::test]
+    async fn dialed_tcp_connections_have_keepalive_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let tcp = super::tcp_connect("127.0.0.1", port, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let s = socket2::SockRef::from(&tcp);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), super::TCP_KEEPALIVE_IDLE);
+        assert_eq!(
+            s.tcp_keepalive_interval().unwrap(),
+            super::TCP_KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            s.tcp_keepalive_retries().unwrap(),
+            super::TCP_KEEPALIVE_PROBES
+        );
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();

@@ -7,12 +7,24 @@
 //! connection's requests run inside its task, each answering and then sending its
 //! response body; hyper spawns a task per stream and another per response body. On the
 //! proxy's hot path that was 10-20% of a sidecar's instructions per request.
+//!
+//! Liveness: a pooled client connection whose peer went silent (a frozen process, a
+//! blackholed zone) would otherwise look alive until each request's timeout. Its task
+//! sends an HTTP/2 PING every [`PING_INTERVAL`] while the connection is in use (a request
+//! took it within [`RECENTLY_USED`]), every [`IDLE_PING_INTERVAL`] otherwise, and at once
+//! when an idle connection is taken again; a PONG missing for [`PING_TIMEOUT`] declares
+//! the connection dead: its task stops driving it, so the streams in flight on it fail at
+//! once, and the pool reports it as the endpoint failing (see [`crate::http::Slot`]).
+//! A busy connection's silent peer is so detected within `PING_INTERVAL + PING_TIMEOUT`
+//! (2 s); an idle one's on its next use, within `PING_TIMEOUT`. The cost on the request
+//! path is one relaxed load of a flag (a store and a wake once per ping interval).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::FusedFuture as _;
@@ -31,47 +43,132 @@ const CONNECTION_WINDOW: u32 = 4 << 20;
 /// Streams a caller may open at once on one connection (hyper's default).
 const MAX_CONCURRENT_STREAMS: u32 = 200;
 
+/// A PING every this long on a connection in use.
+pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// A PING whose PONG has not come back within this long declares the peer dead.
+pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(1);
+/// A connection a request took within this long is in use (pinged every
+/// [`PING_INTERVAL`]).
+const RECENTLY_USED: Duration = Duration::from_secs(10);
+/// A PING every this long on an idle connection: thousands of idle pooled connections
+/// cost little, and a dead one is found anyway when a request takes it.
+pub(crate) const IDLE_PING_INTERVAL: Duration = Duration::from_secs(15);
+
 /// One multiplexed HTTP/2 connection, as its requests see it. Cloning is cheap.
 #[derive(Clone)]
 pub(crate) struct H2Sender {
     send: h2::client::SendRequest<Bytes>,
+    state: Arc<ConnState>,
+}
+
+/// What a connection's task tells its requests, and they tell it.
+#[derive(Default)]
+struct ConnState {
     /// Set when the connection's task ends (closed, failed, or drained after GOAWAY).
-    closed: Arc<AtomicBool>,
+    closed: AtomicBool,
+    /// Set (before `closed`) when the peer answered no PING in time.
+    dead: AtomicBool,
+    /// Set by a request taking the connection; cleared by each keepalive round.
+    used: AtomicBool,
+    /// Wakes the keepalive of an idle connection that a request took.
+    wake: tokio::sync::Notify,
 }
 
 impl H2Sender {
-    /// HTTP/2's handshake over `io`; the connection runs on a task of its own.
+    /// HTTP/2's handshake over `io`; the connection runs on a task of its own, which
+    /// also keeps it alive (see the module's doc).
     pub(crate) async fn handshake<S: Stream>(io: S) -> std::io::Result<H2Sender> {
-        let (send, conn) = h2::client::Builder::new()
+        H2Sender::handshake_with(io, PING_INTERVAL, PING_TIMEOUT).await
+    }
+
+    async fn handshake_with<S: Stream>(
+        io: S,
+        interval: Duration,
+        timeout: Duration,
+    ) -> std::io::Result<H2Sender> {
+        let (send, mut conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake::<_, Bytes>(io)
             .await
             .map_err(std::io::Error::other)?;
-        let closed = Arc::new(AtomicBool::new(false));
-        let done = closed.clone();
+        let state = Arc::new(ConnState::default());
+        let pings = conn
+            .ping_pong()
+            .expect("a new connection's PingPong is not taken");
+        let st = state.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "upstream HTTP/2 connection closed");
+            let mut conn = Box::pin(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(e) = r {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection closed");
+                },
+                () = keepalive(pings, &st, interval, timeout) => {
+                    tracing::info!(timeout = %crate::timeout::show(timeout), "upstream HTTP/2 connection dropped: its peer answered no PING");
+                    st.dead.store(true, Ordering::Relaxed);
+                }
             }
-            done.store(true, Ordering::Relaxed);
+            // Not driven any more: the streams still in flight on it fail now.
+            drop(conn);
+            st.closed.store(true, Ordering::Relaxed);
         });
-        Ok(H2Sender { send, closed })
+        Ok(H2Sender { send, state })
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Relaxed)
+        self.state.closed.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection was dropped because its peer went silent.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.state.dead.load(Ordering::Relaxed)
     }
 
     /// Which connection this is (clones share it).
     pub(crate) fn id(&self) -> usize {
-        Arc::as_ptr(&self.closed) as usize
+        Arc::as_ptr(&self.state) as usize
     }
 
     /// Waits until the connection takes a new stream. An error (the connection closed,
     /// or is going away) means nothing was sent.
     pub(crate) async fn ready(self) -> Result<ReadyH2, h2::Error> {
+        // Marks it in use: a load on the hot path, a store once per keepalive round.
+        if !self.state.used.load(Ordering::Relaxed) {
+            self.state.used.store(true, Ordering::Relaxed);
+            self.state.wake.notify_one();
+        }
         Ok(ReadyH2(self.send.ready().await?))
+    }
+}
+
+/// Pings the peer as long as it answers; returns when a PONG did not come back within
+/// `timeout`. Every `interval` while the connection is in use, every
+/// [`IDLE_PING_INTERVAL`] (or at its next use) otherwise.
+async fn keepalive(
+    mut pings: h2::PingPong,
+    state: &ConnState,
+    interval: Duration,
+    timeout: Duration,
+) {
+    let mut last_used = Instant::now();
+    loop {
+        if state.used.swap(false, Ordering::Relaxed) {
+            last_used = Instant::now();
+        }
+        if last_used.elapsed() < RECENTLY_USED {
+            tokio::time::sleep(interval).await;
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(IDLE_PING_INTERVAL) => {}
+                () = state.wake.notified() => {}
+            }
+        }
+        match tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_pong)) => {}
+            // The connection ended: its own future says how.
+            Ok(Err(_)) => std::future::pending().await,
+            Err(_) => return,
+        }
     }
 }
 

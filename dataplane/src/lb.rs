@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use causeway_api::LoadBalancerType;
@@ -27,6 +27,8 @@ pub(crate) struct EndpointState {
     ejected_until: Mutex<Option<Instant>>,
     /// Pooled multiplexed connection (HTTP).
     pub(crate) pool: Pool,
+    /// A background dial tests the endpoint (see [`EndpointState::start_probe`]).
+    probing: AtomicBool,
 }
 
 impl EndpointState {
@@ -38,7 +40,24 @@ impl EndpointState {
             failures: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
             pool: Pool::default(),
+            probing: AtomicBool::new(false),
         }
+    }
+
+    /// Whether its last connection attempt failed (it may be back from ejection, but
+    /// has not worked since).
+    pub(crate) fn on_probation(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) > 0
+    }
+
+    /// Claims the endpoint's probe: true for one caller until [`EndpointState::probed`].
+    pub(crate) fn start_probe(&self) -> bool {
+        !self.probing.swap(true, Ordering::AcqRel)
+    }
+
+    /// The probe ended.
+    pub(crate) fn probed(&self) {
+        self.probing.store(false, Ordering::Release);
     }
 
     fn healthy(&self, now: Instant) -> bool {

@@ -368,6 +368,7 @@ async fn listen(proxy: Arc<Proxy>, (inbound, addr, port): (bool, String, u16)) {
             continue;
         };
         let _ = tcp.set_nodelay(true);
+        let _ = crate::http::tcp_keepalive(&tcp);
         let p = proxy.clone();
         tokio::spawn(async move {
             let _g = p.guard();
@@ -815,8 +816,29 @@ async fn outbound_exchange(
     let b = proxy.balancer(ob);
     let mut tried = Vec::new();
     let mut last_err = String::from("no endpoints");
-    for _ in 0..CONNECT_ATTEMPTS {
-        let Some(ep) = b.pick(&tried) else { break };
+    // An endpoint on probation (back from ejection, no connection) that this request
+    // left to a background dial: taken only when no other endpoint is left.
+    let mut probed: Option<Arc<EndpointState>> = None;
+    let mut deferred = false;
+    for _ in 0..=CONNECT_ATTEMPTS {
+        let Some(ep) = b.pick(&tried).or_else(|| probed.take()) else {
+            break;
+        };
+        if !deferred && ep.on_probation() && !ep.pool.has_live() {
+            // Its peer may still be silent (a blackholed zone takes TCP connections
+            // but never answers): a dial of its own finds out, within the connect
+            // timeout, while this request goes to another endpoint.
+            if ep.start_probe() {
+                match proxy.dial(cfg, ob, &ep, ALPN_H2) {
+                    Some(dial) => drop(tokio::spawn(probe_endpoint(ep.clone(), dial))),
+                    None => ep.probed(),
+                }
+            }
+            deferred = true;
+            tried.push(ep.clone());
+            probed = Some(ep);
+            continue;
+        }
         let ready = match ep
             .pool
             .slot()
@@ -858,7 +880,11 @@ async fn outbound_exchange(
                 Ok(http::Response::from_parts(parts, body))
             }
             Err(e) => {
-                ep.pool.reset();
+                if ep.pool.reset() {
+                    // Its connection was dropped for a silent peer (no PONG): eject
+                    // the endpoint, so the next requests go elsewhere.
+                    ep.failed();
+                }
                 Err(ProxyError::Upstream {
                     service: ob.service.clone(),
                     error: Box::new(e),
@@ -870,6 +896,20 @@ async fn outbound_exchange(
         service: ob.service.clone(),
         reason: last_err,
     })
+}
+
+/// Dials an endpoint on probation in the background: it is healthy again when the dial
+/// works, ejected for longer when it does not. Ends within the dial's connect timeout.
+async fn probe_endpoint(ep: Arc<EndpointState>, dial: Dial) {
+    match ep.pool.slot().ready(|| Some(dial)).await {
+        Ok(_) => ep.succeeded(),
+        Err(NotReady::Failed(e)) => {
+            tracing::info!(endpoint = %format!("{}:{}", ep.endpoint.address, ep.endpoint.port), error = %e, "probe failed");
+            ep.failed();
+        }
+        Err(NotReady::NoDial) => {}
+    }
+    ep.probed();
 }
 
 /// Copies both ways until both sides close, or until no byte moved either way for

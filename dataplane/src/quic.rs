@@ -10,9 +10,18 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 /// ALPN of cross-zone QUIC.
 pub const ALPN: &[u8] = b"causeway-xzone/1";
+
+/// A QUIC PING this often keeps the connection to an ingress alive and shows whether
+/// the ingress still answers.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Nothing heard from the ingress for this long (three keep-alives lost) closes the
+/// connection: it leaves the pool and the next stream dials a new one. The ingress sets
+/// the same (the smaller of both sides' applies).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A bidirectional QUIC stream as one byte stream.
 pub(crate) type QuicStream = tokio::io::Join<quinn::RecvStream, quinn::SendStream>;
@@ -50,7 +59,10 @@ fn client_config() -> std::io::Result<quinn::ClientConfig> {
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(std::io::Error::other)?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(quic));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(std::time::Duration::from_secs(10)));
+    transport.keep_alive_interval(Some(KEEP_ALIVE_INTERVAL));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(IDLE_TIMEOUT).expect("a few seconds fit a VarInt"),
+    ));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

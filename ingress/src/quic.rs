@@ -27,6 +27,12 @@ fn server_config() -> anyhow::Result<quinn::ServerConfig> {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(4096u32.into());
     transport.max_concurrent_uni_streams(0u32.into());
+    // Liveness as the sidecars see it: a sidecar gone silent for the idle timeout is
+    // dropped here too, and the ingress's keep-alives keep a quiet connection open.
+    transport.keep_alive_interval(Some(causeway_dataplane::quic::KEEP_ALIVE_INTERVAL));
+    transport.max_idle_timeout(Some(quinn::IdleTimeout::try_from(
+        causeway_dataplane::quic::IDLE_TIMEOUT,
+    )?));
     cfg.transport_config(Arc::new(transport));
     Ok(cfg)
 }

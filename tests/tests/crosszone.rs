@@ -983,3 +983,131 @@ async fn zone_b_in_configs(
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_zone_is_detected_within_seconds_and_later_calls_do_not_hang() -> anyhow::Result<()>
+{
+    silent_zone(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quic_a_silent_zone_is_detected_within_seconds_and_later_calls_do_not_hang()
+-> anyhow::Result<()> {
+    silent_zone(true).await
+}
+
+/// A call's answering zone (`None`: it failed) and how long it took.
+async fn timed_call(http: &reqwest::Client, port: u16) -> (Option<String>, Duration) {
+    let started = Instant::now();
+    let zone = call(http, port)
+        .await
+        .and_then(|v| v["zone"].as_str().map(str::to_string));
+    (zone, started.elapsed())
+}
+
+/// Liveness of pooled connections: backend spread over zone-a and zone-b, then zone-b
+/// blackholed (its ingress silent: no refusal, no close, the control plane telling
+/// zone-a nothing). The sidecar's PINGs (HTTP/2 over TCP, and QUIC's keep-alives under
+/// it) find the silent connection, drop it and eject zone-b's endpoint within seconds;
+/// from then on every call is answered by zone-a at once, including while zone-b's
+/// endpoint comes back from ejection and is probed again (its dials stall).
+async fn silent_zone(quic: bool) -> anyhow::Result<()> {
+    let mut m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    m.quic = quic;
+    let (_ba, pa) = m.app("zone-a", "a1", "backend")?;
+    let (_bb, pb) = m.app("zone-b", "b1", "backend")?;
+    let _sa = m
+        .sidecar("zone-a", "backend-a", "backend", Some(pa), &[])
+        .await?;
+    let _sb = m
+        .sidecar("zone-b", "backend-b", "backend", Some(pb), &[])
+        .await?;
+    let _ia = m.ingress("zone-a", "zone-a-ingress").await?;
+    let (_ib, ing_b, _) = m.ingress("zone-b", "zone-b-ingress").await?;
+    put(&m.c, "/meshes/default/meshloadbalancingstrategies/spread", &json!({
+        "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "spread",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {"loadBalancer": {"type": "RoundRobin"}, "localityAwareness": {"disabled": true}}}]}})).await?;
+    let (web, _, outs) = m
+        .sidecar("zone-a", "web-1", "web", None, &["backend"])
+        .await?;
+    let http = plain_http();
+    eventually("backend answering from both zones", WAIT, || async {
+        let mut zones = std::collections::BTreeSet::new();
+        for _ in 0..10 {
+            zones.insert(call(&http, outs[0]).await?["zone"].as_str()?.to_string());
+        }
+        (zones.len() == 2).then_some(())
+    })
+    .await?;
+
+    let (ok, out, err) = m.c.cli(&[
+        "drill",
+        "zone-down",
+        "--zone",
+        "zone-b",
+        "--mode",
+        "blackhole",
+        "--duration",
+        "60s",
+        "--name",
+        "b-silent",
+        "--detach",
+    ])?;
+    assert!(ok, "{err}");
+    assert!(out.contains("zone-b blackholed (silent)"), "{out}");
+    let drill = Instant::now();
+
+    // Calls one after another (a client that waits longer than the request timeout, so
+    // a hung call shows as one). Detection: the first of a run of quick zone-a answers
+    // that lasts `RUN`, longer than zone-b's ejections (1 s, then 2 s, 4 s ...) and a
+    // connect timeout (5 s): its probes must not hold calls up.
+    const QUICK: Duration = Duration::from_secs(1);
+    const RUN: Duration = Duration::from_secs(12);
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let mut run_from: Option<Instant> = None;
+    let mut slowest = Duration::ZERO;
+    let mut calls = 0;
+    loop {
+        anyhow::ensure!(
+            drill.elapsed() < Duration::from_secs(45),
+            "no run of quick zone-a answers {RUN:?} long within 45 s of the drill\n{}",
+            web.logs()
+        );
+        let at = Instant::now();
+        let (zone, took) = timed_call(&patient, outs[0]).await;
+        if zone.as_deref() == Some("zone-a") && took < QUICK {
+            let from = *run_from.get_or_insert(at);
+            calls += 1;
+            if from.elapsed() >= RUN {
+                break;
+            }
+        } else {
+            slowest = slowest.max(took);
+            run_from = None;
+            calls = 0;
+        }
+    }
+    let detected = run_from.expect("a run").duration_since(drill);
+    eprintln!(
+        "quic={quic}: calls quick and from zone-a from {detected:?} after the drill \
+         command on ({calls} calls over {RUN:?}); slowest call before that (the one \
+         caught on the silent connection) {slowest:?}"
+    );
+    // It was the blackhole that did it: zone-b's ingress is silent, not refusing.
+    assert!(tcp_silent(ing_b).await, "zone-b's ingress silent");
+    // The drill reaches the ingress through the control planes (under a second, mostly);
+    // then a PING interval plus its timeout (2 s) at most.
+    assert!(
+        detected < Duration::from_secs(8),
+        "detected only after {detected:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a call hung {slowest:?}, as long as a request timeout"
+    );
+    Ok(())
+}
