@@ -724,6 +724,59 @@ pub(crate) fn check_items<C: Conf>(
     }
 }
 
+/// The sections a policy kind has, for [`check_policy`]; `None` for a section the kind
+/// does not have (it is then not named in errors).
+pub(crate) struct Sections<'a, C, R = C> {
+    /// Top-level `rules` (inbound traffic from any caller); their `default` may have a
+    /// type of its own (MeshTrafficPermission's allow and deny lists).
+    pub(crate) rules: Option<&'a [Rule<R>]>,
+    /// `from[]`, by caller, with the source kinds it allows.
+    pub(crate) from: Option<(&'a [PolicyItem<C>], &'static [TargetRefKind])>,
+    /// `to[]`, by destination, with the target kinds it allows.
+    pub(crate) to: Option<(&'a [PolicyItem<C>], &'static [TargetRefKind])>,
+}
+
+impl<'a, C> Sections<'a, C> {
+    /// A kind with only `to[]`.
+    pub(crate) fn to_only(to: &'a [PolicyItem<C>], kinds: &'static [TargetRefKind]) -> Self {
+        Sections {
+            rules: None,
+            from: None,
+            to: Some((to, kinds)),
+        }
+    }
+}
+
+/// The checks every policy spec shares: its top-level `targetRef`, at least one entry
+/// in one of its sections, and each entry's target and `default`.
+pub(crate) fn check_policy<C: Conf, R: Conf>(
+    errors: &mut Errors,
+    target_ref: &TargetRef,
+    sections: Sections<'_, C, R>,
+) {
+    target_ref.check(errors, "spec.targetRef", TOP_KINDS);
+    let mut present = Vec::new();
+    if let Some(rules) = sections.rules {
+        present.push(("rules", rules.len()));
+    }
+    if let Some((from, _)) = sections.from {
+        present.push(("from", from.len()));
+    }
+    if let Some((to, _)) = sections.to {
+        present.push(("to", to.len()));
+    }
+    require_some(errors, "spec", &present);
+    if let Some(rules) = sections.rules {
+        check_rules(errors, "spec.rules", rules);
+    }
+    if let Some((from, kinds)) = sections.from {
+        check_items(errors, "spec.from", from, kinds);
+    }
+    if let Some((to, kinds)) = sections.to {
+        check_items(errors, "spec.to", to, kinds);
+    }
+}
+
 /// Reports `path` when both sections are empty (a policy that does nothing).
 pub(crate) fn require_some(errors: &mut Errors, path: &str, sections: &[(&str, usize)]) {
     if sections.iter().all(|(_, n)| *n == 0) {

@@ -9,9 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Duration;
 use crate::percent::Percent;
 use crate::spec::{Errors, Spec, at, idx};
-use crate::target_ref::{
-    Conf, PolicyItem, TO_KINDS, TOP_KINDS, TargetRef, check_items, require_some,
-};
+use crate::target_ref::{Conf, PolicyItem, Sections, TO_KINDS, TargetRef, check_policy};
 use crate::validation::{validate_label_key, validate_name};
 
 /// The spec of a `MeshLoadBalancingStrategy`.
@@ -459,9 +457,11 @@ impl Conf for LoadBalancingConf {
 
 impl Spec for MeshLoadBalancingStrategySpec {
     fn check(&self, errors: &mut Errors) {
-        self.target_ref.check(errors, "spec.targetRef", TOP_KINDS);
-        require_some(errors, "spec", &[("to", self.to.len())]);
-        check_items(errors, "spec.to", &self.to, TO_KINDS);
+        check_policy(
+            errors,
+            &self.target_ref,
+            Sections::to_only(&self.to, TO_KINDS),
+        );
     }
 }
 

@@ -8,9 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Duration;
 use crate::percent::Percent;
 use crate::spec::{Errors, Spec, at, check_status, idx};
-use crate::target_ref::{
-    Conf, PolicyItem, TO_ROUTE_KINDS, TOP_KINDS, TargetRef, check_items, require_some,
-};
+use crate::target_ref::{Conf, PolicyItem, Sections, TO_ROUTE_KINDS, TargetRef, check_policy};
 
 /// The spec of a `MeshRetry`.
 ///
@@ -373,9 +371,11 @@ impl Conf for RetryConf {
 
 impl Spec for MeshRetrySpec {
     fn check(&self, errors: &mut Errors) {
-        self.target_ref.check(errors, "spec.targetRef", TOP_KINDS);
-        require_some(errors, "spec", &[("to", self.to.len())]);
-        check_items(errors, "spec.to", &self.to, TO_ROUTE_KINDS);
+        check_policy(
+            errors,
+            &self.target_ref,
+            Sections::to_only(&self.to, TO_ROUTE_KINDS),
+        );
     }
 }
 

@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 use crate::duration::Duration;
 use crate::spec::{Errors, Spec, at};
 use crate::target_ref::{
-    Conf, FROM_KINDS, PolicyItem, Rule, TO_ROUTE_KINDS, TOP_KINDS, TargetRef, check_items,
-    check_rules, require_some,
+    Conf, FROM_KINDS, PolicyItem, Rule, Sections, TO_ROUTE_KINDS, TargetRef, check_policy,
 };
 
 /// The spec of a `MeshTimeout`.
@@ -160,19 +159,15 @@ fn accept_old_connect_timeout_name(schema: &mut schemars::Schema) {
 
 impl Spec for MeshTimeoutSpec {
     fn check(&self, errors: &mut Errors) {
-        self.target_ref.check(errors, "spec.targetRef", TOP_KINDS);
-        require_some(
+        check_policy(
             errors,
-            "spec",
-            &[
-                ("rules", self.rules.len()),
-                ("from", self.from.len()),
-                ("to", self.to.len()),
-            ],
+            &self.target_ref,
+            Sections {
+                rules: Some(&self.rules),
+                from: Some((&self.from, FROM_KINDS)),
+                to: Some((&self.to, TO_ROUTE_KINDS)),
+            },
         );
-        check_rules(errors, "spec.rules", &self.rules);
-        check_items(errors, "spec.from", &self.from, FROM_KINDS);
-        check_items(errors, "spec.to", &self.to, TO_ROUTE_KINDS);
     }
 }
 

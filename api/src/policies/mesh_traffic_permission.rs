@@ -5,8 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{Errors, Spec, at, idx};
 use crate::target_ref::{
-    Conf, PolicyItem, Rule, TOP_KINDS, TargetRef, TargetRefKind, check_items, check_rules,
-    check_spiffe_match, require_some,
+    Conf, PolicyItem, Rule, Sections, TargetRef, TargetRefKind, check_policy, check_spiffe_match,
 };
 pub use crate::target_ref::{SpiffeIdMatch, SpiffeMatch, SpiffeMatchType};
 
@@ -126,14 +125,15 @@ impl Conf for TrafficPermissionConf {
 
 impl Spec for MeshTrafficPermissionSpec {
     fn check(&self, errors: &mut Errors) {
-        self.target_ref.check(errors, "spec.targetRef", TOP_KINDS);
-        require_some(
+        check_policy(
             errors,
-            "spec",
-            &[("rules", self.rules.len()), ("from", self.from.len())],
+            &self.target_ref,
+            Sections {
+                rules: Some(&self.rules),
+                from: Some((&self.from, FROM_KINDS)),
+                to: None,
+            },
         );
-        check_rules(errors, "spec.rules", &self.rules);
-        check_items(errors, "spec.from", &self.from, FROM_KINDS);
     }
 }
 
