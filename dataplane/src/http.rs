@@ -203,10 +203,7 @@ async fn connect_now(dial: &Dial) -> std::io::Result<Box<dyn crate::proxy::Strea
 
 /// The error of a pooled connection dropped for its silent peer.
 fn silent() -> std::io::Error {
-    timed_out(format!(
-        "the peer answered no HTTP/2 PING within {}",
-        crate::timeout::show(crate::http2::PING_TIMEOUT)
-    ))
+    timed_out("the peer answered no HTTP/2 PING in time".to_string())
 }
 
 fn timed_out(msg: String) -> std::io::Error {

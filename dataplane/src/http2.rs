@@ -12,12 +12,16 @@
 //! blackholed zone) would otherwise look alive until each request's timeout. Its task
 //! sends an HTTP/2 PING every [`PING_INTERVAL`] while the connection is in use (a request
 //! took it within [`RECENTLY_USED`]), every [`IDLE_PING_INTERVAL`] otherwise, and at once
-//! when an idle connection is taken again; a PONG missing for [`PING_TIMEOUT`] declares
+//! when an idle connection is taken again. A PONG missing for the PING timeout declares
 //! the connection dead: its task stops driving it, so the streams in flight on it fail at
-//! once, and the pool reports it as the endpoint failing (see [`crate::http::Slot`]).
-//! A busy connection's silent peer is so detected within `PING_INTERVAL + PING_TIMEOUT`
-//! (2 s); an idle one's on its next use, within `PING_TIMEOUT`. The cost on the request
-//! path is one relaxed load of a flag (a store and a wake once per ping interval).
+//! once (and are retried elsewhere when they may be), and the pool reports it as the
+//! endpoint failing (see [`crate::http::Slot`]). The timeout follows the PONGs' round
+//! trip: four times its smoothed value, never under [`MIN_PING_TIMEOUT`] (a busy peer's
+//! scheduling hiccup is not death) nor over [`MAX_PING_TIMEOUT`]. On a LAN or between
+//! nearby zones a busy connection's silent peer is so found within
+//! `PING_INTERVAL + MIN_PING_TIMEOUT` (750 ms), so calls move to live endpoints within a
+//! second; an idle one's on its next use. The cost on the request path is one relaxed
+//! load of a flag (a store and a wake once per ping interval).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,9 +48,11 @@ const CONNECTION_WINDOW: u32 = 4 << 20;
 const MAX_CONCURRENT_STREAMS: u32 = 200;
 
 /// A PING every this long on a connection in use.
-pub(crate) const PING_INTERVAL: Duration = Duration::from_secs(1);
-/// A PING whose PONG has not come back within this long declares the peer dead.
-pub(crate) const PING_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const PING_INTERVAL: Duration = Duration::from_millis(250);
+/// The shortest wait for a PONG before the peer is declared dead.
+pub(crate) const MIN_PING_TIMEOUT: Duration = Duration::from_millis(500);
+/// The longest wait for a PONG, however slow the path has been.
+pub(crate) const MAX_PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// A connection a request took within this long is in use (pinged every
 /// [`PING_INTERVAL`]).
 const RECENTLY_USED: Duration = Duration::from_secs(10);
@@ -78,13 +84,15 @@ impl H2Sender {
     /// HTTP/2's handshake over `io`; the connection runs on a task of its own, which
     /// also keeps it alive (see the module's doc).
     pub(crate) async fn handshake<S: Stream>(io: S) -> std::io::Result<H2Sender> {
-        H2Sender::handshake_with(io, PING_INTERVAL, PING_TIMEOUT).await
+        H2Sender::handshake_with(io, PING_INTERVAL, MIN_PING_TIMEOUT).await
     }
 
+    /// With a PING every `interval` while in use, and PING timeouts of at least
+    /// `min_timeout`.
     async fn handshake_with<S: Stream>(
         io: S,
         interval: Duration,
-        timeout: Duration,
+        min_timeout: Duration,
     ) -> std::io::Result<H2Sender> {
         let (send, mut conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
@@ -103,7 +111,7 @@ impl H2Sender {
                 r = conn.as_mut() => if let Err(e) = r {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection closed");
                 },
-                () = keepalive(pings, &st, interval, timeout) => {
+                timeout = keepalive(pings, &st, interval, min_timeout) => {
                     tracing::info!(timeout = %crate::timeout::show(timeout), "upstream HTTP/2 connection dropped: its peer answered no PING");
                     st.dead.store(true, Ordering::Relaxed);
                 }
@@ -141,16 +149,17 @@ impl H2Sender {
     }
 }
 
-/// Pings the peer as long as it answers; returns when a PONG did not come back within
-/// `timeout`. Every `interval` while the connection is in use, every
-/// [`IDLE_PING_INTERVAL`] (or at its next use) otherwise.
+/// Pings the peer as long as it answers; returns the PING timeout that a PONG missed.
+/// Every `interval` while the connection is in use, every [`IDLE_PING_INTERVAL`] (or at
+/// its next use) otherwise.
 async fn keepalive(
     mut pings: h2::PingPong,
     state: &ConnState,
     interval: Duration,
-    timeout: Duration,
-) {
+    min_timeout: Duration,
+) -> Duration {
     let mut last_used = Instant::now();
+    let mut rtt = PongRtt::default();
     loop {
         if state.used.swap(false, Ordering::Relaxed) {
             last_used = Instant::now();
@@ -163,12 +172,37 @@ async fn keepalive(
                 () = state.wake.notified() => {}
             }
         }
+        let timeout = rtt.timeout(min_timeout);
+        let sent = Instant::now();
         match tokio::time::timeout(timeout, pings.ping(h2::Ping::opaque())).await {
-            Ok(Ok(_pong)) => {}
+            Ok(Ok(_pong)) => rtt.observe(sent.elapsed()),
             // The connection ended: its own future says how.
             Ok(Err(_)) => std::future::pending().await,
-            Err(_) => return,
+            Err(_) => return timeout,
         }
+    }
+}
+
+/// The smoothed round trip of a connection's PONGs (TCP's SRTT, gain 1/8), which sets
+/// how long the next PING may wait.
+#[derive(Debug, Default, Clone, Copy)]
+struct PongRtt {
+    smoothed: Option<Duration>,
+}
+
+impl PongRtt {
+    fn observe(&mut self, sample: Duration) {
+        self.smoothed = Some(match self.smoothed {
+            None => sample,
+            Some(s) => (s * 7 + sample) / 8,
+        });
+    }
+
+    /// Four round trips, within [`min`, [`MAX_PING_TIMEOUT`]].
+    fn timeout(&self, min: Duration) -> Duration {
+        self.smoothed
+            .map_or(min, |s| s * 4)
+            .clamp(min, MAX_PING_TIMEOUT.max(min))
     }
 }
 
@@ -473,6 +507,26 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
+
+    #[test]
+    fn the_ping_timeout_follows_the_pong_round_trip_within_bounds() {
+        let mut rtt = PongRtt::default();
+        // Nothing measured yet: the floor.
+        assert_eq!(rtt.timeout(MIN_PING_TIMEOUT), MIN_PING_TIMEOUT);
+        // A LAN's round trips: still the floor.
+        rtt.observe(Duration::from_millis(1));
+        assert_eq!(rtt.timeout(MIN_PING_TIMEOUT), MIN_PING_TIMEOUT);
+        // A far zone (200 ms): four round trips.
+        let mut far = PongRtt::default();
+        far.observe(Duration::from_millis(200));
+        assert_eq!(far.timeout(MIN_PING_TIMEOUT), Duration::from_millis(800));
+        // One slow PONG moves the estimate an eighth of the way.
+        far.observe(Duration::from_millis(1000));
+        assert_eq!(far.timeout(MIN_PING_TIMEOUT), Duration::from_millis(1200));
+        // Never past the ceiling.
+        far.observe(Duration::from_secs(30));
+        assert_eq!(far.timeout(MIN_PING_TIMEOUT), MAX_PING_TIMEOUT);
+    }
 
     /// A client connected to `serve(handle)` over an in-memory pipe.
     async fn pair<F, Fut>(handle: F) -> H2Sender

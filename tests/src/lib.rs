@@ -89,6 +89,56 @@ where
     }
 }
 
+/// Waits until the proxy `p` (a sidecar or an ingress) answers `/ready` on its admin
+/// address; on a timeout the error carries its log.
+pub async fn admin_ready(what: &str, admin: SocketAddr, p: &Proc) -> anyhow::Result<()> {
+    let http = plain_http();
+    eventually(
+        &format!("{what} ready"),
+        Duration::from_secs(30),
+        || async {
+            let r = http
+                .get(format!("http://{admin}/ready"))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        },
+    )
+    .await
+    .with_context(|| p.logs())
+}
+
+/// A proxy's `/config` (its config and certificate), or `None` while it cannot answer.
+pub async fn admin_config(http: &reqwest::Client, admin: SocketAddr) -> Option<Value> {
+    http.get(format!("http://{admin}/config"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// The value of one series (`name{labels}`, exactly as exposed) on a proxy's
+/// `/metrics`; 0 when absent or unreachable.
+pub async fn admin_metric(http: &reqwest::Client, admin: SocketAddr, series: &str) -> f64 {
+    let text = match http.get(format!("http://{admin}/metrics")).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Sends `sig` (`-STOP`, `-TERM` ...) to a child process.
+fn signal(c: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &c.id().to_string()])
+        .status();
+}
+
 /// Sends a request; returns the status and the JSON body (Null when empty).
 pub async fn send(req: reqwest::RequestBuilder) -> anyhow::Result<(StatusCode, Value)> {
     let resp = req.send().await?;
@@ -166,10 +216,7 @@ impl GlobalNode {
     /// SIGSTOP / SIGCONT: the process stays alive but silent, like a partitioned host.
     pub fn pause(&self, paused: bool) {
         if let Some(c) = self.child.lock().expect("child lock").as_ref() {
-            let sig = if paused { "-STOP" } else { "-CONT" };
-            let _ = Command::new("kill")
-                .args([sig, &c.id().to_string()])
-                .status();
+            signal(c, if paused { "-STOP" } else { "-CONT" });
         }
     }
 
@@ -685,6 +732,14 @@ impl Proc {
         Ok(())
     }
 
+    /// Freezes the process (SIGSTOP: its sockets stay open and silent, as on a host
+    /// whose network went dark) or thaws it (SIGCONT).
+    pub fn pause(&self, paused: bool) {
+        if let Some(c) = self.child.lock().expect("child lock").as_ref() {
+            signal(c, if paused { "-STOP" } else { "-CONT" });
+        }
+    }
+
     pub fn kill(&self) {
         if let Some(mut c) = self.child.lock().expect("child lock").take() {
             let _ = c.kill();
@@ -697,9 +752,7 @@ impl Proc {
         let Some(mut c) = self.child.lock().expect("child lock").take() else {
             return Ok(());
         };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
+        signal(&c, "-TERM");
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if c.try_wait()?.is_some() {

@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use causeway_tests::{GlobalCluster, Proc, ZoneCp, eventually, free_addr, plain_http, put};
+use causeway_tests::{
+    GlobalCluster, Proc, ZoneCp, admin_config, admin_metric, admin_ready, eventually, free_addr,
+    plain_http, put,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -160,7 +163,7 @@ impl Mesh {
             admin.to_string(),
         ]);
         let p = Proc::start(&self.dir, &format!("sidecar-{name}"), &args)?;
-        ready(&format!("sidecar {name}"), admin, &p).await?;
+        admin_ready(&format!("sidecar {name}"), admin, &p).await?;
         Ok((p, admin, outs))
     }
 
@@ -197,23 +200,9 @@ impl Mesh {
         ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let p = Proc::start(&self.dir, name, &args)?;
-        ready(&format!("ingress {name}"), admin, &p).await?;
+        admin_ready(&format!("ingress {name}"), admin, &p).await?;
         Ok((p, listen, admin))
     }
-}
-
-async fn ready(what: &str, admin: SocketAddr, p: &Proc) -> anyhow::Result<()> {
-    let http = plain_http();
-    eventually(&format!("{what} ready"), WAIT, || async {
-        let r = http
-            .get(format!("http://{admin}/ready"))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await
-    .with_context(|| p.logs())
 }
 
 /// One call through an outbound port: the demo app's answer.
@@ -227,16 +216,6 @@ async fn call(http: &reqwest::Client, port: u16) -> Option<Value> {
         return None;
     }
     r.json().await.ok()
-}
-
-async fn metric(http: &reqwest::Client, admin: SocketAddr, series: &str) -> f64 {
-    let text = match http.get(format!("http://{admin}/metrics")).send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    };
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// A TLS handshake with `sni` to `addr`: the server's certificate chain, or the error.
@@ -301,7 +280,7 @@ async fn a_call_crosses_zones_through_the_ingress_with_mtls_end_to_end() -> anyh
     .with_context(|| m.zone("zone-a").cp.logs())?;
     assert_eq!(seen.len(), 2);
     for admin in [admin1, admin2] {
-        let n = metric(
+        let n = admin_metric(
             &http,
             admin,
             "causeway_ingress_connections_total{result=\"forwarded\"}",
@@ -347,7 +326,7 @@ async fn a_call_crosses_zones_through_the_ingress_with_mtls_end_to_end() -> anyh
     );
 
     // What the ingress does not serve is refused: an unknown SNI, no TLS at all.
-    let refused_before = metric(
+    let refused_before = admin_metric(
         &http,
         admin1,
         "causeway_ingress_connections_total{result=\"refused_unknown_sni\"}",
@@ -359,7 +338,7 @@ async fn a_call_crosses_zones_through_the_ingress_with_mtls_end_to_end() -> anyh
             .await
             .is_err()
     );
-    let refused = metric(
+    let refused = admin_metric(
         &http,
         admin1,
         "causeway_ingress_connections_total{result=\"refused_unknown_sni\"}",
@@ -472,7 +451,7 @@ async fn failover(quic: bool) -> anyhow::Result<()> {
 
     // Wait until zone-b is known to web as the failover group, then: all calls local.
     eventually("zone-b in web's config", WAIT, || async {
-        let cfg = config_of(&http, web_admin).await?;
+        let cfg = admin_config(&http, web_admin).await?;
         let groups = &cfg["config"]["outbounds"][0]["groups"];
         (groups[0]["zone"] == "zone-a"
             && groups[1]["zone"] == "zone-b"
@@ -510,7 +489,7 @@ async fn failover(quic: bool) -> anyhow::Result<()> {
         let v = call(&http, out).await.context("a call after failover")?;
         assert_eq!(v["zone"], "zone-b");
     }
-    let streams = metric(&http, ib_admin, "causeway_ingress_quic_streams_total").await;
+    let streams = admin_metric(&http, ib_admin, "causeway_ingress_quic_streams_total").await;
     assert_eq!(
         streams > 0.0,
         quic,
@@ -556,36 +535,88 @@ async fn over_quic_a_zone_down_drill_moves_traffic_away_and_back() -> anyhow::Re
     drill(true).await
 }
 
-async fn drill(quic: bool) -> anyhow::Result<()> {
-    let mut m = Mesh::new(&["zone-a", "zone-b"]).await?;
-    m.quic = quic;
-    let (_ba, pa) = m.app("zone-a", "a1", "backend")?;
-    let (_bb, pb) = m.app("zone-b", "b1", "backend")?;
-    let _sa = m
-        .sidecar("zone-a", "backend-a", "backend", Some(pa), &[])
-        .await?;
-    let _sb = m
-        .sidecar("zone-b", "backend-b", "backend", Some(pb), &[])
-        .await?;
-    let _ia = m.ingress("zone-a", "zone-a-ingress").await?;
-    let (_ib, ing_b, ing_b_admin) = m.ingress("zone-b", "zone-b-ingress").await?;
-    // Calls to backend spread over both zones, so zone-b's loss has something to move.
-    put(&m.c, "/meshes/default/meshloadbalancingstrategies/spread", &json!({
-        "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "spread",
-        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
-                 "default": {"loadBalancer": {"type": "RoundRobin"}, "localityAwareness": {"disabled": true}}}]}})).await?;
-    let (_web, web_admin, outs) = m
-        .sidecar("zone-a", "web-1", "web", None, &["backend"])
-        .await?;
-    let http = plain_http();
-    eventually("backend answering from both zones", WAIT, || async {
-        let mut zones = std::collections::BTreeSet::new();
-        for _ in 0..10 {
-            zones.insert(call(&http, outs[0]).await?["zone"].as_str()?.to_string());
+/// backend in zone-a and zone-b (an app and a sidecar in each, both zones' ingresses),
+/// and web in zone-a calling it with calls spread round robin over both zones, so that
+/// zone-b's loss has something to move. Ready once calls reach both zones.
+struct SpreadBackend {
+    web: Proc,
+    web_admin: SocketAddr,
+    /// web's outbound port for backend.
+    out: u16,
+    /// zone-b's ingress: its listen and admin addresses.
+    ing_b: SocketAddr,
+    ing_b_admin: SocketAddr,
+    /// zone-b's ingress, backend app and sidecar, to freeze.
+    zone_b: Vec<Proc>,
+    /// zone-a's; all stopped before the control planes.
+    _zone_a: Vec<Proc>,
+    m: Mesh,
+}
+
+impl SpreadBackend {
+    async fn start(quic: bool) -> anyhow::Result<SpreadBackend> {
+        let mut m = Mesh::new(&["zone-a", "zone-b"]).await?;
+        m.quic = quic;
+        let mut procs = Vec::new();
+        for (zone, app, sidecar) in [("zone-a", "a1", "backend-a"), ("zone-b", "b1", "backend-b")] {
+            let (app, port) = m.app(zone, app, "backend")?;
+            let sidecar = m
+                .sidecar(zone, sidecar, "backend", Some(port), &[])
+                .await?
+                .0;
+            procs.push(vec![app, sidecar]);
         }
-        (zones.len() == 2).then_some(())
-    })
-    .await?;
+        let (mut zone_a, mut zone_b) = (procs.remove(0), procs.remove(0));
+        zone_a.push(m.ingress("zone-a", "zone-a-ingress").await?.0);
+        let (ingress_b, ing_b, ing_b_admin) = m.ingress("zone-b", "zone-b-ingress").await?;
+        zone_b.push(ingress_b);
+        put(&m.c, "/meshes/default/meshloadbalancingstrategies/spread", &json!({
+            "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "spread",
+            "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                     "default": {"loadBalancer": {"type": "RoundRobin"}, "localityAwareness": {"disabled": true}}}]}})).await?;
+        let (web, web_admin, outs) = m
+            .sidecar("zone-a", "web-1", "web", None, &["backend"])
+            .await?;
+        let http = plain_http();
+        eventually("backend answering from both zones", WAIT, || async {
+            let mut zones = std::collections::BTreeSet::new();
+            for _ in 0..10 {
+                zones.insert(call(&http, outs[0]).await?["zone"].as_str()?.to_string());
+            }
+            (zones.len() == 2).then_some(())
+        })
+        .await?;
+        Ok(SpreadBackend {
+            web,
+            web_admin,
+            out: outs[0],
+            ing_b,
+            ing_b_admin,
+            zone_b,
+            _zone_a: zone_a,
+            m,
+        })
+    }
+
+    /// Freezes (SIGSTOP) or thaws zone-b's ingress, backend app and sidecar: a zone whose
+    /// network went dark, with no RST and no word from any control plane.
+    fn freeze_zone_b(&self, frozen: bool) {
+        for p in &self.zone_b {
+            p.pause(frozen);
+        }
+    }
+}
+
+async fn drill(quic: bool) -> anyhow::Result<()> {
+    let spread = SpreadBackend::start(quic).await?;
+    let (m, ing_b, ing_b_admin, web_admin) = (
+        &spread.m,
+        spread.ing_b,
+        spread.ing_b_admin,
+        spread.web_admin,
+    );
+    let outs = [spread.out];
+    let http = plain_http();
 
     // The drill, followed live by the CLI as an operator would.
     let mut cmd = m.c.cli_command(&[
@@ -609,7 +640,7 @@ async fn drill(quic: bool) -> anyhow::Result<()> {
         "zone-b's ingress refuses during the drill"
     );
     assert!(
-        metric(
+        admin_metric(
             &http,
             ing_b_admin,
             "causeway_ingress_connections_total{result=\"refused_drill\"}"
@@ -825,7 +856,7 @@ async fn blackhole(quic: bool) -> anyhow::Result<()> {
     }
     // Silent, not refusing: the ingress counted no refusal.
     assert_eq!(
-        metric(
+        admin_metric(
             &http,
             ing_b_admin,
             "causeway_ingress_connections_total{result=\"refused_drill\"}"
@@ -834,7 +865,9 @@ async fn blackhole(quic: bool) -> anyhow::Result<()> {
         0.0
     );
     // The control plane says nothing: zone-b is still in zone-a's sidecar's config.
-    let cfg = config_of(&http, web_admin).await.context("web's config")?;
+    let cfg = admin_config(&http, web_admin)
+        .await
+        .context("web's config")?;
     assert!(zone_b_groups(&cfg) > 0, "zone-b left the config: {cfg}");
     let (_, list, _) = m.c.cli(&["drill", "list"])?;
     assert!(
@@ -857,17 +890,6 @@ async fn blackhole(quic: bool) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
-}
-
-/// A sidecar's or ingress's `/config`.
-async fn config_of(http: &reqwest::Client, admin: SocketAddr) -> Option<Value> {
-    http.get(format!("http://{admin}/config"))
-        .send()
-        .await
-        .ok()?
-        .json()
-        .await
-        .ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -893,7 +915,7 @@ async fn over_quic_cross_zone_connections_are_streams_of_one_connection_with_mtl
         "zone-b's endpoints over QUIC in web's config",
         WAIT,
         || async {
-            let cfg = config_of(&http, web_admin).await?;
+            let cfg = admin_config(&http, web_admin).await?;
             let eps = cfg["config"]["outbounds"][0]["groups"][0]["endpoints"]
                 .as_array()?
                 .clone();
@@ -916,8 +938,8 @@ async fn over_quic_cross_zone_connections_are_streams_of_one_connection_with_mtl
     .await
     .with_context(|| web.logs())?;
     assert_eq!(seen.len(), 2);
-    let streams = metric(&http, ib_admin, "causeway_ingress_quic_streams_total").await;
-    let forwarded = metric(
+    let streams = admin_metric(&http, ib_admin, "causeway_ingress_quic_streams_total").await;
+    let forwarded = admin_metric(
         &http,
         ib_admin,
         "causeway_ingress_connections_total{result=\"forwarded\"}",
@@ -978,7 +1000,7 @@ async fn zone_b_in_configs(
     what: &str,
 ) -> anyhow::Result<()> {
     eventually(what, WAIT, || async {
-        let cfg = config_of(http, admin).await?;
+        let cfg = admin_config(http, admin).await?;
         ((zone_b_groups(&cfg) > 0) == present).then_some(())
     })
     .await
@@ -1012,34 +1034,9 @@ async fn timed_call(http: &reqwest::Client, port: u16) -> (Option<String>, Durat
 /// from then on every call is answered by zone-a at once, including while zone-b's
 /// endpoint comes back from ejection and is probed again (its dials stall).
 async fn silent_zone(quic: bool) -> anyhow::Result<()> {
-    let mut m = Mesh::new(&["zone-a", "zone-b"]).await?;
-    m.quic = quic;
-    let (_ba, pa) = m.app("zone-a", "a1", "backend")?;
-    let (_bb, pb) = m.app("zone-b", "b1", "backend")?;
-    let _sa = m
-        .sidecar("zone-a", "backend-a", "backend", Some(pa), &[])
-        .await?;
-    let _sb = m
-        .sidecar("zone-b", "backend-b", "backend", Some(pb), &[])
-        .await?;
-    let _ia = m.ingress("zone-a", "zone-a-ingress").await?;
-    let (_ib, ing_b, _) = m.ingress("zone-b", "zone-b-ingress").await?;
-    put(&m.c, "/meshes/default/meshloadbalancingstrategies/spread", &json!({
-        "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "spread",
-        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
-                 "default": {"loadBalancer": {"type": "RoundRobin"}, "localityAwareness": {"disabled": true}}}]}})).await?;
-    let (web, _, outs) = m
-        .sidecar("zone-a", "web-1", "web", None, &["backend"])
-        .await?;
-    let http = plain_http();
-    eventually("backend answering from both zones", WAIT, || async {
-        let mut zones = std::collections::BTreeSet::new();
-        for _ in 0..10 {
-            zones.insert(call(&http, outs[0]).await?["zone"].as_str()?.to_string());
-        }
-        (zones.len() == 2).then_some(())
-    })
-    .await?;
+    let spread = SpreadBackend::start(quic).await?;
+    let (m, ing_b, web) = (&spread.m, spread.ing_b, &spread.web);
+    let outs = [spread.out];
 
     let (ok, out, err) = m.c.cli(&[
         "drill",
@@ -1109,5 +1106,152 @@ async fn silent_zone(quic: bool) -> anyhow::Result<()> {
         slowest < Duration::from_secs(5),
         "a call hung {slowest:?}, as long as a request timeout"
     );
+    Ok(())
+}
+
+#[ignore = "needs retries of the calls in flight on the dead connection (MeshRetry, in progress)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_gone_dark_costs_under_1pct_of_calls_and_none_after_the_first_second()
+-> anyhow::Result<()> {
+    dark_zone(false).await
+}
+
+#[ignore = "needs retries of the calls in flight on the dead connection (MeshRetry, in progress)"]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quic_a_zone_gone_dark_costs_under_1pct_of_calls_and_none_after_the_first_second()
+-> anyhow::Result<()> {
+    dark_zone(true).await
+}
+
+/// One call of the load in [`dark_zone`]: when it started (from the load's start), and
+/// the zone that answered or the error.
+struct Outcome {
+    started: Duration,
+    answer: Result<String, String>,
+}
+
+/// A zone that goes dark, with no policy written but the spread of backend over both
+/// zones: zone-b's ingress, backend and its sidecar are frozen (SIGSTOP) under a load of
+/// 200 calls a second from zone-a's web, then thawed. Calls move to zone-a within a
+/// second, under 1% fail over the whole event and none after its first second, and
+/// zone-b gets traffic again once it thaws.
+async fn dark_zone(quic: bool) -> anyhow::Result<()> {
+    const RATE: u32 = 200;
+    const WARM: Duration = Duration::from_secs(2);
+    const DARK: Duration = Duration::from_secs(5);
+    const AFTER: Duration = Duration::from_secs(1);
+    let spread = SpreadBackend::start(quic).await?;
+    let out = spread.out;
+    // A patient client, as a user's: a call hung on the dark zone shows as slow or
+    // failed by the sidecar, not cut by this client.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Outcome>();
+    let load = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / RATE);
+    let mut frozen_at: Option<Duration> = None;
+    let mut thawed = false;
+    while load.elapsed() < WARM + DARK + AFTER {
+        tick.tick().await;
+        let started = load.elapsed();
+        if frozen_at.is_none() && started >= WARM {
+            spread.freeze_zone_b(true);
+            frozen_at = Some(load.elapsed());
+        }
+        if !thawed && frozen_at.is_some_and(|f| started >= f + DARK) {
+            spread.freeze_zone_b(false);
+            thawed = true;
+        }
+        let (client, tx) = (client.clone(), tx.clone());
+        tokio::spawn(async move {
+            let answer = match client.get(format!("http://127.0.0.1:{out}/")).send().await {
+                Ok(r) if r.status().is_success() => match r.json::<Value>().await {
+                    Ok(v) => Ok(v["zone"].as_str().unwrap_or("?").to_string()),
+                    Err(e) => Err(format!("body: {e}")),
+                },
+                Ok(r) => Err(format!(
+                    "{} {}",
+                    r.status(),
+                    r.headers()
+                        .get("x-causeway-error")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("")
+                )),
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = tx.send(Outcome { started, answer });
+        });
+    }
+    spread.freeze_zone_b(false);
+    drop(tx);
+    let mut outcomes = Vec::new();
+    while let Some(o) = rx.recv().await {
+        outcomes.push(o);
+    }
+    let frozen_at = frozen_at.context("the freeze")?;
+    let thawed_at = frozen_at + DARK;
+    outcomes.sort_by_key(|o| o.started);
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| o.answer.is_err()).collect();
+    let late_failures: Vec<String> = failed
+        .iter()
+        .filter(|o| o.started >= frozen_at + Duration::from_secs(1))
+        .map(|o| format!("{:?}: {:?}", o.started, o.answer))
+        .collect();
+    // After the first second of the dark, zone-a answers every call until the thaw.
+    let from_b_in_the_dark: Vec<Duration> = outcomes
+        .iter()
+        .filter(|o| {
+            o.started >= frozen_at + Duration::from_secs(1)
+                && o.started < thawed_at
+                && o.answer.as_deref() == Ok("zone-b")
+        })
+        .map(|o| o.started)
+        .collect();
+    eprintln!(
+        "quic={quic}: {} calls, {} failed ({:.2}%), {} after the first second; first errors: {:?}",
+        outcomes.len(),
+        failed.len(),
+        100.0 * failed.len() as f64 / outcomes.len() as f64,
+        late_failures.len(),
+        failed
+            .iter()
+            .take(5)
+            .map(|o| format!("{:?}: {:?}", o.started, o.answer))
+            .collect::<Vec<_>>()
+    );
+    let expected = (RATE as f64 * (WARM + DARK + AFTER).as_secs_f64()) as usize;
+    anyhow::ensure!(
+        outcomes.len() >= expected * 9 / 10,
+        "the load ran: {} of {expected} calls",
+        outcomes.len()
+    );
+    anyhow::ensure!(
+        failed.len() * 100 < outcomes.len(),
+        "under 1% of calls fail: {} of {} did{}",
+        failed.len(),
+        outcomes.len(),
+        spread.web.logs()
+    );
+    anyhow::ensure!(
+        late_failures.is_empty(),
+        "no call fails after the first second of the dark: {late_failures:?}"
+    );
+    anyhow::ensure!(
+        from_b_in_the_dark.is_empty(),
+        "calls moved to zone-a within a second: {} answered by zone-b (frozen at {frozen_at:?})",
+        from_b_in_the_dark.len()
+    );
+    // Thawed: zone-b answers again.
+    let http = plain_http();
+    eventually("zone-b answering again after the thaw", WAIT, || async {
+        for _ in 0..10 {
+            if call(&http, out).await?["zone"] == "zone-b" {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await?;
     Ok(())
 }

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use causeway_tests::{GlobalCluster, Proc, ZoneCp, eventually, free_addr, plain_http, put};
+use causeway_tests::{
+    GlobalCluster, Proc, ZoneCp, admin_config, admin_ready, eventually, free_addr, plain_http, put,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -160,17 +162,7 @@ impl Fixture {
             "5".into(),
         ];
         let p = Proc::start(&self.dir, &format!("sidecar-{name}"), &args)?;
-        let http = plain_http();
-        eventually(&format!("sidecar {name} ready"), WAIT, || async {
-            let r = http
-                .get(format!("http://{admin}/ready"))
-                .send()
-                .await
-                .ok()?;
-            r.status().is_success().then_some(())
-        })
-        .await
-        .with_context(|| p.logs())?;
+        admin_ready(&format!("sidecar {name}"), admin, &p).await?;
         Ok((p, admin))
     }
 }
@@ -362,12 +354,9 @@ async fn http_and_tcp_over_mtls_with_permissions_enforced_by_identity() -> anyho
         .await?;
     assert!(m.contains("causeway_requests_total{direction=\"outbound\",service=\"backend\",peer=\"web\",status_class=\"2xx\"}"), "{m}");
     assert!(m.contains("status_class=\"4xx\"}"), "{m}");
-    let cfg: Value = http
-        .get(format!("http://{web_admin}/config"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let cfg: Value = admin_config(&http, web_admin)
+        .await
+        .context("the proxy's /config")?;
     assert_eq!(cfg["certificate"]["identity"], "spiffe://default/web");
     assert!(cfg["config"]["outbounds"].as_array().unwrap().len() == 3);
     Ok(())
@@ -535,12 +524,9 @@ async fn certificates_rotate_under_traffic_without_failed_requests() -> anyhow::
     let not_after = |admin: SocketAddr| {
         let http = http.clone();
         async move {
-            let v: Value = http
-                .get(format!("http://{admin}/config"))
-                .send()
-                .await?
-                .json()
-                .await?;
+            let v: Value = admin_config(&http, admin)
+                .await
+                .context("the proxy's /config")?;
             v["certificate"]["notAfter"].as_i64().context("notAfter")
         }
     };
@@ -794,12 +780,9 @@ async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
         "the certificate works before the revocation"
     );
     let old_issuer = {
-        let v: Value = http
-            .get(format!("http://{w_admin}/config"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let v: Value = admin_config(&http, w_admin)
+            .await
+            .context("the proxy's /config")?;
         v["certificate"]["issuerSha256"]
             .as_str()
             .context("issuer")?

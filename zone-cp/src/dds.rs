@@ -51,6 +51,10 @@ pub(crate) struct ProxyStatus {
     pub(crate) sent_version: Option<String>,
     pub(crate) acked_version: Option<String>,
     pub(crate) nack: Option<String>,
+    /// Why the zone cannot compute this proxy's config now (it keeps the last one
+    /// sent); cleared once it can.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) compute_error: Option<String>,
     pub(crate) last_push_unix_ms: i64,
 }
 
@@ -286,6 +290,7 @@ impl Dds for DdsService {
                 sent_version: None,
                 acked_version: None,
                 nack: None,
+                compute_error: None,
                 last_push_unix_ms: 0,
             },
         );
@@ -339,6 +344,7 @@ impl Dds for DdsService {
                 sent_version: None,
                 acked_version: None,
                 nack: None,
+                compute_error: None,
                 last_push_unix_ms: 0,
             },
         );
@@ -453,7 +459,9 @@ async fn serve_ingress(
         } else {
             None
         };
-        match crate::ingress::compute(&inputs, &key.mesh, &key.name, refusal) {
+        let computed = crate::ingress::compute(&inputs, &key.mesh, &key.name, refusal);
+        record_compute_error(shared, key, stream_id, computed.as_ref().err());
+        match computed {
             Ok((cfg, available)) => {
                 let mut spec: causeway_api::ZoneIngressSpec =
                     serde_json::from_value(current.spec.clone())
@@ -552,7 +560,9 @@ async fn serve_proxy(
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found("the Dataplane was removed"))?;
         let inputs = mesh_inputs(shared, &key.mesh)?;
-        match proxy_config::compute(&inputs, &dp) {
+        let computed = proxy_config::compute(&inputs, &dp);
+        record_compute_error(shared, key, stream_id, computed.as_ref().err());
+        match computed {
             Ok(cfg) if sent.as_deref() != Some(cfg.version.as_str()) => {
                 let json = serde_json::to_vec(&cfg).expect("configs serialize");
                 push(shared, key, stream_id, tx, &cfg.version, json).await?;
@@ -622,6 +632,18 @@ async fn next_event(
             Some(Err(_)) | None => false,
         },
     }
+}
+
+/// Shows why a proxy's config cannot be computed (or that it can again) in the zone's
+/// status, where `causeway inspect zone --config-dump` and the zone API read it.
+fn record_compute_error(
+    shared: &Shared,
+    key: &ResourceKey,
+    stream_id: u64,
+    error: Option<&impl std::fmt::Display>,
+) {
+    let error = error.map(ToString::to_string);
+    update(shared, key, stream_id, |p| p.compute_error = error);
 }
 
 fn update(shared: &Shared, key: &ResourceKey, stream_id: u64, f: impl FnOnce(&mut ProxyStatus)) {

@@ -5,19 +5,21 @@
 //! golden cases in `testdata/<policy>/`: it turns the policy's effective configuration
 //! into the config's fields.
 
+mod mesh_load_balancing_strategy;
 mod mesh_timeout;
 mod mesh_traffic_permission;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use causeway_api::proxy_config::{
     Endpoint, EndpointGroup, InboundListener, OutboundListener, ProxyConfig, endpoint_sni,
     ingress_sni, spiffe_id,
 };
 use causeway_api::{
-    Action, DataplaneSpec, FailoverToType, LoadBalancerType, LoadBalancingConf, MeshSpec, MtlsMode,
-    Protocol, Proxy, Resource, SERVICE_TAG, ZONE_TAG, ZoneIngressSpec,
+    Action, DataplaneSpec, EffectiveConfig, Merged, MeshSpec, MtlsMode, Protocol, Proxy, Resource,
+    SERVICE_TAG, ZONE_TAG, ZoneIngressSpec,
 };
+use serde::de::DeserializeOwned;
 use sha2::Digest as _;
 
 /// What a zone holds of one mesh: the inputs of every proxy config in it.
@@ -51,11 +53,57 @@ pub enum ComputeError {
     Invalid { what: String, reason: String },
 }
 
-pub(crate) fn decode<T: serde::de::DeserializeOwned>(r: &Resource) -> Result<T, ComputeError> {
-    serde_json::from_value(r.spec.clone()).map_err(|e| ComputeError::Invalid {
-        what: r.key().to_string(),
+pub(crate) fn decode<T: DeserializeOwned>(r: &Resource) -> Result<T, ComputeError> {
+    decode_conf(&r.spec, || r.key().to_string())
+}
+
+/// Decodes a merged policy configuration; `what` names it in the error.
+pub(crate) fn decode_conf<T: DeserializeOwned>(
+    conf: &serde_json::Value,
+    what: impl FnOnce() -> String,
+) -> Result<T, ComputeError> {
+    serde_json::from_value(conf.clone()).map_err(|e| ComputeError::Invalid {
+        what: what(),
         reason: e.to_string(),
     })
+}
+
+/// Each of `proxy`'s outbounds' merged `to[]` configuration of the policy `kind` (one
+/// of `policies`), decoded, in the proxy's order; `None` where no policy applies.
+pub(crate) fn outbound_confs<T: DeserializeOwned>(
+    kind: &str,
+    policies: &[Resource],
+    proxy: &Proxy,
+) -> Result<Vec<Option<T>>, ComputeError> {
+    let effective = causeway_api::effective(kind, policies, proxy)
+        .unwrap_or_else(|_| panic!("{kind} is a policy kind"));
+    decode_outbounds(kind, &effective, proxy)
+}
+
+/// [`outbound_confs`] from the effective configuration already computed.
+pub(crate) fn decode_outbounds<T: DeserializeOwned>(
+    kind: &str,
+    effective: &EffectiveConfig,
+    proxy: &Proxy,
+) -> Result<Vec<Option<T>>, ComputeError> {
+    proxy
+        .outbounds
+        .iter()
+        .enumerate()
+        .map(
+            |(i, ob)| match effective.outbounds.get(i).and_then(|o| o.conf.as_ref()) {
+                None => Ok(None),
+                Some(Merged { conf, policies }) => decode_conf(conf, || {
+                    format!(
+                        "the merged {kind} to[] for {} (policies {})",
+                        ob.service,
+                        policies.join(", ")
+                    )
+                })
+                .map(Some),
+            },
+        )
+        .collect()
 }
 
 fn policies_of(inputs: &MeshInputs, kind: &str) -> Vec<Resource> {
@@ -128,40 +176,25 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         })
         .collect::<Result<_, ComputeError>>()?;
 
-    let balancing = causeway_api::effective(
-        "MeshLoadBalancingStrategy",
+    let balancing = mesh_load_balancing_strategy::configure(
         &policies_of(inputs, "MeshLoadBalancingStrategy"),
         &proxy,
-    )
-    .expect("MeshLoadBalancingStrategy is a policy kind");
+    )?;
     let outbounds = spec
         .outbound
         .iter()
         .enumerate()
         .map(|(i, ob)| {
-            let conf: LoadBalancingConf = balancing
-                .outbounds
-                .get(i)
-                .and_then(|o| o.conf.as_ref())
-                .and_then(|m| serde_json::from_value(m.conf.clone()).ok())
-                .unwrap_or_default();
+            let balancing = &balancing[i];
             OutboundListener {
                 port: ob.port,
                 address: ob.address.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 service: ob.service.clone(),
                 protocol: destination_protocol(inputs, &ob.service),
                 identity: (mtls != MtlsMode::Off).then(|| spiffe_id(&trust_domain, &ob.service)),
-                load_balancer: conf
-                    .load_balancer
-                    .as_ref()
-                    .map_or(LoadBalancerType::PeakEwma, |lb| lb.kind),
-                groups: endpoint_groups(inputs, &mesh_name, &mesh_spec, &ob.service, &conf),
-                failover_threshold: conf
-                    .locality_awareness
-                    .as_ref()
-                    .and_then(|l| l.cross_zone.as_ref())
-                    .and_then(|c| c.failover_threshold.as_ref())
-                    .map_or(50.0, |t| t.percentage.fraction() * 100.0),
+                load_balancer: balancing.load_balancer(),
+                groups: endpoint_groups(inputs, &mesh_name, &mesh_spec, &ob.service, balancing),
+                failover_threshold: balancing.failover_threshold(),
                 timeouts: timeouts.outbounds[i],
             }
         })
@@ -221,7 +254,7 @@ fn endpoint_groups(
     mesh: &str,
     mesh_spec: &MeshSpec,
     service: &str,
-    conf: &LoadBalancingConf,
+    balancing: &mesh_load_balancing_strategy::Balancing,
 ) -> Vec<EndpointGroup> {
     let mut local = Vec::new();
     for d in &inputs.dataplanes {
@@ -310,56 +343,7 @@ fn endpoint_groups(
             }
         }
     }
-    let locality = conf.locality_awareness.as_ref();
-    if locality.and_then(|l| l.disabled) == Some(true) {
-        // No locality: one group of everything.
-        let mut all = local;
-        all.extend(remote.into_values().flatten());
-        return vec![EndpointGroup {
-            zone: "*".into(),
-            endpoints: all,
-        }];
-    }
-    let mut groups = Vec::new();
-    if !local.is_empty() {
-        groups.push(EndpointGroup {
-            zone: inputs.zone.clone(),
-            endpoints: local,
-        });
-    }
-    let failover = locality
-        .and_then(|l| l.cross_zone.as_ref())
-        .map(|c| c.failover.as_slice())
-        .unwrap_or_default();
-    let mut order: Vec<String> = Vec::new();
-    if failover.is_empty() {
-        order.extend(remote.keys().cloned());
-    }
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    for f in failover {
-        if let Some(from) = &f.from
-            && !from.zones.contains(&inputs.zone)
-        {
-            continue;
-        }
-        match f.to.kind {
-            FailoverToType::None => break,
-            FailoverToType::Only => order.extend(f.to.zones.iter().cloned()),
-            FailoverToType::Any => order.extend(remote.keys().cloned()),
-            FailoverToType::AnyExcept => {
-                order.extend(remote.keys().filter(|z| !f.to.zones.contains(z)).cloned())
-            }
-        }
-    }
-    for zone in order {
-        if !seen.insert(zone.clone()) {
-            continue;
-        }
-        if let Some(endpoints) = remote.remove(&zone) {
-            groups.push(EndpointGroup { zone, endpoints });
-        }
-    }
-    groups
+    balancing.groups(&inputs.zone, local, remote)
 }
 
 #[cfg(test)]

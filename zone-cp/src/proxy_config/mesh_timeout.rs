@@ -12,9 +12,9 @@
 //! never replaced by the defaults.
 
 use causeway_api::proxy_config::Timeouts;
-use causeway_api::{EffectiveConfig, Merged, Proxy, Resource, TargetRefKind, TimeoutConf};
+use causeway_api::{EffectiveConfig, Proxy, Resource, TargetRefKind, TimeoutConf};
 
-use super::ComputeError;
+use super::{ComputeError, decode_conf, decode_outbounds};
 
 /// The timeouts of each listener of a proxy, in the proxy's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,44 +59,18 @@ pub(crate) fn from_effective(
                             rule.policies.join(", ")
                         )
                     };
-                    decode(&rule.conf, what).map(|c| over_defaults(&c))
+                    decode_conf(&rule.conf, what).map(|c: TimeoutConf| over_defaults(&c))
                 }
             }
         })
         .collect::<Result<_, _>>()?;
-    let outbounds = proxy
-        .outbounds
-        .iter()
-        .enumerate()
-        .map(
-            |(i, ob)| match effective.outbounds.get(i).and_then(|o| o.conf.as_ref()) {
-                None => Ok(Timeouts::DEFAULT),
-                Some(Merged { conf, policies }) => {
-                    let what = || {
-                        format!(
-                            "the merged MeshTimeout to[] for {} (policies {})",
-                            ob.service,
-                            policies.join(", ")
-                        )
-                    };
-                    decode(conf, what).map(|c| over_defaults(&c))
-                }
-            },
-        )
-        .collect::<Result<_, _>>()?;
+    let outbounds = decode_outbounds::<TimeoutConf>("MeshTimeout", effective, proxy)?
+        .into_iter()
+        .map(|conf| conf.map_or(Timeouts::DEFAULT, |c| over_defaults(&c)))
+        .collect();
     Ok(ListenerTimeouts {
         inbounds,
         outbounds,
-    })
-}
-
-fn decode(
-    conf: &serde_json::Value,
-    what: impl FnOnce() -> String,
-) -> Result<TimeoutConf, ComputeError> {
-    serde_json::from_value(conf.clone()).map_err(|e| ComputeError::Invalid {
-        what: what(),
-        reason: e.to_string(),
     })
 }
 
@@ -123,7 +97,8 @@ fn over_defaults(conf: &TimeoutConf) -> Timeouts {
 #[cfg(test)]
 mod tests {
     use causeway_api::{
-        Duration, FromRule, InboundConfig, OutboundConfig, ProxyInbound, ProxyOutbound, TargetRef,
+        Duration, FromRule, InboundConfig, Merged, OutboundConfig, ProxyInbound, ProxyOutbound,
+        TargetRef,
     };
     use serde_json::json;
 
