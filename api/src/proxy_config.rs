@@ -122,6 +122,58 @@ pub struct OutboundListener {
     /// merged.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Active health checks of this destination's endpoints (MeshHealthCheck); none
+    /// without a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Active health checks of a destination's endpoints, from the effective
+/// MeshHealthCheck over its built-in defaults. Each sidecar checks each endpoint of the
+/// destination (other zones' through their ingresses) every `interval` plus up to
+/// `jitter`; `unhealthyThreshold` failures in a row take the endpoint out of the
+/// balancer's choice, `healthyThreshold` passes in a row bring it back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    pub interval: Duration,
+    pub jitter: Duration,
+    /// How long one check may take.
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+    /// Percent (0-100) of the destination's endpoints that must pass their checks for
+    /// the results to count; below it (a broken check, or a wide outage) every
+    /// endpoint is used as if the checks passed (Envoy's panic mode).
+    pub panic_threshold: u32,
+    pub check: HealthCheckKind,
+}
+
+/// What one health check does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "type"
+)]
+pub enum HealthCheckKind {
+    /// Connect (mTLS to the endpoint's sidecar, which connects to the application);
+    /// then, when `send` is set, send it and expect every `receive` in the answer.
+    /// Base64.
+    Tcp {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        send: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        receive: Vec<String>,
+    },
+    /// `GET path`; healthy when the status is one of `expectedStatuses`.
+    Http {
+        path: String,
+        expected_statuses: Vec<u16>,
+    },
+    /// `grpc.health.v1.Health/Check` for `service` (empty: the whole server), with
+    /// `authority` as `:authority`; healthy when the answer is SERVING.
+    Grpc { service: String, authority: String },
 }
 
 fn default_failover_threshold() -> f64 {

@@ -289,7 +289,7 @@ static TYPES: &[TypeInfo] = &[
     TypeInfo::policy::<MeshHealthCheckSpec>(
         "MeshHealthCheck",
         "meshhealthchecks",
-        Enforcement::NotYet,
+        Enforcement::Full,
     ),
     TypeInfo::policy::<MeshFaultInjectionSpec>(
         "MeshFaultInjection",

@@ -1,6 +1,8 @@
 //! `causeway demo-app`: a small workload for tests and the quickstart. HTTP mode answers
 //! every request with JSON naming its service, zone and instance (and the caller's
-//! identity the sidecar passed on); TCP mode echoes bytes back.
+//! identity the sidecar passed on); TCP mode echoes bytes back. `GET /healthz` answers
+//! the app's health status (200 unless set otherwise), which `POST /healthz/{status}`
+//! changes, so tests can make an instance fail its health checks while it serves.
 
 use std::net::SocketAddr;
 
@@ -29,12 +31,16 @@ pub(crate) struct DemoAppArgs {
     /// its answer: a frontend in front of a backend. Its failure answers 502.
     #[arg(long)]
     call: Option<String>,
+    /// The status `GET /healthz` answers at first.
+    #[arg(long, default_value_t = 200)]
+    healthz_status: u16,
 }
 
 #[derive(Clone)]
 struct App {
     me: Value,
     call: Option<(reqwest::Client, String)>,
+    healthz: std::sync::Arc<std::sync::atomic::AtomicU16>,
 }
 
 pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
@@ -60,11 +66,31 @@ pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    let healthz = std::sync::Arc::new(std::sync::atomic::AtomicU16::new(a.healthz_status));
     let app = axum::Router::new()
+        .route("/healthz", axum::routing::get(healthz_status))
+        .route("/healthz/{status}", axum::routing::post(set_healthz_status))
         .fallback(echo)
-        .with_state(App { me, call });
+        .with_state(App { me, call, healthz });
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+async fn healthz_status(State(app): State<App>) -> axum::http::StatusCode {
+    let code = app.healthz.load(std::sync::atomic::Ordering::Relaxed);
+    axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::OK)
+}
+
+async fn set_healthz_status(
+    State(app): State<App>,
+    axum::extract::Path(status): axum::extract::Path<u16>,
+) -> axum::http::StatusCode {
+    if axum::http::StatusCode::from_u16(status).is_err() {
+        return axum::http::StatusCode::BAD_REQUEST;
+    }
+    app.healthz
+        .store(status, std::sync::atomic::Ordering::Relaxed);
+    axum::http::StatusCode::NO_CONTENT
 }
 
 async fn echo(State(app): State<App>, req: Request) -> (axum::http::StatusCode, Json<Value>) {

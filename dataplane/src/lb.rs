@@ -1,6 +1,7 @@
 //! Endpoint selection for one destination: priority groups (this zone first, then the
 //! failover order), passive health (consecutive connect failures eject an endpoint for a
-//! growing while), and the balancer the MeshLoadBalancingStrategy names: power of two
+//! growing while), active health (MeshHealthCheck: see [`crate::health_check`]), and
+//! the balancer the MeshLoadBalancingStrategy names: power of two
 //! choices over peak-EWMA latency (default), least request, round robin or random.
 
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub(crate) struct EndpointState {
     pub(crate) pool: Pool,
     /// A background dial tests the endpoint (see [`EndpointState::start_probe`]).
     probing: AtomicBool,
+    /// The verdict of its active health checks (true without any).
+    active_healthy: AtomicBool,
 }
 
 impl EndpointState {
@@ -41,6 +44,7 @@ impl EndpointState {
             ejected_until: Mutex::new(None),
             pool: Pool::default(),
             probing: AtomicBool::new(false),
+            active_healthy: AtomicBool::new(true),
         }
     }
 
@@ -58,6 +62,15 @@ impl EndpointState {
     /// The probe ended.
     pub(crate) fn probed(&self) {
         self.probing.store(false, Ordering::Release);
+    }
+
+    /// Whether its active health checks pass (true when it has none).
+    pub(crate) fn actively_healthy(&self) -> bool {
+        self.active_healthy.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_actively_healthy(&self, healthy: bool) {
+        self.active_healthy.store(healthy, Ordering::Relaxed);
     }
 
     fn healthy(&self, now: Instant) -> bool {
@@ -114,6 +127,9 @@ pub(crate) struct Balancer {
     threshold: f64,
     groups: Vec<(String, Vec<Arc<EndpointState>>)>,
     next: AtomicUsize,
+    /// With active health checks: the percent of endpoints that must pass them for the
+    /// verdicts to count (below it, every endpoint is used as if they passed).
+    health_panic: Option<u32>,
 }
 
 impl Balancer {
@@ -151,7 +167,33 @@ impl Balancer {
                 })
                 .collect(),
             next: AtomicUsize::new(0),
+            health_panic: None,
         }
+    }
+
+    /// Makes active health verdicts count, while at least `panic_threshold` percent of
+    /// the endpoints pass their checks.
+    pub(crate) fn with_health_checks(mut self, panic_threshold: u32) -> Balancer {
+        self.health_panic = Some(panic_threshold);
+        self
+    }
+
+    /// Every endpoint, in priority order.
+    pub(crate) fn endpoints(&self) -> impl Iterator<Item = &Arc<EndpointState>> {
+        self.groups.iter().flat_map(|(_, g)| g.iter())
+    }
+
+    /// Whether active health verdicts count now (checks on, and not in panic).
+    fn checks_count(&self) -> bool {
+        let Some(threshold) = self.health_panic else {
+            return false;
+        };
+        let (mut all, mut passing) = (0u64, 0u64);
+        for e in self.endpoints() {
+            all += 1;
+            passing += u64::from(e.actively_healthy());
+        }
+        passing * 100 >= u64::from(threshold) * all
     }
 
     /// Drops every pooled connection (after a trust change).
@@ -170,10 +212,14 @@ impl Balancer {
     pub(crate) fn pick(&self, exclude: &[Arc<EndpointState>]) -> Option<Arc<EndpointState>> {
         let now = Instant::now();
         let excluded = |e: &Arc<EndpointState>| exclude.iter().any(|x| Arc::ptr_eq(x, e));
+        let checks_count = self.checks_count();
+        let usable = |e: &Arc<EndpointState>| {
+            e.healthy(now) && (!checks_count || e.actively_healthy()) && !excluded(e)
+        };
         let mut candidates: Vec<&Arc<EndpointState>> = Vec::new();
         for (_, group) in &self.groups {
             let before = candidates.len();
-            candidates.extend(group.iter().filter(|e| e.healthy(now) && !excluded(e)));
+            candidates.extend(group.iter().filter(|e| usable(e)));
             let healthy = candidates.len() - before;
             if !group.is_empty()
                 && healthy as f64 >= self.threshold * group.len() as f64
@@ -185,12 +231,7 @@ impl Balancer {
         if let Some(e) = self.choose(&candidates) {
             return Some(e.clone());
         }
-        let all: Vec<&Arc<EndpointState>> = self
-            .groups
-            .iter()
-            .flat_map(|(_, g)| g.iter())
-            .filter(|e| !excluded(e))
-            .collect();
+        let all: Vec<&Arc<EndpointState>> = self.endpoints().filter(|e| !excluded(e)).collect();
         self.choose(&all).cloned()
     }
 
@@ -291,6 +332,30 @@ mod tests {
         // With a 30% threshold, a3 alone suffices.
         let low = Balancer::new(LoadBalancerType::RoundRobin, 30.0, &three, Some(&b));
         assert_eq!(picks(&low), ["a3"].map(String::from).into());
+    }
+
+    #[test]
+    fn failed_health_checks_take_an_endpoint_out_unless_most_fail() {
+        let picks = |b: &Balancer| -> std::collections::BTreeSet<String> {
+            (0..50)
+                .map(|_| b.pick(&[]).unwrap().endpoint.address.clone())
+                .collect()
+        };
+        let b = Balancer::new(LoadBalancerType::RoundRobin, 50.0, &groups(), None)
+            .with_health_checks(50);
+        b.groups[0].1[0].set_actively_healthy(false);
+        // a1 fails its checks: a2 alone (2 of 3 pass, above the panic threshold).
+        assert_eq!(picks(&b), ["a2"].map(String::from).into());
+        // Without checks configured, a verdict does not count.
+        let unchecked = Balancer::new(LoadBalancerType::RoundRobin, 50.0, &groups(), Some(&b));
+        assert_eq!(picks(&unchecked), ["a1", "a2"].map(String::from).into());
+        // a2 fails too: 1 of 3 pass, below 50%: panic, the checks are ignored.
+        b.groups[0].1[1].set_actively_healthy(false);
+        assert_eq!(picks(&b), ["a1", "a2"].map(String::from).into());
+        // With a panic threshold of 30%, zone b takes the traffic instead.
+        let strict = Balancer::new(LoadBalancerType::RoundRobin, 50.0, &groups(), Some(&b))
+            .with_health_checks(30);
+        assert_eq!(picks(&strict), ["b1"].map(String::from).into());
     }
 
     #[test]

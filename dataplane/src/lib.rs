@@ -14,6 +14,7 @@ mod app;
 pub mod cli;
 pub mod cp;
 mod error;
+mod health_check;
 mod http;
 mod http1;
 mod http2;

@@ -70,6 +70,8 @@ struct Tcp {
 pub(crate) struct Metrics {
     http: Mutex<BTreeMap<Labels, Arc<HttpStats>>>,
     tcp: Mutex<BTreeMap<Labels, Tcp>>,
+    /// Active health checks by destination service: (passed, failed).
+    health_checks: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 impl Metrics {
@@ -102,6 +104,17 @@ impl Metrics {
         m.entry((direction, service.to_string(), peer.to_string()))
             .or_default()
             .denied += 1;
+    }
+
+    /// Counts one active health check of an endpoint of `service`.
+    pub(crate) fn health_check(&self, service: &str, passed: bool) {
+        let mut m = self.health_checks.lock().expect("metrics lock");
+        let c = m.entry(service.to_string()).or_default();
+        if passed {
+            c.0 += 1;
+        } else {
+            c.1 += 1;
+        }
     }
 
     /// The Prometheus text exposition.
@@ -180,6 +193,15 @@ impl Metrics {
                 t.tx
             );
         }
+        out.push_str("# TYPE causeway_health_checks_total counter\n");
+        for (s, (passed, failed)) in self.health_checks.lock().expect("metrics lock").iter() {
+            for (result, n) in [("passed", passed), ("failed", failed)] {
+                let _ = writeln!(
+                    out,
+                    "causeway_health_checks_total{{service=\"{s}\",result=\"{result}\"}} {n}"
+                );
+            }
+        }
         out
     }
 }
@@ -196,6 +218,7 @@ mod tests {
         h.record(403, Duration::from_micros(100));
         h.error(&ProxyError::Denied("no".into()));
         m.tcp("outbound", "db", "web", 10, 20);
+        m.health_check("backend", false);
         let t = m.render();
         assert!(t.contains("causeway_requests_total{direction=\"inbound\",service=\"web\",peer=\"frontend\",status_class=\"2xx\"} 1"), "{t}");
         assert!(t.contains("status_class=\"4xx\"} 1"), "{t}");
@@ -203,5 +226,9 @@ mod tests {
         assert!(t.contains("causeway_proxy_errors_total{direction=\"inbound\",service=\"web\",peer=\"frontend\",error=\"denied\"} 1"), "{t}");
         assert!(t.contains("le=\"0.001\"} 1"), "{t}");
         assert!(t.contains("causeway_tcp_bytes_total{direction=\"outbound\",service=\"db\",peer=\"web\",flow=\"sent\"} 20"), "{t}");
+        assert!(
+            t.contains("causeway_health_checks_total{service=\"backend\",result=\"failed\"} 1"),
+            "{t}"
+        );
     }
 }

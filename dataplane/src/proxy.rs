@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use causeway_api::proxy_config::{InboundListener, OutboundListener, ProxyConfig, ingress_sni};
+use causeway_api::proxy_config::{
+    HealthCheck, InboundListener, OutboundListener, ProxyConfig, ingress_sni,
+};
 use causeway_api::{Action, MtlsMode, Protocol};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -53,6 +55,20 @@ pub(crate) struct Proxy {
     pub(crate) renew_now: Arc<tokio::sync::Notify>,
     /// Turns true at SIGTERM: inbound connections say they are going away.
     draining: watch::Sender<bool>,
+    /// Running active health checks, by outbound port and endpoint.
+    health_checks: Mutex<HashMap<(u16, usize), RunningCheck>>,
+}
+
+/// One endpoint's health-check task, with the check it runs; aborted when dropped.
+struct RunningCheck {
+    check: HealthCheck,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RunningCheck {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// Counts a request as in flight on an endpoint while alive; one that ends unanswered
@@ -147,6 +163,7 @@ impl Proxy {
             revoked: Revoked::default(),
             renew_now: Arc::default(),
             draining: watch::Sender::new(false),
+            health_checks: Mutex::default(),
         })
     }
 
@@ -164,7 +181,7 @@ impl Proxy {
         }
     }
 
-    fn current(&self) -> Option<Arc<ProxyConfig>> {
+    pub(crate) fn current(&self) -> Option<Arc<ProxyConfig>> {
         self.config.borrow().clone()
     }
 
@@ -235,19 +252,48 @@ impl Proxy {
         }
     }
 
-    /// Rebuilds balancers from a new config, keeping endpoint state.
-    pub(crate) fn update_balancers(&self, cfg: &ProxyConfig) {
+    /// Rebuilds balancers from a new config, keeping endpoint state, and starts or
+    /// stops the endpoints' health checks to match it.
+    pub(crate) fn update_balancers(self: &Arc<Self>, cfg: &ProxyConfig) {
         let mut map = self.balancers.lock().expect("balancers lock");
         let mut next = HashMap::new();
+        let mut checks = self.health_checks.lock().expect("health checks lock");
+        let mut wanted = HashMap::new();
         for ob in &cfg.outbounds {
-            let b = Balancer::new(
+            let mut b = Balancer::new(
                 ob.load_balancer,
                 ob.failover_threshold,
                 &ob.groups,
                 map.get(&ob.port).map(|b| &**b),
             );
+            if let Some(hc) = &ob.health_check {
+                b = b.with_health_checks(hc.panic_threshold);
+                for ep in b.endpoints() {
+                    let key = (ob.port, Arc::as_ptr(ep) as usize);
+                    let running = match checks.remove(&key) {
+                        Some(r) if r.check == *hc => r,
+                        _ => RunningCheck {
+                            check: hc.clone(),
+                            task: tokio::spawn(crate::health_check::run(
+                                Arc::downgrade(self),
+                                ob.port,
+                                ep.clone(),
+                                hc.clone(),
+                            )),
+                        },
+                    };
+                    wanted.insert(key, running);
+                }
+            } else {
+                // No checks (any more): the endpoints' verdicts no longer hold.
+                for ep in b.endpoints() {
+                    ep.set_actively_healthy(true);
+                }
+            }
             next.insert(ob.port, Arc::new(b));
         }
+        // What is left stops: its endpoint or its check is gone.
+        *checks = wanted;
         *map = next;
     }
 
@@ -269,7 +315,7 @@ impl Proxy {
         Some(c)
     }
 
-    fn dial(
+    pub(crate) fn dial(
         &self,
         cfg: &ProxyConfig,
         ob: &OutboundListener,

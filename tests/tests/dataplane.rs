@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use causeway_tests::{
-    GlobalCluster, Proc, ZoneCp, admin_config, admin_ready, eventually, free_addr, plain_http, put,
+    GlobalCluster, Proc, ZoneCp, admin_config, admin_metric, admin_ready, eventually, free_addr,
+    plain_http, put,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -1186,6 +1187,106 @@ async fn spiffe_rules_allow_by_prefix_and_a_deny_wins() -> anyhow::Result<()> {
     assert!(s.is_success(), "{s}");
     eventually("web allowed again", WAIT, || async {
         (status().await? == StatusCode::OK).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// MeshHealthCheck, enforced: backend has two instances, both serving; the second's
+/// application starts failing its health endpoint (it still answers requests). With no
+/// policy nothing checks it and both take calls; a MeshHealthCheck on `/healthz` takes
+/// it out of web's choice after two failed checks, and one passed check (its health
+/// back) brings it in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_health_check_takes_an_endpoint_out_and_a_passing_one_brings_it_back()
+-> anyhow::Result<()> {
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
+    // Round robin, so both instances take calls whatever their latency.
+    put(&fx.c, "/meshes/default/meshloadbalancingstrategies/rr", &json!({
+        "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "rr",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {"loadBalancer": {"type": "RoundRobin"}}}]}})).await?;
+    let mut procs = Vec::new();
+    let mut apps = Vec::new();
+    for name in ["backend-1", "backend-2"] {
+        let app = free_addr();
+        procs.push(fx.app(name, "backend", app, false)?);
+        let dp = dataplane(name, "backend", free_addr().port(), app.port(), "http", &[]);
+        procs.push(fx.sidecar("backend", dp).await?.0);
+        apps.push(app);
+    }
+    let (_ws, web_admin, out) = fx.web_calling("backend").await?;
+    let http = plain_http();
+    eventually("web balancing round robin", WAIT, || async {
+        let cfg = admin_config(&http, web_admin).await?;
+        (cfg["config"]["outbounds"][0]["loadBalancer"] == "RoundRobin").then_some(())
+    })
+    .await?;
+    // Which instances answer 20 calls.
+    let answering = || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let r = http
+                .get(format!("http://127.0.0.1:{out}/"))
+                .send()
+                .await
+                .ok()?;
+            let v: Value = r.json().await.ok()?;
+            seen.insert(v["instance"].as_str()?.to_string());
+        }
+        Some(seen)
+    };
+    let both: std::collections::BTreeSet<String> =
+        ["backend-1", "backend-2"].map(String::from).into();
+    eventually("both instances answering", WAIT, || async {
+        (answering().await? == both).then_some(())
+    })
+    .await?;
+    let set_health = |status: u16| {
+        let http = http.clone();
+        let app = apps[1];
+        async move {
+            let r = http
+                .post(format!("http://{app}/healthz/{status}"))
+                .send()
+                .await?;
+            anyhow::ensure!(r.status().is_success(), "{}", r.status());
+            anyhow::Ok(())
+        }
+    };
+    set_health(503).await?;
+    // No MeshHealthCheck: no checks, backend-2 keeps its share.
+    assert_eq!(answering().await.context("calls")?, both);
+
+    put(&fx.c, "/meshes/default/meshhealthchecks/backend-health", &json!({
+        "type": "MeshHealthCheck", "mesh": "default", "name": "backend-health",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {"interval": "1s", "timeout": "500ms", "unhealthyThreshold": 2, "healthyThreshold": 1,
+                             "http": {"path": "/healthz"}}}]}})).await?;
+    let only_first: std::collections::BTreeSet<String> = ["backend-1"].map(String::from).into();
+    eventually(
+        "backend-2 taken out by its failing checks",
+        WAIT,
+        || async { (answering().await? == only_first).then_some(()) },
+    )
+    .await
+    .with_context(|| procs[3].logs())?;
+    // It stays out: the next calls all go to backend-1.
+    assert_eq!(answering().await.context("calls")?, only_first);
+    assert!(
+        admin_metric(
+            &http,
+            web_admin,
+            "causeway_health_checks_total{service=\"backend\",result=\"failed\"}"
+        )
+        .await
+            >= 2.0
+    );
+    set_health(200).await?;
+    eventually("backend-2 back once its check passes", WAIT, || async {
+        (answering().await? == both).then_some(())
     })
     .await?;
     Ok(())

@@ -5,6 +5,7 @@
 //! golden cases in `testdata/<policy>/`: it turns the policy's effective configuration
 //! into the config's fields.
 
+mod mesh_health_check;
 mod mesh_load_balancing_strategy;
 mod mesh_timeout;
 mod mesh_traffic_permission;
@@ -180,6 +181,13 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         &policies_of(inputs, "MeshLoadBalancingStrategy"),
         &proxy,
     )?;
+    let protocols: Vec<Protocol> = spec
+        .outbound
+        .iter()
+        .map(|ob| destination_protocol(inputs, &ob.service))
+        .collect();
+    let health_checks =
+        mesh_health_check::configure(&policies_of(inputs, "MeshHealthCheck"), &proxy, &protocols)?;
     let outbounds = spec
         .outbound
         .iter()
@@ -190,12 +198,13 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 port: ob.port,
                 address: ob.address.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 service: ob.service.clone(),
-                protocol: destination_protocol(inputs, &ob.service),
+                protocol: protocols[i],
                 identity: (mtls != MtlsMode::Off).then(|| spiffe_id(&trust_domain, &ob.service)),
                 load_balancer: balancing.load_balancer(),
                 groups: endpoint_groups(inputs, &mesh_name, &mesh_spec, &ob.service, balancing),
                 failover_threshold: balancing.failover_threshold(),
                 timeouts: timeouts.outbounds[i],
+                health_check: health_checks[i].clone(),
             }
         })
         .collect();

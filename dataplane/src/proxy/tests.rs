@@ -43,6 +43,7 @@ fn outbound(port: u16, timeouts: Timeouts) -> OutboundListener {
         groups: vec![],
         failover_threshold: 50.0,
         timeouts,
+        health_check: None,
     }
 }
 
