@@ -126,6 +126,49 @@ pub struct OutboundListener {
     /// without a policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
+    /// Limits and outlier detection for this destination (MeshCircuitBreaker); none
+    /// without a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<CircuitBreaker>,
+}
+
+/// A destination's circuit breaking, from the effective MeshCircuitBreaker over its
+/// built-in defaults.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Requests in flight to the destination at once (HTTP); more are answered 503
+    /// `overflow` at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
+    /// Connections open to the destination at once (TCP); more are closed at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Ejection of endpoints that fail in a row; `None` when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
+}
+
+/// Consecutive-failure outlier detection (Envoy's semantics): an endpoint whose
+/// answers fail this many times in a row is ejected for `baseEjectionTime` times the
+/// number of its ejections, unless that would eject more than `maxEjectionPercent` of
+/// the destination's endpoints (one may always be).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutlierDetection {
+    pub base_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    /// Local failures (resets) count only in `localOriginFailures`, not in the others.
+    pub split_local_errors: bool,
+    /// 5xx answers (and local failures, unless split) in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_failures: Option<u32>,
+    /// 502, 503 and 504 answers (and local failures, unless split) in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_failures: Option<u32>,
+    /// Local failures in a row (with `splitLocalErrors`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_origin_failures: Option<u32>,
 }
 
 /// Active health checks of a destination's endpoints, from the effective

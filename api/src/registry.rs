@@ -158,6 +158,39 @@ pub(crate) const COMMON_UNENFORCED: &[Unenforced] = &[
     },
 ];
 
+/// MeshCircuitBreaker: inbound limits, and the parts of outbound circuit breaking that
+/// are not applied yet.
+const CIRCUIT_BREAKER_UNENFORCED: &[Unenforced] = &[
+    Unenforced {
+        path: "from",
+        reason: "inbound circuit breaking is not applied yet: only to[] (outbound, per destination) is.",
+    },
+    Unenforced {
+        path: "rules",
+        reason: "inbound circuit breaking is not applied yet: only to[] (outbound, per destination) is.",
+    },
+    Unenforced {
+        path: "to[].default.connectionLimits.maxPendingRequests",
+        reason: "requests waiting for a connection are not capped yet (maxRequests caps requests in flight).",
+    },
+    Unenforced {
+        path: "to[].default.connectionLimits.maxRetries",
+        reason: "concurrent retries are not capped by the circuit breaker yet.",
+    },
+    Unenforced {
+        path: "to[].default.outlierDetection.interval",
+        reason: "only the consecutive detectors are applied, and they act at each answer; there is no interval-based evaluation yet.",
+    },
+    Unenforced {
+        path: "to[].default.outlierDetection.detectors.successRate",
+        reason: "the success-rate detector is not applied yet (the consecutive detectors are).",
+    },
+    Unenforced {
+        path: "to[].default.outlierDetection.detectors.failurePercentage",
+        reason: "the failure-percentage detector is not applied yet (the consecutive detectors are).",
+    },
+];
+
 /// MeshTimeout: what is not applied per route or per caller yet.
 const TIMEOUT_UNENFORCED: &[Unenforced] = &[
     Unenforced {
@@ -284,7 +317,7 @@ static TYPES: &[TypeInfo] = &[
     TypeInfo::policy::<MeshCircuitBreakerSpec>(
         "MeshCircuitBreaker",
         "meshcircuitbreakers",
-        Enforcement::NotYet,
+        Enforcement::Partial(CIRCUIT_BREAKER_UNENFORCED),
     ),
     TypeInfo::policy::<MeshHealthCheckSpec>(
         "MeshHealthCheck",

@@ -2,7 +2,9 @@
 //! every request with JSON naming its service, zone and instance (and the caller's
 //! identity the sidecar passed on); TCP mode echoes bytes back. `GET /healthz` answers
 //! the app's health status (200 unless set otherwise), which `POST /healthz/{status}`
-//! changes, so tests can make an instance fail its health checks while it serves.
+//! changes, so tests can make an instance fail its health checks while it serves; and
+//! `POST /answer/{status}` sets the status every other request is answered with (200
+//! at first), so tests can make an instance fail its calls.
 
 use std::net::SocketAddr;
 
@@ -41,6 +43,7 @@ struct App {
     me: Value,
     call: Option<(reqwest::Client, String)>,
     healthz: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    answer: std::sync::Arc<std::sync::atomic::AtomicU16>,
 }
 
 pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
@@ -70,8 +73,14 @@ pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/healthz", axum::routing::get(healthz_status))
         .route("/healthz/{status}", axum::routing::post(set_healthz_status))
+        .route("/answer/{status}", axum::routing::post(set_answer_status))
         .fallback(echo)
-        .with_state(App { me, call, healthz });
+        .with_state(App {
+            me,
+            call,
+            healthz,
+            answer: std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200)),
+        });
     axum::serve(listener, app).await?;
     Ok(())
 }
@@ -85,11 +94,21 @@ async fn set_healthz_status(
     State(app): State<App>,
     axum::extract::Path(status): axum::extract::Path<u16>,
 ) -> axum::http::StatusCode {
+    set_status(&app.healthz, status)
+}
+
+async fn set_answer_status(
+    State(app): State<App>,
+    axum::extract::Path(status): axum::extract::Path<u16>,
+) -> axum::http::StatusCode {
+    set_status(&app.answer, status)
+}
+
+fn set_status(to: &std::sync::atomic::AtomicU16, status: u16) -> axum::http::StatusCode {
     if axum::http::StatusCode::from_u16(status).is_err() {
         return axum::http::StatusCode::BAD_REQUEST;
     }
-    app.healthz
-        .store(status, std::sync::atomic::Ordering::Relaxed);
+    to.store(status, std::sync::atomic::Ordering::Relaxed);
     axum::http::StatusCode::NO_CONTENT
 }
 
@@ -108,7 +127,9 @@ async fn echo(State(app): State<App>, req: Request) -> (axum::http::StatusCode, 
     // closing would cut off a client still sending.
     let body = axum::body::to_bytes(req.into_body(), 64 << 20).await;
     out["bodyBytes"] = json!(body.map_or(0, |b| b.len()));
-    let mut status = axum::http::StatusCode::OK;
+    let mut status =
+        axum::http::StatusCode::from_u16(app.answer.load(std::sync::atomic::Ordering::Relaxed))
+            .unwrap_or(axum::http::StatusCode::OK);
     if let Some((client, url)) = &app.call {
         out["upstream"] = match client.get(url).send().await {
             Ok(r) => {

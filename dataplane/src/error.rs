@@ -60,10 +60,13 @@ pub(crate) enum ProxyError {
     /// MeshTimeout `http.maxStreamDuration`: no response head before the stream's end.
     #[error("no response within the maximum stream duration ({})", crate::timeout::show(*.0))]
     MaxStreamDuration(Duration),
+    /// MeshCircuitBreaker `maxRequests`: too many requests in flight to the destination.
+    #[error("{service} has {max} requests in flight already (MeshCircuitBreaker maxRequests)")]
+    Overflow { service: String, max: u32 },
 }
 
 /// Every label, in [`ProxyError::index`] order.
-pub(crate) const LABELS: [&str; 14] = [
+pub(crate) const LABELS: [&str; 15] = [
     "no-config",
     "listener-removed",
     "no-certificate",
@@ -78,6 +81,7 @@ pub(crate) const LABELS: [&str; 14] = [
     "app-failed",
     "request-timeout",
     "max-stream-duration",
+    "overflow",
 ];
 
 impl ProxyError {
@@ -98,6 +102,7 @@ impl ProxyError {
             ProxyError::AppFailed(_) => 11,
             ProxyError::RequestTimeout(_) => 12,
             ProxyError::MaxStreamDuration(_) => 13,
+            ProxyError::Overflow { .. } => 14,
         }
     }
 
@@ -113,6 +118,7 @@ impl ProxyError {
             | ProxyError::ListenerRemoved(_)
             | ProxyError::NoCertificate
             | ProxyError::NoEndpoint { .. }
+            | ProxyError::Overflow { .. }
             | ProxyError::AppUnreachable(_) => S::SERVICE_UNAVAILABLE,
             ProxyError::CaRevoked | ProxyError::Denied(_) => S::FORBIDDEN,
             ProxyError::BadRequest(_) | ProxyError::AppBadRequest(_) => S::BAD_REQUEST,
@@ -166,6 +172,10 @@ mod tests {
             ProxyError::AppFailed("x".into()),
             ProxyError::RequestTimeout(Duration::from_millis(500)),
             ProxyError::MaxStreamDuration(Duration::from_secs(60)),
+            ProxyError::Overflow {
+                service: "s".into(),
+                max: 1,
+            },
         ];
         assert_eq!(all.len(), LABELS.len());
         for (i, e) in all.iter().enumerate() {

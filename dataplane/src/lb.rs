@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::time::{Duration, Instant};
 
 use causeway_api::LoadBalancerType;
-use causeway_api::proxy_config::{Endpoint, EndpointGroup};
+use causeway_api::proxy_config::{CircuitBreaker, Endpoint, EndpointGroup, OutlierDetection};
 
 use crate::http::Pool;
+use crate::outlier::{Admitted, Limit, Outcome, Streaks, ejection_time, may_eject};
 
 /// How fast peak-EWMA forgets (linkerd2-proxy's default decay).
 const EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -32,6 +33,10 @@ pub(crate) struct EndpointState {
     probing: AtomicBool,
     /// The verdict of its active health checks (true without any).
     active_healthy: AtomicBool,
+    /// Its runs of failed answers, for outlier detection.
+    streaks: Mutex<Streaks>,
+    /// How many times outlier detection ejected it.
+    outlier_ejections: AtomicU32,
 }
 
 impl EndpointState {
@@ -45,6 +50,8 @@ impl EndpointState {
             pool: Pool::default(),
             probing: AtomicBool::new(false),
             active_healthy: AtomicBool::new(true),
+            streaks: Mutex::default(),
+            outlier_ejections: AtomicU32::new(0),
         }
     }
 
@@ -130,6 +137,10 @@ pub(crate) struct Balancer {
     /// With active health checks: the percent of endpoints that must pass them for the
     /// verdicts to count (below it, every endpoint is used as if they passed).
     health_panic: Option<u32>,
+    /// MeshCircuitBreaker: outlier detection and the caps on what is in flight.
+    outliers: Option<OutlierDetection>,
+    requests: Option<(u32, Limit)>,
+    connections: Option<Limit>,
 }
 
 impl Balancer {
@@ -168,7 +179,56 @@ impl Balancer {
                 .collect(),
             next: AtomicUsize::new(0),
             health_panic: None,
+            outliers: None,
+            requests: None,
+            connections: None,
         }
+    }
+
+    /// Applies a MeshCircuitBreaker: caps and outlier detection. The caps count from
+    /// zero in each new balancer (a config update), which at worst lets one update's
+    /// worth of requests past them.
+    pub(crate) fn with_circuit_breaker(mut self, cb: &CircuitBreaker) -> Balancer {
+        self.outliers = cb.outlier_detection.clone();
+        self.requests = cb.max_requests.map(|m| (m, Limit::new(m)));
+        self.connections = cb.max_connections.map(Limit::new);
+        self
+    }
+
+    /// Admits a request under `maxRequests`: `Err(max)` when that many are in flight.
+    pub(crate) fn admit_request(&self) -> Result<Option<Admitted<'_>>, u32> {
+        match &self.requests {
+            None => Ok(None),
+            Some((max, limit)) => limit.admit().map(Some).ok_or(*max),
+        }
+    }
+
+    /// Admits a TCP connection under `maxConnections`: `None` when over it.
+    pub(crate) fn admit_connection(&self) -> Result<Option<Admitted<'_>>, ()> {
+        match &self.connections {
+            None => Ok(None),
+            Some(limit) => limit.admit().map(Some).ok_or(()),
+        }
+    }
+
+    /// Records an endpoint's answer for outlier detection; the ejection's length when
+    /// this one made it an outlier and it was ejected.
+    pub(crate) fn record(&self, ep: &EndpointState, outcome: Outcome) -> Option<Duration> {
+        let od = self.outliers.as_ref()?;
+        if !ep.streaks.lock().expect("streaks lock").record(outcome, od) {
+            return None;
+        }
+        let now = Instant::now();
+        let all: Vec<&Arc<EndpointState>> = self.endpoints().collect();
+        let ejected = all.iter().filter(|e| !e.healthy(now)).count();
+        if !ep.healthy(now) || !may_eject(ejected, all.len(), od.max_ejection_percent) {
+            return None;
+        }
+        let n = ep.outlier_ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let time = ejection_time(od.base_ejection_time.as_std(), n);
+        *ep.ejected_until.lock().expect("eject lock") = Some(now + time);
+        tracing::warn!(endpoint = %format!("{}:{}", ep.endpoint.address, ep.endpoint.port), sni = ep.endpoint.sni.as_deref().unwrap_or(""), ejections = n, ?time, ?outcome, "outlier ejected");
+        Some(time)
     }
 
     /// Makes active health verdicts count, while at least `panic_threshold` percent of

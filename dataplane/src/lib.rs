@@ -21,6 +21,7 @@ mod http2;
 pub mod identity;
 mod lb;
 mod metrics;
+mod outlier;
 mod proxy;
 pub mod quic;
 mod timeout;

@@ -72,6 +72,8 @@ pub(crate) struct Metrics {
     tcp: Mutex<BTreeMap<Labels, Tcp>>,
     /// Active health checks by destination service: (passed, failed).
     health_checks: Mutex<BTreeMap<String, (u64, u64)>>,
+    /// Circuit breaking by (destination service, event).
+    circuit_breaker: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -115,6 +117,16 @@ impl Metrics {
         } else {
             c.1 += 1;
         }
+    }
+
+    /// Counts a circuit-breaking `event` (`ejected`, `tcp_overflow`) for `service`.
+    pub(crate) fn circuit_breaker(&self, service: &str, event: &'static str) {
+        *self
+            .circuit_breaker
+            .lock()
+            .expect("metrics lock")
+            .entry((service.to_string(), event))
+            .or_default() += 1;
     }
 
     /// The Prometheus text exposition.
@@ -193,6 +205,13 @@ impl Metrics {
                 t.tx
             );
         }
+        out.push_str("# TYPE causeway_circuit_breaker_events_total counter\n");
+        for ((s, event), n) in self.circuit_breaker.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "causeway_circuit_breaker_events_total{{service=\"{s}\",event=\"{event}\"}} {n}"
+            );
+        }
         out.push_str("# TYPE causeway_health_checks_total counter\n");
         for (s, (passed, failed)) in self.health_checks.lock().expect("metrics lock").iter() {
             for (result, n) in [("passed", passed), ("failed", failed)] {
@@ -219,6 +238,7 @@ mod tests {
         h.error(&ProxyError::Denied("no".into()));
         m.tcp("outbound", "db", "web", 10, 20);
         m.health_check("backend", false);
+        m.circuit_breaker("backend", "ejected");
         let t = m.render();
         assert!(t.contains("causeway_requests_total{direction=\"inbound\",service=\"web\",peer=\"frontend\",status_class=\"2xx\"} 1"), "{t}");
         assert!(t.contains("status_class=\"4xx\"} 1"), "{t}");

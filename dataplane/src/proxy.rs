@@ -26,6 +26,7 @@ use crate::http::{Body, Dial, NotReady, boxed, strip_hop_by_hop};
 use crate::identity::{ALPN_H2, ALPN_TCP, Identity, Revoked, peer_id};
 use crate::lb::{Balancer, EndpointState};
 use crate::metrics::{HttpStats, Metrics};
+use crate::outlier::Outcome;
 use crate::timeout::{self, Exchange};
 
 /// A client config and the identity (by address) it was built from.
@@ -206,14 +207,7 @@ impl Proxy {
     fn balancer(&self, ob: &OutboundListener) -> Arc<Balancer> {
         let mut map = self.balancers.lock().expect("balancers lock");
         map.entry(ob.port)
-            .or_insert_with(|| {
-                Arc::new(Balancer::new(
-                    ob.load_balancer,
-                    ob.failover_threshold,
-                    &ob.groups,
-                    None,
-                ))
-            })
+            .or_insert_with(|| Arc::new(new_balancer(ob, None)))
             .clone()
     }
 
@@ -260,14 +254,8 @@ impl Proxy {
         let mut checks = self.health_checks.lock().expect("health checks lock");
         let mut wanted = HashMap::new();
         for ob in &cfg.outbounds {
-            let mut b = Balancer::new(
-                ob.load_balancer,
-                ob.failover_threshold,
-                &ob.groups,
-                map.get(&ob.port).map(|b| &**b),
-            );
+            let b = new_balancer(ob, map.get(&ob.port).map(|b| &**b));
             if let Some(hc) = &ob.health_check {
-                b = b.with_health_checks(hc.panic_threshold);
                 for ep in b.endpoints() {
                     let key = (ob.port, Arc::as_ptr(ep) as usize);
                     let running = match checks.remove(&key) {
@@ -339,6 +327,19 @@ impl Proxy {
             connect_timeout: ob.timeouts.connect.as_std(),
         })
     }
+}
+
+/// The balancer of an outbound, with its health checks' and circuit breaker's settings,
+/// reusing the endpoint state of `old`.
+fn new_balancer(ob: &OutboundListener, old: Option<&Balancer>) -> Balancer {
+    let mut b = Balancer::new(ob.load_balancer, ob.failover_threshold, &ob.groups, old);
+    if let Some(hc) = &ob.health_check {
+        b = b.with_health_checks(hc.panic_threshold);
+    }
+    if let Some(cb) = &ob.circuit_breaker {
+        b = b.with_circuit_breaker(cb);
+    }
+    b
 }
 
 // === listeners ===
@@ -748,6 +749,13 @@ async fn outbound_conn(proxy: &Arc<Proxy>, port: u16, tcp: TcpStream) -> anyhow:
         .unwrap_or_default();
     if ob.protocol == Protocol::Tcp {
         let b = proxy.balancer(&ob);
+        let Ok(_admitted) = b.admit_connection() else {
+            proxy.metrics.circuit_breaker(&ob.service, "tcp_overflow");
+            anyhow::bail!(
+                "{} has its MeshCircuitBreaker maxConnections open already; connection closed",
+                ob.service
+            );
+        };
         let mut tried = Vec::new();
         for _ in 0..CONNECT_ATTEMPTS {
             let Some(ep) = b.pick(&tried) else { break };
@@ -860,6 +868,10 @@ async fn outbound_exchange(
     probe: bool,
 ) -> Result<http::Response<Body>, ProxyError> {
     let b = proxy.balancer(ob);
+    let _admitted = b.admit_request().map_err(|max| ProxyError::Overflow {
+        service: ob.service.clone(),
+        max,
+    })?;
     let mut tried = Vec::new();
     let mut last_err = String::from("no endpoints");
     // An endpoint on probation (back from ejection, no connection) that this request
@@ -909,6 +921,11 @@ async fn outbound_exchange(
         return match result {
             Ok(r) => {
                 ep.observe(in_flight.started.elapsed());
+                if b.record(&ep, Outcome::Status(r.status().as_u16()))
+                    .is_some()
+                {
+                    proxy.metrics.circuit_breaker(&ob.service, "ejected");
+                }
                 if r.status() == http::StatusCode::SERVICE_UNAVAILABLE
                     && r.headers().contains_key(APP_UNAVAILABLE)
                 {
@@ -926,6 +943,9 @@ async fn outbound_exchange(
                 Ok(http::Response::from_parts(parts, body))
             }
             Err(e) => {
+                if b.record(&ep, Outcome::LocalFailure).is_some() {
+                    proxy.metrics.circuit_breaker(&ob.service, "ejected");
+                }
                 if ep.pool.reset() {
                     // Its connection was dropped for a silent peer (no PONG): eject
                     // the endpoint, so the next requests go elsewhere.

@@ -684,12 +684,15 @@ async fn drill(quic: bool) -> anyhow::Result<()> {
     assert_eq!(r["state"], "done", "{r}");
     assert_eq!(r["drilledZoneServedBefore"], true, "{r}");
     assert!(r["before"]["zones"]["zone-b"].as_u64() > Some(0), "{r}");
-    assert!(
-        r["during"]["zones"].get("zone-b").is_none(),
-        "nothing answered from zone-b while it was down: {r}"
-    );
     assert!(r["during"]["requests"].as_u64() >= Some(20), "{r}");
     let moved = r["movedAfterMs"].as_u64().context("moved")?;
+    // Zone-b answers only until the drill reaches zone-a's configs (the move), at the
+    // probe's pace of one call per 100 ms.
+    let from_b = r["during"]["zones"]["zone-b"].as_u64().unwrap_or(0);
+    assert!(
+        from_b <= moved / 100 + 1,
+        "zone-b answered only before traffic moved: {r}"
+    );
     assert!(moved <= 1000, "traffic moved within a second: {r}");
     assert!(r["failedDuringMove"].as_u64() <= Some(5), "{r}");
     assert!(

@@ -976,17 +976,24 @@ async fn a_draining_sidecar_sends_callers_elsewhere_without_a_failed_request() -
 
 /// An HTTP/1.1 application in the test process: `/slow` answers after `delay`, any other
 /// path at once. Each connection that closes while a slow answer is still due is
-/// reported on the channel: the caller gave up and the cancel reached the application.
+/// reported on the first channel: the caller gave up and the cancel reached the
+/// application. Each slow request that arrives is reported on the second.
 async fn slow_app(
     delay: Duration,
-) -> anyhow::Result<(SocketAddr, tokio::sync::mpsc::UnboundedReceiver<()>)> {
+) -> anyhow::Result<(
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+)> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let addr = free_addr();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let (cancelled_tx, cancelled) = tokio::sync::mpsc::unbounded_channel();
+    let (arrived_tx, arrived) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             let cancelled_tx = cancelled_tx.clone();
+            let arrived_tx = arrived_tx.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 loop {
@@ -1001,6 +1008,7 @@ async fn slow_app(
                     let slow = buf.starts_with(b"GET /slow");
                     buf.drain(..end + 4);
                     if slow {
+                        let _ = arrived_tx.send(());
                         let mut b = [0u8; 1];
                         tokio::select! {
                             () = tokio::time::sleep(delay) => {}
@@ -1025,30 +1033,65 @@ async fn slow_app(
             });
         }
     });
-    Ok((addr, cancelled))
+    Ok((addr, cancelled, arrived))
+}
+
+/// `slow` (a [`slow_app`] behind its sidecar) and web calling it, in a Strict mesh.
+struct SlowService {
+    fx: Fixture,
+    web_admin: SocketAddr,
+    out: u16,
+    /// A patient client (20 s), without pooling.
+    http: reqwest::Client,
+    cancelled: tokio::sync::mpsc::UnboundedReceiver<()>,
+    arrived: tokio::sync::mpsc::UnboundedReceiver<()>,
+    _procs: [Proc; 2],
+}
+
+impl SlowService {
+    async fn start(delay: Duration) -> anyhow::Result<SlowService> {
+        let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+        fx.permit("web-to-slow", "web", "slow", "Allow").await?;
+        let (app, cancelled, arrived) = slow_app(delay).await?;
+        let dp = dataplane(
+            "slow-1",
+            "slow",
+            free_addr().port(),
+            app.port(),
+            "http",
+            &[],
+        );
+        let (slow, _) = fx.sidecar("slow", dp).await?;
+        let (web, web_admin, out) = fx.web_calling("slow").await?;
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .pool_max_idle_per_host(0)
+            .build()?;
+        Ok(SlowService {
+            fx,
+            web_admin,
+            out,
+            http,
+            cancelled,
+            arrived,
+            _procs: [slow, web],
+        })
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesh_timeout_cuts_a_slow_answer_with_504_and_the_application_sees_the_cancel()
 -> anyhow::Result<()> {
     const SLOW: Duration = Duration::from_secs(3);
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
-    fx.permit("web-to-slow", "web", "slow", "Allow").await?;
-    let (app, mut cancelled) = slow_app(SLOW).await?;
-    let dp = dataplane(
-        "slow-1",
-        "slow",
-        free_addr().port(),
-        app.port(),
-        "http",
-        &[],
-    );
-    let (_ss, _) = fx.sidecar("slow", dp).await?;
-    let (_ws, web_admin, out) = fx.web_calling("slow").await?;
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .pool_max_idle_per_host(0)
-        .build()?;
+    let SlowService {
+        fx,
+        web_admin,
+        out,
+        http,
+        mut cancelled,
+        _procs,
+        ..
+    } = SlowService::start(SLOW).await?;
     eventually("a fast answer through both sidecars", WAIT, || async {
         let r = http
             .get(format!("http://127.0.0.1:{out}/fast"))
@@ -1192,6 +1235,93 @@ async fn spiffe_rules_allow_by_prefix_and_a_deny_wins() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// backend with two instances (backend-1 and backend-2, each an app and a sidecar),
+/// balanced round robin, and web calling it.
+struct TwoBackends {
+    fx: Fixture,
+    /// The apps' own addresses, to change how they answer.
+    apps: Vec<SocketAddr>,
+    web_admin: SocketAddr,
+    out: u16,
+    _procs: Vec<Proc>,
+}
+
+impl TwoBackends {
+    async fn start() -> anyhow::Result<TwoBackends> {
+        let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+        fx.permit("web-to-backend", "web", "backend", "Allow")
+            .await?;
+        // Round robin, so both instances take calls whatever their latency.
+        put(&fx.c, "/meshes/default/meshloadbalancingstrategies/rr", &json!({
+            "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "rr",
+            "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                     "default": {"loadBalancer": {"type": "RoundRobin"}}}]}})).await?;
+        let mut procs = Vec::new();
+        let mut apps = Vec::new();
+        for name in ["backend-1", "backend-2"] {
+            let app = free_addr();
+            procs.push(fx.app(name, "backend", app, false)?);
+            let dp = dataplane(name, "backend", free_addr().port(), app.port(), "http", &[]);
+            procs.push(fx.sidecar("backend", dp).await?.0);
+            apps.push(app);
+        }
+        let (web, web_admin, out) = fx.web_calling("backend").await?;
+        procs.push(web);
+        let http = plain_http();
+        eventually("web balancing round robin", WAIT, || async {
+            let cfg = admin_config(&http, web_admin).await?;
+            (cfg["config"]["outbounds"][0]["loadBalancer"] == "RoundRobin").then_some(())
+        })
+        .await?;
+        let two = TwoBackends {
+            fx,
+            apps,
+            web_admin,
+            out,
+            _procs: procs,
+        };
+        eventually("both instances answering", WAIT, || async {
+            (two.answering().await? == instances(&["backend-1", "backend-2"])).then_some(())
+        })
+        .await?;
+        Ok(two)
+    }
+
+    /// The instances that answer 20 calls with a success.
+    async fn answering(&self) -> Option<std::collections::BTreeSet<String>> {
+        let http = plain_http();
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let r = http
+                .get(format!("http://127.0.0.1:{}/", self.out))
+                .send()
+                .await
+                .ok()?;
+            if !r.status().is_success() {
+                continue;
+            }
+            let v: Value = r.json().await.ok()?;
+            seen.insert(v["instance"].as_str()?.to_string());
+        }
+        Some(seen)
+    }
+
+    /// Sets what backend-2's app answers: `POST /{what}/{status}` (`healthz` for its
+    /// health endpoint, `answer` for every other request).
+    async fn set_second(&self, what: &str, status: u16) -> anyhow::Result<()> {
+        let r = plain_http()
+            .post(format!("http://{}/{what}/{status}", self.apps[1]))
+            .send()
+            .await?;
+        anyhow::ensure!(r.status().is_success(), "{}", r.status());
+        Ok(())
+    }
+}
+
+fn instances(names: &[&str]) -> std::collections::BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
 /// MeshHealthCheck, enforced: backend has two instances, both serving; the second's
 /// application starts failing its health endpoint (it still answers requests). With no
 /// policy nothing checks it and both take calls; a MeshHealthCheck on `/healthz` takes
@@ -1200,94 +1330,150 @@ async fn spiffe_rules_allow_by_prefix_and_a_deny_wins() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_health_check_takes_an_endpoint_out_and_a_passing_one_brings_it_back()
 -> anyhow::Result<()> {
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
-    fx.permit("web-to-backend", "web", "backend", "Allow")
-        .await?;
-    // Round robin, so both instances take calls whatever their latency.
-    put(&fx.c, "/meshes/default/meshloadbalancingstrategies/rr", &json!({
-        "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "rr",
-        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
-                 "default": {"loadBalancer": {"type": "RoundRobin"}}}]}})).await?;
-    let mut procs = Vec::new();
-    let mut apps = Vec::new();
-    for name in ["backend-1", "backend-2"] {
-        let app = free_addr();
-        procs.push(fx.app(name, "backend", app, false)?);
-        let dp = dataplane(name, "backend", free_addr().port(), app.port(), "http", &[]);
-        procs.push(fx.sidecar("backend", dp).await?.0);
-        apps.push(app);
-    }
-    let (_ws, web_admin, out) = fx.web_calling("backend").await?;
-    let http = plain_http();
-    eventually("web balancing round robin", WAIT, || async {
-        let cfg = admin_config(&http, web_admin).await?;
-        (cfg["config"]["outbounds"][0]["loadBalancer"] == "RoundRobin").then_some(())
-    })
-    .await?;
-    // Which instances answer 20 calls.
-    let answering = || async {
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..20 {
-            let r = http
-                .get(format!("http://127.0.0.1:{out}/"))
-                .send()
-                .await
-                .ok()?;
-            let v: Value = r.json().await.ok()?;
-            seen.insert(v["instance"].as_str()?.to_string());
-        }
-        Some(seen)
-    };
-    let both: std::collections::BTreeSet<String> =
-        ["backend-1", "backend-2"].map(String::from).into();
-    eventually("both instances answering", WAIT, || async {
-        (answering().await? == both).then_some(())
-    })
-    .await?;
-    let set_health = |status: u16| {
-        let http = http.clone();
-        let app = apps[1];
-        async move {
-            let r = http
-                .post(format!("http://{app}/healthz/{status}"))
-                .send()
-                .await?;
-            anyhow::ensure!(r.status().is_success(), "{}", r.status());
-            anyhow::Ok(())
-        }
-    };
-    set_health(503).await?;
+    let two = TwoBackends::start().await?;
+    let both = instances(&["backend-1", "backend-2"]);
+    two.set_second("healthz", 503).await?;
     // No MeshHealthCheck: no checks, backend-2 keeps its share.
-    assert_eq!(answering().await.context("calls")?, both);
+    assert_eq!(two.answering().await.context("calls")?, both);
 
-    put(&fx.c, "/meshes/default/meshhealthchecks/backend-health", &json!({
+    put(&two.fx.c, "/meshes/default/meshhealthchecks/backend-health", &json!({
         "type": "MeshHealthCheck", "mesh": "default", "name": "backend-health",
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
                  "default": {"interval": "1s", "timeout": "500ms", "unhealthyThreshold": 2, "healthyThreshold": 1,
                              "http": {"path": "/healthz"}}}]}})).await?;
-    let only_first: std::collections::BTreeSet<String> = ["backend-1"].map(String::from).into();
+    let only_first = instances(&["backend-1"]);
     eventually(
         "backend-2 taken out by its failing checks",
         WAIT,
-        || async { (answering().await? == only_first).then_some(()) },
+        || async { (two.answering().await? == only_first).then_some(()) },
     )
-    .await
-    .with_context(|| procs[3].logs())?;
+    .await?;
     // It stays out: the next calls all go to backend-1.
-    assert_eq!(answering().await.context("calls")?, only_first);
+    assert_eq!(two.answering().await.context("calls")?, only_first);
+    let http = plain_http();
     assert!(
         admin_metric(
             &http,
-            web_admin,
+            two.web_admin,
             "causeway_health_checks_total{service=\"backend\",result=\"failed\"}"
         )
         .await
             >= 2.0
     );
-    set_health(200).await?;
+    two.set_second("healthz", 200).await?;
     eventually("backend-2 back once its check passes", WAIT, || async {
-        (answering().await? == both).then_some(())
+        (two.answering().await? == both).then_some(())
     })
     .await?;
+    Ok(())
+}
+
+/// MeshCircuitBreaker outlier detection, enforced: backend-2 starts answering 500.
+/// With no policy, web keeps sending it its share (half the calls fail); with a
+/// MeshCircuitBreaker (3 consecutive 5xx, ejected 1 s at first), backend-2 is ejected
+/// after its third 500 and calls succeed; once it answers 200 again it takes calls after
+/// its ejection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_5xx_eject_an_endpoint_until_its_ejection_ends() -> anyhow::Result<()> {
+    let two = TwoBackends::start().await?;
+    two.set_second("answer", 500).await?;
+    let only_first = instances(&["backend-1"]);
+    // No policy: backend-2's 500s reach the caller.
+    let http = plain_http();
+    let mut failed = 0;
+    for _ in 0..20 {
+        let r = http
+            .get(format!("http://127.0.0.1:{}/", two.out))
+            .send()
+            .await?;
+        failed += usize::from(r.status() == StatusCode::INTERNAL_SERVER_ERROR);
+    }
+    assert!(
+        failed >= 8,
+        "no outlier detection without a policy: {failed} of 20 failed"
+    );
+
+    put(&two.fx.c, "/meshes/default/meshcircuitbreakers/backend", &json!({
+        "type": "MeshCircuitBreaker", "mesh": "default", "name": "backend",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {"outlierDetection": {"baseEjectionTime": "1s", "maxEjectionPercent": 50,
+                             "detectors": {"totalFailures": {"consecutive": 3}}}}}]}})).await?;
+    // Ejected: 20 calls in a row all answered by backend-1 (within one ejection, 1 s,
+    // or a later, longer one).
+    eventually("backend-2 ejected after three 500s", WAIT, || async {
+        let mut ok = 0;
+        for _ in 0..20 {
+            let r = http
+                .get(format!("http://127.0.0.1:{}/", two.out))
+                .send()
+                .await
+                .ok()?;
+            ok += usize::from(r.status().is_success());
+        }
+        (ok == 20).then_some(())
+    })
+    .await?;
+    assert!(
+        admin_metric(
+            &http,
+            two.web_admin,
+            "causeway_circuit_breaker_events_total{service=\"backend\",event=\"ejected\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(two.answering().await.context("calls")?, only_first);
+    // Healthy again: back after its ejection.
+    two.set_second("answer", 200).await?;
+    eventually("backend-2 back after its ejection", WAIT, || async {
+        (two.answering().await? == instances(&["backend-1", "backend-2"])).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// MeshCircuitBreaker `maxRequests`, enforced: with 1 allowed in flight to `slow`, a
+/// call made while a slow one waits is answered at once with 503 `overflow`; once the
+/// slow one is answered, calls go through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_requests_a_call_is_answered_503_overflow_at_once() -> anyhow::Result<()> {
+    const SLOW: Duration = Duration::from_secs(3);
+    let SlowService {
+        fx,
+        web_admin,
+        out,
+        http,
+        mut arrived,
+        _procs,
+        ..
+    } = SlowService::start(SLOW).await?;
+    put(&fx.c, "/meshes/default/meshcircuitbreakers/one-at-a-time", &json!({
+        "type": "MeshCircuitBreaker", "mesh": "default", "name": "one-at-a-time",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "slow"},
+                 "default": {"connectionLimits": {"maxRequests": 1}}}]}})).await?;
+    eventually("the limit in web's config", WAIT, || async {
+        let cfg = admin_config(&http, web_admin).await?;
+        (cfg["config"]["outbounds"][0]["circuitBreaker"]["maxRequests"] == 1).then_some(())
+    })
+    .await?;
+    let fast = || http.get(format!("http://127.0.0.1:{out}/fast")).send();
+    assert_eq!(fast().await?.status(), StatusCode::OK);
+    let slow = tokio::spawn(http.get(format!("http://127.0.0.1:{out}/slow")).send());
+    tokio::time::timeout(WAIT, arrived.recv())
+        .await
+        .context("the slow call reaching the application")?;
+    // While it waits, the next call overflows, at once.
+    let t0 = Instant::now();
+    let r = (fast().await?, t0.elapsed());
+    assert_eq!(r.0.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        r.0.headers()
+            .get("x-causeway-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("overflow")
+    );
+    assert!(r.1 < Duration::from_secs(1), "answered after {:?}", r.1);
+    assert_eq!(slow.await??.status(), StatusCode::OK);
+    assert_eq!(fast().await?.status(), StatusCode::OK);
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! golden cases in `testdata/<policy>/`: it turns the policy's effective configuration
 //! into the config's fields.
 
+mod mesh_circuit_breaker;
 mod mesh_health_check;
 mod mesh_load_balancing_strategy;
 mod mesh_timeout;
@@ -188,6 +189,8 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         .collect();
     let health_checks =
         mesh_health_check::configure(&policies_of(inputs, "MeshHealthCheck"), &proxy, &protocols)?;
+    let circuit_breakers =
+        mesh_circuit_breaker::configure(&policies_of(inputs, "MeshCircuitBreaker"), &proxy)?;
     let outbounds = spec
         .outbound
         .iter()
@@ -205,6 +208,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 failover_threshold: balancing.failover_threshold(),
                 timeouts: timeouts.outbounds[i],
                 health_check: health_checks[i].clone(),
+                circuit_breaker: circuit_breakers[i].clone(),
             }
         })
         .collect();

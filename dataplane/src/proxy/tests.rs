@@ -44,6 +44,7 @@ fn outbound(port: u16, timeouts: Timeouts) -> OutboundListener {
         failover_threshold: 50.0,
         timeouts,
         health_check: None,
+        circuit_breaker: None,
     }
 }
 

@@ -111,7 +111,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::proxy_config::tests::check_goldens;
+    use crate::proxy_config::tests::check_outbound_goldens;
 
     /// Golden cases under `testdata/mesh_health_check/`: (case, zone, dataplane). The
     /// golden holds each outbound's health check as `compute` puts it in the config.
@@ -128,27 +128,9 @@ mod tests {
         ),
     ];
 
-    #[derive(serde::Serialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Outbound<'a> {
-        service: &'a str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        health_check: Option<&'a HealthCheck>,
-    }
-
     #[test]
     fn golden_health_checks() {
-        check_goldens(CASES, |config| {
-            let view: Vec<Outbound<'_>> = config
-                .outbounds
-                .iter()
-                .map(|o| Outbound {
-                    service: &o.service,
-                    health_check: o.health_check.as_ref(),
-                })
-                .collect();
-            serde_yaml::to_string(&view).expect("YAML")
-        });
+        check_outbound_goldens(CASES, "healthCheck", |o| o.health_check.as_ref());
     }
 
     #[test]

@@ -72,6 +72,29 @@ pub(super) fn check_goldens(cases: &[(&str, &str, &str)], render: impl Fn(&Proxy
     );
 }
 
+/// [`check_goldens`] of one field of the outbounds: each outbound's service and the
+/// field (left out when `None`), under `name`.
+pub(super) fn check_outbound_goldens<T: serde::Serialize>(
+    cases: &[(&str, &str, &str)],
+    name: &str,
+    field: impl Fn(&causeway_api::proxy_config::OutboundListener) -> Option<&T>,
+) {
+    check_goldens(cases, |config| {
+        let view: Vec<serde_json::Value> = config
+            .outbounds
+            .iter()
+            .map(|o| {
+                let mut v = serde_json::json!({ "service": o.service });
+                if let Some(f) = field(o) {
+                    v[name] = serde_json::to_value(f).expect("JSON");
+                }
+                v
+            })
+            .collect();
+        serde_yaml::to_string(&view).expect("YAML")
+    });
+}
+
 #[test]
 fn golden_configs() {
     check_goldens(CASES, |config| serde_yaml::to_string(config).unwrap());

@@ -1,0 +1,102 @@
+//! The MeshCircuitBreaker configurer: each outbound's merged `to[]` configuration,
+//! decoded once into [`CircuitBreakerConf`], over the built-in defaults. No policy, no
+//! limits and no outlier detection beyond the passive ejection of endpoints that refuse
+//! connections, which always applies.
+//!
+//! What is applied: `maxRequests` (HTTP) and `maxConnections` (TCP), and the
+//! consecutive detectors (`totalFailures`, `gatewayFailures`, `localOriginFailures`)
+//! with `baseEjectionTime` and `maxEjectionPercent`. An `outlierDetection` without
+//! detectors ejects after 5 consecutive 5xx, as Envoy's. The rest (inbound limits,
+//! `maxPendingRequests`, `maxRetries`, `interval` and the interval-based detectors) is
+//! listed as not enforced in the registry, so writing it warns.
+//!
+//! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`].
+
+use causeway_api::proxy_config::{CircuitBreaker, OutlierDetection};
+use causeway_api::{CircuitBreakerConf, Duration, Proxy, Resource};
+
+use super::{ComputeError, outbound_confs};
+
+const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_EJECTION_PERCENT: u32 = 20;
+const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
+
+/// The circuit breaking of each of `proxy`'s outbounds, in its order.
+pub(crate) fn configure(
+    policies: &[Resource],
+    proxy: &Proxy,
+) -> Result<Vec<Option<CircuitBreaker>>, ComputeError> {
+    Ok(
+        outbound_confs::<CircuitBreakerConf>("MeshCircuitBreaker", policies, proxy)?
+            .into_iter()
+            .map(|conf| conf.as_ref().map(over_defaults))
+            .collect(),
+    )
+}
+
+fn over_defaults(conf: &CircuitBreakerConf) -> CircuitBreaker {
+    let limits = conf.connection_limits.clone().unwrap_or_default();
+    let outlier_detection = conf
+        .outlier_detection
+        .as_ref()
+        .filter(|o| o.disabled != Some(true))
+        .map(|o| {
+            let d = o.detectors.clone().unwrap_or_default();
+            let none = d.total_failures.is_none()
+                && d.gateway_failures.is_none()
+                && d.local_origin_failures.is_none();
+            OutlierDetection {
+                base_ejection_time: o.base_ejection_time.unwrap_or(DEFAULT_BASE_EJECTION_TIME),
+                max_ejection_percent: o
+                    .max_ejection_percent
+                    .map_or(DEFAULT_MAX_EJECTION_PERCENT, |p| {
+                        (p.fraction() * 100.0).round() as u32
+                    }),
+                split_local_errors: o.split_external_and_local_errors == Some(true),
+                total_failures: d
+                    .total_failures
+                    .map(|c| c.consecutive)
+                    .or(none.then_some(DEFAULT_CONSECUTIVE_5XX)),
+                gateway_failures: d.gateway_failures.map(|c| c.consecutive),
+                local_origin_failures: d.local_origin_failures.map(|c| c.consecutive),
+            }
+        });
+    CircuitBreaker {
+        max_requests: limits.max_requests,
+        max_connections: limits.max_connections,
+        outlier_detection,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy_config::tests::check_outbound_goldens;
+
+    /// Golden cases under `testdata/mesh_circuit_breaker/`: (case, zone, dataplane).
+    const CASES: &[(&str, &str, &str)] = &[
+        // A Mesh-wide policy with limits and detectors; backend's entry turns outlier
+        // detection off, db's (Kuma's labels form) lowers a limit.
+        (
+            "mesh_circuit_breaker/limits-and-detectors",
+            "zone-a",
+            "web-1",
+        ),
+    ];
+
+    #[test]
+    fn an_outlier_detection_without_detectors_ejects_after_five_5xx() {
+        let conf: CircuitBreakerConf =
+            serde_json::from_value(serde_json::json!({"outlierDetection": {}})).unwrap();
+        let o = over_defaults(&conf).outlier_detection.unwrap();
+        assert_eq!(o.total_failures, Some(5));
+        assert_eq!((o.gateway_failures, o.local_origin_failures), (None, None));
+        assert_eq!(o.base_ejection_time, Duration::from_secs(30));
+        assert_eq!(o.max_ejection_percent, 20);
+    }
+
+    #[test]
+    fn golden_circuit_breakers() {
+        check_outbound_goldens(CASES, "circuitBreaker", |o| o.circuit_breaker.as_ref());
+    }
+}
