@@ -102,10 +102,11 @@ enum Bench {
         /// Extra argument for both sidecars (repeat it), e.g. `--sidecar-arg=--concurrency=2`.
         #[arg(long, allow_hyphen_values = true)]
         sidecar_arg: Vec<String>,
-        /// Also apply a realistic set of resilience policies to the sidecar pair (a
-        /// MeshTimeout with explicit values; retry, circuit breaking and health checks
-        /// join it as the proxies enforce them). Without it: a traffic permission and the
-        /// built-in default timeouts.
+        /// Also apply a realistic set of resilience policies to the sidecar pair: a
+        /// MeshTimeout with explicit values, a MeshCircuitBreaker (request cap and
+        /// consecutive-failure outlier detection) and a MeshHealthCheck (HTTP, every 5 s);
+        /// retries join as the proxies enforce them. Without it: a traffic permission and
+        /// the built-in default timeouts.
         #[arg(long)]
         policies: bool,
     },

@@ -546,7 +546,7 @@ struct CausewayMesh {
 pub(crate) struct SidecarCmd {
     pub(crate) bin: Option<PathBuf>,
     pub(crate) args: Vec<String>,
-    /// Apply [`RESILIENCE_POLICIES`] too.
+    /// Apply [`resilience_policies`] too.
     pub(crate) policies: bool,
 }
 
@@ -554,16 +554,35 @@ pub(crate) struct SidecarCmd {
 /// far as the proxies enforce them (the sidecars' timeouts run with or without it: the
 /// built-in defaults apply when no policy is written).
 fn resilience_policies() -> Vec<(&'static str, Value)> {
-    vec![(
-        "/meshes/default/meshtimeouts/web-and-backend",
-        json!({"type": "MeshTimeout", "mesh": "default", "name": "web-and-backend",
+    vec![
+        (
+            "/meshes/default/meshtimeouts/web-and-backend",
+            json!({"type": "MeshTimeout", "mesh": "default", "name": "web-and-backend",
                "spec": {"targetRef": {"kind": "Mesh"},
                         "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
                                 "default": {"connectionTimeout": "2s", "idleTimeout": "30m",
                                             "http": {"requestTimeout": "5s", "streamIdleTimeout": "1m"}}}],
                         "rules": [{"default": {"idleTimeout": "30m",
                                                "http": {"requestTimeout": "10s", "requestHeadersTimeout": "5s"}}}]}}),
-    )]
+        ),
+        (
+            "/meshes/default/meshcircuitbreakers/backend",
+            json!({"type": "MeshCircuitBreaker", "mesh": "default", "name": "backend",
+               "spec": {"targetRef": {"kind": "Mesh"},
+                        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                                "default": {"connectionLimits": {"maxRequests": 1024},
+                                            "outlierDetection": {"baseEjectionTime": "30s", "maxEjectionPercent": 50,
+                                                                 "detectors": {"totalFailures": {"consecutive": 5},
+                                                                               "gatewayFailures": {"consecutive": 5}}}}}]}}),
+        ),
+        (
+            "/meshes/default/meshhealthchecks/backend",
+            json!({"type": "MeshHealthCheck", "mesh": "default", "name": "backend",
+               "spec": {"targetRef": {"kind": "Mesh"},
+                        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                                "default": {"interval": "5s", "timeout": "1s", "http": {"path": "/"}}}]}}),
+        ),
+    ]
 }
 
 impl SidecarCmd {
@@ -594,7 +613,7 @@ impl SidecarCmd {
                 .filter_map(|(_, p)| p["type"].as_str())
                 .collect();
             s.push_str(&format!(
-                "; policies: MeshTrafficPermission, {} (retry, circuit breaking and health checks are not enforced yet)",
+                "; policies: MeshTrafficPermission, {} (retries are not enforced yet)",
                 kinds.join(", ")
             ));
         }
