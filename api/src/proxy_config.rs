@@ -130,6 +130,126 @@ pub struct OutboundListener {
     /// without a policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Retries of failed requests and connects (MeshRetry over the built-in defaults,
+    /// which apply without a policy too).
+    #[serde(default, skip_serializing_if = "Retry::is_default")]
+    pub retry: Retry,
+}
+
+/// A destination's retries: the effective MeshRetry over the built-in defaults
+/// ([`Retry::DEFAULT`]), which apply without any policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Retry {
+    /// Requests that are not gRPC.
+    pub http: HttpRetryPolicy,
+    /// gRPC calls (`content-type: application/grpc...`).
+    pub grpc: GrpcRetryPolicy,
+    /// TCP: how many endpoints to try to connect to, one after another.
+    pub tcp_connect_attempts: u32,
+    /// A cap on retries, so a failing destination never multiplies its load.
+    pub budget: RetryBudgetPolicy,
+}
+
+/// HTTP retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRetryPolicy {
+    /// Retries after the first try; 0 turns retries off.
+    pub num_retries: u32,
+    /// Each try's time to a response's head; [`Duration::ZERO`]: only the request
+    /// timeout.
+    pub per_try_timeout: Duration,
+    pub back_off: BackOffPolicy,
+    /// What is retried: `5xx`, `GatewayError`, `Reset`, `ConnectFailure`,
+    /// `RefusedStream`, `Retriable4xx`, and status codes (`"503"`).
+    pub retry_on: Vec<crate::HttpRetryOn>,
+    /// Methods whose requests are retried on every condition (upper case); empty: all
+    /// methods when nothing was sent (`ConnectFailure`, `RefusedStream`), and only
+    /// idempotent ones (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+}
+
+/// gRPC retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcRetryPolicy {
+    pub num_retries: u32,
+    pub per_try_timeout: Duration,
+    pub back_off: BackOffPolicy,
+    /// The `grpc-status` codes retried (in a response's head: a trailers-only answer).
+    pub retry_on: Vec<crate::GrpcRetryOn>,
+}
+
+/// Exponential backoff with full jitter: before retry `n` (from 1), a pause drawn
+/// between 0 and `min(base * 2^(n-1), max)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackOffPolicy {
+    pub base_interval: Duration,
+    pub max_interval: Duration,
+}
+
+/// The retry budget: a retry is allowed while the retries of the last 10 seconds are
+/// at most `percent` of that window's requests, or while fewer than
+/// `minRetryConcurrency` retries are in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetryBudgetPolicy {
+    pub percent: u32,
+    pub min_retry_concurrency: u32,
+}
+
+impl BackOffPolicy {
+    /// 25 ms, up to 250 ms.
+    pub const DEFAULT: BackOffPolicy = BackOffPolicy {
+        base_interval: Duration::from_millis(25),
+        max_interval: Duration::from_millis(250),
+    };
+}
+
+impl Retry {
+    /// Without a MeshRetry: one retry of HTTP requests on 5xx, resets and connect
+    /// failures, and of gRPC calls on UNAVAILABLE; five connect attempts for TCP; a
+    /// budget of 20% with 3 retries always allowed at once.
+    pub fn default_policy() -> Retry {
+        Retry {
+            http: HttpRetryPolicy {
+                num_retries: 1,
+                per_try_timeout: Duration::ZERO,
+                back_off: BackOffPolicy::DEFAULT,
+                retry_on: vec![
+                    crate::HttpRetryOn::ServerError,
+                    crate::HttpRetryOn::Reset,
+                    crate::HttpRetryOn::ConnectFailure,
+                ],
+                methods: Vec::new(),
+            },
+            grpc: GrpcRetryPolicy {
+                num_retries: 1,
+                per_try_timeout: Duration::ZERO,
+                back_off: BackOffPolicy::DEFAULT,
+                retry_on: vec![crate::GrpcRetryOn::Unavailable],
+            },
+            tcp_connect_attempts: 5,
+            budget: RetryBudgetPolicy {
+                percent: 20,
+                min_retry_concurrency: 3,
+            },
+        }
+    }
+
+    /// Whether these are the built-in defaults (left out of serialized configs).
+    pub fn is_default(&self) -> bool {
+        *self == Retry::default_policy()
+    }
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry::default_policy()
+    }
 }
 
 /// A destination's circuit breaking, from the effective MeshCircuitBreaker over its
@@ -144,6 +264,10 @@ pub struct CircuitBreaker {
     /// Connections open to the destination at once (TCP); more are closed at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// Retries in flight to the destination at once; a failure that would be retried
+    /// past it is answered as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
     /// Ejection of endpoints that fail in a row; `None` when off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outlier_detection: Option<OutlierDetection>,

@@ -174,10 +174,6 @@ const CIRCUIT_BREAKER_UNENFORCED: &[Unenforced] = &[
         reason: "requests waiting for a connection are not capped yet (maxRequests caps requests in flight).",
     },
     Unenforced {
-        path: "to[].default.connectionLimits.maxRetries",
-        reason: "concurrent retries are not capped by the circuit breaker yet.",
-    },
-    Unenforced {
         path: "to[].default.outlierDetection.interval",
         reason: "only the consecutive detectors are applied, and they act at each answer; there is no interval-based evaluation yet.",
     },
@@ -218,6 +214,12 @@ const TIMEOUT_UNENFORCED: &[Unenforced] = &[
         reason: "it bounds how long an inbound caller takes to send its request headers, so it applies in from[] or rules only (as in Kuma).",
     },
 ];
+
+/// MeshRetry: per-route retries.
+const RETRY_UNENFORCED: &[Unenforced] = &[Unenforced {
+    path: "to[].targetRef.kind=MeshHTTPRoute",
+    reason: "per-route retries are not applied yet (routes are not enforced): the destination's retries apply to all of its requests.",
+}];
 
 /// MeshTrafficPermission: sources the proxies cannot prove from a certificate yet.
 const TRAFFIC_PERMISSION_UNENFORCED: &[Unenforced] = &[
@@ -313,7 +315,11 @@ static TYPES: &[TypeInfo] = &[
         "meshtimeouts",
         Enforcement::Partial(TIMEOUT_UNENFORCED),
     ),
-    TypeInfo::policy::<MeshRetrySpec>("MeshRetry", "meshretries", Enforcement::NotYet),
+    TypeInfo::policy::<MeshRetrySpec>(
+        "MeshRetry",
+        "meshretries",
+        Enforcement::Partial(RETRY_UNENFORCED),
+    ),
     TypeInfo::policy::<MeshCircuitBreakerSpec>(
         "MeshCircuitBreaker",
         "meshcircuitbreakers",

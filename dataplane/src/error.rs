@@ -63,10 +63,13 @@ pub(crate) enum ProxyError {
     /// MeshCircuitBreaker `maxRequests`: too many requests in flight to the destination.
     #[error("{service} has {max} requests in flight already (MeshCircuitBreaker maxRequests)")]
     Overflow { service: String, max: u32 },
+    /// MeshRetry `perTryTimeout`: the last try had no response head in time.
+    #[error("no response within the per-try timeout ({})", crate::timeout::show(*.0))]
+    PerTryTimeout(Duration),
 }
 
 /// Every label, in [`ProxyError::index`] order.
-pub(crate) const LABELS: [&str; 15] = [
+pub(crate) const LABELS: [&str; 16] = [
     "no-config",
     "listener-removed",
     "no-certificate",
@@ -82,6 +85,7 @@ pub(crate) const LABELS: [&str; 15] = [
     "request-timeout",
     "max-stream-duration",
     "overflow",
+    "per-try-timeout",
 ];
 
 impl ProxyError {
@@ -103,6 +107,7 @@ impl ProxyError {
             ProxyError::RequestTimeout(_) => 12,
             ProxyError::MaxStreamDuration(_) => 13,
             ProxyError::Overflow { .. } => 14,
+            ProxyError::PerTryTimeout(_) => 15,
         }
     }
 
@@ -124,7 +129,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) | ProxyError::AppBadRequest(_) => S::BAD_REQUEST,
             ProxyError::NotImplemented(_) => S::NOT_IMPLEMENTED,
             ProxyError::Upstream { .. } | ProxyError::AppFailed(_) => S::BAD_GATEWAY,
-            ProxyError::RequestTimeout(_) | ProxyError::MaxStreamDuration(_) => S::GATEWAY_TIMEOUT,
+            ProxyError::RequestTimeout(_)
+            | ProxyError::MaxStreamDuration(_)
+            | ProxyError::PerTryTimeout(_) => S::GATEWAY_TIMEOUT,
         }
     }
 
@@ -176,6 +183,7 @@ mod tests {
                 service: "s".into(),
                 max: 1,
             },
+            ProxyError::PerTryTimeout(Duration::from_millis(200)),
         ];
         assert_eq!(all.len(), LABELS.len());
         for (i, e) in all.iter().enumerate() {

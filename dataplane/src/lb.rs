@@ -10,10 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::time::{Duration, Instant};
 
 use causeway_api::LoadBalancerType;
-use causeway_api::proxy_config::{CircuitBreaker, Endpoint, EndpointGroup, OutlierDetection};
+use causeway_api::proxy_config::{
+    CircuitBreaker, Endpoint, EndpointGroup, OutlierDetection, Retry,
+};
 
 use crate::http::Pool;
 use crate::outlier::{Admitted, Limit, Outcome, Streaks, ejection_time, may_eject};
+use crate::retry::Budget;
 
 /// How fast peak-EWMA forgets (linkerd2-proxy's default decay).
 const EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -141,6 +144,9 @@ pub(crate) struct Balancer {
     outliers: Option<OutlierDetection>,
     requests: Option<(u32, Limit)>,
     connections: Option<Limit>,
+    retries: Option<Limit>,
+    /// MeshRetry's budget for requests to this destination.
+    retry_budget: Arc<Budget>,
 }
 
 impl Balancer {
@@ -182,7 +188,19 @@ impl Balancer {
             outliers: None,
             requests: None,
             connections: None,
+            retries: None,
+            retry_budget: Arc::new(Budget::new(Retry::default_policy().budget)),
         }
+    }
+
+    /// Sets the retry budget (kept across rebuilds by the caller).
+    pub(crate) fn with_retry_budget(mut self, budget: Arc<Budget>) -> Balancer {
+        self.retry_budget = budget;
+        self
+    }
+
+    pub(crate) fn retry_budget(&self) -> Arc<Budget> {
+        self.retry_budget.clone()
     }
 
     /// Applies a MeshCircuitBreaker: caps and outlier detection. The caps count from
@@ -192,7 +210,16 @@ impl Balancer {
         self.outliers = cb.outlier_detection.clone();
         self.requests = cb.max_requests.map(|m| (m, Limit::new(m)));
         self.connections = cb.max_connections.map(Limit::new);
+        self.retries = cb.max_retries.map(Limit::new);
         self
+    }
+
+    /// Admits a retry under `maxRetries`: `Err(())` when that many are in flight.
+    pub(crate) fn admit_retry(&self) -> Result<Option<Admitted<'_>>, ()> {
+        match &self.retries {
+            None => Ok(None),
+            Some(limit) => limit.admit().map(Some).ok_or(()),
+        }
     }
 
     /// Admits a request under `maxRequests`: `Err(max)` when that many are in flight.

@@ -24,6 +24,8 @@ mod metrics;
 mod outlier;
 mod proxy;
 pub mod quic;
+mod replay;
+mod retry;
 mod timeout;
 
 use std::net::SocketAddr;

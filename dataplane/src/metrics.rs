@@ -74,6 +74,8 @@ pub(crate) struct Metrics {
     health_checks: Mutex<BTreeMap<String, (u64, u64)>>,
     /// Circuit breaking by (destination service, event).
     circuit_breaker: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Retry decisions by (destination service, result).
+    retries: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -126,6 +128,19 @@ impl Metrics {
             .lock()
             .expect("metrics lock")
             .entry((service.to_string(), event))
+            .or_default() += 1;
+    }
+
+    /// Counts a failed try of a request to `service` that MeshRetry would retry, by
+    /// what became of it: `retried`, or not because of `budget_exhausted`,
+    /// `body_not_replayable` or `past_deadline` (the pause would end past the request
+    /// timeout).
+    pub(crate) fn retry(&self, service: &str, result: &'static str) {
+        *self
+            .retries
+            .lock()
+            .expect("metrics lock")
+            .entry((service.to_string(), result))
             .or_default() += 1;
     }
 
@@ -212,6 +227,13 @@ impl Metrics {
                 "causeway_circuit_breaker_events_total{{service=\"{s}\",event=\"{event}\"}} {n}"
             );
         }
+        out.push_str("# TYPE causeway_retries_total counter\n");
+        for ((s, result), n) in self.retries.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "causeway_retries_total{{service=\"{s}\",result=\"{result}\"}} {n}"
+            );
+        }
         out.push_str("# TYPE causeway_health_checks_total counter\n");
         for (s, (passed, failed)) in self.health_checks.lock().expect("metrics lock").iter() {
             for (result, n) in [("passed", passed), ("failed", failed)] {
@@ -239,6 +261,7 @@ mod tests {
         m.tcp("outbound", "db", "web", 10, 20);
         m.health_check("backend", false);
         m.circuit_breaker("backend", "ejected");
+        m.retry("backend", "budget_exhausted");
         let t = m.render();
         assert!(t.contains("causeway_requests_total{direction=\"inbound\",service=\"web\",peer=\"frontend\",status_class=\"2xx\"} 1"), "{t}");
         assert!(t.contains("status_class=\"4xx\"} 1"), "{t}");
@@ -248,6 +271,10 @@ mod tests {
         assert!(t.contains("causeway_tcp_bytes_total{direction=\"outbound\",service=\"db\",peer=\"web\",flow=\"sent\"} 20"), "{t}");
         assert!(
             t.contains("causeway_health_checks_total{service=\"backend\",result=\"failed\"} 1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("causeway_retries_total{service=\"backend\",result=\"budget_exhausted\"} 1"),
             "{t}"
         );
     }

@@ -27,6 +27,8 @@ use crate::identity::{ALPN_H2, ALPN_TCP, Identity, Revoked, peer_id};
 use crate::lb::{Balancer, EndpointState};
 use crate::metrics::{HttpStats, Metrics};
 use crate::outlier::Outcome;
+use crate::replay::Replay;
+use crate::retry;
 use crate::timeout::{self, Exchange};
 
 /// A client config and the identity (by address) it was built from.
@@ -36,7 +38,8 @@ type CachedClientConfig = (usize, Arc<rustls::ClientConfig>);
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
-/// Attempts per outbound request or connection when endpoints refuse connections.
+/// Dials per try of an outbound request when endpoints refuse connections (TCP
+/// connections take MeshRetry's `maxConnectAttempt`).
 const CONNECT_ATTEMPTS: usize = 3;
 
 /// The running proxy: the latest config and identity, balancers, metrics.
@@ -339,7 +342,12 @@ fn new_balancer(ob: &OutboundListener, old: Option<&Balancer>) -> Balancer {
     if let Some(cb) = &ob.circuit_breaker {
         b = b.with_circuit_breaker(cb);
     }
-    b
+    // The budget's window survives config updates that keep its settings.
+    let budget = old
+        .map(Balancer::retry_budget)
+        .filter(|budget| budget.policy() == ob.retry.budget)
+        .unwrap_or_else(|| Arc::new(retry::Budget::new(ob.retry.budget)));
+    b.with_retry_budget(budget)
 }
 
 // === listeners ===
@@ -757,8 +765,10 @@ async fn outbound_conn(proxy: &Arc<Proxy>, port: u16, tcp: TcpStream) -> anyhow:
             );
         };
         let mut tried = Vec::new();
-        for _ in 0..CONNECT_ATTEMPTS {
-            let Some(ep) = b.pick(&tried) else { break };
+        for _ in 0..ob.retry.tcp_connect_attempts.max(1) {
+            let Some(ep) = b.pick(&tried).or_else(|| b.pick(&[])) else {
+                break;
+            };
             tried.push(ep.clone());
             let Some(dial) = proxy.dial(&cfg, &ob, &ep, ALPN_TCP) else {
                 anyhow::bail!("no workload certificate yet");
@@ -846,7 +856,14 @@ async fn outbound_request(
     let probe = parts.headers.remove(PROBE).is_some();
     let req = http::Request::from_parts(parts, boxed(body));
     match exchange
-        .head(outbound_exchange(proxy, &cfg, ob, req, probe))
+        .head(outbound_exchange(
+            proxy,
+            &cfg,
+            ob,
+            req,
+            probe,
+            exchange.deadline(),
+        ))
         .await
     {
         Ok(r) => {
@@ -858,28 +875,180 @@ async fn outbound_request(
     }
 }
 
-/// Picks an endpoint and sends the request to it, up to its response's head: another
-/// endpoint when a dial fails (nothing was sent then).
+/// How a try failed.
+enum TryFailure {
+    /// Nothing was sent (no endpoint took a connection, no certificate): the request
+    /// is given back.
+    /// Boxed: the request is large, and this is the rare path.
+    NotSent(ProxyError, Box<http::Request<Body>>),
+    /// The exchange failed after the request went out.
+    Failed(ProxyError, retry::Outcome),
+}
+
+impl TryFailure {
+    fn error(self) -> ProxyError {
+        match self {
+            TryFailure::NotSent(e, _) | TryFailure::Failed(e, _) => e,
+        }
+    }
+}
+
+/// Whether a request is a gRPC call (retried by its gRPC status).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The `grpc-status` of a response head (a trailers-only answer), if any.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// Sends a request to the destination, up to its response's head, retrying what
+/// MeshRetry says to retry (see [`crate::retry`]): each try goes to an endpoint not
+/// tried yet when there is one, after a pause, within the retry budget and before
+/// `deadline` (the request timeout).
 async fn outbound_exchange(
     proxy: &Proxy,
     cfg: &ProxyConfig,
     ob: &OutboundListener,
     req: http::Request<Body>,
     probe: bool,
+    deadline: Option<Instant>,
 ) -> Result<http::Response<Body>, ProxyError> {
     let b = proxy.balancer(ob);
     let _admitted = b.admit_request().map_err(|max| ProxyError::Overflow {
         service: ob.service.clone(),
         max,
     })?;
+    let policy = retry::Policy::of(&ob.retry, is_grpc(req.headers()));
     let mut tried = Vec::new();
+    if policy.num_retries() == 0 {
+        return send_once(proxy, cfg, ob, &b, req, probe, &mut tried, None)
+            .await
+            .map_err(TryFailure::error);
+    }
+    let budget = b.retry_budget();
+    budget.deposit(Instant::now());
+    // What a retry needs to send the request again: its head and its body's copy.
+    let (parts, body) = req.into_parts();
+    let (method, uri, version, headers) = (
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.version,
+        parts.headers.clone(),
+    );
+    let (body, replay) = Replay::new(body);
+    let mut next = Some(http::Request::from_parts(parts, body));
+    let mut permit = None;
+    let mut n = 0;
+    loop {
+        let req = next.take().expect("a request for each try");
+        let result = send_once(
+            proxy,
+            cfg,
+            ob,
+            &b,
+            req,
+            probe,
+            &mut tried,
+            policy.per_try_timeout(),
+        )
+        .await;
+        drop(permit.take());
+        let outcome = match &result {
+            Ok(r) => retry::Outcome::Answered {
+                status: r.status().as_u16(),
+                grpc: grpc_status(r.headers()),
+            },
+            Err(TryFailure::NotSent(ProxyError::NoEndpoint { .. }, _)) => {
+                retry::Outcome::ConnectFailure
+            }
+            Err(TryFailure::NotSent(..)) => return result.map_err(TryFailure::error),
+            Err(TryFailure::Failed(_, outcome)) => *outcome,
+        };
+        if n >= policy.num_retries() || !policy.retries(&method, outcome) {
+            return result.map_err(TryFailure::error);
+        }
+        let (result, unsent) = match result {
+            Ok(r) => (Ok(r), None),
+            Err(TryFailure::NotSent(e, req)) => (Err(e), Some(req)),
+            Err(TryFailure::Failed(e, _)) => (Err(e), None),
+        };
+        let next_req = match unsent {
+            Some(req) => *req,
+            None => match replay.again() {
+                Some(body) => {
+                    let mut r = http::Request::new(body);
+                    *r.method_mut() = method.clone();
+                    *r.uri_mut() = uri.clone();
+                    *r.version_mut() = version;
+                    *r.headers_mut() = headers.clone();
+                    r
+                }
+                None => {
+                    proxy.metrics.retry(&ob.service, "body_not_replayable");
+                    return result;
+                }
+            },
+        };
+        let Ok(capped) = b.admit_retry() else {
+            proxy
+                .metrics
+                .retry(&ob.service, "circuit_breaker_max_retries");
+            return result;
+        };
+        let Some(p) = budget.withdraw(Instant::now()) else {
+            proxy.metrics.retry(&ob.service, "budget_exhausted");
+            return result;
+        };
+        let answer = result
+            .as_ref()
+            .ok()
+            .map(|r| (r.status().as_u16(), r.headers()));
+        let pause = policy.pause(n + 1, rand::random(), answer, std::time::SystemTime::now());
+        if deadline.is_some_and(|d| Instant::now() + pause >= d) {
+            proxy.metrics.retry(&ob.service, "past_deadline");
+            return result;
+        }
+        // The failed answer is dropped (its stream cancelled) before the pause.
+        drop(result);
+        proxy.metrics.retry(&ob.service, "retried");
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        permit = Some((p, capped));
+        next = Some(next_req);
+        n += 1;
+    }
+}
+
+/// One try: picks an endpoint (one not in `tried` when there is one) and sends the
+/// request to it, up to its response's head; another endpoint when a dial fails
+/// (nothing was sent then). Within `per_try` when set.
+#[allow(clippy::too_many_arguments)]
+async fn send_once(
+    proxy: &Proxy,
+    cfg: &ProxyConfig,
+    ob: &OutboundListener,
+    b: &Balancer,
+    req: http::Request<Body>,
+    probe: bool,
+    tried: &mut Vec<Arc<EndpointState>>,
+    per_try: Option<Duration>,
+) -> Result<http::Response<Body>, TryFailure> {
+    // Every endpoint tried already (a retry): any may take it again.
+    if !tried.is_empty() && b.pick(tried).is_none() {
+        tried.clear();
+    }
     let mut last_err = String::from("no endpoints");
     // An endpoint on probation (back from ejection, no connection) that this request
     // left to a background dial: taken only when no other endpoint is left.
     let mut probed: Option<Arc<EndpointState>> = None;
     let mut deferred = false;
     for _ in 0..=CONNECT_ATTEMPTS {
-        let Some(ep) = b.pick(&tried).or_else(|| probed.take()) else {
+        let Some(ep) = b.pick(tried).or_else(|| probed.take()) else {
             break;
         };
         if !deferred && ep.on_probation() && !ep.pool.has_live() {
@@ -904,7 +1073,12 @@ async fn outbound_exchange(
             .await
         {
             Ok(r) => r,
-            Err(NotReady::NoDial) => return Err(ProxyError::NoCertificate),
+            Err(NotReady::NoDial) => {
+                return Err(TryFailure::NotSent(
+                    ProxyError::NoCertificate,
+                    Box::new(req),
+                ));
+            }
             Err(NotReady::Failed(e)) => {
                 // Nothing was sent: safe to try another endpoint. A refusal and a
                 // connect timeout alike count against the endpoint.
@@ -915,8 +1089,15 @@ async fn outbound_exchange(
             }
         };
         ep.succeeded();
+        tried.push(ep.clone());
         let mut in_flight = InFlight::new(&ep);
-        let result = ready.send(req).await;
+        let result = match per_try {
+            None => ready.send(req).await.map_err(Some),
+            Some(t) => match tokio::time::timeout(t, ready.send(req)).await {
+                Ok(r) => r.map_err(Some),
+                Err(_) => Err(None),
+            },
+        };
         in_flight.answered = true;
         return match result {
             Ok(r) => {
@@ -951,17 +1132,39 @@ async fn outbound_exchange(
                     // the endpoint, so the next requests go elsewhere.
                     ep.failed();
                 }
-                Err(ProxyError::Upstream {
-                    service: ob.service.clone(),
-                    error: Box::new(e),
+                Err(match e {
+                    None => {
+                        let t = per_try.expect("only a per-try timeout gives no error");
+                        TryFailure::Failed(
+                            ProxyError::PerTryTimeout(t),
+                            retry::Outcome::PerTryTimeout,
+                        )
+                    }
+                    Some(e) => {
+                        let outcome = if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                            retry::Outcome::RefusedStream
+                        } else {
+                            retry::Outcome::Reset
+                        };
+                        TryFailure::Failed(
+                            ProxyError::Upstream {
+                                service: ob.service.clone(),
+                                error: Box::new(e),
+                            },
+                            outcome,
+                        )
+                    }
                 })
             }
         };
     }
-    Err(ProxyError::NoEndpoint {
-        service: ob.service.clone(),
-        reason: last_err,
-    })
+    Err(TryFailure::NotSent(
+        ProxyError::NoEndpoint {
+            service: ob.service.clone(),
+            reason: last_err,
+        },
+        Box::new(req),
+    ))
 }
 
 /// Dials an endpoint on probation in the background: it is healthy again when the dial

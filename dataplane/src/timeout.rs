@@ -85,6 +85,18 @@ impl Exchange {
         }
     }
 
+    /// When the response's head is due at the latest (the request timeout or the
+    /// maximum stream duration, the earlier), if either is on.
+    pub(crate) fn deadline(&self) -> Option<std::time::Instant> {
+        let request = self.request.map(|d| self.started + d);
+        let stream = self.max_stream.map(|d| self.started + d);
+        request
+            .into_iter()
+            .chain(stream)
+            .min()
+            .map(Instant::into_std)
+    }
+
     /// Runs `exchange` (which ends with the response's head) within the request
     /// timeout and the maximum stream duration. When either passes first, `exchange`
     /// is dropped (which cancels what it sent) and the matching error returned.

@@ -1112,14 +1112,12 @@ async fn silent_zone(quic: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[ignore = "needs retries of the calls in flight on the dead connection (MeshRetry, in progress)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zone_gone_dark_costs_under_1pct_of_calls_and_none_after_the_first_second()
 -> anyhow::Result<()> {
     dark_zone(false).await
 }
 
-#[ignore = "needs retries of the calls in flight on the dead connection (MeshRetry, in progress)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_quic_a_zone_gone_dark_costs_under_1pct_of_calls_and_none_after_the_first_second()
 -> anyhow::Result<()> {
@@ -1137,7 +1135,8 @@ struct Outcome {
 /// zones: zone-b's ingress, backend and its sidecar are frozen (SIGSTOP) under a load of
 /// 200 calls a second from zone-a's web, then thawed. Calls move to zone-a within a
 /// second, under 1% fail over the whole event and none after its first second, and
-/// zone-b gets traffic again once it thaws.
+/// zone-b gets traffic again once it thaws. The calls caught in flight on the dark
+/// connection are what the default retry (one, on a reset) sends on to zone-a.
 async fn dark_zone(quic: bool) -> anyhow::Result<()> {
     const RATE: u32 = 200;
     const WARM: Duration = Duration::from_secs(2);

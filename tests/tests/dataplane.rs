@@ -1309,12 +1309,32 @@ impl TwoBackends {
     /// Sets what backend-2's app answers: `POST /{what}/{status}` (`healthz` for its
     /// health endpoint, `answer` for every other request).
     async fn set_second(&self, what: &str, status: u16) -> anyhow::Result<()> {
+        self.set(1, what, status).await
+    }
+
+    /// Sets what backend-`i + 1`'s app answers (see [`TwoBackends::set_second`]).
+    async fn set(&self, i: usize, what: &str, status: u16) -> anyhow::Result<()> {
         let r = plain_http()
-            .post(format!("http://{}/{what}/{status}", self.apps[1]))
+            .post(format!("http://{}/{what}/{status}", self.apps[i]))
             .send()
             .await?;
         anyhow::ensure!(r.status().is_success(), "{}", r.status());
         Ok(())
+    }
+
+    /// Applies a MeshRetry for backend with `http` as its HTTP part, and waits until
+    /// web's config has it (`check` on its outbound's `retry`).
+    async fn retry(&self, http: Value, check: impl Fn(&Value) -> bool) -> anyhow::Result<()> {
+        put(&self.fx.c, "/meshes/default/meshretries/backend", &json!({
+            "type": "MeshRetry", "mesh": "default", "name": "backend",
+            "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                     "default": {"http": http}}]}})).await?;
+        let client = plain_http();
+        eventually("the MeshRetry in web's config", WAIT, || async {
+            let cfg = admin_config(&client, self.web_admin).await?;
+            check(&cfg["config"]["outbounds"][0]["retry"]).then_some(())
+        })
+        .await
     }
 }
 
@@ -1376,9 +1396,12 @@ async fn a_failing_health_check_takes_an_endpoint_out_and_a_passing_one_brings_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consecutive_5xx_eject_an_endpoint_until_its_ejection_ends() -> anyhow::Result<()> {
     let two = TwoBackends::start().await?;
+    // Retries off: the default retry would send each 500 on to backend-1.
+    two.retry(json!({"numRetries": 0}), |r| r["http"]["numRetries"] == 0)
+        .await?;
     two.set_second("answer", 500).await?;
     let only_first = instances(&["backend-1"]);
-    // No policy: backend-2's 500s reach the caller.
+    // No circuit breaker: backend-2's 500s reach the caller.
     let http = plain_http();
     let mut failed = 0;
     for _ in 0..20 {
@@ -1475,5 +1498,160 @@ async fn over_max_requests_a_call_is_answered_503_overflow_at_once() -> anyhow::
     assert!(r.1 < Duration::from_secs(1), "answered after {:?}", r.1);
     assert_eq!(slow.await??.status(), StatusCode::OK);
     assert_eq!(fast().await?.status(), StatusCode::OK);
+    Ok(())
+}
+
+/// MeshRetry, enforced: backend-2 answers 503. By default (no policy) a GET it fails
+/// is retried once, on backend-1, so every call succeeds (within the budget); a POST,
+/// which may have been processed, is not sent twice. A MeshRetry that lists POST has it retried, with its
+/// body sent again; a body over 64 KiB is not kept for that, and not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_call_is_retried_on_the_other_instance_and_a_post_only_when_allowed()
+-> anyhow::Result<()> {
+    let two = TwoBackends::start().await?;
+    two.set_second("answer", 503).await?;
+    let http = plain_http();
+    let url = format!("http://127.0.0.1:{}/", two.out);
+    // Few enough calls that the default budget (20% of the last 10 s's calls, which
+    // include the fixture's 40) covers the retry of each one backend-2 fails.
+    for i in 0..8 {
+        let r = http.get(&url).send().await?;
+        assert_eq!(r.status(), StatusCode::OK, "GET {i}");
+        let v: Value = r.json().await?;
+        assert_eq!(v["instance"], "backend-1");
+    }
+    let metric = |result: &str| {
+        let series = format!("causeway_retries_total{{service=\"backend\",result=\"{result}\"}}");
+        let http = http.clone();
+        async move { admin_metric(&http, two.web_admin, &series).await }
+    };
+    assert!(metric("retried").await >= 3.0);
+
+    let post = |len: usize| http.post(&url).body(vec![b'x'; len]).send();
+    let mut failed = 0;
+    for _ in 0..20 {
+        failed += usize::from(post(1000).await?.status() == StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(
+        failed >= 5,
+        "a POST is not retried by default: {failed} of 20 failed"
+    );
+
+    // Half the calls fail their first try: a budget for all of them.
+    two.retry(
+        json!({"retryOn": ["5xx", "HttpMethodPost"], "budget": {"percent": 100}}),
+        |r| r["http"]["methods"] == json!(["POST"]),
+    )
+    .await?;
+    for i in 0..20 {
+        let r = post(20_000).await?;
+        assert_eq!(r.status(), StatusCode::OK, "POST {i}");
+        let v: Value = r.json().await?;
+        assert_eq!(v["bodyBytes"], 20_000, "the body, sent again whole");
+    }
+    let mut failed = 0;
+    for _ in 0..20 {
+        failed += usize::from(post(100_000).await?.status() == StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert!(
+        failed >= 5,
+        "a body over 64 KiB is not retried: {failed} of 20 failed"
+    );
+    assert!(metric("body_not_replayable").await >= 5.0);
+    Ok(())
+}
+
+/// MeshRetry's budget: both instances answer 503, and a policy asks for 3 retries of
+/// each call. The budget (20% of the window's requests, 1 more a second) keeps the
+/// retries to a fifth of the calls, not three times as many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_destination_gets_at_most_its_retry_budget_more_load() -> anyhow::Result<()> {
+    let two = TwoBackends::start().await?;
+    two.retry(
+        json!({"numRetries": 3, "backOff": {"baseInterval": "1ms", "maxInterval": "2ms"},
+               "budget": {"percent": 20, "minRetryConcurrency": 1}}),
+        |r| r["http"]["numRetries"] == 3 && r["budget"]["minRetryConcurrency"] == 1,
+    )
+    .await?;
+    two.set(0, "answer", 503).await?;
+    two.set_second("answer", 503).await?;
+    let http = plain_http();
+    let url = format!("http://127.0.0.1:{}/", two.out);
+    const CALLS: usize = 300;
+    let t0 = Instant::now();
+    for _ in 0..CALLS {
+        assert_eq!(
+            http.get(&url).send().await?.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+    let secs = t0.elapsed().as_secs_f64().ceil();
+    let series =
+        |result: &str| format!("causeway_retries_total{{service=\"backend\",result=\"{result}\"}}");
+    let retried = admin_metric(&http, two.web_admin, &series("retried")).await;
+    let refused = admin_metric(&http, two.web_admin, &series("budget_exhausted")).await;
+    let cap = CALLS as f64 * 0.2 + secs + 1.0;
+    assert!(
+        (30.0..=cap).contains(&retried),
+        "{retried} retries of {CALLS} calls in {secs} s (at most {cap})"
+    );
+    assert!(refused >= CALLS as f64 * 0.5, "{refused} retries refused");
+    Ok(())
+}
+
+/// MeshRetry's per-try timeout: `/slow` answers after 3 s; with tries of 300 ms and
+/// two retries, the call ends in about a second with 504 `per-try-timeout`, after
+/// three tries reached the application (each cancelled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_past_its_per_try_timeout_is_cancelled_and_tried_again() -> anyhow::Result<()> {
+    let SlowService {
+        fx,
+        web_admin,
+        out,
+        http,
+        mut arrived,
+        mut cancelled,
+        _procs,
+    } = SlowService::start(Duration::from_secs(3)).await?;
+    put(&fx.c, "/meshes/default/meshretries/slow", &json!({
+        "type": "MeshRetry", "mesh": "default", "name": "slow",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "slow"},
+                 "default": {"http": {"numRetries": 2, "perTryTimeout": "300ms", "retryOn": ["5xx"]}}}]}})).await?;
+    eventually("the per-try timeout in web's config", WAIT, || async {
+        let cfg = admin_config(&http, web_admin).await?;
+        (cfg["config"]["outbounds"][0]["retry"]["http"]["perTryTimeout"] == "300ms").then_some(())
+    })
+    .await?;
+    let t0 = Instant::now();
+    let r = http
+        .get(format!("http://127.0.0.1:{out}/slow"))
+        .send()
+        .await?;
+    let took = t0.elapsed();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        r.headers()
+            .get("x-causeway-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("per-try-timeout")
+    );
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    for i in 0..3 {
+        tokio::time::timeout(WAIT, arrived.recv())
+            .await
+            .with_context(|| format!("try {i} reaching the application"))?;
+        tokio::time::timeout(WAIT, cancelled.recv())
+            .await
+            .with_context(|| format!("try {i} cancelled"))?;
+    }
+    assert_eq!(
+        admin_metric(
+            &http,
+            web_admin,
+            "causeway_retries_total{service=\"slow\",result=\"retried\"}"
+        )
+        .await,
+        2.0
+    );
     Ok(())
 }

@@ -8,6 +8,7 @@
 mod mesh_circuit_breaker;
 mod mesh_health_check;
 mod mesh_load_balancing_strategy;
+mod mesh_retry;
 mod mesh_timeout;
 mod mesh_traffic_permission;
 
@@ -191,6 +192,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         mesh_health_check::configure(&policies_of(inputs, "MeshHealthCheck"), &proxy, &protocols)?;
     let circuit_breakers =
         mesh_circuit_breaker::configure(&policies_of(inputs, "MeshCircuitBreaker"), &proxy)?;
+    let mut retries = mesh_retry::configure(&policies_of(inputs, "MeshRetry"), &proxy)?;
     let outbounds = spec
         .outbound
         .iter()
@@ -209,6 +211,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 timeouts: timeouts.outbounds[i],
                 health_check: health_checks[i].clone(),
                 circuit_breaker: circuit_breakers[i].clone(),
+                retry: std::mem::take(&mut retries[i]),
             }
         })
         .collect();

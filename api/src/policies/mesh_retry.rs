@@ -75,7 +75,7 @@ pub struct HttpRetry {
     /// Status codes retried when `retryOn` has `RetriableStatusCodes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retriable_status_codes: Option<Vec<u16>>,
-    /// A cap on concurrent retries, so retries cannot multiply an overload.
+    /// A cap on retries, so retries cannot multiply an overload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
 }
@@ -128,11 +128,14 @@ pub struct BackOff {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[derive(Default)]
 pub struct RetryBudget {
-    /// Retries may be at most this share of active requests, 0 to 100. Built-in
+    /// Retries may be at most this share of the destination's requests over the last
+    /// 10 seconds (Linkerd's budget: a burst from one broken connection is retried,
+    /// a dead destination gets at most this much extra load), 0 to 100. Built-in
     /// default 20.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percent: Option<Percent>,
-    /// Retries always allowed at once, whatever the share. Built-in default 3.
+    /// Retries always allowed at once, whatever the share (so a quiet destination can
+    /// be retried at all). Built-in default 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_retry_concurrency: Option<u32>,
 }

@@ -45,6 +45,7 @@ fn outbound(port: u16, timeouts: Timeouts) -> OutboundListener {
         timeouts,
         health_check: None,
         circuit_breaker: None,
+        retry: Default::default(),
     }
 }
 

@@ -3,11 +3,12 @@
 //! limits and no outlier detection beyond the passive ejection of endpoints that refuse
 //! connections, which always applies.
 //!
-//! What is applied: `maxRequests` (HTTP) and `maxConnections` (TCP), and the
+//! What is applied: `maxRequests` (HTTP), `maxConnections` (TCP) and `maxRetries`
+//! (retries in flight), and the
 //! consecutive detectors (`totalFailures`, `gatewayFailures`, `localOriginFailures`)
 //! with `baseEjectionTime` and `maxEjectionPercent`. An `outlierDetection` without
 //! detectors ejects after 5 consecutive 5xx, as Envoy's. The rest (inbound limits,
-//! `maxPendingRequests`, `maxRetries`, `interval` and the interval-based detectors) is
+//! `maxPendingRequests`, `interval` and the interval-based detectors) is
 //! listed as not enforced in the registry, so writing it warns.
 //!
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`].
@@ -64,6 +65,7 @@ fn over_defaults(conf: &CircuitBreakerConf) -> CircuitBreaker {
     CircuitBreaker {
         max_requests: limits.max_requests,
         max_connections: limits.max_connections,
+        max_retries: limits.max_retries,
         outlier_detection,
     }
 }
