@@ -105,8 +105,8 @@ pub use policies::mesh_rate_limit::{
     ResponseHeaders, TcpRateLimit,
 };
 pub use policies::mesh_retry::{
-    BackOff, GrpcRetry, GrpcRetryOn, HttpRetry, HttpRetryOn, MeshRetrySpec, RetryBudget, RetryConf,
-    TcpRetry,
+    BackOff, GrpcRetry, GrpcRetryOn, HttpRetry, HttpRetryOn, MeshRetrySpec, RateLimitedBackOff,
+    ResetHeader, ResetHeaderFormat, RetryBudget, RetryConf, TcpRetry,
 };
 pub use policies::mesh_tcp_route::TcpRouteTo;
 pub use policies::mesh_tcp_route::{MeshTcpRouteSpec, TcpRouteConf};

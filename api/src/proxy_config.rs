@@ -169,6 +169,37 @@ pub struct HttpRetryPolicy {
     /// idempotent ones (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<String>,
+    /// Answers with a header matching one of these are retried too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_response_headers: Vec<crate::HeaderMatch>,
+    /// When not empty, only requests with a header matching one of these are retried.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retriable_request_headers: Vec<crate::HeaderMatch>,
+    /// The pause before retrying a 429 or 503 answer, from its headers.
+    #[serde(default = "RateLimitedBackOffPolicy::default_policy")]
+    pub rate_limited_back_off: RateLimitedBackOffPolicy,
+}
+
+/// The pause a 429 or 503 answer asks for: the first of `resetHeaders` it has that
+/// reads, at most `maxInterval`; the exponential backoff when it has none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitedBackOffPolicy {
+    pub reset_headers: Vec<crate::ResetHeader>,
+    pub max_interval: Duration,
+}
+
+impl RateLimitedBackOffPolicy {
+    /// `Retry-After` (seconds, or an HTTP date), at most 300s.
+    pub fn default_policy() -> RateLimitedBackOffPolicy {
+        RateLimitedBackOffPolicy {
+            reset_headers: vec![crate::ResetHeader {
+                name: "retry-after".into(),
+                format: crate::ResetHeaderFormat::Seconds,
+            }],
+            max_interval: Duration::from_secs(300),
+        }
+    }
 }
 
 /// gRPC retries.
@@ -225,6 +256,9 @@ impl Retry {
                     crate::HttpRetryOn::ConnectFailure,
                 ],
                 methods: Vec::new(),
+                retriable_response_headers: Vec::new(),
+                retriable_request_headers: Vec::new(),
+                rate_limited_back_off: RateLimitedBackOffPolicy::default_policy(),
             },
             grpc: GrpcRetryPolicy {
                 num_retries: 1,

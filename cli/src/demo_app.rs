@@ -4,12 +4,14 @@
 //! the app's health status (200 unless set otherwise), which `POST /healthz/{status}`
 //! changes, so tests can make an instance fail its health checks while it serves; and
 //! `POST /answer/{status}` sets the status every other request is answered with (200
-//! at first), so tests can make an instance fail its calls.
+//! at first), and with `?header=name:value` a header added to those answers, so tests
+//! can make an instance fail its calls (or ask for a retry).
 
 use std::net::SocketAddr;
 
 use axum::Json;
 use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue};
 use serde_json::{Value, json};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -44,6 +46,14 @@ struct App {
     call: Option<(reqwest::Client, String)>,
     healthz: std::sync::Arc<std::sync::atomic::AtomicU16>,
     answer: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    /// A header added to every answer but `/healthz`'s.
+    answer_header: std::sync::Arc<std::sync::Mutex<Option<(HeaderName, HeaderValue)>>>,
+}
+
+#[derive(serde::Deserialize)]
+struct AnswerQuery {
+    /// `name:value`.
+    header: Option<String>,
 }
 
 pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
@@ -80,6 +90,7 @@ pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
             call,
             healthz,
             answer: std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200)),
+            answer_header: std::sync::Arc::default(),
         });
     axum::serve(listener, app).await?;
     Ok(())
@@ -100,7 +111,22 @@ async fn set_healthz_status(
 async fn set_answer_status(
     State(app): State<App>,
     axum::extract::Path(status): axum::extract::Path<u16>,
+    axum::extract::Query(q): axum::extract::Query<AnswerQuery>,
 ) -> axum::http::StatusCode {
+    let header = match q.header.as_deref().map(|h| h.split_once(':')) {
+        None => None,
+        Some(Some((name, value))) => {
+            match (
+                HeaderName::try_from(name.trim()),
+                HeaderValue::try_from(value.trim()),
+            ) {
+                (Ok(n), Ok(v)) => Some((n, v)),
+                _ => return axum::http::StatusCode::BAD_REQUEST,
+            }
+        }
+        Some(None) => return axum::http::StatusCode::BAD_REQUEST,
+    };
+    *app.answer_header.lock().expect("answer header lock") = header;
     set_status(&app.answer, status)
 }
 
@@ -112,7 +138,21 @@ fn set_status(to: &std::sync::atomic::AtomicU16, status: u16) -> axum::http::Sta
     axum::http::StatusCode::NO_CONTENT
 }
 
-async fn echo(State(app): State<App>, req: Request) -> (axum::http::StatusCode, Json<Value>) {
+async fn echo(State(app): State<App>, req: Request) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let header = app
+        .answer_header
+        .lock()
+        .expect("answer header lock")
+        .clone();
+    let mut r = answer(app, req).await.into_response();
+    if let Some((name, value)) = header {
+        r.headers_mut().insert(name, value);
+    }
+    r
+}
+
+async fn answer(app: App, req: Request) -> (axum::http::StatusCode, Json<Value>) {
     let peer = req
         .headers()
         .get("x-causeway-peer")

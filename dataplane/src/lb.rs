@@ -16,7 +16,7 @@ use causeway_api::proxy_config::{
 
 use crate::http::Pool;
 use crate::outlier::{Admitted, Limit, Outcome, Streaks, ejection_time, may_eject};
-use crate::retry::Budget;
+use crate::retry::{Budget, HeaderRules};
 
 /// How fast peak-EWMA forgets (linkerd2-proxy's default decay).
 const EWMA_DECAY: Duration = Duration::from_secs(10);
@@ -147,6 +147,8 @@ pub(crate) struct Balancer {
     retries: Option<Limit>,
     /// MeshRetry's budget for requests to this destination.
     retry_budget: Arc<Budget>,
+    /// MeshRetry's retriable request and response headers, compiled.
+    retry_headers: HeaderRules,
 }
 
 impl Balancer {
@@ -190,6 +192,7 @@ impl Balancer {
             connections: None,
             retries: None,
             retry_budget: Arc::new(Budget::new(Retry::default_policy().budget)),
+            retry_headers: HeaderRules::default(),
         }
     }
 
@@ -201,6 +204,16 @@ impl Balancer {
 
     pub(crate) fn retry_budget(&self) -> Arc<Budget> {
         self.retry_budget.clone()
+    }
+
+    /// Sets the retriable headers (compiled from the config).
+    pub(crate) fn with_retry_headers(mut self, headers: HeaderRules) -> Balancer {
+        self.retry_headers = headers;
+        self
+    }
+
+    pub(crate) fn retry_headers(&self) -> &HeaderRules {
+        &self.retry_headers
     }
 
     /// Applies a MeshCircuitBreaker: caps and outlier detection. The caps count from

@@ -348,6 +348,7 @@ fn new_balancer(ob: &OutboundListener, old: Option<&Balancer>) -> Balancer {
         .filter(|budget| budget.policy() == ob.retry.budget)
         .unwrap_or_else(|| Arc::new(retry::Budget::new(ob.retry.budget)));
     b.with_retry_budget(budget)
+        .with_retry_headers(retry::HeaderRules::new(&ob.retry.http))
 }
 
 // === listeners ===
@@ -922,9 +923,10 @@ async fn outbound_exchange(
         service: ob.service.clone(),
         max,
     })?;
-    let policy = retry::Policy::of(&ob.retry, is_grpc(req.headers()));
+    let policy = retry::Policy::of(&ob.retry, b.retry_headers(), is_grpc(req.headers()));
+    let retries = policy.num_retries(req.headers());
     let mut tried = Vec::new();
-    if policy.num_retries() == 0 {
+    if retries == 0 {
         return send_once(proxy, cfg, ob, &b, req, probe, &mut tried, None)
             .await
             .map_err(TryFailure::error);
@@ -968,7 +970,8 @@ async fn outbound_exchange(
             Err(TryFailure::NotSent(..)) => return result.map_err(TryFailure::error),
             Err(TryFailure::Failed(_, outcome)) => *outcome,
         };
-        if n >= policy.num_retries() || !policy.retries(&method, outcome) {
+        let answer_headers = result.as_ref().ok().map(http::Response::headers);
+        if n >= retries || !policy.retries(&method, outcome, answer_headers) {
             return result.map_err(TryFailure::error);
         }
         let (result, unsent) = match result {

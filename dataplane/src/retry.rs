@@ -11,9 +11,12 @@
 //!   timed out may have been done. Nothing-sent failures are retried whatever the
 //!   method. gRPC calls are retried on the `grpc-status` of a trailers-only answer, and
 //!   a local failure counts as UNAVAILABLE (the caller would see it so).
-//! - Pauses: full jitter over `min(base * 2^(n-1), max)`; a 429 or 503 answer's
-//!   `Retry-After` (seconds or an HTTP date) replaces it. A pause that would end past
-//!   the request's deadline is not taken: the caller gets the failure at once.
+//! - Retriable response headers retry an answer whatever its status; retriable request
+//!   headers, when set, limit retries to the requests that have one.
+//! - Pauses: full jitter over `min(base * 2^(n-1), max)`; a 429 or 503 answer's reset
+//!   header (`Retry-After` by default: seconds or an HTTP date) replaces it. A pause that
+//!   would end past the request's deadline is not taken: the caller gets the failure at
+//!   once.
 //! - The budget ([`Budget`]) is Linkerd's: retries over the last 10 seconds may be at
 //!   most `percent` of that window's requests. A burst of failures from one broken
 //!   connection is retried in full; a destination that fails everything gets at most
@@ -25,8 +28,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use causeway_api::proxy_config::{BackOffPolicy, Retry, RetryBudgetPolicy};
-use causeway_api::{GrpcRetryOn, HttpRetryOn};
+use causeway_api::proxy_config::{
+    BackOffPolicy, HttpRetryPolicy, RateLimitedBackOffPolicy, Retry, RetryBudgetPolicy,
+};
+use causeway_api::{GrpcRetryOn, HeaderMatch, HeaderMatchType, HttpRetryOn, ResetHeaderFormat};
 
 /// How one try ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +52,85 @@ pub(crate) enum Outcome {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Policy<'a> {
     config: &'a Retry,
+    headers: &'a HeaderRules,
     grpc: bool,
+}
+
+/// One header condition, compiled.
+#[derive(Debug)]
+struct HeaderMatcher {
+    name: http::HeaderName,
+    test: HeaderTest,
+}
+
+#[derive(Debug)]
+enum HeaderTest {
+    Exact(String),
+    Prefix(String),
+    /// Matches the whole value.
+    Regex(regex::Regex),
+    Present,
+    Absent,
+}
+
+impl HeaderMatcher {
+    /// `None` for a condition that cannot be compiled (the API refuses those).
+    fn new(m: &HeaderMatch) -> Option<HeaderMatcher> {
+        let name = http::HeaderName::from_bytes(m.name.as_bytes()).ok()?;
+        let value = || m.value.clone().unwrap_or_default();
+        let test = match m.kind {
+            HeaderMatchType::Exact => HeaderTest::Exact(value()),
+            HeaderMatchType::Prefix => HeaderTest::Prefix(value()),
+            HeaderMatchType::RegularExpression => {
+                HeaderTest::Regex(regex::Regex::new(&format!("^(?:{})$", value())).ok()?)
+            }
+            HeaderMatchType::Present => HeaderTest::Present,
+            HeaderMatchType::Absent => HeaderTest::Absent,
+        };
+        Some(HeaderMatcher { name, test })
+    }
+
+    /// Whether `headers` meet it: any of the header's values, for the value tests.
+    fn matches(&self, headers: &http::HeaderMap) -> bool {
+        let mut values = headers
+            .get_all(&self.name)
+            .iter()
+            .filter_map(|v| v.to_str().ok());
+        match &self.test {
+            HeaderTest::Present => headers.contains_key(&self.name),
+            HeaderTest::Absent => !headers.contains_key(&self.name),
+            HeaderTest::Exact(want) => values.any(|v| v == want),
+            HeaderTest::Prefix(p) => values.any(|v| v.starts_with(p.as_str())),
+            HeaderTest::Regex(re) => values.any(|v| re.is_match(v)),
+        }
+    }
+}
+
+/// A destination's retriable request and response headers, compiled once per config.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderRules {
+    request: Vec<HeaderMatcher>,
+    response: Vec<HeaderMatcher>,
+}
+
+impl HeaderRules {
+    pub(crate) fn new(http: &HttpRetryPolicy) -> HeaderRules {
+        let compile = |ms: &[HeaderMatch]| {
+            ms.iter()
+                .filter_map(|m| {
+                    let c = HeaderMatcher::new(m);
+                    if c.is_none() {
+                        tracing::warn!(header = %m.name, "a retriable header condition that does not compile is ignored");
+                    }
+                    c
+                })
+                .collect()
+        };
+        HeaderRules {
+            request: compile(&http.retriable_request_headers),
+            response: compile(&http.retriable_response_headers),
+        }
+    }
 }
 
 /// gRPC status codes (`grpc-status`) the policy can name.
@@ -78,17 +161,27 @@ fn idempotent(method: &http::Method) -> bool {
 }
 
 impl<'a> Policy<'a> {
-    /// The settings for a request: gRPC's for a gRPC call, HTTP's otherwise.
-    pub(crate) fn of(config: &'a Retry, grpc: bool) -> Policy<'a> {
-        Policy { config, grpc }
+    /// The settings for a request: gRPC's for a gRPC call, HTTP's otherwise, with the
+    /// destination's header rules (compiled from `config`).
+    pub(crate) fn of(config: &'a Retry, headers: &'a HeaderRules, grpc: bool) -> Policy<'a> {
+        Policy {
+            config,
+            headers,
+            grpc,
+        }
     }
 
-    pub(crate) fn num_retries(&self) -> u32 {
+    /// The retries a request with `request_headers` may have: none when the policy
+    /// names retriable request headers and it has none of them.
+    pub(crate) fn num_retries(&self, request_headers: &http::HeaderMap) -> u32 {
         if self.grpc {
-            self.config.grpc.num_retries
-        } else {
-            self.config.http.num_retries
+            return self.config.grpc.num_retries;
         }
+        let rules = &self.headers.request;
+        if !rules.is_empty() && !rules.iter().any(|m| m.matches(request_headers)) {
+            return 0;
+        }
+        self.config.http.num_retries
     }
 
     /// Each try's timeout, if any.
@@ -109,8 +202,14 @@ impl<'a> Policy<'a> {
         }
     }
 
-    /// Whether a try of a `method` request that ended with `outcome` is retried.
-    pub(crate) fn retries(&self, method: &http::Method, outcome: Outcome) -> bool {
+    /// Whether a try of a `method` request that ended with `outcome` (and, when
+    /// answered, `response` headers) is retried.
+    pub(crate) fn retries(
+        &self,
+        method: &http::Method,
+        outcome: Outcome,
+        response: Option<&http::HeaderMap>,
+    ) -> bool {
         if self.grpc {
             let code = match outcome {
                 Outcome::Answered {
@@ -137,15 +236,18 @@ impl<'a> Policy<'a> {
         } else {
             http.methods.iter().any(|m| m == method.as_str())
         };
+        let by_header =
+            response.is_some_and(|h| self.headers.response.iter().any(|m| m.matches(h)));
         method_ok
-            && http
-                .retry_on
-                .iter()
-                .any(|on| matches_condition(*on, outcome))
+            && (by_header
+                || http
+                    .retry_on
+                    .iter()
+                    .any(|on| matches_condition(*on, outcome)))
     }
 
     /// The pause before retry `n` (1 for the first), with `random` in [0, 1): the
-    /// answer's `Retry-After` when it is a 429 or 503 that has one, else the backoff.
+    /// pause a 429 or 503 answer asks for in its reset headers, else the backoff.
     pub(crate) fn pause(
         &self,
         n: u32,
@@ -153,8 +255,10 @@ impl<'a> Policy<'a> {
         answer: Option<(u16, &http::HeaderMap)>,
         now: SystemTime,
     ) -> Duration {
-        if let Some((429 | 503, headers)) = answer
-            && let Some(after) = retry_after(headers, now)
+        if !self.grpc
+            && let Some((429 | 503, headers)) = answer
+            && let Some(after) =
+                rate_limited_pause(&self.config.http.rate_limited_back_off, headers, now)
         {
             return after;
         }
@@ -198,23 +302,29 @@ pub(crate) fn back_off(policy: BackOffPolicy, n: u32, random: f64) -> Duration {
     ceiling.mul_f64(random.clamp(0.0, 1.0))
 }
 
-/// The pause a `Retry-After` header asks for: seconds, or an HTTP date after `now`.
-/// Capped at an hour; `None` when absent or unreadable.
-pub(crate) fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
-    const CAP: Duration = Duration::from_secs(3600);
-    let v = headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
-    let d = match v.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => httpdate::parse_http_date(v)
-            .ok()?
-            .duration_since(now)
-            .unwrap_or(Duration::ZERO),
-    };
-    Some(d.min(CAP))
+/// The pause a rate-limited answer asks for: the first of the policy's reset headers
+/// that it has and that reads (seconds to wait, an HTTP date, or a Unix time), at most
+/// the policy's `maxInterval`; `None` when none does.
+pub(crate) fn rate_limited_pause(
+    policy: &RateLimitedBackOffPolicy,
+    headers: &http::HeaderMap,
+    now: SystemTime,
+) -> Option<Duration> {
+    let pause = policy.reset_headers.iter().find_map(|h| {
+        let v = headers.get(h.name.as_str())?.to_str().ok()?.trim();
+        let at = |t: SystemTime| t.duration_since(now).unwrap_or(Duration::ZERO);
+        match h.format {
+            ResetHeaderFormat::Seconds => match v.parse::<u64>() {
+                Ok(secs) => Some(Duration::from_secs(secs)),
+                Err(_) => httpdate::parse_http_date(v).ok().map(at),
+            },
+            ResetHeaderFormat::UnixTimestamp => {
+                let secs = v.parse::<u64>().ok()?;
+                Some(at(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)))
+            }
+        }
+    })?;
+    Some(pause.min(policy.max_interval.as_std()))
 }
 
 /// How long the budget remembers requests and retries.

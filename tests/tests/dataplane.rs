@@ -1655,3 +1655,51 @@ async fn a_try_past_its_per_try_timeout_is_cancelled_and_tried_again() -> anyhow
     );
     Ok(())
 }
+
+/// MeshRetry's header rules and rate-limited backoff: backend-2 answers 200 with
+/// `x-state: busy`. Without a rule its answers reach the caller; with a
+/// `retriableResponseHeaders` rule that matches, each is retried on backend-1. Then
+/// backend-2 answers 503 with `Retry-After: 1`: a call it fails is retried after that
+/// second (the backoff alone would be 25 ms at most).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retriable_response_header_and_a_retry_after_are_honoured() -> anyhow::Result<()> {
+    let two = TwoBackends::start().await?;
+    let http = plain_http();
+    let answer = |status: u16, header: &str| {
+        let url = format!("http://{}/answer/{status}?header={header}", two.apps[1]);
+        let http = http.clone();
+        async move {
+            let r = http.post(url).send().await?;
+            anyhow::ensure!(r.status().is_success(), "{}", r.status());
+            anyhow::Ok(())
+        }
+    };
+    answer(200, "x-state:busy").await?;
+    let both = instances(&["backend-1", "backend-2"]);
+    assert_eq!(two.answering().await.context("calls")?, both);
+
+    two.retry(
+        json!({"retriableResponseHeaders": [{"name": "x-state", "type": "RegularExpression", "value": "busy|later"}],
+               "budget": {"percent": 100}}),
+        |r| r["http"]["retriableResponseHeaders"][0]["name"] == "x-state",
+    )
+    .await?;
+    assert_eq!(
+        two.answering().await.context("calls")?,
+        instances(&["backend-1"])
+    );
+
+    answer(503, "retry-after:1").await?;
+    let url = format!("http://127.0.0.1:{}/", two.out);
+    let mut waited = 0;
+    for i in 0..4 {
+        let t0 = Instant::now();
+        let r = http.get(&url).send().await?;
+        let took = t0.elapsed();
+        assert_eq!(r.status(), StatusCode::OK, "call {i}");
+        assert!(took < Duration::from_secs(3), "call {i} took {took:?}");
+        waited += usize::from(took >= Duration::from_secs(1));
+    }
+    assert!(waited >= 1, "no call waited for Retry-After");
+    Ok(())
+}

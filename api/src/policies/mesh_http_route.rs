@@ -132,8 +132,8 @@ pub enum Method {
     Patch,
 }
 
-/// A condition on one request header.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// A condition on one header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HeaderMatch {
     /// `Exact`, `Prefix`, `RegularExpression`, `Present` or `Absent`. Default `Exact`.
@@ -616,6 +616,38 @@ fn check_filter(errors: &mut Errors, path: &str, f: &HttpFilter) {
     }
 }
 
+/// Checks one header condition at `path`: its name, a value exactly when its type needs
+/// one, and a regular expression that compiles.
+pub(crate) fn check_header_match(errors: &mut Errors, path: &str, h: &HeaderMatch) {
+    errors.check(at(path, "name"), check_header_name(&h.name));
+    match (h.kind, &h.value) {
+        (HeaderMatchType::Present | HeaderMatchType::Absent, Some(_)) => {
+            errors.push(
+                at(path, "value"),
+                format!("must not be set for type {:?}", h.kind),
+            );
+        }
+        (
+            HeaderMatchType::Exact | HeaderMatchType::Prefix | HeaderMatchType::RegularExpression,
+            None,
+        ) => {
+            errors.push(
+                at(path, "value"),
+                format!("is required for type {:?}", h.kind),
+            );
+        }
+        (HeaderMatchType::RegularExpression, Some(re)) => {
+            if let Err(e) = regex::Regex::new(re) {
+                errors.push(
+                    at(path, "value"),
+                    format!("not a valid regular expression: {e}"),
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
 fn check_match(errors: &mut Errors, path: &str, m: &HttpRouteMatch) {
     if let Some(p) = &m.path {
         let field = at(&at(path, "path"), "value");
@@ -627,28 +659,7 @@ fn check_match(errors: &mut Errors, path: &str, m: &HttpRouteMatch) {
         }
     }
     for (i, h) in m.headers.iter().enumerate() {
-        let path = idx(&at(path, "headers"), i);
-        errors.check(at(&path, "name"), check_header_name(&h.name));
-        match (h.kind, &h.value) {
-            (HeaderMatchType::Present | HeaderMatchType::Absent, Some(_)) => {
-                errors.push(
-                    at(&path, "value"),
-                    format!("must not be set for type {:?}", h.kind),
-                );
-            }
-            (
-                HeaderMatchType::Exact
-                | HeaderMatchType::Prefix
-                | HeaderMatchType::RegularExpression,
-                None,
-            ) => {
-                errors.push(
-                    at(&path, "value"),
-                    format!("is required for type {:?}", h.kind),
-                );
-            }
-            _ => {}
-        }
+        check_header_match(errors, &idx(&at(path, "headers"), i), h);
     }
     for (i, q) in m.query_params.iter().enumerate() {
         errors.non_empty(at(&idx(&at(path, "queryParams"), i), "name"), &q.name);

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Duration;
 use crate::percent::Percent;
-use crate::spec::{Errors, Spec, at, check_status, idx};
+use crate::policies::mesh_http_route::{HeaderMatch, check_header_match};
+use crate::spec::{Errors, Spec, at, check_header_name, check_status, idx};
 use crate::target_ref::{Conf, PolicyItem, Sections, TO_ROUTE_KINDS, TargetRef, check_policy};
 
 /// The spec of a `MeshRetry`.
@@ -78,6 +79,48 @@ pub struct HttpRetry {
     /// A cap on retries, so retries cannot multiply an overload.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<RetryBudget>,
+    /// The pause before retrying a rate-limited answer (429 or 503), from headers it
+    /// carries. Default: `Retry-After`, at most 300s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited_back_off: Option<RateLimitedBackOff>,
+    /// Answers with a header that matches one of these are retried too, whatever their
+    /// status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retriable_response_headers: Option<Vec<HeaderMatch>>,
+    /// When set, only requests with a header that matches one of these are retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retriable_request_headers: Option<Vec<HeaderMatch>>,
+}
+
+/// The pause a rate-limited answer asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RateLimitedBackOff {
+    /// The headers read, in order; the first readable one gives the pause.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reset_headers: Option<Vec<ResetHeader>>,
+    /// The longest pause taken, more than 0s and at most 1h. Default `300s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_interval: Option<Duration>,
+}
+
+/// A header that says when to retry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ResetHeader {
+    /// The header's name.
+    pub name: String,
+    /// `Seconds` (to wait; an HTTP date is read too) or `UnixTimestamp` (when).
+    pub format: ResetHeaderFormat,
+}
+
+/// How a reset header's value reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ResetHeaderFormat {
+    /// Seconds to wait (or, as `Retry-After` allows, an HTTP date).
+    Seconds,
+    /// The time to retry at, in seconds since the Unix epoch.
+    UnixTimestamp,
 }
 
 /// gRPC retries.
@@ -344,6 +387,24 @@ impl Conf for RetryConf {
                     "is required when retryOn has RetriableStatusCodes",
                 );
             }
+            if let Some(b) = &http.rate_limited_back_off {
+                let path = at(&path, "rateLimitedBackOff");
+                errors.positive_duration(at(&path, "maxInterval"), b.max_interval, hour);
+                for (i, h) in b.reset_headers.iter().flatten().enumerate() {
+                    errors.check(
+                        at(&idx(&at(&path, "resetHeaders"), i), "name"),
+                        check_header_name(&h.name),
+                    );
+                }
+            }
+            for (field, matches) in [
+                ("retriableResponseHeaders", &http.retriable_response_headers),
+                ("retriableRequestHeaders", &http.retriable_request_headers),
+            ] {
+                for (i, m) in matches.iter().flatten().enumerate() {
+                    check_header_match(errors, &idx(&at(&path, field), i), m);
+                }
+            }
             if let Some(budget) = &http.budget {
                 errors.percent(
                     at(&at(&path, "budget"), "percent"),
@@ -403,6 +464,12 @@ mod tests {
                                    "budget": {"percent": "20%", "minRetryConcurrency": 3}},
                           "grpc": {"numRetries": 2, "retryOn": ["Unavailable", "DeadlineExceeded"]},
                           "tcp": {"maxConnectAttempt": 3}}),
+                ),
+                // Kuma's header conditions and rate-limited backoff.
+                to(
+                    json!({"http": {"retriableResponseHeaders": [{"name": "x-retry", "type": "Present"}, {"name": "x-state", "type": "RegularExpression", "value": "busy|later"}],
+                                   "retriableRequestHeaders": [{"name": "x-idempotent", "value": "true"}],
+                                   "rateLimitedBackOff": {"resetHeaders": [{"name": "Retry-After", "format": "Seconds"}, {"name": "x-ratelimit-reset", "format": "UnixTimestamp"}], "maxInterval": "10s"}}}),
                 ),
                 // Kuma's conditions: 5XX, status codes as strings, request methods, Canceled.
                 to(
@@ -470,6 +537,30 @@ mod tests {
                         (
                             "spec.to[0].default.tcp.maxConnectAttempt",
                             "must be between 1 and 20 (got 0)",
+                        ),
+                    ],
+                ),
+                (
+                    to(
+                        json!({"http": {"retriableResponseHeaders": [{"name": "x-state", "type": "RegularExpression", "value": "(busy"}, {"name": "x-retry", "type": "Present", "value": "1"}],
+                                       "rateLimitedBackOff": {"resetHeaders": [{"name": "bad name", "format": "Seconds"}], "maxInterval": "0s"}}}),
+                    ),
+                    &[
+                        (
+                            "spec.to[0].default.http.rateLimitedBackOff.maxInterval",
+                            "must be more than 0s",
+                        ),
+                        (
+                            "spec.to[0].default.http.rateLimitedBackOff.resetHeaders[0].name",
+                            "",
+                        ),
+                        (
+                            "spec.to[0].default.http.retriableResponseHeaders[0].value",
+                            "not a valid regular expression",
+                        ),
+                        (
+                            "spec.to[0].default.http.retriableResponseHeaders[1].value",
+                            "must not be set for type Present",
                         ),
                     ],
                 ),

@@ -5,6 +5,9 @@ use causeway_api::{GrpcRetryOn, HttpRetryOn};
 
 use super::*;
 
+static NO_HEADERS: std::sync::LazyLock<HeaderRules> =
+    std::sync::LazyLock::new(HeaderRules::default);
+
 fn answered(status: u16) -> Outcome {
     Outcome::Answered { status, grpc: None }
 }
@@ -12,25 +15,25 @@ fn answered(status: u16) -> Outcome {
 #[test]
 fn defaults_retry_5xx_resets_and_connect_failures_of_idempotent_requests() {
     let config = Retry::default_policy();
-    let p = Policy::of(&config, false);
+    let p = Policy::of(&config, &NO_HEADERS, false);
     let get = http::Method::GET;
     let post = http::Method::POST;
-    assert_eq!(p.num_retries(), 1);
+    assert_eq!(p.num_retries(&http::HeaderMap::new()), 1);
     for o in [
         answered(500),
         answered(503),
         Outcome::Reset,
         Outcome::ConnectFailure,
     ] {
-        assert!(p.retries(&get, o), "{o:?}");
+        assert!(p.retries(&get, o, None), "{o:?}");
     }
     for o in [answered(200), answered(404), answered(429), answered(409)] {
-        assert!(!p.retries(&get, o), "{o:?}");
+        assert!(!p.retries(&get, o, None), "{o:?}");
     }
     // A POST that may have been processed is not sent twice; one never sent is.
-    assert!(!p.retries(&post, answered(503)));
-    assert!(!p.retries(&post, Outcome::Reset));
-    assert!(p.retries(&post, Outcome::ConnectFailure));
+    assert!(!p.retries(&post, answered(503), None));
+    assert!(!p.retries(&post, Outcome::Reset, None));
+    assert!(p.retries(&post, Outcome::ConnectFailure, None));
 }
 
 #[test]
@@ -42,7 +45,7 @@ fn listed_conditions_codes_and_methods() {
         HttpRetryOn::Retriable4xx,
     ];
     config.http.methods = vec!["POST".into()];
-    let p = Policy::of(&config, false);
+    let p = Policy::of(&config, &NO_HEADERS, false);
     let post = http::Method::POST;
     for o in [
         answered(502),
@@ -51,40 +54,46 @@ fn listed_conditions_codes_and_methods() {
         answered(409),
         Outcome::PerTryTimeout,
     ] {
-        assert!(p.retries(&post, o), "{o:?}");
+        assert!(p.retries(&post, o, None), "{o:?}");
     }
-    assert!(!p.retries(&post, answered(500)));
+    assert!(!p.retries(&post, answered(500), None));
     // Methods listed: only those are retried, on every condition.
-    assert!(!p.retries(&http::Method::GET, answered(502)));
+    assert!(!p.retries(&http::Method::GET, answered(502), None));
     config.http.retry_on = vec![HttpRetryOn::ConnectFailure];
-    let p = Policy::of(&config, false);
-    assert!(!p.retries(&post, Outcome::Reset));
-    assert!(!p.retries(&post, answered(503)));
-    assert!(p.retries(&post, Outcome::ConnectFailure));
+    let p = Policy::of(&config, &NO_HEADERS, false);
+    assert!(!p.retries(&post, Outcome::Reset, None));
+    assert!(!p.retries(&post, answered(503), None));
+    assert!(p.retries(&post, Outcome::ConnectFailure, None));
 }
 
 #[test]
 fn grpc_calls_retry_on_the_listed_status_codes() {
     let mut config = Retry::default_policy();
-    let p = Policy::of(&config, true);
+    let p = Policy::of(&config, &NO_HEADERS, true);
     let post = http::Method::POST;
     let grpc = |code| Outcome::Answered {
         status: 200,
         grpc: Some(code),
     };
-    assert!(p.retries(&post, grpc(14)), "UNAVAILABLE by default");
-    assert!(p.retries(&post, Outcome::Reset), "a reset is UNAVAILABLE");
-    assert!(!p.retries(&post, grpc(13)));
-    assert!(!p.retries(&post, grpc(0)));
-    assert!(!p.retries(&post, answered(200)), "no status in the head");
+    assert!(p.retries(&post, grpc(14), None), "UNAVAILABLE by default");
+    assert!(
+        p.retries(&post, Outcome::Reset, None),
+        "a reset is UNAVAILABLE"
+    );
+    assert!(!p.retries(&post, grpc(13), None));
+    assert!(!p.retries(&post, grpc(0), None));
+    assert!(
+        !p.retries(&post, answered(200), None),
+        "no status in the head"
+    );
     config.grpc.retry_on = vec![
         GrpcRetryOn::ResourceExhausted,
         GrpcRetryOn::DeadlineExceeded,
     ];
-    let p = Policy::of(&config, true);
-    assert!(p.retries(&post, grpc(8)));
-    assert!(p.retries(&post, Outcome::PerTryTimeout));
-    assert!(!p.retries(&post, grpc(14)));
+    let p = Policy::of(&config, &NO_HEADERS, true);
+    assert!(p.retries(&post, grpc(8), None));
+    assert!(p.retries(&post, Outcome::PerTryTimeout, None));
+    assert!(!p.retries(&post, grpc(14), None));
 }
 
 #[test]
@@ -103,32 +112,120 @@ fn back_off_grows_to_its_cap_with_full_jitter() {
 }
 
 #[test]
-fn retry_after_in_seconds_or_as_a_date_replaces_the_back_off_on_429_and_503() {
+fn a_rate_limited_answer_waits_as_its_reset_header_says_up_to_the_cap() {
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let mut h = http::HeaderMap::new();
-    h.insert(http::header::RETRY_AFTER, "2".parse().unwrap());
-    assert_eq!(retry_after(&h, now), Some(Duration::from_secs(2)));
-    let later = httpdate::fmt_http_date(now + Duration::from_secs(7));
-    let mut dated = http::HeaderMap::new();
-    dated.insert(http::header::RETRY_AFTER, later.parse().unwrap());
-    assert_eq!(retry_after(&dated, now), Some(Duration::from_secs(7)));
-    let mut bad = http::HeaderMap::new();
-    bad.insert(http::header::RETRY_AFTER, "soon".parse().unwrap());
-    assert_eq!(retry_after(&bad, now), None);
+    let headers = |pairs: &[(&str, String)]| {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    };
+    let default = RateLimitedBackOffPolicy::default_policy();
+    let secs = headers(&[("retry-after", "2".into())]);
+    assert_eq!(
+        rate_limited_pause(&default, &secs, now),
+        Some(Duration::from_secs(2))
+    );
+    let date = headers(&[(
+        "retry-after",
+        httpdate::fmt_http_date(now + Duration::from_secs(7)),
+    )]);
+    assert_eq!(
+        rate_limited_pause(&default, &date, now),
+        Some(Duration::from_secs(7))
+    );
+    let long = headers(&[("retry-after", "86400".into())]);
+    assert_eq!(
+        rate_limited_pause(&default, &long, now),
+        Some(Duration::from_secs(300))
+    );
+    let bad = headers(&[("retry-after", "soon".into())]);
+    assert_eq!(rate_limited_pause(&default, &bad, now), None);
+    // The policy's own headers, in order: a Unix time.
+    let own = RateLimitedBackOffPolicy {
+        reset_headers: vec![
+            causeway_api::ResetHeader {
+                name: "x-ratelimit-reset".into(),
+                format: ResetHeaderFormat::UnixTimestamp,
+            },
+            causeway_api::ResetHeader {
+                name: "retry-after".into(),
+                format: ResetHeaderFormat::Seconds,
+            },
+        ],
+        max_interval: causeway_api::Duration::from_secs(60),
+    };
+    let reset = headers(&[
+        ("x-ratelimit-reset", "1700000004".into()),
+        ("retry-after", "9".into()),
+    ]);
+    assert_eq!(
+        rate_limited_pause(&own, &reset, now),
+        Some(Duration::from_secs(4))
+    );
+    assert_eq!(
+        rate_limited_pause(&own, &secs, now),
+        Some(Duration::from_secs(2))
+    );
 
     let config = Retry::default_policy();
-    let p = Policy::of(&config, false);
+    let p = Policy::of(&config, &NO_HEADERS, false);
     assert_eq!(
-        p.pause(1, 0.5, Some((503, &h)), now),
+        p.pause(1, 0.5, Some((503, &secs)), now),
         Duration::from_secs(2)
     );
     assert_eq!(
-        p.pause(1, 0.5, Some((429, &dated)), now),
+        p.pause(1, 0.5, Some((429, &date)), now),
         Duration::from_secs(7)
     );
     // Other statuses and unreadable values: the backoff.
-    assert!(p.pause(1, 0.5, Some((500, &h)), now) < Duration::from_millis(25));
+    assert!(p.pause(1, 0.5, Some((500, &secs)), now) < Duration::from_millis(25));
     assert!(p.pause(1, 0.5, Some((503, &bad)), now) < Duration::from_millis(25));
+}
+
+#[test]
+fn retriable_headers_retry_an_answer_and_limit_the_requests_retried() {
+    let mut config = Retry::default_policy();
+    let m = |kind, name: &str, value: Option<&str>| causeway_api::HeaderMatch {
+        kind,
+        name: name.into(),
+        value: value.map(String::from),
+    };
+    config.http.retriable_response_headers = vec![
+        m(
+            HeaderMatchType::RegularExpression,
+            "x-state",
+            Some("busy|later"),
+        ),
+        m(HeaderMatchType::Present, "x-retry-me", None),
+    ];
+    config.http.retriable_request_headers = vec![
+        m(HeaderMatchType::Exact, "x-idempotent", Some("true")),
+        m(HeaderMatchType::Prefix, "x-client", Some("batch-")),
+    ];
+    let rules = HeaderRules::new(&config.http);
+    let p = Policy::of(&config, &rules, false);
+    let h = |k: &'static str, v: &'static str| {
+        let mut h = http::HeaderMap::new();
+        h.insert(k, http::HeaderValue::from_static(v));
+        h
+    };
+    let get = http::Method::GET;
+    let ok = answered(200);
+    assert!(p.retries(&get, ok, Some(&h("x-state", "busy"))));
+    assert!(p.retries(&get, ok, Some(&h("x-retry-me", ""))));
+    // The whole value must match.
+    assert!(!p.retries(&get, ok, Some(&h("x-state", "busybody"))));
+    assert!(!p.retries(&get, ok, Some(&http::HeaderMap::new())));
+    // Request headers gate every retry.
+    assert_eq!(p.num_retries(&h("x-idempotent", "true")), 1);
+    assert_eq!(p.num_retries(&h("x-client", "batch-7")), 1);
+    assert_eq!(p.num_retries(&h("x-idempotent", "false")), 0);
+    assert_eq!(p.num_retries(&http::HeaderMap::new()), 0);
 }
 
 #[test]

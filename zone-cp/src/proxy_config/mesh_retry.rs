@@ -9,7 +9,7 @@
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`].
 
 use causeway_api::proxy_config::{BackOffPolicy, Retry};
-use causeway_api::{BackOff, Duration, HttpRetryOn, Proxy, Resource, RetryConf};
+use causeway_api::{BackOff, Duration, HttpRetryOn, Proxy, ResetHeader, Resource, RetryConf};
 
 use super::{ComputeError, outbound_confs};
 
@@ -80,6 +80,27 @@ fn over_defaults(conf: &RetryConf) -> Retry {
                 p.retry_on = Retry::default_policy().http.retry_on;
             }
             p.retry_on.dedup();
+        }
+        if let Some(h) = &http.retriable_response_headers {
+            p.retriable_response_headers = h.clone();
+        }
+        if let Some(h) = &http.retriable_request_headers {
+            p.retriable_request_headers = h.clone();
+        }
+        if let Some(b) = &http.rate_limited_back_off {
+            let rl = &mut p.rate_limited_back_off;
+            if let Some(headers) = &b.reset_headers {
+                rl.reset_headers = headers
+                    .iter()
+                    .map(|h| ResetHeader {
+                        name: h.name.to_ascii_lowercase(),
+                        format: h.format,
+                    })
+                    .collect();
+            }
+            if let Some(max) = b.max_interval {
+                rl.max_interval = max;
+            }
         }
         if let Some(b) = &http.budget {
             if let Some(pct) = b.percent {
