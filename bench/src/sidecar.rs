@@ -551,8 +551,8 @@ pub(crate) struct SidecarCmd {
 }
 
 /// `--policies`: the resilience policies a production mesh would have on this pair, as
-/// far as the proxies enforce them (the sidecars' timeouts run with or without it: the
-/// built-in defaults apply when no policy is written).
+/// far as the proxies enforce them (the sidecars' timeouts and retries run with or
+/// without it: the built-in defaults apply when no policy is written).
 fn resilience_policies() -> Vec<(&'static str, Value)> {
     vec![
         (
@@ -574,6 +574,15 @@ fn resilience_policies() -> Vec<(&'static str, Value)> {
                                             "outlierDetection": {"baseEjectionTime": "30s", "maxEjectionPercent": 50,
                                                                  "detectors": {"totalFailures": {"consecutive": 5},
                                                                                "gatewayFailures": {"consecutive": 5}}}}}]}}),
+        ),
+        (
+            "/meshes/default/meshretries/backend",
+            json!({"type": "MeshRetry", "mesh": "default", "name": "backend",
+               "spec": {"targetRef": {"kind": "Mesh"},
+                        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                                "default": {"http": {"numRetries": 2, "perTryTimeout": "2s",
+                                                     "retryOn": ["5xx", "ConnectFailure"],
+                                                     "budget": {"percent": 20}}}}]}}),
         ),
         (
             "/meshes/default/meshhealthchecks/backend",
@@ -613,7 +622,7 @@ impl SidecarCmd {
                 .filter_map(|(_, p)| p["type"].as_str())
                 .collect();
             s.push_str(&format!(
-                "; policies: MeshTrafficPermission, {} (retries are not enforced yet)",
+                "; policies: MeshTrafficPermission, {}",
                 kinds.join(", ")
             ));
         }
