@@ -298,6 +298,11 @@ pub struct CircuitBreaker {
     /// Connections open to the destination at once (TCP); more are closed at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<u32>,
+    /// Requests waiting for a connection to the destination at once (a dial in
+    /// progress, or a connection at its stream limit); more are answered 503 `overflow`
+    /// at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
     /// Retries in flight to the destination at once; a failure that would be retried
     /// past it is answered as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -307,10 +312,11 @@ pub struct CircuitBreaker {
     pub outlier_detection: Option<OutlierDetection>,
 }
 
-/// Consecutive-failure outlier detection (Envoy's semantics): an endpoint whose
-/// answers fail this many times in a row is ejected for `baseEjectionTime` times the
-/// number of its ejections, unless that would eject more than `maxEjectionPercent` of
-/// the destination's endpoints (one may always be).
+/// Outlier detection (Envoy's semantics): an endpoint whose answers fail this many
+/// times in a row, or (judged every `interval`) whose success rate or failure
+/// percentage stands out, is ejected for `baseEjectionTime` times the number of its
+/// ejections, unless that would eject more than `maxEjectionPercent` of the
+/// destination's endpoints (one may always be).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutlierDetection {
@@ -327,6 +333,40 @@ pub struct OutlierDetection {
     /// Local failures in a row (with `splitLocalErrors`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_origin_failures: Option<u32>,
+    /// How often the success rate and failure percentage detectors judge.
+    #[serde(default = "default_outlier_interval")]
+    pub interval: Duration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success_rate: Option<SuccessRateDetector>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percentage: Option<FailurePercentageDetector>,
+}
+
+fn default_outlier_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// Success-rate outlier detection: among the endpoints with at least `requestVolume`
+/// answers in an interval, when there are at least `minimumHosts`, one whose success
+/// rate is below the mean by more than `standardDeviationFactor` standard deviations.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SuccessRateDetector {
+    pub minimum_hosts: u32,
+    pub request_volume: u32,
+    /// The factor in thousandths (1900 for 1.9), as Envoy keeps it.
+    pub standard_deviation_factor_thousandths: u32,
+}
+
+/// Failure-percentage outlier detection: among the endpoints with at least
+/// `requestVolume` answers in an interval, when there are at least `minimumHosts`, one
+/// whose failures are at least `threshold` percent of its answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailurePercentageDetector {
+    pub minimum_hosts: u32,
+    pub request_volume: u32,
+    pub threshold: u32,
 }
 
 /// Active health checks of a destination's endpoints, from the effective

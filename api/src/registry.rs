@@ -169,22 +169,6 @@ const CIRCUIT_BREAKER_UNENFORCED: &[Unenforced] = &[
         path: "rules",
         reason: "inbound circuit breaking is not applied yet: only to[] (outbound, per destination) is.",
     },
-    Unenforced {
-        path: "to[].default.connectionLimits.maxPendingRequests",
-        reason: "requests waiting for a connection are not capped yet (maxRequests caps requests in flight).",
-    },
-    Unenforced {
-        path: "to[].default.outlierDetection.interval",
-        reason: "only the consecutive detectors are applied, and they act at each answer; there is no interval-based evaluation yet.",
-    },
-    Unenforced {
-        path: "to[].default.outlierDetection.detectors.successRate",
-        reason: "the success-rate detector is not applied yet (the consecutive detectors are).",
-    },
-    Unenforced {
-        path: "to[].default.outlierDetection.detectors.failurePercentage",
-        reason: "the failure-percentage detector is not applied yet (the consecutive detectors are).",
-    },
 ];
 
 /// MeshTimeout: what is not applied per route or per caller yet.

@@ -60,9 +60,14 @@ pub(crate) enum ProxyError {
     /// MeshTimeout `http.maxStreamDuration`: no response head before the stream's end.
     #[error("no response within the maximum stream duration ({})", crate::timeout::show(*.0))]
     MaxStreamDuration(Duration),
-    /// MeshCircuitBreaker `maxRequests`: too many requests in flight to the destination.
-    #[error("{service} has {max} requests in flight already (MeshCircuitBreaker maxRequests)")]
-    Overflow { service: String, max: u32 },
+    /// A MeshCircuitBreaker cap (`limit`: `maxRequests`, requests in flight;
+    /// `maxPendingRequests`, requests waiting for a connection) is reached.
+    #[error("{service} is at its MeshCircuitBreaker {limit} ({max})")]
+    Overflow {
+        service: String,
+        max: u32,
+        limit: &'static str,
+    },
     /// MeshRetry `perTryTimeout`: the last try had no response head in time.
     #[error("no response within the per-try timeout ({})", crate::timeout::show(*.0))]
     PerTryTimeout(Duration),
@@ -182,6 +187,7 @@ mod tests {
             ProxyError::Overflow {
                 service: "s".into(),
                 max: 1,
+                limit: "maxRequests",
             },
             ProxyError::PerTryTimeout(Duration::from_millis(200)),
         ];

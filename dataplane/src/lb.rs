@@ -15,7 +15,9 @@ use causeway_api::proxy_config::{
 };
 
 use crate::http::Pool;
-use crate::outlier::{Admitted, Limit, Outcome, Streaks, ejection_time, may_eject};
+use crate::outlier::{
+    Admitted, Limit, Outcome, Streaks, Tally, ejection_time, may_eject, outliers,
+};
 use crate::retry::{Budget, HeaderRules};
 
 /// How fast peak-EWMA forgets (linkerd2-proxy's default decay).
@@ -40,6 +42,8 @@ pub(crate) struct EndpointState {
     streaks: Mutex<Streaks>,
     /// How many times outlier detection ejected it.
     outlier_ejections: AtomicU32,
+    /// Its answers since the last judgement of the interval-based detectors.
+    tally: Mutex<Tally>,
 }
 
 impl EndpointState {
@@ -55,6 +59,7 @@ impl EndpointState {
             active_healthy: AtomicBool::new(true),
             streaks: Mutex::default(),
             outlier_ejections: AtomicU32::new(0),
+            tally: Mutex::default(),
         }
     }
 
@@ -143,8 +148,11 @@ pub(crate) struct Balancer {
     /// MeshCircuitBreaker: outlier detection and the caps on what is in flight.
     outliers: Option<OutlierDetection>,
     requests: Option<(u32, Limit)>,
+    pending: Option<(u32, Limit)>,
     connections: Option<Limit>,
     retries: Option<Limit>,
+    /// When the interval-based detectors judge next (set by the first answer).
+    next_judgement: Mutex<Option<Instant>>,
     /// MeshRetry's budget for requests to this destination.
     retry_budget: Arc<Budget>,
     /// MeshRetry's retriable request and response headers, compiled.
@@ -189,8 +197,10 @@ impl Balancer {
             health_panic: None,
             outliers: None,
             requests: None,
+            pending: None,
             connections: None,
             retries: None,
+            next_judgement: Mutex::new(None),
             retry_budget: Arc::new(Budget::new(Retry::default_policy().budget)),
             retry_headers: HeaderRules::default(),
         }
@@ -224,7 +234,17 @@ impl Balancer {
         self.requests = cb.max_requests.map(|m| (m, Limit::new(m)));
         self.connections = cb.max_connections.map(Limit::new);
         self.retries = cb.max_retries.map(Limit::new);
+        self.pending = cb.max_pending_requests.map(|m| (m, Limit::new(m)));
         self
+    }
+
+    /// Admits a request waiting for a connection under `maxPendingRequests`:
+    /// `Err(max)` when that many wait.
+    pub(crate) fn admit_pending(&self) -> Result<Option<Admitted<'_>>, u32> {
+        match &self.pending {
+            None => Ok(None),
+            Some((max, limit)) => limit.admit().map(Some).ok_or(*max),
+        }
     }
 
     /// Admits a retry under `maxRetries`: `Err(())` when that many are in flight.
@@ -251,14 +271,74 @@ impl Balancer {
         }
     }
 
-    /// Records an endpoint's answer for outlier detection; the ejection's length when
-    /// this one made it an outlier and it was ejected.
-    pub(crate) fn record(&self, ep: &EndpointState, outcome: Outcome) -> Option<Duration> {
-        let od = self.outliers.as_ref()?;
-        if !ep.streaks.lock().expect("streaks lock").record(outcome, od) {
-            return None;
+    /// Records an endpoint's answer for outlier detection; how many endpoints were
+    /// ejected for it (this one for a streak, any for the interval's judgement).
+    pub(crate) fn record(&self, ep: &EndpointState, outcome: Outcome) -> usize {
+        self.record_at(ep, outcome, Instant::now())
+    }
+
+    /// [`Balancer::record`] at `now`.
+    fn record_at(&self, ep: &EndpointState, outcome: Outcome, now: Instant) -> usize {
+        let Some(od) = self.outliers.as_ref() else {
+            return 0;
+        };
+        let mut ejected = 0;
+        if od.success_rate.is_some() || od.failure_percentage.is_some() {
+            ep.tally
+                .lock()
+                .expect("tally lock")
+                .count(outcome, od.split_local_errors);
+            ejected += self.judge(od, now);
         }
-        let now = Instant::now();
+        if ep.streaks.lock().expect("streaks lock").record(outcome, od)
+            && self.eject(ep, od, now, "failures in a row").is_some()
+        {
+            ejected += 1;
+        }
+        ejected
+    }
+
+    /// Once an interval has passed since the last judgement: the interval-based
+    /// detectors judge every endpoint on its answers since, and their outliers are
+    /// ejected. How many were.
+    fn judge(&self, od: &OutlierDetection, now: Instant) -> usize {
+        {
+            let mut next = self.next_judgement.lock().expect("judgement lock");
+            let due = next.is_some_and(|t| now >= t);
+            if next.is_none() || due {
+                *next = Some(now + od.interval.as_std());
+            }
+            if !due {
+                return 0;
+            }
+        }
+        let all: Vec<&Arc<EndpointState>> = self.endpoints().collect();
+        let tallies: Vec<Tally> = all
+            .iter()
+            .map(|e| std::mem::take(&mut *e.tally.lock().expect("tally lock")))
+            .collect();
+        outliers(
+            &tallies,
+            od.success_rate.as_ref(),
+            od.failure_percentage.as_ref(),
+        )
+        .into_iter()
+        .filter(|&i| {
+            self.eject(all[i], od, now, "its success rate or share of failures")
+                .is_some()
+        })
+        .count()
+    }
+
+    /// Ejects an outlier unless it is out already or `maxEjectionPercent` forbids; the
+    /// ejection's length when it was.
+    fn eject(
+        &self,
+        ep: &EndpointState,
+        od: &OutlierDetection,
+        now: Instant,
+        why: &'static str,
+    ) -> Option<Duration> {
         let all: Vec<&Arc<EndpointState>> = self.endpoints().collect();
         let ejected = all.iter().filter(|e| !e.healthy(now)).count();
         if !ep.healthy(now) || !may_eject(ejected, all.len(), od.max_ejection_percent) {
@@ -267,7 +347,7 @@ impl Balancer {
         let n = ep.outlier_ejections.fetch_add(1, Ordering::Relaxed) + 1;
         let time = ejection_time(od.base_ejection_time.as_std(), n);
         *ep.ejected_until.lock().expect("eject lock") = Some(now + time);
-        tracing::warn!(endpoint = %format!("{}:{}", ep.endpoint.address, ep.endpoint.port), sni = ep.endpoint.sni.as_deref().unwrap_or(""), ejections = n, ?time, ?outcome, "outlier ejected");
+        tracing::warn!(endpoint = %format!("{}:{}", ep.endpoint.address, ep.endpoint.port), sni = ep.endpoint.sni.as_deref().unwrap_or(""), ejections = n, ?time, why, "outlier ejected");
         Some(time)
     }
 
@@ -479,5 +559,55 @@ mod tests {
                 .address,
             "a1"
         );
+    }
+
+    fn circuit_breaker(cb: serde_json::Value) -> CircuitBreaker {
+        serde_json::from_value(cb).unwrap()
+    }
+
+    #[test]
+    fn a_failure_share_judged_each_interval_ejects_the_outlier() {
+        let b = Balancer::new(LoadBalancerType::RoundRobin, 50.0, &groups(), None)
+            .with_circuit_breaker(&circuit_breaker(serde_json::json!({
+                "outlierDetection": {"baseEjectionTime": "30s", "maxEjectionPercent": 50, "splitLocalErrors": false,
+                                     "interval": "10s",
+                                     "failurePercentage": {"minimumHosts": 3, "requestVolume": 10, "threshold": 50}}})));
+        let [a1, a2, b1] = [&b.groups[0].1[0], &b.groups[0].1[1], &b.groups[1].1[0]];
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(
+            b.record_at(a1, Outcome::Status(200), t0),
+            0,
+            "starts the interval"
+        );
+        // In the interval: a1 fails 3 of 12, a2 5 of 12 (never in a run long enough
+        // for a streak detector, which are off anyway), b1 all 12.
+        for i in 0..12 {
+            for (ep, failed) in [(a1, i % 4 == 0), (a2, i % 2 == 0 && i < 10), (b1, true)] {
+                let status = if failed { 503 } else { 200 };
+                assert_eq!(b.record_at(ep, Outcome::Status(status), at(1)), 0);
+            }
+        }
+        // The interval is over: the next answer judges it.
+        assert_eq!(b.record_at(a1, Outcome::Status(200), at(11)), 1);
+        assert!(!b1.healthy(at(11)), "b1 failed every answer: ejected");
+        assert!(a1.healthy(at(11)) && a2.healthy(at(11)));
+        // The next interval starts from zero: b1's old failures do not count again.
+        assert_eq!(b.record_at(a2, Outcome::Status(200), at(22)), 0);
+    }
+
+    #[test]
+    fn pending_and_retry_caps_admit_up_to_their_max() {
+        let b = Balancer::new(LoadBalancerType::RoundRobin, 50.0, &groups(), None)
+            .with_circuit_breaker(&circuit_breaker(serde_json::json!({
+                "maxPendingRequests": 1, "maxRetries": 2})));
+        let p = b.admit_pending().unwrap();
+        assert_eq!(b.admit_pending().err(), Some(1));
+        drop(p);
+        assert!(b.admit_pending().is_ok());
+        let (r1, r2) = (b.admit_retry().unwrap(), b.admit_retry().unwrap());
+        assert!(b.admit_retry().is_err());
+        drop((r1, r2));
+        assert!(b.admit_retry().is_ok());
     }
 }

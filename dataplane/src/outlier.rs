@@ -9,7 +9,13 @@
 //! The ejection uses the balancer's passive health, the same that refused connections
 //! use, so traffic moves to the next endpoint or zone as for any ejection.
 //!
-//! The counting is pure ([`Streaks`]), unit-tested without sockets.
+//! The interval-based detectors (success rate, failure percentage) are in
+//! [`interval`]. The counting is pure ([`Streaks`], [`outliers`]), unit-tested without
+//! sockets.
+
+mod interval;
+
+pub(crate) use interval::{Tally, outliers};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -119,6 +125,9 @@ mod tests {
             total_failures: Some(3),
             gateway_failures: Some(2),
             local_origin_failures: split.then_some(4),
+            interval: causeway_api::Duration::from_secs(10),
+            success_rate: None,
+            failure_percentage: None,
         }
     }
 

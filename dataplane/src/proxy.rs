@@ -922,6 +922,7 @@ async fn outbound_exchange(
     let _admitted = b.admit_request().map_err(|max| ProxyError::Overflow {
         service: ob.service.clone(),
         max,
+        limit: "maxRequests",
     })?;
     let policy = retry::Policy::of(&ob.retry, b.retry_headers(), is_grpc(req.headers()));
     let retries = policy.num_retries(req.headers());
@@ -1069,12 +1070,26 @@ async fn send_once(
             probed = Some(ep);
             continue;
         }
-        let ready = match ep
+        // Waiting for a connection (a dial, or a free stream) is capped by
+        // maxPendingRequests.
+        let pending = match b.admit_pending() {
+            Ok(p) => p,
+            Err(max) => {
+                let e = ProxyError::Overflow {
+                    service: ob.service.clone(),
+                    max,
+                    limit: "maxPendingRequests",
+                };
+                return Err(TryFailure::NotSent(e, Box::new(req)));
+            }
+        };
+        let ready = ep
             .pool
             .slot()
             .ready(|| proxy.dial(cfg, ob, &ep, ALPN_H2))
-            .await
-        {
+            .await;
+        drop(pending);
+        let ready = match ready {
             Ok(r) => r,
             Err(NotReady::NoDial) => {
                 return Err(TryFailure::NotSent(
@@ -1105,9 +1120,7 @@ async fn send_once(
         return match result {
             Ok(r) => {
                 ep.observe(in_flight.started.elapsed());
-                if b.record(&ep, Outcome::Status(r.status().as_u16()))
-                    .is_some()
-                {
+                for _ in 0..b.record(&ep, Outcome::Status(r.status().as_u16())) {
                     proxy.metrics.circuit_breaker(&ob.service, "ejected");
                 }
                 if r.status() == http::StatusCode::SERVICE_UNAVAILABLE
@@ -1127,7 +1140,7 @@ async fn send_once(
                 Ok(http::Response::from_parts(parts, body))
             }
             Err(e) => {
-                if b.record(&ep, Outcome::LocalFailure).is_some() {
+                for _ in 0..b.record(&ep, Outcome::LocalFailure) {
                     proxy.metrics.circuit_breaker(&ob.service, "ejected");
                 }
                 if ep.pool.reset() {

@@ -1703,3 +1703,55 @@ async fn a_retriable_response_header_and_a_retry_after_are_honoured() -> anyhow:
     assert!(waited >= 1, "no call waited for Retry-After");
     Ok(())
 }
+
+/// MeshCircuitBreaker's interval-based detectors: backend-2 answers 500 to every call
+/// (retries off, so the failures show). A failurePercentage detector, judging each
+/// second the endpoints with 5 answers or more, ejects it once an interval is over;
+/// then every call goes to backend-1. It has no run detector to fall back on: without
+/// the interval's judgement backend-2 would keep its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_of_failures_over_an_interval_ejects_an_endpoint() -> anyhow::Result<()> {
+    let two = TwoBackends::start().await?;
+    two.retry(json!({"numRetries": 0}), |r| r["http"]["numRetries"] == 0)
+        .await?;
+    two.set_second("answer", 500).await?;
+    put(&two.fx.c, "/meshes/default/meshcircuitbreakers/backend", &json!({
+        "type": "MeshCircuitBreaker", "mesh": "default", "name": "backend",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {"outlierDetection": {"interval": "1s", "baseEjectionTime": "30s", "maxEjectionPercent": 50,
+                             "detectors": {"failurePercentage": {"minimumHosts": 2, "requestVolume": 5, "threshold": 50}}}}}]}})).await?;
+    let http = plain_http();
+    eventually("the detector in web's config", WAIT, || async {
+        let cfg = admin_config(&http, two.web_admin).await?;
+        let od = &cfg["config"]["outbounds"][0]["circuitBreaker"]["outlierDetection"];
+        (od["failurePercentage"]["threshold"] == 50).then_some(())
+    })
+    .await?;
+    eventually(
+        "backend-2 ejected for its share of failures",
+        WAIT,
+        || async {
+            let mut ok = 0;
+            for _ in 0..20 {
+                let r = http
+                    .get(format!("http://127.0.0.1:{}/", two.out))
+                    .send()
+                    .await
+                    .ok()?;
+                ok += usize::from(r.status().is_success());
+            }
+            (ok == 20).then_some(())
+        },
+    )
+    .await?;
+    assert!(
+        admin_metric(
+            &http,
+            two.web_admin,
+            "causeway_circuit_breaker_events_total{service=\"backend\",event=\"ejected\"}"
+        )
+        .await
+            >= 1.0
+    );
+    Ok(())
+}

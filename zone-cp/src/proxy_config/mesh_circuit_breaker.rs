@@ -3,17 +3,20 @@
 //! limits and no outlier detection beyond the passive ejection of endpoints that refuse
 //! connections, which always applies.
 //!
-//! What is applied: `maxRequests` (HTTP), `maxConnections` (TCP) and `maxRetries`
-//! (retries in flight), and the
-//! consecutive detectors (`totalFailures`, `gatewayFailures`, `localOriginFailures`)
-//! with `baseEjectionTime` and `maxEjectionPercent`. An `outlierDetection` without
-//! detectors ejects after 5 consecutive 5xx, as Envoy's. The rest (inbound limits,
-//! `maxPendingRequests`, `interval` and the interval-based detectors) is
-//! listed as not enforced in the registry, so writing it warns.
+//! What is applied: `maxRequests` (HTTP), `maxPendingRequests` (HTTP requests waiting
+//! for a connection), `maxConnections` (TCP) and `maxRetries` (retries in flight); the
+//! consecutive detectors (`totalFailures`, `gatewayFailures`, `localOriginFailures`) and
+//! the interval-based ones (`successRate`, `failurePercentage`, judged every
+//! `interval`), with `baseEjectionTime` and `maxEjectionPercent`. An
+//! `outlierDetection` without detectors ejects after 5 consecutive 5xx, as Envoy's.
+//! Inbound limits (`from`, `rules`) are listed as not enforced in the registry, so
+//! writing them warns.
 //!
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`].
 
-use causeway_api::proxy_config::{CircuitBreaker, OutlierDetection};
+use causeway_api::proxy_config::{
+    CircuitBreaker, FailurePercentageDetector, OutlierDetection, SuccessRateDetector,
+};
 use causeway_api::{CircuitBreakerConf, Duration, Proxy, Resource};
 
 use super::{ComputeError, outbound_confs};
@@ -21,6 +24,7 @@ use super::{ComputeError, outbound_confs};
 const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_EJECTION_PERCENT: u32 = 20;
 const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The circuit breaking of each of `proxy`'s outbounds, in its order.
 pub(crate) fn configure(
@@ -45,7 +49,9 @@ fn over_defaults(conf: &CircuitBreakerConf) -> CircuitBreaker {
             let d = o.detectors.clone().unwrap_or_default();
             let none = d.total_failures.is_none()
                 && d.gateway_failures.is_none()
-                && d.local_origin_failures.is_none();
+                && d.local_origin_failures.is_none()
+                && d.success_rate.is_none()
+                && d.failure_percentage.is_none();
             OutlierDetection {
                 base_ejection_time: o.base_ejection_time.unwrap_or(DEFAULT_BASE_EJECTION_TIME),
                 max_ejection_percent: o
@@ -60,11 +66,31 @@ fn over_defaults(conf: &CircuitBreakerConf) -> CircuitBreaker {
                     .or(none.then_some(DEFAULT_CONSECUTIVE_5XX)),
                 gateway_failures: d.gateway_failures.map(|c| c.consecutive),
                 local_origin_failures: d.local_origin_failures.map(|c| c.consecutive),
+                interval: o.interval.unwrap_or(DEFAULT_INTERVAL),
+                success_rate: d.success_rate.as_ref().map(|sr| SuccessRateDetector {
+                    minimum_hosts: sr.minimum_hosts.unwrap_or(5),
+                    request_volume: sr.request_volume.unwrap_or(100),
+                    standard_deviation_factor_thousandths: (sr
+                        .standard_deviation_factor
+                        .unwrap_or(1.9)
+                        * 1000.0)
+                        .round() as u32,
+                }),
+                failure_percentage: d.failure_percentage.as_ref().map(|fp| {
+                    FailurePercentageDetector {
+                        minimum_hosts: fp.minimum_hosts.unwrap_or(5),
+                        request_volume: fp.request_volume.unwrap_or(50),
+                        threshold: fp
+                            .threshold
+                            .map_or(85, |p| (p.fraction() * 100.0).round() as u32),
+                    }
+                }),
             }
         });
     CircuitBreaker {
         max_requests: limits.max_requests,
         max_connections: limits.max_connections,
+        max_pending_requests: limits.max_pending_requests,
         max_retries: limits.max_retries,
         outlier_detection,
     }
