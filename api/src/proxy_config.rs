@@ -55,6 +55,23 @@ pub struct InboundListener {
     /// `Mesh`, merged (per-caller entries are not applied yet).
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Caps on what callers send at once (MeshCircuitBreaker `from[]` for every caller,
+    /// or `rules`); none without a policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<InboundLimits>,
+}
+
+/// An inbound's caps, for all callers together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundLimits {
+    /// Caller connections open at once; one more is closed at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Requests in flight to the application at once; one more is answered 503
+    /// `overflow` at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests: Option<u32>,
 }
 
 /// One MeshTrafficPermission rule after merging.

@@ -162,12 +162,40 @@ pub(crate) const COMMON_UNENFORCED: &[Unenforced] = &[
 /// are not applied yet.
 const CIRCUIT_BREAKER_UNENFORCED: &[Unenforced] = &[
     Unenforced {
-        path: "from",
-        reason: "inbound circuit breaking is not applied yet: only to[] (outbound, per destination) is.",
+        path: "from[].targetRef.kind=MeshService",
+        reason: "per-caller inbound limits are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
     },
     Unenforced {
-        path: "rules",
-        reason: "inbound circuit breaking is not applied yet: only to[] (outbound, per destination) is.",
+        path: "from[].targetRef.kind=MeshSubset",
+        reason: "per-caller inbound limits are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
+    },
+    Unenforced {
+        path: "from[].targetRef.kind=MeshServiceSubset",
+        reason: "per-caller inbound limits are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
+    },
+    Unenforced {
+        path: "from[].default.outlierDetection",
+        reason: "a sidecar sends inbound traffic to one application, so there is nothing to eject it in favour of; outlier detection applies in to[].",
+    },
+    Unenforced {
+        path: "rules[].default.outlierDetection",
+        reason: "a sidecar sends inbound traffic to one application, so there is nothing to eject it in favour of; outlier detection applies in to[].",
+    },
+    Unenforced {
+        path: "from[].default.connectionLimits.maxRetries",
+        reason: "inbound requests are not retried here (the caller's sidecar retries them); maxRetries applies in to[].",
+    },
+    Unenforced {
+        path: "rules[].default.connectionLimits.maxRetries",
+        reason: "inbound requests are not retried here (the caller's sidecar retries them); maxRetries applies in to[].",
+    },
+    Unenforced {
+        path: "from[].default.connectionLimits.maxPendingRequests",
+        reason: "inbound requests do not wait for a connection to the application (one is dialed for each that needs it); maxRequests caps them.",
+    },
+    Unenforced {
+        path: "rules[].default.connectionLimits.maxPendingRequests",
+        reason: "inbound requests do not wait for a connection to the application (one is dialed for each that needs it); maxRequests caps them.",
     },
 ];
 

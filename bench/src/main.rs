@@ -104,9 +104,9 @@ enum Bench {
         sidecar_arg: Vec<String>,
         /// Also apply a realistic set of resilience policies to the sidecar pair: a
         /// MeshTimeout with explicit values, a MeshCircuitBreaker (request cap and
-        /// consecutive-failure outlier detection) and a MeshHealthCheck (HTTP, every 5 s);
-        /// retries join as the proxies enforce them. Without it: a traffic permission and
-        /// the built-in default timeouts.
+        /// consecutive-failure outlier detection), a MeshRetry (2 retries, per-try
+        /// timeout, budget) and a MeshHealthCheck (HTTP, every 5 s). Without it: a
+        /// traffic permission and the built-in default timeouts and retries.
         #[arg(long)]
         policies: bool,
     },

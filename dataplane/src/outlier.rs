@@ -102,6 +102,11 @@ impl Limit {
         }
     }
 
+    /// The cap.
+    pub(crate) fn max(&self) -> u32 {
+        u32::try_from(self.max).unwrap_or(u32::MAX)
+    }
+
     /// Admits one more, or `None` when the cap is reached.
     pub(crate) fn admit(&self) -> Option<Admitted<'_>> {
         let before = self.current.fetch_add(1, Ordering::Relaxed);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use causeway_api::proxy_config::{
-    HealthCheck, InboundListener, OutboundListener, ProxyConfig, ingress_sni,
+    HealthCheck, InboundLimits, InboundListener, OutboundListener, ProxyConfig, ingress_sni,
 };
 use causeway_api::{Action, MtlsMode, Protocol};
 use hyper::body::Incoming;
@@ -26,7 +26,7 @@ use crate::http::{Body, Dial, NotReady, boxed, strip_hop_by_hop};
 use crate::identity::{ALPN_H2, ALPN_TCP, Identity, Revoked, peer_id};
 use crate::lb::{Balancer, EndpointState};
 use crate::metrics::{HttpStats, Metrics};
-use crate::outlier::Outcome;
+use crate::outlier::{Limit, Outcome};
 use crate::replay::Replay;
 use crate::retry;
 use crate::timeout::{self, Exchange};
@@ -61,6 +61,8 @@ pub(crate) struct Proxy {
     draining: watch::Sender<bool>,
     /// Running active health checks, by outbound port and endpoint.
     health_checks: Mutex<HashMap<(u16, usize), RunningCheck>>,
+    /// MeshCircuitBreaker's inbound caps, by inbound port.
+    inbound_caps: Mutex<HashMap<u16, Arc<InboundCaps>>>,
 }
 
 /// One endpoint's health-check task, with the check it runs; aborted when dropped.
@@ -168,7 +170,30 @@ impl Proxy {
             renew_now: Arc::default(),
             draining: watch::Sender::new(false),
             health_checks: Mutex::default(),
+            inbound_caps: Mutex::default(),
         })
+    }
+
+    /// An inbound's caps, if it has any: the same ones while its settings stay, so
+    /// they count across connections and config updates.
+    fn inbound_caps(&self, ib: &InboundListener) -> Option<Arc<InboundCaps>> {
+        let mut map = self.inbound_caps.lock().expect("inbound caps lock");
+        let Some(limits) = &ib.limits else {
+            map.remove(&ib.port);
+            return None;
+        };
+        if let Some(c) = map.get(&ib.port)
+            && c.limits == *limits
+        {
+            return Some(c.clone());
+        }
+        let caps = Arc::new(InboundCaps {
+            limits: limits.clone(),
+            connections: limits.max_connections.map(Limit::new),
+            requests: limits.max_requests.map(Limit::new),
+        });
+        map.insert(ib.port, caps.clone());
+        Some(caps)
     }
 
     /// Starts the drain: every inbound HTTP connection asks its peer to go elsewhere
@@ -442,6 +467,14 @@ async fn listen(proxy: Arc<Proxy>, (inbound, addr, port): (bool, String, u16)) {
 
 // === inbound ===
 
+/// MeshCircuitBreaker's caps on one inbound: caller connections and requests to the
+/// application at once.
+struct InboundCaps {
+    limits: InboundLimits,
+    connections: Option<Limit>,
+    requests: Option<Limit>,
+}
+
 async fn inbound_conn(
     proxy: &Arc<Proxy>,
     port: u16,
@@ -457,6 +490,23 @@ async fn inbound_conn(
         .find(|i| i.port == port)
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no inbound on port {port}"))?;
+    // maxConnections: over it, the connection is closed before its handshake.
+    let caps = proxy.inbound_caps(&ib);
+    let _admitted = match caps.as_ref().and_then(|c| c.connections.as_ref()) {
+        None => None,
+        Some(limit) => match limit.admit() {
+            Some(a) => Some(a),
+            None => {
+                proxy
+                    .metrics
+                    .circuit_breaker(&ib.service, "inbound_connection_overflow");
+                anyhow::bail!(
+                    "{} has its MeshCircuitBreaker maxConnections open already; connection closed",
+                    ib.service
+                );
+            }
+        },
+    };
     let tls = match cfg.mtls {
         MtlsMode::Off => false,
         MtlsMode::Strict => true,
@@ -532,6 +582,8 @@ async fn inbound_conn(
         peer_cas,
         stats,
         app: Mutex::new(proxy.app(&ib)),
+        caps: caps.clone(),
+        service: ib.service.clone(),
     });
     // Idle (no byte either way for that long) and age: past either, the connection
     // drains like at SIGTERM.
@@ -592,6 +644,9 @@ struct InboundConn {
     peer_cas: Vec<String>,
     stats: Arc<HttpStats>,
     app: Mutex<Arc<App>>,
+    /// MeshCircuitBreaker's caps when the connection came (maxRequests).
+    caps: Option<Arc<InboundCaps>>,
+    service: String,
 }
 
 /// A request authorized and shaped for the application, and how to send it.
@@ -685,6 +740,21 @@ fn inbound_prepare(
 async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::Response<Body> {
     let started = Instant::now();
     let stats = &conn.stats;
+    // maxRequests: over it, 503 overflow at once.
+    let _admitted = match conn.caps.as_ref().and_then(|c| c.requests.as_ref()) {
+        None => None,
+        Some(limit) => match limit.admit() {
+            Some(a) => Some(a),
+            None => {
+                let e = ProxyError::Overflow {
+                    service: conn.service.clone(),
+                    max: limit.max(),
+                    limit: "maxRequests",
+                };
+                return answer_error(stats, started, e);
+            }
+        },
+    };
     let Prepared {
         app,
         req,

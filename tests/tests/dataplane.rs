@@ -1040,6 +1040,8 @@ async fn slow_app(
 struct SlowService {
     fx: Fixture,
     web_admin: SocketAddr,
+    /// slow's sidecar.
+    slow_admin: SocketAddr,
     out: u16,
     /// A patient client (20 s), without pooling.
     http: reqwest::Client,
@@ -1061,7 +1063,7 @@ impl SlowService {
             "http",
             &[],
         );
-        let (slow, _) = fx.sidecar("slow", dp).await?;
+        let (slow, slow_admin) = fx.sidecar("slow", dp).await?;
         let (web, web_admin, out) = fx.web_calling("slow").await?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(20))
@@ -1070,6 +1072,7 @@ impl SlowService {
         Ok(SlowService {
             fx,
             web_admin,
+            slow_admin,
             out,
             http,
             cancelled,
@@ -1612,6 +1615,7 @@ async fn a_try_past_its_per_try_timeout_is_cancelled_and_tried_again() -> anyhow
         mut arrived,
         mut cancelled,
         _procs,
+        ..
     } = SlowService::start(Duration::from_secs(3)).await?;
     put(&fx.c, "/meshes/default/meshretries/slow", &json!({
         "type": "MeshRetry", "mesh": "default", "name": "slow",
@@ -1749,6 +1753,66 @@ async fn a_share_of_failures_over_an_interval_ejects_an_endpoint() -> anyhow::Re
             &http,
             two.web_admin,
             "causeway_circuit_breaker_events_total{service=\"backend\",event=\"ejected\"}"
+        )
+        .await
+            >= 1.0
+    );
+    Ok(())
+}
+
+/// MeshCircuitBreaker on the inbound (`rules`): with 1 request at a time to slow's
+/// application, a call made while a slow one waits is answered 503 `overflow` by slow's
+/// sidecar, so the application never sees it; once the slow one is answered, calls go
+/// through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_an_inbound_max_requests_the_application_is_spared() -> anyhow::Result<()> {
+    let SlowService {
+        fx,
+        slow_admin,
+        out,
+        http,
+        mut arrived,
+        _procs,
+        ..
+    } = SlowService::start(Duration::from_secs(3)).await?;
+    put(
+        &fx.c,
+        "/meshes/default/meshcircuitbreakers/slow-inbound",
+        &json!({
+        "type": "MeshCircuitBreaker", "mesh": "default", "name": "slow-inbound",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "slow"},
+                 "rules": [{"default": {"connectionLimits": {"maxRequests": 1}}}]}}),
+    )
+    .await?;
+    eventually("the limit in slow's config", WAIT, || async {
+        let cfg = admin_config(&http, slow_admin).await?;
+        (cfg["config"]["inbounds"][0]["limits"]["maxRequests"] == 1).then_some(())
+    })
+    .await?;
+    let call = |path: &str| http.get(format!("http://127.0.0.1:{out}{path}")).send();
+    let slow = tokio::spawn(call("/slow"));
+    tokio::time::timeout(WAIT, arrived.recv())
+        .await
+        .context("the slow call reaching the application")?;
+    let r = call("/slow").await?;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        r.headers()
+            .get("x-causeway-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("overflow")
+    );
+    assert!(
+        arrived.try_recv().is_err(),
+        "the call over the cap reached the application"
+    );
+    assert_eq!(slow.await??.status(), StatusCode::OK);
+    assert_eq!(call("/fast").await?.status(), StatusCode::OK);
+    assert!(
+        admin_metric(
+            &http,
+            slow_admin,
+            "causeway_proxy_errors_total{direction=\"inbound\",service=\"slow\",peer=\"web\",error=\"overflow\"}"
         )
         .await
             >= 1.0

@@ -133,6 +133,10 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     let proxy =
         Proxy::from_dataplane(&spec, Some(&inputs.zone)).named(&dataplane.name, &dataplane.labels);
     let timeouts = mesh_timeout::configure(&policies_of(inputs, "MeshTimeout"), &proxy)?;
+    let inbound_limits = mesh_circuit_breaker::configure_inbounds(
+        &policies_of(inputs, "MeshCircuitBreaker"),
+        &proxy,
+    )?;
 
     let permissions = causeway_api::effective(
         "MeshTrafficPermission",
@@ -175,6 +179,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                     Action::Deny
                 },
                 timeouts: timeouts.inbounds[i],
+                limits: inbound_limits[i].clone(),
             })
         })
         .collect::<Result<_, ComputeError>>()?;

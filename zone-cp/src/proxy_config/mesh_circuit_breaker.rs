@@ -9,22 +9,65 @@
 //! the interval-based ones (`successRate`, `failurePercentage`, judged every
 //! `interval`), with `baseEjectionTime` and `maxEjectionPercent`. An
 //! `outlierDetection` without detectors ejects after 5 consecutive 5xx, as Envoy's.
-//! Inbound limits (`from`, `rules`) are listed as not enforced in the registry, so
-//! writing them warns.
+//! Inbound (`from[]` for every caller, or `rules`): `maxConnections` (caller
+//! connections) and `maxRequests` (requests to the application). Per-caller entries,
+//! and what has no inbound meaning (outlier detection: a sidecar has one application;
+//! retries: the caller's sidecar makes them; pending requests), are listed as not
+//! enforced in the registry, so writing them warns.
 //!
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`].
 
+use causeway_api::TargetRefKind;
 use causeway_api::proxy_config::{
-    CircuitBreaker, FailurePercentageDetector, OutlierDetection, SuccessRateDetector,
+    CircuitBreaker, FailurePercentageDetector, InboundLimits, OutlierDetection, SuccessRateDetector,
 };
 use causeway_api::{CircuitBreakerConf, Duration, Proxy, Resource};
 
-use super::{ComputeError, outbound_confs};
+use super::{ComputeError, decode_conf, outbound_confs};
 
 const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_EJECTION_PERCENT: u32 = 20;
 const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The caps of each of `proxy`'s inbounds, in its order: the merged `from[]` rule for
+/// every caller (source `Mesh`, which `rules` entries are). Per-caller rules are not
+/// applied (the registry warns about them).
+pub(crate) fn configure_inbounds(
+    policies: &[Resource],
+    proxy: &Proxy,
+) -> Result<Vec<Option<InboundLimits>>, ComputeError> {
+    let effective = causeway_api::effective("MeshCircuitBreaker", policies, proxy)
+        .expect("MeshCircuitBreaker is a policy kind");
+    proxy
+        .inbounds
+        .iter()
+        .enumerate()
+        .map(|(i, ib)| {
+            let every_caller = effective.inbounds.get(i).and_then(|c| {
+                c.rules
+                    .iter()
+                    .find(|r| r.source.kind == TargetRefKind::Mesh)
+            });
+            let Some(rule) = every_caller else {
+                return Ok(None);
+            };
+            let what = || {
+                format!(
+                    "the merged MeshCircuitBreaker from[] of inbound {} ({}) (policies {})",
+                    ib.port,
+                    ib.service,
+                    rule.policies.join(", ")
+                )
+            };
+            let conf: CircuitBreakerConf = decode_conf(&rule.conf, what)?;
+            Ok(conf.connection_limits.map(|l| InboundLimits {
+                max_connections: l.max_connections,
+                max_requests: l.max_requests,
+            }))
+        })
+        .collect()
+}
 
 /// The circuit breaking of each of `proxy`'s outbounds, in its order.
 pub(crate) fn configure(
@@ -99,7 +142,7 @@ fn over_defaults(conf: &CircuitBreakerConf) -> CircuitBreaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy_config::tests::check_outbound_goldens;
+    use crate::proxy_config::tests::{check_goldens, check_outbound_goldens};
 
     /// Golden cases under `testdata/mesh_circuit_breaker/`: (case, zone, dataplane).
     const CASES: &[(&str, &str, &str)] = &[
@@ -121,6 +164,21 @@ mod tests {
         assert_eq!((o.gateway_failures, o.local_origin_failures), (None, None));
         assert_eq!(o.base_ejection_time, Duration::from_secs(30));
         assert_eq!(o.max_ejection_percent, 20);
+    }
+
+    #[test]
+    fn golden_inbound_limits() {
+        check_goldens(
+            &[("mesh_circuit_breaker/inbound-limits", "zone-a", "backend-1")],
+            |config| {
+                let view: Vec<serde_json::Value> = config
+                    .inbounds
+                    .iter()
+                    .map(|i| serde_json::json!({"port": i.port, "service": i.service, "limits": i.limits}))
+                    .collect();
+                serde_yaml::to_string(&view).expect("YAML")
+            },
+        );
     }
 
     #[test]
