@@ -52,13 +52,39 @@ pub struct InboundListener {
     /// `Allow` without (no identities to check).
     pub default_action: Action,
     /// Timeouts for every caller: the MeshTimeout `from[]` entries whose source is
-    /// `Mesh`, merged (per-caller entries are not applied yet).
+    /// `Mesh`, merged.
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// Timeouts for some callers (MeshTimeout `from[]` entries for a service or a SPIFFE
+    /// id, each merged over the entries for every caller), most specific first: a
+    /// caller gets the first that matches its identity, else `timeouts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caller_timeouts: Vec<CallerTimeouts>,
     /// Caps on what callers send at once (MeshCircuitBreaker `from[]` for every caller,
     /// or `rules`); none without a policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<InboundLimits>,
+}
+
+/// The timeouts of the callers one source covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallerTimeouts {
+    pub source: SourceMatch,
+    pub timeouts: Timeouts,
+}
+
+impl InboundListener {
+    /// The timeouts for a caller with SPIFFE id `peer` (none without mTLS).
+    pub fn timeouts_for(&self, peer: Option<&str>) -> &Timeouts {
+        peer.and_then(|p| {
+            self.caller_timeouts
+                .iter()
+                .find(|c| c.source.matches(p))
+                .map(|c| &c.timeouts)
+        })
+        .unwrap_or(&self.timeouts)
+    }
 }
 
 /// An inbound's caps, for all callers together.

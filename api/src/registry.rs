@@ -206,16 +206,12 @@ const TIMEOUT_UNENFORCED: &[Unenforced] = &[
         reason: "per-route timeouts are not applied yet (routes are not enforced): the destination's timeouts apply to all of its requests.",
     },
     Unenforced {
-        path: "from[].targetRef.kind=MeshService",
-        reason: "per-caller inbound timeouts are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
-    },
-    Unenforced {
         path: "from[].targetRef.kind=MeshSubset",
-        reason: "per-caller inbound timeouts are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
+        reason: "callers are identified by service (their certificate carries no tags yet), so timeouts for callers by tags are not applied; those for a service or a SPIFFE id are.",
     },
     Unenforced {
         path: "from[].targetRef.kind=MeshServiceSubset",
-        reason: "per-caller inbound timeouts are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
+        reason: "callers are identified by service (their certificate carries no tags yet), so timeouts for callers by tags are not applied; those for a service or a SPIFFE id are.",
     },
     Unenforced {
         path: "to[].default.http.maxConnectionDuration",

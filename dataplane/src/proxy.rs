@@ -543,6 +543,8 @@ async fn inbound_conn(
     } else {
         (Box::new(tcp), None, Vec::new(), false)
     };
+    // The caller's timeouts, now that its identity is known.
+    let timeouts = *ib.timeouts_for(peer.as_deref());
     if ib.protocol == Protocol::Tcp {
         if let Err(reason) = authorize(&ib, cfg.mtls, peer.as_deref()) {
             tracing::info!(service = %ib.service, %reason, "TCP connection denied");
@@ -553,9 +555,8 @@ async fn inbound_conn(
             );
             return Ok(());
         }
-        let app =
-            crate::http::tcp_connect(&ib.app_address, ib.app_port, ib.timeouts.connect.as_std())
-                .await?;
+        let app = crate::http::tcp_connect(&ib.app_address, ib.app_port, timeouts.connect.as_std())
+            .await?;
         return pipe(
             proxy,
             "inbound",
@@ -563,7 +564,7 @@ async fn inbound_conn(
             peer.as_deref().map(service_of).unwrap_or(""),
             stream,
             app,
-            timeout::on(ib.timeouts.idle),
+            timeout::on(timeouts.idle),
         )
         .await;
     }
@@ -587,11 +588,11 @@ async fn inbound_conn(
     });
     // Idle (no byte either way for that long) and age: past either, the connection
     // drains like at SIGTERM.
-    let idle = timeout::on(ib.timeouts.idle);
+    let idle = timeout::on(timeouts.idle);
     let (stream, clock) = timeout::watch(stream, idle);
     let drain = timeout::drain_when(
         proxy.drained(),
-        timeout::on(ib.timeouts.max_connection_duration),
+        timeout::on(timeouts.max_connection_duration),
         clock,
         idle,
     );
@@ -619,7 +620,7 @@ async fn inbound_conn(
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     // hyper counts from when the connection waits for a request (not from its first
     // byte, as Envoy does): a keep-alive connection idle that long is closed too.
-    if let Some(d) = timeout::on(ib.timeouts.request_headers) {
+    if let Some(d) = timeout::on(timeouts.request_headers) {
         builder
             .http1()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -732,8 +733,8 @@ fn inbound_prepare(
         app,
         req: http::Request::from_parts(parts, body),
         h2,
-        exchange: Exchange::start(&ib.timeouts, started),
-        connect_timeout: ib.timeouts.connect.as_std(),
+        exchange: Exchange::start(ib.timeouts_for(conn.peer.as_deref()), started),
+        connect_timeout: ib.timeouts_for(conn.peer.as_deref()).connect.as_std(),
     })
 }
 

@@ -1819,3 +1819,50 @@ async fn over_an_inbound_max_requests_the_application_is_spared() -> anyhow::Res
     );
     Ok(())
 }
+
+/// MeshTimeout per caller, enforced on the inbound: slow's policy gives web (by its
+/// service) a request timeout of 500 ms, where every other caller keeps 15 s. web's
+/// call to `/slow` (3 s) is answered 504 `request-timeout` by slow's sidecar within a
+/// second or two (web's default retry tries once more), not after 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_for_one_caller_applies_to_its_calls() -> anyhow::Result<()> {
+    let SlowService {
+        fx,
+        slow_admin,
+        out,
+        http,
+        _procs,
+        ..
+    } = SlowService::start(Duration::from_secs(3)).await?;
+    put(
+        &fx.c,
+        "/meshes/default/meshtimeouts/slow-for-web",
+        &json!({
+        "type": "MeshTimeout", "mesh": "default", "name": "slow-for-web",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "slow"},
+                 "from": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                           "default": {"http": {"requestTimeout": "500ms"}}}]}}),
+    )
+    .await?;
+    eventually("web's timeout in slow's config", WAIT, || async {
+        let cfg = admin_config(&http, slow_admin).await?;
+        let callers = &cfg["config"]["inbounds"][0]["callerTimeouts"];
+        (callers[0]["timeouts"]["request"] == "500ms").then_some(())
+    })
+    .await?;
+    let t0 = Instant::now();
+    let r = http
+        .get(format!("http://127.0.0.1:{out}/slow"))
+        .send()
+        .await?;
+    let took = t0.elapsed();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        r.headers()
+            .get("x-causeway-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("request-timeout")
+    );
+    assert!(took < Duration::from_millis(2500), "took {took:?}");
+    Ok(())
+}

@@ -132,7 +132,8 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     // Named and labelled, for policies that target Dataplanes (Kuma's current form).
     let proxy =
         Proxy::from_dataplane(&spec, Some(&inputs.zone)).named(&dataplane.name, &dataplane.labels);
-    let timeouts = mesh_timeout::configure(&policies_of(inputs, "MeshTimeout"), &proxy)?;
+    let timeouts =
+        mesh_timeout::configure(&policies_of(inputs, "MeshTimeout"), &proxy, &trust_domain)?;
     let inbound_limits = mesh_circuit_breaker::configure_inbounds(
         &policies_of(inputs, "MeshCircuitBreaker"),
         &proxy,
@@ -178,7 +179,8 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 } else {
                     Action::Deny
                 },
-                timeouts: timeouts.inbounds[i],
+                timeouts: timeouts.inbounds[i].0,
+                caller_timeouts: timeouts.inbounds[i].1.clone(),
                 limits: inbound_limits[i].clone(),
             })
         })

@@ -29,6 +29,7 @@ fn inbound(port: u16, app_port: u16, timeouts: Timeouts) -> InboundListener {
         permissions: vec![],
         default_action: Action::Allow,
         timeouts,
+        caller_timeouts: Vec::new(),
         limits: None,
     }
 }

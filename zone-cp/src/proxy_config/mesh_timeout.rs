@@ -5,65 +5,98 @@
 //!   `MeshService <destination>` entries). `to[]` entries for a `MeshHTTPRoute` are not
 //!   applied (the sidecar has no per-route timeouts yet).
 //! - Inbound: the merged `from[]` rule whose source is `Mesh`, which holds exactly the
-//!   entries that apply to every caller. Rules for one caller (`MeshService`,
-//!   `MeshSubset`, `SpiffeId` sources) are not applied yet.
+//!   entries that apply to every caller; and the rules for one caller that a
+//!   certificate proves (`MeshService`, `SpiffeId` sources), each over those. Sources by
+//!   tags (`MeshSubset`, `MeshServiceSubset`) are not applied yet.
 //!
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`],
 //! never replaced by the defaults.
 
-use causeway_api::proxy_config::Timeouts;
-use causeway_api::{EffectiveConfig, Proxy, Resource, TargetRefKind, TimeoutConf};
+use causeway_api::proxy_config::{CallerTimeouts, SourceMatch, Timeouts, spiffe_id};
+use causeway_api::{
+    EffectiveConfig, FromRule, Proxy, Resource, TargetRef, TargetRefKind, TimeoutConf,
+};
 
 use super::{ComputeError, decode_conf, decode_outbounds};
 
 /// The timeouts of each listener of a proxy, in the proxy's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ListenerTimeouts {
-    pub(crate) inbounds: Vec<Timeouts>,
+    /// Each inbound's timeouts for every caller, and for the callers of some sources.
+    pub(crate) inbounds: Vec<(Timeouts, Vec<CallerTimeouts>)>,
     pub(crate) outbounds: Vec<Timeouts>,
 }
 
-/// The timeouts of `proxy`'s listeners from the mesh's MeshTimeout `policies`.
+/// The timeouts of `proxy`'s listeners from the mesh's MeshTimeout `policies`, in a
+/// mesh with `trust_domain` (callers are told apart by their SPIFFE ids).
 pub(crate) fn configure(
     policies: &[Resource],
     proxy: &Proxy,
+    trust_domain: &str,
 ) -> Result<ListenerTimeouts, ComputeError> {
     let effective = causeway_api::effective("MeshTimeout", policies, proxy)
         .expect("MeshTimeout is a policy kind");
-    from_effective(&effective, proxy)
+    from_effective(&effective, proxy, trust_domain)
+}
+
+/// The identity a `from[]` source stands for, when a certificate can prove it: a
+/// service, or a SPIFFE id (tags cannot be proven yet).
+fn caller_source(source: &TargetRef, trust_domain: &str) -> Option<SourceMatch> {
+    match (source.kind, source.name.as_deref()) {
+        (TargetRefKind::MeshService, Some(service)) => Some(SourceMatch::Spiffe {
+            id: spiffe_id(trust_domain, service),
+        }),
+        (TargetRefKind::SpiffeId, Some(id)) => Some(SourceMatch::Spiffe { id: id.to_owned() }),
+        _ => None,
+    }
 }
 
 /// [`configure`] from the effective configuration already computed.
 pub(crate) fn from_effective(
     effective: &EffectiveConfig,
     proxy: &Proxy,
+    trust_domain: &str,
 ) -> Result<ListenerTimeouts, ComputeError> {
     let inbounds = proxy
         .inbounds
         .iter()
         .enumerate()
         .map(|(i, ib)| {
-            let every_caller = effective.inbounds.get(i).and_then(|c| {
-                c.rules
-                    .iter()
-                    .find(|r| r.source.kind == TargetRefKind::Mesh)
-            });
-            match every_caller {
-                None => Ok(Timeouts::DEFAULT),
-                Some(rule) => {
-                    let what = || {
-                        format!(
-                            "the merged MeshTimeout from[] of inbound {} ({}) (policies {})",
-                            ib.port,
-                            ib.service,
-                            rule.policies.join(", ")
-                        )
-                    };
-                    decode_conf(&rule.conf, what).map(|c: TimeoutConf| over_defaults(&c))
-                }
-            }
+            let rules = effective
+                .inbounds
+                .get(i)
+                .map(|c| c.rules.as_slice())
+                .unwrap_or_default();
+            let decode = |rule: &FromRule| {
+                let what = || {
+                    format!(
+                        "the merged MeshTimeout from[] of inbound {} ({}) (policies {})",
+                        ib.port,
+                        ib.service,
+                        rule.policies.join(", ")
+                    )
+                };
+                decode_conf(&rule.conf, what).map(|c: TimeoutConf| over_defaults(&c))
+            };
+            let every_caller = match rules.iter().find(|r| r.source.kind == TargetRefKind::Mesh) {
+                None => Timeouts::DEFAULT,
+                Some(rule) => decode(rule)?,
+            };
+            // Most specific first, as `effective` orders them; each is merged over
+            // the entries for every caller already.
+            let callers = rules
+                .iter()
+                .filter_map(|r| caller_source(&r.source, trust_domain).map(|s| (s, r)))
+                .map(|(source, r)| {
+                    Ok(CallerTimeouts {
+                        source,
+                        timeouts: decode(r)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, ComputeError>>()?;
+            Ok((every_caller, callers))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, ComputeError>>()?;
     let outbounds = decode_outbounds::<TimeoutConf>("MeshTimeout", effective, proxy)?
         .into_iter()
         .map(|conf| conf.map_or(Timeouts::DEFAULT, |c| over_defaults(&c)))
@@ -115,7 +148,8 @@ mod tests {
         // A MeshService-specific entry merges over the Mesh-wide one, for its
         // destination only.
         ("mesh_timeout/service-override", "zone-a", "web-1"),
-        // Inbound: `from[]` with a Mesh source applies; a per-caller one does not.
+        // Inbound: `from[]` with a Mesh source for every caller; web's entry over it
+        // for web; one by tags is not applied.
         ("mesh_timeout/inbound-from-mesh", "zone-a", "backend-1"),
         // Kuma's current form: a Dataplane target by labels, inbound `rules`, and a
         // destination by its MeshService labels.
@@ -130,10 +164,13 @@ mod tests {
     }
 
     #[derive(serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
     struct Listener<'a> {
         port: u16,
         service: &'a str,
         timeouts: &'a Timeouts,
+        #[serde(skip_serializing_if = "<[_]>::is_empty")]
+        caller_timeouts: &'a [CallerTimeouts],
     }
 
     #[test]
@@ -147,6 +184,7 @@ mod tests {
                         port: l.port,
                         service: &l.service,
                         timeouts: &l.timeouts,
+                        caller_timeouts: &l.caller_timeouts,
                     })
                     .collect(),
                 outbounds: config
@@ -156,6 +194,7 @@ mod tests {
                         port: l.port,
                         service: &l.service,
                         timeouts: &l.timeouts,
+                        caller_timeouts: &[],
                     })
                     .collect(),
             };
@@ -193,7 +232,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let err = from_effective(&effective, &proxy()).unwrap_err();
+        let err = from_effective(&effective, &proxy(), "td").unwrap_err();
         let ComputeError::Invalid { what, reason } = &err else {
             panic!("{err:?}")
         };
@@ -211,7 +250,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let err = from_effective(&effective, &proxy()).unwrap_err();
+        let err = from_effective(&effective, &proxy(), "td").unwrap_err();
         assert!(
             err.to_string().starts_with(
                 "the merged MeshTimeout from[] of inbound 8080 (backend) (policies c) is invalid"
