@@ -4,8 +4,9 @@
 //! the app's health status (200 unless set otherwise), which `POST /healthz/{status}`
 //! changes, so tests can make an instance fail its health checks while it serves; and
 //! `POST /answer/{status}` sets the status every other request is answered with (200
-//! at first), and with `?header=name:value` a header added to those answers, so tests
-//! can make an instance fail its calls (or ask for a retry).
+//! at first), with `?percent=N` for only N% of them at random (the rest 200), and with
+//! `?header=name:value` a header added to those answers, so tests can make an instance
+//! fail its calls, some of them, or ask for a retry.
 
 use std::net::SocketAddr;
 
@@ -46,6 +47,8 @@ struct App {
     call: Option<(reqwest::Client, String)>,
     healthz: std::sync::Arc<std::sync::atomic::AtomicU16>,
     answer: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    /// The percent of requests answered with `answer` (the others: 200).
+    answer_percent: std::sync::Arc<std::sync::atomic::AtomicU8>,
     /// A header added to every answer but `/healthz`'s.
     answer_header: std::sync::Arc<std::sync::Mutex<Option<(HeaderName, HeaderValue)>>>,
 }
@@ -54,6 +57,8 @@ struct App {
 struct AnswerQuery {
     /// `name:value`.
     header: Option<String>,
+    /// The share of requests answered with the status, 0 to 100 (default 100).
+    percent: Option<u8>,
 }
 
 pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
@@ -91,6 +96,7 @@ pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
             healthz,
             answer: std::sync::Arc::new(std::sync::atomic::AtomicU16::new(200)),
             answer_header: std::sync::Arc::default(),
+            answer_percent: std::sync::Arc::new(std::sync::atomic::AtomicU8::new(100)),
         });
     axum::serve(listener, app).await?;
     Ok(())
@@ -126,7 +132,13 @@ async fn set_answer_status(
         }
         Some(None) => return axum::http::StatusCode::BAD_REQUEST,
     };
+    let percent = q.percent.unwrap_or(100);
+    if percent > 100 {
+        return axum::http::StatusCode::BAD_REQUEST;
+    }
     *app.answer_header.lock().expect("answer header lock") = header;
+    app.answer_percent
+        .store(percent, std::sync::atomic::Ordering::Relaxed);
     set_status(&app.answer, status)
 }
 
@@ -167,9 +179,15 @@ async fn answer(app: App, req: Request) -> (axum::http::StatusCode, Json<Value>)
     // closing would cut off a client still sending.
     let body = axum::body::to_bytes(req.into_body(), 64 << 20).await;
     out["bodyBytes"] = json!(body.map_or(0, |b| b.len()));
-    let mut status =
+    let percent = app
+        .answer_percent
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let mut status = if rand::random_range(0..100u8) < percent {
         axum::http::StatusCode::from_u16(app.answer.load(std::sync::atomic::Ordering::Relaxed))
-            .unwrap_or(axum::http::StatusCode::OK);
+            .unwrap_or(axum::http::StatusCode::OK)
+    } else {
+        axum::http::StatusCode::OK
+    };
     if let Some((client, url)) = &app.call {
         out["upstream"] = match client.get(url).send().await {
             Ok(r) => {

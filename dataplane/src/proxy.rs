@@ -367,11 +367,16 @@ fn new_balancer(ob: &OutboundListener, old: Option<&Balancer>) -> Balancer {
     if let Some(cb) = &ob.circuit_breaker {
         b = b.with_circuit_breaker(cb);
     }
-    // The budget's window survives config updates that keep its settings.
-    let budget = old
-        .map(Balancer::retry_budget)
-        .filter(|budget| budget.policy() == ob.retry.budget)
-        .unwrap_or_else(|| Arc::new(retry::Budget::new(ob.retry.budget)));
+    // The budget's window survives config updates, whatever their settings: it counts
+    // the destination's traffic.
+    let budget = match old {
+        Some(o) => {
+            let budget = o.retry_budget();
+            budget.set_policy(ob.retry.budget);
+            budget
+        }
+        None => Arc::new(retry::Budget::new(ob.retry.budget)),
+    };
     b.with_retry_budget(budget)
         .with_retry_headers(retry::HeaderRules::new(&ob.retry.http))
 }
@@ -997,14 +1002,16 @@ async fn outbound_exchange(
     })?;
     let policy = retry::Policy::of(&ob.retry, b.retry_headers(), is_grpc(req.headers()));
     let retries = policy.num_retries(req.headers());
+    // Every request adds to the budget, retried or not: it is a share of the
+    // destination's traffic.
+    let budget = b.retry_budget();
+    budget.deposit(Instant::now());
     let mut tried = Vec::new();
     if retries == 0 {
         return send_once(proxy, cfg, ob, &b, req, probe, &mut tried, None)
             .await
             .map_err(TryFailure::error);
     }
-    let budget = b.retry_budget();
-    budget.deposit(Instant::now());
     // What a retry needs to send the request again: its head and its body's copy.
     let (parts, body) = req.into_parts();
     let (method, uri, version, headers) = (

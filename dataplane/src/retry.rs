@@ -333,7 +333,10 @@ const WINDOW_SECS: u64 = 10;
 /// A destination's retry budget (see the module's notes). Shared by its requests.
 #[derive(Debug)]
 pub(crate) struct Budget {
-    policy: RetryBudgetPolicy,
+    /// `percent` and `minRetryConcurrency`: changed in place by a config update, which
+    /// keeps the window (the destination's traffic is the same).
+    percent: AtomicU32,
+    min_retry_concurrency: AtomicU32,
     started: Instant,
     window: Mutex<Window>,
     in_flight: AtomicU32,
@@ -376,15 +379,19 @@ impl Drop for RetryPermit<'_> {
 impl Budget {
     pub(crate) fn new(policy: RetryBudgetPolicy) -> Budget {
         Budget {
-            policy,
+            percent: AtomicU32::new(policy.percent),
+            min_retry_concurrency: AtomicU32::new(policy.min_retry_concurrency),
             started: Instant::now(),
             window: Mutex::default(),
             in_flight: AtomicU32::new(0),
         }
     }
 
-    pub(crate) fn policy(&self) -> RetryBudgetPolicy {
-        self.policy
+    /// Applies new settings; the window stays.
+    pub(crate) fn set_policy(&self, policy: RetryBudgetPolicy) {
+        self.percent.store(policy.percent, Ordering::Relaxed);
+        self.min_retry_concurrency
+            .store(policy.min_retry_concurrency, Ordering::Relaxed);
     }
 
     fn second(&self, now: Instant) -> u64 {
@@ -402,9 +409,9 @@ impl Budget {
         let s = self.second(now);
         let mut w = self.window.lock().expect("budget lock");
         let (requests, retries) = w.totals(s);
-        let within_share =
-            (retries + 1) * 100 <= requests * u64::from(self.policy.percent.min(100));
-        let min = self.policy.min_retry_concurrency;
+        let within_share = (retries + 1) * 100
+            <= requests * u64::from(self.percent.load(Ordering::Relaxed).min(100));
+        let min = self.min_retry_concurrency.load(Ordering::Relaxed);
         let floor = self.in_flight.load(Ordering::Relaxed) < min && w.bucket(s).2 < u64::from(min);
         if !within_share && !floor {
             return None;

@@ -288,3 +288,24 @@ fn a_quiet_destination_keeps_its_minimum_concurrency() {
     none.deposit(now);
     assert!(none.withdraw(now).is_none());
 }
+
+#[test]
+fn new_settings_keep_the_window() {
+    let budget = Budget::new(RetryBudgetPolicy {
+        percent: 0,
+        min_retry_concurrency: 0,
+    });
+    let now = Instant::now();
+    for _ in 0..10 {
+        budget.deposit(now);
+    }
+    assert!(budget.withdraw(now).is_none(), "0%: nothing");
+    budget.set_policy(RetryBudgetPolicy {
+        percent: 50,
+        min_retry_concurrency: 0,
+    });
+    // The ten requests already counted allow five retries at once.
+    let five: Vec<_> = (0..5).map(|_| budget.withdraw(now)).collect();
+    assert!(five.iter().all(Option::is_some));
+    assert!(budget.withdraw(now).is_none());
+}
