@@ -1,0 +1,358 @@
+//! The inbound stack: a caller's connection (mTLS terminated, the caller's SPIFFE id
+//! read from its certificate), MeshCircuitBreaker's inbound caps, authorization against
+//! the current permissions, the caller's timeouts, and the request forwarded to the
+//! application over its own connection pool.
+
+use super::*;
+
+impl Proxy {
+    /// An inbound's caps, if it has any: the same ones while its settings stay, so
+    /// they count across connections and config updates.
+    fn inbound_caps(&self, ib: &InboundListener) -> Option<Arc<InboundCaps>> {
+        let mut map = self.inbound_caps.lock().expect("inbound caps lock");
+        let Some(limits) = &ib.limits else {
+            map.remove(&ib.port);
+            return None;
+        };
+        if let Some(c) = map.get(&ib.port)
+            && c.limits == *limits
+        {
+            return Some(c.clone());
+        }
+        let caps = Arc::new(InboundCaps {
+            limits: limits.clone(),
+            connections: limits.max_connections.map(Limit::new),
+            requests: limits.max_requests.map(Limit::new),
+        });
+        map.insert(ib.port, caps.clone());
+        Some(caps)
+    }
+}
+
+/// MeshCircuitBreaker's caps on one inbound: caller connections and requests to the
+/// application at once.
+pub(super) struct InboundCaps {
+    limits: InboundLimits,
+    connections: Option<Limit>,
+    requests: Option<Limit>,
+}
+
+pub(super) async fn inbound_conn(
+    proxy: &Arc<Proxy>,
+    port: u16,
+    tcp: TcpStream,
+    _from: SocketAddr,
+) -> anyhow::Result<()> {
+    let cfg = proxy
+        .current()
+        .ok_or_else(|| anyhow::anyhow!("no config yet"))?;
+    let ib = cfg
+        .inbounds
+        .iter()
+        .find(|i| i.port == port)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no inbound on port {port}"))?;
+    // maxConnections: over it, the connection is closed before its handshake.
+    let caps = proxy.inbound_caps(&ib);
+    let _admitted = match caps.as_ref().and_then(|c| c.connections.as_ref()) {
+        None => None,
+        Some(limit) => match limit.admit() {
+            Some(a) => Some(a),
+            None => {
+                proxy
+                    .metrics
+                    .circuit_breaker(&ib.service, "inbound_connection_overflow");
+                anyhow::bail!(
+                    "{} has its MeshCircuitBreaker maxConnections open already; connection closed",
+                    ib.service
+                );
+            }
+        },
+    };
+    let tls = match cfg.mtls {
+        MtlsMode::Off => false,
+        MtlsMode::Strict => true,
+        MtlsMode::Permissive => {
+            let mut b = [0u8; 1];
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.peek(&mut b)).await??;
+            n == 1 && b[0] == 0x16
+        }
+    };
+    let (stream, peer, peer_cas, h2): (Box<dyn Stream>, Option<String>, Vec<String>, bool) = if tls
+    {
+        let id = proxy
+            .identity
+            .borrow()
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("no workload certificate yet"))?;
+        let s = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_rustls::TlsAcceptor::from(id.server.clone()).accept(tcp),
+        )
+        .await??;
+        let h2 = s.get_ref().1.alpn_protocol() == Some(ALPN_H2);
+        let certs = s.get_ref().1.peer_certificates();
+        let peer = peer_id(certs);
+        let cas = certs
+            .map(|c| {
+                c.iter()
+                    .skip(1)
+                    .map(|c| causeway_pki::sha256_hex(c))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (Box::new(s), peer, cas, h2)
+    } else {
+        (Box::new(tcp), None, Vec::new(), false)
+    };
+    // The caller's timeouts, now that its identity is known.
+    let timeouts = *ib.timeouts_for(peer.as_deref());
+    if ib.protocol == Protocol::Tcp {
+        if let Err(reason) = authorize(&ib, cfg.mtls, peer.as_deref()) {
+            tracing::info!(service = %ib.service, %reason, "TCP connection denied");
+            proxy.metrics.denied(
+                "inbound",
+                &ib.service,
+                peer.as_deref().map(service_of).unwrap_or(""),
+            );
+            return Ok(());
+        }
+        let app = crate::http::tcp_connect(&ib.app_address, ib.app_port, timeouts.connect.as_std())
+            .await?;
+        return pipe(
+            proxy,
+            "inbound",
+            &ib.service,
+            peer.as_deref().map(service_of).unwrap_or(""),
+            stream,
+            app,
+            timeout::on(timeouts.idle),
+        )
+        .await;
+    }
+    let stats = proxy.metrics.http(
+        "inbound",
+        &ib.service,
+        peer.as_deref().map(service_of).unwrap_or(""),
+    );
+    let conn = Arc::new(InboundConn {
+        proxy: proxy.clone(),
+        port,
+        peer_header: peer
+            .as_deref()
+            .and_then(|p| http::HeaderValue::from_str(p).ok()),
+        peer,
+        peer_cas,
+        stats,
+        app: Mutex::new(proxy.app(&ib)),
+        caps: caps.clone(),
+        service: ib.service.clone(),
+    });
+    // Idle (no byte either way for that long) and age: past either, the connection
+    // drains like at SIGTERM.
+    let idle = timeout::on(timeouts.idle);
+    let (stream, clock) = timeout::watch(stream, idle);
+    let drain = timeout::drain_when(
+        proxy.drained(),
+        timeout::on(timeouts.max_connection_duration),
+        clock,
+        idle,
+    );
+    if h2 {
+        // Another sidecar: HTTP/2, negotiated in the mTLS handshake.
+        return crate::http2::serve(
+            stream,
+            move |req| {
+                let conn = conn.clone();
+                async move { inbound_request(&conn, req).await }
+            },
+            drain,
+        )
+        .await
+        .map_err(Into::into);
+    }
+    // Plaintext (mTLS off or permissive), or a TLS caller that chose HTTP/1.1.
+    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let conn = conn.clone();
+        async move {
+            let req = req.map(boxed);
+            Ok::<_, std::convert::Infallible>(inbound_request(&conn, req).await)
+        }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper counts from when the connection waits for a request (not from its first
+    // byte, as Envoy does): a keep-alive connection idle that long is closed too.
+    if let Some(d) = timeout::on(timeouts.request_headers) {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(d);
+    }
+    let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), svc));
+    tokio::select! {
+        r = served.as_mut() => return r.map_err(|e| anyhow::anyhow!("{e}")),
+        () = drain => served.as_mut().graceful_shutdown(),
+    }
+    served.await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// What every request of one inbound connection shares.
+struct InboundConn {
+    proxy: Arc<Proxy>,
+    port: u16,
+    /// The caller's SPIFFE id, and as the header the app receives.
+    peer: Option<String>,
+    peer_header: Option<http::HeaderValue>,
+    /// The caller's CA chain (SHA-256), checked against revocations at each request.
+    peer_cas: Vec<String>,
+    stats: Arc<HttpStats>,
+    app: Mutex<Arc<App>>,
+    /// MeshCircuitBreaker's caps when the connection came (maxRequests).
+    caps: Option<Arc<InboundCaps>>,
+    service: String,
+}
+
+/// A request authorized and shaped for the application, and how to send it.
+struct Prepared {
+    app: Arc<App>,
+    req: http::Request<Body>,
+    /// The application speaks HTTP/2 (`http2`, `grpc`), else HTTP/1.1.
+    h2: bool,
+    exchange: Exchange,
+    connect_timeout: Duration,
+}
+
+/// Authorizes a request and shapes it for the application. Not async: its locals
+/// (the request's parts, the config) then stay out of the request's future, which is
+/// moved whole when the connection takes it in.
+fn inbound_prepare(
+    conn: &InboundConn,
+    req: http::Request<Body>,
+    started: Instant,
+) -> Result<Prepared, ProxyError> {
+    let proxy = &conn.proxy;
+    // A connection made before its CA was revoked is cut off at the next request.
+    let revoked = {
+        let set = proxy.revoked.read().expect("revoked lock");
+        !set.is_empty() && conn.peer_cas.iter().any(|c| set.contains(c))
+    };
+    if revoked {
+        return Err(ProxyError::CaRevoked);
+    }
+    let cfg = proxy.current().ok_or(ProxyError::NoConfig)?;
+    let ib = cfg
+        .inbounds
+        .iter()
+        .find(|i| i.port == conn.port)
+        .ok_or(ProxyError::ListenerRemoved("inbound"))?;
+    authorize(ib, cfg.mtls, conn.peer.as_deref()).map_err(ProxyError::Denied)?;
+    let app = {
+        let mut app = conn.app.lock().expect("app lock");
+        if !app.is(&ib.app_address, ib.app_port) {
+            *app = proxy.app(ib);
+        }
+        app.clone()
+    };
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(v) = &conn.peer_header {
+        parts.headers.insert("x-causeway-peer", v.clone());
+    }
+    let h2 = matches!(ib.protocol, Protocol::Http2 | Protocol::Grpc);
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    let authority = uri.authority.take();
+    if h2 {
+        // HTTP/2 names the target in full; the caller's authority travels on.
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(match authority {
+            Some(a) => a,
+            None => http::uri::Authority::try_from(
+                format!("{}:{}", ib.app_address, ib.app_port).as_str(),
+            )
+            .map_err(|_| ProxyError::BadRequest("bad application address"))?,
+        });
+        parts.version = http::Version::HTTP_2;
+    } else {
+        // HTTP/1.1 to the app: origin-form target, the authority in Host.
+        uri.scheme = None;
+        if uri.path_and_query.is_none() {
+            uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+        }
+        if let Some(a) = authority
+            && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+        {
+            parts.headers.insert(http::header::HOST, v);
+        } else if !parts.headers.contains_key(http::header::HOST)
+            && let Ok(v) = http::HeaderValue::from_str(&ib.service)
+        {
+            parts.headers.insert(http::header::HOST, v);
+        }
+        parts.version = http::Version::HTTP_11;
+    }
+    parts.uri =
+        http::Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("bad request target"))?;
+    Ok(Prepared {
+        app,
+        req: http::Request::from_parts(parts, body),
+        h2,
+        exchange: Exchange::start(ib.timeouts_for(conn.peer.as_deref()), started),
+        connect_timeout: ib.timeouts_for(conn.peer.as_deref()).connect.as_std(),
+    })
+}
+
+async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::Response<Body> {
+    let started = Instant::now();
+    let stats = &conn.stats;
+    // maxRequests: over it, 503 overflow at once.
+    let _admitted = match conn.caps.as_ref().and_then(|c| c.requests.as_ref()) {
+        None => None,
+        Some(limit) => match limit.admit() {
+            Some(a) => Some(a),
+            None => {
+                let e = ProxyError::Overflow {
+                    service: conn.service.clone(),
+                    max: limit.max(),
+                    limit: "maxRequests",
+                };
+                return answer_error(stats, started, e);
+            }
+        },
+    };
+    let Prepared {
+        app,
+        req,
+        h2,
+        exchange,
+        connect_timeout,
+    } = match inbound_prepare(conn, req, started) {
+        Ok(prepared) => prepared,
+        Err(e) => return answer_error(stats, started, e),
+    };
+    // Boxed: the exchange's state would be most of this future's size, and the
+    // connection moves the future (into its set of requests) before polling it. The
+    // request timeout's timer lives in the same box.
+    let resp = if h2 {
+        Box::pin(exchange.head(async {
+            app.send_http2(req, connect_timeout)
+                .await
+                .map_err(ProxyError::from)
+        }))
+        .await
+    } else {
+        Box::pin(exchange.head(async {
+            app.send_http1(req, connect_timeout)
+                .await
+                .map_err(ProxyError::from)
+        }))
+        .await
+    };
+    match resp {
+        Ok(r) => {
+            let (mut parts, body) = r.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            stats.record(parts.status.as_u16(), started.elapsed());
+            http::Response::from_parts(parts, exchange.body(body))
+        }
+        Err(e) => answer_error(stats, started, e),
+    }
+}

@@ -1,0 +1,468 @@
+//! The outbound stack: the application's connection or request, MeshCircuitBreaker's
+//! caps, MeshRetry's tries (each through [`send_once`]: pick an endpoint, dial or reuse
+//! a pooled connection, originate mTLS that checks the destination's identity), and
+//! what each answer tells outlier detection.
+
+use super::*;
+
+pub(super) async fn outbound_conn(
+    proxy: &Arc<Proxy>,
+    port: u16,
+    tcp: TcpStream,
+) -> anyhow::Result<()> {
+    let cfg = proxy
+        .current()
+        .ok_or_else(|| anyhow::anyhow!("no config yet"))?;
+    let ob = cfg
+        .outbounds
+        .iter()
+        .find(|o| o.port == port)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("no outbound on port {port}"))?;
+    let own = cfg
+        .inbounds
+        .first()
+        .map(|i| i.service.clone())
+        .unwrap_or_default();
+    if ob.protocol == Protocol::Tcp {
+        let b = proxy.balancer(&ob);
+        let Ok(_admitted) = b.admit_connection() else {
+            proxy.metrics.circuit_breaker(&ob.service, "tcp_overflow");
+            anyhow::bail!(
+                "{} has its MeshCircuitBreaker maxConnections open already; connection closed",
+                ob.service
+            );
+        };
+        let mut tried = Vec::new();
+        for _ in 0..ob.retry.tcp_connect_attempts.max(1) {
+            let Some(ep) = b.pick(&tried).or_else(|| b.pick(&[])) else {
+                break;
+            };
+            tried.push(ep.clone());
+            let Some(dial) = proxy.dial(&cfg, &ob, &ep, ALPN_TCP) else {
+                anyhow::bail!("no workload certificate yet");
+            };
+            match crate::http::connect(&dial).await {
+                Ok(up) => {
+                    ep.succeeded();
+                    let mut in_flight = InFlight::new(&ep);
+                    in_flight.answered = true;
+                    let idle = timeout::on(ob.timeouts.idle);
+                    return pipe(proxy, "outbound", &ob.service, &own, tcp, up, idle).await;
+                }
+                Err(e) => {
+                    // A refusal and a connect timeout alike count against the endpoint.
+                    tracing::info!(service = %ob.service, endpoint = %format!("{}:{}", dial.addr, dial.port), error = %e, "connect failed");
+                    ep.failed();
+                }
+            }
+        }
+        anyhow::bail!("no endpoint of {} accepted a connection", ob.service);
+    }
+    let p = proxy.clone();
+    let stats = proxy.metrics.http("outbound", &ob.service, &own);
+    let svc = hyper::service::service_fn(move |req| {
+        let p = p.clone();
+        let stats = stats.clone();
+        async move { Ok::<_, std::convert::Infallible>(outbound_request(&p, port, &stats, req).await) }
+    });
+    // Idle: no byte either way between the application and us for that long drains the
+    // connection (closes it, or GOAWAY for an HTTP/2 application).
+    let idle = timeout::on(ob.timeouts.idle);
+    let (io, clock) = timeout::watch(tcp, idle);
+    let drain = timeout::drain_when(std::future::pending(), None, clock, idle);
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(io), svc));
+    tokio::select! {
+        r = served.as_mut() => return r.map_err(|e| anyhow::anyhow!("{e}")),
+        () = drain => served.as_mut().graceful_shutdown(),
+    }
+    served.await.map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+async fn outbound_request(
+    proxy: &Proxy,
+    port: u16,
+    stats: &HttpStats,
+    req: http::Request<Incoming>,
+) -> http::Response<Body> {
+    let started = Instant::now();
+    let Some(cfg) = proxy.current() else {
+        return answer_error(stats, started, ProxyError::NoConfig);
+    };
+    let Some(ob) = cfg.outbounds.iter().find(|o| o.port == port) else {
+        return answer_error(stats, started, ProxyError::ListenerRemoved("outbound"));
+    };
+    let exchange = Exchange::start(&ob.timeouts, started);
+    let (mut parts, body) = req.into_parts();
+    // HTTP/2 upstream: an absolute target, its authority from Host (HTTP/1.1 callers).
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    if let Some(host) = parts.headers.get(http::header::HOST) {
+        match http::uri::Authority::try_from(host.as_bytes()) {
+            Ok(a) => uri.authority = Some(a),
+            Err(_) => {
+                return answer_error(stats, started, ProxyError::BadRequest("bad Host header"));
+            }
+        }
+    }
+    if uri.authority.is_none() {
+        uri.authority = http::uri::Authority::try_from(ob.service.as_str()).ok();
+    }
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    parts.uri = match http::Uri::from_parts(uri) {
+        Ok(u) => u,
+        Err(_) => {
+            return answer_error(stats, started, ProxyError::BadRequest("bad request target"));
+        }
+    };
+    parts.version = http::Version::HTTP_2;
+    parts.headers.remove(http::header::HOST);
+    strip_hop_by_hop(&mut parts.headers);
+    // A drill probe asks which zone answered; the header does not travel upstream.
+    let probe = parts.headers.remove(PROBE).is_some();
+    let req = http::Request::from_parts(parts, boxed(body));
+    match exchange
+        .head(outbound_exchange(
+            proxy,
+            &cfg,
+            ob,
+            req,
+            probe,
+            exchange.deadline(),
+        ))
+        .await
+    {
+        Ok(r) => {
+            let (parts, body) = r.into_parts();
+            stats.record(parts.status.as_u16(), started.elapsed());
+            http::Response::from_parts(parts, exchange.body(body))
+        }
+        Err(e) => answer_error(stats, started, e),
+    }
+}
+
+/// How a try failed.
+enum TryFailure {
+    /// Nothing was sent (no endpoint took a connection, no certificate): the request
+    /// is given back.
+    /// Boxed: the request is large, and this is the rare path.
+    NotSent(ProxyError, Box<http::Request<Body>>),
+    /// The exchange failed after the request went out.
+    Failed(ProxyError, retry::Outcome),
+}
+
+impl TryFailure {
+    fn error(self) -> ProxyError {
+        match self {
+            TryFailure::NotSent(e, _) | TryFailure::Failed(e, _) => e,
+        }
+    }
+}
+
+/// Whether a request is a gRPC call (retried by its gRPC status).
+fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// The `grpc-status` of a response head (a trailers-only answer), if any.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// Sends a request to the destination, up to its response's head, retrying what
+/// MeshRetry says to retry (see [`crate::retry`]): each try goes to an endpoint not
+/// tried yet when there is one, after a pause, within the retry budget and before
+/// `deadline` (the request timeout).
+async fn outbound_exchange(
+    proxy: &Proxy,
+    cfg: &ProxyConfig,
+    ob: &OutboundListener,
+    req: http::Request<Body>,
+    probe: bool,
+    deadline: Option<Instant>,
+) -> Result<http::Response<Body>, ProxyError> {
+    let b = proxy.balancer(ob);
+    let _admitted = b.admit_request().map_err(|max| ProxyError::Overflow {
+        service: ob.service.clone(),
+        max,
+        limit: "maxRequests",
+    })?;
+    let policy = retry::Policy::of(&ob.retry, b.retry_headers(), is_grpc(req.headers()));
+    let retries = policy.num_retries(req.headers());
+    // Every request adds to the budget, retried or not: it is a share of the
+    // destination's traffic.
+    let budget = b.retry_budget();
+    budget.deposit(Instant::now());
+    let mut tried = Vec::new();
+    if retries == 0 {
+        return send_once(proxy, cfg, ob, &b, req, probe, &mut tried, None)
+            .await
+            .map_err(TryFailure::error);
+    }
+    // What a retry needs to send the request again: its head and its body's copy.
+    let (parts, body) = req.into_parts();
+    let (method, uri, version, headers) = (
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.version,
+        parts.headers.clone(),
+    );
+    let (body, replay) = Replay::new(body);
+    let mut next = Some(http::Request::from_parts(parts, body));
+    let mut permit = None;
+    let mut n = 0;
+    loop {
+        let req = next.take().expect("a request for each try");
+        let result = send_once(
+            proxy,
+            cfg,
+            ob,
+            &b,
+            req,
+            probe,
+            &mut tried,
+            policy.per_try_timeout(),
+        )
+        .await;
+        drop(permit.take());
+        let outcome = match &result {
+            Ok(r) => retry::Outcome::Answered {
+                status: r.status().as_u16(),
+                grpc: grpc_status(r.headers()),
+            },
+            Err(TryFailure::NotSent(ProxyError::NoEndpoint { .. }, _)) => {
+                retry::Outcome::ConnectFailure
+            }
+            Err(TryFailure::NotSent(..)) => return result.map_err(TryFailure::error),
+            Err(TryFailure::Failed(_, outcome)) => *outcome,
+        };
+        let answer_headers = result.as_ref().ok().map(http::Response::headers);
+        if n >= retries || !policy.retries(&method, outcome, answer_headers) {
+            return result.map_err(TryFailure::error);
+        }
+        let (result, unsent) = match result {
+            Ok(r) => (Ok(r), None),
+            Err(TryFailure::NotSent(e, req)) => (Err(e), Some(req)),
+            Err(TryFailure::Failed(e, _)) => (Err(e), None),
+        };
+        let next_req = match unsent {
+            Some(req) => *req,
+            None => match replay.again() {
+                Some(body) => {
+                    let mut r = http::Request::new(body);
+                    *r.method_mut() = method.clone();
+                    *r.uri_mut() = uri.clone();
+                    *r.version_mut() = version;
+                    *r.headers_mut() = headers.clone();
+                    r
+                }
+                None => {
+                    proxy.metrics.retry(&ob.service, "body_not_replayable");
+                    return result;
+                }
+            },
+        };
+        let Ok(capped) = b.admit_retry() else {
+            proxy
+                .metrics
+                .retry(&ob.service, "circuit_breaker_max_retries");
+            return result;
+        };
+        let Some(p) = budget.withdraw(Instant::now()) else {
+            proxy.metrics.retry(&ob.service, "budget_exhausted");
+            return result;
+        };
+        let answer = result
+            .as_ref()
+            .ok()
+            .map(|r| (r.status().as_u16(), r.headers()));
+        let pause = policy.pause(n + 1, rand::random(), answer, std::time::SystemTime::now());
+        if deadline.is_some_and(|d| Instant::now() + pause >= d) {
+            proxy.metrics.retry(&ob.service, "past_deadline");
+            return result;
+        }
+        // The failed answer is dropped (its stream cancelled) before the pause.
+        drop(result);
+        proxy.metrics.retry(&ob.service, "retried");
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+        permit = Some((p, capped));
+        next = Some(next_req);
+        n += 1;
+    }
+}
+
+/// One try: picks an endpoint (one not in `tried` when there is one) and sends the
+/// request to it, up to its response's head; another endpoint when a dial fails
+/// (nothing was sent then). Within `per_try` when set.
+#[allow(clippy::too_many_arguments)]
+async fn send_once(
+    proxy: &Proxy,
+    cfg: &ProxyConfig,
+    ob: &OutboundListener,
+    b: &Balancer,
+    req: http::Request<Body>,
+    probe: bool,
+    tried: &mut Vec<Arc<EndpointState>>,
+    per_try: Option<Duration>,
+) -> Result<http::Response<Body>, TryFailure> {
+    // Every endpoint tried already (a retry): any may take it again.
+    if !tried.is_empty() && b.pick(tried).is_none() {
+        tried.clear();
+    }
+    let mut last_err = String::from("no endpoints");
+    // An endpoint on probation (back from ejection, no connection) that this request
+    // left to a background dial: taken only when no other endpoint is left.
+    let mut probed: Option<Arc<EndpointState>> = None;
+    let mut deferred = false;
+    for _ in 0..=CONNECT_ATTEMPTS {
+        let Some(ep) = b.pick(tried).or_else(|| probed.take()) else {
+            break;
+        };
+        if !deferred && ep.on_probation() && !ep.pool.has_live() {
+            // Its peer may still be silent (a blackholed zone takes TCP connections
+            // but never answers): a dial of its own finds out, within the connect
+            // timeout, while this request goes to another endpoint.
+            if ep.start_probe() {
+                match proxy.dial(cfg, ob, &ep, ALPN_H2) {
+                    Some(dial) => drop(tokio::spawn(probe_endpoint(ep.clone(), dial))),
+                    None => ep.probed(),
+                }
+            }
+            deferred = true;
+            tried.push(ep.clone());
+            probed = Some(ep);
+            continue;
+        }
+        // Waiting for a connection (a dial, or a free stream) is capped by
+        // maxPendingRequests.
+        let pending = match b.admit_pending() {
+            Ok(p) => p,
+            Err(max) => {
+                let e = ProxyError::Overflow {
+                    service: ob.service.clone(),
+                    max,
+                    limit: "maxPendingRequests",
+                };
+                return Err(TryFailure::NotSent(e, Box::new(req)));
+            }
+        };
+        let ready = ep
+            .pool
+            .slot()
+            .ready(|| proxy.dial(cfg, ob, &ep, ALPN_H2))
+            .await;
+        drop(pending);
+        let ready = match ready {
+            Ok(r) => r,
+            Err(NotReady::NoDial) => {
+                return Err(TryFailure::NotSent(
+                    ProxyError::NoCertificate,
+                    Box::new(req),
+                ));
+            }
+            Err(NotReady::Failed(e)) => {
+                // Nothing was sent: safe to try another endpoint. A refusal and a
+                // connect timeout alike count against the endpoint.
+                last_err = e.to_string();
+                ep.failed();
+                tried.push(ep);
+                continue;
+            }
+        };
+        ep.succeeded();
+        tried.push(ep.clone());
+        let mut in_flight = InFlight::new(&ep);
+        let result = match per_try {
+            None => ready.send(req).await.map_err(Some),
+            Some(t) => match tokio::time::timeout(t, ready.send(req)).await {
+                Ok(r) => r.map_err(Some),
+                Err(_) => Err(None),
+            },
+        };
+        in_flight.answered = true;
+        return match result {
+            Ok(r) => {
+                ep.observe(in_flight.started.elapsed());
+                for _ in 0..b.record(&ep, Outcome::Status(r.status().as_u16())) {
+                    proxy.metrics.circuit_breaker(&ob.service, "ejected");
+                }
+                if r.status() == http::StatusCode::SERVICE_UNAVAILABLE
+                    && r.headers().contains_key(APP_UNAVAILABLE)
+                {
+                    // Its app is down: eject it so the next requests go elsewhere
+                    // (another endpoint, or the next zone).
+                    ep.failed();
+                }
+                let (mut parts, body) = r.into_parts();
+                if probe
+                    && let Some(zone) = ep.endpoint.tags.get(causeway_api::ZONE_TAG)
+                    && let Ok(v) = http::HeaderValue::from_str(zone)
+                {
+                    parts.headers.insert(ANSWERED_FROM_ZONE, v);
+                }
+                Ok(http::Response::from_parts(parts, body))
+            }
+            Err(e) => {
+                for _ in 0..b.record(&ep, Outcome::LocalFailure) {
+                    proxy.metrics.circuit_breaker(&ob.service, "ejected");
+                }
+                if ep.pool.reset() {
+                    // Its connection was dropped for a silent peer (no PONG): eject
+                    // the endpoint, so the next requests go elsewhere.
+                    ep.failed();
+                }
+                Err(match e {
+                    None => {
+                        let t = per_try.expect("only a per-try timeout gives no error");
+                        TryFailure::Failed(
+                            ProxyError::PerTryTimeout(t),
+                            retry::Outcome::PerTryTimeout,
+                        )
+                    }
+                    Some(e) => {
+                        let outcome = if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+                            retry::Outcome::RefusedStream
+                        } else {
+                            retry::Outcome::Reset
+                        };
+                        TryFailure::Failed(
+                            ProxyError::Upstream {
+                                service: ob.service.clone(),
+                                error: Box::new(e),
+                            },
+                            outcome,
+                        )
+                    }
+                })
+            }
+        };
+    }
+    Err(TryFailure::NotSent(
+        ProxyError::NoEndpoint {
+            service: ob.service.clone(),
+            reason: last_err,
+        },
+        Box::new(req),
+    ))
+}
+
+/// Dials an endpoint on probation in the background: it is healthy again when the dial
+/// works, ejected for longer when it does not. Ends within the dial's connect timeout.
+async fn probe_endpoint(ep: Arc<EndpointState>, dial: Dial) {
+    match ep.pool.slot().ready(|| Some(dial)).await {
+        Ok(_) => ep.succeeded(),
+        Err(NotReady::Failed(e)) => {
+            tracing::info!(endpoint = %format!("{}:{}", ep.endpoint.address, ep.endpoint.port), error = %e, "probe failed");
+            ep.failed();
+        }
+        Err(NotReady::NoDial) => {}
+    }
+    ep.probed();
+}
