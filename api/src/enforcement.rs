@@ -69,7 +69,7 @@ pub struct WriteResponse<'a> {
 ///
 /// ```
 /// let r = causeway_api::Resource::from_yaml(
-///     "type: MeshFaultInjection\nmesh: default\nname: f\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {http: [{abort: {httpStatus: 500, percentage: 100}}]}\n",
+///     "type: MeshRateLimit\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {local: {http: {requestRate: {num: 10, interval: 1s}}}}\n",
 /// )?;
 /// let warnings = causeway_api::warnings(&r);
 /// assert_eq!(warnings[0].field, "type");
@@ -246,11 +246,11 @@ mod tests {
     #[test]
     fn a_kind_the_proxies_ignore_warns_once_at_its_type() {
         let got = warned(
-            "type: MeshFaultInjection\nmesh: default\nname: f\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {http: [{abort: {httpStatus: 500, percentage: 100}}]}\n",
+            "type: MeshRateLimit\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {local: {http: {requestRate: {num: 10, interval: 1s}}}}\n",
         );
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].0, "type");
-        assert!(got[0].1.contains("MeshFaultInjection is not enforced"));
+        assert!(got[0].1.contains("MeshRateLimit is not enforced"));
         assert!(got[0].1.contains("no effect on traffic"));
     }
 

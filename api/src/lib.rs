@@ -78,6 +78,7 @@ pub use policies::mesh_circuit_breaker::{
 };
 pub use policies::mesh_fault_injection::{
     Abort, Delay, FaultInjectionConf, HttpFault, MeshFaultInjectionSpec, ResponseBandwidth,
+    parse_bandwidth,
 };
 pub use policies::mesh_health_check::{
     GrpcHealthCheck, HealthCheckConf, HttpHealthCheck, MeshHealthCheckSpec, TcpHealthCheck,

@@ -60,10 +60,61 @@ pub struct InboundListener {
     /// caller gets the first that matches its identity, else `timeouts`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub caller_timeouts: Vec<CallerTimeouts>,
+    /// Faults injected into requests (MeshFaultInjection), by caller, most specific
+    /// first: a caller gets the first entry that matches its identity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<CallerFaults>,
     /// Caps on what callers send at once (MeshCircuitBreaker `from[]` for every caller,
     /// or `rules`); none without a policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<InboundLimits>,
+}
+
+/// The faults injected into the requests of the callers one source covers, each
+/// independently with its own percentage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallerFaults {
+    pub source: SourceMatch,
+    pub faults: Vec<Fault>,
+}
+
+/// One fault: its parts, each drawn on its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fault {
+    /// Answer with `httpStatus` instead of forwarding, for `percentage` (0-100) of
+    /// requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+    /// Wait `value` before forwarding, for `percentage` of requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    /// Send the response body at most `kbps` kilobits a second, for `percentage` of
+    /// requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_bandwidth: Option<FaultBandwidth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    pub http_status: u16,
+    pub percentage: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    pub value: Duration,
+    pub percentage: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultBandwidth {
+    pub kbps: u64,
+    pub percentage: f64,
 }
 
 /// The timeouts of the callers one source covers.

@@ -6,7 +6,7 @@
 //! `POST /answer/{status}` sets the status every other request is answered with (200
 //! at first), with `?percent=N` for only N% of them at random (the rest 200), and with
 //! `?header=name:value` a header added to those answers, so tests can make an instance
-//! fail its calls, some of them, or ask for a retry.
+//! fail its calls, some of them, or ask for a retry. `GET /bytes/{n}` answers n bytes.
 
 use std::net::SocketAddr;
 
@@ -89,6 +89,7 @@ pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
         .route("/healthz", axum::routing::get(healthz_status))
         .route("/healthz/{status}", axum::routing::post(set_healthz_status))
         .route("/answer/{status}", axum::routing::post(set_answer_status))
+        .route("/bytes/{n}", axum::routing::get(bytes))
         .fallback(echo)
         .with_state(App {
             me,
@@ -100,6 +101,11 @@ pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
         });
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// `GET /bytes/{n}`: `n` bytes (at most 16 MiB), for tests of large answers.
+async fn bytes(axum::extract::Path(n): axum::extract::Path<usize>) -> Vec<u8> {
+    vec![b'x'; n.min(16 << 20)]
 }
 
 async fn healthz_status(State(app): State<App>) -> axum::http::StatusCode {

@@ -68,13 +68,16 @@ pub(crate) enum ProxyError {
         max: u32,
         limit: &'static str,
     },
+    /// MeshFaultInjection: an abort drawn for this request.
+    #[error("fault injected (MeshFaultInjection abort)")]
+    FaultInjected { status: u16 },
     /// MeshRetry `perTryTimeout`: the last try had no response head in time.
     #[error("no response within the per-try timeout ({})", crate::timeout::show(*.0))]
     PerTryTimeout(Duration),
 }
 
 /// Every label, in [`ProxyError::index`] order.
-pub(crate) const LABELS: [&str; 16] = [
+pub(crate) const LABELS: [&str; 17] = [
     "no-config",
     "listener-removed",
     "no-certificate",
@@ -91,6 +94,7 @@ pub(crate) const LABELS: [&str; 16] = [
     "max-stream-duration",
     "overflow",
     "per-try-timeout",
+    "fault-injected",
 ];
 
 impl ProxyError {
@@ -113,6 +117,7 @@ impl ProxyError {
             ProxyError::MaxStreamDuration(_) => 13,
             ProxyError::Overflow { .. } => 14,
             ProxyError::PerTryTimeout(_) => 15,
+            ProxyError::FaultInjected { .. } => 16,
         }
     }
 
@@ -137,6 +142,9 @@ impl ProxyError {
             ProxyError::RequestTimeout(_)
             | ProxyError::MaxStreamDuration(_)
             | ProxyError::PerTryTimeout(_) => S::GATEWAY_TIMEOUT,
+            ProxyError::FaultInjected { status } => {
+                S::from_u16(*status).unwrap_or(S::SERVICE_UNAVAILABLE)
+            }
         }
     }
 
@@ -190,6 +198,7 @@ mod tests {
                 limit: "maxRequests",
             },
             ProxyError::PerTryTimeout(Duration::from_millis(200)),
+            ProxyError::FaultInjected { status: 503 },
         ];
         assert_eq!(all.len(), LABELS.len());
         for (i, e) in all.iter().enumerate() {

@@ -14,6 +14,7 @@ mod app;
 pub mod cli;
 pub mod cp;
 mod error;
+mod fault;
 mod health_check;
 mod http;
 mod http1;

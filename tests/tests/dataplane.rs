@@ -1938,3 +1938,98 @@ async fn a_backend_failing_30pct_of_calls_gives_under_1pct_errors_with_retries()
     );
     Ok(())
 }
+
+/// MeshFaultInjection, enforced on backend's sidecars for calls from web: an abort (503)
+/// for 20% of calls and a 200 ms delay for 10%, each drawn on its own. Over 5,000 calls
+/// the observed rates are within 2 points of those. Then a response bandwidth limit of
+/// 1 Mbps makes a 125 kB answer take about a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_aborts_and_delays_match_their_rates_and_bandwidth_is_limited()
+-> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let two = TwoBackends::start().await?;
+    // Retries off: web's sidecar would retry the aborts.
+    two.retry(json!({"numRetries": 0}), |r| r["http"]["numRetries"] == 0)
+        .await?;
+    let faults = |http: Value| {
+        json!({"type": "MeshFaultInjection", "mesh": "default", "name": "backend-faults",
+               "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+                        "from": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                                  "default": {"http": http}}]}})
+    };
+    put(
+        &two.fx.c,
+        "/meshes/default/meshfaultinjections/backend-faults",
+        &faults(json!([
+        {"abort": {"httpStatus": 503, "percentage": 20}},
+        {"delay": {"value": "200ms", "percentage": 10}}])),
+    )
+    .await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let url = format!("http://127.0.0.1:{}/", two.out);
+    let call = |url: String| {
+        let http = http.clone();
+        async move {
+            let t0 = Instant::now();
+            let r = http.get(url).send().await?;
+            let aborted = r.status() == StatusCode::SERVICE_UNAVAILABLE
+                && r.headers()
+                    .get("x-causeway-error")
+                    .and_then(|v| v.to_str().ok())
+                    == Some("fault-injected");
+            anyhow::Ok((aborted, t0.elapsed()))
+        }
+    };
+    // Both instances' sidecars have the policy: 40 calls in a row see aborts from both.
+    eventually("aborts injected", WAIT, || async {
+        let mut aborted = 0;
+        for _ in 0..40 {
+            aborted += usize::from(call(url.clone()).await.ok()?.0);
+        }
+        (aborted >= 2).then_some(())
+    })
+    .await?;
+    const CALLS: usize = 5_000;
+    let outcomes: Vec<(bool, Duration)> =
+        futures::stream::iter((0..CALLS).map(|_| call(url.clone())))
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<anyhow::Result<_>>()?;
+    let share = |n: usize| n as f64 * 100.0 / CALLS as f64;
+    let aborted = share(outcomes.iter().filter(|(a, _)| *a).count());
+    let delayed = share(
+        outcomes
+            .iter()
+            .filter(|(_, t)| *t >= Duration::from_millis(200))
+            .count(),
+    );
+    eprintln!("over {CALLS} calls: {aborted:.2}% aborted, {delayed:.2}% delayed");
+    assert!(
+        (18.0..=22.0).contains(&aborted),
+        "{aborted}% aborted, want 20 +- 2"
+    );
+    assert!(
+        (8.0..=12.0).contains(&delayed),
+        "{delayed}% delayed, want 10 +- 2"
+    );
+
+    put(
+        &two.fx.c,
+        "/meshes/default/meshfaultinjections/backend-faults",
+        &faults(json!([
+        {"responseBandwidth": {"limit": "1Mbps", "percentage": 100}}])),
+    )
+    .await?;
+    let big = format!("http://127.0.0.1:{}/bytes/125000", two.out);
+    eventually("a 125 kB answer at 1 Mbps (125 kB/s)", WAIT, || async {
+        let t0 = Instant::now();
+        let body = http.get(&big).send().await.ok()?.bytes().await.ok()?;
+        (body.len() == 125_000 && t0.elapsed() >= Duration::from_millis(900)).then_some(())
+    })
+    .await?;
+    Ok(())
+}

@@ -234,15 +234,15 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     assert!(s.is_success(), "{s}");
 
     // The API: `warnings` with the field and the reason, and the write is done.
-    let fault = json!({"type": "MeshFaultInjection", "mesh": "default", "name": "abort-all",
+    let limit = json!({"type": "MeshRateLimit", "mesh": "default", "name": "limit-all",
         "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
-            "default": {"http": [{"abort": {"httpStatus": 500, "percentage": 100}}]}}]}});
+            "default": {"local": {"http": {"requestRate": {"num": 10, "interval": "1s"}}}}}]}});
     let (s, body) = c
         .call(
             0,
             Method::PUT,
-            "/meshes/default/meshfaultinjections/abort-all",
-            Some(&fault),
+            "/meshes/default/meshratelimits/limit-all",
+            Some(&limit),
         )
         .await
         .unwrap();
@@ -255,14 +255,14 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         warnings[0]["reason"]
             .as_str()
             .unwrap()
-            .contains("MeshFaultInjection is not enforced by the proxies yet"),
+            .contains("MeshRateLimit is not enforced by the proxies yet"),
         "{body}"
     );
     let (s, stored) = c
         .call(
             0,
             Method::GET,
-            "/meshes/default/meshfaultinjections/abort-all",
+            "/meshes/default/meshratelimits/limit-all",
             None,
         )
         .await

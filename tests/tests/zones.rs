@@ -215,14 +215,14 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     // A zone-local write of what the proxies do not enforce yet says so, as global does.
-    let fault = json!({"type": "MeshFaultInjection", "mesh": "default", "name": "zone-b-fault",
+    let limit = json!({"type": "MeshRateLimit", "mesh": "default", "name": "zone-b-limit",
         "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
-            "default": {"http": [{"abort": {"httpStatus": 503, "percentage": 50}}]}}]}});
+            "default": {"local": {"http": {"requestRate": {"num": 10, "interval": "1s"}}}}}]}});
     let (s, written) = zs[1]
         .call(
             Method::PUT,
-            "/meshes/default/meshfaultinjections/zone-b-fault",
-            Some(&fault),
+            "/meshes/default/meshratelimits/zone-b-limit",
+            Some(&limit),
         )
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{written}");
@@ -230,7 +230,7 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
     assert!(
         written["warnings"][0]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("MeshFaultInjection is not enforced")),
+            .is_some_and(|r| r.contains("MeshRateLimit is not enforced")),
         "{written}"
     );
     let got = eventually("zone-b's policy on global", SYNC, || async {

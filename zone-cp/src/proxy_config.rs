@@ -6,6 +6,7 @@
 //! into the config's fields.
 
 mod mesh_circuit_breaker;
+mod mesh_fault_injection;
 mod mesh_health_check;
 mod mesh_load_balancing_strategy;
 mod mesh_retry;
@@ -109,6 +110,25 @@ pub(crate) fn decode_outbounds<T: DeserializeOwned>(
         .collect()
 }
 
+/// The callers a `from[]` source stands for, when a certificate can prove it: every
+/// caller (`Mesh`), a service, or a SPIFFE id. `None` for sources by tags, which a
+/// certificate does not carry yet.
+pub(crate) fn caller_source(
+    source: &causeway_api::TargetRef,
+    trust_domain: &str,
+) -> Option<causeway_api::proxy_config::SourceMatch> {
+    use causeway_api::TargetRefKind;
+    use causeway_api::proxy_config::SourceMatch;
+    match (source.kind, source.name.as_deref()) {
+        (TargetRefKind::Mesh, _) => Some(SourceMatch::Any),
+        (TargetRefKind::MeshService, Some(service)) => Some(SourceMatch::Spiffe {
+            id: spiffe_id(trust_domain, service),
+        }),
+        (TargetRefKind::SpiffeId, Some(id)) => Some(SourceMatch::Spiffe { id: id.to_owned() }),
+        _ => None,
+    }
+}
+
 fn policies_of(inputs: &MeshInputs, kind: &str) -> Vec<Resource> {
     inputs
         .policies
@@ -134,6 +154,11 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         Proxy::from_dataplane(&spec, Some(&inputs.zone)).named(&dataplane.name, &dataplane.labels);
     let timeouts =
         mesh_timeout::configure(&policies_of(inputs, "MeshTimeout"), &proxy, &trust_domain)?;
+    let faults = mesh_fault_injection::configure(
+        &policies_of(inputs, "MeshFaultInjection"),
+        &proxy,
+        &trust_domain,
+    )?;
     let inbound_limits = mesh_circuit_breaker::configure_inbounds(
         &policies_of(inputs, "MeshCircuitBreaker"),
         &proxy,
@@ -182,6 +207,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 timeouts: timeouts.inbounds[i].0,
                 caller_timeouts: timeouts.inbounds[i].1.clone(),
                 limits: inbound_limits[i].clone(),
+                faults: faults[i].clone(),
             })
         })
         .collect::<Result<_, ComputeError>>()?;

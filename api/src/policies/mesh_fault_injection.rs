@@ -102,7 +102,7 @@ pub struct ResponseBandwidth {
 }
 
 /// Parses a bandwidth like `100kbps` into kilobits per second.
-pub(crate) fn parse_bandwidth(limit: &str) -> Result<u64, String> {
+pub fn parse_bandwidth(limit: &str) -> Result<u64, String> {
     let hint = "use a whole number and kbps, Mbps or Gbps, like 100kbps or 1Mbps";
     // Kuma's docs also write the units in lower case (`50mbps`).
     let units = [

@@ -134,8 +134,8 @@ fn explain_table() {
         ),
         // What the proxies enforce, from the registry.
         (
-            "MeshFaultInjection",
-            &["ENFORCED: no: the proxies do not enforce MeshFaultInjection yet"],
+            "MeshRateLimit",
+            &["ENFORCED: no: the proxies do not enforce MeshRateLimit yet"],
         ),
         (
             "MeshTrafficPermission",

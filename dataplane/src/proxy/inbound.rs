@@ -4,6 +4,7 @@
 //! application over its own connection pool.
 
 use super::*;
+use crate::fault;
 
 impl Proxy {
     /// An inbound's caps, if it has any: the same ones while its settings stay, so
@@ -215,6 +216,8 @@ struct InboundConn {
 /// A request authorized and shaped for the application, and how to send it.
 struct Prepared {
     app: Arc<App>,
+    /// What MeshFaultInjection does to this request.
+    faults: fault::Plan,
     req: http::Request<Body>,
     /// The application speaks HTTP/2 (`http2`, `grpc`), else HTTP/1.1.
     h2: bool,
@@ -291,8 +294,13 @@ fn inbound_prepare(
     }
     parts.uri =
         http::Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("bad request target"))?;
+    let faults = match fault::for_caller(&ib.faults, conn.peer.as_deref()) {
+        [] => fault::Plan::default(),
+        faults => fault::plan(faults, || rand::random::<f64>() * 100.0),
+    };
     Ok(Prepared {
         app,
+        faults,
         req: http::Request::from_parts(parts, body),
         h2,
         exchange: Exchange::start(ib.timeouts_for(conn.peer.as_deref()), started),
@@ -320,6 +328,7 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
     };
     let Prepared {
         app,
+        faults,
         req,
         h2,
         exchange,
@@ -333,6 +342,7 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
     // request timeout's timer lives in the same box.
     let resp = if h2 {
         Box::pin(exchange.head(async {
+            inject(faults).await?;
             app.send_http2(req, connect_timeout)
                 .await
                 .map_err(ProxyError::from)
@@ -340,6 +350,7 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
         .await
     } else {
         Box::pin(exchange.head(async {
+            inject(faults).await?;
             app.send_http1(req, connect_timeout)
                 .await
                 .map_err(ProxyError::from)
@@ -351,8 +362,24 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
             let (mut parts, body) = r.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             stats.record(parts.status.as_u16(), started.elapsed());
+            let body = match faults.bandwidth {
+                Some(kbps) => fault::throttle(body, kbps),
+                None => body,
+            };
             http::Response::from_parts(parts, exchange.body(body))
         }
         Err(e) => answer_error(stats, started, e),
+    }
+}
+
+/// MeshFaultInjection before the application: the delay drawn, then the abort drawn
+/// (answered instead of forwarding).
+async fn inject(faults: fault::Plan) -> Result<(), ProxyError> {
+    if let Some(d) = faults.delay {
+        tokio::time::sleep(d).await;
+    }
+    match faults.abort {
+        Some(status) => Err(ProxyError::FaultInjected { status }),
+        None => Ok(()),
     }
 }

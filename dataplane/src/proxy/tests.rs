@@ -30,6 +30,7 @@ fn inbound(port: u16, app_port: u16, timeouts: Timeouts) -> InboundListener {
         default_action: Action::Allow,
         timeouts,
         caller_timeouts: Vec::new(),
+        faults: Vec::new(),
         limits: None,
     }
 }

@@ -12,12 +12,10 @@
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`],
 //! never replaced by the defaults.
 
-use causeway_api::proxy_config::{CallerTimeouts, SourceMatch, Timeouts, spiffe_id};
-use causeway_api::{
-    EffectiveConfig, FromRule, Proxy, Resource, TargetRef, TargetRefKind, TimeoutConf,
-};
+use causeway_api::proxy_config::{CallerTimeouts, Timeouts};
+use causeway_api::{EffectiveConfig, FromRule, Proxy, Resource, TargetRefKind, TimeoutConf};
 
-use super::{ComputeError, decode_conf, decode_outbounds};
+use super::{ComputeError, caller_source, decode_conf, decode_outbounds};
 
 /// The timeouts of each listener of a proxy, in the proxy's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,18 +35,6 @@ pub(crate) fn configure(
     let effective = causeway_api::effective("MeshTimeout", policies, proxy)
         .expect("MeshTimeout is a policy kind");
     from_effective(&effective, proxy, trust_domain)
-}
-
-/// The identity a `from[]` source stands for, when a certificate can prove it: a
-/// service, or a SPIFFE id (tags cannot be proven yet).
-fn caller_source(source: &TargetRef, trust_domain: &str) -> Option<SourceMatch> {
-    match (source.kind, source.name.as_deref()) {
-        (TargetRefKind::MeshService, Some(service)) => Some(SourceMatch::Spiffe {
-            id: spiffe_id(trust_domain, service),
-        }),
-        (TargetRefKind::SpiffeId, Some(id)) => Some(SourceMatch::Spiffe { id: id.to_owned() }),
-        _ => None,
-    }
 }
 
 /// [`configure`] from the effective configuration already computed.
@@ -86,6 +72,7 @@ pub(crate) fn from_effective(
             // the entries for every caller already.
             let callers = rules
                 .iter()
+                .filter(|r| r.source.kind != TargetRefKind::Mesh)
                 .filter_map(|r| caller_source(&r.source, trust_domain).map(|s| (s, r)))
                 .map(|(source, r)| {
                     Ok(CallerTimeouts {
