@@ -64,6 +64,11 @@ pub struct InboundListener {
     /// first: a caller gets the first entry that matches its identity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<CallerFaults>,
+    /// Local rate limits (MeshRateLimit), by caller, most specific first: a caller
+    /// counts against the first entry that matches its identity, whose bucket all the
+    /// callers it matches share.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<CallerRateLimit>,
     /// Caps on what callers send at once (MeshCircuitBreaker `from[]` for every caller,
     /// or `rules`); none without a policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +120,43 @@ pub struct FaultDelay {
 pub struct FaultBandwidth {
     pub kbps: u64,
     pub percentage: f64,
+}
+
+/// The local rate limits of the callers one source covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallerRateLimit {
+    pub source: SourceMatch,
+    /// HTTP requests; none: not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpRateLimitPolicy>,
+    /// New TCP connections; none: not limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<RatePolicy>,
+}
+
+/// `num` per `interval`: a bucket of `num` tokens, full again once `interval` has
+/// passed since it was last filled (so of the requests sent within one interval, at
+/// most `num` pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RatePolicy {
+    pub num: u32,
+    pub interval: Duration,
+}
+
+/// An HTTP request rate and the answer to a request over it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRateLimitPolicy {
+    pub rate: RatePolicy,
+    /// Default 429.
+    pub status: u16,
+    /// Headers set on the answer (replacing), then added.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set_headers: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add_headers: Vec<(String, String)>,
 }
 
 /// The timeouts of the callers one source covers.

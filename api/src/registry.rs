@@ -239,6 +239,18 @@ const FAULT_INJECTION_UNENFORCED: &[Unenforced] = &[
     },
 ];
 
+/// MeshRateLimit: callers a certificate cannot prove yet.
+const RATE_LIMIT_UNENFORCED: &[Unenforced] = &[
+    Unenforced {
+        path: "from[].targetRef.kind=MeshSubset",
+        reason: "callers are identified by service (their certificate carries no tags yet), so limits for callers by tags are not applied; those for a service or a SPIFFE id are.",
+    },
+    Unenforced {
+        path: "from[].targetRef.kind=MeshServiceSubset",
+        reason: "callers are identified by service (their certificate carries no tags yet), so limits for callers by tags are not applied; those for a service or a SPIFFE id are.",
+    },
+];
+
 /// MeshRetry: per-route retries.
 const RETRY_UNENFORCED: &[Unenforced] = &[Unenforced {
     path: "to[].targetRef.kind=MeshHTTPRoute",
@@ -359,7 +371,11 @@ static TYPES: &[TypeInfo] = &[
         "meshfaultinjections",
         Enforcement::Partial(FAULT_INJECTION_UNENFORCED),
     ),
-    TypeInfo::policy::<MeshRateLimitSpec>("MeshRateLimit", "meshratelimits", Enforcement::NotYet),
+    TypeInfo::policy::<MeshRateLimitSpec>(
+        "MeshRateLimit",
+        "meshratelimits",
+        Enforcement::Partial(RATE_LIMIT_UNENFORCED),
+    ),
     TypeInfo::policy::<MeshLoadBalancingStrategySpec>(
         "MeshLoadBalancingStrategy",
         "meshloadbalancingstrategies",

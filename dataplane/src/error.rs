@@ -68,6 +68,15 @@ pub(crate) enum ProxyError {
         max: u32,
         limit: &'static str,
     },
+    /// MeshRateLimit: the caller's entry has no token left; `retry_after` until it
+    /// fills again.
+    #[error("over the rate limit (MeshRateLimit)")]
+    RateLimited {
+        status: u16,
+        set_headers: Vec<(String, String)>,
+        add_headers: Vec<(String, String)>,
+        retry_after: Duration,
+    },
     /// MeshFaultInjection: an abort drawn for this request.
     #[error("fault injected (MeshFaultInjection abort)")]
     FaultInjected { status: u16 },
@@ -77,7 +86,7 @@ pub(crate) enum ProxyError {
 }
 
 /// Every label, in [`ProxyError::index`] order.
-pub(crate) const LABELS: [&str; 17] = [
+pub(crate) const LABELS: [&str; 18] = [
     "no-config",
     "listener-removed",
     "no-certificate",
@@ -95,6 +104,7 @@ pub(crate) const LABELS: [&str; 17] = [
     "overflow",
     "per-try-timeout",
     "fault-injected",
+    "rate-limited",
 ];
 
 impl ProxyError {
@@ -118,6 +128,7 @@ impl ProxyError {
             ProxyError::Overflow { .. } => 14,
             ProxyError::PerTryTimeout(_) => 15,
             ProxyError::FaultInjected { .. } => 16,
+            ProxyError::RateLimited { .. } => 17,
         }
     }
 
@@ -142,7 +153,7 @@ impl ProxyError {
             ProxyError::RequestTimeout(_)
             | ProxyError::MaxStreamDuration(_)
             | ProxyError::PerTryTimeout(_) => S::GATEWAY_TIMEOUT,
-            ProxyError::FaultInjected { status } => {
+            ProxyError::FaultInjected { status } | ProxyError::RateLimited { status, .. } => {
                 S::from_u16(*status).unwrap_or(S::SERVICE_UNAVAILABLE)
             }
         }
@@ -158,6 +169,31 @@ impl ProxyError {
                 APP_UNAVAILABLE,
                 http::HeaderValue::from_static("application"),
             );
+        }
+        if let ProxyError::RateLimited {
+            set_headers,
+            add_headers,
+            retry_after,
+            ..
+        } = &self
+        {
+            let pair = |(k, v): &(String, String)| {
+                Some((
+                    http::HeaderName::try_from(k.as_str()).ok()?,
+                    http::HeaderValue::try_from(v.as_str()).ok()?,
+                ))
+            };
+            for (k, v) in set_headers.iter().filter_map(pair) {
+                headers.insert(k, v);
+            }
+            for (k, v) in add_headers.iter().filter_map(pair) {
+                headers.append(k, v);
+            }
+            if !headers.contains_key(http::header::RETRY_AFTER) {
+                // Whole seconds, rounded up: a caller that waits that long gets a token.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+            }
         }
         r
     }
@@ -199,6 +235,12 @@ mod tests {
             },
             ProxyError::PerTryTimeout(Duration::from_millis(200)),
             ProxyError::FaultInjected { status: 503 },
+            ProxyError::RateLimited {
+                status: 429,
+                set_headers: vec![],
+                add_headers: vec![],
+                retry_after: Duration::from_millis(1500),
+            },
         ];
         assert_eq!(all.len(), LABELS.len());
         for (i, e) in all.iter().enumerate() {
@@ -217,5 +259,26 @@ mod tests {
             &body[..],
             b"causeway: no response within the request timeout (500ms)\n"
         );
+    }
+
+    #[test]
+    fn a_rate_limited_answer_has_its_headers_and_a_retry_after() {
+        let limited = |set: Vec<(String, String)>| ProxyError::RateLimited {
+            status: 429,
+            set_headers: set,
+            add_headers: vec![
+                ("x-limit".into(), "a".into()),
+                ("x-limit".into(), "b".into()),
+            ],
+            retry_after: Duration::from_millis(1500),
+        };
+        let r = limited(vec![]).into_response();
+        assert_eq!(r.status(), 429);
+        assert_eq!(r.headers()[ERROR_HEADER], "rate-limited");
+        assert_eq!(r.headers()["retry-after"], "2", "rounded up");
+        assert_eq!(r.headers().get_all("x-limit").iter().count(), 2);
+        // The policy's own retry-after wins.
+        let r = limited(vec![("retry-after".into(), "10".into())]).into_response();
+        assert_eq!(r.headers()["retry-after"], "10");
     }
 }

@@ -25,6 +25,7 @@ mod metrics;
 mod outlier;
 mod proxy;
 pub mod quic;
+mod rate_limit;
 mod replay;
 mod retry;
 mod timeout;

@@ -66,6 +66,8 @@ pub(crate) struct Proxy {
     draining: watch::Sender<bool>,
     /// Running active health checks, by outbound port and endpoint.
     health_checks: Mutex<HashMap<(u16, usize), RunningCheck>>,
+    /// MeshRateLimit's buckets, by inbound port.
+    rate_limits: Mutex<HashMap<u16, Arc<crate::rate_limit::InboundRateLimits>>>,
     /// MeshCircuitBreaker's inbound caps, by inbound port.
     inbound_caps: Mutex<HashMap<u16, Arc<InboundCaps>>>,
 }
@@ -176,6 +178,7 @@ impl Proxy {
             draining: watch::Sender::new(false),
             health_checks: Mutex::default(),
             inbound_caps: Mutex::default(),
+            rate_limits: Mutex::default(),
         })
     }
 

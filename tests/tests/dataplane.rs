@@ -2033,3 +2033,54 @@ async fn injected_aborts_and_delays_match_their_rates_and_bandwidth_is_limited()
     .await?;
     Ok(())
 }
+
+/// MeshRateLimit, enforced on slow's sidecar for calls from web: 7 requests per 10 s.
+/// Of 20 calls made within the interval exactly 7 pass; the others are answered 429
+/// with `retry-after` (the seconds until the bucket fills) and never reach the
+/// application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_n_calls_in_one_interval_exactly_the_limit_pass() -> anyhow::Result<()> {
+    let SlowService {
+        fx,
+        slow_admin,
+        out,
+        http,
+        _procs,
+        ..
+    } = SlowService::start(Duration::from_secs(3)).await?;
+    put(&fx.c, "/meshes/default/meshratelimits/slow-for-web", &json!({
+        "type": "MeshRateLimit", "mesh": "default", "name": "slow-for-web",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "slow"},
+                 "from": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                           "default": {"local": {"http": {"requestRate": {"num": 7, "interval": "10s"}}}}}]}})).await?;
+    eventually("the limit in slow's config", WAIT, || async {
+        let cfg = admin_config(&http, slow_admin).await?;
+        let limits = &cfg["config"]["inbounds"][0]["rateLimits"];
+        (limits[0]["http"]["rate"]["num"] == 7).then_some(())
+    })
+    .await?;
+    let t0 = Instant::now();
+    let (mut passed, mut limited) = (0, 0);
+    for _ in 0..20 {
+        let r = http
+            .get(format!("http://127.0.0.1:{out}/fast"))
+            .send()
+            .await?;
+        match r.status() {
+            StatusCode::OK => passed += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(r.headers()["x-causeway-error"], "rate-limited");
+                let wait: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+                assert!((1..=10).contains(&wait), "retry-after {wait}");
+                limited += 1;
+            }
+            s => anyhow::bail!("unexpected {s}"),
+        }
+    }
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "the calls took one interval"
+    );
+    assert_eq!((passed, limited), (7, 13));
+    Ok(())
+}

@@ -234,15 +234,15 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     assert!(s.is_success(), "{s}");
 
     // The API: `warnings` with the field and the reason, and the write is done.
-    let limit = json!({"type": "MeshRateLimit", "mesh": "default", "name": "limit-all",
-        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
-            "default": {"local": {"http": {"requestRate": {"num": 10, "interval": "1s"}}}}}]}});
+    let route = json!({"type": "MeshTCPRoute", "mesh": "default", "name": "db-replica",
+        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "db"},
+            "default": {"backendRefs": [{"kind": "MeshService", "name": "db-replica"}]}}]}});
     let (s, body) = c
         .call(
             0,
             Method::PUT,
-            "/meshes/default/meshratelimits/limit-all",
-            Some(&limit),
+            "/meshes/default/meshtcproutes/db-replica",
+            Some(&route),
         )
         .await
         .unwrap();
@@ -255,14 +255,14 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         warnings[0]["reason"]
             .as_str()
             .unwrap()
-            .contains("MeshRateLimit is not enforced by the proxies yet"),
+            .contains("MeshTCPRoute is not enforced by the proxies yet"),
         "{body}"
     );
     let (s, stored) = c
         .call(
             0,
             Method::GET,
-            "/meshes/default/meshratelimits/limit-all",
+            "/meshes/default/meshtcproutes/db-replica",
             None,
         )
         .await

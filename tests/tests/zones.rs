@@ -215,14 +215,14 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     // A zone-local write of what the proxies do not enforce yet says so, as global does.
-    let limit = json!({"type": "MeshRateLimit", "mesh": "default", "name": "zone-b-limit",
-        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
-            "default": {"local": {"http": {"requestRate": {"num": 10, "interval": "1s"}}}}}]}});
+    let route = json!({"type": "MeshTCPRoute", "mesh": "default", "name": "zone-b-route",
+        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "db"},
+            "default": {"backendRefs": [{"kind": "MeshService", "name": "db-replica"}]}}]}});
     let (s, written) = zs[1]
         .call(
             Method::PUT,
-            "/meshes/default/meshratelimits/zone-b-limit",
-            Some(&limit),
+            "/meshes/default/meshtcproutes/zone-b-route",
+            Some(&route),
         )
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{written}");
@@ -230,7 +230,7 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
     assert!(
         written["warnings"][0]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("MeshRateLimit is not enforced")),
+            .is_some_and(|r| r.contains("MeshTCPRoute is not enforced")),
         "{written}"
     );
     let got = eventually("zone-b's policy on global", SYNC, || async {

@@ -9,6 +9,7 @@ mod mesh_circuit_breaker;
 mod mesh_fault_injection;
 mod mesh_health_check;
 mod mesh_load_balancing_strategy;
+mod mesh_rate_limit;
 mod mesh_retry;
 mod mesh_timeout;
 mod mesh_traffic_permission;
@@ -159,6 +160,8 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         &proxy,
         &trust_domain,
     )?;
+    let rate_limits =
+        mesh_rate_limit::configure(&policies_of(inputs, "MeshRateLimit"), &proxy, &trust_domain)?;
     let inbound_limits = mesh_circuit_breaker::configure_inbounds(
         &policies_of(inputs, "MeshCircuitBreaker"),
         &proxy,
@@ -208,6 +211,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 caller_timeouts: timeouts.inbounds[i].1.clone(),
                 limits: inbound_limits[i].clone(),
                 faults: faults[i].clone(),
+                rate_limits: rate_limits[i].clone(),
             })
         })
         .collect::<Result<_, ComputeError>>()?;

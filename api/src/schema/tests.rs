@@ -134,8 +134,8 @@ fn explain_table() {
         ),
         // What the proxies enforce, from the registry.
         (
-            "MeshRateLimit",
-            &["ENFORCED: no: the proxies do not enforce MeshRateLimit yet"],
+            "MeshTCPRoute",
+            &["ENFORCED: no: the proxies do not enforce MeshTCPRoute yet"],
         ),
         (
             "MeshTrafficPermission",

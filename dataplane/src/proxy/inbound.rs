@@ -5,8 +5,27 @@
 
 use super::*;
 use crate::fault;
+use crate::rate_limit::InboundRateLimits;
 
 impl Proxy {
+    /// An inbound's rate limits, if it has any: the same buckets while its settings
+    /// stay, so they count across connections and config updates.
+    fn rate_limits(&self, ib: &InboundListener) -> Option<Arc<InboundRateLimits>> {
+        let mut map = self.rate_limits.lock().expect("rate limits lock");
+        if ib.rate_limits.is_empty() {
+            map.remove(&ib.port);
+            return None;
+        }
+        if let Some(l) = map.get(&ib.port)
+            && l.config == ib.rate_limits
+        {
+            return Some(l.clone());
+        }
+        let limits = Arc::new(InboundRateLimits::new(&ib.rate_limits));
+        map.insert(ib.port, limits.clone());
+        Some(limits)
+    }
+
     /// An inbound's caps, if it has any: the same ones while its settings stay, so
     /// they count across connections and config updates.
     fn inbound_caps(&self, ib: &InboundListener) -> Option<Arc<InboundCaps>> {
@@ -106,6 +125,21 @@ pub(super) async fn inbound_conn(
     } else {
         (Box::new(tcp), None, Vec::new(), false)
     };
+    // MeshRateLimit's connection rate, for the caller's entry.
+    if let Some(limits) = proxy.rate_limits(&ib)
+        && !limits.connection(peer.as_deref(), Instant::now())
+    {
+        // Counted as a denied connection (causeway_tcp_denied_total).
+        proxy.metrics.denied(
+            "inbound",
+            &ib.service,
+            peer.as_deref().map(service_of).unwrap_or(""),
+        );
+        anyhow::bail!(
+            "{} is over its MeshRateLimit connection rate; connection closed",
+            ib.service
+        );
+    }
     // The caller's timeouts, now that its identity is known.
     let timeouts = *ib.timeouts_for(peer.as_deref());
     if ib.protocol == Protocol::Tcp {
@@ -249,6 +283,17 @@ fn inbound_prepare(
         .find(|i| i.port == conn.port)
         .ok_or(ProxyError::ListenerRemoved("inbound"))?;
     authorize(ib, cfg.mtls, conn.peer.as_deref()).map_err(ProxyError::Denied)?;
+    if let Some(limits) = proxy.rate_limits(ib)
+        && let Err((entry, wait)) = limits.request(conn.peer.as_deref(), Instant::now())
+    {
+        let http = entry.http.as_ref().expect("a request limit");
+        return Err(ProxyError::RateLimited {
+            status: http.status,
+            set_headers: http.set_headers.clone(),
+            add_headers: http.add_headers.clone(),
+            retry_after: wait,
+        });
+    }
     let app = {
         let mut app = conn.app.lock().expect("app lock");
         if !app.is(&ib.app_address, ib.app_port) {

@@ -31,6 +31,7 @@ fn inbound(port: u16, app_port: u16, timeouts: Timeouts) -> InboundListener {
         timeouts,
         caller_timeouts: Vec::new(),
         faults: Vec::new(),
+        rate_limits: Vec::new(),
         limits: None,
     }
 }
