@@ -291,7 +291,7 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     let file = c.tmp.path().join("policies.yaml");
     std::fs::write(
         &file,
-        "type: MeshTrafficPermission\nmesh: default\nname: by-tags\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n  - targetRef: {kind: MeshSubset, tags: {version: v2}}\n    default: {action: Deny}\n---\ntype: MeshRateLimit\nmesh: default\nname: limit\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {local: {http: {requestRate: {num: 10, interval: 1s}}}}\n",
+        "type: MeshTrafficPermission\nmesh: default\nname: by-tags\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n  - targetRef: {kind: MeshSubset, tags: {version: v2}}\n    default: {action: Deny}\n---\ntype: MeshTCPRoute\nmesh: default\nname: to-replica\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: db}\n    default: {backendRefs: [{kind: MeshService, name: db-replica}]}\n",
     )
     .unwrap();
     let (ok, out, err) = c.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
@@ -301,7 +301,7 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         "{out}"
     );
     assert!(
-        out.contains("MeshRateLimit limit in mesh default created"),
+        out.contains("MeshTCPRoute to-replica in mesh default created"),
         "{out}"
     );
     let lines: Vec<&str> = err.lines().collect();
@@ -313,13 +313,13 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         "{err}"
     );
     assert!(
-        lines[1].starts_with("Warning: type: MeshRateLimit is not enforced by the proxies yet"),
+        lines[1].starts_with("Warning: type: MeshTCPRoute is not enforced by the proxies yet"),
         "{err}"
     );
 
-    let (ok, out, _) = c.cli(&["explain", "MeshRateLimit"]).unwrap();
+    let (ok, out, _) = c.cli(&["explain", "MeshTCPRoute"]).unwrap();
     assert!(
-        ok && out.contains("ENFORCED: no: the proxies do not enforce MeshRateLimit yet"),
+        ok && out.contains("ENFORCED: no: the proxies do not enforce MeshTCPRoute yet"),
         "{out}"
     );
 }
