@@ -2084,3 +2084,90 @@ async fn of_n_calls_in_one_interval_exactly_the_limit_pass() -> anyhow::Result<(
     assert_eq!((passed, limited), (7, 13));
     Ok(())
 }
+
+/// Sends `hello` through a TCP outbound and reads it back: whether the echo came.
+async fn echoes(out: u16) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", out)).await?;
+        s.write_all(b"hello").await?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await?;
+        anyhow::Ok(&buf == b"hello")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(3), exchange).await,
+        Ok(Ok(true))
+    )
+}
+
+/// MeshHealthCheck over TCP: db, a TCP echo service, has two instances, and db-2's
+/// application stops (its sidecar still takes connections, then closes them). Without
+/// checks some of web's connections fail; with a TCP check that sends `ping` and expects
+/// it back, db-2 is taken out and every connection echoes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_health_check_takes_out_an_instance_whose_application_is_gone()
+-> anyhow::Result<()> {
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-db", "web", "db", "Allow").await?;
+    put(&fx.c, "/meshes/default/meshloadbalancingstrategies/rr", &json!({
+        "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "rr",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "db"},
+                 "default": {"loadBalancer": {"type": "RoundRobin"}}}]}})).await?;
+    let (mut apps, mut sidecars) = (Vec::new(), Vec::new());
+    for name in ["db-1", "db-2"] {
+        let app = free_addr();
+        apps.push(fx.app(name, "db", app, true)?);
+        let dp = dataplane(name, "db", free_addr().port(), app.port(), "tcp", &[]);
+        sidecars.push(fx.sidecar("db", dp).await?.0);
+    }
+    let (_web, web_admin, out) = fx.web_calling("db").await?;
+    let http = plain_http();
+    eventually("web balancing db round robin over both", WAIT, || async {
+        let cfg = admin_config(&http, web_admin).await?;
+        let ob = &cfg["config"]["outbounds"][0];
+        let both = ob["groups"][0]["endpoints"].as_array()?.len() == 2;
+        (both && ob["loadBalancer"] == "RoundRobin").then_some(())
+    })
+    .await?;
+    eventually("both instances echo", WAIT, || async {
+        for _ in 0..10 {
+            if !echoes(out).await {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    drop(apps.remove(1));
+    let mut failed = 0;
+    for _ in 0..10 {
+        failed += usize::from(!echoes(out).await);
+    }
+    assert!(failed >= 2, "without checks db-2 keeps its share: {failed} of 10 failed");
+
+    put(&fx.c, "/meshes/default/meshhealthchecks/db", &json!({
+        "type": "MeshHealthCheck", "mesh": "default", "name": "db",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "db"},
+                 "default": {"interval": "1s", "timeout": "500ms", "unhealthyThreshold": 2, "healthyThreshold": 1,
+                             "tcp": {"send": "cGluZw==", "receive": ["cGluZw=="]}}}]}})).await?;
+    eventually("db-2 taken out by its failing TCP checks", WAIT, || async {
+        for _ in 0..20 {
+            if !echoes(out).await {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    assert!(
+        admin_metric(
+            &http,
+            web_admin,
+            "causeway_health_checks_total{service=\"db\",result=\"failed\"}"
+        )
+        .await
+            >= 2.0
+    );
+    Ok(())
+}
