@@ -2171,3 +2171,51 @@ async fn a_tcp_health_check_takes_out_an_instance_whose_application_is_gone()
     );
     Ok(())
 }
+
+/// MeshTimeout `idleTimeout` on a TCP destination: with 1s, web's sidecar closes a
+/// connection on which nothing moved for a second (both sides); with the default (1h)
+/// it stays open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tcp_connection_is_closed_at_its_idle_timeout() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-db", "web", "db", "Allow").await?;
+    let app = free_addr();
+    let _app = fx.app("db-1", "db", app, true)?;
+    let dp = dataplane("db-1", "db", free_addr().port(), app.port(), "tcp", &[]);
+    let _db = fx.sidecar("db", dp).await?.0;
+    let (_web, web_admin, out) = fx.web_calling("db").await?;
+    eventually("db echoes", WAIT, || async { echoes(out).await.then_some(()) }).await?;
+    // Open, echo once, then wait for the close: (closed, after how long).
+    let idle_close = || async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", out)).await?;
+        s.write_all(b"hello").await?;
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await?;
+        let t0 = Instant::now();
+        let closed = matches!(
+            tokio::time::timeout(Duration::from_secs(4), s.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        );
+        anyhow::Ok((closed, t0.elapsed()))
+    };
+    let (closed, _) = idle_close().await?;
+    assert!(!closed, "the default idle timeout (1h) keeps it open");
+    put(&fx.c, "/meshes/default/meshtimeouts/db-idle", &json!({
+        "type": "MeshTimeout", "mesh": "default", "name": "db-idle",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "db"},
+                 "default": {"idleTimeout": "1s"}}]}})).await?;
+    let http = plain_http();
+    eventually("the idle timeout in web's config", WAIT, || async {
+        let cfg = admin_config(&http, web_admin).await?;
+        (cfg["config"]["outbounds"][0]["timeouts"]["idle"] == "1s").then_some(())
+    })
+    .await?;
+    let (closed, after) = idle_close().await?;
+    assert!(closed, "closed at the idle timeout");
+    assert!(
+        (Duration::from_millis(900)..Duration::from_millis(3000)).contains(&after),
+        "closed after {after:?}"
+    );
+    Ok(())
+}
