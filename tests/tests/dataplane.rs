@@ -974,8 +974,9 @@ async fn a_draining_sidecar_sends_callers_elsewhere_without_a_failed_request() -
     Ok(())
 }
 
-/// An HTTP/1.1 application in the test process: `/slow` answers after `delay`, any other
-/// path at once. Each connection that closes while a slow answer is still due is
+/// An HTTP/1.1 application in the test process: `/slow` answers after `delay`,
+/// `/stall` sends half its body at once and the rest after `delay`, any other path
+/// answers at once. Each connection that closes while a slow answer is still due is
 /// reported on the first channel: the caller gave up and the cancel reached the
 /// application. Each slow request that arrives is reported on the second.
 async fn slow_app(
@@ -1006,7 +1007,27 @@ async fn slow_app(
                         continue;
                     };
                     let slow = buf.starts_with(b"GET /slow");
+                    let stall = buf.starts_with(b"GET /stall");
                     buf.drain(..end + 4);
+                    if stall {
+                        // Half the body, then nothing for `delay`, then the rest.
+                        let head = "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
+                        if s.write_all(head.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        let mut b = [0u8; 1];
+                        tokio::select! {
+                            () = tokio::time::sleep(delay) => {}
+                            _ = s.read(&mut b) => {
+                                let _ = cancelled_tx.send(());
+                                return;
+                            }
+                        }
+                        if s.write_all(b"world").await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     if slow {
                         let _ = arrived_tx.send(());
                         let mut b = [0u8; 1];
@@ -2106,8 +2127,8 @@ async fn echoes(out: u16) -> bool {
 /// checks some of web's connections fail; with a TCP check that sends `ping` and expects
 /// it back, db-2 is taken out and every connection echoes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tcp_health_check_takes_out_an_instance_whose_application_is_gone()
--> anyhow::Result<()> {
+async fn a_tcp_health_check_takes_out_an_instance_whose_application_is_gone() -> anyhow::Result<()>
+{
     let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
     fx.permit("web-to-db", "web", "db", "Allow").await?;
     put(&fx.c, "/meshes/default/meshloadbalancingstrategies/rr", &json!({
@@ -2144,7 +2165,10 @@ async fn a_tcp_health_check_takes_out_an_instance_whose_application_is_gone()
     for _ in 0..10 {
         failed += usize::from(!echoes(out).await);
     }
-    assert!(failed >= 2, "without checks db-2 keeps its share: {failed} of 10 failed");
+    assert!(
+        failed >= 2,
+        "without checks db-2 keeps its share: {failed} of 10 failed"
+    );
 
     put(&fx.c, "/meshes/default/meshhealthchecks/db", &json!({
         "type": "MeshHealthCheck", "mesh": "default", "name": "db",
@@ -2185,7 +2209,10 @@ async fn an_idle_tcp_connection_is_closed_at_its_idle_timeout() -> anyhow::Resul
     let dp = dataplane("db-1", "db", free_addr().port(), app.port(), "tcp", &[]);
     let _db = fx.sidecar("db", dp).await?.0;
     let (_web, web_admin, out) = fx.web_calling("db").await?;
-    eventually("db echoes", WAIT, || async { echoes(out).await.then_some(()) }).await?;
+    eventually("db echoes", WAIT, || async {
+        echoes(out).await.then_some(())
+    })
+    .await?;
     // Open, echo once, then wait for the close: (closed, after how long).
     let idle_close = || async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", out)).await?;
@@ -2217,5 +2244,67 @@ async fn an_idle_tcp_connection_is_closed_at_its_idle_timeout() -> anyhow::Resul
         (Duration::from_millis(900)..Duration::from_millis(3000)).contains(&after),
         "closed after {after:?}"
     );
+    Ok(())
+}
+
+/// MeshTimeout's body timeouts: `/stall` sends half its body, then nothing for 3 s.
+/// With `streamIdleTimeout` 500ms the body ends in an error after about half a second
+/// (and the application sees its connection closed); with `maxStreamDuration` 1s, after
+/// about a second. With the defaults the whole body arrives after 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_cut_at_its_stream_idle_timeout_and_max_stream_duration()
+-> anyhow::Result<()> {
+    let SlowService {
+        fx,
+        web_admin,
+        out,
+        http,
+        mut cancelled,
+        _procs,
+        ..
+    } = SlowService::start(Duration::from_secs(3)).await?;
+    let url = format!("http://127.0.0.1:{out}/stall");
+    let read = || async {
+        let t0 = Instant::now();
+        let r = http.get(&url).send().await?;
+        anyhow::ensure!(r.status() == StatusCode::OK, "{}", r.status());
+        let body = r.bytes().await;
+        anyhow::Ok((body.is_ok_and(|b| &b[..] == b"helloworld"), t0.elapsed()))
+    };
+    let (whole, took) = read().await?;
+    assert!(
+        whole && took >= Duration::from_secs(3),
+        "defaults: {whole} after {took:?}"
+    );
+    for (field, value, expect) in [
+        ("streamIdleTimeout", "500ms", Duration::from_millis(500)),
+        ("maxStreamDuration", "1s", Duration::from_secs(1)),
+    ] {
+        let mut http_timeouts = serde_json::Map::new();
+        http_timeouts.insert(field.into(), json!(value));
+        put(&fx.c, "/meshes/default/meshtimeouts/stall", &json!({
+            "type": "MeshTimeout", "mesh": "default", "name": "stall",
+            "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "slow"},
+                     "default": {"http": http_timeouts}}]}})).await?;
+        let key = if field == "streamIdleTimeout" {
+            "streamIdle"
+        } else {
+            "maxStreamDuration"
+        };
+        eventually(&format!("{field} in web's config"), WAIT, || async {
+            let cfg = admin_config(&http, web_admin).await?;
+            (cfg["config"]["outbounds"][0]["timeouts"][key] == value).then_some(())
+        })
+        .await?;
+        let (whole, took) = read().await?;
+        assert!(!whole, "{field}: the body was cut");
+        assert!(
+            took >= expect && took < expect + Duration::from_millis(1500),
+            "{field} {value}: cut after {took:?}"
+        );
+        tokio::time::timeout(WAIT, cancelled.recv())
+            .await
+            .with_context(|| format!("{field}: the application seeing the cut"))?;
+    }
     Ok(())
 }
