@@ -266,10 +266,31 @@ pub struct OutboundListener {
     /// without a policy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<CircuitBreaker>,
+    /// Where the destination's traffic goes instead of its own endpoints
+    /// (MeshTCPRoute `backendRefs`): a backend chosen by weight per connection (TCP) or
+    /// per request (HTTP). Empty: the destination itself.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<RouteBackend>,
     /// Retries of failed requests and connects (MeshRetry over the built-in defaults,
     /// which apply without a policy too).
     #[serde(default, skip_serializing_if = "Retry::is_default")]
     pub retry: Retry,
+}
+
+/// One backend of a routed destination: a service, or its endpoints with some tags.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteBackend {
+    pub service: String,
+    /// The tags its endpoints have (a `MeshServiceSubset`); empty: all of them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    /// Its share relative to the other backends' weights; 0 takes nothing.
+    pub weight: u32,
+    /// The identity its certificate must carry.
+    pub identity: Option<String>,
+    /// Its endpoints, in priority order, as a destination's.
+    pub groups: Vec<EndpointGroup>,
 }
 
 /// A destination's retries: the effective MeshRetry over the built-in defaults

@@ -251,6 +251,26 @@ const RATE_LIMIT_UNENFORCED: &[Unenforced] = &[
     },
 ];
 
+/// MeshTCPRoute: what a backend reference names beyond its service and tags.
+const TCP_ROUTE_UNENFORCED: &[Unenforced] = &[
+    Unenforced {
+        path: "to[].default.backendRefs[].port",
+        reason: "a backend is reached on its service's inbound port; a port of its own is not applied yet.",
+    },
+    Unenforced {
+        path: "to[].rules[].default.backendRefs[].port",
+        reason: "a backend is reached on its service's inbound port; a port of its own is not applied yet.",
+    },
+    Unenforced {
+        path: "to[].default.backendRefs[].namespace",
+        reason: "zones here have no namespaces: the backend is matched by its name alone.",
+    },
+    Unenforced {
+        path: "to[].rules[].default.backendRefs[].namespace",
+        reason: "zones here have no namespaces: the backend is matched by its name alone.",
+    },
+];
+
 /// MeshRetry: per-route retries.
 const RETRY_UNENFORCED: &[Unenforced] = &[Unenforced {
     path: "to[].targetRef.kind=MeshHTTPRoute",
@@ -345,7 +365,11 @@ static TYPES: &[TypeInfo] = &[
         Enforcement::Partial(TRAFFIC_PERMISSION_UNENFORCED),
     ),
     TypeInfo::policy::<MeshHttpRouteSpec>("MeshHTTPRoute", "meshhttproutes", Enforcement::NotYet),
-    TypeInfo::policy::<MeshTcpRouteSpec>("MeshTCPRoute", "meshtcproutes", Enforcement::NotYet),
+    TypeInfo::policy::<MeshTcpRouteSpec>(
+        "MeshTCPRoute",
+        "meshtcproutes",
+        Enforcement::Partial(TCP_ROUTE_UNENFORCED),
+    ),
     TypeInfo::policy::<MeshTimeoutSpec>(
         "MeshTimeout",
         "meshtimeouts",

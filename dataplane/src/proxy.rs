@@ -66,6 +66,9 @@ pub(crate) struct Proxy {
     draining: watch::Sender<bool>,
     /// Running active health checks, by outbound port and endpoint.
     health_checks: Mutex<HashMap<(u16, usize), RunningCheck>>,
+    /// MeshTCPRoute's backends, by outbound port and backend: each as a destination of
+    /// its own (its endpoints and identity) with its balancer.
+    route_balancers: Mutex<HashMap<(u16, usize), RouteTarget>>,
     /// MeshRateLimit's buckets, by inbound port.
     rate_limits: Mutex<HashMap<u16, Arc<crate::rate_limit::InboundRateLimits>>>,
     /// MeshCircuitBreaker's inbound caps, by inbound port.
@@ -179,6 +182,7 @@ impl Proxy {
             health_checks: Mutex::default(),
             inbound_caps: Mutex::default(),
             rate_limits: Mutex::default(),
+            route_balancers: Mutex::default(),
         })
     }
 
@@ -216,6 +220,38 @@ impl Proxy {
                 app
             }
         }
+    }
+
+    /// Where one connection or request to `ob` goes: with a MeshTCPRoute, a backend
+    /// chosen by weight (as a destination of its own, and its balancer); `None` for the
+    /// destination itself (no route, or every weight 0).
+    fn route(&self, ob: &OutboundListener) -> Option<RouteTarget> {
+        if ob.backends.is_empty() {
+            return None;
+        }
+        let total: u64 = ob.backends.iter().map(|b| u64::from(b.weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut pick = rand::random_range(0..total);
+        let i = ob.backends.iter().position(|b| {
+            let w = u64::from(b.weight);
+            if pick < w {
+                return true;
+            }
+            pick -= w;
+            false
+        })?;
+        let mut map = self.route_balancers.lock().expect("route balancers lock");
+        Some(
+            map.entry((ob.port, i))
+                .or_insert_with(|| {
+                    let listener = Arc::new(backend_listener(ob, &ob.backends[i]));
+                    let b = Arc::new(new_balancer(&listener, None));
+                    (listener, b)
+                })
+                .clone(),
+        )
     }
 
     fn balancer(&self, ob: &OutboundListener) -> Arc<Balancer> {
@@ -297,6 +333,18 @@ impl Proxy {
         // What is left stops: its endpoint or its check is gone.
         *checks = wanted;
         *map = next;
+        drop(map);
+        let mut routes = self.route_balancers.lock().expect("route balancers lock");
+        let mut next = HashMap::new();
+        for ob in &cfg.outbounds {
+            for (i, backend) in ob.backends.iter().enumerate() {
+                let listener = Arc::new(backend_listener(ob, backend));
+                let old = routes.get(&(ob.port, i)).map(|(_, b)| &**b);
+                let b = Arc::new(new_balancer(&listener, old));
+                next.insert((ob.port, i), (listener, b));
+            }
+        }
+        *routes = next;
     }
 
     fn client_config(
@@ -340,6 +388,26 @@ impl Proxy {
             quic: ep.endpoint.quic,
             connect_timeout: ob.timeouts.connect.as_std(),
         })
+    }
+}
+
+/// A MeshTCPRoute backend as a destination of its own, and its balancer.
+type RouteTarget = (Arc<OutboundListener>, Arc<Balancer>);
+
+/// A route backend as a destination: the outbound's settings (timeouts, retries,
+/// circuit breaking) with the backend's service, identity and endpoints. Health checks
+/// stay with the destination's own endpoints.
+fn backend_listener(
+    ob: &OutboundListener,
+    backend: &causeway_api::proxy_config::RouteBackend,
+) -> OutboundListener {
+    OutboundListener {
+        service: backend.service.clone(),
+        identity: backend.identity.clone(),
+        groups: backend.groups.clone(),
+        backends: Vec::new(),
+        health_check: None,
+        ..ob.clone()
     }
 }
 

@@ -2308,3 +2308,70 @@ async fn a_stalled_body_is_cut_at_its_stream_idle_timeout_and_max_stream_duratio
     }
     Ok(())
 }
+
+/// MeshTCPRoute, enforced: web calls `db`, a TCP destination (HTTP applications behind
+/// TCP inbounds, so each answer names its instance). A route sends db's connections to
+/// db (weight 1) and db-replica (weight 3): over 200 connections about three quarters
+/// reach the replica, whose identity the mTLS handshake checks; before it, all reach db.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_route_splits_connections_between_backends_by_weight() -> anyhow::Result<()> {
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-db", "web", "db", "Allow").await?;
+    fx.permit("web-to-replica", "web", "db-replica", "Allow")
+        .await?;
+    let mut procs = Vec::new();
+    for (name, service) in [("db-1", "db"), ("replica-1", "db-replica")] {
+        let app = free_addr();
+        procs.push(fx.app(name, service, app, false)?);
+        let dp = dataplane(name, service, free_addr().port(), app.port(), "tcp", &[]);
+        procs.push(fx.sidecar(service, dp).await?.0);
+    }
+    let (_web, web_admin, out) = fx.web_calling("db").await?;
+    // A new connection for each call.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let instance = || async {
+        let v: Value = http
+            .get(format!("http://127.0.0.1:{out}/"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        v["instance"].as_str().map(String::from)
+    };
+    eventually("db answering", WAIT, || async {
+        (instance().await? == "db-1").then_some(())
+    })
+    .await?;
+    put(&fx.c, "/meshes/default/meshtcproutes/db-split", &json!({
+        "type": "MeshTCPRoute", "mesh": "default", "name": "db-split",
+        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "db"},
+                         "default": {"backendRefs": [{"kind": "MeshService", "name": "db", "weight": 1},
+                                                     {"kind": "MeshService", "name": "db-replica", "weight": 3}]}}]}})).await?;
+    let admin = plain_http();
+    eventually("the route in web's config", WAIT, || async {
+        let cfg = admin_config(&admin, web_admin).await?;
+        let backends = cfg["config"]["outbounds"][0]["backends"].as_array()?.len();
+        (backends == 2).then_some(())
+    })
+    .await?;
+    let mut replica = 0;
+    const CALLS: usize = 200;
+    for i in 0..CALLS {
+        match instance().await.as_deref() {
+            Some("replica-1") => replica += 1,
+            Some("db-1") => {}
+            other => anyhow::bail!("call {i}: {other:?}"),
+        }
+    }
+    let share = replica as f64 / CALLS as f64;
+    assert!(
+        (0.65..=0.85).contains(&share),
+        "{replica} of {CALLS} to the replica"
+    );
+    Ok(())
+}

@@ -234,14 +234,15 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     assert!(s.is_success(), "{s}");
 
     // The API: `warnings` with the field and the reason, and the write is done.
-    let route = json!({"type": "MeshTCPRoute", "mesh": "default", "name": "db-replica",
-        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "db"},
-            "default": {"backendRefs": [{"kind": "MeshService", "name": "db-replica"}]}}]}});
+    let route = json!({"type": "MeshHTTPRoute", "mesh": "default", "name": "api-to-v2",
+        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                       "default": {"backendRefs": [{"kind": "MeshService", "name": "backend-v2"}]}}]}]}});
     let (s, body) = c
         .call(
             0,
             Method::PUT,
-            "/meshes/default/meshtcproutes/db-replica",
+            "/meshes/default/meshhttproutes/api-to-v2",
             Some(&route),
         )
         .await
@@ -255,14 +256,14 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         warnings[0]["reason"]
             .as_str()
             .unwrap()
-            .contains("MeshTCPRoute is not enforced by the proxies yet"),
+            .contains("MeshHTTPRoute is not enforced by the proxies yet"),
         "{body}"
     );
     let (s, stored) = c
         .call(
             0,
             Method::GET,
-            "/meshes/default/meshtcproutes/db-replica",
+            "/meshes/default/meshhttproutes/api-to-v2",
             None,
         )
         .await
@@ -291,7 +292,7 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     let file = c.tmp.path().join("policies.yaml");
     std::fs::write(
         &file,
-        "type: MeshTrafficPermission\nmesh: default\nname: by-tags\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n  - targetRef: {kind: MeshSubset, tags: {version: v2}}\n    default: {action: Deny}\n---\ntype: MeshTCPRoute\nmesh: default\nname: to-replica\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: db}\n    default: {backendRefs: [{kind: MeshService, name: db-replica}]}\n",
+        "type: MeshTrafficPermission\nmesh: default\nname: by-tags\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n  - targetRef: {kind: MeshSubset, tags: {version: v2}}\n    default: {action: Deny}\n---\ntype: MeshHTTPRoute\nmesh: default\nname: api-canary\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: backend}\n    rules:\n    - matches: [{path: {type: PathPrefix, value: /api}}]\n      default: {backendRefs: [{kind: MeshService, name: backend-v2}]}\n",
     )
     .unwrap();
     let (ok, out, err) = c.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
@@ -301,7 +302,7 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         "{out}"
     );
     assert!(
-        out.contains("MeshTCPRoute to-replica in mesh default created"),
+        out.contains("MeshHTTPRoute api-canary in mesh default created"),
         "{out}"
     );
     let lines: Vec<&str> = err.lines().collect();
@@ -313,13 +314,13 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         "{err}"
     );
     assert!(
-        lines[1].starts_with("Warning: type: MeshTCPRoute is not enforced by the proxies yet"),
+        lines[1].starts_with("Warning: type: MeshHTTPRoute is not enforced by the proxies yet"),
         "{err}"
     );
 
-    let (ok, out, _) = c.cli(&["explain", "MeshTCPRoute"]).unwrap();
+    let (ok, out, _) = c.cli(&["explain", "MeshHTTPRoute"]).unwrap();
     assert!(
-        ok && out.contains("ENFORCED: no: the proxies do not enforce MeshTCPRoute yet"),
+        ok && out.contains("ENFORCED: no: the proxies do not enforce MeshHTTPRoute yet"),
         "{out}"
     );
 }

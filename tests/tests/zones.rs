@@ -215,13 +215,14 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     // A zone-local write of what the proxies do not enforce yet says so, as global does.
-    let route = json!({"type": "MeshTCPRoute", "mesh": "default", "name": "zone-b-route",
-        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "db"},
-            "default": {"backendRefs": [{"kind": "MeshService", "name": "db-replica"}]}}]}});
+    let route = json!({"type": "MeshHTTPRoute", "mesh": "default", "name": "zone-b-route",
+        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                       "default": {"backendRefs": [{"kind": "MeshService", "name": "backend-v2"}]}}]}]}});
     let (s, written) = zs[1]
         .call(
             Method::PUT,
-            "/meshes/default/meshtcproutes/zone-b-route",
+            "/meshes/default/meshhttproutes/zone-b-route",
             Some(&route),
         )
         .await?;
@@ -230,7 +231,7 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
     assert!(
         written["warnings"][0]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("MeshTCPRoute is not enforced")),
+            .is_some_and(|r| r.contains("MeshHTTPRoute is not enforced")),
         "{written}"
     );
     let got = eventually("zone-b's policy on global", SYNC, || async {

@@ -11,14 +11,15 @@ mod mesh_health_check;
 mod mesh_load_balancing_strategy;
 mod mesh_rate_limit;
 mod mesh_retry;
+mod mesh_tcp_route;
 mod mesh_timeout;
 mod mesh_traffic_permission;
 
 use std::collections::BTreeMap;
 
 use causeway_api::proxy_config::{
-    Endpoint, EndpointGroup, InboundListener, OutboundListener, ProxyConfig, endpoint_sni,
-    ingress_sni, spiffe_id,
+    Endpoint, EndpointGroup, InboundListener, OutboundListener, ProxyConfig, RouteBackend,
+    endpoint_sni, ingress_sni, spiffe_id,
 };
 use causeway_api::{
     Action, DataplaneSpec, EffectiveConfig, Merged, MeshSpec, MtlsMode, Protocol, Proxy, Resource,
@@ -230,6 +231,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     let circuit_breakers =
         mesh_circuit_breaker::configure(&policies_of(inputs, "MeshCircuitBreaker"), &proxy)?;
     let mut retries = mesh_retry::configure(&policies_of(inputs, "MeshRetry"), &proxy)?;
+    let routes = mesh_tcp_route::configure(&policies_of(inputs, "MeshTCPRoute"), &proxy)?;
     let outbounds = spec
         .outbound
         .iter()
@@ -249,6 +251,25 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 health_check: health_checks[i].clone(),
                 circuit_breaker: circuit_breakers[i].clone(),
                 retry: std::mem::take(&mut retries[i]),
+                backends: routes[i]
+                    .iter()
+                    .map(|(service, tags, weight)| RouteBackend {
+                        service: service.clone(),
+                        tags: tags.clone(),
+                        weight: *weight,
+                        identity: (mtls != MtlsMode::Off)
+                            .then(|| spiffe_id(&trust_domain, service)),
+                        groups: endpoint_groups(inputs, &mesh_name, &mesh_spec, service, balancing)
+                            .into_iter()
+                            .map(|mut g| {
+                                g.endpoints
+                                    .retain(|e| tags.iter().all(|(k, v)| e.tags.get(k) == Some(v)));
+                                g
+                            })
+                            .filter(|g| !g.endpoints.is_empty())
+                            .collect(),
+                    })
+                    .collect(),
             }
         })
         .collect();

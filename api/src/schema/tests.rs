@@ -134,8 +134,8 @@ fn explain_table() {
         ),
         // What the proxies enforce, from the registry.
         (
-            "MeshTCPRoute",
-            &["ENFORCED: no: the proxies do not enforce MeshTCPRoute yet"],
+            "MeshHTTPRoute",
+            &["ENFORCED: no: the proxies do not enforce MeshHTTPRoute yet"],
         ),
         (
             "MeshTrafficPermission",

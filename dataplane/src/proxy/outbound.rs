@@ -25,7 +25,14 @@ pub(super) async fn outbound_conn(
         .map(|i| i.service.clone())
         .unwrap_or_default();
     if ob.protocol == Protocol::Tcp {
-        let b = proxy.balancer(&ob);
+        // MeshTCPRoute: a backend per connection.
+        let (ob, b) = match proxy.route(&ob) {
+            Some((routed, b)) => ((*routed).clone(), b),
+            None => {
+                let b = proxy.balancer(&ob);
+                (ob, b)
+            }
+        };
         let Ok(_admitted) = b.admit_connection() else {
             proxy.metrics.circuit_breaker(&ob.service, "tcp_overflow");
             anyhow::bail!(
@@ -186,7 +193,12 @@ async fn outbound_exchange(
     probe: bool,
     deadline: Option<Instant>,
 ) -> Result<http::Response<Body>, ProxyError> {
-    let b = proxy.balancer(ob);
+    // MeshTCPRoute: a backend per request.
+    let routed = proxy.route(ob);
+    let (ob, b) = match &routed {
+        Some((routed, b)) => (&**routed, b.clone()),
+        None => (ob, proxy.balancer(ob)),
+    };
     let _admitted = b.admit_request().map_err(|max| ProxyError::Overflow {
         service: ob.service.clone(),
         max,

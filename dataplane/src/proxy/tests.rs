@@ -50,6 +50,7 @@ fn outbound(port: u16, timeouts: Timeouts) -> OutboundListener {
         health_check: None,
         circuit_breaker: None,
         retry: Default::default(),
+        backends: Vec::new(),
     }
 }
 
