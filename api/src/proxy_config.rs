@@ -245,6 +245,20 @@ pub struct OutboundListener {
     /// The identity the destination's certificate must carry.
     pub identity: Option<String>,
     pub load_balancer: LoadBalancerType,
+    /// LeastRequest: how many random endpoints each pick compares
+    /// (`leastRequest.choiceCount`).
+    #[serde(
+        default = "default_choice_count",
+        skip_serializing_if = "is_default_choice_count"
+    )]
+    pub choice_count: u32,
+    /// PeakEwma: how fast an endpoint's old latencies are forgotten
+    /// (`peakEwma.decayTime`).
+    #[serde(
+        default = "default_ewma_decay",
+        skip_serializing_if = "is_default_ewma_decay"
+    )]
+    pub ewma_decay: Duration,
     /// Endpoints in priority order: this zone's first, then other zones in failover
     /// order. The proxy uses the first group whose healthy share is at least
     /// `failoverThreshold`; below it, that group's healthy endpoints and the next
@@ -576,6 +590,24 @@ pub enum HealthCheckKind {
 
 fn default_failover_threshold() -> f64 {
     50.0
+}
+
+/// Two choices, as Envoy's and linkerd2-proxy's.
+fn default_choice_count() -> u32 {
+    2
+}
+
+fn is_default_choice_count(n: &u32) -> bool {
+    *n == default_choice_count()
+}
+
+/// linkerd2-proxy's decay.
+fn default_ewma_decay() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn is_default_ewma_decay(d: &Duration) -> bool {
+    *d == default_ewma_decay()
 }
 
 /// The timeouts a listener enforces, from the effective MeshTimeout over the built-in

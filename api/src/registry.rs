@@ -308,14 +308,6 @@ const LOAD_BALANCING_UNENFORCED: &[Unenforced] = &[
         reason: "there is no ring-hash balancer yet.",
     },
     Unenforced {
-        path: "to[].default.loadBalancer.leastRequest",
-        reason: "least-request always compares 2 endpoints picked at random; choiceCount is not read yet.",
-    },
-    Unenforced {
-        path: "to[].default.loadBalancer.peakEwma",
-        reason: "peak-EWMA always decays over 10s; decayTime is not read yet.",
-    },
-    Unenforced {
         path: "to[].default.localityAwareness.localZone",
         reason: "endpoints of the local zone are not weighted by affinity tags yet.",
     },

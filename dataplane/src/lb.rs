@@ -20,7 +20,7 @@ use crate::outlier::{
 };
 use crate::retry::{Budget, HeaderRules};
 
-/// How fast peak-EWMA forgets (linkerd2-proxy's default decay).
+/// How fast peak-EWMA forgets, unless the policy says (linkerd2-proxy's default decay).
 const EWMA_DECAY: Duration = Duration::from_secs(10);
 /// Latency assumed for an endpoint without samples yet.
 const DEFAULT_RTT: Duration = Duration::from_millis(1);
@@ -42,6 +42,8 @@ pub(crate) struct EndpointState {
     streaks: Mutex<Streaks>,
     /// How many times outlier detection ejected it.
     outlier_ejections: AtomicU32,
+    /// Its destination's peak-EWMA decay, in nanoseconds.
+    decay_ns: AtomicU64,
     /// Its answers since the last judgement of the interval-based detectors.
     tally: Mutex<Tally>,
 }
@@ -59,6 +61,7 @@ impl EndpointState {
             active_healthy: AtomicBool::new(true),
             streaks: Mutex::default(),
             outlier_ejections: AtomicU32::new(0),
+            decay_ns: AtomicU64::new(EWMA_DECAY.as_nanos() as u64),
             tally: Mutex::default(),
         }
     }
@@ -101,7 +104,8 @@ impl EndpointState {
         let mut g = self.ewma.lock().expect("ewma lock");
         let now = Instant::now();
         let elapsed = now.duration_since(g.1).as_secs_f64();
-        let w = (-elapsed / EWMA_DECAY.as_secs_f64()).exp();
+        let decay = self.decay_ns.load(Ordering::Relaxed).max(1) as f64 / 1e9;
+        let w = (-elapsed / decay).exp();
         g.0 = if sample > g.0 {
             sample
         } else {
@@ -142,6 +146,8 @@ pub(crate) struct Balancer {
     threshold: f64,
     groups: Vec<(String, Vec<Arc<EndpointState>>)>,
     next: AtomicUsize,
+    /// LeastRequest: endpoints compared per pick.
+    choice_count: usize,
     /// With active health checks: the percent of endpoints that must pass them for the
     /// verdicts to count (below it, every endpoint is used as if they passed).
     health_panic: Option<u32>,
@@ -194,6 +200,7 @@ impl Balancer {
                 })
                 .collect(),
             next: AtomicUsize::new(0),
+            choice_count: 2,
             health_panic: None,
             outliers: None,
             requests: None,
@@ -204,6 +211,16 @@ impl Balancer {
             retry_budget: Arc::new(Budget::new(Retry::default_policy().budget)),
             retry_headers: HeaderRules::default(),
         }
+    }
+
+    /// MeshLoadBalancingStrategy's `leastRequest.choiceCount` and `peakEwma.decayTime`
+    /// (the decay lives on each endpoint, which keeps its latency across rebuilds).
+    pub(crate) fn with_choices(mut self, choice_count: u32, decay: Duration) -> Balancer {
+        self.choice_count = (choice_count as usize).max(2);
+        for e in self.endpoints() {
+            e.decay_ns.store(decay.as_nanos() as u64, Ordering::Relaxed);
+        }
+        self
     }
 
     /// Sets the retry budget (kept across rebuilds by the caller).
@@ -420,11 +437,25 @@ impl Balancer {
             0 => None,
             1 => Some(c[0]),
             n => match self.kind {
+                // By weight: an ingress with three instances behind it takes three shares.
                 LoadBalancerType::RoundRobin => {
-                    Some(c[self.next.fetch_add(1, Ordering::Relaxed) % n])
+                    weighted(c, self.next.fetch_add(1, Ordering::Relaxed) as u64)
                 }
                 LoadBalancerType::Random | LoadBalancerType::RingHash => {
-                    Some(c[rand::random_range(0..n)])
+                    weighted(c, rand::random::<u64>())
+                }
+                LoadBalancerType::LeastRequest if self.choice_count > 2 && n > 2 => {
+                    // choiceCount endpoints at random (all of them when there are no
+                    // more), the least loaded of those.
+                    let k = self.choice_count.min(n);
+                    rand::seq::index::sample(&mut rand::rng(), n, k)
+                        .into_iter()
+                        .map(|i| c[i])
+                        .min_by(|a, b| {
+                            a.cost(self.kind)
+                                .partial_cmp(&b.cost(self.kind))
+                                .unwrap_or(std::cmp::Ordering::Equal)
+                        })
                 }
                 kind => {
                     let a = rand::random_range(0..n);
@@ -441,6 +472,21 @@ impl Balancer {
             },
         }
     }
+}
+
+/// The endpoint at position `at` (modulo the total weight) when each takes as many
+/// positions as its weight.
+fn weighted<'a>(c: &[&'a Arc<EndpointState>], at: u64) -> Option<&'a Arc<EndpointState>> {
+    let total: u64 = c.iter().map(|e| u64::from(e.endpoint.weight.max(1))).sum();
+    let mut at = at % total.max(1);
+    for e in c {
+        let w = u64::from(e.endpoint.weight.max(1));
+        if at < w {
+            return Some(e);
+        }
+        at -= w;
+    }
+    c.last().copied()
 }
 
 #[cfg(test)]
@@ -609,5 +655,66 @@ mod tests {
         assert!(b.admit_retry().is_err());
         drop((r1, r2));
         assert!(b.admit_retry().is_ok());
+    }
+
+    #[test]
+    fn round_robin_and_random_follow_endpoint_weights() {
+        let mut heavy = ep("a1");
+        heavy.weight = 3;
+        let groups = vec![EndpointGroup {
+            zone: "a".into(),
+            endpoints: vec![heavy, ep("a2")],
+        }];
+        for kind in [LoadBalancerType::RoundRobin, LoadBalancerType::Random] {
+            let b = Balancer::new(kind, 50.0, &groups, None);
+            let a1 = (0..4000)
+                .filter(|_| b.pick(&[]).unwrap().endpoint.address == "a1")
+                .count();
+            assert!(
+                (2800..=3200).contains(&a1),
+                "{kind:?}: a1 took {a1} of 4000"
+            );
+        }
+    }
+
+    #[test]
+    fn least_request_compares_choice_count_endpoints() {
+        let groups = vec![EndpointGroup {
+            zone: "a".into(),
+            endpoints: (0..5).map(|i| ep(&format!("a{i}"))).collect(),
+        }];
+        // Four endpoints busy, one idle: comparing all five always finds the idle one;
+        // two at a time mostly miss it.
+        let busy = |b: &Balancer| {
+            for e in &b.groups[0].1[1..] {
+                e.active.store(10, Ordering::Relaxed);
+            }
+        };
+        let all = Balancer::new(LoadBalancerType::LeastRequest, 50.0, &groups, None)
+            .with_choices(5, EWMA_DECAY);
+        busy(&all);
+        assert!((0..200).all(|_| all.pick(&[]).unwrap().endpoint.address == "a0"));
+        let two = Balancer::new(LoadBalancerType::LeastRequest, 50.0, &groups, None);
+        busy(&two);
+        let idle = (0..1000)
+            .filter(|_| two.pick(&[]).unwrap().endpoint.address == "a0")
+            .count();
+        assert!(
+            idle < 600,
+            "two choices found the idle one {idle} times of 1000"
+        );
+    }
+
+    #[test]
+    fn a_shorter_decay_forgets_a_peak_sooner() {
+        let b = Balancer::new(LoadBalancerType::PeakEwma, 50.0, &groups(), None)
+            .with_choices(2, Duration::from_millis(1));
+        let e = &b.groups[0].1[0];
+        e.observe(Duration::from_millis(100));
+        // Backdate the last sample: with a 1 ms decay, 50 ms later the peak is gone.
+        e.ewma.lock().unwrap().1 -= Duration::from_millis(50);
+        e.observe(Duration::from_micros(100));
+        let now = e.ewma.lock().unwrap().0;
+        assert!(now < 200_000.0, "{now} ns");
     }
 }

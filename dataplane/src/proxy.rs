@@ -414,7 +414,8 @@ fn backend_listener(
 /// The balancer of an outbound, with its health checks' and circuit breaker's settings,
 /// reusing the endpoint state of `old`.
 fn new_balancer(ob: &OutboundListener, old: Option<&Balancer>) -> Balancer {
-    let mut b = Balancer::new(ob.load_balancer, ob.failover_threshold, &ob.groups, old);
+    let mut b = Balancer::new(ob.load_balancer, ob.failover_threshold, &ob.groups, old)
+        .with_choices(ob.choice_count, ob.ewma_decay.as_std());
     if let Some(hc) = &ob.health_check {
         b = b.with_health_checks(hc.panic_threshold);
     }

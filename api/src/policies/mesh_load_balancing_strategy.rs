@@ -52,7 +52,8 @@ pub struct LoadBalancingConf {
     /// zone while it has healthy endpoints, then any zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub locality_awareness: Option<LocalityAwareness>,
-    /// The algorithm among eligible endpoints. Built-in default `RoundRobin`.
+    /// The algorithm among eligible endpoints. Built-in default `PeakEwma` (power of
+    /// two choices over peak-EWMA latency, as linkerd2-proxy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub load_balancer: Option<LoadBalancer>,
 }
@@ -101,8 +102,11 @@ pub struct AffinityTag {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[derive(Default)]
 pub struct CrossZone {
-    /// Ordered failover rules: the first rule whose `from` holds the caller's zone says
-    /// where to go, in order, when the local zone is below the threshold.
+    /// Ordered failover rules, for when the local zone is below the threshold: every
+    /// rule whose `from` holds the caller's zone (or that has no `from`) adds the zones
+    /// its `to` names after those of the rules before it (a zone already added keeps
+    /// its place); a rule of type `None` ends the list. Without rules: every other
+    /// zone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub failover: Vec<Failover>,
     /// When the share of healthy local endpoints falls below this, traffic starts to

@@ -170,7 +170,7 @@ fn explain_table() {
             "MeshLoadBalancingStrategy.spec.to.default.loadBalancer",
             &[
                 "  ringHash\t<Object> -not enforced yet-",
-                "  peakEwma\t<Object> -not enforced yet-",
+                "  peakEwma\t<Object>\n",
                 "  type\t<string> -required- -partly enforced-",
             ],
         ),

@@ -44,6 +44,8 @@ fn outbound(port: u16, timeouts: Timeouts) -> OutboundListener {
         protocol: Protocol::Http,
         identity: None,
         load_balancer: LoadBalancerType::RoundRobin,
+        choice_count: 2,
+        ewma_decay: causeway_api::Duration::from_secs(10),
         groups: vec![],
         failover_threshold: 50.0,
         timeouts,

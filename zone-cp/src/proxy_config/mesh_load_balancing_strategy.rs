@@ -47,6 +47,26 @@ impl Balancing {
             .map_or(LoadBalancerType::PeakEwma, |lb| lb.kind)
     }
 
+    /// `leastRequest.choiceCount`; 2 by default.
+    pub(crate) fn choice_count(&self) -> u32 {
+        self.conf
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.least_request.as_ref())
+            .and_then(|l| l.choice_count)
+            .unwrap_or(2)
+    }
+
+    /// `peakEwma.decayTime`; 10s by default.
+    pub(crate) fn ewma_decay(&self) -> causeway_api::Duration {
+        self.conf
+            .load_balancer
+            .as_ref()
+            .and_then(|lb| lb.peak_ewma.as_ref())
+            .and_then(|p| p.decay_time)
+            .unwrap_or(causeway_api::Duration::from_secs(10))
+    }
+
     /// `crossZone.failoverThreshold` in percent; 50 by default.
     pub(crate) fn failover_threshold(&self) -> f64 {
         self.conf
