@@ -287,14 +287,6 @@ const TRAFFIC_PERMISSION_UNENFORCED: &[Unenforced] = &[
         path: "from[].targetRef.kind=MeshServiceSubset",
         reason: "callers are identified by service (their certificate carries no tags yet): an Allow is dropped, a Deny denies the whole service.",
     },
-    Unenforced {
-        path: "from[].default.action=AllowWithShadowDeny",
-        reason: "acts as Allow; what it would deny is neither logged nor counted yet.",
-    },
-    Unenforced {
-        path: "rules[].default.allowWithShadowDeny",
-        reason: "acts as allow; what it would deny is neither logged nor counted yet.",
-    },
 ];
 
 /// MeshLoadBalancingStrategy: the balancers and settings the proxies lack so far.

@@ -74,6 +74,8 @@ pub(crate) struct Metrics {
     health_checks: Mutex<BTreeMap<String, (u64, u64)>>,
     /// Circuit breaking by (destination service, event).
     circuit_breaker: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Calls let in under AllowWithShadowDeny, by (this proxy's service, caller).
+    shadow_denied: Mutex<BTreeMap<(String, String), u64>>,
     /// Retry decisions by (destination service, result).
     retries: Mutex<BTreeMap<(String, &'static str), u64>>,
 }
@@ -128,6 +130,17 @@ impl Metrics {
             .lock()
             .expect("metrics lock")
             .entry((service.to_string(), event))
+            .or_default() += 1;
+    }
+
+    /// Counts a call from `peer` to `service` that a Deny would have refused, let in
+    /// under MeshTrafficPermission's `AllowWithShadowDeny`.
+    pub(crate) fn shadow_denied(&self, service: &str, peer: &str) {
+        *self
+            .shadow_denied
+            .lock()
+            .expect("metrics lock")
+            .entry((service.to_string(), peer.to_string()))
             .or_default() += 1;
     }
 
@@ -225,6 +238,13 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "causeway_circuit_breaker_events_total{{service=\"{s}\",event=\"{event}\"}} {n}"
+            );
+        }
+        out.push_str("# TYPE causeway_shadow_denied_total counter\n");
+        for ((s, p), n) in self.shadow_denied.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "causeway_shadow_denied_total{{direction=\"inbound\",service=\"{s}\",peer=\"{p}\"}} {n}"
             );
         }
         out.push_str("# TYPE causeway_retries_total counter\n");

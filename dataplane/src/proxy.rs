@@ -129,23 +129,30 @@ fn service_of(spiffe: &str) -> &str {
     spiffe.rsplit('/').next().unwrap_or(spiffe)
 }
 
-/// Whether the current permissions let `peer` in; `Err` carries the reason.
+/// Whether the current permissions let `peer` in; `Err` carries the reason. `Ok(Some)`
+/// lets it in under `AllowWithShadowDeny`, with what a Deny would have said (the
+/// caller logs and counts it).
 pub(crate) fn authorize(
     ib: &InboundListener,
     mtls: MtlsMode,
     peer: Option<&str>,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let Some(peer) = peer else {
         return if mtls == MtlsMode::Strict {
             Err("mutual TLS is required".into())
         } else {
-            Ok(())
+            Ok(None)
         };
     };
     for rule in &ib.permissions {
         if rule.source.matches(peer) {
             return match rule.action {
-                Action::Allow | Action::AllowWithShadowDeny => Ok(()),
+                Action::Allow => Ok(None),
+                Action::AllowWithShadowDeny => Ok(Some(format!(
+                    "{peer} would be denied calling {} (AllowWithShadowDeny in MeshTrafficPermission {})",
+                    ib.service,
+                    rule.policies.join(", ")
+                ))),
                 Action::Deny => Err(format!(
                     "{peer} may not call {} (denied by MeshTrafficPermission {})",
                     ib.service,
@@ -159,8 +166,16 @@ pub(crate) fn authorize(
             "{peer} may not call {}: no MeshTrafficPermission allows it",
             ib.service
         )),
-        _ => Ok(()),
+        _ => Ok(None),
     }
+}
+
+/// Logs and counts a call let in under `AllowWithShadowDeny`.
+fn shadow_denied(proxy: &Proxy, service: &str, peer: Option<&str>, reason: &str) {
+    tracing::info!(%service, %reason, "shadow deny");
+    proxy
+        .metrics
+        .shadow_denied(service, peer.map(service_of).unwrap_or(""));
 }
 
 impl Proxy {

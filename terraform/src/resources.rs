@@ -1144,16 +1144,17 @@ mod tests {
     #[test]
     fn a_write_of_what_the_proxies_ignore_warns_at_plan() {
         let d = def("causeway_mesh_traffic_permission");
-        let permission = |action: &str| {
+        let permission = |source: serde_json::Value| {
             object(
                 &d,
                 "p",
                 &json!({"targetRef": {"kind": "Mesh"},
-                        "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": action}}]}),
+                        "from": [{"targetRef": source, "default": {"action": "Deny"}}]}),
             )
         };
-        let shadow = permission("AllowWithShadowDeny");
-        let p = plan(&d, &Value::Null, &shadow, &shadow);
+        // A source by tags: certificates carry no tags yet.
+        let by_tags = permission(json!({"kind": "MeshSubset", "tags": {"version": "v2"}}));
+        let p = plan(&d, &Value::Null, &by_tags, &by_tags);
         assert_eq!(p.diags.len(), 1, "{:?}", p.diags);
         assert!(p.diags[0].warning);
         assert_eq!(
@@ -1161,24 +1162,24 @@ mod tests {
             [
                 Step::Attr("from".into()),
                 Step::Index(0),
-                Step::Attr("default".into()),
-                Step::Attr("action".into())
+                Step::Attr("target_ref".into()),
+                Step::Attr("kind".into())
             ]
         );
         assert!(
             p.diags[0]
                 .summary
-                .contains("spec.from[0].default.action: not enforced by the proxies yet"),
+                .contains("spec.from[0].targetRef.kind: not enforced by the proxies yet"),
             "{:?}",
             p.diags[0]
         );
 
         let mut prior = p.planned.clone();
         prior.set("id", Value::string("default/p"));
-        let p = plan(&d, &prior, &prior, &shadow);
+        let p = plan(&d, &prior, &prior, &by_tags);
         assert!(p.diags.is_empty(), "unchanged: {:?}", p.diags);
 
-        let allow = permission("Allow");
+        let allow = permission(json!({"kind": "MeshService", "name": "web"}));
         let p = plan(&d, &Value::Null, &allow, &allow);
         assert!(p.diags.is_empty(), "enforced: {:?}", p.diags);
     }

@@ -2375,3 +2375,40 @@ async fn a_tcp_route_splits_connections_between_backends_by_weight() -> anyhow::
     );
     Ok(())
 }
+
+/// MeshTrafficPermission `AllowWithShadowDeny`: web's calls to slow go through, and
+/// slow's sidecar counts each as one a Deny would have refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_deny_lets_calls_in_and_counts_them() -> anyhow::Result<()> {
+    let SlowService {
+        fx,
+        slow_admin,
+        out,
+        http,
+        _procs,
+        ..
+    } = SlowService::start(Duration::from_secs(3)).await?;
+    let series =
+        "causeway_shadow_denied_total{direction=\"inbound\",service=\"slow\",peer=\"web\"}";
+    assert_eq!(
+        http.get(format!("http://127.0.0.1:{out}/fast"))
+            .send()
+            .await?
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(admin_metric(&http, slow_admin, series).await, 0.0);
+    fx.permit("web-to-slow", "web", "slow", "AllowWithShadowDeny")
+        .await?;
+    eventually("calls counted as shadow-denied", WAIT, || async {
+        let r = http
+            .get(format!("http://127.0.0.1:{out}/fast"))
+            .send()
+            .await
+            .ok()?;
+        (r.status() == StatusCode::OK && admin_metric(&http, slow_admin, series).await >= 1.0)
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}

@@ -141,7 +141,6 @@ fn explain_table() {
             "MeshTrafficPermission",
             &[
                 "ENFORCED: partly; not yet:\n    spec.from[].targetRef.kind=MeshSubset: callers are identified by service",
-                "    spec.from[].default.action=AllowWithShadowDeny: acts as Allow",
                 "  spec\t<Object> -partly enforced-",
             ],
         ),

@@ -143,14 +143,18 @@ pub(super) async fn inbound_conn(
     // The caller's timeouts, now that its identity is known.
     let timeouts = *ib.timeouts_for(peer.as_deref());
     if ib.protocol == Protocol::Tcp {
-        if let Err(reason) = authorize(&ib, cfg.mtls, peer.as_deref()) {
-            tracing::info!(service = %ib.service, %reason, "TCP connection denied");
-            proxy.metrics.denied(
-                "inbound",
-                &ib.service,
-                peer.as_deref().map(service_of).unwrap_or(""),
-            );
-            return Ok(());
+        match authorize(&ib, cfg.mtls, peer.as_deref()) {
+            Err(reason) => {
+                tracing::info!(service = %ib.service, %reason, "TCP connection denied");
+                proxy.metrics.denied(
+                    "inbound",
+                    &ib.service,
+                    peer.as_deref().map(service_of).unwrap_or(""),
+                );
+                return Ok(());
+            }
+            Ok(Some(shadow)) => shadow_denied(proxy, &ib.service, peer.as_deref(), &shadow),
+            Ok(None) => {}
         }
         let app = crate::http::tcp_connect(&ib.app_address, ib.app_port, timeouts.connect.as_std())
             .await?;
@@ -282,7 +286,11 @@ fn inbound_prepare(
         .iter()
         .find(|i| i.port == conn.port)
         .ok_or(ProxyError::ListenerRemoved("inbound"))?;
-    authorize(ib, cfg.mtls, conn.peer.as_deref()).map_err(ProxyError::Denied)?;
+    if let Some(shadow) =
+        authorize(ib, cfg.mtls, conn.peer.as_deref()).map_err(ProxyError::Denied)?
+    {
+        shadow_denied(proxy, &ib.service, conn.peer.as_deref(), &shadow);
+    }
     if let Some(limits) = proxy.rate_limits(ib)
         && let Err((entry, wait)) = limits.request(conn.peer.as_deref(), Instant::now())
     {

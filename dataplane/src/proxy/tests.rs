@@ -275,3 +275,29 @@ async fn a_dial_that_times_out_ejects_the_endpoint_and_requests_go_to_another() 
         "{waited} requests waited for a dial to the dead endpoint"
     );
 }
+
+#[test]
+fn allow_with_shadow_deny_lets_in_and_says_what_a_deny_would_have() {
+    use causeway_api::proxy_config::{PermissionRule, SourceMatch};
+    let mut ib = inbound(1, 2, Timeouts::DEFAULT);
+    ib.default_action = Action::Deny;
+    ib.permissions = vec![PermissionRule {
+        source: SourceMatch::Spiffe {
+            id: "spiffe://td/web".into(),
+        },
+        action: Action::AllowWithShadowDeny,
+        policies: vec!["shadow".into()],
+    }];
+    let web = authorize(&ib, MtlsMode::Strict, Some("spiffe://td/web")).unwrap();
+    assert!(
+        web.as_deref()
+            .is_some_and(|r| r.contains("would be denied") && r.contains("shadow")),
+        "{web:?}"
+    );
+    assert!(authorize(&ib, MtlsMode::Strict, Some("spiffe://td/other")).is_err());
+    ib.permissions[0].action = Action::Allow;
+    assert_eq!(
+        authorize(&ib, MtlsMode::Strict, Some("spiffe://td/web")),
+        Ok(None)
+    );
+}
