@@ -289,6 +289,117 @@ pub struct OutboundListener {
     /// which apply without a policy too).
     #[serde(default, skip_serializing_if = "Retry::is_default")]
     pub retry: Retry,
+    /// MeshHTTPRoute: the destination's routes, most specific first. A request takes
+    /// the first route whose conditions hold; one that matches none goes to the
+    /// destination as it is. Empty: no route.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub http_routes: Vec<HttpRoute>,
+}
+
+/// One route of a destination: one `matches` entry of a MeshHTTPRoute rule (a rule with
+/// several becomes one route per entry, each ranked on its own) and what the rule does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRoute {
+    /// The MeshHTTPRoute the rule comes from (of several with the same matches, the
+    /// one with the highest priority), for per-route timeouts and retries and for
+    /// `inspect`.
+    pub name: String,
+    /// The conditions, all of which must hold; none: every request.
+    #[serde(default, skip_serializing_if = "is_every_request")]
+    pub matches: crate::HttpRouteMatch,
+    /// What is done to a matched request, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<RouteFilter>,
+    /// Where its requests go, one chosen by weight per request. Empty: the
+    /// destination's own endpoints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<RouteBackend>,
+    /// The route's own timeouts (MeshTimeout `to[]` for this MeshHTTPRoute, over the
+    /// destination's); none: the destination's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<Timeouts>,
+    /// The route's own retries (MeshRetry `to[]` for this MeshHTTPRoute); none: the
+    /// destination's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+}
+
+fn is_every_request(m: &crate::HttpRouteMatch) -> bool {
+    *m == crate::HttpRouteMatch::default()
+}
+
+/// What a route does to a request (or its response), resolved for this route: a
+/// prefix replacement knows the prefix its route matched, a mirror its endpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "type"
+)]
+pub enum RouteFilter {
+    /// Request headers set (replaced), added (kept beside existing values) and
+    /// removed, in that order.
+    RequestHeaders {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        set: Vec<(String, String)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        add: Vec<(String, String)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remove: Vec<String>,
+    },
+    /// The same for the response's headers.
+    ResponseHeaders {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        set: Vec<(String, String)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        add: Vec<(String, String)>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        remove: Vec<String>,
+    },
+    /// Answer with a redirect to the request's URL with these parts replaced; the
+    /// request goes nowhere.
+    Redirect {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        scheme: Option<crate::Scheme>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hostname: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<u16>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathRewrite>,
+        status: u16,
+    },
+    /// Forward with the host or path replaced.
+    Rewrite {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hostname: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path: Option<PathRewrite>,
+    },
+    /// Send a copy of `percentage` percent (0-100) of the requests to `backend`; its
+    /// answers are dropped.
+    Mirror {
+        backend: RouteBackend,
+        percentage: f64,
+    },
+}
+
+/// A new path for a request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "type"
+)]
+pub enum PathRewrite {
+    /// Replace the whole path.
+    Full { path: String },
+    /// Replace `matched`, the path prefix the route matched, with `replacement`.
+    Prefix {
+        matched: String,
+        replacement: String,
+    },
 }
 
 /// One backend of a routed destination: a service, or its endpoints with some tags.

@@ -199,12 +199,8 @@ const CIRCUIT_BREAKER_UNENFORCED: &[Unenforced] = &[
     },
 ];
 
-/// MeshTimeout: what is not applied per route or per caller yet.
+/// MeshTimeout: what is not applied per caller yet.
 const TIMEOUT_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "to[].targetRef.kind=MeshHTTPRoute",
-        reason: "per-route timeouts are not applied yet (routes are not enforced): the destination's timeouts apply to all of its requests.",
-    },
     Unenforced {
         path: "from[].targetRef.kind=MeshSubset",
         reason: "callers are identified by service (their certificate carries no tags yet), so timeouts for callers by tags are not applied; those for a service or a SPIFFE id are.",
@@ -271,11 +267,25 @@ const TCP_ROUTE_UNENFORCED: &[Unenforced] = &[
     },
 ];
 
-/// MeshRetry: per-route retries.
-const RETRY_UNENFORCED: &[Unenforced] = &[Unenforced {
-    path: "to[].targetRef.kind=MeshHTTPRoute",
-    reason: "per-route retries are not applied yet (routes are not enforced): the destination's retries apply to all of its requests.",
-}];
+/// MeshHTTPRoute: what a backend reference names beyond its service and tags.
+const HTTP_ROUTE_UNENFORCED: &[Unenforced] = &[
+    Unenforced {
+        path: "to[].rules[].default.backendRefs[].port",
+        reason: "a backend is reached on its service's inbound port; a port of its own is not applied yet.",
+    },
+    Unenforced {
+        path: "to[].rules[].default.backendRefs[].namespace",
+        reason: "zones here have no namespaces: the backend is matched by its name alone.",
+    },
+    Unenforced {
+        path: "to[].rules[].default.filters[].requestMirror.backendRef.port",
+        reason: "a mirror is reached on its service's inbound port; a port of its own is not applied yet.",
+    },
+    Unenforced {
+        path: "to[].rules[].default.filters[].requestMirror.backendRef.namespace",
+        reason: "zones here have no namespaces: the mirror is matched by its name alone.",
+    },
+];
 
 /// MeshTrafficPermission: sources the proxies cannot prove from a certificate yet.
 const TRAFFIC_PERMISSION_UNENFORCED: &[Unenforced] = &[
@@ -348,7 +358,11 @@ static TYPES: &[TypeInfo] = &[
         "meshtrafficpermissions",
         Enforcement::Partial(TRAFFIC_PERMISSION_UNENFORCED),
     ),
-    TypeInfo::policy::<MeshHttpRouteSpec>("MeshHTTPRoute", "meshhttproutes", Enforcement::NotYet),
+    TypeInfo::policy::<MeshHttpRouteSpec>(
+        "MeshHTTPRoute",
+        "meshhttproutes",
+        Enforcement::Partial(HTTP_ROUTE_UNENFORCED),
+    ),
     TypeInfo::policy::<MeshTcpRouteSpec>(
         "MeshTCPRoute",
         "meshtcproutes",
@@ -359,11 +373,7 @@ static TYPES: &[TypeInfo] = &[
         "meshtimeouts",
         Enforcement::Partial(TIMEOUT_UNENFORCED),
     ),
-    TypeInfo::policy::<MeshRetrySpec>(
-        "MeshRetry",
-        "meshretries",
-        Enforcement::Partial(RETRY_UNENFORCED),
-    ),
+    TypeInfo::policy::<MeshRetrySpec>("MeshRetry", "meshretries", Enforcement::Full),
     TypeInfo::policy::<MeshCircuitBreakerSpec>(
         "MeshCircuitBreaker",
         "meshcircuitbreakers",

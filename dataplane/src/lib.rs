@@ -15,6 +15,7 @@ pub mod cli;
 pub mod cp;
 mod error;
 mod fault;
+mod header_match;
 mod health_check;
 mod http;
 mod http1;
@@ -28,6 +29,7 @@ pub mod quic;
 mod rate_limit;
 mod replay;
 mod retry;
+mod route;
 mod timeout;
 
 use std::net::SocketAddr;

@@ -78,6 +78,11 @@ pub(crate) struct Metrics {
     shadow_denied: Mutex<BTreeMap<(String, String), u64>>,
     /// Retry decisions by (destination service, result).
     retries: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Requests that took a MeshHTTPRoute, by (destination service, route, backend
+    /// service).
+    routed: Mutex<BTreeMap<(String, String, String), u64>>,
+    /// Mirrored copies by (destination service, mirror service, result).
+    mirrored: Mutex<BTreeMap<(String, String, &'static str), u64>>,
 }
 
 impl Metrics {
@@ -154,6 +159,28 @@ impl Metrics {
             .lock()
             .expect("metrics lock")
             .entry((service.to_string(), result))
+            .or_default() += 1;
+    }
+
+    /// Counts a request to `service` that took `route` and went to `backend`.
+    pub(crate) fn routed(&self, service: &str, route: &str, backend: &str) {
+        *self
+            .routed
+            .lock()
+            .expect("metrics lock")
+            .entry((service.to_string(), route.to_string(), backend.to_string()))
+            .or_default() += 1;
+    }
+
+    /// Counts a mirrored copy of a request to `service` sent to `mirror`, by what
+    /// became of it: `answered`, `failed`, or `dropped` (too many copies in flight, or
+    /// a body too long to copy).
+    pub(crate) fn mirrored(&self, service: &str, mirror: &str, result: &'static str) {
+        *self
+            .mirrored
+            .lock()
+            .expect("metrics lock")
+            .entry((service.to_string(), mirror.to_string(), result))
             .or_default() += 1;
     }
 
@@ -254,6 +281,20 @@ impl Metrics {
                 "causeway_retries_total{{service=\"{s}\",result=\"{result}\"}} {n}"
             );
         }
+        out.push_str("# TYPE causeway_route_requests_total counter\n");
+        for ((s, route, backend), n) in self.routed.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "causeway_route_requests_total{{service=\"{s}\",route=\"{route}\",backend=\"{backend}\"}} {n}"
+            );
+        }
+        out.push_str("# TYPE causeway_mirrored_requests_total counter\n");
+        for ((s, mirror, result), n) in self.mirrored.lock().expect("metrics lock").iter() {
+            let _ = writeln!(
+                out,
+                "causeway_mirrored_requests_total{{service=\"{s}\",mirror=\"{mirror}\",result=\"{result}\"}} {n}"
+            );
+        }
         out.push_str("# TYPE causeway_health_checks_total counter\n");
         for (s, (passed, failed)) in self.health_checks.lock().expect("metrics lock").iter() {
             for (result, n) in [("passed", passed), ("failed", failed)] {
@@ -282,7 +323,11 @@ mod tests {
         m.health_check("backend", false);
         m.circuit_breaker("backend", "ejected");
         m.retry("backend", "budget_exhausted");
+        m.routed("backend", "canary", "backend");
+        m.mirrored("backend", "shadow", "dropped");
         let t = m.render();
+        assert!(t.contains("causeway_route_requests_total{service=\"backend\",route=\"canary\",backend=\"backend\"} 1"), "{t}");
+        assert!(t.contains("causeway_mirrored_requests_total{service=\"backend\",mirror=\"shadow\",result=\"dropped\"} 1"), "{t}");
         assert!(t.contains("causeway_requests_total{direction=\"inbound\",service=\"web\",peer=\"frontend\",status_class=\"2xx\"} 1"), "{t}");
         assert!(t.contains("status_class=\"4xx\"} 1"), "{t}");
         assert!(t.contains("le=\"0.005\"} 2"), "{t}");

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use causeway_api::proxy_config::{
-    HealthCheck, InboundLimits, InboundListener, OutboundListener, ProxyConfig, ingress_sni,
+    HealthCheck, HttpRoute, InboundLimits, InboundListener, OutboundListener, ProxyConfig, Retry,
+    RouteBackend, RouteFilter, ingress_sni,
 };
 use causeway_api::{Action, MtlsMode, Protocol};
 use hyper::body::Incoming;
@@ -66,9 +67,15 @@ pub(crate) struct Proxy {
     draining: watch::Sender<bool>,
     /// Running active health checks, by outbound port and endpoint.
     health_checks: Mutex<HashMap<(u16, usize), RunningCheck>>,
-    /// MeshTCPRoute's backends, by outbound port and backend: each as a destination of
-    /// its own (its endpoints and identity) with its balancer.
-    route_balancers: Mutex<HashMap<(u16, usize), RouteTarget>>,
+    /// Route backends (MeshTCPRoute's and MeshHTTPRoute's, mirrors too), by outbound
+    /// port and backend (service and tags): each as a destination of its own (its
+    /// endpoints and identity) with its balancer, shared by every route that sends
+    /// there, so outlier detection sees all of an endpoint's traffic.
+    route_balancers: Mutex<HashMap<(u16, String), RouteTarget>>,
+    /// Mirrored copies in flight.
+    mirrors: AtomicU64,
+    /// MeshHTTPRoute's routes, compiled, by outbound port.
+    route_tables: Mutex<HashMap<u16, Arc<crate::route::RouteTable>>>,
     /// MeshRateLimit's buckets, by inbound port.
     rate_limits: Mutex<HashMap<u16, Arc<crate::rate_limit::InboundRateLimits>>>,
     /// MeshCircuitBreaker's inbound caps, by inbound port.
@@ -198,6 +205,8 @@ impl Proxy {
             inbound_caps: Mutex::default(),
             rate_limits: Mutex::default(),
             route_balancers: Mutex::default(),
+            route_tables: Mutex::default(),
+            mirrors: AtomicU64::new(0),
         })
     }
 
@@ -238,35 +247,31 @@ impl Proxy {
     }
 
     /// Where one connection or request to `ob` goes: with a MeshTCPRoute, a backend
-    /// chosen by weight (as a destination of its own, and its balancer); `None` for the
-    /// destination itself (no route, or every weight 0).
+    /// chosen by weight, as a destination of its own; `None` without one.
     fn route(&self, ob: &OutboundListener) -> Option<RouteTarget> {
-        if ob.backends.is_empty() {
-            return None;
-        }
-        let total: u64 = ob.backends.iter().map(|b| u64::from(b.weight)).sum();
-        if total == 0 {
-            return None;
-        }
-        let mut pick = rand::random_range(0..total);
-        let i = ob.backends.iter().position(|b| {
-            let w = u64::from(b.weight);
-            if pick < w {
-                return true;
-            }
-            pick -= w;
-            false
-        })?;
+        let backend = pick_backend(&ob.backends)?;
+        Some(self.backend_target(ob, backend))
+    }
+
+    /// A route backend of `ob` as a destination, with its balancer.
+    fn backend_target(&self, ob: &OutboundListener, backend: &RouteBackend) -> RouteTarget {
         let mut map = self.route_balancers.lock().expect("route balancers lock");
-        Some(
-            map.entry((ob.port, i))
-                .or_insert_with(|| {
-                    let listener = Arc::new(backend_listener(ob, &ob.backends[i]));
-                    let b = Arc::new(new_balancer(&listener, None));
-                    (listener, b)
-                })
-                .clone(),
-        )
+        map.entry((ob.port, backend_key(backend)))
+            .or_insert_with(|| {
+                let listener = Arc::new(backend_listener(ob, backend));
+                let b = Arc::new(new_balancer(&listener, None));
+                (listener, b)
+            })
+            .clone()
+    }
+
+    /// The MeshHTTPRoutes of the outbound on `port`, compiled; `None` without any.
+    fn route_table(&self, port: u16) -> Option<Arc<crate::route::RouteTable>> {
+        self.route_tables
+            .lock()
+            .expect("route tables lock")
+            .get(&port)
+            .cloned()
     }
 
     fn balancer(&self, ob: &OutboundListener) -> Arc<Balancer> {
@@ -352,14 +357,30 @@ impl Proxy {
         let mut routes = self.route_balancers.lock().expect("route balancers lock");
         let mut next = HashMap::new();
         for ob in &cfg.outbounds {
-            for (i, backend) in ob.backends.iter().enumerate() {
+            for backend in route_backends(ob) {
+                let key = (ob.port, backend_key(backend));
+                if next.contains_key(&key) {
+                    continue;
+                }
                 let listener = Arc::new(backend_listener(ob, backend));
-                let old = routes.get(&(ob.port, i)).map(|(_, b)| &**b);
+                let old = routes.get(&key).map(|(_, b)| &**b);
                 let b = Arc::new(new_balancer(&listener, old));
-                next.insert((ob.port, i), (listener, b));
+                next.insert(key, (listener, b));
             }
         }
         *routes = next;
+        drop(routes);
+        *self.route_tables.lock().expect("route tables lock") = cfg
+            .outbounds
+            .iter()
+            .filter(|ob| !ob.http_routes.is_empty())
+            .map(|ob| {
+                (
+                    ob.port,
+                    Arc::new(crate::route::RouteTable::new(&ob.http_routes)),
+                )
+            })
+            .collect();
     }
 
     fn client_config(
@@ -406,21 +427,60 @@ impl Proxy {
     }
 }
 
-/// A MeshTCPRoute backend as a destination of its own, and its balancer.
+/// A route backend as a destination of its own, and its balancer.
 type RouteTarget = (Arc<OutboundListener>, Arc<Balancer>);
+
+/// A backend's identity among an outbound's backends: its service and tags.
+fn backend_key(b: &RouteBackend) -> String {
+    let mut key = b.service.clone();
+    for (k, v) in &b.tags {
+        key.push_str(&format!("\n{k}={v}"));
+    }
+    key
+}
+
+/// Every backend an outbound's routes send to: MeshTCPRoute's, MeshHTTPRoute's and
+/// their mirrors'.
+fn route_backends(ob: &OutboundListener) -> impl Iterator<Item = &RouteBackend> {
+    let http = ob.http_routes.iter().flat_map(|r| {
+        r.backends
+            .iter()
+            .chain(r.filters.iter().filter_map(|f| match f {
+                RouteFilter::Mirror { backend, .. } => Some(backend),
+                _ => None,
+            }))
+    });
+    ob.backends.iter().chain(http)
+}
+
+/// One of `backends`, chosen at random by weight; `None` when there are none or every
+/// weight is 0.
+fn pick_backend(backends: &[RouteBackend]) -> Option<&RouteBackend> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut pick = rand::random_range(0..total);
+    backends.iter().find(|b| {
+        let w = u64::from(b.weight);
+        if pick < w {
+            return true;
+        }
+        pick -= w;
+        false
+    })
+}
 
 /// A route backend as a destination: the outbound's settings (timeouts, retries,
 /// circuit breaking) with the backend's service, identity and endpoints. Health checks
 /// stay with the destination's own endpoints.
-fn backend_listener(
-    ob: &OutboundListener,
-    backend: &causeway_api::proxy_config::RouteBackend,
-) -> OutboundListener {
+fn backend_listener(ob: &OutboundListener, backend: &RouteBackend) -> OutboundListener {
     OutboundListener {
         service: backend.service.clone(),
         identity: backend.identity.clone(),
         groups: backend.groups.clone(),
         backends: Vec::new(),
+        http_routes: Vec::new(),
         health_check: None,
         ..ob.clone()
     }

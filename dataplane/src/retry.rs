@@ -31,7 +31,9 @@ use std::time::{Duration, Instant, SystemTime};
 use causeway_api::proxy_config::{
     BackOffPolicy, HttpRetryPolicy, RateLimitedBackOffPolicy, Retry, RetryBudgetPolicy,
 };
-use causeway_api::{GrpcRetryOn, HeaderMatch, HeaderMatchType, HttpRetryOn, ResetHeaderFormat};
+use causeway_api::{GrpcRetryOn, HeaderMatch, HttpRetryOn, ResetHeaderFormat};
+
+use crate::header_match::HeaderMatcher;
 
 /// How one try ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,55 +59,6 @@ pub(crate) struct Policy<'a> {
 }
 
 /// One header condition, compiled.
-#[derive(Debug)]
-struct HeaderMatcher {
-    name: http::HeaderName,
-    test: HeaderTest,
-}
-
-#[derive(Debug)]
-enum HeaderTest {
-    Exact(String),
-    Prefix(String),
-    /// Matches the whole value.
-    Regex(regex::Regex),
-    Present,
-    Absent,
-}
-
-impl HeaderMatcher {
-    /// `None` for a condition that cannot be compiled (the API refuses those).
-    fn new(m: &HeaderMatch) -> Option<HeaderMatcher> {
-        let name = http::HeaderName::from_bytes(m.name.as_bytes()).ok()?;
-        let value = || m.value.clone().unwrap_or_default();
-        let test = match m.kind {
-            HeaderMatchType::Exact => HeaderTest::Exact(value()),
-            HeaderMatchType::Prefix => HeaderTest::Prefix(value()),
-            HeaderMatchType::RegularExpression => {
-                HeaderTest::Regex(regex::Regex::new(&format!("^(?:{})$", value())).ok()?)
-            }
-            HeaderMatchType::Present => HeaderTest::Present,
-            HeaderMatchType::Absent => HeaderTest::Absent,
-        };
-        Some(HeaderMatcher { name, test })
-    }
-
-    /// Whether `headers` meet it: any of the header's values, for the value tests.
-    fn matches(&self, headers: &http::HeaderMap) -> bool {
-        let mut values = headers
-            .get_all(&self.name)
-            .iter()
-            .filter_map(|v| v.to_str().ok());
-        match &self.test {
-            HeaderTest::Present => headers.contains_key(&self.name),
-            HeaderTest::Absent => !headers.contains_key(&self.name),
-            HeaderTest::Exact(want) => values.any(|v| v == want),
-            HeaderTest::Prefix(p) => values.any(|v| v.starts_with(p.as_str())),
-            HeaderTest::Regex(re) => values.any(|v| re.is_match(v)),
-        }
-    }
-}
-
 /// A destination's retriable request and response headers, compiled once per config.
 #[derive(Debug, Default)]
 pub(crate) struct HeaderRules {

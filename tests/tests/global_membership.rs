@@ -234,16 +234,15 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     assert!(s.is_success(), "{s}");
 
     // The API: `warnings` with the field and the reason, and the write is done.
-    let route = json!({"type": "MeshHTTPRoute", "mesh": "default", "name": "api-to-v2",
-        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
-            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
-                       "default": {"backendRefs": [{"kind": "MeshService", "name": "backend-v2"}]}}]}]}});
+    let log = json!({"type": "MeshAccessLog", "mesh": "default", "name": "all-to-stdout",
+        "spec": {"from": [{"targetRef": {"kind": "Mesh"},
+            "default": {"backends": [{"type": "File", "file": {"path": "/dev/stdout"}}]}}]}});
     let (s, body) = c
         .call(
             0,
             Method::PUT,
-            "/meshes/default/meshhttproutes/api-to-v2",
-            Some(&route),
+            "/meshes/default/meshaccesslogs/all-to-stdout",
+            Some(&log),
         )
         .await
         .unwrap();
@@ -256,14 +255,14 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         warnings[0]["reason"]
             .as_str()
             .unwrap()
-            .contains("MeshHTTPRoute is not enforced by the proxies yet"),
+            .contains("MeshAccessLog is not enforced by the proxies yet"),
         "{body}"
     );
     let (s, stored) = c
         .call(
             0,
             Method::GET,
-            "/meshes/default/meshhttproutes/api-to-v2",
+            "/meshes/default/meshaccesslogs/all-to-stdout",
             None,
         )
         .await
@@ -292,7 +291,7 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     let file = c.tmp.path().join("policies.yaml");
     std::fs::write(
         &file,
-        "type: MeshTrafficPermission\nmesh: default\nname: by-tags\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n  - targetRef: {kind: MeshSubset, tags: {version: v2}}\n    default: {action: Deny}\n---\ntype: MeshHTTPRoute\nmesh: default\nname: api-canary\nspec:\n  to:\n  - targetRef: {kind: MeshService, name: backend}\n    rules:\n    - matches: [{path: {type: PathPrefix, value: /api}}]\n      default: {backendRefs: [{kind: MeshService, name: backend-v2}]}\n",
+        "type: MeshTrafficPermission\nmesh: default\nname: by-tags\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n  - targetRef: {kind: MeshSubset, tags: {version: v2}}\n    default: {action: Deny}\n---\ntype: MeshAccessLog\nmesh: default\nname: all-to-stdout-2\nspec:\n  from:\n  - targetRef: {kind: Mesh}\n    default: {backends: [{type: File, file: {path: /dev/stdout}}]}\n",
     )
     .unwrap();
     let (ok, out, err) = c.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
@@ -302,7 +301,7 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         "{out}"
     );
     assert!(
-        out.contains("MeshHTTPRoute api-canary in mesh default created"),
+        out.contains("MeshAccessLog all-to-stdout-2 in mesh default created"),
         "{out}"
     );
     let lines: Vec<&str> = err.lines().collect();
@@ -314,13 +313,13 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         "{err}"
     );
     assert!(
-        lines[1].starts_with("Warning: type: MeshHTTPRoute is not enforced by the proxies yet"),
+        lines[1].starts_with("Warning: type: MeshAccessLog is not enforced by the proxies yet"),
         "{err}"
     );
 
-    let (ok, out, _) = c.cli(&["explain", "MeshHTTPRoute"]).unwrap();
+    let (ok, out, _) = c.cli(&["explain", "MeshAccessLog"]).unwrap();
     assert!(
-        ok && out.contains("ENFORCED: no: the proxies do not enforce MeshHTTPRoute yet"),
+        ok && out.contains("ENFORCED: no: the proxies do not enforce MeshAccessLog yet"),
         "{out}"
     );
 }

@@ -297,6 +297,7 @@ resource "causeway_mesh_http_route" "r" {
           kind   = "MeshService"
           name   = "backend"
           weight = 100
+          port   = 8080
         }
       }
     }
@@ -421,10 +422,10 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
     let out = tf.apply().await?;
     assert!(out.contains("Apply complete! Resources: 8 added"), "{out}");
     // What the proxies do not enforce yet is a warning, on the resource, and the apply
-    // goes on (the route is traffic shaping, still to come).
+    // goes on (a backend's own port is not applied yet).
     assert!(
         out.contains(
-            "Warning: MeshHTTPRoute \"web-route\" in mesh \"tf\": type: MeshHTTPRoute is not enforced by the proxies yet"
+            "Warning: MeshHTTPRoute \"web-route\" in mesh \"tf\": spec.to[0].rules[0].default.backendRefs[0].port: not enforced by the proxies yet"
         ),
         "{out}"
     );

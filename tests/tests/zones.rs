@@ -215,15 +215,14 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     // A zone-local write of what the proxies do not enforce yet says so, as global does.
-    let route = json!({"type": "MeshHTTPRoute", "mesh": "default", "name": "zone-b-route",
-        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
-            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
-                       "default": {"backendRefs": [{"kind": "MeshService", "name": "backend-v2"}]}}]}]}});
+    let log = json!({"type": "MeshAccessLog", "mesh": "default", "name": "zone-b-log",
+        "spec": {"from": [{"targetRef": {"kind": "Mesh"},
+            "default": {"backends": [{"type": "File", "file": {"path": "/dev/stdout"}}]}}]}});
     let (s, written) = zs[1]
         .call(
             Method::PUT,
-            "/meshes/default/meshhttproutes/zone-b-route",
-            Some(&route),
+            "/meshes/default/meshaccesslogs/zone-b-log",
+            Some(&log),
         )
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{written}");
@@ -231,7 +230,7 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
     assert!(
         written["warnings"][0]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("MeshHTTPRoute is not enforced")),
+            .is_some_and(|r| r.contains("MeshAccessLog is not enforced")),
         "{written}"
     );
     let got = eventually("zone-b's policy on global", SYNC, || async {

@@ -8,6 +8,7 @@
 mod mesh_circuit_breaker;
 mod mesh_fault_injection;
 mod mesh_health_check;
+mod mesh_http_route;
 mod mesh_load_balancing_strategy;
 mod mesh_rate_limit;
 mod mesh_retry;
@@ -112,6 +113,39 @@ pub(crate) fn decode_outbounds<T: DeserializeOwned>(
         .collect()
 }
 
+/// Each of `proxy`'s outbounds' per-route configurations of the policy `kind`: its
+/// `to[]` entries for a MeshHTTPRoute merged over the destination's, decoded, by route
+/// name. A route without entries of its own is not in the map.
+pub(crate) fn decode_routes<T: DeserializeOwned>(
+    kind: &str,
+    effective: &EffectiveConfig,
+    proxy: &Proxy,
+) -> Result<Vec<BTreeMap<String, T>>, ComputeError> {
+    proxy
+        .outbounds
+        .iter()
+        .enumerate()
+        .map(|(i, ob)| {
+            let Some(o) = effective.outbounds.get(i) else {
+                return Ok(BTreeMap::new());
+            };
+            o.routes
+                .iter()
+                .map(|(route, Merged { conf, policies })| {
+                    let what = || {
+                        format!(
+                            "the merged {kind} to[] for route {route} of {} (policies {})",
+                            ob.service,
+                            policies.join(", ")
+                        )
+                    };
+                    Ok((route.clone(), decode_conf(conf, what)?))
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// The callers a `from[]` source stands for, when a certificate can prove it: every
 /// caller (`Mesh`), a service, or a SPIFFE id. `None` for sources by tags, which a
 /// certificate does not carry yet.
@@ -152,8 +186,22 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     let trust_domain = mesh_spec.trust_domain_or(&mesh_name).to_string();
     let mtls = mesh_spec.mtls.as_ref().map_or(MtlsMode::Off, |m| m.mode);
     // Named and labelled, for policies that target Dataplanes (Kuma's current form).
-    let proxy =
+    let mut proxy =
         Proxy::from_dataplane(&spec, Some(&inputs.zone)).named(&dataplane.name, &dataplane.labels);
+    // The MeshHTTPRoutes of each destination first: per-route policies name them.
+    let http_route_policies = policies_of(inputs, "MeshHTTPRoute");
+    let http_routes_effective = mesh_http_route::effective(&http_route_policies, &proxy);
+    for (ob, conf) in proxy
+        .outbounds
+        .iter_mut()
+        .zip(&http_routes_effective.outbounds)
+    {
+        ob.routes = conf
+            .conf
+            .as_ref()
+            .map(|m| m.policies.clone())
+            .unwrap_or_default();
+    }
     let timeouts =
         mesh_timeout::configure(&policies_of(inputs, "MeshTimeout"), &proxy, &trust_domain)?;
     let faults = mesh_fault_injection::configure(
@@ -230,8 +278,25 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         mesh_health_check::configure(&policies_of(inputs, "MeshHealthCheck"), &proxy, &protocols)?;
     let circuit_breakers =
         mesh_circuit_breaker::configure(&policies_of(inputs, "MeshCircuitBreaker"), &proxy)?;
-    let mut retries = mesh_retry::configure(&policies_of(inputs, "MeshRetry"), &proxy)?;
+    let (mut retries, route_retries) =
+        mesh_retry::configure(&policies_of(inputs, "MeshRetry"), &proxy)?;
     let routes = mesh_tcp_route::configure(&policies_of(inputs, "MeshTCPRoute"), &proxy)?;
+    let mut http_routes = mesh_http_route::configure(
+        &http_route_policies,
+        &http_routes_effective,
+        &proxy,
+        |i, service, tags, weight| {
+            let destination = (&mesh_name[..], &mesh_spec, &trust_domain[..], &balancing[i]);
+            route_backend(inputs, destination, service, tags, weight)
+        },
+    )?;
+    // Per-route timeouts and retries, where policies name the route.
+    for (i, routes) in http_routes.iter_mut().enumerate() {
+        for route in routes {
+            route.timeouts = timeouts.routes[i].get(&route.name).copied();
+            route.retry = route_retries[i].get(&route.name).cloned();
+        }
+    }
     let outbounds = spec
         .outbound
         .iter()
@@ -255,23 +320,13 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 retry: std::mem::take(&mut retries[i]),
                 backends: routes[i]
                     .iter()
-                    .map(|(service, tags, weight)| RouteBackend {
-                        service: service.clone(),
-                        tags: tags.clone(),
-                        weight: *weight,
-                        identity: (mtls != MtlsMode::Off)
-                            .then(|| spiffe_id(&trust_domain, service)),
-                        groups: endpoint_groups(inputs, &mesh_name, &mesh_spec, service, balancing)
-                            .into_iter()
-                            .map(|mut g| {
-                                g.endpoints
-                                    .retain(|e| tags.iter().all(|(k, v)| e.tags.get(k) == Some(v)));
-                                g
-                            })
-                            .filter(|g| !g.endpoints.is_empty())
-                            .collect(),
+                    .map(|(service, tags, weight)| {
+                        let destination =
+                            (&mesh_name[..], &mesh_spec, &trust_domain[..], balancing);
+                        route_backend(inputs, destination, service, tags, *weight)
                     })
                     .collect(),
+                http_routes: std::mem::take(&mut http_routes[i]),
             }
         })
         .collect();
@@ -294,6 +349,39 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     let body = serde_json::to_vec(&config).expect("configs serialize");
     config.version = hex::encode(&sha2::Sha256::digest(&body)[..8]);
     Ok(config)
+}
+
+/// A route's backend: `service`'s endpoints with `tags` (all of them when empty), and
+/// the identity they prove. The destination's MeshLoadBalancingStrategy orders the
+/// zones of a backend too: `destination` is (mesh, its spec, trust domain, balancing).
+fn route_backend(
+    inputs: &MeshInputs,
+    (mesh_name, mesh_spec, trust_domain, balancing): (
+        &str,
+        &MeshSpec,
+        &str,
+        &mesh_load_balancing_strategy::Balancing,
+    ),
+    service: &str,
+    tags: &BTreeMap<String, String>,
+    weight: u32,
+) -> RouteBackend {
+    let mtls = mesh_spec.mtls.as_ref().map_or(MtlsMode::Off, |m| m.mode);
+    RouteBackend {
+        service: service.to_owned(),
+        tags: tags.clone(),
+        weight,
+        identity: (mtls != MtlsMode::Off).then(|| spiffe_id(trust_domain, service)),
+        groups: endpoint_groups(inputs, mesh_name, mesh_spec, service, balancing)
+            .into_iter()
+            .map(|mut g| {
+                g.endpoints
+                    .retain(|e| tags.iter().all(|(k, v)| e.tags.get(k) == Some(v)));
+                g
+            })
+            .filter(|g| !g.endpoints.is_empty())
+            .collect(),
+    }
 }
 
 /// The protocol a service's inbounds declare here or in other zones (as their ingresses

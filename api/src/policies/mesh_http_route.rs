@@ -699,9 +699,31 @@ impl Spec for MeshHttpRouteSpec {
                 for (k, m) in rule.matches.iter().enumerate() {
                     check_match(errors, &idx(&at(&path, "matches"), k), m);
                 }
+                // A prefix replacement replaces what a PathPrefix matched: every
+                // match of the rule needs one (as in the Gateway API).
+                let prefixed = !rule.matches.is_empty()
+                    && rule.matches.iter().all(|m| {
+                        m.path
+                            .as_ref()
+                            .is_some_and(|p| p.kind == PathMatchType::PathPrefix)
+                    });
                 let path = at(&path, "default");
                 for (k, f) in rule.default.filters.iter().flatten().enumerate() {
-                    check_filter(errors, &idx(&at(&path, "filters"), k), f);
+                    let path = idx(&at(&path, "filters"), k);
+                    check_filter(errors, &path, f);
+                    let replaces_prefix = [
+                        f.url_rewrite.as_ref().and_then(|r| r.path.as_ref()),
+                        f.request_redirect.as_ref().and_then(|r| r.path.as_ref()),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p.kind == PathModifierType::ReplacePrefixMatch);
+                    if replaces_prefix && !prefixed {
+                        errors.push(
+                            at(&path, "type"),
+                            "ReplacePrefixMatch replaces the prefix a PathPrefix match matched: every match of the rule needs a path of type PathPrefix (use ReplaceFullPath otherwise)",
+                        );
+                    }
                 }
                 if let Some(refs) = &rule.default.backend_refs {
                     check_backend_refs(errors, &at(&path, "backendRefs"), refs);
@@ -729,7 +751,8 @@ mod tests {
                  "default": {"backendRefs": [
                      {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v1"}, "weight": 90},
                      {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}, "weight": 10}]}},
-                {"default": {"filters": [
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+                 "default": {"filters": [
                     {"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "x-mesh", "value": "causeway"}], "remove": ["x-internal"]}},
                     {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "value": "/v2"}}},
                     {"type": "RequestMirror", "requestMirror": {"backendRef": {"kind": "MeshService", "name": "shadow"}, "percentage": "5%"}}]}},
@@ -813,6 +836,16 @@ mod tests {
                 ),
                 (
                     to(
+                        json!([{"matches": [{"path": {"type": "Exact", "value": "/a"}}, {"path": {"type": "PathPrefix", "value": "/b"}}],
+                               "default": {"filters": [{"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "value": "/c"}}}]}}]),
+                    ),
+                    &[(
+                        "spec.to[0].rules[0].default.filters[0].type",
+                        "every match of the rule needs a path of type PathPrefix",
+                    )],
+                ),
+                (
+                    to(
                         json!([{"default": {"filters": [{"type": "RequestRedirect", "requestRedirect": {"statusCode": 200}}]}}]),
                     ),
                     &[(
@@ -882,10 +915,12 @@ mod tests {
                     ],
                 ),
                 (
-                    to(json!([{"default": {"filters": [
+                    to(
+                        json!([{"matches": [{"path": {"type": "PathPrefix", "value": "/p"}}], "default": {"filters": [
                         {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replaceFullPath": "/x"}}},
                         {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "value": "/a", "replaceFullPath": "/b"}}},
-                        {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "b"}}}]}}])),
+                        {"type": "URLRewrite", "urlRewrite": {"path": {"type": "ReplaceFullPath", "replaceFullPath": "b"}}}]}}]),
+                    ),
                     &[
                         (
                             "spec.to[0].rules[0].default.filters[0].urlRewrite.path.replaceFullPath",

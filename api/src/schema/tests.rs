@@ -134,8 +134,8 @@ fn explain_table() {
         ),
         // What the proxies enforce, from the registry.
         (
-            "MeshHTTPRoute",
-            &["ENFORCED: no: the proxies do not enforce MeshHTTPRoute yet"],
+            "MeshAccessLog",
+            &["ENFORCED: no: the proxies do not enforce MeshAccessLog yet"],
         ),
         (
             "MeshTrafficPermission",
@@ -157,7 +157,7 @@ fn explain_table() {
         (
             "MeshTimeout",
             &[
-                "ENFORCED: partly; not yet:\n    spec.to[].targetRef.kind=MeshHTTPRoute: per-route timeouts",
+                "ENFORCED: partly; not yet:\n    spec.from[].targetRef.kind=MeshSubset: callers are identified by service",
                 "  spec\t<Object> -partly enforced-",
             ],
         ),

@@ -88,7 +88,7 @@ pub(super) async fn outbound_conn(
 }
 
 async fn outbound_request(
-    proxy: &Proxy,
+    proxy: &Arc<Proxy>,
     port: u16,
     stats: &HttpStats,
     req: http::Request<Incoming>,
@@ -100,7 +100,6 @@ async fn outbound_request(
     let Some(ob) = cfg.outbounds.iter().find(|o| o.port == port) else {
         return answer_error(stats, started, ProxyError::ListenerRemoved("outbound"));
     };
-    let exchange = Exchange::start(&ob.timeouts, started);
     let (mut parts, body) = req.into_parts();
     // HTTP/2 upstream: an absolute target, its authority from Host (HTTP/1.1 callers).
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -125,30 +124,162 @@ async fn outbound_request(
             return answer_error(stats, started, ProxyError::BadRequest("bad request target"));
         }
     };
+    // MeshHTTPRoute: the route is chosen on the request as the application sent it.
+    let table = proxy.route_table(port);
+    let route = table.as_deref().and_then(|t| t.find(&parts));
     parts.version = http::Version::HTTP_2;
     parts.headers.remove(http::header::HOST);
     strip_hop_by_hop(&mut parts.headers);
     // A drill probe asks which zone answered; the header does not travel upstream.
     let probe = parts.headers.remove(PROBE).is_some();
-    let req = http::Request::from_parts(parts, boxed(body));
-    match exchange
+    let mut mirror = None;
+    if let Some((route, _)) = route {
+        if let Some(redirect) = crate::route::apply_request(route, &mut parts) {
+            stats.record(redirect.status.as_u16(), started.elapsed());
+            proxy.metrics.routed(&ob.service, &route.name, "redirect");
+            return redirect_answer(redirect);
+        }
+        mirror = mirror_of(route);
+    }
+    let mut body = boxed(body);
+    // The copy for a mirror: the head now, the body once the request has sent it.
+    let mirrored = mirror.map(|backend| {
+        let head = (
+            parts.method.clone(),
+            parts.uri.clone(),
+            parts.headers.clone(),
+        );
+        let (teed, replay) = Replay::new(std::mem::replace(
+            &mut body,
+            boxed(http_body_util::Empty::new()),
+        ));
+        body = teed;
+        (backend, head, replay)
+    });
+    let req = http::Request::from_parts(parts, body);
+    // Where it goes: the route's backend by weight, else a MeshTCPRoute backend, else
+    // the destination itself.
+    let routed = match route {
+        Some((r, _)) if !r.backends.is_empty() => {
+            crate::proxy::pick_backend(&r.backends).map(|b| proxy.backend_target(ob, b))
+        }
+        _ => proxy.route(ob),
+    };
+    let (target, b) = match &routed {
+        Some((routed, b)) => (&**routed, b.clone()),
+        None => (ob, proxy.balancer(ob)),
+    };
+    if let Some((r, _)) = route {
+        proxy.metrics.routed(&ob.service, &r.name, &target.service);
+    }
+    // A route's own timeouts and retries, else the destination's.
+    let timeouts = route
+        .and_then(|(r, _)| r.timeouts.as_ref())
+        .unwrap_or(&ob.timeouts);
+    let retry = match route {
+        Some((r, Some(headers))) => r.retry.as_ref().map(|retry| (retry, headers)),
+        _ => None,
+    }
+    .unwrap_or((&target.retry, b.retry_headers()));
+    let exchange = Exchange::start(timeouts, started);
+    let result = exchange
         .head(outbound_exchange(
             proxy,
             &cfg,
-            ob,
+            target,
+            &b,
+            retry,
             req,
             probe,
             exchange.deadline(),
         ))
-        .await
-    {
+        .await;
+    if let Some((backend, head, replay)) = mirrored {
+        send_mirror(proxy, &cfg, ob, backend, head, replay);
+    }
+    match result {
         Ok(r) => {
-            let (parts, body) = r.into_parts();
+            let (mut parts, body) = r.into_parts();
+            if let Some((route, _)) = route {
+                crate::route::apply_response(route, &mut parts.headers);
+            }
             stats.record(parts.status.as_u16(), started.elapsed());
             http::Response::from_parts(parts, exchange.body(body))
         }
         Err(e) => answer_error(stats, started, e),
     }
+}
+
+/// A route's redirect, answered by the proxy.
+fn redirect_answer(redirect: crate::route::Redirect) -> http::Response<Body> {
+    let mut r = crate::http::text(redirect.status, "");
+    if let Ok(location) = http::HeaderValue::from_str(&redirect.location) {
+        r.headers_mut().insert(http::header::LOCATION, location);
+    }
+    r
+}
+
+/// The backend a route mirrors this request to, if it has a mirror and the request
+/// is in its share.
+fn mirror_of(route: &HttpRoute) -> Option<&RouteBackend> {
+    route.filters.iter().find_map(|f| match f {
+        RouteFilter::Mirror {
+            backend,
+            percentage,
+        } if rand::random::<f64>() * 100.0 < *percentage => Some(backend),
+        _ => None,
+    })
+}
+
+/// Most mirrored copies in flight per proxy: a slow mirror loses copies, never
+/// holds memory or delays anything.
+const MIRRORS_IN_FLIGHT: u64 = 256;
+
+/// Sends a copy of a request to a mirror in the background, once the request's body
+/// was sent whole (a body over the replay limit is not copied); the answer is dropped.
+fn send_mirror(
+    proxy: &Arc<Proxy>,
+    cfg: &Arc<ProxyConfig>,
+    ob: &OutboundListener,
+    backend: &RouteBackend,
+    (method, uri, headers): (http::Method, http::Uri, http::HeaderMap),
+    replay: Replay,
+) {
+    let Some(body) = replay.again() else {
+        proxy
+            .metrics
+            .mirrored(&ob.service, &backend.service, "dropped");
+        return;
+    };
+    if proxy.mirrors.fetch_add(1, Ordering::Relaxed) >= MIRRORS_IN_FLIGHT {
+        proxy.mirrors.fetch_sub(1, Ordering::Relaxed);
+        proxy
+            .metrics
+            .mirrored(&ob.service, &backend.service, "dropped");
+        return;
+    }
+    let (target, b) = proxy.backend_target(ob, backend);
+    let (proxy, cfg, service) = (proxy.clone(), cfg.clone(), ob.service.clone());
+    let limit = ob.timeouts.request;
+    tokio::spawn(async move {
+        let mut req = http::Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = uri;
+        *req.version_mut() = http::Version::HTTP_2;
+        *req.headers_mut() = headers;
+        let mut tried = Vec::new();
+        let send = send_once(&proxy, &cfg, &target, &b, req, false, &mut tried, None);
+        let answered = match timeout::on(limit) {
+            Some(limit) => tokio::time::timeout(limit, send).await.ok(),
+            None => Some(send.await),
+        };
+        let result = match answered {
+            Some(Ok(_)) => "answered",
+            _ => "failed",
+        };
+        proxy.metrics.mirrored(&service, &target.service, result);
+        proxy.mirrors.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// How a try failed.
@@ -185,26 +316,23 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
 /// MeshRetry says to retry (see [`crate::retry`]): each try goes to an endpoint not
 /// tried yet when there is one, after a pause, within the retry budget and before
 /// `deadline` (the request timeout).
+#[allow(clippy::too_many_arguments)]
 async fn outbound_exchange(
     proxy: &Proxy,
     cfg: &ProxyConfig,
     ob: &OutboundListener,
+    b: &Arc<Balancer>,
+    (retry, retry_headers): (&Retry, &retry::HeaderRules),
     req: http::Request<Body>,
     probe: bool,
     deadline: Option<Instant>,
 ) -> Result<http::Response<Body>, ProxyError> {
-    // MeshTCPRoute: a backend per request.
-    let routed = proxy.route(ob);
-    let (ob, b) = match &routed {
-        Some((routed, b)) => (&**routed, b.clone()),
-        None => (ob, proxy.balancer(ob)),
-    };
     let _admitted = b.admit_request().map_err(|max| ProxyError::Overflow {
         service: ob.service.clone(),
         max,
         limit: "maxRequests",
     })?;
-    let policy = retry::Policy::of(&ob.retry, b.retry_headers(), is_grpc(req.headers()));
+    let policy = retry::Policy::of(retry, retry_headers, is_grpc(req.headers()));
     let retries = policy.num_retries(req.headers());
     // Every request adds to the budget, retried or not: it is a share of the
     // destination's traffic.
@@ -212,7 +340,7 @@ async fn outbound_exchange(
     budget.deposit(Instant::now());
     let mut tried = Vec::new();
     if retries == 0 {
-        return send_once(proxy, cfg, ob, &b, req, probe, &mut tried, None)
+        return send_once(proxy, cfg, ob, b, req, probe, &mut tried, None)
             .await
             .map_err(TryFailure::error);
     }
@@ -234,7 +362,7 @@ async fn outbound_exchange(
             proxy,
             cfg,
             ob,
-            &b,
+            b,
             req,
             probe,
             &mut tried,

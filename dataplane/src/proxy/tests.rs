@@ -53,6 +53,7 @@ fn outbound(port: u16, timeouts: Timeouts) -> OutboundListener {
         circuit_breaker: None,
         retry: Default::default(),
         backends: Vec::new(),
+        http_routes: Vec::new(),
     }
 }
 

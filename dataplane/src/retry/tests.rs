@@ -1,7 +1,7 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use causeway_api::proxy_config::{BackOffPolicy, Retry, RetryBudgetPolicy};
-use causeway_api::{GrpcRetryOn, HttpRetryOn};
+use causeway_api::{GrpcRetryOn, HeaderMatchType, HttpRetryOn};
 
 use super::*;
 

@@ -11,17 +11,38 @@
 use causeway_api::proxy_config::{BackOffPolicy, Retry};
 use causeway_api::{BackOff, Duration, HttpRetryOn, Proxy, ResetHeader, Resource, RetryConf};
 
-use super::{ComputeError, outbound_confs};
+use std::collections::BTreeMap;
 
-/// The retries of each of `proxy`'s outbounds, in its order.
-pub(crate) fn configure(policies: &[Resource], proxy: &Proxy) -> Result<Vec<Retry>, ComputeError> {
-    Ok(outbound_confs::<RetryConf>("MeshRetry", policies, proxy)?
+use super::{ComputeError, decode_outbounds, decode_routes};
+
+/// Retries per route with entries of their own, by MeshHTTPRoute name.
+pub(crate) type RouteRetries = BTreeMap<String, Retry>;
+
+/// The retries of each of `proxy`'s outbounds, in its order, and of their routes that
+/// `to[]` entries name (merged over the destination's).
+pub(crate) fn configure(
+    policies: &[Resource],
+    proxy: &Proxy,
+) -> Result<(Vec<Retry>, Vec<RouteRetries>), ComputeError> {
+    let effective =
+        causeway_api::effective("MeshRetry", policies, proxy).expect("MeshRetry is a policy kind");
+    let outbounds = decode_outbounds::<RetryConf>("MeshRetry", &effective, proxy)?
         .into_iter()
         .map(|conf| {
             conf.as_ref()
                 .map_or_else(Retry::default_policy, over_defaults)
         })
-        .collect())
+        .collect();
+    let routes = decode_routes::<RetryConf>("MeshRetry", &effective, proxy)?
+        .into_iter()
+        .map(|routes| {
+            routes
+                .into_iter()
+                .map(|(name, c)| (name, over_defaults(&c)))
+                .collect()
+        })
+        .collect();
+    Ok((outbounds, routes))
 }
 
 fn back_off(b: Option<&BackOff>) -> BackOffPolicy {

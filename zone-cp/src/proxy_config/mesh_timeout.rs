@@ -2,8 +2,8 @@
 //! [`TimeoutConf`], laid over the built-in [`Timeouts::DEFAULT`] for each listener.
 //!
 //! - Outbound: the destination's merged `to[]` configuration (`Mesh` and
-//!   `MeshService <destination>` entries). `to[]` entries for a `MeshHTTPRoute` are not
-//!   applied (the sidecar has no per-route timeouts yet).
+//!   `MeshService <destination>` entries); and per route, where `to[]` entries name a
+//!   `MeshHTTPRoute`, those merged over the destination's.
 //! - Inbound: the merged `from[]` rule whose source is `Mesh`, which holds exactly the
 //!   entries that apply to every caller; and the rules for one caller that a
 //!   certificate proves (`MeshService`, `SpiffeId` sources), each over those. Sources by
@@ -15,7 +15,7 @@
 use causeway_api::proxy_config::{CallerTimeouts, Timeouts};
 use causeway_api::{EffectiveConfig, FromRule, Proxy, Resource, TargetRefKind, TimeoutConf};
 
-use super::{ComputeError, caller_source, decode_conf, decode_outbounds};
+use super::{ComputeError, caller_source, decode_conf, decode_outbounds, decode_routes};
 
 /// The timeouts of each listener of a proxy, in the proxy's order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub(crate) struct ListenerTimeouts {
     /// Each inbound's timeouts for every caller, and for the callers of some sources.
     pub(crate) inbounds: Vec<(Timeouts, Vec<CallerTimeouts>)>,
     pub(crate) outbounds: Vec<Timeouts>,
+    /// Each outbound's routes with timeouts of their own, by MeshHTTPRoute name.
+    pub(crate) routes: Vec<std::collections::BTreeMap<String, Timeouts>>,
 }
 
 /// The timeouts of `proxy`'s listeners from the mesh's MeshTimeout `policies`, in a
@@ -88,9 +90,19 @@ pub(crate) fn from_effective(
         .into_iter()
         .map(|conf| conf.map_or(Timeouts::DEFAULT, |c| over_defaults(&c)))
         .collect();
+    let routes = decode_routes::<TimeoutConf>("MeshTimeout", effective, proxy)?
+        .into_iter()
+        .map(|routes| {
+            routes
+                .into_iter()
+                .map(|(name, c)| (name, over_defaults(&c)))
+                .collect()
+        })
+        .collect();
     Ok(ListenerTimeouts {
         inbounds,
         outbounds,
+        routes,
     })
 }
 
