@@ -1,6 +1,7 @@
 //! `causeway demo-app`: a small workload for tests and the quickstart. HTTP mode answers
 //! every request with JSON naming its service, zone and instance (and the caller's
-//! identity the sidecar passed on); TCP mode echoes bytes back. `GET /healthz` answers
+//! identity the sidecar passed on), and the request as it arrived (method, path, query,
+//! headers); TCP mode echoes bytes back. `GET /healthz` answers
 //! the app's health status (200 unless set otherwise), which `POST /healthz/{status}`
 //! changes, so tests can make an instance fail its health checks while it serves; and
 //! `POST /answer/{status}` sets the status every other request is answered with (200
@@ -180,7 +181,20 @@ async fn answer(app: App, req: Request) -> (axum::http::StatusCode, Json<Value>)
     let mut out = app.me;
     out["method"] = json!(req.method().as_str());
     out["path"] = json!(req.uri().path());
+    out["query"] = json!(req.uri().query().unwrap_or(""));
     out["peer"] = json!(peer);
+    // What the request arrived with, so a caller can see what the mesh changed (a
+    // route's rewrites and header changes).
+    let mut headers = serde_json::Map::new();
+    for (name, value) in req.headers() {
+        if let Ok(v) = value.to_str() {
+            headers
+                .entry(name.as_str())
+                .and_modify(|e| *e = json!(format!("{}, {v}", e.as_str().unwrap_or(""))))
+                .or_insert_with(|| json!(v));
+        }
+    }
+    out["headers"] = Value::Object(headers);
     // Read the whole body before answering, like a real handler: answering early and
     // closing would cut off a client still sending.
     let body = axum::body::to_bytes(req.into_body(), 64 << 20).await;

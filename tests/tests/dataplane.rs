@@ -2412,3 +2412,322 @@ async fn a_shadow_deny_lets_calls_in_and_counts_them() -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// A Dataplane whose one inbound has `tags` (a subset a route can pick).
+fn tagged_dataplane(name: &str, service: &str, app: u16, tags: Value) -> Value {
+    json!({"type": "Dataplane", "mesh": "default", "name": name, "spec": {
+        "address": "127.0.0.1",
+        "inbound": [{"port": free_addr().port(), "servicePort": app, "service": service,
+                     "protocol": "http", "tags": tags}],
+    }})
+}
+
+/// The instance that answered a call, or the status when it was not a success.
+async fn answered_by(req: reqwest::RequestBuilder) -> anyhow::Result<String> {
+    let r = req.send().await?;
+    anyhow::ensure!(r.status().is_success(), "answered {}", r.status());
+    let v: Value = r.json().await?;
+    v["instance"]
+        .as_str()
+        .map(String::from)
+        .context("an instance in the answer")
+}
+
+/// MeshHTTPRoute, enforced: backend has a v1 and a v2 instance, told apart by their
+/// `version` tag. A canary route sends 90% of `/api` to v1 and 10% to v2, measured over
+/// 5,000 calls within 2 points; the beta channel (`x-beta: true` on `/api`, a more
+/// specific match) goes to v2 only. Without the route both instances share the calls
+/// about equally, so the split fails with the enforcement removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_route_splits_90_10_and_a_header_picks_the_beta_subset() -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
+    // Round robin: without routes, calls alternate between the versions.
+    put(&fx.c, "/meshes/default/meshloadbalancingstrategies/rr", &json!({
+        "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "rr",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {"loadBalancer": {"type": "RoundRobin"}}}]}})).await?;
+    let mut procs = Vec::new();
+    for (name, version) in [("backend-v1", "v1"), ("backend-v2", "v2")] {
+        let app = free_addr();
+        procs.push(fx.app(name, "backend", app, false)?);
+        let dp = tagged_dataplane(name, "backend", app.port(), json!({"version": version}));
+        procs.push(fx.sidecar("backend", dp).await?.0);
+    }
+    let (_web, web_admin, out) = fx.web_calling("backend").await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let api = format!("http://127.0.0.1:{out}/api/items");
+    eventually("both versions answering", WAIT, || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            seen.insert(answered_by(http.get(&api)).await.ok()?);
+        }
+        (seen == instances(&["backend-v1", "backend-v2"])).then_some(())
+    })
+    .await?;
+    put(&fx.c, "/meshes/default/meshhttproutes/backend-canary", &json!({
+        "type": "MeshHTTPRoute", "mesh": "default", "name": "backend-canary",
+        "spec": {"targetRef": {"kind": "Mesh"},
+                 "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+                     {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}],
+                      "default": {"backendRefs": [
+                          {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v1"}, "weight": 90},
+                          {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}, "weight": 10}]}},
+                     {"matches": [{"path": {"type": "PathPrefix", "value": "/api"},
+                                   "headers": [{"name": "x-beta", "value": "true"}]}],
+                      "default": {"backendRefs": [
+                          {"kind": "MeshServiceSubset", "name": "backend", "tags": {"version": "v2"}}]}}]}]}})).await?;
+    let admin = plain_http();
+    eventually("the routes in web's config", WAIT, || async {
+        let cfg = admin_config(&admin, web_admin).await?;
+        let routes = cfg["config"]["outbounds"][0]["httpRoutes"]
+            .as_array()?
+            .len();
+        (routes == 2).then_some(())
+    })
+    .await?;
+    for i in 0..50 {
+        let who = answered_by(http.get(&api).header("x-beta", "true")).await?;
+        assert_eq!(who, "backend-v2", "beta call {i}");
+    }
+    const CALLS: usize = 5_000;
+    let answers: Vec<String> = futures::stream::iter(
+        (0..CALLS).map(|_| answered_by(http.get(&api).header("x-beta", "false"))),
+    )
+    .buffer_unordered(8)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<anyhow::Result<_>>()?;
+    let v2 = answers.iter().filter(|a| *a == "backend-v2").count();
+    let share = v2 as f64 * 100.0 / CALLS as f64;
+    eprintln!("over {CALLS} calls to /api: {share:.2}% to v2");
+    assert!(
+        (8.0..=12.0).contains(&share),
+        "{v2} of {CALLS} calls to v2 ({share:.2}%), want 10 +- 2"
+    );
+    assert_eq!(
+        answers.len() - v2,
+        answers.iter().filter(|a| *a == "backend-v1").count(),
+        "every other call to v1"
+    );
+    // The sidecar counts the requests each route sent to each backend.
+    let routed = admin_metric(
+        &admin,
+        web_admin,
+        "causeway_route_requests_total{service=\"backend\",route=\"backend-canary\",backend=\"backend\"}",
+    )
+    .await;
+    assert!(routed >= (CALLS + 50) as f64, "{routed}");
+    Ok(())
+}
+
+/// MeshHTTPRoute filters and per-route policies, seen by the client and the application:
+/// - `/old` is answered with the route's redirect (301 to https://example.com/new, the
+///   query kept), and the application never sees it;
+/// - `/v1/...` reaches the application as `/v2/...` on host `backend.internal`, with a
+///   request header set and one removed, and the client sees a response header added;
+/// - `/slow/mirrored` is mirrored to `slow` (an application that answers after 2 s): each
+///   copy reaches it, and the primary answers as fast as calls without a mirror;
+/// - a second MeshHTTPRoute sends `/slow` to the `slow` service, where it answers after
+///   2 s; a MeshTimeout for that route alone (500ms) turns that into a 504, while the
+///   destination's other routes keep the default timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_filters_rewrite_redirect_and_mirror_and_a_route_has_its_own_timeout()
+-> anyhow::Result<()> {
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
+    fx.permit("web-to-slow", "web", "slow", "Allow").await?;
+    let mut procs = Vec::new();
+    let app = free_addr();
+    procs.push(fx.app("backend-1", "backend", app, false)?);
+    let dp = dataplane(
+        "backend-1",
+        "backend",
+        free_addr().port(),
+        app.port(),
+        "http",
+        &[],
+    );
+    procs.push(fx.sidecar("backend", dp).await?.0);
+    let (slow_app, _cancelled, mut arrived) = slow_app(Duration::from_secs(2)).await?;
+    let dp = dataplane(
+        "slow-1",
+        "slow",
+        free_addr().port(),
+        slow_app.port(),
+        "http",
+        &[],
+    );
+    procs.push(fx.sidecar("slow", dp).await?.0);
+    let (_web, web_admin, out) = fx.web_calling("backend").await?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let url = |path: &str| format!("http://127.0.0.1:{out}{path}");
+    eventually("backend answering", WAIT, || async {
+        answered_by(http.get(url("/"))).await.ok()
+    })
+    .await?;
+    put(
+        &fx.c,
+        "/meshes/default/meshhttproutes/backend-routes",
+        &json!({
+        "type": "MeshHTTPRoute", "mesh": "default", "name": "backend-routes",
+        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+            {"matches": [{"path": {"type": "Exact", "value": "/old"}}],
+             "default": {"filters": [{"type": "RequestRedirect", "requestRedirect": {
+                 "scheme": "https", "hostname": "example.com", "statusCode": 301,
+                 "path": {"type": "ReplaceFullPath", "replaceFullPath": "/new"}}}]}},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+             "default": {"filters": [
+                 {"type": "URLRewrite", "urlRewrite": {"hostname": "backend.internal",
+                     "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/v2"}}},
+                 {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                     "set": [{"name": "x-route", "value": "rewritten"}], "remove": ["x-debug"]}},
+                 {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                     "add": [{"name": "x-served-by", "value": "backend-routes"}]}}]}},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/slow/mirrored"}}],
+             "default": {"filters": [{"type": "RequestMirror", "requestMirror": {
+                 "backendRef": {"kind": "MeshService", "name": "slow"}}}]}}]}]}}),
+    )
+    .await?;
+    put(
+        &fx.c,
+        "/meshes/default/meshhttproutes/slow-route",
+        &json!({
+        "type": "MeshHTTPRoute", "mesh": "default", "name": "slow-route",
+        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/slow"}}],
+             "default": {"backendRefs": [{"kind": "MeshService", "name": "slow"}]}}]}]}}),
+    )
+    .await?;
+    let admin = plain_http();
+    eventually("the routes in web's config", WAIT, || async {
+        let cfg = admin_config(&admin, web_admin).await?;
+        let routes = cfg["config"]["outbounds"][0]["httpRoutes"]
+            .as_array()?
+            .len();
+        (routes == 4).then_some(())
+    })
+    .await?;
+
+    // The redirect, answered by web's sidecar.
+    let r = http.get(url("/old?x=1")).send().await?;
+    assert_eq!(r.status(), StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(
+        r.headers().get("location").and_then(|v| v.to_str().ok()),
+        Some("https://example.com/new?x=1")
+    );
+
+    // The rewrite and the header changes.
+    let r = http
+        .get(url("/v1/items?a=1"))
+        .header("x-route", "original")
+        .header("x-debug", "1")
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers().get("x-served-by").and_then(|v| v.to_str().ok()),
+        Some("backend-routes")
+    );
+    let seen: Value = r.json().await?;
+    assert_eq!(seen["path"], "/v2/items", "{seen}");
+    assert_eq!(seen["query"], "a=1", "{seen}");
+    assert_eq!(seen["headers"]["host"], "backend.internal", "{seen}");
+    assert_eq!(seen["headers"]["x-route"], "rewritten", "{seen}");
+    assert!(seen["headers"].get("x-debug").is_none(), "{seen}");
+
+    // The mirror: every copy reaches slow, and the primary does not wait for it.
+    let timed = |path: &'static str| {
+        let http = http.clone();
+        let url = url(path);
+        async move {
+            let mut took = Vec::new();
+            for _ in 0..10 {
+                let t0 = Instant::now();
+                answered_by(http.get(&url)).await?;
+                took.push(t0.elapsed());
+            }
+            took.sort();
+            anyhow::Ok(took[took.len() / 2])
+        }
+    };
+    let plain = timed("/v1/x").await?;
+    let mirrored = timed("/slow/mirrored").await?;
+    eprintln!("median: {plain:?} without a mirror, {mirrored:?} with one");
+    assert!(
+        mirrored < plain + Duration::from_millis(200) && mirrored < Duration::from_secs(1),
+        "a mirrored call took {mirrored:?} (without a mirror {plain:?})"
+    );
+    let mut copies = 0;
+    eventually("10 copies at the mirror", WAIT, || {
+        while arrived.try_recv().is_ok() {
+            copies += 1;
+        }
+        let done = copies >= 10;
+        async move { done.then_some(()) }
+    })
+    .await?;
+
+    // The route to slow: the default timeout lets its 2 s answer through...
+    let t0 = Instant::now();
+    let r = http.get(url("/slow/x")).send().await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.text().await?, "slow\n");
+    assert!(t0.elapsed() >= Duration::from_secs(2));
+    // ...and a MeshTimeout for that route alone cuts it at 500ms.
+    put(
+        &fx.c,
+        "/meshes/default/meshtimeouts/slow-route",
+        &json!({
+        "type": "MeshTimeout", "mesh": "default", "name": "slow-route",
+        "spec": {"targetRef": {"kind": "Mesh"},
+                 "to": [{"targetRef": {"kind": "MeshHTTPRoute", "name": "slow-route"},
+                         "default": {"http": {"requestTimeout": "500ms"}}}]}}),
+    )
+    .await?;
+    eventually("the route's timeout in web's config", WAIT, || async {
+        let cfg = admin_config(&admin, web_admin).await?;
+        let routes = cfg["config"]["outbounds"][0]["httpRoutes"]
+            .as_array()?
+            .clone();
+        routes
+            .iter()
+            .any(|r| r["name"] == "slow-route" && r["timeouts"]["request"] == "500ms")
+            .then_some(())
+    })
+    .await?;
+    let t0 = Instant::now();
+    let r = http.get(url("/slow/x")).send().await?;
+    let took = t0.elapsed();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        r.headers()
+            .get("x-causeway-error")
+            .and_then(|v| v.to_str().ok()),
+        Some("request-timeout")
+    );
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    // The other routes keep the destination's timeout.
+    let cfg = admin_config(&admin, web_admin).await.context("config")?;
+    let routes = cfg["config"]["outbounds"][0]["httpRoutes"]
+        .as_array()
+        .context("routes")?
+        .clone();
+    assert!(
+        routes
+            .iter()
+            .filter(|r| r["name"] == "backend-routes")
+            .all(|r| r.get("timeouts").is_none()),
+        "{routes:?}"
+    );
+    Ok(())
+}
