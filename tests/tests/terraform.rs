@@ -816,6 +816,9 @@ async fn multi_zone_example_applies_and_destroys() -> anyhow::Result<()> {
 
     let out = tf.apply().await?;
     assert!(out.contains("Apply complete!"), "{out}");
+    // Every policy of the example takes effect: the canary route included, nothing in
+    // it is "not enforced".
+    assert!(!out.contains("not enforced"), "{out}");
     let zones = get(&cluster, "/zones").await?.context("zones")?;
     let mut names: Vec<&str> = zones["items"]
         .as_array()
