@@ -260,6 +260,11 @@ mod tests {
             "type: MeshTrafficPermission\nmesh: default\nname: p\nspec:\n  targetRef: {kind: MeshService, name: backend}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n",
         );
         assert_eq!(got, []);
+        // Callers by tags: their certificates carry their Dataplane's tags.
+        let got = warned(
+            "type: MeshTrafficPermission\nmesh: default\nname: p\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshSubset, tags: {version: v2}}\n    default: {action: Deny}\n  - targetRef: {kind: MeshServiceSubset, name: web, tags: {version: v1}}\n    default: {action: Allow}\n",
+        );
+        assert_eq!(got, []);
         // Not policies: nothing to warn about.
         let mesh = warned("type: Mesh\nname: default\n");
         assert_eq!(mesh, []);
@@ -268,10 +273,10 @@ mod tests {
     #[test]
     fn a_partly_enforced_policy_warns_at_each_ignored_field() {
         let got = warned(
-            "type: MeshTrafficPermission\nmesh: default\nname: p\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n  - targetRef: {kind: MeshSubset, tags: {version: v2}}\n    default: {action: Deny}\n  - targetRef: {kind: Mesh}\n    default: {action: AllowWithShadowDeny}\n",
+            "type: MeshCircuitBreaker\nmesh: default\nname: p\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {connectionLimits: {maxConnections: 10}}\n  - targetRef: {kind: MeshService, name: web}\n    default: {connectionLimits: {maxConnections: 5}}\n",
         );
         let fields: Vec<&str> = got.iter().map(|(f, _)| f.as_str()).collect();
-        // AllowWithShadowDeny is enforced (allowed, logged and counted): no warning.
+        // The entry for every caller is enforced; the one for web is not.
         assert_eq!(fields, ["spec.from[1].targetRef.kind"], "{got:#?}");
         assert!(got[0].1.starts_with("not enforced by the proxies yet: "));
     }
@@ -306,11 +311,16 @@ mod tests {
 
     #[test]
     fn explain_finds_marks_at_and_under_a_path() {
-        let at = |p: &[&str]| unenforced_at("MeshTrafficPermission", p, false).len();
+        let at = |p: &[&str]| unenforced_at("MeshTimeout", p, false).len();
         assert_eq!(at(&["spec"]), 2);
-        assert_eq!(at(&["spec", "from"]), 2);
-        assert_eq!(at(&["spec", "from", "targetRef", "kind"]), 2);
-        assert_eq!(at(&["spec", "from", "default", "action"]), 0);
+        assert_eq!(at(&["spec", "to"]), 2);
+        assert_eq!(at(&["spec", "to", "default", "http"]), 2);
+        assert_eq!(
+            at(&["spec", "to", "default", "http", "maxConnectionDuration"]),
+            1
+        );
+        assert_eq!(at(&["spec", "to", "default", "http", "requestTimeout"]), 0);
+        assert_eq!(at(&["spec", "from"]), 0);
         assert_eq!(at(&["spec", "targetRef"]), 0);
         assert_eq!(at(&[]), 0);
         assert!(unenforced_at("Mesh", &["spec"], true).is_empty());

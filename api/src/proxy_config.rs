@@ -168,8 +168,8 @@ pub struct CallerTimeouts {
 }
 
 impl InboundListener {
-    /// The timeouts for a caller with SPIFFE id `peer` (none without mTLS).
-    pub fn timeouts_for(&self, peer: Option<&str>) -> &Timeouts {
+    /// The timeouts for the caller `peer` (none without mTLS).
+    pub fn timeouts_for(&self, peer: Option<&Peer>) -> &Timeouts {
         peer.and_then(|p| {
             self.caller_timeouts
                 .iter()
@@ -203,6 +203,25 @@ pub struct PermissionRule {
     pub policies: Vec<String>,
 }
 
+/// A caller as its certificate proves it: its SPIFFE id, and the tags its zone signed
+/// in from its registered Dataplane (`causeway.io/service` and `causeway.io/zone`
+/// among them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peer {
+    pub id: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Peer {
+    /// A caller known by its SPIFFE id alone (a certificate without tags).
+    pub fn id(id: impl Into<String>) -> Peer {
+        Peer {
+            id: id.into(),
+            tags: BTreeMap::new(),
+        }
+    }
+}
+
 /// Which callers a rule covers, decided from the caller's certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind")]
@@ -215,19 +234,23 @@ pub enum SourceMatch {
     /// (`spiffe://td/ns/legacy` covers `spiffe://td/ns/legacy/sa/x`, not
     /// `spiffe://td/ns/legacy-2`).
     SpiffePrefix { prefix: String },
+    /// Callers whose certificate carries every one of these tags (`MeshSubset`, and
+    /// `MeshServiceSubset` with its service as `causeway.io/service`).
+    Tags { tags: BTreeMap<String, String> },
 }
 
 impl SourceMatch {
-    /// Whether a caller with SPIFFE id `peer` is covered.
-    pub fn matches(&self, peer: &str) -> bool {
+    /// Whether the caller `peer` is covered.
+    pub fn matches(&self, peer: &Peer) -> bool {
         match self {
             SourceMatch::Any => true,
-            SourceMatch::Spiffe { id } => id == peer,
+            SourceMatch::Spiffe { id } => *id == peer.id,
             SourceMatch::SpiffePrefix { prefix } => {
-                peer.strip_prefix(prefix.as_str()).is_some_and(|rest| {
+                peer.id.strip_prefix(prefix.as_str()).is_some_and(|rest| {
                     rest.is_empty() || rest.starts_with('/') || prefix.ends_with('/')
                 })
             }
+            SourceMatch::Tags { tags } => tags.iter().all(|(k, v)| peer.tags.get(k) == Some(v)),
         }
     }
 }
@@ -857,17 +880,35 @@ mod tests {
             prefix: prefix.into(),
         };
         let legacy = p("spiffe://td/ns/legacy");
-        assert!(legacy.matches("spiffe://td/ns/legacy"));
-        assert!(legacy.matches("spiffe://td/ns/legacy/sa/client"));
-        assert!(!legacy.matches("spiffe://td/ns/legacy-2/sa/client"));
-        assert!(!legacy.matches("spiffe://td/ns"));
-        assert!(p("spiffe://td/").matches("spiffe://td/web"));
-        assert!(p("spiffe://td").matches("spiffe://td/web"));
-        assert!(!p("spiffe://td").matches("spiffe://td2/web"));
+        let legacy = |id: &str| legacy.matches(&Peer::id(id));
+        assert!(legacy("spiffe://td/ns/legacy"));
+        assert!(legacy("spiffe://td/ns/legacy/sa/client"));
+        assert!(!legacy("spiffe://td/ns/legacy-2/sa/client"));
+        assert!(!legacy("spiffe://td/ns"));
+        assert!(p("spiffe://td/").matches(&Peer::id("spiffe://td/web")));
+        assert!(p("spiffe://td").matches(&Peer::id("spiffe://td/web")));
+        assert!(!p("spiffe://td").matches(&Peer::id("spiffe://td2/web")));
         let exact = SourceMatch::Spiffe {
             id: "spiffe://td/web".into(),
         };
-        assert!(exact.matches("spiffe://td/web") && !exact.matches("spiffe://td/web/x"));
-        assert!(SourceMatch::Any.matches("spiffe://anything/at-all"));
+        assert!(
+            exact.matches(&Peer::id("spiffe://td/web"))
+                && !exact.matches(&Peer::id("spiffe://td/web/x"))
+        );
+        assert!(SourceMatch::Any.matches(&Peer::id("spiffe://anything/at-all")));
+    }
+
+    #[test]
+    fn a_tag_source_covers_callers_with_all_of_its_tags() {
+        let v2 = SourceMatch::Tags {
+            tags: [("version".to_string(), "v2".to_string())].into(),
+        };
+        let mut peer = Peer::id("spiffe://td/web");
+        assert!(!v2.matches(&peer), "no tags in its certificate");
+        peer.tags.insert("version".into(), "v1".into());
+        assert!(!v2.matches(&peer));
+        peer.tags.insert("version".into(), "v2".into());
+        peer.tags.insert("team".into(), "a".into());
+        assert!(v2.matches(&peer));
     }
 }

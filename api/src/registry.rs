@@ -162,15 +162,15 @@ pub(crate) const COMMON_UNENFORCED: &[Unenforced] = &[
 /// are not applied yet.
 const CIRCUIT_BREAKER_UNENFORCED: &[Unenforced] = &[
     Unenforced {
-        path: "from[].targetRef.kind=MeshService",
-        reason: "per-caller inbound limits are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
-    },
-    Unenforced {
         path: "from[].targetRef.kind=MeshSubset",
         reason: "per-caller inbound limits are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
     },
     Unenforced {
         path: "from[].targetRef.kind=MeshServiceSubset",
+        reason: "per-caller inbound limits are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
+    },
+    Unenforced {
+        path: "from[].targetRef.kind=MeshService",
         reason: "per-caller inbound limits are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
     },
     Unenforced {
@@ -199,16 +199,8 @@ const CIRCUIT_BREAKER_UNENFORCED: &[Unenforced] = &[
     },
 ];
 
-/// MeshTimeout: what is not applied per caller yet.
+/// MeshTimeout: what applies to inbound connections only.
 const TIMEOUT_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "from[].targetRef.kind=MeshSubset",
-        reason: "callers are identified by service (their certificate carries no tags yet), so timeouts for callers by tags are not applied; those for a service or a SPIFFE id are.",
-    },
-    Unenforced {
-        path: "from[].targetRef.kind=MeshServiceSubset",
-        reason: "callers are identified by service (their certificate carries no tags yet), so timeouts for callers by tags are not applied; those for a service or a SPIFFE id are.",
-    },
     Unenforced {
         path: "to[].default.http.maxConnectionDuration",
         reason: "connections to a destination are not aged out yet; it applies to inbound connections (from[] or rules).",
@@ -219,33 +211,11 @@ const TIMEOUT_UNENFORCED: &[Unenforced] = &[
     },
 ];
 
-/// MeshFaultInjection: callers a certificate cannot prove yet.
-const FAULT_INJECTION_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "from[].targetRef.kind=MeshSubset",
-        reason: "callers are identified by service (their certificate carries no tags yet), so faults for callers by tags are not injected; those for a service or a SPIFFE id are.",
-    },
-    Unenforced {
-        path: "from[].targetRef.kind=MeshServiceSubset",
-        reason: "callers are identified by service (their certificate carries no tags yet), so faults for callers by tags are not injected; those for a service or a SPIFFE id are.",
-    },
-    Unenforced {
-        path: "rules[].matches",
-        reason: "callers are not matched by SPIFFE id in rules yet: a rule with matches is left out (use from[] with kind SpiffeId or MeshService).",
-    },
-];
-
-/// MeshRateLimit: callers a certificate cannot prove yet.
-const RATE_LIMIT_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "from[].targetRef.kind=MeshSubset",
-        reason: "callers are identified by service (their certificate carries no tags yet), so limits for callers by tags are not applied; those for a service or a SPIFFE id are.",
-    },
-    Unenforced {
-        path: "from[].targetRef.kind=MeshServiceSubset",
-        reason: "callers are identified by service (their certificate carries no tags yet), so limits for callers by tags are not applied; those for a service or a SPIFFE id are.",
-    },
-];
+/// MeshFaultInjection: rules matched by caller.
+const FAULT_INJECTION_UNENFORCED: &[Unenforced] = &[Unenforced {
+    path: "rules[].matches",
+    reason: "callers are not matched by SPIFFE id in rules yet: a rule with matches is left out (use from[] with kind SpiffeId or MeshService).",
+}];
 
 /// MeshTCPRoute: what a backend reference names beyond its service and tags.
 const TCP_ROUTE_UNENFORCED: &[Unenforced] = &[
@@ -284,18 +254,6 @@ const HTTP_ROUTE_UNENFORCED: &[Unenforced] = &[
     Unenforced {
         path: "to[].rules[].default.filters[].requestMirror.backendRef.namespace",
         reason: "zones here have no namespaces: the mirror is matched by its name alone.",
-    },
-];
-
-/// MeshTrafficPermission: sources the proxies cannot prove from a certificate yet.
-const TRAFFIC_PERMISSION_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "from[].targetRef.kind=MeshSubset",
-        reason: "callers are identified by service (their certificate carries no tags yet), so a rule for callers by tags is dropped.",
-    },
-    Unenforced {
-        path: "from[].targetRef.kind=MeshServiceSubset",
-        reason: "callers are identified by service (their certificate carries no tags yet): an Allow is dropped, a Deny denies the whole service.",
     },
 ];
 
@@ -356,7 +314,7 @@ static TYPES: &[TypeInfo] = &[
     TypeInfo::policy::<MeshTrafficPermissionSpec>(
         "MeshTrafficPermission",
         "meshtrafficpermissions",
-        Enforcement::Partial(TRAFFIC_PERMISSION_UNENFORCED),
+        Enforcement::Full,
     ),
     TypeInfo::policy::<MeshHttpRouteSpec>(
         "MeshHTTPRoute",
@@ -389,11 +347,7 @@ static TYPES: &[TypeInfo] = &[
         "meshfaultinjections",
         Enforcement::Partial(FAULT_INJECTION_UNENFORCED),
     ),
-    TypeInfo::policy::<MeshRateLimitSpec>(
-        "MeshRateLimit",
-        "meshratelimits",
-        Enforcement::Partial(RATE_LIMIT_UNENFORCED),
-    ),
+    TypeInfo::policy::<MeshRateLimitSpec>("MeshRateLimit", "meshratelimits", Enforcement::Full),
     TypeInfo::policy::<MeshLoadBalancingStrategySpec>(
         "MeshLoadBalancingStrategy",
         "meshloadbalancingstrategies",

@@ -51,13 +51,19 @@ impl ControlPlane {
             .map_err(|_| anyhow::anyhow!("connecting to {} timed out", self.addr))??)
     }
 
-    /// Asks for a certificate for a fresh key.
-    pub async fn sign(&self, revoked: crate::identity::Revoked) -> anyhow::Result<Identity> {
+    /// Asks for a certificate for a fresh key, for the registered Dataplane `dataplane`
+    /// (the zone writes its tags into the certificate).
+    pub async fn sign(
+        &self,
+        dataplane: &str,
+        revoked: crate::identity::Revoked,
+    ) -> anyhow::Result<Identity> {
         let csr = causeway_pki::generate_csr("causeway-dataplane")?;
         let resp = DdsClient::new(self.channel().await?)
             .sign(SignRequest {
                 token: self.token.clone(),
                 csr_pem: csr.csr_pem,
+                dataplane: dataplane.to_owned(),
             })
             .await
             .map_err(|s| anyhow::anyhow!("certificate refused: {}", s.message()))?
@@ -77,13 +83,14 @@ impl ControlPlane {
     /// certificate.
     pub async fn keep_identity(
         self,
+        dataplane: String,
         tx: watch::Sender<Option<Arc<Identity>>>,
         revoked: crate::identity::Revoked,
         renew_now: Arc<tokio::sync::Notify>,
     ) {
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.sign(revoked.clone()).await {
+            match self.sign(&dataplane, revoked.clone()).await {
                 Ok(id) => {
                     tracing::info!(id = %id.id, not_after = id.not_after, renew_at = id.renew_at, "workload certificate issued");
                     let wait = (id.renew_at - now_unix()).max(1) as u64;

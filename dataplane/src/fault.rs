@@ -25,9 +25,12 @@ pub(crate) struct Plan {
     pub(crate) bandwidth: Option<u64>,
 }
 
-/// The faults for the caller with SPIFFE id `peer`: the first entry whose source
-/// matches it (none without an identity, unless an entry is for every caller).
-pub(crate) fn for_caller<'a>(entries: &'a [CallerFaults], peer: Option<&str>) -> &'a [Fault] {
+/// The faults for the caller `peer`: the first entry whose source matches it (none
+/// without an identity, unless an entry is for every caller).
+pub(crate) fn for_caller<'a>(
+    entries: &'a [CallerFaults],
+    peer: Option<&causeway_api::proxy_config::Peer>,
+) -> &'a [Fault] {
     entries
         .iter()
         .find(|e| match peer {
@@ -212,8 +215,21 @@ mod tests {
                 faults: vec![fault(Some((503, 100.0)), None, None)],
             },
         ];
-        assert!(for_caller(&entries, Some("spiffe://td/web")).is_empty());
-        assert_eq!(for_caller(&entries, Some("spiffe://td/admin")).len(), 1);
+        assert!(
+            for_caller(
+                &entries,
+                Some(&causeway_api::proxy_config::Peer::id("spiffe://td/web"))
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            for_caller(
+                &entries,
+                Some(&causeway_api::proxy_config::Peer::id("spiffe://td/admin"))
+            )
+            .len(),
+            1
+        );
         assert_eq!(
             for_caller(&entries, None).len(),
             1,

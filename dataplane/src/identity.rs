@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 
+use causeway_api::proxy_config::Peer;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::WebPkiClientVerifier;
@@ -129,12 +130,19 @@ impl Identity {
 
 /// The SPIFFE id in a peer's leaf certificate.
 pub fn peer_id(certs: Option<&[CertificateDer<'_>]>) -> Option<String> {
+    peer(certs).map(|p| p.id)
+}
+
+/// A peer as its leaf certificate proves it: its SPIFFE id (the first `spiffe://` URI
+/// SAN) and the tags its zone signed in.
+pub fn peer(certs: Option<&[CertificateDer<'_>]>) -> Option<Peer> {
     let leaf = certs?.first()?;
-    causeway_pki::cert_info_der(leaf)
-        .ok()?
-        .uris
-        .into_iter()
-        .next()
+    let uris = causeway_pki::cert_info_der(leaf).ok()?.uris;
+    let id = uris.iter().find(|u| u.starts_with("spiffe://"))?.clone();
+    Some(Peer {
+        id,
+        tags: causeway_pki::tags_of(&uris),
+    })
 }
 
 /// Verifies a server by chain to the mesh root and by SPIFFE id (the SNI names the

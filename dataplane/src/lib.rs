@@ -95,7 +95,7 @@ pub async fn run(cfg: DataplaneConfig, mut stop: watch::Receiver<bool>) -> anyho
         tokio::spawn(proxy::run_listeners(proxy.clone(), stop.clone())),
     ];
     // The certificate is needed only with mTLS; ask for it once the config says so.
-    let (p, c) = (proxy.clone(), cfg.cp.clone());
+    let (p, c, name) = (proxy.clone(), cfg.cp.clone(), cfg.dataplane.name.clone());
     tasks.push(tokio::spawn(async move {
         let mut config = p.config.clone();
         loop {
@@ -104,7 +104,9 @@ pub async fn run(cfg: DataplaneConfig, mut stop: watch::Receiver<bool>) -> anyho
                 .as_ref()
                 .is_some_and(|c| c.mtls != causeway_api::MtlsMode::Off);
             if wants {
-                c.keep_identity(identity_tx, p.revoked.clone(), p.renew_now.clone())
+                // After the first config: the stream has registered the Dataplane, whose
+                // tags the certificate carries.
+                c.keep_identity(name, identity_tx, p.revoked.clone(), p.renew_now.clone())
                     .await;
                 return;
             }

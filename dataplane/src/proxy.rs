@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use causeway_api::proxy_config::{
-    HealthCheck, HttpRoute, InboundLimits, InboundListener, OutboundListener, ProxyConfig, Retry,
-    RouteBackend, RouteFilter, ingress_sni,
+    HealthCheck, HttpRoute, InboundLimits, InboundListener, OutboundListener, Peer, ProxyConfig,
+    Retry, RouteBackend, RouteFilter, ingress_sni,
 };
 use causeway_api::{Action, MtlsMode, Protocol};
 use hyper::body::Incoming;
@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use crate::app::App;
 use crate::error::{APP_UNAVAILABLE, ProxyError};
 use crate::http::{Body, Dial, NotReady, boxed, strip_hop_by_hop};
-use crate::identity::{ALPN_H2, ALPN_TCP, Identity, Revoked, peer_id};
+use crate::identity::{ALPN_H2, ALPN_TCP, Identity, Revoked};
 use crate::lb::{Balancer, EndpointState};
 use crate::metrics::{HttpStats, Metrics};
 use crate::outlier::{Limit, Outcome};
@@ -142,7 +142,7 @@ fn service_of(spiffe: &str) -> &str {
 pub(crate) fn authorize(
     ib: &InboundListener,
     mtls: MtlsMode,
-    peer: Option<&str>,
+    peer: Option<&Peer>,
 ) -> Result<Option<String>, String> {
     let Some(peer) = peer else {
         return if mtls == MtlsMode::Strict {
@@ -153,6 +153,7 @@ pub(crate) fn authorize(
     };
     for rule in &ib.permissions {
         if rule.source.matches(peer) {
+            let peer = &peer.id;
             return match rule.action {
                 Action::Allow => Ok(None),
                 Action::AllowWithShadowDeny => Ok(Some(format!(
@@ -170,19 +171,22 @@ pub(crate) fn authorize(
     }
     match ib.default_action {
         Action::Deny => Err(format!(
-            "{peer} may not call {}: no MeshTrafficPermission allows it",
-            ib.service
+            "{} may not call {}: no MeshTrafficPermission allows it",
+            peer.id, ib.service
         )),
         _ => Ok(None),
     }
 }
 
 /// Logs and counts a call let in under `AllowWithShadowDeny`.
-fn shadow_denied(proxy: &Proxy, service: &str, peer: Option<&str>, reason: &str) {
+fn shadow_denied(proxy: &Proxy, service: &str, peer: Option<&Peer>, reason: &str) {
     tracing::info!(%service, %reason, "shadow deny");
-    proxy
-        .metrics
-        .shadow_denied(service, peer.map(service_of).unwrap_or(""));
+    proxy.metrics.shadow_denied(service, peer_service(peer));
+}
+
+/// The service of a caller, for metric labels ("" without an identity).
+fn peer_service(peer: Option<&Peer>) -> &str {
+    peer.map(|p| service_of(&p.id)).unwrap_or("")
 }
 
 impl Proxy {

@@ -70,9 +70,9 @@ impl InboundRateLimits {
         }
     }
 
-    /// The entry for the caller with SPIFFE id `peer` (without an identity: only an
+    /// The entry for the caller `peer` (without an identity: only an
     /// entry for every caller matches).
-    fn entry(&self, peer: Option<&str>) -> Option<usize> {
+    fn entry(&self, peer: Option<&causeway_api::proxy_config::Peer>) -> Option<usize> {
         self.config.iter().position(|e| match peer {
             Some(p) => e.source.matches(p),
             None => e.source == causeway_api::proxy_config::SourceMatch::Any,
@@ -83,7 +83,7 @@ impl InboundRateLimits {
     /// and the wait until its bucket fills.
     pub(crate) fn request(
         &self,
-        peer: Option<&str>,
+        peer: Option<&causeway_api::proxy_config::Peer>,
         now: Instant,
     ) -> Result<(), (&CallerRateLimit, Duration)> {
         let Some(i) = self.entry(peer) else {
@@ -96,7 +96,11 @@ impl InboundRateLimits {
     }
 
     /// Counts a new connection from `peer` at `now`: false when over its TCP rate.
-    pub(crate) fn connection(&self, peer: Option<&str>, now: Instant) -> bool {
+    pub(crate) fn connection(
+        &self,
+        peer: Option<&causeway_api::proxy_config::Peer>,
+        now: Instant,
+    ) -> bool {
         let Some(i) = self.entry(peer) else {
             return true;
         };
@@ -157,8 +161,8 @@ mod tests {
             },
         ]);
         let now = Instant::now();
-        let web = Some("spiffe://td/web");
-        let other = Some("spiffe://td/other");
+        let web = Some(&causeway_api::proxy_config::Peer::id("spiffe://td/web"));
+        let other = Some(&causeway_api::proxy_config::Peer::id("spiffe://td/other"));
         assert!(limits.request(web, now).is_ok());
         let (entry, _) = limits.request(web, now).unwrap_err();
         assert_eq!(entry.source, limits.config[0].source);

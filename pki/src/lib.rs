@@ -448,6 +448,43 @@ pub fn cert_info_der(der: &[u8]) -> Result<CertInfo, TlsError> {
     })
 }
 
+/// How a workload certificate carries one of its Dataplane's tags: a URI SAN
+/// `causeway-tag://<name>/<value>`, both percent-encoded (tag names have `/` in them).
+/// The zone writes them from the registered Dataplane, never from the CSR.
+const TAG_URI: &str = "causeway-tag://";
+
+/// What is left unencoded in a tag URI: letters, digits and `-._~`.
+const TAG_CHARS: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// The URI SAN that carries the tag `name: value`.
+pub fn tag_uri(name: &str, value: &str) -> String {
+    format!(
+        "{TAG_URI}{}/{}",
+        percent_encoding::utf8_percent_encode(name, TAG_CHARS),
+        percent_encoding::utf8_percent_encode(value, TAG_CHARS)
+    )
+}
+
+/// The tags a certificate's URI SANs carry (see [`tag_uri`]); others are skipped.
+pub fn tags_of(uris: &[String]) -> std::collections::BTreeMap<String, String> {
+    uris.iter()
+        .filter_map(|u| {
+            let (name, value) = u.strip_prefix(TAG_URI)?.split_once('/')?;
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8()
+                    .ok()
+                    .map(|c| c.into_owned())
+            };
+            Some((decode(name)?, decode(value)?))
+        })
+        .collect()
+}
+
 /// Parses the first certificate of a PEM chain.
 pub fn cert_info(pem: &str) -> Result<CertInfo, TlsError> {
     let first = certs(pem, "certificate")?.remove(0);
@@ -457,6 +494,39 @@ pub fn cert_info(pem: &str) -> Result<CertInfo, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tags_travel_in_uri_sans_and_come_back_whole() {
+        let tags = [
+            ("version", "v2"),
+            ("causeway.io/zone", "zone-a"),
+            ("team", "a b/c%"),
+        ];
+        let mut uris = vec!["spiffe://default/backend".to_string()];
+        uris.extend(tags.iter().map(|(k, v)| tag_uri(k, v)));
+        assert_eq!(uris[2], "causeway-tag://causeway.io%2Fzone/zone-a");
+        let ca = generate_ca("test ca").unwrap();
+        let csr = generate_csr("ignored").unwrap();
+        let leaf = sign_csr(
+            &ca,
+            &csr.csr_pem,
+            &Profile::Leaf {
+                common_name: "backend".into(),
+                names: uris.clone(),
+            },
+            std::time::Duration::from_secs(60),
+        )
+        .unwrap();
+        let info = cert_info(&leaf).unwrap();
+        assert_eq!(info.uris, uris);
+        let back = tags_of(&info.uris);
+        assert_eq!(
+            back,
+            tags.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        );
+    }
 
     #[test]
     fn signs_a_csr_with_the_signers_names_not_the_requesters() {

@@ -1143,17 +1143,18 @@ mod tests {
     /// attribute; the run goes on. An unchanged resource or an enforced one does not.
     #[test]
     fn a_write_of_what_the_proxies_ignore_warns_at_plan() {
-        let d = def("causeway_mesh_traffic_permission");
+        let d = def("causeway_mesh_circuit_breaker");
         let permission = |source: serde_json::Value| {
             object(
                 &d,
                 "p",
                 &json!({"targetRef": {"kind": "Mesh"},
-                        "from": [{"targetRef": source, "default": {"action": "Deny"}}]}),
+                        "from": [{"targetRef": source,
+                                  "default": {"connectionLimits": {"maxConnections": 5}}}]}),
             )
         };
-        // A source by tags: certificates carry no tags yet.
-        let by_tags = permission(json!({"kind": "MeshSubset", "tags": {"version": "v2"}}));
+        // Inbound limits for one caller: not applied yet (those for every caller are).
+        let by_tags = permission(json!({"kind": "MeshService", "name": "web"}));
         let p = plan(&d, &Value::Null, &by_tags, &by_tags);
         assert_eq!(p.diags.len(), 1, "{:?}", p.diags);
         assert!(p.diags[0].warning);
@@ -1179,7 +1180,7 @@ mod tests {
         let p = plan(&d, &prior, &prior, &by_tags);
         assert!(p.diags.is_empty(), "unchanged: {:?}", p.diags);
 
-        let allow = permission(json!({"kind": "MeshService", "name": "web"}));
+        let allow = permission(json!({"kind": "Mesh"}));
         let p = plan(&d, &Value::Null, &allow, &allow);
         assert!(p.diags.is_empty(), "enforced: {:?}", p.diags);
     }

@@ -14,7 +14,9 @@ use causeway_api::kds::dds::{
     ConfigSnapshot, ControlMessage, ProxyMessage, SignRequest, SignResponse, control_message,
     proxy_message,
 };
-use causeway_api::{DataplaneSpec, DrillMode, MeshSpec, Resource, ResourceKey};
+use causeway_api::{
+    DataplaneSpec, DrillMode, MeshSpec, Resource, ResourceKey, SERVICE_TAG, ZONE_TAG,
+};
 use causeway_pki::dataplane_token::{self, DataplaneTokenClaims, IngressTokenClaims};
 use causeway_pki::{CertKey, Profile};
 use futures::StreamExt as _;
@@ -171,10 +173,13 @@ pub(crate) fn mesh_inputs(shared: &Shared, mesh: &str) -> Result<Arc<MeshInputs>
 /// A workload certificate for `service` in `mesh` from a CSR, signed by this zone's
 /// intermediate CA of the mesh: for sidecars (after their token is checked) and for
 /// the zone's own drill probes.
+/// `tags` go into the certificate as URI SANs after the SPIFFE id, so callers can be
+/// told apart by tag (MeshSubset sources).
 pub(crate) fn sign_workload(
     shared: &Shared,
     mesh: &str,
     service: &str,
+    tags: &std::collections::BTreeMap<String, String>,
     csr_pem: &str,
 ) -> Result<SignResponse, Status> {
     let spec = mesh_spec(shared, mesh)?;
@@ -199,13 +204,15 @@ pub(crate) fn sign_workload(
         key_pem: inter.key_pem.clone(),
     };
     let id = causeway_api::proxy_config::spiffe_id(spec.trust_domain_or(mesh), service);
+    let mut names = vec![id.clone()];
+    names.extend(tags.iter().map(|(k, v)| causeway_pki::tag_uri(k, v)));
     let ttl = spec.certificate_ttl.as_std();
     let leaf = causeway_pki::sign_csr(
         &ca,
         csr_pem,
         &Profile::Leaf {
             common_name: service.to_string(),
-            names: vec![id.clone()],
+            names,
         },
         ttl,
     )
@@ -239,6 +246,61 @@ fn mesh_spec(shared: &Shared, mesh: &str) -> Result<MeshSpec, Status> {
     serde_json::from_value(m.spec).map_err(|e| Status::internal(e.to_string()))
 }
 
+/// The tags a workload certificate for the Dataplane `name` carries: the tags its
+/// inbounds (all of the token's service) share, with the service and this zone as
+/// `causeway.io/service` and `causeway.io/zone`. From the Dataplane as this zone
+/// registered it (its DDS stream), so a sidecar cannot claim tags in its CSR; the
+/// sidecar asks once its stream is up.
+fn registered_tags(
+    shared: &Shared,
+    claims: &DataplaneTokenClaims,
+    name: &str,
+) -> Result<std::collections::BTreeMap<String, String>, Status> {
+    let key = ResourceKey {
+        kind: "Dataplane".into(),
+        mesh: claims.mesh.clone(),
+        name: name.into(),
+    };
+    let dp = shared
+        .store
+        .get(&key)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .ok_or_else(|| {
+            Status::unavailable(format!(
+                "dataplane {name:?} is not registered with this zone yet (its DDS stream registers it); retry"
+            ))
+        })?;
+    if dp.origin.as_deref() != Some(shared.cfg.zone.as_str()) {
+        return Err(Status::permission_denied(format!(
+            "dataplane {name:?} is not registered with this zone"
+        )));
+    }
+    let spec: DataplaneSpec =
+        serde_json::from_value(dp.spec).map_err(|e| Status::internal(e.to_string()))?;
+    let mut inbounds = spec.inbound.iter();
+    let mut tags = match inbounds.next() {
+        Some(first) if first.service == claims.service => first.tags.clone(),
+        _ => {
+            return Err(Status::permission_denied(format!(
+                "dataplane {name:?} does not serve {:?}",
+                claims.service
+            )));
+        }
+    };
+    for ib in inbounds {
+        if ib.service != claims.service {
+            return Err(Status::permission_denied(format!(
+                "dataplane {name:?} serves {:?} too; its token is for {:?}",
+                ib.service, claims.service
+            )));
+        }
+        tags.retain(|k, v| ib.tags.get(k) == Some(v));
+    }
+    tags.insert(SERVICE_TAG.into(), claims.service.clone());
+    tags.insert(ZONE_TAG.into(), shared.cfg.zone.clone());
+    Ok(tags)
+}
+
 fn first_cert(pem: &str) -> String {
     const END: &str = "-----END CERTIFICATE-----";
     match pem.find(END) {
@@ -252,7 +314,19 @@ impl Dds for DdsService {
     async fn sign(&self, req: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         let r = req.into_inner();
         let claims = self.verify(&r.token)?;
-        sign_workload(&self.shared, &claims.mesh, &claims.service, &r.csr_pem).map(Response::new)
+        let tags = if r.dataplane.is_empty() {
+            std::collections::BTreeMap::new()
+        } else {
+            registered_tags(&self.shared, &claims, &r.dataplane)?
+        };
+        sign_workload(
+            &self.shared,
+            &claims.mesh,
+            &claims.service,
+            &tags,
+            &r.csr_pem,
+        )
+        .map(Response::new)
     }
 
     type StreamStream = ReceiverStream<Result<ControlMessage, Status>>;

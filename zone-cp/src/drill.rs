@@ -302,8 +302,14 @@ fn probe_identity(
     mesh: &str,
 ) -> Result<causeway_dataplane::identity::Identity, String> {
     let csr = causeway_pki::generate_csr(PROBE_SERVICE).map_err(|e| e.to_string())?;
-    let signed = crate::dds::sign_workload(shared, mesh, PROBE_SERVICE, &csr.csr_pem)
-        .map_err(|s| s.message().to_string())?;
+    let signed = crate::dds::sign_workload(
+        shared,
+        mesh,
+        PROBE_SERVICE,
+        &Default::default(),
+        &csr.csr_pem,
+    )
+    .map_err(|s| s.message().to_string())?;
     causeway_dataplane::identity::Identity::new(
         &signed.cert_chain_pem,
         &csr.key_pem,

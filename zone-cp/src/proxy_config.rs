@@ -146,9 +146,10 @@ pub(crate) fn decode_routes<T: DeserializeOwned>(
         .collect()
 }
 
-/// The callers a `from[]` source stands for, when a certificate can prove it: every
-/// caller (`Mesh`), a service, or a SPIFFE id. `None` for sources by tags, which a
-/// certificate does not carry yet.
+/// The callers a `from[]` source stands for, as a certificate proves them: every
+/// caller (`Mesh`), a service, a SPIFFE id, or callers by tags (`MeshSubset`;
+/// `MeshServiceSubset` adds its service as `causeway.io/service`), which their zone
+/// signs into their certificates. `None` for a source that names nothing.
 pub(crate) fn caller_source(
     source: &causeway_api::TargetRef,
     trust_domain: &str,
@@ -161,6 +162,14 @@ pub(crate) fn caller_source(
             id: spiffe_id(trust_domain, service),
         }),
         (TargetRefKind::SpiffeId, Some(id)) => Some(SourceMatch::Spiffe { id: id.to_owned() }),
+        (TargetRefKind::MeshSubset, _) => Some(SourceMatch::Tags {
+            tags: source.tags.clone(),
+        }),
+        (TargetRefKind::MeshServiceSubset, Some(service)) => {
+            let mut tags = source.tags.clone();
+            tags.insert(SERVICE_TAG.into(), service.to_owned());
+            Some(SourceMatch::Tags { tags })
+        }
         _ => None,
     }
 }

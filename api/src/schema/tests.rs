@@ -137,13 +137,7 @@ fn explain_table() {
             "MeshAccessLog",
             &["ENFORCED: no: the proxies do not enforce MeshAccessLog yet"],
         ),
-        (
-            "MeshTrafficPermission",
-            &[
-                "ENFORCED: partly; not yet:\n    spec.from[].targetRef.kind=MeshSubset: callers are identified by service",
-                "  spec\t<Object> -partly enforced-",
-            ],
-        ),
+        ("MeshTrafficPermission", &["ENFORCED: yes\n"]),
         (
             "MeshTrafficPermission.spec.targetRef",
             &[
@@ -157,7 +151,7 @@ fn explain_table() {
         (
             "MeshTimeout",
             &[
-                "ENFORCED: partly; not yet:\n    spec.from[].targetRef.kind=MeshSubset: callers are identified by service",
+                "ENFORCED: partly; not yet:\n    spec.to[].default.http.maxConnectionDuration: connections to a destination",
                 "  spec\t<Object> -partly enforced-",
             ],
         ),

@@ -98,8 +98,7 @@ pub(super) async fn inbound_conn(
             n == 1 && b[0] == 0x16
         }
     };
-    let (stream, peer, peer_cas, h2): (Box<dyn Stream>, Option<String>, Vec<String>, bool) = if tls
-    {
+    let (stream, peer, peer_cas, h2): (Box<dyn Stream>, Option<Peer>, Vec<String>, bool) = if tls {
         let id = proxy
             .identity
             .borrow()
@@ -112,7 +111,7 @@ pub(super) async fn inbound_conn(
         .await??;
         let h2 = s.get_ref().1.alpn_protocol() == Some(ALPN_H2);
         let certs = s.get_ref().1.peer_certificates();
-        let peer = peer_id(certs);
+        let peer = crate::identity::peer(certs);
         let cas = certs
             .map(|c| {
                 c.iter()
@@ -127,33 +126,29 @@ pub(super) async fn inbound_conn(
     };
     // MeshRateLimit's connection rate, for the caller's entry.
     if let Some(limits) = proxy.rate_limits(&ib)
-        && !limits.connection(peer.as_deref(), Instant::now())
+        && !limits.connection(peer.as_ref(), Instant::now())
     {
         // Counted as a denied connection (causeway_tcp_denied_total).
-        proxy.metrics.denied(
-            "inbound",
-            &ib.service,
-            peer.as_deref().map(service_of).unwrap_or(""),
-        );
+        proxy
+            .metrics
+            .denied("inbound", &ib.service, peer_service(peer.as_ref()));
         anyhow::bail!(
             "{} is over its MeshRateLimit connection rate; connection closed",
             ib.service
         );
     }
     // The caller's timeouts, now that its identity is known.
-    let timeouts = *ib.timeouts_for(peer.as_deref());
+    let timeouts = *ib.timeouts_for(peer.as_ref());
     if ib.protocol == Protocol::Tcp {
-        match authorize(&ib, cfg.mtls, peer.as_deref()) {
+        match authorize(&ib, cfg.mtls, peer.as_ref()) {
             Err(reason) => {
                 tracing::info!(service = %ib.service, %reason, "TCP connection denied");
-                proxy.metrics.denied(
-                    "inbound",
-                    &ib.service,
-                    peer.as_deref().map(service_of).unwrap_or(""),
-                );
+                proxy
+                    .metrics
+                    .denied("inbound", &ib.service, peer_service(peer.as_ref()));
                 return Ok(());
             }
-            Ok(Some(shadow)) => shadow_denied(proxy, &ib.service, peer.as_deref(), &shadow),
+            Ok(Some(shadow)) => shadow_denied(proxy, &ib.service, peer.as_ref(), &shadow),
             Ok(None) => {}
         }
         let app = crate::http::tcp_connect(&ib.app_address, ib.app_port, timeouts.connect.as_std())
@@ -162,24 +157,22 @@ pub(super) async fn inbound_conn(
             proxy,
             "inbound",
             &ib.service,
-            peer.as_deref().map(service_of).unwrap_or(""),
+            peer_service(peer.as_ref()),
             stream,
             app,
             timeout::on(timeouts.idle),
         )
         .await;
     }
-    let stats = proxy.metrics.http(
-        "inbound",
-        &ib.service,
-        peer.as_deref().map(service_of).unwrap_or(""),
-    );
+    let stats = proxy
+        .metrics
+        .http("inbound", &ib.service, peer_service(peer.as_ref()));
     let conn = Arc::new(InboundConn {
         proxy: proxy.clone(),
         port,
         peer_header: peer
-            .as_deref()
-            .and_then(|p| http::HeaderValue::from_str(p).ok()),
+            .as_ref()
+            .and_then(|p| http::HeaderValue::from_str(&p.id).ok()),
         peer,
         peer_cas,
         stats,
@@ -240,7 +233,7 @@ struct InboundConn {
     proxy: Arc<Proxy>,
     port: u16,
     /// The caller's SPIFFE id, and as the header the app receives.
-    peer: Option<String>,
+    peer: Option<Peer>,
     peer_header: Option<http::HeaderValue>,
     /// The caller's CA chain (SHA-256), checked against revocations at each request.
     peer_cas: Vec<String>,
@@ -286,13 +279,11 @@ fn inbound_prepare(
         .iter()
         .find(|i| i.port == conn.port)
         .ok_or(ProxyError::ListenerRemoved("inbound"))?;
-    if let Some(shadow) =
-        authorize(ib, cfg.mtls, conn.peer.as_deref()).map_err(ProxyError::Denied)?
-    {
-        shadow_denied(proxy, &ib.service, conn.peer.as_deref(), &shadow);
+    if let Some(shadow) = authorize(ib, cfg.mtls, conn.peer.as_ref()).map_err(ProxyError::Denied)? {
+        shadow_denied(proxy, &ib.service, conn.peer.as_ref(), &shadow);
     }
     if let Some(limits) = proxy.rate_limits(ib)
-        && let Err((entry, wait)) = limits.request(conn.peer.as_deref(), Instant::now())
+        && let Err((entry, wait)) = limits.request(conn.peer.as_ref(), Instant::now())
     {
         let http = entry.http.as_ref().expect("a request limit");
         return Err(ProxyError::RateLimited {
@@ -347,7 +338,7 @@ fn inbound_prepare(
     }
     parts.uri =
         http::Uri::from_parts(uri).map_err(|_| ProxyError::BadRequest("bad request target"))?;
-    let faults = match fault::for_caller(&ib.faults, conn.peer.as_deref()) {
+    let faults = match fault::for_caller(&ib.faults, conn.peer.as_ref()) {
         [] => fault::Plan::default(),
         faults => fault::plan(faults, || rand::random::<f64>() * 100.0),
     };
@@ -356,8 +347,8 @@ fn inbound_prepare(
         faults,
         req: http::Request::from_parts(parts, body),
         h2,
-        exchange: Exchange::start(ib.timeouts_for(conn.peer.as_deref()), started),
-        connect_timeout: ib.timeouts_for(conn.peer.as_deref()).connect.as_std(),
+        exchange: Exchange::start(ib.timeouts_for(conn.peer.as_ref()), started),
+        connect_timeout: ib.timeouts_for(conn.peer.as_ref()).connect.as_std(),
     })
 }
 

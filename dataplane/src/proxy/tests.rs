@@ -289,16 +289,32 @@ fn allow_with_shadow_deny_lets_in_and_says_what_a_deny_would_have() {
         action: Action::AllowWithShadowDeny,
         policies: vec!["shadow".into()],
     }];
-    let web = authorize(&ib, MtlsMode::Strict, Some("spiffe://td/web")).unwrap();
+    let web = authorize(
+        &ib,
+        MtlsMode::Strict,
+        Some(&causeway_api::proxy_config::Peer::id("spiffe://td/web")),
+    )
+    .unwrap();
     assert!(
         web.as_deref()
             .is_some_and(|r| r.contains("would be denied") && r.contains("shadow")),
         "{web:?}"
     );
-    assert!(authorize(&ib, MtlsMode::Strict, Some("spiffe://td/other")).is_err());
+    assert!(
+        authorize(
+            &ib,
+            MtlsMode::Strict,
+            Some(&causeway_api::proxy_config::Peer::id("spiffe://td/other"))
+        )
+        .is_err()
+    );
     ib.permissions[0].action = Action::Allow;
     assert_eq!(
-        authorize(&ib, MtlsMode::Strict, Some("spiffe://td/web")),
+        authorize(
+            &ib,
+            MtlsMode::Strict,
+            Some(&causeway_api::proxy_config::Peer::id("spiffe://td/web"))
+        ),
         Ok(None)
     );
 }

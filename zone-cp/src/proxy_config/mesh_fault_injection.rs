@@ -2,8 +2,8 @@
 //! effective `from[]` rules of an inbound (most specific source first, each merged over
 //! the less specific ones; `rules` without `matches` are the `Mesh` source's) become
 //! [`CallerFaults`] entries for the sources a certificate proves: every caller, a
-//! service, a SPIFFE id. Sources by tags, and `rules` with `matches`, are not applied
-//! (the registry warns about them). A source whose `http` list is empty gets no faults,
+//! service, a SPIFFE id, callers by tags. `rules` with `matches` are not applied (the
+//! registry warns about them). A source whose `http` list is empty gets no faults,
 //! which is how a more specific policy exempts a caller.
 //!
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`].
@@ -90,7 +90,7 @@ mod tests {
     /// Golden cases under `testdata/mesh_fault_injection/`: (case, zone, dataplane).
     const CASES: &[(&str, &str, &str)] = &[
         // Every caller gets a Mesh-wide abort; web, by a more specific policy, a delay
-        // and a bandwidth limit over it; a caller by tags is not applied.
+        // and a bandwidth limit over it; callers by tags get theirs.
         ("mesh_fault_injection/by-caller", "zone-a", "backend-1"),
     ];
 

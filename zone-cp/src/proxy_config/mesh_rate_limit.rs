@@ -1,8 +1,8 @@
 //! The MeshRateLimit configurer: each inbound's local rate limits, by caller. The
 //! effective `from[]` rules (most specific source first, each merged over the less
 //! specific ones; `rules` are the `Mesh` source's) become [`CallerRateLimit`] entries for
-//! the sources a certificate proves: every caller, a service, a SPIFFE id. Sources by
-//! tags are not applied (the registry warns). `disabled: true` (or no rate) leaves that
+//! the sources a certificate proves: every caller, a service, a SPIFFE id, callers by
+//! tags. `disabled: true` (or no rate) leaves that
 //! protocol unlimited for the entry's callers, which is how a more specific policy
 //! exempts a caller.
 //!
@@ -97,8 +97,8 @@ mod tests {
     /// Golden cases under `testdata/mesh_rate_limit/`: (case, zone, dataplane).
     const CASES: &[(&str, &str, &str)] = &[
         // Every caller of backend shares a Mesh-wide HTTP limit; web gets its own,
-        // with Kuma's answer headers; admin is exempt; TCP for the db inbound; a caller
-        // by tags is not applied.
+        // with Kuma's answer headers; admin is exempt; TCP for the db inbound; callers
+        // by tags get their own.
         ("mesh_rate_limit/by-caller", "zone-a", "backend-1"),
     ];
 

@@ -6,8 +6,8 @@
 //!   `MeshHTTPRoute`, those merged over the destination's.
 //! - Inbound: the merged `from[]` rule whose source is `Mesh`, which holds exactly the
 //!   entries that apply to every caller; and the rules for one caller that a
-//!   certificate proves (`MeshService`, `SpiffeId` sources), each over those. Sources by
-//!   tags (`MeshSubset`, `MeshServiceSubset`) are not applied yet.
+//!   certificate proves (`MeshService`, `SpiffeId` sources, and callers by tags:
+//!   `MeshSubset`, `MeshServiceSubset`), each over those.
 //!
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`],
 //! never replaced by the defaults.
@@ -148,7 +148,7 @@ mod tests {
         // destination only.
         ("mesh_timeout/service-override", "zone-a", "web-1"),
         // Inbound: `from[]` with a Mesh source for every caller; web's entry over it
-        // for web; one by tags is not applied.
+        // for web; callers by tags get theirs.
         ("mesh_timeout/inbound-from-mesh", "zone-a", "backend-1"),
         // Kuma's current form: a Dataplane target by labels, inbound `rules`, and a
         // destination by its MeshService labels.

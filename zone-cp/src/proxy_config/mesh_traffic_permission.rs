@@ -1,9 +1,9 @@
 //! The MeshTrafficPermission configurer: the effective permissions of each inbound, as
 //! rules a sidecar checks against the caller's certificate (first match wins).
 //!
-//! - `from[]` entries: one rule per source. Tag-based sources cannot be proven by an
-//!   identity yet: an Allow for them is dropped (never grant what cannot be checked), a
-//!   Deny for a service subset denies the whole service.
+//! - `from[]` entries: one rule per source, matched against the caller's certificate:
+//!   its SPIFFE id, or for sources by tags (`MeshSubset`, `MeshServiceSubset`) the
+//!   tags its zone signed in from its registered Dataplane.
 //! - Kuma's `rules[].default` lists (merged into the `Mesh`-source rule, each list the
 //!   sum of every matching policy's): every `deny` entry comes first, so nothing can
 //!   override it; then the `from[]` rules; then `allow` and `allowWithShadowDeny`.
@@ -11,7 +11,7 @@
 //!
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`].
 
-use causeway_api::proxy_config::{PermissionRule, SourceMatch, spiffe_id};
+use causeway_api::proxy_config::{PermissionRule, SourceMatch};
 use causeway_api::{
     Action, FromRule, SpiffeMatch, SpiffeMatchType, SpiffeRulesConf, TargetRefKind,
 };
@@ -112,19 +112,8 @@ fn from_entry(
 ) -> Result<Option<PermissionRule>, ComputeError> {
     let action: Action =
         serde_json::from_value(r.conf["action"].clone()).map_err(|e| invalid(r, inbound, e))?;
-    let name = r.source.name.as_deref();
-    let source = match (r.source.kind, name) {
-        (TargetRefKind::Mesh, _) => SourceMatch::Any,
-        (TargetRefKind::SpiffeId, Some(id)) => SourceMatch::Spiffe { id: id.to_owned() },
-        (TargetRefKind::MeshService, Some(service)) => SourceMatch::Spiffe {
-            id: spiffe_id(trust_domain, service),
-        },
-        (TargetRefKind::MeshServiceSubset, Some(service)) if action == Action::Deny => {
-            SourceMatch::Spiffe {
-                id: spiffe_id(trust_domain, service),
-            }
-        }
-        _ => return Ok(None),
+    let Some(source) = super::caller_source(&r.source, trust_domain) else {
+        return Ok(None);
     };
     Ok(Some(PermissionRule {
         source,
