@@ -412,6 +412,7 @@ async fn sign_with(m: &Mesh, zone: &str, token: &str) -> Result<(), String> {
         .sign(SignRequest {
             token: token.to_string(),
             csr_pem: csr.csr_pem,
+            ..Default::default()
         })
         .await
         .map(|_| ())

@@ -681,6 +681,7 @@ async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()>
         c.sign(causeway_api::kds::dds::SignRequest {
             token: "probe".into(),
             csr_pem: String::new(),
+            ..Default::default()
         })
         .await
         .ok()?;
@@ -691,6 +692,7 @@ async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()>
         .sign(causeway_api::kds::dds::SignRequest {
             token: "hello".into(),
             csr_pem: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -700,6 +702,7 @@ async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()>
         .sign(causeway_api::kds::dds::SignRequest {
             token: "fail".into(),
             csr_pem: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -752,6 +755,7 @@ async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
         .sign(causeway_api::kds::dds::SignRequest {
             token,
             csr_pem: csr.csr_pem,
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -2729,5 +2733,87 @@ async fn route_filters_rewrite_redirect_and_mirror_and_a_route_has_its_own_timeo
             .all(|r| r.get("timeouts").is_none()),
         "{routes:?}"
     );
+    Ok(())
+}
+
+/// Callers by tags: web-v1 and web-v2 are both `web`, with `version` tags on their
+/// Dataplanes. Their zone signs those tags into their certificates, so backend's
+/// sidecar can tell them apart: a MeshTrafficPermission that allows every caller and
+/// denies `MeshSubset {version: v2}` lets web-v1 in and answers web-v2 403. Without the
+/// tags in the certificate the Deny would not match, and web-v2 would get in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_subset_deny_denies_the_callers_with_its_tags() -> anyhow::Result<()> {
+    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let permission = |deny: bool| {
+        let mut from = vec![json!({"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}})];
+        if deny {
+            from.push(
+                json!({"targetRef": {"kind": "MeshSubset", "tags": {"version": "v2"}},
+                             "default": {"action": "Deny"}}),
+            );
+        }
+        json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "backend-callers",
+               "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "from": from}})
+    };
+    let path = "/meshes/default/meshtrafficpermissions/backend-callers";
+    put(&fx.c, path, &permission(false)).await?;
+    let app = free_addr();
+    let mut procs = vec![fx.app("backend-1", "backend", app, false)?];
+    let dp = dataplane(
+        "backend-1",
+        "backend",
+        free_addr().port(),
+        app.port(),
+        "http",
+        &[],
+    );
+    procs.push(fx.sidecar("backend", dp).await?.0);
+    let mut outs = Vec::new();
+    for version in ["v1", "v2"] {
+        let out = free_addr().port();
+        let mut dp = tagged_dataplane(
+            &format!("web-{version}"),
+            "web",
+            free_addr().port(),
+            json!({"version": version}),
+        );
+        dp["spec"]["outbound"] = json!([{"port": out, "service": "backend"}]);
+        procs.push(fx.sidecar("web", dp).await?.0);
+        outs.push(out);
+    }
+    let http = plain_http();
+    let status = |out: u16| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://127.0.0.1:{out}/"))
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status())
+        }
+    };
+    for out in &outs {
+        eventually("both versions of web let in", WAIT, || async {
+            (status(*out).await? == StatusCode::OK).then_some(())
+        })
+        .await?;
+    }
+    put(&fx.c, path, &permission(true)).await?;
+    eventually("web-v2 denied", WAIT, || async {
+        (status(outs[1]).await? == StatusCode::FORBIDDEN).then_some(())
+    })
+    .await?;
+    for i in 0..10 {
+        assert_eq!(
+            status(outs[0]).await,
+            Some(StatusCode::OK),
+            "web-v1 call {i}"
+        );
+        assert_eq!(
+            status(outs[1]).await,
+            Some(StatusCode::FORBIDDEN),
+            "web-v2 call {i}"
+        );
+    }
     Ok(())
 }

@@ -291,13 +291,13 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     let file = c.tmp.path().join("policies.yaml");
     std::fs::write(
         &file,
-        "type: MeshTrafficPermission\nmesh: default\nname: by-tags\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: MeshService, name: web}\n    default: {action: Allow}\n  - targetRef: {kind: MeshSubset, tags: {version: v2}}\n    default: {action: Deny}\n---\ntype: MeshAccessLog\nmesh: default\nname: all-to-stdout-2\nspec:\n  from:\n  - targetRef: {kind: Mesh}\n    default: {backends: [{type: File, file: {path: /dev/stdout}}]}\n",
+        "type: MeshCircuitBreaker\nmesh: default\nname: per-caller\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {connectionLimits: {maxConnections: 10}}\n  - targetRef: {kind: MeshService, name: web}\n    default: {connectionLimits: {maxConnections: 5}}\n---\ntype: MeshAccessLog\nmesh: default\nname: all-to-stdout-2\nspec:\n  from:\n  - targetRef: {kind: Mesh}\n    default: {backends: [{type: File, file: {path: /dev/stdout}}]}\n",
     )
     .unwrap();
     let (ok, out, err) = c.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
     assert!(ok, "{err}");
     assert!(
-        out.contains("MeshTrafficPermission by-tags in mesh default created"),
+        out.contains("MeshCircuitBreaker per-caller in mesh default created"),
         "{out}"
     );
     assert!(
@@ -308,7 +308,7 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     assert_eq!(lines.len(), 2, "{err}");
     assert!(
         lines[0].starts_with(
-            "Warning: spec.from[1].targetRef.kind: not enforced by the proxies yet: callers are identified by service"
+            "Warning: spec.from[1].targetRef.kind: not enforced by the proxies yet: per-caller inbound limits"
         ),
         "{err}"
     );
