@@ -1,6 +1,6 @@
 //! End to end: the resilience policies' fields that only had in-process tests, enforced
 //! by real sidecars configured by a real zone control plane: MeshHealthCheck's gRPC
-//! check.
+//! check, MeshTimeout's `connectionTimeout`, MeshCircuitBreaker's `maxPendingRequests`.
 //!
 //! Each test first shows what happens without the field (so it fails when the sidecar
 //! ignores it), then with it, and measures what a caller sees.
@@ -8,12 +8,15 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
 use causeway_tests::mesh::{MeshFixture, WAIT, dataplane};
 use causeway_tests::{Proc, admin_config, admin_metric, eventually, free_addr, plain_http, put};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::net::TcpStream;
 
 /// Puts a policy through the global API at its path (`type` in lower case, plural).
 async fn apply(fx: &MeshFixture, plural: &str, policy: Value) -> anyhow::Result<()> {
@@ -22,6 +25,13 @@ async fn apply(fx: &MeshFixture, plural: &str, policy: Value) -> anyhow::Result<
         .context("a policy name")?
         .to_string();
     put(&fx.c, &format!("/meshes/default/{plural}/{name}"), &policy).await
+}
+
+/// Deletes a resource through the global API.
+async fn delete(fx: &MeshFixture, path: &str) -> anyhow::Result<()> {
+    let (s, v) = fx.c.call_retry(reqwest::Method::DELETE, path, None).await?;
+    anyhow::ensure!(s.is_success(), "DELETE {path}: {s} {v}");
+    Ok(())
 }
 
 /// Waits until the proxy on `admin` has a config for which `check` holds.
@@ -44,6 +54,14 @@ async fn round_robin(fx: &MeshFixture, service: &str) -> anyhow::Result<()> {
         "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": format!("rr-{service}"),
         "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": service},
                  "default": {"loadBalancer": {"type": "RoundRobin"}}}]}})).await
+}
+
+/// No retries to `service`, so every failure shows.
+async fn no_retries(fx: &MeshFixture, service: &str) -> anyhow::Result<()> {
+    apply(fx, "meshretries", json!({
+        "type": "MeshRetry", "mesh": "default", "name": format!("no-retries-{service}"),
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": service},
+                 "default": {"http": {"numRetries": 0}}}]}})).await
 }
 
 /// The instances that answer `n` calls through the outbound `out` with a success:
@@ -243,5 +261,232 @@ async fn a_grpc_health_check_takes_out_a_not_serving_endpoint_and_serving_brings
         (answering(out, 20).await? == both).then_some(())
     })
     .await?;
+    Ok(())
+}
+
+// === A destination that does not answer ===
+
+/// A loopback port whose connects hang, held by the test so that a sidecar told to
+/// listen there cannot (it retries its bind), while its Dataplane still names it:
+///
+/// - [`Silent::NoSynAck`]: a listener with a backlog of 0 whose one queued connection
+///   is never accepted; the kernel then drops every later SYN, as a blackholed address
+///   does (Linux: a full accept queue drops the SYN, SYN cookies or not).
+/// - [`Silent::NoTls`]: a listener that accepts connections and never says a word, as
+///   a hung process does: TCP connects, the TLS handshake never ends. Each accepted
+///   connection is reported on `accepted`.
+struct SilentPort {
+    port: u16,
+    /// The listener and the connections queued on it (NoSynAck); NoTls's live in
+    /// the task that accepts them, until the test's runtime ends.
+    _held: Option<(tokio::net::TcpListener, Vec<TcpStream>)>,
+    accepted: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Silent {
+    NoSynAck,
+    NoTls,
+}
+
+impl SilentPort {
+    async fn open(kind: Silent) -> anyhow::Result<SilentPort> {
+        let addr = free_addr();
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        let (tx, accepted) = tokio::sync::mpsc::unbounded_channel();
+        if kind == Silent::NoTls {
+            let listener = socket.listen(1024)?;
+            tokio::spawn(async move {
+                let mut conns = Vec::new();
+                while let Ok((s, _)) = listener.accept().await {
+                    conns.push(s);
+                    if tx.send(()).is_err() {
+                        return;
+                    }
+                }
+            });
+            return Ok(SilentPort {
+                port: addr.port(),
+                _held: None,
+                accepted,
+            });
+        }
+        let listener = socket.listen(0)?;
+        let mut queued = Vec::new();
+        // Fill the accept queue until a connect hangs: then the port is silent.
+        for _ in 0..8 {
+            match tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => queued.push(s),
+                Ok(Err(e)) => anyhow::bail!("connecting to fill the queue: {e}"),
+                Err(_) => {
+                    return Ok(SilentPort {
+                        port: addr.port(),
+                        _held: Some((listener, queued)),
+                        accepted,
+                    });
+                }
+            }
+        }
+        anyhow::bail!("{addr} still takes connections with its accept queue full")
+    }
+}
+
+/// `db`, an HTTP service whose one endpoint is a [`SilentPort`], and web calling it, in
+/// a Strict mesh. Waits until web's config has the endpoint.
+struct SilentDestination {
+    fx: MeshFixture,
+    silent: SilentPort,
+    web_admin: std::net::SocketAddr,
+    out: u16,
+    _procs: [Proc; 2],
+}
+
+impl SilentDestination {
+    async fn start(kind: Silent) -> anyhow::Result<SilentDestination> {
+        let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+        fx.permit("web-to-db", "web", "db", "Allow").await?;
+        no_retries(&fx, "db").await?;
+        let silent = SilentPort::open(kind).await?;
+        let dp = dataplane("db-1", "db", silent.port, free_addr().port(), "http", &[]);
+        let (db, _) = fx.sidecar("db", dp).await?;
+        let (web, web_admin, out) = fx.web_calling("db").await?;
+        let port = silent.port;
+        config_has("db's silent endpoint in web's config", web_admin, |c| {
+            let ob = &c["outbounds"][0];
+            ob["groups"][0]["endpoints"][0]["port"] == port
+                && ob["retry"]["http"]["numRetries"] == 0
+        })
+        .await?;
+        Ok(SilentDestination {
+            fx,
+            silent,
+            web_admin,
+            out,
+            _procs: [db, web],
+        })
+    }
+
+    /// A call to db through web's sidecar: how long its answer took, its status, its
+    /// `x-causeway-error` header and its body.
+    async fn call(&self) -> anyhow::Result<(Duration, StatusCode, String, String)> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .pool_max_idle_per_host(0)
+            .build()?;
+        let t0 = Instant::now();
+        let r = http
+            .get(format!("http://127.0.0.1:{}/", self.out))
+            .send()
+            .await?;
+        let took = t0.elapsed();
+        let status = r.status();
+        let error = r
+            .headers()
+            .get("x-causeway-error")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        Ok((took, status, error, r.text().await?))
+    }
+}
+
+/// MeshTimeout `connectionTimeout` on a destination: db's only endpoint never answers
+/// a SYN. With `connectionTimeout: 500ms`, web's sidecar gives up the dial after half
+/// a second and the caller gets 503 `no-endpoint` (the connect timed out after 500ms)
+/// between 0.5 and 1.5 s; without it, the dial waits out the built-in 5 s, so no
+/// answer comes within 2 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_to_an_endpoint_that_never_answers_is_cut_at_the_connection_timeout()
+-> anyhow::Result<()> {
+    let d = SilentDestination::start(Silent::NoSynAck).await?;
+    apply(&d.fx, "meshtimeouts", json!({
+        "type": "MeshTimeout", "mesh": "default", "name": "db-connect",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "db"},
+                 "default": {"connectionTimeout": "500ms"}}]}})).await?;
+    config_has("the connection timeout in web's config", d.web_admin, |c| {
+        c["outbounds"][0]["timeouts"]["connect"] == "500ms"
+    })
+    .await?;
+    let (took, status, error, body) = d.call().await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{error} {body}");
+    assert_eq!(error, "no-endpoint", "{body}");
+    assert!(
+        body.contains("timed out after 500ms"),
+        "the answer says why: {body}"
+    );
+    assert!(
+        (Duration::from_millis(500)..Duration::from_millis(1500)).contains(&took),
+        "answered after {took:?}"
+    );
+
+    // Without it, the built-in 5 s: still waiting at 2 s.
+    delete(&d.fx, "/meshes/default/meshtimeouts/db-connect").await?;
+    config_has(
+        "the default connection timeout in web's config",
+        d.web_admin,
+        |c| c["outbounds"][0]["timeouts"]["connect"] == "5s",
+    )
+    .await?;
+    let waited = tokio::time::timeout(Duration::from_secs(2), d.call()).await;
+    assert!(
+        waited.is_err(),
+        "with the default 5 s the caller waits: {waited:?}"
+    );
+    Ok(())
+}
+
+/// MeshCircuitBreaker `maxPendingRequests`: db's only endpoint takes TCP connections
+/// and never answers the TLS handshake, so a call waits for its connection (up to the
+/// 5 s connect timeout). With `maxPendingRequests: 1`, while one call waits, the next
+/// is answered 503 `overflow` at once (well within a second), its body naming the
+/// limit, and web's sidecar does not even dial for it. Without it, a call made then
+/// waits too (no answer within a second).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_pending_requests_a_call_that_would_wait_is_answered_503_overflow()
+-> anyhow::Result<()> {
+    let mut d = SilentDestination::start(Silent::NoTls).await?;
+    apply(&d.fx, "meshcircuitbreakers", json!({
+        "type": "MeshCircuitBreaker", "mesh": "default", "name": "db-pending",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "db"},
+                 "default": {"connectionLimits": {"maxPendingRequests": 1}}}]}})).await?;
+    config_has("the pending limit in web's config", d.web_admin, |c| {
+        c["outbounds"][0]["circuitBreaker"]["maxPendingRequests"] == 1
+    })
+    .await?;
+    let first = {
+        let out = d.out;
+        tokio::spawn(async move {
+            plain_http()
+                .get(format!("http://127.0.0.1:{out}/first"))
+                .send()
+                .await
+        })
+    };
+    tokio::time::timeout(WAIT, d.silent.accepted.recv())
+        .await
+        .context("the first call's dial reaching the endpoint")?;
+    let (took, status, error, body) = d.call().await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(error, "overflow", "{body}");
+    assert!(body.contains("maxPendingRequests (1)"), "{body}");
+    // At once: not after the 5 s the first call may wait.
+    assert!(took < Duration::from_secs(1), "answered after {took:?}");
+    assert!(
+        d.silent.accepted.try_recv().is_err(),
+        "the call over the limit dialed the endpoint"
+    );
+    assert!(!first.is_finished(), "the first call still waits");
+    first.abort();
+
+    // Without the limit a call waits for a connection as well.
+    delete(&d.fx, "/meshes/default/meshcircuitbreakers/db-pending").await?;
+    config_has("no pending limit in web's config", d.web_admin, |c| {
+        c["outbounds"][0]["circuitBreaker"]["maxPendingRequests"].is_null()
+    })
+    .await?;
+    let waited = tokio::time::timeout(Duration::from_secs(1), d.call()).await;
+    assert!(waited.is_err(), "without the limit it waits: {waited:?}");
     Ok(())
 }
