@@ -1,6 +1,7 @@
 //! End to end: the resilience policies' fields that only had in-process tests, enforced
 //! by real sidecars configured by a real zone control plane: MeshHealthCheck's gRPC
-//! check, MeshTimeout's `connectionTimeout`, MeshCircuitBreaker's `maxPendingRequests`.
+//! check, MeshTimeout's `connectionTimeout`, `requestHeadersTimeout` and
+//! `maxConnectionDuration`, MeshCircuitBreaker's `maxPendingRequests`.
 //!
 //! Each test first shows what happens without the field (so it fails when the sidecar
 //! ignores it), then with it, and measures what a caller sees.
@@ -16,6 +17,7 @@ use causeway_tests::mesh::{MeshFixture, WAIT, dataplane};
 use causeway_tests::{Proc, admin_config, admin_metric, eventually, free_addr, plain_http, put};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 /// Puts a policy through the global API at its path (`type` in lower case, plural).
@@ -488,5 +490,313 @@ async fn over_max_pending_requests_a_call_that_would_wait_is_answered_503_overfl
     .await?;
     let waited = tokio::time::timeout(Duration::from_secs(1), d.call()).await;
     assert!(waited.is_err(), "without the limit it waits: {waited:?}");
+    Ok(())
+}
+
+// === The inbound, reached directly (mTLS off) ===
+
+/// `backend` (a demo app behind its sidecar) in a mesh without mTLS, so the test can
+/// speak plain HTTP to the sidecar's inbound port as any caller would.
+struct PlainInbound {
+    fx: MeshFixture,
+    inbound: u16,
+    admin: std::net::SocketAddr,
+    _procs: [Proc; 2],
+}
+
+impl PlainInbound {
+    async fn start() -> anyhow::Result<PlainInbound> {
+        let fx = MeshFixture::start(json!({})).await?;
+        let app = free_addr();
+        let a = fx.app("backend-1", "backend", app, false)?;
+        let inbound = free_addr().port();
+        let dp = dataplane("backend-1", "backend", inbound, app.port(), "http", &[]);
+        let (s, admin) = fx.sidecar("backend", dp).await?;
+        let http = plain_http();
+        eventually("the app through its inbound", WAIT, || async {
+            let r = http
+                .get(format!("http://127.0.0.1:{inbound}/"))
+                .send()
+                .await
+                .ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await?;
+        Ok(PlainInbound {
+            fx,
+            inbound,
+            admin,
+            _procs: [a, s],
+        })
+    }
+
+    /// Sets backend's inbound MeshTimeout (`from` every caller) to `http` and waits
+    /// until its sidecar has `key` = `value` in its inbound timeouts.
+    async fn timeouts(&self, http: Value, key: &str, value: &str) -> anyhow::Result<()> {
+        apply(
+            &self.fx,
+            "meshtimeouts",
+            json!({
+            "type": "MeshTimeout", "mesh": "default", "name": "backend-inbound",
+            "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+                     "from": [{"targetRef": {"kind": "Mesh"}, "default": {"http": http}}]}}),
+        )
+        .await?;
+        config_has(
+            &format!("{key} {value} on backend's inbound"),
+            self.admin,
+            |c| c["inbounds"][0]["timeouts"][key] == value,
+        )
+        .await
+    }
+}
+
+/// How a request sent slowly ended.
+#[derive(Debug)]
+enum SlowHead {
+    /// The connection was cut (or answered early) while its head was still coming.
+    Cut(Duration),
+    /// The head went whole and was answered with this status.
+    Answered(u16, Duration),
+}
+
+/// Sends a GET to `port` one header line every 200 ms, `lines` lines, then the end of
+/// its head, and reads the answer.
+async fn slow_head(port: u16, lines: usize) -> anyhow::Result<SlowHead> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let t0 = Instant::now();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: backend\r\n").await?;
+    let mut b = [0u8; 1024];
+    for i in 0..lines {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = s.read(&mut b) => return Ok(SlowHead::Cut(t0.elapsed())),
+        }
+        if s.write_all(format!("x-slow-{i}: 1\r\n").as_bytes())
+            .await
+            .is_err()
+        {
+            return Ok(SlowHead::Cut(t0.elapsed()));
+        }
+    }
+    if s.write_all(b"\r\n").await.is_err() {
+        return Ok(SlowHead::Cut(t0.elapsed()));
+    }
+    let mut buf = Vec::new();
+    match read_response(&mut s, &mut buf).await {
+        Ok(Some((status, _))) => Ok(SlowHead::Answered(status, t0.elapsed())),
+        _ => Ok(SlowHead::Cut(t0.elapsed())),
+    }
+}
+
+/// Reads one HTTP/1.1 response from `s` (`buf` keeps what came after it): its status
+/// and whether it says `connection: close`; `None` when the connection ends first.
+async fn read_response(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<Option<(u16, bool)>> {
+    async fn more(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+        let mut b = [0u8; 4096];
+        let n = s.read(&mut b).await?;
+        buf.extend_from_slice(&b[..n]);
+        Ok(n > 0)
+    }
+    let end = loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end;
+        }
+        if !more(s, buf).await? {
+            return Ok(None);
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let close = head
+        .lines()
+        .any(|l| l.starts_with("connection:") && l.contains("close"));
+    buf.drain(..end + 4);
+    if head.contains("transfer-encoding: chunked") {
+        while !buf.windows(5).any(|w| w == b"0\r\n\r\n") {
+            if !more(s, buf).await? {
+                return Ok(None);
+            }
+        }
+        let end = buf
+            .windows(5)
+            .position(|w| w == b"0\r\n\r\n")
+            .expect("found above");
+        buf.drain(..end + 5);
+    } else {
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buf.len() < len {
+            if !more(s, buf).await? {
+                return Ok(None);
+            }
+        }
+        buf.drain(..len);
+    }
+    Ok(Some((status, close)))
+}
+
+/// MeshTimeout `requestHeadersTimeout` on an inbound: a caller sends a request's head
+/// one header line every 200 ms for 2.4 s. Without the timeout the sidecar waits and
+/// the request is answered 200; with `requestHeadersTimeout: 1s` the connection is
+/// cut after about a second, though bytes kept coming. A request whose head comes at
+/// once still gets through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_sent_slowly_is_cut_at_the_request_headers_timeout() -> anyhow::Result<()> {
+    let b = PlainInbound::start().await?;
+    match slow_head(b.inbound, 12).await? {
+        SlowHead::Answered(200, took) => assert!(took >= Duration::from_millis(2400)),
+        other => panic!("without the timeout the slow head is answered: {other:?}"),
+    }
+    b.timeouts(
+        json!({"requestHeadersTimeout": "1s"}),
+        "requestHeaders",
+        "1s",
+    )
+    .await?;
+    match slow_head(b.inbound, 12).await? {
+        SlowHead::Cut(took) => assert!(
+            (Duration::from_millis(1000)..Duration::from_millis(2000)).contains(&took),
+            "cut after {took:?}"
+        ),
+        other => panic!("the slow head was not cut: {other:?}"),
+    }
+    match slow_head(b.inbound, 0).await? {
+        SlowHead::Answered(200, _) => {}
+        other => panic!("a prompt request: {other:?}"),
+    }
+    Ok(())
+}
+
+/// Requests one after another (every 100 ms) on one keep-alive HTTP/1.1 connection to
+/// `port`, for up to `limit`: how many were answered 200, and when the sidecar closed
+/// the connection, if it did. A status other than 200 is an error.
+async fn keep_asking_http1(
+    port: u16,
+    limit: Duration,
+) -> anyhow::Result<(usize, Option<Duration>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+    let t0 = Instant::now();
+    let mut buf = Vec::new();
+    let mut ok = 0;
+    while t0.elapsed() < limit {
+        if s.write_all(b"GET / HTTP/1.1\r\nhost: backend\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return Ok((ok, Some(t0.elapsed())));
+        }
+        match read_response(&mut s, &mut buf).await {
+            Ok(Some((200, close))) => {
+                ok += 1;
+                if close {
+                    // Told: the sidecar closes after this answer.
+                    let mut b = [0u8; 16];
+                    let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await;
+                    return Ok((ok, Some(t0.elapsed())));
+                }
+            }
+            Ok(Some((status, _))) => anyhow::bail!("answered {status} after {ok} requests"),
+            // Closed between two requests (it was idle): no request was lost.
+            Ok(None) | Err(_) => return Ok((ok, Some(t0.elapsed()))),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((ok, None))
+}
+
+/// The same over one HTTP/2 connection (h2c): when the sidecar said GOAWAY or closed
+/// it, if it did.
+async fn keep_asking_http2(
+    port: u16,
+    limit: Duration,
+) -> anyhow::Result<(usize, Option<Duration>)> {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
+    let t0 = Instant::now();
+    let (client, conn) = h2::client::handshake(tcp).await?;
+    let conn = tokio::spawn(conn);
+    let mut ok = 0;
+    while t0.elapsed() < limit {
+        if conn.is_finished() {
+            return Ok((ok, Some(t0.elapsed())));
+        }
+        let Ok(mut ready) = client.clone().ready().await else {
+            return Ok((ok, Some(t0.elapsed())));
+        };
+        let req = http::Request::get(format!("http://127.0.0.1:{port}/")).body(())?;
+        let Ok((resp, _)) = ready.send_request(req, true) else {
+            return Ok((ok, Some(t0.elapsed())));
+        };
+        match resp.await {
+            Ok(r) if r.status() == 200 => {
+                let mut body = r.into_body();
+                while let Some(chunk) = body.data().await {
+                    let chunk = chunk?;
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                }
+                ok += 1;
+            }
+            Ok(r) => anyhow::bail!("answered {} after {ok} requests", r.status()),
+            // Refused after a GOAWAY: the request was not processed.
+            Err(e) if e.is_go_away() || e.is_remote() => {
+                return Ok((ok, Some(t0.elapsed())));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    conn.abort();
+    Ok((ok, None))
+}
+
+/// MeshTimeout `maxConnectionDuration` on an inbound: a caller keeps one connection
+/// busy with a request every 100 ms, over HTTP/1.1 and over HTTP/2. Without it both
+/// stay open for 2.5 s; with `maxConnectionDuration: 1s` the sidecar drains each after
+/// about a second (HTTP/1.1: closed after an answer; HTTP/2: GOAWAY), and every request
+/// sent before was answered 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_connection_is_drained_at_its_max_connection_duration() -> anyhow::Result<()> {
+    let b = PlainInbound::start().await?;
+    let long = Duration::from_millis(2500);
+    let (h1, h2) = tokio::join!(
+        keep_asking_http1(b.inbound, long),
+        keep_asking_http2(b.inbound, long)
+    );
+    let ((n1, closed1), (n2, closed2)) = (h1?, h2?);
+    assert_eq!(
+        (closed1, closed2),
+        (None, None),
+        "without a maximum both stay open ({n1} and {n2} requests)"
+    );
+
+    b.timeouts(
+        json!({"maxConnectionDuration": "1s"}),
+        "maxConnectionDuration",
+        "1s",
+    )
+    .await?;
+    let (h1, h2) = tokio::join!(
+        keep_asking_http1(b.inbound, Duration::from_secs(10)),
+        keep_asking_http2(b.inbound, Duration::from_secs(10))
+    );
+    for (proto, r) in [("HTTP/1.1", h1), ("HTTP/2", h2)] {
+        let (n, closed) = r?;
+        let closed = closed.with_context(|| format!("{proto}: still open after 10 s"))?;
+        assert!(
+            (Duration::from_millis(1000)..Duration::from_millis(2500)).contains(&closed),
+            "{proto}: drained after {closed:?}"
+        );
+        assert!(n >= 3, "{proto}: {n} requests answered before");
+    }
     Ok(())
 }
