@@ -1,7 +1,8 @@
 //! End to end: the resilience policies' fields that only had in-process tests, enforced
 //! by real sidecars configured by a real zone control plane: MeshHealthCheck's gRPC
 //! check, MeshTimeout's `connectionTimeout`, `requestHeadersTimeout` and
-//! `maxConnectionDuration`, MeshCircuitBreaker's `maxPendingRequests`.
+//! `maxConnectionDuration`, MeshCircuitBreaker's `maxPendingRequests` and its
+//! success-rate outlier detector.
 //!
 //! Each test first shows what happens without the field (so it fails when the sidecar
 //! ignores it), then with it, and measures what a caller sees.
@@ -798,5 +799,107 @@ async fn an_inbound_connection_is_drained_at_its_max_connection_duration() -> an
         );
         assert!(n >= 3, "{proto}: {n} requests answered before");
     }
+    Ok(())
+}
+
+// === MeshCircuitBreaker: success rate ===
+
+/// MeshCircuitBreaker's success-rate detector: backend has three instances and the
+/// third answers 500 to every call (retries off, so the failures show): without a
+/// policy a third of the calls fail. With a success-rate detector judging every second
+/// the instances with 5 answers or more (3 needed) and a factor of 1 (the success
+/// rates 100, 100 and 0 have mean 66.7 and deviation 47.1: the floor is 19.6), the
+/// third is ejected and every call goes to the other two. No other detector is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_success_rate_far_below_the_others_ejects_an_endpoint() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
+    round_robin(&fx, "backend").await?;
+    no_retries(&fx, "backend").await?;
+    let mut procs = Vec::new();
+    let mut apps = Vec::new();
+    for name in ["backend-1", "backend-2", "backend-3"] {
+        let app = free_addr();
+        procs.push(fx.app(name, "backend", app, false)?);
+        let dp = dataplane(name, "backend", free_addr().port(), app.port(), "http", &[]);
+        procs.push(fx.sidecar("backend", dp).await?.0);
+        apps.push(app);
+    }
+    let (web, web_admin, out) = fx.web_calling("backend").await?;
+    procs.push(web);
+    config_has("round robin without retries to backend", web_admin, |c| {
+        let ob = &c["outbounds"][0];
+        ob["loadBalancer"] == "RoundRobin"
+            && ob["retry"]["http"]["numRetries"] == 0
+            && ob["groups"][0]["endpoints"].as_array().map(Vec::len) == Some(3)
+    })
+    .await?;
+    let all = instances(&["backend-1", "backend-2", "backend-3"]);
+    eventually("the three instances answering", WAIT, || async {
+        (answering(out, 30).await? == all).then_some(())
+    })
+    .await?;
+    let http = plain_http();
+    let r = http
+        .post(format!("http://{}/answer/500", apps[2]))
+        .send()
+        .await?;
+    anyhow::ensure!(r.status().is_success(), "{}", r.status());
+    let calls = |n: usize| {
+        let http = http.clone();
+        async move {
+            let mut failed = 0;
+            for _ in 0..n {
+                let r = http
+                    .get(format!("http://127.0.0.1:{out}/"))
+                    .send()
+                    .await
+                    .ok()?;
+                failed += usize::from(!r.status().is_success());
+            }
+            Some(failed)
+        }
+    };
+    let failed = calls(30).await.context("calls")?;
+    assert!(
+        (5..=15).contains(&failed),
+        "without a detector backend-3 keeps its third: {failed} of 30 failed"
+    );
+
+    apply(&fx, "meshcircuitbreakers", json!({
+        "type": "MeshCircuitBreaker", "mesh": "default", "name": "backend-success-rate",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {"outlierDetection": {"interval": "1s", "baseEjectionTime": "30s", "maxEjectionPercent": 50,
+                             "detectors": {"successRate": {"minimumHosts": 3, "requestVolume": 5,
+                                                           "standardDeviationFactor": 1.0}}}}}]}})).await?;
+    config_has(
+        "the success-rate detector in web's config",
+        web_admin,
+        |c| {
+            let od = &c["outbounds"][0]["circuitBreaker"]["outlierDetection"];
+            od["successRate"]["standardDeviationFactorThousandths"] == 1000
+                && od["failurePercentage"].is_null()
+                && od["totalFailures"].is_null()
+        },
+    )
+    .await?;
+    eventually("backend-3 ejected for its success rate", WAIT, || async {
+        (calls(20).await? == 0).then_some(())
+    })
+    .await?;
+    assert_eq!(
+        answering(out, 20).await.context("calls")?,
+        instances(&["backend-1", "backend-2"])
+    );
+    assert!(
+        admin_metric(
+            &http,
+            web_admin,
+            "causeway_circuit_breaker_events_total{service=\"backend\",event=\"ejected\"}"
+        )
+        .await
+            >= 1.0
+    );
     Ok(())
 }
