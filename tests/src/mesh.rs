@@ -176,6 +176,47 @@ impl MeshFixture {
         Ok((p, admin))
     }
 
+    /// A client TLS config holding a workload certificate of `service` (signed by the
+    /// zone over DDS from a CSR, as a sidecar's), offering the ALPN `alpn`, and
+    /// accepting any server certificate: for tests that call an inbound directly as
+    /// that service's sidecar would.
+    pub async fn workload_tls(
+        &self,
+        service: &str,
+        alpn: &[u8],
+    ) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+        let token = std::fs::read_to_string(self.token(service).await?)?;
+        let csr = causeway_pki::generate_csr(service)?;
+        let ca_pem = std::fs::read_to_string(self.zone.dir.join("api-ca.pem"))?;
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", self.dds))?
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
+            )?
+            .connect()
+            .await?;
+        let signed = causeway_api::kds::dds::dds_client::DdsClient::new(ch)
+            .sign(causeway_api::kds::dds::SignRequest {
+                token,
+                csr_pem: csr.csr_pem,
+            })
+            .await?
+            .into_inner();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(crate::AcceptAnyServerForTest(
+                provider,
+            )))
+            .with_client_auth_cert(
+                causeway_pki::certs(&signed.cert_chain_pem, "chain")?,
+                causeway_pki::key(&csr.key_pem, "key")?,
+            )?;
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        Ok(std::sync::Arc::new(tls))
+    }
+
     /// A "web" sidecar with one outbound to `service`: the sidecar, its admin address
     /// and the outbound port.
     pub async fn web_calling(&self, service: &str) -> anyhow::Result<(Proc, SocketAddr, u16)> {

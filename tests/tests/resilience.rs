@@ -494,41 +494,83 @@ async fn over_max_pending_requests_a_call_that_would_wait_is_answered_503_overfl
     Ok(())
 }
 
-// === The inbound, reached directly (mTLS off) ===
+// === The inbound, reached directly ===
 
-/// `backend` (a demo app behind its sidecar) in a mesh without mTLS, so the test can
-/// speak plain HTTP to the sidecar's inbound port as any caller would.
-struct PlainInbound {
+/// A connection to an inbound, plaintext or mTLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// How a test's client reaches backend's inbound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// Plaintext, no identity (the mesh is Permissive).
+    Plain,
+    /// mTLS as `web`'s sidecar, with ALPN `http/1.1`.
+    TlsHttp1,
+    /// mTLS as `web`'s sidecar, with ALPN `h2`: the way sidecars call each other.
+    TlsHttp2,
+}
+
+/// `backend` (a demo app behind its sidecar) in a Permissive mesh, so the test can call
+/// the sidecar's inbound port directly: in plaintext, and over mTLS with a certificate
+/// of `web` (permitted), as web's sidecar does.
+struct DirectInbound {
     fx: MeshFixture,
     inbound: u16,
     admin: std::net::SocketAddr,
+    tls_http1: Arc<rustls::ClientConfig>,
+    tls_http2: Arc<rustls::ClientConfig>,
     _procs: [Proc; 2],
 }
 
-impl PlainInbound {
-    async fn start() -> anyhow::Result<PlainInbound> {
-        let fx = MeshFixture::start(json!({})).await?;
+impl DirectInbound {
+    async fn start() -> anyhow::Result<DirectInbound> {
+        let fx = MeshFixture::start(json!({"mtls": {"mode": "Permissive"}})).await?;
+        fx.permit("web-to-backend", "web", "backend", "Allow")
+            .await?;
         let app = free_addr();
         let a = fx.app("backend-1", "backend", app, false)?;
         let inbound = free_addr().port();
         let dp = dataplane("backend-1", "backend", inbound, app.port(), "http", &[]);
         let (s, admin) = fx.sidecar("backend", dp).await?;
-        let http = plain_http();
-        eventually("the app through its inbound", WAIT, || async {
-            let r = http
-                .get(format!("http://127.0.0.1:{inbound}/"))
-                .send()
-                .await
-                .ok()?;
-            r.status().is_success().then_some(())
-        })
-        .await?;
-        Ok(PlainInbound {
+        let b = DirectInbound {
+            tls_http1: fx.workload_tls("web", b"http/1.1").await?,
+            tls_http2: fx.workload_tls("web", b"h2").await?,
             fx,
             inbound,
             admin,
             _procs: [a, s],
+        };
+        eventually("the app through its inbound", WAIT, || async {
+            for caller in [Caller::Plain, Caller::TlsHttp1] {
+                let mut s = b.connect(caller).await.ok()?;
+                let mut buf = Vec::new();
+                s.write_all(b"GET / HTTP/1.1\r\nhost: backend\r\n\r\n")
+                    .await
+                    .ok()?;
+                if read_response(&mut s, &mut buf).await.ok()??.0 != 200 {
+                    return None;
+                }
+            }
+            Some(())
         })
+        .await?;
+        Ok(b)
+    }
+
+    /// A new connection to the inbound as `caller`.
+    async fn connect(&self, caller: Caller) -> anyhow::Result<Box<dyn Io>> {
+        let tcp = TcpStream::connect(("127.0.0.1", self.inbound)).await?;
+        let tls = match caller {
+            Caller::Plain => return Ok(Box::new(tcp)),
+            Caller::TlsHttp1 => &self.tls_http1,
+            Caller::TlsHttp2 => &self.tls_http2,
+        };
+        let name = rustls::pki_types::ServerName::try_from("backend")?;
+        let s = tokio_rustls::TlsConnector::from(tls.clone())
+            .connect(name, tcp)
+            .await?;
+        Ok(Box::new(s))
     }
 
     /// Sets backend's inbound MeshTimeout (`from` every caller) to `http` and waits
@@ -561,10 +603,9 @@ enum SlowHead {
     Answered(u16, Duration),
 }
 
-/// Sends a GET to `port` one header line every 200 ms, `lines` lines, then the end of
-/// its head, and reads the answer.
-async fn slow_head(port: u16, lines: usize) -> anyhow::Result<SlowHead> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
+/// Sends a GET on `s` one header line every 200 ms, `lines` lines, then the end of its
+/// head, and reads the answer.
+async fn slow_head(mut s: Box<dyn Io>, lines: usize) -> anyhow::Result<SlowHead> {
     let t0 = Instant::now();
     s.write_all(b"GET / HTTP/1.1\r\nhost: backend\r\n").await?;
     let mut b = [0u8; 1024];
@@ -593,10 +634,10 @@ async fn slow_head(port: u16, lines: usize) -> anyhow::Result<SlowHead> {
 /// Reads one HTTP/1.1 response from `s` (`buf` keeps what came after it): its status
 /// and whether it says `connection: close`; `None` when the connection ends first.
 async fn read_response(
-    s: &mut TcpStream,
+    s: &mut Box<dyn Io>,
     buf: &mut Vec<u8>,
 ) -> std::io::Result<Option<(u16, bool)>> {
-    async fn more(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    async fn more(s: &mut Box<dyn Io>, buf: &mut Vec<u8>) -> std::io::Result<bool> {
         let mut b = [0u8; 4096];
         let n = s.read(&mut b).await?;
         buf.extend_from_slice(&b[..n]);
@@ -648,16 +689,26 @@ async fn read_response(
 }
 
 /// MeshTimeout `requestHeadersTimeout` on an inbound: a caller sends a request's head
-/// one header line every 200 ms for 2.4 s. Without the timeout the sidecar waits and
-/// the request is answered 200; with `requestHeadersTimeout: 1s` the connection is
-/// cut after about a second, though bytes kept coming. A request whose head comes at
-/// once still gets through.
+/// one header line every 200 ms for 2.4 s, in plaintext and over mTLS (HTTP/1.1) at
+/// once. Without the timeout the sidecar waits and both are answered 200; with
+/// `requestHeadersTimeout: 1s` both connections are cut between 1 and 2 s, though
+/// bytes kept coming. A request whose head comes at once still gets through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_head_sent_slowly_is_cut_at_the_request_headers_timeout() -> anyhow::Result<()> {
-    let b = PlainInbound::start().await?;
-    match slow_head(b.inbound, 12).await? {
-        SlowHead::Answered(200, took) => assert!(took >= Duration::from_millis(2400)),
-        other => panic!("without the timeout the slow head is answered: {other:?}"),
+    let b = DirectInbound::start().await?;
+    let b = &b;
+    let both = |lines: usize| async move {
+        let (plain, tls) = tokio::join!(
+            async { slow_head(b.connect(Caller::Plain).await?, lines).await },
+            async { slow_head(b.connect(Caller::TlsHttp1).await?, lines).await },
+        );
+        anyhow::Ok([("plaintext", plain?), ("mTLS", tls?)])
+    };
+    for (caller, r) in both(12).await? {
+        match r {
+            SlowHead::Answered(200, took) => assert!(took >= Duration::from_millis(2400)),
+            other => panic!("{caller}: without the timeout the slow head is answered: {other:?}"),
+        }
     }
     b.timeouts(
         json!({"requestHeadersTimeout": "1s"}),
@@ -665,28 +716,31 @@ async fn a_request_head_sent_slowly_is_cut_at_the_request_headers_timeout() -> a
         "1s",
     )
     .await?;
-    match slow_head(b.inbound, 12).await? {
-        SlowHead::Cut(took) => assert!(
-            (Duration::from_millis(1000)..Duration::from_millis(2000)).contains(&took),
-            "cut after {took:?}"
-        ),
-        other => panic!("the slow head was not cut: {other:?}"),
+    for (caller, r) in both(12).await? {
+        match r {
+            SlowHead::Cut(took) => assert!(
+                (Duration::from_millis(1000)..Duration::from_millis(2000)).contains(&took),
+                "{caller}: cut after {took:?}"
+            ),
+            other => panic!("{caller}: the slow head was not cut: {other:?}"),
+        }
     }
-    match slow_head(b.inbound, 0).await? {
-        SlowHead::Answered(200, _) => {}
-        other => panic!("a prompt request: {other:?}"),
+    for (caller, r) in both(0).await? {
+        assert!(
+            matches!(r, SlowHead::Answered(200, _)),
+            "{caller}: a prompt request: {r:?}"
+        );
     }
     Ok(())
 }
 
-/// Requests one after another (every 100 ms) on one keep-alive HTTP/1.1 connection to
-/// `port`, for up to `limit`: how many were answered 200, and when the sidecar closed
-/// the connection, if it did. A status other than 200 is an error.
+/// Requests one after another (every 100 ms) on one keep-alive HTTP/1.1 connection,
+/// for up to `limit`: how many were answered 200, and when the sidecar closed the
+/// connection, if it did. A status other than 200 is an error.
 async fn keep_asking_http1(
-    port: u16,
+    mut s: Box<dyn Io>,
     limit: Duration,
 ) -> anyhow::Result<(usize, Option<Duration>)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await?;
     let t0 = Instant::now();
     let mut buf = Vec::new();
     let mut ok = 0;
@@ -702,8 +756,6 @@ async fn keep_asking_http1(
                 ok += 1;
                 if close {
                     // Told: the sidecar closes after this answer.
-                    let mut b = [0u8; 16];
-                    let _ = tokio::time::timeout(Duration::from_secs(2), s.read(&mut b)).await;
                     return Ok((ok, Some(t0.elapsed())));
                 }
             }
@@ -716,15 +768,15 @@ async fn keep_asking_http1(
     Ok((ok, None))
 }
 
-/// The same over one HTTP/2 connection (h2c): when the sidecar said GOAWAY or closed
-/// it, if it did.
+/// The same over one HTTP/2 connection: when the sidecar said GOAWAY or closed it, if
+/// it did.
 async fn keep_asking_http2(
+    s: Box<dyn Io>,
     port: u16,
     limit: Duration,
 ) -> anyhow::Result<(usize, Option<Duration>)> {
-    let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     let t0 = Instant::now();
-    let (client, conn) = h2::client::handshake(tcp).await?;
+    let (client, conn) = h2::client::handshake(s).await?;
     let conn = tokio::spawn(conn);
     let mut ok = 0;
     while t0.elapsed() < limit {
@@ -760,25 +812,39 @@ async fn keep_asking_http2(
     Ok((ok, None))
 }
 
-/// MeshTimeout `maxConnectionDuration` on an inbound: a caller keeps one connection
-/// busy with a request every 100 ms, over HTTP/1.1 and over HTTP/2. Without it both
-/// stay open for 2.5 s; with `maxConnectionDuration: 1s` the sidecar drains each after
-/// about a second (HTTP/1.1: closed after an answer; HTTP/2: GOAWAY), and every request
-/// sent before was answered 200.
+/// MeshTimeout `maxConnectionDuration` on an inbound: four callers each keep one
+/// connection busy with a request every 100 ms: HTTP/1.1 and HTTP/2 (h2c) in plaintext,
+/// HTTP/1.1 and HTTP/2 over mTLS (as sidecars call each other). Without it all stay
+/// open for 2.5 s; with `maxConnectionDuration: 1s` the sidecar drains each between 1
+/// and 2.5 s (HTTP/1.1: closed after an answer or while idle; HTTP/2: GOAWAY), and
+/// every request sent before was answered 200.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbound_connection_is_drained_at_its_max_connection_duration() -> anyhow::Result<()> {
-    let b = PlainInbound::start().await?;
-    let long = Duration::from_millis(2500);
-    let (h1, h2) = tokio::join!(
-        keep_asking_http1(b.inbound, long),
-        keep_asking_http2(b.inbound, long)
-    );
-    let ((n1, closed1), (n2, closed2)) = (h1?, h2?);
-    assert_eq!(
-        (closed1, closed2),
-        (None, None),
-        "without a maximum both stay open ({n1} and {n2} requests)"
-    );
+    let b = DirectInbound::start().await?;
+    let all = |limit: Duration| {
+        let b = &b;
+        async move {
+            let port = b.inbound;
+            let (h1, h2c, tls_h1, tls_h2) = tokio::join!(
+                async { keep_asking_http1(b.connect(Caller::Plain).await?, limit).await },
+                async { keep_asking_http2(b.connect(Caller::Plain).await?, port, limit).await },
+                async { keep_asking_http1(b.connect(Caller::TlsHttp1).await?, limit).await },
+                async { keep_asking_http2(b.connect(Caller::TlsHttp2).await?, port, limit).await },
+            );
+            anyhow::Ok([
+                ("plaintext HTTP/1.1", h1?),
+                ("plaintext HTTP/2", h2c?),
+                ("mTLS HTTP/1.1", tls_h1?),
+                ("mTLS HTTP/2", tls_h2?),
+            ])
+        }
+    };
+    for (caller, (n, closed)) in all(Duration::from_millis(2500)).await? {
+        assert_eq!(
+            closed, None,
+            "{caller}: without a maximum it stays open ({n} requests)"
+        );
+    }
 
     b.timeouts(
         json!({"maxConnectionDuration": "1s"}),
@@ -786,18 +852,13 @@ async fn an_inbound_connection_is_drained_at_its_max_connection_duration() -> an
         "1s",
     )
     .await?;
-    let (h1, h2) = tokio::join!(
-        keep_asking_http1(b.inbound, Duration::from_secs(10)),
-        keep_asking_http2(b.inbound, Duration::from_secs(10))
-    );
-    for (proto, r) in [("HTTP/1.1", h1), ("HTTP/2", h2)] {
-        let (n, closed) = r?;
-        let closed = closed.with_context(|| format!("{proto}: still open after 10 s"))?;
+    for (caller, (n, closed)) in all(Duration::from_secs(10)).await? {
+        let closed = closed.with_context(|| format!("{caller}: still open after 10 s"))?;
         assert!(
             (Duration::from_millis(1000)..Duration::from_millis(2500)).contains(&closed),
-            "{proto}: drained after {closed:?}"
+            "{caller}: drained after {closed:?}"
         );
-        assert!(n >= 3, "{proto}: {n} requests answered before");
+        assert!(n >= 3, "{caller}: {n} requests answered before");
     }
     Ok(())
 }
