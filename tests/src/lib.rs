@@ -2,6 +2,8 @@
 //! temporary directories, waits for readiness by polling with a deadline, and kills every
 //! process it started when dropped. Test code only; nothing here ships.
 
+pub mod mesh;
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

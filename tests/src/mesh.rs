@@ -1,0 +1,252 @@
+//! A one-zone mesh for sidecar tests: a global control plane node, a zone control plane
+//! with a DDS address, and helpers that start demo apps and sidecars (`causeway
+//! dataplane`) with their tokens. Everything it starts lives in the cluster's temporary
+//! directory and is killed on drop.
+//!
+//! The same shape as the fixture at the top of `tests/tests/dataplane.rs`, which can move
+//! here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::{GlobalCluster, Proc, ZoneCp, admin_ready, eventually, free_addr, put};
+
+/// How long the helpers wait for a process or a config to come.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A global node and a zone `zone-a` serving DDS; mesh `default` with the given spec.
+pub struct MeshFixture {
+    _keys: tempfile::TempDir,
+    pub c: GlobalCluster,
+    pub zone: ZoneCp,
+    /// Where sidecars reach the zone.
+    pub dds: SocketAddr,
+    /// The cluster's temporary directory: logs, tokens, Dataplane files.
+    pub dir: PathBuf,
+}
+
+impl MeshFixture {
+    /// Starts the control planes with mesh `default` set to `mesh_spec`, and waits for
+    /// the zone's intermediate CA when the mesh has mTLS.
+    pub async fn start(mesh_spec: Value) -> anyhow::Result<MeshFixture> {
+        // Mesh CA keys sealed at rest under a secrets key, as in production.
+        let keys = tempfile::tempdir()?;
+        let key_file = keys.path().join("secrets.key");
+        std::fs::write(&key_file, "11".repeat(32))?;
+        let key_arg = key_file.display().to_string();
+        let c = GlobalCluster::start(
+            1,
+            &["--kds-heartbeat", "500ms", "--secrets-key-file", &key_arg],
+        )
+        .await?;
+        let needs_ca = mesh_spec["mtls"].is_object();
+        put(
+            &c,
+            "/meshes/default",
+            &json!({"type": "Mesh", "name": "default", "spec": mesh_spec}),
+        )
+        .await?;
+        let dds = free_addr();
+        let zone = ZoneCp::new(
+            &c,
+            "zone-a",
+            c.kds_urls_from(0),
+            &["--dds-addr", &dds.to_string(), "--dataplane-grace", "3s"],
+        )
+        .await?;
+        zone.start()?;
+        eventually("the zone's mesh", WAIT, || async {
+            let s = zone.status().await.ok()?;
+            let ca = !needs_ca || s["intermediates"][0]["mesh"] == "default";
+            let mesh = zone
+                .call(Method::GET, "/meshes/default", None)
+                .await
+                .is_ok_and(|(s, _)| s == StatusCode::OK);
+            (ca && mesh).then_some(())
+        })
+        .await
+        .with_context(|| zone.logs())?;
+        let dir = c.tmp.path().to_path_buf();
+        Ok(MeshFixture {
+            _keys: keys,
+            c,
+            zone,
+            dds,
+            dir,
+        })
+    }
+
+    /// A dataplane token for `service`, written to a file.
+    pub async fn token(&self, service: &str) -> anyhow::Result<PathBuf> {
+        let (s, v) = self
+            .c
+            .call_retry(
+                Method::POST,
+                "/meshes/default/dataplane-token",
+                Some(&json!({"service": service})),
+            )
+            .await?;
+        anyhow::ensure!(s == StatusCode::CREATED, "{s} {v}");
+        let path = self
+            .dir
+            .join(format!("{service}-{}.token", free_addr().port()));
+        std::fs::write(&path, v["token"].as_str().context("token")?)?;
+        Ok(path)
+    }
+
+    /// Starts `causeway demo-app` as instance `name` of `service` on `listen` (a TCP
+    /// echo with `tcp`).
+    pub fn app(
+        &self,
+        name: &str,
+        service: &str,
+        listen: SocketAddr,
+        tcp: bool,
+    ) -> anyhow::Result<Proc> {
+        let mut args: Vec<String> = [
+            "demo-app",
+            "--listen",
+            &listen.to_string(),
+            "--service",
+            service,
+            "--zone",
+            "zone-a",
+            "--instance",
+            name,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if tcp {
+            args.push("--tcp".into());
+        }
+        Proc::start(&self.dir, name, &args)
+    }
+
+    /// Puts the MeshTrafficPermission `name`: `action` for `from` calling `to`.
+    pub async fn permit(
+        &self,
+        name: &str,
+        from: &str,
+        to: &str,
+        action: &str,
+    ) -> anyhow::Result<()> {
+        let path = format!("/meshes/default/meshtrafficpermissions/{name}");
+        let body = json!({"type": "MeshTrafficPermission", "mesh": "default", "name": name,
+               "spec": {"targetRef": {"kind": "MeshService", "name": to},
+                        "from": [{"targetRef": {"kind": "MeshService", "name": from},
+                                  "default": {"action": action}}]}});
+        put(&self.c, &path, &body).await
+    }
+
+    /// Starts a sidecar for `dataplane` (a Dataplane resource) once it is ready; returns
+    /// it and its admin address.
+    pub async fn sidecar(
+        &self,
+        service: &str,
+        dataplane: Value,
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
+        let name = dataplane["name"].as_str().context("name")?.to_string();
+        let admin = free_addr();
+        let file = self.dir.join(format!("{name}.json"));
+        std::fs::write(&file, serde_json::to_vec(&dataplane)?)?;
+        let token = self.token(service).await?;
+        let args: Vec<String> = vec![
+            "dataplane".into(),
+            "--cp".into(),
+            format!("https://{}", self.dds),
+            "--cp-ca-file".into(),
+            self.zone.dir.join("api-ca.pem").display().to_string(),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--dataplane-file".into(),
+            file.display().to_string(),
+            "--admin-addr".into(),
+            admin.to_string(),
+            "--drain-seconds".into(),
+            "5".into(),
+        ];
+        let p = Proc::start(&self.dir, &format!("sidecar-{name}"), &args)?;
+        admin_ready(&format!("sidecar {name}"), admin, &p).await?;
+        Ok((p, admin))
+    }
+
+    /// A client TLS config holding a workload certificate of `service` (signed by the
+    /// zone over DDS from a CSR, as a sidecar's), offering the ALPN `alpn`, and
+    /// accepting any server certificate: for tests that call an inbound directly as
+    /// that service's sidecar would.
+    pub async fn workload_tls(
+        &self,
+        service: &str,
+        alpn: &[u8],
+    ) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+        let token = std::fs::read_to_string(self.token(service).await?)?;
+        let csr = causeway_pki::generate_csr(service)?;
+        let ca_pem = std::fs::read_to_string(self.zone.dir.join("api-ca.pem"))?;
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", self.dds))?
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
+            )?
+            .connect()
+            .await?;
+        let signed = causeway_api::kds::dds::dds_client::DdsClient::new(ch)
+            .sign(causeway_api::kds::dds::SignRequest {
+                token,
+                csr_pem: csr.csr_pem,
+            })
+            .await?
+            .into_inner();
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(crate::AcceptAnyServerForTest(
+                provider,
+            )))
+            .with_client_auth_cert(
+                causeway_pki::certs(&signed.cert_chain_pem, "chain")?,
+                causeway_pki::key(&csr.key_pem, "key")?,
+            )?;
+        tls.alpn_protocols = vec![alpn.to_vec()];
+        Ok(std::sync::Arc::new(tls))
+    }
+
+    /// A "web" sidecar with one outbound to `service`: the sidecar, its admin address
+    /// and the outbound port.
+    pub async fn web_calling(&self, service: &str) -> anyhow::Result<(Proc, SocketAddr, u16)> {
+        let out = free_addr().port();
+        let dp = dataplane(
+            "web-1",
+            "web",
+            free_addr().port(),
+            free_addr().port(),
+            "http",
+            &[(out, service)],
+        );
+        let (p, admin) = self.sidecar("web", dp).await?;
+        Ok((p, admin, out))
+    }
+}
+
+/// A Dataplane on 127.0.0.1: one inbound (`inbound` in front of the app on `app`,
+/// speaking `protocol`) and the given outbounds (`(port, service)`).
+pub fn dataplane(
+    name: &str,
+    service: &str,
+    inbound: u16,
+    app: u16,
+    protocol: &str,
+    outbound: &[(u16, &str)],
+) -> Value {
+    json!({"type": "Dataplane", "mesh": "default", "name": name, "spec": {
+        "address": "127.0.0.1",
+        "inbound": [{"port": inbound, "servicePort": app, "service": service, "protocol": protocol}],
+        "outbound": outbound.iter().map(|(p, s)| json!({"port": p, "service": s})).collect::<Vec<_>>(),
+    }})
+}
