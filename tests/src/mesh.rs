@@ -199,6 +199,7 @@ impl MeshFixture {
             .sign(causeway_api::kds::dds::SignRequest {
                 token,
                 csr_pem: csr.csr_pem,
+                ..Default::default()
             })
             .await?
             .into_inner();
