@@ -145,6 +145,10 @@ pub(crate) async fn serve(
         .route("/sync", get(wait_sync))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
         .route(
+            "/meshes/{mesh}/dataplanes/{name}/inspect",
+            get(inspect_dataplane),
+        )
+        .route(
             "/meshes/{mesh}/{plural}/{name}",
             get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
         )
@@ -521,4 +525,61 @@ async fn delete_in_mesh(
         .map_err(|e| local_error(t, &mesh, &name, e))?;
     st.shared.local_change(k, None);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /meshes/{mesh}/dataplanes/{name}/inspect`: which policies matched the proxy per
+/// inbound, destination and route, what they merged to, the config computed for it,
+/// and what the proxy reported (ACK/NACK, certificate, endpoints). See
+/// [`crate::inspect`].
+async fn inspect_dataplane(
+    State(st): State<ApiState>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> ApiResult<Json<causeway_api::inspect::DataplaneInspection>> {
+    let t = type_for("dataplanes", Scope::Mesh)?;
+    let zone = &st.shared.cfg.zone;
+    let dp = st.shared.store.get(&key(t, &mesh, &name))?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "name",
+            format!(
+                "Dataplane {name:?} not found in mesh {mesh:?} in zone {zone}: a dataplane is \
+                 known while its sidecar is connected; ask the zone it runs in \
+                 (`causeway get dataplanes -m {mesh}` on global lists them with their zone)"
+            ),
+        )
+    })?;
+    if let Some(origin) = dp.origin.as_deref()
+        && origin != zone
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "name",
+            format!(
+                "Dataplane {name:?} runs in zone {origin}; inspect it on that zone's control plane"
+            ),
+        ));
+    }
+    let inputs = crate::dds::mesh_inputs(&st.shared, &mesh)
+        .map_err(|s| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", s.message()))?;
+    let mut out = crate::inspect::inspect(&inputs, &dp);
+    let proxy = st
+        .shared
+        .proxies
+        .lock()
+        .expect("proxies lock")
+        .get(&dp.key())
+        .cloned();
+    if let Some(p) = proxy {
+        let state = causeway_api::inspect::ProxyState {
+            connected_unix_ms: p.connected_unix_ms,
+            sent_version: p.sent_version,
+            ack: p.ack,
+            nack: p.nack,
+            certificate: None,
+            reported_unix_ms: p.reported_unix_ms,
+            report_error: p.report_error,
+        };
+        crate::inspect::attach_proxy(&mut out, state, p.report.as_ref());
+    }
+    Ok(Json(out))
 }
