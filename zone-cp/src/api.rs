@@ -99,8 +99,9 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The JSON body of the error response.
+    fn body(self) -> Value {
         let errors = if self.errors.is_empty() {
             vec![FieldError {
                 field: self.field,
@@ -109,9 +110,13 @@ impl IntoResponse for ApiError {
         } else {
             self.errors
         };
-        let body =
-            json!({"status": self.status.as_u16(), "message": self.message, "errors": errors});
-        (self.status, Json(body)).into_response()
+        json!({"status": self.status.as_u16(), "message": self.message, "errors": errors})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
     }
 }
 
@@ -534,10 +539,39 @@ async fn delete_in_mesh(
 async fn inspect_dataplane(
     State(st): State<ApiState>,
     Path((mesh, name)): Path<(String, String)>,
-) -> ApiResult<Json<causeway_api::inspect::DataplaneInspection>> {
+) -> Response {
+    let (status, json) = inspect_answer(&st.shared, &mesh, &name);
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json,
+    )
+        .into_response()
+}
+
+/// The inspection of a dataplane as the API answers it (status and JSON body), for
+/// this API and for global, which relays the question over KDS.
+pub(crate) fn inspect_answer(shared: &Shared, mesh: &str, name: &str) -> (StatusCode, Vec<u8>) {
+    match inspection(shared, mesh, name) {
+        Ok(i) => (
+            StatusCode::OK,
+            serde_json::to_vec(&i).expect("inspections serialize"),
+        ),
+        Err(e) => (
+            e.status,
+            serde_json::to_vec(&e.body()).expect("errors serialize"),
+        ),
+    }
+}
+
+fn inspection(
+    shared: &Shared,
+    mesh: &str,
+    name: &str,
+) -> ApiResult<causeway_api::inspect::DataplaneInspection> {
     let t = type_for("dataplanes", Scope::Mesh)?;
-    let zone = &st.shared.cfg.zone;
-    let dp = st.shared.store.get(&key(t, &mesh, &name))?.ok_or_else(|| {
+    let zone = &shared.cfg.zone;
+    let dp = shared.store.get(&key(t, mesh, name))?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "name",
@@ -559,11 +593,10 @@ async fn inspect_dataplane(
             ),
         ));
     }
-    let inputs = crate::dds::mesh_inputs(&st.shared, &mesh)
+    let inputs = crate::dds::mesh_inputs(shared, mesh)
         .map_err(|s| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", s.message()))?;
     let mut out = crate::inspect::inspect(&inputs, &dp);
-    let proxy = st
-        .shared
+    let proxy = shared
         .proxies
         .lock()
         .expect("proxies lock")
@@ -581,5 +614,5 @@ async fn inspect_dataplane(
         };
         crate::inspect::attach_proxy(&mut out, state, p.report.as_ref());
     }
-    Ok(Json(out))
+    Ok(out)
 }
