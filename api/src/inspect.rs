@@ -84,7 +84,7 @@ pub struct EndpointReport {
     /// Set while it is ejected (passive health or outlier detection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ejection: Option<Ejection>,
-    /// Connection attempts that failed in a row (0 once one works).
+    /// Failed connections in a row, as passive health counts them (0 once one works).
     pub connect_failures: u32,
     /// How many times MeshCircuitBreaker's outlier detection ejected it.
     pub outlier_ejections: u32,
@@ -103,7 +103,9 @@ pub enum HealthCheckState {
 pub struct Ejection {
     /// Unix seconds (rounded up).
     pub until: i64,
-    /// `connect failures` (passive health) or `outlier detection` (MeshCircuitBreaker).
+    /// `failed connections` (passive health: connections refused or timed out, or the
+    /// peer sidecar answering that its app is down) or `outlier detection`
+    /// (MeshCircuitBreaker).
     pub reason: String,
 }
 

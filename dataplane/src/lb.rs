@@ -499,7 +499,7 @@ impl EndpointState {
                 // every report.
                 until: (now_unix_ms + until.duration_since(now).as_millis() as i64 + 999) / 1000,
                 reason: if failures > 0 {
-                    "connect failures".into()
+                    "failed connections".into()
                 } else {
                     "outlier detection".into()
                 },
@@ -615,7 +615,7 @@ mod tests {
             .ejection
             .clone()
             .expect("ejected after a connect failure");
-        assert_eq!(ejection.reason, "connect failures");
+        assert_eq!(ejection.reason, "failed connections");
         assert_eq!(ejection.until, 1_001, "1 s after the failure, rounded up");
         assert!(!r[1].healthy && r[1].ejection.is_none());
         assert_eq!(
