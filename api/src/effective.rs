@@ -9,7 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::dataplane::DataplaneSpec;
@@ -141,7 +141,7 @@ impl Proxy {
 }
 
 /// A merged configuration and the policies it came from.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Merged {
     /// The merged `default` sections.
     pub conf: Value,
@@ -150,7 +150,7 @@ pub struct Merged {
 }
 
 /// The configuration for traffic from one kind of source.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FromRule {
     /// The sources this rule is for.
     pub source: TargetRef,
@@ -182,7 +182,7 @@ pub struct OutboundConfig {
 }
 
 /// A policy left out of the computation, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IgnoredPolicy {
     /// Its name.
     pub name: String,

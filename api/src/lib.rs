@@ -35,6 +35,7 @@ mod drill;
 mod duration;
 mod effective;
 mod enforcement;
+pub mod inspect;
 pub mod kds;
 mod merge_patch;
 mod mesh;

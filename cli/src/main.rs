@@ -7,6 +7,7 @@ mod config;
 mod demo_app;
 mod drill;
 mod global_cp;
+mod inspect;
 mod ops;
 mod up;
 mod zone;
@@ -54,7 +55,8 @@ enum Cmd {
     Secret(zone::SecretCmd),
     /// A small HTTP (or TCP echo) workload for tests and demos.
     DemoApp(demo_app::DemoAppArgs),
-    /// Details of one object: `inspect zone zone-a`.
+    /// Details of one object: `inspect zone zone-a`, `inspect dataplane web-1` (why a
+    /// policy did or did not apply to a proxy).
     #[command(subcommand)]
     Inspect(zone::InspectCmd),
     /// Start a whole mesh on loopback (3 global nodes, two zones with ingresses, demo

@@ -1,4 +1,4 @@
-//! Zone commands: `zone token create|list|revoke` and `inspect zone`.
+//! Zone commands: `zone token create|list|revoke`, `inspect zone` and `inspect dataplane`.
 
 use std::path::PathBuf;
 
@@ -138,6 +138,32 @@ pub(crate) enum InspectCmd {
         #[arg(long)]
         config_dump: bool,
     },
+    /// Why one proxy is configured the way it is: "why did my policy not apply?"
+    ///
+    /// Shows, for the Dataplane NAME: per inbound (and per caller) and per destination
+    /// (and per route), the policies of each kind that matched, lowest priority first,
+    /// and the configuration they merge to; the policies of the mesh that match nothing
+    /// of this proxy, with what they target; policies ignored, and parts not enforced
+    /// yet; the version of the config computed now (or why it cannot be); the last
+    /// config the sidecar accepted (ACK) or rejected (NACK, with its reason); its
+    /// certificate's expiry; each destination's endpoints with their health, health
+    /// checks and ejections.
+    ///
+    /// Answered by the zone control plane the dataplane runs in: point the CLI at that
+    /// zone's API (--addr https://<zone API>, --ca-file <zone data dir>/api-ca.pem,
+    /// --token-file <zone data dir>/admin-token). Asked of the global control plane, it
+    /// is relayed to that zone over KDS.
+    ///
+    /// The sidecar reports its certificate and endpoints when they change (sampled
+    /// every second), so they may be a second old; the view says when they arrived.
+    Dataplane {
+        name: String,
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        /// Output format: a readable view (table), or the API's answer as json or yaml.
+        #[arg(short = 'o', long, value_enum, default_value = "table")]
+        output: crate::ops::Output,
+    },
 }
 
 pub(crate) async fn inspect(conn: &ConnArgs, c: InspectCmd) -> anyhow::Result<()> {
@@ -156,6 +182,22 @@ pub(crate) async fn inspect(conn: &ConnArgs, c: InspectCmd) -> anyhow::Result<()
                 out["configDump"] = client.get(&format!("/zones/{name}/config-dump")).await?;
             }
             print!("{}", serde_yaml::to_string(&out)?);
+        }
+        InspectCmd::Dataplane { name, mesh, output } => {
+            let v = client
+                .get(&format!("/meshes/{mesh}/dataplanes/{name}/inspect"))
+                .await?;
+            match output {
+                crate::ops::Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                crate::ops::Output::Yaml => print!("{}", serde_yaml::to_string(&v)?),
+                crate::ops::Output::Table => {
+                    let i: causeway_api::inspect::DataplaneInspection =
+                        serde_json::from_value(v).context("reading the inspection")?;
+                    let now_ms =
+                        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+                    print!("{}", crate::inspect::render(&i, now_ms));
+                }
+            }
         }
     }
     Ok(())

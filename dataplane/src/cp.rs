@@ -1,13 +1,16 @@
 //! The connection to the zone control plane: certificate signing (renewed before expiry)
-//! and the DDS stream that delivers configs. Both retry with backoff forever; the proxy
+//! and the DDS stream that delivers configs (and carries the proxy's ACKs, NACKs and
+//! reports back). Both retry with backoff forever; the proxy
 //! keeps running on its last config and certificate meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use causeway_api::inspect::ProxyReport;
 use causeway_api::kds::dds::dds_client::DdsClient;
 use causeway_api::kds::dds::{
-    ProxyAck, ProxyHello, ProxyMessage, ProxyNack, SignRequest, control_message, proxy_message,
+    ProxyAck, ProxyHello, ProxyMessage, ProxyNack, ProxyReport as DdsReport, SignRequest,
+    control_message, proxy_message,
 };
 use futures::StreamExt as _;
 use tokio::sync::{mpsc, watch};
@@ -120,10 +123,27 @@ impl ControlPlane {
     ) where
         T: serde::de::DeserializeOwned + Send + Sync + 'static,
     {
+        // Nothing to report: a channel that never changes.
+        let (_keep, reports) = watch::channel(None);
+        self.follow_config_reporting(registration, tx, reports)
+            .await
+    }
+
+    /// [`ControlPlane::follow_config`], and sends the zone each new [`ProxyReport`]
+    /// from `reports` (and the current one on every (re)connect), for `causeway
+    /// inspect dataplane`.
+    pub async fn follow_config_reporting<T>(
+        self,
+        registration: Registration,
+        tx: watch::Sender<Option<Arc<T>>>,
+        mut reports: watch::Receiver<Option<Arc<ProxyReport>>>,
+    ) where
+        T: serde::de::DeserializeOwned + Send + Sync + 'static,
+    {
         let mut backoff = Duration::from_millis(200);
         loop {
             let started = std::time::Instant::now();
-            match self.stream_once(&registration, &tx).await {
+            match self.stream_once(&registration, &tx, &mut reports).await {
                 Ok(()) => tracing::info!("DDS stream ended; reconnecting"),
                 Err(e) => {
                     tracing::warn!(error = %e, "DDS stream failed; keeping the last config and retrying")
@@ -141,6 +161,7 @@ impl ControlPlane {
         &self,
         registration: &Registration,
         tx: &watch::Sender<Option<Arc<T>>>,
+        reports: &mut watch::Receiver<Option<Arc<ProxyReport>>>,
     ) -> anyhow::Result<()>
     where
         T: serde::de::DeserializeOwned,
@@ -166,8 +187,33 @@ impl ControlPlane {
         }
         .map_err(|s| anyhow::anyhow!("{}", s.message()))?
         .into_inner();
-        while let Some(msg) = down.next().await {
-            let msg = msg.map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        // The zone forgets a proxy's report when its stream ends: send the current one
+        // on every new stream, then each change.
+        let mut reporting = true;
+        let current = reports.borrow_and_update().clone();
+        if let Some(r) = current {
+            up.send(report_message(&r)).await?;
+        }
+        loop {
+            let msg = tokio::select! {
+                msg = down.next() => match msg {
+                    Some(msg) => msg.map_err(|s| anyhow::anyhow!("{}", s.message()))?,
+                    None => break,
+                },
+                changed = reports.changed(), if reporting => {
+                    match changed {
+                        Ok(()) => {
+                            let current = reports.borrow_and_update().clone();
+                            if let Some(r) = current {
+                                up.send(report_message(&r)).await?;
+                            }
+                        }
+                        // The reporter is gone (shutting down): stop listening to it.
+                        Err(_) => reporting = false,
+                    }
+                    continue;
+                }
+            };
             let Some(control_message::Msg::Config(snap)) = msg.msg else {
                 continue;
             };
@@ -190,6 +236,14 @@ impl ControlPlane {
             up.send(ProxyMessage { msg: Some(reply) }).await?;
         }
         Ok(())
+    }
+}
+
+fn report_message(r: &ProxyReport) -> ProxyMessage {
+    ProxyMessage {
+        msg: Some(proxy_message::Msg::Report(DdsReport {
+            json: serde_json::to_vec(r).expect("reports serialize"),
+        })),
     }
 }
 

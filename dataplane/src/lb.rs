@@ -474,6 +474,73 @@ impl Balancer {
     }
 }
 
+// === reports (causeway inspect dataplane) ===
+
+impl EndpointState {
+    /// Its health as `causeway inspect dataplane` shows it, at `now` (the wall clock
+    /// at `now` is `now_unix_ms`). Only what changes rarely, so that a report differs
+    /// from the last one only when something happened.
+    fn report(
+        &self,
+        zone: &str,
+        checked: bool,
+        now: Instant,
+        now_unix_ms: i64,
+    ) -> causeway_api::inspect::EndpointReport {
+        use causeway_api::inspect::{Ejection, EndpointReport, HealthCheckState};
+        let failures = self.failures.load(Ordering::Relaxed);
+        let ejection = self
+            .ejected_until
+            .lock()
+            .expect("eject lock")
+            .filter(|until| *until > now)
+            .map(|until| Ejection {
+                // Rounded up to the second, so that one ejection reads the same in
+                // every report.
+                until: (now_unix_ms + until.duration_since(now).as_millis() as i64 + 999) / 1000,
+                reason: if failures > 0 {
+                    "failed connections".into()
+                } else {
+                    "outlier detection".into()
+                },
+            });
+        let health_check = checked.then(|| {
+            if self.actively_healthy() {
+                HealthCheckState::Passing
+            } else {
+                HealthCheckState::Failing
+            }
+        });
+        EndpointReport {
+            address: self.endpoint.address.clone(),
+            port: self.endpoint.port,
+            zone: zone.to_owned(),
+            sni: self.endpoint.sni.clone(),
+            healthy: ejection.is_none() && health_check != Some(HealthCheckState::Failing),
+            health_check,
+            ejection,
+            connect_failures: failures,
+            outlier_ejections: self.outlier_ejections.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Balancer {
+    /// Every endpoint's health, in priority order (see [`EndpointState::report`]).
+    pub(crate) fn report(
+        &self,
+        now: Instant,
+        now_unix_ms: i64,
+    ) -> Vec<causeway_api::inspect::EndpointReport> {
+        let checked = self.health_panic.is_some();
+        self.groups
+            .iter()
+            .flat_map(|(zone, g)| g.iter().map(move |e| (zone, e)))
+            .map(|(zone, e)| e.report(zone, checked, now, now_unix_ms))
+            .collect()
+    }
+}
+
 /// The endpoint at position `at` (modulo the total weight) when each takes as many
 /// positions as its weight.
 fn weighted<'a>(c: &[&'a Arc<EndpointState>], at: u64) -> Option<&'a Arc<EndpointState>> {
@@ -515,6 +582,55 @@ mod tests {
                 endpoints: vec![ep("b1")],
             },
         ]
+    }
+
+    #[test]
+    fn a_report_shows_each_endpoints_zone_health_and_ejection_and_reads_the_same_until_it_changes()
+    {
+        let b = Balancer::new(LoadBalancerType::RoundRobin, 50.0, &groups(), None)
+            .with_health_checks(50);
+        let now = Instant::now();
+        let healthy = b.report(now, 1_000_000);
+        assert_eq!(healthy.len(), 3);
+        assert_eq!(
+            healthy
+                .iter()
+                .map(|e| (e.address.as_str(), e.zone.as_str()))
+                .collect::<Vec<_>>(),
+            [("a1", "a"), ("a2", "a"), ("b1", "b")]
+        );
+        assert!(healthy.iter().all(|e| e.healthy && e.ejection.is_none()));
+        assert_eq!(
+            healthy[0].health_check,
+            Some(causeway_api::inspect::HealthCheckState::Passing)
+        );
+
+        b.groups[0].1[0].failed();
+        b.groups[0].1[1].set_actively_healthy(false);
+        let now = Instant::now();
+        let r = b.report(now, 1_000_000);
+        assert!(!r[0].healthy);
+        assert_eq!(r[0].connect_failures, 1);
+        let ejection = r[0]
+            .ejection
+            .clone()
+            .expect("ejected after a connect failure");
+        assert_eq!(ejection.reason, "failed connections");
+        assert_eq!(ejection.until, 1_001, "1 s after the failure, rounded up");
+        assert!(!r[1].healthy && r[1].ejection.is_none());
+        assert_eq!(
+            r[1].health_check,
+            Some(causeway_api::inspect::HealthCheckState::Failing)
+        );
+        // Sampled again a little later (the wall clock moved as much): the same report.
+        let later = now + Duration::from_millis(300);
+        assert_eq!(b.report(later, 1_000_300), r);
+        // Once the ejection is over, it is not shown any more.
+        assert!(
+            b.report(now + Duration::from_secs(2), 1_002_000)[0]
+                .ejection
+                .is_none()
+        );
     }
 
     #[test]

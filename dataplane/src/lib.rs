@@ -86,13 +86,15 @@ pub async fn run(cfg: DataplaneConfig, mut stop: watch::Receiver<bool>) -> anyho
     let (identity_tx, identity_rx) = watch::channel(None);
     let proxy = proxy::Proxy::new(config_rx, identity_rx);
     let json = serde_json::to_vec(&cfg.dataplane)?;
+    let (report_tx, report_rx) = watch::channel(None);
     let mut tasks = vec![
-        tokio::spawn(
-            cfg.cp
-                .clone()
-                .follow_config(cp::Registration::Dataplane(json), config_tx),
-        ),
+        tokio::spawn(cfg.cp.clone().follow_config_reporting(
+            cp::Registration::Dataplane(json),
+            config_tx,
+            report_rx,
+        )),
         tokio::spawn(proxy::run_listeners(proxy.clone(), stop.clone())),
+        tokio::spawn(proxy::report::keep_reporting(proxy.clone(), report_tx)),
     ];
     // The certificate is needed only with mTLS; ask for it once the config says so.
     let (p, c, name) = (proxy.clone(), cfg.cp.clone(), cfg.dataplane.name.clone());

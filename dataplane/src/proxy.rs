@@ -637,6 +637,7 @@ async fn pipe(
 
 mod inbound;
 mod outbound;
+pub(crate) mod report;
 
 use inbound::{InboundCaps, inbound_conn};
 use outbound::outbound_conn;

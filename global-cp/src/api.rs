@@ -159,6 +159,10 @@ pub(crate) fn router(state: ApiState) -> Router {
             "/meshes/{mesh}/dataplane-token",
             post(zones::create_dataplane_token),
         )
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/inspect",
+            get(zones::inspect_dataplane),
+        )
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
         .route(
             "/meshes/{mesh}/{plural}/{name}",

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use causeway_api::kds::kds_server::Kds;
 use causeway_api::kds::{
-    Ack, Change, ChangeSet, ConfigDumpRequest, EnrollRequest, EnrollResponse, GlobalMessage,
-    Heartbeat, IntermediateCa, IntermediateRequest, RenewRequest, RevokedCa, Trust, ZoneAck,
-    ZoneChangeSet, ZoneMessage, change, global_message, zone_message,
+    Ack, Change, ChangeSet, ConfigDump, ConfigDumpRequest, EnrollRequest, EnrollResponse,
+    GlobalMessage, Heartbeat, IntermediateCa, IntermediateRequest, RenewRequest, RevokedCa, Trust,
+    ZoneAck, ZoneChangeSet, ZoneMessage, change, global_message, zone_message,
 };
 use causeway_api::{Resource, ResourceKey};
 use causeway_pki::{CertKey, Profile};
@@ -62,8 +62,15 @@ impl Default for KdsSettings {
 struct LiveSession {
     session: u64,
     status: ZoneStatusRecord,
-    dump_tx: mpsc::Sender<oneshot::Sender<Vec<u8>>>,
+    dump_tx: mpsc::Sender<DumpRequest>,
 }
+
+/// A question relayed to a zone (its state, or a dataplane's inspection: see
+/// `ConfigDumpRequest`), and where its answer goes.
+type DumpRequest = (
+    Option<causeway_api::kds::ResourceKey>,
+    oneshot::Sender<ConfigDump>,
+);
 
 struct Inner {
     store: Store,
@@ -161,14 +168,24 @@ impl KdsService {
             .collect()
     }
 
-    /// Asks a zone connected to this node for its config dump.
-    pub(crate) async fn config_dump(&self, zone: &str) -> Option<Result<Vec<u8>, String>> {
+    /// Asks a zone connected to this node for its config dump, or with
+    /// `inspect_dataplane` for that dataplane's inspection; `None` when the zone is not
+    /// connected to this node.
+    pub(crate) async fn config_dump(
+        &self,
+        zone: &str,
+        inspect_dataplane: Option<&ResourceKey>,
+    ) -> Option<Result<ConfigDump, String>> {
         let tx = {
             let sessions = self.inner.sessions.lock().expect("sessions lock");
             sessions.get(zone)?.dump_tx.clone()
         };
         let (reply, rx) = oneshot::channel();
-        if tx.send(reply).await.is_err() {
+        if tx
+            .send((inspect_dataplane.map(Into::into), reply))
+            .await
+            .is_err()
+        {
             return Some(Err("the zone's session just ended; retry".into()));
         }
         Some(
@@ -343,7 +360,7 @@ struct Session {
     /// Chunks of a zone change set being received.
     incoming: Vec<Change>,
     incoming_full: bool,
-    pending_dumps: HashMap<u64, oneshot::Sender<Vec<u8>>>,
+    pending_dumps: HashMap<u64, oneshot::Sender<ConfigDump>>,
     next_dump: u64,
     /// Revision and kind (full or delta) of the last change set sent.
     last_sent: (u64, bool),
@@ -365,7 +382,7 @@ impl Session {
             .map_err(|_| End::Closed)
     }
 
-    fn register(&self, dump_tx: mpsc::Sender<oneshot::Sender<Vec<u8>>>) {
+    fn register(&self, dump_tx: mpsc::Sender<DumpRequest>) {
         let mut sessions = self.kds.inner.sessions.lock().expect("sessions lock");
         sessions.insert(
             self.zone.clone(),
@@ -389,7 +406,7 @@ impl Session {
     async fn run(
         mut self,
         mut inbound: Streaming<ZoneMessage>,
-        mut dump_rx: mpsc::Receiver<oneshot::Sender<Vec<u8>>>,
+        mut dump_rx: mpsc::Receiver<DumpRequest>,
         mut since: u64,
     ) -> Result<(), End> {
         let settings = self.kds.inner.settings.clone();
@@ -462,10 +479,10 @@ impl Session {
                         self.kds.propose_status(self.status.clone());
                     }
                 }
-                Some(reply) = dump_rx.recv() => {
+                Some((inspect_dataplane, reply)) = dump_rx.recv() => {
                     self.next_dump += 1;
                     self.pending_dumps.insert(self.next_dump, reply);
-                    self.send(global_message::Msg::ConfigDumpRequest(ConfigDumpRequest { id: self.next_dump })).await?;
+                    self.send(global_message::Msg::ConfigDumpRequest(ConfigDumpRequest { id: self.next_dump, inspect_dataplane })).await?;
                 }
             }
         }
@@ -517,7 +534,7 @@ impl Session {
             }
             zone_message::Msg::ConfigDump(d) => {
                 if let Some(reply) = self.pending_dumps.remove(&d.id) {
-                    let _ = reply.send(d.json);
+                    let _ = reply.send(d);
                 }
             }
         }

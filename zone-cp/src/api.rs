@@ -99,8 +99,9 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The JSON body of the error response.
+    fn body(self) -> Value {
         let errors = if self.errors.is_empty() {
             vec![FieldError {
                 field: self.field,
@@ -109,9 +110,13 @@ impl IntoResponse for ApiError {
         } else {
             self.errors
         };
-        let body =
-            json!({"status": self.status.as_u16(), "message": self.message, "errors": errors});
-        (self.status, Json(body)).into_response()
+        json!({"status": self.status.as_u16(), "message": self.message, "errors": errors})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body())).into_response()
     }
 }
 
@@ -144,6 +149,10 @@ pub(crate) async fn serve(
         .route("/status", get(status))
         .route("/sync", get(wait_sync))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
+        .route(
+            "/meshes/{mesh}/dataplanes/{name}/inspect",
+            get(inspect_dataplane),
+        )
         .route(
             "/meshes/{mesh}/{plural}/{name}",
             get(get_in_mesh).put(put_in_mesh).delete(delete_in_mesh),
@@ -521,4 +530,89 @@ async fn delete_in_mesh(
         .map_err(|e| local_error(t, &mesh, &name, e))?;
     st.shared.local_change(k, None);
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /meshes/{mesh}/dataplanes/{name}/inspect`: which policies matched the proxy per
+/// inbound, destination and route, what they merged to, the config computed for it,
+/// and what the proxy reported (ACK/NACK, certificate, endpoints). See
+/// [`crate::inspect`].
+async fn inspect_dataplane(
+    State(st): State<ApiState>,
+    Path((mesh, name)): Path<(String, String)>,
+) -> Response {
+    let (status, json) = inspect_answer(&st.shared, &mesh, &name);
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json,
+    )
+        .into_response()
+}
+
+/// The inspection of a dataplane as the API answers it (status and JSON body), for
+/// this API and for global, which relays the question over KDS.
+pub(crate) fn inspect_answer(shared: &Shared, mesh: &str, name: &str) -> (StatusCode, Vec<u8>) {
+    match inspection(shared, mesh, name) {
+        Ok(i) => (
+            StatusCode::OK,
+            serde_json::to_vec(&i).expect("inspections serialize"),
+        ),
+        Err(e) => (
+            e.status,
+            serde_json::to_vec(&e.body()).expect("errors serialize"),
+        ),
+    }
+}
+
+fn inspection(
+    shared: &Shared,
+    mesh: &str,
+    name: &str,
+) -> ApiResult<causeway_api::inspect::DataplaneInspection> {
+    let t = type_for("dataplanes", Scope::Mesh)?;
+    let zone = &shared.cfg.zone;
+    let dp = shared.store.get(&key(t, mesh, name))?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "name",
+            format!(
+                "Dataplane {name:?} not found in mesh {mesh:?} in zone {zone}: a dataplane is \
+                 known while its sidecar is connected; ask the zone it runs in \
+                 (`causeway get dataplanes -m {mesh}` on global lists them with their zone)"
+            ),
+        )
+    })?;
+    if let Some(origin) = dp.origin.as_deref()
+        && origin != zone
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "name",
+            format!(
+                "Dataplane {name:?} runs in zone {origin}; inspect it on that zone's control plane"
+            ),
+        ));
+    }
+    let inputs = crate::dds::mesh_inputs(shared, mesh)
+        .map_err(|s| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", s.message()))?;
+    let mut out = crate::inspect::inspect(&inputs, &dp);
+    let proxy = shared
+        .proxies
+        .lock()
+        .expect("proxies lock")
+        .get(&dp.key())
+        .cloned();
+    if let Some(p) = proxy {
+        let state = causeway_api::inspect::ProxyState {
+            connected_unix_ms: p.connected_unix_ms,
+            sent_version: p.sent_version,
+            ack: p.ack,
+            nack: p.nack,
+            certificate: None,
+            reported_unix_ms: p.reported_unix_ms,
+            report_error: p.report_error,
+        };
+        crate::inspect::attach_proxy(&mut out, state, p.report.as_ref());
+    }
+    Ok(out)
 }

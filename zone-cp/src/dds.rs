@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use causeway_api::inspect::{ConfigReply, ProxyReport};
 use causeway_api::kds::dds::dds_server::{Dds, DdsServer};
 use causeway_api::kds::dds::{
     ConfigSnapshot, ControlMessage, ProxyMessage, SignRequest, SignResponse, control_message,
@@ -32,12 +33,12 @@ fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// What the zone knows about a connected proxy, for `/status` and insight.
-#[derive(Debug, Clone, serde::Serialize)]
+/// What the zone knows about a connected proxy, for `/status`, insight and `inspect`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct ProxyStatus {
     pub(crate) mesh: String,
@@ -51,8 +52,20 @@ pub(crate) struct ProxyStatus {
     pub(crate) stream: u64,
     pub(crate) connected_unix_ms: i64,
     pub(crate) sent_version: Option<String>,
-    pub(crate) acked_version: Option<String>,
-    pub(crate) nack: Option<String>,
+    /// The last config it accepted.
+    pub(crate) ack: Option<ConfigReply>,
+    /// The last config it rejected and why, until it accepts a later one.
+    pub(crate) nack: Option<ConfigReply>,
+    /// What it last reported of itself (certificate, endpoints), for `inspect` only:
+    /// too big for `/status`.
+    #[serde(skip)]
+    pub(crate) report: Option<ProxyReport>,
+    /// When that report arrived, Unix ms; 0 if none yet.
+    #[serde(skip)]
+    pub(crate) reported_unix_ms: i64,
+    /// Why its last report could not be read.
+    #[serde(skip)]
+    pub(crate) report_error: Option<String>,
     /// Why the zone cannot compute this proxy's config now (it keeps the last one
     /// sent); cleared once it can.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -361,11 +374,7 @@ impl Dds for DdsService {
                 ingress: false,
                 stream: stream_id,
                 connected_unix_ms: now_ms(),
-                sent_version: None,
-                acked_version: None,
-                nack: None,
-                compute_error: None,
-                last_push_unix_ms: 0,
+                ..ProxyStatus::default()
             },
         );
         tracing::info!(dataplane = %key, "proxy connected");
@@ -415,11 +424,7 @@ impl Dds for DdsService {
                 ingress: true,
                 stream: stream_id,
                 connected_unix_ms: now_ms(),
-                sent_version: None,
-                acked_version: None,
-                nack: None,
-                compute_error: None,
-                last_push_unix_ms: 0,
+                ..ProxyStatus::default()
             },
         );
         tracing::info!(ingress = %key, token_id = %claims.id, ?peer, "zone ingress connected");
@@ -692,14 +697,31 @@ async fn next_event(
         msg = inbound.next() => match msg {
             Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Ack(a)) })) => {
                 update(shared, key, stream_id, |p| {
-                    p.acked_version = Some(a.version);
+                    p.ack = Some(ConfigReply { version: a.version, at_unix_ms: now_ms(), reason: None });
                     p.nack = None;
                 });
                 true
             }
             Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Nack(n)) })) => {
                 tracing::warn!(proxy = %key, version = %n.version, reason = %n.reason, "a proxy rejected its config");
-                update(shared, key, stream_id, |p| p.nack = Some(n.reason));
+                update(shared, key, stream_id, |p| {
+                    p.nack = Some(ConfigReply { version: n.version, at_unix_ms: now_ms(), reason: Some(n.reason) });
+                });
+                true
+            }
+            Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Report(r)) })) => {
+                let report = serde_json::from_slice::<ProxyReport>(&r.json);
+                update(shared, key, stream_id, |p| {
+                    p.reported_unix_ms = now_ms();
+                    match report {
+                        Ok(r) => {
+                            p.report = Some(r);
+                            p.report_error = None;
+                        }
+                        // A newer sidecar's report: keep the last readable one, say why.
+                        Err(e) => p.report_error = Some(e.to_string()),
+                    }
+                });
                 true
             }
             Some(Ok(_)) => true,

@@ -282,9 +282,21 @@ impl Stream {
                 self.shared.status.lock().expect("status lock").refused = a.refused;
             }
             global_message::Msg::ConfigDumpRequest(r) => {
-                let json = self.shared.config_dump();
+                let (status, json) = match &r.inspect_dataplane {
+                    None => (0, self.shared.config_dump()),
+                    // `causeway inspect dataplane` asked of global.
+                    Some(k) => {
+                        let (status, json) =
+                            crate::api::inspect_answer(&self.shared, &k.mesh, &k.name);
+                        (u32::from(status.as_u16()), json)
+                    }
+                };
                 self.send(zone_message::Msg::ConfigDump(
-                    causeway_api::kds::ConfigDump { id: r.id, json },
+                    causeway_api::kds::ConfigDump {
+                        id: r.id,
+                        json,
+                        status,
+                    },
                 ))
                 .await?;
             }

@@ -11,6 +11,7 @@ mod api;
 mod dds;
 mod drill;
 pub mod ingress;
+mod inspect;
 mod kds_client;
 pub mod proxy_config;
 pub mod store;

@@ -261,11 +261,67 @@ pub(super) async fn config_dump(
     headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     check_zone_name(&zone)?;
+    let path = format!("/zones/{zone}/config-dump");
+    relay_to_zone(&st, &zone, None, &path, &headers).await
+}
+
+/// `GET /meshes/{mesh}/dataplanes/{name}/inspect`: answered by the zone the dataplane
+/// runs in (it holds the proxy's stream and reports), relayed over its KDS stream as
+/// `config-dump` is; the answer is the zone API's, status included.
+pub(super) async fn inspect_dataplane(
+    State(st): State<ApiState>,
+    Path((mesh, name)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    let key = causeway_api::ResourceKey {
+        kind: "Dataplane".into(),
+        mesh: mesh.clone(),
+        name: name.clone(),
+    };
+    let dp = st.store.get(&key)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "name",
+            format!(
+                "Dataplane {name:?} not found in mesh {mesh:?}: a dataplane is known while its \
+                 sidecar is connected to its zone (`causeway get dataplanes -m {mesh}` lists them)"
+            ),
+        )
+    })?;
+    let zone = dp.origin.clone().filter(|o| o != "global").ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "name",
+            format!("Dataplane {name:?} has no zone; inspect it on its zone's control plane"),
+        )
+    })?;
+    let path = format!("/meshes/{mesh}/dataplanes/{name}/inspect");
+    relay_to_zone(&st, &zone, Some(&key), &path, &headers).await
+}
+
+/// Asks `zone` over its KDS stream (for its dump, or a dataplane's inspection), from
+/// this node or by forwarding `path` once to the node that serves the zone.
+async fn relay_to_zone(
+    st: &ApiState,
+    zone: &str,
+    inspect_dataplane: Option<&causeway_api::ResourceKey>,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+) -> ApiResult<Response> {
     if let Some(kds) = &st.kds
-        && let Some(result) = kds.config_dump(&zone).await
+        && let Some(result) = kds.config_dump(zone, inspect_dataplane).await
     {
         return match result {
-            Ok(json) => Ok(json_bytes(json)),
+            Ok(d) => {
+                let status = match d.status {
+                    0 => StatusCode::OK,
+                    s => u16::try_from(s)
+                        .ok()
+                        .and_then(|s| StatusCode::from_u16(s).ok())
+                        .unwrap_or(StatusCode::BAD_GATEWAY),
+                };
+                Ok(json_bytes(status, d.json))
+            }
             Err(e) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "", e)),
         };
     }
@@ -276,7 +332,7 @@ pub(super) async fn config_dump(
             format!("zone {zone:?} is not connected to any global node"),
         )
     };
-    let status = st.store.zone_status(&zone)?.ok_or_else(not_connected)?;
+    let status = st.store.zone_status(zone)?.ok_or_else(not_connected)?;
     let forwarded = headers.contains_key(FORWARDED_HEADER);
     if !status.connected || forwarded {
         return Err(not_connected());
@@ -293,7 +349,7 @@ pub(super) async fn config_dump(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let url = format!("https://{}/zones/{zone}/config-dump", node.api_addr);
+    let url = format!("https://{}{path}", node.api_addr);
     let forward = async {
         let tls = causeway_pki::client_config(&secrets.api_ca_cert_pem, None)
             .map_err(|e| e.to_string())?;
@@ -309,16 +365,18 @@ pub(super) async fn config_dump(
             .send()
             .await
             .map_err(|e| e.to_string())?;
-        let ok = resp.status().is_success();
+        let status = resp.status();
         let body = resp.bytes().await.map_err(|e| e.to_string())?;
-        if ok {
-            Ok(body.to_vec())
+        // An inspection's answer passes through whatever it is (the zone's 404 for a
+        // dataplane it does not know says so); a failed dump is this node's error.
+        if status.is_success() || inspect_dataplane.is_some() {
+            Ok((status, body.to_vec()))
         } else {
             Err(String::from_utf8_lossy(&body).into_owned())
         }
     };
     match forward.await {
-        Ok(json) => Ok(json_bytes(json)),
+        Ok((status, json)) => Ok(json_bytes(status, json)),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_GATEWAY,
             "",
@@ -333,9 +391,9 @@ pub(super) async fn config_dump(
 /// Marks a config-dump request one node forwarded to another.
 const FORWARDED_HEADER: &str = "x-causeway-forwarded";
 
-fn json_bytes(json: Vec<u8>) -> Response {
+fn json_bytes(status: StatusCode, json: Vec<u8>) -> Response {
     (
-        StatusCode::OK,
+        status,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
         json,
     )
