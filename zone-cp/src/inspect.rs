@@ -21,9 +21,9 @@ use serde_json::Value;
 use crate::proxy_config::{self, MeshInputs};
 
 /// The proxy as policy matching sees it: the same as `compute` builds (named and
-/// labelled, for policies that target Dataplanes).
+/// labelled, and its destinations' routes).
 fn matching_proxy(inputs: &MeshInputs, dataplane: &Resource, spec: &DataplaneSpec) -> Proxy {
-    Proxy::from_dataplane(spec, Some(&inputs.zone)).named(&dataplane.name, &dataplane.labels)
+    proxy_config::matching_proxy(inputs, dataplane, spec).0
 }
 
 /// What the policies of the mesh do to `dataplane` (a Dataplane of `inputs`' mesh),
@@ -311,6 +311,39 @@ mod tests {
         );
         assert!(out.unmatched.is_empty(), "{:?}", out.unmatched);
         assert!(out.proxy.is_none(), "no proxy side before attach_proxy");
+    }
+
+    /// A MeshTimeout for a MeshHTTPRoute shows on the destination the route routes,
+    /// under the route's name, merged over the destination's.
+    #[test]
+    fn a_policy_for_a_route_shows_under_the_route() {
+        let out = inspect(
+            &inputs(vec![
+                json!({"type": "MeshHTTPRoute", "mesh": "default", "name": "api", "spec": {
+                    "to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+                        {"matches": [{"path": {"type": "PathPrefix", "value": "/api"}}], "default": {}}]}]}}),
+                timeout("a-backend", "backend", json!({"connectionTimeout": "2s"})),
+                json!({"type": "MeshTimeout", "mesh": "default", "name": "api-timeout", "spec": {
+                    "targetRef": {"kind": "Mesh"},
+                    "to": [{"targetRef": {"kind": "MeshHTTPRoute", "name": "api"},
+                            "default": {"http": {"requestTimeout": "2s"}}}]}}),
+            ]),
+            &web(),
+        );
+        let backend = &out.outbounds[0];
+        let timeouts = backend
+            .policies
+            .iter()
+            .find(|k| k.kind == "MeshTimeout")
+            .expect("MeshTimeout on backend");
+        let route = timeouts.routes.get("api").expect("the route's entry");
+        assert_eq!(route.policies, ["a-backend", "api-timeout"]);
+        assert_eq!(route.conf["http"]["requestTimeout"], "2s");
+        assert_eq!(route.conf["connectionTimeout"], "2s");
+        assert!(
+            backend.policies.iter().any(|k| k.kind == "MeshHTTPRoute"),
+            "{backend:?}"
+        );
     }
 
     #[test]

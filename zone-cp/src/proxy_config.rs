@@ -174,6 +174,27 @@ pub(crate) fn caller_source(
     }
 }
 
+/// The proxy as policy matching sees it: named and labelled (for policies that target
+/// Dataplanes), and each destination with the MeshHTTPRoutes that route it, which
+/// per-route policies name; with the effective MeshHTTPRoute it took them from.
+pub(crate) fn matching_proxy(
+    inputs: &MeshInputs,
+    dataplane: &Resource,
+    spec: &DataplaneSpec,
+) -> (Proxy, EffectiveConfig) {
+    let mut proxy =
+        Proxy::from_dataplane(spec, Some(&inputs.zone)).named(&dataplane.name, &dataplane.labels);
+    let routes = mesh_http_route::effective(&policies_of(inputs, "MeshHTTPRoute"), &proxy);
+    for (ob, conf) in proxy.outbounds.iter_mut().zip(&routes.outbounds) {
+        ob.routes = conf
+            .conf
+            .as_ref()
+            .map(|m| m.policies.clone())
+            .unwrap_or_default();
+    }
+    (proxy, routes)
+}
+
 fn policies_of(inputs: &MeshInputs, kind: &str) -> Vec<Resource> {
     inputs
         .policies
@@ -195,22 +216,8 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     let trust_domain = mesh_spec.trust_domain_or(&mesh_name).to_string();
     let mtls = mesh_spec.mtls.as_ref().map_or(MtlsMode::Off, |m| m.mode);
     // Named and labelled, for policies that target Dataplanes (Kuma's current form).
-    let mut proxy =
-        Proxy::from_dataplane(&spec, Some(&inputs.zone)).named(&dataplane.name, &dataplane.labels);
-    // The MeshHTTPRoutes of each destination first: per-route policies name them.
     let http_route_policies = policies_of(inputs, "MeshHTTPRoute");
-    let http_routes_effective = mesh_http_route::effective(&http_route_policies, &proxy);
-    for (ob, conf) in proxy
-        .outbounds
-        .iter_mut()
-        .zip(&http_routes_effective.outbounds)
-    {
-        ob.routes = conf
-            .conf
-            .as_ref()
-            .map(|m| m.policies.clone())
-            .unwrap_or_default();
-    }
+    let (proxy, http_routes_effective) = matching_proxy(inputs, dataplane, &spec);
     let timeouts =
         mesh_timeout::configure(&policies_of(inputs, "MeshTimeout"), &proxy, &trust_domain)?;
     let faults = mesh_fault_injection::configure(

@@ -51,8 +51,14 @@ impl Proxy {
                         endpoints: b.report(now, now_ms),
                     });
                 }
-                for (i, backend) in ob.backends.iter().enumerate() {
-                    let Some((_, b)) = routes.get(&(ob.port, i)) else {
+                // Every route backend once (MeshTCPRoute's, MeshHTTPRoute's, mirrors).
+                let mut seen = std::collections::HashSet::new();
+                for backend in super::route_backends(ob) {
+                    let key = (ob.port, super::backend_key(backend));
+                    if !seen.insert(key.1.clone()) {
+                        continue;
+                    }
+                    let Some((_, b)) = routes.get(&key) else {
                         continue;
                     };
                     let tags: Vec<String> = backend
