@@ -8,6 +8,8 @@
 //! at first), with `?percent=N` for only N% of them at random (the rest 200), and with
 //! `?header=name:value` a header added to those answers, so tests can make an instance
 //! fail its calls, some of them, or ask for a retry. `GET /bytes/{n}` answers n bytes.
+//! `GET /ws` is a WebSocket that answers each text message with `<instance>: <text>`
+//! (and echoes binary ones), for tests of upgrades through the mesh.
 
 use std::net::SocketAddr;
 
@@ -91,6 +93,7 @@ pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
         .route("/healthz/{status}", axum::routing::post(set_healthz_status))
         .route("/answer/{status}", axum::routing::post(set_answer_status))
         .route("/bytes/{n}", axum::routing::get(bytes))
+        .route("/ws", axum::routing::get(websocket))
         .fallback(echo)
         .with_state(App {
             me,
@@ -102,6 +105,29 @@ pub(crate) async fn run(a: DemoAppArgs) -> anyhow::Result<()> {
         });
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+/// `GET /ws`: a WebSocket echo that names the instance in each text answer.
+async fn websocket(
+    State(app): State<App>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> axum::response::Response {
+    use axum::extract::ws::Message;
+    let instance = app.me["instance"].as_str().unwrap_or("").to_owned();
+    ws.on_upgrade(move |mut socket| async move {
+        while let Some(Ok(msg)) = socket.recv().await {
+            let answer = match msg {
+                Message::Text(t) => Message::Text(format!("{instance}: {}", t.as_str()).into()),
+                Message::Binary(b) => Message::Binary(b),
+                Message::Close(_) => break,
+                // Pings are answered by the library.
+                _ => continue,
+            };
+            if socket.send(answer).await.is_err() {
+                break;
+            }
+        }
+    })
 }
 
 /// `GET /bytes/{n}`: `n` bytes (at most 16 MiB), for tests of large answers.

@@ -76,6 +76,11 @@ impl App {
         })
     }
 
+    /// The application's address and port.
+    pub(crate) fn address(&self) -> (&str, u16) {
+        (&self.address, self.port)
+    }
+
     /// Whether this pool reaches `address:port`.
     pub(crate) fn is(&self, address: &str, port: u16) -> bool {
         self.port == port && self.address == address

@@ -31,6 +31,7 @@ mod replay;
 mod retry;
 mod route;
 mod timeout;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

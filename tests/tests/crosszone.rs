@@ -1258,3 +1258,43 @@ async fn dark_zone(quic: bool) -> anyhow::Result<()> {
     .await?;
     Ok(())
 }
+
+/// WebSockets across zones: web in zone-a opens WebSockets to backend, whose calls go
+/// round robin to its instance in zone-a and its instance in zone-b (through zone-b's
+/// ingress, which passes the mTLS through). Each is answered by the instance it landed
+/// on, with messages both ways, so some cross the zones: over TCP, then over QUIC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_crosses_zones_through_the_ingress() -> anyhow::Result<()> {
+    websocket_across_zones(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_quic_a_websocket_crosses_zones_through_the_ingress() -> anyhow::Result<()> {
+    websocket_across_zones(true).await
+}
+
+async fn websocket_across_zones(quic: bool) -> anyhow::Result<()> {
+    use causeway_tests::websocket;
+    let s = SpreadBackend::start(quic).await?;
+    let mut instances = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        let mut ws = websocket::open(s.out, "/ws").await?;
+        let answer = websocket::echo(&mut ws, &format!("hello {i}")).await?;
+        let (instance, text) = answer
+            .split_once(": ")
+            .with_context(|| format!("answer {answer:?}"))?;
+        assert_eq!(text, format!("hello {i}"));
+        // The same instance answers for the whole of its WebSocket.
+        for j in 0..5 {
+            let again = websocket::echo(&mut ws, &format!("more {j}")).await?;
+            assert_eq!(again, format!("{instance}: more {j}"));
+        }
+        instances.insert(instance.to_string());
+    }
+    assert_eq!(
+        instances,
+        ["a1", "b1"].map(String::from).into_iter().collect(),
+        "both zones answered"
+    );
+    Ok(())
+}

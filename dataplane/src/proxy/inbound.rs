@@ -220,7 +220,9 @@ pub(super) async fn inbound_conn(
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(d);
     }
-    let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), svc));
+    // With upgrades: a WebSocket from another sidecar is tunnelled (crate::upgrade).
+    let mut served =
+        std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc));
     tokio::select! {
         r = served.as_mut() => return r.map_err(|e| anyhow::anyhow!("{e}")),
         () = drain => served.as_mut().graceful_shutdown(),
@@ -254,6 +256,8 @@ struct Prepared {
     h2: bool,
     exchange: Exchange,
     connect_timeout: Duration,
+    /// The caller's idle timeout (for a tunnel after an upgrade).
+    idle: Option<Duration>,
 }
 
 /// Authorizes a request and shapes it for the application. Not async: its locals
@@ -349,6 +353,7 @@ fn inbound_prepare(
         h2,
         exchange: Exchange::start(ib.timeouts_for(conn.peer.as_ref()), started),
         connect_timeout: ib.timeouts_for(conn.peer.as_ref()).connect.as_std(),
+        idle: timeout::on(ib.timeouts_for(conn.peer.as_ref()).idle),
     })
 }
 
@@ -370,17 +375,30 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
             }
         },
     };
+    // An upgrade (a WebSocket): the protocol asked for, and the caller's side of it.
+    let (mut parts, body) = req.into_parts();
+    let upgrade = crate::upgrade::requested(&parts)
+        .zip(parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
+    let req = http::Request::from_parts(parts, body);
     let Prepared {
         app,
         faults,
-        req,
+        mut req,
         h2,
         exchange,
         connect_timeout,
+        idle,
     } = match inbound_prepare(conn, req, started) {
         Ok(prepared) => prepared,
         Err(e) => return answer_error(stats, started, e),
     };
+    if let Some((protocol, caller)) = upgrade
+        && !h2
+    {
+        crate::upgrade::keep(req.headers_mut(), protocol);
+        let plan = (faults, exchange, connect_timeout, idle);
+        return inbound_upgrade(conn, &app, req, caller, plan, started).await;
+    }
     // Boxed: the exchange's state would be most of this future's size, and the
     // connection moves the future (into its set of requests) before polling it. The
     // request timeout's timer lives in the same box.
@@ -414,6 +432,61 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
         }
         Err(e) => answer_error(stats, started, e),
     }
+}
+
+/// An upgrade (see [`crate::upgrade`]): the request goes to the application on a
+/// connection of its own; a 101 answer splices the caller's connection to it until
+/// either closes or it is idle for the caller's idle timeout.
+async fn inbound_upgrade(
+    conn: &InboundConn,
+    app: &App,
+    req: http::Request<Body>,
+    caller: hyper::upgrade::OnUpgrade,
+    (faults, exchange, connect_timeout, idle): (fault::Plan, Exchange, Duration, Option<Duration>),
+    started: Instant,
+) -> http::Response<Body> {
+    let stats = &conn.stats;
+    let sent = exchange
+        .head(async {
+            inject(faults).await?;
+            let (address, port) = app.address();
+            let tcp = crate::http::tcp_connect(address, port, connect_timeout)
+                .await
+                .map_err(|e| ProxyError::AppUnreachable(e.to_string()))?;
+            crate::upgrade::send(tcp, req)
+                .await
+                .map_err(|e| ProxyError::AppFailed(e.to_string()))
+        })
+        .await;
+    let (resp, upgraded) = match sent {
+        Ok(sent) => sent,
+        Err(e) => return answer_error(stats, started, e),
+    };
+    stats.record(resp.status().as_u16(), started.elapsed());
+    let Some(app_side) = upgraded else {
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        return http::Response::from_parts(parts, exchange.body(body));
+    };
+    let proxy = conn.proxy.clone();
+    let service = conn.service.clone();
+    let peer = peer_service(conn.peer.as_ref()).to_owned();
+    tokio::spawn(async move {
+        match caller.await {
+            Ok(caller) => {
+                let (caller, app_side) = (TokioIo::new(caller), TokioIo::new(app_side));
+                if let Err(e) =
+                    pipe(&proxy, "inbound", &service, &peer, caller, app_side, idle).await
+                {
+                    tracing::debug!(%service, error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => {
+                tracing::info!(%service, error = %e, "the caller's side of an upgrade failed")
+            }
+        }
+    });
+    resp
 }
 
 /// MeshFaultInjection before the application: the delay drawn, then the abort drawn

@@ -79,7 +79,8 @@ pub(super) async fn outbound_conn(
     let (io, clock) = timeout::watch(tcp, idle);
     let drain = timeout::drain_when(std::future::pending(), None, clock, idle);
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let mut served = std::pin::pin!(builder.serve_connection(TokioIo::new(io), svc));
+    // With upgrades: a WebSocket from the application is tunnelled (crate::upgrade).
+    let mut served = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
     tokio::select! {
         r = served.as_mut() => return r.map_err(|e| anyhow::anyhow!("{e}")),
         () = drain => served.as_mut().graceful_shutdown(),
@@ -101,6 +102,9 @@ async fn outbound_request(
         return answer_error(stats, started, ProxyError::ListenerRemoved("outbound"));
     };
     let (mut parts, body) = req.into_parts();
+    // An upgrade (a WebSocket): the protocol asked for, and the caller's side of it.
+    let upgrade = crate::upgrade::requested(&parts)
+        .zip(parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
     // HTTP/2 upstream: an absolute target, its authority from Host (HTTP/1.1 callers).
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
     if let Some(host) = parts.headers.get(http::header::HOST) {
@@ -139,7 +143,13 @@ async fn outbound_request(
             proxy.metrics.routed(&ob.service, &route.name, "redirect");
             return redirect_answer(redirect);
         }
-        mirror = mirror_of(route);
+        if upgrade.is_none() {
+            mirror = mirror_of(route);
+        }
+    }
+    if let Some((protocol, _)) = &upgrade {
+        crate::upgrade::keep(&mut parts.headers, protocol.clone());
+        parts.version = http::Version::HTTP_11;
     }
     let mut body = boxed(body);
     // The copy for a mirror: the head now, the body once the request has sent it.
@@ -182,6 +192,10 @@ async fn outbound_request(
     }
     .unwrap_or((&target.retry, b.retry_headers()));
     let exchange = Exchange::start(timeouts, started);
+    if let Some((_, caller)) = upgrade {
+        let to = (target, &*b);
+        return outbound_upgrade(proxy, &cfg, ob, to, req, caller, exchange, stats, started).await;
+    }
     let result = exchange
         .head(outbound_exchange(
             proxy,
@@ -208,6 +222,96 @@ async fn outbound_request(
         }
         Err(e) => answer_error(stats, started, e),
     }
+}
+
+/// An upgrade (see [`crate::upgrade`]): the request goes to an endpoint of `target`
+/// on a connection of its own, HTTP/1.1 over mTLS; a 101 answer splices the caller's
+/// connection to it until either closes or it is idle for the destination's idle
+/// timeout.
+#[allow(clippy::too_many_arguments)]
+async fn outbound_upgrade(
+    proxy: &Arc<Proxy>,
+    cfg: &ProxyConfig,
+    ob: &OutboundListener,
+    (target, b): (&OutboundListener, &Balancer),
+    req: http::Request<Body>,
+    caller: hyper::upgrade::OnUpgrade,
+    exchange: Exchange,
+    stats: &HttpStats,
+    started: Instant,
+) -> http::Response<Body> {
+    // HTTP/1.1 to the next sidecar: origin-form target, the authority in Host.
+    let (mut parts, body) = req.into_parts();
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    if let Some(a) = uri.authority.take()
+        && let Ok(host) = http::HeaderValue::from_str(a.as_str())
+    {
+        parts.headers.insert(http::header::HOST, host);
+    }
+    uri.scheme = None;
+    parts.uri = http::Uri::from_parts(uri).unwrap_or_default();
+    let req = http::Request::from_parts(parts, body);
+    let service = &target.service;
+    let sent = exchange
+        .head(async {
+            let ep = b.pick(&[]).ok_or_else(|| ProxyError::NoEndpoint {
+                service: service.clone(),
+                reason: "no endpoint is available".into(),
+            })?;
+            let dial = proxy
+                .dial(cfg, target, &ep, crate::upgrade::ALPN_HTTP1)
+                .ok_or(ProxyError::NoCertificate)?;
+            let io = match crate::http::connect(&dial).await {
+                Ok(io) => {
+                    ep.succeeded();
+                    io
+                }
+                Err(e) => {
+                    ep.failed();
+                    return Err(ProxyError::NoEndpoint {
+                        service: service.clone(),
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            crate::upgrade::send(io, req)
+                .await
+                .map_err(|e| ProxyError::Upstream {
+                    service: service.clone(),
+                    error: e.into(),
+                })
+        })
+        .await;
+    let (resp, upgraded) = match sent {
+        Ok(sent) => sent,
+        Err(e) => return answer_error(stats, started, e),
+    };
+    stats.record(resp.status().as_u16(), started.elapsed());
+    let Some(up) = upgraded else {
+        let (parts, body) = resp.into_parts();
+        return http::Response::from_parts(parts, exchange.body(body));
+    };
+    let own = cfg
+        .inbounds
+        .first()
+        .map(|i| i.service.clone())
+        .unwrap_or_default();
+    let (proxy, service) = (proxy.clone(), target.service.clone());
+    let idle = timeout::on(ob.timeouts.idle);
+    tokio::spawn(async move {
+        match caller.await {
+            Ok(down) => {
+                let (down, up) = (TokioIo::new(down), TokioIo::new(up));
+                if let Err(e) = pipe(&proxy, "outbound", &service, &own, down, up, idle).await {
+                    tracing::debug!(%service, error = %e, "upgraded connection ended");
+                }
+            }
+            Err(e) => {
+                tracing::info!(%service, error = %e, "the application's side of an upgrade failed")
+            }
+        }
+    });
+    resp
 }
 
 /// A route's redirect, answered by the proxy.
