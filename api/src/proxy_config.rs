@@ -282,6 +282,10 @@ pub struct OutboundListener {
         skip_serializing_if = "is_default_ewma_decay"
     )]
     pub ewma_decay: Duration,
+    /// RingHash: how requests are hashed onto the endpoints' ring (set exactly when
+    /// `loadBalancer` is `RingHash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ring_hash: Option<RingHashConfig>,
     /// Endpoints in priority order: this zone's first, then other zones in failover
     /// order. The proxy uses the first group whose healthy share is at least
     /// `failoverThreshold`; below it, that group's healthy endpoints and the next
@@ -423,6 +427,19 @@ pub enum PathRewrite {
         matched: String,
         replacement: String,
     },
+}
+
+/// A RingHash balancer's settings, over the built-in defaults (XXHash, a ring of 1024
+/// to 8388608 entries).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RingHashConfig {
+    pub hash_function: crate::HashFunction,
+    pub min_ring_size: u32,
+    pub max_ring_size: u32,
+    /// What a request's key is made of, in order (none: a random key, no stickiness).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash_policies: Vec<crate::HashPolicy>,
 }
 
 /// One backend of a routed destination: a service, or its endpoints with some tags.

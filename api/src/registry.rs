@@ -258,20 +258,10 @@ const HTTP_ROUTE_UNENFORCED: &[Unenforced] = &[
 ];
 
 /// MeshLoadBalancingStrategy: the balancers and settings the proxies lack so far.
-const LOAD_BALANCING_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "to[].default.loadBalancer.type=RingHash",
-        reason: "endpoints are picked at random; no key sticks to an endpoint yet.",
-    },
-    Unenforced {
-        path: "to[].default.loadBalancer.ringHash",
-        reason: "there is no ring-hash balancer yet.",
-    },
-    Unenforced {
-        path: "to[].default.localityAwareness.localZone",
-        reason: "endpoints of the local zone are not weighted by affinity tags yet.",
-    },
-];
+const LOAD_BALANCING_UNENFORCED: &[Unenforced] = &[Unenforced {
+    path: "to[].default.localityAwareness.localZone",
+    reason: "endpoints of the local zone are not weighted by affinity tags yet.",
+}];
 
 /// Every type, one line each. Adding a type: write its module (spec struct plus
 /// `validate_spec`) and add its line here.

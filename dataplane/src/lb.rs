@@ -163,6 +163,8 @@ pub(crate) struct Balancer {
     retry_budget: Arc<Budget>,
     /// MeshRetry's retriable request and response headers, compiled.
     retry_headers: HeaderRules,
+    /// RingHash: the endpoints on their ring (indexes into the list beside it).
+    ring: Option<(crate::hash::Ring, Vec<Arc<EndpointState>>)>,
 }
 
 impl Balancer {
@@ -210,7 +212,35 @@ impl Balancer {
             next_judgement: Mutex::new(None),
             retry_budget: Arc::new(Budget::new(Retry::default_policy().budget)),
             retry_headers: HeaderRules::default(),
+            ring: None,
         }
+    }
+
+    /// RingHash: places the endpoints on a ring (see [`crate::hash`]), so a keyed pick
+    /// ([`Balancer::pick_keyed`]) sticks.
+    pub(crate) fn with_ring(
+        mut self,
+        cfg: &causeway_api::proxy_config::RingHashConfig,
+    ) -> Balancer {
+        let endpoints: Vec<Arc<EndpointState>> = self.endpoints().cloned().collect();
+        // An endpoint's identity on the ring: its address, and the SNI that names it
+        // behind another zone's ingress.
+        let ids: Vec<(String, u32)> = endpoints
+            .iter()
+            .map(|e| {
+                let ep = &e.endpoint;
+                let id = format!(
+                    "{}:{}/{}",
+                    ep.address,
+                    ep.port,
+                    ep.sni.as_deref().unwrap_or("")
+                );
+                (id, ep.weight)
+            })
+            .collect();
+        let ring = crate::hash::Ring::new(cfg, ids.iter().map(|(id, w)| (id.as_str(), *w)));
+        self.ring = Some((ring, endpoints));
+        self
     }
 
     /// MeshLoadBalancingStrategy's `leastRequest.choiceCount` and `peakEwma.decayTime`
@@ -407,6 +437,16 @@ impl Balancer {
     /// (healthy endpoints only) until one meets it. When every endpoint is ejected,
     /// tries them anyway (better a retry than nothing).
     pub(crate) fn pick(&self, exclude: &[Arc<EndpointState>]) -> Option<Arc<EndpointState>> {
+        self.pick_keyed(exclude, None)
+    }
+
+    /// [`Balancer::pick`] for a request with a RingHash key: among the endpoints the
+    /// pick would consider, the one the key lands on in the ring.
+    pub(crate) fn pick_keyed(
+        &self,
+        exclude: &[Arc<EndpointState>],
+        key: Option<u64>,
+    ) -> Option<Arc<EndpointState>> {
         let now = Instant::now();
         let excluded = |e: &Arc<EndpointState>| exclude.iter().any(|x| Arc::ptr_eq(x, e));
         let checks_count = self.checks_count();
@@ -425,11 +465,26 @@ impl Balancer {
                 break;
             }
         }
-        if let Some(e) = self.choose(&candidates) {
+        if let Some(e) = self.choose_keyed(&candidates, key) {
             return Some(e.clone());
         }
         let all: Vec<&Arc<EndpointState>> = self.endpoints().filter(|e| !excluded(e)).collect();
-        self.choose(&all).cloned()
+        self.choose_keyed(&all, key).cloned()
+    }
+
+    /// With a key and a ring, the candidate the key lands on; else [`Self::choose`].
+    fn choose_keyed<'a>(
+        &self,
+        c: &[&'a Arc<EndpointState>],
+        key: Option<u64>,
+    ) -> Option<&'a Arc<EndpointState>> {
+        if let (Some(key), Some((ring, on_ring))) = (key, &self.ring) {
+            let takes = |i: usize| c.iter().any(|e| Arc::ptr_eq(e, &on_ring[i]));
+            if let Some(i) = ring.pick(key, takes) {
+                return c.iter().find(|e| Arc::ptr_eq(e, &on_ring[i])).copied();
+            }
+        }
+        self.choose(c)
     }
 
     fn choose<'a>(&self, c: &[&'a Arc<EndpointState>]) -> Option<&'a Arc<EndpointState>> {

@@ -15,6 +15,7 @@ pub mod cli;
 pub mod cp;
 mod error;
 mod fault;
+mod hash;
 mod header_match;
 mod health_check;
 mod http;

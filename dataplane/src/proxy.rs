@@ -501,6 +501,9 @@ fn new_balancer(ob: &OutboundListener, old: Option<&Balancer>) -> Balancer {
     if let Some(cb) = &ob.circuit_breaker {
         b = b.with_circuit_breaker(cb);
     }
+    if let Some(ring) = &ob.ring_hash {
+        b = b.with_ring(ring);
+    }
     // The budget's window survives config updates, whatever their settings: it counts
     // the destination's traffic.
     let budget = match old {

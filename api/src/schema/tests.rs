@@ -162,15 +162,16 @@ fn explain_table() {
         (
             "MeshLoadBalancingStrategy.spec.to.default.loadBalancer",
             &[
-                "  ringHash\t<Object> -not enforced yet-",
+                "  ringHash\t<Object>\n",
                 "  peakEwma\t<Object>\n",
-                "  type\t<string> -required- -partly enforced-",
+                "ENFORCED: yes\n",
             ],
         ),
         (
-            "MeshLoadBalancingStrategy.spec.to.default.loadBalancer.ringHash.hashPolicies",
+            "MeshLoadBalancingStrategy.spec.to.default.localityAwareness",
             &[
-                "ENFORCED: partly; not yet:\n    spec.to[].default.loadBalancer.ringHash: there is no ring-hash balancer yet.",
+                "ENFORCED: partly; not yet:\n    spec.to[].default.localityAwareness.localZone: endpoints of the local zone are not weighted by affinity tags yet.",
+                "  localZone\t<Object> -not enforced yet-",
             ],
         ),
     ];

@@ -40,9 +40,19 @@ pub(super) async fn outbound_conn(
                 ob.service
             );
         };
+        // RingHash: a connection has only its source address to key it by.
+        let key = ob.ring_hash.as_ref().and_then(|ring| {
+            let none = http::HeaderMap::new();
+            let offered = crate::hash::Request {
+                headers: &none,
+                query: None,
+                source: tcp.peer_addr().ok().map(|a| a.ip()),
+            };
+            crate::hash::request_key(ring, &offered, String::new).key
+        });
         let mut tried = Vec::new();
         for _ in 0..ob.retry.tcp_connect_attempts.max(1) {
-            let Some(ep) = b.pick(&tried).or_else(|| b.pick(&[])) else {
+            let Some(ep) = b.pick_keyed(&tried, key).or_else(|| b.pick(&[])) else {
                 break;
             };
             tried.push(ep.clone());
@@ -68,10 +78,14 @@ pub(super) async fn outbound_conn(
     }
     let p = proxy.clone();
     let stats = proxy.metrics.http("outbound", &ob.service, &own);
+    let source = tcp.peer_addr().ok().map(|a| a.ip());
     let svc = hyper::service::service_fn(move |req| {
         let p = p.clone();
         let stats = stats.clone();
-        async move { Ok::<_, std::convert::Infallible>(outbound_request(&p, port, &stats, req).await) }
+        async move {
+            let answer = outbound_request(&p, (port, source), &stats, req).await;
+            Ok::<_, std::convert::Infallible>(answer)
+        }
     });
     // Idle: no byte either way between the application and us for that long drains the
     // connection (closes it, or GOAWAY for an HTTP/2 application).
@@ -90,7 +104,7 @@ pub(super) async fn outbound_conn(
 
 async fn outbound_request(
     proxy: &Arc<Proxy>,
-    port: u16,
+    (port, source): (u16, Option<std::net::IpAddr>),
     stats: &HttpStats,
     req: http::Request<Incoming>,
 ) -> http::Response<Body> {
@@ -191,9 +205,19 @@ async fn outbound_request(
         _ => None,
     }
     .unwrap_or((&target.retry, b.retry_headers()));
+    // RingHash: the request's key (a cookie made up for it goes on the answer).
+    let keyed = target.ring_hash.as_ref().map(|ring| {
+        let offered = crate::hash::Request {
+            headers: req.headers(),
+            query: req.uri().query(),
+            source,
+        };
+        crate::hash::request_key(ring, &offered, || format!("{:016x}", rand::random::<u64>()))
+    });
+    let (key, set_cookie) = keyed.map_or((None, None), |k| (k.key, k.set_cookie));
     let exchange = Exchange::start(timeouts, started);
     if let Some((_, caller)) = upgrade {
-        let to = (target, &*b);
+        let to = (target, &*b, key);
         return outbound_upgrade(proxy, &cfg, ob, to, req, caller, exchange, stats, started).await;
     }
     let result = exchange
@@ -204,7 +228,7 @@ async fn outbound_request(
             &b,
             retry,
             req,
-            probe,
+            (probe, key),
             exchange.deadline(),
         ))
         .await;
@@ -216,6 +240,9 @@ async fn outbound_request(
             let (mut parts, body) = r.into_parts();
             if let Some((route, _)) = route {
                 crate::route::apply_response(route, &mut parts.headers);
+            }
+            if let Some(cookie) = set_cookie.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
+                parts.headers.append(http::header::SET_COOKIE, cookie);
             }
             stats.record(parts.status.as_u16(), started.elapsed());
             http::Response::from_parts(parts, exchange.body(body))
@@ -233,7 +260,7 @@ async fn outbound_upgrade(
     proxy: &Arc<Proxy>,
     cfg: &ProxyConfig,
     ob: &OutboundListener,
-    (target, b): (&OutboundListener, &Balancer),
+    (target, b, key): (&OutboundListener, &Balancer, Option<u64>),
     req: http::Request<Body>,
     caller: hyper::upgrade::OnUpgrade,
     exchange: Exchange,
@@ -254,10 +281,12 @@ async fn outbound_upgrade(
     let service = &target.service;
     let sent = exchange
         .head(async {
-            let ep = b.pick(&[]).ok_or_else(|| ProxyError::NoEndpoint {
-                service: service.clone(),
-                reason: "no endpoint is available".into(),
-            })?;
+            let ep = b
+                .pick_keyed(&[], key)
+                .ok_or_else(|| ProxyError::NoEndpoint {
+                    service: service.clone(),
+                    reason: "no endpoint is available".into(),
+                })?;
             let dial = proxy
                 .dial(cfg, target, &ep, crate::upgrade::ALPN_HTTP1)
                 .ok_or(ProxyError::NoCertificate)?;
@@ -372,7 +401,9 @@ fn send_mirror(
         *req.version_mut() = http::Version::HTTP_2;
         *req.headers_mut() = headers;
         let mut tried = Vec::new();
-        let send = send_once(&proxy, &cfg, &target, &b, req, false, &mut tried, None);
+        let send = send_once(
+            &proxy, &cfg, &target, &b, req, false, &mut tried, None, None,
+        );
         let answered = match timeout::on(limit) {
             Some(limit) => tokio::time::timeout(limit, send).await.ok(),
             None => Some(send.await),
@@ -428,7 +459,7 @@ async fn outbound_exchange(
     b: &Arc<Balancer>,
     (retry, retry_headers): (&Retry, &retry::HeaderRules),
     req: http::Request<Body>,
-    probe: bool,
+    (probe, key): (bool, Option<u64>),
     deadline: Option<Instant>,
 ) -> Result<http::Response<Body>, ProxyError> {
     let _admitted = b.admit_request().map_err(|max| ProxyError::Overflow {
@@ -444,7 +475,7 @@ async fn outbound_exchange(
     budget.deposit(Instant::now());
     let mut tried = Vec::new();
     if retries == 0 {
-        return send_once(proxy, cfg, ob, b, req, probe, &mut tried, None)
+        return send_once(proxy, cfg, ob, b, req, probe, &mut tried, None, key)
             .await
             .map_err(TryFailure::error);
     }
@@ -471,6 +502,7 @@ async fn outbound_exchange(
             probe,
             &mut tried,
             policy.per_try_timeout(),
+            key,
         )
         .await;
         drop(permit.take());
@@ -555,6 +587,7 @@ async fn send_once(
     probe: bool,
     tried: &mut Vec<Arc<EndpointState>>,
     per_try: Option<Duration>,
+    key: Option<u64>,
 ) -> Result<http::Response<Body>, TryFailure> {
     // Every endpoint tried already (a retry): any may take it again.
     if !tried.is_empty() && b.pick(tried).is_none() {
@@ -566,7 +599,7 @@ async fn send_once(
     let mut probed: Option<Arc<EndpointState>> = None;
     let mut deferred = false;
     for _ in 0..=CONNECT_ATTEMPTS {
-        let Some(ep) = b.pick(tried).or_else(|| probed.take()) else {
+        let Some(ep) = b.pick_keyed(tried, key).or_else(|| probed.take()) else {
             break;
         };
         if !deferred && ep.on_probation() && !ep.pool.has_live() {

@@ -67,6 +67,24 @@ impl Balancing {
             .unwrap_or(causeway_api::Duration::from_secs(10))
     }
 
+    /// The ring's settings, when the balancer is `RingHash`.
+    pub(crate) fn ring_hash(&self) -> Option<causeway_api::proxy_config::RingHashConfig> {
+        let lb = self.conf.load_balancer.as_ref()?;
+        if lb.kind != LoadBalancerType::RingHash {
+            return None;
+        }
+        let rh = lb.ring_hash.clone().unwrap_or_default();
+        let min = rh.min_ring_size.unwrap_or(1024);
+        Some(causeway_api::proxy_config::RingHashConfig {
+            hash_function: rh
+                .hash_function
+                .unwrap_or(causeway_api::HashFunction::XxHash),
+            min_ring_size: min,
+            max_ring_size: rh.max_ring_size.unwrap_or(8_388_608).max(min),
+            hash_policies: rh.hash_policies,
+        })
+    }
+
     /// `crossZone.failoverThreshold` in percent; 50 by default.
     pub(crate) fn failover_threshold(&self) -> f64 {
         self.conf
