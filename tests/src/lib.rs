@@ -717,6 +717,36 @@ impl Proc {
         Ok(p)
     }
 
+    /// Starts `causeway demo-app` as instance `instance` of `service` in `zone`, on
+    /// `listen` (a TCP echo with `tcp`), logging to `<dir>/<instance>.log`.
+    pub fn demo_app(
+        dir: &Path,
+        zone: &str,
+        instance: &str,
+        service: &str,
+        listen: SocketAddr,
+        tcp: bool,
+    ) -> anyhow::Result<Proc> {
+        let mut args: Vec<String> = [
+            "demo-app",
+            "--listen",
+            &listen.to_string(),
+            "--service",
+            service,
+            "--zone",
+            zone,
+            "--instance",
+            instance,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if tcp {
+            args.push("--tcp".into());
+        }
+        Proc::start(dir, instance, &args)
+    }
+
     /// Starts it again (after `kill`), with the same arguments.
     pub fn restart(&self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new()

@@ -1,20 +1,25 @@
 //! A one-zone mesh for sidecar tests: a global control plane node, a zone control plane
 //! with a DDS address, and helpers that start demo apps and sidecars (`causeway
 //! dataplane`) with their tokens. Everything it starts lives in the cluster's temporary
-//! directory and is killed on drop.
+//! directory and is killed on drop. Also the Dataplane resources those tests register,
+//! and readers of the demo apps' answers.
 //!
-//! The same shape as the fixture at the top of `tests/tests/dataplane.rs`, which can move
-//! here.
+//! Used by `tests/tests/dataplane.rs`, `inspect.rs` and `resilience.rs`.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::{GlobalCluster, Proc, ZoneCp, admin_ready, eventually, free_addr, put};
+use crate::{
+    GlobalCluster, Proc, ZoneCp, admin_metric, admin_ready, causeway_bin, eventually, free_addr,
+    plain_http, put,
+};
 
 /// How long the helpers wait for a process or a config to come.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -108,24 +113,7 @@ impl MeshFixture {
         listen: SocketAddr,
         tcp: bool,
     ) -> anyhow::Result<Proc> {
-        let mut args: Vec<String> = [
-            "demo-app",
-            "--listen",
-            &listen.to_string(),
-            "--service",
-            service,
-            "--zone",
-            "zone-a",
-            "--instance",
-            name,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if tcp {
-            args.push("--tcp".into());
-        }
-        Proc::start(&self.dir, name, &args)
+        Proc::demo_app(&self.dir, "zone-a", name, service, listen, tcp)
     }
 
     /// Puts the MeshTrafficPermission `name`: `action` for `from` calling `to`.
@@ -233,6 +221,24 @@ impl MeshFixture {
         let (p, admin) = self.sidecar("web", dp).await?;
         Ok((p, admin, out))
     }
+
+    /// Runs the CLI against the zone's API (not global's, as [`GlobalCluster::cli`]
+    /// does): whether it succeeded, its stdout and its stderr.
+    pub fn zone_cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let token = std::fs::read_to_string(self.zone.dir.join("admin-token"))?;
+        let out = Command::new(causeway_bin())
+            .args(args)
+            .env("CAUSEWAY_ADDR", format!("https://{}", self.zone.api))
+            .env("CAUSEWAY_TOKEN", token.trim())
+            .env("CAUSEWAY_CA_FILE", self.zone.dir.join("api-ca.pem"))
+            .env("CAUSEWAY_CONFIG", self.dir.join("zone-cli-config.yaml"))
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
 }
 
 /// A Dataplane on 127.0.0.1: one inbound (`inbound` in front of the app on `app`,
@@ -250,4 +256,80 @@ pub fn dataplane(
         "inbound": [{"port": inbound, "servicePort": app, "service": service, "protocol": protocol}],
         "outbound": outbound.iter().map(|(p, s)| json!({"port": p, "service": s})).collect::<Vec<_>>(),
     }})
+}
+
+/// A Dataplane on 127.0.0.1 with one HTTP inbound (on a free port, in front of the app
+/// on `app`) carrying `tags` (a subset a route or a policy can pick), and no outbounds.
+pub fn tagged_dataplane(name: &str, service: &str, app: u16, tags: Value) -> Value {
+    json!({"type": "Dataplane", "mesh": "default", "name": name, "spec": {
+        "address": "127.0.0.1",
+        "inbound": [{"port": free_addr().port(), "servicePort": app, "service": service,
+                     "protocol": "http", "tags": tags}],
+    }})
+}
+
+/// A set of instance names, to compare with [`answering`].
+pub fn instances(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+/// The instances that answer `n` calls through the outbound `out` with a success:
+/// the `instance` of a demo app's JSON answer, or the whole body of another app's.
+/// `None` when a call cannot be made.
+pub async fn answering(out: u16, n: usize) -> Option<BTreeSet<String>> {
+    let http = plain_http();
+    let mut seen = BTreeSet::new();
+    for _ in 0..n {
+        let r = http
+            .get(format!("http://127.0.0.1:{out}/"))
+            .send()
+            .await
+            .ok()?;
+        if !r.status().is_success() {
+            continue;
+        }
+        let text = r.text().await.ok()?;
+        let name = match serde_json::from_str::<Value>(&text) {
+            Ok(v) => v["instance"].as_str()?.to_string(),
+            Err(_) => text,
+        };
+        seen.insert(name);
+    }
+    Some(seen)
+}
+
+/// The demo-app instance that answered a call, or an error with the status when it was
+/// not a success.
+pub async fn answered_by(req: reqwest::RequestBuilder) -> anyhow::Result<String> {
+    let r = req.send().await?;
+    anyhow::ensure!(r.status().is_success(), "answered {}", r.status());
+    let v: Value = r.json().await?;
+    v["instance"]
+        .as_str()
+        .map(String::from)
+        .context("an instance in the answer")
+}
+
+/// How many of `n` calls through the outbound `out` are not answered with a success.
+/// `None` when a call cannot be made.
+pub async fn failures(out: u16, n: usize) -> Option<usize> {
+    let http = plain_http();
+    let mut failed = 0;
+    for _ in 0..n {
+        let r = http
+            .get(format!("http://127.0.0.1:{out}/"))
+            .send()
+            .await
+            .ok()?;
+        failed += usize::from(!r.status().is_success());
+    }
+    Some(failed)
+}
+
+/// How many times the sidecar on `admin` has ejected an endpoint of `service` (its
+/// circuit breaker's `ejected` events).
+pub async fn ejections(http: &reqwest::Client, admin: SocketAddr, service: &str) -> f64 {
+    let series =
+        format!("causeway_circuit_breaker_events_total{{service=\"{service}\",event=\"ejected\"}}");
+    admin_metric(http, admin, &series).await
 }

@@ -102,21 +102,8 @@ impl Mesh {
     /// A demo app reporting `instance` in `zone`.
     fn app(&self, zone: &str, instance: &str, service: &str) -> anyhow::Result<(Proc, u16)> {
         let listen = free_addr();
-        let args: Vec<String> = [
-            "demo-app",
-            "--listen",
-            &listen.to_string(),
-            "--service",
-            service,
-            "--zone",
-            zone,
-            "--instance",
-            instance,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        Ok((Proc::start(&self.dir, instance, &args)?, listen.port()))
+        let app = Proc::demo_app(&self.dir, zone, instance, service, listen, false)?;
+        Ok((app, listen.port()))
     }
 
     /// A sidecar in `zone` for `name` (inbound of `service` to `app_port` when given,

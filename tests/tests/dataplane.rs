@@ -2,194 +2,20 @@
 //! zone control plane over DDS, traffic over mutual TLS between them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use causeway_tests::{
-    GlobalCluster, Proc, ZoneCp, admin_config, admin_metric, admin_ready, eventually, free_addr,
-    plain_http, put,
+use causeway_tests::mesh::{
+    MeshFixture, WAIT, answered_by, answering, dataplane, ejections, failures, instances,
+    tagged_dataplane,
 };
+use causeway_tests::{Proc, admin_config, admin_metric, eventually, free_addr, plain_http, put};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-struct Fixture {
-    _keys: tempfile::TempDir,
-    c: GlobalCluster,
-    zone: ZoneCp,
-    dds: SocketAddr,
-    dir: PathBuf,
-}
-
-fn allow(name: &str, from: &str, to: &str, action: &str) -> Value {
-    json!({"type": "MeshTrafficPermission", "mesh": "default", "name": name,
-           "spec": {"targetRef": {"kind": "MeshService", "name": to},
-                    "from": [{"targetRef": {"kind": "MeshService", "name": from},
-                              "default": {"action": action}}]}})
-}
-
-impl Fixture {
-    async fn new(mesh_spec: Value) -> anyhow::Result<Fixture> {
-        // Mesh CA keys sealed at rest under a secrets key, as in production.
-        let keys = tempfile::tempdir()?;
-        let key_file = keys.path().join("secrets.key");
-        std::fs::write(&key_file, "11".repeat(32))?;
-        let key_arg = key_file.display().to_string();
-        let c = GlobalCluster::start(
-            1,
-            &["--kds-heartbeat", "500ms", "--secrets-key-file", &key_arg],
-        )
-        .await?;
-        put(
-            &c,
-            "/meshes/default",
-            &json!({"type": "Mesh", "name": "default", "spec": mesh_spec}),
-        )
-        .await?;
-        let dds = free_addr();
-        let zone = ZoneCp::new(
-            &c,
-            "zone-a",
-            c.kds_urls_from(0),
-            &["--dds-addr", &dds.to_string(), "--dataplane-grace", "3s"],
-        )
-        .await?;
-        zone.start()?;
-        let needs_ca = mesh_spec_has_mtls(&c).await;
-        eventually("the zone's intermediate CA", WAIT, || async {
-            let s = zone.status().await.ok()?;
-            (!needs_ca || s["intermediates"][0]["mesh"] == "default").then_some(())
-        })
-        .await
-        .with_context(|| zone.logs())?;
-        let dir = c.tmp.path().to_path_buf();
-        Ok(Fixture {
-            _keys: keys,
-            c,
-            zone,
-            dds,
-            dir,
-        })
-    }
-
-    async fn token(&self, service: &str) -> anyhow::Result<PathBuf> {
-        let (s, v) = self
-            .c
-            .call_retry(
-                Method::POST,
-                "/meshes/default/dataplane-token",
-                Some(&json!({"service": service})),
-            )
-            .await?;
-        anyhow::ensure!(s == StatusCode::CREATED, "{s} {v}");
-        let path = self
-            .dir
-            .join(format!("{service}-{}.token", free_addr().port()));
-        std::fs::write(&path, v["token"].as_str().context("token")?)?;
-        Ok(path)
-    }
-
-    fn app(
-        &self,
-        name: &str,
-        service: &str,
-        listen: SocketAddr,
-        tcp: bool,
-    ) -> anyhow::Result<Proc> {
-        let mut args: Vec<String> = [
-            "demo-app",
-            "--listen",
-            &listen.to_string(),
-            "--service",
-            service,
-            "--zone",
-            "zone-a",
-            "--instance",
-            name,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        if tcp {
-            args.push("--tcp".into());
-        }
-        Proc::start(&self.dir, name, &args)
-    }
-
-    /// A "web" sidecar with one outbound to `service`: the sidecar, its admin address
-    /// and the outbound port.
-    async fn web_calling(&self, service: &str) -> anyhow::Result<(Proc, SocketAddr, u16)> {
-        let out = free_addr().port();
-        let dp = dataplane(
-            "web-1",
-            "web",
-            free_addr().port(),
-            free_addr().port(),
-            "http",
-            &[(out, service)],
-        );
-        let (p, admin) = self.sidecar("web", dp).await?;
-        Ok((p, admin, out))
-    }
-
-    /// Puts the MeshTrafficPermission `name`: `action` for `from` calling `to`.
-    async fn permit(&self, name: &str, from: &str, to: &str, action: &str) -> anyhow::Result<()> {
-        let path = format!("/meshes/default/meshtrafficpermissions/{name}");
-        put(&self.c, &path, &allow(name, from, to, action)).await
-    }
-
-    /// Starts a sidecar for `dataplane` (a Dataplane resource); returns it and its admin address.
-    async fn sidecar(&self, service: &str, dataplane: Value) -> anyhow::Result<(Proc, SocketAddr)> {
-        let name = dataplane["name"].as_str().context("name")?.to_string();
-        let admin = free_addr();
-        let file = self.dir.join(format!("{name}.json"));
-        std::fs::write(&file, serde_json::to_vec(&dataplane)?)?;
-        let token = self.token(service).await?;
-        let args: Vec<String> = vec![
-            "dataplane".into(),
-            "--cp".into(),
-            format!("https://{}", self.dds),
-            "--cp-ca-file".into(),
-            self.zone.dir.join("api-ca.pem").display().to_string(),
-            "--token-file".into(),
-            token.display().to_string(),
-            "--dataplane-file".into(),
-            file.display().to_string(),
-            "--admin-addr".into(),
-            admin.to_string(),
-            "--drain-seconds".into(),
-            "5".into(),
-        ];
-        let p = Proc::start(&self.dir, &format!("sidecar-{name}"), &args)?;
-        admin_ready(&format!("sidecar {name}"), admin, &p).await?;
-        Ok((p, admin))
-    }
-}
-
-async fn mesh_spec_has_mtls(c: &GlobalCluster) -> bool {
-    matches!(c.call_retry(Method::GET, "/meshes/default", None).await, Ok((_, v)) if v["spec"]["mtls"].is_object())
-}
-
-fn dataplane(
-    name: &str,
-    service: &str,
-    inbound: u16,
-    app: u16,
-    protocol: &str,
-    outbound: &[(u16, &str)],
-) -> Value {
-    json!({"type": "Dataplane", "mesh": "default", "name": name, "spec": {
-        "address": "127.0.0.1",
-        "inbound": [{"port": inbound, "servicePort": app, "service": service, "protocol": protocol}],
-        "outbound": outbound.iter().map(|(p, s)| json!({"port": p, "service": s})).collect::<Vec<_>>(),
-    }})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_and_tcp_over_mtls_with_permissions_enforced_by_identity() -> anyhow::Result<()> {
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     fx.permit("web-to-backend", "web", "backend", "Allow")
         .await?;
     fx.permit("web-to-echo", "web", "echo", "Allow").await?;
@@ -365,7 +191,7 @@ async fn http_and_tcp_over_mtls_with_permissions_enforced_by_identity() -> anyho
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn endpoints_come_and_go_and_traffic_survives_the_zone_control_plane() -> anyhow::Result<()> {
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     put(&fx.c, "/meshes/default/meshtrafficpermissions/all", &json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "all",
         "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}})).await?;
     let (app1, app2) = (free_addr(), free_addr());
@@ -488,7 +314,7 @@ async fn endpoints_come_and_go_and_traffic_survives_the_zone_control_plane() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_rotate_under_traffic_without_failed_requests() -> anyhow::Result<()> {
     // 1-minute certificates renewed at 10%: a new certificate every 6 seconds.
-    let fx = Fixture::new(
+    let fx = MeshFixture::start(
         json!({"mtls": {"mode": "Strict"}, "certificateTtl": "1m", "certificateRenewAt": "10%"}),
     )
     .await?;
@@ -560,7 +386,7 @@ async fn certificates_rotate_under_traffic_without_failed_requests() -> anyhow::
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_for_one_service_cannot_serve_another() -> anyhow::Result<()> {
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     let token = fx.token("web").await?;
     let file = fx.dir.join("evil.json");
     std::fs::write(
@@ -649,7 +475,7 @@ impl causeway_api::kds::dds::dds_server::Dds for EchoGrpc {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()> {
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     fx.permit("web-to-grpc", "web", "signer", "Allow").await?;
     let app = free_addr();
     let server = tokio::spawn(
@@ -715,7 +541,7 @@ async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
 -> anyhow::Result<()> {
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     fx.permit("web-to-backend", "web", "backend", "Allow")
         .await?;
     let app = free_addr();
@@ -741,38 +567,10 @@ async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
     .await?;
 
     // A "web" certificate under the zone's current intermediate, held by the test.
-    let token = std::fs::read_to_string(fx.token("web").await?)?;
-    let csr = causeway_pki::generate_csr("test")?;
-    let ca_pem = std::fs::read_to_string(fx.zone.dir.join("api-ca.pem"))?;
-    let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", fx.dds))?
-        .tls_config(
-            tonic::transport::ClientTlsConfig::new()
-                .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
-        )?
-        .connect()
-        .await?;
-    let signed = causeway_api::kds::dds::dds_client::DdsClient::new(ch)
-        .sign(causeway_api::kds::dds::SignRequest {
-            token,
-            csr_pem: csr.csr_pem,
-            ..Default::default()
-        })
-        .await?
-        .into_inner();
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(
-            causeway_tests::AcceptAnyServerForTest(provider),
-        ))
-        .with_client_auth_cert(
-            causeway_pki::certs(&signed.cert_chain_pem, "chain")?,
-            causeway_pki::key(&csr.key_pem, "key")?,
-        )?;
+    let tls = fx.workload_tls("web", b"http/1.1").await?;
     let holder = || {
         reqwest::Client::builder()
-            .use_preconfigured_tls(tls.clone())
+            .use_preconfigured_tls((*tls).clone())
             .timeout(Duration::from_secs(5))
             .pool_max_idle_per_host(0)
             .build()
@@ -837,7 +635,7 @@ async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_open_connections_then_exits() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     fx.permit("web-to-echo", "web", "echo", "Allow").await?;
     let app = free_addr();
     let _e = fx.app("echo-app", "echo", app, true)?;
@@ -891,7 +689,7 @@ async fn sigterm_drains_open_connections_then_exits() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_sidecar_sends_callers_elsewhere_without_a_failed_request() -> anyhow::Result<()>
 {
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     fx.permit("web-to-backend", "web", "backend", "Allow")
         .await?;
     let (app1, app2) = (free_addr(), free_addr());
@@ -1063,7 +861,7 @@ async fn slow_app(
 
 /// `slow` (a [`slow_app`] behind its sidecar) and web calling it, in a Strict mesh.
 struct SlowService {
-    fx: Fixture,
+    fx: MeshFixture,
     web_admin: SocketAddr,
     /// slow's sidecar.
     slow_admin: SocketAddr,
@@ -1077,7 +875,7 @@ struct SlowService {
 
 impl SlowService {
     async fn start(delay: Duration) -> anyhow::Result<SlowService> {
-        let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+        let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
         fx.permit("web-to-slow", "web", "slow", "Allow").await?;
         let (app, cancelled, arrived) = slow_app(delay).await?;
         let dp = dataplane(
@@ -1201,7 +999,7 @@ async fn a_mesh_timeout_cuts_a_slow_answer_with_504_and_the_application_sees_the
 /// wins over it at once; removing the deny lets web in again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spiffe_rules_allow_by_prefix_and_a_deny_wins() -> anyhow::Result<()> {
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     let rules = |name: &str, list: &str, kind: &str, value: &str| {
         json!({"type": "MeshTrafficPermission", "mesh": "default", "name": name,
                "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
@@ -1266,7 +1064,7 @@ async fn spiffe_rules_allow_by_prefix_and_a_deny_wins() -> anyhow::Result<()> {
 /// backend with two instances (backend-1 and backend-2, each an app and a sidecar),
 /// balanced round robin, and web calling it.
 struct TwoBackends {
-    fx: Fixture,
+    fx: MeshFixture,
     /// The apps' own addresses, to change how they answer.
     apps: Vec<SocketAddr>,
     web_admin: SocketAddr,
@@ -1276,7 +1074,7 @@ struct TwoBackends {
 
 impl TwoBackends {
     async fn start() -> anyhow::Result<TwoBackends> {
-        let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+        let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
         fx.permit("web-to-backend", "web", "backend", "Allow")
             .await?;
         // Round robin, so both instances take calls whatever their latency.
@@ -1317,21 +1115,7 @@ impl TwoBackends {
 
     /// The instances that answer 20 calls with a success.
     async fn answering(&self) -> Option<std::collections::BTreeSet<String>> {
-        let http = plain_http();
-        let mut seen = std::collections::BTreeSet::new();
-        for _ in 0..20 {
-            let r = http
-                .get(format!("http://127.0.0.1:{}/", self.out))
-                .send()
-                .await
-                .ok()?;
-            if !r.status().is_success() {
-                continue;
-            }
-            let v: Value = r.json().await.ok()?;
-            seen.insert(v["instance"].as_str()?.to_string());
-        }
-        Some(seen)
+        answering(self.out, 20).await
     }
 
     /// Sets what backend-2's app answers: `POST /{what}/{status}` (`healthz` for its
@@ -1364,10 +1148,6 @@ impl TwoBackends {
         })
         .await
     }
-}
-
-fn instances(names: &[&str]) -> std::collections::BTreeSet<String> {
-    names.iter().map(|n| n.to_string()).collect()
 }
 
 /// MeshHealthCheck, enforced: backend has two instances, both serving; the second's
@@ -1452,27 +1232,10 @@ async fn consecutive_5xx_eject_an_endpoint_until_its_ejection_ends() -> anyhow::
     // Ejected: 20 calls in a row all answered by backend-1 (within one ejection, 1 s,
     // or a later, longer one).
     eventually("backend-2 ejected after three 500s", WAIT, || async {
-        let mut ok = 0;
-        for _ in 0..20 {
-            let r = http
-                .get(format!("http://127.0.0.1:{}/", two.out))
-                .send()
-                .await
-                .ok()?;
-            ok += usize::from(r.status().is_success());
-        }
-        (ok == 20).then_some(())
+        (failures(two.out, 20).await? == 0).then_some(())
     })
     .await?;
-    assert!(
-        admin_metric(
-            &http,
-            two.web_admin,
-            "causeway_circuit_breaker_events_total{service=\"backend\",event=\"ejected\"}"
-        )
-        .await
-            >= 1.0
-    );
+    assert!(ejections(&http, two.web_admin, "backend").await >= 1.0);
     assert_eq!(two.answering().await.context("calls")?, only_first);
     // Healthy again: back after its ejection.
     two.set_second("answer", 200).await?;
@@ -1767,29 +1530,10 @@ async fn a_share_of_failures_over_an_interval_ejects_an_endpoint() -> anyhow::Re
     eventually(
         "backend-2 ejected for its share of failures",
         WAIT,
-        || async {
-            let mut ok = 0;
-            for _ in 0..20 {
-                let r = http
-                    .get(format!("http://127.0.0.1:{}/", two.out))
-                    .send()
-                    .await
-                    .ok()?;
-                ok += usize::from(r.status().is_success());
-            }
-            (ok == 20).then_some(())
-        },
+        || async { (failures(two.out, 20).await? == 0).then_some(()) },
     )
     .await?;
-    assert!(
-        admin_metric(
-            &http,
-            two.web_admin,
-            "causeway_circuit_breaker_events_total{service=\"backend\",event=\"ejected\"}"
-        )
-        .await
-            >= 1.0
-    );
+    assert!(ejections(&http, two.web_admin, "backend").await >= 1.0);
     Ok(())
 }
 
@@ -2133,7 +1877,7 @@ async fn echoes(out: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_health_check_takes_out_an_instance_whose_application_is_gone() -> anyhow::Result<()>
 {
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     fx.permit("web-to-db", "web", "db", "Allow").await?;
     put(&fx.c, "/meshes/default/meshloadbalancingstrategies/rr", &json!({
         "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "rr",
@@ -2206,7 +1950,7 @@ async fn a_tcp_health_check_takes_out_an_instance_whose_application_is_gone() ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_tcp_connection_is_closed_at_its_idle_timeout() -> anyhow::Result<()> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     fx.permit("web-to-db", "web", "db", "Allow").await?;
     let app = free_addr();
     let _app = fx.app("db-1", "db", app, true)?;
@@ -2319,7 +2063,7 @@ async fn a_stalled_body_is_cut_at_its_stream_idle_timeout_and_max_stream_duratio
 /// reach the replica, whose identity the mTLS handshake checks; before it, all reach db.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_route_splits_connections_between_backends_by_weight() -> anyhow::Result<()> {
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     fx.permit("web-to-db", "web", "db", "Allow").await?;
     fx.permit("web-to-replica", "web", "db-replica", "Allow")
         .await?;
@@ -2417,26 +2161,6 @@ async fn a_shadow_deny_lets_calls_in_and_counts_them() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A Dataplane whose one inbound has `tags` (a subset a route can pick).
-fn tagged_dataplane(name: &str, service: &str, app: u16, tags: Value) -> Value {
-    json!({"type": "Dataplane", "mesh": "default", "name": name, "spec": {
-        "address": "127.0.0.1",
-        "inbound": [{"port": free_addr().port(), "servicePort": app, "service": service,
-                     "protocol": "http", "tags": tags}],
-    }})
-}
-
-/// The instance that answered a call, or the status when it was not a success.
-async fn answered_by(req: reqwest::RequestBuilder) -> anyhow::Result<String> {
-    let r = req.send().await?;
-    anyhow::ensure!(r.status().is_success(), "answered {}", r.status());
-    let v: Value = r.json().await?;
-    v["instance"]
-        .as_str()
-        .map(String::from)
-        .context("an instance in the answer")
-}
-
 /// MeshHTTPRoute, enforced: backend has a v1 and a v2 instance, told apart by their
 /// `version` tag. A canary route sends 90% of `/api` to v1 and 10% to v2, measured over
 /// 5,000 calls within 2 points; the beta channel (`x-beta: true` on `/api`, a more
@@ -2445,7 +2169,7 @@ async fn answered_by(req: reqwest::RequestBuilder) -> anyhow::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_canary_route_splits_90_10_and_a_header_picks_the_beta_subset() -> anyhow::Result<()> {
     use futures::StreamExt as _;
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     fx.permit("web-to-backend", "web", "backend", "Allow")
         .await?;
     // Round robin: without routes, calls alternate between the versions.
@@ -2543,7 +2267,7 @@ async fn a_canary_route_splits_90_10_and_a_header_picks_the_beta_subset() -> any
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_filters_rewrite_redirect_and_mirror_and_a_route_has_its_own_timeout()
 -> anyhow::Result<()> {
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     fx.permit("web-to-backend", "web", "backend", "Allow")
         .await?;
     fx.permit("web-to-slow", "web", "slow", "Allow").await?;
@@ -2743,7 +2467,7 @@ async fn route_filters_rewrite_redirect_and_mirror_and_a_route_has_its_own_timeo
 /// tags in the certificate the Deny would not match, and web-v2 would get in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mesh_subset_deny_denies_the_callers_with_its_tags() -> anyhow::Result<()> {
-    let fx = Fixture::new(json!({"mtls": {"mode": "Strict"}})).await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     let permission = |deny: bool| {
         let mut from = vec![json!({"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}})];
         if deny {

@@ -4,160 +4,19 @@
 //! ejection; a NACK from a proxy that rejects its config; the same answer relayed by
 //! global; and an unknown dataplane named in a 404.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use causeway_tests::{
-    GlobalCluster, Proc, ZoneCp, admin_ready, causeway_bin, eventually, free_addr, plain_http, put,
-};
-use reqwest::{Method, StatusCode};
+use causeway_tests::mesh::{MeshFixture, WAIT, dataplane};
+use causeway_tests::{eventually, free_addr, plain_http, put};
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(30);
-
-/// One global node, mesh `default` with strict mTLS, zone `zone-a` with DDS.
-/// (A smaller twin of `dataplane.rs`'s fixture.)
-struct Fixture {
-    _keys: tempfile::TempDir,
-    c: GlobalCluster,
-    zone: ZoneCp,
-    dds: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Fixture {
-    async fn new() -> anyhow::Result<Fixture> {
-        let keys = tempfile::tempdir()?;
-        let key_file = keys.path().join("secrets.key");
-        std::fs::write(&key_file, "11".repeat(32))?;
-        let key_arg = key_file.display().to_string();
-        let c = GlobalCluster::start(
-            1,
-            &["--kds-heartbeat", "500ms", "--secrets-key-file", &key_arg],
-        )
-        .await?;
-        put(
-            &c,
-            "/meshes/default",
-            &json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"mode": "Strict"}}}),
-        )
-        .await?;
-        let dds = free_addr();
-        let zone = ZoneCp::new(
-            &c,
-            "zone-a",
-            c.kds_urls_from(0),
-            &["--dds-addr", &dds.to_string()],
-        )
-        .await?;
-        zone.start()?;
-        eventually("the zone's intermediate CA", WAIT, || async {
-            let s = zone.status().await.ok()?;
-            (s["intermediates"][0]["mesh"] == "default").then_some(())
-        })
-        .await
-        .with_context(|| zone.logs())?;
-        let dir = c.tmp.path().to_path_buf();
-        Ok(Fixture {
-            _keys: keys,
-            c,
-            zone,
-            dds,
-            dir,
-        })
-    }
-
-    async fn token(&self, service: &str) -> anyhow::Result<String> {
-        let (s, v) = self
-            .c
-            .call_retry(
-                Method::POST,
-                "/meshes/default/dataplane-token",
-                Some(&json!({"service": service})),
-            )
-            .await?;
-        anyhow::ensure!(s == StatusCode::CREATED, "{s} {v}");
-        Ok(v["token"].as_str().context("token")?.to_string())
-    }
-
-    fn app(&self, name: &str, service: &str, listen: SocketAddr) -> anyhow::Result<Proc> {
-        let args: Vec<String> = [
-            "demo-app",
-            "--listen",
-            &listen.to_string(),
-            "--service",
-            service,
-            "--zone",
-            "zone-a",
-            "--instance",
-            name,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        Proc::start(&self.dir, name, &args)
-    }
-
-    async fn sidecar(&self, service: &str, dataplane: Value) -> anyhow::Result<Proc> {
-        let name = dataplane["name"].as_str().context("name")?.to_string();
-        let admin = free_addr();
-        let file = self.dir.join(format!("{name}.json"));
-        std::fs::write(&file, serde_json::to_vec(&dataplane)?)?;
-        let token = self.dir.join(format!("{name}.token"));
-        std::fs::write(&token, self.token(service).await?)?;
-        let args: Vec<String> = vec![
-            "dataplane".into(),
-            "--cp".into(),
-            format!("https://{}", self.dds),
-            "--cp-ca-file".into(),
-            self.zone.dir.join("api-ca.pem").display().to_string(),
-            "--token-file".into(),
-            token.display().to_string(),
-            "--dataplane-file".into(),
-            file.display().to_string(),
-            "--admin-addr".into(),
-            admin.to_string(),
-        ];
-        let p = Proc::start(&self.dir, &format!("sidecar-{name}"), &args)?;
-        admin_ready(&format!("sidecar {name}"), admin, &p).await?;
-        Ok(p)
-    }
-
-    /// The CLI pointed at the zone's API.
-    fn zone_cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-        let token = std::fs::read_to_string(self.zone.dir.join("admin-token"))?;
-        let out = Command::new(causeway_bin())
-            .args(args)
-            .env("CAUSEWAY_ADDR", format!("https://{}", self.zone.api))
-            .env("CAUSEWAY_TOKEN", token.trim())
-            .env("CAUSEWAY_CA_FILE", self.zone.dir.join("api-ca.pem"))
-            .env("CAUSEWAY_CONFIG", self.dir.join("zone-cli-config.yaml"))
-            .output()?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
-    }
-
-    /// `causeway inspect dataplane NAME -o json` on the zone.
-    fn inspect_json(&self, name: &str) -> Option<Value> {
-        let (ok, out, _) = self
-            .zone_cli(&["inspect", "dataplane", name, "-o", "json"])
-            .ok()?;
-        ok.then(|| serde_json::from_str(&out).ok()).flatten()
-    }
-}
-
-fn dataplane(name: &str, service: &str, inbound: u16, app: u16, outbound: &[(u16, &str)]) -> Value {
-    json!({"type": "Dataplane", "mesh": "default", "name": name, "spec": {
-        "address": "127.0.0.1",
-        "inbound": [{"port": inbound, "servicePort": app, "service": service, "protocol": "http"}],
-        "outbound": outbound.iter().map(|(p, s)| json!({"port": p, "service": s})).collect::<Vec<_>>(),
-    }})
+/// `causeway inspect dataplane NAME -o json` on the zone.
+fn inspect_json(fx: &MeshFixture, name: &str) -> Option<Value> {
+    let (ok, out, _) = fx
+        .zone_cli(&["inspect", "dataplane", name, "-o", "json"])
+        .ok()?;
+    ok.then(|| serde_json::from_str(&out).ok()).flatten()
 }
 
 /// The outbound of `inspection` to `service`.
@@ -185,16 +44,9 @@ fn merged<'a>(ob: &'a Value, kind: &str) -> Option<(Vec<&'a str>, &'a Value)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_dataplane_shows_matched_policies_their_merge_the_ack_the_certificate_and_endpoint_health()
 -> anyhow::Result<()> {
-    let fx = Fixture::new().await?;
-    put(
-        &fx.c,
-        "/meshes/default/meshtrafficpermissions/web-to-backend",
-        &json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "web-to-backend",
-                "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
-                         "from": [{"targetRef": {"kind": "MeshService", "name": "web"},
-                                   "default": {"action": "Allow"}}]}}),
-    )
-    .await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
     // Two timeouts to backend (equally specific: "backend-a" wins, so it merges last),
     // a retry to backend, and a timeout for a service web does not call.
     for (name, to, conf) in [
@@ -232,8 +84,8 @@ async fn inspect_dataplane_shows_matched_policies_their_merge_the_ack_the_certif
     // backend-1 serves; backend-2's app is not running, so its sidecar answers that the
     // app is down and web's sidecar ejects it.
     let backend_app = free_addr();
-    let _app = fx.app("backend-app", "backend", backend_app)?;
-    let _b1 = fx
+    let _app = fx.app("backend-app", "backend", backend_app, false)?;
+    let (_b1, _) = fx
         .sidecar(
             "backend",
             dataplane(
@@ -241,19 +93,27 @@ async fn inspect_dataplane_shows_matched_policies_their_merge_the_ack_the_certif
                 "backend",
                 free_addr().port(),
                 backend_app.port(),
+                "http",
                 &[],
             ),
         )
         .await?;
     let b2_in = free_addr().port();
-    let _b2 = fx
+    let (_b2, _) = fx
         .sidecar(
             "backend",
-            dataplane("backend-2", "backend", b2_in, free_addr().port(), &[]),
+            dataplane(
+                "backend-2",
+                "backend",
+                b2_in,
+                free_addr().port(),
+                "http",
+                &[],
+            ),
         )
         .await?;
     let to_backend = free_addr().port();
-    let _web = fx
+    let (_web, _) = fx
         .sidecar(
             "web",
             dataplane(
@@ -261,6 +121,7 @@ async fn inspect_dataplane_shows_matched_policies_their_merge_the_ack_the_certif
                 "web",
                 free_addr().port(),
                 free_addr().port(),
+                "http",
                 &[(to_backend, "backend")],
             ),
         )
@@ -279,7 +140,7 @@ async fn inspect_dataplane_shows_matched_policies_their_merge_the_ack_the_certif
                     .send()
                     .await;
             }
-            let v = fx.inspect_json("web-1")?;
+            let v = inspect_json(&fx, "web-1")?;
             let endpoints = outbound(&v, "backend")?["destinations"][0]["endpoints"].as_array()?;
             let port_of = |p: u16| endpoints.iter().find(|e| e["port"] == p);
             let ejected = port_of(b2_in)?["ejection"].is_object();
@@ -408,7 +269,7 @@ async fn inspect_dataplane_shows_a_nack_with_its_version_and_reason() -> anyhow:
     };
     use futures::StreamExt as _;
 
-    let fx = Fixture::new().await?;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     let ca = std::fs::read_to_string(fx.zone.dir.join("api-ca.pem"))?;
     let channel = tonic::transport::Endpoint::from_shared(format!("https://{}", fx.dds))?
         .tls_config(
@@ -424,11 +285,12 @@ async fn inspect_dataplane_shows_a_nack_with_its_version_and_reason() -> anyhow:
         "nacker",
         free_addr().port(),
         free_addr().port(),
+        "http",
         &[],
     );
     up.send(ProxyMessage {
         msg: Some(proxy_message::Msg::Hello(ProxyHello {
-            token: fx.token("nacker").await?,
+            token: std::fs::read_to_string(fx.token("nacker").await?)?,
             dataplane_json: serde_json::to_vec(&dp)?,
             ..ProxyHello::default()
         })),
@@ -457,7 +319,7 @@ async fn inspect_dataplane_shows_a_nack_with_its_version_and_reason() -> anyhow:
     .await?;
 
     let v = eventually("nacker-1's NACK in its inspection", WAIT, || async {
-        let v = fx.inspect_json("nacker-1")?;
+        let v = inspect_json(&fx, "nacker-1")?;
         v["proxy"]["nack"].is_object().then_some(v)
     })
     .await
