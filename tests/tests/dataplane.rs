@@ -2541,3 +2541,88 @@ async fn a_mesh_subset_deny_denies_the_callers_with_its_tags() -> anyhow::Result
     }
     Ok(())
 }
+
+/// MeshLoadBalancingStrategy RingHash, enforced: backend has two instances. Hashing by
+/// the `x-user` header, every call of one user goes to one instance, and the users
+/// spread over both; hashing by a cookie with a ttl, the first answer sets the cookie
+/// and the calls that send it back stick. With endpoints picked at random (ring hash
+/// not enforced), a user's 20 calls would reach both instances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_hash_sticks_a_key_to_an_instance() -> anyhow::Result<()> {
+    let two = TwoBackends::start().await?;
+    let ring_hash = |policies: Value| {
+        json!({"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "rr",
+               "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                        "default": {"loadBalancer": {"type": "RingHash", "ringHash": {"hashPolicies": policies}}}}]}})
+    };
+    let path = "/meshes/default/meshloadbalancingstrategies/rr";
+    put(
+        &two.fx.c,
+        path,
+        &ring_hash(json!([{"type": "Header", "header": {"name": "x-user"}}])),
+    )
+    .await?;
+    let admin = plain_http();
+    eventually("ring hash in web's config", WAIT, || async {
+        let cfg = admin_config(&admin, two.web_admin).await?;
+        let ob = &cfg["config"]["outbounds"][0];
+        (ob["ringHash"]["hashPolicies"][0]["type"] == "Header").then_some(())
+    })
+    .await?;
+    let http = plain_http();
+    let url = format!("http://127.0.0.1:{}/", two.out);
+    let mut used = std::collections::BTreeSet::new();
+    for user in 0..16 {
+        let user = format!("user-{user}");
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            seen.insert(answered_by(http.get(&url).header("x-user", &user)).await?);
+        }
+        assert_eq!(seen.len(), 1, "{user} reached {seen:?}");
+        used.extend(seen);
+    }
+    assert_eq!(used, instances(&["backend-1", "backend-2"]), "users spread");
+
+    put(
+        &two.fx.c,
+        path,
+        &ring_hash(
+            json!([{"type": "Cookie", "cookie": {"name": "sticky", "ttl": "1h", "path": "/"}}]),
+        ),
+    )
+    .await?;
+    eventually("the cookie policy in web's config", WAIT, || async {
+        let cfg = admin_config(&admin, two.web_admin).await?;
+        let ob = &cfg["config"]["outbounds"][0];
+        (ob["ringHash"]["hashPolicies"][0]["type"] == "Cookie").then_some(())
+    })
+    .await?;
+    let mut used = std::collections::BTreeSet::new();
+    for client in 0..8 {
+        let first = http.get(&url).send().await?;
+        let cookie = first
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .context("a cookie set on the first answer")?
+            .to_owned();
+        assert!(
+            cookie.starts_with("sticky=") && cookie.contains("Max-Age=3600"),
+            "{cookie}"
+        );
+        let first: Value = first.json().await?;
+        let value = cookie.split(';').next().unwrap_or_default().to_owned();
+        for i in 0..10 {
+            let again = http.get(&url).header("cookie", &value).send().await?;
+            assert!(again.headers().get("set-cookie").is_none(), "set once");
+            let again: Value = again.json().await?;
+            assert_eq!(
+                again["instance"], first["instance"],
+                "client {client}, call {i}"
+            );
+        }
+        used.insert(first["instance"].as_str().unwrap_or_default().to_owned());
+    }
+    assert_eq!(used.len(), 2, "clients spread: {used:?}");
+    Ok(())
+}
