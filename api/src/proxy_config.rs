@@ -837,6 +837,22 @@ pub struct Endpoint {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub quic: bool,
     pub tags: BTreeMap<String, String>,
+    /// Its affinity class in the caller's zone (MeshLoadBalancingStrategy
+    /// `localZone.affinityTags`); none without affinity tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+}
+
+/// An endpoint's affinity class: the first affinity tag whose value it shares with the
+/// caller (`class` 0 for the first tag, 1 for the second; the number of tags when it
+/// shares none), and that class's weight. The classes present among the endpoints a
+/// pick considers take traffic in proportion to their weights (not one after another);
+/// inside a class the balancer picks as usual.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Affinity {
+    pub class: u32,
+    pub weight: u32,
 }
 
 /// The SNI a sidecar sends to another zone's ingress for `service` in `mesh`.

@@ -257,12 +257,6 @@ const HTTP_ROUTE_UNENFORCED: &[Unenforced] = &[
     },
 ];
 
-/// MeshLoadBalancingStrategy: the balancers and settings the proxies lack so far.
-const LOAD_BALANCING_UNENFORCED: &[Unenforced] = &[Unenforced {
-    path: "to[].default.localityAwareness.localZone",
-    reason: "endpoints of the local zone are not weighted by affinity tags yet.",
-}];
-
 /// Every type, one line each. Adding a type: write its module (spec struct plus
 /// `validate_spec`) and add its line here.
 static TYPES: &[TypeInfo] = &[
@@ -341,7 +335,7 @@ static TYPES: &[TypeInfo] = &[
     TypeInfo::policy::<MeshLoadBalancingStrategySpec>(
         "MeshLoadBalancingStrategy",
         "meshloadbalancingstrategies",
-        Enforcement::Partial(LOAD_BALANCING_UNENFORCED),
+        Enforcement::Full,
     ),
     TypeInfo::policy::<MeshAccessLogSpec>("MeshAccessLog", "meshaccesslogs", Enforcement::NotYet),
     TypeInfo::policy::<MeshTraceSpec>("MeshTrace", "meshtraces", Enforcement::NotYet),

@@ -98,3 +98,48 @@ fn kuma_documented_examples_are_accepted() {
         );
     }
 }
+
+/// The kinds the resilience and traffic-shaping work enforces: Kuma's documented
+/// examples of them, once accepted, take effect as written. Every part the proxies do
+/// not act on is listed here with why, and nothing else warns.
+const STILL_WARNED: &[(&str, &str)] = &[];
+
+#[test]
+fn kuma_examples_of_enforced_kinds_take_effect_as_written() {
+    const KINDS: &[&str] = &[
+        "MeshTimeout",
+        "MeshRetry",
+        "MeshCircuitBreaker",
+        "MeshHealthCheck",
+        "MeshHTTPRoute",
+        "MeshTCPRoute",
+        "MeshFaultInjection",
+        "MeshRateLimit",
+        "MeshLoadBalancingStrategy",
+        "MeshTrafficPermission",
+    ];
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/kuma_examples");
+    let mut warned = Vec::new();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("the examples") {
+        let path = entry.expect("an entry").path();
+        let text = std::fs::read_to_string(&path).expect("an example file");
+        for r in Resource::from_yaml_documents(&text).expect("YAML documents") {
+            if !KINDS.contains(&r.kind.as_str()) || validate(&r).is_err() {
+                continue;
+            }
+            checked += 1;
+            for w in causeway_api::warnings(&r) {
+                println!("WARNED {} {}: {}: {}", r.kind, r.name, w.field, w.reason);
+                warned.push((r.name.clone(), w.field.clone()));
+            }
+        }
+    }
+    println!("{checked} examples checked");
+    assert!(checked >= 50, "{checked}");
+    let unexpected: Vec<_> = warned
+        .iter()
+        .filter(|(name, field)| !STILL_WARNED.iter().any(|(n, f)| n == name && f == field))
+        .collect();
+    assert!(unexpected.is_empty(), "{unexpected:#?}");
+}

@@ -139,6 +139,33 @@ impl EndpointState {
     }
 }
 
+/// MeshLoadBalancingStrategy `localZone.affinityTags`: the class that takes a pick,
+/// drawn by `roll` among the classes of `c` by their weights. `None` when the candidates
+/// have no classes, or some have none (the local zone spills over to other zones: the
+/// pick is among all of them).
+fn affinity_class(c: &[&Arc<EndpointState>], roll: u64) -> Option<u32> {
+    let mut classes: Vec<(u32, u64)> = Vec::new();
+    for e in c {
+        let a = e.endpoint.affinity?;
+        if !classes.iter().any(|(class, _)| *class == a.class) {
+            classes.push((a.class, u64::from(a.weight.max(1))));
+        }
+    }
+    let total: u64 = classes.iter().map(|(_, w)| w).sum();
+    if total == 0 {
+        return None;
+    }
+    classes.sort_unstable();
+    let mut pick = roll % total;
+    for (class, weight) in classes {
+        if pick < weight {
+            return Some(class);
+        }
+        pick -= weight;
+    }
+    None
+}
+
 /// The endpoints of one destination.
 pub(crate) struct Balancer {
     kind: LoadBalancerType,
@@ -473,11 +500,25 @@ impl Balancer {
     }
 
     /// With a key and a ring, the candidate the key lands on; else [`Self::choose`].
+    /// With affinity classes, first a class by weight (by the key, so a key keeps its
+    /// class), then a candidate of it.
     fn choose_keyed<'a>(
         &self,
         c: &[&'a Arc<EndpointState>],
         key: Option<u64>,
     ) -> Option<&'a Arc<EndpointState>> {
+        let classed;
+        let c = match affinity_class(c, key.unwrap_or_else(rand::random)) {
+            Some(class) => {
+                classed = c
+                    .iter()
+                    .filter(|e| e.endpoint.affinity.map(|a| a.class) == Some(class))
+                    .copied()
+                    .collect::<Vec<_>>();
+                classed.as_slice()
+            }
+            None => c,
+        };
         if let (Some(key), Some((ring, on_ring))) = (key, &self.ring) {
             let takes = |i: usize| c.iter().any(|e| Arc::ptr_eq(e, &on_ring[i]));
             if let Some(i) = ring.pick(key, takes) {
@@ -623,6 +664,7 @@ mod tests {
             sni: None,
             quic: false,
             tags: Default::default(),
+            affinity: None,
         }
     }
 
@@ -637,6 +679,67 @@ mod tests {
                 endpoints: vec![ep("b1")],
             },
         ]
+    }
+
+    /// Affinity classes 90 : 9 : 1 take about that share of picks, whatever the
+    /// balancer; a keyed pick keeps its class; with another zone's endpoints among the
+    /// candidates (spillover) the classes no longer apply.
+    #[test]
+    fn affinity_classes_share_picks_by_weight() {
+        let with = |addr: &str, class: u32, weight: u32| {
+            let mut e = ep(addr);
+            e.affinity = Some(causeway_api::proxy_config::Affinity { class, weight });
+            e
+        };
+        let local = EndpointGroup {
+            zone: "a".into(),
+            endpoints: vec![
+                with("node", 0, 90),
+                with("az-1", 1, 9),
+                with("az-2", 1, 9),
+                with("rest", 2, 1),
+            ],
+        };
+        for kind in [LoadBalancerType::RoundRobin, LoadBalancerType::PeakEwma] {
+            let b = Balancer::new(kind, 50.0, std::slice::from_ref(&local), None);
+            let mut counts = std::collections::BTreeMap::new();
+            for _ in 0..10_000 {
+                let e = b.pick(&[]).unwrap();
+                *counts.entry(e.endpoint.address.clone()).or_insert(0) += 1;
+            }
+            let node = counts["node"];
+            let az = counts["az-1"] + counts["az-2"];
+            assert!((8800..=9400).contains(&node), "{kind:?}: {counts:?}");
+            assert!((700..=1100).contains(&az), "{kind:?}: {counts:?}");
+            assert!(
+                counts.get("rest").copied().unwrap_or(0) < 250,
+                "{kind:?}: {counts:?}"
+            );
+            // The two of a class share it.
+            assert!(counts["az-1"] > 200 && counts["az-2"] > 200, "{counts:?}");
+        }
+        let b = Balancer::new(
+            LoadBalancerType::Random,
+            50.0,
+            std::slice::from_ref(&local),
+            None,
+        );
+        for key in 0..100u64 {
+            let first = b.pick_keyed(&[], Some(key)).unwrap();
+            let class = first.endpoint.affinity.unwrap().class;
+            for _ in 0..5 {
+                let again = b.pick_keyed(&[], Some(key)).unwrap();
+                assert_eq!(again.endpoint.affinity.unwrap().class, class);
+            }
+        }
+        let a = |addr: &str| ep(addr);
+        let mixed = [with("node", 0, 90), a("remote")];
+        let states: Vec<Arc<EndpointState>> = mixed
+            .iter()
+            .map(|e| Arc::new(EndpointState::new(e.clone())))
+            .collect();
+        let refs: Vec<&Arc<EndpointState>> = states.iter().collect();
+        assert_eq!(affinity_class(&refs, 0), None);
     }
 
     #[test]

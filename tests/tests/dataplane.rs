@@ -2626,3 +2626,75 @@ async fn ring_hash_sticks_a_key_to_an_instance() -> anyhow::Result<()> {
     assert_eq!(used.len(), 2, "clients spread: {used:?}");
     Ok(())
 }
+
+/// MeshLoadBalancingStrategy `localZone.affinityTags`: web runs on node n1; backend has
+/// an instance on n1 and two on n2. With affinity by `node` (default weights: 9 for the
+/// same node, 1 for the rest), about 90% of web's calls stay on n1; without it, a third.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn affinity_tags_keep_most_calls_on_the_callers_node() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
+    let lb = |affinity: Value| {
+        json!({"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "backend-lb",
+               "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                        "default": {"loadBalancer": {"type": "RoundRobin"},
+                                    "localityAwareness": {"localZone": {"affinityTags": affinity}}}}]}})
+    };
+    let path = "/meshes/default/meshloadbalancingstrategies/backend-lb";
+    put(&fx.c, path, &lb(json!([]))).await?;
+    let mut procs = Vec::new();
+    for (name, node) in [
+        ("backend-n1", "n1"),
+        ("backend-n2a", "n2"),
+        ("backend-n2b", "n2"),
+    ] {
+        let app = free_addr();
+        procs.push(fx.app(name, "backend", app, false)?);
+        let dp = tagged_dataplane(name, "backend", app.port(), json!({"node": node}));
+        procs.push(fx.sidecar("backend", dp).await?.0);
+    }
+    let out = free_addr().port();
+    let mut web = tagged_dataplane("web-1", "web", free_addr().port(), json!({"node": "n1"}));
+    web["spec"]["outbound"] = json!([{"port": out, "service": "backend"}]);
+    let (_web, web_admin) = fx.sidecar("web", web).await?;
+    procs.push(_web);
+    let http = plain_http();
+    let url = format!("http://127.0.0.1:{out}/");
+    let share_on_n1 = |calls: usize| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut n1 = 0;
+            for _ in 0..calls {
+                if answered_by(http.get(&url)).await? == "backend-n1" {
+                    n1 += 1;
+                }
+            }
+            anyhow::Ok(n1 as f64 / calls as f64)
+        }
+    };
+    eventually("all three instances answering", WAIT, || async {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..12 {
+            seen.insert(answered_by(http.get(&url)).await.ok()?);
+        }
+        (seen.len() == 3).then_some(())
+    })
+    .await?;
+    let without = share_on_n1(300).await?;
+    put(&fx.c, path, &lb(json!([{"key": "node"}]))).await?;
+    let admin = plain_http();
+    eventually("affinity classes in web's config", WAIT, || async {
+        let cfg = admin_config(&admin, web_admin).await?;
+        let eps = cfg["config"]["outbounds"][0]["groups"][0]["endpoints"]
+            .as_array()?
+            .clone();
+        eps.iter().all(|e| e["affinity"].is_object()).then_some(())
+    })
+    .await?;
+    let with = share_on_n1(500).await?;
+    eprintln!("share of calls on n1: {without:.3} without affinity, {with:.3} with");
+    assert!((0.25..=0.42).contains(&without), "{without}");
+    assert!((0.85..=0.95).contains(&with), "{with}");
+    Ok(())
+}

@@ -456,6 +456,7 @@ fn endpoint_groups(
                 sni: None,
                 quic: false,
                 tags,
+                affinity: None,
             });
         }
     }
@@ -506,6 +507,7 @@ fn endpoint_groups(
                         sni: Some(ingress_sni(service, mesh)),
                         quic: s.quic,
                         tags,
+                        affinity: None,
                     });
                     continue;
                 }
@@ -519,6 +521,7 @@ fn endpoint_groups(
                         sni: Some(endpoint_sni(id, service, mesh)),
                         quic: s.quic,
                         tags: tags.clone(),
+                        affinity: None,
                     });
                 }
             }

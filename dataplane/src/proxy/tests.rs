@@ -245,6 +245,7 @@ async fn a_dial_that_times_out_ejects_the_endpoint_and_requests_go_to_another() 
         sni: None,
         quic: false,
         tags: Default::default(),
+        affinity: None,
     };
     let mut t = Timeouts::DEFAULT;
     t.connect = causeway_api::Duration::from_millis(300);

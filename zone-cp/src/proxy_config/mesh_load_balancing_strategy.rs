@@ -21,6 +21,9 @@ const DEFAULT_FAILOVER_THRESHOLD: f64 = 50.0;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Balancing {
     conf: LoadBalancingConf,
+    /// The caller's tags and labels, which `localZone.affinityTags` compare endpoints
+    /// with.
+    caller: BTreeMap<String, String>,
 }
 
 /// The balancing of each of `proxy`'s outbounds, in its order.
@@ -28,11 +31,21 @@ pub(crate) fn configure(
     policies: &[Resource],
     proxy: &Proxy,
 ) -> Result<Vec<Balancing>, ComputeError> {
+    // The caller's values: its first inbound's tags, then its Dataplane's labels.
+    let mut caller: BTreeMap<String, String> = proxy
+        .inbounds
+        .first()
+        .map(|ib| ib.tags.clone())
+        .unwrap_or_default();
+    for (k, v) in &proxy.labels {
+        caller.entry(k.clone()).or_insert_with(|| v.clone());
+    }
     Ok(
         outbound_confs::<LoadBalancingConf>("MeshLoadBalancingStrategy", policies, proxy)?
             .into_iter()
             .map(|conf| Balancing {
                 conf: conf.unwrap_or_default(),
+                caller: caller.clone(),
             })
             .collect(),
     )
@@ -97,6 +110,49 @@ impl Balancing {
             })
     }
 
+    /// Puts each local endpoint in its affinity class (`localZone.affinityTags`): the
+    /// first tag whose value it shares with the caller, else the last class. A tag the
+    /// caller lacks makes no class. Without weights, each class gets ten times the next
+    /// (90 and 9 for two tags), and the endpoints that share nothing 1.
+    fn set_affinity(&self, local: &mut [Endpoint]) {
+        let tags = self
+            .conf
+            .locality_awareness
+            .as_ref()
+            .and_then(|l| l.local_zone.as_ref())
+            .map(|z| z.affinity_tags.as_slice())
+            .unwrap_or_default();
+        let classes: Vec<(&str, &str, u32)> = tags
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let value = self.caller.get(&t.key)?;
+                let weight = t
+                    .weight
+                    .unwrap_or_else(|| 9 * 10u32.saturating_pow((tags.len() - 1 - i) as u32));
+                Some((t.key.as_str(), value.as_str(), weight))
+            })
+            .collect();
+        if classes.is_empty() {
+            return;
+        }
+        for e in local.iter_mut() {
+            let class = classes
+                .iter()
+                .position(|(k, v, _)| e.tags.get(*k).map(String::as_str) == Some(*v));
+            e.affinity = Some(match class {
+                Some(i) => causeway_api::proxy_config::Affinity {
+                    class: i as u32,
+                    weight: classes[i].2,
+                },
+                None => causeway_api::proxy_config::Affinity {
+                    class: classes.len() as u32,
+                    weight: 1,
+                },
+            });
+        }
+    }
+
     /// The endpoint groups: this zone's (`local`) first, then other zones' (`remote`,
     /// by zone) in the failover order; or one group of everything when locality
     /// awareness is disabled.
@@ -106,6 +162,8 @@ impl Balancing {
         local: Vec<Endpoint>,
         mut remote: BTreeMap<String, Vec<Endpoint>>,
     ) -> Vec<EndpointGroup> {
+        let mut local = local;
+        self.set_affinity(&mut local);
         let locality = self.conf.locality_awareness.as_ref();
         if locality.and_then(|l| l.disabled) == Some(true) {
             let mut all = local;
@@ -155,5 +213,94 @@ impl Balancing {
             }
         }
         groups
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(node: &str, az: &str) -> Endpoint {
+        Endpoint {
+            address: format!("{node}-{az}"),
+            port: 80,
+            weight: 1,
+            sni: None,
+            quic: false,
+            tags: [
+                ("node".to_string(), node.to_string()),
+                ("az".to_string(), az.to_string()),
+            ]
+            .into(),
+            affinity: None,
+        }
+    }
+
+    fn balancing(affinity: serde_json::Value, caller: &[(&str, &str)]) -> Balancing {
+        Balancing {
+            conf: serde_json::from_value(
+                serde_json::json!({"localityAwareness": {"localZone": {"affinityTags": affinity}}}),
+            )
+            .unwrap(),
+            caller: caller
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn classes(b: &Balancing) -> Vec<(String, u32, u32)> {
+        let local = vec![
+            endpoint("n1", "a"),
+            endpoint("n2", "a"),
+            endpoint("n3", "b"),
+        ];
+        b.groups("zone-a", local, BTreeMap::new())[0]
+            .endpoints
+            .iter()
+            .map(|e| {
+                let a = e.affinity.expect("a class");
+                (e.address.clone(), a.class, a.weight)
+            })
+            .collect()
+    }
+
+    /// Without weights each class gets ten times the next, and the rest 1; an endpoint
+    /// joins the first class whose value it shares with the caller.
+    #[test]
+    fn local_endpoints_join_the_first_affinity_class_they_share_with_the_caller() {
+        let b = balancing(
+            serde_json::json!([{"key": "node"}, {"key": "az"}]),
+            &[("node", "n1"), ("az", "a")],
+        );
+        assert_eq!(
+            classes(&b),
+            [
+                ("n1-a".into(), 0, 90),
+                ("n2-a".into(), 1, 9),
+                ("n3-b".into(), 2, 1)
+            ]
+        );
+        // Weights as given; a tag the caller lacks makes no class.
+        let b = balancing(
+            serde_json::json!([{"key": "rack", "weight": 50}, {"key": "az", "weight": 30}]),
+            &[("az", "b")],
+        );
+        assert_eq!(
+            classes(&b),
+            [
+                ("n1-a".into(), 1, 1),
+                ("n2-a".into(), 1, 1),
+                ("n3-b".into(), 0, 30)
+            ]
+        );
+        // No affinity tags: no classes.
+        let b = balancing(serde_json::json!([]), &[("az", "b")]);
+        let local = vec![endpoint("n1", "a")];
+        assert!(
+            b.groups("zone-a", local, BTreeMap::new())[0].endpoints[0]
+                .affinity
+                .is_none()
+        );
     }
 }
