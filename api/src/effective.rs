@@ -493,23 +493,31 @@ fn inbound_entries_of<'a>(
             _ => 0,
         };
         for (i, rule) in rules.iter().enumerate() {
-            // A rule for some callers only (MeshFaultInjection's `matches`, by SPIFFE id)
-            // is left out: callers are not matched by SPIFFE id yet.
-            if rule
-                .get("matches")
-                .is_some_and(|m| m != &Value::Array(Vec::new()))
-            {
-                continue;
-            }
             let Some(default) = rule.get("default") else {
                 continue;
             };
-            entries.push(Entry {
-                policy: p,
-                target_ref: TargetRef::mesh(),
-                index: from_len + i,
-                payload: default,
-            });
+            // A rule for some callers only (MeshFaultInjection's `matches`, by SPIFFE id)
+            // is an entry for each of them, as `from[]` entries by SPIFFE id would be.
+            let matches: Vec<crate::target_ref::SpiffeMatch> = rule
+                .get("matches")
+                .and_then(|m| serde_json::from_value(m.clone()).ok())
+                .unwrap_or_default();
+            let sources = if matches.is_empty() {
+                vec![TargetRef::mesh()]
+            } else {
+                matches
+                    .iter()
+                    .map(|m| TargetRef::spiffe_match(&m.spiffe_id))
+                    .collect()
+            };
+            for target_ref in sources {
+                entries.push(Entry {
+                    policy: p,
+                    target_ref,
+                    index: from_len + i,
+                    payload: default,
+                });
+            }
         }
     }
     entries.sort_by_key(|e| {

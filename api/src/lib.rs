@@ -128,7 +128,7 @@ pub use resource::{ParseError, Resource, ResourceKey};
 pub use schema::{ExplainError, explain, schema_for_kind};
 pub use spec::check_service_name;
 pub use target_ref::{DISPLAY_NAME_LABEL, MatchedRule, ProxyType, Rule, SERVICE_LABELS};
-pub use target_ref::{PolicyItem, SERVICE_TAG, TargetRef, TargetRefKind, ZONE_TAG};
+pub use target_ref::{PolicyItem, SERVICE_TAG, SpiffeSource, TargetRef, TargetRefKind, ZONE_TAG};
 pub use validation::{
     FieldError, ValidationErrors, decode_spec, validate, validate_dns_subdomain,
     validate_label_key, validate_label_value, validate_name,

@@ -211,12 +211,6 @@ const TIMEOUT_UNENFORCED: &[Unenforced] = &[
     },
 ];
 
-/// MeshFaultInjection: rules matched by caller.
-const FAULT_INJECTION_UNENFORCED: &[Unenforced] = &[Unenforced {
-    path: "rules[].matches",
-    reason: "callers are not matched by SPIFFE id in rules yet: a rule with matches is left out (use from[] with kind SpiffeId or MeshService).",
-}];
-
 /// MeshTCPRoute: what a backend reference names beyond its service and tags.
 const TCP_ROUTE_UNENFORCED: &[Unenforced] = &[
     Unenforced {
@@ -329,7 +323,7 @@ static TYPES: &[TypeInfo] = &[
     TypeInfo::policy::<MeshFaultInjectionSpec>(
         "MeshFaultInjection",
         "meshfaultinjections",
-        Enforcement::Partial(FAULT_INJECTION_UNENFORCED),
+        Enforcement::Full,
     ),
     TypeInfo::policy::<MeshRateLimitSpec>("MeshRateLimit", "meshratelimits", Enforcement::Full),
     TypeInfo::policy::<MeshLoadBalancingStrategySpec>(

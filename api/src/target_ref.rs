@@ -189,7 +189,44 @@ pub(crate) const TO_ROUTE_KINDS: &[TargetRefKind] = &[
     TargetRefKind::MeshHttpRoute,
 ];
 
+/// A caller's SPIFFE id as a source: exactly, or by a prefix of whole path segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpiffeSource<'a> {
+    Exact(&'a str),
+    Prefix(&'a str),
+}
+
+/// How a prefix match is kept in a `SpiffeId` reference made from a rule's `matches`
+/// (never written by users: no valid SPIFFE id contains it).
+const PREFIX_MARK: char = '*';
+
 impl TargetRef {
+    /// The source a rule's `matches` entry stands for: a `SpiffeId` reference (internal;
+    /// a prefix is marked so that [`TargetRef::spiffe_source`] tells it apart).
+    pub(crate) fn spiffe_match(m: &SpiffeIdMatch) -> TargetRef {
+        let name = match m.kind {
+            SpiffeMatchType::Exact => m.value.clone(),
+            SpiffeMatchType::Prefix => format!("{}{PREFIX_MARK}", m.value),
+        };
+        TargetRef {
+            kind: TargetRefKind::SpiffeId,
+            name: Some(name),
+            ..TargetRef::mesh()
+        }
+    }
+
+    /// For a `SpiffeId` source: the id it names, or the prefix of a rule's prefix match.
+    pub fn spiffe_source(&self) -> Option<SpiffeSource<'_>> {
+        if self.kind != TargetRefKind::SpiffeId {
+            return None;
+        }
+        let name = self.name.as_deref()?;
+        Some(match name.strip_suffix(PREFIX_MARK) {
+            Some(prefix) => SpiffeSource::Prefix(prefix),
+            None => SpiffeSource::Exact(name),
+        })
+    }
+
     /// `{kind: Mesh}`.
     pub fn mesh() -> TargetRef {
         TargetRef {
@@ -670,10 +707,9 @@ pub(crate) fn check_spiffe_match(m: &SpiffeIdMatch) -> Result<(), String> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MatchedRule<C> {
-    /// The callers this rule is for: any one of the matches. Empty: every caller (the
-    /// rule acts as a `from[]` entry for `{kind: Mesh}`). Accepted; not enforced yet:
-    /// a rule with matches is left out of the computed configuration, since callers
-    /// are not matched by SPIFFE id yet.
+    /// The callers this rule is for: any one of the matches (each acts as a `from[]`
+    /// entry for that SPIFFE id, or ids with that prefix). Empty: every caller (the
+    /// rule acts as a `from[]` entry for `{kind: Mesh}`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<SpiffeMatch>,
     /// The configuration.

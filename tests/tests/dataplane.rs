@@ -2698,3 +2698,41 @@ async fn affinity_tags_keep_most_calls_on_the_callers_node() -> anyhow::Result<(
     assert!((0.85..=0.95).contains(&with), "{with}");
     Ok(())
 }
+
+/// MeshFaultInjection `rules` with `matches` (Kuma 2.13): each rule injects its faults
+/// into the calls of the callers it matches by SPIFFE id. One rule aborts another
+/// caller's calls with 418, one aborts web's (matched by a prefix of whole path
+/// segments) with 500: web's calls get 500, never 418.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_rule_for_a_spiffe_id_applies_to_that_caller_only() -> anyhow::Result<()> {
+    let two = TwoBackends::start().await?;
+    two.retry(json!({"numRetries": 0}), |r| r["http"]["numRetries"] == 0)
+        .await?;
+    let abort =
+        |status: u16| json!({"http": [{"abort": {"httpStatus": status, "percentage": 100}}]});
+    put(&two.fx.c, "/meshes/default/meshfaultinjections/by-id", &json!({
+        "type": "MeshFaultInjection", "mesh": "default", "name": "by-id",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+            {"matches": [{"spiffeID": {"type": "Exact", "value": "spiffe://default/other"}}], "default": abort(418)},
+            {"matches": [{"spiffeID": {"type": "Prefix", "value": "spiffe://default/web"}}], "default": abort(500)}]}})).await?;
+    let http = plain_http();
+    let url = format!("http://127.0.0.1:{}/", two.out);
+    let status = || async { http.get(&url).send().await.ok().map(|r| r.status()) };
+    eventually("both instances abort web's calls", WAIT, || async {
+        for _ in 0..10 {
+            if status().await? != StatusCode::INTERNAL_SERVER_ERROR {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await?;
+    for i in 0..20 {
+        assert_eq!(
+            status().await,
+            Some(StatusCode::INTERNAL_SERVER_ERROR),
+            "call {i}"
+        );
+    }
+    Ok(())
+}

@@ -161,7 +161,14 @@ pub(crate) fn caller_source(
         (TargetRefKind::MeshService, Some(service)) => Some(SourceMatch::Spiffe {
             id: spiffe_id(trust_domain, service),
         }),
-        (TargetRefKind::SpiffeId, Some(id)) => Some(SourceMatch::Spiffe { id: id.to_owned() }),
+        (TargetRefKind::SpiffeId, Some(_)) => match source.spiffe_source()? {
+            causeway_api::SpiffeSource::Exact(id) => {
+                Some(SourceMatch::Spiffe { id: id.to_owned() })
+            }
+            causeway_api::SpiffeSource::Prefix(prefix) => Some(SourceMatch::SpiffePrefix {
+                prefix: prefix.to_owned(),
+            }),
+        },
         (TargetRefKind::MeshSubset, _) => Some(SourceMatch::Tags {
             tags: source.tags.clone(),
         }),

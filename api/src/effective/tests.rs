@@ -1021,26 +1021,46 @@ fn tcp_route_rules_and_default_merge() {
     );
 }
 
-/// MeshFaultInjection rules with `matches` (callers by SPIFFE id) are left out; rules
-/// without apply to every caller.
+/// MeshFaultInjection rules with `matches` (callers by SPIFFE id, exact or by prefix)
+/// are entries for those callers, more specific than the rules without, which apply to
+/// every caller.
 #[test]
-fn matched_rules_are_left_out() {
+fn matched_rules_are_entries_for_their_callers() {
     let policies = [policy(
         "MeshFaultInjection",
         "faults",
         None,
         json!({"rules": [
-            {"matches": [{"spiffeID": {"type": "Exact", "value": "spiffe://td/ns/demo/sa/frontend"}}],
+            {"matches": [{"spiffeID": {"type": "Exact", "value": "spiffe://td/ns/demo/sa/frontend"}},
+                         {"spiffeID": {"type": "Prefix", "value": "spiffe://td/ns/legacy"}}],
              "default": {"http": [{"abort": {"httpStatus": 500, "percentage": 10}}]}},
             {"default": {"http": [{"delay": {"value": "1s", "percentage": 5}}]}}]}),
     )];
     let got = effective("MeshFaultInjection", &policies, &two_inbounds()).unwrap();
+    let abort = json!({"http": [{"abort": {"httpStatus": 500, "percentage": 10}}]});
+    let sources: Vec<(Option<crate::SpiffeSource<'_>>, &Value)> = got.inbounds[0]
+        .rules
+        .iter()
+        .map(|r| (r.source.spiffe_source(), &r.conf))
+        .collect();
     assert_eq!(
-        got.inbounds[0].rules,
-        vec![FromRule {
-            source: TargetRef::mesh(),
-            conf: json!({"http": [{"delay": {"value": "1s", "percentage": 5}}]}),
-            policies: vec!["faults".to_owned()],
-        }]
+        sources,
+        vec![
+            (
+                Some(crate::SpiffeSource::Exact(
+                    "spiffe://td/ns/demo/sa/frontend"
+                )),
+                &abort
+            ),
+            (
+                Some(crate::SpiffeSource::Prefix("spiffe://td/ns/legacy")),
+                &abort
+            ),
+            (
+                None,
+                &json!({"http": [{"delay": {"value": "1s", "percentage": 5}}]})
+            ),
+        ]
     );
+    assert_eq!(got.inbounds[0].rules[2].source, TargetRef::mesh());
 }
