@@ -311,16 +311,16 @@ mod tests {
 
     #[test]
     fn explain_finds_marks_at_and_under_a_path() {
-        let at = |p: &[&str]| unenforced_at("MeshTimeout", p, false).len();
-        assert_eq!(at(&["spec"]), 2);
-        assert_eq!(at(&["spec", "to"]), 2);
-        assert_eq!(at(&["spec", "to", "default", "http"]), 2);
+        let at = |p: &[&str]| unenforced_at("MeshCircuitBreaker", p, false).len();
+        let from = at(&["spec", "from"]);
+        assert!(from >= 3, "{from}");
+        assert_eq!(at(&["spec"]), from + at(&["spec", "rules"]));
+        assert_eq!(at(&["spec", "from", "targetRef", "kind"]), 3);
         assert_eq!(
-            at(&["spec", "to", "default", "http", "maxConnectionDuration"]),
+            at(&["spec", "from", "default", "connectionLimits", "maxRetries"]),
             1
         );
-        assert_eq!(at(&["spec", "to", "default", "http", "requestTimeout"]), 0);
-        assert_eq!(at(&["spec", "from"]), 0);
+        assert_eq!(at(&["spec", "to"]), 0);
         assert_eq!(at(&["spec", "targetRef"]), 0);
         assert_eq!(at(&[]), 0);
         assert!(unenforced_at("Mesh", &["spec"], true).is_empty());

@@ -199,17 +199,11 @@ const CIRCUIT_BREAKER_UNENFORCED: &[Unenforced] = &[
     },
 ];
 
-/// MeshTimeout: what applies to inbound connections only.
-const TIMEOUT_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "to[].default.http.maxConnectionDuration",
-        reason: "connections to a destination are not aged out yet; it applies to inbound connections (from[] or rules).",
-    },
-    Unenforced {
-        path: "to[].default.http.requestHeadersTimeout",
-        reason: "it bounds how long an inbound caller takes to send its request headers, so it applies in from[] or rules only (as in Kuma).",
-    },
-];
+/// MeshTimeout: what applies to inbound connections only (as in Kuma).
+const TIMEOUT_UNENFORCED: &[Unenforced] = &[Unenforced {
+    path: "to[].default.http.requestHeadersTimeout",
+    reason: "it bounds how long an inbound caller takes to send its request headers, so it applies in from[] or rules only (as in Kuma).",
+}];
 
 /// MeshTCPRoute: what a backend reference names beyond its service and tags.
 const TCP_ROUTE_UNENFORCED: &[Unenforced] = &[

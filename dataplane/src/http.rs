@@ -57,16 +57,22 @@ pub(crate) struct Slot {
     sender: std::sync::Mutex<Option<H2Sender>>,
     /// Held while dialing, so concurrent requests wait for one dial.
     dialing: tokio::sync::Mutex<()>,
+    /// MeshTimeout `maxConnectionDuration` (nanoseconds; 0: none): an older connection
+    /// takes no new request, and the next one dials a fresh connection. The old one
+    /// finishes its requests in flight and closes when the last ends.
+    max_age_ns: std::sync::atomic::AtomicU64,
 }
 
 impl Slot {
     /// The live connection, if any: the fast path, which needs no dial.
     pub(crate) fn live(&self) -> Option<H2Sender> {
+        let max_age = self.max_age_ns.load(std::sync::atomic::Ordering::Relaxed);
         self.sender
             .lock()
             .expect("pool lock")
             .as_ref()
             .filter(|s| !s.is_closed())
+            .filter(|s| max_age == 0 || s.age().as_nanos() < u128::from(max_age))
             .cloned()
     }
 
@@ -267,6 +273,15 @@ async fn tls_over<S: crate::proxy::Stream>(
 }
 
 impl Pool {
+    /// Sets MeshTimeout `maxConnectionDuration` for the endpoint's connections (`None`:
+    /// they live as long as they are used).
+    pub(crate) fn set_max_age(&self, max_age: Option<Duration>) {
+        let ns = max_age.map_or(0, |d| d.as_nanos().min(u128::from(u64::MAX)) as u64);
+        for s in &self.slots {
+            s.max_age_ns.store(ns, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     /// The slot for the next request: requests alternate between the connections.
     pub(crate) fn slot(&self) -> &Slot {
         let i =
@@ -380,6 +395,56 @@ mod tests {
             Ok(r) => Ok(r.status().as_u16()),
             Err(e) => Err(format!("failed: {e}")),
         }
+    }
+
+    /// An HTTP/2 server on loopback that answers everything and counts connections.
+    async fn counting_server() -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let c = count.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(tcp).await else {
+                        return;
+                    };
+                    while let Some(Ok((_, mut respond))) = conn.accept().await {
+                        let _ = respond.send_response(http::Response::new(()), true);
+                    }
+                });
+            }
+        });
+        (addr, count)
+    }
+
+    /// MeshTimeout `maxConnectionDuration` on pooled connections: without it one
+    /// connection carries every request; past it, the next request opens a new one.
+    #[tokio::test]
+    async fn a_pooled_connection_past_its_max_age_takes_no_new_request() {
+        let (addr, count) = counting_server().await;
+        let pool = super::Pool::default();
+        for _ in 0..5 {
+            assert_eq!(get(pool.slot(), addr, "/").await, Ok(200));
+        }
+        let opened = count.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(opened <= super::CONNECTIONS_PER_ENDPOINT, "{opened}");
+        // Every connection is past a 1 ns age at once: each request opens its own.
+        pool.set_max_age(Some(Duration::from_nanos(1)));
+        for _ in 0..4 {
+            assert_eq!(get(pool.slot(), addr, "/").await, Ok(200));
+        }
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), opened + 4);
+        // Off again: the slots keep the last ones.
+        pool.set_max_age(None);
+        for _ in 0..4 {
+            assert_eq!(get(pool.slot(), addr, "/").await, Ok(200));
+        }
+        assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), opened + 4);
     }
 
     #[tokio::test]

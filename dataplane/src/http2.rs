@@ -65,6 +65,8 @@ pub(crate) const IDLE_PING_INTERVAL: Duration = Duration::from_secs(15);
 pub(crate) struct H2Sender {
     send: h2::client::SendRequest<Bytes>,
     state: Arc<ConnState>,
+    /// When it was opened (MeshTimeout `maxConnectionDuration` ages it out).
+    opened: std::time::Instant,
 }
 
 /// What a connection's task tells its requests, and they tell it.
@@ -81,6 +83,11 @@ struct ConnState {
 }
 
 impl H2Sender {
+    /// How long ago it was opened.
+    pub(crate) fn age(&self) -> Duration {
+        self.opened.elapsed()
+    }
+
     /// HTTP/2's handshake over `io`; the connection runs on a task of its own, which
     /// also keeps it alive (see the module's doc).
     pub(crate) async fn handshake<S: Stream>(io: S) -> std::io::Result<H2Sender> {
@@ -120,7 +127,11 @@ impl H2Sender {
             drop(conn);
             st.closed.store(true, Ordering::Relaxed);
         });
-        Ok(H2Sender { send, state })
+        Ok(H2Sender {
+            send,
+            state,
+            opened: std::time::Instant::now(),
+        })
     }
 
     pub(crate) fn is_closed(&self) -> bool {

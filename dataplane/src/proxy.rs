@@ -504,6 +504,11 @@ fn new_balancer(ob: &OutboundListener, old: Option<&Balancer>) -> Balancer {
     if let Some(ring) = &ob.ring_hash {
         b = b.with_ring(ring);
     }
+    // MeshTimeout maxConnectionDuration: pooled connections to the endpoints age out.
+    let max_age = timeout::on(ob.timeouts.max_connection_duration);
+    for e in b.endpoints() {
+        e.pool.set_max_age(max_age);
+    }
     // The budget's window survives config updates, whatever their settings: it counts
     // the destination's traffic.
     let budget = match old {

@@ -151,7 +151,7 @@ fn explain_table() {
         (
             "MeshTimeout",
             &[
-                "ENFORCED: partly; not yet:\n    spec.to[].default.http.maxConnectionDuration: connections to a destination",
+                "ENFORCED: partly; not yet:\n    spec.to[].default.http.requestHeadersTimeout: it bounds how long an inbound caller",
                 "  spec\t<Object> -partly enforced-",
             ],
         ),
