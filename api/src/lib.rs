@@ -93,7 +93,7 @@ pub use policies::mesh_http_route::{
 pub use policies::mesh_load_balancing_strategy::{
     AffinityTag, CrossZone, Failover, FailoverFrom, FailoverThreshold, FailoverTo, FailoverToType,
     HashCookie, HashFunction, HashPolicy, HashPolicyType, LeastRequest, LoadBalancer,
-    LoadBalancerType, LoadBalancingConf, LocalZone, LocalityAwareness,
+    LoadBalancerType, LoadBalancingConf, LocalZone, LocalityAwareness, Maglev,
     MeshLoadBalancingStrategySpec, NamedValue, PeakEwma, RingHash,
 };
 pub use policies::mesh_metric::{

@@ -286,6 +286,10 @@ pub struct OutboundListener {
     /// `loadBalancer` is `RingHash`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_hash: Option<RingHashConfig>,
+    /// Maglev: the lookup table's size and how requests are hashed (set exactly when
+    /// `loadBalancer` is `Maglev`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<MaglevConfig>,
     /// Endpoints in priority order: this zone's first, then other zones in failover
     /// order. The proxy uses the first group whose healthy share is at least
     /// `failoverThreshold`; below it, that group's healthy endpoints and the next
@@ -438,6 +442,16 @@ pub struct RingHashConfig {
     pub min_ring_size: u32,
     pub max_ring_size: u32,
     /// What a request's key is made of, in order (none: a random key, no stickiness).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash_policies: Vec<crate::HashPolicy>,
+}
+
+/// A Maglev balancer's settings, over the built-in default table size (65537). Keys
+/// are hashed with XXHash, as Envoy's Maglev does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MaglevConfig {
+    pub table_size: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hash_policies: Vec<crate::HashPolicy>,
 }

@@ -280,6 +280,7 @@ fn mesh_load_balancing() -> impl Strategy<Value = MeshLoadBalancingStrategySpec>
                     }),
                     peak_ewma: None,
                     ring_hash: None,
+                    maglev: None,
                 }),
             }
         });

@@ -1,6 +1,7 @@
-//! MeshLoadBalancingStrategy `RingHash`: consistent hashing, so requests with the same
-//! key go to the same endpoint, and an endpoint coming or going moves only the keys
-//! that were (or will be) its own: about 1/(N+1) of them when one joins N.
+//! MeshLoadBalancingStrategy `RingHash` and `Maglev`: consistent hashing, so requests
+//! with the same key go to the same endpoint, and an endpoint coming or going moves
+//! only the keys that were (or will be) its own: about 1/(N+1) of them when one joins
+//! N (a few more with Maglev, whose table trades that for faster lookups).
 //!
 //! - [`Ring`]: each endpoint takes points on a 64-bit ring in proportion to its weight
 //!   (`minRingSize` points in all at least, `maxRingSize` at most; see [`Ring::new`]
@@ -41,7 +42,7 @@ impl Ring {
     /// `cfg`'s size and hash function.
     pub(crate) fn new<'a>(
         cfg: &RingHashConfig,
-        endpoints: impl IntoIterator<Item = (&'a str, u32)>,
+        endpoints: impl Iterator<Item = (&'a str, u32)>,
     ) -> Ring {
         let endpoints: Vec<(&str, u32)> = endpoints.into_iter().collect();
         let total: u64 = endpoints.iter().map(|(_, w)| u64::from((*w).max(1))).sum();
@@ -93,6 +94,96 @@ impl Ring {
     }
 }
 
+/// A Maglev lookup table (Eisenbud et al., NSDI 2016): each endpoint fills the table's
+/// slots in the order of its own permutation (from two hashes of its identity), taking
+/// turns by weight, so every slot has an owner and each endpoint about its share. A
+/// key's slot is `key mod size`; a slot whose endpoint may not take the request passes
+/// it to the next slots.
+#[derive(Debug, Default)]
+pub(crate) struct Maglev {
+    /// Each slot's endpoint.
+    table: Vec<u32>,
+}
+
+impl Maglev {
+    /// A table of `size` slots (a prime) for `endpoints` (identity and weight).
+    pub(crate) fn new<'a>(size: u32, endpoints: impl Iterator<Item = (&'a str, u32)>) -> Maglev {
+        let endpoints: Vec<(&str, u32)> = endpoints.into_iter().collect();
+        let m = u64::from(size.max(1));
+        if endpoints.is_empty() {
+            return Maglev::default();
+        }
+        let perms: Vec<(u64, u64)> = endpoints
+            .iter()
+            .map(|(id, _)| {
+                let offset = hash(HashFunction::XxHash, id.as_bytes()) % m;
+                let skip = if m > 1 {
+                    hash(HashFunction::MurmurHash2, id.as_bytes()) % (m - 1) + 1
+                } else {
+                    1
+                };
+                (offset, skip)
+            })
+            .collect();
+        let max_weight = endpoints
+            .iter()
+            .map(|(_, w)| (*w).max(1))
+            .max()
+            .unwrap_or(1);
+        let mut next = vec![0u64; endpoints.len()];
+        let mut table = vec![u32::MAX; m as usize];
+        let mut filled = 0u64;
+        // Weighted: in round r an endpoint of weight w takes a slot when
+        // r * w / max_weight crosses a whole number (Envoy's scheme).
+        let mut round = 0u64;
+        while filled < m {
+            round += 1;
+            for (i, (_, weight)) in endpoints.iter().enumerate() {
+                let w = u64::from((*weight).max(1));
+                if (round * w) / u64::from(max_weight) == ((round - 1) * w) / u64::from(max_weight)
+                {
+                    continue;
+                }
+                let (offset, skip) = perms[i];
+                loop {
+                    let slot = ((offset + skip * next[i]) % m) as usize;
+                    next[i] += 1;
+                    if table[slot] == u32::MAX {
+                        table[slot] = i as u32;
+                        filled += 1;
+                        break;
+                    }
+                }
+                if filled == m {
+                    break;
+                }
+            }
+        }
+        Maglev { table }
+    }
+
+    /// The endpoint for `key`: its slot's, or the next slots' when `takes` refuses.
+    pub(crate) fn pick(&self, key: u64, takes: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.table.len();
+        if n == 0 {
+            return None;
+        }
+        let start = (key % n as u64) as usize;
+        let mut refused: Vec<u32> = Vec::new();
+        for step in 0..n {
+            let i = self.table[(start + step) % n];
+            if refused.contains(&i) {
+                continue;
+            }
+            if takes(i as usize) {
+                return Some(i as usize);
+            }
+            refused.push(i);
+        }
+        None
+    }
+}
+
 /// A request's key, and a cookie to set on its answer.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct RequestKey {
@@ -109,16 +200,41 @@ pub(crate) struct Request<'a> {
     pub(crate) source: Option<IpAddr>,
 }
 
-/// A request's key from `cfg`'s hash policies (see the module docs). `fresh` makes up
-/// a cookie value when a policy needs one.
-pub(crate) fn request_key(
-    cfg: &RingHashConfig,
+/// How a balancer hashes requests: its hash function and policies.
+pub(crate) struct Keying<'a> {
+    pub(crate) function: HashFunction,
+    pub(crate) policies: &'a [HashPolicy],
+}
+
+impl<'a> From<&'a RingHashConfig> for Keying<'a> {
+    fn from(c: &'a RingHashConfig) -> Keying<'a> {
+        Keying {
+            function: c.hash_function,
+            policies: &c.hash_policies,
+        }
+    }
+}
+
+impl<'a> From<&'a causeway_api::proxy_config::MaglevConfig> for Keying<'a> {
+    fn from(c: &'a causeway_api::proxy_config::MaglevConfig) -> Keying<'a> {
+        Keying {
+            function: HashFunction::XxHash,
+            policies: &c.hash_policies,
+        }
+    }
+}
+
+/// A request's key from the hash policies of `cfg` (see the module docs). `fresh`
+/// makes up a cookie value when a policy needs one.
+pub(crate) fn request_key<'a>(
+    cfg: impl Into<Keying<'a>>,
     req: &Request<'_>,
     fresh: impl FnOnce() -> String,
 ) -> RequestKey {
+    let cfg: Keying<'a> = cfg.into();
     let mut out = RequestKey::default();
     let mut fresh = Some(fresh);
-    for policy in &cfg.hash_policies {
+    for policy in cfg.policies {
         let value = match value_of(policy, req) {
             Some(v) => Some(v),
             None => match (&policy.cookie, policy.kind) {
@@ -135,7 +251,7 @@ pub(crate) fn request_key(
         let Some(value) = value else {
             continue;
         };
-        let h = hash(cfg.hash_function, value.as_bytes());
+        let h = hash(cfg.function, value.as_bytes());
         // Envoy's mix: the key so far rotated by one bit, XOR the new hash.
         out.key = Some(out.key.map_or(h, |k| k.rotate_left(1) ^ h));
         if policy.terminal == Some(true) {
@@ -207,6 +323,55 @@ mod tests {
         (0..n).map(|i| format!("10.0.0.{i}:8080")).collect()
     }
 
+    fn maglev(ids: &[String]) -> Maglev {
+        Maglev::new(65537, ids.iter().map(|i| (i.as_str(), 1)))
+    }
+
+    /// Maglev: every key has an endpoint, shares are even, a key sticks, and one more
+    /// endpoint takes about its share while moving few keys between the others.
+    #[test]
+    fn a_maglev_table_spreads_keys_evenly_and_moves_few_when_one_joins() {
+        let (t4, t5) = (maglev(&ids(4)), maglev(&ids(5)));
+        let mut counts = [0usize; 4];
+        let (mut moved, mut between_old) = (0, 0);
+        let keys = 20_000u64;
+        for k in 0..keys {
+            let key = hash(HashFunction::XxHash, &k.to_le_bytes());
+            let a = t4.pick(key, |_| true).unwrap();
+            assert_eq!(t4.pick(key, |_| true), Some(a));
+            counts[a] += 1;
+            let b = t5.pick(key, |_| true).unwrap();
+            if a != b {
+                moved += 1;
+                if b != 4 {
+                    between_old += 1;
+                }
+            }
+        }
+        for c in counts {
+            assert!((4500..=5500).contains(&c), "{counts:?}");
+        }
+        let share = moved as f64 / keys as f64;
+        assert!((0.15..=0.30).contains(&share), "{share} moved");
+        assert!(
+            between_old * 10 < moved,
+            "{between_old} of {moved} moved between old endpoints"
+        );
+        // Weights: 3 to 1.
+        let ids = ids(2);
+        let weighted = Maglev::new(
+            65537,
+            [(ids[0].as_str(), 3), (ids[1].as_str(), 1)].into_iter(),
+        );
+        let heavy = (0..10_000u64)
+            .filter(|k| {
+                weighted.pick(hash(HashFunction::XxHash, &k.to_le_bytes()), |_| true) == Some(0)
+            })
+            .count();
+        assert!((7000..=8000).contains(&heavy), "{heavy}");
+        assert_eq!(t4.pick(7, |_| false), None);
+    }
+
     fn ring(cfg: &RingHashConfig, ids: &[String]) -> Ring {
         Ring::new(cfg, ids.iter().map(|i| (i.as_str(), 1)))
     }
@@ -273,7 +438,7 @@ mod tests {
         assert_eq!(r.pick(1, |_| false), None);
         // Weight 3 to 1: about three quarters of the keys.
         let ids = ids(2);
-        let weighted = Ring::new(&c, [(ids[0].as_str(), 3), (ids[1].as_str(), 1)]);
+        let weighted = Ring::new(&c, [(ids[0].as_str(), 3), (ids[1].as_str(), 1)].into_iter());
         let heavy = (0..10_000u64)
             .filter(|k| {
                 weighted.pick(hash(HashFunction::XxHash, &k.to_le_bytes()), |_| true) == Some(0)

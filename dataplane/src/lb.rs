@@ -166,6 +166,21 @@ fn affinity_class(c: &[&Arc<EndpointState>], roll: u64) -> Option<u32> {
     None
 }
 
+/// Where a keyed pick looks an endpoint up.
+enum HashTable {
+    Ring(crate::hash::Ring),
+    Maglev(crate::hash::Maglev),
+}
+
+impl HashTable {
+    fn pick(&self, key: u64, takes: impl Fn(usize) -> bool) -> Option<usize> {
+        match self {
+            HashTable::Ring(r) => r.pick(key, takes),
+            HashTable::Maglev(m) => m.pick(key, takes),
+        }
+    }
+}
+
 /// The endpoints of one destination.
 pub(crate) struct Balancer {
     kind: LoadBalancerType,
@@ -190,8 +205,9 @@ pub(crate) struct Balancer {
     retry_budget: Arc<Budget>,
     /// MeshRetry's retriable request and response headers, compiled.
     retry_headers: HeaderRules,
-    /// RingHash: the endpoints on their ring (indexes into the list beside it).
-    ring: Option<(crate::hash::Ring, Vec<Arc<EndpointState>>)>,
+    /// RingHash or Maglev: the endpoints on their ring or table (indexes into the list
+    /// beside it).
+    ring: Option<(HashTable, Vec<Arc<EndpointState>>)>,
 }
 
 impl Balancer {
@@ -245,9 +261,18 @@ impl Balancer {
 
     /// RingHash: places the endpoints on a ring (see [`crate::hash`]), so a keyed pick
     /// ([`Balancer::pick_keyed`]) sticks.
-    pub(crate) fn with_ring(
+    pub(crate) fn with_ring(self, cfg: &causeway_api::proxy_config::RingHashConfig) -> Balancer {
+        self.with_table(|ids| HashTable::Ring(crate::hash::Ring::new(cfg, ids)))
+    }
+
+    /// Maglev: a lookup table of the endpoints (see [`crate::hash::Maglev`]).
+    pub(crate) fn with_maglev(self, cfg: &causeway_api::proxy_config::MaglevConfig) -> Balancer {
+        self.with_table(|ids| HashTable::Maglev(crate::hash::Maglev::new(cfg.table_size, ids)))
+    }
+
+    fn with_table(
         mut self,
-        cfg: &causeway_api::proxy_config::RingHashConfig,
+        build: impl FnOnce(&mut dyn Iterator<Item = (&str, u32)>) -> HashTable,
     ) -> Balancer {
         let endpoints: Vec<Arc<EndpointState>> = self.endpoints().cloned().collect();
         // An endpoint's identity on the ring: its address, and the SNI that names it
@@ -265,8 +290,8 @@ impl Balancer {
                 (id, ep.weight)
             })
             .collect();
-        let ring = crate::hash::Ring::new(cfg, ids.iter().map(|(id, w)| (id.as_str(), *w)));
-        self.ring = Some((ring, endpoints));
+        let table = build(&mut ids.iter().map(|(id, w)| (id.as_str(), *w)));
+        self.ring = Some((table, endpoints));
         self
     }
 
@@ -537,9 +562,9 @@ impl Balancer {
                 LoadBalancerType::RoundRobin => {
                     weighted(c, self.next.fetch_add(1, Ordering::Relaxed) as u64)
                 }
-                LoadBalancerType::Random | LoadBalancerType::RingHash => {
-                    weighted(c, rand::random::<u64>())
-                }
+                LoadBalancerType::Random
+                | LoadBalancerType::RingHash
+                | LoadBalancerType::Maglev => weighted(c, rand::random::<u64>()),
                 LoadBalancerType::LeastRequest if self.choice_count > 2 && n > 2 => {
                     // choiceCount endpoints at random (all of them when there are no
                     // more), the least loaded of those.

@@ -504,6 +504,9 @@ fn new_balancer(ob: &OutboundListener, old: Option<&Balancer>) -> Balancer {
     if let Some(ring) = &ob.ring_hash {
         b = b.with_ring(ring);
     }
+    if let Some(maglev) = &ob.maglev {
+        b = b.with_maglev(maglev);
+    }
     // MeshTimeout maxConnectionDuration: pooled connections to the endpoints age out.
     let max_age = timeout::on(ob.timeouts.max_connection_duration);
     for e in b.endpoints() {

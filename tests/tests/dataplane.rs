@@ -2542,7 +2542,7 @@ async fn a_mesh_subset_deny_denies_the_callers_with_its_tags() -> anyhow::Result
     Ok(())
 }
 
-/// MeshLoadBalancingStrategy RingHash, enforced: backend has two instances. Hashing by
+/// MeshLoadBalancingStrategy RingHash and Maglev, enforced: backend has two instances. Hashing by
 /// the `x-user` header, every call of one user goes to one instance, and the users
 /// spread over both; hashing by a cookie with a ttl, the first answer sets the cookie
 /// and the calls that send it back stick. With endpoints picked at random (ring hash
@@ -2624,6 +2624,28 @@ async fn ring_hash_sticks_a_key_to_an_instance() -> anyhow::Result<()> {
         used.insert(first["instance"].as_str().unwrap_or_default().to_owned());
     }
     assert_eq!(used.len(), 2, "clients spread: {used:?}");
+
+    // Maglev, by the same header: sticky too.
+    put(&two.fx.c, path, &json!({"type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "rr",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {"loadBalancer": {"type": "Maglev", "maglev": {"tableSize": 65537,
+                     "hashPolicies": [{"type": "Header", "header": {"name": "x-user"}}]}}}}]}})).await?;
+    eventually("Maglev in web's config", WAIT, || async {
+        let cfg = admin_config(&admin, two.web_admin).await?;
+        (cfg["config"]["outbounds"][0]["maglev"]["tableSize"] == 65537).then_some(())
+    })
+    .await?;
+    let mut used = std::collections::BTreeSet::new();
+    for user in 0..16 {
+        let user = format!("user-{user}");
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            seen.insert(answered_by(http.get(&url).header("x-user", &user)).await?);
+        }
+        assert_eq!(seen.len(), 1, "Maglev: {user} reached {seen:?}");
+        used.extend(seen);
+    }
+    assert_eq!(used, instances(&["backend-1", "backend-2"]), "users spread");
     Ok(())
 }
 

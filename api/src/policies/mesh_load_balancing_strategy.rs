@@ -172,7 +172,7 @@ pub struct FailoverThreshold {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LoadBalancer {
-    /// `RoundRobin`, `LeastRequest`, `PeakEwma`, `Random` or `RingHash`.
+    /// `RoundRobin`, `LeastRequest`, `PeakEwma`, `Random`, `RingHash` or `Maglev`.
     #[serde(rename = "type")]
     pub kind: LoadBalancerType,
     /// Settings for `LeastRequest`.
@@ -184,6 +184,22 @@ pub struct LoadBalancer {
     /// Settings for `RingHash`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ring_hash: Option<RingHash>,
+    /// Settings for `Maglev`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maglev: Option<Maglev>,
+}
+
+/// Maglev settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[derive(Default)]
+pub struct Maglev {
+    /// The lookup table's size: a prime, at most 5000011. Built-in default 65537.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table_size: Option<u32>,
+    /// What to hash, as for `RingHash`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hash_policies: Vec<HashPolicy>,
 }
 
 /// Balancing algorithms.
@@ -201,6 +217,9 @@ pub enum LoadBalancerType {
     /// Consistent hashing of a request property, so the same key goes to the same
     /// endpoint.
     RingHash,
+    /// Consistent hashing through a fixed-size lookup table (Google's Maglev): faster
+    /// to look up than a large ring; a change of endpoints may move a few more keys.
+    Maglev,
 }
 
 /// Least-request settings.
@@ -385,12 +404,14 @@ impl Conf for LoadBalancingConf {
                 LoadBalancerType::LeastRequest => Some("leastRequest"),
                 LoadBalancerType::PeakEwma => Some("peakEwma"),
                 LoadBalancerType::RingHash => Some("ringHash"),
+                LoadBalancerType::Maglev => Some("maglev"),
                 LoadBalancerType::RoundRobin | LoadBalancerType::Random => None,
             };
             for (field, set) in [
                 ("leastRequest", lb.least_request.is_some()),
                 ("peakEwma", lb.peak_ewma.is_some()),
                 ("ringHash", lb.ring_hash.is_some()),
+                ("maglev", lb.maglev.is_some()),
             ] {
                 if set && wanted != Some(field) {
                     errors.push(
@@ -428,32 +449,57 @@ impl Conf for LoadBalancingConf {
                         format!("must be at least minRingSize ({min}) (got {max})"),
                     );
                 }
-                for (i, hp) in rh.hash_policies.iter().enumerate() {
-                    let path = idx(&at(&path, "hashPolicies"), i);
-                    let wanted = match hp.kind {
-                        HashPolicyType::Header => Some("header"),
-                        HashPolicyType::Cookie => Some("cookie"),
-                        HashPolicyType::QueryParameter => Some("queryParameter"),
-                        HashPolicyType::SourceIp => None,
-                    };
-                    for (field, set) in [
-                        ("header", hp.header.is_some()),
-                        ("cookie", hp.cookie.is_some()),
-                        ("queryParameter", hp.query_parameter.is_some()),
-                    ] {
-                        if set && wanted != Some(field) {
-                            errors.push(
-                                at(&path, field),
-                                format!("must not be set for type {:?}", hp.kind),
-                            );
-                        } else if !set && wanted == Some(field) {
-                            errors.push(
-                                at(&path, field),
-                                format!("is required for type {:?}", hp.kind),
-                            );
-                        }
-                    }
+                check_hash_policies(errors, &path, &rh.hash_policies);
+            }
+            if let Some(m) = &lb.maglev {
+                let path = at(&path, "maglev");
+                if let Some(size) = m.table_size
+                    && (size > 5_000_011 || !is_prime(size))
+                {
+                    errors.push(
+                        at(&path, "tableSize"),
+                        format!(
+                            "must be a prime number no larger than 5000011, like 65537 (got {size})"
+                        ),
+                    );
                 }
+                check_hash_policies(errors, &path, &m.hash_policies);
+            }
+        }
+    }
+}
+
+/// Whether `n` is prime (trial division: table sizes are at most 5000011).
+fn is_prime(n: u32) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+}
+
+/// Checks hash policies at `path` (`...ringHash` or `...maglev`): each names exactly the
+/// value its type hashes.
+fn check_hash_policies(errors: &mut Errors, path: &str, policies: &[HashPolicy]) {
+    for (i, hp) in policies.iter().enumerate() {
+        let path = idx(&at(path, "hashPolicies"), i);
+        let wanted = match hp.kind {
+            HashPolicyType::Header => Some("header"),
+            HashPolicyType::Cookie => Some("cookie"),
+            HashPolicyType::QueryParameter => Some("queryParameter"),
+            HashPolicyType::SourceIp => None,
+        };
+        for (field, set) in [
+            ("header", hp.header.is_some()),
+            ("cookie", hp.cookie.is_some()),
+            ("queryParameter", hp.query_parameter.is_some()),
+        ] {
+            if set && wanted != Some(field) {
+                errors.push(
+                    at(&path, field),
+                    format!("must not be set for type {:?}", hp.kind),
+                );
+            } else if !set && wanted == Some(field) {
+                errors.push(
+                    at(&path, field),
+                    format!("is required for type {:?}", hp.kind),
+                );
             }
         }
     }
@@ -484,6 +530,10 @@ mod tests {
     fn validation_table() {
         table::<MeshLoadBalancingStrategySpec>(
             &[
+                to(
+                    json!({"loadBalancer": {"type": "Maglev", "maglev": {"tableSize": 5000011,
+                    "hashPolicies": [{"type": "Cookie", "cookie": {"name": "s", "ttl": "1h"}}]}}}),
+                ),
                 to(
                     json!({"loadBalancer": {"type": "LeastRequest", "leastRequest": {"choiceCount": 3}},
                           "localityAwareness": {"localZone": {"affinityTags": [{"key": "k8s.io/node", "weight": 9}, {"key": "k8s.io/az", "weight": 1}]},
@@ -577,11 +627,24 @@ mod tests {
                     )],
                 ),
                 (
-                    to(json!({"loadBalancer": {"type": "Maglev"}})),
-                    &[(
-                        "spec.to[0].default.loadBalancer.type",
-                        "unknown variant `Maglev`",
-                    )],
+                    to(
+                        json!({"loadBalancer": {"type": "Maglev", "maglev": {"tableSize": 65536,
+                        "hashPolicies": [{"type": "Header"}]}, "ringHash": {}}}),
+                    ),
+                    &[
+                        (
+                            "spec.to[0].default.loadBalancer.ringHash",
+                            "must not be set for type Maglev",
+                        ),
+                        (
+                            "spec.to[0].default.loadBalancer.maglev.tableSize",
+                            "must be a prime number no larger than 5000011",
+                        ),
+                        (
+                            "spec.to[0].default.loadBalancer.maglev.hashPolicies[0].header",
+                            "is required for type Header",
+                        ),
+                    ],
                 ),
             ],
         );

@@ -41,14 +41,14 @@ pub(super) async fn outbound_conn(
             );
         };
         // RingHash: a connection has only its source address to key it by.
-        let key = ob.ring_hash.as_ref().and_then(|ring| {
+        let key = keying(&ob).and_then(|keying| {
             let none = http::HeaderMap::new();
             let offered = crate::hash::Request {
                 headers: &none,
                 query: None,
                 source: tcp.peer_addr().ok().map(|a| a.ip()),
             };
-            crate::hash::request_key(ring, &offered, String::new).key
+            crate::hash::request_key(keying, &offered, String::new).key
         });
         let mut tried = Vec::new();
         for _ in 0..ob.retry.tcp_connect_attempts.max(1) {
@@ -206,13 +206,15 @@ async fn outbound_request(
     }
     .unwrap_or((&target.retry, b.retry_headers()));
     // RingHash: the request's key (a cookie made up for it goes on the answer).
-    let keyed = target.ring_hash.as_ref().map(|ring| {
+    let keyed = keying(target).map(|keying| {
         let offered = crate::hash::Request {
             headers: req.headers(),
             query: req.uri().query(),
             source,
         };
-        crate::hash::request_key(ring, &offered, || format!("{:016x}", rand::random::<u64>()))
+        crate::hash::request_key(keying, &offered, || {
+            format!("{:016x}", rand::random::<u64>())
+        })
     });
     let (key, set_cookie) = keyed.map_or((None, None), |k| (k.key, k.set_cookie));
     let exchange = Exchange::start(timeouts, started);
@@ -341,6 +343,15 @@ async fn outbound_upgrade(
         }
     });
     resp
+}
+
+/// How a destination keys its requests, when its balancer hashes them (RingHash,
+/// Maglev).
+fn keying(ob: &OutboundListener) -> Option<crate::hash::Keying<'_>> {
+    ob.ring_hash
+        .as_ref()
+        .map(crate::hash::Keying::from)
+        .or_else(|| ob.maglev.as_ref().map(crate::hash::Keying::from))
 }
 
 /// A route's redirect, answered by the proxy.

@@ -47,6 +47,7 @@ fn outbound(port: u16, timeouts: Timeouts) -> OutboundListener {
         choice_count: 2,
         ewma_decay: causeway_api::Duration::from_secs(10),
         ring_hash: None,
+        maglev: None,
         groups: vec![],
         failover_threshold: 50.0,
         timeouts,

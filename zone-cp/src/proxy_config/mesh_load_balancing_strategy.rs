@@ -98,6 +98,19 @@ impl Balancing {
         })
     }
 
+    /// The table's settings, when the balancer is `Maglev`.
+    pub(crate) fn maglev(&self) -> Option<causeway_api::proxy_config::MaglevConfig> {
+        let lb = self.conf.load_balancer.as_ref()?;
+        if lb.kind != LoadBalancerType::Maglev {
+            return None;
+        }
+        let m = lb.maglev.clone().unwrap_or_default();
+        Some(causeway_api::proxy_config::MaglevConfig {
+            table_size: m.table_size.unwrap_or(65537),
+            hash_policies: m.hash_policies,
+        })
+    }
+
     /// `crossZone.failoverThreshold` in percent; 50 by default.
     pub(crate) fn failover_threshold(&self) -> f64 {
         self.conf
