@@ -471,7 +471,10 @@ impl Conf for LoadBalancingConf {
 
 /// Whether `n` is prime (trial division: table sizes are at most 5000011).
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// Checks hash policies at `path` (`...ringHash` or `...maglev`): each names exactly the
