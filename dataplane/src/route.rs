@@ -13,6 +13,15 @@ use http::request::Parts;
 
 use crate::header_match::HeaderMatcher;
 
+/// What a route with retries of its own retries by: its retriable headers, compiled,
+/// and its own budget (a share of the route's requests, counted from the config that
+/// set it), so one route's retries never spend another's or the destination's.
+#[derive(Debug)]
+pub(crate) struct RouteRetry {
+    pub(crate) headers: crate::retry::HeaderRules,
+    pub(crate) budget: std::sync::Arc<crate::retry::Budget>,
+}
+
 /// A destination's routes, compiled.
 #[derive(Debug, Default)]
 pub(crate) struct RouteTable {
@@ -25,8 +34,8 @@ pub(crate) struct RouteTable {
 struct Compiled {
     route: HttpRoute,
     conditions: Option<Conditions>,
-    /// Its own retriable headers, when it has its own retries.
-    retry_headers: Option<crate::retry::HeaderRules>,
+    /// Its own retriable headers and retry budget, when it has its own retries.
+    retry: Option<RouteRetry>,
 }
 
 #[derive(Debug)]
@@ -155,26 +164,23 @@ impl RouteTable {
                     Compiled {
                         route: r.clone(),
                         conditions,
-                        retry_headers: r
-                            .retry
-                            .as_ref()
-                            .map(|retry| crate::retry::HeaderRules::new(&retry.http)),
+                        retry: r.retry.as_ref().map(|retry| RouteRetry {
+                            headers: crate::retry::HeaderRules::new(&retry.http),
+                            budget: std::sync::Arc::new(crate::retry::Budget::new(retry.budget)),
+                        }),
                     }
                 })
                 .collect(),
         }
     }
 
-    /// The route `parts` takes, with its own retriable headers if it has its own
-    /// retries; `None` when no route's conditions hold.
-    pub(crate) fn find(
-        &self,
-        parts: &Parts,
-    ) -> Option<(&HttpRoute, Option<&crate::retry::HeaderRules>)> {
+    /// The route `parts` takes, with what its own retries need if it has them; `None`
+    /// when no route's conditions hold.
+    pub(crate) fn find(&self, parts: &Parts) -> Option<(&HttpRoute, Option<&RouteRetry>)> {
         self.routes
             .iter()
             .find(|c| c.conditions.as_ref().is_some_and(|m| m.matches(parts)))
-            .map(|c| (&c.route, c.retry_headers.as_ref()))
+            .map(|c| (&c.route, c.retry.as_ref()))
     }
 }
 

@@ -2758,3 +2758,82 @@ async fn a_fault_rule_for_a_spiffe_id_applies_to_that_caller_only() -> anyhow::R
     }
     Ok(())
 }
+
+/// Per-route retries and route matches by method, query parameter and regular
+/// expression: backend-2 answers 500 to everything and the destination's retries are
+/// off, so about half of the plain calls fail; the route `retried` (GET with
+/// `?retry=yes`, or a path like `/items/42`) has a MeshRetry of its own (3 retries on
+/// 5xx, a budget of its own as large as its traffic), so every one of its calls
+/// succeeds. A POST with `?retry=yes` is not on the
+/// route and fails as often as plain calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_has_its_own_retries_and_matches_by_method_query_and_regex() -> anyhow::Result<()> {
+    let two = TwoBackends::start().await?;
+    two.retry(json!({"numRetries": 0}), |r| r["http"]["numRetries"] == 0)
+        .await?;
+    two.set(1, "answer", 500).await?;
+    put(
+        &two.fx.c,
+        "/meshes/default/meshhttproutes/retried",
+        &json!({
+        "type": "MeshHTTPRoute", "mesh": "default", "name": "retried",
+        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+            {"matches": [{"method": "GET", "queryParams": [{"name": "retry", "value": "yes"}]},
+                         {"path": {"type": "RegularExpression", "value": "/items/[0-9]+"}}],
+             "default": {}}]}]}}),
+    )
+    .await?;
+    put(&two.fx.c, "/meshes/default/meshretries/retried", &json!({
+        "type": "MeshRetry", "mesh": "default", "name": "retried",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshHTTPRoute", "name": "retried"},
+                 "default": {"http": {"numRetries": 3, "retryOn": ["5xx"], "budget": {"percent": 100}}}}]}})).await?;
+    let admin = plain_http();
+    eventually("the route's retries in web's config", WAIT, || async {
+        let cfg = admin_config(&admin, two.web_admin).await?;
+        let routes = cfg["config"]["outbounds"][0]["httpRoutes"]
+            .as_array()?
+            .clone();
+        (routes.len() == 2 && routes.iter().all(|r| r["retry"]["http"]["numRetries"] == 3))
+            .then_some(())
+    })
+    .await?;
+    let http = plain_http();
+    let base = format!("http://127.0.0.1:{}", two.out);
+    let failures = |method: reqwest::Method, path: &'static str| {
+        let (http, url) = (http.clone(), format!("{base}{path}"));
+        async move {
+            let mut failed = 0;
+            for _ in 0..40 {
+                if !http
+                    .request(method.clone(), &url)
+                    .send()
+                    .await?
+                    .status()
+                    .is_success()
+                {
+                    failed += 1;
+                }
+            }
+            anyhow::Ok(failed)
+        }
+    };
+    assert_eq!(
+        failures(Method::GET, "/x?retry=yes").await?,
+        0,
+        "GET ?retry=yes"
+    );
+    assert_eq!(failures(Method::GET, "/items/42").await?, 0, "/items/42");
+    let plain = failures(Method::GET, "/x").await?;
+    let post = failures(Method::POST, "/x?retry=yes").await?;
+    let partial = failures(Method::GET, "/items/42/x").await?;
+    assert!(
+        (8..=32).contains(&plain),
+        "{plain} of 40 plain calls failed"
+    );
+    assert!((8..=32).contains(&post), "{post} of 40 POSTs failed");
+    assert!(
+        (8..=32).contains(&partial),
+        "{partial} of 40 calls to /items/42/x failed"
+    );
+    Ok(())
+}

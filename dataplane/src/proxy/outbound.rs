@@ -201,10 +201,13 @@ async fn outbound_request(
         .and_then(|(r, _)| r.timeouts.as_ref())
         .unwrap_or(&ob.timeouts);
     let retry = match route {
-        Some((r, Some(headers))) => r.retry.as_ref().map(|retry| (retry, headers)),
+        Some((r, Some(own))) => r
+            .retry
+            .as_ref()
+            .map(|retry| (retry, &own.headers, own.budget.clone())),
         _ => None,
     }
-    .unwrap_or((&target.retry, b.retry_headers()));
+    .unwrap_or_else(|| (&target.retry, b.retry_headers(), b.retry_budget()));
     // RingHash: the request's key (a cookie made up for it goes on the answer).
     let keyed = keying(target).map(|keying| {
         let offered = crate::hash::Request {
@@ -468,7 +471,7 @@ async fn outbound_exchange(
     cfg: &ProxyConfig,
     ob: &OutboundListener,
     b: &Arc<Balancer>,
-    (retry, retry_headers): (&Retry, &retry::HeaderRules),
+    (retry, retry_headers, budget): (&Retry, &retry::HeaderRules, Arc<retry::Budget>),
     req: http::Request<Body>,
     (probe, key): (bool, Option<u64>),
     deadline: Option<Instant>,
@@ -481,8 +484,7 @@ async fn outbound_exchange(
     let policy = retry::Policy::of(retry, retry_headers, is_grpc(req.headers()));
     let retries = policy.num_retries(req.headers());
     // Every request adds to the budget, retried or not: it is a share of the
-    // destination's traffic.
-    let budget = b.retry_budget();
+    // destination's (or its route's) traffic.
     budget.deposit(Instant::now());
     let mut tried = Vec::new();
     if retries == 0 {
