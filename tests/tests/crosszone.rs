@@ -1285,3 +1285,60 @@ async fn websocket_across_zones(quic: bool) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A MeshHTTPRoute backend that lives only in another zone: web in zone-a calls
+/// backend (in zone-a); a route sends `/reports` to `reports`, which runs only in
+/// zone-b, so those requests cross to zone-b's ingress while the others stay local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_sends_requests_to_a_service_that_lives_only_in_another_zone() -> anyhow::Result<()>
+{
+    let m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    let mut procs = Vec::new();
+    for (zone, instance, service, sidecar) in [
+        ("zone-a", "a1", "backend", "backend-a"),
+        ("zone-b", "r1", "reports", "reports-b"),
+    ] {
+        let (app, port) = m.app(zone, instance, service)?;
+        procs.push(app);
+        procs.push(m.sidecar(zone, sidecar, service, Some(port), &[]).await?.0);
+    }
+    procs.push(m.ingress("zone-b", "zone-b-ingress").await?.0);
+    put(
+        &m.c,
+        "/meshes/default/meshhttproutes/reports",
+        &json!({
+        "type": "MeshHTTPRoute", "mesh": "default", "name": "reports",
+        "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "backend"}, "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/reports"}}],
+             "default": {"backendRefs": [{"kind": "MeshService", "name": "reports"}]}}]}]}}),
+    )
+    .await?;
+    let (web, _, outs) = m
+        .sidecar("zone-a", "web-1", "web", None, &["backend"])
+        .await?;
+    procs.push(web);
+    let http = plain_http();
+    let answer = |path: &'static str| {
+        let http = http.clone();
+        let url = format!("http://127.0.0.1:{}{path}", outs[0]);
+        async move {
+            let v: Value = http.get(url).send().await.ok()?.json().await.ok()?;
+            Some((
+                v["instance"].as_str()?.to_owned(),
+                v["zone"].as_str()?.to_owned(),
+            ))
+        }
+    };
+    eventually("/reports answered in zone-b", WAIT, || async {
+        (answer("/reports/q3").await? == ("r1".into(), "zone-b".into())).then_some(())
+    })
+    .await?;
+    for _ in 0..10 {
+        assert_eq!(
+            answer("/reports/q3").await,
+            Some(("r1".into(), "zone-b".into()))
+        );
+        assert_eq!(answer("/other").await, Some(("a1".into(), "zone-a".into())));
+    }
+    Ok(())
+}
