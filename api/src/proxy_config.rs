@@ -369,25 +369,10 @@ fn is_every_request(m: &crate::HttpRouteMatch) -> bool {
     tag = "type"
 )]
 pub enum RouteFilter {
-    /// Request headers set (replaced), added (kept beside existing values) and
-    /// removed, in that order.
-    RequestHeaders {
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        set: Vec<(String, String)>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        add: Vec<(String, String)>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        remove: Vec<String>,
-    },
-    /// The same for the response's headers.
-    ResponseHeaders {
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        set: Vec<(String, String)>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        add: Vec<(String, String)>,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        remove: Vec<String>,
-    },
+    /// Request headers changed.
+    RequestHeaders(HeaderChanges),
+    /// Response headers changed (on the answer the caller gets).
+    ResponseHeaders(HeaderChanges),
     /// Answer with a redirect to the request's URL with these parts replaced; the
     /// request goes nowhere.
     Redirect {
@@ -414,6 +399,19 @@ pub enum RouteFilter {
         backend: RouteBackend,
         percentage: f64,
     },
+}
+
+/// Headers set (replaced), added (kept beside existing values) and removed, in that
+/// order; names in lower case.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderChanges {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<(String, String)>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
 }
 
 /// A new path for a request.

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use causeway_api::proxy_config::{HttpRoute, PathRewrite, RouteFilter};
+use causeway_api::proxy_config::{HeaderChanges, HttpRoute, PathRewrite, RouteFilter};
 use causeway_api::{HttpRouteMatch, PathMatchType, QueryMatchType, Scheme};
 use http::HeaderValue;
 use http::request::Parts;
@@ -197,9 +197,7 @@ pub(crate) struct Redirect {
 pub(crate) fn apply_request(route: &HttpRoute, parts: &mut Parts) -> Option<Redirect> {
     for f in &route.filters {
         match f {
-            RouteFilter::RequestHeaders { set, add, remove } => {
-                modify_headers(&mut parts.headers, set, add, remove)
-            }
+            RouteFilter::RequestHeaders(changes) => modify_headers(&mut parts.headers, changes),
             RouteFilter::Rewrite { hostname, path } => {
                 let new_path = path.as_ref().map(|p| rewrite_path(parts.uri.path(), p));
                 let mut uri = std::mem::take(&mut parts.uri).into_parts();
@@ -250,18 +248,14 @@ pub(crate) fn apply_request(route: &HttpRoute, parts: &mut Parts) -> Option<Redi
 /// Applies `route`'s response filters to an answer's headers.
 pub(crate) fn apply_response(route: &HttpRoute, headers: &mut http::HeaderMap) {
     for f in &route.filters {
-        if let RouteFilter::ResponseHeaders { set, add, remove } = f {
-            modify_headers(headers, set, add, remove);
+        if let RouteFilter::ResponseHeaders(changes) = f {
+            modify_headers(headers, changes);
         }
     }
 }
 
-fn modify_headers(
-    headers: &mut http::HeaderMap,
-    set: &[(String, String)],
-    add: &[(String, String)],
-    remove: &[String],
-) {
+fn modify_headers(headers: &mut http::HeaderMap, changes: &HeaderChanges) {
+    let HeaderChanges { set, add, remove } = changes;
     let parse = |(name, value): &(String, String)| {
         Some((
             http::HeaderName::from_bytes(name.as_bytes()).ok()?,

@@ -114,13 +114,15 @@ pub(crate) fn decode_outbounds<T: DeserializeOwned>(
 }
 
 /// Each of `proxy`'s outbounds' per-route configurations of the policy `kind`: its
-/// `to[]` entries for a MeshHTTPRoute merged over the destination's, decoded, by route
-/// name. A route without entries of its own is not in the map.
-pub(crate) fn decode_routes<T: DeserializeOwned>(
+/// `to[]` entries for a MeshHTTPRoute merged over the destination's, decoded and made
+/// into what the sidecar runs by `make`, by route name. A route without entries of its
+/// own is not in the map.
+pub(crate) fn decode_routes<T: DeserializeOwned, U>(
     kind: &str,
     effective: &EffectiveConfig,
     proxy: &Proxy,
-) -> Result<Vec<BTreeMap<String, T>>, ComputeError> {
+    make: impl Fn(&T) -> U,
+) -> Result<Vec<BTreeMap<String, U>>, ComputeError> {
     proxy
         .outbounds
         .iter()
@@ -139,7 +141,8 @@ pub(crate) fn decode_routes<T: DeserializeOwned>(
                             policies.join(", ")
                         )
                     };
-                    Ok((route.clone(), decode_conf(conf, what)?))
+                    let conf: T = decode_conf(conf, what)?;
+                    Ok((route.clone(), make(&conf)))
                 })
                 .collect()
         })

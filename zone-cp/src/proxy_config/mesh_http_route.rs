@@ -13,7 +13,9 @@
 
 use std::cmp::Reverse;
 
-use causeway_api::proxy_config::{HttpRoute, PathRewrite, RouteBackend, RouteFilter};
+use causeway_api::proxy_config::{
+    HeaderChanges, HttpRoute, PathRewrite, RouteBackend, RouteFilter,
+};
 use causeway_api::{
     BackendRef, EffectiveConfig, HeaderModifier, HttpFilter, HttpFilterType, HttpRouteMatch,
     HttpRouteRule, MeshHttpRouteSpec, PathMatchType, PathModifier, PathModifierType, Proxy,
@@ -165,20 +167,18 @@ fn filter(
                 .map(|h| (h.name.to_ascii_lowercase(), h.value.clone()))
                 .collect()
         };
-        (
-            pairs(&h.set),
-            pairs(&h.add),
-            h.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
-        )
+        HeaderChanges {
+            set: pairs(&h.set),
+            add: pairs(&h.add),
+            remove: h.remove.iter().map(|n| n.to_ascii_lowercase()).collect(),
+        }
     };
     Some(match f.kind {
         HttpFilterType::RequestHeaderModifier => {
-            let (set, add, remove) = headers(f.request_header_modifier.as_ref()?);
-            RouteFilter::RequestHeaders { set, add, remove }
+            RouteFilter::RequestHeaders(headers(f.request_header_modifier.as_ref()?))
         }
         HttpFilterType::ResponseHeaderModifier => {
-            let (set, add, remove) = headers(f.response_header_modifier.as_ref()?);
-            RouteFilter::ResponseHeaders { set, add, remove }
+            RouteFilter::ResponseHeaders(headers(f.response_header_modifier.as_ref()?))
         }
         HttpFilterType::RequestRedirect => {
             let r = f.request_redirect.as_ref()?;

@@ -33,15 +33,7 @@ pub(crate) fn configure(
                 .map_or_else(Retry::default_policy, over_defaults)
         })
         .collect();
-    let routes = decode_routes::<RetryConf>("MeshRetry", &effective, proxy)?
-        .into_iter()
-        .map(|routes| {
-            routes
-                .into_iter()
-                .map(|(name, c)| (name, over_defaults(&c)))
-                .collect()
-        })
-        .collect();
+    let routes = decode_routes("MeshRetry", &effective, proxy, over_defaults)?;
     Ok((outbounds, routes))
 }
 

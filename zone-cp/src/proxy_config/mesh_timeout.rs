@@ -90,15 +90,7 @@ pub(crate) fn from_effective(
         .into_iter()
         .map(|conf| conf.map_or(Timeouts::DEFAULT, |c| over_defaults(&c)))
         .collect();
-    let routes = decode_routes::<TimeoutConf>("MeshTimeout", effective, proxy)?
-        .into_iter()
-        .map(|routes| {
-            routes
-                .into_iter()
-                .map(|(name, c)| (name, over_defaults(&c)))
-                .collect()
-        })
-        .collect();
+    let routes = decode_routes("MeshTimeout", effective, proxy, over_defaults)?;
     Ok(ListenerTimeouts {
         inbounds,
         outbounds,
