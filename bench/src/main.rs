@@ -15,7 +15,8 @@
 //!
 //! `causeway-bench sidecar`: HTTP/1.1 to nginx direct, through two Causeway sidecars (mTLS)
 //! and through an haproxy mTLS pair: wrk throughput, p50/p90/p99 at a fixed rate (h2load),
-//! proxy CPU seconds and peak RSS, against the sidecar goals.
+//! proxy CPU seconds and peak RSS, against the sidecar goals; with `--routes`, also through
+//! the sidecars with 100 MeshHTTPRoute rules and a 90/10 split.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -109,6 +110,13 @@ enum Bench {
         /// traffic permission and the built-in default timeouts and retries.
         #[arg(long)]
         policies: bool,
+        /// Also measure a fourth path: the sidecars with a MeshHTTPRoute table of 100
+        /// rules in front of a second destination (`canary`, two instances tagged v1
+        /// and v2), where the bench's request matches only the last, lowest-ranked rule,
+        /// which splits 90/10 between v1 and v2. Reports the routes' cost against the
+        /// sidecars without routes and the split observed over the bench's requests.
+        #[arg(long)]
+        routes: bool,
     },
 }
 
@@ -643,12 +651,14 @@ async fn main() -> anyhow::Result<()> {
             sidecar_bin,
             sidecar_arg,
             policies,
+            routes,
         } => {
             let lean = std::env::current_exe()?.with_file_name("causeway-dataplane");
             let sc = sidecar::SidecarCmd {
                 bin: sidecar_bin.or_else(|| lean.exists().then_some(lean)),
                 args: sidecar_arg,
                 policies,
+                routes,
             };
             sidecar::sidecar(seconds, runs, rate, connections, sc).await
         }

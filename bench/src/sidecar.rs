@@ -5,6 +5,13 @@
 //! HTTP-mode pair of the reference baseline). For each: wrk closed-loop throughput, latency
 //! percentiles at a fixed rate from h2load's per-request log, CPU seconds of each proxy
 //! process during the wrk run and its peak RSS. Prints medians, ratios and the goals.
+//!
+//! With `--routes`, a fourth path: (d) the same client sidecar to a second destination,
+//! `canary` (two instances tagged `version: v1` and `v2`, each a sidecar in front of the
+//! same nginx), whose MeshHTTPRoute table has 100 rules; the request matches only the
+//! last, which splits 90/10 by tag (see [`route_policies`]). Each instance's sidecar
+//! counts the requests it received, so the split is measured over the bench's own
+//! requests.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -535,9 +542,22 @@ struct CausewayMesh {
     // Field order is drop order: sidecars first, then the zone, then global.
     web: Svc,
     backend: Svc,
+    canary: Option<Canary>,
     _zone: Svc,
     _global: Svc,
     /// The web sidecar's outbound port for `backend`.
+    outbound: u16,
+    /// The web sidecar's admin port (its metrics).
+    web_admin: u16,
+}
+
+/// `--routes`: the `canary` destination's two instances (sidecars tagged `version: v1`
+/// and `v2`, both in front of nginx) and the web sidecar's outbound port for it.
+struct Canary {
+    v1: Svc,
+    v2: Svc,
+    v1_admin: u16,
+    v2_admin: u16,
     outbound: u16,
 }
 
@@ -548,6 +568,61 @@ pub(crate) struct SidecarCmd {
     pub(crate) args: Vec<String>,
     /// Apply [`resilience_policies`] too.
     pub(crate) policies: bool,
+    /// Also start the `canary` destination with [`route_policies`] and measure path (d).
+    pub(crate) routes: bool,
+}
+
+/// Rules in the `canary` route table (the last one is the catch-all that splits).
+const ROUTE_RULES: usize = 100;
+/// The catch-all's weights: `version: v1` and `version: v2`.
+const SPLIT_WEIGHTS: (u32, u32) = (90, 10);
+
+/// `--routes`: a MeshHTTPRoute table of [`ROUTE_RULES`] rules for `canary`, written as
+/// two policies so the sidecar's `causeway_route_requests_total{route}` shows which one a
+/// request took: `canary-decoys` has 99 rules the bench's `GET /` (no query, no
+/// `x-tenant` header) fails, `canary-split` the one it matches.
+///
+/// The zone ranks routes most specific first (exact path, longest prefix, regular
+/// expression, then method, headers, query parameters), and the sidecar tries them in
+/// that order until one holds. The catch-all has no condition at all, so it ranks below
+/// every decoy and each request is tested against all 99 decoys first, a fifth of each
+/// kind: 20 exact paths (`/api/v1/orders/N`: a string comparison), 20 prefixes
+/// (`/tenants/tN`: a segment-prefix test), 20 regular expressions
+/// (`/items/N/[0-9]+`, whole path), 20 header conditions (`x-tenant: tN`, absent from
+/// the request) and 19 query parameters (`tenant=tN`; the request has none).
+fn route_policies() -> Vec<(&'static str, Value)> {
+    let mut decoys = Vec::new();
+    for i in 0..ROUTE_RULES - 1 {
+        let m = match i / 20 {
+            0 => json!({"path": {"type": "Exact", "value": format!("/api/v1/orders/{i}")}}),
+            1 => json!({"path": {"type": "PathPrefix", "value": format!("/tenants/t{i}")}}),
+            2 => {
+                json!({"path": {"type": "RegularExpression", "value": format!("/items/{i}/[0-9]+")}})
+            }
+            3 => json!({"headers": [{"name": "x-tenant", "value": format!("t{i}")}]}),
+            _ => json!({"queryParams": [{"name": "tenant", "value": format!("t{i}")}]}),
+        };
+        decoys.push(json!({"matches": [m], "default": {}}));
+    }
+    let (v1, v2) = SPLIT_WEIGHTS;
+    vec![
+        (
+            "/meshes/default/meshhttproutes/canary-decoys",
+            json!({"type": "MeshHTTPRoute", "mesh": "default", "name": "canary-decoys",
+               "spec": {"targetRef": {"kind": "Mesh"},
+                        "to": [{"targetRef": {"kind": "MeshService", "name": "canary"},
+                                "rules": decoys}]}}),
+        ),
+        (
+            "/meshes/default/meshhttproutes/canary-split",
+            json!({"type": "MeshHTTPRoute", "mesh": "default", "name": "canary-split",
+               "spec": {"targetRef": {"kind": "Mesh"},
+                        "to": [{"targetRef": {"kind": "MeshService", "name": "canary"},
+                                "rules": [{"default": {"backendRefs": [
+                                    {"kind": "MeshServiceSubset", "name": "canary", "tags": {"version": "v1"}, "weight": v1},
+                                    {"kind": "MeshServiceSubset", "name": "canary", "tags": {"version": "v2"}, "weight": v2}]}}]}]}}),
+        ),
+    ]
 }
 
 /// `--policies`: the resilience policies a production mesh would have on this pair, as
@@ -626,6 +701,12 @@ impl SidecarCmd {
                 kinds.join(", ")
             ));
         }
+        if self.routes {
+            s.push_str(&format!(
+                "; (d): {ROUTE_RULES} MeshHTTPRoute rules, the request matching the last, split {}/{} by tag",
+                SPLIT_WEIGHTS.0, SPLIT_WEIGHTS.1
+            ));
+        }
         Ok(s)
     }
 }
@@ -688,6 +769,19 @@ async fn start_causeway(
     .await?;
     if sc.policies {
         for (path, policy) in resilience_policies() {
+            put(path, policy).await?;
+        }
+    }
+    if sc.routes {
+        put(
+            "/meshes/default/meshtrafficpermissions/web-to-canary",
+            json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "web-to-canary",
+                   "spec": {"targetRef": {"kind": "MeshService", "name": "canary"},
+                            "from": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                                      "default": {"action": "Allow"}}]}}),
+        )
+        .await?;
+        for (path, policy) in route_policies() {
             put(path, policy).await?;
         }
     }
@@ -754,7 +848,7 @@ async fn start_causeway(
 
     // The sidecars.
     let outbound = free_port();
-    let sidecar = |service: &'static str, inbound: Value, outbound: Value| {
+    let sidecar = |name: &'static str, service: &'static str, inbound: Value, outbound: Value| {
         let (g, gurl, token) = (&g, &gurl, &token);
         let zca_file = zdir.join("api-ca.pem");
         async move {
@@ -767,19 +861,19 @@ async fn start_causeway(
                 deadline,
             )
             .await?;
-            let token_file = dir.join(format!("{service}.token"));
+            let token_file = dir.join(format!("{name}.token"));
             std::fs::write(
                 &token_file,
                 v["token"].as_str().context("no dataplane token")?,
             )?;
-            let dp = json!({"type": "Dataplane", "mesh": "default", "name": format!("{service}-1"),
+            let dp = json!({"type": "Dataplane", "mesh": "default", "name": name,
                             "spec": {"address": "127.0.0.1", "inbound": [inbound], "outbound": outbound}});
-            let dp_file = dir.join(format!("{service}-dp.json"));
+            let dp_file = dir.join(format!("{name}-dp.json"));
             std::fs::write(&dp_file, serde_json::to_vec(&dp)?)?;
             let admin = free_port();
             let svc = Svc::spawn(
                 dir,
-                &format!("sidecar-{service}"),
+                &format!("sidecar-{name}"),
                 sc.command()?
                     .args(["--cp", &format!("https://127.0.0.1:{dds}")])
                     .arg("--cp-ca-file")
@@ -798,15 +892,36 @@ async fn start_causeway(
         }
     };
     let (mut backend, backend_admin) = sidecar(
+        "backend-1",
         "backend",
         json!({"port": free_port(), "servicePort": nginx_port, "service": "backend", "protocol": "http"}),
         json!([]),
     )
     .await?;
+    let mut canary = None;
+    let mut outbounds = vec![json!({"port": outbound, "service": "backend"})];
+    if sc.routes {
+        let instance = |version: &str| {
+            json!({"port": free_port(), "servicePort": nginx_port, "service": "canary",
+                   "protocol": "http", "tags": {"version": version}})
+        };
+        let (v1, v1_admin) = sidecar("canary-v1", "canary", instance("v1"), json!([])).await?;
+        let (v2, v2_admin) = sidecar("canary-v2", "canary", instance("v2"), json!([])).await?;
+        let port = free_port();
+        outbounds.push(json!({"port": port, "service": "canary"}));
+        canary = Some(Canary {
+            v1,
+            v2,
+            v1_admin,
+            v2_admin,
+            outbound: port,
+        });
+    }
     let (mut web, web_admin) = sidecar(
+        "web-1",
         "web",
         json!({"port": free_port(), "servicePort": free_port(), "service": "web", "protocol": "http"}),
-        json!([{"port": outbound, "service": "backend"}]),
+        Value::Array(outbounds),
     )
     .await?;
     for admin in [backend_admin, web_admin] {
@@ -828,13 +943,129 @@ async fn start_causeway(
         &mut [&mut web, &mut backend, &mut zone],
     )
     .await?;
+    if let Some(c) = canary.as_mut() {
+        for admin in [c.v1_admin, c.v2_admin] {
+            wait_ok(
+                plain,
+                &format!("http://127.0.0.1:{admin}/ready"),
+                None,
+                deadline,
+                &mut [&mut c.v1, &mut c.v2, &mut zone],
+            )
+            .await?;
+        }
+        // The whole route table in the web sidecar's config, and both instances
+        // answering through it.
+        loop {
+            let cfg: Value = match plain
+                .get(format!("http://127.0.0.1:{web_admin}/config"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.unwrap_or(Value::Null),
+                Err(_) => Value::Null,
+            };
+            let routes = cfg["config"]["outbounds"]
+                .as_array()
+                .and_then(|obs| obs.iter().find(|o| o["service"] == "canary"))
+                .and_then(|o| o["httpRoutes"].as_array())
+                .map_or(0, Vec::len);
+            let v2_answered = inbound_requests(plain, c.v2_admin).await.unwrap_or(0) > 0;
+            if routes == ROUTE_RULES && v2_answered {
+                break;
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "web has {routes} of {ROUTE_RULES} routes for canary (v2 answered: {v2_answered}){}",
+                    web.logs()
+                );
+            }
+            wait_ok(
+                plain,
+                &format!("http://127.0.0.1:{}/", c.outbound),
+                Some("ok\n"),
+                deadline,
+                &mut [&mut web, &mut c.v1, &mut c.v2, &mut zone],
+            )
+            .await?;
+        }
+    }
     Ok(CausewayMesh {
         web,
         backend,
+        canary,
         _zone: zone,
         _global: global,
         outbound,
+        web_admin,
     })
+}
+
+/// Sums a sidecar's Prometheus counters whose line starts with `prefix`.
+async fn counter_sum(http: &reqwest::Client, admin: u16, prefix: &str) -> anyhow::Result<u64> {
+    let text = http
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
+        .sum())
+}
+
+/// Requests a sidecar's inbound has answered, every status.
+async fn inbound_requests(http: &reqwest::Client, admin: u16) -> anyhow::Result<u64> {
+    counter_sum(http, admin, "causeway_requests_total{direction=\"inbound\"").await
+}
+
+/// `--routes`: where the bench's requests to `canary` went, counted by the sidecars.
+#[derive(Debug, Clone, Copy, Default)]
+struct SplitCount {
+    /// Answered by the v1 and the v2 instance.
+    v1: u64,
+    v2: u64,
+    /// Taken by the catch-all (`canary-split`) and by any of the 99 decoys.
+    last_rule: u64,
+    decoys: u64,
+}
+
+impl SplitCount {
+    async fn read(http: &reqwest::Client, mesh: &CausewayMesh) -> anyhow::Result<SplitCount> {
+        let c = mesh.canary.as_ref().context("no canary")?;
+        let routed = |route: &'static str| {
+            let prefix =
+                format!("causeway_route_requests_total{{service=\"canary\",route=\"{route}\"");
+            async move { counter_sum(http, mesh.web_admin, &prefix).await }
+        };
+        Ok(SplitCount {
+            v1: inbound_requests(http, c.v1_admin).await?,
+            v2: inbound_requests(http, c.v2_admin).await?,
+            last_rule: routed("canary-split").await?,
+            decoys: routed("canary-decoys").await?,
+        })
+    }
+
+    fn since(self, before: SplitCount) -> SplitCount {
+        SplitCount {
+            v1: self.v1 - before.v1,
+            v2: self.v2 - before.v2,
+            last_rule: self.last_rule - before.last_rule,
+            decoys: self.decoys - before.decoys,
+        }
+    }
+
+    fn add(&mut self, o: SplitCount) {
+        self.v1 += o.v1;
+        self.v2 += o.v2;
+        self.last_rule += o.last_rule;
+        self.decoys += o.decoys;
+    }
 }
 
 // === load ===
@@ -931,6 +1162,8 @@ struct Route {
     url: String,
     /// Proxy processes whose CPU and memory are measured: (name, pid).
     procs: Vec<(&'static str, u32)>,
+    /// Count where its requests went ([`SplitCount`]): the routed path.
+    split: bool,
 }
 
 /// One run of one path.
@@ -945,6 +1178,8 @@ struct Sample {
     foreign: (f64, String),
     /// CPU seconds the hypervisor took from this machine meanwhile.
     steal: f64,
+    /// The routed path: where its requests went during both measurements.
+    split: Option<SplitCount>,
 }
 
 impl Sample {
@@ -1026,6 +1261,7 @@ async fn measure(
         peak,
         foreign,
         steal,
+        split: None,
     })
 }
 
@@ -1104,23 +1340,38 @@ async fn bench(
     let (hap_client, hap_server) = start_haproxy(dir, &ports, &plain, &haproxy).await?;
     let mesh = start_causeway(dir, ports.nginx, &plain, sc).await?;
 
-    let paths = [
+    let mut paths = vec![
         Route {
             label: "(a) direct to nginx",
             url: format!("http://127.0.0.1:{}/", ports.nginx),
             procs: vec![],
+            split: false,
         },
         Route {
             label: "(b) causeway sidecars",
             url: format!("http://127.0.0.1:{}/", mesh.outbound),
             procs: vec![("web", mesh.web.pid()), ("backend", mesh.backend.pid())],
+            split: false,
         },
         Route {
             label: "(c) haproxy pair",
             url: format!("http://127.0.0.1:{}/", ports.hap_out),
             procs: vec![("out", hap_client.pid()), ("in", hap_server.pid())],
+            split: false,
         },
     ];
+    if let Some(c) = &mesh.canary {
+        paths.push(Route {
+            label: "(d) sidecars + routes",
+            url: format!("http://127.0.0.1:{}/", c.outbound),
+            procs: vec![
+                ("web", mesh.web.pid()),
+                ("v1", c.v1.pid()),
+                ("v2", c.v2.pid()),
+            ],
+            split: true,
+        });
+    }
 
     // Warm-up: connections between proxies, allocator pools, caches.
     for p in &paths {
@@ -1144,7 +1395,14 @@ async fn bench(
             let i = (run + k) % paths.len();
             let p = &paths[i];
             eprintln!("run {}/{runs}: {}", run + 1, p.label);
-            let s = measure(dir, &t, p, seconds, rate, connections).await?;
+            let before = match p.split {
+                true => Some(SplitCount::read(&plain, &mesh).await?),
+                false => None,
+            };
+            let mut s = measure(dir, &t, p, seconds, rate, connections).await?;
+            if let Some(before) = before {
+                s.split = Some(SplitCount::read(&plain, &mesh).await?.since(before));
+            }
             if let Some(e) = &s.wrk.errors {
                 eprintln!("  wrk errors on {}: {e}", p.label);
             }
@@ -1177,18 +1435,6 @@ async fn bench(
     }
 
     // Medians.
-    struct Summary {
-        rps: f64,
-        requests: f64,
-        p50: f64,
-        p90: f64,
-        p99: f64,
-        cpu: Vec<f64>,
-        peak: Vec<u64>,
-        runs_rps: Vec<f64>,
-        errors: usize,
-        disturbed: usize,
-    }
     let sum: Vec<Summary> = paths
         .iter()
         .zip(&samples)
@@ -1279,7 +1525,7 @@ async fn bench(
     let added_b = b.p50 - a.p50;
     let added_c = c.p50 - a.p50;
     let worst_rss = b.peak.iter().copied().max().unwrap_or(0);
-    let rows: Vec<(String, String, String, Option<bool>)> = vec![
+    let mut rows: Vec<(String, String, String, Option<bool>)> = vec![
         (
             "throughput (b)/(a): causeway vs direct".into(),
             format!("{:.2}x", b.rps / a.rps),
@@ -1305,6 +1551,27 @@ async fn bench(
             Some(mib(worst_rss) < GOAL_RSS_MIB),
         ),
     ];
+    if let Some(d) = sum.get(3) {
+        rows.extend(route_rows(rate, (b, c, d), &samples[3]));
+        // Throughput moves between runs on this shared machine; the ratios within
+        // each round (the paths measured one after another) are steadier.
+        let per_run = |x: &Summary, y: &Summary| {
+            let v: Vec<f64> = x
+                .runs_rps
+                .iter()
+                .zip(&y.runs_rps)
+                .map(|(x, y)| x / y)
+                .collect();
+            let list: Vec<String> = v.iter().map(|r| format!("{r:.2}")).collect();
+            format!("{} (median {:.2}x)", list.join("/"), median(v))
+        };
+        println!(
+            "ratio per run: (d)/(c) {}; (d)/(b) {}; (b)/(c) {}",
+            per_run(d, c),
+            per_run(d, b),
+            per_run(b, c)
+        );
+    }
     println!();
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let wv = rows.iter().map(|r| r.1.len()).max().unwrap_or(0);
@@ -1322,6 +1589,96 @@ async fn bench(
         line(f, v, g, m);
     }
     Ok(())
+}
+
+/// Medians of one path's runs.
+struct Summary {
+    rps: f64,
+    requests: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    cpu: Vec<f64>,
+    peak: Vec<u64>,
+    runs_rps: Vec<f64>,
+    errors: usize,
+    disturbed: usize,
+}
+
+impl Summary {
+    /// Proxy CPU microseconds per request during wrk, all its proxies together.
+    fn cpu_per_request(&self) -> f64 {
+        self.cpu.iter().sum::<f64>() * 1e6 / self.requests.max(1.0)
+    }
+}
+
+/// `--routes`: path (d) against the goal, its cost against (b) (the same sidecars
+/// without routes), and the split observed over all of (d)'s requests.
+fn route_rows(
+    rate: u64,
+    (b, c, d): (&Summary, &Summary, &Summary),
+    samples: &[Sample],
+) -> Vec<(String, String, String, Option<bool>)> {
+    let mut total = SplitCount::default();
+    for s in samples.iter().filter_map(|s| s.split) {
+        total.add(s);
+    }
+    let n = (total.v1 + total.v2) as f64;
+    let want = f64::from(SPLIT_WEIGHTS.1) / f64::from(SPLIT_WEIGHTS.0 + SPLIT_WEIGHTS.1);
+    let got = total.v2 as f64 / n.max(1.0);
+    // Each request picks its backend independently: the v2 share over n requests has a
+    // standard deviation of sqrt(p(1-p)/n).
+    let sigma = (want * (1.0 - want) / n.max(1.0)).sqrt();
+    let (cpu_b, cpu_c, cpu_d) = (
+        b.cpu_per_request(),
+        c.cpu_per_request(),
+        d.cpu_per_request(),
+    );
+    vec![
+        (
+            "throughput (d)/(c): causeway + routes vs haproxy".into(),
+            format!("{:.2}x", d.rps / c.rps),
+            format!(">= {GOAL_THROUGHPUT_VS_HAPROXY}x"),
+            Some(d.rps / c.rps >= GOAL_THROUGHPUT_VS_HAPROXY),
+        ),
+        (
+            "routes' cost: throughput (d)/(b)".into(),
+            format!("{:.2}x ({:.0} vs {:.0} req/s)", d.rps / b.rps, d.rps, b.rps),
+            String::new(),
+            None,
+        ),
+        (
+            format!("routes' cost: p50 at {rate} req/s (d) - (b)"),
+            format!("{:+.3} ms ({:.3} vs {:.3})", d.p50 - b.p50, d.p50, b.p50),
+            String::new(),
+            None,
+        ),
+        (
+            "routes' cost: CPU us/req (d) - (b)".into(),
+            format!("{:+.1} ({cpu_d:.1} vs {cpu_b:.1})", cpu_d - cpu_b),
+            String::new(),
+            None,
+        ),
+        (
+            "CPU per request vs haproxy: (b), (d)".into(),
+            format!("{:.2}x, {:.2}x", cpu_b / cpu_c, cpu_d / cpu_c),
+            String::new(),
+            None,
+        ),
+        (
+            format!("split to v2 over (d)'s {n:.0} requests"),
+            format!("{:.2}% (v1 {}, v2 {})", got * 100.0, total.v1, total.v2),
+            format!("{:.0}% +- {:.2} (3 sd)", want * 100.0, 3.0 * sigma * 100.0),
+            Some((got - want).abs() <= 3.0 * sigma),
+        ),
+        (
+            format!("took the last of the {ROUTE_RULES} rules"),
+            format!("{} (a decoy: {})", total.last_rule, total.decoys),
+            "all, none".into(),
+            // Routed requests wrk cut off at its end were never answered: `>=`.
+            Some(total.decoys == 0 && total.last_rule as f64 >= n),
+        ),
+    ]
 }
 
 #[cfg(test)]
