@@ -80,7 +80,7 @@ pub(crate) struct Metrics {
     retries: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Requests that took a MeshHTTPRoute, by (destination service, route, backend
     /// service).
-    routed: Mutex<BTreeMap<(String, String, String), u64>>,
+    routed: Mutex<BTreeMap<(String, String, String), Arc<AtomicU64>>>,
     /// Mirrored copies by (destination service, mirror service, result).
     mirrored: Mutex<BTreeMap<(String, String, &'static str), u64>>,
 }
@@ -164,12 +164,24 @@ impl Metrics {
 
     /// Counts a request to `service` that took `route` and went to `backend`.
     pub(crate) fn routed(&self, service: &str, route: &str, backend: &str) {
-        *self
-            .routed
+        self.route_counter(service, route, backend)
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counter of requests to `service` that took `route` to `backend`, for a
+    /// route table to keep: counting is then one atomic add, no lock.
+    pub(crate) fn route_counter(
+        &self,
+        service: &str,
+        route: &str,
+        backend: &str,
+    ) -> Arc<AtomicU64> {
+        self.routed
             .lock()
             .expect("metrics lock")
             .entry((service.to_string(), route.to_string(), backend.to_string()))
-            .or_default() += 1;
+            .or_default()
+            .clone()
     }
 
     /// Counts a mirrored copy of a request to `service` sent to `mirror`, by what
@@ -283,6 +295,7 @@ impl Metrics {
         }
         out.push_str("# TYPE causeway_route_requests_total counter\n");
         for ((s, route, backend), n) in self.routed.lock().expect("metrics lock").iter() {
+            let n = n.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
                 "causeway_route_requests_total{{service=\"{s}\",route=\"{route}\",backend=\"{backend}\"}} {n}"

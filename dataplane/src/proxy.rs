@@ -372,16 +372,23 @@ impl Proxy {
                 next.insert(key, (listener, b));
             }
         }
-        *routes = next;
+        *routes = next.clone();
         drop(routes);
         *self.route_tables.lock().expect("route tables lock") = cfg
             .outbounds
             .iter()
             .filter(|ob| !ob.http_routes.is_empty())
             .map(|ob| {
+                let way = |route: &str, backend: &RouteBackend| {
+                    let target = next.get(&(ob.port, backend_key(backend)))?.clone();
+                    let counter = self
+                        .metrics
+                        .route_counter(&ob.service, route, &backend.service);
+                    Some(crate::route::Way::new(backend.weight, target, counter))
+                };
                 (
                     ob.port,
-                    Arc::new(crate::route::RouteTable::new(&ob.http_routes)),
+                    Arc::new(crate::route::RouteTable::new(&ob.http_routes, way)),
                 )
             })
             .collect();
@@ -432,7 +439,7 @@ impl Proxy {
 }
 
 /// A route backend as a destination of its own, and its balancer.
-type RouteTarget = (Arc<OutboundListener>, Arc<Balancer>);
+pub(crate) type RouteTarget = (Arc<OutboundListener>, Arc<Balancer>);
 
 /// A backend's identity among an outbound's backends: its service and tags.
 fn backend_key(b: &RouteBackend) -> String {

@@ -16,26 +16,68 @@ use crate::header_match::HeaderMatcher;
 /// What a route with retries of its own retries by: its retriable headers, compiled,
 /// and its own budget (a share of the route's requests, counted from the config that
 /// set it), so one route's retries never spend another's or the destination's.
-#[derive(Debug)]
 pub(crate) struct RouteRetry {
     pub(crate) headers: crate::retry::HeaderRules,
     pub(crate) budget: std::sync::Arc<crate::retry::Budget>,
 }
 
 /// A destination's routes, compiled.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct RouteTable {
     routes: Vec<Compiled>,
 }
 
-/// One route's conditions, compiled. `None` of a route whose regular expression does
-/// not compile (the API refuses those): it matches nothing.
-#[derive(Debug)]
-struct Compiled {
-    route: HttpRoute,
+/// One route, compiled: its conditions (`None` for a route whose regular expression
+/// does not compile, which the API refuses: it matches nothing), and where its
+/// requests go, resolved when the config came so a request takes no lock and
+/// allocates nothing to be routed.
+pub(crate) struct Compiled {
+    pub(crate) route: HttpRoute,
     conditions: Option<Conditions>,
     /// Its own retriable headers and retry budget, when it has its own retries.
-    retry: Option<RouteRetry>,
+    pub(crate) retry: Option<RouteRetry>,
+    /// Its backends with their weights (empty: the destination itself).
+    ways: Vec<Way>,
+    total_weight: u64,
+}
+
+/// One backend of a route: where its share of the requests goes, and their counter.
+pub(crate) struct Way {
+    weight: u64,
+    pub(crate) target: crate::proxy::RouteTarget,
+    pub(crate) counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Way {
+    pub(crate) fn new(
+        weight: u32,
+        target: crate::proxy::RouteTarget,
+        counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Way {
+        Way {
+            weight: u64::from(weight),
+            target,
+            counter,
+        }
+    }
+}
+
+impl Compiled {
+    /// A backend chosen at random by weight; `None` without backends (or when every
+    /// weight is 0).
+    pub(crate) fn pick(&self) -> Option<&Way> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let mut pick = rand::random_range(0..self.total_weight);
+        self.ways.iter().find(|w| {
+            if pick < w.weight {
+                return true;
+            }
+            pick -= w.weight;
+            false
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -151,8 +193,12 @@ fn has_prefix(path: &str, prefix: &str) -> bool {
 }
 
 impl RouteTable {
-    /// Compiles `routes` (in the zone's order).
-    pub(crate) fn new(routes: &[HttpRoute]) -> RouteTable {
+    /// Compiles `routes` (in the zone's order); `way` resolves a backend of a route
+    /// (the route's name, the backend) to its target and counter.
+    pub(crate) fn new(
+        routes: &[HttpRoute],
+        way: impl Fn(&str, &causeway_api::proxy_config::RouteBackend) -> Option<Way>,
+    ) -> RouteTable {
         RouteTable {
             routes: routes
                 .iter()
@@ -161,7 +207,10 @@ impl RouteTable {
                     if conditions.is_none() {
                         tracing::warn!(route = %r.name, "a route whose conditions do not compile matches nothing");
                     }
+                    let ways: Vec<Way> = r.backends.iter().filter_map(|b| way(&r.name, b)).collect();
                     Compiled {
+                        total_weight: ways.iter().map(|w| w.weight).sum(),
+                        ways,
                         route: r.clone(),
                         conditions,
                         retry: r.retry.as_ref().map(|retry| RouteRetry {
@@ -174,13 +223,11 @@ impl RouteTable {
         }
     }
 
-    /// The route `parts` takes, with what its own retries need if it has them; `None`
-    /// when no route's conditions hold.
-    pub(crate) fn find(&self, parts: &Parts) -> Option<(&HttpRoute, Option<&RouteRetry>)> {
+    /// The route `parts` takes; `None` when no route's conditions hold.
+    pub(crate) fn find(&self, parts: &Parts) -> Option<&Compiled> {
         self.routes
             .iter()
             .find(|c| c.conditions.as_ref().is_some_and(|m| m.matches(parts)))
-            .map(|c| (&c.route, c.retry.as_ref()))
     }
 }
 
@@ -343,42 +390,45 @@ mod tests {
     }
 
     fn taken(table: &RouteTable, parts: &Parts) -> Option<String> {
-        table.find(parts).map(|(r, _)| r.name.clone())
+        table.find(parts).map(|c| c.route.name.clone())
     }
 
     #[test]
     fn the_first_route_whose_conditions_all_hold_is_taken() {
-        let table = RouteTable::new(&[
-            route(
-                "exact",
-                json!({"path": {"type": "Exact", "value": "/api/health"}}),
-                json!([]),
-            ),
-            route(
-                "beta",
-                json!({"path": {"type": "PathPrefix", "value": "/api/"},
+        let table = RouteTable::new(
+            &[
+                route(
+                    "exact",
+                    json!({"path": {"type": "Exact", "value": "/api/health"}}),
+                    json!([]),
+                ),
+                route(
+                    "beta",
+                    json!({"path": {"type": "PathPrefix", "value": "/api/"},
                                 "headers": [{"name": "x-beta", "value": "true"}]}),
-                json!([]),
-            ),
-            route(
-                "api",
-                json!({"path": {"type": "PathPrefix", "value": "/api"}}),
-                json!([]),
-            ),
-            route(
-                "items",
-                json!({"path": {"type": "RegularExpression", "value": "/items/[0-9]+"},
+                    json!([]),
+                ),
+                route(
+                    "api",
+                    json!({"path": {"type": "PathPrefix", "value": "/api"}}),
+                    json!([]),
+                ),
+                route(
+                    "items",
+                    json!({"path": {"type": "RegularExpression", "value": "/items/[0-9]+"},
                                  "method": "GET"}),
-                json!([]),
-            ),
-            route(
-                "page",
-                json!({"queryParams": [{"name": "page", "value": "2"},
+                    json!([]),
+                ),
+                route(
+                    "page",
+                    json!({"queryParams": [{"name": "page", "value": "2"},
                                                 {"type": "RegularExpression", "name": "q", "value": "a.c"}],
                                 "headers": [{"type": "Absent", "name": "x-debug"}]}),
-                json!([]),
-            ),
-        ]);
+                    json!([]),
+                ),
+            ],
+            |_, _| None,
+        );
         let at = |m: &str, uri: &str, h: &[(&str, &str)]| taken(&table, &request(m, uri, h));
         assert_eq!(
             at("GET", "http://b/api/health", &[]).as_deref(),
@@ -428,14 +478,17 @@ mod tests {
 
     #[test]
     fn a_route_without_conditions_takes_every_request_and_a_bad_regex_none() {
-        let table = RouteTable::new(&[
-            route(
-                "broken",
-                json!({"path": {"type": "RegularExpression", "value": "("}}),
-                json!([]),
-            ),
-            route("all", json!({}), json!([])),
-        ]);
+        let table = RouteTable::new(
+            &[
+                route(
+                    "broken",
+                    json!({"path": {"type": "RegularExpression", "value": "("}}),
+                    json!([]),
+                ),
+                route("all", json!({}), json!([])),
+            ],
+            |_, _| None,
+        );
         assert_eq!(
             taken(&table, &request("DELETE", "http://b/(", &[])).as_deref(),
             Some("all")

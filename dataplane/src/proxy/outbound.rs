@@ -151,7 +151,7 @@ async fn outbound_request(
     // A drill probe asks which zone answered; the header does not travel upstream.
     let probe = parts.headers.remove(PROBE).is_some();
     let mut mirror = None;
-    if let Some((route, _)) = route {
+    if let Some(route) = route.map(|c| &c.route) {
         if let Some(redirect) = crate::route::apply_request(route, &mut parts) {
             stats.record(redirect.status.as_u16(), started.elapsed());
             proxy.metrics.routed(&ob.service, &route.name, "redirect");
@@ -183,31 +183,35 @@ async fn outbound_request(
     let req = http::Request::from_parts(parts, body);
     // Where it goes: the route's backend by weight, else a MeshTCPRoute backend, else
     // the destination itself.
-    let routed = match route {
-        Some((r, _)) if !r.backends.is_empty() => {
-            crate::proxy::pick_backend(&r.backends).map(|b| proxy.backend_target(ob, b))
+    let way = route.and_then(|c| c.pick());
+    let routed = match (route, way) {
+        (_, Some(way)) => {
+            way.counter.fetch_add(1, Ordering::Relaxed);
+            Some(way.target.clone())
         }
+        (Some(c), None) if !c.route.backends.is_empty() => None,
         _ => proxy.route(ob),
     };
     let (target, b) = match &routed {
         Some((routed, b)) => (&**routed, b.clone()),
         None => (ob, proxy.balancer(ob)),
     };
-    if let Some((r, _)) = route {
-        proxy.metrics.routed(&ob.service, &r.name, &target.service);
+    if let (Some(c), None) = (route, way) {
+        proxy
+            .metrics
+            .routed(&ob.service, &c.route.name, &target.service);
     }
     // A route's own timeouts and retries, else the destination's.
     let timeouts = route
-        .and_then(|(r, _)| r.timeouts.as_ref())
+        .and_then(|c| c.route.timeouts.as_ref())
         .unwrap_or(&ob.timeouts);
-    let retry = match route {
-        Some((r, Some(own))) => r
-            .retry
-            .as_ref()
-            .map(|retry| (retry, &own.headers, own.budget.clone())),
-        _ => None,
-    }
-    .unwrap_or_else(|| (&target.retry, b.retry_headers(), b.retry_budget()));
+    let retry = route
+        .and_then(|c| {
+            let own = c.retry.as_ref()?;
+            let retry = c.route.retry.as_ref()?;
+            Some((retry, &own.headers, own.budget.clone()))
+        })
+        .unwrap_or_else(|| (&target.retry, b.retry_headers(), b.retry_budget()));
     // RingHash: the request's key (a cookie made up for it goes on the answer).
     let keyed = keying(target).map(|keying| {
         let offered = crate::hash::Request {
@@ -243,8 +247,8 @@ async fn outbound_request(
     match result {
         Ok(r) => {
             let (mut parts, body) = r.into_parts();
-            if let Some((route, _)) = route {
-                crate::route::apply_response(route, &mut parts.headers);
+            if let Some(c) = route {
+                crate::route::apply_response(&c.route, &mut parts.headers);
             }
             if let Some(cookie) = set_cookie.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
                 parts.headers.append(http::header::SET_COOKIE, cookie);
