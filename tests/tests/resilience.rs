@@ -913,3 +913,86 @@ async fn a_success_rate_far_below_the_others_ejects_an_endpoint() -> anyhow::Res
     assert!(ejections(&http, web_admin, "backend").await >= 1.0);
     Ok(())
 }
+
+/// The local ports of the established TCP connections to 127.0.0.1:`port`, from
+/// `/proc/net/tcp`: the connections a sidecar holds to another's inbound.
+fn connections_to(port: u16) -> std::collections::BTreeSet<u16> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote, state) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+            let remote_port = u16::from_str_radix(remote.split(':').nth(1)?, 16).ok()?;
+            let local_port = u16::from_str_radix(local.split(':').nth(1)?, 16).ok()?;
+            (remote_port == port && *state == "01").then_some(local_port)
+        })
+        .collect()
+}
+
+/// MeshTimeout `maxConnectionDuration` outbound (`to[]`): web's sidecar keeps a small
+/// pool of connections to backend's sidecar; with the policy (300ms), a pooled
+/// connection older than that takes no new request, so over 3 s of steady calls web
+/// opens many connections, one after another, and every call still succeeds. Without
+/// it the same pool carries every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_to_a_destination_age_out_at_max_connection_duration()
+-> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
+    let app = free_addr();
+    let inbound = free_addr().port();
+    let _app = fx.app("backend-1", "backend", app, false)?;
+    let dp = dataplane("backend-1", "backend", inbound, app.port(), "http", &[]);
+    let (_backend, _) = fx.sidecar("backend", dp).await?;
+    let (_web, web_admin, out) = fx.web_calling("backend").await?;
+    let http = plain_http();
+    let url = format!("http://127.0.0.1:{out}/");
+    eventually("backend answering", WAIT, || async {
+        http.get(&url)
+            .send()
+            .await
+            .ok()?
+            .status()
+            .is_success()
+            .then_some(())
+    })
+    .await?;
+    // Steady calls for `window`; every local port seen connected to backend's inbound.
+    let calls_for = |window: Duration| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut ports = std::collections::BTreeSet::new();
+            let until = Instant::now() + window;
+            while Instant::now() < until {
+                let r = http.get(&url).send().await?;
+                anyhow::ensure!(r.status().is_success(), "answered {}", r.status());
+                ports.extend(connections_to(inbound));
+            }
+            anyhow::Ok(ports)
+        }
+    };
+    let without = calls_for(Duration::from_secs(2)).await?;
+    put(&fx.c, "/meshes/default/meshtimeouts/short-lived", &json!({
+        "type": "MeshTimeout", "mesh": "default", "name": "short-lived",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {"http": {"maxConnectionDuration": "300ms"}}}]}})).await?;
+    let admin = plain_http();
+    eventually("the policy in web's config", WAIT, || async {
+        let cfg = admin_config(&admin, web_admin).await?;
+        (cfg["config"]["outbounds"][0]["timeouts"]["maxConnectionDuration"] == "300ms")
+            .then_some(())
+    })
+    .await?;
+    let with = calls_for(Duration::from_secs(3)).await?;
+    eprintln!(
+        "connections: {} without the policy, {} with it",
+        without.len(),
+        with.len()
+    );
+    assert!(without.len() <= 3, "{without:?}");
+    assert!(with.len() >= 6, "{with:?}");
+    Ok(())
+}
