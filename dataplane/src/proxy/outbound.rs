@@ -143,7 +143,12 @@ async fn outbound_request(
         }
     };
     // MeshHTTPRoute: the route is chosen on the request as the application sent it.
-    let table = proxy.route_table(port);
+    // No lock on the path of a destination without routes (most of them).
+    let table = if ob.http_routes.is_empty() {
+        None
+    } else {
+        proxy.route_table(port)
+    };
     let route = table.as_deref().and_then(|t| t.find(&parts));
     parts.version = http::Version::HTTP_2;
     parts.headers.remove(http::header::HOST);
