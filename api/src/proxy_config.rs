@@ -69,10 +69,11 @@ pub struct InboundListener {
     /// callers it matches share.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: Vec<CallerRateLimit>,
-    /// Caps on what callers send at once (MeshCircuitBreaker `from[]` for every caller,
-    /// or `rules`); none without a policy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limits: Option<InboundLimits>,
+    /// Circuit breaking (MeshCircuitBreaker), by caller, most specific first: a caller
+    /// counts against the first entry that matches its identity, whose caps and
+    /// ejection state all the callers it matches share. Empty without a policy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<CallerLimits>,
 }
 
 /// The faults injected into the requests of the callers one source covers, each
@@ -180,8 +181,17 @@ impl InboundListener {
     }
 }
 
-/// An inbound's caps, for all callers together.
+/// The circuit breaking of the callers one source covers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallerLimits {
+    pub source: SourceMatch,
+    #[serde(flatten)]
+    pub limits: InboundLimits,
+}
+
+/// An inbound's circuit breaking for one entry's callers together.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InboundLimits {
     /// Caller connections open at once; one more is closed at once.
@@ -191,6 +201,20 @@ pub struct InboundLimits {
     /// `overflow` at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests: Option<u32>,
+    /// Requests waiting for a connection to the application (a dial in progress) at
+    /// once; one more is answered 503 `overflow` at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_pending_requests: Option<u32>,
+    /// Retried requests (a caller's sidecar marks its second and later tries) in flight
+    /// to the application at once; one more is answered 503 `overflow` at once, so a
+    /// retry storm from every caller together cannot swamp the application.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Ejection of the application: when its answers fail as a detector says, the
+    /// sidecar answers 503 `app-ejected` itself (marked so the callers' sidecars try
+    /// another endpoint) for the ejection time, as Envoy does for an inbound cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outlier_detection: Option<OutlierDetection>,
 }
 
 /// One MeshTrafficPermission rule after merging.

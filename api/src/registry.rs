@@ -158,53 +158,6 @@ pub(crate) const COMMON_UNENFORCED: &[Unenforced] = &[
     },
 ];
 
-/// MeshCircuitBreaker: inbound limits, and the parts of outbound circuit breaking that
-/// are not applied yet.
-const CIRCUIT_BREAKER_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "from[].targetRef.kind=MeshSubset",
-        reason: "per-caller inbound limits are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
-    },
-    Unenforced {
-        path: "from[].targetRef.kind=MeshServiceSubset",
-        reason: "per-caller inbound limits are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
-    },
-    Unenforced {
-        path: "from[].targetRef.kind=MeshService",
-        reason: "per-caller inbound limits are not applied yet: only the entries for every caller (kind Mesh, or rules) are.",
-    },
-    Unenforced {
-        path: "from[].default.outlierDetection",
-        reason: "a sidecar sends inbound traffic to one application, so there is nothing to eject it in favour of; outlier detection applies in to[].",
-    },
-    Unenforced {
-        path: "rules[].default.outlierDetection",
-        reason: "a sidecar sends inbound traffic to one application, so there is nothing to eject it in favour of; outlier detection applies in to[].",
-    },
-    Unenforced {
-        path: "from[].default.connectionLimits.maxRetries",
-        reason: "inbound requests are not retried here (the caller's sidecar retries them); maxRetries applies in to[].",
-    },
-    Unenforced {
-        path: "rules[].default.connectionLimits.maxRetries",
-        reason: "inbound requests are not retried here (the caller's sidecar retries them); maxRetries applies in to[].",
-    },
-    Unenforced {
-        path: "from[].default.connectionLimits.maxPendingRequests",
-        reason: "inbound requests do not wait for a connection to the application (one is dialed for each that needs it); maxRequests caps them.",
-    },
-    Unenforced {
-        path: "rules[].default.connectionLimits.maxPendingRequests",
-        reason: "inbound requests do not wait for a connection to the application (one is dialed for each that needs it); maxRequests caps them.",
-    },
-];
-
-/// MeshTimeout: what applies to inbound connections only (as in Kuma).
-const TIMEOUT_UNENFORCED: &[Unenforced] = &[Unenforced {
-    path: "to[].default.http.requestHeadersTimeout",
-    reason: "it bounds how long an inbound caller takes to send its request headers, so it applies in from[] or rules only (as in Kuma).",
-}];
-
 /// MeshTCPRoute: what a backend reference names beyond its service and tags.
 const TCP_ROUTE_UNENFORCED: &[Unenforced] = &[
     Unenforced {
@@ -298,16 +251,12 @@ static TYPES: &[TypeInfo] = &[
         "meshtcproutes",
         Enforcement::Partial(TCP_ROUTE_UNENFORCED),
     ),
-    TypeInfo::policy::<MeshTimeoutSpec>(
-        "MeshTimeout",
-        "meshtimeouts",
-        Enforcement::Partial(TIMEOUT_UNENFORCED),
-    ),
+    TypeInfo::policy::<MeshTimeoutSpec>("MeshTimeout", "meshtimeouts", Enforcement::Full),
     TypeInfo::policy::<MeshRetrySpec>("MeshRetry", "meshretries", Enforcement::Full),
     TypeInfo::policy::<MeshCircuitBreakerSpec>(
         "MeshCircuitBreaker",
         "meshcircuitbreakers",
-        Enforcement::Partial(CIRCUIT_BREAKER_UNENFORCED),
+        Enforcement::Full,
     ),
     TypeInfo::policy::<MeshHealthCheckSpec>(
         "MeshHealthCheck",

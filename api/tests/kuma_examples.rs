@@ -122,12 +122,6 @@ const STILL_WARNED: &[(&str, &str)] = &[
         "frontend-to-backend-http",
         "spec.to[0].targetRef.sectionName",
     ),
-    // Inbound outlier detection has nothing to eject in favour of: a sidecar sends its
-    // inbound traffic to its one application (outlier detection applies in to[]).
-    (
-        "backend-inbound-outlier-detection",
-        "spec.rules[0].default.outlierDetection",
-    ),
 ];
 
 #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::error::ProxyError;
 use crate::http::{Body, Dial, NotReady, Pool};
 use crate::http1::{self, Conn, SendError};
+use crate::outlier::Limit;
 
 /// Idle HTTP/1.1 connections kept per application; more are closed when they finish.
 const MAX_IDLE: usize = 256;
@@ -33,6 +34,9 @@ pub(crate) struct App {
 pub(crate) enum AppError {
     /// Nothing was sent: the application refused or could not be reached.
     Connect(std::io::Error),
+    /// Nothing was sent: a connection was needed and `maxPendingRequests` (this many)
+    /// were waiting for one already.
+    Pending(u32),
     /// Nothing was sent: the request cannot go to the application as it is (kind
     /// `Unsupported`: a method the application's protocol cannot carry).
     Request(std::io::Error),
@@ -44,6 +48,7 @@ impl std::fmt::Display for AppError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AppError::Connect(e) => write!(f, "connecting: {e}"),
+            AppError::Pending(max) => write!(f, "{max} requests wait for a connection already"),
             AppError::Request(e) => write!(f, "{e}"),
             AppError::Exchange(e) => match e.source() {
                 Some(cause) => write!(f, "{e}: {cause}"),
@@ -61,6 +66,11 @@ impl From<AppError> for ProxyError {
             }
             AppError::Request(e) => ProxyError::AppBadRequest(e),
             e @ AppError::Connect(_) => ProxyError::AppUnreachable(e.to_string()),
+            AppError::Pending(max) => ProxyError::Overflow {
+                service: "the application".into(),
+                max,
+                limit: "maxPendingRequests",
+            },
             e @ AppError::Exchange(_) => ProxyError::AppFailed(e.to_string()),
         }
     }
@@ -89,10 +99,13 @@ impl App {
     /// Sends an HTTP/1.1 request (origin-form target) on an idle connection or a new
     /// one. An idempotent request that an idle connection could not take (the app had
     /// closed it, and no byte of an answer came) is sent again, once, on a new connection.
+    /// A dial (the request waits for a connection) takes a place under `pending`
+    /// (MeshCircuitBreaker `maxPendingRequests`).
     pub(crate) async fn send_http1(
         self: &Arc<Self>,
         req: http::Request<Body>,
         connect_timeout: Duration,
+        pending: Option<&Limit>,
     ) -> Result<http::Response<Body>, AppError> {
         let mut req = http1::Request::encode(req).map_err(AppError::Request)?;
         if let Some(conn) = self.checkout() {
@@ -102,6 +115,10 @@ impl App {
                 Err(e) => return Err(AppError::Exchange(e.into())),
             }
         }
+        let _pending = match pending {
+            None => None,
+            Some(limit) => Some(limit.admit().ok_or(AppError::Pending(limit.max()))?),
+        };
         // Boxed: the cold path's future would otherwise make every request's future large.
         let conn = Box::pin(crate::http::tcp_connect(
             &self.address,
@@ -117,10 +134,13 @@ impl App {
     }
 
     /// Sends an HTTP/2 request (absolute target) on the app's multiplexed connection.
+    /// Waiting for the connection takes a place under `pending` (MeshCircuitBreaker
+    /// `maxPendingRequests`).
     pub(crate) async fn send_http2(
         &self,
         req: http::Request<Body>,
         connect_timeout: Duration,
+        pending: Option<&Limit>,
     ) -> Result<http::Response<Body>, AppError> {
         let slot = self.h2.slot();
         let dial = || {
@@ -133,10 +153,15 @@ impl App {
                 connect_timeout,
             })
         };
+        let waiting = match pending {
+            None => None,
+            Some(limit) => Some(limit.admit().ok_or(AppError::Pending(limit.max()))?),
+        };
         let ready = slot.ready(dial).await.map_err(|e| match e {
             NotReady::Failed(e) => AppError::Connect(e),
             NotReady::NoDial => AppError::Connect(std::io::Error::other("no address")),
         })?;
+        drop(waiting);
         ready.send(req).await.map_err(|e| {
             slot.forget();
             AppError::Exchange(e.into())
@@ -231,7 +256,7 @@ mod tests {
     }
 
     async fn call(app: &Arc<App>) -> String {
-        let resp = match app.send_http1(get(), CONNECT).await {
+        let resp = match app.send_http1(get(), CONNECT, None).await {
             Ok(r) => r,
             Err(e) => panic!("request failed: {e}"),
         };
@@ -258,7 +283,7 @@ mod tests {
         let big: &'static str = Box::leak("x".repeat(1 << 20).into_boxed_str());
         let (port, conns) = app(big, usize::MAX).await;
         let pool = App::new("127.0.0.1", port);
-        let Ok(resp) = pool.send_http1(get(), CONNECT).await else {
+        let Ok(resp) = pool.send_http1(get(), CONNECT, None).await else {
             panic!("request failed")
         };
         let mut body = resp.into_body();
@@ -337,7 +362,7 @@ mod tests {
 
     /// The number of the app's connection that answered.
     async fn call_h2(app: &Arc<App>) -> usize {
-        let resp = match app.send_http2(get_h2(app), CONNECT).await {
+        let resp = match app.send_http2(get_h2(app), CONNECT, None).await {
             Ok(r) => r,
             Err(e) => panic!("request failed: {e}"),
         };
@@ -361,7 +386,7 @@ mod tests {
         let (port, counts) = h2_app(true).await;
         let pool = App::new("127.0.0.1", port);
         // The first answer keeps its connection up after the app's GOAWAY.
-        let Ok(first) = pool.send_http2(get_h2(&pool), CONNECT).await else {
+        let Ok(first) = pool.send_http2(get_h2(&pool), CONNECT, None).await else {
             panic!("first request failed")
         };
         let mut first = first.into_body();
@@ -382,7 +407,7 @@ mod tests {
         };
         let pool = App::new("127.0.0.1", port);
         assert!(matches!(
-            pool.send_http1(get(), CONNECT).await,
+            pool.send_http1(get(), CONNECT, None).await,
             Err(AppError::Connect(_))
         ));
     }

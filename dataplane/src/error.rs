@@ -83,10 +83,17 @@ pub(crate) enum ProxyError {
     /// MeshRetry `perTryTimeout`: the last try had no response head in time.
     #[error("no response within the per-try timeout ({})", crate::timeout::show(*.0))]
     PerTryTimeout(Duration),
+    /// MeshCircuitBreaker's outlier detection on an inbound ejected the application
+    /// for the caller's entry, for `left` more.
+    #[error(
+        "the application of {service} is ejected by its MeshCircuitBreaker outlier detection for {} more",
+        crate::timeout::show(*left)
+    )]
+    AppEjected { service: String, left: Duration },
 }
 
 /// Every label, in [`ProxyError::index`] order.
-pub(crate) const LABELS: [&str; 18] = [
+pub(crate) const LABELS: [&str; 19] = [
     "no-config",
     "listener-removed",
     "no-certificate",
@@ -105,6 +112,7 @@ pub(crate) const LABELS: [&str; 18] = [
     "per-try-timeout",
     "fault-injected",
     "rate-limited",
+    "app-ejected",
 ];
 
 impl ProxyError {
@@ -129,6 +137,7 @@ impl ProxyError {
             ProxyError::PerTryTimeout(_) => 15,
             ProxyError::FaultInjected { .. } => 16,
             ProxyError::RateLimited { .. } => 17,
+            ProxyError::AppEjected { .. } => 18,
         }
     }
 
@@ -145,6 +154,7 @@ impl ProxyError {
             | ProxyError::NoCertificate
             | ProxyError::NoEndpoint { .. }
             | ProxyError::Overflow { .. }
+            | ProxyError::AppEjected { .. }
             | ProxyError::AppUnreachable(_) => S::SERVICE_UNAVAILABLE,
             ProxyError::CaRevoked | ProxyError::Denied(_) => S::FORBIDDEN,
             ProxyError::BadRequest(_) | ProxyError::AppBadRequest(_) => S::BAD_REQUEST,
@@ -164,11 +174,18 @@ impl ProxyError {
         let mut r = text(self.status(), format!("causeway: {self}\n"));
         let headers = r.headers_mut();
         headers.insert(ERROR_HEADER, http::HeaderValue::from_static(self.label()));
-        if let ProxyError::AppUnreachable(_) = self {
-            headers.insert(
-                APP_UNAVAILABLE,
-                http::HeaderValue::from_static("application"),
-            );
+        // Evidence for the callers' outlier detection: this endpoint is out.
+        match self {
+            ProxyError::AppUnreachable(_) => {
+                headers.insert(
+                    APP_UNAVAILABLE,
+                    http::HeaderValue::from_static("application"),
+                );
+            }
+            ProxyError::AppEjected { .. } => {
+                headers.insert(APP_UNAVAILABLE, http::HeaderValue::from_static("ejected"));
+            }
+            _ => {}
         }
         if let ProxyError::RateLimited {
             set_headers,
@@ -240,6 +257,10 @@ mod tests {
                 set_headers: vec![],
                 add_headers: vec![],
                 retry_after: Duration::from_millis(1500),
+            },
+            ProxyError::AppEjected {
+                service: "s".into(),
+                left: Duration::from_secs(10),
             },
         ];
         assert_eq!(all.len(), LABELS.len());

@@ -929,9 +929,10 @@ mod tests {
 
     /// The answer's head; the test fails if there is none within a deadline.
     async fn send(pool: &Arc<App>, req: http::Request<Body>) -> http::Response<Body> {
-        let resp = tokio::time::timeout(Duration::from_secs(10), pool.send_http1(req, CONNECT))
-            .await
-            .expect("an answer");
+        let resp =
+            tokio::time::timeout(Duration::from_secs(10), pool.send_http1(req, CONNECT, None))
+                .await
+                .expect("an answer");
         match resp {
             Ok(r) => r,
             Err(e) => panic!("request failed: {e}"),
@@ -1111,7 +1112,11 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ncontent-length: +2\r\n\r\nok",
         ] {
             let app = scripted(vec![answer(bad)]).await;
-            match app.pool.send_http1(request("GET", empty()), CONNECT).await {
+            match app
+                .pool
+                .send_http1(request("GET", empty()), CONNECT, None)
+                .await
+            {
                 Err(AppError::Exchange(e)) => assert!(!e.to_string().is_empty()),
                 Err(e) => panic!("{}: {e}", String::from_utf8_lossy(bad)),
                 Ok(r) => panic!("{}: answered {}", String::from_utf8_lossy(bad), r.status()),
@@ -1170,7 +1175,8 @@ mod tests {
             http::HeaderValue::from_static("100"),
         );
         let pool = app.pool.clone();
-        let sent = tokio::spawn(async move { pool.send_http1(req, CONNECT).await.map(|_| ()) });
+        let sent =
+            tokio::spawn(async move { pool.send_http1(req, CONNECT, None).await.map(|_| ()) });
         tx.send(Ok(Frame::data(Bytes::from_static(b"start"))))
             .await
             .unwrap();
@@ -1217,7 +1223,9 @@ mod tests {
         // The app takes the request and closes without answering (as a crashing
         // handler does): sent on an idle connection, again on a new one, then given up.
         assert!(matches!(
-            app.pool.send_http1(request("GET", empty()), CONNECT).await,
+            app.pool
+                .send_http1(request("GET", empty()), CONNECT, None)
+                .await,
             Err(AppError::Exchange(_))
         ));
         let mut seen = 0;
@@ -1235,7 +1243,7 @@ mod tests {
             .uri("app:443")
             .body(empty())
             .unwrap();
-        match app.pool.send_http1(connect, CONNECT).await {
+        match app.pool.send_http1(connect, CONNECT, None).await {
             Err(AppError::Request(e)) => assert_eq!(e.kind(), io::ErrorKind::Unsupported),
             Err(e) => panic!("{e}"),
             Ok(r) => panic!("answered {}", r.status()),

@@ -22,6 +22,7 @@ mod http;
 mod http1;
 mod http2;
 pub mod identity;
+mod inbound_breaker;
 mod lb;
 mod metrics;
 mod outlier;

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use causeway_api::proxy_config::{
-    HealthCheck, HttpRoute, InboundLimits, InboundListener, OutboundListener, Peer, ProxyConfig,
-    Retry, RouteBackend, RouteFilter, ingress_sni,
+    HealthCheck, HttpRoute, InboundListener, OutboundListener, Peer, ProxyConfig, Retry,
+    RouteBackend, RouteFilter, ingress_sni,
 };
 use causeway_api::{Action, MtlsMode, Protocol};
 use hyper::body::Incoming;
@@ -32,7 +32,7 @@ use crate::http::{Body, Dial, NotReady, boxed, strip_hop_by_hop};
 use crate::identity::{ALPN_H2, ALPN_TCP, Identity, Revoked};
 use crate::lb::{Balancer, EndpointState};
 use crate::metrics::{HttpStats, Metrics};
-use crate::outlier::{Limit, Outcome};
+use crate::outlier::Outcome;
 use crate::replay::Replay;
 use crate::retry;
 use crate::timeout::{self, Exchange};
@@ -79,7 +79,7 @@ pub(crate) struct Proxy {
     /// MeshRateLimit's buckets, by inbound port.
     rate_limits: Mutex<HashMap<u16, Arc<crate::rate_limit::InboundRateLimits>>>,
     /// MeshCircuitBreaker's inbound caps, by inbound port.
-    inbound_caps: Mutex<HashMap<u16, Arc<InboundCaps>>>,
+    inbound_caps: Mutex<HashMap<u16, Arc<InboundBreakers>>>,
 }
 
 /// One endpoint's health-check task, with the check it runs; aborted when dropped.
@@ -657,7 +657,8 @@ mod inbound;
 mod outbound;
 pub(crate) mod report;
 
-use inbound::{InboundCaps, inbound_conn};
+use crate::inbound_breaker::InboundBreakers;
+use inbound::inbound_conn;
 use outbound::outbound_conn;
 
 #[cfg(test)]

@@ -863,8 +863,9 @@ async fn slow_app(
 struct SlowService {
     fx: MeshFixture,
     web_admin: SocketAddr,
-    /// slow's sidecar.
+    /// slow's sidecar, and its inbound port.
     slow_admin: SocketAddr,
+    slow_inbound: u16,
     out: u16,
     /// A patient client (20 s), without pooling.
     http: reqwest::Client,
@@ -878,14 +879,8 @@ impl SlowService {
         let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
         fx.permit("web-to-slow", "web", "slow", "Allow").await?;
         let (app, cancelled, arrived) = slow_app(delay).await?;
-        let dp = dataplane(
-            "slow-1",
-            "slow",
-            free_addr().port(),
-            app.port(),
-            "http",
-            &[],
-        );
+        let slow_inbound = free_addr().port();
+        let dp = dataplane("slow-1", "slow", slow_inbound, app.port(), "http", &[]);
         let (slow, slow_admin) = fx.sidecar("slow", dp).await?;
         let (web, web_admin, out) = fx.web_calling("slow").await?;
         let http = reqwest::Client::builder()
@@ -896,6 +891,7 @@ impl SlowService {
             fx,
             web_admin,
             slow_admin,
+            slow_inbound,
             out,
             http,
             cancelled,
@@ -1067,6 +1063,8 @@ struct TwoBackends {
     fx: MeshFixture,
     /// The apps' own addresses, to change how they answer.
     apps: Vec<SocketAddr>,
+    /// The instances' sidecars' admin addresses.
+    admins: Vec<SocketAddr>,
     web_admin: SocketAddr,
     out: u16,
     _procs: Vec<Proc>,
@@ -1084,11 +1082,14 @@ impl TwoBackends {
                      "default": {"loadBalancer": {"type": "RoundRobin"}}}]}})).await?;
         let mut procs = Vec::new();
         let mut apps = Vec::new();
+        let mut admins = Vec::new();
         for name in ["backend-1", "backend-2"] {
             let app = free_addr();
             procs.push(fx.app(name, "backend", app, false)?);
             let dp = dataplane(name, "backend", free_addr().port(), app.port(), "http", &[]);
-            procs.push(fx.sidecar("backend", dp).await?.0);
+            let (sidecar, admin) = fx.sidecar("backend", dp).await?;
+            procs.push(sidecar);
+            admins.push(admin);
             apps.push(app);
         }
         let (web, web_admin, out) = fx.web_calling("backend").await?;
@@ -1102,6 +1103,7 @@ impl TwoBackends {
         let two = TwoBackends {
             fx,
             apps,
+            admins,
             web_admin,
             out,
             _procs: procs,
@@ -1563,7 +1565,7 @@ async fn over_an_inbound_max_requests_the_application_is_spared() -> anyhow::Res
     .await?;
     eventually("the limit in slow's config", WAIT, || async {
         let cfg = admin_config(&http, slow_admin).await?;
-        (cfg["config"]["inbounds"][0]["limits"]["maxRequests"] == 1).then_some(())
+        (cfg["config"]["inbounds"][0]["limits"][0]["maxRequests"] == 1).then_some(())
     })
     .await?;
     let call = |path: &str| http.get(format!("http://127.0.0.1:{out}{path}")).send();
@@ -1594,6 +1596,183 @@ async fn over_an_inbound_max_requests_the_application_is_spared() -> anyhow::Res
         .await
             >= 1.0
     );
+    Ok(())
+}
+
+/// MeshCircuitBreaker's outlier detection on an inbound (`rules`): backend-2's
+/// application answers 502 to everything; web does not retry. Without a policy about
+/// half of web's calls fail, for as long as it lasts. With `gatewayFailures: 3` on
+/// backend's inbound, backend-2's sidecar ejects its application after three 502s in a
+/// row and answers for it (503 `app-ejected`, marked so web's sidecar takes backend-2
+/// out of its choice), so web's calls all go to backend-1 and succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_application_is_ejected_by_its_own_sidecar_and_callers_go_elsewhere()
+-> anyhow::Result<()> {
+    let two = TwoBackends::start().await?;
+    two.retry(json!({"numRetries": 0}), |r| r["http"]["numRetries"] == 0)
+        .await?;
+    two.set_second("answer", 502).await?;
+    let failed = failures(two.out, 20).await.context("20 calls")?;
+    assert!(
+        (4..=16).contains(&failed),
+        "without the policy about half fail: {failed} of 20"
+    );
+    put(
+        &two.fx.c,
+        "/meshes/default/meshcircuitbreakers/backend-inbound",
+        &json!({
+        "type": "MeshCircuitBreaker", "mesh": "default", "name": "backend-inbound",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "rules": [{"default": {"outlierDetection": {"baseEjectionTime": "1m",
+                     "detectors": {"gatewayFailures": {"consecutive": 3}}}}}]}}),
+    )
+    .await?;
+    let http = plain_http();
+    eventually("the detector on backend-2's inbound", WAIT, || async {
+        let cfg = admin_config(&http, two.admins[1]).await?;
+        let od = &cfg["config"]["inbounds"][0]["limits"][0]["outlierDetection"];
+        (od["gatewayFailures"] == 3).then_some(())
+    })
+    .await?;
+    eventually("every call succeeding", WAIT, || async {
+        (failures(two.out, 20).await? == 0).then_some(())
+    })
+    .await?;
+    assert!(
+        admin_metric(
+            &http,
+            two.admins[1],
+            "causeway_circuit_breaker_events_total{service=\"backend\",event=\"inbound_ejected\"}"
+        )
+        .await
+            >= 1.0
+    );
+    // What web's sidecar was told, straight from backend-2's inbound metrics.
+    assert!(
+        admin_metric(
+            &http,
+            two.admins[1],
+            "causeway_proxy_errors_total{direction=\"inbound\",service=\"backend\",peer=\"web\",error=\"app-ejected\"}"
+        )
+        .await
+            >= 1.0
+    );
+    Ok(())
+}
+
+/// A retry is marked by the caller's sidecar: backend-1 answers 503 to everything,
+/// backend-2 is well, and web retries once (the default, within its budget). A call
+/// that first went to backend-1 and was retried is answered by backend-2, whose
+/// application sees `x-causeway-attempt: 2`; a call answered on its first try carries
+/// no mark.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_is_marked_with_its_attempt() -> anyhow::Result<()> {
+    let two = TwoBackends::start().await?;
+    two.set(0, "answer", 503).await?;
+    let http = plain_http();
+    let (mut retried, mut first) = (0, 0);
+    for _ in 0..20 {
+        let r = http
+            .get(format!("http://127.0.0.1:{}/", two.out))
+            .send()
+            .await?;
+        if r.status() == StatusCode::SERVICE_UNAVAILABLE {
+            // Not retried: over the retry budget (20%, three a second at least).
+            continue;
+        }
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await?;
+        match body["headers"]["x-causeway-attempt"].as_str() {
+            Some("2") => retried += 1,
+            None => first += 1,
+            other => panic!("attempt {other:?}"),
+        }
+    }
+    assert!(retried >= 1 && first >= 1, "{retried} retried, {first} not");
+    Ok(())
+}
+
+/// MeshCircuitBreaker `maxRetries` on an inbound (`rules`): slow allows 1 retried
+/// request in flight. The test calls slow's sidecar directly over mTLS as web's sidecar
+/// does, marking its requests as retries the way web's sidecar marks them. While one
+/// retry of `/slow` waits at the application, another retry is answered 503 `overflow`
+/// (naming maxRetries) at once and never reaches it, while a first try goes through.
+/// Without the policy the second retry goes through too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_an_inbound_max_retries_a_retry_is_refused_and_the_application_spared()
+-> anyhow::Result<()> {
+    let SlowService {
+        fx,
+        slow_admin,
+        slow_inbound,
+        mut arrived,
+        _procs,
+        ..
+    } = SlowService::start(Duration::from_secs(3)).await?;
+    let tls = fx.workload_tls("web", b"http/1.1").await?;
+    // One GET over mTLS as web: the answer's head, lower case.
+    let call = |path: &'static str, attempt: u32| {
+        let tls = tls.clone();
+        async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", slow_inbound)).await?;
+            let name = rustls::pki_types::ServerName::try_from("slow")?;
+            let mut s = tokio_rustls::TlsConnector::from(tls)
+                .connect(name, tcp)
+                .await?;
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nhost: slow\r\nconnection: close\r\nx-causeway-attempt: {attempt}\r\n\r\n"
+            );
+            s.write_all(req.as_bytes()).await?;
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got).await;
+            anyhow::Ok(String::from_utf8_lossy(&got).to_ascii_lowercase())
+        }
+    };
+    // Without the policy: two retries at once both reach the application.
+    let held = tokio::spawn(call("/slow", 2));
+    tokio::time::timeout(WAIT, arrived.recv())
+        .await
+        .context("the first retry")?;
+    let second = tokio::spawn(call("/slow", 2));
+    tokio::time::timeout(WAIT, arrived.recv())
+        .await
+        .context("without the policy, the second retry reaching the application")?;
+    assert!(held.await??.starts_with("http/1.1 200"));
+    assert!(second.await??.starts_with("http/1.1 200"));
+
+    put(
+        &fx.c,
+        "/meshes/default/meshcircuitbreakers/slow-inbound",
+        &json!({
+        "type": "MeshCircuitBreaker", "mesh": "default", "name": "slow-inbound",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "slow"},
+                 "rules": [{"default": {"connectionLimits": {"maxRetries": 1}}}]}}),
+    )
+    .await?;
+    let http = plain_http();
+    eventually("the retry cap in slow's config", WAIT, || async {
+        let cfg = admin_config(&http, slow_admin).await?;
+        (cfg["config"]["inbounds"][0]["limits"][0]["maxRetries"] == 1).then_some(())
+    })
+    .await?;
+    let held = tokio::spawn(call("/slow", 2));
+    tokio::time::timeout(WAIT, arrived.recv())
+        .await
+        .context("a retry")?;
+    let t0 = Instant::now();
+    let refused = call("/slow", 3).await?;
+    assert!(refused.starts_with("http/1.1 503"), "{refused}");
+    assert!(refused.contains("x-causeway-error: overflow"), "{refused}");
+    assert!(refused.contains("maxretries (1)"), "{refused}");
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert!(
+        arrived.try_recv().is_err(),
+        "the retry over the cap reached the application"
+    );
+    // A first try is no retry.
+    assert!(call("/fast", 1).await?.starts_with("http/1.1 200"));
+    assert!(held.await??.starts_with("http/1.1 200"));
     Ok(())
 }
 

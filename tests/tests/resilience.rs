@@ -466,6 +466,72 @@ async fn over_max_pending_requests_a_call_that_would_wait_is_answered_503_overfl
     Ok(())
 }
 
+/// MeshCircuitBreaker `maxPendingRequests` on an inbound (`rules`): backend's
+/// application never takes a connection (its accept queue is full), so each request
+/// waits for its dial, up to the 5 s connect timeout. Without the policy a second
+/// request waits as well; with `maxPendingRequests: 1`, while one waits, the next is
+/// answered 503 `overflow` at once, its body naming the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_an_inbound_max_pending_requests_a_request_is_answered_503_overflow()
+-> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Permissive"}})).await?;
+    let silent = SilentPort::open(Silent::NoSynAck).await?;
+    let inbound = free_addr().port();
+    let dp = dataplane("backend-1", "backend", inbound, silent.port, "http", &[]);
+    let (_sidecar, admin) = fx.sidecar("backend", dp).await?;
+    // One plaintext GET: how long it took and the answer, lower case.
+    let call = || async move {
+        let t0 = Instant::now();
+        let mut s = TcpStream::connect(("127.0.0.1", inbound)).await?;
+        s.write_all(b"GET / HTTP/1.1\r\nhost: backend\r\nconnection: close\r\n\r\n")
+            .await?;
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got).await;
+        anyhow::Ok((
+            t0.elapsed(),
+            String::from_utf8_lossy(&got).to_ascii_lowercase(),
+        ))
+    };
+    eventually("backend's inbound listening", WAIT, || async {
+        TcpStream::connect(("127.0.0.1", inbound)).await.ok()
+    })
+    .await?;
+    let first = tokio::spawn(call());
+    let waited = tokio::time::timeout(Duration::from_secs(1), call()).await;
+    assert!(waited.is_err(), "without the policy it waits: {waited:?}");
+    first.abort();
+
+    apply(
+        &fx,
+        "meshcircuitbreakers",
+        json!({
+        "type": "MeshCircuitBreaker", "mesh": "default", "name": "backend-pending",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "rules": [{"default": {"connectionLimits": {"maxPendingRequests": 1}}}]}}),
+    )
+    .await?;
+    config_has("the pending cap on backend's inbound", admin, |c| {
+        c["inbounds"][0]["limits"][0]["maxPendingRequests"] == 1
+    })
+    .await?;
+    let first = tokio::spawn(call());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (took, answer) = call().await?;
+        if answer.contains("maxpendingrequests (1)") {
+            assert!(answer.starts_with("http/1.1 503"), "{answer}");
+            assert!(answer.contains("x-causeway-error: overflow"), "{answer}");
+            assert!(took < Duration::from_secs(1), "answered after {took:?}");
+            break;
+        }
+        // The first had not begun its dial: this one waited its own out.
+        anyhow::ensure!(Instant::now() < deadline, "never refused: {answer}");
+    }
+    assert!(!first.is_finished(), "the first still waits for its dial");
+    first.abort();
+    Ok(())
+}
+
 // === The inbound, reached directly ===
 
 /// A connection to an inbound, plaintext or mTLS.
@@ -481,6 +547,8 @@ enum Caller {
     TlsHttp1,
     /// mTLS as `web`'s sidecar, with ALPN `h2`: the way sidecars call each other.
     TlsHttp2,
+    /// mTLS as `admin`'s sidecar, with ALPN `http/1.1`.
+    AdminHttp1,
 }
 
 /// `backend` (a demo app behind its sidecar) in a Permissive mesh, so the test can call
@@ -492,6 +560,8 @@ struct DirectInbound {
     admin: std::net::SocketAddr,
     tls_http1: Arc<rustls::ClientConfig>,
     tls_http2: Arc<rustls::ClientConfig>,
+    /// mTLS as `admin`'s sidecar (permitted too), HTTP/1.1: a second caller.
+    tls_admin: Arc<rustls::ClientConfig>,
     _procs: [Proc; 2],
 }
 
@@ -499,6 +569,8 @@ impl DirectInbound {
     async fn start() -> anyhow::Result<DirectInbound> {
         let fx = MeshFixture::start(json!({"mtls": {"mode": "Permissive"}})).await?;
         fx.permit("web-to-backend", "web", "backend", "Allow")
+            .await?;
+        fx.permit("admin-to-backend", "admin", "backend", "Allow")
             .await?;
         let app = free_addr();
         let a = fx.app("backend-1", "backend", app, false)?;
@@ -508,6 +580,7 @@ impl DirectInbound {
         let b = DirectInbound {
             tls_http1: fx.workload_tls("web", b"http/1.1").await?,
             tls_http2: fx.workload_tls("web", b"h2").await?,
+            tls_admin: fx.workload_tls("admin", b"http/1.1").await?,
             fx,
             inbound,
             admin,
@@ -537,6 +610,7 @@ impl DirectInbound {
             Caller::Plain => return Ok(Box::new(tcp)),
             Caller::TlsHttp1 => &self.tls_http1,
             Caller::TlsHttp2 => &self.tls_http2,
+            Caller::AdminHttp1 => &self.tls_admin,
         };
         let name = rustls::pki_types::ServerName::try_from("backend")?;
         let s = tokio_rustls::TlsConnector::from(tls.clone())
@@ -564,6 +638,88 @@ impl DirectInbound {
         )
         .await
     }
+}
+
+/// MeshCircuitBreaker by caller on an inbound: backend's policy gives web (by its
+/// service) `maxConnections: 1`, and every other caller no cap. Without it, web holds
+/// two connections at once, each answered 200. With it, web's second connection is
+/// closed once its handshake told who calls, while its first still works; admin (over
+/// mTLS) and a plaintext caller each hold two as before. Once web's first closes, a new
+/// one of web's is let in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_connection_cap_for_one_caller_applies_to_that_caller_alone()
+-> anyhow::Result<()> {
+    let b = DirectInbound::start().await?;
+    // One GET on `s`: its status, or `None` when the connection was closed instead.
+    async fn get(s: &mut Box<dyn Io>) -> Option<u16> {
+        let mut buf = Vec::new();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: backend\r\n\r\n")
+            .await
+            .ok()?;
+        read_response(s, &mut buf)
+            .await
+            .ok()?
+            .map(|(status, _)| status)
+    }
+    // Two connections of `caller` open at once, each asked once: their statuses.
+    let two = |caller| {
+        let b = &b;
+        async move {
+            let mut first = b.connect(caller).await?;
+            let one = get(&mut first).await;
+            let two = match b.connect(caller).await {
+                Ok(mut second) => get(&mut second).await,
+                Err(_) => None,
+            };
+            // The first still works while the second is refused.
+            let again = get(&mut first).await;
+            anyhow::Ok([one, two, again])
+        }
+    };
+    assert_eq!(
+        two(Caller::TlsHttp1).await?,
+        [Some(200); 3],
+        "without the cap"
+    );
+    apply(
+        &b.fx,
+        "meshcircuitbreakers",
+        json!({
+        "type": "MeshCircuitBreaker", "mesh": "default", "name": "backend-web",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "from": [{"targetRef": {"kind": "MeshService", "name": "web"},
+                           "default": {"connectionLimits": {"maxConnections": 1}}}]}}),
+    )
+    .await?;
+    config_has("web's cap on backend's inbound", b.admin, |c| {
+        c["inbounds"][0]["limits"][0]["maxConnections"] == 1
+    })
+    .await?;
+    assert_eq!(
+        two(Caller::TlsHttp1).await?,
+        [Some(200), None, Some(200)],
+        "web: its second connection is closed"
+    );
+    for caller in [Caller::AdminHttp1, Caller::Plain] {
+        assert_eq!(two(caller).await?, [Some(200); 3], "{caller:?} has no cap");
+    }
+    // The place is free again once web's connection closed (the sidecar saw it go).
+    eventually("a new connection of web's let in", WAIT, || async {
+        let mut s = b.connect(Caller::TlsHttp1).await.ok()?;
+        (get(&mut s).await == Some(200)).then_some(())
+    })
+    .await?;
+    let http = plain_http();
+    assert!(
+        admin_metric(
+            &http,
+            b.admin,
+            "causeway_circuit_breaker_events_total{service=\"backend\",event=\"inbound_connection_overflow\"}"
+        )
+        .await
+            >= 1.0
+    );
+    Ok(())
 }
 
 /// How a request sent slowly ended.

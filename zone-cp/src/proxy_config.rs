@@ -240,6 +240,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     let inbound_limits = mesh_circuit_breaker::configure_inbounds(
         &policies_of(inputs, "MeshCircuitBreaker"),
         &proxy,
+        &trust_domain,
     )?;
 
     let permissions = causeway_api::effective(

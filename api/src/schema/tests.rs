@@ -149,11 +149,16 @@ fn explain_table() {
             &["ENFORCED: yes\n"],
         ),
         (
-            "MeshTimeout",
+            "MeshTCPRoute",
             &[
-                "ENFORCED: partly; not yet:\n    spec.to[].default.http.requestHeadersTimeout: it bounds how long an inbound caller",
+                "ENFORCED: partly; not yet:\n    spec.to[].default.backendRefs[].port: a backend is reached",
                 "  spec\t<Object> -partly enforced-",
             ],
+        ),
+        ("MeshTimeout", &["ENFORCED: yes\n"]),
+        (
+            "MeshTimeout.spec.to.default.http.requestHeadersTimeout",
+            &["ENFORCED: yes\n"],
         ),
         (
             "MeshTimeout.spec.to.default.http.requestTimeout",

@@ -1,10 +1,13 @@
 //! The inbound stack: a caller's connection (mTLS terminated, the caller's SPIFFE id
-//! read from its certificate), MeshCircuitBreaker's inbound caps, authorization against
+//! read from its certificate), MeshCircuitBreaker's inbound caps and ejection of the
+//! application (see [`crate::inbound_breaker`]), authorization against
 //! the current permissions, the caller's timeouts, and the request forwarded to the
 //! application over its own connection pool.
 
 use super::*;
 use crate::fault;
+use crate::inbound_breaker::{Entry, is_retry};
+use crate::outlier::{Admitted, Limit};
 use crate::rate_limit::InboundRateLimits;
 
 impl Proxy {
@@ -26,35 +29,24 @@ impl Proxy {
         Some(limits)
     }
 
-    /// An inbound's caps, if it has any: the same ones while its settings stay, so
-    /// they count across connections and config updates.
-    fn inbound_caps(&self, ib: &InboundListener) -> Option<Arc<InboundCaps>> {
+    /// An inbound's circuit breaking, if it has any: the same counters and ejection
+    /// state while its settings stay, so they count across connections and config
+    /// updates.
+    fn inbound_breakers(&self, ib: &InboundListener) -> Option<Arc<InboundBreakers>> {
         let mut map = self.inbound_caps.lock().expect("inbound caps lock");
-        let Some(limits) = &ib.limits else {
+        if ib.limits.is_empty() {
             map.remove(&ib.port);
             return None;
-        };
-        if let Some(c) = map.get(&ib.port)
-            && c.limits == *limits
-        {
-            return Some(c.clone());
         }
-        let caps = Arc::new(InboundCaps {
-            limits: limits.clone(),
-            connections: limits.max_connections.map(Limit::new),
-            requests: limits.max_requests.map(Limit::new),
-        });
-        map.insert(ib.port, caps.clone());
-        Some(caps)
+        if let Some(b) = map.get(&ib.port)
+            && b.config == ib.limits
+        {
+            return Some(b.clone());
+        }
+        let breakers = Arc::new(InboundBreakers::new(&ib.limits));
+        map.insert(ib.port, breakers.clone());
+        Some(breakers)
     }
-}
-
-/// MeshCircuitBreaker's caps on one inbound: caller connections and requests to the
-/// application at once.
-pub(super) struct InboundCaps {
-    limits: InboundLimits,
-    connections: Option<Limit>,
-    requests: Option<Limit>,
 }
 
 pub(super) async fn inbound_conn(
@@ -72,23 +64,6 @@ pub(super) async fn inbound_conn(
         .find(|i| i.port == port)
         .cloned()
         .ok_or_else(|| anyhow::anyhow!("no inbound on port {port}"))?;
-    // maxConnections: over it, the connection is closed before its handshake.
-    let caps = proxy.inbound_caps(&ib);
-    let _admitted = match caps.as_ref().and_then(|c| c.connections.as_ref()) {
-        None => None,
-        Some(limit) => match limit.admit() {
-            Some(a) => Some(a),
-            None => {
-                proxy
-                    .metrics
-                    .circuit_breaker(&ib.service, "inbound_connection_overflow");
-                anyhow::bail!(
-                    "{} has its MeshCircuitBreaker maxConnections open already; connection closed",
-                    ib.service
-                );
-            }
-        },
-    };
     let tls = match cfg.mtls {
         MtlsMode::Off => false,
         MtlsMode::Strict => true,
@@ -123,6 +98,26 @@ pub(super) async fn inbound_conn(
         (Box::new(s), peer, cas, h2)
     } else {
         (Box::new(tcp), None, Vec::new(), false)
+    };
+    // MeshCircuitBreaker's entry for the caller; maxConnections: over it, the
+    // connection is closed once its handshake told who calls.
+    let breakers = proxy.inbound_breakers(&ib);
+    let entry = breakers.as_deref().and_then(|b| b.entry(peer.as_ref()));
+    let _admitted = match entry.and_then(|e| e.connections.as_ref()) {
+        None => None,
+        Some(limit) => match limit.admit() {
+            Some(a) => Some(a),
+            None => {
+                proxy
+                    .metrics
+                    .circuit_breaker(&ib.service, "inbound_connection_overflow");
+                anyhow::bail!(
+                    "{} has its MeshCircuitBreaker maxConnections open already for {}; connection closed",
+                    ib.service,
+                    peer_service(peer.as_ref())
+                );
+            }
+        },
     };
     // MeshRateLimit's connection rate, for the caller's entry.
     if let Some(limits) = proxy.rate_limits(&ib)
@@ -177,7 +172,6 @@ pub(super) async fn inbound_conn(
         peer_cas,
         stats,
         app: Mutex::new(proxy.app(&ib)),
-        caps: caps.clone(),
         service: ib.service.clone(),
     });
     // Idle (no byte either way for that long) and age: past either, the connection
@@ -241,8 +235,6 @@ struct InboundConn {
     peer_cas: Vec<String>,
     stats: Arc<HttpStats>,
     app: Mutex<Arc<App>>,
-    /// MeshCircuitBreaker's caps when the connection came (maxRequests).
-    caps: Option<Arc<InboundCaps>>,
     service: String,
 }
 
@@ -258,6 +250,8 @@ struct Prepared {
     connect_timeout: Duration,
     /// The caller's idle timeout (for a tunnel after an upgrade).
     idle: Option<Duration>,
+    /// MeshCircuitBreaker's entries now, if the inbound has any.
+    breakers: Option<Arc<InboundBreakers>>,
 }
 
 /// Authorizes a request and shapes it for the application. Not async: its locals
@@ -354,27 +348,16 @@ fn inbound_prepare(
         exchange: Exchange::start(ib.timeouts_for(conn.peer.as_ref()), started),
         connect_timeout: ib.timeouts_for(conn.peer.as_ref()).connect.as_std(),
         idle: timeout::on(ib.timeouts_for(conn.peer.as_ref()).idle),
+        // No lock for an inbound without circuit breaking (most of them).
+        breakers: (!ib.limits.is_empty())
+            .then(|| proxy.inbound_breakers(ib))
+            .flatten(),
     })
 }
 
 async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::Response<Body> {
     let started = Instant::now();
     let stats = &conn.stats;
-    // maxRequests: over it, 503 overflow at once.
-    let _admitted = match conn.caps.as_ref().and_then(|c| c.requests.as_ref()) {
-        None => None,
-        Some(limit) => match limit.admit() {
-            Some(a) => Some(a),
-            None => {
-                let e = ProxyError::Overflow {
-                    service: conn.service.clone(),
-                    max: limit.max(),
-                    limit: "maxRequests",
-                };
-                return answer_error(stats, started, e);
-            }
-        },
-    };
     // An upgrade (a WebSocket): the protocol asked for, and the caller's side of it.
     let (mut parts, body) = req.into_parts();
     let upgrade = crate::upgrade::requested(&parts)
@@ -388,9 +371,22 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
         exchange,
         connect_timeout,
         idle,
+        breakers,
     } = match inbound_prepare(conn, req, started) {
         Ok(prepared) => prepared,
         Err(e) => return answer_error(stats, started, e),
+    };
+    // MeshCircuitBreaker: the caller's entry's caps (503 overflow at once over one),
+    // and the application's ejection as that entry's callers see it.
+    let entry = breakers
+        .as_deref()
+        .and_then(|b| b.entry(conn.peer.as_ref()));
+    let _admitted = match entry {
+        None => None,
+        Some(entry) => match admit(conn, entry, req.headers(), started) {
+            Ok(admitted) => Some(admitted),
+            Err(e) => return answer_error(stats, started, e),
+        },
     };
     if let Some((protocol, caller)) = upgrade
         && !h2
@@ -399,13 +395,14 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
         let plan = (faults, exchange, connect_timeout, idle);
         return inbound_upgrade(conn, &app, req, caller, plan, started).await;
     }
+    let pending = entry.and_then(|e| e.pending.as_ref());
     // Boxed: the exchange's state would be most of this future's size, and the
     // connection moves the future (into its set of requests) before polling it. The
     // request timeout's timer lives in the same box.
     let resp = if h2 {
         Box::pin(exchange.head(async {
             inject(faults).await?;
-            app.send_http2(req, connect_timeout)
+            app.send_http2(req, connect_timeout, pending)
                 .await
                 .map_err(ProxyError::from)
         }))
@@ -413,12 +410,31 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
     } else {
         Box::pin(exchange.head(async {
             inject(faults).await?;
-            app.send_http1(req, connect_timeout)
+            app.send_http1(req, connect_timeout, pending)
                 .await
                 .map_err(ProxyError::from)
         }))
         .await
     };
+    // What the answer tells the outlier detection (not what the sidecar said itself).
+    let outcome = match &resp {
+        Ok(r) => Some(Outcome::Status(r.status().as_u16())),
+        Err(
+            ProxyError::AppUnreachable(_)
+            | ProxyError::AppFailed(_)
+            | ProxyError::RequestTimeout(_)
+            | ProxyError::MaxStreamDuration(_),
+        ) => Some(Outcome::LocalFailure),
+        Err(_) => None,
+    };
+    if let (Some(entry), Some(outcome)) = (entry, outcome)
+        && entry.record(outcome, Instant::now())
+    {
+        tracing::info!(service = %conn.service, "application ejected (MeshCircuitBreaker outlier detection)");
+        conn.proxy
+            .metrics
+            .circuit_breaker(&conn.service, "inbound_ejected");
+    }
     match resp {
         Ok(r) => {
             let (mut parts, body) = r.into_parts();
@@ -432,6 +448,43 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
         }
         Err(e) => answer_error(stats, started, e),
     }
+}
+
+/// What a request takes from its caller's entry: a place under `maxRequests`, and
+/// under `maxRetries` when it is a retry. Refused while the application is ejected for
+/// the entry's callers.
+fn admit<'a>(
+    conn: &InboundConn,
+    entry: &'a Entry,
+    headers: &http::HeaderMap,
+    now: Instant,
+) -> Result<(Option<Admitted<'a>>, Option<Admitted<'a>>), ProxyError> {
+    if let Some(left) = entry.ejected(now) {
+        return Err(ProxyError::AppEjected {
+            service: conn.service.clone(),
+            left,
+        });
+    }
+    let overflow = |limit: &Limit, name| ProxyError::Overflow {
+        service: conn.service.clone(),
+        max: limit.max(),
+        limit: name,
+    };
+    let request = match &entry.requests {
+        None => None,
+        Some(limit) => Some(
+            limit
+                .admit()
+                .ok_or_else(|| overflow(limit, "maxRequests"))?,
+        ),
+    };
+    let retry = match &entry.retries {
+        Some(limit) if is_retry(headers) => {
+            Some(limit.admit().ok_or_else(|| overflow(limit, "maxRetries"))?)
+        }
+        _ => None,
+    };
+    Ok((request, retry))
 }
 
 /// An upgrade (see [`crate::upgrade`]): the request goes to the application on a

@@ -92,7 +92,16 @@ pub(super) async fn outbound_conn(
     let idle = timeout::on(ob.timeouts.idle);
     let (io, clock) = timeout::watch(tcp, idle);
     let drain = timeout::drain_when(std::future::pending(), None, clock, idle);
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // MeshTimeout requestHeadersTimeout in to[]: how long the application may take to
+    // send a request's headers (HTTP/1.1; hyper counts from when the connection waits
+    // for a request, so a keep-alive connection idle that long is closed too).
+    if let Some(d) = timeout::on(ob.timeouts.request_headers) {
+        builder
+            .http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(d);
+    }
     // With upgrades: a WebSocket from the application is tunnelled (crate::upgrade).
     let mut served = std::pin::pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), svc));
     tokio::select! {
@@ -155,6 +164,8 @@ async fn outbound_request(
     strip_hop_by_hop(&mut parts.headers);
     // A drill probe asks which zone answered; the header does not travel upstream.
     let probe = parts.headers.remove(PROBE).is_some();
+    // Only this sidecar says which try a request is.
+    parts.headers.remove(crate::inbound_breaker::ATTEMPT_HEADER);
     let mut mirror = None;
     if let Some(route) = route.map(|c| &c.route) {
         if let Some(redirect) = crate::route::apply_request(route, &mut parts) {
@@ -565,6 +576,13 @@ async fn outbound_exchange(
                 }
             },
         };
+        // Marked, so the destination's sidecar can cap the retries it takes in
+        // (MeshCircuitBreaker maxRetries on its inbound).
+        let mut next_req = next_req;
+        next_req.headers_mut().insert(
+            crate::inbound_breaker::ATTEMPT_HEADER,
+            http::HeaderValue::from(n + 2),
+        );
         let Ok(capped) = b.admit_retry() else {
             proxy
                 .metrics

@@ -1,6 +1,7 @@
 //! The proxy's listeners on loopback, configured in-process (no control plane, mTLS
 //! off): what MeshTimeout does to whole connections.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use causeway_api::proxy_config::Timeouts;
@@ -32,7 +33,7 @@ fn inbound(port: u16, app_port: u16, timeouts: Timeouts) -> InboundListener {
         caller_timeouts: Vec::new(),
         faults: Vec::new(),
         rate_limits: Vec::new(),
-        limits: None,
+        limits: Vec::new(),
     }
 }
 
@@ -154,31 +155,7 @@ async fn an_inbound_caller_slow_to_send_its_request_headers_is_cut_off() {
 
 /// A keep-alive HTTP/1.1 application that answers every request with `ok`.
 async fn ok_app() -> u16 {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        let mut b = [0u8; 1024];
-                        match s.read(&mut b).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&b[..n]),
-                        }
-                        continue;
-                    };
-                    buf.drain(..end + 4);
-                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                    if s.write_all(ok).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
+    counting_app(200, at_once()).await.0
 }
 
 #[tokio::test]
@@ -320,4 +297,192 @@ fn allow_with_shadow_deny_lets_in_and_says_what_a_deny_would_have() {
         ),
         Ok(None)
     );
+}
+
+#[tokio::test]
+async fn an_application_slow_to_send_its_request_headers_to_an_outbound_is_cut_off() {
+    let port = free_port();
+    let mut t = Timeouts::DEFAULT;
+    t.request_headers = causeway_api::Duration::from_millis(300);
+    let _proxy = proxy_with(vec![], vec![outbound(port, t)]).await;
+    let mut app = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let started = Instant::now();
+    app.write_all(b"GET / HTTP/1.1\r\nhost: ").await.unwrap();
+    read_to_close(&mut app, Duration::from_secs(3)).await;
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+/// A keep-alive HTTP/1.1 application that answers each request with `status` and `ok`
+/// once `release` lets it (at once when it holds permits), counting the requests it
+/// received.
+async fn counting_app(
+    status: u16,
+    release: Arc<tokio::sync::Semaphore>,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let (counted, release) = (counted.clone(), release.clone());
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut b = [0u8; 1024];
+                        match s.read(&mut b).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&b[..n]),
+                        }
+                        continue;
+                    };
+                    buf.drain(..end + 4);
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let Ok(permit) = release.acquire().await else {
+                        return;
+                    };
+                    permit.forget();
+                    let answer = format!("HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\nok");
+                    if s.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, seen)
+}
+
+/// One request on a new connection to `port`: the answer's head and body.
+async fn ask(port: u16, extra: &str) -> String {
+    let mut caller = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let req = format!("GET / HTTP/1.1\r\nhost: backend\r\nconnection: close\r\n{extra}\r\n");
+    caller.write_all(req.as_bytes()).await.unwrap();
+    read_to_close(&mut caller, Duration::from_secs(10)).await
+}
+
+fn for_every_caller(
+    limits: causeway_api::proxy_config::InboundLimits,
+) -> Vec<causeway_api::proxy_config::CallerLimits> {
+    vec![causeway_api::proxy_config::CallerLimits {
+        source: causeway_api::proxy_config::SourceMatch::Any,
+        limits,
+    }]
+}
+
+/// Plenty of permits: an application that answers at once.
+fn at_once() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(1 << 20))
+}
+
+#[tokio::test]
+async fn an_application_that_keeps_failing_is_ejected_and_its_callers_answered_for_it() {
+    let (app, seen) = counting_app(502, at_once()).await;
+    let port = free_port();
+    let mut ib = inbound(port, app, Timeouts::DEFAULT);
+    ib.limits = for_every_caller(causeway_api::proxy_config::InboundLimits {
+        outlier_detection: Some(causeway_api::proxy_config::OutlierDetection {
+            base_ejection_time: causeway_api::Duration::from_secs(30),
+            max_ejection_percent: 20,
+            split_local_errors: false,
+            total_failures: None,
+            gateway_failures: Some(3),
+            local_origin_failures: None,
+            interval: causeway_api::Duration::from_secs(10),
+            success_rate: None,
+            failure_percentage: None,
+        }),
+        ..Default::default()
+    });
+    let _proxy = proxy_with(vec![ib], vec![]).await;
+    for _ in 0..3 {
+        let answer = ask(port, "").await;
+        assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+    // Ejected: answered by the sidecar, marked for the callers' sidecars, and the
+    // application is spared.
+    for _ in 0..5 {
+        let answer = ask(port, "").await;
+        assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+        assert!(answer.contains("x-causeway-error: app-ejected"), "{answer}");
+        assert!(
+            answer.contains("x-causeway-unavailable: ejected"),
+            "{answer}"
+        );
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn retries_over_the_inbound_max_retries_are_answered_503_overflow() {
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let (app, seen) = counting_app(200, release.clone()).await;
+    let port = free_port();
+    let mut ib = inbound(port, app, Timeouts::DEFAULT);
+    ib.limits = for_every_caller(causeway_api::proxy_config::InboundLimits {
+        max_retries: Some(1),
+        ..Default::default()
+    });
+    let _proxy = proxy_with(vec![ib], vec![]).await;
+    // One retry waits at the application.
+    let held = tokio::spawn(ask(port, "x-causeway-attempt: 2\r\n"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while seen.load(Ordering::SeqCst) < 1 {
+        assert!(Instant::now() < deadline, "the retry never reached the app");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Another retry is refused; a first try is not a retry and goes through.
+    let answer = ask(port, "x-causeway-attempt: 3\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("x-causeway-error: overflow"), "{answer}");
+    assert!(answer.contains("maxRetries (1)"), "{answer}");
+    let first = tokio::spawn(ask(port, "x-causeway-attempt: 1\r\n"));
+    while seen.load(Ordering::SeqCst) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the first try never reached the app"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    release.add_permits(2);
+    assert!(held.await.unwrap().starts_with("HTTP/1.1 200"));
+    assert!(first.await.unwrap().starts_with("HTTP/1.1 200"));
+    // Its place is free again.
+    release.add_permits(1);
+    let answer = ask(port, "x-causeway-attempt: 2\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_request_over_the_inbound_max_pending_requests_is_answered_503_overflow() {
+    let mut held = Vec::new();
+    // The application's accept queue is full: a dial to it hangs.
+    let (_full, app) = crate::timeout::tests::full_listener(&mut held);
+    let port = free_port();
+    let mut t = Timeouts::DEFAULT;
+    t.connect = causeway_api::Duration::from_secs(3);
+    let mut ib = inbound(port, app.port(), t);
+    ib.limits = for_every_caller(causeway_api::proxy_config::InboundLimits {
+        max_pending_requests: Some(1),
+        ..Default::default()
+    });
+    let _proxy = proxy_with(vec![ib], vec![]).await;
+    let waiting = tokio::spawn(ask(port, ""));
+    // The second request while the first waits for its dial: refused at once.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let t0 = Instant::now();
+        let answer = ask(port, "").await;
+        if answer.contains("maxPendingRequests (1)") {
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+            assert!(answer.contains("x-causeway-error: overflow"), "{answer}");
+            assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+            break;
+        }
+        // The first had not started its dial yet: this one waited out the timeout.
+        assert!(Instant::now() < deadline, "never refused: {answer}");
+    }
+    assert!(!waiting.is_finished(), "the first still waits for its dial");
 }

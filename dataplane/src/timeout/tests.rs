@@ -120,7 +120,7 @@ async fn an_http1_request_past_its_timeout_closes_its_connection_to_the_applicat
     let app = App::new("127.0.0.1", port);
     let exchange = Exchange::start(&timeouts(|t| t.request = ms(200)), Instant::now());
     let cut = exchange.head(async {
-        app.send_http1(get("/slow"), Duration::from_secs(5))
+        app.send_http1(get("/slow"), Duration::from_secs(5), None)
             .await
             .map_err(ProxyError::from)
     });

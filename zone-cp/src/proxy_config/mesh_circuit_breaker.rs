@@ -9,34 +9,37 @@
 //! the interval-based ones (`successRate`, `failurePercentage`, judged every
 //! `interval`), with `baseEjectionTime` and `maxEjectionPercent`. An
 //! `outlierDetection` without detectors ejects after 5 consecutive 5xx, as Envoy's.
-//! Inbound (`from[]` for every caller, or `rules`): `maxConnections` (caller
-//! connections) and `maxRequests` (requests to the application). Per-caller entries,
-//! and what has no inbound meaning (outlier detection: a sidecar has one application;
-//! retries: the caller's sidecar makes them; pending requests), are listed as not
-//! enforced in the registry, so writing them warns.
+//! Inbound, by caller (`from[]`, most specific first; `rules` for every caller):
+//! `maxConnections` (caller connections), `maxRequests` (requests to the application),
+//! `maxPendingRequests` (requests waiting for a dial to it), `maxRetries` (retried
+//! requests, which callers' sidecars mark), and outlier detection of the application
+//! itself (ejected, the sidecar answers 503 for it, as Envoy does for an inbound
+//! cluster).
 //!
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`].
 
-use causeway_api::TargetRefKind;
 use causeway_api::proxy_config::{
-    CircuitBreaker, FailurePercentageDetector, InboundLimits, OutlierDetection, SuccessRateDetector,
+    CallerLimits, CircuitBreaker, FailurePercentageDetector, InboundLimits, OutlierDetection,
+    SuccessRateDetector,
 };
 use causeway_api::{CircuitBreakerConf, Duration, Proxy, Resource};
 
-use super::{ComputeError, decode_conf, outbound_confs};
+use super::{ComputeError, caller_source, decode_conf, outbound_confs};
 
 const DEFAULT_BASE_EJECTION_TIME: Duration = Duration::from_secs(30);
 const DEFAULT_MAX_EJECTION_PERCENT: u32 = 20;
 const DEFAULT_CONSECUTIVE_5XX: u32 = 5;
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// The caps of each of `proxy`'s inbounds, in its order: the merged `from[]` rule for
-/// every caller (source `Mesh`, which `rules` entries are). Per-caller rules are not
-/// applied (the registry warns about them).
+/// The circuit breaking of each of `proxy`'s inbounds, in its order, in a mesh with
+/// `trust_domain`: an entry per effective `from[]` rule (most specific source first,
+/// each merged over the less specific ones; `rules` are the `Mesh` source's) whose
+/// source a certificate proves, and that sets anything.
 pub(crate) fn configure_inbounds(
     policies: &[Resource],
     proxy: &Proxy,
-) -> Result<Vec<Option<InboundLimits>>, ComputeError> {
+    trust_domain: &str,
+) -> Result<Vec<Vec<CallerLimits>>, ComputeError> {
     let effective = causeway_api::effective("MeshCircuitBreaker", policies, proxy)
         .expect("MeshCircuitBreaker is a policy kind");
     proxy
@@ -44,27 +47,38 @@ pub(crate) fn configure_inbounds(
         .iter()
         .enumerate()
         .map(|(i, ib)| {
-            let every_caller = effective.inbounds.get(i).and_then(|c| {
-                c.rules
-                    .iter()
-                    .find(|r| r.source.kind == TargetRefKind::Mesh)
-            });
-            let Some(rule) = every_caller else {
-                return Ok(None);
-            };
-            let what = || {
-                format!(
-                    "the merged MeshCircuitBreaker from[] of inbound {} ({}) (policies {})",
-                    ib.port,
-                    ib.service,
-                    rule.policies.join(", ")
-                )
-            };
-            let conf: CircuitBreakerConf = decode_conf(&rule.conf, what)?;
-            Ok(conf.connection_limits.map(|l| InboundLimits {
-                max_connections: l.max_connections,
-                max_requests: l.max_requests,
-            }))
+            let rules = effective
+                .inbounds
+                .get(i)
+                .map(|c| c.rules.as_slice())
+                .unwrap_or_default();
+            let mut entries = Vec::new();
+            for rule in rules {
+                let Some(source) = caller_source(&rule.source, trust_domain) else {
+                    continue;
+                };
+                let what = || {
+                    format!(
+                        "the merged MeshCircuitBreaker from[] of inbound {} ({}) (policies {})",
+                        ib.port,
+                        ib.service,
+                        rule.policies.join(", ")
+                    )
+                };
+                let conf: CircuitBreakerConf = decode_conf(&rule.conf, what)?;
+                let l = conf.connection_limits.clone().unwrap_or_default();
+                let limits = InboundLimits {
+                    max_connections: l.max_connections,
+                    max_requests: l.max_requests,
+                    max_pending_requests: l.max_pending_requests,
+                    max_retries: l.max_retries,
+                    outlier_detection: outlier_detection(&conf),
+                };
+                if limits != InboundLimits::default() {
+                    entries.push(CallerLimits { source, limits });
+                }
+            }
+            Ok(entries)
         })
         .collect()
 }
@@ -84,8 +98,18 @@ pub(crate) fn configure(
 
 fn over_defaults(conf: &CircuitBreakerConf) -> CircuitBreaker {
     let limits = conf.connection_limits.clone().unwrap_or_default();
-    let outlier_detection = conf
-        .outlier_detection
+    CircuitBreaker {
+        max_requests: limits.max_requests,
+        max_connections: limits.max_connections,
+        max_pending_requests: limits.max_pending_requests,
+        max_retries: limits.max_retries,
+        outlier_detection: outlier_detection(conf),
+    }
+}
+
+/// The outlier detection `conf` asks for, over the built-in defaults; `None` when off.
+fn outlier_detection(conf: &CircuitBreakerConf) -> Option<OutlierDetection> {
+    conf.outlier_detection
         .as_ref()
         .filter(|o| o.disabled != Some(true))
         .map(|o| {
@@ -129,14 +153,7 @@ fn over_defaults(conf: &CircuitBreakerConf) -> CircuitBreaker {
                     }
                 }),
             }
-        });
-    CircuitBreaker {
-        max_requests: limits.max_requests,
-        max_connections: limits.max_connections,
-        max_pending_requests: limits.max_pending_requests,
-        max_retries: limits.max_retries,
-        outlier_detection,
-    }
+        })
 }
 
 #[cfg(test)]
