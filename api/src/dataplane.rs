@@ -7,7 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::spec::{Errors, Spec, at, check_host, check_service_name, idx};
-use crate::target_ref::{SERVICE_TAG, ZONE_TAG, check_tags};
+use crate::target_ref::{PORT_NAME_TAG, PORT_TAG, SERVICE_TAG, ZONE_TAG, check_tags};
 
 /// The spec of a `Dataplane`.
 ///
@@ -119,6 +119,12 @@ pub struct Outbound {
     pub address: Option<String>,
     /// The destination service.
     pub service: String,
+    /// One port of the service (its endpoints' inbounds by `name`, or by port as a
+    /// decimal string), for a service that serves several: only those endpoints are
+    /// called, and `to[]` entries with that `sectionName` apply. Default: every
+    /// endpoint of the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
 }
 
 impl Spec for DataplaneSpec {
@@ -166,7 +172,7 @@ impl Spec for DataplaneSpec {
                 errors.check(at(&path, "serviceAddress"), check_host(a));
             }
             errors.check(at(&path, "service"), check_service_name(&inbound.service));
-            for reserved in [SERVICE_TAG, ZONE_TAG] {
+            for reserved in [SERVICE_TAG, ZONE_TAG, PORT_TAG, PORT_NAME_TAG] {
                 if inbound.tags.contains_key(reserved) {
                     errors.push(
                         at(&at(&path, "tags"), reserved),
@@ -185,13 +191,25 @@ impl Spec for DataplaneSpec {
                 errors.check(at(&path, "address"), check_host(a));
             }
             errors.check(at(&path, "service"), check_service_name(&outbound.service));
-            if !services.insert(&outbound.service) {
+            if let Some(section) = &outbound.section_name {
+                errors.check(
+                    at(&path, "sectionName"),
+                    crate::target_ref::check_section_name(section),
+                );
+            }
+            if !services.insert((&outbound.service, &outbound.section_name)) {
                 errors.push(
                     at(&path, "service"),
-                    format!(
-                        "service {:?} has an earlier outbound already",
-                        outbound.service
-                    ),
+                    match &outbound.section_name {
+                        None => format!(
+                            "service {:?} has an earlier outbound already",
+                            outbound.service
+                        ),
+                        Some(section) => format!(
+                            "port {section:?} of service {:?} has an earlier outbound already",
+                            outbound.service
+                        ),
+                    },
                 );
             }
         }

@@ -16,7 +16,7 @@ use crate::dataplane::DataplaneSpec;
 use crate::merge_patch::merge_patch;
 use crate::registry::type_info;
 use crate::resource::Resource;
-use crate::target_ref::{SERVICE_TAG, TargetRef, TargetRefKind, ZONE_TAG};
+use crate::target_ref::{NAMESPACE_TAG, SERVICE_TAG, TargetRef, TargetRefKind, ZONE_TAG};
 
 /// A proxy as policy matching sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -54,6 +54,42 @@ pub struct ProxyOutbound {
     pub service: String,
     /// The MeshHTTPRoutes (by name) that route to it, for per-route configuration.
     pub routes: Vec<String>,
+    /// The ports of the service its endpoints are on (their inbounds'), for a `to[]`
+    /// `sectionName`; empty when it has no endpoints (then no such entry applies).
+    pub ports: Vec<ServicePort>,
+    /// The namespaces its endpoints are in (their [`NAMESPACE_TAG`], `None` without
+    /// it), for a `to[]` `namespace`.
+    pub namespaces: Vec<Option<String>>,
+}
+
+/// One port of a service: an inbound's port, and its name if it has one.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct ServicePort {
+    pub port: u16,
+    pub name: Option<String>,
+}
+
+impl ServicePort {
+    /// Whether a `sectionName` names this port: by its name, or its number in decimal.
+    pub fn is(&self, section: &str) -> bool {
+        self.name.as_deref() == Some(section) || section.parse() == Ok(self.port)
+    }
+}
+
+impl ProxyOutbound {
+    /// Whether a `to[]` `MeshService` reference's `sectionName` and `namespace` (if
+    /// any) cover this destination: every endpoint it has is on that port, in that
+    /// namespace.
+    fn covered_by(&self, tr: &TargetRef) -> bool {
+        let section = tr
+            .section_name
+            .as_deref()
+            .is_none_or(|s| !self.ports.is_empty() && self.ports.iter().all(|p| p.is(s)));
+        let namespace = tr.namespace.as_deref().is_none_or(|ns| {
+            !self.namespaces.is_empty() && self.namespaces.iter().all(|n| n.as_deref() == Some(ns))
+        });
+        section && namespace
+    }
 }
 
 impl Proxy {
@@ -80,7 +116,7 @@ impl Proxy {
                 .iter()
                 .map(|o| ProxyOutbound {
                     service: o.service.clone(),
-                    routes: Vec::new(),
+                    ..ProxyOutbound::default()
                 })
                 .collect(),
         }
@@ -105,6 +141,7 @@ impl Proxy {
                             || section == inbound.port.to_string()
                     })
             }
+            // A namespace is among the reference's tags.
             _ => tr.matches_tags(&self.inbound_tags(inbound)),
         }
     }
@@ -124,10 +161,18 @@ impl Proxy {
         }
     }
 
-    /// Whether the Dataplane's name and labels are what a `Dataplane` reference asks.
+    /// Whether the Dataplane's name and labels are what a `Dataplane` reference asks,
+    /// and it is in the reference's namespace (its labels', or an inbound's tag).
     fn selects_dataplane(&self, tr: &TargetRef) -> bool {
         tr.name.as_deref().is_none_or(|name| name == self.name)
             && tr.labels.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+            && tr.namespace.as_deref().is_none_or(|ns| {
+                self.labels.get(NAMESPACE_TAG).map(String::as_str) == Some(ns)
+                    || self
+                        .inbounds
+                        .iter()
+                        .any(|i| i.tags.get(NAMESPACE_TAG).map(String::as_str) == Some(ns))
+            })
     }
 
     fn inbound_tags(&self, inbound: &ProxyInbound) -> BTreeMap<String, String> {
@@ -271,8 +316,9 @@ struct Entry<'a> {
 ///   `MeshService`). A caller gets the first rule that matches it.
 /// - Outbound (`to[]`): `Mesh` and `MeshService <destination>` entries give the
 ///   destination's configuration (a `MeshService` named by `name`, or by the labels
-///   `kuma.io/display-name`/`causeway.io/service`; a `sectionName` or `namespace` on it
-///   does not narrow anything yet); `MeshHTTPRoute <route>` entries add to it for that
+///   `kuma.io/display-name`/`causeway.io/service`; with a `sectionName`, only when every
+///   endpoint of the destination is on that port, and with a `namespace`, in that
+///   namespace); `MeshHTTPRoute <route>` entries add to it for that
 ///   route. `MeshHTTPRoute` policies merge their `rules` instead: rules with equal
 ///   `matches` merge their `default`, and the rules of higher-priority policies come
 ///   first (in their own order). A MeshTCPRoute's one rule (`to[].rules[0].default`)
@@ -288,7 +334,7 @@ struct Entry<'a> {
 /// let proxy = Proxy {
 ///     zone: None,
 ///     inbounds: vec![ProxyInbound { port: 8080, service: "web".into(), ..Default::default() }],
-///     outbounds: vec![ProxyOutbound { service: "backend".into(), routes: vec![] }],
+///     outbounds: vec![ProxyOutbound { service: "backend".into(), ..Default::default() }],
 ///     ..Default::default()
 /// };
 /// let eff = effective("MeshTimeout", &[policy], &proxy).unwrap();
@@ -420,6 +466,7 @@ pub fn effective(
                 TargetRefKind::Mesh => true,
                 TargetRefKind::MeshService => {
                     e.target_ref.service_name() == Some(&outbound.service)
+                        && outbound.covered_by(&e.target_ref)
                 }
                 _ => false,
             })
@@ -592,13 +639,16 @@ fn entries_of<'a>(
             });
         }
     }
-    // Policies come in priority order already; inside one, the more specific entry,
-    // then the later one, wins.
+    // Policies come in priority order already; inside one, the more specific entry
+    // (one port or namespace of a service is more specific than all of it), then the
+    // later one, wins.
     entries.sort_by_key(|e| {
         (
             e.policy,
             rank(e.target_ref.kind),
             e.target_ref.canonical_tags().len(),
+            e.target_ref.section_name.is_some(),
+            e.target_ref.namespace.is_some(),
             e.index,
         )
     });

@@ -370,36 +370,27 @@ mod tests {
         assert_eq!(at(&["spec", "targetRef"]), 0);
         assert_eq!(at(&[]), 0);
         assert!(unenforced_at("Mesh", &["spec"], true).is_empty());
-        // The common marks, when asked for.
-        let common = unenforced_at("MeshTrafficPermission", &["spec", "targetRef"], true);
-        assert_eq!(common.len(), 1);
-        assert_eq!(common[0].path, "targetRef.namespace");
     }
 
-    /// A kind enforced in full still warns at the common fields, and only there.
+    /// The kinds the resilience and traffic-shaping work covers are enforced in full:
+    /// no field of theirs warns.
     #[test]
-    fn a_fully_enforced_kind_warns_at_the_common_fields_only() {
-        let spec = json!({"targetRef": {"kind": "Mesh", "namespace": "demo"},
-                          "to": [{"targetRef": {"kind": "MeshService", "name": "b"}, "default": {}}]});
-        let got = warnings_of("MeshRetry", Enforcement::Full, &spec);
-        let fields: Vec<&str> = got.iter().map(|w| w.field.as_str()).collect();
-        assert_eq!(fields, ["spec.targetRef.namespace"]);
-    }
-
-    /// Fields Kuma documents that no kind acts on yet warn in every enforced kind.
-    #[test]
-    fn the_common_marks_warn_in_every_enforced_kind() {
-        let got = warned(
-            "type: MeshTimeout\nmesh: default\nname: t\nspec:\n  targetRef: {kind: Mesh}\n  to:\n  - targetRef: {kind: MeshService, name: backend, namespace: kuma-demo, sectionName: http}\n    default: {connectionTimeout: 2s}\n",
-        );
-        let fields: Vec<&str> = got.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(
-            fields,
-            [
-                "spec.to[0].targetRef.namespace",
-                "spec.to[0].targetRef.sectionName"
-            ],
-            "{got:#?}"
-        );
+    fn the_resilience_and_traffic_shaping_kinds_are_enforced_in_full() {
+        for kind in [
+            "MeshTimeout",
+            "MeshRetry",
+            "MeshCircuitBreaker",
+            "MeshHealthCheck",
+            "MeshHTTPRoute",
+            "MeshTCPRoute",
+            "MeshFaultInjection",
+            "MeshRateLimit",
+            "MeshLoadBalancingStrategy",
+            "MeshTrafficPermission",
+        ] {
+            let t = type_info(kind).expect("a kind");
+            assert_eq!(t.role, Role::Policy(Enforcement::Full), "{kind}");
+            assert!(unenforced_at(kind, &["spec"], true).is_empty(), "{kind}");
+        }
     }
 }

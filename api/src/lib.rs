@@ -63,7 +63,7 @@ pub use drill::{
 pub use duration::{Duration, DurationError};
 pub use effective::{
     EffectiveConfig, FromRule, IgnoredPolicy, InboundConfig, Merged, NotAPolicyKind,
-    OutboundConfig, Proxy, ProxyInbound, ProxyOutbound, effective,
+    OutboundConfig, Proxy, ProxyInbound, ProxyOutbound, ServicePort, effective,
 };
 pub use enforcement::{Enforcement, FieldWarning, Unenforced, WriteResponse, warnings};
 pub use merge_patch::merge_patch;
@@ -128,6 +128,7 @@ pub use resource::{ParseError, Resource, ResourceKey};
 pub use schema::{ExplainError, explain, schema_for_kind};
 pub use spec::check_service_name;
 pub use target_ref::{DISPLAY_NAME_LABEL, MatchedRule, ProxyType, Rule, SERVICE_LABELS};
+pub use target_ref::{NAMESPACE_TAG, PORT_NAME_TAG, PORT_TAG};
 pub use target_ref::{PolicyItem, SERVICE_TAG, SpiffeSource, TargetRef, TargetRefKind, ZONE_TAG};
 pub use validation::{
     FieldError, ValidationErrors, decode_spec, validate, validate_dns_subdomain,

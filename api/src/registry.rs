@@ -143,60 +143,7 @@ impl TypeInfo {
 
 /// Fields of Kuma's current API that every policy accepts and no proxy acts on yet;
 /// they warn in every kind the proxies enforce (fully or in part).
-pub(crate) const COMMON_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "targetRef.namespace",
-        reason: "zones here have no namespaces: proxies are matched by the rest of the targetRef alone.",
-    },
-    Unenforced {
-        path: "to[].targetRef.namespace",
-        reason: "zones here have no namespaces: the destination is matched by its name or labels alone.",
-    },
-    Unenforced {
-        path: "to[].targetRef.sectionName",
-        reason: "a destination is not split by port yet: the entry applies to all of the service's traffic.",
-    },
-];
-
-/// MeshTCPRoute: what a backend reference names beyond its service and tags.
-const TCP_ROUTE_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "to[].default.backendRefs[].port",
-        reason: "a backend is reached on its service's inbound port; a port of its own is not applied yet.",
-    },
-    Unenforced {
-        path: "to[].rules[].default.backendRefs[].port",
-        reason: "a backend is reached on its service's inbound port; a port of its own is not applied yet.",
-    },
-    Unenforced {
-        path: "to[].default.backendRefs[].namespace",
-        reason: "zones here have no namespaces: the backend is matched by its name alone.",
-    },
-    Unenforced {
-        path: "to[].rules[].default.backendRefs[].namespace",
-        reason: "zones here have no namespaces: the backend is matched by its name alone.",
-    },
-];
-
-/// MeshHTTPRoute: what a backend reference names beyond its service and tags.
-const HTTP_ROUTE_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "to[].rules[].default.backendRefs[].port",
-        reason: "a backend is reached on its service's inbound port; a port of its own is not applied yet.",
-    },
-    Unenforced {
-        path: "to[].rules[].default.backendRefs[].namespace",
-        reason: "zones here have no namespaces: the backend is matched by its name alone.",
-    },
-    Unenforced {
-        path: "to[].rules[].default.filters[].requestMirror.backendRef.port",
-        reason: "a mirror is reached on its service's inbound port; a port of its own is not applied yet.",
-    },
-    Unenforced {
-        path: "to[].rules[].default.filters[].requestMirror.backendRef.namespace",
-        reason: "zones here have no namespaces: the mirror is matched by its name alone.",
-    },
-];
+pub(crate) const COMMON_UNENFORCED: &[Unenforced] = &[];
 
 /// Every type, one line each. Adding a type: write its module (spec struct plus
 /// `validate_spec`) and add its line here.
@@ -241,16 +188,8 @@ static TYPES: &[TypeInfo] = &[
         "meshtrafficpermissions",
         Enforcement::Full,
     ),
-    TypeInfo::policy::<MeshHttpRouteSpec>(
-        "MeshHTTPRoute",
-        "meshhttproutes",
-        Enforcement::Partial(HTTP_ROUTE_UNENFORCED),
-    ),
-    TypeInfo::policy::<MeshTcpRouteSpec>(
-        "MeshTCPRoute",
-        "meshtcproutes",
-        Enforcement::Partial(TCP_ROUTE_UNENFORCED),
-    ),
+    TypeInfo::policy::<MeshHttpRouteSpec>("MeshHTTPRoute", "meshhttproutes", Enforcement::Full),
+    TypeInfo::policy::<MeshTcpRouteSpec>("MeshTCPRoute", "meshtcproutes", Enforcement::Full),
     TypeInfo::policy::<MeshTimeoutSpec>("MeshTimeout", "meshtimeouts", Enforcement::Full),
     TypeInfo::policy::<MeshRetrySpec>("MeshRetry", "meshretries", Enforcement::Full),
     TypeInfo::policy::<MeshCircuitBreakerSpec>(

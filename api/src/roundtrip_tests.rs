@@ -352,6 +352,7 @@ fn dataplane() -> impl Strategy<Value = DataplaneSpec> {
                         port: 10_001 + i as u16,
                         address: None,
                         service,
+                        section_name: None,
                     })
                     .collect(),
                 admin_port: 9901,
@@ -685,8 +686,8 @@ proptest! {
             zone: Some("eu".into()),
             inbounds: vec![ProxyInbound { port: 8080, service: "backend".into(), tags: [("version".to_owned(), "v2".to_owned())].into(), ..Default::default() }],
             outbounds: vec![
-                ProxyOutbound { service: "db".into(), routes: vec![] },
-                ProxyOutbound { service: "redis".into(), routes: vec![] },
+                ProxyOutbound { service: "db".into(), ..Default::default() },
+                ProxyOutbound { service: "redis".into(), ..Default::default() },
             ],
             ..Default::default()
         };

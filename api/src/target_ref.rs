@@ -14,6 +14,16 @@ use crate::validation::{validate_label_key, validate_label_value};
 pub const SERVICE_TAG: &str = "causeway.io/service";
 /// The tag that every inbound carries implicitly: the zone it runs in.
 pub const ZONE_TAG: &str = "causeway.io/zone";
+/// The port of a service's endpoints, as a zone ingress offers them to other zones (in
+/// its available services' tags): the inbound's port, which `sectionName` and a
+/// backend's `port` name.
+pub const PORT_TAG: &str = "causeway.io/port";
+/// The name of that inbound, when it has one (for `sectionName` by name).
+pub const PORT_NAME_TAG: &str = "causeway.io/port-name";
+/// The namespace of a workload: Kuma's tag, which Kuma puts on every Kubernetes
+/// workload. Zones here have no namespaces of their own; an inbound that carries this
+/// tag is in that namespace, and `namespace` in a `targetRef` or `backendRef` means it.
+pub const NAMESPACE_TAG: &str = "k8s.kuma.io/namespace";
 
 /// A reference to a set of proxies or peers, Kuma-style (the older tag forms and
 /// Kuma 2.9+'s `Dataplane`, `labels` and `sectionName` forms).
@@ -60,13 +70,16 @@ pub struct TargetRef {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// One part of the referenced resource. `Dataplane`: one inbound, by its `name` or
-    /// its port as a decimal string (`"8080"`). `MeshService` in `to[]`: a port of the
-    /// destination by name (accepted; not enforced yet: the whole service is meant).
+    /// its port as a decimal string (`"8080"`). `MeshService` in `to[]`: one port of the
+    /// destination, the same way (its endpoints' inbounds by name or port): the entry
+    /// applies to an outbound whose endpoints are all on that port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub section_name: Option<String>,
-    /// The Kubernetes namespace of the referenced resource (Kuma's Kubernetes form).
-    /// Accepted with `name` for `Dataplane` and `MeshService`; not enforced yet:
-    /// Causeway's names are unique in a mesh, so it narrows nothing.
+    /// The Kubernetes namespace of the referenced resource (Kuma's Kubernetes form),
+    /// with `name` for `Dataplane` and `MeshService`: the workloads' tag
+    /// `k8s.kuma.io/namespace` ([`NAMESPACE_TAG`]). Top level, the proxies whose
+    /// inbound (or Dataplane labels) carry it; in `to[]`, an outbound whose endpoints
+    /// all do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// Top level only: which kinds of proxy are selected, `Sidecar` and/or `Gateway`.
@@ -310,10 +323,15 @@ impl TargetRef {
     }
 
     /// The tags a peer must have to be in this set, with the service folded in as
-    /// `causeway.io/service` (and a SPIFFE id as `causeway.io/spiffe-id`). `A` covers
+    /// `causeway.io/service` (and a SPIFFE id as `causeway.io/spiffe-id`, a namespace as
+    /// [`NAMESPACE_TAG`]). `A` covers
     /// `B` (every member of `B` is in `A`) when `A`'s tags are a subset of `B`'s.
-    pub(crate) fn canonical_tags(&self) -> BTreeMap<String, String> {
+    pub fn canonical_tags(&self) -> BTreeMap<String, String> {
         let mut tags = self.tags.clone();
+        // A namespace is the workloads' tag (zones here have none of their own).
+        if let Some(namespace) = &self.namespace {
+            tags.insert(NAMESPACE_TAG.to_owned(), namespace.clone());
+        }
         match self.kind {
             TargetRefKind::MeshService | TargetRefKind::MeshServiceSubset => {
                 if let Some(name) = self.service_name() {
@@ -391,7 +409,10 @@ impl TargetRef {
             | TargetRefKind::MeshMultiZoneService => unreachable!("refused above"),
         };
         let labels_allowed = self.kind == TargetRefKind::Dataplane || service_by_labels;
-        let section_allowed = (self.kind == TargetRefKind::Dataplane && top) || service_by_labels;
+        // A caller is a workload, not one of its ports.
+        let caller = path.contains("from[");
+        let section_allowed =
+            (self.kind == TargetRefKind::Dataplane && top) || (service_by_labels && !caller);
         let namespace_allowed = matches!(
             self.kind,
             TargetRefKind::Dataplane | TargetRefKind::MeshService
@@ -535,7 +556,7 @@ pub(crate) fn check_service_labels(
 }
 
 /// Checks a `sectionName`: a DNS label (an inbound's or port's name) or a port number.
-fn check_section_name(section: &str) -> Result<(), String> {
+pub(crate) fn check_section_name(section: &str) -> Result<(), String> {
     if let Ok(port) = section.parse::<u16>() {
         return if port == 0 {
             Err("port 0 is not a port; use 1 to 65535 or an inbound's name".to_owned())

@@ -100,30 +100,7 @@ fn kuma_documented_examples_are_accepted() {
 }
 
 /// The kinds the resilience and traffic-shaping work enforces: Kuma's documented
-/// examples of them, once accepted, take effect as written. Every part the proxies do
-/// not act on is listed here with why, and nothing else warns.
-const STILL_WARNED: &[(&str, &str)] = &[
-    // A backend's own port: a service is reached on its inbounds' ports.
-    (
-        "frontend-to-backend-db",
-        "spec.to[0].rules[0].default.backendRefs[0].port",
-    ),
-    (
-        "frontend-to-backend",
-        "spec.to[0].rules[0].default.backendRefs[0].port",
-    ),
-    (
-        "frontend-to-backend",
-        "spec.to[0].rules[1].default.backendRefs[0].port",
-    ),
-    // A destination's traffic is not split by port.
-    ("frontend-to-backend-db", "spec.to[0].targetRef.sectionName"),
-    (
-        "frontend-to-backend-http",
-        "spec.to[0].targetRef.sectionName",
-    ),
-];
-
+/// examples of them, once accepted, take effect as written; none of their fields warns.
 #[test]
 fn kuma_examples_of_enforced_kinds_take_effect_as_written() {
     const KINDS: &[&str] = &[
@@ -157,9 +134,5 @@ fn kuma_examples_of_enforced_kinds_take_effect_as_written() {
     }
     println!("{checked} examples checked");
     assert!(checked >= 50, "{checked}");
-    let unexpected: Vec<_> = warned
-        .iter()
-        .filter(|(name, field)| !STILL_WARNED.iter().any(|(n, f)| n == name && f == field))
-        .collect();
-    assert!(unexpected.is_empty(), "{unexpected:#?}");
+    assert!(warned.is_empty(), "{warned:#?}");
 }

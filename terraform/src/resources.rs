@@ -1139,49 +1139,58 @@ mod tests {
         );
     }
 
-    /// A plan that writes a policy the proxies do not fully enforce warns, on the
-    /// attribute; the run goes on. An unchanged resource or an enforced one does not.
+    /// A plan that writes a policy the proxies do not enforce warns; the run goes on.
+    /// An unchanged resource or an enforced one does not.
     #[test]
     fn a_write_of_what_the_proxies_ignore_warns_at_plan() {
-        let d = def("causeway_mesh_circuit_breaker");
-        let permission = |source: serde_json::Value| {
-            object(
-                &d,
-                "p",
-                &json!({"targetRef": {"kind": "Mesh"},
-                        "from": [{"targetRef": source,
-                                  "default": {"connectionLimits": {"maxConnections": 5}}}]}),
-            )
+        let d = def("causeway_policy");
+        let policy = |kind: &str, spec: &str| {
+            let mut v = Value::Map(BTreeMap::new());
+            for (k, val) in [
+                ("type", kind),
+                ("mesh", "default"),
+                ("name", "p"),
+                ("spec", spec),
+            ] {
+                v.set(k, Value::string(val));
+            }
+            for a in &d.schema.attrs {
+                if v.get(&a.name).is_null() {
+                    v.set(&a.name, Value::Null);
+                }
+            }
+            v
         };
-        // Inbound limits for one caller: not applied yet (those for every caller are).
-        let by_tags = permission(json!({"kind": "MeshService", "name": "web"}));
-        let p = plan(&d, &Value::Null, &by_tags, &by_tags);
+        let logs = policy(
+            "MeshAccessLog",
+            "{targetRef: {kind: Mesh}, from: [{targetRef: {kind: Mesh}, default: {backends: [{type: File, file: {path: /dev/stdout}}]}}]}",
+        );
+        let p = plan(&d, &Value::Null, &logs, &logs);
         assert_eq!(p.diags.len(), 1, "{:?}", p.diags);
         assert!(p.diags[0].warning);
-        assert_eq!(
-            p.diags[0].path,
-            [
-                Step::Attr("from".into()),
-                Step::Index(0),
-                Step::Attr("target_ref".into()),
-                Step::Attr("kind".into())
-            ]
+        assert!(
+            p.diags[0].path.is_empty(),
+            "on the resource: {:?}",
+            p.diags[0]
         );
         assert!(
             p.diags[0]
                 .summary
-                .contains("spec.from[0].targetRef.kind: not enforced by the proxies yet"),
+                .contains("type: MeshAccessLog is not enforced by the proxies yet"),
             "{:?}",
             p.diags[0]
         );
 
         let mut prior = p.planned.clone();
         prior.set("id", Value::string("default/p"));
-        let p = plan(&d, &prior, &prior, &by_tags);
+        let p = plan(&d, &prior, &prior, &logs);
         assert!(p.diags.is_empty(), "unchanged: {:?}", p.diags);
 
-        let allow = permission(json!({"kind": "Mesh"}));
-        let p = plan(&d, &Value::Null, &allow, &allow);
+        let limits = policy(
+            "MeshCircuitBreaker",
+            "{targetRef: {kind: Mesh}, from: [{targetRef: {kind: MeshService, name: web}, default: {connectionLimits: {maxConnections: 5}}}]}",
+        );
+        let p = plan(&d, &Value::Null, &limits, &limits);
         assert!(p.diags.is_empty(), "enforced: {:?}", p.diags);
     }
 

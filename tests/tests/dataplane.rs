@@ -1776,6 +1776,134 @@ async fn over_an_inbound_max_retries_a_retry_is_refused_and_the_application_spar
     Ok(())
 }
 
+/// A service on two ports: backend-1 serves `main` and `admin` (two applications, two
+/// inbounds of `backend`, the first tagged `k8s.kuma.io/namespace: prod`). web calls
+/// `main` and `admin` on outbounds of their own (`sectionName`), and all of backend on a
+/// third. Each sectioned outbound reaches its port's application alone; a MeshHTTPRoute
+/// `to[]` entry for `sectionName: admin` adds a response header on that outbound only
+/// (not on `main`, nor on the third, which spans both ports); a route's backend by
+/// `namespace` takes the prod endpoint alone, and one by `port` that port's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_is_called_and_configured_by_port_and_namespace() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
+    let (main_app, admin_app) = (free_addr(), free_addr());
+    let (main_port, admin_port) = (free_addr().port(), free_addr().port());
+    let mut procs = vec![
+        fx.app("backend-main", "backend", main_app, false)?,
+        fx.app("backend-admin", "backend", admin_app, false)?,
+    ];
+    let backend = json!({"type": "Dataplane", "mesh": "default", "name": "backend-1", "spec": {
+        "address": "127.0.0.1",
+        "inbound": [
+            {"name": "main", "port": main_port, "servicePort": main_app.port(), "service": "backend",
+             "protocol": "http", "tags": {"k8s.kuma.io/namespace": "prod"}},
+            {"name": "admin", "port": admin_port, "servicePort": admin_app.port(), "service": "backend",
+             "protocol": "http"}]}});
+    procs.push(fx.sidecar("backend", backend).await?.0);
+    let (to_main, to_admin, to_all) = (free_addr().port(), free_addr().port(), free_addr().port());
+    let web = json!({"type": "Dataplane", "mesh": "default", "name": "web-1", "spec": {
+        "address": "127.0.0.1",
+        "inbound": [{"port": free_addr().port(), "servicePort": free_addr().port(), "service": "web", "protocol": "http"}],
+        "outbound": [
+            {"port": to_main, "service": "backend", "sectionName": "main"},
+            {"port": to_admin, "service": "backend", "sectionName": admin_port.to_string()},
+            {"port": to_all, "service": "backend"}]}});
+    let (web, web_admin) = fx.sidecar("web", web).await?;
+    procs.push(web);
+    eventually("every port answering", WAIT, || async {
+        (answering(to_all, 20).await? == instances(&["backend-main", "backend-admin"]))
+            .then_some(())
+    })
+    .await?;
+    assert_eq!(
+        answering(to_main, 20).await,
+        Some(instances(&["backend-main"]))
+    );
+    assert_eq!(
+        answering(to_admin, 20).await,
+        Some(instances(&["backend-admin"]))
+    );
+
+    // A policy for one port: a header on the admin port's answers only.
+    put(&fx.c, "/meshes/default/meshhttproutes/admin-header", &json!({
+        "type": "MeshHTTPRoute", "mesh": "default", "name": "admin-header",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{
+            "targetRef": {"kind": "MeshService", "name": "backend", "sectionName": "admin"},
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                       "default": {"filters": [{"type": "ResponseHeaderModifier",
+                           "responseHeaderModifier": {"set": [{"name": "x-port", "value": "admin"}]}}]}}]}]}})).await?;
+    let http = plain_http();
+    eventually("the admin port's route in web's config", WAIT, || async {
+        let cfg = admin_config(&http, web_admin).await?;
+        (cfg["config"]["outbounds"][1]["httpRoutes"][0]["name"] == "admin-header").then_some(())
+    })
+    .await?;
+    let header = |out: u16| {
+        let http = http.clone();
+        async move {
+            let r = http.get(format!("http://127.0.0.1:{out}/")).send().await?;
+            anyhow::Ok(
+                r.headers()
+                    .get("x-port")
+                    .map(|v| v.to_str().unwrap_or("").to_owned()),
+            )
+        }
+    };
+    assert_eq!(header(to_admin).await?.as_deref(), Some("admin"));
+    assert_eq!(header(to_main).await?, None, "main is another port");
+    assert_eq!(
+        header(to_all).await?,
+        None,
+        "the whole service spans two ports"
+    );
+
+    // Route backends by namespace, then by port, on the outbound to all of backend.
+    let route = |name: &str, backend: Value| {
+        json!({"type": "MeshHTTPRoute", "mesh": "default", "name": name,
+               "spec": {"targetRef": {"kind": "Mesh"}, "to": [{
+                   "targetRef": {"kind": "MeshService", "name": "backend"},
+                   "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                              "default": {"backendRefs": [backend]}}]}]}})
+    };
+    put(
+        &fx.c,
+        "/meshes/default/meshhttproutes/to-prod",
+        &route(
+            "to-prod",
+            json!({"kind": "MeshService", "name": "backend", "namespace": "prod"}),
+        ),
+    )
+    .await?;
+    eventually("only prod answering", WAIT, || async {
+        (answering(to_all, 20).await? == instances(&["backend-main"])).then_some(())
+    })
+    .await?;
+    let delete =
+        fx.c.call_retry(
+            Method::DELETE,
+            "/meshes/default/meshhttproutes/to-prod",
+            None,
+        )
+        .await?;
+    anyhow::ensure!(delete.0.is_success(), "{delete:?}");
+    put(
+        &fx.c,
+        "/meshes/default/meshhttproutes/to-admin-port",
+        &route(
+            "to-admin-port",
+            json!({"kind": "MeshService", "name": "backend", "port": admin_port}),
+        ),
+    )
+    .await?;
+    eventually("only the admin port answering", WAIT, || async {
+        (answering(to_all, 20).await? == instances(&["backend-admin"])).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
 /// MeshTimeout per caller, enforced on the inbound: slow's policy gives web (by its
 /// service) a request timeout of 500 ms, where every other caller keeps 15 s. web's
 /// call to `/slow` (3 s) is answered 504 `request-timeout` by slow's sidecar within a

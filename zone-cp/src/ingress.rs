@@ -4,12 +4,15 @@
 //! An ingress never terminates the mesh's mTLS: it routes a connection by the SNI of its
 //! ClientHello to a sidecar inbound, which terminates it. `service.mesh.causeway` reaches
 //! any endpoint of the service; `<id>.service.mesh.causeway` one endpoint, so sidecars in
-//! other zones can balance requests per endpoint rather than per ingress connection.
+//! other zones can balance requests per endpoint rather than per ingress connection. A
+//! service is offered once per set of tags its endpoints have (their inbound's, and
+//! their port's: [`PORT_TAG`], [`PORT_NAME_TAG`]), so other zones take subsets and ports
+//! of it as this zone does.
 
 use std::collections::BTreeMap;
 
 use causeway_api::proxy_config::{IngressConfig, IngressTarget, endpoint_sni, ingress_sni};
-use causeway_api::{AvailableService, DataplaneSpec, Protocol};
+use causeway_api::{AvailableService, DataplaneSpec, PORT_NAME_TAG, PORT_TAG, Protocol};
 use sha2::Digest as _;
 
 use crate::proxy_config::{ComputeError, MeshInputs, decode};
@@ -40,15 +43,22 @@ pub fn compute(
     if inputs.mesh.is_none() {
         return Err(ComputeError::NoMesh(mesh.to_string()));
     }
-    // service -> (protocol, endpoints)
-    let mut services: BTreeMap<String, (Protocol, Vec<IngressTarget>)> = BTreeMap::new();
+    // (service, tags) -> (protocol, endpoints); the tags are the inbound's own and its
+    // port's, so other zones pick subsets and ports as this zone does.
+    type Offer = (Protocol, Vec<IngressTarget>);
+    let mut services: BTreeMap<(String, BTreeMap<String, String>), Offer> = BTreeMap::new();
     for d in &inputs.dataplanes {
         let Ok(s) = decode::<DataplaneSpec>(d) else {
             continue;
         };
         let address = s.advertised_address.clone().unwrap_or(s.address.clone());
         for ib in &s.inbound {
-            let e = services.entry(ib.service.clone()).or_default();
+            let mut tags = ib.tags.clone();
+            tags.insert(PORT_TAG.into(), ib.port.to_string());
+            if let Some(name) = &ib.name {
+                tags.insert(PORT_NAME_TAG.into(), name.clone());
+            }
+            let e = services.entry((ib.service.clone(), tags)).or_default();
             e.0 = e.0.max(ib.protocol);
             e.1.push(IngressTarget {
                 address: address.clone(),
@@ -58,7 +68,9 @@ pub fn compute(
     }
     let mut routes = BTreeMap::new();
     let mut available = Vec::new();
-    for (service, (protocol, mut targets)) in services {
+    // Every endpoint of a service, whatever its tags, behind the service's own SNI.
+    let mut by_service: BTreeMap<String, Vec<IngressTarget>> = BTreeMap::new();
+    for ((service, tags), (protocol, mut targets)) in services {
         targets.sort();
         targets.dedup();
         let mut ids = Vec::with_capacity(targets.len());
@@ -70,11 +82,16 @@ pub fn compute(
         ids.sort();
         available.push(AvailableService {
             service: service.clone(),
-            tags: BTreeMap::new(),
+            tags,
             instances: targets.len() as u32,
             protocol: Some(protocol),
             endpoints: ids,
         });
+        by_service.entry(service).or_default().extend(targets);
+    }
+    for (service, mut targets) in by_service {
+        targets.sort();
+        targets.dedup();
         routes.insert(ingress_sni(&service, mesh), targets);
     }
     let mut config = IngressConfig {
@@ -117,6 +134,63 @@ mod tests {
             dataplanes,
             ..MeshInputs::default()
         }
+    }
+
+    /// A service is offered once per port and set of tags, each with its tags and
+    /// port, so other zones can call one port or one subset of it; its own SNI still
+    /// reaches every endpoint.
+    #[test]
+    fn offers_a_service_per_port_and_tags() {
+        let i = inputs(vec![
+            dataplane(
+                "db-1",
+                "10.0.0.1",
+                json!([{"name": "postgres", "port": 5432, "service": "db", "tags": {"version": "v2"}},
+                       {"port": 9102, "service": "db", "protocol": "http"}]),
+            ),
+            dataplane(
+                "db-2",
+                "10.0.0.2",
+                json!([{"name": "postgres", "port": 5432, "service": "db", "tags": {"version": "v2"}}]),
+            ),
+        ]);
+        let (cfg, available) = compute(&i, "default", "ingress-1", None).unwrap();
+        let offers: Vec<(BTreeMap<String, String>, u32)> = available
+            .iter()
+            .map(|a| (a.tags.clone(), a.instances))
+            .collect();
+        let tags = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            offers,
+            [
+                (
+                    tags(&[
+                        (PORT_TAG, "5432"),
+                        (PORT_NAME_TAG, "postgres"),
+                        ("version", "v2")
+                    ]),
+                    2
+                ),
+                (tags(&[(PORT_TAG, "9102")]), 1),
+            ]
+        );
+        assert_eq!(available[1].protocol, Some(Protocol::Http));
+        assert_eq!(cfg.routes["db.default.causeway"].len(), 3);
+        // Valid in a ZoneIngress, which the zone reports them in.
+        let ingress = Resource::from_json(
+            json!({"type": "ZoneIngress", "mesh": "default", "name": "ingress-1",
+                   "spec": {"zone": "zone-b", "address": "10.0.0.9", "port": 10001,
+                            "availableServices": available}})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        causeway_api::validate(&ingress).unwrap();
     }
 
     #[test]

@@ -16,15 +16,16 @@ mod mesh_tcp_route;
 mod mesh_timeout;
 mod mesh_traffic_permission;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use causeway_api::proxy_config::{
     Endpoint, EndpointGroup, InboundListener, OutboundListener, ProxyConfig, RouteBackend,
     endpoint_sni, ingress_sni, spiffe_id,
 };
 use causeway_api::{
-    Action, DataplaneSpec, EffectiveConfig, Merged, MeshSpec, MtlsMode, Protocol, Proxy, Resource,
-    SERVICE_TAG, ZONE_TAG, ZoneIngressSpec,
+    Action, DataplaneSpec, EffectiveConfig, Merged, MeshSpec, MtlsMode, NAMESPACE_TAG,
+    PORT_NAME_TAG, PORT_TAG, Protocol, Proxy, Resource, SERVICE_TAG, ServicePort, ZONE_TAG,
+    ZoneIngressSpec,
 };
 use serde::de::DeserializeOwned;
 use sha2::Digest as _;
@@ -161,6 +162,12 @@ pub(crate) fn caller_source(
     use causeway_api::proxy_config::SourceMatch;
     match (source.kind, source.name.as_deref()) {
         (TargetRefKind::Mesh, _) => Some(SourceMatch::Any),
+        // In a namespace: its callers there, by the tags their certificates carry.
+        (TargetRefKind::MeshService, Some(_)) if source.namespace.is_some() => {
+            Some(SourceMatch::Tags {
+                tags: source.canonical_tags(),
+            })
+        }
         (TargetRefKind::MeshService, Some(service)) => Some(SourceMatch::Spiffe {
             id: spiffe_id(trust_domain, service),
         }),
@@ -194,6 +201,23 @@ pub(crate) fn matching_proxy(
 ) -> (Proxy, EffectiveConfig) {
     let mut proxy =
         Proxy::from_dataplane(spec, Some(&inputs.zone)).named(&dataplane.name, &dataplane.labels);
+    // Each destination's ports and namespaces, for `to[]` entries that name them.
+    let mesh_name = dataplane.mesh.as_deref().unwrap_or_default();
+    if let Some(mesh_spec) = inputs
+        .mesh
+        .as_ref()
+        .and_then(|m| decode::<MeshSpec>(m).ok())
+    {
+        for (ob, declared) in proxy.outbounds.iter_mut().zip(&spec.outbound) {
+            (ob.ports, ob.namespaces) = destination_ports(
+                inputs,
+                mesh_name,
+                &mesh_spec,
+                &ob.service,
+                declared.section_name.as_deref(),
+            );
+        }
+    }
     let routes = mesh_http_route::effective(&policies_of(inputs, "MeshHTTPRoute"), &proxy);
     for (ob, conf) in proxy.outbounds.iter_mut().zip(&routes.outbounds) {
         ob.routes = conf
@@ -341,7 +365,17 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 ewma_decay: balancing.ewma_decay(),
                 ring_hash: balancing.ring_hash(),
                 maglev: balancing.maglev(),
-                groups: endpoint_groups(inputs, &mesh_name, &mesh_spec, &ob.service, balancing),
+                groups: endpoint_groups(
+                    inputs,
+                    &mesh_name,
+                    &mesh_spec,
+                    &ob.service,
+                    &EndpointFilter {
+                        section: ob.section_name.as_deref(),
+                        tags: None,
+                    },
+                    balancing,
+                ),
                 failover_threshold: balancing.failover_threshold(),
                 timeouts: timeouts.outbounds[i],
                 health_check: health_checks[i].clone(),
@@ -380,8 +414,9 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     Ok(config)
 }
 
-/// A route's backend: `service`'s endpoints with `tags` (all of them when empty), and
-/// the identity they prove. The destination's MeshLoadBalancingStrategy orders the
+/// A route's backend: `service`'s endpoints with `tags` (all of them when empty; a
+/// backend's `port` is [`PORT_TAG`] there, its `namespace` [`NAMESPACE_TAG`]), and the
+/// identity they prove. The destination's MeshLoadBalancingStrategy orders the
 /// zones of a backend too: `destination` is (mesh, its spec, trust domain, balancing).
 fn route_backend(
     inputs: &MeshInputs,
@@ -401,15 +436,17 @@ fn route_backend(
         tags: tags.clone(),
         weight,
         identity: (mtls != MtlsMode::Off).then(|| spiffe_id(trust_domain, service)),
-        groups: endpoint_groups(inputs, mesh_name, mesh_spec, service, balancing)
-            .into_iter()
-            .map(|mut g| {
-                g.endpoints
-                    .retain(|e| tags.iter().all(|(k, v)| e.tags.get(k) == Some(v)));
-                g
-            })
-            .filter(|g| !g.endpoints.is_empty())
-            .collect(),
+        groups: endpoint_groups(
+            inputs,
+            mesh_name,
+            mesh_spec,
+            service,
+            &EndpointFilter {
+                section: None,
+                tags: Some(tags),
+            },
+            balancing,
+        ),
     }
 }
 
@@ -440,15 +477,107 @@ fn zone_enabled(inputs: &MeshInputs, zone: &str) -> bool {
         .any(|z| z.name == zone && z.spec.get("enabled").and_then(|v| v.as_bool()) == Some(false))
 }
 
-/// Endpoints of `service`: this zone's group first, then other zones' (through their
-/// ingresses) in the failover order of the effective MeshLoadBalancingStrategy.
+/// Endpoints of `service` that pass `filter`: this zone's group first, then other
+/// zones' (through their ingresses) in the failover order of the effective
+/// MeshLoadBalancingStrategy.
 fn endpoint_groups(
     inputs: &MeshInputs,
     mesh: &str,
     mesh_spec: &MeshSpec,
     service: &str,
+    filter: &EndpointFilter<'_>,
     balancing: &mesh_load_balancing_strategy::Balancing,
 ) -> Vec<EndpointGroup> {
+    let (local, remote) = service_endpoints(inputs, mesh, mesh_spec, service);
+    let keep = |endpoints: Vec<Endpoint>| -> Vec<Endpoint> {
+        endpoints
+            .into_iter()
+            .filter(|e| filter.keeps(&e.tags))
+            .map(|mut e| {
+                // Known to the filter only: configs keep the tags their users gave.
+                e.tags.remove(PORT_TAG);
+                e.tags.remove(PORT_NAME_TAG);
+                e
+            })
+            .collect()
+    };
+    let remote = remote
+        .into_iter()
+        .map(|(zone, endpoints)| (zone, keep(endpoints)))
+        .filter(|(_, endpoints)| !endpoints.is_empty())
+        .collect();
+    balancing.groups(&inputs.zone, keep(local), remote)
+}
+
+/// Which of a service's endpoints a destination (or a route's backend) takes: those on
+/// one port (`sectionName`: an inbound's name, or its port in decimal), with every one
+/// of some tags (a subset; a namespace; [`PORT_TAG`] for a backend's `port`).
+#[derive(Debug, Default)]
+pub(crate) struct EndpointFilter<'a> {
+    pub(crate) section: Option<&'a str>,
+    pub(crate) tags: Option<&'a BTreeMap<String, String>>,
+}
+
+impl EndpointFilter<'_> {
+    fn keeps(&self, tags: &BTreeMap<String, String>) -> bool {
+        let on_port = self.section.is_none_or(|s| {
+            tags.get(PORT_TAG).map(String::as_str) == Some(s)
+                || tags.get(PORT_NAME_TAG).map(String::as_str) == Some(s)
+        });
+        on_port
+            && self
+                .tags
+                .is_none_or(|want| want.iter().all(|(k, v)| tags.get(k) == Some(v)))
+    }
+}
+
+/// The ports and namespaces of the endpoints an outbound to `service` (on `section`,
+/// if given) reaches, for matching `to[]` entries with a `sectionName` or `namespace`.
+fn destination_ports(
+    inputs: &MeshInputs,
+    mesh: &str,
+    mesh_spec: &MeshSpec,
+    service: &str,
+    section: Option<&str>,
+) -> (Vec<ServicePort>, Vec<Option<String>>) {
+    let (local, remote) = service_endpoints(inputs, mesh, mesh_spec, service);
+    let filter = EndpointFilter {
+        section,
+        tags: None,
+    };
+    let mut ports = BTreeSet::new();
+    let mut namespaces = BTreeSet::new();
+    for e in local
+        .iter()
+        .chain(remote.values().flatten())
+        .filter(|e| filter.keeps(&e.tags))
+    {
+        ports.insert(ServicePort {
+            // An ingress that does not say (an older zone): port 0, which no
+            // sectionName names.
+            port: e
+                .tags
+                .get(PORT_TAG)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0),
+            name: e.tags.get(PORT_NAME_TAG).cloned(),
+        });
+        namespaces.insert(e.tags.get(NAMESPACE_TAG).cloned());
+    }
+    (
+        ports.into_iter().collect(),
+        namespaces.into_iter().collect(),
+    )
+}
+
+/// Every endpoint of `service`, this zone's and, by zone, other zones' (through their
+/// ingresses), each with its tags and its port's ([`PORT_TAG`], [`PORT_NAME_TAG`]).
+fn service_endpoints(
+    inputs: &MeshInputs,
+    mesh: &str,
+    mesh_spec: &MeshSpec,
+    service: &str,
+) -> (Vec<Endpoint>, BTreeMap<String, Vec<Endpoint>>) {
     let mut local = Vec::new();
     for d in &inputs.dataplanes {
         let Ok(s) = decode::<DataplaneSpec>(d) else {
@@ -458,6 +587,10 @@ fn endpoint_groups(
             let mut tags = ib.tags.clone();
             tags.insert(SERVICE_TAG.into(), service.into());
             tags.insert(ZONE_TAG.into(), inputs.zone.clone());
+            tags.insert(PORT_TAG.into(), ib.port.to_string());
+            if let Some(name) = &ib.name {
+                tags.insert(PORT_NAME_TAG.into(), name.clone());
+            }
             local.push(Endpoint {
                 address: s
                     .advertised_address
@@ -539,7 +672,7 @@ fn endpoint_groups(
             }
         }
     }
-    balancing.groups(&inputs.zone, local, remote)
+    (local, remote)
 }
 
 #[cfg(test)]

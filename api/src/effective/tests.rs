@@ -29,10 +29,12 @@ fn backend_v2() -> Proxy {
             ProxyOutbound {
                 service: "db".to_owned(),
                 routes: vec!["slow-report".to_owned()],
+                ..Default::default()
             },
             ProxyOutbound {
                 service: "redis".to_owned(),
                 routes: vec![],
+                ..Default::default()
             },
         ],
     }
@@ -527,6 +529,7 @@ fn no_inbounds_and_no_policies() {
         outbounds: vec![ProxyOutbound {
             service: "db".into(),
             routes: vec![],
+            ..Default::default()
         }],
         ..Default::default()
     };
@@ -651,7 +654,8 @@ fn from_dataplane() {
         proxy.outbounds,
         vec![ProxyOutbound {
             service: "db".into(),
-            routes: vec![]
+            routes: vec![],
+            ..Default::default()
         }]
     );
 }
@@ -698,6 +702,7 @@ fn two_inbounds() -> Proxy {
         outbounds: vec![ProxyOutbound {
             service: "db".to_owned(),
             routes: vec![],
+            ..Default::default()
         }],
     }
 }
@@ -919,7 +924,13 @@ fn to_service_by_labels() {
                            "default": {"idleTimeout": "9m"}}]}),
         ),
     ];
-    let got = effective("MeshTimeout", &policies, &two_inbounds()).unwrap();
+    // db's endpoints are all on its port `postgres` (5432): the section's entry applies.
+    let mut proxy = two_inbounds();
+    proxy.outbounds[0].ports = vec![crate::ServicePort {
+        port: 5432,
+        name: Some("postgres".into()),
+    }];
+    let got = effective("MeshTimeout", &policies, &proxy).unwrap();
     assert_eq!(
         got.outbounds[0].conf,
         merged(
@@ -927,6 +938,87 @@ fn to_service_by_labels() {
             &["by-service-label", "by-display-name"]
         )
     );
+}
+
+/// A `to[]` entry with a `sectionName` applies to a destination whose endpoints are
+/// all on that port (by name or number), and ranks above the service's entry without
+/// it; with a `namespace`, to one whose endpoints are all in that namespace. A
+/// destination with endpoints on several ports (or in several namespaces), or with none
+/// yet, takes neither.
+#[test]
+fn to_a_port_or_a_namespace_of_a_service() {
+    let policies = [policy(
+        "MeshTimeout",
+        "db-ports",
+        None,
+        json!({"to": [
+            {"targetRef": {"kind": "MeshService", "name": "db", "sectionName": "5432"},
+             "default": {"connectionTimeout": "2s"}},
+            {"targetRef": {"kind": "MeshService", "name": "db"},
+             "default": {"connectionTimeout": "9s", "idleTimeout": "1m"}},
+            {"targetRef": {"kind": "MeshService", "name": "db", "namespace": "prod"},
+             "default": {"idleTimeout": "5m"}},
+        ]}),
+    )];
+    let port = |port, name: Option<&str>| crate::ServicePort {
+        port,
+        name: name.map(str::to_owned),
+    };
+    let conf = |ports: Vec<crate::ServicePort>, namespaces: Vec<Option<&str>>| {
+        let mut proxy = two_inbounds();
+        proxy.outbounds[0].ports = ports;
+        proxy.outbounds[0].namespaces = namespaces
+            .into_iter()
+            .map(|n| n.map(str::to_owned))
+            .collect();
+        let got = effective("MeshTimeout", &policies, &proxy).unwrap();
+        got.outbounds[0].conf.as_ref().map(|m| m.conf.clone())
+    };
+    assert_eq!(
+        conf(vec![port(5432, Some("postgres"))], vec![Some("prod")]),
+        Some(json!({"connectionTimeout": "2s", "idleTimeout": "5m"}))
+    );
+    assert_eq!(
+        conf(vec![port(5432, None), port(5433, None)], vec![None]),
+        Some(json!({"connectionTimeout": "9s", "idleTimeout": "1m"})),
+        "two ports: the service's entry only"
+    );
+    assert_eq!(
+        conf(vec![], vec![]),
+        Some(json!({"connectionTimeout": "9s", "idleTimeout": "1m"})),
+        "no endpoints yet"
+    );
+    assert_eq!(
+        conf(vec![port(5432, None)], vec![Some("prod"), Some("dev")]),
+        Some(json!({"connectionTimeout": "2s", "idleTimeout": "1m"})),
+        "two namespaces"
+    );
+}
+
+/// A top-level `namespace` selects the proxies whose inbounds (or Dataplane labels)
+/// carry it as `k8s.kuma.io/namespace`.
+#[test]
+fn a_namespace_selects_the_proxies_in_it() {
+    let policies = [policy(
+        "MeshTimeout",
+        "in-prod",
+        None,
+        json!({"targetRef": {"kind": "MeshService", "name": "backend", "namespace": "prod"},
+               "from": [{"targetRef": {"kind": "Mesh"}, "default": {"idleTimeout": "1m"}}]}),
+    )];
+    let mut proxy = two_inbounds();
+    let got = effective("MeshTimeout", &policies, &proxy).unwrap();
+    assert!(got.inbounds[0].rules.is_empty(), "not in a namespace");
+    proxy.inbounds[0]
+        .tags
+        .insert(crate::NAMESPACE_TAG.into(), "prod".into());
+    let got = effective("MeshTimeout", &policies, &proxy).unwrap();
+    assert_eq!(got.inbounds[0].rules.len(), 1, "in prod");
+    proxy.inbounds[0]
+        .tags
+        .insert(crate::NAMESPACE_TAG.into(), "dev".into());
+    let got = effective("MeshTimeout", &policies, &proxy).unwrap();
+    assert!(got.inbounds[0].rules.is_empty(), "in dev");
 }
 
 /// MeshTrafficPermission's SPIFFE lists add up across policies (a more specific policy

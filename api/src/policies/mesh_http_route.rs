@@ -221,12 +221,12 @@ pub struct BackendRef {
     /// For `MeshServiceSubset`: the tags the backend's proxies must have.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub tags: std::collections::BTreeMap<String, String>,
-    /// The destination port (Kuma 2.9+). Accepted; not enforced yet: the service's
-    /// inbound port is used.
+    /// The destination port (Kuma 2.9+): only the service's endpoints whose inbound is
+    /// on this port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
-    /// The Kubernetes namespace (Kuma's Kubernetes form), with `name`. Accepted; not
-    /// enforced yet: service names are unique in a mesh.
+    /// The Kubernetes namespace (Kuma's Kubernetes form), with `name`: only the
+    /// service's endpoints tagged `k8s.kuma.io/namespace` with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// The share of requests relative to the other backends' weights. Default 1; 0
@@ -236,6 +236,20 @@ pub struct BackendRef {
 }
 
 impl BackendRef {
+    /// The tags a backend's endpoints must all have: its subset's, and its `port`
+    /// ([`PORT_TAG`](crate::PORT_TAG)) and `namespace`
+    /// ([`NAMESPACE_TAG`](crate::NAMESPACE_TAG)) when given.
+    pub fn endpoint_tags(&self) -> std::collections::BTreeMap<String, String> {
+        let mut tags = self.tags.clone();
+        if let Some(port) = self.port {
+            tags.insert(crate::PORT_TAG.to_owned(), port.to_string());
+        }
+        if let Some(namespace) = &self.namespace {
+            tags.insert(crate::NAMESPACE_TAG.to_owned(), namespace.clone());
+        }
+        tags
+    }
+
     /// The backend's service: `name`, or the service its labels name.
     pub fn service_name(&self) -> Option<&str> {
         self.name.as_deref().or_else(|| {

@@ -139,22 +139,14 @@ fn explain_table() {
         ),
         ("MeshTrafficPermission", &["ENFORCED: yes\n"]),
         (
-            "MeshTrafficPermission.spec.targetRef",
-            &[
-                "ENFORCED: partly; not yet:\n    spec.targetRef.namespace: zones here have no namespaces",
-            ],
+            "MeshTrafficPermission.spec.targetRef.namespace",
+            &["ENFORCED: yes\n"],
         ),
         (
             "MeshTrafficPermission.spec.targetRef.kind",
             &["ENFORCED: yes\n"],
         ),
-        (
-            "MeshTCPRoute",
-            &[
-                "ENFORCED: partly; not yet:\n    spec.to[].default.backendRefs[].port: a backend is reached",
-                "  spec\t<Object> -partly enforced-",
-            ],
-        ),
+        ("MeshTCPRoute", &["ENFORCED: yes\n"]),
         ("MeshTimeout", &["ENFORCED: yes\n"]),
         (
             "MeshTimeout.spec.to.default.http.requestHeadersTimeout",

@@ -46,7 +46,12 @@ pub(crate) fn configure(
         .map(|(i, ob)| {
             let resolve = |r: &BackendRef| {
                 let service = r.service_name()?;
-                Some(backend(i, service, &r.tags, r.weight.unwrap_or(1)))
+                Some(backend(
+                    i,
+                    service,
+                    &r.endpoint_tags(),
+                    r.weight.unwrap_or(1),
+                ))
             };
             let Some(merged) = effective.outbounds.get(i).and_then(|o| o.conf.as_ref()) else {
                 return Ok(Vec::new());

@@ -1,7 +1,8 @@
 //! The MeshTCPRoute configurer: each outbound's merged route (`default`, or Kuma's one
 //! rule), decoded once into [`TcpRouteConf`]: the backends its traffic goes to, by
 //! weight. A backend is a service (`MeshService`, by name or by its display-name label)
-//! or some of its endpoints (`MeshServiceSubset`, by tags). The caller (`compute`) adds
+//! or some of its endpoints (`MeshServiceSubset`, by tags; a `port`; a `namespace`:
+//! see [`BackendRef::endpoint_tags`]). The caller (`compute`) adds
 //! each backend's endpoints and identity.
 //!
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`].
@@ -55,7 +56,7 @@ fn backend(r: &BackendRef) -> Option<Backend> {
             .iter()
             .find_map(|l| r.labels.get(*l).cloned())
     })?;
-    Some((service, r.tags.clone(), r.weight.unwrap_or(1)))
+    Some((service, r.endpoint_tags(), r.weight.unwrap_or(1)))
 }
 
 #[cfg(test)]

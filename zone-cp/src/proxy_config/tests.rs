@@ -15,6 +15,9 @@ const CASES: &[(&str, &str, &str)] = &[
     ("cross-zone-failover", "zone-a", "web-1"),
     // The same mesh with crossZone: false keeps traffic in the zone.
     ("cross-zone-off", "zone-a", "web-1"),
+    // Destinations by port (`sectionName`), policies by port and namespace, route
+    // backends by namespace and port, here and through another zone's ingress.
+    ("ports-and-namespaces", "zone-a", "web-1"),
 ];
 
 pub(super) fn inputs(case: &str, zone: &str) -> MeshInputs {
