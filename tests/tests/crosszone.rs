@@ -289,10 +289,28 @@ async fn a_call_crosses_zones_through_the_ingress_with_mtls_end_to_end() -> anyh
         .await?;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["origin"], "zone-b");
-    let offered = &v["spec"]["availableServices"][0];
-    assert_eq!(offered["service"], "backend");
-    assert_eq!(offered["instances"], 2);
-    assert_eq!(offered["endpoints"].as_array().map(Vec::len), Some(2));
+    // One offer per port and tag set: backend's two instances listen on two ports.
+    let offers = v["spec"]["availableServices"]
+        .as_array()
+        .context("available services")?;
+    assert!(offers.iter().all(|o| o["service"] == "backend"), "{v}");
+    let count = |key: &str| -> usize {
+        offers
+            .iter()
+            .map(|o| match &o[key] {
+                Value::Number(n) => n.as_u64().unwrap_or(0) as usize,
+                Value::Array(a) => a.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    assert_eq!((count("instances"), count("endpoints")), (2, 2), "{v}");
+    assert!(
+        offers
+            .iter()
+            .all(|o| o["tags"]["causeway.io/port"].is_string()),
+        "each offer says its port: {v}"
+    );
 
     // The ingress does not terminate TLS: a handshake through it meets the backend
     // sidecar's own certificate (for spiffe://default/backend), which the ingress never had.

@@ -468,9 +468,9 @@ async fn over_max_pending_requests_a_call_that_would_wait_is_answered_503_overfl
 
 /// MeshCircuitBreaker `maxPendingRequests` on an inbound (`rules`): backend's
 /// application never takes a connection (its accept queue is full), so each request
-/// waits for its dial, up to the 5 s connect timeout. Without the policy a second
-/// request waits as well; with `maxPendingRequests: 1`, while one waits, the next is
-/// answered 503 `overflow` at once, its body naming the limit.
+/// waits for its dial, up to the 5 s connect timeout. Without the policy two requests
+/// sent at once both wait; with `maxPendingRequests: 1`, one of them is answered 503
+/// `overflow` at once, its body naming the limit, while the other waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_an_inbound_max_pending_requests_a_request_is_answered_503_overflow()
 -> anyhow::Result<()> {
@@ -496,10 +496,21 @@ async fn over_an_inbound_max_pending_requests_a_request_is_answered_503_overflow
         TcpStream::connect(("127.0.0.1", inbound)).await.ok()
     })
     .await?;
-    let first = tokio::spawn(call());
-    let waited = tokio::time::timeout(Duration::from_secs(1), call()).await;
-    assert!(waited.is_err(), "without the policy it waits: {waited:?}");
-    first.abort();
+    // Two requests at once: both dials hang, so both wait (for the 5 s connect timeout)
+    // without the policy; with it, one of them is refused at once.
+    let two_at_once = || async move {
+        let (a, b) = tokio::join!(call(), call());
+        let mut both = [a?, b?];
+        both.sort_by_key(|(took, _)| *took);
+        anyhow::Ok(both)
+    };
+    for (took, answer) in two_at_once().await? {
+        assert!(
+            took >= Duration::from_secs(4),
+            "without the policy both wait: {took:?}"
+        );
+        assert!(answer.contains("app-unreachable"), "{answer}");
+    }
 
     apply(
         &fx,
@@ -514,21 +525,16 @@ async fn over_an_inbound_max_pending_requests_a_request_is_answered_503_overflow
         c["inbounds"][0]["limits"][0]["maxPendingRequests"] == 1
     })
     .await?;
-    let first = tokio::spawn(call());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (took, answer) = call().await?;
-        if answer.contains("maxpendingrequests (1)") {
-            assert!(answer.starts_with("http/1.1 503"), "{answer}");
-            assert!(answer.contains("x-causeway-error: overflow"), "{answer}");
-            assert!(took < Duration::from_secs(1), "answered after {took:?}");
-            break;
-        }
-        // The first had not begun its dial: this one waited its own out.
-        anyhow::ensure!(Instant::now() < deadline, "never refused: {answer}");
-    }
-    assert!(!first.is_finished(), "the first still waits for its dial");
-    first.abort();
+    let [(took, refused), (waited, unreachable)] = two_at_once().await?;
+    assert!(refused.starts_with("http/1.1 503"), "{refused}");
+    assert!(refused.contains("x-causeway-error: overflow"), "{refused}");
+    assert!(refused.contains("maxpendingrequests (1)"), "{refused}");
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    assert!(unreachable.contains("app-unreachable"), "{unreachable}");
+    assert!(
+        waited >= Duration::from_secs(4),
+        "the other waited: {waited:?}"
+    );
     Ok(())
 }
 

@@ -421,14 +421,8 @@ async fn provider_lifecycle_against_a_real_cluster() -> anyhow::Result<()> {
     // Apply creates everything, in the API, with tokens as (sensitive) outputs.
     let out = tf.apply().await?;
     assert!(out.contains("Apply complete! Resources: 8 added"), "{out}");
-    // What the proxies do not enforce yet is a warning, on the resource, and the apply
-    // goes on (a backend's own port is not applied yet).
-    assert!(
-        out.contains(
-            "Warning: MeshHTTPRoute \"web-route\" in mesh \"tf\": spec.to[0].rules[0].default.backendRefs[0].port: not enforced by the proxies yet"
-        ),
-        "{out}"
-    );
+    // Every field written is enforced (a backend's own port too): no warning.
+    assert!(!out.contains("not enforced by the proxies yet"), "{out}");
     let timeout = get(&cluster, TIMEOUT).await?.context("timeout created")?;
     assert_eq!(timeout["spec"]["to"][0]["default"]["connectTimeout"], "2s");
     assert!(get(&cluster, "/meshes/tf").await?.is_some());
