@@ -728,6 +728,38 @@ async fn an_inbound_connection_cap_for_one_caller_applies_to_that_caller_alone()
     Ok(())
 }
 
+/// The identity header cannot be forged: a plaintext caller (no identity; the mesh is
+/// Permissive) that sends `x-causeway-peer` naming another service reaches the
+/// application without it, and an mTLS caller's header of that name is replaced by the
+/// identity its certificate proves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_identity_header_never_reaches_the_application() -> anyhow::Result<()> {
+    let b = DirectInbound::start().await?;
+    // The demo app's answer: who it was told called, and the header itself.
+    let peer_seen = |caller| {
+        let b = &b;
+        async move {
+            let mut s = b.connect(caller).await?;
+            s.write_all(
+                b"GET / HTTP/1.1\r\nhost: backend\r\nx-causeway-peer: spiffe://default/admin\r\nconnection: close\r\n\r\n",
+            )
+            .await?;
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got).await;
+            let text = String::from_utf8_lossy(&got).into_owned();
+            let body = text.split("\r\n\r\n").nth(1).context("a body")?;
+            let v: Value = serde_json::from_str(body).with_context(|| text.clone())?;
+            anyhow::Ok((v["peer"].clone(), v["headers"]["x-causeway-peer"].clone()))
+        }
+    };
+    assert_eq!(peer_seen(Caller::Plain).await?, (json!(""), Value::Null));
+    assert_eq!(
+        peer_seen(Caller::TlsHttp1).await?,
+        (json!("spiffe://default/web"), json!("spiffe://default/web"))
+    );
+    Ok(())
+}
+
 /// How a request sent slowly ended.
 #[derive(Debug)]
 enum SlowHead {

@@ -224,6 +224,10 @@ pub(super) async fn inbound_conn(
     served.await.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
+/// The header that tells the application which SPIFFE id called (none: no verified
+/// identity).
+const PEER_HEADER: http::HeaderName = http::HeaderName::from_static("x-causeway-peer");
+
 /// What every request of one inbound connection shares.
 struct InboundConn {
     proxy: Arc<Proxy>,
@@ -300,8 +304,12 @@ fn inbound_prepare(
     };
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
+    // Who called, as the application is told: only from a verified certificate. A
+    // caller's own header of that name (a plaintext caller in a permissive mesh, say)
+    // never reaches the application.
+    parts.headers.remove(PEER_HEADER);
     if let Some(v) = &conn.peer_header {
-        parts.headers.insert("x-causeway-peer", v.clone());
+        parts.headers.insert(PEER_HEADER, v.clone());
     }
     let h2 = matches!(ib.protocol, Protocol::Http2 | Protocol::Grpc);
     let mut uri = std::mem::take(&mut parts.uri).into_parts();
