@@ -8,6 +8,7 @@ mod demo_app;
 mod drill;
 mod global_cp;
 mod inspect;
+mod manual;
 mod ops;
 mod up;
 mod zone;
@@ -17,6 +18,14 @@ use clap::{Parser, Subcommand};
 
 use config::ConnArgs;
 
+/// The release and the commit it was built from.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("CAUSEWAY_GIT_COMMIT"),
+    ")"
+);
+
 /// Causeway: a multi-zone service mesh.
 ///
 /// Start a local three-node global control plane (see README), then drive it:
@@ -24,7 +33,7 @@ use config::ConnArgs;
 ///   causeway get meshes
 ///   causeway cluster status
 #[derive(Parser)]
-#[command(name = "causeway", version, propagate_version = true)]
+#[command(name = "causeway", version = VERSION, propagate_version = true)]
 struct Cli {
     #[command(flatten)]
     conn: ConnArgs,
@@ -83,6 +92,19 @@ enum Cmd {
     /// Manage the CLI's named contexts (address, token, CA).
     #[command(subcommand)]
     Config(ops::ConfigCmd),
+    /// Print a shell completion script: `source <(causeway completion bash)`, or save
+    /// `causeway completion zsh` as `_causeway` on your `fpath`.
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (`causeway.1` and one per command) into a directory:
+    /// `causeway man --out-dir target/man`, then `man -l target/man/causeway.1`.
+    Man {
+        /// Where to write them (created if missing).
+        #[arg(long, default_value = "target/man")]
+        out_dir: std::path::PathBuf,
+    },
 }
 
 fn init_logging(filter: &str) {
@@ -95,6 +117,21 @@ fn init_logging(filter: &str) {
 
 fn main() {
     let cli = Cli::parse();
+    // Documentation commands need no runtime.
+    match &cli.cmd {
+        Cmd::Completion { shell } => return manual::completion(*shell),
+        Cmd::Man { out_dir } => {
+            match manual::man_pages(out_dir) {
+                Ok(pages) => println!("wrote {} man pages into {}", pages.len(), out_dir.display()),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(1);
+                }
+            }
+            return;
+        }
+        _ => {}
+    }
     // reqwest is built without a default TLS provider; even plain-HTTP clients need one.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // A sidecar picks its own threads (--concurrency); everything else uses the default.
@@ -163,9 +200,12 @@ fn main() {
                         Some(zone::IngressSub::Token(t)) => zone::ingress_token(&cli.conn, t).await,
                         None => unreachable!("handled above"),
                     },
-                    Cmd::GlobalCp(_) | Cmd::ZoneCp(_) | Cmd::DemoApp(_) | Cmd::Up(_) => {
-                        unreachable!("handled above")
-                    }
+                    Cmd::GlobalCp(_)
+                    | Cmd::ZoneCp(_)
+                    | Cmd::DemoApp(_)
+                    | Cmd::Up(_)
+                    | Cmd::Completion { .. }
+                    | Cmd::Man { .. } => unreachable!("handled above"),
                 }
             }
         }

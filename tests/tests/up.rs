@@ -140,3 +140,36 @@ fn children_of(data: &std::path::Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// The binary says which commit it was built from, and writes completion scripts and
+/// man pages from its own flags.
+#[test]
+fn the_cli_names_its_commit_and_documents_itself() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(causeway_tests::causeway_bin())
+            .args(args)
+            .output()
+            .expect("running causeway");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let version = run(&["--version"]);
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    match head {
+        // Built from this checkout (a later commit rebuilds it).
+        Some(commit) => assert!(version.contains(&format!("({commit})")), "{version}"),
+        None => assert!(version.contains("(unknown)"), "{version}"),
+    }
+    assert!(run(&["completion", "bash"]).contains("complete -F _causeway"));
+    assert!(run(&["completion", "zsh"]).starts_with("#compdef causeway"));
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let dir_arg = dir.path().to_str().expect("a UTF-8 path");
+    assert!(run(&["man", "--out-dir", dir_arg]).starts_with("wrote "));
+    let page = std::fs::read_to_string(dir.path().join("causeway-apply.1")).expect("a page");
+    assert!(page.contains("YAML"), "{page}");
+}
