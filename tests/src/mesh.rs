@@ -206,6 +206,55 @@ impl MeshFixture {
         Ok(std::sync::Arc::new(tls))
     }
 
+    /// Opens a DDS stream as a sidecar of `service` would (its token), registering
+    /// `dataplane` (a Dataplane resource): `Ok` with the stream (the registration holds
+    /// while it is kept) once the zone sent a first config, or the status it refused
+    /// with.
+    pub async fn register_as(
+        &self,
+        service: &str,
+        dataplane: &Value,
+    ) -> anyhow::Result<
+        Result<tonic::Streaming<causeway_api::kds::dds::ControlMessage>, tonic::Status>,
+    > {
+        use causeway_api::kds::dds::{ProxyHello, ProxyMessage, proxy_message};
+        let token = std::fs::read_to_string(self.token(service).await?)?;
+        let ca_pem = std::fs::read_to_string(self.zone.dir.join("api-ca.pem"))?;
+        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", self.dds))?
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
+            )?
+            .connect()
+            .await?;
+        let hello = ProxyMessage {
+            msg: Some(proxy_message::Msg::Hello(ProxyHello {
+                token,
+                dataplane_json: serde_json::to_vec(dataplane)?,
+                ..Default::default()
+            })),
+        };
+        // The stream stays open (the sender lives in a task) until the caller drops it.
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tx.send(hello).await?;
+        tokio::spawn(async move {
+            tx.closed().await;
+        });
+        let mut client = causeway_api::kds::dds::dds_client::DdsClient::new(ch);
+        let mut stream = match client
+            .stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(status) => return Ok(Err(status)),
+        };
+        match stream.message().await {
+            Ok(Some(_)) => Ok(Ok(stream)),
+            Ok(None) => anyhow::bail!("the zone closed the stream without a word"),
+            Err(status) => Ok(Err(status)),
+        }
+    }
+
     /// A "web" sidecar with one outbound to `service`: the sidecar, its admin address
     /// and the outbound port.
     pub async fn web_calling(&self, service: &str) -> anyhow::Result<(Proc, SocketAddr, u16)> {

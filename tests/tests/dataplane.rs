@@ -1904,6 +1904,72 @@ async fn a_service_is_called_and_configured_by_port_and_namespace() -> anyhow::R
     Ok(())
 }
 
+/// A Dataplane's name cannot be hijacked: while backend-1's sidecar is connected, a
+/// sidecar of web (a valid token of another service) that registers a Dataplane named
+/// backend-1 is refused, and backend-1's sidecar keeps its config; a second sidecar of
+/// backend is refused too while the first holds the name, and takes it once the first
+/// has gone. web may never take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataplane_name_belongs_to_its_service_and_its_live_sidecar() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let app = free_addr();
+    let _app = fx.app("backend-1", "backend", app, false)?;
+    let inbound = free_addr().port();
+    let dp = dataplane("backend-1", "backend", inbound, app.port(), "http", &[]);
+    let (sidecar, admin) = fx.sidecar("backend", dp.clone()).await?;
+
+    let hijack = dataplane(
+        "backend-1",
+        "web",
+        free_addr().port(),
+        free_addr().port(),
+        "http",
+        &[],
+    );
+    let refused = fx
+        .register_as("web", &hijack)
+        .await?
+        .err()
+        .context("web hijacked backend-1")?;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(
+        refused.message().contains("belongs to service \"backend\""),
+        "{refused:?}"
+    );
+    let http = plain_http();
+    let cfg = admin_config(&http, admin)
+        .await
+        .context("backend-1's config")?;
+    assert_eq!(cfg["config"]["inbounds"][0]["service"], "backend", "{cfg}");
+    assert_eq!(cfg["config"]["inbounds"][0]["port"], inbound, "{cfg}");
+
+    let mut moved = dp.clone();
+    moved["spec"]["inbound"][0]["port"] = json!(free_addr().port());
+    let refused = fx
+        .register_as("backend", &moved)
+        .await?
+        .err()
+        .context("a second sidecar took a live name")?;
+    assert_eq!(refused.code(), tonic::Code::AlreadyExists, "{refused:?}");
+
+    // Once the first sidecar has gone, its service may take the name; web still not.
+    sidecar.kill();
+    let stream = eventually("the name free for backend", WAIT, || async {
+        fx.register_as("backend", &moved).await.ok()?.ok()
+    })
+    .await?;
+    drop(stream);
+    let again = eventually("the second sidecar gone", WAIT, || async {
+        match fx.register_as("web", &hijack).await.ok()? {
+            Err(status) if status.code() == tonic::Code::PermissionDenied => Some(status),
+            _ => None,
+        }
+    })
+    .await?;
+    assert!(again.message().contains("belongs to service"), "{again:?}");
+    Ok(())
+}
+
 /// MeshTimeout per caller, enforced on the inbound: slow's policy gives web (by its
 /// service) a request timeout of 500 ms, where every other caller keeps 15 s. web's
 /// call to `/slow` (3 s) is answered 504 `request-timeout` by slow's sidecar within a

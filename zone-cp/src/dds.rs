@@ -363,6 +363,7 @@ impl Dds for DdsService {
         let dp = Resource::from_json(&hello.dataplane_json)
             .map_err(|e| Status::invalid_argument(format!("dataplane: {e}")))?;
         check_dataplane(&dp, &claims)?;
+        claim_name(&self.shared, &dp, &claims)?;
         let key = register(&self.shared, dp)?.key();
         let stream_id: u64 = rand::random();
         self.shared.proxies.lock().expect("proxies lock").insert(
@@ -616,6 +617,44 @@ fn check_dataplane(dp: &Resource, claims: &DataplaneTokenClaims) -> Result<(), S
         return Err(Status::permission_denied(format!(
             "the token is for service {:?}; it cannot register an inbound of {:?}",
             claims.service, other.service
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the sidecar of `claims` may register `dp` under its name: a name belongs to
+/// the service whose sidecar registered it, and is free again for that service's
+/// sidecars only once the stream holding it has ended. Otherwise any token could
+/// register another live Dataplane's name and reconfigure its sidecar.
+fn claim_name(shared: &Shared, dp: &Resource, claims: &DataplaneTokenClaims) -> Result<(), Status> {
+    let key = dp.key();
+    let existing = shared
+        .store
+        .get(&key)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    let Some(existing) = existing.filter(|r| r.kind == "Dataplane") else {
+        return Ok(());
+    };
+    let owner = serde_json::from_value::<DataplaneSpec>(existing.spec)
+        .ok()
+        .and_then(|s| s.inbound.first().map(|i| i.service.clone()));
+    if let Some(owner) = owner
+        && owner != claims.service
+    {
+        return Err(Status::permission_denied(format!(
+            "dataplane {:?} belongs to service {owner:?}; a token for {:?} cannot take its name",
+            key.name, claims.service
+        )));
+    }
+    let live = shared
+        .proxies
+        .lock()
+        .expect("proxies lock")
+        .contains_key(&key);
+    if live {
+        return Err(Status::already_exists(format!(
+            "dataplane {:?} is connected from another sidecar; its name is free once that one has gone",
+            key.name
         )));
     }
     Ok(())
