@@ -1057,11 +1057,27 @@ impl ApplyBatch<'_> {
                         .map(|t| t.id)
                         .collect(),
                 };
+                let left = self
+                    .store
+                    .zone_tokens(&zone)?
+                    .into_iter()
+                    .filter(|t| !ids.contains(&t.id))
+                    .count();
                 for id in ids {
                     self.batch.delete_cf(
                         self.store.cf(CF_META),
                         prefixed(KEY_ZONE_TOKEN_PREFIX, &format!("{zone}\0{id}")),
                     );
+                }
+                // A zone left without a token is out: what it reported (its ingresses,
+                // dataplanes, drill reports, zone-origin policies) leaves every other zone.
+                if left == 0 {
+                    for r in self.store.resources_of_origin(&zone)? {
+                        let key = r.key();
+                        if let Some(old) = self.current(&key)? {
+                            self.write(&key, Some(&old), None);
+                        }
+                    }
                 }
                 Ok(WriteOutcome::Done)
             }
@@ -1128,6 +1144,13 @@ impl ApplyBatch<'_> {
                 deletes,
             } => {
                 let mut refused = Vec::new();
+                // A zone revoked for good (no token left) reports nothing any more, even
+                // a change set already on its way when it was revoked.
+                if self.store.zone_tokens(&zone)?.is_empty() {
+                    let why = format!("zone {zone:?} has no token left (revoked)");
+                    refused.extend(upserts.iter().map(|r| (r.key(), why.clone())));
+                    return Ok(Ok(WriteOutcome::ZoneSynced { refused }));
+                }
                 for key in deletes {
                     match self.current(&key)? {
                         Some(old) if old.origin.as_deref() == Some(zone.as_str()) => {
@@ -1138,6 +1161,17 @@ impl ApplyBatch<'_> {
                 }
                 for mut r in upserts {
                     let key = r.key();
+                    // A zone speaks for itself only: an ingress (or a drill report) that
+                    // names another zone would draw that zone's traffic.
+                    if let Some(claimed) = r.spec.get("zone").and_then(|z| z.as_str())
+                        && claimed != zone
+                    {
+                        refused.push((
+                            key,
+                            format!("it says zone {claimed:?}; it comes from zone {zone:?}"),
+                        ));
+                        continue;
+                    }
                     let old = self.current(&key)?;
                     if let Some(o) = &old
                         && o.origin.as_deref() != Some(zone.as_str())

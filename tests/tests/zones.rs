@@ -415,11 +415,36 @@ async fn zones_follow_a_new_leader_and_revoked_zones_are_refused() -> anyhow::Re
         );
     }
 
-    // Revoke zone-b's tokens: it is cut off and the global side logs who it refused.
+    // zone-b reports a dataplane of its own.
+    let dp = causeway_api::Resource::from_yaml(include_str!("../../examples/dataplane.yaml"))?;
+    let dp_path = format!("/meshes/default/dataplanes/{}", dp.name);
+    let (s, v) = b
+        .call(Method::PUT, &dp_path, Some(&serde_json::to_value(&dp)?))
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    eventually("zone-b's dataplane on global", SYNC, || async {
+        matches!(
+            c.call_retry(Method::GET, &dp_path, None).await,
+            Ok((StatusCode::OK, _))
+        )
+        .then_some(())
+    })
+    .await?;
+
+    // Revoke zone-b's tokens: it is cut off, the global side logs who it refused, and
+    // what it reported leaves global (and so every other zone).
     let (s, v) = c
         .call_retry(Method::DELETE, "/zones/zone-b/tokens", None)
         .await?;
     assert_eq!(s, StatusCode::NO_CONTENT, "{v}");
+    eventually("zone-b's dataplane gone from global", SYNC, || async {
+        matches!(
+            c.call_retry(Method::GET, &dp_path, None).await,
+            Ok((StatusCode::NOT_FOUND, _))
+        )
+        .then_some(())
+    })
+    .await?;
     eventually("zone-b disconnected", SYNC, || async {
         let st = b.status().await.ok()?;
         (st["connected"] == false).then_some(())

@@ -313,6 +313,7 @@ fn changes_since_gives_the_latest_state_of_each_changed_resource() {
 fn zone_reports_never_overwrite_global_or_other_zones_resources() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
+    add_tokens(&s, &[("zone-a", "t1"), ("zone-b", "t2")]);
     let mut b = s.apply_batch();
     put(&mut b, 1, mesh("m", &[]));
     put(&mut b, 2, policy("global-one"));
@@ -455,4 +456,157 @@ fn a_sealed_mesh_ca_key_is_stored_sealed_and_opens_only_with_the_key() {
         let (_, v) = item.unwrap();
         assert!(!String::from_utf8_lossy(&v).contains("secret"));
     }
+}
+
+fn ingress(name: &str, zone: &str) -> Resource {
+    Resource::from_json(
+        serde_json::json!({"type": "ZoneIngress", "mesh": "m", "name": name,
+            "spec": {"zone": zone, "address": "10.0.0.5", "port": 10001}})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+/// Records zone tokens, committed (a zone's reports are checked against them).
+fn add_tokens(s: &Store, tokens: &[(&str, &str)]) {
+    let mut b = s.apply_batch();
+    for (zone, id) in tokens {
+        b.apply(1, EPOCH, token(zone, id)).unwrap().unwrap();
+    }
+    b.commit().unwrap();
+}
+
+fn token(zone: &str, id: &str) -> Command {
+    Command::AddZoneToken(crate::command::ZoneTokenRecord {
+        zone: zone.into(),
+        id: id.into(),
+        sha256: "00".into(),
+        created_unix: 0,
+        expires_unix: i64::MAX,
+    })
+}
+
+/// A zone speaks for itself only: an ingress it reports that names another zone (which
+/// would draw that zone's cross-zone traffic to an address of its choosing) is refused,
+/// and its own is recorded.
+#[test]
+fn a_zone_cannot_report_an_ingress_of_another_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    add_tokens(&s, &[("zone-a", "t1")]);
+    let mut b = s.apply_batch();
+    put(&mut b, 1, mesh("m", &[]));
+    let out = b
+        .apply(
+            2,
+            EPOCH,
+            Command::ZoneSync {
+                zone: "zone-a".into(),
+                upserts: vec![ingress("fake", "zone-b"), ingress("own", "zone-a")],
+                deletes: vec![],
+            },
+        )
+        .unwrap()
+        .unwrap();
+    b.commit().unwrap();
+    let WriteOutcome::ZoneSynced { refused } = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, ingress("fake", "zone-b").key());
+    assert!(
+        refused[0].1.contains("comes from zone \"zone-a\""),
+        "{refused:?}"
+    );
+    assert!(s.get(&ingress("fake", "zone-b").key()).unwrap().is_none());
+    assert!(s.get(&ingress("own", "zone-a").key()).unwrap().is_some());
+}
+
+/// Revoking one of a zone's tokens keeps what it reported; revoking its last one takes
+/// all of it out (tombstones in the changelog, so every other zone drops it too), and
+/// leaves other zones' resources be.
+#[test]
+fn a_zone_revoked_for_good_takes_what_it_reported_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    add_tokens(&s, &[("zone-a", "t1"), ("zone-a", "t2"), ("zone-b", "t3")]);
+    let mut b = s.apply_batch();
+    put(&mut b, 1, mesh("m", &[]));
+    for (i, (zone, name)) in [("zone-a", "a-ingress"), ("zone-b", "b-ingress")]
+        .into_iter()
+        .enumerate()
+    {
+        b.apply(
+            5 + i as u64,
+            EPOCH,
+            Command::ZoneSync {
+                zone: zone.into(),
+                upserts: vec![ingress(name, zone)],
+                deletes: vec![],
+            },
+        )
+        .unwrap()
+        .unwrap();
+    }
+    b.commit().unwrap();
+    let revoke = |index, id: Option<&str>| {
+        let mut b = s.apply_batch();
+        b.apply(
+            index,
+            EPOCH,
+            Command::RevokeZoneTokens {
+                zone: "zone-a".into(),
+                id: id.map(str::to_owned),
+            },
+        )
+        .unwrap()
+        .unwrap();
+        b.commit().unwrap();
+    };
+    revoke(7, Some("t1"));
+    assert!(
+        s.get(&ingress("a-ingress", "zone-a").key())
+            .unwrap()
+            .is_some(),
+        "t2 is left"
+    );
+    revoke(8, Some("t2"));
+    assert!(
+        s.get(&ingress("a-ingress", "zone-a").key())
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.get(&ingress("b-ingress", "zone-b").key())
+            .unwrap()
+            .is_some()
+    );
+    let to_zone_b = s
+        .changes_since(7, &|kind, origin| {
+            crate::kds::sent_to_zone("zone-b", kind, origin)
+        })
+        .unwrap();
+    assert_eq!(to_zone_b.tombstones.len(), 1, "zone-b is told to drop it");
+    // A change set of zone-a's still on its way brings nothing back.
+    let mut b = s.apply_batch();
+    let out = b
+        .apply(
+            9,
+            EPOCH,
+            Command::ZoneSync {
+                zone: "zone-a".into(),
+                upserts: vec![ingress("a-ingress", "zone-a")],
+                deletes: vec![],
+            },
+        )
+        .unwrap()
+        .unwrap();
+    b.commit().unwrap();
+    assert!(matches!(out, WriteOutcome::ZoneSynced { refused } if refused.len() == 1));
+    assert!(
+        s.get(&ingress("a-ingress", "zone-a").key())
+            .unwrap()
+            .is_none()
+    );
 }
