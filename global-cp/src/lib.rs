@@ -96,7 +96,7 @@ impl Node {
             "--peer lists this node's own id {}",
             cfg.node_id
         );
-        std::fs::create_dir_all(&cfg.data_dir)
+        causeway_pki::private_dir(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
         let store = Store::open(&cfg.data_dir.join("db"))?;
         if store.is_empty() && !cfg.join {

@@ -278,6 +278,15 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Creates `dir` if missing and makes it 0700, an existing one too: a control plane's
+/// data directory holds its store and keys, which no other user may read (RocksDB
+/// writes its files 0644, so the directory is what keeps them private).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Whether `key_pem` is the private key of the first certificate in `cert_pem`.
 pub fn key_matches_cert(cert_pem: &str, key_pem: &str) -> bool {
     use x509_parser::prelude::*;

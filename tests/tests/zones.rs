@@ -415,6 +415,15 @@ async fn zones_follow_a_new_leader_and_revoked_zones_are_refused() -> anyhow::Re
         );
     }
 
+    // Their data directories (store, keys) are private to the user that runs them.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for dir in [&c.nodes[(leader + 1) % c.nodes.len()].dir, &a.dir, &b.dir] {
+            let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
+    }
+
     // zone-b reports a dataplane of its own.
     let dp = causeway_api::Resource::from_yaml(include_str!("../../examples/dataplane.yaml"))?;
     let dp_path = format!("/meshes/default/dataplanes/{}", dp.name);

@@ -184,7 +184,7 @@ impl Zone {
             !cfg.globals.is_empty(),
             "--global is required (a KDS address of the global control plane)"
         );
-        std::fs::create_dir_all(&cfg.data_dir)
+        causeway_pki::private_dir(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
         let store = Store::open(&cfg.data_dir.join("db"))?;
         if store.identity()?.is_none() {
