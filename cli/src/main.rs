@@ -194,6 +194,12 @@ fn main() {
                     Cmd::Secret(c) => zone::secret(&cli.conn, c).await,
                     Cmd::Dataplane(d) => match d.cmd {
                         Some(zone::DataplaneSub::Token(t)) => zone::dataplane_token(&cli.conn, t).await,
+                        Some(zone::DataplaneSub::InstallRedirect(a)) => {
+                            causeway_dataplane::cli::install_redirect(a).map(|done| print!("{done}"))
+                        }
+                        Some(zone::DataplaneSub::UninstallRedirect(a)) => {
+                            causeway_dataplane::cli::uninstall_redirect(a).map(|done| print!("{done}"))
+                        }
                         None => unreachable!("handled above"),
                     },
                     Cmd::Ingress(i) => match i.cmd {

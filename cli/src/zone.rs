@@ -218,6 +218,14 @@ pub(crate) enum DataplaneSub {
     /// Dataplane tokens: bound to one mesh and one service.
     #[command(subcommand)]
     Token(DataplaneTokenCmd),
+    /// Send a workload's traffic through its sidecar with nftables or iptables-legacy
+    /// (outbound TCP to the outbound listener, application ports to their inbound
+    /// listeners, DNS to the sidecar's DNS port), leaving the sidecar's own traffic
+    /// (--uid/--gid), chosen ports and networks, and loopback alone. Needs
+    /// CAP_NET_ADMIN; --dry-run prints the rules.
+    InstallRedirect(causeway_dataplane::cli::InstallRedirectArgs),
+    /// Remove exactly what install-redirect put in.
+    UninstallRedirect(causeway_dataplane::cli::UninstallRedirectArgs),
 }
 
 #[derive(clap::Subcommand)]

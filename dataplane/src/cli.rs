@@ -77,6 +77,110 @@ fn read(path: &PathBuf, what: &str) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
 }
 
+/// `causeway dataplane install-redirect`: sends a workload's traffic through its sidecar
+/// (see [`crate::redirect`]). Needs CAP_NET_ADMIN; run it once per workload (a VM, or a
+/// pod's init container), before the application starts.
+#[derive(clap::Args, Debug)]
+pub struct InstallRedirectArgs {
+    /// The workload's Dataplane (YAML or JSON): each inbound's application port
+    /// (`servicePort`) is redirected to its sidecar listener (`port`).
+    #[arg(long)]
+    pub dataplane_file: Option<PathBuf>,
+    /// More inbound redirections, `APP_PORT:LISTENER_PORT`.
+    #[arg(long = "inbound", value_name = "APP_PORT:LISTENER_PORT")]
+    pub inbound: Vec<String>,
+    /// The sidecar's outbound listener, where every outbound TCP connection goes.
+    #[arg(long, default_value_t = 15001)]
+    pub outbound_port: u16,
+    /// The user the sidecar runs as: its own connections are left alone (this or --gid
+    /// is required, or the sidecar's connections would loop back to it).
+    #[arg(long)]
+    pub uid: Option<u32>,
+    /// The group the sidecar runs as, instead of (or besides) --uid.
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Outbound ports left alone, comma-separated (for example 22).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Networks left alone, comma-separated (for example 169.254.169.254/32).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude_outbound_cidrs: Vec<crate::redirect::Cidr>,
+    /// Redirect outbound connections to loopback addresses too.
+    #[arg(long)]
+    pub redirect_loopback: bool,
+    /// The sidecar's DNS port: the workload's DNS queries (port 53) go there.
+    #[arg(long)]
+    pub dns_port: Option<u16>,
+    /// IPv4 only.
+    #[arg(long)]
+    pub no_ipv6: bool,
+    /// nftables or iptables-legacy; default nftables when `nft` works here.
+    #[arg(long, value_enum)]
+    pub backend: Option<crate::redirect::Backend>,
+    /// Print the rules instead of installing them.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `causeway dataplane uninstall-redirect`: removes exactly what install-redirect put in.
+#[derive(clap::Args, Debug)]
+pub struct UninstallRedirectArgs {
+    /// nftables or iptables-legacy; default nftables when `nft` works here.
+    #[arg(long, value_enum)]
+    pub backend: Option<crate::redirect::Backend>,
+    /// Print what would be removed instead of removing it.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Installs the redirection `a` asks for; what was (or, dry, would be) installed.
+pub fn install_redirect(a: InstallRedirectArgs) -> anyhow::Result<String> {
+    let mut inbound = Vec::new();
+    if let Some(path) = &a.dataplane_file {
+        let text = read(path, "--dataplane-file")?;
+        let r = if text.trim_start().starts_with('{') {
+            causeway_api::Resource::from_json(text.as_bytes())
+        } else {
+            causeway_api::Resource::from_yaml(&text)
+        }
+        .with_context(|| format!("parsing {}", path.display()))?;
+        let spec: causeway_api::DataplaneSpec = serde_json::from_value(r.spec)
+            .with_context(|| format!("{}: not a Dataplane", path.display()))?;
+        for ib in spec.inbound {
+            if let Some(app) = ib.service_port.filter(|p| *p != ib.port) {
+                inbound.push((app, ib.port));
+            }
+        }
+    }
+    for pair in &a.inbound {
+        let parsed = pair
+            .split_once(':')
+            .and_then(|(app, l)| Some((app.parse().ok()?, l.parse().ok()?)));
+        inbound.push(parsed.with_context(|| {
+            format!("--inbound {pair:?}: give APP_PORT:LISTENER_PORT, like 8080:20001")
+        })?);
+    }
+    let plan = crate::redirect::Plan {
+        outbound_port: a.outbound_port,
+        inbound,
+        uid: a.uid,
+        gid: a.gid,
+        exclude_outbound_ports: a.exclude_outbound_ports,
+        exclude_outbound_cidrs: a.exclude_outbound_cidrs,
+        redirect_loopback: a.redirect_loopback,
+        dns_port: a.dns_port,
+        ipv6: !a.no_ipv6,
+    };
+    let backend = a.backend.unwrap_or_else(crate::redirect::detect);
+    crate::redirect::install(&plan, backend, a.dry_run)
+}
+
+/// Removes the redirection; what was (or, dry, would be) removed.
+pub fn uninstall_redirect(a: UninstallRedirectArgs) -> anyhow::Result<String> {
+    let backend = a.backend.unwrap_or_else(crate::redirect::detect);
+    crate::redirect::uninstall(backend, true, a.dry_run)
+}
+
 /// Parses the files and runs until SIGTERM or Ctrl-C.
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let text = read(&a.dataplane_file, "--dataplane-file")?;

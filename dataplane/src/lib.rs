@@ -29,6 +29,7 @@ mod outlier;
 mod proxy;
 pub mod quic;
 mod rate_limit;
+pub mod redirect;
 mod replay;
 mod retry;
 mod route;
