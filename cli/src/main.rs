@@ -16,6 +16,7 @@ mod zone_cp;
 
 use clap::{Parser, Subcommand};
 
+use causeway_dataplane::cli::init_logging;
 use config::ConnArgs;
 
 /// The release and the commit it was built from.
@@ -40,6 +41,9 @@ struct Cli {
     /// Log filter for components (also RUST_LOG), for example `info` or `causeway=debug`.
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    /// How components log to standard error: text, or json (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t)]
+    log_format: causeway_dataplane::cli::LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -107,14 +111,6 @@ enum Cmd {
     },
 }
 
-fn init_logging(filter: &str) {
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 fn main() {
     let cli = Cli::parse();
     // Documentation commands need no runtime.
@@ -147,30 +143,30 @@ fn main() {
     let result = runtime.block_on(async move {
         match cli.cmd {
             Cmd::GlobalCp(args) => {
-                init_logging(&cli.log);
+                init_logging(&cli.log, cli.log_format);
                 global_cp::run(*args).await
             }
             Cmd::ZoneCp(args) => {
-                init_logging(&cli.log);
+                init_logging(&cli.log, cli.log_format);
                 zone_cp::run(*args).await
             }
             Cmd::Up(a) => {
-                init_logging(if cli.log == "info" { "warn" } else { &cli.log });
+                init_logging(if cli.log == "info" { "warn" } else { &cli.log }, cli.log_format);
                 up::run(a).await
             }
             Cmd::DemoApp(a) => {
-                init_logging(&cli.log);
+                init_logging(&cli.log, cli.log_format);
                 demo_app::run(a).await
             }
             Cmd::Ingress(i) if i.cmd.is_none() => {
-                init_logging(&cli.log);
+                init_logging(&cli.log, cli.log_format);
                 match i.run {
                     Some(args) => causeway_ingress::cli::run(args).await,
                     None => Err(anyhow::anyhow!("causeway ingress needs --cp, --cp-ca-file, --token-file, --name and --listen (or a subcommand: token)")),
                 }
             }
             Cmd::Dataplane(d) if d.cmd.is_none() => {
-                init_logging(&cli.log);
+                init_logging(&cli.log, cli.log_format);
                 match d.run {
                     Some(args) => causeway_dataplane::cli::run(args).await,
                     None => Err(anyhow::anyhow!("causeway dataplane needs --cp, --cp-ca-file, --token-file and --dataplane-file (or a subcommand: token)")),
@@ -178,7 +174,7 @@ fn main() {
             }
             cmd => {
                 // Operator commands stay quiet unless asked: one clear line on error.
-                init_logging(if cli.log == "info" { "warn" } else { &cli.log });
+                init_logging(if cli.log == "info" { "warn" } else { &cli.log }, cli.log_format);
                 match cmd {
                     Cmd::Drill(c) => drill::drill(&cli.conn, c).await,
                     Cmd::Apply(a) => ops::apply(&cli.conn, a).await,

@@ -226,25 +226,48 @@ struct Standalone {
     /// Log filter (also RUST_LOG).
     #[arg(long, default_value = "info")]
     log: String,
+    /// text, or json (one object per line).
+    #[arg(long, value_enum, default_value_t)]
+    log_format: LogFormat,
 }
 
 /// Entry point of the standalone binary.
 pub fn main() {
     use clap::Parser as _;
     let cli = Standalone::parse();
-    init_standalone(cli.log);
+    init_standalone(cli.log, cli.log_format);
     let rt = runtime(&cli.args).expect("starting the tokio runtime");
     exit_on_error(rt.block_on(run(cli.args)));
 }
 
 /// What a lean binary sets up before its runtime: the TLS provider and logging to stderr.
-pub fn init_standalone(log: String) {
+pub fn init_standalone(log: String, format: LogFormat) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let filter = std::env::var("RUST_LOG").unwrap_or(log);
-    let _ = tracing_subscriber::fmt()
+    init_logging(&log, format);
+}
+
+/// How logs are written to standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `fields`), for log
+    /// pipelines.
+    Json,
+}
+
+/// Logs events that pass `filter` (or `RUST_LOG`, which wins) to standard error in
+/// `format`. The first call wins; later ones change nothing.
+pub fn init_logging(filter: &str, format: LogFormat) {
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// Prints an error's chain of causes on one line and exits 1.

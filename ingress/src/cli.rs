@@ -107,13 +107,16 @@ struct Standalone {
     /// Log filter (also RUST_LOG).
     #[arg(long, default_value = "info")]
     log: String,
+    /// text, or json (one object per line).
+    #[arg(long, value_enum, default_value_t)]
+    log_format: causeway_dataplane::cli::LogFormat,
 }
 
 /// Entry point of the standalone binary.
 pub fn main() {
     use clap::Parser as _;
     let cli = Standalone::parse();
-    init_standalone(cli.log);
+    init_standalone(cli.log, cli.log_format);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

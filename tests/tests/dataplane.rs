@@ -1970,6 +1970,130 @@ async fn a_dataplane_name_belongs_to_its_service_and_its_live_sidecar() -> anyho
     Ok(())
 }
 
+/// Every file under `dir`, recursively.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// No token and no key in any log: a whole mesh runs (a global node, a zone, two
+/// sidecars, a call through them with mTLS), then every log it wrote is searched for
+/// every token and private key on disk (the admin and read-only API tokens, the zone's
+/// token, the dataplane tokens, every PEM private key, the secrets key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_or_key_ever_reaches_a_log() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
+    let app = free_addr();
+    let _app = fx.app("backend-1", "backend", app, false)?;
+    let dp = dataplane(
+        "backend-1",
+        "backend",
+        free_addr().port(),
+        app.port(),
+        "http",
+        &[],
+    );
+    let (_backend, _) = fx.sidecar("backend", dp).await?;
+    let (_web, _, out) = fx.web_calling("backend").await?;
+    eventually("a call through both sidecars", WAIT, || async {
+        (answering(out, 1).await? == instances(&["backend-1"])).then_some(())
+    })
+    .await?;
+    let files = files_under(&fx.dir);
+    let logs: Vec<(String, String)> = files
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read_to_string(p).unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(logs.len() >= 4, "the logs of the run: {logs:?}");
+    let mut secrets: Vec<(String, String)> = vec![("secrets key".into(), "11".repeat(32))];
+    for p in &files {
+        let name = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let Ok(text) = std::fs::read_to_string(p) else {
+            continue;
+        };
+        if name.contains("token") {
+            secrets.push((p.display().to_string(), text.trim().to_owned()));
+        }
+        // A private key's body, a line of it long enough to be its own.
+        if let Some(body) = text.split("PRIVATE KEY-----").nth(1) {
+            let line = body.lines().map(str::trim).find(|l| l.len() >= 40);
+            if let Some(line) = line {
+                secrets.push((p.display().to_string(), line.to_owned()));
+            }
+        }
+    }
+    let tokens = secrets
+        .iter()
+        .filter(|(what, _)| what.contains("token"))
+        .count();
+    assert!(
+        tokens >= 3,
+        "admin, zone and dataplane tokens at least: {secrets:?}"
+    );
+    assert!(secrets.len() > tokens + 1, "private keys too: {secrets:?}");
+    for (log, text) in &logs {
+        for (what, secret) in &secrets {
+            assert!(
+                secret.len() >= 16 && !text.contains(secret.as_str()),
+                "{log} holds the secret of {what}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--log-format json`: every line a component logs is a JSON object with its level
+/// and message.
+#[test]
+fn a_component_logs_json_when_asked() -> anyhow::Result<()> {
+    let listen = free_addr();
+    let mut child = std::process::Command::new(causeway_tests::causeway_bin())
+        .args([
+            "--log-format",
+            "json",
+            "demo-app",
+            "--listen",
+            &listen.to_string(),
+            "--service",
+            "x",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stderr.take().context("stderr")?),
+        &mut line,
+    )?;
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&line).with_context(|| line.clone())?;
+    assert_eq!(v["level"], "INFO", "{v}");
+    assert_eq!(v["fields"]["message"], "demo app listening", "{v}");
+    Ok(())
+}
+
 /// MeshTimeout per caller, enforced on the inbound: slow's policy gives web (by its
 /// service) a request timeout of 500 ms, where every other caller keeps 15 s. web's
 /// call to `/slow` (3 s) is answered 504 `request-timeout` by slow's sidecar within a
