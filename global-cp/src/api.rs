@@ -45,6 +45,7 @@ pub(crate) struct ApiState {
     pub(crate) status_interval: std::time::Duration,
     /// Seals secrets (provided CA keys) at rest.
     pub(crate) sealer: Option<Arc<crate::sealing::Sealer>>,
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An API error: status, message and the field errors behind it.
@@ -173,12 +174,54 @@ pub(crate) fn router(state: ApiState) -> Router {
             "/{plural}/{name}",
             get(get_global).put(put_global).delete(delete_global),
         )
+        .route("/metrics", get(metrics))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi))
         .merge(authed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
+}
+
+/// Counts each request by its route's pattern and status, and times it.
+async fn count(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    let m = &st.metrics;
+    m.api_requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            method,
+            route: route.clone(),
+            code: resp.status().as_u16(),
+        })
+        .inc();
+    m.api_seconds
+        .get_or_create(&crate::metrics::RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// `GET /metrics`: the node's metrics (see [`crate::metrics`]), OpenMetrics text.
+async fn metrics(State(st): State<ApiState>) -> Response {
+    let view = st.raft.view().borrow().clone();
+    let connected = st.kds.as_ref().map_or(0, |k| k.connected_zones());
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    let text = st.metrics.render(&view, &st.store, connected, now_ms);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 // === auth ===

@@ -82,6 +82,7 @@ struct Inner {
     dataplane_token_public_key: String,
     sealer: Option<Arc<crate::sealing::Sealer>>,
     sessions: Mutex<HashMap<String, LiveSession>>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The KDS service; cheap to clone.
@@ -127,6 +128,11 @@ fn send_err(e: impl std::fmt::Display) -> Status {
 }
 
 impl KdsService {
+    /// Zones connected to this node now.
+    pub(crate) fn connected_zones(&self) -> usize {
+        self.inner.sessions.lock().expect("sessions lock").len()
+    }
+
     pub(crate) fn new(
         store: Store,
         raft: RaftHandle,
@@ -134,6 +140,7 @@ impl KdsService {
         settings: KdsSettings,
         secrets: ClusterSecrets,
         sealer: Option<Arc<crate::sealing::Sealer>>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> KdsService {
         KdsService {
             inner: Arc::new(Inner {
@@ -148,6 +155,7 @@ impl KdsService {
                 secrets,
                 sealer,
                 sessions: Mutex::default(),
+                metrics,
             }),
         }
     }
@@ -376,10 +384,21 @@ enum End {
 
 impl Session {
     async fn send(&self, msg: global_message::Msg) -> Result<(), End> {
-        self.tx
-            .send(Ok(GlobalMessage { msg: Some(msg) }))
-            .await
-            .map_err(|_| End::Closed)
+        let msg = GlobalMessage { msg: Some(msg) };
+        let zone = crate::metrics::ZoneLabels {
+            zone: self.zone.clone(),
+        };
+        let m = &self.kds.inner.metrics;
+        m.kds_sent_bytes
+            .get_or_create(&zone)
+            .inc_by(prost::Message::encoded_len(&msg) as u64);
+        if let Some(global_message::Msg::Changes(set)) = &msg.msg
+            && set.full
+            && set.last
+        {
+            m.kds_full_sets.get_or_create(&zone).inc();
+        }
+        self.tx.send(Ok(msg)).await.map_err(|_| End::Closed)
     }
 
     fn register(&self, dump_tx: mpsc::Sender<DumpRequest>) {

@@ -15,6 +15,7 @@ pub mod store;
 pub use causeway_pki as tls;
 
 mod api;
+mod metrics;
 mod transport;
 pub mod zone_token;
 
@@ -133,6 +134,19 @@ impl Node {
             },
         )?;
         let mut tasks = Vec::new();
+        let metrics = Arc::new(metrics::Metrics::new(raft.proposals()));
+        // Leader changes, as this node sees them.
+        let (mut seen, leader_changes) = (raft.view(), metrics.leader_changes.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut leader = seen.borrow().leader_id;
+            while seen.changed().await.is_ok() {
+                let now = seen.borrow().leader_id;
+                if now != leader && now != 0 {
+                    leader_changes.inc();
+                }
+                leader = now;
+            }
+        }));
         let raft_tx = raft.sender();
         let tls = cfg.raft_tls.clone();
         tasks.push(tokio::spawn(async move {
@@ -150,6 +164,7 @@ impl Node {
             tokens_tx,
             api_handle.clone(),
             tokens_rx,
+            metrics,
         )));
         Ok(Node {
             raft,
@@ -191,6 +206,7 @@ async fn housekeeping(
     tokens_tx: watch::Sender<Option<Arc<Tokens>>>,
     api_handle: axum_server::Handle,
     tokens_rx: watch::Receiver<Option<Arc<Tokens>>>,
+    metrics: Arc<metrics::Metrics>,
 ) {
     let mut view = raft.view();
     let me = Member {
@@ -279,6 +295,7 @@ async fn housekeeping(
                         cfg.kds.clone(),
                         s.clone(),
                         cfg.secrets_key.clone(),
+                        metrics.clone(),
                     );
                     let (svc2, cfg2, s2) = (svc.clone(), cfg.clone(), s.clone());
                     tokio::spawn(async move {
@@ -297,6 +314,7 @@ async fn housekeeping(
                     heartbeat: cfg.kds.heartbeat,
                     status_interval: cfg.kds.status_interval,
                     sealer: cfg.secrets_key.clone(),
+                    metrics: metrics.clone(),
                 };
                 let cfg = cfg.clone();
                 let handle = api_handle.clone();

@@ -130,6 +130,8 @@ pub trait Outbox: Send + 'static {
 pub struct RaftHandle {
     tx: mpsc::Sender<Msg>,
     view: watch::Receiver<RaftView>,
+    /// How long proposals take to be applied here (the node's metrics show it).
+    proposals: prometheus_client::metrics::histogram::Histogram,
 }
 
 impl RaftHandle {
@@ -139,11 +141,19 @@ impl RaftHandle {
 
     /// Proposes a command and waits until it is applied on this node.
     pub async fn propose(&self, cmd: Command) -> Result<WriteOutcome, RaftError> {
+        let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Propose { cmd, reply })
             .map_err(|_| RaftError::Stopped)?;
-        rx.await.map_err(|_| RaftError::Stopped)?
+        let outcome = rx.await.map_err(|_| RaftError::Stopped)?;
+        self.proposals.observe(started.elapsed().as_secs_f64());
+        outcome
+    }
+
+    /// The histogram of proposal latencies, for the node's metrics.
+    pub(crate) fn proposals(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.proposals.clone()
     }
 
     pub async fn change_members(&self, change: MemberChange) -> Result<WriteOutcome, RaftError> {
@@ -219,7 +229,12 @@ pub(crate) fn start_with<O: Outbox, E>(
         .name(format!("raft-{id}"))
         .spawn(move || driver.run(rx))
         .expect("spawning the raft thread");
-    Ok((RaftHandle { tx, view: view_rx }, thread))
+    let handle = RaftHandle {
+        tx,
+        view: view_rx,
+        proposals: crate::metrics::latency_histogram(),
+    };
+    Ok((handle, thread))
 }
 
 fn raft_config(id: u64, applied: u64, settings: &RaftSettings) -> raft::Config {

@@ -342,6 +342,19 @@ impl GlobalCluster {
         self.http.clone().expect("cluster formed")
     }
 
+    /// Node `i`'s `/metrics` (text), with the admin token.
+    pub async fn metrics(&self, i: usize) -> anyhow::Result<String> {
+        let token = self.nodes[i].admin_token().context("the admin token")?;
+        let r = self
+            .http()
+            .get(format!("{}/metrics", self.nodes[i].url()))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == StatusCode::OK, "metrics: {}", r.status());
+        Ok(r.text().await?)
+    }
+
     /// The tail of every node's log, for failure messages.
     pub fn logs(&self) -> String {
         let mut out = String::new();
@@ -616,6 +629,18 @@ impl ZoneCp {
             req = req.json(b);
         }
         send(req).await
+    }
+
+    /// The zone's `/metrics` (text).
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let (http, token) = self.client().await?;
+        let r = http
+            .get(format!("https://{}/metrics", self.api))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == StatusCode::OK, "metrics: {}", r.status());
+        Ok(r.text().await?)
     }
 
     /// The zone's `/status`.

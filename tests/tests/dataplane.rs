@@ -2094,6 +2094,133 @@ fn a_component_logs_json_when_asked() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The value of the first sample of `series` (its name and labels, exactly) in an
+/// exposition.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// The control planes' metrics: after a sidecar connected and a call went through it,
+/// the global node (a single-node cluster: its leader) and the zone expose Raft, API,
+/// KDS, DDS and certificate metrics that say so; and every query of the Grafana
+/// dashboard shipped in `dashboards/` names a metric one of the components exports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_planes_export_metrics_the_dashboard_uses() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
+    let app = free_addr();
+    let _app = fx.app("backend-1", "backend", app, false)?;
+    let dp = dataplane(
+        "backend-1",
+        "backend",
+        free_addr().port(),
+        app.port(),
+        "http",
+        &[],
+    );
+    let (_backend, _) = fx.sidecar("backend", dp).await?;
+    let (_web, web_admin, out) = fx.web_calling("backend").await?;
+    eventually("a call through both sidecars", WAIT, || async {
+        (answering(out, 1).await? == instances(&["backend-1"])).then_some(())
+    })
+    .await?;
+
+    let global = eventually("the zone's status on global", WAIT, || async {
+        let m = fx.c.metrics(0).await.ok()?;
+        (sample(&m, "causeway_kds_zone_connected{zone=\"zone-a\"}") == Some(1.0)).then_some(m)
+    })
+    .await?;
+    for (series, at_least) in [
+        ("causeway_raft_is_leader", 1.0),
+        ("causeway_raft_term", 1.0),
+        ("causeway_raft_applied_index", 1.0),
+        ("causeway_raft_members", 1.0),
+        ("causeway_raft_proposal_duration_seconds_count", 1.0),
+        ("causeway_kds_connected_zones", 1.0),
+        ("causeway_kds_full_sets_total{zone=\"zone-a\"}", 1.0),
+        (
+            "causeway_api_requests_total{method=\"PUT\",route=\"/meshes/{mesh}/{plural}/{name}\",code=\"201\"}",
+            1.0,
+        ),
+    ] {
+        let v = sample(&global, series).with_context(|| format!("{series} in\n{global}"))?;
+        assert!(v >= at_least, "{series} = {v}");
+    }
+    assert!(sample(&global, "causeway_kds_zone_lag_revisions{zone=\"zone-a\"}").is_some());
+
+    let zone = fx.zone.metrics().await?;
+    for (series, at_least) in [
+        ("causeway_zone_kds_connected", 1.0),
+        ("causeway_zone_kds_revision", 1.0),
+        ("causeway_zone_connected_proxies{kind=\"sidecar\"}", 2.0),
+        (
+            "causeway_zone_config_computations_total{kind=\"sidecar\"}",
+            2.0,
+        ),
+        ("causeway_zone_config_pushes_total{kind=\"sidecar\"}", 2.0),
+        ("causeway_zone_certificates_issued_total", 2.0),
+        (
+            "causeway_zone_certificate_expiry_seconds{certificate=\"zone\"}",
+            3600.0,
+        ),
+        (
+            "causeway_zone_certificate_expiry_seconds{certificate=\"mesh:default\"}",
+            3600.0,
+        ),
+    ] {
+        let v = sample(&zone, series).with_context(|| format!("{series} in\n{zone}"))?;
+        assert!(v >= at_least, "{series} = {v}");
+    }
+    assert_eq!(sample(&zone, "causeway_zone_proxies_nacking"), Some(0.0));
+
+    // The dashboard's queries name only metrics that exist.
+    let sidecar = plain_http()
+        .get(format!("http://{web_admin}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    // Every sample's name, and every declared family's with the suffixes its samples
+    // take (a family may have no sample yet).
+    let mut exported = std::collections::BTreeSet::new();
+    for line in [&global, &zone, &sidecar].iter().flat_map(|t| t.lines()) {
+        if let Some(declared) = line.strip_prefix("# TYPE ") {
+            let name = declared.split(' ').next().unwrap_or_default();
+            for suffix in ["", "_total", "_bucket", "_count", "_sum"] {
+                exported.insert(format!("{name}{suffix}"));
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            exported.extend(line.split(['{', ' ']).next().map(str::to_owned));
+        }
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/causeway.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queries.push(target["expr"].as_str().context("an expr")?.to_owned());
+        }
+    }
+    assert!(queries.len() >= 8, "{queries:?}");
+    for q in &queries {
+        let names: Vec<&str> = q
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+            .filter(|w| w.starts_with("causeway_"))
+            .collect();
+        assert!(!names.is_empty(), "{q} names no causeway metric");
+        for name in names {
+            assert!(
+                exported.contains(name),
+                "{q}: {name} is not exported; exported: {exported:?}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// MeshTimeout per caller, enforced on the inbound: slow's policy gives web (by its
 /// service) a request timeout of 500 ms, where every other caller keeps 15 s. web's
 /// call to `/slow` (3 s) is answered 504 `request-timeout` by slow's sidecar within a

@@ -147,6 +147,7 @@ pub(crate) async fn serve(
     let state = ApiState { shared, tokens };
     let authed = Router::new()
         .route("/status", get(status))
+        .route("/metrics", get(metrics))
         .route("/sync", get(wait_sync))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
         .route(
@@ -241,6 +242,20 @@ async fn ready(State(st): State<ApiState>) -> Json<Value> {
 
 async fn status(State(st): State<ApiState>) -> Json<Value> {
     Json(status_json(&st.shared))
+}
+
+/// `GET /metrics`: the zone's metrics (see [`crate::metrics`]), OpenMetrics text.
+async fn metrics(State(st): State<ApiState>) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
+    let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        st.shared.metrics.render(&st.shared, now_ms),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]

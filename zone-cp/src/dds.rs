@@ -236,6 +236,7 @@ pub(crate) fn sign_workload(
     let renew_at =
         issued + ((info.not_after - issued) as f64 * spec.certificate_renew_at.fraction()) as i64;
     tracing::debug!(%id, not_after = info.not_after, "issued a workload certificate");
+    shared.metrics.certificates_issued.inc();
     Ok(SignResponse {
         cert_chain_pem: format!("{leaf}{}", ca.cert_pem),
         trust_bundle_pem: inter.root_pem.clone(),
@@ -539,7 +540,9 @@ async fn serve_ingress(
         } else {
             None
         };
+        let started = std::time::Instant::now();
         let computed = crate::ingress::compute(&inputs, &key.mesh, &key.name, refusal);
+        shared.metrics.computed("ingress", started.elapsed());
         record_compute_error(shared, key, stream_id, computed.as_ref().err());
         match computed {
             Ok((cfg, available)) => {
@@ -678,7 +681,9 @@ async fn serve_proxy(
             .map_err(|e| Status::internal(e.to_string()))?
             .ok_or_else(|| Status::not_found("the Dataplane was removed"))?;
         let inputs = mesh_inputs(shared, &key.mesh)?;
+        let started = std::time::Instant::now();
         let computed = proxy_config::compute(&inputs, &dp);
+        shared.metrics.computed("sidecar", started.elapsed());
         record_compute_error(shared, key, stream_id, computed.as_ref().err());
         match computed {
             Ok(cfg) if sent.as_deref() != Some(cfg.version.as_str()) => {
@@ -719,6 +724,16 @@ async fn push(
         p.last_push_unix_ms = now_ms();
     });
     shared.touch_push();
+    let kind = if key.kind == "ZoneIngress" {
+        "ingress"
+    } else {
+        "sidecar"
+    };
+    shared
+        .metrics
+        .pushes
+        .get_or_create(&crate::metrics::KindLabels { kind: kind.into() })
+        .inc();
     Ok(())
 }
 
@@ -742,6 +757,7 @@ async fn next_event(
                 true
             }
             Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Nack(n)) })) => {
+                shared.metrics.nacks.inc();
                 tracing::warn!(proxy = %key, version = %n.version, reason = %n.reason, "a proxy rejected its config");
                 update(shared, key, stream_id, |p| {
                     p.nack = Some(ConfigReply { version: n.version, at_unix_ms: now_ms(), reason: Some(n.reason) });

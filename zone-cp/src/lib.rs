@@ -13,6 +13,7 @@ mod drill;
 pub mod ingress;
 mod inspect;
 mod kds_client;
+mod metrics;
 pub mod proxy_config;
 pub mod store;
 
@@ -95,6 +96,7 @@ pub(crate) struct Shared {
     /// Proxies connected over DDS.
     pub(crate) proxies: Mutex<dds::Proxies>,
     last_push_ms: AtomicI64,
+    pub(crate) metrics: metrics::Metrics,
 }
 
 impl Shared {
@@ -218,6 +220,7 @@ impl Zone {
             inputs_cache: Mutex::default(),
             proxies: Mutex::default(),
             last_push_ms: AtomicI64::new(0),
+            metrics: metrics::Metrics::default(),
         });
         let api_handle = axum_server::Handle::new();
         let (tokens, ca) = api::local_credentials(&cfg.data_dir)?;
