@@ -1987,17 +1987,14 @@ fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// No token and no key in any log: a whole mesh runs (a global node, a zone, two
-/// sidecars, a call through them with mTLS), then every log it wrote is searched for
-/// every token and private key on disk (the admin and read-only API tokens, the zone's
-/// token, the dataplane tokens, every PEM private key, the secrets key).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_token_or_key_ever_reaches_a_log() -> anyhow::Result<()> {
+/// A Strict mesh where web called backend once through both sidecars: the fixture,
+/// the processes, and web's sidecar's admin address.
+async fn called_mesh() -> anyhow::Result<(MeshFixture, Vec<Proc>, SocketAddr)> {
     let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
     fx.permit("web-to-backend", "web", "backend", "Allow")
         .await?;
     let app = free_addr();
-    let _app = fx.app("backend-1", "backend", app, false)?;
+    let backend_app = fx.app("backend-1", "backend", app, false)?;
     let dp = dataplane(
         "backend-1",
         "backend",
@@ -2006,12 +2003,22 @@ async fn no_token_or_key_ever_reaches_a_log() -> anyhow::Result<()> {
         "http",
         &[],
     );
-    let (_backend, _) = fx.sidecar("backend", dp).await?;
-    let (_web, _, out) = fx.web_calling("backend").await?;
+    let (backend, _) = fx.sidecar("backend", dp).await?;
+    let (web, web_admin, out) = fx.web_calling("backend").await?;
     eventually("a call through both sidecars", WAIT, || async {
         (answering(out, 1).await? == instances(&["backend-1"])).then_some(())
     })
     .await?;
+    Ok((fx, vec![backend_app, backend, web], web_admin))
+}
+
+/// No token and no key in any log: a whole mesh runs (a global node, a zone, two
+/// sidecars, a call through them with mTLS), then every log it wrote is searched for
+/// every token and private key on disk (the admin and read-only API tokens, the zone's
+/// token, the dataplane tokens, every PEM private key, the secrets key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_or_key_ever_reaches_a_log() -> anyhow::Result<()> {
+    let (fx, _procs, _) = called_mesh().await?;
     let files = files_under(&fx.dir);
     let logs: Vec<(String, String)> = files
         .iter()
@@ -2108,25 +2115,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 /// dashboard shipped in `dashboards/` names a metric one of the components exports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_planes_export_metrics_the_dashboard_uses() -> anyhow::Result<()> {
-    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
-    fx.permit("web-to-backend", "web", "backend", "Allow")
-        .await?;
-    let app = free_addr();
-    let _app = fx.app("backend-1", "backend", app, false)?;
-    let dp = dataplane(
-        "backend-1",
-        "backend",
-        free_addr().port(),
-        app.port(),
-        "http",
-        &[],
-    );
-    let (_backend, _) = fx.sidecar("backend", dp).await?;
-    let (_web, web_admin, out) = fx.web_calling("backend").await?;
-    eventually("a call through both sidecars", WAIT, || async {
-        (answering(out, 1).await? == instances(&["backend-1"])).then_some(())
-    })
-    .await?;
+    let (fx, _procs, web_admin) = called_mesh().await?;
 
     let global = eventually("the zone's status on global", WAIT, || async {
         let m = fx.c.metrics(0).await.ok()?;
