@@ -35,6 +35,7 @@ mod drill;
 mod duration;
 mod effective;
 mod enforcement;
+pub mod exposition;
 pub mod inspect;
 pub mod kds;
 mod merge_patch;

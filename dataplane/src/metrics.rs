@@ -203,6 +203,7 @@ impl Metrics {
         let tcp = self.tcp.lock().expect("metrics lock").clone();
         let labels =
             |d: &str, s: &str, p: &str| format!("direction=\"{d}\",service=\"{s}\",peer=\"{p}\"");
+        out.push_str("# HELP causeway_requests_total HTTP requests the sidecar proxied, by direction, service, peer and status class.\n");
         out.push_str("# TYPE causeway_requests_total counter\n");
         for ((d, s, p), h) in &http {
             for (i, c) in CLASSES.iter().enumerate() {
@@ -216,6 +217,7 @@ impl Metrics {
                 }
             }
         }
+        out.push_str("# HELP causeway_request_duration_seconds HTTP request latency through the sidecar, by direction and service.\n");
         out.push_str("# TYPE causeway_request_duration_seconds histogram\n");
         for ((d, s, p), h) in &http {
             let l = labels(d, s, p);
@@ -239,6 +241,7 @@ impl Metrics {
                 "causeway_request_duration_seconds_count{{{l}}} {count}"
             );
         }
+        out.push_str("# HELP causeway_proxy_errors_total Requests the sidecar answered itself, by cause (the x-causeway-error label).\n");
         out.push_str("# TYPE causeway_proxy_errors_total counter\n");
         for ((d, s, p), h) in &http {
             for (i, label) in LABELS.iter().enumerate() {
@@ -252,6 +255,7 @@ impl Metrics {
                 }
             }
         }
+        out.push_str("# HELP causeway_tcp_connections_total TCP connections the sidecar proxied or denied.\n");
         out.push_str("# TYPE causeway_tcp_connections_total counter\n");
         for ((d, s, p), t) in &tcp {
             let l = labels(d, s, p);
@@ -272,6 +276,7 @@ impl Metrics {
                 t.tx
             );
         }
+        out.push_str("# HELP causeway_circuit_breaker_events_total MeshCircuitBreaker events (overflows, ejections), by service.\n");
         out.push_str("# TYPE causeway_circuit_breaker_events_total counter\n");
         for ((s, event), n) in self.circuit_breaker.lock().expect("metrics lock").iter() {
             let _ = writeln!(
@@ -279,6 +284,7 @@ impl Metrics {
                 "causeway_circuit_breaker_events_total{{service=\"{s}\",event=\"{event}\"}} {n}"
             );
         }
+        out.push_str("# HELP causeway_shadow_denied_total Calls let in under AllowWithShadowDeny that a Deny would have refused.\n");
         out.push_str("# TYPE causeway_shadow_denied_total counter\n");
         for ((s, p), n) in self.shadow_denied.lock().expect("metrics lock").iter() {
             let _ = writeln!(
@@ -286,6 +292,7 @@ impl Metrics {
                 "causeway_shadow_denied_total{{direction=\"inbound\",service=\"{s}\",peer=\"{p}\"}} {n}"
             );
         }
+        out.push_str("# HELP causeway_retries_total MeshRetry decisions, by destination and result.\n");
         out.push_str("# TYPE causeway_retries_total counter\n");
         for ((s, result), n) in self.retries.lock().expect("metrics lock").iter() {
             let _ = writeln!(
@@ -293,6 +300,7 @@ impl Metrics {
                 "causeway_retries_total{{service=\"{s}\",result=\"{result}\"}} {n}"
             );
         }
+        out.push_str("# HELP causeway_route_requests_total Requests that took a MeshHTTPRoute, by route and backend.\n");
         out.push_str("# TYPE causeway_route_requests_total counter\n");
         for ((s, route, backend), n) in self.routed.lock().expect("metrics lock").iter() {
             let n = n.load(Ordering::Relaxed);
@@ -301,6 +309,7 @@ impl Metrics {
                 "causeway_route_requests_total{{service=\"{s}\",route=\"{route}\",backend=\"{backend}\"}} {n}"
             );
         }
+        out.push_str("# HELP causeway_mirrored_requests_total Mirrored copies of requests, by mirror and result.\n");
         out.push_str("# TYPE causeway_mirrored_requests_total counter\n");
         for ((s, mirror, result), n) in self.mirrored.lock().expect("metrics lock").iter() {
             let _ = writeln!(
@@ -308,6 +317,7 @@ impl Metrics {
                 "causeway_mirrored_requests_total{{service=\"{s}\",mirror=\"{mirror}\",result=\"{result}\"}} {n}"
             );
         }
+        out.push_str("# HELP causeway_health_checks_total Active health checks, by destination and result.\n");
         out.push_str("# TYPE causeway_health_checks_total counter\n");
         for (s, (passed, failed)) in self.health_checks.lock().expect("metrics lock").iter() {
             for (result, n) in [("passed", passed), ("failed", failed)] {

@@ -208,7 +208,7 @@ async fn count(State(st): State<ApiState>, req: Request, next: Next) -> Response
     resp
 }
 
-/// `GET /metrics`: the node's metrics (see [`crate::metrics`]), OpenMetrics text.
+/// `GET /metrics`: the node's metrics (see [`crate::metrics`]), Prometheus text.
 async fn metrics(State(st): State<ApiState>) -> Response {
     let view = st.raft.view().borrow().clone();
     let connected = st.kds.as_ref().map_or(0, |k| k.connected_zones());
@@ -217,7 +217,7 @@ async fn metrics(State(st): State<ApiState>) -> Response {
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            causeway_api::exposition::PROMETHEUS_TEXT,
         )],
         text,
     )

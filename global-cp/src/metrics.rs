@@ -1,4 +1,4 @@
-//! The global control plane's metrics, in Prometheus' text format at `GET /metrics` on
+//! The global control plane's metrics, in Prometheus' classic text format at `GET /metrics` on
 //! the policy API (with either API token, as Prometheus' `authorization` sends it):
 //! Raft, the API's requests, and KDS. Counters and histograms count as things happen;
 //! the gauges (Raft's indexes and term, the zones' state) are read from the node at each
@@ -212,6 +212,6 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
-        out
+        causeway_api::exposition::prometheus_text(&out)
     }
 }

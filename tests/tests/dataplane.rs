@@ -2172,6 +2172,27 @@ async fn the_control_planes_export_metrics_the_dashboard_uses() -> anyhow::Resul
         .await?
         .text()
         .await?;
+    // Each exposition passes Prometheus' own linter.
+    for (what, text) in [("global", &global), ("zone", &zone), ("sidecar", &sidecar)] {
+        let mut promtool = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("promtool (Debian's prometheus package)")?;
+        std::io::Write::write_all(
+            &mut promtool.stdin.take().context("stdin")?,
+            text.as_bytes(),
+        )?;
+        let out = promtool.wait_with_output()?;
+        assert!(
+            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+            "promtool check metrics on the {what}'s: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // Every sample's name, and every declared family's with the suffixes its samples
     // take (a family may have no sample yet).
     let mut exported = std::collections::BTreeSet::new();

@@ -244,14 +244,14 @@ async fn status(State(st): State<ApiState>) -> Json<Value> {
     Json(status_json(&st.shared))
 }
 
-/// `GET /metrics`: the zone's metrics (see [`crate::metrics`]), OpenMetrics text.
+/// `GET /metrics`: the zone's metrics (see [`crate::metrics`]), Prometheus text.
 async fn metrics(State(st): State<ApiState>) -> axum::response::Response {
     use axum::response::IntoResponse as _;
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            causeway_api::exposition::PROMETHEUS_TEXT,
         )],
         st.shared.metrics.render(&st.shared, now_ms),
     )

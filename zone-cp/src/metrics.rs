@@ -1,4 +1,4 @@
-//! The zone control plane's metrics, in Prometheus' text format at `GET /metrics` on the
+//! The zone control plane's metrics, in Prometheus' classic text format at `GET /metrics` on the
 //! zone API (with its API token): its KDS session with global, the proxies connected
 //! over DDS, the configs it computes and pushes, their NACKs, and the certificates it
 //! issues and holds. Counters and histograms count as things happen; the gauges are read
@@ -176,6 +176,6 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
-        out
+        causeway_api::exposition::prometheus_text(&out)
     }
 }
