@@ -292,7 +292,9 @@ impl Metrics {
                 "causeway_shadow_denied_total{{direction=\"inbound\",service=\"{s}\",peer=\"{p}\"}} {n}"
             );
         }
-        out.push_str("# HELP causeway_retries_total MeshRetry decisions, by destination and result.\n");
+        out.push_str(
+            "# HELP causeway_retries_total MeshRetry decisions, by destination and result.\n",
+        );
         out.push_str("# TYPE causeway_retries_total counter\n");
         for ((s, result), n) in self.retries.lock().expect("metrics lock").iter() {
             let _ = writeln!(
