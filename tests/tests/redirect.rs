@@ -327,6 +327,78 @@ fn redirects_and_exempts_as_asked(backend: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// It refuses, saying why, where it cannot work: without CAP_NET_ADMIN (another user
+/// in the namespace), and over another mesh's rules (left as they were).
+fn refuses_where_it_cannot_work(backend: &str) -> anyhow::Result<()> {
+    let net = Net::new()?;
+    let ns = net.workload.as_str();
+    let bin = causeway_bin();
+    let bin = bin.to_str().context("a UTF-8 path")?;
+    let install = [
+        "dataplane",
+        "install-redirect",
+        "--backend",
+        backend,
+        "--uid",
+        "4242",
+    ];
+    let mut as_user = vec![
+        "netns",
+        "exec",
+        ns,
+        "setpriv",
+        "--reuid=4242",
+        "--regid=4242",
+        "--clear-groups",
+        "--inh-caps=-all",
+        bin,
+    ];
+    as_user.extend(install);
+    let refused = sh("ip", &as_user).expect_err("installed without CAP_NET_ADMIN");
+    assert!(refused.to_string().contains("CAP_NET_ADMIN"), "{refused}");
+    // Another mesh's rules.
+    match backend {
+        "nftables" => {
+            sh(
+                "ip",
+                &["netns", "exec", ns, "nft", "add", "table", "ip", "kuma"],
+            )?;
+        }
+        _ => {
+            sh(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    ns,
+                    "iptables-legacy",
+                    "-t",
+                    "nat",
+                    "-N",
+                    "ISTIO_OUTPUT",
+                ],
+            )?;
+        }
+    }
+    let before = rules(&net, backend)?;
+    let refused = net
+        .causeway(&install)
+        .expect_err("installed over another mesh");
+    assert!(refused.to_string().contains("another tool"), "{refused}");
+    assert_eq!(rules(&net, backend)?, before, "nothing changed");
+    Ok(())
+}
+
+#[test]
+fn install_redirect_refuses_where_it_cannot_work_nftables() -> anyhow::Result<()> {
+    refuses_where_it_cannot_work("nftables")
+}
+
+#[test]
+fn install_redirect_refuses_where_it_cannot_work_iptables_legacy() -> anyhow::Result<()> {
+    refuses_where_it_cannot_work("iptables-legacy")
+}
+
 #[test]
 fn install_redirect_with_nftables() -> anyhow::Result<()> {
     redirects_and_exempts_as_asked("nftables")
