@@ -145,10 +145,13 @@ pub(crate) fn authorize(
     peer: Option<&Peer>,
 ) -> Result<Option<String>, String> {
     let Some(peer) = peer else {
-        return if mtls == MtlsMode::Strict {
-            Err("mutual TLS is required".into())
-        } else {
-            Ok(None)
+        return match mtls {
+            MtlsMode::Strict => Err("mutual TLS is required".into()),
+            MtlsMode::Off => Ok(None),
+            // Permissive: a plaintext caller is the anonymous identity. Only a rule for
+            // every caller covers it; else the default (deny) applies, so permissions
+            // hold for plaintext callers as for any other.
+            MtlsMode::Permissive => anonymous(ib),
         };
     };
     for rule in &ib.permissions {
@@ -175,6 +178,32 @@ pub(crate) fn authorize(
             peer.id, ib.service
         )),
         _ => Ok(None),
+    }
+}
+
+/// The decision for a plaintext caller in a permissive mesh (see [`authorize`]).
+fn anonymous(ib: &InboundListener) -> Result<Option<String>, String> {
+    let rule = ib
+        .permissions
+        .iter()
+        .find(|r| r.source == causeway_api::proxy_config::SourceMatch::Any);
+    match rule.map(|r| (r.action, r)) {
+        Some((Action::Allow, _)) => Ok(None),
+        Some((Action::AllowWithShadowDeny, r)) => Ok(Some(format!(
+            "a plaintext caller would be denied calling {} (AllowWithShadowDeny in MeshTrafficPermission {})",
+            ib.service,
+            r.policies.join(", ")
+        ))),
+        Some((Action::Deny, r)) => Err(format!(
+            "a plaintext caller may not call {} (denied by MeshTrafficPermission {})",
+            ib.service,
+            r.policies.join(", ")
+        )),
+        None if ib.default_action == Action::Deny => Err(format!(
+            "a plaintext caller may not call {}: no MeshTrafficPermission allows every caller",
+            ib.service
+        )),
+        None => Ok(None),
     }
 }
 

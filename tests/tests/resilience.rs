@@ -31,6 +31,20 @@ async fn apply(fx: &MeshFixture, plural: &str, policy: Value) -> anyhow::Result<
     put(&fx.c, &format!("/meshes/default/{plural}/{name}"), &policy).await
 }
 
+/// A Mesh-wide MeshTrafficPermission for every caller (plaintext ones included, in a
+/// permissive mesh): `action`. Per-service permissions rank above it.
+async fn every_caller(fx: &MeshFixture, action: &str) -> anyhow::Result<()> {
+    apply(
+        fx,
+        "meshtrafficpermissions",
+        json!({
+        "type": "MeshTrafficPermission", "mesh": "default", "name": "every-caller",
+        "spec": {"targetRef": {"kind": "Mesh"},
+                 "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": action}}]}}),
+    )
+    .await
+}
+
 /// Deletes a resource through the global API.
 async fn delete(fx: &MeshFixture, path: &str) -> anyhow::Result<()> {
     let (s, v) = fx.c.call_retry(reqwest::Method::DELETE, path, None).await?;
@@ -475,6 +489,7 @@ async fn over_max_pending_requests_a_call_that_would_wait_is_answered_503_overfl
 async fn over_an_inbound_max_pending_requests_a_request_is_answered_503_overflow()
 -> anyhow::Result<()> {
     let fx = MeshFixture::start(json!({"mtls": {"mode": "Permissive"}})).await?;
+    every_caller(&fx, "Allow").await?;
     let silent = SilentPort::open(Silent::NoSynAck).await?;
     let inbound = free_addr().port();
     let dp = dataplane("backend-1", "backend", inbound, silent.port, "http", &[]);
@@ -578,6 +593,9 @@ impl DirectInbound {
             .await?;
         fx.permit("admin-to-backend", "admin", "backend", "Allow")
             .await?;
+        // Plaintext callers too (the anonymous identity: only a rule for every caller
+        // covers it).
+        every_caller(&fx, "Allow").await?;
         let app = free_addr();
         let a = fx.app("backend-1", "backend", app, false)?;
         let inbound = free_addr().port();
@@ -757,6 +775,50 @@ async fn a_forged_identity_header_never_reaches_the_application() -> anyhow::Res
         peer_seen(Caller::TlsHttp1).await?,
         (json!("spiffe://default/web"), json!("spiffe://default/web"))
     );
+    Ok(())
+}
+
+/// A permissive mesh does not let plaintext callers past the permissions: they are the
+/// anonymous identity, which only a rule for every caller covers. With the Mesh-wide
+/// permission for every caller denied (web keeps backend's allow, which ranks above),
+/// a plaintext call is answered 403 while web's mTLS call goes through; allowed again,
+/// plaintext passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_callers_in_a_permissive_mesh_are_held_to_the_permissions() -> anyhow::Result<()>
+{
+    let b = DirectInbound::start().await?;
+    let status = |caller| {
+        let b = &b;
+        async move {
+            let mut s = b.connect(caller).await?;
+            let mut buf = Vec::new();
+            s.write_all(b"GET / HTTP/1.1\r\nhost: backend\r\n\r\n")
+                .await?;
+            let (status, _) = read_response(&mut s, &mut buf)
+                .await?
+                .context("an answer")?;
+            anyhow::Ok(status)
+        }
+    };
+    assert_eq!(status(Caller::Plain).await?, 200);
+    every_caller(&b.fx, "Deny").await?;
+    config_has("the deny on backend's inbound", b.admin, |c| {
+        c["inbounds"][0]["permissions"]
+            .as_array()
+            .is_some_and(|rules| {
+                rules
+                    .iter()
+                    .any(|r| r["source"]["kind"] == "any" && r["action"] == "Deny")
+            })
+    })
+    .await?;
+    assert_eq!(status(Caller::Plain).await?, 403, "plaintext, denied");
+    assert_eq!(status(Caller::TlsHttp1).await?, 200, "web's own allow");
+    every_caller(&b.fx, "Allow").await?;
+    eventually("plaintext allowed again", WAIT, || async {
+        (status(Caller::Plain).await.ok()? == 200).then_some(())
+    })
+    .await?;
     Ok(())
 }
 

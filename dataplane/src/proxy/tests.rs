@@ -486,3 +486,33 @@ async fn a_request_over_the_inbound_max_pending_requests_is_answered_503_overflo
     }
     assert!(!waiting.is_finished(), "the first still waits for its dial");
 }
+
+#[test]
+fn a_plaintext_caller_in_a_permissive_mesh_is_the_anonymous_identity() {
+    use causeway_api::proxy_config::{PermissionRule, SourceMatch};
+    let mut ib = inbound(1, 2, Timeouts::DEFAULT);
+    ib.default_action = Action::Deny;
+    let rule = |source, action| PermissionRule {
+        source,
+        action,
+        policies: vec!["p".into()],
+    };
+    // No rule for every caller: the default (deny) holds; a rule for one service does
+    // not cover it.
+    ib.permissions = vec![rule(
+        SourceMatch::Spiffe {
+            id: "spiffe://td/web".into(),
+        },
+        Action::Allow,
+    )];
+    assert!(authorize(&ib, MtlsMode::Permissive, None).is_err());
+    ib.permissions.push(rule(SourceMatch::Any, Action::Allow));
+    assert_eq!(authorize(&ib, MtlsMode::Permissive, None), Ok(None));
+    ib.permissions[1].action = Action::Deny;
+    assert!(authorize(&ib, MtlsMode::Permissive, None).is_err());
+    ib.permissions[1].action = Action::AllowWithShadowDeny;
+    assert!(authorize(&ib, MtlsMode::Permissive, None).is_ok_and(|s| s.is_some()));
+    // Without mTLS there are no identities to check; with Strict, none may come.
+    assert_eq!(authorize(&ib, MtlsMode::Off, None), Ok(None));
+    assert!(authorize(&ib, MtlsMode::Strict, None).is_err());
+}
