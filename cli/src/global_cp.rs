@@ -226,6 +226,12 @@ pub(crate) async fn run(args: GlobalCpArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        () = node.raft_stopped() => {
+            // Exit non-zero, so a supervisor restarts the node (and it starts clean, or
+            // says at start what is wrong with its data).
+            node.shutdown().await;
+            anyhow::bail!("the Raft thread stopped (a storage failure; see the log above); this node cannot serve");
+        }
     }
     tracing::info!("shutting down");
     node.shutdown().await;

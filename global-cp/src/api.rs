@@ -614,7 +614,16 @@ async fn delete_in_mesh(
 // === cluster ===
 
 async fn ready(State(st): State<ApiState>) -> Response {
-    let v = st.raft.view().borrow().clone();
+    let view = st.raft.view();
+    if view.has_changed().is_err() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "",
+            "the Raft thread has stopped (a storage failure); this node cannot serve",
+        )
+        .into_response();
+    }
+    let v = view.borrow().clone();
     if v.leader_id == 0 {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "", "no leader known")
             .into_response();

@@ -178,6 +178,15 @@ impl Node {
         &self.raft
     }
 
+    /// Resolves when the Raft thread has stopped on its own (a storage failure: a full
+    /// disk, a corrupt entry): the node cannot serve any more, and must not look as if
+    /// it could. Pending forever while it runs.
+    pub async fn raft_stopped(&self) {
+        let mut view = self.raft.view();
+        // The thread holds the view's sender: the channel closes when it ends.
+        while view.changed().await.is_ok() {}
+    }
+
     /// Stops the API, the transport and the Raft thread.
     pub async fn shutdown(mut self) {
         self.api_handle

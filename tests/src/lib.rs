@@ -208,6 +208,15 @@ impl GlobalNode {
         Ok(())
     }
 
+    /// The process's exit status, once it has exited on its own (then it counts as
+    /// stopped).
+    pub fn exited(&self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.lock().expect("child lock");
+        let status = child.as_mut()?.try_wait().ok()??;
+        *child = None;
+        Some(status)
+    }
+
     /// `kill -9`.
     pub fn kill(&self) {
         if let Some(mut c) = self.child.lock().expect("child lock").take() {

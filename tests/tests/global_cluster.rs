@@ -343,3 +343,96 @@ async fn all_names(c: &GlobalCluster, i: usize) -> Option<BTreeSet<String>> {
         }
     }
 }
+
+/// A tmpfs of `size` mounted at `dir` (which must exist), unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &std::path::Path, size: &str) -> anyhow::Result<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "mounting a tmpfs at {} (needs root)", dir.display());
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A full disk does not leave a node looking healthy: the node's data moves to a small
+/// tmpfs, which a file then fills. A write fails, the Raft thread stops on the storage
+/// failure, and the process exits non-zero, saying so. Once space returns, the node
+/// starts again on the same data and serves writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_disk_is_full_exits_and_recovers_once_space_returns() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let mut c = GlobalCluster::start(1, &[]).await?;
+    let (s, _) = c
+        .call_retry(Method::PUT, "/meshes/before", Some(&mesh("before")))
+        .await?;
+    assert_eq!(s, StatusCode::CREATED);
+    // Move the node's data onto a 64 MiB tmpfs.
+    c.nodes[0].kill();
+    let dir = c.nodes[0].dir.clone();
+    let moved = dir.with_extension("orig");
+    std::fs::rename(&dir, &moved)?;
+    std::fs::create_dir(&dir)?;
+    let _tmpfs = Tmpfs::mount(&dir, "64m")?;
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(moved.join("."))
+        .arg(&dir)
+        .status()?;
+    anyhow::ensure!(copied.success(), "copying the data");
+    c.nodes[0].start(&[], false)?;
+    c.wait_ready(0).await?;
+    // Fill it.
+    let filler = dir.join("filler");
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::File::create(&filler)?;
+        let block = vec![0u8; 1 << 20];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    // Writes fail, and the node exits non-zero rather than linger.
+    let _ = c
+        .call(0, Method::PUT, "/meshes/during", Some(&mesh("during")))
+        .await;
+    let status = eventually("the node exiting", Duration::from_secs(30), || async {
+        let exited = c.nodes[0].exited();
+        if exited.is_none() {
+            // Another write, if the first did not reach the disk yet.
+            let _ = c
+                .call(0, Method::PUT, "/meshes/during", Some(&mesh("during")))
+                .await;
+        }
+        exited
+    })
+    .await;
+    let log = std::fs::read_to_string(c.nodes[0].log_path()).unwrap_or_default();
+    let status = status.with_context(|| log.clone())?;
+    assert!(!status.success(), "{status:?}");
+    assert!(log.contains("storage failure"), "{log}");
+    assert!(log.contains("the Raft thread stopped"), "{log}");
+    // Space returns: the node starts on the same data and serves.
+    std::fs::remove_file(&filler)?;
+    c.nodes[0].start(&[], false)?;
+    c.wait_ready(0).await?;
+    let (s, v) = c
+        .call_retry(Method::PUT, "/meshes/after", Some(&mesh("after")))
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, _) = c.call_retry(Method::GET, "/meshes/before", None).await?;
+    assert_eq!(s, StatusCode::OK, "the data from before survived");
+    Ok(())
+}
