@@ -81,6 +81,7 @@ pub(super) async fn outbound_conn(
     // Idle: no byte either way between the application and us for that long drains the
     // connection (closes it, or GOAWAY for an HTTP/2 application).
     let idle = timeout::on(ob.timeouts.idle);
+    let request_headers = timeout::on(ob.timeouts.request_headers);
     // Each request reads the config of its own time; this one is not kept alive.
     drop(cfg);
     let source = tcp.peer_addr().ok().map(|a| a.ip());
@@ -98,7 +99,7 @@ pub(super) async fn outbound_conn(
     // MeshTimeout requestHeadersTimeout in to[]: how long the application may take to
     // send a request's headers (HTTP/1.1; hyper counts from when the connection waits
     // for a request, so a keep-alive connection idle that long is closed too).
-    if let Some(d) = timeout::on(ob.timeouts.request_headers) {
+    if let Some(d) = request_headers {
         builder
             .http1()
             .timer(hyper_util::rt::TokioTimer::new())
