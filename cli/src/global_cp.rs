@@ -15,10 +15,12 @@ use serde::Deserialize;
 /// Run one node of the global control plane.
 ///
 /// A new three-node cluster on one machine:
-///   causeway global-cp --node-id 1 --data-dir /tmp/cw1 --api-addr 127.0.0.1:7700 --raft-addr 127.0.0.1:7702 \
+///   causeway global-cp --node-id 1 --data-dir /tmp/cw1 --seal-key-file /tmp/cw-seal.key \
+///       --token-out-dir /tmp/cw-tokens --api-addr 127.0.0.1:7700 --raft-addr 127.0.0.1:7702 \
 ///       --peer 2=127.0.0.1:7712 --peer 3=127.0.0.1:7722
-/// (and the same for nodes 2 and 3). When the cluster forms, every node writes
-/// <data-dir>/admin-token and <data-dir>/api-ca.pem for the CLI.
+/// (and the same for nodes 2 and 3). When the cluster forms, the node that formed it
+/// writes admin-token, readonly-token and api-ca.pem into --token-out-dir (or prints the
+/// tokens once), and every node writes <data-dir>/api-ca.pem.
 #[derive(Debug, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub(crate) struct GlobalCpArgs {
@@ -30,7 +32,7 @@ pub(crate) struct GlobalCpArgs {
     /// This node's id: a positive integer, unique in the cluster.
     #[arg(long)]
     node_id: Option<u64>,
-    /// Directory for the store and the token files.
+    /// Directory for the store (made 0700). It holds no token and no unsealed key.
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Policy API address (HTTPS).
@@ -46,10 +48,18 @@ pub(crate) struct GlobalCpArgs {
     /// Lifetime of zone certificates, renewed by zones at 70% (default 720h).
     #[arg(long)]
     zone_cert_ttl: Option<String>,
-    /// Key that encrypts the mesh CA keys in the store (32 bytes, hex); the same file on
-    /// every node. `causeway cluster gen-certs` writes one (secrets.key).
+    /// Seal key file, outside --data-dir (required): every private key in the store is
+    /// sealed (AES-256-GCM) under it. Created (0600) on a first start when missing; every
+    /// node of a cluster needs the same file (`causeway cluster gen-certs` writes one,
+    /// secrets.key). Back it up: losing it loses the keys.
+    #[arg(long, alias = "secrets-key-file")]
+    #[serde(alias = "secrets-key-file")]
+    seal_key_file: Option<PathBuf>,
+    /// Directory, outside --data-dir, where the node that forms the cluster writes the
+    /// admin and read-only API tokens and api-ca.pem (once; nodes keep only the tokens'
+    /// hashes). Without it, the tokens are printed once on standard output.
     #[arg(long)]
-    secrets_key_file: Option<PathBuf>,
+    token_out_dir: Option<PathBuf>,
     /// Raft transport address.
     #[arg(long)]
     raft_addr: Option<SocketAddr>,
@@ -118,7 +128,8 @@ impl GlobalCpArgs {
             kds_addr: self.kds_addr.or(file.kds_addr),
             kds_heartbeat: self.kds_heartbeat.or(file.kds_heartbeat),
             zone_cert_ttl: self.zone_cert_ttl.or(file.zone_cert_ttl),
-            secrets_key_file: self.secrets_key_file.or(file.secrets_key_file),
+            seal_key_file: self.seal_key_file.or(file.seal_key_file),
+            token_out_dir: self.token_out_dir.or(file.token_out_dir),
             raft_addr: self.raft_addr.or(file.raft_addr),
             peer: if self.peer.is_empty() {
                 file.peer
@@ -202,12 +213,10 @@ impl GlobalCpArgs {
             raft_addr,
             kds_addr: a.kds_addr,
             kds,
-            secrets_key: match &a.secrets_key_file {
-                Some(p) => Some(std::sync::Arc::new(
-                    causeway_global_cp::sealing::Sealer::from_file(p)?,
-                )),
-                None => None,
-            },
+            seal_key_file: a.seal_key_file.context(
+                "--seal-key-file is required: a file outside --data-dir for the key that seals the cluster's keys (created on a first start; give every node the same file and back it up)",
+            )?,
+            token_out_dir: a.token_out_dir,
             peers,
             join: a.join,
             raft_tls,
@@ -226,6 +235,10 @@ pub(crate) async fn run(args: GlobalCpArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        reason = node.failed() => {
+            node.shutdown().await;
+            anyhow::bail!("{reason}");
+        }
         () = node.raft_stopped() => {
             // Exit non-zero, so a supervisor restarts the node (and it starts clean, or
             // says at start what is wrong with its data).

@@ -12,8 +12,10 @@ use causeway_zone_cp::{Zone, ZoneConfig};
 /// serves the zone's API.
 ///
 /// First start: `causeway zone-cp --zone zone-a --global https://127.0.0.1:7701
-///   --token-file zone-a.token --data-dir /var/lib/causeway/zone-a --api-addr 127.0.0.1:7710`
-/// The zone's admin token and API CA are then in the data dir.
+///   --token-file zone-a.token --data-dir /var/lib/causeway/zone-a --seal-key-file /etc/causeway/zone-a.seal.key
+///   --token-out-dir /root/zone-a-credentials --api-addr 127.0.0.1:7710`
+/// The zone's admin and read-only API tokens and its API CA are then in --token-out-dir
+/// (or the tokens were printed once); the data dir keeps only their hashes.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ZoneCpArgs {
     /// The zone's name (a DNS label); must match the token's.
@@ -27,9 +29,20 @@ pub(crate) struct ZoneCpArgs {
     /// zone has enrolled; its certificate is used afterwards).
     #[arg(long)]
     token_file: Option<PathBuf>,
-    /// Directory for the store, the zone certificate and the API credentials.
+    /// Directory for the store (made 0700): the zone certificate and CA keys, sealed,
+    /// and the API tokens' hashes.
     #[arg(long)]
     data_dir: PathBuf,
+    /// Seal key file, outside --data-dir: the zone's private keys are sealed
+    /// (AES-256-GCM) under it. Created (0600) on the first start when missing. Back it
+    /// up: losing it loses the zone's keys (the zone must then be enrolled anew).
+    #[arg(long)]
+    seal_key_file: PathBuf,
+    /// Directory, outside --data-dir, where the first start writes the zone API's admin
+    /// and read-only tokens and api-ca.pem (the zone keeps only the tokens' hashes).
+    /// Without it, the tokens are printed once on standard output.
+    #[arg(long)]
+    token_out_dir: Option<PathBuf>,
     /// Zone API address (HTTPS).
     #[arg(long, default_value = "127.0.0.1:7710")]
     api_addr: SocketAddr,
@@ -81,6 +94,8 @@ pub(crate) async fn run(a: ZoneCpArgs) -> anyhow::Result<()> {
         globals,
         token,
         data_dir: a.data_dir,
+        seal_key_file: a.seal_key_file,
+        token_out_dir: a.token_out_dir,
         api_addr: a.api_addr,
         dds_addr: a.dds_addr,
         heartbeat,

@@ -17,9 +17,7 @@ use axum::{Json, Router};
 use causeway_api::{FieldError, Resource, ResourceKey, Scope, TypeInfo};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::watch;
 
-use causeway_pki::constant_time_eq;
 
 use crate::command::{ApplyError, Command, Member, WriteOutcome};
 use crate::raft_node::{MemberChange, RaftError, RaftHandle};
@@ -27,24 +25,18 @@ use crate::store::{Store, StoreError};
 
 mod zones;
 
-/// Tokens the API accepts; the admin token may write, the read-only token may not.
-#[derive(Clone, Default)]
-pub(crate) struct Tokens {
-    pub(crate) admin: String,
-    pub(crate) readonly: String,
-}
-
 #[derive(Clone)]
 pub(crate) struct ApiState {
     pub(crate) raft: RaftHandle,
     pub(crate) store: Store,
-    pub(crate) tokens: watch::Receiver<Option<Arc<Tokens>>>,
+    /// The cluster's secrets, opened: the API token hashes, the CAs, the signing keys.
+    pub(crate) secrets: Arc<crate::command::ClusterSecrets>,
     /// The KDS service when this node serves zones (for live zone status and dumps).
     pub(crate) kds: Option<crate::kds::KdsService>,
     pub(crate) heartbeat: std::time::Duration,
     pub(crate) status_interval: std::time::Duration,
     /// Seals secrets (provided CA keys) at rest.
-    pub(crate) sealer: Option<Arc<crate::sealing::Sealer>>,
+    pub(crate) sealer: Arc<crate::sealing::Sealer>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -227,15 +219,6 @@ async fn metrics(State(st): State<ApiState>) -> Response {
 // === auth ===
 
 async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response {
-    let tokens = st.tokens.borrow().clone();
-    let Some(tokens) = tokens else {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "",
-            "the cluster has not formed yet",
-        )
-        .into_response();
-    };
     let presented = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -250,14 +233,12 @@ async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response 
         )
         .into_response();
     };
-    let admin = constant_time_eq(presented.as_bytes(), tokens.admin.as_bytes());
-    let readonly = constant_time_eq(presented.as_bytes(), tokens.readonly.as_bytes());
-    if !admin && !readonly {
+    let Some(access) = st.secrets.tokens.check(presented) else {
         return ApiError::new(StatusCode::UNAUTHORIZED, "Authorization", "invalid token")
             .into_response();
-    }
+    };
     let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if write && !admin {
+    if write && access != causeway_pki::api_token::Access::Admin {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "Authorization",

@@ -1,6 +1,8 @@
 //! Commands carried in Raft log entries, and the outcome of applying one.
 
 use causeway_api::{Resource, ResourceKey};
+use causeway_pki::api_token::TokenHashes;
+use causeway_pki::sealing::{SealError, Sealer};
 use serde::{Deserialize, Serialize};
 
 /// Who proposed an entry, so the proposing node (leader or follower) can answer its
@@ -37,8 +39,9 @@ pub enum Command {
         key: ResourceKey,
         expected_version: Option<u64>,
     },
-    /// Created once by the first leader: API tokens and the CA of the API certificates.
-    InitCluster(ClusterSecrets),
+    /// Created once by the first leader: API token hashes, the CAs and signing keys
+    /// (sealed).
+    InitCluster(SealedSecrets),
     /// A node announces its addresses (the Raft address and the API address).
     RegisterMember(Member),
     /// A zone token was issued (only its hash is kept).
@@ -67,7 +70,7 @@ pub enum Command {
         #[serde(default)]
         replace: bool,
     },
-    /// A secret of a mesh (a provided CA's key): sealed when the nodes have a secrets key.
+    /// A secret of a mesh (a provided CA's key), sealed.
     PutSecret {
         mesh: String,
         name: String,
@@ -136,7 +139,7 @@ pub struct ZoneStatusRecord {
 }
 
 /// A mesh's root CA. The key never leaves the global control plane, and is sealed
-/// (`sealed-v1:...`, see [`crate::sealing`]) when the nodes have a secrets key.
+/// (`sealed-v1:...`, see [`crate::sealing`]).
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MeshCa {
     pub cert_pem: String,
@@ -149,23 +152,73 @@ impl std::fmt::Debug for MeshCa {
     }
 }
 
-/// Secrets every node of the cluster holds. Written to the data dir of every node.
+/// The cluster's secrets as the Raft log, its snapshots and the store hold them: the API
+/// tokens only as hashes, every key sealed under the nodes' seal key (`sealed-v1:...`,
+/// see [`crate::sealing`]). Created once, by the first leader.
+///
+/// A store written before tokens were hashed holds `admin_token` instead of `tokens`: it
+/// does not decode, and the node refuses to start (no migration).
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SealedSecrets {
+    pub tokens: TokenHashes,
+    pub api_ca_cert_pem: String,
+    pub api_ca_key_sealed: String,
+    /// HMAC-SHA256 key that signs zone tokens (hex), sealed.
+    pub zone_token_key_sealed: String,
+    /// The CA of zone certificates (KDS client certificates).
+    pub zone_ca_cert_pem: String,
+    pub zone_ca_key_sealed: String,
+    /// Ed25519 key (PKCS#8, hex) that signs dataplane tokens, sealed.
+    pub dataplane_token_key_sealed: String,
+}
+
+impl std::fmt::Debug for SealedSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SealedSecrets { .. }")
+    }
+}
+
+impl SealedSecrets {
+    /// Seals freshly generated keys (`secrets`) for the log.
+    pub fn seal(secrets: &ClusterSecrets, sealer: &Sealer) -> SealedSecrets {
+        SealedSecrets {
+            tokens: secrets.tokens.clone(),
+            api_ca_cert_pem: secrets.api_ca_cert_pem.clone(),
+            api_ca_key_sealed: sealer.seal(&secrets.api_ca_key_pem),
+            zone_token_key_sealed: sealer.seal(&secrets.zone_token_key),
+            zone_ca_cert_pem: secrets.zone_ca_cert_pem.clone(),
+            zone_ca_key_sealed: sealer.seal(&secrets.zone_ca_key_pem),
+            dataplane_token_key_sealed: sealer.seal(&secrets.dataplane_token_key),
+        }
+    }
+
+    /// The keys in clear, for this process's memory only.
+    pub fn open(&self, sealer: &Sealer) -> Result<ClusterSecrets, SealError> {
+        Ok(ClusterSecrets {
+            tokens: self.tokens.clone(),
+            api_ca_cert_pem: self.api_ca_cert_pem.clone(),
+            api_ca_key_pem: sealer.open(&self.api_ca_key_sealed)?,
+            zone_token_key: sealer.open(&self.zone_token_key_sealed)?,
+            zone_ca_cert_pem: self.zone_ca_cert_pem.clone(),
+            zone_ca_key_pem: sealer.open(&self.zone_ca_key_sealed)?,
+            dataplane_token_key: sealer.open(&self.dataplane_token_key_sealed)?,
+        })
+    }
+}
+
+/// The cluster's secrets opened: held in memory only, never serialized (the store and
+/// the log hold [`SealedSecrets`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ClusterSecrets {
-    pub admin_token: String,
-    pub readonly_token: String,
+    pub tokens: TokenHashes,
     pub api_ca_cert_pem: String,
     pub api_ca_key_pem: String,
     /// HMAC-SHA256 key that signs zone tokens, hex.
-    #[serde(default)]
     pub zone_token_key: String,
-    /// The CA of zone certificates (KDS client certificates).
-    #[serde(default)]
     pub zone_ca_cert_pem: String,
-    #[serde(default)]
     pub zone_ca_key_pem: String,
     /// Ed25519 key (PKCS#8, hex) that signs dataplane tokens; zones get its public half.
-    #[serde(default)]
     pub dataplane_token_key: String,
 }
 

@@ -80,7 +80,7 @@ struct Inner {
     secrets: ClusterSecrets,
     /// The public half of the dataplane token key, derived once.
     dataplane_token_public_key: String,
-    sealer: Option<Arc<crate::sealing::Sealer>>,
+    sealer: Arc<crate::sealing::Sealer>,
     sessions: Mutex<HashMap<String, LiveSession>>,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -139,7 +139,7 @@ impl KdsService {
         node_id: u64,
         settings: KdsSettings,
         secrets: ClusterSecrets,
-        sealer: Option<Arc<crate::sealing::Sealer>>,
+        sealer: Arc<crate::sealing::Sealer>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> KdsService {
         KdsService {
@@ -618,7 +618,7 @@ impl Session {
             }
             Err(e) => return fail(format!("storage: {e}")),
         };
-        let key_pem = match crate::sealing::reveal(&ca.key_pem, self.kds.inner.sealer.as_deref()) {
+        let key_pem = match self.kds.inner.sealer.open(&ca.key_pem) {
             Ok(k) => k,
             Err(e) => {
                 tracing::error!(mesh = %r.mesh, error = %e, "cannot use the mesh CA key");

@@ -9,10 +9,11 @@
 pub mod command;
 pub mod kds;
 pub mod raft_node;
-pub mod sealing;
 pub mod store;
 /// Certificates and TLS configs (the shared `causeway-pki` crate).
 pub use causeway_pki as tls;
+/// Sealing of keys at rest (the shared `causeway-pki` module).
+pub use causeway_pki::sealing;
 
 mod api;
 mod metrics;
@@ -21,7 +22,7 @@ pub mod zone_token;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +30,9 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 pub use api::openapi_document;
-use api::{ApiState, Tokens};
-use command::{ClusterSecrets, Command, Member};
+use api::ApiState;
+use causeway_pki::api_token::ApiTokens;
+use command::{ClusterSecrets, Command, Member, SealedSecrets};
 use raft_node::{RaftHandle, RaftSettings};
 use store::Store;
 use tls::{CertKey, RaftTls};
@@ -49,7 +51,8 @@ const ZONE_CA_NAME: &str = "Causeway Zone CA";
 pub struct NodeConfig {
     /// This node's Raft id (non-zero, unique in the cluster).
     pub node_id: u64,
-    /// Where the RocksDB store, the admin token and the API CA are kept.
+    /// Where the RocksDB store and the API CA certificate are kept (0700). It holds no
+    /// token in clear and no key unsealed.
     pub data_dir: PathBuf,
     /// Policy API listen address.
     pub api_addr: SocketAddr,
@@ -58,9 +61,14 @@ pub struct NodeConfig {
     /// KDS (zone sync, gRPC over TLS) listen address; `None` serves no zones.
     pub kds_addr: Option<SocketAddr>,
     pub kds: kds::KdsSettings,
-    /// Key-encryption key for the mesh CA keys in the store; `None` stores them in clear
-    /// (with a warning).
-    pub secrets_key: Option<Arc<sealing::Sealer>>,
+    /// The seal key file (`--seal-key-file`, outside the data dir): every key in the
+    /// store and the Raft log is sealed under it. Created on a first start when missing;
+    /// every node of a cluster needs the same one.
+    pub seal_key_file: PathBuf,
+    /// Where the node that forms the cluster writes the admin and read-only tokens (and
+    /// the API CA certificate) once (`--token-out-dir`); `None` prints them once on
+    /// standard output. Nodes keep only the tokens' hashes.
+    pub token_out_dir: Option<PathBuf>,
     /// The initial cluster's other members: id -> Raft address.
     pub peers: BTreeMap<u64, String>,
     /// Join an existing cluster instead of forming one: start empty and wait for the
@@ -75,10 +83,13 @@ pub struct NodeConfig {
     pub raft: RaftSettings,
 }
 
-/// Files a node writes into its data dir for the CLI.
-pub const ADMIN_TOKEN_FILE: &str = "admin-token";
-pub const READONLY_TOKEN_FILE: &str = "readonly-token";
-pub const API_CA_FILE: &str = "api-ca.pem";
+/// Files the node that forms the cluster writes into `--token-out-dir`; every node also
+/// writes the API CA certificate into its data dir.
+pub use causeway_pki::api_token::{ADMIN_TOKEN_FILE, API_CA_FILE, READONLY_TOKEN_FILE};
+
+/// The flags that name the seal key and the token output, for errors.
+const SEAL_KEY_FLAG: &str = "--seal-key-file";
+const TOKEN_OUT_FLAG: &str = "--token-out-dir";
 
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
 pub struct Node {
@@ -86,6 +97,8 @@ pub struct Node {
     raft_thread: Option<std::thread::JoinHandle<()>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     api_handle: axum_server::Handle,
+    /// Set when the node cannot go on (its seal key does not open the cluster's keys).
+    fatal: watch::Receiver<Option<String>>,
 }
 
 impl Node {
@@ -99,7 +112,36 @@ impl Node {
         );
         causeway_pki::private_dir(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-        let store = Store::open(&cfg.data_dir.join("db"))?;
+        if let Some(out) = &cfg.token_out_dir {
+            causeway_pki::api_token::check_out_dir(TOKEN_OUT_FLAG, out, &cfg.data_dir)
+                .map_err(anyhow::Error::msg)?;
+        }
+        let db_dir = cfg.data_dir.join("db");
+        anyhow::ensure!(
+            !db_dir.exists() || cfg.data_dir.join(sealing::SEAL_CHECK_FILE).exists(),
+            "the data dir {} was written by an older version that kept tokens and keys in clear; migrating it is not supported: form a new cluster in a new --data-dir",
+            cfg.data_dir.display()
+        );
+        let (sealer, created) =
+            sealing::Sealer::load_or_create(SEAL_KEY_FLAG, &cfg.seal_key_file, &cfg.data_dir)?;
+        if created {
+            tracing::warn!(path = %cfg.seal_key_file.display(), "generated a new seal key: back it up now (losing it loses every key of the cluster) and give every node of the cluster a copy");
+        }
+        let sealer = Arc::new(sealer);
+        // RocksDB would create it 0755 (and its files 0644; that cannot be changed).
+        causeway_pki::private_dir(&db_dir)
+            .with_context(|| format!("creating {}", db_dir.display()))?;
+        let store = Store::open(&db_dir)?;
+        match store.secrets() {
+            Err(e) => anyhow::bail!(
+                "the cluster secrets in {} do not decode ({e}): the data dir was probably written by an older version that kept tokens and keys in clear; migrating it is not supported: form a new cluster in a new --data-dir",
+                db_dir.display()
+            ),
+            Ok(Some(s)) => {
+                s.open(&sealer).map_err(|e| open_error(&cfg, &e))?;
+            }
+            Ok(None) => {}
+        }
         if store.is_empty() && !cfg.join {
             let mut voters: Vec<u64> = cfg.peers.keys().copied().collect();
             voters.push(cfg.node_id);
@@ -155,15 +197,15 @@ impl Node {
             }
         }));
 
-        let (tokens_tx, tokens_rx) = watch::channel(None);
+        let (fatal_tx, fatal) = watch::channel(None);
         let api_handle = axum_server::Handle::new();
         tasks.push(tokio::spawn(housekeeping(
             cfg.clone(),
             store.clone(),
             raft.clone(),
-            tokens_tx,
+            sealer,
+            fatal_tx,
             api_handle.clone(),
-            tokens_rx,
             metrics,
         )));
         Ok(Node {
@@ -171,7 +213,22 @@ impl Node {
             raft_thread: Some(thread),
             tasks,
             api_handle,
+            fatal,
         })
+    }
+
+    /// Resolves with the reason when the node cannot go on (the cluster's keys arrived
+    /// sealed under another seal key than this node's); pending forever otherwise.
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        loop {
+            if let Some(reason) = fatal.borrow_and_update().clone() {
+                return reason;
+            }
+            if fatal.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     pub fn raft(&self) -> &RaftHandle {
@@ -201,20 +258,43 @@ impl Node {
     }
 }
 
-fn generate_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    format!("cw_{}", hex::encode(bytes))
+/// The error of a seal key that does not open the cluster's keys.
+fn open_error(cfg: &NodeConfig, e: &sealing::SealError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "{SEAL_KEY_FLAG} {} does not open the cluster's keys ({e}): every node of a cluster needs the seal key file the cluster was formed with; start this node with a copy of it",
+        cfg.seal_key_file.display()
+    )
 }
 
-/// Background duties of a node: form the cluster (first leader creates the tokens and the
-/// API CA), register this node's addresses, write the token files, start the API.
+/// Generates the cluster's tokens, CAs and signing keys: the tokens in clear (to hand out
+/// once the proposal is committed) and what the log carries (hashes, sealed keys).
+fn generate_secrets(sealer: &sealing::Sealer) -> Result<(ApiTokens, SealedSecrets), String> {
+    let api = tls::generate_ca(API_CA_NAME).map_err(|e| e.to_string())?;
+    let zone = tls::generate_ca(ZONE_CA_NAME).map_err(|e| e.to_string())?;
+    let dataplane_token_key = tls::dataplane_token::generate_key().map_err(|e| e.to_string())?;
+    let tokens = ApiTokens::generate();
+    let secrets = ClusterSecrets {
+        tokens: tokens.hashes(),
+        api_ca_cert_pem: api.cert_pem,
+        api_ca_key_pem: api.key_pem,
+        zone_token_key: hex::encode(rand::random::<[u8; 32]>()),
+        zone_ca_cert_pem: zone.cert_pem,
+        zone_ca_key_pem: zone.key_pem,
+        dataplane_token_key,
+    };
+    Ok((tokens, SealedSecrets::seal(&secrets, sealer)))
+}
+
+/// Background duties of a node: form the cluster (first leader creates the tokens, the
+/// CAs and keys, and hands the tokens out once), register this node's addresses, open
+/// the cluster's keys, start the API.
 async fn housekeeping(
     cfg: NodeConfig,
     store: Store,
     raft: RaftHandle,
-    tokens_tx: watch::Sender<Option<Arc<Tokens>>>,
+    sealer: Arc<sealing::Sealer>,
+    fatal: watch::Sender<Option<String>>,
     api_handle: axum_server::Handle,
-    tokens_rx: watch::Receiver<Option<Arc<Tokens>>>,
     metrics: Arc<metrics::Metrics>,
 ) {
     let mut view = raft.view();
@@ -224,39 +304,31 @@ async fn housekeeping(
         api_addr: cfg.api_addr.to_string(),
     };
     let mut api_started = false;
+    // What this node proposed to form the cluster, until it is committed (then the
+    // tokens are handed out) or another leader's proposal won.
+    let mut pending: Option<(ApiTokens, SealedSecrets)> = None;
+    let mut opened: Option<Arc<ClusterSecrets>> = None;
     let mut last_attempt = tokio::time::Instant::now() - Duration::from_secs(10);
     loop {
         let v = view.borrow_and_update().clone();
-        let secrets = store.secrets().ok().flatten();
+        let sealed = store.secrets().ok().flatten();
         if v.leader_id != 0 && last_attempt.elapsed() > Duration::from_millis(500) {
-            if secrets.is_none() && v.leader_id == cfg.node_id {
+            if sealed.is_none() && v.leader_id == cfg.node_id {
                 last_attempt = tokio::time::Instant::now();
-                let generated = tls::generate_ca(API_CA_NAME)
-                    .and_then(|api| Ok((api, tls::generate_ca(ZONE_CA_NAME)?)))
-                    .map_err(|e| e.to_string())
-                    .and_then(|(api, zone)| {
-                        let dp = tls::dataplane_token::generate_key().map_err(|e| e.to_string())?;
-                        Ok((api, zone, dp))
-                    });
-                match generated {
-                    Ok((ca, zone_ca, dataplane_token_key)) => {
-                        let s = ClusterSecrets {
-                            admin_token: generate_token(),
-                            readonly_token: generate_token(),
-                            api_ca_cert_pem: ca.cert_pem,
-                            api_ca_key_pem: ca.key_pem,
-                            zone_token_key: hex::encode(rand::random::<[u8; 32]>()),
-                            zone_ca_cert_pem: zone_ca.cert_pem,
-                            zone_ca_key_pem: zone_ca.key_pem,
-                            dataplane_token_key,
-                        };
-                        if let Err(e) = raft.propose(Command::InitCluster(s)).await {
-                            tracing::warn!(error = %e, "creating the cluster secrets failed; will retry");
-                        } else {
-                            tracing::info!("cluster formed: admin token and API CA created");
-                        }
+                if pending.is_none() {
+                    match generate_secrets(&sealer) {
+                        Ok(p) => pending = Some(p),
+                        Err(e) => tracing::error!(error = %e, "generating the cluster's CAs and keys"),
                     }
-                    Err(e) => tracing::error!(error = %e, "generating the cluster's CAs and keys"),
+                }
+                // The same proposal on a retry: an earlier one may have been committed
+                // after all, and its tokens must be the ones handed out.
+                if let Some((_, s)) = &pending {
+                    if let Err(e) = raft.propose(Command::InitCluster(s.clone())).await {
+                        tracing::warn!(error = %e, "creating the cluster secrets failed; will retry");
+                    } else {
+                        tracing::info!("cluster formed: API tokens, CAs and keys created");
+                    }
                 }
             }
             let registered = store
@@ -271,22 +343,44 @@ async fn housekeeping(
                 }
             }
         }
-        if let Some(s) = secrets {
-            let changed = tokens_rx
-                .borrow()
-                .as_ref()
-                .is_none_or(|t| t.admin != s.admin_token);
-            if changed {
-                if let Err(e) = write_secrets(&cfg.data_dir, &s) {
-                    tracing::error!(error = %e, "writing the token files");
+        if let (Some(sealed), None) = (&sealed, &opened) {
+            match sealed.open(&sealer) {
+                Ok(s) => {
+                    if let Err(e) =
+                        tls::write_private(&cfg.data_dir.join(API_CA_FILE), &s.api_ca_cert_pem)
+                    {
+                        tracing::error!(error = %e, "writing the API CA certificate");
+                    }
+                    opened = Some(Arc::new(s));
                 }
-                tokens_tx.send_replace(Some(Arc::new(Tokens {
-                    admin: s.admin_token.clone(),
-                    readonly: s.readonly_token.clone(),
-                })));
+                Err(e) => {
+                    let e = open_error(&cfg, &e);
+                    tracing::error!("{e:#}");
+                    fatal.send_replace(Some(format!("{e:#}")));
+                    return;
+                }
+            }
+        }
+        if let Some(s) = opened.clone() {
+            // Hand out the tokens this node created, once its proposal formed the cluster
+            // (when another leader's won, that node hands out its own).
+            if let Some((tokens, proposed)) = pending.take()
+                && proposed.tokens == s.tokens
+            {
+                let out = cfg.token_out_dir.as_deref();
+                match tokens.hand_out(out, "Causeway global control plane", &s.api_ca_cert_pem) {
+                    Ok(()) => match out {
+                        Some(d) => tracing::info!(dir = %d.display(), "wrote the admin and read-only API tokens (the nodes keep only their hashes)"),
+                        None => tracing::info!("printed the API tokens on standard output, once (the nodes keep only their hashes)"),
+                    },
+                    Err(e) => {
+                        tracing::error!(error = %e, "writing the API tokens to {TOKEN_OUT_FLAG}; will retry");
+                        pending = Some((tokens, proposed));
+                    }
+                }
             }
             if v.leader_id == cfg.node_id {
-                ensure_mesh_cas(&store, &raft, cfg.secrets_key.as_deref()).await;
+                ensure_mesh_cas(&store, &raft, &sealer).await;
             }
             let keep_from = store
                 .last_change_index()
@@ -302,8 +396,8 @@ async fn housekeeping(
                         raft.clone(),
                         cfg.node_id,
                         cfg.kds.clone(),
-                        s.clone(),
-                        cfg.secrets_key.clone(),
+                        (*s).clone(),
+                        sealer.clone(),
                         metrics.clone(),
                     );
                     let (svc2, cfg2, s2) = (svc.clone(), cfg.clone(), s.clone());
@@ -318,11 +412,11 @@ async fn housekeeping(
                 let state = ApiState {
                     raft: raft.clone(),
                     store: store.clone(),
-                    tokens: tokens_rx.clone(),
+                    secrets: s.clone(),
                     kds,
                     heartbeat: cfg.kds.heartbeat,
                     status_interval: cfg.kds.status_interval,
-                    sealer: cfg.secrets_key.clone(),
+                    sealer: sealer.clone(),
                     metrics: metrics.clone(),
                 };
                 let cfg = cfg.clone();
@@ -340,18 +434,9 @@ async fn housekeeping(
     }
 }
 
-fn write_secrets(dir: &Path, s: &ClusterSecrets) -> std::io::Result<()> {
-    tls::write_private(&dir.join(ADMIN_TOKEN_FILE), &format!("{}\n", s.admin_token))?;
-    tls::write_private(
-        &dir.join(READONLY_TOKEN_FILE),
-        &format!("{}\n", s.readonly_token),
-    )?;
-    tls::write_private(&dir.join(API_CA_FILE), &s.api_ca_cert_pem)
-}
-
 /// Generates the root CA of every mesh with builtin mTLS that has none yet (leader only;
 /// the key travels through Raft to the other nodes and never to a zone).
-async fn ensure_mesh_cas(store: &Store, raft: &RaftHandle, sealer: Option<&sealing::Sealer>) {
+async fn ensure_mesh_cas(store: &Store, raft: &RaftHandle, sealer: &sealing::Sealer) {
     let Ok(page) = store.list("Mesh", "", &[], None, 10_000) else {
         return;
     };
@@ -378,13 +463,7 @@ async fn ensure_mesh_cas(store: &Store, raft: &RaftHandle, sealer: Option<&seali
                     mesh: mesh.name.clone(),
                     ca: command::MeshCa {
                         cert_pem: ca.cert_pem,
-                        key_pem: match sealer {
-                            Some(s) => s.seal(&ca.key_pem),
-                            None => {
-                                tracing::warn!(mesh = %mesh.name, "storing the mesh CA key UNENCRYPTED: start the global nodes with --secrets-key-file (see `causeway cluster gen-certs`)");
-                                ca.key_pem
-                            }
-                        },
+                        key_pem: sealer.seal(&ca.key_pem),
                     },
                 };
                 match raft.propose(cmd).await {
@@ -403,7 +482,7 @@ async fn ensure_mesh_cas(store: &Store, raft: &RaftHandle, sealer: Option<&seali
 async fn ensure_provided_ca(
     store: &Store,
     raft: &RaftHandle,
-    sealer: Option<&sealing::Sealer>,
+    sealer: &sealing::Sealer,
     mesh: &str,
     p: &causeway_api::ProvidedCa,
 ) {
@@ -416,7 +495,7 @@ async fn ensure_provided_ca(
         tracing::debug!(mesh, secret = %p.key_secret_ref, "the provided CA's key secret does not exist yet");
         return;
     };
-    let key = match sealing::reveal(&stored, sealer) {
+    let key = match sealer.open(&stored) {
         Ok(k) => k,
         Err(e) => {
             tracing::warn!(mesh, error = %e, "cannot read the provided CA's key");

@@ -19,7 +19,7 @@ use rocksdb::{
 };
 
 use crate::command::{
-    ApplyError, ClusterSecrets, Command, IntermediateRecord, Member, MeshCa, WriteOutcome,
+    ApplyError, Command, IntermediateRecord, Member, MeshCa, SealedSecrets, WriteOutcome,
     ZoneStatusRecord, ZoneTokenRecord,
 };
 
@@ -642,7 +642,9 @@ impl Store {
         Ok(false)
     }
 
-    pub fn secrets(&self) -> Result<Option<ClusterSecrets>, StoreError> {
+    /// The cluster's secrets, sealed. A store from a version that kept them in clear
+    /// fails to decode here (see [`SealedSecrets`]).
+    pub fn secrets(&self) -> Result<Option<SealedSecrets>, StoreError> {
         match self.db.get_cf(self.cf(CF_META), KEY_SECRETS)? {
             Some(b) => Ok(Some(
                 serde_json::from_slice(&b).map_err(|e| corrupt("cluster secrets", e))?,
@@ -708,7 +710,7 @@ impl Store {
         self.meta_get(&prefixed(KEY_ZONE_STATUS_PREFIX, zone), "zone status")
     }
 
-    /// A mesh secret's stored value (sealed when the nodes have a secrets key).
+    /// A mesh secret's stored value (sealed).
     pub fn secret(&self, mesh: &str, name: &str) -> Result<Option<String>, StoreError> {
         self.meta_get(
             &prefixed(KEY_SECRET_PREFIX, &format!("{mesh}\0{name}")),

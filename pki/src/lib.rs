@@ -4,9 +4,13 @@
 //! of its own because both control planes need it and neither should depend on the
 //! other. It only builds certificates and configs; it opens no sockets. It also holds
 //! the dataplane tokens ([`dataplane_token`]): the global control plane signs them and
-//! every zone verifies them, so both need the format.
+//! every zone verifies them, so both need the format. Both control planes also keep their
+//! secrets at rest the same way: keys sealed ([`sealing`]), API tokens hashed and handed
+//! out once ([`api_token`]).
 
+pub mod api_token;
 pub mod dataplane_token;
+pub mod sealing;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -279,8 +283,10 @@ pub fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 /// Creates `dir` if missing and makes it 0700, an existing one too: a control plane's
-/// data directory holds its store and keys, which no other user may read (RocksDB
-/// writes its files 0644, so the directory is what keeps them private).
+/// data directory holds its store and keys, which no other user may read. RocksDB
+/// creates its files 0644 and its directories 0755, and the Rust bindings cannot change
+/// that (its POSIX file system hard-codes `allow_non_owner_access`), so a 0700 directory
+/// around the store is what keeps them private; what they hold is sealed or hashed anyway.
 pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir)?;

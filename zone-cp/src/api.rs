@@ -17,7 +17,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use causeway_api::{FieldError, Resource, ResourceKey, Scope, TypeInfo};
-use causeway_pki::{CertKey, constant_time_eq, write_private};
+use anyhow::Context as _;
+use causeway_pki::api_token::{Access, ApiTokens, TokenHashes};
+use causeway_pki::sealing::Sealer;
+use causeway_pki::{CertKey, write_private};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -26,58 +29,73 @@ use crate::store::LocalWriteError;
 
 pub(crate) const API_CA_NAME: &str = "Causeway Zone API CA";
 
-/// The API's tokens, created on first start and kept in the data dir.
-#[derive(Clone)]
-pub(crate) struct Tokens {
-    admin: String,
-    readonly: String,
-}
+/// File in the data dir with the hashes of the API tokens (never the tokens).
+const TOKEN_HASHES_FILE: &str = "api-token-hashes.json";
+/// File in the data dir with the API CA's key, sealed.
+const API_CA_KEY_FILE: &str = "api-ca-key.sealed";
 
-fn read_or_create(
-    path: &FsPath,
-    make: impl FnOnce() -> anyhow::Result<String>,
-) -> anyhow::Result<String> {
-    match std::fs::read_to_string(path) {
-        Ok(s) => Ok(s),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let s = make()?;
-            write_private(path, &s)?;
-            Ok(s)
-        }
-        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
-    }
-}
-
-/// Loads (or creates on first start) the API tokens and the API CA.
-pub(crate) fn local_credentials(dir: &FsPath) -> anyhow::Result<(Tokens, CertKey)> {
-    let token = || Ok(format!("cw_{}\n", hex::encode(rand::random::<[u8; 32]>())));
-    let admin = read_or_create(&dir.join(crate::ADMIN_TOKEN_FILE), token)?;
-    let readonly = read_or_create(&dir.join(crate::READONLY_TOKEN_FILE), token)?;
-    let key_path = dir.join("api-ca-key.pem");
+/// Loads (or creates on first start) the API CA and the API tokens' hashes. On first
+/// start the tokens are handed out once (`token_out`, or standard output) and only their
+/// hashes are kept; the CA key is kept sealed.
+pub(crate) fn local_credentials(
+    dir: &FsPath,
+    sealer: &Sealer,
+    token_out: Option<&FsPath>,
+) -> anyhow::Result<(TokenHashes, CertKey)> {
+    let read = |p: &FsPath| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let key_path = dir.join(API_CA_KEY_FILE);
     let ca = if key_path.exists() {
+        let key_pem = sealer.open(read(&key_path)?.trim()).with_context(|| {
+            format!(
+                "opening the API CA key {} with --seal-key-file",
+                key_path.display()
+            )
+        })?;
         CertKey {
-            cert_pem: std::fs::read_to_string(dir.join(crate::API_CA_FILE))?,
-            key_pem: std::fs::read_to_string(&key_path)?,
+            cert_pem: read(&dir.join(crate::API_CA_FILE))?,
+            key_pem,
         }
     } else {
         let ca = causeway_pki::generate_ca(API_CA_NAME)?;
-        write_private(&key_path, &ca.key_pem)?;
         write_private(&dir.join(crate::API_CA_FILE), &ca.cert_pem)?;
+        write_private(&key_path, &sealer.seal(&ca.key_pem))?;
         ca
     };
-    Ok((
-        Tokens {
-            admin: admin.trim().to_string(),
-            readonly: readonly.trim().to_string(),
-        },
-        ca,
-    ))
+    let hashes_path = dir.join(TOKEN_HASHES_FILE);
+    let hashes = if hashes_path.exists() {
+        serde_json::from_str(&read(&hashes_path)?).with_context(|| {
+            format!(
+                "{} is damaged; remove it to create new API tokens at the next start",
+                hashes_path.display()
+            )
+        })?
+    } else {
+        // Hand out first: tokens whose hashes were kept but that never reached the
+        // operator would lock everyone out.
+        let tokens = ApiTokens::generate();
+        tokens
+            .hand_out(token_out, "Causeway zone control plane", &ca.cert_pem)
+            .with_context(|| "handing out the zone API's tokens (--token-out-dir)")?;
+        let hashes = tokens.hashes();
+        write_private(
+            &hashes_path,
+            &serde_json::to_string(&hashes).expect("hashes encode"),
+        )?;
+        match token_out {
+            Some(d) => tracing::info!(dir = %d.display(), "wrote the zone API's admin and read-only tokens (the zone keeps only their hashes)"),
+            None => tracing::info!("printed the zone API's tokens on standard output, once (the zone keeps only their hashes)"),
+        }
+        hashes
+    };
+    Ok((hashes, ca))
 }
 
 #[derive(Clone)]
 struct ApiState {
     shared: Arc<Shared>,
-    tokens: Tokens,
+    tokens: TokenHashes,
 }
 
 #[derive(Debug)]
@@ -131,7 +149,7 @@ type ApiResult<T> = Result<T, ApiError>;
 
 pub(crate) async fn serve(
     shared: Arc<Shared>,
-    tokens: Tokens,
+    tokens: TokenHashes,
     ca: CertKey,
     listener: TcpListener,
     handle: axum_server::Handle,
@@ -187,17 +205,15 @@ async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response 
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .unwrap_or("");
-    let admin = constant_time_eq(presented.as_bytes(), st.tokens.admin.as_bytes());
-    let readonly = constant_time_eq(presented.as_bytes(), st.tokens.readonly.as_bytes());
-    if !admin && !readonly {
+    let Some(access) = st.tokens.check(presented) else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Authorization",
-            "missing or invalid bearer token; use the zone's admin-token",
+            "missing or invalid bearer token; use the zone's admin-token (from its --token-out-dir)",
         )
         .into_response();
-    }
-    if !matches!(*req.method(), Method::GET | Method::HEAD) && !admin {
+    };
+    if !matches!(*req.method(), Method::GET | Method::HEAD) && access != Access::Admin {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "Authorization",

@@ -40,7 +40,14 @@ pub struct ZoneConfig {
     pub globals: Vec<String>,
     /// The zone token; needed until the zone has enrolled (then its certificate is used).
     pub token: Option<String>,
+    /// The store and the API CA certificate (0700); no token and no unsealed key.
     pub data_dir: PathBuf,
+    /// The seal key file (`--seal-key-file`, outside the data dir); created on the first
+    /// start when missing.
+    pub seal_key_file: PathBuf,
+    /// Where the first start writes the API tokens and CA (`--token-out-dir`); `None`
+    /// prints the tokens once on standard output.
+    pub token_out_dir: Option<PathBuf>,
     /// Read API (HTTPS) listen address.
     pub api_addr: SocketAddr,
     /// Where dataplanes and ingresses will fetch their config (DDS, with the dataplane).
@@ -68,10 +75,13 @@ impl std::fmt::Debug for ZoneConfig {
     }
 }
 
-/// Files the zone control plane writes into its data dir for the CLI.
-pub const ADMIN_TOKEN_FILE: &str = "admin-token";
-pub const READONLY_TOKEN_FILE: &str = "readonly-token";
-pub const API_CA_FILE: &str = "api-ca.pem";
+/// Files the first start writes into `--token-out-dir`; the data dir holds the API CA
+/// certificate too.
+pub use causeway_pki::api_token::{ADMIN_TOKEN_FILE, API_CA_FILE, READONLY_TOKEN_FILE};
+
+/// Files an older version kept in clear in the data dir: their presence means a data
+/// dir this version cannot take over.
+const CLEAR_SECRET_FILES: [&str; 3] = [ADMIN_TOKEN_FILE, READONLY_TOKEN_FILE, "api-ca-key.pem"];
 
 /// Sync state shown at `/status`.
 #[derive(Debug, Default)]
@@ -188,8 +198,42 @@ impl Zone {
         );
         causeway_pki::private_dir(&cfg.data_dir)
             .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-        let store = Store::open(&cfg.data_dir.join("db"))?;
-        if store.identity()?.is_none() {
+        if let Some(out) = &cfg.token_out_dir {
+            causeway_pki::api_token::check_out_dir("--token-out-dir", out, &cfg.data_dir)
+                .map_err(anyhow::Error::msg)?;
+        }
+        let db_dir = cfg.data_dir.join("db");
+        let old = CLEAR_SECRET_FILES
+            .iter()
+            .any(|f| cfg.data_dir.join(f).exists())
+            || (db_dir.exists()
+                && !cfg
+                    .data_dir
+                    .join(causeway_pki::sealing::SEAL_CHECK_FILE)
+                    .exists());
+        anyhow::ensure!(
+            !old,
+            "the data dir {} was written by an older version that kept tokens and keys in clear; migrating it is not supported: start the zone with a new --data-dir and a new zone token",
+            cfg.data_dir.display()
+        );
+        let (sealer, created) = causeway_pki::sealing::Sealer::load_or_create(
+            "--seal-key-file",
+            &cfg.seal_key_file,
+            &cfg.data_dir,
+        )?;
+        if created {
+            tracing::warn!(path = %cfg.seal_key_file.display(), "generated a new seal key: back it up now (losing it loses the zone's keys)");
+        }
+        let sealer = Arc::new(sealer);
+        // RocksDB would create it 0755 (and its files 0644; that cannot be changed).
+        causeway_pki::private_dir(&db_dir)
+            .with_context(|| format!("creating {}", db_dir.display()))?;
+        let store = Store::open(&db_dir, sealer.clone())?;
+        if store
+            .identity()
+            .with_context(|| format!("--seal-key-file {}", cfg.seal_key_file.display()))?
+            .is_none()
+        {
             let token = cfg.token.as_deref().context(
                 "this zone has not enrolled yet: pass --token-file with a token from `causeway zone token create`",
             )?;
@@ -223,7 +267,8 @@ impl Zone {
             metrics: metrics::Metrics::default(),
         });
         let api_handle = axum_server::Handle::new();
-        let (tokens, ca) = api::local_credentials(&cfg.data_dir)?;
+        let (tokens, ca) =
+            api::local_credentials(&cfg.data_dir, &sealer, cfg.token_out_dir.as_deref())?;
         let ca_for_dds = ca.clone();
         let mut tasks = Vec::new();
         let (s, h) = (shared.clone(), api_handle.clone());

@@ -1,12 +1,15 @@
 //! The zone's RocksDB store: what it received from global (applied atomically per change
 //! set, together with the revision), what it owns (its dataplanes, ingresses and
 //! zone-origin policies), its zone certificate and its intermediate mesh CAs. A restart
-//! serves all of it without global.
+//! serves all of it without global. Private keys (the zone certificate's, the
+//! intermediate CAs') are sealed under the zone's seal key on the way in and opened on
+//! the way out, so the RocksDB files never hold one in clear.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use causeway_api::{Resource, ResourceKey};
+use causeway_pki::sealing::{SealError, Sealer};
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +35,11 @@ pub enum StoreError {
     Db(#[from] rocksdb::Error),
     #[error("zone store holds a corrupt {what}: {reason}")]
     Corrupt { what: &'static str, reason: String },
+    #[error("the zone store's {what} key cannot be opened with --seal-key-file: {source}")]
+    Sealed {
+        what: &'static str,
+        source: SealError,
+    },
 }
 
 fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -89,6 +97,7 @@ pub fn due_for_renewal(not_before: i64, not_after: i64, now: i64, at_percent: i6
 #[derive(Clone)]
 pub struct Store {
     db: Arc<DB>,
+    sealer: Arc<Sealer>,
 }
 
 fn key_bytes(k: &ResourceKey) -> Vec<u8> {
@@ -133,7 +142,8 @@ impl From<StoreError> for LocalWriteError {
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    /// Opens (or creates) the store at `dir`; `sealer` seals the keys it holds.
+    pub fn open(dir: &Path, sealer: Arc<Sealer>) -> Result<Store, StoreError> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -145,7 +155,10 @@ impl Store {
             path: dir.display().to_string(),
             source,
         })?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            db: Arc::new(db),
+            sealer,
+        })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -367,15 +380,30 @@ impl Store {
         }
     }
 
+    /// Opens a sealed key read from the store.
+    fn open_key(&self, what: &'static str, sealed: String) -> Result<String, StoreError> {
+        self.sealer
+            .open(&sealed)
+            .map_err(|source| StoreError::Sealed { what, source })
+    }
+
     pub fn identity(&self) -> Result<Option<Identity>, StoreError> {
-        self.meta_json(KEY_IDENTITY, "zone identity")
+        let Some(mut id) = self.meta_json::<Identity>(KEY_IDENTITY, "zone identity")? else {
+            return Ok(None);
+        };
+        id.key_pem = self.open_key("zone certificate", id.key_pem)?;
+        Ok(Some(id))
     }
 
     pub fn set_identity(&self, id: &Identity) -> Result<(), StoreError> {
+        let sealed = Identity {
+            key_pem: self.sealer.seal(&id.key_pem),
+            ..id.clone()
+        };
         self.db.put_cf(
             self.cf(CF_META),
             KEY_IDENTITY,
-            serde_json::to_vec(id).expect("encodes"),
+            serde_json::to_vec(&sealed).expect("encodes"),
         )?;
         Ok(())
     }
@@ -457,14 +485,25 @@ impl Store {
     pub fn intermediate(&self, mesh: &str) -> Result<Option<Intermediate>, StoreError> {
         let mut k = KEY_INTERMEDIATE_PREFIX.to_vec();
         k.extend_from_slice(mesh.as_bytes());
-        self.meta_json(&k, "intermediate CA")
+        let Some(mut i) = self.meta_json::<Intermediate>(&k, "intermediate CA")? else {
+            return Ok(None);
+        };
+        i.key_pem = self.open_key("intermediate CA", i.key_pem)?;
+        Ok(Some(i))
     }
 
     pub fn set_intermediate(&self, i: &Intermediate) -> Result<(), StoreError> {
         let mut k = KEY_INTERMEDIATE_PREFIX.to_vec();
         k.extend_from_slice(i.mesh.as_bytes());
-        self.db
-            .put_cf(self.cf(CF_META), k, serde_json::to_vec(i).expect("encodes"))?;
+        let sealed = Intermediate {
+            key_pem: self.sealer.seal(&i.key_pem),
+            ..i.clone()
+        };
+        self.db.put_cf(
+            self.cf(CF_META),
+            k,
+            serde_json::to_vec(&sealed).expect("encodes"),
+        )?;
         Ok(())
     }
 
@@ -479,7 +518,10 @@ impl Store {
             if !k.starts_with(KEY_INTERMEDIATE_PREFIX) {
                 break;
             }
-            out.push(serde_json::from_slice(&v).map_err(|e| corrupt("intermediate CA", e))?);
+            let mut i: Intermediate =
+                serde_json::from_slice(&v).map_err(|e| corrupt("intermediate CA", e))?;
+            i.key_pem = self.open_key("intermediate CA", i.key_pem)?;
+            out.push(i);
         }
         Ok(out)
     }
@@ -488,6 +530,47 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_sealer() -> Arc<Sealer> {
+        Arc::new(Sealer::new(&[5u8; 32]).expect("a 32-byte key"))
+    }
+
+    #[test]
+    fn keys_are_sealed_in_the_store_and_open_on_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), test_sealer()).unwrap();
+        let key_pem = "-----BEGIN PRIVATE KEY-----\nzone-secret-key\n-----END PRIVATE KEY-----\n";
+        s.set_identity(&Identity {
+            cert_pem: "cert".into(),
+            key_pem: key_pem.into(),
+            global_ca_pem: "ca".into(),
+            not_before: 0,
+            not_after: 1,
+        })
+        .unwrap();
+        s.set_intermediate(&Intermediate {
+            mesh: "m".into(),
+            cert_pem: "cert".into(),
+            key_pem: key_pem.into(),
+            root_pem: "root".into(),
+            not_before: 0,
+            not_after: 1,
+        })
+        .unwrap();
+        assert_eq!(s.identity().unwrap().unwrap().key_pem, key_pem);
+        assert_eq!(s.intermediate("m").unwrap().unwrap().key_pem, key_pem);
+        assert_eq!(s.intermediates().unwrap()[0].key_pem, key_pem);
+        for item in s.db.iterator_cf(s.cf(CF_META), IteratorMode::Start) {
+            let (_, v) = item.unwrap();
+            let v = String::from_utf8_lossy(&v);
+            assert!(!v.contains("zone-secret-key") && !v.contains("PRIVATE KEY"), "{v}");
+        }
+        drop(s);
+        let other = Arc::new(Sealer::new(&[6u8; 32]).unwrap());
+        let s = Store::open(dir.path(), other).unwrap();
+        let e = s.identity().unwrap_err();
+        assert!(e.to_string().contains("--seal-key-file"), "{e}");
+    }
 
     fn res(kind: &str, mesh: &str, name: &str, origin: &str) -> Resource {
         Resource {
@@ -506,7 +589,7 @@ mod tests {
     #[test]
     fn full_set_replaces_global_resources_and_keeps_owned_ones() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(dir.path(), test_sealer()).unwrap();
         let mesh = res("Mesh", "", "default", "global");
         let old = res("MeshTimeout", "default", "old", "global");
         s.apply_set("zone-a", 5, true, &[mesh.clone(), old.clone()], &[])
@@ -550,7 +633,7 @@ mod tests {
         ));
         // Reopen: everything is still there.
         drop(s);
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open(dir.path(), test_sealer()).unwrap();
         assert_eq!(s.revision().unwrap(), 10);
         assert_eq!(s.owned("zone-a").unwrap().len(), 1);
     }

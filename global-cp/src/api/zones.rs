@@ -53,13 +53,7 @@ fn token_validity(valid_for: Option<&str>) -> ApiResult<causeway_api::Duration> 
 
 /// The key that signs dataplane and ingress tokens.
 fn token_signing_key(st: &ApiState) -> ApiResult<String> {
-    let secrets = st.store.secrets()?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "",
-            "the cluster has not formed yet",
-        )
-    })?;
+    let secrets = &st.secrets;
     if secrets.dataplane_token_key.is_empty() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -67,7 +61,7 @@ fn token_signing_key(st: &ApiState) -> ApiResult<String> {
             "this cluster has no dataplane token key (formed by an older version)",
         ));
     }
-    Ok(secrets.dataplane_token_key)
+    Ok(secrets.dataplane_token_key.clone())
 }
 
 #[derive(Deserialize, Default)]
@@ -90,14 +84,7 @@ pub(super) async fn create_token(
         serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?
     };
     let valid_for = token_validity(req.valid_for.as_deref())?;
-    let secrets = st.store.secrets()?.ok_or_else(|| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "",
-            "the cluster has not formed yet",
-        )
-    })?;
-    let key = hex::decode(&secrets.zone_token_key)
+    let key = hex::decode(&st.secrets.zone_token_key)
         .ok()
         .filter(|k| !k.is_empty())
         .ok_or_else(|| {
@@ -113,7 +100,7 @@ pub(super) async fn create_token(
         id: hex::encode(rand::random::<[u8; 8]>()),
         iat: now,
         exp: now + valid_for.as_std().as_secs() as i64,
-        ca: secrets.api_ca_cert_pem.clone(),
+        ca: st.secrets.api_ca_cert_pem.clone(),
     };
     let token = zone_token::create(&key, &claims);
     st.raft
@@ -343,7 +330,7 @@ async fn relay_to_zone(
         .get(&status.node)
         .cloned()
         .ok_or_else(not_connected)?;
-    let secrets = st.store.secrets()?.ok_or_else(not_connected)?;
+    let secrets = st.secrets.clone();
     let auth = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -513,7 +500,7 @@ pub(super) async fn revoke_ca(
 }
 
 /// `PUT /meshes/{mesh}/secrets/{name}`: stores a secret (the body, e.g. a provided CA's
-/// PEM key), sealed when the nodes have a secrets key. Never returned by the API.
+/// PEM key), sealed. Never returned by the API.
 pub(super) async fn put_secret(
     State(st): State<ApiState>,
     Path((mesh, name)): Path<(String, String)>,
@@ -533,13 +520,7 @@ pub(super) async fn put_secret(
     if value.trim().is_empty() {
         return Err(ApiError::bad("", "the secret is empty"));
     }
-    let stored = match &st.sealer {
-        Some(s) => s.seal(value),
-        None => {
-            tracing::warn!(mesh = %mesh, secret = %name, "storing a secret UNENCRYPTED: start the global nodes with --secrets-key-file");
-            value.to_string()
-        }
-    };
+    let stored = st.sealer.seal(value);
     st.raft
         .propose(Command::PutSecret {
             mesh: mesh.clone(),
