@@ -113,13 +113,17 @@ async fn start(dir: &Path, rtt: Duration) -> anyhow::Result<Mesh> {
             .args(["global-cp", "--node-id", "1"])
             .arg("--data-dir")
             .arg(&gdir)
+            .arg("--seal-key-file")
+            .arg(dir.join("global-seal.key"))
+            .arg("--token-out-dir")
+            .arg(dir.join("global-tokens"))
             .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
             .args(["--raft-addr", &format!("127.0.0.1:{raft}")])
             .args(["--kds-addr", &format!("127.0.0.1:{kds}")])
             .env("RUST_LOG", "warn"),
         false,
     )?;
-    let token = wait_file(&gdir.join("admin-token"), deadline, &mut global)
+    let token = wait_file(&dir.join("global-tokens/admin-token"), deadline, &mut global)
         .await?
         .trim()
         .to_string();
@@ -163,6 +167,10 @@ async fn start(dir: &Path, rtt: Duration) -> anyhow::Result<Mesh> {
                 .arg(&token_file)
                 .arg("--data-dir")
                 .arg(dir.join(zone))
+                .arg("--seal-key-file")
+                .arg(dir.join(format!("{zone}-seal.key")))
+                .arg("--token-out-dir")
+                .arg(dir.join(format!("{zone}-tokens")))
                 .args(["--api-addr", &format!("127.0.0.1:{}", free_port())])
                 .args(["--dds-addr", &format!("127.0.0.1:{port}")])
                 .env("RUST_LOG", "warn"),

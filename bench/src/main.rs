@@ -216,11 +216,12 @@ impl Causeway {
         }
         let d = c.dir.path().join("n0");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !(d.join("admin-token").exists() && d.join("api-ca.pem").exists()) {
+        let tokens = c.dir.path().join("tokens");
+        while !(tokens.join("admin-token").exists() && d.join("api-ca.pem").exists()) {
             anyhow::ensure!(Instant::now() < deadline, "causeway cluster did not form");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        c.token = std::fs::read_to_string(d.join("admin-token"))?
+        c.token = std::fs::read_to_string(tokens.join("admin-token"))?
             .trim()
             .to_string();
         let tls = causeway_global_cp::tls::client_config(
@@ -247,6 +248,10 @@ impl Cluster for Causeway {
         cmd.args(["global-cp", "--node-id", &(i + 1).to_string()])
             .arg("--data-dir")
             .arg(self.dir.path().join(format!("n{i}")))
+            .arg("--seal-key-file")
+            .arg(self.dir.path().join("seal.key"))
+            .arg("--token-out-dir")
+            .arg(self.dir.path().join("tokens"))
             .args(["--api-addr", &format!("127.0.0.1:{}", self.api[i])])
             .args(["--raft-addr", &format!("127.0.0.1:{}", self.raft[i])])
             .env("RUST_LOG", "warn")

@@ -728,13 +728,17 @@ async fn start_causeway(
             .args(["global-cp", "--node-id", "1"])
             .arg("--data-dir")
             .arg(&gdir)
+            .arg("--seal-key-file")
+            .arg(dir.join("global-seal.key"))
+            .arg("--token-out-dir")
+            .arg(dir.join("global-tokens"))
             .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
             .args(["--raft-addr", &format!("127.0.0.1:{raft}")])
             .args(["--kds-addr", &format!("127.0.0.1:{kds}")])
             .env("RUST_LOG", "warn"),
         false,
     )?;
-    let token = wait_file(&gdir.join("admin-token"), deadline, &mut global)
+    let token = wait_file(&dir.join("global-tokens/admin-token"), deadline, &mut global)
         .await?
         .trim()
         .to_string();
@@ -810,12 +814,16 @@ async fn start_causeway(
             .arg(&zone_token)
             .arg("--data-dir")
             .arg(&zdir)
+            .arg("--seal-key-file")
+            .arg(dir.join("zone-a-seal.key"))
+            .arg("--token-out-dir")
+            .arg(dir.join("zone-a-tokens"))
             .args(["--api-addr", &format!("127.0.0.1:{zapi}")])
             .args(["--dds-addr", &format!("127.0.0.1:{dds}")])
             .env("RUST_LOG", "warn"),
         false,
     )?;
-    let ztoken = wait_file(&zdir.join("admin-token"), deadline, &mut zone)
+    let ztoken = wait_file(&dir.join("zone-a-tokens/admin-token"), deadline, &mut zone)
         .await?
         .trim()
         .to_string();

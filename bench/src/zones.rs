@@ -109,6 +109,10 @@ impl Global {
             cmd.args(["global-cp", "--node-id", &(i + 1).to_string()])
                 .arg("--data-dir")
                 .arg(dir.join(format!("n{i}")))
+                .arg("--seal-key-file")
+                .arg(dir.join("seal.key"))
+                .arg("--token-out-dir")
+                .arg(dir.join("tokens"))
                 .args(["--api-addr", &format!("127.0.0.1:{}", api[i])])
                 .args(["--raft-addr", &format!("127.0.0.1:{}", raft[i])])
                 .args(["--kds-addr", &format!("127.0.0.1:{}", kds[i])])
@@ -128,7 +132,7 @@ impl Global {
         let deadline = Instant::now() + READY;
         let (token, ca) = loop {
             if let (Ok(t), Ok(ca)) = (
-                std::fs::read_to_string(n0.join("admin-token")),
+                std::fs::read_to_string(dir.join("tokens/admin-token")),
                 std::fs::read_to_string(n0.join("api-ca.pem")),
             ) && !t.trim().is_empty()
                 && ca.contains("END CERTIFICATE")
@@ -306,6 +310,10 @@ impl Zone {
             .arg(&self.token_file)
             .arg("--data-dir")
             .arg(&self.dir)
+            .arg("--seal-key-file")
+            .arg(self.dir.with_extension("seal-key"))
+            .arg("--token-out-dir")
+            .arg(self.dir.with_extension("tokens"))
             .args(["--api-addr", &format!("127.0.0.1:{}", self.api)])
             .args(["--kds-heartbeat", "1s"])
             .env("RUST_LOG", "warn")
@@ -331,7 +339,7 @@ impl Zone {
     async fn connect(&mut self, deadline: Instant) -> anyhow::Result<()> {
         loop {
             if let (Ok(t), Ok(ca)) = (
-                std::fs::read_to_string(self.dir.join("admin-token")),
+                std::fs::read_to_string(self.dir.with_extension("tokens").join("admin-token")),
                 std::fs::read_to_string(self.dir.join("api-ca.pem")),
             ) && !t.trim().is_empty()
                 && let Ok(http) = https_client(&ca)

@@ -95,9 +95,10 @@ pub(crate) enum ConfigCmd {
         /// API address(es), comma-separated.
         #[arg(long = "api")]
         api: String,
-        /// Read the admin token and the API CA from a node's data dir.
-        #[arg(long)]
-        from_data_dir: Option<PathBuf>,
+        /// Read the admin token and the API CA from the directory a control plane handed
+        /// them out to (its --token-out-dir: admin-token, api-ca.pem).
+        #[arg(long, alias = "from-data-dir")]
+        from_token_dir: Option<PathBuf>,
     },
     /// Switch the current context.
     UseContext { name: String },
@@ -528,7 +529,7 @@ fn gen_certs(nodes: &[u64], out: &std::path::Path) -> anyhow::Result<()> {
         )?;
     }
     println!(
-        "wrote {}/ca.pem, node-<id>.pem/node-<id>-key.pem for nodes {nodes:?} and secrets.key; start each node with\n  --raft-tls-ca {0}/ca.pem --raft-tls-cert {0}/node-<id>.pem --raft-tls-key {0}/node-<id>-key.pem --secrets-key-file {0}/secrets.key",
+        "wrote {}/ca.pem, node-<id>.pem/node-<id>-key.pem for nodes {nodes:?} and secrets.key (the seal key: back it up, losing it loses the cluster's keys); start each node with\n  --raft-tls-ca {0}/ca.pem --raft-tls-cert {0}/node-<id>.pem --raft-tls-key {0}/node-<id>-key.pem --seal-key-file {0}/secrets.key",
         out.display()
     );
     Ok(())
@@ -541,11 +542,15 @@ pub(crate) async fn config(conn: &ConnArgs, c: ConfigCmd) -> anyhow::Result<()> 
         ConfigCmd::AddContext {
             name,
             api,
-            from_data_dir,
+            from_token_dir,
         } => {
-            let (token, ca_file) = match &from_data_dir {
+            let (token, ca_file) = match &from_token_dir {
                 Some(d) => (
-                    Some(read_trimmed(&d.join(causeway_global_cp::ADMIN_TOKEN_FILE))?),
+                    Some(
+                        read_trimmed(&d.join(causeway_global_cp::ADMIN_TOKEN_FILE)).with_context(
+                            || format!("--from-token-dir {}: no admin token there; control planes keep no token in their data dir, pass the --token-out-dir they were started with", d.display()),
+                        )?,
+                    ),
                     Some(
                         std::fs::canonicalize(d.join(causeway_global_cp::API_CA_FILE))
                             .with_context(|| format!("no API CA in {}", d.display()))?,

@@ -279,13 +279,11 @@ pub(crate) async fn run(a: UpArgs) -> anyhow::Result<()> {
         dir.display()
     );
 
-    // 1. Global control plane: three nodes sharing a key that seals CA keys at rest.
+    // 1. Global control plane: three nodes sharing the key that seals their keys at rest
+    // (the first to start creates it); the tokens are handed out into global-tokens/.
     let t = step(1, "global control plane, 3 Raft nodes");
-    let key_file = dir.join("secrets.key");
-    causeway_global_cp::tls::write_private(
-        &key_file,
-        &causeway_global_cp::sealing::Sealer::generate_key_file(),
-    )?;
+    let key_file = dir.join("global-seal.key");
+    let tokens = dir.join("global-tokens");
     for i in 0..3u16 {
         let (api, kds, raft) = ports.global(i);
         let mut args = strings(&["global-cp", "--node-id"]);
@@ -299,8 +297,10 @@ pub(crate) async fn run(a: UpArgs) -> anyhow::Result<()> {
             format!("127.0.0.1:{kds}"),
             "--raft-addr".into(),
             format!("127.0.0.1:{raft}"),
-            "--secrets-key-file".into(),
+            "--seal-key-file".into(),
             key_file.display().to_string(),
+            "--token-out-dir".into(),
+            tokens.display().to_string(),
         ]);
         for j in (0..3u16).filter(|j| *j != i) {
             args.push("--peer".into());
@@ -314,11 +314,13 @@ pub(crate) async fn run(a: UpArgs) -> anyhow::Result<()> {
         "the cluster to form",
         Duration::from_secs(60),
         || async {
-            (g1.join("admin-token").exists() && g1.join("api-ca.pem").exists()).then_some(())
+            (tokens.join(causeway_global_cp::ADMIN_TOKEN_FILE).exists()
+                && g1.join("api-ca.pem").exists())
+            .then_some(())
         },
     )
     .await?;
-    let token = crate::config::read_trimmed(&g1.join("admin-token"))?;
+    let token = crate::config::read_trimmed(&tokens.join(causeway_global_cp::ADMIN_TOKEN_FILE))?;
     let addrs: Vec<String> = (0..3)
         .map(|i| format!("https://127.0.0.1:{}", ports.global(i).0))
         .collect();
@@ -371,6 +373,10 @@ pub(crate) async fn run(a: UpArgs) -> anyhow::Result<()> {
             token_file.display().to_string(),
             "--data-dir".into(),
             dir.join(zone).display().to_string(),
+            "--seal-key-file".into(),
+            dir.join(format!("{zone}-seal.key")).display().to_string(),
+            "--token-out-dir".into(),
+            dir.join(format!("{zone}-tokens")).display().to_string(),
             "--api-addr".into(),
             format!("127.0.0.1:{api}"),
             "--dds-addr".into(),

@@ -163,12 +163,32 @@ pub struct GlobalNode {
     pub raft: SocketAddr,
     /// KDS address (zones connect here).
     pub kds: SocketAddr,
+    /// The seal key file (outside the data dir; created by the first node to start).
+    pub seal_key: PathBuf,
+    /// Where the node that forms the cluster writes the API tokens.
+    pub token_dir: PathBuf,
     /// Behind a lock so a test can kill a node while other tasks are mid-request to it.
     child: std::sync::Mutex<Option<Child>>,
     extra_args: Vec<String>,
 }
 
 impl GlobalNode {
+    /// Node `id` of the cluster in `tmp` (not started): its data dir `node-<id>`, the
+    /// cluster's seal key `seal.key` and token dir `tokens`, beside the data dirs.
+    pub fn new(tmp: &Path, id: u64, extra_args: &[&str]) -> GlobalNode {
+        GlobalNode {
+            id,
+            dir: tmp.join(format!("node-{id}")),
+            api: free_addr(),
+            raft: free_addr(),
+            kds: free_addr(),
+            seal_key: tmp.join("seal.key"),
+            token_dir: tmp.join("tokens"),
+            child: Default::default(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.lock().expect("child lock").is_some()
     }
@@ -197,6 +217,12 @@ impl GlobalNode {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if !self.extra_args.iter().any(|a| a == "--seal-key-file") {
+            cmd.arg("--seal-key-file").arg(&self.seal_key);
+        }
+        if !self.extra_args.iter().any(|a| a == "--token-out-dir") {
+            cmd.arg("--token-out-dir").arg(&self.token_dir);
+        }
         for (id, addr) in peers {
             cmd.args(["--peer", &format!("{id}={addr}")]);
         }
@@ -206,6 +232,11 @@ impl GlobalNode {
         *self.child.lock().expect("child lock") =
             Some(cmd.spawn().context("spawning causeway global-cp")?);
         Ok(())
+    }
+
+    /// The extra flags it is started with.
+    pub fn extra_args(&self) -> &[String] {
+        &self.extra_args
     }
 
     /// The process's exit status, once it has exited on its own (then it counts as
@@ -232,8 +263,9 @@ impl GlobalNode {
         }
     }
 
+    /// The admin token, as the node that formed the cluster handed it out.
     pub fn admin_token(&self) -> Option<String> {
-        std::fs::read_to_string(self.dir.join("admin-token"))
+        std::fs::read_to_string(self.token_dir.join("admin-token"))
             .ok()
             .map(|s| s.trim().to_string())
     }
@@ -271,15 +303,7 @@ impl GlobalCluster {
     pub async fn start(n: u64, extra_args: &[&str]) -> anyhow::Result<GlobalCluster> {
         let tmp = tempfile::tempdir()?;
         let mut nodes: Vec<GlobalNode> = (1..=n)
-            .map(|id| GlobalNode {
-                id,
-                dir: tmp.path().join(format!("node-{id}")),
-                api: free_addr(),
-                raft: free_addr(),
-                kds: free_addr(),
-                child: Default::default(),
-                extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            })
+            .map(|id| GlobalNode::new(tmp.path(), id, extra_args))
             .collect();
         let all: Vec<(u64, SocketAddr)> = nodes.iter().map(|n| (n.id, n.raft)).collect();
         for node in &mut nodes {
@@ -465,15 +489,8 @@ impl GlobalCluster {
 
     /// Adds a node process that will join (after `cluster add-node`), not yet started.
     pub fn new_node(&mut self, id: u64, extra_args: &[&str]) -> usize {
-        self.nodes.push(GlobalNode {
-            id,
-            dir: self.tmp.path().join(format!("node-{id}")),
-            api: free_addr(),
-            raft: free_addr(),
-            kds: free_addr(),
-            child: Default::default(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        });
+        self.nodes
+            .push(GlobalNode::new(self.tmp.path(), id, extra_args));
         self.nodes.len() - 1
     }
 
@@ -548,6 +565,23 @@ impl ZoneCp {
         self.dir.with_extension("log")
     }
 
+    /// The zone's seal key file, beside its data dir.
+    pub fn seal_key_file(&self) -> PathBuf {
+        self.dir.with_extension("seal-key")
+    }
+
+    /// Where the zone's first start writes its API tokens, beside its data dir.
+    pub fn token_dir(&self) -> PathBuf {
+        self.dir.with_extension("tokens")
+    }
+
+    /// The zone API's admin token, once handed out.
+    pub fn admin_token(&self) -> Option<String> {
+        std::fs::read_to_string(self.token_dir().join("admin-token"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
     pub fn logs(&self) -> String {
         let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
@@ -580,6 +614,12 @@ impl ZoneCp {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if !self.extra_args.iter().any(|a| a == "--seal-key-file") {
+            cmd.arg("--seal-key-file").arg(self.seal_key_file());
+        }
+        if !self.extra_args.iter().any(|a| a == "--token-out-dir") {
+            cmd.arg("--token-out-dir").arg(self.token_dir());
+        }
         for g in &self.globals {
             cmd.args(["--global", g]);
         }
@@ -589,6 +629,18 @@ impl ZoneCp {
 
     pub fn is_running(&self) -> bool {
         self.child.lock().expect("child lock").is_some()
+    }
+
+    /// Whether the process has exited on its own (then it counts as stopped).
+    pub fn exited(&self) -> bool {
+        let mut child = self.child.lock().expect("child lock");
+        let done = child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_some());
+        if done {
+            *child = None;
+        }
+        done
     }
 
     /// `kill -9`.
@@ -607,9 +659,9 @@ impl ZoneCp {
             &format!("zone {} credentials", self.name),
             Duration::from_secs(30),
             || async {
-                let t = std::fs::read_to_string(self.dir.join("admin-token")).ok()?;
+                let t = self.admin_token()?;
                 let ca = std::fs::read_to_string(self.dir.join("api-ca.pem")).ok()?;
-                Some((t.trim().to_string(), ca))
+                Some((t, ca))
             },
         )
         .await

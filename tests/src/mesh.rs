@@ -39,14 +39,14 @@ impl MeshFixture {
     /// Starts the control planes with mesh `default` set to `mesh_spec`, and waits for
     /// the zone's intermediate CA when the mesh has mTLS.
     pub async fn start(mesh_spec: Value) -> anyhow::Result<MeshFixture> {
-        // Mesh CA keys sealed at rest under a secrets key, as in production.
+        // Keys sealed at rest under a seal key given to the node, as in production.
         let keys = tempfile::tempdir()?;
         let key_file = keys.path().join("secrets.key");
         std::fs::write(&key_file, "11".repeat(32))?;
         let key_arg = key_file.display().to_string();
         let c = GlobalCluster::start(
             1,
-            &["--kds-heartbeat", "500ms", "--secrets-key-file", &key_arg],
+            &["--kds-heartbeat", "500ms", "--seal-key-file", &key_arg],
         )
         .await?;
         let needs_ca = mesh_spec["mtls"].is_object();
@@ -274,7 +274,7 @@ impl MeshFixture {
     /// Runs the CLI against the zone's API (not global's, as [`GlobalCluster::cli`]
     /// does): whether it succeeded, its stdout and its stderr.
     pub fn zone_cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-        let token = std::fs::read_to_string(self.zone.dir.join("admin-token"))?;
+        let token = self.zone.admin_token().context("the zone's admin token")?;
         let out = Command::new(causeway_bin())
             .args(args)
             .env("CAUSEWAY_ADDR", format!("https://{}", self.zone.api))

@@ -17,16 +17,18 @@ fn mesh(name: &str) -> Value {
 async fn writes_through_every_node_are_read_back_from_every_node() {
     let c = GlobalCluster::start(3, &[]).await.unwrap();
 
-    // Token files: written on every node, private.
-    for n in &c.nodes {
+    // The tokens are handed out once, private, outside every data dir; no node keeps one.
+    {
         use std::os::unix::fs::PermissionsExt as _;
-        let meta = std::fs::metadata(n.dir.join("admin-token")).unwrap();
-        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "node {}", n.id);
-        assert_eq!(
-            n.admin_token().unwrap(),
-            c.token,
-            "every node holds the same admin token"
-        );
+        let tokens = &c.nodes[0].token_dir;
+        for f in ["admin-token", "readonly-token"] {
+            let meta = std::fs::metadata(tokens.join(f)).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f}");
+        }
+        for n in &c.nodes {
+            assert!(!n.dir.join("admin-token").exists(), "node {}", n.id);
+            assert!(n.dir.join("api-ca.pem").exists(), "node {}", n.id);
+        }
     }
 
     for i in 0..3 {
@@ -145,7 +147,7 @@ async fn writes_through_every_node_are_read_back_from_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_tokens_and_bad_documents_change_nothing() {
     let c = GlobalCluster::start(3, &[]).await.unwrap();
-    let readonly = std::fs::read_to_string(c.nodes[0].dir.join("readonly-token")).unwrap();
+    let readonly = std::fs::read_to_string(c.nodes[0].token_dir.join("readonly-token")).unwrap();
     let body = mesh("guarded");
     let cases = [
         (None, StatusCode::UNAUTHORIZED),

@@ -64,7 +64,7 @@ async fn up_starts_a_mesh_that_answers_across_zones_and_stops_it_all() -> anyhow
             "progress shown: {out}"
         );
     }
-    let token = std::fs::read_to_string(data.join("global-1/admin-token"))?;
+    let token = std::fs::read_to_string(data.join("global-tokens/admin-token"))?;
     assert!(out.contains(token.trim()), "the admin token is printed");
     assert!(
         out.contains("causeway apply -f"),

@@ -1,0 +1,288 @@
+//! End to end: what a copy of a control plane's data directory gives away. A global node
+//! and a zone run a Strict mesh (so there are API, zone and mesh CAs, token-signing keys,
+//! the zone's certificate and its intermediate CA); their whole data directories are
+//! copied while they run, and no file of the copies may hold any token the test was given
+//! or any private key (as PEM, its base64 body, its raw DER bytes, or hex). The test learns
+//! every key by opening the stores afterwards with the seal keys, which it alone was given
+//! outside the data dirs. Then a node started without its seal key, or with another one,
+//! refuses to start and names the flag.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use causeway_pki::sealing::Sealer;
+use causeway_tests::mesh::MeshFixture;
+use causeway_tests::{eventually, put};
+use reqwest::Method;
+use serde_json::json;
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// A copy of `dir` (as `cp -a` would make one: a backup, or a stolen disk), in `to`.
+fn copy_dir(dir: &Path, to: &Path) -> anyhow::Result<PathBuf> {
+    let dst = to.join(dir.file_name().context("a dir name")?);
+    let st = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(dir)
+        .arg(&dst)
+        .status()?;
+    anyhow::ensure!(st.success(), "cp -a {}", dir.display());
+    Ok(dst)
+}
+
+/// What must not be found, as byte strings, with a name for the failure message.
+#[derive(Default)]
+struct Needles(Vec<(String, Vec<u8>)>);
+
+impl Needles {
+    fn token(&mut self, what: &str, token: &str) {
+        let token = token.trim();
+        assert!(token.len() >= 20, "{what}: {token:?} is no token");
+        self.0.push((what.into(), token.as_bytes().to_vec()));
+    }
+
+    /// A PEM private key: its body's long lines, and its DER bytes.
+    fn pem_key(&mut self, what: &str, pem: &str) {
+        assert!(pem.contains("PRIVATE KEY-----"), "{what} is a PEM key");
+        let body: String = pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .map(str::trim)
+            .collect();
+        for line in pem.lines().filter(|l| l.len() >= 40) {
+            self.0.push((format!("{what} (PEM line)"), line.as_bytes().to_vec()));
+        }
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(&body)
+            .expect("a PEM body is base64");
+        self.0.push((format!("{what} (DER)"), der));
+    }
+
+    /// A key kept as hex: the hex and the raw bytes.
+    fn hex_key(&mut self, what: &str, hex_key: &str) {
+        self.0
+            .push((format!("{what} (hex)"), hex_key.as_bytes().to_vec()));
+        self.0.push((
+            format!("{what} (raw)"),
+            hex::decode(hex_key).expect("a hex key"),
+        ));
+    }
+
+    /// Fails naming every file of `dir` that holds a needle.
+    fn assert_absent_under(&self, dir: &Path) {
+        let mut found = Vec::new();
+        let files = files_under(dir);
+        assert!(files.len() >= 5, "a store's files: {files:?}");
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap_or_default();
+            if bytes.windows(b"PRIVATE KEY".len()).any(|w| w == b"PRIVATE KEY") {
+                found.push(format!("{}: a PEM private key marker", f.display()));
+            }
+            for (what, needle) in &self.0 {
+                if bytes.windows(needle.len()).any(|w| w == needle.as_slice()) {
+                    found.push(format!("{}: {what}", f.display()));
+                }
+            }
+        }
+        assert!(found.is_empty(), "secrets in clear:\n{}", found.join("\n"));
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copied_data_dir_holds_no_token_and_no_key() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let node = &fx.c.nodes[0];
+    // More secrets for the store: a dataplane token and a mesh secret (a provided CA's
+    // key) whose key only this test knows.
+    let dp_token = fx.token("backend").await?;
+    let provided = causeway_pki::generate_ca("a provided CA")?;
+    let (s, v) = fx
+        .c
+        .call_retry(
+            Method::PUT,
+            "/meshes/default/secrets/provided-key",
+            Some(&json!(provided.key_pem)),
+        )
+        .await?;
+    anyhow::ensure!(s.is_success(), "put secret: {s} {v}");
+    put(
+        &fx.c,
+        "/meshes/default/meshtimeouts/t",
+        &json!({"type": "MeshTimeout", "mesh": "default", "name": "t",
+                "spec": {"targetRef": {"kind": "Mesh"}}}),
+    )
+    .await?;
+    // The zone has used its API (its tokens) and holds its intermediate CA.
+    fx.zone
+        .wait_for("/meshes/default/meshtimeouts/t", true, Duration::from_secs(30))
+        .await?;
+
+    // The copies, taken while both run.
+    let copies = tempfile::tempdir()?;
+    let global_copy = copy_dir(&node.dir, copies.path())?;
+    let zone_copy = copy_dir(&fx.zone.dir, copies.path())?;
+
+    // Every token the test was given.
+    let mut needles = Needles::default();
+    for (what, dir) in [("global", &node.token_dir), ("zone", &fx.zone.token_dir())] {
+        for f in ["admin-token", "readonly-token"] {
+            needles.token(
+                &format!("{what} {f}"),
+                &std::fs::read_to_string(dir.join(f)).with_context(|| dir.display().to_string())?,
+            );
+        }
+    }
+    needles.token("zone token", &std::fs::read_to_string(&fx.zone.token_file)?);
+    needles.token("dataplane token", &std::fs::read_to_string(&dp_token)?);
+    needles.pem_key("the provided CA key", &provided.key_pem);
+
+    // Stop both, then learn every key they hold by opening their stores with the seal
+    // keys (which are not in the data dirs).
+    node.kill();
+    fx.zone.kill();
+    let global_seal = Sealer::from_file("seal key", &fx.c.nodes[0].seal_key)?;
+    {
+        let store = causeway_global_cp::store::Store::open(&node.dir.join("db"))?;
+        let secrets = store
+            .secrets()?
+            .context("the cluster's secrets")?
+            .open(&global_seal)?;
+        needles.pem_key("the API CA key", &secrets.api_ca_key_pem);
+        needles.pem_key("the zone CA key", &secrets.zone_ca_key_pem);
+        needles.hex_key("the zone token key", &secrets.zone_token_key);
+        needles.hex_key("the dataplane token key", &secrets.dataplane_token_key);
+        let mesh_ca = store.mesh_ca("default")?.context("the mesh CA")?;
+        needles.pem_key("the mesh CA key", &global_seal.open(&mesh_ca.key_pem)?);
+        let secret = store
+            .secret("default", "provided-key")?
+            .context("the stored secret")?;
+        assert_eq!(global_seal.open(&secret)?, provided.key_pem);
+    }
+    {
+        let zone_seal = std::sync::Arc::new(Sealer::from_file(
+            "seal key",
+            &fx.zone.seal_key_file(),
+        )?);
+        let store = causeway_zone_cp::store::Store::open(&fx.zone.dir.join("db"), zone_seal.clone())?;
+        let id = store.identity()?.context("the zone's identity")?;
+        needles.pem_key("the zone certificate's key", &id.key_pem);
+        let inter = store.intermediate("default")?.context("the intermediate CA")?;
+        needles.pem_key("the zone's intermediate CA key", &inter.key_pem);
+        let sealed = std::fs::read_to_string(fx.zone.dir.join("api-ca-key.sealed"))?;
+        needles.pem_key("the zone API CA key", &zone_seal.open(sealed.trim())?);
+    }
+
+    needles.assert_absent_under(&global_copy);
+    needles.assert_absent_under(&zone_copy);
+
+    // Private directories, private files.
+    for dir in [&node.dir, &fx.zone.dir] {
+        assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        assert_eq!(mode(&dir.join("db")), 0o700, "{}/db", dir.display());
+        assert_eq!(mode(&dir.join("seal-check")), 0o600, "{}", dir.display());
+    }
+    for f in ["api-ca-key.sealed", "api-token-hashes.json"] {
+        assert_eq!(mode(&fx.zone.dir.join(f)), 0o600, "{f}");
+    }
+    assert_eq!(mode(&fx.zone.seal_key_file()), 0o600);
+    Ok(())
+}
+
+/// Waits for a process started by the harness to exit on its own; returns its log.
+async fn exits(what: &str, exited: impl Fn() -> bool, log: &Path) -> anyhow::Result<String> {
+    eventually(
+        &format!("{what} to exit"),
+        Duration::from_secs(30),
+        || async { exited().then_some(()) },
+    )
+    .await?;
+    Ok(std::fs::read_to_string(log)?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_its_seal_key_or_with_another_refuses_to_start() -> anyhow::Result<()> {
+    let mut fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let (c, zone) = (&mut fx.c, &fx.zone);
+    c.nodes[0].kill();
+    zone.kill();
+
+    // The global node: its seal key is the harness's secrets.key for this fixture,
+    // given with --seal-key-file; replace its contents with another key.
+    let key_file = c.nodes[0]
+        .extra_args()
+        .windows(2)
+        .find(|w| w[0] == "--seal-key-file")
+        .map(|w| PathBuf::from(&w[1]))
+        .context("the fixture's seal key")?;
+    let original = std::fs::read_to_string(&key_file)?;
+    std::fs::write(&key_file, Sealer::generate_key_file())?;
+    std::fs::write(c.nodes[0].log_path(), "")?;
+    c.nodes[0].start(&[], false)?;
+    let log = exits("a node with another seal key", || c.nodes[0].exited().is_some(), &c.nodes[0].log_path()).await?;
+    assert!(
+        log.contains("--seal-key-file") && log.contains("not the seal key"),
+        "{log}"
+    );
+
+    // Without the file at all: refused, and no new key is made in its place.
+    std::fs::remove_file(&key_file)?;
+    std::fs::write(c.nodes[0].log_path(), "")?;
+    c.nodes[0].start(&[], false)?;
+    let log = exits("a node without its seal key", || c.nodes[0].exited().is_some(), &c.nodes[0].log_path()).await?;
+    assert!(
+        log.contains("--seal-key-file") && log.contains("does not exist"),
+        "{log}"
+    );
+    assert!(!key_file.exists());
+
+    // With its key back, it serves again.
+    std::fs::write(&key_file, original)?;
+    c.nodes[0].start(&[], false)?;
+    c.wait_ready(0).await?;
+
+    // The zone, the same way.
+    let zkey = zone.seal_key_file();
+    let zoriginal = std::fs::read_to_string(&zkey)?;
+    std::fs::write(&zkey, Sealer::generate_key_file())?;
+    std::fs::write(zone.log_path(), "")?;
+    zone.start()?;
+    let log = exits("a zone with another seal key", || zone.exited(), &zone.log_path()).await?;
+    assert!(
+        log.contains("--seal-key-file") && log.contains("not the seal key"),
+        "{log}"
+    );
+    std::fs::remove_file(&zkey)?;
+    std::fs::write(zone.log_path(), "")?;
+    zone.start()?;
+    let log = exits("a zone without its seal key", || zone.exited(), &zone.log_path()).await?;
+    assert!(log.contains("--seal-key-file") && log.contains("does not exist"), "{log}");
+    std::fs::write(&zkey, zoriginal)?;
+    zone.start()?;
+    zone.wait_for("/meshes/default", true, Duration::from_secs(30))
+        .await?;
+    Ok(())
+}
