@@ -234,9 +234,13 @@ impl GlobalNode {
         Ok(())
     }
 
-    /// The extra flags it is started with.
-    pub fn extra_args(&self) -> &[String] {
-        &self.extra_args
+    /// The seal key file it is started with: its `--seal-key-file` extra flag, or the
+    /// cluster's `seal.key`.
+    pub fn seal_key_file(&self) -> PathBuf {
+        self.extra_args
+            .windows(2)
+            .find(|w| w[0] == "--seal-key-file")
+            .map_or_else(|| self.seal_key.clone(), |w| PathBuf::from(&w[1]))
     }
 
     /// The process's exit status, once it has exited on its own (then it counts as

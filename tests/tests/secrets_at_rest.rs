@@ -133,7 +133,8 @@ async fn a_copied_data_dir_holds_no_token_and_no_key() -> anyhow::Result<()> {
         &fx.c,
         "/meshes/default/meshtimeouts/t",
         &json!({"type": "MeshTimeout", "mesh": "default", "name": "t",
-                "spec": {"targetRef": {"kind": "Mesh"}}}),
+                "spec": {"targetRef": {"kind": "Mesh"},
+                         "to": [{"targetRef": {"kind": "Mesh"}, "default": {"connectTimeout": "2s"}}]}}),
     )
     .await?;
     // The zone has used its API (its tokens) and holds its intermediate CA.
@@ -164,7 +165,7 @@ async fn a_copied_data_dir_holds_no_token_and_no_key() -> anyhow::Result<()> {
     // keys (which are not in the data dirs).
     node.kill();
     fx.zone.kill();
-    let global_seal = Sealer::from_file("seal key", &fx.c.nodes[0].seal_key)?;
+    let global_seal = Sealer::from_file("seal key", &node.seal_key_file())?;
     {
         let store = causeway_global_cp::store::Store::open(&node.dir.join("db"))?;
         let secrets = store
@@ -230,14 +231,8 @@ async fn a_node_without_its_seal_key_or_with_another_refuses_to_start() -> anyho
     c.nodes[0].kill();
     zone.kill();
 
-    // The global node: its seal key is the harness's secrets.key for this fixture,
-    // given with --seal-key-file; replace its contents with another key.
-    let key_file = c.nodes[0]
-        .extra_args()
-        .windows(2)
-        .find(|w| w[0] == "--seal-key-file")
-        .map(|w| PathBuf::from(&w[1]))
-        .context("the fixture's seal key")?;
+    // The global node: replace its seal key file's contents with another key.
+    let key_file = c.nodes[0].seal_key_file();
     let original = std::fs::read_to_string(&key_file)?;
     std::fs::write(&key_file, Sealer::generate_key_file())?;
     std::fs::write(c.nodes[0].log_path(), "")?;
