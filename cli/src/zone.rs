@@ -151,7 +151,7 @@ pub(crate) enum InspectCmd {
     ///
     /// Answered by the zone control plane the dataplane runs in: point the CLI at that
     /// zone's API (--addr https://<zone API>, --ca-file <zone data dir>/api-ca.pem,
-    /// --token-file <zone data dir>/admin-token). Asked of the global control plane, it
+    /// --token-file <the zone's --token-out-dir>/admin-token). Asked of the global control plane, it
     /// is relayed to that zone over KDS.
     ///
     /// The sidecar reports its certificate and endpoints when they change (sampled
