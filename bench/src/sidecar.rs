@@ -738,10 +738,14 @@ async fn start_causeway(
             .env("RUST_LOG", "warn"),
         false,
     )?;
-    let token = wait_file(&dir.join("global-tokens/admin-token"), deadline, &mut global)
-        .await?
-        .trim()
-        .to_string();
+    let token = wait_file(
+        &dir.join("global-tokens/admin-token"),
+        deadline,
+        &mut global,
+    )
+    .await?
+    .trim()
+    .to_string();
     let ca = wait_file(&gdir.join("api-ca.pem"), deadline, &mut global).await?;
     let g = https_client(&ca)?;
     let gurl = format!("https://127.0.0.1:{api_port}");

@@ -18,7 +18,6 @@ use causeway_api::{FieldError, Resource, ResourceKey, Scope, TypeInfo};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-
 use crate::command::{ApplyError, Command, Member, WriteOutcome};
 use crate::raft_node::{MemberChange, RaftError, RaftHandle};
 use crate::store::{Store, StoreError};

@@ -29,8 +29,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-pub use api::openapi_document;
 use api::ApiState;
+pub use api::openapi_document;
 use causeway_pki::api_token::ApiTokens;
 use command::{ClusterSecrets, Command, Member, SealedSecrets};
 use raft_node::{RaftHandle, RaftSettings};
@@ -318,7 +318,9 @@ async fn housekeeping(
                 if pending.is_none() {
                     match generate_secrets(&sealer) {
                         Ok(p) => pending = Some(p),
-                        Err(e) => tracing::error!(error = %e, "generating the cluster's CAs and keys"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "generating the cluster's CAs and keys")
+                        }
                     }
                 }
                 // The same proposal on a retry: an earlier one may have been committed
@@ -370,8 +372,12 @@ async fn housekeeping(
                 let out = cfg.token_out_dir.as_deref();
                 match tokens.hand_out(out, "Causeway global control plane", &s.api_ca_cert_pem) {
                     Ok(()) => match out {
-                        Some(d) => tracing::info!(dir = %d.display(), "wrote the admin and read-only API tokens (the nodes keep only their hashes)"),
-                        None => tracing::info!("printed the API tokens on standard output, once (the nodes keep only their hashes)"),
+                        Some(d) => {
+                            tracing::info!(dir = %d.display(), "wrote the admin and read-only API tokens (the nodes keep only their hashes)")
+                        }
+                        None => tracing::info!(
+                            "printed the API tokens on standard output, once (the nodes keep only their hashes)"
+                        ),
                     },
                     Err(e) => {
                         tracing::error!(error = %e, "writing the API tokens to {TOKEN_OUT_FLAG}; will retry");

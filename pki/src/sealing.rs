@@ -250,7 +250,11 @@ fn create_key_file(path: &Path) -> std::io::Result<bool> {
         std::fs::create_dir_all(parent)?;
     }
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.{}.tmp", std::process::id(), hex::encode(random::<4>())));
+    tmp.push(format!(
+        ".{}.{}.tmp",
+        std::process::id(),
+        hex::encode(random::<4>())
+    ));
     let tmp = PathBuf::from(tmp);
     crate::write_private(&tmp, &Sealer::generate_key_file())?;
     let linked = std::fs::hard_link(&tmp, path);

@@ -3,6 +3,7 @@
 //! process it started when dropped. Test code only; nothing here ships.
 
 pub mod mesh;
+pub mod secrets;
 pub mod websocket;
 
 use std::net::{SocketAddr, TcpListener};

@@ -2014,11 +2014,17 @@ async fn called_mesh() -> anyhow::Result<(MeshFixture, Vec<Proc>, SocketAddr)> {
 
 /// No token and no key in any log: a whole mesh runs (a global node, a zone, two
 /// sidecars, a call through them with mTLS), then every log it wrote is searched for
-/// every token and private key on disk (the admin and read-only API tokens, the zone's
-/// token, the dataplane tokens, every PEM private key, the secrets key).
+/// every token on disk (the admin and read-only API tokens of global and zone, the
+/// zone's token, the dataplane tokens), every PEM private key on disk, every key the
+/// control planes hold (read from their stores with their seal keys once stopped) and
+/// the seal keys.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_token_or_key_ever_reaches_a_log() -> anyhow::Result<()> {
     let (fx, _procs, _) = called_mesh().await?;
+    fx.c.nodes[0].kill();
+    fx.zone.kill();
+    let mut held = causeway_tests::secrets::global_keys(&fx.c.nodes[0], &["default"])?;
+    held.extend(causeway_tests::secrets::zone_keys(&fx.zone)?);
     let files = files_under(&fx.dir);
     let logs: Vec<(String, String)> = files
         .iter()
@@ -2040,7 +2046,7 @@ async fn no_token_or_key_ever_reaches_a_log() -> anyhow::Result<()> {
         let Ok(text) = std::fs::read_to_string(p) else {
             continue;
         };
-        if name.contains("token") {
+        if name.contains("token") || name.contains("seal-key") {
             secrets.push((p.display().to_string(), text.trim().to_owned()));
         }
         // A private key's body, a line of it long enough to be its own.
@@ -2051,9 +2057,20 @@ async fn no_token_or_key_ever_reaches_a_log() -> anyhow::Result<()> {
             }
         }
     }
+    for (what, key) in held {
+        let secret = match key {
+            causeway_tests::secrets::Key::Pem(pem) => pem
+                .lines()
+                .find(|l| l.len() >= 40)
+                .context("a PEM body line")?
+                .to_owned(),
+            causeway_tests::secrets::Key::Hex(h) => h,
+        };
+        secrets.push((what, secret));
+    }
     let tokens = secrets
         .iter()
-        .filter(|(what, _)| what.contains("token"))
+        .filter(|(what, _)| what.contains("token") && !what.contains("key"))
         .count();
     assert!(
         tokens >= 3,

@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use causeway_pki::sealing::Sealer;
 use causeway_tests::mesh::MeshFixture;
+use causeway_tests::secrets::{Key, global_keys, zone_keys};
 use causeway_tests::{eventually, put};
 use reqwest::Method;
 use serde_json::json;
@@ -68,7 +69,8 @@ impl Needles {
             .map(str::trim)
             .collect();
         for line in pem.lines().filter(|l| l.len() >= 40) {
-            self.0.push((format!("{what} (PEM line)"), line.as_bytes().to_vec()));
+            self.0
+                .push((format!("{what} (PEM line)"), line.as_bytes().to_vec()));
         }
         let der = base64::engine::general_purpose::STANDARD
             .decode(&body)
@@ -93,7 +95,10 @@ impl Needles {
         assert!(files.len() >= 5, "a store's files: {files:?}");
         for f in &files {
             let bytes = std::fs::read(f).unwrap_or_default();
-            if bytes.windows(b"PRIVATE KEY".len()).any(|w| w == b"PRIVATE KEY") {
+            if bytes
+                .windows(b"PRIVATE KEY".len())
+                .any(|w| w == b"PRIVATE KEY")
+            {
                 found.push(format!("{}: a PEM private key marker", f.display()));
             }
             for (what, needle) in &self.0 {
@@ -120,9 +125,8 @@ async fn a_copied_data_dir_holds_no_token_and_no_key() -> anyhow::Result<()> {
     // key) whose key only this test knows.
     let dp_token = fx.token("backend").await?;
     let provided = causeway_pki::generate_ca("a provided CA")?;
-    let (s, v) = fx
-        .c
-        .call_retry(
+    let (s, v) =
+        fx.c.call_retry(
             Method::PUT,
             "/meshes/default/secrets/provided-key",
             Some(&json!(provided.key_pem)),
@@ -139,7 +143,11 @@ async fn a_copied_data_dir_holds_no_token_and_no_key() -> anyhow::Result<()> {
     .await?;
     // The zone has used its API (its tokens) and holds its intermediate CA.
     fx.zone
-        .wait_for("/meshes/default/meshtimeouts/t", true, Duration::from_secs(30))
+        .wait_for(
+            "/meshes/default/meshtimeouts/t",
+            true,
+            Duration::from_secs(30),
+        )
         .await?;
 
     // The copies, taken while both run.
@@ -165,37 +173,22 @@ async fn a_copied_data_dir_holds_no_token_and_no_key() -> anyhow::Result<()> {
     // keys (which are not in the data dirs).
     node.kill();
     fx.zone.kill();
-    let global_seal = Sealer::from_file("seal key", &node.seal_key_file())?;
+    for (what, key) in global_keys(node, &["default"])?
+        .into_iter()
+        .chain(zone_keys(&fx.zone)?)
     {
-        let store = causeway_global_cp::store::Store::open(&node.dir.join("db"))?;
-        let secrets = store
-            .secrets()?
-            .context("the cluster's secrets")?
-            .open(&global_seal)?;
-        needles.pem_key("the API CA key", &secrets.api_ca_key_pem);
-        needles.pem_key("the zone CA key", &secrets.zone_ca_key_pem);
-        needles.hex_key("the zone token key", &secrets.zone_token_key);
-        needles.hex_key("the dataplane token key", &secrets.dataplane_token_key);
-        let mesh_ca = store.mesh_ca("default")?.context("the mesh CA")?;
-        needles.pem_key("the mesh CA key", &global_seal.open(&mesh_ca.key_pem)?);
-        let secret = store
-            .secret("default", "provided-key")?
-            .context("the stored secret")?;
-        assert_eq!(global_seal.open(&secret)?, provided.key_pem);
+        match key {
+            Key::Pem(pem) => needles.pem_key(&what, &pem),
+            Key::Hex(h) => needles.hex_key(&what, &h),
+        }
     }
-    {
-        let zone_seal = std::sync::Arc::new(Sealer::from_file(
-            "seal key",
-            &fx.zone.seal_key_file(),
-        )?);
-        let store = causeway_zone_cp::store::Store::open(&fx.zone.dir.join("db"), zone_seal.clone())?;
-        let id = store.identity()?.context("the zone's identity")?;
-        needles.pem_key("the zone certificate's key", &id.key_pem);
-        let inter = store.intermediate("default")?.context("the intermediate CA")?;
-        needles.pem_key("the zone's intermediate CA key", &inter.key_pem);
-        let sealed = std::fs::read_to_string(fx.zone.dir.join("api-ca-key.sealed"))?;
-        needles.pem_key("the zone API CA key", &zone_seal.open(sealed.trim())?);
-    }
+    let sealer = Sealer::from_file("--seal-key-file", &node.seal_key_file())?;
+    let store = causeway_global_cp::store::Store::open(&node.dir.join("db"))?;
+    let secret = store
+        .secret("default", "provided-key")?
+        .context("the stored secret")?;
+    assert_eq!(sealer.open(&secret)?, provided.key_pem);
+    drop(store);
 
     needles.assert_absent_under(&global_copy);
     needles.assert_absent_under(&zone_copy);
@@ -237,7 +230,12 @@ async fn a_node_without_its_seal_key_or_with_another_refuses_to_start() -> anyho
     std::fs::write(&key_file, Sealer::generate_key_file())?;
     std::fs::write(c.nodes[0].log_path(), "")?;
     c.nodes[0].start(&[], false)?;
-    let log = exits("a node with another seal key", || c.nodes[0].exited().is_some(), &c.nodes[0].log_path()).await?;
+    let log = exits(
+        "a node with another seal key",
+        || c.nodes[0].exited().is_some(),
+        &c.nodes[0].log_path(),
+    )
+    .await?;
     assert!(
         log.contains("--seal-key-file") && log.contains("not the seal key"),
         "{log}"
@@ -247,7 +245,12 @@ async fn a_node_without_its_seal_key_or_with_another_refuses_to_start() -> anyho
     std::fs::remove_file(&key_file)?;
     std::fs::write(c.nodes[0].log_path(), "")?;
     c.nodes[0].start(&[], false)?;
-    let log = exits("a node without its seal key", || c.nodes[0].exited().is_some(), &c.nodes[0].log_path()).await?;
+    let log = exits(
+        "a node without its seal key",
+        || c.nodes[0].exited().is_some(),
+        &c.nodes[0].log_path(),
+    )
+    .await?;
     assert!(
         log.contains("--seal-key-file") && log.contains("does not exist"),
         "{log}"
@@ -265,7 +268,12 @@ async fn a_node_without_its_seal_key_or_with_another_refuses_to_start() -> anyho
     std::fs::write(&zkey, Sealer::generate_key_file())?;
     std::fs::write(zone.log_path(), "")?;
     zone.start()?;
-    let log = exits("a zone with another seal key", || zone.exited(), &zone.log_path()).await?;
+    let log = exits(
+        "a zone with another seal key",
+        || zone.exited(),
+        &zone.log_path(),
+    )
+    .await?;
     assert!(
         log.contains("--seal-key-file") && log.contains("not the seal key"),
         "{log}"
@@ -273,8 +281,16 @@ async fn a_node_without_its_seal_key_or_with_another_refuses_to_start() -> anyho
     std::fs::remove_file(&zkey)?;
     std::fs::write(zone.log_path(), "")?;
     zone.start()?;
-    let log = exits("a zone without its seal key", || zone.exited(), &zone.log_path()).await?;
-    assert!(log.contains("--seal-key-file") && log.contains("does not exist"), "{log}");
+    let log = exits(
+        "a zone without its seal key",
+        || zone.exited(),
+        &zone.log_path(),
+    )
+    .await?;
+    assert!(
+        log.contains("--seal-key-file") && log.contains("does not exist"),
+        "{log}"
+    );
     std::fs::write(&zkey, zoriginal)?;
     zone.start()?;
     zone.wait_for("/meshes/default", true, Duration::from_secs(30))

@@ -9,6 +9,7 @@ use std::path::Path as FsPath;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{Method, StatusCode};
@@ -17,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use causeway_api::{FieldError, Resource, ResourceKey, Scope, TypeInfo};
-use anyhow::Context as _;
 use causeway_pki::api_token::{Access, ApiTokens, TokenHashes};
 use causeway_pki::sealing::Sealer;
 use causeway_pki::{CertKey, write_private};
@@ -42,9 +42,8 @@ pub(crate) fn local_credentials(
     sealer: &Sealer,
     token_out: Option<&FsPath>,
 ) -> anyhow::Result<(TokenHashes, CertKey)> {
-    let read = |p: &FsPath| {
-        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-    };
+    let read =
+        |p: &FsPath| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
     let key_path = dir.join(API_CA_KEY_FILE);
     let ca = if key_path.exists() {
         let key_pem = sealer.open(read(&key_path)?.trim()).with_context(|| {
@@ -84,8 +83,12 @@ pub(crate) fn local_credentials(
             &serde_json::to_string(&hashes).expect("hashes encode"),
         )?;
         match token_out {
-            Some(d) => tracing::info!(dir = %d.display(), "wrote the zone API's admin and read-only tokens (the zone keeps only their hashes)"),
-            None => tracing::info!("printed the zone API's tokens on standard output, once (the zone keeps only their hashes)"),
+            Some(d) => {
+                tracing::info!(dir = %d.display(), "wrote the zone API's admin and read-only tokens (the zone keeps only their hashes)")
+            }
+            None => tracing::info!(
+                "printed the zone API's tokens on standard output, once (the zone keeps only their hashes)"
+            ),
         }
         hashes
     };

@@ -563,7 +563,10 @@ mod tests {
         for item in s.db.iterator_cf(s.cf(CF_META), IteratorMode::Start) {
             let (_, v) = item.unwrap();
             let v = String::from_utf8_lossy(&v);
-            assert!(!v.contains("zone-secret-key") && !v.contains("PRIVATE KEY"), "{v}");
+            assert!(
+                !v.contains("zone-secret-key") && !v.contains("PRIVATE KEY"),
+                "{v}"
+            );
         }
         drop(s);
         let other = Arc::new(Sealer::new(&[6u8; 32]).unwrap());

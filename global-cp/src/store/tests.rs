@@ -608,3 +608,58 @@ fn a_zone_revoked_for_good_takes_what_it_reported_with_it() {
             .is_none()
     );
 }
+
+#[test]
+fn cluster_secrets_are_stored_as_hashes_and_sealed_keys() {
+    use causeway_pki::api_token::ApiTokens;
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let sealer = crate::sealing::Sealer::new(&[3u8; 32]).unwrap();
+    let tokens = ApiTokens::generate();
+    let key = "-----BEGIN PRIVATE KEY-----\nclear-key\n-----END PRIVATE KEY-----\n";
+    let clear = crate::command::ClusterSecrets {
+        tokens: tokens.hashes(),
+        api_ca_cert_pem: "cert".into(),
+        api_ca_key_pem: key.into(),
+        zone_token_key: "ab".repeat(32),
+        zone_ca_cert_pem: "zone cert".into(),
+        zone_ca_key_pem: key.into(),
+        dataplane_token_key: "cd".repeat(40),
+    };
+    let mut b = s.apply_batch();
+    b.apply(
+        1,
+        EPOCH,
+        Command::InitCluster(SealedSecrets::seal(&clear, &sealer)),
+    )
+    .unwrap()
+    .unwrap();
+    b.commit().unwrap();
+    let stored = s.secrets().unwrap().unwrap();
+    assert!(stored.open(&sealer).unwrap() == clear);
+    let other = crate::sealing::Sealer::new(&[4u8; 32]).unwrap();
+    assert!(stored.open(&other).is_err());
+    for item in s.db.iterator_cf(s.cf(CF_META), IteratorMode::Start) {
+        let (_, v) = item.unwrap();
+        let v = String::from_utf8_lossy(&v);
+        for secret in [
+            tokens.admin.as_str(),
+            &tokens.readonly,
+            "clear-key",
+            &"ab".repeat(32),
+            &"cd".repeat(40),
+        ] {
+            assert!(!v.contains(secret), "{v}");
+        }
+    }
+
+    // What an older version stored (tokens and keys in clear) does not decode: the node
+    // refuses it at start instead of forming the cluster again over it.
+    s.db.put_cf(
+        s.cf(CF_META),
+        KEY_SECRETS,
+        br#"{"admin_token":"cw_x","readonly_token":"cw_y","api_ca_cert_pem":"c","api_ca_key_pem":"k"}"#,
+    )
+    .unwrap();
+    assert!(s.secrets().is_err());
+}
