@@ -21,7 +21,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::sidecar::{READY, Svc, api, https_client, wait_file};
+use crate::sidecar::{
+    READY, Svc, api, global_admin_token, global_secret_flags, https_client, wait_file,
+};
 use crate::{bin, free_port, median};
 
 /// One connection's work: connect, echo 64 bytes, close.
@@ -113,24 +115,14 @@ async fn start(dir: &Path, rtt: Duration) -> anyhow::Result<Mesh> {
             .args(["global-cp", "--node-id", "1"])
             .arg("--data-dir")
             .arg(&gdir)
-            .arg("--seal-key-file")
-            .arg(dir.join("global-seal.key"))
-            .arg("--token-out-dir")
-            .arg(dir.join("global-tokens"))
+            .args(global_secret_flags(dir))
             .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
             .args(["--raft-addr", &format!("127.0.0.1:{raft}")])
             .args(["--kds-addr", &format!("127.0.0.1:{kds}")])
             .env("RUST_LOG", "warn"),
         false,
     )?;
-    let token = wait_file(
-        &dir.join("global-tokens/admin-token"),
-        deadline,
-        &mut global,
-    )
-    .await?
-    .trim()
-    .to_string();
+    let token = global_admin_token(dir, deadline, &mut global).await?;
     let ca = wait_file(&gdir.join("api-ca.pem"), deadline, &mut global).await?;
     let g = https_client(&ca)?;
     let gurl = format!("https://127.0.0.1:{api_port}");

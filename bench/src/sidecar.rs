@@ -379,6 +379,27 @@ pub(crate) async fn wait_ok(
     }
 }
 
+/// Flags that give a one-node global control plane started under `dir` its seal key and
+/// the directory it hands its API tokens out to, both beside its data dir.
+pub(crate) fn global_secret_flags(dir: &Path) -> [std::ffi::OsString; 4] {
+    [
+        "--seal-key-file".into(),
+        dir.join("global-seal.key").into(),
+        "--token-out-dir".into(),
+        dir.join("global-tokens").into(),
+    ]
+}
+
+/// The admin token the global node started with [`global_secret_flags`] hands out.
+pub(crate) async fn global_admin_token(
+    dir: &Path,
+    deadline: Instant,
+    owner: &mut Svc,
+) -> anyhow::Result<String> {
+    let t = wait_file(&dir.join("global-tokens/admin-token"), deadline, owner).await?;
+    Ok(t.trim().to_string())
+}
+
 /// Waits for a file with content (credentials a control plane writes at start).
 pub(crate) async fn wait_file(
     path: &Path,
@@ -728,24 +749,14 @@ async fn start_causeway(
             .args(["global-cp", "--node-id", "1"])
             .arg("--data-dir")
             .arg(&gdir)
-            .arg("--seal-key-file")
-            .arg(dir.join("global-seal.key"))
-            .arg("--token-out-dir")
-            .arg(dir.join("global-tokens"))
+            .args(global_secret_flags(dir))
             .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
             .args(["--raft-addr", &format!("127.0.0.1:{raft}")])
             .args(["--kds-addr", &format!("127.0.0.1:{kds}")])
             .env("RUST_LOG", "warn"),
         false,
     )?;
-    let token = wait_file(
-        &dir.join("global-tokens/admin-token"),
-        deadline,
-        &mut global,
-    )
-    .await?
-    .trim()
-    .to_string();
+    let token = global_admin_token(dir, deadline, &mut global).await?;
     let ca = wait_file(&gdir.join("api-ca.pem"), deadline, &mut global).await?;
     let g = https_client(&ca)?;
     let gurl = format!("https://127.0.0.1:{api_port}");

@@ -58,6 +58,23 @@ pub fn free_addr() -> SocketAddr {
     panic!("no free port between 12000 and 32000")
 }
 
+/// Every file under `dir`, recursively (logs, data dirs).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 /// A plain-HTTP client for sidecar admin and outbound ports: no pooling, 5 s timeout.
 pub fn plain_http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -9,7 +9,9 @@ use causeway_tests::mesh::{
     MeshFixture, WAIT, answered_by, answering, dataplane, ejections, failures, instances,
     tagged_dataplane,
 };
-use causeway_tests::{Proc, admin_config, admin_metric, eventually, free_addr, plain_http, put};
+use causeway_tests::{
+    Proc, admin_config, admin_metric, eventually, files_under, free_addr, plain_http, put,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
@@ -1968,23 +1970,6 @@ async fn a_dataplane_name_belongs_to_its_service_and_its_live_sidecar() -> anyho
     .await?;
     assert!(again.message().contains("belongs to service"), "{again:?}");
     Ok(())
-}
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// A Strict mesh where web called backend once through both sidecars: the fixture,

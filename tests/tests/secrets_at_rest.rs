@@ -16,26 +16,9 @@ use base64::Engine as _;
 use causeway_pki::sealing::Sealer;
 use causeway_tests::mesh::MeshFixture;
 use causeway_tests::secrets::{Key, global_keys, zone_keys};
-use causeway_tests::{eventually, put};
+use causeway_tests::{GlobalNode, ZoneCp, files_under, put};
 use reqwest::Method;
 use serde_json::json;
-
-/// Every file under `dir`, recursively.
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
 
 /// A copy of `dir` (as `cp -a` would make one: a backup, or a stolen disk), in `to`.
 fn copy_dir(dir: &Path, to: &Path) -> anyhow::Result<PathBuf> {
@@ -206,94 +189,88 @@ async fn a_copied_data_dir_holds_no_token_and_no_key() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits for a process started by the harness to exit on its own; returns its log.
-async fn exits(what: &str, exited: impl Fn() -> bool, log: &Path) -> anyhow::Result<String> {
-    eventually(
-        &format!("{what} to exit"),
-        Duration::from_secs(30),
-        || async { exited().then_some(()) },
-    )
-    .await?;
-    Ok(std::fs::read_to_string(log)?)
+/// A control plane process a test restarts.
+trait Restart {
+    fn restart(&mut self) -> anyhow::Result<()>;
+    fn has_exited(&mut self) -> bool;
+    fn log(&self) -> PathBuf;
+}
+
+impl Restart for GlobalNode {
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.start(&[], false)
+    }
+    fn has_exited(&mut self) -> bool {
+        self.exited().is_some()
+    }
+    fn log(&self) -> PathBuf {
+        self.log_path()
+    }
+}
+
+impl Restart for &ZoneCp {
+    fn restart(&mut self) -> anyhow::Result<()> {
+        self.start()
+    }
+    fn has_exited(&mut self) -> bool {
+        self.exited()
+    }
+    fn log(&self) -> PathBuf {
+        self.log_path()
+    }
+}
+
+/// Starts `p` and expects it to exit on its own, its log naming `--seal-key-file` and
+/// saying `why`.
+async fn refuses_to_start(p: &mut impl Restart, why: &str) -> anyhow::Result<()> {
+    std::fs::write(p.log(), "")?;
+    p.restart()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !p.has_exited() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "still running ({why} expected)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = std::fs::read_to_string(p.log())?;
+    assert!(
+        log.contains("--seal-key-file") && log.contains(why),
+        "expected {why:?}: {log}"
+    );
+    Ok(())
+}
+
+/// With another key in its seal key file, then without the file: `p` refuses to start
+/// both times, and no new key is made in place of the lost one. Then the key is put back.
+async fn needs_its_seal_key(p: &mut impl Restart, key_file: &Path) -> anyhow::Result<()> {
+    let original = std::fs::read_to_string(key_file)?;
+    std::fs::write(key_file, Sealer::generate_key_file())?;
+    refuses_to_start(p, "not the seal key").await?;
+    std::fs::remove_file(key_file)?;
+    refuses_to_start(p, "does not exist").await?;
+    assert!(!key_file.exists());
+    std::fs::write(key_file, original)?;
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_its_seal_key_or_with_another_refuses_to_start() -> anyhow::Result<()> {
     let mut fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
-    let (c, zone) = (&mut fx.c, &fx.zone);
-    c.nodes[0].kill();
-    zone.kill();
+    fx.c.nodes[0].kill();
+    fx.zone.kill();
 
-    // The global node: replace its seal key file's contents with another key.
-    let key_file = c.nodes[0].seal_key_file();
-    let original = std::fs::read_to_string(&key_file)?;
-    std::fs::write(&key_file, Sealer::generate_key_file())?;
-    std::fs::write(c.nodes[0].log_path(), "")?;
-    c.nodes[0].start(&[], false)?;
-    let log = exits(
-        "a node with another seal key",
-        || c.nodes[0].exited().is_some(),
-        &c.nodes[0].log_path(),
-    )
-    .await?;
-    assert!(
-        log.contains("--seal-key-file") && log.contains("not the seal key"),
-        "{log}"
-    );
-
-    // Without the file at all: refused, and no new key is made in its place.
-    std::fs::remove_file(&key_file)?;
-    std::fs::write(c.nodes[0].log_path(), "")?;
-    c.nodes[0].start(&[], false)?;
-    let log = exits(
-        "a node without its seal key",
-        || c.nodes[0].exited().is_some(),
-        &c.nodes[0].log_path(),
-    )
-    .await?;
-    assert!(
-        log.contains("--seal-key-file") && log.contains("does not exist"),
-        "{log}"
-    );
-    assert!(!key_file.exists());
-
+    let key_file = fx.c.nodes[0].seal_key_file();
+    needs_its_seal_key(&mut fx.c.nodes[0], &key_file).await?;
     // With its key back, it serves again.
-    std::fs::write(&key_file, original)?;
-    c.nodes[0].start(&[], false)?;
-    c.wait_ready(0).await?;
+    fx.c.nodes[0].start(&[], false)?;
+    fx.c.wait_ready(0).await?;
 
-    // The zone, the same way.
-    let zkey = zone.seal_key_file();
-    let zoriginal = std::fs::read_to_string(&zkey)?;
-    std::fs::write(&zkey, Sealer::generate_key_file())?;
-    std::fs::write(zone.log_path(), "")?;
-    zone.start()?;
-    let log = exits(
-        "a zone with another seal key",
-        || zone.exited(),
-        &zone.log_path(),
-    )
-    .await?;
-    assert!(
-        log.contains("--seal-key-file") && log.contains("not the seal key"),
-        "{log}"
-    );
-    std::fs::remove_file(&zkey)?;
-    std::fs::write(zone.log_path(), "")?;
-    zone.start()?;
-    let log = exits(
-        "a zone without its seal key",
-        || zone.exited(),
-        &zone.log_path(),
-    )
-    .await?;
-    assert!(
-        log.contains("--seal-key-file") && log.contains("does not exist"),
-        "{log}"
-    );
-    std::fs::write(&zkey, zoriginal)?;
-    zone.start()?;
-    zone.wait_for("/meshes/default", true, Duration::from_secs(30))
+    let mut zone = &fx.zone;
+    needs_its_seal_key(&mut zone, &fx.zone.seal_key_file()).await?;
+    fx.zone.start()?;
+    fx.zone
+        .wait_for("/meshes/default", true, Duration::from_secs(30))
         .await?;
     Ok(())
 }
