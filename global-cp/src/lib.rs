@@ -261,8 +261,9 @@ impl Node {
 /// The error of a seal key that does not open the cluster's keys.
 fn open_error(cfg: &NodeConfig, e: &sealing::SealError) -> anyhow::Error {
     anyhow::anyhow!(
-        "{SEAL_KEY_FLAG} {} does not open the cluster's keys ({e}): every node of a cluster needs the seal key file the cluster was formed with; start this node with a copy of it",
-        cfg.seal_key_file.display()
+        "{SEAL_KEY_FLAG} {} does not open the cluster's keys ({e}): every node of a cluster needs the seal key file the cluster was formed with; start this node with a copy of it (and, as this node's data dir {} was set up with another key, empty it first: the cluster sends it everything again)",
+        cfg.seal_key_file.display(),
+        cfg.data_dir.display()
     )
 }
 
@@ -317,7 +318,26 @@ async fn housekeeping(
                 last_attempt = tokio::time::Instant::now();
                 if pending.is_none() {
                     match generate_secrets(&sealer) {
-                        Ok(p) => pending = Some(p),
+                        // With a --token-out-dir the tokens are there before they can be
+                        // committed, so a crash right after the commit cannot lose them
+                        // (they are written again once committed; a proposal that loses
+                        // to another leader's leaves stale files, which that leader
+                        // overwrites when they share the directory).
+                        Ok((tokens, sealed)) => match &cfg.token_out_dir {
+                            Some(d) => match tokens.hand_out(
+                                Some(d),
+                                "Causeway global control plane",
+                                &sealed.api_ca_cert_pem,
+                            ) {
+                                Ok(()) => pending = Some((tokens, sealed)),
+                                Err(e) => tracing::error!(
+                                    error = %e,
+                                    "writing the API tokens to {TOKEN_OUT_FLAG} {}; will retry",
+                                    d.display()
+                                ),
+                            },
+                            None => pending = Some((tokens, sealed)),
+                        },
                         Err(e) => {
                             tracing::error!(error = %e, "generating the cluster's CAs and keys")
                         }

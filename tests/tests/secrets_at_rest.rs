@@ -16,7 +16,7 @@ use base64::Engine as _;
 use causeway_pki::sealing::Sealer;
 use causeway_tests::mesh::MeshFixture;
 use causeway_tests::secrets::{Key, global_keys, zone_keys};
-use causeway_tests::{GlobalNode, ZoneCp, files_under, put};
+use causeway_tests::{GlobalNode, ZoneCp, eventually, files_under, put};
 use reqwest::Method;
 use serde_json::json;
 
@@ -272,5 +272,111 @@ async fn a_node_without_its_seal_key_or_with_another_refuses_to_start() -> anyho
     fx.zone
         .wait_for("/meshes/default", true, Duration::from_secs(30))
         .await?;
+    Ok(())
+}
+
+/// Kills the process it holds when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Without --token-out-dir, the node that forms the cluster prints the tokens once on
+/// standard output, never on standard error (the log), and keeps none in its data dir;
+/// a first start creates the seal key, 0600.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_token_dir_the_tokens_are_printed_once_and_not_logged() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (data, key) = (tmp.path().join("data"), tmp.path().join("keys/seal.key"));
+    let (out, err) = (tmp.path().join("stdout"), tmp.path().join("stderr"));
+    let api = causeway_tests::free_addr();
+    let _node = KillOnDrop(
+        std::process::Command::new(causeway_tests::causeway_bin())
+            .args(["global-cp", "--node-id", "1", "--data-dir"])
+            .arg(&data)
+            .arg("--seal-key-file")
+            .arg(&key)
+            .args(["--api-addr", &api.to_string()])
+            .args(["--raft-addr", &causeway_tests::free_addr().to_string()])
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(&out)?)
+            .stderr(std::fs::File::create(&err)?)
+            .spawn()?,
+    );
+    let (admin, readonly) = eventually("the tokens on stdout", Duration::from_secs(30), || async {
+        let text = std::fs::read_to_string(&out).ok()?;
+        let token = |label: &str| {
+            text.lines()
+                .find_map(|l| l.trim().strip_prefix(label))
+                .map(|t| t.trim().to_string())
+        };
+        Some((token("admin token")?, token("read-only token")?))
+    })
+    .await
+    .with_context(|| std::fs::read_to_string(&err).unwrap_or_default())?;
+    assert_eq!(mode(&key), 0o600);
+    let ca = eventually("the API CA", Duration::from_secs(30), || async {
+        std::fs::read_to_string(data.join("api-ca.pem")).ok()
+    })
+    .await?;
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(causeway_global_cp::tls::client_config(&ca, None)?)
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    for token in [&admin, &readonly] {
+        let status = eventually("the API", Duration::from_secs(30), || async {
+            let r = http
+                .get(format!("https://{api}/meshes"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?;
+            Some(r.status())
+        })
+        .await?;
+        assert_eq!(status, reqwest::StatusCode::OK);
+    }
+    let printed = std::fs::read_to_string(&out)?;
+    assert_eq!(printed.matches(admin.as_str()).count(), 1, "{printed}");
+    let log = std::fs::read_to_string(&err)?;
+    assert!(!log.contains(&admin) && !log.contains(&readonly), "{log}");
+    let mut needles = Needles::default();
+    needles.token("admin token", &admin);
+    needles.token("read-only token", &readonly);
+    needles.assert_absent_under(&data);
+    Ok(())
+}
+
+/// A node given another seal key than the one the cluster was formed with stops as soon
+/// as the cluster's keys reach it, naming the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_seal_key_than_its_cluster_stops() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let other = tmp.path().join("other.key");
+    let other_arg = other.display().to_string();
+    let mut nodes = vec![
+        GlobalNode::new(tmp.path(), 1, &[]),
+        GlobalNode::new(tmp.path(), 2, &[]),
+        GlobalNode::new(tmp.path(), 3, &["--seal-key-file", &other_arg]),
+    ];
+    let all: Vec<_> = nodes.iter().map(|n| (n.id, n.raft)).collect();
+    for n in &mut nodes {
+        let peers: Vec<_> = all.iter().filter(|(id, _)| *id != n.id).copied().collect();
+        n.start(&peers, false)?;
+    }
+    // Whichever key formed the cluster, a node with the other one stops.
+    let stopped = eventually("a node to stop", Duration::from_secs(30), || async {
+        nodes.iter().position(|n| n.exited().is_some())
+    })
+    .await?;
+    let log = std::fs::read_to_string(nodes[stopped].log_path())?;
+    assert!(
+        log.contains("--seal-key-file") && log.contains("does not open the cluster's keys"),
+        "{log}"
+    );
     Ok(())
 }
