@@ -380,3 +380,62 @@ async fn a_node_with_another_seal_key_than_its_cluster_stops() -> anyhow::Result
     );
     Ok(())
 }
+
+/// A data dir an older version wrote (tokens and keys in clear, no seal check) is refused
+/// at start with an error that says so, by both control planes; nothing is created in it.
+#[test]
+fn a_data_dir_from_before_sealing_is_refused() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let global = tmp.path().join("global");
+    std::fs::create_dir_all(global.join("db"))?;
+    let zone = tmp.path().join("zone");
+    std::fs::create_dir_all(&zone)?;
+    std::fs::write(zone.join("admin-token"), "cw_old\n")?;
+    let runs = [
+        (
+            &global,
+            vec![
+                "global-cp".to_string(),
+                "--node-id".into(),
+                "1".into(),
+                "--api-addr".into(),
+                causeway_tests::free_addr().to_string(),
+                "--raft-addr".into(),
+                causeway_tests::free_addr().to_string(),
+            ],
+        ),
+        (
+            &zone,
+            vec![
+                "zone-cp".to_string(),
+                "--zone".into(),
+                "zone-a".into(),
+                "--global".into(),
+                "https://127.0.0.1:1".into(),
+                "--api-addr".into(),
+                causeway_tests::free_addr().to_string(),
+            ],
+        ),
+    ];
+    for (dir, args) in runs {
+        let key = dir.with_extension("seal.key");
+        let out = std::process::Command::new(causeway_tests::causeway_bin())
+            .args(&args)
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--seal-key-file")
+            .arg(&key)
+            .output()?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(
+            err.contains("older version") && err.contains("not supported"),
+            "{err}"
+        );
+        assert!(
+            !key.exists(),
+            "no seal key is made for a data dir it refuses"
+        );
+    }
+    Ok(())
+}
