@@ -30,6 +30,7 @@
 //! output and canonical form follow from the type. Policies live in `policies/`, one
 //! module each, with their validation tables.
 
+pub mod access_log_format;
 mod dataplane;
 mod drill;
 mod duration;

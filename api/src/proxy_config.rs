@@ -74,6 +74,75 @@ pub struct InboundListener {
     /// ejection state all the callers it matches share. Empty without a policy.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<CallerLimits>,
+    /// Access logs (MeshAccessLog `from[]` and `rules`), by caller, most specific
+    /// first: a caller's requests and connections are logged to the sinks of the first
+    /// entry that matches its identity (plaintext callers: only an entry for every
+    /// caller). Empty: no access log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_logs: Vec<CallerAccessLog>,
+}
+
+/// The access-log sinks of the callers one source covers (none: not logged).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallerAccessLog {
+    pub source: SourceMatch,
+    pub sinks: Vec<AccessLogSink>,
+}
+
+/// Where access-log entries go, and how each is written: a MeshAccessLog backend.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "type"
+)]
+pub enum AccessLogSink {
+    /// Lines appended to a file on the proxy's host (`/dev/stdout` for its output).
+    File {
+        path: String,
+        /// None: the built-in line (HTTP or TCP).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<AccessLogFormat>,
+    },
+    /// Lines sent over a TCP connection to a collector.
+    Tcp {
+        address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<AccessLogFormat>,
+    },
+    /// OTLP/gRPC log records: the built-in line as the body, and these attributes
+    /// (values are templates).
+    OpenTelemetry {
+        endpoint: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attributes: Vec<(String, String)>,
+    },
+}
+
+/// A line's format; templates use the operators of
+/// [`crate::access_log_format::Template`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "type"
+)]
+pub enum AccessLogFormat {
+    /// A text line.
+    Plain {
+        line: String,
+        /// Empty values print as nothing instead of `-`.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        omit_empty: bool,
+    },
+    /// A JSON object per line, its fields in this order.
+    Json {
+        fields: Vec<(String, String)>,
+        /// Fields whose value is empty are left out (else `null`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        omit_empty: bool,
+    },
 }
 
 /// The faults injected into the requests of the callers one source covers, each
@@ -349,6 +418,10 @@ pub struct OutboundListener {
     /// destination as it is. Empty: no route.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub http_routes: Vec<HttpRoute>,
+    /// Access logs of the traffic to this destination (MeshAccessLog `to[]`). Empty:
+    /// no access log.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_log: Vec<AccessLogSink>,
 }
 
 /// One route of a destination: one `matches` entry of a MeshHTTPRoute rule (a rule with

@@ -521,6 +521,7 @@ fn backend_listener(ob: &OutboundListener, backend: &RouteBackend) -> OutboundLi
         groups: backend.groups.clone(),
         backends: Vec::new(),
         http_routes: Vec::new(),
+        access_log: Vec::new(),
         health_check: None,
         ..ob.clone()
     }

@@ -5,6 +5,7 @@
 //! golden cases in `testdata/<policy>/`: it turns the policy's effective configuration
 //! into the config's fields.
 
+mod mesh_access_log;
 mod mesh_circuit_breaker;
 mod mesh_fault_injection;
 mod mesh_health_check;
@@ -261,6 +262,8 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     )?;
     let rate_limits =
         mesh_rate_limit::configure(&policies_of(inputs, "MeshRateLimit"), &proxy, &trust_domain)?;
+    let (mut inbound_logs, mut outbound_logs) =
+        mesh_access_log::configure(&policies_of(inputs, "MeshAccessLog"), &proxy, &trust_domain)?;
     let inbound_limits = mesh_circuit_breaker::configure_inbounds(
         &policies_of(inputs, "MeshCircuitBreaker"),
         &proxy,
@@ -312,6 +315,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 limits: inbound_limits[i].clone(),
                 faults: faults[i].clone(),
                 rate_limits: rate_limits[i].clone(),
+                access_logs: std::mem::take(&mut inbound_logs[i]),
             })
         })
         .collect::<Result<_, ComputeError>>()?;
@@ -390,6 +394,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                     })
                     .collect(),
                 http_routes: std::mem::take(&mut http_routes[i]),
+                access_log: std::mem::take(&mut outbound_logs[i]),
             }
         })
         .collect();

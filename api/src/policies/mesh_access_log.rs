@@ -155,6 +155,13 @@ pub struct KeyValue {
     pub value: String,
 }
 
+/// A template's operators must be ones the sidecar prints.
+fn check_template(errors: &mut Errors, path: String, text: &str) {
+    if let Err(e) = crate::access_log_format::Template::parse(text) {
+        errors.push(path, e.to_string());
+    }
+}
+
 fn check_format(errors: &mut Errors, path: &str, f: &Option<LogFormat>) {
     let Some(f) = f else { return };
     let path = at(path, "format");
@@ -165,7 +172,10 @@ fn check_format(errors: &mut Errors, path: &str, f: &Option<LogFormat>) {
             }
             match &f.plain {
                 None => errors.push(at(&path, "plain"), "is required for type Plain"),
-                Some(p) => errors.non_empty(at(&path, "plain"), p),
+                Some(p) => {
+                    errors.non_empty(at(&path, "plain"), p);
+                    check_template(errors, at(&path, "plain"), p);
+                }
             }
         }
         LogFormatType::Json => {
@@ -176,7 +186,9 @@ fn check_format(errors: &mut Errors, path: &str, f: &Option<LogFormat>) {
                 None => errors.push(at(&path, "json"), "is required for type Json"),
                 Some(fields) => {
                     for (i, kv) in fields.iter().enumerate() {
-                        errors.non_empty(at(&idx(&at(&path, "json"), i), "key"), &kv.key);
+                        let field = idx(&at(&path, "json"), i);
+                        errors.non_empty(at(&field, "key"), &kv.key);
+                        check_template(errors, at(&field, "value"), &kv.value);
                     }
                 }
             }
@@ -234,7 +246,9 @@ impl Conf for AccessLogConf {
                     &otel.backend_ref,
                 );
                 for (j, kv) in otel.attributes.iter().enumerate() {
-                    errors.non_empty(at(&idx(&at(&path, "attributes"), j), "key"), &kv.key);
+                    let field = idx(&at(&path, "attributes"), j);
+                    errors.non_empty(at(&field, "key"), &kv.key);
+                    check_template(errors, at(&field, "value"), &kv.value);
                 }
             }
         }
@@ -323,6 +337,22 @@ mod tests {
                         "spec.to[0].default.backends[0].openTelemetry.endpoint",
                         "invalid port",
                     )],
+                ),
+                (
+                    to(
+                        json!({"backends": [{"type": "File", "file": {"path": "/tmp/a.log", "format": {"type": "Plain", "plain": "%UPSTREAM_WIRE_BYTES_SENT%"}}},
+                                            {"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel:4317", "attributes": [{"key": "a", "value": "%REQ()%"}]}}]}),
+                    ),
+                    &[
+                        (
+                            "spec.to[0].default.backends[0].file.format.plain",
+                            "%UPSTREAM_WIRE_BYTES_SENT% is not an operator Causeway knows",
+                        ),
+                        (
+                            "spec.to[0].default.backends[1].openTelemetry.attributes[0].value",
+                            "needs a header name",
+                        ),
+                    ],
                 ),
                 (
                     to(json!({"backends": [{"type": "Syslog"}]})),

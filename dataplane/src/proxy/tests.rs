@@ -33,6 +33,7 @@ fn inbound(port: u16, app_port: u16, timeouts: Timeouts) -> InboundListener {
         caller_timeouts: Vec::new(),
         faults: Vec::new(),
         rate_limits: Vec::new(),
+        access_logs: Vec::new(),
         limits: Vec::new(),
     }
 }
@@ -57,6 +58,7 @@ fn outbound(port: u16, timeouts: Timeouts) -> OutboundListener {
         retry: Default::default(),
         backends: Vec::new(),
         http_routes: Vec::new(),
+        access_log: Vec::new(),
     }
 }
 
