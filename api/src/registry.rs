@@ -213,7 +213,7 @@ static TYPES: &[TypeInfo] = &[
         "meshloadbalancingstrategies",
         Enforcement::Full,
     ),
-    TypeInfo::policy::<MeshAccessLogSpec>("MeshAccessLog", "meshaccesslogs", Enforcement::NotYet),
+    TypeInfo::policy::<MeshAccessLogSpec>("MeshAccessLog", "meshaccesslogs", Enforcement::Full),
     TypeInfo::policy::<MeshTraceSpec>("MeshTrace", "meshtraces", Enforcement::NotYet),
     TypeInfo::policy::<MeshMetricSpec>("MeshMetric", "meshmetrics", Enforcement::NotYet),
     TypeInfo::of::<DrillReportSpec>(

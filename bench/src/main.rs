@@ -110,6 +110,11 @@ enum Bench {
         /// traffic permission and the built-in default timeouts and retries.
         #[arg(long)]
         policies: bool,
+        /// Also log every request with MeshAccessLog: web's outbound to backend and
+        /// backend's inbound each to a file (the built-in line), in the bench's
+        /// temporary directory.
+        #[arg(long)]
+        access_log: bool,
         /// Also measure a fourth path: the sidecars with a MeshHTTPRoute table of 100
         /// rules in front of a second destination (`canary`, two instances tagged v1
         /// and v2), where the bench's request matches only the last, lowest-ranked rule,
@@ -656,6 +661,7 @@ async fn main() -> anyhow::Result<()> {
             sidecar_bin,
             sidecar_arg,
             policies,
+            access_log,
             routes,
         } => {
             let lean = std::env::current_exe()?.with_file_name("causeway-dataplane");
@@ -663,6 +669,7 @@ async fn main() -> anyhow::Result<()> {
                 bin: sidecar_bin.or_else(|| lean.exists().then_some(lean)),
                 args: sidecar_arg,
                 policies,
+                access_log,
                 routes,
             };
             sidecar::sidecar(seconds, runs, rate, connections, sc).await

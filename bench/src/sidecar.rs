@@ -589,6 +589,8 @@ pub(crate) struct SidecarCmd {
     pub(crate) args: Vec<String>,
     /// Apply [`resilience_policies`] too.
     pub(crate) policies: bool,
+    /// Apply [`access_log_policy`] too.
+    pub(crate) access_log: bool,
     /// Also start the `canary` destination with [`route_policies`] and measure path (d).
     pub(crate) routes: bool,
 }
@@ -690,6 +692,20 @@ fn resilience_policies() -> Vec<(&'static str, Value)> {
     ]
 }
 
+/// `--access-log`: every request logged twice, as a production mesh with access logs
+/// on would: by web's sidecar (outbound to backend) and by backend's (inbound), each to
+/// a file in `dir`, in the built-in line.
+fn access_log_policy(dir: &Path) -> (&'static str, Value) {
+    (
+        "/meshes/default/meshaccesslogs/web-and-backend",
+        json!({"type": "MeshAccessLog", "mesh": "default", "name": "web-and-backend",
+               "spec": {"targetRef": {"kind": "Mesh"},
+                        "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                                "default": {"backends": [{"type": "File", "file": {"path": dir.join("outbound-access.log")}}]}}],
+                        "rules": [{"default": {"backends": [{"type": "File", "file": {"path": dir.join("inbound-access.log")}}]}}]}}),
+    )
+}
+
 impl SidecarCmd {
     fn command(&self) -> anyhow::Result<Command> {
         Ok(match &self.bin {
@@ -721,6 +737,9 @@ impl SidecarCmd {
                 "; policies: MeshTrafficPermission, {}",
                 kinds.join(", ")
             ));
+        }
+        if self.access_log {
+            s.push_str("; MeshAccessLog: web's outbound and backend's inbound to a file each");
         }
         if self.routes {
             s.push_str(&format!(
@@ -790,6 +809,10 @@ async fn start_causeway(
         for (path, policy) in resilience_policies() {
             put(path, policy).await?;
         }
+    }
+    if sc.access_log {
+        let (path, policy) = access_log_policy(dir);
+        put(path, policy).await?;
     }
     if sc.routes {
         put(

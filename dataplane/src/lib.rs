@@ -9,6 +9,7 @@
 //! choice, `http` the pooled connections between sidecars, `timeout` MeshTimeout's
 //! limits, `error` the answers the proxy gives itself, `admin` the admin listener.
 
+mod access_log;
 pub mod admin;
 mod app;
 pub mod cli;

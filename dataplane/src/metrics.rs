@@ -83,9 +83,34 @@ pub(crate) struct Metrics {
     routed: Mutex<BTreeMap<(String, String, String), Arc<AtomicU64>>>,
     /// Mirrored copies by (destination service, mirror service, result).
     mirrored: Mutex<BTreeMap<(String, String, &'static str), u64>>,
+    /// MeshAccessLog entries by backend ([`crate::access_log::BACKENDS`]): (written,
+    /// dropped).
+    pub(crate) access_log: [(AtomicU64, AtomicU64); 3],
 }
 
 impl Metrics {
+    fn render_access_log(&self, out: &mut String) {
+        let backends = crate::access_log::BACKENDS;
+        out.push_str("# HELP causeway_access_log_entries_total Access-log entries written, by backend (MeshAccessLog).\n");
+        out.push_str("# TYPE causeway_access_log_entries_total counter\n");
+        for (i, b) in backends.iter().enumerate() {
+            let n = self.access_log[i].0.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "causeway_access_log_entries_total{{backend=\"{b}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP causeway_access_log_dropped_total Access-log entries dropped (queue full, collector away, write failed), by backend.\n");
+        out.push_str("# TYPE causeway_access_log_dropped_total counter\n");
+        for (i, b) in backends.iter().enumerate() {
+            let n = self.access_log[i].1.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "causeway_access_log_dropped_total{{backend=\"{b}\"}} {n}"
+            );
+        }
+    }
+
     /// The counters of HTTP requests in `direction` for `service` (this proxy's for
     /// inbound, the destination for outbound) and `peer` (the other side's service).
     pub(crate) fn http(
@@ -199,6 +224,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
+        self.render_access_log(&mut out);
         let http = self.http.lock().expect("metrics lock").clone();
         let tcp = self.tcp.lock().expect("metrics lock").clone();
         let labels =

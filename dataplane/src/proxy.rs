@@ -80,6 +80,8 @@ pub(crate) struct Proxy {
     rate_limits: Mutex<HashMap<u16, Arc<crate::rate_limit::InboundRateLimits>>>,
     /// MeshCircuitBreaker's inbound caps, by inbound port.
     inbound_caps: Mutex<HashMap<u16, Arc<InboundBreakers>>>,
+    /// MeshAccessLog's loggers, by listener.
+    pub(crate) access_logs: crate::access_log::AccessLogs,
 }
 
 /// One endpoint's health-check task, with the check it runs; aborted when dropped.
@@ -223,10 +225,12 @@ impl Proxy {
         config: watch::Receiver<Option<Arc<ProxyConfig>>>,
         identity: watch::Receiver<Option<Arc<Identity>>>,
     ) -> Arc<Proxy> {
+        let metrics = Arc::<Metrics>::default();
         Arc::new(Proxy {
             config,
             identity,
-            metrics: Arc::default(),
+            access_logs: crate::access_log::AccessLogs::new(metrics.clone()),
+            metrics,
             balancers: Mutex::default(),
             client_configs: Mutex::default(),
             apps: Mutex::default(),
@@ -573,6 +577,7 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
         let cfg = config.borrow_and_update().clone();
         if let Some(cfg) = cfg {
             proxy.update_balancers(&cfg);
+            proxy.access_logs.update(&cfg);
             proxy.update_revoked(&cfg).await;
             let mut want: Vec<(bool, String, u16)> = cfg
                 .inbounds
@@ -669,6 +674,7 @@ pub(crate) const ANSWERED_FROM_ZONE: http::HeaderName =
 
 /// Copies both ways until both sides close, or until no byte moved either way for
 /// `idle` (both are closed then); counts bytes.
+#[allow(clippy::too_many_arguments)]
 async fn pipe(
     proxy: &Proxy,
     direction: &'static str,
@@ -677,9 +683,14 @@ async fn pipe(
     a: impl Stream,
     b: impl Stream,
     idle: Option<Duration>,
+    log: Option<crate::access_log::PendingTcp>,
 ) -> anyhow::Result<()> {
     let (rx, tx, r) = timeout::copy_until_idle(a, b, idle).await;
     proxy.metrics.tcp(direction, service, peer, rx, tx);
+    if let Some(log) = log {
+        let flags = r.as_ref().err().map(|e| format!("connection_error: {e}"));
+        log.finish(rx, tx, flags);
+    }
     r.map_err(Into::into)
 }
 

@@ -271,6 +271,36 @@ impl MeshFixture {
         Ok((p, admin, out))
     }
 
+    /// backend's demo app (`backend-1`) behind its sidecar, and web's sidecar calling
+    /// it, web allowed to: returns once a call goes through both sidecars.
+    pub async fn web_calls_backend(&self) -> anyhow::Result<WebCallsBackend> {
+        self.permit("web-to-backend", "web", "backend", "Allow")
+            .await?;
+        let app = free_addr();
+        let backend_app = self.app("backend-1", "backend", app, false)?;
+        let dp = dataplane(
+            "backend-1",
+            "backend",
+            free_addr().port(),
+            app.port(),
+            "http",
+            &[],
+        );
+        let (backend, backend_admin) = self.sidecar("backend", dp).await?;
+        let (web, web_admin, out) = self.web_calling("backend").await?;
+        eventually("a call through both sidecars", WAIT, || async {
+            (answering(out, 1).await? == instances(&["backend-1"])).then_some(())
+        })
+        .await?;
+        Ok(WebCallsBackend {
+            procs: vec![backend_app, backend, web],
+            web_admin,
+            backend_admin,
+            out,
+            app,
+        })
+    }
+
     /// Runs the CLI against the zone's API (not global's, as [`GlobalCluster::cli`]
     /// does): whether it succeeded, its stdout and its stderr.
     pub fn zone_cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
@@ -288,6 +318,18 @@ impl MeshFixture {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
     }
+}
+
+/// What [`MeshFixture::web_calls_backend`] started.
+pub struct WebCallsBackend {
+    /// backend's app and sidecar, web's sidecar.
+    pub procs: Vec<Proc>,
+    pub web_admin: SocketAddr,
+    pub backend_admin: SocketAddr,
+    /// web's outbound port to backend.
+    pub out: u16,
+    /// backend's application address.
+    pub app: SocketAddr,
 }
 
 /// A Dataplane on 127.0.0.1: one inbound (`inbound` in front of the app on `app`,

@@ -1976,25 +1976,8 @@ async fn a_dataplane_name_belongs_to_its_service_and_its_live_sidecar() -> anyho
 /// the processes, and web's sidecar's admin address.
 async fn called_mesh() -> anyhow::Result<(MeshFixture, Vec<Proc>, SocketAddr)> {
     let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
-    fx.permit("web-to-backend", "web", "backend", "Allow")
-        .await?;
-    let app = free_addr();
-    let backend_app = fx.app("backend-1", "backend", app, false)?;
-    let dp = dataplane(
-        "backend-1",
-        "backend",
-        free_addr().port(),
-        app.port(),
-        "http",
-        &[],
-    );
-    let (backend, _) = fx.sidecar("backend", dp).await?;
-    let (web, web_admin, out) = fx.web_calling("backend").await?;
-    eventually("a call through both sidecars", WAIT, || async {
-        (answering(out, 1).await? == instances(&["backend-1"])).then_some(())
-    })
-    .await?;
-    Ok((fx, vec![backend_app, backend, web], web_admin))
+    let called = fx.web_calls_backend().await?;
+    Ok((fx, called.procs, called.web_admin))
 }
 
 /// No token and no key in any log: a whole mesh runs (a global node, a zone, two

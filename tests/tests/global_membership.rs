@@ -237,14 +237,14 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     assert!(s.is_success(), "{s}");
 
     // The API: `warnings` with the field and the reason, and the write is done.
-    let log = json!({"type": "MeshAccessLog", "mesh": "default", "name": "all-to-stdout",
-        "spec": {"from": [{"targetRef": {"kind": "Mesh"},
-            "default": {"backends": [{"type": "File", "file": {"path": "/dev/stdout"}}]}}]}});
+    let log = json!({"type": "MeshTrace", "mesh": "default", "name": "to-zipkin",
+        "spec": {"targetRef": {"kind": "Mesh"},
+            "default": {"backends": [{"type": "Zipkin", "zipkin": {"url": "http://zipkin:9411/api/v2/spans"}}]}}});
     let (s, body) = c
         .call(
             0,
             Method::PUT,
-            "/meshes/default/meshaccesslogs/all-to-stdout",
+            "/meshes/default/meshtraces/to-zipkin",
             Some(&log),
         )
         .await
@@ -258,16 +258,11 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         warnings[0]["reason"]
             .as_str()
             .unwrap()
-            .contains("MeshAccessLog is not enforced by the proxies yet"),
+            .contains("MeshTrace is not enforced by the proxies yet"),
         "{body}"
     );
     let (s, stored) = c
-        .call(
-            0,
-            Method::GET,
-            "/meshes/default/meshaccesslogs/all-to-stdout",
-            None,
-        )
+        .call(0, Method::GET, "/meshes/default/meshtraces/to-zipkin", None)
         .await
         .unwrap();
     assert!(
@@ -294,7 +289,7 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     let file = c.tmp.path().join("policies.yaml");
     std::fs::write(
         &file,
-        "type: MeshCircuitBreaker\nmesh: default\nname: per-caller\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {connectionLimits: {maxConnections: 10}}\n  - targetRef: {kind: MeshService, name: web}\n    default: {connectionLimits: {maxConnections: 5}}\n---\ntype: MeshAccessLog\nmesh: default\nname: all-to-stdout-2\nspec:\n  from:\n  - targetRef: {kind: Mesh}\n    default: {backends: [{type: File, file: {path: /dev/stdout}}]}\n",
+        "type: MeshCircuitBreaker\nmesh: default\nname: per-caller\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {connectionLimits: {maxConnections: 10}}\n  - targetRef: {kind: MeshService, name: web}\n    default: {connectionLimits: {maxConnections: 5}}\n---\ntype: MeshTrace\nmesh: default\nname: to-zipkin-2\nspec:\n  targetRef: {kind: Mesh}\n  default: {backends: [{type: Zipkin, zipkin: {url: \"http://zipkin:9411/api/v2/spans\"}}]}\n",
     )
     .unwrap();
     let (ok, out, err) = c.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
@@ -304,20 +299,20 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         "{out}"
     );
     assert!(
-        out.contains("MeshAccessLog all-to-stdout-2 in mesh default created"),
+        out.contains("MeshTrace to-zipkin-2 in mesh default created"),
         "{out}"
     );
-    // The circuit breaker (per caller) is enforced: only the access log warns.
+    // The circuit breaker (per caller) is enforced: only the trace warns.
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(
-        lines[0].starts_with("Warning: type: MeshAccessLog is not enforced by the proxies yet"),
+        lines[0].starts_with("Warning: type: MeshTrace is not enforced by the proxies yet"),
         "{err}"
     );
 
-    let (ok, out, _) = c.cli(&["explain", "MeshAccessLog"]).unwrap();
+    let (ok, out, _) = c.cli(&["explain", "MeshTrace"]).unwrap();
     assert!(
-        ok && out.contains("ENFORCED: no: the proxies do not enforce MeshAccessLog yet"),
+        ok && out.contains("ENFORCED: no: the proxies do not enforce MeshTrace yet"),
         "{out}"
     );
 }

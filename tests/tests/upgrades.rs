@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use causeway_tests::mesh::{MeshFixture, WAIT, dataplane};
+use causeway_tests::mesh::{MeshFixture, WAIT};
 use causeway_tests::websocket;
-use causeway_tests::{admin_metric, eventually, free_addr, plain_http, put};
+use causeway_tests::{admin_metric, eventually, plain_http, put};
 use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -20,33 +20,13 @@ async fn backend_and_web(
     std::net::SocketAddr,
     Vec<causeway_tests::Proc>,
 )> {
-    fx.permit("web-to-backend", "web", "backend", "Allow")
-        .await?;
-    let app = free_addr();
-    let mut procs = vec![fx.app("backend-1", "backend", app, false)?];
-    let dp = dataplane(
-        "backend-1",
-        "backend",
-        free_addr().port(),
-        app.port(),
-        "http",
-        &[],
-    );
-    let (backend, backend_admin) = fx.sidecar("backend", dp).await?;
-    procs.push(backend);
-    let (web, web_admin, out) = fx.web_calling("backend").await?;
-    procs.push(web);
-    let http = plain_http();
-    eventually("backend answering", WAIT, || async {
-        let r = http
-            .get(format!("http://127.0.0.1:{out}/"))
-            .send()
-            .await
-            .ok()?;
-        r.status().is_success().then_some(())
-    })
-    .await?;
-    Ok((out, web_admin, backend_admin, procs))
+    let called = fx.web_calls_backend().await?;
+    Ok((
+        called.out,
+        called.web_admin,
+        called.backend_admin,
+        called.procs,
+    ))
 }
 
 /// A WebSocket from web's application reaches backend's through both sidecars: text

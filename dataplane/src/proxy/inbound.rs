@@ -53,8 +53,9 @@ pub(super) async fn inbound_conn(
     proxy: &Arc<Proxy>,
     port: u16,
     tcp: TcpStream,
-    _from: SocketAddr,
+    from: SocketAddr,
 ) -> anyhow::Result<()> {
+    let local = tcp.local_addr().ok();
     let cfg = proxy
         .current()
         .ok_or_else(|| anyhow::anyhow!("no config yet"))?;
@@ -134,13 +135,30 @@ pub(super) async fn inbound_conn(
     }
     // The caller's timeouts, now that its identity is known.
     let timeouts = *ib.timeouts_for(peer.as_ref());
+    let downstream = crate::access_log::Downstream {
+        peer: peer.as_ref().map(|p| p.id.clone()),
+        remote: Some(from),
+        local,
+    };
     if ib.protocol == Protocol::Tcp {
+        // MeshAccessLog: the connection's entry, when its caller's calls are logged.
+        let log = proxy
+            .access_logs
+            .inbound(port, peer.as_ref())
+            .map(|logger| {
+                let mut log = crate::access_log::PendingTcp::start(logger, downstream.clone());
+                log.upstream.host = Some(format!("{}:{}", ib.app_address, ib.app_port));
+                log
+            });
         match authorize(&ib, cfg.mtls, peer.as_ref()) {
             Err(reason) => {
                 tracing::info!(service = %ib.service, %reason, "TCP connection denied");
                 proxy
                     .metrics
                     .denied("inbound", &ib.service, peer_service(peer.as_ref()));
+                if let Some(log) = log {
+                    log.finish(0, 0, Some("denied".into()));
+                }
                 return Ok(());
             }
             Ok(Some(shadow)) => shadow_denied(proxy, &ib.service, peer.as_ref(), &shadow),
@@ -156,6 +174,7 @@ pub(super) async fn inbound_conn(
             stream,
             app,
             timeout::on(timeouts.idle),
+            log,
         )
         .await;
     }
@@ -173,6 +192,7 @@ pub(super) async fn inbound_conn(
         stats,
         app: Mutex::new(proxy.app(&ib)),
         service: ib.service.clone(),
+        downstream,
     });
     // Idle (no byte either way for that long) and age: past either, the connection
     // drains like at SIGTERM.
@@ -190,7 +210,7 @@ pub(super) async fn inbound_conn(
             stream,
             move |req| {
                 let conn = conn.clone();
-                async move { inbound_request(&conn, req).await }
+                async move { logged_inbound_request(&conn, req).await }
             },
             drain,
         )
@@ -202,7 +222,7 @@ pub(super) async fn inbound_conn(
         let conn = conn.clone();
         async move {
             let req = req.map(boxed);
-            Ok::<_, std::convert::Infallible>(inbound_request(&conn, req).await)
+            Ok::<_, std::convert::Infallible>(logged_inbound_request(&conn, req).await)
         }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -240,6 +260,8 @@ struct InboundConn {
     stats: Arc<HttpStats>,
     app: Mutex<Arc<App>>,
     service: String,
+    /// The connection, as access-log entries name it.
+    downstream: crate::access_log::Downstream,
 }
 
 /// A request authorized and shaped for the application, and how to send it.
@@ -308,6 +330,7 @@ fn inbound_prepare(
     // caller's own header of that name (a plaintext caller in a permissive mesh, say)
     // never reaches the application.
     parts.headers.remove(PEER_HEADER);
+    parts.headers.remove(crate::access_log::SOURCE_ZONE);
     if let Some(v) = &conn.peer_header {
         parts.headers.insert(PEER_HEADER, v.clone());
     }
@@ -361,6 +384,30 @@ fn inbound_prepare(
             .then(|| proxy.inbound_breakers(ib))
             .flatten(),
     })
+}
+
+/// A request, with its access-log entry when the caller's calls are logged
+/// (MeshAccessLog).
+async fn logged_inbound_request(
+    conn: &InboundConn,
+    req: http::Request<Body>,
+) -> http::Response<Body> {
+    let Some(logger) = conn
+        .proxy
+        .access_logs
+        .inbound(conn.port, conn.peer.as_ref())
+    else {
+        return inbound_request(conn, req).await;
+    };
+    let (req, entry) = crate::access_log::start_http(logger, req, &conn.downstream);
+    let mut resp = inbound_request(conn, req.map(boxed)).await;
+    let app = conn.app.lock().expect("app lock").clone();
+    let (address, port) = app.address();
+    resp.extensions_mut().insert(crate::access_log::Upstream {
+        host: Some(format!("{address}:{port}")),
+        ..Default::default()
+    });
+    entry.respond(resp)
 }
 
 async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::Response<Body> {
@@ -536,8 +583,10 @@ async fn inbound_upgrade(
         match caller.await {
             Ok(caller) => {
                 let (caller, app_side) = (TokioIo::new(caller), TokioIo::new(app_side));
-                if let Err(e) =
-                    pipe(&proxy, "inbound", &service, &peer, caller, app_side, idle).await
+                if let Err(e) = pipe(
+                    &proxy, "inbound", &service, &peer, caller, app_side, idle, None,
+                )
+                .await
                 {
                     tracing::debug!(%service, error = %e, "upgraded connection ended");
                 }

@@ -4,6 +4,7 @@
 //! what each answer tells outlier detection.
 
 use super::*;
+use crate::access_log;
 
 pub(super) async fn outbound_conn(
     proxy: &Arc<Proxy>,
@@ -50,6 +51,14 @@ pub(super) async fn outbound_conn(
             };
             crate::hash::request_key(keying, &offered, String::new).key
         });
+        let mut log = proxy.access_logs.outbound(port).map(|logger| {
+            let downstream = access_log::Downstream {
+                peer: None,
+                remote: tcp.peer_addr().ok(),
+                local: tcp.local_addr().ok(),
+            };
+            access_log::PendingTcp::start(logger, downstream)
+        });
         let mut tried = Vec::new();
         for _ in 0..ob.retry.tcp_connect_attempts.max(1) {
             let Some(ep) = b.pick_keyed(&tried, key).or_else(|| b.pick(&[])) else {
@@ -65,7 +74,14 @@ pub(super) async fn outbound_conn(
                     let mut in_flight = InFlight::new(&ep);
                     in_flight.answered = true;
                     let idle = timeout::on(ob.timeouts.idle);
-                    return pipe(proxy, "outbound", &ob.service, &own, tcp, up, idle).await;
+                    if let Some(log) = &mut log {
+                        log.upstream = access_log::Upstream {
+                            host: Some(format!("{}:{}", dial.addr, dial.port)),
+                            zone: ep.endpoint.tags.get(causeway_api::ZONE_TAG).cloned(),
+                            route: None,
+                        };
+                    }
+                    return pipe(proxy, "outbound", &ob.service, &own, tcp, up, idle, log).await;
                 }
                 Err(e) => {
                     // A refusal and a connect timeout alike count against the endpoint.
@@ -73,6 +89,9 @@ pub(super) async fn outbound_conn(
                     ep.failed();
                 }
             }
+        }
+        if let Some(log) = log {
+            log.finish(0, 0, Some("no_endpoint".into()));
         }
         anyhow::bail!("no endpoint of {} accepted a connection", ob.service);
     }
@@ -82,14 +101,30 @@ pub(super) async fn outbound_conn(
     // connection (closes it, or GOAWAY for an HTTP/2 application).
     let idle = timeout::on(ob.timeouts.idle);
     let request_headers = timeout::on(ob.timeouts.request_headers);
+    // The zone this proxy's requests come from, as the destination's sidecar reads it.
+    let zone = http::HeaderValue::from_str(&cfg.zone).ok();
     // Each request reads the config of its own time; this one is not kept alive.
     drop(cfg);
-    let source = tcp.peer_addr().ok().map(|a| a.ip());
+    let downstream = access_log::Downstream {
+        peer: None,
+        remote: tcp.peer_addr().ok(),
+        local: tcp.local_addr().ok(),
+    };
+    let source = downstream.remote.map(|a| a.ip());
     let svc = hyper::service::service_fn(move |req| {
         let p = p.clone();
         let stats = stats.clone();
+        let at = (port, source, zone.clone());
+        // MeshAccessLog: the request's entry, when its destination logs.
+        let logged = match p.access_logs.outbound(port) {
+            Some(logger) => Err(access_log::start_http(logger, req, &downstream)),
+            None => Ok(req),
+        };
         async move {
-            let answer = outbound_request(&p, (port, source), &stats, req).await;
+            let answer = match logged {
+                Ok(req) => outbound_request(&p, at, &stats, req).await,
+                Err((req, entry)) => entry.respond(outbound_request(&p, at, &stats, req).await),
+            };
             Ok::<_, std::convert::Infallible>(answer)
         }
     });
@@ -114,12 +149,16 @@ pub(super) async fn outbound_conn(
     served.await.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-async fn outbound_request(
+async fn outbound_request<B>(
     proxy: &Arc<Proxy>,
-    (port, source): (u16, Option<std::net::IpAddr>),
+    (port, source, zone): (u16, Option<std::net::IpAddr>, Option<http::HeaderValue>),
     stats: &HttpStats,
-    req: http::Request<Incoming>,
-) -> http::Response<Body> {
+    req: http::Request<B>,
+) -> http::Response<Body>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<crate::http::BoxError>,
+{
     let started = Instant::now();
     let Some(cfg) = proxy.current() else {
         return answer_error(stats, started, ProxyError::NoConfig);
@@ -167,8 +206,17 @@ async fn outbound_request(
     strip_hop_by_hop(&mut parts.headers);
     // A drill probe asks which zone answered; the header does not travel upstream.
     let probe = parts.headers.remove(PROBE).is_some();
-    // Only this sidecar says which try a request is.
+    // Only this sidecar says which try a request is, and which zone it comes from.
     parts.headers.remove(crate::inbound_breaker::ATTEMPT_HEADER);
+    match zone {
+        Some(zone) => parts.headers.insert(access_log::SOURCE_ZONE, zone),
+        None => parts.headers.remove(access_log::SOURCE_ZONE),
+    };
+    // MeshAccessLog wants to know where the request went.
+    let report = (
+        probe,
+        parts.extensions.get::<access_log::Wanted>().is_some(),
+    );
     let mut mirror = None;
     if let Some(route) = route.map(|c| &c.route) {
         if let Some(redirect) = crate::route::apply_request(route, &mut parts) {
@@ -256,7 +304,7 @@ async fn outbound_request(
             &b,
             retry,
             req,
-            (probe, key),
+            (report, key),
             exchange.deadline(),
         ))
         .await;
@@ -271,6 +319,14 @@ async fn outbound_request(
             }
             if let Some(cookie) = set_cookie.and_then(|c| http::HeaderValue::from_str(&c).ok()) {
                 parts.headers.append(http::header::SET_COOKIE, cookie);
+            }
+            if report.1
+                && let Some(c) = route
+            {
+                let upstream = parts
+                    .extensions
+                    .get_or_insert_default::<access_log::Upstream>();
+                upstream.route = Some(c.route.name.clone());
             }
             stats.record(parts.status.as_u16(), started.elapsed());
             http::Response::from_parts(parts, exchange.body(body))
@@ -359,7 +415,8 @@ async fn outbound_upgrade(
         match caller.await {
             Ok(down) => {
                 let (down, up) = (TokioIo::new(down), TokioIo::new(up));
-                if let Err(e) = pipe(&proxy, "outbound", &service, &own, down, up, idle).await {
+                if let Err(e) = pipe(&proxy, "outbound", &service, &own, down, up, idle, None).await
+                {
                     tracing::debug!(%service, error = %e, "upgraded connection ended");
                 }
             }
@@ -439,7 +496,15 @@ fn send_mirror(
         *req.headers_mut() = headers;
         let mut tried = Vec::new();
         let send = send_once(
-            &proxy, &cfg, &target, &b, req, false, &mut tried, None, None,
+            &proxy,
+            &cfg,
+            &target,
+            &b,
+            req,
+            (false, false),
+            &mut tried,
+            None,
+            None,
         );
         let answered = match timeout::on(limit) {
             Some(limit) => tokio::time::timeout(limit, send).await.ok(),
@@ -496,7 +561,7 @@ async fn outbound_exchange(
     b: &Arc<Balancer>,
     (retry, retry_headers, budget): (&Retry, &retry::HeaderRules, Arc<retry::Budget>),
     req: http::Request<Body>,
-    (probe, key): (bool, Option<u64>),
+    (report, key): ((bool, bool), Option<u64>),
     deadline: Option<Instant>,
 ) -> Result<http::Response<Body>, ProxyError> {
     let _admitted = b.admit_request().map_err(|max| ProxyError::Overflow {
@@ -511,7 +576,7 @@ async fn outbound_exchange(
     budget.deposit(Instant::now());
     let mut tried = Vec::new();
     if retries == 0 {
-        return send_once(proxy, cfg, ob, b, req, probe, &mut tried, None, key)
+        return send_once(proxy, cfg, ob, b, req, report, &mut tried, None, key)
             .await
             .map_err(TryFailure::error);
     }
@@ -535,7 +600,7 @@ async fn outbound_exchange(
             ob,
             b,
             req,
-            probe,
+            report,
             &mut tried,
             policy.per_try_timeout(),
             key,
@@ -627,7 +692,9 @@ async fn send_once(
     ob: &OutboundListener,
     b: &Balancer,
     req: http::Request<Body>,
-    probe: bool,
+    // A drill probe (the answer says which zone answered), and an access log (the
+    // answer says which endpoint).
+    (probe, wanted): (bool, bool),
     tried: &mut Vec<Arc<EndpointState>>,
     per_try: Option<Duration>,
     key: Option<u64>,
@@ -726,6 +793,13 @@ async fn send_once(
                     && let Ok(v) = http::HeaderValue::from_str(zone)
                 {
                     parts.headers.insert(ANSWERED_FROM_ZONE, v);
+                }
+                if wanted {
+                    parts.extensions.insert(access_log::Upstream {
+                        host: Some(format!("{}:{}", ep.endpoint.address, ep.endpoint.port)),
+                        zone: ep.endpoint.tags.get(causeway_api::ZONE_TAG).cloned(),
+                        route: None,
+                    });
                 }
                 Ok(http::Response::from_parts(parts, body))
             }

@@ -14,13 +14,16 @@ use causeway_api::{
 
 use super::{ComputeError, caller_source, decode_conf, decode_outbounds};
 
+/// Each inbound's access logs by caller, and each outbound's sinks, in the proxy's order.
+pub(crate) type AccessLogs = (Vec<Vec<CallerAccessLog>>, Vec<Vec<AccessLogSink>>);
+
 /// Where the traffic of each of `proxy`'s inbounds (by caller) and outbounds is logged,
 /// in its order, in a mesh with `trust_domain`.
 pub(crate) fn configure(
     policies: &[Resource],
     proxy: &Proxy,
     trust_domain: &str,
-) -> Result<(Vec<Vec<CallerAccessLog>>, Vec<Vec<AccessLogSink>>), ComputeError> {
+) -> Result<AccessLogs, ComputeError> {
     let effective = causeway_api::effective("MeshAccessLog", policies, proxy)
         .expect("MeshAccessLog is a policy kind");
     let inbounds = proxy
