@@ -24,7 +24,7 @@ use hyper::body::{Body as _, Frame, SizeHint};
 use crate::http::{Body, BoxError};
 use crate::metrics::Metrics;
 
-pub(crate) use entry::{Context, Entry, Http};
+pub(crate) use entry::{Context, Entry, Http, Wanted};
 pub(crate) use sink::{BACKENDS, Sink};
 
 /// The request header on which a caller's sidecar says its zone (set by the outbound,
@@ -34,7 +34,7 @@ pub(crate) const SOURCE_ZONE: http::HeaderName =
 
 /// Marks a request whose answer should say where it went ([`Upstream`]).
 #[derive(Clone, Copy)]
-pub(crate) struct Wanted;
+pub(crate) struct WhereTo;
 
 /// Where a logged request went: set on its answer's extensions by the stack.
 #[derive(Clone, Default)]
@@ -48,6 +48,22 @@ pub(crate) struct Upstream {
 pub(crate) struct Logger {
     context: Arc<Context>,
     sinks: Vec<Arc<Sink>>,
+    /// The headers its sinks print.
+    wanted: Wanted,
+}
+
+impl Logger {
+    fn new(context: Arc<Context>, sinks: Vec<Arc<Sink>>) -> Logger {
+        let mut wanted = Wanted::default();
+        for sink in &sinks {
+            wanted.add(sink.wanted());
+        }
+        Logger {
+            context,
+            sinks,
+            wanted,
+        }
+    }
 }
 
 impl Logger {
@@ -125,10 +141,10 @@ impl AccessLogs {
         let mut next = Listeners::default();
         for ob in &cfg.outbounds {
             if !ob.access_log.is_empty() {
-                let logger = Logger {
-                    context: context("OUTBOUND", &ob.service, ob.identity.as_ref()),
-                    sinks: sinks_of(&ob.access_log),
-                };
+                let logger = Logger::new(
+                    context("OUTBOUND", &ob.service, ob.identity.as_ref()),
+                    sinks_of(&ob.access_log),
+                );
                 next.outbound.insert(ob.port, Arc::new(logger));
             }
         }
@@ -141,12 +157,8 @@ impl AccessLogs {
                 .access_logs
                 .iter()
                 .map(|c| {
-                    let logger = (!c.sinks.is_empty()).then(|| {
-                        Arc::new(Logger {
-                            context: ctx.clone(),
-                            sinks: sinks_of(&c.sinks),
-                        })
-                    });
+                    let logger = (!c.sinks.is_empty())
+                        .then(|| Arc::new(Logger::new(ctx.clone(), sinks_of(&c.sinks))));
                     (c.source.clone(), logger)
                 })
                 .collect();
@@ -207,7 +219,7 @@ pub(crate) struct PendingHttp {
 }
 
 /// Starts the entry of `req`: its head is kept, its body counted. The request goes
-/// on marked [`Wanted`], so the stack says where it went.
+/// on marked [`WhereTo`], so the stack says where it went.
 pub(crate) fn start_http<B>(
     logger: Arc<Logger>,
     req: http::Request<B>,
@@ -222,24 +234,31 @@ pub(crate) fn start_http<B>(
         .and_then(|_| parts.headers.get(SOURCE_ZONE))
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let logger_wanted = &logger.wanted;
+    let http = Http {
+        method: parts.method.clone(),
+        path: parts.uri.path_and_query().map(|p| p.as_str().to_owned()),
+        authority: parts.uri.authority().map(|a| a.as_str().to_owned()),
+        scheme: parts.uri.scheme_str().map(|s| match s {
+            "https" => "https",
+            _ => "http",
+        }),
+        version: parts.version,
+        request: Wanted::pick(&logger_wanted.request, &parts.headers),
+        ..Http::default()
+    };
     let pending = PendingHttp {
         logger,
         start: SystemTime::now(),
         started: Instant::now(),
-        http: Http {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            request: parts.headers.clone(),
-            ..Http::default()
-        },
+        http,
         downstream: downstream.clone(),
         source_zone,
         received: received.clone(),
         upstream: Upstream::default(),
         flags: None,
     };
-    parts.extensions.insert(Wanted);
+    parts.extensions.insert(WhereTo);
     let body = Counted {
         inner: body,
         count: received,
@@ -256,7 +275,7 @@ impl PendingHttp {
             self.upstream = upstream;
         }
         self.http.status = parts.status.as_u16();
-        self.http.response = parts.headers.clone();
+        self.http.response = Wanted::pick(&self.logger.wanted.response, &parts.headers);
         self.http.response_duration = Some(self.started.elapsed());
         self.flags = parts
             .headers
@@ -355,7 +374,7 @@ impl hyper::body::Body for LoggedBody {
                 } else if let Some(trailers) = frame.trailers_ref()
                     && let Some(p) = &mut this.pending
                 {
-                    p.http.trailers = Some(trailers.clone());
+                    p.http.trailers = Some(Wanted::pick(&p.logger.wanted.response, trailers));
                 }
                 if this.inner.is_end_stream() {
                     this.ended = Some(Instant::now());

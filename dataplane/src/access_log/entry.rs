@@ -31,7 +31,10 @@ pub(crate) struct Context {
 #[derive(Debug, Default)]
 pub(crate) struct Http {
     pub(crate) method: http::Method,
-    pub(crate) uri: http::Uri,
+    /// The request target's path and query, authority and scheme.
+    pub(crate) path: Option<String>,
+    pub(crate) authority: Option<String>,
+    pub(crate) scheme: Option<&'static str>,
     pub(crate) version: http::Version,
     pub(crate) request: http::HeaderMap,
     pub(crate) status: u16,
@@ -204,14 +207,14 @@ fn request_header<'a>(http: &'a Http, op: &HeaderOp) -> Value<'a> {
     for name in &op.names {
         let v: Option<std::borrow::Cow<'a, str>> = match name.as_str() {
             ":method" => Some(http.method.as_str().into()),
-            ":path" => http.uri.path_and_query().map(|p| p.as_str().into()),
-            ":authority" => http.uri.authority().map(|a| a.as_str().into()).or_else(|| {
+            ":path" => http.path.as_deref().map(Into::into),
+            ":authority" => http.authority.as_deref().map(Into::into).or_else(|| {
                 http.request
                     .get(http::header::HOST)
                     .and_then(|v| v.to_str().ok())
                     .map(Into::into)
             }),
-            ":scheme" => http.uri.scheme_str().map(Into::into),
+            ":scheme" => http.scheme.map(Into::into),
             n => http
                 .request
                 .get(n)
@@ -279,6 +282,84 @@ fn grpc_status_name(code: u64) -> &'static str {
         "UNAUTHENTICATED",
     ];
     NAMES.get(code as usize).copied().unwrap_or("UNKNOWN")
+}
+
+/// The headers a set of templates reads: request headers, and response headers and
+/// trailers (lower case). The entry keeps only these (and what the sidecar reads
+/// itself: the trace id's, `grpc-status` and its own error label).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Wanted {
+    pub(crate) request: Vec<http::HeaderName>,
+    pub(crate) response: Vec<http::HeaderName>,
+}
+
+impl Wanted {
+    /// What `templates` read.
+    pub(crate) fn of<'a>(templates: impl IntoIterator<Item = &'a Template>) -> Wanted {
+        let mut request = vec!["traceparent", "x-b3-traceid"];
+        let response = vec!["grpc-status", "x-causeway-error"];
+        let mut requested = Vec::new();
+        let mut responded = Vec::new();
+        for t in templates {
+            for segment in &t.0 {
+                match segment {
+                    Segment::Op(Operator::Req(h)) => requested.extend(h.names.iter().cloned()),
+                    Segment::Op(Operator::Resp(h) | Operator::Trailer(h)) => {
+                        responded.extend(h.names.iter().cloned());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if requested.iter().any(|n| n == ":authority") {
+            request.push("host");
+        }
+        let names = |fixed: Vec<&str>, named: Vec<String>| {
+            let mut all: Vec<http::HeaderName> = fixed
+                .into_iter()
+                .map(String::from)
+                .chain(named)
+                .filter(|n| !n.starts_with(':'))
+                .filter_map(|n| http::HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect();
+            all.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            all.dedup();
+            all
+        };
+        Wanted {
+            request: names(request, requested),
+            response: names(response, responded),
+        }
+    }
+
+    /// Joins another set.
+    pub(crate) fn add(&mut self, other: &Wanted) {
+        for (mine, theirs) in [
+            (&mut self.request, &other.request),
+            (&mut self.response, &other.response),
+        ] {
+            mine.extend(theirs.iter().cloned());
+            mine.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            mine.dedup();
+        }
+    }
+
+    /// A copy of the `names` of `headers`, holding nothing else: a parsed header value
+    /// shares its connection's read buffer, so an entry keeping it would keep the whole
+    /// buffer alive until the flush (measured: 48 and 72 MiB peak RSS instead of 16
+    /// under the sidecar bench), and copying every header cost a fifth of the
+    /// throughput.
+    pub(crate) fn pick(names: &[http::HeaderName], headers: &http::HeaderMap) -> http::HeaderMap {
+        let mut copy = http::HeaderMap::new();
+        for name in names {
+            for value in headers.get_all(name) {
+                if let Ok(value) = http::HeaderValue::from_bytes(value.as_bytes()) {
+                    copy.append(name.clone(), value);
+                }
+            }
+        }
+        copy
+    }
 }
 
 /// Prints a plain line into `out` (no newline). An empty value is `-`, or nothing
@@ -366,7 +447,9 @@ mod tests {
             duration: Duration::from_millis(42),
             http: Some(Http {
                 method: http::Method::POST,
-                uri: "http://backend:8080/items?x=1".parse().unwrap(),
+                path: Some("/items?x=1".into()),
+                authority: Some("backend:8080".into()),
+                scheme: Some("http"),
                 version: http::Version::HTTP_2,
                 request,
                 status: 200,
@@ -436,6 +519,31 @@ mod tests {
             out,
             r#"{"status":200,"path":"/items?x=1","pair":"web->backend"}"#
         );
+    }
+
+    #[test]
+    fn an_entry_keeps_the_headers_its_templates_read_and_the_sidecars_own() {
+        let t = Template::parse(
+            "%REQ(X-A?X-B)% %REQ(:AUTHORITY)% %RESP(ETAG)% %TRAILER(GRPC-MESSAGE)%",
+        )
+        .unwrap();
+        let w = Wanted::of([&t]);
+        let names =
+            |v: &[http::HeaderName]| v.iter().map(|n| n.as_str().to_owned()).collect::<Vec<_>>();
+        assert_eq!(
+            names(&w.request),
+            ["host", "traceparent", "x-a", "x-b", "x-b3-traceid"]
+        );
+        assert_eq!(
+            names(&w.response),
+            ["etag", "grpc-message", "grpc-status", "x-causeway-error"]
+        );
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-a", "1".parse().unwrap());
+        headers.insert("cookie", "secret".parse().unwrap());
+        let kept = Wanted::pick(&w.request, &headers);
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept["x-a"], "1");
     }
 
     #[test]

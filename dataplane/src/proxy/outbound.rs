@@ -215,7 +215,7 @@ where
     // MeshAccessLog wants to know where the request went.
     let report = (
         probe,
-        parts.extensions.get::<access_log::Wanted>().is_some(),
+        parts.extensions.get::<access_log::WhereTo>().is_some(),
     );
     let mut mirror = None;
     if let Some(route) = route.map(|c| &c.route) {
