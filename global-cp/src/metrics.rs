@@ -46,6 +46,8 @@ pub(crate) struct Metrics {
     pub(crate) api_requests: Family<RequestLabels, Counter>,
     pub(crate) api_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub(crate) leader_changes: Counter,
+    raft_snapshots_built: Counter,
+    raft_snapshots_installed: Counter,
     pub(crate) kds_sent_bytes: Family<ZoneLabels, Counter>,
     pub(crate) kds_full_sets: Family<ZoneLabels, Counter>,
     raft_term: Gauge,
@@ -72,6 +74,8 @@ impl Metrics {
             api_requests: api_requests.clone(),
             api_seconds: api_seconds.clone(),
             leader_changes: Counter::default(),
+            raft_snapshots_built: Counter::default(),
+            raft_snapshots_installed: Counter::default(),
             kds_sent_bytes: Family::default(),
             kds_full_sets: Family::default(),
             raft_term: Gauge::default(),
@@ -111,6 +115,16 @@ impl Metrics {
             "raft_leader_changes",
             "Times the node saw the leader change",
             m.leader_changes.clone(),
+        );
+        r.register(
+            "raft_snapshots_built",
+            "Raft snapshots this node built (as leader, for a follower too far behind to catch up from the log)",
+            m.raft_snapshots_built.clone(),
+        );
+        r.register(
+            "raft_snapshots_installed",
+            "Raft snapshots this node installed from the leader",
+            m.raft_snapshots_installed.clone(),
         );
         r.register(
             "raft_commit_index",
@@ -192,6 +206,15 @@ impl Metrics {
         gauge(&self.raft_last_index, view.last_index);
         gauge(&self.raft_members, view.progress.len() as u64);
         gauge(&self.kds_connected_zones, connected as u64);
+        // Counted by the store as they happen; the counters catch up at each scrape.
+        let counts = store.snapshot_counts();
+        for (counter, count) in [
+            (&self.raft_snapshots_built, &counts.built),
+            (&self.raft_snapshots_installed, &counts.installed),
+        ] {
+            let now = count.load(std::sync::atomic::Ordering::Relaxed);
+            counter.inc_by(now.saturating_sub(counter.get()));
+        }
         let latest = store.last_change_index();
         for z in store.zone_statuses().unwrap_or_default() {
             let zone = ZoneLabels {

@@ -90,6 +90,15 @@ pub struct Store {
     log: Arc<RwLock<LogState>>,
     /// Index of the last resource change (the changelog's newest entry or its floor).
     last_change: Arc<std::sync::atomic::AtomicU64>,
+    /// Raft snapshots this node built for a follower, and installed from a leader.
+    snapshots: Arc<SnapshotCounts>,
+}
+
+/// Counts of Raft snapshots, for the node's metrics.
+#[derive(Debug, Default)]
+pub struct SnapshotCounts {
+    pub built: std::sync::atomic::AtomicU64,
+    pub installed: std::sync::atomic::AtomicU64,
 }
 
 /// What a zone needs to catch up: the changes after its revision, or a full snapshot.
@@ -203,6 +212,7 @@ impl Store {
             db: Arc::new(db),
             log: Arc::default(),
             last_change: Arc::default(),
+            snapshots: Arc::default(),
         };
         store.load_log_state()?;
         let last = match store
@@ -425,7 +435,15 @@ impl Store {
         let mut s = Snapshot::default();
         s.set_metadata(meta);
         s.data = data.into();
+        self.snapshots
+            .built
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(s)
+    }
+
+    /// Raft snapshots built and installed since the node started.
+    pub fn snapshot_counts(&self) -> &SnapshotCounts {
+        &self.snapshots
     }
 
     /// Replaces the whole state (machine and log) with a snapshot from the leader.
@@ -498,6 +516,9 @@ impl Store {
         st.terms.clear();
         self.last_change
             .store(meta.index, std::sync::atomic::Ordering::SeqCst);
+        self.snapshots
+            .installed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 

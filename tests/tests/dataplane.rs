@@ -2113,6 +2113,9 @@ async fn the_control_planes_export_metrics_the_dashboard_uses() -> anyhow::Resul
         ("causeway_raft_applied_index", 1.0),
         ("causeway_raft_members", 1.0),
         ("causeway_raft_proposal_duration_seconds_count", 1.0),
+        // A single node builds and installs no snapshot; the counters are there.
+        ("causeway_raft_snapshots_built_total", 0.0),
+        ("causeway_raft_snapshots_installed_total", 0.0),
         ("causeway_kds_connected_zones", 1.0),
         ("causeway_kds_full_sets_total{zone=\"zone-a\"}", 1.0),
         (

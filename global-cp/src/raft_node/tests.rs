@@ -356,6 +356,16 @@ fn a_lagging_follower_catches_up_from_a_snapshot_after_compaction() {
     sim.run_until("the lagging follower installed a snapshot", |s| {
         (0..120).all(|i| s.has(lagger, &format!("s{i}")))
     });
+    // Counted, for causeway_raft_snapshots_{built,installed}_total.
+    let counts = |id: u64| {
+        let c = sim.nodes[&id].store.snapshot_counts();
+        (
+            c.built.load(std::sync::atomic::Ordering::Relaxed),
+            c.installed.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    };
+    assert!(counts(leader).0 >= 1, "{:?}", counts(leader));
+    assert_eq!(counts(lagger).1, 1);
     // And keeps replicating normally afterwards.
     sim.write(leader, put("after-snapshot")).unwrap();
     sim.run_until("replication after the snapshot", |s| {
