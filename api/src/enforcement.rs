@@ -195,7 +195,11 @@ fn walk(value: &Value, segments: &[&str], path: String, out: &mut Vec<String>) {
     };
     let path = format!("{path}.{key}");
     if let Some(wanted) = wanted {
-        if child.as_str() == Some(wanted) {
+        // A string by its text, anything else by its JSON (`mtls=true`).
+        let found = child
+            .as_str()
+            .map_or_else(|| child.to_string(), str::to_owned);
+        if found == wanted {
             out.push(path);
         }
         return;
@@ -225,6 +229,28 @@ mod tests {
             .into_iter()
             .map(|w| (w.field, w.reason))
             .collect()
+    }
+
+    #[test]
+    fn mesh_metric_warns_at_each_part_the_sidecar_does_not_serve_and_only_those() {
+        let served = warned(
+            "type: MeshMetric\nmesh: default\nname: m\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    sidecar: {includeUnused: false}\n    backends:\n    - {type: Prometheus, prometheus: {port: 5670, path: /metrics, mtls: false, tls: {mode: Disabled}}}\n",
+        );
+        assert_eq!(served, []);
+        let got = warned(
+            "type: MeshMetric\nmesh: default\nname: m\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    sidecar: {includeUnused: true, profiles: {appendProfiles: [{name: Basic}]}}\n    applications: [{port: 8080}]\n    backends:\n    - {type: Prometheus, prometheus: {mtls: true}}\n    - {type: OpenTelemetry, openTelemetry: {endpoint: \"otel:4317\"}}\n",
+        );
+        let fields: Vec<&str> = got.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.default.sidecar.profiles",
+                "spec.default.sidecar.includeUnused",
+                "spec.default.applications",
+                "spec.default.backends[1].type",
+                "spec.default.backends[0].prometheus.mtls",
+            ]
+        );
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub struct ProxyConfig {
     /// contains one is refused, in every zone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked_cas: Vec<String>,
+    /// Where the proxy serves its metrics for Prometheus besides its admin address
+    /// (MeshMetric's `Prometheus` backends), on its own address. Empty: the admin
+    /// address only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics_endpoints: Vec<MetricsEndpoint>,
 }
 
 /// Traffic to a service this proxy fronts.
@@ -80,6 +85,13 @@ pub struct InboundListener {
     /// caller). Empty: no access log.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub access_logs: Vec<CallerAccessLog>,
+}
+
+/// A Prometheus scrape endpoint: a port on the proxy's address, and a path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct MetricsEndpoint {
+    pub port: u16,
+    pub path: String,
 }
 
 /// The access-log sinks of the callers one source covers (none: not logged).

@@ -145,6 +145,35 @@ impl TypeInfo {
 /// they warn in every kind the proxies enforce (fully or in part).
 pub(crate) const COMMON_UNENFORCED: &[Unenforced] = &[];
 
+/// What the sidecar does not do of MeshMetric yet: it serves every metric it has at
+/// each `Prometheus` backend's port and path, in plain HTTP.
+const MESH_METRIC_UNENFORCED: &[Unenforced] = &[
+    Unenforced {
+        path: "default.sidecar.profiles",
+        reason: "the sidecar serves every metric it has; profiles, include and exclude do not select them yet.",
+    },
+    Unenforced {
+        path: "default.sidecar.includeUnused=true",
+        reason: "the sidecar reports only destinations and callers that took traffic.",
+    },
+    Unenforced {
+        path: "default.applications",
+        reason: "the sidecar does not scrape applications' metrics yet; scrape the application's endpoint directly.",
+    },
+    Unenforced {
+        path: "default.backends[].type=OpenTelemetry",
+        reason: "metrics are not pushed over OTLP yet: nothing reaches this collector; use a Prometheus backend.",
+    },
+    Unenforced {
+        path: "default.backends[].prometheus.mtls=true",
+        reason: "the endpoint is served in plain HTTP; serving it over the mesh's mTLS is not built yet.",
+    },
+    Unenforced {
+        path: "default.backends[].prometheus.tls.mode=ActiveMTLSBackend",
+        reason: "the endpoint is served in plain HTTP; serving it over the mesh's mTLS is not built yet.",
+    },
+];
+
 /// Every type, one line each. Adding a type: write its module (spec struct plus
 /// `validate_spec`) and add its line here.
 static TYPES: &[TypeInfo] = &[
@@ -215,7 +244,11 @@ static TYPES: &[TypeInfo] = &[
     ),
     TypeInfo::policy::<MeshAccessLogSpec>("MeshAccessLog", "meshaccesslogs", Enforcement::Full),
     TypeInfo::policy::<MeshTraceSpec>("MeshTrace", "meshtraces", Enforcement::NotYet),
-    TypeInfo::policy::<MeshMetricSpec>("MeshMetric", "meshmetrics", Enforcement::NotYet),
+    TypeInfo::policy::<MeshMetricSpec>(
+        "MeshMetric",
+        "meshmetrics",
+        Enforcement::Partial(MESH_METRIC_UNENFORCED),
+    ),
     TypeInfo::of::<DrillReportSpec>(
         "DrillReport",
         "drillreports",

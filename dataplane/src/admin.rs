@@ -1,6 +1,7 @@
 //! The admin listener: `/ready` (config, and certificate when mTLS is on), `/config`
 //! (the current ProxyConfig with the certificate's identity and expiry; no keys),
-//! `/metrics` (Prometheus).
+//! `/metrics` (Prometheus). MeshMetric's Prometheus endpoints serve the same metrics
+//! on the proxy's address, at the port and path the policy sets ([`serve_metrics`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,4 +76,33 @@ async fn metrics(State(p): State<Arc<Proxy>>) -> impl IntoResponse {
         )],
         p.metrics.render(),
     )
+}
+
+/// Serves the metrics at `path` on `addr:port` (a MeshMetric `Prometheus` backend)
+/// until aborted; anything else there is 404. Returns when the port cannot be bound
+/// (the caller tries again).
+pub(crate) async fn serve_metrics(proxy: Arc<Proxy>, addr: String, port: u16, path: String) {
+    let listener = match tokio::net::TcpListener::bind((addr.as_str(), port)).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, port, error = %e, "cannot serve metrics (MeshMetric); will retry");
+            return;
+        }
+    };
+    tracing::info!(%addr, port, %path, "serving metrics (MeshMetric)");
+    let app = Router::new()
+        .fallback(move |State(p): State<Arc<Proxy>>, uri: axum::http::Uri| {
+            let wanted = uri.path() == path;
+            async move {
+                if wanted {
+                    metrics(State(p)).await.into_response()
+                } else {
+                    (StatusCode::NOT_FOUND, "not found\n").into_response()
+                }
+            }
+        })
+        .with_state(proxy);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "metrics listener stopped");
+    }
 }

@@ -573,6 +573,8 @@ fn new_balancer(ob: &OutboundListener, old: Option<&Balancer>) -> Balancer {
 pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
     let mut config = proxy.config.clone();
     let mut running = Listeners(HashMap::new());
+    // MeshMetric's Prometheus endpoints, by address, port and path.
+    let mut metrics = Listeners(HashMap::new());
     loop {
         let cfg = config.borrow_and_update().clone();
         if let Some(cfg) = cfg {
@@ -605,6 +607,25 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
                     .0
                     .insert(k, tokio::spawn(async move { listen(p, key).await }));
             }
+            let want: Vec<(String, u16, String)> = cfg
+                .metrics_endpoints
+                .iter()
+                .map(|e| (cfg.address.clone(), e.port, e.path.clone()))
+                .collect();
+            metrics.0.retain(|k, task| {
+                let keep = want.contains(k) && !task.is_finished();
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for k in want {
+                if let std::collections::hash_map::Entry::Vacant(slot) = metrics.0.entry(k) {
+                    let (addr, port, path) = slot.key().clone();
+                    let task = crate::admin::serve_metrics(proxy.clone(), addr, port, path);
+                    slot.insert(tokio::spawn(task));
+                }
+            }
         }
         tokio::select! {
             c = config.changed() => if c.is_err() { break },
@@ -617,9 +638,9 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
 
 /// The listener tasks, stopped when dropped: also when the task keeping them is
 /// aborted at drain, so a draining sidecar refuses new connections at once.
-struct Listeners(HashMap<(bool, String, u16), tokio::task::JoinHandle<()>>);
+struct Listeners<K = (bool, String, u16)>(HashMap<K, tokio::task::JoinHandle<()>>);
 
-impl Drop for Listeners {
+impl<K> Drop for Listeners<K> {
     fn drop(&mut self) {
         for t in self.0.values() {
             t.abort();

@@ -134,9 +134,12 @@ fn explain_table() {
         ),
         // What the proxies enforce, from the registry.
         (
-            "MeshAccessLog",
-            &["ENFORCED: no: the proxies do not enforce MeshAccessLog yet"],
+            "MeshTrace",
+            &["ENFORCED: no: the proxies do not enforce MeshTrace yet"],
         ),
+        ("MeshAccessLog", &["ENFORCED: yes\n"]),
+        ("MeshMetric", &["ENFORCED: partly"]),
+        ("MeshMetric.spec.default.backends", &["ENFORCED: partly"]),
         ("MeshTrafficPermission", &["ENFORCED: yes\n"]),
         (
             "MeshTrafficPermission.spec.targetRef.namespace",

@@ -84,6 +84,7 @@ async fn proxy_with(
         inbounds,
         outbounds,
         revoked_cas: vec![],
+        metrics_endpoints: vec![],
     };
     let (_config_tx, config) = watch::channel(Some(Arc::new(cfg)));
     let (_identity_tx, identity) = watch::channel(None);

@@ -46,9 +46,12 @@ pub(super) fn inputs(case: &str, zone: &str) -> MeshInputs {
 /// Computes each case's config, renders it with `render` and compares it with
 /// `testdata/<case>.golden.yaml` (rewritten with `UPDATE_GOLDEN=1`). Every mismatch is
 /// reported at once.
+/// Renders each case's config and compares it with `testdata/<case>.golden.yaml`
+/// (`UPDATE_GOLDEN=1` writes it). A case listed for several dataplanes in a row has
+/// one golden: their renders, as YAML documents in that order.
 pub(super) fn check_goldens(cases: &[(&str, &str, &str)], render: impl Fn(&ProxyConfig) -> String) {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
-    let mut failed = Vec::new();
+    let mut rendered: Vec<(&str, String)> = Vec::new();
     for (case, zone, dp) in cases {
         let inputs = inputs(case, zone);
         let dataplane = inputs
@@ -58,6 +61,16 @@ pub(super) fn check_goldens(cases: &[(&str, &str, &str)], render: impl Fn(&Proxy
             .unwrap_or_else(|| panic!("{case}: no dataplane {dp}"));
         let config = compute(&inputs, dataplane).unwrap_or_else(|e| panic!("{case}: {e}"));
         let got = render(&config);
+        match rendered.last_mut() {
+            Some((last, text)) if last == case => {
+                text.push_str("---\n");
+                text.push_str(&got);
+            }
+            _ => rendered.push((case, got)),
+        }
+    }
+    let mut failed = Vec::new();
+    for (case, got) in rendered {
         let path = format!("{}/testdata/{case}.golden.yaml", env!("CARGO_MANIFEST_DIR"));
         if update {
             std::fs::write(&path, &got).unwrap();

@@ -1,0 +1,99 @@
+//! End to end: MeshMetric. A real sidecar serves its metrics at the port and path a
+//! policy's Prometheus backend sets, in an exposition Prometheus' own `promtool`
+//! accepts, and stops when the policy's backends are emptied.
+
+use anyhow::Context as _;
+use causeway_tests::mesh::{MeshFixture, WAIT, WebCallsBackend};
+use causeway_tests::{admin_config, eventually, free_addr, plain_http, put};
+use serde_json::json;
+
+/// `promtool check metrics` on `text`: its complaints, if any.
+fn promtool_complaints(text: &str) -> anyhow::Result<Option<String>> {
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("promtool (Debian's prometheus package)")?;
+    std::io::Write::write_all(
+        &mut promtool.stdin.take().context("stdin")?,
+        text.as_bytes(),
+    )?;
+    let out = promtool.wait_with_output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((!out.status.success() || !said.is_empty()).then_some(said))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_serves_its_metrics_where_mesh_metric_says() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let WebCallsBackend {
+        procs: _procs,
+        backend_admin,
+        out,
+        ..
+    } = fx.web_calls_backend().await?;
+    let port = free_addr().port();
+    let policy = |backends: serde_json::Value| {
+        json!({"type": "MeshMetric", "mesh": "default", "name": "backend-metrics",
+               "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+                        "default": {"backends": backends}}})
+    };
+    put(
+        &fx.c,
+        "/meshes/default/meshmetrics/backend-metrics",
+        &policy(json!([{"type": "Prometheus", "prometheus": {"port": port, "path": "/stats/prometheus"}}])),
+    )
+    .await?;
+    let http = plain_http();
+    // A call, so the request counters have a sample.
+    let r = http.get(format!("http://127.0.0.1:{out}/")).send().await?;
+    assert_eq!(r.status(), 200);
+    let url = format!("http://127.0.0.1:{port}/stats/prometheus");
+    let text = eventually(
+        "backend's metrics at the policy's port and path",
+        WAIT,
+        || async {
+            let r = http.get(&url).send().await.ok()?;
+            let text = r.text().await.ok()?;
+            text.contains(
+                "causeway_requests_total{direction=\"inbound\",service=\"backend\",peer=\"web\"",
+            )
+            .then_some(text)
+        },
+    )
+    .await?;
+    if let Some(complaints) = promtool_complaints(&text)? {
+        anyhow::bail!("promtool check metrics: {complaints}");
+    }
+    let other = http
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await?;
+    assert_eq!(other.status(), 404, "only the policy's path");
+
+    // An empty list turns the endpoint off (the admin address keeps /metrics).
+    put(
+        &fx.c,
+        "/meshes/default/meshmetrics/backend-metrics",
+        &policy(json!([])),
+    )
+    .await?;
+    eventually("the endpoint gone", WAIT, || async {
+        let cfg = admin_config(&http, backend_admin).await?;
+        let none = cfg["config"].get("metricsEndpoints").is_none();
+        (none && http.get(&url).send().await.is_err()).then_some(())
+    })
+    .await?;
+    let admin = http
+        .get(format!("http://{backend_admin}/metrics"))
+        .send()
+        .await?;
+    assert_eq!(admin.status(), 200);
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! The MeshMetric configurer: where a proxy serves its metrics for Prometheus. The
+//! policy applies to whole proxies (a top-level `default`); its merged `backends`
+//! list replaces a less specific one whole, so an empty list turns the endpoints off.
+//! The sidecar's admin address serves `/metrics` whatever the policy says.
+//!
+//! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`].
+
+use causeway_api::proxy_config::MetricsEndpoint;
+use causeway_api::{MetricBackendType, MetricConf, Proxy, Resource};
+
+use super::{ComputeError, decode_conf};
+
+/// Kuma's defaults for a `Prometheus` backend.
+const DEFAULT_PORT: u16 = 5670;
+const DEFAULT_PATH: &str = "/metrics";
+
+/// The Prometheus endpoints of `proxy`, in the merged policy's order, without
+/// duplicates.
+pub(crate) fn configure(
+    policies: &[Resource],
+    proxy: &Proxy,
+) -> Result<Vec<MetricsEndpoint>, ComputeError> {
+    let effective = causeway_api::effective("MeshMetric", policies, proxy)
+        .expect("MeshMetric is a policy kind");
+    let Some(merged) = effective.proxy else {
+        return Ok(Vec::new());
+    };
+    let conf: MetricConf = decode_conf(&merged.conf, || {
+        format!(
+            "the merged MeshMetric default (policies {})",
+            merged.policies.join(", ")
+        )
+    })?;
+    let mut endpoints: Vec<MetricsEndpoint> = Vec::new();
+    for backend in conf.backends.iter().flatten() {
+        if backend.kind != MetricBackendType::Prometheus {
+            continue;
+        }
+        let prometheus = backend.prometheus.as_ref();
+        let endpoint = MetricsEndpoint {
+            port: prometheus.and_then(|p| p.port).unwrap_or(DEFAULT_PORT),
+            path: prometheus
+                .and_then(|p| p.path.clone())
+                .unwrap_or_else(|| DEFAULT_PATH.to_owned()),
+        };
+        if !endpoints.contains(&endpoint) {
+            endpoints.push(endpoint);
+        }
+    }
+    Ok(endpoints)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::proxy_config::tests::check_goldens;
+
+    /// Golden cases under `testdata/mesh_metric/`: (case, zone, dataplane).
+    const CASES: &[(&str, &str, &str)] = &[
+        // A Mesh-wide endpoint with Kuma's defaults, replaced for web by a more
+        // specific policy's port and path (and an OpenTelemetry backend, which warns
+        // and is not served); backend keeps the Mesh-wide one; admin has none (an
+        // empty list).
+        ("mesh_metric/by-service", "zone-a", "web-1"),
+        ("mesh_metric/by-service", "zone-a", "backend-1"),
+        ("mesh_metric/by-service", "zone-a", "admin-1"),
+    ];
+
+    #[test]
+    fn golden_metrics_endpoints() {
+        check_goldens(CASES, |config| {
+            serde_yaml::to_string(&serde_json::json!({
+                "dataplane": config.dataplane,
+                "metricsEndpoints": config.metrics_endpoints,
+            }))
+            .expect("YAML")
+        });
+    }
+}
