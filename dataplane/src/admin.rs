@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -36,11 +37,49 @@ pub async fn serve_router(
         .await
         .map_err(|e| anyhow::anyhow!("binding the admin address {addr}: {e}"))?;
     tracing::info!(%addr, "admin listening");
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "admin listener stopped");
-        }
-    }))
+    Ok(tokio::spawn(serve_bounded(listener, app)))
+}
+
+/// Connections an admin or metrics listener holds at once; more wait in the kernel's
+/// backlog.
+pub(crate) const MAX_CONNECTIONS: usize = 256;
+/// How long a client may take to send a request's headers, counted from when the
+/// connection waits for one (so an idle keep-alive connection is closed then too).
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a request's head may take (HTTP/1.1; hyper's floor is 8 KiB).
+pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// Serves `app` over HTTP/1.1 on `listener` with limits, as every listener must have:
+/// a slow or silent client (slowloris) is cut off after [`HEADER_READ_TIMEOUT`], a
+/// request head over [`MAX_HEAD_BYTES`] is refused, and at most [`MAX_CONNECTIONS`]
+/// are served at once.
+pub(crate) async fn serve_bounded(listener: tokio::net::TcpListener, app: Router) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                tracing::debug!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES);
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            if let Err(e) = builder.serve_connection(io, service).await {
+                tracing::debug!(error = %e, "admin connection ended");
+            }
+        });
+    }
 }
 
 async fn ready(State(p): State<Arc<Proxy>>) -> impl IntoResponse {
@@ -102,7 +141,5 @@ pub(crate) async fn serve_metrics(proxy: Arc<Proxy>, addr: String, port: u16, pa
             }
         })
         .with_state(proxy);
-    if let Err(e) = axum::serve(listener, app).await {
-        tracing::error!(error = %e, "metrics listener stopped");
-    }
+    serve_bounded(listener, app).await;
 }

@@ -97,3 +97,62 @@ async fn a_sidecar_serves_its_metrics_where_mesh_metric_says() -> anyhow::Result
     assert_eq!(admin.status(), 200);
     Ok(())
 }
+
+/// The admin and metrics listeners have limits (dataplane/src/admin.rs): 50 clients
+/// that send half a request head (slowloris) do not keep a scrape from being answered,
+/// and each is cut off once the 10 s header-read timeout passes; a 32 KiB request head
+/// is refused with 431, never answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_oversized_clients_of_the_admin_port_are_cut_off() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let called = fx.web_calls_backend().await?;
+    let admin = called.backend_admin;
+    let mut slow = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(admin).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").await?;
+        slow.push(s);
+    }
+    let started = std::time::Instant::now();
+    let r = plain_http()
+        .get(format!("http://{admin}/metrics"))
+        .send()
+        .await?;
+    assert_eq!(
+        r.status(),
+        200,
+        "a scrape is answered while slow clients wait"
+    );
+    for mut s in slow {
+        let mut buf = [0u8; 512];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(30), s.read(&mut buf))
+            .await
+            .context("a slow client still connected after 30 s")?;
+        // Closed (or answered 408) without a response to its request.
+        if let Ok(n) = read {
+            let head = String::from_utf8_lossy(&buf[..n]);
+            assert!(n == 0 || head.starts_with("HTTP/1.1 408"), "{head}");
+        }
+    }
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(9),
+        "cut off by the header-read timeout, not at once: {:?}",
+        started.elapsed()
+    );
+    let mut big = tokio::net::TcpStream::connect(admin).await?;
+    let filler = "a".repeat(32 * 1024);
+    big.write_all(
+        format!("GET /metrics HTTP/1.1\r\nHost: x\r\nx-filler: {filler}\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        big.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    Ok(())
+}
