@@ -17,9 +17,13 @@ const BUCKETS: [f64; 12] = [
 
 /// Counters of one (direction, service, peer): atomics, so recording a request takes
 /// no lock and allocates nothing. Connections look their handle up once.
-#[derive(Default)]
 pub(crate) struct HttpStats {
     by_class: [AtomicU64; 5],
+    /// By exact status, 100 to 599.
+    by_code: Box<[AtomicU64]>,
+    /// gRPC calls by `grpc-status`, 0 to 16 (from the answer's trailers, or its head
+    /// for a trailers-only answer).
+    by_grpc_status: [AtomicU64; 17],
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
     sum_ns: AtomicU64,
@@ -27,8 +31,31 @@ pub(crate) struct HttpStats {
     errors: [AtomicU64; LABELS.len()],
 }
 
+impl Default for HttpStats {
+    fn default() -> HttpStats {
+        HttpStats {
+            by_class: Default::default(),
+            by_code: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            by_grpc_status: Default::default(),
+            buckets: Default::default(),
+            count: AtomicU64::new(0),
+            sum_ns: AtomicU64::new(0),
+            errors: Default::default(),
+        }
+    }
+}
+
 impl HttpStats {
+    /// Counts a gRPC call's status (a code past 16 is counted as 2, UNKNOWN).
+    pub(crate) fn grpc(&self, code: u32) {
+        let i = if code <= 16 { code as usize } else { 2 };
+        self.by_grpc_status[i].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn record(&self, status: u16, took: Duration) {
+        if let Some(c) = self.by_code.get(usize::from(status).wrapping_sub(100)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
         let class = match status {
             100..=199 => 0,
             200..=299 => 1,
@@ -243,6 +270,35 @@ impl Metrics {
                 }
             }
         }
+        out.push_str("# HELP causeway_responses_total HTTP answers by direction, service, peer and exact status code.\n");
+        out.push_str("# TYPE causeway_responses_total counter\n");
+        for ((d, s, p), h) in &http {
+            for (i, c) in h.by_code.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "causeway_responses_total{{{},code=\"{}\"}} {n}",
+                        labels(d, s, p),
+                        i + 100
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP causeway_grpc_responses_total gRPC calls by direction, service, peer and grpc-status (a failed call is not a success because its HTTP status is 200).\n");
+        out.push_str("# TYPE causeway_grpc_responses_total counter\n");
+        for ((d, s, p), h) in &http {
+            for (code, c) in h.by_grpc_status.iter().enumerate() {
+                let n = c.load(Ordering::Relaxed);
+                if n > 0 {
+                    let _ = writeln!(
+                        out,
+                        "causeway_grpc_responses_total{{{},grpc_status=\"{code}\"}} {n}",
+                        labels(d, s, p)
+                    );
+                }
+            }
+        }
         out.push_str("# HELP causeway_request_duration_seconds HTTP request latency through the sidecar, by direction and service.\n");
         out.push_str("# TYPE causeway_request_duration_seconds histogram\n");
         for ((d, s, p), h) in &http {
@@ -356,6 +412,59 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// Counts a gRPC answer's `grpc-status` in `stats`: from its head for a trailers-only
+/// answer, else from its trailers as they pass.
+pub(crate) fn count_grpc(
+    stats: &Arc<HttpStats>,
+    headers: &http::HeaderMap,
+    body: crate::http::Body,
+) -> crate::http::Body {
+    if let Some(code) = grpc_status(headers) {
+        stats.grpc(code);
+        return body;
+    }
+    http_body_util::BodyExt::boxed(GrpcTrailers {
+        inner: body,
+        stats: stats.clone(),
+    })
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// A gRPC answer's body, counting the status its trailers carry.
+struct GrpcTrailers {
+    inner: crate::http::Body,
+    stats: Arc<HttpStats>,
+}
+
+impl hyper::body::Body for GrpcTrailers {
+    type Data = bytes::Bytes;
+    type Error = crate::http::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(code) = frame.trailers_ref().and_then(grpc_status)
+        {
+            self.stats.grpc(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

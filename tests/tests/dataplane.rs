@@ -485,7 +485,7 @@ async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()>
             .add_service(causeway_api::kds::dds::dds_server::DdsServer::new(EchoGrpc))
             .serve(app),
     );
-    let (_gs, _) = fx
+    let (_gs, signer_admin) = fx
         .sidecar(
             "signer",
             dataplane(
@@ -498,7 +498,7 @@ async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()>
             ),
         )
         .await?;
-    let (_ws, _, out) = fx.web_calling("signer").await?;
+    let (_ws, web_admin, out) = fx.web_calling("signer").await?;
     let mut client = eventually("a gRPC channel through the sidecar", WAIT, || async {
         let ch = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{out}"))
             .ok()?
@@ -536,6 +536,28 @@ async fn grpc_through_sidecars_keeps_status_and_trailers() -> anyhow::Result<()>
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied);
     assert_eq!(e.message(), "told to fail");
+    // Both sidecars count the calls by grpc-status (OK from the trailers, the failure
+    // from its trailers-only answer), not as successes by their HTTP 200.
+    let http = plain_http();
+    let grpc = |d: &str, status: u32| {
+        format!(
+            "causeway_grpc_responses_total{{direction=\"{d}\",service=\"signer\",peer=\"web\",grpc_status=\"{status}\"}}"
+        )
+    };
+    eventually("the calls counted by grpc-status", WAIT, || async {
+        let web_ok = admin_metric(&http, web_admin, &grpc("outbound", 0)).await;
+        let web_denied = admin_metric(&http, web_admin, &grpc("outbound", 7)).await;
+        let signer_denied = admin_metric(&http, signer_admin, &grpc("inbound", 7)).await;
+        let web_200 = admin_metric(
+            &http,
+            web_admin,
+            "causeway_responses_total{direction=\"outbound\",service=\"signer\",peer=\"web\",code=\"200\"}",
+        )
+        .await;
+        (web_ok >= 2.0 && web_denied == 1.0 && signer_denied == 1.0 && web_200 >= 3.0)
+            .then_some(())
+    })
+    .await?;
     server.abort();
     Ok(())
 }

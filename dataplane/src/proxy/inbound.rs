@@ -451,6 +451,7 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
         return inbound_upgrade(conn, &app, req, caller, plan, started).await;
     }
     let pending = entry.and_then(|e| e.pending.as_ref());
+    let grpc = super::outbound::is_grpc(req.headers());
     // Boxed: the exchange's state would be most of this future's size, and the
     // connection moves the future (into its set of requests) before polling it. The
     // request timeout's timer lives in the same box.
@@ -498,6 +499,10 @@ async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::
             let body = match faults.bandwidth {
                 Some(kbps) => fault::throttle(body, kbps),
                 None => body,
+            };
+            let body = match grpc {
+                true => crate::metrics::count_grpc(stats, &parts.headers, body),
+                false => body,
             };
             http::Response::from_parts(parts, exchange.body(body))
         }

@@ -152,7 +152,7 @@ pub(super) async fn outbound_conn(
 async fn outbound_request<B>(
     proxy: &Arc<Proxy>,
     (port, source, zone): (u16, Option<std::net::IpAddr>, Option<http::HeaderValue>),
-    stats: &HttpStats,
+    stats: &Arc<HttpStats>,
     req: http::Request<B>,
 ) -> http::Response<Body>
 where
@@ -167,6 +167,7 @@ where
         return answer_error(stats, started, ProxyError::ListenerRemoved("outbound"));
     };
     let (mut parts, body) = req.into_parts();
+    let grpc = is_grpc(&parts.headers);
     // An upgrade (a WebSocket): the protocol asked for, and the caller's side of it.
     let upgrade = crate::upgrade::requested(&parts)
         .zip(parts.extensions.remove::<hyper::upgrade::OnUpgrade>());
@@ -329,6 +330,10 @@ where
                 upstream.route = Some(c.route.name.clone());
             }
             stats.record(parts.status.as_u16(), started.elapsed());
+            let body = match grpc {
+                true => crate::metrics::count_grpc(stats, &parts.headers, body),
+                false => body,
+            };
             http::Response::from_parts(parts, exchange.body(body))
         }
         Err(e) => answer_error(stats, started, e),
@@ -538,7 +543,7 @@ impl TryFailure {
 }
 
 /// Whether a request is a gRPC call (retried by its gRPC status).
-fn is_grpc(headers: &http::HeaderMap) -> bool {
+pub(super) fn is_grpc(headers: &http::HeaderMap) -> bool {
     headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
