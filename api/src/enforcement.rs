@@ -69,7 +69,7 @@ pub struct WriteResponse<'a> {
 ///
 /// ```
 /// let r = causeway_api::Resource::from_yaml(
-///     "type: MeshTrace\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends: [{type: Zipkin, zipkin: {url: \"http://zipkin:9411/api/v2/spans\"}}]\n",
+///     "type: MeshMetric\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends: [{type: Prometheus, prometheus: {port: 5670, path: /metrics}}]\n",
 /// )?;
 /// let warnings = causeway_api::warnings(&r);
 /// assert_eq!(warnings[0].field, "type");
@@ -255,11 +255,11 @@ mod tests {
     #[test]
     fn a_kind_the_proxies_ignore_warns_once_at_its_type() {
         let got = warned(
-            "type: MeshTrace\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends: [{type: Zipkin, zipkin: {url: \"http://zipkin:9411/api/v2/spans\"}}]\n",
+            "type: MeshMetric\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends: [{type: Prometheus, prometheus: {port: 5670, path: /metrics}}]\n",
         );
         assert_eq!(got.len(), 1, "{got:?}");
         assert_eq!(got[0].0, "type");
-        assert!(got[0].1.contains("MeshTrace is not enforced"));
+        assert!(got[0].1.contains("MeshMetric is not enforced"));
         assert!(got[0].1.contains("no effect on traffic"));
     }
 

@@ -1162,8 +1162,8 @@ mod tests {
             v
         };
         let logs = policy(
-            "MeshTrace",
-            "{targetRef: {kind: Mesh}, default: {backends: [{type: Zipkin, zipkin: {url: \"http://zipkin:9411/api/v2/spans\"}}]}}",
+            "MeshMetric",
+            "{targetRef: {kind: Mesh}, default: {backends: [{type: Prometheus, prometheus: {port: 5670, path: /metrics}}]}}",
         );
         let p = plan(&d, &Value::Null, &logs, &logs);
         assert_eq!(p.diags.len(), 1, "{:?}", p.diags);
@@ -1176,7 +1176,7 @@ mod tests {
         assert!(
             p.diags[0]
                 .summary
-                .contains("type: MeshTrace is not enforced by the proxies yet"),
+                .contains("type: MeshMetric is not enforced by the proxies yet"),
             "{:?}",
             p.diags[0]
         );

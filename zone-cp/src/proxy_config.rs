@@ -15,6 +15,7 @@ mod mesh_rate_limit;
 mod mesh_retry;
 mod mesh_tcp_route;
 mod mesh_timeout;
+mod mesh_trace;
 mod mesh_traffic_permission;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -264,6 +265,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         mesh_rate_limit::configure(&policies_of(inputs, "MeshRateLimit"), &proxy, &trust_domain)?;
     let (mut inbound_logs, mut outbound_logs) =
         mesh_access_log::configure(&policies_of(inputs, "MeshAccessLog"), &proxy, &trust_domain)?;
+    let tracing = mesh_trace::configure(&policies_of(inputs, "MeshTrace"), &proxy)?;
     let inbound_limits = mesh_circuit_breaker::configure_inbounds(
         &policies_of(inputs, "MeshCircuitBreaker"),
         &proxy,
@@ -413,6 +415,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         inbounds,
         outbounds,
         revoked_cas: inputs.revoked_cas.clone(),
+        tracing,
     };
     let body = serde_json::to_vec(&config).expect("configs serialize");
     config.version = hex::encode(&sha2::Sha256::digest(&body)[..8]);

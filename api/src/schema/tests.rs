@@ -134,9 +134,11 @@ fn explain_table() {
         ),
         // What the proxies enforce, from the registry.
         (
-            "MeshAccessLog",
-            &["ENFORCED: no: the proxies do not enforce MeshAccessLog yet"],
+            "MeshMetric",
+            &["ENFORCED: no: the proxies do not enforce MeshMetric yet"],
         ),
+        ("MeshAccessLog", &["ENFORCED: yes\n"]),
+        ("MeshTrace", &["ENFORCED: yes\n"]),
         ("MeshTrafficPermission", &["ENFORCED: yes\n"]),
         (
             "MeshTrafficPermission.spec.targetRef.namespace",

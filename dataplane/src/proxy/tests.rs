@@ -84,6 +84,7 @@ async fn proxy_with(
         inbounds,
         outbounds,
         revoked_cas: vec![],
+        tracing: None,
     };
     let (_config_tx, config) = watch::channel(Some(Arc::new(cfg)));
     let (_identity_tx, identity) = watch::channel(None);
