@@ -35,8 +35,13 @@ pub(crate) const BACKENDS: [&str; 2] = ["open_telemetry", "zipkin"];
 
 /// What one proxy's spans share, for one config.
 pub(crate) struct Tracer {
-    conf: Tracing,
+    meta: Meta,
     exporter: Arc<export::Exporter>,
+}
+
+/// What a span is made of besides its request: the policy and the proxy.
+struct Meta {
+    conf: Tracing,
     mesh: String,
     zone: String,
     /// This proxy's SPIFFE id.
@@ -96,9 +101,8 @@ impl Traces {
             )),
         };
         *exporter = Some((conf.backend.clone(), origin, running.clone()));
-        let tracer = Tracer {
+        let meta = Meta {
             conf: conf.clone(),
-            exporter: running,
             mesh: cfg.mesh.clone(),
             zone: cfg.zone.clone(),
             identity: cfg.identity.clone(),
@@ -108,6 +112,10 @@ impl Traces {
                 .iter()
                 .map(|o| (o.port, (o.service.clone(), o.identity.clone())))
                 .collect(),
+        };
+        let tracer = Tracer {
+            meta,
+            exporter: running,
         };
         *self.current.write().expect("tracer lock") = Some(Arc::new(tracer));
         self.any.store(true, Ordering::Relaxed);
@@ -147,14 +155,38 @@ pub(crate) fn start<B>(
     req: &mut http::Request<B>,
     hop: &Hop<'_>,
 ) -> Option<PendingSpan> {
-    let conf = &tracer.conf;
+    let draws = Draws {
+        sampling: rand::random::<f64>() * 100.0,
+        trace_id: rand::random(),
+        span_id: rand::random(),
+    };
+    let span = begin(&tracer.meta, req, hop, draws)?;
+    Some(PendingSpan {
+        tracer,
+        span,
+        started: Instant::now(),
+    })
+}
+
+/// The random numbers a request's trace takes.
+struct Draws {
+    /// Uniform in [0, 100).
+    sampling: f64,
+    trace_id: context::TraceId,
+    span_id: context::SpanId,
+}
+
+/// [`start`] without randomness: the context written on `req`, and the span when
+/// sampled.
+fn begin<B>(meta: &Meta, req: &mut http::Request<B>, hop: &Hop<'_>, draws: Draws) -> Option<Span> {
+    let conf = &meta.conf;
     let incoming = context::extract(req.headers(), &conf.propagation);
     let client_forced = req.headers().contains_key(context::CLIENT_TRACE_ID);
     let sampled = context::decide(
         &conf.sampling,
         incoming.sampled,
         client_forced,
-        rand::random::<f64>() * 100.0,
+        draws.sampling,
     );
     let (trace_id128, shared) = match &conf.backend {
         TraceBackendConfig::Zipkin {
@@ -170,26 +202,18 @@ pub(crate) fn start<B>(
     let ctx = context::begin(
         &incoming,
         sampled,
-        rand::random(),
-        rand::random(),
+        draws.trace_id,
+        draws.span_id,
         trace_id128,
         shared,
     );
     context::inject(req.headers_mut(), &ctx, &conf.propagation);
-    if !sampled {
-        return None;
-    }
-    let span = span_of(&tracer, req, hop, ctx);
-    Some(PendingSpan {
-        tracer,
-        span,
-        started: Instant::now(),
-    })
+    sampled.then(|| span_of(meta, req, hop, ctx))
 }
 
 /// The span of `req` as it starts: its name and request attributes.
 fn span_of<B>(
-    tracer: &Tracer,
+    tracer: &Meta,
     req: &http::Request<B>,
     hop: &Hop<'_>,
     context: context::SpanContext,
@@ -350,3 +374,6 @@ impl Drop for TracedBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
