@@ -69,11 +69,11 @@ pub struct WriteResponse<'a> {
 ///
 /// ```
 /// let r = causeway_api::Resource::from_yaml(
-///     "type: MeshTrace\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends: [{type: Zipkin, zipkin: {url: \"http://zipkin:9411/api/v2/spans\"}}]\n",
+///     "type: MeshMetric\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends: [{type: OpenTelemetry, openTelemetry: {endpoint: \"otel:4317\"}}]\n",
 /// )?;
 /// let warnings = causeway_api::warnings(&r);
-/// assert_eq!(warnings[0].field, "type");
-/// assert!(warnings[0].reason.contains("not enforced"));
+/// assert_eq!(warnings[0].field, "spec.default.backends[0].type");
+/// assert!(warnings[0].reason.contains("not pushed over OTLP yet"));
 /// # Ok::<(), causeway_api::ParseError>(())
 /// ```
 pub fn warnings(r: &Resource) -> Vec<FieldWarning> {
@@ -280,13 +280,13 @@ mod tests {
 
     #[test]
     fn a_kind_the_proxies_ignore_warns_once_at_its_type() {
-        let got = warned(
-            "type: MeshTrace\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends: [{type: Zipkin, zipkin: {url: \"http://zipkin:9411/api/v2/spans\"}}]\n",
-        );
+        // Every kind is enforced at least in part today: the machinery, on a spec.
+        let spec = json!({"targetRef": {"kind": "Mesh"}, "default": {"backends": []}});
+        let got = warnings_of("MeshMetric", Enforcement::NotYet, &spec);
         assert_eq!(got.len(), 1, "{got:?}");
-        assert_eq!(got[0].0, "type");
-        assert!(got[0].1.contains("MeshTrace is not enforced"));
-        assert!(got[0].1.contains("no effect on traffic"));
+        assert_eq!(got[0].field, "type");
+        assert!(got[0].reason.contains("MeshMetric is not enforced"));
+        assert!(got[0].reason.contains("no effect on traffic"));
     }
 
     #[test]

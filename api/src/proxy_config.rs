@@ -37,6 +37,67 @@ pub struct ProxyConfig {
     /// address only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics_endpoints: Vec<MetricsEndpoint>,
+    /// Distributed tracing (MeshTrace): every inbound and outbound HTTP request. None:
+    /// no MeshTrace with a backend applies to this proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// What a sidecar traces and where it sends spans: the effective MeshTrace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracing {
+    pub backend: TraceBackendConfig,
+    /// Trace context formats read (the first one present wins) and written (all).
+    pub propagation: Vec<crate::Propagation>,
+    pub sampling: TraceSampling,
+    /// Tags added to every span.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<SpanTag>,
+}
+
+/// Where spans go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    tag = "type"
+)]
+pub enum TraceBackendConfig {
+    /// OTLP: over gRPC to `host:port` (or `http://host:port`), or protobuf over HTTP
+    /// POST when the endpoint is an http(s) URL with a path (`.../v1/traces`).
+    OpenTelemetry { endpoint: String },
+    /// Zipkin v2 JSON, POSTed to `url`.
+    Zipkin {
+        url: String,
+        /// New traces get 128-bit ids (else 64-bit, the upper half zero).
+        trace_id128bit: bool,
+        /// The server span reuses the client's span id (Zipkin's shared spans).
+        shared_span_context: bool,
+    },
+}
+
+/// Sampling percentages, 0 to 100 (see MeshTrace's `sampling`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceSampling {
+    pub overall: f64,
+    pub client: f64,
+    pub random: f64,
+}
+
+/// A tag added to every span: a literal, or a request header's value (with a default
+/// when it is absent; no default: no tag).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SpanTag {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub literal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
 }
 
 /// Traffic to a service this proxy fronts.

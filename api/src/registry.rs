@@ -243,7 +243,7 @@ static TYPES: &[TypeInfo] = &[
         Enforcement::Full,
     ),
     TypeInfo::policy::<MeshAccessLogSpec>("MeshAccessLog", "meshaccesslogs", Enforcement::Full),
-    TypeInfo::policy::<MeshTraceSpec>("MeshTrace", "meshtraces", Enforcement::NotYet),
+    TypeInfo::policy::<MeshTraceSpec>("MeshTrace", "meshtraces", Enforcement::Full),
     TypeInfo::policy::<MeshMetricSpec>(
         "MeshMetric",
         "meshmetrics",

@@ -115,6 +115,11 @@ enum Bench {
         /// temporary directory.
         #[arg(long)]
         access_log: bool,
+        /// Also trace every request with MeshTrace (100% sampled): a CLIENT span at
+        /// web's sidecar and a SERVER span at backend's, sent as Zipkin v2 JSON to a
+        /// small HTTP collector in the bench process.
+        #[arg(long)]
+        trace: bool,
         /// Also measure a fourth path: the sidecars with a MeshHTTPRoute table of 100
         /// rules in front of a second destination (`canary`, two instances tagged v1
         /// and v2), where the bench's request matches only the last, lowest-ranked rule,
@@ -662,6 +667,7 @@ async fn main() -> anyhow::Result<()> {
             sidecar_arg,
             policies,
             access_log,
+            trace,
             routes,
         } => {
             let lean = std::env::current_exe()?.with_file_name("causeway-dataplane");
@@ -670,6 +676,7 @@ async fn main() -> anyhow::Result<()> {
                 args: sidecar_arg,
                 policies,
                 access_log,
+                trace,
                 routes,
             };
             sidecar::sidecar(seconds, runs, rate, connections, sc).await

@@ -591,6 +591,8 @@ pub(crate) struct SidecarCmd {
     pub(crate) policies: bool,
     /// Apply [`access_log_policy`] too.
     pub(crate) access_log: bool,
+    /// Apply [`trace_policy`] too, with its collector.
+    pub(crate) trace: bool,
     /// Also start the `canary` destination with [`route_policies`] and measure path (d).
     pub(crate) routes: bool,
 }
@@ -706,6 +708,58 @@ fn access_log_policy(dir: &Path) -> (&'static str, Value) {
     )
 }
 
+/// `--trace`: every request traced by both sidecars, its spans POSTed as Zipkin v2 JSON
+/// to `collector`.
+fn trace_policy(collector: std::net::SocketAddr) -> (&'static str, Value) {
+    (
+        "/meshes/default/meshtraces/everything",
+        json!({"type": "MeshTrace", "mesh": "default", "name": "everything",
+               "spec": {"targetRef": {"kind": "Mesh"},
+                        "default": {"backends": [{"type": "Zipkin", "zipkin": {"url": format!("http://{collector}/api/v2/spans")}}]}}}),
+    )
+}
+
+/// A Zipkin collector that takes every POST (Content-Length bodies, keep-alive) and
+/// answers 202. Runs until the bench ends.
+async fn span_collector() -> anyhow::Result<std::net::SocketAddr> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut s = tokio::io::BufReader::new(s);
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if s.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let l = line.trim_end().to_ascii_lowercase();
+                        if l.is_empty() {
+                            break;
+                        }
+                        if let Some(v) = l.strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if s.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n";
+                    if s.get_mut().write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
 impl SidecarCmd {
     fn command(&self) -> anyhow::Result<Command> {
         Ok(match &self.bin {
@@ -740,6 +794,9 @@ impl SidecarCmd {
         }
         if self.access_log {
             s.push_str("; MeshAccessLog: web's outbound and backend's inbound to a file each");
+        }
+        if self.trace {
+            s.push_str("; MeshTrace: every request, a span at each sidecar, Zipkin JSON to an in-bench collector");
         }
         if self.routes {
             s.push_str(&format!(
@@ -812,6 +869,11 @@ async fn start_causeway(
     }
     if sc.access_log {
         let (path, policy) = access_log_policy(dir);
+        put(path, policy).await?;
+    }
+    if sc.trace {
+        let collector = span_collector().await?;
+        let (path, policy) = trace_policy(collector);
         put(path, policy).await?;
     }
     if sc.routes {

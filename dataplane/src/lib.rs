@@ -35,6 +35,7 @@ mod replay;
 mod retry;
 mod route;
 mod timeout;
+mod trace;
 mod upgrade;
 
 use std::net::SocketAddr;

@@ -113,6 +113,8 @@ pub(crate) struct Metrics {
     /// MeshAccessLog entries by backend ([`crate::access_log::BACKENDS`]): (written,
     /// dropped).
     pub(crate) access_log: [(AtomicU64, AtomicU64); 3],
+    /// MeshTrace spans by backend ([`crate::trace::BACKENDS`]): (exported, dropped).
+    pub(crate) trace_spans: [(AtomicU64, AtomicU64); 2],
 }
 
 impl Metrics {
@@ -134,6 +136,28 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "causeway_access_log_dropped_total{{backend=\"{b}\"}} {n}"
+            );
+        }
+    }
+
+    fn render_trace_spans(&self, out: &mut String) {
+        let backends = crate::trace::BACKENDS;
+        out.push_str("# HELP causeway_trace_spans_exported_total Spans a tracing backend took, by backend (MeshTrace).\n");
+        out.push_str("# TYPE causeway_trace_spans_exported_total counter\n");
+        for (i, b) in backends.iter().enumerate() {
+            let n = self.trace_spans[i].0.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "causeway_trace_spans_exported_total{{backend=\"{b}\"}} {n}"
+            );
+        }
+        out.push_str("# HELP causeway_trace_spans_dropped_total Spans dropped (queue full, backend away or refusing), by backend.\n");
+        out.push_str("# TYPE causeway_trace_spans_dropped_total counter\n");
+        for (i, b) in backends.iter().enumerate() {
+            let n = self.trace_spans[i].1.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "causeway_trace_spans_dropped_total{{backend=\"{b}\"}} {n}"
             );
         }
     }
@@ -252,6 +276,7 @@ impl Metrics {
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
         self.render_access_log(&mut out);
+        self.render_trace_spans(&mut out);
         let http = self.http.lock().expect("metrics lock").clone();
         let tcp = self.tcp.lock().expect("metrics lock").clone();
         let labels =

@@ -82,6 +82,8 @@ pub(crate) struct Proxy {
     inbound_caps: Mutex<HashMap<u16, Arc<InboundBreakers>>>,
     /// MeshAccessLog's loggers, by listener.
     pub(crate) access_logs: crate::access_log::AccessLogs,
+    /// MeshTrace's tracer.
+    pub(crate) traces: crate::trace::Traces,
 }
 
 /// One endpoint's health-check task, with the check it runs; aborted when dropped.
@@ -230,6 +232,7 @@ impl Proxy {
             config,
             identity,
             access_logs: crate::access_log::AccessLogs::new(metrics.clone()),
+            traces: crate::trace::Traces::new(metrics.clone()),
             metrics,
             balancers: Mutex::default(),
             client_configs: Mutex::default(),
@@ -580,6 +583,7 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
         if let Some(cfg) = cfg {
             proxy.update_balancers(&cfg);
             proxy.access_logs.update(&cfg);
+            proxy.traces.update(&cfg);
             proxy.update_revoked(&cfg).await;
             let mut want: Vec<(bool, String, u16)> = cfg
                 .inbounds

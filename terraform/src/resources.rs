@@ -1162,21 +1162,16 @@ mod tests {
             v
         };
         let logs = policy(
-            "MeshTrace",
-            "{targetRef: {kind: Mesh}, default: {backends: [{type: Zipkin, zipkin: {url: \"http://zipkin:9411/api/v2/spans\"}}]}}",
+            "MeshMetric",
+            "{targetRef: {kind: Mesh}, default: {backends: [{type: OpenTelemetry, openTelemetry: {endpoint: \"otel:4317\"}}]}}",
         );
         let p = plan(&d, &Value::Null, &logs, &logs);
         assert_eq!(p.diags.len(), 1, "{:?}", p.diags);
         assert!(p.diags[0].warning);
         assert!(
-            p.diags[0].path.is_empty(),
-            "on the resource: {:?}",
-            p.diags[0]
-        );
-        assert!(
             p.diags[0]
                 .summary
-                .contains("type: MeshTrace is not enforced by the proxies yet"),
+                .contains("spec.default.backends[0].type: not enforced by the proxies yet: metrics are not pushed over OTLP yet"),
             "{:?}",
             p.diags[0]
         );

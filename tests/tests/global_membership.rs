@@ -237,14 +237,14 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     assert!(s.is_success(), "{s}");
 
     // The API: `warnings` with the field and the reason, and the write is done.
-    let log = json!({"type": "MeshTrace", "mesh": "default", "name": "to-zipkin",
+    let log = json!({"type": "MeshMetric", "mesh": "default", "name": "to-prometheus",
         "spec": {"targetRef": {"kind": "Mesh"},
-            "default": {"backends": [{"type": "Zipkin", "zipkin": {"url": "http://zipkin:9411/api/v2/spans"}}]}}});
+            "default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel:4317"}}]}}});
     let (s, body) = c
         .call(
             0,
             Method::PUT,
-            "/meshes/default/meshtraces/to-zipkin",
+            "/meshes/default/meshmetrics/to-prometheus",
             Some(&log),
         )
         .await
@@ -253,16 +253,21 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     assert!(body["version"].as_u64().is_some(), "{body}");
     let warnings = body["warnings"].as_array().expect("warnings");
     assert_eq!(warnings.len(), 1, "{body}");
-    assert_eq!(warnings[0]["field"], "type");
+    assert_eq!(warnings[0]["field"], "spec.default.backends[0].type");
     assert!(
         warnings[0]["reason"]
             .as_str()
             .unwrap()
-            .contains("MeshTrace is not enforced by the proxies yet"),
+            .contains("metrics are not pushed over OTLP yet"),
         "{body}"
     );
     let (s, stored) = c
-        .call(0, Method::GET, "/meshes/default/meshtraces/to-zipkin", None)
+        .call(
+            0,
+            Method::GET,
+            "/meshes/default/meshmetrics/to-prometheus",
+            None,
+        )
         .await
         .unwrap();
     assert!(
@@ -289,7 +294,7 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     let file = c.tmp.path().join("policies.yaml");
     std::fs::write(
         &file,
-        "type: MeshCircuitBreaker\nmesh: default\nname: per-caller\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {connectionLimits: {maxConnections: 10}}\n  - targetRef: {kind: MeshService, name: web}\n    default: {connectionLimits: {maxConnections: 5}}\n---\ntype: MeshTrace\nmesh: default\nname: to-zipkin-2\nspec:\n  targetRef: {kind: Mesh}\n  default: {backends: [{type: Zipkin, zipkin: {url: \"http://zipkin:9411/api/v2/spans\"}}]}\n",
+        "type: MeshCircuitBreaker\nmesh: default\nname: per-caller\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {connectionLimits: {maxConnections: 10}}\n  - targetRef: {kind: MeshService, name: web}\n    default: {connectionLimits: {maxConnections: 5}}\n---\ntype: MeshMetric\nmesh: default\nname: to-prometheus-2\nspec:\n  targetRef: {kind: Mesh}\n  default: {backends: [{type: OpenTelemetry, openTelemetry: {endpoint: \"otel:4317\"}}]}\n",
     )
     .unwrap();
     let (ok, out, err) = c.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
@@ -299,22 +304,21 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         "{out}"
     );
     assert!(
-        out.contains("MeshTrace to-zipkin-2 in mesh default created"),
+        out.contains("MeshMetric to-prometheus-2 in mesh default created"),
         "{out}"
     );
-    // The circuit breaker (per caller) is enforced: only the trace warns.
+    // The circuit breaker (per caller) is enforced: only the OTLP metrics backend warns.
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(
-        lines[0].starts_with("Warning: type: MeshTrace is not enforced by the proxies yet"),
+        lines[0].starts_with(
+            "Warning: spec.default.backends[0].type: not enforced by the proxies yet: metrics are not pushed over OTLP yet"
+        ),
         "{err}"
     );
 
-    let (ok, out, _) = c.cli(&["explain", "MeshTrace"]).unwrap();
-    assert!(
-        ok && out.contains("ENFORCED: no: the proxies do not enforce MeshTrace yet"),
-        "{out}"
-    );
+    let (ok, out, _) = c.cli(&["explain", "MeshMetric"]).unwrap();
+    assert!(ok && out.contains("ENFORCED: partly"), "{out}");
 }
 
 /// Raft between nodes in mutual TLS with certificates from `causeway cluster gen-certs`;

@@ -215,22 +215,25 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     // A zone-local write of what the proxies do not enforce yet says so, as global does.
-    let log = json!({"type": "MeshTrace", "mesh": "default", "name": "zone-b-trace",
+    let log = json!({"type": "MeshMetric", "mesh": "default", "name": "zone-b-metric",
         "spec": {"targetRef": {"kind": "Mesh"},
-            "default": {"backends": [{"type": "Zipkin", "zipkin": {"url": "http://zipkin:9411/api/v2/spans"}}]}}});
+            "default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel:4317"}}]}}});
     let (s, written) = zs[1]
         .call(
             Method::PUT,
-            "/meshes/default/meshtraces/zone-b-trace",
+            "/meshes/default/meshmetrics/zone-b-metric",
             Some(&log),
         )
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{written}");
-    assert_eq!(written["warnings"][0]["field"], "type", "{written}");
+    assert_eq!(
+        written["warnings"][0]["field"], "spec.default.backends[0].type",
+        "{written}"
+    );
     assert!(
         written["warnings"][0]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("MeshTrace is not enforced")),
+            .is_some_and(|r| r.contains("not pushed over OTLP yet")),
         "{written}"
     );
     let got = eventually("zone-b's policy on global", SYNC, || async {

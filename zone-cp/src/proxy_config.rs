@@ -16,6 +16,7 @@ mod mesh_rate_limit;
 mod mesh_retry;
 mod mesh_tcp_route;
 mod mesh_timeout;
+mod mesh_trace;
 mod mesh_traffic_permission;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -266,6 +267,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     let (mut inbound_logs, mut outbound_logs) =
         mesh_access_log::configure(&policies_of(inputs, "MeshAccessLog"), &proxy, &trust_domain)?;
     let metrics_endpoints = mesh_metric::configure(&policies_of(inputs, "MeshMetric"), &proxy)?;
+    let tracing = mesh_trace::configure(&policies_of(inputs, "MeshTrace"), &proxy)?;
     let inbound_limits = mesh_circuit_breaker::configure_inbounds(
         &policies_of(inputs, "MeshCircuitBreaker"),
         &proxy,
@@ -416,6 +418,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         outbounds,
         revoked_cas: inputs.revoked_cas.clone(),
         metrics_endpoints,
+        tracing,
     };
     let body = serde_json::to_vec(&config).expect("configs serialize");
     config.version = hex::encode(&sha2::Sha256::digest(&body)[..8]);

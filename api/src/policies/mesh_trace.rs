@@ -78,7 +78,7 @@ pub struct TraceBackend {
 pub enum TraceBackendType {
     /// A Zipkin collector (HTTP).
     Zipkin,
-    /// An OpenTelemetry collector (OTLP/gRPC).
+    /// An OpenTelemetry collector (OTLP/gRPC or OTLP/HTTP).
     OpenTelemetry,
     /// Kuma's Datadog agent backend. Refused: Causeway has no Datadog tracing backend.
     Datadog,
@@ -88,8 +88,10 @@ pub enum TraceBackendType {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ZipkinBackend {
-    /// The collector URL, `http://` or `https://`, e.g.
-    /// `http://zipkin.observability:9411/api/v2/spans`.
+    /// The collector URL, `http://host:port/path`, e.g.
+    /// `http://zipkin.observability:9411/api/v2/spans`. Spans are POSTed to it as
+    /// Zipkin v2 JSON. `https://` is refused: the sidecar has no TLS client for
+    /// collectors yet.
     pub url: String,
     /// Use 128-bit trace ids. Built-in default false.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -103,7 +105,9 @@ pub struct ZipkinBackend {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OtelTraceBackend {
-    /// `host:port` of the collector's OTLP/gRPC endpoint. Required.
+    /// The collector: `host:port` (or `http://host:port`) for OTLP/gRPC, or an
+    /// `http://host:port/path` URL (`.../v1/traces`) for OTLP/HTTP (protobuf).
+    /// Required. `https://` is refused: no TLS client for collectors yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
     /// Kuma 2.14's reference to a MeshOpenTelemetryBackend. Refused: Causeway has no
@@ -208,15 +212,19 @@ impl Spec for MeshTraceSpec {
                         format!("must not be set for type {:?}", b.kind),
                     );
                 }
-                if let Some(z) = &b.zipkin
-                    && !(z.url.starts_with("http://") || z.url.starts_with("https://"))
-                {
-                    errors.push(
-                        at(&at(&path, "zipkin"), "url"),
-                        format!("must be an http:// or https:// URL (got {:?})", z.url),
-                    );
+                if let Some(z) = &b.zipkin {
+                    errors.check(at(&at(&path, "zipkin"), "url"), check_http_url(&z.url));
                 }
-                if let Some(o) = &b.open_telemetry {
+                if let Some(o) = &b.open_telemetry
+                    && let Some(url) = o.endpoint.as_deref().filter(|e| e.contains("://"))
+                {
+                    // OTLP over HTTP (`http://collector:4318/v1/traces`), or gRPC to a
+                    // URL without a path.
+                    errors.check(
+                        at(&at(&path, "openTelemetry"), "endpoint"),
+                        check_http_url(url),
+                    );
+                } else if let Some(o) = &b.open_telemetry {
                     crate::policies::check_otel_endpoint(
                         errors,
                         &at(&path, "openTelemetry"),
@@ -259,6 +267,22 @@ impl Spec for MeshTraceSpec {
     }
 }
 
+/// A collector URL the sidecar can send to: `http://host:port[/path]`. `https://` is
+/// refused with the reason (the sidecar has no TLS client for collectors yet), not
+/// accepted and ignored.
+fn check_http_url(url: &str) -> Result<(), String> {
+    if url.starts_with("https://") {
+        return Err(format!(
+            "{url:?}: https:// collectors are not supported yet (the sidecar sends spans over plain HTTP); use http:// to a collector or agent on a trusted network"
+        ));
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!("must be an http:// URL (got {url:?})"));
+    };
+    let host_port = rest.split_once('/').map_or(rest, |(h, _)| h);
+    crate::spec::check_host_port(host_port).map_err(|e| format!("{url:?}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -293,7 +317,7 @@ mod tests {
                         ),
                         (
                             "spec.default.backends[0].zipkin.url",
-                            "must be an http:// or https:// URL",
+                            "must be an http:// URL",
                         ),
                         (
                             "spec.default.backends[1].openTelemetry",
@@ -341,8 +365,26 @@ mod tests {
     fn otel_backend_ref_is_refused_with_a_reason() {
         let otel = |o: serde_json::Value| json!({"default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": o}]}});
         table::<MeshTraceSpec>(
-            &[otel(json!({"endpoint": "otel-collector:4317"}))],
             &[
+                otel(json!({"endpoint": "otel-collector:4317"})),
+                otel(json!({"endpoint": "http://otel-collector:4318/v1/traces"})),
+                otel(json!({"endpoint": "http://otel-collector:4317"})),
+            ],
+            &[
+                (
+                    otel(json!({"endpoint": "https://otel-collector:4318/v1/traces"})),
+                    &[(
+                        "spec.default.backends[0].openTelemetry.endpoint",
+                        "https:// collectors are not supported yet",
+                    )],
+                ),
+                (
+                    otel(json!({"endpoint": "http://otel-collector/v1/traces"})),
+                    &[(
+                        "spec.default.backends[0].openTelemetry.endpoint",
+                        "has no port",
+                    )],
+                ),
                 (
                     otel(
                         json!({"backendRef": {"kind": "MeshOpenTelemetryBackend", "labels": {"kuma.io/display-name": "otel"}}}),

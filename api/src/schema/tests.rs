@@ -133,10 +133,7 @@ fn explain_table() {
             &["VALUES:", "    AnyExcept"],
         ),
         // What the proxies enforce, from the registry.
-        (
-            "MeshTrace",
-            &["ENFORCED: no: the proxies do not enforce MeshTrace yet"],
-        ),
+        ("MeshTrace", &["ENFORCED: yes\n"]),
         ("MeshAccessLog", &["ENFORCED: yes\n"]),
         ("MeshMetric", &["ENFORCED: partly"]),
         ("MeshMetric.spec.default.backends", &["ENFORCED: partly"]),

@@ -390,24 +390,41 @@ fn inbound_prepare(
 /// (MeshAccessLog).
 async fn logged_inbound_request(
     conn: &InboundConn,
-    req: http::Request<Body>,
+    mut req: http::Request<Body>,
 ) -> http::Response<Body> {
-    let Some(logger) = conn
+    // MeshTrace: this hop's span, a child of the caller's; the application sees it as
+    // its parent.
+    let traced = conn.proxy.traces.current().and_then(|tracer| {
+        let hop = crate::trace::Hop {
+            kind: crate::trace::Kind::Server,
+            port: conn.port,
+            remote: conn.downstream.remote,
+            peer: conn.peer.as_ref().map(|p| p.id.as_str()),
+        };
+        crate::trace::start(tracer, &mut req, &hop)
+    });
+    let resp = match conn
         .proxy
         .access_logs
         .inbound(conn.port, conn.peer.as_ref())
-    else {
-        return inbound_request(conn, req).await;
+    {
+        None => inbound_request(conn, req).await,
+        Some(logger) => {
+            let (req, entry) = crate::access_log::start_http(logger, req, &conn.downstream);
+            let mut resp = inbound_request(conn, req.map(boxed)).await;
+            let app = conn.app.lock().expect("app lock").clone();
+            let (address, port) = app.address();
+            resp.extensions_mut().insert(crate::access_log::Upstream {
+                host: Some(format!("{address}:{port}")),
+                ..Default::default()
+            });
+            entry.respond(resp)
+        }
     };
-    let (req, entry) = crate::access_log::start_http(logger, req, &conn.downstream);
-    let mut resp = inbound_request(conn, req.map(boxed)).await;
-    let app = conn.app.lock().expect("app lock").clone();
-    let (address, port) = app.address();
-    resp.extensions_mut().insert(crate::access_log::Upstream {
-        host: Some(format!("{address}:{port}")),
-        ..Default::default()
-    });
-    entry.respond(resp)
+    match traced {
+        Some(span) => span.respond(resp),
+        None => resp,
+    }
 }
 
 async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::Response<Body> {

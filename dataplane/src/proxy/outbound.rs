@@ -4,7 +4,7 @@
 //! what each answer tells outlier detection.
 
 use super::*;
-use crate::access_log;
+use crate::{access_log, trace};
 
 pub(super) async fn outbound_conn(
     proxy: &Arc<Proxy>,
@@ -111,10 +111,21 @@ pub(super) async fn outbound_conn(
         local: tcp.local_addr().ok(),
     };
     let source = downstream.remote.map(|a| a.ip());
-    let svc = hyper::service::service_fn(move |req| {
+    let svc = hyper::service::service_fn(move |mut req| {
         let p = p.clone();
         let stats = stats.clone();
         let at = (port, source, zone.clone());
+        // MeshTrace: this hop's span, its context written on the request (first, so
+        // the access log sees the trace id that travels on).
+        let traced = p.traces.current().and_then(|tracer| {
+            let hop = trace::Hop {
+                kind: trace::Kind::Client,
+                port,
+                remote: downstream.remote,
+                peer: None,
+            };
+            trace::start(tracer, &mut req, &hop)
+        });
         // MeshAccessLog: the request's entry, when its destination logs.
         let logged = match p.access_logs.outbound(port) {
             Some(logger) => Err(access_log::start_http(logger, req, &downstream)),
@@ -124,6 +135,10 @@ pub(super) async fn outbound_conn(
             let answer = match logged {
                 Ok(req) => outbound_request(&p, at, &stats, req).await,
                 Err((req, entry)) => entry.respond(outbound_request(&p, at, &stats, req).await),
+            };
+            let answer = match traced {
+                Some(span) => span.respond(answer),
+                None => answer,
             };
             Ok::<_, std::convert::Infallible>(answer)
         }

@@ -85,6 +85,7 @@ async fn proxy_with(
         outbounds,
         revoked_cas: vec![],
         metrics_endpoints: vec![],
+        tracing: None,
     };
     let (_config_tx, config) = watch::channel(Some(Arc::new(cfg)));
     let (_identity_tx, identity) = watch::channel(None);
