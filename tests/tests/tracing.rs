@@ -490,3 +490,31 @@ async fn zipkin_json_and_otlp_over_http_get_the_spans() -> anyhow::Result<()> {
     assert_eq!(client.parent, CALLER_SPAN);
     Ok(())
 }
+
+/// A backend nobody listens on costs no request: every call is answered, and the
+/// spans that could not go are counted as dropped, none as exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_is_away_costs_no_request_and_drops_are_counted() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let calls = fx.web_calls_backend().await?;
+    let nobody = causeway_tests::free_addr();
+    trace_with(
+        &fx,
+        &calls,
+        json!({"backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": nobody.to_string()}}]}),
+        "openTelemetry",
+    )
+    .await?;
+    for _ in 0..20 {
+        call(calls.out, "/", None).await?;
+    }
+    let http = plain_http();
+    let dropped = r#"causeway_trace_spans_dropped_total{backend="open_telemetry"}"#;
+    let exported = r#"causeway_trace_spans_exported_total{backend="open_telemetry"}"#;
+    eventually("the spans dropped, counted", WAIT, || async {
+        (admin_metric(&http, calls.web_admin, dropped).await >= 20.0).then_some(())
+    })
+    .await?;
+    assert_eq!(admin_metric(&http, calls.web_admin, exported).await, 0.0);
+    Ok(())
+}

@@ -187,8 +187,8 @@ async fn export(wire: Wire, origin: Origin, buffer: Arc<Buffer>, metrics: Arc<Me
                     post(&http, url, "application/x-protobuf", body).await
                 }
                 Wire::Zipkin(url) => {
-                    let body = serde_json::to_vec(&zipkin_json(&origin, chunk))
-                        .expect("JSON values serialize");
+                    let mut body = Vec::with_capacity(chunk.len() * 1024);
+                    zipkin_json(&origin, chunk, &mut body);
                     post(&http, url, "application/json", body).await
                 }
             };

@@ -105,6 +105,7 @@ fn an_outbound_span_has_the_http_attributes_ids_and_tags() {
         "00f067aa0ba902b7"
     );
     let text = |s: &str| Value::Text(s.into());
+    let shared = |s: &str| Value::Shared(s.into());
     assert_eq!(
         span.attributes,
         vec![
@@ -118,11 +119,14 @@ fn an_outbound_span_has_the_http_attributes_ids_and_tags() {
             ("network.peer.port", Value::Int(40000)),
             ("network.protocol.version", text("1.1")),
             ("user_agent.original", text("curl/8")),
-            ("causeway.mesh", text("default")),
-            ("causeway.zone", text("zone-a")),
-            ("causeway.service", text("backend")),
-            ("causeway.spiffe_id", text("spiffe://default/web")),
-            ("causeway.peer.spiffe_id", text("spiffe://default/backend")),
+            ("causeway.mesh", shared("default")),
+            ("causeway.zone", shared("zone-a")),
+            ("causeway.service", shared("backend")),
+            ("causeway.spiffe_id", shared("spiffe://default/web")),
+            (
+                "causeway.peer.spiffe_id",
+                shared("spiffe://default/backend")
+            ),
         ]
     );
     // A literal; a header; a header's default; an absent header without one: no tag.
@@ -154,7 +158,7 @@ fn an_inbound_span_names_the_caller_from_its_certificate() {
     );
     assert_eq!(
         attr("causeway.service").map(|a| a.1),
-        Some(Value::Text("web".into()))
+        Some(Value::Shared("web".into()))
     );
     // A new trace: a root span, 128-bit for OpenTelemetry.
     assert_eq!(span.context.parent_span_id, None);
