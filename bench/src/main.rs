@@ -120,6 +120,10 @@ enum Bench {
         /// small HTTP collector in the bench process.
         #[arg(long)]
         trace: bool,
+        /// With `--trace`: the share of requests traced (MeshTrace `sampling.overall`,
+        /// 0 to 100), e.g. 1 for a production-like 1%.
+        #[arg(long, default_value = "100")]
+        trace_percent: u8,
         /// Also measure a fourth path: the sidecars with a MeshHTTPRoute table of 100
         /// rules in front of a second destination (`canary`, two instances tagged v1
         /// and v2), where the bench's request matches only the last, lowest-ranked rule,
@@ -668,6 +672,7 @@ async fn main() -> anyhow::Result<()> {
             policies,
             access_log,
             trace,
+            trace_percent,
             routes,
         } => {
             let lean = std::env::current_exe()?.with_file_name("causeway-dataplane");
@@ -676,7 +681,7 @@ async fn main() -> anyhow::Result<()> {
                 args: sidecar_arg,
                 policies,
                 access_log,
-                trace,
+                trace: trace.then_some(trace_percent.min(100)),
                 routes,
             };
             sidecar::sidecar(seconds, runs, rate, connections, sc).await

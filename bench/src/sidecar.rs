@@ -591,8 +591,8 @@ pub(crate) struct SidecarCmd {
     pub(crate) policies: bool,
     /// Apply [`access_log_policy`] too.
     pub(crate) access_log: bool,
-    /// Apply [`trace_policy`] too, with its collector.
-    pub(crate) trace: bool,
+    /// Apply [`trace_policy`] too, with its collector, tracing this percentage.
+    pub(crate) trace: Option<u8>,
     /// Also start the `canary` destination with [`route_policies`] and measure path (d).
     pub(crate) routes: bool,
 }
@@ -708,14 +708,15 @@ fn access_log_policy(dir: &Path) -> (&'static str, Value) {
     )
 }
 
-/// `--trace`: every request traced by both sidecars, its spans POSTed as Zipkin v2 JSON
-/// to `collector`.
-fn trace_policy(collector: std::net::SocketAddr) -> (&'static str, Value) {
+/// `--trace`: `percent` of the requests traced by both sidecars, their spans POSTed as
+/// Zipkin v2 JSON to `collector`.
+fn trace_policy(collector: std::net::SocketAddr, percent: u8) -> (&'static str, Value) {
     (
         "/meshes/default/meshtraces/everything",
         json!({"type": "MeshTrace", "mesh": "default", "name": "everything",
                "spec": {"targetRef": {"kind": "Mesh"},
-                        "default": {"backends": [{"type": "Zipkin", "zipkin": {"url": format!("http://{collector}/api/v2/spans")}}]}}}),
+                        "default": {"sampling": {"overall": percent},
+                                    "backends": [{"type": "Zipkin", "zipkin": {"url": format!("http://{collector}/api/v2/spans")}}]}}}),
     )
 }
 
@@ -795,8 +796,8 @@ impl SidecarCmd {
         if self.access_log {
             s.push_str("; MeshAccessLog: web's outbound and backend's inbound to a file each");
         }
-        if self.trace {
-            s.push_str("; MeshTrace: every request, a span at each sidecar, Zipkin JSON to an in-bench collector");
+        if let Some(percent) = self.trace {
+            s.push_str(&format!("; MeshTrace: {percent}% of requests, a span at each sidecar, Zipkin JSON to an in-bench collector"));
         }
         if self.routes {
             s.push_str(&format!(
@@ -871,9 +872,9 @@ async fn start_causeway(
         let (path, policy) = access_log_policy(dir);
         put(path, policy).await?;
     }
-    if sc.trace {
+    if let Some(percent) = sc.trace {
         let collector = span_collector().await?;
-        let (path, policy) = trace_policy(collector);
+        let (path, policy) = trace_policy(collector, percent);
         put(path, policy).await?;
     }
     if sc.routes {
