@@ -25,7 +25,7 @@ use crate::http::{Body, BoxError};
 use crate::metrics::Metrics;
 
 pub(crate) use entry::{Context, Entry, Http, Wanted};
-pub(crate) use sink::{BACKENDS, FLUSH, Sink};
+pub(crate) use sink::{BACKENDS, Sink};
 
 /// The request header on which a caller's sidecar says its zone (set by the outbound,
 /// trusted by the inbound only from an mTLS peer, never passed to the application).

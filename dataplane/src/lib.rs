@@ -16,6 +16,7 @@ pub mod cli;
 pub mod cp;
 mod error;
 mod fault;
+mod flush_buffer;
 mod hash;
 mod header_match;
 mod health_check;

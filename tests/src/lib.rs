@@ -959,3 +959,25 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerForTest {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// `promtool check metrics` on `text`: its complaints, if any.
+pub fn promtool_complaints(text: &str) -> anyhow::Result<Option<String>> {
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("promtool (Debian's prometheus package)")?;
+    std::io::Write::write_all(
+        &mut promtool.stdin.take().context("stdin")?,
+        text.as_bytes(),
+    )?;
+    let out = promtool.wait_with_output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((!out.status.success() || !said.is_empty()).then_some(said))
+}

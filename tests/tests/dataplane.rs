@@ -10,7 +10,8 @@ use causeway_tests::mesh::{
     tagged_dataplane,
 };
 use causeway_tests::{
-    Proc, admin_config, admin_metric, eventually, files_under, free_addr, plain_http, put,
+    Proc, admin_config, admin_metric, eventually, files_under, free_addr, plain_http,
+    promtool_complaints, put,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -2184,24 +2185,9 @@ async fn the_control_planes_export_metrics_the_dashboard_uses() -> anyhow::Resul
         .await?;
     // Each exposition passes Prometheus' own linter.
     for (what, text) in [("global", &global), ("zone", &zone), ("sidecar", &sidecar)] {
-        let mut promtool = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .context("promtool (Debian's prometheus package)")?;
-        std::io::Write::write_all(
-            &mut promtool.stdin.take().context("stdin")?,
-            text.as_bytes(),
-        )?;
-        let out = promtool.wait_with_output()?;
-        assert!(
-            out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-            "promtool check metrics on the {what}'s: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Some(complaints) = promtool_complaints(text)? {
+            panic!("promtool check metrics on the {what}'s: {complaints}");
+        }
     }
     // Every sample's name, and every declared family's with the suffixes its samples
     // take (a family may have no sample yet).

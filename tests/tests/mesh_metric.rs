@@ -4,30 +4,8 @@
 
 use anyhow::Context as _;
 use causeway_tests::mesh::{MeshFixture, WAIT, WebCallsBackend};
-use causeway_tests::{admin_config, eventually, free_addr, plain_http, put};
+use causeway_tests::{admin_config, eventually, free_addr, plain_http, promtool_complaints, put};
 use serde_json::json;
-
-/// `promtool check metrics` on `text`: its complaints, if any.
-fn promtool_complaints(text: &str) -> anyhow::Result<Option<String>> {
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("promtool (Debian's prometheus package)")?;
-    std::io::Write::write_all(
-        &mut promtool.stdin.take().context("stdin")?,
-        text.as_bytes(),
-    )?;
-    let out = promtool.wait_with_output()?;
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((!out.status.success() || !said.is_empty()).then_some(said))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_serves_its_metrics_where_mesh_metric_says() -> anyhow::Result<()> {

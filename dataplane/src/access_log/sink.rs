@@ -7,8 +7,8 @@
 //! arrives while its collector is away.
 
 use std::io::Write as _;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use causeway_api::access_log_format::{DEFAULT_HTTP_FORMAT, DEFAULT_TCP_FORMAT, Template};
@@ -21,13 +21,10 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::io::AsyncWriteExt as _;
 
 use super::entry::{Entry, Value, Wanted, render_json, render_plain};
+use crate::flush_buffer::FlushBuffer;
 use crate::metrics::Metrics;
 
-/// Entries a sink holds between two flushes; more are dropped.
-pub(crate) const QUEUE: usize = 4096;
-
-/// How often a worker takes its buffer (Envoy flushes access-log files every second).
-pub(crate) const FLUSH: Duration = Duration::from_millis(50);
+use crate::flush_buffer::FLUSH;
 
 /// Log records in one OTLP export at most.
 const OTLP_BATCH: usize = 512;
@@ -38,41 +35,8 @@ const COLLECTOR_TIMEOUT: Duration = Duration::from_secs(5);
 /// The backends, as the metrics label them.
 pub(crate) const BACKENDS: [&str; 3] = ["file", "tcp", "open_telemetry"];
 
-/// The buffer between requests and a worker.
-pub(crate) struct Buffer {
-    entries: Mutex<Vec<Arc<Entry>>>,
-    /// Cleared when the sink is dropped: its worker writes what is left and ends.
-    open: AtomicBool,
-}
-
-impl Buffer {
-    fn new() -> Arc<Buffer> {
-        Arc::new(Buffer {
-            entries: Mutex::new(Vec::new()),
-            open: AtomicBool::new(true),
-        })
-    }
-
-    fn push(&self, entry: &Arc<Entry>) -> bool {
-        let mut entries = self.entries.lock().expect("access log buffer lock");
-        if entries.len() >= QUEUE {
-            return false;
-        }
-        entries.push(entry.clone());
-        true
-    }
-
-    /// Everything buffered, into `batch` (empty before); `false` once the sink is gone
-    /// and nothing is left.
-    fn take(&self, batch: &mut Vec<Arc<Entry>>) -> bool {
-        let open = self.open.load(Ordering::Acquire);
-        std::mem::swap(
-            &mut *self.entries.lock().expect("access log buffer lock"),
-            batch,
-        );
-        open || !batch.is_empty()
-    }
-}
+/// The buffer between requests and a sink's worker.
+type Buffer = FlushBuffer<Arc<Entry>>;
 
 /// One backend of one or more listeners.
 pub(crate) struct Sink {
@@ -85,14 +49,14 @@ pub(crate) struct Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        self.buffer.open.store(false, Ordering::Release);
+        self.buffer.close();
     }
 }
 
 impl Sink {
     /// Starts the worker of `sink`. Needs a Tokio runtime (for TCP and OTLP).
     pub(crate) fn start(sink: &AccessLogSink, metrics: &Arc<Metrics>) -> Sink {
-        let (m, buffer) = (metrics.clone(), Buffer::new());
+        let (m, buffer) = (metrics.clone(), Arc::new(Buffer::new()));
         let b = buffer.clone();
         let mut wanted;
         let backend = match sink {
@@ -142,7 +106,7 @@ impl Sink {
 
     /// Offers an entry to the buffer; never waits. Full: dropped and counted.
     pub(crate) fn offer(&self, entry: &Arc<Entry>) {
-        if !self.buffer.push(entry) {
+        if !self.buffer.push(entry.clone()) {
             self.metrics.access_log[self.backend]
                 .1
                 .fetch_add(1, Ordering::Relaxed);

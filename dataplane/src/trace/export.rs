@@ -8,8 +8,8 @@
 //! `application/x-protobuf`, POSTed with hyper) when the OpenTelemetry endpoint is an
 //! `http://` URL with a path, and Zipkin v2 JSON POSTed to its URL.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,11 +21,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::Trac
 use prost::Message as _;
 
 use super::span::{Origin, Span, otlp_request, zipkin_json};
-use crate::access_log::FLUSH;
+use crate::flush_buffer::{FLUSH, FlushBuffer};
 use crate::metrics::Metrics;
-
-/// Spans a backend holds between two flushes; more are dropped.
-pub(crate) const QUEUE: usize = 4096;
 
 /// Spans in one export at most.
 const BATCH: usize = 512;
@@ -33,29 +30,8 @@ const BATCH: usize = 512;
 /// How long a backend may take to connect or take a batch.
 const BACKEND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The buffer between requests and a worker.
-struct Buffer {
-    spans: Mutex<Vec<Span>>,
-    /// Cleared when the exporter is dropped: its worker sends what is left and ends.
-    open: AtomicBool,
-}
-
-impl Buffer {
-    fn push(&self, span: Span) -> bool {
-        let mut spans = self.spans.lock().expect("trace buffer lock");
-        if spans.len() >= QUEUE {
-            return false;
-        }
-        spans.push(span);
-        true
-    }
-
-    fn take(&self, batch: &mut Vec<Span>) -> bool {
-        let open = self.open.load(Ordering::Acquire);
-        std::mem::swap(&mut *self.spans.lock().expect("trace buffer lock"), batch);
-        open || !batch.is_empty()
-    }
-}
+/// The buffer between requests and an exporter's worker.
+type Buffer = FlushBuffer<Span>;
 
 /// How a worker sends a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +79,7 @@ pub(crate) struct Exporter {
 
 impl Drop for Exporter {
     fn drop(&mut self) {
-        self.buffer.open.store(false, Ordering::Release);
+        self.buffer.close();
     }
 }
 
@@ -114,10 +90,7 @@ impl Exporter {
         origin: Origin,
         metrics: &Arc<Metrics>,
     ) -> Exporter {
-        let buffer = Arc::new(Buffer {
-            spans: Mutex::new(Vec::new()),
-            open: AtomicBool::new(true),
-        });
+        let buffer = Arc::new(Buffer::new());
         let wire = Wire::of(backend);
         let index = wire.backend();
         tokio::spawn(export(wire, origin, buffer.clone(), metrics.clone()));
