@@ -42,3 +42,53 @@ pub fn prometheus_text(openmetrics: &str) -> String {
     }
     out
 }
+
+/// The sum of the samples in `text` (the text format) that `selector` picks: a metric
+/// name, optionally with labels in braces (`name{a="x",b="y"}`), which a sample must
+/// all carry (it may carry more). Label order does not matter; unparsable lines are
+/// skipped. What tests and the bench read metrics with.
+///
+/// ```
+/// let text = "x_total{mesh=\"m\",peer=\"web\",code=\"200\"} 3\nx_total{peer=\"web\",code=\"503\"} 1\n";
+/// assert_eq!(causeway_api::exposition::sum(text, "x_total{code=\"200\",peer=\"web\"}"), 3.0);
+/// assert_eq!(causeway_api::exposition::sum(text, "x_total{peer=\"web\"}"), 4.0);
+/// assert_eq!(causeway_api::exposition::sum(text, "x_total"), 4.0);
+/// assert_eq!(causeway_api::exposition::sum(text, "y_total"), 0.0);
+/// ```
+pub fn sum(text: &str, selector: &str) -> f64 {
+    let Some((name, wanted)) = sample_parts(selector.trim()) else {
+        return 0.0;
+    };
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.trim().rsplit_once(' ')?;
+            let (n, labels) = sample_parts(series)?;
+            (n == name && wanted.iter().all(|w| labels.contains(w)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+/// A series' name and its `label="value"` pairs (values still escaped).
+fn sample_parts(series: &str) -> Option<(&str, Vec<(&str, &str)>)> {
+    let Some((name, rest)) = series.split_once('{') else {
+        return Some((series, Vec::new()));
+    };
+    let mut rest = rest.strip_suffix('}')?;
+    let mut labels = Vec::new();
+    while !rest.is_empty() {
+        let (label, after) = rest.split_once("=\"")?;
+        // The value ends at the first quote not escaped by a backslash.
+        let bytes = after.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() && bytes[i] != b'"' {
+            i += if bytes[i] == b'\\' { 2 } else { 1 };
+        }
+        let value = after.get(..i)?;
+        labels.push((label.trim_start_matches(',').trim(), value));
+        rest = after.get(i + 1..)?.trim_start_matches(',');
+    }
+    Some((name, labels))
+}

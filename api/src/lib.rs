@@ -52,6 +52,7 @@ mod roundtrip_tests;
 mod schema;
 mod shape;
 mod spec;
+pub mod stats;
 mod target_ref;
 mod validation;
 mod zone;

@@ -1070,6 +1070,10 @@ pub struct IngressConfig {
     pub silent: bool,
     /// SNI -> the local endpoints (sidecar inbounds, which terminate the mTLS) it reaches.
     pub routes: BTreeMap<String, Vec<IngressTarget>>,
+    /// SNI -> the service it reaches, for the ingress's per-destination metrics (an SNI
+    /// cannot be split back: service names may hold dots).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub services: BTreeMap<String, String>,
 }
 
 /// A local endpoint an ingress forwards to.

@@ -13,6 +13,9 @@
 //! the sidecars and zone-b's ingress, over TCP and over QUIC, against direct: connections
 //! per second and setup latency.
 //!
+//! `causeway-bench stats`: the memory and report size of the cross-zone golden signals
+//! (`causeway stat`) at 1,000 services.
+//!
 //! `causeway-bench sidecar`: HTTP/1.1 to nginx direct, through two Causeway sidecars (mTLS)
 //! and through an haproxy mTLS pair: wrk throughput, p50/p90/p99 at a fixed rate (h2load),
 //! proxy CPU seconds and peak RSS, against the sidecar goals; with `--routes`, also through
@@ -31,6 +34,7 @@ use serde_json::{Value, json};
 mod crosszone;
 mod delay;
 mod sidecar;
+mod stats;
 mod zones;
 
 #[derive(Parser)]
@@ -131,6 +135,14 @@ enum Bench {
         /// sidecars without routes and the split observed over the bench's requests.
         #[arg(long)]
         routes: bool,
+    },
+    /// Memory and report size of a zone's golden signals (`causeway stat`) at scale.
+    Stats {
+        #[arg(long, default_value = "1000")]
+        services: usize,
+        /// Callers of each service (and services each calls).
+        #[arg(long, default_value = "3")]
+        callers: usize,
     },
 }
 
@@ -656,6 +668,7 @@ async fn main() -> anyhow::Result<()> {
             policies,
             changes,
         } => zones::zones(zones, writes, policies, changes).await,
+        Bench::Stats { services, callers } => stats::stats(services, callers),
         Bench::Crosszone {
             seconds,
             runs,

@@ -1112,7 +1112,7 @@ async fn start_causeway(
 }
 
 /// Sums a sidecar's Prometheus counters whose line starts with `prefix`.
-async fn counter_sum(http: &reqwest::Client, admin: u16, prefix: &str) -> anyhow::Result<u64> {
+async fn counter_sum(http: &reqwest::Client, admin: u16, selector: &str) -> anyhow::Result<u64> {
     let text = http
         .get(format!("http://127.0.0.1:{admin}/metrics"))
         .timeout(Duration::from_secs(5))
@@ -1121,16 +1121,17 @@ async fn counter_sum(http: &reqwest::Client, admin: u16, prefix: &str) -> anyhow
         .error_for_status()?
         .text()
         .await?;
-    Ok(text
-        .lines()
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<u64>().ok())
-        .sum())
+    Ok(causeway_api::exposition::sum(&text, selector) as u64)
 }
 
 /// Requests a sidecar's inbound has answered, every status.
 async fn inbound_requests(http: &reqwest::Client, admin: u16) -> anyhow::Result<u64> {
-    counter_sum(http, admin, "causeway_requests_total{direction=\"inbound\"").await
+    counter_sum(
+        http,
+        admin,
+        "causeway_requests_total{direction=\"inbound\"}",
+    )
+    .await
 }
 
 /// `--routes`: where the bench's requests to `canary` went, counted by the sidecars.
@@ -1149,7 +1150,7 @@ impl SplitCount {
         let c = mesh.canary.as_ref().context("no canary")?;
         let routed = |route: &'static str| {
             let prefix =
-                format!("causeway_route_requests_total{{service=\"canary\",route=\"{route}\"");
+                format!("causeway_route_requests_total{{service=\"canary\",route=\"{route}\"}}");
             async move { counter_sum(http, mesh.web_admin, &prefix).await }
         };
         Ok(SplitCount {

@@ -67,7 +67,7 @@ async fn body(resp: reqwest::Response) -> (StatusCode, Value) {
 }
 
 /// Resident set size of a process, in bytes; and its peak (VmHWM).
-fn rss(pid: u32) -> anyhow::Result<(u64, u64)> {
+pub(crate) fn rss(pid: u32) -> anyhow::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| -> anyhow::Result<u64> {
         let line = status

@@ -10,6 +10,7 @@ mod global_cp;
 mod inspect;
 mod manual;
 mod ops;
+mod stat;
 mod up;
 mod zone;
 mod zone_cp;
@@ -83,6 +84,14 @@ enum Cmd {
     Apply(ops::ApplyArgs),
     /// Show resources: `get meshes`, `get mesh default -o yaml`, `get zones`.
     Get(ops::GetArgs),
+    /// Golden signals across zones: success rate, requests per second, p50/p95/p99
+    /// and each zone's share of the traffic, by service, zone, caller or callee.
+    ///
+    /// Sidecars report to their zone every 5 seconds and zones to global at each KDS
+    /// heartbeat, so a change shows within about 10 seconds; no Prometheus needed.
+    /// Examples: `causeway stat`, `causeway stat backend --by zone -w`,
+    /// `causeway stat web --by callee --window 5m`.
+    Stat(stat::StatArgs),
     /// Delete a resource: `delete mesh default`, `delete meshtrafficpermission allow-all -m default`.
     Delete(ops::DeleteArgs),
     /// Inspect and change the Raft cluster of the global control plane.
@@ -179,6 +188,7 @@ fn main() {
                     Cmd::Drill(c) => drill::drill(&cli.conn, c).await,
                     Cmd::Apply(a) => ops::apply(&cli.conn, a).await,
                     Cmd::Get(a) => ops::get(&cli.conn, a).await,
+                    Cmd::Stat(a) => stat::stat(&cli.conn, a).await,
                     Cmd::Delete(a) => ops::delete(&cli.conn, a).await,
                     Cmd::Cluster(c) => ops::cluster(&cli.conn, c).await,
                     Cmd::Config(c) => ops::config(&cli.conn, c).await,

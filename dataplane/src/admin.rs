@@ -113,8 +113,18 @@ async fn metrics(State(p): State<Arc<Proxy>>) -> impl IntoResponse {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        p.metrics.render(),
+        render_metrics(&p),
     )
+}
+
+/// The proxy's metrics, labelled with its mesh and zone (empty before its first
+/// config).
+pub(crate) fn render_metrics(p: &Proxy) -> String {
+    let cfg = p.config.borrow().clone();
+    let (mesh, zone) = cfg
+        .as_deref()
+        .map_or(("", ""), |c| (c.mesh.as_str(), c.zone.as_str()));
+    p.metrics.render(crate::metrics::Place { mesh, zone })
 }
 
 /// Serves the metrics at `path` on `addr:port` (a MeshMetric `Prometheus` backend)

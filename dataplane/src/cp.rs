@@ -1,23 +1,26 @@
 //! The connection to the zone control plane: certificate signing (renewed before expiry)
-//! and the DDS stream that delivers configs (and carries the proxy's ACKs, NACKs and
-//! reports back). Both retry with backoff forever; the proxy
+//! and the DDS stream that delivers configs (and carries the proxy's ACKs, NACKs,
+//! reports and golden-signal deltas back). Both retry with backoff forever; the proxy
 //! keeps running on its last config and certificate meanwhile.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use causeway_api::inspect::ProxyReport;
 use causeway_api::kds::dds::dds_client::DdsClient;
 use causeway_api::kds::dds::{
-    ProxyAck, ProxyHello, ProxyMessage, ProxyNack, ProxyReport as DdsReport, SignRequest,
-    control_message, proxy_message,
+    ProxyAck, ProxyHello, ProxyMessage, ProxyNack, ProxyReport as DdsReport, ProxyStats,
+    SignRequest, control_message, proxy_message,
 };
+use causeway_api::stats::PROXY_REPORT_INTERVAL;
 use futures::StreamExt as _;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::identity::Identity;
+use crate::metrics::Metrics;
 
 /// Where the zone control plane is and how to talk to it.
 #[derive(Clone)]
@@ -125,25 +128,34 @@ impl ControlPlane {
     {
         // Nothing to report: a channel that never changes.
         let (_keep, reports) = watch::channel(None);
-        self.follow_config_reporting(registration, tx, reports)
+        self.follow_config_reporting(registration, tx, reports, None)
             .await
     }
 
     /// [`ControlPlane::follow_config`], and sends the zone each new [`ProxyReport`]
     /// from `reports` (and the current one on every (re)connect), for `causeway
-    /// inspect dataplane`.
-    pub async fn follow_config_reporting<T>(
+    /// inspect dataplane`; with `signals`, the golden-signal deltas of its metrics
+    /// every [`PROXY_REPORT_INTERVAL`] (what a stream could not send goes on the next).
+    pub(crate) async fn follow_config_reporting<T>(
         self,
         registration: Registration,
         tx: watch::Sender<Option<Arc<T>>>,
         mut reports: watch::Receiver<Option<Arc<ProxyReport>>>,
+        signals: Option<Arc<Metrics>>,
     ) where
         T: serde::de::DeserializeOwned + Send + Sync + 'static,
     {
         let mut backoff = Duration::from_millis(200);
+        let mut signals = signals.map(|metrics| Signals {
+            metrics,
+            last: HashMap::new(),
+        });
         loop {
             let started = std::time::Instant::now();
-            match self.stream_once(&registration, &tx, &mut reports).await {
+            match self
+                .stream_once(&registration, &tx, &mut reports, signals.as_mut())
+                .await
+            {
                 Ok(()) => tracing::info!("DDS stream ended; reconnecting"),
                 Err(e) => {
                     tracing::warn!(error = %e, "DDS stream failed; keeping the last config and retrying")
@@ -162,6 +174,7 @@ impl ControlPlane {
         registration: &Registration,
         tx: &watch::Sender<Option<Arc<T>>>,
         reports: &mut watch::Receiver<Option<Arc<ProxyReport>>>,
+        mut signals: Option<&mut Signals>,
     ) -> anyhow::Result<()>
     where
         T: serde::de::DeserializeOwned,
@@ -194,6 +207,8 @@ impl ControlPlane {
         if let Some(r) = current {
             up.send(report_message(&r)).await?;
         }
+        let mut signal_tick = tokio::time::interval(PROXY_REPORT_INTERVAL);
+        signal_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let msg = tokio::select! {
                 msg = down.next() => match msg {
@@ -210,6 +225,18 @@ impl ControlPlane {
                         }
                         // The reporter is gone (shutting down): stop listening to it.
                         Err(_) => reporting = false,
+                    }
+                    continue;
+                }
+                _ = signal_tick.tick(), if signals.is_some() => {
+                    if let Some(s) = signals.as_deref_mut() {
+                        let deltas = s.metrics.signal_deltas(&mut s.last);
+                        if !deltas.is_empty() {
+                            up.send(ProxyMessage {
+                                msg: Some(proxy_message::Msg::Stats(ProxyStats { signals: deltas })),
+                            })
+                            .await?;
+                        }
                     }
                     continue;
                 }
@@ -237,6 +264,12 @@ impl ControlPlane {
         }
         Ok(())
     }
+}
+
+/// The metrics whose deltas go to the zone, and their totals at the last report.
+pub(crate) struct Signals {
+    metrics: Arc<Metrics>,
+    last: HashMap<crate::metrics::SignalLabels, [u64; 2 + causeway_api::stats::BUCKETS]>,
 }
 
 fn report_message(r: &ProxyReport) -> ProxyMessage {

@@ -35,7 +35,7 @@ pub mod redirect;
 mod replay;
 mod retry;
 mod route;
-mod timeout;
+pub mod timeout;
 mod trace;
 mod upgrade;
 
@@ -99,6 +99,7 @@ pub async fn run(cfg: DataplaneConfig, mut stop: watch::Receiver<bool>) -> anyho
             cp::Registration::Dataplane(json),
             config_tx,
             report_rx,
+            Some(proxy.metrics.clone()),
         )),
         tokio::spawn(proxy::run_listeners(proxy.clone(), stop.clone())),
         tokio::spawn(proxy::report::keep_reporting(proxy.clone(), report_tx)),

@@ -1,19 +1,20 @@
-//! Prometheus metrics: requests by direction, service, peer service and status class,
-//! the proxy's own answers by cause (the `x-causeway-error` label), latency histograms,
-//! TCP bytes and connections.
+//! Prometheus metrics: requests by mesh, zone, direction, service, peer, peer zone and
+//! status, the proxy's own answers by cause (the `x-causeway-error` label), latency
+//! histograms, requests in flight, TCP bytes and connections; and the deltas of the
+//! golden signals the sidecar sends its zone ([`Metrics::signal_deltas`], see
+//! [`causeway_api::stats`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::error::{LABELS, ProxyError};
+use causeway_api::kds::dds::{ProxySignal, SignalCounts};
+use causeway_api::stats::{BUCKETS, LATENCY_BOUNDS_SECONDS};
 
-/// Latency histogram bounds, seconds.
-const BUCKETS: [f64; 12] = [
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-];
+use crate::error::{LABELS, ProxyError};
+use crate::timeout::LiveBytes;
 
 /// Counters of one (direction, service, peer): atomics, so recording a request takes
 /// no lock and allocates nothing. Connections look their handle up once.
@@ -24,8 +25,11 @@ pub(crate) struct HttpStats {
     /// gRPC calls by `grpc-status`, 0 to 16 (from the answer's trailers, or its head
     /// for a trailers-only answer).
     by_grpc_status: [AtomicU64; 17],
-    buckets: [AtomicU64; BUCKETS.len()],
+    /// By [`LATENCY_BOUNDS_SECONDS`], the last past them.
+    buckets: [AtomicU64; BUCKETS],
     count: AtomicU64,
+    /// Requests waiting for their answer's head.
+    in_flight: AtomicI64,
     sum_ns: AtomicU64,
     /// The proxy's own answers, by [`ProxyError::index`].
     errors: [AtomicU64; LABELS.len()],
@@ -39,6 +43,7 @@ impl Default for HttpStats {
             by_grpc_status: Default::default(),
             buckets: Default::default(),
             count: AtomicU64::new(0),
+            in_flight: AtomicI64::new(0),
             sum_ns: AtomicU64::new(0),
             errors: Default::default(),
         }
@@ -64,13 +69,34 @@ impl HttpStats {
             _ => 4,
         };
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
-        let s = took.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| s <= *b) {
-            self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        }
+        self.buckets[causeway_api::stats::bucket(took.as_secs_f64())]
+            .fetch_add(1, Ordering::Relaxed);
         self.count.fetch_add(1, Ordering::Relaxed);
         self.sum_ns
             .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a request in flight until the guard drops (when its answer's head is
+    /// ready).
+    pub(crate) fn start(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(&self.in_flight)
+    }
+
+    /// What the golden signals count of it so far: requests, failures (5xx, or a
+    /// gRPC status other than OK) and latency buckets.
+    fn signal_totals(&self) -> [u64; 2 + BUCKETS] {
+        let mut out = [0; 2 + BUCKETS];
+        out[0] = self.count.load(Ordering::Relaxed);
+        out[1] = self.by_class[4].load(Ordering::Relaxed)
+            + self.by_grpc_status[1..]
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<u64>();
+        for (o, b) in out[2..].iter_mut().zip(&self.buckets) {
+            *o = b.load(Ordering::Relaxed);
+        }
+        out
     }
 
     /// Counts an answer the proxy gave itself (also recorded as a request).
@@ -79,24 +105,46 @@ impl HttpStats {
     }
 }
 
-/// (direction, service, peer).
-type Labels = (&'static str, String, String);
+/// A request in flight ([`HttpStats::start`]).
+pub(crate) struct InFlight<'a>(&'a AtomicI64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// (direction, service, peer, peer zone). Outbound, `service` is the destination and
+/// `peer` this proxy's service; the peer's zone is known inbound (from the caller's
+/// certificate).
+type Labels = (&'static str, String, String, String);
+
+/// The labels of one series of golden signals ([`Metrics::signal_deltas`]).
+pub(crate) type SignalLabels = Labels;
+
+/// This proxy's mesh and zone, labels of every series.
+#[derive(Clone, Copy)]
+pub(crate) struct Place<'a> {
+    pub(crate) mesh: &'a str,
+    pub(crate) zone: &'a str,
+}
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
-#[derive(Default, Clone)]
+/// TCP counters of one (direction, service, peer): bytes are added as they move.
+#[derive(Default)]
 struct Tcp {
-    connections: u64,
-    denied: u64,
-    rx: u64,
-    tx: u64,
+    connections: AtomicU64,
+    denied: AtomicU64,
+    /// Read: received from the side that opened the connection; written: sent to it.
+    bytes: Arc<LiveBytes>,
 }
 
 /// Counters of one proxy.
 #[derive(Default)]
 pub(crate) struct Metrics {
     http: Mutex<BTreeMap<Labels, Arc<HttpStats>>>,
-    tcp: Mutex<BTreeMap<Labels, Tcp>>,
+    tcp: Mutex<BTreeMap<Labels, Arc<Tcp>>>,
     /// Active health checks by destination service: (passed, failed).
     health_checks: Mutex<BTreeMap<String, (u64, u64)>>,
     /// Circuit breaking by (destination service, event).
@@ -164,33 +212,96 @@ impl Metrics {
 
     /// The counters of HTTP requests in `direction` for `service` (this proxy's for
     /// inbound, the destination for outbound) and `peer` (the other side's service).
+    /// `peer_zone`: the peer's zone where known, else empty.
     pub(crate) fn http(
         &self,
         direction: &'static str,
         service: &str,
         peer: &str,
+        peer_zone: &str,
     ) -> Arc<HttpStats> {
         let mut m = self.http.lock().expect("metrics lock");
-        m.entry((direction, service.to_string(), peer.to_string()))
-            .or_default()
-            .clone()
+        m.entry((
+            direction,
+            service.to_string(),
+            peer.to_string(),
+            peer_zone.to_string(),
+        ))
+        .or_default()
+        .clone()
     }
 
-    pub(crate) fn tcp(&self, direction: &'static str, service: &str, peer: &str, rx: u64, tx: u64) {
+    /// What each (direction, service, peer, peer zone) counted since the last call
+    /// (`last` holds the totals then): the golden signals a sidecar sends its zone.
+    pub(crate) fn signal_deltas(
+        &self,
+        last: &mut HashMap<Labels, [u64; 2 + BUCKETS]>,
+    ) -> Vec<ProxySignal> {
+        let http = self.http.lock().expect("metrics lock").clone();
+        let mut out = Vec::new();
+        for (labels, h) in http {
+            let now = h.signal_totals();
+            let before = last.insert(labels.clone(), now).unwrap_or([0; 2 + BUCKETS]);
+            let delta: Vec<u64> = now
+                .iter()
+                .zip(before)
+                .map(|(n, b)| n.saturating_sub(b))
+                .collect();
+            if delta[0] == 0 {
+                continue;
+            }
+            let (direction, service, peer, peer_zone) = labels;
+            out.push(ProxySignal {
+                outbound: direction == "outbound",
+                // Outbound, the proxy's own service called the destination.
+                service: if direction == "outbound" {
+                    peer.clone()
+                } else {
+                    service.clone()
+                },
+                peer: if direction == "outbound" {
+                    service
+                } else {
+                    peer
+                },
+                peer_zone,
+                counts: Some(SignalCounts {
+                    requests: delta[0],
+                    failures: delta[1],
+                    latency: delta[2..].to_vec(),
+                }),
+            });
+        }
+        out
+    }
+
+    /// Counts a TCP connection that starts; its bytes go to the counters returned, as
+    /// they move.
+    pub(crate) fn tcp(&self, direction: &'static str, service: &str, peer: &str) -> Arc<LiveBytes> {
         let mut m = self.tcp.lock().expect("metrics lock");
         let t = m
-            .entry((direction, service.to_string(), peer.to_string()))
+            .entry((
+                direction,
+                service.to_string(),
+                peer.to_string(),
+                String::new(),
+            ))
             .or_default();
-        t.connections += 1;
-        t.rx += rx;
-        t.tx += tx;
+        t.connections.fetch_add(1, Ordering::Relaxed);
+        t.bytes.clone()
     }
 
     pub(crate) fn denied(&self, direction: &'static str, service: &str, peer: &str) {
         let mut m = self.tcp.lock().expect("metrics lock");
-        m.entry((direction, service.to_string(), peer.to_string()))
-            .or_default()
-            .denied += 1;
+        m.entry((
+            direction,
+            service.to_string(),
+            peer.to_string(),
+            String::new(),
+        ))
+        .or_default()
+        .denied
+        .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one active health check of an endpoint of `service`.
@@ -272,39 +383,45 @@ impl Metrics {
             .or_default() += 1;
     }
 
-    /// The Prometheus text exposition.
-    pub(crate) fn render(&self) -> String {
+    /// The Prometheus text exposition, every request and TCP series labelled with
+    /// `place`.
+    pub(crate) fn render(&self, place: Place<'_>) -> String {
         let mut out = String::new();
         self.render_access_log(&mut out);
         self.render_trace_spans(&mut out);
         let http = self.http.lock().expect("metrics lock").clone();
         let tcp = self.tcp.lock().expect("metrics lock").clone();
-        let labels =
-            |d: &str, s: &str, p: &str| format!("direction=\"{d}\",service=\"{s}\",peer=\"{p}\"");
+        let (mesh, zone) = (escape(place.mesh), escape(place.zone));
+        let labels = |d: &str, s: &str, p: &str, pz: &str| {
+            format!(
+                "mesh=\"{mesh}\",zone=\"{zone}\",direction=\"{d}\",service=\"{s}\",peer=\"{p}\",peer_zone=\"{}\"",
+                escape(pz)
+            )
+        };
         out.push_str("# HELP causeway_requests_total HTTP requests the sidecar proxied, by direction, service, peer and status class.\n");
         out.push_str("# TYPE causeway_requests_total counter\n");
-        for ((d, s, p), h) in &http {
+        for ((d, s, p, pz), h) in &http {
             for (i, c) in CLASSES.iter().enumerate() {
                 let n = h.by_class[i].load(Ordering::Relaxed);
                 if n > 0 {
                     let _ = writeln!(
                         out,
                         "causeway_requests_total{{{},status_class=\"{c}\"}} {n}",
-                        labels(d, s, p)
+                        labels(d, s, p, pz)
                     );
                 }
             }
         }
         out.push_str("# HELP causeway_responses_total HTTP answers by direction, service, peer and exact status code.\n");
         out.push_str("# TYPE causeway_responses_total counter\n");
-        for ((d, s, p), h) in &http {
+        for ((d, s, p, pz), h) in &http {
             for (i, c) in h.by_code.iter().enumerate() {
                 let n = c.load(Ordering::Relaxed);
                 if n > 0 {
                     let _ = writeln!(
                         out,
                         "causeway_responses_total{{{},code=\"{}\"}} {n}",
-                        labels(d, s, p),
+                        labels(d, s, p, pz),
                         i + 100
                     );
                 }
@@ -312,24 +429,24 @@ impl Metrics {
         }
         out.push_str("# HELP causeway_grpc_responses_total gRPC calls by direction, service, peer and grpc-status (a failed call is not a success because its HTTP status is 200).\n");
         out.push_str("# TYPE causeway_grpc_responses_total counter\n");
-        for ((d, s, p), h) in &http {
+        for ((d, s, p, pz), h) in &http {
             for (code, c) in h.by_grpc_status.iter().enumerate() {
                 let n = c.load(Ordering::Relaxed);
                 if n > 0 {
                     let _ = writeln!(
                         out,
                         "causeway_grpc_responses_total{{{},grpc_status=\"{code}\"}} {n}",
-                        labels(d, s, p)
+                        labels(d, s, p, pz)
                     );
                 }
             }
         }
         out.push_str("# HELP causeway_request_duration_seconds HTTP request latency through the sidecar, by direction and service.\n");
         out.push_str("# TYPE causeway_request_duration_seconds histogram\n");
-        for ((d, s, p), h) in &http {
-            let l = labels(d, s, p);
+        for ((d, s, p, pz), h) in &http {
+            let l = labels(d, s, p, pz);
             let mut cumulative = 0;
-            for (i, b) in BUCKETS.iter().enumerate() {
+            for (i, b) in LATENCY_BOUNDS_SECONDS.iter().enumerate() {
                 cumulative += h.buckets[i].load(Ordering::Relaxed);
                 let _ = writeln!(
                     out,
@@ -348,39 +465,52 @@ impl Metrics {
                 "causeway_request_duration_seconds_count{{{l}}} {count}"
             );
         }
+        out.push_str(
+            "# HELP causeway_requests_in_flight HTTP requests waiting for their answer's head.\n",
+        );
+        out.push_str("# TYPE causeway_requests_in_flight gauge\n");
+        for ((d, s, p, pz), h) in &http {
+            let _ = writeln!(
+                out,
+                "causeway_requests_in_flight{{{}}} {}",
+                labels(d, s, p, pz),
+                h.in_flight.load(Ordering::Relaxed)
+            );
+        }
         out.push_str("# HELP causeway_proxy_errors_total Requests the sidecar answered itself, by cause (the x-causeway-error label).\n");
         out.push_str("# TYPE causeway_proxy_errors_total counter\n");
-        for ((d, s, p), h) in &http {
+        for ((d, s, p, pz), h) in &http {
             for (i, label) in LABELS.iter().enumerate() {
                 let n = h.errors[i].load(Ordering::Relaxed);
                 if n > 0 {
                     let _ = writeln!(
                         out,
                         "causeway_proxy_errors_total{{{},error=\"{label}\"}} {n}",
-                        labels(d, s, p)
+                        labels(d, s, p, pz)
                     );
                 }
             }
         }
         out.push_str("# HELP causeway_tcp_connections_total TCP connections the sidecar proxied or denied.\n");
         out.push_str("# TYPE causeway_tcp_connections_total counter\n");
-        for ((d, s, p), t) in &tcp {
-            let l = labels(d, s, p);
+        for ((d, s, p, pz), t) in &tcp {
+            let l = labels(d, s, p, pz);
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
                 "causeway_tcp_connections_total{{{l}}} {}",
-                t.connections
+                get(&t.connections)
             );
-            let _ = writeln!(out, "causeway_tcp_denied_total{{{l}}} {}", t.denied);
+            let _ = writeln!(out, "causeway_tcp_denied_total{{{l}}} {}", get(&t.denied));
             let _ = writeln!(
                 out,
                 "causeway_tcp_bytes_total{{{l},flow=\"received\"}} {}",
-                t.rx
+                get(&t.bytes.read)
             );
             let _ = writeln!(
                 out,
                 "causeway_tcp_bytes_total{{{l},flow=\"sent\"}} {}",
-                t.tx
+                get(&t.bytes.written)
             );
         }
         out.push_str("# HELP causeway_circuit_breaker_events_total MeshCircuitBreaker events (overflows, ejections), by service.\n");
@@ -437,6 +567,18 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// A label value as the exposition format writes it.
+fn escape(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.contains(['\\', '"', '\n']) {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+            .into()
+    } else {
+        v.into()
     }
 }
 
@@ -500,25 +642,42 @@ mod tests {
     #[test]
     fn renders_counters_and_histograms() {
         let m = Metrics::default();
-        let h = m.http("inbound", "web", "frontend");
+        let h = m.http("inbound", "web", "frontend", "zone-a");
+        let in_flight = h.start();
         h.record(200, Duration::from_millis(3));
         h.record(403, Duration::from_micros(100));
         h.error(&ProxyError::Denied("no".into()));
-        m.tcp("outbound", "db", "web", 10, 20);
+        let bytes = m.tcp("outbound", "db", "web");
+        bytes.read.fetch_add(10, Ordering::Relaxed);
+        bytes.written.fetch_add(20, Ordering::Relaxed);
         m.health_check("backend", false);
         m.circuit_breaker("backend", "ejected");
         m.retry("backend", "budget_exhausted");
         m.routed("backend", "canary", "backend");
         m.mirrored("backend", "shadow", "dropped");
-        let t = m.render();
+        let t = m.render(Place {
+            mesh: "default",
+            zone: "zone-b",
+        });
+        assert!(t.contains("causeway_requests_in_flight{mesh=\"default\",zone=\"zone-b\",direction=\"inbound\",service=\"web\",peer=\"frontend\",peer_zone=\"zone-a\"} 1"), "{t}");
+        drop(in_flight);
+        let t = m.render(Place {
+            mesh: "default",
+            zone: "zone-b",
+        });
+        assert!(t.contains("causeway_requests_in_flight{mesh=\"default\",zone=\"zone-b\",direction=\"inbound\",service=\"web\",peer=\"frontend\",peer_zone=\"zone-a\"} 0"), "{t}");
         assert!(t.contains("causeway_route_requests_total{service=\"backend\",route=\"canary\",backend=\"backend\"} 1"), "{t}");
         assert!(t.contains("causeway_mirrored_requests_total{service=\"backend\",mirror=\"shadow\",result=\"dropped\"} 1"), "{t}");
-        assert!(t.contains("causeway_requests_total{direction=\"inbound\",service=\"web\",peer=\"frontend\",status_class=\"2xx\"} 1"), "{t}");
+        assert!(t.contains("causeway_requests_total{mesh=\"default\",zone=\"zone-b\",direction=\"inbound\",service=\"web\",peer=\"frontend\",peer_zone=\"zone-a\",status_class=\"2xx\"} 1"), "{t}");
         assert!(t.contains("status_class=\"4xx\"} 1"), "{t}");
         assert!(t.contains("le=\"0.005\"} 2"), "{t}");
-        assert!(t.contains("causeway_proxy_errors_total{direction=\"inbound\",service=\"web\",peer=\"frontend\",error=\"denied\"} 1"), "{t}");
+        assert!(t.contains("le=\"0.002\"} 1"), "{t}");
+        assert!(
+            t.contains("peer_zone=\"zone-a\",error=\"denied\"} 1"),
+            "{t}"
+        );
         assert!(t.contains("le=\"0.001\"} 1"), "{t}");
-        assert!(t.contains("causeway_tcp_bytes_total{direction=\"outbound\",service=\"db\",peer=\"web\",flow=\"sent\"} 20"), "{t}");
+        assert!(t.contains("causeway_tcp_bytes_total{mesh=\"default\",zone=\"zone-b\",direction=\"outbound\",service=\"db\",peer=\"web\",peer_zone=\"\",flow=\"sent\"} 20"), "{t}");
         assert!(
             t.contains("causeway_health_checks_total{service=\"backend\",result=\"failed\"} 1"),
             "{t}"
@@ -527,5 +686,48 @@ mod tests {
             t.contains("causeway_retries_total{service=\"backend\",result=\"budget_exhausted\"} 1"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn signal_deltas_count_since_the_last_report_with_failures() {
+        let m = Metrics::default();
+        let inbound = m.http("inbound", "backend", "web", "zone-a");
+        let outbound = m.http("outbound", "db", "backend", "");
+        let mut last = HashMap::new();
+        inbound.record(200, Duration::from_millis(3));
+        inbound.record(503, Duration::from_millis(40));
+        inbound.record(200, Duration::from_millis(3));
+        inbound.grpc(14);
+        outbound.record(200, Duration::from_millis(1));
+        let mut d = m.signal_deltas(&mut last);
+        d.sort_by_key(|s| s.outbound);
+        assert_eq!(d.len(), 2);
+        let (i, o) = (&d[0], &d[1]);
+        assert_eq!(
+            (
+                i.outbound,
+                i.service.as_str(),
+                i.peer.as_str(),
+                i.peer_zone.as_str()
+            ),
+            (false, "backend", "web", "zone-a")
+        );
+        let c = i.counts.as_ref().unwrap();
+        // A 503 and a gRPC UNAVAILABLE (answered 200) are failures.
+        assert_eq!((c.requests, c.failures), (3, 2));
+        assert_eq!(c.latency[causeway_api::stats::bucket(0.003)], 2);
+        assert_eq!(c.latency.len(), BUCKETS);
+        // Outbound: this proxy's service called the destination.
+        assert_eq!(
+            (o.outbound, o.service.as_str(), o.peer.as_str()),
+            (true, "backend", "db")
+        );
+        // Nothing new: nothing to send; then only what is new.
+        assert!(m.signal_deltas(&mut last).is_empty());
+        inbound.record(200, Duration::from_millis(3));
+        let d = m.signal_deltas(&mut last);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].counts.as_ref().unwrap().requests, 1);
+        assert_eq!(d[0].counts.as_ref().unwrap().failures, 0);
     }
 }

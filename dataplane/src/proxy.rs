@@ -698,7 +698,7 @@ pub(crate) const ANSWERED_FROM_ZONE: http::HeaderName =
     http::HeaderName::from_static("x-causeway-zone");
 
 /// Copies both ways until both sides close, or until no byte moved either way for
-/// `idle` (both are closed then); counts bytes.
+/// `idle` (both are closed then); counts the connection, and its bytes as they move.
 #[allow(clippy::too_many_arguments)]
 async fn pipe(
     proxy: &Proxy,
@@ -710,8 +710,8 @@ async fn pipe(
     idle: Option<Duration>,
     log: Option<crate::access_log::PendingTcp>,
 ) -> anyhow::Result<()> {
-    let (rx, tx, r) = timeout::copy_until_idle(a, b, idle).await;
-    proxy.metrics.tcp(direction, service, peer, rx, tx);
+    let live = proxy.metrics.tcp(direction, service, peer);
+    let (rx, tx, r) = timeout::copy_until_idle(a, b, idle, Some(live)).await;
     if let Some(log) = log {
         let flags = r.as_ref().err().map(|e| format!("connection_error: {e}"));
         log.finish(rx, tx, flags);

@@ -269,14 +269,25 @@ impl IdleClock {
     }
 }
 
+/// Bytes moved on connections, counted as they move (not when a connection ends), for
+/// metrics a scrape reads while long connections are open.
+#[derive(Debug, Default)]
+pub struct LiveBytes {
+    /// Read from the connections (received from their peer).
+    pub read: AtomicU64,
+    /// Written to them (sent to their peer).
+    pub written: AtomicU64,
+}
+
 /// A connection that keeps its [`IdleClock`] (when it has an idle timeout) and counts
-/// its bytes.
+/// its bytes (and adds them to `live` as they move).
 pub(crate) struct Watched<S> {
     inner: S,
     clock: Option<Arc<IdleClock>>,
     /// Bytes read from it, and written to it.
     pub(crate) read: u64,
     pub(crate) written: u64,
+    live: Option<Arc<LiveBytes>>,
 }
 
 /// Wraps `io`; with an `idle` timeout, also returns the clock to wait on.
@@ -288,6 +299,7 @@ pub(crate) fn watch<S>(io: S, idle: Option<Duration>) -> (Watched<S>, Option<Arc
             clock: clock.clone(),
             read: 0,
             written: 0,
+            live: None,
         },
         clock,
     )
@@ -298,6 +310,16 @@ impl<S> Watched<S> {
         if let Some(c) = &self.clock {
             c.touch();
         }
+    }
+
+    fn count(&mut self, read: usize, written: usize) {
+        self.read += read as u64;
+        self.written += written as u64;
+        if let Some(live) = &self.live {
+            live.read.fetch_add(read as u64, Ordering::Relaxed);
+            live.written.fetch_add(written as u64, Ordering::Relaxed);
+        }
+        self.moved();
     }
 }
 
@@ -312,8 +334,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
         let n = buf.filled().len() - before;
         if n > 0 {
-            this.read += n as u64;
-            this.moved();
+            this.count(n, 0);
         }
         Poll::Ready(Ok(()))
     }
@@ -328,8 +349,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         let this = self.get_mut();
         let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
         if n > 0 {
-            this.written += n as u64;
-            this.moved();
+            this.count(0, n);
         }
         Poll::Ready(Ok(n))
     }
@@ -342,8 +362,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
         let this = self.get_mut();
         let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
         if n > 0 {
-            this.written += n as u64;
-            this.moved();
+            this.count(0, n);
         }
         Poll::Ready(Ok(n))
     }
@@ -380,17 +399,19 @@ async fn unless_idle<F: Future>(
 
 /// Copies both ways between `a` and `b` until both sides close, or until no byte moved
 /// for `idle` (then both are closed). Returns the bytes `a` sent and received, and how
-/// the copy ended.
-pub(crate) async fn copy_until_idle<A, B>(
+/// the copy ended; with `live`, adds them there as they move (read: from `a`).
+pub async fn copy_until_idle<A, B>(
     a: A,
     mut b: B,
     idle: Option<Duration>,
+    live: Option<Arc<LiveBytes>>,
 ) -> (u64, u64, io::Result<()>)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut a, clock) = watch(a, idle);
+    a.live = live;
     let result = {
         let copy = tokio::io::copy_bidirectional(&mut a, &mut b);
         match unless_idle(copy, clock.as_deref(), idle).await {

@@ -22,6 +22,7 @@ use crate::command::{ApplyError, Command, Member, WriteOutcome};
 use crate::raft_node::{MemberChange, RaftError, RaftHandle};
 use crate::store::{Store, StoreError};
 
+mod stats;
 mod zones;
 
 #[derive(Clone)]
@@ -151,6 +152,7 @@ pub(crate) fn router(state: ApiState) -> Router {
             "/meshes/{mesh}/dataplane-token",
             post(zones::create_dataplane_token),
         )
+        .route("/meshes/{mesh}/stats", get(stats::mesh_stats))
         .route(
             "/meshes/{mesh}/dataplanes/{name}/inspect",
             get(zones::inspect_dataplane),
@@ -774,6 +776,17 @@ pub fn openapi_document() -> Value {
     paths.insert("/cluster".into(), json!({"get": {"summary": "Raft cluster status", "responses": {"200": {"description": "status"}}}}));
     paths.insert("/cluster/members".into(), json!({"post": {"summary": "Add a node", "responses": {"200": {"description": "added"}, "default": err}}}));
     paths.insert("/cluster/members/{id}".into(), json!({"delete": {"summary": "Remove a node", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "removed"}, "default": err}}}));
+    paths.insert("/meshes/{mesh}/stats".into(), json!({"get": {
+        "summary": "Golden signals across zones (success rate, requests per second, p50/p95/p99, each zone's share), from the zones' reports; what `causeway stat` shows",
+        "parameters": [
+            {"name": "mesh", "in": "path", "required": true, "schema": {"type": "string"}},
+            {"name": "by", "in": "query", "schema": {"type": "string", "enum": ["service", "zone", "caller", "callee"], "default": "service"}},
+            {"name": "window", "in": "query", "schema": {"type": "string", "enum": ["1m", "5m", "15m"], "default": "1m"}},
+            {"name": "service", "in": "query", "schema": {"type": "string"}, "description": "only this service's rows"},
+            {"name": "zone", "in": "query", "schema": {"type": "string"}, "description": "only what this zone's sidecars counted"},
+            {"name": "raw", "in": "query", "schema": {"type": "boolean"}, "description": "the zones' reports as held, unmerged"}
+        ],
+        "responses": {"200": {"description": "the view: rows, the zones whose reports it holds (with their age), and the connected zones whose report was missing"}, "default": err}}}));
     paths.insert("/ready".into(), json!({"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "ready"}, "503": err}}}));
     let mut schemas = serde_json::Map::new();
     for t in causeway_api::types() {

@@ -17,7 +17,7 @@ use causeway_api::kds::kds_server::Kds;
 use causeway_api::kds::{
     Ack, Change, ChangeSet, ConfigDump, ConfigDumpRequest, EnrollRequest, EnrollResponse,
     GlobalMessage, Heartbeat, IntermediateCa, IntermediateRequest, RenewRequest, RevokedCa, Trust,
-    ZoneAck, ZoneChangeSet, ZoneMessage, change, global_message, zone_message,
+    ZoneAck, ZoneChangeSet, ZoneMessage, ZoneStats, change, global_message, zone_message,
 };
 use causeway_api::{Resource, ResourceKey};
 use causeway_pki::{CertKey, Profile};
@@ -63,6 +63,8 @@ struct LiveSession {
     session: u64,
     status: ZoneStatusRecord,
     dump_tx: mpsc::Sender<DumpRequest>,
+    /// The zone's last golden-signal report, and when it came.
+    stats: Option<(Instant, Arc<ZoneStats>)>,
 }
 
 /// A question relayed to a zone (its state, or a dataplane's inspection: see
@@ -173,6 +175,36 @@ impl KdsService {
         sessions
             .iter()
             .map(|(z, s)| (z.clone(), s.status.clone()))
+            .collect()
+    }
+
+    /// The golden signals of `mesh` that the zones connected to this node last
+    /// reported, by zone.
+    pub(crate) fn zone_stats(&self, mesh: &str) -> Vec<causeway_api::stats::ZoneReport> {
+        let reports: Vec<(String, Instant, Arc<ZoneStats>)> = {
+            let sessions = self.inner.sessions.lock().expect("sessions lock");
+            sessions
+                .iter()
+                .filter_map(|(z, s)| {
+                    s.stats
+                        .as_ref()
+                        .map(|(at, st)| (z.clone(), *at, st.clone()))
+                })
+                .collect()
+        };
+        reports
+            .into_iter()
+            .map(|(zone, at, st)| causeway_api::stats::ZoneReport {
+                signals: st
+                    .signals
+                    .iter()
+                    .filter(|s| s.mesh == mesh)
+                    .map(|s| causeway_api::stats::Signal::reported(&zone, s))
+                    .collect(),
+                zone,
+                age_seconds: at.elapsed().as_secs_f64(),
+                dropped: st.dropped,
+            })
             .collect()
     }
 
@@ -409,6 +441,7 @@ impl Session {
                 session: self.status.session,
                 status: self.status.clone(),
                 dump_tx,
+                stats: None,
             },
         );
     }
@@ -554,6 +587,14 @@ impl Session {
             zone_message::Msg::ConfigDump(d) => {
                 if let Some(reply) = self.pending_dumps.remove(&d.id) {
                     let _ = reply.send(d);
+                }
+            }
+            zone_message::Msg::Stats(stats) => {
+                let mut sessions = self.kds.inner.sessions.lock().expect("sessions lock");
+                if let Some(s) = sessions.get_mut(&self.zone)
+                    && s.session == self.status.session
+                {
+                    s.stats = Some((Instant::now(), Arc::new(stats)));
                 }
             }
         }

@@ -77,6 +77,7 @@ async fn metrics(State(i): State<Arc<Ingress>>) -> impl IntoResponse {
         get(&m.bytes_in),
         get(&m.bytes_out)
     );
+    destination_metrics(&i, &mut out);
     (
         [(
             axum::http::header::CONTENT_TYPE,
@@ -84,4 +85,52 @@ async fn metrics(State(i): State<Arc<Ingress>>) -> impl IntoResponse {
         )],
         out,
     )
+}
+
+/// The per-destination series, labelled with the ingress's mesh and zone.
+fn destination_metrics(i: &Ingress, out: &mut String) {
+    let cfg = i.config.borrow().clone();
+    let (mesh, zone) = cfg
+        .as_deref()
+        .map_or(("", ""), |c| (c.mesh.as_str(), c.zone.as_str()));
+    let destinations: Vec<(String, Arc<crate::Destination>)> = i
+        .metrics
+        .destinations
+        .lock()
+        .expect("metrics lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    out.push_str("# HELP causeway_ingress_destination_connections_total Connections from other zones, by destination service and outcome.\n# TYPE causeway_ingress_destination_connections_total counter\n");
+    for (service, d) in &destinations {
+        for (result, c) in [
+            ("forwarded", &d.forwarded),
+            ("upstream_failed", &d.upstream_failed),
+        ] {
+            let _ = writeln!(
+                out,
+                "causeway_ingress_destination_connections_total{{mesh=\"{mesh}\",zone=\"{zone}\",service=\"{service}\",result=\"{result}\"}} {}",
+                get(c)
+            );
+        }
+    }
+    out.push_str("# HELP causeway_ingress_destination_active_connections Connections open now, by destination service.\n# TYPE causeway_ingress_destination_active_connections gauge\n");
+    for (service, d) in &destinations {
+        let _ = writeln!(
+            out,
+            "causeway_ingress_destination_active_connections{{mesh=\"{mesh}\",zone=\"{zone}\",service=\"{service}\"}} {}",
+            get(&d.active)
+        );
+    }
+    out.push_str("# HELP causeway_ingress_destination_bytes_total Bytes forwarded by destination service and direction, counted as they move.\n# TYPE causeway_ingress_destination_bytes_total counter\n");
+    for (service, d) in &destinations {
+        for (direction, c) in [("in", &d.bytes.read), ("out", &d.bytes.written)] {
+            let _ = writeln!(
+                out,
+                "causeway_ingress_destination_bytes_total{{mesh=\"{mesh}\",zone=\"{zone}\",service=\"{service}\",direction=\"{direction}\"}} {}",
+                get(c)
+            );
+        }
+    }
 }

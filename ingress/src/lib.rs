@@ -62,6 +62,28 @@ pub(crate) struct Metrics {
     /// Connections that stalled (then closed) because a blackhole drill silenced the
     /// ingress.
     pub(crate) stalled_drill: AtomicU64,
+    /// By destination service (from the config's routes: an unknown SNI makes none).
+    pub(crate) destinations: Mutex<std::collections::BTreeMap<String, Arc<Destination>>>,
+}
+
+/// Counters of one destination service.
+#[derive(Default)]
+pub(crate) struct Destination {
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) upstream_failed: AtomicU64,
+    pub(crate) active: AtomicU64,
+    /// Read: from the other zone (in); written: to it (out). Counted as they move.
+    pub(crate) bytes: Arc<causeway_dataplane::timeout::LiveBytes>,
+}
+
+impl Metrics {
+    pub(crate) fn destination(&self, service: &str) -> Arc<Destination> {
+        let mut d = self.destinations.lock().expect("metrics lock");
+        if let Some(found) = d.get(service) {
+            return found.clone();
+        }
+        d.entry(service.to_owned()).or_default().clone()
+    }
 }
 
 /// The running ingress, shared by its connections.

@@ -109,21 +109,42 @@ where
         tracing::info!(%peer, %sni, "refused a connection for a destination this ingress does not serve");
         return;
     };
+    let dest = m.destination(cfg.services.get(&sni).unwrap_or(&sni));
     let Some(mut upstream) = connect(ingress, targets).await else {
         m.upstream_failed.fetch_add(1, Ordering::Relaxed);
+        dest.upstream_failed.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%peer, %sni, "no local endpoint accepted the connection");
         return;
     };
+    drop(cfg);
     m.forwarded.fetch_add(1, Ordering::Relaxed);
+    dest.forwarded.fetch_add(1, Ordering::Relaxed);
+    dest.active.fetch_add(1, Ordering::Relaxed);
+    let _active = Active(&dest.active);
     if upstream.write_all(&hello).await.is_err() {
         return;
     }
     m.bytes_in.fetch_add(hello.len() as u64, Ordering::Relaxed);
-    if let Ok((to_upstream, to_peer)) =
-        tokio::io::copy_bidirectional(&mut sock, &mut upstream).await
-    {
-        m.bytes_in.fetch_add(to_upstream, Ordering::Relaxed);
-        m.bytes_out.fetch_add(to_peer, Ordering::Relaxed);
+    dest.bytes
+        .read
+        .fetch_add(hello.len() as u64, Ordering::Relaxed);
+    let (to_upstream, to_peer, _) = causeway_dataplane::timeout::copy_until_idle(
+        &mut sock,
+        &mut upstream,
+        None,
+        Some(dest.bytes.clone()),
+    )
+    .await;
+    m.bytes_in.fetch_add(to_upstream, Ordering::Relaxed);
+    m.bytes_out.fetch_add(to_peer, Ordering::Relaxed);
+}
+
+/// A connection open to a destination, counted until dropped.
+struct Active<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

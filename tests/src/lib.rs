@@ -141,16 +141,15 @@ pub async fn admin_config(http: &reqwest::Client, admin: SocketAddr) -> Option<V
         .ok()
 }
 
-/// The value of one series (`name{labels}`, exactly as exposed) on a proxy's
-/// `/metrics`; 0 when absent or unreachable.
+/// The sum of the series a selector picks (`name{labels}`: the series that carry all
+/// these labels, see `causeway_api::exposition::sum`) on a proxy's `/metrics`; 0 when
+/// absent or unreachable.
 pub async fn admin_metric(http: &reqwest::Client, admin: SocketAddr, series: &str) -> f64 {
     let text = match http.get(format!("http://{admin}/metrics")).send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => String::new(),
     };
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+    causeway_api::exposition::sum(&text, series)
 }
 
 /// Sends `sig` (`-STOP`, `-TERM` ...) to a child process.

@@ -33,7 +33,13 @@ struct Mesh {
 impl Mesh {
     /// One global node, a Strict-mTLS mesh that allows all traffic, and `zones`.
     async fn new(zones: &[&str]) -> anyhow::Result<Mesh> {
-        let c = GlobalCluster::start(1, &["--kds-heartbeat", "500ms"]).await?;
+        let zones: Vec<(&str, usize)> = zones.iter().map(|z| (*z, 0)).collect();
+        Mesh::on_nodes(1, &zones).await
+    }
+
+    /// [`Mesh::new`] with `nodes` global nodes, each zone connected to the node given.
+    async fn on_nodes(nodes: u64, zones: &[(&str, usize)]) -> anyhow::Result<Mesh> {
+        let c = GlobalCluster::start(nodes, &["--kds-heartbeat", "500ms"]).await?;
         put(
             &c,
             "/meshes/default",
@@ -43,12 +49,12 @@ impl Mesh {
         put(&c, "/meshes/default/meshtrafficpermissions/all", &json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "all",
             "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}})).await?;
         let mut out = Vec::new();
-        for name in zones {
+        for (name, node) in zones {
             let dds = free_addr();
             let cp = ZoneCp::new(
                 &c,
                 name,
-                c.kds_urls_from(0),
+                c.kds_urls_from(*node),
                 &["--dds-addr", &dds.to_string()],
             )
             .await?;
@@ -276,6 +282,18 @@ async fn a_call_crosses_zones_through_the_ingress_with_mtls_end_to_end() -> anyh
         assert!(
             n >= 1.0,
             "every ingress carries some of the traffic ({admin}: {n})"
+        );
+        // ... counted per destination service, bytes both ways.
+        let to_backend = |s: &str| {
+            format!(
+                "causeway_ingress_destination_{s}{{mesh=\"default\",zone=\"zone-b\",service=\"backend\"}}"
+            )
+        };
+        let forwarded = admin_metric(&http, admin, &to_backend("connections_total")).await;
+        let bytes = admin_metric(&http, admin, &to_backend("bytes_total")).await;
+        assert!(
+            forwarded >= 1.0 && bytes > 0.0,
+            "{admin}: {forwarded} {bytes}"
         );
     }
 
@@ -1358,5 +1376,195 @@ async fn a_route_sends_requests_to_a_service_that_lives_only_in_another_zone() -
         );
         assert_eq!(answer("/other").await, Some(("a1".into(), "zone-a".into())));
     }
+    Ok(())
+}
+
+/// `causeway stat`: a backend in two zones that fails a fifth of its calls shows a
+/// success rate of 80% (±3 points) for each zone, within 15 s of the calls, from the
+/// sidecars' reports through their zones and global, with no Prometheus; the caller and
+/// callee views name the pair.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn causeway_stat_shows_a_backend_failing_a_fifth_of_calls_per_zone() -> anyhow::Result<()> {
+    let m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    let mut procs = Vec::new();
+    let http = plain_http();
+    for (zone, app, sidecar) in [("zone-a", "a1", "backend-a"), ("zone-b", "b1", "backend-b")] {
+        let (app, port) = m.app(zone, app, "backend")?;
+        let (s, ..) = m.sidecar(zone, sidecar, "backend", Some(port), &[]).await?;
+        procs.extend([app, s]);
+        let r = http
+            .post(format!("http://127.0.0.1:{port}/answer/500?percent=20"))
+            .send()
+            .await?;
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    procs.push(m.ingress("zone-a", "zone-a-ingress").await?.0);
+    procs.push(m.ingress("zone-b", "zone-b-ingress").await?.0);
+    put(&m.c, "/meshes/default/meshloadbalancingstrategies/spread", &json!({
+        "type": "MeshLoadBalancingStrategy", "mesh": "default", "name": "spread",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {"loadBalancer": {"type": "RoundRobin"}, "localityAwareness": {"disabled": true}}}]}})).await?;
+    let (_web, _, outs) = m
+        .sidecar("zone-a", "web-1", "web", None, &["backend"])
+        .await?;
+    let url = format!("http://127.0.0.1:{}/", outs[0]);
+    eventually("backend answering from both zones", WAIT, || async {
+        let mut zones = std::collections::BTreeSet::new();
+        for _ in 0..20 {
+            let v: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+            zones.insert(v["zone"].as_str()?.to_string());
+        }
+        (zones.len() == 2).then_some(())
+    })
+    .await?;
+
+    // 4,000 calls, 2,000 per zone: 20% failing at random is 80% ± 0.9 points (1 sd).
+    const CALLS: usize = 4000;
+    let answered = futures::future::join_all((0..8).map(|_| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            let mut statuses = Vec::new();
+            for _ in 0..CALLS / 8 {
+                statuses.push(http.get(&url).send().await.map(|r| r.status()));
+            }
+            statuses
+        }
+    }))
+    .await;
+    let sent = Instant::now();
+    let statuses: Vec<_> = answered.into_iter().flatten().collect::<Result<_, _>>()?;
+    let failed = statuses.iter().filter(|s| s.is_server_error()).count();
+    // The caller sees fewer failures than the backend makes: the default retry policy
+    // tries a failed call again.
+    let seen = 1.0 - failed as f64 / CALLS as f64;
+
+    let stat = |args: &[&str]| -> anyhow::Result<Value> {
+        let mut all = vec!["stat"];
+        all.extend_from_slice(args);
+        all.extend(["-o", "json"]);
+        let (ok, out, err) = m.c.cli(&all)?;
+        anyhow::ensure!(ok, "causeway stat: {err}");
+        Ok(serde_json::from_str(&out)?)
+    };
+    // Each zone's sidecars reported all their calls.
+    let by_zone = eventually("both zones' calls in `causeway stat`", WAIT, || async {
+        let v = stat(&["backend", "--by", "zone"]).ok()?;
+        let rows = v["rows"].as_array()?;
+        let total: u64 = rows.iter().filter_map(|r| r["requests"].as_u64()).sum();
+        (rows.len() == 2 && total >= CALLS as u64).then_some(v)
+    })
+    .await
+    .with_context(|| m.c.logs())?;
+    let took = sent.elapsed();
+    assert!(took < Duration::from_secs(15), "the stats took {took:?}");
+    for row in by_zone["rows"].as_array().context("rows")? {
+        let rate = row["successRate"].as_f64().context("successRate")?;
+        assert!((0.77..=0.83).contains(&rate), "{row}");
+        assert!(row["p99Ms"].as_f64().context("p99")? > 0.0, "{row}");
+        assert!(
+            row["requestsPerSecond"].as_f64().context("rps")? > 0.0,
+            "{row}"
+        );
+    }
+    let zones: Vec<&str> = by_zone["rows"]
+        .as_array()
+        .context("rows")?
+        .iter()
+        .filter_map(|r| r["zone"].as_str())
+        .collect();
+    assert_eq!(zones, ["zone-a", "zone-b"]);
+
+    // By service: both zones together, each with about half the traffic.
+    let v = stat(&["backend"])?;
+    let row = &v["rows"][0];
+    assert!(
+        (0.77..=0.83).contains(&row["successRate"].as_f64().context("rate")?),
+        "{v}"
+    );
+    let share = row["zones"]["zone-b"].as_f64().context("zone-b's share")?;
+    assert!((0.4..=0.6).contains(&share), "{v}");
+    // By caller: web, from zone-a (its certificate says so), into both zones.
+    let v = stat(&["backend", "--by", "caller"])?;
+    assert_eq!(v["rows"][0]["peer"], "web", "{v}");
+    assert_eq!(v["rows"][0]["peerZone"], "zone-a", "{v}");
+    // By callee: what web called, as web's sidecar counted it, retries included: what
+    // web's application saw.
+    let v = stat(&["web", "--by", "callee"])?;
+    assert_eq!(v["rows"][0]["peer"], "backend", "{v}");
+    assert!(
+        v["rows"][0]["requests"].as_u64().context("requests")? >= CALLS as u64,
+        "{v}"
+    );
+    let rate = v["rows"][0]["successRate"].as_f64().context("rate")?;
+    assert!((rate - seen).abs() < 0.01, "web saw {seen}, stat says {v}");
+    // --zone: only what zone-b's sidecars counted.
+    let v = stat(&["backend", "--zone", "zone-b"])?;
+    assert_eq!(v["rows"][0]["zones"], json!({"zone-b": 1.0}), "{v}");
+    // The table, as a user reads it.
+    let (ok, table, err) = m.c.cli(&["stat", "backend", "--by", "zone"])?;
+    assert!(ok, "{err}");
+    assert!(table.contains("SUCCESS"), "{table}");
+    assert!(
+        table.lines().any(|l| l.starts_with("backend  zone-b")),
+        "{table}"
+    );
+    // A bad grouping is refused with the field named.
+    let (ok, _, err) = m.c.cli(&["stat", "--by", "pod"])?;
+    assert!(!ok && err.contains("pod"), "{err}");
+    let (s, v) =
+        m.c.call_retry(Method::GET, "/meshes/default/stats?window=2m", None)
+            .await?;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("window"), "{v}");
+    Ok(())
+}
+
+/// Zones report their golden signals to the global node that serves them; every node
+/// answers `GET /meshes/{mesh}/stats` with every connected zone, asking the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_global_node_shows_the_stats_of_zones_other_nodes_serve() -> anyhow::Result<()> {
+    let m = Mesh::on_nodes(3, &[("zone-a", 0), ("zone-b", 1)]).await?;
+    let http = plain_http();
+    let mut procs = Vec::new();
+    for (zone, app) in [("zone-a", "a1"), ("zone-b", "b1")] {
+        let (app, port) = m.app(zone, app, "backend")?;
+        let (s, ..) = m
+            .sidecar(zone, &format!("backend-{zone}"), "backend", Some(port), &[])
+            .await?;
+        let (web, _, outs) = m
+            .sidecar(zone, &format!("web-{zone}"), "web", None, &["backend"])
+            .await?;
+        procs.extend([app, s, web]);
+        let url = format!("http://127.0.0.1:{}/", outs[0]);
+        eventually("backend answering", WAIT, || async {
+            let mut ok = 0;
+            for _ in 0..50 {
+                ok += usize::from(http.get(&url).send().await.ok()?.status() == StatusCode::OK);
+            }
+            (ok == 50).then_some(())
+        })
+        .await?;
+    }
+    for node in 0..3 {
+        eventually(&format!("node {node} showing both zones"), WAIT, || async {
+            let (s, v) =
+                m.c.call(node, Method::GET, "/meshes/default/stats?by=zone", None)
+                    .await
+                    .ok()?;
+            let zones: Vec<&str> = v["rows"]
+                .as_array()?
+                .iter()
+                .filter(|r| r["requests"].as_u64().unwrap_or(0) >= 50)
+                .filter_map(|r| r["zone"].as_str())
+                .collect();
+            (s == StatusCode::OK && zones == ["zone-a", "zone-b"] && v.get("missing").is_none())
+                .then_some(())
+        })
+        .await
+        .with_context(|| m.c.logs())?;
+    }
+    // A mesh that does not exist is a 404, not an empty view.
+    let (s, _) = m.c.call(2, Method::GET, "/meshes/nope/stats", None).await?;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     Ok(())
 }

@@ -39,10 +39,11 @@ async fn a_sidecar_serves_its_metrics_where_mesh_metric_says() -> anyhow::Result
         || async {
             let r = http.get(&url).send().await.ok()?;
             let text = r.text().await.ok()?;
-            text.contains(
-                "causeway_requests_total{direction=\"inbound\",service=\"backend\",peer=\"web\"",
-            )
-            .then_some(text)
+            (causeway_api::exposition::sum(
+                &text,
+                "causeway_requests_total{direction=\"inbound\",service=\"backend\",peer=\"web\"}",
+            ) > 0.0)
+                .then_some(text)
         },
     )
     .await?;

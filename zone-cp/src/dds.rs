@@ -566,7 +566,8 @@ async fn serve_ingress(
                 tracing::warn!(ingress = %key, error = %e, "cannot compute the ingress's config yet")
             }
         }
-        if !next_event(shared, key, stream_id, &mut changes, &mut inbound).await {
+        // An ingress counts no golden signals.
+        if !next_event(shared, key, stream_id, &[], &mut changes, &mut inbound).await {
             return Ok(());
         }
     }
@@ -696,7 +697,20 @@ async fn serve_proxy(
                 tracing::warn!(dataplane = %key, error = %e, "cannot compute the proxy's config yet")
             }
         }
-        if !next_event(shared, key, stream_id, &mut changes, &mut inbound).await {
+        // Golden signals are taken for the services the dataplane serves only.
+        let services: Vec<String> = serde_json::from_value::<DataplaneSpec>(dp.spec.clone())
+            .map(|s| s.inbound.into_iter().map(|i| i.service).collect())
+            .unwrap_or_default();
+        if !next_event(
+            shared,
+            key,
+            stream_id,
+            &services,
+            &mut changes,
+            &mut inbound,
+        )
+        .await
+        {
             return Ok(());
         }
     }
@@ -743,6 +757,7 @@ async fn next_event(
     shared: &Shared,
     key: &ResourceKey,
     stream_id: u64,
+    services: &[String],
     changes: &mut tokio::sync::watch::Receiver<u64>,
     inbound: &mut Streaming<ProxyMessage>,
 ) -> bool {
@@ -779,9 +794,53 @@ async fn next_event(
                 });
                 true
             }
+            Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Stats(s)) })) => {
+                record_signals(shared, &key.mesh, services, s);
+                true
+            }
             Some(Ok(_)) => true,
             Some(Err(_)) | None => false,
         },
+    }
+}
+
+/// Signals one ProxyStats may carry; a sidecar has one per (direction, service, peer,
+/// peer zone) it saw in a few seconds.
+const MAX_SIGNALS_PER_REPORT: usize = 4096;
+
+/// Folds a sidecar's golden-signal deltas into the zone's aggregate. What it cannot
+/// have counted (another service's inbound, names no service could have) is ignored.
+fn record_signals(
+    shared: &Shared,
+    mesh: &str,
+    services: &[String],
+    stats: causeway_api::kds::dds::ProxyStats,
+) {
+    let now = u64::try_from(now_ms()).unwrap_or(0);
+    let mut signals = shared.signals.lock().expect("signals lock");
+    for s in stats.signals.into_iter().take(MAX_SIGNALS_PER_REPORT) {
+        let Some(c) = s.counts else { continue };
+        let named = |n: &str| n.len() <= 253;
+        if !services.contains(&s.service) || !named(&s.peer) || !named(&s.peer_zone) {
+            continue;
+        }
+        let mut latency = c.latency;
+        latency.truncate(causeway_api::stats::BUCKETS);
+        signals.record(
+            causeway_api::stats::SignalKey {
+                mesh: mesh.to_owned(),
+                outbound: s.outbound,
+                service: s.service,
+                peer: s.peer,
+                peer_zone: s.peer_zone,
+            },
+            &causeway_api::stats::Counts {
+                requests: c.requests,
+                failures: c.failures.min(c.requests),
+                latency,
+            },
+            now,
+        );
     }
 }
 

@@ -67,6 +67,7 @@ pub fn compute(
         }
     }
     let mut routes = BTreeMap::new();
+    let mut route_services = BTreeMap::new();
     let mut available = Vec::new();
     // Every endpoint of a service, whatever its tags, behind the service's own SNI.
     let mut by_service: BTreeMap<String, Vec<IngressTarget>> = BTreeMap::new();
@@ -76,7 +77,9 @@ pub fn compute(
         let mut ids = Vec::with_capacity(targets.len());
         for t in &targets {
             let id = endpoint_id(&t.address, t.port);
-            routes.insert(endpoint_sni(&id, &service, mesh), vec![t.clone()]);
+            let sni = endpoint_sni(&id, &service, mesh);
+            route_services.insert(sni.clone(), service.clone());
+            routes.insert(sni, vec![t.clone()]);
             ids.push(id);
         }
         ids.sort();
@@ -92,7 +95,9 @@ pub fn compute(
     for (service, mut targets) in by_service {
         targets.sort();
         targets.dedup();
-        routes.insert(ingress_sni(&service, mesh), targets);
+        let sni = ingress_sni(&service, mesh);
+        route_services.insert(sni.clone(), service);
+        routes.insert(sni, targets);
     }
     let mut config = IngressConfig {
         version: String::new(),
@@ -102,6 +107,7 @@ pub fn compute(
         silent: refusal.as_ref().is_some_and(|r| r.silent),
         refusing: refusal.map(|r| r.reason),
         routes,
+        services: route_services,
     };
     let body = serde_json::to_vec(&config).expect("configs serialize");
     config.version = hex::encode(&sha2::Sha256::digest(&body)[..8]);

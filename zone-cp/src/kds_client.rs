@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use causeway_api::kds::kds_client::KdsClient;
 use causeway_api::kds::{
     Ack, Change, EnrollRequest, GlobalMessage, Heartbeat, Hello, IntermediateRequest, RenewRequest,
-    ZoneChangeSet, ZoneInsight, ZoneMessage, change, global_message, zone_message,
+    ZoneChangeSet, ZoneInsight, ZoneMessage, ZoneSignal, ZoneStats, change, global_message,
+    zone_message,
 };
 use causeway_api::{Resource, ResourceKey};
 use futures::StreamExt as _;
@@ -229,6 +230,37 @@ impl Stream {
             resources: counts.resources,
         }))
         .await
+    }
+
+    /// Reports the zone's golden signals (the last 1, 5 and 15 minutes); each report
+    /// replaces the last on global. Past the message limit the busiest signals go.
+    async fn stats(&self) -> anyhow::Result<()> {
+        let (windows, dropped) = {
+            let mut a = self.shared.signals.lock().expect("signals lock");
+            let now = u64::try_from(now_ms()).unwrap_or(0);
+            (a.windows(now), a.dropped())
+        };
+        let mut signals: Vec<ZoneSignal> = windows
+            .into_iter()
+            .map(|(k, w)| causeway_api::stats::zone_signal(k, w))
+            .collect();
+        let mut dropped = dropped;
+        let limit = causeway_api::kds::MAX_MESSAGE_BYTES;
+        if signals.iter().map(|s| s.encoded_len() + 4).sum::<usize>() > limit {
+            signals.sort_by_key(|s| std::cmp::Reverse(s.windows.last().map_or(0, |w| w.requests)));
+            let mut size = 0;
+            let keep = signals
+                .iter()
+                .take_while(|s| {
+                    size += s.encoded_len() + 4;
+                    size <= limit
+                })
+                .count();
+            dropped += (signals.len() - keep) as u64;
+            signals.truncate(keep);
+        }
+        self.send(zone_message::Msg::Stats(ZoneStats { signals, dropped }))
+            .await
     }
 
     async fn handle(&mut self, m: GlobalMessage) -> anyhow::Result<()> {
@@ -491,6 +523,7 @@ async fn session(shared: &Arc<Shared>, addr: &str) -> anyhow::Result<()> {
                 }
                 st.send(zone_message::Msg::Heartbeat(Heartbeat { sent_unix_ms: now_ms() })).await?;
                 st.insight().await?;
+                st.stats().await?;
                 if due_for_renewal(id.not_before, id.not_after, now_unix(), RENEW_AT_PERCENT) {
                     // Reconnect with a renewed certificate.
                     return Ok(());

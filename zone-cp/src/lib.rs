@@ -107,6 +107,8 @@ pub(crate) struct Shared {
     pub(crate) proxies: Mutex<dds::Proxies>,
     last_push_ms: AtomicI64,
     pub(crate) metrics: metrics::Metrics,
+    /// The golden signals the zone's sidecars report, reported up to global.
+    pub(crate) signals: Mutex<causeway_api::stats::Aggregator>,
 }
 
 impl Shared {
@@ -265,6 +267,7 @@ impl Zone {
             proxies: Mutex::default(),
             last_push_ms: AtomicI64::new(0),
             metrics: metrics::Metrics::default(),
+            signals: Mutex::default(),
         });
         let api_handle = axum_server::Handle::new();
         let (tokens, ca) =

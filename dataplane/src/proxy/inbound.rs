@@ -178,9 +178,17 @@ pub(super) async fn inbound_conn(
         )
         .await;
     }
-    let stats = proxy
-        .metrics
-        .http("inbound", &ib.service, peer_service(peer.as_ref()));
+    // The caller's zone, from its certificate (its sidecar's zone signed it).
+    let peer_zone = peer
+        .as_ref()
+        .and_then(|p| p.tags.get(causeway_api::ZONE_TAG))
+        .map_or("", String::as_str);
+    let stats = proxy.metrics.http(
+        "inbound",
+        &ib.service,
+        peer_service(peer.as_ref()),
+        peer_zone,
+    );
     let conn = Arc::new(InboundConn {
         proxy: proxy.clone(),
         port,
@@ -429,6 +437,7 @@ async fn logged_inbound_request(
 
 async fn inbound_request(conn: &InboundConn, req: http::Request<Body>) -> http::Response<Body> {
     let started = Instant::now();
+    let _in_flight = conn.stats.start();
     let stats = &conn.stats;
     // An upgrade (a WebSocket): the protocol asked for, and the caller's side of it.
     let (mut parts, body) = req.into_parts();

@@ -96,7 +96,7 @@ pub(super) async fn outbound_conn(
         anyhow::bail!("no endpoint of {} accepted a connection", ob.service);
     }
     let p = proxy.clone();
-    let stats = proxy.metrics.http("outbound", &ob.service, &own);
+    let stats = proxy.metrics.http("outbound", &ob.service, &own, "");
     // Idle: no byte either way between the application and us for that long drains the
     // connection (closes it, or GOAWAY for an HTTP/2 application).
     let idle = timeout::on(ob.timeouts.idle);
@@ -175,6 +175,7 @@ where
     B::Error: Into<crate::http::BoxError>,
 {
     let started = Instant::now();
+    let _in_flight = stats.start();
     let Some(cfg) = proxy.current() else {
         return answer_error(stats, started, ProxyError::NoConfig);
     };

@@ -224,7 +224,7 @@ async fn a_tcp_pipe_is_closed_on_both_sides_after_its_idle_timeout_and_not_befor
     let (mut client, proxy_in) = socket_pair().await;
     let (proxy_out, mut server) = socket_pair().await;
     let idle = Duration::from_millis(600);
-    let piped = tokio::spawn(copy_until_idle(proxy_in, proxy_out, Some(idle)));
+    let piped = tokio::spawn(copy_until_idle(proxy_in, proxy_out, Some(idle), None));
     // Bytes every 100 ms, either way, for well over an idle timeout: the pipe stays up.
     let mut b = [0u8; 4];
     for i in 0..9 {
@@ -328,4 +328,29 @@ async fn the_maximum_stream_duration_ends_a_body_that_keeps_streaming() {
         e.to_string().contains("maximum stream duration (400ms)"),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn a_tcp_pipe_counts_its_bytes_while_it_is_open() {
+    let (mut client, proxy_in) = socket_pair().await;
+    let (proxy_out, mut server) = socket_pair().await;
+    let live = Arc::new(LiveBytes::default());
+    let piped = tokio::spawn(copy_until_idle(
+        proxy_in,
+        proxy_out,
+        None,
+        Some(live.clone()),
+    ));
+    let mut b = [0u8; 5];
+    client.write_all(b"hello").await.unwrap();
+    server.read_exact(&mut b).await.unwrap();
+    server.write_all(b"hi").await.unwrap();
+    client.read_exact(&mut b[..2]).await.unwrap();
+    // Still open, and already counted: a scrape sees a long connection's traffic.
+    assert_eq!(live.read.load(Ordering::Relaxed), 5);
+    assert_eq!(live.written.load(Ordering::Relaxed), 2);
+    drop(client);
+    drop(server);
+    let (from_client, to_client, _) = piped.await.unwrap();
+    assert_eq!((from_client, to_client), (5, 2));
 }

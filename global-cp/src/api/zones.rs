@@ -330,34 +330,12 @@ async fn relay_to_zone(
         .get(&status.node)
         .cloned()
         .ok_or_else(not_connected)?;
-    let secrets = st.secrets.clone();
-    let auth = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let url = format!("https://{}{path}", node.api_addr);
     let forward = async {
-        let tls = causeway_pki::client_config(&secrets.api_ca_cert_pem, None)
-            .map_err(|e| e.to_string())?;
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .timeout(std::time::Duration::from_secs(15))
-            .build()
-            .map_err(|e| e.to_string())?;
-        let resp = http
-            .get(&url)
-            .header(axum::http::header::AUTHORIZATION, auth)
-            .header(FORWARDED_HEADER, "1")
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
-        let status = resp.status();
-        let body = resp.bytes().await.map_err(|e| e.to_string())?;
+        let (status, body) = forward_get(st, &node.api_addr, path, headers).await?;
         // An inspection's answer passes through whatever it is (the zone's 404 for a
         // dataplane it does not know says so); a failed dump is this node's error.
         if status.is_success() || inspect_dataplane.is_some() {
-            Ok((status, body.to_vec()))
+            Ok((status, body))
         } else {
             Err(String::from_utf8_lossy(&body).into_owned())
         }
@@ -375,10 +353,58 @@ async fn relay_to_zone(
     }
 }
 
-/// Marks a config-dump request one node forwarded to another.
-const FORWARDED_HEADER: &str = "x-causeway-forwarded";
+/// A 404 unless `mesh` exists.
+pub(super) fn require_mesh(st: &ApiState, mesh: &str) -> ApiResult<()> {
+    let mesh_key = causeway_api::ResourceKey {
+        kind: "Mesh".into(),
+        mesh: String::new(),
+        name: mesh.to_owned(),
+    };
+    if st.store.get(&mesh_key)?.is_none() {
+        return Err(ApiError::not_found(format!("mesh {mesh:?}")));
+    }
+    Ok(())
+}
 
-fn json_bytes(status: StatusCode, json: Vec<u8>) -> Response {
+/// Marks a request one node forwarded to another (which answers it from its own zone
+/// sessions, and forwards nothing further).
+pub(super) const FORWARDED_HEADER: &str = "x-causeway-forwarded";
+
+/// Sends `GET path` on to the global node at `api_addr` with the caller's credentials,
+/// marked forwarded: its status and body, or why it did not answer.
+pub(super) async fn forward_get(
+    st: &ApiState,
+    api_addr: &str,
+    path: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<(StatusCode, Vec<u8>), String> {
+    let auth = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let url = format!("https://{api_addr}{path}");
+    let tls = causeway_pki::client_config(&st.secrets.api_ca_cert_pem, None)
+        .map_err(|e| e.to_string())?;
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(std::time::Duration::from_secs(15))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let resp = http
+        .get(&url)
+        .header(axum::http::header::AUTHORIZATION, auth)
+        .header(FORWARDED_HEADER, "1")
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp.bytes().await.map_err(|e| e.to_string())?;
+    let status = StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    Ok((status, body.to_vec()))
+}
+
+pub(super) fn json_bytes(status: StatusCode, json: Vec<u8>) -> Response {
     (
         status,
         [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -407,14 +433,7 @@ pub(super) async fn create_dataplane_token(
     causeway_api::check_service_name(&req.service).map_err(|e| ApiError::bad("service", e))?;
     let valid_for = token_validity(req.valid_for.as_deref())?;
     st.raft.read_barrier().await?;
-    let mesh_key = causeway_api::ResourceKey {
-        kind: "Mesh".into(),
-        mesh: String::new(),
-        name: mesh.clone(),
-    };
-    if st.store.get(&mesh_key)?.is_none() {
-        return Err(ApiError::not_found(format!("mesh {mesh:?}")));
-    }
+    require_mesh(&st, &mesh)?;
     let signing_key = token_signing_key(&st)?;
     let now = now_unix();
     let claims = causeway_pki::dataplane_token::DataplaneTokenClaims {
