@@ -277,14 +277,20 @@ impl Metrics {
 
     /// Counts a TCP connection that starts; its bytes go to the counters returned, as
     /// they move.
-    pub(crate) fn tcp(&self, direction: &'static str, service: &str, peer: &str) -> Arc<LiveBytes> {
+    pub(crate) fn tcp(
+        &self,
+        direction: &'static str,
+        service: &str,
+        peer: &str,
+        peer_zone: &str,
+    ) -> Arc<LiveBytes> {
         let mut m = self.tcp.lock().expect("metrics lock");
         let t = m
             .entry((
                 direction,
                 service.to_string(),
                 peer.to_string(),
-                String::new(),
+                peer_zone.to_string(),
             ))
             .or_default();
         t.connections.fetch_add(1, Ordering::Relaxed);
@@ -647,7 +653,7 @@ mod tests {
         h.record(200, Duration::from_millis(3));
         h.record(403, Duration::from_micros(100));
         h.error(&ProxyError::Denied("no".into()));
-        let bytes = m.tcp("outbound", "db", "web");
+        let bytes = m.tcp("outbound", "db", "web", "");
         bytes.read.fetch_add(10, Ordering::Relaxed);
         bytes.written.fetch_add(20, Ordering::Relaxed);
         m.health_check("backend", false);

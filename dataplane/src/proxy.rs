@@ -222,6 +222,13 @@ fn peer_service(peer: Option<&Peer>) -> &str {
     peer.map(|p| service_of(&p.id)).unwrap_or("")
 }
 
+/// The caller's zone, from its certificate (its sidecar's zone signed it); empty when
+/// unknown.
+fn peer_zone(peer: Option<&Peer>) -> &str {
+    peer.and_then(|p| p.tags.get(causeway_api::ZONE_TAG))
+        .map_or("", String::as_str)
+}
+
 impl Proxy {
     pub(crate) fn new(
         config: watch::Receiver<Option<Arc<ProxyConfig>>>,
@@ -704,13 +711,13 @@ async fn pipe(
     proxy: &Proxy,
     direction: &'static str,
     service: &str,
-    peer: &str,
+    (peer, peer_zone): (&str, &str),
     a: impl Stream,
     b: impl Stream,
     idle: Option<Duration>,
     log: Option<crate::access_log::PendingTcp>,
 ) -> anyhow::Result<()> {
-    let live = proxy.metrics.tcp(direction, service, peer);
+    let live = proxy.metrics.tcp(direction, service, peer, peer_zone);
     let (rx, tx, r) = timeout::copy_until_idle(a, b, idle, Some(live)).await;
     if let Some(log) = log {
         let flags = r.as_ref().err().map(|e| format!("connection_error: {e}"));

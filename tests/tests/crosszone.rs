@@ -1457,6 +1457,10 @@ async fn causeway_stat_shows_a_backend_failing_a_fifth_of_calls_per_zone() -> an
     .with_context(|| m.c.logs())?;
     let took = sent.elapsed();
     assert!(took < Duration::from_secs(15), "the stats took {took:?}");
+    // The zone says how many signals it holds.
+    let zone_b = m.zone("zone-b").cp.metrics().await?;
+    let held = causeway_api::exposition::sum(&zone_b, "causeway_zone_golden_signals");
+    assert!(held >= 1.0, "{zone_b}");
     for row in by_zone["rows"].as_array().context("rows")? {
         let rate = row["successRate"].as_f64().context("successRate")?;
         assert!((0.77..=0.83).contains(&rate), "{row}");

@@ -41,6 +41,8 @@ pub(crate) struct Metrics {
     proxies: Family<KindLabels, Gauge>,
     proxies_nacking: Gauge,
     expiry: Family<CertLabels, Gauge<f64, AtomicU64>>,
+    signals: Gauge,
+    signals_dropped: Gauge,
 }
 
 fn computation_histogram() -> Histogram {
@@ -64,6 +66,8 @@ impl Default for Metrics {
             proxies: Family::default(),
             proxies_nacking: Gauge::default(),
             expiry: Family::default(),
+            signals: Gauge::default(),
+            signals_dropped: Gauge::default(),
         };
         let r = &mut registry;
         r.register(
@@ -117,6 +121,16 @@ impl Default for Metrics {
             "Seconds until a certificate the zone holds expires",
             m.expiry.clone(),
         );
+        r.register(
+            "golden_signals",
+            "Golden signals (service, peer, direction) the zone aggregates for `causeway stat`",
+            m.signals.clone(),
+        );
+        r.register(
+            "golden_signals_dropped",
+            "Golden signals not tracked since start because the zone held its limit of them",
+            m.signals_dropped.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -157,6 +171,12 @@ impl Metrics {
                 .set(ingresses as i64);
             self.proxies_nacking
                 .set(proxies.values().filter(|p| p.nack.is_some()).count() as i64);
+        }
+        {
+            let signals = shared.signals.lock().expect("signals lock");
+            self.signals.set(signals.len() as i64);
+            self.signals_dropped
+                .set(i64::try_from(signals.dropped()).unwrap_or(i64::MAX));
         }
         let left = |not_after: i64| (not_after - now_ms / 1000) as f64;
         if let Ok(Some(identity)) = shared.store.identity() {

@@ -170,7 +170,7 @@ pub(super) async fn inbound_conn(
             proxy,
             "inbound",
             &ib.service,
-            peer_service(peer.as_ref()),
+            (peer_service(peer.as_ref()), peer_zone(peer.as_ref())),
             stream,
             app,
             timeout::on(timeouts.idle),
@@ -178,16 +178,11 @@ pub(super) async fn inbound_conn(
         )
         .await;
     }
-    // The caller's zone, from its certificate (its sidecar's zone signed it).
-    let peer_zone = peer
-        .as_ref()
-        .and_then(|p| p.tags.get(causeway_api::ZONE_TAG))
-        .map_or("", String::as_str);
     let stats = proxy.metrics.http(
         "inbound",
         &ib.service,
         peer_service(peer.as_ref()),
-        peer_zone,
+        peer_zone(peer.as_ref()),
     );
     let conn = Arc::new(InboundConn {
         proxy: proxy.clone(),
@@ -610,12 +605,20 @@ async fn inbound_upgrade(
     let proxy = conn.proxy.clone();
     let service = conn.service.clone();
     let peer = peer_service(conn.peer.as_ref()).to_owned();
+    let zone = peer_zone(conn.peer.as_ref()).to_owned();
     tokio::spawn(async move {
         match caller.await {
             Ok(caller) => {
                 let (caller, app_side) = (TokioIo::new(caller), TokioIo::new(app_side));
                 if let Err(e) = pipe(
-                    &proxy, "inbound", &service, &peer, caller, app_side, idle, None,
+                    &proxy,
+                    "inbound",
+                    &service,
+                    (&peer, &zone),
+                    caller,
+                    app_side,
+                    idle,
+                    None,
                 )
                 .await
                 {

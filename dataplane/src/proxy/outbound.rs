@@ -81,7 +81,17 @@ pub(super) async fn outbound_conn(
                             route: None,
                         };
                     }
-                    return pipe(proxy, "outbound", &ob.service, &own, tcp, up, idle, log).await;
+                    return pipe(
+                        proxy,
+                        "outbound",
+                        &ob.service,
+                        (&own, ""),
+                        tcp,
+                        up,
+                        idle,
+                        log,
+                    )
+                    .await;
                 }
                 Err(e) => {
                     // A refusal and a connect timeout alike count against the endpoint.
@@ -436,7 +446,17 @@ async fn outbound_upgrade(
         match caller.await {
             Ok(down) => {
                 let (down, up) = (TokioIo::new(down), TokioIo::new(up));
-                if let Err(e) = pipe(&proxy, "outbound", &service, &own, down, up, idle, None).await
+                if let Err(e) = pipe(
+                    &proxy,
+                    "outbound",
+                    &service,
+                    (&own, ""),
+                    down,
+                    up,
+                    idle,
+                    None,
+                )
+                .await
                 {
                     tracing::debug!(%service, error = %e, "upgraded connection ended");
                 }
