@@ -234,7 +234,7 @@ mod tests {
     #[test]
     fn mesh_metric_warns_at_each_part_the_sidecar_does_not_serve_and_only_those() {
         let served = warned(
-            "type: MeshMetric\nmesh: default\nname: m\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    sidecar: {includeUnused: false}\n    backends:\n    - {type: Prometheus, prometheus: {port: 5670, path: /metrics, mtls: false, tls: {mode: Disabled}}}\n",
+            "type: MeshMetric\nmesh: default\nname: m\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    sidecar: {includeUnused: false, profiles: {appendProfiles: [{name: Basic}], exclude: [{type: Prefix, match: causeway_tcp_}]}}\n    applications: [{port: 8080}]\n    backends:\n    - {type: Prometheus, prometheus: {port: 5670, path: /metrics, mtls: false, tls: {mode: Disabled}}}\n",
         );
         assert_eq!(served, []);
         let got = warned(
@@ -244,9 +244,7 @@ mod tests {
         assert_eq!(
             fields,
             [
-                "spec.default.sidecar.profiles",
                 "spec.default.sidecar.includeUnused",
-                "spec.default.applications",
                 "spec.default.backends[1].type",
                 "spec.default.backends[0].prometheus.mtls",
             ]

@@ -37,6 +37,10 @@ pub struct ProxyConfig {
     /// address only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics_endpoints: Vec<MetricsEndpoint>,
+    /// What those endpoints serve (MeshMetric's profiles and applications); the admin
+    /// address's `/metrics` serves every metric the proxy has.
+    #[serde(default, skip_serializing_if = "MetricsContent::is_everything")]
+    pub metrics_content: MetricsContent,
     /// Distributed tracing (MeshTrace): every inbound and outbound HTTP request. None:
     /// no MeshTrace with a backend applies to this proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,6 +155,43 @@ pub struct InboundListener {
 /// A Prometheus scrape endpoint: a port on the proxy's address, and a path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct MetricsEndpoint {
+    pub port: u16,
+    pub path: String,
+}
+
+/// Which of the proxy's metrics its MeshMetric endpoints serve, and the applications'
+/// metrics served with them. A family is served when an `include` selector matches it,
+/// or when one of `profiles` has it and no `exclude` selector matches it (Kuma's
+/// order: include wins over exclude).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsContent {
+    /// Empty: every family (`All`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<crate::ProfileName>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<crate::Selector>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<crate::Selector>,
+    /// Scraped at each scrape of an endpoint and served after the proxy's own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applications: Vec<ApplicationEndpoint>,
+}
+
+impl MetricsContent {
+    /// Every family of the proxy's, and no application's.
+    pub fn is_everything(&self) -> bool {
+        *self == MetricsContent::default()
+    }
+}
+
+/// An application's metrics endpoint, scraped over plain HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationEndpoint {
+    /// The `app` label its samples get.
+    pub name: String,
+    pub address: String,
     pub port: u16,
     pub path: String,
 }

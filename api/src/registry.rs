@@ -145,20 +145,13 @@ impl TypeInfo {
 /// they warn in every kind the proxies enforce (fully or in part).
 pub(crate) const COMMON_UNENFORCED: &[Unenforced] = &[];
 
-/// What the sidecar does not do of MeshMetric yet: it serves every metric it has at
-/// each `Prometheus` backend's port and path, in plain HTTP.
+/// What the sidecar does not do of MeshMetric yet: it serves the metrics the profiles
+/// select, and its applications', at each `Prometheus` backend's port and path, in
+/// plain HTTP.
 const MESH_METRIC_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "default.sidecar.profiles",
-        reason: "the sidecar serves every metric it has; profiles, include and exclude do not select them yet.",
-    },
     Unenforced {
         path: "default.sidecar.includeUnused=true",
         reason: "the sidecar reports only destinations and callers that took traffic.",
-    },
-    Unenforced {
-        path: "default.applications",
-        reason: "the sidecar does not scrape applications' metrics yet; scrape the application's endpoint directly.",
     },
     Unenforced {
         path: "default.backends[].type=OpenTelemetry",

@@ -127,8 +127,9 @@ pub(crate) fn render_metrics(p: &Proxy) -> String {
     p.metrics.render(crate::metrics::Place { mesh, zone })
 }
 
-/// Serves the metrics at `path` on `addr:port` (a MeshMetric `Prometheus` backend)
-/// until aborted; anything else there is 404. Returns when the port cannot be bound
+/// Serves the metrics at `path` on `addr:port` (a MeshMetric `Prometheus` backend),
+/// as the policy selects them and with its applications' (see
+/// [`crate::metrics_content`]), until aborted; anything else there is 404. Returns when the port cannot be bound
 /// (the caller tries again).
 pub(crate) async fn serve_metrics(proxy: Arc<Proxy>, addr: String, port: u16, path: String) {
     let listener = match tokio::net::TcpListener::bind((addr.as_str(), port)).await {
@@ -144,7 +145,23 @@ pub(crate) async fn serve_metrics(proxy: Arc<Proxy>, addr: String, port: u16, pa
             let wanted = uri.path() == path;
             async move {
                 if wanted {
-                    metrics(State(p)).await.into_response()
+                    // What the policy selects, and the applications' metrics.
+                    let own = render_metrics(&p);
+                    let content = p
+                        .config
+                        .borrow()
+                        .as_ref()
+                        .map(|c| c.metrics_content.clone())
+                        .unwrap_or_default();
+                    let text = crate::metrics_content::render(&own, &content).await;
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4",
+                        )],
+                        text,
+                    )
+                        .into_response()
                 } else {
                     (StatusCode::NOT_FOUND, "not found\n").into_response()
                 }

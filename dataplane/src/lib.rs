@@ -27,6 +27,7 @@ pub mod identity;
 mod inbound_breaker;
 mod lb;
 mod metrics;
+mod metrics_content;
 mod outlier;
 mod proxy;
 pub mod quic;

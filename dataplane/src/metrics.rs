@@ -497,17 +497,33 @@ impl Metrics {
                 }
             }
         }
-        out.push_str("# HELP causeway_tcp_connections_total TCP connections the sidecar proxied or denied.\n");
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        out.push_str(
+            "# HELP causeway_tcp_connections_total TCP connections the sidecar proxied.\n",
+        );
         out.push_str("# TYPE causeway_tcp_connections_total counter\n");
         for ((d, s, p, pz), t) in &tcp {
-            let l = labels(d, s, p, pz);
-            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
             let _ = writeln!(
                 out,
-                "causeway_tcp_connections_total{{{l}}} {}",
+                "causeway_tcp_connections_total{{{}}} {}",
+                labels(d, s, p, pz),
                 get(&t.connections)
             );
-            let _ = writeln!(out, "causeway_tcp_denied_total{{{l}}} {}", get(&t.denied));
+        }
+        out.push_str("# HELP causeway_tcp_denied_total TCP connections the sidecar refused (MeshTrafficPermission).\n");
+        out.push_str("# TYPE causeway_tcp_denied_total counter\n");
+        for ((d, s, p, pz), t) in &tcp {
+            let _ = writeln!(
+                out,
+                "causeway_tcp_denied_total{{{}}} {}",
+                labels(d, s, p, pz),
+                get(&t.denied)
+            );
+        }
+        out.push_str("# HELP causeway_tcp_bytes_total TCP bytes, received from and sent to the side that opened the connection, counted as they move.\n");
+        out.push_str("# TYPE causeway_tcp_bytes_total counter\n");
+        for ((d, s, p, pz), t) in &tcp {
+            let l = labels(d, s, p, pz);
             let _ = writeln!(
                 out,
                 "causeway_tcp_bytes_total{{{l},flow=\"received\"}} {}",

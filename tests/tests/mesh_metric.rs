@@ -135,3 +135,94 @@ async fn slow_and_oversized_clients_of_the_admin_port_are_cut_off() -> anyhow::R
     assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
     Ok(())
 }
+
+/// An application's metrics endpoint: a small HTTP server answering `text` to any GET.
+async fn app_metrics(text: &'static str) -> anyhow::Result<std::net::SocketAddr> {
+    let app =
+        axum::Router::new().route("/metrics", axum::routing::get(move || async move { text }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// MeshMetric's profiles select what the endpoint serves (Basic, less an excluded
+/// prefix, plus an included family that Basic lacks), and its applications' metrics
+/// are served with the sidecar's, labelled with `app`; an application that does not
+/// answer shows as `causeway_application_scrape_up 0`. Every variant passes promtool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_metric_profiles_select_the_families_and_applications_are_served_with_them()
+-> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let WebCallsBackend {
+        procs: _procs, out, ..
+    } = fx.web_calls_backend().await?;
+    let app = app_metrics(
+        "# HELP orders_total Orders taken.\n# TYPE orders_total counter\norders_total{kind=\"book\"} 7\n",
+    )
+    .await?;
+    let gone = free_addr();
+    let port = free_addr().port();
+    put(&fx.c, "/meshes/default/meshmetrics/backend-metrics", &json!({
+        "type": "MeshMetric", "mesh": "default", "name": "backend-metrics",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {
+                     "sidecar": {"profiles": {
+                         "appendProfiles": [{"name": "Basic"}],
+                         "exclude": [{"type": "Prefix", "match": "causeway_responses"}],
+                         "include": [{"type": "Regex", "match": "^causeway_access_log_.*"}]}},
+                     "applications": [
+                         {"name": "orders", "port": app.port(), "path": "/metrics"},
+                         {"name": "gone", "port": gone.port(), "path": "/metrics"}],
+                     "backends": [{"type": "Prometheus", "prometheus": {"port": port, "path": "/metrics"}}]}}})).await?;
+    let http = plain_http();
+    let r = http.get(format!("http://127.0.0.1:{out}/")).send().await?;
+    assert_eq!(r.status(), 200);
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let text = eventually(
+        "the selected metrics at the policy's endpoint",
+        WAIT,
+        || async {
+            let text = http.get(&url).send().await.ok()?.text().await.ok()?;
+            text.contains("orders_total").then_some(text)
+        },
+    )
+    .await?;
+    let families: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+        .collect();
+    // Basic's golden signals, less the excluded, plus the included.
+    for kept in [
+        "causeway_requests_total",
+        "causeway_request_duration_seconds",
+        "causeway_requests_in_flight",
+        "causeway_access_log_entries_total",
+    ] {
+        assert!(families.contains(kept), "{kept} missing: {text}");
+    }
+    for dropped in [
+        "causeway_responses_total",
+        "causeway_retries_total",
+        "causeway_trace_spans_exported_total",
+    ] {
+        assert!(!families.contains(dropped), "{dropped} served: {text}");
+    }
+    // The application's, labelled; the one that does not answer, said so.
+    assert!(
+        text.contains("orders_total{app=\"orders\",kind=\"book\"} 7"),
+        "{text}"
+    );
+    assert!(
+        text.contains("causeway_application_scrape_up{app=\"orders\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("causeway_application_scrape_up{app=\"gone\"} 0"),
+        "{text}"
+    );
+    if let Some(complaints) = promtool_complaints(&text)? {
+        anyhow::bail!("promtool check metrics: {complaints}");
+    }
+    Ok(())
+}

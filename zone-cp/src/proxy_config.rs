@@ -266,7 +266,9 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         mesh_rate_limit::configure(&policies_of(inputs, "MeshRateLimit"), &proxy, &trust_domain)?;
     let (mut inbound_logs, mut outbound_logs) =
         mesh_access_log::configure(&policies_of(inputs, "MeshAccessLog"), &proxy, &trust_domain)?;
-    let metrics_endpoints = mesh_metric::configure(&policies_of(inputs, "MeshMetric"), &proxy)?;
+    let own_service = spec.inbound.first().map_or("", |ib| ib.service.as_str());
+    let (metrics_endpoints, metrics_content) =
+        mesh_metric::configure(&policies_of(inputs, "MeshMetric"), &proxy, own_service)?;
     let tracing = mesh_trace::configure(&policies_of(inputs, "MeshTrace"), &proxy)?;
     let inbound_limits = mesh_circuit_breaker::configure_inbounds(
         &policies_of(inputs, "MeshCircuitBreaker"),
@@ -418,6 +420,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         outbounds,
         revoked_cas: inputs.revoked_cas.clone(),
         metrics_endpoints,
+        metrics_content,
         tracing,
     };
     let body = serde_json::to_vec(&config).expect("configs serialize");

@@ -64,7 +64,9 @@ pub struct SidecarMetrics {
     pub include_unused: Option<bool>,
 }
 
-/// Metric selection: profiles, then include, then exclude.
+/// Metric selection: the families of `appendProfiles` (all without one) less those
+/// `exclude` matches, plus those `include` matches (include wins over exclude, as in
+/// Kuma). Names are the sidecar's metric family names (`causeway_requests_total`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[derive(Default)]
@@ -93,7 +95,8 @@ pub struct Profile {
 pub enum ProfileName {
     /// Every metric.
     All,
-    /// Request rate, errors, latency, saturation.
+    /// The golden signals: requests, answers by status and grpc-status, latency,
+    /// requests in flight, the proxy's own errors, TCP connections and bytes.
     Basic,
     /// No metric.
     None,
@@ -244,7 +247,13 @@ impl Spec for MeshMetricSpec {
                 ("exclude", &profiles.exclude),
             ] {
                 for (i, s) in selectors.iter().enumerate() {
-                    errors.non_empty(at(&idx(&at(&path, list), i), "match"), &s.matches);
+                    let field = at(&idx(&at(&path, list), i), "match");
+                    errors.non_empty(field.clone(), &s.matches);
+                    if s.kind == SelectorType::Regex
+                        && let Err(e) = regex::Regex::new(&s.matches)
+                    {
+                        errors.push(field, format!("is not a regular expression: {e}"));
+                    }
                 }
             }
         }
@@ -378,6 +387,13 @@ mod tests {
                     &[(
                         "spec.default.sidecar.profiles.appendProfiles[0].name",
                         "unknown variant `Everything`",
+                    )],
+                ),
+                (
+                    json!({"default": {"sidecar": {"profiles": {"exclude": [{"type": "Regex", "match": "causeway_(tcp"}]}}}}),
+                    &[(
+                        "spec.default.sidecar.profiles.exclude[0].match",
+                        "is not a regular expression",
                     )],
                 ),
                 (

@@ -85,6 +85,7 @@ async fn proxy_with(
         outbounds,
         revoked_cas: vec![],
         metrics_endpoints: vec![],
+        metrics_content: Default::default(),
         tracing: None,
     };
     let (_config_tx, config) = watch::channel(Some(Arc::new(cfg)));

@@ -1,11 +1,13 @@
-//! The MeshMetric configurer: where a proxy serves its metrics for Prometheus. The
-//! policy applies to whole proxies (a top-level `default`); its merged `backends`
-//! list replaces a less specific one whole, so an empty list turns the endpoints off.
-//! The sidecar's admin address serves `/metrics` whatever the policy says.
+//! The MeshMetric configurer: where a proxy serves its metrics for Prometheus, which
+//! of them (profiles, include, exclude) and which applications' metrics it serves with
+//! them. The policy applies to whole proxies (a top-level `default`); its merged
+//! `backends` list replaces a less specific one whole, so an empty list turns the
+//! endpoints off. The sidecar's admin address serves all of its own `/metrics` whatever
+//! the policy says.
 //!
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`].
 
-use causeway_api::proxy_config::MetricsEndpoint;
+use causeway_api::proxy_config::{ApplicationEndpoint, MetricsContent, MetricsEndpoint};
 use causeway_api::{MetricBackendType, MetricConf, Proxy, Resource};
 
 use super::{ComputeError, decode_conf};
@@ -14,16 +16,21 @@ use super::{ComputeError, decode_conf};
 const DEFAULT_PORT: u16 = 5670;
 const DEFAULT_PATH: &str = "/metrics";
 
+/// Kuma's defaults for an application endpoint.
+const DEFAULT_APP_PATH: &str = "/metrics/prometheus";
+const DEFAULT_APP_ADDRESS: &str = "127.0.0.1";
+
 /// The Prometheus endpoints of `proxy`, in the merged policy's order, without
-/// duplicates.
+/// duplicates, and what they serve. `service` names applications without a name.
 pub(crate) fn configure(
     policies: &[Resource],
     proxy: &Proxy,
-) -> Result<Vec<MetricsEndpoint>, ComputeError> {
+    service: &str,
+) -> Result<(Vec<MetricsEndpoint>, MetricsContent), ComputeError> {
     let effective = causeway_api::effective("MeshMetric", policies, proxy)
         .expect("MeshMetric is a policy kind");
     let Some(merged) = effective.proxy else {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     };
     let conf: MetricConf = decode_conf(&merged.conf, || {
         format!(
@@ -47,7 +54,34 @@ pub(crate) fn configure(
             endpoints.push(endpoint);
         }
     }
-    Ok(endpoints)
+    let profiles = conf
+        .sidecar
+        .as_ref()
+        .and_then(|s| s.profiles.clone())
+        .unwrap_or_default();
+    let content = MetricsContent {
+        profiles: profiles.append_profiles.iter().map(|p| p.name).collect(),
+        include: profiles.include,
+        exclude: profiles.exclude,
+        applications: conf
+            .applications
+            .iter()
+            .flatten()
+            .map(|a| ApplicationEndpoint {
+                name: a.name.clone().unwrap_or_else(|| service.to_owned()),
+                address: a
+                    .address
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_APP_ADDRESS.to_owned()),
+                port: a.port,
+                path: a
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_APP_PATH.to_owned()),
+            })
+            .collect(),
+    };
+    Ok((endpoints, content))
 }
 
 #[cfg(test)]
@@ -71,6 +105,7 @@ mod tests {
             serde_yaml::to_string(&serde_json::json!({
                 "dataplane": config.dataplane,
                 "metricsEndpoints": config.metrics_endpoints,
+                "metricsContent": config.metrics_content,
             }))
             .expect("YAML")
         });
