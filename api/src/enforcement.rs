@@ -69,11 +69,11 @@ pub struct WriteResponse<'a> {
 ///
 /// ```
 /// let r = causeway_api::Resource::from_yaml(
-///     "type: MeshMetric\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends: [{type: OpenTelemetry, openTelemetry: {endpoint: \"otel:4317\"}}]\n",
+///     "type: MeshMetric\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    sidecar: {includeUnused: true}\n",
 /// )?;
 /// let warnings = causeway_api::warnings(&r);
-/// assert_eq!(warnings[0].field, "spec.default.backends[0].type");
-/// assert!(warnings[0].reason.contains("not pushed over OTLP yet"));
+/// assert_eq!(warnings[0].field, "spec.default.sidecar.includeUnused");
+/// assert!(warnings[0].reason.contains("took traffic"));
 /// # Ok::<(), causeway_api::ParseError>(())
 /// ```
 pub fn warnings(r: &Resource) -> Vec<FieldWarning> {
@@ -245,7 +245,6 @@ mod tests {
             fields,
             [
                 "spec.default.sidecar.includeUnused",
-                "spec.default.backends[1].type",
                 "spec.default.backends[0].prometheus.mtls",
             ]
         );

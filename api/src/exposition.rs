@@ -71,6 +71,63 @@ pub fn sum(text: &str, selector: &str) -> f64 {
         .sum()
 }
 
+/// One sample line of the text format: its name, labels (values unescaped) and value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample<'a> {
+    pub name: &'a str,
+    pub labels: Vec<(&'a str, String)>,
+    pub value: f64,
+}
+
+/// Parses a sample line (`name{a="x"} 1.5`, optionally with a timestamp); `None` for a
+/// comment, a blank or a line it cannot read.
+///
+/// ```
+/// let s = causeway_api::exposition::parse_sample(r#"x_total{a="q\"uote",b="2"} 3 1700000000"#).unwrap();
+/// assert_eq!((s.name, s.value), ("x_total", 3.0));
+/// assert_eq!(s.labels, [("a", "q\"uote".to_string()), ("b", "2".to_string())]);
+/// ```
+pub fn parse_sample(line: &str) -> Option<Sample<'_>> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
+    }
+    let (series, rest) = match line.find('}') {
+        Some(close) if line[..close].contains('{') => (&line[..=close], &line[close + 1..]),
+        _ => line.split_once(' ')?,
+    };
+    let value = rest.split_whitespace().next()?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        v => v.parse().ok()?,
+    };
+    let (name, labels) = sample_parts(series)?;
+    let labels = labels
+        .into_iter()
+        .map(|(k, v)| {
+            let mut out = String::with_capacity(v.len());
+            let mut chars = v.chars();
+            while let Some(c) = chars.next() {
+                match (c, c == '\\') {
+                    (_, true) => match chars.next() {
+                        Some('n') => out.push('\n'),
+                        Some(other) => out.push(other),
+                        None => {}
+                    },
+                    (c, false) => out.push(c),
+                }
+            }
+            (k, out)
+        })
+        .collect();
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
+}
+
 /// A series' name and its `label="value"` pairs (values still escaped).
 fn sample_parts(series: &str) -> Option<(&str, Vec<(&str, &str)>)> {
     let Some((name, rest)) = series.split_once('{') else {

@@ -41,6 +41,10 @@ pub struct ProxyConfig {
     /// address's `/metrics` serves every metric the proxy has.
     #[serde(default, skip_serializing_if = "MetricsContent::is_everything")]
     pub metrics_content: MetricsContent,
+    /// OTLP/gRPC collectors the proxy pushes its metrics to (MeshMetric's
+    /// `OpenTelemetry` backends), as the profiles select them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics_push: Vec<MetricsPush>,
     /// Distributed tracing (MeshTrace): every inbound and outbound HTTP request. None:
     /// no MeshTrace with a backend applies to this proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,6 +187,15 @@ impl MetricsContent {
     pub fn is_everything(&self) -> bool {
         *self == MetricsContent::default()
     }
+}
+
+/// A collector the proxy pushes its metrics to over OTLP/gRPC, every `interval`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricsPush {
+    /// `host:port`, or `http://host:port`.
+    pub endpoint: String,
+    pub interval: Duration,
 }
 
 /// An application's metrics endpoint, scraped over plain HTTP.

@@ -146,16 +146,12 @@ impl TypeInfo {
 pub(crate) const COMMON_UNENFORCED: &[Unenforced] = &[];
 
 /// What the sidecar does not do of MeshMetric yet: it serves the metrics the profiles
-/// select, and its applications', at each `Prometheus` backend's port and path, in
-/// plain HTTP.
+/// select, and its applications', at each `Prometheus` backend's port and path in plain
+/// HTTP, and pushes them to `OpenTelemetry` backends.
 const MESH_METRIC_UNENFORCED: &[Unenforced] = &[
     Unenforced {
         path: "default.sidecar.includeUnused=true",
         reason: "the sidecar reports only destinations and callers that took traffic.",
-    },
-    Unenforced {
-        path: "default.backends[].type=OpenTelemetry",
-        reason: "metrics are not pushed over OTLP yet: nothing reaches this collector; use a Prometheus backend.",
     },
     Unenforced {
         path: "default.backends[].prometheus.mtls=true",

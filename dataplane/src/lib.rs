@@ -28,6 +28,7 @@ mod inbound_breaker;
 mod lb;
 mod metrics;
 mod metrics_content;
+mod metrics_push;
 mod outlier;
 mod proxy;
 pub mod quic;

@@ -163,6 +163,8 @@ pub(crate) struct Metrics {
     pub(crate) access_log: [(AtomicU64, AtomicU64); 3],
     /// MeshTrace spans by backend ([`crate::trace::BACKENDS`]): (exported, dropped).
     pub(crate) trace_spans: [(AtomicU64, AtomicU64); 2],
+    /// MeshMetric OTLP pushes: (done, failed).
+    pub(crate) metric_pushes: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -395,6 +397,15 @@ impl Metrics {
         let mut out = String::new();
         self.render_access_log(&mut out);
         self.render_trace_spans(&mut out);
+        out.push_str("# HELP causeway_metric_pushes_total Pushes of the metrics to OpenTelemetry collectors (MeshMetric), by result.\n");
+        out.push_str("# TYPE causeway_metric_pushes_total counter\n");
+        for (i, result) in ["ok", "failed"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "causeway_metric_pushes_total{{result=\"{result}\"}} {}",
+                self.metric_pushes[i].load(Ordering::Relaxed)
+            );
+        }
         let http = self.http.lock().expect("metrics lock").clone();
         let tcp = self.tcp.lock().expect("metrics lock").clone();
         let (mesh, zone) = (escape(place.mesh), escape(place.zone));

@@ -585,6 +585,8 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
     let mut running = Listeners(HashMap::new());
     // MeshMetric's Prometheus endpoints, by address, port and path.
     let mut metrics = Listeners(HashMap::new());
+    // MeshMetric's OTLP pushes, one task per collector and interval.
+    let mut pushes: Listeners<causeway_api::proxy_config::MetricsPush> = Listeners(HashMap::new());
     loop {
         let cfg = config.borrow_and_update().clone();
         if let Some(cfg) = cfg {
@@ -634,6 +636,21 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
                 if let std::collections::hash_map::Entry::Vacant(slot) = metrics.0.entry(k) {
                     let (addr, port, path) = slot.key().clone();
                     let task = crate::admin::serve_metrics(proxy.clone(), addr, port, path);
+                    slot.insert(tokio::spawn(task));
+                }
+            }
+            pushes.0.retain(|k, task| {
+                let keep = cfg.metrics_push.contains(k);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for target in &cfg.metrics_push {
+                if let std::collections::hash_map::Entry::Vacant(slot) =
+                    pushes.0.entry(target.clone())
+                {
+                    let task = crate::metrics_push::push(proxy.clone(), target.clone());
                     slot.insert(tokio::spawn(task));
                 }
             }

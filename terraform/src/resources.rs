@@ -1163,7 +1163,7 @@ mod tests {
         };
         let logs = policy(
             "MeshMetric",
-            "{targetRef: {kind: Mesh}, default: {backends: [{type: OpenTelemetry, openTelemetry: {endpoint: \"otel:4317\"}}]}}",
+            "{targetRef: {kind: Mesh}, default: {sidecar: {includeUnused: true}}}",
         );
         let p = plan(&d, &Value::Null, &logs, &logs);
         assert_eq!(p.diags.len(), 1, "{:?}", p.diags);
@@ -1171,7 +1171,7 @@ mod tests {
         assert!(
             p.diags[0]
                 .summary
-                .contains("spec.default.backends[0].type: not enforced by the proxies yet: metrics are not pushed over OTLP yet"),
+                .contains("spec.default.sidecar.includeUnused: not enforced by the proxies yet: the sidecar reports only destinations and callers that took traffic"),
             "{:?}",
             p.diags[0]
         );

@@ -2,9 +2,18 @@
 //! policy's Prometheus backend sets, in an exposition Prometheus' own `promtool`
 //! accepts, and stops when the policy's backends are emptied.
 
+use std::sync::{Arc, Mutex};
+
 use anyhow::Context as _;
 use causeway_tests::mesh::{MeshFixture, WAIT, WebCallsBackend};
 use causeway_tests::{admin_config, eventually, free_addr, plain_http, promtool_complaints, put};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::metrics::v1::metric;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,5 +233,126 @@ async fn mesh_metric_profiles_select_the_families_and_applications_are_served_wi
     if let Some(complaints) = promtool_complaints(&text)? {
         anyhow::bail!("promtool check metrics: {complaints}");
     }
+    Ok(())
+}
+
+/// An OTLP metrics receiver built from the official protos: every export it took.
+#[derive(Clone, Default)]
+struct MetricsReceiver(Arc<Mutex<Vec<ExportMetricsServiceRequest>>>);
+
+#[tonic::async_trait]
+impl MetricsService for MetricsReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.0.lock().unwrap().push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// A MeshMetric `OpenTelemetry` backend: the sidecar pushes its metrics to a real OTLP
+/// receiver every `refreshInterval`, as the profile selects them: the request counter
+/// as a cumulative monotonic sum with the series' labels as attributes, the latency as
+/// a histogram with the sidecar's bounds, the proxy on the resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mesh_metric_pushes_to_an_opentelemetry_collector() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let WebCallsBackend {
+        procs: _procs, out, ..
+    } = fx.web_calls_backend().await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let collector = listener.local_addr()?;
+    let receiver = MetricsReceiver::default();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(MetricsServiceServer::new(receiver.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    put(
+        &fx.c,
+        "/meshes/default/meshmetrics/backend-otel",
+        &json!({
+        "type": "MeshMetric", "mesh": "default", "name": "backend-otel",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {
+                     "sidecar": {"profiles": {"appendProfiles": [{"name": "Basic"}]}},
+                     "backends": [{"type": "OpenTelemetry", "openTelemetry": {
+                         "endpoint": collector.to_string(), "refreshInterval": "1s"}}]}}}),
+    )
+    .await?;
+    let http = plain_http();
+    let r = http.get(format!("http://127.0.0.1:{out}/")).send().await?;
+    assert_eq!(r.status(), 200);
+    let export = eventually("backend's metrics at the collector", WAIT, || async {
+        let exports = receiver.0.lock().unwrap().clone();
+        exports.into_iter().rev().find(|e| {
+            e.resource_metrics.iter().any(|rm| {
+                rm.scope_metrics.iter().any(|sm| {
+                    sm.metrics
+                        .iter()
+                        .any(|m| m.name == "causeway_request_duration_seconds")
+                })
+            })
+        })
+    })
+    .await?;
+    let rm = &export.resource_metrics[0];
+    let resource: Vec<(String, String)> = rm
+        .resource
+        .as_ref()
+        .context("resource")?
+        .attributes
+        .iter()
+        .filter_map(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => {
+                Some((kv.key.clone(), s.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert!(
+        resource.contains(&("service.name".into(), "backend".into())),
+        "{resource:?}"
+    );
+    let metrics = &rm.scope_metrics[0].metrics;
+    let find = |name: &str| metrics.iter().find(|m| m.name == name);
+    // Basic: no retries, no access-log counters.
+    assert!(find("causeway_retries_total").is_none());
+    assert!(find("causeway_access_log_entries_total").is_none());
+    let Some(metric::Data::Sum(requests)) =
+        &find("causeway_requests_total").context("requests")?.data
+    else {
+        panic!("causeway_requests_total is not a sum");
+    };
+    assert!(requests.is_monotonic);
+    let inbound = requests
+        .data_points
+        .iter()
+        .find(|p| {
+            let has = |k: &str, v: &str| {
+                p.attributes.iter().any(|kv| {
+                    kv.key == k
+                        && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) if s == v)
+                })
+            };
+            has("direction", "inbound") && has("peer", "web") && has("status_class", "2xx")
+        })
+        .context("backend's inbound 2xx from web")?;
+    assert!(
+        matches!(inbound.value, Some(opentelemetry_proto::tonic::metrics::v1::number_data_point::Value::AsDouble(v)) if v >= 1.0),
+        "{inbound:?}"
+    );
+    let Some(metric::Data::Histogram(latency)) = &find("causeway_request_duration_seconds")
+        .context("latency")?
+        .data
+    else {
+        panic!("causeway_request_duration_seconds is not a histogram");
+    };
+    let p = &latency.data_points[0];
+    assert_eq!(p.explicit_bounds.len(), 25);
+    assert_eq!(p.bucket_counts.len(), 26);
+    assert_eq!(p.bucket_counts.iter().sum::<u64>(), p.count);
     Ok(())
 }

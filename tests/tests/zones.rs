@@ -217,7 +217,7 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
     // A zone-local write of what the proxies do not enforce yet says so, as global does.
     let log = json!({"type": "MeshMetric", "mesh": "default", "name": "zone-b-metric",
         "spec": {"targetRef": {"kind": "Mesh"},
-            "default": {"backends": [{"type": "OpenTelemetry", "openTelemetry": {"endpoint": "otel:4317"}}]}}});
+            "default": {"sidecar": {"includeUnused": true}}}});
     let (s, written) = zs[1]
         .call(
             Method::PUT,
@@ -227,13 +227,13 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{written}");
     assert_eq!(
-        written["warnings"][0]["field"], "spec.default.backends[0].type",
+        written["warnings"][0]["field"], "spec.default.sidecar.includeUnused",
         "{written}"
     );
     assert!(
         written["warnings"][0]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("not pushed over OTLP yet")),
+            .is_some_and(|r| r.contains("took traffic")),
         "{written}"
     );
     let got = eventually("zone-b's policy on global", SYNC, || async {

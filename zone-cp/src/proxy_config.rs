@@ -267,8 +267,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
     let (mut inbound_logs, mut outbound_logs) =
         mesh_access_log::configure(&policies_of(inputs, "MeshAccessLog"), &proxy, &trust_domain)?;
     let own_service = spec.inbound.first().map_or("", |ib| ib.service.as_str());
-    let (metrics_endpoints, metrics_content) =
-        mesh_metric::configure(&policies_of(inputs, "MeshMetric"), &proxy, own_service)?;
+    let metrics = mesh_metric::configure(&policies_of(inputs, "MeshMetric"), &proxy, own_service)?;
     let tracing = mesh_trace::configure(&policies_of(inputs, "MeshTrace"), &proxy)?;
     let inbound_limits = mesh_circuit_breaker::configure_inbounds(
         &policies_of(inputs, "MeshCircuitBreaker"),
@@ -419,8 +418,9 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         inbounds,
         outbounds,
         revoked_cas: inputs.revoked_cas.clone(),
-        metrics_endpoints,
-        metrics_content,
+        metrics_endpoints: metrics.endpoints,
+        metrics_content: metrics.content,
+        metrics_push: metrics.push,
         tracing,
     };
     let body = serde_json::to_vec(&config).expect("configs serialize");

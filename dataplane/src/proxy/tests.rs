@@ -86,6 +86,7 @@ async fn proxy_with(
         revoked_cas: vec![],
         metrics_endpoints: vec![],
         metrics_content: Default::default(),
+        metrics_push: vec![],
         tracing: None,
     };
     let (_config_tx, config) = watch::channel(Some(Arc::new(cfg)));

@@ -7,7 +7,9 @@
 //!
 //! Pure: no I/O. A merged configuration that does not decode is a [`ComputeError`].
 
-use causeway_api::proxy_config::{ApplicationEndpoint, MetricsContent, MetricsEndpoint};
+use causeway_api::proxy_config::{
+    ApplicationEndpoint, MetricsContent, MetricsEndpoint, MetricsPush,
+};
 use causeway_api::{MetricBackendType, MetricConf, Proxy, Resource};
 
 use super::{ComputeError, decode_conf};
@@ -16,17 +18,29 @@ use super::{ComputeError, decode_conf};
 const DEFAULT_PORT: u16 = 5670;
 const DEFAULT_PATH: &str = "/metrics";
 
+/// Kuma's default push interval of an `OpenTelemetry` backend.
+const DEFAULT_PUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What a proxy's MeshMetric configures: endpoints, their content, and pushes.
+#[derive(Default)]
+pub(crate) struct Configured {
+    pub(crate) endpoints: Vec<MetricsEndpoint>,
+    pub(crate) content: MetricsContent,
+    pub(crate) push: Vec<MetricsPush>,
+}
+
 /// Kuma's defaults for an application endpoint.
 const DEFAULT_APP_PATH: &str = "/metrics/prometheus";
 const DEFAULT_APP_ADDRESS: &str = "127.0.0.1";
 
 /// The Prometheus endpoints of `proxy`, in the merged policy's order, without
-/// duplicates, and what they serve. `service` names applications without a name.
+/// duplicates, what they serve, and the OTLP collectors it pushes to. `service` names
+/// applications without a name.
 pub(crate) fn configure(
     policies: &[Resource],
     proxy: &Proxy,
     service: &str,
-) -> Result<(Vec<MetricsEndpoint>, MetricsContent), ComputeError> {
+) -> Result<Configured, ComputeError> {
     let effective = causeway_api::effective("MeshMetric", policies, proxy)
         .expect("MeshMetric is a policy kind");
     let Some(merged) = effective.proxy else {
@@ -39,7 +53,23 @@ pub(crate) fn configure(
         )
     })?;
     let mut endpoints: Vec<MetricsEndpoint> = Vec::new();
+    let mut push: Vec<MetricsPush> = Vec::new();
     for backend in conf.backends.iter().flatten() {
+        if backend.kind == MetricBackendType::OpenTelemetry {
+            let otel = backend.open_telemetry.as_ref();
+            if let Some(endpoint) = otel.and_then(|o| o.endpoint.clone()) {
+                let p = MetricsPush {
+                    endpoint,
+                    interval: otel
+                        .and_then(|o| o.refresh_interval)
+                        .unwrap_or_else(|| DEFAULT_PUSH_INTERVAL.into()),
+                };
+                if !push.contains(&p) {
+                    push.push(p);
+                }
+            }
+            continue;
+        }
         if backend.kind != MetricBackendType::Prometheus {
             continue;
         }
@@ -81,7 +111,11 @@ pub(crate) fn configure(
             })
             .collect(),
     };
-    Ok((endpoints, content))
+    Ok(Configured {
+        endpoints,
+        content,
+        push,
+    })
 }
 
 #[cfg(test)]
@@ -91,8 +125,8 @@ mod tests {
     /// Golden cases under `testdata/mesh_metric/`: (case, zone, dataplane).
     const CASES: &[(&str, &str, &str)] = &[
         // A Mesh-wide endpoint with Kuma's defaults, replaced for web by a more
-        // specific policy's port and path (and an OpenTelemetry backend, which warns
-        // and is not served); backend keeps the Mesh-wide one; admin has none (an
+        // specific policy's port and path (and an OpenTelemetry backend it pushes
+        // to); backend keeps the Mesh-wide one; admin has none (an
         // empty list).
         ("mesh_metric/by-service", "zone-a", "web-1"),
         ("mesh_metric/by-service", "zone-a", "backend-1"),
@@ -106,6 +140,7 @@ mod tests {
                 "dataplane": config.dataplane,
                 "metricsEndpoints": config.metrics_endpoints,
                 "metricsContent": config.metrics_content,
+                "metricsPush": config.metrics_push,
             }))
             .expect("YAML")
         });
