@@ -69,11 +69,11 @@ pub struct WriteResponse<'a> {
 ///
 /// ```
 /// let r = causeway_api::Resource::from_yaml(
-///     "type: MeshMetric\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    sidecar: {includeUnused: true}\n",
+///     "type: MeshMetric\nmesh: default\nname: r\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    backends: [{type: Prometheus, prometheus: {mtls: true}}]\n",
 /// )?;
 /// let warnings = causeway_api::warnings(&r);
-/// assert_eq!(warnings[0].field, "spec.default.sidecar.includeUnused");
-/// assert!(warnings[0].reason.contains("took traffic"));
+/// assert_eq!(warnings[0].field, "spec.default.backends[0].prometheus.mtls");
+/// assert!(warnings[0].reason.contains("plain HTTP"));
 /// # Ok::<(), causeway_api::ParseError>(())
 /// ```
 pub fn warnings(r: &Resource) -> Vec<FieldWarning> {
@@ -241,13 +241,7 @@ mod tests {
             "type: MeshMetric\nmesh: default\nname: m\nspec:\n  targetRef: {kind: Mesh}\n  default:\n    sidecar: {includeUnused: true, profiles: {appendProfiles: [{name: Basic}]}}\n    applications: [{port: 8080}]\n    backends:\n    - {type: Prometheus, prometheus: {mtls: true}}\n    - {type: OpenTelemetry, openTelemetry: {endpoint: \"otel:4317\"}}\n",
         );
         let fields: Vec<&str> = got.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(
-            fields,
-            [
-                "spec.default.sidecar.includeUnused",
-                "spec.default.backends[0].prometheus.mtls",
-            ]
-        );
+        assert_eq!(fields, ["spec.default.backends[0].prometheus.mtls",]);
     }
 
     #[test]

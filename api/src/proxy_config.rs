@@ -180,10 +180,14 @@ pub struct MetricsContent {
     /// Scraped at each scrape of an endpoint and served after the proxy's own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub applications: Vec<ApplicationEndpoint>,
+    /// Report every outbound destination from the start, before (or without) traffic
+    /// (MeshMetric's `sidecar.includeUnused`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub include_unused: bool,
 }
 
 impl MetricsContent {
-    /// Every family of the proxy's, and no application's.
+    /// Every family of the proxy's, no application's, only what took traffic.
     pub fn is_everything(&self) -> bool {
         *self == MetricsContent::default()
     }

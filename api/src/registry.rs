@@ -150,10 +150,6 @@ pub(crate) const COMMON_UNENFORCED: &[Unenforced] = &[];
 /// HTTP, and pushes them to `OpenTelemetry` backends.
 const MESH_METRIC_UNENFORCED: &[Unenforced] = &[
     Unenforced {
-        path: "default.sidecar.includeUnused=true",
-        reason: "the sidecar reports only destinations and callers that took traffic.",
-    },
-    Unenforced {
         path: "default.backends[].prometheus.mtls=true",
         reason: "the endpoint is served in plain HTTP; serving it over the mesh's mTLS is not built yet.",
     },

@@ -269,6 +269,7 @@ causeway_retries_total{service=\"a\",result=\"retried\"} 1
             include: sel(include),
             exclude: sel(exclude),
             applications: vec![],
+            include_unused: false,
         })
     }
 

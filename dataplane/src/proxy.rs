@@ -591,6 +591,13 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
         let cfg = config.borrow_and_update().clone();
         if let Some(cfg) = cfg {
             proxy.update_balancers(&cfg);
+            if cfg.metrics_content.include_unused {
+                // MeshMetric includeUnused: every destination reported from the start.
+                let own = cfg.inbounds.first().map_or("", |i| i.service.as_str());
+                for ob in &cfg.outbounds {
+                    proxy.metrics.http("outbound", &ob.service, own, "");
+                }
+            }
             proxy.access_logs.update(&cfg);
             proxy.traces.update(&cfg);
             proxy.update_revoked(&cfg).await;

@@ -1163,7 +1163,7 @@ mod tests {
         };
         let logs = policy(
             "MeshMetric",
-            "{targetRef: {kind: Mesh}, default: {sidecar: {includeUnused: true}}}",
+            "{targetRef: {kind: Mesh}, default: {backends: [{type: Prometheus, prometheus: {mtls: true}}]}}",
         );
         let p = plan(&d, &Value::Null, &logs, &logs);
         assert_eq!(p.diags.len(), 1, "{:?}", p.diags);
@@ -1171,7 +1171,7 @@ mod tests {
         assert!(
             p.diags[0]
                 .summary
-                .contains("spec.default.sidecar.includeUnused: not enforced by the proxies yet: the sidecar reports only destinations and callers that took traffic"),
+                .contains("spec.default.backends[0].prometheus.mtls: not enforced by the proxies yet: the endpoint is served in plain HTTP; serving it over the mesh's mTLS is not built yet"),
             "{:?}",
             p.diags[0]
         );

@@ -239,7 +239,7 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     // The API: `warnings` with the field and the reason, and the write is done.
     let log = json!({"type": "MeshMetric", "mesh": "default", "name": "to-prometheus",
         "spec": {"targetRef": {"kind": "Mesh"},
-            "default": {"sidecar": {"includeUnused": true}}}});
+            "default": {"backends": [{"type": "Prometheus", "prometheus": {"mtls": true}}]}}});
     let (s, body) = c
         .call(
             0,
@@ -253,12 +253,15 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     assert!(body["version"].as_u64().is_some(), "{body}");
     let warnings = body["warnings"].as_array().expect("warnings");
     assert_eq!(warnings.len(), 1, "{body}");
-    assert_eq!(warnings[0]["field"], "spec.default.sidecar.includeUnused");
+    assert_eq!(
+        warnings[0]["field"],
+        "spec.default.backends[0].prometheus.mtls"
+    );
     assert!(
         warnings[0]["reason"]
             .as_str()
             .unwrap()
-            .contains("took traffic"),
+            .contains("plain HTTP"),
         "{body}"
     );
     let (s, stored) = c
@@ -294,7 +297,7 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     let file = c.tmp.path().join("policies.yaml");
     std::fs::write(
         &file,
-        "type: MeshCircuitBreaker\nmesh: default\nname: per-caller\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {connectionLimits: {maxConnections: 10}}\n  - targetRef: {kind: MeshService, name: web}\n    default: {connectionLimits: {maxConnections: 5}}\n---\ntype: MeshMetric\nmesh: default\nname: to-prometheus-2\nspec:\n  targetRef: {kind: Mesh}\n  default: {sidecar: {includeUnused: true}}\n",
+        "type: MeshCircuitBreaker\nmesh: default\nname: per-caller\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {connectionLimits: {maxConnections: 10}}\n  - targetRef: {kind: MeshService, name: web}\n    default: {connectionLimits: {maxConnections: 5}}\n---\ntype: MeshMetric\nmesh: default\nname: to-prometheus-2\nspec:\n  targetRef: {kind: Mesh}\n  default: {backends: [{type: Prometheus, prometheus: {mtls: true}}]}\n",
     )
     .unwrap();
     let (ok, out, err) = c.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
@@ -307,12 +310,12 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         out.contains("MeshMetric to-prometheus-2 in mesh default created"),
         "{out}"
     );
-    // The circuit breaker (per caller) is enforced: only includeUnused warns.
+    // The circuit breaker (per caller) is enforced: only the endpoint's mTLS warns.
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(
         lines[0].starts_with(
-            "Warning: spec.default.sidecar.includeUnused: not enforced by the proxies yet: the sidecar reports only destinations and callers that took traffic"
+            "Warning: spec.default.backends[0].prometheus.mtls: not enforced by the proxies yet: the endpoint is served in plain HTTP; serving it over the mesh's mTLS is not built yet"
         ),
         "{err}"
     );

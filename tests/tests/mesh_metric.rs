@@ -356,3 +356,52 @@ async fn mesh_metric_pushes_to_an_opentelemetry_collector() -> anyhow::Result<()
     assert_eq!(p.bucket_counts.iter().sum::<u64>(), p.count);
     Ok(())
 }
+
+/// `sidecar.includeUnused`: a destination nothing called yet is reported from the start
+/// (its latency histogram at zero) once the policy says so, and not before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_unused_reports_a_destination_before_any_call() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let dp = causeway_tests::mesh::dataplane(
+        "idle-1",
+        "idle",
+        free_addr().port(),
+        free_addr().port(),
+        "http",
+        &[(free_addr().port(), "backend")],
+    );
+    let (_idle, admin) = fx.sidecar("idle", dp).await?;
+    let series = "causeway_request_duration_seconds_count{direction=\"outbound\",service=\"backend\",peer=\"idle\"}";
+    let http = plain_http();
+    let scrape = || async {
+        http.get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()
+    };
+    let before = scrape().await.context("idle's metrics")?;
+    assert!(
+        !before.contains("service=\"backend\",peer=\"idle\""),
+        "{before}"
+    );
+    put(&fx.c, "/meshes/default/meshmetrics/idle-metrics", &json!({
+        "type": "MeshMetric", "mesh": "default", "name": "idle-metrics",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "idle"},
+                 "default": {"sidecar": {"includeUnused": true},
+                             "backends": [{"type": "Prometheus", "prometheus": {"port": free_addr().port()}}]}}})).await?;
+    let text = eventually("backend reported before any call", WAIT, || async {
+        let text = scrape().await?;
+        text.lines()
+            .any(|l| {
+                l.starts_with("causeway_request_duration_seconds_count")
+                    && l.contains("service=\"backend\",peer=\"idle\"")
+            })
+            .then_some(text)
+    })
+    .await?;
+    assert_eq!(causeway_api::exposition::sum(&text, series), 0.0, "{text}");
+    Ok(())
+}

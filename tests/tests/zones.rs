@@ -217,7 +217,7 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
     // A zone-local write of what the proxies do not enforce yet says so, as global does.
     let log = json!({"type": "MeshMetric", "mesh": "default", "name": "zone-b-metric",
         "spec": {"targetRef": {"kind": "Mesh"},
-            "default": {"sidecar": {"includeUnused": true}}}});
+            "default": {"backends": [{"type": "Prometheus", "prometheus": {"mtls": true}}]}}});
     let (s, written) = zs[1]
         .call(
             Method::PUT,
@@ -227,13 +227,13 @@ async fn policies_reach_every_zone_and_zone_dataplanes_reach_global() -> anyhow:
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{written}");
     assert_eq!(
-        written["warnings"][0]["field"], "spec.default.sidecar.includeUnused",
+        written["warnings"][0]["field"], "spec.default.backends[0].prometheus.mtls",
         "{written}"
     );
     assert!(
         written["warnings"][0]["reason"]
             .as_str()
-            .is_some_and(|r| r.contains("took traffic")),
+            .is_some_and(|r| r.contains("plain HTTP")),
         "{written}"
     );
     let got = eventually("zone-b's policy on global", SYNC, || async {

@@ -89,6 +89,11 @@ pub(crate) fn configure(
         .as_ref()
         .and_then(|s| s.profiles.clone())
         .unwrap_or_default();
+    let include_unused = conf
+        .sidecar
+        .as_ref()
+        .and_then(|s| s.include_unused)
+        .unwrap_or(false);
     let content = MetricsContent {
         profiles: profiles.append_profiles.iter().map(|p| p.name).collect(),
         include: profiles.include,
@@ -110,6 +115,7 @@ pub(crate) fn configure(
                     .unwrap_or_else(|| DEFAULT_APP_PATH.to_owned()),
             })
             .collect(),
+        include_unused,
     };
     Ok(Configured {
         endpoints,
