@@ -29,6 +29,7 @@ mod lb;
 mod metrics;
 mod metrics_content;
 mod metrics_push;
+mod otlp;
 mod outlier;
 mod proxy;
 pub mod quic;

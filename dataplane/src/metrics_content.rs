@@ -169,16 +169,20 @@ pub(crate) fn with_app_label(text: &str, app: &str) -> String {
     out
 }
 
+/// The client that scrapes applications.
+type ScrapeClient = hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Empty<Bytes>,
+>;
+
 /// Scrapes one application's endpoint: its text, or why not.
-pub(crate) async fn scrape(app: &ApplicationEndpoint) -> Result<String, String> {
+async fn scrape(client: &ScrapeClient, app: &ApplicationEndpoint) -> Result<String, String> {
     let host = if app.address.contains(':') {
         format!("[{}]", app.address)
     } else {
         app.address.clone()
     };
     let url = format!("http://{host}:{}{}", app.port, app.path);
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<Bytes>>();
     let req = http::Request::get(&url)
         .header(http::header::ACCEPT, "text/plain; version=0.0.4")
         .body(Empty::new())
@@ -208,7 +212,11 @@ pub(crate) async fn render(own: &str, content: &MetricsContent) -> String {
     if content.applications.is_empty() {
         return out;
     }
-    let scrapes = futures::future::join_all(content.applications.iter().map(scrape)).await;
+    let client: ScrapeClient =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let scrapes =
+        futures::future::join_all(content.applications.iter().map(|a| scrape(&client, a))).await;
     let mut up = String::from(
         "# HELP causeway_application_scrape_up Whether the last scrape of an application's metrics (MeshMetric applications) worked.\n# TYPE causeway_application_scrape_up gauge\n",
     );

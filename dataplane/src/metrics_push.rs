@@ -198,20 +198,8 @@ pub(crate) fn to_otlp(text: &str, start: u64, now: u64) -> Vec<Metric> {
 /// Pushes `proxy`'s metrics to `target` every interval until aborted; a failed push is
 /// counted and logged, and the next one goes on time.
 pub(crate) async fn push(proxy: Arc<Proxy>, target: MetricsPush) {
-    let uri = if target.endpoint.contains("://") {
-        target.endpoint.clone()
-    } else {
-        format!("http://{}", target.endpoint)
-    };
-    let channel = match tonic::transport::Endpoint::from_shared(uri) {
-        Ok(e) => e
-            .connect_timeout(PUSH_TIMEOUT)
-            .timeout(PUSH_TIMEOUT)
-            .connect_lazy(),
-        Err(e) => {
-            tracing::warn!(endpoint = %target.endpoint, error = %e, "bad OpenTelemetry endpoint; no metrics are pushed there");
-            return;
-        }
+    let Some(channel) = crate::otlp::channel(&target.endpoint, PUSH_TIMEOUT, "metrics") else {
+        return;
     };
     let mut client = MetricsServiceClient::new(channel);
     let start = unix_nanos(SystemTime::now());

@@ -323,22 +323,7 @@ async fn export_otlp(
     metrics: Arc<Metrics>,
 ) {
     let (written, dropped) = (&metrics.access_log[2].0, &metrics.access_log[2].1);
-    let uri = if endpoint.contains("://") {
-        endpoint.clone()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let channel = match tonic::transport::Endpoint::from_shared(uri) {
-        Ok(e) => Some(
-            e.connect_timeout(COLLECTOR_TIMEOUT)
-                .timeout(COLLECTOR_TIMEOUT)
-                .connect_lazy(),
-        ),
-        Err(e) => {
-            tracing::warn!(%endpoint, error = %e, "bad OpenTelemetry endpoint; its entries are dropped");
-            None
-        }
-    };
+    let channel = crate::otlp::channel(&endpoint, COLLECTOR_TIMEOUT, "entries");
     let mut client = channel.map(LogsServiceClient::new);
     let body = Line::of(None);
     let mut failing = false;

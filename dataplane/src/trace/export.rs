@@ -54,8 +54,7 @@ impl Wire {
                     .map(|(_, path)| path);
                 match path {
                     Some(p) if !p.is_empty() => Wire::OtlpHttp(endpoint.clone()),
-                    _ if endpoint.contains("://") => Wire::OtlpGrpc(endpoint.clone()),
-                    _ => Wire::OtlpGrpc(format!("http://{endpoint}")),
+                    _ => Wire::OtlpGrpc(crate::otlp::grpc_uri(endpoint)),
                 }
             }
         }
@@ -121,17 +120,9 @@ async fn export(wire: Wire, origin: Origin, buffer: Arc<Buffer>, metrics: Arc<Me
         &metrics.trace_spans[wire.backend()].1,
     );
     let mut grpc = match &wire {
-        Wire::OtlpGrpc(uri) => match tonic::transport::Endpoint::from_shared(uri.clone()) {
-            Ok(e) => Some(TraceServiceClient::new(
-                e.connect_timeout(BACKEND_TIMEOUT)
-                    .timeout(BACKEND_TIMEOUT)
-                    .connect_lazy(),
-            )),
-            Err(e) => {
-                tracing::warn!(endpoint = %uri, error = %e, "bad OpenTelemetry endpoint; its spans are dropped");
-                None
-            }
-        },
+        Wire::OtlpGrpc(uri) => {
+            crate::otlp::channel(uri, BACKEND_TIMEOUT, "spans").map(TraceServiceClient::new)
+        }
         _ => None,
     };
     let http = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
