@@ -146,6 +146,36 @@ enum Bench {
     },
 }
 
+/// Writes a Raft CA and certificates for nodes 1..=`nodes` into `dir`, as an operator
+/// with a PKI of their own would: benchmarks form their clusters of several nodes at
+/// once (with --peer), which needs the certificates up front (Raft is always mutual TLS).
+fn raft_certs(dir: &std::path::Path, nodes: u64) -> anyhow::Result<()> {
+    let ids: Vec<u64> = (1..=nodes).collect();
+    let (ca, certs) = causeway_global_cp::tls::generate_raft_certs(&ids)?;
+    std::fs::write(dir.join("raft-ca.pem"), &ca.cert_pem)?;
+    for (id, ck) in certs {
+        std::fs::write(dir.join(format!("raft-{id}.pem")), &ck.cert_pem)?;
+        causeway_global_cp::tls::write_private(
+            &dir.join(format!("raft-{id}-key.pem")),
+            &ck.key_pem,
+        )?;
+    }
+    Ok(())
+}
+
+/// The flags that give node `id` the certificates [`raft_certs`] wrote into `dir`.
+fn raft_cert_args(dir: &std::path::Path, id: u64) -> Vec<String> {
+    let p = |f: String| dir.join(f).display().to_string();
+    vec![
+        "--raft-tls-ca".into(),
+        p("raft-ca.pem".into()),
+        "--raft-tls-cert".into(),
+        p(format!("raft-{id}.pem")),
+        "--raft-tls-key".into(),
+        p(format!("raft-{id}-key.pem")),
+    ]
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("ephemeral port")
@@ -237,6 +267,7 @@ impl Causeway {
             http: None,
             token: String::new(),
         };
+        raft_certs(c.dir.path(), 3)?;
         for i in 0..3 {
             c.start(i)?;
         }
@@ -280,6 +311,7 @@ impl Cluster for Causeway {
             .arg(self.dir.path().join("tokens"))
             .args(["--api-addr", &format!("127.0.0.1:{}", self.api[i])])
             .args(["--raft-addr", &format!("127.0.0.1:{}", self.raft[i])])
+            .args(raft_cert_args(self.dir.path(), i as u64 + 1))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null());

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::{Proc, bin, free_port, futures_join, percentile};
+use crate::{Proc, bin, free_port, futures_join, percentile, raft_cert_args, raft_certs};
 
 /// Global nodes in the cluster.
 const NODES: usize = 3;
@@ -103,6 +103,7 @@ impl Global {
         let raft: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
         let kds: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
         let mut procs = Vec::new();
+        raft_certs(dir, NODES as u64)?;
         for i in 0..NODES {
             let (out, err) = log_file(&dir.join(format!("n{i}.log")))?;
             let mut cmd = Command::new(bin("causeway")?);
@@ -117,6 +118,7 @@ impl Global {
                 .args(["--raft-addr", &format!("127.0.0.1:{}", raft[i])])
                 .args(["--kds-addr", &format!("127.0.0.1:{}", kds[i])])
                 .args(["--kds-heartbeat", "1s"])
+                .args(raft_cert_args(dir, i as u64 + 1))
                 .env("RUST_LOG", "warn")
                 .stdin(Stdio::null())
                 .stdout(out)

@@ -9,18 +9,21 @@ use anyhow::{Context as _, bail};
 use causeway_global_cp::kds::KdsSettings;
 use causeway_global_cp::raft_node::RaftSettings;
 use causeway_global_cp::tls::{CertKey, RaftTls};
-use causeway_global_cp::{Node, NodeConfig};
+use causeway_global_cp::{Node, NodeConfig, RaftSecurity};
 use serde::Deserialize;
 
 /// Run one node of the global control plane.
 ///
-/// A new three-node cluster on one machine:
+/// A new cluster starts with one node, which generates the cluster's CAs (Raft between
+/// nodes is mutual TLS):
 ///   causeway global-cp --node-id 1 --data-dir /tmp/cw1 --seal-key-file /tmp/cw-seal.key \
-///       --token-out-dir /tmp/cw-tokens --api-addr 127.0.0.1:7700 --raft-addr 127.0.0.1:7702 \
-///       --peer 2=127.0.0.1:7712 --peer 3=127.0.0.1:7722
-/// (and the same for nodes 2 and 3). When the cluster forms, the node that formed it
-/// writes admin-token, readonly-token and api-ca.pem into --token-out-dir (or prints the
-/// tokens once), and every node writes <data-dir>/api-ca.pem.
+///       --token-out-dir /tmp/cw-tokens --api-addr 127.0.0.1:7700 --raft-addr 127.0.0.1:7702
+/// It writes admin-token, readonly-token and api-ca.pem into --token-out-dir (or prints
+/// the tokens once). Add each further node with `causeway cluster add-node`, which prints
+/// a single-use join token, and start it with that token:
+///   causeway global-cp --node-id 2 --data-dir /tmp/cw2 --seal-key-file /tmp/cw2-seal.key \
+///       --api-addr 127.0.0.1:7710 --raft-addr 127.0.0.1:7712 --join-token-file /tmp/join-2
+/// It gets its Raft certificate, the members and the seal key from the cluster.
 #[derive(Debug, Default, clap::Args, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
 pub(crate) struct GlobalCpArgs {
@@ -66,17 +69,32 @@ pub(crate) struct GlobalCpArgs {
     /// Another member of the initial cluster, as ID=HOST:PORT (its Raft address). Repeat.
     #[arg(long = "peer", value_name = "ID=ADDR")]
     peer: Vec<String>,
-    /// Join an existing cluster (after `causeway cluster add-node`) instead of forming one;
-    /// --peer then lists the current members so this node can answer them.
+    /// Join an existing cluster instead of forming one. Implied by --join-token; on its
+    /// own (with --raft-tls-* certificates of your own) --peer lists the current members.
     #[arg(long)]
     join: bool,
-    /// Cluster CA (PEM) for mutual TLS between nodes; with --raft-tls-cert and --raft-tls-key.
+    /// The join token `causeway cluster add-node` printed (single use, short-lived): the
+    /// node gets its Raft certificate, the members and the seal key with it. Prefer
+    /// --join-token-file: a command line is visible to other users of the machine.
+    #[arg(long, conflicts_with = "join_token_file")]
+    join_token: Option<String>,
+    /// A file holding the join token.
+    #[arg(long)]
+    join_token_file: Option<PathBuf>,
+    /// Your own Raft certificates instead of the cluster's: the CA (PEM), with
+    /// --raft-tls-cert and --raft-tls-key. Node certificates must name
+    /// node-<id>.causeway-raft (`causeway cluster gen-certs` makes such a set).
     #[arg(long)]
     raft_tls_ca: Option<PathBuf>,
     #[arg(long)]
     raft_tls_cert: Option<PathBuf>,
     #[arg(long)]
     raft_tls_key: Option<PathBuf>,
+    /// INSECURE: run Raft between nodes in plain TCP, unauthenticated. Anyone who reaches
+    /// a Raft port can then forge messages and read the cluster's state. Logged at every
+    /// start. Every node of the cluster needs it.
+    #[arg(long)]
+    insecure_raft_plaintext: bool,
     /// API certificate and key (PEM); by default one is issued from the cluster's API CA.
     #[arg(long)]
     api_cert: Option<PathBuf>,
@@ -137,6 +155,9 @@ impl GlobalCpArgs {
                 self.peer
             },
             join: self.join || file.join,
+            join_token: self.join_token.or(file.join_token),
+            join_token_file: self.join_token_file.or(file.join_token_file),
+            insecure_raft_plaintext: self.insecure_raft_plaintext || file.insecure_raft_plaintext,
             raft_tls_ca: self.raft_tls_ca.or(file.raft_tls_ca),
             raft_tls_cert: self.raft_tls_cert.or(file.raft_tls_cert),
             raft_tls_key: self.raft_tls_key.or(file.raft_tls_key),
@@ -160,10 +181,26 @@ impl GlobalCpArgs {
                 bail!("--peer: id {id} is given twice");
             }
         }
-        let raft_tls = match (a.raft_tls_ca, a.raft_tls_cert, a.raft_tls_key) {
-            (None, None, None) => None,
-            (Some(ca), Some(cert), Some(key)) => Some(RaftTls::load(&ca, &cert, &key)?),
+        if a.insecure_raft_plaintext && a.raft_tls_ca.is_some() {
+            bail!("--insecure-raft-plaintext and --raft-tls-* contradict each other");
+        }
+        let raft_security = match (a.raft_tls_ca, a.raft_tls_cert, a.raft_tls_key) {
+            (None, None, None) if a.insecure_raft_plaintext => RaftSecurity::InsecurePlaintext,
+            (None, None, None) => RaftSecurity::Managed,
+            (Some(ca), Some(cert), Some(key)) => {
+                RaftSecurity::Files(RaftTls::load(&ca, &cert, &key)?)
+            }
             _ => bail!("--raft-tls-ca, --raft-tls-cert and --raft-tls-key go together"),
+        };
+        let join_token = match (a.join_token, a.join_token_file) {
+            (Some(t), _) => Some(t),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading --join-token-file {}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
         };
         let api_cert = match (a.api_cert, a.api_key) {
             (None, None) => None,
@@ -219,7 +256,8 @@ impl GlobalCpArgs {
             token_out_dir: a.token_out_dir,
             peers,
             join: a.join,
-            raft_tls,
+            raft_security,
+            join_token,
             api_cert,
             api_insecure_http: false,
             raft,

@@ -63,7 +63,10 @@ pub(crate) enum ClusterCmd {
         #[arg(short = 'o', long, value_enum, default_value = "table")]
         output: Output,
     },
-    /// Add a node; then start it with `causeway global-cp --join --peer ...` and an empty data dir.
+    /// Add a node. Prints its join token (single use, short-lived) and the command that
+    /// starts it: with the token, the new node gets its Raft certificate (mutual TLS
+    /// between nodes), the members and the seal key from the cluster, so nothing is
+    /// copied by hand. The cluster keeps only the token's hash.
     AddNode {
         #[arg(long)]
         id: u64,
@@ -73,6 +76,24 @@ pub(crate) enum ClusterCmd {
         /// Its API address.
         #[arg(long)]
         api_addr: String,
+        /// How long the join token lives (at most 24h).
+        #[arg(long, default_value = "15m")]
+        token_ttl: String,
+        /// Write the join token to this file (0600) instead of printing it.
+        #[arg(long)]
+        token_out: Option<PathBuf>,
+    },
+    /// A new join token for a node that was added but has not joined yet (its token
+    /// expired, or was lost).
+    JoinToken {
+        #[arg(long)]
+        id: u64,
+        /// How long the join token lives (at most 24h).
+        #[arg(long, default_value = "15m")]
+        token_ttl: String,
+        /// Write the join token to this file (0600) instead of printing it.
+        #[arg(long)]
+        token_out: Option<PathBuf>,
     },
     /// Remove a node from the cluster; it stops voting at once.
     RemoveNode { id: u64 },
@@ -467,34 +488,71 @@ pub(crate) async fn cluster(conn: &ConnArgs, c: ClusterCmd) -> anyhow::Result<()
             id,
             raft_addr,
             api_addr,
+            token_ttl,
+            token_out,
         } => {
-            client
+            let (_, v) = client
                 .request(
                     Method::POST,
                     "/cluster/members",
-                    Some(&json!({"id": id, "raft_addr": raft_addr, "api_addr": api_addr})),
+                    Some(&json!({"id": id, "raft_addr": raft_addr, "api_addr": api_addr, "token_ttl": token_ttl})),
                 )
                 .await?;
-            let v = client.get("/cluster").await.unwrap_or_default();
-            let peers: Vec<String> = v["members"]
-                .as_array()
-                .map(|ms| {
-                    ms.iter()
-                        .filter(|m| m["id"].as_u64() != Some(id))
-                        .filter_map(|m| {
-                            Some(format!(
-                                "--peer {}={}",
-                                m["id"].as_u64()?,
-                                m["raft_addr"].as_str()?
-                            ))
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            println!(
-                "node {id} added; start it with an empty data dir:\n  causeway global-cp --join --node-id {id} --raft-addr {raft_addr} --api-addr {api_addr} --data-dir <dir> {}",
-                peers.join(" ")
+            let start = format!(
+                "causeway global-cp --node-id {id} --raft-addr {raft_addr} --api-addr {api_addr} --data-dir <empty dir> --seal-key-file <path outside it>"
             );
+            match v["join_token"].as_str() {
+                Some(token) => {
+                    println!("node {id} becomes a voter when it joins with its token.");
+                    hand_out_join_token(id, token, &v, token_out.as_deref(), &start)?;
+                }
+                None => {
+                    // The cluster runs on the operator's own Raft certificates.
+                    let v = client.get("/cluster").await.unwrap_or_default();
+                    let peers: Vec<String> = v["members"]
+                        .as_array()
+                        .map(|ms| {
+                            ms.iter()
+                                .filter(|m| m["id"].as_u64() != Some(id))
+                                .filter_map(|m| {
+                                    Some(format!(
+                                        "--peer {}={}",
+                                        m["id"].as_u64()?,
+                                        m["raft_addr"].as_str()?
+                                    ))
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    println!(
+                        "node {id} added. This cluster uses your own Raft certificates: give the node one from your CA and a copy of the seal key, and start it with\n  {start} --join --raft-tls-ca .. --raft-tls-cert .. --raft-tls-key .. {}",
+                        peers.join(" ")
+                    );
+                }
+            }
+        }
+        ClusterCmd::JoinToken {
+            id,
+            token_ttl,
+            token_out,
+        } => {
+            let (_, v) = client
+                .request(
+                    Method::POST,
+                    &format!("/cluster/members/{id}/join-token"),
+                    Some(&json!({"token_ttl": token_ttl})),
+                )
+                .await?;
+            let token = v["join_token"]
+                .as_str()
+                .context("the answer holds no join token")?;
+            hand_out_join_token(
+                id,
+                token,
+                &v,
+                token_out.as_deref(),
+                &format!("causeway global-cp --node-id {id} ..."),
+            )?;
         }
         ClusterCmd::RemoveNode { id } => {
             client
@@ -504,6 +562,41 @@ pub(crate) async fn cluster(conn: &ConnArgs, c: ClusterCmd) -> anyhow::Result<()
         }
         ClusterCmd::GenCerts { .. } => unreachable!("handled above"),
     }
+    Ok(())
+}
+
+/// Prints a join token (or writes it to `out`, 0600) and how to start the node with it.
+fn hand_out_join_token(
+    id: u64,
+    token: &str,
+    v: &Value,
+    out: Option<&std::path::Path>,
+    start: &str,
+) -> anyhow::Result<()> {
+    let expires = v["expires_unix"]
+        .as_i64()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into());
+    let flag = match out {
+        Some(path) => {
+            causeway_global_cp::tls::write_private(path, &format!("{token}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!(
+                "wrote node {id}'s join token to {} (single use; expires {expires})",
+                path.display()
+            );
+            format!("--join-token-file {}", path.display())
+        }
+        None => {
+            println!("join token for node {id} (single use; expires {expires}):\n  {token}");
+            "--join-token-file <a file holding the token>".to_string()
+        }
+    };
+    println!("start the node with\n  {start} {flag}");
     Ok(())
 }
 

@@ -279,12 +279,17 @@ pub(crate) async fn run(a: UpArgs) -> anyhow::Result<()> {
         dir.display()
     );
 
-    // 1. Global control plane: three nodes sharing the key that seals their keys at rest
-    // (the first to start creates it); the tokens are handed out into global-tokens/.
-    let t = step(1, "global control plane, 3 Raft nodes");
+    // 1. Global control plane: node 1 forms the cluster alone (generating its CAs, the
+    // Raft CA among them, and the seal key) and hands the API tokens out into
+    // global-tokens/; nodes 2 and 3 are added one by one and join with single-use join
+    // tokens, which bring them their Raft certificates and the seal key.
+    let t = step(
+        1,
+        "global control plane, 3 Raft nodes (mutual TLS between them)",
+    );
     let key_file = dir.join("global-seal.key");
     let tokens = dir.join("global-tokens");
-    for i in 0..3u16 {
+    let global_args = |i: u16| {
         let (api, kds, raft) = ports.global(i);
         let mut args = strings(&["global-cp", "--node-id"]);
         args.push((i + 1).to_string());
@@ -299,15 +304,12 @@ pub(crate) async fn run(a: UpArgs) -> anyhow::Result<()> {
             format!("127.0.0.1:{raft}"),
             "--seal-key-file".into(),
             key_file.display().to_string(),
-            "--token-out-dir".into(),
-            tokens.display().to_string(),
         ]);
-        for j in (0..3u16).filter(|j| *j != i) {
-            args.push("--peer".into());
-            args.push(format!("{}=127.0.0.1:{}", j + 1, ports.global(j).2));
-        }
-        children.spawn(&format!("global-{}", i + 1), &args)?;
-    }
+        args
+    };
+    let mut first = global_args(0);
+    first.extend(["--token-out-dir".into(), tokens.display().to_string()]);
+    children.spawn("global-1", &first)?;
     let g1 = dir.join("global-1");
     wait_for(
         &mut children,
@@ -324,11 +326,42 @@ pub(crate) async fn run(a: UpArgs) -> anyhow::Result<()> {
     let addrs: Vec<String> = (0..3)
         .map(|i| format!("https://127.0.0.1:{}", ports.global(i).0))
         .collect();
+    let ca_pem = std::fs::read_to_string(g1.join("api-ca.pem"))?;
+    let ready_http = reqwest::Client::builder()
+        .use_preconfigured_tls(causeway_global_cp::tls::client_config(&ca_pem, None)?)
+        .timeout(Duration::from_secs(5))
+        .build()?;
     let client = Client::new(Connection {
         addrs: addrs.clone(),
         token: Some(token.clone()),
-        ca_pem: Some(std::fs::read_to_string(g1.join("api-ca.pem"))?),
+        ca_pem: Some(ca_pem),
     })?;
+    for i in 1..3u16 {
+        let (api, _, raft) = ports.global(i);
+        let (_, v) = client
+            .request(
+                Method::POST,
+                "/cluster/members",
+                Some(&json!({"id": i + 1, "raft_addr": format!("127.0.0.1:{raft}"), "api_addr": format!("127.0.0.1:{api}")})),
+            )
+            .await?;
+        let join = v["join_token"]
+            .as_str()
+            .context("the cluster issued no join token")?;
+        let join_file = dir.join(format!("global-{}.join-token", i + 1));
+        causeway_global_cp::tls::write_private(&join_file, &format!("{join}\n"))?;
+        let mut args = global_args(i);
+        args.extend(["--join-token-file".into(), join_file.display().to_string()]);
+        children.spawn(&format!("global-{}", i + 1), &args)?;
+        let url = format!("https://127.0.0.1:{api}/ready");
+        wait_for(
+            &mut children,
+            &format!("global node {} to join", i + 1),
+            Duration::from_secs(60),
+            || ready(&ready_http, &url),
+        )
+        .await?;
+    }
     client.get("/cluster").await?;
     done(t);
 

@@ -22,6 +22,7 @@ use crate::command::{ApplyError, Command, Member, WriteOutcome};
 use crate::raft_node::{MemberChange, RaftError, RaftHandle};
 use crate::store::{Store, StoreError};
 
+mod joining;
 mod stats;
 mod zones;
 
@@ -124,6 +125,7 @@ pub(crate) fn router(state: ApiState) -> Router {
     let authed = Router::new()
         .route("/cluster", get(cluster_status))
         .route("/cluster/members", post(add_member))
+        .route("/cluster/members/{id}/join-token", post(joining::new_token))
         .route(
             "/cluster/members/{id}",
             axum::routing::delete(remove_member),
@@ -172,6 +174,7 @@ pub(crate) fn router(state: ApiState) -> Router {
     Router::new()
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi))
+        .route(crate::join::JOIN_PATH, post(joining::join))
         .merge(authed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
@@ -672,14 +675,25 @@ struct AddMember {
     id: u64,
     raft_addr: String,
     api_addr: String,
+    /// How long the join token lives (default 15m, at most 24h).
+    #[serde(default)]
+    token_ttl: Option<String>,
 }
 
+/// `POST /cluster/members`: when the cluster manages its Raft certificates, answers with
+/// the new node's single-use join token (it becomes a voter when it joins with it);
+/// otherwise adds the voter at once.
 async fn add_member(State(st): State<ApiState>, body: Bytes) -> ApiResult<Json<Value>> {
-    let m: AddMember = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad("", format!("expected {{id, raft_addr, api_addr}}: {e}")))?;
+    let m: AddMember = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad(
+            "",
+            format!("expected {{id, raft_addr, api_addr, token_ttl}}: {e}"),
+        )
+    })?;
     if m.id == 0 {
         return Err(ApiError::bad("id", "must be a positive integer"));
     }
+    let ttl = joining::token_ttl("token_ttl", m.token_ttl.as_deref())?;
     for (field, addr) in [("raft_addr", &m.raft_addr), ("api_addr", &m.api_addr)] {
         if addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(ApiError::bad(
@@ -694,6 +708,14 @@ async fn add_member(State(st): State<ApiState>, body: Bytes) -> ApiResult<Json<V
             StatusCode::CONFLICT,
             "id",
             format!("node {} is already a member", m.id),
+        ));
+    }
+    // A cluster that manages its Raft certificates adds the node when it joins with its
+    // token; one on the operator's certificates adds it now.
+    if joining::manages_raft_certificates(&st) {
+        let (token, exp) = joining::issue(&st, m.id, m.raft_addr, m.api_addr, ttl).await?;
+        return Ok(Json(
+            json!({"added": m.id, "join_token": token, "expires_unix": exp}),
         ));
     }
     st.raft
@@ -774,7 +796,9 @@ pub fn openapi_document() -> Value {
         );
     }
     paths.insert("/cluster".into(), json!({"get": {"summary": "Raft cluster status", "responses": {"200": {"description": "status"}}}}));
-    paths.insert("/cluster/members".into(), json!({"post": {"summary": "Add a node", "responses": {"200": {"description": "added"}, "default": err}}}));
+    paths.insert("/cluster/members".into(), json!({"post": {"summary": "Add a node; answers with its single-use join token (body: id, raft_addr, api_addr, token_ttl)", "responses": {"200": {"description": "added"}, "default": err}}}));
+    paths.insert("/cluster/members/{id}/join-token".into(), json!({"post": {"summary": "A new join token for a member that has not joined yet (body: token_ttl)", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "the token"}, "default": err}}}));
+    paths.insert("/cluster/join".into(), json!({"post": {"summary": "A node joins with its join token and a CSR (authenticated by the join token, not an API token)", "security": [], "responses": {"200": {"description": "its Raft certificate, the CA, the members and the seal key"}, "401": err, "default": err}}}));
     paths.insert("/cluster/members/{id}".into(), json!({"delete": {"summary": "Remove a node", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "removed"}, "default": err}}}));
     paths.insert("/meshes/{mesh}/stats".into(), json!({"get": {
         "summary": "Golden signals across zones (success rate, requests per second, p50/p95/p99, each zone's share), from the zones' reports; what `causeway stat` shows",

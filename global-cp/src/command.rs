@@ -86,6 +86,31 @@ pub enum Command {
     RevokeIntermediates {
         zone: String,
     },
+    /// A join token was issued for a node (`causeway cluster add-node`); only its hash
+    /// is kept. The node becomes a member when it joins with it.
+    AddJoinToken(JoinTokenRecord),
+    /// A node joins with a join token: refused when the token is unknown, used or
+    /// expired (at the entry's time, so every node agrees), else marked used. Raft
+    /// orders two uses of one token, so only the first succeeds.
+    UseJoinToken {
+        sha256: String,
+    },
+}
+
+/// A join token as the cluster remembers it (see [`crate::join`]).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinTokenRecord {
+    /// The node id the token was issued for: the certificate it gets names that id.
+    pub node: u64,
+    /// The addresses the node is added with when it joins.
+    pub raft_addr: String,
+    pub api_addr: String,
+    /// SHA-256 of the token, hex.
+    pub sha256: String,
+    pub created_unix: i64,
+    pub expires_unix: i64,
+    pub used: bool,
 }
 
 /// An intermediate CA issued to a zone for a mesh.
@@ -171,6 +196,13 @@ pub struct SealedSecrets {
     pub zone_ca_key_sealed: String,
     /// Ed25519 key (PKCS#8, hex) that signs dataplane tokens, sealed.
     pub dataplane_token_key_sealed: String,
+    /// The Raft CA, when the cluster generated it (formed by one node); empty when the
+    /// operator brought the nodes' certificates (`--raft-tls-*`) or runs Raft in
+    /// plaintext. It signs the certificates of nodes that join with a join token.
+    #[serde(default)]
+    pub raft_ca_cert_pem: String,
+    #[serde(default)]
+    pub raft_ca_key_sealed: String,
 }
 
 impl std::fmt::Debug for SealedSecrets {
@@ -190,6 +222,12 @@ impl SealedSecrets {
             zone_ca_cert_pem: secrets.zone_ca_cert_pem.clone(),
             zone_ca_key_sealed: sealer.seal(&secrets.zone_ca_key_pem),
             dataplane_token_key_sealed: sealer.seal(&secrets.dataplane_token_key),
+            raft_ca_cert_pem: secrets.raft_ca_cert_pem.clone(),
+            raft_ca_key_sealed: if secrets.raft_ca_key_pem.is_empty() {
+                String::new()
+            } else {
+                sealer.seal(&secrets.raft_ca_key_pem)
+            },
         }
     }
 
@@ -203,6 +241,12 @@ impl SealedSecrets {
             zone_ca_cert_pem: self.zone_ca_cert_pem.clone(),
             zone_ca_key_pem: sealer.open(&self.zone_ca_key_sealed)?,
             dataplane_token_key: sealer.open(&self.dataplane_token_key_sealed)?,
+            raft_ca_cert_pem: self.raft_ca_cert_pem.clone(),
+            raft_ca_key_pem: if self.raft_ca_key_sealed.is_empty() {
+                String::new()
+            } else {
+                sealer.open(&self.raft_ca_key_sealed)?
+            },
         })
     }
 }
@@ -220,6 +264,19 @@ pub struct ClusterSecrets {
     pub zone_ca_key_pem: String,
     /// Ed25519 key (PKCS#8, hex) that signs dataplane tokens; zones get its public half.
     pub dataplane_token_key: String,
+    /// The Raft CA when the cluster generated it; both empty otherwise.
+    pub raft_ca_cert_pem: String,
+    pub raft_ca_key_pem: String,
+}
+
+impl ClusterSecrets {
+    /// The Raft CA that signs joining nodes' certificates, when the cluster has one.
+    pub fn raft_ca(&self) -> Option<causeway_pki::CertKey> {
+        (!self.raft_ca_key_pem.is_empty()).then(|| causeway_pki::CertKey {
+            cert_pem: self.raft_ca_cert_pem.clone(),
+            key_pem: self.raft_ca_key_pem.clone(),
+        })
+    }
 }
 
 impl std::fmt::Debug for ClusterSecrets {
@@ -266,6 +323,9 @@ pub enum ApplyError {
     MeshNotEmpty(String),
     #[error("{key} belongs to {origin}; change it there")]
     OwnedElsewhere { key: String, origin: String },
+    /// A join token that cannot be used (unknown, used, expired).
+    #[error("{0}")]
+    JoinToken(String),
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {

@@ -7,6 +7,7 @@
 //! policy logic: what a resource means belongs to `causeway-api`.
 
 pub mod command;
+pub mod join;
 pub mod kds;
 pub mod raft_node;
 pub mod store;
@@ -17,6 +18,7 @@ pub use causeway_pki::sealing;
 
 mod api;
 mod metrics;
+mod raft_identity;
 mod transport;
 pub mod zone_token;
 
@@ -74,13 +76,30 @@ pub struct NodeConfig {
     /// Join an existing cluster instead of forming one: start empty and wait for the
     /// leader (after `causeway cluster add-node`) to send a snapshot.
     pub join: bool,
-    /// Mutual TLS for Raft traffic; `None` runs it in plain TCP (local clusters only).
-    pub raft_tls: Option<RaftTls>,
+    /// How Raft traffic between nodes is secured.
+    pub raft_security: RaftSecurity,
+    /// A join token from `causeway cluster add-node` (implies `join`): the node gets its
+    /// Raft certificate, the members and the seal key from the cluster with it.
+    pub join_token: Option<String>,
     /// The API's certificate; `None` issues one from the cluster's generated API CA.
     pub api_cert: Option<CertKey>,
     /// Serve the API over plain HTTP (never in production; tests of TLS itself use it).
     pub api_insecure_http: bool,
     pub raft: RaftSettings,
+}
+
+/// How Raft traffic between nodes is secured.
+#[derive(Clone)]
+pub enum RaftSecurity {
+    /// Mutual TLS with certificates the cluster manages: generated when a node forms a
+    /// cluster alone, issued with a join token to nodes that join (the default).
+    Managed,
+    /// Mutual TLS with the operator's certificates (`--raft-tls-*`), which must name
+    /// `node-<id>.causeway-raft`.
+    Files(RaftTls),
+    /// Plain TCP (`--insecure-raft-plaintext`): anyone who reaches a Raft port can forge
+    /// messages. Logged at every start.
+    InsecurePlaintext,
 }
 
 /// Files the node that forms the cluster writes into `--token-out-dir`; every node also
@@ -103,7 +122,7 @@ pub struct Node {
 
 impl Node {
     /// Opens the store, starts Raft, the transport and (once the cluster has formed) the API.
-    pub async fn start(cfg: NodeConfig) -> anyhow::Result<Node> {
+    pub async fn start(mut cfg: NodeConfig) -> anyhow::Result<Node> {
         anyhow::ensure!(cfg.node_id != 0, "--node-id must be a positive integer");
         anyhow::ensure!(
             !cfg.peers.contains_key(&cfg.node_id),
@@ -122,6 +141,38 @@ impl Node {
             "the data dir {} was written by an older version that kept tokens and keys in clear; migrating it is not supported: form a new cluster in a new --data-dir",
             cfg.data_dir.display()
         );
+        // A node joining with a token gets its certificate, the members and the seal key
+        // from the cluster first.
+        let joined = match (&cfg.join_token, &cfg.raft_security) {
+            (Some(_), RaftSecurity::Files(_) | RaftSecurity::InsecurePlaintext) => anyhow::bail!(
+                "--join-token gets this node a Raft certificate from the cluster; it does not go with --raft-tls-* or --insecure-raft-plaintext"
+            ),
+            (Some(token), RaftSecurity::Managed) if !raft_identity::exists(&cfg.data_dir) => {
+                let j = join::join(token, cfg.node_id)
+                    .await
+                    .context("joining the cluster with --join-token")?;
+                sealing::Sealer::install_key_file(
+                    SEAL_KEY_FLAG,
+                    &cfg.seal_key_file,
+                    &cfg.data_dir,
+                    &j.response.seal_key,
+                )?;
+                tracing::info!(
+                    node = cfg.node_id,
+                    "joined with the join token: got this node's Raft certificate and the cluster's seal key"
+                );
+                Some(j)
+            }
+            _ => None,
+        };
+        if cfg.join_token.is_some() {
+            cfg.join = true;
+        }
+        if let Some(j) = &joined {
+            for m in j.response.members.iter().filter(|m| m.id != cfg.node_id) {
+                cfg.peers.entry(m.id).or_insert_with(|| m.raft_addr.clone());
+            }
+        }
         let (sealer, created) =
             sealing::Sealer::load_or_create(SEAL_KEY_FLAG, &cfg.seal_key_file, &cfg.data_dir)?;
         if created {
@@ -142,25 +193,21 @@ impl Node {
             }
             Ok(None) => {}
         }
-        if store.is_empty() && !cfg.join {
+        let forming = store.is_empty() && !cfg.join;
+        let raft_tls = raft_tls(&cfg, &sealer, joined, forming)?;
+        if forming {
             let mut voters: Vec<u64> = cfg.peers.keys().copied().collect();
             voters.push(cfg.node_id);
             voters.sort();
             tracing::info!(?voters, "forming a new cluster");
             store.bootstrap(voters)?;
         }
-        if cfg.raft_tls.is_none() {
-            tracing::warn!(
-                "Raft traffic between nodes is NOT encrypted or authenticated (no --raft-tls-*). \
-                 Fine on loopback; in production generate certificates with `causeway cluster gen-certs`."
-            );
-        }
         let raft_listener = tokio::net::TcpListener::bind(cfg.raft_addr)
             .await
             .with_context(|| format!("binding the Raft address {}", cfg.raft_addr))?;
         let rt = tokio::runtime::Handle::current();
         let peers = cfg.peers.clone();
-        let tls = cfg.raft_tls.clone();
+        let tls = raft_tls.clone();
         let id = cfg.node_id;
         let (raft, thread) = raft_node::start_with(
             id,
@@ -190,7 +237,7 @@ impl Node {
             }
         }));
         let raft_tx = raft.sender();
-        let tls = cfg.raft_tls.clone();
+        let tls = raft_tls;
         tasks.push(tokio::spawn(async move {
             if let Err(e) = transport::serve(raft_listener, tls.as_ref(), raft_tx).await {
                 tracing::error!(error = %e, "raft transport stopped");
@@ -258,6 +305,56 @@ impl Node {
     }
 }
 
+/// This node's Raft TLS identity (`None`: plaintext), from the operator's files, the data
+/// dir, a join that just happened, or generated when the node forms a cluster alone.
+fn raft_tls(
+    cfg: &NodeConfig,
+    sealer: &sealing::Sealer,
+    joined: Option<join::Joined>,
+    forming: bool,
+) -> anyhow::Result<Option<RaftTls>> {
+    let kept = match &cfg.raft_security {
+        RaftSecurity::Files(t) => return Ok(Some(t.clone())),
+        RaftSecurity::InsecurePlaintext => {
+            tracing::warn!(
+                "--insecure-raft-plaintext: Raft traffic between nodes is NOT encrypted or authenticated; anyone who reaches {} can forge Raft messages and read the cluster's state",
+                cfg.raft_addr
+            );
+            return Ok(None);
+        }
+        RaftSecurity::Managed => raft_identity::load(&cfg.data_dir, sealer)?,
+    };
+    Ok(Some(match (joined, kept) {
+        (Some(j), _) => raft_identity::save(
+            &cfg.data_dir,
+            sealer,
+            &j.response.raft_ca_pem,
+            &CertKey {
+                cert_pem: j.response.cert_pem,
+                key_pem: j.key_pem,
+            },
+        )?,
+        (None, Some(t)) => t,
+        (None, None) if forming && cfg.peers.is_empty() => {
+            tracing::info!(
+                "generated the cluster's Raft CA and this node's certificate (mutual TLS between nodes)"
+            );
+            raft_identity::bootstrap(&cfg.data_dir, sealer, cfg.node_id)?
+        }
+        (None, None) if forming => anyhow::bail!(
+            "forming a cluster of several nodes at once (--peer) needs their Raft certificates (--raft-tls-ca/-cert/-key, from `causeway cluster gen-certs`); \
+             or form it with one node and add the others with `causeway cluster add-node`, which prints each one's join token"
+        ),
+        (None, None) if cfg.join => anyhow::bail!(
+            "--join needs --join-token (printed by `causeway cluster add-node`), or this node's Raft certificate (--raft-tls-ca/-cert/-key)"
+        ),
+        (None, None) => anyhow::bail!(
+            "the data dir {} has no Raft certificate: it was written by a node that ran Raft in plaintext; start it with --insecure-raft-plaintext as before, or form a new cluster",
+            cfg.data_dir.display()
+        ),
+    }))
+}
+
 /// The error of a seal key that does not open the cluster's keys.
 fn open_error(cfg: &NodeConfig, e: &sealing::SealError) -> anyhow::Error {
     anyhow::anyhow!(
@@ -269,7 +366,10 @@ fn open_error(cfg: &NodeConfig, e: &sealing::SealError) -> anyhow::Error {
 
 /// Generates the cluster's tokens, CAs and signing keys: the tokens in clear (to hand out
 /// once the proposal is committed) and what the log carries (hashes, sealed keys).
-fn generate_secrets(sealer: &sealing::Sealer) -> Result<(ApiTokens, SealedSecrets), String> {
+fn generate_secrets(
+    sealer: &sealing::Sealer,
+    raft_ca: Option<CertKey>,
+) -> Result<(ApiTokens, SealedSecrets), String> {
     let api = tls::generate_ca(API_CA_NAME).map_err(|e| e.to_string())?;
     let zone = tls::generate_ca(ZONE_CA_NAME).map_err(|e| e.to_string())?;
     let dataplane_token_key = tls::dataplane_token::generate_key().map_err(|e| e.to_string())?;
@@ -282,6 +382,10 @@ fn generate_secrets(sealer: &sealing::Sealer) -> Result<(ApiTokens, SealedSecret
         zone_ca_cert_pem: zone.cert_pem,
         zone_ca_key_pem: zone.key_pem,
         dataplane_token_key,
+        raft_ca_cert_pem: raft_ca
+            .as_ref()
+            .map_or_else(String::new, |c| c.cert_pem.clone()),
+        raft_ca_key_pem: raft_ca.map_or_else(String::new, |c| c.key_pem),
     };
     Ok((tokens, SealedSecrets::seal(&secrets, sealer)))
 }
@@ -317,7 +421,13 @@ async fn housekeeping(
             if sealed.is_none() && v.leader_id == cfg.node_id {
                 last_attempt = tokio::time::Instant::now();
                 if pending.is_none() {
-                    match generate_secrets(&sealer) {
+                    // The Raft CA, when this node generated it forming the cluster.
+                    let raft_ca = raft_identity::generated_ca(&cfg.data_dir, &sealer)
+                        .unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "reading the Raft CA this node generated");
+                            None
+                        });
+                    match generate_secrets(&sealer, raft_ca) {
                         // With a --token-out-dir the tokens are there before they can be
                         // committed, so a crash right after the commit cannot lose them
                         // (they are written again once committed; a proposal that loses

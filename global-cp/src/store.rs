@@ -19,8 +19,8 @@ use rocksdb::{
 };
 
 use crate::command::{
-    ApplyError, Command, IntermediateRecord, Member, MeshCa, SealedSecrets, WriteOutcome,
-    ZoneStatusRecord, ZoneTokenRecord,
+    ApplyError, Command, IntermediateRecord, JoinTokenRecord, Member, MeshCa, SealedSecrets,
+    WriteOutcome, ZoneStatusRecord, ZoneTokenRecord,
 };
 
 const CF_LOG: &str = "raft_log";
@@ -39,6 +39,7 @@ const KEY_APPLIED: &[u8] = b"applied";
 const KEY_SECRETS: &[u8] = b"cluster_secrets";
 const KEY_MEMBER_PREFIX: &[u8] = b"member/";
 const KEY_ZONE_TOKEN_PREFIX: &[u8] = b"zone_token/";
+const KEY_JOIN_TOKEN_PREFIX: &[u8] = b"join_token/";
 const KEY_ZONE_STATUS_PREFIX: &[u8] = b"zone_status/";
 const KEY_MESH_CA_PREFIX: &[u8] = b"mesh_ca/";
 const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
@@ -541,6 +542,7 @@ impl Store {
             store: self,
             batch: WriteBatch::default(),
             overlay: HashMap::new(),
+            join_tokens: HashMap::new(),
             applied: None,
             conf_state: None,
             changed: false,
@@ -720,6 +722,20 @@ impl Store {
             &prefixed(KEY_ZONE_TOKEN_PREFIX, &format!("{zone}\0{id}")),
             "zone token",
         )
+    }
+
+    /// The join tokens issued for node `node`, oldest first.
+    pub fn join_tokens_of(&self, node: u64) -> Result<Vec<JoinTokenRecord>, StoreError> {
+        let mut all: Vec<JoinTokenRecord> =
+            self.meta_prefix(KEY_JOIN_TOKEN_PREFIX, "join token")?;
+        all.retain(|t| t.node == node);
+        all.sort_by_key(|t| t.created_unix);
+        Ok(all)
+    }
+
+    /// A join token's record, by the token's hash.
+    pub fn join_token(&self, sha256: &str) -> Result<Option<JoinTokenRecord>, StoreError> {
+        self.meta_get(&prefixed(KEY_JOIN_TOKEN_PREFIX, sha256), "join token")
     }
 
     /// What the KDS sessions last reported about each zone.
@@ -907,6 +923,8 @@ pub struct ApplyBatch<'a> {
     store: &'a Store,
     batch: WriteBatch,
     overlay: HashMap<Vec<u8>, Option<Resource>>,
+    /// Join tokens written in this batch (a token used twice in one batch is used once).
+    join_tokens: HashMap<String, JoinTokenRecord>,
     applied: Option<u64>,
     conf_state: Option<ConfState>,
     /// Whether a resource changed (so KDS sessions should look).
@@ -1063,6 +1081,38 @@ impl ApplyBatch<'_> {
                     prefixed(KEY_ZONE_TOKEN_PREFIX, &format!("{}\0{}", t.zone, t.id)),
                     &t,
                 );
+                Ok(WriteOutcome::Done)
+            }
+            Command::AddJoinToken(t) => {
+                self.put_meta(prefixed(KEY_JOIN_TOKEN_PREFIX, &t.sha256), &t);
+                self.join_tokens.insert(t.sha256.clone(), t);
+                Ok(WriteOutcome::Done)
+            }
+            Command::UseJoinToken { sha256 } => {
+                let known = match self.join_tokens.get(&sha256) {
+                    Some(t) => Some(t.clone()),
+                    None => self.store.join_token(&sha256)?,
+                };
+                let Some(mut t) = known else {
+                    return Ok(Err(ApplyError::JoinToken(
+                        "unknown join token (not issued by this cluster, or altered)".into(),
+                    )));
+                };
+                if t.used {
+                    return Ok(Err(ApplyError::JoinToken(format!(
+                        "the join token was already used (tokens are single use); issue a new one with `causeway cluster join-token --id {}`",
+                        t.node
+                    ))));
+                }
+                if now.unix_timestamp() >= t.expires_unix {
+                    return Ok(Err(ApplyError::JoinToken(format!(
+                        "the join token expired at {} (Unix seconds); issue a new one with `causeway cluster join-token --id {}`",
+                        t.expires_unix, t.node
+                    ))));
+                }
+                t.used = true;
+                self.put_meta(prefixed(KEY_JOIN_TOKEN_PREFIX, &sha256), &t);
+                self.join_tokens.insert(sha256, t);
                 Ok(WriteOutcome::Done)
             }
             Command::RevokeZoneTokens { zone, id } => {

@@ -1,8 +1,16 @@
-//! The Raft transport: length-prefixed protobuf frames over TCP, optionally in mutual TLS.
+//! The Raft transport: length-prefixed protobuf frames over TCP in mutual TLS (plain TCP
+//! only with `--insecure-raft-plaintext`).
 //!
 //! Each node keeps one outbound connection per peer, fed by a queue; messages that cannot
 //! be delivered are dropped (Raft retransmits) and the peer is reported unreachable. Inbound
 //! connections only carry frames into the Raft thread.
+//!
+//! A peer's certificate names one node id (`node-<id>.causeway-raft`): a node dials that
+//! name, and an inbound connection may only carry messages from the id its certificate
+//! names, so one member cannot speak for another. Hostile connections are cheap: at most
+//! [`MAX_HANDSHAKES`] handshakes run at once, each for at most [`HANDSHAKE_TIMEOUT`], and a
+//! frame's buffer grows with the bytes that actually arrive, never with the length a
+//! header claims.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,11 +25,18 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::raft_node::{Msg, Outbox};
-use crate::tls::{RAFT_SERVER_NAME, RaftTls, TlsError};
+use crate::tls::{RaftTls, TlsError, raft_node_id, raft_node_name};
 
 /// Largest frame accepted: snapshots of big stores travel in one message.
 const MAX_FRAME: usize = 512 << 20;
+/// A frame's buffer starts at most this big and grows as bytes arrive.
+const INITIAL_FRAME_BUFFER: usize = 64 << 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long an inbound connection may take to finish its TLS handshake.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Inbound handshakes in progress at once; more connections are closed at once. Members
+/// keep their connections open, so a flood delays only members that reconnect during it.
+pub(crate) const MAX_HANDSHAKES: usize = 64;
 
 trait Conn: AsyncWrite + Unpin + Send {}
 impl<T: AsyncWrite + Unpin + Send> Conn for T {}
@@ -120,8 +135,9 @@ impl Link {
         match &self.tls {
             None => Ok(Box::new(BufWriter::with_capacity(64 << 10, tcp))),
             Some(cfg) => {
-                let name = rustls::pki_types::ServerName::try_from(RAFT_SERVER_NAME)
-                    .expect("valid server name");
+                // The peer must hold the certificate of the node id we mean to reach.
+                let name = rustls::pki_types::ServerName::try_from(raft_node_name(self.id))
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 let tls = tokio::time::timeout(
                     CONNECT_TIMEOUT,
                     TlsConnector::from(cfg.clone()).connect(name, tcp),
@@ -217,6 +233,7 @@ pub(crate) async fn serve(
     raft_tx: Sender<Msg>,
 ) -> Result<(), TlsError> {
     let acceptor = tls.map(|t| t.server().map(TlsAcceptor::from)).transpose()?;
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -228,43 +245,136 @@ pub(crate) async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let raft_tx = raft_tx.clone();
-        let acceptor = acceptor.clone();
+        let Some(acceptor) = acceptor.clone() else {
+            tokio::spawn(async move {
+                if let Err(e) = read_frames(tcp, &raft_tx, None).await {
+                    tracing::debug!(%peer, error = %e, "raft inbound connection closed");
+                }
+            });
+            continue;
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "too many raft handshakes in progress; connection closed");
+            continue;
+        };
         tokio::spawn(async move {
-            let result = match acceptor {
-                Some(a) => match tokio::time::timeout(CONNECT_TIMEOUT * 5, a.accept(tcp)).await {
-                    Ok(Ok(s)) => read_frames(s, &raft_tx).await,
-                    Ok(Err(e)) => {
-                        tracing::warn!(%peer, error = %e, "raft peer failed mutual TLS; refused");
-                        return;
-                    }
-                    Err(_) => return,
-                },
-                None => read_frames(tcp, &raft_tx).await,
+            let accepted = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(permit);
+            let stream = match accepted {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, error = %e, "raft peer failed mutual TLS; refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "raft TLS handshake timed out");
+                    return;
+                }
             };
-            if let Err(e) = result {
+            let id = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| raft_node_id(c));
+            let Some(id) = id else {
+                tracing::warn!(%peer, "raft peer certificate names no node id (node-<id>.causeway-raft); refused");
+                return;
+            };
+            if let Err(e) = read_frames(stream, &raft_tx, Some(id)).await {
                 tracing::debug!(%peer, error = %e, "raft inbound connection closed");
             }
         });
     }
 }
 
-async fn read_frames(s: impl AsyncRead + Unpin, raft_tx: &Sender<Msg>) -> std::io::Result<()> {
+/// Reads frames until the connection ends. With `from`, a message from another node id
+/// than the peer's certificate names ends the connection.
+async fn read_frames(
+    s: impl AsyncRead + Unpin,
+    raft_tx: &Sender<Msg>,
+    from: Option<u64>,
+) -> std::io::Result<()> {
     let mut r = tokio::io::BufReader::with_capacity(64 << 10, s);
-    let mut buf = Vec::new();
     loop {
-        let len = r.read_u32().await? as usize;
-        if len > MAX_FRAME {
+        let m = read_frame(&mut r).await?;
+        if let Some(id) = from
+            && m.from != id
+        {
+            tracing::warn!(
+                certificate = id,
+                claimed = m.from,
+                "raft message claims another node than its connection's certificate; connection closed"
+            );
             return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("frame of {len} bytes"),
+                std::io::ErrorKind::PermissionDenied,
+                "message from another node id",
             ));
         }
-        buf.resize(len, 0);
-        r.read_exact(&mut buf).await?;
-        let m = Message::parse_from_bytes(&buf)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         if raft_tx.send(Msg::Raft(Box::new(m))).is_err() {
             return Ok(());
         }
+    }
+}
+
+/// One length-prefixed frame. The buffer grows with the bytes that arrive, so a header
+/// that claims a huge frame costs nothing until the bytes are really sent.
+async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Message> {
+    let len = r.read_u32().await? as usize;
+    if len > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes (at most {MAX_FRAME})"),
+        ));
+    }
+    let mut buf = Vec::with_capacity(len.min(INITIAL_FRAME_BUFFER));
+    let got = r.take(len as u64).read_to_end(&mut buf).await?;
+    if got < len {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    Message::parse_from_bytes(&buf)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(m: &Message) -> Vec<u8> {
+        let bytes = m.write_to_bytes().unwrap();
+        let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
+        out.extend(bytes);
+        out
+    }
+
+    #[tokio::test]
+    async fn frames_are_bounded_and_must_come_from_the_certificates_node() {
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        m.from = 2;
+        m.term = 7;
+        // A header claiming more than the limit is refused before anything is read.
+        let huge = ((MAX_FRAME + 1) as u32).to_be_bytes();
+        let e = read_frame(&mut &huge[..]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidData);
+        // A header claiming 500 MiB with ten bytes behind it ends at the end of input.
+        let mut short = ((500u32) << 20).to_be_bytes().to_vec();
+        short.extend([0u8; 10]);
+        let e = read_frame(&mut &short[..]).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+        let (tx, rx) = std::sync::mpsc::channel();
+        // From node 2 over node 2's connection: delivered.
+        let bytes = frame(&m);
+        let e = read_frames(&bytes[..], &tx, Some(2)).await.unwrap_err();
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::UnexpectedEof,
+            "input ends after it"
+        );
+        assert!(matches!(rx.try_recv(), Ok(Msg::Raft(got)) if got.term == 7));
+        // Claiming node 2 over node 3's connection: refused, nothing delivered.
+        let e = read_frames(&bytes[..], &tx, Some(3)).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::PermissionDenied);
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -24,6 +24,39 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 /// Name every Raft peer certificate carries; peers are authenticated by the cluster CA.
 pub const RAFT_SERVER_NAME: &str = "causeway-raft";
 
+/// Common name of a cluster's Raft CA.
+pub const RAFT_CA_NAME: &str = "Causeway Raft CA";
+
+/// Lifetime of a node's Raft certificate, in days.
+pub const RAFT_CERT_DAYS: i64 = 3650;
+
+/// The names a Raft node certificate carries: the shared [`RAFT_SERVER_NAME`] and
+/// `node-<id>.causeway-raft`, which binds the certificate to one node id (a peer
+/// dials that name, and frames a connection carries must come from that id).
+pub fn raft_node_names(id: u64) -> Vec<String> {
+    vec![RAFT_SERVER_NAME.to_string(), raft_node_name(id)]
+}
+
+/// `node-<id>.causeway-raft`.
+pub fn raft_node_name(id: u64) -> String {
+    format!("node-{id}.{RAFT_SERVER_NAME}")
+}
+
+/// The node id a Raft certificate (DER) is bound to: its `node-<id>.causeway-raft`
+/// name. `None` when it names no node or several.
+pub fn raft_node_id(der: &[u8]) -> Option<u64> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let suffix = format!(".{RAFT_SERVER_NAME}");
+    let mut ids = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::DNSName(d) => d.strip_suffix(&suffix)?.strip_prefix("node-")?.parse().ok(),
+        _ => None,
+    });
+    let id = ids.next()?;
+    ids.next().is_none().then_some(id)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("reading {path}: {source}")]
@@ -244,21 +277,17 @@ impl RaftTls {
 
 /// Generates a cluster CA and one certificate per node, for `causeway cluster gen-certs`.
 pub fn generate_raft_certs(nodes: &[u64]) -> Result<(CertKey, Vec<(u64, CertKey)>), TlsError> {
-    let ca = generate_ca("Causeway Raft CA")?;
+    let ca = generate_ca(RAFT_CA_NAME)?;
     let mut out = Vec::new();
     for id in nodes {
-        let ck = issue(
-            &ca,
-            "Causeway Raft CA",
-            &[
-                RAFT_SERVER_NAME.to_string(),
-                format!("node-{id}.{RAFT_SERVER_NAME}"),
-            ],
-            3650,
-        )?;
-        out.push((*id, ck));
+        out.push((*id, issue_raft_node(&ca, *id)?));
     }
     Ok((ca, out))
+}
+
+/// A certificate and key for Raft node `id`, signed by the cluster's Raft CA `ca`.
+pub fn issue_raft_node(ca: &CertKey, id: u64) -> Result<CertKey, TlsError> {
+    issue(ca, RAFT_CA_NAME, &raft_node_names(id), RAFT_CERT_DAYS)
 }
 
 // === Secret files and tokens ===
@@ -509,6 +538,23 @@ pub fn cert_info(pem: &str) -> Result<CertInfo, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_raft_certificate_names_exactly_one_node() {
+        let ca = generate_ca(RAFT_CA_NAME).unwrap();
+        let node = issue_raft_node(&ca, 42).unwrap();
+        let der = certs(&node.cert_pem, "node").unwrap().remove(0);
+        assert_eq!(raft_node_id(&der), Some(42));
+        // A certificate of the right CA that names no node (or two) is bound to none.
+        for names in [
+            vec![RAFT_SERVER_NAME.to_string()],
+            vec![raft_node_name(1), raft_node_name(2)],
+        ] {
+            let ck = issue(&ca, RAFT_CA_NAME, &names, 1).unwrap();
+            let der = certs(&ck.cert_pem, "other").unwrap().remove(0);
+            assert_eq!(raft_node_id(&der), None, "{names:?}");
+        }
+    }
 
     #[test]
     fn tags_travel_in_uri_sans_and_come_back_whole() {

@@ -72,6 +72,10 @@ pub enum SealError {
         path: PathBuf,
         data_dir: PathBuf,
     },
+    #[error(
+        "{flag} {path} holds another seal key than the cluster's: remove it (the cluster hands its key to a node that joins) or give another path"
+    )]
+    Mismatch { flag: String, path: PathBuf },
     #[error("the sealed value is damaged or was sealed under another seal key")]
     Open,
     #[error(
@@ -83,6 +87,9 @@ pub enum SealError {
 /// The seal key of a node.
 pub struct Sealer {
     key: LessSafeKey,
+    /// The key itself, kept so a cluster can hand it to a node that joins with a valid
+    /// join token (over TLS; see the global control plane's join).
+    raw: [u8; 32],
 }
 
 impl std::fmt::Debug for Sealer {
@@ -101,9 +108,11 @@ fn random<const N: usize>() -> [u8; N] {
 
 impl Sealer {
     pub fn new(key: &[u8]) -> Result<Sealer, SealError> {
+        let raw: [u8; 32] = key.try_into().map_err(|_| SealError::Length(key.len()))?;
         let k = UnboundKey::new(&AES_256_GCM, key).map_err(|_| SealError::Length(key.len()))?;
         Ok(Sealer {
             key: LessSafeKey::new(k),
+            raw,
         })
     }
 
@@ -115,6 +124,11 @@ impl Sealer {
             path: path.into(),
             source,
         })?;
+        Sealer::from_text(flag, path, &text)
+    }
+
+    /// A key file's contents (`path` and `flag` only name it in errors).
+    fn from_text(flag: &str, path: &Path, text: &str) -> Result<Sealer, SealError> {
         let t = text.trim();
         let bytes = hex::decode(t)
             .ok()
@@ -135,6 +149,41 @@ impl Sealer {
         format!("{}\n", hex::encode(random::<32>()))
     }
 
+    /// This key as a key file's contents (hex), for handing to a joining node.
+    pub fn key_file_contents(&self) -> String {
+        format!("{}\n", hex::encode(self.raw))
+    }
+
+    /// Writes `contents` (a key file, as [`Sealer::key_file_contents`] makes it) to
+    /// `path` (0600) unless a key file is there already; an existing file must hold the
+    /// same key, and `path` must be outside `data_dir`. `flag` names the setting that
+    /// gave the path, for errors.
+    pub fn install_key_file(
+        flag: &str,
+        path: &Path,
+        data_dir: &Path,
+        contents: &str,
+    ) -> Result<(), SealError> {
+        check_outside(flag, path, data_dir)?;
+        let given = Sealer::from_text(flag, path, contents)?;
+        if path.exists() {
+            let have = Sealer::from_file(flag, path)?;
+            if have.raw != given.raw {
+                return Err(SealError::Mismatch {
+                    flag: flag.into(),
+                    path: path.into(),
+                });
+            }
+            return Ok(());
+        }
+        create_key_file_with(path, contents).map_err(|source| SealError::Write {
+            flag: flag.into(),
+            path: path.into(),
+            source,
+        })?;
+        Ok(())
+    }
+
     /// The seal key of a node whose data dir is `data_dir`, from `path` (given by
     /// `flag`). When `path` does not exist and nothing in `data_dir` is sealed yet (a
     /// first start), a new key is written there (0600; never over a file another
@@ -146,14 +195,7 @@ impl Sealer {
         path: &Path,
         data_dir: &Path,
     ) -> Result<(Sealer, bool), SealError> {
-        let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-        if abs(path).starts_with(abs(data_dir)) {
-            return Err(SealError::InDataDir {
-                flag: flag.into(),
-                path: path.into(),
-                data_dir: data_dir.into(),
-            });
-        }
+        check_outside(flag, path, data_dir)?;
         let check = data_dir.join(SEAL_CHECK_FILE);
         let mut created = false;
         if !path.exists() {
@@ -246,6 +288,11 @@ impl Sealer {
 /// file first, then is linked into place, which fails when another process got there
 /// first (that process's key then wins). Returns whether this call created it.
 fn create_key_file(path: &Path) -> std::io::Result<bool> {
+    create_key_file_with(path, &Sealer::generate_key_file())
+}
+
+/// [`create_key_file`] with given contents.
+fn create_key_file_with(path: &Path, contents: &str) -> std::io::Result<bool> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
@@ -256,7 +303,7 @@ fn create_key_file(path: &Path) -> std::io::Result<bool> {
         hex::encode(random::<4>())
     ));
     let tmp = PathBuf::from(tmp);
-    crate::write_private(&tmp, &Sealer::generate_key_file())?;
+    crate::write_private(&tmp, contents)?;
     let linked = std::fs::hard_link(&tmp, path);
     let _ = std::fs::remove_file(&tmp);
     match linked {
@@ -264,6 +311,19 @@ fn create_key_file(path: &Path) -> std::io::Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e),
     }
+}
+
+/// A seal key inside the data dir would let a copy of the directory open itself.
+fn check_outside(flag: &str, path: &Path, data_dir: &Path) -> Result<(), SealError> {
+    let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    if abs(path).starts_with(abs(data_dir)) {
+        return Err(SealError::InDataDir {
+            flag: flag.into(),
+            path: path.into(),
+            data_dir: data_dir.into(),
+        });
+    }
+    Ok(())
 }
 
 /// Whether a stored value is sealed.
@@ -359,5 +419,29 @@ mod tests {
         for s in &sealers {
             assert_eq!(s.open(&sealed).unwrap(), "shared");
         }
+    }
+
+    #[test]
+    fn a_handed_key_is_installed_once_and_never_over_another() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cluster = Sealer::new(&[7u8; 32]).unwrap();
+        let path = tmp.path().join("seal.key");
+        let data = tmp.path().join("data");
+        let handed = cluster.key_file_contents();
+        let e = Sealer::install_key_file("--seal-key-file", &data.join("k"), &data, &handed)
+            .unwrap_err();
+        assert!(matches!(e, SealError::InDataDir { .. }), "{e}");
+        Sealer::install_key_file("--seal-key-file", &path, &data, &handed).unwrap();
+        let installed = Sealer::from_file("--seal-key-file", &path).unwrap();
+        assert_eq!(installed.open(&cluster.seal("x")).unwrap(), "x");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // The same key again is fine; another key is refused and the file is kept.
+        Sealer::install_key_file("--seal-key-file", &path, &data, &handed).unwrap();
+        let other = Sealer::new(&[8u8; 32]).unwrap().key_file_contents();
+        let e = Sealer::install_key_file("--seal-key-file", &path, &data, &other).unwrap_err();
+        assert!(matches!(e, SealError::Mismatch { .. }), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), handed);
     }
 }

@@ -210,12 +210,39 @@ impl GlobalNode {
         self.child.lock().expect("child lock").is_some()
     }
 
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child
+            .lock()
+            .expect("child lock")
+            .as_ref()
+            .map(Child::id)
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.with_extension("log")
     }
 
     /// Starts the process with the given initial peers (`id -> raft addr`).
     pub fn start(&mut self, peers: &[(u64, SocketAddr)], join: bool) -> anyhow::Result<()> {
+        let mut args: Vec<String> = peers
+            .iter()
+            .flat_map(|(id, addr)| ["--peer".to_string(), format!("{id}={addr}")])
+            .collect();
+        if join {
+            args.push("--join".into());
+        }
+        self.spawn(&args)
+    }
+
+    /// Starts the process as a node that joins with the join token in `token_file`
+    /// (from `cluster add-node`): it gets its Raft certificate, the members and the seal
+    /// key from the cluster.
+    pub fn start_joining(&mut self, token_file: &Path) -> anyhow::Result<()> {
+        self.spawn(&["--join-token-file".into(), token_file.display().to_string()])
+    }
+
+    fn spawn(&mut self, args: &[String]) -> anyhow::Result<()> {
         assert!(!self.is_running(), "node {} already running", self.id);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -230,6 +257,7 @@ impl GlobalNode {
             .args(["--raft-addr", &self.raft.to_string()])
             .args(["--kds-addr", &self.kds.to_string()])
             .args(&self.extra_args)
+            .args(args)
             .env("RUST_LOG", "info,raft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -239,12 +267,6 @@ impl GlobalNode {
         }
         if !self.extra_args.iter().any(|a| a == "--token-out-dir") {
             cmd.arg("--token-out-dir").arg(&self.token_dir);
-        }
-        for (id, addr) in peers {
-            cmd.args(["--peer", &format!("{id}={addr}")]);
-        }
-        if join {
-            cmd.arg("--join");
         }
         *self.child.lock().expect("child lock") =
             Some(cmd.spawn().context("spawning causeway global-cp")?);
@@ -320,11 +342,43 @@ pub struct GlobalCluster {
 }
 
 impl GlobalCluster {
-    /// Starts `n` nodes forming a new cluster and waits until the API answers on all.
+    /// Starts a cluster of `n` nodes as an operator would: the first forms it alone
+    /// (generating its CAs), and each other is added with `POST /cluster/members` and
+    /// started with its join token, one after the other. Each joining node has a seal key
+    /// path of its own, which the cluster fills. Waits until the API answers on all.
     pub async fn start(n: u64, extra_args: &[&str]) -> anyhow::Result<GlobalCluster> {
         let tmp = tempfile::tempdir()?;
         let mut nodes: Vec<GlobalNode> = (1..=n)
             .map(|id| GlobalNode::new(tmp.path(), id, extra_args))
+            .collect();
+        nodes[0].start(&[], false)?;
+        let mut c = GlobalCluster {
+            tmp,
+            nodes,
+            http: None,
+            token: String::new(),
+        };
+        c.wait_formed().await?;
+        for i in 1..c.nodes.len() {
+            c.join(i).await?;
+        }
+        Ok(c)
+    }
+
+    /// Starts `n` nodes that form a cluster at once (each given the others with --peer),
+    /// as with the operator's own Raft certificates or --insecure-raft-plaintext;
+    /// `args_of(id)` are each node's extra flags. Waits until the API answers on all.
+    pub async fn start_formed_at_once(
+        n: u64,
+        args_of: impl Fn(u64) -> Vec<String>,
+    ) -> anyhow::Result<GlobalCluster> {
+        let tmp = tempfile::tempdir()?;
+        let mut nodes: Vec<GlobalNode> = (1..=n)
+            .map(|id| {
+                let args = args_of(id);
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                GlobalNode::new(tmp.path(), id, &args)
+            })
             .collect();
         let all: Vec<(u64, SocketAddr)> = nodes.iter().map(|n| (n.id, n.raft)).collect();
         for node in &mut nodes {
@@ -345,6 +399,44 @@ impl GlobalCluster {
         Ok(c)
     }
 
+    /// Adds node `i` (not started) as a member, starts it with its join token and waits
+    /// until it is ready.
+    pub async fn join(&mut self, i: usize) -> anyhow::Result<()> {
+        let token_file = self.add_member(i).await?;
+        let node = &mut self.nodes[i];
+        node.seal_key = self.tmp.path().join(format!("node-{}.seal.key", node.id));
+        node.start_joining(&token_file)?;
+        self.wait_ready(i).await
+    }
+
+    /// Adds node `i` as a member through a running node; returns the file holding its
+    /// join token.
+    pub async fn add_member(&self, i: usize) -> anyhow::Result<PathBuf> {
+        let node = &self.nodes[i];
+        let body = serde_json::json!({
+            "id": node.id,
+            "raft_addr": node.raft.to_string(),
+            "api_addr": node.api.to_string(),
+        });
+        let via = self
+            .nodes
+            .iter()
+            .position(|n| n.is_running())
+            .context("no node is running")?;
+        let (status, v) = self
+            .call(via, Method::POST, "/cluster/members", Some(&body))
+            .await?;
+        anyhow::ensure!(
+            status == StatusCode::OK,
+            "adding node {}: {status} {v}",
+            node.id
+        );
+        let token = v["join_token"].as_str().context("no join token")?;
+        let file = self.tmp.path().join(format!("join-{}.token", node.id));
+        std::fs::write(&file, token)?;
+        Ok(file)
+    }
+
     async fn wait_formed(&mut self) -> anyhow::Result<()> {
         let first = &self.nodes[0];
         let (token, ca) = eventually(
@@ -362,7 +454,7 @@ impl GlobalCluster {
                 .build()?,
         );
         self.token = token;
-        for i in 0..self.nodes.len() {
+        for i in (0..self.nodes.len()).filter(|i| self.nodes[*i].is_running()) {
             self.wait_ready(i).await?;
         }
         Ok(())

@@ -34,6 +34,18 @@ pub fn global_keys(node: &GlobalNode, meshes: &[&str]) -> anyhow::Result<Vec<(St
             Key::Hex(s.dataplane_token_key),
         ),
     ];
+    if !s.raft_ca_key_pem.is_empty() {
+        keys.push(("the Raft CA key".into(), Key::Pem(s.raft_ca_key_pem)));
+    }
+    // This node's own Raft key, kept sealed in its data dir.
+    let raft_key = node.dir.join("raft").join("node-key.sealed");
+    if raft_key.exists() {
+        let sealed = std::fs::read_to_string(&raft_key)?;
+        keys.push((
+            "this node's Raft key".into(),
+            Key::Pem(sealer.open(sealed.trim())?),
+        ));
+    }
     for mesh in meshes {
         let ca = store
             .mesh_ca(mesh)?

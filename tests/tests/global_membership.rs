@@ -45,9 +45,12 @@ async fn add_node_after_compaction_and_remove_node() {
         "the log was compacted: {v}"
     );
 
-    // Add node 4 with the CLI, then start it empty with --join.
+    // Add node 4 with the CLI, then start it empty with its join token: it gets its Raft
+    // certificate, the members and the seal key from the cluster (its seal key path is
+    // its own, and empty).
     let i4 = c.new_node(4, &["--snapshot-threshold", "20"]);
     let (raft4, api4) = (c.nodes[i4].raft.to_string(), c.nodes[i4].api.to_string());
+    let token_file = c.tmp.path().join("node-4.join");
     let (ok, out, err) = c
         .cli(&[
             "cluster",
@@ -58,12 +61,14 @@ async fn add_node_after_compaction_and_remove_node() {
             &raft4,
             "--api-addr",
             &api4,
+            "--token-out",
+            token_file.to_str().unwrap(),
         ])
         .unwrap();
     assert!(ok, "add-node failed: {out}{err}");
-    assert!(out.contains("--join"), "{out}");
-    let peers = c.peers_of(i4);
-    c.nodes[i4].start(&peers, true).unwrap();
+    assert!(out.contains("--join-token-file"), "{out}");
+    c.nodes[i4].seal_key = c.tmp.path().join("node-4.seal.key");
+    c.nodes[i4].start_joining(&token_file).unwrap();
     c.wait_ready(i4).await.unwrap();
     eventually(
         "node 4 caught up from the snapshot",
@@ -324,10 +329,10 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
     assert!(ok && out.contains("ENFORCED: partly"), "{out}");
 }
 
-/// Raft between nodes in mutual TLS with certificates from `causeway cluster gen-certs`;
-/// without them each node warns that Raft traffic is in clear.
+/// Raft between nodes in mutual TLS with the operator's own certificates (from
+/// `causeway cluster gen-certs`), the cluster formed by three nodes at once with --peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raft_over_mutual_tls() {
+async fn raft_over_mutual_tls_with_certificates_of_ones_own() {
     let certs = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(causeway_tests::causeway_bin())
         .args(["cluster", "gen-certs", "--nodes", "1,2,3", "--out"])
@@ -345,20 +350,17 @@ async fn raft_over_mutual_tls() {
         .permissions()
         .mode();
     assert_eq!(key_mode & 0o777, 0o600);
-    // Every node's certificate is signed by the one cluster CA; node 1's serves for all here.
-    let p = |f: &str| certs.path().join(f).to_string_lossy().into_owned();
-    let (ca, cert, key) = (p("ca.pem"), p("node-1.pem"), p("node-1-key.pem"));
-    let c = GlobalCluster::start(
-        3,
-        &[
-            "--raft-tls-ca",
-            &ca,
-            "--raft-tls-cert",
-            &cert,
-            "--raft-tls-key",
-            &key,
-        ],
-    )
+    let p = |f: String| certs.path().join(f).to_string_lossy().into_owned();
+    let c = GlobalCluster::start_formed_at_once(3, |id| {
+        vec![
+            "--raft-tls-ca".into(),
+            p("ca.pem".into()),
+            "--raft-tls-cert".into(),
+            p(format!("node-{id}.pem")),
+            "--raft-tls-key".into(),
+            p(format!("node-{id}-key.pem")),
+        ]
+    })
     .await
     .unwrap();
     put_meshes(&c, 1, "tls", 3).await;
@@ -372,12 +374,27 @@ async fn raft_over_mutual_tls() {
             c.nodes[i].id
         );
     }
-    // A plain TCP client cannot speak to the Raft port: it is refused at the TLS handshake.
-    let plain = GlobalCluster::start(3, &[]).await.unwrap();
-    let log = std::fs::read_to_string(plain.nodes[0].log_path()).unwrap();
+    // Such a cluster issues no join tokens (it cannot sign certificates): add-node says
+    // how to add a node with the operator's certificates instead.
+    let mut c = c;
+    let i4 = c.new_node(4, &[]);
+    let (raft4, api4) = (c.nodes[i4].raft.to_string(), c.nodes[i4].api.to_string());
+    let (ok, out, err) = c
+        .cli(&[
+            "cluster",
+            "add-node",
+            "--id",
+            "4",
+            "--raft-addr",
+            &raft4,
+            "--api-addr",
+            &api4,
+        ])
+        .unwrap();
+    assert!(ok, "{out}{err}");
     assert!(
-        log.contains("NOT encrypted"),
-        "a plaintext cluster must warn"
+        out.contains("--raft-tls-cert") && !out.contains("join token"),
+        "{out}"
     );
 }
 

@@ -358,10 +358,12 @@ async fn a_node_with_another_seal_key_than_its_cluster_stops() -> anyhow::Result
     let tmp = tempfile::tempdir()?;
     let other = tmp.path().join("other.key");
     let other_arg = other.display().to_string();
+    // Formed at once (a node that joins with a token gets the cluster's key instead).
+    let plain = "--insecure-raft-plaintext";
     let mut nodes = vec![
-        GlobalNode::new(tmp.path(), 1, &[]),
-        GlobalNode::new(tmp.path(), 2, &[]),
-        GlobalNode::new(tmp.path(), 3, &["--seal-key-file", &other_arg]),
+        GlobalNode::new(tmp.path(), 1, &[plain]),
+        GlobalNode::new(tmp.path(), 2, &[plain]),
+        GlobalNode::new(tmp.path(), 3, &[plain, "--seal-key-file", &other_arg]),
     ];
     let all: Vec<_> = nodes.iter().map(|n| (n.id, n.raft)).collect();
     for n in &mut nodes {

@@ -625,6 +625,8 @@ fn cluster_secrets_are_stored_as_hashes_and_sealed_keys() {
         zone_ca_cert_pem: "zone cert".into(),
         zone_ca_key_pem: key.into(),
         dataplane_token_key: "cd".repeat(40),
+        raft_ca_cert_pem: "raft cert".into(),
+        raft_ca_key_pem: key.into(),
     };
     let mut b = s.apply_batch();
     b.apply(
@@ -662,4 +664,49 @@ fn cluster_secrets_are_stored_as_hashes_and_sealed_keys() {
     )
     .unwrap();
     assert!(s.secrets().is_err());
+}
+
+#[test]
+fn a_join_token_is_used_once_before_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.bootstrap(vec![1]).unwrap();
+    let at = |secs: i64| time::OffsetDateTime::from_unix_timestamp(secs).unwrap();
+    let token = |sha: &str, expires_unix| JoinTokenRecord {
+        node: 4,
+        raft_addr: "127.0.0.1:1".into(),
+        api_addr: "127.0.0.1:2".into(),
+        sha256: sha.into(),
+        created_unix: 100,
+        expires_unix,
+        used: false,
+    };
+    let use_it = |sha: &str| Command::UseJoinToken { sha256: sha.into() };
+    let refused = |r: Result<WriteOutcome, ApplyError>| match r {
+        Err(ApplyError::JoinToken(why)) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let mut b = s.apply_batch();
+    b.apply(1, at(100), Command::AddJoinToken(token("aa", 200)))
+        .unwrap()
+        .unwrap();
+    b.apply(2, at(100), Command::AddJoinToken(token("bb", 200)))
+        .unwrap()
+        .unwrap();
+    // Two uses in one batch: the second sees the first.
+    assert_eq!(
+        b.apply(3, at(150), use_it("aa")).unwrap(),
+        Ok(WriteOutcome::Done)
+    );
+    assert!(refused(b.apply(4, at(150), use_it("aa")).unwrap()).contains("already used"));
+    b.commit().unwrap();
+    let mut b = s.apply_batch();
+    assert!(refused(b.apply(5, at(160), use_it("aa")).unwrap()).contains("already used"));
+    assert!(refused(b.apply(6, at(200), use_it("bb")).unwrap()).contains("expired"));
+    assert!(refused(b.apply(7, at(150), use_it("cc")).unwrap()).contains("unknown"));
+    b.commit().unwrap();
+    assert!(s.join_token("aa").unwrap().unwrap().used);
+    assert!(!s.join_token("bb").unwrap().unwrap().used);
+    assert_eq!(s.join_tokens_of(4).unwrap().len(), 2);
+    assert!(s.join_tokens_of(5).unwrap().is_empty());
 }

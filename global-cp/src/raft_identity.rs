@@ -1,0 +1,137 @@
+//! A node's Raft identity: the cluster's Raft CA and this node's certificate, bound to
+//! its id (`node-<id>.causeway-raft`). Raft runs in mutual TLS unless the operator
+//! passes `--insecure-raft-plaintext`.
+//!
+//! The identity comes from one of three places:
+//! - the operator's own certificates (`--raft-tls-ca/-cert/-key`);
+//! - bootstrap: a node that forms a new cluster alone generates the cluster's Raft CA
+//!   (which then goes into the cluster's secrets, sealed, so any node can sign joins);
+//! - a join token ([`crate::join`]).
+//!
+//! Generated identities are kept in `<data-dir>/raft/`: certificates in PEM, keys sealed
+//! under the seal key, so a copy of the data dir holds no usable key.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use causeway_pki::sealing::Sealer;
+use causeway_pki::{CertKey, RaftTls};
+
+const DIR: &str = "raft";
+const CA_CERT: &str = "ca.pem";
+/// Only on the node that formed the cluster: the CA key, until (and after) it is in the
+/// cluster's secrets.
+const CA_KEY: &str = "ca-key.sealed";
+const NODE_CERT: &str = "node.pem";
+const NODE_KEY: &str = "node-key.sealed";
+
+fn path(data_dir: &Path, file: &str) -> PathBuf {
+    data_dir.join(DIR).join(file)
+}
+
+fn read(p: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+}
+
+fn write(data_dir: &Path, file: &str, contents: &str) -> anyhow::Result<()> {
+    causeway_pki::private_dir(&data_dir.join(DIR))?;
+    let p = path(data_dir, file);
+    causeway_pki::write_private(&p, contents).with_context(|| format!("writing {}", p.display()))
+}
+
+/// Whether this data dir holds a generated Raft identity.
+pub(crate) fn exists(data_dir: &Path) -> bool {
+    path(data_dir, NODE_CERT).exists()
+}
+
+/// The identity kept in `data_dir`, if any.
+pub(crate) fn load(data_dir: &Path, sealer: &Sealer) -> anyhow::Result<Option<RaftTls>> {
+    if !exists(data_dir) {
+        return Ok(None);
+    }
+    let key = sealer
+        .open(read(&path(data_dir, NODE_KEY))?.trim())
+        .context("opening this node's Raft key (is --seal-key-file the cluster's key?)")?;
+    let t = RaftTls {
+        ca_pem: read(&path(data_dir, CA_CERT))?,
+        node: CertKey {
+            cert_pem: read(&path(data_dir, NODE_CERT))?,
+            key_pem: key,
+        },
+    };
+    t.server()?;
+    t.client()?;
+    Ok(Some(t))
+}
+
+/// Keeps an identity (the CA certificate and this node's certificate and key).
+pub(crate) fn save(
+    data_dir: &Path,
+    sealer: &Sealer,
+    ca_pem: &str,
+    node: &CertKey,
+) -> anyhow::Result<RaftTls> {
+    let t = RaftTls {
+        ca_pem: ca_pem.to_string(),
+        node: node.clone(),
+    };
+    t.server()?;
+    t.client()?;
+    write(data_dir, CA_CERT, ca_pem)?;
+    write(data_dir, NODE_KEY, &sealer.seal(&node.key_pem))?;
+    // The certificate last: it marks the identity complete (see `exists`).
+    write(data_dir, NODE_CERT, &node.cert_pem)?;
+    Ok(t)
+}
+
+/// Generates the cluster's Raft CA and this node's certificate (a node forming a new
+/// cluster alone).
+pub(crate) fn bootstrap(data_dir: &Path, sealer: &Sealer, id: u64) -> anyhow::Result<RaftTls> {
+    let ca = causeway_pki::generate_ca(causeway_pki::RAFT_CA_NAME)?;
+    let node = causeway_pki::issue_raft_node(&ca, id)?;
+    write(data_dir, CA_KEY, &sealer.seal(&ca.key_pem))?;
+    save(data_dir, sealer, &ca.cert_pem, &node)
+}
+
+/// The Raft CA this node generated when it formed the cluster, if it did.
+pub(crate) fn generated_ca(data_dir: &Path, sealer: &Sealer) -> anyhow::Result<Option<CertKey>> {
+    let key = path(data_dir, CA_KEY);
+    if !key.exists() {
+        return Ok(None);
+    }
+    Ok(Some(CertKey {
+        cert_pem: read(&path(data_dir, CA_CERT))?,
+        key_pem: sealer
+            .open(read(&key)?.trim())
+            .context("opening the Raft CA key")?,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bootstrapped_identity_reloads_and_keeps_no_key_in_clear() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sealer = Sealer::new(&[1u8; 32]).unwrap();
+        assert!(load(tmp.path(), &sealer).unwrap().is_none());
+        let made = bootstrap(tmp.path(), &sealer, 3).unwrap();
+        let again = load(tmp.path(), &sealer).unwrap().unwrap();
+        assert_eq!(again.node.key_pem, made.node.key_pem);
+        assert_eq!(again.ca_pem, made.ca_pem);
+        let ca = generated_ca(tmp.path(), &sealer).unwrap().unwrap();
+        assert!(causeway_pki::key_matches_cert(&ca.cert_pem, &ca.key_pem));
+        let der = causeway_pki::certs(&made.node.cert_pem, "node")
+            .unwrap()
+            .remove(0);
+        assert_eq!(causeway_pki::raft_node_id(&der), Some(3));
+        for entry in std::fs::read_dir(tmp.path().join(DIR)).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            assert!(!text.contains("PRIVATE KEY"), "{text}");
+        }
+        // Another seal key opens nothing.
+        let other = Sealer::new(&[2u8; 32]).unwrap();
+        assert!(load(tmp.path(), &other).is_err());
+    }
+}
