@@ -284,19 +284,43 @@ impl Store {
         st.conf_state.voters.is_empty() && st.conf_state.learners.is_empty() && st.last_index() == 0
     }
 
-    /// Sets the initial membership of a new cluster (etcd's `initial-cluster`).
+    /// Sets the initial membership of a new cluster (etcd's `initial-cluster`), as if a
+    /// snapshot at index 1 (term 1) holding it had been applied, as raft-rs's own
+    /// examples start: the log then begins at 2, so a node that joins later with an
+    /// empty log is sent a snapshot, which carries the membership. (Replaying the log
+    /// from 1 would start it from no voters at all: the initial membership is in no
+    /// entry, and a node that joined a one-node cluster would leave that node out.)
     pub fn bootstrap(&self, voters: Vec<u64>) -> Result<(), StoreError> {
         let cs = ConfState {
             voters,
             ..Default::default()
         };
-        self.db.put_cf_opt(
+        let cs_bytes = cs.write_to_bytes().expect("conf state encodes");
+        let hs = HardState {
+            term: 1,
+            commit: 1,
+            ..Default::default()
+        };
+        let mut batch = WriteBatch::default();
+        batch.put_cf(self.cf(CF_RAFT), KEY_CONF_STATE, &cs_bytes);
+        batch.put_cf(self.cf(CF_META), KEY_CONF_STATE, &cs_bytes);
+        batch.put_cf(
             self.cf(CF_RAFT),
-            KEY_CONF_STATE,
-            cs.write_to_bytes().expect("conf state encodes"),
-            &sync_opts(),
-        )?;
-        self.log.write().expect("log lock poisoned").conf_state = cs;
+            KEY_TRUNCATED,
+            serde_json::to_vec(&(1u64, 1u64)).expect("encodes"),
+        );
+        batch.put_cf(
+            self.cf(CF_RAFT),
+            KEY_HARD_STATE,
+            hs.write_to_bytes().expect("hard state encodes"),
+        );
+        batch.put_cf(self.cf(CF_META), KEY_APPLIED, u64_key(1));
+        self.db.write_opt(batch, &sync_opts())?;
+        let mut st = self.log.write().expect("log lock poisoned");
+        st.conf_state = cs;
+        st.hard_state = hs;
+        st.truncated_index = 1;
+        st.truncated_term = 1;
         Ok(())
     }
 

@@ -329,6 +329,16 @@ async fn a_join_token_works_once_for_its_node_before_it_expires() -> anyhow::Res
     for i in 0..3 {
         let (s, _) = c.call(i, Method::GET, "/meshes/joined", None).await?;
         assert_eq!(s, StatusCode::OK);
+        // Every node knows all three voters (a joined node learns the membership from
+        // a snapshot, not by replaying a log that does not hold the first member).
+        let (_, v) = c.call(i, Method::GET, "/cluster", None).await?;
+        let voters = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["voter"] == true)
+            .count();
+        assert_eq!(voters, 3, "node {}: {v}", c.nodes[i].id);
     }
     // No log holds a join token.
     for n in c.nodes.iter().chain([&wrong, &again]) {

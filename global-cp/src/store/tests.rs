@@ -21,7 +21,12 @@ fn log_survives_reopen_and_overwrites_conflicting_suffix() {
         let s = Store::open(dir.path()).unwrap();
         assert!(s.is_empty());
         s.bootstrap(vec![1, 2, 3]).unwrap();
-        let ents: Vec<Entry> = (1..=10).map(|i| entry(i, 1)).collect();
+        // As if a snapshot at 1 held the membership: the log starts at 2, so a node
+        // that joins with an empty log is sent a snapshot (with the membership).
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (2, 1));
+        assert_eq!(s.term(1).unwrap(), 1);
+        assert_eq!(s.applied_index().unwrap(), 1);
+        let ents: Vec<Entry> = (2..=10).map(|i| entry(i, 1)).collect();
         let hs = HardState {
             term: 1,
             vote: 2,
@@ -148,13 +153,13 @@ fn snapshot_round_trips_into_an_empty_store() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
     s.bootstrap(vec![1]).unwrap();
-    s.append(&(1..=3).map(|i| entry(i, 2)).collect::<Vec<_>>(), None)
+    s.append(&(2..=4).map(|i| entry(i, 2)).collect::<Vec<_>>(), None)
         .unwrap();
     let mut b = s.apply_batch();
-    put(&mut b, 1, mesh("a", &[("k", "v")]));
-    put(&mut b, 2, mesh("b", &[]));
+    put(&mut b, 2, mesh("a", &[("k", "v")]));
+    put(&mut b, 3, mesh("b", &[]));
     b.apply(
-        3,
+        4,
         time::OffsetDateTime::UNIX_EPOCH,
         Command::RegisterMember(Member {
             id: 1,
@@ -165,8 +170,8 @@ fn snapshot_round_trips_into_an_empty_store() {
     .unwrap()
     .unwrap();
     b.commit().unwrap();
-    let snap = s.snapshot(3, 2).unwrap();
-    assert_eq!(snap.get_metadata().index, 3);
+    let snap = s.snapshot(4, 2).unwrap();
+    assert_eq!(snap.get_metadata().index, 4);
     assert_eq!(snap.get_metadata().term, 2);
     let bytes = snap.write_to_bytes().unwrap();
 
@@ -174,9 +179,9 @@ fn snapshot_round_trips_into_an_empty_store() {
     let t = Store::open(dir2.path()).unwrap();
     t.apply_snapshot(&Snapshot::parse_from_bytes(&bytes).unwrap())
         .unwrap();
-    assert_eq!(t.applied_index().unwrap(), 3);
-    assert_eq!(t.first_index().unwrap(), 4);
-    assert_eq!(t.term(3).unwrap(), 2);
+    assert_eq!(t.applied_index().unwrap(), 4);
+    assert_eq!(t.first_index().unwrap(), 5);
+    assert_eq!(t.term(4).unwrap(), 2);
     assert_eq!(t.initial_state().unwrap().conf_state.voters, vec![1]);
     assert!(t.get(&mesh("a", &[]).key()).unwrap().is_some());
     assert_eq!(
@@ -191,7 +196,7 @@ fn snapshot_round_trips_into_an_empty_store() {
     // A zone older than the snapshot gets a full set from this node; a current one a delta.
     let all = |_: &str, _: &str| true;
     assert!(t.changes_since(1, &all).unwrap().full);
-    assert!(!t.changes_since(3, &all).unwrap().full);
+    assert!(!t.changes_since(4, &all).unwrap().full);
 }
 
 #[test]
