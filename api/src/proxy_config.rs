@@ -161,6 +161,10 @@ pub struct InboundListener {
 pub struct MetricsEndpoint {
     pub port: u16,
     pub path: String,
+    /// Served over the mesh's mTLS: the proxy's workload certificate, and only scrapers
+    /// with a certificate of the mesh are answered.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mtls: bool,
 }
 
 /// Which of the proxy's metrics its MeshMetric endpoints serve, and the applications'

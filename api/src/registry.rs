@@ -145,20 +145,6 @@ impl TypeInfo {
 /// they warn in every kind the proxies enforce (fully or in part).
 pub(crate) const COMMON_UNENFORCED: &[Unenforced] = &[];
 
-/// What the sidecar does not do of MeshMetric yet: it serves the metrics the profiles
-/// select, and its applications', at each `Prometheus` backend's port and path in plain
-/// HTTP, and pushes them to `OpenTelemetry` backends.
-const MESH_METRIC_UNENFORCED: &[Unenforced] = &[
-    Unenforced {
-        path: "default.backends[].prometheus.mtls=true",
-        reason: "the endpoint is served in plain HTTP; serving it over the mesh's mTLS is not built yet.",
-    },
-    Unenforced {
-        path: "default.backends[].prometheus.tls.mode=ActiveMTLSBackend",
-        reason: "the endpoint is served in plain HTTP; serving it over the mesh's mTLS is not built yet.",
-    },
-];
-
 /// Every type, one line each. Adding a type: write its module (spec struct plus
 /// `validate_spec`) and add its line here.
 static TYPES: &[TypeInfo] = &[
@@ -229,11 +215,7 @@ static TYPES: &[TypeInfo] = &[
     ),
     TypeInfo::policy::<MeshAccessLogSpec>("MeshAccessLog", "meshaccesslogs", Enforcement::Full),
     TypeInfo::policy::<MeshTraceSpec>("MeshTrace", "meshtraces", Enforcement::Full),
-    TypeInfo::policy::<MeshMetricSpec>(
-        "MeshMetric",
-        "meshmetrics",
-        Enforcement::Partial(MESH_METRIC_UNENFORCED),
-    ),
+    TypeInfo::policy::<MeshMetricSpec>("MeshMetric", "meshmetrics", Enforcement::Full),
     TypeInfo::of::<DrillReportSpec>(
         "DrillReport",
         "drillreports",

@@ -37,7 +37,7 @@ pub async fn serve_router(
         .await
         .map_err(|e| anyhow::anyhow!("binding the admin address {addr}: {e}"))?;
     tracing::info!(%addr, "admin listening");
-    Ok(tokio::spawn(serve_bounded(listener, app)))
+    Ok(tokio::spawn(serve_bounded(listener, app, None)))
 }
 
 /// Connections an admin or metrics listener holds at once; more wait in the kernel's
@@ -52,8 +52,14 @@ pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Serves `app` over HTTP/1.1 on `listener` with limits, as every listener must have:
 /// a slow or silent client (slowloris) is cut off after [`HEADER_READ_TIMEOUT`], a
 /// request head over [`MAX_HEAD_BYTES`] is refused, and at most [`MAX_CONNECTIONS`]
-/// are served at once.
-pub(crate) async fn serve_bounded(listener: tokio::net::TcpListener, app: Router) {
+/// are served at once. With `mtls`, each connection is first a TLS handshake with that
+/// proxy's workload certificate, which requires a client certificate of the mesh (the
+/// handshake counts against the same timeout).
+pub(crate) async fn serve_bounded(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    mtls: Option<Arc<Proxy>>,
+) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -67,6 +73,7 @@ pub(crate) async fn serve_bounded(listener: tokio::net::TcpListener, app: Router
             }
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mtls = mtls.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -74,11 +81,50 @@ pub(crate) async fn serve_bounded(listener: tokio::net::TcpListener, app: Router
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_READ_TIMEOUT)
                 .max_buf_size(MAX_HEAD_BYTES);
-            let io = hyper_util::rt::TokioIo::new(tcp);
-            if let Err(e) = builder.serve_connection(io, service).await {
+            let result = match mtls {
+                None => {
+                    let io = hyper_util::rt::TokioIo::new(tcp);
+                    builder.serve_connection(io, service).await
+                }
+                Some(proxy) => {
+                    let Some(tls) = mtls_accept(&proxy, tcp).await else {
+                        return;
+                    };
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    builder.serve_connection(io, service).await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "admin connection ended");
             }
         });
+    }
+}
+
+/// The TLS side of a metrics endpoint served over the mesh's mTLS: the proxy's current
+/// workload certificate (so renewals apply to the next scrape), HTTP/1.1 only, and a
+/// client certificate of the mesh required. `None` when there is no certificate (the
+/// mesh runs without mTLS) or the handshake fails or takes too long.
+async fn mtls_accept(
+    proxy: &Proxy,
+    tcp: tokio::net::TcpStream,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let Some(id) = proxy.identity.borrow().clone() else {
+        tracing::warn!(
+            "a MeshMetric endpoint with mTLS has no workload certificate to serve (does the mesh run mTLS?); connection closed"
+        );
+        return None;
+    };
+    let mut cfg = (*id.server).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let accept = tokio_rustls::TlsAcceptor::from(Arc::new(cfg)).accept(tcp);
+    match tokio::time::timeout(HEADER_READ_TIMEOUT, accept).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "metrics scraper failed mutual TLS; refused");
+            None
+        }
+        Err(_) => None,
     }
 }
 
@@ -129,9 +175,16 @@ pub(crate) fn render_metrics(p: &Proxy) -> String {
 
 /// Serves the metrics at `path` on `addr:port` (a MeshMetric `Prometheus` backend),
 /// as the policy selects them and with its applications' (see
-/// [`crate::metrics_content`]), until aborted; anything else there is 404. Returns when the port cannot be bound
+/// [`crate::metrics_content`]), until aborted; anything else there is 404. With `mtls`,
+/// over the mesh's mTLS (see [`serve_bounded`]). Returns when the port cannot be bound
 /// (the caller tries again).
-pub(crate) async fn serve_metrics(proxy: Arc<Proxy>, addr: String, port: u16, path: String) {
+pub(crate) async fn serve_metrics(
+    proxy: Arc<Proxy>,
+    addr: String,
+    port: u16,
+    path: String,
+    mtls: bool,
+) {
     let listener = match tokio::net::TcpListener::bind((addr.as_str(), port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -139,7 +192,8 @@ pub(crate) async fn serve_metrics(proxy: Arc<Proxy>, addr: String, port: u16, pa
             return;
         }
     };
-    tracing::info!(%addr, port, %path, "serving metrics (MeshMetric)");
+    tracing::info!(%addr, port, %path, mtls, "serving metrics (MeshMetric)");
+    let tls = mtls.then(|| proxy.clone());
     let app = Router::new()
         .fallback(move |State(p): State<Arc<Proxy>>, uri: axum::http::Uri| {
             let wanted = uri.path() == path;
@@ -168,5 +222,5 @@ pub(crate) async fn serve_metrics(proxy: Arc<Proxy>, addr: String, port: u16, pa
             }
         })
         .with_state(proxy);
-    serve_bounded(listener, app).await;
+    serve_bounded(listener, app, tls).await;
 }

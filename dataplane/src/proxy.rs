@@ -583,7 +583,7 @@ fn new_balancer(ob: &OutboundListener, old: Option<&Balancer>) -> Balancer {
 pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<bool>) {
     let mut config = proxy.config.clone();
     let mut running = Listeners(HashMap::new());
-    // MeshMetric's Prometheus endpoints, by address, port and path.
+    // MeshMetric's Prometheus endpoints, by address, port, path and mTLS.
     let mut metrics = Listeners(HashMap::new());
     // MeshMetric's OTLP pushes, one task per collector and interval.
     let mut pushes: Listeners<causeway_api::proxy_config::MetricsPush> = Listeners(HashMap::new());
@@ -627,10 +627,10 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
                     .0
                     .insert(k, tokio::spawn(async move { listen(p, key).await }));
             }
-            let want: Vec<(String, u16, String)> = cfg
+            let want: Vec<(String, u16, String, bool)> = cfg
                 .metrics_endpoints
                 .iter()
-                .map(|e| (cfg.address.clone(), e.port, e.path.clone()))
+                .map(|e| (cfg.address.clone(), e.port, e.path.clone(), e.mtls))
                 .collect();
             metrics.0.retain(|k, task| {
                 let keep = want.contains(k) && !task.is_finished();
@@ -641,8 +641,8 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
             });
             for k in want {
                 if let std::collections::hash_map::Entry::Vacant(slot) = metrics.0.entry(k) {
-                    let (addr, port, path) = slot.key().clone();
-                    let task = crate::admin::serve_metrics(proxy.clone(), addr, port, path);
+                    let (addr, port, path, mtls) = slot.key().clone();
+                    let task = crate::admin::serve_metrics(proxy.clone(), addr, port, path, mtls);
                     slot.insert(tokio::spawn(task));
                 }
             }

@@ -1139,10 +1139,10 @@ mod tests {
         );
     }
 
-    /// A plan that writes a policy the proxies do not enforce warns; the run goes on.
-    /// An unchanged resource or an enforced one does not.
+    /// A plan that writes a policy the proxies do not enforce would warn (the run going
+    /// on); every field is enforced now, so plans of policies warn about nothing.
     #[test]
-    fn a_write_of_what_the_proxies_ignore_warns_at_plan() {
+    fn a_plan_of_enforced_policies_warns_about_nothing() {
         let d = def("causeway_policy");
         let policy = |kind: &str, spec: &str| {
             let mut v = Value::Map(BTreeMap::new());
@@ -1161,25 +1161,13 @@ mod tests {
             }
             v
         };
+        // Every field is enforced: a plan warns about nothing.
         let logs = policy(
             "MeshMetric",
             "{targetRef: {kind: Mesh}, default: {backends: [{type: Prometheus, prometheus: {mtls: true}}]}}",
         );
         let p = plan(&d, &Value::Null, &logs, &logs);
-        assert_eq!(p.diags.len(), 1, "{:?}", p.diags);
-        assert!(p.diags[0].warning);
-        assert!(
-            p.diags[0]
-                .summary
-                .contains("spec.default.backends[0].prometheus.mtls: not enforced by the proxies yet: the endpoint is served in plain HTTP; serving it over the mesh's mTLS is not built yet"),
-            "{:?}",
-            p.diags[0]
-        );
-
-        let mut prior = p.planned.clone();
-        prior.set("id", Value::string("default/p"));
-        let p = plan(&d, &prior, &prior, &logs);
-        assert!(p.diags.is_empty(), "unchanged: {:?}", p.diags);
+        assert!(p.diags.is_empty(), "{:?}", p.diags);
 
         let limits = policy(
             "MeshCircuitBreaker",

@@ -224,11 +224,13 @@ async fn cli_apply_get_delete() {
     assert!(!ok && err.contains("unknown resource type"), "{err}");
 }
 
-/// No silent no-ops: a policy the proxies do not enforce (or not all of) is accepted, and
-/// the write says so, field by field, in the API's answer and in `causeway apply`;
-/// `causeway explain` says it too. An enforced policy gets no warning.
+/// No silent no-ops: every field of every policy kind is enforced now (the last, a
+/// MeshMetric endpoint over the mesh's mTLS, too), so writes carry no `warnings`,
+/// `causeway apply` prints none and `causeway explain` says "ENFORCED: yes". (The
+/// warning machinery itself is unit-tested in `causeway-api`'s `enforcement`, on a
+/// table of its own.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
+async fn every_field_is_enforced_so_writes_carry_no_warning() {
     let c = GlobalCluster::start(1, &[]).await.unwrap();
     let (s, _) = c
         .call(
@@ -240,9 +242,7 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         .await
         .unwrap();
     assert!(s.is_success(), "{s}");
-
-    // The API: `warnings` with the field and the reason, and the write is done.
-    let log = json!({"type": "MeshMetric", "mesh": "default", "name": "to-prometheus",
+    let metric = json!({"type": "MeshMetric", "mesh": "default", "name": "to-prometheus",
         "spec": {"targetRef": {"kind": "Mesh"},
             "default": {"backends": [{"type": "Prometheus", "prometheus": {"mtls": true}}]}}});
     let (s, body) = c
@@ -250,59 +250,18 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
             0,
             Method::PUT,
             "/meshes/default/meshmetrics/to-prometheus",
-            Some(&log),
+            Some(&metric),
         )
         .await
         .unwrap();
     assert_eq!(s, StatusCode::CREATED, "{body}");
     assert!(body["version"].as_u64().is_some(), "{body}");
-    let warnings = body["warnings"].as_array().expect("warnings");
-    assert_eq!(warnings.len(), 1, "{body}");
-    assert_eq!(
-        warnings[0]["field"],
-        "spec.default.backends[0].prometheus.mtls"
-    );
-    assert!(
-        warnings[0]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("plain HTTP"),
-        "{body}"
-    );
-    let (s, stored) = c
-        .call(
-            0,
-            Method::GET,
-            "/meshes/default/meshmetrics/to-prometheus",
-            None,
-        )
-        .await
-        .unwrap();
-    assert!(
-        s.is_success() && stored.get("warnings").is_none(),
-        "{stored}"
-    );
-
-    let allow = json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "allow",
-        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"},
-            "default": {"action": "Allow"}}]}});
-    let (s, body) = c
-        .call(
-            0,
-            Method::PUT,
-            "/meshes/default/meshtrafficpermissions/allow",
-            Some(&allow),
-        )
-        .await
-        .unwrap();
-    assert_eq!(s, StatusCode::CREATED, "{body}");
     assert!(body.get("warnings").is_none(), "{body}");
 
-    // The CLI prints each warning on standard error, and the apply succeeds.
     let file = c.tmp.path().join("policies.yaml");
     std::fs::write(
         &file,
-        "type: MeshCircuitBreaker\nmesh: default\nname: per-caller\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {connectionLimits: {maxConnections: 10}}\n  - targetRef: {kind: MeshService, name: web}\n    default: {connectionLimits: {maxConnections: 5}}\n---\ntype: MeshMetric\nmesh: default\nname: to-prometheus-2\nspec:\n  targetRef: {kind: Mesh}\n  default: {backends: [{type: Prometheus, prometheus: {mtls: true}}]}\n",
+        "type: MeshCircuitBreaker\nmesh: default\nname: per-caller\nspec:\n  targetRef: {kind: Mesh}\n  from:\n  - targetRef: {kind: Mesh}\n    default: {connectionLimits: {maxConnections: 10}}\n  - targetRef: {kind: MeshService, name: web}\n    default: {connectionLimits: {maxConnections: 5}}\n---\ntype: MeshMetric\nmesh: default\nname: to-prometheus-2\nspec:\n  targetRef: {kind: Mesh}\n  default: {backends: [{type: Prometheus, prometheus: {tls: {mode: ActiveMTLSBackend}}}]}\n",
     )
     .unwrap();
     let (ok, out, err) = c.cli(&["apply", "-f", file.to_str().unwrap()]).unwrap();
@@ -315,18 +274,10 @@ async fn writing_what_the_proxies_ignore_is_accepted_with_warnings() {
         out.contains("MeshMetric to-prometheus-2 in mesh default created"),
         "{out}"
     );
-    // The circuit breaker (per caller) is enforced: only the endpoint's mTLS warns.
-    let lines: Vec<&str> = err.lines().collect();
-    assert_eq!(lines.len(), 1, "{err}");
-    assert!(
-        lines[0].starts_with(
-            "Warning: spec.default.backends[0].prometheus.mtls: not enforced by the proxies yet: the endpoint is served in plain HTTP; serving it over the mesh's mTLS is not built yet"
-        ),
-        "{err}"
-    );
+    assert!(!err.contains("Warning"), "{err}");
 
     let (ok, out, _) = c.cli(&["explain", "MeshMetric"]).unwrap();
-    assert!(ok && out.contains("ENFORCED: partly"), "{out}");
+    assert!(ok && out.contains("ENFORCED: yes"), "{out}");
 }
 
 /// Raft between nodes in mutual TLS with the operator's own certificates (from

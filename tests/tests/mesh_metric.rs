@@ -86,6 +86,68 @@ async fn a_sidecar_serves_its_metrics_where_mesh_metric_says() -> anyhow::Result
     Ok(())
 }
 
+/// `prometheus.tls.mode: ActiveMTLSBackend` (or `mtls: true`): the endpoint is served
+/// over the mesh's mTLS with the proxy's workload certificate, so a scraper holding a
+/// certificate of the mesh reads it, while plain HTTP, or TLS without a certificate of
+/// the mesh, gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metrics_endpoint_over_mtls_answers_only_scrapers_of_the_mesh() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let WebCallsBackend {
+        procs: _procs, out, ..
+    } = fx.web_calls_backend().await?;
+    let port = free_addr().port();
+    put(
+        &fx.c,
+        "/meshes/default/meshmetrics/backend-metrics",
+        &json!({"type": "MeshMetric", "mesh": "default", "name": "backend-metrics",
+                "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+                         "default": {"backends": [{"type": "Prometheus",
+                             "prometheus": {"port": port, "tls": {"mode": "ActiveMTLSBackend"}}}]}}}),
+    )
+    .await?;
+    let r = plain_http()
+        .get(format!("http://127.0.0.1:{out}/"))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let scraper = fx.workload_tls("prometheus", b"http/1.1").await?;
+    let mesh_client = reqwest::Client::builder()
+        .use_preconfigured_tls((*scraper).clone())
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let url = format!("https://127.0.0.1:{port}/metrics");
+    let text = eventually("a scrape over the mesh's mTLS", WAIT, || async {
+        let text = mesh_client.get(&url).send().await.ok()?.text().await.ok()?;
+        (causeway_api::exposition::sum(
+            &text,
+            "causeway_requests_total{direction=\"inbound\",service=\"backend\",peer=\"web\"}",
+        ) > 0.0)
+            .then_some(text)
+    })
+    .await?;
+    if let Some(complaints) = promtool_complaints(&text)? {
+        anyhow::bail!("promtool check metrics: {complaints}");
+    }
+    // Plain HTTP on the same port gets no answer...
+    let plain = plain_http()
+        .get(format!("http://127.0.0.1:{port}/metrics"))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP was answered: {plain:?}");
+    // ...and neither does TLS without a certificate of the mesh.
+    let anonymous = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(std::time::Duration::from_secs(5))
+        .build()?;
+    let r = anonymous.get(&url).send().await;
+    assert!(
+        r.is_err(),
+        "a scraper without a mesh certificate was answered: {r:?}"
+    );
+    Ok(())
+}
+
 /// The admin and metrics listeners have limits (dataplane/src/admin.rs): 50 clients
 /// that send half a request head (slowloris) do not keep a scrape from being answered,
 /// and each is cut off once the 10 s header-read timeout passes; a 32 KiB request head

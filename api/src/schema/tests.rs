@@ -135,8 +135,8 @@ fn explain_table() {
         // What the proxies enforce, from the registry.
         ("MeshTrace", &["ENFORCED: yes\n"]),
         ("MeshAccessLog", &["ENFORCED: yes\n"]),
-        ("MeshMetric", &["ENFORCED: partly"]),
-        ("MeshMetric.spec.default.backends", &["ENFORCED: partly"]),
+        ("MeshMetric", &["ENFORCED: yes"]),
+        ("MeshMetric.spec.default.backends", &["ENFORCED: yes"]),
         ("MeshTrafficPermission", &["ENFORCED: yes\n"]),
         (
             "MeshTrafficPermission.spec.targetRef.namespace",

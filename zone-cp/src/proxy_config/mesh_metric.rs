@@ -10,7 +10,7 @@
 use causeway_api::proxy_config::{
     ApplicationEndpoint, MetricsContent, MetricsEndpoint, MetricsPush,
 };
-use causeway_api::{MetricBackendType, MetricConf, Proxy, Resource};
+use causeway_api::{MetricBackendType, MetricConf, PrometheusTlsMode, Proxy, Resource};
 
 use super::{ComputeError, decode_conf};
 
@@ -74,11 +74,16 @@ pub(crate) fn configure(
             continue;
         }
         let prometheus = backend.prometheus.as_ref();
+        // `mtls: true` or Kuma's `tls.mode: ActiveMTLSBackend` (validation refused the
+        // two when they disagree, and ProvidedTLS).
+        let tls_mode = prometheus.and_then(|p| p.tls.as_ref()).map(|t| t.mode);
         let endpoint = MetricsEndpoint {
             port: prometheus.and_then(|p| p.port).unwrap_or(DEFAULT_PORT),
             path: prometheus
                 .and_then(|p| p.path.clone())
                 .unwrap_or_else(|| DEFAULT_PATH.to_owned()),
+            mtls: prometheus.and_then(|p| p.mtls).unwrap_or(false)
+                || tls_mode == Some(PrometheusTlsMode::ActiveMtlsBackend),
         };
         if !endpoints.contains(&endpoint) {
             endpoints.push(endpoint);
