@@ -223,6 +223,10 @@ struct Rings {
 /// The zone's memory per signal: its key's strings come on top.
 pub const SIGNAL_BYTES: usize = std::mem::size_of::<Rings>();
 
+/// Signals one sidecar report may carry; a sidecar has one per (direction, service,
+/// peer, peer zone) it saw in a few seconds.
+pub const MAX_SIGNALS_PER_REPORT: usize = 4096;
+
 /// A zone's golden signals, from its proxies' deltas.
 pub struct Aggregator {
     signals: HashMap<SignalKey, Box<Rings>>,
@@ -269,6 +273,44 @@ impl Aggregator {
         rings.recent[(slot % RECENT_SLOTS as u64) as usize].add(slot, delta);
         let minute = now_ms / MINUTE_MS;
         rings.minutes[(minute % MINUTE_SLOTS as u64) as usize].add(minute, delta);
+    }
+
+    /// Folds one sidecar's report (its `ProxyStats` over DDS), received at `now_ms`, for
+    /// a proxy of `mesh` whose own services are `services`. What it cannot have counted
+    /// is ignored: another service's signals, names no service could have, more than
+    /// [`MAX_SIGNALS_PER_REPORT`] signals, latency buckets past [`BUCKETS`], and more
+    /// failures than requests.
+    pub fn record_report(
+        &mut self,
+        mesh: &str,
+        services: &[String],
+        stats: crate::kds::dds::ProxyStats,
+        now_ms: u64,
+    ) {
+        for s in stats.signals.into_iter().take(MAX_SIGNALS_PER_REPORT) {
+            let Some(c) = s.counts else { continue };
+            let named = |n: &str| n.len() <= 253;
+            if !services.contains(&s.service) || !named(&s.peer) || !named(&s.peer_zone) {
+                continue;
+            }
+            let mut latency = c.latency;
+            latency.truncate(BUCKETS);
+            self.record(
+                SignalKey {
+                    mesh: mesh.to_owned(),
+                    outbound: s.outbound,
+                    service: s.service,
+                    peer: s.peer,
+                    peer_zone: s.peer_zone,
+                },
+                &Counts {
+                    requests: c.requests,
+                    failures: c.failures.min(c.requests),
+                    latency,
+                },
+                now_ms,
+            );
+        }
     }
 
     /// Every signal's [`WINDOWS`] at `now_ms`, sorted by key; signals without traffic

@@ -17,6 +17,8 @@ pub mod cp;
 mod error;
 mod fault;
 mod flush_buffer;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod hash;
 mod header_match;
 mod health_check;

@@ -15,6 +15,8 @@
 
 mod admin;
 pub mod cli;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod quic;
 mod route;
 mod sni;

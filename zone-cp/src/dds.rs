@@ -804,12 +804,9 @@ async fn next_event(
     }
 }
 
-/// Signals one ProxyStats may carry; a sidecar has one per (direction, service, peer,
-/// peer zone) it saw in a few seconds.
-const MAX_SIGNALS_PER_REPORT: usize = 4096;
-
-/// Folds a sidecar's golden-signal deltas into the zone's aggregate. What it cannot
-/// have counted (another service's inbound, names no service could have) is ignored.
+/// Folds a sidecar's golden-signal deltas into the zone's aggregate
+/// ([`causeway_api::stats::Aggregator::record_report`] ignores what it cannot have
+/// counted).
 fn record_signals(
     shared: &Shared,
     mesh: &str,
@@ -818,30 +815,7 @@ fn record_signals(
 ) {
     let now = u64::try_from(now_ms()).unwrap_or(0);
     let mut signals = shared.signals.lock().expect("signals lock");
-    for s in stats.signals.into_iter().take(MAX_SIGNALS_PER_REPORT) {
-        let Some(c) = s.counts else { continue };
-        let named = |n: &str| n.len() <= 253;
-        if !services.contains(&s.service) || !named(&s.peer) || !named(&s.peer_zone) {
-            continue;
-        }
-        let mut latency = c.latency;
-        latency.truncate(causeway_api::stats::BUCKETS);
-        signals.record(
-            causeway_api::stats::SignalKey {
-                mesh: mesh.to_owned(),
-                outbound: s.outbound,
-                service: s.service,
-                peer: s.peer,
-                peer_zone: s.peer_zone,
-            },
-            &causeway_api::stats::Counts {
-                requests: c.requests,
-                failures: c.failures.min(c.requests),
-                latency,
-            },
-            now,
-        );
-    }
+    signals.record_report(mesh, services, stats, now);
 }
 
 /// Shows why a proxy's config cannot be computed (or that it can again) in the zone's

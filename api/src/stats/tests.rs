@@ -186,3 +186,54 @@ fn windows_and_groupings_parse_with_clear_errors() {
             .contains("service, zone, caller or callee")
     );
 }
+
+#[test]
+fn a_report_counts_only_what_its_sidecar_can_have_counted() {
+    use crate::kds::dds::{ProxySignal, ProxyStats, SignalCounts};
+    let signal =
+        |service: &str, peer: &str, requests: u64, failures: u64, buckets: usize| ProxySignal {
+            outbound: false,
+            service: service.into(),
+            peer: peer.into(),
+            peer_zone: "zone-a".into(),
+            counts: Some(SignalCounts {
+                requests,
+                failures,
+                latency: vec![requests; buckets],
+            }),
+        };
+    let mut a = Aggregator::default();
+    let stats = ProxyStats {
+        signals: vec![
+            signal("backend", "web", 10, 50, BUCKETS + 7),
+            // Another service's inbound, a name no service has, no counts at all.
+            signal("payments", "web", 10, 0, 1),
+            signal("backend", &"x".repeat(254), 10, 0, 1),
+            ProxySignal {
+                counts: None,
+                ..signal("backend", "api", 1, 0, 1)
+            },
+        ],
+    };
+    a.record_report("default", &["backend".to_string()], stats, 60_000);
+    let w = a.windows(60_000);
+    assert_eq!(
+        w.len(),
+        1,
+        "{:?}",
+        w.iter().map(|s| &s.0).collect::<Vec<_>>()
+    );
+    assert_eq!(w[0].0, key("backend", "web"));
+    let one_minute = &w[0].1[0];
+    assert_eq!((one_minute.requests, one_minute.failures), (10, 10));
+    assert_eq!(one_minute.latency.len(), BUCKETS);
+    // At most MAX_SIGNALS_PER_REPORT of one report count.
+    let many = ProxyStats {
+        signals: (0..MAX_SIGNALS_PER_REPORT + 10)
+            .map(|i| signal("backend", &format!("caller-{i}"), 1, 0, 1))
+            .collect(),
+    };
+    let mut a = Aggregator::default();
+    a.record_report("default", &["backend".to_string()], many, 60_000);
+    assert_eq!(a.len(), MAX_SIGNALS_PER_REPORT);
+}
