@@ -13,6 +13,12 @@ use tokio::net::TcpStream;
 
 use crate::http2::{H2Sender, ReadyH2};
 
+/// The most a request's or an answer's header section may take, the same over
+/// HTTP/1.1 (hyper's read buffer, which must hold the whole head) and HTTP/2
+/// (SETTINGS_MAX_HEADER_LIST_SIZE, which counts 32 bytes more per field): 64 KiB, about
+/// Envoy's 60 KiB. Past it a request is answered 431 over either protocol.
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// Any error a body or an exchange can end with.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 

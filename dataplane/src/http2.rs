@@ -104,6 +104,7 @@ impl H2Sender {
         let (send, mut conn) = h2::client::Builder::new()
             .initial_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_header_list_size(crate::http::MAX_HEADER_BYTES as u32)
             .handshake::<_, Bytes>(io)
             .await
             .map_err(std::io::Error::other)?;
@@ -274,6 +275,7 @@ where
         .initial_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(crate::http::MAX_HEADER_BYTES as u32)
         .handshake::<_, Bytes>(io)
         .await?;
     let mut in_flight = futures::stream::FuturesUnordered::new();

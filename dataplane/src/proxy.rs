@@ -671,6 +671,18 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
     }
 }
 
+/// The server side of an HTTP/1.1 or h2c listener (an application's outbound, a
+/// plaintext or HTTP/1.1 inbound), with the same header budget over both protocols
+/// ([`crate::http::MAX_HEADER_BYTES`]): past it, 431.
+pub(crate) fn http_server() -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(crate::http::MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .max_header_list_size(crate::http::MAX_HEADER_BYTES as u32);
+    builder
+}
+
 /// The listener tasks, stopped when dropped: also when the task keeping them is
 /// aborted at drain, so a draining sidecar refuses new connections at once.
 struct Listeners<K = (bool, String, u16)>(HashMap<K, tokio::task::JoinHandle<()>>);

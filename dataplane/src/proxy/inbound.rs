@@ -228,7 +228,7 @@ pub(super) async fn inbound_conn(
             Ok::<_, std::convert::Infallible>(logged_inbound_request(&conn, req).await)
         }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = crate::proxy::http_server();
     // hyper counts from when the connection waits for a request (not from its first
     // byte, as Envoy does): a keep-alive connection idle that long is closed too.
     if let Some(d) = timeout::on(timeouts.request_headers) {

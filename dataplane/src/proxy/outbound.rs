@@ -155,7 +155,7 @@ pub(super) async fn outbound_conn(
     });
     let (io, clock) = timeout::watch(tcp, idle);
     let drain = timeout::drain_when(std::future::pending(), None, clock, idle);
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = crate::proxy::http_server();
     // MeshTimeout requestHeadersTimeout in to[]: how long the application may take to
     // send a request's headers (HTTP/1.1; hyper counts from when the connection waits
     // for a request, so a keep-alive connection idle that long is closed too).
