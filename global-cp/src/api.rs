@@ -176,8 +176,54 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/openapi.json", get(openapi))
         .route(crate::join::JOIN_PATH, post(joining::join))
         .merge(authed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(body_limit))
         .layer(axum::middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
+}
+
+/// The most a request body may take: a resource is a few KiB, and the largest (route
+/// tables, a provided CA's chain) stay well under it.
+pub(crate) const MAX_BODY_BYTES: usize = 2 << 20;
+
+/// How much of an oversized body is read and dropped so an HTTP/1.1 client gets its 413
+/// (see `body_limit`); past it the connection is closed at once.
+const MAX_DRAINED_BYTES: u64 = 32 << 20;
+/// How long that may take.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Answers 413 to a request whose declared body is over [`MAX_BODY_BYTES`] without
+/// keeping it: over HTTP/2 at once (then the stream is reset), over HTTP/1.1 at once to
+/// a client that asked `Expect: 100-continue` (it never sends the body), else once the
+/// body it is sending has been read and dropped. A body that declares no length is cut
+/// at the limit as it is read, and answered 413 too.
+async fn body_limit(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let Some(n) = declared.filter(|n| *n > MAX_BODY_BYTES as u64) else {
+        return next.run(req).await;
+    };
+    let refused = ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body",
+        format!("the body is {n} bytes; the API accepts at most {MAX_BODY_BYTES}"),
+    )
+    .into_response();
+    // An HTTP/1.1 client that did not ask `Expect: 100-continue` is sending the body
+    // and reads no answer until it is done: read it and drop it (up to a bound, in a
+    // bounded time), or it would see a closed connection instead of its 413. Over
+    // HTTP/2 the stream is reset once answered (NO_ERROR), which clients expect.
+    let expects = req.headers().contains_key(axum::http::header::EXPECT);
+    if req.version() == axum::http::Version::HTTP_11 && !expects && n <= MAX_DRAINED_BYTES {
+        use futures::StreamExt as _;
+        let mut data = req.into_body().into_data_stream();
+        let drain = async { while let Some(Ok(_)) = data.next().await {} };
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    }
+    refused
 }
 
 /// Counts each request by its route's pattern and status, and times it.
