@@ -182,6 +182,29 @@ pub(crate) fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
+/// How long a client may take to send a request's headers (HTTP/1.1; counted from when
+/// the connection waits for a request, so an idle keep-alive connection closes then
+/// too): a slowloris client is cut off.
+pub(crate) const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most a request's header section may take, over HTTP/1.1 and HTTP/2 alike.
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Requests in flight on one HTTP/2 connection.
+pub(crate) const MAX_STREAMS: u32 = 100;
+
+/// The API listener's HTTP limits (its TLS handshake has axum-server's 10 s).
+pub(crate) fn limit_http(
+    b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+) {
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(MAX_STREAMS);
+}
+
 /// The most a request body may take: a resource is a few KiB, and the largest (route
 /// tables, a provided CA's chain) stay well under it.
 pub(crate) const MAX_BODY_BYTES: usize = 2 << 20;

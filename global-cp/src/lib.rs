@@ -708,10 +708,9 @@ async fn serve_api(
     let app = api::router(state);
     if cfg.api_insecure_http {
         tracing::warn!(addr = %cfg.api_addr, "policy API on plain HTTP: tokens travel in clear");
-        return Ok(axum_server::bind(cfg.api_addr)
-            .handle(handle)
-            .serve(app.into_make_service())
-            .await?);
+        let mut server = axum_server::bind(cfg.api_addr);
+        api::limit_http(server.http_builder());
+        return Ok(server.handle(handle).serve(app.into_make_service()).await?);
     }
     let cert = match &cfg.api_cert {
         Some(c) => c.clone(),
@@ -731,9 +730,8 @@ async fn serve_api(
     let server = tls::server_config(&cert, None, &[b"h2", b"http/1.1"])?;
     let rustls_cfg = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server));
     tracing::info!(addr = %cfg.api_addr, "policy API listening (HTTPS)");
-    axum_server::bind_rustls(cfg.api_addr, rustls_cfg)
-        .handle(handle)
-        .serve(app.into_make_service())
-        .await?;
+    let mut server = axum_server::bind_rustls(cfg.api_addr, rustls_cfg);
+    api::limit_http(server.http_builder());
+    server.handle(handle).serve(app.into_make_service()).await?;
     Ok(())
 }

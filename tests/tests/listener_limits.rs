@@ -113,3 +113,77 @@ async fn an_oversized_body_gets_413_from_both_apis_over_both_protocols() -> anyh
     }
     Ok(())
 }
+
+/// Slowloris against both APIs: 40 clients that finish TLS and send half a request head,
+/// and 40 that never start their TLS handshake, do not keep a request from being
+/// answered at once, and each is cut off once its 10 s (header read, TLS handshake) pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_of_the_apis_are_cut_off_and_others_served() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use causeway_tests::{GlobalCluster, ZoneCp};
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let c = GlobalCluster::start(1, &[]).await?;
+    let zone = ZoneCp::new(&c, "zone-a", vec![c.nodes[0].kds_url()], &[]).await?;
+    zone.start()?;
+    zone.call(reqwest::Method::GET, "/status", None).await?;
+    let apis = [
+        (c.nodes[0].api, c.nodes[0].ca_pem().expect("the API CA")),
+        (
+            zone.api,
+            std::fs::read_to_string(zone.dir.join("api-ca.pem"))?,
+        ),
+    ];
+    for (addr, ca) in &apis {
+        let mut tls = causeway_pki::client_config(ca, None)?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1")?;
+        let mut slow = Vec::new();
+        for _ in 0..40 {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let mut s = connector.connect(name.clone(), tcp).await?;
+            s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\n").await?;
+            s.flush().await?;
+            slow.push(s);
+        }
+        let mut half_open = Vec::new();
+        for _ in 0..40 {
+            half_open.push(tokio::net::TcpStream::connect(addr).await?);
+        }
+        let started = Instant::now();
+        let ready = api_client(ca, false)?
+            .get(format!("https://{addr}/ready"))
+            .send()
+            .await?;
+        assert_eq!(
+            ready.status(),
+            200,
+            "{addr}: answered while slow clients wait"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        for mut s in slow {
+            let mut buf = [0u8; 512];
+            let read = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+                .await
+                .context("a slow client still connected after 20 s")?;
+            if let Ok(n) = read {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{addr}: {text}");
+            }
+        }
+        for mut t in half_open {
+            let mut buf = [0u8; 64];
+            tokio::time::timeout(Duration::from_secs(20), t.read(&mut buf))
+                .await
+                .context("a half-open TLS handshake still open after 20 s")?
+                .ok();
+        }
+        assert!(
+            started.elapsed() >= Duration::from_secs(9),
+            "{addr}: cut off before the stated 10 s ({:?})",
+            started.elapsed()
+        );
+    }
+    Ok(())
+}

@@ -101,6 +101,27 @@ struct ApiState {
     tokens: TokenHashes,
 }
 
+/// How long a client may take to send a request's headers (HTTP/1.1; counted from when
+/// the connection waits for a request, so an idle keep-alive connection closes then
+/// too): a slowloris client is cut off.
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The most a request's header section may take, over HTTP/1.1 and HTTP/2 alike.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Requests in flight on one HTTP/2 connection.
+const MAX_STREAMS: u32 = 100;
+
+/// The API listener's HTTP limits (its TLS handshake has axum-server's 10 s).
+fn limit_http(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    b.http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    b.http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(MAX_STREAMS);
+}
+
 /// The most a request body may take, as on the global API.
 const MAX_BODY_BYTES: usize = 2 << 20;
 
@@ -233,13 +254,12 @@ pub(crate) async fn serve(
         .layer(axum::middleware::from_fn(body_limit))
         .with_state(state);
     tracing::info!(%addr, "zone API listening (HTTPS)");
-    axum_server::from_tcp_rustls(
+    let mut server = axum_server::from_tcp_rustls(
         listener,
         axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server)),
-    )
-    .handle(handle)
-    .serve(app.into_make_service())
-    .await?;
+    );
+    limit_http(server.http_builder());
+    server.handle(handle).serve(app.into_make_service()).await?;
     Ok(())
 }
 
