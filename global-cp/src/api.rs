@@ -190,6 +190,8 @@ pub(crate) const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration:
 pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Requests in flight on one HTTP/2 connection.
 pub(crate) const MAX_STREAMS: u32 = 100;
+/// How long a TLS handshake may take (axum-server's default for the API; set on KDS).
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The API listener's HTTP limits (its TLS handshake has axum-server's 10 s).
 pub(crate) fn limit_http(

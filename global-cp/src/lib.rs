@@ -685,7 +685,9 @@ async fn serve_kds(
             &cert.key_pem,
         ))
         .client_ca_root(tonic::transport::Certificate::from_pem(&s.zone_ca_cert_pem))
-        .client_auth_optional(true);
+        .client_auth_optional(true)
+        // tonic waits for a handshake forever unless told otherwise.
+        .timeout(api::TLS_HANDSHAKE_TIMEOUT);
     let server = causeway_api::kds::kds_server::KdsServer::new(svc)
         .max_decoding_message_size(2 * causeway_api::kds::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(2 * causeway_api::kds::MAX_MESSAGE_BYTES);
@@ -693,6 +695,8 @@ async fn serve_kds(
     tonic::transport::Server::builder()
         .tls_config(tls_cfg)?
         .http2_keepalive_interval(Some(cfg.kds.heartbeat))
+        .http2_max_header_list_size(api::MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(api::MAX_STREAMS)
         .add_service(server)
         .serve(addr)
         .await?;

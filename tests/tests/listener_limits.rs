@@ -187,3 +187,51 @@ async fn slow_clients_of_the_apis_are_cut_off_and_others_served() -> anyhow::Res
     }
     Ok(())
 }
+
+/// The gRPC listeners (KDS on global, DDS on a zone): 40 silent TLS handshakes to each
+/// are cut off after the stated 10 s (tonic, left to itself, waits forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_handshakes_to_kds_and_dds_are_cut_off() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use causeway_tests::{GlobalCluster, ZoneCp, free_addr};
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncReadExt as _;
+    let c = GlobalCluster::start(1, &[]).await?;
+    let dds = free_addr();
+    let zone = ZoneCp::new(
+        &c,
+        "zone-a",
+        vec![c.nodes[0].kds_url()],
+        &["--dds-addr", &dds.to_string()],
+    )
+    .await?;
+    zone.start()?;
+    zone.call(reqwest::Method::GET, "/status", None).await?;
+    causeway_tests::eventually("the DDS listener", Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(dds).await.ok()
+    })
+    .await?;
+    let started = Instant::now();
+    let mut silent = Vec::new();
+    for addr in [c.nodes[0].kds, dds] {
+        for _ in 0..40 {
+            silent.push((addr, tokio::net::TcpStream::connect(addr).await?));
+        }
+    }
+    for (addr, mut s) in silent {
+        let mut buf = [0u8; 64];
+        tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+            .await
+            .with_context(|| format!("a silent handshake to {addr} still open after 20 s"))?
+            .ok();
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(9),
+        "cut off before the stated 10 s: {took:?}"
+    );
+    // The zone's own KDS session is untouched.
+    let (s, v) = zone.call(reqwest::Method::GET, "/status", None).await?;
+    assert_eq!(s, 200, "{v}");
+    Ok(())
+}

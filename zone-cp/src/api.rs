@@ -106,9 +106,11 @@ struct ApiState {
 /// too): a slowloris client is cut off.
 const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The most a request's header section may take, over HTTP/1.1 and HTTP/2 alike.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Requests in flight on one HTTP/2 connection.
-const MAX_STREAMS: u32 = 100;
+pub(crate) const MAX_STREAMS: u32 = 100;
+/// How long a TLS handshake may take (axum-server's default for the API; set on DDS).
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The API listener's HTTP limits (its TLS handshake has axum-server's 10 s).
 fn limit_http(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {

@@ -851,15 +851,19 @@ pub(crate) async fn serve(
         &causeway_pki::server_names(&addr.ip().to_string(), &[]),
         825,
     )?;
-    let tls =
-        tonic::transport::ServerTlsConfig::new().identity(tonic::transport::Identity::from_pem(
+    let tls = tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
             format!("{}{}", cert.cert_pem, ca.cert_pem),
             &cert.key_pem,
-        ));
+        ))
+        // tonic waits for a handshake forever unless told otherwise.
+        .timeout(crate::api::TLS_HANDSHAKE_TIMEOUT);
     tracing::info!(%addr, "DDS listening (gRPC over TLS)");
     tonic::transport::Server::builder()
         .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_max_header_list_size(crate::api::MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(crate::api::MAX_STREAMS)
         .add_service(DdsServer::new(DdsService { shared }))
         .serve(addr)
         .await?;
