@@ -56,6 +56,13 @@ pub enum StoreError {
         path: String,
         source: rocksdb::Error,
     },
+    #[error(
+        "the store in {path} is damaged ({source}): restore the data dir from a backup, or empty it and add this node to its cluster again (`causeway cluster remove-node`, then `add-node`: the cluster sends it everything)"
+    )]
+    Damaged {
+        path: String,
+        source: rocksdb::Error,
+    },
     #[error("rocksdb: {0}")]
     Db(#[from] rocksdb::Error),
     #[error("corrupt {what} in the data dir: {reason}")]
@@ -205,9 +212,12 @@ impl Store {
         ]
         .into_iter()
         .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| StoreError::Open {
-            path: dir.display().to_string(),
-            source,
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| {
+            let path = dir.display().to_string();
+            match source.kind() {
+                rocksdb::ErrorKind::Corruption => StoreError::Damaged { path, source },
+                _ => StoreError::Open { path, source },
+            }
         })?;
         let store = Store {
             db: Arc::new(db),

@@ -438,3 +438,42 @@ async fn a_node_whose_disk_is_full_exits_and_recovers_once_space_returns() -> an
     assert_eq!(s, StatusCode::OK, "the data from before survived");
     Ok(())
 }
+
+/// A damaged store (here its CURRENT file overwritten) stops a global node and a zone at
+/// start with an error that names the data dir, says it is damaged and what to do; the
+/// process exits non-zero rather than serve or start from empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_data_dir_is_named_at_start() -> anyhow::Result<()> {
+    let mut c = GlobalCluster::start(1, &[]).await?;
+    let zone = causeway_tests::ZoneCp::new(&c, "zone-a", vec![c.nodes[0].kds_url()], &[]).await?;
+    zone.start()?;
+    zone.call(Method::GET, "/status", None).await?;
+    zone.kill();
+    c.nodes[0].kill();
+    for db in [c.nodes[0].dir.join("db"), zone.dir.join("db")] {
+        std::fs::write(db.join("CURRENT"), "not a manifest name\n")?;
+    }
+    c.nodes[0].start(&[], false)?;
+    zone.start()?;
+    let status = eventually("the node to exit", Duration::from_secs(30), || async {
+        c.nodes[0].exited()
+    })
+    .await?;
+    assert!(!status.success());
+    eventually("the zone to exit", Duration::from_secs(30), || async {
+        zone.exited().then_some(())
+    })
+    .await?;
+    for (log, dir) in [
+        (c.nodes[0].log_path(), c.nodes[0].dir.join("db")),
+        (zone.log_path(), zone.dir.join("db")),
+    ] {
+        let log = std::fs::read_to_string(log)?;
+        assert!(
+            log.contains(&format!("{} is damaged", dir.display()))
+                && log.contains("restore the data dir from a backup"),
+            "{log}"
+        );
+    }
+    Ok(())
+}

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use causeway_api::{Resource, ResourceKey};
 use causeway_pki::sealing::{SealError, Sealer};
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
 use serde::{Deserialize, Serialize};
 
 const CF_RESOURCES: &str = "resources";
@@ -28,6 +30,13 @@ const KEY_LIVE_PREFIX: &[u8] = b"dds_registered/";
 pub enum StoreError {
     #[error("opening the zone store at {path}: {source}")]
     Open {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error(
+        "the zone store in {path} is damaged ({source}): restore the data dir from a backup, or start the zone anew in an empty one with a new zone token (`causeway zone token create`): global sends it its state again, and its sidecars register again"
+    )]
+    Damaged {
         path: String,
         source: rocksdb::Error,
     },
@@ -98,6 +107,19 @@ pub fn due_for_renewal(not_before: i64, not_after: i64, now: i64, at_percent: i6
 pub struct Store {
     db: Arc<DB>,
     sealer: Arc<Sealer>,
+    /// The options the store was opened with, for its statistics (WAL syncs).
+    opts: Arc<Options>,
+}
+
+/// Writes that must survive a power loss, not only a crash of the process: the zone's
+/// identity and CA material, the token-verifying key, registrations and zone-owned
+/// resources (a Dataplane, a zone-local policy). RocksDB's WAL is synced before the
+/// write returns. What global sends (policies, revisions) is not: a zone that lost the
+/// last of it on a power cut asks global for it again.
+fn synced() -> WriteOptions {
+    let mut o = WriteOptions::default();
+    o.set_sync(true);
+    o
 }
 
 fn key_bytes(k: &ResourceKey) -> Vec<u8> {
@@ -148,17 +170,29 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
+        // Counts WAL syncs (and the rest of RocksDB's tickers), for the synced writes.
+        opts.enable_statistics();
         let cfs = [CF_RESOURCES, CF_META]
             .into_iter()
             .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| StoreError::Open {
-            path: dir.display().to_string(),
-            source,
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| {
+            let path = dir.display().to_string();
+            match source.kind() {
+                rocksdb::ErrorKind::Corruption => StoreError::Damaged { path, source },
+                _ => StoreError::Open { path, source },
+            }
         })?;
         Ok(Store {
             db: Arc::new(db),
             sealer,
+            opts: Arc::new(opts),
         })
+    }
+
+    /// How many times the WAL was synced since the store opened.
+    pub fn wal_syncs(&self) -> u64 {
+        self.opts
+            .get_ticker_count(rocksdb::statistics::Ticker::WalFileSynced)
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -360,7 +394,9 @@ impl Store {
             key_bytes(&key),
             serde_json::to_vec(&r).expect("resources serialize"),
         );
-        self.db.write(batch).map_err(StoreError::from)?;
+        self.db
+            .write_opt(batch, &synced())
+            .map_err(StoreError::from)?;
         Ok((r, old.is_none()))
     }
 
@@ -373,7 +409,7 @@ impl Store {
             }),
             Some(_) => {
                 self.db
-                    .delete_cf(self.cf(CF_RESOURCES), key_bytes(key))
+                    .delete_cf_opt(self.cf(CF_RESOURCES), key_bytes(key), &synced())
                     .map_err(StoreError::from)?;
                 Ok(())
             }
@@ -400,10 +436,11 @@ impl Store {
             key_pem: self.sealer.seal(&id.key_pem),
             ..id.clone()
         };
-        self.db.put_cf(
+        self.db.put_cf_opt(
             self.cf(CF_META),
             KEY_IDENTITY,
             serde_json::to_vec(&sealed).expect("encodes"),
+            &synced(),
         )?;
         Ok(())
     }
@@ -413,9 +450,9 @@ impl Store {
         let mut k = KEY_LIVE_PREFIX.to_vec();
         k.extend_from_slice(&key_bytes(key));
         if on {
-            self.db.put_cf(self.cf(CF_META), k, b"")?;
+            self.db.put_cf_opt(self.cf(CF_META), k, b"", &synced())?;
         } else {
-            self.db.delete_cf(self.cf(CF_META), k)?;
+            self.db.delete_cf_opt(self.cf(CF_META), k, &synced())?;
         }
         Ok(())
     }
@@ -453,10 +490,11 @@ impl Store {
     }
 
     pub fn set_revoked_cas(&self, cas: &[(String, String)]) -> Result<(), StoreError> {
-        self.db.put_cf(
+        self.db.put_cf_opt(
             self.cf(CF_META),
             KEY_REVOKED_CAS,
             serde_json::to_vec(cas).expect("encodes"),
+            &synced(),
         )?;
         Ok(())
     }
@@ -464,7 +502,7 @@ impl Store {
     pub fn delete_intermediate(&self, mesh: &str) -> Result<(), StoreError> {
         let mut k = KEY_INTERMEDIATE_PREFIX.to_vec();
         k.extend_from_slice(mesh.as_bytes());
-        self.db.delete_cf(self.cf(CF_META), k)?;
+        self.db.delete_cf_opt(self.cf(CF_META), k, &synced())?;
         Ok(())
     }
 
@@ -474,10 +512,11 @@ impl Store {
     }
 
     pub fn set_dataplane_token_public_key(&self, key: &str) -> Result<(), StoreError> {
-        self.db.put_cf(
+        self.db.put_cf_opt(
             self.cf(CF_META),
             KEY_TRUST,
             serde_json::to_vec(key).expect("encodes"),
+            &synced(),
         )?;
         Ok(())
     }
@@ -499,10 +538,11 @@ impl Store {
             key_pem: self.sealer.seal(&i.key_pem),
             ..i.clone()
         };
-        self.db.put_cf(
+        self.db.put_cf_opt(
             self.cf(CF_META),
             k,
             serde_json::to_vec(&sealed).expect("encodes"),
+            &synced(),
         )?;
         Ok(())
     }
@@ -533,6 +573,69 @@ mod tests {
 
     fn test_sealer() -> Arc<Sealer> {
         Arc::new(Sealer::new(&[5u8; 32]).expect("a 32-byte key"))
+    }
+
+    /// Each write that must survive a power loss syncs the WAL before it returns.
+    #[test]
+    fn identity_ca_material_and_registrations_are_synced() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), test_sealer()).unwrap();
+        let key = ResourceKey {
+            kind: "Dataplane".into(),
+            mesh: "m".into(),
+            name: "web-1".into(),
+        };
+        type Write<'a> = Box<dyn Fn(&Store) + 'a>;
+        let writes: Vec<(&str, Write<'_>)> = vec![
+            (
+                "identity",
+                Box::new(|s| {
+                    s.set_identity(&Identity {
+                        cert_pem: "cert".into(),
+                        key_pem: "key".into(),
+                        global_ca_pem: "ca".into(),
+                        not_before: 0,
+                        not_after: 1,
+                    })
+                    .unwrap()
+                }),
+            ),
+            (
+                "intermediate CA",
+                Box::new(|s| {
+                    s.set_intermediate(&Intermediate {
+                        mesh: "m".into(),
+                        cert_pem: "cert".into(),
+                        key_pem: "key".into(),
+                        root_pem: "root".into(),
+                        not_before: 0,
+                        not_after: 1,
+                    })
+                    .unwrap()
+                }),
+            ),
+            (
+                "revoked CAs",
+                Box::new(|s| s.set_revoked_cas(&[("m".into(), "ab".into())]).unwrap()),
+            ),
+            (
+                "token key",
+                Box::new(|s| s.set_dataplane_token_public_key("k").unwrap()),
+            ),
+            (
+                "registration",
+                Box::new(move |s| s.set_stream_registered(&key, true).unwrap()),
+            ),
+            (
+                "forgotten CA",
+                Box::new(|s| s.delete_intermediate("m").unwrap()),
+            ),
+        ];
+        for (what, write) in writes {
+            let before = s.wal_syncs();
+            write(&s);
+            assert!(s.wal_syncs() > before, "{what} was not synced");
+        }
     }
 
     #[test]
