@@ -278,14 +278,8 @@ impl MeshFixture {
             .await?;
         let app = free_addr();
         let backend_app = self.app("backend-1", "backend", app, false)?;
-        let dp = dataplane(
-            "backend-1",
-            "backend",
-            free_addr().port(),
-            app.port(),
-            "http",
-            &[],
-        );
+        let inbound = free_addr().port();
+        let dp = dataplane("backend-1", "backend", inbound, app.port(), "http", &[]);
         let (backend, backend_admin) = self.sidecar("backend", dp).await?;
         let (web, web_admin, out) = self.web_calling("backend").await?;
         eventually("a call through both sidecars", WAIT, || async {
@@ -298,6 +292,7 @@ impl MeshFixture {
             backend_admin,
             out,
             app,
+            inbound,
         })
     }
 
@@ -330,6 +325,8 @@ pub struct WebCallsBackend {
     pub out: u16,
     /// backend's application address.
     pub app: SocketAddr,
+    /// backend's inbound port (mTLS, on 127.0.0.1).
+    pub inbound: u16,
 }
 
 /// A Dataplane on 127.0.0.1: one inbound (`inbound` in front of the app on `app`,

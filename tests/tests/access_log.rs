@@ -83,6 +83,7 @@ async fn a_call_is_logged_to_a_file_a_tcp_collector_and_opentelemetry() -> anyho
         backend_admin,
         out,
         app,
+        ..
     } = fx.web_calls_backend().await?;
     let (collector, lines) = tcp_collector().await?;
     let (otlp, receiver) = otlp_receiver().await?;

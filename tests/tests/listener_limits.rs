@@ -235,3 +235,39 @@ async fn silent_handshakes_to_kds_and_dds_are_cut_off() -> anyhow::Result<()> {
     assert_eq!(s, 200, "{v}");
     Ok(())
 }
+
+/// A flood of half-open connections to a sidecar's inbound (the port other sidecars and
+/// zones reach): calls through it keep working, and each silent connection is cut off
+/// once the inbound's 10 s TLS handshake timeout passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_connections_to_an_inbound_stops_nothing() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncReadExt as _;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let WebCallsBackend {
+        procs: _procs,
+        out,
+        inbound,
+        ..
+    } = fx.web_calls_backend().await?;
+    let started = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(("127.0.0.1", inbound)).await?);
+    }
+    let http = causeway_tests::plain_http();
+    for _ in 0..20 {
+        let r = http.get(format!("http://127.0.0.1:{out}/")).send().await?;
+        assert_eq!(r.status(), 200, "a call through the flooded inbound");
+    }
+    assert!(started.elapsed() < Duration::from_secs(8));
+    for mut s in silent {
+        let mut buf = [0u8; 64];
+        tokio::time::timeout(Duration::from_secs(25), s.read(&mut buf))
+            .await
+            .context("a silent connection to the inbound still open after 25 s")?
+            .ok();
+    }
+    Ok(())
+}
