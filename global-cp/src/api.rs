@@ -174,7 +174,10 @@ pub(crate) fn router(state: ApiState) -> Router {
     Router::new()
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi))
-        .route(crate::join::JOIN_PATH, post(joining::join))
+        .route(
+            crate::join::JOIN_PATH,
+            post(joining::join).layer(axum::extract::DefaultBodyLimit::max(joining::MAX_JOIN_BODY)),
+        )
         .merge(authed)
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(body_limit))
@@ -799,9 +802,16 @@ async fn add_member(State(st): State<ApiState>, body: Bytes) -> ApiResult<Json<V
     Ok(Json(json!({"added": m.id})))
 }
 
+/// `DELETE /cluster/members/{id}`: removes a voter (and cancels any join token of it),
+/// or cancels the join tokens of a node that was added and has not joined.
 async fn remove_member(State(st): State<ApiState>, Path(id): Path<u64>) -> ApiResult<Json<Value>> {
     let v = st.raft.view().borrow().clone();
     if !v.progress.iter().any(|p| p.id == id) {
+        st.raft.read_barrier().await?;
+        if joining::pending(&st, id)? {
+            joining::cancel(&st, id).await?;
+            return Ok(Json(json!({"removed": id, "joined": false})));
+        }
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "id",
@@ -812,6 +822,9 @@ async fn remove_member(State(st): State<ApiState>, Path(id): Path<u64>) -> ApiRe
         return Err(ApiError::bad("id", "cannot remove the last member"));
     }
     st.raft.change_members(MemberChange::Remove(id)).await?;
+    if joining::manages_raft_certificates(&st) {
+        joining::cancel(&st, id).await?;
+    }
     Ok(Json(json!({"removed": id})))
 }
 

@@ -87,13 +87,20 @@ pub enum Command {
         zone: String,
     },
     /// A join token was issued for a node (`causeway cluster add-node`); only its hash
-    /// is kept. The node becomes a member when it joins with it.
+    /// is kept. The node becomes a member when it joins with it. Earlier tokens of the
+    /// node stop working: only the newest one is good.
     AddJoinToken(JoinTokenRecord),
     /// A node joins with a join token: refused when the token is unknown, used or
-    /// expired (at the entry's time, so every node agrees), else marked used. Raft
-    /// orders two uses of one token, so only the first succeeds.
+    /// expired (at the entry's time, so every node agrees), else marked used, with every
+    /// other token of the node. Raft orders two uses of one token, so only the first
+    /// succeeds.
     UseJoinToken {
         sha256: String,
+    },
+    /// Every join token of a node stops working (`causeway cluster remove-node` of a
+    /// node that was added and has not joined, or has).
+    CancelJoinTokens {
+        node: u64,
     },
 }
 

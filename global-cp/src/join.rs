@@ -137,7 +137,8 @@ pub async fn join(token: &str, node_id: u64) -> anyhow::Result<Joined> {
     let tls = causeway_pki::client_config(&claims.ca, None).context("the join token's CA")?;
     let http = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(10))
+        // Longer than the cluster may take to burn the token and add the member.
+        .timeout(Duration::from_secs(30))
         .build()?;
     let body = JoinRequest {
         token: token.trim().to_string(),

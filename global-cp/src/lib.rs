@@ -141,6 +141,18 @@ impl Node {
             "the data dir {} was written by an older version that kept tokens and keys in clear; migrating it is not supported: form a new cluster in a new --data-dir",
             cfg.data_dir.display()
         );
+        // Bound before a join: once the join made this node a voter, the cluster needs it
+        // to answer.
+        let raft_listener = tokio::net::TcpListener::bind(cfg.raft_addr)
+            .await
+            .with_context(|| format!("binding the Raft address {}", cfg.raft_addr))?;
+        // A node that joined once (its identity came from the cluster) never forms a
+        // cluster of its own, even restarted without its token before its first snapshot.
+        if matches!(cfg.raft_security, RaftSecurity::Managed)
+            && raft_identity::joined(&cfg.data_dir)
+        {
+            cfg.join = true;
+        }
         // A node joining with a token gets its certificate, the members and the seal key
         // from the cluster first.
         let joined = match (&cfg.join_token, &cfg.raft_security) {
@@ -148,6 +160,8 @@ impl Node {
                 "--join-token gets this node a Raft certificate from the cluster; it does not go with --raft-tls-* or --insecure-raft-plaintext"
             ),
             (Some(token), RaftSecurity::Managed) if !raft_identity::exists(&cfg.data_dir) => {
+                // What would fail after the join is checked before it.
+                sealing::check_outside(SEAL_KEY_FLAG, &cfg.seal_key_file, &cfg.data_dir)?;
                 let j = join::join(token, cfg.node_id)
                     .await
                     .context("joining the cluster with --join-token")?;
@@ -168,15 +182,30 @@ impl Node {
         if cfg.join_token.is_some() {
             cfg.join = true;
         }
-        if let Some(j) = &joined {
-            for m in j.response.members.iter().filter(|m| m.id != cfg.node_id) {
-                cfg.peers.entry(m.id).or_insert_with(|| m.raft_addr.clone());
-            }
-        }
         let (sealer, created) =
             sealing::Sealer::load_or_create(SEAL_KEY_FLAG, &cfg.seal_key_file, &cfg.data_dir)?;
         if created {
             tracing::warn!(path = %cfg.seal_key_file.display(), "generated a new seal key: back it up now (losing it loses every key of the cluster) and give every node of the cluster a copy");
+        }
+        // The identity a join brought is kept at once: its token is spent.
+        if let Some(j) = joined {
+            raft_identity::save(
+                &cfg.data_dir,
+                &sealer,
+                &j.response.raft_ca_pem,
+                &CertKey {
+                    cert_pem: j.response.cert_pem,
+                    key_pem: j.key_pem,
+                },
+            )?;
+            raft_identity::save_members(&cfg.data_dir, &j.response.members)?;
+        }
+        // The members a join named, until the store knows them (a restart before the
+        // first snapshot).
+        for m in raft_identity::members(&cfg.data_dir) {
+            if m.id != cfg.node_id {
+                cfg.peers.entry(m.id).or_insert(m.raft_addr);
+            }
         }
         let sealer = Arc::new(sealer);
         // RocksDB would create it 0755 (and its files 0644; that cannot be changed).
@@ -194,7 +223,7 @@ impl Node {
             Ok(None) => {}
         }
         let forming = store.is_empty() && !cfg.join;
-        let raft_tls = raft_tls(&cfg, &sealer, joined, forming)?;
+        let raft_tls = raft_tls(&cfg, &sealer, forming)?;
         if forming {
             let mut voters: Vec<u64> = cfg.peers.keys().copied().collect();
             voters.push(cfg.node_id);
@@ -202,9 +231,6 @@ impl Node {
             tracing::info!(?voters, "forming a new cluster");
             store.bootstrap(voters)?;
         }
-        let raft_listener = tokio::net::TcpListener::bind(cfg.raft_addr)
-            .await
-            .with_context(|| format!("binding the Raft address {}", cfg.raft_addr))?;
         let rt = tokio::runtime::Handle::current();
         let peers = cfg.peers.clone();
         let tls = raft_tls.clone();
@@ -306,11 +332,11 @@ impl Node {
 }
 
 /// This node's Raft TLS identity (`None`: plaintext), from the operator's files, the data
-/// dir, a join that just happened, or generated when the node forms a cluster alone.
+/// dir (kept there by a join, or at bootstrap), or generated when the node forms a
+/// cluster alone.
 fn raft_tls(
     cfg: &NodeConfig,
     sealer: &sealing::Sealer,
-    joined: Option<join::Joined>,
     forming: bool,
 ) -> anyhow::Result<Option<RaftTls>> {
     let kept = match &cfg.raft_security {
@@ -324,31 +350,22 @@ fn raft_tls(
         }
         RaftSecurity::Managed => raft_identity::load(&cfg.data_dir, sealer)?,
     };
-    Ok(Some(match (joined, kept) {
-        (Some(j), _) => raft_identity::save(
-            &cfg.data_dir,
-            sealer,
-            &j.response.raft_ca_pem,
-            &CertKey {
-                cert_pem: j.response.cert_pem,
-                key_pem: j.key_pem,
-            },
-        )?,
-        (None, Some(t)) => t,
-        (None, None) if forming && cfg.peers.is_empty() => {
+    Ok(Some(match kept {
+        Some(t) => t,
+        None if forming && cfg.peers.is_empty() => {
             tracing::info!(
                 "generated the cluster's Raft CA and this node's certificate (mutual TLS between nodes)"
             );
             raft_identity::bootstrap(&cfg.data_dir, sealer, cfg.node_id)?
         }
-        (None, None) if forming => anyhow::bail!(
+        None if forming => anyhow::bail!(
             "forming a cluster of several nodes at once (--peer) needs their Raft certificates (--raft-tls-ca/-cert/-key, from `causeway cluster gen-certs`); \
              or form it with one node and add the others with `causeway cluster add-node`, which prints each one's join token"
         ),
-        (None, None) if cfg.join => anyhow::bail!(
+        None if cfg.join => anyhow::bail!(
             "--join needs --join-token (printed by `causeway cluster add-node`), or this node's Raft certificate (--raft-tls-ca/-cert/-key)"
         ),
-        (None, None) => anyhow::bail!(
+        None => anyhow::bail!(
             "the data dir {} has no Raft certificate: it was written by a node that ran Raft in plaintext; start it with --insecure-raft-plaintext as before, or form a new cluster",
             cfg.data_dir.display()
         ),

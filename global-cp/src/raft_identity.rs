@@ -24,6 +24,8 @@ const CA_CERT: &str = "ca.pem";
 const CA_KEY: &str = "ca-key.sealed";
 const NODE_CERT: &str = "node.pem";
 const NODE_KEY: &str = "node-key.sealed";
+/// The members a join named.
+const MEMBERS: &str = "members.json";
 
 fn path(data_dir: &Path, file: &str) -> PathBuf {
     data_dir.join(DIR).join(file)
@@ -42,6 +44,32 @@ fn write(data_dir: &Path, file: &str, contents: &str) -> anyhow::Result<()> {
 /// Whether this data dir holds a generated Raft identity.
 pub(crate) fn exists(data_dir: &Path) -> bool {
     path(data_dir, NODE_CERT).exists()
+}
+
+/// Whether this data dir's identity came from a join (it holds no CA key).
+pub(crate) fn joined(data_dir: &Path) -> bool {
+    exists(data_dir) && !path(data_dir, CA_KEY).exists()
+}
+
+/// Keeps the members a join named, so the node can answer them until its store knows
+/// them (a restart before the first snapshot).
+pub(crate) fn save_members(
+    data_dir: &Path,
+    members: &[crate::command::Member],
+) -> anyhow::Result<()> {
+    write(
+        data_dir,
+        MEMBERS,
+        &serde_json::to_string(members).expect("members encode"),
+    )
+}
+
+/// The members a join named, if any.
+pub(crate) fn members(data_dir: &Path) -> Vec<crate::command::Member> {
+    std::fs::read_to_string(path(data_dir, MEMBERS))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
 }
 
 /// The identity kept in `data_dir`, if any.

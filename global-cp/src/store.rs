@@ -1118,8 +1118,13 @@ impl ApplyBatch<'_> {
                 Ok(WriteOutcome::Done)
             }
             Command::AddJoinToken(t) => {
+                self.retire_join_tokens(t.node, None)?;
                 self.put_meta(prefixed(KEY_JOIN_TOKEN_PREFIX, &t.sha256), &t);
                 self.join_tokens.insert(t.sha256.clone(), t);
+                Ok(WriteOutcome::Done)
+            }
+            Command::CancelJoinTokens { node } => {
+                self.retire_join_tokens(node, None)?;
                 Ok(WriteOutcome::Done)
             }
             Command::UseJoinToken { sha256 } => {
@@ -1146,7 +1151,9 @@ impl ApplyBatch<'_> {
                 }
                 t.used = true;
                 self.put_meta(prefixed(KEY_JOIN_TOKEN_PREFIX, &sha256), &t);
-                self.join_tokens.insert(sha256, t);
+                let node = t.node;
+                self.join_tokens.insert(sha256.clone(), t);
+                self.retire_join_tokens(node, Some(&sha256))?;
                 Ok(WriteOutcome::Done)
             }
             Command::RevokeZoneTokens { zone, id } => {
@@ -1301,6 +1308,30 @@ impl ApplyBatch<'_> {
                 Ok(WriteOutcome::ZoneSynced { refused })
             }
         })
+    }
+
+    /// Marks every join token of `node` used, but `except`.
+    fn retire_join_tokens(&mut self, node: u64, except: Option<&str>) -> Result<(), StoreError> {
+        let mut all: HashMap<String, JoinTokenRecord> = self
+            .store
+            .join_tokens_of(node)?
+            .into_iter()
+            .map(|t| (t.sha256.clone(), t))
+            .collect();
+        for (sha, t) in &self.join_tokens {
+            if t.node == node {
+                all.insert(sha.clone(), t.clone());
+            }
+        }
+        for (sha, mut t) in all {
+            if t.used || except == Some(sha.as_str()) {
+                continue;
+            }
+            t.used = true;
+            self.put_meta(prefixed(KEY_JOIN_TOKEN_PREFIX, &sha), &t);
+            self.join_tokens.insert(sha, t);
+        }
+        Ok(())
     }
 
     fn put_meta<T: serde::Serialize>(&mut self, key: Vec<u8>, value: &T) {

@@ -313,8 +313,9 @@ fn create_key_file_with(path: &Path, contents: &str) -> std::io::Result<bool> {
     }
 }
 
-/// A seal key inside the data dir would let a copy of the directory open itself.
-fn check_outside(flag: &str, path: &Path, data_dir: &Path) -> Result<(), SealError> {
+/// A seal key inside the data dir would let a copy of the directory open itself: refused
+/// (`flag` names the setting that gave `path`).
+pub fn check_outside(flag: &str, path: &Path, data_dir: &Path) -> Result<(), SealError> {
     let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     if abs(path).starts_with(abs(data_dir)) {
         return Err(SealError::InDataDir {

@@ -340,8 +340,50 @@ async fn a_join_token_works_once_for_its_node_before_it_expires() -> anyhow::Res
             .count();
         assert_eq!(voters, 3, "node {}: {v}", c.nodes[i].id);
     }
-    // No log holds a join token.
-    for n in c.nodes.iter().chain([&wrong, &again]) {
+    // Only a node's newest token works: re-issuing one retires the one before.
+    let i4 = c.new_node(4, &[]);
+    let first = read(&c.add_member(i4).await?).trim().to_string();
+    let (s, v) = c
+        .call(
+            0,
+            Method::POST,
+            "/cluster/members/4/join-token",
+            Some(&json!({})),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    tokens.extend([first.clone(), v["join_token"].as_str().unwrap().to_string()]);
+    let (s, v) = post_join(&c, 0, &first).await?;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    // `cluster remove-node` of a node that was added and never joined cancels its
+    // tokens: the newest one is refused too.
+    let (ok, out, err) = c.cli(&["cluster", "remove-node", "4"])?;
+    assert!(ok, "{out}{err}");
+    let (s, v) = post_join(&c, 0, &tokens[tokens.len() - 1]).await?;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert_eq!(
+        c.call(0, Method::GET, "/cluster", None).await?.1["members"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3,
+        "node 4 never became a member"
+    );
+    // A joined node restarted without its token (or any --peer) comes back: it never
+    // forms a cluster of its own.
+    c.nodes[i2].kill();
+    c.nodes[i2].start(&[], false)?;
+    c.wait_ready(i2).await?;
+    let (_, v) = c.call(i2, Method::GET, "/cluster", None).await?;
+    assert_eq!(v["members"].as_array().unwrap().len(), 3, "{v}");
+
+    // No log holds a join token (node 4 never started).
+    for n in c
+        .nodes
+        .iter()
+        .chain([&wrong, &again])
+        .filter(|n| n.log_path().exists())
+    {
         let log = read(&n.log_path());
         for t in &tokens {
             assert!(

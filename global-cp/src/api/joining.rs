@@ -85,6 +85,25 @@ pub(super) async fn issue(
     Ok((token, exp))
 }
 
+/// The most a join request may take (a token and a CSR are about 2 KiB).
+pub(super) const MAX_JOIN_BODY: usize = 16 << 10;
+
+/// Cancels the join tokens of `node` (removed, or added and never joined).
+pub(super) async fn cancel(st: &ApiState, node: u64) -> ApiResult<()> {
+    st.raft.propose(Command::CancelJoinTokens { node }).await?;
+    Ok(())
+}
+
+/// Whether `node` was added and holds a join token that still works.
+pub(super) fn pending(st: &ApiState, node: u64) -> ApiResult<bool> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    Ok(st
+        .store
+        .join_tokens_of(node)?
+        .iter()
+        .any(|t| !t.used && now < t.expires_unix))
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NewToken {
@@ -146,6 +165,34 @@ pub(super) async fn join(State(st): State<ApiState>, body: Bytes) -> ApiResult<J
             "unknown join token (not issued by this cluster, or altered)".into(),
         ));
     };
+    // Refused here already when it cannot succeed, so a replayed token costs no Raft
+    // entry (the state machine decides again, for racing uses).
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if record.used || now >= record.expires_unix {
+        return Err(refused(format!(
+            "the join token was already used, replaced by a newer one, or expired; issue a new one with `causeway cluster join-token --id {}`",
+            record.node
+        )));
+    }
+    // A member's identity is not handed out again: a node that lost its data dir is
+    // removed and added anew.
+    if st
+        .raft
+        .view()
+        .borrow()
+        .progress
+        .iter()
+        .any(|p| p.id == record.node)
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "token",
+            format!(
+                "node {} is a member already; to bring it back with an empty data dir, remove it (`causeway cluster remove-node {}`) and add it again",
+                record.node, record.node
+            ),
+        ));
+    }
     // Sign first, so a bad CSR does not burn the token.
     let names = causeway_pki::raft_node_names(record.node);
     let cert_pem = causeway_pki::sign_csr(
@@ -165,7 +212,7 @@ pub(super) async fn join(State(st): State<ApiState>, body: Bytes) -> ApiResult<J
             RaftError::Rejected(ApplyError::JoinToken(why)) => refused(why),
             e => e.into(),
         })?;
-    // Now a voter (unless it was one already: a node that lost its data dir rejoins).
+    // Now a voter (a racing join of the same node may have made it one meanwhile).
     let v = st.raft.view().borrow().clone();
     if !v.progress.iter().any(|p| p.id == record.node) {
         st.raft

@@ -695,9 +695,17 @@ fn a_join_token_is_used_once_before_it_expires() {
     b.apply(1, at(100), Command::AddJoinToken(token("aa", 200)))
         .unwrap()
         .unwrap();
-    b.apply(2, at(100), Command::AddJoinToken(token("bb", 200)))
-        .unwrap()
-        .unwrap();
+    // A token of another node, to see expiry.
+    b.apply(
+        2,
+        at(100),
+        Command::AddJoinToken(JoinTokenRecord {
+            node: 5,
+            ..token("bb", 200)
+        }),
+    )
+    .unwrap()
+    .unwrap();
     // Two uses in one batch: the second sees the first.
     assert_eq!(
         b.apply(3, at(150), use_it("aa")).unwrap(),
@@ -712,6 +720,35 @@ fn a_join_token_is_used_once_before_it_expires() {
     b.commit().unwrap();
     assert!(s.join_token("aa").unwrap().unwrap().used);
     assert!(!s.join_token("bb").unwrap().unwrap().used);
-    assert_eq!(s.join_tokens_of(4).unwrap().len(), 2);
-    assert!(s.join_tokens_of(5).unwrap().is_empty());
+    assert_eq!(s.join_tokens_of(5).unwrap().len(), 1);
+    assert!(s.join_tokens_of(9).unwrap().is_empty());
+
+    // Only a node's newest token is good, and a cancel retires them all.
+    let for_node = |node: u64, sha: &str| JoinTokenRecord {
+        node,
+        ..token(sha, 500)
+    };
+    let mut b = s.apply_batch();
+    b.apply(8, at(300), Command::AddJoinToken(for_node(6, "old")))
+        .unwrap()
+        .unwrap();
+    b.apply(9, at(300), Command::AddJoinToken(for_node(6, "new")))
+        .unwrap()
+        .unwrap();
+    b.apply(10, at(300), Command::AddJoinToken(for_node(7, "other")))
+        .unwrap()
+        .unwrap();
+    assert!(refused(b.apply(11, at(310), use_it("old")).unwrap()).contains("already used"));
+    b.commit().unwrap();
+    let mut b = s.apply_batch();
+    b.apply(12, at(320), Command::CancelJoinTokens { node: 6 })
+        .unwrap()
+        .unwrap();
+    assert!(refused(b.apply(13, at(330), use_it("new")).unwrap()).contains("already used"));
+    // Another node's token is untouched.
+    assert_eq!(
+        b.apply(14, at(330), use_it("other")).unwrap(),
+        Ok(WriteOutcome::Done)
+    );
+    b.commit().unwrap();
 }
