@@ -8,7 +8,8 @@
 //! A peer's certificate names one node id (`node-<id>.causeway-raft`): a node dials that
 //! name, and an inbound connection may only carry messages from the id its certificate
 //! names, so one member cannot speak for another. Hostile connections are cheap: at most
-//! [`MAX_HANDSHAKES`] handshakes run at once, each for at most [`HANDSHAKE_TIMEOUT`], and a
+//! [`MAX_HANDSHAKES`] handshakes run at once ([`MAX_HANDSHAKES_PER_HOST`] from one
+//! address), each for at most [`HANDSHAKE_TIMEOUT`], and a
 //! frame's buffer grows with the bytes that actually arrive, never with the length a
 //! header claims.
 
@@ -36,7 +37,54 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Inbound handshakes in progress at once; more connections are closed at once. Members
 /// keep their connections open, so a flood delays only members that reconnect during it.
-pub(crate) const MAX_HANDSHAKES: usize = 64;
+pub(crate) const MAX_HANDSHAKES: usize = 256;
+/// Inbound handshakes in progress at once from one address: a flood from one host
+/// leaves the other slots to the members on other hosts.
+pub(crate) const MAX_HANDSHAKES_PER_HOST: usize = 16;
+
+/// Handshakes in progress, by source address.
+#[derive(Default)]
+struct Handshakes(std::sync::Mutex<HashMap<std::net::IpAddr, usize>>);
+
+/// A handshake's place, given back when dropped.
+struct HandshakeSlot {
+    all: Arc<Handshakes>,
+    from: std::net::IpAddr,
+    _global: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Handshakes {
+    /// A place for a handshake from `from`, unless that host has its share.
+    fn take(
+        self: &Arc<Self>,
+        from: std::net::IpAddr,
+        global: tokio::sync::OwnedSemaphorePermit,
+    ) -> Option<HandshakeSlot> {
+        let mut m = self.0.lock().expect("handshakes lock");
+        let n = m.entry(from).or_default();
+        if *n >= MAX_HANDSHAKES_PER_HOST {
+            return None;
+        }
+        *n += 1;
+        Some(HandshakeSlot {
+            all: self.clone(),
+            from,
+            _global: global,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut m = self.all.0.lock().expect("handshakes lock");
+        if let Some(n) = m.get_mut(&self.from) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.from);
+            }
+        }
+    }
+}
 
 trait Conn: AsyncWrite + Unpin + Send {}
 impl<T: AsyncWrite + Unpin + Send> Conn for T {}
@@ -234,6 +282,7 @@ pub(crate) async fn serve(
 ) -> Result<(), TlsError> {
     let acceptor = tls.map(|t| t.server().map(TlsAcceptor::from)).transpose()?;
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let per_host = Arc::new(Handshakes::default());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -253,7 +302,12 @@ pub(crate) async fn serve(
             });
             continue;
         };
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+        let Some(permit) = handshakes
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .and_then(|global| per_host.take(peer.ip(), global))
+        else {
             tracing::debug!(%peer, "too many raft handshakes in progress; connection closed");
             continue;
         };
@@ -345,6 +399,31 @@ mod tests {
         let mut out = (bytes.len() as u32).to_be_bytes().to_vec();
         out.extend(bytes);
         out
+    }
+
+    #[test]
+    fn one_host_cannot_take_every_handshake_slot() {
+        let global = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+        let slots = Arc::new(Handshakes::default());
+        let take = |ip: &str| {
+            let permit = global.clone().try_acquire_owned().ok()?;
+            slots.take(ip.parse().unwrap(), permit)
+        };
+        let flood: Vec<_> = (0..MAX_HANDSHAKES_PER_HOST)
+            .map(|_| take("10.0.0.9").expect("a slot"))
+            .collect();
+        assert!(
+            take("10.0.0.9").is_none(),
+            "the flooding host has its share"
+        );
+        let member = take("10.0.0.2").expect("a member on another host still gets one");
+        drop(flood);
+        assert!(
+            take("10.0.0.9").is_some(),
+            "slots come back when handshakes end"
+        );
+        drop(member);
+        assert_eq!(global.available_permits(), MAX_HANDSHAKES);
     }
 
     #[tokio::test]
