@@ -219,6 +219,8 @@ pub(crate) const MAX_BODY_BYTES: usize = 2 << 20;
 const MAX_DRAINED_BYTES: u64 = 32 << 20;
 /// How long that may take.
 const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a request's body may take to arrive, once its headers have.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Answers 413 to a request whose declared body is over [`MAX_BODY_BYTES`] without
 /// keeping it: over HTTP/2 at once (then the stream is reset), over HTTP/1.1 at once to
@@ -232,7 +234,34 @@ async fn body_limit(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let Some(n) = declared.filter(|n| *n > MAX_BODY_BYTES as u64) else {
-        return next.run(req).await;
+        if matches!(*req.method(), Method::GET | Method::HEAD) {
+            return next.run(req).await;
+        }
+        // Every handler reads its body whole: read it here, within a deadline, so a
+        // client that trickles it holds nothing for long.
+        let (parts, body) = req.into_parts();
+        let read = axum::body::to_bytes(body, MAX_BODY_BYTES);
+        return match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+            Ok(Ok(bytes)) => {
+                next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                    .await
+            }
+            Ok(Err(_)) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body",
+                format!("the body is over {MAX_BODY_BYTES} bytes, or broke off"),
+            )
+            .into_response(),
+            Err(_) => ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body",
+                format!(
+                    "the body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            )
+            .into_response(),
+        };
     };
     let refused = ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,

@@ -271,3 +271,56 @@ async fn a_flood_of_silent_connections_to_an_inbound_stops_nothing() -> anyhow::
     }
     Ok(())
 }
+
+/// A body that trickles (its headers arrive, then one byte of 100) is answered 408 by
+/// both APIs once the 10 s body deadline passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_trickles_gets_408_from_both_apis() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use causeway_tests::{GlobalCluster, ZoneCp};
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let c = GlobalCluster::start(1, &[]).await?;
+    let zone = ZoneCp::new(&c, "zone-a", vec![c.nodes[0].kds_url()], &[]).await?;
+    zone.start()?;
+    zone.call(reqwest::Method::GET, "/status", None).await?;
+    let apis = [
+        (
+            c.nodes[0].api,
+            c.nodes[0].ca_pem().expect("the API CA"),
+            c.token.clone(),
+        ),
+        (
+            zone.api,
+            std::fs::read_to_string(zone.dir.join("api-ca.pem"))?,
+            zone.admin_token().expect("the zone's admin token"),
+        ),
+    ];
+    for (addr, ca, token) in &apis {
+        let mut tls = causeway_pki::client_config(ca, None)?;
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut s = connector
+            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
+            .await?;
+        let head = format!(
+            "PUT /meshes/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+        );
+        s.write_all(head.as_bytes()).await?;
+        s.flush().await?;
+        let started = Instant::now();
+        let mut buf = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf))
+            .await
+            .context("no answer 20 s after a trickling body")??;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{addr}: {text}");
+        assert!(
+            started.elapsed() >= Duration::from_secs(9),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    Ok(())
+}
