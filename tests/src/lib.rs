@@ -352,12 +352,7 @@ impl GlobalCluster {
             .map(|id| GlobalNode::new(tmp.path(), id, extra_args))
             .collect();
         nodes[0].start(&[], false)?;
-        let mut c = GlobalCluster {
-            tmp,
-            nodes,
-            http: None,
-            token: String::new(),
-        };
+        let mut c = GlobalCluster::of(tmp, nodes);
         c.wait_formed().await?;
         for i in 1..c.nodes.len() {
             c.join(i).await?;
@@ -373,30 +368,30 @@ impl GlobalCluster {
         args_of: impl Fn(u64) -> Vec<String>,
     ) -> anyhow::Result<GlobalCluster> {
         let tmp = tempfile::tempdir()?;
-        let mut nodes: Vec<GlobalNode> = (1..=n)
+        let nodes: Vec<GlobalNode> = (1..=n)
             .map(|id| {
                 let args = args_of(id);
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
                 GlobalNode::new(tmp.path(), id, &args)
             })
             .collect();
-        let all: Vec<(u64, SocketAddr)> = nodes.iter().map(|n| (n.id, n.raft)).collect();
-        for node in &mut nodes {
-            let peers: Vec<_> = all
-                .iter()
-                .filter(|(id, _)| *id != node.id)
-                .copied()
-                .collect();
-            node.start(&peers, false)?;
+        let mut c = GlobalCluster::of(tmp, nodes);
+        for i in 0..c.nodes.len() {
+            let peers = c.peers_of(i);
+            c.nodes[i].start(&peers, false)?;
         }
-        let mut c = GlobalCluster {
+        c.wait_formed().await?;
+        Ok(c)
+    }
+
+    /// The cluster of `nodes` in `tmp`, before it has formed.
+    fn of(tmp: tempfile::TempDir, nodes: Vec<GlobalNode>) -> GlobalCluster {
+        GlobalCluster {
             tmp,
             nodes,
             http: None,
             token: String::new(),
-        };
-        c.wait_formed().await?;
-        Ok(c)
+        }
     }
 
     /// Adds node `i` (not started) as a member, starts it with its join token and waits
