@@ -26,7 +26,8 @@ pub(crate) enum ZoneCmd {
 #[derive(clap::Subcommand)]
 pub(crate) enum TokenCmd {
     /// Issue a token for a zone. It is printed once (or written to --out); the cluster
-    /// keeps only its hash.
+    /// keeps only its hash. A token enrolls one zone once (single use): a zone that lost
+    /// its data dir needs a new one.
     Create {
         #[arg(long)]
         zone: String,
@@ -37,7 +38,7 @@ pub(crate) enum TokenCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// List a zone's tokens (ids and expiry; never the tokens).
+    /// List a zone's tokens (ids, expiry and when each enrolled; never the tokens).
     List {
         #[arg(long)]
         zone: String,
@@ -97,7 +98,12 @@ pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
         }
         ZoneCmd::Token(TokenCmd::List { zone }) => {
             let v = client.get(&format!("/zones/{zone}/tokens")).await?;
-            let mut rows = vec![vec!["ID".to_string(), "CREATED".into(), "EXPIRES".into()]];
+            let mut rows = vec![vec![
+                "ID".to_string(),
+                "CREATED".into(),
+                "EXPIRES".into(),
+                "ENROLLED".into(),
+            ]];
             for t in v
                 .get("items")
                 .and_then(Value::as_array)
@@ -110,7 +116,13 @@ pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
                 } else {
                     s("expiresAt")
                 };
-                rows.push(vec![s("id"), s("createdAt"), exp]);
+                // A spent token still names the enrolled zone's certificate: revoking it
+                // cuts that zone off.
+                let enrolled = match t.get("enrolledAt").and_then(Value::as_str) {
+                    Some(at) => at.to_string(),
+                    None => "- (unused)".into(),
+                };
+                rows.push(vec![s("id"), s("createdAt"), exp, enrolled]);
             }
             crate::ops::print_table(&rows);
         }
@@ -243,16 +255,59 @@ pub(crate) enum DataplaneTokenCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// List a mesh's dataplane tokens: ids, service, expiry, revocation; never the
+    /// tokens. Expired ones only with --expired.
+    List {
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[arg(long)]
+        service: Option<String>,
+        #[arg(long)]
+        expired: bool,
+    },
+    /// Revoke one token (--id) or every live token of a service (--service). Every zone
+    /// then refuses its next registration and certificate, and ends the streams of the
+    /// sidecars that use it (they keep their last config until they get a new token).
+    Revoke {
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        #[arg(long, required_unless_present = "service", conflicts_with = "service")]
+        id: Option<String>,
+        #[arg(long)]
+        service: Option<String>,
+    },
 }
 
 pub(crate) async fn dataplane_token(conn: &ConnArgs, c: DataplaneTokenCmd) -> anyhow::Result<()> {
     let client = Client::new(conn.resolve()?)?;
-    let DataplaneTokenCmd::Create {
-        mesh,
-        service,
-        valid_for,
-        out,
-    } = c;
+    let (mesh, service, valid_for, out) = match c {
+        DataplaneTokenCmd::Create {
+            mesh,
+            service,
+            valid_for,
+            out,
+        } => (mesh, service, valid_for, out),
+        DataplaneTokenCmd::List {
+            mesh,
+            service,
+            expired,
+        } => {
+            let mut path = format!("/meshes/{mesh}/dataplane-tokens?expired={expired}");
+            if let Some(s) = service {
+                path.push_str(&format!("&service={s}"));
+            }
+            return print_tokens(&client.get(&path).await?, true);
+        }
+        DataplaneTokenCmd::Revoke { mesh, id, service } => {
+            let path = match (&id, &service) {
+                (Some(id), _) => format!("/meshes/{mesh}/dataplane-tokens/{id}"),
+                (None, Some(s)) => format!("/meshes/{mesh}/dataplane-tokens?service={s}"),
+                (None, None) => anyhow::bail!("name the token (--id) or the service (--service)"),
+            };
+            let (_, v) = client.request(Method::DELETE, &path, None).await?;
+            return print_revoked(&v);
+        }
+    };
     let mut body = json!({ "service": service });
     if let Some(v) = valid_for {
         body["validFor"] = json!(v);
@@ -269,6 +324,54 @@ pub(crate) async fn dataplane_token(conn: &ConnArgs, c: DataplaneTokenCmd) -> an
         out,
         &format!("dataplane token for {service} in mesh {mesh}"),
     )
+}
+
+/// Prints a token list (`items` of the API's answer) as a table.
+fn print_tokens(v: &Value, with_service: bool) -> anyhow::Result<()> {
+    let mut head = vec!["ID".to_string()];
+    if with_service {
+        head.push("SERVICE".into());
+    }
+    head.extend(["CREATED".into(), "EXPIRES".into(), "REVOKED".into()]);
+    let mut rows = vec![head];
+    for t in v
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        let mut row = vec![s("id")];
+        if with_service {
+            row.push(s("service"));
+        }
+        let exp = if t.get("expired").and_then(Value::as_bool) == Some(true) {
+            format!("{} (expired)", s("expiresAt"))
+        } else {
+            s("expiresAt")
+        };
+        let revoked = t
+            .get("revokedAt")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string();
+        row.extend([s("createdAt"), exp, revoked]);
+        rows.push(row);
+    }
+    crate::ops::print_table(&rows);
+    Ok(())
+}
+
+fn print_revoked(v: &Value) -> anyhow::Result<()> {
+    let ids: Vec<&str> = v
+        .get("revoked")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    eprintln!("revoked {} token(s): {}", ids.len(), ids.join(", "));
+    Ok(())
 }
 
 /// Prints a token the API issued, or writes it to `out` (mode 0600).
@@ -319,15 +422,44 @@ pub(crate) enum IngressTokenCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// List a zone's ingress tokens: ids, expiry, revocation; never the tokens.
+    List {
+        #[arg(long)]
+        zone: String,
+        #[arg(long)]
+        expired: bool,
+    },
+    /// Revoke one token (--id) or every live ingress token of the zone. The zone then
+    /// refuses its next registration and ends the streams of the ingresses that use it.
+    Revoke {
+        #[arg(long)]
+        zone: String,
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 pub(crate) async fn ingress_token(conn: &ConnArgs, c: IngressTokenCmd) -> anyhow::Result<()> {
     let client = Client::new(conn.resolve()?)?;
-    let IngressTokenCmd::Create {
-        zone,
-        valid_for,
-        out,
-    } = c;
+    let (zone, valid_for, out) = match c {
+        IngressTokenCmd::Create {
+            zone,
+            valid_for,
+            out,
+        } => (zone, valid_for, out),
+        IngressTokenCmd::List { zone, expired } => {
+            let path = format!("/zones/{zone}/ingress-tokens?expired={expired}");
+            return print_tokens(&client.get(&path).await?, false);
+        }
+        IngressTokenCmd::Revoke { zone, id } => {
+            let path = match id {
+                Some(id) => format!("/zones/{zone}/ingress-tokens/{id}"),
+                None => format!("/zones/{zone}/ingress-tokens"),
+            };
+            let (_, v) = client.request(Method::DELETE, &path, None).await?;
+            return print_revoked(&v);
+        }
+    };
     let body = match valid_for {
         Some(v) => json!({ "validFor": v }),
         None => json!({}),

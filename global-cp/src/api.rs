@@ -23,6 +23,7 @@ use crate::raft_node::{MemberChange, RaftError, RaftHandle};
 use crate::store::{Store, StoreError};
 
 mod joining;
+mod proxy_tokens;
 mod stats;
 mod zones;
 
@@ -141,7 +142,15 @@ pub(crate) fn router(state: ApiState) -> Router {
         )
         .route(
             "/zones/{name}/ingress-token",
-            post(zones::create_ingress_token),
+            post(proxy_tokens::create_ingress_token),
+        )
+        .route(
+            "/zones/{name}/ingress-tokens",
+            get(proxy_tokens::list_ingress_tokens).delete(proxy_tokens::revoke_all_ingress_tokens),
+        )
+        .route(
+            "/zones/{name}/ingress-tokens/{id}",
+            axum::routing::delete(proxy_tokens::revoke_ingress_token),
         )
         .route("/zones/{name}/config-dump", get(zones::config_dump))
         .route("/zones/{name}/revoke-ca", post(zones::revoke_ca))
@@ -152,7 +161,15 @@ pub(crate) fn router(state: ApiState) -> Router {
         )
         .route(
             "/meshes/{mesh}/dataplane-token",
-            post(zones::create_dataplane_token),
+            post(proxy_tokens::create_dataplane_token),
+        )
+        .route(
+            "/meshes/{mesh}/dataplane-tokens",
+            get(proxy_tokens::list_dataplane_tokens).delete(proxy_tokens::revoke_service_tokens),
+        )
+        .route(
+            "/meshes/{mesh}/dataplane-tokens/{id}",
+            axum::routing::delete(proxy_tokens::revoke_dataplane_token),
         )
         .route("/meshes/{mesh}/stats", get(stats::mesh_stats))
         .route(
@@ -924,6 +941,22 @@ pub fn openapi_document() -> Value {
             {"name": "raw", "in": "query", "schema": {"type": "boolean"}, "description": "the zones' reports as held, unmerged"}
         ],
         "responses": {"200": {"description": "the view: rows, the zones whose reports it holds (with their age), and the connected zones whose report was missing"}, "default": err}}}));
+    let mesh_param =
+        json!({"name": "mesh", "in": "path", "required": true, "schema": {"type": "string"}});
+    let zone_param =
+        json!({"name": "name", "in": "path", "required": true, "schema": {"type": "string"}});
+    let id_param =
+        json!({"name": "id", "in": "path", "required": true, "schema": {"type": "string"}});
+    paths.insert("/meshes/{mesh}/dataplane-token".into(), json!({"post": {"summary": "Issue a dataplane token for one service (body: service, validFor); shown once", "parameters": [mesh_param], "responses": {"201": {"description": "the token and its id"}, "default": err}}}));
+    paths.insert("/meshes/{mesh}/dataplane-tokens".into(), json!({
+        "get": {"summary": "List dataplane tokens (ids, service, expiry, revocation; never the tokens); ?service=S, ?expired=true", "parameters": [mesh_param], "responses": {"200": {"description": "items"}, "default": err}},
+        "delete": {"summary": "Revoke every live token of a service (?service=S, required)", "parameters": [mesh_param], "responses": {"200": {"description": "the revoked ids"}, "404": err, "default": err}}}));
+    paths.insert("/meshes/{mesh}/dataplane-tokens/{id}".into(), json!({"delete": {"summary": "Revoke a dataplane token: zones refuse its next registration and certificate and end its streams", "parameters": [mesh_param, id_param], "responses": {"200": {"description": "the revoked id"}, "404": err, "default": err}}}));
+    paths.insert("/zones/{name}/ingress-token".into(), json!({"post": {"summary": "Issue an ingress token for one zone (body: validFor); shown once", "parameters": [zone_param], "responses": {"201": {"description": "the token and its id"}, "default": err}}}));
+    paths.insert("/zones/{name}/ingress-tokens".into(), json!({
+        "get": {"summary": "List a zone's ingress tokens; ?expired=true", "parameters": [zone_param], "responses": {"200": {"description": "items"}, "default": err}},
+        "delete": {"summary": "Revoke every live ingress token of the zone", "parameters": [zone_param], "responses": {"200": {"description": "the revoked ids"}, "404": err, "default": err}}}));
+    paths.insert("/zones/{name}/ingress-tokens/{id}".into(), json!({"delete": {"summary": "Revoke an ingress token", "parameters": [zone_param, id_param], "responses": {"200": {"description": "the revoked id"}, "404": err, "default": err}}}));
     paths.insert("/ready".into(), json!({"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "ready"}, "503": err}}}));
     let mut schemas = serde_json::Map::new();
     for t in causeway_api::types() {

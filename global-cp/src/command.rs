@@ -46,6 +46,24 @@ pub enum Command {
     RegisterMember(Member),
     /// A zone token was issued (only its hash is kept).
     AddZoneToken(ZoneTokenRecord),
+    /// Spends a zone token on the enrolment of the key `key_sha256`: refused if the
+    /// token is unknown, altered (`sha256` differs), expired at the entry's time, or
+    /// already spent on another key. Raft orders two enrolments with one token, so only
+    /// the first key wins.
+    UseZoneToken {
+        zone: String,
+        id: String,
+        sha256: String,
+        key_sha256: String,
+    },
+    /// Records an issued dataplane or ingress token (never the token itself), so it can
+    /// be listed and revoked.
+    AddProxyToken(ProxyTokenRecord),
+    /// Revokes dataplane or ingress tokens by id. Zones learn it over KDS and refuse the
+    /// tokens' next registration and certificate. `NotFound` when none is known.
+    RevokeProxyTokens {
+        ids: Vec<String>,
+    },
     /// Revokes one token of a zone, or all of them when `id` is `None`.
     RevokeZoneTokens {
         zone: String,
@@ -143,6 +161,44 @@ pub struct ZoneTokenRecord {
     pub sha256: String,
     pub created_unix: i64,
     pub expires_unix: i64,
+    /// Once the token enrolled its zone: SHA-256 (hex) of the public key it enrolled.
+    /// The token is then spent; only a retry with that same key (an answer lost on the
+    /// way) gets a certificate again. The record stays: the zone's certificate names it,
+    /// and revoking it cuts the zone off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolled_key_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrolled_unix: Option<i64>,
+}
+
+/// What a proxy token grants (see `causeway_pki::dataplane_token`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ProxyTokenKind {
+    /// A sidecar of one service in one mesh.
+    Dataplane,
+    /// A zone ingress of one zone.
+    Ingress,
+}
+
+/// A dataplane or ingress token as the cluster remembers it: its claims, never the token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyTokenRecord {
+    pub id: String,
+    pub kind: ProxyTokenKind,
+    /// The mesh and service of a dataplane token; empty for an ingress token.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub mesh: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    /// The zone of an ingress token; empty for a dataplane token.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone: String,
+    pub created_unix: i64,
+    pub expires_unix: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_unix: Option<i64>,
 }
 
 /// What the global side knows about a zone's KDS session.
@@ -330,9 +386,9 @@ pub enum ApplyError {
     MeshNotEmpty(String),
     #[error("{key} belongs to {origin}; change it there")]
     OwnedElsewhere { key: String, origin: String },
-    /// A join token that cannot be used (unknown, used, expired).
+    /// A join or zone token that cannot be used (unknown, used, expired).
     #[error("{0}")]
-    JoinToken(String),
+    Token(String),
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use causeway_api::kds::kds_server::Kds;
 use causeway_api::kds::{
     Ack, Change, ChangeSet, ConfigDump, ConfigDumpRequest, EnrollRequest, EnrollResponse,
-    GlobalMessage, Heartbeat, IntermediateCa, IntermediateRequest, RenewRequest, RevokedCa, Trust,
-    ZoneAck, ZoneChangeSet, ZoneMessage, ZoneStats, change, global_message, zone_message,
+    GlobalMessage, Heartbeat, IntermediateCa, IntermediateRequest, RenewRequest, RevokedCa,
+    RevokedToken, Trust, ZoneAck, ZoneChangeSet, ZoneMessage, ZoneStats, change, global_message,
+    zone_message,
 };
 use causeway_api::{Resource, ResourceKey};
 use causeway_pki::{CertKey, Profile};
@@ -26,8 +27,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::command::{ClusterSecrets, Command, WriteOutcome, ZoneStatusRecord, ZoneTokenRecord};
-use crate::raft_node::RaftHandle;
+use crate::command::{
+    ApplyError, ClusterSecrets, Command, WriteOutcome, ZoneStatusRecord, ZoneTokenRecord,
+};
+use crate::raft_node::{RaftError, RaftHandle};
 use crate::store::{Store, SyncSet};
 use crate::zone_token;
 
@@ -601,7 +604,8 @@ impl Session {
         Ok(())
     }
 
-    /// What the zone must trust and distrust: the dataplane token key, revoked CAs.
+    /// What the zone must trust and distrust: the dataplane token key, revoked CAs and
+    /// revoked dataplane and ingress tokens.
     fn trust(&self) -> Trust {
         let revoked_cas = self
             .kds
@@ -616,9 +620,22 @@ impl Session {
                 sha256: r.sha256,
             })
             .collect();
+        let revoked_tokens = self
+            .kds
+            .inner
+            .store
+            .revoked_proxy_tokens(now_unix())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| RevokedToken {
+                id: t.id,
+                expires_unix: t.expires_unix,
+            })
+            .collect();
         Trust {
             dataplane_token_public_key: self.kds.inner.dataplane_token_public_key.clone(),
             revoked_cas,
+            revoked_tokens,
         }
     }
 
@@ -834,6 +851,26 @@ impl Kds for KdsService {
             Err(e) => return Err(send_err(e)),
         }
         self.check_allowed(&claims.zone, &claims.id, peer)?;
+        // The token is spent on this key before anything is signed: a second enrolment
+        // with it, by anyone holding another key, is refused.
+        let key_sha256 = causeway_pki::csr_public_key_sha256(&r.csr_pem)
+            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e}")))?;
+        self.inner
+            .raft
+            .propose(Command::UseZoneToken {
+                zone: claims.zone.clone(),
+                id: claims.id.clone(),
+                sha256: zone_token::hash(&r.token),
+                key_sha256,
+            })
+            .await
+            .map_err(|e| match e {
+                RaftError::Rejected(ApplyError::Token(why)) => {
+                    tracing::warn!(peer = ?peer, zone = %claims.zone, token_id = %claims.id, reason = %why, "refused a zone enrollment");
+                    Status::permission_denied(why)
+                }
+                e => Status::unavailable(e.to_string()),
+            })?;
         let resp = self.sign_zone_cert(&claims.zone, &claims.id, &r.csr_pem)?;
         self.ensure_zone_resource(&claims.zone).await;
         tracing::info!(zone = %claims.zone, token_id = %claims.id, peer = ?peer, "zone enrolled");

@@ -19,8 +19,8 @@ use rocksdb::{
 };
 
 use crate::command::{
-    ApplyError, Command, IntermediateRecord, JoinTokenRecord, Member, MeshCa, SealedSecrets,
-    WriteOutcome, ZoneStatusRecord, ZoneTokenRecord,
+    ApplyError, Command, IntermediateRecord, JoinTokenRecord, Member, MeshCa, ProxyTokenRecord,
+    SealedSecrets, WriteOutcome, ZoneStatusRecord, ZoneTokenRecord,
 };
 
 const CF_LOG: &str = "raft_log";
@@ -40,6 +40,10 @@ const KEY_SECRETS: &[u8] = b"cluster_secrets";
 const KEY_MEMBER_PREFIX: &[u8] = b"member/";
 const KEY_ZONE_TOKEN_PREFIX: &[u8] = b"zone_token/";
 const KEY_JOIN_TOKEN_PREFIX: &[u8] = b"join_token/";
+/// Dataplane and ingress tokens issued, by id.
+const KEY_PROXY_TOKEN_PREFIX: &[u8] = b"proxy_token/";
+/// The revoked ones again, so what KDS sends every zone is read without a scan of all.
+const KEY_REVOKED_PROXY_TOKEN_PREFIX: &[u8] = b"revoked_proxy_token/";
 const KEY_ZONE_STATUS_PREFIX: &[u8] = b"zone_status/";
 const KEY_MESH_CA_PREFIX: &[u8] = b"mesh_ca/";
 const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
@@ -577,6 +581,7 @@ impl Store {
             batch: WriteBatch::default(),
             overlay: HashMap::new(),
             join_tokens: HashMap::new(),
+            meta_overlay: HashMap::new(),
             applied: None,
             conf_state: None,
             changed: false,
@@ -756,6 +761,20 @@ impl Store {
             &prefixed(KEY_ZONE_TOKEN_PREFIX, &format!("{zone}\0{id}")),
             "zone token",
         )
+    }
+
+    /// Every dataplane and ingress token issued (their claims, never the tokens).
+    pub fn proxy_tokens(&self) -> Result<Vec<ProxyTokenRecord>, StoreError> {
+        self.meta_prefix(KEY_PROXY_TOKEN_PREFIX, "proxy token")
+    }
+
+    /// The revoked dataplane and ingress tokens that have not expired yet (an expired
+    /// token is refused anyway): what every zone must refuse.
+    pub fn revoked_proxy_tokens(&self, now_unix: i64) -> Result<Vec<ProxyTokenRecord>, StoreError> {
+        let mut all: Vec<ProxyTokenRecord> =
+            self.meta_prefix(KEY_REVOKED_PROXY_TOKEN_PREFIX, "revoked proxy token")?;
+        all.retain(|t| t.expires_unix > now_unix);
+        Ok(all)
     }
 
     /// The join tokens issued for node `node`, oldest first.
@@ -959,6 +978,9 @@ pub struct ApplyBatch<'a> {
     overlay: HashMap<Vec<u8>, Option<Resource>>,
     /// Join tokens written in this batch (a token used twice in one batch is used once).
     join_tokens: HashMap<String, JoinTokenRecord>,
+    /// Meta records written in this batch, so a later entry of the batch reads them (a
+    /// token issued and used, or used twice, in one batch).
+    meta_overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
     applied: Option<u64>,
     conf_state: Option<ConfState>,
     /// Whether a resource changed (so KDS sessions should look).
@@ -1117,6 +1139,44 @@ impl ApplyBatch<'_> {
                 );
                 Ok(WriteOutcome::Done)
             }
+            Command::UseZoneToken {
+                zone,
+                id,
+                sha256,
+                key_sha256,
+            } => {
+                let key = prefixed(KEY_ZONE_TOKEN_PREFIX, &format!("{zone}\0{id}"));
+                let known: Option<ZoneTokenRecord> = self.get_meta(&key, "zone token")?;
+                let Some(mut t) = known.filter(|t| t.sha256 == sha256) else {
+                    return Ok(Err(ApplyError::Token(format!(
+                        "the token {id} of zone {zone:?} was revoked (or never issued here); \
+                         create a new one with `causeway zone token create --zone {zone}`"
+                    ))));
+                };
+                match &t.enrolled_key_sha256 {
+                    // The same key again: the zone retries after losing the answer.
+                    Some(k) if *k == key_sha256 => return Ok(Ok(WriteOutcome::Done)),
+                    Some(_) => {
+                        return Ok(Err(ApplyError::Token(format!(
+                            "the token {id} of zone {zone:?} was already used to enroll (zone \
+                             tokens are single use); create a new one with `causeway zone token \
+                             create --zone {zone}`"
+                        ))));
+                    }
+                    None => {}
+                }
+                if now.unix_timestamp() >= t.expires_unix {
+                    return Ok(Err(ApplyError::Token(format!(
+                        "the token {id} of zone {zone:?} expired at {} (Unix seconds); create \
+                         a new one with `causeway zone token create --zone {zone}`",
+                        t.expires_unix
+                    ))));
+                }
+                t.enrolled_key_sha256 = Some(key_sha256);
+                t.enrolled_unix = Some(now.unix_timestamp());
+                self.put_meta(key, &t);
+                Ok(WriteOutcome::Done)
+            }
             Command::AddJoinToken(t) => {
                 self.retire_join_tokens(t.node, None)?;
                 self.put_meta(prefixed(KEY_JOIN_TOKEN_PREFIX, &t.sha256), &t);
@@ -1133,18 +1193,18 @@ impl ApplyBatch<'_> {
                     None => self.store.join_token(&sha256)?,
                 };
                 let Some(mut t) = known else {
-                    return Ok(Err(ApplyError::JoinToken(
+                    return Ok(Err(ApplyError::Token(
                         "unknown join token (not issued by this cluster, or altered)".into(),
                     )));
                 };
                 if t.used {
-                    return Ok(Err(ApplyError::JoinToken(format!(
+                    return Ok(Err(ApplyError::Token(format!(
                         "the join token was already used (tokens are single use); issue a new one with `causeway cluster join-token --id {}`",
                         t.node
                     ))));
                 }
                 if now.unix_timestamp() >= t.expires_unix {
-                    return Ok(Err(ApplyError::JoinToken(format!(
+                    return Ok(Err(ApplyError::Token(format!(
                         "the join token expired at {} (Unix seconds); issue a new one with `causeway cluster join-token --id {}`",
                         t.expires_unix, t.node
                     ))));
@@ -1154,6 +1214,45 @@ impl ApplyBatch<'_> {
                 let node = t.node;
                 self.join_tokens.insert(sha256.clone(), t);
                 self.retire_join_tokens(node, Some(&sha256))?;
+                Ok(WriteOutcome::Done)
+            }
+            Command::AddProxyToken(t) => {
+                self.put_meta(prefixed(KEY_PROXY_TOKEN_PREFIX, &t.id), &t);
+                Ok(WriteOutcome::Done)
+            }
+            Command::RevokeProxyTokens { ids } => {
+                let mut found = false;
+                for id in ids {
+                    let key = prefixed(KEY_PROXY_TOKEN_PREFIX, &id);
+                    let Some(mut t) = self.get_meta::<ProxyTokenRecord>(&key, "proxy token")?
+                    else {
+                        continue;
+                    };
+                    found = true;
+                    if t.revoked_unix.is_none() {
+                        t.revoked_unix = Some(now.unix_timestamp());
+                        self.put_meta(key, &t);
+                        self.put_meta(prefixed(KEY_REVOKED_PROXY_TOKEN_PREFIX, &id), &t);
+                    }
+                }
+                if !found {
+                    return Ok(Err(ApplyError::NotFound));
+                }
+                // An expired token needs no revocation any more: the list zones get stays
+                // as short as the tokens still alive.
+                let expired: Vec<String> = self
+                    .store
+                    .meta_prefix::<ProxyTokenRecord>(
+                        KEY_REVOKED_PROXY_TOKEN_PREFIX,
+                        "revoked proxy token",
+                    )?
+                    .into_iter()
+                    .filter(|t| t.expires_unix <= now.unix_timestamp())
+                    .map(|t| t.id)
+                    .collect();
+                for id in expired {
+                    self.delete_meta(prefixed(KEY_REVOKED_PROXY_TOKEN_PREFIX, &id));
+                }
                 Ok(WriteOutcome::Done)
             }
             Command::RevokeZoneTokens { zone, id } => {
@@ -1178,10 +1277,7 @@ impl ApplyBatch<'_> {
                     .filter(|t| !ids.contains(&t.id))
                     .count();
                 for id in ids {
-                    self.batch.delete_cf(
-                        self.store.cf(CF_META),
-                        prefixed(KEY_ZONE_TOKEN_PREFIX, &format!("{zone}\0{id}")),
-                    );
+                    self.delete_meta(prefixed(KEY_ZONE_TOKEN_PREFIX, &format!("{zone}\0{id}")));
                 }
                 // A zone left without a token is out: what it reported (its ingresses,
                 // dataplanes, drill reports, zone-origin policies) leaves every other zone.
@@ -1335,11 +1431,29 @@ impl ApplyBatch<'_> {
     }
 
     fn put_meta<T: serde::Serialize>(&mut self, key: Vec<u8>, value: &T) {
-        self.batch.put_cf(
-            self.store.cf(CF_META),
-            key,
-            serde_json::to_vec(value).expect("encodes"),
-        );
+        let bytes = serde_json::to_vec(value).expect("encodes");
+        self.batch.put_cf(self.store.cf(CF_META), &key, &bytes);
+        self.meta_overlay.insert(key, Some(bytes));
+    }
+
+    fn delete_meta(&mut self, key: Vec<u8>) {
+        self.batch.delete_cf(self.store.cf(CF_META), &key);
+        self.meta_overlay.insert(key, None);
+    }
+
+    /// A meta record as this batch sees it: its own writes first, then the store.
+    fn get_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        match self.meta_overlay.get(key) {
+            Some(Some(b)) => Ok(Some(
+                serde_json::from_slice(b).map_err(|e| corrupt(what, e))?,
+            )),
+            Some(None) => Ok(None),
+            None => self.store.meta_get(key, what),
+        }
     }
 
     pub fn put_member(&mut self, m: &Member) {

@@ -360,14 +360,28 @@ pub struct Csr {
 
 /// Generates a P-256 key and a CSR with `common_name` as its subject.
 pub fn generate_csr(common_name: &str) -> Result<Csr, TlsError> {
-    let key = KeyPair::generate()?;
+    csr_for_key(common_name, &KeyPair::generate()?.serialize_pem())
+}
+
+/// A CSR with `common_name` as its subject for an existing key (PEM): a request retried
+/// after a lost answer carries the same key.
+pub fn csr_for_key(common_name: &str, key_pem: &str) -> Result<Csr, TlsError> {
+    let key = KeyPair::from_pem(key_pem)?;
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, common_name);
     let csr = p.serialize_request(&key)?;
     Ok(Csr {
         csr_pem: csr.pem()?,
-        key_pem: key.serialize_pem(),
+        key_pem: key_pem.to_string(),
     })
+}
+
+/// SHA-256 (hex) of the public key a CSR carries, once its signature is verified (so
+/// the sender holds the key): a retried request with the same key is recognisable.
+pub fn csr_public_key_sha256(csr_pem: &str) -> Result<String, TlsError> {
+    use rcgen::PublicKeyData as _;
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+    Ok(sha256_hex(csr.public_key.der_bytes()))
 }
 
 /// What a certificate signed from a CSR is for. The signer decides subject and names;
@@ -554,6 +568,17 @@ mod tests {
             let der = certs(&ck.cert_pem, "other").unwrap().remove(0);
             assert_eq!(raft_node_id(&der), None, "{names:?}");
         }
+    }
+
+    #[test]
+    fn a_csr_is_known_again_by_its_key() {
+        let first = generate_csr("zone-a").unwrap();
+        let again = csr_for_key("zone-a", &first.key_pem).unwrap();
+        let other = generate_csr("zone-a").unwrap();
+        let key = |c: &Csr| csr_public_key_sha256(&c.csr_pem).unwrap();
+        assert_eq!(key(&first), key(&again));
+        assert_ne!(key(&first), key(&other));
+        assert!(csr_public_key_sha256("not a csr").is_err());
     }
 
     #[test]

@@ -644,12 +644,21 @@ pub async fn apply(
         Kind::Object { .. } | Kind::Generic => apply_object(client, def, prior, planned).await,
         Kind::DataplaneToken | Kind::IngressToken => {
             if planned.is_null() {
-                // Neither kind of token can be revoked one by one; it expires.
+                revoke_token(client, def, prior)
+                    .await
+                    .map_err(|d| (prior.clone(), d))?;
                 return Ok(Value::Null);
             }
-            issue_token(client, def, planned)
+            let state = issue_token(client, def, planned)
                 .await
-                .map_err(|d| (prior.clone(), d))
+                .map_err(|d| (prior.clone(), d))?;
+            // The token it replaces stops working: every zone refuses it from now on.
+            if !prior.is_null() {
+                revoke_token(client, def, prior)
+                    .await
+                    .map_err(|d| (state.clone(), d))?;
+            }
+            Ok(state)
         }
     }
 }
@@ -850,6 +859,29 @@ async fn issue_token(client: &Client, def: &ResourceDef, planned: &Value) -> Res
     Ok(state)
 }
 
+/// Where a dataplane or ingress token of this resource is revoked.
+fn token_path(def: &ResourceDef, state: &Value) -> Option<String> {
+    let id = state.get("id").as_str()?;
+    Some(match def.kind {
+        Kind::DataplaneToken => {
+            format!("/meshes/{}/dataplane-tokens/{id}", str_attr(state, "mesh"))
+        }
+        _ => format!("/zones/{}/ingress-tokens/{id}", str_attr(state, "zone")),
+    })
+}
+
+/// Revokes the token a resource holds; one already revoked or expired is fine.
+async fn revoke_token(client: &Client, def: &ResourceDef, state: &Value) -> Result<(), Diags> {
+    let Some(path) = token_path(def, state) else {
+        return Ok(());
+    };
+    match client.call(Method::DELETE, &path, None, None).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Ok(()),
+        Err(e) => Err(call_diags(&e, "revoking the token", None, &[])),
+    }
+}
+
 /// Copies fields of an issued token (`{id, expiresAt, token}`) into attributes.
 fn copy_issued(state: &mut Value, issued: &Json, fields: &[(&str, &str)]) {
     for (api, attr) in fields {
@@ -865,7 +897,35 @@ fn copy_issued(state: &mut Value, issued: &Json, fields: &[(&str, &str)]) {
 /// Refreshes a resource: null when it no longer exists.
 pub async fn read(client: &Client, def: &ResourceDef, prior: &Value) -> Result<Value, Diags> {
     match &def.kind {
-        Kind::DataplaneToken | Kind::IngressToken => Ok(prior.clone()),
+        Kind::DataplaneToken | Kind::IngressToken => {
+            // A token revoked (or expired) outside Terraform is issued again by the next
+            // apply. One the cluster has no record of (issued before tokens were
+            // recorded) is kept: it cannot be revoked, so it is not known to be dead.
+            let Some(path) = token_path(def, prior) else {
+                return Ok(prior.clone());
+            };
+            let list = path
+                .rsplit_once('/')
+                .map(|(l, _)| format!("{l}?expired=true"))
+                .unwrap_or_default();
+            let items = client
+                .get(&list)
+                .await
+                .map_err(|e| call_diags(&e, "reading the token", None, &[]))?
+                .unwrap_or(Json::Null);
+            let id = prior.get("id").as_str().unwrap_or_default();
+            let dead = items
+                .get("items")
+                .and_then(Json::as_array)
+                .into_iter()
+                .flatten()
+                .find(|t| t.get("id").and_then(Json::as_str) == Some(id))
+                .is_some_and(|t| {
+                    t.get("revokedAt").is_some_and(|r| !r.is_null())
+                        || t.get("expired") == Some(&json!(true))
+                });
+            Ok(if dead { Value::Null } else { prior.clone() })
+        }
         Kind::Object { zone, .. } => {
             let (r, path) = build(def, prior)?;
             let what = describe(&r.kind, r.mesh.as_deref().unwrap_or(""), &r.name);

@@ -88,6 +88,11 @@ impl MeshFixture {
 
     /// A dataplane token for `service`, written to a file.
     pub async fn token(&self, service: &str) -> anyhow::Result<PathBuf> {
+        Ok(self.token_with_id(service).await?.0)
+    }
+
+    /// A dataplane token for `service`, written to a file, and its id.
+    pub async fn token_with_id(&self, service: &str) -> anyhow::Result<(PathBuf, String)> {
         let (s, v) = self
             .c
             .call_retry(
@@ -101,7 +106,39 @@ impl MeshFixture {
             .dir
             .join(format!("{service}-{}.token", free_addr().port()));
         std::fs::write(&path, v["token"].as_str().context("token")?)?;
-        Ok(path)
+        Ok((path, v["id"].as_str().context("id")?.to_string()))
+    }
+
+    /// A TLS channel to the zone's DDS, as a sidecar opens it.
+    pub async fn dds_channel(&self) -> anyhow::Result<tonic::transport::Channel> {
+        let ca_pem = std::fs::read_to_string(self.zone.dir.join("api-ca.pem"))?;
+        Ok(
+            tonic::transport::Endpoint::from_shared(format!("https://{}", self.dds))?
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
+                )?
+                .connect()
+                .await?,
+        )
+    }
+
+    /// Asks the zone for a workload certificate with `token`, as a sidecar renews.
+    pub async fn sign_with(
+        &self,
+        token: &str,
+    ) -> anyhow::Result<Result<causeway_api::kds::dds::SignResponse, tonic::Status>> {
+        let csr = causeway_pki::generate_csr("any")?;
+        let mut client =
+            causeway_api::kds::dds::dds_client::DdsClient::new(self.dds_channel().await?);
+        Ok(client
+            .sign(causeway_api::kds::dds::SignRequest {
+                token: token.to_string(),
+                csr_pem: csr.csr_pem,
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner))
     }
 
     /// Starts `causeway demo-app` as instance `name` of `service` on `listen` (a TCP
@@ -175,15 +212,7 @@ impl MeshFixture {
     ) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
         let token = std::fs::read_to_string(self.token(service).await?)?;
         let csr = causeway_pki::generate_csr(service)?;
-        let ca_pem = std::fs::read_to_string(self.zone.dir.join("api-ca.pem"))?;
-        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", self.dds))?
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
-            )?
-            .connect()
-            .await?;
-        let signed = causeway_api::kds::dds::dds_client::DdsClient::new(ch)
+        let signed = causeway_api::kds::dds::dds_client::DdsClient::new(self.dds_channel().await?)
             .sign(causeway_api::kds::dds::SignRequest {
                 token,
                 csr_pem: csr.csr_pem,
@@ -217,16 +246,21 @@ impl MeshFixture {
     ) -> anyhow::Result<
         Result<tonic::Streaming<causeway_api::kds::dds::ControlMessage>, tonic::Status>,
     > {
-        use causeway_api::kds::dds::{ProxyHello, ProxyMessage, proxy_message};
         let token = std::fs::read_to_string(self.token(service).await?)?;
-        let ca_pem = std::fs::read_to_string(self.zone.dir.join("api-ca.pem"))?;
-        let ch = tonic::transport::Endpoint::from_shared(format!("https://{}", self.dds))?
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
-            )?
-            .connect()
-            .await?;
+        self.register_with(&token, dataplane).await
+    }
+
+    /// [`Self::register_as`] with a given token.
+    pub async fn register_with(
+        &self,
+        token: &str,
+        dataplane: &Value,
+    ) -> anyhow::Result<
+        Result<tonic::Streaming<causeway_api::kds::dds::ControlMessage>, tonic::Status>,
+    > {
+        use causeway_api::kds::dds::{ProxyHello, ProxyMessage, proxy_message};
+        let token = token.to_string();
+        let ch = self.dds_channel().await?;
         let hello = ProxyMessage {
             msg: Some(proxy_message::Msg::Hello(ProxyHello {
                 token,

@@ -2002,6 +2002,160 @@ async fn a_dataplane_name_belongs_to_its_service_and_its_live_sidecar() -> anyho
     Ok(())
 }
 
+/// Dataplane and ingress tokens can be listed and revoked. Once revoked (through global,
+/// sent to the zone over KDS), a token registers nothing, gets no certificate, and the
+/// stream it opened is ended; a new token of the same service works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_registers_nothing_and_gets_no_certificate() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let (file, id) = fx.token_with_id("backend").await?;
+    let token = std::fs::read_to_string(file)?;
+    let dp = |name: &str| {
+        dataplane(
+            name,
+            "backend",
+            free_addr().port(),
+            free_addr().port(),
+            "http",
+            &[],
+        )
+    };
+    let mut live = fx
+        .register_with(&token, &dp("backend-1"))
+        .await?
+        .map_err(|s| anyhow::anyhow!("registering: {s:?}"))?;
+    anyhow::ensure!(fx.sign_with(&token).await?.is_ok(), "a certificate before");
+
+    let (s, v) =
+        fx.c.call_retry(
+            Method::GET,
+            "/meshes/default/dataplane-tokens?service=backend",
+            None,
+        )
+        .await?;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let listed = v["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|t| t["id"] == id.as_str()))
+        .cloned()
+        .with_context(|| format!("token {id} listed: {v}"))?;
+    assert_eq!(listed["service"], "backend", "{listed}");
+    assert!(listed["revokedAt"].is_null(), "{listed}");
+    assert!(
+        !v.to_string().contains(token.trim()),
+        "the token itself is never listed"
+    );
+
+    let (s, v) =
+        fx.c.call_retry(
+            Method::DELETE,
+            &format!("/meshes/default/dataplane-tokens/{id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["revoked"], json!([id]), "{v}");
+
+    // The live stream ends with the reason.
+    let ended = tokio::time::timeout(WAIT, async {
+        loop {
+            match live.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .context("the revoked token's stream still open")?;
+    let status = ended.err().context("the stream ended without a status")?;
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("revoked"), "{status:?}");
+    // No new registration, no certificate.
+    let refused = fx
+        .register_with(&token, &dp("backend-2"))
+        .await?
+        .err()
+        .context("a revoked token registered")?;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let refused = fx
+        .sign_with(&token)
+        .await?
+        .err()
+        .context("a revoked token got a certificate")?;
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    // Another token of the same service is unaffected.
+    let stream = fx
+        .register_as("backend", &dp("backend-3"))
+        .await?
+        .map_err(|s| anyhow::anyhow!("a fresh token refused: {s:?}"))?;
+    drop(stream);
+    let (_, v) =
+        fx.c.call_retry(
+            Method::GET,
+            "/meshes/default/dataplane-tokens?service=backend",
+            None,
+        )
+        .await?;
+    let revoked: Vec<&Value> = v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["revokedAt"].is_string())
+        .collect();
+    assert_eq!(revoked.len(), 1, "{v}");
+    assert_eq!(revoked[0]["id"], id.as_str(), "{v}");
+
+    // An ingress token: refused once revoked.
+    let (s, v) =
+        fx.c.call_retry(
+            Method::POST,
+            "/zones/zone-a/ingress-token",
+            Some(&json!({})),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let ingress_token = v["token"].as_str().context("token")?.to_string();
+    let ingress_id = v["id"].as_str().context("id")?.to_string();
+    let (s, v) =
+        fx.c.call_retry(Method::GET, "/zones/zone-a/ingress-tokens", None)
+            .await?;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["items"][0]["id"], ingress_id.as_str(), "{v}");
+    let ingress = json!({"type": "ZoneIngress", "mesh": "default", "name": "zone-a-ingress",
+        "spec": {"zone": "zone-a", "address": "127.0.0.1", "port": free_addr().port()}});
+    let open_ingress = || async {
+        use causeway_api::kds::dds::{ProxyHello, ProxyMessage, proxy_message};
+        let hello = ProxyMessage {
+            msg: Some(proxy_message::Msg::Hello(ProxyHello {
+                token: ingress_token.clone(),
+                ingress_json: serde_json::to_vec(&ingress)?,
+                ..Default::default()
+            })),
+        };
+        let mut client =
+            causeway_api::kds::dds::dds_client::DdsClient::new(fx.dds_channel().await?);
+        let answer = match client.ingress_stream(futures::stream::iter([hello])).await {
+            Ok(r) => r.into_inner().message().await.map(|_| ()),
+            Err(status) => Err(status),
+        };
+        anyhow::Ok(answer)
+    };
+    open_ingress()
+        .await?
+        .map_err(|s| anyhow::anyhow!("the ingress token refused before: {s:?}"))?;
+    let (s, v) =
+        fx.c.call_retry(Method::DELETE, "/zones/zone-a/ingress-tokens", None)
+            .await?;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let refused = eventually("the ingress token refused", WAIT, || async {
+        open_ingress().await.ok()?.err()
+    })
+    .await?;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    Ok(())
+}
+
 /// A Strict mesh where web called backend once through both sidecars: the fixture,
 /// the processes, and web's sidecar's admin address.
 async fn called_mesh() -> anyhow::Result<(MeshFixture, Vec<Proc>, SocketAddr)> {

@@ -792,6 +792,19 @@ resource "causeway_dataplane_token" "short" {
     assert!(get(&cluster, "/zones/east").await?.is_none());
     assert!(get(&cluster, TIMEOUT).await?.is_none());
     assert!(zone_token_ids(&cluster).await?.is_empty());
+    // The dataplane and ingress tokens it issued are revoked, so no zone takes them.
+    for list in [
+        "/meshes/tf/dataplane-tokens?expired=true",
+        "/zones/east/ingress-tokens?expired=true",
+    ] {
+        let v = get(&cluster, list).await?.context("token list")?;
+        let items = v["items"].as_array().context("items")?;
+        assert!(!items.is_empty(), "{list}: {v}");
+        assert!(
+            items.iter().all(|t| t["revokedAt"].is_string()),
+            "{list}: {v}"
+        );
+    }
     let meshes = get(&cluster, "/meshes").await?.context("meshes")?;
     assert_eq!(meshes["items"], json!([]), "{meshes}");
     Ok(())

@@ -512,6 +512,52 @@ async fn zones_follow_a_new_leader_and_revoked_zones_are_refused() -> anyhow::Re
     Ok(())
 }
 
+/// A zone token enrolls one zone, once: a copy of it, presented by another process with
+/// its own key after the zone enrolled, is refused, and the zone it enrolled carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_zone_token_enrolls_nobody_else() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    mesh(&c).await?;
+    let a = ZoneCp::new(&c, "zone-a", c.kds_urls_from(0), &[]).await?;
+    a.start()?;
+    eventually("zone-a connected", SYNC, || async {
+        let st = a.status().await.ok()?;
+        (st["connected"] == true).then_some(())
+    })
+    .await
+    .with_context(|| a.logs())?;
+    let (s, v) = c
+        .call_retry(Method::GET, "/zones/zone-a/tokens", None)
+        .await?;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["items"][0]["enrolledAt"].is_string(), "{v}");
+
+    // Someone copied the token file: a second zone-a (its own data dir, so its own key)
+    // tries to enroll with it.
+    let mut thief = ZoneCp::new(&c, "zone-a", c.kds_urls_from(0), &[]).await?;
+    thief.token_file = a.token_file.clone();
+    thief.start()?;
+    eventually("the refusal in the copy's log", SYNC, || async {
+        let log = std::fs::read_to_string(thief.log_path()).ok()?;
+        (log.contains("enrollment refused") && log.contains("already used")).then_some(())
+    })
+    .await
+    .with_context(|| thief.logs())?;
+    if let Ok(st) = thief.status().await {
+        assert_ne!(st["connected"], true, "the copy has no KDS session: {st}");
+    }
+    // The zone that enrolled is unaffected: it still gets new policy.
+    put(
+        &c,
+        "/meshes/default/meshtimeouts/after-copy",
+        &timeout_policy("after-copy", "1s"),
+    )
+    .await?;
+    a.wait_for("/meshes/default/meshtimeouts/after-copy", true, SYNC)
+        .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_full_sync_arrives_in_chunks() -> anyhow::Result<()> {
     let c = cluster().await?;

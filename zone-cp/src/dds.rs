@@ -90,10 +90,16 @@ impl DdsService {
                     "this zone has not received the dataplane token key from global yet; retry",
                 )
             })?;
-        dataplane_token::verify(&key, token, now_unix()).map_err(|e| {
+        let claims = dataplane_token::verify(&key, token, now_unix()).map_err(|e| {
             tracing::warn!(reason = %e, "refused a dataplane token");
             Status::unauthenticated(e.to_string())
-        })
+        })?;
+        self.not_revoked("dataplane", &claims.id)?;
+        Ok(claims)
+    }
+
+    fn not_revoked(&self, kind: &str, id: &str) -> Result<(), Status> {
+        not_revoked(&self.shared, kind, id)
     }
 
     fn verify_ingress(&self, token: &str) -> Result<IngressTokenClaims, Status> {
@@ -111,6 +117,7 @@ impl DdsService {
             tracing::warn!(reason = %e, "refused an ingress token");
             Status::unauthenticated(e.to_string())
         })?;
+        self.not_revoked("ingress", &claims.id)?;
         if claims.zone != self.shared.cfg.zone {
             tracing::warn!(token_zone = %claims.zone, "refused an ingress token of another zone");
             return Err(Status::permission_denied(format!(
@@ -120,6 +127,22 @@ impl DdsService {
         }
         Ok(claims)
     }
+}
+
+/// Refuses a token that global revoked (sent over KDS): at registration, at certificate
+/// signing, and on a live stream at the next state change (a revocation is one).
+fn not_revoked(shared: &Shared, kind: &str, id: &str) -> Result<(), Status> {
+    let revoked = shared
+        .store
+        .revoked_tokens()
+        .map_err(|e| Status::internal(e.to_string()))?;
+    if revoked.iter().any(|(r, _)| r == id) {
+        tracing::warn!(kind, token_id = %id, "refused a revoked token");
+        return Err(Status::permission_denied(format!(
+            "the {kind} token {id} was revoked; ask for a new one"
+        )));
+    }
+    Ok(())
 }
 
 /// The mesh's resources as this zone holds them, cached per state version.
@@ -383,7 +406,7 @@ impl Dds for DdsService {
         let (tx, rx) = mpsc::channel(4);
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let end = serve_proxy(&shared, &key, stream_id, inbound, &tx).await;
+            let end = serve_proxy(&shared, &key, stream_id, &claims.id, inbound, &tx).await;
             if let Err(st) = end {
                 let _ = tx.send(Err(st)).await;
             }
@@ -433,7 +456,7 @@ impl Dds for DdsService {
         let (tx, rx) = mpsc::channel(4);
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let end = serve_ingress(&shared, &key, stream_id, inbound, &tx).await;
+            let end = serve_ingress(&shared, &key, stream_id, &claims.id, inbound, &tx).await;
             if let Err(st) = end {
                 let _ = tx.send(Err(st)).await;
             }
@@ -513,12 +536,14 @@ async fn serve_ingress(
     shared: &Arc<Shared>,
     key: &ResourceKey,
     stream_id: u64,
+    token_id: &str,
     mut inbound: Streaming<ProxyMessage>,
     tx: &mpsc::Sender<Result<ControlMessage, Status>>,
 ) -> Result<(), Status> {
     let mut changes = shared.state.subscribe();
     let mut sent: Option<String> = None;
     loop {
+        not_revoked(shared, "ingress", token_id)?;
         changes.borrow_and_update();
         let current = shared
             .store
@@ -669,12 +694,14 @@ async fn serve_proxy(
     shared: &Arc<Shared>,
     key: &ResourceKey,
     stream_id: u64,
+    token_id: &str,
     mut inbound: Streaming<ProxyMessage>,
     tx: &mpsc::Sender<Result<ControlMessage, Status>>,
 ) -> Result<(), Status> {
     let mut changes = shared.state.subscribe();
     let mut sent: Option<String> = None;
     loop {
+        not_revoked(shared, "dataplane", token_id)?;
         changes.borrow_and_update();
         let dp = shared
             .store

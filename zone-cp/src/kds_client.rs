@@ -126,7 +126,15 @@ async fn identity(shared: &Shared, addr: &str) -> anyhow::Result<Identity> {
         claims.zone,
         shared.cfg.zone
     );
-    let csr = causeway_pki::generate_csr(&shared.cfg.zone)?;
+    // The token is single use: a retry after a lost answer must present the same key.
+    let csr = match shared.store.enrollment_key()? {
+        Some(key_pem) => causeway_pki::csr_for_key(&shared.cfg.zone, &key_pem)?,
+        None => {
+            let csr = causeway_pki::generate_csr(&shared.cfg.zone)?;
+            shared.store.set_enrollment_key(&csr.key_pem)?;
+            csr
+        }
+    };
     let ch = channel(shared, addr, &claims.ca, None).await?;
     let resp = client(ch)
         .enroll(EnrollRequest {
@@ -285,6 +293,20 @@ impl Stream {
                     != Some(t.dataplane_token_public_key.as_str())
                 {
                     store.set_dataplane_token_public_key(&t.dataplane_token_public_key)?;
+                }
+                let tokens: Vec<(String, i64)> = t
+                    .revoked_tokens
+                    .into_iter()
+                    .map(|r| (r.id, r.expires_unix))
+                    .collect();
+                if store.revoked_tokens()? != tokens {
+                    store.set_revoked_tokens(&tokens)?;
+                    tracing::info!(
+                        revoked = tokens.len(),
+                        "revoked dataplane and ingress tokens updated"
+                    );
+                    // Streams of proxies with a revoked token end at the next state change.
+                    self.shared.state.send_modify(|v| *v += 1);
                 }
                 let revoked: Vec<(String, String)> = t
                     .revoked_cas

@@ -20,9 +20,14 @@ const CF_META: &str = "meta";
 const KEY_REVISION: &[u8] = b"revision";
 const KEY_LOCAL_SEQ: &[u8] = b"local_seq";
 const KEY_IDENTITY: &[u8] = b"identity";
+/// The key a zone enrolls with, kept from before its first attempt until it has an
+/// identity: its zone token is single use, and only a retry with the same key gets a
+/// certificate after an answer lost on the way.
+const KEY_ENROLLMENT_KEY: &[u8] = b"enrollment-key";
 const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
 const KEY_TRUST: &[u8] = b"trust";
 const KEY_REVOKED_CAS: &[u8] = b"revoked_cas";
+const KEY_REVOKED_TOKENS: &[u8] = b"revoked_tokens";
 /// Dataplanes registered by a sidecar's DDS stream (removed when it goes away).
 const KEY_LIVE_PREFIX: &[u8] = b"dds_registered/";
 
@@ -431,15 +436,38 @@ impl Store {
         Ok(Some(id))
     }
 
+    /// Stores the zone's identity (synced), and drops the enrollment key it was made with.
     pub fn set_identity(&self, id: &Identity) -> Result<(), StoreError> {
         let sealed = Identity {
             key_pem: self.sealer.seal(&id.key_pem),
             ..id.clone()
         };
-        self.db.put_cf_opt(
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(
             self.cf(CF_META),
             KEY_IDENTITY,
             serde_json::to_vec(&sealed).expect("encodes"),
+        );
+        batch.delete_cf(self.cf(CF_META), KEY_ENROLLMENT_KEY);
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
+    }
+
+    /// The private key (PEM) this zone enrolls with, once stored.
+    pub fn enrollment_key(&self) -> Result<Option<String>, StoreError> {
+        match self.meta_json::<String>(KEY_ENROLLMENT_KEY, "enrollment key")? {
+            Some(sealed) => Ok(Some(self.open_key("enrollment key", sealed)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores (sealed, synced) the key to enroll with before the first attempt, so every
+    /// attempt until one succeeds uses the same key.
+    pub fn set_enrollment_key(&self, key_pem: &str) -> Result<(), StoreError> {
+        self.db.put_cf_opt(
+            self.cf(CF_META),
+            KEY_ENROLLMENT_KEY,
+            serde_json::to_vec(&self.sealer.seal(key_pem)).expect("encodes"),
             &synced(),
         )?;
         Ok(())
@@ -494,6 +522,24 @@ impl Store {
             self.cf(CF_META),
             KEY_REVOKED_CAS,
             serde_json::to_vec(cas).expect("encodes"),
+            &synced(),
+        )?;
+        Ok(())
+    }
+
+    /// Revoked dataplane and ingress tokens as (id, expiry in Unix seconds), as global
+    /// last sent them.
+    pub fn revoked_tokens(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(self
+            .meta_json(KEY_REVOKED_TOKENS, "revoked tokens")?
+            .unwrap_or_default())
+    }
+
+    pub fn set_revoked_tokens(&self, tokens: &[(String, i64)]) -> Result<(), StoreError> {
+        self.db.put_cf_opt(
+            self.cf(CF_META),
+            KEY_REVOKED_TOKENS,
+            serde_json::to_vec(tokens).expect("encodes"),
             &synced(),
         )?;
         Ok(())
@@ -588,6 +634,10 @@ mod tests {
         type Write<'a> = Box<dyn Fn(&Store) + 'a>;
         let writes: Vec<(&str, Write<'_>)> = vec![
             (
+                "enrollment key",
+                Box::new(|s| s.set_enrollment_key("key").unwrap()),
+            ),
+            (
                 "identity",
                 Box::new(|s| {
                     s.set_identity(&Identity {
@@ -627,6 +677,10 @@ mod tests {
                 Box::new(move |s| s.set_stream_registered(&key, true).unwrap()),
             ),
             (
+                "revoked tokens",
+                Box::new(|s| s.set_revoked_tokens(&[("id".into(), 1)]).unwrap()),
+            ),
+            (
                 "forgotten CA",
                 Box::new(|s| s.delete_intermediate("m").unwrap()),
             ),
@@ -636,6 +690,28 @@ mod tests {
             write(&s);
             assert!(s.wal_syncs() > before, "{what} was not synced");
         }
+    }
+
+    /// Every enrollment attempt uses one key until the zone has an identity; the key then
+    /// goes (the identity holds its own).
+    #[test]
+    fn the_enrollment_key_lasts_until_the_zone_has_an_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), test_sealer()).unwrap();
+        assert_eq!(s.enrollment_key().unwrap(), None);
+        s.set_enrollment_key("the-key").unwrap();
+        drop(s);
+        let s = Store::open(dir.path(), test_sealer()).unwrap();
+        assert_eq!(s.enrollment_key().unwrap().as_deref(), Some("the-key"));
+        s.set_identity(&Identity {
+            cert_pem: "cert".into(),
+            key_pem: "the-key".into(),
+            global_ca_pem: "ca".into(),
+            not_before: 0,
+            not_after: 1,
+        })
+        .unwrap();
+        assert_eq!(s.enrollment_key().unwrap(), None);
     }
 
     #[test]

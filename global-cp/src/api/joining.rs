@@ -209,7 +209,7 @@ pub(super) async fn join(State(st): State<ApiState>, body: Bytes) -> ApiResult<J
         .propose(Command::UseJoinToken { sha256 })
         .await
         .map_err(|e| match e {
-            RaftError::Rejected(ApplyError::JoinToken(why)) => refused(why),
+            RaftError::Rejected(ApplyError::Token(why)) => refused(why),
             e => e.into(),
         })?;
     // Now a voter (a racing join of the same node may have made it one meanwhile).

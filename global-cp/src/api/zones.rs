@@ -1,5 +1,5 @@
 //! Zone endpoints: token issuance and revocation, zone status (attached to `GET /zones`)
-//! and config dumps over the zone's KDS stream; dataplane token issuance.
+//! and config dumps over the zone's KDS stream.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -18,18 +18,18 @@ use crate::zone_token::{self, ZoneTokenClaims};
 /// its data dir is lost; revoke it to cut the zone off.
 const DEFAULT_TOKEN_VALIDITY: &str = "8760h";
 
-fn check_zone_name(name: &str) -> ApiResult<()> {
+pub(super) fn check_zone_name(name: &str) -> ApiResult<()> {
     if let Some(e) = causeway_api::validate_name("name", name).into_iter().next() {
         return Err(ApiError::bad("name", e.reason));
     }
     Ok(())
 }
 
-fn now_unix() -> i64 {
+pub(super) fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-fn rfc3339(unix: i64) -> String {
+pub(super) fn rfc3339(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {
@@ -40,7 +40,7 @@ fn rfc3339(unix: i64) -> String {
 }
 
 /// A token's `validFor`: a Go-style duration of at least a minute, default a year.
-fn token_validity(valid_for: Option<&str>) -> ApiResult<causeway_api::Duration> {
+pub(super) fn token_validity(valid_for: Option<&str>) -> ApiResult<causeway_api::Duration> {
     let d: causeway_api::Duration = valid_for
         .unwrap_or(DEFAULT_TOKEN_VALIDITY)
         .parse()
@@ -51,24 +51,11 @@ fn token_validity(valid_for: Option<&str>) -> ApiResult<causeway_api::Duration> 
     Ok(d)
 }
 
-/// The key that signs dataplane and ingress tokens.
-fn token_signing_key(st: &ApiState) -> ApiResult<String> {
-    let secrets = &st.secrets;
-    if secrets.dataplane_token_key.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "",
-            "this cluster has no dataplane token key (formed by an older version)",
-        ));
-    }
-    Ok(secrets.dataplane_token_key.clone())
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct CreateToken {
     /// Go-style duration, e.g. `24h`.
-    valid_for: Option<String>,
+    pub(super) valid_for: Option<String>,
 }
 
 /// `POST /zones/{name}/token`: issues a token, shown once.
@@ -110,19 +97,28 @@ pub(super) async fn create_token(
             sha256: zone_token::hash(&token),
             created_unix: now,
             expires_unix: claims.exp,
+            enrolled_key_sha256: None,
+            enrolled_unix: None,
         }))
         .await?;
     tracing::info!(zone = %zone, token_id = %claims.id, "issued a zone token");
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "zone": zone,
-            "id": claims.id,
-            "expiresAt": rfc3339(claims.exp),
-            "token": token,
-        })),
-    )
-        .into_response())
+    Ok(token_issued(
+        json!({ "zone": zone }),
+        &claims.id,
+        claims.exp,
+        token,
+    ))
+}
+
+/// The 201 answer to any token issue: what the token is for (`scope`, an object), its
+/// id and expiry, and the token itself, shown this once.
+pub(super) fn token_issued(mut scope: Value, id: &str, exp: i64, token: String) -> Response {
+    if let Some(o) = scope.as_object_mut() {
+        o.insert("id".into(), id.into());
+        o.insert("expiresAt".into(), rfc3339(exp).into());
+        o.insert("token".into(), token.into());
+    }
+    (StatusCode::CREATED, Json(scope)).into_response()
 }
 
 /// `GET /zones/{name}/tokens`: the zone's tokens (ids and expiry, never the tokens).
@@ -142,6 +138,8 @@ pub(super) async fn list_tokens(
                 "createdAt": rfc3339(t.created_unix),
                 "expiresAt": rfc3339(t.expires_unix),
                 "expired": t.expires_unix <= now_unix(),
+                // Zone tokens are single use: once one enrolled its zone, it is spent.
+                "enrolledAt": t.enrolled_unix.map(rfc3339),
             })
         })
         .collect();
@@ -411,89 +409,6 @@ pub(super) fn json_bytes(status: StatusCode, json: Vec<u8>) -> Response {
         json,
     )
         .into_response()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub(super) struct CreateDataplaneToken {
-    service: String,
-    /// Go-style duration; default 8760h.
-    valid_for: Option<String>,
-}
-
-/// `POST /meshes/{mesh}/dataplane-token`: a token bound to the mesh and one service,
-/// with which a sidecar gets its workload certificate from its zone.
-pub(super) async fn create_dataplane_token(
-    State(st): State<ApiState>,
-    Path(mesh): Path<String>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let req: CreateDataplaneToken =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?;
-    causeway_api::check_service_name(&req.service).map_err(|e| ApiError::bad("service", e))?;
-    let valid_for = token_validity(req.valid_for.as_deref())?;
-    st.raft.read_barrier().await?;
-    require_mesh(&st, &mesh)?;
-    let signing_key = token_signing_key(&st)?;
-    let now = now_unix();
-    let claims = causeway_pki::dataplane_token::DataplaneTokenClaims {
-        mesh: mesh.clone(),
-        service: req.service.clone(),
-        id: hex::encode(rand::random::<[u8; 8]>()),
-        iat: now,
-        exp: now + valid_for.as_std().as_secs() as i64,
-    };
-    let token = causeway_pki::dataplane_token::create(&signing_key, &claims)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string()))?;
-    tracing::info!(mesh = %mesh, service = %req.service, token_id = %claims.id, "issued a dataplane token");
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "mesh": mesh,
-            "service": req.service,
-            "id": claims.id,
-            "expiresAt": rfc3339(claims.exp),
-            "token": token,
-        })),
-    )
-        .into_response())
-}
-
-/// `POST /zones/{name}/ingress-token`: a token with which a zone ingress registers in
-/// that zone. It grants no certificate: an ingress forwards TLS it cannot decrypt.
-pub(super) async fn create_ingress_token(
-    State(st): State<ApiState>,
-    Path(zone): Path<String>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    check_zone_name(&zone)?;
-    let req: CreateToken = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateToken::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?
-    };
-    let valid_for = token_validity(req.valid_for.as_deref())?;
-    let signing_key = token_signing_key(&st)?;
-    let now = now_unix();
-    let claims = causeway_pki::dataplane_token::IngressTokenClaims {
-        zone: zone.clone(),
-        id: hex::encode(rand::random::<[u8; 8]>()),
-        iat: now,
-        exp: now + valid_for.as_std().as_secs() as i64,
-    };
-    let token = causeway_pki::dataplane_token::create_ingress(&signing_key, &claims)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string()))?;
-    tracing::info!(zone = %zone, token_id = %claims.id, "issued an ingress token");
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "zone": zone,
-            "id": claims.id,
-            "expiresAt": rfc3339(claims.exp),
-            "token": token,
-        })),
-    )
-        .into_response())
 }
 
 /// `POST /zones/{name}/revoke-ca`: revokes every intermediate CA issued to the zone. Every

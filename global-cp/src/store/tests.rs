@@ -487,6 +487,8 @@ fn token(zone: &str, id: &str) -> Command {
         sha256: "00".into(),
         created_unix: 0,
         expires_unix: i64::MAX,
+        enrolled_key_sha256: None,
+        enrolled_unix: None,
     })
 }
 
@@ -672,6 +674,98 @@ fn cluster_secrets_are_stored_as_hashes_and_sealed_keys() {
 }
 
 #[test]
+fn a_zone_token_enrolls_one_key_once_before_it_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    s.bootstrap(vec![1]).unwrap();
+    let at = |secs: i64| time::OffsetDateTime::from_unix_timestamp(secs).unwrap();
+    let add = |id: &str| {
+        Command::AddZoneToken(crate::command::ZoneTokenRecord {
+            zone: "zone-a".into(),
+            id: id.into(),
+            sha256: format!("sha-{id}"),
+            created_unix: 100,
+            expires_unix: 200,
+            enrolled_key_sha256: None,
+            enrolled_unix: None,
+        })
+    };
+    let enroll = |id: &str, sha: &str, key: &str| Command::UseZoneToken {
+        zone: "zone-a".into(),
+        id: id.into(),
+        sha256: sha.into(),
+        key_sha256: key.into(),
+    };
+    let refused = |r: Result<WriteOutcome, ApplyError>| match r {
+        Err(ApplyError::Token(why)) => why,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let mut b = s.apply_batch();
+    b.apply(1, at(100), add("t1")).unwrap().unwrap();
+    b.apply(2, at(100), add("t2")).unwrap().unwrap();
+    // Two zones race with one token in one batch: the first key wins.
+    assert_eq!(
+        b.apply(3, at(150), enroll("t1", "sha-t1", "key-a"))
+            .unwrap(),
+        Ok(WriteOutcome::Done)
+    );
+    assert!(
+        refused(
+            b.apply(4, at(150), enroll("t1", "sha-t1", "key-b"))
+                .unwrap()
+        )
+        .contains("already used")
+    );
+    b.commit().unwrap();
+    let mut b = s.apply_batch();
+    // The winner retries (its answer was lost): the same key is let through, even late.
+    assert_eq!(
+        b.apply(5, at(250), enroll("t1", "sha-t1", "key-a"))
+            .unwrap(),
+        Ok(WriteOutcome::Done)
+    );
+    assert!(
+        refused(
+            b.apply(6, at(160), enroll("t1", "sha-t1", "key-c"))
+                .unwrap()
+        )
+        .contains("already used")
+    );
+    assert!(
+        refused(
+            b.apply(7, at(200), enroll("t2", "sha-t2", "key-d"))
+                .unwrap()
+        )
+        .contains("expired")
+    );
+    assert!(
+        refused(
+            b.apply(8, at(150), enroll("t2", "altered", "key-d"))
+                .unwrap()
+        )
+        .contains("revoked")
+    );
+    assert!(
+        refused(
+            b.apply(9, at(150), enroll("t9", "sha-t9", "key-d"))
+                .unwrap()
+        )
+        .contains("revoked")
+    );
+    b.commit().unwrap();
+    let t1 = s.zone_token("zone-a", "t1").unwrap().unwrap();
+    assert_eq!(t1.enrolled_key_sha256.as_deref(), Some("key-a"));
+    assert_eq!(t1.enrolled_unix, Some(150));
+    assert_eq!(
+        s.zone_token("zone-a", "t2")
+            .unwrap()
+            .unwrap()
+            .enrolled_key_sha256,
+        None
+    );
+}
+
+#[test]
 fn a_join_token_is_used_once_before_it_expires() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap();
@@ -688,7 +782,7 @@ fn a_join_token_is_used_once_before_it_expires() {
     };
     let use_it = |sha: &str| Command::UseJoinToken { sha256: sha.into() };
     let refused = |r: Result<WriteOutcome, ApplyError>| match r {
-        Err(ApplyError::JoinToken(why)) => why,
+        Err(ApplyError::Token(why)) => why,
         other => panic!("expected a refusal, got {other:?}"),
     };
     let mut b = s.apply_batch();

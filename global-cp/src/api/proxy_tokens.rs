@@ -1,0 +1,319 @@
+//! Dataplane and ingress tokens: issued (signed with the cluster's Ed25519 key and
+//! recorded through Raft, never stored), listed, and revoked. A revocation is sent to
+//! every zone over KDS (`Trust.revoked_tokens`); zones then refuse the token's next
+//! registration and certificate, and end the live streams of proxies that used it.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::zones::{
+    CreateToken, check_zone_name, now_unix, require_mesh, rfc3339, token_issued, token_validity,
+};
+use super::{ApiError, ApiResult, ApiState};
+use crate::command::{ApplyError, Command, ProxyTokenKind, ProxyTokenRecord};
+use crate::raft_node::RaftError;
+
+/// The key that signs dataplane and ingress tokens.
+fn token_signing_key(st: &ApiState) -> ApiResult<String> {
+    let secrets = &st.secrets;
+    if secrets.dataplane_token_key.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "",
+            "this cluster has no dataplane token key (formed by an older version)",
+        ));
+    }
+    Ok(secrets.dataplane_token_key.clone())
+}
+
+fn internal(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string())
+}
+
+/// Records an issued token, so it can be listed and revoked.
+async fn record(st: &ApiState, t: ProxyTokenRecord) -> ApiResult<()> {
+    st.raft.propose(Command::AddProxyToken(t)).await?;
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct CreateDataplaneToken {
+    service: String,
+    /// Go-style duration; default 8760h.
+    valid_for: Option<String>,
+}
+
+/// `POST /meshes/{mesh}/dataplane-token`: a token bound to the mesh and one service,
+/// with which a sidecar gets its workload certificate from its zone.
+pub(super) async fn create_dataplane_token(
+    State(st): State<ApiState>,
+    Path(mesh): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: CreateDataplaneToken =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?;
+    causeway_api::check_service_name(&req.service).map_err(|e| ApiError::bad("service", e))?;
+    let valid_for = token_validity(req.valid_for.as_deref())?;
+    st.raft.read_barrier().await?;
+    require_mesh(&st, &mesh)?;
+    let signing_key = token_signing_key(&st)?;
+    let now = now_unix();
+    let claims = causeway_pki::dataplane_token::DataplaneTokenClaims {
+        mesh: mesh.clone(),
+        service: req.service.clone(),
+        id: hex::encode(rand::random::<[u8; 8]>()),
+        iat: now,
+        exp: now + valid_for.as_std().as_secs() as i64,
+    };
+    let token = causeway_pki::dataplane_token::create(&signing_key, &claims).map_err(internal)?;
+    record(
+        &st,
+        ProxyTokenRecord {
+            id: claims.id.clone(),
+            kind: ProxyTokenKind::Dataplane,
+            mesh: mesh.clone(),
+            service: req.service.clone(),
+            zone: String::new(),
+            created_unix: now,
+            expires_unix: claims.exp,
+            revoked_unix: None,
+        },
+    )
+    .await?;
+    tracing::info!(mesh = %mesh, service = %req.service, token_id = %claims.id, "issued a dataplane token");
+    Ok(token_issued(
+        json!({ "mesh": mesh, "service": req.service }),
+        &claims.id,
+        claims.exp,
+        token,
+    ))
+}
+
+/// `POST /zones/{name}/ingress-token`: a token with which a zone ingress registers in
+/// that zone. It grants no certificate: an ingress forwards TLS it cannot decrypt.
+pub(super) async fn create_ingress_token(
+    State(st): State<ApiState>,
+    Path(zone): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check_zone_name(&zone)?;
+    let req: CreateToken = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateToken::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?
+    };
+    let valid_for = token_validity(req.valid_for.as_deref())?;
+    let signing_key = token_signing_key(&st)?;
+    let now = now_unix();
+    let claims = causeway_pki::dataplane_token::IngressTokenClaims {
+        zone: zone.clone(),
+        id: hex::encode(rand::random::<[u8; 8]>()),
+        iat: now,
+        exp: now + valid_for.as_std().as_secs() as i64,
+    };
+    let token =
+        causeway_pki::dataplane_token::create_ingress(&signing_key, &claims).map_err(internal)?;
+    record(
+        &st,
+        ProxyTokenRecord {
+            id: claims.id.clone(),
+            kind: ProxyTokenKind::Ingress,
+            mesh: String::new(),
+            service: String::new(),
+            zone: zone.clone(),
+            created_unix: now,
+            expires_unix: claims.exp,
+            revoked_unix: None,
+        },
+    )
+    .await?;
+    tracing::info!(zone = %zone, token_id = %claims.id, "issued an ingress token");
+    Ok(token_issued(
+        json!({ "zone": zone }),
+        &claims.id,
+        claims.exp,
+        token,
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TokenFilter {
+    /// Only the tokens of this service (dataplane tokens).
+    service: Option<String>,
+    /// Also the expired ones.
+    #[serde(default)]
+    expired: bool,
+}
+
+/// The records that match, linearizably read (a revocation just made is seen).
+async fn matching(
+    st: &ApiState,
+    keep: impl Fn(&ProxyTokenRecord) -> bool,
+) -> ApiResult<Vec<ProxyTokenRecord>> {
+    st.raft.read_barrier().await?;
+    let mut all = st.store.proxy_tokens()?;
+    all.retain(|t| keep(t));
+    all.sort_by_key(|t| (t.created_unix, t.id.clone()));
+    Ok(all)
+}
+
+fn listed(t: &ProxyTokenRecord) -> Value {
+    let mut v = json!({
+        "id": t.id,
+        "createdAt": rfc3339(t.created_unix),
+        "expiresAt": rfc3339(t.expires_unix),
+        "expired": t.expires_unix <= now_unix(),
+        "revokedAt": t.revoked_unix.map(rfc3339),
+    });
+    if t.kind == ProxyTokenKind::Dataplane {
+        v["service"] = json!(t.service);
+    }
+    v
+}
+
+fn dataplane_filter<'a>(
+    mesh: &'a str,
+    f: &'a TokenFilter,
+) -> impl Fn(&ProxyTokenRecord) -> bool + 'a {
+    move |t| {
+        t.kind == ProxyTokenKind::Dataplane
+            && t.mesh == mesh
+            && f.service.as_deref().is_none_or(|s| t.service == s)
+            && (f.expired || t.expires_unix > now_unix())
+    }
+}
+
+fn ingress_filter<'a>(
+    zone: &'a str,
+    f: &'a TokenFilter,
+) -> impl Fn(&ProxyTokenRecord) -> bool + 'a {
+    move |t| {
+        t.kind == ProxyTokenKind::Ingress
+            && t.zone == zone
+            && (f.expired || t.expires_unix > now_unix())
+    }
+}
+
+/// `GET /meshes/{mesh}/dataplane-tokens[?service=S][&expired=true]`.
+pub(super) async fn list_dataplane_tokens(
+    State(st): State<ApiState>,
+    Path(mesh): Path<String>,
+    Query(f): Query<TokenFilter>,
+) -> ApiResult<Json<Value>> {
+    let items = matching(&st, dataplane_filter(&mesh, &f)).await?;
+    Ok(Json(
+        json!({"items": items.iter().map(listed).collect::<Vec<_>>()}),
+    ))
+}
+
+/// `GET /zones/{name}/ingress-tokens[?expired=true]`.
+pub(super) async fn list_ingress_tokens(
+    State(st): State<ApiState>,
+    Path(zone): Path<String>,
+    Query(f): Query<TokenFilter>,
+) -> ApiResult<Json<Value>> {
+    check_zone_name(&zone)?;
+    let items = matching(&st, ingress_filter(&zone, &f)).await?;
+    Ok(Json(
+        json!({"items": items.iter().map(listed).collect::<Vec<_>>()}),
+    ))
+}
+
+/// Revokes the live tokens that match; 404 when there is none.
+async fn revoke(
+    st: &ApiState,
+    what: String,
+    keep: impl Fn(&ProxyTokenRecord) -> bool,
+) -> ApiResult<Json<Value>> {
+    let ids: Vec<String> = matching(st, keep)
+        .await?
+        .into_iter()
+        .filter(|t| t.revoked_unix.is_none())
+        .map(|t| t.id)
+        .collect();
+    if ids.is_empty() {
+        return Err(ApiError::not_found(what));
+    }
+    st.raft
+        .propose(Command::RevokeProxyTokens { ids: ids.clone() })
+        .await
+        .map_err(|e| match e {
+            RaftError::Rejected(ApplyError::NotFound) => ApiError::not_found(what.clone()),
+            e => e.into(),
+        })?;
+    tracing::info!(tokens = ?ids, "revoked {what}");
+    Ok(Json(json!({"revoked": ids})))
+}
+
+/// `DELETE /meshes/{mesh}/dataplane-tokens/{id}`.
+pub(super) async fn revoke_dataplane_token(
+    State(st): State<ApiState>,
+    Path((mesh, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let f = TokenFilter::default();
+    let keep = dataplane_filter(&mesh, &f);
+    revoke(
+        &st,
+        format!("live dataplane token {id:?} in mesh {mesh:?}"),
+        |t| t.id == id && keep(t),
+    )
+    .await
+}
+
+/// `DELETE /meshes/{mesh}/dataplane-tokens?service=S`: every live token of a service.
+pub(super) async fn revoke_service_tokens(
+    State(st): State<ApiState>,
+    Path(mesh): Path<String>,
+    Query(f): Query<TokenFilter>,
+) -> ApiResult<Json<Value>> {
+    let Some(service) = f.service.clone() else {
+        return Err(ApiError::bad(
+            "service",
+            "name the service whose tokens to revoke (?service=NAME), or revoke one by id",
+        ));
+    };
+    revoke(
+        &st,
+        format!("live dataplane tokens of service {service:?} in mesh {mesh:?}"),
+        dataplane_filter(&mesh, &f),
+    )
+    .await
+}
+
+/// `DELETE /zones/{name}/ingress-tokens/{id}`.
+pub(super) async fn revoke_ingress_token(
+    State(st): State<ApiState>,
+    Path((zone, id)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    check_zone_name(&zone)?;
+    let f = TokenFilter::default();
+    let keep = ingress_filter(&zone, &f);
+    revoke(
+        &st,
+        format!("live ingress token {id:?} of zone {zone:?}"),
+        |t| t.id == id && keep(t),
+    )
+    .await
+}
+
+/// `DELETE /zones/{name}/ingress-tokens`: every live ingress token of the zone.
+pub(super) async fn revoke_all_ingress_tokens(
+    State(st): State<ApiState>,
+    Path(zone): Path<String>,
+) -> ApiResult<Json<Value>> {
+    check_zone_name(&zone)?;
+    let f = TokenFilter::default();
+    revoke(
+        &st,
+        format!("live ingress tokens of zone {zone:?}"),
+        ingress_filter(&zone, &f),
+    )
+    .await
+}
