@@ -224,7 +224,11 @@ pub(crate) fn limit_http(
     b.http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .max_concurrent_streams(MAX_STREAMS);
+        .max_concurrent_streams(MAX_STREAMS)
+        // A client gone without a word (host down, cable out) frees its connection, and
+        // its place under the connection limit, within 80 s.
+        .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
 }
 
 /// The most a request body may take: a resource is a few KiB, and the largest (route

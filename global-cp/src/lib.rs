@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use causeway_listen::{Guarded, Limits};
 use tokio::sync::watch;
 
 use api::ApiState;
@@ -731,7 +732,11 @@ async fn serve_api(
         tracing::warn!(addr = %cfg.api_addr, "policy API on plain HTTP: tokens travel in clear");
         let mut server = axum_server::bind(cfg.api_addr);
         api::limit_http(server.http_builder());
-        return Ok(server.handle(handle).serve(app.into_make_service()).await?);
+        return Ok(server
+            .handle(handle)
+            .map(|plain| Guarded::new(plain, "global API", Limits::API))
+            .serve(app.into_make_service())
+            .await?);
     }
     let cert = match &cfg.api_cert {
         Some(c) => c.clone(),
@@ -753,6 +758,10 @@ async fn serve_api(
     tracing::info!(addr = %cfg.api_addr, "policy API listening (HTTPS)");
     let mut server = axum_server::bind_rustls(cfg.api_addr, rustls_cfg);
     api::limit_http(server.http_builder());
-    server.handle(handle).serve(app.into_make_service()).await?;
+    server
+        .handle(handle)
+        .map(|tls| Guarded::new(tls, "global API", Limits::API))
+        .serve(app.into_make_service())
+        .await?;
     Ok(())
 }

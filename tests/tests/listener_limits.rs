@@ -324,3 +324,113 @@ async fn a_body_that_trickles_gets_408_from_both_apis() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Both APIs cap connections: 256 from one address (here 127.0.0.1), past which that
+/// address's new connections are closed at once while another address (127.0.0.2) is
+/// served, and its own again once it closes some. A connection that finishes its TLS
+/// handshake and then says nothing, not even HTTP/2's preface, is closed after the
+/// stated 10 s (before: held for ever, so silent clients could take every descriptor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apis_cap_connections_per_address_and_close_silent_ones() -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    use causeway_tests::{GlobalCluster, ZoneCp};
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncReadExt as _;
+    const PER_ADDRESS: usize = 256;
+    let c = GlobalCluster::start(1, &[]).await?;
+    let zone = ZoneCp::new(&c, "zone-a", vec![c.nodes[0].kds_url()], &[]).await?;
+    zone.start()?;
+    zone.call(reqwest::Method::GET, "/status", None).await?;
+    let apis = [
+        (c.nodes[0].api, c.nodes[0].ca_pem().expect("the API CA")),
+        (
+            zone.api,
+            std::fs::read_to_string(zone.dir.join("api-ca.pem"))?,
+        ),
+    ];
+    let from = |ip: Ipv4Addr, ca: &str| -> anyhow::Result<reqwest::Client> {
+        Ok(reqwest::Client::builder()
+            .use_preconfigured_tls(causeway_pki::client_config(ca, None)?)
+            .local_address(IpAddr::V4(ip))
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()?)
+    };
+    for (addr, ca) in &apis {
+        let ready = format!("https://{addr}/ready");
+        // One connection over TLS (HTTP/2 by ALPN) that never sends its preface.
+        let mut tls = causeway_pki::client_config(ca, None)?;
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let mut silent = connector
+            .connect(rustls::pki_types::ServerName::try_from("127.0.0.1")?, tcp)
+            .await?;
+        let silent_since = Instant::now();
+        // Then more plain connections than the address may hold: the extra ones are
+        // closed at once (the others wait in their TLS handshake, which takes 10 s to
+        // time out, so within 3 s only the refused ones are closed).
+        let mut held = Vec::new();
+        for _ in 0..PER_ADDRESS + 43 {
+            held.push(tokio::net::TcpStream::connect(addr).await?);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut closed = 0;
+        let mut open = Vec::new();
+        for mut s in held {
+            let mut buf = [0u8; 16];
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Ok(_) => closed += 1,
+                Err(_) => open.push(s),
+            }
+        }
+        // The harness's own clients may hold a connection or two from the address too.
+        assert!(
+            closed >= 44 && open.len() < PER_ADDRESS && open.len() >= PER_ADDRESS - 8,
+            "{addr}: {closed} refused and {} held past {PER_ADDRESS} per address",
+            open.len()
+        );
+        assert!(
+            from(Ipv4Addr::LOCALHOST, ca)?
+                .get(&ready)
+                .send()
+                .await
+                .is_err(),
+            "{addr}: a request from the full address was served"
+        );
+        let r = from(Ipv4Addr::new(127, 0, 0, 2), ca)?
+            .get(&ready)
+            .send()
+            .await?;
+        assert_eq!(r.status(), 200, "{addr}: another address is served");
+        drop(open);
+        causeway_tests::eventually(
+            "the address is served again once its connections close",
+            Duration::from_secs(10),
+            || async {
+                let r = from(Ipv4Addr::LOCALHOST, ca).ok()?.get(&ready).send().await;
+                r.ok().filter(|r| r.status() == 200)
+            },
+        )
+        .await?;
+        let mut buf = [0u8; 64];
+        tokio::time::timeout(Duration::from_secs(20), async {
+            // Whatever the server sends first (its HTTP/2 settings, if any), then the close.
+            while let Ok(n) = silent.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("{addr}: a silent connection still open after 20 s"))?;
+        assert!(
+            silent_since.elapsed() >= Duration::from_secs(9),
+            "{addr}: closed before the stated 10 s ({:?})",
+            silent_since.elapsed()
+        );
+    }
+    Ok(())
+}

@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use causeway_api::{FieldError, Resource, ResourceKey, Scope, TypeInfo};
+use causeway_listen::{Guarded, Limits};
 use causeway_pki::api_token::{Access, ApiTokens, TokenHashes};
 use causeway_pki::sealing::Sealer;
 use causeway_pki::{CertKey, write_private};
@@ -121,7 +122,11 @@ fn limit_http(b: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::To
     b.http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .max_concurrent_streams(MAX_STREAMS);
+        .max_concurrent_streams(MAX_STREAMS)
+        // A client gone without a word (host down, cable out) frees its connection, and
+        // its place under the connection limit, within 80 s.
+        .keep_alive_interval(Some(std::time::Duration::from_secs(60)))
+        .keep_alive_timeout(std::time::Duration::from_secs(20));
 }
 
 /// The most a request body may take, as on the global API.
@@ -290,7 +295,11 @@ pub(crate) async fn serve(
         axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server)),
     );
     limit_http(server.http_builder());
-    server.handle(handle).serve(app.into_make_service()).await?;
+    server
+        .handle(handle)
+        .map(|tls| Guarded::new(tls, "zone API", Limits::API))
+        .serve(app.into_make_service())
+        .await?;
     Ok(())
 }
 

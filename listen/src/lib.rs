@@ -1,0 +1,365 @@
+//! Connection admission for the control planes' HTTP listeners (the global API, a
+//! zone's API). hyper bounds what one connection may do (header size and read time,
+//! streams), but not how many connections there are, nor how long one that finished
+//! its TLS handshake may stay silent: it waits for HTTP/2's preface, or for the first
+//! byte that tells the protocol, for ever. A client could hold every file descriptor
+//! of the process that way.
+//!
+//! [`Guarded`] wraps an axum-server acceptor. A connection past
+//! [`Limits::max_connections`], or past [`Limits::max_per_address`] from one IP
+//! address, is closed at once, before its TLS handshake costs anything; an admitted one
+//! whose first request byte does not come within [`Limits::first_byte`] of its
+//! handshake is closed then. The bookkeeping ([`Gate`]) takes addresses as input and
+//! holds no sockets, so it is unit-tested without any.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum_server::accept::Accept;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+/// How many connections a listener holds, and how soon a new one must speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once, from anywhere.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address, so one host cannot take them all.
+    pub max_per_address: usize,
+    /// How long an admitted connection may take, after its handshake, to send the
+    /// first byte of a request (HTTP/1.1's request line, HTTP/2's preface).
+    pub first_byte: Duration,
+}
+
+impl Limits {
+    /// The APIs': their clients (CLI, Terraform, UI, scripts) hold a few connections
+    /// each. The process's descriptor limit here is 20,000; RocksDB and the other
+    /// listeners keep the rest.
+    pub const API: Limits = Limits {
+        max_connections: 1024,
+        max_per_address: 256,
+        first_byte: Duration::from_secs(10),
+    };
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The listener holds [`Limits::max_connections`] already.
+    Full,
+    /// The address holds [`Limits::max_per_address`] already.
+    AddressFull,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refused::Full => "the listener is at its connection limit",
+            Refused::AddressFull => "the address is at its connection limit",
+        })
+    }
+}
+
+/// Open connections, in all and per address.
+#[derive(Debug)]
+pub struct Gate {
+    limits: Limits,
+    open: Mutex<Open>,
+}
+
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    per_address: HashMap<IpAddr, usize>,
+}
+
+impl Gate {
+    pub fn new(limits: Limits) -> Arc<Gate> {
+        Arc::new(Gate {
+            limits,
+            open: Mutex::new(Open::default()),
+        })
+    }
+
+    /// A slot for one more connection from `addr`, held until the [`Slot`] drops.
+    pub fn admit(self: &Arc<Self>, addr: IpAddr) -> Result<Slot, Refused> {
+        // An IPv4 client of a dual-stack listener is one address, however written.
+        let addr = addr.to_canonical();
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.total >= self.limits.max_connections {
+            return Err(Refused::Full);
+        }
+        let n = open.per_address.entry(addr).or_insert(0);
+        if *n >= self.limits.max_per_address {
+            return Err(Refused::AddressFull);
+        }
+        *n += 1;
+        open.total += 1;
+        Ok(Slot {
+            gate: self.clone(),
+            addr,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).total
+    }
+}
+
+/// One admitted connection's place; dropping it frees the place.
+#[derive(Debug)]
+pub struct Slot {
+    gate: Arc<Gate>,
+    addr: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self.gate.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.total -= 1;
+        if let Some(n) = open.per_address.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                open.per_address.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// An axum-server acceptor (plain, or TLS around plain) behind a [`Gate`].
+#[derive(Debug, Clone)]
+pub struct Guarded<A> {
+    inner: A,
+    gate: Arc<Gate>,
+    /// The listener's name, for the log.
+    name: &'static str,
+    refused: Arc<AtomicU64>,
+}
+
+impl<A> Guarded<A> {
+    pub fn new(inner: A, name: &'static str, limits: Limits) -> Self {
+        Guarded {
+            inner,
+            gate: Gate::new(limits),
+            name,
+            refused: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn note_refusal(&self, addr: IpAddr, why: Refused) {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        // A flood would flood the log too: the 1st, 2nd, 4th, 8th... refusal is logged.
+        if n.is_power_of_two() {
+            tracing::warn!(listener = self.name, peer = %addr, reason = %why, refused_so_far = n, "refused a connection");
+        }
+    }
+}
+
+type Accepted<S, V> = Pin<Box<dyn Future<Output = io::Result<(Admitted<S>, V)>> + Send>>;
+
+impl<A, S> Accept<TcpStream, S> for Guarded<A>
+where
+    A: Accept<TcpStream, S>,
+    A::Future: Send + 'static,
+    A::Stream: Send + 'static,
+    A::Service: Send + 'static,
+{
+    type Stream = Admitted<A::Stream>;
+    type Service = A::Service;
+    type Future = Accepted<A::Stream, A::Service>;
+
+    fn accept(&self, tcp: TcpStream, service: S) -> Self::Future {
+        let slot = match tcp.peer_addr() {
+            Ok(peer) => self.gate.admit(peer.ip()).map_err(|why| {
+                self.note_refusal(peer.ip(), why);
+                io::Error::other(why.to_string())
+            }),
+            Err(e) => Err(e),
+        };
+        let first_byte = self.gate.limits.first_byte;
+        // Refused: the stream drops here, which closes it before any handshake.
+        let handshake = slot.map(|slot| (slot, self.inner.accept(tcp, service)));
+        Box::pin(async move {
+            let (slot, handshake) = handshake?;
+            let (stream, service) = handshake.await?;
+            Ok((Admitted::new(stream, slot, first_byte), service))
+        })
+    }
+}
+
+/// An admitted connection: it holds its [`Slot`], and fails its reads with `TimedOut`
+/// if no byte arrives within the first-byte deadline.
+pub struct Admitted<S> {
+    inner: S,
+    /// Until the first byte is read.
+    deadline: Option<Pin<Box<Sleep>>>,
+    _slot: Slot,
+}
+
+impl<S> Admitted<S> {
+    pub fn new(inner: S, slot: Slot, first_byte: Duration) -> Self {
+        Admitted {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(first_byte))),
+            _slot: slot,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Admitted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let expired = match this.deadline.as_mut() {
+                    Some(d) => d.as_mut().poll(cx).is_ready(),
+                    None => false,
+                };
+                if expired {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request began within the first-byte deadline",
+                    )));
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Admitted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+
+    fn limits(max_connections: usize, max_per_address: usize) -> Limits {
+        Limits {
+            max_connections,
+            max_per_address,
+            first_byte: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn one_address_cannot_take_every_connection() {
+        let gate = Gate::new(limits(3, 2));
+        let a1 = gate.admit(A).unwrap();
+        let _a2 = gate.admit(A).unwrap();
+        assert_eq!(gate.admit(A).unwrap_err(), Refused::AddressFull);
+        // The same address written as IPv4-mapped IPv6 is the same address.
+        let mapped = IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped());
+        assert_eq!(gate.admit(mapped).unwrap_err(), Refused::AddressFull);
+        let _b1 = gate.admit(B).unwrap();
+        assert_eq!(gate.admit(B).unwrap_err(), Refused::Full);
+        assert_eq!(gate.open(), 3);
+        // A closed connection frees its place, for its address and in all.
+        drop(a1);
+        assert_eq!(gate.open(), 2);
+        let _a3 = gate.admit(A).unwrap();
+        assert_eq!(
+            gate.admit(Ipv6Addr::LOCALHOST.into()).unwrap_err(),
+            Refused::Full
+        );
+    }
+
+    #[test]
+    fn freed_places_leave_no_trace() {
+        let gate = Gate::new(limits(10, 10));
+        let slots: Vec<Slot> = (0..10).map(|_| gate.admit(A).unwrap()).collect();
+        drop(slots);
+        assert_eq!(gate.open(), 0);
+        assert!(gate.open.lock().unwrap().per_address.is_empty());
+    }
+
+    fn admitted(
+        first_byte: Duration,
+    ) -> (Admitted<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+        let gate = Gate::new(limits(1, 1));
+        let (server, client) = tokio::io::duplex(64);
+        (
+            Admitted::new(server, gate.admit(A).unwrap(), first_byte),
+            client,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_silent_connection_is_cut_off_at_its_first_byte_deadline() {
+        let (mut server, _client) = admitted(Duration::from_millis(200));
+        let started = Instant::now();
+        let mut buf = [0u8; 8];
+        let read = tokio::time::timeout(Duration::from_secs(5), server.read(&mut buf))
+            .await
+            .expect("cut off well before 5 s");
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_spoke_in_time_may_then_idle() {
+        let (mut server, mut client) = admitted(Duration::from_millis(200));
+        client.write_all(b"x").await.unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(server.read(&mut buf).await.unwrap(), 1);
+        // Past the deadline, a quiet connection is hyper's to time out, not ours.
+        let idle = tokio::time::timeout(Duration::from_millis(600), server.read(&mut buf)).await;
+        assert!(idle.is_err(), "still open: {idle:?}");
+        client.write_all(b"y").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 1);
+    }
+}
