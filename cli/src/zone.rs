@@ -104,25 +104,14 @@ pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
                 "EXPIRES".into(),
                 "ENROLLED".into(),
             ]];
-            for t in v
-                .get("items")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                let exp = if t.get("expired").and_then(Value::as_bool) == Some(true) {
-                    format!("{} (expired)", s("expiresAt"))
-                } else {
-                    s("expiresAt")
-                };
+            for (t, exp) in listed_tokens(&v) {
                 // A spent token still names the enrolled zone's certificate: revoking it
                 // cuts that zone off.
                 let enrolled = match t.get("enrolledAt").and_then(Value::as_str) {
                     Some(at) => at.to_string(),
                     None => "- (unused)".into(),
                 };
-                rows.push(vec![s("id"), s("createdAt"), exp, enrolled]);
+                rows.push(vec![field(t, "id"), field(t, "createdAt"), exp, enrolled]);
             }
             crate::ops::print_table(&rows);
         }
@@ -326,6 +315,27 @@ pub(crate) async fn dataplane_token(conn: &ConnArgs, c: DataplaneTokenCmd) -> an
     )
 }
 
+/// A string field of a listed token, empty when absent.
+fn field(t: &Value, key: &str) -> String {
+    t.get(key).and_then(Value::as_str).unwrap_or("").to_string()
+}
+
+/// The tokens of a list answer (`items`), each with its expiry as shown: marked when past.
+fn listed_tokens(v: &Value) -> impl Iterator<Item = (&Value, String)> {
+    v.get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let exp = field(t, "expiresAt");
+            if t.get("expired").and_then(Value::as_bool) == Some(true) {
+                (t, format!("{exp} (expired)"))
+            } else {
+                (t, exp)
+            }
+        })
+}
+
 /// Prints a token list (`items` of the API's answer) as a table.
 fn print_tokens(v: &Value, with_service: bool) -> anyhow::Result<()> {
     let mut head = vec!["ID".to_string()];
@@ -334,28 +344,17 @@ fn print_tokens(v: &Value, with_service: bool) -> anyhow::Result<()> {
     }
     head.extend(["CREATED".into(), "EXPIRES".into(), "REVOKED".into()]);
     let mut rows = vec![head];
-    for t in v
-        .get("items")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let s = |k: &str| t.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-        let mut row = vec![s("id")];
+    for (t, exp) in listed_tokens(v) {
+        let mut row = vec![field(t, "id")];
         if with_service {
-            row.push(s("service"));
+            row.push(field(t, "service"));
         }
-        let exp = if t.get("expired").and_then(Value::as_bool) == Some(true) {
-            format!("{} (expired)", s("expiresAt"))
-        } else {
-            s("expiresAt")
-        };
         let revoked = t
             .get("revokedAt")
             .and_then(Value::as_str)
             .unwrap_or("-")
             .to_string();
-        row.extend([s("createdAt"), exp, revoked]);
+        row.extend([field(t, "createdAt"), exp, revoked]);
         rows.push(row);
     }
     crate::ops::print_table(&rows);

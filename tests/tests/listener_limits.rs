@@ -49,6 +49,41 @@ async fn the_header_budget_is_the_same_over_http1_and_h2c() -> anyhow::Result<()
     Ok(())
 }
 
+/// One API under test: its address, the CA that signed its certificate, an admin token.
+struct Api {
+    addr: std::net::SocketAddr,
+    ca: String,
+    token: String,
+}
+
+/// A one-node global control plane and a zone, both up, and their two APIs. The cluster
+/// and zone are returned to be kept alive for the test.
+async fn both_apis() -> anyhow::Result<(
+    causeway_tests::GlobalCluster,
+    causeway_tests::ZoneCp,
+    [Api; 2],
+)> {
+    use causeway_tests::{GlobalCluster, ZoneCp};
+    let c = GlobalCluster::start(1, &[]).await?;
+    let zone = ZoneCp::new(&c, "zone-a", vec![c.nodes[0].kds_url()], &[]).await?;
+    zone.start()?;
+    // The zone's API answers once it is up (its credentials are written then).
+    zone.call(reqwest::Method::GET, "/status", None).await?;
+    let apis = [
+        Api {
+            addr: c.nodes[0].api,
+            ca: c.nodes[0].ca_pem().expect("the API CA"),
+            token: c.token.clone(),
+        },
+        Api {
+            addr: zone.api,
+            ca: std::fs::read_to_string(zone.dir.join("api-ca.pem"))?,
+            token: zone.admin_token().expect("the zone's admin token"),
+        },
+    ];
+    Ok((c, zone, apis))
+}
+
 /// A client of an API over TLS trusting `ca_pem`, speaking HTTP/2 or HTTP/1.1 (ALPN).
 fn api_client(ca_pem: &str, h2: bool) -> anyhow::Result<reqwest::Client> {
     let mut tls = causeway_pki::client_config(ca_pem, None)?;
@@ -68,26 +103,10 @@ fn api_client(ca_pem: &str, h2: bool) -> anyhow::Result<reqwest::Client> {
 /// clients saw their stream reset, and both protocols read 2 MiB first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_body_gets_413_from_both_apis_over_both_protocols() -> anyhow::Result<()> {
-    use causeway_tests::{GlobalCluster, ZoneCp};
-    let c = GlobalCluster::start(1, &[]).await?;
-    let zone = ZoneCp::new(&c, "zone-a", vec![c.nodes[0].kds_url()], &[]).await?;
-    zone.start()?;
-    // The zone's API answers once it is up (its credentials are written then).
-    zone.call(reqwest::Method::GET, "/status", None).await?;
-    let apis = [
-        (
-            c.nodes[0].url(),
-            c.token.clone(),
-            c.nodes[0].ca_pem().expect("the API CA"),
-        ),
-        (
-            format!("https://{}", zone.api),
-            zone.admin_token().expect("the zone's admin token"),
-            std::fs::read_to_string(zone.dir.join("api-ca.pem"))?,
-        ),
-    ];
+    let (_c, _zone, apis) = both_apis().await?;
     let big = vec![b'a'; 20 << 20];
-    for (url, token, ca) in &apis {
+    for Api { addr, ca, token } in &apis {
+        let url = format!("https://{addr}");
         for h2 in [false, true] {
             let r = api_client(ca, h2)?
                 .put(format!("{url}/meshes/too-big"))
@@ -120,21 +139,10 @@ async fn an_oversized_body_gets_413_from_both_apis_over_both_protocols() -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_of_the_apis_are_cut_off_and_others_served() -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use causeway_tests::{GlobalCluster, ZoneCp};
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let c = GlobalCluster::start(1, &[]).await?;
-    let zone = ZoneCp::new(&c, "zone-a", vec![c.nodes[0].kds_url()], &[]).await?;
-    zone.start()?;
-    zone.call(reqwest::Method::GET, "/status", None).await?;
-    let apis = [
-        (c.nodes[0].api, c.nodes[0].ca_pem().expect("the API CA")),
-        (
-            zone.api,
-            std::fs::read_to_string(zone.dir.join("api-ca.pem"))?,
-        ),
-    ];
-    for (addr, ca) in &apis {
+    let (_c, _zone, apis) = both_apis().await?;
+    for Api { addr, ca, .. } in &apis {
         let mut tls = causeway_pki::client_config(ca, None)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
@@ -277,26 +285,10 @@ async fn a_flood_of_silent_connections_to_an_inbound_stops_nothing() -> anyhow::
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_that_trickles_gets_408_from_both_apis() -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use causeway_tests::{GlobalCluster, ZoneCp};
     use std::time::{Duration, Instant};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let c = GlobalCluster::start(1, &[]).await?;
-    let zone = ZoneCp::new(&c, "zone-a", vec![c.nodes[0].kds_url()], &[]).await?;
-    zone.start()?;
-    zone.call(reqwest::Method::GET, "/status", None).await?;
-    let apis = [
-        (
-            c.nodes[0].api,
-            c.nodes[0].ca_pem().expect("the API CA"),
-            c.token.clone(),
-        ),
-        (
-            zone.api,
-            std::fs::read_to_string(zone.dir.join("api-ca.pem"))?,
-            zone.admin_token().expect("the zone's admin token"),
-        ),
-    ];
-    for (addr, ca, token) in &apis {
+    let (_c, _zone, apis) = both_apis().await?;
+    for Api { addr, ca, token } in &apis {
         let mut tls = causeway_pki::client_config(ca, None)?;
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
@@ -333,22 +325,11 @@ async fn a_body_that_trickles_gets_408_from_both_apis() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_apis_cap_connections_per_address_and_close_silent_ones() -> anyhow::Result<()> {
     use anyhow::Context as _;
-    use causeway_tests::{GlobalCluster, ZoneCp};
     use std::net::{IpAddr, Ipv4Addr};
     use std::time::{Duration, Instant};
     use tokio::io::AsyncReadExt as _;
     const PER_ADDRESS: usize = 256;
-    let c = GlobalCluster::start(1, &[]).await?;
-    let zone = ZoneCp::new(&c, "zone-a", vec![c.nodes[0].kds_url()], &[]).await?;
-    zone.start()?;
-    zone.call(reqwest::Method::GET, "/status", None).await?;
-    let apis = [
-        (c.nodes[0].api, c.nodes[0].ca_pem().expect("the API CA")),
-        (
-            zone.api,
-            std::fs::read_to_string(zone.dir.join("api-ca.pem"))?,
-        ),
-    ];
+    let (_c, _zone, apis) = both_apis().await?;
     let from = |ip: Ipv4Addr, ca: &str| -> anyhow::Result<reqwest::Client> {
         Ok(reqwest::Client::builder()
             .use_preconfigured_tls(causeway_pki::client_config(ca, None)?)
@@ -357,7 +338,7 @@ async fn the_apis_cap_connections_per_address_and_close_silent_ones() -> anyhow:
             .timeout(Duration::from_secs(5))
             .build()?)
     };
-    for (addr, ca) in &apis {
+    for Api { addr, ca, .. } in &apis {
         let ready = format!("https://{addr}/ready");
         // One connection over TLS (HTTP/2 by ALPN) that never sends its preface.
         let mut tls = causeway_pki::client_config(ca, None)?;

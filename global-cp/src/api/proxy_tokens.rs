@@ -103,12 +103,7 @@ pub(super) async fn create_ingress_token(
     body: Bytes,
 ) -> ApiResult<Response> {
     check_zone_name(&zone)?;
-    let req: CreateToken = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateToken::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?
-    };
-    let valid_for = token_validity(req.valid_for.as_deref())?;
+    let valid_for = CreateToken::valid_for(&body)?;
     let signing_key = token_signing_key(&st)?;
     let now = now_unix();
     let claims = causeway_pki::dataplane_token::IngressTokenClaims {
@@ -178,25 +173,21 @@ fn listed(t: &ProxyTokenRecord) -> Value {
     v
 }
 
-fn dataplane_filter<'a>(
-    mesh: &'a str,
+/// The live tokens of `kind` issued for `scope` (a dataplane token's mesh, an ingress
+/// token's zone), narrowed by the filter.
+fn scoped<'a>(
+    kind: ProxyTokenKind,
+    scope: &'a str,
     f: &'a TokenFilter,
 ) -> impl Fn(&ProxyTokenRecord) -> bool + 'a {
     move |t| {
-        t.kind == ProxyTokenKind::Dataplane
-            && t.mesh == mesh
+        let of_scope = match kind {
+            ProxyTokenKind::Dataplane => t.mesh == scope,
+            ProxyTokenKind::Ingress => t.zone == scope,
+        };
+        t.kind == kind
+            && of_scope
             && f.service.as_deref().is_none_or(|s| t.service == s)
-            && (f.expired || t.expires_unix > now_unix())
-    }
-}
-
-fn ingress_filter<'a>(
-    zone: &'a str,
-    f: &'a TokenFilter,
-) -> impl Fn(&ProxyTokenRecord) -> bool + 'a {
-    move |t| {
-        t.kind == ProxyTokenKind::Ingress
-            && t.zone == zone
             && (f.expired || t.expires_unix > now_unix())
     }
 }
@@ -207,7 +198,7 @@ pub(super) async fn list_dataplane_tokens(
     Path(mesh): Path<String>,
     Query(f): Query<TokenFilter>,
 ) -> ApiResult<Json<Value>> {
-    let items = matching(&st, dataplane_filter(&mesh, &f)).await?;
+    let items = matching(&st, scoped(ProxyTokenKind::Dataplane, &mesh, &f)).await?;
     Ok(Json(
         json!({"items": items.iter().map(listed).collect::<Vec<_>>()}),
     ))
@@ -220,7 +211,7 @@ pub(super) async fn list_ingress_tokens(
     Query(f): Query<TokenFilter>,
 ) -> ApiResult<Json<Value>> {
     check_zone_name(&zone)?;
-    let items = matching(&st, ingress_filter(&zone, &f)).await?;
+    let items = matching(&st, scoped(ProxyTokenKind::Ingress, &zone, &f)).await?;
     Ok(Json(
         json!({"items": items.iter().map(listed).collect::<Vec<_>>()}),
     ))
@@ -258,7 +249,7 @@ pub(super) async fn revoke_dataplane_token(
     Path((mesh, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     let f = TokenFilter::default();
-    let keep = dataplane_filter(&mesh, &f);
+    let keep = scoped(ProxyTokenKind::Dataplane, &mesh, &f);
     revoke(
         &st,
         format!("live dataplane token {id:?} in mesh {mesh:?}"),
@@ -282,7 +273,7 @@ pub(super) async fn revoke_service_tokens(
     revoke(
         &st,
         format!("live dataplane tokens of service {service:?} in mesh {mesh:?}"),
-        dataplane_filter(&mesh, &f),
+        scoped(ProxyTokenKind::Dataplane, &mesh, &f),
     )
     .await
 }
@@ -294,7 +285,7 @@ pub(super) async fn revoke_ingress_token(
 ) -> ApiResult<Json<Value>> {
     check_zone_name(&zone)?;
     let f = TokenFilter::default();
-    let keep = ingress_filter(&zone, &f);
+    let keep = scoped(ProxyTokenKind::Ingress, &zone, &f);
     revoke(
         &st,
         format!("live ingress token {id:?} of zone {zone:?}"),
@@ -313,7 +304,7 @@ pub(super) async fn revoke_all_ingress_tokens(
     revoke(
         &st,
         format!("live ingress tokens of zone {zone:?}"),
-        ingress_filter(&zone, &f),
+        scoped(ProxyTokenKind::Ingress, &zone, &f),
     )
     .await
 }

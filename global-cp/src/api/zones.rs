@@ -55,7 +55,19 @@ pub(super) fn token_validity(valid_for: Option<&str>) -> ApiResult<causeway_api:
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct CreateToken {
     /// Go-style duration, e.g. `24h`.
-    pub(super) valid_for: Option<String>,
+    valid_for: Option<String>,
+}
+
+impl CreateToken {
+    /// The lifetime a create request (an empty body, or `{"validFor": ...}`) asks for.
+    pub(super) fn valid_for(body: &[u8]) -> ApiResult<causeway_api::Duration> {
+        let req: CreateToken = if body.iter().all(u8::is_ascii_whitespace) {
+            CreateToken::default()
+        } else {
+            serde_json::from_slice(body).map_err(|e| ApiError::bad("", e.to_string()))?
+        };
+        token_validity(req.valid_for.as_deref())
+    }
 }
 
 /// `POST /zones/{name}/token`: issues a token, shown once.
@@ -65,12 +77,7 @@ pub(super) async fn create_token(
     body: Bytes,
 ) -> ApiResult<Response> {
     check_zone_name(&zone)?;
-    let req: CreateToken = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateToken::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?
-    };
-    let valid_for = token_validity(req.valid_for.as_deref())?;
+    let valid_for = CreateToken::valid_for(&body)?;
     let key = hex::decode(&st.secrets.zone_token_key)
         .ok()
         .filter(|k| !k.is_empty())
