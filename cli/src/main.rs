@@ -2,6 +2,7 @@
 //! `cluster ...`, `config ...`) talk to the global policy API; component subcommands
 //! (`global-cp`) run the libraries. Flags are parsed here, once, and passed down.
 
+mod access;
 mod client;
 mod config;
 mod demo_app;
@@ -94,6 +95,13 @@ enum Cmd {
     Stat(stat::StatArgs),
     /// Delete a resource: `delete mesh default`, `delete meshtrafficpermission allow-all -m default`.
     Delete(ops::DeleteArgs),
+    /// Named API tokens with a role (admin, mesh-editor, viewer): `token create`,
+    /// `token list`, `token rotate ID`, `token revoke ID`. Needs an admin token.
+    #[command(subcommand)]
+    Token(access::TokenCmd),
+    /// Who changed what through the global API, newest last: `audit --limit 20`,
+    /// `audit --actor ci`. Needs an admin token.
+    Audit(access::AuditArgs),
     /// Inspect and change the Raft cluster of the global control plane.
     #[command(subcommand)]
     Cluster(ops::ClusterCmd),
@@ -191,6 +199,8 @@ fn main() {
                     Cmd::Stat(a) => stat::stat(&cli.conn, a).await,
                     Cmd::Delete(a) => ops::delete(&cli.conn, a).await,
                     Cmd::Cluster(c) => ops::cluster(&cli.conn, c).await,
+                    Cmd::Token(c) => access::token(&cli.conn, c).await,
+                    Cmd::Audit(a) => access::audit(&cli.conn, a).await,
                     Cmd::Config(c) => ops::config(&cli.conn, c).await,
                     Cmd::Explain { path } => causeway_api::explain(&path)
                         .map(|text| print!("{text}"))

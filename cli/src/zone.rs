@@ -316,7 +316,7 @@ pub(crate) async fn dataplane_token(conn: &ConnArgs, c: DataplaneTokenCmd) -> an
 }
 
 /// A string field of a listed token, empty when absent.
-fn field(t: &Value, key: &str) -> String {
+pub(crate) fn field(t: &Value, key: &str) -> String {
     t.get(key).and_then(Value::as_str).unwrap_or("").to_string()
 }
 
@@ -374,7 +374,7 @@ fn print_revoked(v: &Value) -> anyhow::Result<()> {
 }
 
 /// Prints a token the API issued, or writes it to `out` (mode 0600).
-fn print_token(v: &Value, out: Option<PathBuf>, what: &str) -> anyhow::Result<()> {
+pub(crate) fn print_token(v: &Value, out: Option<PathBuf>, what: &str) -> anyhow::Result<()> {
     let token = v
         .get("token")
         .and_then(Value::as_str)

@@ -22,6 +22,7 @@ use crate::command::{ApplyError, Command, Member, WriteOutcome};
 use crate::raft_node::{MemberChange, RaftError, RaftHandle};
 use crate::store::{Store, StoreError};
 
+mod api_tokens;
 mod joining;
 mod proxy_tokens;
 mod stats;
@@ -125,6 +126,16 @@ type ApiResult<T> = Result<T, ApiError>;
 pub(crate) fn router(state: ApiState) -> Router {
     let authed = Router::new()
         .route("/cluster", get(cluster_status))
+        .route(
+            "/api-tokens",
+            get(api_tokens::list).post(api_tokens::create),
+        )
+        .route(
+            "/api-tokens/{id}",
+            axum::routing::delete(api_tokens::revoke),
+        )
+        .route("/api-tokens/{id}/rotate", post(api_tokens::rotate))
+        .route("/audit", get(api_tokens::audit_log))
         .route("/cluster/members", post(add_member))
         .route("/cluster/members/{id}/join-token", post(joining::new_token))
         .route(
@@ -361,20 +372,18 @@ async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response 
         )
         .into_response();
     };
-    let Some(access) = st.secrets.tokens.check(presented) else {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "Authorization", "invalid token")
-            .into_response();
+    let token = match api_tokens::check_bearer(&st, presented) {
+        Ok(t) => t,
+        Err(e) => return e.into_response(),
     };
     let write = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if write && access != causeway_pki::api_token::Access::Admin {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "Authorization",
-            "the read-only token cannot change anything; use the admin token",
-        )
-        .into_response();
+    if let Err(why) = crate::access::authorize(&token, write, req.uri().path()) {
+        return ApiError::new(StatusCode::FORBIDDEN, "Authorization", why).into_response();
     }
-    next.run(req).await
+    // Every write this request proposes carries who made it (the audit log).
+    crate::audit::ACTOR
+        .scope(api_tokens::actor(&token), next.run(req))
+        .await
 }
 
 // === resources ===
@@ -961,6 +970,12 @@ pub fn openapi_document() -> Value {
         "get": {"summary": "List a zone's ingress tokens; ?expired=true", "parameters": [zone_param], "responses": {"200": {"description": "items"}, "default": err}},
         "delete": {"summary": "Revoke every live ingress token of the zone", "parameters": [zone_param], "responses": {"200": {"description": "the revoked ids"}, "404": err, "default": err}}}));
     paths.insert("/zones/{name}/ingress-tokens/{id}".into(), json!({"delete": {"summary": "Revoke an ingress token", "parameters": [zone_param, id_param], "responses": {"200": {"description": "the revoked id"}, "404": err, "default": err}}}));
+    paths.insert("/api-tokens".into(), json!({
+        "get": {"summary": "List API tokens (id, name, role, meshes, expiry; never the tokens); ?all=true adds expired and revoked ones. Admin only", "responses": {"200": {"description": "items"}, "default": err}},
+        "post": {"summary": "Issue a named API token (body: name, role admin|mesh-editor|viewer, meshes for a mesh-editor, validFor, default 2160h); shown once. Admin only", "responses": {"201": {"description": "the token and its id"}, "400": err, "default": err}}}));
+    paths.insert("/api-tokens/{id}".into(), json!({"delete": {"summary": "Revoke an API token (not the last live admin token). Admin only", "parameters": [id_param], "responses": {"200": {"description": "the revoked id"}, "404": err, "409": err, "default": err}}}));
+    paths.insert("/api-tokens/{id}/rotate".into(), json!({"post": {"summary": "Replace an API token with a new one of the same name, role and meshes; the old one works for the overlap (body: overlap, default 1h, at most 720h). `admin` and `readonly` are the bootstrap tokens. Admin only", "parameters": [id_param], "responses": {"201": {"description": "the new token, its id, and when the old one stops"}, "404": err, "409": err, "default": err}}}));
+    paths.insert("/audit".into(), json!({"get": {"summary": "The audit log: every change made through the API, with the token that made it, newest last; ?limit=N (default 100), ?actor=NAME. Admin only", "responses": {"200": {"description": "items"}, "default": err}}}));
     paths.insert("/ready".into(), json!({"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "ready"}, "503": err}}}));
     let mut schemas = serde_json::Map::new();
     for t in causeway_api::types() {

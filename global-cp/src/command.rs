@@ -2,6 +2,8 @@
 
 use causeway_api::{Resource, ResourceKey};
 use causeway_pki::api_token::TokenHashes;
+
+use crate::access::ApiTokenRecord;
 use causeway_pki::sealing::{SealError, Sealer};
 use serde::{Deserialize, Serialize};
 
@@ -22,6 +24,10 @@ pub(crate) struct Envelope {
     /// Proposer's wall clock (Unix ms), so every node stores the same timestamps.
     pub(crate) at_ms: i64,
     pub(crate) cmd: Command,
+    /// Who asked for it through the API; applying the entry writes the audit log's
+    /// entry (see [`crate::audit`]). `None` for the cluster's own writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) actor: Option<crate::audit::Actor>,
 }
 
 /// A change to the replicated state machine. Applying one is deterministic: every node
@@ -119,6 +125,21 @@ pub enum Command {
     /// node that was added and has not joined, or has).
     CancelJoinTokens {
         node: u64,
+    },
+    /// An API token was issued (its hash is kept, never the token).
+    AddApiToken(ApiTokenRecord),
+    /// Replaces the live API token `id` with `new` (same name, role and meshes); the old
+    /// one keeps working for `overlap_secs` more, so clients move without downtime.
+    /// Refused when `id` is unknown, expired or revoked.
+    RotateApiToken {
+        id: String,
+        new: ApiTokenRecord,
+        overlap_secs: u64,
+    },
+    /// Revokes an API token. Refused when it is the last live admin token: the cluster
+    /// would have nobody left to manage it.
+    RevokeApiToken {
+        id: String,
     },
 }
 
@@ -389,6 +410,10 @@ pub enum ApplyError {
     /// A join or zone token that cannot be used (unknown, used, expired).
     #[error("{0}")]
     Token(String),
+    /// A change that would leave the cluster in a state it must not be in (no admin
+    /// token left, rotating a dead token).
+    #[error("{0}")]
+    Refused(String),
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Vec<u8> {

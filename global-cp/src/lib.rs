@@ -6,6 +6,8 @@
 //! `transport` the peer connections, `api` the REST surface. The crate must not hold
 //! policy logic: what a resource means belongs to `causeway-api`.
 
+pub mod access;
+pub mod audit;
 pub mod command;
 pub mod join;
 pub mod kds;

@@ -102,6 +102,8 @@ pub(crate) enum Msg {
     Raft(Box<Message>),
     Propose {
         cmd: Command,
+        /// Who asked, when an API request did (written to the audit log).
+        actor: Option<Box<crate::audit::Actor>>,
         reply: oneshot::Sender<Result<WriteOutcome, RaftError>>,
     },
     ChangeMembers {
@@ -144,7 +146,11 @@ impl RaftHandle {
         let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Propose { cmd, reply })
+            .send(Msg::Propose {
+                cmd,
+                actor: crate::audit::current_actor().map(Box::new),
+                reply,
+            })
             .map_err(|_| RaftError::Stopped)?;
         let outcome = rx.await.map_err(|_| RaftError::Stopped)?;
         self.proposals.observe(started.elapsed().as_secs_f64());
@@ -365,12 +371,13 @@ impl<O: Outbox> Driver<O> {
                     tracing::debug!(error = %e, "dropped raft message");
                 }
             }
-            Msg::Propose { cmd, reply } => {
+            Msg::Propose { cmd, actor, reply } => {
                 let req = self.next_req();
                 let env = Envelope {
                     req: Some(req),
                     at_ms: now_ms(),
                     cmd,
+                    actor: actor.map(|a| *a),
                 };
                 match self.node.propose(vec![], encode(&env)) {
                     Ok(()) => {
@@ -565,7 +572,13 @@ impl<O: Outbox> Driver<O> {
                         env.at_ms as i128 * 1_000_000,
                     )
                     .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+                    let audited = env
+                        .actor
+                        .map(|actor| (actor, crate::audit::describe(&env.cmd)));
                     let outcome = batch.apply(entry.index, at, env.cmd)?;
+                    if let Some((actor, (action, target))) = audited {
+                        batch.audit(entry.index, env.at_ms, actor, action, target, &outcome)?;
+                    }
                     if let Some(req) = env
                         .req
                         .filter(|r| r.node == me && r.incarnation == self.incarnation)

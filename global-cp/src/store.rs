@@ -18,6 +18,8 @@ use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
 };
 
+use crate::access::{ApiTokenRecord, BOOTSTRAP_ADMIN_ID, BOOTSTRAP_READONLY_ID, NEVER};
+use crate::audit::AuditEntry;
 use crate::command::{
     ApplyError, Command, IntermediateRecord, JoinTokenRecord, Member, MeshCa, ProxyTokenRecord,
     SealedSecrets, WriteOutcome, ZoneStatusRecord, ZoneTokenRecord,
@@ -48,8 +50,17 @@ const KEY_ZONE_STATUS_PREFIX: &[u8] = b"zone_status/";
 const KEY_MESH_CA_PREFIX: &[u8] = b"mesh_ca/";
 const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
 const KEY_SECRET_PREFIX: &[u8] = b"secret/";
+/// API tokens, by id (see [`crate::access`]).
+const KEY_API_TOKEN_PREFIX: &[u8] = b"api_token/";
+/// The audit log, by sequence number (see [`crate::audit`]), and its last number.
+const KEY_AUDIT_PREFIX: &[u8] = b"audit/";
+const KEY_AUDIT_SEQ: &[u8] = b"audit_seq";
 /// In CF_RAFT: the changelog holds every change after this index.
 const KEY_CHANGES_FLOOR: &[u8] = b"changes_floor";
+
+fn audit_key(seq: u64) -> Vec<u8> {
+    prefixed(KEY_AUDIT_PREFIX, &format!("{seq:020}"))
+}
 
 /// Errors of the storage layer. Any of them makes the node stop serving: the data dir is
 /// damaged or the disk failed, and continuing could lose acknowledged writes.
@@ -768,6 +779,69 @@ impl Store {
         self.meta_prefix(KEY_PROXY_TOKEN_PREFIX, "proxy token")
     }
 
+    /// The API token `id`: a stored record, or a bootstrap token's derived one (see
+    /// [`crate::access`]).
+    pub fn api_token(&self, id: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
+        let stored = self.meta_get(&prefixed(KEY_API_TOKEN_PREFIX, id), "API token")?;
+        Ok(stored.or(self.bootstrap_api_token(id)?))
+    }
+
+    fn bootstrap_api_token(&self, id: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
+        let Some(secrets) = self.secrets()? else {
+            return Ok(None);
+        };
+        Ok(match id {
+            BOOTSTRAP_ADMIN_ID => Some(ApiTokenRecord::bootstrap(id, &secrets.tokens.admin_sha256)),
+            BOOTSTRAP_READONLY_ID => Some(ApiTokenRecord::bootstrap(
+                id,
+                &secrets.tokens.readonly_sha256,
+            )),
+            _ => None,
+        })
+    }
+
+    /// Every API token the cluster knows, live or not, the bootstrap ones first.
+    pub fn api_tokens(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        let mut all: Vec<ApiTokenRecord> = self.meta_prefix(KEY_API_TOKEN_PREFIX, "API token")?;
+        for id in [BOOTSTRAP_READONLY_ID, BOOTSTRAP_ADMIN_ID] {
+            if !all.iter().any(|t| t.id == id)
+                && let Some(t) = self.bootstrap_api_token(id)?
+            {
+                all.insert(0, t);
+            }
+        }
+        all.sort_by_key(|t| (t.created_unix, t.id != BOOTSTRAP_ADMIN_ID));
+        Ok(all)
+    }
+
+    /// The newest `limit` audit entries that `keep` accepts, oldest first.
+    pub fn audit_entries(
+        &self,
+        limit: usize,
+        keep: impl Fn(&AuditEntry) -> bool,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut end = KEY_AUDIT_PREFIX.to_vec();
+        end.push(0xff);
+        let it = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(&end, Direction::Reverse),
+        );
+        let mut out = Vec::new();
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(KEY_AUDIT_PREFIX) || out.len() >= limit {
+                break;
+            }
+            let e: AuditEntry =
+                serde_json::from_slice(&v).map_err(|e| corrupt("audit entry", e))?;
+            if keep(&e) {
+                out.push(e);
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
     /// The revoked dataplane and ingress tokens that have not expired yet (an expired
     /// token is refused anyway): what every zone must refuse.
     pub fn revoked_proxy_tokens(&self, now_unix: i64) -> Result<Vec<ProxyTokenRecord>, StoreError> {
@@ -1255,6 +1329,51 @@ impl ApplyBatch<'_> {
                 }
                 Ok(WriteOutcome::Done)
             }
+            Command::AddApiToken(t) => {
+                self.put_meta(prefixed(KEY_API_TOKEN_PREFIX, &t.id), &t);
+                Ok(WriteOutcome::Done)
+            }
+            Command::RotateApiToken {
+                id,
+                new,
+                overlap_secs,
+            } => {
+                let Some(mut old) = self.api_token_seen(&id)? else {
+                    return Ok(Err(ApplyError::NotFound));
+                };
+                if let Some(why) = old.refusal(now.unix_timestamp()) {
+                    return Ok(Err(ApplyError::Refused(format!(
+                        "{why}: only a live token is rotated; issue a new one with `causeway token create`"
+                    ))));
+                }
+                let overlap = i64::try_from(overlap_secs).unwrap_or(NEVER);
+                old.expires_unix = old
+                    .expires_unix
+                    .min(now.unix_timestamp().saturating_add(overlap));
+                self.put_meta(prefixed(KEY_API_TOKEN_PREFIX, &old.id), &old);
+                self.put_meta(prefixed(KEY_API_TOKEN_PREFIX, &new.id), &new);
+                Ok(WriteOutcome::Done)
+            }
+            Command::RevokeApiToken { id } => {
+                let Some(mut t) = self.api_token_seen(&id)? else {
+                    return Ok(Err(ApplyError::NotFound));
+                };
+                let now_unix = now.unix_timestamp();
+                if t.revoked_unix.is_some() {
+                    return Ok(Ok(WriteOutcome::Done));
+                }
+                let other_admin = self.api_tokens_seen()?.iter().any(|o| {
+                    o.id != id && o.role == crate::access::ApiRole::Admin && o.live(now_unix)
+                });
+                if t.role == crate::access::ApiRole::Admin && t.live(now_unix) && !other_admin {
+                    return Ok(Err(ApplyError::Refused(format!(
+                        "{id} is the last live admin token: revoking it would leave nobody able to manage the cluster; create another admin token first (`causeway token create --role admin`)"
+                    ))));
+                }
+                t.revoked_unix = Some(now_unix);
+                self.put_meta(prefixed(KEY_API_TOKEN_PREFIX, &id), &t);
+                Ok(WriteOutcome::Done)
+            }
             Command::RevokeZoneTokens { zone, id } => {
                 let ids: Vec<String> = match id {
                     Some(id) => {
@@ -1484,6 +1603,65 @@ impl ApplyBatch<'_> {
     }
 
     /// Marks an entry without a state change (a leader's empty entry) as applied.
+    /// An API token as this batch sees it.
+    fn api_token_seen(&self, id: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
+        match self.get_meta(&prefixed(KEY_API_TOKEN_PREFIX, id), "API token")? {
+            Some(t) => Ok(Some(t)),
+            None => self.store.bootstrap_api_token(id),
+        }
+    }
+
+    /// Every API token as this batch sees it.
+    fn api_tokens_seen(&self) -> Result<Vec<ApiTokenRecord>, StoreError> {
+        let mut all = self.store.api_tokens()?;
+        all.retain(|t| {
+            !self
+                .meta_overlay
+                .contains_key(&prefixed(KEY_API_TOKEN_PREFIX, &t.id))
+        });
+        for (k, v) in &self.meta_overlay {
+            if k.starts_with(KEY_API_TOKEN_PREFIX)
+                && let Some(b) = v
+            {
+                all.push(serde_json::from_slice(b).map_err(|e| corrupt("API token", e))?);
+            }
+        }
+        Ok(all)
+    }
+
+    /// Records in the audit log that `actor` asked for the change at `index` (see
+    /// [`crate::audit`]), and drops the entry that falls out of the log.
+    pub fn audit(
+        &mut self,
+        index: u64,
+        at_unix_ms: i64,
+        actor: crate::audit::Actor,
+        action: String,
+        target: String,
+        outcome: &Result<WriteOutcome, ApplyError>,
+    ) -> Result<(), StoreError> {
+        let last: Option<u64> = self.get_meta(KEY_AUDIT_SEQ, "audit sequence")?;
+        let seq = last.unwrap_or(0) + 1;
+        let entry = AuditEntry {
+            seq,
+            index,
+            at_unix_ms,
+            actor,
+            action,
+            target,
+            outcome: match outcome {
+                Ok(_) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            },
+        };
+        self.put_meta(audit_key(seq), &entry);
+        self.put_meta(KEY_AUDIT_SEQ.to_vec(), &seq);
+        if seq > crate::audit::RETAINED {
+            self.delete_meta(audit_key(seq - crate::audit::RETAINED));
+        }
+        Ok(())
+    }
+
     pub fn skip(&mut self, index: u64) {
         self.applied = Some(index);
     }

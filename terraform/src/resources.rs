@@ -6,8 +6,9 @@
 //!   envelope (`mesh`, `name`, `labels`, server-set `version`) plus the spec's fields as
 //!   attributes and nested blocks generated from the type's JSON Schema;
 //! - `causeway_policy`: any type, its spec as YAML;
-//! - one-shot tokens (`causeway_dataplane_token`, `causeway_ingress_token`): issued on
-//!   create, shown once, replaced when an input changes.
+//! - one-shot tokens (`causeway_dataplane_token`, `causeway_ingress_token`,
+//!   `causeway_api_token`): issued on create, shown once, replaced when an input
+//!   changes; destroying or replacing one revokes it.
 //!
 //! The server-set `version` of a resource travels in the values handled here as the
 //! attribute `version`, but Terraform keeps it in the resource's private state (see
@@ -93,6 +94,8 @@ pub enum Kind {
     Generic,
     DataplaneToken,
     IngressToken,
+    /// A named global API token with a role.
+    ApiToken,
 }
 
 pub struct ResourceDef {
@@ -194,6 +197,41 @@ pub fn resources() -> Vec<ResourceDef> {
         schema: Block {
             description: "A zone ingress token, bound to a zone. Issued on create; any change issues a new one.".into(),
             attrs: token_attrs(&[("zone", "The zone the ingress runs in.")]),
+            blocks: vec![],
+        },
+    });
+    let mut api_token_attrs = vec![
+        Attr::new(
+            "name",
+            TfType::String,
+            Mode::Required,
+            "A label shown in `causeway token list` and the audit log. Changing it issues a new token.",
+        ),
+        Attr::new(
+            "role",
+            TfType::String,
+            Mode::Required,
+            "`admin` (everything), `mesh-editor` (changes only what lives in `meshes`; reads the rest) or `viewer` (reads only). Changing it issues a new token.",
+        ),
+        Attr::new(
+            "meshes",
+            TfType::List(Box::new(TfType::String)),
+            Mode::Optional,
+            "The meshes a `mesh-editor` may change (required for that role, refused for the others). Changing it issues a new token.",
+        ),
+    ];
+    api_token_attrs.extend(token_attrs(&[]).into_iter().map(|mut a| {
+        if a.name == "valid_for" {
+            a.description = "Lifetime (Go-style duration, default `2160h`, 90 days). Changing it issues a new token.".into();
+        }
+        a
+    }));
+    out.push(ResourceDef {
+        name: "causeway_api_token".into(),
+        kind: Kind::ApiToken,
+        schema: Block {
+            description: "A named token of the global API with a role. Issued on create (the API keeps only its hash); any change issues a new one and revokes the old one, as does destroying it. Every change made with it is in the audit log under its name.".into(),
+            attrs: api_token_attrs,
             blocks: vec![],
         },
     });
@@ -435,6 +473,7 @@ pub fn plan(def: &ResourceDef, prior: &Value, proposed: &Value, config: &Value) 
         Kind::Generic => &["type", "mesh", "name"],
         Kind::DataplaneToken => &["mesh", "service", "valid_for"],
         Kind::IngressToken => &["zone", "valid_for"],
+        Kind::ApiToken => &["name", "role", "meshes", "valid_for"],
     };
     let creating = prior.is_null();
     if !creating {
@@ -476,7 +515,7 @@ pub fn plan(def: &ResourceDef, prior: &Value, proposed: &Value, config: &Value) 
                 }
             }
         }
-        Kind::DataplaneToken | Kind::IngressToken => {
+        Kind::DataplaneToken | Kind::IngressToken | Kind::ApiToken => {
             if creating {
                 for n in ["id", "expires_at", "token"] {
                     p.set(n, Value::Unknown);
@@ -642,7 +681,7 @@ pub async fn apply(
 ) -> Result<Value, (Value, Diags)> {
     match &def.kind {
         Kind::Object { .. } | Kind::Generic => apply_object(client, def, prior, planned).await,
-        Kind::DataplaneToken | Kind::IngressToken => {
+        Kind::DataplaneToken | Kind::IngressToken | Kind::ApiToken => {
             if planned.is_null() {
                 revoke_token(client, def, prior)
                     .await
@@ -824,6 +863,25 @@ async fn issue_token(client: &Client, def: &ResourceDef, planned: &Value) -> Res
         body["validFor"] = json!(v);
     }
     let (path, what, fields): (String, String, &[(&str, &str)]) = match def.kind {
+        Kind::ApiToken => {
+            body["name"] = json!(str_attr(planned, "name"));
+            body["role"] = json!(str_attr(planned, "role"));
+            let meshes: Vec<&str> = match planned.get("meshes") {
+                Value::List(items) => items.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            body["meshes"] = json!(meshes);
+            (
+                "/api-tokens".into(),
+                "an API token".into(),
+                &[
+                    ("name", "name"),
+                    ("role", "role"),
+                    ("meshes", "meshes"),
+                    ("validFor", "valid_for"),
+                ],
+            )
+        }
         Kind::DataplaneToken => {
             body["service"] = json!(str_attr(planned, "service"));
             (
@@ -863,6 +921,7 @@ async fn issue_token(client: &Client, def: &ResourceDef, planned: &Value) -> Res
 fn token_path(def: &ResourceDef, state: &Value) -> Option<String> {
     let id = state.get("id").as_str()?;
     Some(match def.kind {
+        Kind::ApiToken => format!("/api-tokens/{id}"),
         Kind::DataplaneToken => {
             format!("/meshes/{}/dataplane-tokens/{id}", str_attr(state, "mesh"))
         }
@@ -897,7 +956,7 @@ fn copy_issued(state: &mut Value, issued: &Json, fields: &[(&str, &str)]) {
 /// Refreshes a resource: null when it no longer exists.
 pub async fn read(client: &Client, def: &ResourceDef, prior: &Value) -> Result<Value, Diags> {
     match &def.kind {
-        Kind::DataplaneToken | Kind::IngressToken => {
+        Kind::DataplaneToken | Kind::IngressToken | Kind::ApiToken => {
             // A token revoked (or expired) outside Terraform is issued again by the next
             // apply. One the cluster has no record of (issued before tokens were
             // recorded) is kept: it cannot be revoked, so it is not known to be dead.
@@ -908,6 +967,11 @@ pub async fn read(client: &Client, def: &ResourceDef, prior: &Value) -> Result<V
                 .rsplit_once('/')
                 .map(|(l, _)| format!("{l}?expired=true"))
                 .unwrap_or_default();
+            let list = if matches!(def.kind, Kind::ApiToken) {
+                "/api-tokens?all=true".to_string()
+            } else {
+                list
+            };
             let items = client
                 .get(&list)
                 .await
@@ -923,6 +987,7 @@ pub async fn read(client: &Client, def: &ResourceDef, prior: &Value) -> Result<V
                 .is_some_and(|t| {
                     t.get("revokedAt").is_some_and(|r| !r.is_null())
                         || t.get("expired") == Some(&json!(true))
+                        || t.get("live") == Some(&json!(false))
                 });
             Ok(if dead { Value::Null } else { prior.clone() })
         }
@@ -1002,6 +1067,13 @@ pub async fn import(client: &Client, def: &ResourceDef, id: &str) -> Result<Valu
             }
         },
         Kind::DataplaneToken | Kind::IngressToken => return import_token(def, id),
+        Kind::ApiToken => {
+            return Err(vec![
+                Diag::new("an API token cannot be imported").detail(
+                    "The cluster keeps only its hash, so Terraform could not fill `token`. Let Terraform issue a new one, then revoke the old one with `causeway token revoke ID`.",
+                ),
+            ]);
+        }
     };
     if name.is_empty() || (info.scope == Scope::Global && parts.len() != 1) {
         return Err(vec![Diag::new(format!("import id {id:?} is not {hint}"))]);

@@ -903,3 +903,147 @@ async fn multi_zone_example_applies_and_destroys() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// A mesh-editor API token managed by Terraform.
+fn api_token_hcl(role: &str, meshes: &str) -> String {
+    format!(
+        r#"
+terraform {{
+  required_providers {{
+    causeway = {{ source = "causeway/causeway" }}
+  }}
+}}
+
+provider "causeway" {{}}
+
+resource "causeway_mesh" "payments" {{
+  name = "payments"
+}}
+
+resource "causeway_api_token" "ci" {{
+  name   = "ci"
+  role   = "{role}"
+  meshes = {meshes}
+  valid_for = "24h"
+  depends_on = [causeway_mesh.payments]
+}}
+
+output "ci_token" {{
+  value     = causeway_api_token.ci.token
+  sensitive = true
+}}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_token_with_a_role_is_issued_replaced_and_revoked_by_terraform() -> anyhow::Result<()>
+{
+    terraform_bin();
+    let cluster = GlobalCluster::start(1, &[]).await?;
+    let tf = Tf::new(&cluster)?;
+    tf.write("main.tf", &api_token_hcl("mesh-editor", r#"["payments"]"#));
+    tf.apply().await?;
+    let token = tf.ok(&["output", "-raw", "ci_token"]).await?;
+    let write = |token: String, path: &'static str| {
+        let cluster = &cluster;
+        async move {
+            let name = path.rsplit('/').next().unwrap_or_default();
+            let body = json!({"type": "MeshTimeout", "mesh": "payments", "name": name,
+                "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "Mesh"},
+                         "default": {"http": {"requestTimeout": "5s"}}}]}});
+            cluster
+                .call_with(0, Some(&token), Method::PUT, path, Some(&body))
+                .await
+                .map(|(s, _)| s)
+        }
+    };
+    assert_eq!(
+        write(token.clone(), "/meshes/payments/meshtimeouts/by-ci").await?,
+        StatusCode::CREATED
+    );
+    let (s, _) = cluster
+        .call_with(
+            0,
+            Some(&token),
+            Method::PUT,
+            "/meshes/other",
+            Some(&json!({"type": "Mesh", "name": "other"})),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a mesh editor creates no mesh");
+    let (changes, plan) = tf.plan().await?;
+    assert!(!changes, "{plan}");
+
+    // A new role replaces the token: the old one stops working at once.
+    tf.write("main.tf", &api_token_hcl("viewer", "null"));
+    tf.apply().await?;
+    let viewer = tf.ok(&["output", "-raw", "ci_token"]).await?;
+    assert_ne!(viewer, token);
+    let (s, v) = cluster
+        .call_with(0, Some(&token), Method::GET, "/meshes", None)
+        .await?;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{v}");
+    assert_eq!(
+        write(viewer.clone(), "/meshes/payments/meshtimeouts/by-viewer").await?,
+        StatusCode::FORBIDDEN
+    );
+
+    // A token revoked outside Terraform is issued again by the next apply.
+    let id = tf
+        .ok(&["state", "show", "-no-color", "causeway_api_token.ci"])
+        .await?;
+    let id = id
+        .lines()
+        .find_map(|l| {
+            l.trim().strip_prefix("id").map(|r| {
+                r.trim()
+                    .trim_start_matches('=')
+                    .trim()
+                    .trim_matches('"')
+                    .to_string()
+            })
+        })
+        .context("id in state")?;
+    let (s, v) = cluster
+        .call(0, Method::DELETE, &format!("/api-tokens/{id}"), None)
+        .await?;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (changes, plan) = tf.plan().await?;
+    assert!(
+        changes && plan.contains("causeway_api_token.ci will be created"),
+        "{plan}"
+    );
+
+    // Bad input fails at apply with the field; destroy revokes.
+    tf.write("main.tf", &api_token_hcl("mesh-editor", "[]"));
+    let r = tf
+        .run(&["apply", "-auto-approve", "-input=false", "-no-color"])
+        .await;
+    assert!(
+        !r.ok
+            && r.stderr
+                .contains("mesh-editor token needs at least one mesh"),
+        "{}",
+        r.stderr
+    );
+    tf.write("main.tf", &api_token_hcl("viewer", "null"));
+    tf.apply().await?;
+    let last = tf.ok(&["output", "-raw", "ci_token"]).await?;
+    // (The editor's policy is not Terraform's; the mesh goes only without it.)
+    cluster
+        .call(
+            0,
+            Method::DELETE,
+            "/meshes/payments/meshtimeouts/by-ci",
+            None,
+        )
+        .await?;
+    tf.ok(&["destroy", "-auto-approve", "-input=false", "-no-color"])
+        .await?;
+    let (s, _) = cluster
+        .call_with(0, Some(&last), Method::GET, "/meshes", None)
+        .await?;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    Ok(())
+}

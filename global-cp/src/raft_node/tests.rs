@@ -181,10 +181,11 @@ impl Sim {
         cmd: Command,
     ) -> oneshot::Receiver<Result<WriteOutcome, RaftError>> {
         let (reply, rx) = oneshot::channel();
-        self.nodes
-            .get_mut(&id)
-            .unwrap()
-            .handle(Msg::Propose { cmd, reply });
+        self.nodes.get_mut(&id).unwrap().handle(Msg::Propose {
+            cmd,
+            actor: None,
+            reply,
+        });
         rx
     }
 

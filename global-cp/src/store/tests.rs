@@ -846,3 +846,177 @@ fn a_join_token_is_used_once_before_it_expires() {
     );
     b.commit().unwrap();
 }
+
+fn api_token(id: &str, role: crate::access::ApiRole, expires_unix: i64) -> ApiTokenRecord {
+    ApiTokenRecord {
+        id: id.into(),
+        name: id.into(),
+        role,
+        meshes: Vec::new(),
+        sha256: format!("sha-{id}"),
+        created_unix: 100,
+        expires_unix,
+        revoked_unix: None,
+        created_by: "admin".into(),
+    }
+}
+
+/// A store whose cluster formed with bootstrap tokens hashed `admin-sha`/`ro-sha`.
+fn formed_store(dir: &Path) -> Store {
+    let s = Store::open(dir).unwrap();
+    let sealer = crate::sealing::Sealer::new(&[3u8; 32]).unwrap();
+    let clear = crate::command::ClusterSecrets {
+        tokens: causeway_pki::api_token::TokenHashes {
+            admin_sha256: "admin-sha".into(),
+            readonly_sha256: "ro-sha".into(),
+        },
+        api_ca_cert_pem: String::new(),
+        api_ca_key_pem: String::new(),
+        zone_token_key: String::new(),
+        zone_ca_cert_pem: String::new(),
+        zone_ca_key_pem: String::new(),
+        dataplane_token_key: String::new(),
+        raft_ca_cert_pem: String::new(),
+        raft_ca_key_pem: String::new(),
+    };
+    let mut b = s.apply_batch();
+    b.apply(
+        1,
+        EPOCH,
+        Command::InitCluster(SealedSecrets::seal(&clear, &sealer)),
+    )
+    .unwrap()
+    .unwrap();
+    b.commit().unwrap();
+    s
+}
+
+#[test]
+fn an_api_token_rotates_with_an_overlap_and_the_last_admin_is_kept() {
+    use crate::access::ApiRole;
+    let dir = tempfile::tempdir().unwrap();
+    let s = formed_store(dir.path());
+    let at = |secs: i64| time::OffsetDateTime::from_unix_timestamp(secs).unwrap();
+    // The bootstrap tokens exist before anything is written about them.
+    let ids: Vec<String> = s.api_tokens().unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(ids, ["admin", "readonly"]);
+    assert_eq!(s.api_token("admin").unwrap().unwrap().sha256, "admin-sha");
+
+    // The only admin cannot be revoked; a viewer can.
+    let mut b = s.apply_batch();
+    let last = b
+        .apply(2, at(1000), Command::RevokeApiToken { id: "admin".into() })
+        .unwrap();
+    assert!(
+        matches!(&last, Err(ApplyError::Refused(why)) if why.contains("last live admin")),
+        "{last:?}"
+    );
+    b.apply(
+        3,
+        at(1000),
+        Command::RevokeApiToken {
+            id: "readonly".into(),
+        },
+    )
+    .unwrap()
+    .unwrap();
+    // Rotated in the same batch: the successor is seen by the next entry.
+    let new = api_token("successor", ApiRole::Admin, crate::access::NEVER);
+    b.apply(
+        4,
+        at(1000),
+        Command::RotateApiToken {
+            id: "admin".into(),
+            new: new.clone(),
+            overlap_secs: 60,
+        },
+    )
+    .unwrap()
+    .unwrap();
+    // The old one is still live (overlap), so the successor is not the last admin ...
+    b.apply(
+        5,
+        at(1010),
+        Command::RevokeApiToken {
+            id: "successor".into(),
+        },
+    )
+    .unwrap()
+    .unwrap();
+    b.commit().unwrap();
+    let old = s.api_token("admin").unwrap().unwrap();
+    assert_eq!(old.expires_unix, 1060);
+    assert!(old.live(1059) && !old.live(1060));
+    assert!(
+        s.api_token("readonly")
+            .unwrap()
+            .unwrap()
+            .revoked_unix
+            .is_some()
+    );
+    assert!(!s.api_token("successor").unwrap().unwrap().live(1011));
+
+    // ... and a dead token is not rotated.
+    let mut b = s.apply_batch();
+    let dead = b
+        .apply(
+            6,
+            at(2000),
+            Command::RotateApiToken {
+                id: "admin".into(),
+                new: api_token("again", ApiRole::Admin, crate::access::NEVER),
+                overlap_secs: 60,
+            },
+        )
+        .unwrap();
+    assert!(matches!(dead, Err(ApplyError::Refused(_))), "{dead:?}");
+    let unknown = b
+        .apply(7, at(2000), Command::RevokeApiToken { id: "nope".into() })
+        .unwrap();
+    assert_eq!(unknown, Err(ApplyError::NotFound));
+}
+
+#[test]
+fn the_audit_log_keeps_the_newest_entries_in_order() {
+    use crate::access::ApiRole;
+    let dir = tempfile::tempdir().unwrap();
+    let s = formed_store(dir.path());
+    let actor = |name: &str| crate::audit::Actor {
+        token_id: format!("id-{name}"),
+        token_name: name.into(),
+        role: ApiRole::Admin,
+    };
+    let total = crate::audit::RETAINED + 3;
+    let mut b = s.apply_batch();
+    for i in 1..=total {
+        let who = if i % 2 == 0 { "even" } else { "odd" };
+        let outcome = if i == total {
+            Err(ApplyError::NotFound)
+        } else {
+            Ok(WriteOutcome::Done)
+        };
+        b.audit(
+            i + 1,
+            i as i64,
+            actor(who),
+            "put".into(),
+            format!("thing {i}"),
+            &outcome,
+        )
+        .unwrap();
+    }
+    b.commit().unwrap();
+    let newest = s.audit_entries(3, |_| true).unwrap();
+    let seqs: Vec<u64> = newest.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [total - 2, total - 1, total]);
+    assert_eq!(newest[2].outcome, "not found");
+    assert_eq!(newest[0].outcome, "ok");
+    let all = s.audit_entries(usize::MAX, |_| true).unwrap();
+    assert_eq!(all.len() as u64, crate::audit::RETAINED);
+    assert_eq!(all[0].seq, 4, "the oldest entries are dropped");
+    let odd = s.audit_entries(2, |e| e.actor.token_name == "odd").unwrap();
+    assert!(
+        odd.iter().all(|e| e.seq % 2 == 1) && odd.len() == 2,
+        "{odd:?}"
+    );
+}
