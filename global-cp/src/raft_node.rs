@@ -101,7 +101,7 @@ pub struct PeerProgress {
 pub(crate) enum Msg {
     Raft(Box<Message>),
     Propose {
-        cmd: Command,
+        cmd: Box<Command>,
         /// Who asked, when an API request did (written to the audit log).
         actor: Option<Box<crate::audit::Actor>>,
         reply: oneshot::Sender<Result<WriteOutcome, RaftError>>,
@@ -147,7 +147,7 @@ impl RaftHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Propose {
-                cmd,
+                cmd: Box::new(cmd),
                 actor: crate::audit::current_actor().map(Box::new),
                 reply,
             })
@@ -376,7 +376,7 @@ impl<O: Outbox> Driver<O> {
                 let env = Envelope {
                     req: Some(req),
                     at_ms: now_ms(),
-                    cmd,
+                    cmd: *cmd,
                     actor: actor.map(|a| *a),
                 };
                 match self.node.propose(vec![], encode(&env)) {

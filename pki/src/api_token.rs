@@ -57,6 +57,7 @@ impl ApiTokens {
         TokenHashes {
             admin_sha256: hash(&self.admin),
             readonly_sha256: hash(&self.readonly),
+            retiring: Vec::new(),
         }
     }
 
@@ -98,28 +99,65 @@ impl ApiTokens {
 pub struct TokenHashes {
     pub admin_sha256: String,
     pub readonly_sha256: String,
+    /// Tokens replaced by a rotation ([`TokenHashes::rotate`]), still accepted until
+    /// their time is up (the zone API's tokens; the global API keeps its own records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retiring: Vec<RetiringToken>,
+}
+
+/// A rotated-out token, accepted until `until_unix`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RetiringToken {
+    pub access: Access,
+    pub sha256: String,
+    pub until_unix: i64,
 }
 
 /// What a presented token may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Access {
     Admin,
     ReadOnly,
 }
 
 impl TokenHashes {
-    /// The access `presented` grants, if any (constant-time comparisons of the hashes).
-    pub fn check(&self, presented: &str) -> Option<Access> {
+    /// The access `presented` grants at `now_unix`, if any (constant-time comparisons
+    /// of the hashes).
+    pub fn check(&self, presented: &str, now_unix: i64) -> Option<Access> {
         let h = hash(presented);
-        let admin = crate::constant_time_eq(h.as_bytes(), self.admin_sha256.as_bytes());
-        let readonly = crate::constant_time_eq(h.as_bytes(), self.readonly_sha256.as_bytes());
-        if admin {
+        let is = |sha: &str| crate::constant_time_eq(h.as_bytes(), sha.as_bytes());
+        if is(&self.admin_sha256) {
             Some(Access::Admin)
-        } else if readonly {
+        } else if is(&self.readonly_sha256) {
             Some(Access::ReadOnly)
         } else {
-            None
+            self.retiring
+                .iter()
+                .find(|r| now_unix < r.until_unix && is(&r.sha256))
+                .map(|r| r.access)
         }
+    }
+
+    /// Replaces the `access` token with a new one, shown once (returned); the old one
+    /// keeps working for `overlap_secs`. Rotations whose overlap is over are forgotten.
+    pub fn rotate(&mut self, access: Access, now_unix: i64, overlap_secs: i64) -> String {
+        let token = generate();
+        let current = match access {
+            Access::Admin => &mut self.admin_sha256,
+            Access::ReadOnly => &mut self.readonly_sha256,
+        };
+        let old = std::mem::replace(current, hash(&token));
+        self.retiring.retain(|r| now_unix < r.until_unix);
+        if overlap_secs > 0 {
+            self.retiring.push(RetiringToken {
+                access,
+                sha256: old,
+                until_unix: now_unix.saturating_add(overlap_secs),
+            });
+        }
+        token
     }
 }
 
@@ -141,6 +179,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_rotated_token_works_for_the_overlap_and_then_never() {
+        let t = ApiTokens::generate();
+        let mut h = t.hashes();
+        let new = h.rotate(Access::Admin, 1000, 60);
+        assert_eq!(h.check(&new, 1000), Some(Access::Admin));
+        assert_eq!(h.check(&t.admin, 1059), Some(Access::Admin));
+        assert_eq!(h.check(&t.admin, 1060), None);
+        assert_eq!(h.check(&t.readonly, 1060), Some(Access::ReadOnly));
+        // A read-only token rotated out keeps read-only access only; no overlap: gone.
+        let ro = h.rotate(Access::ReadOnly, 1100, 0);
+        assert_eq!(h.check(&t.readonly, 1100), None);
+        assert_eq!(h.check(&ro, 1100), Some(Access::ReadOnly));
+        assert!(
+            h.retiring.is_empty(),
+            "the admin token's overlap is over: forgotten"
+        );
+        let json = serde_json::to_string(&h).unwrap();
+        assert!(!json.contains(&new) && !json.contains(&ro));
+        assert_eq!(serde_json::from_str::<TokenHashes>(&json).unwrap(), h);
+    }
+
+    #[test]
     fn only_hashes_are_kept_and_they_grant_the_right_access() {
         let t = ApiTokens::generate();
         assert_ne!(t.admin, t.readonly);
@@ -148,10 +208,10 @@ mod tests {
         let h = t.hashes();
         let json = serde_json::to_string(&h).unwrap();
         assert!(!json.contains(&t.admin) && !json.contains(&t.readonly));
-        assert_eq!(h.check(&t.admin), Some(Access::Admin));
-        assert_eq!(h.check(&t.readonly), Some(Access::ReadOnly));
-        assert_eq!(h.check("cw_wrong"), None);
-        assert_eq!(h.check(&h.admin_sha256), None, "the hash is not a token");
+        assert_eq!(h.check(&t.admin, 0), Some(Access::Admin));
+        assert_eq!(h.check(&t.readonly, 0), Some(Access::ReadOnly));
+        assert_eq!(h.check("cw_wrong", 0), None);
+        assert_eq!(h.check(&h.admin_sha256, 0), None, "the hash is not a token");
         assert!(!format!("{t:?}").contains(&t.admin));
     }
 

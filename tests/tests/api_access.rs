@@ -325,3 +325,85 @@ async fn the_admin_token_rotates_without_downtime_and_the_last_admin_stays() {
         .unwrap();
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_api_token_rotates_with_an_overlap_and_the_rotation_survives_a_restart() {
+    use causeway_tests::{ZoneCp, causeway_bin};
+    let c = GlobalCluster::start(1, &[]).await.unwrap();
+    let z = ZoneCp::new(&c, "zone-a", c.kds_urls_from(0), &[])
+        .await
+        .unwrap();
+    z.start().unwrap();
+    z.status().await.unwrap();
+    let old = z.admin_token().unwrap();
+    let readonly = std::fs::read_to_string(z.token_dir().join("readonly-token")).unwrap();
+    let ca_file = z.dir.join("api-ca.pem");
+    let tls =
+        causeway_global_cp::tls::client_config(&std::fs::read_to_string(&ca_file).unwrap(), None)
+            .unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let status = |token: String, path: &'static str| {
+        let http = http.clone();
+        let url = format!("https://{}{path}", z.api);
+        async move {
+            http.get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map(|r| r.status())
+                .ok()
+        }
+    };
+
+    // The same CLI command as for global, pointed at the zone.
+    let out_file = c.tmp.path().join("zone-admin-token");
+    let out = std::process::Command::new(causeway_bin())
+        .args(["token", "rotate", "admin", "--overlap", "3s", "--out"])
+        .arg(&out_file)
+        .env("CAUSEWAY_ADDR", format!("https://{}", z.api))
+        .env("CAUSEWAY_TOKEN", &old)
+        .env("CAUSEWAY_CA_FILE", &ca_file)
+        .env("CAUSEWAY_CONFIG", c.tmp.path().join("zone-cli.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = std::fs::read_to_string(&out_file)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(new, old);
+    assert_eq!(status(new.clone(), "/status").await, Some(StatusCode::OK));
+    assert_eq!(status(old.clone(), "/status").await, Some(StatusCode::OK));
+    // Only the admin token sees or rotates tokens.
+    assert_eq!(
+        status(readonly.trim().to_string(), "/api-tokens").await,
+        Some(StatusCode::FORBIDDEN)
+    );
+    eventually(
+        "the old zone admin token stops after the overlap",
+        WAIT,
+        || async {
+            (status(old.clone(), "/status").await? == StatusCode::UNAUTHORIZED).then_some(())
+        },
+    )
+    .await
+    .unwrap();
+
+    // The rotation was saved: after a restart the new token works and the old does not.
+    z.kill();
+    z.start().unwrap();
+    eventually("the restarted zone takes the new token", WAIT, || async {
+        (status(new.clone(), "/status").await? == StatusCode::OK).then_some(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status(old, "/status").await, Some(StatusCode::UNAUTHORIZED));
+}

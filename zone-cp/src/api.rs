@@ -15,7 +15,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use causeway_api::{FieldError, Resource, ResourceKey, Scope, TypeInfo};
 use causeway_listen::{Guarded, Limits};
@@ -99,7 +99,8 @@ pub(crate) fn local_credentials(
 #[derive(Clone)]
 struct ApiState {
     shared: Arc<Shared>,
-    tokens: TokenHashes,
+    /// The token hashes, replaced by a rotation (and saved in the data dir first).
+    tokens: Arc<std::sync::RwLock<TokenHashes>>,
 }
 
 /// How long a client may take to send a request's headers (HTTP/1.1; counted from when
@@ -263,11 +264,16 @@ pub(crate) async fn serve(
         825,
     )?;
     let server = causeway_pki::server_config(&cert, None, &[b"h2", b"http/1.1"])?;
-    let state = ApiState { shared, tokens };
+    let state = ApiState {
+        shared,
+        tokens: Arc::new(std::sync::RwLock::new(tokens)),
+    };
     let authed = Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics))
         .route("/sync", get(wait_sync))
+        .route("/api-tokens", get(list_api_tokens))
+        .route("/api-tokens/{id}/rotate", post(rotate_api_token))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
         .route(
             "/meshes/{mesh}/dataplanes/{name}/inspect",
@@ -311,7 +317,9 @@ async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response 
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .unwrap_or("");
-    let Some(access) = st.tokens.check(presented) else {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let checked = st.tokens.read().expect("token lock").check(presented, now);
+    let Some(access) = checked else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "Authorization",
@@ -327,7 +335,128 @@ async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response 
         )
         .into_response();
     }
+    if req.uri().path().starts_with("/api-tokens") && access != Access::Admin {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Authorization",
+            "the API tokens are for the admin token only",
+        )
+        .into_response();
+    }
     next.run(req).await
+}
+
+// === API tokens ===
+
+/// The zone's two tokens by id, as `causeway token list` shows them.
+const TOKEN_IDS: [(&str, Access, &str); 2] = [
+    ("admin", Access::Admin, "admin"),
+    ("readonly", Access::ReadOnly, "viewer"),
+];
+
+/// `GET /api-tokens`: the zone API's two tokens and the rotated-out ones still working.
+async fn list_api_tokens(State(st): State<ApiState>) -> Json<Value> {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let tokens = st.tokens.read().expect("token lock").clone();
+    let mut items: Vec<Value> = TOKEN_IDS
+        .iter()
+        .map(|(id, _, role)| json!({"id": id, "name": id, "role": role, "live": true}))
+        .collect();
+    for r in tokens.retiring.iter().filter(|r| now < r.until_unix) {
+        let (id, _, role) = TOKEN_IDS
+            .iter()
+            .find(|(_, a, _)| *a == r.access)
+            .expect("every access has an id");
+        items.push(json!({
+            "id": format!("{id} (rotated out)"), "name": id, "role": role, "live": true,
+            "expiresAt": rfc3339(r.until_unix),
+        }));
+    }
+    Json(json!({ "items": items }))
+}
+
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateRequest {
+    /// Go-style duration; default 1h, at most 720h.
+    overlap: Option<String>,
+}
+
+/// `POST /api-tokens/{admin|readonly}/rotate`: a new token, shown once; the old one
+/// keeps working for the overlap. The new hashes are saved before the answer, so a
+/// restart keeps the rotation.
+async fn rotate_api_token(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let Some((_, access, _)) = TOKEN_IDS.iter().find(|(i, _, _)| *i == id) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "id",
+            format!("no API token {id:?} here; a zone has `admin` and `readonly`"),
+        ));
+    };
+    let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "", e.to_string()))?
+    };
+    let overlap: causeway_api::Duration = req.overlap.as_deref().unwrap_or("1h").parse().map_err(
+        |e: causeway_api::DurationError| {
+            ApiError::new(StatusCode::BAD_REQUEST, "overlap", e.to_string())
+        },
+    )?;
+    let overlap_secs = overlap.as_std().as_secs();
+    if overlap_secs > 30 * 24 * 3600 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "overlap",
+            "at most 720h (30 days)",
+        ));
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let path = st.shared.cfg.data_dir.join(TOKEN_HASHES_FILE);
+    let (token, hashes) = {
+        let mut guard = st.tokens.write().expect("token lock");
+        let mut next = guard.clone();
+        let token = next.rotate(*access, now, overlap_secs as i64);
+        write_private(&path, &serde_json::to_string(&next).expect("hashes encode")).map_err(
+            |e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "",
+                    format!(
+                        "saving the new token hashes in {}: {e}; nothing changed",
+                        path.display()
+                    ),
+                )
+            },
+        )?;
+        *guard = next.clone();
+        (token, next)
+    };
+    let until = now.saturating_add(overlap_secs as i64);
+    tracing::info!(token = %id, retiring = hashes.retiring.len(), "rotated a zone API token");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": id, "name": id, "token": token,
+            "replaces": id, "replacedTokenExpiresAt": rfc3339(until),
+        })),
+    )
+        .into_response())
 }
 
 pub(crate) fn status_json(shared: &Shared) -> Value {

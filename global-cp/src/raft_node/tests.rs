@@ -182,7 +182,7 @@ impl Sim {
     ) -> oneshot::Receiver<Result<WriteOutcome, RaftError>> {
         let (reply, rx) = oneshot::channel();
         self.nodes.get_mut(&id).unwrap().handle(Msg::Propose {
-            cmd,
+            cmd: Box::new(cmd),
             actor: None,
             reply,
         });

@@ -869,6 +869,7 @@ fn formed_store(dir: &Path) -> Store {
         tokens: causeway_pki::api_token::TokenHashes {
             admin_sha256: "admin-sha".into(),
             readonly_sha256: "ro-sha".into(),
+            retiring: Vec::new(),
         },
         api_ca_cert_pem: String::new(),
         api_ca_key_pem: String::new(),
