@@ -106,6 +106,11 @@ pub(crate) struct GlobalCpArgs {
     /// Raft tick in milliseconds (default 50; elections start after 8-16 ticks of silence).
     #[arg(long)]
     tick_ms: Option<u64>,
+    /// Free space to keep on the data dir's disk, in MiB (default 256): under it the
+    /// node refuses writes (HTTP 507, saying so) instead of failing in the middle of
+    /// one, and takes them again as soon as space is freed. Reads and traffic go on.
+    #[arg(long)]
+    disk_reserve_mib: Option<u64>,
 }
 
 pub(crate) fn parse_duration(flag: &str, s: &str) -> anyhow::Result<Duration> {
@@ -165,6 +170,7 @@ impl GlobalCpArgs {
             api_key: self.api_key.or(file.api_key),
             snapshot_threshold: self.snapshot_threshold.or(file.snapshot_threshold),
             tick_ms: self.tick_ms.or(file.tick_ms),
+            disk_reserve_mib: self.disk_reserve_mib.or(file.disk_reserve_mib),
         })
     }
 
@@ -224,6 +230,9 @@ impl GlobalCpArgs {
                 "--tick-ms must be between 10 and 1000"
             );
             raft.tick = Duration::from_millis(ms);
+        }
+        if let Some(mib) = a.disk_reserve_mib {
+            raft.disk_reserve_bytes = mib.saturating_mul(1024 * 1024);
         }
         let mut kds = KdsSettings::default();
         if let Some(h) = &a.kds_heartbeat {

@@ -115,6 +115,7 @@ impl From<RaftError> for ApiError {
             RaftError::Rejected(e @ ApplyError::OwnedElsewhere { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "origin", e.to_string())
             }
+            RaftError::DiskLow(why) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "", why),
             e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "", e.to_string()),
         }
     }
@@ -795,6 +796,11 @@ async fn cluster_status(State(st): State<ApiState>) -> ApiResult<Json<Value>> {
         "term": v.term,
         "commit_index": v.commit,
         "applied_index": v.applied,
+        "disk": {
+            "free_bytes": v.disk.free_bytes,
+            "reserve_bytes": v.disk.reserve_bytes,
+            "writes_refused": v.disk.low,
+        },
         "first_log_index": v.first_index,
         "last_log_index": v.last_index,
         "role": v.role,

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod audit;
 pub mod command;
+pub mod disk;
 pub mod join;
 pub mod kds;
 pub mod raft_node;
@@ -241,7 +242,10 @@ impl Node {
         let (raft, thread) = raft_node::start_with(
             id,
             store.clone(),
-            cfg.raft.clone(),
+            crate::raft_node::RaftSettings {
+                disk_dir: Some(cfg.data_dir.clone()),
+                ..cfg.raft.clone()
+            },
             raft_node::raft_logger(),
             |tx| {
                 let mut ob = transport::TcpOutbox::new(rt, id, tx, tls.as_ref())?;

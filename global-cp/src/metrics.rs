@@ -56,6 +56,8 @@ pub(crate) struct Metrics {
     raft_applied: Gauge,
     raft_last_index: Gauge,
     raft_members: Gauge,
+    disk_free_bytes: Gauge,
+    disk_low: Gauge,
     kds_connected_zones: Gauge,
     zone_connected: Family<ZoneLabels, Gauge>,
     zone_lag_revisions: Family<ZoneLabels, Gauge>,
@@ -84,6 +86,8 @@ impl Metrics {
             raft_applied: Gauge::default(),
             raft_last_index: Gauge::default(),
             raft_members: Gauge::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_low: Gauge::default(),
             kds_connected_zones: Gauge::default(),
             zone_connected: Family::default(),
             zone_lag_revisions: Family::default(),
@@ -147,6 +151,16 @@ impl Metrics {
             m.raft_members.clone(),
         );
         r.register(
+            "disk_free_bytes",
+            "Free space on the data dir's disk (measured every second)",
+            m.disk_free_bytes.clone(),
+        );
+        r.register(
+            "disk_low",
+            "1 while the data dir's disk is under its reserve (--disk-reserve-mib) and writes are refused, else 0",
+            m.disk_low.clone(),
+        );
+        r.register(
             "raft_proposal_duration_seconds",
             "From a write's proposal to its being applied on this node",
             proposals,
@@ -205,6 +219,8 @@ impl Metrics {
         gauge(&self.raft_applied, view.applied);
         gauge(&self.raft_last_index, view.last_index);
         gauge(&self.raft_members, view.progress.len() as u64);
+        gauge(&self.disk_free_bytes, view.disk.free_bytes);
+        gauge(&self.disk_low, u64::from(view.disk.low));
         gauge(&self.kds_connected_zones, connected as u64);
         // Counted by the store as they happen; the counters catch up at each scrape.
         let counts = store.snapshot_counts();

@@ -33,6 +33,11 @@ pub struct RaftSettings {
     pub compact_keep: u64,
     /// A write not applied within this time fails with 503 (its outcome is then unknown).
     pub proposal_timeout: Duration,
+    /// The data dir whose free space is watched ([`crate::disk`]); `None` watches
+    /// nothing (simulations).
+    pub disk_dir: Option<std::path::PathBuf>,
+    /// Under this much free space, proposals are refused.
+    pub disk_reserve_bytes: u64,
 }
 
 impl Default for RaftSettings {
@@ -44,6 +49,8 @@ impl Default for RaftSettings {
             compact_threshold: 10_000,
             compact_keep: 1_000,
             proposal_timeout: Duration::from_secs(5),
+            disk_dir: None,
+            disk_reserve_bytes: crate::disk::DEFAULT_RESERVE_BYTES,
         }
     }
 }
@@ -65,6 +72,9 @@ pub enum RaftError {
     Refused(String),
     #[error("this node is shutting down")]
     Stopped,
+    /// The data dir's disk is under its reserve (see [`crate::disk`]).
+    #[error("{0}")]
+    DiskLow(String),
 }
 
 /// A membership change.
@@ -89,6 +99,8 @@ pub struct RaftView {
     pub progress: Vec<PeerProgress>,
     /// Bumped when cluster secrets or membership change, so watchers know to look.
     pub meta_epoch: u64,
+    /// The data dir's free space; `low` while writes are refused.
+    pub disk: crate::disk::DiskReport,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +223,7 @@ struct Driver<O: Outbox> {
     view: watch::Sender<RaftView>,
     leader: u64,
     meta_epoch: u64,
+    disk: Option<crate::disk::DiskWatch>,
 }
 
 /// Starts the Raft thread for node `id` over `store`; `make_outbox` gets the channel into
@@ -293,6 +306,10 @@ impl<O: Outbox> Driver<O> {
             ..Default::default()
         });
         let store = node.store().clone();
+        let disk = settings
+            .disk_dir
+            .clone()
+            .map(|d| crate::disk::DiskWatch::new(d, settings.disk_reserve_bytes));
         let driver = Driver {
             node,
             store,
@@ -306,6 +323,7 @@ impl<O: Outbox> Driver<O> {
             view: view_tx,
             leader: 0,
             meta_epoch: 0,
+            disk,
         };
         (driver, view_rx)
     }
@@ -343,6 +361,7 @@ impl<O: Outbox> Driver<O> {
                     next_tick = Instant::now() + self.settings.tick;
                 }
                 self.expire(Instant::now());
+                self.watch_disk(Instant::now());
                 self.publish_view();
             }
             if let Err(e) = self.on_ready() {
@@ -367,11 +386,23 @@ impl<O: Outbox> Driver<O> {
         let deadline = Instant::now() + self.settings.proposal_timeout;
         match msg {
             Msg::Raft(m) => {
+                // A follower's forwarded write: refused here too while the disk is low
+                // (dropped: the follower's client times out and retries).
+                if m.get_msg_type() == raft::eraftpb::MessageType::MsgPropose
+                    && self.disk_refusal().is_some()
+                {
+                    tracing::debug!(from = m.from, "dropped a forwarded proposal: disk low");
+                    return;
+                }
                 if let Err(e) = self.node.step(*m) {
                     tracing::debug!(error = %e, "dropped raft message");
                 }
             }
             Msg::Propose { cmd, actor, reply } => {
+                if let Some(why) = self.disk_refusal() {
+                    let _ = reply.send(Err(RaftError::DiskLow(why)));
+                    return;
+                }
                 let req = self.next_req();
                 let env = Envelope {
                     req: Some(req),
@@ -685,6 +716,31 @@ impl<O: Outbox> Driver<O> {
         Ok(())
     }
 
+    /// Measures the data dir's free space when due, and says when writes stop or resume.
+    fn watch_disk(&mut self, now: Instant) {
+        let Some(disk) = self.disk.as_mut() else {
+            return;
+        };
+        match disk.poll(now) {
+            Some(crate::disk::DiskEvent::TurnedLow) => {
+                let why = disk.report().refusal(&disk.dir);
+                tracing::warn!("{why}");
+            }
+            Some(crate::disk::DiskEvent::Recovered) => tracing::info!(
+                free_mib = disk.report().free_bytes / (1024 * 1024),
+                "the data dir's disk has space again: writes are taken"
+            ),
+            None => {}
+        }
+    }
+
+    /// Why a write is refused now, if the disk is low.
+    fn disk_refusal(&self) -> Option<String> {
+        let disk = self.disk.as_ref()?;
+        let report = disk.report();
+        report.low.then(|| report.refusal(&disk.dir))
+    }
+
     fn publish_view(&mut self) {
         let raft = &self.node.raft;
         let role = match raft.state {
@@ -722,6 +778,7 @@ impl<O: Outbox> Driver<O> {
             role: role.to_string(),
             progress,
             meta_epoch: self.meta_epoch,
+            disk: self.disk.as_ref().map(|d| d.report()).unwrap_or_default(),
         };
         self.view.send_if_modified(|v| {
             if *v == view {

@@ -210,6 +210,11 @@ impl GlobalNode {
         self.child.lock().expect("child lock").is_some()
     }
 
+    /// The flags its next start adds (it keeps them for later starts).
+    pub fn set_extra_args(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+    }
+
     /// The process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child

@@ -370,14 +370,28 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A full disk does not leave a node looking healthy: the node's data moves to a small
-/// tmpfs, which a file then fills. A write fails, the Raft thread stops on the storage
-/// failure, and the process exits non-zero, saying so. Once space returns, the node
-/// starts again on the same data and serves writes.
+/// Fills the file system of `dir` with `filler`, then frees `leave` bytes of it.
+fn fill(filler: &std::path::Path, leave: u64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(filler)?;
+    let block = vec![0u8; 1 << 20];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    let len = f.metadata()?.len();
+    f.set_len(len.saturating_sub(leave))?;
+    Ok(())
+}
+
+/// A disk that fills does not fail a node in the middle of a write, nor leave it looking
+/// healthy. The node's data moves to a 64 MiB tmpfs, which a file then fills but for
+/// 8 MiB, under the node's 16 MiB reserve: writes are refused with 507 and the reason,
+/// reads go on, and once the file is gone writes are taken again, without a restart.
+/// With no reserve, a disk that does fill stops the Raft thread, and the process exits
+/// non-zero, saying so; it starts again on the same data once space returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_whose_disk_is_full_exits_and_recovers_once_space_returns() -> anyhow::Result<()> {
+async fn a_node_whose_disk_fills_refuses_writes_until_space_returns() -> anyhow::Result<()> {
     use anyhow::Context as _;
-    let mut c = GlobalCluster::start(1, &[]).await?;
+    let mut c = GlobalCluster::start(1, &["--disk-reserve-mib", "16"]).await?;
     let (s, _) = c
         .call_retry(Method::PUT, "/meshes/before", Some(&mesh("before")))
         .await?;
@@ -397,25 +411,69 @@ async fn a_node_whose_disk_is_full_exits_and_recovers_once_space_returns() -> an
     anyhow::ensure!(copied.success(), "copying the data");
     c.nodes[0].start(&[], false)?;
     c.wait_ready(0).await?;
-    // Fill it.
+    let (s, v) = c
+        .call_retry(Method::PUT, "/meshes/roomy", Some(&mesh("roomy")))
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+
+    // Under the reserve: refused, saying why; the node stays up and reads.
     let filler = dir.join("filler");
-    {
-        use std::io::Write as _;
-        let mut f = std::fs::File::create(&filler)?;
-        let block = vec![0u8; 1 << 20];
-        while f.write_all(&block).is_ok() {}
-        let _ = f.sync_all();
-    }
-    // Writes fail, and the node exits non-zero rather than linger.
-    let _ = c
-        .call(0, Method::PUT, "/meshes/during", Some(&mesh("during")))
-        .await;
+    fill(&filler, 8 << 20)?;
+    let refusal = eventually(
+        "writes refused for want of space",
+        Duration::from_secs(30),
+        || async {
+            let (s, v) = c
+                .call(0, Method::PUT, "/meshes/during", Some(&mesh("during")))
+                .await
+                .ok()?;
+            (s == StatusCode::INSUFFICIENT_STORAGE).then_some(v)
+        },
+    )
+    .await
+    .with_context(|| c.logs())?;
+    let why = refusal["message"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("reserve of 16 MiB") && why.contains("--disk-reserve-mib"),
+        "{refusal}"
+    );
+    assert!(c.nodes[0].exited().is_none(), "the node is still up");
+    let (s, _) = c.call(0, Method::GET, "/meshes/before", None).await?;
+    assert_eq!(s, StatusCode::OK);
+    assert!(c.metrics(0).await?.contains("causeway_disk_low 1"));
+    let (_, status) = c.call(0, Method::GET, "/cluster", None).await?;
+    assert_eq!(status["disk"]["writes_refused"], true, "{status}");
+    // (Writes before the once-a-second check saw the disk low went through.)
+    let (s, _) = c
+        .call(0, Method::PUT, "/meshes/refused", Some(&mesh("refused")))
+        .await?;
+    assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE);
+    let (s, _) = c.call(0, Method::GET, "/meshes/refused", None).await?;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a refused write changed nothing");
+
+    // Space returns: writes are taken again, the same process.
+    std::fs::remove_file(&filler)?;
+    eventually("writes taken again", Duration::from_secs(30), || async {
+        let (s, _) = c
+            .call(0, Method::PUT, "/meshes/after", Some(&mesh("after")))
+            .await
+            .ok()?;
+        (s == StatusCode::CREATED).then_some(())
+    })
+    .await?;
+    assert!(c.logs().contains("writes are taken"), "{}", c.logs());
+
+    // No reserve: the disk does fill, and the node exits non-zero rather than linger.
+    c.nodes[0].kill();
+    c.nodes[0].set_extra_args(&["--disk-reserve-mib", "0"]);
+    c.nodes[0].start(&[], false)?;
+    c.wait_ready(0).await?;
+    fill(&filler, 0)?;
     let status = eventually("the node exiting", Duration::from_secs(30), || async {
         let exited = c.nodes[0].exited();
         if exited.is_none() {
-            // Another write, if the first did not reach the disk yet.
             let _ = c
-                .call(0, Method::PUT, "/meshes/during", Some(&mesh("during")))
+                .call(0, Method::PUT, "/meshes/full", Some(&mesh("full")))
                 .await;
         }
         exited
@@ -426,15 +484,14 @@ async fn a_node_whose_disk_is_full_exits_and_recovers_once_space_returns() -> an
     assert!(!status.success(), "{status:?}");
     assert!(log.contains("storage failure"), "{log}");
     assert!(log.contains("the Raft thread stopped"), "{log}");
-    // Space returns: the node starts on the same data and serves.
     std::fs::remove_file(&filler)?;
     c.nodes[0].start(&[], false)?;
     c.wait_ready(0).await?;
     let (s, v) = c
-        .call_retry(Method::PUT, "/meshes/after", Some(&mesh("after")))
+        .call_retry(Method::PUT, "/meshes/last", Some(&mesh("last")))
         .await?;
     assert_eq!(s, StatusCode::CREATED, "{v}");
-    let (s, _) = c.call_retry(Method::GET, "/meshes/before", None).await?;
+    let (s, _) = c.call_retry(Method::GET, "/meshes/after", None).await?;
     assert_eq!(s, StatusCode::OK, "the data from before survived");
     Ok(())
 }
