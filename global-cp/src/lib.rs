@@ -722,7 +722,13 @@ async fn serve_kds(
         .http2_max_header_list_size(api::MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(api::MAX_STREAMS)
         .add_service(server)
-        .serve(addr)
+        .serve_with_incoming(causeway_listen::incoming(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the KDS address {addr}"))?,
+            "KDS",
+            causeway_listen::Limits::GRPC,
+        ))
         .await?;
     Ok(())
 }

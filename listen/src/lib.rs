@@ -11,6 +11,12 @@
 //! whose first request byte does not come within [`Limits::first_byte`] of its
 //! handshake is closed then. The bookkeeping ([`Gate`]) takes addresses as input and
 //! holds no sockets, so it is unit-tested without any.
+//!
+//! The gRPC listeners (KDS, DDS) are served by tonic, which takes a stream of accepted
+//! connections instead of an acceptor: [`incoming`] is that stream, behind the same
+//! gate. There the first-byte deadline covers the TLS ClientHello (tonic runs the
+//! handshake, under its own timeout, and HTTP/2 keepalive pings close a client that goes
+//! silent after its preface).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,6 +46,15 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// KDS's and DDS's: one long-lived stream per zone or proxy, which reconnects after a
+    /// break; a zone holds a few thousand proxies behind one address at most (a node
+    /// running many sidecars counts once per sidecar).
+    pub const GRPC: Limits = Limits {
+        max_connections: 8192,
+        max_per_address: 2048,
+        first_byte: Duration::from_secs(10),
+    };
+
     /// The APIs': their clients (CLI, Terraform, UI, scripts) hold a few connections
     /// each. The process's descriptor limit here is 20,000; RocksDB and the other
     /// listeners keep the rest.
@@ -193,6 +208,46 @@ where
             let (stream, service) = handshake.await?;
             Ok((Admitted::new(stream, slot, first_byte), service))
         })
+    }
+}
+
+/// Accepted TCP connections of `listener`, admitted by a gate with `limits`: the
+/// stream tonic's `serve_with_incoming` takes. Refused connections are closed at once
+/// and logged like [`Guarded`]'s; accept errors (out of descriptors) are logged and
+/// retried after a pause rather than ending the stream, which would stop the server.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+    name: &'static str,
+    limits: Limits,
+) -> impl futures::Stream<Item = io::Result<Admitted<TcpStream>>> + Send + 'static {
+    let guard = Guarded::new((), name, limits);
+    futures::stream::unfold((listener, guard), move |(listener, guard)| async move {
+        loop {
+            match listener.accept().await {
+                Ok((tcp, peer)) => match guard.gate.admit(peer.ip()) {
+                    Ok(slot) => {
+                        let _ = tcp.set_nodelay(true);
+                        let first_byte = guard.gate.limits.first_byte;
+                        let admitted = Admitted::new(tcp, slot, first_byte);
+                        return Some((Ok(admitted), (listener, guard)));
+                    }
+                    Err(why) => guard.note_refusal(peer.ip(), why),
+                },
+                Err(e) => {
+                    tracing::warn!(listener = name, error = %e, "accepting a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+}
+
+/// tonic reads the peer's address (and, through its TLS layer, certificates) from here.
+impl tonic::transport::server::Connected for Admitted<TcpStream> {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
     }
 }
 
@@ -362,4 +417,33 @@ mod tests {
         client.write_all(b"y").await.unwrap();
         assert_eq!(server.read(&mut buf).await.unwrap(), 1);
     }
+
+    #[tokio::test]
+    async fn the_grpc_stream_admits_up_to_the_limit_and_closes_the_rest() {
+        use futures::StreamExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut stream = Box::pin(incoming(listener, "test", limits(2, 1)));
+        let _first = TcpStream::connect(addr).await.unwrap();
+        let held = stream.next().await.unwrap().unwrap();
+        // A second from the same address is closed unread; the stream waits on.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let next = tokio::time::timeout(Duration::from_millis(300), stream.next()).await;
+        assert!(next.is_err(), "nothing admitted");
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+            .await
+            .expect("closed at once");
+        assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+        // Its place back, the address gets in again.
+        drop(held);
+        let _third = TcpStream::connect(addr).await.unwrap();
+        let again = tokio::time::timeout(Duration::from_secs(5), stream.next()).await;
+        assert!(matches!(again, Ok(Some(Ok(_)))), "admitted again");
+        use tonic::transport::server::Connected as _;
+        let info = again.unwrap().unwrap().unwrap().connect_info();
+        assert_eq!(info.remote_addr().unwrap().ip(), A_LOCAL);
+    }
+
+    const A_LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 }

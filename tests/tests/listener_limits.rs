@@ -415,3 +415,105 @@ async fn the_apis_cap_connections_per_address_and_close_silent_ones() -> anyhow:
     }
     Ok(())
 }
+
+/// KDS and DDS (gRPC over TLS) take at most 2048 connections from one address (8192 in
+/// all): more are closed at once, before their TLS handshake, while another address is
+/// served, and a connection that never sends its ClientHello is closed after the stated
+/// 10 s, which frees its place (before: tonic took every connection, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kds_and_dds_cap_connections_per_address_and_close_silent_ones() -> anyhow::Result<()> {
+    use std::net::SocketAddr;
+    use std::time::{Duration, Instant};
+    use tokio::io::AsyncReadExt as _;
+    const PER_ADDRESS: usize = 2048;
+    let c = causeway_tests::GlobalCluster::start(1, &[]).await?;
+    let dds = causeway_tests::free_addr();
+    let zone = causeway_tests::ZoneCp::new(
+        &c,
+        "zone-a",
+        vec![c.nodes[0].kds_url()],
+        &["--dds-addr", &dds.to_string()],
+    )
+    .await?;
+    zone.start()?;
+    zone.call(reqwest::Method::GET, "/status", None).await?;
+    let listeners: [(&str, SocketAddr, String); 2] = [
+        (
+            "KDS",
+            c.nodes[0].kds,
+            c.nodes[0].ca_pem().expect("the API CA"),
+        ),
+        (
+            "DDS",
+            dds,
+            std::fs::read_to_string(zone.dir.join("api-ca.pem"))?,
+        ),
+    ];
+    // A TLS handshake from `ip`: whether the listener served it.
+    let handshake = |addr: SocketAddr, ca: String, ip: [u8; 4]| async move {
+        let tls = causeway_pki::client_config(&ca, None).ok()?;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+        let sock = tokio::net::TcpSocket::new_v4().ok()?;
+        sock.bind(SocketAddr::from((ip, 0))).ok()?;
+        let tcp = sock.connect(addr).await.ok()?;
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").ok()?;
+        tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp))
+            .await
+            .ok()?
+            .ok()
+    };
+    for (what, addr, ca) in listeners {
+        let started = Instant::now();
+        let mut held = Vec::new();
+        for _ in 0..PER_ADDRESS + 40 {
+            held.push(tokio::net::TcpStream::connect(addr).await?);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let (mut closed, mut open) = (0, Vec::new());
+        for mut s in held {
+            let mut buf = [0u8; 16];
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, s.read(&mut buf)).await {
+                Ok(_) => closed += 1,
+                Err(_) => open.push(s),
+            }
+        }
+        // The zone's own stream to KDS comes from the address too.
+        assert!(
+            closed >= 40 && open.len() <= PER_ADDRESS && open.len() >= PER_ADDRESS - 4,
+            "{what}: {closed} refused and {} held past {PER_ADDRESS} per address",
+            open.len()
+        );
+        assert!(
+            handshake(addr, ca.clone(), [127, 0, 0, 1]).await.is_none(),
+            "{what}: a handshake from the full address was served"
+        );
+        assert!(
+            handshake(addr, ca.clone(), [127, 0, 0, 2]).await.is_some(),
+            "{what}: another address is served"
+        );
+        // The silent ones are closed at their first-byte deadline, freeing the address.
+        let mut buf = [0u8; 1];
+        let first = open.first_mut().expect("held connections");
+        let cut = tokio::time::timeout(Duration::from_secs(20), first.read(&mut buf)).await;
+        assert!(
+            cut.is_ok(),
+            "{what}: a silent connection outlived its deadline"
+        );
+        assert!(
+            started.elapsed() >= Duration::from_secs(9),
+            "{what}: cut before 10 s"
+        );
+        causeway_tests::eventually(
+            &format!("{what} serving the address again"),
+            Duration::from_secs(10),
+            || handshake(addr, ca.clone(), [127, 0, 0, 1]),
+        )
+        .await?;
+        drop(open);
+    }
+    // The zone's KDS stream and DDS went on through it all.
+    zone.call(reqwest::Method::GET, "/status", None).await?;
+    assert_eq!(zone.status().await?["connected"], true);
+    Ok(())
+}

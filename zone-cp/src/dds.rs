@@ -892,7 +892,13 @@ pub(crate) async fn serve(
         .http2_max_header_list_size(crate::api::MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(crate::api::MAX_STREAMS)
         .add_service(DdsServer::new(DdsService { shared }))
-        .serve(addr)
+        .serve_with_incoming(causeway_listen::incoming(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding the DDS address {addr}: {e}"))?,
+            "DDS",
+            causeway_listen::Limits::GRPC,
+        ))
         .await?;
     Ok(())
 }
