@@ -57,6 +57,13 @@ pub struct Args {
     /// sidecar should: no cross-thread wake-ups, and the least memory.
     #[arg(long, default_value = "1")]
     pub concurrency: usize,
+    /// Connections the inbound listeners hold at once (all inbound ports together), and
+    /// as many for the outbound ones: past it a new connection is closed unserved and
+    /// counted (`causeway_connections_refused_total`). No cap per caller address: the
+    /// callers of another zone all come from its ingress. The sidecar raises its
+    /// open-file limit to the hard limit at start, and keeps this under half of it.
+    #[arg(long, default_value_t = crate::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
 }
 
 /// The runtime a sidecar with these arguments runs on.
@@ -181,6 +188,24 @@ pub fn uninstall_redirect(a: UninstallRedirectArgs) -> anyhow::Result<String> {
     crate::redirect::uninstall(backend, true, a.dry_run)
 }
 
+/// `--max-connections`, under half the open-file limit (raised to its hard limit first),
+/// so the cap, not the kernel, refuses and the sidecar keeps descriptors for its
+/// upstreams.
+fn connection_cap(asked: usize) -> anyhow::Result<usize> {
+    anyhow::ensure!(asked >= 1, "--max-connections must be at least 1");
+    let nofile = causeway_listen::raise_fd_limit().unwrap_or(u64::MAX);
+    let room = usize::try_from(nofile / 4).unwrap_or(usize::MAX).max(1);
+    if asked > room {
+        tracing::warn!(
+            asked,
+            using = room,
+            open_file_limit = nofile,
+            "--max-connections is more than a quarter of the open-file limit (each direction holds up to it, and each connection may need an upstream one); using {room}"
+        );
+    }
+    Ok(asked.min(room))
+}
+
 /// Parses the files and runs until SIGTERM or Ctrl-C.
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let text = read(&a.dataplane_file, "--dataplane-file")?;
@@ -196,6 +221,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         dataplane,
         admin_addr: a.admin_addr,
         drain: Duration::from_secs(a.drain_seconds),
+        max_connections: connection_cap(a.max_connections)?,
     };
     crate::run(cfg, stop_on_signal()).await
 }

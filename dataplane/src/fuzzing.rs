@@ -97,7 +97,7 @@ pub fn dds_config(json: &[u8]) -> Result<(), String> {
     let cfg = Arc::new(cfg);
     let (_config_tx, config) = tokio::sync::watch::channel(Some(cfg.clone()));
     let (_identity_tx, identity) = tokio::sync::watch::channel(None);
-    let proxy = crate::proxy::Proxy::new(config, identity);
+    let proxy = crate::proxy::Proxy::new(config, identity, crate::DEFAULT_MAX_CONNECTIONS);
     proxy.update_balancers(&cfg);
     Ok(())
 }

@@ -64,7 +64,12 @@ pub struct DataplaneConfig {
     pub admin_addr: Option<SocketAddr>,
     /// How long SIGTERM waits for open connections to finish.
     pub drain: Duration,
+    /// Connections the inbound listeners hold at once, and the outbound ones (each).
+    pub max_connections: usize,
 }
+
+/// The default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 16_384;
 
 /// Proxies for a config and identity the caller provides, without a control-plane
 /// connection: what a zone control plane runs in-process to probe a service the way
@@ -74,7 +79,8 @@ pub async fn run_embedded(
     identity: watch::Receiver<Option<Arc<identity::Identity>>>,
     stop: watch::Receiver<bool>,
 ) {
-    proxy::run_listeners(proxy::Proxy::new(config, identity), stop).await;
+    let proxy = proxy::Proxy::new(config, identity, DEFAULT_MAX_CONNECTIONS);
+    proxy::run_listeners(proxy, stop).await;
 }
 
 /// The request header a drill probe sends, and the response header naming the zone that
@@ -96,7 +102,7 @@ pub async fn run(cfg: DataplaneConfig, mut stop: watch::Receiver<bool>) -> anyho
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], spec.admin_port)));
     let (config_tx, config_rx) = watch::channel(None);
     let (identity_tx, identity_rx) = watch::channel(None);
-    let proxy = proxy::Proxy::new(config_rx, identity_rx);
+    let proxy = proxy::Proxy::new(config_rx, identity_rx, cfg.max_connections);
     let json = serde_json::to_vec(&cfg.dataplane)?;
     let (report_tx, report_rx) = watch::channel(None);
     let mut tasks = vec![

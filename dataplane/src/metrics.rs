@@ -165,6 +165,8 @@ pub(crate) struct Metrics {
     pub(crate) trace_spans: [(AtomicU64, AtomicU64); 2],
     /// MeshMetric OTLP pushes: (done, failed).
     pub(crate) metric_pushes: [AtomicU64; 2],
+    /// Connections closed unserved at the connection cap: (inbound, outbound).
+    pub(crate) connections_refused: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -404,6 +406,15 @@ impl Metrics {
                 out,
                 "causeway_metric_pushes_total{{result=\"{result}\"}} {}",
                 self.metric_pushes[i].load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP causeway_connections_refused_total Connections closed unserved because the listeners held --max-connections already, by direction.\n");
+        out.push_str("# TYPE causeway_connections_refused_total counter\n");
+        for (i, d) in ["inbound", "outbound"].iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "causeway_connections_refused_total{{direction=\"{d}\"}} {}",
+                self.connections_refused[i].load(Ordering::Relaxed)
             );
         }
         let http = self.http.lock().expect("metrics lock").clone();

@@ -65,6 +65,8 @@ pub(crate) struct Proxy {
     pub(crate) renew_now: Arc<tokio::sync::Notify>,
     /// Turns true at SIGTERM: inbound connections say they are going away.
     draining: watch::Sender<bool>,
+    /// Connection caps: inbound listeners together, outbound ones together.
+    gates: [Arc<causeway_listen::Gate>; 2],
     /// Running active health checks, by outbound port and endpoint.
     health_checks: Mutex<HashMap<(u16, usize), RunningCheck>>,
     /// Route backends (MeshTCPRoute's and MeshHTTPRoute's, mirrors too), by outbound
@@ -233,7 +235,9 @@ impl Proxy {
     pub(crate) fn new(
         config: watch::Receiver<Option<Arc<ProxyConfig>>>,
         identity: watch::Receiver<Option<Arc<Identity>>>,
+        max_connections: usize,
     ) -> Arc<Proxy> {
+        let gate = || causeway_listen::Gate::new(causeway_listen::Limits::total(max_connections));
         let metrics = Arc::<Metrics>::default();
         Arc::new(Proxy {
             config,
@@ -248,6 +252,7 @@ impl Proxy {
             revoked: Revoked::default(),
             renew_now: Arc::default(),
             draining: watch::Sender::new(false),
+            gates: [gate(), gate()],
             health_checks: Mutex::default(),
             inbound_caps: Mutex::default(),
             rate_limits: Mutex::default(),
@@ -704,14 +709,32 @@ async fn listen(proxy: Arc<Proxy>, (inbound, addr, port): (bool, String, u16)) {
         }
     };
     tracing::info!(%addr, port, direction = if inbound { "inbound" } else { "outbound" }, "listening");
+    let direction = usize::from(!inbound);
+    let gate = proxy.gates[direction].clone();
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                // Out of descriptors and the like: pause rather than spin.
+                tracing::warn!(port, inbound, error = %e, "accepting a connection");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let slot = match gate.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                // Closed unserved (dropped here): the cap protects what is open.
+                proxy.metrics.connections_refused[direction].fetch_add(1, Ordering::Relaxed);
+                gate.note_refusal(if inbound { "inbound" } else { "outbound" }, peer.ip(), why);
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let _ = crate::http::tcp_keepalive(&tcp);
         let p = proxy.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let _g = p.guard();
             let r = if inbound {
                 inbound_conn(&p, port, tcp, peer).await

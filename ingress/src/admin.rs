@@ -51,6 +51,7 @@ async fn metrics(State(i): State<Arc<Ingress>>) -> impl IntoResponse {
         ("refused_unknown_sni", &m.refused_unknown_sni),
         ("refused_not_tls", &m.refused_not_tls),
         ("refused_drill", &m.refused_drill),
+        ("refused_limit", &m.refused_limit),
         ("stalled_drill", &m.stalled_drill),
         ("refused_no_config", &m.refused_no_config),
         ("upstream_failed", &m.upstream_failed),

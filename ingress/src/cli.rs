@@ -50,6 +50,12 @@ pub struct Args {
     /// connections here as streams of one QUIC connection each.
     #[arg(long)]
     pub quic: bool,
+    /// TCP connections from other zones held at once (default 16384): past it a new one
+    /// is closed unserved and counted (`result="refused_limit"`). A total, with no cap
+    /// per address: a zone behind a NAT comes from one. The ingress raises its
+    /// open-file limit to the hard limit at start, and keeps this under half of it.
+    #[arg(long, default_value_t = causeway_dataplane::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
 }
 
 impl Args {
@@ -95,6 +101,23 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         admin_addr: a.admin_addr,
         drain: Duration::from_secs(a.drain_seconds),
         quic: a.quic,
+        max_connections: {
+            anyhow::ensure!(
+                a.max_connections >= 1,
+                "--max-connections must be at least 1"
+            );
+            let nofile = causeway_listen::raise_fd_limit().unwrap_or(u64::MAX);
+            let room = usize::try_from(nofile / 2).unwrap_or(usize::MAX).max(1);
+            if a.max_connections > room {
+                tracing::warn!(
+                    asked = a.max_connections,
+                    using = room,
+                    open_file_limit = nofile,
+                    "--max-connections is more than half the open-file limit (each connection needs an upstream one too); using {room}"
+                );
+            }
+            a.max_connections.min(room)
+        },
     };
     crate::run(cfg, stop_on_signal()).await
 }

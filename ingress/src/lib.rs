@@ -46,6 +46,8 @@ pub struct IngressSettings {
     pub drain: Duration,
     /// Also accept QUIC on the same port (UDP).
     pub quic: bool,
+    /// TCP connections held at once; more are closed unserved.
+    pub max_connections: usize,
 }
 
 /// Connection outcomes, for `/metrics`.
@@ -55,6 +57,8 @@ pub(crate) struct Metrics {
     pub(crate) refused_unknown_sni: AtomicU64,
     pub(crate) refused_not_tls: AtomicU64,
     pub(crate) refused_drill: AtomicU64,
+    /// Closed unserved: the ingress held `--max-connections` already.
+    pub(crate) refused_limit: AtomicU64,
     pub(crate) refused_no_config: AtomicU64,
     pub(crate) upstream_failed: AtomicU64,
     pub(crate) bytes_in: AtomicU64,
@@ -97,6 +101,8 @@ pub(crate) struct Ingress {
     pub(crate) ejected: Mutex<HashMap<(String, u16), Instant>>,
     pub(crate) active: AtomicU64,
     pub(crate) metrics: Metrics,
+    /// The connection cap (a total: every caller of a NATed zone shares one address).
+    pub(crate) gate: Arc<causeway_listen::Gate>,
 }
 
 fn is_silent(config: &Option<Arc<IngressConfig>>) -> bool {
@@ -141,6 +147,7 @@ pub async fn run(cfg: IngressSettings, mut stop: watch::Receiver<bool>) -> anyho
         ejected: Mutex::new(HashMap::new()),
         active: AtomicU64::new(0),
         metrics: Metrics::default(),
+        gate: causeway_listen::Gate::new(causeway_listen::Limits::total(cfg.max_connections)),
     });
     let json = serde_json::to_vec(&cfg.ingress)?;
     let mut tasks = vec![

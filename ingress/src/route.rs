@@ -30,9 +30,22 @@ pub(crate) async fn accept_loop(ingress: Arc<Ingress>, listener: TcpListener) {
         };
         match accepted {
             Ok((sock, peer)) => {
+                let slot = match ingress.gate.admit(peer.ip()) {
+                    Ok(slot) => slot,
+                    Err(why) => {
+                        // Closed unserved (dropped here): the cap protects what is open.
+                        ingress
+                            .metrics
+                            .refused_limit
+                            .fetch_add(1, Ordering::Relaxed);
+                        ingress.gate.note_refusal("ingress", peer.ip(), why);
+                        continue;
+                    }
+                };
                 let _ = sock.set_nodelay(true);
                 let ingress = ingress.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     ingress.active.fetch_add(1, Ordering::Relaxed);
                     handle(&ingress, sock, peer).await;
                     ingress.active.fetch_sub(1, Ordering::Relaxed);

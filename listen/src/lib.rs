@@ -17,6 +17,12 @@
 //! gate. There the first-byte deadline covers the TLS ClientHello (tonic runs the
 //! handshake, under its own timeout, and HTTP/2 keepalive pings close a client that goes
 //! silent after its preface).
+//!
+//! The data plane's listeners (a sidecar's inbound and outbound, a zone ingress) use the
+//! [`Gate`] alone with a total cap ([`Limits::total`]): their callers may share one
+//! address (every caller from another zone comes through its ingress, or a NAT), so a
+//! per-address cap would cut real traffic. [`raise_fd_limit`] lifts the process's
+//! descriptor limit first, so the cap, not the kernel, is what refuses.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+#[cfg(feature = "acceptor")]
 use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -54,6 +61,16 @@ impl Limits {
         max_per_address: 2048,
         first_byte: Duration::from_secs(10),
     };
+
+    /// A total cap only (the address limit equals it), with no first-byte deadline of
+    /// the gate's own: the data plane's listeners.
+    pub const fn total(max_connections: usize) -> Limits {
+        Limits {
+            max_connections,
+            max_per_address: max_connections,
+            first_byte: Duration::MAX,
+        }
+    }
 
     /// The APIs': their clients (CLI, Terraform, UI, scripts) hold a few connections
     /// each. The process's descriptor limit here is 20,000; RocksDB and the other
@@ -88,6 +105,7 @@ impl std::fmt::Display for Refused {
 pub struct Gate {
     limits: Limits,
     open: Mutex<Open>,
+    refused: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -101,7 +119,26 @@ impl Gate {
         Arc::new(Gate {
             limits,
             open: Mutex::new(Open::default()),
+            refused: AtomicU64::new(0),
         })
+    }
+
+    /// Counts a refusal and logs the 1st, 2nd, 4th, 8th... so a flood does not flood
+    /// the log too.
+    pub fn note_refusal(&self, listener: &str, addr: IpAddr, why: Refused) {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(listener, peer = %addr, reason = %why, refused_so_far = n, "refused a connection");
+        }
+    }
+
+    /// Connections refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// A slot for one more connection from `addr`, held until the [`Slot`] drops.
@@ -150,37 +187,46 @@ impl Drop for Slot {
     }
 }
 
+/// Raises this process's soft limit on open files to its hard limit, as Go's runtime
+/// does at start: the usual soft limit (1024) would refuse connections long before any
+/// cap of ours. Returns the soft limit now in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::debug!(error = %e, "raising the open-file limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
 /// An axum-server acceptor (plain, or TLS around plain) behind a [`Gate`].
+#[cfg(feature = "acceptor")]
 #[derive(Debug, Clone)]
 pub struct Guarded<A> {
     inner: A,
     gate: Arc<Gate>,
     /// The listener's name, for the log.
     name: &'static str,
-    refused: Arc<AtomicU64>,
 }
 
+#[cfg(feature = "acceptor")]
 impl<A> Guarded<A> {
     pub fn new(inner: A, name: &'static str, limits: Limits) -> Self {
         Guarded {
             inner,
             gate: Gate::new(limits),
             name,
-            refused: Arc::new(AtomicU64::new(0)),
-        }
-    }
-
-    fn note_refusal(&self, addr: IpAddr, why: Refused) {
-        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
-        // A flood would flood the log too: the 1st, 2nd, 4th, 8th... refusal is logged.
-        if n.is_power_of_two() {
-            tracing::warn!(listener = self.name, peer = %addr, reason = %why, refused_so_far = n, "refused a connection");
         }
     }
 }
 
+#[cfg(feature = "acceptor")]
 type Accepted<S, V> = Pin<Box<dyn Future<Output = io::Result<(Admitted<S>, V)>> + Send>>;
 
+#[cfg(feature = "acceptor")]
 impl<A, S> Accept<TcpStream, S> for Guarded<A>
 where
     A: Accept<TcpStream, S>,
@@ -195,7 +241,7 @@ where
     fn accept(&self, tcp: TcpStream, service: S) -> Self::Future {
         let slot = match tcp.peer_addr() {
             Ok(peer) => self.gate.admit(peer.ip()).map_err(|why| {
-                self.note_refusal(peer.ip(), why);
+                self.gate.note_refusal(self.name, peer.ip(), why);
                 io::Error::other(why.to_string())
             }),
             Err(e) => Err(e),
@@ -215,23 +261,23 @@ where
 /// stream tonic's `serve_with_incoming` takes. Refused connections are closed at once
 /// and logged like [`Guarded`]'s; accept errors (out of descriptors) are logged and
 /// retried after a pause rather than ending the stream, which would stop the server.
+#[cfg(feature = "grpc")]
 pub fn incoming(
     listener: tokio::net::TcpListener,
     name: &'static str,
     limits: Limits,
 ) -> impl futures::Stream<Item = io::Result<Admitted<TcpStream>>> + Send + 'static {
-    let guard = Guarded::new((), name, limits);
-    futures::stream::unfold((listener, guard), move |(listener, guard)| async move {
+    let gate = Gate::new(limits);
+    futures::stream::unfold((listener, gate), move |(listener, gate)| async move {
         loop {
             match listener.accept().await {
-                Ok((tcp, peer)) => match guard.gate.admit(peer.ip()) {
+                Ok((tcp, peer)) => match gate.admit(peer.ip()) {
                     Ok(slot) => {
                         let _ = tcp.set_nodelay(true);
-                        let first_byte = guard.gate.limits.first_byte;
-                        let admitted = Admitted::new(tcp, slot, first_byte);
-                        return Some((Ok(admitted), (listener, guard)));
+                        let admitted = Admitted::new(tcp, slot, limits.first_byte);
+                        return Some((Ok(admitted), (listener, gate)));
                     }
-                    Err(why) => guard.note_refusal(peer.ip(), why),
+                    Err(why) => gate.note_refusal(name, peer.ip(), why),
                 },
                 Err(e) => {
                     tracing::warn!(listener = name, error = %e, "accepting a connection");
@@ -243,6 +289,7 @@ pub fn incoming(
 }
 
 /// tonic reads the peer's address (and, through its TLS layer, certificates) from here.
+#[cfg(feature = "grpc")]
 impl tonic::transport::server::Connected for Admitted<TcpStream> {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
@@ -264,7 +311,9 @@ impl<S> Admitted<S> {
     pub fn new(inner: S, slot: Slot, first_byte: Duration) -> Self {
         Admitted {
             inner,
-            deadline: Some(Box::pin(tokio::time::sleep(first_byte))),
+            // `Duration::MAX` ([`Limits::total`]): no deadline of ours.
+            deadline: (first_byte != Duration::MAX)
+                .then(|| Box::pin(tokio::time::sleep(first_byte))),
             _slot: slot,
         }
     }
@@ -418,6 +467,31 @@ mod tests {
         assert_eq!(server.read(&mut buf).await.unwrap(), 1);
     }
 
+    #[test]
+    fn the_open_file_limit_is_raised_to_its_ceiling() {
+        let soft = raise_fd_limit().expect("a soft limit");
+        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+        assert_eq!(Some(soft), hard);
+    }
+
+    #[test]
+    fn a_total_cap_has_no_address_limit_and_no_first_byte_deadline() {
+        let gate = Gate::new(Limits::total(2));
+        let _a = gate.admit(A).unwrap();
+        let _b = gate.admit(A).unwrap();
+        assert_eq!(gate.admit(B).unwrap_err(), Refused::Full);
+        gate.note_refusal("test", B, Refused::Full);
+        assert_eq!(gate.refused(), 1);
+        let (server, _client) = tokio::io::duplex(8);
+        let slot = Gate::new(Limits::total(1)).admit(A).unwrap();
+        assert!(
+            Admitted::new(server, slot, Limits::total(1).first_byte)
+                .deadline
+                .is_none()
+        );
+    }
+
+    #[cfg(feature = "grpc")]
     #[tokio::test]
     async fn the_grpc_stream_admits_up_to_the_limit_and_closes_the_rest() {
         use futures::StreamExt as _;
@@ -445,5 +519,6 @@ mod tests {
         assert_eq!(info.remote_addr().unwrap().ip(), A_LOCAL);
     }
 
+    #[cfg(feature = "grpc")]
     const A_LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 }

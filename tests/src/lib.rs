@@ -92,6 +92,41 @@ pub async fn put(c: &GlobalCluster, path: &str, body: &Value) -> anyhow::Result<
     Ok(())
 }
 
+/// Opens `n` TCP connections to `addr` that send nothing, and sorts them within 3 s:
+/// how many the listener closed (refused at its cap), and the ones it holds.
+pub async fn flood(
+    addr: SocketAddr,
+    n: usize,
+) -> anyhow::Result<(usize, Vec<tokio::net::TcpStream>)> {
+    use tokio::io::AsyncReadExt as _;
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(tokio::net::TcpStream::connect(addr).await?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let (mut closed, mut open) = (0, Vec::new());
+    for mut s in held {
+        let mut buf = [0u8; 16];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(_) => closed += 1,
+            Err(_) => open.push(s),
+        }
+    }
+    Ok((closed, open))
+}
+
+/// Whether a new connection to `addr` is held (not closed within half a second).
+pub async fn held_open(addr: SocketAddr) -> Option<()> {
+    use tokio::io::AsyncReadExt as _;
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let mut buf = [0u8; 1];
+    tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf))
+        .await
+        .is_err()
+        .then_some(())
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
 where

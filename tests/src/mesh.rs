@@ -176,6 +176,16 @@ impl MeshFixture {
         service: &str,
         dataplane: Value,
     ) -> anyhow::Result<(Proc, SocketAddr)> {
+        self.sidecar_with(service, dataplane, &[]).await
+    }
+
+    /// [`MeshFixture::sidecar`] with more flags.
+    pub async fn sidecar_with(
+        &self,
+        service: &str,
+        dataplane: Value,
+        extra_args: &[&str],
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
         let name = dataplane["name"].as_str().context("name")?.to_string();
         let admin = free_addr();
         let file = self.dir.join(format!("{name}.json"));
@@ -196,6 +206,10 @@ impl MeshFixture {
             "--drain-seconds".into(),
             "5".into(),
         ];
+        let args: Vec<String> = args
+            .into_iter()
+            .chain(extra_args.iter().map(|a| a.to_string()))
+            .collect();
         let p = Proc::start(&self.dir, &format!("sidecar-{name}"), &args)?;
         admin_ready(&format!("sidecar {name}"), admin, &p).await?;
         Ok((p, admin))

@@ -1572,3 +1572,61 @@ async fn every_global_node_shows_the_stats_of_zones_other_nodes_serve() -> anyho
     assert_eq!(s, StatusCode::NOT_FOUND);
     Ok(())
 }
+
+/// An ingress holds at most `--max-connections` connections from other zones: a flood
+/// past it is closed at once and counted, the zones' calls already connected go on, and
+/// the places come back as the flood closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingress_caps_its_connections_and_serves_those_it_holds() -> anyhow::Result<()> {
+    const CAP: usize = 30;
+    let m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    let (_b1, p1) = m.app("zone-b", "b1", "backend")?;
+    let _s1 = m
+        .sidecar("zone-b", "backend-1", "backend", Some(p1), &[])
+        .await?;
+    let (_ing, listen, admin) = m
+        .ingress_with(
+            "zone-b",
+            "zone-b-ingress",
+            &["--max-connections", &CAP.to_string()],
+        )
+        .await?;
+    let (_web, _, outs) = m
+        .sidecar("zone-a", "web-1", "web", None, &["backend"])
+        .await?;
+    let http = plain_http();
+    eventually("zone-a reaching backend in zone-b", WAIT, || async {
+        for _ in 0..10 {
+            call(&http, outs[0]).await?;
+        }
+        Some(())
+    })
+    .await?;
+
+    let (closed, open) = causeway_tests::flood(listen, CAP + 20).await?;
+    // web's sidecar holds a connection or two of the cap through it.
+    assert!(
+        closed >= 20 && open.len() <= CAP && open.len() >= CAP - 4,
+        "{closed} closed, {} held, cap {CAP}",
+        open.len()
+    );
+    for _ in 0..10 {
+        let v = call(&http, outs[0])
+            .await
+            .context("a call while the ingress is full")?;
+        assert_eq!(v["zone"], "zone-b");
+    }
+    let refused = admin_metric(
+        &http,
+        admin,
+        "causeway_ingress_connections_total{result=\"refused_limit\"}",
+    )
+    .await;
+    assert!(refused >= 20.0, "refusals counted: {refused}");
+    drop(open);
+    eventually("a new connection held again", WAIT, || {
+        causeway_tests::held_open(listen)
+    })
+    .await?;
+    Ok(())
+}

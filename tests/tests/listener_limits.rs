@@ -464,20 +464,7 @@ async fn kds_and_dds_cap_connections_per_address_and_close_silent_ones() -> anyh
     };
     for (what, addr, ca) in listeners {
         let started = Instant::now();
-        let mut held = Vec::new();
-        for _ in 0..PER_ADDRESS + 40 {
-            held.push(tokio::net::TcpStream::connect(addr).await?);
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let (mut closed, mut open) = (0, Vec::new());
-        for mut s in held {
-            let mut buf = [0u8; 16];
-            let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, s.read(&mut buf)).await {
-                Ok(_) => closed += 1,
-                Err(_) => open.push(s),
-            }
-        }
+        let (closed, mut open) = causeway_tests::flood(addr, PER_ADDRESS + 40).await?;
         // The zone's own stream to KDS comes from the address too.
         assert!(
             closed >= 40 && open.len() <= PER_ADDRESS && open.len() >= PER_ADDRESS - 4,
@@ -515,5 +502,85 @@ async fn kds_and_dds_cap_connections_per_address_and_close_silent_ones() -> anyh
     // The zone's KDS stream and DDS went on through it all.
     zone.call(reqwest::Method::GET, "/status", None).await?;
     assert_eq!(zone.status().await?["connected"], true);
+    Ok(())
+}
+
+/// A sidecar holds at most `--max-connections` inbound connections: a flood past it is
+/// closed at once and counted, the callers already connected go on being served, and
+/// the places come back as connections close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_caps_its_inbound_connections_and_serves_those_it_holds() -> anyhow::Result<()> {
+    use causeway_tests::mesh::{answering, dataplane, instances};
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt as _;
+    const CAP: usize = 40;
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    fx.permit("web-to-backend", "web", "backend", "Allow")
+        .await?;
+    let app = causeway_tests::free_addr();
+    let _backend_app = fx.app("backend-1", "backend", app, false)?;
+    let inbound = causeway_tests::free_addr().port();
+    let dp = dataplane("backend-1", "backend", inbound, app.port(), "http", &[]);
+    let (_backend, backend_admin) = fx
+        .sidecar_with("backend", dp, &["--max-connections", &CAP.to_string()])
+        .await?;
+    let (_web, _, out) = fx.web_calling("backend").await?;
+    causeway_tests::eventually(
+        "a call through both sidecars",
+        Duration::from_secs(30),
+        || async { (answering(out, 1).await? == instances(&["backend-1"])).then_some(()) },
+    )
+    .await?;
+    // Enough calls that web's sidecar dialed both of the endpoint's pooled connections.
+    assert_eq!(answering(out, 10).await, Some(instances(&["backend-1"])));
+
+    let (closed, open) = causeway_tests::flood(
+        std::net::SocketAddr::from(([127, 0, 0, 1], inbound)),
+        CAP + 20,
+    )
+    .await?;
+    // web's sidecar holds a connection or two of the cap.
+    assert!(
+        closed >= 20 && open.len() <= CAP && open.len() >= CAP - 4,
+        "{closed} closed, {} held, cap {CAP}",
+        open.len()
+    );
+    // web's pooled connection is one of those held: calls go on.
+    for _ in 0..10 {
+        assert_eq!(
+            answering(out, 1).await,
+            Some(instances(&["backend-1"])),
+            "a call while the inbound is full"
+        );
+    }
+    let metrics = causeway_tests::plain_http()
+        .get(format!("http://{backend_admin}/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let refused: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("causeway_connections_refused_total{direction=\"inbound\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 20.0, "refusals counted: {refused}");
+    // Places come back as connections close.
+    drop(open);
+    causeway_tests::eventually(
+        "a new connection held again",
+        Duration::from_secs(10),
+        || async {
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", inbound))
+                .await
+                .ok()?;
+            let mut buf = [0u8; 1];
+            tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf))
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await?;
     Ok(())
 }

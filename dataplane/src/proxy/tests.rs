@@ -92,7 +92,7 @@ async fn proxy_with(
     let (_config_tx, config) = watch::channel(Some(Arc::new(cfg)));
     let (_identity_tx, identity) = watch::channel(None);
     let (stop_tx, stop) = watch::channel(false);
-    let proxy = Proxy::new(config, identity);
+    let proxy = Proxy::new(config, identity, crate::DEFAULT_MAX_CONNECTIONS);
     tokio::spawn(async move {
         let _keep = (_config_tx, _identity_tx);
         run_listeners(proxy, stop).await;
