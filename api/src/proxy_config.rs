@@ -1031,12 +1031,24 @@ pub struct Timeouts {
     pub max_stream_duration: Duration,
     /// Inbound connections older than this are drained. Default off.
     pub max_connection_duration: Duration,
-    /// Inbound HTTP/1.1: how long a caller may take to send a request's headers.
-    /// Default off.
+    /// HTTP/1.1: how long a caller (inbound) or the application (outbound) may take to
+    /// send a request's headers. Default 60s inbound ([`Timeouts::INBOUND_DEFAULT`]),
+    /// off outbound.
     pub request_headers: Duration,
 }
 
 impl Timeouts {
+    /// The built-in defaults of an inbound: [`Timeouts::DEFAULT`], and callers have 60 s
+    /// to send an HTTP/1.1 request's headers, so a slowloris caller (or a plaintext one
+    /// in permissive mode) cannot hold connections up to the sidecar's cap. hyper counts
+    /// from when the connection waits for a request, so an HTTP/1.1 keep-alive
+    /// connection idle that long is closed too, as nginx's `keepalive_timeout` (75 s)
+    /// does. The outbound (the local application) keeps it off.
+    pub const INBOUND_DEFAULT: Timeouts = Timeouts {
+        request_headers: Duration::from_secs(60),
+        ..Timeouts::DEFAULT
+    };
+
     /// The built-in defaults (no MeshTimeout at all).
     pub const DEFAULT: Timeouts = Timeouts {
         connect: Duration::from_secs(5),

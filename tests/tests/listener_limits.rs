@@ -584,3 +584,57 @@ async fn a_sidecar_caps_its_inbound_connections_and_serves_those_it_holds() -> a
     .await?;
     Ok(())
 }
+
+/// Without any MeshTimeout, a sidecar's inbound gives an HTTP/1.1 caller the stated 60 s
+/// to send a request's headers: a slowloris caller (plaintext, in a Permissive mesh) is
+/// cut off then, and other callers are served meanwhile (before: held for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbound_cuts_off_a_slowloris_caller_after_the_default_60_seconds() -> anyhow::Result<()>
+{
+    use std::time::{Duration, Instant};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Permissive"}})).await?;
+    let WebCallsBackend {
+        procs: _procs,
+        out,
+        inbound,
+        ..
+    } = fx.web_calls_backend().await?;
+    let mut slow = tokio::net::TcpStream::connect(("127.0.0.1", inbound)).await?;
+    slow.write_all(b"GET / HTTP/1.1\r\nhost: backend\r\n")
+        .await?;
+    let started = Instant::now();
+    let http = causeway_tests::plain_http();
+    // Served meanwhile: web through the mesh, and another plaintext caller (refused by
+    // the permissions as anonymous, which is an answer).
+    for _ in 0..5 {
+        let r = http.get(format!("http://127.0.0.1:{out}/")).send().await?;
+        assert_eq!(r.status(), 200);
+        let r = http
+            .get(format!("http://127.0.0.1:{inbound}/"))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 403);
+    }
+    let mut buf = [0u8; 256];
+    let cut = tokio::time::timeout(Duration::from_secs(90), async {
+        // Whatever it answers (a 408, or nothing), then the close.
+        loop {
+            match slow.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        cut.is_ok(),
+        "the slowloris caller still connected after 90 s"
+    );
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_secs(55) && after <= Duration::from_secs(75),
+        "cut off after {after:?}, not the stated 60 s"
+    );
+    Ok(())
+}

@@ -98,8 +98,8 @@ pub struct HttpTimeouts {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_connection_duration: Option<Duration>,
     /// How long an inbound HTTP/1.1 connection may take to send a request's headers
-    /// (HTTP/2 from other sidecars is not covered). `0s` (the built-in default)
-    /// disables it; at most 1h.
+    /// (HTTP/2 from other sidecars is not covered); in `to[]`, how long the application
+    /// may. Built-in default 60s inbound, off outbound; `0s` disables it; at most 1h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_headers_timeout: Option<Duration>,
 }

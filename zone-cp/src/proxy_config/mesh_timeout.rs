@@ -1,5 +1,6 @@
 //! The MeshTimeout configurer: the effective MeshTimeout of a proxy, decoded once into
-//! [`TimeoutConf`], laid over the built-in [`Timeouts::DEFAULT`] for each listener.
+//! [`TimeoutConf`], laid over the built-in defaults for each listener
+//! ([`Timeouts::INBOUND_DEFAULT`] for an inbound, [`Timeouts::DEFAULT`] for the rest).
 //!
 //! - Outbound: the destination's merged `to[]` configuration (`Mesh` and
 //!   `MeshService <destination>` entries); and per route, where `to[]` entries name a
@@ -64,10 +65,11 @@ pub(crate) fn from_effective(
                         rule.policies.join(", ")
                     )
                 };
-                decode_conf(&rule.conf, what).map(|c: TimeoutConf| over_defaults(&c))
+                decode_conf(&rule.conf, what)
+                    .map(|c: TimeoutConf| over(Timeouts::INBOUND_DEFAULT, &c))
             };
             let every_caller = match rules.iter().find(|r| r.source.kind == TargetRefKind::Mesh) {
-                None => Timeouts::DEFAULT,
+                None => Timeouts::INBOUND_DEFAULT,
                 Some(rule) => decode(rule)?,
             };
             // Most specific first, as `effective` orders them; each is merged over
@@ -98,9 +100,14 @@ pub(crate) fn from_effective(
     })
 }
 
-/// The fields `conf` sets, over the built-in defaults.
+/// The fields `conf` sets, over the built-in defaults of an outbound or a route.
 fn over_defaults(conf: &TimeoutConf) -> Timeouts {
-    let mut t = Timeouts::DEFAULT;
+    over(Timeouts::DEFAULT, conf)
+}
+
+/// The fields `conf` sets, over `base`.
+fn over(base: Timeouts, conf: &TimeoutConf) -> Timeouts {
+    let mut t = base;
     let set = |field: &mut causeway_api::Duration, v: Option<causeway_api::Duration>| {
         if let Some(v) = v {
             *field = v;
