@@ -46,6 +46,9 @@ pub(crate) struct EndpointState {
     decay_ns: AtomicU64,
     /// Its answers since the last judgement of the interval-based detectors.
     tally: Mutex<Tally>,
+    /// The outbound request counters of the answers it gives, whose `peer_zone` is its
+    /// zone: looked up once, at its first answer.
+    pub(crate) answered: std::sync::OnceLock<Arc<crate::metrics::HttpStats>>,
 }
 
 impl EndpointState {
@@ -63,6 +66,7 @@ impl EndpointState {
             outlier_ejections: AtomicU32::new(0),
             decay_ns: AtomicU64::new(EWMA_DECAY.as_nanos() as u64),
             tally: Mutex::default(),
+            answered: std::sync::OnceLock::new(),
         }
     }
 

@@ -252,7 +252,7 @@ async fn a_call_crosses_zones_through_the_ingress_with_mtls_end_to_end() -> anyh
         .await?;
     let (_i1, ing1, admin1) = m.ingress("zone-b", "zone-b-ingress-1").await?;
     let (_i2, _ing2, admin2) = m.ingress("zone-b", "zone-b-ingress-2").await?;
-    let (_web, _, outs) = m
+    let (_web, web_admin, outs) = m
         .sidecar("zone-a", "web-1", "web", None, &["backend"])
         .await?;
     let http = plain_http();
@@ -272,6 +272,16 @@ async fn a_call_crosses_zones_through_the_ingress_with_mtls_end_to_end() -> anyh
     .await
     .with_context(|| m.zone("zone-a").cp.logs())?;
     assert_eq!(seen.len(), 2);
+    // web counts its calls under the zone that answered them.
+    let by_zone = |zone: &str| {
+        let series = format!(
+            "causeway_requests_total{{direction=\"outbound\",service=\"backend\",peer=\"web\",peer_zone=\"{zone}\",status_class=\"2xx\"}}"
+        );
+        let http = http.clone();
+        async move { admin_metric(&http, web_admin, &series).await }
+    };
+    assert!(by_zone("zone-b").await >= 40.0, "web's answers from zone-b");
+    assert_eq!(by_zone("").await, 0.0, "no answer counted without its zone");
     for admin in [admin1, admin2] {
         let n = admin_metric(
             &http,
@@ -1492,14 +1502,20 @@ async fn causeway_stat_shows_a_backend_failing_a_fifth_of_calls_per_zone() -> an
     assert_eq!(v["rows"][0]["peer"], "web", "{v}");
     assert_eq!(v["rows"][0]["peerZone"], "zone-a", "{v}");
     // By callee: what web called, as web's sidecar counted it, retries included: what
-    // web's application saw.
+    // web's application saw, one row per zone that answered.
     let v = stat(&["web", "--by", "callee"])?;
-    assert_eq!(v["rows"][0]["peer"], "backend", "{v}");
-    assert!(
-        v["rows"][0]["requests"].as_u64().context("requests")? >= CALLS as u64,
-        "{v}"
-    );
-    let rate = v["rows"][0]["successRate"].as_f64().context("rate")?;
+    let rows = v["rows"].as_array().context("rows")?;
+    let zones: std::collections::BTreeSet<&str> =
+        rows.iter().filter_map(|r| r["peerZone"].as_str()).collect();
+    assert_eq!(zones, ["zone-a", "zone-b"].into(), "{v}");
+    assert!(rows.iter().all(|r| r["peer"] == "backend"), "{v}");
+    let (mut requests, mut failures) = (0, 0);
+    for r in rows {
+        requests += r["requests"].as_u64().context("requests")?;
+        failures += r["failures"].as_u64().context("failures")?;
+    }
+    assert!(requests >= CALLS as u64, "{v}");
+    let rate = 1.0 - failures as f64 / requests as f64;
     assert!((rate - seen).abs() < 0.01, "web saw {seen}, stat says {v}");
     // --zone: only what zone-b's sidecars counted.
     let v = stat(&["backend", "--zone", "zone-b"])?;

@@ -323,6 +323,8 @@ where
         let to = (target, &*b, key);
         return outbound_upgrade(proxy, &cfg, ob, to, req, caller, exchange, stats, started).await;
     }
+    // The endpoints tried, the one that answered last.
+    let mut tried = Vec::new();
     let result = exchange
         .head(outbound_exchange(
             proxy,
@@ -333,6 +335,7 @@ where
             req,
             (report, key),
             exchange.deadline(),
+            &mut tried,
         ))
         .await;
     if let Some((backend, head, replay)) = mirrored {
@@ -355,6 +358,12 @@ where
                     .get_or_insert_default::<access_log::Upstream>();
                 upstream.route = Some(c.route.name.clone());
             }
+            // Counted under the zone of the endpoint that answered (the last one
+            // tried); the proxy's own answers (no endpoint) under the listener's
+            // series, whose peer_zone is empty.
+            let stats = tried
+                .last()
+                .map_or(stats, |ep| answered_stats(proxy, &cfg, ob, ep));
             stats.record(parts.status.as_u16(), started.elapsed());
             let body = match grpc {
                 true => crate::metrics::count_grpc(stats, &parts.headers, body),
@@ -604,6 +613,7 @@ async fn outbound_exchange(
     req: http::Request<Body>,
     (report, key): ((bool, bool), Option<u64>),
     deadline: Option<Instant>,
+    tried: &mut Vec<Arc<EndpointState>>,
 ) -> Result<http::Response<Body>, ProxyError> {
     let _admitted = b.admit_request().map_err(|max| ProxyError::Overflow {
         service: ob.service.clone(),
@@ -615,9 +625,8 @@ async fn outbound_exchange(
     // Every request adds to the budget, retried or not: it is a share of the
     // destination's (or its route's) traffic.
     budget.deposit(Instant::now());
-    let mut tried = Vec::new();
     if retries == 0 {
-        return send_once(proxy, cfg, ob, b, req, report, &mut tried, None, key)
+        return send_once(proxy, cfg, ob, b, req, report, tried, None, key)
             .await
             .map_err(TryFailure::error);
     }
@@ -642,7 +651,7 @@ async fn outbound_exchange(
             b,
             req,
             report,
-            &mut tried,
+            tried,
             policy.per_try_timeout(),
             key,
         )
@@ -900,4 +909,24 @@ async fn probe_endpoint(ep: Arc<EndpointState>, dial: Dial) {
         Err(NotReady::NoDial) => {}
     }
     ep.probed();
+}
+
+/// The outbound counters of the answers `ep` gives: its zone is their `peer_zone`.
+/// Looked up once per endpoint, so an answer costs no lookup.
+fn answered_stats<'a>(
+    proxy: &Proxy,
+    cfg: &ProxyConfig,
+    ob: &OutboundListener,
+    ep: &'a EndpointState,
+) -> &'a Arc<crate::metrics::HttpStats> {
+    ep.answered.get_or_init(|| {
+        let own = cfg.inbounds.first().map_or("", |i| i.service.as_str());
+        let zone = ep.endpoint.tags.get(causeway_api::ZONE_TAG);
+        proxy.metrics.http(
+            "outbound",
+            &ob.service,
+            own,
+            zone.map_or("", String::as_str),
+        )
+    })
 }
