@@ -90,6 +90,7 @@ impl Identity {
         let verifier = Arc::new(RevocationAware {
             inner: webpki,
             revoked: revoked.clone(),
+            trust_domain: trust_domain_of(&id).to_string(),
         });
         let mut server = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()?
@@ -231,11 +232,27 @@ impl ServerCertVerifier for SpiffeVerifier {
     }
 }
 
-/// Client certificates: webpki's checks, then the revocation list.
+/// The trust domain of a SPIFFE id (`spiffe://<trust domain>/...`); empty when it is
+/// not one.
+fn trust_domain_of(id: &str) -> &str {
+    id.strip_prefix("spiffe://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("")
+}
+
+/// Client certificates: webpki's checks, then the revocation list, then the trust
+/// domain: a caller's SPIFFE id must be in this mesh's.
+///
+/// That last check stands in for X.509 name constraints on the zones' intermediate
+/// CAs (`spiffe://<trust domain>` URI subtrees), which would have every verifier
+/// enforce it. rustls-webpki 0.103 does not implement URI name constraints and fails
+/// closed on them (every certificate under such a CA is refused), so the constraint is
+/// enforced here instead, where the identity is read.
 #[derive(Debug)]
 struct RevocationAware {
     inner: Arc<dyn ClientCertVerifier>,
     revoked: Revoked,
+    trust_domain: String,
 }
 
 impl ClientCertVerifier for RevocationAware {
@@ -265,6 +282,14 @@ impl ClientCertVerifier for RevocationAware {
                 "the peer's CA {ca} is revoked"
             )));
         }
+        let id = peer_id(Some(std::slice::from_ref(end_entity)));
+        if id.as_deref().map(trust_domain_of) != Some(self.trust_domain.as_str()) {
+            return Err(rustls::Error::General(format!(
+                "the peer's identity {} is outside this mesh's trust domain {:?}",
+                id.as_deref().unwrap_or("(none)"),
+                self.trust_domain
+            )));
+        }
         Ok(ok)
     }
 
@@ -288,5 +313,88 @@ impl ClientCertVerifier for RevocationAware {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use causeway_pki::{Profile, generate_ca, generate_csr, sign_csr};
+
+    /// A leaf named `id`, signed by `ca`: (its DER, the CA's DER).
+    fn leaf(ca: &causeway_pki::CertKey, id: &str) -> CertificateDer<'static> {
+        let csr = generate_csr("leaf").unwrap();
+        let profile = Profile::Leaf {
+            common_name: "leaf".into(),
+            names: vec![id.to_string()],
+        };
+        let pem = sign_csr(
+            ca,
+            &csr.csr_pem,
+            &profile,
+            std::time::Duration::from_secs(3600),
+        )
+        .unwrap();
+        causeway_pki::certs(&pem, "leaf").unwrap().remove(0)
+    }
+
+    #[test]
+    fn a_caller_outside_the_mesh_trust_domain_is_refused_even_under_the_mesh_root() {
+        let root = generate_ca("mesh root").unwrap();
+        let csr = generate_csr("zone intermediate").unwrap();
+        let profile = Profile::IntermediateCa {
+            common_name: "zone intermediate".into(),
+        };
+        let intermediate = causeway_pki::CertKey {
+            cert_pem: sign_csr(
+                &root,
+                &csr.csr_pem,
+                &profile,
+                std::time::Duration::from_secs(3600),
+            )
+            .unwrap(),
+            key_pem: csr.key_pem,
+        };
+        let intermediate_der = causeway_pki::certs(&intermediate.cert_pem, "ca").unwrap();
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(
+                causeway_pki::certs(&root.cert_pem, "root")
+                    .unwrap()
+                    .remove(0),
+            )
+            .unwrap();
+        let verifier = RevocationAware {
+            inner: WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .build()
+                .unwrap(),
+            revoked: Revoked::default(),
+            trust_domain: trust_domain_of("spiffe://default/backend").to_string(),
+        };
+        let now = UnixTime::now();
+        let ours = leaf(&intermediate, "spiffe://default/web");
+        assert!(
+            verifier
+                .verify_client_cert(&ours, &intermediate_der, now)
+                .is_ok()
+        );
+        let theirs = leaf(&intermediate, "spiffe://payments/web");
+        let err = verifier
+            .verify_client_cert(&theirs, &intermediate_der, now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("outside this mesh's trust domain \"default\""),
+            "{err}"
+        );
+        // A certificate with no SPIFFE id at all is refused too.
+        let none = leaf(&intermediate, "web.internal");
+        assert!(
+            verifier
+                .verify_client_cert(&none, &intermediate_der, now)
+                .is_err()
+        );
+        assert_eq!(trust_domain_of("spiffe://default"), "default");
+        assert_eq!(trust_domain_of("https://default/x"), "");
     }
 }
