@@ -782,8 +782,16 @@ impl Store {
     /// The API token `id`: a stored record, or a bootstrap token's derived one (see
     /// [`crate::access`]).
     pub fn api_token(&self, id: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
-        let stored = self.meta_get(&prefixed(KEY_API_TOKEN_PREFIX, id), "API token")?;
-        Ok(stored.or(self.bootstrap_api_token(id)?))
+        match self.stored_api_token(id)? {
+            Some(t) => Ok(Some(t)),
+            None => self.bootstrap_api_token(id),
+        }
+    }
+
+    /// The API token `id` as stored: `None` for a bootstrap token never rotated nor
+    /// revoked (its record is derived, see [`Store::api_token`]).
+    pub fn stored_api_token(&self, id: &str) -> Result<Option<ApiTokenRecord>, StoreError> {
+        self.meta_get(&prefixed(KEY_API_TOKEN_PREFIX, id), "API token")
     }
 
     fn bootstrap_api_token(&self, id: &str) -> Result<Option<ApiTokenRecord>, StoreError> {

@@ -31,18 +31,23 @@ pub(super) fn check_bearer(st: &ApiState, presented: &str) -> Result<ApiTokenRec
     let h = causeway_pki::api_token::hash(presented);
     let tokens = &st.secrets.tokens;
     let ct = |a: &str| causeway_pki::constant_time_eq(h.as_bytes(), a.as_bytes());
-    let id = if ct(&tokens.admin_sha256) {
-        BOOTSTRAP_ADMIN_ID.to_string()
+    let bootstrap = if ct(&tokens.admin_sha256) {
+        Some(BOOTSTRAP_ADMIN_ID)
     } else if ct(&tokens.readonly_sha256) {
-        BOOTSTRAP_READONLY_ID.to_string()
+        Some(BOOTSTRAP_READONLY_ID)
     } else {
-        ApiTokenRecord::id_of(&h)
+        None
     };
-    let record = st
-        .store
-        .api_token(&id)?
-        .filter(|t| causeway_pki::constant_time_eq(h.as_bytes(), t.sha256.as_bytes()))
-        .ok_or_else(|| unauthorized("invalid token".into()))?;
+    let id = bootstrap.map_or_else(|| ApiTokenRecord::id_of(&h), str::to_string);
+    // One read; a bootstrap token never rotated nor revoked has no record, and its
+    // hashes are in memory already.
+    let record = match (st.store.stored_api_token(&id)?, bootstrap) {
+        (Some(t), _) => Some(t),
+        (None, Some(id)) => Some(ApiTokenRecord::bootstrap(id, &h)),
+        (None, None) => None,
+    }
+    .filter(|t| causeway_pki::constant_time_eq(h.as_bytes(), t.sha256.as_bytes()))
+    .ok_or_else(|| unauthorized("invalid token".into()))?;
     match record.refusal(now_unix()) {
         Some(why) => Err(unauthorized(why)),
         None => Ok(record),
