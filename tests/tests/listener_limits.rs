@@ -422,6 +422,7 @@ async fn the_apis_cap_connections_per_address_and_close_silent_ones() -> anyhow:
 /// 10 s, which frees its place (before: tonic took every connection, for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kds_and_dds_cap_connections_per_address_and_close_silent_ones() -> anyhow::Result<()> {
+    use anyhow::Context as _;
     use std::net::SocketAddr;
     use std::time::{Duration, Instant};
     use tokio::io::AsyncReadExt as _;
@@ -499,9 +500,20 @@ async fn kds_and_dds_cap_connections_per_address_and_close_silent_ones() -> anyh
         .await?;
         drop(open);
     }
-    // The zone's KDS stream and DDS went on through it all.
-    zone.call(reqwest::Method::GET, "/status", None).await?;
-    assert_eq!(zone.status().await?["connected"], true);
+    // The zone is connected to global once the floods are over. (Its stream may have
+    // broken meanwhile: the harness's zones send a heartbeat every 500 ms and global
+    // closes a stream silent for three, which a loaded machine can trip; a reconnect
+    // from the full address is then refused until the flood ends, as it should be.)
+    causeway_tests::eventually(
+        "the zone connected to global",
+        Duration::from_secs(30),
+        || async {
+            let s = zone.status().await.ok()?;
+            (s["connected"] == true).then_some(())
+        },
+    )
+    .await
+    .with_context(|| zone.logs())?;
     Ok(())
 }
 
