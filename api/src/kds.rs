@@ -19,6 +19,8 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Target size of one chunk of a change set.
 pub const CHUNK_BYTES: usize = 1024 * 1024;
 
+use std::time::Duration;
+
 impl From<&crate::ResourceKey> for ResourceKey {
     fn from(k: &crate::ResourceKey) -> Self {
         ResourceKey {
@@ -36,6 +38,17 @@ impl From<ResourceKey> for crate::ResourceKey {
             mesh: k.mesh,
             name: k.name,
         }
+    }
+}
+
+/// How long a KDS stream may stay silent before its receiver closes it: three of the
+/// peer's stated heartbeat intervals, or three of our own until the peer states one (a
+/// peer from before the interval was stated never does). A stated interval is kept
+/// within 100 ms to 10 min, so a peer cannot make its stream immortal or a hair-trigger.
+pub fn silence_limit(own: Duration, peer_interval_ms: Option<u64>) -> Duration {
+    match peer_interval_ms {
+        Some(ms) if ms > 0 => Duration::from_millis(ms.clamp(100, 600_000)) * 3,
+        _ => own * 3,
     }
 }
 
@@ -59,6 +72,21 @@ pub fn chunk_changes(changes: Vec<Change>) -> Vec<Vec<Change>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_stream_may_stay_silent_for_three_of_the_peers_intervals() {
+        use super::silence_limit;
+        use std::time::Duration;
+        let own = Duration::from_millis(500);
+        assert_eq!(silence_limit(own, None), Duration::from_millis(1500));
+        assert_eq!(silence_limit(own, Some(0)), Duration::from_millis(1500));
+        assert_eq!(silence_limit(own, Some(5000)), Duration::from_secs(15));
+        assert_eq!(silence_limit(own, Some(1)), Duration::from_millis(300));
+        assert_eq!(
+            silence_limit(own, Some(u64::MAX)),
+            Duration::from_secs(1800)
+        );
+    }
+
     use super::*;
 
     #[test]

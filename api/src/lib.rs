@@ -54,6 +54,7 @@ mod shape;
 mod spec;
 pub mod stats;
 mod target_ref;
+pub mod timestamp;
 mod validation;
 mod zone;
 mod zone_ingress;

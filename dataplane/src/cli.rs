@@ -188,24 +188,6 @@ pub fn uninstall_redirect(a: UninstallRedirectArgs) -> anyhow::Result<String> {
     crate::redirect::uninstall(backend, true, a.dry_run)
 }
 
-/// `--max-connections`, under half the open-file limit (raised to its hard limit first),
-/// so the cap, not the kernel, refuses and the sidecar keeps descriptors for its
-/// upstreams.
-fn connection_cap(asked: usize) -> anyhow::Result<usize> {
-    anyhow::ensure!(asked >= 1, "--max-connections must be at least 1");
-    let nofile = causeway_listen::raise_fd_limit().unwrap_or(u64::MAX);
-    let room = usize::try_from(nofile / 4).unwrap_or(usize::MAX).max(1);
-    if asked > room {
-        tracing::warn!(
-            asked,
-            using = room,
-            open_file_limit = nofile,
-            "--max-connections is more than a quarter of the open-file limit (each direction holds up to it, and each connection may need an upstream one); using {room}"
-        );
-    }
-    Ok(asked.min(room))
-}
-
 /// Parses the files and runs until SIGTERM or Ctrl-C.
 pub async fn run(a: Args) -> anyhow::Result<()> {
     let text = read(&a.dataplane_file, "--dataplane-file")?;
@@ -221,7 +203,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         dataplane,
         admin_addr: a.admin_addr,
         drain: Duration::from_secs(a.drain_seconds),
-        max_connections: connection_cap(a.max_connections)?,
+        max_connections: causeway_listen::connection_cap(a.max_connections, 4)
+            .map_err(anyhow::Error::msg)?,
     };
     crate::run(cfg, stop_on_signal()).await
 }

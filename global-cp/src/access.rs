@@ -108,7 +108,7 @@ impl ApiTokenRecord {
 
     /// Whether the token works at `now_unix`.
     pub fn live(&self, now_unix: i64) -> bool {
-        self.revoked_unix.is_none() && now_unix < self.expires_unix
+        self.refusal(now_unix).is_none()
     }
 
     /// Why the token does not work at `now_unix`, if it does not.

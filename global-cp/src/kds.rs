@@ -465,7 +465,7 @@ impl Session {
         mut since: u64,
     ) -> Result<(), End> {
         let settings = self.kds.inner.settings.clone();
-        let dead_after = settings.heartbeat * 3;
+        let mut dead_after = causeway_api::kds::silence_limit(settings.heartbeat, None);
         let mut view = self.kds.inner.raft.view();
         let mut tick = tokio::time::interval(settings.heartbeat);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -512,6 +512,9 @@ impl Session {
                 msg = inbound.next() => match msg {
                     Some(Ok(m)) => {
                         last_rx = Instant::now();
+                        if let Some(zone_message::Msg::Heartbeat(h)) = &m.msg {
+                            dead_after = causeway_api::kds::silence_limit(settings.heartbeat, Some(h.interval_ms));
+                        }
                         self.status.last_seen_unix_ms = now_ms();
                         self.handle(m).await?;
                         self.publish();
@@ -524,11 +527,11 @@ impl Session {
                 },
                 _ = tick.tick() => {
                     if last_rx.elapsed() > dead_after {
-                        tracing::warn!(zone = %self.zone, silent_ms = last_rx.elapsed().as_millis() as u64, "no message from the zone within three heartbeats; closing its stream");
+                        tracing::warn!(zone = %self.zone, silent_ms = last_rx.elapsed().as_millis() as u64, limit_ms = dead_after.as_millis() as u64, "no message from the zone within three of its heartbeats; closing its stream");
                         return Err(End::Refused(Status::deadline_exceeded("no heartbeat from the zone; reconnect")));
                     }
                     self.kds.check_allowed(&self.zone, &self.token_id, self.peer).map_err(End::Refused)?;
-                    self.send(global_message::Msg::Heartbeat(Heartbeat { sent_unix_ms: now_ms() })).await?;
+                    self.send(global_message::Msg::Heartbeat(Heartbeat { sent_unix_ms: now_ms(), interval_ms: settings.heartbeat.as_millis() as u64 })).await?;
                     if self.last_status.elapsed() >= settings.status_interval {
                         self.last_status = Instant::now();
                         self.kds.propose_status(self.status.clone());

@@ -101,23 +101,8 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         admin_addr: a.admin_addr,
         drain: Duration::from_secs(a.drain_seconds),
         quic: a.quic,
-        max_connections: {
-            anyhow::ensure!(
-                a.max_connections >= 1,
-                "--max-connections must be at least 1"
-            );
-            let nofile = causeway_listen::raise_fd_limit().unwrap_or(u64::MAX);
-            let room = usize::try_from(nofile / 2).unwrap_or(usize::MAX).max(1);
-            if a.max_connections > room {
-                tracing::warn!(
-                    asked = a.max_connections,
-                    using = room,
-                    open_file_limit = nofile,
-                    "--max-connections is more than half the open-file limit (each connection needs an upstream one too); using {room}"
-                );
-            }
-            a.max_connections.min(room)
-        },
+        max_connections: causeway_listen::connection_cap(a.max_connections, 2)
+            .map_err(anyhow::Error::msg)?,
     };
     crate::run(cfg, stop_on_signal()).await
 }

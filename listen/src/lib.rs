@@ -202,6 +202,30 @@ pub fn raise_fd_limit() -> Option<u64> {
     getrlimit(Resource::Nofile).current
 }
 
+/// A proxy's `--max-connections`, kept under `1/share` of the open-file limit (raised to
+/// its hard limit first), so the cap, not the kernel, refuses a connection and the proxy
+/// keeps descriptors for its upstream connections. `share` is how many descriptors one
+/// admitted connection may cost: an ingress 2 (its upstream), a sidecar 4 (each direction
+/// holds up to the cap, and each connection may need an upstream one).
+pub fn connection_cap(asked: usize, share: u64) -> Result<usize, String> {
+    if asked == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
+    let nofile = raise_fd_limit().unwrap_or(u64::MAX);
+    let room = usize::try_from(nofile / share.max(1))
+        .unwrap_or(usize::MAX)
+        .max(1);
+    if asked > room {
+        tracing::warn!(
+            asked,
+            using = room,
+            open_file_limit = nofile,
+            "--max-connections is more than 1/{share} of the open-file limit (each connection may hold {share} descriptors); using {room}"
+        );
+    }
+    Ok(asked.min(room))
+}
+
 /// An axum-server acceptor (plain, or TLS around plain) behind a [`Gate`].
 #[cfg(feature = "acceptor")]
 #[derive(Debug, Clone)]
@@ -469,9 +493,26 @@ mod tests {
 
     #[test]
     fn the_open_file_limit_is_raised_to_its_ceiling() {
-        let soft = raise_fd_limit().expect("a soft limit");
-        let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
-        assert_eq!(Some(soft), hard);
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        // Lower the soft limit first, so the test proves a raise even where the soft
+        // limit already equals the hard one.
+        let mut lim = getrlimit(Resource::Nofile);
+        let hard = lim.maximum;
+        lim.current = Some(hard.map_or(1 << 20, |h| h - 1));
+        setrlimit(Resource::Nofile, lim).unwrap();
+        assert_ne!(getrlimit(Resource::Nofile).current, hard);
+        assert_eq!(raise_fd_limit(), hard);
+        assert_eq!(getrlimit(Resource::Nofile).current, hard);
+    }
+
+    #[test]
+    fn a_connection_cap_stays_under_its_share_of_the_open_file_limit() {
+        let nofile = raise_fd_limit().unwrap_or(u64::MAX);
+        let room = |share: u64| usize::try_from(nofile / share).unwrap_or(usize::MAX);
+        assert_eq!(connection_cap(10, 4), Ok(10.min(room(4))));
+        assert_eq!(connection_cap(usize::MAX, 4), Ok(room(4)));
+        assert_eq!(connection_cap(usize::MAX, 2), Ok(room(2)));
+        assert!(connection_cap(0, 4).unwrap_err().contains("at least 1"));
     }
 
     #[test]

@@ -742,3 +742,33 @@ async fn a_provided_mesh_ca_signs_the_zones_intermediates() -> anyhow::Result<()
     .with_context(|| z.logs())?;
     Ok(())
 }
+
+/// A zone that beats every 500 ms and a global node on its default 5 s each judge the
+/// other's silence by the other's stated interval, so the stream stays up (before, the
+/// zone gave up on global after 1.5 s without a message and reconnected every two
+/// seconds, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_and_global_with_different_heartbeats_stay_connected() -> anyhow::Result<()> {
+    let c = GlobalCluster::start(1, &[]).await?;
+    let z = ZoneCp::new(&c, "zone-a", c.kds_urls_from(0), &[]).await?;
+    z.start()?;
+    eventually("the zone connected", SYNC, || async {
+        (z.status().await.ok()?["connected"] == true).then_some(())
+    })
+    .await?;
+    // Three of global's heartbeats: the zone's old limit, 1.5 s, passes ten times over.
+    let watch = std::time::Instant::now();
+    while watch.elapsed() < Duration::from_secs(16) {
+        let st = z.status().await?;
+        assert_eq!(st["connected"], true, "the zone lost global: {}", z.logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let log = std::fs::read_to_string(z.log_path())?;
+    assert_eq!(
+        log.matches("KDS stream open").count(),
+        1,
+        "the zone reconnected: {}",
+        z.logs()
+    );
+    Ok(())
+}

@@ -17,6 +17,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use causeway_api::timestamp::rfc3339;
 use causeway_api::{FieldError, Resource, ResourceKey, Scope, TypeInfo};
 use causeway_listen::{Guarded, Limits};
 use causeway_pki::api_token::{Access, ApiTokens, TokenHashes};
@@ -101,6 +102,9 @@ struct ApiState {
     shared: Arc<Shared>,
     /// The token hashes, replaced by a rotation (and saved in the data dir first).
     tokens: Arc<std::sync::RwLock<TokenHashes>>,
+    /// Held through a rotation, so two rotations never save over each other; the lock
+    /// above is held only to swap the hashes, never across the file's fsync.
+    rotating: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// How long a client may take to send a request's headers (HTTP/1.1; counted from when
@@ -267,6 +271,7 @@ pub(crate) async fn serve(
     let state = ApiState {
         shared,
         tokens: Arc::new(std::sync::RwLock::new(tokens)),
+        rotating: Arc::default(),
     };
     let authed = Router::new()
         .route("/status", get(status))
@@ -375,16 +380,6 @@ async fn list_api_tokens(State(st): State<ApiState>) -> Json<Value> {
     Json(json!({ "items": items }))
 }
 
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
-
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RotateRequest {
@@ -428,25 +423,25 @@ async fn rotate_api_token(
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let path = st.shared.cfg.data_dir.join(TOKEN_HASHES_FILE);
-    let (token, hashes) = {
-        let mut guard = st.tokens.write().expect("token lock");
-        let mut next = guard.clone();
-        let token = next.rotate(*access, now, overlap_secs as i64);
-        write_private(&path, &serde_json::to_string(&next).expect("hashes encode")).map_err(
-            |e| {
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "",
-                    format!(
-                        "saving the new token hashes in {}: {e}; nothing changed",
-                        path.display()
-                    ),
-                )
-            },
-        )?;
-        *guard = next.clone();
-        (token, next)
+    let _rotating = st.rotating.lock().await;
+    let mut hashes = st.tokens.read().expect("token lock").clone();
+    let token = hashes.rotate(*access, now, overlap_secs as i64);
+    let text = serde_json::to_string(&hashes).expect("hashes encode");
+    let saved = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || write_private(&path, &text)).await
     };
+    if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "",
+            format!(
+                "saving the new token hashes in {}: {e}; nothing changed",
+                path.display()
+            ),
+        ));
+    }
+    *st.tokens.write().expect("token lock") = hashes.clone();
     let until = now.saturating_add(overlap_secs as i64);
     tracing::info!(token = %id, retiring = hashes.retiring.len(), "rotated a zone API token");
     Ok((

@@ -515,11 +515,15 @@ async fn session(shared: &Arc<Shared>, addr: &str) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(hb);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_rx = Instant::now();
+    let mut dead_after = causeway_api::kds::silence_limit(hb, None);
     loop {
         tokio::select! {
             msg = inbound.next() => match msg {
                 Some(Ok(m)) => {
                     last_rx = Instant::now();
+                    if let Some(global_message::Msg::Heartbeat(h)) = &m.msg {
+                        dead_after = causeway_api::kds::silence_limit(hb, Some(h.interval_ms));
+                    }
                     st.handle(m).await?;
                 }
                 Some(Err(s)) => anyhow::bail!("global closed the stream: {}", s.message()),
@@ -540,10 +544,10 @@ async fn session(shared: &Arc<Shared>, addr: &str) -> anyhow::Result<()> {
                 }
             }
             _ = tick.tick() => {
-                if last_rx.elapsed() > hb * 3 {
-                    anyhow::bail!("no message from global within three heartbeats ({:?}); reconnecting", hb * 3);
+                if last_rx.elapsed() > dead_after {
+                    anyhow::bail!("no message from global within three of its heartbeats ({dead_after:?}); reconnecting");
                 }
-                st.send(zone_message::Msg::Heartbeat(Heartbeat { sent_unix_ms: now_ms() })).await?;
+                st.send(zone_message::Msg::Heartbeat(Heartbeat { sent_unix_ms: now_ms(), interval_ms: hb.as_millis() as u64 })).await?;
                 st.insight().await?;
                 st.stats().await?;
                 if due_for_renewal(id.not_before, id.not_after, now_unix(), RENEW_AT_PERCENT) {

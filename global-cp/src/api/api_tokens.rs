@@ -10,12 +10,13 @@ use axum::response::{IntoResponse as _, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::zones::{now_unix, require_mesh, rfc3339};
+use super::zones::{now_unix, require_mesh};
 use super::{ApiError, ApiResult, ApiState};
 use crate::access::{ApiRole, ApiTokenRecord, BOOTSTRAP_ADMIN_ID, BOOTSTRAP_READONLY_ID, NEVER};
 use crate::audit::Actor;
 use crate::command::{ApplyError, Command};
 use crate::raft_node::RaftError;
+use causeway_api::timestamp::rfc3339;
 
 /// A new token's lifetime when the request names none.
 const DEFAULT_VALIDITY: &str = "2160h";

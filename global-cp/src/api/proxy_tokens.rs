@@ -12,11 +12,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::zones::{
-    CreateToken, check_zone_name, now_unix, require_mesh, rfc3339, token_issued, token_validity,
+    CreateToken, check_zone_name, now_unix, require_mesh, token_issued, token_validity,
 };
 use super::{ApiError, ApiResult, ApiState};
 use crate::command::{ApplyError, Command, ProxyTokenKind, ProxyTokenRecord};
 use crate::raft_node::RaftError;
+use causeway_api::timestamp::rfc3339;
 
 /// The key that signs dataplane and ingress tokens.
 fn token_signing_key(st: &ApiState) -> ApiResult<String> {

@@ -13,6 +13,7 @@ use super::{ApiError, ApiResult, ApiState};
 use crate::command::{Command, ZoneStatusRecord, ZoneTokenRecord};
 use crate::raft_node::RaftError;
 use crate::zone_token::{self, ZoneTokenClaims};
+use causeway_api::timestamp::rfc3339;
 
 /// Default lifetime of a zone token: long enough to set a zone up and re-enroll it if
 /// its data dir is lost; revoke it to cut the zone off.
@@ -27,16 +28,6 @@ pub(super) fn check_zone_name(name: &str) -> ApiResult<()> {
 
 pub(super) fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-pub(super) fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 /// A token's `validFor`: a Go-style duration of at least a minute, default a year.

@@ -623,27 +623,8 @@ fn cluster_secrets_are_stored_as_hashes_and_sealed_keys() {
     let s = Store::open(dir.path()).unwrap();
     let sealer = crate::sealing::Sealer::new(&[3u8; 32]).unwrap();
     let tokens = ApiTokens::generate();
-    let key = "-----BEGIN PRIVATE KEY-----\nclear-key\n-----END PRIVATE KEY-----\n";
-    let clear = crate::command::ClusterSecrets {
-        tokens: tokens.hashes(),
-        api_ca_cert_pem: "cert".into(),
-        api_ca_key_pem: key.into(),
-        zone_token_key: "ab".repeat(32),
-        zone_ca_cert_pem: "zone cert".into(),
-        zone_ca_key_pem: key.into(),
-        dataplane_token_key: "cd".repeat(40),
-        raft_ca_cert_pem: "raft cert".into(),
-        raft_ca_key_pem: key.into(),
-    };
-    let mut b = s.apply_batch();
-    b.apply(
-        1,
-        EPOCH,
-        Command::InitCluster(SealedSecrets::seal(&clear, &sealer)),
-    )
-    .unwrap()
-    .unwrap();
-    b.commit().unwrap();
+    let clear = cluster_secrets(tokens.hashes());
+    form(&s, &clear, &sealer);
     let stored = s.secrets().unwrap().unwrap();
     assert!(stored.open(&sealer).unwrap() == clear);
     let other = crate::sealing::Sealer::new(&[4u8; 32]).unwrap();
@@ -861,34 +842,45 @@ fn api_token(id: &str, role: crate::access::ApiRole, expires_unix: i64) -> ApiTo
     }
 }
 
-/// A store whose cluster formed with bootstrap tokens hashed `admin-sha`/`ro-sha`.
-fn formed_store(dir: &Path) -> Store {
-    let s = Store::open(dir).unwrap();
-    let sealer = crate::sealing::Sealer::new(&[3u8; 32]).unwrap();
-    let clear = crate::command::ClusterSecrets {
-        tokens: causeway_pki::api_token::TokenHashes {
-            admin_sha256: "admin-sha".into(),
-            readonly_sha256: "ro-sha".into(),
-            retiring: Vec::new(),
-        },
-        api_ca_cert_pem: String::new(),
-        api_ca_key_pem: String::new(),
-        zone_token_key: String::new(),
-        zone_ca_cert_pem: String::new(),
-        zone_ca_key_pem: String::new(),
-        dataplane_token_key: String::new(),
-        raft_ca_cert_pem: String::new(),
-        raft_ca_key_pem: String::new(),
-    };
+/// Cluster secrets with recognisable key material, so a test can look for it in clear.
+fn cluster_secrets(tokens: causeway_pki::api_token::TokenHashes) -> crate::command::ClusterSecrets {
+    let key = "-----BEGIN PRIVATE KEY-----\nclear-key\n-----END PRIVATE KEY-----\n";
+    crate::command::ClusterSecrets {
+        tokens,
+        api_ca_cert_pem: "cert".into(),
+        api_ca_key_pem: key.into(),
+        zone_token_key: "ab".repeat(32),
+        zone_ca_cert_pem: "zone cert".into(),
+        zone_ca_key_pem: key.into(),
+        dataplane_token_key: "cd".repeat(40),
+        raft_ca_cert_pem: "raft cert".into(),
+        raft_ca_key_pem: key.into(),
+    }
+}
+
+/// Forms the cluster in `s`, as the first node's first entry does.
+fn form(s: &Store, clear: &crate::command::ClusterSecrets, sealer: &crate::sealing::Sealer) {
     let mut b = s.apply_batch();
     b.apply(
         1,
         EPOCH,
-        Command::InitCluster(SealedSecrets::seal(&clear, &sealer)),
+        Command::InitCluster(SealedSecrets::seal(clear, sealer)),
     )
     .unwrap()
     .unwrap();
     b.commit().unwrap();
+}
+
+/// A store whose cluster formed with bootstrap tokens hashed `admin-sha`/`ro-sha`.
+fn formed_store(dir: &Path) -> Store {
+    let s = Store::open(dir).unwrap();
+    let sealer = crate::sealing::Sealer::new(&[3u8; 32]).unwrap();
+    let tokens = causeway_pki::api_token::TokenHashes {
+        admin_sha256: "admin-sha".into(),
+        readonly_sha256: "ro-sha".into(),
+        retiring: Vec::new(),
+    };
+    form(&s, &cluster_secrets(tokens), &sealer);
     s
 }
 
