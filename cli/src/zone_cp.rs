@@ -60,6 +60,12 @@ pub(crate) struct ZoneCpArgs {
     /// Longest wait between reconnect attempts (default 10s; jittered).
     #[arg(long, default_value = "10s")]
     reconnect_max: String,
+    /// Free space to keep on the data dir's disk, in MiB: under it the zone refuses
+    /// local writes (zone policies, proxy registrations: HTTP 507 or RESOURCE_EXHAUSTED,
+    /// saying so) instead of failing in the middle of one, and takes them again as soon
+    /// as space is freed. Policy from global, traffic and proxies already registered go on.
+    #[arg(long, default_value_t = 256)]
+    disk_reserve_mib: u64,
 }
 
 pub(crate) async fn run(a: ZoneCpArgs) -> anyhow::Result<()> {
@@ -102,6 +108,7 @@ pub(crate) async fn run(a: ZoneCpArgs) -> anyhow::Result<()> {
         backoff_max: backoff_max.max(Duration::from_millis(200)),
         version: env!("CARGO_PKG_VERSION").to_string(),
         dataplane_grace: crate::global_cp::parse_duration("--dataplane-grace", &a.dataplane_grace)?,
+        disk_reserve_bytes: a.disk_reserve_mib.saturating_mul(1024 * 1024),
     };
     tracing::info!(zone = %cfg.zone, globals = ?cfg.globals, api = %cfg.api_addr, data_dir = %cfg.data_dir.display(), "starting zone control plane");
     let zone = Zone::start(cfg).await?;

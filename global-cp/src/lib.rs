@@ -9,7 +9,6 @@
 pub mod access;
 pub mod audit;
 pub mod command;
-pub mod disk;
 pub mod join;
 pub mod kds;
 pub mod raft_node;

@@ -33,7 +33,7 @@ pub struct RaftSettings {
     pub compact_keep: u64,
     /// A write not applied within this time fails with 503 (its outcome is then unknown).
     pub proposal_timeout: Duration,
-    /// The data dir whose free space is watched ([`crate::disk`]); `None` watches
+    /// The data dir whose free space is watched ([`causeway_disk`]); `None` watches
     /// nothing (simulations).
     pub disk_dir: Option<std::path::PathBuf>,
     /// Under this much free space, proposals are refused.
@@ -50,7 +50,7 @@ impl Default for RaftSettings {
             compact_keep: 1_000,
             proposal_timeout: Duration::from_secs(5),
             disk_dir: None,
-            disk_reserve_bytes: crate::disk::DEFAULT_RESERVE_BYTES,
+            disk_reserve_bytes: causeway_disk::DEFAULT_RESERVE_BYTES,
         }
     }
 }
@@ -72,7 +72,7 @@ pub enum RaftError {
     Refused(String),
     #[error("this node is shutting down")]
     Stopped,
-    /// The data dir's disk is under its reserve (see [`crate::disk`]).
+    /// The data dir's disk is under its reserve (see [`causeway_disk`]).
     #[error("{0}")]
     DiskLow(String),
 }
@@ -100,7 +100,7 @@ pub struct RaftView {
     /// Bumped when cluster secrets or membership change, so watchers know to look.
     pub meta_epoch: u64,
     /// The data dir's free space; `low` while writes are refused.
-    pub disk: crate::disk::DiskReport,
+    pub disk: causeway_disk::DiskReport,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -223,7 +223,7 @@ struct Driver<O: Outbox> {
     view: watch::Sender<RaftView>,
     leader: u64,
     meta_epoch: u64,
-    disk: Option<crate::disk::DiskWatch>,
+    disk: Option<causeway_disk::DiskWatch>,
 }
 
 /// Starts the Raft thread for node `id` over `store`; `make_outbox` gets the channel into
@@ -309,7 +309,7 @@ impl<O: Outbox> Driver<O> {
         let disk = settings
             .disk_dir
             .clone()
-            .map(|d| crate::disk::DiskWatch::new(d, settings.disk_reserve_bytes));
+            .map(|d| causeway_disk::DiskWatch::new(d, settings.disk_reserve_bytes));
         let driver = Driver {
             node,
             store,
@@ -722,11 +722,11 @@ impl<O: Outbox> Driver<O> {
             return;
         };
         match disk.poll(now) {
-            Some(crate::disk::DiskEvent::TurnedLow) => {
+            Some(causeway_disk::DiskEvent::TurnedLow) => {
                 let why = disk.report().refusal(&disk.dir);
                 tracing::warn!("{why}");
             }
-            Some(crate::disk::DiskEvent::Recovered) => tracing::info!(
+            Some(causeway_disk::DiskEvent::Recovered) => tracing::info!(
                 free_mib = disk.report().free_bytes / (1024 * 1024),
                 "the data dir's disk has space again: writes are taken"
             ),

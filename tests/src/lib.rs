@@ -1107,3 +1107,39 @@ pub fn promtool_complaints(text: &str) -> anyhow::Result<Option<String>> {
     );
     Ok((!out.status.success() || !said.is_empty()).then_some(said))
 }
+
+/// A tmpfs of `size` mounted at `dir` (which must exist), unmounted when dropped.
+pub struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &std::path::Path, size: &str) -> anyhow::Result<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()?
+            .success();
+        anyhow::ensure!(ok, "mounting a tmpfs at {} (needs root)", dir.display());
+        Ok(Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Fills the file system of `dir` with `filler`, then frees `leave` bytes of it.
+pub fn fill_disk(filler: &std::path::Path, leave: u64) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut f = std::fs::File::create(filler)?;
+    let block = vec![0u8; 1 << 20];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.sync_all();
+    let len = f.metadata()?.len();
+    f.set_len(len.saturating_sub(leave))?;
+    Ok(())
+}

@@ -346,42 +346,6 @@ async fn all_names(c: &GlobalCluster, i: usize) -> Option<BTreeSet<String>> {
     }
 }
 
-/// A tmpfs of `size` mounted at `dir` (which must exist), unmounted when dropped.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &std::path::Path, size: &str) -> anyhow::Result<Tmpfs> {
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .status()?
-            .success();
-        anyhow::ensure!(ok, "mounting a tmpfs at {} (needs root)", dir.display());
-        Ok(Tmpfs(dir.to_path_buf()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
-}
-
-/// Fills the file system of `dir` with `filler`, then frees `leave` bytes of it.
-fn fill(filler: &std::path::Path, leave: u64) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    let mut f = std::fs::File::create(filler)?;
-    let block = vec![0u8; 1 << 20];
-    while f.write_all(&block).is_ok() {}
-    let _ = f.sync_all();
-    let len = f.metadata()?.len();
-    f.set_len(len.saturating_sub(leave))?;
-    Ok(())
-}
-
 /// A disk that fills does not fail a node in the middle of a write, nor leave it looking
 /// healthy. The node's data moves to a 64 MiB tmpfs, which a file then fills but for
 /// 8 MiB, under the node's 16 MiB reserve: writes are refused with 507 and the reason,
@@ -402,7 +366,7 @@ async fn a_node_whose_disk_fills_refuses_writes_until_space_returns() -> anyhow:
     let moved = dir.with_extension("orig");
     std::fs::rename(&dir, &moved)?;
     std::fs::create_dir(&dir)?;
-    let _tmpfs = Tmpfs::mount(&dir, "64m")?;
+    let _tmpfs = causeway_tests::Tmpfs::mount(&dir, "64m")?;
     let copied = std::process::Command::new("cp")
         .arg("-a")
         .arg(moved.join("."))
@@ -418,7 +382,7 @@ async fn a_node_whose_disk_fills_refuses_writes_until_space_returns() -> anyhow:
 
     // Under the reserve: refused, saying why; the node stays up and reads.
     let filler = dir.join("filler");
-    fill(&filler, 8 << 20)?;
+    causeway_tests::fill_disk(&filler, 8 << 20)?;
     let refusal = eventually(
         "writes refused for want of space",
         Duration::from_secs(30),
@@ -468,7 +432,7 @@ async fn a_node_whose_disk_fills_refuses_writes_until_space_returns() -> anyhow:
     c.nodes[0].set_extra_args(&["--disk-reserve-mib", "0"]);
     c.nodes[0].start(&[], false)?;
     c.wait_ready(0).await?;
-    fill(&filler, 0)?;
+    causeway_tests::fill_disk(&filler, 0)?;
     let status = eventually("the node exiting", Duration::from_secs(30), || async {
         let exited = c.nodes[0].exited();
         if exited.is_none() {

@@ -772,3 +772,102 @@ async fn a_zone_and_global_with_different_heartbeats_stay_connected() -> anyhow:
     );
     Ok(())
 }
+
+/// A zone whose disk fills refuses local writes (507, naming the data dir and the
+/// reserve) before RocksDB meets a full disk, keeps applying what global sends, and
+/// takes writes again once space returns, without a restart. The zone's data dir is a
+/// 64 MiB tmpfs, filled but for 8 MiB under a 16 MiB reserve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zone_whose_disk_fills_refuses_local_writes_and_recovers() -> anyhow::Result<()> {
+    let c = GlobalCluster::start(1, &["--kds-heartbeat", "500ms"]).await?;
+    mesh(&c).await?;
+    let z = ZoneCp::new(
+        &c,
+        "zone-a",
+        c.kds_urls_from(0),
+        &["--disk-reserve-mib", "16"],
+    )
+    .await?;
+    std::fs::create_dir_all(&z.dir)?;
+    let _tmpfs = causeway_tests::Tmpfs::mount(&z.dir, "64m")?;
+    z.start()?;
+    let local = |name: &str| {
+        let mut p = timeout_policy(name, "3s");
+        p["name"] = json!(name);
+        p
+    };
+    let put_local = |name: &'static str| {
+        let (z, body) = (&z, local(name));
+        async move {
+            z.call(
+                Method::PUT,
+                &format!("/meshes/default/meshtimeouts/{name}"),
+                Some(&body),
+            )
+            .await
+        }
+    };
+    eventually("the mesh in the zone", SYNC, || async {
+        put_local("before")
+            .await
+            .ok()
+            .filter(|(s, _)| *s == StatusCode::CREATED)
+    })
+    .await
+    .with_context(|| z.logs())?;
+
+    let filler = z.dir.join("filler");
+    causeway_tests::fill_disk(&filler, 8 << 20)?;
+    // Measured at most once a second, so the first write after the fill may still pass.
+    let (_, refusal) = eventually("a local write refused", Duration::from_secs(10), || async {
+        put_local("during")
+            .await
+            .ok()
+            .filter(|(s, _)| *s == StatusCode::INSUFFICIENT_STORAGE)
+    })
+    .await?;
+    let why = refusal.to_string();
+    assert!(
+        why.contains(&z.dir.display().to_string())
+            && why.contains("16 MiB")
+            && why.contains("--disk-reserve-mib"),
+        "{why}"
+    );
+    let st = z.status().await?;
+    assert_eq!(st["disk"]["writes_refused"], true, "{st}");
+    assert!(z.metrics().await?.contains("causeway_zone_disk_low 1"));
+    let (s, _) = put_local("refused").await?;
+    assert_eq!(s, StatusCode::INSUFFICIENT_STORAGE);
+    let (s, _) = z
+        .call(Method::GET, "/meshes/default/meshtimeouts/refused", None)
+        .await?;
+    assert_eq!(s, StatusCode::NOT_FOUND, "a refused write changed nothing");
+
+    // What global sends still arrives: the reserve is for it.
+    put(
+        &c,
+        "/meshes/default/meshtimeouts/from-global",
+        &timeout_policy("from-global", "2s"),
+    )
+    .await?;
+    z.wait_for("/meshes/default/meshtimeouts/from-global", true, SYNC)
+        .await
+        .with_context(|| z.logs())?;
+
+    std::fs::remove_file(&filler)?;
+    eventually(
+        "local writes taken again",
+        Duration::from_secs(10),
+        || async {
+            put_local("after")
+                .await
+                .ok()
+                .filter(|(s, _)| *s == StatusCode::CREATED)
+        },
+    )
+    .await
+    .with_context(|| z.logs())?;
+    assert_eq!(z.status().await?["disk"]["writes_refused"], false);
+    assert!(z.metrics().await?.contains("causeway_zone_disk_low 0"));
+    Ok(())
+}

@@ -470,6 +470,11 @@ pub(crate) fn status_json(shared: &Shared) -> Value {
         "syncs": s.syncs,
         "refused": s.refused,
         "certificateNotAfter": identity.map(|i| i.not_after),
+        "disk": shared.store.disk().map(|d| json!({
+            "free_bytes": d.free_bytes,
+            "reserve_bytes": d.reserve_bytes,
+            "writes_refused": d.low,
+        })),
         "proxies": shared.proxies.lock().expect("proxies lock").values().cloned().collect::<Vec<_>>(),
         "intermediates": shared.store.intermediates().unwrap_or_default().iter().map(|i| json!({"mesh": i.mesh, "notAfter": i.not_after})).collect::<Vec<_>>(),
     })
@@ -696,6 +701,7 @@ fn local_error(t: &TypeInfo, mesh: &str, name: &str, e: LocalWriteError) -> ApiE
             "name",
             format!("{} not found in this zone", describe(t, mesh, name)),
         ),
+        LocalWriteError::DiskLow(why) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "", why),
         LocalWriteError::Store(e) => e.into(),
     }
 }

@@ -507,6 +507,7 @@ fn register(shared: &Shared, r: Resource) -> Result<Resource, Status> {
             LocalWriteError::MeshMissing(m) => {
                 Status::not_found(format!("mesh {m:?} is not known in this zone"))
             }
+            LocalWriteError::DiskLow(why) => Status::resource_exhausted(why),
             e => Status::internal(format!("{e:?}")),
         })?;
     let key = stored.key();

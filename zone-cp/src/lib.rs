@@ -61,6 +61,9 @@ pub struct ZoneConfig {
     /// After a restart, how long sidecars have to reconnect before the Dataplanes they
     /// registered are removed.
     pub dataplane_grace: Duration,
+    /// Free space to keep on the data dir's disk: under it, local writes are refused
+    /// (see [`Store::with_disk_reserve`]).
+    pub disk_reserve_bytes: u64,
 }
 
 impl std::fmt::Debug for ZoneConfig {
@@ -230,7 +233,8 @@ impl Zone {
         // RocksDB would create it 0755 (and its files 0644; that cannot be changed).
         causeway_pki::private_dir(&db_dir)
             .with_context(|| format!("creating {}", db_dir.display()))?;
-        let store = Store::open(&db_dir, sealer.clone())?;
+        let store = Store::open(&db_dir, sealer.clone())?
+            .with_disk_reserve(cfg.data_dir.clone(), cfg.disk_reserve_bytes);
         if store
             .identity()
             .with_context(|| format!("--seal-key-file {}", cfg.seal_key_file.display()))?

@@ -43,6 +43,8 @@ pub(crate) struct Metrics {
     expiry: Family<CertLabels, Gauge<f64, AtomicU64>>,
     signals: Gauge,
     signals_dropped: Gauge,
+    disk_free_bytes: Gauge,
+    disk_low: Gauge,
 }
 
 fn computation_histogram() -> Histogram {
@@ -68,6 +70,8 @@ impl Default for Metrics {
             expiry: Family::default(),
             signals: Gauge::default(),
             signals_dropped: Gauge::default(),
+            disk_free_bytes: Gauge::default(),
+            disk_low: Gauge::default(),
         };
         let r = &mut registry;
         r.register(
@@ -131,6 +135,16 @@ impl Default for Metrics {
             "Golden signals not tracked since start because the zone held its limit of them",
             m.signals_dropped.clone(),
         );
+        r.register(
+            "disk_free_bytes",
+            "Free space on the data dir's disk (measured at most once a second)",
+            m.disk_free_bytes.clone(),
+        );
+        r.register(
+            "disk_low",
+            "1 while the data dir's disk is under its reserve (--disk-reserve-mib) and local writes are refused, else 0",
+            m.disk_low.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -177,6 +191,11 @@ impl Metrics {
             self.signals.set(signals.len() as i64);
             self.signals_dropped
                 .set(i64::try_from(signals.dropped()).unwrap_or(i64::MAX));
+        }
+        if let Some(disk) = shared.store.disk() {
+            self.disk_free_bytes
+                .set(i64::try_from(disk.free_bytes).unwrap_or(i64::MAX));
+            self.disk_low.set(i64::from(disk.low));
         }
         let left = |not_after: i64| (not_after - now_ms / 1000) as f64;
         if let Ok(Some(identity)) = shared.store.identity() {

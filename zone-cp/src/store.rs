@@ -5,10 +5,11 @@
 //! intermediate CAs') are sealed under the zone's seal key on the way in and opened on
 //! the way out, so the RocksDB files never hold one in clear.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use causeway_api::{Resource, ResourceKey};
+use causeway_disk::{DiskEvent, DiskReport, DiskWatch};
 use causeway_pki::sealing::{SealError, Sealer};
 use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
@@ -114,6 +115,9 @@ pub struct Store {
     sealer: Arc<Sealer>,
     /// The options the store was opened with, for its statistics (WAL syncs).
     opts: Arc<Options>,
+    /// Free space under the store, measured at most once a second by the local writes
+    /// that check it (`None`: not watched).
+    disk: Option<Arc<std::sync::Mutex<DiskWatch>>>,
 }
 
 /// Writes that must survive a power loss, not only a crash of the process: the zone's
@@ -159,6 +163,9 @@ pub enum LocalWriteError {
     },
     MeshMissing(String),
     NotFound,
+    /// The data dir's disk is under its reserve; the reason names it, the free space
+    /// and the reserve.
+    DiskLow(String),
     Store(StoreError),
 }
 
@@ -191,7 +198,49 @@ impl Store {
             db: Arc::new(db),
             sealer,
             opts: Arc::new(opts),
+            disk: None,
         })
+    }
+
+    /// Keeps `reserve_bytes` free under `dir` (the data dir): while less is free,
+    /// [`Store::put_local`] refuses (a user's policy, a proxy's registration, a drill's
+    /// report), so RocksDB never meets a full disk in the middle of a write. What global
+    /// sends, the zone's identity and deletes still go through: they keep the zone whole
+    /// and in sync, and deletes free space.
+    pub fn with_disk_reserve(mut self, dir: PathBuf, reserve_bytes: u64) -> Store {
+        self.disk = Some(Arc::new(std::sync::Mutex::new(DiskWatch::new(
+            dir,
+            reserve_bytes,
+        ))));
+        self
+    }
+
+    /// The disk as last measured (measuring it if a second has passed), if watched.
+    pub fn disk(&self) -> Option<DiskReport> {
+        let disk = self.disk.as_ref()?;
+        let mut w = disk.lock().expect("disk lock");
+        match w.poll(std::time::Instant::now()) {
+            Some(DiskEvent::TurnedLow) => tracing::error!(
+                dir = %w.dir.display(),
+                free_mib = w.report().free_bytes >> 20,
+                reserve_mib = w.report().reserve_bytes >> 20,
+                "the data dir's disk is under its reserve: refusing local writes until space is freed"
+            ),
+            Some(DiskEvent::Recovered) => tracing::info!(
+                dir = %w.dir.display(),
+                free_mib = w.report().free_bytes >> 20,
+                "the data dir's disk has room again: taking local writes"
+            ),
+            None => {}
+        }
+        Some(w.report())
+    }
+
+    /// Why a local write is refused now, if the disk is under its reserve.
+    fn disk_refusal(&self) -> Option<String> {
+        let report = self.disk().filter(|r| r.low)?;
+        let w = self.disk.as_ref()?.lock().expect("disk lock");
+        Some(report.refusal(&w.dir))
     }
 
     /// How many times the WAL was synced since the store opened.
@@ -364,6 +413,9 @@ impl Store {
         mut r: Resource,
         now: time::OffsetDateTime,
     ) -> Result<(Resource, bool), LocalWriteError> {
+        if let Some(why) = self.disk_refusal() {
+            return Err(LocalWriteError::DiskLow(why));
+        }
         let key = r.key();
         let old = self.get(&key)?;
         if let Some(o) = &old
@@ -766,6 +818,44 @@ mod tests {
             modification_time: None,
             origin: Some(origin.into()),
         }
+    }
+
+    #[test]
+    fn under_the_disk_reserve_local_writes_are_refused_and_the_rest_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let web = res("Dataplane", "default", "web-1", "x");
+        let s = Store::open(&dir.path().join("db"), test_sealer()).unwrap();
+        s.apply_set(
+            "zone-a",
+            1,
+            true,
+            &[res("Mesh", "", "default", "global")],
+            &[],
+        )
+        .unwrap();
+        s.put_local("zone-a", web.clone(), time::OffsetDateTime::now_utc())
+            .unwrap();
+        // No disk has this much free: the reserve is never met.
+        let s = s.with_disk_reserve(dir.path().to_path_buf(), u64::MAX);
+        let refused = s.put_local(
+            "zone-a",
+            res("Dataplane", "default", "web-2", "x"),
+            time::OffsetDateTime::now_utc(),
+        );
+        match refused {
+            Err(LocalWriteError::DiskLow(why)) => {
+                assert!(why.contains(&dir.path().display().to_string()), "{why}")
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+        assert!(s.disk().unwrap().low);
+        // What global sends, and deletes (which free space), still go through.
+        let policy = res("MeshTimeout", "default", "t", "global");
+        s.apply_set("zone-a", 2, false, std::slice::from_ref(&policy), &[])
+            .unwrap();
+        assert!(s.get(&policy.key()).unwrap().is_some());
+        s.delete_local("zone-a", &web.key()).unwrap();
+        assert!(s.get(&web.key()).unwrap().is_none());
     }
 
     #[test]

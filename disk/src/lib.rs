@@ -1,21 +1,21 @@
-//! Free space under the data dir, so a node refuses writes before its disk is full
-//! instead of failing in the middle of one.
+//! Free space under a data dir, so a control plane refuses writes before its disk is
+//! full instead of failing in the middle of one.
 //!
 //! RocksDB that hits ENOSPC in its write-ahead log stops accepting writes until it is
-//! reopened, and a Raft node that cannot persist must stop (it would lose acknowledged
-//! entries). So each node keeps a reserve: while the free space of the data dir's file
-//! system is under it, the node refuses new proposals with a clear error (HTTP 507),
-//! and takes them again as soon as space returns. Reads, KDS and proxy traffic go on.
-//! Entries the leader replicates are still appended: the reserve is what they use, and
-//! a follower that runs out altogether stops (see [`crate::store::StoreError`]).
+//! reopened. So each control plane keeps a reserve: while the free space of its data
+//! dir's file system is under it, new writes from users are refused with a clear error
+//! (HTTP 507), and taken again as soon as space returns. Reads and proxy traffic go on,
+//! and the writes that keep the system whole (a global node appending the leader's
+//! entries, a zone applying global's policy) still proceed: the reserve is theirs.
 //!
 //! Like etcd's space quota alarm, but automatic both ways: no operator action beyond
-//! freeing space.
+//! freeing space. [`DiskWatch`] is the pure state machine (time and free space are
+//! arguments); [`free_bytes`] is the one `statvfs`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// How often the free space is measured (one `statvfs`, on the Raft thread).
+/// How often the free space is measured (one `statvfs`).
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// The default reserve: room for the entries in flight and a compaction's new files.
