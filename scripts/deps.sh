@@ -24,6 +24,8 @@ if [ "${1:-build}" = test ]; then
   want iproute2 command -v ip
   # Prometheus' linter, for the metrics tests.
   want prometheus command -v promtool
+  # A real browser for the web UI's tests (headless, driven over DevTools).
+  want chromium command -v chromium
 fi
 ((${#need[@]})) || exit 0
 

@@ -24,8 +24,10 @@ use crate::store::{Store, StoreError};
 
 mod api_tokens;
 mod joining;
+mod overview;
 mod proxy_tokens;
 mod stats;
+mod ui;
 mod zones;
 
 #[derive(Clone)]
@@ -127,6 +129,7 @@ type ApiResult<T> = Result<T, ApiError>;
 pub(crate) fn router(state: ApiState) -> Router {
     let authed = Router::new()
         .route("/cluster", get(cluster_status))
+        .route("/overview", get(overview::overview))
         .route(
             "/api-tokens",
             get(api_tokens::list).post(api_tokens::create),
@@ -203,6 +206,10 @@ pub(crate) fn router(state: ApiState) -> Router {
     Router::new()
         .route("/ready", get(ready))
         .route("/openapi.json", get(openapi))
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/app.js", get(ui::script))
+        .route("/ui/app.css", get(ui::style))
         .route(
             crate::join::JOIN_PATH,
             post(joining::join).layer(axum::extract::DefaultBodyLimit::max(joining::MAX_JOIN_BODY)),

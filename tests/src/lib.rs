@@ -2,6 +2,7 @@
 //! temporary directories, waits for readiness by polling with a deadline, and kills every
 //! process it started when dropped. Test code only; nothing here ships.
 
+pub mod browser;
 pub mod mesh;
 pub mod secrets;
 pub mod websocket;
