@@ -130,6 +130,7 @@ pub(crate) fn router(state: ApiState) -> Router {
     let authed = Router::new()
         .route("/cluster", get(cluster_status))
         .route("/overview", get(overview::overview))
+        .route("/whoami", get(api_tokens::whoami))
         .route(
             "/api-tokens",
             get(api_tokens::list).post(api_tokens::create),
@@ -388,6 +389,8 @@ async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response 
     if let Err(why) = crate::access::authorize(&token, write, req.uri().path()) {
         return ApiError::new(StatusCode::FORBIDDEN, "Authorization", why).into_response();
     }
+    let mut req = req;
+    req.extensions_mut().insert(token.clone());
     // Every write this request proposes carries who made it (the audit log).
     crate::audit::ACTOR
         .scope(api_tokens::actor(&token), next.run(req))
@@ -703,9 +706,40 @@ async fn get_in_mesh(
     State(st): State<ApiState>,
     Path((mesh, plural, name)): Path<(String, String, String)>,
     Query(q): Query<ReadQuery>,
-) -> ApiResult<Json<Resource>> {
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     let t = type_for(&plural, Scope::Mesh)?;
-    do_get(&st, t, &mesh, &name, q).await
+    let Json(r) = do_get(&st, t, &mesh, &name, q).await?;
+    Ok(in_format(&headers, &r))
+}
+
+/// A resource as JSON, or as YAML for a client that accepts `application/yaml` (the web
+/// UI's policy view, `curl -H 'Accept: application/yaml'`), in the shape `causeway apply`
+/// takes back.
+fn in_format(headers: &HeaderMap, r: &Resource) -> Response {
+    let yaml = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/yaml"));
+    if !yaml {
+        return Json(r).into_response();
+    }
+    match serde_yaml::to_string(r) {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "application/yaml; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "",
+            format!("encoding YAML: {e}"),
+        )
+        .into_response(),
+    }
 }
 
 async fn list_in_mesh(
@@ -943,7 +977,7 @@ pub fn openapi_document() -> Value {
             format!("{base}/{{name}}"),
             json!({
                 "parameters": item_params,
-                "get": {"summary": format!("Get a {}", t.kind), "responses": {"200": res, "default": err}},
+                "get": {"summary": if t.scope == Scope::Mesh { format!("Get a {} (as YAML with Accept: application/yaml)", t.kind) } else { format!("Get a {}", t.kind) }, "responses": {"200": res, "default": err}},
                 "put": {"summary": format!("Create or replace a {} (optimistic concurrency: a `version` in the body or an If-Match header)", t.kind),
                         "requestBody": {"required": true, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Resource"}}, "application/yaml": {}}},
                         "responses": {"200": written, "201": written, "default": err}},
@@ -989,6 +1023,9 @@ pub fn openapi_document() -> Value {
     paths.insert("/api-tokens/{id}".into(), json!({"delete": {"summary": "Revoke an API token (not the last live admin token). Admin only", "parameters": [id_param], "responses": {"200": {"description": "the revoked id"}, "404": err, "409": err, "default": err}}}));
     paths.insert("/api-tokens/{id}/rotate".into(), json!({"post": {"summary": "Replace an API token with a new one of the same name, role and meshes; the old one works for the overlap (body: overlap, default 1h, at most 720h). `admin` and `readonly` are the bootstrap tokens. Admin only", "parameters": [id_param], "responses": {"201": {"description": "the new token, its id, and when the old one stops"}, "404": err, "409": err, "default": err}}}));
     paths.insert("/audit".into(), json!({"get": {"summary": "The audit log: every change made through the API, with the token that made it, newest last; ?limit=N (default 100), ?actor=NAME. Admin only", "responses": {"200": {"description": "items"}, "default": err}}}));
+    paths.insert("/whoami".into(), json!({"get": {"summary": "The presented token's own record: id, name, role, meshes, expiry (never the token). Any token", "responses": {"200": {"description": "the token's record"}, "401": err}}}));
+    paths.insert("/overview".into(), json!({"get": {"summary": "What the web UI's overview shows: zones (online, KDS lag, version, last seen), meshes with their services, dataplanes and policies, drills running, warnings, and the policy kinds; ?stale=true skips the read barrier. Any token", "responses": {"200": {"description": "the overview"}, "default": err}}}));
+    paths.insert("/ui".into(), json!({"get": {"summary": "The web UI (HTML; it signs in with an API token it asks for)", "security": [], "responses": {"200": {"description": "the page"}}}}));
     paths.insert("/ready".into(), json!({"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "ready"}, "503": err}}}));
     let mut schemas = serde_json::Map::new();
     for t in causeway_api::types() {

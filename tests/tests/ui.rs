@@ -147,12 +147,61 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
         .await?;
     assert_eq!(landmarks, json!([true, "Main", true, true, "Zones", "en"]));
 
+    // The signed-in token is named, with its role.
+    assert_eq!(b.eval(&text("#who")).await?, "readonly (viewer)");
+
+    // A zone's page: its KDS session, and the dataplanes and services it registered.
+    b.eval("location.hash = '#/zones/zone-a'").await?;
+    let services = b
+        .wait_for(
+            "zone-a's services",
+            "[...document.querySelectorAll('#zone-services li')].map(li => li.textContent).join()",
+        )
+        .await?;
+    assert_eq!(services, "default/backend");
+    assert!(
+        b.eval("document.getElementById('view').textContent")
+            .await?
+            .as_str()
+            .unwrap_or("")
+            .contains("backend-vm-1"),
+        "the dataplane listed"
+    );
+    assert_eq!(
+        b.eval("document.querySelector('nav a[aria-current=page]').id")
+            .await?,
+        "nav-zones"
+    );
+
+    // Policies: listed by kind, shown as YAML, and a viewer gets no editor.
+    b.eval("location.hash = '#/policies'").await?;
+    b.wait_for(
+        "the policy list",
+        "document.querySelector('a[href=\"#/policies/default/meshtimeouts/t1\"]')",
+    )
+    .await?;
+    b.eval("location.hash = '#/policies/default/meshtimeouts/t1'")
+        .await?;
+    let yaml = b
+        .wait_for("the policy's YAML", &text("pre#policy-yaml"))
+        .await?;
+    assert!(
+        yaml.as_str().unwrap_or("").contains("connectTimeout: 2s"),
+        "{yaml}"
+    );
+    assert_eq!(
+        b.eval("document.querySelectorAll('#view form, #view textarea, #view button').length")
+            .await?,
+        0,
+        "a viewer gets no editor"
+    );
+
     // On a 390 px phone nothing overflows the page sideways (tables scroll in their box).
     b.set_width(390, 844).await?;
     let overflow = b
         .wait_for(
             "the narrow layout",
-            "window.innerWidth === 390 && [document.documentElement.scrollWidth]",
+            "document.readyState === 'complete' && [document.documentElement.scrollWidth, window.innerWidth, [...document.querySelectorAll('body *')].filter(e => e.scrollWidth > 391 || e.getBoundingClientRect().width > 391).map(e => e.tagName + '#' + e.id + '.' + e.className + ':' + e.scrollWidth + '/' + Math.round(e.getBoundingClientRect().width)).slice(0, 8)]",
         )
         .await?;
     assert!(
@@ -161,7 +210,8 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
     );
     b.set_width(1280, 900).await?;
 
-    // A zone that goes away shows as a warning within a refresh.
+    // A zone that goes away shows as a warning within a refresh of the overview.
+    b.eval("location.hash = '#/overview'").await?;
     zone.kill();
     let warning = b
         .wait_for(
@@ -193,5 +243,60 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
         b.eval("sessionStorage.getItem('causeway.token')").await?,
         serde_json::Value::Null
     );
+
+    // An admin edits the policy in place: a bad value is refused with its field, and
+    // nothing changes; a good one is applied.
+    let admin = node.admin_token().expect("the admin token");
+    b.eval("document.getElementById('token').focus()").await?;
+    b.type_text(&admin).await?;
+    b.press("Enter").await?;
+    b.wait_for(
+        "signed in as admin",
+        "document.getElementById('who').textContent.endsWith('(admin)')",
+    )
+    .await?;
+    b.eval("location.hash = '#/policies/default/meshtimeouts/t1'")
+        .await?;
+    b.wait_for(
+        "the editor",
+        "document.querySelector('textarea#policy-yaml')?.value",
+    )
+    .await?;
+    let edit = |to: &str| {
+        format!(
+            "(() => {{ const a = document.getElementById('policy-yaml'); a.value = a.value.replace(/connectTimeout: .*/, 'connectTimeout: {to}'); document.querySelector('#policy-form button').click(); return true; }})()"
+        )
+    };
+    b.eval(&edit("soon")).await?;
+    let refusal = b
+        .wait_for("the field error", &text("#policy-errors .field-errors"))
+        .await?;
+    assert!(
+        refusal
+            .as_str()
+            .unwrap_or("")
+            .contains("spec.to[0].default.connectTimeout"),
+        "{refusal}"
+    );
+    let (_, v) = c
+        .call_retry(Method::GET, "/meshes/default/meshtimeouts/t1", None)
+        .await?;
+    assert_eq!(
+        v["spec"]["to"][0]["default"]["connectTimeout"], "2s",
+        "unchanged"
+    );
+    b.eval(&edit("5s")).await?;
+    b.wait_for("applied", "document.getElementById('policy-applied')")
+        .await?;
+    let (_, v) = c
+        .call_retry(Method::GET, "/meshes/default/meshtimeouts/t1", None)
+        .await?;
+    assert_eq!(v["spec"]["to"][0]["default"]["connectTimeout"], "5s");
+    let audit = c.call_retry(Method::GET, "/audit?limit=1", None).await?.1;
+    assert!(
+        audit.to_string().contains("MeshTimeout/default/t1"),
+        "the UI's write is in the audit log: {audit}"
+    );
+
     Ok(())
 }

@@ -220,6 +220,13 @@ pub(super) struct ListQuery {
     all: bool,
 }
 
+/// `GET /whoami`: the presented token's own record (never the token): who the caller is
+/// and what it may change. Any live token may read its own; the web UI uses it to show
+/// edit controls only to those who may edit.
+pub(super) async fn whoami(axum::Extension(token): axum::Extension<ApiTokenRecord>) -> Json<Value> {
+    Json(listed(&token, now_unix()))
+}
+
 /// `GET /api-tokens[?all=true]`: the live tokens (never the tokens themselves).
 pub(super) async fn list(
     State(st): State<ApiState>,
