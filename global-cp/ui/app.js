@@ -72,6 +72,11 @@ function showView() {
   document.getElementById("signout").hidden = false;
 }
 
+// Replaces the page's content; absent parts (null) are skipped.
+function render(...parts) {
+  document.getElementById("view").replaceChildren(...parts.flat(Infinity).filter((p) => p !== null && p !== undefined && p !== false));
+}
+
 function table(caption, headers, rows, empty) {
   if (!rows.length) return el("p", { class: "empty" }, empty);
   return el("div", { class: "table-wrap", role: "region", "aria-label": caption, tabindex: 0 },
@@ -101,8 +106,7 @@ function renderOverview(o) {
   ]);
   const meshRows = o.meshes.map((m) => [m.name, m.mtls, String(m.services), String(m.dataplanes), String(m.policies)]);
   const drillRows = o.drills.map((d) => [d.name, d.zone, d.state, new Date(d.endsAt * 1000).toISOString()]);
-  const view = document.getElementById("view");
-  view.replaceChildren(
+  render(
     el("h1", {}, "Overview"),
     el("div", { class: "cards" },
       card(t.zonesOnline + " / " + t.zones, "zones online", "count-zones"),
@@ -132,6 +136,11 @@ const pages = [
   { re: /^#\/policies\/([^/]+)\/([^/]+)\/([^/]+)$/, nav: "policies",
     render: (m) => policyPage(decodeURIComponent(m[1]), decodeURIComponent(m[2]), decodeURIComponent(m[3])) },
   { re: /^#\/policies$/, nav: "policies", render: policiesPage },
+  { re: /^#\/services\/([^/]+)\/([^/]+)$/, nav: "services", refresh: true,
+    render: (m) => servicePage(decodeURIComponent(m[1]), decodeURIComponent(m[2])) },
+  { re: /^#\/services(?:\/([^/]+))?$/, nav: "services", refresh: true, render: (m) => servicesPage(m[1] && decodeURIComponent(m[1])) },
+  { re: /^#\/topology(?:\/([^/?]+))?(?:\?zone=([^&]*))?$/, nav: "topology", refresh: true,
+    render: (m) => topologyPage(m[1] && decodeURIComponent(m[1]), m[2] ? decodeURIComponent(m[2]) : "") },
   { re: /^/, nav: "overview", render: async () => renderOverview(await api("/overview")), refresh: true },
 ];
 
@@ -201,7 +210,7 @@ async function zonesPage() {
     z.status.lastSeen || "never",
     String(z.status.connectedProxies || 0),
   ]);
-  document.getElementById("view").replaceChildren(
+  render(
     el("h1", {}, "Zones"),
     table("Zones", ["Zone", "Status", "KDS lag", "Version", "Last seen", "Proxies connected"], rows, "No zones yet."));
 }
@@ -218,7 +227,7 @@ async function zonePage(name) {
   }
   const services = new Set();
   for (const d of dataplanes) for (const i of d.spec.inbound || []) services.add(d.mesh + "/" + i.service);
-  document.getElementById("view").replaceChildren(
+  render(
     el("h1", {}, "Zone " + name),
     el("h2", {}, "KDS"),
     dl([
@@ -246,6 +255,150 @@ async function zonePage(name) {
       : el("p", { class: "empty" }, "No services."));
 }
 
+// Golden signals: what the zones' sidecars counted in the last minute
+// (`GET /meshes/{mesh}/stats`, the same as `causeway stat`).
+async function stats(mesh, by, service, zone) {
+  let q = "?window=1m&by=" + by;
+  if (service) q += "&service=" + enc(service);
+  if (zone) q += "&zone=" + enc(zone);
+  return (await api("/meshes/" + enc(mesh) + "/stats" + q)).rows || [];
+}
+
+function pct(x) { return x === null || x === undefined ? "-" : (x * 100).toFixed(1) + "%"; }
+function ms(x) { return x === null || x === undefined ? "-" : x.toFixed(1) + " ms"; }
+function rps(x) { return (x || 0).toFixed(1); }
+
+// The meshes, and the one a page is about (the first when none is named).
+async function pickMesh(mesh) {
+  const meshes = (await api("/meshes?limit=1000")).items.map((m) => m.name);
+  return { meshes, mesh: mesh || meshes[0] };
+}
+
+function meshLinks(meshes, current, base) {
+  if (meshes.length < 2) return null;
+  return el("p", {}, "Mesh: ", meshes.map((m) => [m === current ? el("strong", {}, m) : link(base + enc(m), m), " "]));
+}
+
+async function servicesPage(mesh) {
+  const pick = await pickMesh(mesh);
+  if (!pick.mesh) return render(el("h1", {}, "Services"), el("p", { class: "empty" }, "No meshes yet."));
+  const instances = {};
+  for (const d of await listAll("/meshes/" + enc(pick.mesh) + "/dataplanes")) {
+    for (const i of d.spec.inbound || []) {
+      const zones = (instances[i.service] = instances[i.service] || {});
+      zones[d.origin || "global"] = (zones[d.origin || "global"] || 0) + 1;
+    }
+  }
+  const rows = await stats(pick.mesh, "service");
+  const byName = Object.fromEntries(rows.map((r) => [r.service, r]));
+  const names = [...new Set([...Object.keys(instances), ...Object.keys(byName)])].sort();
+  render(
+    el("h1", {}, "Services"),
+    meshLinks(pick.meshes, pick.mesh, "#/services/"),
+    table("Services", ["Service", "Instances by zone", "Requests/s", "Success", "p99"], names.map((n) => {
+      const r = byName[n] || {};
+      const z = instances[n] || {};
+      return [link("#/services/" + enc(pick.mesh) + "/" + enc(n), n),
+        Object.keys(z).sort().map((k) => k + ": " + z[k]).join(", ") || "-",
+        rps(r.requestsPerSecond), pct(r.successRate), ms(r.p99Ms)];
+    }), "No services yet."));
+}
+
+// The policies that name the service or the whole mesh, by where they name it.
+function targeting(policy, service) {
+  const named = (t) => t && ((t.kind === "MeshService" && t.name === service) || t.kind === "Mesh");
+  const spec = policy.spec || {};
+  const how = [];
+  if (named(spec.targetRef)) how.push(spec.targetRef.kind === "Mesh" ? "its sidecars (mesh-wide)" : "its sidecars");
+  if ((spec.to || []).some((x) => x.targetRef && x.targetRef.kind === "MeshService" && x.targetRef.name === service)) how.push("calls to it");
+  if ((spec.from || []).some((x) => x.targetRef && x.targetRef.kind === "MeshService" && x.targetRef.name === service)) how.push("calls from it");
+  return how;
+}
+
+async function servicePage(mesh, service) {
+  const dps = (await listAll("/meshes/" + enc(mesh) + "/dataplanes"))
+    .filter((d) => (d.spec.inbound || []).some((i) => i.service === service));
+  const [zones, callers, callees] = await Promise.all([
+    stats(mesh, "zone", service), stats(mesh, "caller", service), stats(mesh, "callee", service)]);
+  const o = await api("/overview");
+  const m = o.meshes.find((x) => x.name === mesh) || { policiesByKind: {} };
+  const policies = [];
+  for (const t of o.policyTypes) {
+    if (!m.policiesByKind[t.kind]) continue;
+    for (const p of await listAll("/meshes/" + enc(mesh) + "/" + t.plural)) {
+      const how = targeting(p, service);
+      if (how.length) policies.push([t.kind, link("#/policies/" + enc(mesh) + "/" + t.plural + "/" + enc(p.name), p.name), how.join(", ")]);
+    }
+  }
+  const peerRows = (rows) => rows.map((r) => [r.peer || "-", r.peerZone || "-", rps(r.requestsPerSecond), pct(r.successRate), ms(r.p99Ms)]);
+  render(
+    el("h1", {}, "Service " + service),
+    dl([["Mesh", mesh]]),
+    el("h2", {}, "Instances"),
+    table("Instances", ["Dataplane", "Zone", "Address"], dps.map((d) => [d.name, d.origin || "-", d.spec.address]), "No instance registered."),
+    el("h2", {}, "Golden signals by zone (last minute)"),
+    table("Golden signals by zone", ["Zone", "Requests/s", "Success", "p50", "p99"],
+      zones.map((r) => [r.zone || "-", rps(r.requestsPerSecond), pct(r.successRate), ms(r.p50Ms), ms(r.p99Ms)]), "No requests in the last minute."),
+    el("h2", {}, "Callers"),
+    table("Callers", ["Caller", "Caller's zone", "Requests/s", "Success", "p99"], peerRows(callers), "No callers in the last minute."),
+    el("h2", {}, "Callees"),
+    table("Callees", ["Callee", "Callee's zone", "Requests/s", "Success", "p99"], peerRows(callees), "No calls out in the last minute."),
+    el("h2", {}, "Policies that target it"),
+    table("Policies", ["Kind", "Name", "Applies to"], policies, "No policy names this service or the whole mesh."));
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs, ...children) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  for (const c of children.flat(Infinity)) if (c !== null && c !== undefined) e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return e;
+}
+
+// The service graph: a node per service, an edge per caller -> callee with its rate,
+// success and p99 over the last minute; cross-zone edges dashed. Drawn on a circle:
+// a mesh's services are few enough, and the layout stays stable between refreshes.
+async function topologyPage(mesh, zone) {
+  const pick = await pickMesh(mesh);
+  if (!pick.mesh) return render(el("h1", {}, "Topology"), el("p", { class: "empty" }, "No meshes yet."));
+  const rows = (await stats(pick.mesh, "callee", null, zone)).filter((r) => r.peer);
+  const o = await api("/overview");
+  const names = [...new Set(rows.flatMap((r) => [r.service, r.peer]))].sort();
+  const size = 560, c = size / 2, radius = names.length > 1 ? size / 2 - 80 : 0;
+  const at = {};
+  names.forEach((n, i) => {
+    const a = (2 * Math.PI * i) / names.length - Math.PI / 2;
+    at[n] = [c + radius * Math.cos(a), c + radius * Math.sin(a)];
+  });
+  const edges = rows.map((r) => {
+    const [x1, y1] = at[r.service], [x2, y2] = at[r.peer];
+    const cross = !!r.peerZone && Object.keys(r.zones || {}).some((z) => z !== r.peerZone);
+    const label = rps(r.requestsPerSecond) + " rps · " + pct(r.successRate) + " · p99 " + ms(r.p99Ms);
+    return svg("g", { class: "edge" + (cross ? " cross" : ""), "data-from": r.service, "data-to": r.peer, "data-peer-zone": r.peerZone || "" },
+      svg("title", {}, r.service + " → " + r.peer + (r.peerZone ? " in " + r.peerZone : "") + (cross ? " (cross-zone)" : "") + ": " + label),
+      svg("line", { x1, y1, x2, y2, "marker-end": "url(#arrow)" }),
+      svg("text", { x: (x1 + x2) / 2, y: (y1 + y2) / 2 - 6, "text-anchor": "middle" }, label + (cross ? " · cross-zone" : "")));
+  });
+  const nodes = names.map((n) => svg("a", { href: "#/services/" + enc(pick.mesh) + "/" + enc(n), class: "node", "data-service": n },
+    svg("circle", { cx: at[n][0], cy: at[n][1], r: 26 }),
+    svg("text", { x: at[n][0], y: at[n][1] + 44, "text-anchor": "middle" }, n)));
+  const zoneSelect = el("select", { id: "topology-zone", "aria-label": "Zone" },
+    el("option", { value: "" }, "All zones"), o.zones.map((z) => el("option", { value: z.name, selected: z.name === zone }, z.name)));
+  zoneSelect.addEventListener("change", () => {
+    location.hash = "#/topology/" + enc(pick.mesh) + (zoneSelect.value ? "?zone=" + enc(zoneSelect.value) : "");
+  });
+  render(
+    el("h1", {}, "Topology"),
+    meshLinks(pick.meshes, pick.mesh, "#/topology/"),
+    el("p", {}, el("label", { for: "topology-zone" }, "Zone "), zoneSelect),
+    names.length
+      ? el("div", { class: "graph" }, svg("svg", { viewBox: "0 0 " + size + " " + size, role: "img", "aria-label": "Calls between the services of mesh " + pick.mesh + " in the last minute", id: "topology" },
+        svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 36, refY: 5, markerWidth: 8, markerHeight: 8, orient: "auto-start-reverse" }, svg("path", { d: "M 0 0 L 10 5 L 0 10 z" }))),
+        edges, nodes))
+      : el("p", { class: "empty" }, "No calls between services in the last minute."),
+    el("p", { class: "empty" }, "Dashed: calls answered in another zone. Select a service to open it."));
+}
+
 async function policiesPage() {
   const o = await api("/overview");
   const rows = [];
@@ -258,7 +411,7 @@ async function policiesPage() {
       }
     }
   }
-  document.getElementById("view").replaceChildren(
+  render(
     el("h1", {}, "Policies"),
     table("Policies", ["Kind", "Mesh", "Name", "Origin", "Changed"], rows, "No policies yet."));
 }
@@ -300,7 +453,7 @@ async function policyPage(mesh, plural, name) {
   } else {
     parts.push(el("pre", { id: "policy-yaml", tabindex: 0 }, yaml));
   }
-  document.getElementById("view").replaceChildren(...parts);
+  render(...parts);
 }
 
 document.addEventListener("DOMContentLoaded", () => {

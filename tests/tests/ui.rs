@@ -300,3 +300,86 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
 
     Ok(())
 }
+
+/// Services and topology from real traffic: web's sidecar calls backend's through mTLS;
+/// the services page shows backend's rate and success, the service page its instance,
+/// caller and the permission that names it, and the topology an edge web -> backend
+/// whose node opens the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ui_shows_services_and_their_calls_from_real_traffic() -> anyhow::Result<()> {
+    use causeway_tests::mesh::{MeshFixture, answering};
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let wb = fx.web_calls_backend().await?;
+    answering(wb.out, 40).await;
+    let node = &fx.c.nodes[0];
+    let mut b = Browser::launch(1280, 900).await?;
+    b.navigate(&format!("{}/ui#/services/default", node.url()))
+        .await?;
+    b.wait_for("the sign-in form", "document.activeElement?.id === 'token'")
+        .await?;
+    b.type_text(&node.admin_token().expect("the admin token"))
+        .await?;
+    b.press("Enter").await?;
+    // The zones report every few seconds; the page refreshes every 5.
+    let row = match b
+        .wait_for(
+            "backend's golden signals",
+            "(() => { const a = document.querySelector('a[href=\"#/services/default/backend\"]'); const cells = a && [...a.closest('tr').children].map(td => td.textContent); return cells && cells[3] !== '-' && cells; })()",
+        )
+        .await
+    {
+        Ok(row) => row,
+        Err(e) => {
+            let seen = b
+                .eval("document.getElementById('view').textContent + ' | ' + document.getElementById('status').textContent")
+                .await?;
+            let (_, api) = fx
+                .c
+                .call_retry(Method::GET, "/meshes/default/stats?by=service", None)
+                .await?;
+            anyhow::bail!("{e}: the page shows {seen}; the API {api}");
+        }
+    };
+    assert_eq!(row[1], "zone-a: 1", "{row}");
+    assert_eq!(row[3], "100.0%", "{row}");
+    assert!(row[2].as_str().unwrap_or("0.0") != "0.0", "{row}");
+
+    b.eval("location.hash = '#/services/default/backend'")
+        .await?;
+    let callers = b
+        .wait_for(
+            "web among backend's callers",
+            "(() => { const t = [...document.querySelectorAll('table')].find(t => t.querySelector('caption')?.textContent === 'Callers'); return t && [...t.querySelectorAll('tbody td')].map(td => td.textContent); })()",
+        )
+        .await?;
+    assert_eq!(callers[0], "web", "{callers}");
+    let view = b
+        .eval("document.getElementById('view').textContent")
+        .await?;
+    let view = view.as_str().unwrap_or("");
+    assert!(view.contains("backend-1"), "the instance: {view}");
+    assert!(
+        view.contains("MeshTrafficPermissionweb-to-backendits sidecars"),
+        "the permission that targets it: {view}"
+    );
+
+    b.eval("location.hash = '#/topology/default'").await?;
+    let edge = b
+        .wait_for(
+            "the edge web -> backend",
+            "document.querySelector('#topology g.edge[data-from=web][data-to=backend] text')?.textContent",
+        )
+        .await?;
+    assert!(
+        edge.as_str().unwrap_or("").contains(" rps · 100.0% · p99 "),
+        "{edge}"
+    );
+    b.eval("document.querySelector('#topology a.node[data-service=backend]').dispatchEvent(new MouseEvent('click', {bubbles: true}))")
+        .await?;
+    b.wait_for(
+        "the service opened from the graph",
+        "location.hash === '#/services/default/backend'",
+    )
+    .await?;
+    Ok(())
+}
