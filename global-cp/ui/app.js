@@ -136,6 +136,9 @@ const pages = [
   { re: /^#\/policies\/([^/]+)\/([^/]+)\/([^/]+)$/, nav: "policies",
     render: (m) => policyPage(decodeURIComponent(m[1]), decodeURIComponent(m[2]), decodeURIComponent(m[3])) },
   { re: /^#\/policies$/, nav: "policies", render: policiesPage },
+  { re: /^#\/dataplanes\/([^/]+)\/([^/]+)$/, nav: "dataplanes",
+    render: (m) => dataplanePage(decodeURIComponent(m[1]), decodeURIComponent(m[2])) },
+  { re: /^#\/dataplanes(?:\/([^/]+))?$/, nav: "dataplanes", render: (m) => dataplanesPage(m[1] && decodeURIComponent(m[1])) },
   { re: /^#\/services\/([^/]+)\/([^/]+)$/, nav: "services", refresh: true,
     render: (m) => servicePage(decodeURIComponent(m[1]), decodeURIComponent(m[2])) },
   { re: /^#\/services(?:\/([^/]+))?$/, nav: "services", refresh: true, render: (m) => servicesPage(m[1] && decodeURIComponent(m[1])) },
@@ -248,7 +251,7 @@ async function zonePage(name) {
       "No ingress registered in this zone."),
     el("h2", {}, "Dataplanes"),
     table("Dataplanes", ["Dataplane", "Mesh", "Address", "Services"],
-      dataplanes.map((d) => [d.name, d.mesh, d.spec.address, (d.spec.inbound || []).map((i) => i.service).join(", ")]),
+      dataplanes.map((d) => [dpLink(d.mesh, d.name), d.mesh, d.spec.address, (d.spec.inbound || []).map((i) => i.service).join(", ")]),
       "No dataplane registered in this zone."),
     el("h2", {}, "Services"),
     services.size ? el("ul", { id: "zone-services" }, [...services].sort().map((x) => el("li", {}, x)))
@@ -335,7 +338,7 @@ async function servicePage(mesh, service) {
     el("h1", {}, "Service " + service),
     dl([["Mesh", mesh]]),
     el("h2", {}, "Instances"),
-    table("Instances", ["Dataplane", "Zone", "Address"], dps.map((d) => [d.name, d.origin || "-", d.spec.address]), "No instance registered."),
+    table("Instances", ["Dataplane", "Zone", "Address"], dps.map((d) => [dpLink(mesh, d.name), d.origin || "-", d.spec.address]), "No instance registered."),
     el("h2", {}, "Golden signals by zone (last minute)"),
     table("Golden signals by zone", ["Zone", "Requests/s", "Success", "p50", "p99"],
       zones.map((r) => [r.zone || "-", rps(r.requestsPerSecond), pct(r.successRate), ms(r.p50Ms), ms(r.p99Ms)]), "No requests in the last minute."),
@@ -397,6 +400,85 @@ async function topologyPage(mesh, zone) {
         edges, nodes))
       : el("p", { class: "empty" }, "No calls between services in the last minute."),
     el("p", { class: "empty" }, "Dashed: calls answered in another zone. Select a service to open it."));
+}
+
+function dpLink(mesh, name) { return link("#/dataplanes/" + enc(mesh) + "/" + enc(name), name); }
+
+function when(unixMs) { return unixMs ? new Date(unixMs).toISOString() : null; }
+
+async function dataplanesPage(mesh) {
+  const pick = await pickMesh(mesh);
+  if (!pick.mesh) return render(el("h1", {}, "Dataplanes"), el("p", { class: "empty" }, "No meshes yet."));
+  const dps = await listAll("/meshes/" + enc(pick.mesh) + "/dataplanes");
+  render(
+    el("h1", {}, "Dataplanes"),
+    meshLinks(pick.meshes, pick.mesh, "#/dataplanes/"),
+    table("Dataplanes", ["Dataplane", "Zone", "Address", "Services"],
+      dps.map((d) => [dpLink(pick.mesh, d.name), d.origin || "-", d.spec.address, (d.spec.inbound || []).map((i) => i.service).join(", ")]),
+      "No dataplane registered."));
+}
+
+// One policy kind's merged configuration, as JSON, with the policies behind it.
+function merged(kind, m) {
+  return el("div", { class: "merged" },
+    el("p", {}, el("strong", {}, kind), " from ", (m.policies || []).join(", ") || "-"),
+    el("pre", { tabindex: 0 }, JSON.stringify(m.conf, null, 2)));
+}
+
+async function dataplanePage(mesh, name) {
+  const dp = await api("/meshes/" + enc(mesh) + "/dataplanes/" + enc(name));
+  let ins = null;
+  let insError = null;
+  try {
+    ins = await api("/meshes/" + enc(mesh) + "/dataplanes/" + enc(name) + "/inspect");
+  } catch (e) {
+    insError = e.message;
+  }
+  const parts = [
+    el("h1", {}, "Dataplane " + name),
+    dl([["Mesh", mesh], ["Zone", dp.origin], ["Address", dp.spec.address],
+      ["Inbounds", (dp.spec.inbound || []).map((i) => i.service + " :" + i.port).join(", ")],
+      ["Outbounds", (dp.spec.outbound || []).map((o) => o.service + " :" + o.port).join(", ")]]),
+  ];
+  if (!ins) {
+    parts.push(el("p", { class: "error", id: "inspect-error" }, "Its zone could not be asked: " + insError));
+    return render(parts);
+  }
+  const p = ins.proxy;
+  const cert = p && p.certificate;
+  parts.push(
+    el("h2", {}, "Proxy"),
+    p ? dl([
+      ["Connected since", when(p.connectedUnixMs)],
+      ["Config computed", ins.config.version || ("error: " + ins.config.error)],
+      ["Config sent", p.sentVersion],
+      ["Accepted (ACK)", p.ack ? p.ack.version + " at " + when(p.ack.atUnixMs) : null],
+      ["Rejected (NACK)", p.nack ? el("span", { class: "bad", id: "nack" }, p.nack.version + ": " + (p.nack.reason || "")) : el("span", { class: "ok", id: "nack" }, "none")],
+      ["Certificate", cert ? cert.identity : null],
+      ["Certificate expires", cert ? new Date(cert.notAfter * 1000).toISOString() : null],
+      ["Renews at", cert ? new Date(cert.renewAt * 1000).toISOString() : null],
+    ]) : el("p", { class: "bad" }, "No sidecar of that name is connected to zone " + ins.zone + " now."),
+    el("h2", {}, "Inbounds"),
+    ins.inbounds.map((i) => el("section", { class: "inbound", "aria-label": "Inbound " + i.service + " :" + i.port },
+      el("h3", {}, i.service + " :" + i.port),
+      i.policies.length ? i.policies.map((k) => k.rules.map((r) => merged(k.kind + " (from " + (r.source.name || r.source.kind) + ")", r)))
+        : el("p", { class: "empty" }, "No policy configures it."))),
+    el("h2", {}, "Outbounds"),
+    ins.outbounds.map((o) => el("section", { class: "outbound", "aria-label": "Outbound " + o.service + " :" + o.port },
+      el("h3", {}, o.service + " :" + o.port),
+      table("Endpoints of " + o.service, ["Endpoint", "Zone", "Health", "Why out"],
+        (o.destinations || []).flatMap((d) => d.endpoints.map((e) => [e.address + ":" + e.port, e.zone || "-",
+          el("span", { class: e.healthy ? "ok" : "bad" }, e.healthy ? "healthy" : "out"),
+          e.ejection ? e.ejection.reason : "-"])),
+        "The proxy has not reported its endpoints yet."),
+      o.policies.map((k) => [k.conf ? merged(k.kind, k.conf) : null,
+        Object.entries(k.routes || {}).map(([route, m]) => merged(k.kind + " (route " + route + ")", m))]))),
+    ins.proxyPolicies && ins.proxyPolicies.length ? [el("h2", {}, "Proxy-wide"), ins.proxyPolicies.map((k) => merged(k.kind, k))] : null,
+    (ins.unmatched || []).length ? [el("h2", {}, "Policies that match nothing here"),
+      table("Unmatched policies", ["Kind", "Name", "Why"], ins.unmatched.map((n) => [n.kind, n.name, n.reason || "-"]), "")] : null,
+    (ins.warnings || []).length ? [el("h2", {}, "Not enforced"),
+      el("ul", { class: "warnings" }, ins.warnings.flatMap((w) => w.warnings.map((f) => el("li", {}, w.kind + " " + w.name + ": " + f.field + ": " + f.reason))))] : null);
+  render(parts);
 }
 
 async function policiesPage() {

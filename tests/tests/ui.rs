@@ -363,6 +363,33 @@ async fn the_ui_shows_services_and_their_calls_from_real_traffic() -> anyhow::Re
         "the permission that targets it: {view}"
     );
 
+    // Web's sidecar as its zone sees it: its config accepted, its certificate, and
+    // backend's endpoint healthy.
+    b.eval("location.hash = '#/dataplanes/default/web-1'")
+        .await?;
+    b.wait_for("web-1's proxy state", &text("#nack")).await?;
+    let view = b
+        .eval("document.getElementById('view').textContent")
+        .await?;
+    let view = view.as_str().unwrap_or("");
+    assert_eq!(b.eval(&text("#nack")).await?, "none", "{view}");
+    assert!(view.contains("Accepted (ACK)"), "{view}");
+    assert!(
+        view.contains("spiffe://default/web"),
+        "the certificate: {view}"
+    );
+    let endpoint = b
+        .eval(
+            "[...document.querySelectorAll('section.outbound tbody td')].map(td => td.textContent)",
+        )
+        .await?;
+    assert_eq!(
+        endpoint[0],
+        format!("127.0.0.1:{}", wb.inbound),
+        "{endpoint}"
+    );
+    assert_eq!(endpoint[2], "healthy", "{endpoint}");
+
     b.eval("location.hash = '#/topology/default'").await?;
     let edge = b
         .wait_for(
