@@ -30,7 +30,7 @@ async function api(path, tok, opts) {
   opts = opts || {};
   const headers = { Authorization: "Bearer " + (tok || token()) };
   if (opts.accept === "yaml") headers.Accept = "application/yaml";
-  if (opts.body !== undefined) headers["Content-Type"] = "application/yaml";
+  if (opts.body !== undefined) headers["Content-Type"] = opts.body.trimStart().startsWith("{") ? "application/json" : "application/yaml";
   const r = await fetch(path, { method: opts.method || "GET", headers, body: opts.body });
   if (r.ok && opts.accept === "yaml") return r.text();
   const body = await r.json().catch(() => ({}));
@@ -105,7 +105,7 @@ function renderOverview(o) {
     String(z.dataplanes),
   ]);
   const meshRows = o.meshes.map((m) => [m.name, m.mtls, String(m.services), String(m.dataplanes), String(m.policies)]);
-  const drillRows = o.drills.map((d) => [d.name, d.zone, d.state, new Date(d.endsAt * 1000).toISOString()]);
+  const drillRows = o.drills.map((d) => [link("#/drills/" + enc(d.name), d.name), d.zone, d.state, new Date(d.endsAt * 1000).toISOString()]);
   render(
     el("h1", {}, "Overview"),
     el("div", { class: "cards" },
@@ -136,6 +136,8 @@ const pages = [
   { re: /^#\/policies\/([^/]+)\/([^/]+)\/([^/]+)$/, nav: "policies",
     render: (m) => policyPage(decodeURIComponent(m[1]), decodeURIComponent(m[2]), decodeURIComponent(m[3])) },
   { re: /^#\/policies$/, nav: "policies", render: policiesPage },
+  { re: /^#\/drills\/([^/]+)$/, nav: "drills", refresh: true, render: (m) => drillPage(decodeURIComponent(m[1])) },
+  { re: /^#\/drills$/, nav: "drills", refresh: true, render: drillsPage },
   { re: /^#\/dataplanes\/([^/]+)\/([^/]+)$/, nav: "dataplanes",
     render: (m) => dataplanePage(decodeURIComponent(m[1]), decodeURIComponent(m[2])) },
   { re: /^#\/dataplanes(?:\/([^/]+))?$/, nav: "dataplanes", render: (m) => dataplanesPage(m[1] && decodeURIComponent(m[1])) },
@@ -478,6 +480,140 @@ async function dataplanePage(mesh, name) {
       table("Unmatched policies", ["Kind", "Name", "Why"], ins.unmatched.map((n) => [n.kind, n.name, n.reason || "-"]), "")] : null,
     (ins.warnings || []).length ? [el("h2", {}, "Not enforced"),
       el("ul", { class: "warnings" }, ins.warnings.flatMap((w) => w.warnings.map((f) => el("li", {}, w.kind + " " + w.name + ": " + f.field + ": " + f.reason))))] : null);
+  render(parts);
+}
+
+// Drills: `Drill` resources (global) and the `DrillReport`s the probing zones write.
+function drillEnd(d) {
+  const stop = d.spec.stoppedAt ? Date.parse(d.spec.stoppedAt) : Infinity;
+  return Math.max(Date.parse(d.spec.startsAt), Math.min(Date.parse(d.spec.endsAt), stop));
+}
+
+function drillState(d) {
+  const now = Date.now();
+  if (now < Date.parse(d.spec.startsAt)) return "starting";
+  if (now < drillEnd(d)) return "running";
+  return d.spec.stoppedAt && Date.parse(d.spec.stoppedAt) < Date.parse(d.spec.endsAt) ? "stopped" : "ended";
+}
+
+async function drillsPage() {
+  const drills = (await api("/drills?limit=1000")).items
+    .sort((a, b) => Date.parse(b.spec.startsAt) - Date.parse(a.spec.startsAt));
+  const parts = [
+    el("h1", {}, "Drills"),
+    table("Drills", ["Drill", "Zone", "Mode", "Probe", "State", "Starts", "Ends"], drills.map((d) => [
+      link("#/drills/" + enc(d.name), d.name), d.spec.zone, d.spec.mode || "Drain", d.spec.probe || "-",
+      el("span", { class: "drill-state" }, drillState(d)), d.spec.startsAt, new Date(drillEnd(d)).toISOString()]),
+      "No drill yet."),
+  ];
+  if (me && me.role === "admin") {
+    const zones = (await api("/zones?limit=1000")).items.map((z) => z.name);
+    const errors = el("div", { id: "drill-errors", role: "alert" });
+    const form = el("form", { id: "drill-form", "aria-labelledby": "drill-form-title" },
+      el("label", { for: "drill-zone" }, "Zone to take down"),
+      el("select", { id: "drill-zone", required: true }, zones.map((z) => el("option", { value: z }, z))),
+      el("label", { for: "drill-mode" }, "Mode"),
+      el("select", { id: "drill-mode" }, el("option", { value: "Drain" }, "Drain (orderly)"), el("option", { value: "Blackhole" }, "Blackhole (silent)")),
+      el("label", { for: "drill-mesh" }, "Mesh"),
+      el("input", { id: "drill-mesh", value: "default", required: true }),
+      el("label", { for: "drill-probe" }, "Service to probe from the other zones (optional)"),
+      el("input", { id: "drill-probe" }),
+      el("label", { for: "drill-duration" }, "Duration"),
+      el("input", { id: "drill-duration", value: "60s", required: true }),
+      el("button", { type: "submit" }, "Start the drill"), errors);
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      errors.replaceChildren();
+      const v = (id) => document.getElementById(id).value.trim();
+      const secs = parseDuration(v("drill-duration"));
+      if (!secs) return errors.replaceChildren(el("p", { class: "error" }, "Duration: a number of seconds, minutes or hours, like 90s, 5m or 1h"));
+      const zone = v("drill-zone");
+      const probe = v("drill-probe");
+      const now = Date.now();
+      const starts = now + (probe ? 5000 : 0);
+      const name = zone + "-down-" + Math.floor(now / 1000);
+      const body = { type: "Drill", name, spec: { type: "ZoneDown", zone, mode: v("drill-mode"), mesh: v("drill-mesh"),
+        startsAt: new Date(starts).toISOString(), endsAt: new Date(starts + secs * 1000).toISOString() } };
+      if (probe) body.spec.probe = probe;
+      try {
+        await api("/drills/" + enc(name), null, { method: "PUT", body: JSON.stringify(body) });
+        location.hash = "#/drills/" + enc(name);
+      } catch (e) {
+        errors.replaceChildren(el("p", { class: "error" }, "Not started: " + e.message),
+          el("ul", { class: "field-errors" }, e.errors.map((f) => el("li", {}, el("code", {}, f.field || "(drill)"), ": " + f.reason))));
+      }
+    });
+    parts.push(el("h2", { id: "drill-form-title" }, "Start a drill"), form);
+  }
+  render(parts);
+}
+
+function parseDuration(text) {
+  const m = /^(\d+)(s|m|h)$/.exec(text);
+  return m ? Number(m[1]) * { s: 1, m: 60, h: 3600 }[m[2]] : null;
+}
+
+// A bar chart (SVG) of `series` ({label: {key: value}}), one stacked bar per label.
+function bars(title, id, series, unit) {
+  const labels = Object.keys(series);
+  const keys = [...new Set(labels.flatMap((l) => Object.keys(series[l])))].sort();
+  const max = Math.max(1, ...labels.map((l) => Object.values(series[l]).reduce((a, b) => a + b, 0)));
+  const w = 360, h = 160, bw = 60, gap = (w - labels.length * bw) / (labels.length + 1);
+  const colours = ["#0969da", "#1a7f37", "#9a6700", "#cf222e", "#8250df", "#57606a"];
+  const g = labels.map((l, i) => {
+    let y = h - 20;
+    const x = gap + i * (bw + gap);
+    return [keys.map((k, ki) => {
+      const v = series[l][k] || 0;
+      const bh = ((h - 40) * v) / max;
+      y -= bh;
+      return v ? svg("rect", { x, y, width: bw, height: bh, fill: colours[ki % colours.length] },
+        svg("title", {}, l + ", " + k + ": " + v + (unit || ""))) : null;
+    }), svg("text", { x: x + bw / 2, y: h - 5, "text-anchor": "middle" }, l)];
+  });
+  return el("figure", { class: "chart", id },
+    svg("svg", { viewBox: "0 0 " + w + " " + h, role: "img", "aria-label": title }, g),
+    el("figcaption", {}, title + (keys.length > 1 || keys[0] !== "" ? ": " + keys.map((k, i) => k + " (" + ["blue", "green", "yellow", "red", "purple", "grey"][i % 6] + ")").join(", ") : "")));
+}
+
+async function drillPage(name) {
+  const d = await api("/drills/" + enc(name));
+  const state = drillState(d);
+  const reports = (await listAll("/meshes/" + enc(d.spec.mesh) + "/drillreports")).filter((r) => r.spec.drill === name);
+  const parts = [
+    el("h1", {}, "Drill " + name),
+    dl([["State", el("span", { id: "drill-state" }, state)], ["Zone down", d.spec.zone], ["Mode", d.spec.mode || "Drain"],
+      ["Mesh", d.spec.mesh], ["Probe", d.spec.probe], ["Starts", d.spec.startsAt], ["Ends", new Date(drillEnd(d)).toISOString()]]),
+  ];
+  if (me && me.role === "admin" && (state === "running" || state === "starting")) {
+    const stop = el("button", { type: "button", id: "drill-stop" }, "Stop the drill now");
+    stop.addEventListener("click", async () => {
+      d.spec.stoppedAt = new Date().toISOString();
+      try {
+        await api("/drills/" + enc(name), null, { method: "PUT", body: JSON.stringify({ type: "Drill", name, spec: d.spec }) });
+      } catch (e) {
+        setStatus("Not stopped: " + e.message);
+      }
+      route();
+    });
+    parts.push(stop);
+  }
+  parts.push(el("h2", {}, "Reports from the probing zones"));
+  if (!reports.length) parts.push(el("p", { class: "empty" }, d.spec.probe ? "No zone has reported yet." : "No probe: this drill has no reports."));
+  for (const r of reports) {
+    const s = r.spec;
+    const phases = { before: s.before, during: s.during, after: s.after };
+    const map = (f) => Object.fromEntries(Object.entries(phases).map(([k, p]) => [k, f(p)]));
+    parts.push(el("section", { class: "report", "aria-label": "Report from " + s.zone },
+      el("h3", {}, "From " + s.zone + " probing " + s.service + " (" + s.state + ")"),
+      dl([["Traffic moved after", s.movedAfterMs === null || s.movedAfterMs === undefined ? "not yet" : s.movedAfterMs + " ms"],
+        ["Failed while moving", s.failedDuringMove], ["Recovered after", s.recoveredAfterMs === undefined ? "-" : s.recoveredAfterMs + " ms"],
+        ["Error", s.error]]),
+      el("div", { class: "charts" },
+        bars("Answered by zone", "chart-zones-" + s.zone, map((p) => p.zones || {})),
+        bars("Failed requests", "chart-failed-" + s.zone, map((p) => ({ failed: p.failed || 0 }))),
+        bars("Latency p99", "chart-p99-" + s.zone, map((p) => ({ p99: p.p99Ms || 0 })), " ms"))));
+  }
   render(parts);
 }
 

@@ -408,5 +408,72 @@ async fn the_ui_shows_services_and_their_calls_from_real_traffic() -> anyhow::Re
         "location.hash === '#/services/default/backend'",
     )
     .await?;
+
+    // An admin starts a drill from the form, sees it running, and stops it.
+    b.eval("location.hash = '#/drills'").await?;
+    b.wait_for("the drill form", "document.getElementById('drill-form')")
+        .await?;
+    b.eval("document.getElementById('drill-duration').value = '5m'; document.querySelector('#drill-form button').click()")
+        .await?;
+    let state = b
+        .wait_for("the drill's page", "location.hash.startsWith('#/drills/zone-a-down-') && document.getElementById('drill-state')?.textContent")
+        .await?;
+    assert_eq!(state, "running");
+    let hash = b.eval("location.hash").await?;
+    let drill = hash
+        .as_str()
+        .unwrap_or("")
+        .trim_start_matches("#/drills/")
+        .to_string();
+    let (s, d) =
+        fx.c.call_retry(Method::GET, &format!("/drills/{drill}"), None)
+            .await?;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["spec"]["zone"], "zone-a");
+
+    // A probing zone's report (as zone-b's drill runner would write it) shows as charts.
+    let report = json!({"type": "DrillReport", "mesh": "default", "name": format!("{drill}-zone-a"),
+        "spec": {"drill": drill, "zone": "zone-a", "drilledZone": "zone-b", "service": "backend",
+            "state": "done",
+            "before": {"requests": 50, "failed": 0, "p50Ms": 1.0, "p99Ms": 4.0, "zones": {"zone-a": 20, "zone-b": 30}},
+            "during": {"requests": 50, "failed": 2, "p50Ms": 1.5, "p99Ms": 9.0, "zones": {"zone-a": 48}},
+            "after": {"requests": 50, "failed": 0, "p50Ms": 1.0, "p99Ms": 4.5, "zones": {"zone-a": 25, "zone-b": 25}},
+            "drilledZoneServedBefore": true, "movedAfterMs": 120, "failedDuringMove": 2, "recoveredAfterMs": 900}});
+    let (s, v) = fx
+        .zone
+        .call(
+            Method::PUT,
+            &format!("/meshes/default/drillreports/{drill}-zone-a"),
+            Some(&report),
+        )
+        .await?;
+    assert!(s.is_success(), "{v}");
+    let bars = b
+        .wait_for(
+            "the report's charts",
+            "document.querySelectorAll('#chart-zones-zone-a rect').length",
+        )
+        .await?;
+    assert_eq!(bars, 5, "zone-a and zone-b before and after, zone-a during");
+    let view = b
+        .eval("document.getElementById('view').textContent")
+        .await?;
+    assert!(
+        view.as_str()
+            .unwrap_or("")
+            .contains("Traffic moved after120 ms"),
+        "{view}"
+    );
+    b.eval("document.getElementById('drill-stop').click()")
+        .await?;
+    b.wait_for(
+        "the drill stopped",
+        "document.getElementById('drill-state')?.textContent === 'stopped'",
+    )
+    .await?;
+    let (_, d) =
+        fx.c.call_retry(Method::GET, &format!("/drills/{drill}"), None)
+            .await?;
+    assert!(d["spec"]["stoppedAt"].is_string(), "{d}");
     Ok(())
 }
