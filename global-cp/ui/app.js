@@ -72,7 +72,8 @@ function showView() {
   document.getElementById("signout").hidden = false;
 }
 
-// Replaces the page's content; absent parts (null) are skipped.
+// Replaces the page's content; absent parts (null) are skipped. Pages return their
+// parts and `show` renders them, unless the user went elsewhere meanwhile.
 function render(...parts) {
   document.getElementById("view").replaceChildren(...parts.flat(Infinity).filter((p) => p !== null && p !== undefined && p !== false));
 }
@@ -106,7 +107,7 @@ function renderOverview(o) {
   ]);
   const meshRows = o.meshes.map((m) => [m.name, m.mtls, String(m.services), String(m.dataplanes), String(m.policies)]);
   const drillRows = o.drills.map((d) => [link("#/drills/" + enc(d.name), d.name), d.zone, d.state, new Date(d.endsAt * 1000).toISOString()]);
-  render(
+  return [
     el("h1", {}, "Overview"),
     el("div", { class: "cards" },
       card(t.zonesOnline + " / " + t.zones, "zones online", "count-zones"),
@@ -125,7 +126,7 @@ function renderOverview(o) {
     table("Meshes", ["Mesh", "mTLS", "Services", "Dataplanes", "Policies"], meshRows, "No meshes yet."),
     el("h2", {}, "Drills running"),
     table("Drills", ["Drill", "Zone", "State", "Ends"], drillRows, "No drill is running."),
-  );
+  ];
 }
 
 // The pages: each reads what it shows and renders it into #view; the overview also
@@ -149,11 +150,18 @@ const pages = [
   { re: /^/, nav: "overview", render: async () => renderOverview(await api("/overview")), refresh: true },
 ];
 
+let showSeq = 0;
+
 async function show(page, match) {
+  const seq = ++showSeq;
   try {
-    await page.render(match);
+    const parts = await page.render(match);
+    // A slower answer for a page (or a refresh) the user has left is dropped.
+    if (seq !== showSeq) return;
+    render(parts);
     setStatus("Updated " + new Date().toLocaleTimeString());
   } catch (e) {
+    if (seq !== showSeq) return;
     if (e.status === 401) {
       sessionStorage.removeItem(TOKEN_KEY);
       showSignIn(e.message);
@@ -215,9 +223,9 @@ async function zonesPage() {
     z.status.lastSeen || "never",
     String(z.status.connectedProxies || 0),
   ]);
-  render(
+  return [
     el("h1", {}, "Zones"),
-    table("Zones", ["Zone", "Status", "KDS lag", "Version", "Last seen", "Proxies connected"], rows, "No zones yet."));
+    table("Zones", ["Zone", "Status", "KDS lag", "Version", "Last seen", "Proxies connected"], rows, "No zones yet.")];
 }
 
 async function zonePage(name) {
@@ -232,7 +240,7 @@ async function zonePage(name) {
   }
   const services = new Set();
   for (const d of dataplanes) for (const i of d.spec.inbound || []) services.add(d.mesh + "/" + i.service);
-  render(
+  return [
     el("h1", {}, "Zone " + name),
     el("h2", {}, "KDS"),
     dl([
@@ -257,7 +265,7 @@ async function zonePage(name) {
       "No dataplane registered in this zone."),
     el("h2", {}, "Services"),
     services.size ? el("ul", { id: "zone-services" }, [...services].sort().map((x) => el("li", {}, x)))
-      : el("p", { class: "empty" }, "No services."));
+      : el("p", { class: "empty" }, "No services.")];
 }
 
 // Golden signals: what the zones' sidecars counted in the last minute
@@ -286,7 +294,7 @@ function meshLinks(meshes, current, base) {
 
 async function servicesPage(mesh) {
   const pick = await pickMesh(mesh);
-  if (!pick.mesh) return render(el("h1", {}, "Services"), el("p", { class: "empty" }, "No meshes yet."));
+  if (!pick.mesh) return [el("h1", {}, "Services"), el("p", { class: "empty" }, "No meshes yet.")];
   const instances = {};
   for (const d of await listAll("/meshes/" + enc(pick.mesh) + "/dataplanes")) {
     for (const i of d.spec.inbound || []) {
@@ -297,7 +305,7 @@ async function servicesPage(mesh) {
   const rows = await stats(pick.mesh, "service");
   const byName = Object.fromEntries(rows.map((r) => [r.service, r]));
   const names = [...new Set([...Object.keys(instances), ...Object.keys(byName)])].sort();
-  render(
+  return [
     el("h1", {}, "Services"),
     meshLinks(pick.meshes, pick.mesh, "#/services/"),
     table("Services", ["Service", "Instances by zone", "Requests/s", "Success", "p99"], names.map((n) => {
@@ -306,7 +314,7 @@ async function servicesPage(mesh) {
       return [link("#/services/" + enc(pick.mesh) + "/" + enc(n), n),
         Object.keys(z).sort().map((k) => k + ": " + z[k]).join(", ") || "-",
         rps(r.requestsPerSecond), pct(r.successRate), ms(r.p99Ms)];
-    }), "No services yet."));
+    }), "No services yet.")];
 }
 
 // The policies that name the service or the whole mesh, by where they name it.
@@ -336,7 +344,7 @@ async function servicePage(mesh, service) {
     }
   }
   const peerRows = (rows) => rows.map((r) => [r.peer || "-", r.peerZone || "-", rps(r.requestsPerSecond), pct(r.successRate), ms(r.p99Ms)]);
-  render(
+  return [
     el("h1", {}, "Service " + service),
     dl([["Mesh", mesh]]),
     el("h2", {}, "Instances"),
@@ -349,7 +357,7 @@ async function servicePage(mesh, service) {
     el("h2", {}, "Callees"),
     table("Callees", ["Callee", "Callee's zone", "Requests/s", "Success", "p99"], peerRows(callees), "No calls out in the last minute."),
     el("h2", {}, "Policies that target it"),
-    table("Policies", ["Kind", "Name", "Applies to"], policies, "No policy names this service or the whole mesh."));
+    table("Policies", ["Kind", "Name", "Applies to"], policies, "No policy names this service or the whole mesh.")];
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -365,7 +373,7 @@ function svg(tag, attrs, ...children) {
 // a mesh's services are few enough, and the layout stays stable between refreshes.
 async function topologyPage(mesh, zone) {
   const pick = await pickMesh(mesh);
-  if (!pick.mesh) return render(el("h1", {}, "Topology"), el("p", { class: "empty" }, "No meshes yet."));
+  if (!pick.mesh) return [el("h1", {}, "Topology"), el("p", { class: "empty" }, "No meshes yet.")];
   const rows = (await stats(pick.mesh, "callee", null, zone)).filter((r) => r.peer);
   const o = await api("/overview");
   const names = [...new Set(rows.flatMap((r) => [r.service, r.peer]))].sort();
@@ -392,7 +400,7 @@ async function topologyPage(mesh, zone) {
   zoneSelect.addEventListener("change", () => {
     location.hash = "#/topology/" + enc(pick.mesh) + (zoneSelect.value ? "?zone=" + enc(zoneSelect.value) : "");
   });
-  render(
+  return [
     el("h1", {}, "Topology"),
     meshLinks(pick.meshes, pick.mesh, "#/topology/"),
     el("p", {}, el("label", { for: "topology-zone" }, "Zone "), zoneSelect),
@@ -401,7 +409,7 @@ async function topologyPage(mesh, zone) {
         svg("defs", {}, svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 36, refY: 5, markerWidth: 8, markerHeight: 8, orient: "auto-start-reverse" }, svg("path", { d: "M 0 0 L 10 5 L 0 10 z" }))),
         edges, nodes))
       : el("p", { class: "empty" }, "No calls between services in the last minute."),
-    el("p", { class: "empty" }, "Dashed: calls answered in another zone. Select a service to open it."));
+    el("p", { class: "empty" }, "Dashed: calls answered in another zone. Select a service to open it.")];
 }
 
 function dpLink(mesh, name) { return link("#/dataplanes/" + enc(mesh) + "/" + enc(name), name); }
@@ -410,14 +418,14 @@ function when(unixMs) { return unixMs ? new Date(unixMs).toISOString() : null; }
 
 async function dataplanesPage(mesh) {
   const pick = await pickMesh(mesh);
-  if (!pick.mesh) return render(el("h1", {}, "Dataplanes"), el("p", { class: "empty" }, "No meshes yet."));
+  if (!pick.mesh) return [el("h1", {}, "Dataplanes"), el("p", { class: "empty" }, "No meshes yet.")];
   const dps = await listAll("/meshes/" + enc(pick.mesh) + "/dataplanes");
-  render(
+  return [
     el("h1", {}, "Dataplanes"),
     meshLinks(pick.meshes, pick.mesh, "#/dataplanes/"),
     table("Dataplanes", ["Dataplane", "Zone", "Address", "Services"],
       dps.map((d) => [dpLink(pick.mesh, d.name), d.origin || "-", d.spec.address, (d.spec.inbound || []).map((i) => i.service).join(", ")]),
-      "No dataplane registered."));
+      "No dataplane registered.")];
 }
 
 // One policy kind's merged configuration, as JSON, with the policies behind it.
@@ -444,7 +452,7 @@ async function dataplanePage(mesh, name) {
   ];
   if (!ins) {
     parts.push(el("p", { class: "error", id: "inspect-error" }, "Its zone could not be asked: " + insError));
-    return render(parts);
+    return [parts];
   }
   const p = ins.proxy;
   const cert = p && p.certificate;
@@ -480,7 +488,7 @@ async function dataplanePage(mesh, name) {
       table("Unmatched policies", ["Kind", "Name", "Why"], ins.unmatched.map((n) => [n.kind, n.name, n.reason || "-"]), "")] : null,
     (ins.warnings || []).length ? [el("h2", {}, "Not enforced"),
       el("ul", { class: "warnings" }, ins.warnings.flatMap((w) => w.warnings.map((f) => el("li", {}, w.kind + " " + w.name + ": " + f.field + ": " + f.reason))))] : null);
-  render(parts);
+  return [parts];
 }
 
 // Drills: `Drill` resources (global) and the `DrillReport`s the probing zones write.
@@ -545,7 +553,7 @@ async function drillsPage() {
     });
     parts.push(el("h2", { id: "drill-form-title" }, "Start a drill"), form);
   }
-  render(parts);
+  return [parts];
 }
 
 function parseDuration(text) {
@@ -614,7 +622,7 @@ async function drillPage(name) {
         bars("Failed requests", "chart-failed-" + s.zone, map((p) => ({ failed: p.failed || 0 }))),
         bars("Latency p99", "chart-p99-" + s.zone, map((p) => ({ p99: p.p99Ms || 0 })), " ms"))));
   }
-  render(parts);
+  return [parts];
 }
 
 async function policiesPage() {
@@ -629,9 +637,9 @@ async function policiesPage() {
       }
     }
   }
-  render(
+  return [
     el("h1", {}, "Policies"),
-    table("Policies", ["Kind", "Mesh", "Name", "Origin", "Changed"], rows, "No policies yet."));
+    table("Policies", ["Kind", "Mesh", "Name", "Origin", "Changed"], rows, "No policies yet.")];
 }
 
 async function policyPage(mesh, plural, name) {
@@ -671,7 +679,7 @@ async function policyPage(mesh, plural, name) {
   } else {
     parts.push(el("pre", { id: "policy-yaml", tabindex: 0 }, yaml));
   }
-  render(...parts);
+  return [...parts];
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -693,6 +701,12 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("signout").addEventListener("click", () => {
     sessionStorage.removeItem(TOKEN_KEY);
     showSignIn();
+  });
+  // The skip link moves focus to the content without touching the page's address (the
+  // hash is the router's).
+  document.querySelector(".skip").addEventListener("click", (ev) => {
+    ev.preventDefault();
+    document.getElementById("main").focus();
   });
   window.addEventListener("hashchange", route);
   route();

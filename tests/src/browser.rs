@@ -179,6 +179,21 @@ impl Browser {
         Ok(())
     }
 
+    /// Saves a PNG of the viewport at `path` (its directory is created).
+    pub async fn screenshot(&mut self, path: &std::path::Path) -> anyhow::Result<()> {
+        use base64::Engine as _;
+        let r = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await?;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().context("no screenshot data")?)?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, png)?;
+        Ok(())
+    }
+
     /// Gives the page a viewport `width` CSS pixels wide (a phone at 390).
     pub async fn set_width(&mut self, width: u32, height: u32) -> anyhow::Result<()> {
         self.call(

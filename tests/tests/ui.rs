@@ -11,6 +11,13 @@ use causeway_tests::{GlobalCluster, ZoneCp, eventually};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
+/// Where each page's screenshot goes: the test's output directory.
+fn shot(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("ui-screenshots")
+        .join(format!("{name}.png"))
+}
+
 /// The text of the element `selector` in the page (`null` while it is absent).
 fn text(selector: &str) -> String {
     format!("document.querySelector({selector:?})?.textContent ?? null")
@@ -123,6 +130,7 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
         b.eval(&text("#warnings")).await?,
         "Nothing needs attention."
     );
+    b.screenshot(&shot("overview")).await?;
     // The token stays in this tab, never in the page's address.
     assert!(
         !b.eval("location.href")
@@ -159,6 +167,7 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
         )
         .await?;
     assert_eq!(services, "default/backend");
+    b.screenshot(&shot("zone")).await?;
     assert!(
         b.eval("document.getElementById('view').textContent")
             .await?
@@ -180,6 +189,21 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
         "document.querySelector('a[href=\"#/policies/default/meshtimeouts/t1\"]')",
     )
     .await?;
+    b.screenshot(&shot("policies")).await?;
+    b.eval("location.hash = '#/zones'").await?;
+    b.wait_for(
+        "the zone list",
+        "document.querySelector('#view a[href=\"#/zones/zone-a\"]')",
+    )
+    .await?;
+    b.screenshot(&shot("zones")).await?;
+    b.eval("location.hash = '#/dataplanes'").await?;
+    b.wait_for(
+        "the dataplane list",
+        "document.querySelector('#view a[href=\"#/dataplanes/default/backend-vm-1\"]')",
+    )
+    .await?;
+    b.screenshot(&shot("dataplanes")).await?;
     b.eval("location.hash = '#/policies/default/meshtimeouts/t1'")
         .await?;
     let yaml = b
@@ -195,9 +219,34 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
         0,
         "a viewer gets no editor"
     );
+    b.screenshot(&shot("policy-viewer")).await?;
+    // Nor can a viewer's token write from the page's own origin.
+    let refused = b
+        .eval(&format!(
+            "fetch('/meshes/default/meshtimeouts/t1', {{method: 'DELETE', headers: {{Authorization: 'Bearer {}'}}}}).then(r => r.status)",
+            readonly.trim()
+        ))
+        .await?;
+    assert_eq!(refused, 403);
+    // From the keyboard: the first Tab reaches the skip link, which leads to the content.
+    b.eval("location.reload()").await?;
+    b.wait_for(
+        "the page again, still signed in",
+        "document.querySelector('#view h1')",
+    )
+    .await?;
+    b.press("Tab").await?;
+    assert_eq!(b.eval("document.activeElement.className").await?, "skip");
+    b.press("Enter").await?;
+    b.wait_for(
+        "the content reached by the skip link",
+        "document.activeElement.id === 'main' && location.hash.startsWith('#/policies/')",
+    )
+    .await?;
 
     // On a 390 px phone nothing overflows the page sideways (tables scroll in their box).
     b.set_width(390, 844).await?;
+    b.eval("location.hash = '#/overview'").await?;
     let overflow = b
         .wait_for(
             "the narrow layout",
@@ -208,6 +257,7 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
         overflow[0].as_u64().unwrap_or(u64::MAX) <= 390,
         "the page is {overflow} px wide at 390"
     );
+    b.screenshot(&shot("overview-390")).await?;
     b.set_width(1280, 900).await?;
 
     // A zone that goes away shows as a warning within a refresh of the overview.
@@ -271,6 +321,7 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
     let refusal = b
         .wait_for("the field error", &text("#policy-errors .field-errors"))
         .await?;
+    b.screenshot(&shot("policy-edit-refused")).await?;
     assert!(
         refusal
             .as_str()
@@ -342,6 +393,7 @@ async fn the_ui_shows_services_and_their_calls_from_real_traffic() -> anyhow::Re
     };
     assert_eq!(row[1], "zone-a: 1", "{row}");
     assert_eq!(row[3], "100.0%", "{row}");
+    b.screenshot(&shot("services")).await?;
     assert!(row[2].as_str().unwrap_or("0.0") != "0.0", "{row}");
 
     b.eval("location.hash = '#/services/default/backend'")
@@ -362,6 +414,7 @@ async fn the_ui_shows_services_and_their_calls_from_real_traffic() -> anyhow::Re
         view.contains("MeshTrafficPermissionweb-to-backendits sidecars"),
         "the permission that targets it: {view}"
     );
+    b.screenshot(&shot("service")).await?;
 
     // Web's sidecar as its zone sees it: its config accepted, its certificate, and
     // backend's endpoint healthy.
@@ -389,6 +442,7 @@ async fn the_ui_shows_services_and_their_calls_from_real_traffic() -> anyhow::Re
         "{endpoint}"
     );
     assert_eq!(endpoint[2], "healthy", "{endpoint}");
+    b.screenshot(&shot("dataplane")).await?;
 
     b.eval("location.hash = '#/topology/default'").await?;
     let edge = b
@@ -401,6 +455,7 @@ async fn the_ui_shows_services_and_their_calls_from_real_traffic() -> anyhow::Re
         edge.as_str().unwrap_or("").contains(" rps · 100.0% · p99 "),
         "{edge}"
     );
+    b.screenshot(&shot("topology")).await?;
     b.eval("document.querySelector('#topology a.node[data-service=backend]').dispatchEvent(new MouseEvent('click', {bubbles: true}))")
         .await?;
     b.wait_for(
@@ -408,11 +463,32 @@ async fn the_ui_shows_services_and_their_calls_from_real_traffic() -> anyhow::Re
         "location.hash === '#/services/default/backend'",
     )
     .await?;
+    // ... and from the service to one of its dataplanes.
+    b.wait_for(
+        "the instance link",
+        "document.querySelector('a[href=\"#/dataplanes/default/backend-1\"]')",
+    )
+    .await?;
+    b.eval("document.querySelector('a[href=\"#/dataplanes/default/backend-1\"]').click()")
+        .await?;
+    if let Err(e) = b
+        .wait_for(
+            "backend-1's page",
+            "document.querySelector('#view h1')?.textContent === 'Dataplane backend-1' && document.getElementById('nack')",
+        )
+        .await
+    {
+        let seen = b
+            .eval("location.hash + ' | ' + document.getElementById('view').textContent + ' | ' + document.getElementById('status').textContent")
+            .await?;
+        anyhow::bail!("{e}: {seen}");
+    }
 
     // An admin starts a drill from the form, sees it running, and stops it.
     b.eval("location.hash = '#/drills'").await?;
     b.wait_for("the drill form", "document.getElementById('drill-form')")
         .await?;
+    b.screenshot(&shot("drills")).await?;
     b.eval("document.getElementById('drill-duration').value = '5m'; document.querySelector('#drill-form button').click()")
         .await?;
     let state = b
@@ -455,6 +531,7 @@ async fn the_ui_shows_services_and_their_calls_from_real_traffic() -> anyhow::Re
         )
         .await?;
     assert_eq!(bars, 5, "zone-a and zone-b before and after, zone-a during");
+    b.screenshot(&shot("drill")).await?;
     let view = b
         .eval("document.getElementById('view').textContent")
         .await?;
