@@ -35,6 +35,7 @@ mod crosszone;
 mod delay;
 mod sidecar;
 mod stats;
+mod ui;
 mod zones;
 
 #[derive(Parser)]
@@ -135,6 +136,19 @@ enum Bench {
         /// sidecars without routes and the split observed over the bench's requests.
         #[arg(long)]
         routes: bool,
+    },
+    /// Load time of every page of the web UI in a real headless Chromium, with a large
+    /// fleet in the store (goal: every page under 300 ms).
+    Ui {
+        #[arg(long, default_value = "100")]
+        zones: usize,
+        #[arg(long, default_value = "1000")]
+        services: usize,
+        #[arg(long, default_value = "10000")]
+        dataplanes: usize,
+        /// Loads of each page.
+        #[arg(long, default_value = "5")]
+        runs: usize,
     },
     /// Memory and report size of a zone's golden signals (`causeway stat`) at scale.
     Stats {
@@ -701,6 +715,12 @@ async fn main() -> anyhow::Result<()> {
             changes,
         } => zones::zones(zones, writes, policies, changes).await,
         Bench::Stats { services, callers } => stats::stats(services, callers),
+        Bench::Ui {
+            zones,
+            services,
+            dataplanes,
+            runs,
+        } => ui::ui(zones, services, dataplanes, runs).await,
         Bench::Crosszone {
             seconds,
             runs,

@@ -87,18 +87,18 @@ pub(crate) fn rss(pid: u32) -> anyhow::Result<(u64, u64)> {
 
 // === global ===
 
-struct Global {
+pub(crate) struct Global {
     dir: PathBuf,
     api: Vec<u16>,
     kds: Vec<u16>,
     _procs: Vec<Proc>,
     http: reqwest::Client,
-    token: String,
+    pub(crate) token: String,
     leader: usize,
 }
 
 impl Global {
-    async fn start(dir: &Path) -> anyhow::Result<Global> {
+    pub(crate) async fn start(dir: &Path) -> anyhow::Result<Global> {
         let api: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
         let raft: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
         let kds: Vec<u16> = (0..NODES).map(|_| free_port()).collect();
@@ -201,7 +201,7 @@ impl Global {
         Ok(g)
     }
 
-    fn url(&self, i: usize) -> String {
+    pub(crate) fn url(&self, i: usize) -> String {
         format!("https://127.0.0.1:{}", self.api[i])
     }
 
@@ -214,7 +214,7 @@ impl Global {
 
     /// PUT to the leader (other nodes if it fails), retrying 503s and connection errors
     /// for up to 15 s; returns the resource's `version`.
-    async fn put(&self, path: &str, value: &Value) -> anyhow::Result<u64> {
+    pub(crate) async fn put(&self, path: &str, value: &Value) -> anyhow::Result<u64> {
         let deadline = Instant::now() + Duration::from_secs(15);
         let mut node = self.leader;
         loop {

@@ -26,6 +26,7 @@ mod api_tokens;
 mod joining;
 mod overview;
 mod proxy_tokens;
+mod services;
 mod stats;
 mod ui;
 mod zones;
@@ -188,6 +189,8 @@ pub(crate) fn router(state: ApiState) -> Router {
             axum::routing::delete(proxy_tokens::revoke_dataplane_token),
         )
         .route("/meshes/{mesh}/stats", get(stats::mesh_stats))
+        .route("/meshes/{mesh}/services", get(services::list))
+        .route("/meshes/{mesh}/services/{name}", get(services::get))
         .route(
             "/meshes/{mesh}/dataplanes/{name}/inspect",
             get(zones::inspect_dataplane),
@@ -211,6 +214,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/ui/", get(ui::index))
         .route("/ui/app.js", get(ui::script))
         .route("/ui/app.css", get(ui::style))
+        .route("/ui/types.json", get(ui::types))
         .route(
             crate::join::JOIN_PATH,
             post(joining::join).layer(axum::extract::DefaultBodyLimit::max(joining::MAX_JOIN_BODY)),
@@ -414,6 +418,8 @@ struct ListQuery {
     limit: Option<usize>,
     /// Name of the last item of the previous page.
     after: Option<String>,
+    /// Only resources of this origin: a zone's name, or `global`.
+    origin: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -509,9 +515,34 @@ async fn do_list(st: &ApiState, t: &TypeInfo, mesh: &str, q: ListQuery) -> ApiRe
     }
     let selector = parse_selector(q.labels.as_deref().unwrap_or(""))?;
     barrier(st, q.stale).await?;
-    let page = st
-        .store
-        .list(t.kind, mesh, &selector, q.after.as_deref(), limit)?;
+    let page = match q.origin.as_deref() {
+        None => st
+            .store
+            .list(t.kind, mesh, &selector, q.after.as_deref(), limit)?,
+        Some(origin) => {
+            // Pages of the filtered list: read on until `limit` match or the kind ends.
+            let mut out = crate::store::Page::default();
+            let mut after = q.after.clone();
+            loop {
+                let page = st
+                    .store
+                    .list(t.kind, mesh, &selector, after.as_deref(), 1000)?;
+                for r in page.items {
+                    if out.items.len() == limit {
+                        out.next = out.items.last().map(|r: &Resource| r.name.clone());
+                        return Ok(Json(json!({ "items": out.items, "next": out.next })));
+                    }
+                    if r.origin.as_deref().unwrap_or("global") == origin {
+                        out.items.push(r);
+                    }
+                }
+                match page.next {
+                    Some(n) => after = Some(n),
+                    None => break out,
+                }
+            }
+        }
+    };
     Ok(Json(json!({ "items": page.items, "next": page.next })))
 }
 
@@ -1024,7 +1055,9 @@ pub fn openapi_document() -> Value {
     paths.insert("/api-tokens/{id}/rotate".into(), json!({"post": {"summary": "Replace an API token with a new one of the same name, role and meshes; the old one works for the overlap (body: overlap, default 1h, at most 720h). `admin` and `readonly` are the bootstrap tokens. Admin only", "parameters": [id_param], "responses": {"201": {"description": "the new token, its id, and when the old one stops"}, "404": err, "409": err, "default": err}}}));
     paths.insert("/audit".into(), json!({"get": {"summary": "The audit log: every change made through the API, with the token that made it, newest last; ?limit=N (default 100), ?actor=NAME. Admin only", "responses": {"200": {"description": "items"}, "default": err}}}));
     paths.insert("/whoami".into(), json!({"get": {"summary": "The presented token's own record: id, name, role, meshes, expiry (never the token). Any token", "responses": {"200": {"description": "the token's record"}, "401": err}}}));
-    paths.insert("/overview".into(), json!({"get": {"summary": "What the web UI's overview shows: zones (online, KDS lag, version, last seen), meshes with their services, dataplanes and policies, drills running, warnings, and the policy kinds; ?stale=true skips the read barrier. Any token", "responses": {"200": {"description": "the overview"}, "default": err}}}));
+    paths.insert("/overview".into(), json!({"get": {"summary": "What the web UI's overview shows: zones (online, KDS lag, version, last seen), meshes with their services, dataplanes and policies, drills running, warnings; ?stale=true skips the read barrier. Any token", "responses": {"200": {"description": "the overview"}, "default": err}}}));
+    paths.insert("/meshes/{mesh}/services".into(), json!({"get": {"summary": "The mesh's services (from its Dataplanes' inbounds) with their instance count per zone", "responses": {"200": {"description": "items"}, "404": err, "default": err}}}));
+    paths.insert("/meshes/{mesh}/services/{name}".into(), json!({"get": {"summary": "One service's instances: Dataplane, zone, address", "responses": {"200": {"description": "the instances"}, "404": err, "default": err}}}));
     paths.insert("/ui".into(), json!({"get": {"summary": "The web UI (HTML; it signs in with an API token it asks for)", "security": [], "responses": {"200": {"description": "the page"}}}}));
     paths.insert("/ready".into(), json!({"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "ready"}, "503": err}}}));
     let mut schemas = serde_json::Map::new();

@@ -43,6 +43,13 @@ async function api(path, tok, opts) {
   return body;
 }
 
+// The policy kinds and their paths (static for a binary), read once.
+let typesCache = null;
+async function policyTypes() {
+  if (!typesCache) typesCache = await (await fetch("/ui/types.json")).json();
+  return typesCache;
+}
+
 // Who the token belongs to (GET /whoami), read once per sign-in.
 let me = null;
 
@@ -141,7 +148,8 @@ const pages = [
   { re: /^#\/drills$/, nav: "drills", refresh: true, render: drillsPage },
   { re: /^#\/dataplanes\/([^/]+)\/([^/]+)$/, nav: "dataplanes",
     render: (m) => dataplanePage(decodeURIComponent(m[1]), decodeURIComponent(m[2])) },
-  { re: /^#\/dataplanes(?:\/([^/]+))?$/, nav: "dataplanes", render: (m) => dataplanesPage(m[1] && decodeURIComponent(m[1])) },
+  { re: /^#\/dataplanes(?:\/([^/?]+))?(?:\?after=([^&]*))?$/, nav: "dataplanes",
+    render: (m) => dataplanesPage(m[1] && decodeURIComponent(m[1]), m[2] ? decodeURIComponent(m[2]) : "") },
   { re: /^#\/services\/([^/]+)\/([^/]+)$/, nav: "services", refresh: true,
     render: (m) => servicePage(decodeURIComponent(m[1]), decodeURIComponent(m[2])) },
   { re: /^#\/services(?:\/([^/]+))?$/, nav: "services", refresh: true, render: (m) => servicesPage(m[1] && decodeURIComponent(m[1])) },
@@ -159,6 +167,8 @@ async function show(page, match) {
     // A slower answer for a page (or a refresh) the user has left is dropped.
     if (seq !== showSeq) return;
     render(parts);
+    // For benches and tests that time a page: it is on screen now.
+    window.dispatchEvent(new CustomEvent("causeway:rendered", { detail: location.hash }));
     setStatus("Updated " + new Date().toLocaleTimeString());
   } catch (e) {
     if (seq !== showSeq) return;
@@ -206,7 +216,7 @@ async function listAll(path) {
   let items = [];
   let after = null;
   for (;;) {
-    const page = await api(path + "?limit=1000" + (after ? "&after=" + enc(after) : ""));
+    const page = await api(path + (path.includes("?") ? "&" : "?") + "limit=1000" + (after ? "&after=" + enc(after) : ""));
     items = items.concat(page.items || []);
     if (!page.next) return items;
     after = page.next;
@@ -235,8 +245,9 @@ async function zonePage(name) {
   const dataplanes = [];
   const ingresses = [];
   for (const m of meshes) {
-    for (const d of await listAll("/meshes/" + enc(m.name) + "/dataplanes")) if (d.origin === name) dataplanes.push(d);
-    for (const i of await listAll("/meshes/" + enc(m.name) + "/zoneingresses")) if (i.origin === name) ingresses.push(i);
+    const only = "?origin=" + enc(name);
+    dataplanes.push(...await listAll("/meshes/" + enc(m.name) + "/dataplanes" + only));
+    ingresses.push(...await listAll("/meshes/" + enc(m.name) + "/zoneingresses" + only));
   }
   const services = new Set();
   for (const d of dataplanes) for (const i of d.spec.inbound || []) services.add(d.mesh + "/" + i.service);
@@ -296,12 +307,7 @@ async function servicesPage(mesh) {
   const pick = await pickMesh(mesh);
   if (!pick.mesh) return [el("h1", {}, "Services"), el("p", { class: "empty" }, "No meshes yet.")];
   const instances = {};
-  for (const d of await listAll("/meshes/" + enc(pick.mesh) + "/dataplanes")) {
-    for (const i of d.spec.inbound || []) {
-      const zones = (instances[i.service] = instances[i.service] || {});
-      zones[d.origin || "global"] = (zones[d.origin || "global"] || 0) + 1;
-    }
-  }
+  for (const x of (await api("/meshes/" + enc(pick.mesh) + "/services")).items) instances[x.service] = x.zones;
   const rows = await stats(pick.mesh, "service");
   const byName = Object.fromEntries(rows.map((r) => [r.service, r]));
   const names = [...new Set([...Object.keys(instances), ...Object.keys(byName)])].sort();
@@ -329,26 +335,20 @@ function targeting(policy, service) {
 }
 
 async function servicePage(mesh, service) {
-  const dps = (await listAll("/meshes/" + enc(mesh) + "/dataplanes"))
-    .filter((d) => (d.spec.inbound || []).some((i) => i.service === service));
-  const [zones, callers, callees] = await Promise.all([
-    stats(mesh, "zone", service), stats(mesh, "caller", service), stats(mesh, "callee", service)]);
-  const o = await api("/overview");
-  const m = o.meshes.find((x) => x.name === mesh) || { policiesByKind: {} };
-  const policies = [];
-  for (const t of o.policyTypes) {
-    if (!m.policiesByKind[t.kind]) continue;
-    for (const p of await listAll("/meshes/" + enc(mesh) + "/" + t.plural)) {
-      const how = targeting(p, service);
-      if (how.length) policies.push([t.kind, link("#/policies/" + enc(mesh) + "/" + t.plural + "/" + enc(p.name), p.name), how.join(", ")]);
-    }
-  }
+  const [svc, zones, callers, callees, policies] = await Promise.all([
+    api("/meshes/" + enc(mesh) + "/services/" + enc(service)).catch((e) => (e.status === 404 ? { instances: [] } : Promise.reject(e))),
+    stats(mesh, "zone", service), stats(mesh, "caller", service), stats(mesh, "callee", service),
+    meshPolicies(mesh)]);
+  const targeting_ = policies
+    .map(({ type, policy }) => [type, policy, targeting(policy, service)])
+    .filter(([, , how]) => how.length)
+    .map(([type, policy, how]) => [type.kind, link("#/policies/" + enc(mesh) + "/" + type.plural + "/" + enc(policy.name), policy.name), how.join(", ")]);
   const peerRows = (rows) => rows.map((r) => [r.peer || "-", r.peerZone || "-", rps(r.requestsPerSecond), pct(r.successRate), ms(r.p99Ms)]);
   return [
     el("h1", {}, "Service " + service),
     dl([["Mesh", mesh]]),
     el("h2", {}, "Instances"),
-    table("Instances", ["Dataplane", "Zone", "Address"], dps.map((d) => [dpLink(mesh, d.name), d.origin || "-", d.spec.address]), "No instance registered."),
+    table("Instances", ["Dataplane", "Zone", "Address"], svc.instances.map((i) => [dpLink(mesh, i.dataplane), i.zone, i.address]), "No instance registered."),
     el("h2", {}, "Golden signals by zone (last minute)"),
     table("Golden signals by zone", ["Zone", "Requests/s", "Success", "p50", "p99"],
       zones.map((r) => [r.zone || "-", rps(r.requestsPerSecond), pct(r.successRate), ms(r.p50Ms), ms(r.p99Ms)]), "No requests in the last minute."),
@@ -357,7 +357,7 @@ async function servicePage(mesh, service) {
     el("h2", {}, "Callees"),
     table("Callees", ["Callee", "Callee's zone", "Requests/s", "Success", "p99"], peerRows(callees), "No calls out in the last minute."),
     el("h2", {}, "Policies that target it"),
-    table("Policies", ["Kind", "Name", "Applies to"], policies, "No policy names this service or the whole mesh.")];
+    table("Policies", ["Kind", "Name", "Applies to"], targeting_, "No policy names this service or the whole mesh.")];
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -374,8 +374,9 @@ function svg(tag, attrs, ...children) {
 async function topologyPage(mesh, zone) {
   const pick = await pickMesh(mesh);
   if (!pick.mesh) return [el("h1", {}, "Topology"), el("p", { class: "empty" }, "No meshes yet.")];
-  const rows = (await stats(pick.mesh, "callee", null, zone)).filter((r) => r.peer);
-  const o = await api("/overview");
+  const [rows, zoneList] = await Promise.all([
+    stats(pick.mesh, "callee", null, zone).then((r) => r.filter((x) => x.peer)),
+    api("/zones?limit=1000")]);
   const names = [...new Set(rows.flatMap((r) => [r.service, r.peer]))].sort();
   const size = 560, c = size / 2, radius = names.length > 1 ? size / 2 - 80 : 0;
   const at = {};
@@ -396,7 +397,7 @@ async function topologyPage(mesh, zone) {
     svg("circle", { cx: at[n][0], cy: at[n][1], r: 26 }),
     svg("text", { x: at[n][0], y: at[n][1] + 44, "text-anchor": "middle" }, n)));
   const zoneSelect = el("select", { id: "topology-zone", "aria-label": "Zone" },
-    el("option", { value: "" }, "All zones"), o.zones.map((z) => el("option", { value: z.name, selected: z.name === zone }, z.name)));
+    el("option", { value: "" }, "All zones"), zoneList.items.map((z) => el("option", { value: z.name, selected: z.name === zone }, z.name)));
   zoneSelect.addEventListener("change", () => {
     location.hash = "#/topology/" + enc(pick.mesh) + (zoneSelect.value ? "?zone=" + enc(zoneSelect.value) : "");
   });
@@ -416,16 +417,21 @@ function dpLink(mesh, name) { return link("#/dataplanes/" + enc(mesh) + "/" + en
 
 function when(unixMs) { return unixMs ? new Date(unixMs).toISOString() : null; }
 
-async function dataplanesPage(mesh) {
+// A page of a mesh's Dataplanes at a time: a mesh may hold tens of thousands.
+const DATAPLANES_PER_PAGE = 200;
+
+async function dataplanesPage(mesh, after) {
   const pick = await pickMesh(mesh);
   if (!pick.mesh) return [el("h1", {}, "Dataplanes"), el("p", { class: "empty" }, "No meshes yet.")];
-  const dps = await listAll("/meshes/" + enc(pick.mesh) + "/dataplanes");
+  const page = await api("/meshes/" + enc(pick.mesh) + "/dataplanes?limit=" + DATAPLANES_PER_PAGE + (after ? "&after=" + enc(after) : ""));
   return [
     el("h1", {}, "Dataplanes"),
     meshLinks(pick.meshes, pick.mesh, "#/dataplanes/"),
     table("Dataplanes", ["Dataplane", "Zone", "Address", "Services"],
-      dps.map((d) => [dpLink(pick.mesh, d.name), d.origin || "-", d.spec.address, (d.spec.inbound || []).map((i) => i.service).join(", ")]),
-      "No dataplane registered.")];
+      page.items.map((d) => [dpLink(pick.mesh, d.name), d.origin || "-", d.spec.address, (d.spec.inbound || []).map((i) => i.service).join(", ")]),
+      "No dataplane registered."),
+    el("p", {}, after ? [link("#/dataplanes/" + enc(pick.mesh), "First page"), " "] : null,
+      page.next ? link("#/dataplanes/" + enc(pick.mesh) + "?after=" + enc(page.next), "Next page") : null)];
 }
 
 // One policy kind's merged configuration, as JSON, with the policies behind it.
@@ -625,16 +631,20 @@ async function drillPage(name) {
   return [parts];
 }
 
+// Every policy of `mesh`, by kind: one list per kind, all at once.
+async function meshPolicies(mesh) {
+  const types = await policyTypes();
+  const lists = await Promise.all(types.map((t) => listAll("/meshes/" + enc(mesh) + "/" + t.plural)));
+  return types.flatMap((t, i) => lists[i].map((p) => ({ type: t, policy: p })));
+}
+
 async function policiesPage() {
-  const o = await api("/overview");
+  const meshes = (await api("/meshes?limit=1000")).items.map((m) => m.name);
   const rows = [];
-  for (const m of o.meshes) {
-    for (const t of o.policyTypes) {
-      if (!m.policiesByKind[t.kind]) continue;
-      for (const p of await listAll("/meshes/" + enc(m.name) + "/" + t.plural)) {
-        rows.push([t.kind, m.name, link("#/policies/" + enc(m.name) + "/" + t.plural + "/" + enc(p.name), p.name),
-          p.origin || "global", p.modificationTime || "-"]);
-      }
+  for (const m of meshes) {
+    for (const { type, policy } of await meshPolicies(m)) {
+      rows.push([type.kind, m, link("#/policies/" + enc(m) + "/" + type.plural + "/" + enc(policy.name), policy.name),
+        policy.origin || "global", policy.modificationTime || "-"]);
     }
   }
   return [
@@ -645,14 +655,10 @@ async function policiesPage() {
 async function policyPage(mesh, plural, name) {
   const path = "/meshes/" + enc(mesh) + "/" + plural + "/" + enc(name);
   const yaml = await api(path, null, { accept: "yaml" });
-  const o = await api("/overview");
-  const kind = (o.policyTypes.find((t) => t.plural === plural) || {}).kind || plural;
-  const subject = kind + "/" + mesh + "/" + name;
-  const warnings = o.warnings.filter((w) => w.subject === subject);
+  const kind = ((await policyTypes()).find((t) => t.plural === plural) || {}).kind || plural;
   const parts = [
     el("h1", {}, kind + " " + name),
     dl([["Mesh", mesh], ["Kind", kind]]),
-    warnings.length ? el("ul", { class: "warnings" }, warnings.map((w) => el("li", {}, w.text))) : null,
   ];
   if (mayEdit(mesh)) {
     const area = el("textarea", { id: "policy-yaml", rows: 18, spellcheck: "false", "aria-describedby": "policy-errors" });

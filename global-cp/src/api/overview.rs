@@ -221,12 +221,6 @@ pub(super) fn summarize(inputs: &Inputs, now: time::OffsetDateTime) -> Value {
         },
         "drills": drills,
         "warnings": warnings,
-        // The policy kinds and their paths, so a client lists them without a table of its own.
-        "policyTypes": causeway_api::types()
-            .iter()
-            .filter(|t| t.scope == Scope::Mesh && matches!(t.role, Role::Policy(_)))
-            .map(|t| json!({"kind": t.kind, "plural": t.plural}))
-            .collect::<Vec<_>>(),
     })
 }
 

@@ -48,6 +48,21 @@ pub(super) async fn script() -> Response {
     asset("text/javascript; charset=utf-8", APP_JS)
 }
 
+/// `GET /ui/types.json`: the policy kinds and their paths, so the client lists them
+/// without a table of its own (public, as `/openapi.json` is).
+pub(super) async fn types() -> Response {
+    let kinds: Vec<serde_json::Value> = causeway_api::types()
+        .iter()
+        .filter(|t| {
+            t.scope == causeway_api::Scope::Mesh && matches!(t.role, causeway_api::Role::Policy(_))
+        })
+        .map(|t| serde_json::json!({"kind": t.kind, "plural": t.plural}))
+        .collect();
+    let mut r = asset("application/json", "");
+    *r.body_mut() = axum::body::Body::from(serde_json::to_vec(&kinds).expect("types encode"));
+    r
+}
+
 /// `GET /ui/app.css`.
 pub(super) async fn style() -> Response {
     asset("text/css; charset=utf-8", APP_CSS)
