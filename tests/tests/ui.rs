@@ -70,6 +70,22 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
     )
     .await?;
 
+    // A zone's own resources, filtered by the API (the zone page reads these).
+    for (origin, n) in [("zone-a", 1), ("zone-b", 0), ("global", 0)] {
+        let (s, v) = c
+            .call_retry(
+                Method::GET,
+                &format!("/meshes/default/dataplanes?origin={origin}"),
+                None,
+            )
+            .await?;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(
+            v["items"].as_array().map(Vec::len),
+            Some(n),
+            "{origin}: {v}"
+        );
+    }
     // A follower serves the UI, with a policy that lets no other origin's code run.
     let leader = c.leader().await?;
     let node = &c.nodes[(leader + 1) % 3];
