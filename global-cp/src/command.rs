@@ -245,6 +245,9 @@ pub struct ZoneStatusRecord {
     pub connected_proxies: u64,
     pub last_config_push_unix_ms: i64,
     pub resources: u64,
+    /// Connected proxies rejecting their config (absent in records of older versions).
+    #[serde(default)]
+    pub proxies_nacking: u64,
 }
 
 /// A mesh's root CA. The key never leaves the global control plane, and is sealed

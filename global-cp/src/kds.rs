@@ -573,6 +573,7 @@ impl Session {
                 self.status.dataplanes = i.dataplanes;
                 self.status.zone_ingresses = i.zone_ingresses;
                 self.status.connected_proxies = i.connected_proxies;
+                self.status.proxies_nacking = i.proxies_nacking;
                 self.status.last_config_push_unix_ms = i.last_config_push_unix_ms;
                 self.status.resources = i.resources;
             }

@@ -234,6 +234,7 @@ impl Stream {
             dataplanes: counts.dataplanes,
             zone_ingresses: counts.zone_ingresses,
             connected_proxies: self.shared.connected_proxies(),
+            proxies_nacking: self.shared.proxies_nacking(),
             last_config_push_unix_ms: self.shared.last_push_ms(),
             resources: counts.resources,
         }))

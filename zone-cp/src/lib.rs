@@ -147,6 +147,12 @@ impl Shared {
         self.proxies.lock().expect("proxies lock").len() as u64
     }
 
+    /// Connected proxies whose last reply rejected their config.
+    pub(crate) fn proxies_nacking(&self) -> u64 {
+        let proxies = self.proxies.lock().expect("proxies lock");
+        proxies.values().filter(|p| p.nack.is_some()).count() as u64
+    }
+
     /// Records a local change for the KDS client to report.
     pub(crate) fn local_change(&self, key: ResourceKey, r: Option<Resource>) {
         self.local.lock().expect("local lock").insert(key, r);

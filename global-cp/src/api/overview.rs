@@ -99,6 +99,22 @@ pub(super) fn summarize(inputs: &Inputs, now: time::OffsetDateTime) -> Value {
                 format!("zone {name} is offline ({seen})"),
             );
         }
+        let nacking = s["proxiesNacking"].as_u64().unwrap_or(0);
+        if online && nacking > 0 {
+            warn(
+                "proxies-nacking",
+                name.clone(),
+                format!(
+                    "zone {name}: {nacking} {} rejecting {} config (NACK); the dataplane's page says why",
+                    if nacking == 1 {
+                        "proxy is"
+                    } else {
+                        "proxies are"
+                    },
+                    if nacking == 1 { "its" } else { "their" }
+                ),
+            );
+        }
         zones.push(json!({
             "name": name,
             "online": online,
@@ -253,7 +269,7 @@ mod tests {
         let now = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         let inputs = Inputs {
             zones: vec![
-                json!({"name": "zone-a", "status": {"online": true, "lag": 0, "version": "0.1.0", "lastSeen": "2027-01-15T08:00:00Z", "dataplanes": 2}}),
+                json!({"name": "zone-a", "status": {"online": true, "lag": 0, "version": "0.1.0", "lastSeen": "2027-01-15T08:00:00Z", "dataplanes": 2, "proxiesNacking": 2}}),
                 json!({"name": "zone-b", "status": {"online": false, "lastSeen": "2027-01-15T07:00:00Z"}}),
                 json!({"name": "zone-c", "status": {"online": false}}),
             ],
@@ -337,7 +353,7 @@ mod tests {
         );
         assert_eq!(
             texts.len(),
-            3,
+            4,
             "the far expiry and enforced policies are no warning: {texts:?}"
         );
     }

@@ -218,6 +218,7 @@ pub(super) fn attach_status(st: &ApiState, items: &mut [Value]) -> ApiResult<()>
                     "dataplanes": s.dataplanes,
                     "zoneIngresses": s.zone_ingresses,
                     "connectedProxies": s.connected_proxies,
+                    "proxiesNacking": s.proxies_nacking,
                     "resources": s.resources,
                     "lastConfigPush": if s.last_config_push_unix_ms > 0 {
                         json!(rfc3339(s.last_config_push_unix_ms / 1000))
