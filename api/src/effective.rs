@@ -249,6 +249,19 @@ pub struct EffectiveConfig {
     pub ignored: Vec<IgnoredPolicy>,
 }
 
+impl EffectiveConfig {
+    /// Whether nothing of it configures the proxy: the policies it was computed from
+    /// do not affect that proxy at all.
+    pub fn is_empty(&self) -> bool {
+        self.proxy.is_none()
+            && self.inbounds.iter().all(|i| i.rules.is_empty())
+            && self
+                .outbounds
+                .iter()
+                .all(|o| o.conf.is_none() && o.routes.is_empty())
+    }
+}
+
 /// [`effective`] was asked about a kind that is not a policy.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(

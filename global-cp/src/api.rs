@@ -22,6 +22,7 @@ use crate::command::{ApplyError, Command, Member, WriteOutcome};
 use crate::raft_node::{MemberChange, RaftError, RaftHandle};
 use crate::store::{Store, StoreError};
 
+mod affected;
 mod api_tokens;
 mod joining;
 mod overview;
@@ -194,6 +195,10 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route(
             "/meshes/{mesh}/dataplanes/{name}/inspect",
             get(zones::inspect_dataplane),
+        )
+        .route(
+            "/meshes/{mesh}/{plural}/{name}/affected",
+            get(affected::affected),
         )
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
         .route(
@@ -1058,6 +1063,7 @@ pub fn openapi_document() -> Value {
     paths.insert("/overview".into(), json!({"get": {"summary": "What the web UI's overview shows: zones (online, KDS lag, version, last seen), meshes with their services, dataplanes and policies, drills running, warnings; ?stale=true skips the read barrier. Any token", "responses": {"200": {"description": "the overview"}, "default": err}}}));
     paths.insert("/meshes/{mesh}/services".into(), json!({"get": {"summary": "The mesh's services (from its Dataplanes' inbounds) with their instance count per zone", "responses": {"200": {"description": "items"}, "404": err, "default": err}}}));
     paths.insert("/meshes/{mesh}/services/{name}".into(), json!({"get": {"summary": "One service's instances: Dataplane, zone, address", "responses": {"200": {"description": "the instances"}, "404": err, "default": err}}}));
+    paths.insert("/meshes/{mesh}/{plural}/{name}/affected".into(), json!({"get": {"summary": "The proxies (Dataplanes) a policy configures, matched as the zones match it: count, and up to 1,000 names with their zones", "responses": {"200": {"description": "count and items"}, "400": err, "404": err, "default": err}}}));
     paths.insert("/ui".into(), json!({"get": {"summary": "The web UI (HTML; it signs in with an API token it asks for)", "security": [], "responses": {"200": {"description": "the page"}}}}));
     paths.insert("/ready".into(), json!({"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "ready"}, "503": err}}}));
     let mut schemas = serde_json::Map::new();

@@ -656,9 +656,13 @@ async function policyPage(mesh, plural, name) {
   const path = "/meshes/" + enc(mesh) + "/" + plural + "/" + enc(name);
   const yaml = await api(path, null, { accept: "yaml" });
   const kind = ((await policyTypes()).find((t) => t.plural === plural) || {}).kind || plural;
+  const affected = await api(path + "/affected");
   const parts = [
     el("h1", {}, kind + " " + name),
-    dl([["Mesh", mesh], ["Kind", kind]]),
+    dl([["Mesh", mesh], ["Kind", kind],
+      ["Affects", el("span", { id: "policy-affects" }, affected.count + (affected.count === 1 ? " proxy" : " proxies"))]]),
+    affected.items.length ? el("p", { id: "policy-affected" }, affected.items.slice(0, 50).map((i, n) => [n ? ", " : "", dpLink(mesh, i.dataplane), " (" + i.zone + ")"]),
+      affected.count > 50 ? " and " + (affected.count - 50) + " more" : "") : null,
   ];
   if (mayEdit(mesh)) {
     const area = el("textarea", { id: "policy-yaml", rows: 18, spellcheck: "false", "aria-describedby": "policy-errors" });

@@ -229,6 +229,11 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
         yaml.as_str().unwrap_or("").contains("connectTimeout: 2s"),
         "{yaml}"
     );
+    assert_eq!(b.eval(&text("#policy-affects")).await?, "1 proxy");
+    assert_eq!(
+        b.eval(&text("#policy-affected")).await?,
+        "backend-vm-1 (zone-a)"
+    );
     assert_eq!(
         b.eval("document.querySelectorAll('#view form, #view textarea, #view button').length")
             .await?,
