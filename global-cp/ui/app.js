@@ -571,7 +571,9 @@ function parseDuration(text) {
 function bars(title, id, series, unit) {
   const labels = Object.keys(series);
   const keys = [...new Set(labels.flatMap((l) => Object.keys(series[l])))].sort();
-  const max = Math.max(1, ...labels.map((l) => Object.values(series[l]).reduce((a, b) => a + b, 0)));
+  const sums = labels.map((l) => Object.values(series[l]).reduce((a, b) => a + b, 0));
+  if (!sums.some((x) => x > 0)) return el("figure", { class: "chart", id }, el("p", { class: "empty" }, title + ": none."));
+  const max = Math.max(1, ...sums);
   const w = 360, h = 160, bw = 60, gap = (w - labels.length * bw) / (labels.length + 1);
   const colours = ["#0969da", "#1a7f37", "#9a6700", "#cf222e", "#8250df", "#57606a"];
   const g = labels.map((l, i) => {

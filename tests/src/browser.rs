@@ -140,16 +140,27 @@ impl Browser {
         Ok(r["result"]["value"].clone())
     }
 
-    /// Polls `expression` until it is truthy; its value.
+    /// Polls `expression` until it is truthy (for up to 20 s); its value.
     pub async fn wait_for(&mut self, what: &str, expression: &str) -> anyhow::Result<Value> {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_within(what, expression, Duration::from_secs(20))
+            .await
+    }
+
+    /// [`Browser::wait_for`] for up to `timeout`.
+    pub async fn wait_within(
+        &mut self,
+        what: &str,
+        expression: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
         loop {
             let v = self.eval(expression).await.unwrap_or(Value::Null);
             if !matches!(&v, Value::Null | Value::Bool(false)) && v != json!("") && v != json!(0) {
                 return Ok(v);
             }
             if Instant::now() >= deadline {
-                bail!("timed out after 20 s waiting for {what} ({expression})");
+                bail!("timed out after {timeout:?} waiting for {what} ({expression})");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -1646,3 +1646,93 @@ async fn an_ingress_caps_its_connections_and_serves_those_it_holds() -> anyhow::
     .await?;
     Ok(())
 }
+
+/// The web UI over two zones, in a real headless Chromium: both zones online, web's
+/// calls to backend answered in both zones (the cross-zone edge dashed on the graph),
+/// and a probing drill started from the UI whose report, written by zone-a's probes,
+/// shows which zone answered before, during and after zone-b went down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_ui_follows_two_zones_and_a_probing_drill() -> anyhow::Result<()> {
+    use causeway_tests::browser::Browser;
+    let spread = SpreadBackend::start(false).await?;
+    let m = &spread.m;
+    let http = plain_http();
+    for _ in 0..40 {
+        call(&http, spread.out).await;
+    }
+    let node = &m.c.nodes[0];
+    let mut b = Browser::launch(1280, 900).await?;
+    b.navigate(&format!("{}/ui", node.url())).await?;
+    b.wait_for("the sign-in form", "document.activeElement?.id === 'token'")
+        .await?;
+    b.type_text(&node.admin_token().context("the admin token")?)
+        .await?;
+    b.press("Enter").await?;
+    b.wait_for(
+        "both zones online",
+        "document.querySelector('#count-zones .n')?.textContent === '2 / 2'",
+    )
+    .await?;
+
+    // web (zone-a) -> backend answered in zone-b: a cross-zone edge.
+    b.eval("location.hash = '#/topology/default'").await?;
+    b.wait_within(
+        "a dashed edge web -> backend in zone-b",
+        "document.querySelector('#topology g.edge.cross[data-from=web][data-to=backend][data-peer-zone=zone-b]')",
+        WAIT,
+    )
+    .await?;
+    assert_eq!(
+        b.eval("document.querySelector('#topology g.edge[data-from=web][data-to=backend][data-peer-zone=zone-a]')?.classList.contains('cross')")
+            .await?,
+        false,
+        "answered in web's own zone: not cross-zone"
+    );
+
+    // A probing drill from the form; zone-a's probes report who answered backend.
+    b.eval("location.hash = '#/drills'").await?;
+    b.wait_for("the drill form", "document.getElementById('drill-form')")
+        .await?;
+    b.eval("document.getElementById('drill-zone').value = 'zone-b'; document.getElementById('drill-probe').value = 'backend'; document.getElementById('drill-duration').value = '8s'; document.querySelector('#drill-form button').click()")
+        .await?;
+    b.wait_for(
+        "the drill's page",
+        "location.hash.startsWith('#/drills/zone-b-down-')",
+    )
+    .await?;
+    // Warm-up 5 s, the drill 8 s, cool-down 10 s, then the report reaches global.
+    b.wait_within(
+        "zone-a's finished report",
+        "[...document.querySelectorAll('section.report h3')].some(h => h.textContent.startsWith('From zone-a') && !h.textContent.includes('(running)') && !h.textContent.includes('(probing)'))",
+        Duration::from_secs(90),
+    )
+    .await?;
+    let state = b
+        .eval("document.getElementById('drill-state').textContent")
+        .await?;
+    assert_eq!(state, "ended");
+    let answered = b
+        .eval("[...document.querySelectorAll('#chart-zones-zone-a rect title')].map(t => t.textContent)")
+        .await?;
+    let answered: Vec<&str> = answered
+        .as_array()
+        .context("bars")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        answered.iter().any(|t| t.starts_with("before, zone-b:")),
+        "zone-b answered before: {answered:?}"
+    );
+    assert!(
+        answered.iter().any(|t| t.starts_with("during, zone-a:")),
+        "zone-a answered while zone-b was down: {answered:?}"
+    );
+    b.screenshot(
+        &std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("ui-screenshots")
+            .join("drill-two-zones.png"),
+    )
+    .await?;
+    Ok(())
+}
