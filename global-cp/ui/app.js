@@ -239,6 +239,8 @@ async function zonesPage() {
 }
 
 async function zonePage(name) {
+  // The zone's own recent history (its last change sets), asked over its KDS stream.
+  const dump = api("/zones/" + enc(name) + "/config-dump").catch((e) => ({ error: e.message }));
   const z = await api("/zones/" + enc(name));
   const s = z.status || {};
   const meshes = (await api("/meshes?limit=1000")).items;
@@ -265,6 +267,12 @@ async function zonePage(name) {
       ["Last config push", s.lastConfigPush],
       ["Version", s.version],
     ]),
+    el("h2", {}, "KDS history"),
+    await dump.then((d) => d.error
+      ? el("p", { class: "empty", id: "kds-history" }, "The zone could not be asked: " + d.error)
+      : el("div", { id: "kds-history" }, table("Change sets applied", ["Applied", "Revision", "Changes", "Kind", "Bytes", "Messages"],
+        [...((d.status && d.status.syncs) || [])].reverse().map((x) => [new Date(x.atUnixMs).toISOString(), String(x.revision),
+          String(x.changes), x.full ? "full" : "delta", String(x.bytes), String(x.messages)]), "No change set applied since the zone started."))),
     el("h2", {}, "Ingresses"),
     table("Ingresses", ["Ingress", "Mesh", "Address", "Advertised"],
       ingresses.map((i) => [i.name, i.mesh, i.spec.address + ":" + i.spec.port,

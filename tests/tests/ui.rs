@@ -183,6 +183,19 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
         )
         .await?;
     assert_eq!(services, "default/backend");
+    // Its KDS history, asked of the zone over its stream: the change sets it applied.
+    let history = b
+        .wait_for(
+            "zone-a's KDS history",
+            "(rows => rows.length ? rows : null)([...document.querySelectorAll('#kds-history tbody tr')].map(tr => tr.children[3].textContent))",
+        )
+        .await?;
+    assert!(
+        history
+            .as_array()
+            .is_some_and(|h| h.contains(&json!("full"))),
+        "its first sync was full: {history}"
+    );
     b.screenshot(&shot("zone")).await?;
     assert!(
         b.eval("document.getElementById('view').textContent")
