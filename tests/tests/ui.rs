@@ -518,6 +518,33 @@ async fn the_ui_shows_services_and_their_calls_from_real_traffic() -> anyhow::Re
         anyhow::bail!("{e}: {seen}");
     }
 
+    // Every page of this mesh fits a 390 px phone: nothing overflows sideways.
+    b.set_width(390, 844).await?;
+    for page in [
+        "#/overview",
+        "#/zones",
+        "#/zones/zone-a",
+        "#/services/default",
+        "#/services/default/backend",
+        "#/topology/default",
+        "#/dataplanes/default",
+        "#/dataplanes/default/web-1",
+        "#/policies",
+        "#/policies/default/meshtrafficpermissions/web-to-backend",
+        "#/drills",
+    ] {
+        let width = b
+            .eval(&format!(
+                "new Promise(ok => {{ window.addEventListener('causeway:rendered', () => ok([document.documentElement.scrollWidth, window.innerWidth]), {{once: true}}); location.hash = {page:?}; }})"
+            ))
+            .await?;
+        assert!(
+            width[0].as_u64().unwrap_or(u64::MAX) <= 390 && width[1] == 390,
+            "{page} is {width} px wide at 390"
+        );
+    }
+    b.set_width(1280, 900).await?;
+
     // An admin starts a drill from the form, sees it running, and stops it.
     b.eval("location.hash = '#/drills'").await?;
     b.wait_for("the drill form", "document.getElementById('drill-form')")
