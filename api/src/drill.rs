@@ -155,6 +155,28 @@ pub struct PhaseStats {
     pub zones: BTreeMap<String, u64>,
 }
 
+/// The most steps in a report's timeline: the probe window is cut into at most this many
+/// (of at least a second each), so a 24 h drill's report stays small.
+pub const MAX_TIMELINE_STEPS: usize = 120;
+
+/// One step of a probe's timeline: what the requests sent in it saw.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TimelineStep {
+    /// The step's start, milliseconds from the drill's start (negative before it).
+    pub at_ms: i64,
+    /// Requests sent in the step.
+    pub requests: u64,
+    /// Of those, the ones without an answer from the service.
+    pub failed: u64,
+    /// 99th percentile latency of its successful requests, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p99_ms: Option<f64>,
+    /// Successful requests by the zone that answered.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub zones: BTreeMap<String, u64>,
+}
+
 /// The spec of a `DrillReport`: what one zone's probe saw during a drill. Written by
 /// that zone's control plane (named `<drill>-<zone>`), reported up to global.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -188,6 +210,17 @@ pub struct DrillReportSpec {
     /// before), milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered_after_ms: Option<u64>,
+    /// The width of each timeline step, milliseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub step_ms: u64,
+    /// The probe's requests over time, one entry per step that sent any, in order:
+    /// who answered, what failed and how fast, for charts of the whole drill.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<TimelineStep>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Spec for DrillReportSpec {
@@ -200,6 +233,18 @@ impl Spec for DrillReportSpec {
             &self.drilled_zone,
         ));
         errors.check("spec.service", check_service_name(&self.service));
+        if self.timeline.len() > MAX_TIMELINE_STEPS {
+            errors.push(
+                "spec.timeline",
+                format!(
+                    "{} steps: at most {MAX_TIMELINE_STEPS}",
+                    self.timeline.len()
+                ),
+            );
+        }
+        if !self.timeline.is_empty() && self.step_ms == 0 {
+            errors.push("spec.stepMs", "a timeline needs its step width (> 0)");
+        }
     }
 }
 

@@ -38,6 +38,7 @@ mod effective;
 mod enforcement;
 pub mod exposition;
 pub mod inspect;
+pub mod instance_health;
 pub mod kds;
 mod merge_patch;
 mod mesh;
@@ -62,7 +63,8 @@ pub mod zone_token;
 
 pub use dataplane::{DataplaneSpec, Inbound, Outbound, Protocol};
 pub use drill::{
-    DRILL_COOLDOWN, DRILL_WARMUP, DrillMode, DrillReportSpec, DrillSpec, DrillType, PhaseStats,
+    DRILL_COOLDOWN, DRILL_WARMUP, DrillMode, DrillReportSpec, DrillSpec, DrillType,
+    MAX_TIMELINE_STEPS, PhaseStats, TimelineStep,
 };
 pub use duration::{Duration, DurationError};
 pub use effective::{

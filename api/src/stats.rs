@@ -429,6 +429,9 @@ pub struct ZoneReport {
     pub dropped: u64,
     #[serde(default)]
     pub signals: Vec<Signal>,
+    /// Endpoints (instances) of the zone that some of its proxies hold out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub out_endpoints: Vec<crate::instance_health::OutEndpoint>,
 }
 
 /// How [`rows`] groups signals.

@@ -59,6 +59,7 @@ pub(crate) fn stats(services: usize, callers: usize) -> anyhow::Result<()> {
             .map(|(k, w)| causeway_api::stats::zone_signal(k, w))
             .collect(),
         dropped: 0,
+        out_endpoints: vec![],
     };
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let grown = after.saturating_sub(before);

@@ -222,6 +222,7 @@ mod tests {
                 age_seconds: 2.2,
                 dropped: 0,
                 signals: vec![],
+                out_endpoints: vec![],
             }],
             missing: BTreeMap::from([("zone-c".into(), "global node 2 did not answer".into())]),
             rows: vec![Row {

@@ -27,6 +27,7 @@ mod api_tokens;
 mod joining;
 mod overview;
 mod proxy_tokens;
+mod service_policies;
 mod services;
 mod stats;
 mod ui;

@@ -204,6 +204,12 @@ impl KdsService {
                     .filter(|s| s.mesh == mesh)
                     .map(|s| causeway_api::stats::Signal::reported(&zone, s))
                     .collect(),
+                out_endpoints: st
+                    .out_endpoints
+                    .iter()
+                    .filter(|e| e.mesh == mesh)
+                    .map(causeway_api::instance_health::OutEndpoint::reported)
+                    .collect(),
                 zone,
                 age_seconds: at.elapsed().as_secs_f64(),
                 dropped: st.dropped,

@@ -331,32 +331,22 @@ async function servicesPage(mesh) {
     }), "No services yet.")];
 }
 
-// The policies that name the service or the whole mesh, by where they name it.
-function targeting(policy, service) {
-  const named = (t) => t && ((t.kind === "MeshService" && t.name === service) || t.kind === "Mesh");
-  const spec = policy.spec || {};
-  const how = [];
-  if (named(spec.targetRef)) how.push(spec.targetRef.kind === "Mesh" ? "its sidecars (mesh-wide)" : "its sidecars");
-  if ((spec.to || []).some((x) => x.targetRef && x.targetRef.kind === "MeshService" && x.targetRef.name === service)) how.push("calls to it");
-  if ((spec.from || []).some((x) => x.targetRef && x.targetRef.kind === "MeshService" && x.targetRef.name === service)) how.push("calls from it");
-  return how;
-}
-
 async function servicePage(mesh, service) {
-  const [svc, zones, callers, callees, policies] = await Promise.all([
-    api("/meshes/" + enc(mesh) + "/services/" + enc(service)).catch((e) => (e.status === 404 ? { instances: [] } : Promise.reject(e))),
+  const [svc, zones, callers, callees, types] = await Promise.all([
+    api("/meshes/" + enc(mesh) + "/services/" + enc(service)).catch((e) => (e.status === 404 ? { instances: [], policies: [] } : Promise.reject(e))),
     stats(mesh, "zone", service), stats(mesh, "caller", service), stats(mesh, "callee", service),
-    meshPolicies(mesh)]);
-  const targeting_ = policies
-    .map(({ type, policy }) => [type, policy, targeting(policy, service)])
-    .filter(([, , how]) => how.length)
-    .map(([type, policy, how]) => [type.kind, link("#/policies/" + enc(mesh) + "/" + type.plural + "/" + enc(policy.name), policy.name), how.join(", ")]);
+    policyTypes()]);
+  const plural = (kind) => (types.find((t) => t.kind === kind) || {}).plural;
+  const targeting_ = svc.policies.map((p) => [p.kind, link("#/policies/" + enc(mesh) + "/" + plural(p.kind) + "/" + enc(p.name), p.name), p.applies.join(", ")]);
   const peerRows = (rows) => rows.map((r) => [r.peer || "-", r.peerZone || "-", rps(r.requestsPerSecond), pct(r.successRate), ms(r.p99Ms)]);
   return [
     el("h1", {}, "Service " + service),
     dl([["Mesh", mesh]]),
     el("h2", {}, "Instances"),
-    table("Instances", ["Dataplane", "Zone", "Address"], svc.instances.map((i) => [dpLink(mesh, i.dataplane), i.zone, i.address]), "No instance registered."),
+    table("Instances", ["Dataplane", "Zone", "Address", "Health", "As its callers see it"], svc.instances.map((i) => [dpLink(mesh, i.dataplane), i.zone,
+      i.address + ":" + (i.ports || []).join(","),
+      el("span", { class: "health " + ({ healthy: "ok", degraded: "warn", out: "bad" }[i.health && i.health.state] || "empty") }, i.health ? i.health.state : "-"),
+      i.health ? i.health.why : "-"]), "No instance registered."),
     el("h2", {}, "Golden signals by zone (last minute)"),
     table("Golden signals by zone", ["Zone", "Requests/s", "Success", "p50", "p99"],
       zones.map((r) => [r.zone || "-", rps(r.requestsPerSecond), pct(r.successRate), ms(r.p50Ms), ms(r.p99Ms)]), "No requests in the last minute."),
@@ -365,7 +355,7 @@ async function servicePage(mesh, service) {
     el("h2", {}, "Callees"),
     table("Callees", ["Callee", "Callee's zone", "Requests/s", "Success", "p99"], peerRows(callees), "No calls out in the last minute."),
     el("h2", {}, "Policies that target it"),
-    table("Policies", ["Kind", "Name", "Applies to"], targeting_, "No policy names this service or the whole mesh.")];
+    table("Policies", ["Kind", "Name", "Applies to"], targeting_, "No policy configures its traffic.")];
 }
 
 const SVG = "http://www.w3.org/2000/svg";
@@ -575,6 +565,8 @@ function parseDuration(text) {
   return m ? Number(m[1]) * { s: 1, m: 60, h: 3600 }[m[2]] : null;
 }
 
+const COLOURS = [["#0969da", "blue"], ["#1a7f37", "green"], ["#9a6700", "yellow"], ["#cf222e", "red"], ["#8250df", "purple"], ["#57606a", "grey"]];
+
 // A bar chart (SVG) of `series` ({label: {key: value}}), one stacked bar per label.
 function bars(title, id, series, unit) {
   const labels = Object.keys(series);
@@ -583,7 +575,6 @@ function bars(title, id, series, unit) {
   if (!sums.some((x) => x > 0)) return el("figure", { class: "chart", id }, el("p", { class: "empty" }, title + ": none."));
   const max = Math.max(1, ...sums);
   const w = 360, h = 160, bw = 60, gap = (w - labels.length * bw) / (labels.length + 1);
-  const colours = ["#0969da", "#1a7f37", "#9a6700", "#cf222e", "#8250df", "#57606a"];
   const g = labels.map((l, i) => {
     let y = h - 20;
     const x = gap + i * (bw + gap);
@@ -591,13 +582,67 @@ function bars(title, id, series, unit) {
       const v = series[l][k] || 0;
       const bh = ((h - 40) * v) / max;
       y -= bh;
-      return v ? svg("rect", { x, y, width: bw, height: bh, fill: colours[ki % colours.length] },
+      return v ? svg("rect", { x, y, width: bw, height: bh, fill: COLOURS[ki % COLOURS.length][0] },
         svg("title", {}, l + ", " + k + ": " + v + (unit || ""))) : null;
     }), svg("text", { x: x + bw / 2, y: h - 5, "text-anchor": "middle" }, l)];
   });
   return el("figure", { class: "chart", id },
     svg("svg", { viewBox: "0 0 " + w + " " + h, role: "img", "aria-label": title }, g),
-    el("figcaption", {}, title + (keys.length > 1 || keys[0] !== "" ? ": " + keys.map((k, i) => k + " (" + ["blue", "green", "yellow", "red", "purple", "grey"][i % 6] + ")").join(", ") : "")));
+    el("figcaption", {}, title + (keys.length > 1 || keys[0] !== "" ? ": " + keys.map((k, i) => k + " (" + COLOURS[i % COLOURS.length][1] + ")").join(", ") : "")));
+}
+
+// A chart (SVG) of a probe's timeline over the drill: a stacked bar per step of
+// `value(step)` ({key: number}), or with `line` a line through each step's one value;
+// the drill's start and end are marked. Each bar or point has a title naming its
+// phase, key, value and time, for screen readers and tests.
+function timeChart(title, id, report, endMs, value, unit, line) {
+  const steps = report.timeline, step = report.stepMs || 1000;
+  const first = Math.min(0, ...steps.map((s) => s.atMs)), last = Math.max(endMs, ...steps.map((s) => s.atMs + step));
+  const w = 360, h = 170, left = 50, right = 6, top = 10, bottom = 22;
+  const x = (ms) => left + ((ms - first) * (w - left - right)) / (last - first);
+  const keys = [...new Set(steps.flatMap((s) => Object.keys(value(s))))].sort();
+  const totals = steps.map((s) => Object.values(value(s)).reduce((a, b) => a + (b || 0), 0));
+  if (!totals.some((t) => t > 0)) return el("figure", { class: "chart", id }, el("p", { class: "empty" }, title + ": none."));
+  const max = Math.max(...totals);
+  const y = (v) => h - bottom - ((h - bottom - top) * v) / max;
+  const phase = (ms) => (ms < 0 ? "before" : ms < endMs ? "during" : "after");
+  const say = (s, k, v) => phase(s.atMs) + ", " + k + ": " + v + (unit || "") + " at " + (s.atMs / 1000) + " s";
+  const marks = [[0, "start"], [endMs, "end"]].map(([ms, text]) => svg("g", { class: "mark" },
+    svg("line", { x1: x(ms), x2: x(ms), y1: top, y2: h - bottom, "stroke-dasharray": "4 3", stroke: "#57606a" }),
+    svg("text", { x: x(ms), y: h - 6, "text-anchor": "middle" }, text)));
+  const axis = [svg("text", { x: left - 4, y: top + 8, "text-anchor": "end" }, Math.round(max * 10) / 10 + (unit || "")),
+    svg("text", { x: left - 4, y: h - bottom, "text-anchor": "end" }, "0"),
+    svg("line", { x1: left, x2: w - right, y1: h - bottom, y2: h - bottom, stroke: "#d0d7de" })];
+  let body;
+  if (line) {
+    const pts = steps.filter((s) => value(s)[keys[0]] !== undefined && value(s)[keys[0]] !== null)
+      .map((s) => [x(s.atMs + step / 2), y(value(s)[keys[0]]), s]);
+    body = [svg("polyline", { points: pts.map(([a, b]) => a + "," + b).join(" "), fill: "none", stroke: COLOURS[0][0], "stroke-width": 2 }),
+      pts.map(([a, b, s]) => svg("circle", { cx: a, cy: b, r: 2.5, fill: COLOURS[0][0] }, svg("title", {}, say(s, keys[0], value(s)[keys[0]]))))];
+  } else {
+    const bw = Math.max(1, x(step) - x(0) - 1);
+    body = steps.map((s) => {
+      let top_ = h - bottom;
+      return keys.map((k, ki) => {
+        const v = value(s)[k] || 0;
+        if (!v) return null;
+        const bh = (h - bottom) - y(v);
+        top_ -= bh;
+        return svg("rect", { x: x(s.atMs), y: top_, width: bw, height: bh, fill: COLOURS[ki % COLOURS.length][0] }, svg("title", {}, say(s, k, v)));
+      });
+    });
+  }
+  return el("figure", { class: "chart", id },
+    svg("svg", { viewBox: "0 0 " + w + " " + h, role: "img", "aria-label": title }, axis, body, marks),
+    el("figcaption", {}, title + (keys.length > 1 ? ": " + keys.map((k, i) => k + " (" + COLOURS[i % COLOURS.length][1] + ")").join(", ") : "")));
+}
+
+// A report's phases side by side, as a table: the numbers behind the charts.
+function phaseTable(zone, s) {
+  const row = (name, p) => [name, p.requests, p.failed, ms(p.p50Ms), ms(p.p99Ms),
+    Object.entries(p.zones || {}).map(([z, n]) => z + ": " + n).join(", ") || "-"];
+  return table("Phases of the report from " + zone, ["Phase", "Requests", "Failed", "p50", "p99", "Answered by"],
+    [row("before", s.before), row("during", s.during), row("after", s.after)], "");
 }
 
 async function drillPage(name) {
@@ -623,6 +668,7 @@ async function drillPage(name) {
     parts.push(stop);
   }
   parts.push(el("h2", {}, "Reports from the probing zones"));
+  const endMs = drillEnd(d) - Date.parse(d.spec.startsAt);
   if (!reports.length) parts.push(el("p", { class: "empty" }, d.spec.probe ? "No zone has reported yet." : "No probe: this drill has no reports."));
   for (const r of reports) {
     const s = r.spec;
@@ -633,10 +679,17 @@ async function drillPage(name) {
       dl([["Traffic moved after", s.movedAfterMs === null || s.movedAfterMs === undefined ? "not yet" : s.movedAfterMs + " ms"],
         ["Failed while moving", s.failedDuringMove], ["Recovered after", s.recoveredAfterMs === undefined ? "-" : s.recoveredAfterMs + " ms"],
         ["Error", s.error]]),
-      el("div", { class: "charts" },
-        bars("Answered by zone", "chart-zones-" + s.zone, map((p) => p.zones || {})),
-        bars("Failed requests", "chart-failed-" + s.zone, map((p) => ({ failed: p.failed || 0 }))),
-        bars("Latency p99", "chart-p99-" + s.zone, map((p) => ({ p99: p.p99Ms || 0 })), " ms"))));
+      (s.timeline || []).length
+        ? el("div", { class: "charts" },
+          timeChart("Answered by zone over time", "chart-zones-" + s.zone, s, endMs, (t) => t.zones || {}),
+          timeChart("Failed requests over time", "chart-failed-" + s.zone, s, endMs, (t) => ({ failed: t.failed })),
+          timeChart("Latency p99 over time", "chart-p99-" + s.zone, s, endMs, (t) => ({ p99: t.p99Ms }), " ms", true))
+        // A report from a zone older than timelines: per phase.
+        : el("div", { class: "charts" },
+          bars("Answered by zone", "chart-zones-" + s.zone, map((p) => p.zones || {})),
+          bars("Failed requests", "chart-failed-" + s.zone, map((p) => ({ failed: p.failed || 0 }))),
+          bars("Latency p99", "chart-p99-" + s.zone, map((p) => ({ p99: p.p99Ms || 0 })), " ms")),
+      phaseTable(s.zone, s)));
   }
   return [parts];
 }
@@ -662,6 +715,73 @@ async function policiesPage() {
     table("Policies", ["Kind", "Mesh", "Name", "Origin", "Changed"], rows, "No policies yet.")];
 }
 
+// The line (0-based) of `field`, a path like `spec.to[0].default.connectTimeout`, in
+// `text`: YAML as the API writes it (block style, a sequence's dashes at its key's
+// indent or deeper). A field that is not there (a missing one) points at its nearest
+// ancestor that is; `null` when not even the first key is.
+function yamlLine(text, field) {
+  const lines = text.split("\n").map((l) => {
+    const lead = /^ */.exec(l)[0].length;
+    let rest = l.slice(lead), dash = null, at = lead;
+    if (/^-( |$)/.test(rest)) {
+      dash = lead;
+      const m = /^(- +)+/.exec(rest);
+      at += m[0].length;
+      rest = rest.slice(m[0].length);
+    }
+    const k = /^("[^"]*"|'[^']*'|[^\s:#'"][^:#]*?):( |$)/.exec(rest);
+    return { dash, key: k ? k[1].replace(/^["']|["']$/g, "") : null, at };
+  });
+  const segs = [];
+  for (const part of field.split(".")) {
+    const m = /^([^[]*)((?:\[\d+\])*)$/.exec(part);
+    if (!m) break;
+    if (m[1]) segs.push(m[1]);
+    for (const i of m[2].matchAll(/\[(\d+)\]/g)) segs.push(Number(i[1]));
+  }
+  let lo = 0, hi = lines.length, indent = -1, found = null;
+  for (const seg of segs) {
+    if (typeof seg === "string") {
+      const keys = [];
+      for (let i = lo; i < hi; i++) if (lines[i].key !== null && lines[i].at > indent) keys.push(i);
+      const shallowest = Math.min(...keys.map((i) => lines[i].at));
+      const i = keys.find((i) => lines[i].at === shallowest && lines[i].key === seg);
+      if (i === undefined) break;
+      found = i;
+      indent = lines[i].at;
+      let end = i + 1;
+      while (end < hi && !((lines[end].key !== null && lines[end].at <= indent && lines[end].dash === null) ||
+        (lines[end].dash !== null && lines[end].dash < indent))) end++;
+      [lo, hi] = [i + 1, end];
+    } else {
+      const dashes = [];
+      for (let i = lo; i < hi; i++) if (lines[i].dash !== null && lines[i].dash >= indent) dashes.push(i);
+      const outer = Math.min(...dashes.map((i) => lines[i].dash));
+      const items = dashes.filter((i) => lines[i].dash === outer);
+      if (seg >= items.length) break;
+      found = items[seg];
+      indent = outer + 1;
+      [lo, hi] = [items[seg], seg + 1 < items.length ? items[seg + 1] : hi];
+    }
+  }
+  return found;
+}
+
+// The YAML with each refused field's message under its line, as a compiler shows them.
+function annotated(text, errors) {
+  const at = new Map();
+  for (const f of errors) {
+    const line = f.field ? yamlLine(text, f.field) : null;
+    const key = line === null ? 0 : line;
+    at.set(key, [...(at.get(key) || []), f]);
+  }
+  return el("ol", { class: "yaml-annotated", id: "policy-annotated", "aria-label": "The policy with its errors on their fields" },
+    text.replace(/\n$/, "").split("\n").map((line, i) => el("li", { class: at.has(i) ? "error-line" : null },
+      el("code", {}, line || " "),
+      (at.get(i) || []).map((f) => el("div", { class: "field-error", role: "note" },
+        el("code", {}, f.field || "(resource)"), ": " + f.reason)))));
+}
+
 async function policyPage(mesh, plural, name) {
   const path = "/meshes/" + enc(mesh) + "/" + plural + "/" + enc(name);
   const yaml = await api(path, null, { accept: "yaml" });
@@ -673,6 +793,10 @@ async function policyPage(mesh, plural, name) {
       ["Affects", el("span", { id: "policy-affects" }, affected.count + (affected.count === 1 ? " proxy" : " proxies"))]]),
     affected.items.length ? el("p", { id: "policy-affected" }, affected.items.slice(0, 50).map((i, n) => [n ? ", " : "", dpLink(mesh, i.dataplane), " (" + i.zone + ")"]),
       affected.count > 50 ? " and " + (affected.count - 50) + " more" : "") : null,
+    el("h2", {}, "Enforcement"),
+    (affected.warnings || []).length
+      ? el("ul", { class: "warnings", id: "policy-warnings" }, affected.warnings.map((w) => el("li", {}, el("code", {}, w.field), ": " + w.reason)))
+      : el("p", { class: "ok", id: "policy-warnings" }, "Every field is enforced by the proxies it affects."),
   ];
   if (mayEdit(mesh)) {
     const area = el("textarea", { id: "policy-yaml", rows: 18, spellcheck: "false", "aria-describedby": "policy-errors" });
@@ -684,15 +808,29 @@ async function policyPage(mesh, plural, name) {
     form.addEventListener("submit", async (ev) => {
       ev.preventDefault();
       errors.replaceChildren();
+      area.removeAttribute("aria-invalid");
+      const text = area.value;
       try {
-        await api(path, null, { method: "PUT", body: area.value });
+        await api(path, null, { method: "PUT", body: text });
         errors.replaceChildren(el("p", { class: "ok", id: "policy-applied" }, "Applied."));
         area.value = await api(path, null, { accept: "yaml" });
       } catch (e) {
+        const lineOf = (f) => (f.field ? yamlLine(text, f.field) : null);
         errors.replaceChildren(
           el("p", { class: "error" }, "Not applied: " + e.message),
-          e.errors.length ? el("ul", { class: "field-errors" },
-            e.errors.map((f) => el("li", {}, el("code", {}, f.field || "(resource)"), ": " + f.reason))) : null);
+          ...(e.errors.length ? [el("ul", { class: "field-errors" },
+            e.errors.map((f) => el("li", {}, lineOf(f) === null ? null : "line " + (lineOf(f) + 1) + ": ",
+              el("code", {}, f.field || "(resource)"), ": " + f.reason))),
+          annotated(text, e.errors)] : []));
+        // The caret goes to the first refused field's line, ready to fix.
+        const first = e.errors.map(lineOf).find((l) => l !== null);
+        if (first !== undefined) {
+          area.setAttribute("aria-invalid", "true");
+          const lines = text.split("\n");
+          const start = lines.slice(0, first).reduce((n, l) => n + l.length + 1, 0);
+          area.focus();
+          area.setSelectionRange(start, start + lines[first].length);
+        }
       }
     });
     parts.push(form);

@@ -1728,6 +1728,22 @@ async fn the_web_ui_follows_two_zones_and_a_probing_drill() -> anyhow::Result<()
         answered.iter().any(|t| t.starts_with("during, zone-a:")),
         "zone-a answered while zone-b was down: {answered:?}"
     );
+    // Over time, step by step (a second each for a drill this short), not per phase.
+    let during_steps = answered
+        .iter()
+        .filter(|t| t.starts_with("during, zone-a:"))
+        .count();
+    assert!(
+        during_steps >= 4,
+        "the 8 s drill drawn second by second: {answered:?}"
+    );
+    let p99_points = b
+        .eval("document.querySelectorAll('#chart-p99-zone-a circle').length")
+        .await?;
+    assert!(
+        p99_points.as_u64().unwrap_or(0) >= 8,
+        "a p99 point per second of probing: {p99_points}"
+    );
     b.screenshot(
         &std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join("ui-screenshots")

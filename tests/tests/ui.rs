@@ -6,10 +6,11 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use causeway_tests::browser::Browser;
 use causeway_tests::{GlobalCluster, ZoneCp, eventually};
 use reqwest::{Method, StatusCode};
-use serde_json::json;
+use serde_json::{Value, json};
 
 /// Where each page's screenshot goes: the test's output directory.
 fn shot(name: &str) -> std::path::PathBuf {
@@ -248,6 +249,10 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
         "backend-vm-1 (zone-a)"
     );
     assert_eq!(
+        b.eval(&text("#policy-warnings")).await?,
+        "Every field is enforced by the proxies it affects."
+    );
+    assert_eq!(
         b.eval("document.querySelectorAll('#view form, #view textarea, #view button').length")
             .await?,
         0,
@@ -269,8 +274,25 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
         "document.querySelector('#view h1')",
     )
     .await?;
-    b.press("Tab").await?;
-    assert_eq!(b.eval("document.activeElement.className").await?, "skip");
+    // A key sent while the reloaded page is not yet taking input is lost (focus stays
+    // on the body): send it again then, but the first element Tab reaches must be the
+    // skip link.
+    let mut focused = serde_json::Value::Null;
+    for _ in 0..10 {
+        b.press("Tab").await?;
+        focused = b
+            .eval("document.activeElement === document.body ? null : document.activeElement.className")
+            .await?;
+        if !focused.is_null() {
+            break;
+        }
+        b.wait_for(
+            "a moment",
+            "new Promise(ok => setTimeout(() => ok(true), 100))",
+        )
+        .await?;
+    }
+    assert_eq!(focused, "skip");
     b.press("Enter").await?;
     b.wait_for(
         "the content reached by the skip link",
@@ -352,9 +374,18 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
         )
     };
     b.eval(&edit("soon")).await?;
-    let refusal = b
+    let refusal = match b
         .wait_for("the field error", &text("#policy-errors .field-errors"))
-        .await?;
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let seen = b
+                .eval("document.getElementById('view').textContent + ' | ' + document.getElementById('status').textContent")
+                .await?;
+            anyhow::bail!("{e}: the page shows {seen}");
+        }
+    };
     b.screenshot(&shot("policy-edit-refused")).await?;
     assert!(
         refusal
@@ -362,6 +393,39 @@ async fn the_ui_signs_in_with_a_token_and_shows_the_overview_in_chromium() -> an
             .unwrap_or("")
             .contains("spec.to[0].default.connectTimeout"),
         "{refusal}"
+    );
+    // The error sits on its field: under the refused line of the YAML, where the
+    // caret went.
+    let marked = b
+        .eval("[...document.querySelectorAll('#policy-annotated li.error-line')].map(li => li.textContent)")
+        .await?;
+    let marked: Vec<&str> = marked
+        .as_array()
+        .context("marked lines")?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(marked.len(), 1, "{marked:?}");
+    assert!(
+        marked[0].trim_start().starts_with("connectTimeout: soon")
+            && marked[0].contains("spec.to[0].default.connectTimeout: "),
+        "{marked:?}"
+    );
+    assert_eq!(
+        b.eval("(() => { const a = document.getElementById('policy-yaml'); return [a.getAttribute('aria-invalid'), a.value.slice(a.selectionStart, a.selectionEnd).trim()]; })()")
+            .await?,
+        json!(["true", "connectTimeout: soon"]),
+        "the caret is on the refused field"
+    );
+    // Where fields are found: nested keys, items of sequences, and a missing field's
+    // nearest ancestor.
+    let t = "type: MeshTimeout\\nname: t1\\nspec:\\n  targetRef:\\n    kind: Mesh\\n  to:\\n  - targetRef:\\n      kind: Mesh\\n    default:\\n      connectTimeout: 2s\\n  - targetRef:\\n      kind: MeshService\\n      name: db\\n    default:\\n      idleTimeout: 1s\\n";
+    assert_eq!(
+        b.eval(&format!(
+            "(() => {{ const t = '{t}'; return ['spec.to[0].default.connectTimeout', 'spec.to[1].targetRef.name', 'spec.to[1].default.connectTimeout', 'spec.targetRef.kind', 'spec.from[0]', 'name', 'mesh'].map(f => yamlLine(t, f)); }})()"
+        ))
+        .await?,
+        json!([9, 12, 13, 4, 2, 1, null])
     );
     let (_, v) = c
         .call_retry(Method::GET, "/meshes/default/meshtimeouts/t1", None)
@@ -445,7 +509,7 @@ async fn the_ui_shows_services_and_their_calls_from_real_traffic() -> anyhow::Re
     let view = view.as_str().unwrap_or("");
     assert!(view.contains("backend-1"), "the instance: {view}");
     assert!(
-        view.contains("MeshTrafficPermissionweb-to-backendits sidecars"),
+        view.contains("MeshTrafficPermissionweb-to-backendcalls it receives"),
         "the permission that targets it: {view}"
     );
     b.screenshot(&shot("service")).await?;
@@ -517,6 +581,87 @@ async fn the_ui_shows_services_and_their_calls_from_real_traffic() -> anyhow::Re
             .await?;
         anyhow::bail!("{e}: {seen}");
     }
+
+    // A second instance of backend whose app is down: web's sidecar's health checks
+    // take it out of rotation, and the service page says so, while backend-1 stays
+    // healthy. (Active checks: without them a balancer that favours the instance that
+    // answers may never send the dead one enough calls to eject it.)
+    let (s, v) =
+        fx.c.call_retry(
+            Method::PUT,
+            "/meshes/default/meshhealthchecks/backend-health",
+            Some(
+                &json!({"type": "MeshHealthCheck", "mesh": "default", "name": "backend-health",
+                "spec": {"to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                    "default": {"interval": "1s", "timeout": "1s", "unhealthyThreshold": 2,
+                                "healthyThreshold": 1, "http": {"path": "/"}}}]}}),
+            ),
+        )
+        .await?;
+    assert!(s.is_success(), "{v}");
+    let dead_app = causeway_tests::free_addr().port();
+    let (_backend2, _) = fx
+        .sidecar(
+            "backend",
+            causeway_tests::mesh::dataplane(
+                "backend-2",
+                "backend",
+                causeway_tests::free_addr().port(),
+                dead_app,
+                "http",
+                &[],
+            ),
+        )
+        .await?;
+    b.eval("location.hash = '#/services/default/backend'")
+        .await?;
+    let health = "(() => { const t = [...document.querySelectorAll('table')].find(t => t.querySelector('caption')?.textContent === 'Instances'); return t && [...t.querySelectorAll('tbody tr')].map(tr => [...tr.children].map(td => td.textContent)); })()";
+    let seen = b
+        .wait_within(
+            "backend-2 out of rotation",
+            &format!("(() => {{ const rows = {health}; return rows && rows.some(r => r[0] === 'backend-2' && r[3] === 'out') && rows; }})()"),
+            Duration::from_secs(60),
+        )
+        .await;
+    let rows = match seen {
+        Ok(rows) => rows,
+        Err(e) => {
+            let now = b.eval(health).await?;
+            let (_, api) =
+                fx.c.call_retry(Method::GET, "/meshes/default/services/backend", None)
+                    .await?;
+            let (_, web) =
+                fx.c.call_retry(
+                    Method::GET,
+                    "/meshes/default/dataplanes/web-1/inspect",
+                    None,
+                )
+                .await?;
+            anyhow::bail!(
+                "{e}: the page shows {now}; the API {api}; web-1's endpoints {}",
+                web["outbounds"]
+            );
+        }
+    };
+    let rows = rows.as_array().context("rows")?;
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(row("backend-1")[3], "healthy", "{rows:?}");
+    assert_eq!(
+        row("backend-1")[4],
+        "no caller in zone-a holds it out",
+        "{rows:?}"
+    );
+    assert!(
+        row("backend-2")[4].as_str().unwrap_or("")
+            == "held out by 1 of 1 callers in zone-a (failing its health check)",
+        "{rows:?}"
+    );
+    b.screenshot(&shot("service-instance-out")).await?;
 
     // Every page of this mesh fits a 390 px phone: nothing overflows sideways.
     b.set_width(390, 844).await?;

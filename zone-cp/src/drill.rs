@@ -18,7 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use causeway_api::{DrillReportSpec, DrillSpec, PhaseStats, Resource, ResourceKey};
+use causeway_api::{
+    DrillReportSpec, DrillSpec, MAX_TIMELINE_STEPS, PhaseStats, Resource, ResourceKey, TimelineStep,
+};
 use time::OffsetDateTime;
 
 use crate::Shared;
@@ -350,6 +352,40 @@ fn phase(samples: &[&Sample]) -> PhaseStats {
     }
 }
 
+/// The samples step by step, aligned on the drill's start: the probe window cut into at
+/// most [`MAX_TIMELINE_STEPS`] steps of whole seconds. Steps without a sample are left
+/// out.
+fn timeline(d: &DrillSpec, samples: &[Sample]) -> (u64, Vec<TimelineStep>) {
+    let (from, to) = d.probe_window();
+    let window_ms = ms(to - from).max(1);
+    // Two steps are kept for the partial ones at either end: steps are aligned on the
+    // drill's start, not on the window's.
+    let steps = MAX_TIMELINE_STEPS as u64 - 2;
+    let step_ms = window_ms.div_ceil(steps).div_ceil(1000).max(1) * 1000;
+    let mut by_step: BTreeMap<i64, Vec<&Sample>> = BTreeMap::new();
+    for s in samples {
+        let offset = (s.at - d.starts_at).whole_milliseconds() as i64;
+        by_step
+            .entry(offset.div_euclid(step_ms as i64))
+            .or_default()
+            .push(s);
+    }
+    let timeline = by_step
+        .into_iter()
+        .map(|(i, in_step)| {
+            let p = phase(&in_step);
+            TimelineStep {
+                at_ms: i * step_ms as i64,
+                requests: p.requests,
+                failed: p.failed,
+                p99_ms: p.p99_ms,
+                zones: p.zones,
+            }
+        })
+        .collect();
+    (step_ms, timeline)
+}
+
 fn ms(d: time::Duration) -> u64 {
     d.whole_milliseconds().max(0) as u64
 }
@@ -386,7 +422,10 @@ pub(crate) fn summarize(
     } else {
         after.iter().find(|s| s.ok).map(|s| ms(s.at - end))
     };
+    let (step_ms, timeline) = timeline(d, samples);
     DrillReportSpec {
+        step_ms,
+        timeline,
         before: phase(&before),
         during: phase(&during),
         after: phase(&after),
@@ -459,6 +498,53 @@ mod tests {
         assert_eq!(r.failed_during_move, 2);
         assert_eq!(r.recovered_after_ms, Some(500));
         assert_eq!(r.after.requests, 2);
+        // Over time, second by second from the drill's start: zone-b answered until
+        // the second after the start, zone-a after it.
+        assert_eq!(r.step_ms, 1000);
+        let at = |ms: i64| r.timeline.iter().find(|s| s.at_ms == ms).unwrap();
+        assert_eq!(
+            at(-5000).zones,
+            BTreeMap::from([("zone-a".into(), 5), ("zone-b".into(), 5)])
+        );
+        assert_eq!(at(0).failed, 2, "the first second of the drill");
+        assert_eq!(at(0).zones["zone-b"], 1);
+        assert_eq!(r.timeline.iter().map(|s| s.failed).sum::<u64>(), 2);
+        assert!(
+            r.timeline
+                .iter()
+                .filter(|s| s.at_ms >= 1000 && s.at_ms < 10_000)
+                .all(|s| s.zones.keys().eq(["zone-a"]))
+        );
+        assert_eq!(at(10_000).zones["zone-b"], 1, "back after the end");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["timeline"][0]["atMs"], -5000);
+        assert!(r.timeline.len() <= MAX_TIMELINE_STEPS);
+    }
+
+    #[test]
+    fn a_long_drill_keeps_its_timeline_within_the_step_limit() {
+        let mut d = drill();
+        d.ends_at = d.starts_at + time::Duration::hours(24);
+        // One sample a second over the whole window.
+        let (from, to) = d.probe_window();
+        let n = (to - from).whole_seconds();
+        let samples: Vec<Sample> = (0..n)
+            .map(|i| Sample {
+                at: from + time::Duration::seconds(i),
+                ok: true,
+                latency_ms: 1.0,
+                zone: Some("zone-a".into()),
+            })
+            .collect();
+        let r = summarize(&DrillReportSpec::default(), &d, &samples);
+        assert!(
+            r.timeline.len() <= MAX_TIMELINE_STEPS,
+            "{}",
+            r.timeline.len()
+        );
+        assert!(r.timeline.len() >= MAX_TIMELINE_STEPS - 2);
+        assert_eq!(r.step_ms % 1000, 0);
+        assert_eq!(r.timeline.iter().map(|s| s.requests).sum::<u64>(), n as u64);
     }
 
     #[test]

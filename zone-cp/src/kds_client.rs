@@ -241,9 +241,18 @@ impl Stream {
         .await
     }
 
-    /// Reports the zone's golden signals (the last 1, 5 and 15 minutes); each report
-    /// replaces the last on global. Past the message limit the busiest signals go.
+    /// Reports the zone's golden signals (the last 1, 5 and 15 minutes) and the
+    /// endpoints its proxies hold out; each report replaces the last on global. Past the
+    /// message limit the busiest signals go.
     async fn stats(&self) -> anyhow::Result<()> {
+        let out_endpoints = {
+            let proxies = self.shared.proxies.lock().expect("proxies lock");
+            causeway_api::instance_health::out_endpoints(
+                proxies
+                    .values()
+                    .filter_map(|p| p.report.as_ref().map(|r| (p.mesh.as_str(), r))),
+            )
+        };
         let (windows, dropped) = {
             let mut a = self.shared.signals.lock().expect("signals lock");
             let now = u64::try_from(now_ms()).unwrap_or(0);
@@ -254,7 +263,12 @@ impl Stream {
             .map(|(k, w)| causeway_api::stats::zone_signal(k, w))
             .collect();
         let mut dropped = dropped;
-        let limit = causeway_api::kds::MAX_MESSAGE_BYTES;
+        let limit = causeway_api::kds::MAX_MESSAGE_BYTES.saturating_sub(
+            out_endpoints
+                .iter()
+                .map(|e| e.encoded_len() + 4)
+                .sum::<usize>(),
+        );
         if signals.iter().map(|s| s.encoded_len() + 4).sum::<usize>() > limit {
             signals.sort_by_key(|s| std::cmp::Reverse(s.windows.last().map_or(0, |w| w.requests)));
             let mut size = 0;
@@ -268,8 +282,12 @@ impl Stream {
             dropped += (signals.len() - keep) as u64;
             signals.truncate(keep);
         }
-        self.send(zone_message::Msg::Stats(ZoneStats { signals, dropped }))
-            .await
+        self.send(zone_message::Msg::Stats(ZoneStats {
+            signals,
+            dropped,
+            out_endpoints,
+        }))
+        .await
     }
 
     async fn handle(&mut self, m: GlobalMessage) -> anyhow::Result<()> {

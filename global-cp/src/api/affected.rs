@@ -2,7 +2,11 @@
 //! the web UI's policy page ("which proxies each one affects"). Each Dataplane of the
 //! mesh is matched with the same code the zones use to build its config
 //! ([`causeway_api::effective`]), with that policy alone, so the answer cannot drift
-//! from what the proxies get.
+//! from what the proxies get. The answer also carries the policy's warnings: fields the
+//! proxies do not enforce ([`causeway_api::warnings`]), and why a policy that affects no
+//! proxy has no effect (a service it names that no Dataplane serves or calls).
+
+use std::collections::BTreeSet;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -53,14 +57,18 @@ pub(super) async fn affected(
     Ok(Json(affected_by(&policy, &dataplanes)))
 }
 
-/// The Dataplanes among `dataplanes` that `policy` configures.
+/// The Dataplanes among `dataplanes` that `policy` configures, and its warnings.
 fn affected_by(policy: &Resource, dataplanes: &[Resource]) -> Value {
     let mut count = 0;
     let mut items = Vec::new();
+    let mut served = BTreeSet::new();
+    let mut called = BTreeSet::new();
     for dp in dataplanes {
         let Ok(spec) = serde_json::from_value::<DataplaneSpec>(dp.spec.clone()) else {
             continue;
         };
+        served.extend(spec.inbound.iter().map(|i| i.service.clone()));
+        called.extend(spec.outbound.iter().map(|o| o.service.clone()));
         let proxy = Proxy::from_dataplane(&spec, dp.origin.as_deref()).named(&dp.name, &dp.labels);
         let Ok(eff) = causeway_api::effective(&policy.kind, std::slice::from_ref(policy), &proxy)
         else {
@@ -76,7 +84,59 @@ fn affected_by(policy: &Resource, dataplanes: &[Resource]) -> Value {
             );
         }
     }
-    json!({"count": count, "items": items})
+    let mut warnings: Vec<Value> = causeway_api::warnings(policy)
+        .into_iter()
+        .map(|w| json!({"field": w.field, "reason": w.reason}))
+        .collect();
+    if count == 0 {
+        warnings.extend(unknown_services(policy, &served, &called));
+        if warnings.is_empty() {
+            warnings.push(json!({"field": "spec.targetRef",
+                "reason": "selects no proxy of the mesh today: the policy has no effect until a Dataplane it targets registers"}));
+        }
+    }
+    json!({"count": count, "items": items, "warnings": warnings})
+}
+
+/// Why a policy that affects nothing does so: each service its target refs name that no
+/// Dataplane serves (`targetRef`, `from`) or calls (`to`).
+fn unknown_services(
+    policy: &Resource,
+    served: &BTreeSet<String>,
+    called: &BTreeSet<String>,
+) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut check = |field: String, target: &Value, known: &BTreeSet<String>, what: &str| {
+        if target["kind"] == "MeshService"
+            && let Some(name) = target["name"].as_str()
+            && !known.contains(name)
+        {
+            out.push(json!({"field": format!("{field}.name"),
+                "reason": format!("no Dataplane of the mesh {what} service {name:?}")}));
+        }
+    };
+    check(
+        "spec.targetRef".into(),
+        &policy.spec["targetRef"],
+        served,
+        "serves",
+    );
+    for (section, known, what) in [("to", called, "calls"), ("from", served, "serves")] {
+        for (i, rule) in policy.spec[section]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            check(
+                format!("spec.{section}[{i}].targetRef"),
+                &rule["targetRef"],
+                known,
+                what,
+            );
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -146,5 +206,22 @@ mod tests {
             &dps,
         );
         assert_eq!(none["count"], 0);
+        assert_eq!(
+            none["warnings"],
+            json!([{"field": "spec.targetRef.name", "reason": "no Dataplane of the mesh serves service \"nobody\""}]),
+            "a policy with no effect says why"
+        );
+        assert_eq!(all["warnings"], json!([]), "every field enforced");
+        let to_nobody = affected_by(
+            &timeout(
+                json!({"kind": "Mesh"}),
+                json!({"kind": "MeshService", "name": "ghost"}),
+            ),
+            &dps,
+        );
+        assert_eq!(
+            to_nobody["warnings"][0]["field"], "spec.to[0].targetRef.name",
+            "{to_nobody}"
+        );
     }
 }

@@ -41,6 +41,8 @@ pub(super) struct Inputs {
     pub policies: Vec<Resource>,
     pub drills: Vec<Resource>,
     pub intermediates: Vec<IntermediateRecord>,
+    /// Each mesh's root CA: the mesh and when the certificate expires (Unix seconds).
+    pub root_cas: Vec<(String, i64)>,
 }
 
 pub(super) async fn overview(
@@ -58,6 +60,13 @@ pub(super) async fn overview(
         intermediates: store.intermediates()?,
         ..Inputs::default()
     };
+    for mesh in &inputs.meshes {
+        if let Some(ca) = store.mesh_ca(&mesh.name)?
+            && let Ok(info) = causeway_pki::cert_info(&ca.cert_pem)
+        {
+            inputs.root_cas.push((mesh.name.clone(), info.not_after));
+        }
+    }
     let mut zones: Vec<Value> = all("Zone", "")?
         .into_iter()
         .map(|z| serde_json::to_value(z).expect("resources serialize"))
@@ -183,28 +192,31 @@ pub(super) fn summarize(inputs: &Inputs, now: time::OffsetDateTime) -> Value {
         .collect();
 
     let now_unix = now.unix_timestamp();
-    for i in inputs.intermediates.iter().filter(|i| !i.revoked) {
-        let left = i.not_after - now_unix;
-        if left < EXPIRY_WARNING_SECS {
-            let subject = format!("{}/{}", i.zone, i.mesh);
-            let text = if left <= 0 {
-                format!(
-                    "zone {}'s intermediate CA for mesh {} expired at {}",
-                    i.zone,
-                    i.mesh,
-                    rfc3339(i.not_after)
-                )
-            } else {
-                format!(
-                    "zone {}'s intermediate CA for mesh {} expires at {} (in {} h)",
-                    i.zone,
-                    i.mesh,
-                    rfc3339(i.not_after),
-                    left / 3600
-                )
-            };
-            warn("certificate-expiry", subject, text);
+    let mut expiry = |subject: String, what: String, not_after: i64| {
+        let left = not_after - now_unix;
+        if left >= EXPIRY_WARNING_SECS {
+            return;
         }
+        let text = if left <= 0 {
+            format!("{what} expired at {}", rfc3339(not_after))
+        } else {
+            format!(
+                "{what} expires at {} (in {} h)",
+                rfc3339(not_after),
+                left / 3600
+            )
+        };
+        warn("certificate-expiry", subject, text);
+    };
+    for (mesh, not_after) in &inputs.root_cas {
+        expiry(mesh.clone(), format!("mesh {mesh}'s root CA"), *not_after);
+    }
+    for i in inputs.intermediates.iter().filter(|i| !i.revoked) {
+        expiry(
+            format!("{}/{}", i.zone, i.mesh),
+            format!("zone {}'s intermediate CA for mesh {}", i.zone, i.mesh),
+            i.not_after,
+        );
     }
 
     let drills: Vec<Value> = inputs
@@ -319,6 +331,10 @@ mod tests {
                     revoked: false,
                 },
             ],
+            root_cas: vec![
+                ("default".into(), 1_800_000_000 + 5 * 365 * 24 * 3600),
+                ("payments".into(), 1_800_000_000 - 3600),
+            ],
         };
         let v = summarize(&inputs, now);
         assert_eq!(
@@ -351,9 +367,13 @@ mod tests {
                 && t.ends_with("(in 72 h)")),
             "{texts:?}"
         );
+        assert!(
+            texts.contains(&"mesh payments's root CA expired at 2027-01-15T07:00:00Z"),
+            "{texts:?}"
+        );
         assert_eq!(
             texts.len(),
-            4,
+            5,
             "the far expiry and enforced policies are no warning: {texts:?}"
         );
     }

@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use causeway_api::{DataplaneSpec, Resource};
+use axum::http::HeaderMap;
+use causeway_api::instance_health;
+use causeway_api::{DataplaneSpec, Resource, Role, Scope};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -54,11 +56,14 @@ pub(super) async fn list(
 }
 
 /// `GET /meshes/{mesh}/services/{name}`: one service's instances (Dataplane, zone,
-/// address).
+/// address, ports) with their health as their zone's callers report it
+/// ([`causeway_api::instance_health`]), and the policies that configure its traffic
+/// ([`super::service_policies`]).
 pub(super) async fn get(
     State(st): State<ApiState>,
     Path((mesh, name)): Path<(String, String)>,
     Query(q): Query<ServicesQuery>,
+    headers: HeaderMap,
 ) -> ApiResult<Json<Value>> {
     barrier(&st, q.stale).await?;
     let dps = dataplanes(&st, &mesh)?;
@@ -68,12 +73,32 @@ pub(super) async fn get(
             "service {name:?} in mesh {mesh:?} (no Dataplane serves it)"
         )));
     };
+    let (reports, _) = super::stats::zone_reports(&st, &mesh, &headers).await?;
     let items: Vec<Value> = instances
         .iter()
-        .map(|i| json!({"dataplane": i.dataplane, "zone": i.zone, "address": i.address}))
+        .map(|i| {
+            let report = reports
+                .iter()
+                .find(|r| r.zone == i.zone)
+                .map(|r| r.out_endpoints.as_slice());
+            let health = instance_health::health(&name, &i.address, &i.ports, i.zone, report);
+            json!({"dataplane": i.dataplane, "zone": i.zone, "address": i.address,
+                   "ports": i.ports, "health": health})
+        })
         .collect();
+    let mut policies = Vec::new();
+    for t in causeway_api::types() {
+        if t.scope == Scope::Mesh && matches!(t.role, Role::Policy(_)) {
+            policies.extend(
+                st.store
+                    .list(t.kind, &mesh, &[], None, MAX_DATAPLANES)?
+                    .items,
+            );
+        }
+    }
+    let policies = super::service_policies::policies_for(&name, &dps, &policies);
     Ok(Json(
-        json!({"service": name, "mesh": mesh, "instances": items}),
+        json!({"service": name, "mesh": mesh, "instances": items, "policies": policies}),
     ))
 }
 
@@ -84,6 +109,8 @@ pub(super) struct Instance<'a> {
     /// The zone that registered it (`global` for one written through this API).
     pub zone: &'a str,
     pub address: String,
+    /// Its inbound ports for the service.
+    pub ports: Vec<u16>,
 }
 
 /// Services by name, each with its instances in Dataplane name order. A Dataplane
@@ -94,19 +121,17 @@ pub(super) fn services(dps: &[Resource]) -> BTreeMap<String, Vec<Instance<'_>>> 
         let Ok(spec) = serde_json::from_value::<DataplaneSpec>(dp.spec.clone()) else {
             continue;
         };
-        let mut seen: Vec<&str> = Vec::new();
+        let mut mine: BTreeMap<&str, Vec<u16>> = BTreeMap::new();
         for inbound in &spec.inbound {
-            if seen.contains(&inbound.service.as_str()) {
-                continue;
-            }
-            seen.push(&inbound.service);
-            out.entry(inbound.service.clone())
-                .or_default()
-                .push(Instance {
-                    dataplane: &dp.name,
-                    zone: dp.origin.as_deref().unwrap_or("global"),
-                    address: spec.address.clone(),
-                });
+            mine.entry(&inbound.service).or_default().push(inbound.port);
+        }
+        for (service, ports) in mine {
+            out.entry(service.to_string()).or_default().push(Instance {
+                dataplane: &dp.name,
+                zone: dp.origin.as_deref().unwrap_or("global"),
+                address: spec.address.clone(),
+                ports,
+            });
         }
     }
     out
@@ -144,5 +169,10 @@ mod tests {
         let backend: Vec<(&str, &str)> =
             s["backend"].iter().map(|i| (i.dataplane, i.zone)).collect();
         assert_eq!(backend, [("backend-1", "zone-a"), ("backend-2", "zone-b")]);
+        assert_eq!(
+            s["backend"][0].ports,
+            [8000, 8001],
+            "one instance, both its ports"
+        );
     }
 }

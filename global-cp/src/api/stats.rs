@@ -40,15 +40,7 @@ pub(super) async fn mesh_stats(
         .map_err(|e| ApiError::bad("window", e))?;
     let by = By::parse(q.by.as_deref().unwrap_or("service")).map_err(|e| ApiError::bad("by", e))?;
     require_mesh(&st, &mesh)?;
-    let mut reports = st
-        .kds
-        .as_ref()
-        .map(|k| k.zone_stats(&mesh))
-        .unwrap_or_default();
-    let mut missing = BTreeMap::new();
-    if !headers.contains_key(FORWARDED_HEADER) {
-        gather_from_peers(&st, &mesh, &headers, &mut reports, &mut missing).await?;
-    }
+    let (mut reports, missing) = zone_reports(&st, &mesh, &headers).await?;
     if q.raw {
         let json = serde_json::to_vec(&reports).expect("reports serialize");
         return Ok(json_bytes(StatusCode::OK, json));
@@ -76,6 +68,26 @@ pub(super) async fn mesh_stats(
 
 /// Adds the reports of connected zones that other nodes serve, asking each such node
 /// once; a zone whose report could not be had goes to `missing` with the reason.
+/// The last report of every zone for `mesh`: the ones connected to this node, and (on a
+/// request not forwarded already) the others' from the nodes they are connected to.
+/// Zones whose report could not be had are in the second part, with why.
+pub(super) async fn zone_reports(
+    st: &ApiState,
+    mesh: &str,
+    headers: &HeaderMap,
+) -> ApiResult<(Vec<ZoneReport>, BTreeMap<String, String>)> {
+    let mut reports = st
+        .kds
+        .as_ref()
+        .map(|k| k.zone_stats(mesh))
+        .unwrap_or_default();
+    let mut missing = BTreeMap::new();
+    if !headers.contains_key(FORWARDED_HEADER) {
+        gather_from_peers(st, mesh, headers, &mut reports, &mut missing).await?;
+    }
+    Ok((reports, missing))
+}
+
 async fn gather_from_peers(
     st: &ApiState,
     mesh: &str,
