@@ -237,7 +237,9 @@ pub(crate) enum DataplaneTokenCmd {
         mesh: String,
         #[arg(long)]
         service: String,
-        /// How long the token is valid, e.g. 24h (default 8760h).
+        /// How long the token is valid, e.g. 24h (default 168h). It starts the proxy:
+        /// while connected, the proxy's zone renews it (and the proxy writes each
+        /// renewal over its token file), so a running proxy outlives it.
         #[arg(long)]
         valid_for: Option<String>,
         /// Write the token to this file (mode 0600) instead of standard output.
@@ -414,7 +416,9 @@ pub(crate) enum IngressTokenCmd {
     Create {
         #[arg(long)]
         zone: String,
-        /// How long the token is valid, e.g. 24h (default 8760h).
+        /// How long the token is valid, e.g. 24h (default 168h). It starts the proxy:
+        /// while connected, the proxy's zone renews it (and the proxy writes each
+        /// renewal over its token file), so a running proxy outlives it.
         #[arg(long)]
         valid_for: Option<String>,
         /// Write the token to this file (mode 0600) instead of standard output.

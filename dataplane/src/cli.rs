@@ -24,7 +24,10 @@ pub fn control_plane(
             format!("https://{cp}")
         },
         ca_pem: read(cp_ca_file, "--cp-ca-file")?,
-        token: read(token_file, "--token-file")?.trim().to_string(),
+        token: crate::cp::Token::new(
+            read(token_file, "--token-file")?.trim().to_string(),
+            Some(token_file.clone()),
+        ),
     })
 }
 

@@ -29,7 +29,56 @@ pub struct ControlPlane {
     pub addr: String,
     /// The zone API CA (the zone's `api-ca.pem`).
     pub ca_pem: String,
-    pub token: String,
+    pub token: Arc<Token>,
+}
+
+/// The proxy's token: the one it started with until its zone renews it, then each
+/// renewal (see `causeway_pki::dataplane_token`). A renewal is also written over the
+/// token file, so a restart after the first token expired still gets in.
+pub struct Token {
+    current: std::sync::Mutex<String>,
+    file: Option<std::path::PathBuf>,
+}
+
+impl Token {
+    /// `token`, read from `file` (where renewals go), if any.
+    pub fn new(token: String, file: Option<std::path::PathBuf>) -> Arc<Token> {
+        Arc::new(Token {
+            current: std::sync::Mutex::new(token),
+            file,
+        })
+    }
+
+    /// The token to present now.
+    pub fn get(&self) -> String {
+        self.current.lock().expect("token lock").clone()
+    }
+
+    /// Takes a renewal from the zone, and writes it over the token file.
+    async fn renewed(&self, token: String, expires_unix: i64) {
+        if token.is_empty() || *self.current.lock().expect("token lock") == token {
+            return;
+        }
+        *self.current.lock().expect("token lock") = token.clone();
+        let Some(file) = self.file.clone() else {
+            return;
+        };
+        let written = tokio::task::spawn_blocking({
+            let file = file.clone();
+            move || causeway_pki::write_private(&file, &format!("{token}\n"))
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {
+                tracing::info!(file = %file.display(), expires_unix, "the zone renewed the token; written over the token file")
+            }
+            Ok(Err(e)) => tracing::warn!(
+                file = %file.display(), error = %e,
+                "the zone renewed the token but it cannot be written over the token file: a restart after the first token expires needs a new one"
+            ),
+            Err(e) => tracing::warn!(error = %e, "writing the renewed token"),
+        }
+    }
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -67,7 +116,7 @@ impl ControlPlane {
         let csr = causeway_pki::generate_csr("causeway-dataplane")?;
         let resp = DdsClient::new(self.channel().await?)
             .sign(SignRequest {
-                token: self.token.clone(),
+                token: self.token.get(),
                 csr_pem: csr.csr_pem,
                 dataplane: dataplane.to_owned(),
             })
@@ -181,7 +230,7 @@ impl ControlPlane {
     {
         let (up, rx) = mpsc::channel(4);
         let mut hello = ProxyHello {
-            token: self.token.clone(),
+            token: self.token.get(),
             ..ProxyHello::default()
         };
         match registration {
@@ -241,8 +290,13 @@ impl ControlPlane {
                     continue;
                 }
             };
-            let Some(control_message::Msg::Config(snap)) = msg.msg else {
-                continue;
+            let snap = match msg.msg {
+                Some(control_message::Msg::Config(snap)) => snap,
+                Some(control_message::Msg::RenewedToken(t)) => {
+                    self.token.renewed(t.token, t.expires_unix).await;
+                    continue;
+                }
+                None => continue,
             };
             let reply = match serde_json::from_slice::<T>(&snap.json) {
                 Ok(cfg) => {

@@ -637,9 +637,9 @@ impl Session {
             .revoked_proxy_tokens(now_unix())
             .unwrap_or_default()
             .into_iter()
-            .map(|t| RevokedToken {
+            .map(|(t, until)| RevokedToken {
                 id: t.id,
-                expires_unix: t.expires_unix,
+                expires_unix: until,
             })
             .collect();
         Trust {

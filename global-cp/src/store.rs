@@ -850,13 +850,26 @@ impl Store {
         Ok(out)
     }
 
-    /// The revoked dataplane and ingress tokens that have not expired yet (an expired
-    /// token is refused anyway): what every zone must refuse.
-    pub fn revoked_proxy_tokens(&self, now_unix: i64) -> Result<Vec<ProxyTokenRecord>, StoreError> {
-        let mut all: Vec<ProxyTokenRecord> =
+    /// The revoked dataplane and ingress tokens that zones must still refuse, each with
+    /// until when (`causeway_pki::dataplane_token::refused_until`: past its expiry while
+    /// zones may hold renewals of it).
+    pub fn revoked_proxy_tokens(
+        &self,
+        now_unix: i64,
+    ) -> Result<Vec<(ProxyTokenRecord, i64)>, StoreError> {
+        let all: Vec<ProxyTokenRecord> =
             self.meta_prefix(KEY_REVOKED_PROXY_TOKEN_PREFIX, "revoked proxy token")?;
-        all.retain(|t| t.expires_unix > now_unix);
-        Ok(all)
+        Ok(all
+            .into_iter()
+            .map(|t| {
+                let until = causeway_pki::dataplane_token::refused_until(
+                    t.expires_unix,
+                    t.revoked_unix.unwrap_or(t.expires_unix),
+                );
+                (t, until)
+            })
+            .filter(|(_, until)| *until > now_unix)
+            .collect())
     }
 
     /// The join tokens issued for node `node`, oldest first.

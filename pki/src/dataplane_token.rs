@@ -3,7 +3,15 @@
 //! to one mesh and one service: a zone control plane signs a workload certificate only for
 //! the service its token names. An ingress token is bound to one zone and grants no
 //! certificate at all: an ingress forwards TLS it cannot read. Zones hold the public key
-//! only (sent over KDS), so a zone can verify tokens but never mint one.
+//! only (sent over KDS), so a zone can verify tokens but never mint one for another
+//! zone.
+//!
+//! A token is a bootstrap credential with a lifetime of days. A proxy connected to its
+//! zone gets it renewed ([`renewed`]): the zone signs the same claims (same id, so a
+//! revocation still reaches them) with its own Ed25519 key, valid for
+//! [`RENEWED_TOKEN_TTL_SECS`], again every [`RENEW_TOKEN_EVERY_SECS`] while the proxy
+//! stays connected. Only that zone accepts them ([`verify_with_any`] with global's key
+//! and its own).
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -99,6 +107,76 @@ pub fn verify_ingress(
     Ok(claims)
 }
 
+/// How long a token a zone renewed lasts: a proxy that has not reached its zone for this
+/// long needs a new token from global.
+pub const RENEWED_TOKEN_TTL_SECS: i64 = 7 * 24 * 3600;
+/// How often a zone renews the token of a proxy connected to it.
+pub const RENEW_TOKEN_EVERY_SECS: i64 = 24 * 3600;
+
+/// How long past its revocation a revoked token is still refused by name, when that is
+/// later than its own expiry: renewals made before the revocation reached a zone live
+/// up to [`RENEWED_TOKEN_TTL_SECS`]; the rest is for zones cut off from global.
+pub const REVOCATION_HORIZON_SECS: i64 = 4 * RENEWED_TOKEN_TTL_SECS;
+
+/// Until when zones must refuse a token that expires at `exp` and was revoked at
+/// `revoked_unix`.
+pub fn refused_until(exp: i64, revoked_unix: i64) -> i64 {
+    exp.max(revoked_unix + REVOCATION_HORIZON_SECS)
+}
+
+/// Claims a zone can renew: dataplane and ingress tokens'.
+pub trait Renewable: Clone {
+    /// The token's id, which its revocation names.
+    fn id(&self) -> &str;
+    /// When it expires, Unix seconds.
+    fn exp(&self) -> i64;
+    fn set_times(&mut self, iat: i64, exp: i64);
+}
+
+/// Both kinds of claims carry `id`, `iat` and `exp`.
+macro_rules! renewable {
+    ($claims:ty) => {
+        impl Renewable for $claims {
+            fn id(&self) -> &str {
+                &self.id
+            }
+            fn exp(&self) -> i64 {
+                self.exp
+            }
+            fn set_times(&mut self, iat: i64, exp: i64) {
+                (self.iat, self.exp) = (iat, exp);
+            }
+        }
+    };
+}
+renewable!(DataplaneTokenClaims);
+renewable!(IngressTokenClaims);
+
+/// `claims` renewed at `now`: the same grant, issued now, for
+/// [`RENEWED_TOKEN_TTL_SECS`].
+pub fn renewed<T: Renewable>(claims: &T, now: i64) -> T {
+    let mut c = claims.clone();
+    c.set_times(now, now + RENEWED_TOKEN_TTL_SECS);
+    c
+}
+
+/// Checks a token with `verify` against each of `public_keys` in turn (global's, then a
+/// zone's renewal key): the first key whose signature matches decides.
+pub fn verify_with_any<T>(
+    verify: impl Fn(&str, &str, i64) -> Result<T, DataplaneTokenError>,
+    public_keys: &[&str],
+    token: &str,
+    now: i64,
+) -> Result<T, DataplaneTokenError> {
+    for key in public_keys {
+        match verify(key, token, now) {
+            Err(DataplaneTokenError::BadSignature) => continue,
+            decided => return decided,
+        }
+    }
+    Err(DataplaneTokenError::BadSignature)
+}
+
 fn sign<T: Serialize>(
     prefix: &str,
     key_hex: &str,
@@ -185,6 +263,52 @@ mod tests {
         for bad in ["", "cwd1.a", "cwz1.a.b", "cwd1.a.b.c"] {
             assert!(verify(&public, bad, 50).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_zone_renews_a_token_that_only_it_accepts_with_the_same_grant() {
+        let global = generate_key().unwrap();
+        let zone = generate_key().unwrap();
+        let other_zone = generate_key().unwrap();
+        let claims = DataplaneTokenClaims {
+            mesh: "default".into(),
+            service: "backend".into(),
+            id: "t1".into(),
+            iat: 10,
+            exp: 100,
+        };
+        let original = create(&global, &claims).unwrap();
+        let now = 1_000;
+        let renewed_claims = renewed(&claims, now);
+        assert_eq!(
+            (renewed_claims.iat, renewed_claims.exp),
+            (now, now + RENEWED_TOKEN_TTL_SECS)
+        );
+        let renewal = create(&zone, &renewed_claims).unwrap();
+        let keys = [public_key(&global).unwrap(), public_key(&zone).unwrap()];
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        // The original has expired; the renewal carries the same grant and id.
+        assert_eq!(
+            verify_with_any(verify, &keys, &original, now),
+            Err(DataplaneTokenError::Expired(100))
+        );
+        let got = verify_with_any(verify, &keys, &renewal, now).unwrap();
+        assert_eq!((got.id.as_str(), got.service.as_str()), ("t1", "backend"));
+        // Another zone does not take it.
+        let elsewhere = [
+            public_key(&global).unwrap(),
+            public_key(&other_zone).unwrap(),
+        ];
+        let elsewhere: Vec<&str> = elsewhere.iter().map(String::as_str).collect();
+        assert_eq!(
+            verify_with_any(verify, &elsewhere, &renewal, now),
+            Err(DataplaneTokenError::BadSignature)
+        );
+        // And it expires in its turn.
+        assert_eq!(
+            verify_with_any(verify, &keys, &renewal, now + RENEWED_TOKEN_TTL_SECS),
+            Err(DataplaneTokenError::Expired(now + RENEWED_TOKEN_TTL_SECS))
+        );
     }
 
     #[test]

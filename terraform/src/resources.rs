@@ -273,7 +273,7 @@ fn token_attrs(inputs: &[(&str, &str)]) -> Vec<Attr> {
             "valid_for",
             TfType::String,
             Mode::Optional,
-            "Lifetime (Go-style duration, default `8760h`). Changing it issues a new token.",
+            "Lifetime (Go-style duration, default `168h`; a connected proxy's zone renews it). Changing it issues a new token.",
         ),
         Attr::new("id", TfType::String, Mode::Computed, "The token's id."),
         Attr::new(

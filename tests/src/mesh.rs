@@ -186,11 +186,22 @@ impl MeshFixture {
         dataplane: Value,
         extra_args: &[&str],
     ) -> anyhow::Result<(Proc, SocketAddr)> {
+        let token = self.token(service).await?;
+        self.sidecar_with_token(dataplane, &token, extra_args).await
+    }
+
+    /// [`MeshFixture::sidecar_with`] presenting the token in `token` (a file the sidecar
+    /// writes renewals over).
+    pub async fn sidecar_with_token(
+        &self,
+        dataplane: Value,
+        token: &std::path::Path,
+        extra_args: &[&str],
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
         let name = dataplane["name"].as_str().context("name")?.to_string();
         let admin = free_addr();
         let file = self.dir.join(format!("{name}.json"));
         std::fs::write(&file, serde_json::to_vec(&dataplane)?)?;
-        let token = self.token(service).await?;
         let args: Vec<String> = vec![
             "dataplane".into(),
             "--cp".into(),

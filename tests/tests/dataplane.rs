@@ -2002,6 +2002,128 @@ async fn a_dataplane_name_belongs_to_its_service_and_its_live_sidecar() -> anyho
     Ok(())
 }
 
+/// A token starts a proxy; its zone renews it while the proxy is connected, so the proxy
+/// outlives it: after the token it started with has expired, the sidecar restarts from
+/// the renewal written over its token file, registers, gets its certificate and serves.
+/// Revoking the token's id refuses its renewals too. Tokens last a week by default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_outlives_its_token_through_its_zones_renewals() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    put(&fx.c, "/meshes/default/meshtrafficpermissions/all", &json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "all",
+        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}})).await?;
+
+    // The default lifetime is a week.
+    let (s, v) =
+        fx.c.call_retry(
+            Method::POST,
+            "/meshes/default/dataplane-token",
+            Some(&json!({"service": "backend"})),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let expires = time::OffsetDateTime::parse(
+        v["expiresAt"].as_str().context("expiresAt")?,
+        &time::format_description::well_known::Rfc3339,
+    )?;
+    let week = expires - time::OffsetDateTime::now_utc();
+    assert!(
+        week > time::Duration::hours(167) && week <= time::Duration::hours(168),
+        "default lifetime {week}"
+    );
+
+    // A token for a minute, the shortest there is.
+    let (s, v) =
+        fx.c.call_retry(
+            Method::POST,
+            "/meshes/default/dataplane-token",
+            Some(&json!({"service": "backend", "validFor": "1m"})),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let original = v["token"].as_str().context("token")?.to_string();
+    let id = v["id"].as_str().context("id")?.to_string();
+    let token_file = fx.dir.join("backend-short.token");
+    std::fs::write(&token_file, &original)?;
+    let app = free_addr();
+    let _app = fx.app("backend-1", "backend", app, false)?;
+    let (backend, _) = fx
+        .sidecar_with_token(
+            dataplane(
+                "backend-1",
+                "backend",
+                free_addr().port(),
+                app.port(),
+                "http",
+                &[],
+            ),
+            &token_file,
+            &[],
+        )
+        .await?;
+    let (_web, _, out) = fx.web_calling("backend").await?;
+    eventually("a call through both sidecars", WAIT, || async {
+        (answering(out, 1).await? == instances(&["backend-1"])).then_some(())
+    })
+    .await?;
+    // The zone's renewal, written over the token file (0600).
+    let renewed = eventually("the renewed token in the file", WAIT, || async {
+        let t = std::fs::read_to_string(&token_file).ok()?;
+        let t = t.trim().to_string();
+        (t.starts_with("cwd1.") && t != original.trim()).then_some(t)
+    })
+    .await?;
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&token_file)?.permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Once the first token has expired, it gets nothing; the renewal still does.
+    let refused = eventually(
+        "the first token expired",
+        Duration::from_secs(90),
+        || async { fx.sign_with(&original).await.ok()?.err() },
+    )
+    .await?;
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().contains("expired"), "{refused:?}");
+    anyhow::ensure!(
+        fx.sign_with(&renewed).await?.is_ok(),
+        "the renewed token gets a certificate"
+    );
+    // The sidecar restarts from its token file: registered, certified, serving.
+    backend.kill();
+    eventually("backend-1 gone", WAIT, || async {
+        (answering(out, 1).await? != instances(&["backend-1"])).then_some(())
+    })
+    .await?;
+    backend.restart()?;
+    eventually(
+        "backend-1 serving again after a restart past its first token",
+        WAIT,
+        || async { (answering(out, 1).await? == instances(&["backend-1"])).then_some(()) },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}{}", backend.logs()))?;
+
+    // Revoked by id (though it has expired): its renewals are refused too.
+    let (s, v) =
+        fx.c.call_retry(
+            Method::DELETE,
+            &format!("/meshes/default/dataplane-tokens/{id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let refused = eventually("the renewal refused", WAIT, || async {
+        fx.sign_with(&renewed).await.ok()?.err()
+    })
+    .await?;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("revoked"), "{refused:?}");
+    Ok(())
+}
+
 /// Dataplane and ingress tokens can be listed and revoked. Once revoked (through global,
 /// sent to the zone over KDS), a token registers nothing, gets no certificate, and the
 /// stream it opened is ended; a new token of the same service works.

@@ -12,8 +12,8 @@ use std::time::Duration;
 use causeway_api::inspect::{ConfigReply, ProxyReport};
 use causeway_api::kds::dds::dds_server::{Dds, DdsServer};
 use causeway_api::kds::dds::{
-    ConfigSnapshot, ControlMessage, ProxyMessage, SignRequest, SignResponse, control_message,
-    proxy_message,
+    ConfigSnapshot, ControlMessage, ProxyMessage, RenewedToken, SignRequest, SignResponse,
+    control_message, proxy_message,
 };
 use causeway_api::{
     DataplaneSpec, DrillMode, MeshSpec, Resource, ResourceKey, SERVICE_TAG, ZONE_TAG,
@@ -90,10 +90,13 @@ impl DdsService {
                     "this zone has not received the dataplane token key from global yet; retry",
                 )
             })?;
-        let claims = dataplane_token::verify(&key, token, now_unix()).map_err(|e| {
-            tracing::warn!(reason = %e, "refused a dataplane token");
-            Status::unauthenticated(e.to_string())
-        })?;
+        let keys = [key.as_str(), self.shared.token_renewal.1.as_str()];
+        let claims =
+            dataplane_token::verify_with_any(dataplane_token::verify, &keys, token, now_unix())
+                .map_err(|e| {
+                    tracing::warn!(reason = %e, "refused a dataplane token");
+                    Status::unauthenticated(e.to_string())
+                })?;
         self.not_revoked("dataplane", &claims.id)?;
         Ok(claims)
     }
@@ -113,7 +116,14 @@ impl DdsService {
                     "this zone has not received the token key from global yet; retry",
                 )
             })?;
-        let claims = dataplane_token::verify_ingress(&key, token, now_unix()).map_err(|e| {
+        let keys = [key.as_str(), self.shared.token_renewal.1.as_str()];
+        let claims = dataplane_token::verify_with_any(
+            dataplane_token::verify_ingress,
+            &keys,
+            token,
+            now_unix(),
+        )
+        .map_err(|e| {
             tracing::warn!(reason = %e, "refused an ingress token");
             Status::unauthenticated(e.to_string())
         })?;
@@ -404,6 +414,13 @@ impl Dds for DdsService {
         );
         tracing::info!(dataplane = %key, "proxy connected");
         let (tx, rx) = mpsc::channel(4);
+        renew_token(
+            self.shared.clone(),
+            "dataplane",
+            claims.clone(),
+            dataplane_token::create,
+            tx.clone(),
+        );
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let end = serve_proxy(&shared, &key, stream_id, &claims.id, inbound, &tx).await;
@@ -454,6 +471,13 @@ impl Dds for DdsService {
         );
         tracing::info!(ingress = %key, token_id = %claims.id, ?peer, "zone ingress connected");
         let (tx, rx) = mpsc::channel(4);
+        renew_token(
+            self.shared.clone(),
+            "ingress",
+            claims.clone(),
+            dataplane_token::create_ingress,
+            tx.clone(),
+        );
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let end = serve_ingress(&shared, &key, stream_id, &claims.id, inbound, &tx).await;
@@ -465,6 +489,48 @@ impl Dds for DdsService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Sends a proxy its token renewed by this zone (see `causeway_pki::dataplane_token`):
+/// now, and again every `RENEW_TOKEN_EVERY_SECS` while its stream lives and its token
+/// is not revoked. The renewal keeps the grant and id of the token the proxy presented,
+/// so the token it started with may expire while it runs, restarts or reconnects.
+fn renew_token<C>(
+    shared: Arc<Shared>,
+    kind: &'static str,
+    claims: C,
+    mint: fn(&str, &C) -> Result<String, dataplane_token::DataplaneTokenError>,
+    tx: mpsc::Sender<Result<ControlMessage, Status>>,
+) where
+    C: dataplane_token::Renewable + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            if not_revoked(&shared, kind, claims.id()).is_err() {
+                return;
+            }
+            let renewed = dataplane_token::renewed(&claims, now_unix());
+            let expires_unix = renewed.exp();
+            match mint(&shared.token_renewal.0, &renewed) {
+                Ok(token) => {
+                    let msg = ControlMessage {
+                        msg: Some(control_message::Msg::RenewedToken(RenewedToken {
+                            token,
+                            expires_unix,
+                        })),
+                    };
+                    if tx.send(Ok(msg)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => tracing::error!(kind, error = %e, "cannot renew a proxy's token"),
+            }
+            tokio::time::sleep(Duration::from_secs(
+                dataplane_token::RENEW_TOKEN_EVERY_SECS as u64,
+            ))
+            .await;
+        }
+    });
 }
 
 /// A ZoneIngress as the zone registers it: validated, in this zone, and with the

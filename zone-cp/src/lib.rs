@@ -112,6 +112,9 @@ pub(crate) struct Shared {
     pub(crate) metrics: metrics::Metrics,
     /// The golden signals the zone's sidecars report, reported up to global.
     pub(crate) signals: Mutex<causeway_api::stats::Aggregator>,
+    /// The key this zone renews its proxies' tokens with (private, PKCS#8 hex) and its
+    /// public half (hex), which verifies them.
+    pub(crate) token_renewal: (String, String),
 }
 
 impl Shared {
@@ -263,6 +266,9 @@ impl Zone {
                 "--dds-addr noted; dataplanes register through the zone API until DDS lands"
             );
         }
+        let renewal_key = store.token_renewal_key()?;
+        let renewal_public = causeway_pki::dataplane_token::public_key(&renewal_key)
+            .context("the zone's token renewal key")?;
         let revision = store.revision()?;
         let (revision_tx, _) = watch::channel(revision);
         let shared = Arc::new(Shared {
@@ -278,6 +284,7 @@ impl Zone {
             last_push_ms: AtomicI64::new(0),
             metrics: metrics::Metrics::default(),
             signals: Mutex::default(),
+            token_renewal: (renewal_key, renewal_public),
         });
         let api_handle = axum_server::Handle::new();
         let (tokens, ca) =

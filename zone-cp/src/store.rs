@@ -25,6 +25,7 @@ const KEY_IDENTITY: &[u8] = b"identity";
 /// identity: its zone token is single use, and only a retry with the same key gets a
 /// certificate after an answer lost on the way.
 const KEY_ENROLLMENT_KEY: &[u8] = b"enrollment-key";
+const KEY_TOKEN_RENEWAL_KEY: &[u8] = b"token-renewal-key";
 const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
 const KEY_TRUST: &[u8] = b"trust";
 const KEY_REVOKED_CAS: &[u8] = b"revoked_cas";
@@ -55,6 +56,8 @@ pub enum StoreError {
         what: &'static str,
         source: SealError,
     },
+    #[error("generating the zone's {what}: {reason}")]
+    Generate { what: &'static str, reason: String },
 }
 
 fn corrupt(what: &'static str, e: impl std::fmt::Display) -> StoreError {
@@ -523,6 +526,29 @@ impl Store {
             &synced(),
         )?;
         Ok(())
+    }
+
+    /// The Ed25519 key (PKCS#8 hex) this zone renews its proxies' tokens with: created
+    /// (sealed, synced) on first use, the same across restarts so renewed tokens stay
+    /// valid.
+    pub fn token_renewal_key(&self) -> Result<String, StoreError> {
+        if let Some(sealed) =
+            self.meta_json::<String>(KEY_TOKEN_RENEWAL_KEY, "token renewal key")?
+        {
+            return self.open_key("token renewal key", sealed);
+        }
+        let key =
+            causeway_pki::dataplane_token::generate_key().map_err(|e| StoreError::Generate {
+                what: "token renewal key",
+                reason: e.to_string(),
+            })?;
+        self.db.put_cf_opt(
+            self.cf(CF_META),
+            KEY_TOKEN_RENEWAL_KEY,
+            serde_json::to_vec(&self.sealer.seal(&key)).expect("encodes"),
+            &synced(),
+        )?;
+        Ok(key)
     }
 
     /// Marks (or unmarks) a Dataplane as registered by a live sidecar stream.

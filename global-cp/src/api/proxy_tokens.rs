@@ -2,6 +2,9 @@
 //! recorded through Raft, never stored), listed, and revoked. A revocation is sent to
 //! every zone over KDS (`Trust.revoked_tokens`); zones then refuse the token's next
 //! registration and certificate, and end the live streams of proxies that used it.
+//!
+//! A proxy's zone renews its token while it is connected, so a token past its expiry
+//! may still be in use through its renewals: revocations take expired tokens too.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -12,7 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::zones::{
-    CreateToken, check_zone_name, now_unix, require_mesh, token_issued, token_validity,
+    CreateToken, PROXY_TOKEN_VALIDITY, check_zone_name, now_unix, require_mesh, token_issued,
+    token_validity,
 };
 use super::{ApiError, ApiResult, ApiState};
 use crate::command::{ApplyError, Command, ProxyTokenKind, ProxyTokenRecord};
@@ -46,7 +50,7 @@ async fn record(st: &ApiState, t: ProxyTokenRecord) -> ApiResult<()> {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub(super) struct CreateDataplaneToken {
     service: String,
-    /// Go-style duration; default 8760h.
+    /// Go-style duration; default 168h.
     valid_for: Option<String>,
 }
 
@@ -60,7 +64,7 @@ pub(super) async fn create_dataplane_token(
     let req: CreateDataplaneToken =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?;
     causeway_api::check_service_name(&req.service).map_err(|e| ApiError::bad("service", e))?;
-    let valid_for = token_validity(req.valid_for.as_deref())?;
+    let valid_for = token_validity(req.valid_for.as_deref(), PROXY_TOKEN_VALIDITY)?;
     st.raft.read_barrier().await?;
     require_mesh(&st, &mesh)?;
     let signing_key = token_signing_key(&st)?;
@@ -104,7 +108,7 @@ pub(super) async fn create_ingress_token(
     body: Bytes,
 ) -> ApiResult<Response> {
     check_zone_name(&zone)?;
-    let valid_for = CreateToken::valid_for(&body)?;
+    let valid_for = CreateToken::valid_for(&body, PROXY_TOKEN_VALIDITY)?;
     let signing_key = token_signing_key(&st)?;
     let now = now_unix();
     let claims = causeway_pki::dataplane_token::IngressTokenClaims {
@@ -218,7 +222,7 @@ pub(super) async fn list_ingress_tokens(
     ))
 }
 
-/// Revokes the live tokens that match; 404 when there is none.
+/// Revokes the unrevoked tokens that match; 404 when there is none.
 async fn revoke(
     st: &ApiState,
     what: String,
@@ -249,22 +253,26 @@ pub(super) async fn revoke_dataplane_token(
     State(st): State<ApiState>,
     Path((mesh, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
-    let f = TokenFilter::default();
+    let f = TokenFilter {
+        expired: true,
+        ..TokenFilter::default()
+    };
     let keep = scoped(ProxyTokenKind::Dataplane, &mesh, &f);
     revoke(
         &st,
-        format!("live dataplane token {id:?} in mesh {mesh:?}"),
+        format!("unrevoked dataplane token {id:?} in mesh {mesh:?}"),
         |t| t.id == id && keep(t),
     )
     .await
 }
 
-/// `DELETE /meshes/{mesh}/dataplane-tokens?service=S`: every live token of a service.
+/// `DELETE /meshes/{mesh}/dataplane-tokens?service=S`: every unrevoked token of a service.
 pub(super) async fn revoke_service_tokens(
     State(st): State<ApiState>,
     Path(mesh): Path<String>,
-    Query(f): Query<TokenFilter>,
+    Query(mut f): Query<TokenFilter>,
 ) -> ApiResult<Json<Value>> {
+    f.expired = true;
     let Some(service) = f.service.clone() else {
         return Err(ApiError::bad(
             "service",
@@ -273,7 +281,7 @@ pub(super) async fn revoke_service_tokens(
     };
     revoke(
         &st,
-        format!("live dataplane tokens of service {service:?} in mesh {mesh:?}"),
+        format!("unrevoked dataplane tokens of service {service:?} in mesh {mesh:?}"),
         scoped(ProxyTokenKind::Dataplane, &mesh, &f),
     )
     .await
@@ -285,26 +293,32 @@ pub(super) async fn revoke_ingress_token(
     Path((zone, id)): Path<(String, String)>,
 ) -> ApiResult<Json<Value>> {
     check_zone_name(&zone)?;
-    let f = TokenFilter::default();
+    let f = TokenFilter {
+        expired: true,
+        ..TokenFilter::default()
+    };
     let keep = scoped(ProxyTokenKind::Ingress, &zone, &f);
     revoke(
         &st,
-        format!("live ingress token {id:?} of zone {zone:?}"),
+        format!("unrevoked ingress token {id:?} of zone {zone:?}"),
         |t| t.id == id && keep(t),
     )
     .await
 }
 
-/// `DELETE /zones/{name}/ingress-tokens`: every live ingress token of the zone.
+/// `DELETE /zones/{name}/ingress-tokens`: every unrevoked ingress token of the zone.
 pub(super) async fn revoke_all_ingress_tokens(
     State(st): State<ApiState>,
     Path(zone): Path<String>,
 ) -> ApiResult<Json<Value>> {
     check_zone_name(&zone)?;
-    let f = TokenFilter::default();
+    let f = TokenFilter {
+        expired: true,
+        ..TokenFilter::default()
+    };
     revoke(
         &st,
-        format!("live ingress tokens of zone {zone:?}"),
+        format!("unrevoked ingress tokens of zone {zone:?}"),
         scoped(ProxyTokenKind::Ingress, &zone, &f),
     )
     .await

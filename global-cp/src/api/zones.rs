@@ -17,7 +17,11 @@ use causeway_api::timestamp::rfc3339;
 
 /// Default lifetime of a zone token: long enough to set a zone up and re-enroll it if
 /// its data dir is lost; revoke it to cut the zone off.
-const DEFAULT_TOKEN_VALIDITY: &str = "8760h";
+pub(super) const ZONE_TOKEN_VALIDITY: &str = "8760h";
+/// Default lifetime of a dataplane or ingress token: a week to start the proxy. Its zone
+/// renews it while the proxy is connected (`causeway_pki::dataplane_token`), so a
+/// running proxy outlives it.
+pub(super) const PROXY_TOKEN_VALIDITY: &str = "168h";
 
 pub(super) fn check_zone_name(name: &str) -> ApiResult<()> {
     if let Some(e) = causeway_api::validate_name("name", name).into_iter().next() {
@@ -30,10 +34,13 @@ pub(super) fn now_unix() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// A token's `validFor`: a Go-style duration of at least a minute, default a year.
-pub(super) fn token_validity(valid_for: Option<&str>) -> ApiResult<causeway_api::Duration> {
+/// A token's `validFor`: a Go-style duration of at least a minute, else `default`.
+pub(super) fn token_validity(
+    valid_for: Option<&str>,
+    default: &str,
+) -> ApiResult<causeway_api::Duration> {
     let d: causeway_api::Duration = valid_for
-        .unwrap_or(DEFAULT_TOKEN_VALIDITY)
+        .unwrap_or(default)
         .parse()
         .map_err(|e: causeway_api::DurationError| ApiError::bad("validFor", e.to_string()))?;
     if d.as_std().as_secs() < 60 {
@@ -50,14 +57,15 @@ pub(super) struct CreateToken {
 }
 
 impl CreateToken {
-    /// The lifetime a create request (an empty body, or `{"validFor": ...}`) asks for.
-    pub(super) fn valid_for(body: &[u8]) -> ApiResult<causeway_api::Duration> {
+    /// The lifetime a create request (an empty body, or `{"validFor": ...}`) asks for,
+    /// else `default`.
+    pub(super) fn valid_for(body: &[u8], default: &str) -> ApiResult<causeway_api::Duration> {
         let req: CreateToken = if body.iter().all(u8::is_ascii_whitespace) {
             CreateToken::default()
         } else {
             serde_json::from_slice(body).map_err(|e| ApiError::bad("", e.to_string()))?
         };
-        token_validity(req.valid_for.as_deref())
+        token_validity(req.valid_for.as_deref(), default)
     }
 }
 
@@ -68,7 +76,7 @@ pub(super) async fn create_token(
     body: Bytes,
 ) -> ApiResult<Response> {
     check_zone_name(&zone)?;
-    let valid_for = CreateToken::valid_for(&body)?;
+    let valid_for = CreateToken::valid_for(&body, ZONE_TOKEN_VALIDITY)?;
     let key = hex::decode(&st.secrets.zone_token_key)
         .ok()
         .filter(|k| !k.is_empty())
