@@ -46,6 +46,12 @@ pub struct CertificateReport {
     pub not_after: i64,
     /// When the proxy renews it, Unix seconds.
     pub renew_at: i64,
+    /// SHA-256 (DER, hex) of the intermediate CA that issued it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_sha256: Option<String>,
+    /// SHA-256 (DER, hex) of each root the proxy trusts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_sha256: Vec<String>,
 }
 
 /// The endpoints of one destination, as the proxy's balancer holds them.

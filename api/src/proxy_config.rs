@@ -32,6 +32,15 @@ pub struct ProxyConfig {
     /// contains one is refused, in every zone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub revoked_cas: Vec<String>,
+    /// The mesh's trusted roots (SHA-256 of the DER, hex): two during a root CA
+    /// rotation. A proxy whose trust bundle holds other roots renews its certificate at
+    /// once, which brings the current bundle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_roots: Vec<String>,
+    /// The zone's current intermediate CA of the mesh (SHA-256 of the DER, hex): a proxy
+    /// whose certificate another one issued renews it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     /// Where the proxy serves its metrics for Prometheus besides its admin address
     /// (MeshMetric's `Prometheus` backends), on its own address. Empty: the admin
     /// address only.

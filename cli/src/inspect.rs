@@ -314,6 +314,8 @@ mod tests {
                     identity: "spiffe://default/web".into(),
                     not_after: NOW_MS / 1000 + 86_400 + 3600,
                     renew_at: NOW_MS / 1000 + 3600,
+                    issuer_sha256: None,
+                    trusted_sha256: vec![],
                 }),
                 reported_unix_ms: NOW_MS - 1_000,
                 report_error: None,

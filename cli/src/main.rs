@@ -10,6 +10,7 @@ mod drill;
 mod global_cp;
 mod inspect;
 mod manual;
+mod mesh_ca;
 mod ops;
 mod stat;
 mod up;
@@ -65,6 +66,10 @@ enum Cmd {
     /// Run a zone ingress (`ingress --cp ... --token-file ... --name ... --listen ...`),
     /// or `ingress token create --zone Z`.
     Ingress(Box<zone::IngressCmd>),
+    /// A mesh's root CA: `ca status -m default`, and `ca rotate -m default` to move
+    /// every zone and sidecar to a new root without a failed request.
+    #[command(subcommand)]
+    Ca(mesh_ca::CaCmd),
     /// Mesh secrets, such as a provided CA's key: `secret set ca-key --from-file key.pem`.
     #[command(subcommand)]
     Secret(zone::SecretCmd),
@@ -208,6 +213,7 @@ fn main() {
                     Cmd::Zone(c) => zone::zone(&cli.conn, c).await,
                     Cmd::Inspect(c) => zone::inspect(&cli.conn, c).await,
                     Cmd::Secret(c) => zone::secret(&cli.conn, c).await,
+                    Cmd::Ca(c) => mesh_ca::ca(&cli.conn, c).await,
                     Cmd::Dataplane(d) => match d.cmd {
                         Some(zone::DataplaneSub::Token(t)) => zone::dataplane_token(&cli.conn, t).await,
                         Some(zone::DataplaneSub::InstallRedirect(a)) => {

@@ -40,6 +40,8 @@ pub struct Identity {
     pub renew_at: i64,
     /// SHA-256 of the issuing (zone intermediate) CA, hex.
     pub issuer_sha256: Option<String>,
+    /// SHA-256 of each root it trusts (the mesh's trust bundle), hex, sorted.
+    pub trusted_sha256: Vec<String>,
     revoked: Revoked,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
@@ -80,10 +82,13 @@ impl Identity {
             .ok_or_else(|| anyhow::anyhow!("the workload certificate has no SPIFFE id"))?;
         let mut roots = RootCertStore::empty();
         let mut anchors = Vec::new();
+        let mut trusted_sha256 = Vec::new();
         for c in causeway_pki::certs(trust_bundle_pem, "mesh trust bundle")? {
             anchors.push(webpki::anchor_from_trusted_cert(&c)?.to_owned());
+            trusted_sha256.push(causeway_pki::sha256_hex(&c));
             roots.add(c)?;
         }
+        trusted_sha256.sort();
         let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| anyhow::anyhow!("client verifier: {e}"))?;
@@ -102,6 +107,7 @@ impl Identity {
             not_after: info.not_after,
             renew_at,
             issuer_sha256: chain.get(1).map(|c| causeway_pki::sha256_hex(c)),
+            trusted_sha256,
             revoked,
             chain,
             key,

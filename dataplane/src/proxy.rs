@@ -368,6 +368,30 @@ impl Proxy {
         }
     }
 
+    /// Renews the certificate at once when the mesh's roots or the zone's intermediate CA
+    /// moved on (a root CA rotation, a renewed intermediate): the renewal brings a
+    /// certificate from the current intermediate and the current trust bundle.
+    fn follow_mesh_ca(&self, cfg: &ProxyConfig) {
+        let Some(id) = self.identity.borrow().clone() else {
+            return;
+        };
+        let mut want = cfg.trusted_roots.clone();
+        want.sort();
+        let roots_moved = !want.is_empty() && want != id.trusted_sha256;
+        let issuer_moved = cfg
+            .issuer
+            .as_ref()
+            .is_some_and(|i| id.issuer_sha256.as_ref() != Some(i));
+        if roots_moved || issuer_moved {
+            tracing::info!(
+                roots_moved,
+                issuer_moved,
+                "the mesh's CA moved on; renewing the workload certificate now"
+            );
+            self.renew_now.notify_one();
+        }
+    }
+
     /// Rebuilds balancers from a new config, keeping endpoint state, and starts or
     /// stops the endpoints' health checks to match it.
     pub(crate) fn update_balancers(self: &Arc<Self>, cfg: &ProxyConfig) {
@@ -606,6 +630,7 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
             proxy.access_logs.update(&cfg);
             proxy.traces.update(&cfg);
             proxy.update_revoked(&cfg).await;
+            proxy.follow_mesh_ca(&cfg);
             let mut want: Vec<(bool, String, u16)> = cfg
                 .inbounds
                 .iter()

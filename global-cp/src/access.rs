@@ -163,6 +163,13 @@ pub fn authorize(token: &ApiTokenRecord, write: bool, path: &str) -> Result<(), 
                 (Some("meshes"), Some(mesh), Some(rest)) if !rest.is_empty() => Some(mesh),
                 _ => None,
             };
+            // The mesh's root CA is the trust of every zone: admins rotate it.
+            if inside.is_some() && path.split('/').nth(3) == Some("ca") {
+                return Err(format!(
+                    "the token {:?} is a mesh editor: rotating a mesh's root CA is for admin tokens",
+                    token.name
+                ));
+            }
             match inside {
                 Some(mesh) if token.meshes.iter().any(|m| m == mesh) => Ok(()),
                 _ => Err(format!(
@@ -204,6 +211,9 @@ mod tests {
             (&editor, true, "/meshes/payments/meshtimeouts/t", true),
             (&editor, true, "/meshes/shop/secrets/ca-key", true),
             (&editor, true, "/meshes/shop/dataplane-token", true),
+            (&editor, false, "/meshes/shop/ca", true),
+            (&editor, true, "/meshes/shop/ca/rotate", false),
+            (&admin, true, "/meshes/shop/ca/rotate", true),
             (&editor, true, "/meshes/other/meshtimeouts/t", false),
             (&editor, true, "/meshes/payments", false),
             (&editor, true, "/meshes/payments/", false),

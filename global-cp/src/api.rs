@@ -25,6 +25,7 @@ use crate::store::{Store, StoreError};
 mod affected;
 mod api_tokens;
 mod joining;
+mod mesh_ca;
 mod overview;
 mod proxy_tokens;
 mod service_policies;
@@ -197,6 +198,8 @@ pub(crate) fn router(state: ApiState) -> Router {
             "/meshes/{mesh}/dataplanes/{name}/inspect",
             get(zones::inspect_dataplane),
         )
+        .route("/meshes/{mesh}/ca", get(mesh_ca::status))
+        .route("/meshes/{mesh}/ca/rotate", post(mesh_ca::rotate))
         .route(
             "/meshes/{mesh}/{plural}/{name}/affected",
             get(affected::affected),
@@ -1064,6 +1067,8 @@ pub fn openapi_document() -> Value {
     paths.insert("/overview".into(), json!({"get": {"summary": "What the web UI's overview shows: zones (online, KDS lag, version, last seen), meshes with their services, dataplanes and policies, drills running, warnings; ?stale=true skips the read barrier. Any token", "responses": {"200": {"description": "the overview"}, "default": err}}}));
     paths.insert("/meshes/{mesh}/services".into(), json!({"get": {"summary": "The mesh's services (from its Dataplanes' inbounds) with their instance count per zone", "responses": {"200": {"description": "items"}, "404": err, "default": err}}}));
     paths.insert("/meshes/{mesh}/services/{name}".into(), json!({"get": {"summary": "One service's instances: Dataplane, zone, address", "responses": {"200": {"description": "the instances"}, "404": err, "default": err}}}));
+    paths.insert("/meshes/{mesh}/ca".into(), json!({"get": {"summary": "The mesh's root CA: its roots (signing, staged, previous), where a rotation stands, each zone's progress, and whether the next step is ready", "parameters": [mesh_param], "responses": {"200": {"description": "the CA's status"}, "404": err, "default": err}}}));
+    paths.insert("/meshes/{mesh}/ca/rotate".into(), json!({"post": {"summary": "A step of the mesh's root CA rotation (body: step stage|activate|finish, force): 409 with what it waits for until every zone and its sidecars follow (admins only)", "parameters": [mesh_param], "responses": {"200": {"description": "the step taken and the phase"}, "400": err, "409": err, "default": err}}}));
     paths.insert("/meshes/{mesh}/{plural}/{name}/affected".into(), json!({"get": {"summary": "The proxies (Dataplanes) a policy configures, matched as the zones match it: count, and up to 1,000 names with their zones", "responses": {"200": {"description": "count and items"}, "400": err, "404": err, "default": err}}}));
     paths.insert("/ui".into(), json!({"get": {"summary": "The web UI (HTML; it signs in with an API token it asks for)", "security": [], "responses": {"200": {"description": "the page"}}}}));
     paths.insert("/ready".into(), json!({"get": {"summary": "Readiness", "security": [], "responses": {"200": {"description": "ready"}, "503": err}}}));

@@ -100,6 +100,14 @@ pub fn describe(cmd: &Command) -> (String, String) {
             },
             format!("mesh {mesh}"),
         ),
+        Command::RotateMeshCa { mesh, step } => (
+            match step {
+                crate::ca_rotation::Step::Stage { .. } => "stage a new mesh root CA",
+                crate::ca_rotation::Step::Activate => "activate the staged mesh root CA",
+                crate::ca_rotation::Step::Finish => "finish the mesh root CA rotation",
+            },
+            format!("mesh {mesh}"),
+        ),
         Command::PutSecret { mesh, name, .. } => ("put secret", format!("{mesh}/{name}")),
         Command::DeleteSecret { mesh, name } => ("delete secret", format!("{mesh}/{name}")),
         Command::RecordIntermediate(r) => (

@@ -94,6 +94,12 @@ pub enum Command {
         #[serde(default)]
         replace: bool,
     },
+    /// A step of a mesh's root CA rotation (see [`crate::ca_rotation`]); refused when it
+    /// does not follow the rotation's state.
+    RotateMeshCa {
+        mesh: String,
+        step: crate::ca_rotation::Step,
+    },
     /// A secret of a mesh (a provided CA's key), sealed.
     PutSecret {
         mesh: String,
@@ -248,14 +254,38 @@ pub struct ZoneStatusRecord {
     /// Connected proxies rejecting their config (absent in records of older versions).
     #[serde(default)]
     pub proxies_nacking: u64,
+    /// Per mesh with mTLS: how far the zone and its sidecars follow the mesh's roots.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mesh_ca: Vec<crate::ca_rotation::MeshReport>,
 }
 
 /// A mesh's root CA. The key never leaves the global control plane, and is sealed
 /// (`sealed-v1:...`, see [`crate::sealing`]).
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct MeshCa {
+    /// The root that signs zones' intermediate CAs.
     pub cert_pem: String,
     pub key_pem: String,
+    /// A root staged by a rotation: trusted everywhere, signing nothing yet (its key
+    /// sealed). See [`crate::ca_rotation`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<StagedCa>,
+    /// The root a rotation replaced: still trusted, until the rotation finishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<String>,
+}
+
+/// A root staged by a root CA rotation.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StagedCa {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for StagedCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StagedCa { .. }")
+    }
 }
 
 impl std::fmt::Debug for MeshCa {

@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use causeway_api::kds::kds_server::Kds;
 use causeway_api::kds::{
     Ack, Change, ChangeSet, ConfigDump, ConfigDumpRequest, EnrollRequest, EnrollResponse,
-    GlobalMessage, Heartbeat, IntermediateCa, IntermediateRequest, RenewRequest, RevokedCa,
-    RevokedToken, Trust, ZoneAck, ZoneChangeSet, ZoneMessage, ZoneStats, change, global_message,
-    zone_message,
+    GlobalMessage, Heartbeat, IntermediateCa, IntermediateRequest, MeshRoots, RenewRequest,
+    RevokedCa, RevokedToken, Trust, ZoneAck, ZoneChangeSet, ZoneMessage, ZoneStats, change,
+    global_message, zone_message,
 };
 use causeway_api::{Resource, ResourceKey};
 use causeway_pki::{CertKey, Profile};
@@ -582,6 +582,11 @@ impl Session {
                 self.status.proxies_nacking = i.proxies_nacking;
                 self.status.last_config_push_unix_ms = i.last_config_push_unix_ms;
                 self.status.resources = i.resources;
+                self.status.mesh_ca = i
+                    .mesh_ca
+                    .iter()
+                    .map(crate::ca_rotation::MeshReport::reported)
+                    .collect();
             }
             zone_message::Msg::Resources(set) => self.zone_resources(set).await?,
             zone_message::Msg::IntermediateRequest(r) => {
@@ -614,8 +619,8 @@ impl Session {
         Ok(())
     }
 
-    /// What the zone must trust and distrust: the dataplane token key, revoked CAs and
-    /// revoked dataplane and ingress tokens.
+    /// What the zone must trust and distrust: the dataplane token key, each mesh's roots,
+    /// revoked CAs and revoked dataplane and ingress tokens.
     fn trust(&self) -> Trust {
         let revoked_cas = self
             .kds
@@ -646,6 +651,7 @@ impl Session {
             dataplane_token_public_key: self.kds.inner.dataplane_token_public_key.clone(),
             revoked_cas,
             revoked_tokens,
+            mesh_roots: mesh_roots(&self.kds.inner.store),
         }
     }
 
@@ -983,4 +989,31 @@ impl Kds for KdsService {
         });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Each mesh's roots (two during a root CA rotation) and the one that signs, for
+/// `Trust` (see [`crate::ca_rotation`]).
+fn mesh_roots(store: &Store) -> Vec<MeshRoots> {
+    let Ok(meshes) = store.list("Mesh", "", &[], None, usize::MAX) else {
+        return Vec::new();
+    };
+    meshes
+        .items
+        .iter()
+        .filter_map(|m| {
+            let ca = store.mesh_ca(&m.name).ok()??;
+            let signing = causeway_pki::certs(&ca.cert_pem, "mesh root")
+                .ok()?
+                .into_iter()
+                .next()?;
+            Some(MeshRoots {
+                mesh: m.name.clone(),
+                bundle_pem: crate::ca_rotation::bundle(&ca)
+                    .iter()
+                    .map(|pem| format!("{}\n", pem.trim_end()))
+                    .collect(),
+                signing_sha256: causeway_pki::sha256_hex(&signing),
+            })
+        })
+        .collect()
 }

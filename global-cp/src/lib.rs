@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod ca_rotation;
 pub mod command;
 pub mod join;
 pub mod kds;
@@ -623,6 +624,7 @@ async fn ensure_mesh_cas(store: &Store, raft: &RaftHandle, sealer: &sealing::Sea
                     ca: command::MeshCa {
                         cert_pem: ca.cert_pem,
                         key_pem: sealer.seal(&ca.key_pem),
+                        ..command::MeshCa::default()
                     },
                 };
                 match raft.propose(cmd).await {
@@ -645,8 +647,10 @@ async fn ensure_provided_ca(
     mesh: &str,
     p: &causeway_api::ProvidedCa,
 ) {
-    if let Ok(Some(cur)) = store.mesh_ca(mesh)
-        && cur.cert_pem == p.cert_pem
+    let current = store.mesh_ca(mesh).ok().flatten();
+    if let Some(cur) = &current
+        && (cur.cert_pem == p.cert_pem
+            || cur.next.as_ref().is_some_and(|n| n.cert_pem == p.cert_pem))
     {
         return;
     }
@@ -665,15 +669,43 @@ async fn ensure_provided_ca(
         tracing::warn!(mesh, secret = %p.key_secret_ref, "the provided CA's key does not match its certificate");
         return;
     }
-    let cmd = Command::SetMeshCa {
-        mesh: mesh.to_string(),
-        ca: command::MeshCa {
-            cert_pem: p.cert_pem.clone(),
-            key_pem: stored,
+    // A mesh that has a CA already moves to the new one by a rotation (staged here; then
+    // `causeway ca rotate`, which carries on from a staged root), so no sidecar meets a
+    // root it does not trust.
+    let cmd = match &current {
+        Some(cur) => {
+            if ca_rotation::Phase::of(cur) != ca_rotation::Phase::Steady {
+                tracing::warn!(
+                    mesh,
+                    "the mesh's provided CA changed while a root CA rotation is under way: it is staged once that rotation finishes"
+                );
+                return;
+            }
+            Command::RotateMeshCa {
+                mesh: mesh.to_string(),
+                step: ca_rotation::Step::Stage {
+                    ca: command::StagedCa {
+                        cert_pem: p.cert_pem.clone(),
+                        key_pem: stored,
+                    },
+                },
+            }
+        }
+        None => Command::SetMeshCa {
+            mesh: mesh.to_string(),
+            ca: command::MeshCa {
+                cert_pem: p.cert_pem.clone(),
+                key_pem: stored,
+                ..command::MeshCa::default()
+            },
+            replace: false,
         },
-        replace: true,
     };
     match raft.propose(cmd).await {
+        Ok(_) if current.is_some() => tracing::info!(
+            mesh,
+            "staged the new provided mesh CA: trusted now, signing once the rotation goes on (`causeway ca rotate -m {mesh}`)"
+        ),
         Ok(_) => tracing::info!(mesh, "installed the provided mesh CA"),
         Err(e) => tracing::debug!(error = %e, "installing a provided mesh CA; will retry"),
     }

@@ -1449,6 +1449,20 @@ impl ApplyBatch<'_> {
                 }
                 Ok(WriteOutcome::Done)
             }
+            Command::RotateMeshCa { mesh, step } => {
+                let Some(ca) = self.store.mesh_ca(&mesh)? else {
+                    return Ok(Err(ApplyError::Refused(format!(
+                        "mesh {mesh:?} has no CA to rotate (mTLS is off)"
+                    ))));
+                };
+                match crate::ca_rotation::apply(&ca, &step) {
+                    Ok(next) => {
+                        self.put_meta(prefixed(KEY_MESH_CA_PREFIX, &mesh), &next);
+                        Ok(WriteOutcome::Done)
+                    }
+                    Err(why) => return Ok(Err(ApplyError::Refused(why))),
+                }
+            }
             Command::PutSecret { mesh, name, value } => {
                 if !self.mesh_exists(&mesh)? {
                     return Ok(Err(ApplyError::MeshMissing(mesh)));

@@ -1148,7 +1148,8 @@ fn import_token(def: &ResourceDef, token: &str) -> Result<Value, Diags> {
         state.set("expires_at", Value::string(s));
     }
     let lifetime = exp - iat;
-    if lifetime != 8760 * 3600 {
+    // The API's default lifetime of dataplane and ingress tokens (168h).
+    if lifetime != 168 * 3600 {
         let text = if lifetime % 3600 == 0 {
             format!("{}h", lifetime / 3600)
         } else if lifetime % 60 == 0 {

@@ -792,6 +792,14 @@ impl ZoneCp {
         done
     }
 
+    /// SIGSTOP / SIGCONT: the zone control plane stays alive but silent, as when its
+    /// host is cut off; its sidecars and ingresses keep serving.
+    pub fn pause(&self, paused: bool) {
+        if let Some(c) = self.child.lock().expect("child lock").as_ref() {
+            signal(c, if paused { "-STOP" } else { "-CONT" });
+        }
+    }
+
     /// `kill -9`.
     pub fn kill(&self) {
         if let Some(mut c) = self.child.lock().expect("child lock").take() {

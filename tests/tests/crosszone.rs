@@ -1752,3 +1752,177 @@ async fn the_web_ui_follows_two_zones_and_a_probing_drill() -> anyhow::Result<()
     .await?;
     Ok(())
 }
+
+/// A mesh's root CA rotates under continuous cross-zone traffic without a failed
+/// request. `causeway ca rotate` stages a new root, activates it once every sidecar of
+/// both zones trusts it, and finishes once every sidecar holds a certificate from it;
+/// web's connections to backend (in both zones, zone-b's through its ingress) live one
+/// second each, so handshakes keep happening at every step. At the end one root is left,
+/// the new one, and every zone and sidecar follows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mesh_root_ca_rotates_under_cross_zone_traffic_without_a_failed_request()
+-> anyhow::Result<()> {
+    let spread = SpreadBackend::start(false).await?;
+    let m = &spread.m;
+    put(&m.c, "/meshes/default/meshtimeouts/short-connections", &json!({
+        "type": "MeshTimeout", "mesh": "default", "name": "short-connections",
+        "spec": {"targetRef": {"kind": "Mesh"}, "to": [{"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "default": {"http": {"maxConnectionDuration": "1s"}}}]}})).await?;
+    let status = || async {
+        m.c.call_retry(Method::GET, "/meshes/default/ca", None)
+            .await
+            .map(|(_, v)| v)
+    };
+    // Both zones report their sidecars following the one root.
+    let before = eventually("both zones reporting their sidecars", WAIT, || async {
+        let s = status().await.ok()?;
+        let zones = s["zones"].as_array()?;
+        (zones.len() == 2
+            && zones.iter().all(|z| {
+                z["proxies"].as_u64() > Some(0)
+                    && z["proxiesTrusting"] == z["proxies"]
+                    && z["proxiesCurrent"] == z["proxies"]
+            }))
+        .then_some(s)
+    })
+    .await?;
+    assert_eq!(before["phase"], "steady", "{before}");
+    let old_root = before["roots"][0]["sha256"]
+        .as_str()
+        .context("root")?
+        .to_string();
+    // Out of order: refused, and nothing changes.
+    let (s, v) =
+        m.c.call(
+            0,
+            Method::POST,
+            "/meshes/default/ca/rotate",
+            Some(&json!({"step": "finish"})),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::CONFLICT, "{v}");
+    assert!(v.to_string().contains("stage a new root first"), "{v}");
+
+    // Traffic from web (zone-a) to backend in both zones, all along.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (stop, out) = (stop.clone(), spread.out);
+        async move {
+            let http = plain_http();
+            let (mut ok, mut failed, mut zones) =
+                (0u64, Vec::new(), std::collections::BTreeMap::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http.get(format!("http://127.0.0.1:{out}/")).send().await {
+                    Ok(r) if r.status().is_success() => {
+                        ok += 1;
+                        if let Ok(v) = r.json::<Value>().await {
+                            *zones
+                                .entry(v["zone"].as_str().unwrap_or("?").to_string())
+                                .or_insert(0u64) += 1;
+                        }
+                    }
+                    Ok(r) => failed.push(format!(
+                        "{}: {}",
+                        r.status(),
+                        r.text().await.unwrap_or_default()
+                    )),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, failed, zones)
+        }
+    });
+    // Zone-b's control plane goes silent first: the rotation stages the new root, then
+    // waits for zone-b (its sidecars would be cut off from the new root).
+    let zone_b_cp = &m.zones[1].cp;
+    zone_b_cp.pause(true);
+    eventually("zone-b offline", WAIT, || async {
+        let s = status().await.ok()?;
+        s["zones"]
+            .as_array()?
+            .iter()
+            .any(|z| z["zone"] == "zone-b" && z["online"] == false)
+            .then_some(())
+    })
+    .await?;
+    let cli =
+        m.c.cli_command(&["ca", "rotate", "-m", "default", "--timeout", "3m"]);
+    let rotation = tokio::task::spawn_blocking(move || {
+        let mut cli = cli;
+        cli.output()
+    });
+    let held = eventually(
+        "the rotation staged, and waiting for zone-b",
+        WAIT,
+        || async {
+            let s = status().await.ok()?;
+            (s["phase"] == "staged"
+                && s["next"]["waiting"]
+                    .to_string()
+                    .contains("zone zone-b is offline"))
+            .then_some(s)
+        },
+    )
+    .await?;
+    // It stays held while zone-b is away.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(status().await?["phase"], "staged", "{held}");
+    assert!(
+        !rotation.is_finished(),
+        "the rotation went on without zone-b"
+    );
+    zone_b_cp.pause(false);
+    let out = rotation.await??;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    anyhow::ensure!(out.status.success(), "causeway ca rotate failed: {stderr}");
+    for step in ["stage: done", "activate: done", "finish: done", "finished"] {
+        assert!(stderr.contains(step), "{step:?} in {stderr}");
+    }
+
+    // One root left, the new one, and (the traffic still going) every zone and sidecar
+    // follows it.
+    let after = status().await?;
+    assert_eq!(after["phase"], "steady", "{after}");
+    let roots = after["roots"].as_array().context("roots")?;
+    assert_eq!(roots.len(), 1, "{after}");
+    let new_root = roots[0]["sha256"].as_str().context("root")?.to_string();
+    assert_ne!(new_root, old_root, "{after}");
+    let settled = eventually(
+        "every zone and sidecar on the new root alone",
+        WAIT,
+        || async {
+            let s = status().await.ok()?;
+            s["zones"]
+                .as_array()?
+                .iter()
+                .all(|z| {
+                    z["trusted"] == json!([new_root])
+                        && z["intermediateRoot"] == new_root
+                        && z["proxiesTrusting"] == z["proxies"]
+                        && z["proxiesCurrent"] == z["proxies"]
+                })
+                .then_some(s)
+        },
+    )
+    .await;
+    // A few more seconds of calls on the new certificates alone.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, zones) = traffic.await?;
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed during the rotation: {:?}\n{stderr}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "{ok} calls");
+    assert!(
+        zones.get("zone-b").copied().unwrap_or(0) > 10
+            && zones.get("zone-a").copied().unwrap_or(0) > 10,
+        "both zones answered all along: {zones:?}"
+    );
+    settled.map_err(|e| anyhow::anyhow!("{e}: {}", after))?;
+    Ok(())
+}

@@ -190,6 +190,12 @@ pub(crate) fn mesh_inputs(shared: &Shared, mesh: &str) -> Result<Arc<MeshInputs>
             .filter(|(m, _)| m == mesh)
             .map(|(_, sha)| sha)
             .collect(),
+        trusted_roots: store
+            .roots_of(mesh)
+            .map_err(err)?
+            .map(|r| r.trusted_sha256)
+            .unwrap_or_default(),
+        issuer: store.intermediate(mesh).map_err(err)?.map(|i| i.sha256()),
         drilled_zones: Vec::new(),
         blackholed_zones: Vec::new(),
     };
@@ -270,9 +276,20 @@ pub(crate) fn sign_workload(
         issued + ((info.not_after - issued) as f64 * spec.certificate_renew_at.fraction()) as i64;
     tracing::debug!(%id, not_after = info.not_after, "issued a workload certificate");
     shared.metrics.certificates_issued.inc();
+    // The mesh's roots (two during a root CA rotation), and always the one above this
+    // certificate.
+    let mut bundle = shared
+        .store
+        .roots_of(mesh)
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map(|r| r.bundle_pem)
+        .unwrap_or_default();
+    if !bundle.contains(inter.root_pem.trim()) {
+        bundle = format!("{}\n{bundle}", inter.root_pem.trim_end());
+    }
     Ok(SignResponse {
         cert_chain_pem: format!("{leaf}{}", ca.cert_pem),
-        trust_bundle_pem: inter.root_pem.clone(),
+        trust_bundle_pem: bundle,
         not_before: info.not_before,
         not_after: info.not_after,
         renew_at,

@@ -431,6 +431,8 @@ mod tests {
                 identity: "spiffe://default/web".into(),
                 not_after: 2_000_000_000,
                 renew_at: 1_900_000_000,
+                issuer_sha256: None,
+                trusted_sha256: vec![],
             }),
             destinations: vec![DestinationReport {
                 port: 20002,

@@ -237,6 +237,7 @@ impl Stream {
             proxies_nacking: self.shared.proxies_nacking(),
             last_config_push_unix_ms: self.shared.last_push_ms(),
             resources: counts.resources,
+            mesh_ca: self.shared.mesh_ca_progress(),
         }))
         .await
     }
@@ -327,6 +328,30 @@ impl Stream {
                     // Streams of proxies with a revoked token end at the next state change.
                     self.shared.state.send_modify(|v| *v += 1);
                 }
+                let roots: Vec<crate::store::MeshRoots> = t
+                    .mesh_roots
+                    .into_iter()
+                    .map(|r| crate::store::MeshRoots {
+                        trusted_sha256: causeway_pki::certs(&r.bundle_pem, "mesh roots")
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|c| causeway_pki::sha256_hex(c))
+                            .collect(),
+                        mesh: r.mesh,
+                        bundle_pem: r.bundle_pem,
+                        signing_sha256: r.signing_sha256,
+                    })
+                    .collect();
+                if store.mesh_roots()? != roots {
+                    store.set_mesh_roots(&roots)?;
+                    tracing::info!(
+                        meshes = roots.len(),
+                        rotating = roots.iter().filter(|r| r.trusted_sha256.len() > 1).count(),
+                        "the meshes' trusted roots changed"
+                    );
+                    // Proxies' configs carry the roots: they renew to follow them.
+                    self.shared.state.send_modify(|v| *v += 1);
+                }
                 let revoked: Vec<(String, String)> = t
                     .revoked_cas
                     .into_iter()
@@ -391,6 +416,8 @@ impl Stream {
                     not_after: info.not_after,
                 })?;
                 tracing::info!(mesh = %ca.mesh, not_after = info.not_after, "stored the zone's intermediate CA");
+                // Proxies' configs name the current intermediate: they renew from it.
+                self.shared.state.send_modify(|v| *v += 1);
             }
         }
         Ok(())
@@ -463,8 +490,16 @@ impl Stream {
             {
                 continue;
             }
+            // A root CA rotation moves signing to a new root: an intermediate from
+            // another root is replaced too.
+            let signing = self
+                .shared
+                .store
+                .roots_of(&m.name)?
+                .map(|r| r.signing_sha256);
             let fresh = self.shared.store.intermediate(&m.name)?.is_some_and(|i| {
                 !due_for_renewal(i.not_before, i.not_after, now, RENEW_AT_PERCENT)
+                    && signing.as_ref().is_none_or(|s| *s == i.root_sha256())
             });
             if fresh {
                 continue;

@@ -150,6 +150,54 @@ impl Shared {
         self.proxies.lock().expect("proxies lock").len() as u64
     }
 
+    /// Per mesh with known roots: how far this zone and its sidecars follow them (a root
+    /// CA rotation waits on it), from the sidecars' last reports.
+    pub(crate) fn mesh_ca_progress(&self) -> Vec<causeway_api::kds::MeshCaProgress> {
+        let roots = self.store.mesh_roots().unwrap_or_default();
+        let intermediates: Vec<(String, Option<store::Intermediate>)> = roots
+            .iter()
+            .map(|r| {
+                (
+                    r.mesh.clone(),
+                    self.store.intermediate(&r.mesh).ok().flatten(),
+                )
+            })
+            .collect();
+        let proxies = self.proxies.lock().expect("proxies lock");
+        roots
+            .iter()
+            .zip(intermediates)
+            .map(|(r, (_, inter))| {
+                let current = inter.as_ref().map(store::Intermediate::sha256);
+                let mut p = causeway_api::kds::MeshCaProgress {
+                    mesh: r.mesh.clone(),
+                    trusted_sha256: r.trusted_sha256.clone(),
+                    intermediate_root_sha256: inter
+                        .as_ref()
+                        .map(store::Intermediate::root_sha256)
+                        .unwrap_or_default(),
+                    ..Default::default()
+                };
+                for x in proxies.values().filter(|x| !x.ingress && x.mesh == r.mesh) {
+                    p.proxies += 1;
+                    let cert = x.report.as_ref().and_then(|rep| rep.certificate.as_ref());
+                    if cert.is_some_and(|c| {
+                        r.trusted_sha256
+                            .iter()
+                            .all(|t| c.trusted_sha256.contains(t))
+                    }) {
+                        p.proxies_trusting += 1;
+                    }
+                    if cert.is_some_and(|c| c.issuer_sha256.is_some() && c.issuer_sha256 == current)
+                    {
+                        p.proxies_current += 1;
+                    }
+                }
+                p
+            })
+            .collect()
+    }
+
     /// Connected proxies whose last reply rejected their config.
     pub(crate) fn proxies_nacking(&self) -> u64 {
         let proxies = self.proxies.lock().expect("proxies lock");

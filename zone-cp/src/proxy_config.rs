@@ -48,6 +48,10 @@ pub struct MeshInputs {
     pub policies: Vec<Resource>,
     /// Revoked intermediate CAs of the mesh (SHA-256 hex).
     pub revoked_cas: Vec<String>,
+    /// The mesh's trusted roots (SHA-256 hex), as global sent them; empty before.
+    pub trusted_roots: Vec<String>,
+    /// This zone's current intermediate CA of the mesh (SHA-256 hex).
+    pub issuer: Option<String>,
     /// Zones a failover drill takes out of the mesh right now (drain mode: they leave
     /// every config).
     pub drilled_zones: Vec<String>,
@@ -418,6 +422,12 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         inbounds,
         outbounds,
         revoked_cas: inputs.revoked_cas.clone(),
+        trusted_roots: if mtls != MtlsMode::Off {
+            inputs.trusted_roots.clone()
+        } else {
+            Vec::new()
+        },
+        issuer: inputs.issuer.clone().filter(|_| mtls != MtlsMode::Off),
         metrics_endpoints: metrics.endpoints,
         metrics_content: metrics.content,
         metrics_push: metrics.push,

@@ -30,6 +30,7 @@ const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
 const KEY_TRUST: &[u8] = b"trust";
 const KEY_REVOKED_CAS: &[u8] = b"revoked_cas";
 const KEY_REVOKED_TOKENS: &[u8] = b"revoked_tokens";
+const KEY_MESH_ROOTS: &[u8] = b"mesh_roots";
 /// Dataplanes registered by a sidecar's DDS stream (removed when it goes away).
 const KEY_LIVE_PREFIX: &[u8] = b"dds_registered/";
 
@@ -78,12 +79,47 @@ pub struct Identity {
     pub not_after: i64,
 }
 
+impl Intermediate {
+    /// SHA-256 (DER, hex) of the intermediate certificate: the issuer its sidecars'
+    /// certificates name.
+    pub fn sha256(&self) -> String {
+        sha256_of_first(&self.cert_pem)
+    }
+
+    /// SHA-256 of the root that signed it.
+    pub fn root_sha256(&self) -> String {
+        sha256_of_first(&self.root_pem)
+    }
+}
+
+/// SHA-256 (DER, hex) of the first certificate in `pem`; empty when there is none.
+pub fn sha256_of_first(pem: &str) -> String {
+    causeway_pki::certs(pem, "certificate")
+        .ok()
+        .and_then(|c| c.into_iter().next())
+        .map(|der| causeway_pki::sha256_hex(&der))
+        .unwrap_or_default()
+}
+
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Identity")
             .field("not_after", &self.not_after)
             .finish_non_exhaustive()
     }
+}
+
+/// A mesh's roots as global sends them (`Trust.mesh_roots`): one, or two during a root
+/// CA rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshRoots {
+    pub mesh: String,
+    /// Every root the mesh's proxies trust (PEM).
+    pub bundle_pem: String,
+    /// SHA-256 of each (DER, hex).
+    pub trusted_sha256: Vec<String>,
+    /// SHA-256 of the root that signs intermediates now.
+    pub signing_sha256: String,
 }
 
 /// The zone's intermediate CA of one mesh (signs workload certificates).
@@ -618,6 +654,28 @@ impl Store {
             self.cf(CF_META),
             KEY_REVOKED_TOKENS,
             serde_json::to_vec(tokens).expect("encodes"),
+            &synced(),
+        )?;
+        Ok(())
+    }
+
+    /// Each mesh's trusted roots and signing root, as global last sent them.
+    pub fn mesh_roots(&self) -> Result<Vec<MeshRoots>, StoreError> {
+        Ok(self
+            .meta_json(KEY_MESH_ROOTS, "mesh roots")?
+            .unwrap_or_default())
+    }
+
+    /// The trusted roots of `mesh`, when global sent them.
+    pub fn roots_of(&self, mesh: &str) -> Result<Option<MeshRoots>, StoreError> {
+        Ok(self.mesh_roots()?.into_iter().find(|r| r.mesh == mesh))
+    }
+
+    pub fn set_mesh_roots(&self, roots: &[MeshRoots]) -> Result<(), StoreError> {
+        self.db.put_cf_opt(
+            self.cf(CF_META),
+            KEY_MESH_ROOTS,
+            serde_json::to_vec(roots).expect("encodes"),
             &synced(),
         )?;
         Ok(())

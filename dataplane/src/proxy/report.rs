@@ -33,6 +33,8 @@ impl Proxy {
             identity: i.id.clone(),
             not_after: i.not_after,
             renew_at: i.renew_at,
+            issuer_sha256: i.issuer_sha256.clone(),
+            trusted_sha256: i.trusted_sha256.clone(),
         });
         let mut destinations = Vec::new();
         if let Some(cfg) = self.current() {

@@ -84,6 +84,8 @@ async fn proxy_with(
         inbounds,
         outbounds,
         revoked_cas: vec![],
+        trusted_roots: vec![],
+        issuer: None,
         metrics_endpoints: vec![],
         metrics_content: Default::default(),
         metrics_push: vec![],

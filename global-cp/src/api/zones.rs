@@ -189,10 +189,10 @@ pub(super) async fn revoke_all_tokens(
     revoke(&st, zone, None).await
 }
 
-/// Adds `status` to each Zone item: the freshest of this node's live session and the
-/// replicated report.
-pub(super) fn attach_status(st: &ApiState, items: &mut [Value]) -> ApiResult<()> {
-    let mut statuses: std::collections::HashMap<String, ZoneStatusRecord> = st
+/// Every zone's status, the freshest of this node's live session and the replicated
+/// report, with whether it is online now.
+pub(super) fn statuses_now(st: &ApiState) -> ApiResult<Vec<(ZoneStatusRecord, bool)>> {
+    let mut statuses: std::collections::BTreeMap<String, ZoneStatusRecord> = st
         .store
         .zone_statuses()?
         .into_iter()
@@ -203,17 +203,33 @@ pub(super) fn attach_status(st: &ApiState, items: &mut [Value]) -> ApiResult<()>
             statuses.insert(zone, live);
         }
     }
-    let last_change = st.store.last_change_index();
     let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
     // A report older than this means the session (or its node) is gone.
     let fresh_ms = (st.status_interval.max(st.heartbeat) * 3).as_millis() as i64;
+    Ok(statuses
+        .into_values()
+        .map(|s| {
+            let online = s.connected && now_ms - s.last_seen_unix_ms <= fresh_ms;
+            (s, online)
+        })
+        .collect())
+}
+
+/// Adds `status` to each Zone item: the freshest of this node's live session and the
+/// replicated report.
+pub(super) fn attach_status(st: &ApiState, items: &mut [Value]) -> ApiResult<()> {
+    let statuses: std::collections::HashMap<String, (ZoneStatusRecord, bool)> = statuses_now(st)?
+        .into_iter()
+        .map(|(s, online)| (s.zone.clone(), (s, online)))
+        .collect();
+    let last_change = st.store.last_change_index();
     for item in items {
         let Some(name) = item.get("name").and_then(Value::as_str).map(str::to_string) else {
             continue;
         };
         let status = match statuses.get(&name) {
-            Some(s) => {
-                let online = s.connected && now_ms - s.last_seen_unix_ms <= fresh_ms;
+            Some((s, online)) => {
+                let online = *online;
                 json!({
                     "online": online,
                     "connectedTo": if online { json!(s.node) } else { Value::Null },

@@ -443,6 +443,7 @@ fn a_sealed_mesh_ca_key_is_stored_sealed_and_opens_only_with_the_key() {
             ca: MeshCa {
                 cert_pem: "cert".into(),
                 key_pem: sealer.seal(key_pem),
+                ..MeshCa::default()
             },
         },
     )

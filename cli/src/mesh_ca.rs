@@ -1,0 +1,214 @@
+//! `causeway ca status|rotate`: a mesh's root CA and its rotation without a failed
+//! request. `rotate` takes each step (stage a new root, activate it, finish by dropping
+//! the old one) once every zone and its sidecars follow the step before, and shows
+//! what it waits for meanwhile; `--step` takes one step only.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::client::Client;
+use crate::config::ConnArgs;
+
+/// `causeway ca`: a mesh's root CA.
+#[derive(clap::Subcommand)]
+pub(crate) enum CaCmd {
+    /// The mesh's roots (signing, staged, previous), where a rotation stands, and each
+    /// zone's progress: the roots it trusts, the root of its intermediate CA, and how
+    /// many of its sidecars trust every root and hold a certificate from its current
+    /// intermediate.
+    Status {
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+    },
+    /// Rotate the mesh's root CA without a failed request: stage a new root (trusted
+    /// everywhere, not signing yet), activate it once every sidecar trusts it (zones
+    /// get intermediate CAs from it and their sidecars renew), and finish once every
+    /// sidecar holds a certificate from it (the old root is dropped). Each step waits
+    /// for every zone; an offline zone holds the rotation up. Carries on from where a
+    /// rotation stands (a provided CA is staged by giving the Mesh the new one).
+    Rotate {
+        #[arg(short = 'm', long, default_value = "default")]
+        mesh: String,
+        /// Take this step only: stage, activate or finish.
+        #[arg(long)]
+        step: Option<String>,
+        /// Take the step(s) without waiting for the zones (sidecars that do not follow
+        /// yet fail their calls to those that do).
+        #[arg(long)]
+        force: bool,
+        /// Give up waiting for the zones after this long, e.g. 10m.
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+    },
+}
+
+pub(crate) async fn ca(conn: &ConnArgs, c: CaCmd) -> anyhow::Result<()> {
+    let client = Client::new(conn.resolve()?)?;
+    match c {
+        CaCmd::Status { mesh } => {
+            let s = client.get(&format!("/meshes/{mesh}/ca")).await?;
+            print!("{}", render(&s));
+            Ok(())
+        }
+        CaCmd::Rotate {
+            mesh,
+            step,
+            force,
+            timeout,
+        } => {
+            let timeout: causeway_api::Duration = timeout
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            rotate(&client, &mesh, step.as_deref(), force, timeout.as_std()).await
+        }
+    }
+}
+
+async fn rotate(
+    client: &Client,
+    mesh: &str,
+    only: Option<&str>,
+    force: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut taken = 0;
+    let mut said = String::new();
+    loop {
+        let s = client.get(&format!("/meshes/{mesh}/ca")).await?;
+        let step = s["next"]["step"].as_str().unwrap_or("stage").to_string();
+        // The whole rotation ends when the mesh is back to one root.
+        if only.is_none() && taken > 0 && s["phase"] == "steady" {
+            eprintln!("rotation of mesh {mesh}'s root CA finished");
+            print!("{}", render(&s));
+            return Ok(());
+        }
+        if let Some(o) = only
+            && o != step
+        {
+            anyhow::bail!(
+                "the rotation is {}: its next step is {step}, not {o}",
+                s["phase"].as_str().unwrap_or("?")
+            );
+        }
+        if s["next"]["ready"] == true || force {
+            client
+                .request(
+                    Method::POST,
+                    &format!("/meshes/{mesh}/ca/rotate"),
+                    Some(&json!({"step": step, "force": force})),
+                )
+                .await?;
+            taken += 1;
+            eprintln!("{step}: done");
+            said.clear();
+            if only.is_some() {
+                return Ok(());
+            }
+            continue;
+        }
+        let waiting: Vec<&str> = s["next"]["waiting"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        let now = format!("{step}: waiting for {}", waiting.join("; "));
+        if now != said {
+            eprintln!("{now}");
+            said = now;
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!(
+                "gave up after {timeout:?} before {step}: {}; run it again to carry on, or --force",
+                waiting.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// The status for people.
+fn render(s: &Value) -> String {
+    let mut out = format!(
+        "mesh {}: {}\n",
+        s["mesh"].as_str().unwrap_or("?"),
+        s["phase"].as_str().unwrap_or("?")
+    );
+    let short = |v: &Value| {
+        v.as_str()
+            .unwrap_or("")
+            .chars()
+            .take(12)
+            .collect::<String>()
+    };
+    for r in s["roots"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  root {} {:<8} until {}\n",
+            short(&r["sha256"]),
+            r["role"].as_str().unwrap_or(""),
+            r["notAfter"].as_str().unwrap_or("?")
+        );
+    }
+    for z in s["zones"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  zone {:<12} {:<7} trusts {} root(s), intermediate from {}, sidecars {} trusting all / {} current of {}\n",
+            z["zone"].as_str().unwrap_or(""),
+            if z["online"] == true {
+                "online"
+            } else {
+                "offline"
+            },
+            z["trusted"].as_array().map_or(0, Vec::len),
+            short(&z["intermediateRoot"]),
+            z["proxiesTrusting"],
+            z["proxiesCurrent"],
+            z["proxies"],
+        );
+    }
+    let next = &s["next"];
+    out += &format!(
+        "  next: {} ({})\n",
+        next["step"].as_str().unwrap_or("?"),
+        if next["ready"] == true {
+            "ready".to_string()
+        } else {
+            next["waiting"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_reads_as_roots_zones_and_what_comes_next() {
+        let s = json!({"mesh": "default", "phase": "staged",
+            "roots": [{"sha256": "aaaaaaaaaaaaaaaa", "role": "signing", "notAfter": "2036-01-01T00:00:00Z"},
+                      {"sha256": "bbbbbbbbbbbbbbbb", "role": "staged", "notAfter": "2036-06-01T00:00:00Z"}],
+            "zones": [{"zone": "zone-a", "online": true, "trusted": ["a", "b"], "intermediateRoot": "aaaaaaaaaaaaaaaa",
+                       "proxies": 3, "proxiesTrusting": 2, "proxiesCurrent": 3}],
+            "next": {"step": "activate", "ready": false, "waiting": ["zone zone-a: 2 of 3 sidecars trust the staged root"]}});
+        let text = render(&s);
+        assert!(text.starts_with("mesh default: staged\n"), "{text}");
+        assert!(text.contains("root bbbbbbbbbbbb staged"), "{text}");
+        assert!(
+            text.contains("zone zone-a       online  trusts 2 root(s), intermediate from aaaaaaaaaaaa, sidecars 2 trusting all / 3 current of 3"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("next: activate (zone zone-a: 2 of 3 sidecars trust the staged root)\n"),
+            "{text}"
+        );
+    }
+}
