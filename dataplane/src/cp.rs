@@ -160,7 +160,12 @@ impl ControlPlane {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "getting a workload certificate; retrying");
-                    tokio::time::sleep(backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5)).await;
+                    // A config that says the zone's CA moved (a new intermediate after a
+                    // revocation) is worth a try at once.
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.mul_f64(0.5 + rand::random::<f64>() * 0.5)) => {}
+                        _ = renew_now.notified() => {}
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }

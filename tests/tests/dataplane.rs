@@ -660,7 +660,8 @@ async fn a_revoked_zone_ca_is_no_longer_trusted_and_sidecars_move_to_a_new_one()
             .is_success()
             .then_some(())
     })
-    .await?;
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}: {}{}", _ws.logs(), _bs.logs()))?;
     Ok(())
 }
 
