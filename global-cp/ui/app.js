@@ -543,7 +543,10 @@ async function drillsPage() {
       const probe = v("drill-probe");
       const now = Date.now();
       const starts = now + (probe ? 5000 : 0);
-      const name = zone + "-down-" + Math.floor(now / 1000);
+      // A PUT to an existing name would change that drill: a random tail keeps two
+      // drills started in the same second apart.
+      const tail = crypto.getRandomValues(new Uint16Array(1))[0].toString(16).padStart(4, "0");
+      const name = zone + "-down-" + Math.floor(now / 1000) + "-" + tail;
       const body = { type: "Drill", name, spec: { type: "ZoneDown", zone, mode: v("drill-mode"), mesh: v("drill-mesh"),
         startsAt: new Date(starts).toISOString(), endsAt: new Date(starts + secs * 1000).toISOString() } };
       if (probe) body.spec.probe = probe;
