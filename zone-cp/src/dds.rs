@@ -429,6 +429,11 @@ impl Dds for DdsService {
                 ..ProxyStatus::default()
             },
         );
+        self.shared
+            .lately_gone
+            .lock()
+            .expect("lately gone lock")
+            .remove(&key);
         tracing::info!(dataplane = %key, "proxy connected");
         let (tx, rx) = mpsc::channel(4);
         renew_token(
@@ -604,7 +609,16 @@ fn unregister(shared: &Shared, key: &ResourceKey, stream_id: u64) {
     let ours = {
         let mut proxies = shared.proxies.lock().expect("proxies lock");
         match proxies.get(key) {
-            Some(p) if p.stream == stream_id => proxies.remove(key).is_some(),
+            Some(p) if p.stream == stream_id => {
+                if !p.ingress {
+                    shared
+                        .lately_gone
+                        .lock()
+                        .expect("lately gone lock")
+                        .insert(key.clone(), (p.mesh.clone(), std::time::Instant::now()));
+                }
+                proxies.remove(key).is_some()
+            }
             _ => false,
         }
     };

@@ -108,6 +108,10 @@ pub(crate) struct Shared {
     pub(crate) inputs_cache: Mutex<HashMap<String, (u64, Arc<proxy_config::MeshInputs>)>>,
     /// Proxies connected over DDS.
     pub(crate) proxies: Mutex<dds::Proxies>,
+    /// Sidecars whose stream ended lately, by mesh, with when: until they are back (or
+    /// a minute has passed) a root CA rotation waits for them, as they may be
+    /// reconnecting with roots they have not followed yet.
+    pub(crate) lately_gone: Mutex<HashMap<ResourceKey, (String, std::time::Instant)>>,
     last_push_ms: AtomicI64,
     pub(crate) metrics: metrics::Metrics,
     /// The golden signals the zone's sidecars report, reported up to global.
@@ -154,20 +158,41 @@ impl Shared {
     /// CA rotation waits on it), from the sidecars' last reports.
     pub(crate) fn mesh_ca_progress(&self) -> Vec<causeway_api::kds::MeshCaProgress> {
         let roots = self.store.mesh_roots().unwrap_or_default();
-        let intermediates: Vec<(String, Option<store::Intermediate>)> = roots
+        let zone = self.cfg.zone.as_str();
+        // The sidecars registered here, connected now or not: one whose stream is down
+        // (reconnecting after this zone was away) has not followed the roots yet and
+        // must hold a rotation up, so it counts until it is forgotten.
+        let registered = |mesh: &str| {
+            self.store
+                .list(
+                    "Dataplane",
+                    mesh,
+                    None,
+                    |d| d.origin.as_deref() == Some(zone),
+                    usize::MAX,
+                )
+                .map_or(0, |(items, _)| items.len() as u64)
+        };
+        let intermediates: Vec<(Option<store::Intermediate>, u64)> = roots
             .iter()
             .map(|r| {
                 (
-                    r.mesh.clone(),
                     self.store.intermediate(&r.mesh).ok().flatten(),
+                    registered(&r.mesh),
                 )
             })
             .collect();
+        // Sidecars gone within the last minute and not back: counted, not following.
+        let gone: Vec<String> = {
+            let mut lately = self.lately_gone.lock().expect("lately gone lock");
+            lately.retain(|_, (_, at)| at.elapsed() < std::time::Duration::from_secs(60));
+            lately.values().map(|(mesh, _)| mesh.clone()).collect()
+        };
         let proxies = self.proxies.lock().expect("proxies lock");
         roots
             .iter()
             .zip(intermediates)
-            .map(|(r, (_, inter))| {
+            .map(|(r, (inter, registered))| {
                 let current = inter.as_ref().map(store::Intermediate::sha256);
                 let mut p = causeway_api::kds::MeshCaProgress {
                     mesh: r.mesh.clone(),
@@ -193,6 +218,8 @@ impl Shared {
                         p.proxies_current += 1;
                     }
                 }
+                p.proxies += gone.iter().filter(|m| **m == r.mesh).count() as u64;
+                p.proxies = p.proxies.max(registered);
                 p
             })
             .collect()
@@ -329,6 +356,7 @@ impl Zone {
             state: watch::channel(0).0,
             inputs_cache: Mutex::default(),
             proxies: Mutex::default(),
+            lately_gone: Mutex::default(),
             last_push_ms: AtomicI64::new(0),
             metrics: metrics::Metrics::default(),
             signals: Mutex::default(),
