@@ -154,7 +154,7 @@ impl ControlPlane {
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
                         _ = renew_now.notified() => {
-                            tracing::warn!("renewing the workload certificate now: its CA was revoked");
+                            tracing::info!("renewing the workload certificate now: its CA was revoked or moved on");
                         }
                     }
                 }

@@ -37,8 +37,11 @@ use crate::replay::Replay;
 use crate::retry;
 use crate::timeout::{self, Exchange};
 
-/// A client config and the identity (by address) it was built from.
-type CachedClientConfig = (usize, Arc<rustls::ClientConfig>);
+/// A client config and the identity it was built from. The identity itself is kept, not
+/// its address: a renewed identity can be allocated where a dropped one was, and a
+/// config cached by address would then present the dropped certificate (signed by a
+/// root the mesh may have stopped trusting).
+type CachedClientConfig = (Arc<Identity>, Arc<rustls::ClientConfig>);
 
 /// A connection the proxy can read and write.
 pub(crate) trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -472,15 +475,14 @@ impl Proxy {
         alpn: &'static [u8],
     ) -> Option<Arc<rustls::ClientConfig>> {
         let id = self.identity.borrow().clone()?;
-        let tag = Arc::as_ptr(&id) as usize;
         let mut map = self.client_configs.lock().expect("client configs lock");
-        if let Some((t, c)) = map.get(&(expected.to_string(), alpn))
-            && *t == tag
+        if let Some((built_from, c)) = map.get(&(expected.to_string(), alpn))
+            && Arc::ptr_eq(built_from, &id)
         {
             return Some(c.clone());
         }
         let c = id.client_config(expected, alpn).ok()?;
-        map.insert((expected.to_string(), alpn), (tag, c.clone()));
+        map.insert((expected.to_string(), alpn), (id, c.clone()));
         Some(c)
     }
 

@@ -524,3 +524,50 @@ fn a_plaintext_caller_in_a_permissive_mesh_is_the_anonymous_identity() {
     assert_eq!(authorize(&ib, MtlsMode::Off, None), Ok(None));
     assert!(authorize(&ib, MtlsMode::Strict, None).is_err());
 }
+
+/// An identity for `spiffe_id`, signed by `root` (a leaf straight under the root).
+fn identity_under(root: &causeway_pki::CertKey, spiffe_id: &str) -> Identity {
+    let csr = causeway_pki::generate_csr("leaf").unwrap();
+    let profile = causeway_pki::Profile::Leaf {
+        common_name: "leaf".into(),
+        names: vec![spiffe_id.to_string()],
+    };
+    let chain =
+        causeway_pki::sign_csr(root, &csr.csr_pem, &profile, Duration::from_secs(3600)).unwrap();
+    Identity::new(&chain, &csr.key_pem, &root.cert_pem, 0, Revoked::default()).unwrap()
+}
+
+/// The SPIFFE id of the certificate a client config presents.
+fn presented_id(cfg: &rustls::ClientConfig) -> String {
+    let key = cfg
+        .client_auth_cert_resolver
+        .resolve(&[], &[rustls::SignatureScheme::ECDSA_NISTP256_SHA256])
+        .expect("a client certificate");
+    causeway_pki::cert_info_der(&key.cert[0]).unwrap().uris[0].clone()
+}
+
+/// Outbound mTLS presents the newest certificate after every renewal, even when a
+/// renewed identity is replaced before any connection used it (its successor can then be
+/// allocated where an older identity was: a cache keyed by address served the older
+/// certificate, which a root CA rotation had made untrusted).
+#[test]
+fn outbound_mtls_presents_the_newest_certificate_after_every_renewal() {
+    let root = causeway_pki::generate_ca("mesh root").unwrap();
+    let (config_tx, config) = watch::channel(None);
+    let (identity_tx, identity) = watch::channel(None);
+    let proxy = Proxy::new(config, identity, crate::DEFAULT_MAX_CONNECTIONS);
+    let expected = "spiffe://default/backend";
+    for generation in 0..12 {
+        let id = format!("spiffe://default/web-{generation}");
+        identity_tx.send_replace(Some(Arc::new(identity_under(&root, &id))));
+        // Every other identity is renewed away before any connection is dialed.
+        if generation % 2 == 1 {
+            continue;
+        }
+        let cfg = proxy
+            .client_config(expected, ALPN_H2)
+            .expect("a client config");
+        assert_eq!(presented_id(&cfg), id, "generation {generation}");
+    }
+    drop(config_tx);
+}
