@@ -58,6 +58,13 @@ pub(crate) struct GlobalCpArgs {
     #[arg(long, alias = "secrets-key-file")]
     #[serde(alias = "secrets-key-file")]
     seal_key_file: Option<PathBuf>,
+    /// During a seal key rotation: the seal key being replaced (with the new one, from
+    /// `causeway seal generate-key`, as --seal-key-file). The node opens keys sealed
+    /// under either and seals everything it holds again under the new one at start.
+    /// Leave it out once `causeway seal status` shows the rotation done, then destroy the
+    /// old key.
+    #[arg(long)]
+    previous_seal_key_file: Option<PathBuf>,
     /// Directory, outside --data-dir, where the node that forms the cluster writes the
     /// admin and read-only API tokens and api-ca.pem (once; nodes keep only the tokens'
     /// hashes). Without it, the tokens are printed once on standard output.
@@ -152,6 +159,7 @@ impl GlobalCpArgs {
             kds_heartbeat: self.kds_heartbeat.or(file.kds_heartbeat),
             zone_cert_ttl: self.zone_cert_ttl.or(file.zone_cert_ttl),
             seal_key_file: self.seal_key_file.or(file.seal_key_file),
+            previous_seal_key_file: self.previous_seal_key_file.or(file.previous_seal_key_file),
             token_out_dir: self.token_out_dir.or(file.token_out_dir),
             raft_addr: self.raft_addr.or(file.raft_addr),
             peer: if self.peer.is_empty() {
@@ -262,6 +270,7 @@ impl GlobalCpArgs {
             seal_key_file: a.seal_key_file.context(
                 "--seal-key-file is required: a file outside --data-dir for the key that seals the cluster's keys (created on a first start; give every node the same file and back it up)",
             )?,
+            previous_seal_key_file: a.previous_seal_key_file,
             token_out_dir: a.token_out_dir,
             peers,
             join: a.join,

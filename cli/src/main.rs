@@ -12,6 +12,7 @@ mod inspect;
 mod manual;
 mod mesh_ca;
 mod ops;
+mod seal;
 mod stat;
 mod up;
 mod zone;
@@ -70,6 +71,10 @@ enum Cmd {
     /// every zone and sidecar to a new root without a failed request.
     #[command(subcommand)]
     Ca(mesh_ca::CaCmd),
+    /// The seal key of the control planes: `seal generate-key --out FILE` for a new one,
+    /// `seal status` for each global node's key and where a rotation stands.
+    #[command(subcommand)]
+    Seal(seal::SealCmd),
     /// Mesh secrets, such as a provided CA's key: `secret set ca-key --from-file key.pem`.
     #[command(subcommand)]
     Secret(zone::SecretCmd),
@@ -214,6 +219,7 @@ fn main() {
                     Cmd::Inspect(c) => zone::inspect(&cli.conn, c).await,
                     Cmd::Secret(c) => zone::secret(&cli.conn, c).await,
                     Cmd::Ca(c) => mesh_ca::ca(&cli.conn, c).await,
+                    Cmd::Seal(c) => seal::seal(&cli.conn, c).await,
                     Cmd::Dataplane(d) => match d.cmd {
                         Some(zone::DataplaneSub::Token(t)) => zone::dataplane_token(&cli.conn, t).await,
                         Some(zone::DataplaneSub::InstallRedirect(a)) => {

@@ -38,6 +38,12 @@ pub(crate) struct ZoneCpArgs {
     /// up: losing it loses the zone's keys (the zone must then be enrolled anew).
     #[arg(long)]
     seal_key_file: PathBuf,
+    /// During a seal key rotation: the seal key being replaced (with the new one, from
+    /// `causeway seal generate-key`, as --seal-key-file). The zone seals every key it
+    /// holds again under the new one at start; afterwards it needs the old key no more,
+    /// so leave this out from the next start and destroy the old key.
+    #[arg(long)]
+    previous_seal_key_file: Option<PathBuf>,
     /// Directory, outside --data-dir, where the first start writes the zone API's admin
     /// and read-only tokens and api-ca.pem (the zone keeps only the tokens' hashes).
     /// Without it, the tokens are printed once on standard output.
@@ -101,6 +107,7 @@ pub(crate) async fn run(a: ZoneCpArgs) -> anyhow::Result<()> {
         token,
         data_dir: a.data_dir,
         seal_key_file: a.seal_key_file,
+        previous_seal_key_file: a.previous_seal_key_file,
         token_out_dir: a.token_out_dir,
         api_addr: a.api_addr,
         dds_addr: a.dds_addr,

@@ -28,6 +28,7 @@ mod joining;
 mod mesh_ca;
 mod overview;
 mod proxy_tokens;
+mod seal;
 mod service_policies;
 mod services;
 mod stats;
@@ -133,6 +134,7 @@ type ApiResult<T> = Result<T, ApiError>;
 pub(crate) fn router(state: ApiState) -> Router {
     let authed = Router::new()
         .route("/cluster", get(cluster_status))
+        .route("/cluster/seal", get(seal::status))
         .route("/overview", get(overview::overview))
         .route("/whoami", get(api_tokens::whoami))
         .route(
@@ -1026,6 +1028,7 @@ pub fn openapi_document() -> Value {
         );
     }
     paths.insert("/cluster".into(), json!({"get": {"summary": "Raft cluster status", "responses": {"200": {"description": "status"}}}}));
+    paths.insert("/cluster/seal".into(), json!({"get": {"summary": "Each node's seal key (fingerprint) and how many stored keys are sealed under it, the previous key or neither; what a seal key rotation waits for (?local=true: this node only)", "responses": {"200": {"description": "seal status"}}}}));
     paths.insert("/cluster/members".into(), json!({"post": {"summary": "Add a node; answers with its single-use join token (body: id, raft_addr, api_addr, token_ttl)", "responses": {"200": {"description": "added"}, "default": err}}}));
     paths.insert("/cluster/members/{id}/join-token".into(), json!({"post": {"summary": "A new join token for a member that has not joined yet (body: token_ttl)", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "the token"}, "default": err}}}));
     paths.insert("/cluster/join".into(), json!({"post": {"summary": "A node joins with its join token and a CSR (authenticated by the join token, not an API token)", "security": [], "responses": {"200": {"description": "its Raft certificate, the CA, the members and the seal key"}, "401": err, "default": err}}}));

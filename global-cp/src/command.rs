@@ -288,6 +288,15 @@ impl std::fmt::Debug for StagedCa {
     }
 }
 
+impl MeshCa {
+    /// Its sealed keys: the root's, and a staged root's.
+    pub fn sealed_mut(&mut self) -> Vec<&mut String> {
+        let mut out = vec![&mut self.key_pem];
+        out.extend(self.next.as_mut().map(|n| &mut n.key_pem));
+        out
+    }
+}
+
 impl std::fmt::Debug for MeshCa {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("MeshCa { .. }")
@@ -329,6 +338,23 @@ impl std::fmt::Debug for SealedSecrets {
 }
 
 impl SealedSecrets {
+    /// Every sealed key held, named (a seal key rotation seals each again).
+    pub fn sealed_mut(&mut self) -> Vec<(&'static str, &mut String)> {
+        let mut out = vec![
+            ("the API CA key", &mut self.api_ca_key_sealed),
+            ("the zone token key", &mut self.zone_token_key_sealed),
+            ("the zone CA key", &mut self.zone_ca_key_sealed),
+            (
+                "the dataplane token key",
+                &mut self.dataplane_token_key_sealed,
+            ),
+        ];
+        if !self.raft_ca_key_sealed.is_empty() {
+            out.push(("the Raft CA key", &mut self.raft_ca_key_sealed));
+        }
+        out
+    }
+
     /// Seals freshly generated keys (`secrets`) for the log.
     pub fn seal(secrets: &ClusterSecrets, sealer: &Sealer) -> SealedSecrets {
         SealedSecrets {

@@ -71,6 +71,10 @@ pub struct NodeConfig {
     /// store and the Raft log is sealed under it. Created on a first start when missing;
     /// every node of a cluster needs the same one.
     pub seal_key_file: PathBuf,
+    /// The seal key being replaced (`--previous-seal-key-file`), during a seal key
+    /// rotation: it opens what is sealed under it, and the node seals all of that again
+    /// under `seal_key_file` at start.
+    pub previous_seal_key_file: Option<PathBuf>,
     /// Where the node that forms the cluster writes the admin and read-only tokens (and
     /// the API CA certificate) once (`--token-out-dir`); `None` prints them once on
     /// standard output. Nodes keep only the tokens' hashes.
@@ -112,6 +116,7 @@ pub use causeway_pki::api_token::{ADMIN_TOKEN_FILE, API_CA_FILE, READONLY_TOKEN_
 
 /// The flags that name the seal key and the token output, for errors.
 const SEAL_KEY_FLAG: &str = "--seal-key-file";
+const PREVIOUS_SEAL_KEY_FLAG: &str = "--previous-seal-key-file";
 const TOKEN_OUT_FLAG: &str = "--token-out-dir";
 
 /// A running node. Dropping it does not stop it; call [`Node::shutdown`].
@@ -186,8 +191,19 @@ impl Node {
         if cfg.join_token.is_some() {
             cfg.join = true;
         }
-        let (sealer, created) =
-            sealing::Sealer::load_or_create(SEAL_KEY_FLAG, &cfg.seal_key_file, &cfg.data_dir)?;
+        let (sealer, created) = match &cfg.previous_seal_key_file {
+            Some(previous) => (
+                sealing::Sealer::load_rotating(
+                    (SEAL_KEY_FLAG, &cfg.seal_key_file),
+                    (PREVIOUS_SEAL_KEY_FLAG, previous),
+                    &cfg.data_dir,
+                )?,
+                false,
+            ),
+            None => {
+                sealing::Sealer::load_or_create(SEAL_KEY_FLAG, &cfg.seal_key_file, &cfg.data_dir)?
+            }
+        };
         if created {
             tracing::warn!(path = %cfg.seal_key_file.display(), "generated a new seal key: back it up now (losing it loses every key of the cluster) and give every node of the cluster a copy");
         }
@@ -225,6 +241,9 @@ impl Node {
                 s.open(&sealer).map_err(|e| open_error(&cfg, &e))?;
             }
             Ok(None) => {}
+        }
+        if sealer.has_previous() {
+            reseal_node(&cfg, &store, &sealer)?;
         }
         let forming = store.is_empty() && !cfg.join;
         let raft_tls = raft_tls(&cfg, &sealer, forming)?;
@@ -377,6 +396,34 @@ fn raft_tls(
             cfg.data_dir.display()
         ),
     }))
+}
+
+/// A seal key rotation on this node, before its Raft loop starts: every key of the state
+/// and of the node's Raft identity sealed under the previous key is sealed again under
+/// the new one; the log up to the applied index and RocksDB's history are purged (so the
+/// data dir holds nothing the previous key opens); then the data dir's check value
+/// moves to the new key, so a start with the previous key alone is refused from now on.
+fn reseal_node(cfg: &NodeConfig, store: &Store, sealer: &sealing::Sealer) -> anyhow::Result<()> {
+    let in_state = store.map_sealed(|what, sealed| {
+        sealer.reseal(sealed).with_context(|| {
+            format!("{what} is sealed under neither {SEAL_KEY_FLAG} nor {PREVIOUS_SEAL_KEY_FLAG}")
+        })
+    })?;
+    let own = raft_identity::reseal(&cfg.data_dir, sealer)?;
+    store.purge_history()?;
+    sealer.record_check(&cfg.data_dir).with_context(|| {
+        format!(
+            "writing {}",
+            cfg.data_dir.join(sealing::SEAL_CHECK_FILE).display()
+        )
+    })?;
+    tracing::warn!(
+        resealed = in_state + own,
+        key_id = %sealer.key_id(),
+        previous_key_id = ?sealer.previous_key_id(),
+        "seal key rotation: this node's keys are sealed under the new seal key; once `causeway seal status` shows every node on it with nothing under the previous key, restart the nodes without {PREVIOUS_SEAL_KEY_FLAG} and destroy the previous key"
+    );
+    Ok(())
 }
 
 /// The error of a seal key that does not open the cluster's keys.

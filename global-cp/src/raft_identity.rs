@@ -135,6 +135,27 @@ pub(crate) fn generated_ca(data_dir: &Path, sealer: &Sealer) -> anyhow::Result<O
     }))
 }
 
+/// Seals this node's Raft keys again under the current seal key when they are under the
+/// previous one (a seal key rotation). Returns how many were sealed again.
+pub(crate) fn reseal(data_dir: &Path, sealer: &Sealer) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for file in [NODE_KEY, CA_KEY] {
+        let p = path(data_dir, file);
+        if !p.exists() {
+            continue;
+        }
+        let sealed = read(&p)?;
+        if let Some(again) = sealer
+            .reseal(sealed.trim())
+            .with_context(|| format!("{} is sealed under neither seal key", p.display()))?
+        {
+            write(data_dir, file, &again)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,6 +33,14 @@ const CF_META: &str = "sm_meta";
 /// Which resources changed at which index, for KDS deltas. Local to each node (not in
 /// snapshots): after installing a snapshot a node keeps changes from its index on.
 const CF_CHANGES: &str = "changelog";
+const COLUMN_FAMILIES: [&str; 6] = [
+    CF_LOG,
+    CF_RAFT,
+    CF_RESOURCES,
+    CF_LABELS,
+    CF_META,
+    CF_CHANGES,
+];
 
 const KEY_HARD_STATE: &[u8] = b"hard_state";
 const KEY_CONF_STATE: &[u8] = b"conf_state";
@@ -217,16 +225,9 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
-        let cfs = [
-            CF_LOG,
-            CF_RAFT,
-            CF_RESOURCES,
-            CF_LABELS,
-            CF_META,
-            CF_CHANGES,
-        ]
-        .into_iter()
-        .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
+        let cfs = COLUMN_FAMILIES
+            .into_iter()
+            .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| {
             let path = dir.display().to_string();
             match source.kind() {
@@ -731,19 +732,11 @@ impl Store {
         prefix: &[u8],
         what: &'static str,
     ) -> Result<Vec<T>, StoreError> {
-        let mut out = Vec::new();
-        let it = self.db.iterator_cf(
-            self.cf(CF_META),
-            IteratorMode::From(prefix, Direction::Forward),
-        );
-        for item in it {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push(serde_json::from_slice(&v).map_err(|e| corrupt(what, e))?);
-        }
-        Ok(out)
+        Ok(self
+            .meta_entries(prefix, what)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
     }
 
     fn meta_get<T: serde::de::DeserializeOwned>(
@@ -893,6 +886,108 @@ impl Store {
 
     pub fn zone_status(&self, zone: &str) -> Result<Option<ZoneStatusRecord>, StoreError> {
         self.meta_get(&prefixed(KEY_ZONE_STATUS_PREFIX, zone), "zone status")
+    }
+
+    /// Visits every sealed value of the state machine (the cluster's secrets, each
+    /// mesh's root CA keys, a staged root's too, and mesh secrets) with its name; a value
+    /// `f` returns replaces it, all in one synced batch (a seal key rotation seals each
+    /// again). Not for use while entries are applied: a node calls it before its Raft
+    /// loop starts. Returns how many values were replaced.
+    pub fn map_sealed<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(&str, &str) -> Result<Option<String>, E>,
+    ) -> Result<usize, E> {
+        let meta = self.cf(CF_META);
+        let mut batch = WriteBatch::default();
+        let mut replaced = 0;
+        let mut visit = |what: &str, v: &mut String| -> Result<bool, E> {
+            Ok(match f(what, v)? {
+                Some(new) => {
+                    *v = new;
+                    replaced += 1;
+                    true
+                }
+                None => false,
+            })
+        };
+        if let Some(mut s) = self.secrets()? {
+            let mut changed = false;
+            for (what, v) in s.sealed_mut() {
+                changed |= visit(what, v)?;
+            }
+            if changed {
+                batch.put_cf(meta, KEY_SECRETS, serde_json::to_vec(&s).expect("encodes"));
+            }
+        }
+        for (key, mut ca) in self.meta_entries::<MeshCa>(KEY_MESH_CA_PREFIX, "mesh CA")? {
+            let what = format!(
+                "the root CA key of mesh {}",
+                String::from_utf8_lossy(&key[KEY_MESH_CA_PREFIX.len()..])
+            );
+            let mut changed = false;
+            for v in ca.sealed_mut() {
+                changed |= visit(&what, v)?;
+            }
+            if changed {
+                batch.put_cf(meta, &key, serde_json::to_vec(&ca).expect("encodes"));
+            }
+        }
+        for (key, mut v) in self.meta_entries::<String>(KEY_SECRET_PREFIX, "secret")? {
+            let name = String::from_utf8_lossy(&key[KEY_SECRET_PREFIX.len()..]).replace('\0', "/");
+            if visit(&format!("secret {name}"), &mut v)? {
+                batch.put_cf(meta, &key, serde_json::to_vec(&v).expect("encodes"));
+            }
+        }
+        if replaced > 0 {
+            self.db
+                .write_opt(batch, &sync_opts())
+                .map_err(StoreError::from)?;
+        }
+        Ok(replaced)
+    }
+
+    /// Leaves no trace of what was overwritten or dropped: the log up to the applied
+    /// index goes (a follower behind gets a snapshot), and RocksDB flushes its memtables
+    /// (its write-ahead log goes with them) and rewrites every file. After a seal key
+    /// rotation, nothing sealed under the old key is left in the data dir.
+    pub fn purge_history(&self) -> Result<(), StoreError> {
+        self.compact(self.applied_index()?)?;
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for name in COLUMN_FAMILIES.into_iter().chain(["default"]) {
+            let Some(cf) = self.db.cf_handle(name) else {
+                continue;
+            };
+            self.db.flush_cf(cf)?;
+            self.db
+                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
+        }
+        self.db.flush_wal(true)?;
+        Ok(())
+    }
+
+    /// The entries of the meta column family under `prefix`, with their keys.
+    fn meta_entries<T: serde::de::DeserializeOwned>(
+        &self,
+        prefix: &[u8],
+        what: &'static str,
+    ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        let mut out = Vec::new();
+        let it = self.db.iterator_cf(
+            self.cf(CF_META),
+            IteratorMode::From(prefix, Direction::Forward),
+        );
+        for item in it {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((
+                k.to_vec(),
+                serde_json::from_slice(&v).map_err(|e| corrupt(what, e))?,
+            ));
+        }
+        Ok(out)
     }
 
     /// A mesh secret's stored value (sealed).
@@ -1048,20 +1143,11 @@ impl Store {
     }
 
     pub fn members(&self) -> Result<BTreeMap<u64, Member>, StoreError> {
-        let mut out = BTreeMap::new();
-        let it = self.db.iterator_cf(
-            self.cf(CF_META),
-            IteratorMode::From(KEY_MEMBER_PREFIX, Direction::Forward),
-        );
-        for item in it {
-            let (k, v) = item?;
-            if !k.starts_with(KEY_MEMBER_PREFIX) {
-                break;
-            }
-            let m: Member = serde_json::from_slice(&v).map_err(|e| corrupt("member", e))?;
-            out.insert(m.id, m);
-        }
-        Ok(out)
+        Ok(self
+            .meta_prefix::<Member>(KEY_MEMBER_PREFIX, "member")?
+            .into_iter()
+            .map(|m| (m.id, m))
+            .collect())
     }
 }
 

@@ -10,6 +10,11 @@
 //! refuses to start without that key or with another one. A data directory records a
 //! sealed check value ([`SEAL_CHECK_FILE`]) so a wrong key is caught at start, before
 //! anything is opened.
+//!
+//! Rotation: a node started with a new key and the one it replaces
+//! ([`Sealer::with_previous`]) opens values sealed under either and seals only under the
+//! new one; each control plane then seals again ([`Sealer::reseal`]) what it holds under
+//! the previous key, so that key can be dropped and destroyed.
 
 use std::path::{Path, PathBuf};
 
@@ -79,17 +84,38 @@ pub enum SealError {
     #[error("the sealed value is damaged or was sealed under another seal key")]
     Open,
     #[error(
+        "{flag} {path} is the same key as the seal key: give the key being replaced, or leave {flag} out"
+    )]
+    SamePrevious { flag: String, path: PathBuf },
+    #[error(
+        "{flag} {path} does not exist: a rotation starts from a new key every node shares; make it with `causeway seal generate-key --out {path}` and copy it to every node"
+    )]
+    NewKeyMissing { flag: String, path: PathBuf },
+    #[error(
         "a stored key is not sealed: this data dir was written by an older version that kept keys in clear, and migrating it is not supported; start from a new data dir"
     )]
     NotSealed,
 }
 
-/// The seal key of a node.
+/// The seal key of a node, and during a rotation the key it replaces.
 pub struct Sealer {
     key: LessSafeKey,
     /// The key itself, kept so a cluster can hand it to a node that joins with a valid
     /// join token (over TLS; see the global control plane's join).
     raw: [u8; 32],
+    /// The key this one replaces: it opens what is not sealed again yet, never seals.
+    previous: Option<Box<Sealer>>,
+}
+
+/// Which key a sealed value is sealed under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedUnder {
+    /// The seal key.
+    Current,
+    /// The key being replaced: to seal again before that key is dropped.
+    Previous,
+    /// Neither (or the value is damaged, or not sealed at all).
+    Unknown,
 }
 
 impl std::fmt::Debug for Sealer {
@@ -113,7 +139,60 @@ impl Sealer {
         Ok(Sealer {
             key: LessSafeKey::new(k),
             raw,
+            previous: None,
         })
+    }
+
+    /// This key, also opening what `previous` sealed (a rotation's start).
+    pub fn with_previous(mut self, previous: Sealer) -> Sealer {
+        self.previous = Some(Box::new(Sealer {
+            previous: None,
+            ..previous
+        }));
+        self
+    }
+
+    /// Whether a previous key is given (a rotation is under way).
+    pub fn has_previous(&self) -> bool {
+        self.previous.is_some()
+    }
+
+    /// A short, public fingerprint of the key (SHA-256 of a label and the key, 16 hex
+    /// digits): which key a node runs with, without revealing it.
+    pub fn key_id(&self) -> String {
+        let mut labelled = b"causeway seal key id\0".to_vec();
+        labelled.extend_from_slice(&self.raw);
+        crate::sha256_hex(&labelled)[..16].to_string()
+    }
+
+    /// The previous key's fingerprint, during a rotation.
+    pub fn previous_key_id(&self) -> Option<String> {
+        self.previous.as_ref().map(|p| p.key_id())
+    }
+
+    /// Which key `sealed` is sealed under.
+    pub fn sealed_under(&self, sealed: &str) -> SealedUnder {
+        if self.open_own(sealed).is_ok() {
+            SealedUnder::Current
+        } else if self
+            .previous
+            .as_ref()
+            .is_some_and(|p| p.open_own(sealed).is_ok())
+        {
+            SealedUnder::Previous
+        } else {
+            SealedUnder::Unknown
+        }
+    }
+
+    /// `sealed` sealed again under the current key when it is under the previous one;
+    /// `None` when it is under the current key already. An error when neither opens it.
+    pub fn reseal(&self, sealed: &str) -> Result<Option<String>, SealError> {
+        if self.open_own(sealed).is_ok() {
+            return Ok(None);
+        }
+        let previous = self.previous.as_ref().ok_or(SealError::Open)?;
+        Ok(Some(self.seal(&previous.open_own(sealed)?)))
     }
 
     /// Reads a key file: 32 bytes as hex or base64 (whitespace ignored). `flag` names the
@@ -213,9 +292,53 @@ impl Sealer {
             })?;
         }
         let sealer = Sealer::from_file(flag, path)?;
+        sealer.check_data_dir(flag, path, data_dir)?;
+        Ok((sealer, created))
+    }
+
+    /// [`Sealer::load_or_create`] for a rotation: the new key from `path` (given by
+    /// `flag`; it must exist, as every node needs the same one) and the key it replaces
+    /// from `previous` (given by `previous_flag`). The data dir may be sealed under
+    /// either; the caller seals again what it holds, then [`Sealer::record_check`].
+    pub fn load_rotating(
+        (flag, path): (&str, &Path),
+        (previous_flag, previous): (&str, &Path),
+        data_dir: &Path,
+    ) -> Result<Sealer, SealError> {
+        check_outside(flag, path, data_dir)?;
+        check_outside(previous_flag, previous, data_dir)?;
+        if !path.exists() {
+            return Err(SealError::NewKeyMissing {
+                flag: flag.into(),
+                path: path.into(),
+            });
+        }
+        let new = Sealer::from_file(flag, path)?;
+        let old = Sealer::from_file(previous_flag, previous)?;
+        if old.raw == new.raw {
+            return Err(SealError::SamePrevious {
+                flag: previous_flag.into(),
+                path: previous.into(),
+            });
+        }
+        let sealer = new.with_previous(old);
+        sealer.check_data_dir(flag, path, data_dir)?;
+        Ok(sealer)
+    }
+
+    /// Seals the data dir's check value under the current key (after a rotation sealed
+    /// everything again), so a later start with the previous key alone is refused.
+    pub fn record_check(&self, data_dir: &Path) -> std::io::Result<()> {
+        crate::write_private(&data_dir.join(SEAL_CHECK_FILE), &self.seal(CHECK_PLAINTEXT))
+    }
+
+    /// Checks (or, on a first start, records) that the data dir is sealed under this
+    /// key (or, in a rotation, the previous one).
+    fn check_data_dir(&self, flag: &str, path: &Path, data_dir: &Path) -> Result<(), SealError> {
+        let check = data_dir.join(SEAL_CHECK_FILE);
         match std::fs::read_to_string(&check) {
             Ok(sealed) => {
-                if sealer.open(sealed.trim()).ok().as_deref() != Some(CHECK_PLAINTEXT) {
+                if self.open(sealed.trim()).ok().as_deref() != Some(CHECK_PLAINTEXT) {
                     return Err(SealError::WrongKey {
                         flag: flag.into(),
                         path: path.into(),
@@ -224,7 +347,7 @@ impl Sealer {
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                crate::write_private(&check, &sealer.seal(CHECK_PLAINTEXT)).map_err(|source| {
+                crate::write_private(&check, &self.seal(CHECK_PLAINTEXT)).map_err(|source| {
                     SealError::Write {
                         flag: flag.into(),
                         path: check.clone(),
@@ -240,7 +363,7 @@ impl Sealer {
                 });
             }
         }
-        Ok((sealer, created))
+        Ok(())
     }
 
     /// Seals `plaintext`: `sealed-v1:` and base64 of a fresh nonce, the ciphertext and
@@ -260,9 +383,18 @@ impl Sealer {
         format!("{PREFIX}{}", B64.encode(out))
     }
 
-    /// Opens a value [`Sealer::seal`] made. A value that is not sealed at all (a key
-    /// stored in clear by an older version) is refused with [`SealError::NotSealed`].
+    /// Opens a value [`Sealer::seal`] made, under this key or, in a rotation, the
+    /// previous one. A value that is not sealed at all (a key stored in clear by an older
+    /// version) is refused with [`SealError::NotSealed`].
     pub fn open(&self, sealed: &str) -> Result<String, SealError> {
+        match (self.open_own(sealed), &self.previous) {
+            (Err(SealError::Open), Some(previous)) => previous.open_own(sealed),
+            (r, _) => r,
+        }
+    }
+
+    /// Opens a value under this key only.
+    fn open_own(&self, sealed: &str) -> Result<String, SealError> {
         if !is_sealed(sealed) {
             return Err(SealError::NotSealed);
         }
@@ -444,5 +576,57 @@ mod tests {
         let e = Sealer::install_key_file("--seal-key-file", &path, &data, &other).unwrap_err();
         assert!(matches!(e, SealError::Mismatch { .. }), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), handed);
+    }
+
+    #[test]
+    fn a_rotation_opens_both_keys_seals_under_the_new_and_reseals_the_old() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        let (old_path, new_path) = (tmp.path().join("old.key"), tmp.path().join("new.key"));
+        let (flag, prev) = ("--seal-key-file", "--previous-seal-key-file");
+        let (old, _) = Sealer::load_or_create(flag, &old_path, &data).unwrap();
+        let under_old = old.seal("a key");
+
+        // The new key must exist: every node needs the same one.
+        let e = Sealer::load_rotating((flag, &new_path), (prev, &old_path), &data).unwrap_err();
+        assert!(matches!(e, SealError::NewKeyMissing { .. }), "{e}");
+        assert!(e.to_string().contains("causeway seal generate-key"), "{e}");
+        // The same key twice is a mistake.
+        let e = Sealer::load_rotating((flag, &old_path), (prev, &old_path), &data).unwrap_err();
+        assert!(matches!(e, SealError::SamePrevious { .. }), "{e}");
+
+        std::fs::write(&new_path, Sealer::generate_key_file()).unwrap();
+        let both = Sealer::load_rotating((flag, &new_path), (prev, &old_path), &data).unwrap();
+        assert_ne!(both.key_id(), old.key_id());
+        assert_eq!(both.previous_key_id(), Some(old.key_id()));
+        assert_eq!(both.key_id().len(), 16);
+        // Opens what the old key sealed; seals under the new key only.
+        assert_eq!(both.open(&under_old).unwrap(), "a key");
+        assert_eq!(both.sealed_under(&under_old), SealedUnder::Previous);
+        let fresh = both.seal("another");
+        assert_eq!(both.sealed_under(&fresh), SealedUnder::Current);
+        assert!(old.open(&fresh).is_err());
+        // Sealing again: what was under the old key is under the new one; the rest stays.
+        let resealed = both.reseal(&under_old).unwrap().expect("resealed");
+        assert_eq!(both.sealed_under(&resealed), SealedUnder::Current);
+        assert!(old.open(&resealed).is_err());
+        assert_eq!(both.reseal(&fresh).unwrap(), None);
+        let stranger = Sealer::new(&[9u8; 32]).unwrap().seal("x");
+        assert_eq!(both.sealed_under(&stranger), SealedUnder::Unknown);
+        assert!(both.reseal(&stranger).is_err());
+
+        // Once the check is recorded under the new key, the new key alone opens the data
+        // dir and the old one alone is refused.
+        both.record_check(&data).unwrap();
+        let (alone, created) = Sealer::load_or_create(flag, &new_path, &data).unwrap();
+        assert!(!created && !alone.has_previous());
+        let e = Sealer::load_or_create(flag, &old_path, &data).unwrap_err();
+        assert!(matches!(e, SealError::WrongKey { .. }), "{e}");
+        // A key that is neither is refused as before.
+        let other = tmp.path().join("other.key");
+        std::fs::write(&other, Sealer::generate_key_file()).unwrap();
+        let e = Sealer::load_rotating((flag, &other), (prev, &old_path), &data).unwrap_err();
+        assert!(matches!(e, SealError::WrongKey { .. }), "{e}");
     }
 }

@@ -714,6 +714,11 @@ impl ZoneCp {
         self.dir.with_extension("log")
     }
 
+    /// The flags its next start adds (it keeps them for later starts).
+    pub fn set_extra_args(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|s| s.to_string()).collect();
+    }
+
     /// The zone's seal key file, beside its data dir.
     pub fn seal_key_file(&self) -> PathBuf {
         self.dir.with_extension("seal-key")

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use base64::Engine as _;
 use causeway_pki::sealing::Sealer;
-use causeway_tests::mesh::MeshFixture;
+use causeway_tests::mesh::{MeshFixture, WAIT};
 use causeway_tests::secrets::{Key, global_keys, zone_keys};
 use causeway_tests::{GlobalNode, ZoneCp, eventually, files_under, put};
 use reqwest::Method;
@@ -439,5 +439,276 @@ fn a_data_dir_from_before_sealing_is_refused() -> anyhow::Result<()> {
             "no seal key is made for a data dir it refuses"
         );
     }
+    Ok(())
+}
+
+/// `GET /cluster/seal` from node `i`.
+async fn seal_status(
+    c: &causeway_tests::GlobalCluster,
+    i: usize,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(c.call(i, Method::GET, "/cluster/seal", None).await?.1)
+}
+
+/// Whether the zone holds an intermediate CA of `mesh`.
+async fn has_intermediate(zone: &ZoneCp, mesh: &str) -> Option<()> {
+    let s = zone.status().await.ok()?;
+    s["intermediates"]
+        .as_array()?
+        .iter()
+        .any(|i| i["mesh"] == mesh)
+        .then_some(())
+}
+
+/// Every sealed value written anywhere under `dir` (store files, the Raft log, key
+/// files), as found in the raw bytes.
+fn sealed_values_under(dir: &Path) -> Vec<(PathBuf, String)> {
+    let prefix = b"sealed-v1:";
+    let mut out = Vec::new();
+    for f in files_under(dir) {
+        let bytes = std::fs::read(&f).unwrap_or_default();
+        let mut at = 0;
+        while let Some(i) = bytes[at..]
+            .windows(prefix.len())
+            .position(|w| w == prefix)
+            .map(|i| at + i)
+        {
+            let body: Vec<u8> = bytes[i + prefix.len()..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || b"+/=".contains(b))
+                .copied()
+                .collect();
+            at = i + prefix.len() + body.len();
+            out.push((
+                f.clone(),
+                format!("sealed-v1:{}", String::from_utf8_lossy(&body)),
+            ));
+        }
+    }
+    out
+}
+
+/// The seal key rotates with real processes, node by node: a three-node cluster and a
+/// zone in a Strict mesh (with a mesh secret). Each node restarts with a new key and its
+/// old one as the previous key; `causeway seal status` follows the rotation; then each
+/// restarts with the new key alone, and the mesh still works (a dataplane token is
+/// signed, a new mesh gets its CA and the zone an intermediate from it). Afterwards no
+/// sealed value anywhere in the data dirs (stores, Raft logs, key files) opens with an
+/// old key, every key opens with the new ones, and an old key alone is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seal_key_rotates_node_by_node_and_the_old_keys_open_nothing_after()
+-> anyhow::Result<()> {
+    let hb = ["--kds-heartbeat", "500ms"];
+    let mut c = causeway_tests::GlobalCluster::start(3, &hb).await?;
+    put(
+        &c,
+        "/meshes/default",
+        &json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"mode": "Strict"}}}),
+    )
+    .await?;
+    let provided = causeway_pki::generate_ca("a provided CA")?;
+    let (s, v) = c
+        .call_retry(
+            Method::PUT,
+            "/meshes/default/secrets/provided-key",
+            Some(&json!(provided.key_pem)),
+        )
+        .await?;
+    anyhow::ensure!(s.is_success(), "put secret: {s} {v}");
+    let mut zone = ZoneCp::new(&c, "zone-a", c.kds_urls_from(0), &[]).await?;
+    zone.start()?;
+    eventually(
+        "the zone's intermediate CA",
+        Duration::from_secs(60),
+        || has_intermediate(&zone, "default"),
+    )
+    .await
+    .with_context(|| zone.logs())?;
+
+    // Steady: one key, nothing under another.
+    let (ok, out, err) = c.cli(&["seal", "status"])?;
+    anyhow::ensure!(ok, "seal status: {err}");
+    assert!(out.contains("every node runs with it"), "{out}");
+    let before = seal_status(&c, 0).await?;
+    let old_id = before["keyId"].as_str().context("keyId")?.to_string();
+    assert_eq!(
+        before["nodes"].as_array().map(Vec::len),
+        Some(3),
+        "{before}"
+    );
+
+    // The new key, one copy per node (each node has a key file of its own).
+    let tmp = c.tmp.path().to_path_buf();
+    let new_key = tmp.join("new-seal.key");
+    let (ok, _, err) = c.cli(&[
+        "seal",
+        "generate-key",
+        "--out",
+        &new_key.display().to_string(),
+    ])?;
+    anyhow::ensure!(ok, "generate-key: {err}");
+    let old_keys: Vec<PathBuf> = c.nodes.iter().map(|n| n.seal_key_file()).collect();
+    let new_keys: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let p = tmp.join(format!("node-{}.new-seal.key", i + 1));
+            std::fs::copy(&new_key, &p).map(|_| p)
+        })
+        .collect::<Result<_, _>>()?;
+    let arg = |p: &Path| p.display().to_string();
+
+    // Node by node, with both keys.
+    for i in 0..3 {
+        c.nodes[i].kill();
+        let (new, old) = (arg(&new_keys[i]), arg(&old_keys[i]));
+        c.nodes[i].set_extra_args(&[
+            hb[0],
+            hb[1],
+            "--seal-key-file",
+            &new,
+            "--previous-seal-key-file",
+            &old,
+        ]);
+        c.nodes[i].start(&[], false)?;
+        c.wait_ready(i).await?;
+        if i == 0 {
+            // The others still run with the old key: named.
+            let s = seal_status(&c, 0).await?;
+            assert_eq!(s["done"], false, "{s}");
+            assert!(
+                s["waiting"]
+                    .to_string()
+                    .contains(&format!("runs with seal key {old_id}")),
+                "{s}"
+            );
+        }
+    }
+    let rolled = eventually(
+        "every node on the new key, nothing under the old",
+        WAIT,
+        || async {
+            let s = seal_status(&c, 1).await.ok()?;
+            s["nodes"]
+                .as_array()?
+                .iter()
+                .all(|n| {
+                    n["keyId"] == s["keyId"]
+                        && n["previousKeyId"] == old_id
+                        && n["sealedUnderPrevious"] == 0
+                        && n["sealedUnderNeither"] == 0
+                        && n["sealedUnderKey"].as_u64() >= Some(7)
+                })
+                .then_some(s)
+        },
+    )
+    .await?;
+    assert_ne!(rolled["keyId"], old_id, "{rolled}");
+    assert!(
+        rolled["waiting"]
+            .to_string()
+            .contains("restart it without --previous-seal-key-file"),
+        "{rolled}"
+    );
+
+    // Then without the old key.
+    for (i, new) in new_keys.iter().enumerate() {
+        c.nodes[i].kill();
+        let new = arg(new);
+        c.nodes[i].set_extra_args(&[hb[0], hb[1], "--seal-key-file", &new]);
+        c.nodes[i].start(&[], false)?;
+        c.wait_ready(i).await?;
+    }
+    let (ok, out, err) = c.cli(&["seal", "status"])?;
+    anyhow::ensure!(ok, "seal status: {err}");
+    assert!(out.contains("every node runs with it"), "{out}");
+
+    // The zone: the same, with its own key, replaced in place at the end.
+    let zone_key = zone.seal_key_file();
+    let (zone_old, zone_new) = (tmp.join("zone-old.key"), tmp.join("zone-new.key"));
+    std::fs::copy(&zone_key, &zone_old)?;
+    std::fs::write(&zone_new, Sealer::generate_key_file())?;
+    zone.kill();
+    zone.set_extra_args(&[
+        "--seal-key-file",
+        &arg(&zone_new),
+        "--previous-seal-key-file",
+        &arg(&zone_old),
+    ]);
+    zone.start()?;
+    eventually("the zone back with both keys", WAIT, || {
+        has_intermediate(&zone, "default")
+    })
+    .await
+    .with_context(|| zone.logs())?;
+    zone.kill();
+    std::fs::copy(&zone_new, &zone_key)?;
+    zone.set_extra_args(&[]);
+    zone.start()?;
+
+    // The mesh works on the new keys: a dataplane token is signed, a new mesh gets a
+    // root CA and the zone an intermediate CA from it.
+    let (s, v) = c
+        .call_retry(
+            Method::POST,
+            "/meshes/default/dataplane-token",
+            Some(&json!({"service": "backend"})),
+        )
+        .await?;
+    assert_eq!(s, reqwest::StatusCode::CREATED, "{v}");
+    put(
+        &c,
+        "/meshes/second",
+        &json!({"type": "Mesh", "name": "second", "spec": {"mtls": {"mode": "Strict"}}}),
+    )
+    .await?;
+    eventually("the zone's intermediate CA of mesh second", WAIT, || {
+        has_intermediate(&zone, "second")
+    })
+    .await
+    .with_context(|| zone.logs())?;
+
+    // Stopped: every key opens with the new keys; nothing sealed anywhere opens with the
+    // old ones; the old key alone is refused.
+    for n in &c.nodes {
+        n.kill();
+    }
+    zone.kill();
+    let mut keys = zone_keys(&zone)?;
+    for n in &c.nodes {
+        keys.extend(global_keys(n, &["default", "second"])?);
+    }
+    assert!(keys.len() >= 10, "{}", keys.len());
+    let old_sealers: Vec<Sealer> = old_keys
+        .iter()
+        .chain([&zone_old])
+        .map(|p| Sealer::from_file("--seal-key-file", p))
+        .collect::<Result<_, _>>()?;
+    let new_sealer = Sealer::from_file("--seal-key-file", &new_key)?;
+    let zone_sealer = Sealer::from_file("--seal-key-file", &zone_new)?;
+    for (dir, sealer) in c
+        .nodes
+        .iter()
+        .map(|n| (&n.dir, &new_sealer))
+        .chain([(&zone.dir, &zone_sealer)])
+    {
+        let found = sealed_values_under(dir);
+        assert!(found.len() >= 5, "{}: {found:?}", dir.display());
+        let mut under_old = Vec::new();
+        for (file, v) in &found {
+            if old_sealers.iter().any(|o| o.open(v).is_ok()) {
+                under_old.push(file.display().to_string());
+            }
+        }
+        assert!(
+            under_old.is_empty(),
+            "sealed under an old key after the rotation: {under_old:?}"
+        );
+        assert!(
+            found.iter().any(|(_, v)| sealer.open(v).is_ok()),
+            "{}: nothing opens with the new key",
+            dir.display()
+        );
+    }
+    c.nodes[0].set_extra_args(&[hb[0], hb[1], "--seal-key-file", &arg(&old_keys[0])]);
+    refuses_to_start(&mut c.nodes[0], "not the seal key").await?;
     Ok(())
 }

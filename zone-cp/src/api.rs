@@ -36,6 +36,27 @@ const TOKEN_HASHES_FILE: &str = "api-token-hashes.json";
 /// File in the data dir with the API CA's key, sealed.
 const API_CA_KEY_FILE: &str = "api-ca-key.sealed";
 
+/// A seal key rotation: the API CA key sealed again under the current seal key when it
+/// is under the previous one. Returns whether it was.
+pub(crate) fn reseal_api_ca_key(dir: &FsPath, sealer: &Sealer) -> anyhow::Result<bool> {
+    let key_path = dir.join(API_CA_KEY_FILE);
+    if !key_path.exists() {
+        return Ok(false);
+    }
+    let sealed = std::fs::read_to_string(&key_path)
+        .with_context(|| format!("reading {}", key_path.display()))?;
+    match sealer
+        .reseal(sealed.trim())
+        .with_context(|| format!("{} is sealed under neither seal key", key_path.display()))?
+    {
+        Some(again) => {
+            write_private(&key_path, &again)?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// Loads (or creates on first start) the API CA and the API tokens' hashes. On first
 /// start the tokens are handed out once (`token_out`, or standard output) and only their
 /// hashes are kept; the CA key is kept sealed.

@@ -195,7 +195,10 @@ pub(crate) fn mesh_inputs(shared: &Shared, mesh: &str) -> Result<Arc<MeshInputs>
             .map_err(err)?
             .map(|r| r.trusted_sha256)
             .unwrap_or_default(),
-        issuer: store.intermediate(mesh).map_err(err)?.map(|i| i.sha256()),
+        issuer: store
+            .intermediate_hashes(mesh)
+            .map_err(err)?
+            .map(|(sha, _)| sha),
         drilled_zones: Vec::new(),
         blackholed_zones: Vec::new(),
     };

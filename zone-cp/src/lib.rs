@@ -45,6 +45,9 @@ pub struct ZoneConfig {
     /// The seal key file (`--seal-key-file`, outside the data dir); created on the first
     /// start when missing.
     pub seal_key_file: PathBuf,
+    /// The seal key being replaced (`--previous-seal-key-file`): the zone seals every
+    /// key it holds again under `seal_key_file` at start.
+    pub previous_seal_key_file: Option<PathBuf>,
     /// Where the first start writes the API tokens and CA (`--token-out-dir`); `None`
     /// prints the tokens once on standard output.
     pub token_out_dir: Option<PathBuf>,
@@ -173,11 +176,11 @@ impl Shared {
                 )
                 .map_or(0, |(items, _)| items.len() as u64)
         };
-        let intermediates: Vec<(Option<store::Intermediate>, u64)> = roots
+        let intermediates: Vec<(Option<(String, String)>, u64)> = roots
             .iter()
             .map(|r| {
                 (
-                    self.store.intermediate(&r.mesh).ok().flatten(),
+                    self.store.intermediate_hashes(&r.mesh).ok().flatten(),
                     registered(&r.mesh),
                 )
             })
@@ -193,14 +196,14 @@ impl Shared {
             .iter()
             .zip(intermediates)
             .map(|(r, (inter, registered))| {
-                let current = inter.as_ref().map(store::Intermediate::sha256);
+                let (current, intermediate_root) = match inter {
+                    Some((sha, root)) => (Some(sha), root),
+                    None => (None, String::new()),
+                };
                 let mut p = causeway_api::kds::MeshCaProgress {
                     mesh: r.mesh.clone(),
                     trusted_sha256: r.trusted_sha256.clone(),
-                    intermediate_root_sha256: inter
-                        .as_ref()
-                        .map(store::Intermediate::root_sha256)
-                        .unwrap_or_default(),
+                    intermediate_root_sha256: intermediate_root,
                     ..Default::default()
                 };
                 for x in proxies.values().filter(|x| !x.ingress && x.mesh == r.mesh) {
@@ -305,11 +308,21 @@ impl Zone {
             "the data dir {} was written by an older version that kept tokens and keys in clear; migrating it is not supported: start the zone with a new --data-dir and a new zone token",
             cfg.data_dir.display()
         );
-        let (sealer, created) = causeway_pki::sealing::Sealer::load_or_create(
-            "--seal-key-file",
-            &cfg.seal_key_file,
-            &cfg.data_dir,
-        )?;
+        let (sealer, created) = match &cfg.previous_seal_key_file {
+            Some(previous) => (
+                causeway_pki::sealing::Sealer::load_rotating(
+                    ("--seal-key-file", &cfg.seal_key_file),
+                    ("--previous-seal-key-file", previous),
+                    &cfg.data_dir,
+                )?,
+                false,
+            ),
+            None => causeway_pki::sealing::Sealer::load_or_create(
+                "--seal-key-file",
+                &cfg.seal_key_file,
+                &cfg.data_dir,
+            )?,
+        };
         if created {
             tracing::warn!(path = %cfg.seal_key_file.display(), "generated a new seal key: back it up now (losing it loses the zone's keys)");
         }
@@ -319,6 +332,20 @@ impl Zone {
             .with_context(|| format!("creating {}", db_dir.display()))?;
         let store = Store::open(&db_dir, sealer.clone())?
             .with_disk_reserve(cfg.data_dir.clone(), cfg.disk_reserve_bytes);
+        if sealer.has_previous() {
+            // A seal key rotation: everything sealed again under the new key, the
+            // store's history purged, then the check value moved, so the previous key
+            // is needed no more (a zone seals only its own keys).
+            let n = store.reseal()? + usize::from(api::reseal_api_ca_key(&cfg.data_dir, &sealer)?);
+            sealer
+                .record_check(&cfg.data_dir)
+                .with_context(|| format!("writing the seal check in {}", cfg.data_dir.display()))?;
+            tracing::warn!(
+                resealed = n,
+                key_id = %sealer.key_id(),
+                "seal key rotation: every key of this zone is sealed under the new seal key; restart it without --previous-seal-key-file and destroy the previous key"
+            );
+        }
         if store
             .identity()
             .with_context(|| format!("--seal-key-file {}", cfg.seal_key_file.display()))?

@@ -512,6 +512,63 @@ impl Store {
         }
     }
 
+    /// A seal key rotation: every key stored under the previous seal key is sealed again
+    /// under the current one (in one synced batch), then RocksDB's history is purged
+    /// (memtables flushed with their write-ahead log, every file rewritten), so the store
+    /// holds nothing the previous key opens. Returns how many keys were sealed again.
+    pub fn reseal(&self) -> Result<usize, StoreError> {
+        let meta = self.cf(CF_META);
+        let mut batch = rocksdb::WriteBatch::default();
+        let mut n = 0;
+        let again = |what: &'static str, sealed: &str| {
+            self.sealer
+                .reseal(sealed)
+                .map_err(|source| StoreError::Sealed { what, source })
+        };
+        if let Some(mut id) = self.meta_json::<Identity>(KEY_IDENTITY, "zone identity")?
+            && let Some(v) = again("zone certificate", &id.key_pem)?
+        {
+            id.key_pem = v;
+            batch.put_cf(
+                meta,
+                KEY_IDENTITY,
+                serde_json::to_vec(&id).expect("encodes"),
+            );
+            n += 1;
+        }
+        for (key, what) in [
+            (KEY_ENROLLMENT_KEY, "enrollment key"),
+            (KEY_TOKEN_RENEWAL_KEY, "token renewal key"),
+        ] {
+            if let Some(sealed) = self.meta_json::<String>(key, what)?
+                && let Some(v) = again(what, &sealed)?
+            {
+                batch.put_cf(meta, key, serde_json::to_vec(&v).expect("encodes"));
+                n += 1;
+            }
+        }
+        for (k, mut i) in self.sealed_intermediates()? {
+            if let Some(v) = again("intermediate CA", &i.key_pem)? {
+                i.key_pem = v;
+                batch.put_cf(meta, &k, serde_json::to_vec(&i).expect("encodes"));
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.db.write_opt(batch, &synced())?;
+        }
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for name in [CF_RESOURCES, CF_META] {
+            let cf = self.cf(name);
+            self.db.flush_cf(cf)?;
+            self.db
+                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
+        }
+        self.db.flush_wal(true)?;
+        Ok(n)
+    }
+
     /// Opens a sealed key read from the store.
     fn open_key(&self, what: &'static str, sealed: String) -> Result<String, StoreError> {
         self.sealer
@@ -713,6 +770,17 @@ impl Store {
         Ok(Some(i))
     }
 
+    /// SHA-256 of the intermediate CA of `mesh` and of its root, without opening its
+    /// key: what proxies' configs and the zone's insight name, read on every config
+    /// computation and heartbeat.
+    pub fn intermediate_hashes(&self, mesh: &str) -> Result<Option<(String, String)>, StoreError> {
+        let mut k = KEY_INTERMEDIATE_PREFIX.to_vec();
+        k.extend_from_slice(mesh.as_bytes());
+        Ok(self
+            .meta_json::<Intermediate>(&k, "intermediate CA")?
+            .map(|i| (i.sha256(), i.root_sha256())))
+    }
+
     pub fn set_intermediate(&self, i: &Intermediate) -> Result<(), StoreError> {
         let mut k = KEY_INTERMEDIATE_PREFIX.to_vec();
         k.extend_from_slice(i.mesh.as_bytes());
@@ -730,6 +798,17 @@ impl Store {
     }
 
     pub fn intermediates(&self) -> Result<Vec<Intermediate>, StoreError> {
+        self.sealed_intermediates()?
+            .into_iter()
+            .map(|(_, mut i)| {
+                i.key_pem = self.open_key("intermediate CA", i.key_pem)?;
+                Ok(i)
+            })
+            .collect()
+    }
+
+    /// The intermediate CAs as stored (keys sealed), with their store keys.
+    fn sealed_intermediates(&self) -> Result<Vec<(Vec<u8>, Intermediate)>, StoreError> {
         let mut out = Vec::new();
         let it = self.db.iterator_cf(
             self.cf(CF_META),
@@ -740,10 +819,8 @@ impl Store {
             if !k.starts_with(KEY_INTERMEDIATE_PREFIX) {
                 break;
             }
-            let mut i: Intermediate =
-                serde_json::from_slice(&v).map_err(|e| corrupt("intermediate CA", e))?;
-            i.key_pem = self.open_key("intermediate CA", i.key_pem)?;
-            out.push(i);
+            let i = serde_json::from_slice(&v).map_err(|e| corrupt("intermediate CA", e))?;
+            out.push((k.to_vec(), i));
         }
         Ok(out)
     }
