@@ -267,6 +267,30 @@ pub(crate) enum DataplaneTokenCmd {
         #[arg(long)]
         service: Option<String>,
     },
+    /// The keys that sign and verify dataplane and ingress tokens (ids and dates).
+    Keys,
+    /// A new key signs dataplane and ingress tokens from now on; the previous one still
+    /// verifies the tokens it signed for --overlap, then every zone refuses them (a
+    /// running proxy keeps going on its zone's renewals, which its zone signs).
+    RotateKey {
+        /// How long the previous key still verifies, e.g. 24h (default 168h, the default
+        /// token validity; at most 720h). 0s when it leaked: its tokens stop at once.
+        #[arg(long)]
+        overlap: Option<String>,
+    },
+}
+
+fn print_signing_keys(v: &Value) {
+    println!("{:<18} {:<6} {:<22} RETIRES", "KEY", "SIGNS", "CREATED");
+    for k in v["keys"].as_array().into_iter().flatten() {
+        println!(
+            "{:<18} {:<6} {:<22} {}",
+            k["id"].as_str().unwrap_or("?"),
+            if k["signs"] == true { "yes" } else { "no" },
+            k["created"].as_str().unwrap_or("(cluster formed)"),
+            k["retiresAt"].as_str().unwrap_or("-"),
+        );
+    }
 }
 
 pub(crate) async fn dataplane_token(conn: &ConnArgs, c: DataplaneTokenCmd) -> anyhow::Result<()> {
@@ -288,6 +312,19 @@ pub(crate) async fn dataplane_token(conn: &ConnArgs, c: DataplaneTokenCmd) -> an
                 path.push_str(&format!("&service={s}"));
             }
             return print_tokens(&client.get(&path).await?, true);
+        }
+        DataplaneTokenCmd::Keys => {
+            print_signing_keys(&client.get("/dataplane-token-keys").await?);
+            return Ok(());
+        }
+        DataplaneTokenCmd::RotateKey { overlap } => {
+            let body = overlap.map(|o| json!({ "overlap": o }));
+            let (_, v) = client
+                .request(Method::POST, "/dataplane-token-keys/rotate", body.as_ref())
+                .await?;
+            eprintln!("a new key signs dataplane and ingress tokens from now on");
+            print_signing_keys(&v);
+            return Ok(());
         }
         DataplaneTokenCmd::Revoke { mesh, id, service } => {
             let path = match (&id, &service) {

@@ -135,6 +135,14 @@ pub(crate) fn router(state: ApiState) -> Router {
     let authed = Router::new()
         .route("/cluster", get(cluster_status))
         .route("/cluster/seal", get(seal::status))
+        .route(
+            "/dataplane-token-keys",
+            get(proxy_tokens::list_signing_keys),
+        )
+        .route(
+            "/dataplane-token-keys/rotate",
+            post(proxy_tokens::rotate_signing_key),
+        )
         .route("/overview", get(overview::overview))
         .route("/whoami", get(api_tokens::whoami))
         .route(
@@ -1028,6 +1036,8 @@ pub fn openapi_document() -> Value {
         );
     }
     paths.insert("/cluster".into(), json!({"get": {"summary": "Raft cluster status", "responses": {"200": {"description": "status"}}}}));
+    paths.insert("/dataplane-token-keys".into(), json!({"get": {"summary": "The keys that sign and verify dataplane and ingress tokens (ids and dates, never a key)", "responses": {"200": {"description": "keys"}}}}));
+    paths.insert("/dataplane-token-keys/rotate".into(), json!({"post": {"summary": "A new key signs dataplane and ingress tokens; the previous one verifies for the overlap (body: overlap, default 168h, at most 720h; 0s for a leaked key). Admins only", "responses": {"200": {"description": "keys"}, "default": err}}}));
     paths.insert("/cluster/seal".into(), json!({"get": {"summary": "Each node's seal key (fingerprint) and how many stored keys are sealed under it, the previous key or neither; what a seal key rotation waits for (?local=true: this node only)", "responses": {"200": {"description": "seal status"}}}}));
     paths.insert("/cluster/members".into(), json!({"post": {"summary": "Add a node; answers with its single-use join token (body: id, raft_addr, api_addr, token_ttl)", "responses": {"200": {"description": "added"}, "default": err}}}));
     paths.insert("/cluster/members/{id}/join-token".into(), json!({"post": {"summary": "A new join token for a member that has not joined yet (body: token_ttl)", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "the token"}, "default": err}}}));

@@ -82,6 +82,12 @@ pub fn describe(cmd: &Command) -> (String, String) {
                 format!("zone {} token {}", t.zone, t.id),
             ),
         },
+        Command::SetTokenSigningKeys { keys, .. } => (
+            "rotate the token-signing key",
+            crate::token_keys::current(keys)
+                .map(|k| format!("key {}", k.id))
+                .unwrap_or_default(),
+        ),
         Command::RevokeProxyTokens { ids } => ("revoke proxy tokens", ids.join(", ")),
         Command::RevokeZoneTokens { zone, id } => (
             "revoke zone tokens",

@@ -65,6 +65,13 @@ pub enum Command {
     /// Records an issued dataplane or ingress token (never the token itself), so it can
     /// be listed and revoked.
     AddProxyToken(ProxyTokenRecord),
+    /// Replaces the keys that sign dataplane and ingress tokens (a rotation, see
+    /// [`crate::token_keys`]), if the key that signs is still `expected_current` (`None`:
+    /// the key the cluster formed with); otherwise `Refused`.
+    SetTokenSigningKeys {
+        keys: Vec<crate::token_keys::TokenSigningKey>,
+        expected_current: Option<String>,
+    },
     /// Revokes dataplane or ingress tokens by id. Zones learn it over KDS and refuse the
     /// tokens' next registration and certificate. `NotFound` when none is known.
     RevokeProxyTokens {

@@ -647,8 +647,29 @@ impl Session {
                 expires_unix: until,
             })
             .collect();
+        // After a rotation the list decides (the signing key, then those still in their
+        // overlap, which drop out when it ends); before any, the cluster's first key.
+        let signing = self
+            .kds
+            .inner
+            .store
+            .token_signing_keys()
+            .unwrap_or_default();
+        let verifying = crate::token_keys::verifying(&signing, now_unix());
+        let (dataplane_token_public_key, retiring_token_public_keys) = match verifying.split_first()
+        {
+            Some((current, retiring)) => (
+                current.public_key.clone(),
+                retiring.iter().map(|k| k.public_key.clone()).collect(),
+            ),
+            None => (
+                self.kds.inner.dataplane_token_public_key.clone(),
+                Vec::new(),
+            ),
+        };
         Trust {
-            dataplane_token_public_key: self.kds.inner.dataplane_token_public_key.clone(),
+            dataplane_token_public_key,
+            retiring_token_public_keys,
             revoked_cas,
             revoked_tokens,
             mesh_roots: mesh_roots(&self.kds.inner.store),

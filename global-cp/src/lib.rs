@@ -14,6 +14,7 @@ pub mod join;
 pub mod kds;
 pub mod raft_node;
 pub mod store;
+pub mod token_keys;
 /// Certificates and TLS configs (the shared `causeway-pki` crate).
 pub use causeway_pki as tls;
 /// Sealing of keys at rest (the shared `causeway-pki` module).

@@ -58,6 +58,8 @@ const KEY_ZONE_STATUS_PREFIX: &[u8] = b"zone_status/";
 const KEY_MESH_CA_PREFIX: &[u8] = b"mesh_ca/";
 const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
 const KEY_SECRET_PREFIX: &[u8] = b"secret/";
+/// The token-signing keys after a rotation (absent: the cluster's first key signs).
+const KEY_TOKEN_SIGNING_KEYS: &[u8] = b"token_signing_keys";
 /// API tokens, by id (see [`crate::access`]).
 const KEY_API_TOKEN_PREFIX: &[u8] = b"api_token/";
 /// The audit log, by sequence number (see [`crate::audit`]), and its last number.
@@ -932,6 +934,18 @@ impl Store {
                 batch.put_cf(meta, &key, serde_json::to_vec(&ca).expect("encodes"));
             }
         }
+        let mut signing = self.token_signing_keys()?;
+        let mut changed = false;
+        for k in &mut signing {
+            changed |= visit(&format!("token-signing key {}", k.id), &mut k.key_sealed)?;
+        }
+        if changed {
+            batch.put_cf(
+                meta,
+                KEY_TOKEN_SIGNING_KEYS,
+                serde_json::to_vec(&signing).expect("encodes"),
+            );
+        }
         for (key, mut v) in self.meta_entries::<String>(KEY_SECRET_PREFIX, "secret")? {
             let name = String::from_utf8_lossy(&key[KEY_SECRET_PREFIX.len()..]).replace('\0', "/");
             if visit(&format!("secret {name}"), &mut v)? {
@@ -988,6 +1002,16 @@ impl Store {
             ));
         }
         Ok(out)
+    }
+
+    /// The token-signing keys after a rotation; empty while the cluster's first key
+    /// (in its secrets) signs.
+    pub fn token_signing_keys(
+        &self,
+    ) -> Result<Vec<crate::token_keys::TokenSigningKey>, StoreError> {
+        Ok(self
+            .meta_get(KEY_TOKEN_SIGNING_KEYS, "token signing keys")?
+            .unwrap_or_default())
     }
 
     /// A mesh secret's stored value (sealed).
@@ -1395,6 +1419,22 @@ impl ApplyBatch<'_> {
                 let node = t.node;
                 self.join_tokens.insert(sha256.clone(), t);
                 self.retire_join_tokens(node, Some(&sha256))?;
+                Ok(WriteOutcome::Done)
+            }
+            Command::SetTokenSigningKeys {
+                keys,
+                expected_current,
+            } => {
+                let stored: Vec<crate::token_keys::TokenSigningKey> = self
+                    .get_meta(KEY_TOKEN_SIGNING_KEYS, "token signing keys")?
+                    .unwrap_or_default();
+                let current = crate::token_keys::current(&stored).map(|k| k.id.clone());
+                if current != expected_current {
+                    return Ok(Err(ApplyError::Refused(
+                        "the token-signing key was rotated meanwhile; look again and retry".into(),
+                    )));
+                }
+                self.put_meta(KEY_TOKEN_SIGNING_KEYS.to_vec(), &keys);
                 Ok(WriteOutcome::Done)
             }
             Command::AddProxyToken(t) => {

@@ -3751,3 +3751,92 @@ async fn a_route_has_its_own_retries_and_matches_by_method_query_and_regex() -> 
     );
     Ok(())
 }
+
+/// The key that signs dataplane tokens rotates: a token the previous key signed still
+/// gets certificates during the overlap and is refused by the zone once it ends; tokens
+/// signed after the rotation work; `causeway dataplane token keys` shows both keys, then
+/// one. A rotation with no overlap (a key that leaked) stops its tokens at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_signing_key_rotates_and_old_tokens_end_with_the_overlap() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    let token = |path: std::path::PathBuf| std::fs::read_to_string(path);
+    let old = token(fx.token("backend").await?)?;
+    anyhow::ensure!(fx.sign_with(&old).await?.is_ok(), "the first token works");
+    let refused = |t: String| {
+        let fx = &fx;
+        move || {
+            let t = t.clone();
+            async move {
+                match fx.sign_with(&t).await.ok()? {
+                    Err(s) if s.code() == tonic::Code::Unauthenticated => Some(s),
+                    _ => None,
+                }
+            }
+        }
+    };
+
+    let (ok, out, err) =
+        fx.c.cli(&["dataplane", "token", "rotate-key", "--overlap", "10s"])?;
+    anyhow::ensure!(ok, "rotate-key: {err}");
+    let started = Instant::now();
+    // Both keys listed, the new one signing.
+    assert!(
+        out.lines().filter(|l| l.contains(" yes ")).count() == 1,
+        "{out}"
+    );
+    assert!(
+        out.lines().filter(|l| l.contains(" no ")).count() == 1,
+        "{out}"
+    );
+    // The old token still works in its overlap; a new one works once the zone has the
+    // new key.
+    let answer = fx.sign_with(&old).await?;
+    assert!(
+        answer.is_ok() || started.elapsed() >= Duration::from_secs(10),
+        "refused within the overlap: {answer:?}"
+    );
+    let new = token(fx.token("backend").await?)?;
+    eventually("the new token accepted", WAIT, || async {
+        fx.sign_with(&new).await.ok()?.ok()
+    })
+    .await?;
+    // Once the overlap ends, every zone refuses the old token.
+    let why = eventually("the old token refused", WAIT, refused(old.clone())).await?;
+    // (The overlap ends on a whole second, counted from before the CLI returned.)
+    assert!(
+        started.elapsed() >= Duration::from_secs(8),
+        "refused after {:?}, within the overlap: {why:?}",
+        started.elapsed()
+    );
+    assert!(fx.sign_with(&new).await?.is_ok());
+    let (_, v) =
+        fx.c.call_retry(Method::GET, "/dataplane-token-keys", None)
+            .await?;
+    assert_eq!(v["keys"].as_array().map(Vec::len), Some(1), "{v}");
+
+    // A key that leaked: no overlap, its tokens stop at once, new ones work.
+    let (ok, _, err) =
+        fx.c.cli(&["dataplane", "token", "rotate-key", "--overlap", "0s"])?;
+    anyhow::ensure!(ok, "rotate-key: {err}");
+    eventually("the leaked key's token refused", WAIT, refused(new.clone())).await?;
+    let newest = token(fx.token("backend").await?)?;
+    eventually("a token from the newest key accepted", WAIT, || async {
+        fx.sign_with(&newest).await.ok()?.ok()
+    })
+    .await?;
+    // Too long an overlap is refused, naming the field; nothing changes.
+    let (s, v) =
+        fx.c.call_retry(
+            Method::POST,
+            "/dataplane-token-keys/rotate",
+            Some(&json!({"overlap": "9000h"})),
+        )
+        .await?;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v.to_string().contains("overlap"), "{v}");
+    let (_, v) =
+        fx.c.call_retry(Method::GET, "/dataplane-token-keys", None)
+            .await?;
+    assert_eq!(v["keys"].as_array().map(Vec::len), Some(1), "{v}");
+    Ok(())
+}

@@ -489,8 +489,9 @@ fn sealed_values_under(dir: &Path) -> Vec<(PathBuf, String)> {
 }
 
 /// The seal key rotates with real processes, node by node: a three-node cluster and a
-/// zone in a Strict mesh (with a mesh secret). Each node restarts with a new key and its
-/// old one as the previous key; `causeway seal status` follows the rotation; then each
+/// zone in a Strict mesh (with a mesh secret and a rotated token-signing key). Each node
+/// restarts with a new key and its old one as the previous key; `causeway seal status`
+/// follows the rotation; then each
 /// restarts with the new key alone, and the mesh still works (a dataplane token is
 /// signed, a new mesh gets its CA and the zone an intermediate from it). Afterwards no
 /// sealed value anywhere in the data dirs (stores, Raft logs, key files) opens with an
@@ -524,6 +525,10 @@ async fn the_seal_key_rotates_node_by_node_and_the_old_keys_open_nothing_after()
     )
     .await
     .with_context(|| zone.logs())?;
+
+    // A rotated token-signing key is kept sealed too.
+    let (ok, _, err) = c.cli(&["dataplane", "token", "rotate-key"])?;
+    anyhow::ensure!(ok, "rotate-key: {err}");
 
     // Steady: one key, nothing under another.
     let (ok, out, err) = c.cli(&["seal", "status"])?;
@@ -595,7 +600,7 @@ async fn the_seal_key_rotates_node_by_node_and_the_old_keys_open_nothing_after()
                         && n["previousKeyId"] == old_id
                         && n["sealedUnderPrevious"] == 0
                         && n["sealedUnderNeither"] == 0
-                        && n["sealedUnderKey"].as_u64() >= Some(7)
+                        && n["sealedUnderKey"].as_u64() >= Some(9)
                 })
                 .then_some(s)
         },

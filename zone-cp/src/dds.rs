@@ -80,17 +80,8 @@ pub(crate) struct DdsService {
 
 impl DdsService {
     fn verify(&self, token: &str) -> Result<DataplaneTokenClaims, Status> {
-        let key = self
-            .shared
-            .store
-            .dataplane_token_public_key()
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| {
-                Status::unavailable(
-                    "this zone has not received the dataplane token key from global yet; retry",
-                )
-            })?;
-        let keys = [key.as_str(), self.shared.token_renewal.1.as_str()];
+        let keys = self.token_keys()?;
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let claims =
             dataplane_token::verify_with_any(dataplane_token::verify, &keys, token, now_unix())
                 .map_err(|e| {
@@ -101,22 +92,30 @@ impl DdsService {
         Ok(claims)
     }
 
+    /// The public keys that verify a proxy's token: global's (the signing one, and
+    /// those a rotation keeps for its overlap), then this zone's renewal key.
+    fn token_keys(&self) -> Result<Vec<String>, Status> {
+        let mut keys = self
+            .shared
+            .store
+            .token_public_keys()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if keys.is_empty() {
+            return Err(Status::unavailable(
+                "this zone has not received the token key from global yet; retry",
+            ));
+        }
+        keys.push(self.shared.token_renewal.1.clone());
+        Ok(keys)
+    }
+
     fn not_revoked(&self, kind: &str, id: &str) -> Result<(), Status> {
         not_revoked(&self.shared, kind, id)
     }
 
     fn verify_ingress(&self, token: &str) -> Result<IngressTokenClaims, Status> {
-        let key = self
-            .shared
-            .store
-            .dataplane_token_public_key()
-            .map_err(|e| Status::internal(e.to_string()))?
-            .ok_or_else(|| {
-                Status::unavailable(
-                    "this zone has not received the token key from global yet; retry",
-                )
-            })?;
-        let keys = [key.as_str(), self.shared.token_renewal.1.as_str()];
+        let keys = self.token_keys()?;
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let claims = dataplane_token::verify_with_any(
             dataplane_token::verify_ingress,
             &keys,

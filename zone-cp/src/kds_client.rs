@@ -309,10 +309,13 @@ impl Stream {
             global_message::Msg::Heartbeat(_) => {}
             global_message::Msg::Trust(t) => {
                 let store = &self.shared.store;
-                if store.dataplane_token_public_key()?.as_deref()
-                    != Some(t.dataplane_token_public_key.as_str())
-                {
-                    store.set_dataplane_token_public_key(&t.dataplane_token_public_key)?;
+                let mut keys = vec![t.dataplane_token_public_key.clone()];
+                keys.extend(t.retiring_token_public_keys.iter().cloned());
+                if store.token_public_keys()? != keys {
+                    store.set_token_public_keys(
+                        &t.dataplane_token_public_key,
+                        &t.retiring_token_public_keys,
+                    )?;
                 }
                 let tokens: Vec<(String, i64)> = t
                     .revoked_tokens

@@ -28,6 +28,8 @@ const KEY_ENROLLMENT_KEY: &[u8] = b"enrollment-key";
 const KEY_TOKEN_RENEWAL_KEY: &[u8] = b"token-renewal-key";
 const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
 const KEY_TRUST: &[u8] = b"trust";
+/// Earlier token-signing public keys, still verifying during a rotation's overlap.
+const KEY_TRUST_RETIRING: &[u8] = b"trust_retiring";
 const KEY_REVOKED_CAS: &[u8] = b"revoked_cas";
 const KEY_REVOKED_TOKENS: &[u8] = b"revoked_tokens";
 const KEY_MESH_ROOTS: &[u8] = b"mesh_roots";
@@ -748,6 +750,38 @@ impl Store {
     /// The public key that verifies dataplane tokens (hex), as global last sent it.
     pub fn dataplane_token_public_key(&self) -> Result<Option<String>, StoreError> {
         self.meta_json(KEY_TRUST, "trust")
+    }
+
+    /// Every public key that verifies dataplane and ingress tokens now: the one that
+    /// signs, then those a rotation keeps for its overlap. Empty before global sent any.
+    pub fn token_public_keys(&self) -> Result<Vec<String>, StoreError> {
+        let mut keys: Vec<String> = self.dataplane_token_public_key()?.into_iter().collect();
+        keys.extend(
+            self.meta_json::<Vec<String>>(KEY_TRUST_RETIRING, "retiring token keys")?
+                .unwrap_or_default(),
+        );
+        Ok(keys)
+    }
+
+    /// Stores the keys global sent: the one that signs and those retiring (synced).
+    pub fn set_token_public_keys(
+        &self,
+        current: &str,
+        retiring: &[String],
+    ) -> Result<(), StoreError> {
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(
+            self.cf(CF_META),
+            KEY_TRUST,
+            serde_json::to_vec(current).expect("encodes"),
+        );
+        batch.put_cf(
+            self.cf(CF_META),
+            KEY_TRUST_RETIRING,
+            serde_json::to_vec(retiring).expect("encodes"),
+        );
+        self.db.write_opt(batch, &synced())?;
+        Ok(())
     }
 
     pub fn set_dataplane_token_public_key(&self, key: &str) -> Result<(), StoreError> {

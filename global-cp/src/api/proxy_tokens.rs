@@ -21,10 +21,15 @@ use super::zones::{
 use super::{ApiError, ApiResult, ApiState};
 use crate::command::{ApplyError, Command, ProxyTokenKind, ProxyTokenRecord};
 use crate::raft_node::RaftError;
+use crate::token_keys::{self, TokenSigningKey};
 use causeway_api::timestamp::rfc3339;
 
-/// The key that signs dataplane and ingress tokens.
+/// The key that signs dataplane and ingress tokens: the newest from a rotation, or the
+/// key the cluster formed with.
 fn token_signing_key(st: &ApiState) -> ApiResult<String> {
+    if let Some(k) = token_keys::current(&st.store.token_signing_keys()?) {
+        return st.sealer.open(&k.key_sealed).map_err(internal);
+    }
     let secrets = &st.secrets;
     if secrets.dataplane_token_key.is_empty() {
         return Err(ApiError::new(
@@ -34,6 +39,124 @@ fn token_signing_key(st: &ApiState) -> ApiResult<String> {
         ));
     }
     Ok(secrets.dataplane_token_key.clone())
+}
+
+/// The key the cluster formed with, as the first entry of the rotated list.
+fn formed_with(st: &ApiState) -> ApiResult<TokenSigningKey> {
+    let public_key =
+        causeway_pki::dataplane_token::public_key(&token_signing_key(st)?).map_err(internal)?;
+    let sealed = st
+        .store
+        .secrets()?
+        .ok_or_else(|| internal("the cluster's secrets are missing"))?
+        .dataplane_token_key_sealed;
+    Ok(TokenSigningKey {
+        id: token_keys::key_id(&public_key),
+        public_key,
+        key_sealed: sealed,
+        created: 0,
+        retires_at: None,
+    })
+}
+
+/// The keys as the API shows them (never a private key): the one that signs first.
+fn key_listing(keys: &[TokenSigningKey], now: i64) -> Value {
+    let shown: Vec<Value> = token_keys::verifying(keys, now)
+        .into_iter()
+        .map(|k| {
+            json!({
+                "id": k.id,
+                "signs": k.retires_at.is_none(),
+                "created": (k.created > 0).then(|| rfc3339(k.created)),
+                "retiresAt": k.retires_at.map(rfc3339),
+            })
+        })
+        .collect();
+    json!({ "keys": shown })
+}
+
+/// `GET /dataplane-token-keys`: the keys that sign and verify dataplane and ingress
+/// tokens (ids and dates only).
+pub(super) async fn list_signing_keys(State(st): State<ApiState>) -> ApiResult<Json<Value>> {
+    let mut keys = st.store.token_signing_keys()?;
+    if keys.is_empty() {
+        keys.push(formed_with(&st)?);
+    }
+    Ok(Json(key_listing(&keys, now_unix())))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RotateSigningKey {
+    /// How long the key that signed until now still verifies (Go-style; default the
+    /// default token validity, 168h; `0s` for a key that leaked).
+    overlap: Option<String>,
+}
+
+/// At most this overlap: a dataplane token lasts up to a year, but an old key should
+/// not verify for that long.
+const MAX_KEY_OVERLAP_SECS: u64 = 30 * 24 * 3600;
+
+/// `POST /dataplane-token-keys/rotate`: a new key signs dataplane and ingress tokens from
+/// now on; the one before verifies the tokens it signed for the overlap, then not.
+pub(super) async fn rotate_signing_key(
+    State(st): State<ApiState>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: RotateSigningKey = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateSigningKey::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad("", e.to_string()))?
+    };
+    let overlap: causeway_api::Duration = req
+        .overlap
+        .as_deref()
+        .unwrap_or(PROXY_TOKEN_VALIDITY)
+        .parse()
+        .map_err(|e: causeway_api::DurationError| ApiError::bad("overlap", e.to_string()))?;
+    if overlap.as_std().as_secs() > MAX_KEY_OVERLAP_SECS {
+        return Err(ApiError::bad("overlap", "must be at most 720h (30 days)"));
+    }
+    st.raft.read_barrier().await?;
+    let keys = st.store.token_signing_keys()?;
+    let expected_current = token_keys::current(&keys).map(|k| k.id.clone());
+    let first = if keys.is_empty() {
+        Some(formed_with(&st)?)
+    } else {
+        None
+    };
+    let private = causeway_pki::dataplane_token::generate_key().map_err(internal)?;
+    let public_key = causeway_pki::dataplane_token::public_key(&private).map_err(internal)?;
+    let now = now_unix();
+    let new = TokenSigningKey {
+        id: token_keys::key_id(&public_key),
+        public_key,
+        key_sealed: st.sealer.seal(&private),
+        created: now,
+        retires_at: None,
+    };
+    let new_id = new.id.clone();
+    let keys = token_keys::rotated(
+        &keys,
+        || first.expect("the first key, when the list is empty"),
+        new,
+        now,
+        overlap.as_std().as_secs() as i64,
+    );
+    st.raft
+        .propose(Command::SetTokenSigningKeys {
+            keys: keys.clone(),
+            expected_current,
+        })
+        .await
+        .map_err(|e| match e {
+            RaftError::Rejected(ApplyError::Refused(why)) => {
+                ApiError::new(StatusCode::CONFLICT, "", why)
+            }
+            e => e.into(),
+        })?;
+    tracing::warn!(key = %new_id, overlap = %overlap, "rotated the dataplane and ingress token signing key");
+    Ok(Json(key_listing(&keys, now)))
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
