@@ -59,20 +59,16 @@ pub fn verifying(keys: &[TokenSigningKey], now: i64) -> Vec<&TokenSigningKey> {
 }
 
 /// The list after a rotation at `now`: `new` signs; the key that signed until now
-/// (`keys`' current one, or `formed_with` when the list is empty: the cluster's first
-/// key) verifies for `overlap_secs` more; keys whose overlap has ended are dropped.
+/// (the current one of `keys`: the stored list, or, before any rotation, the key the
+/// cluster formed with alone) verifies for `overlap_secs` more; keys whose overlap has
+/// ended are dropped.
 pub fn rotated(
-    keys: &[TokenSigningKey],
-    formed_with: impl FnOnce() -> TokenSigningKey,
+    keys: Vec<TokenSigningKey>,
     new: TokenSigningKey,
     now: i64,
     overlap_secs: i64,
 ) -> Vec<TokenSigningKey> {
-    let mut out: Vec<TokenSigningKey> = if keys.is_empty() {
-        vec![formed_with()]
-    } else {
-        keys.to_vec()
-    };
+    let mut out = keys;
     for k in &mut out {
         if k.retires_at.is_none() {
             k.retires_at = Some(now + overlap_secs.max(0));
@@ -100,7 +96,7 @@ mod tests {
     #[test]
     fn a_rotation_signs_with_the_new_key_and_verifies_with_the_old_for_the_overlap() {
         // The first rotation starts from the key the cluster formed with.
-        let keys = rotated(&[], || key("formed", 0), key("k1", 100), 100, 50);
+        let keys = rotated(vec![key("formed", 0)], key("k1", 100), 100, 50);
         assert_eq!(current(&keys).map(|k| k.id.as_str()), Some("k1"));
         let ids =
             |now| -> Vec<String> { verifying(&keys, now).iter().map(|k| k.id.clone()).collect() };
@@ -109,13 +105,13 @@ mod tests {
 
         // A second rotation within the overlap keeps both earlier keys until theirs end;
         // one after it drops the expired one from the list.
-        let again = rotated(&keys, || unreachable!(), key("k2", 130), 130, 100);
+        let again = rotated(keys.clone(), key("k2", 130), 130, 100);
         let v: Vec<&str> = verifying(&again, 140)
             .iter()
             .map(|k| k.id.as_str())
             .collect();
         assert_eq!(v, ["k2", "formed", "k1"]);
-        let later = rotated(&again, || unreachable!(), key("k3", 200), 200, 0);
+        let later = rotated(again.clone(), key("k3", 200), 200, 0);
         let all: Vec<&str> = later.iter().map(|k| k.id.as_str()).collect();
         assert_eq!(all, ["k1", "k3"], "formed (ended at 150) dropped");
         // Overlap zero (a leaked key): only the new key verifies from now on.

@@ -344,6 +344,16 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(d.as_ref())
 }
 
+/// SHA-256 (hex) of the first certificate in `pem` (DER): how roots and intermediates are
+/// named across the mesh; empty when `pem` holds none.
+pub fn first_cert_sha256(pem: &str) -> String {
+    certs(pem, "certificate")
+        .ok()
+        .and_then(|c| c.into_iter().next())
+        .map(|der| sha256_hex(&der))
+        .unwrap_or_default()
+}
+
 /// Compares secrets in time independent of where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

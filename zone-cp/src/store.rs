@@ -85,22 +85,13 @@ impl Intermediate {
     /// SHA-256 (DER, hex) of the intermediate certificate: the issuer its sidecars'
     /// certificates name.
     pub fn sha256(&self) -> String {
-        sha256_of_first(&self.cert_pem)
+        causeway_pki::first_cert_sha256(&self.cert_pem)
     }
 
     /// SHA-256 of the root that signed it.
     pub fn root_sha256(&self) -> String {
-        sha256_of_first(&self.root_pem)
+        causeway_pki::first_cert_sha256(&self.root_pem)
     }
-}
-
-/// SHA-256 (DER, hex) of the first certificate in `pem`; empty when there is none.
-pub fn sha256_of_first(pem: &str) -> String {
-    causeway_pki::certs(pem, "certificate")
-        .ok()
-        .and_then(|c| c.into_iter().next())
-        .map(|der| causeway_pki::sha256_hex(&der))
-        .unwrap_or_default()
 }
 
 impl std::fmt::Debug for Identity {

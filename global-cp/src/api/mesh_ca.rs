@@ -29,14 +29,6 @@ fn mesh_ca(st: &ApiState, mesh: &str) -> ApiResult<MeshCa> {
     })
 }
 
-fn sha256_of(pem: &str) -> String {
-    causeway_pki::certs(pem, "root")
-        .ok()
-        .and_then(|c| c.into_iter().next())
-        .map(|der| causeway_pki::sha256_hex(&der))
-        .unwrap_or_default()
-}
-
 /// Every zone that ever reported, with whether it is online now and what it reported of
 /// `mesh` (nothing yet: no sidecars, no roots).
 fn progress(st: &ApiState, mesh: &str) -> ApiResult<Vec<ZoneProgress>> {
@@ -72,7 +64,7 @@ pub(super) async fn status(
     let phase = Phase::of(&ca);
     let root = |pem: &str, role: &str| {
         let info = causeway_pki::cert_info(pem).ok();
-        json!({"sha256": sha256_of(pem), "role": role,
+        json!({"sha256": causeway_pki::first_cert_sha256(pem), "role": role,
                "notAfter": info.map(|i| rfc3339(i.not_after))})
     };
     let mut roots = vec![root(&ca.cert_pem, "signing")];
@@ -94,7 +86,10 @@ pub(super) async fn status(
 }
 
 fn bundle_sha(ca: &MeshCa) -> Vec<String> {
-    ca_rotation::bundle(ca).into_iter().map(sha256_of).collect()
+    ca_rotation::bundle(ca)
+        .into_iter()
+        .map(causeway_pki::first_cert_sha256)
+        .collect()
 }
 
 /// The activate and finish steps (stage needs its new root first).

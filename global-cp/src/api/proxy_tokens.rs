@@ -118,13 +118,11 @@ pub(super) async fn rotate_signing_key(
         return Err(ApiError::bad("overlap", "must be at most 720h (30 days)"));
     }
     st.raft.read_barrier().await?;
-    let keys = st.store.token_signing_keys()?;
+    let mut keys = st.store.token_signing_keys()?;
     let expected_current = token_keys::current(&keys).map(|k| k.id.clone());
-    let first = if keys.is_empty() {
-        Some(formed_with(&st)?)
-    } else {
-        None
-    };
+    if keys.is_empty() {
+        keys.push(formed_with(&st)?);
+    }
     let private = causeway_pki::dataplane_token::generate_key().map_err(internal)?;
     let public_key = causeway_pki::dataplane_token::public_key(&private).map_err(internal)?;
     let now = now_unix();
@@ -136,13 +134,7 @@ pub(super) async fn rotate_signing_key(
         retires_at: None,
     };
     let new_id = new.id.clone();
-    let keys = token_keys::rotated(
-        &keys,
-        || first.expect("the first key, when the list is empty"),
-        new,
-        now,
-        overlap.as_std().as_secs() as i64,
-    );
+    let keys = token_keys::rotated(keys, new, now, overlap.as_std().as_secs() as i64);
     st.raft
         .propose(Command::SetTokenSigningKeys {
             keys: keys.clone(),
