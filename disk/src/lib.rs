@@ -11,6 +11,9 @@
 //! Like etcd's space quota alarm, but automatic both ways: no operator action beyond
 //! freeing space. [`DiskWatch`] is the pure state machine (time and free space are
 //! arguments); [`free_bytes`] is the one `statvfs`.
+//!
+//! [`purge_rocksdb_history`] is the other thing both control planes do to their store's
+//! files: after a seal key rotation, no file may keep a value sealed under the old key.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -116,6 +119,25 @@ impl DiskWatch {
     pub fn report(&self) -> DiskReport {
         self.report
     }
+}
+
+/// Leaves no trace in RocksDB's files of values overwritten or deleted: flushes each of
+/// `column_families` (and `default`; their memtables, with the write-ahead log that held
+/// them), rewrites every file down to the bottom level, and syncs what log is left.
+pub fn purge_rocksdb_history(
+    db: &rocksdb::DB,
+    column_families: &[&str],
+) -> Result<(), rocksdb::Error> {
+    let mut opts = rocksdb::CompactOptions::default();
+    opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+    for name in column_families.iter().copied().chain(["default"]) {
+        let Some(cf) = db.cf_handle(name) else {
+            continue;
+        };
+        db.flush_cf(cf)?;
+        db.compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
+    }
+    db.flush_wal(true)
 }
 
 #[cfg(test)]

@@ -192,19 +192,13 @@ impl Node {
         if cfg.join_token.is_some() {
             cfg.join = true;
         }
-        let (sealer, created) = match &cfg.previous_seal_key_file {
-            Some(previous) => (
-                sealing::Sealer::load_rotating(
-                    (SEAL_KEY_FLAG, &cfg.seal_key_file),
-                    (PREVIOUS_SEAL_KEY_FLAG, previous),
-                    &cfg.data_dir,
-                )?,
-                false,
-            ),
-            None => {
-                sealing::Sealer::load_or_create(SEAL_KEY_FLAG, &cfg.seal_key_file, &cfg.data_dir)?
-            }
-        };
+        let (sealer, created) = sealing::Sealer::load(
+            (SEAL_KEY_FLAG, &cfg.seal_key_file),
+            cfg.previous_seal_key_file
+                .as_deref()
+                .map(|p| (PREVIOUS_SEAL_KEY_FLAG, p)),
+            &cfg.data_dir,
+        )?;
         if created {
             tracing::warn!(path = %cfg.seal_key_file.display(), "generated a new seal key: back it up now (losing it loses every key of the cluster) and give every node of the cluster a copy");
         }

@@ -966,17 +966,7 @@ impl Store {
     /// rotation, nothing sealed under the old key is left in the data dir.
     pub fn purge_history(&self) -> Result<(), StoreError> {
         self.compact(self.applied_index()?)?;
-        let mut opts = rocksdb::CompactOptions::default();
-        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        for name in COLUMN_FAMILIES.into_iter().chain(["default"]) {
-            let Some(cf) = self.db.cf_handle(name) else {
-                continue;
-            };
-            self.db.flush_cf(cf)?;
-            self.db
-                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
-        }
-        self.db.flush_wal(true)?;
+        causeway_disk::purge_rocksdb_history(&self.db, &COLUMN_FAMILIES)?;
         Ok(())
     }
 

@@ -296,6 +296,23 @@ impl Sealer {
         Ok((sealer, created))
     }
 
+    /// The seal key a control plane starts with: [`Sealer::load_rotating`] when a
+    /// previous key is given (`previous`: its flag and path), else
+    /// [`Sealer::load_or_create`]. Returns the sealer and whether the key was created.
+    pub fn load(
+        (flag, path): (&str, &Path),
+        previous: Option<(&str, &Path)>,
+        data_dir: &Path,
+    ) -> Result<(Sealer, bool), SealError> {
+        match previous {
+            Some(previous) => Ok((
+                Sealer::load_rotating((flag, path), previous, data_dir)?,
+                false,
+            )),
+            None => Sealer::load_or_create(flag, path, data_dir),
+        }
+    }
+
     /// [`Sealer::load_or_create`] for a rotation: the new key from `path` (given by
     /// `flag`; it must exist, as every node needs the same one) and the key it replaces
     /// from `previous` (given by `previous_flag`). The data dir may be sealed under

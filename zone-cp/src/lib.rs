@@ -308,21 +308,13 @@ impl Zone {
             "the data dir {} was written by an older version that kept tokens and keys in clear; migrating it is not supported: start the zone with a new --data-dir and a new zone token",
             cfg.data_dir.display()
         );
-        let (sealer, created) = match &cfg.previous_seal_key_file {
-            Some(previous) => (
-                causeway_pki::sealing::Sealer::load_rotating(
-                    ("--seal-key-file", &cfg.seal_key_file),
-                    ("--previous-seal-key-file", previous),
-                    &cfg.data_dir,
-                )?,
-                false,
-            ),
-            None => causeway_pki::sealing::Sealer::load_or_create(
-                "--seal-key-file",
-                &cfg.seal_key_file,
-                &cfg.data_dir,
-            )?,
-        };
+        let (sealer, created) = causeway_pki::sealing::Sealer::load(
+            ("--seal-key-file", &cfg.seal_key_file),
+            cfg.previous_seal_key_file
+                .as_deref()
+                .map(|p| ("--previous-seal-key-file", p)),
+            &cfg.data_dir,
+        )?;
         if created {
             tracing::warn!(path = %cfg.seal_key_file.display(), "generated a new seal key: back it up now (losing it loses the zone's keys)");
         }

@@ -550,15 +550,7 @@ impl Store {
         if n > 0 {
             self.db.write_opt(batch, &synced())?;
         }
-        let mut opts = rocksdb::CompactOptions::default();
-        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        for name in [CF_RESOURCES, CF_META] {
-            let cf = self.cf(name);
-            self.db.flush_cf(cf)?;
-            self.db
-                .compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &opts);
-        }
-        self.db.flush_wal(true)?;
+        causeway_disk::purge_rocksdb_history(&self.db, &[CF_RESOURCES, CF_META])?;
         Ok(n)
     }
 
@@ -738,8 +730,8 @@ impl Store {
         Ok(())
     }
 
-    /// The public key that verifies dataplane tokens (hex), as global last sent it.
-    pub fn dataplane_token_public_key(&self) -> Result<Option<String>, StoreError> {
+    /// The public key that signs dataplane tokens now (hex), as global last sent it.
+    fn dataplane_token_public_key(&self) -> Result<Option<String>, StoreError> {
         self.meta_json(KEY_TRUST, "trust")
     }
 
@@ -772,16 +764,6 @@ impl Store {
             serde_json::to_vec(retiring).expect("encodes"),
         );
         self.db.write_opt(batch, &synced())?;
-        Ok(())
-    }
-
-    pub fn set_dataplane_token_public_key(&self, key: &str) -> Result<(), StoreError> {
-        self.db.put_cf_opt(
-            self.cf(CF_META),
-            KEY_TRUST,
-            serde_json::to_vec(key).expect("encodes"),
-            &synced(),
-        )?;
         Ok(())
     }
 
@@ -908,7 +890,7 @@ mod tests {
             ),
             (
                 "token key",
-                Box::new(|s| s.set_dataplane_token_public_key("k").unwrap()),
+                Box::new(|s| s.set_token_public_keys("k", &[]).unwrap()),
             ),
             (
                 "registration",
