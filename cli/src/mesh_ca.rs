@@ -61,73 +61,130 @@ pub(crate) async fn ca(conn: &ConnArgs, c: CaCmd) -> anyhow::Result<()> {
             let timeout: causeway_api::Duration = timeout
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
-            rotate(&client, &mesh, step.as_deref(), force, timeout.as_std()).await
+            let steps = Rotation {
+                status_path: format!("/meshes/{mesh}/ca"),
+                rotate_path: format!("/meshes/{mesh}/ca/rotate"),
+                subject: format!("mesh {mesh}'s root CA"),
+                render,
+            };
+            steps
+                .run(&client, step.as_deref(), force, timeout.as_std())
+                .await
         }
     }
 }
 
-async fn rotate(
-    client: &Client,
-    mesh: &str,
-    only: Option<&str>,
-    force: bool,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    let mut taken = 0;
-    let mut said = String::new();
-    loop {
-        let s = client.get(&format!("/meshes/{mesh}/ca")).await?;
-        let step = s["next"]["step"].as_str().unwrap_or("stage").to_string();
-        // The whole rotation ends when the mesh is back to one root.
-        if only.is_none() && taken > 0 && s["phase"] == "steady" {
-            eprintln!("rotation of mesh {mesh}'s root CA finished");
-            print!("{}", render(&s));
-            return Ok(());
-        }
-        if let Some(o) = only
-            && o != step
-        {
-            anyhow::bail!(
-                "the rotation is {}: its next step is {step}, not {o}",
-                s["phase"].as_str().unwrap_or("?")
-            );
-        }
-        if s["next"]["ready"] == true || force {
-            client
-                .request(
-                    Method::POST,
-                    &format!("/meshes/{mesh}/ca/rotate"),
-                    Some(&json!({"step": step, "force": force})),
-                )
-                .await?;
-            taken += 1;
-            eprintln!("{step}: done");
-            said.clear();
-            if only.is_some() {
+/// A rotation taken step by step through the API: the status names the next step and
+/// whether the zones are ready for it (`next.step`, `next.ready`, `next.waiting`) and
+/// the phase (`steady` once done). The mesh root CA's and the zone CA's work this way.
+pub(crate) struct Rotation {
+    pub status_path: String,
+    pub rotate_path: String,
+    /// What rotates, for messages ("mesh default's root CA").
+    pub subject: String,
+    pub render: fn(&Value) -> String,
+}
+
+impl Rotation {
+    /// Takes each step (or `only` that one) once the zones are ready for it (or at once
+    /// with `force`), saying what it waits for meanwhile.
+    pub(crate) async fn run(
+        &self,
+        client: &Client,
+        only: Option<&str>,
+        force: bool,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut taken = 0;
+        let mut said = String::new();
+        loop {
+            let s = client.get(&self.status_path).await?;
+            let step = s["next"]["step"].as_str().unwrap_or("stage").to_string();
+            // The whole rotation ends when there is one CA again.
+            if only.is_none() && taken > 0 && s["phase"] == "steady" {
+                eprintln!("rotation of {} finished", self.subject);
+                print!("{}", (self.render)(&s));
                 return Ok(());
             }
-            continue;
+            if let Some(o) = only
+                && o != step
+            {
+                anyhow::bail!(
+                    "the rotation is {}: its next step is {step}, not {o}",
+                    s["phase"].as_str().unwrap_or("?")
+                );
+            }
+            if s["next"]["ready"] == true || force {
+                client
+                    .request(
+                        Method::POST,
+                        &self.rotate_path,
+                        Some(&json!({"step": step, "force": force})),
+                    )
+                    .await?;
+                taken += 1;
+                eprintln!("{step}: done");
+                said.clear();
+                if only.is_some() {
+                    return Ok(());
+                }
+                continue;
+            }
+            let waiting = waiting(&s);
+            let now = format!("{step}: waiting for {}", waiting.join("; "));
+            if now != said {
+                eprintln!("{now}");
+                said = now;
+            }
+            if Instant::now() >= deadline {
+                anyhow::bail!(
+                    "gave up after {timeout:?} before {step}: {}; run it again to carry on, or --force",
+                    waiting.join("; ")
+                );
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        let waiting: Vec<&str> = s["next"]["waiting"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let now = format!("{step}: waiting for {}", waiting.join("; "));
-        if now != said {
-            eprintln!("{now}");
-            said = now;
-        }
-        if Instant::now() >= deadline {
-            anyhow::bail!(
-                "gave up after {timeout:?} before {step}: {}; run it again to carry on, or --force",
-                waiting.join("; ")
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
     }
+}
+
+/// The first 12 hex digits of a SHA-256, for people.
+pub(crate) fn short_sha(v: &Value) -> String {
+    v.as_str().unwrap_or("").chars().take(12).collect()
+}
+
+/// What a rotation's next step waits for (`next.waiting`).
+pub(crate) fn waiting(s: &Value) -> Vec<&str> {
+    s["next"]["waiting"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// `  LABEL SHA ROLE until NOT-AFTER`: one CA of a status.
+pub(crate) fn ca_line(label: &str, ca: &Value) -> String {
+    format!(
+        "  {label} {} {:<8} until {}\n",
+        short_sha(&ca["sha256"]),
+        ca["role"].as_str().unwrap_or(""),
+        ca["notAfter"].as_str().unwrap_or("?")
+    )
+}
+
+/// `  next: STEP (ready | what it waits for)`.
+pub(crate) fn next_line(s: &Value) -> String {
+    let waiting = waiting(s);
+    format!(
+        "  next: {} ({})\n",
+        s["next"]["step"].as_str().unwrap_or("?"),
+        if s["next"]["ready"] == true {
+            "ready".to_string()
+        } else {
+            waiting.join("; ")
+        }
+    )
 }
 
 /// The status for people.
@@ -137,20 +194,8 @@ fn render(s: &Value) -> String {
         s["mesh"].as_str().unwrap_or("?"),
         s["phase"].as_str().unwrap_or("?")
     );
-    let short = |v: &Value| {
-        v.as_str()
-            .unwrap_or("")
-            .chars()
-            .take(12)
-            .collect::<String>()
-    };
     for r in s["roots"].as_array().into_iter().flatten() {
-        out += &format!(
-            "  root {} {:<8} until {}\n",
-            short(&r["sha256"]),
-            r["role"].as_str().unwrap_or(""),
-            r["notAfter"].as_str().unwrap_or("?")
-        );
+        out += &ca_line("root", r);
     }
     for z in s["zones"].as_array().into_iter().flatten() {
         out += &format!(
@@ -162,28 +207,13 @@ fn render(s: &Value) -> String {
                 "offline"
             },
             z["trusted"].as_array().map_or(0, Vec::len),
-            short(&z["intermediateRoot"]),
+            short_sha(&z["intermediateRoot"]),
             z["proxiesTrusting"],
             z["proxiesCurrent"],
             z["proxies"],
         );
     }
-    let next = &s["next"];
-    out += &format!(
-        "  next: {} ({})\n",
-        next["step"].as_str().unwrap_or("?"),
-        if next["ready"] == true {
-            "ready".to_string()
-        } else {
-            next["waiting"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join("; ")
-        }
-    );
+    out += &next_line(s);
     out
 }
 

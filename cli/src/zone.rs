@@ -1,4 +1,4 @@
-//! Zone commands: `zone token create|list|revoke`, `inspect zone` and `inspect dataplane`.
+//! Zone commands: `zone token create|list|revoke|rotate-key`, `zone ca status|rotate`, `inspect zone` and `inspect dataplane`.
 
 use std::path::PathBuf;
 
@@ -14,6 +14,9 @@ pub(crate) enum ZoneCmd {
     /// Zone tokens: a zone control plane presents one once to get its certificate.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// The CA of zones' KDS certificates, and its rotation.
+    #[command(subcommand)]
+    Ca(ZoneCaCmd),
     /// Revoke every intermediate CA issued to a zone: sidecars in every zone stop
     /// trusting its workloads' certificates. Disable the zone too to keep it from
     /// getting a new one.
@@ -43,6 +46,10 @@ pub(crate) enum TokenCmd {
         #[arg(long)]
         zone: String,
     },
+    /// A new key signs zone tokens from now on. Tokens issued and not used yet stop
+    /// working (the answer counts them; issue them again); enrolled zones are not
+    /// affected: they connect with certificates, not tokens.
+    RotateKey,
     /// Revoke one token (--id) or all of a zone's tokens. A zone whose token is revoked
     /// is refused at its next heartbeat.
     Revoke {
@@ -53,9 +60,88 @@ pub(crate) enum TokenCmd {
     },
 }
 
+#[derive(clap::Subcommand)]
+pub(crate) enum ZoneCaCmd {
+    /// The zone CA (and the one it replaces during a rotation), and which CA each
+    /// zone's certificate is from.
+    Status,
+    /// Rotate the zone CA: stage a new CA, which signs zone certificates at once while
+    /// global still admits the old one's; every zone renews its certificate and
+    /// reconnects on its own; finish (drop the old CA) once every zone connected with a
+    /// certificate of the new one. An offline zone holds the finish up.
+    Rotate {
+        /// Take this step only: stage or finish.
+        #[arg(long)]
+        step: Option<String>,
+        /// Finish without waiting for the zones (those still on the old CA must enrol
+        /// again with a new zone token).
+        #[arg(long)]
+        force: bool,
+        /// Give up waiting for the zones after this long, e.g. 10m.
+        #[arg(long, default_value = "10m")]
+        timeout: String,
+    },
+}
+
+/// The zone CA status for people.
+fn render_zone_ca(s: &Value) -> String {
+    use crate::mesh_ca::{ca_line, next_line, short_sha};
+    let mut out = format!("zone CA: {}\n", s["phase"].as_str().unwrap_or("?"));
+    for ca in s["cas"].as_array().into_iter().flatten() {
+        out += &ca_line("CA", ca);
+    }
+    for z in s["zones"].as_array().into_iter().flatten() {
+        let from = match (z["onCurrent"] == true, short_sha(&z["caSha256"])) {
+            (true, sha) => format!("the signing CA ({sha})"),
+            (false, sha) if sha.is_empty() => "an unknown CA".to_string(),
+            (false, sha) => format!("the previous CA ({sha})"),
+        };
+        let online = if z["online"] == true {
+            "online"
+        } else {
+            "offline"
+        };
+        out += &format!(
+            "  zone {:<12} {online:<7} certificate from {from}\n",
+            z["zone"].as_str().unwrap_or("")
+        );
+    }
+    out + &next_line(s)
+}
+
 pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
     let client = Client::new(conn.resolve()?)?;
     match c {
+        ZoneCmd::Ca(ZoneCaCmd::Status) => {
+            print!("{}", render_zone_ca(&client.get("/zone-ca").await?))
+        }
+        ZoneCmd::Ca(ZoneCaCmd::Rotate {
+            step,
+            force,
+            timeout,
+        }) => {
+            let timeout: causeway_api::Duration = timeout
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
+            let rotation = crate::mesh_ca::Rotation {
+                status_path: "/zone-ca".into(),
+                rotate_path: "/zone-ca/rotate".into(),
+                subject: "the zone CA".into(),
+                render: render_zone_ca,
+            };
+            rotation
+                .run(&client, step.as_deref(), force, timeout.as_std())
+                .await?;
+        }
+        ZoneCmd::Token(TokenCmd::RotateKey) => {
+            let (_, v) = client
+                .request(Method::POST, "/zone-token-key/rotate", None)
+                .await?;
+            eprintln!(
+                "rotated the zone-token key: new zone tokens are signed with the new key; {} issued token(s) not used yet no longer enrol (issue them again)",
+                v["unusedTokensVoided"]
+            );
+        }
         ZoneCmd::RevokeCa { zone } => {
             let (_, v) = client
                 .request(Method::POST, &format!("/zones/{zone}/revoke-ca"), None)
@@ -575,4 +661,39 @@ pub(crate) async fn secret(conn: &ConnArgs, c: SecretCmd) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_zone_ca_status_names_each_zones_ca_and_what_the_finish_waits_for() {
+        let s = json!({"phase": "rotating",
+            "cas": [{"sha256": "aaaaaaaaaaaaaaaa", "role": "signing", "notAfter": "2036-01-01T00:00:00Z"},
+                    {"sha256": "bbbbbbbbbbbbbbbb", "role": "previous", "notAfter": "2035-01-01T00:00:00Z"}],
+            "zones": [{"zone": "zone-a", "online": true, "caSha256": "aaaaaaaaaaaaaaaa", "onCurrent": true},
+                      {"zone": "zone-b", "online": false, "caSha256": "bbbbbbbbbbbbbbbb", "onCurrent": false}],
+            "next": {"step": "finish", "ready": false,
+                     "waiting": ["zone zone-b: offline, last connected with a certificate of the previous CA"]}});
+        let text = render_zone_ca(&s);
+        assert!(text.starts_with("zone CA: rotating\n"), "{text}");
+        assert!(text.contains("CA bbbbbbbbbbbb previous"), "{text}");
+        assert!(
+            text.contains(
+                "zone zone-a       online  certificate from the signing CA (aaaaaaaaaaaa)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "zone zone-b       offline certificate from the previous CA (bbbbbbbbbbbb)"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("next: finish (zone zone-b: offline, last connected with a certificate of the previous CA)\n"),
+            "{text}"
+        );
+    }
 }

@@ -33,6 +33,7 @@ mod service_policies;
 mod services;
 mod stats;
 mod ui;
+mod zone_ca;
 mod zones;
 
 #[derive(Clone)]
@@ -142,6 +143,12 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route(
             "/dataplane-token-keys/rotate",
             post(proxy_tokens::rotate_signing_key),
+        )
+        .route("/zone-ca", get(zone_ca::status))
+        .route("/zone-ca/rotate", post(zone_ca::rotate))
+        .route(
+            "/zone-token-key/rotate",
+            post(zone_ca::rotate_zone_token_key),
         )
         .route("/overview", get(overview::overview))
         .route("/whoami", get(api_tokens::whoami))
@@ -1038,6 +1045,9 @@ pub fn openapi_document() -> Value {
     paths.insert("/cluster".into(), json!({"get": {"summary": "Raft cluster status", "responses": {"200": {"description": "status"}}}}));
     paths.insert("/dataplane-token-keys".into(), json!({"get": {"summary": "The keys that sign and verify dataplane and ingress tokens (ids and dates, never a key)", "responses": {"200": {"description": "keys"}}}}));
     paths.insert("/dataplane-token-keys/rotate".into(), json!({"post": {"summary": "A new key signs dataplane and ingress tokens; the previous one verifies for the overlap (body: overlap, default 168h, at most 720h; 0s for a leaked key). Admins only", "responses": {"200": {"description": "keys"}, "default": err}}}));
+    paths.insert("/zone-ca".into(), json!({"get": {"summary": "The CA of zones' KDS certificates (and the one it replaces during a rotation), which CA each zone's certificate is from, and what the rotation's next step waits for", "responses": {"200": {"description": "zone CA status"}}}}));
+    paths.insert("/zone-ca/rotate".into(), json!({"post": {"summary": "A step of a zone CA rotation (body: step stage|finish, force). Stage: a new CA signs zone certificates and zones renew at once; finish: the old CA is dropped once every zone connected with a certificate of the new one. Admins only", "responses": {"200": {"description": "zone CA status"}, "default": err}}}));
+    paths.insert("/zone-token-key/rotate".into(), json!({"post": {"summary": "A new key signs zone tokens; issued tokens not yet used stop enrolling (the answer counts them). Admins only", "responses": {"200": {"description": "rotated"}, "default": err}}}));
     paths.insert("/cluster/seal".into(), json!({"get": {"summary": "Each node's seal key (fingerprint) and how many stored keys are sealed under it, the previous key or neither; what a seal key rotation waits for (?local=true: this node only)", "responses": {"200": {"description": "seal status"}}}}));
     paths.insert("/cluster/members".into(), json!({"post": {"summary": "Add a node; answers with its single-use join token (body: id, raft_addr, api_addr, token_ttl)", "responses": {"200": {"description": "added"}, "default": err}}}));
     paths.insert("/cluster/members/{id}/join-token".into(), json!({"post": {"summary": "A new join token for a member that has not joined yet (body: token_ttl)", "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}], "responses": {"200": {"description": "the token"}, "default": err}}}));

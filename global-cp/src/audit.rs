@@ -88,6 +88,20 @@ pub fn describe(cmd: &Command) -> (String, String) {
                 .map(|k| format!("key {}", k.id))
                 .unwrap_or_default(),
         ),
+        Command::SetZoneTokenKey { .. } => ("rotate the zone-token key", String::new()),
+        Command::RotateZoneCa { step, .. } => (
+            match step {
+                crate::command::ZoneCaStep::Stage { .. } => "stage a new zone CA",
+                crate::command::ZoneCaStep::Finish => "finish the zone CA rotation",
+            },
+            match step {
+                crate::command::ZoneCaStep::Stage { cert_pem, .. } => {
+                    let sha = causeway_pki::first_cert_sha256(cert_pem);
+                    format!("CA {}", sha.get(..16).unwrap_or(&sha))
+                }
+                crate::command::ZoneCaStep::Finish => String::new(),
+            },
+        ),
         Command::RevokeProxyTokens { ids } => ("revoke proxy tokens", ids.join(", ")),
         Command::RevokeZoneTokens { zone, id } => (
             "revoke zone tokens",

@@ -72,6 +72,17 @@ pub enum Command {
         keys: Vec<crate::token_keys::TokenSigningKey>,
         expected_current: Option<String>,
     },
+    /// Replaces the key that signs zone tokens (sealed). Tokens it signed and not yet
+    /// used stop enrolling: their signature no longer verifies.
+    SetZoneTokenKey {
+        key_sealed: String,
+    },
+    /// A step of a zone CA rotation, if the CA that signs zone certificates is still
+    /// the one whose certificate hashes to `expected_current_sha256`; else `Refused`.
+    RotateZoneCa {
+        expected_current_sha256: String,
+        step: ZoneCaStep,
+    },
     /// Revokes dataplane or ingress tokens by id. Zones learn it over KDS and refuse the
     /// tokens' next registration and certificate. `NotFound` when none is known.
     RevokeProxyTokens {
@@ -264,6 +275,10 @@ pub struct ZoneStatusRecord {
     /// Per mesh with mTLS: how far the zone and its sidecars follow the mesh's roots.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mesh_ca: Vec<crate::ca_rotation::MeshReport>,
+    /// SHA-256 of the zone CA that signed the certificate the session's zone presented
+    /// (empty when it is neither the current nor the previous one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone_ca_sha256: String,
 }
 
 /// A mesh's root CA. The key never leaves the global control plane, and is sealed
@@ -327,6 +342,10 @@ pub struct SealedSecrets {
     /// The CA of zone certificates (KDS client certificates).
     pub zone_ca_cert_pem: String,
     pub zone_ca_key_sealed: String,
+    /// During a zone CA rotation, the CA it replaces: KDS still admits zones with its
+    /// certificates until the rotation finishes; it signs nothing.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone_ca_previous_cert_pem: String,
     /// Ed25519 key (PKCS#8, hex) that signs dataplane tokens, sealed.
     pub dataplane_token_key_sealed: String,
     /// The Raft CA, when the cluster generated it (formed by one node); empty when the
@@ -371,6 +390,7 @@ impl SealedSecrets {
             zone_token_key_sealed: sealer.seal(&secrets.zone_token_key),
             zone_ca_cert_pem: secrets.zone_ca_cert_pem.clone(),
             zone_ca_key_sealed: sealer.seal(&secrets.zone_ca_key_pem),
+            zone_ca_previous_cert_pem: String::new(),
             dataplane_token_key_sealed: sealer.seal(&secrets.dataplane_token_key),
             raft_ca_cert_pem: secrets.raft_ca_cert_pem.clone(),
             raft_ca_key_sealed: if secrets.raft_ca_key_pem.is_empty() {
@@ -399,6 +419,19 @@ impl SealedSecrets {
             },
         })
     }
+}
+
+/// The steps of a zone CA rotation: a new CA signs zones' certificates at once, while
+/// KDS admits certificates of either; zones move to the new one on their own (global
+/// names the CA in `Trust`); once every zone presents one, the old CA is dropped.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ZoneCaStep {
+    Stage {
+        cert_pem: String,
+        key_sealed: String,
+    },
+    Finish,
 }
 
 /// The cluster's secrets opened: held in memory only, never serialized (the store and

@@ -28,7 +28,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::command::{
-    ApplyError, ClusterSecrets, Command, WriteOutcome, ZoneStatusRecord, ZoneTokenRecord,
+    ApplyError, ClusterSecrets, Command, SealedSecrets, WriteOutcome, ZoneStatusRecord,
+    ZoneTokenRecord,
 };
 use crate::raft_node::{RaftError, RaftHandle};
 use crate::store::{Store, SyncSet};
@@ -82,7 +83,6 @@ struct Inner {
     raft: RaftHandle,
     node_id: u64,
     settings: KdsSettings,
-    secrets: ClusterSecrets,
     /// The public half of the dataplane token key, derived once.
     dataplane_token_public_key: String,
     sealer: Arc<crate::sealing::Sealer>,
@@ -157,7 +157,6 @@ impl KdsService {
                     &secrets.dataplane_token_key,
                 )
                 .unwrap_or_default(),
-                secrets,
                 sealer,
                 sessions: Mutex::default(),
                 metrics,
@@ -165,11 +164,27 @@ impl KdsService {
         }
     }
 
-    fn zone_ca(&self) -> CertKey {
-        CertKey {
-            cert_pem: self.inner.secrets.zone_ca_cert_pem.clone(),
-            key_pem: self.inner.secrets.zone_ca_key_pem.clone(),
-        }
+    /// The cluster's secrets as stored now: a rotation changes them while the node runs.
+    fn stored_secrets(&self) -> Result<SealedSecrets, Status> {
+        self.inner
+            .store
+            .secrets()
+            .map_err(send_err)?
+            .ok_or_else(|| Status::unavailable("the cluster is not formed yet"))
+    }
+
+    /// The CA that signs zone certificates now.
+    fn zone_ca(&self) -> Result<CertKey, Status> {
+        let s = self.stored_secrets()?;
+        let key_pem = self
+            .inner
+            .sealer
+            .open(&s.zone_ca_key_sealed)
+            .map_err(|e| Status::internal(format!("opening the zone CA key: {e}")))?;
+        Ok(CertKey {
+            cert_pem: s.zone_ca_cert_pem,
+            key_pem,
+        })
     }
 
     /// Live sessions on this node, by zone.
@@ -299,14 +314,28 @@ impl KdsService {
         Ok((zone, id))
     }
 
+    /// Which zone CA (current or previous, SHA-256) signed the certificate the caller
+    /// presented: a zone CA rotation finishes once every zone's is the current one.
+    fn signer_of<T>(&self, req: &Request<T>) -> String {
+        let (Some(chain), Ok(s)) = (req.peer_certs(), self.stored_secrets()) else {
+            return String::new();
+        };
+        [s.zone_ca_cert_pem, s.zone_ca_previous_cert_pem]
+            .into_iter()
+            .find(|ca| !ca.is_empty() && causeway_pki::chain_issued_by(&chain, ca))
+            .map(|ca| causeway_pki::first_cert_sha256(&ca))
+            .unwrap_or_default()
+    }
+
     fn sign_zone_cert(
         &self,
         zone: &str,
         token_id: &str,
         csr: &str,
     ) -> Result<EnrollResponse, Status> {
+        let ca = self.zone_ca()?;
         let cert = causeway_pki::sign_csr(
-            &self.zone_ca(),
+            &ca,
             csr,
             &Profile::Leaf {
                 common_name: zone.to_string(),
@@ -321,7 +350,7 @@ impl KdsService {
         Ok(EnrollResponse {
             zone: zone.to_string(),
             cert_pem: cert,
-            zone_ca_pem: self.inner.secrets.zone_ca_cert_pem.clone(),
+            zone_ca_pem: ca.cert_pem,
             not_after,
         })
     }
@@ -673,6 +702,11 @@ impl Session {
             revoked_cas,
             revoked_tokens,
             mesh_roots: mesh_roots(&self.kds.inner.store),
+            zone_ca_pem: self
+                .kds
+                .stored_secrets()
+                .map(|s| s.zone_ca_cert_pem)
+                .unwrap_or_default(),
         }
     }
 
@@ -857,8 +891,8 @@ impl Kds for KdsService {
     ) -> Result<Response<EnrollResponse>, Status> {
         let peer = req.remote_addr();
         let r = req.into_inner();
-        let key = hex::decode(&self.inner.secrets.zone_token_key)
-            .map_err(|_| Status::internal("the cluster's zone token key is unreadable"))?;
+        let key = zone_token::current_key(&self.inner.store, &self.inner.sealer)
+            .map_err(Status::unavailable)?;
         let claims = zone_token::verify(&key, &r.token, now_unix()).map_err(|e| {
             tracing::warn!(peer = ?peer, zone = %r.zone, reason = %e, "refused a zone enrollment");
             Status::unauthenticated(e.to_string())
@@ -928,6 +962,7 @@ impl Kds for KdsService {
         req: Request<Streaming<ZoneMessage>>,
     ) -> Result<Response<Self::SyncStream>, Status> {
         let (zone, token_id) = self.peer_zone(&req)?;
+        let zone_ca_sha256 = self.signer_of(&req);
         let peer = req.remote_addr();
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(16);
@@ -966,6 +1001,7 @@ impl Kds for KdsService {
                 last_seen_unix_ms: now,
                 revision_applied: hello.last_revision,
                 version: hello.version.clone(),
+                zone_ca_sha256,
                 ..Default::default()
             };
             tracing::info!(zone = %zone, peer = ?peer, since = hello.last_revision, "zone connected");

@@ -21,6 +21,7 @@ pub use causeway_pki as tls;
 pub use causeway_pki::sealing;
 
 mod api;
+mod kds_tls;
 mod metrics;
 mod raft_identity;
 mod transport;
@@ -51,7 +52,7 @@ const API_CA_NAME: &str = "Causeway API CA";
 const CHANGELOG_RETENTION: u64 = 100_000;
 
 /// Common name of the CA that signs zone certificates.
-const ZONE_CA_NAME: &str = "Causeway Zone CA";
+pub(crate) const ZONE_CA_NAME: &str = "Causeway Zone CA";
 
 /// Settings of one global control plane node, parsed once at the binary's edge.
 #[derive(Clone)]
@@ -479,6 +480,8 @@ async fn housekeeping(
     // tokens are handed out) or another leader's proposal won.
     let mut pending: Option<(ApiTokens, SealedSecrets)> = None;
     let mut opened: Option<Arc<ClusterSecrets>> = None;
+    // KDS's TLS, once it serves: it follows the zone CAs of a rotation.
+    let mut kds_tls_state: Option<kds_tls::KdsTls> = None;
     let mut last_attempt = tokio::time::Instant::now() - Duration::from_secs(10);
     loop {
         let v = view.borrow_and_update().clone();
@@ -592,25 +595,36 @@ async fn housekeeping(
             }
             if !api_started {
                 api_started = true;
-                let kds = cfg.kds_addr.map(|addr| {
-                    let svc = kds::KdsService::new(
-                        store.clone(),
-                        raft.clone(),
-                        cfg.node_id,
-                        cfg.kds.clone(),
-                        (*s).clone(),
-                        sealer.clone(),
-                        metrics.clone(),
-                    );
-                    let (svc2, cfg2, s2) = (svc.clone(), cfg.clone(), s.clone());
-                    tokio::spawn(async move {
-                        if let Err(e) = serve_kds(&cfg2, &s2, addr, svc2).await {
-                            tracing::error!(error = %e, "the KDS server stopped");
-                            std::process::exit(1);
-                        }
-                    });
-                    svc
-                });
+                let kds = match (cfg.kds_addr, &sealed) {
+                    (Some(addr), Some(sealed)) => {
+                        let svc = kds::KdsService::new(
+                            store.clone(),
+                            raft.clone(),
+                            cfg.node_id,
+                            cfg.kds.clone(),
+                            (*s).clone(),
+                            sealer.clone(),
+                            metrics.clone(),
+                        );
+                        let tls = match kds_tls(&s, sealed, addr) {
+                            Ok(t) => t,
+                            Err(e) => {
+                                tracing::error!(error = %e, "the KDS server cannot start");
+                                std::process::exit(1);
+                            }
+                        };
+                        let (svc2, cfg2, configs) = (svc.clone(), cfg.clone(), tls.configs());
+                        kds_tls_state = Some(tls);
+                        tokio::spawn(async move {
+                            if let Err(e) = serve_kds(&cfg2, configs, addr, svc2).await {
+                                tracing::error!(error = %e, "the KDS server stopped");
+                                std::process::exit(1);
+                            }
+                        });
+                        Some(svc)
+                    }
+                    _ => None,
+                };
                 let state = ApiState {
                     raft: raft.clone(),
                     store: store.clone(),
@@ -629,6 +643,21 @@ async fn housekeeping(
                         std::process::exit(1);
                     }
                 });
+            }
+        }
+        if let (Some(t), Some(sealed)) = (&mut kds_tls_state, &sealed) {
+            match t.follow(sealed) {
+                Ok(true) => tracing::info!(
+                    rotating = !sealed.zone_ca_previous_cert_pem.is_empty(),
+                    "KDS follows the zone CAs: new handshakes admit certificates of the current zone CA{}",
+                    if sealed.zone_ca_previous_cert_pem.is_empty() {
+                        " alone"
+                    } else {
+                        " and of the one it replaces"
+                    }
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::error!(error = %e, "KDS cannot follow the zone CAs"),
             }
         }
         // Wake on any Raft change, or every 500 ms to retry.
@@ -753,15 +782,13 @@ async fn ensure_provided_ca(
     }
 }
 
-/// Serves KDS over TLS: the node's certificate from the API CA (the CA zone tokens
-/// carry); zone certificates (from the zone CA) are checked when presented and required
-/// by every call except Enroll.
-async fn serve_kds(
-    cfg: &NodeConfig,
+/// The node's KDS certificate, from the API CA (the CA zone tokens carry), and the TLS
+/// that follows the zone CAs ([`kds_tls`]).
+fn kds_tls(
     s: &ClusterSecrets,
+    sealed: &SealedSecrets,
     addr: SocketAddr,
-    svc: kds::KdsService,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<kds_tls::KdsTls> {
     anyhow::ensure!(
         !s.zone_ca_cert_pem.is_empty(),
         "this cluster has no zone CA (it was formed by an older version); form a new cluster to serve zones"
@@ -776,32 +803,39 @@ async fn serve_kds(
         &tls::server_names(&addr.ip().to_string(), &[]),
         825,
     )?;
-    let tls_cfg = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(
-            format!("{}{}", cert.cert_pem, s.api_ca_cert_pem),
-            &cert.key_pem,
-        ))
-        .client_ca_root(tonic::transport::Certificate::from_pem(&s.zone_ca_cert_pem))
-        .client_auth_optional(true)
-        // tonic waits for a handshake forever unless told otherwise.
-        .timeout(api::TLS_HANDSHAKE_TIMEOUT);
+    let chain = CertKey {
+        cert_pem: format!("{}{}", cert.cert_pem, s.api_ca_cert_pem),
+        key_pem: cert.key_pem,
+    };
+    kds_tls::KdsTls::new(chain, sealed)
+}
+
+/// Serves KDS over TLS ([`kds_tls`]): zone certificates (from the zone CA, or the one
+/// it replaces during a rotation) are checked when presented and required by every
+/// call except Enroll.
+async fn serve_kds(
+    cfg: &NodeConfig,
+    configs: watch::Receiver<Arc<rustls::ServerConfig>>,
+    addr: SocketAddr,
+    svc: kds::KdsService,
+) -> anyhow::Result<()> {
     let server = causeway_api::kds::kds_server::KdsServer::new(svc)
         .max_decoding_message_size(2 * causeway_api::kds::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(2 * causeway_api::kds::MAX_MESSAGE_BYTES);
+    let admitted = causeway_listen::incoming(
+        tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the KDS address {addr}"))?,
+        "KDS",
+        causeway_listen::Limits::GRPC,
+    );
     tracing::info!(%addr, "KDS listening (gRPC over TLS)");
     tonic::transport::Server::builder()
-        .tls_config(tls_cfg)?
         .http2_keepalive_interval(Some(cfg.kds.heartbeat))
         .http2_max_header_list_size(api::MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(api::MAX_STREAMS)
         .add_service(server)
-        .serve_with_incoming(causeway_listen::incoming(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the KDS address {addr}"))?,
-            "KDS",
-            causeway_listen::Limits::GRPC,
-        ))
+        .serve_with_incoming(kds_tls::accept(admitted, configs))
         .await?;
     Ok(())
 }

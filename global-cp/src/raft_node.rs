@@ -592,7 +592,9 @@ impl<O: Outbox> Driver<O> {
                     };
                     meta_changed |= matches!(
                         env.cmd,
-                        Command::InitCluster(_) | Command::RegisterMember(_)
+                        Command::InitCluster(_)
+                            | Command::RegisterMember(_)
+                            | Command::RotateZoneCa { .. }
                     );
                     if let Command::RegisterMember(m) = &env.cmd
                         && m.id != me

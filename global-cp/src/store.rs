@@ -22,7 +22,7 @@ use crate::access::{ApiTokenRecord, BOOTSTRAP_ADMIN_ID, BOOTSTRAP_READONLY_ID, N
 use crate::audit::AuditEntry;
 use crate::command::{
     ApplyError, Command, IntermediateRecord, JoinTokenRecord, Member, MeshCa, ProxyTokenRecord,
-    SealedSecrets, WriteOutcome, ZoneStatusRecord, ZoneTokenRecord,
+    SealedSecrets, WriteOutcome, ZoneCaStep, ZoneStatusRecord, ZoneTokenRecord,
 };
 
 const CF_LOG: &str = "raft_log";
@@ -762,6 +762,11 @@ impl Store {
         )
     }
 
+    /// Every zone's tokens issued and not revoked.
+    pub fn all_zone_tokens(&self) -> Result<Vec<ZoneTokenRecord>, StoreError> {
+        self.meta_prefix(KEY_ZONE_TOKEN_PREFIX, "zone token")
+    }
+
     pub fn zone_token(&self, zone: &str, id: &str) -> Result<Option<ZoneTokenRecord>, StoreError> {
         self.meta_get(
             &prefixed(KEY_ZONE_TOKEN_PREFIX, &format!("{zone}\0{id}")),
@@ -1425,6 +1430,63 @@ impl ApplyBatch<'_> {
                     )));
                 }
                 self.put_meta(KEY_TOKEN_SIGNING_KEYS.to_vec(), &keys);
+                Ok(WriteOutcome::Done)
+            }
+            Command::SetZoneTokenKey { key_sealed } => {
+                let Some(mut secrets) =
+                    self.get_meta::<SealedSecrets>(KEY_SECRETS, "cluster secrets")?
+                else {
+                    return Ok(Err(ApplyError::Refused(
+                        "the cluster is not formed yet".into(),
+                    )));
+                };
+                secrets.zone_token_key_sealed = key_sealed;
+                self.put_meta(KEY_SECRETS.to_vec(), &secrets);
+                Ok(WriteOutcome::Done)
+            }
+            Command::RotateZoneCa {
+                expected_current_sha256,
+                step,
+            } => {
+                let Some(mut secrets) =
+                    self.get_meta::<SealedSecrets>(KEY_SECRETS, "cluster secrets")?
+                else {
+                    return Ok(Err(ApplyError::Refused(
+                        "the cluster is not formed yet".into(),
+                    )));
+                };
+                if causeway_pki::first_cert_sha256(&secrets.zone_ca_cert_pem)
+                    != expected_current_sha256
+                {
+                    return Ok(Err(ApplyError::Refused(
+                        "the zone CA changed meanwhile; look again (causeway zone ca status) and retry"
+                            .into(),
+                    )));
+                }
+                match step {
+                    ZoneCaStep::Stage {
+                        cert_pem,
+                        key_sealed,
+                    } => {
+                        if !secrets.zone_ca_previous_cert_pem.is_empty() {
+                            return Ok(Err(ApplyError::Refused(
+                                "a zone CA rotation is under way; finish it first (causeway zone ca finish)".into(),
+                            )));
+                        }
+                        secrets.zone_ca_previous_cert_pem =
+                            std::mem::replace(&mut secrets.zone_ca_cert_pem, cert_pem);
+                        secrets.zone_ca_key_sealed = key_sealed;
+                    }
+                    ZoneCaStep::Finish => {
+                        if secrets.zone_ca_previous_cert_pem.is_empty() {
+                            return Ok(Err(ApplyError::Refused(
+                                "no zone CA rotation is under way".into(),
+                            )));
+                        }
+                        secrets.zone_ca_previous_cert_pem.clear();
+                    }
+                }
+                self.put_meta(KEY_SECRETS.to_vec(), &secrets);
                 Ok(WriteOutcome::Done)
             }
             Command::AddProxyToken(t) => {

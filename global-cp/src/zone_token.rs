@@ -15,7 +15,9 @@ pub use causeway_api::zone_token::{PREFIX, ZoneTokenClaims, peek};
 pub enum TokenError {
     #[error(transparent)]
     Malformed(#[from] causeway_api::zone_token::MalformedToken),
-    #[error("the zone token's signature does not verify (issued by another cluster, or altered)")]
+    #[error(
+        "the zone token's signature does not verify (issued by another cluster, or before the zone-token key was rotated, or altered); create a new one"
+    )]
     BadSignature,
     #[error("the zone token expired at {0} (Unix seconds); create a new one")]
     Expired(i64),
@@ -53,6 +55,24 @@ pub fn verify(key: &[u8], token: &str, now: i64) -> Result<ZoneTokenClaims, Toke
         return Err(TokenError::Expired(claims.exp));
     }
     Ok(claims)
+}
+
+/// The key that signs zone tokens now, read from the store at each use: a rotation
+/// (`causeway zone token rotate-key`) replaces it while the nodes run.
+pub(crate) fn current_key(
+    store: &crate::store::Store,
+    sealer: &crate::sealing::Sealer,
+) -> Result<Vec<u8>, String> {
+    let sealed = store
+        .secrets()
+        .map_err(|e| e.to_string())?
+        .ok_or("the cluster is not formed yet")?
+        .zone_token_key_sealed;
+    let key = sealer.open(&sealed).map_err(|e| e.to_string())?;
+    hex::decode(key)
+        .ok()
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| "this cluster has no zone token key (formed by an older version)".into())
 }
 
 /// The hash the cluster keeps, hex SHA-256 of the trimmed token.

@@ -225,6 +225,58 @@ pub fn server_config(
     Ok(cfg)
 }
 
+/// A TLS server config presenting `ck` that asks for a client certificate from one of
+/// the CAs in `client_cas_pem` and admits a client without one (the handler decides:
+/// KDS lets a zone enrol with a token before it has a certificate).
+pub fn server_config_client_optional(
+    ck: &CertKey,
+    client_cas_pem: &str,
+    alpn: &[&[u8]],
+) -> Result<ServerConfig, TlsError> {
+    let v = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots(client_cas_pem, "client CA")?),
+        provider(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| TlsError::Verifier(e.to_string()))?;
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(v)
+        .with_single_cert(
+            certs(&ck.cert_pem, "server certificate")?,
+            key(&ck.key_pem, "server key")?,
+        )?;
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// Whether the first certificate in `cert_pem` was signed by the CA `ca_pem` and is
+/// valid now (a zone asks it of its certificate when global names a new zone CA).
+pub fn issued_by(cert_pem: &str, ca_pem: &str) -> bool {
+    certs(cert_pem, "certificate").is_ok_and(|chain| chain_issued_by(&chain, ca_pem))
+}
+
+/// [`issued_by`] for a chain as a TLS peer presents it (leaf first).
+pub fn chain_issued_by(chain: &[CertificateDer<'_>], ca_pem: &str) -> bool {
+    let Some((end_entity, intermediates)) = chain.split_first() else {
+        return false;
+    };
+    let Ok(roots) = roots(ca_pem, "CA") else {
+        return false;
+    };
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .is_ok_and(|v| {
+            v.verify_client_cert(
+                end_entity,
+                intermediates,
+                rustls::pki_types::UnixTime::now(),
+            )
+            .is_ok()
+        })
+}
+
 /// A TLS client config trusting `ca_pem`, presenting `client` if given.
 pub fn client_config(ca_pem: &str, client: Option<&CertKey>) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
@@ -562,6 +614,33 @@ pub fn cert_info(pem: &str) -> Result<CertInfo, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issued_by_tells_which_ca_signed_a_zone_certificate() {
+        let old = generate_ca("zone CA").unwrap();
+        let new = generate_ca("zone CA").unwrap();
+        let csr = generate_csr("zone-a").unwrap();
+        let profile = Profile::Leaf {
+            common_name: "zone-a".into(),
+            names: vec!["spiffe://causeway/zone/zone-a".into()],
+        };
+        let cert = sign_csr(
+            &old,
+            &csr.csr_pem,
+            &profile,
+            std::time::Duration::from_secs(600),
+        )
+        .unwrap();
+        // The two CAs share a name: only the signature tells them apart.
+        assert!(issued_by(&cert, &old.cert_pem));
+        assert!(!issued_by(&cert, &new.cert_pem));
+        assert!(issued_by(
+            &cert,
+            &format!("{}{}", new.cert_pem, old.cert_pem)
+        ));
+        assert!(!issued_by("not a certificate", &old.cert_pem));
+        assert!(!issued_by(&cert, ""));
+    }
 
     #[test]
     fn a_raft_certificate_names_exactly_one_node() {

@@ -871,3 +871,130 @@ async fn a_zone_whose_disk_fills_refuses_local_writes_and_recovers() -> anyhow::
     assert!(z.metrics().await?.contains("causeway_zone_disk_low 0"));
     Ok(())
 }
+
+async fn zone_ca(c: &GlobalCluster) -> anyhow::Result<Value> {
+    let (s, v) = c.call_retry(Method::GET, "/zone-ca", None).await?;
+    anyhow::ensure!(s == StatusCode::OK, "GET /zone-ca: {s} {v}");
+    Ok(v)
+}
+
+async fn connected(z: &ZoneCp) -> anyhow::Result<()> {
+    eventually(&format!("{} connected", z.name), SYNC, || async {
+        (z.status().await.ok()?["connected"] == true).then_some(())
+    })
+    .await
+    .with_context(|| z.logs())
+}
+
+/// The credentials zones enrol and connect with rotate while the zones run: a new
+/// zone-token key voids the tokens not used yet, and a new zone CA replaces every
+/// zone's certificate without an operator touching a zone. Forcing the end past a zone
+/// that did not follow leaves that zone's old certificate refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_zone_token_key_and_the_zone_ca_rotate_while_zones_run() -> anyhow::Result<()> {
+    let c = cluster().await?;
+    mesh(&c).await?;
+    let a = ZoneCp::new(&c, "zone-a", c.kds_urls_from(0), &[]).await?;
+    a.start()?;
+    connected(&a).await?;
+
+    // The zone-token key: a token issued before the rotation no longer enrols.
+    let early = ZoneCp::new(&c, "zone-b", c.kds_urls_from(0), &[]).await?;
+    let (ok, _, err) = c.cli(&["zone", "token", "rotate-key"])?;
+    anyhow::ensure!(ok, "rotate-key: {err}");
+    assert!(err.contains("1 issued token(s) not used yet"), "{err}");
+    early.start()?;
+    eventually("the old token refused", SYNC, || async {
+        let log = std::fs::read_to_string(early.log_path()).ok()?;
+        (log.contains("enrollment refused") && log.contains("zone-token key was rotated"))
+            .then_some(())
+    })
+    .await
+    .with_context(|| early.logs())?;
+    early.kill();
+    // A token signed with the new key does; the enrolled zone was never affected.
+    let b = ZoneCp::new(&c, "zone-b", c.kds_urls_from(0), &[]).await?;
+    b.start()?;
+    connected(&b).await?;
+
+    // The zone CA: staged, both zones renew and reconnect on their own, then finished.
+    let before = zone_ca(&c).await?;
+    assert_eq!(before["phase"], "steady", "{before}");
+    let old_sha = before["cas"][0]["sha256"]
+        .as_str()
+        .context("sha")?
+        .to_string();
+    let (ok, out, err) = c.cli(&["zone", "ca", "rotate", "--timeout", "60s"])?;
+    anyhow::ensure!(ok, "zone ca rotate: {err}\n{}", a.logs());
+    assert!(
+        err.contains("stage: done") && err.contains("finish: done"),
+        "{err}"
+    );
+    assert!(out.starts_with("zone CA: steady"), "{out}");
+    let after = zone_ca(&c).await?;
+    let new_sha = after["cas"][0]["sha256"]
+        .as_str()
+        .context("sha")?
+        .to_string();
+    assert_ne!(new_sha, old_sha, "{after}");
+    assert_eq!(after["cas"].as_array().map(Vec::len), Some(1), "{after}");
+    for z in after["zones"].as_array().context("zones")? {
+        assert_eq!(z["onCurrent"], true, "{after}");
+    }
+    for z in [&a, &b] {
+        let log = std::fs::read_to_string(z.log_path())?;
+        assert!(log.contains("the zone CA changed: renewed"), "{}", z.logs());
+    }
+    // Both zones still sync, on their new certificates.
+    put(
+        &c,
+        "/meshes/default/meshtimeouts/after-rotation",
+        &timeout_policy("after-rotation", "2s"),
+    )
+    .await?;
+    for z in [&a, &b] {
+        z.wait_for("/meshes/default/meshtimeouts/after-rotation", true, SYNC)
+            .await?;
+    }
+
+    // A second rotation with zone-b frozen: the finish waits for it, and names it.
+    b.pause(true);
+    let (ok, _, err) = c.cli(&["zone", "ca", "rotate", "--timeout", "5s"])?;
+    assert!(!ok, "the finish waited for nobody: {err}");
+    assert!(
+        err.contains("stage: done") && err.contains("zone zone-b"),
+        "{err}"
+    );
+    let (ok, _, err) = c.cli(&["zone", "ca", "rotate", "--step", "finish", "--force"])?;
+    anyhow::ensure!(ok, "forced finish: {err}");
+    // zone-b wakes holding a certificate of the dropped CA: KDS refuses it.
+    b.pause(false);
+    let refused_before = std::fs::read_to_string(b.log_path())?
+        .matches("KDS session failed")
+        .count();
+    eventually("zone-b refused on its old certificate", SYNC, || async {
+        let log = std::fs::read_to_string(b.log_path()).ok()?;
+        (log.matches("KDS session failed").count() >= refused_before + 2).then_some(())
+    })
+    .await
+    .with_context(|| b.logs())?;
+    assert_ne!(b.status().await?["connected"], true, "{}", b.logs());
+    let st = zone_ca(&c).await?;
+    let zb = st["zones"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|z| z["zone"] == "zone-b")
+        .context("zone-b listed")?;
+    assert_eq!(zb["onCurrent"], false, "{st}");
+    // zone-a followed both rotations and still syncs.
+    put(
+        &c,
+        "/meshes/default/meshtimeouts/after-force",
+        &timeout_policy("after-force", "3s"),
+    )
+    .await?;
+    a.wait_for("/meshes/default/meshtimeouts/after-force", true, SYNC)
+        .await?;
+    Ok(())
+}

@@ -200,6 +200,9 @@ struct Stream {
     seq: u64,
     /// Meshes whose intermediate CA was requested: the key waiting for its certificate.
     csr_keys: HashMap<String, (String, Instant)>,
+    /// Global named a zone CA that did not sign this zone's certificate (a zone CA
+    /// rotation): renew, and reconnect with the new certificate.
+    renew_now: bool,
 }
 
 impl Stream {
@@ -309,6 +312,12 @@ impl Stream {
             global_message::Msg::Heartbeat(_) => {}
             global_message::Msg::Trust(t) => {
                 let store = &self.shared.store;
+                if !t.zone_ca_pem.is_empty()
+                    && let Some(id) = store.identity()?
+                    && !causeway_pki::issued_by(&id.cert_pem, &t.zone_ca_pem)
+                {
+                    self.renew_now = true;
+                }
                 let mut keys = vec![t.dataplane_token_public_key.clone()];
                 keys.extend(t.retiring_token_public_keys.iter().cloned());
                 if store.token_public_keys()? != keys {
@@ -556,6 +565,7 @@ async fn session(shared: &Arc<Shared>, addr: &str) -> anyhow::Result<()> {
         incoming_messages: 0,
         seq: 0,
         csr_keys: HashMap::new(),
+        renew_now: false,
     };
     // Everything the zone owns, then what it has; changes follow as they happen.
     shared.take_local_changes();
@@ -582,6 +592,11 @@ async fn session(shared: &Arc<Shared>, addr: &str) -> anyhow::Result<()> {
                         dead_after = causeway_api::kds::silence_limit(hb, Some(h.interval_ms));
                     }
                     st.handle(m).await?;
+                    if st.renew_now {
+                        renew(shared, addr, &id).await?;
+                        tracing::info!("the zone CA changed: renewed the zone certificate; reconnecting with it");
+                        return Ok(());
+                    }
                 }
                 Some(Err(s)) => anyhow::bail!("global closed the stream: {}", s.message()),
                 None => return Ok(()),

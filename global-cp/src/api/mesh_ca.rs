@@ -104,11 +104,11 @@ fn step_of(name: &str) -> Option<Step> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RotateRequest {
-    /// `stage`, `activate` or `finish`.
-    step: String,
+    /// `stage`, `activate` or `finish` (a zone CA: `stage` or `finish`).
+    pub(super) step: String,
     /// Take the step without waiting for the zones.
     #[serde(default)]
-    force: bool,
+    pub(super) force: bool,
 }
 
 /// `POST /meshes/{mesh}/ca/rotate` with `{"step": ..., "force": false}`.

@@ -77,16 +77,8 @@ pub(super) async fn create_token(
 ) -> ApiResult<Response> {
     check_zone_name(&zone)?;
     let valid_for = CreateToken::valid_for(&body, ZONE_TOKEN_VALIDITY)?;
-    let key = hex::decode(&st.secrets.zone_token_key)
-        .ok()
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::CONFLICT,
-                "",
-                "this cluster has no zone token key (formed by an older version)",
-            )
-        })?;
+    let key = crate::zone_token::current_key(&st.store, &st.sealer)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "", e))?;
     let now = now_unix();
     let claims = ZoneTokenClaims {
         zone: zone.clone(),
