@@ -28,20 +28,29 @@ pub(crate) enum CaCmd {
     /// sidecar holds a certificate from it (the old root is dropped). Each step waits
     /// for every zone; an offline zone holds the rotation up. Carries on from where a
     /// rotation stands (a provided CA is staged by giving the Mesh the new one).
+    /// `--force` takes the step(s) without waiting for the zones (sidecars that do not
+    /// follow yet fail their calls to those that do).
     Rotate {
         #[arg(short = 'm', long, default_value = "default")]
         mesh: String,
-        /// Take this step only: stage, activate or finish.
-        #[arg(long)]
-        step: Option<String>,
-        /// Take the step(s) without waiting for the zones (sidecars that do not follow
-        /// yet fail their calls to those that do).
-        #[arg(long)]
-        force: bool,
-        /// Give up waiting for the zones after this long, e.g. 10m.
-        #[arg(long, default_value = "10m")]
-        timeout: String,
+        #[command(flatten)]
+        rotate: RotateArgs,
     },
+}
+
+/// How a rotation is taken from the CLI (the mesh root CA's, the zone CA's, the Raft
+/// CA's).
+#[derive(clap::Args)]
+pub(crate) struct RotateArgs {
+    /// Take this step only (the status names the next one).
+    #[arg(long)]
+    step: Option<String>,
+    /// Take the step(s) without waiting for what the status says they wait for.
+    #[arg(long)]
+    force: bool,
+    /// Give up waiting after this long, e.g. 10m.
+    #[arg(long, default_value = "10m")]
+    timeout: String,
 }
 
 pub(crate) async fn ca(conn: &ConnArgs, c: CaCmd) -> anyhow::Result<()> {
@@ -52,24 +61,15 @@ pub(crate) async fn ca(conn: &ConnArgs, c: CaCmd) -> anyhow::Result<()> {
             print!("{}", render(&s));
             Ok(())
         }
-        CaCmd::Rotate {
-            mesh,
-            step,
-            force,
-            timeout,
-        } => {
-            let timeout: causeway_api::Duration = timeout
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
-            let steps = Rotation {
+        CaCmd::Rotate { mesh, rotate } => {
+            Rotation {
                 status_path: format!("/meshes/{mesh}/ca"),
                 rotate_path: format!("/meshes/{mesh}/ca/rotate"),
                 subject: format!("mesh {mesh}'s root CA"),
                 render,
-            };
-            steps
-                .run(&client, step.as_deref(), force, timeout.as_std())
-                .await
+            }
+            .run(&client, &rotate)
+            .await
         }
     }
 }
@@ -86,15 +86,15 @@ pub(crate) struct Rotation {
 }
 
 impl Rotation {
-    /// Takes each step (or `only` that one) once the zones are ready for it (or at once
-    /// with `force`), saying what it waits for meanwhile.
-    pub(crate) async fn run(
-        &self,
-        client: &Client,
-        only: Option<&str>,
-        force: bool,
-        timeout: Duration,
-    ) -> anyhow::Result<()> {
+    /// Takes each step (or `--step` that one) once what it waits for is ready (or at
+    /// once with `--force`), saying what it waits for meanwhile.
+    pub(crate) async fn run(&self, client: &Client, args: &RotateArgs) -> anyhow::Result<()> {
+        let timeout = args
+            .timeout
+            .parse::<causeway_api::Duration>()
+            .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?
+            .as_std();
+        let (only, force) = (args.step.as_deref(), args.force);
         let deadline = Instant::now() + timeout;
         let mut taken = 0;
         let mut said = String::new();

@@ -97,6 +97,9 @@ pub(crate) enum ClusterCmd {
     },
     /// Remove a node from the cluster; it stops voting at once.
     RemoveNode { id: u64 },
+    /// The CA of the nodes' Raft certificates, and its rotation while the cluster runs.
+    #[command(subcommand)]
+    RaftCa(RaftCaCmd),
     /// Generate a cluster CA and per-node certificates for mutual TLS between nodes.
     GenCerts {
         /// Node ids, comma-separated.
@@ -106,6 +109,46 @@ pub(crate) enum ClusterCmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum RaftCaCmd {
+    /// The Raft CA (and the staged or previous one during a rotation), the CAs each
+    /// node trusts and the CA of the certificate it presents.
+    Status,
+    /// Rotate the Raft CA without stopping a node: stage a new CA (every node trusts
+    /// it), activate it once every node does (each node issues itself a certificate
+    /// from it and reconnects to its peers with it), finish once every node presents
+    /// one (the old CA is dropped). Each step waits for every node; a node that is down
+    /// holds the rotation up. Only for a cluster that made its own Raft CA (not
+    /// --raft-tls-* files). Steps: stage, activate, finish; `--force` takes them
+    /// without waiting for the nodes (a node that did not follow is cut off from the
+    /// others and must join again).
+    Rotate(crate::mesh_ca::RotateArgs),
+}
+
+/// The Raft CA status for people.
+fn render_raft_ca(s: &Value) -> String {
+    use crate::mesh_ca::{ca_line, next_line, short_sha};
+    let mut out = format!("Raft CA: {}\n", s["phase"].as_str().unwrap_or("?"));
+    for ca in s["cas"].as_array().into_iter().flatten() {
+        out += &ca_line("CA", ca);
+    }
+    for n in s["nodes"].as_array().into_iter().flatten() {
+        out += &match n["error"].as_str() {
+            Some(e) => format!("  node {:<3} did not answer: {e}\n", n["node"]),
+            None => format!(
+                "  node {:<3} trusts {} CA(s), presents a certificate of {}\n",
+                n["node"],
+                n["trusted"].as_array().map_or(0, Vec::len),
+                match short_sha(&n["presenting"]) {
+                    sha if sha.is_empty() => "no CA of the cluster".to_string(),
+                    sha => sha,
+                }
+            ),
+        };
+    }
+    out + &next_line(s)
 }
 
 #[derive(clap::Subcommand)]
@@ -559,6 +602,19 @@ pub(crate) async fn cluster(conn: &ConnArgs, c: ClusterCmd) -> anyhow::Result<()
                 .request(Method::DELETE, &format!("/cluster/members/{id}"), None)
                 .await?;
             println!("node {id} removed");
+        }
+        ClusterCmd::RaftCa(RaftCaCmd::Status) => {
+            print!("{}", render_raft_ca(&client.get("/cluster/raft-ca").await?));
+        }
+        ClusterCmd::RaftCa(RaftCaCmd::Rotate(args)) => {
+            crate::mesh_ca::Rotation {
+                status_path: "/cluster/raft-ca".into(),
+                rotate_path: "/cluster/raft-ca/rotate".into(),
+                subject: "the Raft CA".into(),
+                render: render_raft_ca,
+            }
+            .run(&client, &args)
+            .await?;
         }
         ClusterCmd::GenCerts { .. } => unreachable!("handled above"),
     }

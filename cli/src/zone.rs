@@ -68,19 +68,10 @@ pub(crate) enum ZoneCaCmd {
     /// Rotate the zone CA: stage a new CA, which signs zone certificates at once while
     /// global still admits the old one's; every zone renews its certificate and
     /// reconnects on its own; finish (drop the old CA) once every zone connected with a
-    /// certificate of the new one. An offline zone holds the finish up.
-    Rotate {
-        /// Take this step only: stage or finish.
-        #[arg(long)]
-        step: Option<String>,
-        /// Finish without waiting for the zones (those still on the old CA must enrol
-        /// again with a new zone token).
-        #[arg(long)]
-        force: bool,
-        /// Give up waiting for the zones after this long, e.g. 10m.
-        #[arg(long, default_value = "10m")]
-        timeout: String,
-    },
+    /// certificate of the new one. An offline zone holds the finish up. Steps: stage,
+    /// finish; `--force` finishes without waiting for the zones (those still on the
+    /// old CA must enrol again with a new zone token).
+    Rotate(crate::mesh_ca::RotateArgs),
 }
 
 /// The zone CA status for people.
@@ -115,23 +106,15 @@ pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
         ZoneCmd::Ca(ZoneCaCmd::Status) => {
             print!("{}", render_zone_ca(&client.get("/zone-ca").await?))
         }
-        ZoneCmd::Ca(ZoneCaCmd::Rotate {
-            step,
-            force,
-            timeout,
-        }) => {
-            let timeout: causeway_api::Duration = timeout
-                .parse()
-                .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?;
-            let rotation = crate::mesh_ca::Rotation {
+        ZoneCmd::Ca(ZoneCaCmd::Rotate(args)) => {
+            crate::mesh_ca::Rotation {
                 status_path: "/zone-ca".into(),
                 rotate_path: "/zone-ca/rotate".into(),
                 subject: "the zone CA".into(),
                 render: render_zone_ca,
-            };
-            rotation
-                .run(&client, step.as_deref(), force, timeout.as_std())
-                .await?;
+            }
+            .run(&client, &args)
+            .await?;
         }
         ZoneCmd::Token(TokenCmd::RotateKey) => {
             let (_, v) = client

@@ -28,6 +28,7 @@ mod joining;
 mod mesh_ca;
 mod overview;
 mod proxy_tokens;
+mod raft_ca;
 mod seal;
 mod service_policies;
 mod services;
@@ -49,6 +50,8 @@ pub(crate) struct ApiState {
     /// Seals secrets (provided CA keys) at rest.
     pub(crate) sealer: Arc<crate::sealing::Sealer>,
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// This node's Raft identity as the transport uses it now (`None`: plaintext).
+    pub(crate) raft_tls: crate::transport::TlsSource,
 }
 
 /// An API error: status, message and the field errors behind it.
@@ -123,6 +126,11 @@ impl From<RaftError> for ApiError {
             RaftError::Rejected(e @ ApplyError::OwnedElsewhere { .. }) => {
                 ApiError::new(StatusCode::CONFLICT, "origin", e.to_string())
             }
+            // A change the cluster's state does not allow now (a rotation's step out of
+            // turn, the last admin token): the caller must look again.
+            RaftError::Rejected(ApplyError::Refused(why)) => {
+                ApiError::new(StatusCode::CONFLICT, "", why)
+            }
             RaftError::DiskLow(why) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "", why),
             e => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "", e.to_string()),
         }
@@ -144,6 +152,8 @@ pub(crate) fn router(state: ApiState) -> Router {
             "/dataplane-token-keys/rotate",
             post(proxy_tokens::rotate_signing_key),
         )
+        .route("/cluster/raft-ca", get(raft_ca::status))
+        .route("/cluster/raft-ca/rotate", post(raft_ca::rotate))
         .route("/zone-ca", get(zone_ca::status))
         .route("/zone-ca/rotate", post(zone_ca::rotate))
         .route(
@@ -1045,6 +1055,8 @@ pub fn openapi_document() -> Value {
     paths.insert("/cluster".into(), json!({"get": {"summary": "Raft cluster status", "responses": {"200": {"description": "status"}}}}));
     paths.insert("/dataplane-token-keys".into(), json!({"get": {"summary": "The keys that sign and verify dataplane and ingress tokens (ids and dates, never a key)", "responses": {"200": {"description": "keys"}}}}));
     paths.insert("/dataplane-token-keys/rotate".into(), json!({"post": {"summary": "A new key signs dataplane and ingress tokens; the previous one verifies for the overlap (body: overlap, default 168h, at most 720h; 0s for a leaked key). Admins only", "responses": {"200": {"description": "keys"}, "default": err}}}));
+    paths.insert("/cluster/raft-ca".into(), json!({"get": {"summary": "The CA of the nodes' Raft certificates (and the staged or previous one during a rotation), the CAs each node's transport trusts and the CA of the certificate it presents, and what the rotation's next step waits for (?local=true: this node only)", "responses": {"200": {"description": "Raft CA status"}}}}));
+    paths.insert("/cluster/raft-ca/rotate".into(), json!({"post": {"summary": "A step of a Raft CA rotation (body: step stage|activate|finish, force): stage a new CA every node trusts, activate it (every node issues itself a certificate from it), finish (drop the old one). Each step waits for every node unless forced. Admins only", "responses": {"200": {"description": "Raft CA status"}, "default": err}}}));
     paths.insert("/zone-ca".into(), json!({"get": {"summary": "The CA of zones' KDS certificates (and the one it replaces during a rotation), which CA each zone's certificate is from, and what the rotation's next step waits for", "responses": {"200": {"description": "zone CA status"}}}}));
     paths.insert("/zone-ca/rotate".into(), json!({"post": {"summary": "A step of a zone CA rotation (body: step stage|finish, force). Stage: a new CA signs zone certificates and zones renew at once; finish: the old CA is dropped once every zone connected with a certificate of the new one. Admins only", "responses": {"200": {"description": "zone CA status"}, "default": err}}}));
     paths.insert("/zone-token-key/rotate".into(), json!({"post": {"summary": "A new key signs zone tokens; issued tokens not yet used stop enrolling (the answer counts them). Admins only", "responses": {"200": {"description": "rotated"}, "default": err}}}));

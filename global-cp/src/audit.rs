@@ -57,6 +57,18 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
+/// A CA rotation's step, and the new CA's fingerprint when it is staged.
+fn ca_step(step: &crate::command::CaStep) -> String {
+    match step {
+        crate::command::CaStep::Stage { cert_pem, .. } => {
+            let sha = causeway_pki::first_cert_sha256(cert_pem);
+            format!("stage CA {}", sha.get(..16).unwrap_or(&sha))
+        }
+        crate::command::CaStep::Activate => "activate".into(),
+        crate::command::CaStep::Finish => "finish".into(),
+    }
+}
+
 /// What a command does and to what, for the log. Never a secret: tokens and keys are
 /// named by id, never included.
 pub fn describe(cmd: &Command) -> (String, String) {
@@ -89,19 +101,8 @@ pub fn describe(cmd: &Command) -> (String, String) {
                 .unwrap_or_default(),
         ),
         Command::SetZoneTokenKey { .. } => ("rotate the zone-token key", String::new()),
-        Command::RotateZoneCa { step, .. } => (
-            match step {
-                crate::command::ZoneCaStep::Stage { .. } => "stage a new zone CA",
-                crate::command::ZoneCaStep::Finish => "finish the zone CA rotation",
-            },
-            match step {
-                crate::command::ZoneCaStep::Stage { cert_pem, .. } => {
-                    let sha = causeway_pki::first_cert_sha256(cert_pem);
-                    format!("CA {}", sha.get(..16).unwrap_or(&sha))
-                }
-                crate::command::ZoneCaStep::Finish => String::new(),
-            },
-        ),
+        Command::RotateZoneCa { step, .. } => ("rotate the zone CA", ca_step(step)),
+        Command::RotateRaftCa { step, .. } => ("rotate the Raft CA", ca_step(step)),
         Command::RevokeProxyTokens { ids } => ("revoke proxy tokens", ids.join(", ")),
         Command::RevokeZoneTokens { zone, id } => (
             "revoke zone tokens",

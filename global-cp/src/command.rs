@@ -81,7 +81,14 @@ pub enum Command {
     /// the one whose certificate hashes to `expected_current_sha256`; else `Refused`.
     RotateZoneCa {
         expected_current_sha256: String,
-        step: ZoneCaStep,
+        step: CaStep,
+    },
+    /// A step of a Raft CA rotation, if the CA that signs nodes' Raft certificates is
+    /// still the one whose certificate hashes to `expected_current_sha256`; else
+    /// `Refused`.
+    RotateRaftCa {
+        expected_current_sha256: String,
+        step: CaStep,
     },
     /// Revokes dataplane or ingress tokens by id. Zones learn it over KDS and refuse the
     /// tokens' next registration and certificate. `NotFound` when none is known.
@@ -355,6 +362,15 @@ pub struct SealedSecrets {
     pub raft_ca_cert_pem: String,
     #[serde(default)]
     pub raft_ca_key_sealed: String,
+    /// During a Raft CA rotation, the new CA, trusted by every node before it signs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub raft_ca_staged_cert_pem: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub raft_ca_staged_key_sealed: String,
+    /// After a Raft CA rotation's activation, the CA it replaced, trusted until every
+    /// node presents a certificate of the new one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub raft_ca_previous_cert_pem: String,
 }
 
 impl std::fmt::Debug for SealedSecrets {
@@ -378,6 +394,12 @@ impl SealedSecrets {
         if !self.raft_ca_key_sealed.is_empty() {
             out.push(("the Raft CA key", &mut self.raft_ca_key_sealed));
         }
+        if !self.raft_ca_staged_key_sealed.is_empty() {
+            out.push((
+                "the staged Raft CA key",
+                &mut self.raft_ca_staged_key_sealed,
+            ));
+        }
         out
     }
 
@@ -392,6 +414,9 @@ impl SealedSecrets {
             zone_ca_key_sealed: sealer.seal(&secrets.zone_ca_key_pem),
             zone_ca_previous_cert_pem: String::new(),
             dataplane_token_key_sealed: sealer.seal(&secrets.dataplane_token_key),
+            raft_ca_staged_cert_pem: String::new(),
+            raft_ca_staged_key_sealed: String::new(),
+            raft_ca_previous_cert_pem: String::new(),
             raft_ca_cert_pem: secrets.raft_ca_cert_pem.clone(),
             raft_ca_key_sealed: if secrets.raft_ca_key_pem.is_empty() {
                 String::new()
@@ -421,16 +446,21 @@ impl SealedSecrets {
     }
 }
 
-/// The steps of a zone CA rotation: a new CA signs zones' certificates at once, while
-/// KDS admits certificates of either; zones move to the new one on their own (global
-/// names the CA in `Trust`); once every zone presents one, the old CA is dropped.
+/// The steps of a control-plane CA rotation (see the API modules `zone_ca` and
+/// `raft_ca`). The zone CA takes `Stage` and `Finish`: a new zone CA signs at once while
+/// KDS admits certificates of either, zones move to it on their own, and the old one is
+/// dropped once every zone presents one. The Raft CA takes all three: a node must trust
+/// the new CA (`Stage`) before any peer presents a certificate from it (`Activate`:
+/// it signs, every node issues itself a certificate), and the old one is dropped
+/// (`Finish`) once every node presents one.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-pub enum ZoneCaStep {
+pub enum CaStep {
     Stage {
         cert_pem: String,
         key_sealed: String,
     },
+    Activate,
     Finish,
 }
 

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod audit;
 pub mod ca_rotation;
+pub mod cluster_ca;
 pub mod command;
 pub mod join;
 pub mod kds;
@@ -250,9 +251,15 @@ impl Node {
             tracing::info!(?voters, "forming a new cluster");
             store.bootstrap(voters)?;
         }
+        // The transport reads its TLS from here; housekeeping replaces it when the
+        // cluster's Raft CA rotates.
+        let raft_live = raft_tls
+            .map(transport::LiveTls::new)
+            .transpose()?
+            .map(|live| watch::channel(live).0);
         let rt = tokio::runtime::Handle::current();
         let peers = cfg.peers.clone();
-        let tls = raft_tls.clone();
+        let tls = raft_live.as_ref().map(watch::Sender::subscribe);
         let id = cfg.node_id;
         let (raft, thread) = raft_node::start_with(
             id,
@@ -263,7 +270,7 @@ impl Node {
             },
             raft_node::raft_logger(),
             |tx| {
-                let mut ob = transport::TcpOutbox::new(rt, id, tx, tls.as_ref())?;
+                let mut ob = transport::TcpOutbox::new(rt, id, tx, tls);
                 for (pid, addr) in &peers {
                     raft_node::Outbox::set_address(&mut ob, *pid, addr);
                 }
@@ -285,9 +292,9 @@ impl Node {
             }
         }));
         let raft_tx = raft.sender();
-        let tls = raft_tls;
+        let tls = raft_live.as_ref().map(watch::Sender::subscribe);
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = transport::serve(raft_listener, tls.as_ref(), raft_tx).await {
+            if let Err(e) = transport::serve(raft_listener, tls, raft_tx).await {
                 tracing::error!(error = %e, "raft transport stopped");
             }
         }));
@@ -302,6 +309,7 @@ impl Node {
             fatal_tx,
             api_handle.clone(),
             metrics,
+            raft_live,
         )));
         Ok(Node {
             raft,
@@ -460,6 +468,7 @@ fn generate_secrets(
 /// Background duties of a node: form the cluster (first leader creates the tokens, the
 /// CAs and keys, and hands the tokens out once), register this node's addresses, open
 /// the cluster's keys, start the API.
+#[allow(clippy::too_many_arguments)] // each is a handle the node's duties share
 async fn housekeeping(
     cfg: NodeConfig,
     store: Store,
@@ -468,7 +477,10 @@ async fn housekeeping(
     fatal: watch::Sender<Option<String>>,
     api_handle: axum_server::Handle,
     metrics: Arc<metrics::Metrics>,
+    raft_live: Option<watch::Sender<Arc<transport::LiveTls>>>,
 ) {
+    // Only an identity the cluster manages follows its Raft CA (not the operator's files).
+    let follows_raft_ca = matches!(cfg.raft_security, RaftSecurity::Managed);
     let mut view = raft.view();
     let me = Member {
         id: cfg.node_id,
@@ -634,6 +646,7 @@ async fn housekeeping(
                     status_interval: cfg.kds.status_interval,
                     sealer: sealer.clone(),
                     metrics: metrics.clone(),
+                    raft_tls: raft_live.as_ref().map(watch::Sender::subscribe),
                 };
                 let cfg = cfg.clone();
                 let handle = api_handle.clone();
@@ -644,6 +657,13 @@ async fn housekeeping(
                     }
                 });
             }
+        }
+        if follows_raft_ca
+            && opened.is_some()
+            && let (Some(live), Some(sealed)) = (&raft_live, &sealed)
+            && let Err(e) = follow_raft_ca(&cfg, &sealer, sealed, live)
+        {
+            tracing::error!(error = %e, "following the cluster's Raft CA; will retry");
         }
         if let (Some(t), Some(sealed)) = (&mut kds_tls_state, &sealed) {
             match t.follow(sealed) {
@@ -663,6 +683,48 @@ async fn housekeeping(
         // Wake on any Raft change, or every 500 ms to retry.
         let _ = tokio::time::timeout(Duration::from_millis(500), view.changed()).await;
     }
+}
+
+/// Keeps this node's Raft identity in step with the cluster's Raft CA: it trusts every CA
+/// a rotation holds (the signing one, and the staged or previous one), and holds a
+/// certificate from the signing one, issued by itself (every node can open the CA's
+/// key). A change is saved in the data dir first (a restart keeps it), then handed to
+/// the transport: new handshakes use it and outbound links reconnect with it.
+fn follow_raft_ca(
+    cfg: &NodeConfig,
+    sealer: &sealing::Sealer,
+    sealed: &SealedSecrets,
+    live: &watch::Sender<Arc<transport::LiveTls>>,
+) -> anyhow::Result<()> {
+    if sealed.raft_ca_key_sealed.is_empty() {
+        return Ok(());
+    }
+    let current = live.borrow().identity.clone();
+    let trust = cluster_ca::raft_trust(sealed);
+    let trust_changed = cluster_ca::shas(&trust) != cluster_ca::shas(&current.ca_pem);
+    let reissue = !tls::issued_by(&current.node.cert_pem, &sealed.raft_ca_cert_pem);
+    if !trust_changed && !reissue {
+        return Ok(());
+    }
+    let node = if reissue {
+        let ca = CertKey {
+            cert_pem: sealed.raft_ca_cert_pem.clone(),
+            key_pem: sealer
+                .open(&sealed.raft_ca_key_sealed)
+                .context("opening the Raft CA key")?,
+        };
+        tls::issue_raft_node(&ca, cfg.node_id)?
+    } else {
+        current.node.clone()
+    };
+    let identity = raft_identity::save(&cfg.data_dir, sealer, &trust, &node)?;
+    live.send_replace(transport::LiveTls::new(identity)?);
+    tracing::info!(
+        trusted = cluster_ca::shas(&trust).len(),
+        reissued = reissue,
+        "this node's Raft identity follows the cluster's Raft CA"
+    );
+    Ok(())
 }
 
 /// Generates the root CA of every mesh with builtin mTLS that has none yet (leader only;

@@ -595,6 +595,7 @@ impl<O: Outbox> Driver<O> {
                         Command::InitCluster(_)
                             | Command::RegisterMember(_)
                             | Command::RotateZoneCa { .. }
+                            | Command::RotateRaftCa { .. }
                     );
                     if let Command::RegisterMember(m) = &env.cmd
                         && m.id != me

@@ -22,7 +22,7 @@ use crate::access::{ApiTokenRecord, BOOTSTRAP_ADMIN_ID, BOOTSTRAP_READONLY_ID, N
 use crate::audit::AuditEntry;
 use crate::command::{
     ApplyError, Command, IntermediateRecord, JoinTokenRecord, Member, MeshCa, ProxyTokenRecord,
-    SealedSecrets, WriteOutcome, ZoneCaStep, ZoneStatusRecord, ZoneTokenRecord,
+    SealedSecrets, WriteOutcome, ZoneStatusRecord, ZoneTokenRecord,
 };
 
 const CF_LOG: &str = "raft_log";
@@ -1447,48 +1447,15 @@ impl ApplyBatch<'_> {
             Command::RotateZoneCa {
                 expected_current_sha256,
                 step,
-            } => {
-                let Some(mut secrets) =
-                    self.get_meta::<SealedSecrets>(KEY_SECRETS, "cluster secrets")?
-                else {
-                    return Ok(Err(ApplyError::Refused(
-                        "the cluster is not formed yet".into(),
-                    )));
-                };
-                if causeway_pki::first_cert_sha256(&secrets.zone_ca_cert_pem)
-                    != expected_current_sha256
-                {
-                    return Ok(Err(ApplyError::Refused(
-                        "the zone CA changed meanwhile; look again (causeway zone ca status) and retry"
-                            .into(),
-                    )));
-                }
-                match step {
-                    ZoneCaStep::Stage {
-                        cert_pem,
-                        key_sealed,
-                    } => {
-                        if !secrets.zone_ca_previous_cert_pem.is_empty() {
-                            return Ok(Err(ApplyError::Refused(
-                                "a zone CA rotation is under way; finish it first (causeway zone ca finish)".into(),
-                            )));
-                        }
-                        secrets.zone_ca_previous_cert_pem =
-                            std::mem::replace(&mut secrets.zone_ca_cert_pem, cert_pem);
-                        secrets.zone_ca_key_sealed = key_sealed;
-                    }
-                    ZoneCaStep::Finish => {
-                        if secrets.zone_ca_previous_cert_pem.is_empty() {
-                            return Ok(Err(ApplyError::Refused(
-                                "no zone CA rotation is under way".into(),
-                            )));
-                        }
-                        secrets.zone_ca_previous_cert_pem.clear();
-                    }
-                }
-                self.put_meta(KEY_SECRETS.to_vec(), &secrets);
-                Ok(WriteOutcome::Done)
-            }
+            } => self.apply_ca_step(|s| {
+                crate::cluster_ca::apply_zone_ca(s, &expected_current_sha256, step)
+            })?,
+            Command::RotateRaftCa {
+                expected_current_sha256,
+                step,
+            } => self.apply_ca_step(|s| {
+                crate::cluster_ca::apply_raft_ca(s, &expected_current_sha256, step)
+            })?,
             Command::AddProxyToken(t) => {
                 self.put_meta(prefixed(KEY_PROXY_TOKEN_PREFIX, &t.id), &t);
                 Ok(WriteOutcome::Done)
@@ -1760,6 +1727,24 @@ impl ApplyBatch<'_> {
             self.join_tokens.insert(sha, t);
         }
         Ok(())
+    }
+
+    /// A step of a CA rotation applied to the cluster's secrets ([`crate::cluster_ca`]).
+    fn apply_ca_step(
+        &mut self,
+        step: impl FnOnce(&mut SealedSecrets) -> Result<(), String>,
+    ) -> Result<Result<WriteOutcome, ApplyError>, StoreError> {
+        let Some(mut secrets) = self.get_meta::<SealedSecrets>(KEY_SECRETS, "cluster secrets")?
+        else {
+            return Ok(Err(ApplyError::Refused(
+                "the cluster is not formed yet".into(),
+            )));
+        };
+        if let Err(why) = step(&mut secrets) {
+            return Ok(Err(ApplyError::Refused(why)));
+        }
+        self.put_meta(KEY_SECRETS.to_vec(), &secrets);
+        Ok(Ok(WriteOutcome::Done))
     }
 
     fn put_meta<T: serde::Serialize>(&mut self, key: Vec<u8>, value: &T) {

@@ -23,6 +23,7 @@ use raft::eraftpb::{Message, MessageType};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::sync::watch;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::raft_node::{Msg, Outbox};
@@ -41,6 +42,28 @@ pub(crate) const MAX_HANDSHAKES: usize = 256;
 /// Inbound handshakes in progress at once from one address: a flood from one host
 /// leaves the other slots to the members on other hosts.
 pub(crate) const MAX_HANDSHAKES_PER_HOST: usize = 16;
+
+/// The node's Raft TLS as it is now, with the configs built from it. A rotation of the
+/// Raft CA replaces it while the node runs: new handshakes use the newest, and each
+/// outbound link reconnects with it.
+pub(crate) struct LiveTls {
+    pub(crate) identity: RaftTls,
+    client: Arc<rustls::ClientConfig>,
+    acceptor: TlsAcceptor,
+}
+
+impl LiveTls {
+    pub(crate) fn new(identity: RaftTls) -> Result<Arc<LiveTls>, TlsError> {
+        Ok(Arc::new(LiveTls {
+            client: identity.client()?,
+            acceptor: TlsAcceptor::from(identity.server()?),
+            identity,
+        }))
+    }
+}
+
+/// Where the transport reads its TLS from (`None`: plaintext).
+pub(crate) type TlsSource = Option<watch::Receiver<Arc<LiveTls>>>;
 
 /// Handshakes in progress, by source address.
 #[derive(Default)]
@@ -93,7 +116,7 @@ impl<T: AsyncWrite + Unpin + Send> Conn for T {}
 pub(crate) struct TcpOutbox {
     rt: tokio::runtime::Handle,
     raft_tx: Sender<Msg>,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: TlsSource,
     peers: HashMap<u64, Peer>,
     my_id: u64,
 }
@@ -108,15 +131,15 @@ impl TcpOutbox {
         rt: tokio::runtime::Handle,
         my_id: u64,
         raft_tx: Sender<Msg>,
-        tls: Option<&RaftTls>,
-    ) -> Result<TcpOutbox, TlsError> {
-        Ok(TcpOutbox {
+        tls: TlsSource,
+    ) -> TcpOutbox {
+        TcpOutbox {
             rt,
             raft_tx,
-            tls: tls.map(RaftTls::client).transpose()?,
+            tls,
             peers: HashMap::new(),
             my_id,
-        })
+        }
     }
 }
 
@@ -169,7 +192,7 @@ struct Link {
     id: u64,
     addr: String,
     raft_tx: Sender<Msg>,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    tls: TlsSource,
 }
 
 impl Link {
@@ -182,13 +205,14 @@ impl Link {
         tcp.set_nodelay(true)?;
         match &self.tls {
             None => Ok(Box::new(BufWriter::with_capacity(64 << 10, tcp))),
-            Some(cfg) => {
+            Some(live) => {
+                let cfg = live.borrow().client.clone();
                 // The peer must hold the certificate of the node id we mean to reach.
                 let name = rustls::pki_types::ServerName::try_from(raft_node_name(self.id))
                     .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
                 let tls = tokio::time::timeout(
                     CONNECT_TIMEOUT,
-                    TlsConnector::from(cfg.clone()).connect(name, tcp),
+                    TlsConnector::from(cfg).connect(name, tcp),
                 )
                 .await
                 .map_err(|_| {
@@ -199,7 +223,7 @@ impl Link {
         }
     }
 
-    async fn run(self, mut rx: UnboundedReceiver<Message>) {
+    async fn run(mut self, mut rx: UnboundedReceiver<Message>) {
         let mut conn: Option<Box<dyn Conn>> = None;
         let mut backoff = Duration::from_millis(50);
         let mut batch = Vec::new();
@@ -211,6 +235,13 @@ impl Link {
                     Ok(m) => batch.push(m),
                     Err(_) => break,
                 }
+            }
+            // A new Raft identity (a CA rotation): reconnect presenting it.
+            if let Some(live) = &mut self.tls
+                && live.has_changed().unwrap_or(false)
+            {
+                live.borrow_and_update();
+                conn = None;
             }
             if conn.is_none() {
                 match self.connect().await {
@@ -277,10 +308,9 @@ impl Link {
 /// Accepts peer connections on `listener` and feeds their frames to the Raft thread.
 pub(crate) async fn serve(
     listener: TcpListener,
-    tls: Option<&RaftTls>,
+    tls: TlsSource,
     raft_tx: Sender<Msg>,
 ) -> Result<(), TlsError> {
-    let acceptor = tls.map(|t| t.server().map(TlsAcceptor::from)).transpose()?;
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     let per_host = Arc::new(Handshakes::default());
     loop {
@@ -294,7 +324,7 @@ pub(crate) async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let raft_tx = raft_tx.clone();
-        let Some(acceptor) = acceptor.clone() else {
+        let Some(acceptor) = tls.as_ref().map(|live| live.borrow().acceptor.clone()) else {
             tokio::spawn(async move {
                 if let Err(e) = read_frames(tcp, &raft_tx, None).await {
                     tracing::debug!(%peer, error = %e, "raft inbound connection closed");

@@ -500,3 +500,155 @@ async fn plaintext_raft_is_a_flag_and_a_cluster_of_several_at_once_needs_certifi
     assert_eq!(warned, 2);
     Ok(())
 }
+
+async fn raft_ca_status(c: &GlobalCluster) -> anyhow::Result<serde_json::Value> {
+    let (s, v) = c.call(0, Method::GET, "/cluster/raft-ca", None).await?;
+    anyhow::ensure!(s == StatusCode::OK, "GET /cluster/raft-ca: {s} {v}");
+    Ok(v)
+}
+
+/// The Raft CA rotates while the cluster runs and writes: every node trusts the new CA
+/// before any presents a certificate from it, each issues itself one and reconnects with
+/// it, and once the old CA is dropped a node's old certificate opens nothing. A node
+/// restarted afterwards comes back on its new identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_raft_ca_rotates_while_the_cluster_writes() -> anyhow::Result<()> {
+    let mut c = GlobalCluster::start(3, &[]).await?;
+    let (old_ca, old_node2) = raft_identity_of(&c.nodes[1])?;
+    let before = raft_ca_status(&c).await?;
+    assert_eq!(before["phase"], "steady", "{before}");
+    assert_eq!(before["next"]["ready"], true, "{before}");
+    let old_sha = before["cas"][0]["sha256"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    for n in before["nodes"].as_array().into_iter().flatten() {
+        assert_eq!(n["presenting"], old_sha.as_str(), "{before}");
+    }
+
+    // Writes go on, through every node, while the CLI takes the three steps.
+    let mut rotate = c
+        .cli_command(&["cluster", "raft-ca", "rotate", "--timeout", "60s"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let mut writes = 0;
+    while rotate.try_wait()?.is_none() || writes < 6 {
+        let i = writes % 3;
+        let name = format!("during-rotation-{writes}");
+        let (s, v) = c
+            .call(
+                i,
+                Method::PUT,
+                &format!("/meshes/{name}"),
+                Some(&json!({"type": "Mesh", "name": name})),
+            )
+            .await?;
+        assert!(s.is_success(), "write {writes} through node {i}: {s} {v}");
+        writes += 1;
+    }
+    eprintln!("{writes} writes during the rotation");
+    let rotation = rotate.wait_with_output()?;
+    let err = String::from_utf8_lossy(&rotation.stderr);
+    anyhow::ensure!(
+        rotation.status.success(),
+        "raft-ca rotate: {err}\n{}",
+        c.logs()
+    );
+    for step in ["stage: done", "activate: done", "finish: done"] {
+        assert!(err.contains(step), "{err}");
+    }
+    for i in 0..3 {
+        let (s, _) = c
+            .call(
+                i,
+                Method::GET,
+                &format!("/meshes/during-rotation-{}", writes - 1),
+                None,
+            )
+            .await?;
+        assert_eq!(s, StatusCode::OK, "node {i} has every write");
+    }
+    let after = raft_ca_status(&c).await?;
+    assert_eq!(after["phase"], "steady", "{after}");
+    let new_sha = after["cas"][0]["sha256"].as_str().unwrap_or("").to_string();
+    assert_ne!(new_sha, old_sha, "{after}");
+    assert_eq!(after["cas"].as_array().map(Vec::len), Some(1), "{after}");
+    for n in after["nodes"].as_array().into_iter().flatten() {
+        assert_eq!(n["presenting"], new_sha.as_str(), "{after}");
+        assert_eq!(n["trusted"], json!([new_sha]), "{after}");
+    }
+    // Each data dir holds the new identity: a certificate from the new CA, trusting it
+    // alone.
+    for n in &c.nodes {
+        let (ca, node) = raft_identity_of(n)?;
+        assert!(
+            !causeway_pki::issued_by(&node.cert_pem, &old_ca),
+            "node {}",
+            n.id
+        );
+        assert!(
+            causeway_pki::issued_by(&node.cert_pem, &ca),
+            "node {}",
+            n.id
+        );
+        assert!(
+            !ca.contains(old_ca.trim()),
+            "node {} still trusts the old CA",
+            n.id
+        );
+    }
+
+    // Node 2's old certificate (a copy an attacker kept) no longer opens Raft.
+    let refusals = |n: &GlobalNode| {
+        read(&n.log_path())
+            .matches("raft peer failed mutual TLS")
+            .count()
+    };
+    let target = &c.nodes[0];
+    let refused_before = refusals(target);
+    let mut forged = 0;
+    for i in 0..3 {
+        forged = forged.max(term(&c, i).await? + 1000);
+    }
+    send_tls(
+        target.raft,
+        &causeway_pki::raft_node_name(target.id),
+        &raft_identity_of(target)?.0,
+        &old_node2,
+        &heartbeat_frame(2, target.id, forged),
+    );
+    eventually(
+        "the old certificate refused",
+        Duration::from_secs(10),
+        || async { (refusals(target) > refused_before).then_some(()) },
+    )
+    .await?;
+    assert!(
+        term(&c, 0).await? < forged,
+        "the old certificate's frame took"
+    );
+
+    // A node restarted on its new identity rejoins and catches up.
+    c.nodes[2].kill();
+    let (s, v) = c
+        .call(
+            0,
+            Method::PUT,
+            "/meshes/while-node-3-was-down",
+            Some(&json!({"type": "Mesh", "name": "while-node-3-was-down"})),
+        )
+        .await?;
+    assert!(s.is_success(), "{s} {v}");
+    c.nodes[2].start(&[], false)?;
+    c.wait_ready(2).await?;
+    eventually("node 3 caught up", Duration::from_secs(30), || async {
+        let (s, _) = c
+            .call(2, Method::GET, "/meshes/while-node-3-was-down", None)
+            .await
+            .ok()?;
+        (s == StatusCode::OK).then_some(())
+    })
+    .await?;
+    Ok(())
+}

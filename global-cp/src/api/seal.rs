@@ -14,7 +14,7 @@ use causeway_pki::sealing::SealedUnder;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::zones::{FORWARDED_HEADER, forward_get};
+use super::zones::{FORWARDED_HEADER, ask_members};
 use super::{ApiError, ApiResult, ApiState};
 
 #[derive(Deserialize)]
@@ -100,30 +100,21 @@ pub(super) async fn status(
     if q.local || headers.contains_key(FORWARDED_HEADER) {
         return Ok(Json(serde_json::to_value(&me).expect("encodes")));
     }
-    let members = st.store.members()?;
-    let asks = members
-        .iter()
-        .filter(|(id, _)| **id != me.node)
-        .map(|(id, m)| {
-            let (id, addr) = (*id, m.api_addr.clone());
-            let (st, headers) = (&st, &headers);
-            async move {
-                let got = match forward_get(st, &addr, "/cluster/seal?local=true", headers).await {
-                    Ok((s, body)) if s.is_success() => {
-                        serde_json::from_slice::<NodeSeal>(&body).map_err(|e| e.to_string())
-                    }
-                    Ok((s, body)) => Err(format!("{s}: {}", String::from_utf8_lossy(&body))),
-                    Err(e) => Err(e),
-                };
-                got.unwrap_or_else(|e| NodeSeal {
-                    node: id,
-                    error: Some(e),
-                    ..NodeSeal::default()
-                })
-            }
-        });
     let mut nodes = vec![me.clone()];
-    nodes.extend(futures::future::join_all(asks).await);
+    nodes.extend(
+        ask_members(
+            &st,
+            &headers,
+            "/cluster/seal?local=true",
+            me.node,
+            |node, e| NodeSeal {
+                node,
+                error: Some(e),
+                ..NodeSeal::default()
+            },
+        )
+        .await?,
+    );
     nodes.sort_by_key(|n| n.node);
     let waiting = waiting(&me.key_id, &nodes);
     Ok(Json(json!({

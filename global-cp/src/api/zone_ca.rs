@@ -17,8 +17,7 @@ use serde_json::{Value, json};
 
 use super::mesh_ca::RotateRequest;
 use super::{ApiError, ApiResult, ApiState};
-use crate::command::{ApplyError, Command, SealedSecrets, ZoneCaStep};
-use crate::raft_node::RaftError;
+use crate::command::{CaStep, Command, SealedSecrets};
 use causeway_api::timestamp::rfc3339;
 
 /// A zone as a finishing rotation sees it.
@@ -131,7 +130,7 @@ pub(super) async fn rotate(
     let step = match req.step.as_str() {
         "stage" => {
             let ca = causeway_pki::generate_ca(crate::ZONE_CA_NAME).map_err(internal)?;
-            ZoneCaStep::Stage {
+            CaStep::Stage {
                 cert_pem: ca.cert_pem,
                 key_sealed: st.sealer.seal(&ca.key_pem),
             }
@@ -148,7 +147,7 @@ pub(super) async fn rotate(
                     ),
                 ));
             }
-            ZoneCaStep::Finish
+            CaStep::Finish
         }
         other => {
             return Err(ApiError::bad(
@@ -162,8 +161,7 @@ pub(super) async fn rotate(
             expected_current_sha256: current,
             step: step.clone(),
         })
-        .await
-        .map_err(conflict)?;
+        .await?;
     tracing::warn!(step = %req.step, "zone CA rotation step taken");
     Ok(Json(status_json(&secrets(&st)?, &zones(&st)?)))
 }
@@ -177,8 +175,7 @@ pub(super) async fn rotate_zone_token_key(State(st): State<ApiState>) -> ApiResu
         .propose(Command::SetZoneTokenKey {
             key_sealed: st.sealer.seal(&key),
         })
-        .await
-        .map_err(conflict)?;
+        .await?;
     let now = super::zones::now_unix();
     let voided = st
         .store
@@ -188,15 +185,6 @@ pub(super) async fn rotate_zone_token_key(State(st): State<ApiState>) -> ApiResu
         .count();
     tracing::warn!(voided, "rotated the zone-token key");
     Ok(Json(json!({ "unusedTokensVoided": voided })))
-}
-
-fn conflict(e: RaftError) -> ApiError {
-    match e {
-        RaftError::Rejected(ApplyError::Refused(why)) => {
-            ApiError::new(StatusCode::CONFLICT, "", why)
-        }
-        e => e.into(),
-    }
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {

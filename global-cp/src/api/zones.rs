@@ -383,6 +383,36 @@ pub(super) fn require_mesh(st: &ApiState, mesh: &str) -> ApiResult<()> {
 /// sessions, and forwards nothing further).
 pub(super) const FORWARDED_HEADER: &str = "x-causeway-forwarded";
 
+/// Asks every other member for its own answer at `path` (a `?local=true` view), in
+/// parallel; a member that does not answer gets `unanswered(id, why)`.
+pub(super) async fn ask_members<T: serde::de::DeserializeOwned>(
+    st: &ApiState,
+    headers: &axum::http::HeaderMap,
+    path: &str,
+    me: u64,
+    unanswered: impl Fn(u64, String) -> T,
+) -> ApiResult<Vec<T>> {
+    let members = st.store.members()?;
+    let asks = members
+        .iter()
+        .filter(|(id, _)| **id != me)
+        .map(|(id, m)| async move {
+            let got = match forward_get(st, &m.api_addr, path, headers).await {
+                Ok((s, body)) if s.is_success() => {
+                    serde_json::from_slice::<T>(&body).map_err(|e| e.to_string())
+                }
+                Ok((s, body)) => Err(format!("{s}: {}", String::from_utf8_lossy(&body))),
+                Err(e) => Err(e),
+            };
+            (*id, got)
+        });
+    Ok(futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .map(|(id, got)| got.unwrap_or_else(|e| unanswered(id, e)))
+        .collect())
+}
+
 /// Sends `GET path` on to the global node at `api_addr` with the caller's credentials,
 /// marked forwarded: its status and body, or why it did not answer.
 pub(super) async fn forward_get(

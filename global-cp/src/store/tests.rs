@@ -1017,13 +1017,13 @@ fn the_audit_log_keeps_the_newest_entries_in_order() {
 
 #[test]
 fn a_zone_ca_rotation_keeps_the_old_ca_until_it_finishes_and_refuses_stale_steps() {
-    use crate::command::ZoneCaStep;
+    use crate::command::CaStep;
     let dir = tempfile::tempdir().unwrap();
     let s = formed_store(dir.path());
     let new = causeway_pki::generate_ca("zone CA").unwrap();
     let new_sha = causeway_pki::first_cert_sha256(&new.cert_pem);
     // The formed store's CA is no certificate: it hashes to "".
-    let step = |expected: &str, step: ZoneCaStep| {
+    let step = |expected: &str, step: CaStep| {
         let mut b = s.apply_batch();
         let r = b
             .apply(
@@ -1038,7 +1038,7 @@ fn a_zone_ca_rotation_keeps_the_old_ca_until_it_finishes_and_refuses_stale_steps
         b.commit().unwrap();
         r
     };
-    let stage = ZoneCaStep::Stage {
+    let stage = CaStep::Stage {
         cert_pem: new.cert_pem.clone(),
         key_sealed: "sealed-v1:new".into(),
     };
@@ -1057,12 +1057,12 @@ fn a_zone_ca_rotation_keeps_the_old_ca_until_it_finishes_and_refuses_stale_steps
         step(&new_sha, stage.clone()),
         Err(ApplyError::Refused(why)) if why.contains("under way")
     ));
-    assert!(step(&new_sha, ZoneCaStep::Finish).is_ok());
+    assert!(step(&new_sha, CaStep::Finish).is_ok());
     let sec = s.secrets().unwrap().unwrap();
     assert!(sec.zone_ca_previous_cert_pem.is_empty());
     assert_eq!(sec.zone_ca_cert_pem, new.cert_pem);
     assert!(matches!(
-        step(&new_sha, ZoneCaStep::Finish),
+        step(&new_sha, CaStep::Finish),
         Err(ApplyError::Refused(why)) if why.contains("no zone CA rotation")
     ));
 }
