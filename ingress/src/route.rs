@@ -112,6 +112,11 @@ where
         tracing::debug!(%peer, %sni, "refused: no config from the zone control plane yet");
         return;
     };
+    if cfg.silent && cfg.refusing.is_some() {
+        // A blackhole drill began while the ClientHello came in (after `handle` looked):
+        // never refuse, stall as `handle` does, which now sees the silence.
+        std::future::pending::<()>().await;
+    }
     if let Some(reason) = &cfg.refusing {
         m.refused_drill.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, %sni, %reason, "refused");
@@ -207,4 +212,61 @@ async fn connect(ingress: &Ingress, targets: &[IngressTarget]) -> Option<TcpStre
             .insert((t.address.clone(), t.port), Instant::now() + EJECT_FOR);
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use causeway_api::proxy_config::IngressConfig;
+
+    use super::*;
+
+    fn ingress(silent: bool) -> Ingress {
+        let cfg = IngressConfig {
+            version: "1".into(),
+            mesh: "default".into(),
+            zone: "zone-b".into(),
+            name: "ingress-1".into(),
+            refusing: Some("drill".into()),
+            silent,
+            routes: Default::default(),
+            services: Default::default(),
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(Some(Arc::new(cfg)));
+        Ingress {
+            config: rx,
+            next: Default::default(),
+            ejected: Default::default(),
+            active: Default::default(),
+            metrics: crate::Metrics::default(),
+            gate: causeway_listen::Gate::new(causeway_listen::Limits::total(16)),
+        }
+    }
+
+    /// A connection whose ClientHello arrives as a blackhole drill begins is never
+    /// refused (closed): it stalls, as the silence promises. A failover drill refuses it.
+    #[tokio::test]
+    async fn a_blackhole_drill_that_begins_mid_hello_stalls_the_connection() {
+        let peer = "127.0.0.1:1".parse().unwrap();
+        let hello = crate::sni::tests::client_hello("e1.backend.default.causeway");
+
+        let silent = ingress(true);
+        let routed = tokio::time::timeout(
+            Duration::from_millis(200),
+            route(&silent, std::io::Cursor::new(hello.clone()), peer),
+        )
+        .await;
+        assert!(routed.is_err(), "the connection was closed, not stalled");
+        assert_eq!(silent.metrics.refused_drill.load(Ordering::Relaxed), 0);
+
+        let refusing = ingress(false);
+        tokio::time::timeout(
+            Duration::from_millis(200),
+            route(&refusing, std::io::Cursor::new(hello), peer),
+        )
+        .await
+        .expect("a failover drill refuses at once");
+        assert_eq!(refusing.metrics.refused_drill.load(Ordering::Relaxed), 1);
+    }
 }

@@ -56,7 +56,7 @@ where
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use rustls::pki_types::ServerName;
@@ -64,7 +64,7 @@ mod tests {
     use super::*;
 
     /// The bytes a real rustls client sends first, for `sni`.
-    fn client_hello(sni: &str) -> Vec<u8> {
+    pub(crate) fn client_hello(sni: &str) -> Vec<u8> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
