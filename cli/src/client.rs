@@ -116,6 +116,19 @@ impl Client {
         })
     }
 
+    /// The same client trusting `bundle_pem` besides its CA: during an API CA rotation
+    /// the status (read over a connection the current CA verified) names the new one.
+    pub(crate) fn trusting(&self, bundle_pem: &str) -> anyhow::Result<Client> {
+        let mut conn = self.conn.clone();
+        conn.ca_pem = Some(format!(
+            "{}\n{bundle_pem}",
+            conn.ca_pem.as_deref().unwrap_or("").trim_end()
+        ));
+        let mut c = Client::new(conn)?;
+        c.retry_for = self.retry_for;
+        Ok(c)
+    }
+
     /// Sends a request, trying each address and retrying while no leader is elected.
     /// Returns the status and the JSON body (Null when empty).
     pub(crate) async fn request(

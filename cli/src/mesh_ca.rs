@@ -67,6 +67,7 @@ pub(crate) async fn ca(conn: &ConnArgs, c: CaCmd) -> anyhow::Result<()> {
                 rotate_path: format!("/meshes/{mesh}/ca/rotate"),
                 subject: format!("mesh {mesh}'s root CA"),
                 render,
+                retrust: false,
             }
             .run(&client, &rotate)
             .await
@@ -83,23 +84,38 @@ pub(crate) struct Rotation {
     /// What rotates, for messages ("mesh default's root CA").
     pub subject: String,
     pub render: fn(&Value) -> String,
+    /// Trust the CAs the status names (`bundlePem`) for the next calls: the API CA's
+    /// own rotation changes the certificates this client talks to.
+    pub retrust: bool,
 }
 
 impl Rotation {
     /// Takes each step (or `--step` that one) once what it waits for is ready (or at
     /// once with `--force`), saying what it waits for meanwhile.
-    pub(crate) async fn run(&self, client: &Client, args: &RotateArgs) -> anyhow::Result<()> {
+    pub(crate) async fn run(&self, base: &Client, args: &RotateArgs) -> anyhow::Result<()> {
         let timeout = args
             .timeout
             .parse::<causeway_api::Duration>()
             .map_err(|e| anyhow::anyhow!("--timeout: {e}"))?
             .as_std();
         let (only, force) = (args.step.as_deref(), args.force);
+        let mut retrusted: Option<(String, Client)> = None;
         let deadline = Instant::now() + timeout;
         let mut taken = 0;
         let mut said = String::new();
         loop {
-            let s = client.get(&self.status_path).await?;
+            let s = retrusted
+                .as_ref()
+                .map_or(base, |(_, c)| c)
+                .get(&self.status_path)
+                .await?;
+            if self.retrust
+                && let Some(bundle) = s["bundlePem"].as_str()
+                && retrusted.as_ref().is_none_or(|(b, _)| b != bundle)
+            {
+                retrusted = Some((bundle.to_string(), base.trusting(bundle)?));
+            }
+            let client = retrusted.as_ref().map_or(base, |(_, c)| c);
             let step = s["next"]["step"].as_str().unwrap_or("stage").to_string();
             // The whole rotation ends when there is one CA again.
             if only.is_none() && taken > 0 && s["phase"] == "steady" {

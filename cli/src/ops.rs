@@ -100,6 +100,10 @@ pub(crate) enum ClusterCmd {
     /// The CA of the nodes' Raft certificates, and its rotation while the cluster runs.
     #[command(subcommand)]
     RaftCa(RaftCaCmd),
+    /// The CA of the nodes' API and KDS certificates (what the CLI, Terraform, zones
+    /// and browsers verify), and its rotation.
+    #[command(subcommand)]
+    ApiCa(ApiCaCmd),
     /// Generate a cluster CA and per-node certificates for mutual TLS between nodes.
     GenCerts {
         /// Node ids, comma-separated.
@@ -125,6 +129,62 @@ pub(crate) enum RaftCaCmd {
     /// without waiting for the nodes (a node that did not follow is cut off from the
     /// others and must join again).
     Rotate(crate::mesh_ca::RotateArgs),
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum ApiCaCmd {
+    /// The API CA (and the staged or previous one during a rotation), which CA each
+    /// node's certificate is from and which CAs each zone trusts.
+    Status,
+    /// Write the CAs clients should trust now (PEM, one or two) to a file, for the
+    /// CLI's --ca-file, Terraform's ca_file or a browser.
+    Bundle {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rotate the API CA: stage a new CA (nodes write both to <data-dir>/api-ca.pem,
+    /// zones trust both, new tokens carry both), activate it once every zone trusts it
+    /// (every node serves API and KDS certificates from it, reloaded in place), finish
+    /// once every node does (the old CA is dropped). Update your other clients' CA
+    /// files (`bundle --out`) between stage and activate. Steps: stage, activate,
+    /// finish; `--force` takes them without waiting (a zone that did not follow is cut
+    /// off and must enrol again).
+    Rotate(crate::mesh_ca::RotateArgs),
+}
+
+/// The API CA status for people.
+fn render_api_ca(s: &Value) -> String {
+    use crate::mesh_ca::{ca_line, next_line, short_sha};
+    let mut out = format!("API CA: {}\n", s["phase"].as_str().unwrap_or("?"));
+    for ca in s["cas"].as_array().into_iter().flatten() {
+        out += &ca_line("CA", ca);
+    }
+    for n in s["nodes"].as_array().into_iter().flatten() {
+        out += &match n["error"].as_str() {
+            Some(e) => format!("  node {:<3} did not answer: {e}\n", n["node"]),
+            None => format!(
+                "  node {:<3} serves a certificate of {}\n",
+                n["node"],
+                match n["presenting"].as_str().unwrap_or("") {
+                    "operator's" => "the operator (--api-cert)".to_string(),
+                    _ => short_sha(&n["presenting"]),
+                }
+            ),
+        };
+    }
+    for z in s["zones"].as_array().into_iter().flatten() {
+        out += &format!(
+            "  zone {:<12} {:<7} trusts {} CA(s)\n",
+            z["zone"].as_str().unwrap_or(""),
+            if z["online"] == true {
+                "online"
+            } else {
+                "offline"
+            },
+            z["trusted"].as_array().map_or(0, Vec::len)
+        );
+    }
+    out + &next_line(s)
 }
 
 /// The Raft CA status for people.
@@ -603,6 +663,33 @@ pub(crate) async fn cluster(conn: &ConnArgs, c: ClusterCmd) -> anyhow::Result<()
                 .await?;
             println!("node {id} removed");
         }
+        ClusterCmd::ApiCa(ApiCaCmd::Status) => {
+            print!("{}", render_api_ca(&client.get("/cluster/api-ca").await?));
+        }
+        ClusterCmd::ApiCa(ApiCaCmd::Bundle { out }) => {
+            let s = client.get("/cluster/api-ca").await?;
+            let bundle = s["bundlePem"]
+                .as_str()
+                .context("the status names no CA bundle")?;
+            causeway_global_cp::tls::write_private(&out, bundle)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "wrote {} API CA(s) to {}",
+                s["cas"].as_array().map_or(0, Vec::len),
+                out.display()
+            );
+        }
+        ClusterCmd::ApiCa(ApiCaCmd::Rotate(args)) => {
+            crate::mesh_ca::Rotation {
+                status_path: "/cluster/api-ca".into(),
+                rotate_path: "/cluster/api-ca/rotate".into(),
+                subject: "the API CA".into(),
+                render: render_api_ca,
+                retrust: true,
+            }
+            .run(&client, &args)
+            .await?;
+        }
         ClusterCmd::RaftCa(RaftCaCmd::Status) => {
             print!("{}", render_raft_ca(&client.get("/cluster/raft-ca").await?));
         }
@@ -612,6 +699,7 @@ pub(crate) async fn cluster(conn: &ConnArgs, c: ClusterCmd) -> anyhow::Result<()
                 rotate_path: "/cluster/raft-ca/rotate".into(),
                 subject: "the Raft CA".into(),
                 render: render_raft_ca,
+                retrust: false,
             }
             .run(&client, &args)
             .await?;

@@ -112,6 +112,7 @@ pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
                 rotate_path: "/zone-ca/rotate".into(),
                 subject: "the zone CA".into(),
                 render: render_zone_ca,
+                retrust: false,
             }
             .run(&client, &args)
             .await?;

@@ -23,6 +23,7 @@ use crate::raft_node::{MemberChange, RaftError, RaftHandle};
 use crate::store::{Store, StoreError};
 
 mod affected;
+mod api_ca;
 mod api_tokens;
 mod joining;
 mod mesh_ca;
@@ -52,6 +53,9 @@ pub(crate) struct ApiState {
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// This node's Raft identity as the transport uses it now (`None`: plaintext).
     pub(crate) raft_tls: crate::transport::TlsSource,
+    /// The API certificate this node serves, from the API CA (empty: the operator's own
+    /// with `--api-cert`, or plain HTTP).
+    pub(crate) api_cert: tokio::sync::watch::Receiver<String>,
 }
 
 /// An API error: status, message and the field errors behind it.
@@ -139,6 +143,17 @@ impl From<RaftError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// The API CAs to trust global nodes' certificates from, as the cluster holds them now:
+/// one, or two during an API CA rotation. What tokens carry and what nodes dial each
+/// other with (the secrets opened at start may predate a rotation).
+pub(crate) fn api_cas(st: &ApiState) -> ApiResult<String> {
+    Ok(st
+        .store
+        .secrets()?
+        .map(|s| crate::cluster_ca::api_trust(&s))
+        .unwrap_or_else(|| st.secrets.api_ca_cert_pem.clone()))
+}
+
 /// Builds the router.
 pub(crate) fn router(state: ApiState) -> Router {
     let authed = Router::new()
@@ -152,6 +167,8 @@ pub(crate) fn router(state: ApiState) -> Router {
             "/dataplane-token-keys/rotate",
             post(proxy_tokens::rotate_signing_key),
         )
+        .route("/cluster/api-ca", get(api_ca::status))
+        .route("/cluster/api-ca/rotate", post(api_ca::rotate))
         .route("/cluster/raft-ca", get(raft_ca::status))
         .route("/cluster/raft-ca/rotate", post(raft_ca::rotate))
         .route("/zone-ca", get(zone_ca::status))
@@ -1055,6 +1072,8 @@ pub fn openapi_document() -> Value {
     paths.insert("/cluster".into(), json!({"get": {"summary": "Raft cluster status", "responses": {"200": {"description": "status"}}}}));
     paths.insert("/dataplane-token-keys".into(), json!({"get": {"summary": "The keys that sign and verify dataplane and ingress tokens (ids and dates, never a key)", "responses": {"200": {"description": "keys"}}}}));
     paths.insert("/dataplane-token-keys/rotate".into(), json!({"post": {"summary": "A new key signs dataplane and ingress tokens; the previous one verifies for the overlap (body: overlap, default 168h, at most 720h; 0s for a leaked key). Admins only", "responses": {"200": {"description": "keys"}, "default": err}}}));
+    paths.insert("/cluster/api-ca".into(), json!({"get": {"summary": "The CA of the nodes' API and KDS certificates (and the staged or previous one during a rotation), the bundle clients should trust (bundlePem), which CA each node's certificate is from, which CAs each zone trusts, and what the rotation's next step waits for (?local=true: this node only)", "responses": {"200": {"description": "API CA status"}}}}));
+    paths.insert("/cluster/api-ca/rotate".into(), json!({"post": {"summary": "A step of an API CA rotation (body: step stage|activate|finish, force): stage a new CA every client and zone trusts, activate it (every node serves certificates from it), finish (drop the old one). Each step waits for the zones or nodes unless forced. Admins only", "responses": {"200": {"description": "API CA status"}, "default": err}}}));
     paths.insert("/cluster/raft-ca".into(), json!({"get": {"summary": "The CA of the nodes' Raft certificates (and the staged or previous one during a rotation), the CAs each node's transport trusts and the CA of the certificate it presents, and what the rotation's next step waits for (?local=true: this node only)", "responses": {"200": {"description": "Raft CA status"}}}}));
     paths.insert("/cluster/raft-ca/rotate".into(), json!({"post": {"summary": "A step of a Raft CA rotation (body: step stage|activate|finish, force): stage a new CA every node trusts, activate it (every node issues itself a certificate from it), finish (drop the old one). Each step waits for every node unless forced. Admins only", "responses": {"200": {"description": "Raft CA status"}, "default": err}}}));
     paths.insert("/zone-ca".into(), json!({"get": {"summary": "The CA of zones' KDS certificates (and the one it replaces during a rotation), which CA each zone's certificate is from, and what the rotation's next step waits for", "responses": {"200": {"description": "zone CA status"}}}}));

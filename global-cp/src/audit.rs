@@ -103,6 +103,7 @@ pub fn describe(cmd: &Command) -> (String, String) {
         Command::SetZoneTokenKey { .. } => ("rotate the zone-token key", String::new()),
         Command::RotateZoneCa { step, .. } => ("rotate the zone CA", ca_step(step)),
         Command::RotateRaftCa { step, .. } => ("rotate the Raft CA", ca_step(step)),
+        Command::RotateApiCa { step, .. } => ("rotate the API CA", ca_step(step)),
         Command::RevokeProxyTokens { ids } => ("revoke proxy tokens", ids.join(", ")),
         Command::RevokeZoneTokens { zone, id } => (
             "revoke zone tokens",

@@ -9,10 +9,11 @@
 //! - Zone CA: `Stage` makes the new CA sign at once and keeps the old one as `previous`
 //!   (KDS admits both); `Finish` drops it. Zones need no step between: each renews as
 //!   soon as global names the new CA.
-//! - Raft CA: `Stage` adds the new CA as `staged`, trusted by every node but signing
+//! - Raft CA and API CA: `Stage` adds the new CA as `staged`, trusted by every node but signing
 //!   nothing; `Activate` makes it sign (each node issues itself a certificate from it)
-//!   and keeps the old one as `previous`; `Finish` drops it. A node must trust a CA
-//!   before any peer presents a certificate from it, hence the extra step.
+//!   and keeps the old one as `previous`; `Finish` drops it. A node (or a zone, or a
+//!   client of the API) must trust a CA before any peer presents a certificate from it,
+//!   hence the extra step.
 
 use crate::command::{CaStep, SealedSecrets};
 
@@ -48,82 +49,108 @@ pub fn apply_zone_ca(s: &mut SealedSecrets, expected: &str, step: CaStep) -> Res
     }
 }
 
-/// Where a Raft CA rotation stands.
+/// Where a three-step rotation (the Raft CA's, the API CA's) stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RaftCaPhase {
+pub enum CaPhase {
     Steady,
     Staged,
     Activated,
 }
 
-impl RaftCaPhase {
-    pub fn of(s: &SealedSecrets) -> RaftCaPhase {
-        if !s.raft_ca_staged_cert_pem.is_empty() {
-            RaftCaPhase::Staged
-        } else if !s.raft_ca_previous_cert_pem.is_empty() {
-            RaftCaPhase::Activated
-        } else {
-            RaftCaPhase::Steady
-        }
+impl CaPhase {
+    /// Where the Raft CA's rotation stands.
+    pub fn raft(s: &SealedSecrets) -> CaPhase {
+        phase_of(&s.raft_ca_staged_cert_pem, &s.raft_ca_previous_cert_pem)
+    }
+
+    /// Where the API CA's rotation stands.
+    pub fn api(s: &SealedSecrets) -> CaPhase {
+        phase_of(&s.api_ca_staged_cert_pem, &s.api_ca_previous_cert_pem)
     }
 
     pub fn name(self) -> &'static str {
         match self {
-            RaftCaPhase::Steady => "steady",
-            RaftCaPhase::Staged => "staged",
-            RaftCaPhase::Activated => "activated",
+            CaPhase::Steady => "steady",
+            CaPhase::Staged => "staged",
+            CaPhase::Activated => "activated",
         }
     }
 
     /// The step that comes next.
     pub fn next_step(self) -> &'static str {
         match self {
-            RaftCaPhase::Steady => "stage",
-            RaftCaPhase::Staged => "activate",
-            RaftCaPhase::Activated => "finish",
+            CaPhase::Steady => "stage",
+            CaPhase::Staged => "activate",
+            CaPhase::Activated => "finish",
         }
     }
 }
 
-/// Applies a Raft CA step to `s`, or says why not (`s` unchanged).
-pub fn apply_raft_ca(s: &mut SealedSecrets, expected: &str, step: CaStep) -> Result<(), String> {
-    if s.raft_ca_key_sealed.is_empty() {
-        return Err("this cluster's Raft certificates are the operator's (--raft-tls-ca/-cert/-key) or Raft runs in plaintext: the cluster holds no Raft CA to rotate".into());
+/// The fields of the secrets a three-step rotation moves between.
+struct Slots<'a> {
+    /// "Raft CA", "API CA".
+    what: &'static str,
+    /// The CLI command that shows it.
+    status: &'static str,
+    cert: &'a mut String,
+    key: &'a mut String,
+    staged_cert: &'a mut String,
+    staged_key: &'a mut String,
+    previous: &'a mut String,
+}
+
+fn phase_of(staged: &str, previous: &str) -> CaPhase {
+    if !staged.is_empty() {
+        CaPhase::Staged
+    } else if !previous.is_empty() {
+        CaPhase::Activated
+    } else {
+        CaPhase::Steady
     }
-    if causeway_pki::first_cert_sha256(&s.raft_ca_cert_pem) != expected {
-        return Err(
-            "the Raft CA changed meanwhile; look again (causeway cluster raft-ca status) and retry"
-                .into(),
-        );
+}
+
+fn apply_three_step(slots: Slots<'_>, expected: &str, step: CaStep) -> Result<(), String> {
+    let Slots {
+        what,
+        status,
+        cert,
+        key,
+        staged_cert,
+        staged_key,
+        previous,
+    } = slots;
+    if causeway_pki::first_cert_sha256(cert) != expected {
+        return Err(format!(
+            "the {what} changed meanwhile; look again ({status}) and retry"
+        ));
     }
-    let phase = RaftCaPhase::of(s);
-    let expected_step = phase.next_step();
+    let phase = phase_of(staged_cert, previous);
     let wrong = |name: &str| {
         Err(format!(
-            "the Raft CA rotation is {}: its next step is {expected_step}, not {name}",
-            phase.name()
+            "the {what} rotation is {}: its next step is {}, not {name}",
+            phase.name(),
+            phase.next_step()
         ))
     };
     match (phase, step) {
         (
-            RaftCaPhase::Steady,
+            CaPhase::Steady,
             CaStep::Stage {
                 cert_pem,
                 key_sealed,
             },
         ) => {
-            s.raft_ca_staged_cert_pem = cert_pem;
-            s.raft_ca_staged_key_sealed = key_sealed;
+            *staged_cert = cert_pem;
+            *staged_key = key_sealed;
             Ok(())
         }
-        (RaftCaPhase::Staged, CaStep::Activate) => {
-            let cert = std::mem::take(&mut s.raft_ca_staged_cert_pem);
-            s.raft_ca_previous_cert_pem = std::mem::replace(&mut s.raft_ca_cert_pem, cert);
-            s.raft_ca_key_sealed = std::mem::take(&mut s.raft_ca_staged_key_sealed);
+        (CaPhase::Staged, CaStep::Activate) => {
+            *previous = std::mem::replace(cert, std::mem::take(staged_cert));
+            *key = std::mem::take(staged_key);
             Ok(())
         }
-        (RaftCaPhase::Activated, CaStep::Finish) => {
-            s.raft_ca_previous_cert_pem.clear();
+        (CaPhase::Activated, CaStep::Finish) => {
+            previous.clear();
             Ok(())
         }
         (_, CaStep::Stage { .. }) => wrong("stage"),
@@ -132,30 +159,71 @@ pub fn apply_raft_ca(s: &mut SealedSecrets, expected: &str, step: CaStep) -> Res
     }
 }
 
+/// Applies a Raft CA step to `s`, or says why not (`s` unchanged).
+pub fn apply_raft_ca(s: &mut SealedSecrets, expected: &str, step: CaStep) -> Result<(), String> {
+    if s.raft_ca_key_sealed.is_empty() {
+        return Err("this cluster's Raft certificates are the operator's (--raft-tls-ca/-cert/-key) or Raft runs in plaintext: the cluster holds no Raft CA to rotate".into());
+    }
+    apply_three_step(
+        Slots {
+            what: "Raft CA",
+            status: "causeway cluster raft-ca status",
+            cert: &mut s.raft_ca_cert_pem,
+            key: &mut s.raft_ca_key_sealed,
+            staged_cert: &mut s.raft_ca_staged_cert_pem,
+            staged_key: &mut s.raft_ca_staged_key_sealed,
+            previous: &mut s.raft_ca_previous_cert_pem,
+        },
+        expected,
+        step,
+    )
+}
+
+/// Applies an API CA step to `s`, or says why not (`s` unchanged).
+pub fn apply_api_ca(s: &mut SealedSecrets, expected: &str, step: CaStep) -> Result<(), String> {
+    apply_three_step(
+        Slots {
+            what: "API CA",
+            status: "causeway cluster api-ca status",
+            cert: &mut s.api_ca_cert_pem,
+            key: &mut s.api_ca_key_sealed,
+            staged_cert: &mut s.api_ca_staged_cert_pem,
+            staged_key: &mut s.api_ca_staged_key_sealed,
+            previous: &mut s.api_ca_previous_cert_pem,
+        },
+        expected,
+        step,
+    )
+}
+
+/// The API CAs clients and zones trust now: the signing one, and the staged or previous
+/// one during a rotation.
+pub fn api_trust(s: &SealedSecrets) -> String {
+    bundle(&[
+        &s.api_ca_cert_pem,
+        &s.api_ca_staged_cert_pem,
+        &s.api_ca_previous_cert_pem,
+    ])
+}
+
+fn bundle(pems: &[&String]) -> String {
+    pems.iter()
+        .filter(|pem| !pem.is_empty())
+        .map(|pem| format!("{}\n", pem.trim_end()))
+        .collect()
+}
+
 /// The Raft CAs every node trusts now: the signing one, and the staged or previous one
 /// during a rotation (PEM, one after another).
 pub fn raft_trust(s: &SealedSecrets) -> String {
-    [
+    bundle(&[
         &s.raft_ca_cert_pem,
         &s.raft_ca_staged_cert_pem,
         &s.raft_ca_previous_cert_pem,
-    ]
-    .into_iter()
-    .filter(|pem| !pem.is_empty())
-    .map(|pem| format!("{}\n", pem.trim_end()))
-    .collect()
+    ])
 }
 
-/// SHA-256 of each certificate in `pem`, sorted: what a set of trusted CAs is compared by.
-pub fn shas(pem: &str) -> Vec<String> {
-    let mut out: Vec<String> = causeway_pki::certs(pem, "CA")
-        .unwrap_or_default()
-        .iter()
-        .map(|der| causeway_pki::sha256_hex(der))
-        .collect();
-    out.sort();
-    out
-}
+pub use causeway_pki::cert_shas as shas;
 
 #[cfg(test)]
 mod tests {
@@ -200,7 +268,7 @@ mod tests {
         let (mut s, old) = secrets();
         let old_sha = causeway_pki::first_cert_sha256(&old.cert_pem);
         let (step, new_sha) = stage();
-        assert_eq!(RaftCaPhase::of(&s), RaftCaPhase::Steady);
+        assert_eq!(CaPhase::raft(&s), CaPhase::Steady);
         assert_eq!(shas(&raft_trust(&s)), std::slice::from_ref(&old_sha));
 
         // Out of order, or against a CA that is not signing: refused, nothing changes.
@@ -215,7 +283,7 @@ mod tests {
         }
 
         apply_raft_ca(&mut s, &old_sha, step.clone()).unwrap();
-        assert_eq!(RaftCaPhase::of(&s), RaftCaPhase::Staged);
+        assert_eq!(CaPhase::raft(&s), CaPhase::Staged);
         // Staged: trusted by all, the old one still signs.
         let mut both = vec![old_sha.clone(), new_sha.clone()];
         both.sort();
@@ -228,7 +296,7 @@ mod tests {
         assert!(why.contains("next step is activate, not stage"), "{why}");
 
         apply_raft_ca(&mut s, &old_sha, CaStep::Activate).unwrap();
-        assert_eq!(RaftCaPhase::of(&s), RaftCaPhase::Activated);
+        assert_eq!(CaPhase::raft(&s), CaPhase::Activated);
         assert_eq!(
             causeway_pki::first_cert_sha256(&s.raft_ca_cert_pem),
             new_sha
@@ -237,7 +305,7 @@ mod tests {
         assert_eq!(shas(&raft_trust(&s)), both);
 
         apply_raft_ca(&mut s, &new_sha, CaStep::Finish).unwrap();
-        assert_eq!(RaftCaPhase::of(&s), RaftCaPhase::Steady);
+        assert_eq!(CaPhase::raft(&s), CaPhase::Steady);
         assert_eq!(shas(&raft_trust(&s)), [new_sha]);
     }
 

@@ -47,7 +47,7 @@ pub enum Command {
     },
     /// Created once by the first leader: API token hashes, the CAs and signing keys
     /// (sealed).
-    InitCluster(SealedSecrets),
+    InitCluster(Box<SealedSecrets>),
     /// A node announces its addresses (the Raft address and the API address).
     RegisterMember(Member),
     /// A zone token was issued (only its hash is kept).
@@ -80,6 +80,13 @@ pub enum Command {
     /// A step of a zone CA rotation, if the CA that signs zone certificates is still
     /// the one whose certificate hashes to `expected_current_sha256`; else `Refused`.
     RotateZoneCa {
+        expected_current_sha256: String,
+        step: CaStep,
+    },
+    /// A step of an API CA rotation, if the CA that signs the nodes' API and KDS server
+    /// certificates is still the one whose certificate hashes to
+    /// `expected_current_sha256`; else `Refused`.
+    RotateApiCa {
         expected_current_sha256: String,
         step: CaStep,
     },
@@ -286,6 +293,9 @@ pub struct ZoneStatusRecord {
     /// (empty when it is neither the current nor the previous one).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub zone_ca_sha256: String,
+    /// SHA-256 of each API CA the zone trusts global's certificates from.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_api_ca_sha256: Vec<String>,
 }
 
 /// A mesh's root CA. The key never leaves the global control plane, and is sealed
@@ -344,6 +354,15 @@ pub struct SealedSecrets {
     pub tokens: TokenHashes,
     pub api_ca_cert_pem: String,
     pub api_ca_key_sealed: String,
+    /// During an API CA rotation: the new CA, trusted by clients and zones before it
+    /// signs the nodes' server certificates...
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_ca_staged_cert_pem: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_ca_staged_key_sealed: String,
+    /// ... and once it signs, the CA it replaced, trusted until the rotation finishes.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api_ca_previous_cert_pem: String,
     /// HMAC-SHA256 key that signs zone tokens (hex), sealed.
     pub zone_token_key_sealed: String,
     /// The CA of zone certificates (KDS client certificates).
@@ -394,6 +413,9 @@ impl SealedSecrets {
         if !self.raft_ca_key_sealed.is_empty() {
             out.push(("the Raft CA key", &mut self.raft_ca_key_sealed));
         }
+        if !self.api_ca_staged_key_sealed.is_empty() {
+            out.push(("the staged API CA key", &mut self.api_ca_staged_key_sealed));
+        }
         if !self.raft_ca_staged_key_sealed.is_empty() {
             out.push((
                 "the staged Raft CA key",
@@ -409,6 +431,9 @@ impl SealedSecrets {
             tokens: secrets.tokens.clone(),
             api_ca_cert_pem: secrets.api_ca_cert_pem.clone(),
             api_ca_key_sealed: sealer.seal(&secrets.api_ca_key_pem),
+            api_ca_staged_cert_pem: String::new(),
+            api_ca_staged_key_sealed: String::new(),
+            api_ca_previous_cert_pem: String::new(),
             zone_token_key_sealed: sealer.seal(&secrets.zone_token_key),
             zone_ca_cert_pem: secrets.zone_ca_cert_pem.clone(),
             zone_ca_key_sealed: sealer.seal(&secrets.zone_ca_key_pem),

@@ -616,6 +616,7 @@ impl Session {
                     .iter()
                     .map(crate::ca_rotation::MeshReport::reported)
                     .collect();
+                self.status.trusted_api_ca_sha256 = i.trusted_api_ca_sha256;
             }
             zone_message::Msg::Resources(set) => self.zone_resources(set).await?,
             zone_message::Msg::IntermediateRequest(r) => {
@@ -696,16 +697,20 @@ impl Session {
                 Vec::new(),
             ),
         };
+        let secrets = self.kds.stored_secrets().ok();
         Trust {
             dataplane_token_public_key,
             retiring_token_public_keys,
             revoked_cas,
             revoked_tokens,
             mesh_roots: mesh_roots(&self.kds.inner.store),
-            zone_ca_pem: self
-                .kds
-                .stored_secrets()
-                .map(|s| s.zone_ca_cert_pem)
+            zone_ca_pem: secrets
+                .as_ref()
+                .map(|s| s.zone_ca_cert_pem.clone())
+                .unwrap_or_default(),
+            api_ca_bundle_pem: secrets
+                .as_ref()
+                .map(crate::cluster_ca::api_trust)
                 .unwrap_or_default(),
         }
     }

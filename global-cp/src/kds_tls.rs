@@ -55,6 +55,13 @@ impl KdsTls {
         self.tx.subscribe()
     }
 
+    /// Presents `cert` from the next handshake on (an API CA rotation).
+    pub(crate) fn set_cert(&mut self, cert: CertKey) -> anyhow::Result<()> {
+        self.tx.send_replace(Arc::new(build(&cert, &self.trusted)?));
+        self.cert = cert;
+        Ok(())
+    }
+
     /// Follows the zone CAs of `secrets`; true when they changed (the next handshake
     /// uses them; live sessions keep theirs).
     pub(crate) fn follow(&mut self, secrets: &SealedSecrets) -> anyhow::Result<bool> {

@@ -47,7 +47,7 @@ use store::Store;
 use tls::{CertKey, RaftTls};
 
 /// Common name of the CA that signs the API's generated certificates.
-const API_CA_NAME: &str = "Causeway API CA";
+pub(crate) const API_CA_NAME: &str = "Causeway API CA";
 /// Resource changes each node keeps for KDS deltas; a zone further behind gets a full
 /// snapshot instead.
 const CHANGELOG_RETENTION: u64 = 100_000;
@@ -494,6 +494,12 @@ async fn housekeeping(
     let mut opened: Option<Arc<ClusterSecrets>> = None;
     // KDS's TLS, once it serves: it follows the zone CAs of a rotation.
     let mut kds_tls_state: Option<kds_tls::KdsTls> = None;
+    // The API's TLS (None: plain HTTP), the CA that signed the API's and KDS's server
+    // certificates, and the API certificate served (empty: the operator's own): they
+    // follow an API CA rotation.
+    let mut api_tls: Option<axum_server::tls_rustls::RustlsConfig> = None;
+    let mut served_by_api_ca = String::new();
+    let served_api_cert = watch::channel(String::new()).0;
     let mut last_attempt = tokio::time::Instant::now() - Duration::from_secs(10);
     loop {
         let v = view.borrow_and_update().clone();
@@ -537,7 +543,10 @@ async fn housekeeping(
                 // The same proposal on a retry: an earlier one may have been committed
                 // after all, and its tokens must be the ones handed out.
                 if let Some((_, s)) = &pending {
-                    if let Err(e) = raft.propose(Command::InitCluster(s.clone())).await {
+                    if let Err(e) = raft
+                        .propose(Command::InitCluster(Box::new(s.clone())))
+                        .await
+                    {
                         tracing::warn!(error = %e, "creating the cluster secrets failed; will retry");
                     } else {
                         tracing::info!("cluster formed: API tokens, CAs and keys created");
@@ -647,11 +656,38 @@ async fn housekeeping(
                     sealer: sealer.clone(),
                     metrics: metrics.clone(),
                     raft_tls: raft_live.as_ref().map(watch::Sender::subscribe),
+                    api_cert: served_api_cert.subscribe(),
                 };
+                let api_ca = CertKey {
+                    cert_pem: s.api_ca_cert_pem.clone(),
+                    key_pem: s.api_ca_key_pem.clone(),
+                };
+                let api_cert = match issue_api_cert(&cfg, &api_ca) {
+                    Ok(c) => c.or_else(|| cfg.api_cert.clone()),
+                    Err(e) => {
+                        tracing::error!(error = %e, "issuing the API server certificate");
+                        std::process::exit(1);
+                    }
+                };
+                api_tls = match (&api_cert, cfg.api_insecure_http) {
+                    (Some(cert), false) => match api_server_config(cert) {
+                        Ok(c) => Some(axum_server::tls_rustls::RustlsConfig::from_config(c)),
+                        Err(e) => {
+                            tracing::error!(error = %e, "the API's TLS config");
+                            std::process::exit(1);
+                        }
+                    },
+                    _ => None,
+                };
+                served_by_api_ca = tls::first_cert_sha256(&s.api_ca_cert_pem);
+                if let (Some(cert), Some(_), None) = (&api_cert, &api_tls, &cfg.api_cert) {
+                    served_api_cert.send_replace(cert.cert_pem.clone());
+                }
+                let tls_cfg = api_tls.clone();
                 let cfg = cfg.clone();
                 let handle = api_handle.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = serve_api(&cfg, &s, state, handle).await {
+                    if let Err(e) = serve_api(&cfg, tls_cfg, state, handle).await {
                         tracing::error!(error = %e, "the policy API stopped");
                         std::process::exit(1);
                     }
@@ -664,6 +700,17 @@ async fn housekeeping(
             && let Err(e) = follow_raft_ca(&cfg, &sealer, sealed, live)
         {
             tracing::error!(error = %e, "following the cluster's Raft CA; will retry");
+        }
+        if api_started && let Some(sealed) = &sealed {
+            let mut certs = ServedCerts {
+                api: api_tls.as_ref(),
+                kds: kds_tls_state.as_mut(),
+                served_by: &mut served_by_api_ca,
+                api_cert: &served_api_cert,
+            };
+            if let Err(e) = follow_api_ca(&cfg, &sealer, sealed, &mut certs) {
+                tracing::error!(error = %e, "following the cluster's API CA; will retry");
+            }
         }
         if let (Some(t), Some(sealed)) = (&mut kds_tls_state, &sealed) {
             match t.follow(sealed) {
@@ -683,6 +730,59 @@ async fn housekeeping(
         // Wake on any Raft change, or every 500 ms to retry.
         let _ = tokio::time::timeout(Duration::from_millis(500), view.changed()).await;
     }
+}
+
+/// What a node serves from the API CA: the API's TLS (`None`: plain HTTP), KDS's, the CA
+/// that signed their certificates (SHA-256), and the API certificate (for the status).
+struct ServedCerts<'a> {
+    api: Option<&'a axum_server::tls_rustls::RustlsConfig>,
+    kds: Option<&'a mut kds_tls::KdsTls>,
+    served_by: &'a mut String,
+    api_cert: &'a watch::Sender<String>,
+}
+
+/// Keeps this node in step with the cluster's API CA: the CAs clients are told to trust
+/// (`<data-dir>/api-ca.pem`, and the token dir's copy) are the rotation's, and the API's
+/// and KDS's server certificates come from the signing CA, reloaded in place.
+fn follow_api_ca(
+    cfg: &NodeConfig,
+    sealer: &sealing::Sealer,
+    sealed: &SealedSecrets,
+    served: &mut ServedCerts<'_>,
+) -> anyhow::Result<()> {
+    let trust = cluster_ca::api_trust(sealed);
+    let mut files = vec![cfg.data_dir.join(API_CA_FILE)];
+    files.extend(cfg.token_out_dir.as_ref().map(|d| d.join(API_CA_FILE)));
+    for f in files {
+        let held = std::fs::read_to_string(&f).unwrap_or_default();
+        if cluster_ca::shas(&held) != cluster_ca::shas(&trust) {
+            tls::write_private(&f, &trust)
+                .with_context(|| format!("writing the API CAs to {}", f.display()))?;
+            tracing::info!(file = %f.display(), cas = cluster_ca::shas(&trust).len(), "wrote the API CAs clients trust");
+        }
+    }
+    let signing = tls::first_cert_sha256(&sealed.api_ca_cert_pem);
+    if *served.served_by == signing {
+        return Ok(());
+    }
+    let ca = CertKey {
+        cert_pem: sealed.api_ca_cert_pem.clone(),
+        key_pem: sealer
+            .open(&sealed.api_ca_key_sealed)
+            .context("opening the API CA key")?,
+    };
+    if let Some(kds) = served.kds.as_deref_mut()
+        && let Some(addr) = cfg.kds_addr
+    {
+        kds.set_cert(kds_cert(&ca, addr)?)?;
+    }
+    if let (Some(api), Some(cert)) = (served.api, issue_api_cert(cfg, &ca)?) {
+        api.reload_from_config(api_server_config(&cert)?);
+        served.api_cert.send_replace(cert.cert_pem);
+    }
+    *served.served_by = signing;
+    tracing::info!("the API's and KDS's server certificates now come from the signing API CA");
+    Ok(())
 }
 
 /// Keeps this node's Raft identity in step with the cluster's Raft CA: it trusts every CA
@@ -859,17 +959,22 @@ fn kds_tls(
         cert_pem: s.api_ca_cert_pem.clone(),
         key_pem: s.api_ca_key_pem.clone(),
     };
+    kds_tls::KdsTls::new(kds_cert(&ca, addr)?, sealed)
+}
+
+/// KDS's server certificate from the API CA, with the CA after it (zones verify the
+/// chain against the CA their token carried).
+fn kds_cert(api_ca: &CertKey, addr: SocketAddr) -> anyhow::Result<CertKey> {
     let cert = tls::issue(
-        &ca,
+        api_ca,
         API_CA_NAME,
         &tls::server_names(&addr.ip().to_string(), &[]),
         825,
     )?;
-    let chain = CertKey {
-        cert_pem: format!("{}{}", cert.cert_pem, s.api_ca_cert_pem),
+    Ok(CertKey {
+        cert_pem: format!("{}{}", cert.cert_pem, api_ca.cert_pem),
         key_pem: cert.key_pem,
-    };
-    kds_tls::KdsTls::new(chain, sealed)
+    })
 }
 
 /// Serves KDS over TLS ([`kds_tls`]): zone certificates (from the zone CA, or the one
@@ -902,14 +1007,39 @@ async fn serve_kds(
     Ok(())
 }
 
+/// The node's API server certificate from the API CA: `--api-cert` when the operator
+/// brought one (`None` then: it does not follow the API CA).
+fn issue_api_cert(cfg: &NodeConfig, api_ca: &CertKey) -> anyhow::Result<Option<CertKey>> {
+    if cfg.api_cert.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(tls::issue(
+        api_ca,
+        API_CA_NAME,
+        &tls::server_names(&cfg.api_addr.ip().to_string(), &[]),
+        825,
+    )?))
+}
+
+/// The API's TLS config presenting `cert`.
+fn api_server_config(cert: &CertKey) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    Ok(Arc::new(tls::server_config(
+        cert,
+        None,
+        &[b"h2", b"http/1.1"],
+    )?))
+}
+
+/// Serves the API: over TLS with `tls` (reloaded in place when the API CA rotates),
+/// or in plain HTTP with `--api-insecure-http`.
 async fn serve_api(
     cfg: &NodeConfig,
-    s: &ClusterSecrets,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
     state: ApiState,
     handle: axum_server::Handle,
 ) -> anyhow::Result<()> {
     let app = api::router(state);
-    if cfg.api_insecure_http {
+    let Some(rustls_cfg) = tls else {
         tracing::warn!(addr = %cfg.api_addr, "policy API on plain HTTP: tokens travel in clear");
         let mut server = axum_server::bind(cfg.api_addr);
         api::limit_http(server.http_builder());
@@ -918,24 +1048,7 @@ async fn serve_api(
             .map(|plain| Guarded::new(plain, "global API", Limits::API))
             .serve(app.into_make_service())
             .await?);
-    }
-    let cert = match &cfg.api_cert {
-        Some(c) => c.clone(),
-        None => {
-            let ca = CertKey {
-                cert_pem: s.api_ca_cert_pem.clone(),
-                key_pem: s.api_ca_key_pem.clone(),
-            };
-            tls::issue(
-                &ca,
-                API_CA_NAME,
-                &tls::server_names(&cfg.api_addr.ip().to_string(), &[]),
-                825,
-            )?
-        }
     };
-    let server = tls::server_config(&cert, None, &[b"h2", b"http/1.1"])?;
-    let rustls_cfg = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server));
     tracing::info!(addr = %cfg.api_addr, "policy API listening (HTTPS)");
     let mut server = axum_server::bind_rustls(cfg.api_addr, rustls_cfg);
     api::limit_http(server.http_builder());

@@ -596,6 +596,7 @@ impl<O: Outbox> Driver<O> {
                             | Command::RegisterMember(_)
                             | Command::RotateZoneCa { .. }
                             | Command::RotateRaftCa { .. }
+                            | Command::RotateApiCa { .. }
                     );
                     if let Command::RegisterMember(m) = &env.cmd
                         && m.id != me

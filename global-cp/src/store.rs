@@ -1456,6 +1456,12 @@ impl ApplyBatch<'_> {
             } => self.apply_ca_step(|s| {
                 crate::cluster_ca::apply_raft_ca(s, &expected_current_sha256, step)
             })?,
+            Command::RotateApiCa {
+                expected_current_sha256,
+                step,
+            } => self.apply_ca_step(|s| {
+                crate::cluster_ca::apply_api_ca(s, &expected_current_sha256, step)
+            })?,
             Command::AddProxyToken(t) => {
                 self.put_meta(prefixed(KEY_PROXY_TOKEN_PREFIX, &t.id), &t);
                 Ok(WriteOutcome::Done)

@@ -406,6 +406,18 @@ pub fn first_cert_sha256(pem: &str) -> String {
         .unwrap_or_default()
 }
 
+/// SHA-256 (hex) of each certificate in `pem`, sorted: how a set of trusted CAs is
+/// compared (the order and formatting of a bundle do not matter).
+pub fn cert_shas(pem: &str) -> Vec<String> {
+    let mut out: Vec<String> = certs(pem, "CA")
+        .unwrap_or_default()
+        .iter()
+        .map(|der| sha256_hex(der))
+        .collect();
+    out.sort();
+    out
+}
+
 /// Compares secrets in time independent of where they differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0

@@ -482,17 +482,24 @@ impl GlobalCluster {
         )
         .await
         .with_context(|| self.logs())?;
-        let tls = causeway_global_cp::tls::client_config(&ca, None)?;
+        self.trust(&ca)?;
+        self.token = token;
+        for i in (0..self.nodes.len()).filter(|i| self.nodes[*i].is_running()) {
+            self.wait_ready(i).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes the test's API client trust `ca_pem` (after an API CA rotation, the file a
+    /// node writes).
+    pub fn trust(&mut self, ca_pem: &str) -> anyhow::Result<()> {
+        let tls = causeway_global_cp::tls::client_config(ca_pem, None)?;
         self.http = Some(
             reqwest::Client::builder()
                 .use_preconfigured_tls(tls)
                 .timeout(Duration::from_secs(10))
                 .build()?,
         );
-        self.token = token;
-        for i in (0..self.nodes.len()).filter(|i| self.nodes[*i].is_running()) {
-            self.wait_ready(i).await?;
-        }
         Ok(())
     }
 

@@ -998,3 +998,97 @@ async fn the_zone_token_key_and_the_zone_ca_rotate_while_zones_run() -> anyhow::
         .await?;
     Ok(())
 }
+
+/// The API CA rotates while a zone stays connected and the CLI drives it: zones trust
+/// the new CA before any node serves a certificate from it, every node then serves one
+/// (reloaded in place), and afterwards a client that trusts only the old CA is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_ca_rotates_while_a_zone_stays_connected() -> anyhow::Result<()> {
+    let mut c = cluster().await?;
+    mesh(&c).await?;
+    let a = ZoneCp::new(&c, "zone-a", c.kds_urls_from(0), &[]).await?;
+    a.start()?;
+    connected(&a).await?;
+    let old_ca = c.nodes[0].ca_pem().context("api-ca.pem")?;
+
+    let (ok, out, err) = c.cli(&["cluster", "api-ca", "rotate", "--timeout", "60s"])?;
+    anyhow::ensure!(ok, "api-ca rotate: {err}\n{}{}", c.logs(), a.logs());
+    for step in ["stage: done", "activate: done", "finish: done"] {
+        assert!(err.contains(step), "{err}");
+    }
+    assert!(out.starts_with("API CA: steady"), "{out}");
+    // Every node wrote the new CA alone for its clients; the test's client takes it.
+    let new_ca = c.nodes[0].ca_pem().context("api-ca.pem")?;
+    assert_eq!(causeway_pki::cert_shas(&new_ca).len(), 1, "{new_ca}");
+    assert_ne!(
+        causeway_pki::cert_shas(&new_ca),
+        causeway_pki::cert_shas(&old_ca)
+    );
+    for n in &c.nodes {
+        assert_eq!(
+            n.ca_pem().as_deref(),
+            Some(new_ca.as_str()),
+            "node {}",
+            n.id
+        );
+    }
+    let stale = reqwest::Client::builder()
+        .use_preconfigured_tls(causeway_pki::client_config(&old_ca, None)?)
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    c.trust(&new_ca)?;
+    let (s, st) = c.call(0, Method::GET, "/cluster/api-ca", None).await?;
+    assert_eq!(s, StatusCode::OK, "{st}");
+    let new_sha = st["cas"][0]["sha256"].as_str().context("sha")?.to_string();
+    assert_eq!(st["cas"].as_array().map(Vec::len), Some(1), "{st}");
+    for n in st["nodes"].as_array().context("nodes")? {
+        assert_eq!(n["presenting"], new_sha.as_str(), "{st}");
+    }
+    // The zone drops the old CA at its next report.
+    eventually("zone-a trusting the new API CA alone", SYNC, || async {
+        let (_, st) = c.call(0, Method::GET, "/cluster/api-ca", None).await.ok()?;
+        (st["zones"][0]["trusted"] == json!([new_sha])).then_some(())
+    })
+    .await?;
+    // A client that kept the old CA file is refused by every node's API.
+    for n in &c.nodes {
+        let r = stale.get(format!("{}/ready", n.url())).send().await;
+        assert!(
+            r.is_err(),
+            "node {} still serves the old CA's certificate",
+            n.id
+        );
+    }
+
+    // The zone kept syncing, and reconnects on the new CA after a restart.
+    put(
+        &c,
+        "/meshes/default/meshtimeouts/after-api-ca",
+        &timeout_policy("after-api-ca", "2s"),
+    )
+    .await?;
+    a.wait_for("/meshes/default/meshtimeouts/after-api-ca", true, SYNC)
+        .await?;
+    a.kill();
+    a.start()?;
+    connected(&a).await?;
+    // A token issued now carries the new CA: a new zone enrols with it.
+    let b = ZoneCp::new(&c, "zone-b", c.kds_urls_from(0), &[]).await?;
+    b.start()?;
+    connected(&b).await?;
+    // The CLI writes the bundle for other clients.
+    let file = c.tmp.path().join("bundle.pem");
+    let (ok, _, err) = c.cli(&[
+        "cluster",
+        "api-ca",
+        "bundle",
+        "--out",
+        &file.display().to_string(),
+    ])?;
+    anyhow::ensure!(ok, "bundle: {err}");
+    assert_eq!(
+        causeway_pki::cert_shas(&std::fs::read_to_string(&file)?),
+        [new_sha]
+    );
+    Ok(())
+}

@@ -169,10 +169,15 @@ async fn renew(shared: &Shared, addr: &str, id: &Identity) -> anyhow::Result<Ide
         .map_err(|s| anyhow::anyhow!("renewal refused: {}", s.message()))?
         .into_inner();
     let info = causeway_pki::cert_info(&resp.cert_pem)?;
+    // The API CAs as last stored: global may have named new ones during this session.
+    let global_ca_pem = shared
+        .store
+        .identity()?
+        .map_or_else(|| id.global_ca_pem.clone(), |stored| stored.global_ca_pem);
     let new = Identity {
         cert_pem: resp.cert_pem,
         key_pem: csr.key_pem,
-        global_ca_pem: id.global_ca_pem.clone(),
+        global_ca_pem,
         not_before: info.not_before,
         not_after: info.not_after,
     };
@@ -241,6 +246,12 @@ impl Stream {
             last_config_push_unix_ms: self.shared.last_push_ms(),
             resources: counts.resources,
             mesh_ca: self.shared.mesh_ca_progress(),
+            trusted_api_ca_sha256: self
+                .shared
+                .store
+                .identity()?
+                .map(|id| causeway_pki::cert_shas(&id.global_ca_pem))
+                .unwrap_or_default(),
         }))
         .await
     }
@@ -312,11 +323,25 @@ impl Stream {
             global_message::Msg::Heartbeat(_) => {}
             global_message::Msg::Trust(t) => {
                 let store = &self.shared.store;
-                if !t.zone_ca_pem.is_empty()
-                    && let Some(id) = store.identity()?
-                    && !causeway_pki::issued_by(&id.cert_pem, &t.zone_ca_pem)
-                {
-                    self.renew_now = true;
+                if let Some(mut id) = store.identity()? {
+                    if !t.zone_ca_pem.is_empty()
+                        && !causeway_pki::issued_by(&id.cert_pem, &t.zone_ca_pem)
+                    {
+                        self.renew_now = true;
+                    }
+                    // An API CA rotation: trust what global names from the next
+                    // connection on (this one stays up).
+                    if !t.api_ca_bundle_pem.is_empty()
+                        && causeway_pki::cert_shas(&t.api_ca_bundle_pem)
+                            != causeway_pki::cert_shas(&id.global_ca_pem)
+                    {
+                        id.global_ca_pem = t.api_ca_bundle_pem.clone();
+                        store.set_identity(&id)?;
+                        tracing::info!(
+                            cas = causeway_pki::cert_shas(&id.global_ca_pem).len(),
+                            "the global control plane's API CAs changed: trusting them from the next connection"
+                        );
+                    }
                 }
                 let mut keys = vec![t.dataplane_token_public_key.clone()];
                 keys.extend(t.retiring_token_public_keys.iter().cloned());

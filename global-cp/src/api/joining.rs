@@ -69,7 +69,7 @@ pub(super) async fn issue(
     api.sort();
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let exp = now + ttl.as_secs() as i64;
-    let token = join::create(node, api, st.secrets.api_ca_cert_pem.clone(), exp);
+    let token = join::create(node, api, super::api_cas(st)?, exp);
     st.raft
         .propose(Command::AddJoinToken(JoinTokenRecord {
             node,

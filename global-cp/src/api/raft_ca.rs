@@ -18,38 +18,54 @@ use serde_json::{Value, json};
 use super::mesh_ca::RotateRequest;
 use super::zones::{FORWARDED_HEADER, ask_members};
 use super::{ApiError, ApiResult, ApiState};
-use crate::cluster_ca::RaftCaPhase;
+use crate::cluster_ca::CaPhase;
 use crate::command::{CaStep, Command, SealedSecrets};
 use causeway_api::timestamp::rfc3339;
+
+const LOCAL: &str = "/cluster/raft-ca?local=true";
 
 #[derive(Deserialize)]
 pub(super) struct LocalQuery {
     /// This node only.
     #[serde(default)]
-    local: bool,
+    pub(super) local: bool,
 }
 
-/// One node's Raft identity as its transport uses it.
+/// One node's view of a control-plane CA: the Raft identity its transport uses, or the
+/// API certificate it serves.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub(crate) struct NodeRaftCa {
+pub(crate) struct NodeCa {
     pub node: u64,
     /// SHA-256 of each CA its transport trusts.
     pub trusted: Vec<String>,
     /// SHA-256 of the CA (among those the cluster knows) that signed its certificate;
-    /// empty when none did (the operator's own certificates, or plaintext).
+    /// empty when none did (the operator's own certificates, or plaintext;
+    /// [`OPERATORS`] for an API certificate the operator brought).
     pub presenting: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
+/// `presenting` of a node that serves the operator's own API certificate: it does not
+/// follow the API CA, and no step waits for it.
+pub(crate) const OPERATORS: &str = "operator's";
+
+/// The CA among `cas` that signed the first certificate of `cert_pem` (SHA-256).
+pub(crate) fn signer_among(cert_pem: &str, cas: &[&String]) -> String {
+    cas.iter()
+        .find(|ca| !ca.is_empty() && causeway_pki::issued_by(cert_pem, ca))
+        .map(|ca| causeway_pki::first_cert_sha256(ca))
+        .unwrap_or_default()
+}
+
 /// What the step after `phase` waits for, node by node: `staged` is the staged CA's
 /// SHA-256, `signing` the signing one's.
 pub(crate) fn waiting(
-    phase: RaftCaPhase,
+    phase: CaPhase,
     staged: &str,
     signing: &str,
-    nodes: &[NodeRaftCa],
+    nodes: &[NodeCa],
 ) -> Vec<String> {
     let mut out = Vec::new();
     for n in nodes {
@@ -58,11 +74,11 @@ pub(crate) fn waiting(
             continue;
         }
         match phase {
-            RaftCaPhase::Steady => {}
-            RaftCaPhase::Staged if !n.trusted.iter().any(|t| t == staged) => {
+            CaPhase::Steady => {}
+            CaPhase::Staged if !n.trusted.iter().any(|t| t == staged) => {
                 out.push(format!("node {} does not trust the staged CA yet", n.node));
             }
-            RaftCaPhase::Activated if n.presenting != signing => {
+            CaPhase::Activated if n.presenting != signing && n.presenting != OPERATORS => {
                 out.push(format!(
                     "node {} still presents a certificate of the previous CA",
                     n.node
@@ -80,25 +96,24 @@ fn secrets(st: &ApiState) -> ApiResult<SealedSecrets> {
         .ok_or_else(|| internal("the cluster is not formed yet"))
 }
 
-fn local(st: &ApiState, s: &SealedSecrets) -> NodeRaftCa {
+fn local(st: &ApiState, s: &SealedSecrets) -> NodeCa {
     let node = st.raft.view().borrow().id;
     let Some(live) = &st.raft_tls else {
-        return NodeRaftCa {
+        return NodeCa {
             node,
-            ..NodeRaftCa::default()
+            ..NodeCa::default()
         };
     };
     let identity = live.borrow().identity.clone();
-    let presenting = [
-        &s.raft_ca_cert_pem,
-        &s.raft_ca_staged_cert_pem,
-        &s.raft_ca_previous_cert_pem,
-    ]
-    .into_iter()
-    .find(|ca| !ca.is_empty() && causeway_pki::issued_by(&identity.node.cert_pem, ca))
-    .map(|ca| causeway_pki::first_cert_sha256(ca))
-    .unwrap_or_default();
-    NodeRaftCa {
+    let presenting = signer_among(
+        &identity.node.cert_pem,
+        &[
+            &s.raft_ca_cert_pem,
+            &s.raft_ca_staged_cert_pem,
+            &s.raft_ca_previous_cert_pem,
+        ],
+    );
+    NodeCa {
         node,
         trusted: crate::cluster_ca::shas(&identity.ca_pem),
         presenting,
@@ -106,7 +121,7 @@ fn local(st: &ApiState, s: &SealedSecrets) -> NodeRaftCa {
     }
 }
 
-fn ca_json(pem: &str, role: &str) -> Value {
+pub(super) fn ca_json(pem: &str, role: &str) -> Value {
     json!({
         "sha256": causeway_pki::first_cert_sha256(pem),
         "role": role,
@@ -114,28 +129,28 @@ fn ca_json(pem: &str, role: &str) -> Value {
     })
 }
 
-async fn gather(st: &ApiState, headers: &HeaderMap, me: NodeRaftCa) -> ApiResult<Vec<NodeRaftCa>> {
+/// `me` and every other member's answer at `path` (its `?local=true` view).
+pub(super) async fn gather(
+    st: &ApiState,
+    headers: &HeaderMap,
+    path: &str,
+    me: NodeCa,
+) -> ApiResult<Vec<NodeCa>> {
     let mut nodes = vec![me.clone()];
     nodes.extend(
-        ask_members(
-            st,
-            headers,
-            "/cluster/raft-ca?local=true",
-            me.node,
-            |node, e| NodeRaftCa {
-                node,
-                error: Some(e),
-                ..NodeRaftCa::default()
-            },
-        )
+        ask_members(st, headers, path, me.node, |node, e| NodeCa {
+            node,
+            error: Some(e),
+            ..NodeCa::default()
+        })
         .await?,
     );
     nodes.sort_by_key(|n| n.node);
     Ok(nodes)
 }
 
-fn status_json(s: &SealedSecrets, nodes: &[NodeRaftCa]) -> Value {
-    let phase = RaftCaPhase::of(s);
+fn status_json(s: &SealedSecrets, nodes: &[NodeCa]) -> Value {
+    let phase = CaPhase::raft(s);
     let signing = causeway_pki::first_cert_sha256(&s.raft_ca_cert_pem);
     let staged = causeway_pki::first_cert_sha256(&s.raft_ca_staged_cert_pem);
     let mut cas = vec![ca_json(&s.raft_ca_cert_pem, "signing")];
@@ -170,7 +185,7 @@ pub(super) async fn status(
     if q.local || headers.contains_key(FORWARDED_HEADER) {
         return Ok(Json(serde_json::to_value(&me).expect("encodes")));
     }
-    let nodes = gather(&st, &headers, me).await?;
+    let nodes = gather(&st, &headers, LOCAL, me).await?;
     Ok(Json(status_json(&s, &nodes)))
 }
 
@@ -182,7 +197,7 @@ pub(super) async fn rotate(
 ) -> ApiResult<Json<Value>> {
     st.raft.read_barrier().await?;
     let s = secrets(&st)?;
-    let phase = RaftCaPhase::of(&s);
+    let phase = CaPhase::raft(&s);
     let step = match req.step.as_str() {
         "stage" => {
             let ca = causeway_pki::generate_ca(causeway_pki::RAFT_CA_NAME).map_err(internal)?;
@@ -204,8 +219,8 @@ pub(super) async fn rotate(
     // The step must follow the rotation's state before its readiness is worth asking.
     crate::cluster_ca::apply_raft_ca(&mut s.clone(), &signing, step.clone())
         .map_err(|why| ApiError::new(StatusCode::CONFLICT, "step", why))?;
-    if !req.force && phase != RaftCaPhase::Steady {
-        let nodes = gather(&st, &headers, local(&st, &s)).await?;
+    if !req.force && phase != CaPhase::Steady {
+        let nodes = gather(&st, &headers, LOCAL, local(&st, &s)).await?;
         let staged = causeway_pki::first_cert_sha256(&s.raft_ca_staged_cert_pem);
         let waiting = waiting(phase, &staged, &signing, &nodes);
         if !waiting.is_empty() {
@@ -227,7 +242,7 @@ pub(super) async fn rotate(
         .await?;
     tracing::warn!(step = %req.step, "Raft CA rotation step taken");
     let s = secrets(&st)?;
-    let nodes = gather(&st, &headers, local(&st, &s)).await?;
+    let nodes = gather(&st, &headers, LOCAL, local(&st, &s)).await?;
     Ok(Json(status_json(&s, &nodes)))
 }
 
@@ -239,8 +254,8 @@ fn internal(e: impl std::fmt::Display) -> ApiError {
 mod tests {
     use super::*;
 
-    fn node(id: u64, trusted: &[&str], presenting: &str) -> NodeRaftCa {
-        NodeRaftCa {
+    fn node(id: u64, trusted: &[&str], presenting: &str) -> NodeCa {
+        NodeCa {
             node: id,
             trusted: trusted.iter().map(|s| s.to_string()).collect(),
             presenting: presenting.into(),
@@ -252,7 +267,7 @@ mod tests {
     fn each_step_waits_for_every_node() {
         let staged = [node(1, &["old", "new"], "old"), node(2, &["old"], "old")];
         assert_eq!(
-            waiting(RaftCaPhase::Staged, "new", "old", &staged),
+            waiting(CaPhase::Staged, "new", "old", &staged),
             ["node 2 does not trust the staged CA yet"]
         );
         let activated = [
@@ -260,24 +275,20 @@ mod tests {
             node(2, &["old", "new"], "old"),
         ];
         assert_eq!(
-            waiting(RaftCaPhase::Activated, "", "new", &activated),
+            waiting(CaPhase::Activated, "", "new", &activated),
             ["node 2 still presents a certificate of the previous CA"]
         );
-        let unreachable = [NodeRaftCa {
+        let unreachable = [NodeCa {
             node: 3,
             error: Some("connection refused".into()),
-            ..NodeRaftCa::default()
+            ..NodeCa::default()
         }];
-        for phase in [
-            RaftCaPhase::Steady,
-            RaftCaPhase::Staged,
-            RaftCaPhase::Activated,
-        ] {
+        for phase in [CaPhase::Steady, CaPhase::Staged, CaPhase::Activated] {
             assert_eq!(
                 waiting(phase, "new", "new", &unreachable),
                 ["node 3 did not answer: connection refused"]
             );
         }
-        assert!(waiting(RaftCaPhase::Steady, "", "old", &staged).is_empty());
+        assert!(waiting(CaPhase::Steady, "", "old", &staged).is_empty());
     }
 }

@@ -85,7 +85,7 @@ pub(super) async fn create_token(
         id: hex::encode(rand::random::<[u8; 8]>()),
         iat: now,
         exp: now + valid_for.as_std().as_secs() as i64,
-        ca: st.secrets.api_ca_cert_pem.clone(),
+        ca: super::api_cas(&st)?,
     };
     let token = zone_token::create(&key, &claims);
     st.raft
@@ -427,8 +427,8 @@ pub(super) async fn forward_get(
         .unwrap_or("")
         .to_string();
     let url = format!("https://{api_addr}{path}");
-    let tls = causeway_pki::client_config(&st.secrets.api_ca_cert_pem, None)
-        .map_err(|e| e.to_string())?;
+    let cas = super::api_cas(st).map_err(|e| e.message)?;
+    let tls = causeway_pki::client_config(&cas, None).map_err(|e| e.to_string())?;
     let http = reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .timeout(std::time::Duration::from_secs(15))

@@ -865,7 +865,7 @@ fn form(s: &Store, clear: &crate::command::ClusterSecrets, sealer: &crate::seali
     b.apply(
         1,
         EPOCH,
-        Command::InitCluster(SealedSecrets::seal(clear, sealer)),
+        Command::InitCluster(Box::new(SealedSecrets::seal(clear, sealer))),
     )
     .unwrap()
     .unwrap();
