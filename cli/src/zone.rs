@@ -17,6 +17,15 @@ pub(crate) enum ZoneCmd {
     /// The CA of zones' KDS certificates, and its rotation.
     #[command(subcommand)]
     Ca(ZoneCaCmd),
+    /// Rotate the key a zone renews its proxies' tokens with. Point --addr, the token and
+    /// the CA at the zone's API (its admin token). Every connected proxy gets a token
+    /// renewed with the new key at once; tokens the old key renewed keep working for
+    /// the overlap (default and at most 168h; `0s` for a leaked key: only the new key
+    /// verifies then, and a proxy offline meanwhile needs a new token from global).
+    RotateRenewalKey {
+        #[arg(long)]
+        overlap: Option<String>,
+    },
     /// Revoke every intermediate CA issued to a zone: sidecars in every zone stop
     /// trusting its workloads' certificates. Disable the zone too to keep it from
     /// getting a new one.
@@ -116,6 +125,23 @@ pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
             }
             .run(&client, &args)
             .await?;
+        }
+        ZoneCmd::RotateRenewalKey { overlap } => {
+            let body = match overlap {
+                Some(o) => json!({"overlap": o}),
+                None => json!({}),
+            };
+            let (_, v) = client
+                .request(Method::POST, "/token-renewal-key/rotate", Some(&body))
+                .await?;
+            eprintln!(
+                "rotated the zone's token-renewal key (now {}); connected proxies get tokens renewed with it; {}",
+                v["keyId"].as_str().unwrap_or("?"),
+                match v["previousVerifiesUntil"].as_str() {
+                    Some(t) => format!("tokens the previous key renewed work until {t}"),
+                    None => "tokens the previous key renewed no longer work".to_string(),
+                }
+            );
         }
         ZoneCmd::Token(TokenCmd::RotateKey) => {
             let (_, v) = client

@@ -2125,6 +2125,93 @@ async fn a_sidecar_outlives_its_token_through_its_zones_renewals() -> anyhow::Re
     Ok(())
 }
 
+/// A zone's token-renewal key rotates: every connected sidecar gets a token renewed
+/// with the new key at once, tokens the old key renewed work for the overlap (none with
+/// `0s`), and traffic never stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zones_token_renewal_key_rotates_under_connected_sidecars() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    put(&fx.c, "/meshes/default/meshtrafficpermissions/all", &json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "all",
+        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}})).await?;
+    let token_file = fx.token("backend").await?;
+    let original = std::fs::read_to_string(&token_file)?.trim().to_string();
+    let app = free_addr();
+    let _app = fx.app("backend-1", "backend", app, false)?;
+    let (_backend, _) = fx
+        .sidecar_with_token(
+            dataplane(
+                "backend-1",
+                "backend",
+                free_addr().port(),
+                app.port(),
+                "http",
+                &[],
+            ),
+            &token_file,
+            &[],
+        )
+        .await?;
+    let (_web, _, out) = fx.web_calling("backend").await?;
+    let serving =
+        || async { (answering(out, 1).await? == instances(&["backend-1"])).then_some(()) };
+    eventually("a call through both sidecars", WAIT, serving).await?;
+    let renewal = |than: String| {
+        let token_file = token_file.clone();
+        move || {
+            let (token_file, than) = (token_file.clone(), than.clone());
+            async move {
+                let t = std::fs::read_to_string(&token_file)
+                    .ok()?
+                    .trim()
+                    .to_string();
+                (t.starts_with("cwd1.") && t != than).then_some(t)
+            }
+        }
+    };
+    let first = eventually("the zone's renewal", WAIT, renewal(original.clone())).await?;
+
+    // With the default overlap, the new key renews at once and the old renewal still
+    // works.
+    let (ok, _, err) = fx.zone_cli(&["zone", "rotate-renewal-key"])?;
+    anyhow::ensure!(ok, "rotate-renewal-key: {err}");
+    assert!(err.contains("work until"), "{err}");
+    let second = eventually("a renewal with the new key", WAIT, renewal(first.clone())).await?;
+    assert!(
+        fx.sign_with(&first).await?.is_ok(),
+        "refused within the overlap"
+    );
+    assert!(fx.sign_with(&second).await?.is_ok());
+
+    // A leaked key: no overlap. What it renewed is refused at once; the sidecar already
+    // holds a renewal with the newest key and keeps serving.
+    let (ok, _, err) = fx.zone_cli(&["zone", "rotate-renewal-key", "--overlap", "0s"])?;
+    anyhow::ensure!(ok, "rotate-renewal-key: {err}");
+    assert!(err.contains("no longer work"), "{err}");
+    let third = eventually(
+        "a renewal with the newest key",
+        WAIT,
+        renewal(second.clone()),
+    )
+    .await?;
+    let refused = fx
+        .sign_with(&second)
+        .await?
+        .expect_err("the leaked key's renewal works");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    assert!(
+        fx.sign_with(&first).await?.is_err(),
+        "an older renewal works"
+    );
+    assert!(fx.sign_with(&third).await?.is_ok());
+    eventually("still serving", WAIT, serving).await?;
+
+    // Longer than a renewal lives: refused, nothing rotated.
+    let (ok, _, err) = fx.zone_cli(&["zone", "rotate-renewal-key", "--overlap", "200h"])?;
+    assert!(!ok && err.contains("at most 168h"), "{err}");
+    assert!(fx.sign_with(&third).await?.is_ok());
+    Ok(())
+}
+
 /// Dataplane and ingress tokens can be listed and revoked. Once revoked (through global,
 /// sent to the zone over KDS), a token registers nothing, gets no certificate, and the
 /// stream it opened is ended; a new token of the same service works.

@@ -300,6 +300,7 @@ pub(crate) async fn serve(
         .route("/sync", get(wait_sync))
         .route("/api-tokens", get(list_api_tokens))
         .route("/api-tokens/{id}/rotate", post(rotate_api_token))
+        .route("/token-renewal-key/rotate", post(rotate_renewal_key))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
         .route(
             "/meshes/{mesh}/dataplanes/{name}/inspect",
@@ -406,6 +407,58 @@ async fn list_api_tokens(State(st): State<ApiState>) -> Json<Value> {
 struct RotateRequest {
     /// Go-style duration; default 1h, at most 720h.
     overlap: Option<String>,
+}
+
+/// `POST /token-renewal-key/rotate` (`{"overlap": "168h"}`, admins): a new key renews
+/// this zone's proxies' tokens. Every live proxy stream gets a token renewed with it at
+/// once; tokens the old key renewed keep working for the overlap (default and at most
+/// 168h, a renewal's lifetime; `0s` for a leaked key: only the new key verifies then,
+/// and a proxy offline meanwhile needs a new token from global).
+async fn rotate_renewal_key(
+    State(st): State<ApiState>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<Value>> {
+    let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "", e.to_string()))?
+    };
+    let max = causeway_pki::dataplane_token::RENEWED_TOKEN_TTL_SECS;
+    let overlap: causeway_api::Duration =
+        req.overlap.as_deref().unwrap_or("168h").parse().map_err(
+            |e: causeway_api::DurationError| {
+                ApiError::new(StatusCode::BAD_REQUEST, "overlap", e.to_string())
+            },
+        )?;
+    let overlap_secs = overlap.as_std().as_secs() as i64;
+    if overlap_secs > max {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "overlap",
+            "at most 168h: no renewed token lives longer",
+        ));
+    }
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let _rotating = st.rotating.lock().await;
+    let shared = st.shared.clone();
+    let key = tokio::task::spawn_blocking(move || {
+        shared.store.rotate_token_renewal_key(now, overlap_secs)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string()))?
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string()))?;
+    let public = causeway_pki::dataplane_token::public_key(&key)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string()))?;
+    st.shared
+        .token_renewal
+        .send_replace(Arc::new((key, public.clone())));
+    let key_id = causeway_pki::sha256_hex(public.as_bytes());
+    tracing::warn!(key = %&key_id[..16], overlap = %overlap, "rotated the zone's token-renewal key");
+    Ok(Json(json!({
+        "keyId": &key_id[..16],
+        "previousVerifiesUntil": (overlap_secs > 0).then(|| rfc3339(now + overlap_secs)),
+    })))
 }
 
 /// `POST /api-tokens/{admin|readonly}/rotate`: a new token, shown once; the old one

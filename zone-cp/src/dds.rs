@@ -93,7 +93,8 @@ impl DdsService {
     }
 
     /// The public keys that verify a proxy's token: global's (the signing one, and
-    /// those a rotation keeps for its overlap), then this zone's renewal key.
+    /// those a rotation keeps for its overlap), then this zone's renewal key and those
+    /// its rotation keeps for their overlap.
     fn token_keys(&self) -> Result<Vec<String>, Status> {
         let mut keys = self
             .shared
@@ -105,7 +106,13 @@ impl DdsService {
                 "this zone has not received the token key from global yet; retry",
             ));
         }
-        keys.push(self.shared.token_renewal.1.clone());
+        keys.push(self.shared.token_renewal.borrow().1.clone());
+        keys.extend(
+            self.shared
+                .store
+                .retiring_renewal_keys(now_unix())
+                .map_err(|e| Status::internal(e.to_string()))?,
+        );
         Ok(keys)
     }
 
@@ -516,8 +523,8 @@ impl Dds for DdsService {
 }
 
 /// Sends a proxy its token renewed by this zone (see `causeway_pki::dataplane_token`):
-/// now, and again every `RENEW_TOKEN_EVERY_SECS` while its stream lives and its token
-/// is not revoked. The renewal keeps the grant and id of the token the proxy presented,
+/// now, again every `RENEW_TOKEN_EVERY_SECS` while its stream lives and its token is
+/// not revoked, and at once when the zone's renewal key rotates. The renewal keeps the grant and id of the token the proxy presented,
 /// so the token it started with may expire while it runs, restarts or reconnects.
 fn renew_token<C>(
     shared: Arc<Shared>,
@@ -529,13 +536,15 @@ fn renew_token<C>(
     C: dataplane_token::Renewable + Send + 'static,
 {
     tokio::spawn(async move {
+        let mut keys = shared.token_renewal.subscribe();
         loop {
             if not_revoked(&shared, kind, claims.id()).is_err() {
                 return;
             }
             let renewed = dataplane_token::renewed(&claims, now_unix());
             let expires_unix = renewed.exp();
-            match mint(&shared.token_renewal.0, &renewed) {
+            let key = keys.borrow_and_update().0.clone();
+            match mint(&key, &renewed) {
                 Ok(token) => {
                     let msg = ControlMessage {
                         msg: Some(control_message::Msg::RenewedToken(RenewedToken {
@@ -549,10 +558,13 @@ fn renew_token<C>(
                 }
                 Err(e) => tracing::error!(kind, error = %e, "cannot renew a proxy's token"),
             }
-            tokio::time::sleep(Duration::from_secs(
-                dataplane_token::RENEW_TOKEN_EVERY_SECS as u64,
-            ))
-            .await;
+            // Daily, or at once when the renewal key rotates.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(
+                    dataplane_token::RENEW_TOKEN_EVERY_SECS as u64,
+                )) => {}
+                changed = keys.changed() => if changed.is_err() { return },
+            }
         }
     });
 }

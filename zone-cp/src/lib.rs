@@ -120,8 +120,9 @@ pub(crate) struct Shared {
     /// The golden signals the zone's sidecars report, reported up to global.
     pub(crate) signals: Mutex<causeway_api::stats::Aggregator>,
     /// The key this zone renews its proxies' tokens with (private, PKCS#8 hex) and its
-    /// public half (hex), which verifies them.
-    pub(crate) token_renewal: (String, String),
+    /// public half (hex), which verifies them. A rotation replaces it, and every live
+    /// proxy stream renews its token with the new one at once.
+    pub(crate) token_renewal: watch::Sender<Arc<(String, String)>>,
 }
 
 impl Shared {
@@ -379,7 +380,7 @@ impl Zone {
             last_push_ms: AtomicI64::new(0),
             metrics: metrics::Metrics::default(),
             signals: Mutex::default(),
-            token_renewal: (renewal_key, renewal_public),
+            token_renewal: watch::channel(Arc::new((renewal_key, renewal_public))).0,
         });
         let api_handle = axum_server::Handle::new();
         let (tokens, ca) =

@@ -26,6 +26,16 @@ const KEY_IDENTITY: &[u8] = b"identity";
 /// certificate after an answer lost on the way.
 const KEY_ENROLLMENT_KEY: &[u8] = b"enrollment-key";
 const KEY_TOKEN_RENEWAL_KEY: &[u8] = b"token-renewal-key";
+/// Renewal keys a rotation replaced, still verifying what they signed for an overlap.
+const KEY_RETIRING_RENEWAL_KEYS: &[u8] = b"retiring-token-renewal-keys";
+
+/// A renewal key a rotation replaced: its public half verifies the tokens it renewed
+/// until `retires_at` (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RetiringRenewalKey {
+    pub public_key: String,
+    pub retires_at: i64,
+}
 const KEY_INTERMEDIATE_PREFIX: &[u8] = b"intermediate/";
 const KEY_TRUST: &[u8] = b"trust";
 /// Earlier token-signing public keys, still verifying during a rotation's overlap.
@@ -627,6 +637,72 @@ impl Store {
             &synced(),
         )?;
         Ok(key)
+    }
+
+    /// The public halves of renewal keys a rotation replaced that still verify at `now`.
+    pub fn retiring_renewal_keys(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .live_retiring_renewal_keys(now)?
+            .into_iter()
+            .map(|k| k.public_key)
+            .collect())
+    }
+
+    fn live_retiring_renewal_keys(&self, now: i64) -> Result<Vec<RetiringRenewalKey>, StoreError> {
+        Ok(self
+            .meta_json::<Vec<RetiringRenewalKey>>(
+                KEY_RETIRING_RENEWAL_KEYS,
+                "retiring renewal keys",
+            )?
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|k| k.retires_at > now)
+            .collect())
+    }
+
+    /// Replaces the renewal key with a new one (returned, private, PKCS#8 hex); the one
+    /// it replaces verifies for `overlap_secs` more (0: none but the new key verifies). Both in one synced
+    /// write: a crash leaves the old key or the new one, never neither.
+    pub fn rotate_token_renewal_key(
+        &self,
+        now: i64,
+        overlap_secs: i64,
+    ) -> Result<String, StoreError> {
+        let old = self.token_renewal_key()?;
+        let old_public =
+            causeway_pki::dataplane_token::public_key(&old).map_err(|e| StoreError::Generate {
+                what: "token renewal key",
+                reason: e.to_string(),
+            })?;
+        let new =
+            causeway_pki::dataplane_token::generate_key().map_err(|e| StoreError::Generate {
+                what: "token renewal key",
+                reason: e.to_string(),
+            })?;
+        let mut retiring = self.live_retiring_renewal_keys(now)?;
+        if overlap_secs > 0 {
+            retiring.push(RetiringRenewalKey {
+                public_key: old_public,
+                retires_at: now + overlap_secs,
+            });
+        } else {
+            // A leak: from now on only the new key verifies, not even an older one
+            // still in its overlap.
+            retiring.clear();
+        }
+        let mut batch = rocksdb::WriteBatch::default();
+        batch.put_cf(
+            self.cf(CF_META),
+            KEY_TOKEN_RENEWAL_KEY,
+            serde_json::to_vec(&self.sealer.seal(&new)).expect("encodes"),
+        );
+        batch.put_cf(
+            self.cf(CF_META),
+            KEY_RETIRING_RENEWAL_KEYS,
+            serde_json::to_vec(&retiring).expect("encodes"),
+        );
+        self.db.write_opt(batch, &synced())?;
+        Ok(new)
     }
 
     /// Marks (or unmarks) a Dataplane as registered by a live sidecar stream.
