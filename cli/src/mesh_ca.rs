@@ -189,6 +189,16 @@ pub(crate) fn ca_line(label: &str, ca: &Value) -> String {
     )
 }
 
+/// `TITLE: PHASE` and a line per CA of a control-plane CA's status (the zone, Raft and
+/// API CAs').
+pub(crate) fn cas_header(title: &str, s: &Value) -> String {
+    let mut out = format!("{title}: {}\n", s["phase"].as_str().unwrap_or("?"));
+    for ca in s["cas"].as_array().into_iter().flatten() {
+        out += &ca_line("CA", ca);
+    }
+    out
+}
+
 /// `  next: STEP (ready | what it waits for)`.
 pub(crate) fn next_line(s: &Value) -> String {
     let waiting = waiting(s);

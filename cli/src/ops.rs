@@ -154,11 +154,8 @@ pub(crate) enum ApiCaCmd {
 
 /// The API CA status for people.
 fn render_api_ca(s: &Value) -> String {
-    use crate::mesh_ca::{ca_line, next_line, short_sha};
-    let mut out = format!("API CA: {}\n", s["phase"].as_str().unwrap_or("?"));
-    for ca in s["cas"].as_array().into_iter().flatten() {
-        out += &ca_line("CA", ca);
-    }
+    use crate::mesh_ca::{cas_header, next_line, short_sha};
+    let mut out = cas_header("API CA", s);
     for n in s["nodes"].as_array().into_iter().flatten() {
         out += &match n["error"].as_str() {
             Some(e) => format!("  node {:<3} did not answer: {e}\n", n["node"]),
@@ -189,11 +186,8 @@ fn render_api_ca(s: &Value) -> String {
 
 /// The Raft CA status for people.
 fn render_raft_ca(s: &Value) -> String {
-    use crate::mesh_ca::{ca_line, next_line, short_sha};
-    let mut out = format!("Raft CA: {}\n", s["phase"].as_str().unwrap_or("?"));
-    for ca in s["cas"].as_array().into_iter().flatten() {
-        out += &ca_line("CA", ca);
-    }
+    use crate::mesh_ca::{cas_header, next_line, short_sha};
+    let mut out = cas_header("Raft CA", s);
     for n in s["nodes"].as_array().into_iter().flatten() {
         out += &match n["error"].as_str() {
             Some(e) => format!("  node {:<3} did not answer: {e}\n", n["node"]),

@@ -85,11 +85,8 @@ pub(crate) enum ZoneCaCmd {
 
 /// The zone CA status for people.
 fn render_zone_ca(s: &Value) -> String {
-    use crate::mesh_ca::{ca_line, next_line, short_sha};
-    let mut out = format!("zone CA: {}\n", s["phase"].as_str().unwrap_or("?"));
-    for ca in s["cas"].as_array().into_iter().flatten() {
-        out += &ca_line("CA", ca);
-    }
+    use crate::mesh_ca::{cas_header, next_line, short_sha};
+    let mut out = cas_header("zone CA", s);
     for z in s["zones"].as_array().into_iter().flatten() {
         let from = match (z["onCurrent"] == true, short_sha(&z["caSha256"])) {
             (true, sha) => format!("the signing CA ({sha})"),

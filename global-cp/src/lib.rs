@@ -499,6 +499,9 @@ async fn housekeeping(
     // follow an API CA rotation.
     let mut api_tls: Option<axum_server::tls_rustls::RustlsConfig> = None;
     let mut served_by_api_ca = String::new();
+    let mut api_trust_written: Vec<String> = Vec::new();
+    // The Raft CAs this node's identity last followed.
+    let mut raft_followed = String::new();
     let served_api_cert = watch::channel(String::new()).0;
     let mut last_attempt = tokio::time::Instant::now() - Duration::from_secs(10);
     loop {
@@ -697,7 +700,7 @@ async fn housekeeping(
         if follows_raft_ca
             && opened.is_some()
             && let (Some(live), Some(sealed)) = (&raft_live, &sealed)
-            && let Err(e) = follow_raft_ca(&cfg, &sealer, sealed, live)
+            && let Err(e) = follow_raft_ca(&cfg, &sealer, sealed, live, &mut raft_followed)
         {
             tracing::error!(error = %e, "following the cluster's Raft CA; will retry");
         }
@@ -707,6 +710,7 @@ async fn housekeeping(
                 kds: kds_tls_state.as_mut(),
                 served_by: &mut served_by_api_ca,
                 api_cert: &served_api_cert,
+                trust_written: &mut api_trust_written,
             };
             if let Err(e) = follow_api_ca(&cfg, &sealer, sealed, &mut certs) {
                 tracing::error!(error = %e, "following the cluster's API CA; will retry");
@@ -739,6 +743,8 @@ struct ServedCerts<'a> {
     kds: Option<&'a mut kds_tls::KdsTls>,
     served_by: &'a mut String,
     api_cert: &'a watch::Sender<String>,
+    /// The API CAs (SHA-256s) last written to the CA files.
+    trust_written: &'a mut Vec<String>,
 }
 
 /// Keeps this node in step with the cluster's API CA: the CAs clients are told to trust
@@ -750,16 +756,22 @@ fn follow_api_ca(
     sealed: &SealedSecrets,
     served: &mut ServedCerts<'_>,
 ) -> anyhow::Result<()> {
+    // The files are read only when the CAs changed since they were last written (this
+    // runs on every housekeeping pass).
     let trust = cluster_ca::api_trust(sealed);
-    let mut files = vec![cfg.data_dir.join(API_CA_FILE)];
-    files.extend(cfg.token_out_dir.as_ref().map(|d| d.join(API_CA_FILE)));
-    for f in files {
-        let held = std::fs::read_to_string(&f).unwrap_or_default();
-        if cluster_ca::shas(&held) != cluster_ca::shas(&trust) {
-            tls::write_private(&f, &trust)
-                .with_context(|| format!("writing the API CAs to {}", f.display()))?;
-            tracing::info!(file = %f.display(), cas = cluster_ca::shas(&trust).len(), "wrote the API CAs clients trust");
+    let shas = cluster_ca::shas(&trust);
+    if *served.trust_written != shas {
+        let mut files = vec![cfg.data_dir.join(API_CA_FILE)];
+        files.extend(cfg.token_out_dir.as_ref().map(|d| d.join(API_CA_FILE)));
+        for f in files {
+            let held = std::fs::read_to_string(&f).unwrap_or_default();
+            if cluster_ca::shas(&held) != shas {
+                tls::write_private(&f, &trust)
+                    .with_context(|| format!("writing the API CAs to {}", f.display()))?;
+                tracing::info!(file = %f.display(), cas = shas.len(), "wrote the API CAs clients trust");
+            }
         }
+        *served.trust_written = shas;
     }
     let signing = tls::first_cert_sha256(&sealed.api_ca_cert_pem);
     if *served.served_by == signing {
@@ -795,8 +807,16 @@ fn follow_raft_ca(
     sealer: &sealing::Sealer,
     sealed: &SealedSecrets,
     live: &watch::Sender<Arc<transport::LiveTls>>,
+    followed: &mut String,
 ) -> anyhow::Result<()> {
-    if sealed.raft_ca_key_sealed.is_empty() {
+    // Certificates are parsed and checked only when the Raft CAs changed since the last
+    // pass (this runs on every housekeeping pass).
+    let seen = format!(
+        "{}{}",
+        sealed.raft_ca_cert_pem,
+        cluster_ca::raft_trust(sealed)
+    );
+    if sealed.raft_ca_key_sealed.is_empty() || *followed == seen {
         return Ok(());
     }
     let current = live.borrow().identity.clone();
@@ -804,6 +824,7 @@ fn follow_raft_ca(
     let trust_changed = cluster_ca::shas(&trust) != cluster_ca::shas(&current.ca_pem);
     let reissue = !tls::issued_by(&current.node.cert_pem, &sealed.raft_ca_cert_pem);
     if !trust_changed && !reissue {
+        *followed = seen;
         return Ok(());
     }
     let node = if reissue {
@@ -819,6 +840,7 @@ fn follow_raft_ca(
     };
     let identity = raft_identity::save(&cfg.data_dir, sealer, &trust, &node)?;
     live.send_replace(transport::LiveTls::new(identity)?);
+    *followed = seen;
     tracing::info!(
         trusted = cluster_ca::shas(&trust).len(),
         reissued = reissue,

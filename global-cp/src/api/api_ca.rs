@@ -23,11 +23,11 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::mesh_ca::RotateRequest;
-use super::raft_ca::{LocalQuery, NodeCa, OPERATORS, ca_json, gather, signer_among};
+use super::raft_ca::{LocalQuery, NodeCa, OPERATORS, ca_json, gather, signer_among, three_step};
 use super::zones::FORWARDED_HEADER;
 use super::{ApiError, ApiResult, ApiState};
 use crate::cluster_ca::CaPhase;
-use crate::command::{CaStep, Command, SealedSecrets};
+use crate::command::{Command, SealedSecrets};
 
 const LOCAL: &str = "/cluster/api-ca?local=true";
 
@@ -184,24 +184,7 @@ pub(super) async fn rotate(
     st.raft.read_barrier().await?;
     let s = secrets(&st)?;
     let phase = CaPhase::api(&s);
-    let step = match req.step.as_str() {
-        "stage" => {
-            let ca = causeway_pki::generate_ca(crate::API_CA_NAME)
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string()))?;
-            CaStep::Stage {
-                cert_pem: ca.cert_pem,
-                key_sealed: st.sealer.seal(&ca.key_pem),
-            }
-        }
-        "activate" => CaStep::Activate,
-        "finish" => CaStep::Finish,
-        other => {
-            return Err(ApiError::bad(
-                "step",
-                format!("{other:?} is no step of an API CA rotation: stage, activate or finish"),
-            ));
-        }
-    };
+    let step = three_step(&st, &req.step, crate::API_CA_NAME, "an API CA")?;
     let signing = causeway_pki::first_cert_sha256(&s.api_ca_cert_pem);
     crate::cluster_ca::apply_api_ca(&mut s.clone(), &signing, step.clone())
         .map_err(|why| ApiError::new(StatusCode::CONFLICT, "step", why))?;

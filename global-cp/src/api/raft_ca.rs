@@ -198,23 +198,7 @@ pub(super) async fn rotate(
     st.raft.read_barrier().await?;
     let s = secrets(&st)?;
     let phase = CaPhase::raft(&s);
-    let step = match req.step.as_str() {
-        "stage" => {
-            let ca = causeway_pki::generate_ca(causeway_pki::RAFT_CA_NAME).map_err(internal)?;
-            CaStep::Stage {
-                cert_pem: ca.cert_pem,
-                key_sealed: st.sealer.seal(&ca.key_pem),
-            }
-        }
-        "activate" => CaStep::Activate,
-        "finish" => CaStep::Finish,
-        other => {
-            return Err(ApiError::bad(
-                "step",
-                format!("{other:?} is no step of a Raft CA rotation: stage, activate or finish"),
-            ));
-        }
-    };
+    let step = three_step(&st, &req.step, causeway_pki::RAFT_CA_NAME, "a Raft CA")?;
     let signing = causeway_pki::first_cert_sha256(&s.raft_ca_cert_pem);
     // The step must follow the rotation's state before its readiness is worth asking.
     crate::cluster_ca::apply_raft_ca(&mut s.clone(), &signing, step.clone())
@@ -244,6 +228,33 @@ pub(super) async fn rotate(
     let s = secrets(&st)?;
     let nodes = gather(&st, &headers, LOCAL, local(&st, &s)).await?;
     Ok(Json(status_json(&s, &nodes)))
+}
+
+/// The step named `name` of a three-step rotation (the Raft CA's, the API CA's); staging
+/// generates the new CA (`ca_name`) and seals its key.
+pub(super) fn three_step(
+    st: &ApiState,
+    name: &str,
+    ca_name: &str,
+    what: &str,
+) -> ApiResult<CaStep> {
+    Ok(match name {
+        "stage" => {
+            let ca = causeway_pki::generate_ca(ca_name).map_err(internal)?;
+            CaStep::Stage {
+                cert_pem: ca.cert_pem,
+                key_sealed: st.sealer.seal(&ca.key_pem),
+            }
+        }
+        "activate" => CaStep::Activate,
+        "finish" => CaStep::Finish,
+        other => {
+            return Err(ApiError::bad(
+                "step",
+                format!("{other:?} is no step of {what} rotation: stage, activate or finish"),
+            ));
+        }
+    })
 }
 
 fn internal(e: impl std::fmt::Display) -> ApiError {
