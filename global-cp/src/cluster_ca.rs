@@ -49,114 +49,17 @@ pub fn apply_zone_ca(s: &mut SealedSecrets, expected: &str, step: CaStep) -> Res
     }
 }
 
-/// Where a three-step rotation (the Raft CA's, the API CA's) stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CaPhase {
-    Steady,
-    Staged,
-    Activated,
+pub use causeway_pki::ca_rotation::CaPhase;
+use causeway_pki::ca_rotation::{Slots, apply_three_step, bundle};
+
+/// Where the Raft CA's rotation stands.
+pub fn raft_phase(s: &SealedSecrets) -> CaPhase {
+    CaPhase::of(&s.raft_ca_staged_cert_pem, &s.raft_ca_previous_cert_pem)
 }
 
-impl CaPhase {
-    /// Where the Raft CA's rotation stands.
-    pub fn raft(s: &SealedSecrets) -> CaPhase {
-        phase_of(&s.raft_ca_staged_cert_pem, &s.raft_ca_previous_cert_pem)
-    }
-
-    /// Where the API CA's rotation stands.
-    pub fn api(s: &SealedSecrets) -> CaPhase {
-        phase_of(&s.api_ca_staged_cert_pem, &s.api_ca_previous_cert_pem)
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            CaPhase::Steady => "steady",
-            CaPhase::Staged => "staged",
-            CaPhase::Activated => "activated",
-        }
-    }
-
-    /// The step that comes next.
-    pub fn next_step(self) -> &'static str {
-        match self {
-            CaPhase::Steady => "stage",
-            CaPhase::Staged => "activate",
-            CaPhase::Activated => "finish",
-        }
-    }
-}
-
-/// The fields of the secrets a three-step rotation moves between.
-struct Slots<'a> {
-    /// "Raft CA", "API CA".
-    what: &'static str,
-    /// The CLI command that shows it.
-    status: &'static str,
-    cert: &'a mut String,
-    key: &'a mut String,
-    staged_cert: &'a mut String,
-    staged_key: &'a mut String,
-    previous: &'a mut String,
-}
-
-fn phase_of(staged: &str, previous: &str) -> CaPhase {
-    if !staged.is_empty() {
-        CaPhase::Staged
-    } else if !previous.is_empty() {
-        CaPhase::Activated
-    } else {
-        CaPhase::Steady
-    }
-}
-
-fn apply_three_step(slots: Slots<'_>, expected: &str, step: CaStep) -> Result<(), String> {
-    let Slots {
-        what,
-        status,
-        cert,
-        key,
-        staged_cert,
-        staged_key,
-        previous,
-    } = slots;
-    if causeway_pki::first_cert_sha256(cert) != expected {
-        return Err(format!(
-            "the {what} changed meanwhile; look again ({status}) and retry"
-        ));
-    }
-    let phase = phase_of(staged_cert, previous);
-    let wrong = |name: &str| {
-        Err(format!(
-            "the {what} rotation is {}: its next step is {}, not {name}",
-            phase.name(),
-            phase.next_step()
-        ))
-    };
-    match (phase, step) {
-        (
-            CaPhase::Steady,
-            CaStep::Stage {
-                cert_pem,
-                key_sealed,
-            },
-        ) => {
-            *staged_cert = cert_pem;
-            *staged_key = key_sealed;
-            Ok(())
-        }
-        (CaPhase::Staged, CaStep::Activate) => {
-            *previous = std::mem::replace(cert, std::mem::take(staged_cert));
-            *key = std::mem::take(staged_key);
-            Ok(())
-        }
-        (CaPhase::Activated, CaStep::Finish) => {
-            previous.clear();
-            Ok(())
-        }
-        (_, CaStep::Stage { .. }) => wrong("stage"),
-        (_, CaStep::Activate) => wrong("activate"),
-        (_, CaStep::Finish) => wrong("finish"),
-    }
+/// Where the API CA's rotation stands.
+pub fn api_phase(s: &SealedSecrets) -> CaPhase {
+    CaPhase::of(&s.api_ca_staged_cert_pem, &s.api_ca_previous_cert_pem)
 }
 
 /// Applies a Raft CA step to `s`, or says why not (`s` unchanged).
@@ -204,13 +107,6 @@ pub fn api_trust(s: &SealedSecrets) -> String {
         &s.api_ca_staged_cert_pem,
         &s.api_ca_previous_cert_pem,
     ])
-}
-
-fn bundle(pems: &[&String]) -> String {
-    pems.iter()
-        .filter(|pem| !pem.is_empty())
-        .map(|pem| format!("{}\n", pem.trim_end()))
-        .collect()
 }
 
 /// The Raft CAs every node trusts now: the signing one, and the staged or previous one
@@ -268,7 +164,7 @@ mod tests {
         let (mut s, old) = secrets();
         let old_sha = causeway_pki::first_cert_sha256(&old.cert_pem);
         let (step, new_sha) = stage();
-        assert_eq!(CaPhase::raft(&s), CaPhase::Steady);
+        assert_eq!(raft_phase(&s), CaPhase::Steady);
         assert_eq!(shas(&raft_trust(&s)), std::slice::from_ref(&old_sha));
 
         // Out of order, or against a CA that is not signing: refused, nothing changes.
@@ -283,7 +179,7 @@ mod tests {
         }
 
         apply_raft_ca(&mut s, &old_sha, step.clone()).unwrap();
-        assert_eq!(CaPhase::raft(&s), CaPhase::Staged);
+        assert_eq!(raft_phase(&s), CaPhase::Staged);
         // Staged: trusted by all, the old one still signs.
         let mut both = vec![old_sha.clone(), new_sha.clone()];
         both.sort();
@@ -296,7 +192,7 @@ mod tests {
         assert!(why.contains("next step is activate, not stage"), "{why}");
 
         apply_raft_ca(&mut s, &old_sha, CaStep::Activate).unwrap();
-        assert_eq!(CaPhase::raft(&s), CaPhase::Activated);
+        assert_eq!(raft_phase(&s), CaPhase::Activated);
         assert_eq!(
             causeway_pki::first_cert_sha256(&s.raft_ca_cert_pem),
             new_sha
@@ -305,7 +201,7 @@ mod tests {
         assert_eq!(shas(&raft_trust(&s)), both);
 
         apply_raft_ca(&mut s, &new_sha, CaStep::Finish).unwrap();
-        assert_eq!(CaPhase::raft(&s), CaPhase::Steady);
+        assert_eq!(raft_phase(&s), CaPhase::Steady);
         assert_eq!(shas(&raft_trust(&s)), [new_sha]);
     }
 

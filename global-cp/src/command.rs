@@ -478,16 +478,7 @@ impl SealedSecrets {
 /// the new CA (`Stage`) before any peer presents a certificate from it (`Activate`:
 /// it signs, every node issues itself a certificate), and the old one is dropped
 /// (`Finish`) once every node presents one.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum CaStep {
-    Stage {
-        cert_pem: String,
-        key_sealed: String,
-    },
-    Activate,
-    Finish,
-}
+pub use causeway_pki::ca_rotation::CaStep;
 
 /// The cluster's secrets opened: held in memory only, never serialized (the store and
 /// the log hold [`SealedSecrets`]).

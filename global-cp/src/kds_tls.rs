@@ -4,21 +4,15 @@
 //! cut every zone's session.
 //!
 //! [`KdsTls`] holds the node's KDS certificate and publishes a fresh rustls config
-//! whenever the zone CAs in the cluster's secrets change; [`accept`] turns admitted TCP
-//! connections into TLS streams with the config current at each handshake. Each
-//! handshake runs in its own task under [`crate::api::TLS_HANDSHAKE_TIMEOUT`], so a slow
-//! client holds up nobody else; tonic reads the peer's certificates from the stream.
+//! whenever the zone CAs in the cluster's secrets change; `causeway_listen::tls_incoming`
+//! turns admitted TCP connections into TLS streams with the config current at each
+//! handshake.
 
-use std::io;
 use std::sync::Arc;
 
-use causeway_listen::Admitted;
 use causeway_pki::CertKey;
 use rustls::ServerConfig;
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
-use tokio_rustls::server::TlsStream;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 
 use crate::command::SealedSecrets;
 
@@ -81,34 +75,4 @@ fn build(cert: &CertKey, zone_cas: &str) -> anyhow::Result<ServerConfig> {
         zone_cas,
         &[b"h2"],
     )?)
-}
-
-/// TLS streams for tonic: each admitted connection's handshake, with the config current
-/// when it starts, in a task of its own.
-pub(crate) fn accept(
-    admitted: impl futures::Stream<Item = io::Result<Admitted<TcpStream>>> + Send + 'static,
-    configs: watch::Receiver<Arc<ServerConfig>>,
-) -> ReceiverStream<io::Result<TlsStream<Admitted<TcpStream>>>> {
-    use futures::StreamExt as _;
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(async move {
-        let mut admitted = std::pin::pin!(admitted);
-        while let Some(conn) = admitted.next().await {
-            let Ok(conn) = conn else { continue };
-            let acceptor = tokio_rustls::TlsAcceptor::from(configs.borrow().clone());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(crate::api::TLS_HANDSHAKE_TIMEOUT, acceptor.accept(conn))
-                    .await
-                {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
-                    Ok(Err(e)) => tracing::debug!(error = %e, "a KDS TLS handshake failed"),
-                    Err(_) => tracing::debug!("a KDS TLS handshake timed out"),
-                }
-            });
-        }
-    });
-    ReceiverStream::new(rx)
 }

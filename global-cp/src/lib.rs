@@ -1024,7 +1024,12 @@ async fn serve_kds(
         .http2_max_header_list_size(api::MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(api::MAX_STREAMS)
         .add_service(server)
-        .serve_with_incoming(kds_tls::accept(admitted, configs))
+        .serve_with_incoming(causeway_listen::tls_incoming(
+            admitted,
+            configs,
+            "KDS",
+            api::TLS_HANDSHAKE_TIMEOUT,
+        ))
         .await?;
     Ok(())
 }

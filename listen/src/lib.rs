@@ -312,6 +312,45 @@ pub fn incoming(
     })
 }
 
+/// TLS streams for tonic's `serve_with_incoming`, run by us rather than by tonic so the
+/// server's certificate (and the CAs it admits clients from) can change while it runs:
+/// each admitted connection's handshake uses the config current when it starts, in a
+/// task of its own under `handshake_timeout`, so a slow client holds up nobody else.
+/// Live sessions keep the config they began with; tonic reads the peer's certificates
+/// from the stream.
+#[cfg(feature = "grpc")]
+pub fn tls_incoming(
+    admitted: impl futures::Stream<Item = io::Result<Admitted<TcpStream>>> + Send + 'static,
+    configs: tokio::sync::watch::Receiver<Arc<tokio_rustls::rustls::ServerConfig>>,
+    name: &'static str,
+    handshake_timeout: Duration,
+) -> tokio_stream::wrappers::ReceiverStream<
+    io::Result<tokio_rustls::server::TlsStream<Admitted<TcpStream>>>,
+> {
+    use futures::StreamExt as _;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut admitted = std::pin::pin!(admitted);
+        while let Some(conn) = admitted.next().await {
+            let Ok(conn) = conn else { continue };
+            let acceptor = tokio_rustls::TlsAcceptor::from(configs.borrow().clone());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(conn)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::debug!(listener = name, error = %e, "a TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(listener = name, "a TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
 /// tonic reads the peer's address (and, through its TLS layer, certificates) from here.
 #[cfg(feature = "grpc")]
 impl tonic::transport::server::Connected for Admitted<TcpStream> {

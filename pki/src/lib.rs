@@ -9,6 +9,7 @@
 //! out once ([`api_token`]).
 
 pub mod api_token;
+pub mod ca_rotation;
 pub mod dataplane_token;
 pub mod sealing;
 

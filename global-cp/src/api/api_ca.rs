@@ -131,7 +131,7 @@ fn zones(st: &ApiState) -> ApiResult<Vec<ZoneTrust>> {
 }
 
 fn status_json(s: &SealedSecrets, nodes: &[NodeCa], zones: &[ZoneTrust]) -> Value {
-    let phase = CaPhase::api(s);
+    let phase = crate::cluster_ca::api_phase(s);
     let signing = causeway_pki::first_cert_sha256(&s.api_ca_cert_pem);
     let staged = causeway_pki::first_cert_sha256(&s.api_ca_staged_cert_pem);
     let mut cas = vec![ca_json(&s.api_ca_cert_pem, "signing")];
@@ -183,7 +183,7 @@ pub(super) async fn rotate(
 ) -> ApiResult<Json<Value>> {
     st.raft.read_barrier().await?;
     let s = secrets(&st)?;
-    let phase = CaPhase::api(&s);
+    let phase = crate::cluster_ca::api_phase(&s);
     let step = three_step(&st, &req.step, crate::API_CA_NAME, "an API CA")?;
     let signing = causeway_pki::first_cert_sha256(&s.api_ca_cert_pem);
     crate::cluster_ca::apply_api_ca(&mut s.clone(), &signing, step.clone())

@@ -150,7 +150,7 @@ pub(super) async fn gather(
 }
 
 fn status_json(s: &SealedSecrets, nodes: &[NodeCa]) -> Value {
-    let phase = CaPhase::raft(s);
+    let phase = crate::cluster_ca::raft_phase(s);
     let signing = causeway_pki::first_cert_sha256(&s.raft_ca_cert_pem);
     let staged = causeway_pki::first_cert_sha256(&s.raft_ca_staged_cert_pem);
     let mut cas = vec![ca_json(&s.raft_ca_cert_pem, "signing")];
@@ -197,7 +197,7 @@ pub(super) async fn rotate(
 ) -> ApiResult<Json<Value>> {
     st.raft.read_barrier().await?;
     let s = secrets(&st)?;
-    let phase = CaPhase::raft(&s);
+    let phase = crate::cluster_ca::raft_phase(&s);
     let step = three_step(&st, &req.step, causeway_pki::RAFT_CA_NAME, "a Raft CA")?;
     let signing = causeway_pki::first_cert_sha256(&s.raft_ca_cert_pem);
     // The step must follow the rotation's state before its readiness is worth asking.
