@@ -1,4 +1,6 @@
-//! Zone commands: `zone token create|list|revoke|rotate-key`, `zone ca status|rotate`, `inspect zone` and `inspect dataplane`.
+//! Zone commands: `zone token create|list|revoke|rotate-key`, `zone ca status|rotate`,
+//! `zone api-ca status|bundle|rotate` and `zone rotate-renewal-key` (these two against
+//! a zone's API), `inspect zone` and `inspect dataplane`.
 
 use std::path::PathBuf;
 
@@ -26,6 +28,11 @@ pub(crate) enum ZoneCmd {
         #[arg(long)]
         overlap: Option<String>,
     },
+    /// A zone's own API CA (it signs the zone API's and DDS's certificates, which the
+    /// zone's sidecars, ingresses and clients verify), and its rotation. Point --addr,
+    /// the token and the CA at the zone's API (its admin token to rotate).
+    #[command(subcommand)]
+    ApiCa(ZoneApiCaCmd),
     /// Revoke every intermediate CA issued to a zone: sidecars in every zone stop
     /// trusting its workloads' certificates. Disable the zone too to keep it from
     /// getting a new one.
@@ -83,6 +90,60 @@ pub(crate) enum ZoneCaCmd {
     Rotate(crate::mesh_ca::RotateArgs),
 }
 
+#[derive(clap::Subcommand)]
+pub(crate) enum ZoneApiCaCmd {
+    /// The zone's API CAs (the staged or previous one during a rotation), which CA the
+    /// API and DDS present a certificate of, and which CAs each connected proxy trusts.
+    Status,
+    /// Write the CAs clients of the zone's API should trust now (PEM, one or two) to a
+    /// file, for --ca-file, a proxy's --cp-ca-file, or Terraform.
+    Bundle {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Rotate the zone's API CA with its proxies connected: stage a new CA (the zone
+    /// sends both CAs to every connected sidecar and ingress, which write them over
+    /// their --cp-ca-file; the zone writes them to <data-dir>/api-ca.pem), activate it
+    /// once every connected proxy trusts it (the API and DDS present certificates from
+    /// it, reloaded in place), finish (the old CA is dropped). Copy the bundle
+    /// (`bundle --out`) to proxies that are offline and other clients between stage and
+    /// activate. Steps: stage, activate, finish; `--force` takes them without waiting
+    /// (a proxy that did not follow cannot reconnect until its CA file is updated).
+    Rotate(crate::mesh_ca::RotateArgs),
+}
+
+/// The zone API CA status for people.
+fn render_zone_api_ca(s: &Value) -> String {
+    use crate::mesh_ca::{cas_header, next_line, short_sha};
+    let mut out = cas_header("zone API CA", s);
+    out += &format!(
+        "  API presents a certificate of {}, DDS of {}\n",
+        short_sha(&s["serving"]["api"]),
+        match short_sha(&s["serving"]["dds"]) {
+            sha if sha.is_empty() => "(no DDS)".to_string(),
+            sha => sha,
+        }
+    );
+    for p in s["proxies"].as_array().into_iter().flatten() {
+        let trusted: Vec<String> = p["trusted"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(short_sha)
+            .collect();
+        out += &format!(
+            "  {:<32} trusts {}\n",
+            p["proxy"].as_str().unwrap_or(""),
+            if trusted.is_empty() {
+                "(not reported yet)".to_string()
+            } else {
+                trusted.join(", ")
+            }
+        );
+    }
+    out + &next_line(s)
+}
+
 /// The zone CA status for people.
 fn render_zone_ca(s: &Value) -> String {
     use crate::mesh_ca::{cas_header, next_line, short_sha};
@@ -119,6 +180,33 @@ pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
                 subject: "the zone CA".into(),
                 render: render_zone_ca,
                 retrust: false,
+            }
+            .run(&client, &args)
+            .await?;
+        }
+        ZoneCmd::ApiCa(ZoneApiCaCmd::Status) => {
+            print!("{}", render_zone_api_ca(&client.get("/api-ca").await?))
+        }
+        ZoneCmd::ApiCa(ZoneApiCaCmd::Bundle { out }) => {
+            let s = client.get("/api-ca").await?;
+            let bundle = s["bundlePem"]
+                .as_str()
+                .context("the status names no CA bundle")?;
+            causeway_global_cp::tls::write_private(&out, bundle)
+                .with_context(|| format!("writing {}", out.display()))?;
+            eprintln!(
+                "wrote {} zone API CA(s) to {}",
+                s["cas"].as_array().map_or(0, Vec::len),
+                out.display()
+            );
+        }
+        ZoneCmd::ApiCa(ZoneApiCaCmd::Rotate(args)) => {
+            crate::mesh_ca::Rotation {
+                status_path: "/api-ca".into(),
+                rotate_path: "/api-ca/rotate".into(),
+                subject: "the zone API CA".into(),
+                render: render_zone_api_ca,
+                retrust: true,
             }
             .run(&client, &args)
             .await?;

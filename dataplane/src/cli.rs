@@ -23,10 +23,15 @@ pub fn control_plane(
         } else {
             format!("https://{cp}")
         },
-        ca_pem: read(cp_ca_file, "--cp-ca-file")?,
-        token: crate::cp::Token::new(
+        ca: crate::cp::Followed::new(
+            read(cp_ca_file, "--cp-ca-file")?,
+            Some(cp_ca_file.clone()),
+            "zone API CAs",
+        ),
+        token: crate::cp::Followed::new(
             read(token_file, "--token-file")?.trim().to_string(),
             Some(token_file.clone()),
+            "token",
         ),
     })
 }

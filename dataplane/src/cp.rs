@@ -10,7 +10,7 @@ use std::time::Duration;
 use causeway_api::inspect::ProxyReport;
 use causeway_api::kds::dds::dds_client::DdsClient;
 use causeway_api::kds::dds::{
-    ProxyAck, ProxyHello, ProxyMessage, ProxyNack, ProxyReport as DdsReport, ProxyStats,
+    CpTrusted, ProxyAck, ProxyHello, ProxyMessage, ProxyNack, ProxyReport as DdsReport, ProxyStats,
     SignRequest, control_message, proxy_message,
 };
 use causeway_api::stats::PROXY_REPORT_INTERVAL;
@@ -27,56 +27,74 @@ use crate::metrics::Metrics;
 pub struct ControlPlane {
     /// `https://host:port` of the zone's DDS.
     pub addr: String,
-    /// The zone API CA (the zone's `api-ca.pem`).
-    pub ca_pem: String,
-    pub token: Arc<Token>,
+    /// The zone API CAs (from `--cp-ca-file`, the zone's `api-ca.pem`), replaced by what
+    /// the zone sends during a rotation of them.
+    pub ca: Arc<Followed>,
+    /// The proxy's token: the one it started with until its zone renews it, then each
+    /// renewal (see `causeway_pki::dataplane_token`).
+    pub token: Arc<Followed>,
 }
 
-/// The proxy's token: the one it started with until its zone renews it, then each
-/// renewal (see `causeway_pki::dataplane_token`). A renewal is also written over the
-/// token file, so a restart after the first token expired still gets in.
-pub struct Token {
+/// A value read from a file that the zone may replace while the proxy runs (its token,
+/// renewed; the CAs of its zone's API, rotated). A replacement is used from then on and
+/// written over the file, so a restart starts from it: after the first token expired,
+/// or once the zone's API presents a certificate of a new CA.
+pub struct Followed {
     current: std::sync::Mutex<String>,
     file: Option<std::path::PathBuf>,
+    /// For logs: "token", "zone API CAs".
+    what: &'static str,
 }
 
-impl Token {
-    /// `token`, read from `file` (where renewals go), if any.
-    pub fn new(token: String, file: Option<std::path::PathBuf>) -> Arc<Token> {
-        Arc::new(Token {
-            current: std::sync::Mutex::new(token),
+impl Followed {
+    /// `value`, read from `file` (where replacements go), if any.
+    pub fn new(
+        value: String,
+        file: Option<std::path::PathBuf>,
+        what: &'static str,
+    ) -> Arc<Followed> {
+        Arc::new(Followed {
+            current: std::sync::Mutex::new(value),
             file,
+            what,
         })
     }
 
-    /// The token to present now.
+    /// The value to use now.
     pub fn get(&self) -> String {
-        self.current.lock().expect("token lock").clone()
+        self.current.lock().expect("followed lock").clone()
     }
 
-    /// Takes a renewal from the zone, and writes it over the token file.
-    async fn renewed(&self, token: String, expires_unix: i64) {
-        if token.is_empty() || *self.current.lock().expect("token lock") == token {
+    /// Takes a replacement from the zone, and writes it over the file (in a blocking
+    /// task). An empty or unchanged one changes nothing.
+    async fn replace(&self, value: String) {
+        if value.trim().is_empty() || *self.current.lock().expect("followed lock") == value {
             return;
         }
-        *self.current.lock().expect("token lock") = token.clone();
+        *self.current.lock().expect("followed lock") = value.clone();
+        let what = self.what;
         let Some(file) = self.file.clone() else {
             return;
         };
         let written = tokio::task::spawn_blocking({
             let file = file.clone();
-            move || causeway_pki::write_private(&file, &format!("{token}\n"))
+            let contents = if value.ends_with('\n') {
+                value
+            } else {
+                format!("{value}\n")
+            };
+            move || causeway_pki::write_private(&file, &contents)
         })
         .await;
         match written {
             Ok(Ok(())) => {
-                tracing::info!(file = %file.display(), expires_unix, "the zone renewed the token; written over the token file")
+                tracing::info!(file = %file.display(), what, "the zone sent a new one; written over the file")
             }
             Ok(Err(e)) => tracing::warn!(
-                file = %file.display(), error = %e,
-                "the zone renewed the token but it cannot be written over the token file: a restart after the first token expires needs a new one"
+                file = %file.display(), what, error = %e,
+                "the zone sent a new one but it cannot be written over the file: a restart reads the old one"
             ),
-            Err(e) => tracing::warn!(error = %e, "writing the renewed token"),
+            Err(e) => tracing::warn!(what, error = %e, "writing what the zone sent"),
         }
     }
 }
@@ -97,7 +115,9 @@ impl ControlPlane {
     async fn channel(&self) -> anyhow::Result<Channel> {
         let ep = Endpoint::from_shared(self.addr.clone())
             .map_err(|e| anyhow::anyhow!("--cp {:?}: {e}", self.addr))?
-            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem)))?
+            .tls_config(
+                ClientTlsConfig::new().ca_certificate(Certificate::from_pem(self.ca.get())),
+            )?
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20));
@@ -298,7 +318,22 @@ impl ControlPlane {
             let snap = match msg.msg {
                 Some(control_message::Msg::Config(snap)) => snap,
                 Some(control_message::Msg::RenewedToken(t)) => {
-                    self.token.renewed(t.token, t.expires_unix).await;
+                    tracing::debug!(expires_unix = t.expires_unix, "the zone renewed the token");
+                    self.token.replace(t.token).await;
+                    continue;
+                }
+                Some(control_message::Msg::CpTrust(t)) => {
+                    // Only a bundle that holds CAs replaces the one in use: an empty or
+                    // broken one would cut the proxy off its zone at the next connect.
+                    if !causeway_pki::cert_shas(&t.ca_bundle_pem).is_empty() {
+                        self.ca.replace(t.ca_bundle_pem).await;
+                    }
+                    up.send(ProxyMessage {
+                        msg: Some(proxy_message::Msg::CpTrusted(CpTrusted {
+                            ca_sha256: causeway_pki::cert_shas(&self.ca.get()),
+                        })),
+                    })
+                    .await?;
                     continue;
                 }
                 None => continue,

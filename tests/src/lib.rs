@@ -677,6 +677,7 @@ pub struct ZoneCp {
     pub token_file: PathBuf,
     child: std::sync::Mutex<Option<Child>>,
     extra_args: Vec<String>,
+    /// The API client and the CAs it trusts.
     http: std::sync::Mutex<Option<(reqwest::Client, String)>>,
 }
 
@@ -741,6 +742,28 @@ impl ZoneCp {
         std::fs::read_to_string(self.token_dir().join("admin-token"))
             .ok()
             .map(|s| s.trim().to_string())
+    }
+
+    /// Runs the CLI against the zone's API (not global's, as [`GlobalCluster::cli`]
+    /// does) with its admin token and the CAs in its data dir: whether it succeeded, its
+    /// stdout and its stderr.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+        let token = self.admin_token().context("the zone's admin token")?;
+        let out = Command::new(causeway_bin())
+            .args(args)
+            .env("CAUSEWAY_ADDR", format!("https://{}", self.api))
+            .env("CAUSEWAY_TOKEN", token.trim())
+            .env("CAUSEWAY_CA_FILE", self.dir.join("api-ca.pem"))
+            .env(
+                "CAUSEWAY_CONFIG",
+                self.dir.with_extension("cli-config.yaml"),
+            )
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     pub fn logs(&self) -> String {
@@ -820,10 +843,9 @@ impl ZoneCp {
         }
     }
 
+    /// A client trusting the CAs in the zone's `api-ca.pem`, made again when they
+    /// change (a rotation of the zone's API CA), and the admin token.
     async fn client(&self) -> anyhow::Result<(reqwest::Client, String)> {
-        if let Some(c) = self.http.lock().expect("http lock").clone() {
-            return Ok(c);
-        }
         let (token, ca) = eventually(
             &format!("zone {} credentials", self.name),
             Duration::from_secs(30),
@@ -835,12 +857,17 @@ impl ZoneCp {
         )
         .await
         .with_context(|| self.logs())?;
+        if let Some((http, cached_ca)) = self.http.lock().expect("http lock").clone()
+            && cached_ca == ca
+        {
+            return Ok((http, token));
+        }
         let tls = causeway_global_cp::tls::client_config(&ca, None)?;
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(Duration::from_secs(10))
             .build()?;
-        *self.http.lock().expect("http lock") = Some((http.clone(), token.clone()));
+        *self.http.lock().expect("http lock") = Some((http.clone(), ca));
         Ok((http, token))
     }
 

@@ -9,7 +9,6 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -17,8 +16,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 use crate::{
-    GlobalCluster, Proc, ZoneCp, admin_metric, admin_ready, causeway_bin, eventually, free_addr,
-    plain_http, put,
+    GlobalCluster, Proc, ZoneCp, admin_metric, admin_ready, eventually, free_addr, plain_http, put,
 };
 
 /// How long the helpers wait for a process or a config to come.
@@ -112,11 +110,19 @@ impl MeshFixture {
     /// A TLS channel to the zone's DDS, as a sidecar opens it.
     pub async fn dds_channel(&self) -> anyhow::Result<tonic::transport::Channel> {
         let ca_pem = std::fs::read_to_string(self.zone.dir.join("api-ca.pem"))?;
+        self.dds_channel_trusting(&ca_pem).await
+    }
+
+    /// A TLS channel to the zone's DDS that trusts the CAs of `ca_pem` only.
+    pub async fn dds_channel_trusting(
+        &self,
+        ca_pem: &str,
+    ) -> anyhow::Result<tonic::transport::Channel> {
         Ok(
             tonic::transport::Endpoint::from_shared(format!("https://{}", self.dds))?
                 .tls_config(
                     tonic::transport::ClientTlsConfig::new()
-                        .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem)),
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem)),
                 )?
                 .connect()
                 .await?,
@@ -191,7 +197,8 @@ impl MeshFixture {
     }
 
     /// [`MeshFixture::sidecar_with`] presenting the token in `token` (a file the sidecar
-    /// writes renewals over).
+    /// writes renewals over); the zone's `api-ca.pem` is its `--cp-ca-file` unless
+    /// `extra_args` names one.
     pub async fn sidecar_with_token(
         &self,
         dataplane: Value,
@@ -202,23 +209,30 @@ impl MeshFixture {
         let admin = free_addr();
         let file = self.dir.join(format!("{name}.json"));
         std::fs::write(&file, serde_json::to_vec(&dataplane)?)?;
+        let zone_ca = self.zone.dir.join("api-ca.pem").display().to_string();
+        let ca_args: Vec<String> = if extra_args.contains(&"--cp-ca-file") {
+            Vec::new()
+        } else {
+            vec!["--cp-ca-file".into(), zone_ca]
+        };
         let args: Vec<String> = vec![
             "dataplane".into(),
             "--cp".into(),
             format!("https://{}", self.dds),
-            "--cp-ca-file".into(),
-            self.zone.dir.join("api-ca.pem").display().to_string(),
-            "--token-file".into(),
-            token.display().to_string(),
-            "--dataplane-file".into(),
-            file.display().to_string(),
-            "--admin-addr".into(),
-            admin.to_string(),
-            "--drain-seconds".into(),
-            "5".into(),
         ];
         let args: Vec<String> = args
             .into_iter()
+            .chain(ca_args)
+            .chain([
+                "--token-file".into(),
+                token.display().to_string(),
+                "--dataplane-file".into(),
+                file.display().to_string(),
+                "--admin-addr".into(),
+                admin.to_string(),
+                "--drain-seconds".into(),
+                "5".into(),
+            ])
             .chain(extra_args.iter().map(|a| a.to_string()))
             .collect();
         let p = Proc::start(&self.dir, &format!("sidecar-{name}"), &args)?;
@@ -355,22 +369,9 @@ impl MeshFixture {
         })
     }
 
-    /// Runs the CLI against the zone's API (not global's, as [`GlobalCluster::cli`]
-    /// does): whether it succeeded, its stdout and its stderr.
+    /// Runs the CLI against the zone's API: see [`ZoneCp::cli`].
     pub fn zone_cli(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
-        let token = self.zone.admin_token().context("the zone's admin token")?;
-        let out = Command::new(causeway_bin())
-            .args(args)
-            .env("CAUSEWAY_ADDR", format!("https://{}", self.zone.api))
-            .env("CAUSEWAY_TOKEN", token.trim())
-            .env("CAUSEWAY_CA_FILE", self.zone.dir.join("api-ca.pem"))
-            .env("CAUSEWAY_CONFIG", self.dir.join("zone-cli-config.yaml"))
-            .output()?;
-        Ok((
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        ))
+        self.zone.cli(args)
     }
 }
 

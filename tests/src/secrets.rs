@@ -71,7 +71,11 @@ pub fn zone_keys(zone: &ZoneCp) -> anyhow::Result<Vec<(String, Key)>> {
             Key::Pem(i.key_pem),
         ));
     }
-    let sealed = std::fs::read_to_string(zone.dir.join("api-ca-key.sealed"))?;
+    let cas: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(zone.dir.join("api-cas.json"))?)?;
+    let sealed = cas["keySealed"]
+        .as_str()
+        .context("the zone API CA's sealed key")?;
     keys.push((
         "the zone API CA key".into(),
         Key::Pem(sealer.open(sealed.trim())?),

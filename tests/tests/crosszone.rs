@@ -1926,3 +1926,106 @@ async fn the_mesh_root_ca_rotates_under_cross_zone_traffic_without_a_failed_requ
     settled.map_err(|e| anyhow::anyhow!("{e}: {}", after))?;
     Ok(())
 }
+
+/// Zone-b's own API CA rotates while web (zone-a) calls backend in both zones, zone-b's
+/// through its ingress: zone-b's sidecar and ingress each say they trust the staged CA
+/// before it is activated, no call fails, and after the rotation zone-b's ingress,
+/// restarted, reconnects to zone-b's DDS with the new CA alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zones_api_ca_rotates_under_its_ingress_without_a_failed_call() -> anyhow::Result<()> {
+    let mut spread = SpreadBackend::start(false).await?;
+    let zone_b = &spread.m.zones[1].cp;
+    let status = || async {
+        let (ok, _, err) = zone_b.cli(&["zone", "api-ca", "status"])?;
+        anyhow::ensure!(ok, "status: {err}");
+        let (s, v) = zone_b.call(Method::GET, "/api-ca", None).await?;
+        anyhow::ensure!(s == StatusCode::OK, "{s} {v}");
+        Ok(v)
+    };
+    let old_sha = status().await?["cas"][0]["sha256"]
+        .as_str()
+        .context("the signing CA")?
+        .to_string();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = tokio::spawn({
+        let (stop, out) = (stop.clone(), spread.out);
+        async move {
+            let http = plain_http();
+            let (mut ok, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http.get(format!("http://127.0.0.1:{out}/")).send().await {
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, failed)
+        }
+    });
+
+    let (ok, _, err) = zone_b.cli(&["zone", "api-ca", "rotate", "--step", "stage"])?;
+    anyhow::ensure!(ok, "stage: {err}");
+    let staged = eventually("zone-b's proxies trusting the staged CA", WAIT, || async {
+        let s = status().await.ok()?;
+        (s["next"]["ready"] == true).then_some(s)
+    })
+    .await?;
+    let new_sha = staged["cas"][1]["sha256"]
+        .as_str()
+        .context("staged")?
+        .to_string();
+    for proxy in [
+        "ingress default/zone-b-ingress",
+        "dataplane default/backend-b",
+    ] {
+        let p = staged["proxies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["proxy"] == proxy)
+            .with_context(|| format!("{proxy} in {staged}"))?;
+        assert!(
+            p["trusted"]
+                .as_array()
+                .is_some_and(|t| t.contains(&json!(new_sha))),
+            "{staged}"
+        );
+    }
+    let (ok, _, err) = zone_b.cli(&["zone", "api-ca", "rotate", "--timeout", "60s"])?;
+    anyhow::ensure!(ok, "rotate: {err}");
+    let after = status().await?;
+    assert_eq!(after["phase"], "steady", "{after}");
+    assert_eq!(after["cas"][0]["sha256"], json!(new_sha), "{after}");
+    assert_eq!(after["serving"]["dds"], json!(new_sha), "{after}");
+    assert_ne!(new_sha, old_sha);
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic.await?;
+    assert!(ok > 0, "no call was made");
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+
+    // The ingress, restarted, gets in with the new CA (its CA file, zone-b's
+    // api-ca.pem, holds it alone now) and zone-b answers again.
+    let ingress = spread.zone_b.pop().context("zone-b's ingress")?;
+    drop(ingress);
+    let (ingress, _, _) = spread.m.ingress("zone-b", "zone-b-ingress").await?;
+    spread.zone_b.push(ingress);
+    let http = plain_http();
+    eventually("backend answering from zone-b again", WAIT, || async {
+        for _ in 0..10 {
+            if call(&http, spread.out).await?["zone"] == "zone-b" {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await?;
+    Ok(())
+}

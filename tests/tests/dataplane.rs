@@ -2212,6 +2212,180 @@ async fn a_zones_token_renewal_key_rotates_under_connected_sidecars() -> anyhow:
     Ok(())
 }
 
+/// A zone's own API CA rotates with its sidecars connected: staged, the zone sends both
+/// CAs to every proxy, which writes them over its --cp-ca-file; activated once every
+/// proxy trusts the new one, DDS and the zone API present certificates of it (reloaded
+/// in place); finished, the old CA is dropped everywhere. Calls never fail, a client
+/// that trusts only the old CA is refused after, and a restarted sidecar gets in with
+/// the CA file it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zones_api_ca_rotates_under_connected_sidecars() -> anyhow::Result<()> {
+    let fx = MeshFixture::start(json!({"mtls": {"mode": "Strict"}})).await?;
+    put(&fx.c, "/meshes/default/meshtrafficpermissions/all", &json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "all",
+        "spec": {"targetRef": {"kind": "Mesh"}, "from": [{"targetRef": {"kind": "Mesh"}, "default": {"action": "Allow"}}]}})).await?;
+    let old_ca = std::fs::read_to_string(fx.zone.dir.join("api-ca.pem"))?;
+    let old_sha = causeway_pki::first_cert_sha256(&old_ca);
+    // The backend's sidecar has a CA file of its own, as on a host of its own.
+    let backend_ca = fx.dir.join("backend-cp-ca.pem");
+    std::fs::write(&backend_ca, &old_ca)?;
+    let token_file = fx.token("backend").await?;
+    let app = free_addr();
+    let _app = fx.app("backend-1", "backend", app, false)?;
+    let backend_dp = dataplane(
+        "backend-1",
+        "backend",
+        free_addr().port(),
+        app.port(),
+        "http",
+        &[],
+    );
+    let ca_arg = backend_ca.display().to_string();
+    let own_ca = ["--cp-ca-file", ca_arg.as_str()];
+    let (backend, _) = fx
+        .sidecar_with_token(backend_dp.clone(), &token_file, &own_ca)
+        .await?;
+    let (_web, _, out) = fx.web_calling("backend").await?;
+    let serving =
+        || async { (answering(out, 1).await? == instances(&["backend-1"])).then_some(()) };
+    eventually("a call through both sidecars", WAIT, serving).await?;
+
+    // Calls go on through the whole rotation; none may fail.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let calls = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let http = causeway_tests::plain_http();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match http.get(format!("http://127.0.0.1:{out}/")).send().await {
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (ok, failed)
+        }
+    });
+
+    let status = || async {
+        let (ok, text, err) = fx.zone_cli(&["zone", "api-ca", "status"])?;
+        anyhow::ensure!(ok, "status: {err}");
+        Ok::<_, anyhow::Error>(text)
+    };
+    let (ok, _, err) = fx.zone_cli(&["zone", "api-ca", "rotate", "--step", "stage"])?;
+    anyhow::ensure!(ok, "stage: {err}");
+    // Every connected proxy, and the zone's own file, trusts both CAs.
+    let trusting_both = |file: std::path::PathBuf| {
+        move || {
+            let file = file.clone();
+            async move {
+                let shas = causeway_pki::cert_shas(&std::fs::read_to_string(&file).ok()?);
+                (shas.len() == 2).then_some(shas)
+            }
+        }
+    };
+    let both = eventually(
+        "the backend's CA file holding both CAs",
+        WAIT,
+        trusting_both(backend_ca.clone()),
+    )
+    .await?;
+    assert!(both.contains(&old_sha), "{both:?}");
+    let new_sha = both
+        .iter()
+        .find(|s| **s != old_sha)
+        .cloned()
+        .context("the new CA")?;
+    eventually(
+        "the zone's api-ca.pem holding both",
+        WAIT,
+        trusting_both(fx.zone.dir.join("api-ca.pem")),
+    )
+    .await?;
+    let staged = eventually(
+        "every proxy reporting it trusts the staged CA",
+        WAIT,
+        || async {
+            let text = status().await.ok()?;
+            text.contains("next: activate (ready)").then_some(text)
+        },
+    )
+    .await?;
+    assert!(staged.contains("zone API CA: staged"), "{staged}");
+    assert!(staged.contains("dataplane default/backend-1"), "{staged}");
+    // Before activation DDS still presents the old CA's certificate.
+    fx.dds_channel_trusting(&old_ca)
+        .await
+        .context("the old CA before activation")?;
+
+    // The rest of the rotation: activate, then finish, as the CLI takes them.
+    let (ok, text, err) = fx.zone_cli(&["zone", "api-ca", "rotate", "--timeout", "60s"])?;
+    anyhow::ensure!(ok, "rotate: {err}");
+    assert!(
+        err.contains("rotation of the zone API CA finished"),
+        "{err}"
+    );
+    assert!(text.contains("zone API CA: steady"), "{text}");
+
+    // Only the new CA is trusted and presented now.
+    let only_new = eventually(
+        "the backend's CA file holding the new CA alone",
+        WAIT,
+        || async {
+            let shas = causeway_pki::cert_shas(&std::fs::read_to_string(&backend_ca).ok()?);
+            (shas == [new_sha.clone()]).then_some(())
+        },
+    );
+    only_new.await?;
+    assert_eq!(
+        causeway_pki::cert_shas(&std::fs::read_to_string(fx.zone.dir.join("api-ca.pem"))?),
+        std::slice::from_ref(&new_sha)
+    );
+    assert!(
+        fx.dds_channel_trusting(&old_ca).await.is_err(),
+        "DDS presents a certificate the old CA verifies"
+    );
+    let new_ca = std::fs::read_to_string(&backend_ca)?;
+    fx.dds_channel_trusting(&new_ca)
+        .await
+        .context("DDS with the new CA")?;
+    let old_only = fx.dir.join("old-zone-ca.pem");
+    std::fs::write(&old_only, &old_ca)?;
+    let refused = std::process::Command::new(causeway_tests::causeway_bin())
+        .args(["zone", "api-ca", "status"])
+        .env("CAUSEWAY_ADDR", format!("https://{}", fx.zone.api))
+        .env(
+            "CAUSEWAY_TOKEN",
+            fx.zone.admin_token().context("admin token")?.trim(),
+        )
+        .env("CAUSEWAY_CA_FILE", &old_only)
+        .env("CAUSEWAY_CONFIG", fx.dir.join("old-cli-config.yaml"))
+        .output()?;
+    assert!(
+        !refused.status.success(),
+        "the zone API answered a client of the old CA"
+    );
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = calls.await?;
+    assert!(ok > 0, "no call was made");
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+
+    // A restarted sidecar gets in with the CA file it wrote.
+    drop(backend);
+    let (_backend, _) = fx
+        .sidecar_with_token(backend_dp, &token_file, &own_ca)
+        .await?;
+    eventually("calls after the backend's restart", WAIT, serving).await?;
+    Ok(())
+}
+
 /// Dataplane and ingress tokens can be listed and revoked. Once revoked (through global,
 /// sent to the zone over KDS), a token registers nothing, gets no certificate, and the
 /// stream it opened is ended; a new token of the same service works.

@@ -182,7 +182,7 @@ async fn a_copied_data_dir_holds_no_token_and_no_key() -> anyhow::Result<()> {
         assert_eq!(mode(&dir.join("db")), 0o700, "{}/db", dir.display());
         assert_eq!(mode(&dir.join("seal-check")), 0o600, "{}", dir.display());
     }
-    for f in ["api-ca-key.sealed", "api-token-hashes.json"] {
+    for f in ["api-cas.json", "api-token-hashes.json"] {
         assert_eq!(mode(&fx.zone.dir.join(f)), 0o600, "{f}");
     }
     assert_eq!(mode(&fx.zone.seal_key_file()), 0o600);

@@ -22,68 +22,47 @@ use causeway_api::{FieldError, Resource, ResourceKey, Scope, TypeInfo};
 use causeway_listen::{Guarded, Limits};
 use causeway_pki::api_token::{Access, ApiTokens, TokenHashes};
 use causeway_pki::sealing::Sealer;
-use causeway_pki::{CertKey, write_private};
+use causeway_pki::write_private;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::Shared;
+use crate::api_ca::ApiCas;
 use crate::store::LocalWriteError;
-
-pub(crate) const API_CA_NAME: &str = "Causeway Zone API CA";
 
 /// File in the data dir with the hashes of the API tokens (never the tokens).
 const TOKEN_HASHES_FILE: &str = "api-token-hashes.json";
-/// File in the data dir with the API CA's key, sealed.
-const API_CA_KEY_FILE: &str = "api-ca-key.sealed";
 
-/// A seal key rotation: the API CA key sealed again under the current seal key when it
-/// is under the previous one. Returns whether it was.
+/// A seal key rotation: the API CA keys sealed again under the current seal key when
+/// they are under the previous one. Returns whether they were.
 pub(crate) fn reseal_api_ca_key(dir: &FsPath, sealer: &Sealer) -> anyhow::Result<bool> {
-    let key_path = dir.join(API_CA_KEY_FILE);
-    if !key_path.exists() {
+    let Some(mut cas) = ApiCas::load(dir)? else {
+        return Ok(false);
+    };
+    if !cas.reseal(sealer)? {
         return Ok(false);
     }
-    let sealed = std::fs::read_to_string(&key_path)
-        .with_context(|| format!("reading {}", key_path.display()))?;
-    match sealer
-        .reseal(sealed.trim())
-        .with_context(|| format!("{} is sealed under neither seal key", key_path.display()))?
-    {
-        Some(again) => {
-            write_private(&key_path, &again)?;
-            Ok(true)
-        }
-        None => Ok(false),
-    }
+    cas.save(dir, None)?;
+    Ok(true)
 }
 
-/// Loads (or creates on first start) the API CA and the API tokens' hashes. On first
+/// Loads (or creates on first start) the API CAs and the API tokens' hashes. On first
 /// start the tokens are handed out once (`token_out`, or standard output) and only their
-/// hashes are kept; the CA key is kept sealed.
+/// hashes are kept; the CA keys are kept sealed.
 pub(crate) fn local_credentials(
     dir: &FsPath,
     sealer: &Sealer,
     token_out: Option<&FsPath>,
-) -> anyhow::Result<(TokenHashes, CertKey)> {
+) -> anyhow::Result<(TokenHashes, ApiCas)> {
     let read =
         |p: &FsPath| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
-    let key_path = dir.join(API_CA_KEY_FILE);
-    let ca = if key_path.exists() {
-        let key_pem = sealer.open(read(&key_path)?.trim()).with_context(|| {
-            format!(
-                "opening the API CA key {} with --seal-key-file",
-                key_path.display()
-            )
-        })?;
-        CertKey {
-            cert_pem: read(&dir.join(crate::API_CA_FILE))?,
-            key_pem,
+    let cas = match ApiCas::load(dir)? {
+        Some(cas) => cas,
+        None => {
+            let (cas, _) = ApiCas::generate(sealer)?;
+            cas.save(dir, None)?;
+            cas
         }
-    } else {
-        let ca = causeway_pki::generate_ca(API_CA_NAME)?;
-        write_private(&dir.join(crate::API_CA_FILE), &ca.cert_pem)?;
-        write_private(&key_path, &sealer.seal(&ca.key_pem))?;
-        ca
     };
     let hashes_path = dir.join(TOKEN_HASHES_FILE);
     let hashes = if hashes_path.exists() {
@@ -98,7 +77,7 @@ pub(crate) fn local_credentials(
         // operator would lock everyone out.
         let tokens = ApiTokens::generate();
         tokens
-            .hand_out(token_out, "Causeway zone control plane", &ca.cert_pem)
+            .hand_out(token_out, "Causeway zone control plane", &cas.trust())
             .with_context(|| "handing out the zone API's tokens (--token-out-dir)")?;
         let hashes = tokens.hashes();
         write_private(
@@ -115,7 +94,7 @@ pub(crate) fn local_credentials(
         }
         hashes
     };
-    Ok((hashes, ca))
+    Ok((hashes, cas))
 }
 
 #[derive(Clone)]
@@ -277,18 +256,29 @@ type ApiResult<T> = Result<T, ApiError>;
 pub(crate) async fn serve(
     shared: Arc<Shared>,
     tokens: TokenHashes,
-    ca: CertKey,
     listener: TcpListener,
     handle: axum_server::Handle,
 ) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let cert = causeway_pki::issue(
-        &ca,
-        API_CA_NAME,
-        &causeway_pki::server_names(&addr.ip().to_string(), &[]),
-        825,
-    )?;
-    let server = causeway_pki::server_config(&cert, None, &[b"h2", b"http/1.1"])?;
+    let alpn: &[&[u8]] = &[b"h2", b"http/1.1"];
+    let cert = crate::api_ca::first_cert(&shared, addr, |s| &mut s.api)?;
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(
+        causeway_pki::server_config(&cert, None, alpn)?,
+    ));
+    // An activated API CA rotation: new handshakes get a certificate from the new CA.
+    tokio::spawn(crate::api_ca::follow_signing(
+        shared.clone(),
+        addr,
+        "zone API",
+        |s| &mut s.api,
+        {
+            let tls = tls.clone();
+            move |cert| {
+                tls.reload_from_config(Arc::new(causeway_pki::server_config(cert, None, alpn)?));
+                Ok(())
+            }
+        },
+    ));
     let state = ApiState {
         shared,
         tokens: Arc::new(std::sync::RwLock::new(tokens)),
@@ -301,6 +291,8 @@ pub(crate) async fn serve(
         .route("/api-tokens", get(list_api_tokens))
         .route("/api-tokens/{id}/rotate", post(rotate_api_token))
         .route("/token-renewal-key/rotate", post(rotate_renewal_key))
+        .route("/api-ca", get(api_ca_status))
+        .route("/api-ca/rotate", post(rotate_api_ca))
         .route("/meshes/{mesh}/{plural}", get(list_in_mesh))
         .route(
             "/meshes/{mesh}/dataplanes/{name}/inspect",
@@ -323,10 +315,7 @@ pub(crate) async fn serve(
         .layer(axum::middleware::from_fn(body_limit))
         .with_state(state);
     tracing::info!(%addr, "zone API listening (HTTPS)");
-    let mut server = axum_server::from_tcp_rustls(
-        listener,
-        axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(server)),
-    );
+    let mut server = axum_server::from_tcp_rustls(listener, tls);
     limit_http(server.http_builder());
     server
         .handle(handle)
@@ -400,6 +389,97 @@ async fn list_api_tokens(State(st): State<ApiState>) -> Json<Value> {
         }));
     }
     Json(json!({ "items": items }))
+}
+
+/// The connected proxies (`dataplane MESH/NAME`, `ingress MESH/NAME`) and the zone API
+/// CAs each last said it trusts.
+fn proxies_trust(shared: &Shared) -> Vec<(String, Vec<String>)> {
+    let proxies = shared.proxies.lock().expect("proxies lock");
+    let mut out: Vec<(String, Vec<String>)> = proxies
+        .iter()
+        .map(|(key, p)| {
+            let kind = if p.ingress { "ingress" } else { "dataplane" };
+            (
+                format!("{kind} {}/{}", key.mesh, key.name),
+                p.trusted_cp_ca_sha256.clone(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn api_ca_status_json(shared: &Shared) -> Value {
+    let cas = shared.api_cas.borrow().clone();
+    let serving = shared.serving_ca.lock().expect("serving lock").clone();
+    crate::api_ca::status_json(&cas, &serving, &proxies_trust(shared))
+}
+
+/// `GET /api-ca`: the zone's own API CAs and where a rotation stands.
+async fn api_ca_status(State(st): State<ApiState>) -> Json<Value> {
+    Json(api_ca_status_json(&st.shared))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CaRotateRequest {
+    /// `stage`, `activate` or `finish`.
+    step: String,
+    /// Take it without waiting for the proxies (or the listeners' reload).
+    #[serde(default)]
+    force: bool,
+}
+
+/// `POST /api-ca/rotate` (`{"step": "stage"|"activate"|"finish", "force": false}`,
+/// admins): takes the next step of the zone API CA's rotation (see `api_ca`). The CAs
+/// are saved in the data dir before the answer; 409 with what it waits for when the
+/// step is not ready (unless forced) or not the next one.
+async fn rotate_api_ca(
+    State(st): State<ApiState>,
+    Json(req): Json<CaRotateRequest>,
+) -> ApiResult<Json<Value>> {
+    let _rotating = st.rotating.lock().await;
+    let shared = st.shared.clone();
+    let step = crate::api_ca::step_named(&req.step, &shared.sealer)
+        .map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, "step", why))?;
+    let cas = shared.api_cas.borrow().clone();
+    let mut next = (*cas).clone();
+    next.apply(&cas.signing_sha256(), step)
+        .map_err(|why| ApiError::new(StatusCode::CONFLICT, "step", why))?;
+    if !req.force {
+        let serving = shared.serving_ca.lock().expect("serving lock").clone();
+        let waiting = crate::api_ca::waiting_for(&cas, &serving, &proxies_trust(&shared));
+        if !waiting.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "step",
+                format!(
+                    "not yet: waiting for {} (retry when `GET /api-ca` says ready, or force it and risk cutting those proxies off)",
+                    waiting.join("; ")
+                ),
+            ));
+        }
+    }
+    let saved = tokio::task::spawn_blocking({
+        let (next, dir, out) = (
+            next.clone(),
+            shared.cfg.data_dir.clone(),
+            shared.cfg.token_out_dir.clone(),
+        );
+        move || next.save(&dir, out.as_deref())
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "", e.to_string()))?;
+    saved.map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "",
+            format!("saving the zone API CAs: {e:#}; nothing changed"),
+        )
+    })?;
+    shared.api_cas.send_replace(Arc::new(next));
+    tracing::warn!(step = %req.step, forced = req.force, "zone API CA rotation step taken");
+    Ok(Json(api_ca_status_json(&shared)))
 }
 
 #[derive(Deserialize, Default)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use causeway_api::inspect::{ConfigReply, ProxyReport};
 use causeway_api::kds::dds::dds_server::{Dds, DdsServer};
 use causeway_api::kds::dds::{
-    ConfigSnapshot, ControlMessage, ProxyMessage, RenewedToken, SignRequest, SignResponse,
+    ConfigSnapshot, ControlMessage, CpTrust, ProxyMessage, RenewedToken, SignRequest, SignResponse,
     control_message, proxy_message,
 };
 use causeway_api::{
@@ -71,6 +71,9 @@ pub(crate) struct ProxyStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) compute_error: Option<String>,
     pub(crate) last_push_unix_ms: i64,
+    /// The zone API CAs it last said it trusts (SHA-256s), after the zone sent them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) trusted_cp_ca_sha256: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -452,6 +455,7 @@ impl Dds for DdsService {
             dataplane_token::create,
             tx.clone(),
         );
+        send_cp_trust(self.shared.clone(), tx.clone());
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let end = serve_proxy(&shared, &key, stream_id, &claims.id, inbound, &tx).await;
@@ -509,6 +513,7 @@ impl Dds for DdsService {
             dataplane_token::create_ingress,
             tx.clone(),
         );
+        send_cp_trust(self.shared.clone(), tx.clone());
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let end = serve_ingress(&shared, &key, stream_id, &claims.id, inbound, &tx).await;
@@ -564,6 +569,29 @@ fn renew_token<C>(
                     dataplane_token::RENEW_TOKEN_EVERY_SECS as u64,
                 )) => {}
                 changed = keys.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
+            }
+        }
+    });
+}
+
+/// Sends a proxy the zone API CAs it must trust to reach DDS: now, and whenever a
+/// rotation changes them, until its stream ends. It answers with what it trusts
+/// (recorded by `next_event`).
+fn send_cp_trust(shared: Arc<Shared>, tx: mpsc::Sender<Result<ControlMessage, Status>>) {
+    tokio::spawn(async move {
+        let mut cas = shared.api_cas.subscribe();
+        loop {
+            let ca_bundle_pem = cas.borrow_and_update().trust();
+            let msg = ControlMessage {
+                msg: Some(control_message::Msg::CpTrust(CpTrust { ca_bundle_pem })),
+            };
+            if tx.send(Ok(msg)).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                changed = cas.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
             }
         }
     });
@@ -933,6 +961,10 @@ async fn next_event(
                 });
                 true
             }
+            Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::CpTrusted(t)) })) => {
+                update(shared, key, stream_id, |p| p.trusted_cp_ca_sha256 = t.ca_sha256);
+                true
+            }
             Some(Ok(ProxyMessage { msg: Some(proxy_message::Msg::Stats(s)) })) => {
                 record_signals(shared, &key.mesh, services, s);
                 true
@@ -978,38 +1010,38 @@ fn update(shared: &Shared, key: &ResourceKey, stream_id: u64, f: impl FnOnce(&mu
     }
 }
 
-/// Serves DDS over TLS with the zone API's CA.
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
-    ca: CertKey,
-    addr: SocketAddr,
-) -> anyhow::Result<()> {
-    let cert = causeway_pki::issue(
-        &ca,
-        crate::api::API_CA_NAME,
-        &causeway_pki::server_names(&addr.ip().to_string(), &[]),
-        825,
-    )?;
-    let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(
-            format!("{}{}", cert.cert_pem, ca.cert_pem),
-            &cert.key_pem,
-        ))
-        // tonic waits for a handshake forever unless told otherwise.
-        .timeout(crate::api::TLS_HANDSHAKE_TIMEOUT);
+/// Serves DDS over TLS with a certificate from the zone's API CA, reissued when an API
+/// CA rotation activates a new one (new handshakes get it; live streams keep theirs).
+pub(crate) async fn serve(shared: Arc<Shared>, addr: SocketAddr) -> anyhow::Result<()> {
+    let config = |cert: &causeway_pki::CertKey| -> anyhow::Result<_> {
+        Ok(Arc::new(causeway_pki::server_config(cert, None, &[b"h2"])?))
+    };
+    let first = crate::api_ca::first_cert(&shared, addr, |s| &mut s.dds)?;
+    let (configs_tx, configs) = tokio::sync::watch::channel(config(&first)?);
+    tokio::spawn(crate::api_ca::follow_signing(
+        shared.clone(),
+        addr,
+        "DDS",
+        |s| &mut s.dds,
+        move |cert| {
+            configs_tx.send_replace(config(cert)?);
+            Ok(())
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the DDS address {addr}: {e}"))?;
     tracing::info!(%addr, "DDS listening (gRPC over TLS)");
     tonic::transport::Server::builder()
-        .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_max_header_list_size(crate::api::MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(crate::api::MAX_STREAMS)
         .add_service(DdsServer::new(DdsService { shared }))
-        .serve_with_incoming(causeway_listen::incoming(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| anyhow::anyhow!("binding the DDS address {addr}: {e}"))?,
+        .serve_with_incoming(causeway_listen::tls_incoming(
+            causeway_listen::incoming(listener, "DDS", causeway_listen::Limits::GRPC),
+            configs,
             "DDS",
-            causeway_listen::Limits::GRPC,
+            crate::api::TLS_HANDSHAKE_TIMEOUT,
         ))
         .await?;
     Ok(())

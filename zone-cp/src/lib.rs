@@ -8,6 +8,7 @@
 //! [`store`] the durable state, `kds_client` the stream to global, `api` the REST surface.
 
 mod api;
+mod api_ca;
 mod dds;
 mod drill;
 pub mod ingress;
@@ -123,6 +124,14 @@ pub(crate) struct Shared {
     /// public half (hex), which verifies them. A rotation replaces it, and every live
     /// proxy stream renews its token with the new one at once.
     pub(crate) token_renewal: watch::Sender<Arc<(String, String)>>,
+    /// Opens the keys the zone holds outside its store (its API CAs').
+    pub(crate) sealer: Arc<causeway_pki::sealing::Sealer>,
+    /// The zone's own API CAs; a rotation step replaces them (saved in the data dir
+    /// first), the API and DDS reissue their certificates when the signing one changes,
+    /// and every proxy stream sends its proxy what to trust.
+    pub(crate) api_cas: watch::Sender<Arc<api_ca::ApiCas>>,
+    /// Which API CA signed what the API and DDS present now.
+    pub(crate) serving_ca: Mutex<api_ca::Serving>,
 }
 
 impl Shared {
@@ -366,6 +375,8 @@ impl Zone {
             .context("the zone's token renewal key")?;
         let revision = store.revision()?;
         let (revision_tx, _) = watch::channel(revision);
+        let (tokens, api_cas) =
+            api::local_credentials(&cfg.data_dir, &sealer, cfg.token_out_dir.as_deref())?;
         let shared = Arc::new(Shared {
             cfg: cfg.clone(),
             store,
@@ -381,18 +392,18 @@ impl Zone {
             metrics: metrics::Metrics::default(),
             signals: Mutex::default(),
             token_renewal: watch::channel(Arc::new((renewal_key, renewal_public))).0,
+            sealer: sealer.clone(),
+            api_cas: watch::channel(Arc::new(api_cas)).0,
+            serving_ca: Mutex::default(),
         });
         let api_handle = axum_server::Handle::new();
-        let (tokens, ca) =
-            api::local_credentials(&cfg.data_dir, &sealer, cfg.token_out_dir.as_deref())?;
-        let ca_for_dds = ca.clone();
         let mut tasks = Vec::new();
         let (s, h) = (shared.clone(), api_handle.clone());
         let listener = std::net::TcpListener::bind(cfg.api_addr)
             .with_context(|| format!("binding the zone API address {}", cfg.api_addr))?;
         listener.set_nonblocking(true)?;
         tasks.push(tokio::spawn(async move {
-            if let Err(e) = api::serve(s, tokens, ca, listener, h).await {
+            if let Err(e) = api::serve(s, tokens, listener, h).await {
                 tracing::error!(error = %e, "the zone API stopped");
                 std::process::exit(1);
             }
@@ -402,9 +413,9 @@ impl Zone {
                 shared.clone(),
                 cfg.dataplane_grace,
             )));
-            let (s, ca) = (shared.clone(), ca_for_dds);
+            let s = shared.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = dds::serve(s, ca, addr).await {
+                if let Err(e) = dds::serve(s, addr).await {
                     tracing::error!(error = %e, "the DDS server stopped");
                     std::process::exit(1);
                 }
