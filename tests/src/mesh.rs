@@ -481,3 +481,48 @@ pub async fn ejections(http: &reqwest::Client, admin: SocketAddr, service: &str)
         format!("causeway_circuit_breaker_events_total{{service=\"{service}\",event=\"ejected\"}}");
     admin_metric(http, admin, &series).await
 }
+
+/// Calls to `http://127.0.0.1:PORT/` one after another (10 ms apart) until
+/// [`CallsUnderway::stop`], counting those that succeeded and why the others failed:
+/// for rotations that must not fail a call.
+pub struct CallsUnderway {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl CallsUnderway {
+    pub fn start(port: u16) -> CallsUnderway {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                let http = plain_http();
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match http.get(format!("http://127.0.0.1:{port}/")).send().await {
+                        Ok(r) if r.status().is_success() => ok += 1,
+                        Ok(r) => failed.push(r.status().to_string()),
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                (ok, failed)
+            }
+        });
+        CallsUnderway { stop, task }
+    }
+
+    /// Stops calling; fails unless calls were made and none failed.
+    pub async fn stop_expecting_no_failure(self) -> anyhow::Result<()> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (ok, failed) = self.task.await?;
+        anyhow::ensure!(ok > 0, "no call was made");
+        anyhow::ensure!(
+            failed.is_empty(),
+            "{} of {} calls failed: {failed:?}",
+            failed.len(),
+            ok as usize + failed.len()
+        );
+        Ok(())
+    }
+}

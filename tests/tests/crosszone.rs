@@ -1947,23 +1947,7 @@ async fn a_zones_api_ca_rotates_under_its_ingress_without_a_failed_call() -> any
         .context("the signing CA")?
         .to_string();
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let traffic = tokio::spawn({
-        let (stop, out) = (stop.clone(), spread.out);
-        async move {
-            let http = plain_http();
-            let (mut ok, mut failed) = (0u64, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match http.get(format!("http://127.0.0.1:{out}/")).send().await {
-                    Ok(r) if r.status().is_success() => ok += 1,
-                    Ok(r) => failed.push(r.status().to_string()),
-                    Err(e) => failed.push(e.to_string()),
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            (ok, failed)
-        }
-    });
+    let calls = causeway_tests::mesh::CallsUnderway::start(spread.out);
 
     let (ok, _, err) = zone_b.cli(&["zone", "api-ca", "rotate", "--step", "stage"])?;
     anyhow::ensure!(ok, "stage: {err}");
@@ -2001,15 +1985,7 @@ async fn a_zones_api_ca_rotates_under_its_ingress_without_a_failed_call() -> any
     assert_eq!(after["serving"]["dds"], json!(new_sha), "{after}");
     assert_ne!(new_sha, old_sha);
 
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = traffic.await?;
-    assert!(ok > 0, "no call was made");
-    assert!(
-        failed.is_empty(),
-        "{} of {} calls failed: {failed:?}",
-        failed.len(),
-        ok as usize + failed.len()
-    );
+    calls.stop_expecting_no_failure().await?;
 
     // The ingress, restarted, gets in with the new CA (its CA file, zone-b's
     // api-ca.pem, holds it alone now) and zone-b answers again.

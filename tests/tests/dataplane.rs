@@ -2250,23 +2250,7 @@ async fn a_zones_api_ca_rotates_under_connected_sidecars() -> anyhow::Result<()>
     eventually("a call through both sidecars", WAIT, serving).await?;
 
     // Calls go on through the whole rotation; none may fail.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let calls = tokio::spawn({
-        let stop = stop.clone();
-        async move {
-            let http = causeway_tests::plain_http();
-            let (mut ok, mut failed) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                match http.get(format!("http://127.0.0.1:{out}/")).send().await {
-                    Ok(r) if r.status().is_success() => ok += 1,
-                    Ok(r) => failed.push(r.status().to_string()),
-                    Err(e) => failed.push(e.to_string()),
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            (ok, failed)
-        }
-    });
+    let calls = causeway_tests::mesh::CallsUnderway::start(out);
 
     let status = || async {
         let (ok, text, err) = fx.zone_cli(&["zone", "api-ca", "status"])?;
@@ -2367,15 +2351,7 @@ async fn a_zones_api_ca_rotates_under_connected_sidecars() -> anyhow::Result<()>
         "the zone API answered a client of the old CA"
     );
 
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = calls.await?;
-    assert!(ok > 0, "no call was made");
-    assert!(
-        failed.is_empty(),
-        "{} of {} calls failed: {failed:?}",
-        failed.len(),
-        ok as usize + failed.len()
-    );
+    calls.stop_expecting_no_failure().await?;
 
     // A restarted sidecar gets in with the CA file it wrote.
     drop(backend);
