@@ -148,7 +148,7 @@ pub(crate) enum ApiCaCmd {
     /// once every node does (the old CA is dropped). Update your other clients' CA
     /// files (`bundle --out`) between stage and activate. Steps: stage, activate,
     /// finish; `--force` takes them without waiting (a zone that did not follow is cut
-    /// off and must enrol again).
+    /// off until it is started with a new zone token, which enrols it again).
     Rotate(crate::mesh_ca::RotateArgs),
 }
 

@@ -86,7 +86,8 @@ pub(crate) enum ZoneCaCmd {
     /// reconnects on its own; finish (drop the old CA) once every zone connected with a
     /// certificate of the new one. An offline zone holds the finish up. Steps: stage,
     /// finish; `--force` finishes without waiting for the zones (those still on the
-    /// old CA must enrol again with a new zone token).
+    /// old CA are refused until started with a new zone token, which enrols them again
+    /// with their store kept).
     Rotate(crate::mesh_ca::RotateArgs),
 }
 

@@ -26,7 +26,9 @@ pub(crate) struct ZoneCpArgs {
     #[arg(long = "global", value_delimiter = ',', required = true)]
     global: Vec<String>,
     /// File with the zone token from `causeway zone token create` (needed until the
-    /// zone has enrolled; its certificate is used afterwards).
+    /// zone has enrolled; its certificate is used afterwards). A token other than the
+    /// one it enrolled with enrols the zone again, keeping its store: for a zone cut
+    /// off by a forced CA rotation, or whose certificate was lost.
     #[arg(long)]
     token_file: Option<PathBuf>,
     /// Directory for the store (made 0700): the zone certificate and CA keys, sealed,

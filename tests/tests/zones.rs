@@ -878,6 +878,18 @@ async fn zone_ca(c: &GlobalCluster) -> anyhow::Result<Value> {
     Ok(v)
 }
 
+/// Whether `zone` last connected with a certificate of the signing zone CA.
+async fn on_current_zone_ca(c: &GlobalCluster, zone: &str) -> anyhow::Result<bool> {
+    let st = zone_ca(c).await?;
+    let z = st["zones"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|z| z["zone"] == zone)
+        .with_context(|| format!("{zone} listed in {st}"))?;
+    Ok(z["onCurrent"] == true)
+}
+
 async fn connected(z: &ZoneCp) -> anyhow::Result<()> {
     eventually(&format!("{} connected", z.name), SYNC, || async {
         (z.status().await.ok()?["connected"] == true).then_some(())
@@ -889,7 +901,8 @@ async fn connected(z: &ZoneCp) -> anyhow::Result<()> {
 /// The credentials zones enrol and connect with rotate while the zones run: a new
 /// zone-token key voids the tokens not used yet, and a new zone CA replaces every
 /// zone's certificate without an operator touching a zone. Forcing the end past a zone
-/// that did not follow leaves that zone's old certificate refused.
+/// that did not follow leaves that zone's old certificate refused, until it is started
+/// with a new zone token: it enrols again and keeps its store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_zone_token_key_and_the_zone_ca_rotate_while_zones_run() -> anyhow::Result<()> {
     let c = cluster().await?;
@@ -979,14 +992,10 @@ async fn the_zone_token_key_and_the_zone_ca_rotate_while_zones_run() -> anyhow::
     .await
     .with_context(|| b.logs())?;
     assert_ne!(b.status().await?["connected"], true, "{}", b.logs());
-    let st = zone_ca(&c).await?;
-    let zb = st["zones"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|z| z["zone"] == "zone-b")
-        .context("zone-b listed")?;
-    assert_eq!(zb["onCurrent"], false, "{st}");
+    assert!(
+        !on_current_zone_ca(&c, "zone-b").await?,
+        "zone-b on the signing zone CA while cut off"
+    );
     // zone-a followed both rotations and still syncs.
     put(
         &c,
@@ -996,6 +1005,56 @@ async fn the_zone_token_key_and_the_zone_ca_rotate_while_zones_run() -> anyhow::
     .await?;
     a.wait_for("/meshes/default/meshtimeouts/after-force", true, SYNC)
         .await?;
+
+    // zone-b, restarted on its old token, is still refused; with a new token it enrols
+    // again, keeps its store (what it held before, its API's tokens and CA) and syncs.
+    let failures = |log: &str| log.matches("KDS session failed").count();
+    let before_restart = failures(&std::fs::read_to_string(b.log_path())?);
+    b.kill();
+    b.start()?;
+    eventually("zone-b refused again", SYNC, || async {
+        let log = std::fs::read_to_string(b.log_path()).ok()?;
+        (failures(&log) >= before_restart + 2).then_some(())
+    })
+    .await
+    .with_context(|| b.logs())?;
+    assert!(
+        b.wait_for("/meshes/default/meshtimeouts/after-rotation", true, SYNC)
+            .await
+            .is_ok(),
+        "zone-b lost what it held"
+    );
+    let (ok, _, err) = c.cli(&[
+        "zone",
+        "token",
+        "create",
+        "--zone",
+        "zone-b",
+        "--out",
+        &b.token_file.display().to_string(),
+    ])?;
+    anyhow::ensure!(ok, "a new token: {err}");
+    b.kill();
+    b.start()?;
+    b.wait_for("/meshes/default/meshtimeouts/after-force", true, SYNC)
+        .await
+        .with_context(|| b.logs())?;
+    let log = std::fs::read_to_string(b.log_path())?;
+    assert!(
+        log.contains("enrolled again with a new zone token"),
+        "{}",
+        b.logs()
+    );
+    assert!(
+        on_current_zone_ca(&c, "zone-b").await?,
+        "zone-b not on the signing zone CA after enrolling again"
+    );
+    // The token is spent: a third start does not enrol again.
+    b.kill();
+    b.start()?;
+    connected(&b).await?;
+    let log = std::fs::read_to_string(b.log_path())?;
+    assert_eq!(log.matches("enrolled again").count(), 1, "{}", b.logs());
     Ok(())
 }
 

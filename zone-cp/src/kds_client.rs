@@ -1,5 +1,5 @@
-//! The KDS client: enrolls with the zone token once, then keeps one sync stream to a
-//! global node. It applies global's change sets atomically, reports the zone's own
+//! The KDS client: enrolls with the zone token once (and again with a new token, which
+//! is how a cut-off zone comes back), then keeps one sync stream to a global node. It applies global's change sets atomically, reports the zone's own
 //! resources (all of them on each connect, then changes), answers config dumps, renews
 //! its certificate and fetches intermediate mesh CAs. Reconnects rotate through the
 //! global addresses and back off with jitter.
@@ -111,26 +111,121 @@ fn client(ch: Channel) -> KdsClient<Channel> {
         .max_encoding_message_size(2 * causeway_api::kds::MAX_MESSAGE_BYTES)
 }
 
-/// The zone's identity, enrolling with the token when it has none.
+/// The zone's identity, enrolling with the token when it has none, or when the token
+/// given is another than the one it enrolled with: a new zone token enrols the zone
+/// again, keeping its store (for a zone cut off by a forced CA rotation, or whose
+/// certificate was lost). Until that succeeds the zone keeps its current identity.
 async fn identity(shared: &Shared, addr: &str) -> anyhow::Result<Identity> {
-    if let Some(id) = shared.store.identity()? {
+    let token = shared.cfg.token.as_deref().map(str::trim);
+    let claims = token.and_then(|t| causeway_api::zone_token::peek(t).ok());
+    let Some(id) = shared.store.identity()? else {
+        let token = token.ok_or_else(|| {
+            anyhow::anyhow!("this zone has not enrolled yet; pass --token-file with a zone token")
+        })?;
+        let claims = causeway_api::zone_token::peek(token)?;
+        return Ok(enroll(shared, addr, token, claims).await?);
+    };
+    let (Some(token), Some(claims)) = (token, claims) else {
+        return Ok(id);
+    };
+    if id.enrolled_with.is_empty() {
+        // Enrolled by an earlier version, which did not record the token: take the one
+        // given as that token (the usual case), so only a later one enrols again.
+        let id = Identity {
+            enrolled_with: claims.id,
+            ..id
+        };
+        shared.store.set_identity(&id)?;
         return Ok(id);
     }
-    let token = shared.cfg.token.as_deref().ok_or_else(|| {
-        anyhow::anyhow!("this zone has not enrolled yet; pass --token-file with a zone token")
-    })?;
-    let claims = causeway_api::zone_token::peek(token)?;
-    anyhow::ensure!(
-        claims.zone == shared.cfg.zone,
-        "the token is for zone {:?}, but this is zone {:?}",
-        claims.zone,
-        shared.cfg.zone
-    );
+    if claims.id == id.enrolled_with
+        || !shared
+            .reenrolment
+            .lock()
+            .expect("reenrolment lock")
+            .due(&claims.id)
+    {
+        return Ok(id);
+    }
+    let token_id = claims.id.clone();
+    match enroll(shared, addr, token, claims).await {
+        Ok(new) => {
+            tracing::warn!(token_id = %token_id, "enrolled again with a new zone token (the store is kept)");
+            Ok(new)
+        }
+        Err(e) => {
+            let refused = matches!(e, EnrollError::Refused(_));
+            tracing::warn!(token_id = %token_id, error = %e, refused, "a new zone token was given but enrolling with it failed; keeping the current certificate");
+            shared
+                .reenrolment
+                .lock()
+                .expect("reenrolment lock")
+                .failed(&token_id, refused);
+            Ok(id)
+        }
+    }
+}
+
+/// Whether to try enrolling again with a new token: once it is refused, never with that
+/// token (it is spent, revoked or expired); after a failure to reach global, at most
+/// every [`Reenrolment::RETRY`].
+#[derive(Debug, Default)]
+pub(crate) struct Reenrolment {
+    refused: Option<String>,
+    last_failure: Option<Instant>,
+}
+
+impl Reenrolment {
+    const RETRY: Duration = Duration::from_secs(30);
+
+    fn due(&self, token_id: &str) -> bool {
+        self.refused.as_deref() != Some(token_id)
+            && self.last_failure.is_none_or(|t| t.elapsed() >= Self::RETRY)
+    }
+
+    fn failed(&mut self, token_id: &str, refused: bool) {
+        if refused {
+            self.refused = Some(token_id.to_string());
+        }
+        self.last_failure = Some(Instant::now());
+    }
+}
+
+/// Why enrolling failed: global refused the token, or it could not be asked.
+#[derive(Debug, thiserror::Error)]
+enum EnrollError {
+    #[error("enrollment refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+impl From<crate::store::StoreError> for EnrollError {
+    fn from(e: crate::store::StoreError) -> Self {
+        EnrollError::Other(e.into())
+    }
+}
+
+/// Enrolls with `token`: a certificate for a key of the zone's, signed by global.
+async fn enroll(
+    shared: &Shared,
+    addr: &str,
+    token: &str,
+    claims: causeway_api::zone_token::ZoneTokenClaims,
+) -> Result<Identity, EnrollError> {
+    if claims.zone != shared.cfg.zone {
+        return Err(EnrollError::Refused(format!(
+            "the token is for zone {:?}, but this is zone {:?}",
+            claims.zone, shared.cfg.zone
+        )));
+    }
     // The token is single use: a retry after a lost answer must present the same key.
     let csr = match shared.store.enrollment_key()? {
-        Some(key_pem) => causeway_pki::csr_for_key(&shared.cfg.zone, &key_pem)?,
+        Some(key_pem) => {
+            causeway_pki::csr_for_key(&shared.cfg.zone, &key_pem).map_err(anyhow::Error::from)?
+        }
         None => {
-            let csr = causeway_pki::generate_csr(&shared.cfg.zone)?;
+            let csr = causeway_pki::generate_csr(&shared.cfg.zone).map_err(anyhow::Error::from)?;
             shared.store.set_enrollment_key(&csr.key_pem)?;
             csr
         }
@@ -138,20 +233,26 @@ async fn identity(shared: &Shared, addr: &str) -> anyhow::Result<Identity> {
     let ch = channel(shared, addr, &claims.ca, None).await?;
     let resp = client(ch)
         .enroll(EnrollRequest {
-            token: token.trim().to_string(),
+            token: token.to_string(),
             csr_pem: csr.csr_pem,
             zone: shared.cfg.zone.clone(),
         })
         .await
-        .map_err(|s| anyhow::anyhow!("enrollment refused: {}", s.message()))?
+        .map_err(|s| match s.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown => {
+                EnrollError::Other(anyhow::anyhow!("enrolling: {}", s.message()))
+            }
+            _ => EnrollError::Refused(s.message().to_string()),
+        })?
         .into_inner();
-    let info = causeway_pki::cert_info(&resp.cert_pem)?;
+    let info = causeway_pki::cert_info(&resp.cert_pem).map_err(anyhow::Error::from)?;
     let id = Identity {
         cert_pem: resp.cert_pem,
         key_pem: csr.key_pem,
         global_ca_pem: claims.ca,
         not_before: info.not_before,
         not_after: info.not_after,
+        enrolled_with: claims.id,
     };
     shared.store.set_identity(&id)?;
     tracing::info!(zone = %shared.cfg.zone, not_after = id.not_after, "enrolled with the global control plane");
@@ -180,6 +281,7 @@ async fn renew(shared: &Shared, addr: &str, id: &Identity) -> anyhow::Result<Ide
         global_ca_pem,
         not_before: info.not_before,
         not_after: info.not_after,
+        enrolled_with: id.enrolled_with.clone(),
     };
     shared.store.set_identity(&new)?;
     tracing::info!(not_after = new.not_after, "renewed the zone certificate");
@@ -659,3 +761,25 @@ async fn session(shared: &Arc<Shared>, addr: &str) -> anyhow::Result<()> {
 
 /// Local changes waiting to be reported, latest per key (`None`: deleted).
 pub(crate) type LocalChanges = BTreeMap<ResourceKey, Option<Resource>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_token_is_not_tried_again_and_an_unreachable_global_after_a_while() {
+        let mut r = Reenrolment::default();
+        assert!(r.due("t1"));
+        r.failed("t1", false);
+        assert!(
+            !r.due("t1"),
+            "retried at once after global could not be reached"
+        );
+        r.last_failure = Some(Instant::now() - Reenrolment::RETRY);
+        assert!(r.due("t1"));
+        r.failed("t1", true);
+        r.last_failure = Some(Instant::now() - Reenrolment::RETRY);
+        assert!(!r.due("t1"), "a refused token tried again");
+        assert!(r.due("t2"), "a newer token is tried");
+    }
+}

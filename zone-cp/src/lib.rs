@@ -132,6 +132,8 @@ pub(crate) struct Shared {
     pub(crate) api_cas: watch::Sender<Arc<api_ca::ApiCas>>,
     /// Which API CA signed what the API and DDS present now.
     pub(crate) serving_ca: Mutex<api_ca::Serving>,
+    /// Attempts to enrol again with a new zone token.
+    pub(crate) reenrolment: Mutex<kds_client::Reenrolment>,
 }
 
 impl Shared {
@@ -395,6 +397,7 @@ impl Zone {
             sealer: sealer.clone(),
             api_cas: watch::channel(Arc::new(api_cas)).0,
             serving_ca: Mutex::default(),
+            reenrolment: Mutex::default(),
         });
         let api_handle = axum_server::Handle::new();
         let mut tasks = Vec::new();

@@ -89,6 +89,10 @@ pub struct Identity {
     pub global_ca_pem: String,
     pub not_before: i64,
     pub not_after: i64,
+    /// The id of the zone token it enrolled with: a token with another id enrols the
+    /// zone again. Empty when an earlier version enrolled it.
+    #[serde(default)]
+    pub enrolled_with: String,
 }
 
 impl Intermediate {
@@ -942,6 +946,7 @@ mod tests {
                         global_ca_pem: "ca".into(),
                         not_before: 0,
                         not_after: 1,
+                        enrolled_with: String::new(),
                     })
                     .unwrap()
                 }),
@@ -1005,6 +1010,7 @@ mod tests {
             global_ca_pem: "ca".into(),
             not_before: 0,
             not_after: 1,
+            enrolled_with: String::new(),
         })
         .unwrap();
         assert_eq!(s.enrollment_key().unwrap(), None);
@@ -1021,6 +1027,7 @@ mod tests {
             global_ca_pem: "ca".into(),
             not_before: 0,
             not_after: 1,
+            enrolled_with: String::new(),
         })
         .unwrap();
         s.set_intermediate(&Intermediate {
