@@ -1,7 +1,9 @@
 //! Access-log sinks: a bounded buffer each, and a worker that takes the whole buffer
-//! every [`FLUSH`], prints it and writes it at once. A request's entry is pushed under
-//! a short lock and wakes nobody: measured, waking a writer per entry (a channel) and
-//! writing per entry cost the sidecar pair a third of its throughput. A file is written
+//! every [`FLUSH`] and writes it at once. A request's line (for a file or a TCP
+//! collector: rendered on the request path) or entry (for OpenTelemetry) is pushed
+//! under a short lock and wakes nobody: measured, waking a writer per entry (a channel)
+//! and writing per entry cost the sidecar pair a third of its throughput, and so did
+//! freeing whole entries on the worker thread (see `flush_buffer`). A file is written
 //! by a thread of its own (file writes block); a TCP collector and an OpenTelemetry
 //! collector by a task, which reconnects with a backoff and drops (and counts) what
 //! arrives while its collector is away.
@@ -21,7 +23,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio::io::AsyncWriteExt as _;
 
 use super::entry::{Entry, Value, Wanted, render_json, render_plain};
-use crate::flush_buffer::FlushBuffer;
+use crate::flush_buffer::{FlushBuffer, LineBuffer};
 use crate::metrics::Metrics;
 
 use crate::flush_buffer::FLUSH;
@@ -38,9 +40,23 @@ pub(crate) const BACKENDS: [&str; 3] = ["file", "tcp", "open_telemetry"];
 /// The buffer between requests and a sink's worker.
 type Buffer = FlushBuffer<Arc<Entry>>;
 
+/// What a sink's worker takes.
+enum Queue {
+    /// Lines rendered on the request path (a file, a TCP collector).
+    Lines { buffer: Arc<LineBuffer>, line: Line },
+    /// Entries (OpenTelemetry, whose records carry typed attributes).
+    Entries(Arc<Buffer>),
+}
+
+std::thread_local! {
+    /// Where a request's line is rendered before it is copied into its sink's buffer:
+    /// no allocation per line.
+    static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
 /// One backend of one or more listeners.
 pub(crate) struct Sink {
-    buffer: Arc<Buffer>,
+    queue: Queue,
     /// The headers its lines print.
     wanted: Wanted,
     backend: usize,
@@ -49,33 +65,35 @@ pub(crate) struct Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        self.buffer.close();
+        match &self.queue {
+            Queue::Lines { buffer, .. } => buffer.close(),
+            Queue::Entries(buffer) => buffer.close(),
+        }
     }
 }
 
 impl Sink {
     /// Starts the worker of `sink`. Needs a Tokio runtime (for TCP and OTLP).
     pub(crate) fn start(sink: &AccessLogSink, metrics: &Arc<Metrics>) -> Sink {
-        let (m, buffer) = (metrics.clone(), Arc::new(Buffer::new()));
-        let b = buffer.clone();
-        let mut wanted;
-        let backend = match sink {
+        let m = metrics.clone();
+        let (queue, wanted, backend) = match sink {
             AccessLogSink::File { path, format } => {
-                let (path, line) = (path.clone(), Line::of(format.as_ref()));
-                wanted = line.wanted();
+                let (line, buffer) = (Line::of(format.as_ref()), Arc::new(LineBuffer::new()));
+                let (path, b) = (path.clone(), buffer.clone());
                 let spawned = std::thread::Builder::new()
                     .name("access-log-file".into())
-                    .spawn(move || write_file(&path, &line, &b, &m));
+                    .spawn(move || write_file(&path, &b, &m));
                 if let Err(e) = spawned {
                     tracing::warn!(error = %e, "could not start an access-log file writer");
                 }
-                0
+                let wanted = line.wanted();
+                (Queue::Lines { buffer, line }, wanted, 0)
             }
             AccessLogSink::Tcp { address, format } => {
-                let line = Line::of(format.as_ref());
-                wanted = line.wanted();
-                tokio::spawn(write_tcp(address.clone(), line, b, m));
-                1
+                let (line, buffer) = (Line::of(format.as_ref()), Arc::new(LineBuffer::new()));
+                tokio::spawn(write_tcp(address.clone(), buffer.clone(), m));
+                let wanted = line.wanted();
+                (Queue::Lines { buffer, line }, wanted, 1)
             }
             AccessLogSink::OpenTelemetry {
                 endpoint,
@@ -85,14 +103,15 @@ impl Sink {
                     .iter()
                     .filter_map(|(k, v)| Some((k.clone(), parse(v)?)))
                     .collect();
-                wanted = Line::of(None).wanted();
+                let mut wanted = Line::of(None).wanted();
                 wanted.add(&Wanted::of(attributes.iter().map(|(_, t)| t)));
-                tokio::spawn(export_otlp(endpoint.clone(), attributes, b, m));
-                2
+                let buffer = Arc::new(Buffer::new());
+                tokio::spawn(export_otlp(endpoint.clone(), attributes, buffer.clone(), m));
+                (Queue::Entries(buffer), wanted, 2)
             }
         };
         Sink {
-            buffer,
+            queue,
             wanted,
             backend,
             metrics: metrics.clone(),
@@ -106,7 +125,16 @@ impl Sink {
 
     /// Offers an entry to the buffer; never waits. Full: dropped and counted.
     pub(crate) fn offer(&self, entry: &Arc<Entry>) {
-        if !self.buffer.push(entry.clone()) {
+        let taken = match &self.queue {
+            Queue::Lines { buffer, line } => SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                scratch.clear();
+                line.render(entry, &mut scratch);
+                buffer.push(&scratch)
+            }),
+            Queue::Entries(buffer) => buffer.push(entry.clone()),
+        };
+        if !taken {
             self.metrics.access_log[self.backend]
                 .1
                 .fetch_add(1, Ordering::Relaxed);
@@ -200,7 +228,7 @@ impl Line {
 }
 
 /// The file worker: every [`FLUSH`], appends the buffer's lines in one write.
-fn write_file(path: &str, line: &Line, buffer: &Buffer, metrics: &Metrics) {
+fn write_file(path: &str, buffer: &LineBuffer, metrics: &Metrics) {
     let (written, dropped) = (&metrics.access_log[0].0, &metrics.access_log[0].1);
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -213,36 +241,35 @@ fn write_file(path: &str, line: &Line, buffer: &Buffer, metrics: &Metrics) {
             None
         }
     };
-    let (mut batch, mut buf) = (Vec::new(), String::new());
+    let mut text = String::new();
     let mut failing = false;
     loop {
         std::thread::sleep(FLUSH);
-        if !buffer.take(&mut batch) {
+        let Some(n) = buffer.take(&mut text) else {
             return;
-        }
-        let n = batch.len() as u64;
-        let Some(f) = file.as_mut() else {
-            dropped.fetch_add(n, Ordering::Relaxed);
-            batch.clear();
-            continue;
         };
-        buf.clear();
-        for entry in batch.drain(..) {
-            line.render(&entry, &mut buf);
-        }
-        match f.write_all(buf.as_bytes()) {
-            Ok(()) => {
-                failing = false;
-                written.fetch_add(n, Ordering::Relaxed);
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(%path, error = %e, "access-log write failed");
+        let written_now = match file.as_mut() {
+            None => false,
+            Some(f) => match f.write_all(text.as_bytes()) {
+                Ok(()) => {
+                    failing = false;
+                    true
                 }
-                failing = true;
-                dropped.fetch_add(n, Ordering::Relaxed);
-            }
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(%path, error = %e, "access-log write failed");
+                    }
+                    failing = true;
+                    false
+                }
+            },
+        };
+        if written_now {
+            written.fetch_add(n, Ordering::Relaxed);
+        } else {
+            dropped.fetch_add(n, Ordering::Relaxed);
         }
+        text.clear();
     }
 }
 
@@ -254,23 +281,23 @@ fn backoff(last: Duration) -> Duration {
 /// The TCP worker: every [`FLUSH`], the buffer's lines in one write over one
 /// connection. While the collector is unreachable, entries are dropped until the next
 /// attempt.
-async fn write_tcp(address: String, line: Line, buffer: Arc<Buffer>, metrics: Arc<Metrics>) {
+async fn write_tcp(address: String, buffer: Arc<LineBuffer>, metrics: Arc<Metrics>) {
     let (written, dropped) = (&metrics.access_log[1].0, &metrics.access_log[1].1);
     let mut conn: Option<tokio::net::TcpStream> = None;
     let mut wait = Duration::ZERO;
     let mut next_try = Instant::now();
-    let (mut batch, mut buf) = (Vec::new(), String::new());
+    let mut text = String::new();
     let mut tick = tokio::time::interval(FLUSH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if !buffer.take(&mut batch) {
+        text.clear();
+        let Some(n) = buffer.take(&mut text) else {
             return;
-        }
-        if batch.is_empty() {
+        };
+        if n == 0 {
             continue;
         }
-        let n = batch.len() as u64;
         if conn.is_none() && Instant::now() >= next_try {
             match tokio::time::timeout(COLLECTOR_TIMEOUT, tokio::net::TcpStream::connect(&address))
                 .await
@@ -292,14 +319,9 @@ async fn write_tcp(address: String, line: Line, buffer: Arc<Buffer>, metrics: Ar
         }
         let Some(c) = conn.as_mut() else {
             dropped.fetch_add(n, Ordering::Relaxed);
-            batch.clear();
             continue;
         };
-        buf.clear();
-        for entry in batch.drain(..) {
-            line.render(&entry, &mut buf);
-        }
-        match c.write_all(buf.as_bytes()).await {
+        match c.write_all(text.as_bytes()).await {
             Ok(()) => {
                 written.fetch_add(n, Ordering::Relaxed);
             }
