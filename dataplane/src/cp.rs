@@ -323,9 +323,12 @@ impl ControlPlane {
                     continue;
                 }
                 Some(control_message::Msg::CpTrust(t)) => {
-                    // Only a bundle that holds CAs replaces the one in use: an empty or
-                    // broken one would cut the proxy off its zone at the next connect.
-                    if !causeway_pki::cert_shas(&t.ca_bundle_pem).is_empty() {
+                    // Only a bundle that holds CAs replaces the one in use (an empty or
+                    // broken one would cut the proxy off its zone at the next connect),
+                    // and only when the CAs differ: the file is not rewritten for its
+                    // formatting (it may be read-only, as a mounted one).
+                    let sent = causeway_pki::cert_shas(&t.ca_bundle_pem);
+                    if !sent.is_empty() && sent != causeway_pki::cert_shas(&self.ca.get()) {
                         self.ca.replace(t.ca_bundle_pem).await;
                     }
                     up.send(ProxyMessage {
