@@ -64,7 +64,6 @@ pub(crate) async fn ca(conn: &ConnArgs, c: CaCmd) -> anyhow::Result<()> {
         CaCmd::Rotate { mesh, rotate } => {
             Rotation {
                 status_path: format!("/meshes/{mesh}/ca"),
-                rotate_path: format!("/meshes/{mesh}/ca/rotate"),
                 subject: format!("mesh {mesh}'s root CA"),
                 render,
                 retrust: false,
@@ -79,8 +78,8 @@ pub(crate) async fn ca(conn: &ConnArgs, c: CaCmd) -> anyhow::Result<()> {
 /// whether the zones are ready for it (`next.step`, `next.ready`, `next.waiting`) and
 /// the phase (`steady` once done). The mesh root CA's and the zone CA's work this way.
 pub(crate) struct Rotation {
+    /// Where the status is; steps are posted to `{status_path}/rotate`.
     pub status_path: String,
-    pub rotate_path: String,
     /// What rotates, for messages ("mesh default's root CA").
     pub subject: String,
     pub render: fn(&Value) -> String,
@@ -135,7 +134,7 @@ impl Rotation {
                 client
                     .request(
                         Method::POST,
-                        &self.rotate_path,
+                        &format!("{}/rotate", self.status_path),
                         Some(&json!({"step": step, "force": force})),
                     )
                     .await?;
@@ -162,6 +161,29 @@ impl Rotation {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// `bundle --out FILE` of the API CA's and a zone API CA's statuses: writes the CAs the
+/// status at `status_path` says clients should trust (`bundlePem`) to `out`.
+pub(crate) async fn write_bundle(
+    client: &Client,
+    status_path: &str,
+    out: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let s = client.get(status_path).await?;
+    let bundle = s["bundlePem"]
+        .as_str()
+        .context("the status names no CA bundle")?;
+    causeway_global_cp::tls::write_private(out, bundle)
+        .with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "wrote {} {what}(s) to {}",
+        s["cas"].as_array().map_or(0, Vec::len),
+        out.display()
+    );
+    Ok(())
 }
 
 /// The first 12 hex digits of a SHA-256, for people.

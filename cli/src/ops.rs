@@ -661,22 +661,11 @@ pub(crate) async fn cluster(conn: &ConnArgs, c: ClusterCmd) -> anyhow::Result<()
             print!("{}", render_api_ca(&client.get("/cluster/api-ca").await?));
         }
         ClusterCmd::ApiCa(ApiCaCmd::Bundle { out }) => {
-            let s = client.get("/cluster/api-ca").await?;
-            let bundle = s["bundlePem"]
-                .as_str()
-                .context("the status names no CA bundle")?;
-            causeway_global_cp::tls::write_private(&out, bundle)
-                .with_context(|| format!("writing {}", out.display()))?;
-            eprintln!(
-                "wrote {} API CA(s) to {}",
-                s["cas"].as_array().map_or(0, Vec::len),
-                out.display()
-            );
+            crate::mesh_ca::write_bundle(&client, "/cluster/api-ca", &out, "API CA").await?;
         }
         ClusterCmd::ApiCa(ApiCaCmd::Rotate(args)) => {
             crate::mesh_ca::Rotation {
                 status_path: "/cluster/api-ca".into(),
-                rotate_path: "/cluster/api-ca/rotate".into(),
                 subject: "the API CA".into(),
                 render: render_api_ca,
                 retrust: true,
@@ -690,7 +679,6 @@ pub(crate) async fn cluster(conn: &ConnArgs, c: ClusterCmd) -> anyhow::Result<()
         ClusterCmd::RaftCa(RaftCaCmd::Rotate(args)) => {
             crate::mesh_ca::Rotation {
                 status_path: "/cluster/raft-ca".into(),
-                rotate_path: "/cluster/raft-ca/rotate".into(),
                 subject: "the Raft CA".into(),
                 render: render_raft_ca,
                 retrust: false,

@@ -177,7 +177,6 @@ pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
         ZoneCmd::Ca(ZoneCaCmd::Rotate(args)) => {
             crate::mesh_ca::Rotation {
                 status_path: "/zone-ca".into(),
-                rotate_path: "/zone-ca/rotate".into(),
                 subject: "the zone CA".into(),
                 render: render_zone_ca,
                 retrust: false,
@@ -189,22 +188,11 @@ pub(crate) async fn zone(conn: &ConnArgs, c: ZoneCmd) -> anyhow::Result<()> {
             print!("{}", render_zone_api_ca(&client.get("/api-ca").await?))
         }
         ZoneCmd::ApiCa(ZoneApiCaCmd::Bundle { out }) => {
-            let s = client.get("/api-ca").await?;
-            let bundle = s["bundlePem"]
-                .as_str()
-                .context("the status names no CA bundle")?;
-            causeway_global_cp::tls::write_private(&out, bundle)
-                .with_context(|| format!("writing {}", out.display()))?;
-            eprintln!(
-                "wrote {} zone API CA(s) to {}",
-                s["cas"].as_array().map_or(0, Vec::len),
-                out.display()
-            );
+            crate::mesh_ca::write_bundle(&client, "/api-ca", &out, "zone API CA").await?;
         }
         ZoneCmd::ApiCa(ZoneApiCaCmd::Rotate(args)) => {
             crate::mesh_ca::Rotation {
                 status_path: "/api-ca".into(),
-                rotate_path: "/api-ca/rotate".into(),
                 subject: "the zone API CA".into(),
                 render: render_zone_api_ca,
                 retrust: true,

@@ -50,6 +50,8 @@ pub(crate) struct Logger {
     sinks: Vec<Arc<Sink>>,
     /// The headers its sinks print.
     wanted: Wanted,
+    /// Whether a sink keeps whole entries (see [`Sink::keeps_entries`]).
+    keeps_entries: bool,
 }
 
 impl Logger {
@@ -59,6 +61,7 @@ impl Logger {
             wanted.add(sink.wanted());
         }
         Logger {
+            keeps_entries: sinks.iter().any(|s| s.keeps_entries()),
             context,
             sinks,
             wanted,
@@ -68,9 +71,17 @@ impl Logger {
 
 impl Logger {
     fn log(&self, entry: Entry) {
-        let entry = Arc::new(entry);
-        for sink in &self.sinks {
-            sink.offer(&entry);
+        // An entry goes behind an `Arc` only for a sink that keeps it past the request
+        // (OpenTelemetry); a line sink renders it here, and it is freed on this thread.
+        if self.keeps_entries {
+            let shared = Arc::new(entry);
+            for sink in &self.sinks {
+                sink.offer(&shared, Some(&shared));
+            }
+        } else {
+            for sink in &self.sinks {
+                sink.offer(&entry, None);
+            }
         }
     }
 }

@@ -136,3 +136,29 @@ pub fn bundle(pems: &[&str]) -> String {
         .map(|pem| format!("{}\n", pem.trim_end()))
         .collect()
 }
+
+/// One CA in a rotation's status, as the API shows it: `{"sha256", "role",
+/// "notAfter"}` (RFC 3339; null when the certificate cannot be read).
+pub fn ca_json(pem: &str, role: &str) -> serde_json::Value {
+    let not_after = crate::cert_info(pem).ok().and_then(|i| {
+        time::OffsetDateTime::from_unix_timestamp(i.not_after)
+            .ok()?
+            .format(&time::format_description::well_known::Rfc3339)
+            .ok()
+    });
+    serde_json::json!({
+        "sha256": crate::first_cert_sha256(pem),
+        "role": role,
+        "notAfter": not_after,
+    })
+}
+
+/// A rotation status's `next`: the step that comes next, whether it may be taken now,
+/// and what it waits for otherwise (what the CLI's `rotate` follows).
+pub fn next_json(step: &str, waiting: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "step": step,
+        "ready": waiting.is_empty(),
+        "waiting": waiting,
+    })
+}

@@ -315,15 +315,7 @@ pub(crate) fn status_json(
     serving: &Serving,
     proxies: &[(String, Vec<String>)],
 ) -> serde_json::Value {
-    let ca = |pem: &str, role: &str| {
-        serde_json::json!({
-            "sha256": causeway_pki::first_cert_sha256(pem),
-            "role": role,
-            "notAfter": causeway_pki::cert_info(pem)
-                .ok()
-                .map(|i| causeway_api::timestamp::rfc3339(i.not_after)),
-        })
-    };
+    use causeway_pki::ca_rotation::{ca_json as ca, next_json};
     let mut listed = vec![ca(&cas.cert_pem, "signing")];
     if !cas.staged_cert_pem.is_empty() {
         listed.push(ca(&cas.staged_cert_pem, "staged"));
@@ -342,11 +334,7 @@ pub(crate) fn status_json(
             .iter()
             .map(|(name, trusted)| serde_json::json!({"proxy": name, "trusted": trusted}))
             .collect::<Vec<_>>(),
-        "next": {
-            "step": phase.next_step(),
-            "ready": waiting.is_empty(),
-            "waiting": waiting,
-        },
+        "next": next_json(phase.next_step(), &waiting),
     })
 }
 

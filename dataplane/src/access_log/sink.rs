@@ -123,8 +123,16 @@ impl Sink {
         &self.wanted
     }
 
-    /// Offers an entry to the buffer; never waits. Full: dropped and counted.
-    pub(crate) fn offer(&self, entry: &Arc<Entry>) {
+    /// Whether this sink takes whole entries (OpenTelemetry) rather than lines.
+    pub(crate) fn keeps_entries(&self) -> bool {
+        matches!(self.queue, Queue::Entries(_))
+    }
+
+    /// Offers `entry` to the buffer; never waits. Full: dropped and counted. A file or
+    /// TCP sink renders its line from it; a sink that keeps entries
+    /// ([`Sink::keeps_entries`]) takes `shared`, the same entry behind an `Arc`, which
+    /// the logger makes only when one of its sinks keeps entries.
+    pub(crate) fn offer(&self, entry: &Entry, shared: Option<&Arc<Entry>>) {
         let taken = match &self.queue {
             Queue::Lines { buffer, line } => SCRATCH.with(|scratch| {
                 let mut scratch = scratch.borrow_mut();
@@ -132,7 +140,7 @@ impl Sink {
                 line.render(entry, &mut scratch);
                 buffer.push(&scratch)
             }),
-            Queue::Entries(buffer) => buffer.push(entry.clone()),
+            Queue::Entries(buffer) => shared.is_some_and(|e| buffer.push(e.clone())),
         };
         if !taken {
             self.metrics.access_log[self.backend]

@@ -23,11 +23,12 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 
 use super::mesh_ca::RotateRequest;
-use super::raft_ca::{LocalQuery, NodeCa, OPERATORS, ca_json, gather, signer_among, three_step};
+use super::raft_ca::{LocalQuery, NodeCa, OPERATORS, gather, signer_among, three_step};
 use super::zones::FORWARDED_HEADER;
 use super::{ApiError, ApiResult, ApiState};
 use crate::cluster_ca::CaPhase;
 use crate::command::{Command, SealedSecrets};
+use causeway_pki::ca_rotation::ca_json;
 
 const LOCAL: &str = "/cluster/api-ca?local=true";
 
@@ -152,11 +153,7 @@ fn status_json(s: &SealedSecrets, nodes: &[NodeCa], zones: &[ZoneTrust]) -> Valu
         "bundlePem": crate::cluster_ca::api_trust(s),
         "nodes": nodes,
         "zones": zones,
-        "next": {
-            "step": phase.next_step(),
-            "ready": waiting.is_empty(),
-            "waiting": waiting,
-        },
+        "next": causeway_pki::ca_rotation::next_json(phase.next_step(), &waiting),
     })
 }
 

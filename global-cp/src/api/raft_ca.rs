@@ -20,7 +20,7 @@ use super::zones::{FORWARDED_HEADER, ask_members};
 use super::{ApiError, ApiResult, ApiState};
 use crate::cluster_ca::CaPhase;
 use crate::command::{CaStep, Command, SealedSecrets};
-use causeway_api::timestamp::rfc3339;
+use causeway_pki::ca_rotation::ca_json;
 
 const LOCAL: &str = "/cluster/raft-ca?local=true";
 
@@ -121,14 +121,6 @@ fn local(st: &ApiState, s: &SealedSecrets) -> NodeCa {
     }
 }
 
-pub(super) fn ca_json(pem: &str, role: &str) -> Value {
-    json!({
-        "sha256": causeway_pki::first_cert_sha256(pem),
-        "role": role,
-        "notAfter": causeway_pki::cert_info(pem).ok().map(|i| rfc3339(i.not_after)),
-    })
-}
-
 /// `me` and every other member's answer at `path` (its `?local=true` view).
 pub(super) async fn gather(
     st: &ApiState,
@@ -166,11 +158,7 @@ fn status_json(s: &SealedSecrets, nodes: &[NodeCa]) -> Value {
         "phase": phase.name(),
         "cas": cas,
         "nodes": nodes,
-        "next": {
-            "step": phase.next_step(),
-            "ready": waiting.is_empty(),
-            "waiting": waiting,
-        },
+        "next": causeway_pki::ca_rotation::next_json(phase.next_step(), &waiting),
     })
 }
 

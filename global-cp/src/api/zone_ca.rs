@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use super::mesh_ca::RotateRequest;
 use super::{ApiError, ApiResult, ApiState};
 use crate::command::{CaStep, Command, SealedSecrets};
-use causeway_api::timestamp::rfc3339;
+use causeway_pki::ca_rotation::ca_json;
 
 /// A zone as a finishing rotation sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,15 +69,6 @@ fn zones(st: &ApiState) -> ApiResult<Vec<ZoneOnCa>> {
         .collect())
 }
 
-fn ca_json(pem: &str, role: &str) -> Value {
-    let not_after = causeway_pki::cert_info(pem).map(|i| i.not_after).ok();
-    json!({
-        "sha256": causeway_pki::first_cert_sha256(pem),
-        "role": role,
-        "notAfter": not_after.map(rfc3339),
-    })
-}
-
 fn status_json(s: &SealedSecrets, zones: &[ZoneOnCa]) -> Value {
     let current = causeway_pki::first_cert_sha256(&s.zone_ca_cert_pem);
     let rotating = !s.zone_ca_previous_cert_pem.is_empty();
@@ -105,11 +96,10 @@ fn status_json(s: &SealedSecrets, zones: &[ZoneOnCa]) -> Value {
         "phase": if rotating { "rotating" } else { "steady" },
         "cas": cas,
         "zones": zones,
-        "next": {
-            "step": if rotating { "finish" } else { "stage" },
-            "ready": waiting.is_empty(),
-            "waiting": waiting,
-        },
+        "next": causeway_pki::ca_rotation::next_json(
+            if rotating { "finish" } else { "stage" },
+            &waiting,
+        ),
     })
 }
 
