@@ -41,6 +41,34 @@ pub struct DataplaneSpec {
     /// 127.0.0.1. Default 9901.
     #[serde(default = "default_admin_port")]
     pub admin_port: u16,
+    /// Transparent proxying: the workload's traffic is redirected to the proxy
+    /// (`causeway dataplane install-redirect`), which routes each connection by its
+    /// original destination. Every mesh service is then an implicit outbound, reached
+    /// at its virtual IP; explicit `outbound` entries keep working beside them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparent_proxying: Option<TransparentProxying>,
+}
+
+/// How a redirected workload's outbound traffic reaches its proxy.
+///
+/// ```yaml
+/// transparentProxying: {outboundPort: 15001, services: [backend, db]}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TransparentProxying {
+    /// The port redirected outbound connections arrive on (install-redirect's
+    /// `--outbound-port`). Default 15001.
+    #[serde(default = "default_outbound_port")]
+    pub outbound_port: u16,
+    /// The mesh services this workload may call by virtual IP, for a large mesh where
+    /// each proxy should hold only what it uses. Default: every service of the mesh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub services: Option<Vec<String>>,
+}
+
+fn default_outbound_port() -> u16 {
+    15001
 }
 
 fn default_admin_port() -> u16 {
@@ -213,6 +241,17 @@ impl Spec for DataplaneSpec {
                 );
             }
         }
+        if let Some(tp) = &self.transparent_proxying {
+            let field = "spec.transparentProxying.outboundPort".to_owned();
+            errors.port(field.clone(), Some(tp.outbound_port));
+            claim(errors, tp.outbound_port, field);
+            for (i, service) in tp.services.iter().flatten().enumerate() {
+                errors.check(
+                    idx("spec.transparentProxying.services", i),
+                    check_service_name(service),
+                );
+            }
+        }
     }
 }
 
@@ -233,11 +272,27 @@ mod tests {
                        "outbound": [{"port": 10001, "service": "db"}, {"port": 10002, "address": "127.0.0.2", "service": "redis"}],
                        "adminPort": 9902}),
                 json!({"address": "backend-1.vms.internal", "inbound": [{"port": 8080, "service": "backend"}]}),
+                json!({"address": "10.0.1.15", "inbound": [{"port": 8080, "service": "web"}],
+                       "transparentProxying": {"outboundPort": 15001, "services": ["backend", "db"]}}),
             ],
             &[
                 (
                     json!({"address": "10.0.0.1", "inbound": []}),
                     &[("spec.inbound", "needs at least one inbound")],
+                ),
+                (
+                    json!({"address": "10.0.0.1", "inbound": [{"port": 15001, "service": "web"}],
+                           "transparentProxying": {"services": ["b c"]}}),
+                    &[
+                        (
+                            "spec.transparentProxying.outboundPort",
+                            "port 15001 is already used by spec.inbound[0].port",
+                        ),
+                        (
+                            "spec.transparentProxying.services[0]",
+                            "not a valid service name",
+                        ),
+                    ],
                 ),
                 (
                     json!({"address": "not an address", "inbound": [{"port": 0, "service": "b c"}]}),

@@ -57,11 +57,12 @@ pub mod stats;
 mod target_ref;
 pub mod timestamp;
 mod validation;
+mod virtual_ip;
 mod zone;
 mod zone_ingress;
 pub mod zone_token;
 
-pub use dataplane::{DataplaneSpec, Inbound, Outbound, Protocol};
+pub use dataplane::{DataplaneSpec, Inbound, Outbound, Protocol, TransparentProxying};
 pub use drill::{
     DRILL_COOLDOWN, DRILL_WARMUP, DrillMode, DrillReportSpec, DrillSpec, DrillType,
     MAX_TIMELINE_STEPS, PhaseStats, TimelineStep,
@@ -73,7 +74,10 @@ pub use effective::{
 };
 pub use enforcement::{Enforcement, FieldWarning, Unenforced, WriteResponse, warnings};
 pub use merge_patch::merge_patch;
-pub use mesh::{BuiltinCa, CaBackend, KeyType, MeshSpec, Mtls, MtlsMode, ProvidedCa};
+pub use mesh::{
+    BuiltinCa, CaBackend, KeyType, MeshSpec, Mtls, MtlsMode, Networking, OutboundNetworking,
+    ProvidedCa, VirtualIpSettings,
+};
 pub use percent::Percent;
 pub use policies::mesh_access_log::{
     AccessLogBackend, AccessLogBackendType, AccessLogConf, FileBackend, KeyValue, LogFormat,
@@ -140,5 +144,6 @@ pub use validation::{
     FieldError, ValidationErrors, decode_spec, validate, validate_dns_subdomain,
     validate_label_key, validate_label_value, validate_name,
 };
+pub use virtual_ip::{DEFAULT_VIP_CIDR, Ipv4Range, VirtualIpSpec, virtual_ip_name};
 pub use zone::ZoneSpec;
 pub use zone_ingress::{AvailableService, ZoneIngressSpec};

@@ -44,6 +44,88 @@ pub struct MeshSpec {
     /// Whether traffic may cross zones (through the zone ingresses). Default `true`.
     #[serde(default = "default_true")]
     pub cross_zone: bool,
+    /// Transparent proxying: where a workload's connections to destinations outside
+    /// the mesh go, and the range of the services' virtual IPs.
+    #[serde(default, skip_serializing_if = "Networking::is_default")]
+    pub networking: Networking,
+}
+
+/// A mesh's networking under transparent proxying.
+///
+/// ```yaml
+/// networking:
+///   outbound: {passthrough: false}
+///   virtualIps: {cidr: 241.0.0.0/16}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Networking {
+    /// Connections from redirected workloads to destinations outside the mesh.
+    #[serde(default)]
+    pub outbound: OutboundNetworking,
+    /// Where the services' virtual IPs come from.
+    #[serde(default)]
+    pub virtual_ips: VirtualIpSettings,
+}
+
+impl Networking {
+    fn is_default(&self) -> bool {
+        *self == Networking::default()
+    }
+}
+
+/// What a sidecar does with a redirected connection to an address that is not a mesh
+/// service's virtual IP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OutboundNetworking {
+    /// `true`: it connects to the original destination itself (as Kuma does by
+    /// default); `false`: it closes the connection, so workloads reach only mesh
+    /// services. Default `true`.
+    #[serde(default = "default_true")]
+    pub passthrough: bool,
+}
+
+impl Default for OutboundNetworking {
+    fn default() -> Self {
+        OutboundNetworking { passthrough: true }
+    }
+}
+
+/// The range the global control plane allocates the services' virtual IPs from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VirtualIpSettings {
+    /// An IPv4 range, `/8` to `/30`. A service keeps its address when the range changes
+    /// (a workload may hold it in a cache); new services get addresses from the new
+    /// range. Default `241.0.0.0/16`, in the reserved 240.0.0.0/4, so no real
+    /// destination is hidden.
+    #[serde(default = "default_vip_cidr")]
+    pub cidr: String,
+}
+
+impl Default for VirtualIpSettings {
+    fn default() -> Self {
+        VirtualIpSettings {
+            cidr: default_vip_cidr(),
+        }
+    }
+}
+
+fn default_vip_cidr() -> String {
+    crate::virtual_ip::DEFAULT_VIP_CIDR.to_string()
+}
+
+impl VirtualIpSettings {
+    /// The range, parsed (a stored Mesh was checked when written; an unparsable one
+    /// falls back to the default).
+    pub fn range(&self) -> crate::virtual_ip::Ipv4Range {
+        self.cidr.parse().unwrap_or_else(|_| {
+            crate::virtual_ip::DEFAULT_VIP_CIDR
+                .parse()
+                .expect("the default range parses")
+        })
+    }
 }
 
 /// Mutual TLS settings of a mesh.
@@ -158,6 +240,7 @@ impl Default for MeshSpec {
             certificate_ttl: default_certificate_ttl(),
             certificate_renew_at: default_certificate_renew_at(),
             cross_zone: true,
+            networking: Networking::default(),
         }
     }
 }
@@ -192,6 +275,14 @@ impl MeshSpec {
                     self.certificate_ttl
                 ),
             ));
+        }
+        if let Err(reason) = self
+            .networking
+            .virtual_ips
+            .cidr
+            .parse::<crate::virtual_ip::Ipv4Range>()
+        {
+            errors.push(FieldError::new("spec.networking.virtualIps.cidr", reason));
         }
         let renew_at = self.certificate_renew_at.value();
         if !(10.0..=90.0).contains(&renew_at) {

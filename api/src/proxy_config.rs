@@ -28,6 +28,11 @@ pub struct ProxyConfig {
     pub identity: Option<String>,
     pub inbounds: Vec<InboundListener>,
     pub outbounds: Vec<OutboundListener>,
+    /// Transparent proxying: the listener redirected connections arrive on, routed by
+    /// their original destination to the outbound with that virtual IP. None: the
+    /// Dataplane has no `transparentProxying`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transparent: Option<TransparentListener>,
     /// Revoked intermediate CAs of the mesh (SHA-256 of the DER, hex): a peer whose chain
     /// contains one is refused, in every zone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -58,6 +63,35 @@ pub struct ProxyConfig {
     /// no MeshTrace with a backend applies to this proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<Tracing>,
+}
+
+/// The listener of a redirected workload's outbound connections.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransparentListener {
+    /// The port it listens on, on loopback (IPv4 and IPv6).
+    pub port: u16,
+    /// A connection to an address that is no outbound's virtual IP goes to that
+    /// address (the mesh's `networking.outbound.passthrough`); else it is closed.
+    pub passthrough: bool,
+}
+
+/// How the application reaches an outbound: a local port the proxy listens on
+/// (`vip` none), or a virtual IP, any port (`port` 0). Per-destination state (balancers,
+/// routes, loggers) is kept by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OutboundKey {
+    pub vip: Option<std::net::Ipv4Addr>,
+    pub port: u16,
+}
+
+impl std::fmt::Display for OutboundKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.vip {
+            Some(vip) => write!(f, "{vip}"),
+            None => write!(f, "port {}", self.port),
+        }
+    }
 }
 
 /// What a sidecar traces and where it sends spans: the effective MeshTrace.
@@ -496,8 +530,13 @@ impl SourceMatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OutboundListener {
-    /// The local port the application connects to.
+    /// The local port the application connects to; 0 for an implicit outbound, reached
+    /// at its `vip`.
     pub port: u16,
+    /// The destination's virtual IP (transparent proxying): redirected connections to
+    /// it, on any port, come here. No listener of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
     /// The local address the proxy listens on for it.
     pub address: String,
     pub service: String,
@@ -990,6 +1029,16 @@ pub enum HealthCheckKind {
     /// `grpc.health.v1.Health/Check` for `service` (empty: the whole server), with
     /// `authority` as `:authority`; healthy when the answer is SERVING.
     Grpc { service: String, authority: String },
+}
+
+impl OutboundListener {
+    /// How the application reaches it.
+    pub fn key(&self) -> OutboundKey {
+        OutboundKey {
+            vip: self.vip,
+            port: if self.vip.is_some() { 0 } else { self.port },
+        }
+    }
 }
 
 fn default_failover_threshold() -> f64 {

@@ -24,6 +24,7 @@ use crate::policies::mesh_trace::MeshTraceSpec;
 use crate::policies::mesh_traffic_permission::MeshTrafficPermissionSpec;
 use crate::spec::{Spec, canonical_spec_of, spec_schema_of, validate_spec_of};
 use crate::validation::FieldError;
+use crate::virtual_ip::VirtualIpSpec;
 use crate::zone::ZoneSpec;
 use crate::zone_ingress::ZoneIngressSpec;
 
@@ -48,6 +49,9 @@ pub enum Role {
     ZoneReported,
     /// A rehearsal with a window of its own (Drill), started with `causeway drill`.
     Operation,
+    /// Allocated by the global control plane itself (VirtualIp): read-only to users and
+    /// zones.
+    Allocated,
 }
 
 /// Which way a type's resources travel between the global and the zone control planes.
@@ -223,6 +227,13 @@ static TYPES: &[TypeInfo] = &[
         Role::ZoneReported,
         SyncDirection::ZoneToGlobal,
     ),
+    TypeInfo::of::<VirtualIpSpec>(
+        "VirtualIp",
+        "virtualips",
+        Scope::Mesh,
+        Role::Allocated,
+        SyncDirection::GlobalToZones,
+    ),
 ];
 
 /// All known types, in registry order.
@@ -278,6 +289,7 @@ mod tests {
                 "MeshTrace",
                 "MeshMetric",
                 "DrillReport",
+                "VirtualIp",
             ]
         );
         for t in &TYPES[3..] {
@@ -307,6 +319,7 @@ mod tests {
                     Role::Policy(_) => "policy",
                     Role::ZoneReported => "zone-reported",
                     Role::Operation => "operation",
+                    Role::Allocated => "allocated",
                 };
                 (t.kind, role, t.sync)
             })
@@ -323,6 +336,7 @@ mod tests {
             want.push((kind.0, "policy", GlobalToZones));
         }
         want.push(("DrillReport", "zone-reported", ZoneToGlobal));
+        want.push(("VirtualIp", "allocated", GlobalToZones));
         assert_eq!(described, want);
         assert_eq!(TYPES.iter().filter(|t| t.is_policy()).count(), 13);
         let configured: Vec<&str> = TYPES
@@ -332,7 +346,13 @@ mod tests {
             .collect();
         assert_eq!(
             configured,
-            ["Drill", "Dataplane", "ZoneIngress", "DrillReport"]
+            [
+                "Drill",
+                "Dataplane",
+                "ZoneIngress",
+                "DrillReport",
+                "VirtualIp"
+            ]
         );
         for t in TYPES {
             // Zones write policies (zone-local) and what they report, nothing else.

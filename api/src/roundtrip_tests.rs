@@ -356,6 +356,10 @@ fn dataplane() -> impl Strategy<Value = DataplaneSpec> {
                     })
                     .collect(),
                 admin_port: 9901,
+                transparent_proxying: (port % 2 == 0).then(|| crate::TransparentProxying {
+                    outbound_port: 15_001,
+                    services: (port % 4 == 0).then(|| vec!["backend".into()]),
+                }),
             }
         })
 }

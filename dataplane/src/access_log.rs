@@ -18,7 +18,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use causeway_api::proxy_config::{AccessLogSink, Peer, ProxyConfig, SourceMatch};
+use causeway_api::proxy_config::{AccessLogSink, OutboundKey, Peer, ProxyConfig, SourceMatch};
 use hyper::body::{Body as _, Frame, SizeHint};
 
 use crate::http::{Body, BoxError};
@@ -91,7 +91,7 @@ type ByCaller = Vec<(SourceMatch, Option<Arc<Logger>>)>;
 
 #[derive(Default)]
 struct Listeners {
-    outbound: HashMap<u16, Arc<Logger>>,
+    outbound: HashMap<OutboundKey, Arc<Logger>>,
     inbound: HashMap<u16, ByCaller>,
 }
 
@@ -156,7 +156,7 @@ impl AccessLogs {
                     context("OUTBOUND", &ob.service, ob.identity.as_ref()),
                     sinks_of(&ob.access_log),
                 );
-                next.outbound.insert(ob.port, Arc::new(logger));
+                next.outbound.insert(ob.key(), Arc::new(logger));
             }
         }
         for ib in &cfg.inbounds {
@@ -181,13 +181,13 @@ impl AccessLogs {
         *self.listeners.write().expect("access log listeners lock") = next;
     }
 
-    /// The logger of the outbound on `port`, if it logs.
-    pub(crate) fn outbound(&self, port: u16) -> Option<Arc<Logger>> {
+    /// The logger of the outbound `key`, if it logs.
+    pub(crate) fn outbound(&self, key: OutboundKey) -> Option<Arc<Logger>> {
         if !self.any.load(Ordering::Relaxed) {
             return None;
         }
         let listeners = self.listeners.read().expect("access log listeners lock");
-        listeners.outbound.get(&port).cloned()
+        listeners.outbound.get(&key).cloned()
     }
 
     /// The logger of a caller of the inbound on `port`, if its calls are logged: the

@@ -24,7 +24,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use causeway_api::proxy_config::{HealthCheck, HealthCheckKind};
+use causeway_api::proxy_config::{HealthCheck, HealthCheckKind, OutboundKey};
 use http_body_util::BodyExt as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -61,9 +61,14 @@ pub(crate) fn next_pause(hc: &HealthCheck, random: f64) -> Duration {
     hc.interval.as_std() + hc.jitter.as_std().mul_f64(random.clamp(0.0, 1.0))
 }
 
-/// Checks `ep`, an endpoint of the outbound on `port`, until the proxy is gone or the
+/// Checks `ep`, an endpoint of the outbound `key`, until the proxy is gone or the
 /// task is aborted (its endpoint left, or its check changed).
-pub(crate) async fn run(proxy: Weak<Proxy>, port: u16, ep: Arc<EndpointState>, hc: HealthCheck) {
+pub(crate) async fn run(
+    proxy: Weak<Proxy>,
+    key: OutboundKey,
+    ep: Arc<EndpointState>,
+    hc: HealthCheck,
+) {
     let mut verdicts = Verdicts::default();
     let service = {
         let Some(p) = proxy.upgrade() else { return };
@@ -71,7 +76,7 @@ pub(crate) async fn run(proxy: Weak<Proxy>, port: u16, ep: Arc<EndpointState>, h
         cfg.and_then(|c| {
             c.outbounds
                 .iter()
-                .find(|o| o.port == port)
+                .find(|o| o.key() == key)
                 .map(|o| o.service.clone())
         })
         .unwrap_or_default()
@@ -80,7 +85,7 @@ pub(crate) async fn run(proxy: Weak<Proxy>, port: u16, ep: Arc<EndpointState>, h
     loop {
         let result = {
             let Some(p) = proxy.upgrade() else { return };
-            match tokio::time::timeout(hc.timeout.as_std(), check(&p, port, &ep, &hc)).await {
+            match tokio::time::timeout(hc.timeout.as_std(), check(&p, key, &ep, &hc)).await {
                 Ok(r) => r,
                 Err(_) => Err(format!(
                     "no answer within {}",
@@ -112,7 +117,7 @@ pub(crate) async fn run(proxy: Weak<Proxy>, port: u16, ep: Arc<EndpointState>, h
 /// One check of `ep`.
 async fn check(
     proxy: &Proxy,
-    port: u16,
+    key: OutboundKey,
     ep: &EndpointState,
     hc: &HealthCheck,
 ) -> Result<(), String> {
@@ -120,7 +125,7 @@ async fn check(
     let ob = cfg
         .outbounds
         .iter()
-        .find(|o| o.port == port)
+        .find(|o| o.key() == key)
         .ok_or("the outbound is gone")?;
     match &hc.check {
         HealthCheckKind::Tcp { send, receive } => {

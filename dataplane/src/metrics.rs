@@ -167,7 +167,13 @@ pub(crate) struct Metrics {
     pub(crate) metric_pushes: [AtomicU64; 2],
     /// Connections closed unserved at the connection cap: (inbound, outbound).
     pub(crate) connections_refused: [AtomicU64; 2],
+    /// Redirected connections by what became of them ([`TRANSPARENT_RESULTS`]).
+    pub(crate) transparent: [AtomicU64; 3],
 }
+
+/// What became of a redirected connection: a mesh service's (by its virtual IP),
+/// passed through to its original destination, or closed.
+pub(crate) const TRANSPARENT_RESULTS: [&str; 3] = ["mesh", "passthrough", "refused"];
 
 impl Metrics {
     fn render_access_log(&self, out: &mut String) {
@@ -415,6 +421,15 @@ impl Metrics {
                 out,
                 "causeway_connections_refused_total{{direction=\"{d}\"}} {}",
                 self.connections_refused[i].load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP causeway_transparent_connections_total Redirected connections (transparent proxying) by result: to a mesh service by its virtual IP, passed through to a destination outside the mesh, or refused.\n");
+        out.push_str("# TYPE causeway_transparent_connections_total counter\n");
+        for (i, r) in TRANSPARENT_RESULTS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "causeway_transparent_connections_total{{result=\"{r}\"}} {}",
+                self.transparent[i].load(Ordering::Relaxed)
             );
         }
         let http = self.http.lock().expect("metrics lock").clone();

@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use causeway_api::proxy_config::{
-    HealthCheck, HttpRoute, InboundListener, OutboundListener, Peer, ProxyConfig, Retry,
-    RouteBackend, RouteFilter, ingress_sni,
+    HealthCheck, HttpRoute, InboundListener, OutboundKey, OutboundListener, Peer, ProxyConfig,
+    Retry, RouteBackend, RouteFilter, ingress_sni,
 };
 use causeway_api::{Action, MtlsMode, Protocol};
 use hyper::body::Incoming;
@@ -56,7 +56,7 @@ pub(crate) struct Proxy {
     pub(crate) config: watch::Receiver<Option<Arc<ProxyConfig>>>,
     pub(crate) identity: watch::Receiver<Option<Arc<Identity>>>,
     pub(crate) metrics: Arc<Metrics>,
-    balancers: Mutex<HashMap<u16, Arc<Balancer>>>,
+    balancers: Mutex<HashMap<OutboundKey, Arc<Balancer>>>,
     client_configs: Mutex<HashMap<(String, &'static [u8]), CachedClientConfig>>,
     /// Connections to the application, per inbound port.
     apps: Mutex<HashMap<u16, Arc<App>>>,
@@ -71,16 +71,16 @@ pub(crate) struct Proxy {
     /// Connection caps: inbound listeners together, outbound ones together.
     gates: [Arc<causeway_listen::Gate>; 2],
     /// Running active health checks, by outbound port and endpoint.
-    health_checks: Mutex<HashMap<(u16, usize), RunningCheck>>,
+    health_checks: Mutex<HashMap<(OutboundKey, usize), RunningCheck>>,
     /// Route backends (MeshTCPRoute's and MeshHTTPRoute's, mirrors too), by outbound
     /// port and backend (service and tags): each as a destination of its own (its
     /// endpoints and identity) with its balancer, shared by every route that sends
     /// there, so outlier detection sees all of an endpoint's traffic.
-    route_balancers: Mutex<HashMap<(u16, String), RouteTarget>>,
+    route_balancers: Mutex<HashMap<(OutboundKey, String), RouteTarget>>,
     /// Mirrored copies in flight.
     mirrors: AtomicU64,
     /// MeshHTTPRoute's routes, compiled, by outbound port.
-    route_tables: Mutex<HashMap<u16, Arc<crate::route::RouteTable>>>,
+    route_tables: Mutex<HashMap<OutboundKey, Arc<crate::route::RouteTable>>>,
     /// MeshRateLimit's buckets, by inbound port.
     rate_limits: Mutex<HashMap<u16, Arc<crate::rate_limit::InboundRateLimits>>>,
     /// MeshCircuitBreaker's inbound caps, by inbound port.
@@ -311,7 +311,7 @@ impl Proxy {
     /// A route backend of `ob` as a destination, with its balancer.
     fn backend_target(&self, ob: &OutboundListener, backend: &RouteBackend) -> RouteTarget {
         let mut map = self.route_balancers.lock().expect("route balancers lock");
-        map.entry((ob.port, backend_key(backend)))
+        map.entry((ob.key(), backend_key(backend)))
             .or_insert_with(|| {
                 let listener = Arc::new(backend_listener(ob, backend));
                 let b = Arc::new(new_balancer(&listener, None));
@@ -320,18 +320,18 @@ impl Proxy {
             .clone()
     }
 
-    /// The MeshHTTPRoutes of the outbound on `port`, compiled; `None` without any.
-    fn route_table(&self, port: u16) -> Option<Arc<crate::route::RouteTable>> {
+    /// The MeshHTTPRoutes of the outbound `key`, compiled; `None` without any.
+    fn route_table(&self, key: OutboundKey) -> Option<Arc<crate::route::RouteTable>> {
         self.route_tables
             .lock()
             .expect("route tables lock")
-            .get(&port)
+            .get(&key)
             .cloned()
     }
 
     fn balancer(&self, ob: &OutboundListener) -> Arc<Balancer> {
         let mut map = self.balancers.lock().expect("balancers lock");
-        map.entry(ob.port)
+        map.entry(ob.key())
             .or_insert_with(|| Arc::new(new_balancer(ob, None)))
             .clone()
     }
@@ -403,17 +403,17 @@ impl Proxy {
         let mut checks = self.health_checks.lock().expect("health checks lock");
         let mut wanted = HashMap::new();
         for ob in &cfg.outbounds {
-            let b = new_balancer(ob, map.get(&ob.port).map(|b| &**b));
+            let b = new_balancer(ob, map.get(&ob.key()).map(|b| &**b));
             if let Some(hc) = &ob.health_check {
                 for ep in b.endpoints() {
-                    let key = (ob.port, Arc::as_ptr(ep) as usize);
+                    let key = (ob.key(), Arc::as_ptr(ep) as usize);
                     let running = match checks.remove(&key) {
                         Some(r) if r.check == *hc => r,
                         _ => RunningCheck {
                             check: hc.clone(),
                             task: tokio::spawn(crate::health_check::run(
                                 Arc::downgrade(self),
-                                ob.port,
+                                ob.key(),
                                 ep.clone(),
                                 hc.clone(),
                             )),
@@ -427,7 +427,7 @@ impl Proxy {
                     ep.set_actively_healthy(true);
                 }
             }
-            next.insert(ob.port, Arc::new(b));
+            next.insert(ob.key(), Arc::new(b));
         }
         // What is left stops: its endpoint or its check is gone.
         *checks = wanted;
@@ -437,7 +437,7 @@ impl Proxy {
         let mut next = HashMap::new();
         for ob in &cfg.outbounds {
             for backend in route_backends(ob) {
-                let key = (ob.port, backend_key(backend));
+                let key = (ob.key(), backend_key(backend));
                 if next.contains_key(&key) {
                     continue;
                 }
@@ -455,14 +455,14 @@ impl Proxy {
             .filter(|ob| !ob.http_routes.is_empty())
             .map(|ob| {
                 let way = |route: &str, backend: &RouteBackend| {
-                    let target = next.get(&(ob.port, backend_key(backend)))?.clone();
+                    let target = next.get(&(ob.key(), backend_key(backend)))?.clone();
                     let counter = self
                         .metrics
                         .route_counter(&ob.service, route, &backend.service);
                     Some(crate::route::Way::new(backend.weight, target, counter))
                 };
                 (
-                    ob.port,
+                    ob.key(),
                     Arc::new(crate::route::RouteTable::new(&ob.http_routes, way)),
                 )
             })
@@ -633,16 +633,24 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
             proxy.traces.update(&cfg);
             proxy.update_revoked(&cfg).await;
             proxy.follow_mesh_ca(&cfg);
-            let mut want: Vec<(bool, String, u16)> = cfg
+            let mut want: Vec<(Side, String, u16)> = cfg
                 .inbounds
                 .iter()
-                .map(|i| (true, cfg.address.clone(), i.port))
+                .map(|i| (Side::Inbound, cfg.address.clone(), i.port))
                 .collect();
+            // An implicit outbound has no listener: its connections come redirected.
             want.extend(
                 cfg.outbounds
                     .iter()
-                    .map(|o| (false, o.address.clone(), o.port)),
+                    .filter(|o| o.vip.is_none())
+                    .map(|o| (Side::Outbound, o.address.clone(), o.port)),
             );
+            if let Some(t) = &cfg.transparent {
+                // Where the redirect sends IPv4 and IPv6 connections.
+                for loopback in ["127.0.0.1", "::1"] {
+                    want.push((Side::Transparent, loopback.into(), t.port));
+                }
+            }
             running.0.retain(|k, task| {
                 let keep = want.contains(k) && !task.is_finished();
                 if !keep {
@@ -715,9 +723,31 @@ pub(crate) fn http_server() -> hyper_util::server::conn::auto::Builder<TokioExec
     builder
 }
 
+/// What a listener takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Side {
+    /// Mesh traffic to an inbound of the workload.
+    Inbound,
+    /// The application's connections to one explicit outbound.
+    Outbound,
+    /// The application's redirected connections, to any destination (transparent
+    /// proxying).
+    Transparent,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Inbound => "inbound",
+            Side::Outbound => "outbound",
+            Side::Transparent => "transparent",
+        }
+    }
+}
+
 /// The listener tasks, stopped when dropped: also when the task keeping them is
 /// aborted at drain, so a draining sidecar refuses new connections at once.
-struct Listeners<K = (bool, String, u16)>(HashMap<K, tokio::task::JoinHandle<()>>);
+struct Listeners<K = (Side, String, u16)>(HashMap<K, tokio::task::JoinHandle<()>>);
 
 impl<K> Drop for Listeners<K> {
     fn drop(&mut self) {
@@ -727,15 +757,16 @@ impl<K> Drop for Listeners<K> {
     }
 }
 
-async fn listen(proxy: Arc<Proxy>, (inbound, addr, port): (bool, String, u16)) {
+async fn listen(proxy: Arc<Proxy>, (side, addr, port): (Side, String, u16)) {
     let listener = match TcpListener::bind((addr.as_str(), port)).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(%addr, port, inbound, error = %e, "cannot listen; will retry");
+            tracing::error!(%addr, port, side = side.name(), error = %e, "cannot listen; will retry");
             return;
         }
     };
-    tracing::info!(%addr, port, direction = if inbound { "inbound" } else { "outbound" }, "listening");
+    tracing::info!(%addr, port, side = side.name(), "listening");
+    let inbound = side == Side::Inbound;
     let direction = usize::from(!inbound);
     let gate = proxy.gates[direction].clone();
     loop {
@@ -763,10 +794,13 @@ async fn listen(proxy: Arc<Proxy>, (inbound, addr, port): (bool, String, u16)) {
         tokio::spawn(async move {
             let _slot = slot;
             let _g = p.guard();
-            let r = if inbound {
-                inbound_conn(&p, port, tcp, peer).await
-            } else {
-                outbound_conn(&p, port, tcp).await
+            let r = match side {
+                Side::Inbound => inbound_conn(&p, port, tcp, peer).await,
+                Side::Outbound => {
+                    let key = OutboundKey { vip: None, port };
+                    outbound_conn(&p, key, tcp, false).await
+                }
+                Side::Transparent => transparent::redirected_conn(&p, tcp).await,
             };
             if let Err(e) = r {
                 tracing::debug!(port, inbound, error = %e, "connection ended with an error");
@@ -815,6 +849,7 @@ async fn pipe(
 mod inbound;
 mod outbound;
 pub(crate) mod report;
+mod transparent;
 
 use crate::inbound_breaker::InboundBreakers;
 use inbound::inbound_conn;

@@ -28,7 +28,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use causeway_api::proxy_config::{ProxyConfig, TraceBackendConfig, Tracing};
+use causeway_api::proxy_config::{OutboundKey, ProxyConfig, TraceBackendConfig, Tracing};
 use hyper::body::{Frame, SizeHint};
 
 use crate::http::{Body, BoxError};
@@ -56,7 +56,7 @@ struct Meta {
     /// This proxy's service (its inbounds').
     own_service: Arc<str>,
     /// Each outbound's destination service and the identity it proves, by port.
-    outbounds: HashMap<u16, (Arc<str>, Option<Arc<str>>)>,
+    outbounds: HashMap<OutboundKey, (Arc<str>, Option<Arc<str>>)>,
 }
 
 /// The proxy's tracer, rebuilt at each config; the exporter (and its worker) is kept
@@ -119,7 +119,7 @@ impl Traces {
                 .iter()
                 .map(|o| {
                     let identity = o.identity.as_deref().map(Into::into);
-                    (o.port, (o.service.as_str().into(), identity))
+                    (o.key(), (o.service.as_str().into(), identity))
                 })
                 .collect(),
         };
@@ -143,8 +143,8 @@ impl Traces {
 /// Where a request came from and went, as its span names it.
 pub(crate) struct Hop<'a> {
     pub(crate) kind: Kind,
-    /// The listener's port (an outbound's names its destination).
-    pub(crate) port: u16,
+    /// The outbound (a client span's names its destination); none inbound.
+    pub(crate) outbound: Option<OutboundKey>,
     /// The caller's address.
     pub(crate) remote: Option<SocketAddr>,
     /// The caller's SPIFFE id (inbound, from its certificate).
@@ -232,7 +232,7 @@ fn span_of<B>(
     let headers = req.headers();
     let shared = |s: &Arc<str>| Value::Shared(s.clone());
     let (service, peer_identity) = match hop.kind {
-        Kind::Client => match tracer.outbounds.get(&hop.port) {
+        Kind::Client => match hop.outbound.and_then(|k| tracer.outbounds.get(&k)) {
             Some((service, identity)) => (shared(service), identity.as_ref().map(shared)),
             None => (text(""), None),
         },

@@ -630,6 +630,7 @@ async fn do_put(
     headers: &HeaderMap,
     body: &[u8],
 ) -> ApiResult<Response> {
+    refuse_allocated(t)?;
     let mut r = parse_body(body)?;
     let mut errors = Vec::new();
     if r.kind != t.kind {
@@ -713,6 +714,24 @@ async fn do_put(
     Ok((status, Json(body)).into_response())
 }
 
+/// What the cluster allocates itself (VirtualIp) is read-only: a write would break the
+/// promise that an address never changes.
+fn refuse_allocated(t: &TypeInfo) -> ApiResult<()> {
+    if t.role != causeway_api::Role::Allocated {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "type",
+        format!(
+            "{} resources are allocated by the global control plane (one per mesh service, \
+             stable for the mesh's life) and cannot be written; set the range with the \
+             Mesh's spec.networking.virtualIps.cidr",
+            t.kind
+        ),
+    ))
+}
+
 async fn do_delete(
     st: &ApiState,
     t: &TypeInfo,
@@ -721,6 +740,7 @@ async fn do_delete(
     headers: &HeaderMap,
     q: DeleteQuery,
 ) -> ApiResult<StatusCode> {
+    refuse_allocated(t)?;
     let expected = expected_version(headers, q.version)?;
     st.raft
         .propose(Command::Delete {

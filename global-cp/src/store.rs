@@ -701,7 +701,10 @@ impl Store {
         let cf = self.cf(CF_RESOURCES);
         for t in causeway_api::types()
             .iter()
-            .filter(|t| t.scope == causeway_api::Scope::Mesh)
+            // What the cluster allocated in the mesh goes with it.
+            .filter(|t| {
+                t.scope == causeway_api::Scope::Mesh && t.role != causeway_api::Role::Allocated
+            })
         {
             let prefix = format!("{}\0{mesh}\0", t.kind).into_bytes();
             if let Some(item) = self
@@ -1278,7 +1281,14 @@ impl ApplyBatch<'_> {
                 r.modification_time = Some(now);
                 r.origin.get_or_insert_with(|| "global".to_string());
                 let created = old.is_none();
+                let services: std::collections::BTreeSet<String> =
+                    virtual_ips::services_of(&r).collect();
                 self.write(&key, old.as_ref(), Some(r));
+                if key.kind == "Mesh" {
+                    self.allocate_for_mesh(&key.name, now)?;
+                } else if !services.is_empty() {
+                    self.allocate_virtual_ips(&key.mesh, services, now)?;
+                }
                 Ok(WriteOutcome::Written {
                     version: index,
                     created,
@@ -1313,6 +1323,7 @@ impl ApplyBatch<'_> {
                         self.store.cf(CF_META),
                         prefixed(KEY_MESH_CA_PREFIX, &key.name),
                     );
+                    self.delete_virtual_ips(&key.name)?;
                 }
                 self.write(&key, Some(&old), None);
                 Ok(WriteOutcome::Deleted)
@@ -1674,6 +1685,9 @@ impl ApplyBatch<'_> {
                         _ => {}
                     }
                 }
+                // The services of the Dataplanes written, by mesh: each needs a virtual IP.
+                let mut services: BTreeMap<String, std::collections::BTreeSet<String>> =
+                    BTreeMap::new();
                 for mut r in upserts {
                     let key = r.key();
                     // A zone speaks for itself only: an ingress (or a drill report) that
@@ -1704,7 +1718,14 @@ impl ApplyBatch<'_> {
                         Some(old.as_ref().and_then(|o| o.creation_time).unwrap_or(now));
                     r.modification_time = Some(now);
                     r.origin = Some(zone.clone());
+                    services
+                        .entry(key.mesh.clone())
+                        .or_default()
+                        .extend(virtual_ips::services_of(&r));
                     self.write(&key, old.as_ref(), Some(r));
+                }
+                for (mesh, services) in services {
+                    self.allocate_virtual_ips(&mesh, services, now)?;
                 }
                 Ok(WriteOutcome::ZoneSynced { refused })
             }
@@ -1981,3 +2002,4 @@ impl raft::Storage for Store {
 
 #[cfg(test)]
 mod tests;
+mod virtual_ips;

@@ -868,6 +868,7 @@ async fn put_in_mesh(
     body: Bytes,
 ) -> ApiResult<Response> {
     let t = type_for(&plural, Scope::Mesh)?;
+    refuse_unwritable(t)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "", "the body is not UTF-8"))?;
     let mut r = if text.trim_start().starts_with('{') {
@@ -939,11 +940,28 @@ async fn put_in_mesh(
     Ok((code, Json(body)).into_response())
 }
 
+/// A zone writes policies and what runs in it, nothing the global control plane owns
+/// alone (a VirtualIp it allocated).
+fn refuse_unwritable(t: &causeway_api::TypeInfo) -> ApiResult<()> {
+    if t.zone_may_write() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "type",
+        format!(
+            "{} resources are written by the global control plane only; a zone reads them",
+            t.kind
+        ),
+    ))
+}
+
 async fn delete_in_mesh(
     State(st): State<ApiState>,
     Path((mesh, plural, name)): Path<(String, String, String)>,
 ) -> ApiResult<StatusCode> {
     let t = type_for(&plural, Scope::Mesh)?;
+    refuse_unwritable(t)?;
     let k = key(t, &mesh, &name);
     st.shared
         .store

@@ -210,7 +210,9 @@ pub(crate) fn mesh_inputs(shared: &Shared, mesh: &str) -> Result<Arc<MeshInputs>
             .map(|(sha, _)| sha),
         drilled_zones: Vec::new(),
         blackholed_zones: Vec::new(),
+        virtual_ips: Default::default(),
     };
+    inputs.add_virtual_ips(&all("VirtualIp", mesh).map_err(err)?);
     for t in causeway_api::types().iter().filter(|t| t.is_policy()) {
         inputs.policies.extend(all(t.kind, mesh).map_err(err)?);
     }

@@ -46,11 +46,12 @@ pub(crate) fn inspect(inputs: &MeshInputs, dataplane: &Resource) -> DataplaneIns
         },
         ..DataplaneInspection::default()
     };
-    let spec: DataplaneSpec = match serde_json::from_value(dataplane.spec.clone()) {
+    let mut spec: DataplaneSpec = match serde_json::from_value(dataplane.spec.clone()) {
         Ok(s) => s,
         // The store validates Dataplanes; compute's error above says what is wrong.
         Err(_) => return out,
     };
+    proxy_config::with_implicit_outbounds(inputs, &mut spec);
     let proxy = matching_proxy(inputs, dataplane, &spec);
     out.inbounds = spec
         .inbound

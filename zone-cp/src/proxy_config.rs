@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use causeway_api::proxy_config::{
     Endpoint, EndpointGroup, InboundListener, OutboundListener, ProxyConfig, RouteBackend,
-    endpoint_sni, ingress_sni, spiffe_id,
+    TransparentListener, endpoint_sni, ingress_sni, spiffe_id,
 };
 use causeway_api::{
     Action, DataplaneSpec, EffectiveConfig, Merged, MeshSpec, MtlsMode, NAMESPACE_TAG,
@@ -58,6 +58,53 @@ pub struct MeshInputs {
     /// Zones a blackhole drill takes off the network right now: they stay in every
     /// config, and only their own ingresses change (they go silent).
     pub blackholed_zones: Vec<String>,
+    /// The mesh services' virtual IPs (the global control plane's `VirtualIp`s), by
+    /// service.
+    pub virtual_ips: BTreeMap<String, std::net::Ipv4Addr>,
+}
+
+impl MeshInputs {
+    /// Takes the mesh's `VirtualIp` resources in (one that does not decode is left
+    /// out: its service is then reachable by explicit outbounds only).
+    pub fn add_virtual_ips(&mut self, resources: &[Resource]) {
+        for r in resources {
+            if let Ok(v) = decode::<causeway_api::VirtualIpSpec>(r) {
+                self.virtual_ips.insert(v.service, v.ip);
+            }
+        }
+    }
+}
+
+/// The Dataplane as its proxy serves it: under transparent proxying, its explicit
+/// outbounds followed by one implicit outbound per mesh service with a virtual IP
+/// (every one, or those its `transparentProxying.services` lists), so policies match
+/// and configure them like any other. Returns the virtual IP of each outbound (none
+/// for an explicit one).
+pub(crate) fn with_implicit_outbounds(
+    inputs: &MeshInputs,
+    spec: &mut DataplaneSpec,
+) -> Vec<Option<std::net::Ipv4Addr>> {
+    let mut vips = vec![None; spec.outbound.len()];
+    let Some(tp) = &spec.transparent_proxying else {
+        return vips;
+    };
+    let wanted = tp
+        .services
+        .as_ref()
+        .map(|s| s.iter().collect::<BTreeSet<_>>());
+    for (service, ip) in &inputs.virtual_ips {
+        if wanted.as_ref().is_some_and(|w| !w.contains(service)) {
+            continue;
+        }
+        spec.outbound.push(causeway_api::Outbound {
+            port: 0,
+            address: None,
+            service: service.clone(),
+            section_name: None,
+        });
+        vips.push(Some(*ip));
+    }
+    vips
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -253,7 +300,8 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         .as_ref()
         .ok_or_else(|| ComputeError::NoMesh(mesh_name.clone()))?;
     let mesh_spec: MeshSpec = decode(mesh)?;
-    let spec: DataplaneSpec = decode(dataplane)?;
+    let mut spec: DataplaneSpec = decode(dataplane)?;
+    let vips = with_implicit_outbounds(inputs, &mut spec);
     let trust_domain = mesh_spec.trust_domain_or(&mesh_name).to_string();
     let mtls = mesh_spec.mtls.as_ref().map_or(MtlsMode::Off, |m| m.mode);
     // Named and labelled, for policies that target Dataplanes (Kuma's current form).
@@ -369,6 +417,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
             let balancing = &balancing[i];
             OutboundListener {
                 port: ob.port,
+                vip: vips[i],
                 address: ob.address.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 service: ob.service.clone(),
                 protocol: protocols[i],
@@ -421,6 +470,13 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
             .map(|ib| spiffe_id(&trust_domain, &ib.service)),
         inbounds,
         outbounds,
+        transparent: spec
+            .transparent_proxying
+            .as_ref()
+            .map(|tp| TransparentListener {
+                port: tp.outbound_port,
+                passthrough: mesh_spec.networking.outbound.passthrough,
+            }),
         revoked_cas: inputs.revoked_cas.clone(),
         trusted_roots: if mtls != MtlsMode::Off {
             inputs.trusted_roots.clone()

@@ -44,12 +44,39 @@ fn good_full_builtin() {
             certificate_ttl: Duration::from_mins(90),
             certificate_renew_at: Percent::new(80.0),
             cross_zone: false,
+            networking: Default::default(),
         }
     );
     assert_eq!(spec.trust_domain_or("default"), "prod.example.com");
     // Serializing the typed spec gives a spec that decodes to the same value.
     let again: MeshSpec = decode_spec(&serde_json::to_value(&spec).unwrap()).unwrap();
     assert_eq!(again, spec);
+}
+
+/// Transparent proxying's settings: passthrough on and Kuma's range by default; a range
+/// that is not one is refused with the field and the reason.
+#[test]
+fn networking_settings() {
+    let spec: MeshSpec = decode_spec(&json!({})).unwrap();
+    assert!(spec.networking.outbound.passthrough);
+    assert_eq!(
+        spec.networking.virtual_ips.range().to_string(),
+        "241.0.0.0/16"
+    );
+    let spec: MeshSpec = decode_spec(&json!({"networking": {
+        "outbound": {"passthrough": false}, "virtualIps": {"cidr": "242.1.0.0/24"}}}))
+    .unwrap();
+    assert!(!spec.networking.outbound.passthrough);
+    assert_eq!(
+        spec.networking.virtual_ips.range().to_string(),
+        "242.1.0.0/24"
+    );
+    let errors = validate_spec(&json!({"networking": {"virtualIps": {"cidr": "242.1.0.1/24"}}}));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "spec.networking.virtualIps.cidr");
+    assert!(errors[0].reason.contains("host bits set"), "{errors:?}");
+    let errors = validate_spec(&json!({"networking": {"outbound": {"passthru": true}}}));
+    assert_eq!(errors.len(), 1, "{errors:?}");
 }
 
 #[test]

@@ -279,6 +279,7 @@ fn mesh_spec() -> impl Strategy<Value = Value> {
                     certificate_ttl,
                     certificate_renew_at: crate::Percent::new(renew_at),
                     cross_zone,
+                    networking: Default::default(),
                 })
                 .unwrap()
             },

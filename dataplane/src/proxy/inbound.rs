@@ -400,7 +400,7 @@ async fn logged_inbound_request(
     let traced = conn.proxy.traces.current().and_then(|tracer| {
         let hop = crate::trace::Hop {
             kind: crate::trace::Kind::Server,
-            port: conn.port,
+            outbound: None,
             remote: conn.downstream.remote,
             peer: conn.peer.as_ref().map(|p| p.id.as_str()),
         };

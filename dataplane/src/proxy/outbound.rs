@@ -8,8 +8,9 @@ use crate::{access_log, trace};
 
 pub(super) async fn outbound_conn(
     proxy: &Arc<Proxy>,
-    port: u16,
+    key: OutboundKey,
     tcp: TcpStream,
+    as_tcp: bool,
 ) -> anyhow::Result<()> {
     let cfg = proxy
         .current()
@@ -21,14 +22,14 @@ pub(super) async fn outbound_conn(
     let ob = cfg
         .outbounds
         .iter()
-        .find(|o| o.port == port)
-        .ok_or_else(|| anyhow::anyhow!("no outbound on port {port}"))?;
+        .find(|o| o.key() == key)
+        .ok_or_else(|| anyhow::anyhow!("no outbound at {key}"))?;
     let own = cfg
         .inbounds
         .first()
         .map(|i| i.service.clone())
         .unwrap_or_default();
-    if ob.protocol == Protocol::Tcp {
+    if ob.protocol == Protocol::Tcp || as_tcp {
         // MeshTCPRoute: a backend per connection.
         let (ob, b) = match proxy.route(ob) {
             Some((routed, b)) => ((*routed).clone(), b),
@@ -42,7 +43,7 @@ pub(super) async fn outbound_conn(
             );
         };
         // RingHash: a connection has only its source address to key it by.
-        let key = keying(&ob).and_then(|keying| {
+        let hash_key = keying(&ob).and_then(|keying| {
             let none = http::HeaderMap::new();
             let offered = crate::hash::Request {
                 headers: &none,
@@ -51,7 +52,7 @@ pub(super) async fn outbound_conn(
             };
             crate::hash::request_key(keying, &offered, String::new).key
         });
-        let mut log = proxy.access_logs.outbound(port).map(|logger| {
+        let mut log = proxy.access_logs.outbound(key).map(|logger| {
             let downstream = access_log::Downstream {
                 peer: None,
                 remote: tcp.peer_addr().ok(),
@@ -61,7 +62,7 @@ pub(super) async fn outbound_conn(
         });
         let mut tried = Vec::new();
         for _ in 0..ob.retry.tcp_connect_attempts.max(1) {
-            let Some(ep) = b.pick_keyed(&tried, key).or_else(|| b.pick(&[])) else {
+            let Some(ep) = b.pick_keyed(&tried, hash_key).or_else(|| b.pick(&[])) else {
                 break;
             };
             tried.push(ep.clone());
@@ -124,20 +125,20 @@ pub(super) async fn outbound_conn(
     let svc = hyper::service::service_fn(move |mut req| {
         let p = p.clone();
         let stats = stats.clone();
-        let at = (port, source, zone.clone());
+        let at = (key, source, zone.clone());
         // MeshTrace: this hop's span, its context written on the request (first, so
         // the access log sees the trace id that travels on).
         let traced = p.traces.current().and_then(|tracer| {
             let hop = trace::Hop {
                 kind: trace::Kind::Client,
-                port,
+                outbound: Some(key),
                 remote: downstream.remote,
                 peer: None,
             };
             trace::start(tracer, &mut req, &hop)
         });
         // MeshAccessLog: the request's entry, when its destination logs.
-        let logged = match p.access_logs.outbound(port) {
+        let logged = match p.access_logs.outbound(key) {
             Some(logger) => Err(access_log::start_http(logger, req, &downstream)),
             None => Ok(req),
         };
@@ -176,7 +177,11 @@ pub(super) async fn outbound_conn(
 
 async fn outbound_request<B>(
     proxy: &Arc<Proxy>,
-    (port, source, zone): (u16, Option<std::net::IpAddr>, Option<http::HeaderValue>),
+    (key, source, zone): (
+        OutboundKey,
+        Option<std::net::IpAddr>,
+        Option<http::HeaderValue>,
+    ),
     stats: &Arc<HttpStats>,
     req: http::Request<B>,
 ) -> http::Response<Body>
@@ -189,7 +194,7 @@ where
     let Some(cfg) = proxy.current() else {
         return answer_error(stats, started, ProxyError::NoConfig);
     };
-    let Some(ob) = cfg.outbounds.iter().find(|o| o.port == port) else {
+    let Some(ob) = cfg.outbounds.iter().find(|o| o.key() == key) else {
         return answer_error(stats, started, ProxyError::ListenerRemoved("outbound"));
     };
     let (mut parts, body) = req.into_parts();
@@ -225,7 +230,7 @@ where
     let table = if ob.http_routes.is_empty() {
         None
     } else {
-        proxy.route_table(port)
+        proxy.route_table(key)
     };
     let route = table.as_deref().and_then(|t| t.find(&parts));
     parts.version = http::Version::HTTP_2;

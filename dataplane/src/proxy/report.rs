@@ -45,7 +45,7 @@ impl Proxy {
                 .expect("route balancers lock")
                 .clone();
             for ob in &cfg.outbounds {
-                if let Some(b) = balancers.get(&ob.port) {
+                if let Some(b) = balancers.get(&ob.key()) {
                     destinations.push(DestinationReport {
                         port: ob.port,
                         service: ob.service.clone(),
@@ -56,7 +56,7 @@ impl Proxy {
                 // Every route backend once (MeshTCPRoute's, MeshHTTPRoute's, mirrors).
                 let mut seen = std::collections::HashSet::new();
                 for backend in super::route_backends(ob) {
-                    let key = (ob.port, super::backend_key(backend));
+                    let key = (ob.key(), super::backend_key(backend));
                     if !seen.insert(key.1.clone()) {
                         continue;
                     }

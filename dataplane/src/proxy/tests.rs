@@ -41,6 +41,7 @@ fn inbound(port: u16, app_port: u16, timeouts: Timeouts) -> InboundListener {
 fn outbound(port: u16, timeouts: Timeouts) -> OutboundListener {
     OutboundListener {
         port,
+        vip: None,
         address: "127.0.0.1".into(),
         service: "backend".into(),
         protocol: Protocol::Http,
@@ -77,6 +78,7 @@ async fn proxy_with(
         version: "test".into(),
         mesh: "default".into(),
         dataplane: "test-1".into(),
+        transparent: None,
         zone: "zone-a".into(),
         address: "127.0.0.1".into(),
         mtls: MtlsMode::Off,

@@ -3,6 +3,12 @@ use causeway_api::proxy_config::{SpanTag, TraceSampling};
 
 use super::*;
 
+/// The outbound the client spans go through.
+const OUTBOUND: OutboundKey = OutboundKey {
+    vip: None,
+    port: 10001,
+};
+
 fn meta(backend: TraceBackendConfig, overall: f64) -> Meta {
     Meta {
         conf: Tracing {
@@ -45,7 +51,7 @@ fn meta(backend: TraceBackendConfig, overall: f64) -> Meta {
         identity: Some("spiffe://default/web".into()),
         own_service: "web".into(),
         outbounds: HashMap::from([(
-            10001,
+            OUTBOUND,
             ("backend".into(), Some("spiffe://default/backend".into())),
         )]),
     }
@@ -76,7 +82,7 @@ fn request(headers: &[(&str, &str)]) -> http::Request<()> {
 fn outbound() -> Hop<'static> {
     Hop {
         kind: Kind::Client,
-        port: 10001,
+        outbound: Some(OUTBOUND),
         remote: Some("127.0.0.1:40000".parse().unwrap()),
         peer: None,
     }
@@ -145,7 +151,7 @@ fn an_inbound_span_names_the_caller_from_its_certificate() {
     let mut req = request(&[]);
     let hop = Hop {
         kind: Kind::Server,
-        port: 20001,
+        outbound: None,
         remote: None,
         peer: Some("spiffe://default/frontend"),
     };
@@ -185,7 +191,7 @@ fn a_zipkin_server_span_shares_the_callers_id_and_new_traces_are_64_bit() {
     };
     let hop = Hop {
         kind: Kind::Server,
-        port: 20001,
+        outbound: None,
         remote: None,
         peer: None,
     };

@@ -1066,3 +1066,159 @@ fn a_zone_ca_rotation_keeps_the_old_ca_until_it_finishes_and_refuses_stale_steps
         Err(ApplyError::Refused(why)) if why.contains("no zone CA rotation")
     ));
 }
+
+fn dataplane(name: &str, services: &[&str]) -> Resource {
+    let inbound: Vec<_> = services
+        .iter()
+        .enumerate()
+        .map(|(i, s)| serde_json::json!({"port": 20001 + i, "service": s}))
+        .collect();
+    Resource::from_json(
+        serde_json::json!({"type": "Dataplane", "mesh": "m", "name": name,
+            "spec": {"address": "10.0.0.7", "inbound": inbound}})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap()
+}
+
+/// The virtual IPs of mesh `m`, by service, as committed.
+fn vips(s: &Store) -> BTreeMap<String, String> {
+    s.list("VirtualIp", "m", &[], None, usize::MAX)
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| {
+            let v: causeway_api::VirtualIpSpec = serde_json::from_value(r.spec).unwrap();
+            (v.service, v.ip.to_string())
+        })
+        .collect()
+}
+
+fn sync(b: &mut ApplyBatch<'_>, index: u64, upserts: Vec<Resource>, deletes: Vec<ResourceKey>) {
+    let cmd = Command::ZoneSync {
+        zone: "zone-a".into(),
+        upserts,
+        deletes,
+    };
+    b.apply(index, EPOCH, cmd).unwrap().unwrap();
+}
+
+/// Each service a zone reports gets the lowest free address of the mesh's range, in
+/// name order, in the apply (so every node computes the same); an address never
+/// moves: not when its Dataplane leaves, nor when the range changes; a full range
+/// leaves a new service without one; the addresses go with their mesh.
+#[test]
+fn services_get_stable_virtual_ips_from_the_meshs_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    add_tokens(&s, &[("zone-a", "t1")]);
+    let mut small = mesh("m", &[]);
+    small.spec = serde_json::json!({"networking": {"virtualIps": {"cidr": "241.0.0.0/29"}}});
+    let mut b = s.apply_batch();
+    put(&mut b, 2, small.clone());
+    // One batch: the second entry sees the first one's allocations.
+    sync(
+        &mut b,
+        3,
+        vec![dataplane("dp-1", &["web", "backend"])],
+        vec![],
+    );
+    sync(
+        &mut b,
+        4,
+        vec![dataplane("dp-2", &["backend", "db"])],
+        vec![],
+    );
+    b.commit().unwrap();
+    let want = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(s, ip)| (s.to_string(), ip.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        vips(&s),
+        want(&[
+            ("backend", "241.0.0.1"),
+            ("web", "241.0.0.2"),
+            ("db", "241.0.0.3")
+        ])
+    );
+    let backend = s
+        .get(&ResourceKey {
+            kind: "VirtualIp".into(),
+            mesh: "m".into(),
+            name: "backend".into(),
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(backend.origin.as_deref(), Some("global"));
+    assert_eq!(backend.version, Some(3));
+
+    // The Dataplanes leave and come back, the range moves: the addresses stay; a new
+    // service takes the new range's first address.
+    let mut b = s.apply_batch();
+    sync(
+        &mut b,
+        5,
+        vec![],
+        vec![dataplane("dp-1", &[]).key(), dataplane("dp-2", &[]).key()],
+    );
+    let mut moved = small.clone();
+    moved.spec = serde_json::json!({"networking": {"virtualIps": {"cidr": "242.0.0.0/30"}}});
+    put(&mut b, 6, moved);
+    sync(
+        &mut b,
+        7,
+        vec![dataplane("dp-3", &["db", "cache", "queue", "zz-late"])],
+        vec![],
+    );
+    b.commit().unwrap();
+    assert_eq!(
+        vips(&s),
+        want(&[
+            ("backend", "241.0.0.1"),
+            ("web", "241.0.0.2"),
+            ("db", "241.0.0.3"),
+            ("cache", "242.0.0.1"),
+            ("queue", "242.0.0.2"),
+        ]),
+        "a /30 holds two; zz-late gets none"
+    );
+
+    // Virtual IPs do not keep a mesh alive; they go with it.
+    let mut b = s.apply_batch();
+    sync(&mut b, 8, vec![], vec![dataplane("dp-3", &[]).key()]);
+    b.commit().unwrap();
+    let mut b = s.apply_batch();
+    let del = Command::Delete {
+        key: small.key(),
+        expected_version: None,
+    };
+    b.apply(9, EPOCH, del).unwrap().unwrap();
+    b.commit().unwrap();
+    assert!(vips(&s).is_empty());
+}
+
+/// A Mesh written gives the services of Dataplanes stored before virtual IPs existed
+/// theirs (an upgraded cluster).
+#[test]
+fn writing_a_mesh_allocates_for_the_dataplanes_already_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap();
+    let mut b = s.apply_batch();
+    put(&mut b, 1, mesh("m", &[]));
+    b.commit().unwrap();
+    // Stored as an older version did: no allocation with it.
+    let mut b = s.apply_batch();
+    b.applied = Some(2);
+    let dp = dataplane("dp-1", &["web"]);
+    b.write(&dp.key(), None, Some(dp.clone()));
+    b.commit().unwrap();
+    assert!(vips(&s).is_empty());
+    let mut b = s.apply_batch();
+    put(&mut b, 3, mesh("m", &[("team", "a")]));
+    b.commit().unwrap();
+    assert_eq!(vips(&s).get("web").map(String::as_str), Some("241.0.0.1"));
+}

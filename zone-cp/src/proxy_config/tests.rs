@@ -18,6 +18,9 @@ const CASES: &[(&str, &str, &str)] = &[
     // Destinations by port (`sectionName`), policies by port and namespace, route
     // backends by namespace and port, here and through another zone's ingress.
     ("ports-and-namespaces", "zone-a", "web-1"),
+    // Transparent proxying: implicit outbounds at the services' virtual IPs (a listed
+    // subset), beside an explicit one; passthrough off.
+    ("transparent", "zone-a", "web-1"),
 ];
 
 pub(super) fn inputs(case: &str, zone: &str) -> MeshInputs {
@@ -34,6 +37,7 @@ pub(super) fn inputs(case: &str, zone: &str) -> MeshInputs {
             "Zone" => inputs.zones.push(r),
             "Dataplane" => inputs.dataplanes.push(r),
             "ZoneIngress" => inputs.ingresses.push(r),
+            "VirtualIp" => inputs.add_virtual_ips(std::slice::from_ref(&r)),
             kind if causeway_api::type_info(kind).is_some_and(|t| t.is_policy()) => {
                 inputs.policies.push(r)
             }
