@@ -138,6 +138,19 @@ impl Mesh {
             "inbound": inbound,
             "outbound": calls.iter().zip(&outs).map(|(s, p)| json!({"port": p, "service": s})).collect::<Vec<_>>(),
         }});
+        let (p, admin) = self.start_sidecar(zone, service, dp).await?;
+        Ok((p, admin, outs))
+    }
+
+    /// A sidecar in `zone` for the Dataplane `dp` of `service`; returns it and its
+    /// admin address once it is ready.
+    async fn start_sidecar(
+        &self,
+        zone: &str,
+        service: &str,
+        dp: Value,
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
+        let name = dp["name"].as_str().context("a name")?.to_string();
         let file = self.dir.join(format!("{name}.json"));
         std::fs::write(&file, serde_json::to_vec(&dp)?)?;
         let token = self
@@ -157,7 +170,7 @@ impl Mesh {
         ]);
         let p = Proc::start(&self.dir, &format!("sidecar-{name}"), &args)?;
         admin_ready(&format!("sidecar {name}"), admin, &p).await?;
-        Ok((p, admin, outs))
+        Ok((p, admin))
     }
 
     /// An ingress for `zone`; returns it, its listen and admin addresses.
@@ -2003,5 +2016,323 @@ async fn a_zones_api_ca_rotates_under_its_ingress_without_a_failed_call() -> any
         None
     })
     .await?;
+    Ok(())
+}
+
+// === transparent proxying ===
+
+/// Calls from the workload as an unprivileged user (uid 65534), so the redirect takes
+/// them (the sidecars and control planes run as root, which install-redirect exempts):
+/// `http URL` prints the body (or `FAIL <why>`); `tcp IP PORT` sends `PING` and prints
+/// the echo; `raw IP PORT` prints the first line the server sends.
+const CLIENT: &str = r#"
+import socket, sys, urllib.request
+kind = sys.argv[1]
+try:
+    if kind == "http":
+        print(urllib.request.urlopen(sys.argv[2], timeout=5).read().decode())
+    else:
+        s = socket.create_connection((sys.argv[2], int(sys.argv[3])), timeout=5)
+        if kind == "tcp":
+            s.sendall(b"PING\n")
+        print(s.recv(512).decode().strip() or "FAIL closed")
+except Exception as e:
+    print("FAIL", e)
+"#;
+
+/// Runs [`CLIENT`] as uid 65534 in this (the test's) network namespace.
+fn call_as_workload(args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["/usr/bin/python3", "-c", CLIENT])
+        .args(args)
+        .output()?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs a command; its standard output, or an error with its standard error.
+fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(program).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A workload with no outbound in its Dataplane calls mesh services by virtual IP
+/// through its sidecar, across zones: `install-redirect` (nftables, then
+/// iptables-legacy) sends its connections to the sidecar's transparent listener, which
+/// routes an HTTP call and a TCP connection through zone-b's ingress with mTLS; a
+/// MeshTrafficPermission applies to them; a destination outside the mesh is passed
+/// through, and refused once the mesh turns passthrough off; `uninstall-redirect`
+/// leaves the namespace's rules as they were.
+///
+/// Runs in a network namespace of its own: this test makes one (loopback, and an
+/// interface with the default route, so the virtual IPs and the outside address route)
+/// and runs [`transparent_proxying_in_this_namespace`] in it, this same executable.
+#[test]
+fn a_redirected_workload_calls_mesh_services_by_virtual_ip_across_zones() -> anyhow::Result<()> {
+    let ns = format!("cw-tp-{}", std::process::id());
+    let outside = format!("cw-tpo-{}", std::process::id());
+    struct Gone(Vec<String>);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            for ns in &self.0 {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", ns])
+                    .status();
+            }
+        }
+    }
+    let mut gone = Gone(Vec::new());
+    for n in [&ns, &outside] {
+        sh("ip", &["netns", "add", n])?;
+        gone.0.push(n.clone());
+    }
+    // The workload's namespace reaches the outside one over a veth pair, its default
+    // route: the virtual IPs route (to be redirected), and so does an address outside
+    // the mesh (not a local one, which goes over loopback and is never redirected).
+    for cmd in [
+        format!("-n {ns} link set lo up"),
+        format!("-n {ns} link add tp0 type veth peer name tp1 netns {outside}"),
+        format!("-n {ns} addr add 10.77.0.1/24 dev tp0"),
+        format!("-n {ns} link set tp0 up"),
+        format!("-n {ns} route add default dev tp0"),
+        format!("-n {outside} addr add 10.77.0.2/24 dev tp1"),
+        format!("-n {outside} link set tp1 up"),
+    ] {
+        let args: Vec<&str> = cmd.split(' ').collect();
+        sh("ip", &args)?;
+    }
+    // Outside the mesh: a server that says "outside" to every connection.
+    let server = "import socket\ns = socket.create_server(('10.77.0.2', 8099))\nprint('ready', flush=True)\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'outside\\n')\n    c.close()\n";
+    let mut outside_server = std::process::Command::new("ip")
+        .args(["netns", "exec", &outside, "/usr/bin/python3", "-c", server])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    struct Killed<'a>(&'a mut std::process::Child);
+    impl Drop for Killed<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let server = Killed(&mut outside_server);
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(server.0.stdout.take().context("stdout")?),
+        &mut ready,
+    )?;
+    anyhow::ensure!(ready.trim() == "ready", "the outside server: {ready:?}");
+    let exe = std::env::current_exe()?;
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &ns])
+        .arg(exe)
+        .args([
+            "--exact",
+            "transparent_proxying_in_this_namespace",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env("CAUSEWAY_TEST_NETNS", &ns)
+        .output()?;
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    anyhow::ensure!(
+        out.status.success() && text.contains("1 passed"),
+        "in the namespace: {text}"
+    );
+    Ok(())
+}
+
+/// The body of [`a_redirected_workload_calls_mesh_services_by_virtual_ip_across_zones`],
+/// run by it inside the namespace it made (ignored otherwise: it installs redirect rules
+/// where it runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run by a_redirected_workload_calls_mesh_services_by_virtual_ip_across_zones in a namespace of its own"]
+async fn transparent_proxying_in_this_namespace() -> anyhow::Result<()> {
+    anyhow::ensure!(
+        std::env::var_os("CAUSEWAY_TEST_NETNS").is_some(),
+        "run only in the namespace a_redirected_workload_calls_mesh_services_by_virtual_ip_across_zones makes"
+    );
+    let m = Mesh::new(&["zone-a", "zone-b"]).await?;
+    let http = plain_http();
+    // In zone-b, behind its ingress: backend (HTTP) and cache (a TCP echo).
+    let (_ingress_b, _, _) = m.ingress("zone-b", "zone-b-ingress").await?;
+    let (_backend_app, backend_port) = m.app("zone-b", "backend-1", "backend")?;
+    let (_backend, _, _) = m
+        .sidecar("zone-b", "backend-1", "backend", Some(backend_port), &[])
+        .await?;
+    let cache_addr = free_addr();
+    let _cache_app = Proc::demo_app(&m.dir, "zone-b", "cache-1", "cache", cache_addr, true)?;
+    let cache_dp = json!({"type": "Dataplane", "mesh": "default", "name": "cache-1", "spec": {
+        "address": "127.0.0.1",
+        "inbound": [{"port": free_addr().port(), "servicePort": cache_addr.port(), "service": "cache", "protocol": "tcp"}],
+    }});
+    let (_cache, _) = m.start_sidecar("zone-b", "cache", cache_dp).await?;
+    // In zone-a: web, with no outbound at all.
+    let outbound_port = free_addr().port();
+    let web_dp = json!({"type": "Dataplane", "mesh": "default", "name": "web-1", "spec": {
+        "address": "127.0.0.1",
+        "inbound": [{"port": free_addr().port(), "service": "web", "protocol": "http"}],
+        "transparentProxying": {"outboundPort": outbound_port},
+    }});
+    let (_web, web_admin) = m.start_sidecar("zone-a", "web", web_dp).await?;
+
+    // The global control plane gave each service a virtual IP; web's sidecar has both.
+    let vip = |service: &'static str| {
+        let m = &m;
+        async move {
+            let (s, v) =
+                m.c.call(
+                    0,
+                    Method::GET,
+                    &format!("/meshes/default/virtualips/{service}"),
+                    None,
+                )
+                .await
+                .ok()?;
+            (s == StatusCode::OK).then(|| v["spec"]["ip"].as_str().map(String::from))?
+        }
+    };
+    let backend_vip = eventually("backend's virtual IP", WAIT, || vip("backend")).await?;
+    let cache_vip = eventually("cache's virtual IP", WAIT, || vip("cache")).await?;
+    assert!(backend_vip.starts_with("241.0."), "{backend_vip}");
+    assert_ne!(backend_vip, cache_vip);
+    eventually("web's implicit outbounds", WAIT, || async {
+        let cfg = admin_config(&http, web_admin).await?;
+        let vips: Vec<&str> = cfg["config"]["outbounds"]
+            .as_array()?
+            .iter()
+            .filter_map(|o| o["vip"].as_str())
+            .collect();
+        (vips.contains(&backend_vip.as_str()) && vips.contains(&cache_vip.as_str())).then_some(())
+    })
+    .await
+    .with_context(|| m.zone("zone-a").cp.logs())?;
+
+    let rules = || -> anyhow::Result<String> {
+        Ok(sh("nft", &["list", "ruleset"])?
+            + &sh("iptables-legacy", &["-t", "nat", "-S"])?
+            + &sh("ip6tables-legacy", &["-t", "nat", "-S"])?)
+    };
+    let before = rules()?;
+    let port = outbound_port.to_string();
+    let backend_url = format!("http://{backend_vip}/");
+    for backend in ["nftables", "iptables-legacy"] {
+        let bin = causeway_tests::causeway_bin();
+        let install = [
+            "dataplane",
+            "install-redirect",
+            "--backend",
+            backend,
+            "--uid",
+            "0",
+            "--outbound-port",
+            &port,
+        ];
+        sh(bin.to_str().context("a UTF-8 path")?, &install)?;
+        // HTTP by name of nothing but an address: through web's sidecar, zone-b's
+        // ingress and backend's sidecar (mutual TLS on the way).
+        let answer = eventually("an HTTP call to backend's virtual IP", WAIT, || async {
+            let out = call_as_workload(&["http", &backend_url]).ok()?;
+            serde_json::from_str::<Value>(&out).ok()
+        })
+        .await?;
+        assert_eq!(answer["instance"], "backend-1", "{backend}: {answer}");
+        assert_eq!(answer["zone"], "zone-b", "{backend}: {answer}");
+        // TCP, any port of the address.
+        assert_eq!(
+            call_as_workload(&["tcp", &cache_vip, "6379"])?,
+            "PING",
+            "{backend}"
+        );
+        sh(
+            bin.to_str().context("a UTF-8 path")?,
+            &["dataplane", "uninstall-redirect", "--backend", backend],
+        )?;
+        assert_eq!(
+            rules()?,
+            before,
+            "{backend}: uninstall-redirect left the rules as they were"
+        );
+        // Without the redirect, the virtual IP leads nowhere.
+        assert!(call_as_workload(&["tcp", &cache_vip, "6379"])?.starts_with("FAIL"));
+    }
+    let bin = causeway_tests::causeway_bin();
+    let bin = bin.to_str().context("a UTF-8 path")?;
+    sh(
+        bin,
+        &[
+            "dataplane",
+            "install-redirect",
+            "--uid",
+            "0",
+            "--outbound-port",
+            &port,
+        ],
+    )?;
+    let mesh_count = admin_metric(
+        &http,
+        web_admin,
+        "causeway_transparent_connections_total{result=\"mesh\"}",
+    )
+    .await;
+    assert!(mesh_count >= 4.0, "{mesh_count}");
+
+    // A MeshTrafficPermission applies: web may not call backend, and is told so.
+    put(&m.c, "/meshes/default/meshtrafficpermissions/no-web-to-backend", &json!({
+        "type": "MeshTrafficPermission", "mesh": "default", "name": "no-web-to-backend",
+        "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
+                 "from": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"action": "Deny"}}]}})).await?;
+    eventually("web denied", WAIT, || async {
+        let out = call_as_workload(&["http", &backend_url]).ok()?;
+        out.contains("403").then_some(())
+    })
+    .await?;
+
+    // Outside the mesh (the outside namespace's server): passed through to the
+    // address itself...
+    let outside_port = "8099";
+    assert_eq!(
+        call_as_workload(&["raw", "10.77.0.2", outside_port])?,
+        "outside"
+    );
+    let passed = admin_metric(
+        &http,
+        web_admin,
+        "causeway_transparent_connections_total{result=\"passthrough\"}",
+    )
+    .await;
+    assert!(passed >= 1.0, "{passed}");
+    // ... and refused once the mesh says so.
+    put(
+        &m.c,
+        "/meshes/default",
+        &json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"mode": "Strict"},
+            "networking": {"outbound": {"passthrough": false}}}}),
+    )
+    .await?;
+    eventually("passthrough off", WAIT, || async {
+        let out = call_as_workload(&["raw", "10.77.0.2", outside_port]).ok()?;
+        out.starts_with("FAIL").then_some(())
+    })
+    .await?;
+    let refused = admin_metric(
+        &http,
+        web_admin,
+        "causeway_transparent_connections_total{result=\"refused\"}",
+    )
+    .await;
+    assert!(refused >= 1.0, "{refused}");
+    // Mesh services still answer.
+    assert_eq!(call_as_workload(&["tcp", &cache_vip, "80"])?, "PING");
+    sh(bin, &["dataplane", "uninstall-redirect"])?;
     Ok(())
 }
