@@ -52,7 +52,7 @@ pub struct DataplaneSpec {
 /// How a redirected workload's outbound traffic reaches its proxy.
 ///
 /// ```yaml
-/// transparentProxying: {outboundPort: 15001, services: [backend, db]}
+/// transparentProxying: {outboundPort: 15001, dnsPort: 15053, services: [backend, db]}
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -65,6 +65,11 @@ pub struct TransparentProxying {
     /// each proxy should hold only what it uses. Default: every service of the mesh.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub services: Option<Vec<String>>,
+    /// The port the proxy serves DNS on (UDP and TCP, on loopback; install-redirect's
+    /// `--dns-port`): `<service>.mesh` and `<service>.<zone>.mesh` resolve to virtual
+    /// IPs, every other name through the host's resolvers. None: no DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_port: Option<u16>,
 }
 
 fn default_outbound_port() -> u16 {
@@ -245,6 +250,11 @@ impl Spec for DataplaneSpec {
             let field = "spec.transparentProxying.outboundPort".to_owned();
             errors.port(field.clone(), Some(tp.outbound_port));
             claim(errors, tp.outbound_port, field);
+            if let Some(dns) = tp.dns_port {
+                let field = "spec.transparentProxying.dnsPort".to_owned();
+                errors.port(field.clone(), Some(dns));
+                claim(errors, dns, field);
+            }
             for (i, service) in tp.services.iter().flatten().enumerate() {
                 errors.check(
                     idx("spec.transparentProxying.services", i),

@@ -56,8 +56,9 @@ pub struct MeshSpec {
 /// networking:
 ///   outbound: {passthrough: false}
 ///   virtualIps: {cidr: 241.0.0.0/16}
+///   dnsSuffix: mesh
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Networking {
     /// Connections from redirected workloads to destinations outside the mesh.
@@ -66,6 +67,24 @@ pub struct Networking {
     /// Where the services' virtual IPs come from.
     #[serde(default)]
     pub virtual_ips: VirtualIpSettings,
+    /// The DNS suffix of the mesh's names in the sidecars' DNS: `<service>.<suffix>`
+    /// and `<service>.<zone>.<suffix>`. A DNS subdomain. Default `mesh`.
+    #[serde(default = "default_dns_suffix")]
+    pub dns_suffix: String,
+}
+
+fn default_dns_suffix() -> String {
+    "mesh".to_string()
+}
+
+impl Default for Networking {
+    fn default() -> Self {
+        Networking {
+            outbound: OutboundNetworking::default(),
+            virtual_ips: VirtualIpSettings::default(),
+            dns_suffix: default_dns_suffix(),
+        }
+    }
 }
 
 impl Networking {
@@ -283,6 +302,9 @@ impl MeshSpec {
             .parse::<crate::virtual_ip::Ipv4Range>()
         {
             errors.push(FieldError::new("spec.networking.virtualIps.cidr", reason));
+        }
+        if let Err(reason) = validate_dns_subdomain(&self.networking.dns_suffix) {
+            errors.push(FieldError::new("spec.networking.dnsSuffix", reason));
         }
         let renew_at = self.certificate_renew_at.value();
         if !(10.0..=90.0).contains(&renew_at) {

@@ -74,6 +74,13 @@ pub struct TransparentListener {
     /// A connection to an address that is no outbound's virtual IP goes to that
     /// address (the mesh's `networking.outbound.passthrough`); else it is closed.
     pub passthrough: bool,
+    /// The port of the proxy's DNS server (UDP and TCP, on loopback); none: no DNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_port: Option<u16>,
+    /// The mesh's DNS suffix (`mesh`): `<service>.<suffix>` and
+    /// `<service>.<zone>.<suffix>` are the outbounds' names.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub dns_suffix: String,
 }
 
 /// How the application reaches an outbound: a local port the proxy listens on
@@ -537,6 +544,10 @@ pub struct OutboundListener {
     /// it, on any port, come here. No listener of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip: Option<std::net::Ipv4Addr>,
+    /// The zone an implicit outbound pins calls to (its `<service>.<zone>` name): only
+    /// that zone's endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// The local address the proxy listens on for it.
     pub address: String,
     pub service: String,

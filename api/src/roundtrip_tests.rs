@@ -359,6 +359,7 @@ fn dataplane() -> impl Strategy<Value = DataplaneSpec> {
                 transparent_proxying: (port % 2 == 0).then(|| crate::TransparentProxying {
                     outbound_port: 15_001,
                     services: (port % 4 == 0).then(|| vec!["backend".into()]),
+                    dns_port: (port % 8 == 0).then_some(15_053),
                 }),
             }
         })

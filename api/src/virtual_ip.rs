@@ -4,8 +4,10 @@
 //! the same one. It is a resource like any other (read with the API and the CLI, synced
 //! to every zone with the rest of the mesh's state), but users never write it.
 //!
-//! A workload's sidecar answers `<service>.mesh` with it and routes every connection to
-//! it, whatever the port, to the service.
+//! A service also gets one address per zone it runs in, `zone` set: calls to it stay in
+//! that zone. A workload's sidecar answers `<service>.mesh` and `<service>.<zone>.mesh`
+//! with them and routes every connection to one, whatever the port, to the service (in
+//! that zone).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
@@ -22,12 +24,20 @@ use crate::spec::{Errors, Spec, check_service_name};
 /// mesh: default
 /// name: backend
 /// spec: {service: backend, ip: 241.0.0.1}
+/// ---
+/// type: VirtualIp
+/// mesh: default
+/// name: backend-zone-b-1c9f0b5e1e36a7d2
+/// spec: {service: backend, zone: zone-b, ip: 241.0.0.2}
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VirtualIpSpec {
     /// The mesh service it stands for.
     pub service: String,
+    /// The zone it pins calls to; none for the service wherever it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// The address, from the mesh's `networking.virtualIps.cidr`.
     pub ip: Ipv4Addr,
 }
@@ -35,6 +45,11 @@ pub struct VirtualIpSpec {
 impl Spec for VirtualIpSpec {
     fn check(&self, errors: &mut Errors) {
         errors.check("spec.service", check_service_name(&self.service));
+        if let Some(zone) = &self.zone {
+            errors
+                .0
+                .extend(crate::validation::validate_name("spec.zone", zone));
+        }
     }
 }
 
@@ -106,10 +121,14 @@ impl Ipv4Range {
     }
 }
 
-/// The name of the `VirtualIp` of `service`: the service itself when it is a valid
-/// resource name (a DNS label), else a lowercase form with a hash of the service, so
-/// two services never share a name.
-pub fn virtual_ip_name(service: &str) -> String {
+/// The name of the `VirtualIp` of `service` (in `zone`): the service itself when it is a
+/// valid resource name (a DNS label) and no zone is pinned, else a lowercase form with a
+/// hash, so two never share a name.
+pub fn virtual_ip_name(service: &str, zone: Option<&str>) -> String {
+    let service = &match zone {
+        Some(zone) => format!("{service}.{zone}"),
+        None => service.to_string(),
+    };
     if crate::validation::validate_name("", service).is_none() {
         return service.to_string();
     }
@@ -194,19 +213,18 @@ mod tests {
 
     #[test]
     fn names_are_the_service_or_a_stable_label() {
-        assert_eq!(virtual_ip_name("backend"), "backend");
-        let odd = virtual_ip_name("Backend_V2.api");
+        let valid = |name: &str| crate::validation::validate_name("", name).is_none();
+        assert_eq!(virtual_ip_name("backend", None), "backend");
+        let odd = virtual_ip_name("Backend_V2.api", None);
         assert!(odd.starts_with("backend-v2-api-"), "{odd}");
-        assert_eq!(odd, virtual_ip_name("Backend_V2.api"));
-        assert_ne!(odd, virtual_ip_name("backend-v2-api"));
-        assert!(
-            crate::validation::validate_name("", &odd).is_none(),
-            "{odd}"
-        );
-        let long = virtual_ip_name(&"A".repeat(200));
-        assert!(
-            crate::validation::validate_name("", &long).is_none(),
-            "{long}"
-        );
+        assert_eq!(odd, virtual_ip_name("Backend_V2.api", None));
+        assert_ne!(odd, virtual_ip_name("backend-v2-api", None));
+        assert!(valid(&odd), "{odd}");
+        let pinned = virtual_ip_name("backend", Some("zone-b"));
+        assert!(pinned.starts_with("backend-zone-b-"), "{pinned}");
+        assert_ne!(pinned, virtual_ip_name("backend-zone-b", None));
+        assert!(valid(&pinned), "{pinned}");
+        let long = virtual_ip_name(&"A".repeat(200), None);
+        assert!(valid(&long), "{long}");
     }
 }

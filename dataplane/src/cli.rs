@@ -72,6 +72,11 @@ pub struct Args {
     /// open-file limit to the hard limit at start, and keeps this under half of it.
     #[arg(long, default_value_t = crate::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Transparent proxying: the resolvers the sidecar's DNS server (the Dataplane's
+    /// `transparentProxying.dnsPort`) sends names outside the mesh to, `IP:PORT`,
+    /// comma-separated, tried in order. Default: the nameservers of /etc/resolv.conf.
+    #[arg(long, value_delimiter = ',')]
+    pub dns_upstream: Vec<SocketAddr>,
 }
 
 /// The runtime a sidecar with these arguments runs on.
@@ -213,6 +218,7 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         drain: Duration::from_secs(a.drain_seconds),
         max_connections: causeway_listen::connection_cap(a.max_connections, 4)
             .map_err(anyhow::Error::msg)?,
+        dns_upstreams: a.dns_upstream,
     };
     crate::run(cfg, stop_on_signal()).await
 }

@@ -14,6 +14,7 @@ pub mod admin;
 mod app;
 pub mod cli;
 pub mod cp;
+mod dns;
 mod error;
 mod fault;
 mod flush_buffer;
@@ -66,6 +67,8 @@ pub struct DataplaneConfig {
     pub drain: Duration,
     /// Connections the inbound listeners hold at once, and the outbound ones (each).
     pub max_connections: usize,
+    /// The resolvers the DNS server forwards other names to; empty: the host's.
+    pub dns_upstreams: Vec<SocketAddr>,
 }
 
 /// The default of `--max-connections`.
@@ -103,6 +106,7 @@ pub async fn run(cfg: DataplaneConfig, mut stop: watch::Receiver<bool>) -> anyho
     let (config_tx, config_rx) = watch::channel(None);
     let (identity_tx, identity_rx) = watch::channel(None);
     let proxy = proxy::Proxy::new(config_rx, identity_rx, cfg.max_connections);
+    let _ = proxy.dns_upstreams.set(cfg.dns_upstreams.clone());
     let json = serde_json::to_vec(&cfg.dataplane)?;
     let (report_tx, report_rx) = watch::channel(None);
     let mut tasks = vec![

@@ -169,7 +169,14 @@ pub(crate) struct Metrics {
     pub(crate) connections_refused: [AtomicU64; 2],
     /// Redirected connections by what became of them ([`TRANSPARENT_RESULTS`]).
     pub(crate) transparent: [AtomicU64; 3],
+    /// DNS queries by how they were answered ([`DNS_RESULTS`]).
+    dns: [AtomicU64; 4],
 }
+
+/// How a DNS query was answered: a mesh name by the sidecar, by an upstream resolver,
+/// SERVFAIL (no upstream answered, or too many queries in flight), or not at all (not
+/// a DNS message).
+pub(crate) const DNS_RESULTS: [&str; 4] = ["mesh", "upstream", "servfail", "dropped"];
 
 /// What became of a redirected connection: a mesh service's (by its virtual IP),
 /// passed through to its original destination, or closed.
@@ -287,6 +294,13 @@ impl Metrics {
 
     /// Counts a TCP connection that starts; its bytes go to the counters returned, as
     /// they move.
+    /// Counts a DNS query answered with `result` (one of [`DNS_RESULTS`]).
+    pub(crate) fn dns_answered(&self, result: &str) {
+        if let Some(i) = DNS_RESULTS.iter().position(|r| *r == result) {
+            self.dns[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn tcp(
         &self,
         direction: &'static str,
@@ -430,6 +444,15 @@ impl Metrics {
                 out,
                 "causeway_transparent_connections_total{{result=\"{r}\"}} {}",
                 self.transparent[i].load(Ordering::Relaxed)
+            );
+        }
+        out.push_str("# HELP causeway_dns_queries_total DNS queries the sidecar took (transparent proxying), by result: a mesh name it answered, answered by an upstream resolver, SERVFAIL, or dropped (not DNS).\n");
+        out.push_str("# TYPE causeway_dns_queries_total counter\n");
+        for (i, r) in DNS_RESULTS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "causeway_dns_queries_total{{result=\"{r}\"}} {}",
+                self.dns[i].load(Ordering::Relaxed)
             );
         }
         let http = self.http.lock().expect("metrics lock").clone();

@@ -89,6 +89,9 @@ pub(crate) struct Proxy {
     pub(crate) access_logs: crate::access_log::AccessLogs,
     /// MeshTrace's tracer.
     pub(crate) traces: crate::trace::Traces,
+    /// The resolvers the DNS server forwards to (`--dns-upstream`); unset or empty:
+    /// the host's (`/etc/resolv.conf`).
+    pub(crate) dns_upstreams: std::sync::OnceLock<Vec<SocketAddr>>,
 }
 
 /// One endpoint's health-check task, with the check it runs; aborted when dropped.
@@ -262,6 +265,7 @@ impl Proxy {
             route_balancers: Mutex::default(),
             route_tables: Mutex::default(),
             mirrors: AtomicU64::new(0),
+            dns_upstreams: std::sync::OnceLock::new(),
         })
     }
 
@@ -649,6 +653,9 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
                 // Where the redirect sends IPv4 and IPv6 connections.
                 for loopback in ["127.0.0.1", "::1"] {
                     want.push((Side::Transparent, loopback.into(), t.port));
+                    if let Some(dns) = t.dns_port {
+                        want.push((Side::Dns, loopback.into(), dns));
+                    }
                 }
             }
             running.0.retain(|k, task| {
@@ -663,9 +670,14 @@ pub(crate) async fn run_listeners(proxy: Arc<Proxy>, mut stop: watch::Receiver<b
                     continue;
                 }
                 let (p, key) = (proxy.clone(), k.clone());
-                running
-                    .0
-                    .insert(k, tokio::spawn(async move { listen(p, key).await }));
+                let task = match k.0 {
+                    Side::Dns => match k.1.parse::<std::net::IpAddr>() {
+                        Ok(ip) => tokio::spawn(crate::dns::serve(p, SocketAddr::new(ip, k.2))),
+                        Err(_) => continue,
+                    },
+                    _ => tokio::spawn(async move { listen(p, key).await }),
+                };
+                running.0.insert(k, task);
             }
             let want: Vec<(String, u16, String, bool)> = cfg
                 .metrics_endpoints
@@ -733,6 +745,8 @@ enum Side {
     /// The application's redirected connections, to any destination (transparent
     /// proxying).
     Transparent,
+    /// The application's redirected DNS queries, UDP and TCP.
+    Dns,
 }
 
 impl Side {
@@ -741,6 +755,7 @@ impl Side {
             Side::Inbound => "inbound",
             Side::Outbound => "outbound",
             Side::Transparent => "transparent",
+            Side::Dns => "dns",
         }
     }
 }
@@ -801,6 +816,8 @@ async fn listen(proxy: Arc<Proxy>, (side, addr, port): (Side, String, u16)) {
                     outbound_conn(&p, key, tcp, false).await
                 }
                 Side::Transparent => transparent::redirected_conn(&p, tcp).await,
+                // Served by crate::dns, not here.
+                Side::Dns => Ok(()),
             };
             if let Err(e) = r {
                 tracing::debug!(port, inbound, error = %e, "connection ended with an error");

@@ -1281,8 +1281,8 @@ impl ApplyBatch<'_> {
                 r.modification_time = Some(now);
                 r.origin.get_or_insert_with(|| "global".to_string());
                 let created = old.is_none();
-                let services: std::collections::BTreeSet<String> =
-                    virtual_ips::services_of(&r).collect();
+                let services: std::collections::BTreeSet<virtual_ips::Pinned> =
+                    virtual_ips::services_of(&r, None).into_iter().collect();
                 self.write(&key, old.as_ref(), Some(r));
                 if key.kind == "Mesh" {
                     self.allocate_for_mesh(&key.name, now)?;
@@ -1686,8 +1686,10 @@ impl ApplyBatch<'_> {
                     }
                 }
                 // The services of the Dataplanes written, by mesh: each needs a virtual IP.
-                let mut services: BTreeMap<String, std::collections::BTreeSet<String>> =
-                    BTreeMap::new();
+                let mut services: BTreeMap<
+                    String,
+                    std::collections::BTreeSet<virtual_ips::Pinned>,
+                > = BTreeMap::new();
                 for mut r in upserts {
                     let key = r.key();
                     // A zone speaks for itself only: an ingress (or a drill report) that
@@ -1721,7 +1723,7 @@ impl ApplyBatch<'_> {
                     services
                         .entry(key.mesh.clone())
                         .or_default()
-                        .extend(virtual_ips::services_of(&r));
+                        .extend(virtual_ips::services_of(&r, Some(&zone)));
                     self.write(&key, old.as_ref(), Some(r));
                 }
                 for (mesh, services) in services {

@@ -138,17 +138,18 @@ impl Mesh {
             "inbound": inbound,
             "outbound": calls.iter().zip(&outs).map(|(s, p)| json!({"port": p, "service": s})).collect::<Vec<_>>(),
         }});
-        let (p, admin) = self.start_sidecar(zone, service, dp).await?;
+        let (p, admin) = self.start_sidecar(zone, service, dp, &[]).await?;
         Ok((p, admin, outs))
     }
 
-    /// A sidecar in `zone` for the Dataplane `dp` of `service`; returns it and its
-    /// admin address once it is ready.
+    /// A sidecar in `zone` for the Dataplane `dp` of `service`, with `extra` flags;
+    /// returns it and its admin address once it is ready.
     async fn start_sidecar(
         &self,
         zone: &str,
         service: &str,
         dp: Value,
+        extra: &[&str],
     ) -> anyhow::Result<(Proc, SocketAddr)> {
         let name = dp["name"].as_str().context("a name")?.to_string();
         let file = self.dir.join(format!("{name}.json"));
@@ -168,6 +169,7 @@ impl Mesh {
             "--admin-addr".into(),
             admin.to_string(),
         ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
         let p = Proc::start(&self.dir, &format!("sidecar-{name}"), &args)?;
         admin_ready(&format!("sidecar {name}"), admin, &p).await?;
         Ok((p, admin))
@@ -2040,6 +2042,64 @@ except Exception as e:
     print("FAIL", e)
 "#;
 
+/// A DNS resolver on loopback that knows one name, `outside.example` (A 10.77.0.2, TTL
+/// 42); NXDOMAIN for the rest. Serves until the test ends.
+async fn upstream_resolver() -> anyhow::Result<SocketAddr> {
+    use hickory_proto::op::{Message, MessageType, ResponseCode};
+    use hickory_proto::rr::{RData, Record, rdata::A};
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let addr = sock.local_addr()?;
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        while let Ok((n, from)) = sock.recv_from(&mut buf).await {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut a = Message::new();
+            a.set_id(q.id())
+                .set_message_type(MessageType::Response)
+                .add_queries(q.queries().iter().cloned());
+            match q.queries().first() {
+                Some(query) if query.name().to_ascii() == "outside.example." => {
+                    if query.query_type() == hickory_proto::rr::RecordType::A {
+                        a.add_answer(Record::from_rdata(
+                            query.name().clone(),
+                            42,
+                            RData::A(A(std::net::Ipv4Addr::new(10, 77, 0, 2))),
+                        ));
+                    }
+                }
+                _ => {
+                    a.set_response_code(ResponseCode::NXDomain);
+                }
+            }
+            if let Ok(bytes) = a.to_vec() {
+                let _ = sock.send_to(&bytes, from).await;
+            }
+        }
+    });
+    Ok(addr)
+}
+
+/// Asks the DNS server at `server` for `name`'s A record over UDP: the address and TTL.
+async fn ask_dns(server: SocketAddr, name: &str) -> anyhow::Result<(std::net::Ipv4Addr, u32)> {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let mut q = Message::new();
+    q.set_id(7).set_recursion_desired(true);
+    q.add_query(Query::query(Name::from_ascii(name)?, RecordType::A));
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    sock.send_to(&q.to_vec()?, server).await?;
+    let mut buf = vec![0u8; 4096];
+    let (n, _) = tokio::time::timeout(Duration::from_secs(5), sock.recv_from(&mut buf)).await??;
+    let a = Message::from_vec(&buf[..n])?;
+    let record = a.answers().first().context("an answer")?;
+    match record.data() {
+        RData::A(ip) => Ok((ip.0, record.ttl())),
+        other => anyhow::bail!("{other:?}"),
+    }
+}
+
 /// Runs [`CLIENT`] as uid 65534 in this (the test's) network namespace.
 fn call_as_workload(args: &[&str]) -> anyhow::Result<String> {
     let out = std::process::Command::new("setpriv")
@@ -2092,6 +2152,18 @@ fn a_redirected_workload_calls_mesh_services_by_virtual_ip_across_zones() -> any
         sh("ip", &["netns", "add", n])?;
         gone.0.push(n.clone());
     }
+    // The workload's resolver, as `ip netns exec` shows it to the namespace: an address
+    // outside, so its queries are redirected to the sidecar like any host's.
+    let etc = std::path::PathBuf::from(format!("/etc/netns/{ns}"));
+    std::fs::create_dir_all(&etc)?;
+    struct Removed(std::path::PathBuf);
+    impl Drop for Removed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _etc = Removed(etc.clone());
+    std::fs::write(etc.join("resolv.conf"), "nameserver 10.77.0.2\n")?;
     // The workload's namespace reaches the outside one over a veth pair, its default
     // route: the virtual IPs route (to be redirected), and so does an address outside
     // the mesh (not a local one, which goes over loopback and is never redirected).
@@ -2175,15 +2247,25 @@ async fn transparent_proxying_in_this_namespace() -> anyhow::Result<()> {
         "address": "127.0.0.1",
         "inbound": [{"port": free_addr().port(), "servicePort": cache_addr.port(), "service": "cache", "protocol": "tcp"}],
     }});
-    let (_cache, _) = m.start_sidecar("zone-b", "cache", cache_dp).await?;
-    // In zone-a: web, with no outbound at all.
+    let (_cache, _) = m.start_sidecar("zone-b", "cache", cache_dp, &[]).await?;
+    // In zone-a: web, with no outbound at all, and its sidecar's DNS; names outside
+    // the mesh go to a resolver that knows one.
     let outbound_port = free_addr().port();
+    let dns_port = free_addr().port();
     let web_dp = json!({"type": "Dataplane", "mesh": "default", "name": "web-1", "spec": {
         "address": "127.0.0.1",
         "inbound": [{"port": free_addr().port(), "service": "web", "protocol": "http"}],
-        "transparentProxying": {"outboundPort": outbound_port},
+        "transparentProxying": {"outboundPort": outbound_port, "dnsPort": dns_port},
     }});
-    let (_web, web_admin) = m.start_sidecar("zone-a", "web", web_dp).await?;
+    let upstream = upstream_resolver().await?;
+    let (_web, web_admin) = m
+        .start_sidecar(
+            "zone-a",
+            "web",
+            web_dp,
+            &["--dns-upstream", &upstream.to_string()],
+        )
+        .await?;
 
     // The global control plane gave each service a virtual IP; web's sidecar has both.
     let vip = |service: &'static str| {
@@ -2224,6 +2306,7 @@ async fn transparent_proxying_in_this_namespace() -> anyhow::Result<()> {
     };
     let before = rules()?;
     let port = outbound_port.to_string();
+    let dns = dns_port.to_string();
     let backend_url = format!("http://{backend_vip}/");
     for backend in ["nftables", "iptables-legacy"] {
         let bin = causeway_tests::causeway_bin();
@@ -2236,6 +2319,8 @@ async fn transparent_proxying_in_this_namespace() -> anyhow::Result<()> {
             "0",
             "--outbound-port",
             &port,
+            "--dns-port",
+            &dns,
         ];
         sh(bin.to_str().context("a UTF-8 path")?, &install)?;
         // HTTP by name of nothing but an address: through web's sidecar, zone-b's
@@ -2276,8 +2361,40 @@ async fn transparent_proxying_in_this_namespace() -> anyhow::Result<()> {
             "0",
             "--outbound-port",
             &port,
+            "--dns-port",
+            &dns,
         ],
     )?;
+    // By name: the application resolves through its resolver (redirected to the
+    // sidecar's DNS), then connects to the virtual IP.
+    let by_name = call_as_workload(&["http", "http://backend.mesh/"])?;
+    let by_name: Value = serde_json::from_str(&by_name).context(by_name)?;
+    assert_eq!(by_name["instance"], "backend-1", "{by_name}");
+    assert_eq!(
+        call_as_workload(&["tcp", "cache.zone-b.mesh", "6379"])?,
+        "PING",
+        "a zone's name"
+    );
+    assert!(
+        call_as_workload(&["tcp", "cache.zone-c.mesh", "6379"])?.starts_with("FAIL"),
+        "no such zone: no such name"
+    );
+    // A name outside the mesh: the upstream's answer, TTL and all.
+    let asked = ask_dns(
+        SocketAddr::from(([127, 0, 0, 1], dns_port)),
+        "outside.example.",
+    )
+    .await?;
+    assert_eq!(asked, ("10.77.0.2".parse()?, 42));
+    assert!(
+        admin_metric(
+            &http,
+            web_admin,
+            "causeway_dns_queries_total{result=\"upstream\"}"
+        )
+        .await
+            >= 1.0
+    );
     let mesh_count = admin_metric(
         &http,
         web_admin,
@@ -2301,7 +2418,7 @@ async fn transparent_proxying_in_this_namespace() -> anyhow::Result<()> {
     // address itself...
     let outside_port = "8099";
     assert_eq!(
-        call_as_workload(&["raw", "10.77.0.2", outside_port])?,
+        call_as_workload(&["raw", "outside.example", outside_port])?,
         "outside"
     );
     let passed = admin_metric(

@@ -59,8 +59,8 @@ pub struct MeshInputs {
     /// config, and only their own ingresses change (they go silent).
     pub blackholed_zones: Vec<String>,
     /// The mesh services' virtual IPs (the global control plane's `VirtualIp`s), by
-    /// service.
-    pub virtual_ips: BTreeMap<String, std::net::Ipv4Addr>,
+    /// service and the zone they pin (none: the service wherever it runs).
+    pub virtual_ips: BTreeMap<(String, Option<String>), std::net::Ipv4Addr>,
 }
 
 impl MeshInputs {
@@ -69,21 +69,24 @@ impl MeshInputs {
     pub fn add_virtual_ips(&mut self, resources: &[Resource]) {
         for r in resources {
             if let Ok(v) = decode::<causeway_api::VirtualIpSpec>(r) {
-                self.virtual_ips.insert(v.service, v.ip);
+                self.virtual_ips.insert((v.service, v.zone), v.ip);
             }
         }
     }
 }
 
+/// An implicit outbound's virtual IP, and the zone it pins calls to.
+pub(crate) type Implicit = (std::net::Ipv4Addr, Option<String>);
+
 /// The Dataplane as its proxy serves it: under transparent proxying, its explicit
-/// outbounds followed by one implicit outbound per mesh service with a virtual IP
-/// (every one, or those its `transparentProxying.services` lists), so policies match
-/// and configure them like any other. Returns the virtual IP of each outbound (none
-/// for an explicit one).
+/// outbounds followed by one implicit outbound per virtual IP of the mesh (a service's,
+/// and the service's in each zone; every service, or those its
+/// `transparentProxying.services` lists), so policies match and configure them like
+/// any other. Returns what makes each outbound implicit (none for an explicit one).
 pub(crate) fn with_implicit_outbounds(
     inputs: &MeshInputs,
     spec: &mut DataplaneSpec,
-) -> Vec<Option<std::net::Ipv4Addr>> {
+) -> Vec<Option<Implicit>> {
     let mut vips = vec![None; spec.outbound.len()];
     let Some(tp) = &spec.transparent_proxying else {
         return vips;
@@ -92,7 +95,7 @@ pub(crate) fn with_implicit_outbounds(
         .services
         .as_ref()
         .map(|s| s.iter().collect::<BTreeSet<_>>());
-    for (service, ip) in &inputs.virtual_ips {
+    for ((service, zone), ip) in &inputs.virtual_ips {
         if wanted.as_ref().is_some_and(|w| !w.contains(service)) {
             continue;
         }
@@ -102,7 +105,7 @@ pub(crate) fn with_implicit_outbounds(
             service: service.clone(),
             section_name: None,
         });
-        vips.push(Some(*ip));
+        vips.push(Some((*ip, zone.clone())));
     }
     vips
 }
@@ -415,9 +418,25 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
         .enumerate()
         .map(|(i, ob)| {
             let balancing = &balancing[i];
+            let pinned = vips[i].as_ref().and_then(|(_, zone)| zone.clone());
+            let mut groups = endpoint_groups(
+                inputs,
+                &mesh_name,
+                &mesh_spec,
+                &ob.service,
+                &EndpointFilter {
+                    section: ob.section_name.as_deref(),
+                    tags: None,
+                },
+                balancing,
+            );
+            if let Some(zone) = &pinned {
+                groups.retain(|g| g.zone == *zone);
+            }
             OutboundListener {
                 port: ob.port,
-                vip: vips[i],
+                vip: vips[i].as_ref().map(|(ip, _)| *ip),
+                zone: pinned,
                 address: ob.address.clone().unwrap_or_else(|| "127.0.0.1".into()),
                 service: ob.service.clone(),
                 protocol: protocols[i],
@@ -427,17 +446,7 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
                 ewma_decay: balancing.ewma_decay(),
                 ring_hash: balancing.ring_hash(),
                 maglev: balancing.maglev(),
-                groups: endpoint_groups(
-                    inputs,
-                    &mesh_name,
-                    &mesh_spec,
-                    &ob.service,
-                    &EndpointFilter {
-                        section: ob.section_name.as_deref(),
-                        tags: None,
-                    },
-                    balancing,
-                ),
+                groups,
                 failover_threshold: balancing.failover_threshold(),
                 timeouts: timeouts.outbounds[i],
                 health_check: health_checks[i].clone(),
@@ -476,6 +485,8 @@ pub fn compute(inputs: &MeshInputs, dataplane: &Resource) -> Result<ProxyConfig,
             .map(|tp| TransparentListener {
                 port: tp.outbound_port,
                 passthrough: mesh_spec.networking.outbound.passthrough,
+                dns_port: tp.dns_port,
+                dns_suffix: mesh_spec.networking.dns_suffix.clone(),
             }),
         revoked_cas: inputs.revoked_cas.clone(),
         trusted_roots: if mtls != MtlsMode::Off {

@@ -42,6 +42,7 @@ fn outbound(port: u16, timeouts: Timeouts) -> OutboundListener {
     OutboundListener {
         port,
         vip: None,
+        zone: None,
         address: "127.0.0.1".into(),
         service: "backend".into(),
         protocol: Protocol::Http,

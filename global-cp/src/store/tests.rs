@@ -1082,7 +1082,7 @@ fn dataplane(name: &str, services: &[&str]) -> Resource {
     .unwrap()
 }
 
-/// The virtual IPs of mesh `m`, by service, as committed.
+/// The virtual IPs of mesh `m`, by service (`service@zone` for a zone's), as committed.
 fn vips(s: &Store) -> BTreeMap<String, String> {
     s.list("VirtualIp", "m", &[], None, usize::MAX)
         .unwrap()
@@ -1090,7 +1090,11 @@ fn vips(s: &Store) -> BTreeMap<String, String> {
         .into_iter()
         .map(|r| {
             let v: causeway_api::VirtualIpSpec = serde_json::from_value(r.spec).unwrap();
-            (v.service, v.ip.to_string())
+            let key = match v.zone {
+                Some(zone) => format!("{}@{zone}", v.service),
+                None => v.service,
+            };
+            (key, v.ip.to_string())
         })
         .collect()
 }
@@ -1104,8 +1108,9 @@ fn sync(b: &mut ApplyBatch<'_>, index: u64, upserts: Vec<Resource>, deletes: Vec
     b.apply(index, EPOCH, cmd).unwrap().unwrap();
 }
 
-/// Each service a zone reports gets the lowest free address of the mesh's range, in
-/// name order, in the apply (so every node computes the same); an address never
+/// Each service a zone reports gets the lowest free address of the mesh's range, and
+/// one more in that zone, in name order, in the apply (so every node computes the
+/// same); an address never
 /// moves: not when its Dataplane leaves, nor when the range changes; a full range
 /// leaves a new service without one; the addresses go with their mesh.
 #[test]
@@ -1114,7 +1119,7 @@ fn services_get_stable_virtual_ips_from_the_meshs_range() {
     let s = Store::open(dir.path()).unwrap();
     add_tokens(&s, &[("zone-a", "t1")]);
     let mut small = mesh("m", &[]);
-    small.spec = serde_json::json!({"networking": {"virtualIps": {"cidr": "241.0.0.0/29"}}});
+    small.spec = serde_json::json!({"networking": {"virtualIps": {"cidr": "241.0.0.0/28"}}});
     let mut b = s.apply_batch();
     put(&mut b, 2, small.clone());
     // One batch: the second entry sees the first one's allocations.
@@ -1141,8 +1146,11 @@ fn services_get_stable_virtual_ips_from_the_meshs_range() {
         vips(&s),
         want(&[
             ("backend", "241.0.0.1"),
-            ("web", "241.0.0.2"),
-            ("db", "241.0.0.3")
+            ("backend@zone-a", "241.0.0.2"),
+            ("web", "241.0.0.3"),
+            ("web@zone-a", "241.0.0.4"),
+            ("db", "241.0.0.5"),
+            ("db@zone-a", "241.0.0.6"),
         ])
     );
     let backend = s
@@ -1179,12 +1187,15 @@ fn services_get_stable_virtual_ips_from_the_meshs_range() {
         vips(&s),
         want(&[
             ("backend", "241.0.0.1"),
-            ("web", "241.0.0.2"),
-            ("db", "241.0.0.3"),
+            ("backend@zone-a", "241.0.0.2"),
+            ("web", "241.0.0.3"),
+            ("web@zone-a", "241.0.0.4"),
+            ("db", "241.0.0.5"),
+            ("db@zone-a", "241.0.0.6"),
             ("cache", "242.0.0.1"),
-            ("queue", "242.0.0.2"),
+            ("cache@zone-a", "242.0.0.2"),
         ]),
-        "a /30 holds two; zz-late gets none"
+        "a /30 holds two; queue and zz-late get none"
     );
 
     // Virtual IPs do not keep a mesh alive; they go with it.
