@@ -127,6 +127,12 @@ impl Plan {
         if let Some(gid) = self.gid {
             out.push(format!("    meta skgid {gid} return"));
         }
+        // DNS before the loopback exemption: a host resolver on loopback
+        // (systemd-resolved's 127.0.0.53) must reach the sidecar's DNS too.
+        if let Some(dns) = self.dns_port {
+            out.push(format!("    udp dport 53 redirect to :{dns}"));
+            out.push(format!("    tcp dport 53 redirect to :{dns}"));
+        }
         if !self.redirect_loopback {
             out.push("    oifname \"lo\" return".into());
         }
@@ -139,10 +145,6 @@ impl Plan {
         if !self.exclude_outbound_ports.is_empty() {
             let ports = self.exclude_outbound_ports.iter().map(u16::to_string);
             out.push(format!("    tcp dport {} return", set(ports.collect())));
-        }
-        if let Some(dns) = self.dns_port {
-            out.push(format!("    udp dport 53 redirect to :{dns}"));
-            out.push(format!("    tcp dport 53 redirect to :{dns}"));
         }
         out.push(format!(
             "    meta l4proto tcp redirect to :{}",
@@ -184,6 +186,12 @@ impl Plan {
         if let Some(gid) = self.gid {
             out.push(o(format!("-m owner --gid-owner {gid} -j RETURN")));
         }
+        // DNS before the loopback exemption (see the nftables script).
+        if let Some(dns) = self.dns_port {
+            for p in ["udp", "tcp"] {
+                out.push(o(format!("-p {p} --dport 53 -j REDIRECT --to-ports {dns}")));
+            }
+        }
         if !self.redirect_loopback {
             out.push(o("-o lo -j RETURN".into()));
         }
@@ -202,11 +210,6 @@ impl Plan {
                     "-p tcp -m multiport --dports {} -j RETURN",
                     chunk.join(",")
                 )));
-            }
-        }
-        if let Some(dns) = self.dns_port {
-            for p in ["udp", "tcp"] {
-                out.push(o(format!("-p {p} --dport 53 -j REDIRECT --to-ports {dns}")));
             }
         }
         out.push(o(format!(
@@ -442,6 +445,10 @@ mod tests {
             at("tcp dport 8080 redirect to :20001") > redirect,
             "inbound, prerouting"
         );
+        // DNS to a resolver on loopback is redirected too, but not the sidecar's own.
+        let dns = at("udp dport 53 redirect to :15053");
+        assert!(at("meta skuid 5678 return") < dns);
+        assert!(dns < at("oifname \"lo\" return"));
         assert!(!script.contains("nfproto ipv6 return"));
         let v4 = Plan {
             ipv6: false,
@@ -464,6 +471,9 @@ mod tests {
         assert!(!v4.contains("fd00::/8"));
         assert!(v4.contains("-p tcp -m multiport --dports 22,9901 -j RETURN\n"));
         assert!(v4.contains("-A CAUSEWAY_OUTPUT -p udp --dport 53 -j REDIRECT --to-ports 15053\n"));
+        // DNS to a resolver on loopback is redirected too.
+        let dns = v4.find("--dport 53 -j REDIRECT").unwrap();
+        assert!(dns < v4.find("-o lo -j RETURN").unwrap());
         assert!(
             v4.contains(
                 "-A CAUSEWAY_PREROUTING -p tcp --dport 8080 -j REDIRECT --to-ports 20001\n"
