@@ -60,6 +60,9 @@ pub struct CertificateReport {
 pub struct DestinationReport {
     /// The outbound's port.
     pub port: u16,
+    /// The outbound's virtual IP, for an implicit one (`port` 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
     /// The service called: the outbound's, or a route backend's.
     pub service: String,
     /// Set for a MeshTCPRoute backend of the outbound (its service and tags, as
@@ -229,6 +232,12 @@ pub struct KindRules {
 #[serde(rename_all = "camelCase")]
 pub struct OutboundInspection {
     pub port: u16,
+    /// An implicit outbound's virtual IP (transparent proxying; `port` is 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
+    /// The zone an implicit outbound pins calls to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     pub service: String,
     /// Per policy kind that matched it (registry order).
     pub policies: Vec<KindOutbound>,

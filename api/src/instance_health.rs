@@ -173,6 +173,7 @@ mod tests {
             certificate: None,
             destinations: vec![DestinationReport {
                 port: 10001,
+                vip: None,
                 service: "backend".into(),
                 backend: None,
                 endpoints,

@@ -214,7 +214,17 @@ pub(crate) fn render(i: &DataplaneInspection, now_ms: i64) -> String {
         }
     }
     for ob in &i.outbounds {
-        let _ = writeln!(o, "\nOutbound {} -> {}", ob.port, ob.service);
+        match (ob.vip, &ob.zone) {
+            (Some(vip), Some(zone)) => {
+                let _ = writeln!(o, "\nOutbound {vip} -> {} in zone {zone}", ob.service);
+            }
+            (Some(vip), None) => {
+                let _ = writeln!(o, "\nOutbound {vip} -> {}", ob.service);
+            }
+            (None, _) => {
+                let _ = writeln!(o, "\nOutbound {} -> {}", ob.port, ob.service);
+            }
+        }
         if ob.policies.is_empty() {
             let _ = writeln!(o, "  no policies");
         }
@@ -322,6 +332,8 @@ mod tests {
             }),
             outbounds: vec![OutboundInspection {
                 port: 20001,
+                vip: None,
+                zone: None,
                 service: "backend".into(),
                 policies: vec![KindOutbound {
                     kind: "MeshTimeout".into(),
@@ -333,6 +345,7 @@ mod tests {
                 }],
                 destinations: vec![DestinationReport {
                     port: 20001,
+                    vip: None,
                     service: "backend".into(),
                     backend: None,
                     endpoints: vec![EndpointReport {

@@ -334,6 +334,7 @@ fn print_resources(
             }
         }
         Output::Table if t.kind == "Zone" => print_zones(items),
+        Output::Table if t.kind == "VirtualIp" => print_virtual_ips(items),
         Output::Table => {
             let mut rows = vec![match t.scope {
                 Scope::Mesh => vec![
@@ -381,6 +382,31 @@ fn print_resources(
         }
     }
     Ok(())
+}
+
+/// Virtual IPs: the service (and the zone it pins) each stands for.
+fn print_virtual_ips(items: &[Value]) {
+    let mut rows = vec![
+        ["MESH", "SERVICE", "ZONE", "IP", "NAME"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for it in items {
+        let s = |pointer: &str| {
+            it.pointer(pointer)
+                .and_then(Value::as_str)
+                .unwrap_or("-")
+                .to_string()
+        };
+        rows.push(vec![
+            s("/mesh"),
+            s("/spec/service"),
+            s("/spec/zone"),
+            s("/spec/ip"),
+            s("/name"),
+        ]);
+    }
+    print_table(&rows);
 }
 
 /// Zones with their KDS status.

@@ -2298,6 +2298,17 @@ async fn transparent_proxying_in_this_namespace() -> anyhow::Result<()> {
     })
     .await
     .with_context(|| m.zone("zone-a").cp.logs())?;
+    // `causeway inspect` names them by address (and pinned zone).
+    let (ok, text, err) = m
+        .zone("zone-a")
+        .cp
+        .cli(&["inspect", "dataplane", "web-1"])?;
+    assert!(ok, "{err}");
+    assert!(
+        text.contains(&format!("Outbound {backend_vip} -> backend\n")),
+        "{text}"
+    );
+    assert!(text.contains("-> cache in zone zone-b"), "{text}");
 
     let rules = || -> anyhow::Result<String> {
         Ok(sh("nft", &["list", "ruleset"])?

@@ -51,7 +51,7 @@ pub(crate) fn inspect(inputs: &MeshInputs, dataplane: &Resource) -> DataplaneIns
         // The store validates Dataplanes; compute's error above says what is wrong.
         Err(_) => return out,
     };
-    proxy_config::with_implicit_outbounds(inputs, &mut spec);
+    let vips = proxy_config::with_implicit_outbounds(inputs, &mut spec);
     let proxy = matching_proxy(inputs, dataplane, &spec);
     out.inbounds = spec
         .inbound
@@ -65,8 +65,11 @@ pub(crate) fn inspect(inputs: &MeshInputs, dataplane: &Resource) -> DataplaneIns
     out.outbounds = spec
         .outbound
         .iter()
-        .map(|ob| OutboundInspection {
+        .zip(&vips)
+        .map(|(ob, vip)| OutboundInspection {
             port: ob.port,
+            vip: vip.as_ref().map(|(ip, _)| *ip),
+            zone: vip.as_ref().and_then(|(_, zone)| zone.clone()),
             service: ob.service.clone(),
             policies: Vec::new(),
             destinations: Vec::new(),
@@ -209,7 +212,7 @@ pub(crate) fn attach_proxy(
             ob.destinations = r
                 .destinations
                 .iter()
-                .filter(|d| d.port == ob.port)
+                .filter(|d| d.port == ob.port && d.vip == ob.vip)
                 .cloned()
                 .collect();
         }
@@ -437,6 +440,7 @@ mod tests {
             }),
             destinations: vec![DestinationReport {
                 port: 20002,
+                vip: None,
                 service: "db".into(),
                 backend: None,
                 endpoints: vec![endpoint],

@@ -48,6 +48,7 @@ impl Proxy {
                 if let Some(b) = balancers.get(&ob.key()) {
                     destinations.push(DestinationReport {
                         port: ob.port,
+                        vip: ob.vip,
                         service: ob.service.clone(),
                         backend: None,
                         endpoints: b.report(now, now_ms),
@@ -75,6 +76,7 @@ impl Proxy {
                     };
                     destinations.push(DestinationReport {
                         port: ob.port,
+                        vip: ob.vip,
                         service: backend.service.clone(),
                         backend: Some(label),
                         endpoints: b.report(now, now_ms),
