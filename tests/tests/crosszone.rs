@@ -2287,6 +2287,25 @@ async fn transparent_proxying_in_this_namespace() -> anyhow::Result<()> {
     let cache_vip = eventually("cache's virtual IP", WAIT, || vip("cache")).await?;
     assert!(backend_vip.starts_with("241.0."), "{backend_vip}");
     assert_ne!(backend_vip, cache_vip);
+    // Allocated, not written: neither global nor a zone takes a write of one.
+    let moved = json!({"type": "VirtualIp", "mesh": "default", "name": "backend",
+                       "spec": {"service": "backend", "ip": "241.0.9.9"}});
+    let path = "/meshes/default/virtualips/backend";
+    let (s, v) = m.c.call(0, Method::PUT, path, Some(&moved)).await?;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{v}");
+    assert!(
+        v["message"].as_str().unwrap_or("").contains("allocated"),
+        "{v}"
+    );
+    let (s, _) = m.c.call(0, Method::DELETE, path, None).await?;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    let (s, _) = m
+        .zone("zone-a")
+        .cp
+        .call(Method::PUT, path, Some(&moved))
+        .await?;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(vip("backend").await.as_deref(), Some(backend_vip.as_str()));
     eventually("web's implicit outbounds", WAIT, || async {
         let cfg = admin_config(&http, web_admin).await?;
         let vips: Vec<&str> = cfg["config"]["outbounds"]
