@@ -70,16 +70,16 @@ pub(crate) struct Proxy {
     draining: watch::Sender<bool>,
     /// Connection caps: inbound listeners together, outbound ones together.
     gates: [Arc<causeway_listen::Gate>; 2],
-    /// Running active health checks, by outbound port and endpoint.
+    /// Running active health checks, by outbound (port or virtual IP) and endpoint.
     health_checks: Mutex<HashMap<(OutboundKey, usize), RunningCheck>>,
     /// Route backends (MeshTCPRoute's and MeshHTTPRoute's, mirrors too), by outbound
-    /// port and backend (service and tags): each as a destination of its own (its
+    /// and backend (service and tags): each as a destination of its own (its
     /// endpoints and identity) with its balancer, shared by every route that sends
     /// there, so outlier detection sees all of an endpoint's traffic.
     route_balancers: Mutex<HashMap<(OutboundKey, String), RouteTarget>>,
     /// Mirrored copies in flight.
     mirrors: AtomicU64,
-    /// MeshHTTPRoute's routes, compiled, by outbound port.
+    /// MeshHTTPRoute's routes, compiled, by outbound.
     route_tables: Mutex<HashMap<OutboundKey, Arc<crate::route::RouteTable>>>,
     /// MeshRateLimit's buckets, by inbound port.
     rate_limits: Mutex<HashMap<u16, Arc<crate::rate_limit::InboundRateLimits>>>,
