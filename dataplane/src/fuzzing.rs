@@ -1,6 +1,7 @@
 //! Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`), so they reach code
 //! that is private to the sidecar: the HTTP/1.1 client it speaks to its application
-//! ([`http1_exchange`]), and the configs a zone sends it over DDS ([`dds_config`]).
+//! ([`http1_exchange`]), the configs a zone sends it over DDS ([`dds_config`]), and the
+//! DNS queries a redirected workload sends it ([`dns_query`]).
 
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -100,4 +101,27 @@ pub fn dds_config(json: &[u8]) -> Result<(), String> {
     let proxy = crate::proxy::Proxy::new(config, identity, crate::DEFAULT_MAX_CONNECTIONS);
     proxy.update_balancers(&cfg);
     Ok(())
+}
+
+/// The sidecar's DNS server deciding on one query from the workload (any bytes): an
+/// answer, a forward, or nothing; an answer must itself parse as DNS.
+pub fn dns_query(query: &[u8]) {
+    static NAMES: OnceLock<crate::dns::Names> = OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        let cfg: causeway_api::proxy_config::ProxyConfig =
+            serde_json::from_value(serde_json::json!({
+                "version": "v1", "mesh": "default", "dataplane": "web-1", "zone": "zone-a",
+                "address": "127.0.0.1", "mtls": "Off", "identity": null, "inbounds": [],
+                "outbounds": [{"port": 0, "vip": "241.0.0.1", "address": "127.0.0.1",
+                    "service": "backend", "protocol": "http", "identity": null,
+                    "loadBalancer": "RoundRobin", "groups": []}],
+                "transparent": {"port": 15001, "passthrough": true, "dnsPort": 15053,
+                    "dnsSuffix": "mesh"},
+            }))
+            .expect("a config");
+        crate::dns::Names::from_config(&cfg)
+    });
+    if let crate::dns::Reply::Answer(bytes) = crate::dns::reply(query, names) {
+        hickory_proto::op::Message::from_vec(&bytes).expect("an answer that parses");
+    }
 }

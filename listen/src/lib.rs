@@ -37,6 +37,7 @@ use std::time::Duration;
 #[cfg(feature = "acceptor")]
 use axum_server::accept::Accept;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+#[cfg(any(feature = "acceptor", feature = "grpc"))]
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
