@@ -20,8 +20,15 @@
 //! and through an haproxy mTLS pair: wrk throughput, p50/p90/p99 at a fixed rate (h2load),
 //! proxy CPU seconds and peak RSS, against the sidecar goals; with `--routes`, also through
 //! the sidecars with 100 MeshHTTPRoute rules and a 90/10 split.
+//!
+//! `causeway-bench transparent`: transparent proxying's cost against an explicit
+//! outbound port, side by side through one sidecar, in a network namespace the bench
+//! makes: HTTP throughput and p50 to a virtual IP (redirected by `install-redirect`)
+//! and to the explicit port, new TCP connections per second both ways, and DNS answers
+//! per second and p99 from the sidecar (mesh names, forwarded names) against the
+//! upstream resolver itself. Needs root (namespaces, nftables).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +42,7 @@ mod crosszone;
 mod delay;
 mod sidecar;
 mod stats;
+mod transparent;
 mod ui;
 mod zones;
 
@@ -136,6 +144,55 @@ enum Bench {
         /// sidecars without routes and the split observed over the bench's requests.
         #[arg(long)]
         routes: bool,
+    },
+    /// Transparent proxying vs an explicit outbound port through one sidecar: HTTP,
+    /// new TCP connections, and the sidecar's DNS vs its upstream resolver (as root: it
+    /// makes a network namespace and installs redirect rules in it).
+    Transparent {
+        /// Seconds per measurement.
+        #[arg(long, default_value = "5")]
+        seconds: u64,
+        /// Repetitions (medians are reported).
+        #[arg(long, default_value = "3")]
+        runs: usize,
+        /// wrk connections for the HTTP throughput measurement.
+        #[arg(long, default_value = "50")]
+        connections: u64,
+        /// Fixed request rate (req/s) of the HTTP latency measurement (h2load).
+        #[arg(long, default_value = "1000")]
+        rate: u64,
+        /// Concurrent clients of the TCP connection-rate and the DNS measurements.
+        #[arg(long, default_value = "16")]
+        clients: usize,
+        /// The sidecar binary; default: the lean release `causeway-dataplane`
+        /// (target/release, `cargo build --release -p causeway-dataplane`), else the one
+        /// next to this bench, else `causeway dataplane`.
+        #[arg(long)]
+        sidecar_bin: Option<PathBuf>,
+        /// Internal: set when the bench re-executes itself inside the network namespace
+        /// it made (by that name).
+        #[arg(long, hide = true)]
+        in_netns: Option<String>,
+    },
+    /// Internal: one load generator of `transparent`, run as the redirected workload's
+    /// user (uid 65534); prints its result as one JSON line.
+    #[command(hide = true)]
+    TransparentLoad {
+        /// `tcp` (connect, echo 64 bytes, close), `dns` (UDP A queries) or `http`
+        /// (one GET, with `--once` only).
+        kind: transparent::LoadKind,
+        /// Where to: `IP:PORT`.
+        target: std::net::SocketAddr,
+        /// The name asked, for `dns`.
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "1")]
+        clients: usize,
+        #[arg(long, default_value = "1")]
+        seconds: u64,
+        /// One request or connection; exit status 0 if it succeeded (readiness).
+        #[arg(long)]
+        once: bool,
     },
     /// Load time of every page of the web UI in a real headless Chromium, with a large
     /// fleet in the store (goal: every page under 300 ms).
@@ -751,6 +808,52 @@ async fn main() -> anyhow::Result<()> {
             };
             sidecar::sidecar(seconds, runs, rate, connections, sc).await
         }
+        Bench::Transparent {
+            seconds,
+            runs,
+            connections,
+            rate,
+            clients,
+            sidecar_bin,
+            in_netns,
+        } => {
+            // The bench links RocksDB, so it is often a debug build: prefer the release
+            // sidecar even then.
+            let exe = std::env::current_exe()?;
+            let lean = [
+                exe.parent()
+                    .and_then(Path::parent)
+                    .map(|target| target.join("release/causeway-dataplane")),
+                Some(exe.with_file_name("causeway-dataplane")),
+            ]
+            .into_iter()
+            .flatten()
+            .find(|p| p.exists());
+            let opts = transparent::Opts {
+                seconds,
+                runs,
+                connections,
+                rate,
+                clients,
+                sidecar: sidecar::SidecarCmd {
+                    bin: sidecar_bin.or(lean),
+                    args: Vec::new(),
+                    policies: false,
+                    access_log: false,
+                    trace: None,
+                    routes: false,
+                },
+            };
+            transparent::transparent(opts, in_netns).await
+        }
+        Bench::TransparentLoad {
+            kind,
+            target,
+            name,
+            clients,
+            seconds,
+            once,
+        } => transparent::load(kind, target, &name, clients, seconds, once).await,
     }
 }
 

@@ -92,10 +92,10 @@ backend app
 "#;
 
 /// Fills the baseline placeholders.
-struct Ports {
-    nginx: u16,
-    hap_out: u16,
-    hap_in: u16,
+pub(crate) struct Ports {
+    pub(crate) nginx: u16,
+    pub(crate) hap_out: u16,
+    pub(crate) hap_in: u16,
 }
 
 fn fill(template: &str, p: &Ports, certs: &Path, run: &Path) -> String {
@@ -141,7 +141,7 @@ impl Svc {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
 
@@ -197,7 +197,7 @@ pub(crate) fn tail(path: &Path, n: usize) -> String {
 }
 
 /// A tool from Debian, by name; the error names the package.
-fn tool(name: &str, package: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn tool(name: &str, package: &str) -> anyhow::Result<PathBuf> {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!("command -v {name}"))
@@ -210,7 +210,7 @@ fn tool(name: &str, package: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// First line a command prints (stdout or stderr), for the header.
-fn version(cmd: &Path, arg: &str) -> String {
+pub(crate) fn version(cmd: &Path, arg: &str) -> String {
     Command::new(cmd)
         .arg(arg)
         .output()
@@ -224,7 +224,7 @@ fn version(cmd: &Path, arg: &str) -> String {
 }
 
 /// User plus system CPU time of a process (all its threads), in seconds.
-fn cpu_seconds(pid: u32, ticks_per_sec: f64) -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32, ticks_per_sec: f64) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name may hold spaces; fields restart after its closing parenthesis
     // with field 3 (state), so utime (14) and stime (15) are at 11 and 12.
@@ -255,7 +255,7 @@ fn peak_rss(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// Every process's parent, CPU ticks and name, from /proc (unreadable ones skipped).
-fn all_processes() -> HashMap<u32, (u32, u64, String)> {
+pub(crate) fn all_processes() -> HashMap<u32, (u32, u64, String)> {
     let mut out = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -289,7 +289,7 @@ fn parse_steal(proc_stat: &str) -> Option<u64> {
     line.split_whitespace().nth(8)?.parse().ok()
 }
 
-fn steal_ticks() -> u64 {
+pub(crate) fn steal_ticks() -> u64 {
     std::fs::read_to_string("/proc/stat")
         .ok()
         .and_then(|s| parse_steal(&s))
@@ -299,7 +299,7 @@ fn steal_ticks() -> u64 {
 /// CPU seconds that processes outside this benchmark's process tree used between two
 /// snapshots, and the busiest of them. The machine may be shared (builds, tests); a
 /// measurement they disturb is flagged rather than silently reported.
-fn foreign_cpu(
+pub(crate) fn foreign_cpu(
     before: &HashMap<u32, (u32, u64, String)>,
     after: &HashMap<u32, (u32, u64, String)>,
     ticks_per_sec: f64,
@@ -332,7 +332,7 @@ fn foreign_cpu(
     (total as f64 / ticks_per_sec, top.1)
 }
 
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -470,7 +470,7 @@ pub(crate) fn https_client(ca_pem: &str) -> anyhow::Result<reqwest::Client> {
 // === the three paths ===
 
 /// nginx, the backend of every path.
-async fn start_nginx(
+pub(crate) async fn start_nginx(
     dir: &Path,
     p: &Ports,
     http: &reqwest::Client,
@@ -762,7 +762,7 @@ async fn span_collector() -> anyhow::Result<std::net::SocketAddr> {
 }
 
 impl SidecarCmd {
-    fn command(&self) -> anyhow::Result<Command> {
+    pub(crate) fn command(&self) -> anyhow::Result<Command> {
         Ok(match &self.bin {
             Some(b) => Command::new(b),
             None => {
@@ -773,7 +773,7 @@ impl SidecarCmd {
         })
     }
 
-    fn describe(&self) -> anyhow::Result<String> {
+    pub(crate) fn describe(&self) -> anyhow::Result<String> {
         let mut s = match &self.bin {
             Some(b) => b.display().to_string(),
             None => format!("{} dataplane", bin("causeway")?.display()),
@@ -1181,7 +1181,7 @@ impl SplitCount {
 // === load ===
 
 /// Runs a load tool to completion (killed on timeout or drop); returns what it printed.
-async fn run_tool(
+pub(crate) async fn run_tool(
     dir: &Path,
     name: &str,
     cmd: &mut Command,
@@ -1203,14 +1203,14 @@ async fn run_tool(
     Ok(out)
 }
 
-struct Wrk {
-    rps: f64,
-    requests: u64,
+pub(crate) struct Wrk {
+    pub(crate) rps: f64,
+    pub(crate) requests: u64,
     /// Non-2xx/3xx answers and socket errors, if any.
-    errors: Option<String>,
+    pub(crate) errors: Option<String>,
 }
 
-fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
+pub(crate) fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
     let mut rps = None;
     let mut requests = None;
     let mut errors = Vec::new();
@@ -1230,19 +1230,19 @@ fn parse_wrk(out: &str) -> anyhow::Result<Wrk> {
     })
 }
 
-struct Fixed {
-    p50: f64,
-    p90: f64,
-    p99: f64,
+pub(crate) struct Fixed {
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
     /// Answers per second actually completed.
-    achieved: f64,
+    pub(crate) achieved: f64,
     /// Requests that failed or did not answer 200.
-    failed: usize,
+    pub(crate) failed: usize,
 }
 
 /// Latency percentiles (ms) from h2load's per-request log: start (µs since the epoch),
 /// status (-1 on failure), µs to the end of the response.
-fn parse_h2load_log(log: &str, seconds: u64) -> anyhow::Result<Fixed> {
+pub(crate) fn parse_h2load_log(log: &str, seconds: u64) -> anyhow::Result<Fixed> {
     let mut ok = Vec::new();
     let mut failed = 0;
     for l in log.lines() {
