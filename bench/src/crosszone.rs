@@ -21,9 +21,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::sidecar::{
-    READY, Svc, api, global_admin_token, global_secret_flags, https_client, wait_file,
-};
+use crate::control::{Global, Zone};
+use crate::sidecar::{READY, Svc};
 use crate::{bin, free_port, median};
 
 /// One connection's work: connect, echo 64 bytes, close.
@@ -94,8 +93,8 @@ struct Mesh {
     _echo_sidecar: Svc,
     ingress: Option<Svc>,
     _echo: Svc,
-    _zones: Vec<Svc>,
-    _global: Svc,
+    _zones: Vec<Zone>,
+    _global: Global,
     outbound: u16,
     echo_port: u16,
     web_admin: u16,
@@ -106,92 +105,11 @@ struct Mesh {
 async fn start(dir: &Path, rtt: Duration) -> anyhow::Result<Mesh> {
     let causeway = bin("causeway")?;
     let deadline = Instant::now() + READY;
-    let (api_port, raft, kds) = (free_port(), free_port(), free_port());
-    let gdir = dir.join("global");
-    let mut global = Svc::spawn(
-        dir,
-        "global-cp",
-        Command::new(&causeway)
-            .args(["global-cp", "--node-id", "1"])
-            .arg("--data-dir")
-            .arg(&gdir)
-            .args(global_secret_flags(dir))
-            .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
-            .args(["--raft-addr", &format!("127.0.0.1:{raft}")])
-            .args(["--kds-addr", &format!("127.0.0.1:{kds}")])
-            .env("RUST_LOG", "warn"),
-        false,
-    )?;
-    let token = global_admin_token(dir, deadline, &mut global).await?;
-    let ca = wait_file(&gdir.join("api-ca.pem"), deadline, &mut global).await?;
-    let g = https_client(&ca)?;
-    let gurl = format!("https://127.0.0.1:{api_port}");
-    let call = |method: Method, path: String, v: Option<Value>| {
-        let (g, url, token) = (&g, format!("{gurl}{path}"), &token);
-        async move { api(g, method, &url, token, v.as_ref(), deadline).await }
-    };
-    call(
-        Method::PUT,
-        "/meshes/default".into(),
-        Some(json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"mode": "Strict"}}})),
-    )
-    .await?;
-    call(Method::PUT, "/meshes/default/meshtrafficpermissions/web-to-echo".into(), Some(json!({
-        "type": "MeshTrafficPermission", "mesh": "default", "name": "web-to-echo",
-        "spec": {"targetRef": {"kind": "MeshService", "name": "echo"},
-                 "from": [{"targetRef": {"kind": "MeshService", "name": "web"}, "default": {"action": "Allow"}}]}}))).await?;
-
+    let global = Global::start(dir, deadline).await?;
+    global.allow("web", "echo").await?;
     let mut zones = Vec::new();
-    let mut dds = Vec::new();
     for zone in ["zone-a", "zone-b"] {
-        let v = call(
-            Method::POST,
-            format!("/zones/{zone}/token"),
-            Some(json!({})),
-        )
-        .await?;
-        let token_file = dir.join(format!("{zone}.token"));
-        std::fs::write(&token_file, v["token"].as_str().context("no zone token")?)?;
-        let port = free_port();
-        zones.push(Svc::spawn(
-            dir,
-            zone,
-            Command::new(&causeway)
-                .args(["zone-cp", "--zone", zone])
-                .args(["--global", &format!("https://127.0.0.1:{kds}")])
-                .arg("--token-file")
-                .arg(&token_file)
-                .arg("--data-dir")
-                .arg(dir.join(zone))
-                .arg("--seal-key-file")
-                .arg(dir.join(format!("{zone}-seal.key")))
-                .arg("--token-out-dir")
-                .arg(dir.join(format!("{zone}-tokens")))
-                .args(["--api-addr", &format!("127.0.0.1:{}", free_port())])
-                .args(["--dds-addr", &format!("127.0.0.1:{port}")])
-                .env("RUST_LOG", "warn"),
-            false,
-        )?);
-        dds.push(port);
-    }
-    let cp_args = |i: usize, token: &Path| -> Vec<String> {
-        let zone = ["zone-a", "zone-b"][i];
-        vec![
-            "--cp".into(),
-            format!("https://127.0.0.1:{}", dds[i]),
-            "--cp-ca-file".into(),
-            dir.join(zone).join("api-ca.pem").display().to_string(),
-            "--token-file".into(),
-            token.display().to_string(),
-        ]
-    };
-    for (i, z) in zones.iter_mut().enumerate() {
-        wait_file(
-            &dir.join(["zone-a", "zone-b"][i]).join("api-ca.pem"),
-            deadline,
-            z,
-        )
-        .await?;
+        zones.push(global.zone(dir, zone).await?);
     }
 
     // zone-b: the echo app, its sidecar, the ingress.
@@ -208,19 +126,11 @@ async fn start(dir: &Path, rtt: Duration) -> anyhow::Result<Mesh> {
         false,
     )?;
     let sidecar = |name: &str, zone: usize, service: &str, dp: Value| {
-        let call = &call;
+        let (global, zones) = (&global, &zones);
         let (name, service) = (name.to_string(), service.to_string());
-        let cp_args = &cp_args;
         let causeway = &causeway;
         async move {
-            let v = call(
-                Method::POST,
-                "/meshes/default/dataplane-token".into(),
-                Some(json!({"service": service})),
-            )
-            .await?;
-            let token_file = dir.join(format!("{name}.token"));
-            std::fs::write(&token_file, v["token"].as_str().context("no token")?)?;
+            let token_file = global.dataplane_token(dir, &name, &service).await?;
             let dp_file = dir.join(format!("{name}.json"));
             std::fs::write(&dp_file, serde_json::to_vec(&dp)?)?;
             let admin = free_port();
@@ -229,7 +139,7 @@ async fn start(dir: &Path, rtt: Duration) -> anyhow::Result<Mesh> {
                 &name,
                 Command::new(causeway)
                     .arg("dataplane")
-                    .args(cp_args(zone, &token_file))
+                    .args(zones[zone].cp_args(&token_file))
                     .arg("--dataplane-file")
                     .arg(&dp_file)
                     .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
@@ -247,16 +157,18 @@ async fn start(dir: &Path, rtt: Duration) -> anyhow::Result<Mesh> {
                "inbound": [{"port": free_port(), "servicePort": echo_port, "service": "echo", "protocol": "tcp"}]}}),
     )
     .await?;
-    let v = call(
-        Method::POST,
-        "/zones/zone-b/ingress-token".into(),
-        Some(json!({})),
-    )
-    .await?;
+    let v = global
+        .call(
+            Method::POST,
+            "/zones/zone-b/ingress-token",
+            Some(&json!({})),
+            deadline,
+        )
+        .await?;
     let ingress_token = dir.join("ingress.token");
     std::fs::write(&ingress_token, v["token"].as_str().context("no token")?)?;
     let mut ingress_args = vec!["ingress".to_string()];
-    ingress_args.extend(cp_args(1, &ingress_token));
+    ingress_args.extend(zones[1].cp_args(&ingress_token));
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     ingress_args.extend([
         "--name".into(),

@@ -38,6 +38,7 @@ use base64::Engine as _;
 use clap::Parser;
 use serde_json::{Value, json};
 
+mod control;
 mod crosszone;
 mod delay;
 mod sidecar;

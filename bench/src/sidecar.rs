@@ -815,54 +815,13 @@ async fn start_causeway(
     plain: &reqwest::Client,
     sc: &SidecarCmd,
 ) -> anyhow::Result<CausewayMesh> {
-    let causeway = bin("causeway")?;
     let deadline = Instant::now() + READY;
-    let (api_port, raft, kds) = (free_port(), free_port(), free_port());
-    let gdir = dir.join("global");
-    let mut global = Svc::spawn(
-        dir,
-        "global-cp",
-        Command::new(&causeway)
-            .args(["global-cp", "--node-id", "1"])
-            .arg("--data-dir")
-            .arg(&gdir)
-            .args(global_secret_flags(dir))
-            .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
-            .args(["--raft-addr", &format!("127.0.0.1:{raft}")])
-            .args(["--kds-addr", &format!("127.0.0.1:{kds}")])
-            .env("RUST_LOG", "warn"),
-        false,
-    )?;
-    let token = global_admin_token(dir, deadline, &mut global).await?;
-    let ca = wait_file(&gdir.join("api-ca.pem"), deadline, &mut global).await?;
-    let g = https_client(&ca)?;
-    let gurl = format!("https://127.0.0.1:{api_port}");
-    wait_ok(
-        &g,
-        &format!("{gurl}/ready"),
-        None,
-        deadline,
-        &mut [&mut global],
-    )
-    .await?;
-
-    let put = |path: &str, v: Value| {
-        let (g, url, token) = (&g, format!("{gurl}{path}"), &token);
-        async move { api(g, Method::PUT, &url, token, Some(&v), deadline).await }
+    let global = crate::control::Global::start(dir, deadline).await?;
+    let put = |path: &'static str, v: Value| {
+        let global = &global;
+        async move { global.put(path, v).await }
     };
-    put(
-        "/meshes/default",
-        json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"mode": "Strict"}}}),
-    )
-    .await?;
-    put(
-        "/meshes/default/meshtrafficpermissions/web-to-backend",
-        json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "web-to-backend",
-               "spec": {"targetRef": {"kind": "MeshService", "name": "backend"},
-                        "from": [{"targetRef": {"kind": "MeshService", "name": "web"},
-                                  "default": {"action": "Allow"}}]}}),
-    )
-    .await?;
+    global.allow("web", "backend").await?;
     if sc.policies {
         for (path, policy) in resilience_policies() {
             put(path, policy).await?;
@@ -878,58 +837,21 @@ async fn start_causeway(
         put(path, policy).await?;
     }
     if sc.routes {
-        put(
-            "/meshes/default/meshtrafficpermissions/web-to-canary",
-            json!({"type": "MeshTrafficPermission", "mesh": "default", "name": "web-to-canary",
-                   "spec": {"targetRef": {"kind": "MeshService", "name": "canary"},
-                            "from": [{"targetRef": {"kind": "MeshService", "name": "web"},
-                                      "default": {"action": "Allow"}}]}}),
-        )
-        .await?;
+        global.allow("web", "canary").await?;
         for (path, policy) in route_policies() {
             put(path, policy).await?;
         }
     }
 
     // The zone, with DDS for the sidecars.
-    let v = api(
-        &g,
-        Method::POST,
-        &format!("{gurl}/zones/zone-a/token"),
-        &token,
-        Some(&json!({})),
-        deadline,
-    )
-    .await?;
-    let zone_token = dir.join("zone-a.token");
-    std::fs::write(&zone_token, v["token"].as_str().context("no zone token")?)?;
-    let (zapi, dds) = (free_port(), free_port());
-    let zdir = dir.join("zone-a");
-    let mut zone = Svc::spawn(
-        dir,
-        "zone-cp",
-        Command::new(&causeway)
-            .args(["zone-cp", "--zone", "zone-a"])
-            .args(["--global", &format!("https://127.0.0.1:{kds}")])
-            .arg("--token-file")
-            .arg(&zone_token)
-            .arg("--data-dir")
-            .arg(&zdir)
-            .arg("--seal-key-file")
-            .arg(dir.join("zone-a-seal.key"))
-            .arg("--token-out-dir")
-            .arg(dir.join("zone-a-tokens"))
-            .args(["--api-addr", &format!("127.0.0.1:{zapi}")])
-            .args(["--dds-addr", &format!("127.0.0.1:{dds}")])
-            .env("RUST_LOG", "warn"),
-        false,
-    )?;
-    let ztoken = wait_file(&dir.join("zone-a-tokens/admin-token"), deadline, &mut zone)
+    let mut zone = global.zone(dir, "zone-a").await?;
+    let ztoken = wait_file(&zone.tokens.join("admin-token"), deadline, &mut zone.svc)
         .await?
         .trim()
         .to_string();
-    let zca = wait_file(&zdir.join("api-ca.pem"), deadline, &mut zone).await?;
+    let zca = wait_file(&zone.dir.join("api-ca.pem"), deadline, &mut zone.svc).await?;
     let z = https_client(&zca)?;
+    let zapi = zone.api;
     // The zone's intermediate mesh CA, so the sidecars get certificates at once.
     loop {
         let st = api(
@@ -945,11 +867,11 @@ async fn start_causeway(
         if st["intermediates"][0]["mesh"] == "default" {
             break;
         }
-        zone.check_running()?;
+        zone.svc.check_running()?;
         if Instant::now() >= deadline {
             bail!(
                 "zone-a has no intermediate CA for mesh default: {st}{}",
-                zone.logs()
+                zone.svc.logs()
             );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -958,23 +880,9 @@ async fn start_causeway(
     // The sidecars.
     let outbound = free_port();
     let sidecar = |name: &'static str, service: &'static str, inbound: Value, outbound: Value| {
-        let (g, gurl, token) = (&g, &gurl, &token);
-        let zca_file = zdir.join("api-ca.pem");
+        let (global, zone) = (&global, &zone);
         async move {
-            let v = api(
-                g,
-                Method::POST,
-                &format!("{gurl}/meshes/default/dataplane-token"),
-                token,
-                Some(&json!({"service": service})),
-                deadline,
-            )
-            .await?;
-            let token_file = dir.join(format!("{name}.token"));
-            std::fs::write(
-                &token_file,
-                v["token"].as_str().context("no dataplane token")?,
-            )?;
+            let token_file = global.dataplane_token(dir, name, service).await?;
             let dp = json!({"type": "Dataplane", "mesh": "default", "name": name,
                             "spec": {"address": "127.0.0.1", "inbound": [inbound], "outbound": outbound}});
             let dp_file = dir.join(format!("{name}-dp.json"));
@@ -984,11 +892,7 @@ async fn start_causeway(
                 dir,
                 &format!("sidecar-{name}"),
                 sc.command()?
-                    .args(["--cp", &format!("https://127.0.0.1:{dds}")])
-                    .arg("--cp-ca-file")
-                    .arg(&zca_file)
-                    .arg("--token-file")
-                    .arg(&token_file)
+                    .args(zone.cp_args(&token_file))
                     .arg("--dataplane-file")
                     .arg(&dp_file)
                     .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
@@ -1039,7 +943,7 @@ async fn start_causeway(
             &format!("http://127.0.0.1:{admin}/ready"),
             None,
             deadline,
-            &mut [&mut web, &mut backend, &mut zone],
+            &mut [&mut web, &mut backend, &mut zone.svc],
         )
         .await?;
     }
@@ -1049,7 +953,7 @@ async fn start_causeway(
         &format!("http://127.0.0.1:{outbound}/"),
         Some("ok\n"),
         deadline,
-        &mut [&mut web, &mut backend, &mut zone],
+        &mut [&mut web, &mut backend, &mut zone.svc],
     )
     .await?;
     if let Some(c) = canary.as_mut() {
@@ -1059,7 +963,7 @@ async fn start_causeway(
                 &format!("http://127.0.0.1:{admin}/ready"),
                 None,
                 deadline,
-                &mut [&mut c.v1, &mut c.v2, &mut zone],
+                &mut [&mut c.v1, &mut c.v2, &mut zone.svc],
             )
             .await?;
         }
@@ -1095,7 +999,7 @@ async fn start_causeway(
                 &format!("http://127.0.0.1:{}/", c.outbound),
                 Some("ok\n"),
                 deadline,
-                &mut [&mut web, &mut c.v1, &mut c.v2, &mut zone],
+                &mut [&mut web, &mut c.v1, &mut c.v2, &mut zone.svc],
             )
             .await?;
         }
@@ -1104,8 +1008,8 @@ async fn start_causeway(
         web,
         backend,
         canary,
-        _zone: zone,
-        _global: global,
+        _zone: zone.svc,
+        _global: global.svc,
         outbound,
         web_admin,
     })

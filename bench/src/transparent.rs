@@ -40,10 +40,10 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use crate::control::Global;
 use crate::sidecar::{
-    Ports, READY, SidecarCmd, Svc, all_processes, api, clock_ticks, cpu_seconds, foreign_cpu,
-    global_admin_token, global_secret_flags, https_client, parse_h2load_log, parse_wrk, run_tool,
-    start_nginx, steal_ticks, tool, version, wait_file, wait_ok,
+    Ports, READY, SidecarCmd, Svc, all_processes, clock_ticks, cpu_seconds, foreign_cpu,
+    parse_h2load_log, parse_wrk, run_tool, start_nginx, steal_ticks, tool, version, wait_ok,
 };
 use crate::{bin, free_port, median, percentile};
 
@@ -287,111 +287,17 @@ async fn start_mesh(
 ) -> anyhow::Result<Mesh> {
     let causeway = bin("causeway")?;
     let deadline = Instant::now() + READY;
-    let (api_port, raft, kds) = (free_port(), free_port(), free_port());
-    let gdir = dir.join("global");
-    let mut global = Svc::spawn(
-        dir,
-        "global-cp",
-        Command::new(&causeway)
-            .args(["global-cp", "--node-id", "1"])
-            .arg("--data-dir")
-            .arg(&gdir)
-            .args(global_secret_flags(dir))
-            .args(["--api-addr", &format!("127.0.0.1:{api_port}")])
-            .args(["--raft-addr", &format!("127.0.0.1:{raft}")])
-            .args(["--kds-addr", &format!("127.0.0.1:{kds}")])
-            .env("RUST_LOG", "warn"),
-        false,
-    )?;
-    let token = global_admin_token(dir, deadline, &mut global).await?;
-    let ca = wait_file(&gdir.join("api-ca.pem"), deadline, &mut global).await?;
-    let g = https_client(&ca)?;
-    let gurl = format!("https://127.0.0.1:{api_port}");
-    wait_ok(
-        &g,
-        &format!("{gurl}/ready"),
-        None,
-        deadline,
-        &mut [&mut global],
-    )
-    .await?;
-    let call = |method: Method, path: String, v: Option<Value>, until: Instant| {
-        let (g, url, token) = (&g, format!("{gurl}{path}"), &token);
-        async move { api(g, method, &url, token, v.as_ref(), until).await }
-    };
-    call(
-        Method::PUT,
-        "/meshes/default".into(),
-        Some(json!({"type": "Mesh", "name": "default", "spec": {"mtls": {"mode": "Strict"}}})),
-        deadline,
-    )
-    .await?;
+    let mut global = Global::start(dir, deadline).await?;
     for to in ["backend", "echo"] {
-        let name = format!("web-to-{to}");
-        call(
-            Method::PUT,
-            format!("/meshes/default/meshtrafficpermissions/{name}"),
-            Some(
-                json!({"type": "MeshTrafficPermission", "mesh": "default", "name": name,
-                "spec": {"targetRef": {"kind": "MeshService", "name": to},
-                         "from": [{"targetRef": {"kind": "MeshService", "name": "web"},
-                                   "default": {"action": "Allow"}}]}}),
-            ),
-            deadline,
-        )
-        .await?;
+        global.allow("web", to).await?;
     }
-
     // The zone, with DDS for the sidecars.
-    let v = call(
-        Method::POST,
-        "/zones/zone-a/token".into(),
-        Some(json!({})),
-        deadline,
-    )
-    .await?;
-    let zone_token = dir.join("zone-a.token");
-    std::fs::write(&zone_token, v["token"].as_str().context("no zone token")?)?;
-    let dds = free_port();
-    let zdir = dir.join("zone-a");
-    let mut zone = Svc::spawn(
-        dir,
-        "zone-cp",
-        Command::new(&causeway)
-            .args(["zone-cp", "--zone", "zone-a"])
-            .args(["--global", &format!("https://127.0.0.1:{kds}")])
-            .arg("--token-file")
-            .arg(&zone_token)
-            .arg("--data-dir")
-            .arg(&zdir)
-            .arg("--seal-key-file")
-            .arg(dir.join("zone-a-seal.key"))
-            .arg("--token-out-dir")
-            .arg(dir.join("zone-a-tokens"))
-            .args(["--api-addr", &format!("127.0.0.1:{}", free_port())])
-            .args(["--dds-addr", &format!("127.0.0.1:{dds}")])
-            .env("RUST_LOG", "warn"),
-        false,
-    )?;
-    let zca_file = zdir.join("api-ca.pem");
-    wait_file(&zca_file, deadline, &mut zone).await?;
+    let mut zone = global.zone(dir, "zone-a").await?;
 
     let sidecar = |name: &'static str, service: &'static str, spec: Value, extra: Vec<String>| {
-        let call = &call;
-        let zca_file = &zca_file;
+        let (global, zone) = (&global, &zone);
         async move {
-            let v = call(
-                Method::POST,
-                "/meshes/default/dataplane-token".into(),
-                Some(json!({"service": service})),
-                deadline,
-            )
-            .await?;
-            let token_file = dir.join(format!("{name}.token"));
-            std::fs::write(
-                &token_file,
-                v["token"].as_str().context("no dataplane token")?,
-            )?;
+            let token_file = global.dataplane_token(dir, name, service).await?;
             let dp = json!({"type": "Dataplane", "mesh": "default", "name": name, "spec": spec});
             let dp_file = dir.join(format!("{name}-dp.json"));
             std::fs::write(&dp_file, serde_json::to_vec(&dp)?)?;
@@ -400,11 +306,7 @@ async fn start_mesh(
                 dir,
                 &format!("sidecar-{name}"),
                 sc.command()?
-                    .args(["--cp", &format!("https://127.0.0.1:{dds}")])
-                    .arg("--cp-ca-file")
-                    .arg(zca_file)
-                    .arg("--token-file")
-                    .arg(&token_file)
+                    .args(zone.cp_args(&token_file))
                     .arg("--dataplane-file")
                     .arg(&dp_file)
                     .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
@@ -467,7 +369,7 @@ async fn start_mesh(
                 &mut backend,
                 &mut echo_sidecar,
                 &mut echo,
-                &mut zone,
+                &mut zone.svc,
             ],
         )
         .await?;
@@ -479,14 +381,14 @@ async fn start_mesh(
         let ip = loop {
             let path = format!("/meshes/default/virtualips/{service}");
             let until = Instant::now() + Duration::from_secs(2);
-            if let Ok(v) = call(Method::GET, path, None, until).await
+            if let Ok(v) = global.call(Method::GET, &path, None, until).await
                 && let Some(ip) = v["spec"]["ip"].as_str().and_then(|s| s.parse().ok())
             {
                 break ip;
             }
-            global.check_running()?;
+            global.svc.check_running()?;
             if Instant::now() >= deadline {
-                bail!("no virtual IP for {service}{}", global.logs());
+                bail!("no virtual IP for {service}{}", global.svc.logs());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
@@ -529,7 +431,7 @@ async fn start_mesh(
         &format!("http://127.0.0.1:{http_port}/"),
         Some("ok\n"),
         deadline,
-        &mut [&mut web, &mut backend, &mut zone],
+        &mut [&mut web, &mut backend, &mut zone.svc],
     )
     .await?;
     Ok(Mesh {
@@ -537,8 +439,8 @@ async fn start_mesh(
         _backend: backend,
         _echo_sidecar: echo_sidecar,
         _echo: echo,
-        _zone: zone,
-        _global: global,
+        _zone: zone.svc,
+        _global: global.svc,
         http_port,
         tcp_port,
         outbound_port,
