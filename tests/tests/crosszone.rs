@@ -2401,6 +2401,11 @@ async fn transparent_proxying_in_this_namespace() -> anyhow::Result<()> {
     let by_name: Value = serde_json::from_str(&by_name).context(by_name)?;
     assert_eq!(by_name["instance"], "backend-1", "{by_name}");
     assert_eq!(
+        call_as_workload(&["tcp", "cache.mesh", "6379"])?,
+        "PING",
+        "TCP by name"
+    );
+    assert_eq!(
         call_as_workload(&["tcp", "cache.zone-b.mesh", "6379"])?,
         "PING",
         "a zone's name"
