@@ -33,6 +33,9 @@ const MAX_TCP: usize = 64;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// The largest UDP message taken (EDNS clients offer up to 4096).
 const MAX_UDP: usize = 4096;
+/// How long the host's resolvers, once read, are used before /etc/resolv.conf is read
+/// again (it changes with DHCP): not a file read per query.
+const RESOLV_CONF_TTL: Duration = Duration::from_secs(10);
 
 /// The mesh names this proxy answers, from its config.
 #[derive(Debug, Default)]
@@ -191,7 +194,8 @@ pub(crate) async fn serve(proxy: Arc<Proxy>, addr: SocketAddr) {
             return;
         }
     };
-    tracing::info!(%addr, upstreams = ?upstreams(&proxy), "serving DNS");
+    let mut resolvers = (Arc::new(upstreams(&proxy)), std::time::Instant::now());
+    tracing::info!(%addr, upstreams = ?resolvers.0, "serving DNS");
     let forwards = Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS));
     let tcp_slots = Arc::new(tokio::sync::Semaphore::new(MAX_TCP));
     let mut names = Arc::new(Names::default());
@@ -200,6 +204,9 @@ pub(crate) async fn serve(proxy: Arc<Proxy>, addr: SocketAddr) {
         tokio::select! {
             r = udp.recv_from(&mut buf) => {
                 let Ok((n, client)) = r else { continue };
+                if resolvers.1.elapsed() > RESOLV_CONF_TTL {
+                    resolvers = (Arc::new(upstreams(&proxy)), std::time::Instant::now());
+                }
                 let query = buf[..n].to_vec();
                 match reply(&query, &current_names(&proxy, &mut names)) {
                     Reply::Answer(a) => {
@@ -215,10 +222,10 @@ pub(crate) async fn serve(proxy: Arc<Proxy>, addr: SocketAddr) {
                             }
                             continue;
                         };
-                        let (p, udp) = (proxy.clone(), udp.clone());
+                        let (p, udp, ups) = (proxy.clone(), udp.clone(), resolvers.0.clone());
                         tokio::spawn(async move {
                             let _permit = permit;
-                            let answer = forward_udp(&upstreams(&p), &query).await;
+                            let answer = forward_udp(&ups, &query).await;
                             p.metrics.dns_answered(if answer.is_some() { "upstream" } else { "servfail" });
                             if let Some(a) = answer.or_else(|| servfail(&query)) {
                                 let _ = udp.send_to(&a, client).await;
@@ -231,9 +238,10 @@ pub(crate) async fn serve(proxy: Arc<Proxy>, addr: SocketAddr) {
                 let Ok((conn, _)) = r else { continue };
                 let Ok(slot) = tcp_slots.clone().try_acquire_owned() else { continue };
                 let (p, names) = (proxy.clone(), current_names(&proxy, &mut names));
+                let ups = resolvers.0.clone();
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let _ = serve_tcp(&p, conn, names).await;
+                    let _ = serve_tcp(&p, conn, names, &ups).await;
                 });
             }
         }
@@ -275,7 +283,12 @@ async fn forward_udp(upstreams: &[SocketAddr], query: &[u8]) -> Option<Vec<u8>> 
 
 /// One DNS-over-TCP connection: length-prefixed queries until the client closes or
 /// stays idle for [`TCP_IDLE`].
-async fn serve_tcp(proxy: &Proxy, mut conn: TcpStream, names: Arc<Names>) -> std::io::Result<()> {
+async fn serve_tcp(
+    proxy: &Proxy,
+    mut conn: TcpStream,
+    names: Arc<Names>,
+    upstreams: &[SocketAddr],
+) -> std::io::Result<()> {
     loop {
         let Ok(query) = tokio::time::timeout(TCP_IDLE, read_framed(&mut conn)).await else {
             return Ok(());
@@ -287,7 +300,7 @@ async fn serve_tcp(proxy: &Proxy, mut conn: TcpStream, names: Arc<Names>) -> std
                 a
             }
             Reply::Drop => return Ok(()),
-            Reply::Forward => match forward_tcp(&upstreams(proxy), &query).await {
+            Reply::Forward => match forward_tcp(upstreams, &query).await {
                 Some(a) => {
                     proxy.metrics.dns_answered("upstream");
                     a

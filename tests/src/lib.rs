@@ -17,6 +17,18 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 /// The `causeway` binary: `$CAUSEWAY_BIN`, or `target/<profile>/causeway` next to the test.
+/// Runs a command; its standard output, or an error with its standard error.
+pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(program).args(args).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{program} {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 pub fn causeway_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CAUSEWAY_BIN") {
         return p.into();

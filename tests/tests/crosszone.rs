@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use causeway_tests::{
     GlobalCluster, Proc, ZoneCp, admin_config, admin_metric, admin_ready, eventually, free_addr,
-    plain_http, put,
+    plain_http, put, sh,
 };
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -2108,18 +2108,6 @@ fn call_as_workload(args: &[&str]) -> anyhow::Result<String> {
         .args(args)
         .output()?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-/// Runs a command; its standard output, or an error with its standard error.
-fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = std::process::Command::new(program).args(args).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// A workload with no outbound in its Dataplane calls mesh services by virtual IP

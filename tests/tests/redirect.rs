@@ -11,7 +11,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::Context as _;
-use causeway_tests::causeway_bin;
+use causeway_tests::{causeway_bin, sh};
 
 /// Listens on each `name:ip:port:proto` given and answers every TCP connection (or UDP
 /// datagram) with its name and the connection's original destination (SO_ORIGINAL_DST
@@ -66,18 +66,6 @@ try:
 except OSError:
     print("FAIL")
 "#;
-
-/// Runs a command; its standard output, or an error with its standard error.
-fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(program).args(args).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 /// Two namespaces joined by a veth pair (workload 10.201.N.2, peer 10.201.N.1) and
 /// the servers in them; all removed when dropped.
