@@ -18,6 +18,17 @@ CAUSEWAY_TERRAFORM="$PWD/$(tf_bin)"
 export CAUSEWAY_TERRAFORM
 "$CAUSEWAY_TERRAFORM" version
 
+# kubernetes-validate (PyPI), which checks the printed Kubernetes manifests against the
+# Kubernetes OpenAPI schemas offline; the manifest tests find it through
+# CAUSEWAY_KUBERNETES_VALIDATE.
+kv_venv=target/kubernetes-validate-venv
+if [ ! -x "$kv_venv/bin/kubernetes-validate" ]; then
+  python3 -m venv "$kv_venv"
+  "$kv_venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
+fi
+CAUSEWAY_KUBERNETES_VALIDATE="$PWD/$kv_venv/bin/kubernetes-validate"
+export CAUSEWAY_KUBERNETES_VALIDATE
+
 # Build everything the tests need first: RocksDB's C++ takes most of the time.
 cargo test --workspace --no-run
 

@@ -9,6 +9,7 @@ mod demo_app;
 mod drill;
 mod global_cp;
 mod inspect;
+mod install;
 mod manual;
 mod mesh_ca;
 mod ops;
@@ -120,6 +121,9 @@ enum Cmd {
         /// TYPE or TYPE.field.path (kind or plural, any case).
         path: String,
     },
+    /// Kubernetes manifests, printed for `kubectl apply -f -`: `install crds`.
+    #[command(subcommand)]
+    Install(install::InstallCmd),
     /// Manage the CLI's named contexts (address, token, CA).
     #[command(subcommand)]
     Config(ops::ConfigCmd),
@@ -150,6 +154,13 @@ fn main() {
                     eprintln!("error: {e}");
                     std::process::exit(1);
                 }
+            }
+            return;
+        }
+        Cmd::Install(c) => {
+            if let Err(e) = install::install(c) {
+                eprintln!("error: {e:#}");
+                std::process::exit(1);
             }
             return;
         }
@@ -239,7 +250,8 @@ fn main() {
                     | Cmd::DemoApp(_)
                     | Cmd::Up(_)
                     | Cmd::Completion { .. }
-                    | Cmd::Man { .. } => unreachable!("handled above"),
+                    | Cmd::Man { .. }
+                    | Cmd::Install(_) => unreachable!("handled above"),
                 }
             }
         }

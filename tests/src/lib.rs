@@ -16,7 +16,6 @@ use anyhow::{Context as _, bail};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-/// The `causeway` binary: `$CAUSEWAY_BIN`, or `target/<profile>/causeway` next to the test.
 /// Runs a command; its standard output, or an error with its standard error.
 pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(program).args(args).output()?;
@@ -29,6 +28,24 @@ pub fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// An outside tool a test runs: the file `$env` names, else `name` on PATH. Without
+/// one the test fails with `how_to_get`; it never skips.
+pub fn external_tool(env: &str, name: &str, how_to_get: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "{env}={} does not exist", p.display());
+        return p;
+    }
+    std::env::var_os("PATH")
+        .and_then(|path| {
+            std::env::split_paths(&path)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| panic!("no {name}: set {env} or put {name} on PATH ({how_to_get})"))
+}
+
+/// The `causeway` binary: `$CAUSEWAY_BIN`, or `target/<profile>/causeway` next to the test.
 pub fn causeway_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CAUSEWAY_BIN") {
         return p.into();

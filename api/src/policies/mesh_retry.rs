@@ -328,6 +328,7 @@ impl JsonSchema for HttpRetryOn {
 
 /// gRPC status codes that can be retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[schemars(transform = with_kuma_spelling)]
 pub enum GrpcRetryOn {
     /// CANCELLED (Kuma spells it `Canceled`).
     #[serde(alias = "Canceled")]
@@ -340,6 +341,21 @@ pub enum GrpcRetryOn {
     ResourceExhausted,
     /// UNAVAILABLE.
     Unavailable,
+}
+
+/// The schema lists Kuma's `Canceled` too, which parses as `Cancelled`: what the
+/// parser takes, the schema (and the CRDs made from it) must take.
+fn with_kuma_spelling(schema: &mut schemars::Schema) {
+    let kuma = serde_json::json!({
+        "type": "string",
+        "const": "Canceled",
+        "description": "Kuma's spelling of `Cancelled`."
+    });
+    if let Some(serde_json::Value::Array(variants)) = schema.get_mut("oneOf") {
+        variants.push(kuma);
+    } else if let Some(serde_json::Value::Array(values)) = schema.get_mut("enum") {
+        values.push("Canceled".into());
+    }
 }
 
 fn check_back_off(errors: &mut Errors, path: &str, b: &BackOff) {
