@@ -365,9 +365,14 @@ fn merge_alternatives(mut branches: Vec<Map<String, Value>>) -> Map<String, Valu
                 .map(|b| b.get("enum").and_then(Value::as_array).cloned())
                 .collect::<Option<Vec<_>>>()
                 .map(|lists| lists.into_iter().flatten().collect());
-            if let Some(mut values) = all {
-                values.dedup();
-                merged.insert("enum".into(), Value::Array(values));
+            if let Some(values) = all {
+                let mut unique: Vec<Value> = Vec::with_capacity(values.len());
+                for v in values {
+                    if !unique.contains(&v) {
+                        unique.push(v);
+                    }
+                }
+                merged.insert("enum".into(), Value::Array(unique));
             }
         }
         (true, Some("array")) => {

@@ -68,6 +68,7 @@ fn unit_variants_merge_into_one_enum() {
     let s = structural(&json!({"description": "a mode", "oneOf": [
         {"type": "string", "const": "A", "description": "first"},
         {"type": "string", "enum": ["B", "C"]},
+        {"type": "string", "const": "A", "description": "Kuma's spelling, the same value"},
     ]}));
     assert_eq!(
         s,
