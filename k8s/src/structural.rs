@@ -8,8 +8,8 @@
 //! into the union of their properties, strings into the union of their values, a string
 //! or an integer into `x-kubernetes-int-or-string`, anything else into a node that keeps
 //! whatever it is given. The result is looser than the source schema on purpose: the API
-//! server only screens and prunes, and the zone control plane validates every object with
-//! the API's own rules (the same `validate_spec` the REST API uses) before it acts on it.
+//! server only screens and prunes; the API's own rules (the `validate` the REST API
+//! uses) are the validating webhook's ([`crate::admission`]).
 
 use serde_json::{Map, Value, json};
 
