@@ -95,8 +95,12 @@ pub enum BadReview {
 /// Answers one AdmissionReview (its JSON body) with the AdmissionReview to send back.
 /// `control_plane` is the user name the zone control plane writes as.
 pub fn answer(body: &[u8], control_plane: &str) -> Result<Value, BadReview> {
+    // As text first: serde skips the fields it ignores without checking their UTF-8,
+    // and a body that is not JSON must not be answered as if it were (found by the
+    // `admission` fuzz target).
+    let text = std::str::from_utf8(body).map_err(|e| BadReview::Malformed(e.to_string()))?;
     let review: Review =
-        serde_json::from_slice(body).map_err(|e| BadReview::Malformed(e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| BadReview::Malformed(e.to_string()))?;
     if review.api_version != "admission.k8s.io/v1" || review.kind != "AdmissionReview" {
         return Err(BadReview::Version(review.api_version));
     }

@@ -151,6 +151,17 @@ fn a_review_that_is_not_one_gets_no_answer() {
         ),
         Err(BadReview::Malformed(_))
     ));
+    // Not UTF-8, in a field the webhook does not read: still not JSON.
+    let mut body = serde_json::to_vec(&recorded()).expect("serializes");
+    let at = body
+        .windows(8)
+        .position(|w| w == b"v1alpha1")
+        .expect("a version string");
+    body[at + 4] = 0x8f;
+    assert!(matches!(
+        answer(&body, ZONE_CP),
+        Err(BadReview::Malformed(_))
+    ));
     let mut old = recorded();
     old["apiVersion"] = json!("admission.k8s.io/v1beta1");
     let body = serde_json::to_vec(&old).expect("serializes");
