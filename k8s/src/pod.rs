@@ -38,11 +38,10 @@ pub const FIRST_INBOUND_PORT: u16 = 15100;
 /// At most this many inbound listener ports per pod (15100-15199).
 pub const MAX_INBOUND_PORTS: usize = 100;
 
-/// The sidecar's ports the controller writes into every Dataplane, and the zone.
+/// The sidecar's ports the controller writes into every Dataplane (the zone's own tag
+/// is added by the zone, as for any Dataplane).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
-    /// The zone this control plane serves.
-    pub zone: String,
     /// Where redirected outbound connections arrive (`install-redirect --outbound-port`).
     pub outbound_port: u16,
     /// Where the sidecar answers DNS (`install-redirect --dns-port`).
@@ -54,7 +53,6 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            zone: "default".into(),
             outbound_port: 15001,
             dns_port: 15053,
             admin_port: 9901,

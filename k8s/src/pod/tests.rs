@@ -29,10 +29,7 @@ fn edited<T: serde::Serialize + serde::de::DeserializeOwned>(
 }
 
 fn settings() -> Settings {
-    Settings {
-        zone: "zone-k8s".into(),
-        ..Settings::default()
-    }
+    Settings::default()
 }
 
 #[test]
