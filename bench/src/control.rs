@@ -188,6 +188,39 @@ impl Global {
 }
 
 impl Zone {
+    /// Starts a sidecar of this zone: a dataplane token from `global` for `service`,
+    /// the Dataplane `name` with `spec` written to `dir/<name>-dp.json`, and `command`
+    /// (the sidecar binary with any flags of the bench's own) given this zone's flags,
+    /// that file and a free admin port. Returns it and its admin port.
+    pub(crate) async fn sidecar(
+        &self,
+        global: &Global,
+        dir: &Path,
+        mut command: Command,
+        name: &str,
+        service: &str,
+        spec: Value,
+    ) -> anyhow::Result<(Svc, u16)> {
+        let token_file = global.dataplane_token(dir, name, service).await?;
+        let dp = json!({"type": "Dataplane", "mesh": "default", "name": name, "spec": spec});
+        let dp_file = dir.join(format!("{name}-dp.json"));
+        std::fs::write(&dp_file, serde_json::to_vec(&dp)?)?;
+        let admin = free_port();
+        let svc = Svc::spawn(
+            dir,
+            &format!("sidecar-{name}"),
+            command
+                .args(self.cp_args(&token_file))
+                .arg("--dataplane-file")
+                .arg(&dp_file)
+                .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+                .args(["--drain-seconds", "1"])
+                .env("RUST_LOG", "warn"),
+            false,
+        )?;
+        Ok((svc, admin))
+    }
+
     /// The `--cp`, `--cp-ca-file` and `--token-file` flags of a sidecar (or ingress) of
     /// this zone presenting `token`.
     pub(crate) fn cp_args(&self, token: &Path) -> Vec<String> {

@@ -114,47 +114,23 @@ async fn start(dir: &Path, rtt: Duration) -> anyhow::Result<Mesh> {
 
     // zone-b: the echo app, its sidecar, the ingress.
     let echo_port = free_port();
-    let echo = Svc::spawn(
-        dir,
-        "echo",
-        Command::new(&causeway).args([
-            "demo-app",
-            "--tcp",
-            "--listen",
-            &format!("127.0.0.1:{echo_port}"),
-        ]),
-        false,
-    )?;
-    let sidecar = |name: &str, zone: usize, service: &str, dp: Value| {
-        let (global, zones) = (&global, &zones);
-        let (name, service) = (name.to_string(), service.to_string());
-        let causeway = &causeway;
+    let echo = crate::sidecar::tcp_echo(dir, &causeway, echo_port)?;
+    let sidecar = |name: &'static str, zone: usize, service: &'static str, spec: Value| {
+        let (global, zones, causeway) = (&global, &zones, &causeway);
         async move {
-            let token_file = global.dataplane_token(dir, &name, &service).await?;
-            let dp_file = dir.join(format!("{name}.json"));
-            std::fs::write(&dp_file, serde_json::to_vec(&dp)?)?;
-            let admin = free_port();
-            let svc = Svc::spawn(
-                dir,
-                &name,
-                Command::new(causeway)
-                    .arg("dataplane")
-                    .args(zones[zone].cp_args(&token_file))
-                    .arg("--dataplane-file")
-                    .arg(&dp_file)
-                    .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-                    .env("RUST_LOG", "warn"),
-                false,
-            )?;
-            anyhow::Ok((svc, admin))
+            let mut command = Command::new(causeway);
+            command.arg("dataplane");
+            zones[zone]
+                .sidecar(global, dir, command, name, service, spec)
+                .await
         }
     };
     let (echo_sidecar, _) = sidecar(
         "echo-1",
         1,
         "echo",
-        json!({"type": "Dataplane", "mesh": "default", "name": "echo-1", "spec": {"address": "127.0.0.1",
-               "inbound": [{"port": free_port(), "servicePort": echo_port, "service": "echo", "protocol": "tcp"}]}}),
+        json!({"address": "127.0.0.1",
+               "inbound": [{"port": free_port(), "servicePort": echo_port, "service": "echo", "protocol": "tcp"}]}),
     )
     .await?;
     let v = global
@@ -199,9 +175,9 @@ async fn start(dir: &Path, rtt: Duration) -> anyhow::Result<Mesh> {
         "web-1",
         0,
         "web",
-        json!({"type": "Dataplane", "mesh": "default", "name": "web-1", "spec": {"address": "127.0.0.1",
+        json!({"address": "127.0.0.1",
                "inbound": [{"port": free_port(), "service": "web", "protocol": "tcp"}],
-               "outbound": [{"port": outbound, "service": "echo"}]}}),
+               "outbound": [{"port": outbound, "service": "echo"}]}),
     )
     .await?;
     let mut mesh = Mesh {

@@ -381,6 +381,35 @@ pub(crate) async fn wait_ok(
 
 /// Flags that give a one-node global control plane started under `dir` its seal key and
 /// the directory it hands its API tokens out to, both beside its data dir.
+/// A sidecar's config dump from its admin port (`GET /config`); null while it cannot
+/// answer (the caller polls).
+pub(crate) async fn config_dump(client: &reqwest::Client, admin: u16) -> Value {
+    match client
+        .get(format!("http://127.0.0.1:{admin}/config"))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+    {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
+        Err(_) => Value::Null,
+    }
+}
+
+/// Starts the TCP echo demo app on `port` (logs in `dir/echo.log`).
+pub(crate) fn tcp_echo(dir: &Path, causeway: &Path, port: u16) -> anyhow::Result<Svc> {
+    Svc::spawn(
+        dir,
+        "echo",
+        Command::new(causeway).args([
+            "demo-app",
+            "--tcp",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ]),
+        false,
+    )
+}
+
 pub(crate) fn global_secret_flags(dir: &Path) -> [std::ffi::OsString; 4] {
     [
         "--seal-key-file".into(),
@@ -882,26 +911,11 @@ async fn start_causeway(
     let sidecar = |name: &'static str, service: &'static str, inbound: Value, outbound: Value| {
         let (global, zone) = (&global, &zone);
         async move {
-            let token_file = global.dataplane_token(dir, name, service).await?;
-            let dp = json!({"type": "Dataplane", "mesh": "default", "name": name,
-                            "spec": {"address": "127.0.0.1", "inbound": [inbound], "outbound": outbound}});
-            let dp_file = dir.join(format!("{name}-dp.json"));
-            std::fs::write(&dp_file, serde_json::to_vec(&dp)?)?;
-            let admin = free_port();
-            let svc = Svc::spawn(
-                dir,
-                &format!("sidecar-{name}"),
-                sc.command()?
-                    .args(zone.cp_args(&token_file))
-                    .arg("--dataplane-file")
-                    .arg(&dp_file)
-                    .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-                    .args(["--drain-seconds", "1"])
-                    .args(&sc.args)
-                    .env("RUST_LOG", "warn"),
-                false,
-            )?;
-            anyhow::Ok((svc, admin))
+            let mut command = sc.command()?;
+            command.args(&sc.args);
+            let spec = json!({"address": "127.0.0.1", "inbound": [inbound], "outbound": outbound});
+            zone.sidecar(global, dir, command, name, service, spec)
+                .await
         }
     };
     let (mut backend, backend_admin) = sidecar(
@@ -970,15 +984,7 @@ async fn start_causeway(
         // The whole route table in the web sidecar's config, and both instances
         // answering through it.
         loop {
-            let cfg: Value = match plain
-                .get(format!("http://127.0.0.1:{web_admin}/config"))
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await
-            {
-                Ok(r) => r.json().await.unwrap_or(Value::Null),
-                Err(_) => Value::Null,
-            };
+            let cfg = config_dump(plain, web_admin).await;
             let routes = cfg["config"]["outbounds"]
                 .as_array()
                 .and_then(|obs| obs.iter().find(|o| o["service"] == "canary"))

@@ -297,25 +297,10 @@ async fn start_mesh(
     let sidecar = |name: &'static str, service: &'static str, spec: Value, extra: Vec<String>| {
         let (global, zone) = (&global, &zone);
         async move {
-            let token_file = global.dataplane_token(dir, name, service).await?;
-            let dp = json!({"type": "Dataplane", "mesh": "default", "name": name, "spec": spec});
-            let dp_file = dir.join(format!("{name}-dp.json"));
-            std::fs::write(&dp_file, serde_json::to_vec(&dp)?)?;
-            let admin = free_port();
-            let svc = Svc::spawn(
-                dir,
-                &format!("sidecar-{name}"),
-                sc.command()?
-                    .args(zone.cp_args(&token_file))
-                    .arg("--dataplane-file")
-                    .arg(&dp_file)
-                    .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-                    .args(["--drain-seconds", "1"])
-                    .args(&extra)
-                    .env("RUST_LOG", "warn"),
-                false,
-            )?;
-            anyhow::Ok((svc, admin))
+            let mut command = sc.command()?;
+            command.args(&extra);
+            zone.sidecar(global, dir, command, name, service, spec)
+                .await
         }
     };
     let (mut backend, backend_admin) = sidecar(
@@ -327,17 +312,7 @@ async fn start_mesh(
     )
     .await?;
     let echo_port = free_port();
-    let mut echo = Svc::spawn(
-        dir,
-        "echo",
-        Command::new(&causeway).args([
-            "demo-app",
-            "--tcp",
-            "--listen",
-            &format!("127.0.0.1:{echo_port}"),
-        ]),
-        false,
-    )?;
+    let mut echo = crate::sidecar::tcp_echo(dir, &causeway, echo_port)?;
     let (mut echo_sidecar, echo_admin) = sidecar(
         "echo-1",
         "echo",
@@ -396,15 +371,7 @@ async fn start_mesh(
     }
     let (backend_vip, echo_vip): (Ipv4Addr, Ipv4Addr) = (vips[0], vips[1]);
     loop {
-        let cfg: Value = match plain
-            .get(format!("http://127.0.0.1:{web_admin}/config"))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await
-        {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        };
+        let cfg = crate::sidecar::config_dump(plain, web_admin).await;
         let has: Vec<String> = cfg["config"]["outbounds"]
             .as_array()
             .map(|o| {
