@@ -428,33 +428,30 @@ impl Metrics {
                 self.metric_pushes[i].load(Ordering::Relaxed)
             );
         }
-        out.push_str("# HELP causeway_connections_refused_total Connections closed unserved because the listeners held --max-connections already, by direction.\n");
-        out.push_str("# TYPE causeway_connections_refused_total counter\n");
-        for (i, d) in ["inbound", "outbound"].iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "causeway_connections_refused_total{{direction=\"{d}\"}} {}",
-                self.connections_refused[i].load(Ordering::Relaxed)
-            );
-        }
-        out.push_str("# HELP causeway_transparent_connections_total Redirected connections (transparent proxying) by result: to a mesh service by its virtual IP, passed through to a destination outside the mesh, or refused.\n");
-        out.push_str("# TYPE causeway_transparent_connections_total counter\n");
-        for (i, r) in TRANSPARENT_RESULTS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "causeway_transparent_connections_total{{result=\"{r}\"}} {}",
-                self.transparent[i].load(Ordering::Relaxed)
-            );
-        }
-        out.push_str("# HELP causeway_dns_queries_total DNS queries the sidecar took (transparent proxying), by result: a mesh name it answered, answered by an upstream resolver, SERVFAIL, or dropped (not DNS).\n");
-        out.push_str("# TYPE causeway_dns_queries_total counter\n");
-        for (i, r) in DNS_RESULTS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "causeway_dns_queries_total{{result=\"{r}\"}} {}",
-                self.dns[i].load(Ordering::Relaxed)
-            );
-        }
+        counter_family(
+            &mut out,
+            "causeway_connections_refused_total",
+            "Connections closed unserved because the listeners held --max-connections already, by direction.",
+            "direction",
+            &["inbound", "outbound"],
+            &self.connections_refused,
+        );
+        counter_family(
+            &mut out,
+            "causeway_transparent_connections_total",
+            "Redirected connections (transparent proxying) by result: to a mesh service by its virtual IP, passed through to a destination outside the mesh, or refused.",
+            "result",
+            &TRANSPARENT_RESULTS,
+            &self.transparent,
+        );
+        counter_family(
+            &mut out,
+            "causeway_dns_queries_total",
+            "DNS queries the sidecar took (transparent proxying), by result: a mesh name it answered, answered by an upstream resolver, SERVFAIL, or dropped (not DNS).",
+            "result",
+            &DNS_RESULTS,
+            &self.dns,
+        );
         let http = self.http.lock().expect("metrics lock").clone();
         let tcp = self.tcp.lock().expect("metrics lock").clone();
         let (mesh, zone) = (escape(place.mesh), escape(place.zone));
@@ -649,6 +646,27 @@ impl Metrics {
             }
         }
         out
+    }
+}
+
+/// A counter family with one label whose values are fixed: its HELP and TYPE, then one
+/// line per value, `counters[i]` for `values[i]`.
+fn counter_family(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+    counters: &[AtomicU64],
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (v, c) in values.iter().zip(counters) {
+        let _ = writeln!(
+            out,
+            "{name}{{{label}=\"{v}\"}} {}",
+            c.load(Ordering::Relaxed)
+        );
     }
 }
 
