@@ -141,7 +141,7 @@ pub use target_ref::{DISPLAY_NAME_LABEL, MatchedRule, ProxyType, Rule, SERVICE_L
 pub use target_ref::{NAMESPACE_TAG, PORT_NAME_TAG, PORT_TAG};
 pub use target_ref::{PolicyItem, SERVICE_TAG, SpiffeSource, TargetRef, TargetRefKind, ZONE_TAG};
 pub use validation::{
-    FieldError, ValidationErrors, decode_spec, validate, validate_dns_subdomain,
+    FieldError, ValidationErrors, decode_spec, dns_label_stem, validate, validate_dns_subdomain,
     validate_label_key, validate_label_value, validate_name,
 };
 pub use virtual_ip::{DEFAULT_VIP_CIDR, Ipv4Range, VirtualIpSpec, virtual_ip_name};

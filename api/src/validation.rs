@@ -160,6 +160,27 @@ fn dns_label(name: &str) -> Result<(), String> {
     ))
 }
 
+/// The readable part of a generated name: `text` lowercased, every character that
+/// cannot be in a DNS label turned into `-`, at most `max` characters, without `-` at
+/// either end (possibly empty). Callers add a hash of the original, so two texts that
+/// look alike here still get different names.
+///
+/// ```
+/// assert_eq!(causeway_api::dns_label_stem("Backend_API.v2", 40), "backend-api-v2");
+/// assert_eq!(causeway_api::dns_label_stem("--a--", 3), "a");
+/// ```
+pub fn dns_label_stem(text: &str, max: usize) -> String {
+    let stem: String = text
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9') => c,
+            _ => '-',
+        })
+        .take(max)
+        .collect();
+    stem.trim_matches('-').to_owned()
+}
+
 /// Checks that `name` is a DNS subdomain (RFC 1123): at most 253 characters of
 /// dot-separated DNS labels, e.g. `example.com`. Returns the reason if not.
 pub fn validate_dns_subdomain(name: &str) -> Result<(), String> {

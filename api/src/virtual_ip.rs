@@ -132,15 +132,7 @@ pub fn virtual_ip_name(service: &str, zone: Option<&str>) -> String {
     if crate::validation::validate_name("", service).is_none() {
         return service.to_string();
     }
-    let mut stem: String = service
-        .chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9') => c,
-            _ => '-',
-        })
-        .take(40)
-        .collect();
-    stem = stem.trim_matches('-').to_string();
+    let stem = crate::validation::dns_label_stem(service, 40);
     // FNV-1a: stable across versions and platforms, which a name must be.
     let hash = service.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)

@@ -100,15 +100,7 @@ pub fn dataplane_name(pod: &str, namespace: &str) -> String {
     for b in namespace.bytes().chain([b'/']).chain(pod.bytes()) {
         hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
     }
-    let readable: String = format!("{pod}-{namespace}")
-        .chars()
-        .map(|c| match c.to_ascii_lowercase() {
-            c @ ('a'..='z' | '0'..='9') => c,
-            _ => '-',
-        })
-        .take(54)
-        .collect();
-    let readable = readable.trim_matches('-');
+    let readable = causeway_api::dns_label_stem(&format!("{pod}-{namespace}"), 54);
     if readable.is_empty() {
         format!("pod-{hash:08x}")
     } else {
